@@ -1,0 +1,118 @@
+/**
+ * Normalised configuration: what the CLI and the TOML file are turned into
+ * after validation. Everything downstream (plan, apply, watch) reads only
+ * these types, never raw flags or TOML.
+ * @module
+ */
+
+/** An inclusive port (or ICMP identifier) range. */
+export interface PortRange {
+  start: number;
+  end: number;
+}
+
+/** Port ranges per protocol; an empty list disables NAT for that protocol. */
+export interface ProtoRanges {
+  tcp: PortRange[];
+  udp: PortRange[];
+  icmp: PortRange[];
+  icmpIn: PortRange[];
+  icmpOut: PortRange[];
+}
+
+/** An IP network: `addr` holds 4 or 16 bytes, host bits cleared. */
+export interface Cidr {
+  family: 4 | 6;
+  addr: Uint8Array;
+  prefixLen: number;
+}
+
+/** Which addresses an `[[interfaces.externals]]` entry describes. */
+export type ExternalMatch =
+  | { kind: "address"; addr: Cidr } // a static address (prefixLen 32/128)
+  | { kind: "network"; net: Cidr } // match interface addresses in this network
+  | { kind: "range"; family: 4 | 6; start: Uint8Array; end: Uint8Array };
+
+/** One `[[interfaces.externals]]` entry. */
+export interface ExternalSpec {
+  match: ExternalMatch;
+  isInternal: boolean;
+  noSnat: boolean;
+  noHairpin: boolean;
+  ranges: ProtoRanges;
+}
+
+/** `[interfaces.ipv4_hairpin_route]` / `[interfaces.ipv6_hairpin_route]`. */
+export interface HairpinRoute {
+  enable: boolean;
+  internalIfNames: string[];
+  ipProtocols: string[];
+  ipRulePref: number;
+  tableId: number;
+}
+
+/** Timeouts, in milliseconds. */
+export interface Timeouts {
+  fragment: number;
+  icmpDefault: number;
+  udpMin: number;
+  udpDefault: number;
+  tcpTrans: number;
+  tcpEst: number;
+}
+
+/** One interface einat serves. */
+export interface InterfaceConfig {
+  /** Interface name; may be absent when only `ifIndex` is given. */
+  ifName?: string;
+  ifIndex?: number;
+  nat44: boolean;
+  nat66: boolean;
+  bpfLogLevel: number;
+  bpfFibLookupExternal: boolean;
+  allowInboundIcmpx: boolean;
+  timeouts: Timeouts;
+  fragTrackMaxRecords: number;
+  bindingMaxRecords: number;
+  ctMaxRecords: number;
+  preferTcx: boolean;
+  noSnatDests: Cidr[];
+  defaultExternals: boolean;
+  snatInternals: Cidr[];
+  ipv4HairpinRoute: HairpinRoute;
+  ipv6HairpinRoute: HairpinRoute;
+  externals: ExternalSpec[];
+  /** Ranges used for externals that give none of their own. */
+  defaultRanges: ProtoRanges;
+}
+
+/** `[defaults]` table. */
+export interface Defaults {
+  ipv4LocalRulePref: number;
+  ipv6LocalRulePref: number;
+  ipv4HairpinRulePref: number;
+  ipv6HairpinRulePref: number;
+  ipv4HairpinTableId: number;
+  ipv6HairpinTableId: number;
+  ranges: ProtoRanges;
+}
+
+/** The whole validated configuration. */
+export interface Config {
+  defaults: Defaults;
+  interfaces: InterfaceConfig[];
+}
+
+/** Raised for any invalid flag or config key; `path` names the key. */
+export class ConfigError extends Error {
+  constructor(
+    /** e.g. `interfaces[1].externals[0].match_address` or `--ports`. */
+    readonly path: string,
+    message: string,
+    /** The file the key came from, if any. */
+    readonly file?: string,
+  ) {
+    super(`${file ? file + ": " : ""}${path}: ${message}`);
+    this.name = "ConfigError";
+  }
+}

@@ -1,0 +1,147 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
+/*
+ * Structures shared between the BPF programs and the TypeScript daemon.
+ * lib/nat/codec.ts mirrors every struct here; tests/codec_btf_test.ts checks
+ * the mirror against this object's BTF so the two cannot drift.
+ */
+#ifndef EINAT_H
+#define EINAT_H
+
+#include <linux/types.h>
+#include <linux/bpf.h>
+
+#define EINAT_MAX_RANGES 4
+
+/* Read-only configuration (.rodata), timeouts in nanoseconds. */
+struct einat_config {
+	__u64 timeout_fragment;
+	__u64 timeout_icmp;
+	__u64 timeout_udp_min; /* UDP seen in one direction only */
+	__u64 timeout_udp;
+	__u64 timeout_tcp_trans;
+	__u64 timeout_tcp_est;
+	__u8 log_level;
+	__u8 has_eth; /* 0 on L3 devices (PPP, TUN, WireGuard) */
+	__u8 nat44;
+	__u8 nat66;
+	__u32 _pad;
+};
+
+/* IPv4 addresses use the first 4 bytes, the rest stays zero. */
+union ip_addr {
+	__be32 v4;
+	__be32 all[4];
+	__u8 bytes[16];
+};
+
+/* Inclusive range, host byte order. */
+struct port_range {
+	__u16 start;
+	__u16 end;
+};
+
+enum einat_proto_idx {
+	PROTO_IDX_TCP = 0,
+	PROTO_IDX_UDP = 1,
+	PROTO_IDX_ICMP = 2,
+	PROTO_IDX_MAX = 3,
+};
+
+/* Port ranges and flags of one external address. */
+struct external_config {
+	struct port_range ranges[PROTO_IDX_MAX][EINAT_MAX_RANGES];
+	__u8 range_len[PROTO_IDX_MAX];
+	__u8 flags; /* EXT_* */
+};
+
+#define EXT_EXTERNAL 0x1 /* an address of the external interface */
+#define EXT_NO_SNAT 0x2 /* sources/destinations here are not translated */
+#define EXT_NO_HAIRPIN 0x4
+
+/* map_externals (LPM trie): family byte then address, prefixlen = 8 + bits. */
+struct lpm_key {
+	__u32 prefixlen;
+	__u8 family; /* 4 or 6 */
+	union ip_addr addr;
+} __attribute__((packed));
+
+/* map_default_ext: index 0 for IPv4, 1 for IPv6. */
+struct default_ext {
+	union ip_addr addr;
+	__u8 valid;
+	__u8 _pad[3];
+	struct external_config cfg;
+};
+
+#define BINDING_ORIG 0x1 /* key is the internal endpoint, value the external one */
+
+struct binding_key {
+	__u8 flags; /* BINDING_ORIG or 0 (reply: key is the external endpoint) */
+	__u8 l4proto;
+	__u8 family;
+	__u8 _pad;
+	__be16 port; /* ICMP echo identifier for ICMP */
+	__u16 _pad2;
+	union ip_addr addr;
+};
+
+struct binding_value {
+	union ip_addr addr;
+	__be16 port;
+	__u16 flags;
+	__u32 ref; /* live sessions; kept on the reply entry only */
+};
+
+struct ct_key {
+	__u8 flags;
+	__u8 l4proto;
+	__u8 family;
+	__u8 _pad;
+	__be16 ext_port;
+	__be16 remote_port;
+	union ip_addr ext_addr;
+	union ip_addr remote_addr;
+};
+
+/* ct_value.flags */
+#define CT_SEEN_OUT 0x01
+#define CT_SEEN_IN 0x02
+#define CT_SYN_OUT 0x04
+#define CT_SYN_IN 0x08
+#define CT_FIN_OUT 0x10
+#define CT_FIN_IN 0x20
+#define CT_RST 0x40
+
+/* ct_value.state: what the timeout is chosen from */
+enum ct_state {
+	CT_STATE_TRANS = 0, /* TCP opening, closing or reset; UDP one-way */
+	CT_STATE_EST = 1, /* TCP established; UDP seen both ways */
+};
+
+struct ct_value {
+	union ip_addr int_addr;
+	__be16 int_port;
+	__u8 state;
+	__u8 flags;
+	__u32 _pad;
+	__u64 last_seen_ns; /* CLOCK_MONOTONIC */
+	__u64 created_ns;
+	struct bpf_timer timer;
+};
+
+enum einat_stat {
+	STAT_EGRESS_NAT = 0,
+	STAT_INGRESS_NAT,
+	STAT_PASS,
+	STAT_NEW_BINDING,
+	STAT_NEW_SESSION,
+	STAT_DROP_NO_PORT,
+	STAT_DROP_BINDING_FULL,
+	STAT_DROP_CT_FULL,
+	STAT_DROP_FRAGMENT,
+	STAT_DROP_UNTRANSLATABLE,
+	STAT_EXPIRED_SESSION,
+	STAT_MAX,
+};
+
+#endif

@@ -1,0 +1,190 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
+/*
+ * Bindings (internal endpoint <-> external endpoint) and external port choice.
+ * A binding is claimed by inserting its reply entry with BPF_NOEXIST, so two
+ * CPUs can never hand out one external port twice (no port overloading).
+ */
+#ifndef EINAT_BINDING_H
+#define EINAT_BINDING_H
+
+#include "maps.h"
+#include "parse.h"
+
+static __always_inline int proto_idx(__u8 l4proto)
+{
+	switch (l4proto) {
+	case IPPROTO_TCP:
+		return PROTO_IDX_TCP;
+	case IPPROTO_UDP:
+		return PROTO_IDX_UDP;
+	default:
+		return PROTO_IDX_ICMP;
+	}
+}
+
+static __always_inline void binding_key_init(struct binding_key *k, __u8 flags, __u8 family,
+					     __u8 l4proto, const union ip_addr *addr, __be16 port)
+{
+	__builtin_memset(k, 0, sizeof(*k));
+	k->flags = flags;
+	k->family = family;
+	k->l4proto = l4proto;
+	k->port = port;
+	k->addr = *addr;
+}
+
+struct alloc_ctx {
+	const struct external_config *cfg;
+	int pidx;
+	__u32 total; /* ports in all ranges */
+	__u32 start; /* index to begin probing at */
+	struct binding_key key; /* reply key being claimed; port filled in */
+	struct binding_value val; /* internal endpoint */
+	__u16 found; /* host order, 0 when none */
+};
+
+/* Maps index i of the concatenated ranges to a port (host order). */
+static __always_inline __u16 range_port(const struct external_config *cfg, int pidx, __u32 i)
+{
+#pragma unroll
+	for (int r = 0; r < EINAT_MAX_RANGES; r++) {
+		if (r >= cfg->range_len[pidx & 3])
+			break;
+		const struct port_range *pr = &cfg->ranges[pidx & 3][r];
+		__u32 n = (__u32)pr->end - pr->start + 1;
+		if (i < n)
+			return pr->start + i;
+		i -= n;
+	}
+	return 0;
+}
+
+static __always_inline bool try_claim(struct alloc_ctx *c, __u16 port)
+{
+	c->key.port = bpf_htons(port);
+	if (bpf_map_lookup_elem(&map_binding, &c->key))
+		return false;
+	return bpf_map_update_elem(&map_binding, &c->key, &c->val, BPF_NOEXIST) == 0;
+}
+
+static long alloc_probe(__u64 i, void *ctx)
+{
+	struct alloc_ctx *c = ctx;
+	__u32 idx = c->start + (__u32)i;
+	if (idx >= c->total)
+		idx -= c->total;
+	__u16 port = range_port(c->cfg, c->pidx, idx);
+	if (port && try_claim(c, port)) {
+		c->found = port;
+		return 1;
+	}
+	return 0;
+}
+
+static __always_inline bool port_in_ranges(const struct external_config *cfg, int pidx, __u16 port)
+{
+#pragma unroll
+	for (int r = 0; r < EINAT_MAX_RANGES; r++) {
+		if (r >= cfg->range_len[pidx & 3])
+			break;
+		const struct port_range *pr = &cfg->ranges[pidx & 3][r];
+		if (port >= pr->start && port <= pr->end)
+			return true;
+	}
+	return false;
+}
+
+/*
+ * Creates both entries of a new binding for the internal endpoint of p.
+ * Returns the reply (external) entry's external port in *ext_port, or a
+ * STAT_DROP_* reason.
+ */
+static __always_inline int binding_create(const struct packet *p, const struct default_ext *ext,
+					  struct binding_value *out)
+{
+	struct alloc_ctx c;
+	int pidx = proto_idx(p->l4proto);
+	const struct external_config *cfg = &ext->cfg;
+	__u32 total = 0;
+
+	__builtin_memset(&c, 0, sizeof(c));
+#pragma unroll
+	for (int r = 0; r < EINAT_MAX_RANGES; r++) {
+		if (r >= cfg->range_len[pidx & 3])
+			break;
+		total += (__u32)cfg->ranges[pidx & 3][r].end - cfg->ranges[pidx & 3][r].start + 1;
+	}
+	if (total == 0)
+		return STAT_DROP_NO_PORT;
+
+	c.cfg = cfg;
+	c.pidx = pidx;
+	c.total = total;
+	binding_key_init(&c.key, 0, p->family, p->l4proto, &ext->addr, 0);
+	c.val.addr = p->src;
+	c.val.port = p->sport;
+	c.val.ref = 0;
+
+	__u16 want = bpf_ntohs(p->sport);
+	if (port_in_ranges(cfg, pidx, want) && try_claim(&c, want)) {
+		c.found = want;
+	} else {
+		c.start = bpf_get_prandom_u32() % total;
+		bpf_loop(total, alloc_probe, &c, 0);
+	}
+	if (!c.found)
+		return STAT_DROP_NO_PORT;
+
+	struct binding_key okey;
+	struct binding_value oval;
+	binding_key_init(&okey, BINDING_ORIG, p->family, p->l4proto, &p->src, p->sport);
+	__builtin_memset(&oval, 0, sizeof(oval));
+	oval.addr = ext->addr;
+	oval.port = bpf_htons(c.found);
+	if (bpf_map_update_elem(&map_binding, &okey, &oval, BPF_NOEXIST)) {
+		/* Lost a race with another CPU, or the table is full. */
+		bpf_map_delete_elem(&map_binding, &c.key);
+		struct binding_value *v = bpf_map_lookup_elem(&map_binding, &okey);
+		if (!v)
+			return STAT_DROP_BINDING_FULL;
+		*out = *v;
+		return 0;
+	}
+	stat_inc(STAT_NEW_BINDING);
+	*out = oval;
+	return 0;
+}
+
+/* Drops one session reference; deletes both entries with the last one. */
+static __always_inline void binding_put(__u8 family, __u8 l4proto, const union ip_addr *ext_addr,
+					__be16 ext_port)
+{
+	struct binding_key rkey;
+	binding_key_init(&rkey, 0, family, l4proto, ext_addr, ext_port);
+	struct binding_value *rv = bpf_map_lookup_elem(&map_binding, &rkey);
+	if (!rv)
+		return;
+	if (__sync_fetch_and_add(&rv->ref, -1) != 1)
+		return;
+	struct binding_key okey;
+	binding_key_init(&okey, BINDING_ORIG, family, l4proto, &rv->addr, rv->port);
+	bpf_map_delete_elem(&map_binding, &okey);
+	bpf_map_delete_elem(&map_binding, &rkey);
+}
+
+/* Deletes a binding that no session took a reference on. */
+static __always_inline void binding_put_unused(__u8 family, __u8 l4proto,
+					       const union ip_addr *ext_addr, __be16 ext_port)
+{
+	struct binding_key rkey;
+	binding_key_init(&rkey, 0, family, l4proto, ext_addr, ext_port);
+	struct binding_value *rv = bpf_map_lookup_elem(&map_binding, &rkey);
+	if (!rv || rv->ref != 0)
+		return;
+	struct binding_key okey;
+	binding_key_init(&okey, BINDING_ORIG, family, l4proto, &rv->addr, rv->port);
+	bpf_map_delete_elem(&map_binding, &okey);
+	bpf_map_delete_elem(&map_binding, &rkey);
+}
+
+#endif

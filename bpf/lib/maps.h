@@ -1,0 +1,66 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
+/* Map definitions. Sizes here are defaults; the daemon sets the record limits. */
+#ifndef EINAT_MAPS_H
+#define EINAT_MAPS_H
+
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+#include "../einat.h"
+
+/* Externals, no-SNAT sources and destinations, keyed by family + prefix. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct lpm_key);
+	__type(value, struct external_config);
+	__uint(max_entries, 4096);
+} map_externals SEC(".maps");
+
+/* Destinations that bypass NAT (no_snat_dests). Value: EXT_* flags. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct lpm_key);
+	__type(value, __u32);
+	__uint(max_entries, 4096);
+} map_dest_config SEC(".maps");
+
+/* The source address new mappings get: [0] IPv4, [1] IPv6. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, struct default_ext);
+	__uint(max_entries, 2);
+} map_default_ext SEC(".maps");
+
+/* Bindings, both directions in one table (BINDING_ORIG flag in the key). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct binding_key);
+	__type(value, struct binding_value);
+	__uint(max_entries, 65536 * 2);
+} map_binding SEC(".maps");
+
+/* Sessions: one per (external endpoint, remote endpoint). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct ct_key);
+	__type(value, struct ct_value);
+	__uint(max_entries, 65536 * 2);
+} map_ct SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(max_entries, STAT_MAX);
+} map_stats SEC(".maps");
+
+static __always_inline void stat_inc(__u32 idx)
+{
+	__u64 *v = bpf_map_lookup_elem(&map_stats, &idx);
+	if (v)
+		*v += 1;
+}
+
+#endif

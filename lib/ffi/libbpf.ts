@@ -1,0 +1,789 @@
+/**
+ * Thin typed bindings to libbpf (`libbpf.so.1`, opened lazily on first use): objects, maps,
+ * programs, map element operations, TC (clsact) attachment, BPF_PROG_TEST_RUN and the
+ * libbpf print hook. No policy lives here.
+ *
+ * Conventions: libbpf 1.x int-returning calls give `-errno`; pointer-returning calls give
+ * null and set `errno`. Every failure becomes a {@link BpfError}. Every buffer whose address
+ * is stored in a C struct is allocated off the V8 heap and kept referenced while C may use it.
+ * libbpf is not thread-safe per object: do not use an object while `loadObject` runs.
+ * @module
+ */
+
+import * as log from "../log.ts";
+import { cString, decodeCString, errno, libc } from "./libc.ts";
+
+// ---------------------------------------------------------------------------------------------
+// Library loading
+
+const LIBBPF = "libbpf.so.1";
+
+const TEST_RUN = { parameters: ["i32", "buffer"], result: "i32" } as const;
+
+const SYMBOLS = {
+  libbpf_major_version: { parameters: [], result: "u32" },
+  libbpf_minor_version: { parameters: [], result: "u32" },
+  libbpf_strerror: { parameters: ["i32", "buffer", "usize"], result: "i32" },
+  libbpf_set_print: { parameters: ["function"], result: "pointer" },
+
+  bpf_object__open_mem: { parameters: ["buffer", "usize", "buffer"], result: "pointer" },
+  bpf_object__load: { parameters: ["pointer"], result: "i32", nonblocking: true },
+  bpf_object__close: { parameters: ["pointer"], result: "void" },
+  bpf_object__find_map_by_name: { parameters: ["pointer", "buffer"], result: "pointer" },
+  bpf_object__find_program_by_name: { parameters: ["pointer", "buffer"], result: "pointer" },
+
+  bpf_map__fd: { parameters: ["pointer"], result: "i32" },
+  bpf_map__max_entries: { parameters: ["pointer"], result: "u32" },
+  bpf_map__set_max_entries: { parameters: ["pointer", "u32"], result: "i32" },
+  bpf_map__key_size: { parameters: ["pointer"], result: "u32" },
+  bpf_map__value_size: { parameters: ["pointer"], result: "u32" },
+  bpf_map__initial_value: { parameters: ["pointer", "buffer"], result: "pointer" },
+  bpf_map__set_initial_value: { parameters: ["pointer", "buffer", "usize"], result: "i32" },
+  bpf_map__set_pin_path: { parameters: ["pointer", "buffer"], result: "i32" },
+
+  bpf_program__fd: { parameters: ["pointer"], result: "i32" },
+  bpf_program__set_log_level: { parameters: ["pointer", "u32"], result: "i32" },
+
+  bpf_map_update_elem: { parameters: ["i32", "buffer", "buffer", "u64"], result: "i32" },
+  bpf_map_lookup_elem: { parameters: ["i32", "buffer", "buffer"], result: "i32" },
+  bpf_map_delete_elem: { parameters: ["i32", "buffer"], result: "i32" },
+  bpf_map_get_next_key: { parameters: ["i32", "buffer", "buffer"], result: "i32" },
+  bpf_map_lookup_batch: {
+    parameters: ["i32", "buffer", "buffer", "buffer", "buffer", "buffer", "buffer"],
+    result: "i32",
+  },
+  bpf_obj_get: { parameters: ["buffer"], result: "i32" },
+  bpf_obj_pin: { parameters: ["i32", "buffer"], result: "i32" },
+
+  bpf_tc_hook_create: { parameters: ["buffer"], result: "i32" },
+  bpf_tc_hook_destroy: { parameters: ["buffer"], result: "i32" },
+  bpf_tc_attach: { parameters: ["buffer", "buffer"], result: "i32" },
+  bpf_tc_detach: { parameters: ["buffer", "buffer"], result: "i32" },
+  bpf_tc_query: { parameters: ["buffer", "buffer"], result: "i32" },
+
+  bpf_prog_test_run_opts: TEST_RUN,
+  bpf_prog_test_run_opts_async: { ...TEST_RUN, name: "bpf_prog_test_run_opts", nonblocking: true },
+} as const satisfies Deno.ForeignLibraryInterface;
+
+type LibBpf = Deno.DynamicLibrary<typeof SYMBOLS>["symbols"];
+
+let lib: Deno.DynamicLibrary<typeof SYMBOLS> | null = null;
+
+function bpf(): LibBpf {
+  if (lib !== null) return lib.symbols;
+  // Open libc first: errno must not be clobbered by a lazy dlopen after a failing call.
+  libc();
+  try {
+    lib = Deno.dlopen(LIBBPF, SYMBOLS);
+  } catch (e) {
+    const msg = e instanceof Error ? e.message : String(e);
+    if (/cannot open shared object|No such file|not found/i.test(msg)) {
+      throw new Error(`${LIBBPF} not found: install the libbpf1 package (apt install libbpf1)`);
+    }
+    throw e;
+  }
+  return lib.symbols;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Errors
+
+/** errno values this module reports or tests for. */
+export const Errno = {
+  ENOENT: 2,
+  E2BIG: 7,
+  EBADF: 9,
+  EAGAIN: 11,
+  ENOMEM: 12,
+  EACCES: 13,
+  EBUSY: 16,
+  EEXIST: 17,
+  EINVAL: 22,
+  ENOSPC: 28,
+  EOPNOTSUPP: 95,
+  ENOTSUPP: 524,
+} as const;
+
+const LOG_TAIL_LINES = 30;
+
+/** Text for an error code (positive or negative; libbpf's own codes are >= 4000). */
+export function strerror(err: number): string {
+  const buf = new Uint8Array(256);
+  bpf().libbpf_strerror(Math.abs(err) | 0, buf, BigInt(buf.length));
+  return decodeCString(buf) || `error ${Math.abs(err)}`;
+}
+
+/** A failed libbpf call: `op` is the C function, `errno` the positive error code. */
+export class BpfError extends Error {
+  /** The libbpf function that failed. */
+  readonly op: string;
+  /** Positive error code (libbpf's own codes are >= 4000). */
+  readonly errno: number;
+  /** Full verifier/kernel log of a failed load, when one was produced. */
+  readonly log?: string;
+
+  /** Builds `${op}: ${strerror} (errno N)`, followed by the last lines of `log` if given. */
+  constructor(op: string, err: number, log?: string) {
+    const code = Math.abs(err);
+    let text: string;
+    try {
+      text = strerror(code);
+    } catch {
+      text = `error ${code}`;
+    }
+    let message = `${op}: ${text} (errno ${code})`;
+    if (log) {
+      const lines = log.trimEnd().split("\n");
+      const tail = lines.slice(-LOG_TAIL_LINES);
+      const skipped = lines.length - tail.length;
+      message += `\n--- verifier log${skipped > 0 ? ` (last ${tail.length} lines)` : ""} ---\n` +
+        tail.join("\n");
+    }
+    super(message);
+    this.name = "BpfError";
+    this.op = op;
+    this.errno = code;
+    if (log) this.log = log;
+  }
+}
+
+function check(op: string, ret: number): number {
+  if (ret < 0) throw new BpfError(op, -ret);
+  return ret;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Memory helpers
+
+/** A zeroed buffer backed by its own (off-heap, never moving) ArrayBuffer. */
+function stable(size: number): Uint8Array<ArrayBuffer> {
+  return new Uint8Array(new ArrayBuffer(size));
+}
+
+function stableCopy(bytes: Uint8Array): Uint8Array<ArrayBuffer> {
+  const out = stable(bytes.length);
+  out.set(bytes);
+  return out;
+}
+
+function addr(buf: Uint8Array | null): bigint {
+  if (buf === null || buf.length === 0) return 0n;
+  return BigInt(Deno.UnsafePointer.value(Deno.UnsafePointer.of(buf as Uint8Array<ArrayBuffer>)));
+}
+
+function view(buf: Uint8Array): DataView {
+  return new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Objects, maps, programs
+
+/** An opened `struct bpf_object`, with every buffer libbpf may still read. */
+export interface BpfObject {
+  readonly kind: "bpf_object";
+  /** Object name given to `openObjectMem`. */
+  readonly name: string;
+  /** `struct bpf_object *`; null once closed. */
+  ptr: Deno.PointerObject | null;
+  /** Verifier log buffer (`kernel_log_buf`), filled by a failed load. */
+  readonly logBuf: Uint8Array<ArrayBuffer>;
+  /** Buffers C may still read (ELF image, open options, strings). */
+  readonly keep: unknown[];
+}
+
+/** A `struct bpf_map` inside a {@link BpfObject}. */
+export interface BpfMap {
+  readonly kind: "bpf_map";
+  readonly name: string;
+  readonly obj: BpfObject;
+  readonly ptr: Deno.PointerObject;
+}
+
+/** A `struct bpf_program` inside a {@link BpfObject}. */
+export interface BpfProgram {
+  readonly kind: "bpf_program";
+  readonly name: string;
+  readonly obj: BpfObject;
+  readonly ptr: Deno.PointerObject;
+}
+
+/** Options of {@link openObjectMem}. */
+export interface OpenOptions {
+  /** Size of the verifier log buffer in bytes (default 4 MiB). */
+  logSize?: number;
+  /** Folder for maps declared with `LIBBPF_PIN_BY_NAME` (libbpf default /sys/fs/bpf). */
+  pinRootPath?: string;
+}
+
+const OPEN_OPTS_SIZE = 80;
+const DEFAULT_LOG_SIZE = 4 << 20;
+
+function live(obj: BpfObject): Deno.PointerObject {
+  if (obj.ptr === null) throw new Error(`bpf object ${obj.name} is closed`);
+  return obj.ptr;
+}
+
+function mapPtr(map: BpfMap): Deno.PointerObject {
+  live(map.obj);
+  return map.ptr;
+}
+
+function progPtr(prog: BpfProgram): Deno.PointerObject {
+  live(prog.obj);
+  return prog.ptr;
+}
+
+/**
+ * Opens a BPF ELF object from memory (`bpf_object__open_mem`). The bytes are copied and kept,
+ * and a verifier log buffer is attached so a failed {@link loadObject} can report it.
+ */
+export function openObjectMem(bytes: Uint8Array, name: string, opts: OpenOptions = {}): BpfObject {
+  const b = bpf();
+  const image = stableCopy(bytes);
+  const nameC = cString(name);
+  const pinRoot = opts.pinRootPath === undefined ? null : cString(opts.pinRootPath);
+  const logBuf = stable(opts.logSize ?? DEFAULT_LOG_SIZE);
+  const o = stable(OPEN_OPTS_SIZE);
+  const v = view(o);
+  v.setBigUint64(0, BigInt(OPEN_OPTS_SIZE), true); // sz
+  v.setBigUint64(8, addr(nameC), true); // object_name
+  v.setBigUint64(24, addr(pinRoot), true); // pin_root_path
+  v.setBigUint64(56, addr(logBuf), true); // kernel_log_buf
+  v.setBigUint64(64, BigInt(logBuf.length), true); // kernel_log_size
+  v.setUint32(72, 0, true); // kernel_log_level: 0 = libbpf retries a failed load with level 1
+  const ptr = b.bpf_object__open_mem(image, BigInt(image.length), o);
+  if (ptr === null) throw new BpfError("bpf_object__open_mem", errno() || Errno.EINVAL);
+  return { kind: "bpf_object", name, ptr, logBuf, keep: [image, nameC, pinRoot, o] };
+}
+
+/**
+ * Loads every map and program of `obj` into the kernel (`bpf_object__load`, run off the JS
+ * thread). On failure throws a {@link BpfError} carrying the verifier log.
+ */
+export async function loadObject(obj: BpfObject): Promise<void> {
+  const ptr = live(obj);
+  obj.logBuf[0] = 0;
+  const ret = await bpf().bpf_object__load(ptr);
+  if (ret < 0) {
+    const text = decodeCString(obj.logBuf).trimEnd();
+    throw new BpfError("bpf_object__load", -ret, text || undefined);
+  }
+}
+
+/** Closes `obj` (`bpf_object__close`): unloads what no one else holds. Safe to call twice. */
+export function closeObject(obj: BpfObject): void {
+  if (obj.ptr === null) return;
+  bpf().bpf_object__close(obj.ptr);
+  obj.ptr = null;
+  obj.keep.length = 0;
+}
+
+/** Finds map `name` (also ".rodata", ".data", ".bss") in `obj`; throws when absent. */
+export function findMap(obj: BpfObject, name: string): BpfMap {
+  const ptr = bpf().bpf_object__find_map_by_name(live(obj), cString(name));
+  if (ptr === null) throw new BpfError(`bpf_object__find_map_by_name(${name})`, Errno.ENOENT);
+  return { kind: "bpf_map", name, obj, ptr };
+}
+
+/** File descriptor of a loaded map (throws before load). */
+export function mapFd(map: BpfMap): number {
+  return check(`bpf_map__fd(${map.name})`, bpf().bpf_map__fd(mapPtr(map)));
+}
+
+/** Sets `max_entries` before load. */
+export function mapSetMaxEntries(map: BpfMap, n: number): void {
+  check(`bpf_map__set_max_entries(${map.name})`, bpf().bpf_map__set_max_entries(mapPtr(map), n));
+}
+
+/** Current `max_entries`. */
+export function mapMaxEntries(map: BpfMap): number {
+  return bpf().bpf_map__max_entries(mapPtr(map));
+}
+
+/** Key size in bytes. */
+export function mapKeySize(map: BpfMap): number {
+  return bpf().bpf_map__key_size(mapPtr(map));
+}
+
+/** Value size in bytes. */
+export function mapValueSize(map: BpfMap): number {
+  return bpf().bpf_map__value_size(mapPtr(map));
+}
+
+/** A copy of the initial contents of a global-data map (".rodata", ".data", ".bss"). */
+export function mapInitialValue(map: BpfMap): Uint8Array {
+  const size = new BigUint64Array(1);
+  const p = bpf().bpf_map__initial_value(mapPtr(map), size);
+  if (p === null) throw new BpfError(`bpf_map__initial_value(${map.name})`, Errno.EINVAL);
+  const out = new Uint8Array(Number(size[0]));
+  if (out.length > 0) new Deno.UnsafePointerView(p).copyInto(out);
+  return out;
+}
+
+/** Replaces the initial contents of a global-data map before load (size must match). */
+export function mapSetInitialValue(map: BpfMap, bytes: Uint8Array): void {
+  const data = stableCopy(bytes);
+  check(
+    `bpf_map__set_initial_value(${map.name})`,
+    bpf().bpf_map__set_initial_value(mapPtr(map), data, BigInt(data.length)),
+  );
+}
+
+/** Sets (or with null clears) the bpffs path the map is pinned at / reused from on load. */
+export function mapSetPinPath(map: BpfMap, path: string | null): void {
+  const p = path === null ? null : cString(path);
+  check(`bpf_map__set_pin_path(${map.name})`, bpf().bpf_map__set_pin_path(mapPtr(map), p));
+}
+
+/** Finds program `name` (the C function name) in `obj`; throws when absent. */
+export function findProgram(obj: BpfObject, name: string): BpfProgram {
+  const ptr = bpf().bpf_object__find_program_by_name(live(obj), cString(name));
+  if (ptr === null) {
+    throw new BpfError(`bpf_object__find_program_by_name(${name})`, errno() || Errno.ENOENT);
+  }
+  return { kind: "bpf_program", name, obj, ptr };
+}
+
+/** File descriptor of a loaded program (throws before load). */
+export function programFd(prog: BpfProgram): number {
+  return check(`bpf_program__fd(${prog.name})`, bpf().bpf_program__fd(progPtr(prog)));
+}
+
+/** Sets the verifier log level used at load (1 = verbose, 2 = very verbose, 4 = stats). */
+export function programSetLogLevel(prog: BpfProgram, level: number): void {
+  check(
+    `bpf_program__set_log_level(${prog.name})`,
+    bpf().bpf_program__set_log_level(progPtr(prog), level),
+  );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Map elements (by fd)
+
+/** Create a new element or update an existing one. */
+export const BPF_ANY = 0;
+/** Create a new element only if it does not exist. */
+export const BPF_NOEXIST = 1;
+/** Update an existing element only. */
+export const BPF_EXIST = 2;
+
+/** Writes `key` → `value` (`bpf_map_update_elem`). */
+export function mapUpdate(fd: number, key: Uint8Array, value: Uint8Array, flags = BPF_ANY): void {
+  check("bpf_map_update_elem", bpf().bpf_map_update_elem(fd, key, value, BigInt(flags)));
+}
+
+/** Reads the value at `key`, or null when absent. */
+export function mapLookup(fd: number, key: Uint8Array, valueSize: number): Uint8Array | null {
+  const value = new Uint8Array(valueSize);
+  const ret = bpf().bpf_map_lookup_elem(fd, key, value);
+  if (ret === -Errno.ENOENT) return null;
+  check("bpf_map_lookup_elem", ret);
+  return value;
+}
+
+/** Deletes `key`; false when it was absent. */
+export function mapDelete(fd: number, key: Uint8Array): boolean {
+  const ret = bpf().bpf_map_delete_elem(fd, key);
+  if (ret === -Errno.ENOENT) return false;
+  check("bpf_map_delete_elem", ret);
+  return true;
+}
+
+/** The key after `key` (the first key for null), or null at the end. */
+export function mapNextKey(fd: number, key: Uint8Array | null, keySize: number): Uint8Array | null {
+  const next = new Uint8Array(keySize);
+  const ret = bpf().bpf_map_get_next_key(fd, key, next);
+  if (ret === -Errno.ENOENT) return null;
+  check("bpf_map_get_next_key", ret);
+  return next;
+}
+
+/** One key/value pair of a map. */
+export interface MapEntry {
+  key: Uint8Array;
+  value: Uint8Array;
+}
+
+/**
+ * Iterates a map lazily with `get_next_key` + `lookup`. Keys deleted meanwhile are skipped;
+ * concurrent deletes in a hash map may restart the walk (kernel semantics).
+ */
+export function* mapEntries(fd: number, keySize: number, valueSize: number): Generator<MapEntry> {
+  let key: Uint8Array | null = null;
+  for (;;) {
+    key = mapNextKey(fd, key, keySize);
+    if (key === null) return;
+    const value = mapLookup(fd, key, valueSize);
+    if (value !== null) yield { key, value };
+  }
+}
+
+const BATCH_OPTS_SIZE = 24;
+
+/**
+ * Reads a whole map with `bpf_map_lookup_batch`, `batchCount` elements per call (grown when a
+ * hash bucket does not fit). Falls back to {@link mapEntries} when the map type has no batch
+ * support. For per-CPU maps `valueSize` must be `roundup(value_size, 8) * nr_cpus`.
+ */
+export function mapLookupBatch(
+  fd: number,
+  keySize: number,
+  valueSize: number,
+  batchCount = 256,
+): MapEntry[] {
+  const b = bpf();
+  const out: MapEntry[] = [];
+  let count = Math.max(1, batchCount | 0);
+  let keys = new Uint8Array(keySize * count);
+  let values = new Uint8Array(valueSize * count);
+  const tokenSize = Math.max(8, Math.ceil(keySize / 8) * 8);
+  let inBatch: Uint8Array | null = null;
+  const outBatch = new Uint8Array(tokenSize);
+  const n = new Uint32Array(1);
+  const opts = new Uint8Array(BATCH_OPTS_SIZE);
+  view(opts).setBigUint64(0, BigInt(BATCH_OPTS_SIZE), true);
+  for (;;) {
+    n[0] = count;
+    const ret = b.bpf_map_lookup_batch(fd, inBatch, outBatch, keys, values, n, opts);
+    if (ret < 0 && ret !== -Errno.ENOENT) {
+      const unsupported = ret === -Errno.EINVAL || ret === -Errno.ENOTSUPP ||
+        ret === -Errno.EOPNOTSUPP;
+      if (unsupported && inBatch === null && out.length === 0) {
+        return [...mapEntries(fd, keySize, valueSize)];
+      }
+      if (ret === -Errno.ENOSPC && n[0] === 0) {
+        count *= 2;
+        keys = new Uint8Array(keySize * count);
+        values = new Uint8Array(valueSize * count);
+        continue;
+      }
+      check("bpf_map_lookup_batch", ret);
+    }
+    for (let i = 0; i < n[0]; i++) {
+      out.push({
+        key: keys.slice(i * keySize, (i + 1) * keySize),
+        value: values.slice(i * valueSize, (i + 1) * valueSize),
+      });
+    }
+    if (ret === -Errno.ENOENT) return out;
+    inBatch = outBatch.slice();
+  }
+}
+
+/** Opens a pinned BPF object (map, program, link) at a bpffs `path`; returns its fd. */
+export function objGetPinned(path: string): number {
+  return check(`bpf_obj_get(${path})`, bpf().bpf_obj_get(cString(path)));
+}
+
+/** Pins the BPF object behind `fd` at a bpffs `path`. */
+export function objPin(fd: number, path: string): void {
+  check(`bpf_obj_pin(${path})`, bpf().bpf_obj_pin(fd, cString(path)));
+}
+
+// ---------------------------------------------------------------------------------------------
+// TC (clsact) attachment
+
+/** Which clsact hook. */
+export type TcAttachPoint = "ingress" | "egress";
+
+/** A filter attached with {@link tcAttach}. */
+export interface TcFilter {
+  handle: number;
+  priority: number;
+  progId: number;
+}
+
+/** Options of {@link tcAttach}: 0 lets the kernel choose handle/priority. */
+export interface TcAttachOptions {
+  handle?: number;
+  priority?: number;
+  /** Atomically replace the program of an existing filter with the same handle/priority. */
+  replace?: boolean;
+}
+
+const TC_HOOK_SIZE = 24;
+const TC_OPTS_SIZE = 32;
+const BPF_TC_INGRESS = 1;
+const BPF_TC_EGRESS = 2;
+const BPF_TC_F_REPLACE = 1;
+
+function tcHook(ifindex: number, attachPoint: number): Uint8Array {
+  const h = new Uint8Array(TC_HOOK_SIZE);
+  const v = view(h);
+  v.setBigUint64(0, BigInt(TC_HOOK_SIZE), true);
+  v.setInt32(8, ifindex, true);
+  v.setUint32(12, attachPoint, true);
+  return h;
+}
+
+function tcPoint(p: TcAttachPoint): number {
+  if (p === "ingress") return BPF_TC_INGRESS;
+  if (p === "egress") return BPF_TC_EGRESS;
+  throw new TypeError(`bad TC attach point: ${p}`);
+}
+
+function tcOpts(
+  f: { progFd?: number; flags?: number; handle?: number; priority?: number },
+): Uint8Array {
+  const o = new Uint8Array(TC_OPTS_SIZE);
+  const v = view(o);
+  v.setBigUint64(0, BigInt(TC_OPTS_SIZE), true);
+  v.setInt32(8, f.progFd ?? 0, true);
+  v.setUint32(12, f.flags ?? 0, true);
+  v.setUint32(20, f.handle ?? 0, true);
+  v.setUint32(24, f.priority ?? 0, true);
+  return o;
+}
+
+/**
+ * Creates the clsact qdisc on `ifindex` (`bpf_tc_hook_create`). "exists" means it was already
+ * there (possibly someone else's).
+ */
+export function tcHookCreate(ifindex: number, attachPoint: TcAttachPoint): "created" | "exists" {
+  const ret = bpf().bpf_tc_hook_create(tcHook(ifindex, tcPoint(attachPoint)));
+  if (ret === -Errno.EEXIST) return "exists";
+  check("bpf_tc_hook_create", ret);
+  return "created";
+}
+
+/**
+ * Destroys the whole clsact qdisc on `ifindex`, every filter on it included (anyone's).
+ * Returns false when there was none.
+ */
+export function tcHookDestroy(ifindex: number): boolean {
+  const ret = bpf().bpf_tc_hook_destroy(tcHook(ifindex, BPF_TC_INGRESS | BPF_TC_EGRESS));
+  if (ret === -Errno.ENOENT || ret === -Errno.EINVAL) return false;
+  check("bpf_tc_hook_destroy", ret);
+  return true;
+}
+
+/** Attaches program `progFd` as a direct-action clsact filter; returns its identity. */
+export function tcAttach(
+  ifindex: number,
+  attachPoint: TcAttachPoint,
+  progFd: number,
+  opts: TcAttachOptions = {},
+): TcFilter {
+  const o = tcOpts({
+    progFd,
+    flags: opts.replace ? BPF_TC_F_REPLACE : 0,
+    handle: opts.handle,
+    priority: opts.priority,
+  });
+  check("bpf_tc_attach", bpf().bpf_tc_attach(tcHook(ifindex, tcPoint(attachPoint)), o));
+  const v = view(o);
+  return {
+    progId: v.getUint32(16, true),
+    handle: v.getUint32(20, true),
+    priority: v.getUint32(24, true),
+  };
+}
+
+/** Removes the filter `handle`/`priority`; false when there was no such filter. */
+export function tcDetach(
+  ifindex: number,
+  attachPoint: TcAttachPoint,
+  handle: number,
+  priority: number,
+): boolean {
+  const ret = bpf().bpf_tc_detach(
+    tcHook(ifindex, tcPoint(attachPoint)),
+    tcOpts({ handle, priority }),
+  );
+  if (ret === -Errno.ENOENT) return false;
+  check("bpf_tc_detach", ret);
+  return true;
+}
+
+/** Program id of filter `handle`/`priority`, or null when there is no such filter. */
+export function tcQuery(
+  ifindex: number,
+  attachPoint: TcAttachPoint,
+  handle: number,
+  priority: number,
+): number | null {
+  const o = tcOpts({ handle, priority });
+  const ret = bpf().bpf_tc_query(tcHook(ifindex, tcPoint(attachPoint)), o);
+  if (ret === -Errno.ENOENT) return null;
+  check("bpf_tc_query", ret);
+  return view(o).getUint32(16, true);
+}
+
+// ---------------------------------------------------------------------------------------------
+// BPF_PROG_TEST_RUN
+
+/** Options of {@link testRun}. */
+export interface TestRunOptions {
+  /** Run the program this many times (duration is the per-run average). */
+  repeat?: number;
+  /** Capacity for the output packet (default: input length + 4096). */
+  dataOutSize?: number;
+  /** Context in (e.g. a `struct __sk_buff` to set `ifindex`, `mark`, ...). */
+  ctxIn?: Uint8Array;
+  /** Capacity for the output context (default: `ctxIn` length, 0 without `ctxIn`). */
+  ctxOutSize?: number;
+}
+
+/** Result of {@link testRun}. */
+export interface TestRunResult {
+  /** Program return value (the TC verdict). */
+  retval: number;
+  /** Packet after the program ran, sized as the kernel reported. */
+  dataOut: Uint8Array;
+  /** Average duration of one run in nanoseconds. */
+  durationNs: number;
+  /** Context after the run, when `ctxIn`/`ctxOutSize` was given. */
+  ctxOut?: Uint8Array;
+}
+
+const TEST_RUN_OPTS_SIZE = 80;
+
+interface PreparedRun {
+  opts: Uint8Array<ArrayBuffer>;
+  keep: Uint8Array[];
+  dataOut: Uint8Array;
+  ctxOut: Uint8Array | null;
+}
+
+function prepareRun(data: Uint8Array, o: TestRunOptions): PreparedRun {
+  const dataIn = stableCopy(data);
+  const dataOut = stable(o.dataOutSize ?? data.length + 4096);
+  const ctxIn = o.ctxIn ? stableCopy(o.ctxIn) : null;
+  const ctxOutSize = o.ctxOutSize ?? ctxIn?.length ?? 0;
+  const ctxOut = ctxOutSize > 0 ? stable(ctxOutSize) : null;
+  const opts = stable(TEST_RUN_OPTS_SIZE);
+  const v = view(opts);
+  v.setBigUint64(0, BigInt(TEST_RUN_OPTS_SIZE), true);
+  v.setBigUint64(8, addr(dataIn), true);
+  v.setBigUint64(16, addr(dataOut), true);
+  v.setUint32(24, dataIn.length, true);
+  v.setUint32(28, dataOut.length, true);
+  v.setBigUint64(32, addr(ctxIn), true);
+  v.setBigUint64(40, addr(ctxOut), true);
+  v.setUint32(48, ctxIn?.length ?? 0, true);
+  v.setUint32(52, ctxOut?.length ?? 0, true);
+  v.setInt32(60, o.repeat ?? 0, true);
+  return { opts, keep: [dataIn, ctxIn ?? dataIn], dataOut, ctxOut };
+}
+
+function finishRun(ret: number, p: PreparedRun): TestRunResult {
+  const v = view(p.opts);
+  if (ret === -Errno.ENOSPC) {
+    const need = v.getUint32(28, true);
+    throw new BpfError(`bpf_prog_test_run_opts (output needs ${need} bytes)`, Errno.ENOSPC);
+  }
+  check("bpf_prog_test_run_opts", ret);
+  const res: TestRunResult = {
+    retval: v.getUint32(56, true),
+    dataOut: p.dataOut.slice(0, v.getUint32(28, true)),
+    durationNs: v.getUint32(64, true),
+  };
+  if (p.ctxOut) res.ctxOut = p.ctxOut.slice(0, v.getUint32(52, true));
+  return res;
+}
+
+/** Runs a program once (or `repeat` times) on `data` with `BPF_PROG_TEST_RUN`, blocking. */
+export function testRun(
+  progFd: number,
+  data: Uint8Array,
+  opts: TestRunOptions = {},
+): TestRunResult {
+  const p = prepareRun(data, opts);
+  return finishRun(bpf().bpf_prog_test_run_opts(progFd, p.opts), p);
+}
+
+/** Like {@link testRun} but off the JS thread, for large `repeat` counts. */
+export async function testRunAsync(
+  progFd: number,
+  data: Uint8Array,
+  opts: TestRunOptions = {},
+): Promise<TestRunResult> {
+  const p = prepareRun(data, opts);
+  const ret = await bpf().bpf_prog_test_run_opts_async(progFd, p.opts);
+  return finishRun(ret, p); // p (and its buffers) stayed referenced across the await
+}
+
+// ---------------------------------------------------------------------------------------------
+// Version and printing
+
+/** The libbpf version, e.g. "1.1". */
+export function libbpfVersion(): string {
+  const b = bpf();
+  return `${b.libbpf_major_version()}.${b.libbpf_minor_version()}`;
+}
+
+/** libbpf message level. */
+export type PrintLevel = "warn" | "info" | "debug";
+
+/** Receives one libbpf message, trailing newline removed (may hold several lines). */
+export type PrintHandler = (level: PrintLevel, line: string) => void;
+
+const PRINT_LEVELS: readonly PrintLevel[] = ["warn", "info", "debug"];
+/** Size of `va_list` (for a va_copy-by-memcpy retry of long messages); 0 = no retry. */
+const VA_LIST_SIZE = Deno.build.arch === "x86_64" ? 24 : Deno.build.arch === "aarch64" ? 32 : 0;
+const PRINT_CB_DEF = { parameters: ["i32", "pointer", "pointer"], result: "i32" } as const;
+
+let printHandler: PrintHandler | null = null;
+let printCallback: Deno.UnsafeCallback<typeof PRINT_CB_DEF> | null = null;
+let defaultPrint: Deno.PointerValue = null;
+let defaultSaved = false;
+const printBuf = stable(8192);
+const vaCopy = stable(Math.max(VA_LIST_SIZE, 8));
+const textDecoder = new TextDecoder();
+
+function printTrampoline(level: number, fmt: Deno.PointerValue, ap: Deno.PointerValue): number {
+  const handler = printHandler;
+  if (handler === null || fmt === null || ap === null) return 0;
+  try {
+    const c = libc();
+    if (VA_LIST_SIZE > 0) new Deno.UnsafePointerView(ap).copyInto(vaCopy.subarray(0, VA_LIST_SIZE));
+    const n = c.vsnprintf(printBuf, BigInt(printBuf.length), fmt, ap);
+    if (n < 0) return 0;
+    let text: string;
+    if (n < printBuf.length) {
+      text = textDecoder.decode(printBuf.subarray(0, n));
+    } else if (VA_LIST_SIZE > 0) {
+      const big = new Uint8Array(n + 1);
+      c.vsnprintf(big, BigInt(big.length), fmt, Deno.UnsafePointer.of(vaCopy));
+      text = textDecoder.decode(big.subarray(0, n));
+    } else {
+      text = textDecoder.decode(printBuf.subarray(0, printBuf.length - 1)) + "…";
+    }
+    handler(PRINT_LEVELS[level] ?? "debug", text.replace(/\n+$/, ""));
+    return n;
+  } catch {
+    return 0; // never throw into C
+  }
+}
+
+/**
+ * Routes libbpf's messages to `fn` (`libbpf_set_print` with a callback formatting through
+ * libc `vsnprintf`). `null` restores libbpf's default printer (stderr); to silence libbpf pass
+ * `() => {}`.
+ */
+export function setPrintHandler(fn: PrintHandler | null): void {
+  const b = bpf();
+  let prev: Deno.PointerValue;
+  if (fn === null) {
+    printHandler = null;
+    prev = b.libbpf_set_print(defaultSaved ? defaultPrint : null);
+  } else {
+    printHandler = fn;
+    printCallback ??= new Deno.UnsafeCallback(PRINT_CB_DEF, printTrampoline);
+    prev = b.libbpf_set_print(printCallback.pointer);
+  }
+  if (!defaultSaved) {
+    defaultPrint = prev;
+    defaultSaved = true;
+  }
+}
+
+/** Sends every libbpf message line to `lib/log.ts` at debug level, prefixed "libbpf:". */
+export function routeLibbpfPrintToLog(): void {
+  setPrintHandler((level, text) => {
+    if (!log.enabled("debug")) return;
+    for (const line of text.split("\n")) {
+      log.debug(`libbpf: ${line}`, level === "warn" ? { level } : undefined);
+    }
+  });
+}

@@ -1,0 +1,89 @@
+/**
+ * Thin bindings to a few libc symbols (errno, string helpers, interface names).
+ * `libc.so.6` is opened lazily on first use.
+ * @module
+ */
+
+const IF_NAMESIZE = 16;
+const encoder = new TextEncoder();
+const decoder = new TextDecoder();
+
+const SYMBOLS = {
+  __errno_location: { parameters: [], result: "pointer" },
+  vsnprintf: { parameters: ["buffer", "usize", "pointer", "pointer"], result: "i32" },
+  strlen: { parameters: ["pointer"], result: "usize" },
+  if_nametoindex: { parameters: ["buffer"], result: "u32" },
+  if_indextoname: { parameters: ["u32", "buffer"], result: "pointer" },
+  getpid: { parameters: [], result: "i32" },
+  close: { parameters: ["i32"], result: "i32" },
+} as const satisfies Deno.ForeignLibraryInterface;
+
+/** The opened libc with its typed symbols. */
+export type LibC = Deno.DynamicLibrary<typeof SYMBOLS>["symbols"];
+
+let lib: Deno.DynamicLibrary<typeof SYMBOLS> | null = null;
+
+/** Returns the libc symbols, opening `libc.so.6` on the first call. */
+export function libc(): LibC {
+  if (lib === null) lib = Deno.dlopen("libc.so.6", SYMBOLS);
+  return lib.symbols;
+}
+
+/** Reads the calling thread's `errno`. Call it right after the failing foreign call. */
+export function errno(): number {
+  const p = libc().__errno_location();
+  if (p === null) return 0;
+  return new Deno.UnsafePointerView(p).getInt32(0);
+}
+
+/** Encodes `s` as a NUL-terminated UTF-8 C string. Keep the result referenced while C uses it. */
+export function cString(s: string): Uint8Array<ArrayBuffer> {
+  const bytes = encoder.encode(s);
+  if (bytes.includes(0)) throw new TypeError(`string contains a NUL byte: ${JSON.stringify(s)}`);
+  const out = new Uint8Array(new ArrayBuffer(bytes.length + 1));
+  out.set(bytes);
+  return out;
+}
+
+/**
+ * Reads a NUL-terminated C string at `ptr` (null for a null pointer). With `max`, at most
+ * `max` bytes are read and the string stops at the first NUL among them.
+ */
+export function readCString(ptr: Deno.PointerValue, max?: number): string | null {
+  if (ptr === null) return null;
+  if (max === undefined) return Deno.UnsafePointerView.getCString(ptr);
+  const buf = new Uint8Array(max);
+  new Deno.UnsafePointerView(ptr).copyInto(buf);
+  const end = buf.indexOf(0);
+  return decoder.decode(end < 0 ? buf : buf.subarray(0, end));
+}
+
+/** Decodes a NUL-terminated string held in `buf` (the whole buffer when it has no NUL). */
+export function decodeCString(buf: Uint8Array): string {
+  const end = buf.indexOf(0);
+  return decoder.decode(end < 0 ? buf : buf.subarray(0, end));
+}
+
+/** Returns the index of interface `name` in the current network namespace, or 0 if absent. */
+export function ifNameToIndex(name: string): number {
+  if (encoder.encode(name).length >= IF_NAMESIZE) return 0;
+  return libc().if_nametoindex(cString(name));
+}
+
+/** Returns the name of interface `index` in the current network namespace, or null if absent. */
+export function ifIndexToName(index: number): string | null {
+  const buf = new Uint8Array(IF_NAMESIZE);
+  const p = libc().if_indextoname(index >>> 0, buf);
+  if (p === null) return null;
+  return decodeCString(buf);
+}
+
+/** Returns the process id. */
+export function getpid(): number {
+  return libc().getpid();
+}
+
+/** Closes a file descriptor (e.g. one from `objGetPinned`); returns false when close failed. */
+export function closeFd(fd: number): boolean {
+  return libc().close(fd) === 0;
+}

@@ -1,0 +1,483 @@
+/**
+ * Byte codecs for the structs in `bpf/einat.h`. Each struct has a layout
+ * table (`*_LAYOUT`) that `tests/codec_btf_test.ts` checks against the BTF of
+ * the compiled object, so the C and TypeScript sides cannot drift.
+ * @module
+ */
+
+import type { PortRange } from "../config/types.ts";
+
+/** One member of a C struct: byte offset and size. */
+export interface FieldLayout {
+  offset: number;
+  size: number;
+}
+
+/** The layout of a C struct as the codec assumes it. */
+export interface StructLayout {
+  name: string;
+  size: number;
+  fields: Record<string, FieldLayout>;
+}
+
+/** IP protocol numbers used in keys. */
+export const IPPROTO = { ICMP: 1, TCP: 6, UDP: 17, ICMPV6: 58 } as const;
+
+/** Protocol index of `external_config.ranges`. */
+export const PROTO_IDX = { tcp: 0, udp: 1, icmp: 2 } as const;
+/** Ranges per protocol in `external_config`. */
+export const MAX_RANGES = 4;
+
+/** `external_config.flags` / LPM values. */
+export const EXT_FLAGS = { EXTERNAL: 1, NO_SNAT: 2, NO_HAIRPIN: 4 } as const;
+/** `binding_key.flags`. */
+export const BINDING_ORIG = 1;
+/** `ct_value.flags` bits. */
+export const CT_FLAGS = {
+  SEEN_OUT: 0x01,
+  SEEN_IN: 0x02,
+  SYN_OUT: 0x04,
+  SYN_IN: 0x08,
+  FIN_OUT: 0x10,
+  FIN_IN: 0x20,
+  RST: 0x40,
+} as const;
+/** `ct_value.state`. */
+export const CT_STATE = { TRANS: 0, EST: 1 } as const;
+
+/** Indices of `map_stats` (enum einat_stat). */
+export const STATS = [
+  "egress_nat",
+  "ingress_nat",
+  "pass",
+  "new_binding",
+  "new_session",
+  "drop_no_port",
+  "drop_binding_full",
+  "drop_ct_full",
+  "drop_fragment",
+  "drop_untranslatable",
+  "expired_session",
+] as const;
+/** Name of a counter in `map_stats`. */
+export type StatName = typeof STATS[number];
+
+// --- layouts -----------------------------------------------------------
+
+/** struct einat_config (.rodata CFG). */
+export const EINAT_CONFIG_LAYOUT: StructLayout = {
+  name: "einat_config",
+  size: 56,
+  fields: {
+    timeout_fragment: { offset: 0, size: 8 },
+    timeout_icmp: { offset: 8, size: 8 },
+    timeout_udp_min: { offset: 16, size: 8 },
+    timeout_udp: { offset: 24, size: 8 },
+    timeout_tcp_trans: { offset: 32, size: 8 },
+    timeout_tcp_est: { offset: 40, size: 8 },
+    log_level: { offset: 48, size: 1 },
+    has_eth: { offset: 49, size: 1 },
+    nat44: { offset: 50, size: 1 },
+    nat66: { offset: 51, size: 1 },
+  },
+};
+
+/** struct external_config. */
+export const EXTERNAL_CONFIG_LAYOUT: StructLayout = {
+  name: "external_config",
+  size: 52,
+  fields: {
+    ranges: { offset: 0, size: 48 },
+    range_len: { offset: 48, size: 3 },
+    flags: { offset: 51, size: 1 },
+  },
+};
+
+/** struct lpm_key (packed). */
+export const LPM_KEY_LAYOUT: StructLayout = {
+  name: "lpm_key",
+  size: 21,
+  fields: { prefixlen: { offset: 0, size: 4 }, family: { offset: 4, size: 1 }, addr: { offset: 5, size: 16 } },
+};
+
+/** struct default_ext. */
+export const DEFAULT_EXT_LAYOUT: StructLayout = {
+  name: "default_ext",
+  size: 72,
+  fields: { addr: { offset: 0, size: 16 }, valid: { offset: 16, size: 1 }, cfg: { offset: 20, size: 52 } },
+};
+
+/** struct binding_key. */
+export const BINDING_KEY_LAYOUT: StructLayout = {
+  name: "binding_key",
+  size: 24,
+  fields: {
+    flags: { offset: 0, size: 1 },
+    l4proto: { offset: 1, size: 1 },
+    family: { offset: 2, size: 1 },
+    port: { offset: 4, size: 2 },
+    addr: { offset: 8, size: 16 },
+  },
+};
+
+/** struct binding_value. */
+export const BINDING_VALUE_LAYOUT: StructLayout = {
+  name: "binding_value",
+  size: 24,
+  fields: {
+    addr: { offset: 0, size: 16 },
+    port: { offset: 16, size: 2 },
+    flags: { offset: 18, size: 2 },
+    ref: { offset: 20, size: 4 },
+  },
+};
+
+/** struct ct_key. */
+export const CT_KEY_LAYOUT: StructLayout = {
+  name: "ct_key",
+  size: 40,
+  fields: {
+    flags: { offset: 0, size: 1 },
+    l4proto: { offset: 1, size: 1 },
+    family: { offset: 2, size: 1 },
+    ext_port: { offset: 4, size: 2 },
+    remote_port: { offset: 6, size: 2 },
+    ext_addr: { offset: 8, size: 16 },
+    remote_addr: { offset: 24, size: 16 },
+  },
+};
+
+/** struct ct_value. */
+export const CT_VALUE_LAYOUT: StructLayout = {
+  name: "ct_value",
+  size: 56,
+  fields: {
+    int_addr: { offset: 0, size: 16 },
+    int_port: { offset: 16, size: 2 },
+    state: { offset: 18, size: 1 },
+    flags: { offset: 19, size: 1 },
+    last_seen_ns: { offset: 24, size: 8 },
+    created_ns: { offset: 32, size: 8 },
+    timer: { offset: 40, size: 16 },
+  },
+};
+
+/** All layouts, for the BTF check. */
+export const LAYOUTS: StructLayout[] = [
+  EINAT_CONFIG_LAYOUT,
+  EXTERNAL_CONFIG_LAYOUT,
+  LPM_KEY_LAYOUT,
+  DEFAULT_EXT_LAYOUT,
+  BINDING_KEY_LAYOUT,
+  BINDING_VALUE_LAYOUT,
+  CT_KEY_LAYOUT,
+  CT_VALUE_LAYOUT,
+];
+
+// --- helpers -----------------------------------------------------------
+
+const f = (l: StructLayout, name: string): number => l.fields[name].offset;
+
+/** An address padded to 16 bytes as `union ip_addr` holds it. */
+export function addr16(addr: Uint8Array): Uint8Array {
+  const out = new Uint8Array(16);
+  out.set(addr.subarray(0, Math.min(16, addr.length)));
+  return out;
+}
+
+/** The significant bytes of a `union ip_addr` for a family. */
+export function addrOf(family: 4 | 6, bytes16: Uint8Array): Uint8Array {
+  return bytes16.slice(0, family === 4 ? 4 : 16);
+}
+
+function view(b: Uint8Array): DataView {
+  return new DataView(b.buffer, b.byteOffset, b.byteLength);
+}
+
+// --- einat_config -------------------------------------------------------
+
+/** The read-only configuration; timeouts in nanoseconds. */
+export interface RoConfig {
+  timeoutFragment: bigint;
+  timeoutIcmp: bigint;
+  timeoutUdpMin: bigint;
+  timeoutUdp: bigint;
+  timeoutTcpTrans: bigint;
+  timeoutTcpEst: bigint;
+  logLevel: number;
+  hasEth: boolean;
+  nat44: boolean;
+  nat66: boolean;
+}
+
+/** Encodes `struct einat_config`. */
+export function encodeRoConfig(c: RoConfig): Uint8Array {
+  const L = EINAT_CONFIG_LAYOUT;
+  const b = new Uint8Array(L.size);
+  const v = view(b);
+  v.setBigUint64(f(L, "timeout_fragment"), c.timeoutFragment, true);
+  v.setBigUint64(f(L, "timeout_icmp"), c.timeoutIcmp, true);
+  v.setBigUint64(f(L, "timeout_udp_min"), c.timeoutUdpMin, true);
+  v.setBigUint64(f(L, "timeout_udp"), c.timeoutUdp, true);
+  v.setBigUint64(f(L, "timeout_tcp_trans"), c.timeoutTcpTrans, true);
+  v.setBigUint64(f(L, "timeout_tcp_est"), c.timeoutTcpEst, true);
+  b[f(L, "log_level")] = c.logLevel;
+  b[f(L, "has_eth")] = c.hasEth ? 1 : 0;
+  b[f(L, "nat44")] = c.nat44 ? 1 : 0;
+  b[f(L, "nat66")] = c.nat66 ? 1 : 0;
+  return b;
+}
+
+/** Decodes `struct einat_config`. */
+export function decodeRoConfig(b: Uint8Array): RoConfig {
+  const L = EINAT_CONFIG_LAYOUT;
+  const v = view(b);
+  return {
+    timeoutFragment: v.getBigUint64(f(L, "timeout_fragment"), true),
+    timeoutIcmp: v.getBigUint64(f(L, "timeout_icmp"), true),
+    timeoutUdpMin: v.getBigUint64(f(L, "timeout_udp_min"), true),
+    timeoutUdp: v.getBigUint64(f(L, "timeout_udp"), true),
+    timeoutTcpTrans: v.getBigUint64(f(L, "timeout_tcp_trans"), true),
+    timeoutTcpEst: v.getBigUint64(f(L, "timeout_tcp_est"), true),
+    logLevel: b[f(L, "log_level")],
+    hasEth: b[f(L, "has_eth")] !== 0,
+    nat44: b[f(L, "nat44")] !== 0,
+    nat66: b[f(L, "nat66")] !== 0,
+  };
+}
+
+// --- external_config ----------------------------------------------------
+
+/** Port ranges and flags of one external address (the BPF view). */
+export interface ExternalConfig {
+  tcp: PortRange[];
+  udp: PortRange[];
+  icmp: PortRange[];
+  flags: number;
+}
+
+/** Encodes `struct external_config` into `out` at `offset`. */
+export function encodeExternalConfig(c: ExternalConfig, out?: Uint8Array, offset = 0): Uint8Array {
+  const L = EXTERNAL_CONFIG_LAYOUT;
+  const b = out ?? new Uint8Array(L.size);
+  const v = view(b);
+  const lists = [c.tcp, c.udp, c.icmp];
+  lists.forEach((list, p) => {
+    if (list.length > MAX_RANGES) throw new RangeError(`more than ${MAX_RANGES} ranges`);
+    list.forEach((r, i) => {
+      const o = offset + f(L, "ranges") + (p * MAX_RANGES + i) * 4;
+      v.setUint16(o, r.start, true);
+      v.setUint16(o + 2, r.end, true);
+    });
+    b[offset + f(L, "range_len") + p] = list.length;
+  });
+  b[offset + f(L, "flags")] = c.flags;
+  return b;
+}
+
+/** Decodes `struct external_config` from `b` at `offset`. */
+export function decodeExternalConfig(b: Uint8Array, offset = 0): ExternalConfig {
+  const L = EXTERNAL_CONFIG_LAYOUT;
+  const v = view(b);
+  const lists: PortRange[][] = [0, 1, 2].map((p) => {
+    const n = b[offset + f(L, "range_len") + p];
+    const out: PortRange[] = [];
+    for (let i = 0; i < n; i++) {
+      const o = offset + f(L, "ranges") + (p * MAX_RANGES + i) * 4;
+      out.push({ start: v.getUint16(o, true), end: v.getUint16(o + 2, true) });
+    }
+    return out;
+  });
+  return { tcp: lists[0], udp: lists[1], icmp: lists[2], flags: b[offset + f(L, "flags")] };
+}
+
+// --- lpm_key / default_ext ---------------------------------------------
+
+/** Encodes an LPM key for `addr/prefixLen` of a family. */
+export function encodeLpmKey(family: 4 | 6, addr: Uint8Array, prefixLen: number): Uint8Array {
+  const L = LPM_KEY_LAYOUT;
+  const b = new Uint8Array(L.size);
+  view(b).setUint32(f(L, "prefixlen"), 8 + prefixLen, true);
+  b[f(L, "family")] = family;
+  b.set(addr16(addr), f(L, "addr"));
+  return b;
+}
+
+/** Decodes an LPM key. */
+export function decodeLpmKey(b: Uint8Array): { family: 4 | 6; addr: Uint8Array; prefixLen: number } {
+  const L = LPM_KEY_LAYOUT;
+  const family = b[f(L, "family")] as 4 | 6;
+  return {
+    family,
+    addr: addrOf(family, b.subarray(f(L, "addr"), f(L, "addr") + 16)),
+    prefixLen: view(b).getUint32(f(L, "prefixlen"), true) - 8,
+  };
+}
+
+/** The address new mappings of one family get, with its ranges. */
+export interface DefaultExt {
+  addr: Uint8Array;
+  valid: boolean;
+  cfg: ExternalConfig;
+}
+
+/** Encodes `struct default_ext`. */
+export function encodeDefaultExt(d: DefaultExt): Uint8Array {
+  const L = DEFAULT_EXT_LAYOUT;
+  const b = new Uint8Array(L.size);
+  b.set(addr16(d.addr), f(L, "addr"));
+  b[f(L, "valid")] = d.valid ? 1 : 0;
+  encodeExternalConfig(d.cfg, b, f(L, "cfg"));
+  return b;
+}
+
+/** Decodes `struct default_ext` (address as 16 bytes). */
+export function decodeDefaultExt(b: Uint8Array): DefaultExt {
+  const L = DEFAULT_EXT_LAYOUT;
+  return {
+    addr: b.slice(f(L, "addr"), f(L, "addr") + 16),
+    valid: b[f(L, "valid")] !== 0,
+    cfg: decodeExternalConfig(b, f(L, "cfg")),
+  };
+}
+
+// --- bindings -----------------------------------------------------------
+
+/** A binding map key. `orig`: keyed by the internal endpoint. */
+export interface BindingKey {
+  orig: boolean;
+  l4proto: number;
+  family: 4 | 6;
+  port: number;
+  addr: Uint8Array;
+}
+
+/** A binding map value: the endpoint on the other side. */
+export interface BindingValue {
+  addr: Uint8Array;
+  port: number;
+  flags: number;
+  ref: number;
+}
+
+/** Encodes `struct binding_key`. */
+export function encodeBindingKey(k: BindingKey): Uint8Array {
+  const L = BINDING_KEY_LAYOUT;
+  const b = new Uint8Array(L.size);
+  b[f(L, "flags")] = k.orig ? BINDING_ORIG : 0;
+  b[f(L, "l4proto")] = k.l4proto;
+  b[f(L, "family")] = k.family;
+  view(b).setUint16(f(L, "port"), k.port, false);
+  b.set(addr16(k.addr), f(L, "addr"));
+  return b;
+}
+
+/** Decodes `struct binding_key`. */
+export function decodeBindingKey(b: Uint8Array): BindingKey {
+  const L = BINDING_KEY_LAYOUT;
+  const family = b[f(L, "family")] as 4 | 6;
+  return {
+    orig: (b[f(L, "flags")] & BINDING_ORIG) !== 0,
+    l4proto: b[f(L, "l4proto")],
+    family,
+    port: view(b).getUint16(f(L, "port"), false),
+    addr: addrOf(family, b.subarray(f(L, "addr"), f(L, "addr") + 16)),
+  };
+}
+
+/** Encodes `struct binding_value`. */
+export function encodeBindingValue(x: BindingValue): Uint8Array {
+  const L = BINDING_VALUE_LAYOUT;
+  const b = new Uint8Array(L.size);
+  const v = view(b);
+  b.set(addr16(x.addr), f(L, "addr"));
+  v.setUint16(f(L, "port"), x.port, false);
+  v.setUint16(f(L, "flags"), x.flags, true);
+  v.setUint32(f(L, "ref"), x.ref, true);
+  return b;
+}
+
+/** Decodes `struct binding_value` for a family. */
+export function decodeBindingValue(b: Uint8Array, family: 4 | 6): BindingValue {
+  const L = BINDING_VALUE_LAYOUT;
+  const v = view(b);
+  return {
+    addr: addrOf(family, b.subarray(f(L, "addr"), f(L, "addr") + 16)),
+    port: v.getUint16(f(L, "port"), false),
+    flags: v.getUint16(f(L, "flags"), true),
+    ref: v.getUint32(f(L, "ref"), true),
+  };
+}
+
+// --- sessions -----------------------------------------------------------
+
+/** A session key: external endpoint and remote endpoint. */
+export interface CtKey {
+  l4proto: number;
+  family: 4 | 6;
+  extPort: number;
+  remotePort: number;
+  extAddr: Uint8Array;
+  remoteAddr: Uint8Array;
+}
+
+/** A session value. */
+export interface CtValue {
+  intAddr: Uint8Array;
+  intPort: number;
+  state: number;
+  flags: number;
+  lastSeenNs: bigint;
+  createdNs: bigint;
+}
+
+/** Encodes `struct ct_key`. */
+export function encodeCtKey(k: CtKey): Uint8Array {
+  const L = CT_KEY_LAYOUT;
+  const b = new Uint8Array(L.size);
+  const v = view(b);
+  b[f(L, "l4proto")] = k.l4proto;
+  b[f(L, "family")] = k.family;
+  v.setUint16(f(L, "ext_port"), k.extPort, false);
+  v.setUint16(f(L, "remote_port"), k.remotePort, false);
+  b.set(addr16(k.extAddr), f(L, "ext_addr"));
+  b.set(addr16(k.remoteAddr), f(L, "remote_addr"));
+  return b;
+}
+
+/** Decodes `struct ct_key`. */
+export function decodeCtKey(b: Uint8Array): CtKey {
+  const L = CT_KEY_LAYOUT;
+  const v = view(b);
+  const family = b[f(L, "family")] as 4 | 6;
+  return {
+    l4proto: b[f(L, "l4proto")],
+    family,
+    extPort: v.getUint16(f(L, "ext_port"), false),
+    remotePort: v.getUint16(f(L, "remote_port"), false),
+    extAddr: addrOf(family, b.subarray(f(L, "ext_addr"), f(L, "ext_addr") + 16)),
+    remoteAddr: addrOf(family, b.subarray(f(L, "remote_addr"), f(L, "remote_addr") + 16)),
+  };
+}
+
+/** Decodes `struct ct_value` for a family. */
+export function decodeCtValue(b: Uint8Array, family: 4 | 6): CtValue {
+  const L = CT_VALUE_LAYOUT;
+  const v = view(b);
+  return {
+    intAddr: addrOf(family, b.subarray(f(L, "int_addr"), f(L, "int_addr") + 16)),
+    intPort: v.getUint16(f(L, "int_port"), false),
+    state: b[f(L, "state")],
+    flags: b[f(L, "flags")],
+    lastSeenNs: v.getBigUint64(f(L, "last_seen_ns"), true),
+    createdNs: v.getBigUint64(f(L, "created_ns"), true),
+  };
+}
+
+/** Decodes per-CPU counters (one u64 per CPU) into their sum. */
+export function sumPerCpu(b: Uint8Array): bigint {
+  const v = view(b);
+  let s = 0n;
+  for (let o = 0; o + 8 <= b.length; o += 8) s += v.getBigUint64(o, true);
+  return s;
+}

@@ -1,0 +1,55 @@
+/**
+ * Apply: write a {@link NatPlan} into the maps of a loaded object, removing
+ * entries the plan no longer has. Safe to call again after any change.
+ * @module
+ */
+
+import * as bpf from "../ffi/libbpf.ts";
+import {
+  DEFAULT_EXT_LAYOUT,
+  encodeDefaultExt,
+  encodeExternalConfig,
+  encodeLpmKey,
+  EXTERNAL_CONFIG_LAYOUT,
+  LPM_KEY_LAYOUT,
+} from "./codec.ts";
+import type { NatMaps } from "./loader.ts";
+import type { NatPlan } from "./plan.ts";
+
+const hex = (b: Uint8Array) => Array.from(b, (x) => x.toString(16).padStart(2, "0")).join("");
+
+function syncLpm(fd: number, valueSize: number, want: Map<string, [Uint8Array, Uint8Array]>): void {
+  for (const { key } of bpf.mapEntries(fd, LPM_KEY_LAYOUT.size, valueSize)) {
+    if (!want.has(hex(key))) bpf.mapDelete(fd, key);
+  }
+  for (const [k, v] of want.values()) bpf.mapUpdate(fd, k, v);
+}
+
+/** Writes the plan into the maps. */
+export function applyPlan(maps: NatMaps, plan: NatPlan): void {
+  const ext = new Map<string, [Uint8Array, Uint8Array]>();
+  for (const e of plan.externals) {
+    const k = encodeLpmKey(e.family, e.addr, e.prefixLen);
+    ext.set(hex(k), [k, encodeExternalConfig(e.cfg)]);
+  }
+  syncLpm(maps.externals, EXTERNAL_CONFIG_LAYOUT.size, ext);
+
+  const dst = new Map<string, [Uint8Array, Uint8Array]>();
+  for (const d of plan.destConfig) {
+    const k = encodeLpmKey(d.family, d.addr, d.prefixLen);
+    const v = new Uint8Array(4);
+    new DataView(v.buffer).setUint32(0, d.flags, true);
+    dst.set(hex(k), [k, v]);
+  }
+  syncLpm(maps.destConfig, 4, dst);
+
+  ([4, 6] as const).forEach((family, idx) => {
+    const d = plan.defaultExt[family];
+    const key = new Uint8Array(4);
+    new DataView(key.buffer).setUint32(0, idx, true);
+    const value = d
+      ? encodeDefaultExt({ addr: d.addr, valid: true, cfg: d.cfg })
+      : new Uint8Array(DEFAULT_EXT_LAYOUT.size);
+    bpf.mapUpdate(maps.defaultExt, key, value);
+  });
+}

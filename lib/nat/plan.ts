@@ -1,0 +1,175 @@
+/**
+ * Plan: from an interface's configuration and its current addresses, compute
+ * what the BPF maps must hold. Pure functions, no I/O.
+ * @module
+ */
+
+import type { Cidr, ExternalSpec, InterfaceConfig, ProtoRanges } from "../config/types.ts";
+import { EXT_FLAGS, type ExternalConfig } from "./codec.ts";
+
+/** An address assigned to an interface. */
+export interface IfAddr {
+  family: 4 | 6;
+  addr: Uint8Array;
+  prefixLen: number;
+}
+
+/** One LPM entry of `map_externals` / `map_dest_config`. */
+export interface LpmEntry {
+  family: 4 | 6;
+  addr: Uint8Array;
+  prefixLen: number;
+  cfg: ExternalConfig;
+}
+
+/** A resolved external address with the entry that selected it. */
+export interface ResolvedExternal {
+  family: 4 | 6;
+  addr: Uint8Array;
+  spec: ExternalSpec;
+}
+
+/** What the maps of one interface must contain. */
+export interface NatPlan {
+  /** Source address for new mappings per family, if any. */
+  defaultExt: { 4?: ResolvedExternal & { cfg: ExternalConfig }; 6?: ResolvedExternal & { cfg: ExternalConfig } };
+  externals: LpmEntry[];
+  destConfig: { family: 4 | 6; addr: Uint8Array; prefixLen: number; flags: number }[];
+  resolved: ResolvedExternal[];
+}
+
+/** True when `addr` (same family) lies inside `net`. */
+export function cidrHas(net: Cidr, family: 4 | 6, addr: Uint8Array): boolean {
+  if (net.family !== family) return false;
+  let bits = net.prefixLen;
+  for (let i = 0; bits > 0; i++, bits -= 8) {
+    const mask = bits >= 8 ? 0xff : (0xff << (8 - bits)) & 0xff;
+    if ((net.addr[i] & mask) !== (addr[i] & mask)) return false;
+  }
+  return true;
+}
+
+function cmpBytes(a: Uint8Array, b: Uint8Array): number {
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return a[i] - b[i];
+  return 0;
+}
+
+/** How specifically an externals entry matches `addr`; -1 if not at all. */
+function matchLen(spec: ExternalSpec, family: 4 | 6, addr: Uint8Array): number {
+  const m = spec.match;
+  switch (m.kind) {
+    case "address":
+      return cidrHas(m.addr, family, addr) ? m.addr.prefixLen : -1;
+    case "network":
+      return cidrHas(m.net, family, addr) ? m.net.prefixLen : -1;
+    case "range": {
+      if (m.family !== family) return -1;
+      if (cmpBytes(addr, m.start) < 0 || cmpBytes(addr, m.end) > 0) return -1;
+      // A range is as specific as the smallest prefix that covers it.
+      let common = 0;
+      for (let i = 0; i < m.start.length; i++) {
+        const x = m.start[i] ^ m.end[i];
+        if (x === 0) {
+          common += 8;
+          continue;
+        }
+        common += Math.clz32(x) - 24;
+        break;
+      }
+      return common;
+    }
+  }
+}
+
+/** The BPF view of an external's ranges and flags. */
+export function externalConfigOf(spec: ExternalSpec, fallback: ProtoRanges): ExternalConfig {
+  const r = spec.ranges ?? fallback;
+  let flags = EXT_FLAGS.EXTERNAL;
+  if (spec.noSnat || spec.isInternal) flags = EXT_FLAGS.NO_SNAT;
+  if (spec.noHairpin) flags |= EXT_FLAGS.NO_HAIRPIN;
+  return { tcp: r.tcp, udp: r.udp, icmp: r.icmp, flags };
+}
+
+/** A match-all externals entry using the interface's default ranges. */
+function matchAll(family: 4 | 6, ranges: ProtoRanges): ExternalSpec {
+  return {
+    match: { kind: "network", net: { family, addr: new Uint8Array(family === 4 ? 4 : 16), prefixLen: 0 } },
+    isInternal: false,
+    noSnat: false,
+    noHairpin: false,
+    ranges,
+  };
+}
+
+/**
+ * Resolves which addresses are externals: static `address` entries always,
+ * interface addresses through the most specific matching entry (earlier
+ * entries win ties). Order: entries in config order, addresses in interface
+ * order within an entry.
+ */
+export function resolveExternals(ic: InterfaceConfig, addrs: IfAddr[]): ResolvedExternal[] {
+  const specs = [...ic.externals];
+  if (ic.defaultExternals) specs.push(matchAll(4, ic.defaultRanges), matchAll(6, ic.defaultRanges));
+  const chosen = new Map<ExternalSpec, ResolvedExternal[]>();
+  const seen = new Set<string>();
+  const key = (family: number, a: Uint8Array) => `${family}/${a.join(".")}`;
+  for (const s of specs) chosen.set(s, []);
+  for (const s of specs) {
+    if (s.match.kind === "address") {
+      const a = s.match.addr;
+      const k = key(a.family, a.addr);
+      if (!seen.has(k)) {
+        seen.add(k);
+        chosen.get(s)!.push({ family: a.family, addr: a.addr, spec: s });
+      }
+    }
+  }
+  for (const ia of addrs) {
+    const k = key(ia.family, ia.addr);
+    if (seen.has(k)) continue;
+    let best: ExternalSpec | undefined;
+    let bestLen = -1;
+    for (const s of specs) {
+      if (s.match.kind === "address") continue;
+      const l = matchLen(s, ia.family, ia.addr);
+      if (l > bestLen) {
+        best = s;
+        bestLen = l;
+      }
+    }
+    if (best) {
+      seen.add(k);
+      chosen.get(best)!.push({ family: ia.family, addr: ia.addr, spec: best });
+    }
+  }
+  return specs.flatMap((s) => chosen.get(s)!);
+}
+
+/** Computes the map contents for one interface. */
+export function planInterface(ic: InterfaceConfig, addrs: IfAddr[]): NatPlan {
+  const resolved = resolveExternals(ic, addrs);
+  const plan: NatPlan = { defaultExt: {}, externals: [], destConfig: [], resolved };
+  const noSnat: ExternalConfig = { tcp: [], udp: [], icmp: [], flags: EXT_FLAGS.NO_SNAT };
+
+  for (const net of ic.snatInternals) {
+    plan.externals.push({ family: net.family, addr: net.addr, prefixLen: net.prefixLen, cfg: { ...noSnat, flags: 0 } });
+  }
+  if (ic.snatInternals.length > 0) {
+    for (const family of [4, 6] as const) {
+      if (!ic.snatInternals.some((n) => n.family === family)) continue;
+      plan.externals.push({ family, addr: new Uint8Array(family === 4 ? 4 : 16), prefixLen: 0, cfg: noSnat });
+    }
+  }
+  for (const r of resolved) {
+    const cfg = externalConfigOf(r.spec, ic.defaultRanges);
+    plan.externals.push({ family: r.family, addr: r.addr, prefixLen: r.family === 4 ? 32 : 128, cfg });
+    const enabled = r.family === 4 ? ic.nat44 : ic.nat66;
+    if (enabled && !plan.defaultExt[r.family] && cfg.flags & EXT_FLAGS.EXTERNAL && !(cfg.flags & EXT_FLAGS.NO_SNAT)) {
+      plan.defaultExt[r.family] = { ...r, cfg };
+    }
+  }
+  for (const d of ic.noSnatDests) {
+    plan.destConfig.push({ family: d.family, addr: d.addr, prefixLen: d.prefixLen, flags: EXT_FLAGS.NO_SNAT });
+  }
+  return plan;
+}

@@ -1,0 +1,80 @@
+/**
+ * einat: an eBPF endpoint-independent NAT. Entry point: CLI → config → plan
+ * → apply → wait → clean up.
+ * @module
+ */
+
+import denoJson from "./deno.json" with { type: "json" };
+import { helpText, parseCli } from "./lib/config/cli.ts";
+import { ConfigError } from "./lib/config/types.ts";
+import { InterfaceError, type Served, serveInterface, stopServing, waitForSignal } from "./lib/daemon.ts";
+import { libbpfVersion, routeLibbpfPrintToLog } from "./lib/ffi/libbpf.ts";
+import * as log from "./lib/log.ts";
+import { BusyError } from "./lib/nat/attach.ts";
+import { checkKernel, checkPrivileges, EnvError } from "./lib/preflight.ts";
+
+/** Version string printed by `-v`. */
+export function versionString(): string {
+  let lib = "libbpf unavailable";
+  try {
+    lib = `libbpf ${libbpfVersion()}`;
+  } catch { /* reported when needed */ }
+  return `einat ${denoJson.version} (deno ${Deno.version.deno}, ${lib})`;
+}
+
+function fail(msg: string): number {
+  console.error(`einat: ${msg}`);
+  return 2;
+}
+
+/** Runs einat with `args`; resolves to the exit code. */
+export async function main(args: string[]): Promise<number> {
+  let cli;
+  try {
+    cli = parseCli(args);
+  } catch (e) {
+    if (e instanceof ConfigError) return fail(e.message);
+    throw e;
+  }
+  if (cli.kind === "help") {
+    console.log(helpText());
+    return 0;
+  }
+  if (cli.kind === "version") {
+    console.log(versionString());
+    return 0;
+  }
+  for (const n of cli.notices) log.info(n);
+
+  try {
+    checkPrivileges();
+    checkKernel();
+    routeLibbpfPrintToLog();
+  } catch (e) {
+    if (e instanceof EnvError || e instanceof Error) return fail(e.message);
+    throw e;
+  }
+
+  const served: Served[] = [];
+  const errors: string[] = [];
+  for (const ic of cli.config.interfaces) {
+    try {
+      served.push(await serveInterface(ic));
+    } catch (e) {
+      const msg = e instanceof InterfaceError || e instanceof BusyError ? e.message : `${ic.ifName ?? ic.ifIndex}: ${(e as Error).message}`;
+      log.error("interface not served", { reason: msg });
+      errors.push(msg);
+    }
+  }
+  if (served.length === 0) return fail(errors.join("; ") || "no interface configured");
+  log.info("einat running", { interfaces: served.map((s) => s.ifname).join(",") });
+
+  const sig = await waitForSignal();
+  log.info("stopping", { signal: sig });
+  for (const s of served) stopServing(s);
+  return 0;
+}
+
+if (import.meta.main) {
+  Deno.exit(await main(Deno.args));
+}

@@ -79,12 +79,13 @@ function matchLen(spec: ExternalSpec, family: 4 | 6, addr: Uint8Array): number {
       return common;
     }
   }
+  return -1;
 }
 
 /** The BPF view of an external's ranges and flags. */
 export function externalConfigOf(spec: ExternalSpec, fallback: ProtoRanges): ExternalConfig {
   const r = spec.ranges ?? fallback;
-  let flags = EXT_FLAGS.EXTERNAL;
+  let flags: number = EXT_FLAGS.EXTERNAL;
   if (spec.noSnat || spec.isInternal) flags = EXT_FLAGS.NO_SNAT;
   if (spec.noHairpin) flags |= EXT_FLAGS.NO_HAIRPIN;
   return { tcp: r.tcp, udp: r.udp, icmp: r.icmp, flags };

@@ -1,0 +1,114 @@
+/**
+ * A loaded NAT object with a plan applied, for packet tests through
+ * BPF_PROG_TEST_RUN. No interface or namespace is involved.
+ * @module
+ */
+
+import type { InterfaceConfig, PortRange, ProtoRanges } from "../../lib/config/types.ts";
+import { parseAddr } from "../../lib/config/cidr.ts";
+import * as bpf from "../../lib/ffi/libbpf.ts";
+import { applyPlan } from "../../lib/nat/apply.ts";
+import { roConfigOf } from "../../lib/daemon.ts";
+import { closeNat, loadNat, type NatObject } from "../../lib/nat/loader.ts";
+import { planInterface } from "../../lib/nat/plan.ts";
+import { buildPacket, type PacketSpec, type ParsedPacket, parsePacket } from "./packet.ts";
+
+/** TC verdicts. */
+export const TC_ACT_OK = 0;
+/** TC verdict: drop. */
+export const TC_ACT_SHOT = 2;
+
+/** Ranges for all protocols. */
+export function ranges(tcp: PortRange[], udp = tcp, icmp = tcp): ProtoRanges {
+  return { tcp, udp, icmp, icmpIn: [], icmpOut: [] };
+}
+
+/** An interface config with einat's defaults, overridable. */
+export function testInterfaceConfig(o: Partial<InterfaceConfig> = {}): InterfaceConfig {
+  const r = ranges([{ start: 20000, end: 29999 }], [{ start: 20000, end: 29999 }], [{
+    start: 0,
+    end: 65535,
+  }]);
+  return {
+    ifName: "wan0",
+    nat44: true,
+    nat66: false,
+    bpfLogLevel: 0,
+    bpfFibLookupExternal: false,
+    allowInboundIcmpx: false,
+    timeouts: {
+      fragment: 2000,
+      icmpDefault: 60_000,
+      udpMin: 120_000,
+      udpDefault: 300_000,
+      tcpTrans: 240_000,
+      tcpEst: 7_440_000,
+    },
+    fragTrackMaxRecords: 65536,
+    bindingMaxRecords: 65536,
+    ctMaxRecords: 65536 * 2,
+    preferTcx: false,
+    noSnatDests: [],
+    defaultExternals: true,
+    snatInternals: [],
+    ipv4HairpinRoute: {
+      enable: false,
+      internalIfNames: [],
+      ipProtocols: [],
+      ipRulePref: 0,
+      tableId: 0,
+    },
+    ipv6HairpinRoute: {
+      enable: false,
+      internalIfNames: [],
+      ipProtocols: [],
+      ipRulePref: 0,
+      tableId: 0,
+    },
+    externals: [],
+    defaultRanges: r,
+    ...o,
+  };
+}
+
+/** A NAT loaded for tests, with helpers to push packets through it. */
+export interface Nat {
+  nat: NatObject;
+  egress(spec: PacketSpec): { retval: number; out: ParsedPacket; bytes: Uint8Array };
+  ingress(spec: PacketSpec): { retval: number; out: ParsedPacket; bytes: Uint8Array };
+  runRaw(dir: "egress" | "ingress", bytes: Uint8Array): { retval: number; bytes: Uint8Array };
+  close(): void;
+}
+
+/** Loads the NAT with `ic` and external addresses `extAddrs` (CIDR strings). */
+export async function loadTestNat(
+  ic: InterfaceConfig = testInterfaceConfig(),
+  extAddrs = ["203.0.113.1/24"],
+): Promise<Nat> {
+  const nat = await loadNat({
+    ro: roConfigOf(ic),
+    bindingMaxRecords: ic.bindingMaxRecords,
+    ctMaxRecords: ic.ctMaxRecords,
+  });
+  const addrs = extAddrs.map((s) => {
+    const [a, p] = s.split("/");
+    const addr = parseAddr(a);
+    return { family: addr.length === 4 ? 4 as const : 6 as const, addr, prefixLen: Number(p) };
+  });
+  applyPlan(nat.maps, planInterface(ic, addrs));
+  const runRaw = (dir: "egress" | "ingress", bytes: Uint8Array) => {
+    const r = bpf.testRun(dir === "egress" ? nat.egressFd : nat.ingressFd, bytes);
+    return { retval: r.retval, bytes: r.dataOut };
+  };
+  const run = (dir: "egress" | "ingress") => (spec: PacketSpec) => {
+    const r = runRaw(dir, buildPacket(spec));
+    return { retval: r.retval, out: parsePacket(r.bytes), bytes: r.bytes };
+  };
+  return {
+    nat,
+    egress: run("egress"),
+    ingress: run("ingress"),
+    runRaw,
+    close: () => closeNat(nat),
+  };
+}

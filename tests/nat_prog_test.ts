@@ -1,0 +1,265 @@
+/**
+ * Packet tests of the NAT44 datapath through BPF_PROG_TEST_RUN: bytes in,
+ * bytes out, checksums verified by an independent TypeScript routine.
+ */
+import { assert, assertEquals, assertNotEquals } from "./lib/assert.ts";
+import * as bpf from "../lib/ffi/libbpf.ts";
+import {
+  BINDING_KEY_LAYOUT,
+  BINDING_VALUE_LAYOUT,
+  CT_FLAGS,
+  CT_KEY_LAYOUT,
+  CT_STATE,
+  CT_VALUE_LAYOUT,
+  decodeBindingKey,
+  decodeCtKey,
+  decodeCtValue,
+  STATS,
+  sumPerCpu,
+} from "../lib/nat/codec.ts";
+import { buildPacket, type PacketSpec } from "./lib/packet.ts";
+import { loadTestNat, ranges, TC_ACT_OK, TC_ACT_SHOT, testInterfaceConfig } from "./lib/natfixture.ts";
+
+const EXT = "203.0.113.1";
+const LAN1 = "192.0.2.10";
+const LAN2 = "192.0.2.20";
+const SRV1 = "198.51.100.1";
+const SRV2 = "198.51.100.2";
+const inRange = (p: number) => p >= 20000 && p <= 29999;
+const udp = (src: string, sport: number, dst: string, dport: number): PacketSpec => ({
+  family: 4,
+  src,
+  dst,
+  proto: "udp",
+  sport,
+  dport,
+  payload: new TextEncoder().encode("hello"),
+});
+const tcp = (src: string, sport: number, dst: string, dport: number, flags: PacketSpec["tcpFlags"]): PacketSpec => ({
+  family: 4,
+  src,
+  dst,
+  proto: "tcp",
+  sport,
+  dport,
+  tcpFlags: flags,
+  payload: new Uint8Array(0),
+});
+
+function sessions(fd: number) {
+  return [...bpf.mapEntries(fd, CT_KEY_LAYOUT.size, CT_VALUE_LAYOUT.size)].map((e) => {
+    const k = decodeCtKey(e.key);
+    return { key: k, value: decodeCtValue(e.value, k.family) };
+  });
+}
+
+function bindingCount(fd: number): number {
+  return [...bpf.mapEntries(fd, BINDING_KEY_LAYOUT.size, BINDING_VALUE_LAYOUT.size)].length;
+}
+
+function stat(fd: number, name: typeof STATS[number]): bigint {
+  const key = new Uint8Array(4);
+  new DataView(key.buffer).setUint32(0, STATS.indexOf(name), true);
+  const ncpu = navigator.hardwareConcurrency;
+  const v = bpf.mapLookup(fd, key, 8 * ncpu);
+  return v ? sumPerCpu(v) : 0n;
+}
+
+Deno.test("egress UDP gets SNAT to the external address with valid checksums", async () => {
+  const n = await loadTestNat();
+  try {
+    const r = n.egress(udp(LAN1, 40000, SRV1, 53));
+    assertEquals(r.retval, TC_ACT_OK);
+    assertEquals(r.out.src, EXT);
+    assertEquals(r.out.dst, SRV1);
+    assert(inRange(r.out.sport!), `port ${r.out.sport} outside 20000-29999`);
+    assertEquals(r.out.dport, 53);
+    assert(r.out.ipChecksumOk, "IP checksum");
+    assert(r.out.l4ChecksumOk, "UDP checksum");
+    assertEquals(new TextDecoder().decode(r.out.payload), "hello");
+  } finally {
+    n.close();
+  }
+});
+
+Deno.test("port preservation, collision and endpoint-independent mapping", async () => {
+  const n = await loadTestNat();
+  try {
+    const a = n.egress(udp(LAN1, 25000, SRV1, 53));
+    assertEquals(a.out.sport, 25000, "internal port kept when free and in range");
+    const b = n.egress(udp(LAN1, 25000, SRV2, 9999));
+    assertEquals(b.out.sport, 25000, "same mapping for another destination (EIM)");
+    const c = n.egress(udp(LAN2, 25000, SRV1, 53));
+    assertNotEquals(c.out.sport, 25000, "another internal endpoint never shares the port");
+    assert(inRange(c.out.sport!));
+    assert(c.out.l4ChecksumOk);
+  } finally {
+    n.close();
+  }
+});
+
+Deno.test("ingress replies are DNATed back; other remotes get in (EIF); unmapped ports pass untouched", async () => {
+  const n = await loadTestNat();
+  try {
+    const out = n.egress(udp(LAN1, 41000, SRV1, 53)).out;
+    const ext = out.sport!;
+    const reply = n.ingress(udp(SRV1, 53, EXT, ext));
+    assertEquals(reply.retval, TC_ACT_OK);
+    assertEquals(reply.out.dst, LAN1);
+    assertEquals(reply.out.dport, 41000);
+    assertEquals(reply.out.src, SRV1);
+    assert(reply.out.ipChecksumOk && reply.out.l4ChecksumOk, "checksums after DNAT");
+
+    const stranger = n.ingress(udp(SRV2, 7777, EXT, ext));
+    assertEquals(stranger.out.dst, LAN1, "a never-contacted endpoint reaches the mapping (EIF)");
+    assertEquals(stranger.out.dport, 41000);
+    assertEquals(sessions(n.nat.maps.ct).length, 2, "EIF inbound creates its own session");
+
+    const input = buildPacket(udp(SRV2, 7777, EXT, ext === 26000 ? 26001 : 26000));
+    const unmapped = n.runRaw("ingress", input);
+    assertEquals(unmapped.retval, TC_ACT_OK);
+    assertEquals(unmapped.bytes, input, "unmapped inbound packet is not translated");
+
+    const ssh = buildPacket(tcp(SRV1, 50000, EXT, 22, { syn: true }));
+    assertEquals(n.runRaw("ingress", ssh).bytes, ssh, "SSH to the router passes untouched");
+  } finally {
+    n.close();
+  }
+});
+
+Deno.test("TCP: SNAT/DNAT with checksums and state walk SYN, SYN-ACK, ACK, FIN, RST", async () => {
+  const n = await loadTestNat();
+  try {
+    const syn = n.egress(tcp(LAN1, 45000, SRV1, 80, { syn: true }));
+    assertEquals(syn.retval, TC_ACT_OK);
+    assert(syn.out.l4ChecksumOk && syn.out.ipChecksumOk);
+    const ext = syn.out.sport!;
+    let s = sessions(n.nat.maps.ct);
+    assertEquals(s.length, 1);
+    assertEquals(s[0].value.state, CT_STATE.TRANS, "SYN only: transitory");
+    assertEquals(s[0].value.flags & CT_FLAGS.SYN_OUT, CT_FLAGS.SYN_OUT);
+
+    const synack = n.ingress(tcp(SRV1, 80, EXT, ext, { syn: true, ack: true }));
+    assertEquals(synack.out.dst, LAN1);
+    assertEquals(synack.out.dport, 45000);
+    assert(synack.out.l4ChecksumOk);
+    n.egress(tcp(LAN1, 45000, SRV1, 80, { ack: true }));
+    s = sessions(n.nat.maps.ct);
+    assertEquals(s[0].value.state, CT_STATE.EST, "after the handshake: established");
+
+    n.egress(tcp(LAN1, 45000, SRV1, 80, { fin: true, ack: true }));
+    assertEquals(sessions(n.nat.maps.ct)[0].value.state, CT_STATE.EST, "half-closed stays established");
+    n.ingress(tcp(SRV1, 80, EXT, ext, { fin: true, ack: true }));
+    assertEquals(sessions(n.nat.maps.ct)[0].value.state, CT_STATE.TRANS, "FIN both ways: transitory");
+
+    const rst = n.ingress(tcp(SRV1, 80, EXT, ext, { rst: true }));
+    assertEquals(rst.out.dst, LAN1, "RST is translated");
+    s = sessions(n.nat.maps.ct);
+    assertEquals(s[0].value.flags & CT_FLAGS.RST, CT_FLAGS.RST);
+    assertEquals(s[0].value.state, CT_STATE.TRANS);
+
+    n.egress(tcp(LAN1, 45000, SRV1, 80, { syn: true }));
+    n.ingress(tcp(SRV1, 80, EXT, ext, { syn: true, ack: true }));
+    s = sessions(n.nat.maps.ct);
+    assertEquals(s[0].value.state, CT_STATE.EST, "traffic after RST re-establishes (RFC 7857 2.1)");
+
+    const lone = n.runRaw("egress", buildPacket(tcp(LAN2, 46000, SRV1, 80, { rst: true })));
+    assertEquals(lone.retval, TC_ACT_SHOT, "an RST without mapping is dropped, never leaked");
+  } finally {
+    n.close();
+  }
+});
+
+Deno.test("ICMP echo: identifier mapped like a port, reply DNATed", async () => {
+  const n = await loadTestNat();
+  try {
+    const req = n.egress({ family: 4, src: LAN1, dst: SRV1, proto: "icmp", icmpType: 8, icmpId: 0x1234, icmpSeq: 1 });
+    assertEquals(req.retval, TC_ACT_OK);
+    assertEquals(req.out.src, EXT);
+    assert(req.out.ipChecksumOk && req.out.l4ChecksumOk);
+    const id = req.out.icmpId!;
+    const rep = n.ingress({ family: 4, src: SRV1, dst: EXT, proto: "icmp", icmpType: 0, icmpId: id, icmpSeq: 1 });
+    assertEquals(rep.out.dst, LAN1);
+    assertEquals(rep.out.icmpId, 0x1234);
+    assert(rep.out.ipChecksumOk && rep.out.l4ChecksumOk);
+    const inbound = buildPacket({ family: 4, src: SRV1, dst: EXT, proto: "icmp", icmpType: 8, icmpId: id, icmpSeq: 1 });
+    assertEquals(n.runRaw("ingress", inbound).bytes, inbound, "echo request to the router itself passes");
+  } finally {
+    n.close();
+  }
+});
+
+Deno.test("a full port range drops new flows and keeps old ones", async () => {
+  const ic = testInterfaceConfig({ defaultRanges: ranges([{ start: 20000, end: 20003 }]) });
+  const n = await loadTestNat(ic);
+  try {
+    const ports = new Set<number>();
+    for (let i = 0; i < 4; i++) {
+      const r = n.egress(udp(LAN1, 30000 + i, SRV1, 53));
+      assertEquals(r.retval, TC_ACT_OK);
+      ports.add(r.out.sport!);
+    }
+    assertEquals([...ports].sort(), [20000, 20001, 20002, 20003], "every port of the range handed out once");
+    const fifth = n.runRaw("egress", buildPacket(udp(LAN2, 30000, SRV1, 53)));
+    assertEquals(fifth.retval, TC_ACT_SHOT, "no free port: dropped");
+    assertEquals(stat(n.nat.maps.stats, "drop_no_port"), 1n);
+    assertEquals(n.egress(udp(LAN1, 30002, SRV2, 53)).retval, TC_ACT_OK, "existing mapping keeps working");
+  } finally {
+    n.close();
+  }
+});
+
+Deno.test("traffic that is not NAT's business passes untouched", async () => {
+  const n = await loadTestNat();
+  try {
+    const own = buildPacket(udp(EXT, 40000, SRV1, 53));
+    assertEquals(n.runRaw("egress", own), { retval: TC_ACT_OK, bytes: own }, "router's own traffic");
+    const arp = new Uint8Array(60);
+    arp.set([0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 2, 0, 0, 0, 0, 1, 0x08, 0x06]);
+    assertEquals(n.runRaw("egress", arp).bytes, arp, "non-IP frame");
+    const gre = buildPacket(udp(LAN1, 1, SRV1, 2));
+    gre[14 + 9] = 47; // protocol GRE (checksum now stale, irrelevant: must pass as is)
+    assertEquals(n.runRaw("egress", gre).bytes, gre, "other IP protocol");
+    assertEquals(bindingCount(n.nat.maps.binding), 0);
+  } finally {
+    n.close();
+  }
+});
+
+Deno.test("UDP zero checksum stays zero after translation", async () => {
+  const n = await loadTestNat();
+  try {
+    const r = n.egress({ ...udp(LAN1, 40000, SRV1, 53), udpZeroChecksum: true });
+    assertEquals(r.out.l4Checksum, 0);
+    assertEquals(r.out.src, EXT);
+  } finally {
+    n.close();
+  }
+});
+
+Deno.test("sessions and bindings expire on their timers", async () => {
+  const ic = testInterfaceConfig();
+  ic.timeouts = { ...ic.timeouts, udpMin: 200, udpDefault: 300, icmpDefault: 200, tcpTrans: 200 };
+  const n = await loadTestNat(ic);
+  try {
+    const first = n.egress(udp(LAN1, 40000, SRV1, 53)).out.sport!;
+    n.egress({ family: 4, src: LAN1, dst: SRV1, proto: "icmp", icmpType: 8, icmpId: 7, icmpSeq: 1 });
+    assertEquals(bindingCount(n.nat.maps.binding), 4, "two bindings, two entries each");
+    assertEquals(sessions(n.nat.maps.ct).length, 2);
+    // refreshed traffic keeps the mapping alive past one timeout
+    for (let i = 0; i < 3; i++) {
+      await new Promise((r) => setTimeout(r, 100));
+      n.egress(udp(LAN1, 40000, SRV1, 53));
+    }
+    assertEquals(n.egress(udp(LAN1, 40000, SRV1, 53)).out.sport, first, "refreshed mapping survives");
+    let left = -1;
+    for (let i = 0; i < 40 && left !== 0; i++) {
+      await new Promise((r) => setTimeout(r, 100));
+      left = bindingCount(n.nat.maps.binding) + sessions(n.nat.maps.ct).length;
+    }
+    assertEquals(left, 0, "everything expired");
+    assertEquals(stat(n.nat.maps.stats, "expired_session"), 2n);
+  } finally {
+    n.close();
+  }
+});

@@ -77,7 +77,7 @@ function bpf(): LibBpf {
     lib = Deno.dlopen(LIBBPF, SYMBOLS);
   } catch (e) {
     const msg = e instanceof Error ? e.message : String(e);
-    if (/cannot open shared object|No such file|not found/i.test(msg)) {
+    if (/cannot open shared object file/.test(msg)) {
       throw new Error(`${LIBBPF} not found: install the libbpf1 package (apt install libbpf1)`);
     }
     throw e;
@@ -535,6 +535,20 @@ function tcOpts(
   return o;
 }
 
+function checkFilterId(handle: number, priority: number): void {
+  if (!(handle > 0 && handle <= 0xffffffff) || !(priority > 0 && priority <= 0xffff)) {
+    throw new RangeError(`TC filter needs handle and priority > 0 (got ${handle}, ${priority})`);
+  }
+}
+
+/**
+ * The kernel answers ENOENT for an unknown handle, EINVAL when the priority's filter chain or
+ * the clsact qdisc is missing (handle/priority were validated before, so EINVAL means absent).
+ */
+function noSuchFilter(ret: number): boolean {
+  return ret === -Errno.ENOENT || ret === -Errno.EINVAL;
+}
+
 /**
  * Creates the clsact qdisc on `ifindex` (`bpf_tc_hook_create`). "exists" means it was already
  * there (possibly someone else's).
@@ -579,32 +593,40 @@ export function tcAttach(
   };
 }
 
-/** Removes the filter `handle`/`priority`; false when there was no such filter. */
+/**
+ * Removes the filter `handle`/`priority` (both > 0); false when there was no such filter
+ * (including no filter chain or no clsact qdisc).
+ */
 export function tcDetach(
   ifindex: number,
   attachPoint: TcAttachPoint,
   handle: number,
   priority: number,
 ): boolean {
+  checkFilterId(handle, priority);
   const ret = bpf().bpf_tc_detach(
     tcHook(ifindex, tcPoint(attachPoint)),
     tcOpts({ handle, priority }),
   );
-  if (ret === -Errno.ENOENT) return false;
+  if (noSuchFilter(ret)) return false;
   check("bpf_tc_detach", ret);
   return true;
 }
 
-/** Program id of filter `handle`/`priority`, or null when there is no such filter. */
+/**
+ * Program id of filter `handle`/`priority` (both > 0), or null when there is no such filter
+ * (including no filter chain or no clsact qdisc).
+ */
 export function tcQuery(
   ifindex: number,
   attachPoint: TcAttachPoint,
   handle: number,
   priority: number,
 ): number | null {
+  checkFilterId(handle, priority);
   const o = tcOpts({ handle, priority });
   const ret = bpf().bpf_tc_query(tcHook(ifindex, tcPoint(attachPoint)), o);
-  if (ret === -Errno.ENOENT) return null;
+  if (noSuchFilter(ret)) return null;
   check("bpf_tc_query", ret);
   return view(o).getUint32(16, true);
 }
@@ -783,7 +805,10 @@ export function routeLibbpfPrintToLog(): void {
   setPrintHandler((level, text) => {
     if (!log.enabled("debug")) return;
     for (const line of text.split("\n")) {
-      log.debug(`libbpf: ${line}`, level === "warn" ? { level } : undefined);
+      log.debug(
+        `libbpf: ${line.replace(/^libbpf: /, "")}`,
+        level === "warn" ? { level } : undefined,
+      );
     }
   });
 }

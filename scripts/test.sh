@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Sets up the machine (scripts/setup.sh) and runs every check and test.
+# Ends with one plain line: "N passed, N failed".
+set -uo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh || { echo "setup failed"; echo "0 passed, 1 failed"; exit 1; }
+DENO=node_modules/deno/deno
+export NO_COLOR=1
+
+checks_failed=0
+echo "== deno check / lint / fmt"
+"$DENO" check main.ts lib/ tests/ || checks_failed=1
+"$DENO" lint || checks_failed=1
+"$DENO" fmt --check || checks_failed=1
+
+echo "== deno test"
+log=$(mktemp)
+"$DENO" test -A --parallel "$@" 2>&1 | tee "$log"
+rc=${PIPESTATUS[0]}
+summary=$(grep -E '^(ok|FAILED) \| [0-9]+ passed' "$log" | tail -1)
+rm -f "$log"
+passed=$(sed -E 's/.*\| ([0-9]+) passed.*/\1/' <<<"$summary")
+failed=$(sed -E 's/.*\| ([0-9]+) failed.*/\1/' <<<"$summary")
+[[ $passed =~ ^[0-9]+$ ]] || passed=0
+[[ $failed =~ ^[0-9]+$ ]] || failed=$((rc != 0 ? 1 : 0))
+if ((checks_failed)); then
+  echo "check/lint/fmt failed"
+  failed=$((failed + 1))
+  rc=1
+fi
+echo "${passed} passed, ${failed} failed"
+exit "$rc"

@@ -1,0 +1,33 @@
+/**
+ * Running the einat daemon in a test namespace.
+ * @module
+ */
+import { type NsProcess, spawnInNs } from "./netns.ts";
+
+/** The project root. */
+export const ROOT: string = new URL("../../", import.meta.url).pathname;
+
+/** The command line of `deno run -A main.ts ARGS`. */
+export function einatCmd(args: string[]): string[] {
+  return [Deno.execPath(), "run", "-A", `${ROOT}main.ts`, ...args];
+}
+
+/** Starts einat in `ns` and waits until it logs that it runs (or exits). */
+export async function startEinat(ns: string, args: string[], timeoutMs = 15000): Promise<NsProcess> {
+  const p = spawnInNs(ns, einatCmd(args), { cwd: ROOT, killAfterMs: 120_000 });
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    if (/einat running/.test(p.stderrText())) return p;
+    if (!p.running()) throw new Error(`einat exited early:\n${p.stderrText()}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  p.kill("SIGKILL");
+  throw new Error(`einat did not start in ${timeoutMs} ms:\n${p.stderrText()}`);
+}
+
+/** Sends SIGTERM and waits for the exit code. */
+export async function stopEinat(p: NsProcess, timeoutMs = 5000): Promise<number> {
+  p.kill("SIGTERM");
+  const r = await p.output(timeoutMs);
+  return r.code;
+}

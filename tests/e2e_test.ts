@@ -4,8 +4,8 @@
  */
 import { assert, assertEquals, assertNotEquals } from "./lib/assert.ts";
 import { startEinat, stopEinat } from "./lib/einat.ts";
-import { parseSeen, parseUdpReplies, peerCmd } from "./lib/peer.ts";
-import { nsExec, nsExecResult, withTopology } from "./lib/netns.ts";
+import { parseSeen, parseUdpReplies } from "./lib/peer.ts";
+import { nsExec, nsExecResult, peerCmd, withTopology } from "./lib/netns.ts";
 
 const sanitize = { sanitizeOps: false, sanitizeResources: false };
 

@@ -116,13 +116,17 @@ export function resolveExternals(ic: InterfaceConfig, addrs: IfAddr[]): Resolved
   const key = (family: number, a: Uint8Array) => `${family}/${a.join(".")}`;
   for (const s of specs) chosen.set(s, []);
   for (const s of specs) {
-    if (s.match.kind === "address") {
-      const a = s.match.addr;
-      const k = key(a.family, a.addr);
-      if (!seen.has(k)) {
-        seen.add(k);
-        chosen.get(s)!.push({ family: a.family, addr: a.addr, spec: s });
-      }
+    const m = s.match;
+    const a = m.kind === "address"
+      ? m.addr
+      : m.kind === "staticNetwork"
+      ? { family: m.net.family, addr: m.address }
+      : null;
+    if (!a) continue;
+    const k = key(a.family, a.addr);
+    if (!seen.has(k)) {
+      seen.add(k);
+      chosen.get(s)!.push({ family: a.family, addr: a.addr, spec: s });
     }
   }
   for (const ia of addrs) {
@@ -131,7 +135,7 @@ export function resolveExternals(ic: InterfaceConfig, addrs: IfAddr[]): Resolved
     let best: ExternalSpec | undefined;
     let bestLen = -1;
     for (const s of specs) {
-      if (s.match.kind === "address") continue;
+      if (s.match.kind === "address" || s.match.kind === "staticNetwork") continue;
       const l = matchLen(s, ia.family, ia.addr);
       if (l > bestLen) {
         best = s;

@@ -1,0 +1,120 @@
+/**
+ * Daemon start-up and shutdown behaviour in a network namespace of its own:
+ * one-line errors with exit code 2 that leave the network untouched, the
+ * second-instance refusal, and recovery from a killed instance.
+ */
+import { assert, assertEquals, assertThrows } from "./lib/assert.ts";
+import { einatCmd, startEinat, stopEinat } from "./lib/einat.ts";
+import { nsExec, nsExecResult, run, runResult } from "./lib/netns.ts";
+import { checkKernel, checkPrivileges } from "../lib/preflight.ts";
+
+const sanitize = { sanitizeOps: false, sanitizeResources: false };
+
+async function withNs(fn: (ns: string) => Promise<void>): Promise<void> {
+  const ns = `einat-d${crypto.getRandomValues(new Uint32Array(1))[0].toString(16)}`;
+  await run(["ip", "netns", "add", ns]);
+  try {
+    await nsExec(ns, ["ip", "link", "add", "wan0", "type", "veth", "peer", "name", "noaddr0"]);
+    await nsExec(ns, ["ip", "addr", "add", "203.0.113.1/24", "dev", "wan0"]);
+    await nsExec(ns, ["ip", "link", "set", "wan0", "up"]);
+    await nsExec(ns, ["ip", "link", "set", "noaddr0", "up"]);
+    await fn(ns);
+  } finally {
+    const pids = await runResult(["ip", "netns", "pids", ns]);
+    for (const pid of pids.stdout.split("\n").map(Number).filter((p) => p > 1)) {
+      try {
+        Deno.kill(pid, "SIGKILL");
+      } catch { /* gone */ }
+    }
+    await run(["ip", "netns", "del", ns]);
+  }
+}
+
+async function einatOnce(ns: string, args: string[], prefix: string[] = []) {
+  return await nsExecResult(ns, [...prefix, ...einatCmd(args)]);
+}
+
+async function tcState(ns: string, dev: string): Promise<string> {
+  return await nsExec(ns, ["tc", "qdisc", "show", "dev", dev]) +
+    await nsExec(ns, ["tc", "filter", "show", "dev", dev, "ingress"]) +
+    await nsExec(ns, ["tc", "filter", "show", "dev", dev, "egress"]);
+}
+
+function oneLine(stderr: string): string {
+  const lines = stderr.trim().split("\n").filter((l) => l.startsWith("einat:"));
+  assertEquals(lines.length, 1, `expected one "einat:" line, got:\n${stderr}`);
+  return lines[0];
+}
+
+Deno.test({
+  name: "daemon: bad flag, missing interface, no IPv4, no privileges each exit 2 with one line",
+  ...sanitize,
+  fn: () =>
+    withNs(async (ns) => {
+      const before = await tcState(ns, "wan0") + await tcState(ns, "noaddr0");
+      const cases: [string[], RegExp, string[]?][] = [
+        [["-i", "wan0", "--ports", "70000"], /--ports/],
+        [["--frobnicate"], /--frobnicate: unknown option/],
+        [["-i", "nosuch0"], /nosuch0: no such interface/],
+        [["-i", "noaddr0"], /noaddr0: no IPv4 address/],
+        [["-i", "wan0"], /missing privileges: .*CAP_NET_ADMIN/, ["setpriv", "--bounding-set=-all", "--inh-caps=-all"]],
+      ];
+      for (const [args, pattern, prefix] of cases) {
+        const r = await einatOnce(ns, args, prefix);
+        assertEquals(r.code, 2, `${args.join(" ")}: exit ${r.code}\n${r.stderr}`);
+        assert(pattern.test(oneLine(r.stderr)), `${args.join(" ")}: ${r.stderr}`);
+      }
+      assertEquals(await tcState(ns, "wan0") + await tcState(ns, "noaddr0"), before, "network untouched");
+    }),
+});
+
+Deno.test({
+  name: "daemon: a second einat on a served interface is refused; after SIGKILL the next start replaces stale filters",
+  ...sanitize,
+  fn: () =>
+    withNs(async (ns) => {
+      const first = await startEinat(ns, ["-i", "wan0"]);
+      try {
+        const second = await einatOnce(ns, ["-i", "wan0"]);
+        assertEquals(second.code, 2, second.stderr);
+        assert(/already served by einat \(pid \d+\)/.test(oneLine(second.stderr)), second.stderr);
+      } finally {
+        first.kill("SIGKILL");
+        await first.output(5000);
+      }
+      const stale = await nsExec(ns, ["tc", "filter", "show", "dev", "wan0", "ingress"]);
+      assert(/handle 0xe1a7/.test(stale), `filters outlive a SIGKILL: ${stale}`);
+
+      const again = await startEinat(ns, ["-i", "wan0"]);
+      assert(/replacing stale einat filter/.test(again.stderrText()), again.stderrText());
+      const filters = await nsExec(ns, ["tc", "filter", "show", "dev", "wan0", "ingress"]);
+      assertEquals(filters.match(/direct-action/g)?.length, 1, `exactly one filter: ${filters}`);
+      assertEquals(await stopEinat(again), 0);
+      assertEquals((await nsExec(ns, ["tc", "filter", "show", "dev", "wan0", "ingress"])).trim(), "");
+    }),
+});
+
+Deno.test({
+  name: "daemon: keeps a clsact qdisc it did not create, and other people's filters",
+  ...sanitize,
+  fn: () =>
+    withNs(async (ns) => {
+      await nsExec(ns, ["tc", "qdisc", "add", "dev", "wan0", "clsact"]);
+      const noop = new URL("../bpf/noop.bpf.o", import.meta.url).pathname;
+      await nsExec(ns, ["tc", "filter", "add", "dev", "wan0", "ingress", "prio", "7", "bpf", "da", "obj", noop, "sec", "tc"]);
+      const p = await startEinat(ns, ["-i", "wan0"]);
+      assertEquals(await stopEinat(p), 0, p.stderrText());
+      const q = await nsExec(ns, ["tc", "qdisc", "show", "dev", "wan0"]);
+      assert(q.includes("clsact"), "pre-existing qdisc kept");
+      const f = await nsExec(ns, ["tc", "filter", "show", "dev", "wan0", "ingress"]);
+      assert(f.includes("noop.bpf.o") && !f.includes("0xe1a7"), f);
+    }),
+});
+
+Deno.test("preflight: capability and BTF checks name the cause", () => {
+  assertThrows(() => checkPrivileges(0n), /missing privileges: einat needs CAP_NET_ADMIN and CAP_BPF/);
+  checkPrivileges((1n << 12n) | (1n << 39n));
+  checkPrivileges((1n << 12n) | (1n << 21n));
+  assertThrows(() => checkKernel("/nonexistent/vmlinux"), /kernel without BTF/);
+});
+

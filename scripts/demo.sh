@@ -4,4 +4,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-exec node_modules/deno/deno run -A tests/demo.ts
+exec tools/deno/node_modules/deno/deno run -A tests/demo.ts

@@ -20,12 +20,16 @@ else
   echo "setup: apt packages present"
 fi
 
-DENO=node_modules/deno/deno
+# Deno comes from npm into tools/deno (kept apart from the project's own
+# node_modules, which deno manages for the npm imports in deno.json).
+DENO=tools/deno/node_modules/deno/deno
 if [[ ! -x $DENO ]]; then
+  command -v npm >/dev/null || { echo "setup: npm is needed to install deno (apt install npm)" >&2; exit 1; }
   echo "setup: installing deno from npm"
-  [[ -f package.json ]] || { echo "setup: package.json missing" >&2; exit 1; }
-  npm install --no-audit --no-fund --silent
+  (cd tools/deno && npm install --no-audit --no-fund --silent)
 fi
 "$DENO" --version | head -1
+# npm imports of deno.json (smol-toml) into ./node_modules
+"$DENO" install --quiet
 
 make -s -C bpf

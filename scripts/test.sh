@@ -4,7 +4,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh || { echo "setup failed"; echo "0 passed, 1 failed"; exit 1; }
-DENO=node_modules/deno/deno
+DENO=tools/deno/node_modules/deno/deno
 export NO_COLOR=1
 
 checks_failed=0

@@ -31,7 +31,10 @@ export interface Cidr {
 export type ExternalMatch =
   | { kind: "address"; addr: Cidr } // a static address (prefixLen 32/128)
   | { kind: "network"; net: Cidr } // match interface addresses in this network
-  | { kind: "range"; family: 4 | 6; start: Uint8Array; end: Uint8Array };
+  | { kind: "range"; family: 4 | 6; start: Uint8Array; end: Uint8Array }
+  // `network = "10.0.0.5/24"`: a static network used as-is (not matched against
+  // interface addresses); `address` (10.0.0.5, host bits kept) is the NAT source.
+  | { kind: "staticNetwork"; net: Cidr; address: Uint8Array };
 
 /** One `[[interfaces.externals]]` entry. */
 export interface ExternalSpec {

@@ -1,0 +1,418 @@
+/**
+ * Command-line parsing, compatible with einat-ebpf's flags.
+ *
+ * einat-ebpf parses with `lexopt`; its list options (`--ports`,
+ * `--hairpin-if`, `--internal`) take every following argument up to the next
+ * one starting with `-` (a lone `-` counts as a value) or `--`, so
+ * `--ports 20000-29999 40000-49999` gives two ranges. `--ports=a` takes exactly
+ * one value. Repeating a list option replaces the earlier values, as in
+ * einat-ebpf (a notice says so). `node:util`'s `parseArgs` cannot do this, so
+ * list options are lifted out of the argument list first and the rest is
+ * parsed strictly by `parseArgs`.
+ *
+ * How `-c` and `-i` combine (as in einat-ebpf's main.rs):
+ * - `-c FILE` alone: the file describes everything.
+ * - `-i NAME` alone: one interface built from the flags on top of the
+ *   defaults; NAT44 is on unless only `--nat66` is given; `--ports` replaces
+ *   the TCP and UDP ranges of `[defaults]`; `--hairpin-if` enables IPv4 and
+ *   IPv6 hairpin routing for TCP and UDP; like einat-ebpf, such an interface
+ *   does not prefer TCX attachment.
+ * - `-c` with `-i` (or `--ifindex`): an error, einat-ebpf refuses to merge them.
+ * - Interface flags without `-i` are ignored (a notice says so); with neither
+ *   `-c` nor `-i` there is no interface, which is an error.
+ * @module
+ */
+
+import { parseArgs } from "node:util";
+import { type Config, ConfigError, type InterfaceConfig } from "./types.ts";
+import type { Level } from "../log.ts";
+import { parseCidr } from "./cidr.ts";
+import { formatRanges, MAX_RANGES, parseRanges } from "./ranges.ts";
+import {
+  BPF_LOADERS,
+  checkIfName,
+  defaultDefaults,
+  defaultInterface,
+  DEFAULTS,
+  MAX_BPF_LOG_LEVEL,
+  type ParseConfigOptions,
+  parseConfigToml,
+  suggest,
+} from "./toml.ts";
+
+/** What the command line asks for. */
+export type CliResult =
+  | { kind: "help" }
+  | { kind: "version" }
+  | {
+    kind: "run";
+    /** The `-c` file, when given. */
+    configFile?: string;
+    config: Config;
+    /** Remarks to log at startup (ignored flags/keys, deprecations). */
+    notices: string[];
+    /** `--log`, when given. */
+    logLevel?: Level;
+  };
+
+const LOG_LEVELS: readonly Level[] = ["debug", "info", "warn", "error"];
+
+/** Options taking one or more values, einat-ebpf style. */
+const LIST_FLAGS = ["--ports", "--hairpin-if", "--internal"] as const;
+type ListFlag = typeof LIST_FLAGS[number];
+
+const PARSE_OPTIONS = {
+  help: { type: "boolean", short: "h" },
+  version: { type: "boolean", short: "v" },
+  config: { type: "string", short: "c" },
+  ifname: { type: "string", short: "i" },
+  ifindex: { type: "string" },
+  nat44: { type: "boolean" },
+  nat66: { type: "boolean" },
+  "bpf-log": { type: "string" },
+  "bpf-loader": { type: "string" },
+  log: { type: "string" },
+} as const;
+
+const SHORT_TO_LONG: Record<string, string> = { h: "help", v: "version", c: "config", i: "ifname" };
+
+/** The help text, listing every option with its default. */
+export function helpText(): string {
+  const ports = formatRanges(DEFAULTS.tcpRanges);
+  return `einat - an eBPF-based Endpoint-Independent ("full cone") NAT
+
+USAGE:
+  einat [OPTIONS]
+  einat -i <name> [--nat44] [--nat66] [--ports <range>...] [--hairpin-if <name>...]
+  einat -c <file>
+
+OPTIONS:
+  -h, --help                   Print this message
+  -v, --version                Print the version
+  -c, --config <file>          Read the configuration from a TOML file (einat-ebpf format);
+                               cannot be combined with -i/--ifname
+  -i, --ifname <name>          External network interface to NAT on, e.g. eth0
+      --ifindex <n>            External interface by index instead of (or besides) name
+      --nat44                  Enable NAPT44 on the interface; on by default unless only
+                               --nat66 is given
+      --nat66                  Enable NAPT66 on the interface; off by default
+      --ports <range> ...      External TCP/UDP port ranges, e.g. 20000-29999 40000-49999;
+                               at most ${MAX_RANGES} ranges; default ${ports}
+      --hairpin-if <name> ...  Internal interfaces to set up hairpin routing for, e.g. lo lan0;
+                               default none (hairpin routing off)
+      --internal <CIDR> ...    Only source-NAT traffic from these internal networks;
+                               default: all traffic leaving the interface
+      --bpf-log <level>        BPF trace log level, 0 to ${MAX_BPF_LOG_LEVEL} (0 off, 1 error, 2 warn,
+                               3 info, 4 debug, 5 trace); default 0
+      --bpf-loader <loader>    Accepted for einat-ebpf compatibility and ignored
+                               (${BPF_LOADERS.join(", ")})
+      --log <level>            Daemon log level: debug, info, warn or error; default info
+                               (or $EINAT_LOG)
+
+Options marked "..." take every following value up to the next option.
+See config.sample.toml for the configuration file format.
+`;
+}
+
+interface ListGroup {
+  flag: ListFlag;
+  values: string[];
+}
+
+/** Lifts einat-style list options out of `args`; returns the rest and the groups. */
+function extractLists(args: string[], notices: string[]): {
+  rest: string[];
+  lists: Map<ListFlag, string[]>;
+} {
+  const rest: string[] = [];
+  const groups: ListGroup[] = [];
+  for (let i = 0; i < args.length; i++) {
+    const arg = args[i];
+    if (arg === "--") {
+      rest.push(...args.slice(i));
+      break;
+    }
+    const eq = arg.indexOf("=");
+    const name = eq >= 0 ? arg.slice(0, eq) : arg;
+    if ((LIST_FLAGS as readonly string[]).includes(name)) {
+      const flag = name as ListFlag;
+      if (eq >= 0) {
+        groups.push({ flag, values: [arg.slice(eq + 1)] });
+        continue;
+      }
+      const values: string[] = [];
+      while (i + 1 < args.length && (args[i + 1] === "-" || !args[i + 1].startsWith("-"))) {
+        values.push(args[++i]);
+      }
+      if (values.length === 0) {
+        throw new ConfigError(flag, `needs at least one value, e.g. ${example(flag)}`);
+      }
+      groups.push({ flag, values });
+      continue;
+    }
+    // lexopt accepts `-c=file` for short options; parseArgs would keep the "=".
+    const short = /^-([ci])=(.*)$/s.exec(arg);
+    if (short) {
+      rest.push(`--${SHORT_TO_LONG[short[1]]}=${short[2]}`);
+      continue;
+    }
+    rest.push(arg);
+  }
+  const lists = new Map<ListFlag, string[]>();
+  for (const g of groups) {
+    if (lists.has(g.flag)) {
+      notices.push(
+        `${g.flag}: given more than once; as in einat-ebpf the last one wins (${
+          g.values.join(" ")
+        }); list all values after a single ${g.flag}`,
+      );
+    }
+    lists.set(g.flag, g.values);
+  }
+  return { rest, lists };
+}
+
+function example(flag: string): string {
+  switch (flag) {
+    case "--ports":
+      return "--ports 20000-29999 40000-49999";
+    case "--hairpin-if":
+      return "--hairpin-if lo lan0";
+    case "--internal":
+      return "--internal 192.168.1.0/24";
+    default:
+      return flag;
+  }
+}
+
+/** Turns a `parseArgs` error into a ConfigError naming the flag. */
+function argsError(e: unknown): ConfigError {
+  const msg = (e as Error).message ?? String(e);
+  const code = (e as { code?: string }).code;
+  const quoted = /'([^']*)'/.exec(msg)?.[1] ?? "";
+  const long = /--[A-Za-z0-9-]+/.exec(quoted)?.[0];
+  const short = /^-([A-Za-z])/.exec(quoted)?.[1];
+  const flag = long ?? (short && SHORT_TO_LONG[short] ? `--${SHORT_TO_LONG[short]}` : quoted);
+  switch (code) {
+    case "ERR_PARSE_ARGS_UNKNOWN_OPTION": {
+      const known = [...Object.keys(PARSE_OPTIONS), ...LIST_FLAGS.map((f) => f.slice(2))];
+      const name = quoted.replace(/^-+/, "").split("=")[0];
+      const guess = suggest(name, known);
+      const hint = guess ? `did you mean --${guess}?` : "see --help for the list of options";
+      return new ConfigError(quoted, `unknown option; ${hint}`);
+    }
+    case "ERR_PARSE_ARGS_UNEXPECTED_POSITIONAL":
+      return new ConfigError(
+        "(arguments)",
+        `unexpected argument "${quoted}"; einat takes no positional arguments (is an option ` +
+          `such as -i missing before it?)`,
+      );
+    case "ERR_PARSE_ARGS_INVALID_OPTION_VALUE":
+      if (/does not take an argument/.test(msg)) {
+        return new ConfigError(flag, "is a switch and takes no value");
+      }
+      return new ConfigError(flag, `needs a value, e.g. ${flag} ${valueExample(flag)}`);
+    default:
+      return new ConfigError(flag || "(arguments)", msg);
+  }
+}
+
+function valueExample(flag: string): string {
+  return ({
+    "--config": "/etc/einat/config.toml",
+    "--ifname": "eth0",
+    "--ifindex": "2",
+    "--bpf-log": "3",
+    "--bpf-loader": "aya",
+    "--log": "debug",
+  } as Record<string, string>)[flag] ?? "<value>";
+}
+
+function readConfig(file: string, options: ParseConfigOptions) {
+  let text: string;
+  try {
+    text = Deno.readTextFileSync(file);
+  } catch (e) {
+    const why = e instanceof Deno.errors.NotFound
+      ? "no such file"
+      : e instanceof Deno.errors.PermissionDenied
+      ? "permission denied"
+      : e instanceof Deno.errors.IsADirectory
+      ? "is a directory"
+      : (e as Error).message;
+    throw new ConfigError("--config", `cannot read config file "${file}": ${why}`, file);
+  }
+  return parseConfigToml(text, file, options);
+}
+
+/**
+ * Parses einat's command line (without the program name).
+ *
+ * @returns `help` / `version` when asked for (they win over everything else),
+ * otherwise the configuration to run with and notices to log.
+ * @throws {ConfigError} whose `path` is the offending flag (e.g. `--ports`),
+ * or a file key path for errors inside the `-c` file.
+ */
+export function parseCli(args: string[], options: ParseConfigOptions = {}): CliResult {
+  const notices: string[] = [];
+  const { rest, lists } = extractLists(args, notices);
+
+  // Help and version win even when other arguments are wrong.
+  const loose = parseArgs({
+    args: rest,
+    options: PARSE_OPTIONS,
+    strict: false,
+    allowPositionals: true,
+  });
+  if (loose.values.help === true) return { kind: "help" };
+  if (loose.values.version === true) return { kind: "version" };
+
+  let values;
+  try {
+    values =
+      parseArgs({ args: rest, options: PARSE_OPTIONS, strict: true, allowPositionals: false })
+        .values;
+  } catch (e) {
+    throw argsError(e);
+  }
+
+  let logLevel: Level | undefined;
+  if (values.log !== undefined) {
+    const level = values.log.toLowerCase() as Level;
+    if (!LOG_LEVELS.includes(level)) {
+      throw new ConfigError(
+        "--log",
+        `"${values.log}" is not a log level; expected one of ${LOG_LEVELS.join(", ")}`,
+      );
+    }
+    logLevel = level;
+  }
+
+  let bpfLogLevel: number | undefined;
+  if (values["bpf-log"] !== undefined) {
+    const text = values["bpf-log"];
+    if (!/^[0-9]+$/.test(text) || Number(text) > MAX_BPF_LOG_LEVEL) {
+      throw new ConfigError(
+        "--bpf-log",
+        `"${text}" is not a BPF log level; expected an integer from 0 (off) to ${MAX_BPF_LOG_LEVEL} (trace)`,
+      );
+    }
+    bpfLogLevel = Number(text);
+  }
+
+  if (values["bpf-loader"] !== undefined) {
+    const loader = values["bpf-loader"];
+    if (!(BPF_LOADERS as readonly string[]).includes(loader.toLowerCase())) {
+      throw new ConfigError(
+        "--bpf-loader",
+        `"${loader}" is not a BPF loader; expected one of ${BPF_LOADERS.join(", ")}`,
+      );
+    }
+    notices.push(`--bpf-loader: ignored; it selects one of einat-ebpf's Rust BPF loaders`);
+  }
+
+  let ifIndex: number | undefined;
+  if (values.ifindex !== undefined) {
+    const text = values.ifindex;
+    if (!/^[1-9][0-9]*$/.test(text) || Number(text) > 0x7fffffff) {
+      throw new ConfigError(
+        "--ifindex",
+        `"${text}" is not an interface index; expected a positive integer such as 2`,
+      );
+    }
+    ifIndex = Number(text);
+  }
+  if (values.ifname !== undefined) {
+    const problem = checkIfName(values.ifname);
+    if (problem) throw new ConfigError("--ifname", problem);
+  }
+
+  const configFile = values.config;
+  const wantsInterface = values.ifname !== undefined || ifIndex !== undefined;
+
+  if (configFile !== undefined && wantsInterface) {
+    const flag = values.ifname !== undefined ? "--ifname" : "--ifindex";
+    throw new ConfigError(
+      flag,
+      `cannot be combined with -c/--config (einat-ebpf does not merge interface options into a ` +
+        `config file); describe the interface in the file's [[interfaces]] instead, or drop -c`,
+    );
+  }
+
+  if (!wantsInterface) {
+    const ignored = [
+      ...(values.nat44 ? ["--nat44"] : []),
+      ...(values.nat66 ? ["--nat66"] : []),
+      ...(bpfLogLevel !== undefined ? ["--bpf-log"] : []),
+      ...lists.keys(),
+    ];
+    if (configFile === undefined) {
+      throw new ConfigError(
+        "--ifname",
+        `no network interface specified; give the external interface with -i, e.g. ` +
+          `einat -i eth0, or a config file with -c`,
+      );
+    }
+    for (const flag of ignored) {
+      notices.push(
+        `${flag}: ignored because interface options only apply with -i/--ifname; set it in ${configFile} instead`,
+      );
+    }
+    const parsed = readConfig(configFile, options);
+    if (parsed.config.interfaces.length === 0) {
+      throw new ConfigError(
+        "interfaces",
+        `no [[interfaces]] entry, so there is nothing to NAT; add one, e.g. ` +
+          `[[interfaces]] with if_name = "eth0" and nat44 = true`,
+        configFile,
+      );
+    }
+    return {
+      kind: "run",
+      configFile,
+      config: parsed.config,
+      notices: [...parsed.notices, ...notices],
+      logLevel,
+    };
+  }
+
+  const defaults = defaultDefaults();
+  const ports = lists.get("--ports");
+  if (ports) {
+    const ranges = parseRanges(ports, "port", { path: "--ports", indexElements: false });
+    defaults.ranges.tcp = ranges.map((r) => ({ ...r }));
+    defaults.ranges.udp = ranges.map((r) => ({ ...r }));
+  }
+
+  const hairpinIfs = lists.get("--hairpin-if") ?? [];
+  for (const name of hairpinIfs) {
+    const problem = checkIfName(name);
+    if (problem) throw new ConfigError("--hairpin-if", problem);
+  }
+
+  const internals = (lists.get("--internal") ?? []).map((text) => {
+    try {
+      return parseCidr(text);
+    } catch (e) {
+      throw new ConfigError("--internal", (e as Error).message);
+    }
+  });
+
+  const iface: InterfaceConfig = defaultInterface(defaults, options.kernelRelease);
+  if (values.ifname !== undefined) iface.ifName = values.ifname;
+  if (ifIndex !== undefined) iface.ifIndex = ifIndex;
+  iface.nat44 = values.nat44 === true || values.nat66 !== true;
+  iface.nat66 = values.nat66 === true;
+  if (bpfLogLevel !== undefined) iface.bpfLogLevel = bpfLogLevel;
+  // einat-ebpf builds this interface from `ConfigNetIf::default()`, where
+  // prefer_tcx is false (the TOML default is true).
+  iface.preferTcx = false;
+  iface.snatInternals = internals;
+  for (const route of [iface.ipv4HairpinRoute, iface.ipv6HairpinRoute]) {
+    route.internalIfNames = [...hairpinIfs];
+    route.enable = hairpinIfs.length > 0;
+    route.ipProtocols = ["tcp", "udp"];
+  }
+
+  return { kind: "run", config: { defaults, interfaces: [iface] }, notices, logLevel };
+}

@@ -1,0 +1,257 @@
+import { deepStrictEqual, equal, ok } from "node:assert/strict";
+import { ConfigError } from "./types.ts";
+import { type CliResult, helpText, parseCli } from "./cli.ts";
+import { formatCidr } from "./cidr.ts";
+
+const K = { kernelRelease: "6.1.0" };
+const cli = (...args: string[]) => parseCli(args, K);
+
+function run(...args: string[]): Extract<CliResult, { kind: "run" }> {
+  const r = cli(...args);
+  if (r.kind !== "run") throw new Error(`expected run, got ${r.kind}`);
+  return r;
+}
+
+function expectError(args: string[], path: string, message?: RegExp): ConfigError {
+  try {
+    cli(...args);
+  } catch (e) {
+    ok(e instanceof ConfigError, String(e));
+    equal(e.path, path, e.message);
+    if (message) ok(message.test(e.message), e.message);
+    return e;
+  }
+  throw new Error(`expected an error at ${path} for ${args.join(" ")}`);
+}
+
+const tempFiles: string[] = [];
+globalThis.addEventListener("unload", () => {
+  for (const f of tempFiles) Deno.removeSync(f);
+});
+
+function tempConfig(text: string): string {
+  const file = Deno.makeTempFileSync({ suffix: ".toml" });
+  tempFiles.push(file);
+  Deno.writeTextFileSync(file, text);
+  return file;
+}
+
+Deno.test("help and version", () => {
+  deepStrictEqual(cli("-h"), { kind: "help" });
+  deepStrictEqual(cli("--help"), { kind: "help" });
+  deepStrictEqual(cli("-v"), { kind: "version" });
+  deepStrictEqual(cli("--version"), { kind: "version" });
+  // They win over other, even invalid, arguments.
+  deepStrictEqual(cli("-i", "eth0", "--bogus", "--help"), { kind: "help" });
+  deepStrictEqual(cli("--ports", "1-2", "-v"), { kind: "version" });
+  deepStrictEqual(cli("-h", "-v"), { kind: "help" });
+});
+
+Deno.test("helpText lists every option with its default", () => {
+  const text = helpText();
+  for (
+    const opt of [
+      "-h, --help",
+      "-v, --version",
+      "-c, --config <file>",
+      "-i, --ifname <name>",
+      "--ifindex <n>",
+      "--nat44",
+      "--nat66",
+      "--ports <range> ...",
+      "--hairpin-if <name> ...",
+      "--internal <CIDR> ...",
+      "--bpf-log <level>",
+      "--bpf-loader <loader>",
+      "--log <level>",
+    ]
+  ) {
+    ok(text.includes(opt), opt);
+  }
+  ok(text.includes("default 20000-29999"));
+  ok(text.includes("default info"));
+  ok(text.includes("default 0"));
+  ok(text.split("\n").every((l) => l.length <= 100), "lines fit 100 columns");
+});
+
+Deno.test("-i alone: one interface with einat-ebpf's CLI defaults", () => {
+  const r = run("-i", "eth0");
+  equal(r.configFile, undefined);
+  deepStrictEqual(r.notices, []);
+  equal(r.logLevel, undefined);
+  equal(r.config.interfaces.length, 1);
+  const i = r.config.interfaces[0];
+  equal(i.ifName, "eth0");
+  equal(i.nat44, true);
+  equal(i.nat66, false);
+  equal(i.preferTcx, false);
+  equal(i.defaultExternals, true);
+  equal(i.bpfLogLevel, 0);
+  equal(i.bpfFibLookupExternal, false); // kernel 6.1
+  deepStrictEqual(i.defaultRanges.tcp, [{ start: 20000, end: 29999 }]);
+  deepStrictEqual(r.config.defaults.ranges.udp, [{ start: 20000, end: 29999 }]);
+  equal(i.ipv4HairpinRoute.enable, false);
+  equal(i.ipv6HairpinRoute.enable, false);
+  deepStrictEqual(i.snatInternals, []);
+});
+
+Deno.test("--nat44/--nat66 selection", () => {
+  const nat = (...a: string[]) => {
+    const i = run("-i", "eth0", ...a).config.interfaces[0];
+    return [i.nat44, i.nat66];
+  };
+  deepStrictEqual(nat(), [true, false]);
+  deepStrictEqual(nat("--nat44"), [true, false]);
+  deepStrictEqual(nat("--nat66"), [false, true]);
+  deepStrictEqual(nat("--nat44", "--nat66"), [true, true]);
+});
+
+Deno.test("attached values: -ieth0, --ifname=eth0, -c=file", () => {
+  equal(run("-ieth0").config.interfaces[0].ifName, "eth0");
+  equal(run("--ifname=eth0").config.interfaces[0].ifName, "eth0");
+  const file = tempConfig(`[[interfaces]]\nif_name = "wan0"\nnat44 = true\n`);
+  equal(run(`-c=${file}`).configFile, file);
+});
+
+Deno.test("--ports takes several values, replaces TCP and UDP defaults", () => {
+  const r = run("-i", "eth0", "--ports", "40000-49999", "20000-29999", "--nat66");
+  const want = [{ start: 20000, end: 29999 }, { start: 40000, end: 49999 }];
+  deepStrictEqual(r.config.defaults.ranges.tcp, want);
+  deepStrictEqual(r.config.defaults.ranges.udp, want);
+  deepStrictEqual(r.config.interfaces[0].defaultRanges.tcp, want);
+  deepStrictEqual(r.config.interfaces[0].defaultRanges.icmp, [{ start: 0, end: 65535 }]);
+  equal(r.config.interfaces[0].nat66, true);
+});
+
+Deno.test("--ports=value takes exactly one value", () => {
+  deepStrictEqual(run("-i", "eth0", "--ports=1000-2000").config.defaults.ranges.tcp, [
+    { start: 1000, end: 2000 },
+  ]);
+  expectError(["-i", "eth0", "--ports=1000-2000", "3000-4000"], "(arguments)", /"3000-4000"/);
+});
+
+Deno.test("repeating a list option: last one wins, with a notice", () => {
+  const r = run("-i", "eth0", "--ports", "1000-2000", "--ports", "3000-4000");
+  deepStrictEqual(r.config.defaults.ranges.tcp, [{ start: 3000, end: 4000 }]);
+  ok(r.notices.some((n) => n.startsWith("--ports: given more than once")), r.notices.join());
+});
+
+Deno.test("--hairpin-if and --internal take several values", () => {
+  const r = run(
+    "--hairpin-if",
+    "lo",
+    "lan0",
+    "--internal",
+    "192.168.1.7/24",
+    "fd00::/64",
+    "-i",
+    "wan0",
+  );
+  const i = r.config.interfaces[0];
+  equal(i.ifName, "wan0");
+  for (const route of [i.ipv4HairpinRoute, i.ipv6HairpinRoute]) {
+    equal(route.enable, true);
+    deepStrictEqual(route.internalIfNames, ["lo", "lan0"]);
+    deepStrictEqual(route.ipProtocols, ["tcp", "udp"]);
+    equal(route.ipRulePref, 100);
+    equal(route.tableId, 4787);
+  }
+  deepStrictEqual(i.snatInternals.map(formatCidr), ["192.168.1.0/24", "fd00::/64"]);
+});
+
+Deno.test("a lone - counts as a value, -- ends the list", () => {
+  expectError(["-i", "eth0", "--internal", "10.0.0.0/8", "-"], "--internal", /"-"/);
+  expectError(["-i", "eth0", "--hairpin-if", "lo", "--", "x"], "(arguments)");
+});
+
+Deno.test("--bpf-log, --bpf-loader, --log, --ifindex", () => {
+  let r = run("-i", "eth0", "--bpf-log", "5", "--log", "DEBUG");
+  equal(r.config.interfaces[0].bpfLogLevel, 5);
+  equal(r.logLevel, "debug");
+  r = run("-i", "eth0", "--bpf-loader", "libbpf");
+  ok(r.notices.some((n) => n.startsWith("--bpf-loader: ignored")));
+  r = run("--ifindex", "7");
+  equal(r.config.interfaces[0].ifIndex, 7);
+  equal(r.config.interfaces[0].ifName, undefined);
+  r = run("--ifindex", "7", "-i", "eth0");
+  equal(r.config.interfaces[0].ifIndex, 7);
+  equal(r.config.interfaces[0].ifName, "eth0");
+});
+
+Deno.test("-c: loads the file, notices from the file are kept", () => {
+  const file = tempConfig(
+    `[[interfaces]]\nif_name = "wan0"\nnat44 = true\nbpf_loader = "aya"\n`,
+  );
+  const r = run("-c", file, "--log", "warn");
+  equal(r.configFile, file);
+  equal(r.config.interfaces[0].ifName, "wan0");
+  equal(r.config.interfaces[0].preferTcx, true);
+  equal(r.logLevel, "warn");
+  ok(r.notices.some((n) => n.startsWith(`${file}: interfaces[0].bpf_loader: ignored`)));
+});
+
+Deno.test("-c with interface flags but no -i: flags ignored with notices", () => {
+  const file = tempConfig(`[[interfaces]]\nif_name = "wan0"\nnat44 = true\n`);
+  const r = run("-c", file, "--ports", "1000-2000", "--nat66", "--bpf-log", "2");
+  deepStrictEqual(r.config.defaults.ranges.tcp, [{ start: 20000, end: 29999 }]);
+  equal(r.config.interfaces[0].nat66, false);
+  for (const flag of ["--ports", "--nat66", "--bpf-log"]) {
+    ok(r.notices.some((n) => n.startsWith(`${flag}: ignored`)), flag);
+  }
+});
+
+Deno.test("-c errors: missing file, bad file, no interfaces, combined with -i", () => {
+  const missing = "/nonexistent/einat.toml";
+  const e = expectError(["-c", missing], "--config", /no such file/);
+  equal(e.file, missing);
+  ok(e.message.includes(missing));
+
+  const bad = tempConfig(`[[interfaces]]\nif_name = "wan0"\nnat44 = 1\n`);
+  const e2 = expectError(["-c", bad], "interfaces[0].nat44");
+  equal(e2.file, bad);
+
+  const empty = tempConfig(`[defaults]\n`);
+  equal(expectError(["-c", empty], "interfaces", /no \[\[interfaces\]\] entry/).file, empty);
+
+  const good = tempConfig(`[[interfaces]]\nif_name = "wan0"\nnat44 = true\n`);
+  expectError(["-c", good, "-i", "eth0"], "--ifname", /cannot be combined with -c/);
+  expectError(["--ifindex", "2", "-c", good], "--ifindex", /cannot be combined/);
+});
+
+Deno.test("errors name the flag", () => {
+  expectError([], "--ifname", /no network interface specified/);
+  expectError(["--nat44"], "--ifname", /no network interface/);
+  expectError(["--bogus"], "--bogus", /unknown option; see --help/);
+  expectError(["-i", "eth0", "--hairpin", "lo"], "--hairpin", /did you mean --hairpin-if\?/);
+  expectError(["-x"], "-x", /unknown option/);
+  expectError(["eth0"], "(arguments)", /unexpected argument "eth0"/);
+  expectError(["-i"], "--ifname", /needs a value, e.g. --ifname eth0/);
+  expectError(["-c"], "--config", /needs a value/);
+  expectError(["-i", "--nat44"], "--ifname", /needs a value/);
+  expectError(["-i", "eth0", "--nat44=yes"], "--nat44", /takes no value/);
+  expectError(["-i", "eth0", "--ports"], "--ports", /at least one value, e.g. --ports 20000-29999/);
+  expectError(["-i", "eth0", "--ports", "-i"], "--ports", /at least one value/);
+  expectError(["-i", "eth0", "--hairpin-if"], "--hairpin-if", /--hairpin-if lo lan0/);
+  expectError(["-i", "eth0", "--internal"], "--internal", /--internal 192.168.1.0\/24/);
+  expectError(["-i", "a-name-longer-than-15"], "--ifname", /15 bytes/);
+  expectError(["--ifindex", "0"], "--ifindex", /positive integer/);
+  expectError(["--ifindex", "eth0"], "--ifindex", /positive integer/);
+  expectError(["-i", "eth0", "--bpf-log", "6"], "--bpf-log", /0 \(off\) to 5 \(trace\)/);
+  expectError(["-i", "eth0", "--bpf-log", "x"], "--bpf-log");
+  expectError(["-i", "eth0", "--bpf-loader", "bcc"], "--bpf-loader", /aya, libbpf, libbpf-skel/);
+  expectError(["-i", "eth0", "--log", "verbose"], "--log", /debug, info, warn, error/);
+  expectError(["-i", "eth0", "--hairpin-if", "lo", "bad/name"], "--hairpin-if", /"\/"/);
+  expectError(["-i", "eth0", "--internal", "10.0.0.0"], "--internal", /10.0.0.0\/32/);
+});
+
+Deno.test("--ports validation errors", () => {
+  expectError(["-i", "eth0", "--ports", "0-100"], "--ports", /port 0 cannot be mapped/);
+  expectError(["-i", "eth0", "--ports", "300-200"], "--ports", /reversed/);
+  expectError(["-i", "eth0", "--ports", "1000-2000", "1500-2500"], "--ports", /overlaps/);
+  expectError(["-i", "eth0", "--ports", "1-1", "3-3", "5-5", "7-7", "9-9"], "--ports", /at most 4/);
+  expectError(["-i", "eth0", "--ports", "abc"], "--ports", /not a range/);
+  // Single ports are accepted.
+  deepStrictEqual(run("-i", "eth0", "--ports", "53").config.defaults.ranges.tcp, [
+    { start: 53, end: 53 },
+  ]);
+});

@@ -1,0 +1,462 @@
+import { deepStrictEqual, equal, ok, throws } from "node:assert/strict";
+import { ConfigError, type ExternalMatch } from "./types.ts";
+import { defaultFibLookup, DEFAULTS, editDistance, parseConfigToml, suggest } from "./toml.ts";
+import { formatAddr, formatCidr } from "./cidr.ts";
+
+const K = { kernelRelease: "6.8.0-1-amd64" };
+const parse = (text: string) => parseConfigToml(text, "test.toml", K);
+const MIN = `[[interfaces]]\nif_name = "eth0"\nnat44 = true\n`;
+
+function expectError(text: string, path: string, message?: RegExp): ConfigError {
+  try {
+    parse(text);
+  } catch (e) {
+    ok(e instanceof ConfigError, String(e));
+    equal(e.path, path, e.message);
+    equal(e.file, "test.toml");
+    if (message) ok(message.test(e.message), e.message);
+    return e;
+  }
+  throw new Error(`expected an error at ${path}`);
+}
+
+function fmtMatch(m: ExternalMatch): string {
+  switch (m.kind) {
+    case "address":
+      return `address ${formatCidr(m.addr)}`;
+    case "network":
+      return `network ${formatCidr(m.net)}`;
+    case "staticNetwork":
+      return `static ${formatCidr(m.net)} via ${formatAddr(m.address)}`;
+    case "range":
+      return `range ${formatAddr(m.start)}-${formatAddr(m.end)}`;
+  }
+}
+
+Deno.test("empty file: einat-ebpf defaults, no interfaces", () => {
+  const { config, notices } = parse("");
+  deepStrictEqual(config.interfaces, []);
+  deepStrictEqual(notices, []);
+  const d = config.defaults;
+  equal(d.ipv4LocalRulePref, 200);
+  equal(d.ipv6LocalRulePref, 200);
+  equal(d.ipv4HairpinRulePref, 100);
+  equal(d.ipv6HairpinRulePref, 100);
+  equal(d.ipv4HairpinTableId, 4787);
+  equal(d.ipv6HairpinTableId, 4787);
+  deepStrictEqual(d.ranges, {
+    tcp: [{ start: 20000, end: 29999 }],
+    udp: [{ start: 20000, end: 29999 }],
+    icmp: [{ start: 0, end: 65535 }],
+    icmpIn: [{ start: 0, end: 9999 }],
+    icmpOut: [{ start: 1000, end: 65535 }],
+  });
+});
+
+Deno.test("minimal interface: every default applied", () => {
+  const { config, notices } = parse(`[[interfaces]]\nif_name = "eth0"\nnat44 = true\n`);
+  deepStrictEqual(notices, []);
+  const i = config.interfaces[0];
+  equal(i.ifName, "eth0");
+  equal(i.ifIndex, undefined);
+  equal(i.nat44, true);
+  equal(i.nat66, false);
+  equal(i.bpfLogLevel, 0);
+  equal(i.bpfFibLookupExternal, true); // kernel 6.8
+  equal(i.allowInboundIcmpx, true);
+  deepStrictEqual(i.timeouts, {
+    fragment: 2_000,
+    icmpDefault: 60_000,
+    udpMin: 120_000,
+    udpDefault: 300_000,
+    tcpTrans: 240_000,
+    tcpEst: 7_200_000,
+  });
+  equal(i.fragTrackMaxRecords, 65536);
+  equal(i.bindingMaxRecords, 196608);
+  equal(i.ctMaxRecords, 393216);
+  equal(i.preferTcx, true);
+  deepStrictEqual(i.noSnatDests, []);
+  equal(i.defaultExternals, true);
+  deepStrictEqual(i.snatInternals, []);
+  for (const r of [i.ipv4HairpinRoute, i.ipv6HairpinRoute]) {
+    deepStrictEqual(r, {
+      enable: false,
+      internalIfNames: [],
+      ipProtocols: ["tcp", "udp"],
+      ipRulePref: 100,
+      tableId: 4787,
+    });
+  }
+  deepStrictEqual(i.externals, []);
+  deepStrictEqual(i.defaultRanges, config.defaults.ranges);
+});
+
+Deno.test("bpf_fib_lookup_external defaults by kernel version", () => {
+  equal(
+    parseConfigToml(MIN, "t", { kernelRelease: "6.6.30" }).config.interfaces[0]
+      .bpfFibLookupExternal,
+    false,
+  );
+  equal(
+    parseConfigToml(MIN, "t", { kernelRelease: "6.7.0" }).config.interfaces[0].bpfFibLookupExternal,
+    true,
+  );
+  equal(
+    parseConfigToml(MIN, "t", { kernelRelease: "7.0.1" }).config.interfaces[0].bpfFibLookupExternal,
+    true,
+  );
+  equal(defaultFibLookup("5.15.0-100-generic"), false);
+  equal(defaultFibLookup("garbage"), false);
+});
+
+Deno.test("every key reaches the Config", () => {
+  const { config, notices } = parse(`
+version = 1
+
+[defaults]
+ipv4_local_rule_pref = 300
+ipv6_local_rule_pref = 301
+ipv4_hairpin_rule_pref = 150
+ipv6_hairpin_rule_pref = 151
+ipv4_hairpin_table_id = 100
+ipv6_hairpin_table_id = 101
+tcp_ranges = ["10000-19999", "30000-39999"]
+udp_ranges = ["40000-49999"]
+icmp_ranges = ["0-30000"]
+icmp_in_ranges = ["0-999"]
+icmp_out_ranges = ["1000-30000"]
+
+[[interfaces]]
+if_name = "wan0"
+nat44 = true
+nat66 = true
+bpf_log_level = 3
+bpf_fib_lookup_external = false
+allow_inbound_icmpx = false
+timeout_fragment = "3s"
+timeout_icmp_default = "90s"
+timeout_udp_min = "1m"
+timeout_udp_default = "10m"
+timeout_tcp_trans = "5m"
+timeout_tcp_est = "1h30m"
+frag_track_max_records = 1024
+binding_max_records = 2048
+ct_max_records = 8192
+prefer_tcx = false
+default_externals = false
+no_snat_dests = ["192.168.0.0/16", "fd00::/8"]
+snat_internals = ["10.1.2.3/24", "fd01::/64"]
+
+[interfaces.ipv4_hairpin_route]
+enable = true
+internal_if_names = ["lo", "lan0"]
+ip_protocols = ["TCP", "udp", "icmp"]
+ip_rule_pref = 90
+table_id = 200
+
+[interfaces.ipv6_hairpin_route]
+enable = false
+internal_if_names = ["lan0"]
+ip_protocols = ["udp"]
+ip_rule_pref = 91
+table_id = 201
+
+[[interfaces.externals]]
+address = "203.0.113.7"
+is_internal = true
+no_snat = true
+no_hairpin = true
+tcp_ranges = []
+udp_ranges = ["45000-45999"]
+icmp_ranges = ["0-20000"]
+icmp_in_ranges = ["0-10"]
+icmp_out_ranges = ["11-20000"]
+
+[[interfaces.externals]]
+network = "10.0.0.5/24"
+
+[[interfaces.externals]]
+match_address = "198.51.100.9/24"
+
+[[interfaces.externals]]
+match_address = { network = "2001:db8::/32" }
+
+[[interfaces.externals]]
+match_address = { start = "198.51.100.10", end = "198.51.100.20" }
+
+[[interfaces]]
+if_name = "wan1"
+nat44 = true
+`);
+  deepStrictEqual(notices, []);
+  const d = config.defaults;
+  deepStrictEqual(
+    [d.ipv4LocalRulePref, d.ipv6LocalRulePref, d.ipv4HairpinRulePref, d.ipv6HairpinRulePref],
+    [300, 301, 150, 151],
+  );
+  deepStrictEqual([d.ipv4HairpinTableId, d.ipv6HairpinTableId], [100, 101]);
+  deepStrictEqual(d.ranges, {
+    tcp: [{ start: 10000, end: 19999 }, { start: 30000, end: 39999 }],
+    udp: [{ start: 40000, end: 49999 }],
+    icmp: [{ start: 0, end: 30000 }],
+    icmpIn: [{ start: 0, end: 999 }],
+    icmpOut: [{ start: 1000, end: 30000 }],
+  });
+
+  const i = config.interfaces[0];
+  equal(i.ifName, "wan0");
+  equal(i.nat44, true);
+  equal(i.nat66, true);
+  equal(i.bpfLogLevel, 3);
+  equal(i.bpfFibLookupExternal, false);
+  equal(i.allowInboundIcmpx, false);
+  deepStrictEqual(i.timeouts, {
+    fragment: 3_000,
+    icmpDefault: 90_000,
+    udpMin: 60_000,
+    udpDefault: 600_000,
+    tcpTrans: 300_000,
+    tcpEst: 5_400_000,
+  });
+  equal(i.fragTrackMaxRecords, 1024);
+  equal(i.bindingMaxRecords, 2048);
+  equal(i.ctMaxRecords, 8192);
+  equal(i.preferTcx, false);
+  equal(i.defaultExternals, false);
+  deepStrictEqual(i.noSnatDests.map(formatCidr), ["192.168.0.0/16", "fd00::/8"]);
+  deepStrictEqual(i.snatInternals.map(formatCidr), ["10.1.2.0/24", "fd01::/64"]);
+  deepStrictEqual(i.ipv4HairpinRoute, {
+    enable: true,
+    internalIfNames: ["lo", "lan0"],
+    ipProtocols: ["tcp", "udp", "icmp"],
+    ipRulePref: 90,
+    tableId: 200,
+  });
+  deepStrictEqual(i.ipv6HairpinRoute, {
+    enable: false,
+    internalIfNames: ["lan0"],
+    ipProtocols: ["udp"],
+    ipRulePref: 91,
+    tableId: 201,
+  });
+  deepStrictEqual(i.defaultRanges, d.ranges);
+
+  const [e0, e1, e2, e3, e4] = i.externals;
+  equal(fmtMatch(e0.match), "address 203.0.113.7/32");
+  deepStrictEqual([e0.isInternal, e0.noSnat, e0.noHairpin], [true, true, true]);
+  deepStrictEqual(e0.ranges, {
+    tcp: [],
+    udp: [{ start: 45000, end: 45999 }],
+    icmp: [{ start: 0, end: 20000 }],
+    icmpIn: [{ start: 0, end: 10 }],
+    icmpOut: [{ start: 11, end: 20000 }],
+  });
+  equal(fmtMatch(e1.match), "static 10.0.0.0/24 via 10.0.0.5");
+  deepStrictEqual([e1.isInternal, e1.noSnat, e1.noHairpin], [false, false, false]);
+  deepStrictEqual(e1.ranges, d.ranges, "externals inherit [defaults] ranges");
+  equal(fmtMatch(e2.match), "network 198.51.100.0/24");
+  equal(fmtMatch(e3.match), "network 2001:db8::/32");
+  equal(fmtMatch(e4.match), "range 198.51.100.10-198.51.100.20");
+
+  // The second interface still gets [defaults].
+  deepStrictEqual(config.interfaces[1].defaultRanges, d.ranges);
+  equal(config.interfaces[1].ipv4HairpinRoute.tableId, 100);
+  equal(config.interfaces[1].ipv6HairpinRoute.ipRulePref, 151);
+});
+
+Deno.test("hairpin route: enable follows internal_if_names unless set", () => {
+  const get = (body: string) => parse(MIN + body).config.interfaces[0].ipv4HairpinRoute;
+  equal(get(`ipv4_hairpin_route.internal_if_names = ["lo"]\n`).enable, true);
+  equal(get(`ipv4_hairpin_route.internal_if_names = []\n`).enable, false);
+  equal(
+    get(`[interfaces.ipv4_hairpin_route]\nenable = false\ninternal_if_names = ["lo"]\n`).enable,
+    false,
+  );
+  const { notices } = parse(MIN + `ipv4_hairpin_route.enable = true\n`);
+  ok(notices.some((n) => /internal_if_names is empty/.test(n)), notices.join("\n"));
+});
+
+Deno.test("hairpin rule preference not below the local rule gives a notice", () => {
+  const { notices } = parse(
+    MIN + `[interfaces.ipv4_hairpin_route]\ninternal_if_names = ["lo"]\nip_rule_pref = 250\n`,
+  );
+  ok(notices.some((n) => n.includes("interfaces[0].ipv4_hairpin_route.ip_rule_pref")));
+});
+
+Deno.test("icmp: empty icmp_ranges clears in/out ranges", () => {
+  const { config } = parse(`[defaults]\nicmp_ranges = []\n` + MIN);
+  deepStrictEqual(config.defaults.ranges.icmpIn, []);
+  deepStrictEqual(config.defaults.ranges.icmpOut, []);
+});
+
+Deno.test("icmp in/out containment is checked per external", () => {
+  expectError(
+    MIN +
+      `[[interfaces.externals]]\naddress = "192.0.2.1"\nicmp_in_ranges = ["0-9999"]\nicmp_ranges = ["20000-30000"]\nicmp_out_ranges = ["20000-20001"]\n`,
+    "interfaces[0].externals[0].icmp_in_ranges",
+    /not inside icmp_ranges 20000-30000/,
+  );
+  expectError(
+    MIN +
+      `[[interfaces.externals]]\naddress = "192.0.2.1"\nicmp_ranges = ["0-500"]\nicmp_in_ranges = ["0-10"]\n`,
+    "interfaces[0].externals[0].icmp_ranges",
+    /icmp_out_ranges 1000-65535 \(inherited from \[defaults\]\)/,
+  );
+});
+
+Deno.test("ranges: single string and number forms are accepted", () => {
+  const { config } = parse(`[defaults]\ntcp_ranges = "20000-29999"\nudp_ranges = [53, "5353"]\n`);
+  deepStrictEqual(config.defaults.ranges.tcp, [{ start: 20000, end: 29999 }]);
+  deepStrictEqual(config.defaults.ranges.udp, [{ start: 53, end: 53 }, { start: 5353, end: 5353 }]);
+});
+
+Deno.test("timeouts: numbers are seconds, deprecated aliases work", () => {
+  let r = parse(MIN + `timeout_udp_default = 600\ntimeout_pkt_min = "3m"\n`);
+  equal(r.config.interfaces[0].timeouts.udpDefault, 600_000);
+  equal(r.config.interfaces[0].timeouts.udpMin, 180_000);
+  ok(r.notices.some((n) => /timeout_pkt_min: deprecated; rename it to timeout_udp_min/.test(n)));
+  r = parse(MIN + `timeout_pkt_default = "9m"\ntimeout_udp_default = "8m"\n`);
+  equal(r.config.interfaces[0].timeouts.udpDefault, 480_000);
+  ok(r.notices.some((n) => /overridden by timeout_udp_default/.test(n)));
+});
+
+Deno.test("ct_max_records follows binding_max_records by default", () => {
+  const i = parse(MIN + `binding_max_records = 1000\n`).config.interfaces[0];
+  equal(i.ctMaxRecords, 2000);
+  const { notices } = parse(MIN + `binding_max_records = 1000\nct_max_records = 10\n`);
+  ok(notices.some((n) => n.includes("ct_max_records")));
+});
+
+Deno.test("bpf_loader and hairpin_dests are accepted and ignored with a notice", () => {
+  const { config, notices } = parse(
+    MIN + `bpf_loader = "libbpf-skel"\nhairpin_dests = ["10.0.0.0/8"]\n`,
+  );
+  equal(config.interfaces.length, 1);
+  ok(
+    notices.some((n) => n.startsWith("test.toml: interfaces[0].bpf_loader: ignored")),
+    notices.join("\n"),
+  );
+  ok(notices.some((n) => n.startsWith("test.toml: interfaces[0].hairpin_dests: ignored")));
+});
+
+Deno.test("if_index: extension, ignored when if_name is set", () => {
+  let r = parse(`[[interfaces]]\nif_index = 3\nnat44 = true\n`);
+  equal(r.config.interfaces[0].ifIndex, 3);
+  equal(r.config.interfaces[0].ifName, undefined);
+  r = parse(`[[interfaces]]\nif_name = "eth0"\nif_index = 3\nnat44 = true\n`);
+  equal(r.config.interfaces[0].ifIndex, undefined);
+  ok(r.notices.some((n) => n.includes("if_index: ignored")));
+});
+
+Deno.test("notice when neither nat44 nor nat66 is on", () => {
+  const { notices } = parse(`[[interfaces]]\nif_name = "eth0"\n`);
+  ok(notices.some((n) => /neither nat44 nor nat66/.test(n)));
+});
+
+Deno.test("unspecified static address gives a notice", () => {
+  const { notices } = parse(MIN + `[[interfaces.externals]]\naddress = "0.0.0.0"\n`);
+  ok(notices.some((n) => /never matches/.test(n)));
+});
+
+Deno.test("unknown keys suggest the closest valid key", () => {
+  expectError(MIN + `nat_44 = true\n`, "interfaces[0].nat_44", /did you mean `nat44`\?/);
+  expectError(MIN + `timeout_tcp_established = "2h"\n`, "interfaces[0].timeout_tcp_established");
+  expectError(
+    `[defaults]\nicmp_ranges_in = []\n`,
+    "defaults.icmp_ranges_in",
+    /did you mean `icmp_in_ranges`/,
+  );
+  expectError(MIN + `zzzzzz = 1\n`, "interfaces[0].zzzzzz", /valid keys here: `if_name`/);
+});
+
+Deno.test("error messages name the file, the key and what is valid", () => {
+  const e = expectError(MIN + `bpf_log_level = 9\n`, "interfaces[0].bpf_log_level");
+  equal(
+    e.message,
+    "test.toml: interfaces[0].bpf_log_level: 9 is out of range; expected a log level " +
+      "(0 off, 1 error, 2 warn, 3 info, 4 debug, 5 trace) from 0 to 5",
+  );
+});
+
+Deno.test("editDistance and suggest", () => {
+  equal(editDistance("kitten", "sitting"), 3);
+  equal(editDistance("", "abc"), 3);
+  equal(suggest("nat4", ["nat44", "nat66"]), "nat44");
+  equal(suggest("qqqqqqq", ["nat44", "nat66"]), undefined);
+});
+
+Deno.test("DEFAULTS matches einat-ebpf", () => {
+  equal(DEFAULTS.bindingMaxRecords, 65536 * 3);
+  equal(DEFAULTS.timeouts.tcpEst, 2 * 3600 * 1000);
+});
+
+Deno.test("config.sample.toml is valid and equals the defaults", () => {
+  const text = Deno.readTextFileSync(new URL("../../config.sample.toml", import.meta.url));
+  const { config, notices } = parseConfigToml(text, "config.sample.toml", K);
+  deepStrictEqual(notices, []);
+  equal(config.interfaces.length, 1);
+  equal(config.interfaces[0].ifName, "eth0");
+  equal(config.interfaces[0].nat44, true);
+  deepStrictEqual(config, parse(MIN).config);
+});
+
+Deno.test("config.sample.toml: uncommenting the documented defaults changes nothing", () => {
+  const text = Deno.readTextFileSync(new URL("../../config.sample.toml", import.meta.url));
+  // Uncomment every `#key = value` line (not prose) and drop the active example.
+  const body = text.split("\n").filter((l) => /^#(\[|[a-z_0-9]+ = )/.test(l))
+    .map((l) => l.slice(1).replace(/\s+#.*$/, ""))
+    // Keep only the first of the alternative forms in each externals entry.
+    .filter((l, i, all) => {
+      const key = l.split(" = ")[0];
+      if (!["match_address", "network", "address"].includes(key)) return true;
+      for (let j = i - 1; j >= 0 && !all[j].startsWith("["); j--) {
+        if (["match_address", "network", "address"].includes(all[j].split(" = ")[0])) return false;
+      }
+      return true;
+    });
+  const { config } = parseConfigToml(body.join("\n"), "uncommented.toml", K);
+  const i = config.interfaces[0];
+  const base = parse(`[[interfaces]]\nif_name = "wan0"\n`).config.interfaces[0];
+  deepStrictEqual(config.defaults, parse("").config.defaults);
+  deepStrictEqual(
+    { ...i, externals: [] },
+    { ...base, externals: [] },
+  );
+  equal(i.externals.length, 4);
+});
+
+Deno.test("bad-config corpus: every file fails at its declared key path", async (t) => {
+  const dir = new URL("../../tests/fixtures/bad-configs/", import.meta.url);
+  const files = [...Deno.readDirSync(dir)].map((e) => e.name).filter((n) => n.endsWith(".toml"))
+    .sort();
+  ok(files.length >= 30, `only ${files.length} bad configs`);
+  for (const name of files) {
+    await t.step(name, () => checkBadConfig(dir, name));
+  }
+});
+
+function checkBadConfig(dir: URL, name: string): void {
+  {
+    ok(/^\d\d-[a-z0-9-]+\.toml$/.test(name), `bad fixture name ${name}`);
+    const text = Deno.readTextFileSync(new URL(name, dir));
+    const m = /^# error: (\S+)\n/.exec(text);
+    ok(m, `${name}: first line must be "# error: <path>"`);
+    const expected = m[1];
+    throws(
+      () => parseConfigToml(text, name, K),
+      (e: unknown) => {
+        ok(e instanceof ConfigError, `${name}: ${e}`);
+        equal(e.path, expected, `${name}: ${e.message}`);
+        equal(e.file, name);
+        ok(e.message.startsWith(`${name}: ${expected}: `), e.message);
+        ok(
+          e.message.length > name.length + expected.length + 20,
+          `${name}: message too short: ${e.message}`,
+        );
+        return true;
+      },
+      name,
+    );
+  }
+}

@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: GPL-2.0-or-later
 /*
- * einat: endpoint-independent NAPT on TC egress (SNAT) and ingress (DNAT) of
- * the external interface.
+ * einat: endpoint-independent NAPT44/NAPT66 on TC egress (SNAT) and ingress
+ * (DNAT) of the external interface.
  */
 #include <linux/bpf.h>
 #include <linux/pkt_cls.h>
@@ -15,13 +15,11 @@
 #include "lib/csum.h"
 #include "lib/binding.h"
 #include "lib/ct.h"
+#include "lib/frag.h"
 
 char LICENSE[] SEC("license") = "GPL";
 
-#define ICMP_ECHOREPLY 0
-#define ICMP_ECHO 8
-
-static __always_inline int drop(__u32 reason)
+static __always_inline int drop(enum einat_stat reason)
 {
 	stat_inc(reason);
 	return TC_ACT_SHOT;
@@ -33,6 +31,52 @@ static __always_inline int pass(void)
 	return TC_ACT_OK;
 }
 
+static __always_inline struct external_config *lpm_lookup(void *map, __u8 family,
+							  const union ip_addr *addr)
+{
+	struct lpm_key k = { .prefixlen = 8 + (family == 4 ? 32 : 128), .family = family };
+	k.addr = *addr;
+	return bpf_map_lookup_elem(map, &k);
+}
+
+/*
+ * An ICMP error leaving: it reports an inbound packet we translated, so the
+ * embedded destination is an internal endpoint. Errors the router itself
+ * sends (own) keep their outer source but must not leak the embedded one.
+ */
+static __noinline int egress_icmp_error(struct __sk_buff *skb, struct packet *p, bool own)
+{
+	struct binding_key okey;
+	binding_key_init(&okey, BINDING_ORIG, p->family, p->in.l4proto, &p->in.dst, p->in.dport);
+	struct binding_value *b = bpf_map_lookup_elem(&map_binding, &okey);
+	if (!b)
+		return own ? pass() : drop(STAT_DROP_ICMP_ERROR);
+	struct binding_value bv = *b;
+	if (rewrite_inner(skb, p, false, &bv.addr, bv.port))
+		return drop(STAT_DROP_UNTRANSLATABLE);
+	if (!own && rewrite(skb, p, true, &bv.addr, 0))
+		return drop(STAT_DROP_UNTRANSLATABLE);
+	stat_inc(STAT_ICMP_ERROR_NAT);
+	return TC_ACT_OK;
+}
+
+/* An ICMP error arriving about a packet we sent from a mapping. */
+static __noinline int ingress_icmp_error(struct __sk_buff *skb, struct packet *p)
+{
+	struct binding_key rkey;
+	binding_key_init(&rkey, 0, p->family, p->in.l4proto, &p->in.src, p->in.sport);
+	struct binding_value *b = bpf_map_lookup_elem(&map_binding, &rkey);
+	if (!b)
+		return pass(); /* about the router's own traffic */
+	struct binding_value bv = *b;
+	if (rewrite_inner(skb, p, true, &bv.addr, bv.port))
+		return drop(STAT_DROP_UNTRANSLATABLE);
+	if (rewrite(skb, p, false, &bv.addr, 0))
+		return drop(STAT_DROP_UNTRANSLATABLE);
+	stat_inc(STAT_ICMP_ERROR_NAT);
+	return TC_ACT_OK;
+}
+
 SEC("tc")
 int egress_snat(struct __sk_buff *skb)
 {
@@ -40,34 +84,43 @@ int egress_snat(struct __sk_buff *skb)
 	int r = parse_packet(skb, &p);
 	if (r == PARSE_PASS)
 		return pass();
+	if (r == PARSE_BAD && p.family == 0)
+		return drop(STAT_DROP_UNTRANSLATABLE);
 
 	/* Traffic of the router itself, and sources configured as no-SNAT. */
-	struct lpm_key lk = { .prefixlen = 8 + 32, .family = 4 };
-	lk.addr = p.src;
-	struct external_config *src_cfg = bpf_map_lookup_elem(&map_externals, &lk);
-	if (src_cfg && (src_cfg->flags & (EXT_EXTERNAL | EXT_NO_SNAT)))
-		return pass();
+	struct external_config *src_cfg = lpm_lookup(&map_externals, p.family, &p.src);
+	bool own = src_cfg && (src_cfg->flags & (EXT_EXTERNAL | EXT_NO_SNAT));
 	if (r == PARSE_BAD)
-		return drop(STAT_DROP_UNTRANSLATABLE);
-	if (r == PARSE_FRAG)
-		return drop(STAT_DROP_FRAGMENT);
+		return own ? pass() : drop(STAT_DROP_UNTRANSLATABLE);
+	if (p.icmp_err)
+		return egress_icmp_error(skb, &p, own);
+	if (own)
+		return pass();
 
-	lk.addr = p.dst;
-	__u32 *dflags = bpf_map_lookup_elem(&map_dest_config, &lk);
+	__u32 *dflags = (__u32 *)lpm_lookup(&map_dest_config, p.family, &p.dst);
 	if (dflags && (*dflags & EXT_NO_SNAT))
 		return pass();
 
-	__u32 idx = 0;
+	__u32 idx = p.family == 4 ? 0 : 1;
 	struct default_ext *ext = bpf_map_lookup_elem(&map_default_ext, &idx);
 	if (!ext || !ext->valid)
 		return drop(STAT_DROP_UNTRANSLATABLE);
+
+	if (p.frag == FRAG_LATER) {
+		const union ip_addr *a = frag_lookup(&p, true);
+		if (rewrite(skb, &p, true, a ? a : &ext->addr, 0))
+			return drop(STAT_DROP_UNTRANSLATABLE);
+		stat_inc(STAT_FRAGMENT_NAT);
+		return TC_ACT_OK;
+	}
+
 	int pidx = proto_idx(p.l4proto);
 	if (ext->cfg.range_len[pidx & 3] == 0)
 		return pass(); /* NAT disabled for this protocol */
 
 	__be16 remote_port = p.dport;
 	if (p.l4proto == IPPROTO_ICMP) {
-		if (p.icmp_type != ICMP_ECHO)
+		if (p.icmp_type != (p.family == 4 ? ICMP_ECHO : ICMPV6_ECHO_REQUEST))
 			return drop(STAT_DROP_UNTRANSLATABLE);
 		remote_port = 0;
 	}
@@ -98,6 +151,8 @@ int egress_snat(struct __sk_buff *skb)
 
 	if (rewrite(skb, &p, true, &bv.addr, bv.port))
 		return drop(STAT_DROP_UNTRANSLATABLE);
+	if (p.frag == FRAG_FIRST)
+		frag_record(&p, true, &bv.addr);
 	stat_inc(STAT_EGRESS_NAT);
 	return TC_ACT_OK;
 }
@@ -109,10 +164,23 @@ int ingress_dnat(struct __sk_buff *skb)
 	int r = parse_packet(skb, &p);
 	if (r != PARSE_OK)
 		return pass();
+	if (p.icmp_err)
+		return ingress_icmp_error(skb, &p);
+
+	if (p.frag == FRAG_LATER) {
+		const union ip_addr *a = frag_lookup(&p, false);
+		if (!a)
+			return pass(); /* first fragment not seen (yet): cannot be mapped */
+		union ip_addr to = *a;
+		if (rewrite(skb, &p, false, &to, 0))
+			return drop(STAT_DROP_UNTRANSLATABLE);
+		stat_inc(STAT_FRAGMENT_NAT);
+		return TC_ACT_OK;
+	}
 
 	__be16 remote_port = p.sport;
 	if (p.l4proto == IPPROTO_ICMP) {
-		if (p.icmp_type != ICMP_ECHOREPLY)
+		if (p.icmp_type != (p.family == 4 ? ICMP_ECHOREPLY : ICMPV6_ECHO_REPLY))
 			return pass();
 		remote_port = 0;
 	}
@@ -132,6 +200,8 @@ int ingress_dnat(struct __sk_buff *skb)
 
 	if (rewrite(skb, &p, false, &bv.addr, bv.port))
 		return drop(STAT_DROP_UNTRANSLATABLE);
+	if (p.frag == FRAG_FIRST)
+		frag_record(&p, false, &bv.addr);
 	stat_inc(STAT_INGRESS_NAT);
 	return TC_ACT_OK;
 }

@@ -129,6 +129,22 @@ struct ct_value {
 	struct bpf_timer timer;
 };
 
+/* map_frag: translation of the first fragment, for the ones that follow. */
+struct frag_key {
+	__u8 family;
+	__u8 l4proto;
+	__u8 egress;
+	__u8 _pad;
+	__be32 id;
+	union ip_addr src;
+	union ip_addr dst;
+};
+
+struct frag_value {
+	union ip_addr addr; /* the new source (egress) or destination (ingress) */
+	__u64 expires_ns;
+};
+
 enum einat_stat {
 	STAT_EGRESS_NAT = 0,
 	STAT_INGRESS_NAT,
@@ -141,6 +157,9 @@ enum einat_stat {
 	STAT_DROP_FRAGMENT,
 	STAT_DROP_UNTRANSLATABLE,
 	STAT_EXPIRED_SESSION,
+	STAT_ICMP_ERROR_NAT,
+	STAT_FRAGMENT_NAT,
+	STAT_DROP_ICMP_ERROR,
 	STAT_MAX,
 };
 

@@ -64,6 +64,8 @@ export interface BtfType {
   nelems?: number;
   /** STRUCT / UNION. */
   members?: BtfRawMember[];
+  /** DATASEC: its variables (VAR type ids) with byte offset and size. */
+  vars?: { typeId: number; offset: number; size: number }[];
   /** ENUM / ENUM64 values. */
   enumValues?: { name: string; value: bigint }[];
 }
@@ -242,7 +244,10 @@ export function parseBtf(btf: Uint8Array): Btf {
         break;
       case BTF_KIND.DATASEC:
         t.size = sizeOrType;
-        p += 12 * vlen;
+        t.vars = [];
+        for (let i = 0; i < vlen; i++, p += 12) {
+          t.vars.push({ typeId: u32(p), offset: u32(p + 4), size: u32(p + 8) });
+        }
         break;
       case BTF_KIND.DECL_TAG:
         t.typeId = sizeOrType;
@@ -402,4 +407,18 @@ export function readBtf(elfBytes: Uint8Array): Btf {
  */
 export function readStructs(elfBytes: Uint8Array): Map<string, StructInfo> {
   return structsOf(readBtf(elfBytes));
+}
+
+/** Variables of a data section (e.g. ".rodata"): name, byte offset and size. */
+export function datasecVars(
+  elfBytes: Uint8Array,
+  section: string,
+): { name: string; offset: number; size: number }[] {
+  const btf = readBtf(elfBytes);
+  const sec = btf.types.find((t) => t.kind === BTF_KIND.DATASEC && t.name === section);
+  return (sec?.vars ?? []).map((x) => ({
+    name: btf.types[x.typeId].name,
+    offset: x.offset,
+    size: x.size,
+  }));
 }

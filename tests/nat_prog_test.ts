@@ -11,14 +11,19 @@ import {
   CT_KEY_LAYOUT,
   CT_STATE,
   CT_VALUE_LAYOUT,
-  decodeBindingKey,
   decodeCtKey,
   decodeCtValue,
   STATS,
   sumPerCpu,
 } from "../lib/nat/codec.ts";
 import { buildPacket, type PacketSpec } from "./lib/packet.ts";
-import { loadTestNat, ranges, TC_ACT_OK, TC_ACT_SHOT, testInterfaceConfig } from "./lib/natfixture.ts";
+import {
+  loadTestNat,
+  ranges,
+  TC_ACT_OK,
+  TC_ACT_SHOT,
+  testInterfaceConfig,
+} from "./lib/natfixture.ts";
 
 const EXT = "203.0.113.1";
 const LAN1 = "192.0.2.10";
@@ -35,7 +40,13 @@ const udp = (src: string, sport: number, dst: string, dport: number): PacketSpec
   dport,
   payload: new TextEncoder().encode("hello"),
 });
-const tcp = (src: string, sport: number, dst: string, dport: number, flags: PacketSpec["tcpFlags"]): PacketSpec => ({
+const tcp = (
+  src: string,
+  sport: number,
+  dst: string,
+  dport: number,
+  flags: PacketSpec["tcpFlags"],
+): PacketSpec => ({
   family: 4,
   src,
   dst,
@@ -148,9 +159,17 @@ Deno.test("TCP: SNAT/DNAT with checksums and state walk SYN, SYN-ACK, ACK, FIN, 
     assertEquals(s[0].value.state, CT_STATE.EST, "after the handshake: established");
 
     n.egress(tcp(LAN1, 45000, SRV1, 80, { fin: true, ack: true }));
-    assertEquals(sessions(n.nat.maps.ct)[0].value.state, CT_STATE.EST, "half-closed stays established");
+    assertEquals(
+      sessions(n.nat.maps.ct)[0].value.state,
+      CT_STATE.EST,
+      "half-closed stays established",
+    );
     n.ingress(tcp(SRV1, 80, EXT, ext, { fin: true, ack: true }));
-    assertEquals(sessions(n.nat.maps.ct)[0].value.state, CT_STATE.TRANS, "FIN both ways: transitory");
+    assertEquals(
+      sessions(n.nat.maps.ct)[0].value.state,
+      CT_STATE.TRANS,
+      "FIN both ways: transitory",
+    );
 
     const rst = n.ingress(tcp(SRV1, 80, EXT, ext, { rst: true }));
     assertEquals(rst.out.dst, LAN1, "RST is translated");
@@ -173,17 +192,45 @@ Deno.test("TCP: SNAT/DNAT with checksums and state walk SYN, SYN-ACK, ACK, FIN, 
 Deno.test("ICMP echo: identifier mapped like a port, reply DNATed", async () => {
   const n = await loadTestNat();
   try {
-    const req = n.egress({ family: 4, src: LAN1, dst: SRV1, proto: "icmp", icmpType: 8, icmpId: 0x1234, icmpSeq: 1 });
+    const req = n.egress({
+      family: 4,
+      src: LAN1,
+      dst: SRV1,
+      proto: "icmp",
+      icmpType: 8,
+      icmpId: 0x1234,
+      icmpSeq: 1,
+    });
     assertEquals(req.retval, TC_ACT_OK);
     assertEquals(req.out.src, EXT);
     assert(req.out.ipChecksumOk && req.out.l4ChecksumOk);
     const id = req.out.icmpId!;
-    const rep = n.ingress({ family: 4, src: SRV1, dst: EXT, proto: "icmp", icmpType: 0, icmpId: id, icmpSeq: 1 });
+    const rep = n.ingress({
+      family: 4,
+      src: SRV1,
+      dst: EXT,
+      proto: "icmp",
+      icmpType: 0,
+      icmpId: id,
+      icmpSeq: 1,
+    });
     assertEquals(rep.out.dst, LAN1);
     assertEquals(rep.out.icmpId, 0x1234);
     assert(rep.out.ipChecksumOk && rep.out.l4ChecksumOk);
-    const inbound = buildPacket({ family: 4, src: SRV1, dst: EXT, proto: "icmp", icmpType: 8, icmpId: id, icmpSeq: 1 });
-    assertEquals(n.runRaw("ingress", inbound).bytes, inbound, "echo request to the router itself passes");
+    const inbound = buildPacket({
+      family: 4,
+      src: SRV1,
+      dst: EXT,
+      proto: "icmp",
+      icmpType: 8,
+      icmpId: id,
+      icmpSeq: 1,
+    });
+    assertEquals(
+      n.runRaw("ingress", inbound).bytes,
+      inbound,
+      "echo request to the router itself passes",
+    );
   } finally {
     n.close();
   }
@@ -199,11 +246,19 @@ Deno.test("a full port range drops new flows and keeps old ones", async () => {
       assertEquals(r.retval, TC_ACT_OK);
       ports.add(r.out.sport!);
     }
-    assertEquals([...ports].sort(), [20000, 20001, 20002, 20003], "every port of the range handed out once");
+    assertEquals(
+      [...ports].sort(),
+      [20000, 20001, 20002, 20003],
+      "every port of the range handed out once",
+    );
     const fifth = n.runRaw("egress", buildPacket(udp(LAN2, 30000, SRV1, 53)));
     assertEquals(fifth.retval, TC_ACT_SHOT, "no free port: dropped");
     assertEquals(stat(n.nat.maps.stats, "drop_no_port"), 1n);
-    assertEquals(n.egress(udp(LAN1, 30002, SRV2, 53)).retval, TC_ACT_OK, "existing mapping keeps working");
+    assertEquals(
+      n.egress(udp(LAN1, 30002, SRV2, 53)).retval,
+      TC_ACT_OK,
+      "existing mapping keeps working",
+    );
   } finally {
     n.close();
   }
@@ -213,7 +268,11 @@ Deno.test("traffic that is not NAT's business passes untouched", async () => {
   const n = await loadTestNat();
   try {
     const own = buildPacket(udp(EXT, 40000, SRV1, 53));
-    assertEquals(n.runRaw("egress", own), { retval: TC_ACT_OK, bytes: own }, "router's own traffic");
+    assertEquals(
+      n.runRaw("egress", own),
+      { retval: TC_ACT_OK, bytes: own },
+      "router's own traffic",
+    );
     const arp = new Uint8Array(60);
     arp.set([0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 2, 0, 0, 0, 0, 1, 0x08, 0x06]);
     assertEquals(n.runRaw("egress", arp).bytes, arp, "non-IP frame");
@@ -243,7 +302,15 @@ Deno.test("sessions and bindings expire on their timers", async () => {
   const n = await loadTestNat(ic);
   try {
     const first = n.egress(udp(LAN1, 40000, SRV1, 53)).out.sport!;
-    n.egress({ family: 4, src: LAN1, dst: SRV1, proto: "icmp", icmpType: 8, icmpId: 7, icmpSeq: 1 });
+    n.egress({
+      family: 4,
+      src: LAN1,
+      dst: SRV1,
+      proto: "icmp",
+      icmpType: 8,
+      icmpId: 7,
+      icmpSeq: 1,
+    });
     assertEquals(bindingCount(n.nat.maps.binding), 4, "two bindings, two entries each");
     assertEquals(sessions(n.nat.maps.ct).length, 2);
     // refreshed traffic keeps the mapping alive past one timeout
@@ -251,7 +318,11 @@ Deno.test("sessions and bindings expire on their timers", async () => {
       await new Promise((r) => setTimeout(r, 100));
       n.egress(udp(LAN1, 40000, SRV1, 53));
     }
-    assertEquals(n.egress(udp(LAN1, 40000, SRV1, 53)).out.sport, first, "refreshed mapping survives");
+    assertEquals(
+      n.egress(udp(LAN1, 40000, SRV1, 53)).out.sport,
+      first,
+      "refreshed mapping survives",
+    );
     let left = -1;
     for (let i = 0; i < 40 && left !== 0; i++) {
       await new Promise((r) => setTimeout(r, 100));

@@ -1,50 +1,174 @@
 /* SPDX-License-Identifier: GPL-2.0-or-later */
 /*
- * Rewriting addresses and ports with checksum updates. The kernel helpers are
- * used because they handle CHECKSUM_PARTIAL skbs (offloaded checksums on veth
- * and real NICs), which a hand-rolled incremental update would corrupt.
+ * Rewriting addresses and ports with checksum updates. Fields of the packet
+ * itself go through the kernel helpers, which handle CHECKSUM_PARTIAL skbs
+ * (offloaded checksums on veth and real NICs); the packet embedded in an ICMP
+ * error is rewritten in a stack copy with one's complement arithmetic.
  */
 #ifndef EINAT_CSUM_H
 #define EINAT_CSUM_H
 
 #include <linux/bpf.h>
 #include <linux/ip.h>
+#include <linux/ipv6.h>
 #include <linux/in.h>
 #include <bpf/bpf_helpers.h>
 #include "parse.h"
+
+static __always_inline __u16 csum_fold(__u64 s)
+{
+	s = (s & 0xffffffff) + (s >> 32);
+	s = (s & 0xffffffff) + (s >> 32);
+	s = (s & 0xffff) + (s >> 16);
+	s = (s & 0xffff) + (s >> 16);
+	return (__u16)s;
+}
+
+/* Applies a bpf_csum_diff() result to a stored (complemented) checksum. */
+static __always_inline __u16 csum_apply(__u16 check, __u64 diff)
+{
+	return ~csum_fold((__u64)(__u16)~check + diff);
+}
+
+/* Folds a sum of several bpf_csum_diff() results into 32 bits. */
+static __always_inline __u32 fold32(__u64 s)
+{
+	s = (s & 0xffffffff) + (s >> 32);
+	s = (s & 0xffffffff) + (s >> 32);
+	return (__u32)s;
+}
+
+static __always_inline __u32 addr_diff(__u8 family, const union ip_addr *from,
+				       const union ip_addr *to)
+{
+	__u32 n = family == 4 ? 4 : 16;
+	return bpf_csum_diff((__be32 *)from, n, (__be32 *)to, n, 0);
+}
 
 /* Replaces the source (is_src) or destination address and the port/ID. */
 static __always_inline int rewrite(struct __sk_buff *skb, const struct packet *p, bool is_src,
 				   const union ip_addr *to_addr, __be16 to_port)
 {
-	__u32 addr_off = p->l3_off + (is_src ? offsetof(struct iphdr, saddr)
-					     : offsetof(struct iphdr, daddr));
-	__be32 old_addr = is_src ? p->src.v4 : p->dst.v4;
+	const union ip_addr *old_addr = is_src ? &p->src : &p->dst;
 	__be16 old_port = is_src ? p->sport : p->dport;
 	__u32 port_off = is_src ? p->sport_off : p->dport_off;
-	__u64 l4flags = 0;
+	__u64 l4flags = p->l4proto == IPPROTO_UDP ? BPF_F_MARK_MANGLED_0 : 0;
+	bool pseudo = p->real_proto != IPPROTO_ICMP; /* ICMPv4 has no pseudo-header */
+	bool has_l4 = p->frag != FRAG_LATER;
 
-	if (p->l4proto == IPPROTO_UDP)
-		l4flags = BPF_F_MARK_MANGLED_0;
-
-	if (old_addr != to_addr->v4) {
-		if (p->l4proto != IPPROTO_ICMP &&
-		    bpf_l4_csum_replace(skb, p->csum_off, old_addr, to_addr->v4,
-					l4flags | BPF_F_PSEUDO_HDR | sizeof(__be32)))
+	if (p->family == 4) {
+		__u32 addr_off = p->l3_off + (is_src ? offsetof(struct iphdr, saddr)
+						     : offsetof(struct iphdr, daddr));
+		if (old_addr->v4 != to_addr->v4) {
+			if (has_l4 && pseudo &&
+			    bpf_l4_csum_replace(skb, p->csum_off, old_addr->v4, to_addr->v4,
+						l4flags | BPF_F_PSEUDO_HDR | sizeof(__be32)))
+				return -1;
+			if (bpf_l3_csum_replace(skb, p->l3_off + offsetof(struct iphdr, check),
+						old_addr->v4, to_addr->v4, sizeof(__be32)))
+				return -1;
+			if (bpf_skb_store_bytes(skb, addr_off, &to_addr->v4, sizeof(__be32), 0))
+				return -1;
+		}
+	} else {
+		__u32 addr_off = p->l3_off + (is_src ? offsetof(struct ipv6hdr, saddr)
+						     : offsetof(struct ipv6hdr, daddr));
+		__u32 diff = addr_diff(6, old_addr, to_addr);
+		if (has_l4 && bpf_l4_csum_replace(skb, p->csum_off, 0, diff,
+						  l4flags | BPF_F_PSEUDO_HDR))
 			return -1;
-		if (bpf_l3_csum_replace(skb, p->l3_off + offsetof(struct iphdr, check), old_addr,
-					to_addr->v4, sizeof(__be32)))
-			return -1;
-		if (bpf_skb_store_bytes(skb, addr_off, &to_addr->v4, sizeof(__be32), 0))
+		if (bpf_skb_store_bytes(skb, addr_off, to_addr, 16, 0))
 			return -1;
 	}
-	if (old_port != to_port) {
+	if (has_l4 && old_port != to_port) {
 		if (bpf_l4_csum_replace(skb, p->csum_off, old_port, to_port,
 					l4flags | sizeof(__be16)))
 			return -1;
 		if (bpf_skb_store_bytes(skb, port_off, &to_port, sizeof(__be16), 0))
 			return -1;
 	}
+	return 0;
+}
+
+static __always_inline __u32 diff16(__be16 from, __be16 to)
+{
+	__be32 f = from, t = to;
+	return bpf_csum_diff(&f, 4, &t, 4, 0);
+}
+
+/*
+ * Rewrites the embedded packet of an ICMP error: its source (is_src) or
+ * destination endpoint becomes to_addr:to_port, fixing the embedded IPv4
+ * header checksum and the embedded UDP/ICMP checksum, and folding every
+ * changed 16-bit word into the outer ICMP checksum. Only the changed fields
+ * are loaded and stored, to keep the stack small.
+ */
+static __always_inline int rewrite_inner(struct __sk_buff *skb, const struct packet *p,
+					 bool is_src, const union ip_addr *to_addr, __be16 to_port)
+{
+	const struct inner *in = &p->in;
+	const union ip_addr *old_addr = is_src ? &in->src : &in->dst;
+	__be16 old_port = is_src ? in->sport : in->dport;
+	__u32 da = addr_diff(p->family, old_addr, to_addr);
+	__u32 dp = diff16(old_port, to_port);
+	__u64 outer = (__u64)da + dp;
+	__u32 addr_off, port_off, csum_off = 0;
+	__u64 l4csum_delta = 0;
+
+	if (p->family == 4) {
+		addr_off = in->l3_off + (is_src ? offsetof(struct iphdr, saddr)
+						: offsetof(struct iphdr, daddr));
+		__u32 check_off = in->l3_off + offsetof(struct iphdr, check);
+		__sum16 check;
+		if (bpf_skb_load_bytes(skb, check_off, &check, 2))
+			return -1;
+		__sum16 ncheck = csum_apply(check, da);
+		outer += diff16(check, ncheck);
+		if (bpf_skb_store_bytes(skb, check_off, &ncheck, 2, 0))
+			return -1;
+		if (bpf_skb_store_bytes(skb, addr_off, &to_addr->v4, 4, 0))
+			return -1;
+	} else {
+		addr_off = in->l3_off + (is_src ? offsetof(struct ipv6hdr, saddr)
+						: offsetof(struct ipv6hdr, daddr));
+		if (bpf_skb_store_bytes(skb, addr_off, to_addr, 16, 0))
+			return -1;
+	}
+
+	switch (in->l4proto) {
+	case IPPROTO_UDP:
+		port_off = in->l4_off + (is_src ? 0 : 2);
+		csum_off = in->l4_off + offsetof(struct udphdr, check);
+		l4csum_delta = (__u64)da + dp;
+		break;
+	case IPPROTO_TCP:
+		/* The TCP checksum lies beyond the 8 bytes an error must carry:
+		 * only the ports are rewritten. */
+		port_off = in->l4_off + (is_src ? 0 : 2);
+		break;
+	default: /* ICMP echo: identifier; ICMPv6 also covers the addresses */
+		port_off = in->l4_off + offsetof(struct icmphdr, un.echo.id);
+		csum_off = in->l4_off + offsetof(struct icmphdr, checksum);
+		l4csum_delta = p->family == 6 ? (__u64)da + dp : dp;
+		break;
+	}
+	if (bpf_skb_store_bytes(skb, port_off, &to_port, 2, 0))
+		return -1;
+	if (csum_off) {
+		__sum16 c;
+		if (bpf_skb_load_bytes(skb, csum_off, &c, 2))
+			return -1;
+		if (c || in->l4proto != IPPROTO_UDP) { /* UDP zero: no checksum */
+			__sum16 nc = csum_apply(c, l4csum_delta);
+			if (!nc && in->l4proto == IPPROTO_UDP)
+				nc = 0xffff;
+			outer += diff16(c, nc);
+			if (bpf_skb_store_bytes(skb, csum_off, &nc, 2, 0))
+				return -1;
+		}
+	}
+	if (bpf_l4_csum_replace(skb, p->csum_off, 0, fold32(outer), 0))
+		return -1;
 	return 0;
 }
 

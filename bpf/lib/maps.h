@@ -49,6 +49,14 @@ struct {
 	__uint(max_entries, 65536 * 2);
 } map_ct SEC(".maps");
 
+/* Fragment tracking; LRU so a flood of fragments only evicts fragments. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct frag_key);
+	__type(value, struct frag_value);
+	__uint(max_entries, 65536);
+} map_frag SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__type(key, __u32);
@@ -56,7 +64,7 @@ struct {
 	__uint(max_entries, STAT_MAX);
 } map_stats SEC(".maps");
 
-static __always_inline void stat_inc(__u32 idx)
+static __always_inline void stat_inc(enum einat_stat idx)
 {
 	__u64 *v = bpf_map_lookup_elem(&map_stats, &idx);
 	if (v)

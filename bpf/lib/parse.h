@@ -1,12 +1,18 @@
 /* SPDX-License-Identifier: GPL-2.0-or-later */
-/* Packet parsing: L2 (optional), IPv4, and the L4 fields NAT rewrites. */
+/*
+ * Packet parsing: optional L2, IPv4 or IPv6 (extension headers walked in a
+ * bounded loop), the L4 fields NAT rewrites, and for ICMP errors the
+ * embedded packet.
+ */
 #ifndef EINAT_PARSE_H
 #define EINAT_PARSE_H
 
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
 #include <linux/in.h>
+#include <linux/in6.h>
 #include <linux/ip.h>
+#include <linux/ipv6.h>
 #include <linux/tcp.h>
 #include <linux/udp.h>
 #include <bpf/bpf_helpers.h>
@@ -34,70 +40,204 @@ struct icmphdr {
 #define TCP_FLAG_RST 0x04
 #define TCP_FLAG_ACK 0x10
 
+#define ICMP_ECHOREPLY 0
+#define ICMP_DEST_UNREACH 3
+#define ICMP_SOURCE_QUENCH 4
+#define ICMP_ECHO 8
+#define ICMP_TIME_EXCEEDED 11
+#define ICMP_PARAMETERPROB 12
+#define ICMPV6_DEST_UNREACH 1
+#define ICMPV6_PKT_TOOBIG 2
+#define ICMPV6_TIME_EXCEED 3
+#define ICMPV6_PARAMPROB 4
+#define ICMPV6_ECHO_REQUEST 128
+#define ICMPV6_ECHO_REPLY 129
+
+#define IPV6_EXT_MAX 6 /* extension headers walked at most */
+#define L4_OFF_MAX 512
+
 enum parse_result {
 	PARSE_OK = 0,
 	PARSE_PASS, /* not NAT's business: leave untouched */
 	PARSE_BAD, /* malformed */
-	PARSE_FRAG, /* a fragment we cannot translate (yet) */
+};
+
+enum frag_kind {
+	FRAG_NONE = 0,
+	FRAG_FIRST, /* offset 0, more fragments follow: has the L4 header */
+	FRAG_LATER, /* offset > 0: no L4 header */
+};
+
+/* The packet inside an ICMP error. */
+struct inner {
+	__u16 l3_off;
+	__u16 l4_off;
+	__u8 l3_len; /* bytes of IP header copied for rewriting: 20 or 40 */
+	__u8 l4proto;
+	__u8 icmp_type;
+	__u8 _pad;
+	__be16 sport; /* or echo identifier */
+	__be16 dport;
+	union ip_addr src;
+	union ip_addr dst;
 };
 
 /* What the NAT needs from one packet; offsets from skb->data. */
 struct packet {
 	__u8 family;
-	__u8 l4proto;
+	__u8 l4proto; /* IPPROTO_ICMP also for ICMPv6 */
 	__u8 tcp_flags;
 	__u8 icmp_type;
+	__u8 frag; /* enum frag_kind */
+	__u8 icmp_err; /* an ICMP error whose embedded packet was parsed */
 	__u16 l3_off;
 	__u16 l4_off;
 	__u16 csum_off; /* L4 checksum field */
 	__u16 sport_off; /* source port, or ICMP identifier */
-	__u16 dport_off; /* destination port, or ICMP identifier */
+	__u16 dport_off;
 	__be16 sport;
 	__be16 dport;
-	__u8 first_frag;
+	__be32 frag_id;
+	__u8 real_proto; /* IPPROTO_ICMPV6 for ICMPv6 */
+	__u8 _pad[3];
 	union ip_addr src;
 	union ip_addr dst;
+	struct inner in;
 };
 
-static __always_inline int parse_packet(struct __sk_buff *skb, struct packet *p)
+static __always_inline bool is_icmp_error(__u8 family, __u8 type)
+{
+	if (family == 4)
+		return type == ICMP_DEST_UNREACH || type == ICMP_TIME_EXCEEDED ||
+		       type == ICMP_PARAMETERPROB || type == ICMP_SOURCE_QUENCH;
+	return type == ICMPV6_DEST_UNREACH || type == ICMPV6_PKT_TOOBIG ||
+	       type == ICMPV6_TIME_EXCEED || type == ICMPV6_PARAMPROB;
+}
+
+static __always_inline bool is_echo(__u8 family, __u8 type)
+{
+	if (family == 4)
+		return type == ICMP_ECHO || type == ICMP_ECHOREPLY;
+	return type == ICMPV6_ECHO_REQUEST || type == ICMPV6_ECHO_REPLY;
+}
+
+/*
+ * Walks IPv6 extension headers from `off` (just after the fixed header).
+ * Returns the L4 offset, or a negative value; sets *proto and fragment info.
+ */
+static __always_inline int ipv6_walk(struct __sk_buff *skb, __u32 off, __u8 *proto, __u8 *frag,
+				     __be32 *frag_id)
+{
+	__u8 nh = *proto;
+#pragma unroll
+	for (int i = 0; i < IPV6_EXT_MAX; i++) {
+		switch (nh) {
+		case IPPROTO_HOPOPTS:
+		case IPPROTO_ROUTING:
+		case IPPROTO_DSTOPTS: {
+			__u8 h[2];
+			if (bpf_skb_load_bytes(skb, off, h, 2))
+				return -1;
+			nh = h[0];
+			off += ((__u32)h[1] + 1) * 8;
+			break;
+		}
+		case IPPROTO_FRAGMENT: {
+			struct frag_hdr {
+				__u8 nexthdr;
+				__u8 reserved;
+				__be16 frag_off;
+				__be32 identification;
+			} fh;
+			if (bpf_skb_load_bytes(skb, off, &fh, sizeof(fh)))
+				return -1;
+			nh = fh.nexthdr;
+			off += sizeof(fh);
+			__u16 fo = bpf_ntohs(fh.frag_off);
+			*frag_id = fh.identification;
+			if (fo & 0xfff8)
+				*frag = FRAG_LATER;
+			else if (fo & 1)
+				*frag = FRAG_FIRST;
+			break;
+		}
+		default:
+			*proto = nh;
+			return off > L4_OFF_MAX ? -1 : (int)off;
+		}
+		if (off > L4_OFF_MAX)
+			return -1;
+	}
+	return -1; /* chain too long */
+}
+
+/* Parses the IP packet embedded in an ICMP error at `off`. */
+static __always_inline int parse_inner(struct __sk_buff *skb, __u8 family, __u32 off,
+				       struct inner *in)
+{
+	in->l3_off = off;
+	if (family == 4) {
+		struct iphdr ip;
+		if (bpf_skb_load_bytes(skb, off, &ip, sizeof(ip)))
+			return PARSE_BAD;
+		if (ip.version != 4 || ip.ihl < 5)
+			return PARSE_BAD;
+		if (bpf_ntohs(ip.frag_off) & 0x1fff)
+			return PARSE_PASS; /* embedded non-first fragment: nothing to map */
+		in->l4proto = ip.protocol;
+		in->l3_len = sizeof(ip);
+		in->l4_off = off + ip.ihl * 4;
+		in->src.v4 = ip.saddr;
+		in->dst.v4 = ip.daddr;
+	} else {
+		struct ipv6hdr ip6;
+		if (bpf_skb_load_bytes(skb, off, &ip6, sizeof(ip6)))
+			return PARSE_BAD;
+		if (ip6.version != 6)
+			return PARSE_BAD;
+		/* Extension headers inside an error are rare: only the plain case. */
+		in->l4proto = ip6.nexthdr;
+		in->l3_len = sizeof(ip6);
+		in->l4_off = off + sizeof(ip6);
+		__builtin_memcpy(&in->src, &ip6.saddr, 16);
+		__builtin_memcpy(&in->dst, &ip6.daddr, 16);
+	}
+	__u8 l4[8];
+	if (bpf_skb_load_bytes(skb, in->l4_off, l4, sizeof(l4)))
+		return PARSE_BAD;
+	switch (in->l4proto) {
+	case IPPROTO_TCP:
+	case IPPROTO_UDP:
+		__builtin_memcpy(&in->sport, &l4[0], 2);
+		__builtin_memcpy(&in->dport, &l4[2], 2);
+		return PARSE_OK;
+	case IPPROTO_ICMP:
+	case IPPROTO_ICMPV6:
+		if ((in->l4proto == IPPROTO_ICMP) != (family == 4))
+			return PARSE_PASS;
+		if (!is_echo(family, l4[0]))
+			return PARSE_PASS; /* an error about an error: not translated */
+		in->icmp_type = l4[0];
+		in->l4proto = IPPROTO_ICMP;
+		__builtin_memcpy(&in->sport, &l4[4], 2);
+		in->dport = in->sport;
+		return PARSE_OK;
+	default:
+		return PARSE_PASS;
+	}
+}
+
+static __always_inline int parse_l4(struct __sk_buff *skb, struct packet *p)
 {
 	void *data = (void *)(long)skb->data;
 	void *data_end = (void *)(long)skb->data_end;
-	__u32 l3 = HAS_ETH ? sizeof(struct ethhdr) : 0;
-
-	__builtin_memset(p, 0, sizeof(*p));
-
-	if (skb->protocol != bpf_htons(ETH_P_IP) || !ENABLE_NAT44)
-		return PARSE_PASS;
-
-	struct iphdr *ip = data + l3;
-	if ((void *)(ip + 1) > data_end)
-		return PARSE_BAD;
-	if (ip->version != 4 || ip->ihl < 5)
+	__u32 l4 = p->l4_off;
+	if (l4 > L4_OFF_MAX)
 		return PARSE_BAD;
 
-	__u32 l4 = l3 + (ip->ihl & 0xf) * 4;
-	p->family = 4;
-	p->l4proto = ip->protocol;
-	p->l3_off = l3;
-	p->l4_off = l4;
-	p->src.all[0] = ip->saddr;
-	p->dst.all[0] = ip->daddr;
-
-	if (ip->protocol != IPPROTO_TCP && ip->protocol != IPPROTO_UDP &&
-	    ip->protocol != IPPROTO_ICMP)
-		return PARSE_PASS;
-
-	__u16 frag = bpf_ntohs(ip->frag_off);
-	if (frag & 0x1fff)
-		return PARSE_FRAG; /* not the first fragment: no L4 header */
-	if (frag & 0x2000)
-		p->first_frag = 1;
-
-	void *l4h = data + l4;
-	switch (ip->protocol) {
+	switch (p->l4proto) {
 	case IPPROTO_TCP: {
-		struct tcphdr *th = l4h;
+		struct tcphdr *th = data + l4;
 		if ((void *)(th + 1) > data_end)
 			return PARSE_BAD;
 		p->sport = th->source;
@@ -106,10 +246,10 @@ static __always_inline int parse_packet(struct __sk_buff *skb, struct packet *p)
 		p->dport_off = l4 + offsetof(struct tcphdr, dest);
 		p->csum_off = l4 + offsetof(struct tcphdr, check);
 		p->tcp_flags = ((__u8 *)th)[13];
-		break;
+		return PARSE_OK;
 	}
 	case IPPROTO_UDP: {
-		struct udphdr *uh = l4h;
+		struct udphdr *uh = data + l4;
 		if ((void *)(uh + 1) > data_end)
 			return PARSE_BAD;
 		p->sport = uh->source;
@@ -117,20 +257,90 @@ static __always_inline int parse_packet(struct __sk_buff *skb, struct packet *p)
 		p->sport_off = l4 + offsetof(struct udphdr, source);
 		p->dport_off = l4 + offsetof(struct udphdr, dest);
 		p->csum_off = l4 + offsetof(struct udphdr, check);
-		break;
+		return PARSE_OK;
 	}
-	default: { /* ICMP */
-		struct icmphdr *ih = l4h;
+	default: { /* ICMP / ICMPv6 */
+		struct icmphdr *ih = data + l4;
 		if ((void *)(ih + 1) > data_end)
 			return PARSE_BAD;
 		p->icmp_type = ih->type;
 		p->csum_off = l4 + offsetof(struct icmphdr, checksum);
-		p->sport_off = p->dport_off = l4 + offsetof(struct icmphdr, un.echo.id);
-		p->sport = p->dport = ih->un.echo.id;
-		break;
+		if (is_echo(p->family, ih->type)) {
+			p->sport_off = p->dport_off = l4 + offsetof(struct icmphdr, un.echo.id);
+			p->sport = p->dport = ih->un.echo.id;
+			return PARSE_OK;
+		}
+		if (is_icmp_error(p->family, ih->type) && p->frag == FRAG_NONE) {
+			int r = parse_inner(skb, p->family, l4 + sizeof(*ih), &p->in);
+			if (r == PARSE_OK)
+				p->icmp_err = 1;
+			return r;
+		}
+		return PARSE_PASS;
 	}
 	}
-	return PARSE_OK;
+}
+
+static __always_inline int parse_packet(struct __sk_buff *skb, struct packet *p)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	__u32 l3 = HAS_ETH ? sizeof(struct ethhdr) : 0;
+
+	__builtin_memset(p, 0, sizeof(*p));
+	p->l3_off = l3;
+
+	if (skb->protocol == bpf_htons(ETH_P_IP)) {
+		if (!ENABLE_NAT44)
+			return PARSE_PASS;
+		struct iphdr *ip = data + l3;
+		if ((void *)(ip + 1) > data_end)
+			return PARSE_BAD;
+		if (ip->version != 4 || ip->ihl < 5)
+			return PARSE_BAD;
+		p->family = 4;
+		p->l4proto = p->real_proto = ip->protocol;
+		p->l4_off = l3 + (ip->ihl & 0xf) * 4;
+		p->src.v4 = ip->saddr;
+		p->dst.v4 = ip->daddr;
+		p->frag_id = ip->id;
+		__u16 fo = bpf_ntohs(ip->frag_off);
+		if (fo & 0x1fff)
+			p->frag = FRAG_LATER;
+		else if (fo & 0x2000)
+			p->frag = FRAG_FIRST;
+		if (ip->protocol != IPPROTO_TCP && ip->protocol != IPPROTO_UDP &&
+		    ip->protocol != IPPROTO_ICMP)
+			return PARSE_PASS;
+	} else if (skb->protocol == bpf_htons(ETH_P_IPV6)) {
+		if (!ENABLE_NAT66)
+			return PARSE_PASS;
+		struct ipv6hdr *ip6 = data + l3;
+		if ((void *)(ip6 + 1) > data_end)
+			return PARSE_BAD;
+		if (ip6->version != 6)
+			return PARSE_BAD;
+		p->family = 6;
+		__builtin_memcpy(&p->src, &ip6->saddr, 16);
+		__builtin_memcpy(&p->dst, &ip6->daddr, 16);
+		__u8 proto = ip6->nexthdr;
+		int off = ipv6_walk(skb, l3 + sizeof(*ip6), &proto, &p->frag, &p->frag_id);
+		if (off < 0)
+			return PARSE_BAD;
+		p->l4_off = off;
+		p->real_proto = proto;
+		if (proto == IPPROTO_ICMPV6)
+			proto = IPPROTO_ICMP; /* one key space for both ICMP flavours */
+		else if (proto != IPPROTO_TCP && proto != IPPROTO_UDP)
+			return PARSE_PASS;
+		p->l4proto = proto;
+	} else {
+		return PARSE_PASS;
+	}
+
+	if (p->frag == FRAG_LATER)
+		return PARSE_OK; /* no L4 header: handled through fragment tracking */
+	return parse_l4(skb, p);
 }
 
 #endif

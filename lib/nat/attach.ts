@@ -64,7 +64,12 @@ function livePid(path: string): number | null {
  * Attaches egress and ingress programs. Refuses when a live einat owns the
  * interface; replaces stale einat filters left by a killed process.
  */
-export function attach(ifindex: number, ifname: string, egressFd: number, ingressFd: number): Attachment {
+export function attach(
+  ifindex: number,
+  ifname: string,
+  egressFd: number,
+  ingressFd: number,
+): Attachment {
   const lockPath = lockPathFor(ifindex);
   const owner = livePid(lockPath);
   if (owner !== null) throw new BusyError(ifname, owner);
@@ -77,9 +82,21 @@ export function attach(ifindex: number, ifname: string, egressFd: number, ingres
   try {
     for (const [point, fd] of [["egress", egressFd], ["ingress", ingressFd]] as const) {
       const stale = bpf.tcQuery(ifindex, point, TC_HANDLE, TC_PRIORITY);
-      if (stale !== null) log.warn("replacing stale einat filter", { ifname, hook: point, prog_id: stale });
-      const f = bpf.tcAttach(ifindex, point, fd, { handle: TC_HANDLE, priority: TC_PRIORITY, replace: stale !== null });
-      log.info("attached filter", { ifname, hook: point, handle: `0x${f.handle.toString(16)}`, prio: f.priority, prog_id: f.progId });
+      if (stale !== null) {
+        log.warn("replacing stale einat filter", { ifname, hook: point, prog_id: stale });
+      }
+      const f = bpf.tcAttach(ifindex, point, fd, {
+        handle: TC_HANDLE,
+        priority: TC_PRIORITY,
+        replace: stale !== null,
+      });
+      log.info("attached filter", {
+        ifname,
+        hook: point,
+        handle: `0x${f.handle.toString(16)}`,
+        prio: f.priority,
+        prog_id: f.progId,
+      });
     }
   } catch (e) {
     detach(a);
@@ -92,7 +109,9 @@ export function attach(ifindex: number, ifname: string, egressFd: number, ingres
 export function detach(a: Attachment): void {
   for (const point of ["egress", "ingress"] as const) {
     try {
-      if (bpf.tcDetach(a.ifindex, point, TC_HANDLE, TC_PRIORITY)) log.info("detached filter", { ifname: a.ifname, hook: point });
+      if (bpf.tcDetach(a.ifindex, point, TC_HANDLE, TC_PRIORITY)) {
+        log.info("detached filter", { ifname: a.ifname, hook: point });
+      }
     } catch (e) {
       log.warn("could not detach filter", { ifname: a.ifname, hook: point, error: String(e) });
     }

@@ -58,6 +58,9 @@ export const STATS = [
   "drop_fragment",
   "drop_untranslatable",
   "expired_session",
+  "icmp_error_nat",
+  "fragment_nat",
+  "drop_icmp_error",
 ] as const;
 /** Name of a counter in `map_stats`. */
 export type StatName = typeof STATS[number];
@@ -97,14 +100,22 @@ export const EXTERNAL_CONFIG_LAYOUT: StructLayout = {
 export const LPM_KEY_LAYOUT: StructLayout = {
   name: "lpm_key",
   size: 21,
-  fields: { prefixlen: { offset: 0, size: 4 }, family: { offset: 4, size: 1 }, addr: { offset: 5, size: 16 } },
+  fields: {
+    prefixlen: { offset: 0, size: 4 },
+    family: { offset: 4, size: 1 },
+    addr: { offset: 5, size: 16 },
+  },
 };
 
 /** struct default_ext. */
 export const DEFAULT_EXT_LAYOUT: StructLayout = {
   name: "default_ext",
   size: 72,
-  fields: { addr: { offset: 0, size: 16 }, valid: { offset: 16, size: 1 }, cfg: { offset: 20, size: 52 } },
+  fields: {
+    addr: { offset: 0, size: 16 },
+    valid: { offset: 16, size: 1 },
+    cfg: { offset: 20, size: 52 },
+  },
 };
 
 /** struct binding_key. */
@@ -304,7 +315,9 @@ export function encodeLpmKey(family: 4 | 6, addr: Uint8Array, prefixLen: number)
 }
 
 /** Decodes an LPM key. */
-export function decodeLpmKey(b: Uint8Array): { family: 4 | 6; addr: Uint8Array; prefixLen: number } {
+export function decodeLpmKey(
+  b: Uint8Array,
+): { family: 4 | 6; addr: Uint8Array; prefixLen: number } {
   const L = LPM_KEY_LAYOUT;
   const family = b[f(L, "family")] as 4 | 6;
   return {

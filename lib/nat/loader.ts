@@ -52,7 +52,9 @@ export async function loadNat(opts: LoadOptions): Promise<NatObject> {
     const rodata = bpf.findMap(obj, ".rodata");
     const init = bpf.mapInitialValue(rodata);
     const cfg = encodeRoConfig(opts.ro);
-    if (init.length < cfg.length) throw new Error(`.rodata is ${init.length} bytes, expected ${cfg.length}`);
+    if (init.length < cfg.length) {
+      throw new Error(`.rodata is ${init.length} bytes, expected ${cfg.length}`);
+    }
     init.set(cfg, 0); // CFG sits at offset 0 (checked against BTF in tests)
     bpf.mapSetInitialValue(rodata, init);
     bpf.mapSetMaxEntries(bpf.findMap(obj, MAP_NAMES.binding), opts.bindingMaxRecords * 2);

@@ -32,7 +32,10 @@ export interface ResolvedExternal {
 /** What the maps of one interface must contain. */
 export interface NatPlan {
   /** Source address for new mappings per family, if any. */
-  defaultExt: { 4?: ResolvedExternal & { cfg: ExternalConfig }; 6?: ResolvedExternal & { cfg: ExternalConfig } };
+  defaultExt: {
+    4?: ResolvedExternal & { cfg: ExternalConfig };
+    6?: ResolvedExternal & { cfg: ExternalConfig };
+  };
   externals: LpmEntry[];
   destConfig: { family: 4 | 6; addr: Uint8Array; prefixLen: number; flags: number }[];
   resolved: ResolvedExternal[];
@@ -94,7 +97,10 @@ export function externalConfigOf(spec: ExternalSpec, fallback: ProtoRanges): Ext
 /** A match-all externals entry using the interface's default ranges. */
 function matchAll(family: 4 | 6, ranges: ProtoRanges): ExternalSpec {
   return {
-    match: { kind: "network", net: { family, addr: new Uint8Array(family === 4 ? 4 : 16), prefixLen: 0 } },
+    match: {
+      kind: "network",
+      net: { family, addr: new Uint8Array(family === 4 ? 4 : 16), prefixLen: 0 },
+    },
     isInternal: false,
     noSnat: false,
     noHairpin: false,
@@ -157,24 +163,47 @@ export function planInterface(ic: InterfaceConfig, addrs: IfAddr[]): NatPlan {
   const noSnat: ExternalConfig = { tcp: [], udp: [], icmp: [], flags: EXT_FLAGS.NO_SNAT };
 
   for (const net of ic.snatInternals) {
-    plan.externals.push({ family: net.family, addr: net.addr, prefixLen: net.prefixLen, cfg: { ...noSnat, flags: 0 } });
+    plan.externals.push({
+      family: net.family,
+      addr: net.addr,
+      prefixLen: net.prefixLen,
+      cfg: { ...noSnat, flags: 0 },
+    });
   }
   if (ic.snatInternals.length > 0) {
     for (const family of [4, 6] as const) {
       if (!ic.snatInternals.some((n) => n.family === family)) continue;
-      plan.externals.push({ family, addr: new Uint8Array(family === 4 ? 4 : 16), prefixLen: 0, cfg: noSnat });
+      plan.externals.push({
+        family,
+        addr: new Uint8Array(family === 4 ? 4 : 16),
+        prefixLen: 0,
+        cfg: noSnat,
+      });
     }
   }
   for (const r of resolved) {
     const cfg = externalConfigOf(r.spec, ic.defaultRanges);
-    plan.externals.push({ family: r.family, addr: r.addr, prefixLen: r.family === 4 ? 32 : 128, cfg });
+    plan.externals.push({
+      family: r.family,
+      addr: r.addr,
+      prefixLen: r.family === 4 ? 32 : 128,
+      cfg,
+    });
     const enabled = r.family === 4 ? ic.nat44 : ic.nat66;
-    if (enabled && !plan.defaultExt[r.family] && cfg.flags & EXT_FLAGS.EXTERNAL && !(cfg.flags & EXT_FLAGS.NO_SNAT)) {
+    if (
+      enabled && !plan.defaultExt[r.family] && cfg.flags & EXT_FLAGS.EXTERNAL &&
+      !(cfg.flags & EXT_FLAGS.NO_SNAT)
+    ) {
       plan.defaultExt[r.family] = { ...r, cfg };
     }
   }
   for (const d of ic.noSnatDests) {
-    plan.destConfig.push({ family: d.family, addr: d.addr, prefixLen: d.prefixLen, flags: EXT_FLAGS.NO_SNAT });
+    plan.destConfig.push({
+      family: d.family,
+      addr: d.addr,
+      prefixLen: d.prefixLen,
+      flags: EXT_FLAGS.NO_SNAT,
+    });
   }
   return plan;
 }

@@ -1,0 +1,50 @@
+/**
+ * The TypeScript codecs of map keys and values against the BTF of the built
+ * object (Cilium-style): a change on either side without the other fails here.
+ */
+import { assertEquals } from "./lib/assert.ts";
+import { datasecVars, readStructs } from "../lib/btf.ts";
+import { EINAT_CONFIG_LAYOUT, LAYOUTS, STATS } from "../lib/nat/codec.ts";
+import { embeddedObject } from "../lib/nat/loader.ts";
+
+const obj = embeddedObject();
+const structs = readStructs(obj);
+
+for (const layout of LAYOUTS) {
+  Deno.test(`codec layout of struct ${layout.name} matches BTF`, () => {
+    const s = structs.get(layout.name);
+    if (!s) throw new Error(`struct ${layout.name} not in BTF`);
+    assertEquals(layout.size, s.size, `sizeof(struct ${layout.name})`);
+    for (const [name, f] of Object.entries(layout.fields)) {
+      const m = s.members.find((x) => x.name === name);
+      if (!m) throw new Error(`${layout.name}.${name} not in BTF`);
+      assertEquals({ offset: f.offset, size: f.size }, {
+        offset: m.offsetBits / 8,
+        size: m.sizeBytes,
+      }, `${layout.name}.${name}`);
+    }
+    // every non-padding C member is known to the codec
+    const unknown = s.members.filter((m) => !m.name.startsWith("_") && !(m.name in layout.fields));
+    assertEquals(
+      unknown.map((m) => m.name),
+      [],
+      `members of ${layout.name} missing from the codec`,
+    );
+  });
+}
+
+Deno.test("read-only config CFG sits at offset 0 of .rodata", () => {
+  const vars = datasecVars(obj, ".rodata");
+  const cfg = vars.find((v) => v.name === "CFG");
+  assertEquals(cfg, { name: "CFG", offset: 0, size: EINAT_CONFIG_LAYOUT.size });
+});
+
+Deno.test("counter names follow enum einat_stat in bpf/einat.h", () => {
+  // Enums used only as constants are not in BTF: read the header instead.
+  const h = Deno.readTextFileSync(new URL("../bpf/einat.h", import.meta.url));
+  const body = h.match(/enum einat_stat \{([^}]*)\}/)![1];
+  const names = [...body.matchAll(/STAT_([A-Z0-9_]+)/g)].map((m) => m[1].toLowerCase()).filter((
+    n,
+  ) => n !== "max");
+  assertEquals(names, [...STATS]);
+});

@@ -7,7 +7,13 @@
 import denoJson from "./deno.json" with { type: "json" };
 import { helpText, parseCli } from "./lib/config/cli.ts";
 import { ConfigError } from "./lib/config/types.ts";
-import { InterfaceError, type Served, serveInterface, stopServing, waitForSignal } from "./lib/daemon.ts";
+import {
+  InterfaceError,
+  type Served,
+  serveInterface,
+  stopServing,
+  waitForSignal,
+} from "./lib/daemon.ts";
 import { libbpfVersion, routeLibbpfPrintToLog } from "./lib/ffi/libbpf.ts";
 import * as log from "./lib/log.ts";
 import { BusyError } from "./lib/nat/attach.ts";
@@ -61,7 +67,9 @@ export async function main(args: string[]): Promise<number> {
     try {
       served.push(await serveInterface(ic));
     } catch (e) {
-      const msg = e instanceof InterfaceError || e instanceof BusyError ? e.message : `${ic.ifName ?? ic.ifIndex}: ${(e as Error).message}`;
+      const msg = e instanceof InterfaceError || e instanceof BusyError
+        ? e.message
+        : `${ic.ifName ?? ic.ifIndex}: ${(e as Error).message}`;
       log.error("interface not served", { reason: msg });
       errors.push(msg);
     }

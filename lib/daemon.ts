@@ -10,7 +10,7 @@ import { formatRanges } from "./config/ranges.ts";
 import * as libc from "./ffi/libc.ts";
 import * as log from "./log.ts";
 import { applyPlan } from "./nat/apply.ts";
-import { type Attachment, attach, detach } from "./nat/attach.ts";
+import { attach, type Attachment, detach } from "./nat/attach.ts";
 import { closeNat, loadNat, type NatObject } from "./nat/loader.ts";
 import type { RoConfig } from "./nat/codec.ts";
 import { type IfAddr, type NatPlan, planInterface } from "./nat/plan.ts";

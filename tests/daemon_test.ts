@@ -57,19 +57,28 @@ Deno.test({
         [["--frobnicate"], /--frobnicate: unknown option/],
         [["-i", "nosuch0"], /nosuch0: no such interface/],
         [["-i", "noaddr0"], /noaddr0: no IPv4 address/],
-        [["-i", "wan0"], /missing privileges: .*CAP_NET_ADMIN/, ["setpriv", "--bounding-set=-all", "--inh-caps=-all"]],
+        [["-i", "wan0"], /missing privileges: .*CAP_NET_ADMIN/, [
+          "setpriv",
+          "--bounding-set=-all",
+          "--inh-caps=-all",
+        ]],
       ];
       for (const [args, pattern, prefix] of cases) {
         const r = await einatOnce(ns, args, prefix);
         assertEquals(r.code, 2, `${args.join(" ")}: exit ${r.code}\n${r.stderr}`);
         assert(pattern.test(oneLine(r.stderr)), `${args.join(" ")}: ${r.stderr}`);
       }
-      assertEquals(await tcState(ns, "wan0") + await tcState(ns, "noaddr0"), before, "network untouched");
+      assertEquals(
+        await tcState(ns, "wan0") + await tcState(ns, "noaddr0"),
+        before,
+        "network untouched",
+      );
     }),
 });
 
 Deno.test({
-  name: "daemon: a second einat on a served interface is refused; after SIGKILL the next start replaces stale filters",
+  name:
+    "daemon: a second einat on a served interface is refused; after SIGKILL the next start replaces stale filters",
   ...sanitize,
   fn: () =>
     withNs(async (ns) => {
@@ -90,7 +99,10 @@ Deno.test({
       const filters = await nsExec(ns, ["tc", "filter", "show", "dev", "wan0", "ingress"]);
       assertEquals(filters.match(/direct-action/g)?.length, 1, `exactly one filter: ${filters}`);
       assertEquals(await stopEinat(again), 0);
-      assertEquals((await nsExec(ns, ["tc", "filter", "show", "dev", "wan0", "ingress"])).trim(), "");
+      assertEquals(
+        (await nsExec(ns, ["tc", "filter", "show", "dev", "wan0", "ingress"])).trim(),
+        "",
+      );
     }),
 });
 
@@ -101,7 +113,22 @@ Deno.test({
     withNs(async (ns) => {
       await nsExec(ns, ["tc", "qdisc", "add", "dev", "wan0", "clsact"]);
       const noop = new URL("../bpf/noop.bpf.o", import.meta.url).pathname;
-      await nsExec(ns, ["tc", "filter", "add", "dev", "wan0", "ingress", "prio", "7", "bpf", "da", "obj", noop, "sec", "tc"]);
+      await nsExec(ns, [
+        "tc",
+        "filter",
+        "add",
+        "dev",
+        "wan0",
+        "ingress",
+        "prio",
+        "7",
+        "bpf",
+        "da",
+        "obj",
+        noop,
+        "sec",
+        "tc",
+      ]);
       const p = await startEinat(ns, ["-i", "wan0"]);
       assertEquals(await stopEinat(p), 0, p.stderrText());
       const q = await nsExec(ns, ["tc", "qdisc", "show", "dev", "wan0"]);
@@ -112,9 +139,11 @@ Deno.test({
 });
 
 Deno.test("preflight: capability and BTF checks name the cause", () => {
-  assertThrows(() => checkPrivileges(0n), /missing privileges: einat needs CAP_NET_ADMIN and CAP_BPF/);
+  assertThrows(
+    () => checkPrivileges(0n),
+    /missing privileges: einat needs CAP_NET_ADMIN and CAP_BPF/,
+  );
   checkPrivileges((1n << 12n) | (1n << 39n));
   checkPrivileges((1n << 12n) | (1n << 21n));
   assertThrows(() => checkKernel("/nonexistent/vmlinux"), /kernel without BTF/);
 });
-

@@ -13,8 +13,10 @@ const ok = (b: boolean) => (b ? "PASS" : "FAIL");
 
 async function demo(t: Topology): Promise<boolean> {
   const a = t.addrs.v4;
-  console.log(`topology: lan1 ${a.lan1}, lan2 ${a.lan2} -> router (einat on wan0 ${a.routerWan}) -> ` +
-    `srv1 ${a.srv1.join(",")}, srv2 ${a.srv2.join(",")}`);
+  console.log(
+    `topology: lan1 ${a.lan1}, lan2 ${a.lan2} -> router (einat on wan0 ${a.routerWan}) -> ` +
+      `srv1 ${a.srv1.join(",")}, srv2 ${a.srv2.join(",")}`,
+  );
   const einat = await startEinat(t.ns.router, ["-i", "wan0"]);
   console.log("einat started in the router namespace:");
   for (const l of einat.stderrText().trim().split("\n")) console.log(`  | ${l}`);
@@ -28,43 +30,109 @@ async function demo(t: Topology): Promise<boolean> {
     const lan1 = t.spawn(
       t.ns.lan1,
       peerCmd("udp-send", [
-        "--to", `${a.srv1[0]}:3478`, "--to", `${a.srv2[0]}:3478`,
-        "--from-port", "40000", "--linger-ms", "5000", "--timeout-ms", "15000",
+        "--to",
+        `${a.srv1[0]}:3478`,
+        "--to",
+        `${a.srv2[0]}:3478`,
+        "--from-port",
+        "40000",
+        "--linger-ms",
+        "5000",
+        "--timeout-ms",
+        "15000",
       ]),
     );
     await lan1.waitForStdout(/seen .* from .*\n.*seen .* from /s, 10000);
     const r = parseUdpReplies(lan1.stdoutText());
     console.log("\nUDP from lan1 port 40000:");
     for (const x of r) console.log(`  server ${x.from} saw the flow from ${x.seen}`);
-    const eim = r.length === 2 && r[0].seen === r[1].seen && r[0].seen.startsWith(a.routerWan + ":");
-    verdicts.push(["endpoint-independent mapping (same external address:port to both servers)", eim]);
+    const eim = r.length === 2 && r[0].seen === r[1].seen &&
+      r[0].seen.startsWith(a.routerWan + ":");
+    verdicts.push([
+      "endpoint-independent mapping (same external address:port to both servers)",
+      eim,
+    ]);
 
     const extPort = r[0]?.seen.split(":")[1];
     const third = await nsExecResult(
       t.ns.srv1,
-      peerCmd("udp-send", ["--bind", a.srv1[1], "--to", `${a.routerWan}:${extPort}`, "--timeout-ms", "4000"]),
+      peerCmd("udp-send", [
+        "--bind",
+        a.srv1[1],
+        "--to",
+        `${a.routerWan}:${extPort}`,
+        "--timeout-ms",
+        "4000",
+      ]),
     );
     const got = parseUdpReplies(third.stdout);
-    console.log(`  unsolicited ${a.srv1[1]} -> ${a.routerWan}:${extPort}: ${got.length ? "lan1 answered" : "no answer"}`);
-    verdicts.push(["endpoint-independent filtering (a never-contacted host reaches lan1)", third.code === 0]);
+    console.log(
+      `  unsolicited ${a.srv1[1]} -> ${a.routerWan}:${extPort}: ${
+        got.length ? "lan1 answered" : "no answer"
+      }`,
+    );
+    verdicts.push([
+      "endpoint-independent filtering (a never-contacted host reaches lan1)",
+      third.code === 0,
+    ]);
 
     const lan2 = await nsExecResult(
       t.ns.lan2,
-      peerCmd("udp-send", ["--to", `${a.srv1[0]}:3478`, "--from-port", "40000", "--timeout-ms", "4000"]),
+      peerCmd("udp-send", [
+        "--to",
+        `${a.srv1[0]}:3478`,
+        "--from-port",
+        "40000",
+        "--timeout-ms",
+        "4000",
+      ]),
     );
     const l2 = parseUdpReplies(lan2.stdout)[0]?.seen ?? "none";
     console.log(`  lan2 port 40000 seen as ${l2}`);
-    verdicts.push(["no port overloading (lan2, same source port, gets another port)", l2 !== "none" && l2 !== r[0]?.seen]);
+    verdicts.push([
+      "no port overloading (lan2, same source port, gets another port)",
+      l2 !== "none" && l2 !== r[0]?.seen,
+    ]);
 
-    const tcpEcho = t.spawn(t.ns.srv2, peerCmd("tcp-echo", ["--port", "8080", "--count", "1", "--timeout-ms", "10000"]));
+    const tcpEcho = t.spawn(
+      t.ns.srv2,
+      peerCmd("tcp-echo", ["--port", "8080", "--count", "1", "--timeout-ms", "10000"]),
+    );
     await tcpEcho.waitForStdout(/listening/);
-    const tcp = await nsExecResult(t.ns.lan1, peerCmd("tcp-send", ["--to", `${a.srv2[1]}:8080`, "--data", "hello-tcp", "--timeout-ms", "5000"]));
+    const tcp = await nsExecResult(
+      t.ns.lan1,
+      peerCmd("tcp-send", [
+        "--to",
+        `${a.srv2[1]}:8080`,
+        "--data",
+        "hello-tcp",
+        "--timeout-ms",
+        "5000",
+      ]),
+    );
     const tcpSeen = parseSeen(tcp.stdout)[0] ?? "none";
-    console.log(`\nTCP lan1 -> ${a.srv2[1]}:8080: server saw ${tcpSeen}, echo ${tcp.stdout.includes("hello-tcp") ? "received" : "missing"}`);
+    console.log(
+      `\nTCP lan1 -> ${a.srv2[1]}:8080: server saw ${tcpSeen}, echo ${
+        tcp.stdout.includes("hello-tcp") ? "received" : "missing"
+      }`,
+    );
     verdicts.push(["TCP through the NAT", tcp.code === 0 && tcpSeen.startsWith(a.routerWan + ":")]);
 
-    const ping = await nsExecResult(t.ns.lan1, ["ping", "-c", "3", "-i", "0.2", "-W", "2", a.srv1[0]]);
-    console.log(`\nping lan1 -> ${a.srv1[0]}: ${ping.stdout.match(/\d+ packets transmitted.*/)?.[0] ?? ping.stderr}`);
+    const ping = await nsExecResult(t.ns.lan1, [
+      "ping",
+      "-c",
+      "3",
+      "-i",
+      "0.2",
+      "-W",
+      "2",
+      a.srv1[0],
+    ]);
+    console.log(
+      `\nping lan1 -> ${a.srv1[0]}: ${
+        ping.stdout.match(/\d+ packets transmitted.*/)?.[0] ?? ping.stderr
+      }`,
+    );
     verdicts.push(["ICMP echo through the NAT", ping.code === 0]);
 
     const iperfSrv = t.spawn(t.ns.srv1, ["iperf3", "-s", "-1", "-B", a.srv1[0]]);
@@ -73,7 +141,11 @@ async function demo(t: Topology): Promise<boolean> {
     iperfSrv.kill();
     if (iperf.code === 0) {
       const bps = JSON.parse(iperf.stdout).end.sum_received.bits_per_second as number;
-      console.log(`\nTCP throughput lan1 -> srv1 through einat (iperf3, 2 s): ${(bps / 1e9).toFixed(2)} Gbit/s`);
+      console.log(
+        `\nTCP throughput lan1 -> srv1 through einat (iperf3, 2 s): ${
+          (bps / 1e9).toFixed(2)
+        } Gbit/s`,
+      );
     } else {
       console.log(`\niperf3 failed: ${iperf.stderr.trim()}`);
     }

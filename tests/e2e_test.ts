@@ -17,8 +17,14 @@ Deno.test({
       const a = t.addrs.v4;
       const einat = await startEinat(t.ns.router, ["-i", "wan0"]);
       try {
-        const echo1 = t.spawn(t.ns.srv1, peerCmd("udp-echo", ["--port", "3478", "--timeout-ms", "20000"]));
-        const echo2 = t.spawn(t.ns.srv2, peerCmd("udp-echo", ["--port", "3478", "--timeout-ms", "20000"]));
+        const echo1 = t.spawn(
+          t.ns.srv1,
+          peerCmd("udp-echo", ["--port", "3478", "--timeout-ms", "20000"]),
+        );
+        const echo2 = t.spawn(
+          t.ns.srv2,
+          peerCmd("udp-echo", ["--port", "3478", "--timeout-ms", "20000"]),
+        );
         await echo1.waitForStdout(/listening/);
         await echo2.waitForStdout(/listening/);
 
@@ -41,22 +47,47 @@ Deno.test({
         await lan1.waitForStdout(/seen .* from .*\n.*seen .* from /s, 10000);
         const replies = parseUdpReplies(lan1.stdoutText());
         assertEquals(replies.length, 2, lan1.stdoutText());
-        assertEquals(replies[0].seen, replies[1].seen, "same external endpoint towards both servers");
+        assertEquals(
+          replies[0].seen,
+          replies[1].seen,
+          "same external endpoint towards both servers",
+        );
         const [extAddr, extPort] = replies[0].seen.split(":");
         assertEquals(extAddr, a.routerWan, "source is the router's external address");
 
         // A third endpoint that lan1 never sent to reaches the mapping (EIF).
         const third = await nsExecResult(
           t.ns.srv1,
-          peerCmd("udp-send", ["--bind", a.srv1[1], "--to", `${a.routerWan}:${extPort}`, "--timeout-ms", "5000"]),
+          peerCmd("udp-send", [
+            "--bind",
+            a.srv1[1],
+            "--to",
+            `${a.routerWan}:${extPort}`,
+            "--timeout-ms",
+            "5000",
+          ]),
         );
-        assertEquals(third.code, 0, `third endpoint got no answer from lan1: ${third.stdout}${third.stderr}`);
-        assertEquals(parseUdpReplies(third.stdout)[0].seen, `${a.srv1[1]}:${Number(third.stdout.match(/local \S+:(\d+)/)![1])}`);
+        assertEquals(
+          third.code,
+          0,
+          `third endpoint got no answer from lan1: ${third.stdout}${third.stderr}`,
+        );
+        assertEquals(
+          parseUdpReplies(third.stdout)[0].seen,
+          `${a.srv1[1]}:${Number(third.stdout.match(/local \S+:(\d+)/)![1])}`,
+        );
 
         // lan2 with the same source port gets another external port.
         const lan2 = await nsExecResult(
           t.ns.lan2,
-          peerCmd("udp-send", ["--to", `${a.srv1[0]}:3478`, "--from-port", "40000", "--timeout-ms", "5000"]),
+          peerCmd("udp-send", [
+            "--to",
+            `${a.srv1[0]}:3478`,
+            "--from-port",
+            "40000",
+            "--timeout-ms",
+            "5000",
+          ]),
         );
         assertEquals(lan2.code, 0, lan2.stdout + lan2.stderr);
         const lan2Seen = parseUdpReplies(lan2.stdout)[0].seen;
@@ -64,24 +95,48 @@ Deno.test({
         assertNotEquals(lan2Seen, replies[0].seen, "lan2 gets a different external port");
 
         // TCP carries data both ways.
-        const tcpEcho = t.spawn(t.ns.srv2, peerCmd("tcp-echo", ["--port", "8080", "--count", "1", "--timeout-ms", "10000"]));
+        const tcpEcho = t.spawn(
+          t.ns.srv2,
+          peerCmd("tcp-echo", ["--port", "8080", "--count", "1", "--timeout-ms", "10000"]),
+        );
         await tcpEcho.waitForStdout(/listening/);
         const tcp = await nsExecResult(
           t.ns.lan1,
-          peerCmd("tcp-send", ["--to", `${a.srv2[1]}:8080`, "--data", "ping-over-tcp", "--timeout-ms", "5000"]),
+          peerCmd("tcp-send", [
+            "--to",
+            `${a.srv2[1]}:8080`,
+            "--data",
+            "ping-over-tcp",
+            "--timeout-ms",
+            "5000",
+          ]),
         );
         assertEquals(tcp.code, 0, tcp.stdout + tcp.stderr);
         assert(tcp.stdout.includes("ping-over-tcp"), `echoed data missing: ${tcp.stdout}`);
-        assertEquals(parseSeen(tcp.stdout)[0].split(":")[0], a.routerWan, "TCP source is the external address");
+        assertEquals(
+          parseSeen(tcp.stdout)[0].split(":")[0],
+          a.routerWan,
+          "TCP source is the external address",
+        );
 
         // ping
-        const ping = await nsExecResult(t.ns.lan1, ["ping", "-c", "2", "-i", "0.2", "-W", "2", a.srv1[0]]);
+        const ping = await nsExecResult(t.ns.lan1, [
+          "ping",
+          "-c",
+          "2",
+          "-i",
+          "0.2",
+          "-W",
+          "2",
+          a.srv1[0],
+        ]);
         assertEquals(ping.code, 0, ping.stdout + ping.stderr);
       } finally {
         const code = await stopEinat(einat);
         assertEquals(code, 0, einat.stderrText());
       }
-      const filters = await nsExec(t.ns.router, ["tc", "filter", "show", "dev", "wan0", "ingress"]) +
+      const filters =
+        await nsExec(t.ns.router, ["tc", "filter", "show", "dev", "wan0", "ingress"]) +
         await nsExec(t.ns.router, ["tc", "filter", "show", "dev", "wan0", "egress"]);
       assertEquals(filters.trim(), "", "no filter left");
       const qdisc = await nsExec(t.ns.router, ["tc", "qdisc", "show", "dev", "wan0"]);

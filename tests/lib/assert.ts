@@ -32,7 +32,11 @@ export function assertThrows(fn: () => unknown, pattern?: RegExp, msg?: string):
 }
 
 /** Asserts that `fn` rejects with an error matching `pattern`. */
-export async function assertRejects(fn: () => Promise<unknown>, pattern?: RegExp, msg?: string): Promise<Error> {
+export async function assertRejects(
+  fn: () => Promise<unknown>,
+  pattern?: RegExp,
+  msg?: string,
+): Promise<Error> {
   try {
     await fn();
   } catch (e) {

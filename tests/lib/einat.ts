@@ -13,7 +13,11 @@ export function einatCmd(args: string[]): string[] {
 }
 
 /** Starts einat in `ns` and waits until it logs that it runs (or exits). */
-export async function startEinat(ns: string, args: string[], timeoutMs = 15000): Promise<NsProcess> {
+export async function startEinat(
+  ns: string,
+  args: string[],
+  timeoutMs = 15000,
+): Promise<NsProcess> {
   const p = spawnInNs(ns, einatCmd(args), { cwd: ROOT, killAfterMs: 120_000 });
   const deadline = Date.now() + timeoutMs;
   while (Date.now() < deadline) {

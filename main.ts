@@ -50,6 +50,7 @@ export async function main(args: string[]): Promise<number> {
     console.log(versionString());
     return 0;
   }
+  if (cli.logLevel) log.setLevel(cli.logLevel);
   for (const n of cli.notices) log.info(n);
 
   try {

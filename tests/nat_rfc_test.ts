@@ -1,0 +1,420 @@
+/**
+ * Packet tests through BPF_PROG_TEST_RUN for NAT66, ICMP errors (RFC 5508 and
+ * ICMPv6) and fragments (RFC 4787 REQ-14).
+ */
+import { assert, assertEquals } from "./lib/assert.ts";
+import * as bpf from "../lib/ffi/libbpf.ts";
+import { CT_KEY_LAYOUT, CT_VALUE_LAYOUT, decodeCtValue } from "../lib/nat/codec.ts";
+import {
+  buildIcmpError,
+  buildPacket,
+  internetChecksum,
+  type PacketSpec,
+  parsePacket,
+} from "./lib/packet.ts";
+import { loadTestNat, TC_ACT_OK, TC_ACT_SHOT, testInterfaceConfig } from "./lib/natfixture.ts";
+
+const EXT4 = "203.0.113.1";
+const EXT6 = "2001:db8:2::1";
+const LAN4 = "192.0.2.10";
+const LAN6 = "2001:db8:1::10";
+const SRV4 = "198.51.100.1";
+const SRV6 = "2001:db8:3::1";
+const HOP4 = "198.51.100.254";
+const HOP6 = "2001:db8:3::fe";
+const EXTS = ["203.0.113.1/24", "2001:db8:2::1/64"];
+const payload = new TextEncoder().encode("0123456789abcdefghijklmnopqrstuvwxyz");
+
+const cfg66 = () => testInterfaceConfig({ nat66: true });
+const udp = (
+  family: 4 | 6,
+  src: string,
+  sport: number,
+  dst: string,
+  dport: number,
+): PacketSpec => ({
+  family,
+  src,
+  dst,
+  proto: "udp",
+  sport,
+  dport,
+  payload,
+});
+const ipOnly = (frame: Uint8Array) => frame.slice(14);
+
+function ctValues(fd: number) {
+  return [...bpf.mapEntries(fd, CT_KEY_LAYOUT.size, CT_VALUE_LAYOUT.size)].map((e) =>
+    decodeCtValue(e.value, 4)
+  );
+}
+
+// --- NAT66 ------------------------------------------------------------------
+
+Deno.test("NAT66: UDP, TCP and ICMPv6 echo get SNAT/DNAT with pseudo-header checksums; EIF", async () => {
+  const n = await loadTestNat(cfg66(), EXTS);
+  try {
+    const out = n.egress(udp(6, LAN6, 40000, SRV6, 53));
+    assertEquals(out.retval, TC_ACT_OK);
+    assertEquals(out.out.src, EXT6);
+    assert(out.out.l4ChecksumOk, "UDPv6 checksum");
+    const ext = out.out.sport!;
+    assert(ext >= 20000 && ext <= 29999);
+    const back = n.ingress(udp(6, "2001:db8:3::99", 1234, EXT6, ext));
+    assertEquals([back.out.dst, back.out.dport], [LAN6, 40000], "EIF for IPv6");
+    assert(back.out.l4ChecksumOk);
+
+    const syn = n.egress({
+      family: 6,
+      src: LAN6,
+      dst: SRV6,
+      proto: "tcp",
+      sport: 45000,
+      dport: 443,
+      tcpFlags: { syn: true },
+    });
+    assertEquals(syn.out.src, EXT6);
+    assert(syn.out.l4ChecksumOk, "TCPv6 checksum");
+
+    const echo = n.egress({
+      family: 6,
+      src: LAN6,
+      dst: SRV6,
+      proto: "icmp",
+      icmpType: 128,
+      icmpId: 77,
+      icmpSeq: 1,
+    });
+    assertEquals(echo.out.src, EXT6);
+    assert(echo.out.l4ChecksumOk, "ICMPv6 checksum includes the pseudo-header");
+    const rep = n.ingress({
+      family: 6,
+      src: SRV6,
+      dst: EXT6,
+      proto: "icmp",
+      icmpType: 129,
+      icmpId: echo.out.icmpId,
+      icmpSeq: 1,
+    });
+    assertEquals([rep.out.dst, rep.out.icmpId], [LAN6, 77]);
+    assert(rep.out.l4ChecksumOk);
+
+    const ns = buildPacket({
+      family: 6,
+      src: LAN6,
+      dst: SRV6,
+      proto: "icmp",
+      icmpType: 135,
+      icmpId: 0,
+    });
+    assertEquals(n.runRaw("egress", ns).bytes, ns, "neighbour discovery passes untouched");
+  } finally {
+    n.close();
+  }
+});
+
+Deno.test("NAT66 off: IPv6 passes untouched while IPv4 is translated", async () => {
+  const n = await loadTestNat(testInterfaceConfig(), EXTS);
+  try {
+    const p6 = buildPacket(udp(6, LAN6, 40000, SRV6, 53));
+    assertEquals(n.runRaw("egress", p6), { retval: TC_ACT_OK, bytes: p6 });
+    assertEquals(n.egress(udp(4, LAN4, 40000, SRV4, 53)).out.src, EXT4);
+  } finally {
+    n.close();
+  }
+});
+
+/** Inserts IPv6 extension headers (type, 8-byte units beyond the first) after the fixed header. */
+function withExtHeaders(frame: Uint8Array, exts: number[]): Uint8Array {
+  const ip = frame.slice(14);
+  let next = ip[6];
+  const hdrs: Uint8Array[] = [];
+  for (let i = exts.length - 1; i >= 0; i--) {
+    const h = new Uint8Array(8);
+    h[0] = next;
+    h[1] = 0;
+    h[2] = 1; // PadN option filling the header
+    h[3] = 4;
+    hdrs.unshift(h);
+    next = exts[i];
+  }
+  const extLen = hdrs.length * 8;
+  const out = new Uint8Array(frame.length + extLen);
+  out.set(frame.subarray(0, 14 + 40));
+  out[14 + 6] = next;
+  new DataView(out.buffer).setUint16(14 + 4, ip.length - 40 + extLen);
+  let o = 14 + 40;
+  for (const h of hdrs) out.set(h, o), o += 8;
+  out.set(frame.subarray(14 + 40), o);
+  return out;
+}
+
+Deno.test("NAT66: extension headers are walked to the L4 header; too long a chain is not translated", async () => {
+  const n = await loadTestNat(cfg66(), EXTS);
+  try {
+    const frame = withExtHeaders(buildPacket(udp(6, LAN6, 40000, SRV6, 53)), [0, 60]); // hop-by-hop, dest opts
+    const r = n.runRaw("egress", frame);
+    assertEquals(r.retval, TC_ACT_OK);
+    const src = r.bytes.slice(14 + 8, 14 + 24);
+    assertEquals(
+      src,
+      buildPacket(udp(6, EXT6, 0, SRV6, 53)).slice(14 + 8, 14 + 24),
+      "source rewritten",
+    );
+    // UDP checksum over the translated datagram: recompute independently
+    const l4 = r.bytes.slice(14 + 40 + 16);
+    const pseudo = new Uint8Array(40);
+    pseudo.set(r.bytes.slice(14 + 8, 14 + 40), 0);
+    new DataView(pseudo.buffer).setUint32(32, l4.length);
+    pseudo[39] = 17;
+    assertEquals(internetChecksum(new Uint8Array([...pseudo, ...l4])), 0, "UDP checksum valid");
+
+    const long = withExtHeaders(buildPacket(udp(6, LAN6, 40001, SRV6, 53)), [
+      60,
+      60,
+      60,
+      60,
+      60,
+      60,
+      60,
+    ]);
+    assertEquals(
+      n.runRaw("egress", long).retval,
+      TC_ACT_SHOT,
+      "unparseable chain from inside: dropped, not leaked",
+    );
+  } finally {
+    n.close();
+  }
+});
+
+// --- ICMP errors -------------------------------------------------------------
+
+for (const family of [4, 6] as const) {
+  const EXT = family === 4 ? EXT4 : EXT6;
+  const LAN = family === 4 ? LAN4 : LAN6;
+  const SRV = family === 4 ? SRV4 : SRV6;
+  const HOP = family === 4 ? HOP4 : HOP6;
+  const errors = family === 4
+    ? [["port unreachable", 3, 3], ["fragmentation needed", 3, 4], ["time exceeded", 11, 0], [
+      "parameter problem",
+      12,
+      0,
+    ]]
+    : [["port unreachable", 1, 4], ["packet too big", 2, 0], ["time exceeded", 3, 0], [
+      "parameter problem",
+      4,
+      0,
+    ]];
+
+  for (const [name, type, code] of errors as [string, number, number][]) {
+    Deno.test(`ICMPv${family} error ${name}: inbound translated back to the internal host, checksums valid`, async () => {
+      const n = await loadTestNat(cfg66(), EXTS);
+      try {
+        const sent = n.egress(udp(family, LAN, 40000, SRV, 53));
+        const before = ctValues(n.nat.maps.ct).map((v) => v.lastSeenNs);
+        const err = buildIcmpError({
+          family,
+          src: HOP,
+          dst: EXT,
+          icmpType: type,
+          icmpCode: code,
+          mtu: 1280,
+        }, ipOnly(sent.bytes));
+        const r = n.runRaw("ingress", err);
+        assertEquals(r.retval, TC_ACT_OK);
+        const p = parsePacket(r.bytes);
+        assertEquals([p.src, p.dst, p.icmpType, p.icmpCode], [HOP, LAN, type, code]);
+        assert(p.ipChecksumOk && p.l4ChecksumOk, "outer checksums");
+        assertEquals([p.inner!.src, p.inner!.sport, p.inner!.dst, p.inner!.dport], [
+          LAN,
+          40000,
+          SRV,
+          53,
+        ]);
+        assert(p.inner!.ipChecksumOk && p.inner!.l4ChecksumOk, "embedded checksums");
+        assertEquals(
+          ctValues(n.nat.maps.ct).map((v) => v.lastSeenNs),
+          before,
+          "errors never refresh a session (REQ-6)",
+        );
+      } finally {
+        n.close();
+      }
+    });
+  }
+
+  Deno.test(`ICMPv${family} error outbound: internal host's error about an inbound packet`, async () => {
+    const n = await loadTestNat(cfg66(), EXTS);
+    try {
+      const ext = n.egress(udp(family, LAN, 40000, SRV, 53)).out.sport!;
+      const inbound = n.ingress(udp(family, SRV, 7777, EXT, ext)); // EIF, delivered to LAN:40000
+      const err = buildIcmpError({ family, src: LAN, dst: SRV }, ipOnly(inbound.bytes));
+      const r = n.runRaw("egress", err);
+      assertEquals(r.retval, TC_ACT_OK);
+      const p = parsePacket(r.bytes);
+      assertEquals([p.src, p.dst], [EXT, SRV], "outer source is the external address");
+      assertEquals([p.inner!.src, p.inner!.sport, p.inner!.dst, p.inner!.dport], [
+        SRV,
+        7777,
+        EXT,
+        ext,
+      ]);
+      assert(
+        p.ipChecksumOk && p.l4ChecksumOk && p.inner!.ipChecksumOk && p.inner!.l4ChecksumOk,
+        "checksums",
+      );
+
+      // The router's own error (e.g. TTL exceeded forwarding inbound) keeps its source but hides LAN.
+      const own = n.runRaw(
+        "egress",
+        buildIcmpError(
+          { family, src: EXT, dst: SRV, icmpType: family === 4 ? 11 : 3, icmpCode: 0 },
+          ipOnly(inbound.bytes),
+        ),
+      );
+      const q = parsePacket(own.bytes);
+      assertEquals([q.src, q.inner!.dst, q.inner!.dport], [EXT, EXT, ext]);
+      assert(q.l4ChecksumOk);
+
+      const stray = buildIcmpError(
+        { family, src: LAN, dst: SRV },
+        ipOnly(buildPacket(udp(family, SRV, 1, LAN, 1))),
+      );
+      assertEquals(
+        n.runRaw("egress", stray).retval,
+        TC_ACT_SHOT,
+        "error about no mapping: dropped, never leaked",
+      );
+    } finally {
+      n.close();
+    }
+  });
+
+  Deno.test(`ICMPv${family} error about an echo request maps the identifier back`, async () => {
+    const n = await loadTestNat(cfg66(), EXTS);
+    try {
+      const req = n.egress({
+        family,
+        src: LAN,
+        dst: SRV,
+        proto: "icmp",
+        icmpType: family === 4 ? 8 : 128,
+        icmpId: 4242,
+        icmpSeq: 3,
+      });
+      const err = buildIcmpError({
+        family,
+        src: HOP,
+        dst: EXT,
+        icmpType: family === 4 ? 11 : 3,
+        icmpCode: 0,
+      }, ipOnly(req.bytes));
+      const p = parsePacket(n.runRaw("ingress", err).bytes);
+      assertEquals([p.dst, p.inner!.src, p.inner!.icmpId], [LAN, LAN, 4242]);
+      assert(p.l4ChecksumOk && p.inner!.l4ChecksumOk && p.inner!.ipChecksumOk);
+    } finally {
+      n.close();
+    }
+  });
+}
+
+Deno.test("ICMP error about traffic the NAT never mapped passes untouched (router's own)", async () => {
+  const n = await loadTestNat(cfg66(), EXTS);
+  try {
+    const inner = buildPacket({ ...udp(4, EXT4, 45678, SRV4, 53), noEth: true });
+    const err = buildIcmpError({ family: 4, src: SRV4, dst: EXT4 }, inner);
+    assertEquals(n.runRaw("ingress", err).bytes, err);
+  } finally {
+    n.close();
+  }
+});
+
+// --- fragments ---------------------------------------------------------------
+
+/** Splits an unfragmented frame into fragments at `cut` bytes of IP payload (multiple of 8). */
+function fragment(
+  frame: Uint8Array,
+  family: 4 | 6,
+  id: number,
+  cut: number,
+): [Uint8Array, Uint8Array] {
+  const hl = family === 4 ? 20 : 40;
+  const ip = frame.slice(14);
+  const body = ip.slice(hl);
+  const eth = frame.slice(0, 14);
+  const mk = (part: Uint8Array, off: number, more: boolean) => {
+    if (family === 4) {
+      const h = ip.slice(0, hl);
+      const v = new DataView(h.buffer);
+      v.setUint16(2, hl + part.length);
+      v.setUint16(4, id);
+      v.setUint16(6, (more ? 0x2000 : 0) | (off >> 3));
+      v.setUint16(10, 0);
+      v.setUint16(10, internetChecksum(h));
+      return new Uint8Array([...eth, ...h, ...part]);
+    }
+    const h = ip.slice(0, hl);
+    const next = h[6];
+    h[6] = 44;
+    new DataView(h.buffer).setUint16(4, 8 + part.length);
+    const fh = new Uint8Array(8);
+    fh[0] = next;
+    new DataView(fh.buffer).setUint16(2, off | (more ? 1 : 0));
+    new DataView(fh.buffer).setUint32(4, id);
+    return new Uint8Array([...eth, ...h, ...fh, ...part]);
+  };
+  return [mk(body.slice(0, cut), 0, true), mk(body.slice(cut), cut, false)];
+}
+
+for (const family of [4, 6] as const) {
+  const EXT = family === 4 ? EXT4 : EXT6;
+  const LAN = family === 4 ? LAN4 : LAN6;
+  const SRV = family === 4 ? SRV4 : SRV6;
+
+  Deno.test(`fragments v${family}: in order, both directions, reassemble to a valid datagram`, async () => {
+    const n = await loadTestNat(cfg66(), EXTS);
+    try {
+      const [f1, f2] = fragment(buildPacket(udp(family, LAN, 40000, SRV, 53)), family, 0x1234, 16);
+      const o1 = parsePacket(n.runRaw("egress", f1).bytes);
+      const o2r = n.runRaw("egress", f2);
+      const o2 = parsePacket(o2r.bytes);
+      assertEquals([o1.src, o2.src], [EXT, EXT], "every fragment carries the external address");
+      assert(o1.ipChecksumOk && o2.ipChecksumOk);
+      const ext = o1.sport!;
+      // reassemble and check against the datagram the NAT should have produced
+      const expect = parsePacket(buildPacket(udp(family, EXT, ext, SRV, 53)));
+      assertEquals(
+        new Uint8Array([
+          ...o1.payload.slice(0, 0),
+          ...o1.ipBytes.slice(family === 4 ? 20 : 48),
+          ...o2.payload,
+        ]),
+        expect.ipBytes.slice(family === 4 ? 20 : 40),
+      );
+
+      const [r1, r2] = fragment(buildPacket(udp(family, SRV, 53, EXT, ext)), family, 0x99, 16);
+      const i1 = parsePacket(n.runRaw("ingress", r1).bytes);
+      const i2 = parsePacket(n.runRaw("ingress", r2).bytes);
+      assertEquals([i1.dst, i1.dport, i2.dst], [LAN, 40000, LAN]);
+    } finally {
+      n.close();
+    }
+  });
+
+  Deno.test(`fragments v${family}: out of order outbound still gets the external address; inbound later fragment without its first is not translated`, async () => {
+    const n = await loadTestNat(cfg66(), EXTS);
+    try {
+      const [f1, f2] = fragment(buildPacket(udp(family, LAN, 40001, SRV, 53)), family, 0x4321, 16);
+      const late = parsePacket(n.runRaw("egress", f2).bytes);
+      assertEquals(late.src, EXT, "later fragment first: no internal address leaks");
+      assert(late.ipChecksumOk);
+      assertEquals(parsePacket(n.runRaw("egress", f1).bytes).src, EXT);
+
+      const [, g2] = fragment(buildPacket(udp(family, SRV, 53, EXT, 25000)), family, 0x77, 16);
+      assertEquals(n.runRaw("ingress", g2).bytes, g2);
+    } finally {
+      n.close();
+    }
+  });
+}

@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PKGS=(clang-19 llvm-19 libbpf-dev libbpf1 libmnl0 libmnl-dev iproute2 iputils-ping
-  nftables tcpdump iperf3 bpftool procps ca-certificates)
+  nftables tcpdump iperf3 bpftool procps traceroute ca-certificates)
 
 missing=()
 for p in "${APT_PKGS[@]}"; do

@@ -143,3 +143,113 @@ Deno.test({
       assert(!qdisc.includes("clsact"), `clsact left behind: ${qdisc}`);
     }),
 });
+
+Deno.test({
+  name: "e2e: NAT66 alongside NAT44: UDP EIM/EIF, TCP and ping over IPv6; UDP traceroute completes",
+  ...sanitize,
+  fn: () =>
+    withTopology(async (t) => {
+      const a = t.addrs.v6;
+      const einat = await startEinat(t.ns.router, ["-i", "wan0", "--nat44", "--nat66"]);
+      try {
+        const echo1 = t.spawn(
+          t.ns.srv1,
+          peerCmd("udp-echo", ["--port", "3478", "--timeout-ms", "20000"]),
+        );
+        const echo2 = t.spawn(
+          t.ns.srv2,
+          peerCmd("udp-echo", ["--port", "3478", "--timeout-ms", "20000"]),
+        );
+        await echo1.waitForStdout(/listening/);
+        await echo2.waitForStdout(/listening/);
+        const lan1 = t.spawn(
+          t.ns.lan1,
+          peerCmd("udp-send", [
+            "--to",
+            `[${a.srv1[0]}]:3478`,
+            "--to",
+            `[${a.srv2[0]}]:3478`,
+            "--from-port",
+            "40000",
+            "--linger-ms",
+            "6000",
+            "--timeout-ms",
+            "15000",
+          ]),
+        );
+        await lan1.waitForStdout(/seen .* from .*\n.*seen .* from /s, 10000);
+        const replies = parseUdpReplies(lan1.stdoutText());
+        assertEquals(replies.length, 2, lan1.stdoutText());
+        assertEquals(replies[0].seen, replies[1].seen, "EIM over IPv6");
+        const m = /^\[(.+)\]:(\d+)$/.exec(replies[0].seen)!;
+        assertEquals(m[1], a.routerWan);
+        const third = await nsExecResult(
+          t.ns.srv1,
+          peerCmd("udp-send", [
+            "--bind",
+            a.srv1[1],
+            "--to",
+            `[${a.routerWan}]:${m[2]}`,
+            "--timeout-ms",
+            "5000",
+          ]),
+        );
+        assertEquals(third.code, 0, `EIF over IPv6: ${third.stdout}${third.stderr}`);
+
+        const tcpEcho = t.spawn(
+          t.ns.srv2,
+          peerCmd("tcp-echo", ["--port", "8080", "--count", "1", "--timeout-ms", "10000"]),
+        );
+        await tcpEcho.waitForStdout(/listening/);
+        const tcp = await nsExecResult(
+          t.ns.lan1,
+          peerCmd("tcp-send", [
+            "--to",
+            `[${a.srv2[1]}]:8080`,
+            "--data",
+            "v6-data",
+            "--timeout-ms",
+            "5000",
+          ]),
+        );
+        assertEquals(tcp.code, 0, tcp.stdout + tcp.stderr);
+        assert(tcp.stdout.includes("v6-data"));
+        assert(parseSeen(tcp.stdout)[0].startsWith(`[${a.routerWan}]:`), tcp.stdout);
+
+        const ping = await nsExecResult(t.ns.lan1, [
+          "ping",
+          "-6",
+          "-c",
+          "2",
+          "-i",
+          "0.2",
+          "-W",
+          "2",
+          a.srv1[0],
+        ]);
+        assertEquals(ping.code, 0, ping.stdout + ping.stderr);
+
+        // UDP traceroute ends with the server's port unreachable, which only
+        // reaches lan1 if einat translates the ICMP error back.
+        for (const [fam, dst] of [["-4", t.addrs.v4.srv1[0]], ["-6", a.srv1[0]]]) {
+          const tr = await nsExecResult(t.ns.lan1, [
+            "traceroute",
+            fam,
+            "-n",
+            "-q",
+            "1",
+            "-w",
+            "1",
+            "-m",
+            "4",
+            dst,
+          ]);
+          assertEquals(tr.code, 0, tr.stdout + tr.stderr);
+          const last = tr.stdout.trim().split("\n").at(-1)!;
+          assert(last.includes(dst), `traceroute ${fam} reached ${dst}:\n${tr.stdout}`);
+        }
+      } finally {
+        assertEquals(await stopEinat(einat), 0, einat.stderrText());
+      }
+    }),
+});

@@ -4,10 +4,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PKGS=(clang-19 llvm-19 libbpf-dev libbpf1 libmnl0 libmnl-dev iproute2 iputils-ping
+APT_PKGS=(npm clang-19 llvm-19 libbpf-dev libbpf1 libmnl0 libmnl-dev iproute2 iputils-ping
   nftables tcpdump iperf3 bpftool procps traceroute ca-certificates)
 
 missing=()
+command -v npm >/dev/null && APT_PKGS=("${APT_PKGS[@]:1}") # npm present (e.g. from nodejs.org)
 for p in "${APT_PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
@@ -24,7 +25,6 @@ fi
 # node_modules, which deno manages for the npm imports in deno.json).
 DENO=tools/deno/node_modules/deno/deno
 if [[ ! -x $DENO ]]; then
-  command -v npm >/dev/null || { echo "setup: npm is needed to install deno (apt install npm)" >&2; exit 1; }
   echo "setup: installing deno from npm"
   (cd tools/deno && npm install --no-audit --no-fund --silent)
 fi

@@ -77,6 +77,22 @@ static __noinline int ingress_icmp_error(struct __sk_buff *skb, struct packet *p
 	return TC_ACT_OK;
 }
 
+/*
+ * A packet to no mapping. Ports outside the NAT ranges belong to the router
+ * (SSH keeps working). An unsolicited SYN to a NAT port is dropped silently
+ * (RFC 5382 REQ-4) instead of being answered with a RST by the router.
+ */
+static __always_inline int ingress_unmapped(const struct packet *p)
+{
+	if (p->l4proto == IPPROTO_TCP && (p->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN) {
+		struct external_config *dc = lpm_lookup(&map_externals, p->family, &p->dst);
+		if (dc && (dc->flags & EXT_EXTERNAL) &&
+		    port_in_ranges(dc, PROTO_IDX_TCP, bpf_ntohs(p->dport)))
+			return drop(STAT_DROP_UNSOLICITED);
+	}
+	return pass();
+}
+
 SEC("tc")
 int egress_snat(struct __sk_buff *skb)
 {
@@ -189,7 +205,7 @@ int ingress_dnat(struct __sk_buff *skb)
 	binding_key_init(&rkey, 0, p.family, p.l4proto, &p.dst, p.dport);
 	struct binding_value *b = bpf_map_lookup_elem(&map_binding, &rkey);
 	if (!b)
-		return pass(); /* no mapping: not ours (router's own services) */
+		return ingress_unmapped(&p);
 	struct binding_value bv = *b;
 
 	struct ct_key ck;

@@ -418,3 +418,110 @@ for (const family of [4, 6] as const) {
     }
   });
 }
+
+// --- port assignment and filtering -----------------------------------------
+
+Deno.test("port parity is kept when the internal port is taken (RFC 4787 REQ-4)", async () => {
+  const n = await loadTestNat(cfg66(), EXTS);
+  try {
+    for (let i = 0; i < 40; i++) {
+      // internal ports outside the range: never preserved, always searched
+      const want = 40000 + i;
+      const got = n.egress(udp(4, LAN4, want, SRV4, 53)).out.sport!;
+      assertEquals(got % 2, want % 2, `port ${want} mapped to ${got}`);
+    }
+  } finally {
+    n.close();
+  }
+});
+
+Deno.test("ports below 1024 map below 1024 when the range has such ports (RFC 4787 REQ-3a)", async () => {
+  const r = {
+    tcp: [{ start: 600, end: 700 }, { start: 20000, end: 20100 }],
+    udp: [{ start: 600, end: 700 }, { start: 20000, end: 20100 }],
+    icmp: [{ start: 0, end: 65535 }],
+    icmpIn: [],
+    icmpOut: [],
+  };
+  const n = await loadTestNat(testInterfaceConfig({ defaultRanges: r }), EXTS);
+  try {
+    for (let i = 0; i < 20; i++) {
+      const low = n.egress(udp(4, LAN4, 100 + i, SRV4, 53)).out.sport!;
+      assert(low >= 600 && low <= 700, `privileged ${100 + i} -> ${low}`);
+      const high = n.egress(udp(4, LAN4, 40000 + i, SRV4, 53)).out.sport!;
+      assert(high >= 20000, `unprivileged ${40000 + i} -> ${high}`);
+    }
+  } finally {
+    n.close();
+  }
+});
+
+Deno.test("the last free port of a range is found; parity gives way when only the other parity is free", async () => {
+  const r = {
+    tcp: [{ start: 30000, end: 30063 }],
+    udp: [{ start: 30000, end: 30063 }],
+    icmp: [{ start: 0, end: 65535 }],
+    icmpIn: [],
+    icmpOut: [],
+  };
+  const n = await loadTestNat(testInterfaceConfig({ defaultRanges: r }), EXTS);
+  try {
+    const got = new Set<number>();
+    for (let i = 0; i < 64; i++) {
+      const res = n.egress(udp(4, LAN4, 50000 + 2 * i, SRV4, 53)); // all even internal ports
+      assertEquals(res.retval, TC_ACT_OK, `flow ${i} refused with ${64 - i} ports free`);
+      got.add(res.out.sport!);
+    }
+    assertEquals(got.size, 64, "all 64 ports handed out, odd ones after the even ones ran out");
+    assertEquals(
+      n.runRaw("egress", buildPacket(udp(4, LAN4, 60000, SRV4, 53))).retval,
+      TC_ACT_SHOT,
+    );
+  } finally {
+    n.close();
+  }
+});
+
+Deno.test("an unsolicited inbound SYN to a NAT port is dropped (RFC 5382 REQ-4); to a mapped port it is let in", async () => {
+  const n = await loadTestNat(cfg66(), EXTS);
+  try {
+    const syn = (dport: number) =>
+      buildPacket({
+        family: 4,
+        src: SRV4,
+        dst: EXT4,
+        proto: "tcp",
+        sport: 5555,
+        dport,
+        tcpFlags: { syn: true },
+      });
+    assertEquals(
+      n.runRaw("ingress", syn(25000)).retval,
+      TC_ACT_SHOT,
+      "no mapping: silently dropped",
+    );
+    assertEquals(
+      n.runRaw("ingress", syn(22)).retval,
+      TC_ACT_OK,
+      "router's own port outside the range",
+    );
+    const ext = n.egress({
+      family: 4,
+      src: LAN4,
+      dst: SRV4,
+      proto: "tcp",
+      sport: 41000,
+      dport: 80,
+      tcpFlags: { syn: true },
+    }).out.sport!;
+    const eif = n.runRaw("ingress", syn(ext));
+    assertEquals(eif.retval, TC_ACT_OK);
+    assertEquals(
+      parsePacket(eif.bytes).dst,
+      LAN4,
+      "EIF: SYN from another host reaches the mapping",
+    );
+  } finally {
+    n.close();
+  }
+});

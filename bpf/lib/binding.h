@@ -41,7 +41,23 @@ struct alloc_ctx {
 	struct binding_key key; /* reply key being claimed; port filled in */
 	struct binding_value val; /* internal endpoint */
 	__u16 found; /* host order, 0 when none */
+	__u16 want; /* the internal port */
+	__u8 strict; /* 2: same parity and class, 1: same class, 0: any */
+	__u8 has_low; /* the ranges have ports below 1024 */
 };
+
+/*
+ * RFC 4787 REQ-3a: a port below 1024 maps below 1024 (and one above stays
+ * above) when the ranges have such ports; REQ-4: parity is kept if possible.
+ */
+static __always_inline bool port_acceptable(const struct alloc_ctx *c, __u16 port)
+{
+	if (c->strict >= 1 && c->has_low && ((port < 1024) != (c->want < 1024)))
+		return false;
+	if (c->strict >= 2 && ((port ^ c->want) & 1))
+		return false;
+	return true;
+}
 
 /* Maps index i of the concatenated ranges to a port (host order). */
 static __always_inline __u16 range_port(const struct external_config *cfg, int pidx, __u32 i)
@@ -74,7 +90,7 @@ static long alloc_probe(__u64 i, void *ctx)
 	if (idx >= c->total)
 		idx -= c->total;
 	__u16 port = range_port(c->cfg, c->pidx, idx);
-	if (port && try_claim(c, port)) {
+	if (port && port_acceptable(c, port) && try_claim(c, port)) {
 		c->found = port;
 		return 1;
 	}
@@ -113,6 +129,8 @@ static __always_inline int binding_create(const struct packet *p, const struct d
 		if (r >= cfg->range_len[pidx & 3])
 			break;
 		total += (__u32)cfg->ranges[pidx & 3][r].end - cfg->ranges[pidx & 3][r].start + 1;
+		if (cfg->ranges[pidx & 3][r].start < 1024)
+			c.has_low = 1;
 	}
 	if (total == 0)
 		return STAT_DROP_NO_PORT;
@@ -126,11 +144,22 @@ static __always_inline int binding_create(const struct packet *p, const struct d
 	c.val.ref = 0;
 
 	__u16 want = bpf_ntohs(p->sport);
+	c.want = want;
 	if (port_in_ranges(cfg, pidx, want) && try_claim(&c, want)) {
-		c.found = want;
+		c.found = want; /* port preservation */
 	} else {
 		c.start = bpf_get_prandom_u32() % total;
+		/* ICMP identifiers have no parity or privilege to keep */
+		c.strict = p->l4proto == IPPROTO_ICMP ? 0 : 2;
 		bpf_loop(total, alloc_probe, &c, 0);
+		if (!c.found && c.strict) {
+			c.strict = 1;
+			bpf_loop(total, alloc_probe, &c, 0);
+		}
+		if (!c.found && c.strict) {
+			c.strict = 0;
+			bpf_loop(total, alloc_probe, &c, 0);
+		}
 	}
 	if (!c.found)
 		return STAT_DROP_NO_PORT;

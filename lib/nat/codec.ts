@@ -61,6 +61,7 @@ export const STATS = [
   "icmp_error_nat",
   "fragment_nat",
   "drop_icmp_error",
+  "drop_unsolicited",
 ] as const;
 /** Name of a counter in `map_stats`. */
 export type StatName = typeof STATS[number];

@@ -16,6 +16,7 @@
 #include "lib/binding.h"
 #include "lib/ct.h"
 #include "lib/frag.h"
+#include "lib/icmp_reply.h"
 
 char LICENSE[] SEC("license") = "GPL";
 
@@ -151,6 +152,10 @@ int egress_snat(struct __sk_buff *skb)
 		if (p.tcp_flags & TCP_FLAG_RST)
 			return drop(STAT_DROP_UNTRANSLATABLE);
 		r = binding_create(&p, ext, &bv);
+		if (r == STAT_DROP_NO_PORT) {
+			stat_inc(r);
+			return send_prohibited(skb, &p);
+		}
 		if (r)
 			return drop(r);
 	}

@@ -253,3 +253,43 @@ Deno.test({
       }
     }),
 });
+
+Deno.test({
+  name:
+    "e2e: port exhaustion refuses new flows with ICMP 3/13 (ping says 'Packet filtered'); old ones keep working",
+  ...sanitize,
+  fn: () =>
+    withTopology(async (t) => {
+      const conf = await Deno.makeTempFile({ suffix: ".toml" });
+      try {
+        await Deno.writeTextFile(
+          conf,
+          [
+            "[defaults]",
+            'icmp_ranges = ["100-100"]',
+            'icmp_in_ranges = ["100-100"]',
+            'icmp_out_ranges = ["100-100"]',
+            "[[interfaces]]",
+            'if_name = "wan0"',
+            "nat44 = true",
+          ].join("\n"),
+        );
+        const einat = await startEinat(t.ns.router, ["-c", conf]);
+        try {
+          const dst = t.addrs.v4.srv1[0];
+          const long = t.spawn(t.ns.lan1, ["ping", "-c", "8", "-i", "0.25", "-W", "2", dst]);
+          await long.waitForStdout(/icmp_seq=2/, 5000);
+          const refused = await nsExecResult(t.ns.lan2, ["ping", "-c", "1", "-W", "2", dst]);
+          assert(refused.code !== 0, refused.stdout);
+          assert(/Packet filtered/.test(refused.stdout), `expected ICMP 3/13:\n${refused.stdout}`);
+          const first = await long.output(10000);
+          assertEquals(first.code, 0, `the existing mapping keeps working:\n${first.stdout}`);
+          assert(/8 received/.test(first.stdout), first.stdout);
+        } finally {
+          assertEquals(await stopEinat(einat), 0, einat.stderrText());
+        }
+      } finally {
+        await Deno.remove(conf);
+      }
+    }),
+});

@@ -16,11 +16,12 @@ import {
   STATS,
   sumPerCpu,
 } from "../lib/nat/codec.ts";
-import { buildPacket, type PacketSpec } from "./lib/packet.ts";
+import { buildPacket, type PacketSpec, parsePacket } from "./lib/packet.ts";
 import {
   loadTestNat,
   ranges,
   TC_ACT_OK,
+  TC_ACT_REDIRECT,
   TC_ACT_SHOT,
   testInterfaceConfig,
 } from "./lib/natfixture.ts";
@@ -252,8 +253,21 @@ Deno.test("a full port range drops new flows and keeps old ones", async () => {
       "every port of the range handed out once",
     );
     const fifth = n.runRaw("egress", buildPacket(udp(LAN2, 30000, SRV1, 53)));
-    assertEquals(fifth.retval, TC_ACT_SHOT, "no free port: dropped");
+    // No free port: the packet becomes ICMP 3/13 to the sender (RFC 5508 REQ-8), routed by
+    // the FIB (a redirect; SHOT where this test's namespace has no route to the sender).
+    assert([TC_ACT_SHOT, TC_ACT_REDIRECT].includes(fifth.retval), `verdict ${fifth.retval}`);
+    const icmp = parsePacket(fifth.bytes);
+    assertEquals([icmp.proto, icmp.icmpType, icmp.icmpCode, icmp.dst], ["icmp", 3, 13, LAN2]);
+    assert(icmp.ipChecksumOk && icmp.l4ChecksumOk, "checksums of the generated error");
+    assertEquals([icmp.inner!.src, icmp.inner!.sport, icmp.inner!.dst], [LAN2, 30000, SRV1]);
     assertEquals(stat(n.nat.maps.stats, "drop_no_port"), 1n);
+    const again = buildPacket(udp(LAN2, 30001, SRV1, 53));
+    const limited = n.runRaw("egress", again);
+    assertEquals(
+      [limited.retval, limited.bytes],
+      [TC_ACT_SHOT, again],
+      "rate-limited: dropped as is",
+    );
     assertEquals(
       n.egress(udp(LAN1, 30002, SRV2, 53)).retval,
       TC_ACT_OK,

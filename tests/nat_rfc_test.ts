@@ -525,3 +525,25 @@ Deno.test("an unsolicited inbound SYN to a NAT port is dropped (RFC 5382 REQ-4);
     n.close();
   }
 });
+
+Deno.test("IPv6 exhaustion answers ICMPv6 1/1 to the internal sender (RFC 5508 REQ-8 for v6)", async () => {
+  const r = {
+    tcp: [{ start: 30000, end: 30000 }],
+    udp: [{ start: 30000, end: 30000 }],
+    icmp: [{ start: 0, end: 65535 }],
+    icmpIn: [],
+    icmpOut: [],
+  };
+  const n = await loadTestNat(testInterfaceConfig({ nat66: true, defaultRanges: r }), EXTS);
+  try {
+    assertEquals(n.egress(udp(6, LAN6, 40000, SRV6, 53)).retval, TC_ACT_OK);
+    const full = n.runRaw("egress", buildPacket(udp(6, "2001:db8:1::20", 40000, SRV6, 53)));
+    assert(full.retval === TC_ACT_SHOT || full.retval === 7, `verdict ${full.retval}`);
+    const p = parsePacket(full.bytes);
+    assertEquals([p.icmpType, p.icmpCode, p.dst], [1, 1, "2001:db8:1::20"]);
+    assert(p.l4ChecksumOk, "ICMPv6 checksum with pseudo-header");
+    assertEquals([p.inner!.src, p.inner!.sport], ["2001:db8:1::20", 40000]);
+  } finally {
+    n.close();
+  }
+});

@@ -62,6 +62,7 @@ export const STATS = [
   "fragment_nat",
   "drop_icmp_error",
   "drop_unsolicited",
+  "icmp_prohibited_sent",
 ] as const;
 /** Name of a counter in `map_stats`. */
 export type StatName = typeof STATS[number];

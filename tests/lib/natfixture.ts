@@ -17,6 +17,8 @@ import { buildPacket, type PacketSpec, type ParsedPacket, parsePacket } from "./
 export const TC_ACT_OK = 0;
 /** TC verdict: drop. */
 export const TC_ACT_SHOT = 2;
+/** TC verdict: redirected (bpf_redirect*). */
+export const TC_ACT_REDIRECT = 7;
 
 /** Ranges for all protocols. */
 export function ranges(tcp: PortRange[], udp = tcp, icmp = tcp): ProtoRanges {

@@ -45,8 +45,10 @@ static __always_inline struct external_config *lpm_lookup(void *map, __u8 family
  * embedded destination is an internal endpoint. Errors the router itself
  * sends (own) keep their outer source but must not leak the embedded one.
  */
-static __noinline int egress_icmp_error(struct __sk_buff *skb, struct packet *p, bool own)
+__noinline int einat_egress_icmp_error(struct __sk_buff *skb, struct packet *p, int own)
 {
+	if (!p)
+		return TC_ACT_SHOT;
 	struct binding_key okey;
 	binding_key_init(&okey, BINDING_ORIG, p->family, p->in.l4proto, &p->in.dst, p->in.dport);
 	struct binding_value *b = bpf_map_lookup_elem(&map_binding, &okey);
@@ -62,8 +64,10 @@ static __noinline int egress_icmp_error(struct __sk_buff *skb, struct packet *p,
 }
 
 /* An ICMP error arriving about a packet we sent from a mapping. */
-static __noinline int ingress_icmp_error(struct __sk_buff *skb, struct packet *p)
+__noinline int einat_ingress_icmp_error(struct __sk_buff *skb, struct packet *p)
 {
+	if (!p)
+		return TC_ACT_SHOT;
 	struct binding_key rkey;
 	binding_key_init(&rkey, 0, p->family, p->in.l4proto, &p->in.src, p->in.sport);
 	struct binding_value *b = bpf_map_lookup_elem(&map_binding, &rkey);
@@ -94,11 +98,10 @@ static __always_inline int ingress_unmapped(const struct packet *p)
 	return pass();
 }
 
-SEC("tc")
-int egress_snat(struct __sk_buff *skb)
+static __always_inline int egress_family(struct __sk_buff *skb, const __u8 family)
 {
 	struct packet p;
-	int r = parse_packet(skb, &p);
+	int r = parse_packet(skb, &p, family);
 	if (r == PARSE_PASS)
 		return pass();
 	if (r == PARSE_BAD && p.family == 0)
@@ -110,7 +113,7 @@ int egress_snat(struct __sk_buff *skb)
 	if (r == PARSE_BAD)
 		return own ? pass() : drop(STAT_DROP_UNTRANSLATABLE);
 	if (p.icmp_err)
-		return egress_icmp_error(skb, &p, own);
+		return einat_egress_icmp_error(skb, &p, own);
 	if (own)
 		return pass();
 
@@ -151,10 +154,10 @@ int egress_snat(struct __sk_buff *skb)
 	} else {
 		if (p.tcp_flags & TCP_FLAG_RST)
 			return drop(STAT_DROP_UNTRANSLATABLE);
-		r = binding_create(&p, ext, &bv);
+		r = einat_binding_create(&p, ext, &bv);
 		if (r == STAT_DROP_NO_PORT) {
 			stat_inc(r);
-			return send_prohibited(skb, &p);
+			return einat_send_prohibited(skb, &p);
 		}
 		if (r)
 			return drop(r);
@@ -163,7 +166,7 @@ int egress_snat(struct __sk_buff *skb)
 	struct ct_key ck;
 	ct_key_init(&ck, p.family, p.l4proto, &bv.addr, bv.port, &p.dst, remote_port);
 	struct binding_value intern = { .addr = p.src, .port = p.sport };
-	r = ct_touch(&ck, &intern, true, p.tcp_flags);
+	r = einat_ct_touch(&ck, &intern, true, p.tcp_flags);
 	if (r) {
 		if (!b) /* release the binding nobody uses */
 			binding_put_unused(p.family, p.l4proto, &bv.addr, bv.port);
@@ -178,15 +181,14 @@ int egress_snat(struct __sk_buff *skb)
 	return TC_ACT_OK;
 }
 
-SEC("tc")
-int ingress_dnat(struct __sk_buff *skb)
+static __always_inline int ingress_family(struct __sk_buff *skb, const __u8 family)
 {
 	struct packet p;
-	int r = parse_packet(skb, &p);
+	int r = parse_packet(skb, &p, family);
 	if (r != PARSE_OK)
 		return pass();
 	if (p.icmp_err)
-		return ingress_icmp_error(skb, &p);
+		return einat_ingress_icmp_error(skb, &p);
 
 	if (p.frag == FRAG_LATER) {
 		const union ip_addr *a = frag_lookup(&p, false);
@@ -215,7 +217,7 @@ int ingress_dnat(struct __sk_buff *skb)
 
 	struct ct_key ck;
 	ct_key_init(&ck, p.family, p.l4proto, &p.dst, p.dport, &p.src, remote_port);
-	r = ct_touch(&ck, &bv, false, p.tcp_flags);
+	r = einat_ct_touch(&ck, &bv, false, p.tcp_flags);
 	if (r)
 		return drop(r);
 
@@ -225,4 +227,29 @@ int ingress_dnat(struct __sk_buff *skb)
 		frag_record(&p, false, &bv.addr);
 	stat_inc(STAT_INGRESS_NAT);
 	return TC_ACT_OK;
+}
+
+/*
+ * One specialisation per family: the disabled family's code is dead under
+ * the read-only config, so the verifier never walks it (NAT66 costs nothing
+ * at load time when off).
+ */
+SEC("tc")
+int egress_snat(struct __sk_buff *skb)
+{
+	if (skb->protocol == bpf_htons(ETH_P_IP) && ENABLE_NAT44)
+		return egress_family(skb, 4);
+	if (skb->protocol == bpf_htons(ETH_P_IPV6) && ENABLE_NAT66)
+		return egress_family(skb, 6);
+	return pass();
+}
+
+SEC("tc")
+int ingress_dnat(struct __sk_buff *skb)
+{
+	if (skb->protocol == bpf_htons(ETH_P_IP) && ENABLE_NAT44)
+		return ingress_family(skb, 4);
+	if (skb->protocol == bpf_htons(ETH_P_IPV6) && ENABLE_NAT66)
+		return ingress_family(skb, 6);
+	return pass();
 }

@@ -112,12 +112,15 @@ static __always_inline bool port_in_ranges(const struct external_config *cfg, in
 
 /*
  * Creates both entries of a new binding for the internal endpoint of p.
+ * A global function: verified once for both families.
  * Returns the reply (external) entry's external port in *ext_port, or a
  * STAT_DROP_* reason.
  */
-static __always_inline int binding_create(const struct packet *p, const struct default_ext *ext,
-					  struct binding_value *out)
+__noinline int einat_binding_create(const struct packet *p, const struct default_ext *ext,
+				    struct binding_value *out)
 {
+	if (!p || !ext || !out)
+		return STAT_DROP_UNTRANSLATABLE;
 	struct alloc_ctx c;
 	int pidx = proto_idx(p->l4proto);
 	const struct external_config *cfg = &ext->cfg;

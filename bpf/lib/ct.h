@@ -97,12 +97,15 @@ static __always_inline bool ct_refresh(struct ct_value *v, __u8 l4proto, bool eg
 }
 
 /*
- * Finds or creates the session; creation takes a binding reference.
+ * Finds or creates the session; creation takes a binding reference. A global
+ * function: verified once for every caller.
  * Returns 0, or a STAT_DROP_* reason.
  */
-static __always_inline int ct_touch(const struct ct_key *k, const struct binding_value *intern,
-				    bool egress, __u8 tcp_flags)
+__noinline int einat_ct_touch(const struct ct_key *k, const struct binding_value *intern,
+			      int egress, __u8 tcp_flags)
 {
+	if (!k || !intern)
+		return STAT_DROP_UNTRANSLATABLE;
 	struct ct_value *v = bpf_map_lookup_elem(&map_ct, k);
 	if (v) {
 		ct_refresh(v, k->l4proto, egress, tcp_flags);

@@ -53,8 +53,10 @@ static __always_inline bool icmp_rate_ok(void)
 }
 
 /* Returns the TC verdict: a redirect when the error was built and routed. */
-static __noinline int send_prohibited(struct __sk_buff *skb, struct packet *p)
+__noinline int einat_send_prohibited(struct __sk_buff *skb, struct packet *p)
 {
+	if (!p)
+		return TC_ACT_SHOT;
 	__u32 zero = 0;
 	struct icmp_scratch *s = bpf_map_lookup_elem(&map_icmp_scratch, &zero);
 	__u32 qlen = p->family == 4 ? 28 : 48;

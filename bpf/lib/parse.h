@@ -121,14 +121,27 @@ static __always_inline bool is_echo(__u8 family, __u8 type)
 	return type == ICMPV6_ECHO_REQUEST || type == ICMPV6_ECHO_REPLY;
 }
 
+struct v6_walk {
+	__u8 proto; /* in: next header after the fixed header; out: L4 protocol */
+	__u8 frag;
+	__u16 _pad;
+	__be32 frag_id;
+};
+
 /*
  * Walks IPv6 extension headers from `off` (just after the fixed header).
- * Returns the L4 offset, or a negative value; sets *proto and fragment info.
+ * Returns the L4 offset, or a negative value; sets proto and fragment info.
+ * A global function: verified once, and its result is one unknown offset
+ * for the caller instead of one verifier path per header combination.
  */
-static __always_inline int ipv6_walk(struct __sk_buff *skb, __u32 off, __u8 *proto, __u8 *frag,
-				     __be32 *frag_id)
+__noinline int einat_ipv6_walk(struct __sk_buff *skb, __u32 off, struct v6_walk *w)
 {
-	__u8 nh = *proto;
+	if (!w)
+		return -1;
+	__u8 nh = w->proto;
+	__u8 *proto = &w->proto;
+	__u8 *frag = &w->frag;
+	__be32 *frag_id = &w->frag_id;
 #pragma unroll
 	for (int i = 0; i < IPV6_EXT_MAX; i++) {
 		switch (nh) {
@@ -281,7 +294,7 @@ static __always_inline int parse_l4(struct __sk_buff *skb, struct packet *p)
 	}
 }
 
-static __always_inline int parse_packet(struct __sk_buff *skb, struct packet *p)
+static __always_inline int parse_packet(struct __sk_buff *skb, struct packet *p, const __u8 family)
 {
 	void *data = (void *)(long)skb->data;
 	void *data_end = (void *)(long)skb->data_end;
@@ -290,9 +303,7 @@ static __always_inline int parse_packet(struct __sk_buff *skb, struct packet *p)
 	__builtin_memset(p, 0, sizeof(*p));
 	p->l3_off = l3;
 
-	if (skb->protocol == bpf_htons(ETH_P_IP)) {
-		if (!ENABLE_NAT44)
-			return PARSE_PASS;
+	if (family == 4) {
 		struct iphdr *ip = data + l3;
 		if ((void *)(ip + 1) > data_end)
 			return PARSE_BAD;
@@ -312,9 +323,7 @@ static __always_inline int parse_packet(struct __sk_buff *skb, struct packet *p)
 		if (ip->protocol != IPPROTO_TCP && ip->protocol != IPPROTO_UDP &&
 		    ip->protocol != IPPROTO_ICMP)
 			return PARSE_PASS;
-	} else if (skb->protocol == bpf_htons(ETH_P_IPV6)) {
-		if (!ENABLE_NAT66)
-			return PARSE_PASS;
+	} else {
 		struct ipv6hdr *ip6 = data + l3;
 		if ((void *)(ip6 + 1) > data_end)
 			return PARSE_BAD;
@@ -323,10 +332,13 @@ static __always_inline int parse_packet(struct __sk_buff *skb, struct packet *p)
 		p->family = 6;
 		__builtin_memcpy(&p->src, &ip6->saddr, 16);
 		__builtin_memcpy(&p->dst, &ip6->daddr, 16);
-		__u8 proto = ip6->nexthdr;
-		int off = ipv6_walk(skb, l3 + sizeof(*ip6), &proto, &p->frag, &p->frag_id);
-		if (off < 0)
+		struct v6_walk w = { .proto = ip6->nexthdr };
+		int off = einat_ipv6_walk(skb, l3 + sizeof(*ip6), &w);
+		if (off < 0 || off > L4_OFF_MAX)
 			return PARSE_BAD;
+		__u8 proto = w.proto;
+		p->frag = w.frag;
+		p->frag_id = w.frag_id;
 		p->l4_off = off;
 		p->real_proto = proto;
 		if (proto == IPPROTO_ICMPV6)
@@ -334,8 +346,6 @@ static __always_inline int parse_packet(struct __sk_buff *skb, struct packet *p)
 		else if (proto != IPPROTO_TCP && proto != IPPROTO_UDP)
 			return PARSE_PASS;
 		p->l4proto = proto;
-	} else {
-		return PARSE_PASS;
 	}
 
 	if (p->frag == FRAG_LATER)

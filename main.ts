@@ -7,13 +7,9 @@
 import denoJson from "./deno.json" with { type: "json" };
 import { helpText, parseCli } from "./lib/config/cli.ts";
 import { ConfigError } from "./lib/config/types.ts";
-import {
-  InterfaceError,
-  type Served,
-  serveInterface,
-  stopServing,
-  waitForSignal,
-} from "./lib/daemon.ts";
+import { InterfaceError, type Served, startInterface, stopServing } from "./lib/daemon.ts";
+import { follow } from "./lib/watch.ts";
+import { reload, waitForSignals } from "./lib/lifecycle.ts";
 import { libbpfVersion, routeLibbpfPrintToLog } from "./lib/ffi/libbpf.ts";
 import * as log from "./lib/log.ts";
 import { BusyError } from "./lib/nat/attach.ts";
@@ -62,11 +58,11 @@ export async function main(args: string[]): Promise<number> {
     throw e;
   }
 
-  const served: Served[] = [];
+  let served: Served[] = [];
   const errors: string[] = [];
   for (const ic of cli.config.interfaces) {
     try {
-      served.push(await serveInterface(ic));
+      served.push(await startInterface(ic));
     } catch (e) {
       const msg = e instanceof InterfaceError || e instanceof BusyError
         ? e.message
@@ -76,10 +72,23 @@ export async function main(args: string[]): Promise<number> {
     }
   }
   if (served.length === 0) return fail(errors.join("; ") || "no interface configured");
+  const follower = follow(() => served);
+  await follower.resync(); // changes between start-up and the first event
   log.info("einat running", { interfaces: served.map((s) => s.ifname).join(",") });
 
-  const sig = await waitForSignal();
-  log.info("stopping", { signal: sig });
+  for await (const sig of waitForSignals()) {
+    if (sig !== "SIGHUP") {
+      log.info("stopping", { signal: sig });
+      break;
+    }
+    if (!cli.configFile) {
+      log.info("SIGHUP: no configuration file to reload");
+      continue;
+    }
+    served = await reload(cli.configFile, served);
+    await follower.resync();
+  }
+  await follower.stop();
   for (const s of served) stopServing(s);
   return 0;
 }

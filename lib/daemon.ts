@@ -1,6 +1,9 @@
 /**
- * The daemon: for each configured interface plan, load, apply and attach;
- * then wait for a signal and undo exactly what was done.
+ * The daemon: each configured interface is brought to the state its
+ * configuration and the live network ask for (`reconcile`): object loaded,
+ * maps filled from the current addresses, filters attached to the current
+ * ifindex. Netlink events trigger the same reconciliation, so address
+ * changes, link flaps and a deleted-and-recreated interface need no restart.
  * @module
  */
 
@@ -9,8 +12,8 @@ import { formatAddr, parseAddr } from "./config/cidr.ts";
 import { formatRanges } from "./config/ranges.ts";
 import * as libc from "./ffi/libc.ts";
 import * as log from "./log.ts";
-import { applyPlan } from "./nat/apply.ts";
-import { attach, type Attachment, detach } from "./nat/attach.ts";
+import { applyPlan, purgeStale } from "./nat/apply.ts";
+import { attach, type Attachment, detach, release } from "./nat/attach.ts";
 import { closeNat, loadNat, type NatObject } from "./nat/loader.ts";
 import type { RoConfig } from "./nat/codec.ts";
 import { type IfAddr, type NatPlan, planInterface } from "./nat/plan.ts";
@@ -23,13 +26,16 @@ export class InterfaceError extends Error {
   }
 }
 
-/** One interface being served. */
+/** One interface being served (or waited for). */
 export interface Served {
+  ic: InterfaceConfig;
+  /** Interface name (resolved once from an index when configured by index). */
   ifname: string;
-  ifindex: number;
-  nat: NatObject;
-  attachment: Attachment;
-  plan: NatPlan;
+  nat: NatObject | null;
+  attachment: Attachment | null;
+  plan: NatPlan | null;
+  /** Summary of the plan last applied, to log what changed. */
+  summary: string;
 }
 
 const MS = 1_000_000n;
@@ -51,30 +57,19 @@ export function roConfigOf(ic: InterfaceConfig, hasEth = true): RoConfig {
   };
 }
 
-/** Addresses of an interface in this network namespace. */
+/** Addresses of an interface in this network namespace (link-local IPv6 left out). */
 export function interfaceAddrs(ifname: string): IfAddr[] {
   return Deno.networkInterfaces()
-    .filter((n) => n.name === ifname)
+    .filter((n) => n.name === ifname && !/^fe[89ab]/i.test(n.address))
     .map((n) => ({
       family: n.family === "IPv4" ? 4 as const : 6 as const,
-      addr: parseAddr(n.address),
+      addr: parseAddr(n.address.replace(/%.*$/, "")),
       prefixLen: Number(n.cidr.split("/")[1]),
     }));
 }
 
-/** Resolves name and index of a configured interface. */
-export function resolveInterface(ic: InterfaceConfig): { ifname: string; ifindex: number } {
-  if (ic.ifName) {
-    const ifindex = libc.ifNameToIndex(ic.ifName);
-    if (!ifindex) throw new InterfaceError(ic.ifName, "no such interface");
-    return { ifname: ic.ifName, ifindex };
-  }
-  const ifname = libc.ifIndexToName(ic.ifIndex ?? 0);
-  if (!ifname) throw new InterfaceError(`ifindex ${ic.ifIndex}`, "no such interface");
-  return { ifname, ifindex: ic.ifIndex! };
-}
-
-function hasEthernet(ifname: string): boolean {
+/** True when the interface has an Ethernet header (ARPHRD_ETHER). */
+export function hasEthernet(ifname: string): boolean {
   try {
     return Deno.readTextFileSync(`/sys/class/net/${ifname}/type`).trim() === "1";
   } catch {
@@ -82,48 +77,136 @@ function hasEthernet(ifname: string): boolean {
   }
 }
 
-/** Plans, loads, fills and attaches one interface. */
-export async function serveInterface(ic: InterfaceConfig): Promise<Served> {
-  const { ifname, ifindex } = resolveInterface(ic);
-  const addrs = interfaceAddrs(ifname);
-  const plan = planInterface(ic, addrs);
+/** Name of a configured interface; an index must exist now. */
+function nameOf(ic: InterfaceConfig): string {
+  if (ic.ifName) return ic.ifName;
+  const n = libc.ifIndexToName(ic.ifIndex ?? 0);
+  if (!n) throw new InterfaceError(`ifindex ${ic.ifIndex}`, "no such interface");
+  return n;
+}
+
+function summarize(plan: NatPlan): string {
+  return ([4, 6] as const).map((f) => {
+    const d = plan.defaultExt[f];
+    return d ? formatAddr(d.addr) : `no IPv${f}`;
+  }).join(", ") + ` (${plan.resolved.length} external${plan.resolved.length === 1 ? "" : "s"})`;
+}
+
+/**
+ * Starts serving one interface. A missing interface configured by name is
+ * waited for; one without an address of an enabled family is an error.
+ */
+export async function startInterface(ic: InterfaceConfig): Promise<Served> {
+  const s: Served = {
+    ic,
+    ifname: nameOf(ic),
+    nat: null,
+    attachment: null,
+    plan: null,
+    summary: "",
+  };
+  if (libc.ifNameToIndex(s.ifname) === 0) {
+    log.warn("interface does not exist (yet); waiting for it", { ifname: s.ifname });
+    return s;
+  }
+  const plan = planInterface(ic, interfaceAddrs(s.ifname));
   if (ic.nat44 && !plan.defaultExt[4]) {
-    throw new InterfaceError(ifname, "no IPv4 address to use as external address (NAT44 is on)");
+    throw new InterfaceError(s.ifname, "no IPv4 address to use as external address (NAT44 is on)");
   }
   if (ic.nat66 && !ic.nat44 && !plan.defaultExt[6]) {
-    throw new InterfaceError(ifname, "no IPv6 address to use as external address (NAT66 is on)");
+    throw new InterfaceError(s.ifname, "no IPv6 address to use as external address (NAT66 is on)");
   }
-  const nat = await loadNat({
-    ro: roConfigOf(ic, hasEthernet(ifname)),
-    bindingMaxRecords: ic.bindingMaxRecords,
-    ctMaxRecords: ic.ctMaxRecords,
-  });
-  log.debug("loaded BPF object", { ifname, load_ms: nat.loadMs.toFixed(1) });
-  try {
-    applyPlan(nat.maps, plan);
-    const attachment = attach(ifindex, ifname, nat.egressFd, nat.ingressFd);
+  await reconcile(s);
+  return s;
+}
+
+/**
+ * Brings `s` in line with the network: attach to the interface's current
+ * index (re-attaching after it was recreated), apply the externals its
+ * addresses select and drop mappings of addresses that are gone.
+ */
+export async function reconcile(s: Served): Promise<void> {
+  const ifindex = libc.ifNameToIndex(s.ifname);
+  if (ifindex === 0) {
+    if (s.attachment) {
+      log.warn("interface gone; filters went with it, waiting for it to return", {
+        ifname: s.ifname,
+      });
+      release(s.attachment);
+      s.attachment = null;
+    }
+    return;
+  }
+  if (!s.nat) {
+    s.nat = await loadNat({
+      ro: roConfigOf(s.ic, hasEthernet(s.ifname)),
+      bindingMaxRecords: s.ic.bindingMaxRecords,
+      ctMaxRecords: s.ic.ctMaxRecords,
+    });
+    log.info("loaded BPF object", {
+      ifname: s.ifname,
+      load_ms: s.nat.loadMs.toFixed(1),
+      l2: hasEthernet(s.ifname) ? "ethernet" : "none",
+    });
+  }
+
+  const plan = planInterface(s.ic, interfaceAddrs(s.ifname));
+  const summary = summarize(plan);
+  if (summary !== s.summary || !s.plan) {
+    applyPlan(s.nat.maps, plan);
+    const purged = purgeStale(s.nat.maps, plan);
+    if (s.plan) {
+      log.info("external addresses changed", {
+        ifname: s.ifname,
+        from: s.summary,
+        to: summary,
+        dropped_bindings: purged.bindings,
+        dropped_sessions: purged.sessions,
+      });
+    }
     for (const fam of [4, 6] as const) {
       const d = plan.defaultExt[fam];
-      if (!d) continue;
+      const enabled = fam === 4 ? s.ic.nat44 : s.ic.nat66;
+      if (!d) {
+        if (enabled) {
+          log.warn(`no IPv${fam} external address: new IPv${fam} flows are dropped`, {
+            ifname: s.ifname,
+          });
+        }
+        continue;
+      }
       log.info("external address", {
-        ifname,
+        ifname: s.ifname,
         addr: formatAddr(d.addr),
         tcp: formatRanges(d.cfg.tcp) || "off",
         udp: formatRanges(d.cfg.udp) || "off",
         icmp: formatRanges(d.cfg.icmp) || "off",
       });
     }
-    return { ifname, ifindex, nat, attachment, plan };
-  } catch (e) {
-    closeNat(nat);
-    throw e;
+    s.plan = plan;
+    s.summary = summary;
+  }
+
+  if (s.attachment && s.attachment.ifindex !== ifindex) {
+    log.info("interface was recreated", {
+      ifname: s.ifname,
+      old_ifindex: s.attachment.ifindex,
+      ifindex,
+    });
+    release(s.attachment);
+    s.attachment = null;
+  }
+  if (!s.attachment) {
+    s.attachment = attach(ifindex, s.ifname, s.nat.egressFd, s.nat.ingressFd);
   }
 }
 
-/** Undoes {@link serveInterface}. */
+/** Undoes {@link startInterface}: detaches, removes what einat created. */
 export function stopServing(s: Served): void {
-  detach(s.attachment);
-  closeNat(s.nat);
+  if (s.attachment) detach(s.attachment);
+  s.attachment = null;
+  if (s.nat) closeNat(s.nat);
+  s.nat = null;
 }
 
 /** Resolves on the first SIGINT or SIGTERM. */

@@ -55,7 +55,7 @@ Deno.test({
       const cases: [string[], RegExp, string[]?][] = [
         [["-i", "wan0", "--ports", "70000"], /--ports/],
         [["--frobnicate"], /--frobnicate: unknown option/],
-        [["-i", "nosuch0"], /nosuch0: no such interface/],
+        [["--ifindex", "9999"], /ifindex 9999: no such interface/],
         [["-i", "noaddr0"], /noaddr0: no IPv4 address/],
         [["-i", "wan0"], /missing privileges: .*CAP_NET_ADMIN/, [
           "setpriv",

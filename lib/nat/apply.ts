@@ -6,7 +6,16 @@
 
 import * as bpf from "../ffi/libbpf.ts";
 import {
+  addr16,
+  BINDING_KEY_LAYOUT,
+  BINDING_VALUE_LAYOUT,
+  CT_KEY_LAYOUT,
+  CT_VALUE_LAYOUT,
+  decodeBindingKey,
+  decodeBindingValue,
+  decodeCtKey,
   DEFAULT_EXT_LAYOUT,
+  encodeBindingKey,
   encodeDefaultExt,
   encodeExternalConfig,
   encodeLpmKey,
@@ -19,7 +28,7 @@ import type { NatPlan } from "./plan.ts";
 const hex = (b: Uint8Array) => Array.from(b, (x) => x.toString(16).padStart(2, "0")).join("");
 
 function syncLpm(fd: number, valueSize: number, want: Map<string, [Uint8Array, Uint8Array]>): void {
-  for (const { key } of bpf.mapEntries(fd, LPM_KEY_LAYOUT.size, valueSize)) {
+  for (const { key } of [...bpf.mapEntries(fd, LPM_KEY_LAYOUT.size, valueSize)]) {
     if (!want.has(hex(key))) bpf.mapDelete(fd, key);
   }
   for (const [k, v] of want.values()) bpf.mapUpdate(fd, k, v);
@@ -52,4 +61,39 @@ export function applyPlan(maps: NatMaps, plan: NatPlan): void {
       : new Uint8Array(DEFAULT_EXT_LAYOUT.size);
     bpf.mapUpdate(maps.defaultExt, key, value);
   });
+}
+
+/**
+ * Deletes bindings and sessions whose external address the plan no longer
+ * has (the address left the interface). Mappings of addresses that remain
+ * are untouched, so their connections survive unrelated changes.
+ */
+export function purgeStale(maps: NatMaps, plan: NatPlan): { bindings: number; sessions: number } {
+  const valid = new Set(plan.resolved.map((r) => hex(addr16(r.addr))));
+  let bindings = 0, sessions = 0;
+  for (
+    const e of [...bpf.mapEntries(maps.binding, BINDING_KEY_LAYOUT.size, BINDING_VALUE_LAYOUT.size)]
+  ) {
+    const k = decodeBindingKey(e.key);
+    if (k.orig || valid.has(hex(addr16(k.addr)))) continue;
+    const v = decodeBindingValue(e.value, k.family);
+    bpf.mapDelete(
+      maps.binding,
+      encodeBindingKey({
+        orig: true,
+        l4proto: k.l4proto,
+        family: k.family,
+        port: v.port,
+        addr: v.addr,
+      }),
+    );
+    bpf.mapDelete(maps.binding, e.key);
+    bindings++;
+  }
+  for (const e of [...bpf.mapEntries(maps.ct, CT_KEY_LAYOUT.size, CT_VALUE_LAYOUT.size)]) {
+    const k = decodeCtKey(e.key);
+    if (valid.has(hex(addr16(k.extAddr)))) continue;
+    if (bpf.mapDelete(maps.ct, e.key)) sessions++;
+  }
+  return { bindings, sessions };
 }

@@ -127,3 +127,10 @@ export function detach(a: Attachment): void {
     if (livePid(a.lockPath) === null) Deno.removeSync(a.lockPath);
   } catch { /* already gone */ }
 }
+
+/** Forgets an attachment whose interface is gone (its filters went with it). */
+export function release(a: Attachment): void {
+  try {
+    if (livePid(a.lockPath) === null) Deno.removeSync(a.lockPath);
+  } catch { /* already gone */ }
+}

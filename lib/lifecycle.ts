@@ -1,0 +1,81 @@
+/**
+ * Lifecycle: signals (SIGINT/SIGTERM stop, SIGHUP reloads the configuration
+ * file) and applying a reloaded configuration as a difference.
+ * @module
+ */
+
+import type { InterfaceConfig } from "./config/types.ts";
+import { parseConfigToml } from "./config/toml.ts";
+import * as log from "./log.ts";
+import { type Served, startInterface, stopServing } from "./daemon.ts";
+
+/** Yields SIGHUP, SIGINT and SIGTERM as they arrive. */
+export async function* waitForSignals(): AsyncGenerator<Deno.Signal> {
+  const queue: Deno.Signal[] = [];
+  let wake: (() => void) | null = null;
+  const sigs: Deno.Signal[] = ["SIGINT", "SIGTERM", "SIGHUP"];
+  const handlers = sigs.map((sig) => {
+    const h = () => {
+      queue.push(sig);
+      wake?.();
+    };
+    Deno.addSignalListener(sig, h);
+    return h;
+  });
+  try {
+    while (true) {
+      while (queue.length === 0) await new Promise<void>((r) => (wake = r));
+      yield queue.shift()!;
+    }
+  } finally {
+    sigs.forEach((s, i) => Deno.removeSignalListener(s, handlers[i]));
+  }
+}
+
+/** A stable text form of an interface configuration, for comparison. */
+export function configKey(ic: InterfaceConfig): string {
+  return JSON.stringify(ic, (_k, v) => (v instanceof Uint8Array ? Array.from(v) : v));
+}
+
+/**
+ * Re-reads `file` and applies the difference: interfaces whose configuration
+ * is unchanged keep running untouched; changed ones are restarted; removed
+ * ones stopped; new ones started. An invalid file changes nothing.
+ */
+export async function reload(file: string, served: Served[]): Promise<Served[]> {
+  let next: InterfaceConfig[];
+  try {
+    next = parseConfigToml(Deno.readTextFileSync(file), file).config.interfaces;
+  } catch (e) {
+    log.error("SIGHUP: configuration not reloaded", { error: (e as Error).message });
+    return served;
+  }
+  const keep: Served[] = [];
+  const byName = new Map(served.map((s) => [s.ifname, s]));
+  for (const ic of next) {
+    const name = ic.ifName ?? `#${ic.ifIndex}`;
+    const old = byName.get(name);
+    byName.delete(name);
+    if (old && configKey(old.ic) === configKey(ic)) {
+      keep.push(old);
+      continue;
+    }
+    if (old) {
+      log.info("SIGHUP: configuration changed, restarting interface", { ifname: name });
+      stopServing(old);
+    } else {
+      log.info("SIGHUP: new interface", { ifname: name });
+    }
+    try {
+      keep.push(await startInterface(ic));
+    } catch (e) {
+      log.error("SIGHUP: interface not served", { ifname: name, error: (e as Error).message });
+    }
+  }
+  for (const [name, s] of byName) {
+    log.info("SIGHUP: interface removed from the configuration", { ifname: name });
+    stopServing(s);
+  }
+  log.info("SIGHUP: configuration reloaded", { interfaces: keep.map((s) => s.ifname).join(",") });
+  return keep;
+}

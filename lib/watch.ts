@@ -1,0 +1,75 @@
+/**
+ * Watch: follows link and address changes over netlink and reconciles the
+ * served interfaces once per coalesced burst of events.
+ * @module
+ */
+
+import { formatAddr } from "./config/cidr.ts";
+import * as libc from "./ffi/libc.ts";
+import * as log from "./log.ts";
+import { watch, type WatchEvent } from "./netlink/rtnl.ts";
+import { reconcile, type Served } from "./daemon.ts";
+
+/** A running follower. */
+export interface Follower {
+  /** Stops watching and waits for a reconciliation in progress. */
+  stop(): Promise<void>;
+  /** Runs a reconciliation now (e.g. after a reload); resolves when done. */
+  resync(): Promise<void>;
+}
+
+function relevant(ev: WatchEvent, served: Served[]): Served | undefined {
+  return served.find((s) =>
+    ev.type === "link"
+      ? ev.ifname === s.ifname
+      : ev.ifindex === s.attachment?.ifindex || ev.ifindex === libc.ifNameToIndex(s.ifname)
+  );
+}
+
+/** One short description of an event for the log. */
+export function describeEvent(ev: WatchEvent, ifname: string): string {
+  const sign = ev.op === "new" ? "+" : "-";
+  if (ev.type === "link") {
+    return `link${sign} ${ifname}${ev.op === "new" ? (ev.up ? " up" : " down") : ""}`;
+  }
+  return `addr${sign} ${formatAddr(ev.local ?? ev.addr)}/${ev.prefixLen} ${ifname}`;
+}
+
+/** Starts following the network for `served` (the array may change later). */
+export function follow(served: () => Served[]): Follower {
+  let chain: Promise<void> = Promise.resolve();
+  const run = () => {
+    chain = chain.then(async () => {
+      for (const s of served()) {
+        try {
+          await reconcile(s);
+        } catch (e) {
+          log.error("reconfiguration failed", { ifname: s.ifname, error: (e as Error).message });
+        }
+      }
+    });
+    return chain;
+  };
+  const w = watch(() => {}, {
+    onBatch: (events) => {
+      const seen = events.flatMap((ev) => {
+        const s = relevant(ev, served());
+        return s ? [describeEvent(ev, s.ifname)] : [];
+      });
+      if (seen.length === 0) return;
+      log.info("network changed", { events: seen.join("; ") });
+      run();
+    },
+    onOverrun: () => {
+      log.warn("netlink notifications lost; re-reading the network state");
+      run();
+    },
+  });
+  return {
+    stop: async () => {
+      await w.stop();
+      await chain;
+    },
+    resync: run,
+  };
+}

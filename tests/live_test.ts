@@ -1,0 +1,166 @@
+/**
+ * The live network in namespaces: address changes, an interface deleted and
+ * recreated (PPP-style) or missing at start-up, and SIGHUP reloads, all
+ * followed over netlink without a restart.
+ */
+import { assert, assertEquals, assertNotEquals } from "./lib/assert.ts";
+import { startEinat, stopEinat } from "./lib/einat.ts";
+import { nsExecResult, peerCmd, type Topology, withTopology } from "./lib/netns.ts";
+import { parseUdpReplies } from "./lib/peer.ts";
+import type { NsProcess } from "./lib/netns.ts";
+
+const sanitize = { sanitizeOps: false, sanitizeResources: false };
+
+/** UDP from lan1:port to srv1; returns the external endpoint srv1 saw. */
+async function seenFrom(t: Topology, port: number, ns = t.ns.lan1): Promise<string> {
+  const r = await nsExecResult(
+    ns,
+    peerCmd("udp-send", [
+      "--to",
+      `${t.addrs.v4.srv1[0]}:3478`,
+      "--from-port",
+      String(port),
+      "--timeout-ms",
+      "3000",
+    ]),
+  );
+  assertEquals(r.code, 0, `no reply through the NAT: ${r.stdout}${r.stderr}`);
+  return parseUdpReplies(r.stdout)[0].seen;
+}
+
+async function waitLog(p: NsProcess, pattern: RegExp, ms = 5000): Promise<void> {
+  const end = Date.now() + ms;
+  while (!pattern.test(p.stderrText())) {
+    if (Date.now() > end) throw new Error(`log did not show ${pattern}:\n${p.stderrText()}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+async function ip(ns: string, args: string): Promise<void> {
+  const r = await nsExecResult(ns, ["ip", ...args.split(" ")]);
+  assertEquals(r.code, 0, `ip ${args}: ${r.stderr}`);
+}
+
+/** Deletes wan0 (and its switch-side peer) like a PPP link going away. */
+async function deleteWan(t: Topology) {
+  await ip(t.ns.router, "link del wan0");
+}
+
+/** Recreates wan0 with `addr` (new ifindex), plugged into the WAN switch. */
+async function createWan(t: Topology, addr: string) {
+  await ip(t.ns.router, `link add wan0 type veth peer name r netns ${t.ns.wan}`);
+  await ip(t.ns.wan, "link set r master br0");
+  await ip(t.ns.wan, "link set r up");
+  await ip(t.ns.router, `addr add ${addr}/24 dev wan0`);
+  await ip(t.ns.router, "link set wan0 up");
+}
+
+function echo(t: Topology): NsProcess {
+  return t.spawn(t.ns.srv1, peerCmd("udp-echo", ["--port", "3478", "--timeout-ms", "60000"]));
+}
+
+Deno.test({
+  name:
+    "live: mappings survive an unrelated address change; a replaced address takes over new flows",
+  ...sanitize,
+  fn: () =>
+    withTopology(async (t) => {
+      await echo(t).waitForStdout(/listening/);
+      const einat = await startEinat(t.ns.router, ["-i", "wan0"]);
+      try {
+        const before = await seenFrom(t, 40000);
+        await ip(t.ns.router, "addr add 203.0.113.99/24 dev wan0");
+        await waitLog(einat, /network changed.*addr\+ 203\.0\.113\.99/);
+        await ip(t.ns.router, "addr del 203.0.113.99/24 dev wan0");
+        await waitLog(einat, /network changed.*addr- 203\.0\.113\.99/);
+        assertEquals(
+          await seenFrom(t, 40000),
+          before,
+          "same external endpoint after unrelated changes",
+        );
+
+        // The external address itself is replaced: new flows use the new one,
+        // nothing keeps pointing at the old address.
+        await ip(t.ns.router, "addr flush dev wan0");
+        await ip(t.ns.router, "addr add 203.0.113.5/24 dev wan0");
+        await waitLog(einat, /external addresses changed.*to="?203\.0\.113\.5/);
+        const after = await seenFrom(t, 40000);
+        assert(after.startsWith("203.0.113.5:"), `new address used: ${after}`);
+        assert(
+          /dropped_bindings=[1-9]/.test(einat.stderrText()),
+          "bindings of the old address dropped",
+        );
+      } finally {
+        assertEquals(await stopEinat(einat), 0, einat.stderrText());
+      }
+    }),
+});
+
+Deno.test({
+  name:
+    "live: interface deleted and recreated (new ifindex, new address) is re-attached; a missing interface is waited for",
+  ...sanitize,
+  fn: () =>
+    withTopology(async (t) => {
+      await echo(t).waitForStdout(/listening/);
+      await deleteWan(t);
+      const einat = await startEinat(t.ns.router, ["-i", "wan0"]);
+      try {
+        assert(/waiting for it/.test(einat.stderrText()), einat.stderrText());
+        await createWan(t, "203.0.113.7");
+        await waitLog(einat, /attached filter.*hook=ingress/);
+        assert((await seenFrom(t, 41000)).startsWith("203.0.113.7:"));
+
+        await deleteWan(t);
+        await waitLog(einat, /interface gone/);
+        await createWan(t, "203.0.113.8");
+        await waitLog(einat, /external addresses changed.*203\.0\.113\.8/);
+        await waitLog(
+          einat,
+          /attached filter.*hook=ingress.*\n(.|\n)*attached filter.*hook=ingress/,
+        );
+        const seen = await seenFrom(t, 41000);
+        assert(seen.startsWith("203.0.113.8:"), `after re-creation: ${seen}`);
+      } finally {
+        assertEquals(await stopEinat(einat), 0, einat.stderrText());
+      }
+      const f = await nsExecResult(t.ns.router, ["tc", "filter", "show", "dev", "wan0", "ingress"]);
+      assertEquals(f.stdout.trim(), "", "nothing left on the recreated interface");
+    }),
+});
+
+Deno.test({
+  name: "live: SIGHUP reloads the configuration file and applies the new port range",
+  ...sanitize,
+  fn: () =>
+    withTopology(async (t) => {
+      await echo(t).waitForStdout(/listening/);
+      const conf = await Deno.makeTempFile({ suffix: ".toml" });
+      const write = (range: string) =>
+        Deno.writeTextFile(
+          conf,
+          `[defaults]\ntcp_ranges = ["${range}"]\nudp_ranges = ["${range}"]\n[[interfaces]]\nif_name = "wan0"\nnat44 = true\n`,
+        );
+      try {
+        await write("20000-20099");
+        const einat = await startEinat(t.ns.router, ["-c", conf]);
+        try {
+          const a = Number((await seenFrom(t, 42000)).split(":")[1]);
+          assert(a >= 20000 && a <= 20099, `first range: ${a}`);
+          await write("30000-30099");
+          einat.kill("SIGHUP");
+          await waitLog(einat, /configuration reloaded/);
+          const b = Number((await seenFrom(t, 42001)).split(":")[1]);
+          assert(b >= 30000 && b <= 30099, `reloaded range: ${b}`);
+          await Deno.writeTextFile(conf, "[[interfaces]]\nif_nme = 1\n");
+          einat.kill("SIGHUP");
+          await waitLog(einat, /configuration not reloaded.*if_nme/);
+          assertNotEquals(await seenFrom(t, 42002), "", "still serving after a bad reload");
+        } finally {
+          assertEquals(await stopEinat(einat), 0, einat.stderrText());
+        }
+      } finally {
+        await Deno.remove(conf);
+      }
+    }),
+});

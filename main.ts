@@ -12,6 +12,8 @@ import { follow } from "./lib/watch.ts";
 import { reload, waitForSignals } from "./lib/lifecycle.ts";
 import { libbpfVersion, routeLibbpfPrintToLog } from "./lib/ffi/libbpf.ts";
 import * as log from "./lib/log.ts";
+import { BUILD_INFO } from "./lib/build_info.ts";
+import { checkRuntimeLibraries } from "./lib/deps.ts";
 import { BusyError } from "./lib/nat/attach.ts";
 import { checkKernel, checkPrivileges, EnvError } from "./lib/preflight.ts";
 
@@ -21,7 +23,8 @@ export function versionString(): string {
   try {
     lib = `libbpf ${libbpfVersion()}`;
   } catch { /* reported when needed */ }
-  return `einat ${denoJson.version} (deno ${Deno.version.deno}, ${lib})`;
+  const git = BUILD_INFO.describe ? `, ${BUILD_INFO.describe}` : "";
+  return `einat ${denoJson.version} (deno ${Deno.version.deno}${git}, ${lib})`;
 }
 
 function fail(msg: string): number {
@@ -52,6 +55,7 @@ export async function main(args: string[]): Promise<number> {
   try {
     checkPrivileges();
     checkKernel();
+    checkRuntimeLibraries();
     routeLibbpfPrintToLog();
   } catch (e) {
     if (e instanceof EnvError || e instanceof Error) return fail(e.message);

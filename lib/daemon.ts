@@ -197,7 +197,7 @@ export async function reconcile(s: Served): Promise<void> {
     s.attachment = null;
   }
   if (!s.attachment) {
-    s.attachment = attach(ifindex, s.ifname, s.nat.egressFd, s.nat.ingressFd);
+    s.attachment = attach(ifindex, s.ifname, s.nat.egressFd, s.nat.ingressFd, s.ic.preferTcx);
   }
 }
 

@@ -14,6 +14,7 @@ export class EnvError extends Error {
 
 const CAP_NET_ADMIN = 12n;
 const CAP_SYS_ADMIN = 21n;
+const CAP_PERFMON = 38n;
 const CAP_BPF = 39n;
 
 /** Effective capability mask of this process. */
@@ -28,8 +29,10 @@ export function checkPrivileges(caps = effectiveCaps()): void {
   const missing: string[] = [];
   if (!has(CAP_NET_ADMIN)) missing.push("CAP_NET_ADMIN");
   if (!has(CAP_BPF) && !has(CAP_SYS_ADMIN)) missing.push("CAP_BPF");
+  // The verifier refuses pointer arithmetic on packets without CAP_PERFMON.
+  if (!has(CAP_PERFMON) && !has(CAP_SYS_ADMIN)) missing.push("CAP_PERFMON");
   if (missing.length) {
-    throw new EnvError(`missing privileges: einat needs ${missing.join(" and ")} (run as root)`);
+    throw new EnvError(`missing privileges: einat needs ${missing.join(", ")} (run as root)`);
   }
 }
 

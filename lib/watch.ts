@@ -19,6 +19,8 @@ export interface Follower {
 }
 
 function relevant(ev: WatchEvent, served: Served[]): Served | undefined {
+  const a = ev.type === "addr" ? (ev.local ?? ev.addr) : null;
+  if (a && a.length === 16 && a[0] === 0xfe && (a[1] & 0xc0) === 0x80) return undefined; // link-local
   return served.find((s) =>
     ev.type === "link"
       ? ev.ifname === s.ifname

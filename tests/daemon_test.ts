@@ -141,9 +141,10 @@ Deno.test({
 Deno.test("preflight: capability and BTF checks name the cause", () => {
   assertThrows(
     () => checkPrivileges(0n),
-    /missing privileges: einat needs CAP_NET_ADMIN and CAP_BPF/,
+    /missing privileges: einat needs CAP_NET_ADMIN, CAP_BPF, CAP_PERFMON/,
   );
-  checkPrivileges((1n << 12n) | (1n << 39n));
+  assertThrows(() => checkPrivileges((1n << 12n) | (1n << 39n)), /needs CAP_PERFMON/);
+  checkPrivileges((1n << 12n) | (1n << 39n) | (1n << 38n));
   checkPrivileges((1n << 12n) | (1n << 21n));
   assertThrows(() => checkKernel("/nonexistent/vmlinux"), /kernel without BTF/);
 });

@@ -11,6 +11,7 @@
  */
 
 import * as log from "../log.ts";
+import { libPath } from "../deps.ts";
 import { cString, decodeCString, errno, libc } from "./libc.ts";
 
 // ---------------------------------------------------------------------------------------------
@@ -53,7 +54,16 @@ const SYMBOLS = {
     result: "i32",
   },
   bpf_obj_get: { parameters: ["buffer"], result: "i32" },
+  bpf_obj_get_opts: { parameters: ["buffer", "buffer"], result: "i32" },
+  bpf_obj_get_info_by_fd: { parameters: ["i32", "buffer", "buffer"], result: "i32" },
+  bpf_map_create: {
+    parameters: ["u32", "buffer", "u32", "u32", "u32", "pointer"],
+    result: "i32",
+  },
+  libbpf_num_possible_cpus: { parameters: [], result: "i32" },
   bpf_obj_pin: { parameters: ["i32", "buffer"], result: "i32" },
+  bpf_link_create: { parameters: ["i32", "i32", "u32", "pointer"], result: "i32" },
+  bpf_link_update: { parameters: ["i32", "i32", "pointer"], result: "i32" },
 
   bpf_tc_hook_create: { parameters: ["buffer"], result: "i32" },
   bpf_tc_hook_destroy: { parameters: ["buffer"], result: "i32" },
@@ -74,7 +84,7 @@ function bpf(): LibBpf {
   // Open libc first: errno must not be clobbered by a lazy dlopen after a failing call.
   libc();
   try {
-    lib = Deno.dlopen(LIBBPF, SYMBOLS);
+    lib = Deno.dlopen(libPath(LIBBPF), SYMBOLS);
   } catch (e) {
     const msg = e instanceof Error ? e.message : String(e);
     if (/cannot open shared object file/.test(msg)) {
@@ -475,6 +485,70 @@ export function objGetPinned(path: string): number {
   return check(`bpf_obj_get(${path})`, bpf().bpf_obj_get(cString(path)));
 }
 
+/** `BPF_F_RDONLY`: an fd that can read a map but not change it. */
+const BPF_F_RDONLY = 1 << 3;
+
+/**
+ * Opens a pinned object like {@link objGetPinned}; with `readOnly` the fd can only read
+ * (`BPF_F_RDONLY`), so a reader cannot change the map by mistake.
+ */
+export function objGetPinnedOpts(path: string, opts: { readOnly?: boolean } = {}): number {
+  const o = new Uint8Array(16);
+  view(o).setBigUint64(0, 16n, true);
+  view(o).setUint32(8, opts.readOnly ? BPF_F_RDONLY : 0, true);
+  return check(`bpf_obj_get(${path})`, bpf().bpf_obj_get_opts(cString(path), o));
+}
+
+/** What the kernel says about a map (`struct bpf_map_info`, the stable head of it). */
+export interface MapInfo {
+  type: number;
+  id: number;
+  keySize: number;
+  valueSize: number;
+  maxEntries: number;
+  flags: number;
+  name: string;
+}
+
+/** `bpf_obj_get_info_by_fd` for a map fd. */
+export function mapInfo(fd: number): MapInfo {
+  const info = new Uint8Array(88);
+  const len = new Uint32Array([info.length]);
+  check("bpf_obj_get_info_by_fd", bpf().bpf_obj_get_info_by_fd(fd, info, len));
+  const v = view(info);
+  return {
+    type: v.getUint32(0, true),
+    id: v.getUint32(4, true),
+    keySize: v.getUint32(8, true),
+    valueSize: v.getUint32(12, true),
+    maxEntries: v.getUint32(16, true),
+    flags: v.getUint32(20, true),
+    name: decodeCString(info.subarray(24, 40)),
+  };
+}
+
+/** Map types this module creates. */
+export const MapType = { HASH: 1, ARRAY: 2, PERCPU_ARRAY: 6, LRU_HASH: 9 } as const;
+
+/** Creates a map from user space (`bpf_map_create`); returns its fd. */
+export function mapCreate(
+  type: number,
+  name: string,
+  keySize: number,
+  valueSize: number,
+  maxEntries: number,
+): number {
+  return check(
+    `bpf_map_create(${name})`,
+    bpf().bpf_map_create(type, cString(name), keySize, valueSize, maxEntries, null),
+  );
+}
+
+/** Number of possible CPUs: per-CPU map values hold one slot (8-byte aligned) per CPU. */
+export function numPossibleCpus(): number {
+  return check("libbpf_num_possible_cpus", bpf().libbpf_num_possible_cpus());
+}
+
 /** Pins the BPF object behind `fd` at a bpffs `path`. */
 export function objPin(fd: number, path: string): void {
   check(`bpf_obj_pin(${path})`, bpf().bpf_obj_pin(fd, cString(path)));
@@ -811,4 +885,25 @@ export function routeLibbpfPrintToLog(): void {
       );
     }
   });
+}
+
+// ---------------------------------------------------------------------------------------------
+// BPF links (TCX). libbpf 1.1.2 has no TCX helpers, but passes unknown attach types of
+// bpf_link_create straight to the kernel.
+
+/** Attach types of TCX links (kernel >= 6.6). */
+export const BPF_TCX_INGRESS = 46;
+/** Attach type of a TCX egress link. */
+export const BPF_TCX_EGRESS = 47;
+
+/** Creates a BPF link (e.g. TCX on an ifindex); returns the link fd. Closing it detaches. */
+export function linkCreate(progFd: number, targetFd: number, attachType: number): number {
+  const fd = bpf().bpf_link_create(progFd, targetFd, attachType, null);
+  check(`bpf_link_create(type ${attachType})`, fd);
+  return fd;
+}
+
+/** Atomically replaces the program of a link. */
+export function linkUpdate(linkFd: number, newProgFd: number): void {
+  check("bpf_link_update", bpf().bpf_link_update(linkFd, newProgFd, null));
 }

@@ -16,6 +16,9 @@ const SYMBOLS = {
   if_indextoname: { parameters: ["u32", "buffer"], result: "pointer" },
   getpid: { parameters: [], result: "i32" },
   close: { parameters: ["i32"], result: "i32" },
+  statfs: { parameters: ["buffer", "buffer"], result: "i32" },
+  mount: { parameters: ["buffer", "buffer", "buffer", "u64", "pointer"], result: "i32" },
+  clock_gettime: { parameters: ["i32", "buffer"], result: "i32" },
 } as const satisfies Deno.ForeignLibraryInterface;
 
 /** The opened libc with its typed symbols. */
@@ -86,4 +89,33 @@ export function getpid(): number {
 /** Closes a file descriptor (e.g. one from `objGetPinned`); returns false when close failed. */
 export function closeFd(fd: number): boolean {
   return libc().close(fd) === 0;
+}
+
+/** `f_type` of the bpf filesystem (`BPF_FS_MAGIC`). */
+export const BPF_FS_MAGIC = 0xcafe4a11;
+
+/** The filesystem type (`statfs` `f_type`) holding `path`, or null when it cannot be read. */
+export function fsType(path: string): number | null {
+  const buf = new Uint8Array(120); // struct statfs is 120 bytes on 64-bit Linux; f_type first
+  if (libc().statfs(cString(path), buf) !== 0) return null;
+  return Number(new DataView(buf.buffer).getBigInt64(0, true));
+}
+
+/** Mounts a fresh bpf filesystem at `target`; throws with errno on failure. */
+export function mountBpffs(target: string): void {
+  const c = libc();
+  if (c.mount(cString("bpf"), cString(target), cString("bpf"), 0n, null) !== 0) {
+    throw new Error(`mount -t bpf bpf ${target}: errno ${errno()}`);
+  }
+}
+
+const CLOCK_MONOTONIC = 1;
+
+/** `clock_gettime(CLOCK_MONOTONIC)` in nanoseconds: the clock of `bpf_ktime_get_ns`. */
+export function monotonicNs(): bigint {
+  const ts = new BigInt64Array(2);
+  if (libc().clock_gettime(CLOCK_MONOTONIC, new Uint8Array(ts.buffer)) !== 0) {
+    throw new Error(`clock_gettime: errno ${errno()}`);
+  }
+  return ts[0] * 1_000_000_000n + ts[1];
 }

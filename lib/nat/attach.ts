@@ -6,6 +6,7 @@
  */
 
 import * as bpf from "../ffi/libbpf.ts";
+import { closeFd } from "../ffi/libc.ts";
 import * as log from "../log.ts";
 
 /** Filter handle and priority einat owns on both hooks. */
@@ -17,6 +18,10 @@ export const TC_PRIORITY = 1;
 export interface Attachment {
   ifindex: number;
   ifname: string;
+  /** TCX links (kernel >= 6.6) or clsact + cls_bpf filters. */
+  mode: "tcx" | "tc";
+  /** TCX link fds (egress, ingress); closing them detaches. */
+  links: number[];
   qdiscCreated: boolean;
   lockPath: string;
 }
@@ -60,8 +65,55 @@ function livePid(path: string): number | null {
   }
 }
 
+function attachTcx(a: Attachment, egressFd: number, ingressFd: number): boolean {
+  try {
+    a.links.push(bpf.linkCreate(egressFd, a.ifindex, bpf.BPF_TCX_EGRESS));
+    a.links.push(bpf.linkCreate(ingressFd, a.ifindex, bpf.BPF_TCX_INGRESS));
+  } catch (e) {
+    for (const fd of a.links.splice(0)) closeFd(fd);
+    log.info("TCX not available, using clsact", { ifname: a.ifname, error: (e as Error).message });
+    return false;
+  }
+  a.mode = "tcx";
+  // A killed einat of the clsact kind would translate a second time: remove its filters.
+  for (const point of ["egress", "ingress"] as const) {
+    if (bpf.tcQuery(a.ifindex, point, TC_HANDLE, TC_PRIORITY) !== null) {
+      log.warn("removing stale einat clsact filter", { ifname: a.ifname, hook: point });
+      bpf.tcDetach(a.ifindex, point, TC_HANDLE, TC_PRIORITY);
+    }
+  }
+  log.info("attached TCX links", { ifname: a.ifname, hooks: "egress,ingress" });
+  return true;
+}
+
+function attachTc(a: Attachment, egressFd: number, ingressFd: number): void {
+  a.qdiscCreated = bpf.tcHookCreate(a.ifindex, "ingress") === "created";
+  log.debug(a.qdiscCreated ? "created clsact qdisc" : "clsact qdisc already present", {
+    ifname: a.ifname,
+  });
+  for (const [point, fd] of [["egress", egressFd], ["ingress", ingressFd]] as const) {
+    const stale = bpf.tcQuery(a.ifindex, point, TC_HANDLE, TC_PRIORITY);
+    if (stale !== null) {
+      log.warn("replacing stale einat filter", { ifname: a.ifname, hook: point, prog_id: stale });
+    }
+    const f = bpf.tcAttach(a.ifindex, point, fd, {
+      handle: TC_HANDLE,
+      priority: TC_PRIORITY,
+      replace: stale !== null,
+    });
+    log.info("attached filter", {
+      ifname: a.ifname,
+      hook: point,
+      handle: `0x${f.handle.toString(16)}`,
+      prio: f.priority,
+      prog_id: f.progId,
+    });
+  }
+}
+
 /**
- * Attaches egress and ingress programs. Refuses when a live einat owns the
+ * Attaches egress and ingress programs: as TCX links when `preferTcx` and the
+ * kernel has TCX, else as clsact filters. Refuses when a live einat owns the
  * interface; replaces stale einat filters left by a killed process.
  */
 export function attach(
@@ -69,6 +121,7 @@ export function attach(
   ifname: string,
   egressFd: number,
   ingressFd: number,
+  preferTcx = false,
 ): Attachment {
   const lockPath = lockPathFor(ifindex);
   const owner = livePid(lockPath);
@@ -76,28 +129,9 @@ export function attach(
   Deno.mkdirSync(LOCK_DIR, { recursive: true });
   Deno.writeTextFileSync(lockPath, `${Deno.pid}\n`);
 
-  const qdiscCreated = bpf.tcHookCreate(ifindex, "ingress") === "created";
-  log.debug(qdiscCreated ? "created clsact qdisc" : "clsact qdisc already present", { ifname });
-  const a: Attachment = { ifindex, ifname, qdiscCreated, lockPath };
+  const a: Attachment = { ifindex, ifname, mode: "tc", links: [], qdiscCreated: false, lockPath };
   try {
-    for (const [point, fd] of [["egress", egressFd], ["ingress", ingressFd]] as const) {
-      const stale = bpf.tcQuery(ifindex, point, TC_HANDLE, TC_PRIORITY);
-      if (stale !== null) {
-        log.warn("replacing stale einat filter", { ifname, hook: point, prog_id: stale });
-      }
-      const f = bpf.tcAttach(ifindex, point, fd, {
-        handle: TC_HANDLE,
-        priority: TC_PRIORITY,
-        replace: stale !== null,
-      });
-      log.info("attached filter", {
-        ifname,
-        hook: point,
-        handle: `0x${f.handle.toString(16)}`,
-        prio: f.priority,
-        prog_id: f.progId,
-      });
-    }
+    if (!preferTcx || !attachTcx(a, egressFd, ingressFd)) attachTc(a, egressFd, ingressFd);
   } catch (e) {
     detach(a);
     throw e;
@@ -105,8 +139,14 @@ export function attach(
   return a;
 }
 
-/** Removes einat's filters, the qdisc if einat created it, and the lock. */
+/** Removes einat's links or filters, the qdisc if einat created it, and the lock. */
 export function detach(a: Attachment): void {
+  if (a.mode === "tcx") {
+    for (const fd of a.links.splice(0)) closeFd(fd);
+    log.info("detached TCX links", { ifname: a.ifname });
+    release(a);
+    return;
+  }
   for (const point of ["egress", "ingress"] as const) {
     try {
       if (bpf.tcDetach(a.ifindex, point, TC_HANDLE, TC_PRIORITY)) {
@@ -130,6 +170,7 @@ export function detach(a: Attachment): void {
 
 /** Forgets an attachment whose interface is gone (its filters went with it). */
 export function release(a: Attachment): void {
+  for (const fd of a.links.splice(0)) closeFd(fd);
   try {
     if (livePid(a.lockPath) === null) Deno.removeSync(a.lockPath);
   } catch { /* already gone */ }

@@ -10,6 +10,7 @@
  * @module
  */
 
+import { libPath } from "../deps.ts";
 import { errno, libc } from "../ffi/libc.ts";
 
 // ---------------------------------------------------------------------------------------------
@@ -109,7 +110,7 @@ export function mnl(): LibMnl {
   // Open the libc pieces first: errno must not be clobbered by a lazy dlopen after a failure.
   libc();
   sockLibc();
-  const path = Deno.env.get("EINAT_LIBMNL") || DEFAULT_LIBMNL;
+  const path = libPath(DEFAULT_LIBMNL);
   try {
     mnlLib = Deno.dlopen(path, MNL_SYMBOLS);
   } catch (e) {

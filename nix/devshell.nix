@@ -1,0 +1,49 @@
+# `nix develop`: everything to build the BPF objects, run einat from the checkout
+# (`deno run -A main.ts`), run the tests and compile it.
+{
+  mkShell,
+  deno,
+  denort ? null,
+  llvmPackages,
+  libbpf,
+  libmnl,
+  bpftools,
+  iproute2,
+  nftables,
+  linuxHeaders,
+  lib,
+}:
+
+let
+  # The runtime `deno compile` builds on (scripts/compile.sh honours DENORT_BIN).
+  denortBin =
+    if deno ? denort then
+      "${deno.denort}/bin/denort"
+    else if denort != null then
+      lib.getExe denort
+    else
+      null;
+in
+mkShell {
+  packages = [
+    deno
+    llvmPackages.clang
+    llvmPackages.llvm
+    bpftools
+    iproute2
+    nftables
+  ];
+  buildInputs = [
+    libbpf
+    libmnl
+    linuxHeaders
+  ];
+  # The cc-wrapper's hardening flags are not valid for the BPF target.
+  hardeningDisable = [ "all" ];
+  env = {
+    ARCH_INC = "${linuxHeaders}/include";
+    EINAT_LIBBPF = "${lib.getLib libbpf}/lib/libbpf.so.1";
+    EINAT_LIBMNL = "${lib.getLib libmnl}/lib/libmnl.so.0";
+  }
+  // lib.optionalAttrs (denortBin != null) { DENORT_BIN = denortBin; };
+}

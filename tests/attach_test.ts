@@ -1,0 +1,64 @@
+/**
+ * Attachment paths in namespaces: TCX links (kernel >= 6.6) and clsact
+ * filters, both translating, both leaving nothing behind.
+ */
+import { assert, assertEquals } from "./lib/assert.ts";
+import { startEinat, stopEinat } from "./lib/einat.ts";
+import { nsExec, nsExecResult, peerCmd, withTopology } from "./lib/netns.ts";
+import { parseUdpReplies } from "./lib/peer.ts";
+
+const sanitize = { sanitizeOps: false, sanitizeResources: false };
+
+for (const preferTcx of [true, false]) {
+  Deno.test({
+    name: `attach: ${preferTcx ? "TCX links" : "clsact filters"} translate and are removed on exit`,
+    ...sanitize,
+    fn: () =>
+      withTopology(async (t) => {
+        const conf = await Deno.makeTempFile({ suffix: ".toml" });
+        try {
+          await Deno.writeTextFile(
+            conf,
+            `[[interfaces]]\nif_name = "wan0"\nnat44 = true\nprefer_tcx = ${preferTcx}\n`,
+          );
+          const echo = t.spawn(
+            t.ns.srv1,
+            peerCmd("udp-echo", ["--port", "3478", "--timeout-ms", "20000"]),
+          );
+          await echo.waitForStdout(/listening/);
+          const einat = await startEinat(t.ns.router, ["-c", conf]);
+          try {
+            assert(
+              (preferTcx ? /attached TCX links/ : /attached filter/).test(einat.stderrText()),
+              einat.stderrText(),
+            );
+            const filters = await nsExec(t.ns.router, [
+              "tc",
+              "filter",
+              "show",
+              "dev",
+              "wan0",
+              "egress",
+            ]);
+            assertEquals(filters.includes("0xe1a7"), !preferTcx, `tc filters: ${filters}`);
+            const links = await nsExec(t.ns.router, ["bpftool", "link", "show"]);
+            assertEquals(/tcx|type 11 /.test(links), preferTcx, `bpftool link show:\n${links}`);
+            const r = await nsExecResult(
+              t.ns.lan1,
+              peerCmd("udp-send", ["--to", `${t.addrs.v4.srv1[0]}:3478`, "--timeout-ms", "3000"]),
+            );
+            assertEquals(r.code, 0, r.stdout + r.stderr);
+            assert(parseUdpReplies(r.stdout)[0].seen.startsWith(`${t.addrs.v4.routerWan}:`));
+          } finally {
+            assertEquals(await stopEinat(einat), 0, einat.stderrText());
+          }
+          const links = await nsExec(t.ns.router, ["bpftool", "link", "show"]);
+          assert(!/tcx|type 11 /.test(links), `TCX links left: ${links}`);
+          const q = await nsExec(t.ns.router, ["tc", "qdisc", "show", "dev", "wan0"]);
+          assert(!q.includes("clsact"), q);
+        } finally {
+          await Deno.remove(conf);
+        }
+      }),
+  });
+}

@@ -105,7 +105,7 @@ export const DEFAULTS = {
     udpMin: 120_000,
     udpDefault: 300_000,
     tcpTrans: 240_000,
-    tcpEst: 7_200_000,
+    tcpEst: 7_440_000, // 2h4m: RFC 5382 REQ-5 (einat-ebpf uses 2h)
   },
 } as const;
 

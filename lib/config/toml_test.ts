@@ -70,7 +70,7 @@ Deno.test("minimal interface: every default applied", () => {
     udpMin: 120_000,
     udpDefault: 300_000,
     tcpTrans: 240_000,
-    tcpEst: 7_200_000,
+    tcpEst: 7_440_000,
   });
   equal(i.fragTrackMaxRecords, 65536);
   equal(i.bindingMaxRecords, 196608);
@@ -388,7 +388,7 @@ Deno.test("editDistance and suggest", () => {
 
 Deno.test("DEFAULTS matches einat-ebpf", () => {
   equal(DEFAULTS.bindingMaxRecords, 65536 * 3);
-  equal(DEFAULTS.timeouts.tcpEst, 2 * 3600 * 1000);
+  equal(DEFAULTS.timeouts.tcpEst, (2 * 60 + 4) * 60 * 1000);
 });
 
 Deno.test("config.sample.toml is valid and equals the defaults", () => {

@@ -62,3 +62,55 @@ for (const preferTcx of [true, false]) {
       }),
   });
 }
+
+Deno.test({
+  name: "attach: an L3 device (TUN, no Ethernet header) is translated both ways",
+  ...sanitize,
+  fn: () =>
+    withTopology(async (t) => {
+      const tun = t.spawn(t.ns.router, [
+        Deno.execPath(),
+        "run",
+        "-A",
+        new URL("./lib/tun_echo.ts", import.meta.url).pathname,
+        "--name",
+        "tun0",
+        "--timeout-ms",
+        "20000",
+      ]);
+      await tun.waitForStdout(/ready/);
+      for (
+        const cmd of [
+          "addr add 198.18.0.1/24 dev tun0",
+          "link set tun0 up",
+          "route add 198.18.1.0/24 dev tun0",
+        ]
+      ) {
+        await nsExec(t.ns.router, ["ip", ...cmd.split(" ")]);
+      }
+      const einat = await startEinat(t.ns.router, ["-i", "tun0"]);
+      try {
+        assert(/l2=none/.test(einat.stderrText()), einat.stderrText());
+        const r = await nsExecResult(
+          t.ns.lan1,
+          peerCmd("udp-send", [
+            "--to",
+            "198.18.1.1:3478",
+            "--from-port",
+            "40000",
+            "--timeout-ms",
+            "4000",
+          ]),
+        );
+        assertEquals(r.code, 0, `${r.stdout}${r.stderr}\n${tun.stdoutText()}`);
+        const rep = parseUdpReplies(r.stdout)[0];
+        assert(
+          rep.seen.startsWith("198.18.0.1:"),
+          `the server saw the external address: ${rep.seen}`,
+        );
+        assert(/checksum ok/.test(tun.stdoutText()), tun.stdoutText());
+      } finally {
+        assertEquals(await stopEinat(einat), 0, einat.stderrText());
+      }
+    }),
+});

@@ -1,0 +1,67 @@
+/**
+ * A UDP "server" behind a TUN device, for testing einat on an L3 interface
+ * (no Ethernet header). Run inside a namespace:
+ * `deno run -A tests/lib/tun_echo.ts --name tun0 --timeout-ms 10000`.
+ * It creates the TUN device, prints `ready`, and answers every IPv4 UDP
+ * datagram written to the device with `seen SRC:PORT` from the datagram's
+ * destination, as a server out there would. Exits at the timeout.
+ * @module
+ */
+import { buildPacket, parsePacket } from "./packet.ts";
+
+const TUNSETIFF = 0x400454ca;
+const IFF_TUN = 0x0001;
+const IFF_NO_PI = 0x1000;
+const O_RDWR = 2;
+
+const libc = Deno.dlopen("libc.so.6", {
+  open: { parameters: ["buffer", "i32"], result: "i32" },
+  ioctl: { parameters: ["i32", "u64", "buffer"], result: "i32" },
+  read: { parameters: ["i32", "buffer", "usize"], result: "isize", nonblocking: true },
+  write: { parameters: ["i32", "buffer", "usize"], result: "isize" },
+});
+
+function arg(name: string, def: string): string {
+  const i = Deno.args.indexOf(`--${name}`);
+  return i >= 0 ? Deno.args[i + 1] : def;
+}
+
+const name = arg("name", "tun0");
+const timeoutMs = Number(arg("timeout-ms", "10000"));
+const fd = libc.symbols.open(new TextEncoder().encode("/dev/net/tun\0"), O_RDWR);
+if (fd < 0) throw new Error("open /dev/net/tun failed");
+const ifr = new Uint8Array(40);
+ifr.set(new TextEncoder().encode(name));
+new DataView(ifr.buffer).setUint16(16, IFF_TUN | IFF_NO_PI, true);
+if (libc.symbols.ioctl(fd, BigInt(TUNSETIFF), ifr) < 0) throw new Error("TUNSETIFF failed");
+console.log("ready");
+
+setTimeout(() => Deno.exit(0), timeoutMs);
+const buf = new Uint8Array(65536);
+while (true) {
+  const n = Number(await libc.symbols.read(fd, buf, BigInt(buf.length)));
+  if (n <= 0) continue;
+  const bytes = buf.slice(0, n);
+  if ((bytes[0] >> 4) !== 4) continue;
+  let p;
+  try {
+    p = parsePacket(bytes, { noEth: true });
+  } catch {
+    continue;
+  }
+  if (p.proto !== "udp") continue;
+  console.log(
+    `got ${p.src}:${p.sport} -> ${p.dst}:${p.dport} checksum ${p.l4ChecksumOk ? "ok" : "bad"}`,
+  );
+  const reply = buildPacket({
+    family: 4,
+    src: p.dst,
+    dst: p.src,
+    proto: "udp",
+    sport: p.dport,
+    dport: p.sport,
+    payload: new TextEncoder().encode(`seen ${p.src}:${p.sport}\n`),
+    noEth: true,
+  });
+  libc.symbols.write(fd, reply, BigInt(reply.length));
+}

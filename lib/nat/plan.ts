@@ -91,7 +91,8 @@ export function externalConfigOf(spec: ExternalSpec, fallback: ProtoRanges): Ext
   let flags: number = EXT_FLAGS.EXTERNAL;
   if (spec.noSnat || spec.isInternal) flags = EXT_FLAGS.NO_SNAT;
   if (spec.noHairpin) flags |= EXT_FLAGS.NO_HAIRPIN;
-  return { tcp: r.tcp, udp: r.udp, icmp: r.icmp, flags };
+  // Outbound echo identifiers come from icmp_out_ranges (inside icmp_ranges).
+  return { tcp: r.tcp, udp: r.udp, icmp: r.icmp.length ? r.icmpOut : [], flags };
 }
 
 /** A match-all externals entry using the interface's default ranges. */

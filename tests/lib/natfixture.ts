@@ -22,7 +22,7 @@ export const TC_ACT_REDIRECT = 7;
 
 /** Ranges for all protocols. */
 export function ranges(tcp: PortRange[], udp = tcp, icmp = tcp): ProtoRanges {
-  return { tcp, udp, icmp, icmpIn: [], icmpOut: [] };
+  return { tcp, udp, icmp, icmpIn: icmp, icmpOut: icmp };
 }
 
 /** An interface config with einat's defaults, overridable. */

@@ -1,0 +1,136 @@
+/**
+ * Configuration keys reach the BPF side: a TOML file is parsed, planned,
+ * loaded and applied, then the read-only config and the maps are read back.
+ */
+import { assert, assertEquals } from "./lib/assert.ts";
+import { parseConfigToml } from "../lib/config/toml.ts";
+import { formatAddr, parseAddr } from "../lib/config/cidr.ts";
+import * as bpf from "../lib/ffi/libbpf.ts";
+import { applyPlan } from "../lib/nat/apply.ts";
+import {
+  decodeDefaultExt,
+  decodeExternalConfig,
+  decodeLpmKey,
+  decodeRoConfig,
+  DEFAULT_EXT_LAYOUT,
+  EINAT_CONFIG_LAYOUT,
+  EXT_FLAGS,
+  EXTERNAL_CONFIG_LAYOUT,
+  LPM_KEY_LAYOUT,
+} from "../lib/nat/codec.ts";
+import { closeNat, loadNat } from "../lib/nat/loader.ts";
+import { planInterface } from "../lib/nat/plan.ts";
+import { roConfigOf } from "../lib/daemon.ts";
+
+const TOML = `
+[defaults]
+tcp_ranges = ["21000-21999", "23000-23099"]
+udp_ranges = ["22000-22999"]
+icmp_ranges = ["100-5000"]
+icmp_in_ranges = ["100-199"]
+icmp_out_ranges = ["200-5000"]
+
+[[interfaces]]
+if_name = "wan0"
+nat44 = true
+nat66 = true
+bpf_log_level = 3
+timeout_fragment = "3s"
+timeout_icmp_default = "45s"
+timeout_udp_min = "90s"
+timeout_udp_default = "4m"
+timeout_tcp_trans = "5m"
+timeout_tcp_est = "3h"
+binding_max_records = 4096
+ct_max_records = 9000
+no_snat_dests = ["198.51.100.0/24"]
+snat_internals = ["192.0.2.0/25"]
+
+[[interfaces.externals]]
+address = "203.0.113.50"
+udp_ranges = []
+
+[[interfaces.externals]]
+match_address = "203.0.113.0/24"
+no_snat = true
+`;
+
+const addr = (s: string) => parseAddr(s);
+
+Deno.test("config keys reach the loaded BPF config and maps", async () => {
+  const ic = parseConfigToml(TOML, "test.toml").config.interfaces[0];
+  const plan = planInterface(ic, [
+    { family: 4, addr: addr("203.0.113.1"), prefixLen: 24 },
+    { family: 6, addr: addr("2001:db8:2::1"), prefixLen: 64 },
+  ]);
+  const nat = await loadNat({
+    ro: roConfigOf(ic, false),
+    bindingMaxRecords: ic.bindingMaxRecords,
+    ctMaxRecords: ic.ctMaxRecords,
+  });
+  try {
+    applyPlan(nat.maps, plan);
+    // read-only config, as the kernel holds it
+    const ro = bpf.mapLookup(
+      bpf.mapFd(bpf.findMap(nat.obj, ".rodata")),
+      new Uint8Array(4),
+      bpf.mapValueSize(bpf.findMap(nat.obj, ".rodata")),
+    )!;
+    const cfg = decodeRoConfig(ro.slice(0, EINAT_CONFIG_LAYOUT.size));
+    const s = 1_000_000_000n;
+    assertEquals(cfg, {
+      timeoutFragment: 3n * s,
+      timeoutIcmp: 45n * s,
+      timeoutUdpMin: 90n * s,
+      timeoutUdp: 240n * s,
+      timeoutTcpTrans: 300n * s,
+      timeoutTcpEst: 3n * 3600n * s,
+      logLevel: 3,
+      hasEth: false,
+      nat44: true,
+      nat66: true,
+    });
+    // record limits: two binding entries per binding
+    assertEquals(bpf.mapMaxEntries(bpf.findMap(nat.obj, "map_binding")), 8192);
+    assertEquals(bpf.mapMaxEntries(bpf.findMap(nat.obj, "map_ct")), 9000);
+
+    // default external: the static address wins (first static or matching)
+    const key0 = new Uint8Array(4);
+    const d4 = decodeDefaultExt(bpf.mapLookup(nat.maps.defaultExt, key0, DEFAULT_EXT_LAYOUT.size)!);
+    assertEquals(formatAddr(d4.addr.slice(0, 4)), "203.0.113.50");
+    assert(d4.valid);
+    assertEquals(d4.cfg.tcp, [{ start: 21000, end: 21999 }, { start: 23000, end: 23099 }]);
+    assertEquals(d4.cfg.udp, [], "udp_ranges = [] on the external disables UDP NAT");
+    assertEquals(d4.cfg.icmp, [{ start: 200, end: 5000 }], "echo ids from icmp_out_ranges");
+    const key1 = new Uint8Array([1, 0, 0, 0]);
+    const d6 = decodeDefaultExt(bpf.mapLookup(nat.maps.defaultExt, key1, DEFAULT_EXT_LAYOUT.size)!);
+    assertEquals(formatAddr(d6.addr), "2001:db8:2::1", "IPv6 through default_externals");
+
+    const ext = new Map(
+      [...bpf.mapEntries(nat.maps.externals, LPM_KEY_LAYOUT.size, EXTERNAL_CONFIG_LAYOUT.size)].map(
+        (e) => {
+          const k = decodeLpmKey(e.key);
+          return [`${formatAddr(k.addr)}/${k.prefixLen}`, decodeExternalConfig(e.value)];
+        },
+      ),
+    );
+    assertEquals(ext.get("203.0.113.50/32")?.flags, EXT_FLAGS.EXTERNAL);
+    assertEquals(
+      ext.get("203.0.113.1/32")?.flags,
+      EXT_FLAGS.NO_SNAT,
+      "matched by the no_snat network",
+    );
+    assertEquals(ext.get("192.0.2.0/25")?.flags, 0, "snat_internals: translated");
+    assertEquals(ext.get("0.0.0.0/0")?.flags, EXT_FLAGS.NO_SNAT, "everything else: not translated");
+
+    const dst = [...bpf.mapEntries(nat.maps.destConfig, LPM_KEY_LAYOUT.size, 4)].map((e) => {
+      const k = decodeLpmKey(e.key);
+      return `${formatAddr(k.addr)}/${k.prefixLen}=${
+        new DataView(e.value.buffer).getUint32(0, true)
+      }`;
+    });
+    assertEquals(dst, [`198.51.100.0/24=${EXT_FLAGS.NO_SNAT}`]);
+  } finally {
+    closeNat(nat);
+  }
+});

@@ -1,0 +1,112 @@
+/**
+ * Configuration end to end: two WAN links NATed by one process, and an empty
+ * protocol range leaving that protocol untranslated.
+ */
+import { assert, assertEquals } from "./lib/assert.ts";
+import { startEinat, stopEinat } from "./lib/einat.ts";
+import { nsExec, nsExecResult, peerCmd, type Topology, withTopology } from "./lib/netns.ts";
+import { parseSeen, parseUdpReplies } from "./lib/peer.ts";
+
+const sanitize = { sanitizeOps: false, sanitizeResources: false };
+
+async function withConfig(text: string, fn: (file: string) => Promise<void>) {
+  const file = await Deno.makeTempFile({ suffix: ".toml" });
+  try {
+    await Deno.writeTextFile(file, text);
+    await fn(file);
+  } finally {
+    await Deno.remove(file);
+  }
+}
+
+async function udpSeen(t: Topology, dst: string): Promise<string> {
+  const r = await nsExecResult(
+    t.ns.lan1,
+    peerCmd("udp-send", ["--to", `${dst}:3478`, "--timeout-ms", "3000"]),
+  );
+  assertEquals(r.code, 0, r.stdout + r.stderr);
+  return parseUdpReplies(r.stdout)[0].seen;
+}
+
+Deno.test({
+  name: "config e2e: two [[interfaces]] NAT two WAN links at once",
+  ...sanitize,
+  fn: () =>
+    withTopology(async (t) => {
+      const sh = (ns: string, cmd: string) => nsExec(ns, ["ip", ...cmd.split(" ")]);
+      await sh(t.ns.router, `link add wan1 type veth peer name r1 netns ${t.ns.wan}`);
+      await sh(t.ns.wan, "link set r1 master br0");
+      await sh(t.ns.wan, "link set r1 up");
+      await sh(t.ns.router, "addr add 198.51.100.1/24 dev wan1");
+      await sh(t.ns.router, "link set wan1 up");
+      await sh(t.ns.srv1, "addr add 198.51.100.11/24 dev eth0");
+      const echo = t.spawn(
+        t.ns.srv1,
+        peerCmd("udp-echo", ["--port", "3478", "--timeout-ms", "20000"]),
+      );
+      await echo.waitForStdout(/listening/);
+      await withConfig(
+        '[[interfaces]]\nif_name = "wan0"\nnat44 = true\n\n[[interfaces]]\nif_name = "wan1"\nnat44 = true\n',
+        async (file) => {
+          const einat = await startEinat(t.ns.router, ["-c", file]);
+          try {
+            assert(
+              /einat running interfaces=wan0,wan1/.test(einat.stderrText()),
+              einat.stderrText(),
+            );
+            assert((await udpSeen(t, t.addrs.v4.srv1[0])).startsWith("203.0.113.1:"), "via wan0");
+            assert((await udpSeen(t, "198.51.100.11")).startsWith("198.51.100.1:"), "via wan1");
+          } finally {
+            assertEquals(await stopEinat(einat), 0, einat.stderrText());
+          }
+        },
+      );
+    }),
+});
+
+Deno.test({
+  name: "config e2e: tcp_ranges = [] leaves TCP untranslated while UDP is NATed",
+  ...sanitize,
+  fn: () =>
+    withTopology(async (t) => {
+      // a route back, so that untranslated TCP still works and shows its source
+      await nsExec(t.ns.srv1, ["ip", "route", "add", "192.0.2.0/24", "via", t.addrs.v4.routerWan]);
+      const echo = t.spawn(
+        t.ns.srv1,
+        peerCmd("udp-echo", ["--port", "3478", "--timeout-ms", "20000"]),
+      );
+      await echo.waitForStdout(/listening/);
+      const tcpEcho = t.spawn(
+        t.ns.srv1,
+        peerCmd("tcp-echo", ["--port", "8080", "--count", "1", "--timeout-ms", "10000"]),
+      );
+      await tcpEcho.waitForStdout(/listening/);
+      await withConfig(
+        '[defaults]\ntcp_ranges = []\n\n[[interfaces]]\nif_name = "wan0"\nnat44 = true\n',
+        async (file) => {
+          const einat = await startEinat(t.ns.router, ["-c", file]);
+          try {
+            assert((await udpSeen(t, t.addrs.v4.srv1[0])).startsWith("203.0.113.1:"), "UDP NATed");
+            const tcp = await nsExecResult(
+              t.ns.lan1,
+              peerCmd("tcp-send", [
+                "--to",
+                `${t.addrs.v4.srv1[0]}:8080`,
+                "--data",
+                "x",
+                "--timeout-ms",
+                "4000",
+              ]),
+            );
+            assertEquals(tcp.code, 0, tcp.stdout + tcp.stderr);
+            assert(
+              parseSeen(tcp.stdout)[0].startsWith(`${t.addrs.v4.lan1}:`),
+              `TCP not NATed: ${tcp.stdout}`,
+            );
+          } finally {
+            assertEquals(await stopEinat(einat), 0, einat.stderrText());
+          }
+        },
+      );
+    }),
+});

@@ -9,7 +9,7 @@ export NO_COLOR=1
 
 checks_failed=0
 echo "== deno check / lint / fmt"
-"$DENO" check main.ts lib/ tests/ || checks_failed=1
+"$DENO" check main.ts lib/ tests/ bench/ || checks_failed=1
 "$DENO" lint || checks_failed=1
 "$DENO" fmt --check || checks_failed=1
 

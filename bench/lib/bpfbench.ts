@@ -1,0 +1,478 @@
+/**
+ * BPF_PROG_TEST_RUN helpers for the benchmarks: the no-op baseline program, fdinfo, counters,
+ * flows established through the real programs, user-space map fills, and the "alternating
+ * packet" set-up that makes `repeat` measure the translation path.
+ *
+ * Why alternation: BPF_PROG_TEST_RUN runs the program `repeat` times on one skb, so from the
+ * second run on the program sees the packet it has already translated. For an egress packet
+ * that means an external source address (passed untouched): a naive repeat measures the pass
+ * path, not the translation. `enableAlternation` adds the mirror-image state (a binding and a
+ * session keyed by the translated endpoint that translate it back), so every run does a full
+ * established-flow translation and the packet flips between the two forms. It also marks the
+ * external address as an ordinary (non-external) source in `map_externals` so egress does not
+ * pass it. `checkAlternation` proves it: after 2 runs the bytes are back to the input and the
+ * NAT counter grew by 2.
+ * @module
+ */
+
+import * as bpf from "../../lib/ffi/libbpf.ts";
+import {
+  addr16,
+  BINDING_VALUE_LAYOUT,
+  CT_KEY_LAYOUT,
+  CT_VALUE_LAYOUT,
+  decodeExternalConfig,
+  encodeBindingKey,
+  encodeBindingValue,
+  encodeCtKey,
+  encodeExternalConfig,
+  encodeLpmKey,
+  EXTERNAL_CONFIG_LAYOUT,
+  IPPROTO,
+  type StatName,
+  STATS,
+  sumPerCpu,
+} from "../../lib/nat/codec.ts";
+import type { NatObject } from "../../lib/nat/loader.ts";
+import {
+  loadTestNat,
+  type Nat,
+  TC_ACT_OK,
+  testInterfaceConfig,
+} from "../../tests/lib/natfixture.ts";
+import type { InterfaceConfig } from "../../lib/config/types.ts";
+import { buildPacket, ipBytes, type PacketSpec, parsePacket } from "../../tests/lib/packet.ts";
+
+/** The project root. */
+export const ROOT: string = new URL("../../", import.meta.url).pathname;
+
+/** External IPv4 / IPv6 address of the test NAT. */
+export const EXT4 = "203.0.113.1";
+/** External IPv6 address of the test NAT. */
+export const EXT6 = "2001:db8:2::1";
+
+// ---------------------------------------------------------------------------------------------
+// Programs
+
+/** A loaded no-op TC program: the baseline of every BPF figure. */
+export interface Noop {
+  fd: number;
+  close(): void;
+}
+
+/** Loads `bpf/noop.bpf.o` (build it with `make -C bpf`). */
+export async function loadNoop(): Promise<Noop> {
+  const path = `${ROOT}bpf/noop.bpf.o`;
+  let bytes: Uint8Array;
+  try {
+    bytes = await Deno.readFile(path);
+  } catch {
+    throw new Error(`${path} missing: run \`make -C bpf\``);
+  }
+  const obj = bpf.openObjectMem(bytes, "noop");
+  try {
+    await bpf.loadObject(obj);
+    return { fd: bpf.programFd(bpf.findProgram(obj, "noop")), close: () => bpf.closeObject(obj) };
+  } catch (e) {
+    bpf.closeObject(obj);
+    throw e;
+  }
+}
+
+/** `/proc/self/fdinfo/FD` as key/value pairs (memlock, prog_id, verified_insns, ...). */
+export function fdinfo(fd: number): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const line of Deno.readTextFileSync(`/proc/self/fdinfo/${fd}`).split("\n")) {
+    const m = /^([\w]+):\s*(.*)$/.exec(line);
+    if (m) out[m[1]] = m[2];
+  }
+  return out;
+}
+
+/** Sum over CPUs of one `map_stats` counter. */
+export function stat(nat: NatObject, name: StatName): bigint {
+  const key = new Uint8Array(4);
+  new DataView(key.buffer).setUint32(0, STATS.indexOf(name), true);
+  const v = bpf.mapLookup(nat.maps.stats, key, 8 * navigator.hardwareConcurrency);
+  return v ? sumPerCpu(v) : 0n;
+}
+
+/** Runs `fd` on `bytes` `repeat` times; returns the kernel's average ns per run. */
+export async function runNs(fd: number, bytes: Uint8Array, repeat: number): Promise<number> {
+  const r = repeat > 1
+    ? await bpf.testRunAsync(fd, bytes, { repeat })
+    : bpf.testRun(fd, bytes, { repeat });
+  return r.durationNs;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Loading
+
+/** Loads the NAT with the test defaults, optionally NAT66, and overrides. */
+export async function loadBenchNat(
+  o: { nat66?: boolean; ic?: Partial<InterfaceConfig> } = {},
+): Promise<Nat> {
+  const ic = testInterfaceConfig({ nat66: o.nat66 ?? false, ...o.ic });
+  const ext = [`${EXT4}/24`, ...(o.nat66 ? [`${EXT6}/64`] : [])];
+  return await loadTestNat(ic, ext);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Flows
+
+/** The internal and remote side of a flow. */
+export interface FlowSpec {
+  family: 4 | 6;
+  proto: "udp" | "tcp" | "icmp";
+  lan: string;
+  lanPort: number;
+  remote: string;
+  remotePort: number;
+}
+
+/** A flow established through the programs: its external endpoint and packets. */
+export interface Flow extends FlowSpec {
+  ext: string;
+  extPort: number;
+  /** An established egress packet (LAN → remote); TCP: ACK. */
+  egress: Uint8Array;
+  /** An established ingress packet (remote → external endpoint). */
+  ingress: Uint8Array;
+}
+
+const PAYLOAD = new Uint8Array(22); // 64-byte IPv4/UDP frame
+
+function l4Proto(p: FlowSpec["proto"]): number {
+  return p === "tcp" ? IPPROTO.TCP : p === "udp" ? IPPROTO.UDP : IPPROTO.ICMP;
+}
+
+/** A packet of the flow. `dir` egress: LAN → remote; ingress: remote → ext endpoint. */
+export function flowPacket(
+  f: FlowSpec & { ext?: string; extPort?: number },
+  dir: "egress" | "ingress",
+  tcpFlags: PacketSpec["tcpFlags"] = { ack: true },
+): Uint8Array {
+  const eg = dir === "egress";
+  const base = { family: f.family, src: eg ? f.lan : f.remote, dst: eg ? f.remote : f.ext! };
+  if (f.proto === "icmp") {
+    const req = f.family === 4 ? 8 : 128;
+    return buildPacket({
+      ...base,
+      proto: "icmp",
+      icmpType: eg ? req : req + (f.family === 4 ? -8 : 1),
+      icmpId: eg ? f.lanPort : f.extPort,
+      icmpSeq: 1,
+      payload: PAYLOAD,
+    });
+  }
+  return buildPacket({
+    ...base,
+    proto: f.proto,
+    sport: eg ? f.lanPort : f.remotePort,
+    dport: eg ? f.remotePort : f.extPort,
+    tcpFlags,
+    payload: f.proto === "udp" ? PAYLOAD : new Uint8Array(0),
+  });
+}
+
+/**
+ * Establishes a flow with real packets (TCP: SYN out, SYN-ACK in, ACK out; UDP and ICMP: one
+ * out, one in). Throws with a reason when the datapath does not translate it.
+ */
+export function establish(n: Nat, s: FlowSpec): Flow {
+  const first = n.runRaw("egress", flowPacket(s, "egress", { syn: true }));
+  const out = parsePacket(first.bytes);
+  const ext = s.family === 4 ? EXT4 : EXT6;
+  if (first.retval !== TC_ACT_OK || out.src !== ext) {
+    throw new Error(`not translated (verdict ${first.retval}, source ${out.src})`);
+  }
+  const extPort = s.proto === "icmp" ? out.icmpId! : out.sport!;
+  const f = { ...s, ext, extPort };
+  const back = n.runRaw("ingress", flowPacket(f, "ingress", { syn: true, ack: true }));
+  const inn = parsePacket(back.bytes);
+  if (back.retval !== TC_ACT_OK || inn.dst !== s.lan) {
+    throw new Error(`reply not translated (verdict ${back.retval}, destination ${inn.dst})`);
+  }
+  if (s.proto === "tcp") n.runRaw("egress", flowPacket(s, "egress", { ack: true }));
+  return { ...f, egress: flowPacket(f, "egress"), ingress: flowPacket(f, "ingress") };
+}
+
+function ctKeyOf(f: Flow, extSide: boolean): Uint8Array {
+  const proto = l4Proto(f.proto);
+  return encodeCtKey({
+    l4proto: proto,
+    family: f.family,
+    extPort: extSide ? f.extPort : f.lanPort,
+    remotePort: f.proto === "icmp" ? 0 : f.remotePort,
+    extAddr: ipBytes(extSide ? f.ext : f.lan),
+    remoteAddr: ipBytes(f.remote),
+  });
+}
+
+/** Marks the external address as a plain internal source in `map_externals` (see module doc). */
+export function unmarkExternal(n: Nat, family: 4 | 6): void {
+  const addr = ipBytes(family === 4 ? EXT4 : EXT6);
+  const key = encodeLpmKey(family, addr, family === 4 ? 32 : 128);
+  const v = bpf.mapLookup(n.nat.maps.externals, key, EXTERNAL_CONFIG_LAYOUT.size);
+  const cfg = v ? decodeExternalConfig(v) : { tcp: [], udp: [], icmp: [], flags: 0 };
+  bpf.mapUpdate(n.nat.maps.externals, key, encodeExternalConfig({ ...cfg, flags: 0 }));
+}
+
+/** Adds the mirror-image binding and session so the flow's packets alternate (module doc). */
+export function enableAlternation(n: Nat, f: Flow): void {
+  const m = n.nat.maps;
+  unmarkExternal(n, f.family);
+  const proto = l4Proto(f.proto);
+  const real = bpf.mapLookup(m.ct, ctKeyOf(f, true), CT_VALUE_LAYOUT.size);
+  if (!real) throw new Error("session of the flow not found");
+  const v = real.slice();
+  v.set(addr16(ipBytes(f.ext)), CT_VALUE_LAYOUT.fields.int_addr.offset);
+  new DataView(v.buffer).setUint16(CT_VALUE_LAYOUT.fields.int_port.offset, f.extPort, false);
+  v.fill(0, CT_VALUE_LAYOUT.fields.timer.offset); // user space cannot arm a timer
+  bpf.mapUpdate(m.ct, ctKeyOf(f, false), v);
+  const ext = ipBytes(f.ext), lan = ipBytes(f.lan);
+  // egress of the translated packet: (ext, extPort) is "internal", maps back to (lan, lanPort)
+  bpf.mapUpdate(
+    m.binding,
+    encodeBindingKey({ orig: true, l4proto: proto, family: f.family, port: f.extPort, addr: ext }),
+    encodeBindingValue({ addr: lan, port: f.lanPort, flags: 0, ref: 0 }),
+  );
+  // ingress of the translated packet: (lan, lanPort) is "external", maps back to (ext, extPort)
+  bpf.mapUpdate(
+    m.binding,
+    encodeBindingKey({ orig: false, l4proto: proto, family: f.family, port: f.lanPort, addr: lan }),
+    encodeBindingValue({ addr: ext, port: f.extPort, flags: 0, ref: 1 }),
+  );
+}
+
+/** Proves that repeated runs translate every time (module doc); returns a reason or null. */
+export function checkAlternation(n: Nat, f: Flow, dir: "egress" | "ingress"): string | null {
+  const fd = dir === "egress" ? n.nat.egressFd : n.nat.ingressFd;
+  const pkt = dir === "egress" ? f.egress : f.ingress;
+  const counter: StatName = dir === "egress" ? "egress_nat" : "ingress_nat";
+  const before = stat(n.nat, counter);
+  const one = bpf.testRun(fd, pkt, { repeat: 1 });
+  const two = bpf.testRun(fd, pkt, { repeat: 2 });
+  const grown = stat(n.nat, counter) - before;
+  const p1 = parsePacket(one.dataOut);
+  const translated = dir === "egress" ? p1.src === f.ext : p1.dst === f.lan;
+  if (!translated) return "first run did not translate";
+  if (!p1.ipChecksumOk || !p1.l4ChecksumOk) return "bad checksum after translation";
+  if (two.dataOut.length !== pkt.length || two.dataOut.some((b, i) => b !== pkt[i])) {
+    return "second run did not translate back";
+  }
+  if (grown !== 3n) return `${counter} grew by ${grown}, expected 3`;
+  return null;
+}
+
+// ---------------------------------------------------------------------------------------------
+// User-space fills
+
+/** Encodes a `struct ct_value` (no codec encoder exists: user space never writes sessions). */
+export function encodeCtValue(
+  v: { intAddr: Uint8Array; intPort: number; state: number; flags: number; nowNs: bigint },
+): Uint8Array {
+  const L = CT_VALUE_LAYOUT.fields;
+  const b = new Uint8Array(CT_VALUE_LAYOUT.size);
+  const dv = new DataView(b.buffer);
+  b.set(addr16(v.intAddr), L.int_addr.offset);
+  dv.setUint16(L.int_port.offset, v.intPort, false);
+  b[L.state.offset] = v.state;
+  b[L.flags.offset] = v.flags;
+  dv.setBigUint64(L.last_seen_ns.offset, v.nowNs, true);
+  dv.setBigUint64(L.created_ns.offset, v.nowNs, true);
+  return b; // timer left zero: never armed, the session never expires
+}
+
+/** IPv4 address number → dotted quad. */
+export function v4(n: number): string {
+  return `${(n >>> 24) & 255}.${(n >>> 16) & 255}.${(n >>> 8) & 255}.${n & 255}`;
+}
+
+/** 198.18.0.0/15 address number `i` (0 ≤ i < 131072). */
+export function benchNet(i: number): string {
+  return v4(((198 << 24) | (18 << 16)) + i);
+}
+
+/**
+ * Inserts `count` UDP sessions from user space, external side `extAddr` ports
+ * `portBase + i % ports`, remote 198.18.0.0/15 address `i / ports`, port 443. Sessions carry
+ * no timer (user space cannot arm one), so they stay until deleted. Returns elapsed ms.
+ */
+export function fillSessions(
+  nat: NatObject,
+  count: number,
+  o: { extAddr: string; portBase: number; ports: number },
+): number {
+  const t0 = performance.now();
+  const ext = ipBytes(o.extAddr);
+  const value = encodeCtValue({
+    intAddr: ipBytes("192.0.2.99"),
+    intPort: 50000,
+    state: 1,
+    flags: 0x03,
+    nowNs: 1n,
+  });
+  // Encoded once with the codec, then only the varying fields are patched at the codec's
+  // offsets (encoding a fresh key per entry costs more than the map update itself).
+  const key = encodeCtKey({
+    l4proto: IPPROTO.UDP,
+    family: 4,
+    extPort: 0,
+    remotePort: 443,
+    extAddr: ext,
+    remoteAddr: new Uint8Array(4),
+  });
+  const kv = new DataView(key.buffer);
+  const portOff = CT_KEY_LAYOUT.fields.ext_port.offset;
+  const remoteOff = CT_KEY_LAYOUT.fields.remote_addr.offset;
+  for (let i = 0; i < count; i++) {
+    if (i % o.ports === 0) key.set(ipBytes(benchNet(i / o.ports)), remoteOff);
+    kv.setUint16(portOff, o.portBase + (i % o.ports), false);
+    bpf.mapUpdate(nat.maps.ct, key, value, bpf.BPF_NOEXIST);
+  }
+  return performance.now() - t0;
+}
+
+/**
+ * Inserts bindings (both entries) for external `ports` of `extAddr`, internal endpoints
+ * 198.19.x.y:50000 (distinct per port), protocol `l4proto`.
+ */
+export function fillBindings(
+  nat: NatObject,
+  extAddr: string,
+  ports: number[],
+  l4proto: number,
+): void {
+  const ext = ipBytes(extAddr);
+  ports.forEach((port, i) => {
+    const lan = ipBytes(benchNet(65536 + (i % 65536)));
+    const lanPort = 50000 + Math.floor(i / 65536);
+    bpf.mapUpdate(
+      nat.maps.binding,
+      encodeBindingKey({ orig: false, l4proto, family: 4, port, addr: ext }),
+      encodeBindingValue({ addr: lan, port: lanPort, flags: 0, ref: 1 }),
+      bpf.BPF_NOEXIST,
+    );
+    bpf.mapUpdate(
+      nat.maps.binding,
+      encodeBindingKey({ orig: true, l4proto, family: 4, port: lanPort, addr: lan }),
+      encodeBindingValue({ addr: ext, port, flags: 0, ref: 0 }),
+      bpf.BPF_NOEXIST,
+    );
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// New mappings
+
+/** A packet that creates a new mapping, and how to undo it. */
+export interface NewFlowPacket {
+  spec: FlowSpec;
+  bytes: Uint8Array;
+}
+
+/** `count` new-flow packets (UDP, or TCP SYN) from distinct 198.18.0.0/15 sources, port 40000. */
+export function newFlowPackets(
+  count: number,
+  proto: "udp" | "tcp",
+  offset = 0,
+): NewFlowPacket[] {
+  return Array.from({ length: count }, (_, i) => {
+    const spec: FlowSpec = {
+      family: 4,
+      proto,
+      lan: benchNet(offset + i),
+      lanPort: 40000,
+      remote: "198.51.100.1",
+      remotePort: 3478,
+    };
+    return { spec, bytes: flowPacket(spec, "egress", { syn: true }) };
+  });
+}
+
+/** Deletes the binding (both entries) and session a new-flow packet created. */
+export function undoNewFlow(nat: NatObject, p: NewFlowPacket, extPort: number): void {
+  const s = p.spec, proto = l4Proto(s.proto), ext = ipBytes(EXT4);
+  bpf.mapDelete(
+    nat.maps.binding,
+    encodeBindingKey({
+      orig: true,
+      l4proto: proto,
+      family: 4,
+      port: s.lanPort,
+      addr: ipBytes(s.lan),
+    }),
+  );
+  bpf.mapDelete(
+    nat.maps.binding,
+    encodeBindingKey({ orig: false, l4proto: proto, family: 4, port: extPort, addr: ext }),
+  );
+  bpf.mapDelete(
+    nat.maps.ct,
+    encodeCtKey({
+      l4proto: proto,
+      family: 4,
+      extPort,
+      remotePort: s.remotePort,
+      extAddr: ext,
+      remoteAddr: ipBytes(s.remote),
+    }),
+  );
+}
+
+/** Result of {@link measureNewMappings}. */
+export interface NewMappingResult {
+  /** Kernel-reported ns of each new-mapping run. */
+  runs: number[];
+  /** Kernel-reported ns of the no-op run next to each. */
+  noop: number[];
+  /** Runs that did not create a translated mapping. */
+  failures: number;
+}
+
+/**
+ * Runs each packet once (repeat 1: one packet, one new mapping) and the no-op program once
+ * next to it (alternating which goes first). With `undo` the mapping is deleted again from
+ * user space after the run (not timed), so the port range keeps its fill level.
+ */
+export function measureNewMappings(
+  nat: NatObject,
+  noopFd: number,
+  packets: NewFlowPacket[],
+  undo: boolean,
+): NewMappingResult {
+  const res: NewMappingResult = { runs: [], noop: [], failures: 0 };
+  packets.forEach((p, i) => {
+    const nop = () => res.noop.push(bpf.testRun(noopFd, p.bytes, { repeat: 1 }).durationNs);
+    if (i % 2) nop();
+    const r = bpf.testRun(nat.egressFd, p.bytes, { repeat: 1 });
+    if (i % 2 === 0) nop();
+    const out = parsePacket(r.dataOut);
+    if (r.retval !== TC_ACT_OK || out.src !== EXT4) {
+      res.failures++;
+      return;
+    }
+    res.runs.push(r.durationNs);
+    if (undo) undoNewFlow(nat, p, out.sport!);
+  });
+  return res;
+}
+
+/** Count of entries in a hash map (walks the keys). */
+export function countEntries(fd: number, keySize: number): number {
+  let n = 0;
+  let key: Uint8Array | null = null;
+  for (let i = 0; i < 1e8; i++) {
+    key = bpf.mapNextKey(fd, key, keySize);
+    if (key === null) break;
+    n++;
+  }
+  return n;
+}
+
+/** Sizes of the keys of the two big maps. */
+export const KEY_SIZES = {
+  ct: CT_KEY_LAYOUT.size,
+  bindingValue: BINDING_VALUE_LAYOUT.size,
+} as const;

@@ -1,0 +1,109 @@
+/**
+ * Start-up probe, run inside the router namespace by bench/startup.ts:
+ * `deno run -A bench/lib/startup_probe.ts --rounds N --nat66 0|1 [--records N] [--ifname wan0]`.
+ * With the daemon's default configuration (from `parseCli`), times what it does for one interface — `loadNat` (bpf_object__load), plan + map
+ * fill, clsact attach — then detaches, and reads the verifier's processed-instruction count
+ * (`verified_insns` in the program's fdinfo) and JIT sizes. Prints one JSON line.
+ * @module
+ */
+
+import { roConfigOf } from "../../lib/daemon.ts";
+import { parseAddr } from "../../lib/config/cidr.ts";
+import { ifNameToIndex } from "../../lib/ffi/libc.ts";
+import { applyPlan } from "../../lib/nat/apply.ts";
+import { attach, detach } from "../../lib/nat/attach.ts";
+import { closeNat, loadNat } from "../../lib/nat/loader.ts";
+import { type IfAddr, planInterface } from "../../lib/nat/plan.ts";
+import { parseCli } from "../../lib/config/cli.ts";
+
+function arg(name: string, def: string): string {
+  const i = Deno.args.indexOf(`--${name}`);
+  return i >= 0 ? Deno.args[i + 1] : def;
+}
+
+function fdinfo(fd: number): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const line of Deno.readTextFileSync(`/proc/self/fdinfo/${fd}`).split("\n")) {
+    const m = /^(\w+):\s*(.*)$/.exec(line);
+    if (m) out[m[1]] = m[2];
+  }
+  return out;
+}
+
+async function progInfo(fd: number): Promise<Record<string, number>> {
+  const fi = fdinfo(fd);
+  const out: Record<string, number> = {
+    verified_insns: Number(fi.verified_insns ?? NaN),
+    id: Number(fi.prog_id),
+  };
+  try {
+    const r = await new Deno.Command("bpftool", {
+      args: ["prog", "show", "id", fi.prog_id, "-j"],
+      stderr: "null",
+    })
+      .output();
+    const j = JSON.parse(new TextDecoder().decode(r.stdout));
+    out.bytes_xlated = j.bytes_xlated;
+    out.bytes_jited = j.bytes_jited;
+  } catch { /* bpftool missing: sizes stay unknown */ }
+  return out;
+}
+
+function addrsOf(ifname: string): IfAddr[] {
+  return Deno.networkInterfaces()
+    .filter((n) => n.name === ifname && !/^fe[89ab]/i.test(n.address))
+    .map((n) => ({
+      family: n.family === "IPv4" ? 4 as const : 6 as const,
+      addr: parseAddr(n.address.replace(/%.*$/, "")),
+      prefixLen: Number(n.cidr.split("/")[1]),
+    }));
+}
+
+const ifname = arg("ifname", "wan0");
+const rounds = Math.min(50, Number(arg("rounds", "5")));
+const nat66 = arg("nat66", "0") === "1";
+// The daemon's own defaults (map sizes included), as `einat -i IF [--nat44 --nat66]` gets them.
+const cli = parseCli(["-i", ifname, ...(nat66 ? ["--nat44", "--nat66"] : [])]);
+if (cli.kind !== "run") throw new Error("unexpected CLI result");
+const ic = cli.config.interfaces[0];
+const records = Number(arg("records", "0"));
+if (records > 0) { // smaller maps: shows what preallocating the default sizes costs at load
+  ic.bindingMaxRecords = records;
+  ic.ctMaxRecords = records * 2;
+}
+const ifindex = ifNameToIndex(ifname);
+if (!ifindex) throw new Error(`no interface ${ifname}`);
+
+const runs = [];
+let progs: Record<string, Record<string, number>> = {};
+for (let r = 0; r < rounds; r++) {
+  const t0 = performance.now();
+  const nat = await loadNat({
+    ro: roConfigOf(ic),
+    bindingMaxRecords: ic.bindingMaxRecords,
+    ctMaxRecords: ic.ctMaxRecords,
+  });
+  const t1 = performance.now();
+  try {
+    applyPlan(nat.maps, planInterface(ic, addrsOf(ifname)));
+    const t2 = performance.now();
+    const a = attach(ifindex, ifname, nat.egressFd, nat.ingressFd);
+    const t3 = performance.now();
+    detach(a);
+    const t4 = performance.now();
+    runs.push({
+      loadMs: nat.loadMs,
+      loadCallMs: t1 - t0,
+      applyMs: t2 - t1,
+      attachMs: t3 - t2,
+      detachMs: t4 - t3,
+      totalMs: t3 - t0,
+    });
+    if (r === 0) {
+      progs = { egress: await progInfo(nat.egressFd), ingress: await progInfo(nat.ingressFd) };
+    }
+  } finally {
+    closeNat(nat);
+  }
+}
+console.log(JSON.stringify({ nat66, records: ic.bindingMaxRecords, runs, progs }));

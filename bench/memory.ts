@@ -1,0 +1,339 @@
+/**
+ * Part 5: memory. Kernel memory of the maps of a running daemon at default sizes, the kernel
+ * memory one IPv4 mapping costs, and the daemon's RSS idle and under load. See
+ * bench/README.md.
+ * @module
+ */
+
+import { startEinat, stopEinat } from "../tests/lib/einat.ts";
+import { ranges } from "../tests/lib/natfixture.ts";
+import { nsExecResult, type Topology, withTopology } from "../tests/lib/netns.ts";
+import {
+  fdinfo,
+  loadBenchNat,
+  loadNoop,
+  measureNewMappings,
+  newFlowPackets,
+} from "./lib/bpfbench.ts";
+import { flowsCmd } from "./router.ts";
+import {
+  type BenchOptions,
+  bytes,
+  fmt,
+  median,
+  type PartResult,
+  progress,
+  sleep,
+  type Table,
+  type Target,
+} from "./lib/util.ts";
+
+/** Sizes of part 5. */
+export function memorySizes(o: BenchOptions): { mappings: number; loadSeconds: number } {
+  if (o.smoke) return { mappings: 200, loadSeconds: 1 };
+  if (o.quick) return { mappings: 5000, loadSeconds: 2 };
+  return { mappings: 30000, loadSeconds: 5 };
+}
+
+interface MapInfo {
+  name: string;
+  type: string;
+  max_entries: number;
+  bytes_memlock: number;
+}
+
+async function bpftoolJson(ns: string, args: string[]): Promise<unknown> {
+  const r = await nsExecResult(ns, ["bpftool", ...args, "-j"]);
+  if (r.code !== 0) throw new Error(`bpftool ${args.join(" ")}: ${r.stderr.trim()}`);
+  return JSON.parse(r.stdout);
+}
+
+/** Maps used by the einat filters on the router's wan0 (via bpftool). */
+async function daemonMaps(t: Topology): Promise<MapInfo[]> {
+  const net = await bpftoolJson(t.ns.router, ["net", "show", "dev", "wan0"]) as {
+    tc: { id: number }[];
+  }[];
+  const ids = new Set<number>();
+  for (const f of net[0]?.tc ?? []) {
+    const p = await bpftoolJson(t.ns.router, ["prog", "show", "id", String(f.id)]) as {
+      map_ids?: number[];
+    };
+    for (const m of p.map_ids ?? []) ids.add(m);
+  }
+  const out: MapInfo[] = [];
+  for (const id of ids) {
+    out.push(await bpftoolJson(t.ns.router, ["map", "show", "id", String(id)]) as MapInfo);
+  }
+  return out.sort((a, b) => b.bytes_memlock - a.bytes_memlock);
+}
+
+function rssKb(pid: number): { rss: number; hwm: number } {
+  const s = Deno.readTextFileSync(`/proc/${pid}/status`);
+  const get = (k: string) => Number(new RegExp(`${k}:\\s+(\\d+)`).exec(s)?.[1] ?? NaN);
+  return { rss: get("VmRSS"), hwm: get("VmHWM") };
+}
+
+function meminfoKb(): Record<string, number> {
+  const out: Record<string, number> = {};
+  for (const line of Deno.readTextFileSync("/proc/meminfo").split("\n")) {
+    const m = /^(\w+):\s+(\d+)/.exec(line);
+    if (m) out[m[1]] = Number(m[2]);
+  }
+  return out;
+}
+
+interface DaemonMem {
+  maps: MapInfo[];
+  /** RSS of a bare Deno process (the floor of any Deno daemon). */
+  bareKb: number;
+  idleKb: number;
+  loadMaxKb: number;
+  hwmKb: number;
+  flows: string;
+}
+
+async function daemonMemory(o: BenchOptions, loadSeconds: number): Promise<DaemonMem> {
+  return await withTopology(async (t) => {
+    const bare = t.spawn(t.ns.router, [Deno.execPath(), "eval", "setTimeout(() => {}, 5000)"], {
+      killAfterMs: 10000,
+    });
+    await sleep(1500);
+    const bareKb = bare.running() ? rssKb(bare.pid).rss : NaN;
+    bare.kill("SIGKILL");
+    await bare.output(3000).catch(() => {});
+    const einat = await startEinat(t.ns.router, ["-i", "wan0"]);
+    try {
+      const maps = await daemonMaps(t);
+      await sleep(1000);
+      const idleKb = rssKb(einat.pid).rss;
+      progress(o, `memory: daemon idle RSS ${idleKb} kB; ${loadSeconds} s of load`);
+      await t.exec(t.ns.lan1, ["ip", "addr", "add", "192.0.2.100/24", "dev", "eth0"]);
+      const srv = t.spawn(
+        t.ns.srv1,
+        flowsCmd([
+          "server",
+          "--bind",
+          "203.0.113.11",
+          "--tcp-port",
+          "9000",
+          "--udp-port",
+          "9001",
+          "--timeout-ms",
+          String((loadSeconds + 30) * 1000),
+        ]),
+      );
+      const iperfSrv = t.spawn(t.ns.srv1, [
+        "iperf3",
+        "-s",
+        "-1",
+        "-B",
+        "203.0.113.11",
+        "--forceflush",
+      ], { killAfterMs: (loadSeconds + 30) * 1000 });
+      let loadMaxKb = idleKb;
+      let flows = "";
+      try {
+        await srv.waitForStdout(/listening/, 15000);
+        await iperfSrv.waitForStdout(/listening/, 5000);
+        let done = false;
+        const load = Promise.all([
+          nsExecResult(t.ns.lan1, [
+            "iperf3",
+            "-c",
+            "203.0.113.11",
+            "-t",
+            String(loadSeconds),
+            "-P",
+            "4",
+          ], { timeoutMs: (loadSeconds + 15) * 1000 }),
+          nsExecResult(
+            t.ns.lan1,
+            flowsCmd([
+              "udp-flows",
+              "--to",
+              "203.0.113.11:9001",
+              "--bind",
+              "192.0.2.100",
+              "--ports",
+              "10000-60999",
+              "--seconds",
+              String(loadSeconds),
+              "--concurrency",
+              "16",
+            ]),
+            { timeoutMs: (loadSeconds + 15) * 1000 },
+          ),
+        ]).finally(() => done = true);
+        for (let i = 0; i < 10 * (loadSeconds + 20) && !done; i++) {
+          loadMaxKb = Math.max(loadMaxKb, rssKb(einat.pid).rss);
+          await sleep(100);
+        }
+        const [, f] = await load;
+        const j = JSON.parse(f.stdout.trim().split("\n").pop() || "{}");
+        flows = `${j.ok ?? 0} new UDP flows + iperf3 -P 4`;
+      } finally {
+        srv.kill("SIGKILL");
+        iperfSrv.kill("SIGKILL");
+      }
+      const hwmKb = rssKb(einat.pid).hwm;
+      return { maps, bareKb, idleKb, loadMaxKb, hwmKb, flows };
+    } finally {
+      await stopEinat(einat);
+    }
+  }, { ipv6: false });
+}
+
+interface MappingMem {
+  n: number;
+  memlockDelta: number;
+  slabDeltaKb: number;
+  slabDeltasKb: number[];
+  perEntry: { binding: number; ct: number };
+  reservedPerMapping: number;
+  dynamicPerMapping: number;
+}
+
+/** Creates N mappings through the program; memlock and slab growth per mapping. */
+async function mappingMemory(n: number, noopFd: number, reps: number): Promise<MappingMem> {
+  const slab = () => {
+    const m = meminfoKb();
+    return m.SUnreclaim + m.Percpu;
+  };
+  const memlockDeltas: number[] = [], slabDeltas: number[] = [];
+  let perEntry = { binding: NaN, ct: NaN };
+  for (let rep = 0; rep < reps; rep++) {
+    const nat = await loadBenchNat({
+      ic: {
+        defaultRanges: ranges([{ start: 1024, end: 65535 }]),
+        bindingMaxRecords: 65536,
+        ctMaxRecords: 131072,
+      },
+    });
+    try {
+      const fds = [nat.nat.maps.binding, nat.nat.maps.ct];
+      const memlock = () => fds.reduce((s, fd) => s + Number(fdinfo(fd).memlock), 0);
+      const b = fdinfo(nat.nat.maps.binding), c = fdinfo(nat.nat.maps.ct);
+      perEntry = {
+        binding: Number(b.memlock) / Number(b.max_entries),
+        ct: Number(c.memlock) / Number(c.max_entries),
+      };
+      const l0 = memlock(), s0 = slab();
+      const res = measureNewMappings(nat.nat, noopFd, newFlowPackets(n, "udp"), false);
+      const l1 = memlock(), s1 = slab();
+      if (res.failures) throw new Error(`${res.failures} of ${n} mappings not created`);
+      memlockDeltas.push(l1 - l0);
+      slabDeltas.push(s1 - s0);
+    } finally {
+      nat.close();
+    }
+  }
+  const slabDeltaKb = median(slabDeltas);
+  return {
+    n,
+    memlockDelta: median(memlockDeltas),
+    slabDeltaKb,
+    slabDeltasKb: slabDeltas,
+    perEntry,
+    reservedPerMapping: 2 * perEntry.binding + perEntry.ct,
+    dynamicPerMapping: Math.max(0, (slabDeltaKb * 1024) / n),
+  };
+}
+
+/** Runs part 5. */
+export async function runMemory(o: BenchOptions): Promise<PartResult> {
+  const sz = memorySizes(o);
+  const noop = await loadNoop();
+  try {
+    progress(o, `memory: ${sz.mappings} mappings through the program`);
+    const mm = await mappingMemory(sz.mappings, noop.fd, o.smoke ? 1 : 3);
+    const dm = await daemonMemory(o, sz.loadSeconds);
+    const total = dm.maps.reduce((s, m) => s + m.bytes_memlock, 0);
+    const mapRows = dm.maps.map((m) => [
+      m.name,
+      m.type,
+      m.max_entries.toLocaleString("en"),
+      bytes(m.bytes_memlock),
+      m.max_entries > 1 ? fmt(m.bytes_memlock / m.max_entries, 1) : "",
+    ]);
+    mapRows.push(["total", "", "", bytes(total), ""]);
+    const perMapping = mm.reservedPerMapping + mm.dynamicPerMapping;
+    const tables: Table[] = [
+      {
+        title: "5a. Kernel memory of the maps (running daemon, `einat -i wan0`, default sizes)",
+        head: ["map", "type", "max_entries", "memlock", "B per entry"],
+        rows: mapRows,
+        notes: [
+          "From `bpftool map show -j` (bytes_memlock) for every map of the two attached programs.",
+        ],
+      },
+      {
+        title: `5b. Kernel memory per IPv4 mapping (${
+          mm.n.toLocaleString("en")
+        } UDP mappings created by the program)`,
+        head: ["what", "bytes"],
+        rows: [
+          ["binding entry (reserved, prealloc hash)", fmt(mm.perEntry.binding, 1)],
+          ["session entry (reserved, prealloc hash)", fmt(mm.perEntry.ct, 1)],
+          ["reserved per mapping (2 binding entries + 1 session)", fmt(mm.reservedPerMapping, 1)],
+          ["memlock growth per mapping (prealloc: expected 0)", fmt(mm.memlockDelta / mm.n, 1)],
+          [
+            "unreclaimable slab + percpu growth per mapping (/proc/meminfo; e.g. bpf_timer; " +
+            `median of ${mm.slabDeltasKb.length} runs: ${mm.slabDeltasKb.join(", ")} kB)`,
+            fmt(mm.dynamicPerMapping, 1),
+          ],
+          ["total per mapping", fmt(perMapping, 1)],
+        ],
+        notes: [
+          "Hash maps are preallocated: memory is reserved at load for max_entries, so a mapping's cost is the " +
+          "per-entry share of memlock (elements + bucket array) plus what the kernel allocates on the fly " +
+          "(the session's bpf_timer), measured system-wide and therefore approximate.",
+        ],
+      },
+      {
+        title: "5c. Daemon RSS (VmRSS of the einat process)",
+        head: ["state", "RSS"],
+        rows: [
+          ["bare `deno eval` (baseline, 1.5 s after start)", bytes(dm.bareKb * 1024)],
+          ["idle (1 s after start)", bytes(dm.idleKb * 1024)],
+          [`under load (max, ${sz.loadSeconds} s: ${dm.flows})`, bytes(dm.loadMaxKb * 1024)],
+          ["VmHWM at the end", bytes(dm.hwmKb * 1024)],
+        ],
+      },
+    ];
+    const targets: Target[] = [
+      {
+        part: "memory",
+        name: "kernel memory per IPv4 mapping",
+        value: perMapping,
+        limit: 150,
+        unit: "B",
+        cmp: "le",
+      },
+      {
+        part: "memory",
+        name: "daemon RSS (max of idle and load)",
+        value: Math.max(dm.idleKb, dm.loadMaxKb, dm.hwmKb) / 1024,
+        limit: 60,
+        unit: "MiB",
+        cmp: "le",
+      },
+    ];
+    const summary = [
+      ["Kernel memory of the maps at default sizes", bytes(total)],
+      ["Kernel memory per IPv4 mapping (reserved + dynamic)", `${fmt(perMapping, 0)} B`],
+      [
+        "Daemon RSS idle / under load",
+        `${bytes(dm.idleKb * 1024)} / ${bytes(dm.loadMaxKb * 1024)}`,
+      ],
+    ];
+    return {
+      part: "memory",
+      tables,
+      targets,
+      summary,
+      data: { mappings: mm, daemon: dm, totalMemlock: total },
+    };
+  } finally {
+    noop.close();
+  }
+}

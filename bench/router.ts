@@ -1,0 +1,502 @@
+/**
+ * Part 2: traffic through the router namespace (veth) for three set-ups measured in one run:
+ * plain routing, nftables masquerade and einat. See bench/README.md.
+ * @module
+ */
+
+import { startEinat, stopEinat } from "../tests/lib/einat.ts";
+import { nsExecResult, type NsProcess, type Topology, withTopology } from "../tests/lib/netns.ts";
+import { ROOT } from "./lib/bpfbench.ts";
+import {
+  type BenchOptions,
+  fmt,
+  median,
+  type PartResult,
+  progress,
+  ratio,
+  sleep,
+  type Table,
+  type Target,
+} from "./lib/util.ts";
+
+/** The set-ups compared. */
+export const SETUPS = ["plain", "noop", "nft", "einat"] as const;
+/** One set-up. */
+export type Setup = typeof SETUPS[number];
+
+/** One measured line. */
+interface Test {
+  id: string;
+  label: string;
+  unit: string;
+  /** Target ratio to plain routing (einat), or undefined. */
+  vsPlain: number;
+  run(t: Topology, ctx: RunCtx): Promise<TestValue>;
+}
+
+interface TestValue {
+  value: number;
+  /** UDP loss in percent. */
+  loss?: number;
+  /** Connections or flows that did not complete. */
+  failed?: number;
+  ok: boolean;
+}
+
+interface RunCtx {
+  seconds: number;
+  concurrency: number;
+  /** Source address for UDP flows (distinct per set-up and round). */
+  flowAddr: string;
+}
+
+/** Sizes of part 2. */
+export interface RouterSizes {
+  seconds: number;
+  rounds: number;
+  concurrency: number;
+  /** Test ids to run (all when undefined). */
+  tests?: string[];
+  setups: readonly Setup[];
+}
+
+/** Sizes for the options. */
+export function routerSizes(o: BenchOptions): RouterSizes {
+  if (o.smoke) {
+    return {
+      seconds: 1,
+      rounds: 1,
+      concurrency: 8,
+      tests: ["tcp1", "udp64", "conn", "uflows"],
+      setups: ["einat"],
+    };
+  }
+  if (o.quick) return { seconds: 1, rounds: 1, concurrency: 16, setups: SETUPS };
+  return { seconds: 2, rounds: 4, concurrency: 16, setups: SETUPS };
+}
+
+const FLOWS_PATH = new URL("./lib/flows.ts", import.meta.url).pathname;
+
+/** The command line of a bench/lib/flows.ts subcommand. */
+export function flowsCmd(args: string[]): string[] {
+  return [
+    Deno.execPath(),
+    "run",
+    "-A",
+    "--unstable-net",
+    "--no-config",
+    "--no-lock",
+    FLOWS_PATH,
+    ...args,
+  ];
+}
+
+const SRV = "203.0.113.11";
+const LAN_NET = "192.0.2.0/24";
+const ROUTER_WAN = "203.0.113.1";
+const NFT_TABLE = "einat_bench";
+/** Clients run on CPU 0 and servers on CPU 1, so runs schedule alike (less noise). */
+const CLIENT_CPU = ["taskset", "-c", "0"];
+const SERVER_CPU = ["taskset", "-c", "1"];
+
+async function iperf(
+  t: Topology,
+  args: string[],
+  seconds: number,
+): Promise<Record<string, unknown>> {
+  const srv = t.spawn(t.ns.srv1, [...SERVER_CPU, "iperf3", "-s", "-1", "-B", SRV, "--forceflush"], {
+    killAfterMs: (seconds + 20) * 1000,
+  });
+  try {
+    await srv.waitForStdout(/listening/, 5000);
+    const r = await nsExecResult(t.ns.lan1, [
+      ...CLIENT_CPU,
+      "iperf3",
+      "-c",
+      SRV,
+      "-t",
+      String(seconds),
+      "-J",
+      ...args,
+    ], {
+      timeoutMs: (seconds + 15) * 1000,
+    });
+    const j = JSON.parse(r.stdout || "{}");
+    if (r.code !== 0 || j.error) {
+      throw new Error(`iperf3 ${args.join(" ")}: ${j.error ?? r.stderr.trim()}`);
+    }
+    return j;
+  } finally {
+    srv.kill("SIGKILL");
+    await srv.output(3000).catch(() => {});
+  }
+}
+
+function tcpTest(id: string, label: string, args: string[]): Test {
+  return {
+    id,
+    label,
+    unit: "Gbit/s",
+    vsPlain: 0.97,
+    async run(t, c) {
+      const j = await iperf(t, args, c.seconds);
+      const end = j.end as { sum_received: { bits_per_second: number; bytes: number } };
+      return { value: end.sum_received.bits_per_second / 1e9, ok: end.sum_received.bytes > 0 };
+    },
+  };
+}
+
+function udpTest(id: string, label: string, args: string[]): Test {
+  return {
+    id,
+    label,
+    unit: "kpps rx",
+    vsPlain: 0.95,
+    async run(t, c) {
+      const j = await iperf(t, ["-u", "-l", "64", "-b", "0", ...args], c.seconds);
+      const s = (j.end as {
+        sum: { packets: number; lost_packets: number; seconds: number; lost_percent: number };
+      }).sum;
+      const rx = s.packets - s.lost_packets;
+      return { value: rx / s.seconds / 1e3, loss: s.lost_percent, ok: rx > 0 };
+    },
+  };
+}
+
+function flowsJson(out: string): { ok: number; fail: number; rate: number } {
+  const line = out.trim().split("\n").pop() ?? "{}";
+  return JSON.parse(line);
+}
+
+/** Every line of the router table. */
+export const TESTS: Test[] = [
+  tcpTest("tcp1", "TCP 1 stream lan→srv", []),
+  tcpTest("tcp1r", "TCP 1 stream srv→lan (-R)", ["-R"]),
+  tcpTest("tcp4", "TCP 4 streams lan→srv", ["-P", "4"]),
+  tcpTest("tcp4r", "TCP 4 streams srv→lan (-R)", ["-P", "4", "-R"]),
+  udpTest("udp64", "UDP 64 B lan→srv", []),
+  udpTest("udp64r", "UDP 64 B srv→lan (-R)", ["-R"]),
+  {
+    id: "conn",
+    label: "new TCP connections/s",
+    unit: "conn/s",
+    vsPlain: 0.95,
+    async run(t, c) {
+      const r = await nsExecResult(
+        t.ns.lan1,
+        [
+          ...CLIENT_CPU,
+          ...flowsCmd([
+            "tcp-conn",
+            "--to",
+            `${SRV}:9000`,
+            "--seconds",
+            String(c.seconds),
+            "--concurrency",
+            String(c.concurrency),
+          ]),
+        ],
+        { timeoutMs: (c.seconds + 15) * 1000 },
+      );
+      const j = flowsJson(r.stdout);
+      return { value: j.rate, failed: j.fail, ok: j.ok > 0 };
+    },
+  },
+  {
+    id: "uflows",
+    label: "new UDP flows/s",
+    unit: "flows/s",
+    vsPlain: 0.95,
+    async run(t, c) {
+      const r = await nsExecResult(
+        t.ns.lan1,
+        [
+          ...CLIENT_CPU,
+          ...flowsCmd([
+            "udp-flows",
+            "--to",
+            `${SRV}:9001`,
+            "--bind",
+            c.flowAddr,
+            "--ports",
+            "10000-60999",
+            "--seconds",
+            String(c.seconds),
+            "--concurrency",
+            String(c.concurrency),
+          ]),
+        ],
+        { timeoutMs: (c.seconds + 15) * 1000 },
+      );
+      const j = flowsJson(r.stdout);
+      return { value: j.rate, failed: j.fail, ok: j.ok > 0 };
+    },
+  },
+];
+
+/** einat's arguments in the router benchmark (see README: the connection test needs ports). */
+export const EINAT_ARGS = ["-i", "wan0", "--ports", "1024-65535"];
+
+/** Puts the router in a set-up; returns the function that undoes it. */
+async function enter(
+  t: Topology,
+  s: Setup,
+): Promise<{ leave: () => Promise<void>; einat?: NsProcess }> {
+  if (s === "plain") {
+    for (const n of [t.ns.srv1, t.ns.srv2]) {
+      await t.exec(n, ["ip", "route", "add", LAN_NET, "via", ROUTER_WAN]);
+    }
+    return {
+      leave: async () => {
+        for (const n of [t.ns.srv1, t.ns.srv2]) {
+          await t.exec(n, ["ip", "route", "del", LAN_NET, "via", ROUTER_WAN]);
+        }
+      },
+    };
+  }
+  if (s === "noop") {
+    // Plain routing with the no-op TC program on both clsact hooks of wan0: what any TC
+    // program costs on this path, einat's logic aside.
+    const leavePlain = (await enter(t, "plain")).leave;
+    const obj = `${ROOT}bpf/noop.bpf.o`;
+    await t.exec(t.ns.router, ["tc", "qdisc", "add", "dev", "wan0", "clsact"]);
+    for (const hook of ["ingress", "egress"]) {
+      await t.exec(t.ns.router, [
+        "tc",
+        "filter",
+        "add",
+        "dev",
+        "wan0",
+        hook,
+        "bpf",
+        "da",
+        "obj",
+        obj,
+        "sec",
+        "tc",
+      ]);
+    }
+    return {
+      leave: async () => {
+        await t.exec(t.ns.router, ["tc", "qdisc", "del", "dev", "wan0", "clsact"]);
+        await leavePlain();
+      },
+    };
+  }
+  if (s === "nft") {
+    const rules = `table ip ${NFT_TABLE} {\n  chain postrouting {\n` +
+      `    type nat hook postrouting priority srcnat; policy accept;\n    oifname "wan0" masquerade\n  }\n}\n`;
+    await t.exec(t.ns.router, ["nft", "-f", "-"], { stdin: rules });
+    return {
+      leave: () => t.exec(t.ns.router, ["nft", "delete", "table", "ip", NFT_TABLE]).then(() => {}),
+    };
+  }
+  const einat = await startEinat(t.ns.router, EINAT_ARGS);
+  return {
+    einat,
+    leave: async () => {
+      const code = await stopEinat(einat);
+      if (code !== 0) throw new Error(`einat exited with ${code}`);
+    },
+  };
+}
+
+/** Checks the set-up forwards (and, for NAT set-ups, that the server has no route back). */
+async function sanity(t: Topology): Promise<void> {
+  const r = await nsExecResult(t.ns.lan1, ["ping", "-c", "1", "-W", "2", SRV]);
+  if (r.code !== 0) throw new Error(`lan1 cannot reach ${SRV}: ${r.stdout}${r.stderr}`);
+}
+
+/** Raw results: test id → set-up → values per round. */
+export type RouterRaw = Record<string, Record<Setup, TestValue[]>>;
+
+/** Runs the measurements in an existing topology (used by the smoke test too). */
+export async function measureRouter(
+  o: BenchOptions,
+  t: Topology,
+  sz: RouterSizes,
+): Promise<RouterRaw> {
+  const tests = TESTS.filter((x) => !sz.tests || sz.tests.includes(x.id));
+  const raw: RouterRaw = {};
+  for (const x of tests) raw[x.id] = { plain: [], noop: [], nft: [], einat: [] };
+  // One UDP flow source address per set-up and round, so every flow is new in every run.
+  const nAddr = sz.setups.length * sz.rounds;
+  const addrs = Array.from({ length: nAddr }, (_, i) => `192.0.2.${101 + i}`);
+  for (const a of addrs) await t.exec(t.ns.lan1, ["ip", "addr", "add", `${a}/24`, "dev", "eth0"]);
+  const server = t.spawn(
+    t.ns.srv1,
+    [
+      ...SERVER_CPU,
+      ...flowsCmd([
+        "server",
+        "--bind",
+        SRV,
+        "--tcp-port",
+        "9000",
+        "--udp-port",
+        "9001",
+        "--timeout-ms",
+        String(30 * 60_000),
+      ]),
+    ],
+  );
+  try {
+    await server.waitForStdout(/listening/, 15000);
+    { // warm-up (not recorded): the first transfers after the topology is built run slow
+      const st = await enter(t, "plain");
+      try {
+        await iperf(t, [], 1);
+      } finally {
+        await st.leave();
+      }
+    }
+    // Rounds × tests × set-ups: the set-ups of one test run back to back (order rotating), so
+    // slow drifts of the machine hit them alike and each round gives paired ratios.
+    for (let r = 0; r < sz.rounds; r++) {
+      progress(o, `router: round ${r + 1}/${sz.rounds}`);
+      for (const [i, x] of tests.entries()) {
+        const k = (r + i) % sz.setups.length;
+        const order = [...sz.setups.slice(k), ...sz.setups.slice(0, k)];
+        for (const s of order) {
+          const ctx: RunCtx = {
+            seconds: sz.seconds,
+            concurrency: sz.concurrency,
+            flowAddr: addrs[r * sz.setups.length + sz.setups.indexOf(s)],
+          };
+          const st = await enter(t, s);
+          try {
+            await sanity(t);
+            raw[x.id][s].push(await x.run(t, ctx));
+          } finally {
+            await st.leave();
+          }
+          await sleep(100);
+        }
+      }
+    }
+  } finally {
+    server.kill("SIGKILL");
+    await server.output(3000).catch(() => {});
+  }
+  return raw;
+}
+
+/** Median over rounds of the paired ratio a_r / b_r (NaN when either is missing). */
+export function pairedRatio(raw: RouterRaw, id: string, a: Setup, b: Setup): number {
+  const xs = raw[id][a], ys = raw[id][b];
+  const n = Math.min(xs.length, ys.length);
+  return median(Array.from({ length: n }, (_, i) => xs[i].value / ys[i].value));
+}
+
+function loadavg(): string {
+  try {
+    return Deno.readTextFileSync("/proc/loadavg").split(" ").slice(0, 3).join(" ");
+  } catch {
+    return "?";
+  }
+}
+
+/** Runs part 2. */
+export async function runRouter(o: BenchOptions): Promise<PartResult> {
+  const sz = routerSizes(o);
+  const loadBefore = loadavg();
+  const raw = await withTopology((t) => measureRouter(o, t, sz), { ipv6: false });
+  const loadAfter = loadavg();
+  const tests = TESTS.filter((x) => raw[x.id]);
+  const med = (id: string, s: Setup) => median(raw[id][s].map((v) => v.value));
+  const pr = (id: string, a: Setup, b: Setup) => pairedRatio(raw, id, a, b);
+  const rows = tests.map((x) => {
+    const extra = (s: Setup) => {
+      const v = raw[x.id][s];
+      const loss = v.map((y) => y.loss).filter((y) => y !== undefined);
+      if (loss.length) return ` (${fmt(median(loss), 0)}% loss)`;
+      const failed = v.reduce((n, y) => n + (y.failed ?? 0), 0);
+      return failed ? ` (${failed} failed)` : "";
+    };
+    const digits = x.unit === "Gbit/s" ? 2 : x.unit === "kpps rx" ? 1 : 0;
+    const spread = Math.max(...sz.setups.map((st) => {
+      const v = raw[x.id][st].map((y) => y.value);
+      return v.length > 1 ? (Math.max(...v) - Math.min(...v)) / median(v) : 0;
+    }));
+    const r = (a: number) => (Number.isFinite(a) ? `${a.toFixed(2)}×` : "n/a");
+    return [
+      `${x.label} [${x.unit}]`,
+      ...SETUPS.map((st) => fmt(med(x.id, st), digits) + extra(st)),
+      r(pr(x.id, "noop", "plain")),
+      r(pr(x.id, "nft", "plain")),
+      r(pr(x.id, "einat", "plain")),
+      r(pr(x.id, "einat", "nft")),
+      sz.rounds > 1 ? `${fmt(spread * 100, 0)}%` : "n/a",
+    ];
+  });
+  const noiseOf = (id: string) => {
+    if (sz.rounds < 2) return undefined;
+    return Math.max(...sz.setups.map((st) => {
+      const v = raw[id][st].map((y) => y.value);
+      return (Math.max(...v) - Math.min(...v)) / median(v);
+    }));
+  };
+  const targets: Target[] = [];
+  for (const x of tests) {
+    const noise = noiseOf(x.id);
+    targets.push({
+      part: "router",
+      name: `${x.label}: einat / plain`,
+      value: pr(x.id, "einat", "plain"),
+      limit: x.vsPlain,
+      unit: "×",
+      cmp: "ge",
+      noise,
+    });
+    targets.push({
+      part: "router",
+      name: `${x.label}: einat / nft masquerade`,
+      value: pr(x.id, "einat", "nft"),
+      limit: 1,
+      unit: "×",
+      cmp: "ge",
+      noise,
+    });
+  }
+  const table: Table = {
+    title:
+      `2. Through the router namespace (veth; ${sz.seconds} s per test, ${sz.rounds} round(s); medians)`,
+    head: [
+      "test",
+      "plain",
+      "plain+no-op TC",
+      "nft masq",
+      "einat",
+      "no-op/plain",
+      "nft/plain",
+      "einat/plain",
+      "einat/nft",
+      "noise",
+    ],
+    rows,
+    notes: [
+      "lan1 → router (br0 … wan0) → srv1 over veth pairs and bridges, all in namespaces on this 2-core machine; " +
+      "iperf3 and the flow tools share the CPUs with the forwarding, so the rates are end-to-end, not router-only.",
+      "plain: the servers get a route back to the LAN; plain+no-op TC: the same with bpf/noop.bpf.o on both clsact " +
+      "hooks of wan0; nft: `masquerade` on wan0 postrouting in the router namespace (conntrack); einat: " +
+      `\`einat ${EINAT_ARGS.join(" ")}\`.`,
+      "UDP: iperf3 -u -l 64 -b 0, packets received per second (sender-limited: loss shows the drops).",
+      "Each test runs its set-ups back to back (rotating order); ratios are medians of the per-round ratios. " +
+      "Each round's UDP flows use a fresh source address per set-up, so every flow is a new mapping.",
+      "noise: the largest (max − min) / median over the rounds of one set-up; ratios closer to 1 than that are within noise. " +
+      `Load average before/after: ${loadBefore} / ${loadAfter} (other work on the machine adds noise).`,
+    ],
+  };
+  const summary = tests.filter((x) => ["tcp1", "tcp4", "udp64", "conn", "uflows"].includes(x.id))
+    .map((x) => [
+      `Router: ${x.label}, einat vs plain routing / vs nft masquerade`,
+      `${ratio(pr(x.id, "einat", "plain"), 1)} / ${ratio(pr(x.id, "einat", "nft"), 1)}`,
+    ]);
+  return {
+    part: "router",
+    tables: [table],
+    targets,
+    summary,
+    data: { sizes: sz, raw, loadavg: [loadBefore, loadAfter] },
+  };
+}

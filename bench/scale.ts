@@ -1,0 +1,403 @@
+/**
+ * Part 4: cost as work grows. Established-flow cost with 10 / 10k / 1M live sessions, and the
+ * cost of a new mapping with the port range empty, 90 % and 99 % full, plus the one-free-port
+ * check. See bench/README.md.
+ * @module
+ */
+
+import * as bpf from "../lib/ffi/libbpf.ts";
+import { IPPROTO } from "../lib/nat/codec.ts";
+import { TC_ACT_OK } from "../tests/lib/natfixture.ts";
+import { parsePacket } from "../tests/lib/packet.ts";
+import {
+  checkAlternation,
+  enableAlternation,
+  establish,
+  EXT4,
+  fillBindings,
+  fillSessions,
+  type Flow,
+  loadBenchNat,
+  loadNoop,
+  measureNewMappings,
+  newFlowPackets,
+  runNs,
+  stat,
+} from "./lib/bpfbench.ts";
+import { benchNet } from "./lib/bpfbench.ts";
+import {
+  type BenchOptions,
+  fmt,
+  median,
+  type PartResult,
+  percentile,
+  prng,
+  progress,
+  ratio,
+  shuffled,
+  type Table,
+  type Target,
+} from "./lib/util.ts";
+
+/** Sizes of part 4. */
+export interface ScaleSizes {
+  sessions: number[];
+  /** Flows established with real packets (the rest are user-space fill). */
+  flows: number;
+  /** Single runs of the "spread" measurement. */
+  spreadRuns: number;
+  repeat: number;
+  rounds: number;
+  fills: number[];
+  newFlows: number;
+}
+
+/** Sizes for the options. */
+export function scaleSizes(o: BenchOptions): ScaleSizes {
+  if (o.smoke) {
+    return {
+      sessions: [10, 100, 1000],
+      flows: 10,
+      spreadRuns: 40,
+      repeat: 1000,
+      rounds: 2,
+      fills: [0, 0.9, 0.99],
+      newFlows: 10,
+    };
+  }
+  if (o.quick) {
+    return {
+      sessions: [10, 10_000, 100_000],
+      flows: 1000,
+      spreadRuns: 2000,
+      repeat: 10_000,
+      rounds: 5,
+      fills: [0, 0.9, 0.99],
+      newFlows: 300,
+    };
+  }
+  return {
+    sessions: [10, 10_000, 1_000_000],
+    flows: 4000,
+    spreadRuns: 8000,
+    repeat: 1_000_000,
+    rounds: 5,
+    fills: [0, 0.9, 0.99],
+    newFlows: 1000,
+  };
+}
+
+const RANGE = { start: 20000, end: 29999 }; // the default UDP range of the test NAT
+const FILL_EXT = "203.0.113.2"; // filler sessions/bindings use another external address
+
+interface SessionResult {
+  sessions: number;
+  fillMs: number;
+  hotEgress: { nat: number; noop: number; delta: number };
+  hotIngress: { nat: number; noop: number; delta: number };
+  spreadEgress: { nat: number; noop: number; delta: number; p90: number };
+  spreadIngress: { nat: number; noop: number; delta: number; p90: number };
+}
+
+async function sessionsCase(
+  o: BenchOptions,
+  sz: ScaleSizes,
+  noopFd: number,
+  sessions: number,
+): Promise<SessionResult> {
+  const maxSessions = Math.max(...sz.sessions);
+  const n = await loadBenchNat({
+    ic: { ctMaxRecords: maxSessions + sz.flows + 1024, bindingMaxRecords: 65536 },
+  });
+  try {
+    const k = Math.min(sessions, sz.flows);
+    const flows: Flow[] = [];
+    for (let i = 0; i < k; i++) {
+      flows.push(
+        establish(n, {
+          family: 4,
+          proto: "udp",
+          lan: benchNet(i),
+          lanPort: 40000,
+          remote: "198.51.100.1",
+          remotePort: 3478,
+        }),
+      );
+    }
+    enableAlternation(n, flows[0]);
+    for (const dir of ["egress", "ingress"] as const) {
+      const bad = checkAlternation(n, flows[0], dir);
+      if (bad) throw new Error(`alternation check (${dir}): ${bad}`);
+    }
+    // The two mirror-image entries of the alternation count as sessions too.
+    const filler = Math.max(0, sessions - k - 1);
+    const ports = 30000;
+    const fillMs = fillSessions(n.nat, filler, { extAddr: FILL_EXT, portBase: 1024, ports });
+    fillBindings(
+      n.nat,
+      FILL_EXT,
+      Array.from({ length: Math.min(filler, ports) }, (_, i) => 1024 + i),
+      IPPROTO.UDP,
+    );
+    progress(
+      o,
+      `scale: ${sessions} sessions (${k} real flows, ${filler} filled in ${
+        fmt(fillMs / 1000, 1)
+      } s)`,
+    );
+
+    const hot = async (pkt: Uint8Array, fd: number) => {
+      const a: number[] = [], b: number[] = [];
+      await runNs(fd, pkt, Math.min(sz.repeat, 10_000));
+      for (let r = 0; r < sz.rounds; r++) {
+        if (r % 2) b.push(await runNs(noopFd, pkt, sz.repeat));
+        a.push(await runNs(fd, pkt, sz.repeat));
+        if (r % 2 === 0) b.push(await runNs(noopFd, pkt, sz.repeat));
+      }
+      const d = a.map((x, i) => x - b[i]);
+      return { nat: median(a), noop: median(b), delta: median(d) };
+    };
+    const hotEgress = await hot(flows[0].egress, n.nat.egressFd);
+    const hotIngress = await hot(flows[0].ingress, n.nat.ingressFd);
+
+    const spread = (dir: "egress" | "ingress") => {
+      const fd = dir === "egress" ? n.nat.egressFd : n.nat.ingressFd;
+      const a: number[] = [], b: number[] = [];
+      let order: Flow[] = [];
+      const before = stat(n.nat, dir === "egress" ? "egress_nat" : "ingress_nat");
+      for (let j = 0; j < sz.spreadRuns; j++) {
+        if (order.length === 0) order = shuffled(flows);
+        const f = order.pop()!;
+        const pkt = dir === "egress" ? f.egress : f.ingress;
+        if (j % 2) b.push(bpf.testRun(noopFd, pkt, { repeat: 1 }).durationNs);
+        const r = bpf.testRun(fd, pkt, { repeat: 1 });
+        if (j % 2 === 0) b.push(bpf.testRun(noopFd, pkt, { repeat: 1 }).durationNs);
+        if (r.retval !== TC_ACT_OK) throw new Error(`spread ${dir}: verdict ${r.retval}`);
+        a.push(r.durationNs);
+      }
+      const grown = stat(n.nat, dir === "egress" ? "egress_nat" : "ingress_nat") - before;
+      if (grown !== BigInt(sz.spreadRuns)) {
+        throw new Error(`spread ${dir}: ${grown} of ${sz.spreadRuns} translated`);
+      }
+      return {
+        nat: median(a),
+        noop: median(b),
+        delta: median(a) - median(b),
+        p90: percentile(a, 90) - median(b),
+      };
+    };
+    return {
+      sessions,
+      fillMs,
+      hotEgress,
+      hotIngress,
+      spreadEgress: spread("egress"),
+      spreadIngress: spread("ingress"),
+    };
+  } finally {
+    n.close();
+  }
+}
+
+interface FillResult {
+  fill: number;
+  occupied: number;
+  median: number;
+  noop: number;
+  delta: number;
+  p90: number;
+  refusals: number;
+  runs: number;
+}
+
+function randomPorts(count: number, seed: number, exclude?: number): number[] {
+  const all = [];
+  for (let p = RANGE.start; p <= RANGE.end; p++) if (p !== exclude) all.push(p);
+  return shuffled(all, prng(seed)).slice(0, count);
+}
+
+async function fillCase(noopFd: number, fill: number, newFlows: number): Promise<FillResult> {
+  const n = await loadBenchNat();
+  try {
+    const total = RANGE.end - RANGE.start + 1;
+    const occupied = Math.round(total * fill);
+    fillBindings(n.nat, EXT4, randomPorts(occupied, 42), IPPROTO.UDP);
+    const res = measureNewMappings(n.nat, noopFd, newFlowPackets(newFlows, "udp"), true);
+    const m = median(res.runs), z = median(res.noop);
+    return {
+      fill,
+      occupied,
+      median: m,
+      noop: z,
+      delta: m - z,
+      p90: percentile(res.runs, 90) - z,
+      refusals: res.failures,
+      runs: res.runs.length + res.failures,
+    };
+  } finally {
+    n.close();
+  }
+}
+
+/** Fills all ports but one; checks a new flow gets exactly that port. */
+async function oneFreePort(): Promise<{ ok: boolean; detail: string }> {
+  const n = await loadBenchNat();
+  try {
+    const total = RANGE.end - RANGE.start + 1;
+    const free = RANGE.start + Math.floor(prng(7)() * total);
+    fillBindings(n.nat, EXT4, randomPorts(total - 1, 43, free), IPPROTO.UDP);
+    const [a, b] = newFlowPackets(2, "udp", 500);
+    const r1 = n.runRaw("egress", a.bytes);
+    const p1 = parsePacket(r1.bytes);
+    const got = r1.retval === TC_ACT_OK && p1.src === EXT4 ? p1.sport! : null;
+    const dropsBefore = stat(n.nat, "drop_no_port");
+    const r2 = n.runRaw("egress", b.bytes);
+    const refused = r2.retval !== TC_ACT_OK && stat(n.nat, "drop_no_port") === dropsBefore + 1n;
+    const ok = got === free;
+    return {
+      ok,
+      detail: `free port ${free}: new flow got ${got ?? "refused"}` +
+        `; next flow with the range full ${refused ? "refused (drop_no_port)" : "NOT refused"}`,
+    };
+  } finally {
+    n.close();
+  }
+}
+
+/** Runs part 4. */
+export async function runScale(o: BenchOptions): Promise<PartResult> {
+  const sz = scaleSizes(o);
+  const noop = await loadNoop();
+  try {
+    const sessions: SessionResult[] = [];
+    for (const s of sz.sessions) sessions.push(await sessionsCase(o, sz, noop.fd, s));
+    progress(o, `scale: new mappings at fill ${sz.fills.map((f) => `${f * 100}%`).join(", ")}`);
+    const fills: FillResult[] = [];
+    for (const f of sz.fills) fills.push(await fillCase(noop.fd, f, sz.newFlows));
+    const one = await oneFreePort();
+
+    const base = sessions[0];
+    const t1: Table = {
+      title: `4a. Established IPv4 UDP flow vs live sessions (ns per packet, NAT − no-op)`,
+      head: [
+        "sessions",
+        "hot egress",
+        "hot ingress",
+        "ratio",
+        "spread egress",
+        "spread ingress",
+        "ratio",
+        "spread p90 eg",
+      ],
+      rows: sessions.map((s) => [
+        s.sessions.toLocaleString("en"),
+        fmt(s.hotEgress.delta),
+        fmt(s.hotIngress.delta),
+        `${ratio(s.hotEgress.delta, base.hotEgress.delta)} / ${
+          ratio(s.hotIngress.delta, base.hotIngress.delta)
+        }`,
+        fmt(s.spreadEgress.delta),
+        fmt(s.spreadIngress.delta),
+        `${ratio(s.spreadEgress.delta, base.spreadEgress.delta)} / ${
+          ratio(s.spreadIngress.delta, base.spreadIngress.delta)
+        }`,
+        fmt(s.spreadEgress.p90),
+      ]),
+      notes: [
+        `hot: one flow, repeat ${sz.repeat} (alternating packet), median of ${sz.rounds} rounds; ` +
+        `no-op ${fmt(base.hotEgress.noop)} ns.`,
+        `spread: ${sz.spreadRuns} single runs (repeat 1) over up to ${sz.flows} real flows in random order, ` +
+        `next to single no-op runs (no-op ${
+          fmt(base.spreadEgress.noop)
+        } ns); this sees cache misses a repeated packet hides.`,
+        `Sessions beyond the real flows are inserted from user space (timer not armed, never expire) on ${FILL_EXT}, ` +
+        `with up to 30000 filler bindings; every case uses the same map size (ctMaxRecords ${
+          Math.max(...sz.sessions) + sz.flows + 1024
+        }).`,
+      ],
+    };
+    const empty = fills[0];
+    const t2: Table = {
+      title:
+        `4b. New IPv4 UDP mapping vs port-range fill (range ${RANGE.start}-${RANGE.end}, ${sz.newFlows} new flows each)`,
+      head: ["fill", "ports taken", "Δ median ns", "Δ p90 ns", "vs empty", "refused"],
+      rows: fills.map((f) => [
+        `${f.fill * 100}%`,
+        String(f.occupied),
+        fmt(f.delta),
+        fmt(f.p90),
+        ratio(f.delta, empty.delta),
+        `${f.refusals}/${f.runs}`,
+      ]),
+      notes: [
+        "Taken ports are random (seeded), both binding entries inserted from user space; new flows come from " +
+        "source ports outside the range, so allocation starts at a random index and probes linearly.",
+        `One free port left: ${one.detail} → ${one.ok ? "PASS" : "FAIL"}.`,
+      ],
+    };
+    const last = sessions[sessions.length - 1];
+    const f99 = fills.find((f) => f.fill === 0.99);
+    const targets: Target[] = [
+      {
+        part: "scale",
+        name: `established egress, ${
+          last.sessions.toLocaleString("en")
+        } vs ${base.sessions} sessions (hot)`,
+        value: last.hotEgress.delta / base.hotEgress.delta,
+        limit: 1.2,
+        unit: "×",
+        cmp: "le",
+      },
+      {
+        part: "scale",
+        name: `established egress, ${
+          last.sessions.toLocaleString("en")
+        } vs ${base.sessions} sessions (spread)`,
+        value: last.spreadEgress.delta / base.spreadEgress.delta,
+        limit: 1.2,
+        unit: "×",
+        cmp: "le",
+      },
+      {
+        part: "scale",
+        name: "new mapping at 99% fill vs empty range",
+        value: f99 ? f99.delta / empty.delta : null,
+        limit: 3,
+        unit: "×",
+        cmp: "le",
+      },
+      {
+        part: "scale",
+        name: "refusals while a port is free (all fills + one-free-port check)",
+        value: fills.reduce((s, f) => s + f.refusals, 0) + (one.ok ? 0 : 1),
+        limit: 0,
+        unit: "refusals",
+        cmp: "le",
+      },
+    ];
+    const summary = [
+      [
+        `Established cost ${
+          last.sessions.toLocaleString("en")
+        } vs ${base.sessions} sessions (hot / spread)`,
+        `${ratio(last.hotEgress.delta, base.hotEgress.delta)} / ${
+          ratio(last.spreadEgress.delta, base.spreadEgress.delta)
+        }`,
+      ],
+      [
+        "New mapping at 99% port fill vs empty",
+        f99 ? `${ratio(f99.delta, empty.delta)} (${fmt(f99.delta / 1000, 2)} µs)` : "n/a",
+      ],
+      ["New mapping with one free port left", one.ok ? "succeeds" : "FAILS"],
+    ];
+    return {
+      part: "scale",
+      tables: [t1, t2],
+      targets,
+      summary,
+      data: { sessions, fills, oneFreePort: one },
+    };
+  } finally {
+    noop.close();
+  }
+}

@@ -15,6 +15,11 @@ import * as log from "./lib/log.ts";
 import { BUILD_INFO } from "./lib/build_info.ts";
 import { checkRuntimeLibraries } from "./lib/deps.ts";
 import { BusyError } from "./lib/nat/attach.ts";
+import { runShow } from "./lib/state/show.ts";
+import { runFlush } from "./lib/state/flush.ts";
+import { configureState, DEFAULT_PIN_ROOT } from "./lib/state/options.ts";
+import { type MetricsServer, startMetrics, targetsOf } from "./lib/state/metrics.ts";
+import { StateError } from "./lib/state/pin.ts";
 import { checkKernel, checkPrivileges, EnvError } from "./lib/preflight.ts";
 
 /** Version string printed by `-v`. */
@@ -50,7 +55,13 @@ export async function main(args: string[]): Promise<number> {
     return 0;
   }
   if (cli.logLevel) log.setLevel(cli.logLevel);
+  if (cli.kind === "show") return runShow(cli.show);
+  if (cli.kind === "flush") return runFlush(cli.pinDir, cli.interfaces);
   for (const n of cli.notices) log.info(n);
+  configureState({
+    pinRoot: cli.state?.pinDir ?? DEFAULT_PIN_ROOT,
+    replace: cli.state?.replace ?? false,
+  });
 
   try {
     checkPrivileges();
@@ -63,19 +74,31 @@ export async function main(args: string[]): Promise<number> {
   }
 
   let served: Served[] = [];
+  let metrics: MetricsServer | null = null;
+  if (cli.state?.metrics) {
+    try {
+      metrics = startMetrics(cli.state.metrics, () => targetsOf(served));
+    } catch (e) {
+      const { hostname, port } = cli.state.metrics;
+      return fail(`--metrics ${hostname}:${port}: ${(e as Error).message}`);
+    }
+  }
   const errors: string[] = [];
   for (const ic of cli.config.interfaces) {
     try {
-      served.push(await startInterface(ic));
+      served.push(await startInterface(ic, cli.config.defaults));
     } catch (e) {
-      const msg = e instanceof InterfaceError || e instanceof BusyError
+      const msg = e instanceof InterfaceError || e instanceof BusyError || e instanceof StateError
         ? e.message
         : `${ic.ifName ?? ic.ifIndex}: ${(e as Error).message}`;
       log.error("interface not served", { reason: msg });
       errors.push(msg);
     }
   }
-  if (served.length === 0) return fail(errors.join("; ") || "no interface configured");
+  if (served.length === 0) {
+    await metrics?.close();
+    return fail(errors.join("; ") || "no interface configured");
+  }
   const follower = follow(() => served);
   await follower.resync(); // changes between start-up and the first event
   log.info("einat running", { interfaces: served.map((s) => s.ifname).join(",") });
@@ -93,7 +116,8 @@ export async function main(args: string[]): Promise<number> {
     await follower.resync();
   }
   await follower.stop();
-  for (const s of served) stopServing(s);
+  await metrics?.close();
+  for (const s of served) await stopServing(s);
   return 0;
 }
 

@@ -17,6 +17,7 @@
 #include "lib/ct.h"
 #include "lib/frag.h"
 #include "lib/icmp_reply.h"
+#include "lib/state.h"
 
 char LICENSE[] SEC("license") = "GPL";
 
@@ -32,12 +33,38 @@ static __always_inline int pass(void)
 	return TC_ACT_OK;
 }
 
+/*
+ * The parsed packet lives in per-CPU scratch space, not on the stack: BPF
+ * has 512 bytes of stack for a whole call chain. TC programs do not nest on
+ * one CPU (egress runs with bottom halves off, ingress in softirq), and the
+ * scratch is used by this packet only until the program returns.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, struct packet);
+	__uint(max_entries, 1);
+} map_packet_scratch SEC(".maps");
+
+/* One LPM key per CPU: the stack of the egress path is too small for several. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, struct lpm_key);
+	__uint(max_entries, 1);
+} map_lpm_scratch SEC(".maps");
+
 static __always_inline struct external_config *lpm_lookup(void *map, __u8 family,
 							  const union ip_addr *addr)
 {
-	struct lpm_key k = { .prefixlen = 8 + (family == 4 ? 32 : 128), .family = family };
-	k.addr = *addr;
-	return bpf_map_lookup_elem(map, &k);
+	__u32 zero = 0;
+	struct lpm_key *k = bpf_map_lookup_elem(&map_lpm_scratch, &zero);
+	if (!k)
+		return NULL;
+	k->prefixlen = 8 + (family == 4 ? 32 : 128);
+	k->family = family;
+	k->addr = *addr;
+	return bpf_map_lookup_elem(map, k);
 }
 
 /*
@@ -49,17 +76,22 @@ __noinline int einat_egress_icmp_error(struct __sk_buff *skb, struct packet *p, 
 {
 	if (!p)
 		return TC_ACT_SHOT;
+	struct inner in = {};
+	int r = parse_inner(skb, p->family, p->l4_off + sizeof(struct icmphdr), &in);
+	if (r != PARSE_OK) /* an error we cannot map: only the router's own may leave */
+		return own ? pass() : drop(STAT_DROP_ICMP_ERROR);
 	struct binding_key okey;
-	binding_key_init(&okey, BINDING_ORIG, p->family, p->in.l4proto, &p->in.dst, p->in.dport);
+	binding_key_init(&okey, BINDING_ORIG, p->family, in.l4proto, &in.dst, in.dport);
 	struct binding_value *b = bpf_map_lookup_elem(&map_binding, &okey);
 	if (!b)
 		return own ? pass() : drop(STAT_DROP_ICMP_ERROR);
 	struct binding_value bv = *b;
-	if (rewrite_inner(skb, p, false, &bv.addr, bv.port))
+	if (rewrite_inner(skb, p, &in, false, &bv.addr, bv.port))
 		return drop(STAT_DROP_UNTRANSLATABLE);
 	if (!own && rewrite(skb, p, true, &bv.addr, 0))
 		return drop(STAT_DROP_UNTRANSLATABLE);
 	stat_inc(STAT_ICMP_ERROR_NAT);
+	traffic_add(skb, true, p->family);
 	return TC_ACT_OK;
 }
 
@@ -68,17 +100,21 @@ __noinline int einat_ingress_icmp_error(struct __sk_buff *skb, struct packet *p)
 {
 	if (!p)
 		return TC_ACT_SHOT;
+	struct inner in = {};
+	if (parse_inner(skb, p->family, p->l4_off + sizeof(struct icmphdr), &in) != PARSE_OK)
+		return pass();
 	struct binding_key rkey;
-	binding_key_init(&rkey, 0, p->family, p->in.l4proto, &p->in.src, p->in.sport);
+	binding_key_init(&rkey, 0, p->family, in.l4proto, &in.src, in.sport);
 	struct binding_value *b = bpf_map_lookup_elem(&map_binding, &rkey);
 	if (!b)
 		return pass(); /* about the router's own traffic */
 	struct binding_value bv = *b;
-	if (rewrite_inner(skb, p, true, &bv.addr, bv.port))
+	if (rewrite_inner(skb, p, &in, true, &bv.addr, bv.port))
 		return drop(STAT_DROP_UNTRANSLATABLE);
 	if (rewrite(skb, p, false, &bv.addr, 0))
 		return drop(STAT_DROP_UNTRANSLATABLE);
 	stat_inc(STAT_ICMP_ERROR_NAT);
+	traffic_add(skb, false, p->family);
 	return TC_ACT_OK;
 }
 
@@ -98,134 +134,314 @@ static __always_inline int ingress_unmapped(const struct packet *p)
 	return pass();
 }
 
-static __always_inline int egress_family(struct __sk_buff *skb, const __u8 family)
+/*
+ * Hairpinning (RFC 4787 REQ-9): a packet from inside to one of our external
+ * addresses, routed here by the hairpin rules. It is translated both ways
+ * (source to the sender's mapping, destination to the mapped internal host,
+ * whose session this is inbound traffic of) and sent straight to the
+ * internal host through the FIB, so the receiver sees the sender's external
+ * endpoint. The caller has updated both sessions.
+ */
+__noinline int einat_hairpin(struct __sk_buff *skb, struct packet *p, struct binding_value *snat,
+			     struct binding_value *target)
 {
-	struct packet p;
-	int r = parse_packet(skb, &p, family);
-	if (r == PARSE_PASS)
-		return pass();
-	if (r == PARSE_BAD && p.family == 0)
+	if (!p || !snat || !target)
+		return TC_ACT_SHOT;
+	if (rewrite(skb, p, true, &snat->addr, snat->port))
+		return drop(STAT_DROP_UNTRANSLATABLE);
+	if (p->l4proto == IPPROTO_ICMP) /* one identifier field: it now holds the SNAT id */
+		p->sport = p->dport = snat->port;
+	if (rewrite(skb, p, false, &target->addr, target->port))
 		return drop(STAT_DROP_UNTRANSLATABLE);
 
+	/* The FIB query lives in per-CPU scratch space: the stack is full. */
+	__u32 zero = 0;
+	struct icmp_scratch *sc = bpf_map_lookup_elem(&map_icmp_scratch, &zero);
+	if (!sc)
+		return drop(STAT_DROP_UNTRANSLATABLE);
+	__builtin_memset(&sc->fib, 0, sizeof(sc->fib));
+	sc->fib.ifindex = skb->ifindex;
+	if (p->family == 4) {
+		sc->fib.family = AF_INET;
+		sc->fib.ipv4_dst = target->addr.v4;
+	} else {
+		sc->fib.family = AF_INET6;
+		__builtin_memcpy(sc->fib.ipv6_dst, &target->addr, 16);
+	}
+	if (bpf_fib_lookup(skb, &sc->fib, sizeof(sc->fib), BPF_FIB_LOOKUP_SKIP_NEIGH) !=
+	    BPF_FIB_LKUP_RET_SUCCESS)
+		return drop(STAT_DROP_UNTRANSLATABLE);
+	stat_inc(STAT_HAIRPIN);
+	return bpf_redirect_neigh(sc->fib.ifindex, NULL, 0, 0);
+}
+
+/*
+ * bpf_fib_lookup_external: the source address the routing table and rules
+ * pick for this destination (route `src`, rules), when it is one of our
+ * external addresses. Returns 1 with a copy of it and its ranges in the
+ * per-CPU scratch `ext`, 0 to use the default external.
+ */
+__noinline int einat_fib_external(struct __sk_buff *skb, struct packet *p)
+{
+	__u32 zero = 0;
+	struct icmp_scratch *sc = bpf_map_lookup_elem(&map_icmp_scratch, &zero);
+	if (!sc || !p)
+		return 0;
+	__builtin_memset(&sc->fib, 0, sizeof(sc->fib));
+	sc->fib.ifindex = skb->ifindex;
+	if (p->family == 4) {
+		sc->fib.family = AF_INET;
+		sc->fib.ipv4_dst = p->dst.v4;
+	} else {
+		sc->fib.family = AF_INET6;
+		__builtin_memcpy(sc->fib.ipv6_dst, &p->dst, 16);
+	}
+	if (bpf_fib_lookup(skb, &sc->fib, sizeof(sc->fib),
+			   BPF_FIB_LOOKUP_OUTPUT | BPF_FIB_LOOKUP_SKIP_NEIGH | BPF_FIB_LOOKUP_SRC) !=
+	    BPF_FIB_LKUP_RET_SUCCESS)
+		return 0;
+	__builtin_memset(&sc->ext, 0, sizeof(sc->ext));
+	if (p->family == 4)
+		sc->ext.addr.v4 = sc->fib.ipv4_src;
+	else
+		__builtin_memcpy(&sc->ext.addr, sc->fib.ipv6_src, 16);
+	struct external_config *cfg = lpm_lookup(&map_externals, p->family, &sc->ext.addr);
+	if (!cfg || !(cfg->flags & EXT_EXTERNAL) || (cfg->flags & EXT_NO_SNAT))
+		return 0;
+	sc->ext.cfg = *cfg;
+	sc->ext.valid = 1;
+	return 1;
+}
+
+/* Sources that never belong to forwarded traffic. */
+static __always_inline bool local_only_source(const struct packet *p)
+{
+	if (p->family == 4)
+		return p->src.v4 == 0;
+	if ((p->src.bytes[0] == 0xfe) && ((p->src.bytes[1] & 0xc0) == 0x80))
+		return true; /* fe80::/10 */
+	return (p->src.all[0] | p->src.all[1] | p->src.all[2] | p->src.all[3]) == 0;
+}
+
+/*
+ * The fast path of an established flow: binding and session exist, so the
+ * no-SNAT, hairpin and range checks were made when they were created (a
+ * configuration change drops the mappings it affects). Returns the verdict,
+ * or -1 for the full path.
+ */
+static __always_inline int egress_established(struct __sk_buff *skb, struct packet *p)
+{
+	struct binding_key okey;
+	binding_key_init(&okey, BINDING_ORIG, p->family, p->l4proto, &p->src, p->sport);
+	struct binding_value *b = bpf_map_lookup_elem(&map_binding, &okey);
+	if (!b)
+		return -1;
+	__be16 remote_port = p->dport;
+	if (p->l4proto == IPPROTO_ICMP) {
+		if (p->icmp_type != (p->family == 4 ? ICMP_ECHO : ICMPV6_ECHO_REQUEST))
+			return -1;
+		remote_port = 0;
+	}
+	struct ct_key ck;
+	ct_key_init(&ck, p->family, p->l4proto, &b->addr, b->port, &p->dst, remote_port);
+	struct ct_value *v = bpf_map_lookup_elem(&map_ct, &ck);
+	if (!v || (v->flags & CT_HAIRPIN))
+		return -1;
+	ct_refresh(v, p->l4proto, true, p->tcp_flags);
+	if (rewrite(skb, p, true, &ck.ext_addr, ck.ext_port))
+		return drop(STAT_DROP_UNTRANSLATABLE);
+	stat_inc(STAT_EGRESS_NAT);
+	traffic_add(skb, true, p->family);
+	return TC_ACT_OK;
+}
+
+static __always_inline int egress_family(struct __sk_buff *skb, const __u8 family)
+{
+	__u32 pkt_idx = 0;
+	struct packet *pp = bpf_map_lookup_elem(&map_packet_scratch, &pkt_idx);
+	if (!pp)
+		return TC_ACT_SHOT;
+	int r = parse_packet(skb, pp, family);
+	if (r == PARSE_PASS)
+		return pass();
+	if (r == PARSE_BAD && pp->family == 0)
+		return drop(STAT_DROP_UNTRANSLATABLE);
+
+	if (local_only_source(pp))
+		return pass(); /* DHCP from 0.0.0.0, link-local IPv6: the router's own */
+	if (r == PARSE_OK && !pp->icmp_err && pp->frag == FRAG_NONE) {
+		r = egress_established(skb, pp);
+		if (r >= 0)
+			return r;
+	}
+
 	/* Traffic of the router itself, and sources configured as no-SNAT. */
-	struct external_config *src_cfg = lpm_lookup(&map_externals, p.family, &p.src);
+	struct external_config *src_cfg = lpm_lookup(&map_externals, pp->family, &pp->src);
 	bool own = src_cfg && (src_cfg->flags & (EXT_EXTERNAL | EXT_NO_SNAT));
 	if (r == PARSE_BAD)
 		return own ? pass() : drop(STAT_DROP_UNTRANSLATABLE);
-	if (p.icmp_err)
-		return einat_egress_icmp_error(skb, &p, own);
+	if (pp->icmp_err)
+		return einat_egress_icmp_error(skb, pp, own);
 	if (own)
 		return pass();
 
-	__u32 *dflags = (__u32 *)lpm_lookup(&map_dest_config, p.family, &p.dst);
+	__u32 *dflags = (__u32 *)lpm_lookup(&map_dest_config, pp->family, &pp->dst);
 	if (dflags && (*dflags & EXT_NO_SNAT))
 		return pass();
 
-	__u32 idx = p.family == 4 ? 0 : 1;
+	__u32 idx = pp->family == 4 ? 0 : 1;
 	struct default_ext *ext = bpf_map_lookup_elem(&map_default_ext, &idx);
 	if (!ext || !ext->valid)
 		return drop(STAT_DROP_UNTRANSLATABLE);
 
-	if (p.frag == FRAG_LATER) {
-		const union ip_addr *a = frag_lookup(&p, true);
-		if (rewrite(skb, &p, true, a ? a : &ext->addr, 0))
+	if (pp->frag == FRAG_LATER) {
+		union ip_addr a;
+		if (!einat_frag_lookup(pp, true, &a))
+			a = ext->addr;
+		if (rewrite(skb, pp, true, &a, 0))
 			return drop(STAT_DROP_UNTRANSLATABLE);
 		stat_inc(STAT_FRAGMENT_NAT);
+		traffic_add(skb, true, family);
 		return TC_ACT_OK;
 	}
 
-	int pidx = proto_idx(p.l4proto);
+	int pidx = proto_idx(pp->l4proto);
 	if (ext->cfg.range_len[pidx & 3] == 0)
 		return pass(); /* NAT disabled for this protocol */
 
-	__be16 remote_port = p.dport;
-	if (p.l4proto == IPPROTO_ICMP) {
-		if (p.icmp_type != (p.family == 4 ? ICMP_ECHO : ICMPV6_ECHO_REQUEST))
+	__be16 remote_port = pp->dport;
+	if (pp->l4proto == IPPROTO_ICMP) {
+		if (pp->icmp_type != (pp->family == 4 ? ICMP_ECHO : ICMPV6_ECHO_REQUEST))
 			return drop(STAT_DROP_UNTRANSLATABLE);
 		remote_port = 0;
 	}
 
+	/* Hairpin: to one of our own external addresses. */
 	struct binding_key okey;
-	binding_key_init(&okey, BINDING_ORIG, p.family, p.l4proto, &p.src, p.sport);
+	struct binding_value *target = NULL;
+	struct external_config *dst_cfg = lpm_lookup(&map_externals, pp->family, &pp->dst);
+	if (dst_cfg && (dst_cfg->flags & EXT_EXTERNAL) && !(dst_cfg->flags & EXT_NO_HAIRPIN)) {
+		binding_key_init(&okey, 0, pp->family, pp->l4proto, &pp->dst, pp->dport);
+		target = bpf_map_lookup_elem(&map_binding, &okey);
+		if (!target) /* the router's own service: deliver locally, untranslated */
+			return bpf_redirect(skb->ifindex, BPF_F_INGRESS);
+	}
+
+	binding_key_init(&okey, BINDING_ORIG, pp->family, pp->l4proto, &pp->src, pp->sport);
 	struct binding_value bv;
 	struct binding_value *b = bpf_map_lookup_elem(&map_binding, &okey);
 	if (b) {
 		bv = *b;
 	} else {
-		if (p.tcp_flags & TCP_FLAG_RST)
+		if (pp->tcp_flags & TCP_FLAG_RST)
 			return drop(STAT_DROP_UNTRANSLATABLE);
-		r = einat_binding_create(&p, ext, &bv);
-		if (r == STAT_DROP_NO_PORT) {
-			stat_inc(r);
-			return einat_send_prohibited(skb, &p);
+		struct default_ext *from = ext;
+		if (CFG.fib_external && einat_fib_external(skb, pp)) {
+			__u32 zero = 0;
+			struct icmp_scratch *sc = bpf_map_lookup_elem(&map_icmp_scratch, &zero);
+			if (sc)
+				from = &sc->ext;
+		}
+		r = einat_binding_create(pp, from, &bv);
+		if (r == STAT_DROP_NO_PORT || r == STAT_DROP_BINDING_FULL) {
+			stat_inc(r); /* refused: tell the sender (RFC 5508 REQ-8) */
+			return einat_send_prohibited(skb, pp);
 		}
 		if (r)
 			return drop(r);
 	}
 
 	struct ct_key ck;
-	ct_key_init(&ck, p.family, p.l4proto, &bv.addr, bv.port, &p.dst, remote_port);
-	struct binding_value intern = { .addr = p.src, .port = p.sport };
-	r = einat_ct_touch(&ck, &intern, true, p.tcp_flags);
+	ct_key_init(&ck, pp->family, pp->l4proto, &bv.addr, bv.port, &pp->dst, remote_port);
+	struct binding_value intern = { .addr = pp->src, .port = pp->sport };
+	r = einat_ct_touch(&ck, &intern, true, pp->tcp_flags);
 	if (r) {
 		if (!b) /* release the binding nobody uses */
-			binding_put_unused(p.family, p.l4proto, &bv.addr, bv.port);
+			binding_put_unused(pp->family, pp->l4proto, &bv.addr, bv.port);
+		if (r == STAT_DROP_CT_FULL) {
+			stat_inc(r);
+			return einat_send_prohibited(skb, pp);
+		}
 		return drop(r);
 	}
 
-	if (rewrite(skb, &p, true, &bv.addr, bv.port))
+	if (target) { /* the target's session sees this as inbound traffic */
+		struct ct_value *own_ct = bpf_map_lookup_elem(&map_ct, &ck);
+		if (own_ct)
+			own_ct->flags |= CT_HAIRPIN; /* keeps it off the fast path */
+		ct_key_init(&ck, pp->family, pp->l4proto, &pp->dst, pp->dport, &bv.addr,
+			    pp->l4proto == IPPROTO_ICMP ? 0 : bv.port);
+		r = einat_ct_touch(&ck, target, false, pp->tcp_flags);
+		if (r)
+			return drop(r);
+		struct ct_value *peer_ct = bpf_map_lookup_elem(&map_ct, &ck);
+		if (peer_ct) /* its replies come back here and must turn around too */
+			peer_ct->flags |= CT_HAIRPIN;
+		return einat_hairpin(skb, pp, &bv, target);
+	}
+	if (rewrite(skb, pp, true, &bv.addr, bv.port))
 		return drop(STAT_DROP_UNTRANSLATABLE);
-	if (p.frag == FRAG_FIRST)
-		frag_record(&p, true, &bv.addr);
+	if (pp->frag == FRAG_FIRST)
+		einat_frag_record(pp, true, &bv.addr);
 	stat_inc(STAT_EGRESS_NAT);
+	traffic_add(skb, true, family);
 	return TC_ACT_OK;
 }
 
 static __always_inline int ingress_family(struct __sk_buff *skb, const __u8 family)
 {
-	struct packet p;
-	int r = parse_packet(skb, &p, family);
+	__u32 pkt_idx = 0;
+	struct packet *pp = bpf_map_lookup_elem(&map_packet_scratch, &pkt_idx);
+	if (!pp)
+		return TC_ACT_SHOT;
+	int r = parse_packet(skb, pp, family);
 	if (r != PARSE_OK)
 		return pass();
-	if (p.icmp_err)
-		return einat_ingress_icmp_error(skb, &p);
+	if (pp->icmp_err)
+		return einat_ingress_icmp_error(skb, pp);
 
-	if (p.frag == FRAG_LATER) {
-		const union ip_addr *a = frag_lookup(&p, false);
-		if (!a)
+	if (pp->frag == FRAG_LATER) {
+		union ip_addr to;
+		if (!einat_frag_lookup(pp, false, &to))
 			return pass(); /* first fragment not seen (yet): cannot be mapped */
-		union ip_addr to = *a;
-		if (rewrite(skb, &p, false, &to, 0))
+		if (rewrite(skb, pp, false, &to, 0))
 			return drop(STAT_DROP_UNTRANSLATABLE);
 		stat_inc(STAT_FRAGMENT_NAT);
+		traffic_add(skb, false, family);
 		return TC_ACT_OK;
 	}
 
-	__be16 remote_port = p.sport;
-	if (p.l4proto == IPPROTO_ICMP) {
-		if (p.icmp_type != (p.family == 4 ? ICMP_ECHOREPLY : ICMPV6_ECHO_REPLY))
+	__be16 remote_port = pp->sport;
+	if (pp->l4proto == IPPROTO_ICMP) {
+		if (pp->icmp_type != (pp->family == 4 ? ICMP_ECHOREPLY : ICMPV6_ECHO_REPLY))
 			return pass();
 		remote_port = 0;
 	}
 
 	struct binding_key rkey;
-	binding_key_init(&rkey, 0, p.family, p.l4proto, &p.dst, p.dport);
+	binding_key_init(&rkey, 0, pp->family, pp->l4proto, &pp->dst, pp->dport);
 	struct binding_value *b = bpf_map_lookup_elem(&map_binding, &rkey);
 	if (!b)
-		return ingress_unmapped(&p);
+		return ingress_unmapped(pp);
 	struct binding_value bv = *b;
 
 	struct ct_key ck;
-	ct_key_init(&ck, p.family, p.l4proto, &p.dst, p.dport, &p.src, remote_port);
-	r = einat_ct_touch(&ck, &bv, false, p.tcp_flags);
-	if (r)
-		return drop(r);
+	ct_key_init(&ck, pp->family, pp->l4proto, &pp->dst, pp->dport, &pp->src, remote_port);
+	struct ct_value *v = bpf_map_lookup_elem(&map_ct, &ck);
+	if (v) { /* established: refresh in place */
+		ct_refresh(v, pp->l4proto, false, pp->tcp_flags);
+	} else {
+		r = einat_ct_touch(&ck, &bv, false, pp->tcp_flags);
+		if (r)
+			return drop(r);
+	}
 
-	if (rewrite(skb, &p, false, &bv.addr, bv.port))
+	if (rewrite(skb, pp, false, &bv.addr, bv.port))
 		return drop(STAT_DROP_UNTRANSLATABLE);
-	if (p.frag == FRAG_FIRST)
-		frag_record(&p, false, &bv.addr);
+	if (pp->frag == FRAG_FIRST)
+		einat_frag_record(pp, false, &bv.addr);
 	stat_inc(STAT_INGRESS_NAT);
+	traffic_add(skb, false, family);
 	return TC_ACT_OK;
 }
 

@@ -24,7 +24,8 @@ struct einat_config {
 	__u8 has_eth; /* 0 on L3 devices (PPP, TUN, WireGuard) */
 	__u8 nat44;
 	__u8 nat66;
-	__u32 _pad;
+	__u8 fib_external; /* choose the external address by a FIB lookup */
+	__u8 _pad[3];
 };
 
 /* IPv4 addresses use the first 4 bytes, the rest stays zero. */
@@ -111,6 +112,7 @@ struct ct_key {
 #define CT_FIN_OUT 0x10
 #define CT_FIN_IN 0x20
 #define CT_RST 0x40
+#define CT_HAIRPIN 0x80 /* the remote is one of our external addresses */
 
 /* ct_value.state: what the timeout is chosen from */
 enum ct_state {
@@ -162,7 +164,20 @@ enum einat_stat {
 	STAT_DROP_ICMP_ERROR,
 	STAT_DROP_UNSOLICITED,
 	STAT_ICMP_PROHIBITED_SENT,
+	STAT_HAIRPIN,
 	STAT_MAX,
 };
+
+/*
+ * map_traffic: packets and bytes (IP header onwards) translated, by
+ * direction and family; index TRAFFIC_IDX(egress, family).
+ */
+struct traffic_counter {
+	__u64 packets;
+	__u64 bytes;
+};
+
+#define TRAFFIC_MAX 4
+#define TRAFFIC_IDX(egress, family) (((egress) ? 0 : 2) + ((family) == 6 ? 1 : 0))
 
 #endif

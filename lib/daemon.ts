@@ -7,7 +7,9 @@
  * @module
  */
 
-import type { InterfaceConfig } from "./config/types.ts";
+import type { Defaults, InterfaceConfig } from "./config/types.ts";
+import { hairpinDown, type HairpinState, hairpinUp } from "./hairpin.ts";
+import { EXT_FLAGS } from "./nat/codec.ts";
 import { formatAddr, parseAddr } from "./config/cidr.ts";
 import { formatRanges } from "./config/ranges.ts";
 import * as libc from "./ffi/libc.ts";
@@ -17,6 +19,7 @@ import { attach, type Attachment, detach, release } from "./nat/attach.ts";
 import { closeNat, loadNat, type NatObject } from "./nat/loader.ts";
 import type { RoConfig } from "./nat/codec.ts";
 import { type IfAddr, type NatPlan, planInterface } from "./nat/plan.ts";
+import { afterAttach, stateLoadOptions } from "./state/serve.ts";
 
 /** A start-up problem with one interface (exit code 2 when it is the only one). */
 export class InterfaceError extends Error {
@@ -36,6 +39,9 @@ export interface Served {
   plan: NatPlan | null;
   /** Summary of the plan last applied, to log what changed. */
   summary: string;
+  /** Local rule preferences (from `[defaults]`) for hairpin routing. */
+  localPref: { 4: number; 6: number };
+  hairpin: HairpinState[];
 }
 
 const MS = 1_000_000n;
@@ -54,6 +60,7 @@ export function roConfigOf(ic: InterfaceConfig, hasEth = true): RoConfig {
     hasEth,
     nat44: ic.nat44,
     nat66: ic.nat66,
+    fibExternal: ic.bpfFibLookupExternal,
   };
 }
 
@@ -96,7 +103,10 @@ function summarize(plan: NatPlan): string {
  * Starts serving one interface. A missing interface configured by name is
  * waited for; one without an address of an enabled family is an error.
  */
-export async function startInterface(ic: InterfaceConfig): Promise<Served> {
+export async function startInterface(
+  ic: InterfaceConfig,
+  defaults?: Pick<Defaults, "ipv4LocalRulePref" | "ipv6LocalRulePref">,
+): Promise<Served> {
   const s: Served = {
     ic,
     ifname: nameOf(ic),
@@ -104,6 +114,8 @@ export async function startInterface(ic: InterfaceConfig): Promise<Served> {
     attachment: null,
     plan: null,
     summary: "",
+    localPref: { 4: defaults?.ipv4LocalRulePref ?? 200, 6: defaults?.ipv6LocalRulePref ?? 200 },
+    hairpin: [],
   };
   if (libc.ifNameToIndex(s.ifname) === 0) {
     log.warn("interface does not exist (yet); waiting for it", { ifname: s.ifname });
@@ -142,6 +154,7 @@ export async function reconcile(s: Served): Promise<void> {
       ro: roConfigOf(s.ic, hasEthernet(s.ifname)),
       bindingMaxRecords: s.ic.bindingMaxRecords,
       ctMaxRecords: s.ic.ctMaxRecords,
+      ...stateLoadOptions(s.ic, s.ifname),
     });
     log.info("loaded BPF object", {
       ifname: s.ifname,
@@ -187,6 +200,7 @@ export async function reconcile(s: Served): Promise<void> {
     s.summary = summary;
   }
 
+  let routingChanged = summary !== s.summary || !s.attachment;
   if (s.attachment && s.attachment.ifindex !== ifindex) {
     log.info("interface was recreated", {
       ifname: s.ifname,
@@ -195,14 +209,43 @@ export async function reconcile(s: Served): Promise<void> {
     });
     release(s.attachment);
     s.attachment = null;
+    routingChanged = true;
   }
   if (!s.attachment) {
     s.attachment = attach(ifindex, s.ifname, s.nat.egressFd, s.nat.ingressFd, s.ic.preferTcx);
+    afterAttach(s.nat, s.ifname);
+  }
+  if (routingChanged) await rehairpin(s, ifindex);
+}
+
+/** (Re)installs hairpin routing for the current external addresses. */
+async function rehairpin(s: Served, ifindex: number): Promise<void> {
+  for (const h of s.hairpin.splice(0)) await hairpinDown(h);
+  for (const fam of [4, 6] as const) {
+    const route = fam === 4 ? s.ic.ipv4HairpinRoute : s.ic.ipv6HairpinRoute;
+    const enabled = fam === 4 ? s.ic.nat44 : s.ic.nat66;
+    if (!enabled || !route.enable || route.internalIfNames.length === 0 || !s.plan) continue;
+    const dests = s.plan.externals
+      .filter((e) =>
+        e.family === fam && e.prefixLen === (fam === 4 ? 32 : 128) &&
+        (e.cfg.flags & EXT_FLAGS.EXTERNAL) && !(e.cfg.flags & EXT_FLAGS.NO_HAIRPIN)
+      )
+      .map((e) => e.addr);
+    try {
+      s.hairpin.push(await hairpinUp(fam, ifindex, route, s.localPref[fam], dests));
+    } catch (e) {
+      log.error("hairpin routing not installed", {
+        ifname: s.ifname,
+        family: `IPv${fam}`,
+        error: (e as Error).message,
+      });
+    }
   }
 }
 
 /** Undoes {@link startInterface}: detaches, removes what einat created. */
-export function stopServing(s: Served): void {
+export async function stopServing(s: Served): Promise<void> {
+  for (const h of s.hairpin.splice(0)) await hairpinDown(h, s.localPref[h.family]);
   if (s.attachment) detach(s.attachment);
   s.attachment = null;
   if (s.nat) closeNat(s.nat);

@@ -4,7 +4,7 @@
  * @module
  */
 
-import type { InterfaceConfig } from "./config/types.ts";
+import type { Defaults, InterfaceConfig } from "./config/types.ts";
 import { parseConfigToml } from "./config/toml.ts";
 import * as log from "./log.ts";
 import { type Served, startInterface, stopServing } from "./daemon.ts";
@@ -44,8 +44,11 @@ export function configKey(ic: InterfaceConfig): string {
  */
 export async function reload(file: string, served: Served[]): Promise<Served[]> {
   let next: InterfaceConfig[];
+  let defaults: Defaults;
   try {
-    next = parseConfigToml(Deno.readTextFileSync(file), file).config.interfaces;
+    const parsed = parseConfigToml(Deno.readTextFileSync(file), file).config;
+    next = parsed.interfaces;
+    defaults = parsed.defaults;
   } catch (e) {
     log.error("SIGHUP: configuration not reloaded", { error: (e as Error).message });
     return served;
@@ -62,19 +65,19 @@ export async function reload(file: string, served: Served[]): Promise<Served[]> 
     }
     if (old) {
       log.info("SIGHUP: configuration changed, restarting interface", { ifname: name });
-      stopServing(old);
+      await stopServing(old);
     } else {
       log.info("SIGHUP: new interface", { ifname: name });
     }
     try {
-      keep.push(await startInterface(ic));
+      keep.push(await startInterface(ic, defaults));
     } catch (e) {
       log.error("SIGHUP: interface not served", { ifname: name, error: (e as Error).message });
     }
   }
   for (const [name, s] of byName) {
     log.info("SIGHUP: interface removed from the configuration", { ifname: name });
-    stopServing(s);
+    await stopServing(s);
   }
   log.info("SIGHUP: configuration reloaded", { interfaces: keep.map((s) => s.ifname).join(",") });
   return keep;

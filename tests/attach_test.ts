@@ -9,6 +9,21 @@ import { parseUdpReplies } from "./lib/peer.ts";
 
 const sanitize = { sanitizeOps: false, sanitizeResources: false };
 
+/**
+ * Ids of the BPF links a process holds (`link_id` in /proc/PID/fdinfo). `bpftool link show`
+ * lists every namespace's links, so tests running in parallel would be counted too.
+ */
+function linkIdsOf(pid: number): number[] {
+  const ids: number[] = [];
+  for (const e of Deno.readDirSync(`/proc/${pid}/fdinfo`)) {
+    try {
+      const m = /^link_id:\s+(\d+)/m.exec(Deno.readTextFileSync(`/proc/${pid}/fdinfo/${e.name}`));
+      if (m) ids.push(Number(m[1]));
+    } catch { /* closed meanwhile */ }
+  }
+  return ids;
+}
+
 for (const preferTcx of [true, false]) {
   Deno.test({
     name: `attach: ${preferTcx ? "TCX links" : "clsact filters"} translate and are removed on exit`,
@@ -27,6 +42,7 @@ for (const preferTcx of [true, false]) {
           );
           await echo.waitForStdout(/listening/);
           const einat = await startEinat(t.ns.router, ["-c", conf]);
+          let linkIds: number[] = [];
           try {
             assert(
               (preferTcx ? /attached TCX links/ : /attached filter/).test(einat.stderrText()),
@@ -41,8 +57,8 @@ for (const preferTcx of [true, false]) {
               "egress",
             ]);
             assertEquals(filters.includes("0xe1a7"), !preferTcx, `tc filters: ${filters}`);
-            const links = await nsExec(t.ns.router, ["bpftool", "link", "show"]);
-            assertEquals(/tcx|type 11 /.test(links), preferTcx, `bpftool link show:\n${links}`);
+            linkIds = linkIdsOf(einat.pid);
+            assertEquals(linkIds.length, preferTcx ? 2 : 0, `links held: ${linkIds}`);
             const r = await nsExecResult(
               t.ns.lan1,
               peerCmd("udp-send", ["--to", `${t.addrs.v4.srv1[0]}:3478`, "--timeout-ms", "3000"]),
@@ -52,8 +68,16 @@ for (const preferTcx of [true, false]) {
           } finally {
             assertEquals(await stopEinat(einat), 0, einat.stderrText());
           }
-          const links = await nsExec(t.ns.router, ["bpftool", "link", "show"]);
-          assert(!/tcx|type 11 /.test(links), `TCX links left: ${links}`);
+          for (const id of linkIds) {
+            const r = await nsExecResult(t.ns.router, [
+              "bpftool",
+              "link",
+              "show",
+              "id",
+              String(id),
+            ]);
+            assert(r.code !== 0, `TCX link ${id} left: ${r.stdout}`);
+          }
           const q = await nsExec(t.ns.router, ["tc", "qdisc", "show", "dev", "wan0"]);
           assert(!q.includes("clsact"), q);
         } finally {

@@ -35,6 +35,7 @@ if_name = "wan0"
 nat44 = true
 nat66 = true
 bpf_log_level = 3
+bpf_fib_lookup_external = true
 timeout_fragment = "3s"
 timeout_icmp_default = "45s"
 timeout_udp_min = "90s"
@@ -89,6 +90,7 @@ Deno.test("config keys reach the loaded BPF config and maps", async () => {
       hasEth: false,
       nat44: true,
       nat66: true,
+      fibExternal: true,
     });
     // record limits: two binding entries per binding
     assertEquals(bpf.mapMaxEntries(bpf.findMap(nat.obj, "map_binding")), 8192);

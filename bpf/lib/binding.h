@@ -33,6 +33,45 @@ static __always_inline void binding_key_init(struct binding_key *k, __u8 flags, 
 	k->addr = *addr;
 }
 
+/*
+ * When a whole range was searched in vain, new flows of that protocol are
+ * refused without searching again for FULL_BACKOFF_NS, unless a binding is
+ * released meanwhile: a full range costs one search, not one per packet.
+ */
+#define FULL_BACKOFF_NS (100ULL * 1000 * 1000)
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, __u64); /* when the range was last found full, 0: not full */
+	__uint(max_entries, PROTO_IDX_MAX * 2);
+} map_alloc_full SEC(".maps");
+
+static __always_inline __u32 full_key(__u8 family, int pidx)
+{
+	return (pidx & 3) + (family == 6 ? PROTO_IDX_MAX : 0);
+}
+
+static __always_inline bool alloc_recently_full(__u32 k)
+{
+	__u64 *t = bpf_map_lookup_elem(&map_alloc_full, &k);
+	return t && *t && bpf_ktime_get_ns() - *t < FULL_BACKOFF_NS;
+}
+
+static __always_inline void alloc_mark_full(__u32 k)
+{
+	__u64 *t = bpf_map_lookup_elem(&map_alloc_full, &k);
+	if (t)
+		*t = bpf_ktime_get_ns();
+}
+
+static __always_inline void alloc_clear_full(__u32 k)
+{
+	__u64 *t = bpf_map_lookup_elem(&map_alloc_full, &k);
+	if (t && *t)
+		*t = 0;
+}
+
 struct alloc_ctx {
 	const struct external_config *cfg;
 	int pidx;
@@ -40,7 +79,9 @@ struct alloc_ctx {
 	__u32 start; /* index to begin probing at */
 	struct binding_key key; /* reply key being claimed; port filled in */
 	struct binding_value val; /* internal endpoint */
-	__u16 found; /* host order, 0 when none */
+	__u16 found; /* host order, valid when have is set */
+	__u8 have; /* a port was claimed */
+	__u8 full; /* the binding table is full: stop searching */
 	__u16 want; /* the internal port */
 	__u8 strict; /* 2: same parity and class, 1: same class, 0: any */
 	__u8 has_low; /* the ranges have ports below 1024 */
@@ -60,7 +101,8 @@ static __always_inline bool port_acceptable(const struct alloc_ctx *c, __u16 por
 }
 
 /* Maps index i of the concatenated ranges to a port (host order). */
-static __always_inline __u16 range_port(const struct external_config *cfg, int pidx, __u32 i)
+/* Port (host order) at index i of the ranges, or -1 past their end. */
+static __always_inline int range_port(const struct external_config *cfg, int pidx, __u32 i)
 {
 #pragma unroll
 	for (int r = 0; r < EINAT_MAX_RANGES; r++) {
@@ -72,15 +114,19 @@ static __always_inline __u16 range_port(const struct external_config *cfg, int p
 			return pr->start + i;
 		i -= n;
 	}
-	return 0;
+	return -1;
 }
 
+#define E2BIG 7
 static __always_inline bool try_claim(struct alloc_ctx *c, __u16 port)
 {
 	c->key.port = bpf_htons(port);
 	if (bpf_map_lookup_elem(&map_binding, &c->key))
 		return false;
-	return bpf_map_update_elem(&map_binding, &c->key, &c->val, BPF_NOEXIST) == 0;
+	long rc = bpf_map_update_elem(&map_binding, &c->key, &c->val, BPF_NOEXIST);
+	if (rc == -E2BIG)
+		c->full = 1; /* no point in trying other ports */
+	return rc == 0;
 }
 
 static long alloc_probe(__u64 i, void *ctx)
@@ -89,12 +135,13 @@ static long alloc_probe(__u64 i, void *ctx)
 	__u32 idx = c->start + (__u32)i;
 	if (idx >= c->total)
 		idx -= c->total;
-	__u16 port = range_port(c->cfg, c->pidx, idx);
-	if (port && port_acceptable(c, port) && try_claim(c, port)) {
+	int port = range_port(c->cfg, c->pidx, idx);
+	if (port >= 0 && port_acceptable(c, port) && try_claim(c, port)) {
 		c->found = port;
+		c->have = 1;
 		return 1;
 	}
-	return 0;
+	return c->full ? 1 : 0;
 }
 
 static __always_inline bool port_in_ranges(const struct external_config *cfg, int pidx, __u16 port)
@@ -150,21 +197,28 @@ __noinline int einat_binding_create(const struct packet *p, const struct default
 	c.want = want;
 	if (port_in_ranges(cfg, pidx, want) && try_claim(&c, want)) {
 		c.found = want; /* port preservation */
-	} else {
+		c.have = 1;
+	} else if (!c.full && alloc_recently_full(full_key(p->family, pidx))) {
+		return STAT_DROP_NO_PORT; /* the range was full a moment ago */
+	} else if (!c.full) {
 		c.start = bpf_get_prandom_u32() % total;
 		/* ICMP identifiers have no parity or privilege to keep */
 		c.strict = p->l4proto == IPPROTO_ICMP ? 0 : 2;
 		bpf_loop(total, alloc_probe, &c, 0);
-		if (!c.found && c.strict) {
+		if (!c.have && !c.full && c.strict) {
 			c.strict = 1;
 			bpf_loop(total, alloc_probe, &c, 0);
 		}
-		if (!c.found && c.strict) {
+		if (!c.have && !c.full && c.strict) {
 			c.strict = 0;
 			bpf_loop(total, alloc_probe, &c, 0);
 		}
+		if (!c.have && !c.full)
+			alloc_mark_full(full_key(p->family, pidx));
 	}
-	if (!c.found)
+	if (c.full)
+		return STAT_DROP_BINDING_FULL;
+	if (!c.have)
 		return STAT_DROP_NO_PORT;
 
 	struct binding_key okey;
@@ -198,6 +252,7 @@ static __always_inline void binding_put(__u8 family, __u8 l4proto, const union i
 		return;
 	if (__sync_fetch_and_add(&rv->ref, -1) != 1)
 		return;
+	alloc_clear_full(full_key(family, proto_idx(l4proto))); /* a port comes free */
 	struct binding_key okey;
 	binding_key_init(&okey, BINDING_ORIG, family, l4proto, &rv->addr, rv->port);
 	bpf_map_delete_elem(&map_binding, &okey);

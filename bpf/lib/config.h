@@ -21,6 +21,7 @@ const volatile struct einat_config CFG = {
 	.has_eth = 1,
 	.nat44 = 1,
 	.nat66 = 0,
+	.fib_external = 0,
 };
 
 #define LOG_LEVEL (CFG.log_level)

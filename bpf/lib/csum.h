@@ -45,50 +45,74 @@ static __always_inline __u32 addr_diff(__u8 family, const union ip_addr *from,
 	return bpf_csum_diff((__be32 *)from, n, (__be32 *)to, n, 0);
 }
 
-/* Replaces the source (is_src) or destination address and the port/ID. */
-static __always_inline int rewrite(struct __sk_buff *skb, const struct packet *p, bool is_src,
-				   const union ip_addr *to_addr, __be16 to_port)
+/*
+ * Replaces the source (is_src) or destination address and the port/ID.
+ * Header fields are written directly and the IPv4 header checksum (never
+ * offloaded) updated by hand; only the L4 checksum goes through
+ * bpf_l4_csum_replace, which knows whether the skb carries a full checksum
+ * or a CHECKSUM_PARTIAL seed (then only the pseudo-header part changes).
+ * Every change is checksum-neutral, so CHECKSUM_COMPLETE sums stay valid.
+ * A global function: one verified copy for every caller, and a small stack.
+ */
+__noinline int einat_rewrite(struct __sk_buff *skb, const struct packet *p, int is_src,
+			     const union ip_addr *to_addr, __u32 to_port32)
 {
+	if (!p || !to_addr)
+		return -1;
+	__be16 to_port = (__be16)to_port32;
 	const union ip_addr *old_addr = is_src ? &p->src : &p->dst;
 	__be16 old_port = is_src ? p->sport : p->dport;
 	__u32 port_off = is_src ? p->sport_off : p->dport_off;
 	__u64 l4flags = p->l4proto == IPPROTO_UDP ? BPF_F_MARK_MANGLED_0 : 0;
 	bool pseudo = p->real_proto != IPPROTO_ICMP; /* ICMPv4 has no pseudo-header */
 	bool has_l4 = p->frag != FRAG_LATER;
+	bool port_changes = has_l4 && old_port != to_port;
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	__u32 l3 = p->l3_off;
+	__u32 diff = 0;
 
+	if (l3 > 64 || port_off > L4_OFF_MAX + 8)
+		return -1;
 	if (p->family == 4) {
-		__u32 addr_off = p->l3_off + (is_src ? offsetof(struct iphdr, saddr)
-						     : offsetof(struct iphdr, daddr));
+		struct iphdr *ip = data + l3;
+		if ((void *)(ip + 1) > data_end)
+			return -1;
 		if (old_addr->v4 != to_addr->v4) {
-			if (has_l4 && pseudo &&
-			    bpf_l4_csum_replace(skb, p->csum_off, old_addr->v4, to_addr->v4,
-						l4flags | BPF_F_PSEUDO_HDR | sizeof(__be32)))
-				return -1;
-			if (bpf_l3_csum_replace(skb, p->l3_off + offsetof(struct iphdr, check),
-						old_addr->v4, to_addr->v4, sizeof(__be32)))
-				return -1;
-			if (bpf_skb_store_bytes(skb, addr_off, &to_addr->v4, sizeof(__be32), 0))
-				return -1;
+			diff = bpf_csum_diff((__be32 *)&old_addr->v4, 4, (__be32 *)&to_addr->v4, 4, 0);
+			if (is_src)
+				ip->saddr = to_addr->v4;
+			else
+				ip->daddr = to_addr->v4;
+			ip->check = csum_apply(ip->check, diff);
 		}
 	} else {
-		__u32 addr_off = p->l3_off + (is_src ? offsetof(struct ipv6hdr, saddr)
-						     : offsetof(struct ipv6hdr, daddr));
-		__u32 diff = addr_diff(6, old_addr, to_addr);
-		if (has_l4 && bpf_l4_csum_replace(skb, p->csum_off, 0, diff,
-						  l4flags | BPF_F_PSEUDO_HDR))
+		struct ipv6hdr *ip6 = data + l3;
+		if ((void *)(ip6 + 1) > data_end)
 			return -1;
-		if (bpf_skb_store_bytes(skb, addr_off, to_addr, 16, 0))
-			return -1;
+		diff = addr_diff(6, old_addr, to_addr);
+		if (is_src)
+			__builtin_memcpy(&ip6->saddr, to_addr, 16);
+		else
+			__builtin_memcpy(&ip6->daddr, to_addr, 16);
 	}
-	if (has_l4 && old_port != to_port) {
-		if (bpf_l4_csum_replace(skb, p->csum_off, old_port, to_port,
-					l4flags | sizeof(__be16)))
+	if (port_changes) {
+		__be16 *pp = data + port_off;
+		if ((void *)(pp + 1) > data_end)
 			return -1;
-		if (bpf_skb_store_bytes(skb, port_off, &to_port, sizeof(__be16), 0))
-			return -1;
+		*pp = to_port;
 	}
+	/* Packet pointers are invalid from here on: helpers only. */
+	if (has_l4 && pseudo && diff &&
+	    bpf_l4_csum_replace(skb, p->csum_off, 0, diff, l4flags | BPF_F_PSEUDO_HDR))
+		return -1;
+	if (port_changes &&
+	    bpf_l4_csum_replace(skb, p->csum_off, old_port, to_port, l4flags | sizeof(__be16)))
+		return -1;
 	return 0;
 }
+
+#define rewrite(skb, p, is_src, to_addr, to_port) einat_rewrite(skb, p, is_src, to_addr, to_port)
 
 static __always_inline __u32 diff16(__be16 from, __be16 to)
 {
@@ -104,9 +128,8 @@ static __always_inline __u32 diff16(__be16 from, __be16 to)
  * are loaded and stored, to keep the stack small.
  */
 static __always_inline int rewrite_inner(struct __sk_buff *skb, const struct packet *p,
-					 bool is_src, const union ip_addr *to_addr, __be16 to_port)
+					 const struct inner *in, bool is_src, const union ip_addr *to_addr, __be16 to_port)
 {
-	const struct inner *in = &p->in;
 	const union ip_addr *old_addr = is_src ? &in->src : &in->dst;
 	__be16 old_port = is_src ? in->sport : in->dport;
 	__u32 da = addr_diff(p->family, old_addr, to_addr);

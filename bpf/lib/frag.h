@@ -27,30 +27,38 @@ static __always_inline void frag_key_init(struct frag_key *k, const struct packe
 }
 
 /* Records the new address for the rest of the datagram p starts. */
-static __always_inline void frag_record(const struct packet *p, bool egress,
-					const union ip_addr *addr)
+/*
+ * Records the new address for the rest of the datagram p starts. Global
+ * functions keep the fragment key off the hot path's stack.
+ */
+__noinline int einat_frag_record(const struct packet *p, int egress, const union ip_addr *addr)
 {
 	struct frag_key k;
 	struct frag_value v;
+	if (!p || !addr)
+		return -1;
 	frag_key_init(&k, p, egress);
 	v.addr = *addr;
 	v.expires_ns = bpf_ktime_get_ns() + TIMEOUT_FRAGMENT;
-	bpf_map_update_elem(&map_frag, &k, &v, BPF_ANY);
+	return bpf_map_update_elem(&map_frag, &k, &v, BPF_ANY);
 }
 
-/* The address recorded for a later fragment, or NULL. */
-static __always_inline const union ip_addr *frag_lookup(const struct packet *p, bool egress)
+/* Copies the address recorded for a later fragment to *out; 0 when none. */
+__noinline int einat_frag_lookup(const struct packet *p, int egress, union ip_addr *out)
 {
 	struct frag_key k;
+	if (!p || !out)
+		return 0;
 	frag_key_init(&k, p, egress);
 	struct frag_value *v = bpf_map_lookup_elem(&map_frag, &k);
 	if (!v)
-		return NULL;
+		return 0;
 	if (v->expires_ns < bpf_ktime_get_ns()) {
 		bpf_map_delete_elem(&map_frag, &k);
-		return NULL;
+		return 0;
 	}
-	return &v->addr;
+	*out = v->addr;
+	return 1;
 }
 
 #endif

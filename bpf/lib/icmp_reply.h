@@ -32,6 +32,7 @@ struct icmp_scratch {
 	struct ipv6hdr ip6;
 	struct iphdr ip;
 	__be32 pseudo[2];
+	struct default_ext ext; /* the external chosen by the FIB (fib_external) */
 };
 
 struct {

@@ -64,6 +64,14 @@ struct {
 	__uint(max_entries, STAT_MAX);
 } map_stats SEC(".maps");
 
+/* Translated packets and bytes per direction and family (lib/state.h). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, struct traffic_counter);
+	__uint(max_entries, TRAFFIC_MAX);
+} map_traffic SEC(".maps");
+
 static __always_inline void stat_inc(enum einat_stat idx)
 {
 	__u64 *v = bpf_map_lookup_elem(&map_stats, &idx);

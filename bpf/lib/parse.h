@@ -102,7 +102,6 @@ struct packet {
 	__u8 _pad[3];
 	union ip_addr src;
 	union ip_addr dst;
-	struct inner in;
 };
 
 static __always_inline bool is_icmp_error(__u8 family, __u8 type)
@@ -143,7 +142,7 @@ __noinline int einat_ipv6_walk(struct __sk_buff *skb, __u32 off, struct v6_walk 
 	__u8 *frag = &w->frag;
 	__be32 *frag_id = &w->frag_id;
 #pragma unroll
-	for (int i = 0; i < IPV6_EXT_MAX; i++) {
+	for (int i = 0; i <= IPV6_EXT_MAX; i++) { /* IPV6_EXT_MAX headers, then L4 */
 		switch (nh) {
 		case IPPROTO_HOPOPTS:
 		case IPPROTO_ROUTING:
@@ -283,13 +282,16 @@ static __always_inline int parse_l4(struct __sk_buff *skb, struct packet *p)
 			p->sport = p->dport = ih->un.echo.id;
 			return PARSE_OK;
 		}
-		if (is_icmp_error(p->family, ih->type) && p->frag == FRAG_NONE) {
-			int r = parse_inner(skb, p->family, l4 + sizeof(*ih), &p->in);
-			if (r == PARSE_OK)
-				p->icmp_err = 1;
-			return r;
+		if (is_icmp_error(p->family, ih->type)) {
+			if (p->frag != FRAG_NONE)
+				return PARSE_BAD; /* a fragmented error cannot be mapped */
+			/* the embedded packet is parsed by the error handlers */
+			p->icmp_err = 1;
+			return PARSE_OK;
 		}
-		return PARSE_PASS;
+		/* Other ICMP (router/neighbour discovery, timestamps, ...): the
+		 * router's own passes, nothing from inside can be mapped. */
+		return PARSE_BAD;
 	}
 	}
 }

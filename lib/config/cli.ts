@@ -26,7 +26,7 @@
 import { parseArgs } from "node:util";
 import { type Config, ConfigError, type InterfaceConfig } from "./types.ts";
 import type { Level } from "../log.ts";
-import { parseCidr } from "./cidr.ts";
+import { parseAddr, parseCidr } from "./cidr.ts";
 import { formatRanges, MAX_RANGES, parseRanges } from "./ranges.ts";
 import {
   BPF_LOADERS,
@@ -40,6 +40,31 @@ import {
   suggest,
 } from "./toml.ts";
 
+/** Options about state that outlives the process (`--pin-dir`, `--replace`, `--metrics`). */
+export interface StateCli {
+  /** `--pin-dir`, when given (default /sys/fs/bpf/einat). */
+  pinDir?: string;
+  /** `--replace`: take over from a running einat on the same interfaces. */
+  replace: boolean;
+  /** `--metrics HOST:PORT`: serve Prometheus metrics there. */
+  metrics?: { hostname: string; port: number };
+}
+
+/** What `einat show` lists and how. */
+export interface ShowCli {
+  pinDir?: string;
+  /** Interfaces to list (`-i`); all pinned ones when empty. */
+  ifnames: string[];
+  json: boolean;
+  /** `--stats`: counters instead of bindings and sessions. */
+  stats: boolean;
+  proto?: "tcp" | "udp" | "icmp";
+  /** Matches the internal, external or remote address. */
+  addr?: Uint8Array;
+  /** Matches the internal, external or remote port (or ICMP identifier). */
+  port?: number;
+}
+
 /** What the command line asks for. */
 export type CliResult =
   | { kind: "help" }
@@ -52,6 +77,15 @@ export type CliResult =
     /** Remarks to log at startup (ignored flags/keys, deprecations). */
     notices: string[];
     /** `--log`, when given. */
+    logLevel?: Level;
+    state?: StateCli;
+  }
+  | { kind: "show"; show: ShowCli; logLevel?: Level }
+  | {
+    kind: "flush";
+    pinDir?: string;
+    /** The interfaces whose pinned state to remove (from `-i` or `-c`). */
+    interfaces: InterfaceConfig[];
     logLevel?: Level;
   };
 
@@ -72,6 +106,23 @@ const PARSE_OPTIONS = {
   "bpf-log": { type: "string" },
   "bpf-loader": { type: "string" },
   log: { type: "string" },
+  "pin-dir": { type: "string" },
+  replace: { type: "boolean" },
+  flush: { type: "boolean" },
+  metrics: { type: "string" },
+} as const;
+
+const SHOW_OPTIONS = {
+  help: { type: "boolean", short: "h" },
+  show: { type: "boolean" },
+  ifname: { type: "string", short: "i", multiple: true },
+  "pin-dir": { type: "string" },
+  json: { type: "boolean" },
+  stats: { type: "boolean" },
+  proto: { type: "string" },
+  addr: { type: "string" },
+  port: { type: "string" },
+  log: { type: "string" },
 } as const;
 
 const SHORT_TO_LONG: Record<string, string> = { h: "help", v: "version", c: "config", i: "ifname" };
@@ -85,6 +136,8 @@ USAGE:
   einat [OPTIONS]
   einat -i <name> [--nat44] [--nat66] [--ports <range>...] [--hairpin-if <name>...]
   einat -c <file>
+  einat show [-i <name>]... [--proto <p>] [--addr <ip>] [--port <n>] [--json] [--stats]
+  einat --flush (-i <name> | -c <file>)
 
 OPTIONS:
   -h, --help                   Print this message
@@ -108,6 +161,23 @@ OPTIONS:
                                (${BPF_LOADERS.join(", ")})
       --log <level>            Daemon log level: debug, info, warn or error; default info
                                (or $EINAT_LOG)
+      --pin-dir <dir>          Folder on a bpf filesystem for the state kept across restarts,
+                               one subfolder per interface; default /sys/fs/bpf/einat
+      --replace                Take over interfaces a running einat serves, without a gap
+                               (same arguments); without it a served interface is refused
+      --metrics <addr:port>    Serve Prometheus metrics over HTTP there, e.g. 127.0.0.1:9482;
+                               default off
+      --flush                  Remove the pinned state (every mapping) of the -i/-c interfaces
+                               and exit; refused while einat serves them
+
+SHOW (einat show, or einat --show): list bindings and sessions from the pinned state
+  -i, --ifname <name>          Only this interface (repeatable); default all
+      --proto <p>              Only tcp, udp or icmp
+      --addr <ip>              Only entries with this internal, external or remote address
+      --port <n>               Only entries with this internal, external or remote port
+      --json                   JSON instead of a table
+      --stats                  Counters (packets, bytes, events, drops) instead
+      --pin-dir <dir>          As above
 
 Options marked "..." take every following value up to the next option.
 See config.sample.toml for the configuration file format.
@@ -254,6 +324,9 @@ function readConfig(file: string, options: ParseConfigOptions) {
  * or a file key path for errors inside the `-c` file.
  */
 export function parseCli(args: string[], options: ParseConfigOptions = {}): CliResult {
+  if (args[0] === "show" || args.includes("--show")) {
+    return parseShow(args[0] === "show" ? args.slice(1) : args);
+  }
   const notices: string[] = [];
   const { rest, lists } = extractLists(args, notices);
 
@@ -329,6 +402,7 @@ export function parseCli(args: string[], options: ParseConfigOptions = {}): CliR
 
   const configFile = values.config;
   const wantsInterface = values.ifname !== undefined || ifIndex !== undefined;
+  const state = stateCli(values);
 
   if (configFile !== undefined && wantsInterface) {
     const flag = values.ifname !== undefined ? "--ifname" : "--ifindex";
@@ -367,12 +441,21 @@ export function parseCli(args: string[], options: ParseConfigOptions = {}): CliR
         configFile,
       );
     }
+    if (values.flush) {
+      return {
+        kind: "flush",
+        pinDir: state.pinDir,
+        interfaces: parsed.config.interfaces,
+        logLevel,
+      };
+    }
     return {
       kind: "run",
       configFile,
       config: parsed.config,
       notices: [...parsed.notices, ...notices],
       logLevel,
+      state,
     };
   }
 
@@ -414,5 +497,117 @@ export function parseCli(args: string[], options: ParseConfigOptions = {}): CliR
     route.ipProtocols = ["tcp", "udp"];
   }
 
-  return { kind: "run", config: { defaults, interfaces: [iface] }, notices, logLevel };
+  if (values.flush) return { kind: "flush", pinDir: state.pinDir, interfaces: [iface], logLevel };
+  return { kind: "run", config: { defaults, interfaces: [iface] }, notices, logLevel, state };
+}
+
+function parseLogLevel(text: string | undefined): Level | undefined {
+  if (text === undefined) return undefined;
+  const level = text.toLowerCase() as Level;
+  if (!LOG_LEVELS.includes(level)) {
+    throw new ConfigError(
+      "--log",
+      `"${text}" is not a log level; expected one of ${LOG_LEVELS.join(", ")}`,
+    );
+  }
+  return level;
+}
+
+function checkPinDir(dir: string | undefined): string | undefined {
+  if (dir === undefined) return undefined;
+  if (!dir.startsWith("/") || dir.includes("\0") || /(^|\/)\.\.?(\/|$)/.test(dir)) {
+    throw new ConfigError(
+      "--pin-dir",
+      `"${dir}" is not an absolute folder path; e.g. --pin-dir /sys/fs/bpf/einat`,
+    );
+  }
+  return dir.replace(/\/+$/, "") || "/";
+}
+
+/** Parses `HOST:PORT` or `[IPv6]:PORT` of `--metrics`. */
+export function parseListenAddr(text: string): { hostname: string; port: number } {
+  const m = /^\[([0-9A-Fa-f:.]+)\]:(\d+)$/.exec(text) ?? /^([^:\[\]]+):(\d+)$/.exec(text);
+  const port = m ? Number(m[2]) : NaN;
+  if (!m || !(port >= 1 && port <= 65535)) {
+    throw new ConfigError(
+      "--metrics",
+      `"${text}" is not an address and port; e.g. --metrics 127.0.0.1:9482 or [::1]:9482`,
+    );
+  }
+  try {
+    parseAddr(m[1]);
+  } catch {
+    throw new ConfigError("--metrics", `"${m[1]}" is not an IP address; e.g. 127.0.0.1`);
+  }
+  return { hostname: m[1], port };
+}
+
+function stateCli(
+  values: { "pin-dir"?: string; replace?: boolean; metrics?: string; flush?: boolean },
+): StateCli {
+  if (values.flush && (values.replace || values.metrics !== undefined)) {
+    throw new ConfigError("--flush", "only removes pinned state; drop --replace and --metrics");
+  }
+  return {
+    pinDir: checkPinDir(values["pin-dir"]),
+    replace: values.replace === true,
+    metrics: values.metrics === undefined ? undefined : parseListenAddr(values.metrics),
+  };
+}
+
+/** `einat show ...` / `einat --show ...`. */
+function parseShow(args: string[]): CliResult {
+  let values;
+  try {
+    values = parseArgs({ args, options: SHOW_OPTIONS, strict: true, allowPositionals: false })
+      .values;
+  } catch (e) {
+    const err = argsError(e);
+    if (/unknown option/.test(err.message)) {
+      throw new ConfigError(err.path, "is not an option of show; see einat --help (SHOW)");
+    }
+    throw err;
+  }
+  if (values.help) return { kind: "help" };
+  const ifnames = values.ifname ?? [];
+  for (const n of ifnames) {
+    const problem = checkIfName(n);
+    if (problem) throw new ConfigError("--ifname", problem);
+  }
+  let proto: ShowCli["proto"];
+  if (values.proto !== undefined) {
+    const p = values.proto.toLowerCase();
+    if (p !== "tcp" && p !== "udp" && p !== "icmp") {
+      throw new ConfigError("--proto", `"${values.proto}" is not tcp, udp or icmp`);
+    }
+    proto = p;
+  }
+  let addr: Uint8Array | undefined;
+  if (values.addr !== undefined) {
+    try {
+      addr = parseAddr(values.addr);
+    } catch {
+      throw new ConfigError("--addr", `"${values.addr}" is not an IP address`);
+    }
+  }
+  let port: number | undefined;
+  if (values.port !== undefined) {
+    if (!/^[0-9]+$/.test(values.port) || Number(values.port) > 65535) {
+      throw new ConfigError("--port", `"${values.port}" is not a port (0-65535)`);
+    }
+    port = Number(values.port);
+  }
+  return {
+    kind: "show",
+    show: {
+      pinDir: checkPinDir(values["pin-dir"]),
+      ifnames,
+      json: values.json === true,
+      stats: values.stats === true,
+      proto,
+      addr,
+      port,
+    },
+    logLevel: parseLogLevel(values.log),
+  };
 }

@@ -255,3 +255,115 @@ Deno.test("--ports validation errors", () => {
     { start: 53, end: 53 },
   ]);
 });
+
+Deno.test("state flags: --pin-dir, --replace, --metrics", () => {
+  const r = run(
+    "-i",
+    "eth0",
+    "--pin-dir",
+    "/run/einat/bpffs/",
+    "--replace",
+    "--metrics",
+    "127.0.0.1:9482",
+  );
+  deepStrictEqual(r.state, {
+    pinDir: "/run/einat/bpffs",
+    replace: true,
+    metrics: { hostname: "127.0.0.1", port: 9482 },
+  });
+  deepStrictEqual(run("-i", "eth0").state, {
+    pinDir: undefined,
+    replace: false,
+    metrics: undefined,
+  });
+  deepStrictEqual(run("-i", "eth0", "--metrics", "[::1]:9100").state?.metrics, {
+    hostname: "::1",
+    port: 9100,
+  });
+  const file = tempConfig(`[[interfaces]]\nif_name = "eth0"\nnat44 = true\n`);
+  equal(run("-c", file, "--replace").state?.replace, true);
+  expectError(["-i", "eth0", "--pin-dir", "relative/dir"], "--pin-dir", /absolute/);
+  expectError(["-i", "eth0", "--pin-dir", "/a/../b"], "--pin-dir", /absolute/);
+  expectError(["-i", "eth0", "--metrics", "9482"], "--metrics", /127\.0\.0\.1:9482/);
+  expectError(["-i", "eth0", "--metrics", "localhost:9482"], "--metrics", /not an IP address/);
+  expectError(["-i", "eth0", "--metrics", "127.0.0.1:0"], "--metrics");
+  expectError(["-i", "eth0", "--metrics", "127.0.0.1:70000"], "--metrics");
+  expectError(["-i", "eth0", "--replace=yes"], "--replace", /switch/);
+  expectError(["-i", "eth0", "--pin-dri", "/x"], "--pin-dri", /did you mean --pin-dir/);
+});
+
+Deno.test("--flush: the -i or -c interfaces, nothing else", () => {
+  const r = cli("--flush", "-i", "wan0", "--pin-dir", "/run/x");
+  equal(r.kind, "flush");
+  if (r.kind !== "flush") return;
+  equal(r.pinDir, "/run/x");
+  deepStrictEqual(r.interfaces.map((i) => i.ifName), ["wan0"]);
+  const file = tempConfig(
+    `[[interfaces]]\nif_name = "a0"\nnat44 = true\n[[interfaces]]\nif_name = "b0"\nnat44 = true\n`,
+  );
+  const c = cli("--flush", "-c", file);
+  deepStrictEqual(c.kind === "flush" && c.interfaces.map((i) => i.ifName), ["a0", "b0"]);
+  expectError(["--flush"], "--ifname", /no network interface/);
+  expectError(["--flush", "-i", "wan0", "--replace"], "--flush", /only removes/);
+});
+
+Deno.test("show: subcommand and --show flag, filters, --json, --stats", () => {
+  const s = cli("show");
+  deepStrictEqual(s, {
+    kind: "show",
+    show: {
+      pinDir: undefined,
+      ifnames: [],
+      json: false,
+      stats: false,
+      proto: undefined,
+      addr: undefined,
+      port: undefined,
+    },
+    logLevel: undefined,
+  });
+  const f = cli(
+    "--show",
+    "-i",
+    "wan0",
+    "-i",
+    "wan1",
+    "--proto",
+    "UDP",
+    "--addr",
+    "2001:db8::1",
+    "--port",
+    "40000",
+    "--json",
+    "--pin-dir",
+    "/run/p",
+  );
+  if (f.kind !== "show") throw new Error(f.kind);
+  deepStrictEqual(f.show.ifnames, ["wan0", "wan1"]);
+  equal(f.show.proto, "udp");
+  equal(f.show.addr?.length, 16);
+  equal(f.show.port, 40000);
+  equal(f.show.json, true);
+  equal(f.show.pinDir, "/run/p");
+  const st = cli("show", "--stats");
+  equal(st.kind === "show" && st.show.stats, true);
+  deepStrictEqual(cli("show", "--help"), { kind: "help" });
+  expectError(["show", "--proto", "sctp"], "--proto", /tcp, udp or icmp/);
+  expectError(["show", "--addr", "192.0.2.0/24"], "--addr", /not an IP address/);
+  expectError(["show", "--port", "65536"], "--port");
+  expectError(["show", "--nat66"], "--nat66", /not an option of show/);
+  expectError(["show", "extra"], "(arguments)");
+  ok(helpText().includes("einat show"));
+  for (
+    const opt of [
+      "--pin-dir <dir>",
+      "--replace",
+      "--metrics <addr:port>",
+      "--flush",
+      "--json",
+      "--stats",
+    ]
+  ) {
+    ok(helpText().includes(opt), opt);
+  }
+});

@@ -41,6 +41,7 @@ const SYMBOLS = {
   bpf_map__initial_value: { parameters: ["pointer", "buffer"], result: "pointer" },
   bpf_map__set_initial_value: { parameters: ["pointer", "buffer", "usize"], result: "i32" },
   bpf_map__set_pin_path: { parameters: ["pointer", "buffer"], result: "i32" },
+  bpf_map__reuse_fd: { parameters: ["pointer", "i32"], result: "i32" },
 
   bpf_program__fd: { parameters: ["pointer"], result: "i32" },
   bpf_program__set_log_level: { parameters: ["pointer", "u32"], result: "i32" },
@@ -343,6 +344,11 @@ export function mapSetInitialValue(map: BpfMap, bytes: Uint8Array): void {
 export function mapSetPinPath(map: BpfMap, path: string | null): void {
   const p = path === null ? null : cString(path);
   check(`bpf_map__set_pin_path(${map.name})`, bpf().bpf_map__set_pin_path(mapPtr(map), p));
+}
+
+/** Makes `map` use the existing map behind `fd` at load instead of creating one. */
+export function mapReuseFd(map: BpfMap, fd: number): void {
+  check(`bpf_map__reuse_fd(${map.name})`, bpf().bpf_map__reuse_fd(mapPtr(map), fd));
 }
 
 /** Finds program `name` (the C function name) in `obj`; throws when absent. */
@@ -901,6 +907,19 @@ export function linkCreate(progFd: number, targetFd: number, attachType: number)
   const fd = bpf().bpf_link_create(progFd, targetFd, attachType, null);
   check(`bpf_link_create(type ${attachType})`, fd);
   return fd;
+}
+
+/** Id of a link and of the program it runs (`bpf_link_info.id`, `.prog_id`). */
+export function linkInfo(linkFd: number): { id: number; progId: number } {
+  const info = new Uint8Array(64);
+  const len = new Uint32Array([info.length]);
+  check("bpf_obj_get_info_by_fd(link)", bpf().bpf_obj_get_info_by_fd(linkFd, info, len));
+  return { id: view(info).getUint32(4, true), progId: view(info).getUint32(8, true) };
+}
+
+/** Id of the program a link runs. */
+export function linkProgId(linkFd: number): number {
+  return linkInfo(linkFd).progId;
 }
 
 /** Atomically replaces the program of a link. */

@@ -8,6 +8,8 @@
 import * as bpf from "../ffi/libbpf.ts";
 import { closeFd } from "../ffi/libc.ts";
 import * as log from "../log.ts";
+import { pinDirFor, stateOptions } from "../state/options.ts";
+import { onBpffs } from "../state/bpffs.ts";
 
 /** Filter handle and priority einat owns on both hooks. */
 export const TC_HANDLE = 0xe1a7;
@@ -24,6 +26,10 @@ export interface Attachment {
   links: number[];
   qdiscCreated: boolean;
   lockPath: string;
+  /** Program ids attached (egress, ingress): a different id later means replaced. */
+  progIds?: number[];
+  /** bpffs paths of pinned TCX links (removed by `detach` unless replaced). */
+  linkPins?: string[];
 }
 
 /** Raised when another live einat serves the interface. */
@@ -49,10 +55,21 @@ export function lockPathFor(ifindex: number): string {
   return `${LOCK_DIR}/${netnsId()}-${ifindex}.pid`;
 }
 
+/** The pid of the live einat serving `ifindex` in this network namespace, if any. */
+export function ownerOf(ifindex: number): number | null {
+  return livePid(lockPathFor(ifindex));
+}
+
+/** Lock file contents: the pid, then `qdisc=created` when einat created the clsact qdisc. */
+function writeLock(a: Attachment): void {
+  Deno.mkdirSync(LOCK_DIR, { recursive: true });
+  Deno.writeTextFileSync(a.lockPath, `${Deno.pid}\n${a.qdiscCreated ? "qdisc=created\n" : ""}`);
+}
+
 function livePid(path: string): number | null {
   let pid: number;
   try {
-    pid = Number(Deno.readTextFileSync(path).trim());
+    pid = Number(Deno.readTextFileSync(path).split("\n")[0].trim());
   } catch {
     return null;
   }
@@ -65,10 +82,62 @@ function livePid(path: string): number | null {
   }
 }
 
-function attachTcx(a: Attachment, egressFd: number, ingressFd: number): boolean {
+/** Where the TCX links of an interface are pinned (next to its state), if anywhere. */
+function linkPin(a: Attachment, point: "egress" | "ingress"): string | null {
+  const dir = pinDirFor(a.ifname);
   try {
-    a.links.push(bpf.linkCreate(egressFd, a.ifindex, bpf.BPF_TCX_EGRESS));
-    a.links.push(bpf.linkCreate(ingressFd, a.ifindex, bpf.BPF_TCX_INGRESS));
+    return Deno.statSync(dir).isDirectory && onBpffs(dir) ? `${dir}/link_${point}` : null;
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * One TCX link, pinned so that it outlives this process until `detach`: a
+ * link pinned by a running (`--replace`) or killed einat gets our program
+ * atomically (`bpf_link_update`); otherwise a new link is created and pinned.
+ */
+function tcxLink(a: Attachment, point: "egress" | "ingress", progFd: number, takeover: boolean) {
+  const pin = linkPin(a, point);
+  if (pin) {
+    let fd = -1;
+    try {
+      fd = bpf.objGetPinned(pin);
+      bpf.linkUpdate(fd, progFd);
+      (a.linkPins ??= []).push(pin);
+      log[takeover ? "info" : "warn"](
+        takeover ? "taking over TCX link" : "replacing stale einat TCX link",
+        { ifname: a.ifname, hook: point },
+      );
+      return fd;
+    } catch {
+      if (fd >= 0) closeFd(fd);
+      try {
+        Deno.removeSync(pin); // a link of a vanished interface, or none
+      } catch { /* none */ }
+    }
+  }
+  const fd = bpf.linkCreate(
+    progFd,
+    a.ifindex,
+    point === "egress" ? bpf.BPF_TCX_EGRESS : bpf.BPF_TCX_INGRESS,
+  );
+  if (pin) {
+    try {
+      bpf.objPin(fd, pin);
+      (a.linkPins ??= []).push(pin);
+    } catch (e) {
+      log.warn("could not pin TCX link", { ifname: a.ifname, error: (e as Error).message });
+    }
+  }
+  return fd;
+}
+
+function attachTcx(a: Attachment, egressFd: number, ingressFd: number, takeover = false): boolean {
+  try {
+    a.links.push(tcxLink(a, "egress", egressFd, takeover));
+    a.links.push(tcxLink(a, "ingress", ingressFd, takeover));
+    a.progIds = a.links.map((fd) => bpf.linkProgId(fd));
   } catch (e) {
     for (const fd of a.links.splice(0)) closeFd(fd);
     log.info("TCX not available, using clsact", { ifname: a.ifname, error: (e as Error).message });
@@ -86,14 +155,17 @@ function attachTcx(a: Attachment, egressFd: number, ingressFd: number): boolean 
   return true;
 }
 
-function attachTc(a: Attachment, egressFd: number, ingressFd: number): void {
-  a.qdiscCreated = bpf.tcHookCreate(a.ifindex, "ingress") === "created";
+function attachTc(a: Attachment, egressFd: number, ingressFd: number, takeover = false): void {
+  a.qdiscCreated = bpf.tcHookCreate(a.ifindex, "ingress") === "created" || a.qdiscCreated;
+  a.progIds = [];
   log.debug(a.qdiscCreated ? "created clsact qdisc" : "clsact qdisc already present", {
     ifname: a.ifname,
   });
   for (const [point, fd] of [["egress", egressFd], ["ingress", ingressFd]] as const) {
     const stale = bpf.tcQuery(a.ifindex, point, TC_HANDLE, TC_PRIORITY);
-    if (stale !== null) {
+    if (stale !== null && takeover) {
+      log.info("taking over filter", { ifname: a.ifname, hook: point, old_prog_id: stale });
+    } else if (stale !== null) {
       log.warn("replacing stale einat filter", { ifname: a.ifname, hook: point, prog_id: stale });
     }
     const f = bpf.tcAttach(a.ifindex, point, fd, {
@@ -101,6 +173,7 @@ function attachTc(a: Attachment, egressFd: number, ingressFd: number): void {
       priority: TC_PRIORITY,
       replace: stale !== null,
     });
+    a.progIds.push(f.progId);
     log.info("attached filter", {
       ifname: a.ifname,
       hook: point,
@@ -125,30 +198,93 @@ export function attach(
 ): Attachment {
   const lockPath = lockPathFor(ifindex);
   const owner = livePid(lockPath);
-  if (owner !== null) throw new BusyError(ifname, owner);
-  Deno.mkdirSync(LOCK_DIR, { recursive: true });
-  Deno.writeTextFileSync(lockPath, `${Deno.pid}\n`);
-
-  const a: Attachment = { ifindex, ifname, mode: "tc", links: [], qdiscCreated: false, lockPath };
+  if (owner !== null && !stateOptions.replace) throw new BusyError(ifname, owner);
+  // --replace: the running einat's qdisc becomes ours to remove at the end.
+  const inherited = owner !== null && /qdisc=created/.test(readLock(lockPath));
+  const a: Attachment = {
+    ifindex,
+    ifname,
+    mode: "tc",
+    links: [],
+    qdiscCreated: inherited,
+    lockPath,
+  };
+  writeLock(a);
   try {
-    if (!preferTcx || !attachTcx(a, egressFd, ingressFd)) attachTc(a, egressFd, ingressFd);
+    if (!preferTcx || !attachTcx(a, egressFd, ingressFd, owner !== null)) {
+      attachTc(a, egressFd, ingressFd, owner !== null);
+    }
+    writeLock(a);
   } catch (e) {
     detach(a);
     throw e;
   }
+  if (owner !== null) handOver(a, owner);
   return a;
+}
+
+function readLock(path: string): string {
+  try {
+    return Deno.readTextFileSync(path);
+  } catch {
+    return "";
+  }
+}
+
+/**
+ * `--replace`: the programs now attached are ours; the previous einat is
+ * told to stop (SIGTERM). It finds its filters carry other programs and
+ * leaves them, the qdisc and the pinned state alone.
+ */
+function handOver(a: Attachment, pid: number): void {
+  try {
+    Deno.kill(pid, "SIGTERM");
+    log.info("took over from the running einat; asked it to exit", { ifname: a.ifname, pid });
+  } catch (e) {
+    log.warn("could not signal the previous einat", { pid, error: (e as Error).message });
+  }
 }
 
 /** Removes einat's links or filters, the qdisc if einat created it, and the lock. */
 export function detach(a: Attachment): void {
   if (a.mode === "tcx") {
+    const replaced = a.links.some((fd, i) => {
+      try {
+        return bpf.linkProgId(fd) !== a.progIds?.[i];
+      } catch {
+        return false;
+      }
+    });
+    if (replaced) {
+      log.info("TCX links run another einat's programs now (--replace); left attached", {
+        ifname: a.ifname,
+      });
+    } else {
+      for (const pin of a.linkPins ?? []) {
+        try {
+          Deno.removeSync(pin);
+        } catch { /* already gone */ }
+      }
+      log.info("detached TCX links", { ifname: a.ifname });
+    }
+    a.linkPins = [];
     for (const fd of a.links.splice(0)) closeFd(fd);
-    log.info("detached TCX links", { ifname: a.ifname });
     release(a);
     return;
   }
-  for (const point of ["egress", "ingress"] as const) {
+  let replaced = false;
+  for (const [i, point] of (["egress", "ingress"] as const).entries()) {
     try {
+      const now = a.progIds?.[i] ? bpf.tcQuery(a.ifindex, point, TC_HANDLE, TC_PRIORITY) : null;
+      if (now !== null && now !== a.progIds![i]) {
+        replaced = true;
+        log.info("filter carries another einat's program now (--replace); left attached", {
+          ifname: a.ifname,
+          hook: point,
+          prog_id: now,
+        });
+        continue;
+      }
       if (bpf.tcDetach(a.ifindex, point, TC_HANDLE, TC_PRIORITY)) {
         log.info("detached filter", { ifname: a.ifname, hook: point });
       }
@@ -156,7 +292,7 @@ export function detach(a: Attachment): void {
       log.warn("could not detach filter", { ifname: a.ifname, hook: point, error: String(e) });
     }
   }
-  if (a.qdiscCreated) {
+  if (a.qdiscCreated && !replaced) {
     try {
       if (bpf.tcHookDestroy(a.ifindex)) log.info("removed clsact qdisc", { ifname: a.ifname });
     } catch (e) {

@@ -41,6 +41,7 @@ export const CT_FLAGS = {
   FIN_OUT: 0x10,
   FIN_IN: 0x20,
   RST: 0x40,
+  HAIRPIN: 0x80,
 } as const;
 /** `ct_value.state`. */
 export const CT_STATE = { TRANS: 0, EST: 1 } as const;
@@ -63,9 +64,18 @@ export const STATS = [
   "drop_icmp_error",
   "drop_unsolicited",
   "icmp_prohibited_sent",
+  "hairpin",
 ] as const;
 /** Name of a counter in `map_stats`. */
 export type StatName = typeof STATS[number];
+
+/** Indices of `map_traffic` (TRAFFIC_IDX(egress, family) in bpf/einat.h). */
+export const TRAFFIC = [
+  { direction: "egress", family: 4 },
+  { direction: "egress", family: 6 },
+  { direction: "ingress", family: 4 },
+  { direction: "ingress", family: 6 },
+] as const;
 
 // --- layouts -----------------------------------------------------------
 
@@ -84,6 +94,7 @@ export const EINAT_CONFIG_LAYOUT: StructLayout = {
     has_eth: { offset: 49, size: 1 },
     nat44: { offset: 50, size: 1 },
     nat66: { offset: 51, size: 1 },
+    fib_external: { offset: 52, size: 1 },
   },
 };
 
@@ -175,6 +186,16 @@ export const CT_VALUE_LAYOUT: StructLayout = {
   },
 };
 
+/** struct traffic_counter (per-CPU value of map_traffic). */
+export const TRAFFIC_COUNTER_LAYOUT: StructLayout = {
+  name: "traffic_counter",
+  size: 16,
+  fields: {
+    packets: { offset: 0, size: 8 },
+    bytes: { offset: 8, size: 8 },
+  },
+};
+
 /** All layouts, for the BTF check. */
 export const LAYOUTS: StructLayout[] = [
   EINAT_CONFIG_LAYOUT,
@@ -185,6 +206,7 @@ export const LAYOUTS: StructLayout[] = [
   BINDING_VALUE_LAYOUT,
   CT_KEY_LAYOUT,
   CT_VALUE_LAYOUT,
+  TRAFFIC_COUNTER_LAYOUT,
 ];
 
 // --- helpers -----------------------------------------------------------
@@ -221,6 +243,8 @@ export interface RoConfig {
   hasEth: boolean;
   nat44: boolean;
   nat66: boolean;
+  /** Choose the external address of a new mapping by a FIB lookup (kernel >= 6.7). */
+  fibExternal?: boolean;
 }
 
 /** Encodes `struct einat_config`. */
@@ -238,6 +262,7 @@ export function encodeRoConfig(c: RoConfig): Uint8Array {
   b[f(L, "has_eth")] = c.hasEth ? 1 : 0;
   b[f(L, "nat44")] = c.nat44 ? 1 : 0;
   b[f(L, "nat66")] = c.nat66 ? 1 : 0;
+  b[f(L, "fib_external")] = c.fibExternal ? 1 : 0;
   return b;
 }
 
@@ -256,6 +281,7 @@ export function decodeRoConfig(b: Uint8Array): RoConfig {
     hasEth: b[f(L, "has_eth")] !== 0,
     nat44: b[f(L, "nat44")] !== 0,
     nat66: b[f(L, "nat66")] !== 0,
+    fibExternal: b[f(L, "fib_external")] !== 0,
   };
 }
 
@@ -495,4 +521,15 @@ export function sumPerCpu(b: Uint8Array): bigint {
   let s = 0n;
   for (let o = 0; o + 8 <= b.length; o += 8) s += v.getBigUint64(o, true);
   return s;
+}
+
+/** Decodes per-CPU `struct traffic_counter` values into their sums. */
+export function sumPerCpuTraffic(b: Uint8Array): { packets: bigint; bytes: bigint } {
+  const v = view(b);
+  let packets = 0n, bytes = 0n;
+  for (let o = 0; o + 16 <= b.length; o += 16) {
+    packets += v.getBigUint64(o, true);
+    bytes += v.getBigUint64(o + 8, true);
+  }
+  return { packets, bytes };
 }

@@ -7,6 +7,7 @@
 import objectBytes from "../../bpf/einat.bpf.o" with { type: "bytes" };
 import * as bpf from "../ffi/libbpf.ts";
 import { encodeRoConfig, type RoConfig } from "./codec.ts";
+import { abortPins, finishPins, type PinSession, preparePins } from "../state/pin.ts";
 
 /** Names of the maps the daemon uses. */
 export const MAP_NAMES = {
@@ -16,6 +17,8 @@ export const MAP_NAMES = {
   destConfig: "map_dest_config",
   defaultExt: "map_default_ext",
   stats: "map_stats",
+  frag: "map_frag",
+  traffic: "map_traffic",
 } as const;
 
 /** File descriptors of the maps, by role. */
@@ -28,6 +31,10 @@ export interface NatObject {
   ingressFd: number;
   maps: NatMaps;
   loadMs: number;
+  /** Program that re-arms session timers ({@link rearmTimers}). */
+  rearmFd: number;
+  /** Pinned state: where, and which maps were reused. Absent without `pinDir`. */
+  pins?: { dir: string; reused: string[]; reset: string[] };
 }
 
 /** What a load needs. */
@@ -37,6 +44,15 @@ export interface LoadOptions {
   ctMaxRecords: number;
   /** Object bytes; the embedded object when absent. */
   bytes?: Uint8Array;
+  /** Fragment tracking records (`frag_track_max_records`); the object's default when absent. */
+  fragMaxRecords?: number;
+  /**
+   * Pin the state maps in this bpffs folder and reuse what is pinned there
+   * (lib/state/pin.ts); `ifname` names the interface in messages and the stamp.
+   */
+  pin?: { dir: string; ifname: string };
+  /** Maps (by name) to share with another loaded object instead of creating them. */
+  reuse?: Record<string, number>;
 }
 
 /** The embedded BPF object. */
@@ -47,7 +63,9 @@ export function embeddedObject(): Uint8Array {
 /** Opens, configures and loads the NAT object. */
 export async function loadNat(opts: LoadOptions): Promise<NatObject> {
   const t0 = performance.now();
-  const obj = bpf.openObjectMem(opts.bytes ?? objectBytes, "einat");
+  const bytes = opts.bytes ?? objectBytes;
+  const obj = bpf.openObjectMem(bytes, "einat");
+  let pins: PinSession | null = null;
   try {
     const rodata = bpf.findMap(obj, ".rodata");
     const init = bpf.mapInitialValue(rodata);
@@ -59,7 +77,15 @@ export async function loadNat(opts: LoadOptions): Promise<NatObject> {
     bpf.mapSetInitialValue(rodata, init);
     bpf.mapSetMaxEntries(bpf.findMap(obj, MAP_NAMES.binding), opts.bindingMaxRecords * 2);
     bpf.mapSetMaxEntries(bpf.findMap(obj, MAP_NAMES.ct), opts.ctMaxRecords);
+    if (opts.fragMaxRecords) {
+      bpf.mapSetMaxEntries(bpf.findMap(obj, MAP_NAMES.frag), opts.fragMaxRecords);
+    }
+    for (const [name, fd] of Object.entries(opts.reuse ?? {})) {
+      bpf.mapReuseFd(bpf.findMap(obj, name), fd);
+    }
+    if (opts.pin) pins = preparePins(obj, bytes, opts.pin.dir, opts.pin.ifname);
     await bpf.loadObject(obj);
+    if (pins) finishPins(pins, obj, opts.ro);
     const maps = Object.fromEntries(
       Object.entries(MAP_NAMES).map(([k, name]) => [k, bpf.mapFd(bpf.findMap(obj, name))]),
     ) as NatMaps;
@@ -69,11 +95,23 @@ export async function loadNat(opts: LoadOptions): Promise<NatObject> {
       ingressFd: bpf.programFd(bpf.findProgram(obj, "ingress_dnat")),
       maps,
       loadMs: performance.now() - t0,
+      rearmFd: bpf.programFd(bpf.findProgram(obj, "rearm_timers")),
+      pins: pins ? { dir: pins.dir, reused: pins.reused, reset: pins.reset } : undefined,
     };
   } catch (e) {
+    if (pins && pins.metaFd >= 0) abortPins(pins);
     bpf.closeObject(obj);
     throw e;
   }
+}
+
+/**
+ * Switches every session's expiry timer to this object's callback and
+ * timeouts, restarted for the time each has left (see bpf/lib/state.h).
+ * Returns the number of sessions re-armed.
+ */
+export function rearmTimers(n: NatObject): number {
+  return bpf.testRun(n.rearmFd, new Uint8Array(64)).retval;
 }
 
 /** Releases the object (programs stay alive while attached). */

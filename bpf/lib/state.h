@@ -1,0 +1,58 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
+/*
+ * State that outlives one daemon: traffic counters and re-arming session
+ * timers over pinned maps.
+ *
+ * map_ct is pinned, so its entries (and their armed BPF timers) survive the
+ * programs that created them: an armed timer holds a reference to the program
+ * whose callback it runs, and the map's pin keeps the timers alive. A new
+ * daemon runs rearm_timers once (BPF_PROG_TEST_RUN) after attaching: every
+ * session's timer is switched to this object's callback (and its timeouts)
+ * and restarted for the time left, so expiry follows the new configuration
+ * and the previous programs are released. Entries whose timer was never
+ * armed (copied by user space) get one; entries overdue fire at once.
+ */
+#ifndef EINAT_STATE_H
+#define EINAT_STATE_H
+
+#include <linux/pkt_cls.h>
+#include "config.h"
+#include "ct.h"
+
+#define EBUSY 16
+
+/* Counts one translated packet; bytes from the IP header on. */
+static __always_inline void traffic_add(struct __sk_buff *skb, bool egress, __u8 family)
+{
+	__u32 idx = TRAFFIC_IDX(egress, family);
+	struct traffic_counter *c = bpf_map_lookup_elem(&map_traffic, &idx);
+	if (!c)
+		return;
+	c->packets += 1;
+	c->bytes += skb->len - (HAS_ETH ? sizeof(struct ethhdr) : 0);
+}
+
+static long rearm_one(void *map, struct ct_key *key, struct ct_value *val, void *ctx)
+{
+	long r = bpf_timer_init(&val->timer, &map_ct, CLOCK_MONOTONIC);
+	if (r && r != -EBUSY)
+		return 0;
+	if (bpf_timer_set_callback(&val->timer, ct_timer_cb))
+		return 0;
+	__u64 now = bpf_ktime_get_ns();
+	__u64 deadline = val->last_seen_ns + ct_timeout(key->l4proto, val->state);
+	bpf_timer_start(&val->timer, deadline > now ? deadline - now : 1, 0);
+	*(__u32 *)ctx += 1;
+	return 0;
+}
+
+/* Run once with BPF_PROG_TEST_RUN; returns the number of sessions re-armed. */
+SEC("tc")
+int rearm_timers(struct __sk_buff *skb)
+{
+	__u32 n = 0;
+	bpf_for_each_map_elem(&map_ct, rearm_one, &n, 0);
+	return n;
+}
+
+#endif

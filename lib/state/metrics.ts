@@ -1,0 +1,239 @@
+/**
+ * An optional Prometheus text endpoint (`--metrics HOST:PORT`), bound only to
+ * the address the user gives; never on by default. Every scrape reads the
+ * pinned state read-only: counters, live bindings and sessions per protocol,
+ * port-range use of each external address, and map fill levels.
+ * @module
+ */
+
+import type { PortRange } from "../config/types.ts";
+import { formatAddr } from "../config/cidr.ts";
+import * as log from "../log.ts";
+import {
+  mapFill,
+  openPinned,
+  type PinnedState,
+  type ProtoName,
+  readBindings,
+  readCounters,
+  readSessions,
+} from "./read.ts";
+import { pinDirFor, stateOptions } from "./options.ts";
+
+/** What one interface contributes: its name and the ranges of its external addresses. */
+export interface MetricsTarget {
+  ifname: string;
+  externals: { external: string; protocol: ProtoName; ranges: PortRange[] }[];
+}
+
+/** Targets from the served interfaces (only fields this module reads). */
+export function targetsOf(
+  served: {
+    ifname: string;
+    plan: {
+      defaultExt: Partial<
+        Record<4 | 6, { addr: Uint8Array; cfg: Record<ProtoName, PortRange[]> }>
+      >;
+    } | null;
+  }[],
+): MetricsTarget[] {
+  return served.map((s) => ({
+    ifname: s.ifname,
+    externals: ([4, 6] as const).flatMap((f) => {
+      const d = s.plan?.defaultExt[f];
+      if (!d) return [];
+      return (["tcp", "udp", "icmp"] as const).map((protocol) => ({
+        external: formatAddr(d.addr),
+        protocol,
+        ranges: d.cfg[protocol],
+      }));
+    }),
+  }));
+}
+
+const esc = (v: string) => v.replace(/\\/g, "\\\\").replace(/"/g, '\\"').replace(/\n/g, "\\n");
+
+class Writer {
+  private out: string[] = [];
+  private declared = new Set<string>();
+  add(
+    name: string,
+    type: "counter" | "gauge",
+    help: string,
+    labels: Record<string, string>,
+    value: number,
+  ) {
+    if (!this.declared.has(name)) {
+      this.declared.add(name);
+      this.out.push(`# HELP ${name} ${help}`, `# TYPE ${name} ${type}`);
+    }
+    const l = Object.entries(labels).map(([k, v]) => `${k}="${esc(v)}"`).join(",");
+    this.out.push(`${name}${l ? `{${l}}` : ""} ${value}`);
+  }
+  text(): string {
+    return this.out.join("\n") + "\n";
+  }
+}
+
+function rangeSize(ranges: PortRange[]): number {
+  return ranges.reduce((n, r) => n + r.end - r.start + 1, 0);
+}
+
+function scrapeOne(w: Writer, st: PinnedState, t: MetricsTarget): void {
+  const iface = st.ifname;
+  const c = readCounters(st);
+  for (const tr of c.traffic) {
+    const labels = { interface: iface, direction: tr.direction, family: `ipv${tr.family}` };
+    w.add(
+      "einat_translated_packets_total",
+      "counter",
+      "Packets translated, by direction and family.",
+      labels,
+      tr.packets,
+    );
+    w.add(
+      "einat_translated_bytes_total",
+      "counter",
+      "Bytes (from the IP header on) translated, by direction and family.",
+      labels,
+      tr.bytes,
+    );
+  }
+  for (const [name, v] of Object.entries(c.events)) {
+    if (name.startsWith("drop_")) {
+      w.add(
+        "einat_drops_total",
+        "counter",
+        "Packets dropped, by reason.",
+        { interface: iface, reason: name.slice(5) },
+        v,
+      );
+    } else {
+      w.add(
+        "einat_events_total",
+        "counter",
+        "Datapath events: new bindings and sessions, expiries, ICMP errors translated, hairpin turns, passes.",
+        { interface: iface, event: name },
+        v,
+      );
+    }
+  }
+  const bindings = readBindings(st);
+  const sessions = readSessions(st);
+  const count = new Map<string, number>();
+  const used = new Map<string, number>();
+  for (const b of bindings) {
+    const k = `${b.family}/${b.protocol}`;
+    count.set(k, (count.get(k) ?? 0) + 1);
+    const ext = b.external.replace(/:\d+$/, "").replace(/^\[|\]$/g, "");
+    used.set(`${ext}/${b.protocol}`, (used.get(`${ext}/${b.protocol}`) ?? 0) + 1);
+  }
+  const scount = new Map<string, number>();
+  for (const s of sessions) {
+    const k = `${s.family}/${s.protocol}`;
+    scount.set(k, (scount.get(k) ?? 0) + 1);
+  }
+  for (const family of [4, 6]) {
+    for (const protocol of ["tcp", "udp", "icmp"]) {
+      const labels = { interface: iface, family: `ipv${family}`, protocol };
+      w.add(
+        "einat_bindings",
+        "gauge",
+        "Live bindings (internal endpoint to external endpoint).",
+        labels,
+        count.get(`${family}/${protocol}`) ?? 0,
+      );
+      w.add(
+        "einat_sessions",
+        "gauge",
+        "Live sessions (external endpoint to remote endpoint).",
+        labels,
+        scount.get(`${family}/${protocol}`) ?? 0,
+      );
+    }
+  }
+  for (const e of t.externals) {
+    const labels = { interface: iface, external: e.external, protocol: e.protocol };
+    const total = rangeSize(e.ranges);
+    const inUse = used.get(`${e.external}/${e.protocol}`) ?? 0;
+    w.add(
+      "einat_ports_total",
+      "gauge",
+      "Ports (ICMP identifiers) in the ranges of an external address.",
+      labels,
+      total,
+    );
+    w.add("einat_ports_used", "gauge", "Ports of the ranges held by bindings.", labels, inUse);
+    w.add(
+      "einat_port_utilization_ratio",
+      "gauge",
+      "Share of the port ranges held by bindings.",
+      labels,
+      total ? inUse / total : 0,
+    );
+  }
+  for (const m of mapFill(st)) {
+    const labels = { interface: iface, map: m.map };
+    w.add("einat_map_entries", "gauge", "Entries in a state map.", labels, m.entries);
+    w.add(
+      "einat_map_capacity",
+      "gauge",
+      "Capacity (max_entries) of a state map.",
+      labels,
+      m.capacity,
+    );
+  }
+}
+
+/** The metrics page for `targets`. */
+export function renderMetrics(targets: MetricsTarget[], root = stateOptions.pinRoot): string {
+  const w = new Writer();
+  for (const t of targets) {
+    const st = openPinned(pinDirFor(t.ifname, root), t.ifname);
+    w.add("einat_interface_up", "gauge", "1 when the interface has pinned state.", {
+      interface: t.ifname,
+    }, st ? 1 : 0);
+    if (!st) continue;
+    try {
+      scrapeOne(w, st, t);
+    } finally {
+      st.close();
+    }
+  }
+  return w.text();
+}
+
+/** A running endpoint. */
+export interface MetricsServer {
+  /** The port bound (useful with port 0). */
+  port: number;
+  close(): Promise<void>;
+}
+
+/** Serves `GET /metrics` (and `/`) on `addr`. */
+export function startMetrics(
+  addr: { hostname: string; port: number },
+  targets: () => MetricsTarget[],
+): MetricsServer {
+  const server = Deno.serve({
+    hostname: addr.hostname,
+    port: addr.port,
+    onListen: () => {},
+  }, (req) => {
+    const path = new URL(req.url).pathname;
+    if (req.method !== "GET" || (path !== "/metrics" && path !== "/")) {
+      return new Response("not found\n", { status: 404 });
+    }
+    try {
+      return new Response(renderMetrics(targets()), {
+        headers: { "content-type": "text/plain; version=0.0.4; charset=utf-8" },
+      });
+    } catch (e) {
+      log.warn("metrics scrape failed", { error: (e as Error).message });
+      return new Response(`error: ${(e as Error).message}\n`, { status: 500 });
+    }
+  });
+  const port = (server.addr as Deno.NetAddr).port;
+  log.info("metrics endpoint", { listen: `${addr.hostname}:${port}`, path: "/metrics" });
+  return { port, close: () => server.shutdown() };
+}

@@ -1,0 +1,400 @@
+/**
+ * Pinned state: the maps that hold bindings, sessions, fragment tracking and
+ * counters live in a directory on a bpf filesystem (`<root>/<ifname>/`), so a
+ * new einat picks them up where the previous one stopped.
+ *
+ * The directory carries a version stamp: a one-element array map
+ * `einat_meta` holding a JSON document with, per map, a hash of its key and
+ * value layout (from the BTF of the embedded object) and a hand-bumped
+ * meaning version. The stamp is created and pinned before any state map, so
+ * a directory with maps but no stamp was not written by this scheme. On a
+ * mismatch:
+ * - bindings or sessions (connections depend on them): the start is refused
+ *   with a message naming `einat --flush`; nothing is changed;
+ * - fragment tracking and counters (transient): the old map is unpinned and a
+ *   fresh one created, with a log line.
+ * A changed `binding_max_records`/`ct_max_records` keeps the pinned size (a
+ * map cannot be resized) and says so; `--flush` applies the new size.
+ *
+ * The stamp also records the running configuration (timeouts), which
+ * `einat show` needs to compute how long a session has left.
+ * @module
+ */
+
+import denoJson from "../../deno.json" with { type: "json" };
+import { readStructs, type StructInfo } from "../btf.ts";
+import * as bpf from "../ffi/libbpf.ts";
+import { closeFd, ifNameToIndex } from "../ffi/libc.ts";
+import { ensureBpffs, exists, onBpffs } from "./bpffs.ts";
+import * as log from "../log.ts";
+import { BusyError, ownerOf } from "../nat/attach.ts";
+import { type RoConfig, STATS, TRAFFIC } from "../nat/codec.ts";
+import { stateOptions } from "./options.ts";
+
+/** The maps kept across restarts, by their name in the object (also the pin name). */
+export const STATE_MAPS = [
+  "map_binding",
+  "map_ct",
+  "map_frag",
+  "map_stats",
+  "map_traffic",
+] as const;
+/** Name of one pinned state map. */
+export type StateMap = typeof STATE_MAPS[number];
+
+/** Pin name of the version stamp. */
+export const META_NAME = "einat_meta";
+/** Value size of the stamp map: a NUL-terminated JSON document. */
+export const META_VALUE_SIZE = 4096;
+/** Identifies the stamp format. */
+export const META_FORMAT = "einat-state";
+/** Version of the stamp document itself. */
+export const META_VERSION = 1;
+
+/**
+ * What each map's content means, bumped by hand when the meaning changes
+ * without a layout change (e.g. a flag bit reused).
+ */
+const SEMANTICS: Record<StateMap, number> = {
+  map_binding: 1,
+  map_ct: 1,
+  map_frag: 1,
+  map_stats: 1,
+  map_traffic: 1,
+};
+
+/** Maps whose loss breaks connections: an incompatible layout refuses to start. */
+const PRECIOUS: ReadonlySet<StateMap> = new Set(["map_binding", "map_ct"]);
+
+/** Key and value types of each state map (structs looked up in BTF, or fixed text). */
+const TYPES: Record<StateMap, [string, string]> = {
+  map_binding: ["binding_key", "binding_value"],
+  map_ct: ["ct_key", "ct_value"],
+  map_frag: ["frag_key", "frag_value"],
+  map_stats: ["u32", `u64 per cpu: ${STATS.join(",")}`],
+  map_traffic: [
+    "u32",
+    `traffic_counter per cpu: ${TRAFFIC.map((t) => `${t.direction}${t.family}`).join(",")}`,
+  ],
+};
+
+/** A pinned state that cannot be used, with what to do about it. */
+export class StateError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "StateError";
+  }
+}
+
+/** The stamp document. */
+export interface MetaDoc {
+  format: string;
+  version: number;
+  /** einat version that wrote it last. */
+  einat: string;
+  ifname: string;
+  /** Per map: layout hash and capacity. */
+  maps: Record<string, { layout: string; maxEntries?: number }>;
+  /** Timeouts of the writer's configuration, in nanoseconds (decimal strings). */
+  timeoutsNs?: Record<string, string>;
+  /** Process that wrote it last. */
+  pid?: number;
+  updated?: string;
+}
+
+function fnv1a64(text: string): string {
+  let h = 0xcbf29ce484222325n;
+  for (const b of new TextEncoder().encode(text)) {
+    h ^= BigInt(b);
+    h = (h * 0x100000001b3n) & 0xffffffffffffffffn;
+  }
+  return h.toString(16).padStart(16, "0");
+}
+
+function describeStruct(name: string, s: StructInfo | undefined): string {
+  if (!s) return name;
+  const members = s.members.map((m) =>
+    `${m.name}@${m.offsetBits / 8}:${m.sizeBytes ?? "?"}:${m.typeName}`
+  );
+  return `${name}{${s.size};${members.join(",")}}`;
+}
+
+/** Layout hash of every state map, from the BTF of the object `bytes`. */
+export function layoutStamps(bytes: Uint8Array): Record<StateMap, string> {
+  const structs = readStructs(bytes);
+  const out = {} as Record<StateMap, string>;
+  for (const m of STATE_MAPS) {
+    const [k, v] = TYPES[m];
+    out[m] = fnv1a64(
+      `${m}/${SEMANTICS[m]}/${describeStruct(k, structs.get(k))}/${
+        describeStruct(v, structs.get(v))
+      }`,
+    );
+  }
+  return out;
+}
+
+/** Encodes the stamp document as the map value. */
+export function encodeMeta(doc: MetaDoc): Uint8Array {
+  const text = new TextEncoder().encode(JSON.stringify(doc));
+  if (text.length >= META_VALUE_SIZE) throw new Error("state stamp too large");
+  const b = new Uint8Array(META_VALUE_SIZE);
+  b.set(text);
+  return b;
+}
+
+/** Decodes the stamp map value; null when it is not a stamp. */
+export function decodeMeta(b: Uint8Array): MetaDoc | null {
+  const end = b.indexOf(0);
+  try {
+    const doc = JSON.parse(new TextDecoder().decode(end < 0 ? b : b.subarray(0, end)));
+    return doc && doc.format === META_FORMAT ? doc as MetaDoc : null;
+  } catch {
+    return null;
+  }
+}
+
+const ZERO_KEY = new Uint8Array(4);
+
+/** Reads the stamp pinned in `dir`; null when absent or unreadable. */
+export function readMeta(dir: string): MetaDoc | null {
+  let fd: number;
+  try {
+    fd = bpf.objGetPinnedOpts(`${dir}/${META_NAME}`, { readOnly: true });
+  } catch {
+    return null;
+  }
+  try {
+    const v = bpf.mapLookup(fd, ZERO_KEY, META_VALUE_SIZE);
+    return v ? decodeMeta(v) : null;
+  } catch {
+    return null;
+  } finally {
+    closeFd(fd);
+  }
+}
+
+/** Timeouts of a configuration as stored in the stamp. */
+export function timeoutsOf(ro: RoConfig): Record<string, string> {
+  return {
+    fragment: String(ro.timeoutFragment),
+    icmp: String(ro.timeoutIcmp),
+    udpMin: String(ro.timeoutUdpMin),
+    udp: String(ro.timeoutUdp),
+    tcpTrans: String(ro.timeoutTcpTrans),
+    tcpEst: String(ro.timeoutTcpEst),
+  };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Preparing a load
+
+/** What {@link preparePins} found and did; finish with {@link finishPins}. */
+export interface PinSession {
+  dir: string;
+  ifname: string;
+  /** State maps that were already pinned and are reused. */
+  reused: StateMap[];
+  /** Maps recreated because their layout changed. */
+  reset: StateMap[];
+  stamps: Record<StateMap, string>;
+  metaFd: number;
+}
+
+function pinnedNames(dir: string): Set<string> {
+  const out = new Set<string>();
+  try {
+    for (const e of Deno.readDirSync(dir)) out.add(e.name);
+  } catch { /* no folder yet */ }
+  return out;
+}
+
+function flushHint(ifname: string): string {
+  return `einat --flush -i ${ifname}${
+    stateOptions.pinRoot === "/sys/fs/bpf/einat" ? "" : ` --pin-dir ${stateOptions.pinRoot}`
+  }`;
+}
+
+/**
+ * Before `bpf_object__load`: checks the stamp in `dir`, sets every state
+ * map's pin path (libbpf then reuses a pinned map or creates and pins a new
+ * one) and sizes reused maps as pinned. Creates the stamp first in a fresh
+ * folder. Throws {@link StateError} or {@link BusyError} without changing
+ * anything when the state cannot be used.
+ */
+export function preparePins(
+  obj: bpf.BpfObject,
+  bytes: Uint8Array,
+  dir: string,
+  ifname: string,
+): PinSession {
+  const ifindex = ifNameToIndex(ifname);
+  const owner = ifindex ? ownerOf(ifindex) : null;
+  if (owner !== null && !stateOptions.replace) throw new BusyError(ifname, owner);
+
+  try {
+    ensureBpffs(dir.replace(/\/[^/]+\/?$/, "") || "/");
+  } catch (e) {
+    throw new StateError((e as Error).message);
+  }
+  Deno.mkdirSync(dir, { recursive: true });
+  const stamps = layoutStamps(bytes);
+  const names = pinnedNames(dir);
+  const pinned = STATE_MAPS.filter((m) => names.has(m));
+  const meta = names.has(META_NAME) ? readMeta(dir) : null;
+
+  if (pinned.length > 0 && !meta) {
+    throw new StateError(
+      `${dir} holds pinned maps without a readable einat version stamp; ` +
+        `remove them with \`${
+          flushHint(ifname)
+        }\` (drops every mapping) or choose another --pin-dir`,
+    );
+  }
+  if (meta && meta.version !== META_VERSION) {
+    throw new StateError(
+      `${dir}: state stamp version ${meta.version} (written by einat ${meta.einat}) is not ` +
+        `understood by this einat (version ${META_VERSION}); \`${flushHint(ifname)}\` discards it`,
+    );
+  }
+
+  if (owner !== null && pinned.length === 0) {
+    log.warn(
+      "--replace: no pinned state here, so the running einat's mappings are not carried over " +
+        "(was it started with another --pin-dir?)",
+      { ifname, dir, pid: owner },
+    );
+  }
+  const reused: StateMap[] = [];
+  const reset: StateMap[] = [];
+  const incompatible: string[] = [];
+  for (const m of pinned) {
+    const was = meta?.maps[m]?.layout;
+    if (was === stamps[m]) {
+      reused.push(m);
+      continue;
+    }
+    if (PRECIOUS.has(m)) incompatible.push(m);
+    else reset.push(m);
+  }
+  if (incompatible.length > 0) {
+    throw new StateError(
+      `${dir}: pinned ${incompatible.join(", ")} written by einat ${meta?.einat} ` +
+        `have another layout than this einat uses; keeping them untouched. ` +
+        `\`${
+          flushHint(ifname)
+        }\` discards them (drops every mapping), or run the einat that wrote them`,
+    );
+  }
+  for (const m of reset) {
+    Deno.removeSync(`${dir}/${m}`);
+    log.warn("pinned map has another layout; recreated empty", { ifname, map: m });
+  }
+
+  for (const m of STATE_MAPS) {
+    const map = bpf.findMap(obj, m);
+    if (reused.includes(m)) {
+      const fd = bpf.objGetPinnedOpts(`${dir}/${m}`, { readOnly: true });
+      try {
+        const info = bpf.mapInfo(fd);
+        const want = bpf.mapMaxEntries(map);
+        if (info.maxEntries !== want) {
+          if (m === "map_frag") {
+            Deno.removeSync(`${dir}/${m}`);
+            reused.splice(reused.indexOf(m), 1);
+            reset.push(m);
+            log.info("fragment table resized; recreated empty", {
+              ifname,
+              from: info.maxEntries,
+              to: want,
+            });
+          } else {
+            bpf.mapSetMaxEntries(map, info.maxEntries);
+            log.warn("pinned map keeps its size; --flush applies the configured one", {
+              ifname,
+              map: m,
+              pinned: info.maxEntries,
+              configured: want,
+            });
+          }
+        }
+      } finally {
+        closeFd(fd);
+      }
+    }
+    bpf.mapSetPinPath(map, `${dir}/${m}`);
+  }
+
+  let metaFd: number;
+  if (meta) {
+    metaFd = bpf.objGetPinned(`${dir}/${META_NAME}`);
+  } else {
+    if (names.has(META_NAME)) Deno.removeSync(`${dir}/${META_NAME}`);
+    metaFd = bpf.mapCreate(bpf.MapType.ARRAY, META_NAME, 4, META_VALUE_SIZE, 1);
+    try {
+      bpf.mapUpdate(metaFd, ZERO_KEY, encodeMeta(stampDoc(ifname, stamps, {})));
+      bpf.objPin(metaFd, `${dir}/${META_NAME}`);
+    } catch (e) {
+      closeFd(metaFd);
+      throw e;
+    }
+  }
+  return { dir, ifname, reused, reset, stamps, metaFd };
+}
+
+function stampDoc(
+  ifname: string,
+  stamps: Record<StateMap, string>,
+  sizes: Partial<Record<StateMap, number>>,
+  ro?: RoConfig,
+): MetaDoc {
+  return {
+    format: META_FORMAT,
+    version: META_VERSION,
+    einat: denoJson.version,
+    ifname,
+    maps: Object.fromEntries(
+      STATE_MAPS.map((m) => [m, { layout: stamps[m], maxEntries: sizes[m] }]),
+    ),
+    timeoutsNs: ro ? timeoutsOf(ro) : undefined,
+    pid: Deno.pid,
+    updated: new Date().toISOString(),
+  };
+}
+
+/** After a successful load: records layouts, sizes and timeouts in the stamp. */
+export function finishPins(p: PinSession, obj: bpf.BpfObject, ro: RoConfig): void {
+  try {
+    const sizes: Partial<Record<StateMap, number>> = {};
+    for (const m of STATE_MAPS) sizes[m] = bpf.mapMaxEntries(bpf.findMap(obj, m));
+    bpf.mapUpdate(p.metaFd, ZERO_KEY, encodeMeta(stampDoc(p.ifname, p.stamps, sizes, ro)));
+  } finally {
+    closeFd(p.metaFd);
+    p.metaFd = -1;
+  }
+}
+
+/** Releases a {@link PinSession} after a failed load. */
+export function abortPins(p: PinSession): void {
+  if (p.metaFd >= 0) closeFd(p.metaFd);
+  p.metaFd = -1;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Flushing
+
+/**
+ * Removes the pinned state of an interface (`--flush`): every pin and the
+ * folder. Refused while an einat serves the interface. Returns false when
+ * there was nothing to remove.
+ */
+export function flushPins(dir: string, ifname: string): boolean {
+  const ifindex = ifNameToIndex(ifname);
+  const owner = ifindex ? ownerOf(ifindex) : null;
+  if (owner !== null) throw new BusyError(ifname, owner);
+  if (!exists(dir)) return false;
+  if (!onBpffs(dir)) throw new StateError(`${dir} is not on a bpf filesystem; not touching it`);
+  for (const e of Deno.readDirSync(dir)) Deno.removeSync(`${dir}/${e.name}`, { recursive: true });
+  Deno.removeSync(dir);
+  return true;
+}

@@ -1,0 +1,296 @@
+/**
+ * Reading pinned state for `einat show` and the metrics endpoint. Every map
+ * is opened read-only (`BPF_F_RDONLY`), so a reader cannot change anything
+ * the running programs use; entries are copied out in batches.
+ * @module
+ */
+
+import { formatAddr } from "../config/cidr.ts";
+import * as bpf from "../ffi/libbpf.ts";
+import { closeFd, monotonicNs } from "../ffi/libc.ts";
+import {
+  BINDING_KEY_LAYOUT,
+  BINDING_VALUE_LAYOUT,
+  CT_FLAGS,
+  CT_KEY_LAYOUT,
+  CT_STATE,
+  CT_VALUE_LAYOUT,
+  decodeBindingKey,
+  decodeBindingValue,
+  decodeCtKey,
+  decodeCtValue,
+  IPPROTO,
+  STATS,
+  sumPerCpu,
+  sumPerCpuTraffic,
+  TRAFFIC,
+} from "../nat/codec.ts";
+import { type MetaDoc, readMeta, STATE_MAPS, type StateMap } from "./pin.ts";
+import { onBpffs } from "./bpffs.ts";
+
+/** A protocol as shown. */
+export type ProtoName = "tcp" | "udp" | "icmp";
+
+/** One binding (internal endpoint ↔ external endpoint). */
+export interface BindingRow {
+  interface: string;
+  protocol: ProtoName;
+  family: 4 | 6;
+  internal: string;
+  external: string;
+  /** Sessions holding the binding. */
+  sessions: number;
+}
+
+/** One session (external endpoint ↔ remote endpoint), like a `conntrack -L` line. */
+export interface SessionRow {
+  interface: string;
+  protocol: ProtoName;
+  family: 4 | 6;
+  internal: string;
+  external: string;
+  remote: string;
+  /** TCP: SYN_SENT, SYN_RECV, ESTABLISHED, FIN_WAIT, CLOSING, RESET; else UNREPLIED/ASSURED. */
+  state: string;
+  /** Timeout class: "established" or "transitory". */
+  timeout: "established" | "transitory";
+  /** Seconds until expiry, when the timeouts are known; 0 when overdue. */
+  secondsLeft: number | null;
+  /** Seconds since the session was created. */
+  ageSeconds: number;
+  /** Seconds since the last packet. */
+  idleSeconds: number;
+}
+
+/** Raw addresses and ports of a row, for filtering. */
+interface Endpoints {
+  addrs: Uint8Array[];
+  ports: number[];
+}
+
+/** A filter over rows. */
+export interface RowFilter {
+  proto?: ProtoName;
+  addr?: Uint8Array;
+  port?: number;
+}
+
+function protoName(p: number): ProtoName {
+  return p === IPPROTO.TCP ? "tcp" : p === IPPROTO.UDP ? "udp" : "icmp";
+}
+
+/** `ip:port`, `[ip6]:port`. */
+export function endpoint(family: 4 | 6, addr: Uint8Array, port: number): string {
+  const a = formatAddr(addr);
+  return family === 6 ? `[${a}]:${port}` : `${a}:${port}`;
+}
+
+function sameAddr(a: Uint8Array, b: Uint8Array): boolean {
+  return a.length === b.length && a.every((x, i) => x === b[i]);
+}
+
+function matches(f: RowFilter, proto: ProtoName, ep: Endpoints): boolean {
+  if (f.proto && f.proto !== proto) return false;
+  if (f.addr && !ep.addrs.some((a) => sameAddr(a, f.addr!))) return false;
+  if (f.port !== undefined && !ep.ports.includes(f.port)) return false;
+  return true;
+}
+
+/** Pinned maps of one interface, opened read-only. */
+export interface PinnedState {
+  ifname: string;
+  dir: string;
+  meta: MetaDoc | null;
+  fds: Partial<Record<StateMap, number>>;
+  close(): void;
+}
+
+/** Interfaces with pinned state under `root`. */
+export function pinnedInterfaces(root: string): string[] {
+  const out: string[] = [];
+  try {
+    for (const e of Deno.readDirSync(root)) if (e.isDirectory) out.push(e.name);
+  } catch { /* none */ }
+  return out.sort();
+}
+
+/** Opens the pinned maps of one interface read-only; null when there are none. */
+export function openPinned(dir: string, ifname: string): PinnedState | null {
+  const fds: Partial<Record<StateMap, number>> = {};
+  for (const m of STATE_MAPS) {
+    try {
+      fds[m] = bpf.objGetPinnedOpts(`${dir}/${m}`, { readOnly: true });
+    } catch { /* absent */ }
+  }
+  if (Object.keys(fds).length === 0) return null;
+  return {
+    ifname,
+    dir,
+    meta: readMeta(dir),
+    fds,
+    close() {
+      for (const fd of Object.values(fds)) if (fd !== undefined) closeFd(fd);
+    },
+  };
+}
+
+/** Why `root` holds nothing to show, for a message; null when it is usable. */
+export function pinRootProblem(root: string): string | null {
+  try {
+    Deno.statSync(root);
+  } catch {
+    return `no pinned state: ${root} does not exist (is einat running with --pin-dir ${root}?)`;
+  }
+  if (!onBpffs(root)) return `${root} is not on a bpf filesystem`;
+  return null;
+}
+
+/** Bindings of a binding map. */
+export function readBindings(s: PinnedState, f: RowFilter = {}): BindingRow[] {
+  const fd = s.fds.map_binding;
+  if (fd === undefined) return [];
+  const rows: BindingRow[] = [];
+  for (const e of bpf.mapLookupBatch(fd, BINDING_KEY_LAYOUT.size, BINDING_VALUE_LAYOUT.size)) {
+    const k = decodeBindingKey(e.key);
+    if (k.orig) continue; // each binding has an entry per direction: list the external one
+    const v = decodeBindingValue(e.value, k.family);
+    const proto = protoName(k.l4proto);
+    if (!matches(f, proto, { addrs: [k.addr, v.addr], ports: [k.port, v.port] })) continue;
+    rows.push({
+      interface: s.ifname,
+      protocol: proto,
+      family: k.family,
+      internal: endpoint(k.family, v.addr, v.port),
+      external: endpoint(k.family, k.addr, k.port),
+      sessions: v.ref,
+    });
+  }
+  return rows.sort((a, b) => a.external.localeCompare(b.external, "en", { numeric: true }));
+}
+
+/** The state name of a session, conntrack style. */
+export function sessionState(l4proto: number, flags: number): string {
+  const both = (flags & (CT_FLAGS.SEEN_OUT | CT_FLAGS.SEEN_IN)) ===
+    (CT_FLAGS.SEEN_OUT | CT_FLAGS.SEEN_IN);
+  if (l4proto !== IPPROTO.TCP) return both ? "ASSURED" : "UNREPLIED";
+  if (flags & CT_FLAGS.RST) return "RESET";
+  const fins = flags & (CT_FLAGS.FIN_OUT | CT_FLAGS.FIN_IN);
+  if (fins === (CT_FLAGS.FIN_OUT | CT_FLAGS.FIN_IN)) return "CLOSING";
+  if (fins) return "FIN_WAIT";
+  if (both) return "ESTABLISHED";
+  return flags & CT_FLAGS.SEEN_OUT ? "SYN_SENT" : "SYN_RECV";
+}
+
+function timeoutNs(meta: MetaDoc | null, l4proto: number, est: boolean): bigint | null {
+  const t = meta?.timeoutsNs;
+  if (!t) return null;
+  const key = l4proto === IPPROTO.TCP
+    ? (est ? "tcpEst" : "tcpTrans")
+    : l4proto === IPPROTO.UDP
+    ? (est ? "udp" : "udpMin")
+    : "icmp";
+  return t[key] ? BigInt(t[key]) : null;
+}
+
+const secs = (ns: bigint) => Number(ns / 1_000_000n) / 1000;
+
+/** Sessions of a session map; `nowNs` is CLOCK_MONOTONIC (default: now). */
+export function readSessions(s: PinnedState, f: RowFilter = {}, nowNs?: bigint): SessionRow[] {
+  const fd = s.fds.map_ct;
+  if (fd === undefined) return [];
+  const entries = bpf.mapLookupBatch(fd, CT_KEY_LAYOUT.size, CT_VALUE_LAYOUT.size);
+  const now = nowNs ?? monotonicNs();
+  const rows: SessionRow[] = [];
+  for (const e of entries) {
+    const k = decodeCtKey(e.key);
+    const v = decodeCtValue(e.value, k.family);
+    const proto = protoName(k.l4proto);
+    const ep = {
+      addrs: [v.intAddr, k.extAddr, k.remoteAddr],
+      ports: [v.intPort, k.extPort, k.remotePort],
+    };
+    if (!matches(f, proto, ep)) continue;
+    const est = v.state === CT_STATE.EST;
+    const t = timeoutNs(s.meta, k.l4proto, est);
+    const idle = now > v.lastSeenNs ? now - v.lastSeenNs : 0n;
+    const left = t === null ? null : v.lastSeenNs + t > now ? v.lastSeenNs + t - now : 0n;
+    rows.push({
+      interface: s.ifname,
+      protocol: proto,
+      family: k.family,
+      internal: endpoint(k.family, v.intAddr, v.intPort),
+      external: endpoint(k.family, k.extAddr, k.extPort),
+      remote: endpoint(k.family, k.remoteAddr, k.remotePort),
+      state: sessionState(k.l4proto, v.flags),
+      timeout: est ? "established" : "transitory",
+      secondsLeft: left === null ? null : Math.floor(secs(left)),
+      ageSeconds: Math.floor(secs(now > v.createdNs ? now - v.createdNs : 0n)),
+      idleSeconds: Math.floor(secs(idle)),
+    });
+  }
+  return rows.sort((a, b) =>
+    a.external.localeCompare(b.external, "en", { numeric: true }) ||
+    a.remote.localeCompare(b.remote, "en", { numeric: true })
+  );
+}
+
+/** Counters of one interface. */
+export interface Counters {
+  interface: string;
+  /** Every `enum einat_stat` counter by name, summed over CPUs. */
+  events: Record<string, number>;
+  /** Packets and bytes translated per direction and family. */
+  traffic: { direction: "egress" | "ingress"; family: 4 | 6; packets: number; bytes: number }[];
+}
+
+function perCpuValues(fd: number, slot: number, n: number): Uint8Array[] {
+  const cpus = bpf.numPossibleCpus();
+  const out: Uint8Array[] = [];
+  for (let i = 0; i < n; i++) {
+    const key = new Uint8Array(4);
+    new DataView(key.buffer).setUint32(0, i, true);
+    out.push(bpf.mapLookup(fd, key, slot * cpus) ?? new Uint8Array(slot * cpus));
+  }
+  return out;
+}
+
+/** Reads the counters (per-CPU maps, summed). */
+export function readCounters(s: PinnedState): Counters {
+  const events: Record<string, number> = {};
+  const sfd = s.fds.map_stats;
+  if (sfd !== undefined) {
+    const info = bpf.mapInfo(sfd);
+    const values = perCpuValues(sfd, 8, Math.min(info.maxEntries, STATS.length));
+    STATS.forEach((name, i) => events[name] = values[i] ? Number(sumPerCpu(values[i])) : 0);
+  }
+  const traffic: Counters["traffic"] = [];
+  const tfd = s.fds.map_traffic;
+  if (tfd !== undefined) {
+    const values = perCpuValues(tfd, 16, TRAFFIC.length);
+    TRAFFIC.forEach((t, i) => {
+      const sum = sumPerCpuTraffic(values[i]);
+      traffic.push({
+        direction: t.direction,
+        family: t.family,
+        packets: Number(sum.packets),
+        bytes: Number(sum.bytes),
+      });
+    });
+  }
+  return { interface: s.ifname, events, traffic };
+}
+
+/** Entries and capacity of each pinned map (hash maps are counted by walking them). */
+export function mapFill(s: PinnedState): { map: string; entries: number; capacity: number }[] {
+  const out: { map: string; entries: number; capacity: number }[] = [];
+  for (const m of ["map_binding", "map_ct", "map_frag"] as const) {
+    const fd = s.fds[m];
+    if (fd === undefined) continue;
+    const info = bpf.mapInfo(fd);
+    let entries = 0;
+    let key: Uint8Array | null = null;
+    while ((key = bpf.mapNextKey(fd, key, info.keySize)) !== null) entries++;
+    out.push({ map: m, entries, capacity: info.maxEntries });
+  }
+  return out;
+}

@@ -1,0 +1,64 @@
+/**
+ * The daemon's side of pinned state: load options per interface and what
+ * happens once the programs are attached (timers re-armed, a summary logged).
+ * @module
+ */
+
+import type { InterfaceConfig } from "../config/types.ts";
+import * as bpf from "../ffi/libbpf.ts";
+import * as log from "../log.ts";
+import { BINDING_KEY_LAYOUT, BINDING_VALUE_LAYOUT } from "../nat/codec.ts";
+import { type LoadOptions, type NatObject, rearmTimers } from "../nat/loader.ts";
+import { pinDirFor, stateOptions } from "./options.ts";
+import { ensureBpffs } from "./bpffs.ts";
+
+/**
+ * The state-related load options of an interface. Without a usable bpf
+ * filesystem (none mounted and no privilege to mount one) einat runs
+ * without pinned state, as before, and says so.
+ */
+export function stateLoadOptions(
+  ic: InterfaceConfig,
+  ifname: string,
+): Pick<LoadOptions, "pin" | "fragMaxRecords"> {
+  const base = { fragMaxRecords: ic.fragTrackMaxRecords };
+  try {
+    ensureBpffs(stateOptions.pinRoot);
+  } catch (e) {
+    log.warn("no pinned state: mappings will not survive a restart", {
+      ifname,
+      reason: (e as Error).message,
+    });
+    return base;
+  }
+  return { ...base, pin: { dir: pinDirFor(ifname), ifname } };
+}
+
+/** Counts bindings (external entries) in a binding map. */
+export function countBindings(fd: number): number {
+  let n = 0;
+  for (const e of bpf.mapLookupBatch(fd, BINDING_KEY_LAYOUT.size, BINDING_VALUE_LAYOUT.size)) {
+    if ((e.key[0] & 1) === 0) n++;
+  }
+  return n;
+}
+
+/**
+ * Once this object's programs are attached: every session timer is moved to
+ * them (new timeouts, old programs released) and the state is summarised.
+ */
+export function afterAttach(nat: NatObject, ifname: string): void {
+  // Counted first: overdue sessions expire (and release bindings) as soon as they are re-armed.
+  const bindings = nat.pins ? countBindings(nat.maps.binding) : 0;
+  const sessions = rearmTimers(nat);
+  if (!nat.pins) return;
+  const fresh = nat.pins.reused.length === 0;
+  log.info(fresh ? "pinned state created" : "pinned state reused", {
+    ifname,
+    dir: nat.pins.dir,
+    ...(fresh ? {} : { maps: nat.pins.reused.join(",") }),
+    ...(nat.pins.reset.length ? { recreated: nat.pins.reset.join(",") } : {}),
+    bindings,
+    sessions,
+  });
+}

@@ -1,0 +1,135 @@
+/**
+ * `einat show`: bindings and sessions (or counters with `--stats`) of the
+ * pinned state, as a table or JSON. Reads only, through read-only map fds;
+ * works whether or not einat runs.
+ * @module
+ */
+
+import type { ShowCli } from "../config/cli.ts";
+import {
+  type BindingRow,
+  type Counters,
+  openPinned,
+  pinnedInterfaces,
+  pinRootProblem,
+  readBindings,
+  readCounters,
+  readSessions,
+  type SessionRow,
+} from "./read.ts";
+import { DEFAULT_PIN_ROOT, pinDirFor } from "./options.ts";
+
+/** Everything `show` found. */
+export interface ShowResult {
+  bindings: BindingRow[];
+  sessions: SessionRow[];
+  counters: Counters[];
+  /** Interfaces asked for but without pinned state. */
+  missing: string[];
+}
+
+/** Reads what `show` prints. */
+export function collect(opts: ShowCli): ShowResult {
+  const root = opts.pinDir ?? DEFAULT_PIN_ROOT;
+  const problem = pinRootProblem(root);
+  if (problem) throw new Error(problem);
+  const names = opts.ifnames.length ? opts.ifnames : pinnedInterfaces(root);
+  const res: ShowResult = { bindings: [], sessions: [], counters: [], missing: [] };
+  const filter = { proto: opts.proto, addr: opts.addr, port: opts.port };
+  for (const ifname of names) {
+    const st = openPinned(pinDirFor(ifname, root), ifname);
+    if (!st) {
+      res.missing.push(ifname);
+      continue;
+    }
+    try {
+      if (opts.stats) {
+        res.counters.push(readCounters(st));
+      } else {
+        res.bindings.push(...readBindings(st, filter));
+        res.sessions.push(...readSessions(st, filter));
+      }
+    } finally {
+      st.close();
+    }
+  }
+  return res;
+}
+
+function table(head: string[], rows: string[][]): string {
+  const w = head.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i].length)));
+  const line = (r: string[]) => r.map((c, i) => c.padEnd(w[i])).join("  ").trimEnd();
+  return [line(head), ...rows.map(line)].join("\n");
+}
+
+/** The text form of a {@link ShowResult}. */
+export function formatText(r: ShowResult, stats: boolean): string {
+  const out: string[] = [];
+  if (stats) {
+    for (const c of r.counters) {
+      out.push(`${c.interface}:`);
+      out.push(
+        table(
+          ["DIRECTION", "FAMILY", "PACKETS", "BYTES"],
+          c.traffic.map((t) => [t.direction, `ipv${t.family}`, String(t.packets), String(t.bytes)]),
+        ).split("\n").map((l) => `  ${l}`).join("\n"),
+      );
+      const ev = Object.entries(c.events);
+      const w = Math.max(...ev.map(([k]) => k.length));
+      for (const [k, v] of ev) out.push(`  ${k.padEnd(w)}  ${v}`);
+    }
+  } else {
+    out.push(
+      table(
+        ["IF", "PROTO", "INTERNAL", "EXTERNAL", "REMOTE", "STATE", "LEFT", "IDLE"],
+        r.sessions.map((s) => [
+          s.interface,
+          s.protocol,
+          s.internal,
+          s.external,
+          s.remote,
+          s.state,
+          s.secondsLeft === null ? "?" : `${s.secondsLeft}s`,
+          `${s.idleSeconds}s`,
+        ]),
+      ),
+    );
+    out.push("");
+    out.push(
+      table(
+        ["IF", "PROTO", "INTERNAL", "EXTERNAL", "SESSIONS"],
+        r.bindings.map((
+          b,
+        ) => [b.interface, b.protocol, b.internal, b.external, String(b.sessions)]),
+      ),
+    );
+    out.push("");
+    out.push(`${r.sessions.length} sessions, ${r.bindings.length} bindings`);
+  }
+  for (const m of r.missing) out.push(`${m}: no pinned state`);
+  return out.join("\n");
+}
+
+/** The JSON form of a {@link ShowResult}. */
+export function formatJson(r: ShowResult, stats: boolean): string {
+  return JSON.stringify(
+    stats
+      ? { counters: r.counters, missing: r.missing }
+      : { sessions: r.sessions, bindings: r.bindings, missing: r.missing },
+    null,
+    2,
+  );
+}
+
+/** Runs `einat show`; returns the exit code. */
+export function runShow(opts: ShowCli): number {
+  let r: ShowResult;
+  try {
+    r = collect(opts);
+  } catch (e) {
+    console.error(`einat: show: ${(e as Error).message}`);
+    return 2;
+  }
+  console.log(opts.json ? formatJson(r, opts.stats) : formatText(r, opts.stats));
+  return r.missing.length && opts.ifnames.length ? 1 : 0;
+}

@@ -1,0 +1,82 @@
+/**
+ * Hairpinning in namespaces (RFC 4787 REQ-9/9a): a LAN host reaching another
+ * LAN host's mapped external port sees it as the first host's external
+ * endpoint; the rules and routes are gone after einat exits.
+ */
+import { assert, assertEquals } from "./lib/assert.ts";
+import { startEinat, stopEinat } from "./lib/einat.ts";
+import { nsExec, nsExecResult, peerCmd, withTopology } from "./lib/netns.ts";
+import { parseUdpReplies } from "./lib/peer.ts";
+
+const sanitize = { sanitizeOps: false, sanitizeResources: false };
+
+Deno.test({
+  name:
+    "hairpin: lan1 reaches lan2's mapping through the external address and is seen as lan1's external endpoint",
+  ...sanitize,
+  fn: () =>
+    withTopology(async (t) => {
+      const a = t.addrs.v4;
+      const rulesBefore = await nsExec(t.ns.router, ["ip", "rule", "show"]);
+      const echo = t.spawn(
+        t.ns.srv1,
+        peerCmd("udp-echo", ["--port", "3478", "--timeout-ms", "30000"]),
+      );
+      await echo.waitForStdout(/listening/);
+      const einat = await startEinat(t.ns.router, ["-i", "wan0", "--hairpin-if", "br0"]);
+      try {
+        assert(/hairpin routing installed/.test(einat.stderrText()), einat.stderrText());
+        // lan2 creates its mapping, then answers whatever arrives on it.
+        const lan2 = t.spawn(
+          t.ns.lan2,
+          peerCmd("udp-send", [
+            "--to",
+            `${a.srv1[0]}:3478`,
+            "--from-port",
+            "5000",
+            "--linger-ms",
+            "8000",
+            "--timeout-ms",
+            "15000",
+          ]),
+        );
+        await lan2.waitForStdout(/seen .* from /, 5000);
+        const lan2Ext = parseUdpReplies(lan2.stdoutText())[0].seen;
+        // lan1 creates its own mapping first so we know what it should look like.
+        const own = await nsExecResult(
+          t.ns.lan1,
+          peerCmd("udp-send", [
+            "--to",
+            `${a.srv1[0]}:3478`,
+            "--from-port",
+            "6000",
+            "--timeout-ms",
+            "3000",
+          ]),
+        );
+        const lan1Ext = parseUdpReplies(own.stdout)[0].seen;
+
+        const hp = await nsExecResult(
+          t.ns.lan1,
+          peerCmd("udp-send", ["--to", lan2Ext, "--from-port", "6000", "--timeout-ms", "4000"]),
+        );
+        assertEquals(
+          hp.code,
+          0,
+          `no answer through the hairpin: ${hp.stdout}${hp.stderr}\n${einat.stderrText()}`,
+        );
+        const r = parseUdpReplies(hp.stdout)[0];
+        assertEquals(r.seen, lan1Ext, "lan2 saw lan1 as its external address:port (REQ-9a)");
+        assertEquals(r.from, lan2Ext, "the reply came back from lan2's external endpoint");
+      } finally {
+        assertEquals(await stopEinat(einat), 0, einat.stderrText());
+      }
+      assertEquals(
+        await nsExec(t.ns.router, ["ip", "rule", "show"]),
+        rulesBefore,
+        "rules restored",
+      );
+      const table = await nsExecResult(t.ns.router, ["ip", "route", "show", "table", "4787"]);
+      assertEquals(table.stdout.trim(), "", "hairpin table emptied");
+    }),
+});

@@ -1,0 +1,1911 @@
+/**
+ * Packet fuzzing of the NAT datapath through BPF_PROG_TEST_RUN: a seeded generator and mutator
+ * of Ethernet frames (IPv4 and IPv6, egress and ingress), an independent dissector that mirrors
+ * what the datapath promises, a per-packet oracle and map invariants.
+ *
+ * The oracle (see `checkPacket`) decides from the input alone which outcomes are allowed:
+ * - verdict TC_ACT_OK (0), TC_ACT_SHOT (2) or, on egress only, TC_ACT_REDIRECT (7);
+ * - egress from a source that is not the router's external address: translated (source becomes
+ *   the external address), dropped, turned into ICMP 3/13 (ICMPv6 1/1), or redirected to the
+ *   router itself when it is addressed to the external address; it passes untouched only when
+ *   it is not NAT's business (non-IP, another IP protocol, ICMP types that are neither echo
+ *   nor errors) or in the known leak classes `LEAK_CLASSES`;
+ * - egress from the external address passes, with only the packet embedded in an ICMP error
+ *   translated; ingress is translated only towards a binding, otherwise passes or is dropped;
+ * - a translated packet differs from its input only in addresses, ports/identifiers and
+ *   checksums; every checksum keeps its residual (a valid one stays valid, an invalid one stays
+ *   exactly as wrong), so this holds for fragments and truncated packets too; the new
+ *   endpoint is the one `map_binding` holds.
+ *
+ * `checkMaps` checks the tables: both entries of every binding and their agreement, `ref` of
+ * each reply entry equal to the number of its sessions, no session without its binding,
+ * external ports inside the ranges, sizes within `max_entries`.
+ * @module
+ */
+
+import * as bpf from "../../lib/ffi/libbpf.ts";
+import {
+  BINDING_KEY_LAYOUT,
+  BINDING_VALUE_LAYOUT,
+  CT_KEY_LAYOUT,
+  CT_VALUE_LAYOUT,
+  decodeBindingKey,
+  decodeBindingValue,
+  decodeCtKey,
+  decodeCtValue,
+  encodeBindingKey,
+  STATS,
+  sumPerCpu,
+} from "../../lib/nat/codec.ts";
+import {
+  buildIcmpError,
+  buildPacket,
+  formatIp,
+  internetChecksum,
+  ipBytes,
+  type L4Proto,
+  onesComplementSum,
+  type PacketSpec,
+} from "./packet.ts";
+import {
+  loadTestNat,
+  type Nat,
+  ranges,
+  TC_ACT_OK,
+  TC_ACT_REDIRECT,
+  TC_ACT_SHOT,
+  testInterfaceConfig,
+} from "./natfixture.ts";
+import type { InterfaceConfig } from "../../lib/config/types.ts";
+
+// ---------------------------------------------------------------------------------------------
+// PRNG
+
+/** sfc32 seeded through splitmix32: fast, 32-bit, reproducible. */
+export class Rng {
+  private a: number;
+  private b: number;
+  private c: number;
+  private d: number;
+
+  constructor(seed: number) {
+    let s = seed >>> 0;
+    const sm = () => {
+      s = (s + 0x9e3779b9) >>> 0;
+      let z = s;
+      z = Math.imul(z ^ (z >>> 16), 0x85ebca6b) >>> 0;
+      z = Math.imul(z ^ (z >>> 13), 0xc2b2ae35) >>> 0;
+      return (z ^ (z >>> 16)) >>> 0;
+    };
+    this.a = sm();
+    this.b = sm();
+    this.c = sm();
+    this.d = sm();
+    for (let i = 0; i < 12; i++) this.u32();
+  }
+
+  /** A uniform 32-bit unsigned integer. */
+  u32(): number {
+    const t = (((this.a + this.b) >>> 0) + this.d) >>> 0;
+    this.d = (this.d + 1) >>> 0;
+    this.a = this.b ^ (this.b >>> 9);
+    this.b = (this.c + (this.c << 3)) >>> 0;
+    this.c = ((this.c << 21) | (this.c >>> 11)) >>> 0;
+    this.c = (this.c + t) >>> 0;
+    return t;
+  }
+
+  /** An integer in [0, n). */
+  int(n: number): number {
+    return n <= 1 ? 0 : Math.floor((this.u32() / 4294967296) * n);
+  }
+
+  /** An integer in [lo, hi]. */
+  range(lo: number, hi: number): number {
+    return lo + this.int(hi - lo + 1);
+  }
+
+  /** True with probability p. */
+  chance(p: number): boolean {
+    return this.u32() / 4294967296 < p;
+  }
+
+  /** One element of a non-empty array. */
+  pick<T>(a: readonly T[]): T {
+    return a[this.int(a.length)];
+  }
+
+  /** n random bytes. */
+  bytes(n: number): Uint8Array {
+    const out = new Uint8Array(n);
+    for (let i = 0; i < n; i++) out[i] = this.u32() & 0xff;
+    return out;
+  }
+
+  /** An index chosen by weight. */
+  weighted(weights: readonly number[]): number {
+    const total = weights.reduce((s, w) => s + w, 0);
+    let x = this.u32() / 4294967296 * total;
+    for (let i = 0; i < weights.length; i++) {
+      x -= weights[i];
+      if (x < 0) return i;
+    }
+    return weights.length - 1;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Addresses of the fuzz set-up
+
+/** External addresses (the NAT is loaded with these, /24 and /64). */
+export const EXT4 = "203.0.113.1";
+/** The IPv6 external address. */
+export const EXT6 = "2001:db8:2::1";
+/** External address arguments of `loadTestNat`. */
+export const EXT_CIDRS = ["203.0.113.1/24", "2001:db8:2::1/64"];
+const EXT4B = ipBytes(EXT4);
+const EXT6B = ipBytes(EXT6);
+
+/** Internal hosts (LAN) and remote hosts (WAN), all from documentation ranges. */
+const INT4 = ["192.0.2.10", "192.0.2.11", "192.0.2.12", "192.0.2.13", "192.0.2.20", "192.0.2.21"];
+const INT6 = ["2001:db8:1::10", "2001:db8:1::11", "2001:db8:1::12", "2001:db8:1::20"];
+const ODD_SRC4 = ["0.0.0.0", "192.0.2.255", "203.0.113.2", "198.18.0.1"];
+const ODD_SRC6 = ["fe80::1", "::", "2001:db8:2::2", "2001:db8:1::ffff"];
+const REM4 = [
+  "198.51.100.1",
+  "198.51.100.2",
+  "198.51.100.77",
+  "198.18.0.10",
+  "198.19.255.254",
+  "203.0.113.11",
+];
+const REM6 = ["2001:db8:3::1", "2001:db8:3::2", "2001:db8:4::99", "2001:db8:2::11"];
+const ODD_DST4 = ["255.255.255.255", "224.0.0.251", "203.0.113.255", "0.0.0.0"];
+const ODD_DST6 = ["ff02::1", "ff02::1:2", "fe80::2", "::1"];
+const INT_PORTS = [
+  0,
+  1,
+  7,
+  53,
+  80,
+  443,
+  1023,
+  1024,
+  19999,
+  20000,
+  20001,
+  24999,
+  29999,
+  30000,
+  40000,
+  40001,
+  50000,
+  65534,
+  65535,
+];
+const REM_PORTS = [53, 80, 443, 3478, 5060, 8080, 1, 65535, 20000, 25000];
+
+/** True when `a` (4 or 16 bytes) is in 192.0.2.0/24 or 2001:db8:1::/64. */
+export function isInternal(a: Uint8Array): boolean {
+  if (a.length === 4) return a[0] === 192 && a[1] === 0 && a[2] === 2;
+  return a[0] === 0x20 && a[1] === 0x01 && a[2] === 0x0d && a[3] === 0xb8 && a[4] === 0 &&
+    a[5] === 1 && a[6] === 0 && a[7] === 0;
+}
+
+function extOf(family: 4 | 6): Uint8Array {
+  return family === 4 ? EXT4B : EXT6B;
+}
+
+function eq(a: Uint8Array, b: Uint8Array): boolean {
+  if (a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+  return true;
+}
+
+/** Hex of bytes, for reports and reproducers. */
+export function hex(b: Uint8Array): string {
+  return Array.from(b, (x) => x.toString(16).padStart(2, "0")).join("");
+}
+
+/** Bytes of a hex string. */
+export function unhex(s: string): Uint8Array {
+  const clean = s.replace(/\s+/g, "");
+  const out = new Uint8Array(clean.length / 2);
+  for (let i = 0; i < out.length; i++) out[i] = parseInt(clean.slice(2 * i, 2 * i + 2), 16);
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Dissection mirroring bpf/lib/parse.h
+
+const L3 = 14;
+const L4_OFF_MAX = 512;
+const IPV6_EXT_MAX = 6;
+const P_TCP = 6, P_UDP = 17, P_ICMP = 1, P_ICMP6 = 58;
+
+/** Outcome of the datapath's parser for a packet. */
+export type ParseStatus = "ok" | "pass" | "bad" | "bad0" | "nonip";
+
+/** The packet embedded in an ICMP error. */
+export interface Inner {
+  l3: number;
+  ihl: number;
+  proto: number;
+  l4: number;
+  srcOff: number;
+  dstOff: number;
+  src: Uint8Array;
+  dst: Uint8Array;
+  sport: number;
+  dport: number;
+}
+
+/** What the datapath (and the oracle) sees of one frame. */
+export interface Dissected {
+  len: number;
+  family: 0 | 4 | 6;
+  status: ParseStatus;
+  /** Why a "pass" is a pass. */
+  passReason?: string;
+  ihl: number;
+  src: Uint8Array;
+  dst: Uint8Array;
+  srcOff: number;
+  dstOff: number;
+  /** Real L4 protocol number (58 for ICMPv6). */
+  proto: number;
+  l4: number;
+  frag: 0 | 1 | 2;
+  fragId: Uint8Array;
+  sport: number;
+  dport: number;
+  tcpFlags: number;
+  icmpType: number;
+  inner?: Inner;
+}
+
+const u16 = (b: Uint8Array, o: number) => (b[o] << 8) | b[o + 1];
+const isEcho = (family: number, t: number) =>
+  family === 4 ? t === 8 || t === 0 : t === 128 || t === 129;
+const isErr = (family: number, t: number) =>
+  family === 4 ? t === 3 || t === 11 || t === 12 || t === 4 : t >= 1 && t <= 4;
+
+function parseInner(b: Uint8Array, family: 4 | 6, off: number): { st: ParseStatus; in?: Inner } {
+  let ihl: number, proto: number, l4: number, srcOff: number, dstOff: number, alen: number;
+  if (family === 4) {
+    if (off + 20 > b.length) return { st: "bad" };
+    if (b[off] >> 4 !== 4 || (b[off] & 15) < 5) return { st: "bad" };
+    if (u16(b, off + 6) & 0x1fff) return { st: "pass" };
+    ihl = (b[off] & 15) * 4;
+    proto = b[off + 9];
+    l4 = off + ihl;
+    srcOff = off + 12;
+    dstOff = off + 16;
+    alen = 4;
+  } else {
+    if (off + 40 > b.length) return { st: "bad" };
+    if (b[off] >> 4 !== 6) return { st: "bad" };
+    ihl = 40;
+    proto = b[off + 6];
+    l4 = off + 40;
+    srcOff = off + 8;
+    dstOff = off + 24;
+    alen = 16;
+  }
+  if (l4 + 8 > b.length) return { st: "bad" };
+  const inner: Inner = {
+    l3: off,
+    ihl,
+    proto,
+    l4,
+    srcOff,
+    dstOff,
+    src: b.slice(srcOff, srcOff + alen),
+    dst: b.slice(dstOff, dstOff + alen),
+    sport: u16(b, l4),
+    dport: u16(b, l4 + 2),
+  };
+  if (proto === P_TCP || proto === P_UDP) return { st: "ok", in: inner };
+  if (proto === P_ICMP || proto === P_ICMP6) {
+    if ((proto === P_ICMP) !== (family === 4)) return { st: "pass" };
+    if (!isEcho(family, b[l4])) return { st: "pass" };
+    inner.sport = inner.dport = u16(b, l4 + 4);
+    return { st: "ok", in: inner };
+  }
+  return { st: "pass" };
+}
+
+/** Dissects a frame the way bpf/lib/parse.h does (NAT44 and NAT66 enabled, Ethernet). */
+export function dissect(b: Uint8Array): Dissected {
+  const d: Dissected = {
+    len: b.length,
+    family: 0,
+    status: "nonip",
+    ihl: 0,
+    src: new Uint8Array(0),
+    dst: new Uint8Array(0),
+    srcOff: 0,
+    dstOff: 0,
+    proto: -1,
+    l4: 0,
+    frag: 0,
+    fragId: new Uint8Array(4),
+    sport: 0,
+    dport: 0,
+    tcpFlags: 0,
+    icmpType: -1,
+  };
+  if (b.length < L3) return d;
+  const et = u16(b, 12);
+  if (et === 0x0800) {
+    if (b.length < L3 + 20 || b[L3] >> 4 !== 4 || (b[L3] & 15) < 5) {
+      d.status = "bad0";
+      return d;
+    }
+    d.family = 4;
+    d.ihl = (b[L3] & 15) * 4;
+    d.proto = b[L3 + 9];
+    d.l4 = L3 + d.ihl;
+    d.srcOff = L3 + 12;
+    d.dstOff = L3 + 16;
+    d.src = b.slice(d.srcOff, d.srcOff + 4);
+    d.dst = b.slice(d.dstOff, d.dstOff + 4);
+    d.fragId = new Uint8Array([b[L3 + 4], b[L3 + 5], 0, 0]);
+    const fo = u16(b, L3 + 6);
+    d.frag = fo & 0x1fff ? 2 : fo & 0x2000 ? 1 : 0;
+    if (d.proto !== P_TCP && d.proto !== P_UDP && d.proto !== P_ICMP) {
+      d.status = "pass";
+      d.passReason = "other-proto";
+      return d;
+    }
+  } else if (et === 0x86dd) {
+    if (b.length < L3 + 40 || b[L3] >> 4 !== 6) {
+      d.status = "bad0";
+      return d;
+    }
+    d.family = 6;
+    d.ihl = 40;
+    d.srcOff = L3 + 8;
+    d.dstOff = L3 + 24;
+    d.src = b.slice(d.srcOff, d.srcOff + 16);
+    d.dst = b.slice(d.dstOff, d.dstOff + 16);
+    let nh = b[L3 + 6];
+    let off = L3 + 40;
+    let l4 = -1;
+    for (let i = 0; i <= IPV6_EXT_MAX; i++) {
+      if (nh === 0 || nh === 43 || nh === 60) {
+        if (off + 2 > b.length) break;
+        const next = b[off];
+        off += (b[off + 1] + 1) * 8;
+        nh = next;
+      } else if (nh === 44) {
+        if (off + 8 > b.length) break;
+        const fo = u16(b, off + 2);
+        d.fragId = b.slice(off + 4, off + 8);
+        if (fo & 0xfff8) d.frag = 2;
+        else if (fo & 1) d.frag = 1;
+        nh = b[off];
+        off += 8;
+      } else {
+        l4 = off;
+        break;
+      }
+      if (off > L4_OFF_MAX) break;
+    }
+    if (l4 < 0 || l4 > L4_OFF_MAX) {
+      d.status = "bad";
+      return d;
+    }
+    d.proto = nh;
+    d.l4 = l4;
+    if (nh !== P_TCP && nh !== P_UDP && nh !== P_ICMP6) {
+      d.status = "pass";
+      d.passReason = "other-proto";
+      return d;
+    }
+  } else {
+    return d;
+  }
+  if (d.frag === 2) {
+    d.status = "ok";
+    return d;
+  }
+  if (d.l4 > L4_OFF_MAX) {
+    d.status = "bad";
+    return d;
+  }
+  const need = d.proto === P_TCP ? 20 : 8;
+  if (d.l4 + need > b.length) {
+    d.status = "bad";
+    return d;
+  }
+  if (d.proto === P_TCP || d.proto === P_UDP) {
+    d.sport = u16(b, d.l4);
+    d.dport = u16(b, d.l4 + 2);
+    if (d.proto === P_TCP) d.tcpFlags = b[d.l4 + 13];
+    d.status = "ok";
+    return d;
+  }
+  d.icmpType = b[d.l4];
+  if (isEcho(d.family, d.icmpType)) {
+    d.sport = d.dport = u16(b, d.l4 + 4);
+    d.status = "ok";
+    return d;
+  }
+  if (isErr(d.family, d.icmpType) && d.frag === 0) {
+    const r = parseInner(b, d.family, d.l4 + 8);
+    d.status = r.st;
+    if (r.st === "pass") d.passReason = "icmp-error-untranslatable";
+    d.inner = r.in;
+    return d;
+  }
+  d.status = "pass";
+  d.passReason = isErr(d.family, d.icmpType) ? "icmp-error-fragment" : "icmp-other";
+  return d;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Checksum residuals
+
+/** One's complement sum over [start, min(end, len)), 0 and 0xffff being the same number. */
+function sumOf(b: Uint8Array, start: number, end: number, init = 0): number {
+  const s = onesComplementSum(b.subarray(Math.min(start, b.length), Math.min(end, b.length)), init);
+  return s === 0xffff ? 0 : s;
+}
+
+function pseudoAddrSum(src: Uint8Array, dst: Uint8Array): number {
+  return onesComplementSum(dst, onesComplementSum(src));
+}
+
+/**
+ * The residual of an L4 checksum over the bytes present: incremental updates keep it, so a
+ * valid checksum stays valid and an invalid one stays as wrong. The pseudo-header's length and
+ * protocol are constants of a packet and left out.
+ */
+function l4Residual(b: Uint8Array, l4: number, pseudo: [Uint8Array, Uint8Array] | null): number {
+  return sumOf(b, l4, b.length, pseudo ? pseudoAddrSum(pseudo[0], pseudo[1]) : 0);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Oracle
+
+/** Classes where an internal source is known to leave untranslated (see docs/reliability.md). */
+export const LEAK_CLASSES = [] as const;
+
+/** Binding lookups the oracle needs. */
+export interface BindingView {
+  /** The other side of a binding: orig (internal endpoint → external) or reply. */
+  get(
+    orig: boolean,
+    family: 4 | 6,
+    l4proto: number,
+    addr: Uint8Array,
+    port: number,
+  ): { addr: Uint8Array; port: number } | null;
+  /** The address recorded for the later fragments of an ingress datagram. */
+  fragIngress(d: Dissected): Uint8Array | null;
+  /** Whether the packet just run was refused for want of a port (drop_no_port grew). */
+  refusedNoPort?(): boolean;
+}
+
+/** The result of checking one packet. */
+export interface PacketCheck {
+  violations: string[];
+  /** What happened: "pass", "drop", "translated", "redirect-own", "hairpin", "prohibited". */
+  outcome: string;
+  /** A known leak class the packet fell in, if any. */
+  leak?: string;
+}
+
+const keyProto = (p: number) => (p === P_ICMP6 ? P_ICMP : p);
+
+function allowedOffsets(d: Dissected): Set<number> {
+  const s = new Set<number>();
+  const add = (from: number, n: number) => {
+    for (let i = 0; i < n; i++) s.add(from + i);
+  };
+  if (d.family === 4) {
+    add(L3 + 10, 2);
+    add(L3 + 12, 8);
+  } else add(L3 + 8, 32);
+  if (d.frag === 2) return s;
+  const l4 = d.l4;
+  if (d.proto === P_TCP) add(l4, 4), add(l4 + 16, 2);
+  else if (d.proto === P_UDP) add(l4, 4), add(l4 + 6, 2);
+  else {
+    add(l4 + 2, 2);
+    if (!d.inner) add(l4 + 4, 2);
+    else {
+      const n = d.inner;
+      if (d.family === 4) add(n.l3 + 10, 2), add(n.l3 + 12, 8);
+      else add(n.l3 + 8, 32);
+      if (n.proto === P_TCP) add(n.l4, 4);
+      else if (n.proto === P_UDP) add(n.l4, 4), add(n.l4 + 6, 2);
+      else add(n.l4 + 2, 4);
+    }
+  }
+  return s;
+}
+
+function checkResiduals(input: Uint8Array, out: Uint8Array, d: Dissected, v: string[]): void {
+  if (d.family === 4) {
+    const a = sumOf(input, L3, L3 + d.ihl), b = sumOf(out, L3, L3 + d.ihl);
+    if (a !== b) v.push(`IPv4 header checksum residual ${a.toString(16)} -> ${b.toString(16)}`);
+  }
+  if (d.frag === 2) return;
+  const od = dissect(out);
+  const pseudo = (x: Dissected): [Uint8Array, Uint8Array] | null =>
+    x.proto === P_ICMP ? null : [x.src, x.dst];
+  const csumOff = d.proto === P_TCP ? d.l4 + 16 : d.proto === P_UDP ? d.l4 + 6 : d.l4 + 2;
+  if (d.proto === P_UDP && u16(input, csumOff) === 0) {
+    if (u16(out, csumOff) !== 0) v.push("UDP zero checksum became non-zero");
+  } else {
+    const a = l4Residual(input, d.l4, pseudo(d)), b = l4Residual(out, d.l4, pseudo(od));
+    if (a !== b) v.push(`L4 checksum residual ${a.toString(16)} -> ${b.toString(16)}`);
+  }
+  const n = d.inner, on = od.inner;
+  if (!n) return;
+  if (!on) {
+    v.push("embedded packet no longer parses");
+    return;
+  }
+  if (d.family === 4) {
+    const a = sumOf(input, n.l3, n.l3 + n.ihl), b = sumOf(out, n.l3, n.l3 + n.ihl);
+    if (a !== b) v.push(`embedded IPv4 header checksum residual ${a} -> ${b}`);
+  }
+  if (n.proto === P_UDP) {
+    if (u16(input, n.l4 + 6) === 0) {
+      if (u16(out, n.l4 + 6) !== 0) v.push("embedded UDP zero checksum became non-zero");
+    } else {
+      const a = l4Residual(input, n.l4, [n.src, n.dst]);
+      const b = l4Residual(out, n.l4, [on.src, on.dst]);
+      if (a !== b) v.push(`embedded UDP checksum residual ${a} -> ${b}`);
+    }
+  } else if (n.proto === P_ICMP || n.proto === P_ICMP6) {
+    const p = n.proto === P_ICMP6;
+    const a = l4Residual(input, n.l4, p ? [n.src, n.dst] : null);
+    const b = l4Residual(out, n.l4, p ? [on.src, on.dst] : null);
+    if (a !== b) v.push(`embedded ICMP checksum residual ${a} -> ${b}`);
+  }
+}
+
+/** A generated ICMP 3/13 (ICMPv6 1/1) to the sender of `input`, checked in full. */
+function checkProhibited(input: Uint8Array, out: Uint8Array, d: Dissected, v: string[]): boolean {
+  const v4 = d.family === 4;
+  const hdr = v4 ? 20 : 40, q = v4 ? 28 : 48;
+  if (out.length !== L3 + hdr + 8 + q) return false;
+  const type = out[L3 + hdr], code = out[L3 + hdr + 1];
+  if (v4 ? type !== 3 || code !== 13 : type !== 1 || code !== 1) return false;
+  const dst = out.slice(L3 + (v4 ? 16 : 24), L3 + (v4 ? 20 : 40));
+  if (!eq(dst, d.src)) return false;
+  if (v4) {
+    if (internetChecksum(out.subarray(L3, L3 + 20)) !== 0) v.push("ICMP 3/13: bad IP checksum");
+    if (out[L3 + 9] !== P_ICMP || u16(out, L3 + 2) !== 56) v.push("ICMP 3/13: bad IP header");
+    if (internetChecksum(out.subarray(L3 + 20)) !== 0) v.push("ICMP 3/13: bad ICMP checksum");
+  } else {
+    if (out[L3 + 6] !== P_ICMP6 || u16(out, L3 + 4) !== 56) v.push("ICMPv6 1/1: bad header");
+    const ph = new Uint8Array(40);
+    ph.set(out.subarray(L3 + 8, L3 + 40));
+    ph[35] = 56;
+    ph[39] = P_ICMP6;
+    if (internetChecksum(out.subarray(L3 + 40), onesComplementSum(ph)) !== 0) {
+      v.push("ICMPv6 1/1: bad checksum");
+    }
+  }
+  if (!eq(out.subarray(L3 + hdr + 8), input.subarray(L3, L3 + q))) v.push("quote differs");
+  return true;
+}
+
+function sameEndpoint(
+  got: { addr: Uint8Array; port: number },
+  want: { addr: Uint8Array; port: number } | null,
+): boolean {
+  return want !== null && eq(got.addr, want.addr) && got.port === want.port;
+}
+
+/**
+ * Checks one packet's verdict and output against what the datapath promises. `view` is read
+ * after the run (bindings are only ever created by egress packets and never expire during a
+ * fuzz run, whose timeouts are long).
+ */
+export function checkPacket(
+  dir: "egress" | "ingress",
+  input: Uint8Array,
+  verdict: number,
+  out: Uint8Array,
+  view: BindingView,
+): PacketCheck {
+  const v: string[] = [];
+  const d = dissect(input);
+  const changed = !eq(input, out);
+  const fam = d.family as 4 | 6;
+  const res = (outcome: string, leak?: string): PacketCheck => ({ violations: v, outcome, leak });
+  const allowedVerdicts = dir === "egress"
+    ? [TC_ACT_OK, TC_ACT_SHOT, TC_ACT_REDIRECT]
+    : [TC_ACT_OK, TC_ACT_SHOT];
+  if (!allowedVerdicts.includes(verdict)) {
+    v.push(`verdict ${verdict}`);
+    return res("bad-verdict");
+  }
+  const mustPass = (why: string) => {
+    if (verdict !== TC_ACT_OK || changed) {
+      v.push(`${why}: expected to pass untouched, got verdict ${verdict} changed=${changed}`);
+    }
+  };
+  const mustDrop = (why: string) => {
+    if (verdict !== TC_ACT_SHOT) v.push(`${why}: expected a drop, got verdict ${verdict}`);
+  };
+
+  if (dir === "ingress") {
+    if (d.status !== "ok") {
+      mustPass(`ingress ${d.status}${d.passReason ? ` (${d.passReason})` : ""}`);
+      return res("pass");
+    }
+    if (verdict === TC_ACT_SHOT) {
+      // Only a packet towards a binding (whose session could not be made) or an unsolicited
+      // SYN to a NAT port of the external address is dropped.
+      const n = d.inner;
+      const bound = n
+        ? view.get(false, fam, keyProto(n.proto), n.src, n.sport)
+        : d.frag === 2
+        ? view.fragIngress(d)
+        : view.get(false, fam, keyProto(d.proto), d.dst, d.dport);
+      const syn = !n && d.frag !== 2 && d.proto === P_TCP && (d.tcpFlags & 0x12) === 0x02 &&
+        eq(d.dst, extOf(fam)) && d.dport >= 20000 && d.dport <= 29999;
+      if (!bound && !syn) v.push("ingress packet dropped although it has no binding to go to");
+      return res("drop");
+    }
+    if (!changed) {
+      // Passing is right only when there was nothing to translate to.
+      if (d.inner) {
+        const n = d.inner;
+        if (view.get(false, fam, keyProto(n.proto), n.src, n.sport)) {
+          v.push("ICMP error about a mapped endpoint passed untranslated");
+        }
+      } else if (d.frag === 2) {
+        if (view.fragIngress(d)) v.push("later fragment with a recorded first passed untranslated");
+      } else if (
+        !(d.proto !== P_TCP && d.proto !== P_UDP && d.icmpType !== (fam === 4 ? 0 : 129))
+      ) {
+        if (view.get(false, fam, keyProto(d.proto), d.dst, d.dport)) {
+          v.push("packet to a mapped endpoint passed untranslated");
+        }
+      }
+      return res("pass");
+    }
+    const od = dissect(out);
+    const allowed = allowedOffsets(d);
+    for (let i = 0; i < input.length; i++) {
+      if (input[i] !== out[i] && !allowed.has(i)) {
+        v.push(`byte ${i} changed outside addresses/ports/checksums`);
+        break;
+      }
+    }
+    if (out.length !== input.length) v.push("length changed");
+    checkResiduals(input, out, d, v);
+    if (!eq(od.src, d.src)) v.push("ingress changed the source");
+    if (d.inner) {
+      const n = d.inner, on = od.inner!;
+      const want = view.get(false, fam, keyProto(n.proto), n.src, n.sport);
+      if (!want) v.push("ICMP error translated without a binding");
+      else if (!on || !sameEndpoint({ addr: on.src, port: on.sport }, want)) {
+        v.push("embedded source is not the binding's internal endpoint");
+      } else if (!eq(od.dst, want.addr)) v.push("outer destination is not the internal host");
+    } else if (d.frag === 2) {
+      const want = view.fragIngress(d);
+      if (!want || !eq(od.dst, want)) v.push("later fragment translated to an unrecorded address");
+    } else {
+      const want = view.get(false, fam, keyProto(d.proto), d.dst, d.dport);
+      if (!sameEndpoint({ addr: od.dst, port: od.dport }, want)) {
+        v.push("destination is not the binding's internal endpoint");
+      }
+    }
+    return res("translated");
+  }
+
+  // --- egress ---
+  if (d.status === "nonip") {
+    mustPass("non-IP");
+    return res("pass");
+  }
+  if (d.status === "bad0") {
+    mustDrop("unparseable IP header");
+    return res("drop");
+  }
+  // The router's own: its external address, and sources that are never
+  // forwarded (0.0.0.0 / :: for DHCP, fe80::/10 link-local).
+  const localOnly = d.src.every((x) => x === 0) ||
+    (fam === 6 && d.src[0] === 0xfe && (d.src[1] & 0xc0) === 0x80);
+  const own = eq(d.src, extOf(fam)) || localOnly;
+  if (
+    d.status === "pass" &&
+    ["icmp-error-untranslatable", "icmp-error-fragment", "icmp-other"].includes(d.passReason ?? "")
+  ) {
+    // ICMP that cannot be mapped: only the router's own may leave.
+    if (own) mustPass(`router's own ${d.passReason}`);
+    else mustDrop(`${d.passReason} from inside`);
+    return res(own ? "pass" : "drop");
+  }
+  if (d.status === "pass") {
+    const leaky = !own && LEAK_CLASSES.includes(d.passReason as typeof LEAK_CLASSES[number]);
+    // A leak class may also be dropped (what it should be); anything else passes untouched.
+    if (leaky && verdict === TC_ACT_SHOT) return res("drop");
+    mustPass(`egress pass class ${d.passReason}`);
+    return res("pass", leaky ? d.passReason : undefined);
+  }
+  if (d.status === "bad") {
+    if (own) mustPass("router's own malformed packet");
+    else mustDrop("malformed packet from inside");
+    return res(own ? "pass" : "drop");
+  }
+  if (own && !d.inner) {
+    mustPass("router's own traffic");
+    return res("pass");
+  }
+  if (verdict === TC_ACT_SHOT) {
+    // A translatable packet from inside is dropped only when it cannot be given a mapping.
+    const plain = !d.inner && d.frag !== 2 && !eq(d.dst, extOf(fam)) &&
+      (d.proto === P_UDP || (d.proto === P_TCP && !(d.tcpFlags & 0x04)) ||
+        (d.proto === P_ICMP && d.icmpType === 8) || (d.proto === P_ICMP6 && d.icmpType === 128));
+    if (!own && plain && !(view.refusedNoPort?.() ?? true)) {
+      v.push("translatable packet from inside dropped");
+    }
+    if (
+      !own && !d.inner && d.frag !== 2 && d.proto === P_TCP && d.tcpFlags & 0x04 &&
+      !eq(d.dst, extOf(fam))
+    ) {
+      if (view.get(true, fam, keyProto(d.proto), d.src, d.sport)) {
+        v.push("RST of a mapped endpoint dropped");
+      }
+    }
+    return res("drop");
+  }
+  if (!own && d.proto === P_ICMP && !d.inner && d.frag !== 2 && d.icmpType !== 8) {
+    v.push("ICMP echo reply from inside not dropped");
+  }
+  if (!own && d.proto === P_ICMP6 && !d.inner && d.frag !== 2 && d.icmpType !== 128) {
+    v.push("ICMPv6 echo reply from inside not dropped");
+  }
+  const toExt = eq(d.dst, extOf(fam)) && !d.inner && d.frag !== 2 && !own;
+  if (!changed) {
+    if (verdict === TC_ACT_REDIRECT && toExt) {
+      if (view.get(false, fam, keyProto(d.proto), d.dst, d.dport)) {
+        v.push("redirected untouched to the router although the port is mapped");
+      }
+      return res("redirect-own");
+    }
+    if (own && verdict === TC_ACT_OK) {
+      // the router's own error about something no binding covers
+      const n = d.inner!;
+      if (view.get(true, fam, keyProto(n.proto), n.dst, n.dport)) {
+        v.push("router's own ICMP error about a mapped endpoint passed untranslated");
+      }
+      return res("pass");
+    }
+    v.push(
+      own
+        ? `router's own ICMP error: verdict ${verdict}`
+        : `internal source left untranslated (verdict ${verdict})`,
+    );
+    return res("pass");
+  }
+  if (!own && checkProhibited(input, out, d, v)) return res("prohibited");
+  if (out.length !== input.length) {
+    v.push(`length changed ${input.length} -> ${out.length}`);
+    return res("translated");
+  }
+  const allowed = allowedOffsets(d);
+  for (let i = 0; i < input.length; i++) {
+    if (input[i] !== out[i] && !allowed.has(i)) {
+      v.push(`byte ${i} changed outside addresses/ports/checksums`);
+      break;
+    }
+  }
+  checkResiduals(input, out, d, v);
+  const od = dissect(out);
+  if (own) {
+    if (!eq(od.src, d.src) || !eq(od.dst, d.dst)) v.push("router's own error: outer changed");
+  } else {
+    if (!eq(od.src, extOf(fam))) v.push(`source ${formatIp(od.src)} is not the external address`);
+  }
+  if (isInternal(od.src)) v.push("internal source leaves translated packet");
+  if (d.inner) {
+    const n = d.inner, on = od.inner;
+    const want = view.get(true, fam, keyProto(n.proto), n.dst, n.dport);
+    if (!want) v.push("ICMP error translated without a binding");
+    else if (!on || !sameEndpoint({ addr: on.dst, port: on.dport }, want)) {
+      v.push("embedded destination is not the binding's external endpoint");
+    }
+    if (!own && !eq(od.dst, d.dst)) v.push("outer destination changed");
+    return res("translated");
+  }
+  if (d.frag === 2) {
+    if (!eq(od.dst, d.dst)) v.push("later fragment: destination changed");
+    return res("translated");
+  }
+  const snat = view.get(true, fam, keyProto(d.proto), d.src, d.sport);
+  const icmp = d.proto === P_ICMP || d.proto === P_ICMP6;
+  if (!snat || !eq(od.src, snat.addr) || (!icmp && od.sport !== snat.port)) {
+    v.push("new source is not the binding's external endpoint");
+  } else {
+    const back = view.get(false, fam, keyProto(d.proto), snat.addr, snat.port);
+    if (!sameEndpoint({ addr: d.src, port: d.sport }, back)) v.push("reply entry disagrees");
+  }
+  if (toExt) {
+    if (verdict !== TC_ACT_REDIRECT) v.push(`hairpin verdict ${verdict}`);
+    const target = view.get(false, fam, keyProto(d.proto), d.dst, d.dport);
+    if (!target || !eq(od.dst, target.addr) || (!icmp && od.dport !== target.port)) {
+      v.push("hairpin destination is not the target binding's internal endpoint");
+    }
+    return res("hairpin");
+  }
+  if (verdict !== TC_ACT_OK) v.push(`translated with verdict ${verdict}`);
+  if (!eq(od.dst, d.dst) || (!icmp && od.dport !== d.dport)) v.push("destination changed");
+  if (icmp && od.sport !== snat?.port) v.push("echo identifier is not the binding's");
+  return res("translated");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Map invariants
+
+/** Sizes of the NAT's tables, for the checks. */
+export interface Limits {
+  bindingEntries: number;
+  ctEntries: number;
+}
+
+/** Summary of one map check. */
+export interface MapCheck {
+  bindings: number;
+  sessions: number;
+  violations: string[];
+}
+
+/** Checks the binding and session tables' invariants (see the module doc). */
+export function checkMaps(nat: Nat, limits: Limits, ic: InterfaceConfig): MapCheck {
+  const v: string[] = [];
+  const be = bpf.mapLookupBatch(
+    nat.nat.maps.binding,
+    BINDING_KEY_LAYOUT.size,
+    BINDING_VALUE_LAYOUT.size,
+    1024,
+  );
+  const ce = bpf.mapLookupBatch(nat.nat.maps.ct, CT_KEY_LAYOUT.size, CT_VALUE_LAYOUT.size, 1024);
+  if (be.length > limits.bindingEntries) v.push(`map_binding has ${be.length} entries`);
+  if (ce.length > limits.ctEntries) v.push(`map_ct has ${ce.length} entries`);
+  const ep = (f: number, p: number, a: Uint8Array, port: number) =>
+    `${f}/${p}/${formatIp(a)}/${port}`;
+  const orig = new Map<string, { addr: Uint8Array; port: number; ref: number }>();
+  const reply = new Map<string, { addr: Uint8Array; port: number; ref: number }>();
+  for (const e of be) {
+    const k = decodeBindingKey(e.key);
+    const val = decodeBindingValue(e.value, k.family);
+    (k.orig ? orig : reply).set(ep(k.family, k.l4proto, k.addr, k.port), val);
+  }
+  const rangesOf = (p: number) =>
+    p === P_TCP ? ic.defaultRanges.tcp : p === P_UDP ? ic.defaultRanges.udp : ic.defaultRanges.icmp;
+  for (const [k, val] of orig) {
+    const [f, p, , port] = k.split("/");
+    const back = reply.get(ep(+f, +p, val.addr, val.port));
+    const int = k.split("/")[2];
+    if (!back) v.push(`binding ${k} -> ${formatIp(val.addr)}:${val.port} has no reply entry`);
+    else if (formatIp(back.addr) !== int || back.port !== +port) {
+      v.push(`binding ${k}: reply entry points to ${formatIp(back.addr)}:${back.port}`);
+    }
+    if (val.ref !== 0) v.push(`binding ${k}: orig entry has ref ${val.ref}`);
+  }
+  const refs = new Map<string, number>();
+  for (const e of ce) {
+    const k = decodeCtKey(e.key);
+    const val = decodeCtValue(e.value, k.family);
+    const rk = ep(k.family, k.l4proto, k.extAddr, k.extPort);
+    const b = reply.get(rk);
+    if (!b) v.push(`session ${rk} -> ${formatIp(k.remoteAddr)}:${k.remotePort} without binding`);
+    else if (!eq(b.addr, val.intAddr) || b.port !== val.intPort) {
+      v.push(`session ${rk}: internal endpoint differs from the binding's`);
+    }
+    refs.set(rk, (refs.get(rk) ?? 0) + 1);
+  }
+  for (const [k, val] of reply) {
+    const [f, p, a, port] = k.split("/");
+    if (!orig.has(ep(+f, +p, val.addr, val.port))) v.push(`reply entry ${k} has no orig entry`);
+    if (a !== formatIp(extOf(+f as 4 | 6))) v.push(`reply entry ${k}: not an external address`);
+    if (!rangesOf(+p).some((r) => +port >= r.start && +port <= r.end)) {
+      v.push(`reply entry ${k}: port outside the ranges`);
+    }
+    const n = refs.get(k) ?? 0;
+    if (val.ref !== n) v.push(`binding ${k}: ref ${val.ref} but ${n} sessions`);
+  }
+  return { bindings: orig.size, sessions: ce.length, violations: v };
+}
+
+/** Reply entries (external ports in use) of one family and protocol. */
+export function usedPorts(nat: Nat, family: 4 | 6, l4proto: number): number {
+  let n = 0;
+  for (
+    const e of bpf.mapLookupBatch(
+      nat.nat.maps.binding,
+      BINDING_KEY_LAYOUT.size,
+      BINDING_VALUE_LAYOUT.size,
+      1024,
+    )
+  ) {
+    const k = decodeBindingKey(e.key);
+    if (!k.orig && k.family === family && k.l4proto === l4proto) n++;
+  }
+  return n;
+}
+
+/** Sum of one counter of `map_stats`. */
+export function statOf(nat: Nat, name: typeof STATS[number]): bigint {
+  const key = new Uint8Array(4);
+  new DataView(key.buffer).setUint32(0, STATS.indexOf(name), true);
+  const v = bpf.mapLookup(nat.nat.maps.stats, key, 8 * bpf.numPossibleCpus());
+  return v ? sumPerCpu(v) : 0n;
+}
+
+/** A `BindingView` reading the NAT's maps. */
+export function bindingView(nat: Nat): BindingView {
+  return {
+    get(orig, family, l4proto, addr, port) {
+      const k = encodeBindingKey({ orig, l4proto, family, port, addr });
+      const val = bpf.mapLookup(nat.nat.maps.binding, k, BINDING_VALUE_LAYOUT.size);
+      if (!val) return null;
+      const b = decodeBindingValue(val, family);
+      return { addr: b.addr, port: b.port };
+    },
+    fragIngress(d) {
+      const k = new Uint8Array(40);
+      k[0] = d.family;
+      k[1] = keyProto(d.proto);
+      k[2] = 0;
+      k.set(d.fragId, 4);
+      k.set(d.src, 8);
+      k.set(d.dst, 24);
+      const val = bpf.mapLookup(nat.nat.maps.frag, k, 24);
+      return val ? val.slice(0, d.family === 4 ? 4 : 16) : null;
+    },
+  };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Generation
+
+/** One generated packet. */
+export interface Gen {
+  dir: "egress" | "ingress";
+  kind: string;
+  bytes: Uint8Array;
+}
+
+interface Learned {
+  family: 4 | 6;
+  proto: L4Proto;
+  extPort: number;
+  remote: string;
+  rport: number;
+}
+
+const RING = 256;
+
+function ring<T>(a: T[], x: T): void {
+  a.push(x);
+  if (a.length > RING) a.shift();
+}
+
+/** The generator's memory of what the NAT did, so ingress packets hit live mappings. */
+export class FuzzState {
+  learned: Learned[] = [];
+  /** Egress packets as translated (IP bytes), for ICMP errors coming back. */
+  egressOut: Uint8Array[] = [];
+  /** Ingress packets as translated (IP bytes), for errors from internal hosts. */
+  ingressOut: Uint8Array[] = [];
+  /** Egress packets' IP bytes as sent, to build fragments and truncations from. */
+  recent: Uint8Array[] = [];
+
+  /** Records what a run did. */
+  observe(g: Gen, verdict: number, out: Uint8Array, c: PacketCheck): void {
+    if (c.outcome !== "translated" || verdict !== TC_ACT_OK) return;
+    const d = dissect(out);
+    if (d.family === 0 || d.frag === 2) return;
+    const ip = out.slice(L3);
+    if (g.dir === "egress") {
+      ring(this.egressOut, ip);
+      if (d.inner) return;
+      const proto: L4Proto = d.proto === P_TCP ? "tcp" : d.proto === P_UDP ? "udp" : "icmp";
+      ring(this.learned, {
+        family: d.family,
+        proto,
+        extPort: d.sport,
+        remote: formatIp(d.dst),
+        rport: d.dport,
+      });
+    } else ring(this.ingressOut, ip);
+  }
+}
+
+const TCP_FLAG_SETS = [
+  0x02,
+  0x12,
+  0x10,
+  0x18,
+  0x11,
+  0x19,
+  0x04,
+  0x14,
+  0x01,
+  0x03,
+  0x06,
+  0x07,
+  0x00,
+  0x3f,
+  0xff,
+  0xc2,
+  0x29,
+];
+
+function tcpFlagsOf(x: number): PacketSpec["tcpFlags"] {
+  return {
+    fin: !!(x & 1),
+    syn: !!(x & 2),
+    rst: !!(x & 4),
+    psh: !!(x & 8),
+    ack: !!(x & 16),
+    urg: !!(x & 32),
+  };
+}
+
+function setTcpFlagsByte(frame: Uint8Array, x: number): void {
+  const d = dissect(frame);
+  if (d.proto === P_TCP && d.l4 + 14 <= frame.length) frame[d.l4 + 13] = x;
+}
+
+/** Recomputes the IPv4 header checksum and the L4 checksum over the bytes present. */
+export function fixChecksums(b: Uint8Array): Uint8Array {
+  const d = dissect(b);
+  if (d.family === 4 && L3 + d.ihl <= b.length) {
+    b[L3 + 10] = b[L3 + 11] = 0;
+    const c = internetChecksum(b.subarray(L3, L3 + d.ihl));
+    b[L3 + 10] = c >> 8;
+    b[L3 + 11] = c & 0xff;
+  }
+  if (d.family === 0 || d.frag !== 0 || d.l4 >= b.length || d.proto < 0) return b;
+  const off = d.proto === P_TCP ? 16 : d.proto === P_UDP ? 6 : d.proto === P_ICMP ||
+      d.proto === P_ICMP6
+    ? 2
+    : -1;
+  if (off < 0 || d.l4 + off + 2 > b.length) return b;
+  if (d.proto === P_UDP && u16(b, d.l4 + 6) === 0) return b;
+  b[d.l4 + off] = b[d.l4 + off + 1] = 0;
+  const seg = b.subarray(d.l4);
+  let init = 0;
+  if (d.proto !== P_ICMP) {
+    const ph = d.family === 4 ? new Uint8Array(12) : new Uint8Array(40);
+    if (d.family === 4) {
+      ph.set(d.src, 0), ph.set(d.dst, 4), ph[9] = d.proto;
+      ph[10] = seg.length >> 8, ph[11] = seg.length & 0xff;
+    } else {
+      ph.set(d.src, 0), ph.set(d.dst, 16);
+      new DataView(ph.buffer).setUint32(32, seg.length);
+      ph[39] = d.proto;
+    }
+    init = onesComplementSum(ph);
+  }
+  let c = internetChecksum(seg, init);
+  if (d.proto === P_UDP && c === 0) c = 0xffff;
+  b[d.l4 + off] = c >> 8;
+  b[d.l4 + off + 1] = c & 0xff;
+  return b;
+}
+
+/** Adds IPv4 options (IHL grows; `bytes` padded to a multiple of 4, at most 40). */
+export function withIpv4Options(frame: Uint8Array, opts: Uint8Array): Uint8Array {
+  const n = Math.min(40, Math.ceil(opts.length / 4) * 4);
+  const out = new Uint8Array(frame.length + n);
+  out.set(frame.subarray(0, L3 + 20));
+  out.set(opts.subarray(0, n), L3 + 20);
+  out.set(frame.subarray(L3 + 20), L3 + 20 + n);
+  out[L3] = 0x40 | (5 + n / 4);
+  const tot = u16(frame, L3 + 2) + n;
+  out[L3 + 2] = tot >> 8;
+  out[L3 + 3] = tot & 0xff;
+  return out;
+}
+
+/** One IPv6 extension header to insert: type (0, 43, 60, 44) and body length in 8-byte units. */
+export interface ExtHdr {
+  type: number;
+  len8?: number;
+  /** Fragment header: offset field (8-byte units) and M bit. */
+  fragOff?: number;
+  more?: boolean;
+  /** Override the next-header byte (loops, lies). */
+  next?: number;
+}
+
+/** Inserts IPv6 extension headers after the fixed header, before the existing payload. */
+export function withIpv6Ext(frame: Uint8Array, exts: ExtHdr[], fragId = 0x1234): Uint8Array {
+  let next = frame[L3 + 6];
+  const hdrs: Uint8Array[] = [];
+  for (let i = exts.length - 1; i >= 0; i--) {
+    const e = exts[i];
+    let h: Uint8Array;
+    if (e.type === 44) {
+      h = new Uint8Array(8);
+      const v = new DataView(h.buffer);
+      v.setUint16(2, ((e.fragOff ?? 0) << 3) | (e.more ? 1 : 0));
+      v.setUint32(4, fragId);
+    } else {
+      const len8 = e.len8 ?? 0;
+      h = new Uint8Array((len8 + 1) * 8);
+      h[1] = len8;
+      h[2] = 1; // PadN filling the header
+      h[3] = h.length - 4;
+    }
+    h[0] = e.next ?? next;
+    hdrs.unshift(h);
+    next = e.type;
+  }
+  const extLen = hdrs.reduce((s, h) => s + h.length, 0);
+  const out = new Uint8Array(frame.length + extLen);
+  out.set(frame.subarray(0, L3 + 40));
+  out[L3 + 6] = next;
+  const plen = u16(frame, L3 + 4) + extLen;
+  out[L3 + 4] = (plen >> 8) & 0xff;
+  out[L3 + 5] = plen & 0xff;
+  let o = L3 + 40;
+  for (const h of hdrs) out.set(h, o), o += h.length;
+  out.set(frame.subarray(L3 + 40), o);
+  return out;
+}
+
+/** The generator: `next()` returns the next packet to run. */
+export class Generator {
+  constructor(readonly rng: Rng, readonly st: FuzzState) {}
+
+  private fam(): 4 | 6 {
+    return this.rng.chance(0.55) ? 4 : 6;
+  }
+
+  private intHost(f: 4 | 6): string {
+    if (this.rng.chance(0.04)) return this.rng.pick(f === 4 ? ODD_SRC4 : ODD_SRC6);
+    return this.rng.pick(f === 4 ? INT4 : INT6);
+  }
+
+  private remote(f: 4 | 6): string {
+    if (this.rng.chance(0.03)) return this.rng.pick(f === 4 ? ODD_DST4 : ODD_DST6);
+    return this.rng.pick(f === 4 ? REM4 : REM6);
+  }
+
+  private payload(): Uint8Array {
+    const r = this.rng;
+    return r.bytes(r.chance(0.7) ? r.int(48) : r.int(600));
+  }
+
+  private proto(): L4Proto {
+    return this.rng.pick(["tcp", "udp", "udp", "icmp"] as const);
+  }
+
+  /** A valid packet of `proto` between the endpoints. */
+  private flow(
+    f: 4 | 6,
+    proto: L4Proto,
+    src: string,
+    sport: number,
+    dst: string,
+    dport: number,
+    ingress: boolean,
+  ): PacketSpec {
+    const r = this.rng;
+    const spec: PacketSpec = {
+      family: f,
+      src,
+      dst,
+      proto,
+      sport,
+      dport,
+      payload: this.payload(),
+      ipId: r.int(65536),
+      ttl: r.pick([64, 1, 255, 0]),
+      dontFragment: r.chance(0.5),
+      seq: r.u32(),
+      ackNum: r.u32(),
+    };
+    if (proto === "tcp") spec.tcpFlags = tcpFlagsOf(r.pick(TCP_FLAG_SETS));
+    if (proto === "udp" && r.chance(0.08)) spec.udpZeroChecksum = true;
+    if (proto === "icmp") {
+      const echo = ingress ? (f === 4 ? 0 : 129) : (f === 4 ? 8 : 128);
+      spec.icmpType = r.chance(0.9) ? echo : r.pick(
+        f === 4 ? [0, 8, 13, 14, 17, 5, 9, 10, 30, 255] : [128, 129, 130, 133, 135, 136, 143, 200],
+      );
+      spec.icmpId = ingress ? dport : sport;
+      spec.icmpSeq = r.int(65536);
+    }
+    return spec;
+  }
+
+  private egressFlow(): Uint8Array {
+    const r = this.rng, f = this.fam();
+    const proto = this.proto();
+    return buildPacket(
+      this.flow(
+        f,
+        proto,
+        this.intHost(f),
+        r.pick(INT_PORTS),
+        this.remote(f),
+        r.pick(REM_PORTS),
+        false,
+      ),
+    );
+  }
+
+  private learnedOf(f?: 4 | 6): Learned | undefined {
+    const l = this.st.learned.filter((x) => f === undefined || x.family === f);
+    return l.length ? this.rng.pick(l) : undefined;
+  }
+
+  private ingressReply(): Uint8Array {
+    const r = this.rng;
+    const l = this.learnedOf();
+    if (!l) return this.ingressRandom();
+    const eif = r.chance(0.3);
+    const src = eif ? this.remote(l.family) : l.remote;
+    const spec = this.flow(
+      l.family,
+      l.proto,
+      src,
+      eif ? r.pick(REM_PORTS) : l.rport,
+      l.family === 4 ? EXT4 : EXT6,
+      l.extPort,
+      true,
+    );
+    return buildPacket(spec);
+  }
+
+  private ingressRandom(): Uint8Array {
+    const r = this.rng, f = this.fam();
+    const port = r.chance(0.6)
+      ? r.range(20000, 29999)
+      : r.pick([22, 53, 2222, 19999, 30000, 65535]);
+    const dst = r.chance(0.9) ? (f === 4 ? EXT4 : EXT6) : this.remote(f);
+    return buildPacket(
+      this.flow(f, this.proto(), this.remote(f), r.pick(REM_PORTS), dst, port, true),
+    );
+  }
+
+  private hairpin(): Uint8Array {
+    const r = this.rng;
+    const l = this.learnedOf();
+    const f = l?.family ?? this.fam();
+    const proto = l?.proto ?? this.proto();
+    const port = l && r.chance(0.8) ? l.extPort : r.pick([22, 2222, 25000]);
+    const spec = this.flow(
+      f,
+      proto,
+      this.intHost(f),
+      r.pick(INT_PORTS),
+      f === 4 ? EXT4 : EXT6,
+      port,
+      false,
+    );
+    if (proto === "icmp") spec.icmpId = port;
+    return buildPacket(spec);
+  }
+
+  private own(): Uint8Array {
+    const r = this.rng, f = this.fam();
+    if (r.chance(0.3) && this.st.ingressOut.length) {
+      // the router's own error about an inbound translated packet
+      const inner = r.pick(this.st.ingressOut).slice();
+      const innerF = (inner[0] >> 4) as 4 | 6;
+      if (innerF === 4 || innerF === 6) {
+        return buildIcmpError(
+          {
+            family: innerF,
+            src: innerF === 4 ? EXT4 : EXT6,
+            dst: formatIp(innerF === 4 ? inner.slice(12, 16) : inner.slice(8, 24)),
+          },
+          inner.slice(
+            0,
+            r.chance(0.5) ? inner.length : r.range(innerF === 4 ? 28 : 48, inner.length),
+          ),
+        );
+      }
+    }
+    return buildPacket(
+      this.flow(
+        f,
+        this.proto(),
+        f === 4 ? EXT4 : EXT6,
+        r.pick(INT_PORTS),
+        this.remote(f),
+        r.pick(REM_PORTS),
+        false,
+      ),
+    );
+  }
+
+  /** An ICMP error: egress from an internal host, or ingress from a remote router. */
+  private icmpError(dir: "egress" | "ingress"): Uint8Array {
+    const r = this.rng;
+    const pool = dir === "egress" ? this.st.ingressOut : this.st.egressOut;
+    let inner: Uint8Array;
+    let f: 4 | 6;
+    if (pool.length && r.chance(0.85)) {
+      inner = r.pick(pool).slice();
+      f = (inner[0] >> 4) === 6 ? 6 : 4;
+    } else {
+      f = this.fam();
+      const spec = dir === "egress"
+        ? this.flow(
+          f,
+          this.proto(),
+          this.remote(f),
+          r.pick(REM_PORTS),
+          this.intHost(f),
+          r.pick(INT_PORTS),
+          true,
+        )
+        : this.flow(
+          f,
+          this.proto(),
+          f === 4 ? EXT4 : EXT6,
+          r.range(20000, 29999),
+          this.remote(f),
+          r.pick(REM_PORTS),
+          false,
+        );
+      inner = buildPacket({ ...spec, noEth: true });
+    }
+    let src: string;
+    if (dir === "egress") {
+      const off = f === 4 ? 16 : 24, n = f === 4 ? 4 : 16;
+      src = inner.length >= off + n && inner[0] >> 4 === f
+        ? formatIp(inner.slice(off, off + n))
+        : this.intHost(f);
+    } else src = this.remote(f);
+    // nested: an error about an error
+    if (r.chance(0.08)) {
+      inner = buildIcmpError(
+        { family: f, src: this.remote(f), dst: f === 4 ? EXT4 : EXT6, noEth: true },
+        inner,
+      );
+    }
+    // truncated, or a fragment embedded
+    const min = f === 4 ? 28 : 48;
+    if (r.chance(0.3)) inner = inner.slice(0, r.int(inner.length + 1));
+    else if (inner.length > min && r.chance(0.5)) {
+      inner = inner.slice(0, r.range(min, inner.length));
+    }
+    if (r.chance(0.06) && f === 4 && inner.length >= 20) {
+      inner[6] |= r.chance(0.5) ? 0x20 : 0x00;
+      inner[7] = r.int(256);
+    }
+    const types = f === 4
+      ? [[3, 3], [3, 4], [3, 1], [3, 13], [11, 0], [12, 0], [4, 0], [5, 1]]
+      : [[1, 4], [1, 0], [2, 0], [3, 0], [4, 0], [4, 1]];
+    const [type, code] = r.pick(types);
+    const dst = dir === "egress" ? this.remote(f) : (f === 4 ? EXT4 : EXT6);
+    return buildIcmpError({
+      family: f,
+      src,
+      dst,
+      icmpType: type,
+      icmpCode: code,
+      mtu: 1280,
+      moreFragments: r.chance(0.03),
+    }, inner);
+  }
+
+  private fragment(dir: "egress" | "ingress"): Uint8Array {
+    const r = this.rng, f = this.fam();
+    let spec: PacketSpec;
+    const l = this.learnedOf(f);
+    if (dir === "egress") {
+      spec = this.flow(
+        f,
+        this.proto(),
+        this.intHost(f),
+        r.pick(INT_PORTS),
+        this.remote(f),
+        r.pick(REM_PORTS),
+        false,
+      );
+    } else {
+      spec = this.flow(
+        f,
+        l?.proto ?? this.proto(),
+        l?.remote ?? this.remote(f),
+        l?.rport ?? 53,
+        f === 4 ? EXT4 : EXT6,
+        l?.extPort ?? 25000,
+        true,
+      );
+    }
+    spec.ipId = r.pick([0x1234, 0x4321, r.int(65536)]);
+    const first = r.chance(0.5);
+    spec.moreFragments = first ? true : r.chance(0.5);
+    spec.fragOffset = first ? 0 : 8 * r.pick([1, 2, 3, 185, 8191, r.range(1, 8191)]);
+    if (f === 6 && !first) spec.fragOffset = Math.min(spec.fragOffset, 8 * 8191);
+    const b = buildPacket(spec);
+    if (f === 6 && r.chance(0.2)) b[L3 + 40 + 3] |= 0x06; // reserved bits
+    return b;
+  }
+
+  private other(dir: "egress" | "ingress"): Uint8Array {
+    const r = this.rng, f = this.fam();
+    const src = dir === "egress" ? this.intHost(f) : this.remote(f);
+    const dst = dir === "egress" ? this.remote(f) : (f === 4 ? EXT4 : EXT6);
+    const b = buildPacket(this.flow(f, "udp", src, 1000, dst, 2000, dir === "ingress"));
+    const k = r.int(4);
+    if (k === 0) {
+      b[12] = r.pick([0x08, 0x81, 0x88, 0x00]);
+      b[13] = r.pick([0x06, 0x00, 0xa8, 0x64, 0x35]);
+    } else if (k === 1) {
+      b[f === 4 ? L3 + 9 : L3 + 6] = r.pick([
+        0,
+        2,
+        4,
+        41,
+        47,
+        50,
+        51,
+        59,
+        103,
+        132,
+        136,
+        253,
+        255,
+        43,
+        44,
+        60,
+      ]);
+    } else if (k === 2) {
+      b[12] = f === 4 ? 0x86 : 0x08; // ethertype of the other family
+      b[13] = f === 4 ? 0xdd : 0x00;
+    } else {
+      b[L3] = (r.int(16) << 4) | (b[L3] & 15);
+    }
+    return r.chance(0.5) ? fixChecksums(b) : b;
+  }
+
+  private v6ext(dir: "egress" | "ingress"): Uint8Array {
+    const r = this.rng;
+    const l = this.learnedOf(6);
+    const spec = dir === "egress"
+      ? this.flow(
+        6,
+        this.proto(),
+        this.intHost(6),
+        r.pick(INT_PORTS),
+        this.remote(6),
+        r.pick(REM_PORTS),
+        false,
+      )
+      : this.flow(
+        6,
+        l?.proto ?? "udp",
+        l?.remote ?? this.remote(6),
+        l?.rport ?? 53,
+        EXT6,
+        l?.extPort ?? 25000,
+        true,
+      );
+    const n = r.pick([1, 2, 3, 4, 5, 6, 7, 10, 30]);
+    const exts: ExtHdr[] = [];
+    for (let i = 0; i < n; i++) {
+      const type = r.pick([0, 43, 60, 60, 44]);
+      exts.push({
+        type,
+        len8: r.chance(0.8) ? r.int(3) : r.pick([31, 63, 255]),
+        fragOff: r.chance(0.7) ? 0 : r.int(8192),
+        more: r.chance(0.3),
+      });
+    }
+    if (r.chance(0.15)) exts[r.int(n)].next = r.pick([0, 43, 60, 44, 59]); // loop or lie
+    let b = withIpv6Ext(buildPacket(spec), exts, r.u32());
+    if (r.chance(0.2)) b = b.slice(0, r.range(L3 + 40, b.length));
+    return b;
+  }
+
+  private v4opt(dir: "egress" | "ingress"): Uint8Array {
+    const r = this.rng;
+    const l = this.learnedOf(4);
+    const spec = dir === "egress"
+      ? this.flow(
+        4,
+        this.proto(),
+        this.intHost(4),
+        r.pick(INT_PORTS),
+        this.remote(4),
+        r.pick(REM_PORTS),
+        false,
+      )
+      : this.flow(
+        4,
+        l?.proto ?? "udp",
+        l?.remote ?? this.remote(4),
+        l?.rport ?? 53,
+        EXT4,
+        l?.extPort ?? 25000,
+        true,
+      );
+    const opts = r.chance(0.5)
+      ? r.bytes(r.range(1, 40))
+      : new Uint8Array([7, 11, 4, ...new Uint8Array(8), 1]);
+    const b = withIpv4Options(buildPacket(spec), opts);
+    return r.chance(0.8) ? fixChecksums(b) : b;
+  }
+
+  /** Applies 1-3 random mutations; checksums fixed afterwards half of the time. */
+  mutate(b: Uint8Array): Uint8Array {
+    const r = this.rng;
+    let x = b.slice();
+    const n = r.range(1, 3);
+    for (let i = 0; i < n; i++) {
+      const k = r.weighted([3, 4, 1, 1, 1, 1, 1, 1]);
+      if (k === 0) x = x.slice(0, r.range(L3, Math.max(L3, x.length - 1)));
+      else if (k === 1) {
+        const flips = r.range(1, 3);
+        for (let j = 0; j < flips; j++) {
+          const at = r.chance(0.8) ? r.int(Math.min(x.length, 100)) : r.int(x.length);
+          x[at] ^= r.range(1, 255);
+        }
+      } else if (k === 2 && x.length > L3) x[L3] = (x[L3] & 0xf0) | r.int(16);
+      else if (k === 3 && x.length > L3 + 4) {
+        const t = r.pick([0, 1, 20, 40, 0xffff, r.int(65536)]);
+        x[L3 + 2 + ((x[L3] >> 4) === 6 ? 2 : 0)] = t >> 8;
+        x[L3 + 3 + ((x[L3] >> 4) === 6 ? 2 : 0)] = t & 0xff;
+      } else if (k === 4) x = new Uint8Array([...x, ...r.bytes(r.range(1, 32))]);
+      else if (k === 5) setTcpFlagsByte(x, r.int(256));
+      else if (k === 6 && x.length > L3 + 20) {
+        const d = dissect(x);
+        if (d.family === 4) x[L3 + 6] = r.int(256), x[L3 + 7] = r.int(256);
+      } else if (k === 7 && x.length > L3 + 10) {
+        const d = dissect(x);
+        if (d.proto === P_UDP && d.l4 + 8 <= x.length) x[d.l4 + 6] = x[d.l4 + 7] = 0;
+      }
+    }
+    return r.chance(0.5) ? fixChecksums(x) : x;
+  }
+
+  /** The next packet. */
+  next(): Gen {
+    const r = this.rng;
+    const kinds = [
+      ["egress", "flow", 22],
+      ["egress", "hairpin", 3],
+      ["egress", "own", 3],
+      ["egress", "icmp-error", 5],
+      ["egress", "fragment", 3],
+      ["egress", "other", 2],
+      ["egress", "v6ext", 3],
+      ["egress", "v4opt", 2],
+      ["ingress", "reply", 20],
+      ["ingress", "random", 6],
+      ["ingress", "icmp-error", 6],
+      ["ingress", "fragment", 3],
+      ["ingress", "other", 2],
+      ["ingress", "v6ext", 3],
+      ["ingress", "v4opt", 2],
+    ] as const;
+    const [dir, kind] = kinds[r.weighted(kinds.map((k) => k[2]))];
+    let b: Uint8Array;
+    switch (kind) {
+      case "flow":
+        b = this.egressFlow();
+        break;
+      case "hairpin":
+        b = this.hairpin();
+        break;
+      case "own":
+        b = this.own();
+        break;
+      case "icmp-error":
+        b = this.icmpError(dir);
+        break;
+      case "fragment":
+        b = this.fragment(dir);
+        break;
+      case "other":
+        b = this.other(dir);
+        break;
+      case "v6ext":
+        b = this.v6ext(dir);
+        break;
+      case "v4opt":
+        b = this.v4opt(dir);
+        break;
+      case "reply":
+        b = this.ingressReply();
+        break;
+      default:
+        b = this.ingressRandom();
+    }
+    const mutated = r.chance(0.3);
+    if (mutated) b = this.mutate(b);
+    return { dir, kind: mutated ? `${kind}+mut` : kind, bytes: b };
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Running
+
+/** The NAT configuration of fuzz runs: NAT44 + NAT66, long timeouts (nothing expires). */
+export function fuzzConfig(o: Partial<InterfaceConfig> = {}): InterfaceConfig {
+  const day = 86_400_000;
+  return testInterfaceConfig({
+    nat66: true,
+    timeouts: {
+      fragment: day,
+      icmpDefault: day,
+      udpMin: day,
+      udpDefault: day,
+      tcpTrans: day,
+      tcpEst: day,
+    },
+    defaultRanges: ranges([{ start: 20000, end: 29999 }], [{ start: 20000, end: 29999 }], [{
+      start: 0,
+      end: 65535,
+    }]),
+    ...o,
+  });
+}
+
+/**
+ * Datapath bugs found by this fuzzer and not fixed yet, each with a failing reproducer
+ * (`tests/fuzz_repro_*.ts`, not part of the suite). Their violations are counted apart so the
+ * suite stays green; `EINAT_FUZZ_STRICT=1` (or `strict`) turns them into failures. Remove an
+ * entry when its bug is fixed.
+ */
+export const KNOWN_BUGS: {
+  id: string;
+  repro: string;
+  what: string;
+  match(v: Violation): boolean;
+}[] = [
+  // Empty: every bug the fuzzer found is fixed and has a regression test
+  // (tests/regress_*_test.ts).
+];
+
+function knownBug(v: Violation): string | undefined {
+  return KNOWN_BUGS.find((b) => b.match(v))?.id;
+}
+
+/** One violation with what is needed to replay it. */
+export interface Violation {
+  index: number;
+  dir: "egress" | "ingress";
+  kind: string;
+  outcome: string;
+  verdict: number;
+  messages: string[];
+  input: string;
+  output: string;
+}
+
+/** What a run found. */
+export interface FuzzReport {
+  seed: number;
+  packets: number;
+  kernelRejected: number;
+  outcomes: Record<string, number>;
+  leaks: Record<string, number>;
+  leakExample: Record<string, string>;
+  violations: Violation[];
+  /** Violations matching a known bug (`KNOWN_BUGS`), by bug id, with one example each. */
+  known: Record<string, number>;
+  knownExample: Record<string, Violation>;
+  mapChecks: number;
+  maxBindings: number;
+  maxSessions: number;
+  stats: Record<string, string>;
+  ms: number;
+}
+
+/**
+ * Frames BPF_PROG_TEST_RUN refuses (EINVAL) before the program runs: shorter than Ethernet,
+ * IPv4 ethertype with less than an IPv4 header, IPv6 ethertype with less than an IPv6 header,
+ * or longer than what fits a page with its head- and tailroom.
+ */
+export function kernelRefuses(b: Uint8Array): boolean {
+  if (b.length < L3 || b.length > 3500) return true;
+  const et = u16(b, 12);
+  return (et === 0x0800 && b.length < L3 + 20) || (et === 0x86dd && b.length < L3 + 40);
+}
+
+/** Options of `runFuzz`. */
+export interface FuzzOptions {
+  seed: number;
+  count: number;
+  /** Check the map invariants every this many packets (and at the end). */
+  checkEvery?: number;
+  /** Start from a fresh NAT every this many packets (keeps tables and dumps small). */
+  epoch?: number;
+  /** Count known bugs (`KNOWN_BUGS`) as violations too. */
+  strict?: boolean;
+  /** Stop after this many violations. */
+  maxViolations?: number;
+  /** Progress lines. */
+  log?: (line: string) => void;
+}
+
+/** Runs `count` generated packets through a fresh NAT and checks every one. */
+export async function runFuzz(o: FuzzOptions): Promise<FuzzReport> {
+  const t0 = performance.now();
+  const ic = fuzzConfig();
+  const limits: Limits = { bindingEntries: ic.bindingMaxRecords * 2, ctEntries: ic.ctMaxRecords };
+  const checkEvery = o.checkEvery ?? 2500;
+  const epoch = o.epoch ?? 100_000;
+  const maxV = o.maxViolations ?? 20;
+  const rng = new Rng(o.seed);
+  const rep: FuzzReport = {
+    seed: o.seed,
+    packets: 0,
+    kernelRejected: 0,
+    outcomes: {},
+    leaks: {},
+    leakExample: {},
+    violations: [],
+    known: {},
+    knownExample: {},
+    mapChecks: 0,
+    maxBindings: 0,
+    maxSessions: 0,
+    stats: {},
+    ms: 0,
+  };
+  const statTotals = new Map<string, bigint>();
+  const record = (v: Violation) => {
+    const bug = o.strict ? undefined : knownBug(v);
+    if (!bug) {
+      rep.violations.push(v);
+      return;
+    }
+    rep.known[bug] = (rep.known[bug] ?? 0) + 1;
+    rep.knownExample[bug] ??= v;
+  };
+  let nat: Nat | null = null;
+  let lastNoPort = 0n;
+  let st = new FuzzState();
+  let gen = new Generator(rng, st);
+  const finishEpoch = (n: Nat) => {
+    const m = checkMaps(n, limits, ic);
+    rep.mapChecks++;
+    rep.maxBindings = Math.max(rep.maxBindings, m.bindings);
+    rep.maxSessions = Math.max(rep.maxSessions, m.sessions);
+    for (const s of ["drop_binding_full", "drop_ct_full"] as const) {
+      const x = statOf(n, s);
+      if (x) m.violations.push(`${s} = ${x} with tables far from full`);
+    }
+    for (const msg of m.violations.slice(0, 10)) {
+      record({
+        index: rep.packets,
+        dir: "egress",
+        kind: "map-invariant",
+        outcome: "map",
+        verdict: -1,
+        messages: [msg],
+        input: "",
+        output: "",
+      });
+    }
+  };
+  try {
+    for (let i = 0; i < o.count && rep.violations.length < maxV; i++) {
+      if (!nat || (i > 0 && i % epoch === 0)) {
+        if (nat) {
+          finishEpoch(nat);
+          for (const s of STATS) statTotals.set(s, (statTotals.get(s) ?? 0n) + statOf(nat, s));
+          nat.close();
+          nat = null;
+        }
+        nat = await loadTestNat(ic, EXT_CIDRS);
+        lastNoPort = 0n;
+        st = new FuzzState();
+        gen = new Generator(rng, st);
+      }
+      const view = bindingView(nat);
+      const g = gen.next();
+      rep.packets++;
+      let r: { retval: number; bytes: Uint8Array };
+      try {
+        const fd = g.dir === "egress" ? nat.nat.egressFd : nat.nat.ingressFd;
+        const t = bpf.testRun(fd, g.bytes, { dataOutSize: g.bytes.length + 256 });
+        r = { retval: t.retval, bytes: t.dataOut };
+      } catch (e) {
+        if (kernelRefuses(g.bytes)) {
+          rep.kernelRejected++;
+          continue;
+        }
+        throw new Error(
+          `test run failed for ${g.dir} ${g.kind} len ${g.bytes.length}: ${hex(g.bytes)}: ${e}`,
+        );
+      }
+      const noPortBefore = lastNoPort;
+      view.refusedNoPort = () => {
+        lastNoPort = statOf(nat!, "drop_no_port");
+        return lastNoPort > noPortBefore;
+      };
+      const c = checkPacket(g.dir, g.bytes, r.retval, r.bytes, view);
+      const key = `${g.dir}:${c.outcome}`;
+      rep.outcomes[key] = (rep.outcomes[key] ?? 0) + 1;
+      if (c.leak) {
+        rep.leaks[c.leak] = (rep.leaks[c.leak] ?? 0) + 1;
+        rep.leakExample[c.leak] ??= hex(g.bytes);
+      }
+      if (g.dir === "egress" && (c.outcome === "prohibited" || c.outcome === "drop")) {
+        const np = statOf(nat, "drop_no_port");
+        if (np > noPortBefore) {
+          lastNoPort = np;
+          const d = dissect(g.bytes);
+          const proto = keyProto(d.proto);
+          const used = usedPorts(nat, d.family as 4 | 6, proto);
+          const rs = proto === P_TCP
+            ? ic.defaultRanges.tcp
+            : proto === P_UDP
+            ? ic.defaultRanges.udp
+            : ic.defaultRanges.icmp;
+          const size = rs.reduce((n, x) => n + x.end - x.start + 1, 0);
+          if (used < size) {
+            c.violations.push(
+              `refused for want of a port (drop_no_port) with ${used} of ${size} ports in use`,
+            );
+          }
+        }
+      }
+      if (c.violations.length) {
+        record({
+          index: i,
+          dir: g.dir,
+          kind: g.kind,
+          outcome: c.outcome,
+          verdict: r.retval,
+          messages: c.violations,
+          input: hex(g.bytes),
+          output: hex(r.bytes),
+        });
+      }
+      st.observe(g, r.retval, r.bytes, c);
+      if ((i + 1) % checkEvery === 0) {
+        finishEpoch(nat);
+        o.log?.(
+          `seed ${o.seed}: ${i + 1} packets, ${rep.violations.length} violations, ` +
+            `${Math.round(performance.now() - t0)} ms`,
+        );
+      }
+    }
+    if (nat) {
+      finishEpoch(nat);
+      for (const s of STATS) statTotals.set(s, (statTotals.get(s) ?? 0n) + statOf(nat, s));
+    }
+  } finally {
+    nat?.close();
+  }
+  for (const [k, v] of statTotals) if (v) rep.stats[k] = v.toString();
+  rep.ms = Math.round(performance.now() - t0);
+  return rep;
+}
+
+/**
+ * Environment knobs: `EINAT_FUZZ_SEED` (a number, or "random"), `EINAT_FUZZ_COUNT` (packets),
+ * `EINAT_FUZZ_STRICT=1` (known bugs and leak classes fail too).
+ */
+export function fuzzEnv(
+  defaultSeed: number,
+  defaultCount: number,
+): { seed: number; count: number; strict: boolean } {
+  const s = Deno.env.get("EINAT_FUZZ_SEED");
+  const c = Deno.env.get("EINAT_FUZZ_COUNT");
+  const seed = s === undefined || s === ""
+    ? defaultSeed
+    : s === "random"
+    ? crypto.getRandomValues(new Uint32Array(1))[0]
+    : Number(s) >>> 0;
+  return {
+    seed,
+    count: c ? Math.max(1, Number(c) | 0) : defaultCount,
+    strict: Deno.env.get("EINAT_FUZZ_STRICT") === "1",
+  };
+}

@@ -1,0 +1,297 @@
+/**
+ * State across restarts, in network namespaces: a TCP connection and a UDP
+ * flow survive stop-then-start and `--replace` with the same external port,
+ * inbound (EIF) traffic to that port keeps working, and during `--replace`
+ * the WAN side sees no untranslated packet and no message is lost.
+ */
+import { assert, assertEquals } from "./lib/assert.ts";
+import { withSharedBpffs } from "./lib/bpffs.ts";
+import { einatCmd, startEinat, stopEinat } from "./lib/einat.ts";
+import { flowCmd, type FlowLog, parseFlow } from "./lib/flow.ts";
+import {
+  nsExec,
+  nsExecResult,
+  type NsProcess,
+  peerCmd,
+  runResult,
+  withTopology,
+} from "./lib/netns.ts";
+import * as bpf from "../lib/ffi/libbpf.ts";
+import { closeFd } from "../lib/ffi/libc.ts";
+
+const sanitize = { sanitizeOps: false, sanitizeResources: false };
+
+async function until(
+  what: string,
+  ok: () => boolean,
+  timeoutMs = 10000,
+  context: () => string = () => "",
+): Promise<void> {
+  const end = Date.now() + timeoutMs;
+  while (!ok()) {
+    if (Date.now() > end) throw new Error(`timeout waiting for ${what}\n${context()}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+const maxSeq = (m: Map<number, string>) => Math.max(0, ...m.keys());
+
+/** Link and program ids of the TCX links pinned in `dir` (egress, ingress). */
+function pinnedLinks(dir: string): { id: number; progId: number }[] {
+  const out = [];
+  for (const point of ["egress", "ingress"]) {
+    let fd: number;
+    try {
+      fd = bpf.objGetPinned(`${dir}/link_${point}`);
+    } catch {
+      continue;
+    }
+    try {
+      out.push(bpf.linkInfo(fd));
+    } finally {
+      closeFd(fd);
+    }
+  }
+  return out;
+}
+
+/** Every answer of the flow saw the same external endpoint; returns it. */
+function oneEndpoint(m: Map<number, string>, what: string): string {
+  const seen = new Set(m.values());
+  assertEquals(seen.size, 1, `${what}: one external endpoint throughout, got ${[...seen]}`);
+  return [...seen][0];
+}
+
+Deno.test({
+  name:
+    "restart: TCP and UDP flows keep their external port across stop-then-start and --replace; EIF keeps working; --replace leaks and loses nothing",
+  ...sanitize,
+  fn: () =>
+    withTopology(async (t) => {
+      const a = t.addrs.v4;
+      await withSharedBpffs(t.ns.router, async (bpffs) => {
+        const pin = `${bpffs}/einat`;
+        const args = ["-i", "wan0", "--pin-dir", pin];
+        let einat: NsProcess | null = await startEinat(t.ns.router, args);
+        try {
+          const server = t.spawn(
+            t.ns.srv1,
+            flowCmd("serve", ["--udp-port", "3478", "--tcp-port", "8080", "--timeout-ms", "60000"]),
+          );
+          await server.waitForStdout(/listening/);
+          const client = t.spawn(
+            t.ns.lan1,
+            flowCmd("client", [
+              "--udp",
+              `${a.srv1[0]}:3478`,
+              "--tcp",
+              `${a.srv1[0]}:8080`,
+              "--from-port",
+              "40000",
+              "--interval-ms",
+              "20",
+              "--timeout-ms",
+              "60000",
+            ]),
+          );
+          await client.waitForStdout(/ready/, 10000);
+          const flow = (): FlowLog => parseFlow(client.stdoutText());
+          await until("a few answers", () => flow().udp.size > 5 && flow().tcp.size > 5);
+          const before = flow();
+          const udpExt = oneEndpoint(before.udp, "udp");
+          const tcpExt = oneEndpoint(before.tcp, "tcp");
+          assertEquals(udpExt.split(":")[0], a.routerWan);
+
+          // A capture on the WAN side: a LAN address there is an untranslated packet.
+          const cap = t.spawn(t.ns.wan, [
+            "tcpdump",
+            "-i",
+            "r",
+            "-n",
+            "-l",
+            "-U",
+            `net ${a.lanNet}`,
+          ]);
+          await until("tcpdump", () => /listening on/.test(cap.stderrText()));
+
+          // Stop, then start: the pinned state is picked up. Packets in the gap are not
+          // translated (an inbound TCP segment would reach the router itself and be answered
+          // with a RST), so the flows pause while no einat runs.
+          client.kill("SIGUSR1");
+          await client.waitForStdout(/paused/);
+          await new Promise((r) => setTimeout(r, 300));
+          const gapUdp = maxSeq(flow().udp), gapTcp = maxSeq(flow().tcp);
+          assertEquals(await stopEinat(einat), 0, einat.stderrText());
+          einat = null;
+          // The control: what is sent in the gap leaves untranslated, and the capture sees it.
+          await nsExecResult(
+            t.ns.lan1,
+            peerCmd("udp-send", ["--to", `${a.srv1[0]}:9`, "--from-port", "40001"]).concat(
+              ["--reply-timeout-ms", "100", "--timeout-ms", "2000"],
+            ),
+          );
+          await until("the gap packet in the capture", () => /40001/.test(cap.stdoutText()));
+          einat = await startEinat(t.ns.router, args);
+          client.kill("SIGUSR2");
+          assert(
+            /pinned state reused .*bindings=2 sessions=2/.test(einat.stderrText()),
+            einat.stderrText(),
+          );
+          await until(
+            "answers after the restart",
+            () => maxSeq(flow().udp) > gapUdp + 10 && maxSeq(flow().tcp) > gapTcp + 10,
+            10000,
+            () =>
+              `udp ${gapUdp}->${maxSeq(flow().udp)} tcp ${gapTcp}->${maxSeq(flow().tcp)}\n` +
+              client.stdoutText().split("\n").slice(-8).join("\n") + "\n" + einat?.stderrText(),
+          );
+          let f = flow();
+          assertEquals(f.tcpErrors, [], "the TCP connection survived");
+          assertEquals(oneEndpoint(f.udp, "udp after restart"), udpExt);
+          assertEquals(oneEndpoint(f.tcp, "tcp after restart"), tcpExt);
+
+          // EIF: a host lan1 never talked to reaches the same external port.
+          const eif = async (from: string) => {
+            const r = await nsExecResult(
+              t.ns.srv2,
+              peerCmd("udp-send", ["--bind", from, "--to", udpExt, "--timeout-ms", "5000"]),
+            );
+            assertEquals(r.code, 0, `inbound to ${udpExt} from ${from}: ${r.stdout}${r.stderr}`);
+          };
+          await eif(a.srv2[0]);
+
+          // --replace: the capture must see no LAN address from now on.
+          const leaked = cap.stdoutText().trim().split("\n").length;
+          const old = einat;
+          const replStartUdp = maxSeq(flow().udp);
+          const repl = await startEinat(t.ns.router, [...args, "--replace"]);
+          einat = repl;
+          const oldExit = await old.output(10000);
+          assertEquals(oldExit.code, 0, oldExit.stderr);
+          assert(/left attached/.test(oldExit.stderr), oldExit.stderr);
+          assert(/taking over filter/.test(repl.stderrText()), repl.stderrText());
+          const replEndUdp = maxSeq(flow().udp);
+          await until("answers after --replace", () => maxSeq(flow().udp) > replEndUdp + 10);
+          cap.kill("SIGTERM");
+          const capOut = await cap.output(5000);
+          assertEquals(
+            capOut.stdout.trim().split("\n").slice(leaked),
+            [],
+            "untranslated packets on the WAN side during --replace",
+          );
+          f = flow();
+          const lost: number[] = [];
+          for (let s = replStartUdp + 1; s <= replEndUdp; s++) if (!f.udp.has(s)) lost.push(s);
+          assertEquals(lost, [], "UDP messages lost during --replace");
+          for (let s = 1; s <= maxSeq(f.tcp); s++) assert(f.tcp.has(s), `tcp message ${s}`);
+          assertEquals(f.tcpErrors, []);
+          assertEquals(oneEndpoint(f.udp, "udp after --replace"), udpExt);
+          assertEquals(oneEndpoint(f.tcp, "tcp after --replace"), tcpExt);
+          await eif(a.srv2[1]);
+
+          // Without --replace a served interface is still refused.
+          const second = await nsExecResult(t.ns.router, [
+            ...einatCmd(args),
+          ]);
+          assertEquals(second.code, 2, second.stderr);
+          assert(/already served by einat/.test(second.stderr), second.stderr);
+
+          assertEquals(await stopEinat(repl), 0, repl.stderrText());
+          einat = null;
+          const left = await nsExec(t.ns.router, ["tc", "qdisc", "show", "dev", "wan0"]);
+          assert(!left.includes("clsact"), `the replacing einat removed the qdisc: ${left}`);
+        } finally {
+          if (einat) await stopEinat(einat);
+        }
+      });
+    }),
+});
+
+Deno.test({
+  name:
+    "restart: --replace over TCX links swaps programs atomically (bpf_link_update): no leak, no loss",
+  ...sanitize,
+  fn: () =>
+    withTopology(async (t) => {
+      const a = t.addrs.v4;
+      const conf = await Deno.makeTempFile({ suffix: ".toml" });
+      await Deno.writeTextFile(
+        conf,
+        `[[interfaces]]\nif_name = "wan0"\nnat44 = true\nprefer_tcx = true\n`,
+      );
+      try {
+        await withSharedBpffs(t.ns.router, async (bpffs) => {
+          const args = ["-c", conf, "--pin-dir", `${bpffs}/einat`];
+          let einat: NsProcess | null = await startEinat(t.ns.router, args);
+          try {
+            assert(/attached TCX links/.test(einat.stderrText()), einat.stderrText());
+            const server = t.spawn(
+              t.ns.srv1,
+              flowCmd("serve", ["--udp-port", "3478", "--tcp-port", "8080"]),
+            );
+            await server.waitForStdout(/listening/);
+            const client = t.spawn(
+              t.ns.lan1,
+              flowCmd("client", [
+                "--udp",
+                `${a.srv1[0]}:3478`,
+                "--tcp",
+                `${a.srv1[0]}:8080`,
+                "--from-port",
+                "40000",
+                "--interval-ms",
+                "20",
+              ]),
+            );
+            await client.waitForStdout(/ready/, 10000);
+            const flow = (): FlowLog => parseFlow(client.stdoutText());
+            const cap = t.spawn(t.ns.wan, [
+              "tcpdump",
+              "-i",
+              "r",
+              "-n",
+              "-l",
+              "-U",
+              `net ${a.lanNet}`,
+            ]);
+            await until("tcpdump", () => /listening on/.test(cap.stderrText()));
+            const before = pinnedLinks(`${bpffs}/einat/wan0`);
+            const old = einat;
+            const from = maxSeq(flow().udp);
+            einat = await startEinat(t.ns.router, [...args, "--replace"]);
+            assert(/taking over TCX link/.test(einat.stderrText()), einat.stderrText());
+            const oldExit = await old.output(10000);
+            assertEquals(oldExit.code, 0, oldExit.stderr);
+            assert(/left attached/.test(oldExit.stderr), oldExit.stderr);
+            const to = maxSeq(flow().udp);
+            await until("answers after --replace", () => maxSeq(flow().udp) > to + 10);
+            cap.kill("SIGTERM");
+            assertEquals((await cap.output(5000)).stdout.trim(), "", "untranslated packets");
+            const f = flow();
+            const lost: number[] = [];
+            for (let s = from + 1; s <= to; s++) if (!f.udp.has(s)) lost.push(s);
+            assertEquals(lost, [], "UDP messages lost during --replace");
+            for (let s = 1; s <= maxSeq(f.tcp); s++) assert(f.tcp.has(s), `tcp message ${s}`);
+            assertEquals(f.tcpErrors, []);
+            oneEndpoint(f.udp, "udp");
+            oneEndpoint(f.tcp, "tcp");
+            // The same links, now running other programs: updated in place, not re-created.
+            const after = pinnedLinks(`${bpffs}/einat/wan0`);
+            assertEquals(after.map((l) => l.id), before.map((l) => l.id));
+            for (const [i, l] of after.entries()) assert(l.progId !== before[i].progId);
+            assertEquals(await stopEinat(einat), 0, einat.stderrText());
+            einat = null;
+            assertEquals(pinnedLinks(`${bpffs}/einat/wan0`), [], "link pins removed");
+            for (const l of after) {
+              const r = await runResult(["bpftool", "link", "show", "id", String(l.id)]);
+              assert(r.code !== 0, `TCX link ${l.id} left: ${r.stdout}`);
+            }
+          } finally {
+            if (einat) await stopEinat(einat);
+          }
+        });
+      } finally {
+        await Deno.remove(conf);
+      }
+    }),
+});

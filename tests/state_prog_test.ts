@@ -1,0 +1,218 @@
+/**
+ * Counters and timer re-arming through BPF_PROG_TEST_RUN (no namespace):
+ * counters move by exactly the expected amounts for a known packet sequence,
+ * and sessions created by one object follow another object's timeouts once
+ * re-armed (what a restart over pinned maps does).
+ */
+import { assert, assertEquals } from "./lib/assert.ts";
+import * as bpf from "../lib/ffi/libbpf.ts";
+import { monotonicNs } from "../lib/ffi/libc.ts";
+import { parseAddr } from "../lib/config/cidr.ts";
+import { roConfigOf } from "../lib/daemon.ts";
+import { applyPlan } from "../lib/nat/apply.ts";
+import {
+  BINDING_KEY_LAYOUT,
+  BINDING_VALUE_LAYOUT,
+  CT_KEY_LAYOUT,
+  CT_VALUE_LAYOUT,
+  encodeBindingKey,
+  encodeBindingValue,
+  encodeCtKey,
+  IPPROTO,
+  STATS,
+} from "../lib/nat/codec.ts";
+import { closeNat, loadNat, type NatObject, rearmTimers } from "../lib/nat/loader.ts";
+import { planInterface } from "../lib/nat/plan.ts";
+import { type PinnedState, readCounters, readSessions } from "../lib/state/read.ts";
+import { buildPacket, type PacketSpec } from "./lib/packet.ts";
+import { loadTestNat, TC_ACT_OK, TC_ACT_SHOT, testInterfaceConfig } from "./lib/natfixture.ts";
+
+const EXT = "203.0.113.1";
+const EXT6 = "2001:db8:2::1";
+const LAN1 = "192.0.2.10";
+const LAN6 = "2001:db8:1::10";
+const SRV1 = "198.51.100.1";
+const SRV2 = "198.51.100.2";
+const SRV6 = "2001:db8:3::1";
+
+function udp(family: 4 | 6, src: string, sport: number, dst: string, dport: number, n: number) {
+  return { family, src, dst, proto: "udp", sport, dport, payload: new Uint8Array(n) } as PacketSpec;
+}
+
+/** A read view over a loaded object's maps, as `show` reads pinned ones. */
+function viewOf(nat: NatObject, meta: PinnedState["meta"] = null): PinnedState {
+  return {
+    ifname: "test",
+    dir: "",
+    meta,
+    fds: {
+      map_binding: nat.maps.binding,
+      map_ct: nat.maps.ct,
+      map_stats: nat.maps.stats,
+      map_traffic: nat.maps.traffic,
+    },
+    close() {},
+  };
+}
+
+Deno.test("counters: packets and bytes per direction and family, events and drops move by exact amounts", async () => {
+  const ic = testInterfaceConfig({ nat66: true });
+  const n = await loadTestNat(ic, ["203.0.113.1/24", "2001:db8:2::1/64"]);
+  try {
+    const ok = (r: { retval: number }) => assertEquals(r.retval, TC_ACT_OK);
+    ok(n.egress(udp(4, LAN1, 40000, SRV1, 53, 10))); // 20 + 8 + 10 = 38 bytes
+    ok(n.egress(udp(4, LAN1, 40000, SRV1, 53, 20))); // 48
+    const out = n.egress(udp(4, LAN1, 40000, SRV2, 53, 0)); // 28, second session
+    ok(out);
+    const port = out.out.sport!;
+    ok(n.ingress(udp(4, SRV1, 53, EXT, port, 5))); // 33
+    ok(n.ingress(udp(4, SRV2, 53, EXT, port, 7))); // 35
+    const out6 = n.egress(udp(6, LAN6, 40000, SRV6, 53, 10)); // 40 + 8 + 10 = 58
+    ok(out6);
+    ok(n.ingress(udp(6, SRV6, 53, EXT6, out6.out.sport!, 1))); // 49
+    ok(n.egress(udp(4, EXT, 5353, SRV1, 53, 3))); // the router's own: passes
+    const syn = n.ingress({
+      family: 4,
+      src: SRV1,
+      dst: EXT,
+      proto: "tcp",
+      sport: 443,
+      dport: 20001,
+      tcpFlags: { syn: true },
+    });
+    assertEquals(syn.retval, TC_ACT_SHOT); // unsolicited SYN to a NAT port
+
+    const c = readCounters(viewOf(n.nat));
+    assertEquals(c.traffic, [
+      { direction: "egress", family: 4, packets: 3, bytes: 38 + 48 + 28 },
+      { direction: "egress", family: 6, packets: 1, bytes: 58 },
+      { direction: "ingress", family: 4, packets: 2, bytes: 33 + 35 },
+      { direction: "ingress", family: 6, packets: 1, bytes: 49 },
+    ]);
+    const want: Record<string, number> = Object.fromEntries(STATS.map((s) => [s, 0]));
+    Object.assign(want, {
+      egress_nat: 4,
+      ingress_nat: 3,
+      pass: 1,
+      new_binding: 2,
+      new_session: 3,
+      drop_unsolicited: 1,
+    });
+    assertEquals(c.events, want);
+  } finally {
+    n.close();
+  }
+});
+
+async function loadWith(udpMinMs: number, reuse?: NatObject): Promise<NatObject> {
+  const ic = testInterfaceConfig();
+  ic.timeouts = { ...ic.timeouts, udpMin: udpMinMs };
+  const nat = await loadNat({
+    ro: roConfigOf(ic),
+    bindingMaxRecords: ic.bindingMaxRecords,
+    ctMaxRecords: ic.ctMaxRecords,
+    reuse: reuse
+      ? {
+        map_binding: reuse.maps.binding,
+        map_ct: reuse.maps.ct,
+        map_stats: reuse.maps.stats,
+        map_traffic: reuse.maps.traffic,
+      }
+      : undefined,
+  });
+  applyPlan(nat.maps, planInterface(ic, [{ family: 4, addr: parseAddr(EXT), prefixLen: 24 }]));
+  return nat;
+}
+
+const count = (fd: number, k: number, v: number) => [...bpf.mapEntries(fd, k, v)].length;
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+Deno.test("rearm: sessions of a closed object keep their timers, and follow the next object's timeouts once re-armed", async () => {
+  const first = await loadWith(60_000);
+  let second: NatObject | null = null;
+  try {
+    const r = bpf.testRun(first.egressFd, buildPacket(udp(4, LAN1, 40000, SRV1, 53, 4)));
+    assertEquals(r.retval, TC_ACT_OK);
+    second = await loadWith(300, first);
+    closeNat(first); // its programs live on only through the timers they armed
+    await sleep(600);
+    assertEquals(count(second.maps.ct, CT_KEY_LAYOUT.size, CT_VALUE_LAYOUT.size), 1, "60 s timer");
+    const left = readSessions(viewOf(second, {
+      format: "einat-state",
+      version: 1,
+      einat: "",
+      ifname: "test",
+      maps: {},
+      timeoutsNs: { udpMin: String(300_000_000) },
+    }))[0].secondsLeft;
+    assertEquals(left, 0, "overdue under the new timeout");
+    assertEquals(rearmTimers(second), 1);
+    let n = 1;
+    for (let i = 0; i < 40 && n > 0; i++) {
+      await sleep(50);
+      n = count(second.maps.ct, CT_KEY_LAYOUT.size, CT_VALUE_LAYOUT.size) +
+        count(second.maps.binding, BINDING_KEY_LAYOUT.size, BINDING_VALUE_LAYOUT.size);
+    }
+    assertEquals(n, 0, "session and binding expired on the re-armed timer");
+    assertEquals(readCounters(viewOf(second)).events.expired_session, 1);
+  } finally {
+    closeNat(first);
+    if (second) closeNat(second);
+  }
+});
+
+Deno.test("rearm: a session copied in without a timer gets one; an overdue one expires at once and releases its binding", async () => {
+  const nat = await loadWith(60_000);
+  try {
+    const ext = parseAddr(EXT), lan = parseAddr(LAN1);
+    const put = (remotePort: number, lastSeenNs: bigint) => {
+      const v = new Uint8Array(CT_VALUE_LAYOUT.size);
+      v.set(lan, 0);
+      new DataView(v.buffer).setUint16(16, 40000, false);
+      new DataView(v.buffer).setBigUint64(24, lastSeenNs, true);
+      new DataView(v.buffer).setBigUint64(32, lastSeenNs, true);
+      bpf.mapUpdate(
+        nat.maps.ct,
+        encodeCtKey({
+          l4proto: IPPROTO.UDP,
+          family: 4,
+          extPort: 20000,
+          remotePort,
+          extAddr: ext,
+          remoteAddr: parseAddr(SRV1),
+        }),
+        v,
+      );
+    };
+    const now = monotonicNs();
+    put(53, now - 120_000_000_000n); // two minutes ago: overdue
+    put(54, now); // fresh: 60 s left
+    const binding = (orig: boolean) =>
+      encodeBindingKey({
+        orig,
+        l4proto: IPPROTO.UDP,
+        family: 4,
+        port: orig ? 40000 : 20000,
+        addr: orig ? lan : ext,
+      });
+    bpf.mapUpdate(
+      nat.maps.binding,
+      binding(false),
+      encodeBindingValue({ addr: lan, port: 40000, flags: 0, ref: 2 }),
+    );
+    bpf.mapUpdate(
+      nat.maps.binding,
+      binding(true),
+      encodeBindingValue({ addr: ext, port: 20000, flags: 0, ref: 0 }),
+    );
+    assertEquals(rearmTimers(nat), 2);
+    await sleep(200);
+    const left = [...bpf.mapEntries(nat.maps.ct, CT_KEY_LAYOUT.size, CT_VALUE_LAYOUT.size)];
+    assertEquals(left.length, 1, "the overdue session expired");
+    const b = bpf.mapLookup(nat.maps.binding, binding(false), BINDING_VALUE_LAYOUT.size);
+    assert(b !== null, "the binding stays for the live session");
+    assertEquals(new DataView(b.buffer).getUint32(20, true), 1, "one reference left");
+  } finally {
+    closeNat(nat);
+  }
+});

@@ -1,0 +1,217 @@
+/**
+ * Pinned state in a network namespace of its own: session timers keep
+ * running while einat is stopped and follow the new configuration after a
+ * start; the version stamp refuses incompatible state untouched, recreates
+ * transient maps of another layout, and keeps a pinned map's size.
+ */
+import { assert, assertEquals } from "./lib/assert.ts";
+import { withSharedBpffs } from "./lib/bpffs.ts";
+import { einatCmd, startEinat, stopEinat } from "./lib/einat.ts";
+import { nsExec, nsExecResult, peerCmd, run, runResult } from "./lib/netns.ts";
+import * as bpf from "../lib/ffi/libbpf.ts";
+import { closeFd } from "../lib/ffi/libc.ts";
+import { decodeMeta, encodeMeta, META_NAME, META_VALUE_SIZE } from "../lib/state/pin.ts";
+import { openPinned, readBindings, readCounters, readSessions } from "../lib/state/read.ts";
+
+const sanitize = { sanitizeOps: false, sanitizeResources: false };
+
+/** A namespace with wan0 (203.0.113.1) and an internal source 192.0.2.10 on lo. */
+async function withNs(fn: (ns: string, pin: string) => Promise<void>): Promise<void> {
+  const ns = `einat-s${crypto.getRandomValues(new Uint32Array(1))[0].toString(16)}`;
+  await run(["ip", "netns", "add", ns]);
+  const files: string[] = [];
+  try {
+    await run(["ip", "-n", ns, "-batch", "-"], {
+      stdin: [
+        "link set lo up",
+        "link add wan0 type veth peer name peer0",
+        "addr add 203.0.113.1/24 dev wan0",
+        "addr add 192.0.2.10/32 dev lo",
+        "link set wan0 up",
+        "link set peer0 up",
+        "neigh add 203.0.113.50 lladdr 02:00:00:00:00:50 dev wan0 nud permanent",
+      ].join("\n") + "\n",
+    });
+    await withSharedBpffs(ns, (bpffs) => fn(ns, `${bpffs}/einat`));
+  } finally {
+    const pids = await runResult(["ip", "netns", "pids", ns]);
+    for (const pid of pids.stdout.split("\n").map(Number).filter((p) => p > 1)) {
+      try {
+        Deno.kill(pid, "SIGKILL");
+      } catch { /* gone */ }
+    }
+    await run(["ip", "netns", "del", ns]);
+    for (const f of files) Deno.removeSync(f);
+  }
+}
+
+function config(extra: string): string {
+  const f = Deno.makeTempFileSync({ prefix: "einat-state-", suffix: ".toml" });
+  Deno.writeTextFileSync(
+    f,
+    `[[interfaces]]\nif_name = "wan0"\nnat44 = true\nprefer_tcx = false\n${extra}\n`,
+  );
+  return f;
+}
+
+/** One outbound UDP datagram from 192.0.2.10:40000: a one-way session. */
+async function send(ns: string, port = 40000): Promise<void> {
+  await nsExecResult(
+    ns,
+    peerCmd("udp-send", [
+      "--bind",
+      "192.0.2.10",
+      "--from-port",
+      String(port),
+      "--to",
+      "203.0.113.50:9",
+      "--reply-timeout-ms",
+      "50",
+    ]),
+  );
+}
+
+function state(pin: string) {
+  const st = openPinned(`${pin}/wan0`, "wan0");
+  if (!st) return { sessions: [], bindings: [], expired: 0 };
+  try {
+    return {
+      sessions: readSessions(st),
+      bindings: readBindings(st),
+      expired: readCounters(st).events.expired_session,
+    };
+  } finally {
+    st.close();
+  }
+}
+
+async function poll(ok: () => boolean, ms: number): Promise<boolean> {
+  const end = Date.now() + ms;
+  while (!ok()) {
+    if (Date.now() > end) return false;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  return true;
+}
+
+Deno.test({
+  name:
+    "state: session timers run while einat is stopped and follow the new timeouts after a start",
+  ...sanitize,
+  fn: () =>
+    withNs(async (ns, pin) => {
+      const short = config(`timeout_udp_min = "2s"`);
+      const long = config(`timeout_udp_min = "60s"`);
+      const shorter = config(`timeout_udp_min = "1s"`);
+      try {
+        // Expiry while no einat runs: the timers armed by the stopped one still fire.
+        let p = await startEinat(ns, ["-c", short, "--pin-dir", pin]);
+        await send(ns);
+        const s0 = state(pin);
+        assertEquals(s0.sessions.length, 1);
+        assert(s0.sessions[0].secondsLeft! <= 2, JSON.stringify(s0.sessions));
+        assertEquals(await stopEinat(p), 0, p.stderrText());
+        assertEquals(state(pin).sessions.length, 1, "kept after stop");
+        if (!await poll(() => state(pin).sessions.length === 0, 4000)) {
+          const fd = bpf.objGetPinned(`${pin}/wan0/map_ct`);
+          const id = bpf.mapInfo(fd).id;
+          closeFd(fd);
+          const progs = JSON.parse(await run(["bpftool", "-j", "prog", "show"])) as {
+            id: number;
+            name: string;
+            map_ids?: number[];
+          }[];
+          const users = progs.filter((p) => p.map_ids?.includes(id));
+          throw new Error(
+            `not expired with no einat running: ${JSON.stringify(state(pin))}\nmap_ct ${id} ` +
+              `used by ${JSON.stringify(users.map((p) => [p.id, p.name]))}`,
+          );
+        }
+        assertEquals(state(pin).bindings, [], "the binding went with its last session");
+        assertEquals(state(pin).expired, 1);
+
+        // A session armed for 60 s expires after 1 s once an einat with 1 s starts.
+        p = await startEinat(ns, ["-c", long, "--pin-dir", pin]);
+        await send(ns);
+        assert(state(pin).sessions[0].secondsLeft! > 50);
+        assertEquals(await stopEinat(p), 0, p.stderrText());
+        p = await startEinat(ns, ["-c", shorter, "--pin-dir", pin]);
+        assert(/pinned state reused .* bindings=1 sessions=1/.test(p.stderrText()), p.stderrText());
+        const t0 = Date.now();
+        assert(await poll(() => state(pin).sessions.length === 0, 4000), "re-armed to 1 s");
+        assert(Date.now() - t0 < 4000);
+        assertEquals(state(pin).expired, 2);
+        assertEquals(await stopEinat(p), 0, p.stderrText());
+      } finally {
+        for (const f of [short, long, shorter]) Deno.removeSync(f);
+      }
+    }),
+});
+
+function tamper(pin: string, edit: (maps: Record<string, { layout: string }>) => void): void {
+  const fd = bpf.objGetPinned(`${pin}/wan0/${META_NAME}`);
+  try {
+    const key = new Uint8Array(4);
+    const doc = decodeMeta(bpf.mapLookup(fd, key, META_VALUE_SIZE)!)!;
+    edit(doc.maps);
+    bpf.mapUpdate(fd, key, encodeMeta(doc));
+  } finally {
+    closeFd(fd);
+  }
+}
+
+Deno.test({
+  name:
+    "state: the version stamp refuses incompatible sessions untouched, recreates counters of another layout, keeps a pinned size",
+  ...sanitize,
+  fn: () =>
+    withNs(async (ns, pin) => {
+      const small = config(`binding_max_records = 1000`);
+      try {
+        let p = await startEinat(ns, ["-i", "wan0", "--pin-dir", pin]);
+        await send(ns);
+        assertEquals(await stopEinat(p), 0, p.stderrText());
+
+        // Counters of another layout are recreated; a changed size keeps the pinned one.
+        tamper(pin, (m) => m.map_stats.layout = "0000000000000000");
+        p = await startEinat(ns, ["-c", small, "--pin-dir", pin]);
+        const log = p.stderrText();
+        assert(/pinned map has another layout; recreated empty .*map=map_stats/.test(log), log);
+        assert(
+          /pinned map keeps its size.*map=map_binding pinned=393216 configured=2000/.test(log),
+          log,
+        );
+        assert(/pinned state reused .*recreated=map_stats .*sessions=1/.test(log), log);
+        assertEquals(await stopEinat(p), 0, p.stderrText());
+
+        // Sessions of another layout: refused, nothing touched, nothing attached.
+        tamper(pin, (m) => m.map_ct.layout = "0000000000000000");
+        const r = await nsExecResult(ns, einatCmd(["-i", "wan0", "--pin-dir", pin]));
+        assertEquals(r.code, 2, r.stderr);
+        assert(
+          /map_ct .*another layout.*einat --flush -i wan0 --pin-dir/.test(r.stderr),
+          r.stderr,
+        );
+        assertEquals(state(pin).sessions.length, 1, "sessions untouched");
+        assertEquals(
+          (await nsExec(ns, ["tc", "filter", "show", "dev", "wan0", "egress"])).trim(),
+          "",
+        );
+
+        // Maps without a stamp: refused as well.
+        Deno.removeSync(`${pin}/wan0/${META_NAME}`);
+        const r2 = await nsExecResult(ns, einatCmd(["-i", "wan0", "--pin-dir", pin]));
+        assertEquals(r2.code, 2, r2.stderr);
+        assert(/without a readable einat version stamp/.test(r2.stderr), r2.stderr);
+
+        // --flush, then a fresh start.
+        const f = await nsExecResult(ns, einatCmd(["--flush", "-i", "wan0", "--pin-dir", pin]));
+        assertEquals(f.code, 0, f.stderr);
+        p = await startEinat(ns, ["-i", "wan0", "--pin-dir", pin]);
+        assert(/pinned state created/.test(p.stderrText()), p.stderrText());
+        assertEquals(await stopEinat(p), 0, p.stderrText());
+      } finally {
+        Deno.removeSync(small);
+      }
+    }),
+});

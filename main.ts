@@ -15,6 +15,7 @@ import * as log from "./lib/log.ts";
 import { BUILD_INFO } from "./lib/build_info.ts";
 import { checkRuntimeLibraries } from "./lib/deps.ts";
 import { BusyError } from "./lib/nat/attach.ts";
+import { armPendingTimers } from "./lib/nat/loader.ts";
 import { runShow } from "./lib/state/show.ts";
 import { runFlush } from "./lib/state/flush.ts";
 import { configureState, DEFAULT_PIN_ROOT } from "./lib/state/options.ts";
@@ -100,6 +101,21 @@ export async function main(args: string[]): Promise<number> {
     return fail(errors.join("; ") || "no interface configured");
   }
   const follower = follow(() => served);
+  // Sessions whose timer could not be armed in the datapath get one here.
+  const sweep = setInterval(() => {
+    for (const s of served) {
+      if (!s.nat) continue;
+      try {
+        const n = armPendingTimers(s.nat);
+        if (n > 0) log.debug("armed deferred session timers", { ifname: s.ifname, sessions: n });
+      } catch (e) {
+        log.warn("arming deferred timers failed", {
+          ifname: s.ifname,
+          error: (e as Error).message,
+        });
+      }
+    }
+  }, 2000);
   await follower.resync(); // changes between start-up and the first event
   log.info("einat running", { interfaces: served.map((s) => s.ifname).join(",") });
 
@@ -115,6 +131,7 @@ export async function main(args: string[]): Promise<number> {
     served = await reload(cli.configFile, served);
     await follower.resync();
   }
+  clearInterval(sweep);
   await follower.stop();
   await metrics?.close();
   for (const s of served) await stopServing(s);

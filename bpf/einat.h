@@ -125,7 +125,8 @@ struct ct_value {
 	__be16 int_port;
 	__u8 state;
 	__u8 flags;
-	__u32 _pad;
+	__u8 no_timer; /* arming failed: the daemon's sweep arms it (arm_pending) */
+	__u8 _pad[3];
 	__u64 last_seen_ns; /* CLOCK_MONOTONIC */
 	__u64 created_ns;
 	struct bpf_timer timer;
@@ -165,6 +166,7 @@ enum einat_stat {
 	STAT_DROP_UNSOLICITED,
 	STAT_ICMP_PROHIBITED_SENT,
 	STAT_HAIRPIN,
+	STAT_TIMER_DEFERRED,
 	STAT_MAX,
 };
 

@@ -15,7 +15,7 @@ import { formatRanges } from "./config/ranges.ts";
 import * as libc from "./ffi/libc.ts";
 import * as log from "./log.ts";
 import { applyPlan, purgeStale } from "./nat/apply.ts";
-import { attach, type Attachment, detach, release } from "./nat/attach.ts";
+import { attach, type Attachment, detach, release, replaced } from "./nat/attach.ts";
 import { closeNat, loadNat, type NatObject } from "./nat/loader.ts";
 import type { RoConfig } from "./nat/codec.ts";
 import { type IfAddr, type NatPlan, planInterface } from "./nat/plan.ts";
@@ -245,7 +245,9 @@ async function rehairpin(s: Served, ifindex: number): Promise<void> {
 
 /** Undoes {@link startInterface}: detaches, removes what einat created. */
 export async function stopServing(s: Served): Promise<void> {
-  for (const h of s.hairpin.splice(0)) await hairpinDown(h, s.localPref[h.family]);
+  // After --replace the new einat uses the same hairpin routes and rules: leave them.
+  const handedOver = s.attachment !== null && replaced(s.attachment);
+  for (const h of s.hairpin.splice(0)) if (!handedOver) await hairpinDown(h, s.localPref[h.family]);
   if (s.attachment) detach(s.attachment);
   s.attachment = null;
   if (s.nat) closeNat(s.nat);

@@ -54,8 +54,15 @@ function config(extra: string): string {
   return f;
 }
 
-/** One outbound UDP datagram from 192.0.2.10:40000: a one-way session. */
-async function send(ns: string, port = 40000): Promise<void> {
+/** One outbound UDP datagram from 192.0.2.10:40000 (sent again until a one-way session shows). */
+async function send(ns: string, pin: string, port = 40000): Promise<void> {
+  for (let i = 0; i < 5; i++) {
+    await sendOnce(ns, port);
+    if (state(pin).sessions.length > 0) return;
+  }
+}
+
+async function sendOnce(ns: string, port: number): Promise<void> {
   await nsExecResult(
     ns,
     peerCmd("udp-send", [
@@ -106,7 +113,7 @@ Deno.test({
       try {
         // Expiry while no einat runs: the timers armed by the stopped one still fire.
         let p = await startEinat(ns, ["-c", short, "--pin-dir", pin]);
-        await send(ns);
+        await send(ns, pin);
         const s0 = state(pin);
         assertEquals(s0.sessions.length, 1);
         assert(s0.sessions[0].secondsLeft! <= 2, JSON.stringify(s0.sessions));
@@ -132,7 +139,7 @@ Deno.test({
 
         // A session armed for 60 s expires after 1 s once an einat with 1 s starts.
         p = await startEinat(ns, ["-c", long, "--pin-dir", pin]);
-        await send(ns);
+        await send(ns, pin);
         assert(state(pin).sessions[0].secondsLeft! > 50);
         assertEquals(await stopEinat(p), 0, p.stderrText());
         p = await startEinat(ns, ["-c", shorter, "--pin-dir", pin]);
@@ -169,7 +176,7 @@ Deno.test({
       const small = config(`binding_max_records = 1000`);
       try {
         let p = await startEinat(ns, ["-i", "wan0", "--pin-dir", pin]);
-        await send(ns);
+        await send(ns, pin);
         assertEquals(await stopEinat(p), 0, p.stderrText());
 
         // Counters of another layout are recreated; a changed size keeps the pinned one.

@@ -138,9 +138,23 @@ __noinline int einat_ct_touch(const struct ct_key *k, const struct binding_value
 		return STAT_DROP_UNTRANSLATABLE;
 	}
 	__sync_fetch_and_add(&rb->ref, 1);
-	bpf_timer_init(&v->timer, &map_ct, CLOCK_MONOTONIC);
-	bpf_timer_set_callback(&v->timer, ct_timer_cb);
-	bpf_timer_start(&v->timer, ct_timeout(k->l4proto, nv.state), 0);
+	/*
+	 * Arming can fail: the kernel allocates the timer without sleeping or
+	 * (6.18) without taking locks, which fails now and then under load
+	 * (measured: one new TCP connection in ten at a few thousand per
+	 * second). Dropping the packet would stall the connection for a SYN
+	 * retransmission, so the session is kept and marked; the daemon's
+	 * sweep (arm_pending, every 2 s) arms it.
+	 */
+	long err = bpf_timer_init(&v->timer, &map_ct, CLOCK_MONOTONIC);
+	if (!err)
+		err = bpf_timer_set_callback(&v->timer, ct_timer_cb);
+	if (!err)
+		err = bpf_timer_start(&v->timer, ct_timeout(k->l4proto, nv.state), 0);
+	if (err) {
+		v->no_timer = 1;
+		stat_inc(STAT_TIMER_DEFERRED);
+	}
 	stat_inc(STAT_NEW_SESSION);
 	return 0;
 }

@@ -41,9 +41,30 @@ static long rearm_one(void *map, struct ct_key *key, struct ct_value *val, void 
 		return 0;
 	__u64 now = bpf_ktime_get_ns();
 	__u64 deadline = val->last_seen_ns + ct_timeout(key->l4proto, val->state);
-	bpf_timer_start(&val->timer, deadline > now ? deadline - now : 1, 0);
+	if (bpf_timer_start(&val->timer, deadline > now ? deadline - now : 1, 0))
+		return 0;
+	val->no_timer = 0;
 	*(__u32 *)ctx += 1;
 	return 0;
+}
+
+static long arm_one_pending(void *map, struct ct_key *key, struct ct_value *val, void *ctx)
+{
+	if (!val->no_timer)
+		return 0;
+	return rearm_one(map, key, val, ctx);
+}
+
+/*
+ * Run periodically with BPF_PROG_TEST_RUN: arms the sessions whose timer
+ * could not be armed when they were created; returns how many.
+ */
+SEC("tc")
+int arm_pending(struct __sk_buff *skb)
+{
+	__u32 n = 0;
+	bpf_for_each_map_elem(&map_ct, arm_one_pending, &n, 0);
+	return n;
 }
 
 /* Run once with BPF_PROG_TEST_RUN; returns the number of sessions re-armed. */

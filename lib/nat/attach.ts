@@ -245,17 +245,35 @@ function handOver(a: Attachment, pid: number): void {
   }
 }
 
+/**
+ * True when another einat has taken the interface over (`--replace`): the
+ * lock file names it. What is shared with it (hairpin routes and rules, the
+ * qdisc) must then be left alone.
+ */
+export function replaced(a: Attachment): boolean {
+  return livePid(a.lockPath) !== null;
+}
+
+function destroyQdisc(a: Attachment): void {
+  try {
+    if (bpf.tcHookDestroy(a.ifindex)) log.info("removed clsact qdisc", { ifname: a.ifname });
+  } catch (e) {
+    log.warn("could not remove clsact qdisc", { ifname: a.ifname, error: String(e) });
+  }
+}
+
 /** Removes einat's links or filters, the qdisc if einat created it, and the lock. */
 export function detach(a: Attachment): void {
+  const handedOver = replaced(a);
   if (a.mode === "tcx") {
-    const replaced = a.links.some((fd, i) => {
+    const replacedLinks = a.links.some((fd, i) => {
       try {
         return bpf.linkProgId(fd) !== a.progIds?.[i];
       } catch {
         return false;
       }
     });
-    if (replaced) {
+    if (replacedLinks) {
       log.info("TCX links run another einat's programs now (--replace); left attached", {
         ifname: a.ifname,
       });
@@ -269,15 +287,17 @@ export function detach(a: Attachment): void {
     }
     a.linkPins = [];
     for (const fd of a.links.splice(0)) closeFd(fd);
+    // A qdisc taken over from a clsact einat by --replace.
+    if (a.qdiscCreated && !handedOver) destroyQdisc(a);
     release(a);
     return;
   }
-  let replaced = false;
+  let replacedFilter = false;
   for (const [i, point] of (["egress", "ingress"] as const).entries()) {
     try {
       const now = a.progIds?.[i] ? bpf.tcQuery(a.ifindex, point, TC_HANDLE, TC_PRIORITY) : null;
       if (now !== null && now !== a.progIds![i]) {
-        replaced = true;
+        replacedFilter = true;
         log.info("filter carries another einat's program now (--replace); left attached", {
           ifname: a.ifname,
           hook: point,
@@ -292,13 +312,7 @@ export function detach(a: Attachment): void {
       log.warn("could not detach filter", { ifname: a.ifname, hook: point, error: String(e) });
     }
   }
-  if (a.qdiscCreated && !replaced) {
-    try {
-      if (bpf.tcHookDestroy(a.ifindex)) log.info("removed clsact qdisc", { ifname: a.ifname });
-    } catch (e) {
-      log.warn("could not remove clsact qdisc", { ifname: a.ifname, error: String(e) });
-    }
-  }
+  if (a.qdiscCreated && !replacedFilter && !handedOver) destroyQdisc(a);
   try {
     if (livePid(a.lockPath) === null) Deno.removeSync(a.lockPath);
   } catch { /* already gone */ }

@@ -65,6 +65,7 @@ export const STATS = [
   "drop_unsolicited",
   "icmp_prohibited_sent",
   "hairpin",
+  "timer_deferred",
 ] as const;
 /** Name of a counter in `map_stats`. */
 export type StatName = typeof STATS[number];
@@ -180,6 +181,7 @@ export const CT_VALUE_LAYOUT: StructLayout = {
     int_port: { offset: 16, size: 2 },
     state: { offset: 18, size: 1 },
     flags: { offset: 19, size: 1 },
+    no_timer: { offset: 20, size: 1 },
     last_seen_ns: { offset: 24, size: 8 },
     created_ns: { offset: 32, size: 8 },
     timer: { offset: 40, size: 16 },

@@ -33,6 +33,8 @@ export interface NatObject {
   loadMs: number;
   /** Program that re-arms session timers ({@link rearmTimers}). */
   rearmFd: number;
+  /** Program that arms sessions created without a timer ({@link armPendingTimers}). */
+  armPendingFd: number;
   /** Pinned state: where, and which maps were reused. Absent without `pinDir`. */
   pins?: { dir: string; reused: string[]; reset: string[] };
 }
@@ -96,6 +98,7 @@ export async function loadNat(opts: LoadOptions): Promise<NatObject> {
       maps,
       loadMs: performance.now() - t0,
       rearmFd: bpf.programFd(bpf.findProgram(obj, "rearm_timers")),
+      armPendingFd: bpf.programFd(bpf.findProgram(obj, "arm_pending")),
       pins: pins ? { dir: pins.dir, reused: pins.reused, reset: pins.reset } : undefined,
     };
   } catch (e) {
@@ -112,6 +115,14 @@ export async function loadNat(opts: LoadOptions): Promise<NatObject> {
  */
 export function rearmTimers(n: NatObject): number {
   return bpf.testRun(n.rearmFd, new Uint8Array(64)).retval;
+}
+
+/**
+ * Arms the sessions the datapath could not arm a timer for when it created
+ * them (the kernel's lock-free allocation failed); returns how many.
+ */
+export function armPendingTimers(n: NatObject): number {
+  return bpf.testRun(n.armPendingFd, new Uint8Array(64)).retval;
 }
 
 /** Releases the object (programs stay alive while attached). */

@@ -6,7 +6,7 @@
 import { assert, assertEquals } from "./lib/assert.ts";
 import { startEinat, stopEinat } from "./lib/einat.ts";
 import { nsExec, nsExecResult, peerCmd, withTopology } from "./lib/netns.ts";
-import { parseUdpReplies } from "./lib/peer.ts";
+import { parseSeen, parseUdpReplies } from "./lib/peer.ts";
 
 const sanitize = { sanitizeOps: false, sanitizeResources: false };
 
@@ -78,5 +78,63 @@ Deno.test({
       );
       const table = await nsExecResult(t.ns.router, ["ip", "route", "show", "table", "4787"]);
       assertEquals(table.stdout.trim(), "", "hairpin table emptied");
+    }),
+});
+
+Deno.test({
+  name: "hairpin: TCP to lan2's mapped port through the external address carries data both ways",
+  ...sanitize,
+  fn: () =>
+    withTopology(async (t) => {
+      const a = t.addrs.v4;
+      const srvEcho = t.spawn(
+        t.ns.srv1,
+        peerCmd("tcp-echo", ["--port", "8080", "--count", "1", "--timeout-ms", "15000"]),
+      );
+      await srvEcho.waitForStdout(/listening/);
+      const einat = await startEinat(t.ns.router, ["-i", "wan0", "--hairpin-if", "br0"]);
+      try {
+        // lan2:8080 gets a mapping by talking out first ...
+        const out = await nsExecResult(
+          t.ns.lan2,
+          peerCmd("tcp-send", [
+            "--to",
+            `${a.srv1[0]}:8080`,
+            "--from-port",
+            "8080",
+            "--data",
+            "x",
+            "--timeout-ms",
+            "4000",
+          ]),
+        );
+        assertEquals(out.code, 0, out.stdout + out.stderr);
+        const lan2Ext = parseSeen(out.stdout)[0];
+        // ... then serves on that port; lan1 reaches it through the external address.
+        const lan2Echo = t.spawn(
+          t.ns.lan2,
+          peerCmd("tcp-echo", ["--port", "8080", "--count", "1", "--timeout-ms", "15000"]),
+        );
+        await lan2Echo.waitForStdout(/listening/);
+        const hp = await nsExecResult(
+          t.ns.lan1,
+          peerCmd("tcp-send", [
+            "--to",
+            lan2Ext,
+            "--data",
+            "through-the-hairpin",
+            "--timeout-ms",
+            "5000",
+          ]),
+        );
+        assertEquals(hp.code, 0, `${hp.stdout}${hp.stderr}\n${einat.stderrText()}`);
+        assert(hp.stdout.includes("through-the-hairpin"), hp.stdout);
+        assert(
+          parseSeen(hp.stdout)[0].startsWith(`${a.routerWan}:`),
+          `lan2 saw an external source: ${hp.stdout}`,
+        );
+      } finally {
+        assertEquals(await stopEinat(einat), 0, einat.stderrText());
+      }
     }),
 });

@@ -164,3 +164,24 @@ Deno.test({
       }
     }),
 });
+
+Deno.test({
+  name: "live: a link flap (down, up) keeps the mappings and the translation",
+  ...sanitize,
+  fn: () =>
+    withTopology(async (t) => {
+      await echo(t).waitForStdout(/listening/);
+      const einat = await startEinat(t.ns.router, ["-i", "wan0"]);
+      try {
+        const before = await seenFrom(t, 43000);
+        await ip(t.ns.router, "link set wan0 down");
+        await waitLog(einat, /network changed.*link\+ wan0 down/);
+        await ip(t.ns.router, "link set wan0 up");
+        await waitLog(einat, /network changed.*link\+ wan0 up/);
+        await new Promise((r) => setTimeout(r, 300));
+        assertEquals(await seenFrom(t, 43000), before, "same external endpoint after the flap");
+      } finally {
+        assertEquals(await stopEinat(einat), 0, einat.stderrText());
+      }
+    }),
+});

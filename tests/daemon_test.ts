@@ -98,7 +98,10 @@ Deno.test({
       assert(/replacing stale einat filter/.test(again.stderrText()), again.stderrText());
       const filters = await nsExec(ns, ["tc", "filter", "show", "dev", "wan0", "ingress"]);
       assertEquals(filters.match(/direct-action/g)?.length, 1, `exactly one filter: ${filters}`);
+      const t0 = performance.now();
       assertEquals(await stopEinat(again), 0);
+      const stopMs = performance.now() - t0;
+      assert(stopMs < 1000, `SIGTERM to exit took ${stopMs.toFixed(0)} ms (limit 1000)`);
       assertEquals(
         (await nsExec(ns, ["tc", "filter", "show", "dev", "wan0", "ingress"])).trim(),
         "",

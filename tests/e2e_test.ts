@@ -293,3 +293,34 @@ Deno.test({
       }
     }),
 });
+
+Deno.test({
+  name: "e2e: fragmented UDP datagrams (IPv4 and IPv6) are translated fragment by fragment",
+  ...sanitize,
+  fn: () =>
+    withTopology(async (t) => {
+      const einat = await startEinat(t.ns.router, ["-i", "wan0", "--nat44", "--nat66"]);
+      try {
+        const echo = t.spawn(
+          t.ns.srv1,
+          peerCmd("udp-echo", ["--port", "3478", "--timeout-ms", "20000"]),
+        );
+        await echo.waitForStdout(/listening/);
+        const big = "f".repeat(4000); // > 1500: the sender fragments it
+        for (const dst of [`${t.addrs.v4.srv1[0]}:3478`, `[${t.addrs.v6.srv1[0]}]:3478`]) {
+          const r = await nsExecResult(
+            t.ns.lan1,
+            peerCmd("udp-send", ["--to", dst, "--payload", big, "--timeout-ms", "4000"]),
+          );
+          assertEquals(r.code, 0, `${dst}: ${r.stdout}${r.stderr}`);
+          const seen = parseUdpReplies(r.stdout)[0].seen;
+          const ext = dst.startsWith("[")
+            ? `[${t.addrs.v6.routerWan}]:`
+            : `${t.addrs.v4.routerWan}:`;
+          assert(seen.startsWith(ext), `the server reassembled a datagram from ${seen}`);
+        }
+      } finally {
+        assertEquals(await stopEinat(einat), 0, einat.stderrText());
+      }
+    }),
+});

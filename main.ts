@@ -132,6 +132,12 @@ export async function main(args: string[]): Promise<number> {
     await follower.resync();
   }
   clearInterval(sweep);
+  // Arm what is still pending, so that no session outlives a stop unarmed.
+  for (const s of served) {
+    try {
+      if (s.nat) armPendingTimers(s.nat);
+    } catch { /* best effort */ }
+  }
   await follower.stop();
   await metrics?.close();
   for (const s of served) await stopServing(s);

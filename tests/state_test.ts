@@ -58,8 +58,10 @@ function config(extra: string): string {
 async function send(ns: string, pin: string, port = 40000): Promise<void> {
   for (let i = 0; i < 5; i++) {
     await sendOnce(ns, port);
-    if (state(pin).sessions.length > 0) return;
+    if (state(pin).sessions.length > 0) break;
   }
+  // A session whose timer could not be allocated is armed by the daemon's sweep (2 s).
+  await poll(() => state(pin).sessions.every((s) => !s.timerPending), 6000);
 }
 
 async function sendOnce(ns: string, port: number): Promise<void> {

@@ -472,6 +472,8 @@ export interface CtValue {
   flags: number;
   lastSeenNs: bigint;
   createdNs: bigint;
+  /** Arming the timer failed at creation; the daemon's sweep arms it. */
+  noTimer: boolean;
 }
 
 /** Encodes `struct ct_key`. */
@@ -514,6 +516,7 @@ export function decodeCtValue(b: Uint8Array, family: 4 | 6): CtValue {
     flags: b[f(L, "flags")],
     lastSeenNs: v.getBigUint64(f(L, "last_seen_ns"), true),
     createdNs: v.getBigUint64(f(L, "created_ns"), true),
+    noTimer: b[f(L, "no_timer")] !== 0,
   };
 }
 

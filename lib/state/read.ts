@@ -60,6 +60,8 @@ export interface SessionRow {
   ageSeconds: number;
   /** Seconds since the last packet. */
   idleSeconds: number;
+  /** No expiry timer yet (its allocation failed); the daemon's sweep arms it. */
+  timerPending: boolean;
 }
 
 /** Raw addresses and ports of a row, for filtering. */
@@ -226,6 +228,7 @@ export function readSessions(s: PinnedState, f: RowFilter = {}, nowNs?: bigint):
       secondsLeft: left === null ? null : Math.floor(secs(left)),
       ageSeconds: Math.floor(secs(now > v.createdNs ? now - v.createdNs : 0n)),
       idleSeconds: Math.floor(secs(idle)),
+      timerPending: v.noTimer,
     });
   }
   return rows.sort((a, b) =>

@@ -1,0 +1,148 @@
+/**
+ * Soak (issue: reliability, part 6): mixed UDP and ICMP traffic from both LAN
+ * hosts for a bounded time (EINAT_SOAK_SECONDS, default 30; the full run uses
+ * 600) while the WAN address changes every 10 s and einat is replaced once
+ * with `--replace`. Checked: the flows never stall for long, the mappings
+ * left at the end are those of live flows, and the daemon's RSS stays flat.
+ */
+import { assert, assertEquals } from "./lib/assert.ts";
+import { withSharedBpffs } from "./lib/bpffs.ts";
+import { einatCmd, startEinat, stopEinat } from "./lib/einat.ts";
+import { flowCmd, parseFlow } from "./lib/flow.ts";
+import { nsExec, nsExecResult, type NsProcess, type Topology, withTopology } from "./lib/netns.ts";
+
+const sanitize = { sanitizeOps: false, sanitizeResources: false };
+const SECONDS = Number(Deno.env.get("EINAT_SOAK_SECONDS") ?? "30");
+
+function rssKiB(pid: number): number {
+  const m = /VmRSS:\s+(\d+)/.exec(Deno.readTextFileSync(`/proc/${pid}/status`));
+  return m ? Number(m[1]) : 0;
+}
+
+/** The longest time between two consecutive answers of a flow, in answers (20 ms apart). */
+function longestGap(seqs: number[]): number {
+  seqs.sort((a, b) => a - b);
+  let gap = 0;
+  for (let i = 1; i < seqs.length; i++) gap = Math.max(gap, seqs[i] - seqs[i - 1]);
+  return gap;
+}
+
+function client(t: Topology, ns: string, dst: string, port: number): NsProcess {
+  return t.spawn(
+    ns,
+    flowCmd("client", [
+      "--udp",
+      `${dst}:3478`,
+      "--tcp",
+      `${dst}:8080`,
+      "--from-port",
+      String(port),
+      "--interval-ms",
+      "20",
+      "--timeout-ms",
+      String((SECONDS + 30) * 1000),
+    ]),
+  );
+}
+
+Deno.test({
+  name: `soak: ${SECONDS} s of traffic with the WAN address changing every 10 s and one --replace`,
+  ...sanitize,
+  fn: () =>
+    withTopology(async (t) => {
+      const a = t.addrs.v4;
+      const wan = ["203.0.113.1", "203.0.113.2"];
+      await withSharedBpffs(t.ns.router, async (bpffs) => {
+        const pin = `${bpffs}/einat`;
+        const args = ["-i", "wan0", "--pin-dir", pin];
+        // The new address stays when the old primary one goes.
+        await nsExec(t.ns.router, ["sysctl", "-qw", "net.ipv4.conf.wan0.promote_secondaries=1"]);
+        let einat = await startEinat(t.ns.router, args);
+        const procs: NsProcess[] = [];
+        try {
+          for (const ns of [t.ns.srv1, t.ns.srv2]) {
+            const s = t.spawn(
+              ns,
+              flowCmd("serve", [
+                "--udp-port",
+                "3478",
+                "--tcp-port",
+                "8080",
+                "--timeout-ms",
+                String((SECONDS + 40) * 1000),
+              ]),
+            );
+            await s.waitForStdout(/listening/);
+          }
+          const flows = [
+            client(t, t.ns.lan1, a.srv1[0], 40000),
+            client(t, t.ns.lan1, a.srv2[0], 40001),
+            client(t, t.ns.lan2, a.srv1[0], 40000),
+            client(t, t.ns.lan2, a.srv2[0], 40002),
+          ];
+          for (const f of flows) await f.waitForStdout(/ready/, 10000);
+          for (const ns of [t.ns.lan1, t.ns.lan2]) {
+            procs.push(
+              t.spawn(ns, ["ping", "-q", "-i", "0.2", "-w", String(SECONDS + 5), a.srv1[1]]),
+            );
+          }
+          await new Promise((r) => setTimeout(r, 1000));
+          const rss0 = rssKiB(einat.pid);
+
+          const start = Date.now();
+          let step = 0;
+          let replaced = false;
+          while (Date.now() - start < SECONDS * 1000) {
+            await new Promise((r) => setTimeout(r, 10_000));
+            step++;
+            // The external address changes: flows re-map to the new one.
+            const [from, to] = step % 2 ? [wan[0], wan[1]] : [wan[1], wan[0]];
+            await nsExec(t.ns.router, ["ip", "addr", "add", `${to}/24`, "dev", "wan0"]);
+            await nsExec(t.ns.router, ["ip", "addr", "del", `${from}/24`, "dev", "wan0"]);
+            if (!replaced && Date.now() - start > (SECONDS * 1000) / 2) {
+              const next = await startEinat(t.ns.router, [...args, "--replace"]);
+              const old = await einat.output(10000);
+              assertEquals(old.code, 0, old.stderr);
+              einat = next;
+              replaced = true;
+            }
+          }
+          assert(replaced || SECONDS < 20, "einat was replaced once");
+          await new Promise((r) => setTimeout(r, 1500));
+          const rss1 = rssKiB(einat.pid);
+
+          // No stall: UDP answers never paused for more than 3 s (150 messages), address
+          // changes and the replacement included.
+          for (const f of flows) {
+            const log = parseFlow(f.stdoutText());
+            const seqs = [...log.udp.keys()];
+            assert(seqs.length > SECONDS * 20, `a flow answered only ${seqs.length} times`);
+            const gap = longestGap(seqs);
+            assert(gap < 150, `a UDP flow stalled for ${gap} messages`);
+          }
+          // Mappings: only what live flows need (4 UDP flows, their TCP connections, 2 pings).
+          const show = await nsExecResult(
+            t.ns.router,
+            einatCmd(["show", "--pin-dir", pin, "--json", "-i", "wan0"]),
+          );
+          assertEquals(show.code, 0, show.stderr);
+          const rows = JSON.parse(show.stdout) as { bindings: { external: string }[] };
+          const current = rows.bindings.filter((b) => b.external.startsWith(`${wan[step % 2]}:`));
+          assert(
+            rows.bindings.length <= 12,
+            `bindings beyond the live flows: ${rows.bindings.length}`,
+          );
+          assert(
+            current.length >= 4,
+            `the live flows' bindings on the current address: ${current.length}`,
+          );
+          // Flat RSS (within 10 % of the warm daemon, measured on the replacing daemon too).
+          console.log(`soak: ${SECONDS} s, ${step} address changes, RSS ${rss0} -> ${rss1} KiB`);
+          assert(rss1 < rss0 * 1.1 + 2048, `RSS grew from ${rss0} to ${rss1} KiB`);
+        } finally {
+          for (const p of procs) p.kill();
+          assertEquals(await stopEinat(einat), 0, einat.stderrText());
+        }
+      });
+    }),
+});

@@ -10,7 +10,7 @@ import { ConfigError } from "./lib/config/types.ts";
 import { InterfaceError, type Served, startInterface, stopServing } from "./lib/daemon.ts";
 import { follow } from "./lib/watch.ts";
 import { reload, waitForSignals } from "./lib/lifecycle.ts";
-import { libbpfVersion, routeLibbpfPrintToLog } from "./lib/ffi/libbpf.ts";
+import { BpfError, libbpfVersion, routeLibbpfPrintToLog } from "./lib/ffi/libbpf.ts";
 import * as log from "./lib/log.ts";
 import { BUILD_INFO } from "./lib/build_info.ts";
 import { checkRuntimeLibraries } from "./lib/deps.ts";
@@ -89,9 +89,15 @@ export async function main(args: string[]): Promise<number> {
     try {
       served.push(await startInterface(ic, cli.config.defaults));
     } catch (e) {
-      const msg = e instanceof InterfaceError || e instanceof BusyError || e instanceof StateError
+      let msg = e instanceof InterfaceError || e instanceof BusyError || e instanceof StateError
         ? e.message
         : `${ic.ifName ?? ic.ifIndex}: ${(e as Error).message}`;
+      if (e instanceof BpfError) {
+        // The verifier log goes to the log; the error stays one line.
+        log.error("the kernel refused the BPF programs", { verifier_log: e.log ?? "" });
+        msg = `${ic.ifName ?? ic.ifIndex}: ${msg.split("\n")[0].replace(/^[^:]+: /, "")}` +
+          " (verifier log above)";
+      }
       log.error("interface not served", { reason: msg });
       errors.push(msg);
     }

@@ -453,6 +453,11 @@ static __always_inline int ingress_family(struct __sk_buff *skb, const __u8 fami
 SEC("tc")
 int egress_snat(struct __sk_buff *skb)
 {
+#ifdef EINAT_TEST_REJECT
+	/* A deliberately invalid variant for tests: unchecked packet access. */
+	if (*(__u8 *)(long)skb->data == 0xff)
+		return TC_ACT_SHOT;
+#endif
 	if (skb->protocol == bpf_htons(ETH_P_IP) && ENABLE_NAT44)
 		return egress_family(skb, 4);
 	if (skb->protocol == bpf_htons(ETH_P_IPV6) && ENABLE_NAT66)

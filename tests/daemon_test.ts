@@ -151,3 +151,42 @@ Deno.test("preflight: capability and BTF checks name the cause", () => {
   checkPrivileges((1n << 12n) | (1n << 21n));
   assertThrows(() => checkKernel("/nonexistent/vmlinux"), /kernel without BTF/);
 });
+
+Deno.test({
+  name:
+    "daemon: a program the kernel refuses gives one line (verifier log in the log), exit 2, nothing left",
+  ...sanitize,
+  fn: async () => {
+    const tmp = await Deno.makeTempDir();
+    try {
+      const bpfDir = new URL("../bpf/", import.meta.url).pathname;
+      const obj = `${tmp}/einat-reject.bpf.o`;
+      const cc = await runResult([
+        "clang-19",
+        "-O2",
+        "-g",
+        "-target",
+        "bpf",
+        "-mcpu=v3",
+        "-DEINAT_TEST_REJECT",
+        "-I/usr/include/x86_64-linux-gnu",
+        `-I${bpfDir}`,
+        "-c",
+        `${bpfDir}einat.bpf.c`,
+        "-o",
+        obj,
+      ]);
+      assertEquals(cc.code, 0, cc.stderr);
+      await withNs(async (ns) => {
+        const before = await tcState(ns, "wan0");
+        const r = await einatOnce(ns, ["-i", "wan0"], ["env", `EINAT_BPF_OBJECT=${obj}`]);
+        assertEquals(r.code, 2, r.stderr);
+        assert(/wan0: .*\(verifier log above\)/.test(oneLine(r.stderr)), r.stderr);
+        assert(/the kernel refused the BPF programs.*verifier_log=.*R\d/.test(r.stderr), r.stderr);
+        assertEquals(await tcState(ns, "wan0"), before, "nothing attached");
+      });
+    } finally {
+      await Deno.remove(tmp, { recursive: true });
+    }
+  },
+});

@@ -65,7 +65,9 @@ export function embeddedObject(): Uint8Array {
 /** Opens, configures and loads the NAT object. */
 export async function loadNat(opts: LoadOptions): Promise<NatObject> {
   const t0 = performance.now();
-  const bytes = opts.bytes ?? objectBytes;
+  // EINAT_BPF_OBJECT: load this object file instead of the embedded one (debugging, tests).
+  const override = Deno.env.get("EINAT_BPF_OBJECT");
+  const bytes = opts.bytes ?? (override ? Deno.readFileSync(override) : objectBytes);
   const obj = bpf.openObjectMem(bytes, "einat");
   let pins: PinSession | null = null;
   try {

@@ -5,7 +5,7 @@
  */
 import { assert, assertEquals, assertThrows } from "./lib/assert.ts";
 import { einatCmd, startEinat, stopEinat } from "./lib/einat.ts";
-import { nsExec, nsExecResult, run, runResult } from "./lib/netns.ts";
+import { nsExec, nsExecResult, run, runResult, spawnInNs } from "./lib/netns.ts";
 import { checkKernel, checkPrivileges } from "../lib/preflight.ts";
 
 const sanitize = { sanitizeOps: false, sanitizeResources: false };
@@ -189,4 +189,24 @@ Deno.test({
       await Deno.remove(tmp, { recursive: true });
     }
   },
+});
+
+Deno.test({
+  name: "daemon: a tiny RLIMIT_MEMLOCK does not matter (maps are charged to the memory cgroup)",
+  ...sanitize,
+  fn: () =>
+    withNs(async (ns) => {
+      const p = spawnInNs(ns, ["prlimit", "--memlock=65536:65536", ...einatCmd(["-i", "wan0"])]);
+      try {
+        const end = Date.now() + 15000;
+        while (!/einat running/.test(p.stderrText())) {
+          assert(p.running() && Date.now() < end, `einat did not start:\n${p.stderrText()}`);
+          await new Promise((r) => setTimeout(r, 50));
+        }
+      } finally {
+        p.kill("SIGTERM");
+        const r = await p.output(5000);
+        assertEquals(r.code, 0, r.stderr);
+      }
+    }),
 });

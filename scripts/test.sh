@@ -6,6 +6,11 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh || { echo "setup failed"; echo "0 passed, 1 failed"; exit 1; }
 DENO=tools/deno/node_modules/deno/deno
 export NO_COLOR=1
+# The full suite (EINAT_FULL=1): 1,000,000 fuzzed packets and a 10-minute soak instead of
+# CI's seeded 20,000 packets and 30 s.
+if [[ ${EINAT_FULL:-0} == 1 ]]; then
+  export EINAT_FUZZ_COUNT=${EINAT_FUZZ_COUNT:-1000000} EINAT_SOAK_SECONDS=${EINAT_SOAK_SECONDS:-600}
+fi
 
 checks_failed=0
 echo "== deno check / lint / fmt"

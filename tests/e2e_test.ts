@@ -5,7 +5,7 @@
 import { assert, assertEquals, assertNotEquals } from "./lib/assert.ts";
 import { startEinat, stopEinat } from "./lib/einat.ts";
 import { parseSeen, parseUdpReplies } from "./lib/peer.ts";
-import { nsExec, nsExecResult, peerCmd, withTopology } from "./lib/netns.ts";
+import { nsExec, nsExecResult, peerCmd, run, runResult, withTopology } from "./lib/netns.ts";
 
 const sanitize = { sanitizeOps: false, sanitizeResources: false };
 
@@ -321,6 +321,91 @@ Deno.test({
         }
       } finally {
         assertEquals(await stopEinat(einat), 0, einat.stderrText());
+      }
+    }),
+});
+
+Deno.test({
+  name:
+    "e2e: path-MTU discovery through the NAT (fragmentation needed / packet too big reach the LAN host)",
+  ...sanitize,
+  fn: () =>
+    withTopology(async (t) => {
+      // A host beyond srv1, behind a link with MTU 1280; srv1 routes to it.
+      const far = `${t.prefix}far`;
+      const sh = (ns: string, cmd: string) => nsExec(ns, cmd.split(" "));
+      await run(["ip", "netns", "add", far]);
+      try {
+        await sh(t.ns.srv1, `ip link add up0 mtu 1280 type veth peer name eth0 netns ${far}`);
+        await sh(t.ns.srv1, "ip link set up0 up");
+        await sh(t.ns.srv1, "ip addr add 198.18.0.1/24 dev up0");
+        await sh(t.ns.srv1, "ip addr add 2001:db8:4::1/64 dev up0 nodad");
+        await sh(t.ns.srv1, "sysctl -qw net.ipv4.ip_forward=1");
+        await sh(t.ns.srv1, "sysctl -qw net.ipv6.conf.all.forwarding=1");
+        await sh(far, "ip link set lo up");
+        await sh(far, "ip link set eth0 mtu 1280 up");
+        await sh(far, "ip addr add 198.18.0.2/24 dev eth0");
+        await sh(far, "ip addr add 2001:db8:4::2/64 dev eth0 nodad");
+        await sh(far, "ip route add default via 198.18.0.1");
+        await sh(far, "ip -6 route add default via 2001:db8:4::1");
+        await sh(t.ns.router, `ip route add 198.18.0.0/24 via ${t.addrs.v4.srv1[0]}`);
+        await sh(t.ns.router, `ip -6 route add 2001:db8:4::/64 via ${t.addrs.v6.srv1[0]}`);
+        const einat = await startEinat(t.ns.router, ["-i", "wan0", "--nat44", "--nat66"]);
+        try {
+          // Large pings with DF: the first is answered by srv1 with an error that only reaches
+          // lan1 if einat translates it; ping then reports the smaller MTU.
+          const v4 = await nsExecResult(t.ns.lan1, [
+            "ping",
+            "-c",
+            "3",
+            "-i",
+            "0.3",
+            "-W",
+            "1",
+            "-M",
+            "do",
+            "-s",
+            "1400",
+            "198.18.0.2",
+          ]);
+          assert(
+            new RegExp(`From (${t.addrs.v4.srv1.join("|")}) .*mtu ?= ?1280`, "i").test(v4.stdout),
+            `IPv4 PMTU not learned:\n${v4.stdout}${v4.stderr}`,
+          );
+          const v6 = await nsExecResult(t.ns.lan1, [
+            "ping",
+            "-6",
+            "-c",
+            "3",
+            "-i",
+            "0.3",
+            "-W",
+            "1",
+            "-s",
+            "1400",
+            "2001:db8:4::2",
+          ]);
+          assert(
+            new RegExp(`From (${t.addrs.v6.srv1.join("|")}) .*mtu ?= ?1280`, "i").test(v6.stdout),
+            `IPv6 PMTU not learned:\n${v6.stdout}${v6.stderr}`,
+          );
+          // and traffic that fits gets through
+          const ok = await nsExecResult(t.ns.lan1, [
+            "ping",
+            "-c",
+            "1",
+            "-W",
+            "2",
+            "-s",
+            "1200",
+            "198.18.0.2",
+          ]);
+          assertEquals(ok.code, 0, ok.stdout + ok.stderr);
+        } finally {
+          assertEquals(await stopEinat(einat), 0, einat.stderrText());
+        }
+      } finally {
+        await runResult(["ip", "netns", "del", far]);
       }
     }),
 });

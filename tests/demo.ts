@@ -6,6 +6,7 @@
  * @module
  */
 import { startEinat, stopEinat } from "./lib/einat.ts";
+import { startUdpEchoes, udpToEach } from "./lib/traffic.ts";
 import { nsExecResult, peerCmd, type Topology, withTopology } from "./lib/netns.ts";
 import { parseSeen, parseUdpReplies } from "./lib/peer.ts";
 
@@ -22,28 +23,17 @@ async function demo(t: Topology): Promise<boolean> {
   for (const l of einat.stderrText().trim().split("\n")) console.log(`  | ${l}`);
   const verdicts: [string, boolean][] = [];
   try {
-    const echo = [t.ns.srv1, t.ns.srv2].map((ns) =>
-      t.spawn(ns, peerCmd("udp-echo", ["--port", "3478", "--timeout-ms", "30000"]))
-    );
-    for (const e of echo) await e.waitForStdout(/listening/);
-
-    const lan1 = t.spawn(
+    await startUdpEchoes(t, 3478, 30000);
+    const { replies: r } = await udpToEach(
+      t,
       t.ns.lan1,
-      peerCmd("udp-send", [
-        "--to",
+      [
         `${a.srv1[0]}:3478`,
-        "--to",
         `${a.srv2[0]}:3478`,
-        "--from-port",
-        "40000",
-        "--linger-ms",
-        "5000",
-        "--timeout-ms",
-        "15000",
-      ]),
+      ],
+      40000,
+      5000,
     );
-    await lan1.waitForStdout(/seen .* from .*\n.*seen .* from /s, 10000);
-    const r = parseUdpReplies(lan1.stdoutText());
     console.log("\nUDP from lan1 port 40000:");
     for (const x of r) console.log(`  server ${x.from} saw the flow from ${x.seen}`);
     const eim = r.length === 2 && r[0].seen === r[1].seen &&

@@ -4,6 +4,7 @@
  */
 import { assert, assertEquals, assertNotEquals } from "./lib/assert.ts";
 import { startEinat, stopEinat } from "./lib/einat.ts";
+import { startUdpEchoes, udpToEach } from "./lib/traffic.ts";
 import { parseSeen, parseUdpReplies } from "./lib/peer.ts";
 import { nsExec, nsExecResult, peerCmd, run, runResult, withTopology } from "./lib/netns.ts";
 
@@ -17,35 +18,13 @@ Deno.test({
       const a = t.addrs.v4;
       const einat = await startEinat(t.ns.router, ["-i", "wan0"]);
       try {
-        const echo1 = t.spawn(
-          t.ns.srv1,
-          peerCmd("udp-echo", ["--port", "3478", "--timeout-ms", "20000"]),
-        );
-        const echo2 = t.spawn(
-          t.ns.srv2,
-          peerCmd("udp-echo", ["--port", "3478", "--timeout-ms", "20000"]),
-        );
-        await echo1.waitForStdout(/listening/);
-        await echo2.waitForStdout(/listening/);
+        await startUdpEchoes(t);
 
         // lan1:40000 to both servers: both see the same external endpoint (EIM).
-        const lan1 = t.spawn(
-          t.ns.lan1,
-          peerCmd("udp-send", [
-            "--to",
-            `${a.srv1[0]}:3478`,
-            "--to",
-            `${a.srv2[0]}:3478`,
-            "--from-port",
-            "40000",
-            "--linger-ms",
-            "6000",
-            "--timeout-ms",
-            "15000",
-          ]),
-        );
-        await lan1.waitForStdout(/seen .* from .*\n.*seen .* from /s, 10000);
-        const replies = parseUdpReplies(lan1.stdoutText());
+        const { client: lan1, replies } = await udpToEach(t, t.ns.lan1, [
+          `${a.srv1[0]}:3478`,
+          `${a.srv2[0]}:3478`,
+        ], 40000);
         assertEquals(replies.length, 2, lan1.stdoutText());
         assertEquals(
           replies[0].seen,
@@ -152,33 +131,11 @@ Deno.test({
       const a = t.addrs.v6;
       const einat = await startEinat(t.ns.router, ["-i", "wan0", "--nat44", "--nat66"]);
       try {
-        const echo1 = t.spawn(
-          t.ns.srv1,
-          peerCmd("udp-echo", ["--port", "3478", "--timeout-ms", "20000"]),
-        );
-        const echo2 = t.spawn(
-          t.ns.srv2,
-          peerCmd("udp-echo", ["--port", "3478", "--timeout-ms", "20000"]),
-        );
-        await echo1.waitForStdout(/listening/);
-        await echo2.waitForStdout(/listening/);
-        const lan1 = t.spawn(
-          t.ns.lan1,
-          peerCmd("udp-send", [
-            "--to",
-            `[${a.srv1[0]}]:3478`,
-            "--to",
-            `[${a.srv2[0]}]:3478`,
-            "--from-port",
-            "40000",
-            "--linger-ms",
-            "6000",
-            "--timeout-ms",
-            "15000",
-          ]),
-        );
-        await lan1.waitForStdout(/seen .* from .*\n.*seen .* from /s, 10000);
-        const replies = parseUdpReplies(lan1.stdoutText());
+        await startUdpEchoes(t);
+        const { client: lan1, replies } = await udpToEach(t, t.ns.lan1, [
+          `[${a.srv1[0]}]:3478`,
+          `[${a.srv2[0]}]:3478`,
+        ], 40000);
         assertEquals(replies.length, 2, lan1.stdoutText());
         assertEquals(replies[0].seen, replies[1].seen, "EIM over IPv6");
         const m = /^\[(.+)\]:(\d+)$/.exec(replies[0].seen)!;

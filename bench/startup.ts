@@ -221,7 +221,8 @@ export async function runStartup(o: BenchOptions): Promise<PartResult> {
           "The other columns come from bench/lib/startup_probe.ts in the router namespace: loadNat (its loadMs is " +
           "open + configure + bpf_object__load), planInterface + applyPlan, attach to wan0's clsact hooks. " +
           "It uses the daemon's default configuration; the 4096-binding row shrinks the maps to show what " +
-          "preallocating the default map sizes costs at load.",
+          "the default sizes still cost at load (bucket arrays and the preallocated fragment table; bindings " +
+          "and sessions are allocated on demand).",
         ],
       },
       {

@@ -5,6 +5,7 @@
  */
 import { assert, assertEquals, assertThrows } from "./lib/assert.ts";
 import { einatCmd, startEinat, stopEinat } from "./lib/einat.ts";
+import { buildVariant } from "./lib/bpfobj.ts";
 import { nsExec, nsExecResult, run, runResult, spawnInNs } from "./lib/netns.ts";
 import { checkKernel, checkPrivileges } from "../lib/preflight.ts";
 
@@ -159,24 +160,8 @@ Deno.test({
   fn: async () => {
     const tmp = await Deno.makeTempDir();
     try {
-      const bpfDir = new URL("../bpf/", import.meta.url).pathname;
       const obj = `${tmp}/einat-reject.bpf.o`;
-      const cc = await runResult([
-        "clang-19",
-        "-O2",
-        "-g",
-        "-target",
-        "bpf",
-        "-mcpu=v3",
-        "-DEINAT_TEST_REJECT",
-        "-I/usr/include/x86_64-linux-gnu",
-        `-I${bpfDir}`,
-        "-c",
-        `${bpfDir}einat.bpf.c`,
-        "-o",
-        obj,
-      ]);
-      assertEquals(cc.code, 0, cc.stderr);
+      await buildVariant("EINAT_TEST_REJECT", obj);
       await withNs(async (ns) => {
         const before = await tcState(ns, "wan0");
         const r = await einatOnce(ns, ["-i", "wan0"], ["env", `EINAT_BPF_OBJECT=${obj}`]);

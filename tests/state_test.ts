@@ -6,6 +6,7 @@
  */
 import { assert, assertEquals } from "./lib/assert.ts";
 import { withSharedBpffs } from "./lib/bpffs.ts";
+import { buildVariant } from "./lib/bpfobj.ts";
 import { einatCmd, startEinat, stopEinat } from "./lib/einat.ts";
 import { nsExec, nsExecResult, peerCmd, run, runResult } from "./lib/netns.ts";
 import * as bpf from "../lib/ffi/libbpf.ts";
@@ -224,3 +225,60 @@ Deno.test({
       }
     }),
 });
+
+Deno.test({
+  name:
+    "state: bindings and sessions pinned preallocated (earlier builds) are reused as they are, mappings kept",
+  ...sanitize,
+  fn: async () => {
+    const tmp = await Deno.makeTempDir();
+    try {
+      const old = `${tmp}/einat-prealloc.bpf.o`;
+      await buildVariant("EINAT_PREALLOC", old);
+      await withNs(async (ns, pin) => {
+        let p = await startEinat(ns, ["-i", "wan0", "--pin-dir", pin], 15000, {
+          EINAT_BPF_OBJECT: old,
+        });
+        await send(ns, pin);
+        const before = state(pin);
+        assertEquals(before.sessions.length, 1);
+        assertEquals(await stopEinat(p), 0, p.stderrText());
+        assertEquals(pinnedFlags(pin), { map_binding: 0, map_ct: 0 }, "the old build preallocates");
+
+        p = await startEinat(ns, ["-i", "wan0", "--pin-dir", pin]);
+        const log = p.stderrText();
+        assert(
+          /pinned map keeps its creation flags .*map=map_binding pinned=0x0 object=0x1/.test(log),
+          log,
+        );
+        assert(/pinned state reused .* bindings=1 sessions=1/.test(log), log);
+        assertEquals(state(pin).bindings, before.bindings, "the mapping is the same");
+        await send(ns, pin, 40001);
+        assertEquals(state(pin).sessions.length, 2, "new sessions go into the reused maps");
+        assertEquals(await stopEinat(p), 0, p.stderrText());
+
+        // After --flush the maps are made the current way (allocated on demand).
+        const f = await nsExecResult(ns, einatCmd(["--flush", "-i", "wan0", "--pin-dir", pin]));
+        assertEquals(f.code, 0, f.stderr);
+        p = await startEinat(ns, ["-i", "wan0", "--pin-dir", pin]);
+        assertEquals(await stopEinat(p), 0, p.stderrText());
+        assertEquals(pinnedFlags(pin), { map_binding: 1, map_ct: 1 }, "BPF_F_NO_PREALLOC");
+      });
+    } finally {
+      await Deno.remove(tmp, { recursive: true });
+    }
+  },
+});
+
+function pinnedFlags(pin: string): Record<string, number> {
+  const out: Record<string, number> = {};
+  for (const m of ["map_binding", "map_ct"]) {
+    const fd = bpf.objGetPinned(`${pin}/wan0/${m}`);
+    try {
+      out[m] = bpf.mapInfo(fd).flags;
+    } finally {
+      closeFd(fd);
+    }
+  }
+  return out;
+}

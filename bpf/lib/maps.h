@@ -33,9 +33,23 @@ struct {
 	__uint(max_entries, 2);
 } map_default_ext SEC(".maps");
 
-/* Bindings, both directions in one table (BINDING_ORIG flag in the key). */
+/* -DEINAT_PREALLOC: preallocated, as earlier builds made them (tests reuse of such pins). */
+#ifdef EINAT_PREALLOC
+#define EINAT_STATE_MAP_FLAGS 0
+#else
+#define EINAT_STATE_MAP_FLAGS BPF_F_NO_PREALLOC
+#endif
+
+/*
+ * Bindings, both directions in one table (BINDING_ORIG flag in the key).
+ * Bindings and sessions are allocated on demand (BPF_F_NO_PREALLOC, as
+ * Cilium does by default): preallocating the default sizes reserved 106 MiB
+ * and cost ~240 ms at every start; on demand, memory follows the live
+ * mappings and the limits still hold (-E2BIG past max_entries).
+ */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, EINAT_STATE_MAP_FLAGS);
 	__type(key, struct binding_key);
 	__type(value, struct binding_value);
 	__uint(max_entries, 65536 * 2);
@@ -44,6 +58,7 @@ struct {
 /* Sessions: one per (external endpoint, remote endpoint). */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, EINAT_STATE_MAP_FLAGS);
 	__type(key, struct ct_key);
 	__type(value, struct ct_value);
 	__uint(max_entries, 65536 * 2);

@@ -36,6 +36,8 @@ const SYMBOLS = {
   bpf_map__fd: { parameters: ["pointer"], result: "i32" },
   bpf_map__max_entries: { parameters: ["pointer"], result: "u32" },
   bpf_map__set_max_entries: { parameters: ["pointer", "u32"], result: "i32" },
+  bpf_map__map_flags: { parameters: ["pointer"], result: "u32" },
+  bpf_map__set_map_flags: { parameters: ["pointer", "u32"], result: "i32" },
   bpf_map__key_size: { parameters: ["pointer"], result: "u32" },
   bpf_map__value_size: { parameters: ["pointer"], result: "u32" },
   bpf_map__initial_value: { parameters: ["pointer", "buffer"], result: "pointer" },
@@ -304,6 +306,16 @@ export function mapFd(map: BpfMap): number {
 /** Sets `max_entries` before load. */
 export function mapSetMaxEntries(map: BpfMap, n: number): void {
   check(`bpf_map__set_max_entries(${map.name})`, bpf().bpf_map__set_max_entries(mapPtr(map), n));
+}
+
+/** `map_flags` the map will be created with (e.g. `BPF_F_NO_PREALLOC`). */
+export function mapFlags(map: BpfMap): number {
+  return bpf().bpf_map__map_flags(mapPtr(map));
+}
+
+/** Sets `map_flags` before load. */
+export function mapSetFlags(map: BpfMap, flags: number): void {
+  check(`bpf_map__set_map_flags(${map.name})`, bpf().bpf_map__set_map_flags(mapPtr(map), flags));
 }
 
 /** Current `max_entries`. */

@@ -297,6 +297,16 @@ export function preparePins(
       const fd = bpf.objGetPinnedOpts(`${dir}/${m}`, { readOnly: true });
       try {
         const info = bpf.mapInfo(fd);
+        if (info.flags !== bpf.mapFlags(map)) {
+          // e.g. preallocated by an older einat: same entries, other allocation mode
+          log.info("pinned map keeps its creation flags", {
+            ifname,
+            map: m,
+            pinned: `0x${info.flags.toString(16)}`,
+            object: `0x${bpf.mapFlags(map).toString(16)}`,
+          });
+          bpf.mapSetFlags(map, info.flags);
+        }
         const want = bpf.mapMaxEntries(map);
         if (info.maxEntries !== want) {
           if (m === "map_frag") {

@@ -17,8 +17,11 @@ export async function startEinat(
   ns: string,
   args: string[],
   timeoutMs = 15000,
+  env: Record<string, string> = {},
 ): Promise<NsProcess> {
-  const p = spawnInNs(ns, einatCmd(args), { cwd: ROOT, killAfterMs: 120_000 });
+  const vars = Object.entries(env).map(([k, v]) => `${k}=${v}`);
+  const cmd = vars.length ? ["env", ...vars, ...einatCmd(args)] : einatCmd(args);
+  const p = spawnInNs(ns, cmd, { cwd: ROOT, killAfterMs: 120_000 });
   const deadline = Date.now() + timeoutMs;
   while (Date.now() < deadline) {
     if (/einat running/.test(p.stderrText())) return p;

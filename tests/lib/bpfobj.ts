@@ -1,0 +1,29 @@
+/**
+ * Variants of the BPF object for tests: the same source built with a
+ * preprocessor define (e.g. a program the verifier rejects, or maps made
+ * the way an earlier build made them).
+ * @module
+ */
+import { runResult } from "./netns.ts";
+
+const BPF_DIR = new URL("../../bpf/", import.meta.url).pathname;
+
+/** Builds bpf/einat.bpf.c with `-D<define>` into `out`; throws with clang's output on failure. */
+export async function buildVariant(define: string, out: string): Promise<void> {
+  const cc = await runResult([
+    "clang-19",
+    "-O2",
+    "-g",
+    "-target",
+    "bpf",
+    "-mcpu=v3",
+    `-D${define}`,
+    "-I/usr/include/x86_64-linux-gnu",
+    `-I${BPF_DIR}`,
+    "-c",
+    `${BPF_DIR}einat.bpf.c`,
+    "-o",
+    out,
+  ]);
+  if (cc.code !== 0) throw new Error(`clang -D${define} failed:\n${cc.stderr}`);
+}

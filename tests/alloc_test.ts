@@ -9,7 +9,8 @@ import { assert, assertEquals } from "./lib/assert.ts";
 import { loadTestNat, ranges, TC_ACT_OK, testInterfaceConfig } from "./lib/natfixture.ts";
 import { buildPacket, type PacketSpec } from "./lib/packet.ts";
 import * as bpf from "../lib/ffi/libbpf.ts";
-import { encodeBindingKey, encodeBindingValue } from "../lib/nat/codec.ts";
+import { encodeBindingKey, encodeBindingValue, encodePortBitsKey } from "../lib/nat/codec.ts";
+import { syncPortHint } from "../lib/nat/loader.ts";
 
 const EXT = [203, 0, 113, 1];
 const udp = (src: string, sport: number): PacketSpec => ({
@@ -99,6 +100,28 @@ Deno.test("port choice: ports freed from user space (hint still says taken) are 
       again.push(r.out.sport!);
     }
     assertEquals(again.sort((a, b) => a - b), [ports[5], ports[77]].sort((a, b) => a - b));
+  } finally {
+    n.close();
+  }
+});
+
+Deno.test("port choice: sync_port_hint marks every bound port (bindings carried over at start)", async () => {
+  const n = await loadTestNat(
+    testInterfaceConfig({ defaultRanges: ranges([{ start: 20000, end: 20999 }]) }),
+  );
+  try {
+    const taken = [20000, 20063, 20064, 20999];
+    taken.forEach((p, i) => bindFromUserSpace(n.nat.maps.binding, p, 50000 + i));
+    assertEquals(syncPortHint(n.nat), taken.length, "one per binding (reply entries only)");
+    const fd = bpf.mapFd(bpf.findMap(n.nat.obj, "map_port_bits"));
+    const bits = bpf.mapLookup(fd, encodePortBitsKey(4, 17, new Uint8Array(EXT)), 8192)!;
+    const dv = new DataView(bits.buffer, bits.byteOffset, bits.byteLength);
+    const set: number[] = [];
+    for (let w = 0; w < 1024; w++) {
+      const x = dv.getBigUint64(w * 8, true);
+      for (let b = 0; b < 64; b++) if ((x >> BigInt(b)) & 1n) set.push(w * 64 + b);
+    }
+    assertEquals(set, taken);
   } finally {
     n.close();
   }

@@ -135,6 +135,64 @@ static __always_inline int ingress_unmapped(const struct packet *p)
 }
 
 /*
+ * A ping from outside to one of our external addresses (allow_inbound_icmpx,
+ * as einat-ebpf): the NAT host answers it itself, and its identifier, when
+ * in icmp_in_ranges, is bound to the NAT host for the session's lifetime
+ * (a binding whose internal endpoint is the external one, and a session),
+ * so no internal host is handed that identifier meanwhile. Identifiers
+ * already bound are left as they are; the packet always passes untouched.
+ * A global function: verified once for both families.
+ */
+__noinline int einat_inbound_query(const struct packet *p)
+{
+	if (!p)
+		return 0;
+	struct binding_value self;
+	__builtin_memset(&self, 0, sizeof(self));
+	self.addr = p->dst;
+	self.port = p->dport;
+	struct ct_key ck;
+	ct_key_init(&ck, p->family, p->l4proto, &p->dst, p->dport, &p->src, 0);
+	struct binding_key k;
+	binding_key_init(&k, 0, p->family, p->l4proto, &p->dst, p->dport);
+	struct binding_value *b = bpf_map_lookup_elem(&map_binding, &k);
+	if (b) {
+		/* ours from an earlier ping: keep its session alive */
+		if (b->port == p->dport && b->addr.all[0] == p->dst.all[0] &&
+		    b->addr.all[1] == p->dst.all[1] && b->addr.all[2] == p->dst.all[2] &&
+		    b->addr.all[3] == p->dst.all[3])
+			einat_ct_touch(&ck, &self, false, 0);
+		return 0;
+	}
+	struct external_config *dc = lpm_lookup(&map_externals, p->family, &p->dst);
+	if (!dc || !(dc->flags & EXT_EXTERNAL) ||
+	    !port_in_ranges(dc, PROTO_IDX_ICMP_IN, bpf_ntohs(p->dport)))
+		return 0;
+	if (bpf_map_update_elem(&map_binding, &k, &self, BPF_NOEXIST))
+		return 0;
+	k.flags = BINDING_ORIG;
+	if (bpf_map_update_elem(&map_binding, &k, &self, BPF_NOEXIST)) {
+		k.flags = 0;
+		bpf_map_delete_elem(&map_binding, &k);
+		return 0;
+	}
+	struct port_bits *bits = port_bits_get(p->family, PROTO_IDX_ICMP, &p->dst, true);
+	if (bits)
+		port_bit_set(bits, bpf_ntohs(p->dport));
+	stat_inc(STAT_NEW_BINDING);
+	if (einat_ct_touch(&ck, &self, false, 0))
+		binding_put_unused(p->family, p->l4proto, &p->dst, p->dport);
+	return 0;
+}
+
+static __always_inline int ingress_icmp_query(const struct packet *p)
+{
+	if (CFG.inbound_icmpx)
+		einat_inbound_query(p);
+	return pass();
+}
+
+/*
  * Hairpinning (RFC 4787 REQ-9): a packet from inside to one of our external
  * addresses, routed here by the hairpin rules. It is translated both ways
  * (source to the sender's mapping, destination to the mapped internal host,
@@ -413,6 +471,8 @@ static __always_inline int ingress_family(struct __sk_buff *skb, const __u8 fami
 
 	__be16 remote_port = pp->sport;
 	if (pp->l4proto == IPPROTO_ICMP) {
+		if (pp->icmp_type == (pp->family == 4 ? ICMP_ECHO : ICMPV6_ECHO_REQUEST))
+			return ingress_icmp_query(pp);
 		if (pp->icmp_type != (pp->family == 4 ? ICMP_ECHOREPLY : ICMPV6_ECHO_REPLY))
 			return pass();
 		remote_port = 0;

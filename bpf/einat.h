@@ -25,7 +25,8 @@ struct einat_config {
 	__u8 nat44;
 	__u8 nat66;
 	__u8 fib_external; /* choose the external address by a FIB lookup */
-	__u8 _pad[3];
+	__u8 inbound_icmpx; /* pings from outside may bind an identifier to the NAT host */
+	__u8 _pad[2];
 };
 
 /* IPv4 addresses use the first 4 bytes, the rest stays zero. */
@@ -46,12 +47,15 @@ enum einat_proto_idx {
 	PROTO_IDX_UDP = 1,
 	PROTO_IDX_ICMP = 2,
 	PROTO_IDX_MAX = 3,
+	/* echo identifiers that pings from outside may bind to the NAT host */
+	PROTO_IDX_ICMP_IN = 3,
+	RANGE_SETS = 4,
 };
 
 /* Port ranges and flags of one external address. */
 struct external_config {
-	struct port_range ranges[PROTO_IDX_MAX][EINAT_MAX_RANGES];
-	__u8 range_len[PROTO_IDX_MAX];
+	struct port_range ranges[RANGE_SETS][EINAT_MAX_RANGES];
+	__u8 range_len[RANGE_SETS];
 	__u8 flags; /* EXT_* */
 };
 

@@ -61,6 +61,7 @@ export function roConfigOf(ic: InterfaceConfig, hasEth = true): RoConfig {
     nat44: ic.nat44,
     nat66: ic.nat66,
     fibExternal: ic.bpfFibLookupExternal,
+    inboundIcmpx: ic.allowInboundIcmpx,
   };
 }
 

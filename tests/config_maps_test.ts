@@ -36,6 +36,7 @@ nat44 = true
 nat66 = true
 bpf_log_level = 3
 bpf_fib_lookup_external = true
+allow_inbound_icmpx = false
 timeout_fragment = "3s"
 timeout_icmp_default = "45s"
 timeout_udp_min = "90s"
@@ -91,6 +92,7 @@ Deno.test("config keys reach the loaded BPF config and maps", async () => {
       nat44: true,
       nat66: true,
       fibExternal: true,
+      inboundIcmpx: false,
     });
     // record limits: two binding entries per binding
     assertEquals(bpf.mapMaxEntries(bpf.findMap(nat.obj, "map_binding")), 8192);
@@ -104,6 +106,7 @@ Deno.test("config keys reach the loaded BPF config and maps", async () => {
     assertEquals(d4.cfg.tcp, [{ start: 21000, end: 21999 }, { start: 23000, end: 23099 }]);
     assertEquals(d4.cfg.udp, [], "udp_ranges = [] on the external disables UDP NAT");
     assertEquals(d4.cfg.icmp, [{ start: 200, end: 5000 }], "echo ids from icmp_out_ranges");
+    assertEquals(d4.cfg.icmpIn, [{ start: 100, end: 199 }], "inbound ids from icmp_in_ranges");
     const key1 = new Uint8Array([1, 0, 0, 0]);
     const d6 = decodeDefaultExt(bpf.mapLookup(nat.maps.defaultExt, key1, DEFAULT_EXT_LAYOUT.size)!);
     assertEquals(formatAddr(d6.addr), "2001:db8:2::1", "IPv6 through default_externals");

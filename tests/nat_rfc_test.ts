@@ -4,7 +4,15 @@
  */
 import { assert, assertEquals } from "./lib/assert.ts";
 import * as bpf from "../lib/ffi/libbpf.ts";
-import { CT_KEY_LAYOUT, CT_VALUE_LAYOUT, decodeCtValue } from "../lib/nat/codec.ts";
+import {
+  BINDING_VALUE_LAYOUT,
+  CT_KEY_LAYOUT,
+  CT_VALUE_LAYOUT,
+  decodeBindingValue,
+  decodeCtValue,
+  encodeBindingKey,
+} from "../lib/nat/codec.ts";
+import { formatAddr, parseAddr } from "../lib/config/cidr.ts";
 import {
   buildIcmpError,
   buildPacket,
@@ -545,5 +553,85 @@ Deno.test("IPv6 exhaustion answers ICMPv6 1/1 to the internal sender (RFC 5508 R
     assertEquals([p.inner!.src, p.inner!.sport], ["2001:db8:1::20", 40000]);
   } finally {
     n.close();
+  }
+});
+
+// --- inbound ICMP queries (allow_inbound_icmpx) ---------------------------------
+
+Deno.test("inbound ICMP query: a ping from outside binds its identifier (icmp_in_ranges) to the NAT host, v4 and v6", async () => {
+  const icmpRanges = (inbound: boolean) =>
+    testInterfaceConfig({
+      nat66: true,
+      allowInboundIcmpx: inbound,
+      defaultRanges: {
+        tcp: [{ start: 20000, end: 29999 }],
+        udp: [{ start: 20000, end: 29999 }],
+        icmp: [{ start: 0, end: 65535 }],
+        icmpIn: [{ start: 0, end: 999 }],
+        icmpOut: [{ start: 0, end: 65535 }],
+      },
+    });
+  for (const family of [4, 6] as const) {
+    const [ext, lan, srv] = family === 4 ? [EXT4, LAN4, SRV4] : [EXT6, LAN6, SRV6];
+    const [request, reply] = family === 4 ? [8, 0] : [128, 129];
+    const ping = (src: string, dst: string, id: number, type = request): PacketSpec => ({
+      family,
+      src,
+      dst,
+      proto: "icmp",
+      icmpType: type,
+      icmpId: id,
+      icmpSeq: 1,
+    });
+    const bound = (n: Awaited<ReturnType<typeof loadTestNat>>, id: number) => {
+      const k = encodeBindingKey({
+        orig: false,
+        l4proto: 1,
+        family,
+        port: id,
+        addr: parseAddr(ext),
+      });
+      const v = bpf.mapLookup(n.nat.maps.binding, k, BINDING_VALUE_LAYOUT.size);
+      return v ? decodeBindingValue(v, family) : null;
+    };
+
+    const n = await loadTestNat(icmpRanges(true), EXTS);
+    try {
+      const pkt = buildPacket(ping(srv, ext, 500));
+      const r = n.runRaw("ingress", pkt);
+      assertEquals([r.retval, r.bytes], [TC_ACT_OK, pkt], `v${family}: passed untouched`);
+      const b = bound(n, 500);
+      assert(b, `v${family}: id 500 bound`);
+      assertEquals([formatAddr(b.addr.slice(0, family === 4 ? 4 : 16)), b.port, b.ref], [
+        ext,
+        500,
+        1,
+      ], "to the NAT host itself, with one session");
+      // The NAT host's answer leaves untouched.
+      const ans = buildPacket(ping(ext, srv, 500, reply));
+      assertEquals(n.runRaw("egress", ans).bytes, ans);
+      // A second ping of that session keeps it; no second binding or session.
+      n.runRaw("ingress", pkt);
+      assertEquals(bound(n, 500)!.ref, 1);
+      // An internal host pinging with id 500 cannot have it meanwhile.
+      const out = n.egress(ping(lan, srv, 500));
+      assertEquals(out.retval, TC_ACT_OK);
+      assert(out.out.icmpId !== 500, `v${family}: id 500 is taken by the NAT host`);
+      // Outside icmp_in_ranges: answered by the host, nothing bound.
+      const far = buildPacket(ping(srv, ext, 5000));
+      assertEquals(n.runRaw("ingress", far).bytes, far);
+      assertEquals(bound(n, 5000), null, "id 5000 is outside icmp_in_ranges");
+    } finally {
+      n.close();
+    }
+
+    const off = await loadTestNat(icmpRanges(false), EXTS);
+    try {
+      const pkt = buildPacket(ping(srv, ext, 500));
+      assertEquals(off.runRaw("ingress", pkt).bytes, pkt);
+      assertEquals(bound(off, 500), null, "allow_inbound_icmpx = false binds nothing");
+    } finally {
+      off.close();
+    }
   }
 });

@@ -22,6 +22,7 @@ const volatile struct einat_config CFG = {
 	.nat44 = 1,
 	.nat66 = 0,
 	.fib_external = 0,
+	.inbound_icmpx = 1,
 };
 
 #define LOG_LEVEL (CFG.log_level)

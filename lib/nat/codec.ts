@@ -96,17 +96,18 @@ export const EINAT_CONFIG_LAYOUT: StructLayout = {
     nat44: { offset: 50, size: 1 },
     nat66: { offset: 51, size: 1 },
     fib_external: { offset: 52, size: 1 },
+    inbound_icmpx: { offset: 53, size: 1 },
   },
 };
 
 /** struct external_config. */
 export const EXTERNAL_CONFIG_LAYOUT: StructLayout = {
   name: "external_config",
-  size: 52,
+  size: 70,
   fields: {
-    ranges: { offset: 0, size: 48 },
-    range_len: { offset: 48, size: 3 },
-    flags: { offset: 51, size: 1 },
+    ranges: { offset: 0, size: 64 },
+    range_len: { offset: 64, size: 4 },
+    flags: { offset: 68, size: 1 },
   },
 };
 
@@ -124,11 +125,11 @@ export const LPM_KEY_LAYOUT: StructLayout = {
 /** struct default_ext. */
 export const DEFAULT_EXT_LAYOUT: StructLayout = {
   name: "default_ext",
-  size: 72,
+  size: 92,
   fields: {
     addr: { offset: 0, size: 16 },
     valid: { offset: 16, size: 1 },
-    cfg: { offset: 20, size: 52 },
+    cfg: { offset: 20, size: 70 },
   },
 };
 
@@ -281,6 +282,8 @@ export interface RoConfig {
   nat66: boolean;
   /** Choose the external address of a new mapping by a FIB lookup (kernel >= 6.7). */
   fibExternal?: boolean;
+  /** Pings from outside bind their identifier to the NAT host (`allow_inbound_icmpx`). */
+  inboundIcmpx?: boolean;
 }
 
 /** Encodes `struct einat_config`. */
@@ -299,6 +302,7 @@ export function encodeRoConfig(c: RoConfig): Uint8Array {
   b[f(L, "nat44")] = c.nat44 ? 1 : 0;
   b[f(L, "nat66")] = c.nat66 ? 1 : 0;
   b[f(L, "fib_external")] = c.fibExternal ? 1 : 0;
+  b[f(L, "inbound_icmpx")] = c.inboundIcmpx ? 1 : 0;
   return b;
 }
 
@@ -318,6 +322,7 @@ export function decodeRoConfig(b: Uint8Array): RoConfig {
     nat44: b[f(L, "nat44")] !== 0,
     nat66: b[f(L, "nat66")] !== 0,
     fibExternal: b[f(L, "fib_external")] !== 0,
+    inboundIcmpx: b[f(L, "inbound_icmpx")] !== 0,
   };
 }
 
@@ -327,7 +332,10 @@ export function decodeRoConfig(b: Uint8Array): RoConfig {
 export interface ExternalConfig {
   tcp: PortRange[];
   udp: PortRange[];
+  /** Echo identifiers for pings from inside (icmp_out_ranges). */
   icmp: PortRange[];
+  /** Echo identifiers pings from outside may bind to the NAT host (icmp_in_ranges). */
+  icmpIn?: PortRange[];
   flags: number;
 }
 
@@ -336,7 +344,7 @@ export function encodeExternalConfig(c: ExternalConfig, out?: Uint8Array, offset
   const L = EXTERNAL_CONFIG_LAYOUT;
   const b = out ?? new Uint8Array(L.size);
   const v = view(b);
-  const lists = [c.tcp, c.udp, c.icmp];
+  const lists = [c.tcp, c.udp, c.icmp, c.icmpIn ?? []];
   lists.forEach((list, p) => {
     if (list.length > MAX_RANGES) throw new RangeError(`more than ${MAX_RANGES} ranges`);
     list.forEach((r, i) => {
@@ -354,7 +362,7 @@ export function encodeExternalConfig(c: ExternalConfig, out?: Uint8Array, offset
 export function decodeExternalConfig(b: Uint8Array, offset = 0): ExternalConfig {
   const L = EXTERNAL_CONFIG_LAYOUT;
   const v = view(b);
-  const lists: PortRange[][] = [0, 1, 2].map((p) => {
+  const lists: PortRange[][] = [0, 1, 2, 3].map((p) => {
     const n = b[offset + f(L, "range_len") + p];
     const out: PortRange[] = [];
     for (let i = 0; i < n; i++) {
@@ -363,7 +371,13 @@ export function decodeExternalConfig(b: Uint8Array, offset = 0): ExternalConfig 
     }
     return out;
   });
-  return { tcp: lists[0], udp: lists[1], icmp: lists[2], flags: b[offset + f(L, "flags")] };
+  return {
+    tcp: lists[0],
+    udp: lists[1],
+    icmp: lists[2],
+    icmpIn: lists[3],
+    flags: b[offset + f(L, "flags")],
+  };
 }
 
 // --- lpm_key / default_ext ---------------------------------------------

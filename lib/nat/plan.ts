@@ -91,8 +91,16 @@ export function externalConfigOf(spec: ExternalSpec, fallback: ProtoRanges): Ext
   let flags: number = EXT_FLAGS.EXTERNAL;
   if (spec.noSnat || spec.isInternal) flags = EXT_FLAGS.NO_SNAT;
   if (spec.noHairpin) flags |= EXT_FLAGS.NO_HAIRPIN;
-  // Outbound echo identifiers come from icmp_out_ranges (inside icmp_ranges).
-  return { tcp: r.tcp, udp: r.udp, icmp: r.icmp.length ? r.icmpOut : [], flags };
+  // Outbound echo identifiers come from icmp_out_ranges, those pings from
+  // outside may bind from icmp_in_ranges (both inside icmp_ranges).
+  const icmpOn = r.icmp.length > 0;
+  return {
+    tcp: r.tcp,
+    udp: r.udp,
+    icmp: icmpOn ? r.icmpOut : [],
+    icmpIn: icmpOn ? r.icmpIn : [],
+    flags,
+  };
 }
 
 /** A match-all externals entry using the interface's default ranges. */

@@ -1637,6 +1637,7 @@ export function fuzzConfig(o: Partial<InterfaceConfig> = {}): InterfaceConfig {
   const day = 86_400_000;
   return testInterfaceConfig({
     nat66: true,
+    allowInboundIcmpx: true, // pings from outside may bind identifiers too
     timeouts: {
       fragment: day,
       icmpDefault: day,

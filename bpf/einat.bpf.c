@@ -176,9 +176,6 @@ __noinline int einat_inbound_query(const struct packet *p)
 		bpf_map_delete_elem(&map_binding, &k);
 		return 0;
 	}
-	struct port_bits *bits = port_bits_get(p->family, PROTO_IDX_ICMP, &p->dst, true);
-	if (bits)
-		port_bit_set(bits, bpf_ntohs(p->dport));
 	stat_inc(STAT_NEW_BINDING);
 	if (einat_ct_touch(&ck, &self, false, 0))
 		binding_put_unused(p->family, p->l4proto, &p->dst, p->dport);

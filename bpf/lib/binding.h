@@ -72,93 +72,6 @@ static __always_inline void alloc_clear_full(__u32 k)
 		*t = 0;
 }
 
-/*
- * Free-port hint: one bit per port of each (family, protocol, external
- * address), set while the port is bound. A new mapping scans 64 ports per
- * word for a clear bit instead of probing the binding table port by port,
- * so a nearly full range costs a few words, not hundreds of lookups. The
- * binding table stays the truth: a claim still inserts with BPF_NOEXIST.
- * A bit found clear on a taken port (a restart starts with an empty hint)
- * is set when the claim fails; a bit left set on a free port (bindings
- * deleted from user space) only hides the port from the scan, and the
- * linear probe that runs before a range is declared full still finds it.
- */
-
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, struct port_bits_key);
-	__type(value, struct port_bits);
-	__uint(max_entries, 1024);
-} map_port_bits SEC(".maps");
-
-/* All zero: the initial value of a new map_port_bits entry (too big for the stack). */
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__type(key, __u32);
-	__type(value, struct port_bits);
-	__uint(max_entries, 1);
-} map_port_bits_zero SEC(".maps");
-
-static __always_inline struct port_bits *port_bits_get(__u8 family, int pidx,
-						       const union ip_addr *addr, bool create)
-{
-	struct port_bits_key k;
-	__builtin_memset(&k, 0, sizeof(k));
-	k.family = family;
-	k.pidx = pidx;
-	k.addr = *addr;
-	struct port_bits *b = bpf_map_lookup_elem(&map_port_bits, &k);
-	if (b || !create)
-		return b;
-	__u32 zero = 0;
-	struct port_bits *z = bpf_map_lookup_elem(&map_port_bits_zero, &zero);
-	if (!z)
-		return NULL;
-	bpf_map_update_elem(&map_port_bits, &k, z, BPF_NOEXIST);
-	return bpf_map_lookup_elem(&map_port_bits, &k);
-}
-
-static __always_inline void port_bit_set(struct port_bits *b, __u16 port)
-{
-	__u64 bit = 1ULL << (port & 63);
-	__u64 *w = &b->w[(port >> 6) & (PORT_WORDS - 1)];
-	if (!(*w & bit))
-		__sync_fetch_and_or(w, bit);
-}
-
-/* The port (network order) of a deleted reply binding comes free. */
-static __always_inline void port_bit_clear(__u8 family, __u8 l4proto, const union ip_addr *addr,
-					   __be16 ext_port)
-{
-	struct port_bits *b = port_bits_get(family, proto_idx(l4proto), addr, false);
-	if (!b)
-		return;
-	__u16 port = bpf_ntohs(ext_port);
-	__u64 bit = 1ULL << (port & 63);
-	__u64 *w = &b->w[(port >> 6) & (PORT_WORDS - 1)];
-	if (*w & bit)
-		__sync_fetch_and_and(w, ~bit);
-}
-
-/*
- * Index of the lowest set bit of x (x != 0), without branches (a branching
- * search would make the verifier walk every outcome as its own path): the
- * number of bits below the lowest set one, counted SWAR-style.
- */
-static __always_inline __u32 lowest_bit(__u64 x)
-{
-	__u64 v = x & -x;
-	/* opaque to clang: it would turn this into cttz, which the BPF backend
-	 * lowers to a table lookup in .rodata, where the config lives */
-	asm volatile("" : "+r"(v));
-	v -= 1;
-	v = v - ((v >> 1) & 0x5555555555555555ULL);
-	v = (v & 0x3333333333333333ULL) + ((v >> 2) & 0x3333333333333333ULL);
-	v = (v + (v >> 4)) & 0x0f0f0f0f0f0f0f0fULL;
-	return (v * 0x0101010101010101ULL) >> 56;
-}
-
 struct alloc_ctx {
 	const struct external_config *cfg;
 	int pidx;
@@ -172,12 +85,6 @@ struct alloc_ctx {
 	__u16 want; /* the internal port */
 	__u8 strict; /* 2: same parity and class, 1: same class, 0: any */
 	__u8 has_low; /* the ranges have ports below 1024 */
-	struct port_bits *bits; /* free-port hint, NULL when unavailable */
-	__u32 wfirst; /* first and last word of the ranges in the hint */
-	__u32 wlast;
-	__u32 wstart; /* word to begin scanning at */
-	__u32 words; /* words spanned by the ranges */
-	__u32 rbit; /* in the first word, prefer bits from here up */
 };
 
 /*
@@ -211,21 +118,14 @@ static __always_inline int range_port(const struct external_config *cfg, int pid
 }
 
 #define E2BIG 7
-#define EEXIST 17
 static __always_inline bool try_claim(struct alloc_ctx *c, __u16 port)
 {
 	c->key.port = bpf_htons(port);
-	struct port_bits *b = c->bits;
-	if (bpf_map_lookup_elem(&map_binding, &c->key)) {
-		if (b)
-			port_bit_set(b, port); /* the hint was behind */
+	if (bpf_map_lookup_elem(&map_binding, &c->key))
 		return false;
-	}
 	long rc = bpf_map_update_elem(&map_binding, &c->key, &c->val, BPF_NOEXIST);
 	if (rc == -E2BIG)
 		c->full = 1; /* no point in trying other ports */
-	if (b && (rc == 0 || rc == -EEXIST))
-		port_bit_set(b, port);
 	return rc == 0;
 }
 
@@ -238,84 +138,6 @@ static long alloc_probe(__u64 i, void *ctx)
 	int port = range_port(c->cfg, c->pidx, idx);
 	if (port >= 0 && port_acceptable(c, port) && try_claim(c, port)) {
 		c->found = port;
-		c->have = 1;
-		return 1;
-	}
-	return c->full ? 1 : 0;
-}
-
-/*
- * All ones when a < b, else 0. The shift is inline assembly so that clang
- * cannot turn the mask arithmetic below back into conditional jumps.
- */
-static __always_inline __u64 lt_mask(__s64 a, __s64 b)
-{
-	__s64 d = a - b;
-	asm volatile("%[d] s>>= 63" : [d] "+r"(d));
-	return (__u64)d;
-}
-#define LT_MASK(a, b) lt_mask((__s64)(a), (__s64)(b))
-
-/*
- * Bits of word wi (ports wi*64 .. wi*64+63) that lie in the ranges. Written
- * without branches (min/max and the validity test are sign masks), as
- * every branch here would multiply the paths the verifier walks.
- */
-static __always_inline __u64 range_mask(const struct external_config *cfg, int pidx, __u32 wi)
-{
-	__s64 base = (__s64)wi * 64, top = base + 63;
-	__s64 len = cfg->range_len[pidx & 3];
-	__u64 m = 0;
-#pragma unroll
-	for (int r = 0; r < EINAT_MAX_RANGES; r++) {
-		const struct port_range *pr = &cfg->ranges[pidx & 3][r];
-		__s64 start = pr->start, end = pr->end;
-		__s64 lo = start + ((base - start) & ~LT_MASK(base, start)); /* max */
-		__s64 hi = top + ((end - top) & LT_MASK(end, top));	     /* min */
-		__u64 valid = LT_MASK(r, len) & ~LT_MASK(hi, lo);
-		m |= valid & (~0ULL >> ((63 - (hi - base)) & 63)) & (~0ULL << ((lo - base) & 63));
-	}
-	return m;
-}
-
-/* Bits of word wi that port_acceptable() would accept. */
-static __always_inline __u64 accept_mask(const struct alloc_ctx *c, __u32 wi)
-{
-	if (c->strict >= 1 && c->has_low && ((wi < 1024 / 64) != (c->want < 1024)))
-		return 0;
-	if (c->strict >= 2)
-		return (c->want & 1) ? 0xaaaaaaaaaaaaaaaaULL : 0x5555555555555555ULL;
-	return ~0ULL;
-}
-
-/*
- * Word i of the scan (from a random word on): claims the first acceptable
- * clear bit of the word. A failed claim (the hint was behind: a restart
- * starts with an empty hint) sets that bit and the scan moves on; a free port
- * skipped that way is found by the next pass or by the linear probe. One
- * claim per call keeps the callback a straight line for the verifier.
- */
-static long alloc_scan(__u64 i, void *ctx)
-{
-	struct alloc_ctx *c = ctx;
-	struct port_bits *b = c->bits;
-	if (!b)
-		return 1;
-	__u32 wi = c->wstart + (__u32)i;
-	if (wi > c->wlast)
-		wi -= c->words;
-	wi &= PORT_WORDS - 1;
-	__u64 cand = ~b->w[wi] & range_mask(c->cfg, c->pidx, wi) & accept_mask(c, wi);
-	if (i == 0) { /* random start within the first word too */
-		__u64 up = cand & (~0ULL << (c->rbit & 63));
-		if (up)
-			cand = up;
-	}
-	if (!cand)
-		return 0;
-	__u32 bit = lowest_bit(cand) & 63;
-	if (try_claim(c, (__u16)(wi * 64 + bit))) {
-		c->found = wi * 64 + bit;
 		c->have = 1;
 		return 1;
 	}
@@ -356,14 +178,9 @@ __noinline int einat_binding_create(const struct packet *p, const struct default
 	for (int r = 0; r < EINAT_MAX_RANGES; r++) {
 		if (r >= cfg->range_len[pidx & 3])
 			break;
-		const struct port_range *pr = &cfg->ranges[pidx & 3][r];
-		total += (__u32)pr->end - pr->start + 1;
-		if (pr->start < 1024)
+		total += (__u32)cfg->ranges[pidx & 3][r].end - cfg->ranges[pidx & 3][r].start + 1;
+		if (cfg->ranges[pidx & 3][r].start < 1024)
 			c.has_low = 1;
-		if (r == 0 || pr->start / 64 < c.wfirst)
-			c.wfirst = pr->start / 64;
-		if (pr->end / 64 > c.wlast)
-			c.wlast = pr->end / 64;
 	}
 	if (total == 0)
 		return STAT_DROP_NO_PORT;
@@ -378,44 +195,21 @@ __noinline int einat_binding_create(const struct packet *p, const struct default
 
 	__u16 want = bpf_ntohs(p->sport);
 	c.want = want;
-	bool in_ranges = port_in_ranges(cfg, pidx, want);
-	if (in_ranges || !alloc_recently_full(full_key(p->family, pidx)))
-		c.bits = port_bits_get(p->family, pidx, &ext->addr, true);
-	if (in_ranges && try_claim(&c, want)) {
+	if (port_in_ranges(cfg, pidx, want) && try_claim(&c, want)) {
 		c.found = want; /* port preservation */
 		c.have = 1;
 	} else if (!c.full && alloc_recently_full(full_key(p->family, pidx))) {
 		return STAT_DROP_NO_PORT; /* the range was full a moment ago */
 	} else if (!c.full) {
-		__u32 rnd = bpf_get_prandom_u32();
-		__u32 words = c.wlast - c.wfirst + 1;
+		c.start = bpf_get_prandom_u32() % total;
 		/* ICMP identifiers have no parity or privilege to keep */
 		c.strict = p->l4proto == IPPROTO_ICMP ? 0 : 2;
-		if (c.bits) {
-			c.words = words;
-			c.wstart = c.wfirst + rnd % words;
-			c.rbit = rnd >> 26;
-			bpf_loop(words, alloc_scan, &c, 0);
-			if (!c.have && !c.full && c.strict) {
-				c.strict = 1;
-				bpf_loop(words, alloc_scan, &c, 0);
-			}
-			if (!c.have && !c.full && c.strict) {
-				c.strict = 0;
-				bpf_loop(words, alloc_scan, &c, 0);
-			}
-		}
-		/* The hint found nothing (or is missing): ask the binding table itself. */
-		c.start = rnd % total;
-		if (!c.have && !c.full && !c.bits && c.strict) {
+		bpf_loop(total, alloc_probe, &c, 0);
+		if (!c.have && !c.full && c.strict) {
+			c.strict = 1;
 			bpf_loop(total, alloc_probe, &c, 0);
-			if (!c.have && !c.full) {
-				c.strict = 1;
-				bpf_loop(total, alloc_probe, &c, 0);
-			}
-			c.strict = 0;
 		}
-		if (!c.have && !c.full) {
+		if (!c.have && !c.full && c.strict) {
 			c.strict = 0;
 			bpf_loop(total, alloc_probe, &c, 0);
 		}
@@ -427,24 +221,23 @@ __noinline int einat_binding_create(const struct packet *p, const struct default
 	if (!c.have)
 		return STAT_DROP_NO_PORT;
 
-	/* c.key (the reply entry) and *out are reused for the original entry: stack is scarce. */
-	__be16 rport = c.key.port;
-	binding_key_init(&c.key, BINDING_ORIG, p->family, p->l4proto, &p->src, p->sport);
-	__builtin_memset(out, 0, sizeof(*out));
-	out->addr = ext->addr;
-	out->port = bpf_htons(c.found);
-	if (bpf_map_update_elem(&map_binding, &c.key, out, BPF_NOEXIST)) {
+	struct binding_key okey;
+	struct binding_value oval;
+	binding_key_init(&okey, BINDING_ORIG, p->family, p->l4proto, &p->src, p->sport);
+	__builtin_memset(&oval, 0, sizeof(oval));
+	oval.addr = ext->addr;
+	oval.port = bpf_htons(c.found);
+	if (bpf_map_update_elem(&map_binding, &okey, &oval, BPF_NOEXIST)) {
 		/* Lost a race with another CPU, or the table is full. */
-		struct binding_value *v = bpf_map_lookup_elem(&map_binding, &c.key);
-		binding_key_init(&c.key, 0, p->family, p->l4proto, &ext->addr, rport);
 		bpf_map_delete_elem(&map_binding, &c.key);
-		port_bit_clear(p->family, p->l4proto, &ext->addr, rport);
+		struct binding_value *v = bpf_map_lookup_elem(&map_binding, &okey);
 		if (!v)
 			return STAT_DROP_BINDING_FULL;
 		*out = *v;
 		return 0;
 	}
 	stat_inc(STAT_NEW_BINDING);
+	*out = oval;
 	return 0;
 }
 
@@ -464,7 +257,6 @@ static __always_inline void binding_put(__u8 family, __u8 l4proto, const union i
 	binding_key_init(&okey, BINDING_ORIG, family, l4proto, &rv->addr, rv->port);
 	bpf_map_delete_elem(&map_binding, &okey);
 	bpf_map_delete_elem(&map_binding, &rkey);
-	port_bit_clear(family, l4proto, ext_addr, ext_port);
 }
 
 /* Deletes a binding that no session took a reference on. */
@@ -480,7 +272,6 @@ static __always_inline void binding_put_unused(__u8 family, __u8 l4proto,
 	binding_key_init(&okey, BINDING_ORIG, family, l4proto, &rv->addr, rv->port);
 	bpf_map_delete_elem(&map_binding, &okey);
 	bpf_map_delete_elem(&map_binding, &rkey);
-	port_bit_clear(family, l4proto, ext_addr, ext_port);
 }
 
 #endif

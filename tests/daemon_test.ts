@@ -5,7 +5,7 @@
  */
 import { assert, assertEquals, assertThrows } from "./lib/assert.ts";
 import { einatCmd, startEinat, stopEinat } from "./lib/einat.ts";
-import { buildVariant } from "./lib/bpfobj.ts";
+import { withVariant } from "./lib/bpfobj.ts";
 import { nsExec, nsExecResult, run, runResult, spawnInNs } from "./lib/netns.ts";
 import { checkKernel, checkPrivileges } from "../lib/preflight.ts";
 
@@ -158,10 +158,7 @@ Deno.test({
     "daemon: a program the kernel refuses gives one line (verifier log in the log), exit 2, nothing left",
   ...sanitize,
   fn: async () => {
-    const tmp = await Deno.makeTempDir();
-    try {
-      const obj = `${tmp}/einat-reject.bpf.o`;
-      await buildVariant("EINAT_TEST_REJECT", obj);
+    await withVariant("EINAT_TEST_REJECT", async (obj) => {
       await withNs(async (ns) => {
         const before = await tcState(ns, "wan0");
         const r = await einatOnce(ns, ["-i", "wan0"], ["env", `EINAT_BPF_OBJECT=${obj}`]);
@@ -170,9 +167,7 @@ Deno.test({
         assert(/the kernel refused the BPF programs.*verifier_log=.*R\d/.test(r.stderr), r.stderr);
         assertEquals(await tcState(ns, "wan0"), before, "nothing attached");
       });
-    } finally {
-      await Deno.remove(tmp, { recursive: true });
-    }
+    });
   },
 });
 

@@ -6,7 +6,7 @@
  */
 import { assert, assertEquals } from "./lib/assert.ts";
 import { withSharedBpffs } from "./lib/bpffs.ts";
-import { buildVariant } from "./lib/bpfobj.ts";
+import { withVariant } from "./lib/bpfobj.ts";
 import { einatCmd, startEinat, stopEinat } from "./lib/einat.ts";
 import { nsExec, nsExecResult, peerCmd, run, runResult } from "./lib/netns.ts";
 import * as bpf from "../lib/ffi/libbpf.ts";
@@ -231,10 +231,7 @@ Deno.test({
     "state: bindings and sessions pinned preallocated (earlier builds) are reused as they are, mappings kept",
   ...sanitize,
   fn: async () => {
-    const tmp = await Deno.makeTempDir();
-    try {
-      const old = `${tmp}/einat-prealloc.bpf.o`;
-      await buildVariant("EINAT_PREALLOC", old);
+    await withVariant("EINAT_PREALLOC", async (old) => {
       await withNs(async (ns, pin) => {
         let p = await startEinat(ns, ["-i", "wan0", "--pin-dir", pin], 15000, {
           EINAT_BPF_OBJECT: old,
@@ -264,9 +261,7 @@ Deno.test({
         assertEquals(await stopEinat(p), 0, p.stderrText());
         assertEquals(pinnedFlags(pin), { map_binding: 1, map_ct: 1 }, "BPF_F_NO_PREALLOC");
       });
-    } finally {
-      await Deno.remove(tmp, { recursive: true });
-    }
+    });
   },
 });
 

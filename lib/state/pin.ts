@@ -297,13 +297,14 @@ export function preparePins(
       const fd = bpf.objGetPinnedOpts(`${dir}/${m}`, { readOnly: true });
       try {
         const info = bpf.mapInfo(fd);
-        if (info.flags !== bpf.mapFlags(map)) {
+        const flags = bpf.mapFlags(map);
+        if (info.flags !== flags) {
           // e.g. preallocated by an older einat: same entries, other allocation mode
           log.info("pinned map keeps its creation flags", {
             ifname,
             map: m,
             pinned: `0x${info.flags.toString(16)}`,
-            object: `0x${bpf.mapFlags(map).toString(16)}`,
+            object: `0x${flags.toString(16)}`,
           });
           bpf.mapSetFlags(map, info.flags);
         }

@@ -27,3 +27,15 @@ export async function buildVariant(define: string, out: string): Promise<void> {
   ]);
   if (cc.code !== 0) throw new Error(`clang -D${define} failed:\n${cc.stderr}`);
 }
+
+/** Builds the `-D<define>` variant into a temporary directory, runs `fn` with its path, cleans up. */
+export async function withVariant<T>(define: string, fn: (obj: string) => Promise<T>): Promise<T> {
+  const tmp = await Deno.makeTempDir();
+  try {
+    const obj = `${tmp}/einat-${define.toLowerCase()}.bpf.o`;
+    await buildVariant(define, obj);
+    return await fn(obj);
+  } finally {
+    await Deno.remove(tmp, { recursive: true });
+  }
+}

@@ -68,29 +68,100 @@ static __always_inline struct external_config *lpm_lookup(void *map, __u8 family
 }
 
 /*
+ * Sends a translated packet straight to an internal host: the FIB names the
+ * interface and next hop towards `to` (hairpinning). The query lives in
+ * per-CPU scratch space: the stack is full. A global function: one verified
+ * copy for the hairpinned packets and the hairpinned ICMP errors.
+ */
+__noinline int einat_redirect_inward(struct __sk_buff *skb, __u32 family, const union ip_addr *to)
+{
+	__u32 zero = 0;
+	struct icmp_scratch *sc = bpf_map_lookup_elem(&map_icmp_scratch, &zero);
+	if (!sc || !to)
+		return drop(STAT_DROP_UNTRANSLATABLE);
+	__builtin_memset(&sc->fib, 0, sizeof(sc->fib));
+	sc->fib.ifindex = skb->ifindex;
+	if (family == 4) {
+		sc->fib.family = AF_INET;
+		sc->fib.ipv4_dst = to->v4;
+	} else {
+		sc->fib.family = AF_INET6;
+		__builtin_memcpy(sc->fib.ipv6_dst, to, 16);
+	}
+	if (bpf_fib_lookup(skb, &sc->fib, sizeof(sc->fib), BPF_FIB_LOOKUP_SKIP_NEIGH) !=
+	    BPF_FIB_LKUP_RET_SUCCESS)
+		return drop(STAT_DROP_UNTRANSLATABLE);
+	stat_inc(STAT_HAIRPIN);
+	return bpf_redirect_neigh(sc->fib.ifindex, NULL, 0, 0);
+}
+
+/* Hands a packet to the router's own stack, untranslated, as if it had arrived from outside. */
+static __always_inline int deliver_locally(struct __sk_buff *skb)
+{
+	stat_inc(STAT_PASS);
+	return bpf_redirect(skb->ifindex, BPF_F_INGRESS);
+}
+
+static __always_inline bool is_hairpin_dest(const struct packet *p)
+{
+	struct external_config *dc = lpm_lookup(&map_externals, p->family, &p->dst);
+	return dc && (dc->flags & EXT_EXTERNAL) && !(dc->flags & EXT_NO_HAIRPIN);
+}
+
+/*
  * An ICMP error leaving: it reports an inbound packet we translated, so the
  * embedded destination is an internal endpoint. Errors the router itself
  * sends (own) keep their outer source but must not leak the embedded one.
+ *
+ * An error from an internal host to one of our external addresses (routed
+ * here by the hairpin rules) reports a hairpinned packet: its embedded
+ * source is another internal host's mapping. It is translated on both
+ * sides (RFC 5508 REQ-7): embedded destination and outer source to the
+ * reporter's mapping, embedded source and outer destination to the other
+ * host's internal endpoint (REQ-7a), and sent to that host. Errors about
+ * anything else sent to our external addresses belong to the router.
  */
 __noinline int einat_egress_icmp_error(struct __sk_buff *skb, struct packet *p, int own)
 {
 	if (!p)
 		return TC_ACT_SHOT;
+	bool hairpin = !own && is_hairpin_dest(p);
 	struct inner in = {};
 	int r = parse_inner(skb, p->family, p->l4_off + sizeof(struct icmphdr), &in);
-	if (r != PARSE_OK) /* an error we cannot map: only the router's own may leave */
+	if (r != PARSE_OK) { /* an error we cannot map: only the router's own may leave */
+		if (hairpin)
+			return deliver_locally(skb);
 		return own ? pass() : drop(STAT_DROP_ICMP_ERROR);
-	struct binding_key okey;
-	binding_key_init(&okey, BINDING_ORIG, p->family, in.l4proto, &in.dst, in.dport);
-	struct binding_value *b = bpf_map_lookup_elem(&map_binding, &okey);
-	if (!b)
+	}
+	struct binding_key key;
+	struct binding_value peer = {};
+	if (hairpin) {
+		binding_key_init(&key, 0, p->family, in.l4proto, &in.src, in.sport);
+		struct binding_value *pb = bpf_map_lookup_elem(&map_binding, &key);
+		/* An echo has one identifier, so echoes are never hairpinned. */
+		if (!pb || in.l4proto == IPPROTO_ICMP)
+			return deliver_locally(skb);
+		peer = *pb;
+	}
+	binding_key_init(&key, BINDING_ORIG, p->family, in.l4proto, &in.dst, in.dport);
+	struct binding_value *b = bpf_map_lookup_elem(&map_binding, &key);
+	if (!b) {
+		if (hairpin)
+			return deliver_locally(skb);
 		return own ? pass() : drop(STAT_DROP_ICMP_ERROR);
+	}
 	struct binding_value bv = *b;
 	if (rewrite_inner(skb, p, &in, false, &bv.addr, bv.port))
 		return drop(STAT_DROP_UNTRANSLATABLE);
 	if (!own && rewrite(skb, p, true, &bv.addr, 0))
 		return drop(STAT_DROP_UNTRANSLATABLE);
 	stat_inc(STAT_ICMP_ERROR_NAT);
+	if (hairpin) {
+		if (rewrite_inner(skb, p, &in, true, &peer.addr, peer.port) ||
+		    rewrite(skb, p, false, &peer.addr, 0))
+			return drop(STAT_DROP_UNTRANSLATABLE);
+		return einat_redirect_inward(skb, p->family, &peer.addr);
+	}
 	traffic_add(skb, true, p->family);
 	return TC_ACT_OK;
 }
@@ -204,30 +275,9 @@ __noinline int einat_hairpin(struct __sk_buff *skb, struct packet *p, struct bin
 		return TC_ACT_SHOT;
 	if (rewrite(skb, p, true, &snat->addr, snat->port))
 		return drop(STAT_DROP_UNTRANSLATABLE);
-	if (p->l4proto == IPPROTO_ICMP) /* one identifier field: it now holds the SNAT id */
-		p->sport = p->dport = snat->port;
 	if (rewrite(skb, p, false, &target->addr, target->port))
 		return drop(STAT_DROP_UNTRANSLATABLE);
-
-	/* The FIB query lives in per-CPU scratch space: the stack is full. */
-	__u32 zero = 0;
-	struct icmp_scratch *sc = bpf_map_lookup_elem(&map_icmp_scratch, &zero);
-	if (!sc)
-		return drop(STAT_DROP_UNTRANSLATABLE);
-	__builtin_memset(&sc->fib, 0, sizeof(sc->fib));
-	sc->fib.ifindex = skb->ifindex;
-	if (p->family == 4) {
-		sc->fib.family = AF_INET;
-		sc->fib.ipv4_dst = target->addr.v4;
-	} else {
-		sc->fib.family = AF_INET6;
-		__builtin_memcpy(sc->fib.ipv6_dst, &target->addr, 16);
-	}
-	if (bpf_fib_lookup(skb, &sc->fib, sizeof(sc->fib), BPF_FIB_LOOKUP_SKIP_NEIGH) !=
-	    BPF_FIB_LKUP_RET_SUCCESS)
-		return drop(STAT_DROP_UNTRANSLATABLE);
-	stat_inc(STAT_HAIRPIN);
-	return bpf_redirect_neigh(sc->fib.ifindex, NULL, 0, 0);
+	return einat_redirect_inward(skb, p->family, &target->addr);
 }
 
 /*
@@ -364,22 +414,28 @@ static __always_inline int egress_family(struct __sk_buff *skb, const __u8 famil
 	if (ext->cfg.range_len[pidx & 3] == 0)
 		return pass(); /* NAT disabled for this protocol */
 
+	/*
+	 * Hairpin: to one of our own external addresses. An echo carries one
+	 * identifier, no port naming an internal host, so pings (and echo
+	 * replies) to the external address are the router's, like those from
+	 * outside: delivered locally, untranslated.
+	 */
+	struct binding_key okey;
+	struct binding_value *target = NULL;
+	if (is_hairpin_dest(pp)) {
+		if (pp->l4proto == IPPROTO_ICMP)
+			return deliver_locally(skb);
+		binding_key_init(&okey, 0, pp->family, pp->l4proto, &pp->dst, pp->dport);
+		target = bpf_map_lookup_elem(&map_binding, &okey);
+		if (!target) /* the router's own service */
+			return deliver_locally(skb);
+	}
+
 	__be16 remote_port = pp->dport;
 	if (pp->l4proto == IPPROTO_ICMP) {
 		if (pp->icmp_type != (pp->family == 4 ? ICMP_ECHO : ICMPV6_ECHO_REQUEST))
 			return drop(STAT_DROP_UNTRANSLATABLE);
 		remote_port = 0;
-	}
-
-	/* Hairpin: to one of our own external addresses. */
-	struct binding_key okey;
-	struct binding_value *target = NULL;
-	struct external_config *dst_cfg = lpm_lookup(&map_externals, pp->family, &pp->dst);
-	if (dst_cfg && (dst_cfg->flags & EXT_EXTERNAL) && !(dst_cfg->flags & EXT_NO_HAIRPIN)) {
-		binding_key_init(&okey, 0, pp->family, pp->l4proto, &pp->dst, pp->dport);
-		target = bpf_map_lookup_elem(&map_binding, &okey);
-		if (!target) /* the router's own service: deliver locally, untranslated */
-			return bpf_redirect(skb->ifindex, BPF_F_INGRESS);
 	}
 
 	binding_key_init(&okey, BINDING_ORIG, pp->family, pp->l4proto, &pp->src, pp->sport);
@@ -424,8 +480,7 @@ static __always_inline int egress_family(struct __sk_buff *skb, const __u8 famil
 		struct ct_value *own_ct = bpf_map_lookup_elem(&map_ct, &ck);
 		if (own_ct)
 			own_ct->flags |= CT_HAIRPIN; /* keeps it off the fast path */
-		ct_key_init(&ck, pp->family, pp->l4proto, &pp->dst, pp->dport, &bv.addr,
-			    pp->l4proto == IPPROTO_ICMP ? 0 : bv.port);
+		ct_key_init(&ck, pp->family, pp->l4proto, &pp->dst, pp->dport, &bv.addr, bv.port);
 		r = einat_ct_touch(&ck, target, false, pp->tcp_flags);
 		if (r)
 			return drop(r);

@@ -27,6 +27,8 @@ import {
 } from "./netlink/rtnl.ts";
 
 const PROTO = { tcp: 6, udp: 17, icmp: 1 } as Record<string, number>;
+/** ICMPv6's protocol number: "icmp" in an IPv6 hairpin route means ICMPv6. */
+const IPPROTO_ICMPV6 = 58;
 /** `protocol kernel`: keeps systemd-networkd from removing the moved local rule. */
 const RTPROT_KERNEL = 2;
 
@@ -110,7 +112,7 @@ export async function hairpinUp(
           family,
           priority: route.ipRulePref,
           iifname: iif,
-          ipProto: PROTO[p],
+          ipProto: family === 6 && p === "icmp" ? IPPROTO_ICMPV6 : PROTO[p],
           table: route.tableId,
         };
         try {

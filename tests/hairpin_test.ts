@@ -7,6 +7,7 @@ import { assert, assertEquals } from "./lib/assert.ts";
 import { startEinat, stopEinat } from "./lib/einat.ts";
 import { nsExec, nsExecResult, peerCmd, withTopology } from "./lib/netns.ts";
 import { parseSeen, parseUdpReplies } from "./lib/peer.ts";
+import { capture } from "./lib/capture.ts";
 
 const sanitize = { sanitizeOps: false, sanitizeResources: false };
 
@@ -138,3 +139,74 @@ Deno.test({
       }
     }),
 });
+
+for (const family of [4, 6] as const) {
+  Deno.test({
+    name:
+      `hairpin IPv${family}: an internal host's ICMP error about a hairpinned packet reaches the sender (RFC 5508 REQ-7); a ping to the external address is answered by the router`,
+    ...sanitize,
+    fn: () =>
+      withTopology(async (t) => {
+        const a = family === 4 ? t.addrs.v4 : t.addrs.v6;
+        const hostPort = (addr: string, port: number) =>
+          family === 4 ? `${addr}:${port}` : `[${addr}]:${port}`;
+        const echo = t.spawn(
+          t.ns.srv1,
+          peerCmd("udp-echo", ["--port", "3478", "--timeout-ms", "30000"]),
+        );
+        await echo.waitForStdout(/listening/);
+        const einat = await startEinat(
+          t.ns.router,
+          ["-i", "wan0", "--hairpin-if", "br0", ...(family === 6 ? ["--nat66"] : [])],
+        );
+        try {
+          // lan2 gets a mapping from port 5000, then stops listening there.
+          const out = await nsExecResult(
+            t.ns.lan2,
+            peerCmd("udp-send", [
+              "--to",
+              hostPort(a.srv1[0], 3478),
+              "--from-port",
+              "5000",
+              "--timeout-ms",
+              "3000",
+            ]),
+          );
+          assertEquals(out.code, 0, out.stdout + out.stderr);
+          const lan2Ext = parseUdpReplies(out.stdout)[0].seen;
+          const extPort = Number(lan2Ext.slice(lan2Ext.lastIndexOf(":") + 1));
+          const cap = await capture(t, t.ns.lan1, "eth0", family === 4 ? "icmp" : "icmp6");
+          // lan1 sends to that mapping: hairpinned to lan2:5000, which answers port unreachable.
+          await nsExecResult(
+            t.ns.lan1,
+            peerCmd("udp-send", ["--to", lan2Ext, "--from-port", "6000", "--timeout-ms", "1500"]),
+          );
+          const ping = await nsExecResult(t.ns.lan1, [
+            "ping",
+            `-${family}`,
+            "-c",
+            "1",
+            "-W",
+            "2",
+            a.routerWan,
+          ]);
+          const lines = await cap.stop();
+          const text = lines.join("\n");
+          const unreachable = family === 4
+            ? new RegExp(
+              `IP ${a.routerWan} > ${a.lan1}: ICMP ${a.routerWan} udp port ${extPort} unreachable`,
+            )
+            : new RegExp(
+              `IP6 ${a.routerWan} > ${a.lan1}: ICMP6, destination unreachable, unreachable port, ${a.routerWan} udp port ${extPort}`,
+            );
+          assert(
+            unreachable.test(text),
+            `lan1 did not get lan2's error from lan2's external address:\n${text}\n${einat.stderrText()}`,
+          );
+          assertEquals(ping.code, 0, `ping to the external address: ${ping.stdout}${ping.stderr}`);
+        } finally {
+          assertEquals(await stopEinat(einat), 0, einat.stderrText());
+        }
+      }, { ipv6: family === 6 }),
+  });
+}

@@ -20,7 +20,13 @@ import {
   type PacketSpec,
   parsePacket,
 } from "./lib/packet.ts";
-import { loadTestNat, TC_ACT_OK, TC_ACT_SHOT, testInterfaceConfig } from "./lib/natfixture.ts";
+import {
+  loadTestNat,
+  TC_ACT_OK,
+  TC_ACT_REDIRECT,
+  TC_ACT_SHOT,
+  testInterfaceConfig,
+} from "./lib/natfixture.ts";
 
 const EXT4 = "203.0.113.1";
 const EXT6 = "2001:db8:2::1";
@@ -321,6 +327,80 @@ for (const family of [4, 6] as const) {
       const p = parsePacket(n.runRaw("ingress", err).bytes);
       assertEquals([p.dst, p.inner!.src, p.inner!.icmpId], [LAN, LAN, 4242]);
       assert(p.l4ChecksumOk && p.inner!.l4ChecksumOk && p.inner!.ipChecksumOk);
+    } finally {
+      n.close();
+    }
+  });
+}
+
+// --- hairpinned ICMP (RFC 5508 REQ-7) ------------------------------------------
+
+for (const family of [4, 6] as const) {
+  const EXT = family === 4 ? EXT4 : EXT6;
+  const SRV = family === 4 ? SRV4 : SRV6;
+  const A = family === 4 ? "192.0.2.10" : "2001:db8:1::10";
+  const B = family === 4 ? "192.0.2.20" : "2001:db8:1::20";
+  const unreach = family === 4 ? { icmpType: 3, icmpCode: 3 } : { icmpType: 1, icmpCode: 4 };
+
+  Deno.test(`hairpinned ICMPv${family} error (RFC 5508 REQ-7): both sides translated, sent to the sender`, async () => {
+    const n = await loadTestNat(cfg66(), EXTS);
+    try {
+      const a = n.egress(udp(family, A, 40000, SRV, 53)).out.sport!;
+      const b = n.egress(udp(family, B, 41000, SRV, 53)).out.sport!;
+      // A reaches B's mapping through the external address: B sees EXT:a.
+      const hp = n.egress(udp(family, A, 40000, EXT, b));
+      assertEquals([hp.out.src, hp.out.sport, hp.out.dst, hp.out.dport], [EXT, a, B, 41000]);
+      // B's port is closed: its error about that packet goes to EXT.
+      const err = buildIcmpError({ family, src: B, dst: EXT, ...unreach }, ipOnly(hp.bytes));
+      const r = n.runRaw("egress", err);
+      const p = parsePacket(r.bytes);
+      assertEquals([p.src, p.dst, p.icmpType, p.icmpCode], [
+        EXT,
+        A,
+        unreach.icmpType,
+        unreach.icmpCode,
+      ], "outer: from B's mapping to A, the embedded source (REQ-7a)");
+      assertEquals([p.inner!.src, p.inner!.sport, p.inner!.dst, p.inner!.dport], [
+        A,
+        40000,
+        EXT,
+        b,
+      ], "embedded: A's own packet as A sent it");
+      assert(p.ipChecksumOk && p.l4ChecksumOk, "outer checksums");
+      assert(p.inner!.ipChecksumOk && p.inner!.l4ChecksumOk, "embedded checksums");
+      // This namespace has no route to A: the FIB lookup fails and the packet is dropped
+      // after translation; in a router the verdict is a redirect (tests/hairpin_test.ts).
+      assert(r.retval === TC_ACT_REDIRECT || r.retval === TC_ACT_SHOT, `verdict ${r.retval}`);
+
+      // An error to EXT about a packet no mapping explains is the router's: untouched, local.
+      const stray = buildIcmpError(
+        { family, src: B, dst: EXT, ...unreach },
+        ipOnly(buildPacket(udp(family, EXT, 45678, B, 41000))),
+      );
+      assertEquals(n.runRaw("egress", stray), { retval: TC_ACT_REDIRECT, bytes: stray });
+    } finally {
+      n.close();
+    }
+  });
+
+  Deno.test(`ICMPv${family} echo from inside to the external address is answered by the router, even when an internal host holds that identifier`, async () => {
+    const n = await loadTestNat(cfg66(), EXTS);
+    try {
+      const echo = (src: string, dst: string, id: number): PacketSpec => ({
+        family,
+        src,
+        dst,
+        proto: "icmp",
+        icmpType: family === 4 ? 8 : 128,
+        icmpId: id,
+        icmpSeq: 1,
+        payload: new Uint8Array(8),
+      });
+      const y = n.egress(echo(B, SRV, 100)).out.icmpId!; // B holds external identifier y
+      const ping = buildPacket(echo(A, EXT, y));
+      assertEquals(n.runRaw("egress", ping), { retval: TC_ACT_REDIRECT, bytes: ping });
+      const reply = buildPacket({ ...echo(A, EXT, y), icmpType: family === 4 ? 0 : 129 });
+      assertEquals(n.runRaw("egress", reply), { retval: TC_ACT_REDIRECT, bytes: reply });
     } finally {
       n.close();
     }

@@ -494,7 +494,7 @@ export function parseCli(args: string[], options: ParseConfigOptions = {}): CliR
   for (const route of [iface.ipv4HairpinRoute, iface.ipv6HairpinRoute]) {
     route.internalIfNames = [...hairpinIfs];
     route.enable = hairpinIfs.length > 0;
-    route.ipProtocols = ["tcp", "udp"];
+    route.ipProtocols = [...DEFAULTS.ipProtocols];
   }
 
   if (values.flush) return { kind: "flush", pinDir: state.pinDir, interfaces: [iface], logLevel };

@@ -152,7 +152,7 @@ Deno.test("--hairpin-if and --internal take several values", () => {
   for (const route of [i.ipv4HairpinRoute, i.ipv6HairpinRoute]) {
     equal(route.enable, true);
     deepStrictEqual(route.internalIfNames, ["lo", "lan0"]);
-    deepStrictEqual(route.ipProtocols, ["tcp", "udp"]);
+    deepStrictEqual(route.ipProtocols, ["tcp", "udp", "icmp"]);
     equal(route.ipRulePref, 100);
     equal(route.tableId, 4787);
   }

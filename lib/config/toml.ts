@@ -95,7 +95,12 @@ export const DEFAULTS = {
   /** TOML default; an interface built from CLI flags gets false (see cli.ts). */
   preferTcx: true,
   defaultExternals: true,
-  ipProtocols: ["tcp", "udp"],
+  /**
+   * einat-ebpf leaves ICMP out. We route it too: errors from internal hosts about hairpinned
+   * packets must be turned around (RFC 5508 REQ-7, a MUST), and echoes to the external
+   * address are still answered by the router.
+   */
+  ipProtocols: ["tcp", "udp", "icmp"],
   fragTrackMaxRecords: 65536,
   bindingMaxRecords: 65536 * 3,
   /** Timeouts in milliseconds. */

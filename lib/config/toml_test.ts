@@ -83,7 +83,7 @@ Deno.test("minimal interface: every default applied", () => {
     deepStrictEqual(r, {
       enable: false,
       internalIfNames: [],
-      ipProtocols: ["tcp", "udp"],
+      ipProtocols: ["tcp", "udp", "icmp"],
       ipRulePref: 100,
       tableId: 4787,
     });

@@ -667,7 +667,9 @@ export function checkPacket(
       } else if (
         !(d.proto !== P_TCP && d.proto !== P_UDP && d.icmpType !== (fam === 4 ? 0 : 129))
       ) {
-        if (view.get(false, fam, keyProto(d.proto), d.dst, d.dport)) {
+        const to = view.get(false, fam, keyProto(d.proto), d.dst, d.dport);
+        // a binding of the NAT host's own (an inbound ping's identifier) maps to itself
+        if (to && !sameEndpoint({ addr: d.dst, port: d.dport }, to)) {
           v.push("packet to a mapped endpoint passed untranslated");
         }
       }
@@ -717,6 +719,15 @@ export function checkPacket(
   const localOnly = d.src.every((x) => x === 0) ||
     (fam === 6 && d.src[0] === 0xfe && (d.src[1] & 0xc0) === 0x80);
   const own = eq(d.src, extOf(fam)) || localOnly;
+  // From inside to our external address (the hairpin rules route it here): ICMP naming no
+  // internal host goes to the router untouched; an error about a hairpinned packet is turned
+  // around to the host that sent that packet (RFC 5508 REQ-7).
+  if (
+    !own && eq(d.dst, extOf(fam)) && (d.proto === P_ICMP || d.proto === P_ICMP6) &&
+    d.frag !== 2 && (isEcho(fam, d.icmpType) || (isErr(fam, d.icmpType) && d.frag === 0))
+  ) {
+    return checkIcmpToExternal(d, verdict, input, out, view, v);
+  }
   if (
     d.status === "pass" &&
     ["icmp-error-untranslatable", "icmp-error-fragment", "icmp-other"].includes(d.passReason ?? "")
@@ -843,6 +854,57 @@ export function checkPacket(
   if (!eq(od.dst, d.dst) || (!icmp && od.dport !== d.dport)) v.push("destination changed");
   if (icmp && od.sport !== snat?.port) v.push("echo identifier is not the binding's");
   return res("translated");
+}
+
+/** ICMP from inside to the external address: the router's, or a hairpinned error. */
+function checkIcmpToExternal(
+  d: Dissected,
+  verdict: number,
+  input: Uint8Array,
+  out: Uint8Array,
+  view: BindingView,
+  v: string[],
+): PacketCheck {
+  const fam = d.family as 4 | 6;
+  const res = (outcome: string): PacketCheck => ({ violations: v, outcome });
+  const n = d.status === "ok" ? d.inner : undefined;
+  const echoInner = n && (n.proto === P_ICMP || n.proto === P_ICMP6);
+  const peer = n && !echoInner ? view.get(false, fam, keyProto(n.proto), n.src, n.sport) : null;
+  const snat = n && !echoInner ? view.get(true, fam, keyProto(n.proto), n.dst, n.dport) : null;
+  if (!peer || !snat) {
+    if (verdict !== TC_ACT_REDIRECT || !eq(input, out)) {
+      v.push(
+        `ICMP to the external address naming no internal host: expected to reach the router ` +
+          `untouched, got verdict ${verdict} changed=${!eq(input, out)}`,
+      );
+    }
+    return res("redirect-own");
+  }
+  // A (mutated) sender outside the LAN networks has no route: the FIB lookup fails, a drop.
+  if (verdict === TC_ACT_SHOT && !isInternal(peer.addr)) return res("drop");
+  if (verdict !== TC_ACT_REDIRECT) v.push(`hairpinned ICMP error: verdict ${verdict}`);
+  const allowed = allowedOffsets(d);
+  for (let i = 0; i < input.length; i++) {
+    if (input[i] !== out[i] && !allowed.has(i)) {
+      v.push(`byte ${i} changed outside addresses/ports/checksums`);
+      break;
+    }
+  }
+  checkResiduals(input, out, d, v);
+  const od = dissect(out), on = od.inner;
+  if (!eq(od.src, snat.addr)) {
+    v.push("hairpinned error: outer source is not the reporter's mapping");
+  }
+  if (!eq(od.dst, peer.addr)) {
+    v.push("hairpinned error: outer destination is not the embedded source (REQ-7a)");
+  }
+  if (!on || !sameEndpoint({ addr: on.src, port: on.sport }, peer)) {
+    v.push("hairpinned error: embedded source is not the sender's internal endpoint");
+  }
+  if (!on || !sameEndpoint({ addr: on.dst, port: on.dport }, snat)) {
+    v.push("hairpinned error: embedded destination is not the reporter's mapping");
+  }
+  return res("hairpin-error");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1002,9 +1064,12 @@ export class FuzzState {
   ingressOut: Uint8Array[] = [];
   /** Egress packets' IP bytes as sent, to build fragments and truncations from. */
   recent: Uint8Array[] = [];
+  /** Hairpinned packets as delivered (IP bytes), for errors about them (RFC 5508 REQ-7). */
+  hairpinOut: Uint8Array[] = [];
 
   /** Records what a run did. */
   observe(g: Gen, verdict: number, out: Uint8Array, c: PacketCheck): void {
+    if (c.outcome === "hairpin" && !dissect(out).inner) ring(this.hairpinOut, out.slice(L3));
     if (c.outcome !== "translated" || verdict !== TC_ACT_OK) return;
     const d = dissect(out);
     if (d.family === 0 || d.frag === 2) return;
@@ -1329,7 +1394,13 @@ export class Generator {
   /** An ICMP error: egress from an internal host, or ingress from a remote router. */
   private icmpError(dir: "egress" | "ingress"): Uint8Array {
     const r = this.rng;
-    const pool = dir === "egress" ? this.st.ingressOut : this.st.egressOut;
+    // from inside to the external address: about a hairpinned packet (or anything else)
+    const toExt = dir === "egress" && r.chance(0.2);
+    const pool = toExt && this.st.hairpinOut.length && r.chance(0.8)
+      ? this.st.hairpinOut
+      : dir === "egress"
+      ? this.st.ingressOut
+      : this.st.egressOut;
     let inner: Uint8Array;
     let f: 4 | 6;
     if (pool.length && r.chance(0.85)) {
@@ -1386,7 +1457,7 @@ export class Generator {
       ? [[3, 3], [3, 4], [3, 1], [3, 13], [11, 0], [12, 0], [4, 0], [5, 1]]
       : [[1, 4], [1, 0], [2, 0], [3, 0], [4, 0], [4, 1]];
     const [type, code] = r.pick(types);
-    const dst = dir === "egress" ? this.remote(f) : (f === 4 ? EXT4 : EXT6);
+    const dst = dir === "egress" && !toExt ? this.remote(f) : (f === 4 ? EXT4 : EXT6);
     return buildIcmpError({
       family: f,
       src,

@@ -498,6 +498,35 @@ static __always_inline int egress_family(struct __sk_buff *skb, const __u8 famil
 	return TC_ACT_OK;
 }
 
+static __always_inline bool is_external_dest(const struct packet *p)
+{
+	struct external_config *dc = lpm_lookup(&map_externals, p->family, &p->dst);
+	return dc && (dc->flags & EXT_EXTERNAL);
+}
+
+/*
+ * The first fragment of an inbound datagram has passed: when it was not
+ * translated but goes to our external address (the router's own), its
+ * datagram is recorded as staying where it is, so its later fragments are
+ * not held; then the held ones are released (frag.h). Returns the verdict.
+ */
+__noinline int einat_ingress_first_fragment(struct __sk_buff *skb, struct packet *p)
+{
+	union ip_addr to;
+	if (!p)
+		return TC_ACT_SHOT;
+	if (!einat_frag_lookup(p, false, &to)) {
+		if (!is_external_dest(p))
+			return TC_ACT_OK;
+		einat_frag_record(p, false, &p->dst);
+	}
+	if (einat_frag_release(skb, p))
+		return drop(STAT_DROP_FRAGMENT);
+	return TC_ACT_OK;
+}
+
+static __always_inline int ingress_l4(struct __sk_buff *skb, struct packet *pp, const __u8 family);
+
 static __always_inline int ingress_family(struct __sk_buff *skb, const __u8 family)
 {
 	__u32 pkt_idx = 0;
@@ -512,8 +541,14 @@ static __always_inline int ingress_family(struct __sk_buff *skb, const __u8 fami
 
 	if (pp->frag == FRAG_LATER) {
 		union ip_addr to;
-		if (!einat_frag_lookup(pp, false, &to))
-			return pass(); /* first fragment not seen (yet): cannot be mapped */
+		if (!einat_frag_lookup(pp, false, &to)) {
+			/* first fragment not seen yet: keep a copy for when it comes */
+			if (is_external_dest(pp) && einat_frag_hold(skb, pp)) {
+				stat_inc(STAT_FRAGMENT_HELD);
+				return TC_ACT_SHOT;
+			}
+			return pass();
+		}
 		if (rewrite(skb, pp, false, &to, 0))
 			return drop(STAT_DROP_UNTRANSLATABLE);
 		stat_inc(STAT_FRAGMENT_NAT);
@@ -521,6 +556,16 @@ static __always_inline int ingress_family(struct __sk_buff *skb, const __u8 fami
 		return TC_ACT_OK;
 	}
 
+	r = ingress_l4(skb, pp, family);
+	if (pp->frag == FRAG_FIRST && r == TC_ACT_OK)
+		return einat_ingress_first_fragment(skb, pp);
+	return r;
+}
+
+/* An unfragmented packet or a first fragment, to a binding or not. */
+static __always_inline int ingress_l4(struct __sk_buff *skb, struct packet *pp, const __u8 family)
+{
+	int r;
 	__be16 remote_port = pp->sport;
 	if (pp->l4proto == IPPROTO_ICMP) {
 		if (pp->icmp_type == (pp->family == 4 ? ICMP_ECHO : ICMPV6_ECHO_REQUEST))

@@ -6,6 +6,7 @@ import { assert, assertEquals, assertNotEquals } from "./lib/assert.ts";
 import { startEinat, stopEinat } from "./lib/einat.ts";
 import { startUdpEchoes, udpToEach } from "./lib/traffic.ts";
 import { parseSeen, parseUdpReplies } from "./lib/peer.ts";
+import { buildPacket, fragment } from "./lib/packet.ts";
 import { nsExec, nsExecResult, peerCmd, run, runResult, withTopology } from "./lib/netns.ts";
 
 const sanitize = { sanitizeOps: false, sanitizeResources: false };
@@ -281,6 +282,73 @@ Deno.test({
       }
     }),
 });
+
+for (const family of [4, 6] as const) {
+  Deno.test({
+    name:
+      `e2e: an inbound IPv${family} datagram whose later fragment arrives before its first reaches the LAN host (RFC 4787 REQ-14)`,
+    ...sanitize,
+    fn: () =>
+      withTopology(async (t) => {
+        const a = family === 4 ? t.addrs.v4 : t.addrs.v6;
+        const hp = (h: string, p: number) => family === 4 ? `${h}:${p}` : `[${h}]:${p}`;
+        const einat = await startEinat(t.ns.router, ["-i", "wan0", "--nat44", "--nat66"]);
+        try {
+          const echo = t.spawn(
+            t.ns.srv1,
+            peerCmd("udp-echo", ["--port", "3478", "--count", "1", "--timeout-ms", "8000"]),
+          );
+          await echo.waitForStdout(/listening/);
+          // lan1 makes its mapping, then answers whatever reaches it
+          const lan1 = t.spawn(
+            t.ns.lan1,
+            peerCmd("udp-send", [
+              "--to",
+              hp(a.srv1[0], 3478),
+              "--from-port",
+              "5000",
+              "--linger-ms",
+              "6000",
+              "--timeout-ms",
+              "10000",
+            ]),
+          );
+          await lan1.waitForStdout(/ from /, 5000);
+          const ext = parseUdpReplies(lan1.stdoutText())[0].seen;
+          const extPort = Number(ext.slice(ext.lastIndexOf(":") + 1));
+          // srv1 sends a 1000-byte datagram to that mapping in two fragments, the later first
+          const frame = buildPacket({
+            family,
+            src: a.srv1[0],
+            dst: a.routerWan,
+            proto: "udp",
+            sport: 3479,
+            dport: extPort,
+            payload: new Uint8Array(1000).fill(0x66),
+          });
+          const [f1, f2] = fragment(frame, family, 0x5151, 512);
+          const hex = (f: Uint8Array) =>
+            [...f.slice(14)].map((b) => b.toString(16).padStart(2, "0")).join("");
+          const sent = await nsExecResult(
+            t.ns.srv1,
+            peerCmd("raw-send", ["--packet", hex(f2), "--packet", hex(f1), "--gap-ms", "50"]),
+          );
+          assertEquals(sent.code, 0, sent.stdout + sent.stderr);
+          await lan1.waitForStdout(
+            new RegExp(`seen ${hp(a.srv1[0], 3479).replace(/[[\].]/g, "\\$&")}`),
+            3000,
+          )
+            .catch(() => {
+              throw new Error(
+                `lan1 did not receive the datagram:\n${lan1.stdoutText()}\n${einat.stderrText()}`,
+              );
+            });
+        } finally {
+          assertEquals(await stopEinat(einat), 0, einat.stderrText());
+        }
+      }, { ipv6: family === 6 }),
+  });
+}
 
 Deno.test({
   name:

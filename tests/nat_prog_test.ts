@@ -13,13 +13,12 @@ import {
   CT_VALUE_LAYOUT,
   decodeCtKey,
   decodeCtValue,
-  STATS,
-  sumPerCpu,
 } from "../lib/nat/codec.ts";
 import { buildPacket, type PacketSpec, parsePacket } from "./lib/packet.ts";
 import {
   loadTestNat,
   ranges,
+  stat,
   TC_ACT_OK,
   TC_ACT_REDIRECT,
   TC_ACT_SHOT,
@@ -67,14 +66,6 @@ function sessions(fd: number) {
 
 function bindingCount(fd: number): number {
   return [...bpf.mapEntries(fd, BINDING_KEY_LAYOUT.size, BINDING_VALUE_LAYOUT.size)].length;
-}
-
-function stat(fd: number, name: typeof STATS[number]): bigint {
-  const key = new Uint8Array(4);
-  new DataView(key.buffer).setUint32(0, STATS.indexOf(name), true);
-  const ncpu = navigator.hardwareConcurrency;
-  const v = bpf.mapLookup(fd, key, 8 * ncpu);
-  return v ? sumPerCpu(v) : 0n;
 }
 
 Deno.test("egress UDP gets SNAT to the external address with valid checksums", async () => {

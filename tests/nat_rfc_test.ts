@@ -16,12 +16,14 @@ import { formatAddr, parseAddr } from "../lib/config/cidr.ts";
 import {
   buildIcmpError,
   buildPacket,
+  fragment,
   internetChecksum,
   type PacketSpec,
   parsePacket,
 } from "./lib/packet.ts";
 import {
   loadTestNat,
+  stat,
   TC_ACT_OK,
   TC_ACT_REDIRECT,
   TC_ACT_SHOT,
@@ -420,41 +422,6 @@ Deno.test("ICMP error about traffic the NAT never mapped passes untouched (route
 
 // --- fragments ---------------------------------------------------------------
 
-/** Splits an unfragmented frame into fragments at `cut` bytes of IP payload (multiple of 8). */
-function fragment(
-  frame: Uint8Array,
-  family: 4 | 6,
-  id: number,
-  cut: number,
-): [Uint8Array, Uint8Array] {
-  const hl = family === 4 ? 20 : 40;
-  const ip = frame.slice(14);
-  const body = ip.slice(hl);
-  const eth = frame.slice(0, 14);
-  const mk = (part: Uint8Array, off: number, more: boolean) => {
-    if (family === 4) {
-      const h = ip.slice(0, hl);
-      const v = new DataView(h.buffer);
-      v.setUint16(2, hl + part.length);
-      v.setUint16(4, id);
-      v.setUint16(6, (more ? 0x2000 : 0) | (off >> 3));
-      v.setUint16(10, 0);
-      v.setUint16(10, internetChecksum(h));
-      return new Uint8Array([...eth, ...h, ...part]);
-    }
-    const h = ip.slice(0, hl);
-    const next = h[6];
-    h[6] = 44;
-    new DataView(h.buffer).setUint16(4, 8 + part.length);
-    const fh = new Uint8Array(8);
-    fh[0] = next;
-    new DataView(fh.buffer).setUint16(2, off | (more ? 1 : 0));
-    new DataView(fh.buffer).setUint32(4, id);
-    return new Uint8Array([...eth, ...h, ...fh, ...part]);
-  };
-  return [mk(body.slice(0, cut), 0, true), mk(body.slice(cut), cut, false)];
-}
-
 for (const family of [4, 6] as const) {
   const EXT = family === 4 ? EXT4 : EXT6;
   const LAN = family === 4 ? LAN4 : LAN6;
@@ -490,17 +457,73 @@ for (const family of [4, 6] as const) {
     }
   });
 
-  Deno.test(`fragments v${family}: out of order outbound still gets the external address; inbound later fragment without its first is not translated`, async () => {
+  Deno.test(`fragments v${family}: out of order outbound still gets the external address; an inbound later fragment before its first is held, then released when the first is translated`, async () => {
     const n = await loadTestNat(cfg66(), EXTS);
+    const stats = n.nat.maps.stats;
     try {
       const [f1, f2] = fragment(buildPacket(udp(family, LAN, 40001, SRV, 53)), family, 0x4321, 16);
       const late = parsePacket(n.runRaw("egress", f2).bytes);
       assertEquals(late.src, EXT, "later fragment first: no internal address leaks");
       assert(late.ipChecksumOk);
-      assertEquals(parsePacket(n.runRaw("egress", f1).bytes).src, EXT);
+      const ext = parsePacket(n.runRaw("egress", f1).bytes).sport!;
 
-      const [, g2] = fragment(buildPacket(udp(family, SRV, 53, EXT, 25000)), family, 0x77, 16);
-      assertEquals(n.runRaw("ingress", g2).bytes, g2);
+      const [g1, g2] = fragment(buildPacket(udp(family, SRV, 53, EXT, ext)), family, 0x77, 16);
+      assertEquals(n.runRaw("ingress", g2).retval, TC_ACT_SHOT, "later fragment held");
+      assertEquals(stat(stats, "fragment_held"), 1n);
+      assertEquals(n.runRaw("ingress", g2).retval, TC_ACT_SHOT, "a duplicate is held too");
+      const first = n.runRaw("ingress", g1);
+      assertEquals(first.retval, TC_ACT_OK);
+      assertEquals(first.bytes.length, g1.length, "the first fragment restored after the replay");
+      const p1 = parsePacket(first.bytes);
+      assertEquals([p1.src, p1.dst, p1.dport], [SRV, LAN, 40001]);
+      assert(p1.ipChecksumOk);
+      // the held copies were replayed (cloned into ingress) and their slots freed
+      assertEquals(stat(stats, "fragment_released"), 2n);
+      const holdFd = bpf.mapFd(bpf.findMap(n.nat.obj, "map_frag_hold"));
+      assertEquals([...bpf.mapEntries(holdFd, 40 + 4, 16 + 1600)].length, 0);
+      // after the first, later fragments are translated straight away
+      assertEquals(parsePacket(n.runRaw("ingress", g2).bytes).dst, LAN);
+
+      // The router's own datagram (no binding): held, then released untranslated with its
+      // first, and later copies pass untouched.
+      const [h1, h2] = fragment(buildPacket(udp(family, SRV, 53, EXT, 22)), family, 0x78, 16);
+      assertEquals(n.runRaw("ingress", h2).retval, TC_ACT_SHOT);
+      assertEquals(n.runRaw("ingress", h1), { retval: TC_ACT_OK, bytes: h1 });
+      assertEquals(stat(stats, "fragment_released"), 3n);
+      assertEquals(n.runRaw("ingress", h2), { retval: TC_ACT_OK, bytes: h2 });
+
+      // Not to an external address: not ours to hold.
+      const [, k2] = fragment(buildPacket(udp(family, SRV, 53, LAN, 22)), family, 0x79, 16);
+      assertEquals(n.runRaw("ingress", k2), { retval: TC_ACT_OK, bytes: k2 });
+    } finally {
+      n.close();
+    }
+  });
+
+  Deno.test(`fragments v${family}: held fragments are bounded per datagram and in all; a flood does not disturb unfragmented traffic (REQ-14a)`, async () => {
+    const n = await loadTestNat(cfg66(), EXTS);
+    const stats = n.nat.maps.stats;
+    try {
+      const ext = n.egress(udp(family, LAN, 40003, SRV, 53)).out.sport!;
+      // 5 later fragments of one datagram: 4 slots, then they pass untranslated.
+      const verdicts = [];
+      for (let off = 1; off <= 5; off++) {
+        const [, g] = fragment(buildPacket(udp(family, SRV, 53, EXT, ext)), family, 0x500, 8 * off);
+        verdicts.push(n.runRaw("ingress", g).retval);
+      }
+      assertEquals(verdicts, [2, 2, 2, 2, 0]);
+      // a flood of 1000 unmatched datagrams: the LRU keeps at most 128 held
+      for (let i = 0; i < 1000; i++) {
+        const [, g] = fragment(buildPacket(udp(family, SRV, 53, EXT, ext)), family, 0x1000 + i, 16);
+        n.runRaw("ingress", g);
+      }
+      const holdFd = bpf.mapFd(bpf.findMap(n.nat.obj, "map_frag_hold"));
+      const held = [...bpf.mapEntries(holdFd, 40 + 4, 16 + 1600)].length;
+      assert(held <= 128, `${held} held`);
+      assert(stat(stats, "fragment_held") >= 128n);
+      // unfragmented traffic is untouched by it
+      const r = n.ingress(udp(family, SRV, 53, EXT, ext));
+      assertEquals([r.retval, r.out.dst, r.out.dport], [TC_ACT_OK, LAN, 40003]);
     } finally {
       n.close();
     }

@@ -3,11 +3,23 @@
  * Fragments (RFC 4787 REQ-14): the first fragment carries the L4 header and
  * is translated like any packet; its translation is recorded under
  * (addresses, protocol, IP ID) so the later fragments, which have no ports,
- * get the same address. A later fragment that arrives before the first:
- * on egress it gets the default external address (the only one a new mapping
- * can have), so out-of-order outbound datagrams work and nothing leaks; on
- * ingress it cannot be mapped without its ports and passes untranslated to
- * the router's own stack.
+ * get the same address.
+ *
+ * A later fragment that arrives before its first:
+ * - on egress it gets the default external address (the only one a new
+ *   mapping can have), so out-of-order outbound datagrams work and nothing
+ *   leaks;
+ * - on ingress, to one of our external addresses, a copy of it is held
+ *   (map_frag_hold) and the packet dropped. When the first fragment arrives
+ *   and is translated (or found to be the router's own), each held fragment
+ *   is written over the skb and cloned back into ingress
+ *   (bpf_clone_redirect), where it now meets the recorded translation; then
+ *   the first fragment is restored and goes on. Bounds: FRAG_HOLD_SLOTS
+ *   fragments per datagram, FRAG_HOLD_BYTES of IP packet each,
+ *   FRAG_HOLD_MAX held in all (an LRU: a flood of unmatched fragments only
+ *   evicts held fragments, never touches unfragmented traffic, REQ-14a),
+ *   each kept for timeout_fragment. Anything beyond the bounds passes
+ *   untranslated, as before.
  */
 #ifndef EINAT_FRAG_H
 #define EINAT_FRAG_H
@@ -26,7 +38,6 @@ static __always_inline void frag_key_init(struct frag_key *k, const struct packe
 	k->dst = p->dst;
 }
 
-/* Records the new address for the rest of the datagram p starts. */
 /*
  * Records the new address for the rest of the datagram p starts. Global
  * functions keep the fragment key off the hot path's stack.
@@ -59,6 +70,130 @@ __noinline int einat_frag_lookup(const struct packet *p, int egress, union ip_ad
 	}
 	*out = v->addr;
 	return 1;
+}
+
+#define FRAG_HOLD_SLOTS 4
+#define FRAG_HOLD_BYTES 1600 /* IP bytes: a 1500-byte MTU with room */
+#define FRAG_HOLD_MAX 128
+
+struct frag_hold_key {
+	struct frag_key fk;
+	__u32 slot;
+};
+
+struct frag_hold {
+	__u64 expires_ns;
+	__u32 len;
+	__u32 _pad;
+	__u8 ip[FRAG_HOLD_BYTES];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct frag_hold_key);
+	__type(value, struct frag_hold);
+	__uint(max_entries, FRAG_HOLD_MAX);
+} map_frag_hold SEC(".maps");
+
+/* Per-CPU room to build a held entry, and to keep the first fragment while the held ones go. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, struct frag_hold);
+	__uint(max_entries, 1);
+} map_frag_hold_scratch SEC(".maps");
+
+/* Holds a copy of an ingress later fragment whose first is unknown; 1 when held. */
+__noinline int einat_frag_hold(struct __sk_buff *skb, const struct packet *p)
+{
+	__u32 zero = 0;
+	struct frag_hold *s = bpf_map_lookup_elem(&map_frag_hold_scratch, &zero);
+	if (!p || !s)
+		return 0;
+	__u32 l3 = p->l3_off;
+	__be16 field;
+	/* The IP packet as its header says (link padding left out); a truncated one is not held. */
+	if (l3 > 64 || bpf_skb_load_bytes(skb, l3 + (p->family == 4 ? 2 : 4), &field, 2))
+		return 0;
+	__u32 len = bpf_ntohs(field) + (p->family == 4 ? 0 : 40);
+	if (len < 20 || len > FRAG_HOLD_BYTES || len > skb->len - l3)
+		return 0;
+	if (bpf_skb_load_bytes(skb, l3, s->ip, len))
+		return 0;
+	__u64 now = bpf_ktime_get_ns();
+	s->expires_ns = now + TIMEOUT_FRAGMENT;
+	s->len = len;
+	struct frag_hold_key k;
+	__builtin_memset(&k, 0, sizeof(k));
+	frag_key_init(&k.fk, p, false);
+	for (__u32 i = 0; i < FRAG_HOLD_SLOTS; i++) {
+		k.slot = i;
+		struct frag_hold *h = bpf_map_lookup_elem(&map_frag_hold, &k);
+		if (h && h->expires_ns >= now)
+			continue;
+		if (bpf_map_update_elem(&map_frag_hold, &k, s, BPF_ANY))
+			return 0;
+		return 1;
+	}
+	return 0; /* this datagram's slots are full */
+}
+
+/*
+ * After the first fragment at ingress was translated (its translation
+ * recorded): replays the held later fragments of its datagram into ingress
+ * and restores the first. Returns 0, or -1 when the skb could not be
+ * restored (the caller drops it).
+ */
+__noinline int einat_frag_release(struct __sk_buff *skb, const struct packet *p)
+{
+	__u32 zero = 0;
+	struct frag_hold *s = bpf_map_lookup_elem(&map_frag_hold_scratch, &zero);
+	if (!p || !s)
+		return 0;
+	struct frag_hold_key k;
+	__builtin_memset(&k, 0, sizeof(k));
+	frag_key_init(&k.fk, p, false);
+	bool any = false;
+	for (__u32 i = 0; i < FRAG_HOLD_SLOTS; i++) {
+		k.slot = i;
+		if (bpf_map_lookup_elem(&map_frag_hold, &k))
+			any = true;
+	}
+	if (!any)
+		return 0;
+	__u32 l3 = p->l3_off;
+	__u32 len = skb->len - l3;
+	if (l3 > 64 || len < 20 || len > FRAG_HOLD_BYTES)
+		return 0; /* cannot keep the first aside: the held ones expire */
+	if (bpf_skb_load_bytes(skb, l3, s->ip, len))
+		return 0;
+	s->len = len;
+	__u64 now = bpf_ktime_get_ns();
+	int changed = 0;
+	for (__u32 i = 0; i < FRAG_HOLD_SLOTS; i++) {
+		k.slot = i;
+		struct frag_hold *h = bpf_map_lookup_elem(&map_frag_hold, &k);
+		if (!h)
+			continue;
+		__u32 hl = h->len;
+		if (h->expires_ns >= now && hl >= 20 && hl <= FRAG_HOLD_BYTES) {
+			changed = 1;
+			if (!bpf_skb_change_tail(skb, l3 + hl, 0) &&
+			    !bpf_skb_store_bytes(skb, l3, h->ip, hl, BPF_F_RECOMPUTE_CSUM) &&
+			    !bpf_clone_redirect(skb, skb->ifindex, BPF_F_INGRESS))
+				stat_inc(STAT_FRAGMENT_RELEASED);
+		}
+		bpf_map_delete_elem(&map_frag_hold, &k);
+	}
+	if (!changed)
+		return 0;
+	len = s->len;
+	if (len < 20 || len > FRAG_HOLD_BYTES)
+		return -1;
+	if (bpf_skb_change_tail(skb, l3 + len, 0) ||
+	    bpf_skb_store_bytes(skb, l3, s->ip, len, BPF_F_RECOMPUTE_CSUM))
+		return -1;
+	return 0;
 }
 
 #endif

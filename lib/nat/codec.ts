@@ -66,6 +66,8 @@ export const STATS = [
   "icmp_prohibited_sent",
   "hairpin",
   "timer_deferred",
+  "fragment_held",
+  "fragment_released",
 ] as const;
 /** Name of a counter in `map_stats`. */
 export type StatName = typeof STATS[number];

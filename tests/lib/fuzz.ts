@@ -641,6 +641,9 @@ export function checkPacket(
       mustPass(`ingress ${d.status}${d.passReason ? ` (${d.passReason})` : ""}`);
       return res("pass");
     }
+    if (verdict === TC_ACT_SHOT && d.frag === 2 && heldable(d, input) && !view.fragIngress(d)) {
+      return res("held"); // a later fragment before its first, kept for it (frag.h)
+    }
     if (verdict === TC_ACT_SHOT) {
       // Only a packet towards a binding (whose session could not be made) or an unsolicited
       // SYN to a NAT port of the external address is dropped.
@@ -854,6 +857,17 @@ export function checkPacket(
   if (!eq(od.dst, d.dst) || (!icmp && od.dport !== d.dport)) v.push("destination changed");
   if (icmp && od.sport !== snat?.port) v.push("echo identifier is not the binding's");
   return res("translated");
+}
+
+/**
+ * Whether an ingress later fragment may be held for its first (bpf/lib/frag.h): to the external
+ * address, its IP length within the frame and at most FRAG_HOLD_BYTES.
+ */
+function heldable(d: Dissected, input: Uint8Array): boolean {
+  const fam = d.family as 4 | 6;
+  if (!eq(d.dst, extOf(fam))) return false;
+  const ipLen = fam === 4 ? u16(input, L3 + 2) : 40 + u16(input, L3 + 4);
+  return ipLen >= 20 && ipLen <= 1600 && ipLen <= input.length - L3;
 }
 
 /** ICMP from inside to the external address: the router's, or a hairpinned error. */

@@ -11,6 +11,7 @@ import { applyPlan } from "../../lib/nat/apply.ts";
 import { roConfigOf } from "../../lib/daemon.ts";
 import { closeNat, loadNat, type NatObject } from "../../lib/nat/loader.ts";
 import { planInterface } from "../../lib/nat/plan.ts";
+import { STATS, sumPerCpu } from "../../lib/nat/codec.ts";
 import { buildPacket, type PacketSpec, type ParsedPacket, parsePacket } from "./packet.ts";
 
 /** TC verdicts. */
@@ -113,4 +114,12 @@ export async function loadTestNat(
     runRaw,
     close: () => closeNat(nat),
   };
+}
+
+/** A counter of `map_stats` (fd), summed over CPUs. */
+export function stat(fd: number, name: typeof STATS[number]): bigint {
+  const key = new Uint8Array(4);
+  new DataView(key.buffer).setUint32(0, STATS.indexOf(name), true);
+  const v = bpf.mapLookup(fd, key, 8 * navigator.hardwareConcurrency);
+  return v ? sumPerCpu(v) : 0n;
 }

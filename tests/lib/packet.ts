@@ -454,6 +454,44 @@ export function buildIcmpError(outer: IcmpErrorSpec, inner: Uint8Array): Uint8Ar
   });
 }
 
+/**
+ * Splits an unfragmented frame (Ethernet + IP) into two fragments at `cut` bytes of IP payload
+ * (a multiple of 8), keeping the Ethernet header.
+ */
+export function fragment(
+  frame: Uint8Array,
+  family: 4 | 6,
+  id: number,
+  cut: number,
+): [Uint8Array, Uint8Array] {
+  const hl = family === 4 ? 20 : 40;
+  const ip = frame.slice(14);
+  const body = ip.slice(hl);
+  const eth = frame.slice(0, 14);
+  const mk = (part: Uint8Array, off: number, more: boolean) => {
+    if (family === 4) {
+      const h = ip.slice(0, hl);
+      const v = new DataView(h.buffer);
+      v.setUint16(2, hl + part.length);
+      v.setUint16(4, id);
+      v.setUint16(6, (more ? 0x2000 : 0) | (off >> 3));
+      v.setUint16(10, 0);
+      v.setUint16(10, internetChecksum(h));
+      return new Uint8Array([...eth, ...h, ...part]);
+    }
+    const h = ip.slice(0, hl);
+    const next = h[6];
+    h[6] = 44;
+    new DataView(h.buffer).setUint16(4, 8 + part.length);
+    const fh = new Uint8Array(8);
+    fh[0] = next;
+    new DataView(fh.buffer).setUint16(2, off | (more ? 1 : 0));
+    new DataView(fh.buffer).setUint32(4, id);
+    return new Uint8Array([...eth, ...h, ...fh, ...part]);
+  };
+  return [mk(body.slice(0, cut), 0, true), mk(body.slice(cut), cut, false)];
+}
+
 // ---------------------------------------------------------------------------------------------
 // Parsing
 

@@ -17,6 +17,7 @@
 #include "lib/ct.h"
 #include "lib/frag.h"
 #include "lib/icmp_reply.h"
+#include "lib/icmp_check.h"
 #include "lib/state.h"
 
 char LICENSE[] SEC("license") = "GPL";
@@ -151,6 +152,8 @@ __noinline int einat_egress_icmp_error(struct __sk_buff *skb, struct packet *p, 
 		return own ? pass() : drop(STAT_DROP_ICMP_ERROR);
 	}
 	struct binding_value bv = *b;
+	if (!einat_icmp_error_valid(skb, p)) /* RFC 5508 REQ-3 */
+		return drop(STAT_DROP_ICMP_ERROR);
 	if (rewrite_inner(skb, p, &in, false, &bv.addr, bv.port))
 		return drop(STAT_DROP_UNTRANSLATABLE);
 	if (!own && rewrite(skb, p, true, &bv.addr, 0))
@@ -180,6 +183,8 @@ __noinline int einat_ingress_icmp_error(struct __sk_buff *skb, struct packet *p)
 	if (!b)
 		return pass(); /* about the router's own traffic */
 	struct binding_value bv = *b;
+	if (!einat_icmp_error_valid(skb, p)) /* RFC 5508 REQ-3 */
+		return drop(STAT_DROP_ICMP_ERROR);
 	if (rewrite_inner(skb, p, &in, true, &bv.addr, bv.port))
 		return drop(STAT_DROP_UNTRANSLATABLE);
 	if (rewrite(skb, p, false, &bv.addr, 0))

@@ -335,6 +335,47 @@ for (const family of [4, 6] as const) {
   });
 }
 
+for (const family of [4, 6] as const) {
+  const EXT = family === 4 ? EXT4 : EXT6;
+  const LAN = family === 4 ? LAN4 : LAN6;
+  const SRV = family === 4 ? SRV4 : SRV6;
+  const HOP = family === 4 ? HOP4 : HOP6;
+  Deno.test(`ICMPv${family} errors with a bad checksum are dropped, not translated (RFC 5508 REQ-3)`, async () => {
+    const n = await loadTestNat(cfg66(), EXTS);
+    try {
+      const sent = n.egress(udp(family, LAN, 40000, SRV, 53));
+      const err = buildIcmpError({ family, src: HOP, dst: EXT }, ipOnly(sent.bytes));
+      const l4 = 14 + (family === 4 ? 20 : 40);
+      const badIcmp = err.slice();
+      badIcmp[l4 + 2] ^= 0x01; // the ICMP checksum
+      assertEquals(n.runRaw("ingress", badIcmp).retval, TC_ACT_SHOT, "bad ICMP checksum");
+      const flipped = err.slice();
+      flipped[flipped.length - 1] ^= 0x40; // a payload byte: the sum no longer matches
+      assertEquals(n.runRaw("ingress", flipped).retval, TC_ACT_SHOT, "corrupted payload");
+      if (family === 4) {
+        // REQ-3a: the embedded IPv4 header checksum, with the ICMP checksum made valid again
+        const badInner = err.slice();
+        badInner[l4 + 8 + 10] ^= 0x01;
+        badInner[l4 + 2] = badInner[l4 + 3] = 0;
+        const c = internetChecksum(badInner.slice(l4));
+        badInner[l4 + 2] = c >> 8;
+        badInner[l4 + 3] = c & 0xff;
+        assertEquals(n.runRaw("ingress", badInner).retval, TC_ACT_SHOT, "bad embedded header");
+      }
+      assertEquals(n.runRaw("ingress", err).retval, TC_ACT_OK, "the intact error is translated");
+      // the same from inside
+      const inbound = n.ingress(udp(family, SRV, 7777, EXT, sent.out.sport!));
+      const out = buildIcmpError({ family, src: LAN, dst: SRV }, ipOnly(inbound.bytes));
+      const badOut = out.slice();
+      badOut[l4 + 2] ^= 0x01;
+      assertEquals(n.runRaw("egress", badOut).retval, TC_ACT_SHOT);
+      assertEquals(n.runRaw("egress", out).retval, TC_ACT_OK);
+    } finally {
+      n.close();
+    }
+  });
+}
+
 // --- hairpinned ICMP (RFC 5508 REQ-7) ------------------------------------------
 
 for (const family of [4, 6] as const) {

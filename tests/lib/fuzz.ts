@@ -666,7 +666,11 @@ export function checkPacket(
           v.push("ICMP error about a mapped endpoint passed untranslated");
         }
       } else if (d.frag === 2) {
-        if (view.fragIngress(d)) v.push("later fragment with a recorded first passed untranslated");
+        const to = view.fragIngress(d);
+        // a first fragment the router kept (no binding) records the datagram as staying put
+        if (to && !eq(to, d.dst)) {
+          v.push("later fragment with a recorded first passed untranslated");
+        }
       } else if (
         !(d.proto !== P_TCP && d.proto !== P_UDP && d.icmpType !== (fam === 4 ? 0 : 129))
       ) {
@@ -692,6 +696,7 @@ export function checkPacket(
     if (d.inner) {
       const n = d.inner, on = od.inner!;
       const want = view.get(false, fam, keyProto(n.proto), n.src, n.sport);
+      if (!errorIntact(d, input)) v.push("ICMP error with a bad checksum translated (REQ-3)");
       if (!want) v.push("ICMP error translated without a binding");
       else if (!on || !sameEndpoint({ addr: on.src, port: on.sport }, want)) {
         v.push("embedded source is not the binding's internal endpoint");
@@ -827,6 +832,7 @@ export function checkPacket(
     const n = d.inner, on = od.inner;
     const want = view.get(true, fam, keyProto(n.proto), n.dst, n.dport);
     if (!want) v.push("ICMP error translated without a binding");
+    if (!errorIntact(d, input)) v.push("ICMP error with a bad checksum translated (REQ-3)");
     else if (!on || !sameEndpoint({ addr: on.dst, port: on.dport }, want)) {
       v.push("embedded destination is not the binding's external endpoint");
     }
@@ -857,6 +863,40 @@ export function checkPacket(
   if (!eq(od.dst, d.dst) || (!icmp && od.dport !== d.dport)) v.push("destination changed");
   if (icmp && od.sport !== snat?.port) v.push("echo identifier is not the binding's");
   return res("translated");
+}
+
+/**
+ * Whether an ICMP error is intact (RFC 5508 REQ-3): its ICMP checksum (with the pseudo-header for
+ * ICMPv6) and an embedded IPv4 header checksum are valid. Errors einat does not check (longer
+ * than 1536 bytes of ICMP) count as intact.
+ */
+function errorIntact(d: Dissected, input: Uint8Array): boolean {
+  const fam = d.family as 4 | 6;
+  const end = L3 + (fam === 4 ? u16(input, L3 + 2) : 40 + u16(input, L3 + 4));
+  if (end > input.length || end < d.l4 + 8) return false;
+  const msg = input.slice(d.l4, end);
+  if (msg.length > 1536) return true;
+  let sum = 0;
+  const add = (b: Uint8Array) => {
+    for (let i = 0; i < b.length; i += 2) sum += (b[i] << 8) | (b[i + 1] ?? 0);
+  };
+  add(msg);
+  if (fam === 6) {
+    add(d.src);
+    add(d.dst);
+    sum += msg.length + 58;
+  }
+  while (sum > 0xffff) sum = (sum & 0xffff) + Math.floor(sum / 0x10000);
+  if (sum !== 0xffff) return false;
+  if (fam === 4) {
+    const ihl = (msg[8] & 15) * 4;
+    if (ihl < 20 || 8 + ihl > msg.length) return false;
+    let h = 0;
+    for (let i = 8; i < 8 + ihl; i += 2) h += (msg[i] << 8) | msg[i + 1];
+    while (h > 0xffff) h = (h & 0xffff) + Math.floor(h / 0x10000);
+    if (h !== 0xffff) return false;
+  }
+  return true;
 }
 
 /**
@@ -893,6 +933,10 @@ function checkIcmpToExternal(
       );
     }
     return res("redirect-own");
+  }
+  if (!errorIntact(d, input)) {
+    if (verdict !== TC_ACT_SHOT) v.push("hairpinned error with a bad checksum not dropped (REQ-3)");
+    return res("drop");
   }
   // A (mutated) sender outside the LAN networks has no route: the FIB lookup fails, a drop.
   if (verdict === TC_ACT_SHOT && !isInternal(peer.addr)) return res("drop");

@@ -352,7 +352,7 @@ for (const family of [4, 6] as const) {
 
 Deno.test({
   name:
-    "e2e: path-MTU discovery through the NAT (fragmentation needed / packet too big reach the LAN host)",
+    "e2e: path-MTU discovery and traceroute (UDP, ICMP) through the NAT: errors from beyond it reach the LAN host",
   ...sanitize,
   fn: () =>
     withTopology(async (t) => {
@@ -426,6 +426,37 @@ Deno.test({
             "198.18.0.2",
           ]);
           assertEquals(ok.code, 0, ok.stdout + ok.stderr);
+
+          // traceroute (UDP and ICMP echo) shows the hop beyond the NAT: srv1's time exceeded
+          // reaches lan1 only if einat translates it back.
+          for (
+            const [fam, dst, hop] of [["-4", "198.18.0.2", t.addrs.v4.srv1], [
+              "-6",
+              "2001:db8:4::2",
+              t.addrs.v6.srv1,
+            ]] as const
+          ) {
+            for (const method of [[], ["-I"]]) {
+              const tr = await nsExecResult(t.ns.lan1, [
+                "traceroute",
+                fam,
+                ...method,
+                "-n",
+                "-q",
+                "1",
+                "-w",
+                "1",
+                "-m",
+                "5",
+                dst,
+              ]);
+              const what = `traceroute ${fam} ${method.join(" ") || "(UDP)"}:\n${tr.stdout}`;
+              assertEquals(tr.code, 0, what + tr.stderr);
+              const lines = tr.stdout.trim().split("\n").slice(1);
+              assert(hop.some((h) => lines[1]?.includes(h)), `hop 2 is srv1 — ${what}`);
+              assert(lines.at(-1)!.includes(dst), `reached ${dst} — ${what}`);
+            }
+          }
         } finally {
           assertEquals(await stopEinat(einat), 0, einat.stderrText());
         }

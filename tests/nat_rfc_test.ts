@@ -533,6 +533,19 @@ for (const family of [4, 6] as const) {
       assertEquals(stat(stats, "fragment_released"), 3n);
       assertEquals(n.runRaw("ingress", h2), { retval: TC_ACT_OK, bytes: h2 });
 
+      // Two datagrams interleaved, each later fragment first: A2 B2 A1 B1.
+      const [a1, a2] = fragment(buildPacket(udp(family, SRV, 53, EXT, ext)), family, 0x90, 16);
+      const [b1, b2] = fragment(buildPacket(udp(family, SRV, 54, EXT, ext)), family, 0x91, 24);
+      const released = stat(stats, "fragment_released");
+      assertEquals([a2, b2].map((f) => n.runRaw("ingress", f).retval), [2, 2]);
+      for (const [i, f] of [a1, b1].entries()) {
+        const o = parsePacket(n.runRaw("ingress", f).bytes);
+        assertEquals([o.dst, o.dport, o.ipChecksumOk], [LAN, 40001, true]);
+        const left = [...bpf.mapEntries(holdFd, 40 + 4, 16 + 1600)].length;
+        assertEquals(left, 1 - i, "a first fragment releases only its own datagram's");
+      }
+      assertEquals(stat(stats, "fragment_released"), released + 2n, "each its own held fragment");
+
       // Not to an external address: not ours to hold.
       const [, k2] = fragment(buildPacket(udp(family, SRV, 53, LAN, 22)), family, 0x79, 16);
       assertEquals(n.runRaw("ingress", k2), { retval: TC_ACT_OK, bytes: k2 });

@@ -127,8 +127,13 @@ __noinline int einat_egress_icmp_error(struct __sk_buff *skb, struct packet *p, 
 	if (!p)
 		return TC_ACT_SHOT;
 	bool hairpin = !own && is_hairpin_dest(p);
-	struct inner in = {};
-	int r = parse_inner(skb, p->family, p->l4_off + sizeof(struct icmphdr), &in);
+	__u32 zero = 0;
+	struct icmp_scratch *sc = bpf_map_lookup_elem(&map_icmp_scratch, &zero);
+	if (!sc)
+		return TC_ACT_SHOT;
+	struct inner *in = &sc->in; /* the stack is full: scratch space */
+	__builtin_memset(in, 0, sizeof(*in));
+	int r = parse_inner(skb, p->family, p->l4_off + sizeof(struct icmphdr), in);
 	if (r != PARSE_OK) { /* an error we cannot map: only the router's own may leave */
 		if (hairpin)
 			return deliver_locally(skb);
@@ -137,14 +142,14 @@ __noinline int einat_egress_icmp_error(struct __sk_buff *skb, struct packet *p, 
 	struct binding_key key;
 	struct binding_value peer = {};
 	if (hairpin) {
-		binding_key_init(&key, 0, p->family, in.l4proto, &in.src, in.sport);
+		binding_key_init(&key, 0, p->family, in->l4proto, &in->src, in->sport);
 		struct binding_value *pb = bpf_map_lookup_elem(&map_binding, &key);
 		/* An echo has one identifier, so echoes are never hairpinned. */
-		if (!pb || in.l4proto == IPPROTO_ICMP)
+		if (!pb || in->l4proto == IPPROTO_ICMP)
 			return deliver_locally(skb);
 		peer = *pb;
 	}
-	binding_key_init(&key, BINDING_ORIG, p->family, in.l4proto, &in.dst, in.dport);
+	binding_key_init(&key, BINDING_ORIG, p->family, in->l4proto, &in->dst, in->dport);
 	struct binding_value *b = bpf_map_lookup_elem(&map_binding, &key);
 	if (!b) {
 		if (hairpin)
@@ -154,13 +159,13 @@ __noinline int einat_egress_icmp_error(struct __sk_buff *skb, struct packet *p, 
 	struct binding_value bv = *b;
 	if (!einat_icmp_error_valid(skb, p)) /* RFC 5508 REQ-3 */
 		return drop(STAT_DROP_ICMP_ERROR);
-	if (rewrite_inner(skb, p, &in, false, &bv.addr, bv.port))
+	if (rewrite_inner(skb, p, in, false, &bv.addr, bv.port))
 		return drop(STAT_DROP_UNTRANSLATABLE);
 	if (!own && rewrite(skb, p, true, &bv.addr, 0))
 		return drop(STAT_DROP_UNTRANSLATABLE);
 	stat_inc(STAT_ICMP_ERROR_NAT);
 	if (hairpin) {
-		if (rewrite_inner(skb, p, &in, true, &peer.addr, peer.port) ||
+		if (rewrite_inner(skb, p, in, true, &peer.addr, peer.port) ||
 		    rewrite(skb, p, false, &peer.addr, 0))
 			return drop(STAT_DROP_UNTRANSLATABLE);
 		return einat_redirect_inward(skb, p->family, &peer.addr);

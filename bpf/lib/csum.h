@@ -38,11 +38,26 @@ static __always_inline __u32 fold32(__u64 s)
 	return (__u32)s;
 }
 
+/*
+ * Checksum differences computed inline: one's complement sums of ~old and new
+ * words, the same value bpf_csum_diff() returns modulo 0xffff, without a
+ * helper call (each call and return is costly on CPUs with return-thunk
+ * mitigations).
+ */
+static __always_inline __u32 csum_diff32(__be32 from, __be32 to)
+{
+	return fold32((__u64)(__u32)~from + (__u32)to);
+}
+
 static __always_inline __u32 addr_diff(__u8 family, const union ip_addr *from,
 				       const union ip_addr *to)
 {
-	__u32 n = family == 4 ? 4 : 16;
-	return bpf_csum_diff((__be32 *)from, n, (__be32 *)to, n, 0);
+	if (family == 4)
+		return csum_diff32(from->v4, to->v4);
+	__u64 s = 0;
+	for (int i = 0; i < 4; i++)
+		s += (__u64)(__u32)~from->all[i] + (__u32)to->all[i];
+	return fold32(s);
 }
 
 /*
@@ -54,11 +69,9 @@ static __always_inline __u32 addr_diff(__u8 family, const union ip_addr *from,
  * Every change is checksum-neutral, so CHECKSUM_COMPLETE sums stay valid.
  * A global function: one verified copy for every caller, and a small stack.
  */
-__noinline int einat_rewrite(struct __sk_buff *skb, const struct packet *p, int is_src,
-			     const union ip_addr *to_addr, __u32 to_port32)
+static __always_inline int rewrite_inline(struct __sk_buff *skb, const struct packet *p,
+					  int is_src, const union ip_addr *to_addr, __u32 to_port32)
 {
-	if (!p || !to_addr)
-		return -1;
 	__be16 to_port = (__be16)to_port32;
 	const union ip_addr *old_addr = is_src ? &p->src : &p->dst;
 	__be16 old_port = is_src ? p->sport : p->dport;
@@ -79,7 +92,7 @@ __noinline int einat_rewrite(struct __sk_buff *skb, const struct packet *p, int 
 		if ((void *)(ip + 1) > data_end)
 			return -1;
 		if (old_addr->v4 != to_addr->v4) {
-			diff = bpf_csum_diff((__be32 *)&old_addr->v4, 4, (__be32 *)&to_addr->v4, 4, 0);
+			diff = csum_diff32(old_addr->v4, to_addr->v4);
 			if (is_src)
 				ip->saddr = to_addr->v4;
 			else
@@ -112,12 +125,20 @@ __noinline int einat_rewrite(struct __sk_buff *skb, const struct packet *p, int 
 	return 0;
 }
 
+/* One verified copy for the slow paths; the established fast paths inline it. */
+__noinline int einat_rewrite(struct __sk_buff *skb, const struct packet *p, int is_src,
+			     const union ip_addr *to_addr, __u32 to_port32)
+{
+	if (!p || !to_addr)
+		return -1;
+	return rewrite_inline(skb, p, is_src, to_addr, to_port32);
+}
+
 #define rewrite(skb, p, is_src, to_addr, to_port) einat_rewrite(skb, p, is_src, to_addr, to_port)
 
 static __always_inline __u32 diff16(__be16 from, __be16 to)
 {
-	__be32 f = from, t = to;
-	return bpf_csum_diff(&f, 4, &t, 4, 0);
+	return csum_diff32(from, to);
 }
 
 /*

@@ -33,6 +33,7 @@ struct icmp_scratch {
 	struct iphdr ip;
 	__be32 pseudo[2];
 	struct default_ext ext; /* the external chosen by the FIB (fib_external) */
+	struct inner in; /* the packet inside an ICMP error leaving */
 };
 
 struct {

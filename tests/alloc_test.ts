@@ -3,7 +3,10 @@
  * (map_port_bits) speeds the search up but never decides alone. Bindings
  * it does not know about (inserted from user space, as after a restart) are
  * never handed out twice, and ports it still marks taken after their
- * bindings were deleted from user space are found again.
+ * bindings were deleted from user space are found again. The scan keeps
+ * the RFC 4787 preferences (same class below/above 1024, then parity) over
+ * several ranges, and identifiers bound by pings from outside (not marked
+ * in the hint) are not handed to internal hosts.
  */
 import { assert, assertEquals } from "./lib/assert.ts";
 import { loadTestNat, ranges, TC_ACT_OK, testInterfaceConfig } from "./lib/natfixture.ts";
@@ -122,6 +125,76 @@ Deno.test("port choice: sync_port_hint marks every bound port (bindings carried 
       for (let b = 0; b < 64; b++) if ((x >> BigInt(b)) & 1n) set.push(w * 64 + b);
     }
     assertEquals(set, taken);
+  } finally {
+    n.close();
+  }
+});
+
+Deno.test("port choice: over three ranges, parity then class kept as long as possible; every port once, then refused", async () => {
+  // 1000-1030 straddles 1024 and a word boundary; 65530-65535 ends the port space.
+  const rs = [{ start: 1000, end: 1030 }, { start: 5000, end: 5010 }, { start: 65530, end: 65535 }];
+  const n = await loadTestNat(testInterfaceConfig({ defaultRanges: ranges(rs) }));
+  try {
+    const inRanges = (p: number) => rs.some((r) => p >= r.start && p <= r.end);
+    const total = rs.reduce((s, r) => s + r.end - r.start + 1, 0);
+    const highEven = 4 + 6 + 3; // even ports >= 1024: 1024-1030, 5000-5010, 65530-65535
+    const high = 7 + 11 + 6;
+    const got: number[] = [];
+    for (let i = 0; i < total; i++) {
+      // Even source ports above 1024, outside the ranges: no port preservation.
+      const r = n.egress(udp("192.0.2.10", 40000 + 2 * i));
+      assertEquals(r.retval, TC_ACT_OK, `flow ${i} refused with ${total - i} ports free`);
+      got.push(r.out.sport!);
+    }
+    assert(got.every(inRanges), `all in the ranges: ${got.filter((p) => !inRanges(p))}`);
+    assertEquals(new Set(got).size, total, "no port twice");
+    const first = got.slice(0, highEven), next = got.slice(highEven, high);
+    assert(first.every((p) => p >= 1024 && p % 2 === 0), `same parity and class first: ${first}`);
+    assert(next.every((p) => p >= 1024 && p % 2 === 1), `then same class: ${next}`);
+    assert(got.slice(high).every((p) => p < 1024), "ports below 1024 last");
+    const full = n.runRaw("egress", buildPacket(udp("192.0.2.11", 40001)));
+    assert(full.retval !== TC_ACT_OK, "range full: refused");
+  } finally {
+    n.close();
+  }
+});
+
+Deno.test("port choice: identifiers bound by pings from outside (allow_inbound_icmpx) are not handed out", async () => {
+  const ids = { start: 100, end: 131 };
+  const n = await loadTestNat(
+    testInterfaceConfig({
+      allowInboundIcmpx: true,
+      defaultRanges: {
+        ...ranges([{ start: 20000, end: 29999 }]),
+        icmp: [ids],
+        icmpIn: [ids],
+        icmpOut: [ids],
+      },
+    }),
+  );
+  const ping = (src: string, dst: string, id: number): PacketSpec => ({
+    family: 4,
+    proto: "icmp",
+    src,
+    dst,
+    icmpType: 8,
+    icmpId: id,
+    icmpSeq: 1,
+  });
+  try {
+    // 30 of the 32 identifiers bound to the NAT host by pings from outside.
+    for (let id = ids.start; id < ids.end - 1; id++) {
+      n.runRaw("ingress", buildPacket(ping("198.51.100.1", "203.0.113.1", id)));
+    }
+    const got: number[] = [];
+    for (let i = 0; i < 2; i++) {
+      const r = n.egress(ping("192.0.2.10", "198.51.100.1", 5000 + i));
+      assertEquals(r.retval, TC_ACT_OK, `ping ${i} refused while identifiers were free`);
+      got.push(r.out.icmpId!);
+    }
+    assertEquals(got.sort((a, b) => a - b), [ids.end - 1, ids.end], "the two free identifiers");
+    const full = n.runRaw("egress", buildPacket(ping("192.0.2.10", "198.51.100.1", 5002)));
+    assert(full.retval !== TC_ACT_OK, "all identifiers taken: refused");
   } finally {
     n.close();
   }

@@ -90,6 +90,20 @@ struct binding_key {
 	union ip_addr addr;
 };
 
+/* Free-port hint (lib/binding.h): one bit per port, set while bound. */
+#define PORT_WORDS 1024 /* 65536 ports / 64 */
+
+struct port_bits_key {
+	__u8 family;
+	__u8 pidx; /* PROTO_IDX_* */
+	__u16 _pad;
+	union ip_addr addr; /* external address */
+};
+
+struct port_bits {
+	__u64 w[PORT_WORDS]; /* bit p % 64 of word p / 64: port p */
+};
+
 struct binding_value {
 	union ip_addr addr;
 	__be16 port;

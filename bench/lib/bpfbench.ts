@@ -27,8 +27,10 @@ import {
   encodeCtKey,
   encodeExternalConfig,
   encodeLpmKey,
+  encodePortBitsKey,
   EXTERNAL_CONFIG_LAYOUT,
   IPPROTO,
+  PORT_BITS_LAYOUT,
   type StatName,
   STATS,
   sumPerCpu,
@@ -391,6 +393,21 @@ export function newFlowPackets(
   });
 }
 
+/**
+ * Clears a port's bit in the free-port hint, as the program does when it
+ * deletes a binding (a deletion from user space would leave it set).
+ */
+function releaseHintBit(nat: NatObject, l4proto: number, ext: Uint8Array, port: number): void {
+  const fd = bpf.mapFd(bpf.findMap(nat.obj, "map_port_bits"));
+  const key = encodePortBitsKey(4, l4proto, ext);
+  const v = bpf.mapLookup(fd, key, PORT_BITS_LAYOUT.size);
+  if (!v) return;
+  const dv = new DataView(v.buffer, v.byteOffset, v.byteLength);
+  const off = (port >> 6) * 8;
+  dv.setBigUint64(off, dv.getBigUint64(off, true) & ~(1n << BigInt(port & 63)), true);
+  bpf.mapUpdate(fd, key, v);
+}
+
 /** Deletes the binding (both entries) and session a new-flow packet created. */
 export function undoNewFlow(nat: NatObject, p: NewFlowPacket, extPort: number): void {
   const s = p.spec, proto = l4Proto(s.proto), ext = ipBytes(EXT4);
@@ -408,6 +425,7 @@ export function undoNewFlow(nat: NatObject, p: NewFlowPacket, extPort: number): 
     nat.maps.binding,
     encodeBindingKey({ orig: false, l4proto: proto, family: 4, port: extPort, addr: ext }),
   );
+  releaseHintBit(nat, proto, ext, extPort);
   bpf.mapDelete(
     nat.maps.ct,
     encodeCtKey({

@@ -72,20 +72,140 @@ static __always_inline void alloc_clear_full(__u32 k)
 		*t = 0;
 }
 
+/*
+ * Free-port hint: one bit per port of each (family, protocol, external
+ * address), set while the port is bound. A new mapping scans 64 ports per
+ * word for a clear bit instead of probing the binding table port by port,
+ * so a nearly full range costs a few words, not hundreds of lookups. The
+ * binding table stays the truth: a claim still inserts with BPF_NOEXIST.
+ * A bit found clear on a taken port (a restart starts with an empty hint;
+ * identifiers bound by pings from outside, einat_inbound_query, are not
+ * marked) is set when the claim fails; a bit left set on a free port (bindings
+ * deleted from user space) only hides the port from the scan, and the
+ * linear probe that runs before a range is declared full still finds it.
+ */
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct port_bits_key);
+	__type(value, struct port_bits);
+	__uint(max_entries, 1024);
+} map_port_bits SEC(".maps");
+
+/* All zero: the initial value of a new map_port_bits entry (too big for the stack). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, struct port_bits);
+	__uint(max_entries, 1);
+} map_port_bits_zero SEC(".maps");
+
+static __always_inline struct port_bits *port_bits_get(__u8 family, int pidx,
+						       const union ip_addr *addr, bool create)
+{
+	struct port_bits_key k;
+	__builtin_memset(&k, 0, sizeof(k));
+	k.family = family;
+	k.pidx = pidx;
+	k.addr = *addr;
+	struct port_bits *b = bpf_map_lookup_elem(&map_port_bits, &k);
+	if (b || !create)
+		return b;
+	__u32 zero = 0;
+	struct port_bits *z = bpf_map_lookup_elem(&map_port_bits_zero, &zero);
+	if (!z)
+		return NULL;
+	bpf_map_update_elem(&map_port_bits, &k, z, BPF_NOEXIST);
+	return bpf_map_lookup_elem(&map_port_bits, &k);
+}
+
+static __always_inline void port_bit_set(struct port_bits *b, __u16 port)
+{
+	__u64 bit = 1ULL << (port & 63);
+	__u64 *w = &b->w[(port >> 6) & (PORT_WORDS - 1)];
+	if (!(*w & bit))
+		__sync_fetch_and_or(w, bit);
+}
+
+static __always_inline void port_bit_clear_in(struct port_bits *b, __be16 ext_port)
+{
+	__u16 port = bpf_ntohs(ext_port);
+	__u64 bit = 1ULL << (port & 63);
+	__u64 *w = &b->w[(port >> 6) & (PORT_WORDS - 1)];
+	if (*w & bit)
+		__sync_fetch_and_and(w, ~bit);
+}
+
+/* The port (network order) of a deleted reply binding comes free. */
+static __always_inline void port_bit_clear(__u8 family, __u8 l4proto, const union ip_addr *addr,
+					   __be16 ext_port)
+{
+	struct port_bits *b = port_bits_get(family, proto_idx(l4proto), addr, false);
+	if (b)
+		port_bit_clear_in(b, ext_port);
+}
+
+/*
+ * Index of the lowest set bit of x (x != 0), without branches (a branching
+ * search would make the verifier walk every outcome as its own path): the
+ * number of bits below the lowest set one, counted SWAR-style.
+ */
+static __always_inline __u32 lowest_bit(__u64 x)
+{
+	__u64 v = x & -x;
+	/* opaque to clang: it would turn this into cttz, which the BPF backend
+	 * lowers to a table lookup in .rodata, where the config lives */
+	asm volatile("" : "+r"(v));
+	v -= 1;
+	v = v - ((v >> 1) & 0x5555555555555555ULL);
+	v = (v & 0x3333333333333333ULL) + ((v >> 2) & 0x3333333333333333ULL);
+	v = (v + (v >> 4)) & 0x0f0f0f0f0f0f0f0fULL;
+	return (v * 0x0101010101010101ULL) >> 56;
+}
+
+/*
+ * The state of one port search. It lives in per-CPU scratch space, not on
+ * the stack (the egress program's stack is nearly full), and the search
+ * steps below are global functions that find it there: each is verified
+ * once, on its own, and the bpf_loop callbacks that call them stay a few
+ * instructions long, so the verifier's work does not grow with the ranges,
+ * the loop counts or the paths through a step.
+ */
 struct alloc_ctx {
-	const struct external_config *cfg;
-	int pidx;
-	__u32 total; /* ports in all ranges */
-	__u32 start; /* index to begin probing at */
 	struct binding_key key; /* reply key being claimed; port filled in */
 	struct binding_value val; /* internal endpoint */
+	struct port_range ranges[EINAT_MAX_RANGES]; /* of this protocol */
+	__u32 nranges;
+	__u32 total; /* ports in all ranges */
+	__u32 start; /* probe: index to begin at */
+	__u32 wfirst; /* scan: first and last word of the ranges in the hint */
+	__u32 wlast;
+	__u32 wcur; /* scan: the word looked at */
+	__u32 wleft; /* scan: words not looked at yet, wcur included */
+	__u32 rbit; /* scan: in the first word, prefer bits from here up */
+	__u64 tried; /* scan: bits of wcur whose claim failed */
 	__u16 found; /* host order, valid when have is set */
+	__u16 want; /* the internal port */
 	__u8 have; /* a port was claimed */
 	__u8 full; /* the binding table is full: stop searching */
-	__u16 want; /* the internal port */
 	__u8 strict; /* 2: same parity and class, 1: same class, 0: any */
 	__u8 has_low; /* the ranges have ports below 1024 */
+	__u8 first; /* scan: wcur is the first word looked at */
 };
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, struct alloc_ctx);
+	__uint(max_entries, 1);
+} map_alloc_scratch SEC(".maps");
+
+static __always_inline struct alloc_ctx *alloc_ctx_get(void)
+{
+	__u32 zero = 0;
+	return bpf_map_lookup_elem(&map_alloc_scratch, &zero);
+}
 
 /*
  * RFC 4787 REQ-3a: a port below 1024 maps below 1024 (and one above stays
@@ -100,15 +220,14 @@ static __always_inline bool port_acceptable(const struct alloc_ctx *c, __u16 por
 	return true;
 }
 
-/* Maps index i of the concatenated ranges to a port (host order). */
 /* Port (host order) at index i of the ranges, or -1 past their end. */
-static __always_inline int range_port(const struct external_config *cfg, int pidx, __u32 i)
+static __always_inline int range_port(const struct alloc_ctx *c, __u32 i)
 {
 #pragma unroll
 	for (int r = 0; r < EINAT_MAX_RANGES; r++) {
-		if (r >= cfg->range_len[pidx & 3])
+		if (r >= c->nranges)
 			break;
-		const struct port_range *pr = &cfg->ranges[pidx & 3][r];
+		const struct port_range *pr = &c->ranges[r];
 		__u32 n = (__u32)pr->end - pr->start + 1;
 		if (i < n)
 			return pr->start + i;
@@ -118,31 +237,145 @@ static __always_inline int range_port(const struct external_config *cfg, int pid
 }
 
 #define E2BIG 7
-static __always_inline bool try_claim(struct alloc_ctx *c, __u16 port)
+#define EEXIST 17
+/*
+ * Claims port (host order) for c->val by inserting the reply entry with
+ * BPF_NOEXIST, and keeps the hint b (may be NULL) up to date with what the
+ * binding table said: a port found taken has its bit set (the hint was
+ * behind: bindings it never saw), a claimed one too.
+ */
+static __always_inline bool try_claim(struct alloc_ctx *c, struct port_bits *b, __u16 port)
 {
 	c->key.port = bpf_htons(port);
-	if (bpf_map_lookup_elem(&map_binding, &c->key))
+	if (bpf_map_lookup_elem(&map_binding, &c->key)) {
+		if (b)
+			port_bit_set(b, port);
 		return false;
+	}
 	long rc = bpf_map_update_elem(&map_binding, &c->key, &c->val, BPF_NOEXIST);
 	if (rc == -E2BIG)
 		c->full = 1; /* no point in trying other ports */
-	return rc == 0;
+	if (b && (rc == 0 || rc == -EEXIST))
+		port_bit_set(b, port);
+	if (rc)
+		return false;
+	c->found = port;
+	c->have = 1;
+	return true;
 }
 
-static long alloc_probe(__u64 i, void *ctx)
+/*
+ * Step i of the linear probe: the binding table asked port by port, from a
+ * random index on. Returns 1 to stop (claimed, or the table is full).
+ */
+__noinline int einat_probe_step(struct port_bits *b, __u32 i)
 {
-	struct alloc_ctx *c = ctx;
-	__u32 idx = c->start + (__u32)i;
+	struct alloc_ctx *c = alloc_ctx_get();
+	if (!c)
+		return 1;
+	__u32 idx = c->start + i;
 	if (idx >= c->total)
 		idx -= c->total;
-	int port = range_port(c->cfg, c->pidx, idx);
-	if (port >= 0 && port_acceptable(c, port) && try_claim(c, port)) {
-		c->found = port;
-		c->have = 1;
+	int port = range_port(c, idx);
+	if (port >= 0 && port_acceptable(c, port) && try_claim(c, b, port))
 		return 1;
-	}
 	return c->full ? 1 : 0;
 }
+
+/*
+ * All ones when a < b, else 0. The shift is inline assembly so that clang
+ * cannot turn the mask arithmetic below back into conditional jumps.
+ */
+static __always_inline __u64 lt_mask(__s64 a, __s64 b)
+{
+	__s64 d = a - b;
+	asm volatile("%[d] s>>= 63" : [d] "+r"(d));
+	return (__u64)d;
+}
+#define LT_MASK(a, b) lt_mask((__s64)(a), (__s64)(b))
+
+/* Bits of word wi (ports wi*64 .. wi*64+63) that lie in the ranges. */
+static __always_inline __u64 range_mask(const struct alloc_ctx *c, __u32 wi)
+{
+	__s64 base = (__s64)wi * 64, top = base + 63;
+	__s64 len = c->nranges;
+	__u64 m = 0;
+#pragma unroll
+	for (int r = 0; r < EINAT_MAX_RANGES; r++) {
+		__s64 start = c->ranges[r].start, end = c->ranges[r].end;
+		__s64 lo = start + ((base - start) & ~LT_MASK(base, start)); /* max */
+		__s64 hi = top + ((end - top) & LT_MASK(end, top));	     /* min */
+		__u64 valid = LT_MASK(r, len) & ~LT_MASK(hi, lo);
+		m |= valid & (~0ULL >> ((63 - (hi - base)) & 63)) & (~0ULL << ((lo - base) & 63));
+	}
+	return m;
+}
+
+/* Bits of word wi that port_acceptable() would accept. */
+static __always_inline __u64 accept_mask(const struct alloc_ctx *c, __u32 wi)
+{
+	if (c->strict >= 1 && c->has_low && ((wi < 1024 / 64) != (c->want < 1024)))
+		return 0;
+	if (c->strict >= 2)
+		return (c->want & 1) ? 0xaaaaaaaaaaaaaaaaULL : 0x5555555555555555ULL;
+	return ~0ULL;
+}
+
+/*
+ * Step of the hint scan: claims the lowest acceptable clear bit of word
+ * wcur (from bit rbit up in the first word, if any is there), or moves to
+ * the next word of the ranges, wrapping. A failed claim (the hint was
+ * behind) costs one step and the word is looked at again without that bit.
+ * Returns 1 to stop: claimed, table full, or every word looked at.
+ */
+__noinline int einat_scan_step(struct port_bits *b)
+{
+	struct alloc_ctx *c = alloc_ctx_get();
+	if (!c || !b || !c->wleft)
+		return 1;
+	__u32 wi = c->wcur & (PORT_WORDS - 1);
+	__u64 cand = ~(b->w[wi] | c->tried) & range_mask(c, wi) & accept_mask(c, wi);
+	if (c->first) { /* a random start within the first word too */
+		__u64 up = cand & (~0ULL << (c->rbit & 63));
+		if (up)
+			cand = up;
+	}
+	if (!cand) {
+		c->wcur = wi >= c->wlast ? c->wfirst : wi + 1;
+		c->wleft -= 1;
+		c->tried = 0;
+		c->first = 0;
+		return c->wleft ? 0 : 1;
+	}
+	__u32 bit = lowest_bit(cand) & 63;
+	if (try_claim(c, b, (__u16)(wi * 64 + bit)))
+		return 1;
+	c->tried |= 1ULL << bit;
+	return c->full ? 1 : 0;
+}
+
+/*
+ * bpf_loop callbacks: ctx holds the hint pointer, read here and handed to
+ * the step (a pointer passed in a struct on the stack would not survive a
+ * global function call). The result is made opaque before "& 1" so that
+ * clang keeps the mask the verifier needs to see a return value of 0 or 1.
+ */
+static long alloc_probe(__u64 i, void *ctx)
+{
+	long r = einat_probe_step(*(struct port_bits **)ctx, (__u32)i);
+	asm volatile("" : "+r"(r));
+	return r & 1;
+}
+
+static long alloc_scan(__u64 i, void *ctx)
+{
+	long r = einat_scan_step(*(struct port_bits **)ctx);
+	asm volatile("" : "+r"(r));
+	return r & 1;
+}
+
+/* Extra scan steps for claims that fail on bits the hint had clear. */
+#define SCAN_RETRIES 64
 
 static __always_inline bool port_in_ranges(const struct external_config *cfg, int pidx, __u16 port)
 {
@@ -157,6 +390,23 @@ static __always_inline bool port_in_ranges(const struct external_config *cfg, in
 	return false;
 }
 
+/* One search at strictness c->strict: the hint when there is one, else the table. */
+static __always_inline void alloc_search(struct alloc_ctx *c, struct port_bits **bits, __u32 rnd)
+{
+	if (*bits) {
+		__u32 words = c->wlast - c->wfirst + 1;
+		c->wcur = c->wfirst + rnd % words;
+		c->wleft = words;
+		c->rbit = rnd >> 26;
+		c->tried = 0;
+		c->first = 1;
+		bpf_loop(words + SCAN_RETRIES, alloc_scan, bits, 0);
+	} else {
+		c->start = rnd % c->total;
+		bpf_loop(c->total, alloc_probe, bits, 0);
+	}
+}
+
 /*
  * Creates both entries of a new binding for the internal endpoint of p.
  * A global function: verified once for both families.
@@ -168,76 +418,94 @@ __noinline int einat_binding_create(const struct packet *p, const struct default
 {
 	if (!p || !ext || !out)
 		return STAT_DROP_UNTRANSLATABLE;
-	struct alloc_ctx c;
+	struct alloc_ctx *c = alloc_ctx_get();
+	if (!c)
+		return STAT_DROP_UNTRANSLATABLE;
 	int pidx = proto_idx(p->l4proto);
 	const struct external_config *cfg = &ext->cfg;
 	__u32 total = 0;
 
-	__builtin_memset(&c, 0, sizeof(c));
+	__builtin_memset(c, 0, sizeof(*c));
 #pragma unroll
 	for (int r = 0; r < EINAT_MAX_RANGES; r++) {
 		if (r >= cfg->range_len[pidx & 3])
 			break;
-		total += (__u32)cfg->ranges[pidx & 3][r].end - cfg->ranges[pidx & 3][r].start + 1;
-		if (cfg->ranges[pidx & 3][r].start < 1024)
-			c.has_low = 1;
+		const struct port_range *pr = &cfg->ranges[pidx & 3][r];
+		c->ranges[r] = *pr;
+		c->nranges = r + 1;
+		total += (__u32)pr->end - pr->start + 1;
+		if (pr->start < 1024)
+			c->has_low = 1;
+		if (r == 0 || pr->start / 64 < c->wfirst)
+			c->wfirst = pr->start / 64;
+		if (pr->end / 64 > c->wlast)
+			c->wlast = pr->end / 64;
 	}
 	if (total == 0)
 		return STAT_DROP_NO_PORT;
 
-	c.cfg = cfg;
-	c.pidx = pidx;
-	c.total = total;
-	binding_key_init(&c.key, 0, p->family, p->l4proto, &ext->addr, 0);
-	c.val.addr = p->src;
-	c.val.port = p->sport;
-	c.val.ref = 0;
+	c->total = total;
+	binding_key_init(&c->key, 0, p->family, p->l4proto, &ext->addr, 0);
+	c->val.addr = p->src;
+	c->val.port = p->sport;
 
 	__u16 want = bpf_ntohs(p->sport);
-	c.want = want;
-	if (port_in_ranges(cfg, pidx, want) && try_claim(&c, want)) {
-		c.found = want; /* port preservation */
-		c.have = 1;
-	} else if (!c.full && alloc_recently_full(full_key(p->family, pidx))) {
+	c->want = want;
+	bool in_ranges = port_in_ranges(cfg, pidx, want);
+	struct port_bits *bits = NULL;
+	if (in_ranges || !alloc_recently_full(full_key(p->family, pidx)))
+		bits = port_bits_get(p->family, pidx, &ext->addr, true);
+	if (in_ranges && try_claim(c, bits, want)) {
+		/* port preservation */
+	} else if (!c->full && alloc_recently_full(full_key(p->family, pidx))) {
 		return STAT_DROP_NO_PORT; /* the range was full a moment ago */
-	} else if (!c.full) {
-		c.start = bpf_get_prandom_u32() % total;
+	} else if (!c->full) {
+		__u32 rnd = bpf_get_prandom_u32();
 		/* ICMP identifiers have no parity or privilege to keep */
-		c.strict = p->l4proto == IPPROTO_ICMP ? 0 : 2;
-		bpf_loop(total, alloc_probe, &c, 0);
-		if (!c.have && !c.full && c.strict) {
-			c.strict = 1;
-			bpf_loop(total, alloc_probe, &c, 0);
+		c->strict = p->l4proto == IPPROTO_ICMP ? 0 : 2;
+		alloc_search(c, &bits, rnd);
+		if (!c->have && !c->full && c->strict) {
+			c->strict = 1;
+			alloc_search(c, &bits, rnd);
 		}
-		if (!c.have && !c.full && c.strict) {
-			c.strict = 0;
-			bpf_loop(total, alloc_probe, &c, 0);
+		if (!c->have && !c->full && c->strict) {
+			c->strict = 0;
+			alloc_search(c, &bits, rnd);
 		}
-		if (!c.have && !c.full)
+		/* The hint found nothing: ask the binding table itself before giving up. */
+		if (!c->have && !c->full && bits) {
+			c->strict = 0;
+			c->start = rnd % total;
+			bpf_loop(total, alloc_probe, &bits, 0);
+		}
+		if (!c->have && !c->full)
 			alloc_mark_full(full_key(p->family, pidx));
 	}
-	if (c.full)
+	if (c->full)
 		return STAT_DROP_BINDING_FULL;
-	if (!c.have)
+	if (!c->have)
 		return STAT_DROP_NO_PORT;
 
-	struct binding_key okey;
-	struct binding_value oval;
-	binding_key_init(&okey, BINDING_ORIG, p->family, p->l4proto, &p->src, p->sport);
-	__builtin_memset(&oval, 0, sizeof(oval));
-	oval.addr = ext->addr;
-	oval.port = bpf_htons(c.found);
-	if (bpf_map_update_elem(&map_binding, &okey, &oval, BPF_NOEXIST)) {
+	/* c->key and c->val are reused for the original entry. */
+	__be16 rport = bpf_htons(c->found);
+	binding_key_init(&c->key, BINDING_ORIG, p->family, p->l4proto, &p->src, p->sport);
+	__builtin_memset(&c->val, 0, sizeof(c->val));
+	c->val.addr = ext->addr;
+	c->val.port = rport;
+	if (bpf_map_update_elem(&map_binding, &c->key, &c->val, BPF_NOEXIST)) {
 		/* Lost a race with another CPU, or the table is full. */
-		bpf_map_delete_elem(&map_binding, &c.key);
-		struct binding_value *v = bpf_map_lookup_elem(&map_binding, &okey);
+		struct binding_value *v = bpf_map_lookup_elem(&map_binding, &c->key);
+		binding_key_init(&c->key, 0, p->family, p->l4proto, &ext->addr, rport);
+		bpf_map_delete_elem(&map_binding, &c->key);
+		if (bits)
+			port_bit_clear_in(bits, rport);
 		if (!v)
 			return STAT_DROP_BINDING_FULL;
 		*out = *v;
 		return 0;
 	}
 	stat_inc(STAT_NEW_BINDING);
-	*out = oval;
+	*out = c->val;
 	return 0;
 }
 
@@ -257,6 +525,7 @@ static __always_inline void binding_put(__u8 family, __u8 l4proto, const union i
 	binding_key_init(&okey, BINDING_ORIG, family, l4proto, &rv->addr, rv->port);
 	bpf_map_delete_elem(&map_binding, &okey);
 	bpf_map_delete_elem(&map_binding, &rkey);
+	port_bit_clear(family, l4proto, ext_addr, ext_port);
 }
 
 /* Deletes a binding that no session took a reference on. */
@@ -272,6 +541,7 @@ static __always_inline void binding_put_unused(__u8 family, __u8 l4proto,
 	binding_key_init(&okey, BINDING_ORIG, family, l4proto, &rv->addr, rv->port);
 	bpf_map_delete_elem(&map_binding, &okey);
 	bpf_map_delete_elem(&map_binding, &rkey);
+	port_bit_clear(family, l4proto, ext_addr, ext_port);
 }
 
 #endif

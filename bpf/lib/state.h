@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: GPL-2.0-or-later */
 /*
- * State that outlives one daemon: traffic counters and re-arming session
- * timers over pinned maps.
+ * State that outlives one daemon: traffic counters, re-arming session
+ * timers over pinned maps, and refilling the free-port hint.
  *
  * map_ct is pinned, so its entries (and their armed BPF timers) survive the
  * programs that created them: an armed timer holds a reference to the program
@@ -64,6 +64,32 @@ int arm_pending(struct __sk_buff *skb)
 {
 	__u32 n = 0;
 	bpf_for_each_map_elem(&map_ct, arm_one_pending, &n, 0);
+	return n;
+}
+
+static long hint_one(void *map, struct binding_key *key, struct binding_value *val, void *ctx)
+{
+	if (key->flags & BINDING_ORIG)
+		return 0;
+	struct port_bits *b = port_bits_get(key->family, proto_idx(key->l4proto), &key->addr, true);
+	if (!b)
+		return 0;
+	port_bit_set(b, bpf_ntohs(key->port));
+	*(__u32 *)ctx += 1;
+	return 0;
+}
+
+/*
+ * Run once with BPF_PROG_TEST_RUN when the daemon starts: marks every bound
+ * external port in this object's free-port hint (lib/binding.h), which
+ * starts empty, so bindings carried over in pinned maps are not probed for
+ * one by one. Returns the number of bindings marked.
+ */
+SEC("tc")
+int sync_port_hint(struct __sk_buff *skb)
+{
+	__u32 n = 0;
+	bpf_for_each_map_elem(&map_binding, hint_one, &n, 0);
 	return n;
 }
 

@@ -160,6 +160,38 @@ export const BINDING_VALUE_LAYOUT: StructLayout = {
   },
 };
 
+/** struct port_bits_key (key of map_port_bits, the free-port hint). */
+export const PORT_BITS_KEY_LAYOUT: StructLayout = {
+  name: "port_bits_key",
+  size: 20,
+  fields: {
+    family: { offset: 0, size: 1 },
+    pidx: { offset: 1, size: 1 },
+    addr: { offset: 4, size: 16 },
+  },
+};
+
+/** struct port_bits (value of map_port_bits): one bit per port. */
+export const PORT_BITS_LAYOUT: StructLayout = {
+  name: "port_bits",
+  size: 8192,
+  fields: { w: { offset: 0, size: 8192 } },
+};
+
+/** Index of a protocol in per-protocol arrays (PROTO_IDX_* in bpf/einat.h). */
+export function protoIdx(l4proto: number): number {
+  return l4proto === IPPROTO.TCP ? 0 : l4proto === IPPROTO.UDP ? 1 : 2;
+}
+
+/** Key of the free-port hint entry of one external address and protocol. */
+export function encodePortBitsKey(family: 4 | 6, l4proto: number, addr: Uint8Array): Uint8Array {
+  const b = new Uint8Array(PORT_BITS_KEY_LAYOUT.size);
+  b[0] = family;
+  b[1] = protoIdx(l4proto);
+  b.set(addr16(addr), PORT_BITS_KEY_LAYOUT.fields.addr.offset);
+  return b;
+}
+
 /** struct ct_key. */
 export const CT_KEY_LAYOUT: StructLayout = {
   name: "ct_key",
@@ -209,6 +241,8 @@ export const LAYOUTS: StructLayout[] = [
   DEFAULT_EXT_LAYOUT,
   BINDING_KEY_LAYOUT,
   BINDING_VALUE_LAYOUT,
+  PORT_BITS_KEY_LAYOUT,
+  PORT_BITS_LAYOUT,
   CT_KEY_LAYOUT,
   CT_VALUE_LAYOUT,
   TRAFFIC_COUNTER_LAYOUT,

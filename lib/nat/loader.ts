@@ -35,6 +35,8 @@ export interface NatObject {
   rearmFd: number;
   /** Program that arms sessions created without a timer ({@link armPendingTimers}). */
   armPendingFd: number;
+  /** Program that marks bound ports in the free-port hint ({@link syncPortHint}). */
+  syncHintFd: number;
   /** Pinned state: where, and which maps were reused. Absent without `pinDir`. */
   pins?: { dir: string; reused: string[]; reset: string[] };
 }
@@ -101,6 +103,7 @@ export async function loadNat(opts: LoadOptions): Promise<NatObject> {
       loadMs: performance.now() - t0,
       rearmFd: bpf.programFd(bpf.findProgram(obj, "rearm_timers")),
       armPendingFd: bpf.programFd(bpf.findProgram(obj, "arm_pending")),
+      syncHintFd: bpf.programFd(bpf.findProgram(obj, "sync_port_hint")),
       pins: pins ? { dir: pins.dir, reused: pins.reused, reset: pins.reset } : undefined,
     };
   } catch (e) {
@@ -125,6 +128,16 @@ export function rearmTimers(n: NatObject): number {
  */
 export function armPendingTimers(n: NatObject): number {
   return bpf.testRun(n.armPendingFd, new Uint8Array(64)).retval;
+}
+
+/**
+ * Marks every bound external port in this object's free-port hint, which
+ * starts empty (bpf/lib/binding.h): run once with bindings carried over from
+ * pinned maps, so new mappings do not probe for each of them. Returns the
+ * number of bindings marked.
+ */
+export function syncPortHint(n: NatObject): number {
+  return bpf.testRun(n.syncHintFd, new Uint8Array(64)).retval;
 }
 
 /** Releases the object (programs stay alive while attached). */

@@ -8,7 +8,7 @@ import type { InterfaceConfig } from "../config/types.ts";
 import * as bpf from "../ffi/libbpf.ts";
 import * as log from "../log.ts";
 import { BINDING_KEY_LAYOUT, BINDING_VALUE_LAYOUT } from "../nat/codec.ts";
-import { type LoadOptions, type NatObject, rearmTimers } from "../nat/loader.ts";
+import { type LoadOptions, type NatObject, rearmTimers, syncPortHint } from "../nat/loader.ts";
 import { pinDirFor, stateOptions } from "./options.ts";
 import { ensureBpffs } from "./bpffs.ts";
 
@@ -50,6 +50,7 @@ export function countBindings(fd: number): number {
 export function afterAttach(nat: NatObject, ifname: string): void {
   // Counted first: overdue sessions expire (and release bindings) as soon as they are re-armed.
   const bindings = nat.pins ? countBindings(nat.maps.binding) : 0;
+  syncPortHint(nat); // before re-arming: expiring sessions then clear their bits
   const sessions = rearmTimers(nat);
   if (!nat.pins) return;
   const fresh = nat.pins.reused.length === 0;

@@ -1,0 +1,201 @@
+/**
+ * External port choice through BPF_PROG_TEST_RUN: the free-port hint
+ * (map_port_bits) speeds the search up but never decides alone. Bindings
+ * it does not know about (inserted from user space, as after a restart) are
+ * never handed out twice, and ports it still marks taken after their
+ * bindings were deleted from user space are found again. The scan keeps
+ * the RFC 4787 preferences (same class below/above 1024, then parity) over
+ * several ranges, and identifiers bound by pings from outside (not marked
+ * in the hint) are not handed to internal hosts.
+ */
+import { assert, assertEquals } from "./lib/assert.ts";
+import { loadTestNat, ranges, TC_ACT_OK, testInterfaceConfig } from "./lib/natfixture.ts";
+import { buildPacket, type PacketSpec } from "./lib/packet.ts";
+import * as bpf from "../lib/ffi/libbpf.ts";
+import { encodeBindingKey, encodeBindingValue, encodePortBitsKey } from "../lib/nat/codec.ts";
+import { syncPortHint } from "../lib/nat/loader.ts";
+
+const EXT = [203, 0, 113, 1];
+const udp = (src: string, sport: number): PacketSpec => ({
+  family: 4,
+  proto: "udp",
+  src,
+  dst: "198.51.100.1",
+  sport,
+  dport: 53,
+  payload: new TextEncoder().encode("x"),
+});
+
+/** Both entries of a binding 192.0.2.200:<lanPort> <-> EXT:<port>, written from user space. */
+function bindFromUserSpace(fd: number, port: number, lanPort: number): void {
+  const ext = new Uint8Array(EXT), lan = new Uint8Array([192, 0, 2, 200]);
+  bpf.mapUpdate(
+    fd,
+    encodeBindingKey({ orig: true, l4proto: 17, family: 4, port: lanPort, addr: lan }),
+    encodeBindingValue({ addr: ext, port, flags: 0, ref: 1 }),
+  );
+  bpf.mapUpdate(
+    fd,
+    encodeBindingKey({ orig: false, l4proto: 17, family: 4, port, addr: ext }),
+    encodeBindingValue({ addr: lan, port: lanPort, flags: 0, ref: 1 }),
+  );
+}
+
+function unbindFromUserSpace(fd: number, port: number, lanAddr: Uint8Array, lanPort: number) {
+  bpf.mapDelete(
+    fd,
+    encodeBindingKey({ orig: true, l4proto: 17, family: 4, port: lanPort, addr: lanAddr }),
+  );
+  bpf.mapDelete(
+    fd,
+    encodeBindingKey({ orig: false, l4proto: 17, family: 4, port, addr: new Uint8Array(EXT) }),
+  );
+}
+
+Deno.test("port choice: bindings the hint does not know are never handed out; the last free port is found", async () => {
+  const START = 20000, N = 1000;
+  const n = await loadTestNat(
+    testInterfaceConfig({ defaultRanges: ranges([{ start: START, end: START + N - 1 }]) }),
+  );
+  try {
+    // All but three ports taken behind the hint's back, scattered.
+    const free = [START + 7, START + 500, START + 998];
+    for (let p = START; p < START + N; p++) {
+      if (!free.includes(p)) bindFromUserSpace(n.nat.maps.binding, p, 50000 + (p - START));
+    }
+    const got: number[] = [];
+    for (let i = 0; i < 3; i++) {
+      const r = n.egress(udp("192.0.2.10", 1000 + 2 * i));
+      assertEquals(r.retval, TC_ACT_OK, `flow ${i} refused while ports were free`);
+      got.push(r.out.sport!);
+    }
+    assertEquals(got.sort(), free, "exactly the free ports, each once");
+    const full = n.runRaw("egress", buildPacket(udp("192.0.2.11", 1000)));
+    assert(full.retval !== TC_ACT_OK, "range full: refused");
+  } finally {
+    n.close();
+  }
+});
+
+Deno.test("port choice: ports freed from user space (hint still says taken) are handed out again", async () => {
+  const START = 20000, N = 128;
+  const n = await loadTestNat(
+    testInterfaceConfig({ defaultRanges: ranges([{ start: START, end: START + N - 1 }]) }),
+  );
+  try {
+    const lan = "192.0.2.10";
+    const ports: number[] = [];
+    for (let i = 0; i < N; i++) {
+      const r = n.egress(udp(lan, 1000 + i));
+      assertEquals(r.retval, TC_ACT_OK);
+      ports.push(r.out.sport!);
+    }
+    assertEquals(new Set(ports).size, N, "no port twice");
+    // Free two of them behind the program's back: their bits stay set.
+    const lanAddr = new Uint8Array([192, 0, 2, 10]);
+    for (const i of [5, 77]) {
+      unbindFromUserSpace(n.nat.maps.binding, ports[i], lanAddr, 1000 + i);
+    }
+    const again: number[] = [];
+    for (let i = 0; i < 2; i++) {
+      const r = n.egress(udp("192.0.2.11", 3000 + i));
+      assertEquals(r.retval, TC_ACT_OK, "a freed port is found");
+      again.push(r.out.sport!);
+    }
+    assertEquals(again.sort((a, b) => a - b), [ports[5], ports[77]].sort((a, b) => a - b));
+  } finally {
+    n.close();
+  }
+});
+
+Deno.test("port choice: sync_port_hint marks every bound port (bindings carried over at start)", async () => {
+  const n = await loadTestNat(
+    testInterfaceConfig({ defaultRanges: ranges([{ start: 20000, end: 20999 }]) }),
+  );
+  try {
+    const taken = [20000, 20063, 20064, 20999];
+    taken.forEach((p, i) => bindFromUserSpace(n.nat.maps.binding, p, 50000 + i));
+    assertEquals(syncPortHint(n.nat), taken.length, "one per binding (reply entries only)");
+    const fd = bpf.mapFd(bpf.findMap(n.nat.obj, "map_port_bits"));
+    const bits = bpf.mapLookup(fd, encodePortBitsKey(4, 17, new Uint8Array(EXT)), 8192)!;
+    const dv = new DataView(bits.buffer, bits.byteOffset, bits.byteLength);
+    const set: number[] = [];
+    for (let w = 0; w < 1024; w++) {
+      const x = dv.getBigUint64(w * 8, true);
+      for (let b = 0; b < 64; b++) if ((x >> BigInt(b)) & 1n) set.push(w * 64 + b);
+    }
+    assertEquals(set, taken);
+  } finally {
+    n.close();
+  }
+});
+
+Deno.test("port choice: over three ranges, parity then class kept as long as possible; every port once, then refused", async () => {
+  // 1000-1030 straddles 1024 and a word boundary; 65530-65535 ends the port space.
+  const rs = [{ start: 1000, end: 1030 }, { start: 5000, end: 5010 }, { start: 65530, end: 65535 }];
+  const n = await loadTestNat(testInterfaceConfig({ defaultRanges: ranges(rs) }));
+  try {
+    const inRanges = (p: number) => rs.some((r) => p >= r.start && p <= r.end);
+    const total = rs.reduce((s, r) => s + r.end - r.start + 1, 0);
+    const highEven = 4 + 6 + 3; // even ports >= 1024: 1024-1030, 5000-5010, 65530-65535
+    const high = 7 + 11 + 6;
+    const got: number[] = [];
+    for (let i = 0; i < total; i++) {
+      // Even source ports above 1024, outside the ranges: no port preservation.
+      const r = n.egress(udp("192.0.2.10", 40000 + 2 * i));
+      assertEquals(r.retval, TC_ACT_OK, `flow ${i} refused with ${total - i} ports free`);
+      got.push(r.out.sport!);
+    }
+    assert(got.every(inRanges), `all in the ranges: ${got.filter((p) => !inRanges(p))}`);
+    assertEquals(new Set(got).size, total, "no port twice");
+    const first = got.slice(0, highEven), next = got.slice(highEven, high);
+    assert(first.every((p) => p >= 1024 && p % 2 === 0), `same parity and class first: ${first}`);
+    assert(next.every((p) => p >= 1024 && p % 2 === 1), `then same class: ${next}`);
+    assert(got.slice(high).every((p) => p < 1024), "ports below 1024 last");
+    const full = n.runRaw("egress", buildPacket(udp("192.0.2.11", 40001)));
+    assert(full.retval !== TC_ACT_OK, "range full: refused");
+  } finally {
+    n.close();
+  }
+});
+
+Deno.test("port choice: identifiers bound by pings from outside (allow_inbound_icmpx) are not handed out", async () => {
+  const ids = { start: 100, end: 131 };
+  const n = await loadTestNat(
+    testInterfaceConfig({
+      allowInboundIcmpx: true,
+      defaultRanges: {
+        ...ranges([{ start: 20000, end: 29999 }]),
+        icmp: [ids],
+        icmpIn: [ids],
+        icmpOut: [ids],
+      },
+    }),
+  );
+  const ping = (src: string, dst: string, id: number): PacketSpec => ({
+    family: 4,
+    proto: "icmp",
+    src,
+    dst,
+    icmpType: 8,
+    icmpId: id,
+    icmpSeq: 1,
+  });
+  try {
+    // 30 of the 32 identifiers bound to the NAT host by pings from outside.
+    for (let id = ids.start; id < ids.end - 1; id++) {
+      n.runRaw("ingress", buildPacket(ping("198.51.100.1", "203.0.113.1", id)));
+    }
+    const got: number[] = [];
+    for (let i = 0; i < 2; i++) {
+      const r = n.egress(ping("192.0.2.10", "198.51.100.1", 5000 + i));
+      assertEquals(r.retval, TC_ACT_OK, `ping ${i} refused while identifiers were free`);
+      got.push(r.out.icmpId!);
+    }
+    assertEquals(got.sort((a, b) => a - b), [ids.end - 1, ids.end], "the two free identifiers");
+    const full = n.runRaw("egress", buildPacket(ping("192.0.2.10", "198.51.100.1", 5002)));
+    assert(full.retval !== TC_ACT_OK, "all identifiers taken: refused");
+  } finally {
+    n.close();
+  }
+});

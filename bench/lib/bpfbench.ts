@@ -32,13 +32,12 @@ import {
   IPPROTO,
   PORT_BITS_LAYOUT,
   type StatName,
-  STATS,
-  sumPerCpu,
 } from "../../lib/nat/codec.ts";
 import type { NatObject } from "../../lib/nat/loader.ts";
 import {
   loadTestNat,
   type Nat,
+  stat as statOf,
   TC_ACT_OK,
   testInterfaceConfig,
 } from "../../tests/lib/natfixture.ts";
@@ -93,10 +92,7 @@ export function fdinfo(fd: number): Record<string, string> {
 
 /** Sum over CPUs of one `map_stats` counter. */
 export function stat(nat: NatObject, name: StatName): bigint {
-  const key = new Uint8Array(4);
-  new DataView(key.buffer).setUint32(0, STATS.indexOf(name), true);
-  const v = bpf.mapLookup(nat.maps.stats, key, 8 * navigator.hardwareConcurrency);
-  return v ? sumPerCpu(v) : 0n;
+  return statOf(nat.maps.stats, name);
 }
 
 /** Runs `fd` on `bytes` `repeat` times; returns the kernel's average ns per run. */

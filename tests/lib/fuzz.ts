@@ -662,7 +662,9 @@ export function checkPacket(
       // Passing is right only when there was nothing to translate to.
       if (d.inner) {
         const n = d.inner;
-        if (view.get(false, fam, keyProto(n.proto), n.src, n.sport)) {
+        const to = view.get(false, fam, keyProto(n.proto), n.src, n.sport);
+        // a binding of the NAT host's own (an inbound ping's identifier) maps to itself
+        if (to && !sameEndpoint({ addr: n.src, port: n.sport }, to)) {
           v.push("ICMP error about a mapped endpoint passed untranslated");
         }
       } else if (d.frag === 2) {
@@ -938,8 +940,11 @@ function checkIcmpToExternal(
     if (verdict !== TC_ACT_SHOT) v.push("hairpinned error with a bad checksum not dropped (REQ-3)");
     return res("drop");
   }
-  // A (mutated) sender outside the LAN networks has no route: the FIB lookup fails, a drop.
-  if (verdict === TC_ACT_SHOT && !isInternal(peer.addr)) return res("drop");
+  // A (mutated) sender outside the LAN networks, or at its broadcast address, has no unicast
+  // route: the FIB lookup fails, a drop.
+  const a = peer.addr;
+  const unicast = isInternal(a) && !(a.length === 4 && (a[3] === 0 || a[3] === 255));
+  if (verdict === TC_ACT_SHOT && !unicast) return res("drop");
   if (verdict !== TC_ACT_REDIRECT) v.push(`hairpinned ICMP error: verdict ${verdict}`);
   const allowed = allowedOffsets(d);
   for (let i = 0; i < input.length; i++) {

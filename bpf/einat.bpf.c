@@ -585,19 +585,26 @@ static __always_inline int ingress_l4(struct __sk_buff *skb, struct packet *pp, 
 		remote_port = 0;
 	}
 
-	struct binding_key rkey;
-	binding_key_init(&rkey, 0, pp->family, pp->l4proto, &pp->dst, pp->dport);
-	struct binding_value *b = bpf_map_lookup_elem(&map_binding, &rkey);
-	if (!b)
-		return ingress_unmapped(pp);
-	struct binding_value bv = *b;
-
+	/*
+	 * Established: the session holds the internal endpoint (its binding's),
+	 * so one lookup does. Otherwise the binding decides (EIF) and a session
+	 * is made.
+	 */
 	struct ct_key ck;
 	ct_key_init(&ck, pp->family, pp->l4proto, &pp->dst, pp->dport, &pp->src, remote_port);
+	struct binding_value bv;
 	struct ct_value *v = bpf_map_lookup_elem(&map_ct, &ck);
-	if (v) { /* established: refresh in place */
+	if (v) {
 		ct_refresh(v, pp->l4proto, false, pp->tcp_flags);
+		bv.addr = v->int_addr;
+		bv.port = v->int_port;
 	} else {
+		struct binding_key rkey;
+		binding_key_init(&rkey, 0, pp->family, pp->l4proto, &pp->dst, pp->dport);
+		struct binding_value *b = bpf_map_lookup_elem(&map_binding, &rkey);
+		if (!b)
+			return ingress_unmapped(pp);
+		bv = *b;
 		r = einat_ct_touch(&ck, &bv, false, pp->tcp_flags);
 		if (r)
 			return drop(r);

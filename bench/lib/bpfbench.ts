@@ -473,6 +473,48 @@ export function measureNewMappings(
   return res;
 }
 
+/** Result of {@link measureChainedNewMappings}. */
+export interface ChainedNewMappings {
+  /** Kernel-reported average ns per run; each run made one new mapping. */
+  ns: number;
+  /** No-op average ns on the same packet. */
+  noop: number;
+  /** New bindings the runs made (should equal the runs). */
+  made: number;
+  runs: number;
+}
+
+/**
+ * New mappings with warm caches: the external address is unmarked as external (like the
+ * alternation set-up), so a translated packet (external address, new port) is an internal
+ * source again and the next of `runs` repeats maps it anew. Every run is one new binding and
+ * session, half-way into an emptying range; `made` proves it.
+ */
+export async function measureChainedNewMappings(
+  noopFd: number,
+  runs: number,
+): Promise<ChainedNewMappings> {
+  const n = await loadBenchNat();
+  try {
+    unmarkExternal(n, 4);
+    const pkt = buildPacket({
+      family: 4,
+      src: "192.0.2.10",
+      dst: "198.51.100.1",
+      proto: "udp",
+      sport: 40000,
+      dport: 53,
+      payload: PAYLOAD,
+    });
+    const before = stat(n.nat, "new_binding");
+    const ns = await runNs(n.nat.egressFd, pkt, runs);
+    const made = Number(stat(n.nat, "new_binding") - before);
+    return { ns, noop: await runNs(noopFd, pkt, runs), made, runs };
+  } finally {
+    n.close();
+  }
+}
+
 /** Count of entries in a hash map (walks the keys). */
 export function countEntries(fd: number, keySize: number): number {
   let n = 0;

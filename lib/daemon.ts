@@ -14,6 +14,7 @@ import { formatAddr, parseAddr } from "./config/cidr.ts";
 import { formatRanges } from "./config/ranges.ts";
 import * as libc from "./ffi/libc.ts";
 import * as log from "./log.ts";
+import { describeConflict, findConflicts, type NamedNet } from "./conflict.ts";
 import { applyPlan, purgeStale } from "./nat/apply.ts";
 import { attach, type Attachment, detach, release, replaced } from "./nat/attach.ts";
 import { closeNat, loadNat, type NatObject } from "./nat/loader.ts";
@@ -42,6 +43,8 @@ export interface Served {
   /** Local rule preferences (from `[defaults]`) for hairpin routing. */
   localPref: { 4: number; 6: number };
   hairpin: HairpinState[];
+  /** Address conflicts last reported (RFC 4787 REQ-7), to log only changes. */
+  conflicts?: string;
 }
 
 const MS = 1_000_000n;
@@ -200,6 +203,7 @@ export async function reconcile(s: Served): Promise<void> {
     s.plan = plan;
     s.summary = summary;
   }
+  reportConflicts(s);
 
   let routingChanged = summary !== s.summary || !s.attachment;
   if (s.attachment && s.attachment.ifindex !== ifindex) {
@@ -217,6 +221,44 @@ export async function reconcile(s: Served): Promise<void> {
     afterAttach(s.nat, s.ifname);
   }
   if (routingChanged) await rehairpin(s, ifindex);
+}
+
+/** Internal networks of an interface's config: `snat_internals` and hairpin interfaces. */
+function internalNets(ic: InterfaceConfig): NamedNet[] {
+  const nets: NamedNet[] = ic.snatInternals.map((net) => ({ net, source: "snat_internals" }));
+  const names = new Set([
+    ...(ic.nat44 ? ic.ipv4HairpinRoute.internalIfNames : []),
+    ...(ic.nat66 ? ic.ipv6HairpinRoute.internalIfNames : []),
+  ]);
+  for (const name of names) {
+    if (name === "lo") continue;
+    for (const a of interfaceAddrs(name)) nets.push({ net: a, source: name });
+  }
+  return nets;
+}
+
+/**
+ * Logs external networks that overlap internal ones (RFC 4787 REQ-7), when that set
+ * changes: hosts at those addresses outside are unreachable from inside.
+ */
+function reportConflicts(s: Served): void {
+  const ext = interfaceAddrs(s.ifname)
+    .filter((a) => a.family === 4 ? s.ic.nat44 : s.ic.nat66)
+    .map((net) => ({ net, source: s.ifname }));
+  const found = findConflicts(ext, internalNets(s.ic)).map(describeConflict);
+  const key = found.join("; ");
+  if (key === (s.conflicts ?? "")) return;
+  s.conflicts = key;
+  for (const line of found) {
+    log.warn(`${line}: hosts outside at those addresses cannot be reached from inside`, {
+      ifname: s.ifname,
+      rfc: "RFC 4787 REQ-7",
+      fix: "renumber the internal network",
+    });
+  }
+  if (!found.length) {
+    log.info("external and internal networks no longer overlap", { ifname: s.ifname });
+  }
 }
 
 /** (Re)installs hairpin routing for the current external addresses. */

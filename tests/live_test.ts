@@ -185,3 +185,27 @@ Deno.test({
       }
     }),
 });
+
+Deno.test({
+  name:
+    "live: an external network that overlaps an internal one is reported (RFC 4787 REQ-7), and its end too",
+  ...sanitize,
+  fn: () =>
+    withTopology(async (t) => {
+      const einat = await startEinat(t.ns.router, ["-i", "wan0", "--hairpin-if", "br0"]);
+      try {
+        await waitLog(einat, /hairpin routing installed/);
+        assert(!/overlaps internal network/.test(einat.stderrText()), "no conflict at start");
+        // The WAN gets an address in a network that overlaps the LAN's 192.0.2.0/24.
+        await ip(t.ns.router, "addr add 192.0.2.200/25 dev wan0");
+        await waitLog(
+          einat,
+          /external network 192\.0\.2\.128\/25 \(wan0\) overlaps internal network 192\.0\.2\.0\/24 \(br0\)/,
+        );
+        await ip(t.ns.router, "addr del 192.0.2.200/25 dev wan0");
+        await waitLog(einat, /no longer overlap/);
+      } finally {
+        assertEquals(await stopEinat(einat), 0, einat.stderrText());
+      }
+    }),
+});

@@ -134,7 +134,8 @@ export function formatAddr(addr: Uint8Array): string {
   return `${head}::${tail}`;
 }
 
-function maskInPlace(addr: Uint8Array, prefixLen: number): void {
+/** Clears the host bits of `addr` beyond `prefixLen`. */
+export function maskInPlace(addr: Uint8Array, prefixLen: number): void {
   for (let i = 0; i < addr.length; i++) {
     const bits = Math.max(0, Math.min(8, prefixLen - 8 * i));
     addr[i] &= bits === 0 ? 0 : (0xff << (8 - bits)) & 0xff;

@@ -263,12 +263,7 @@ __noinline int einat_inbound_query(const struct packet *p)
 	return 0;
 }
 
-static __always_inline int ingress_icmp_query(const struct packet *p)
-{
-	if (CFG.inbound_icmpx)
-		einat_inbound_query(p);
-	return pass();
-}
+static __always_inline int ingress_icmp_query(const struct packet *p);
 
 /*
  * Hairpinning (RFC 4787 REQ-9): a packet from inside to one of our external
@@ -514,6 +509,12 @@ static __always_inline bool is_external_dest(const struct packet *p)
 	return dc && (dc->flags & EXT_EXTERNAL);
 }
 
+static __always_inline bool is_external_src(const struct packet *p)
+{
+	struct external_config *sc = lpm_lookup(&map_externals, p->family, &p->src);
+	return sc && (sc->flags & EXT_EXTERNAL);
+}
+
 /*
  * The first fragment of an inbound datagram has passed: when it was not
  * translated but goes to our external address (the router's own), its
@@ -536,6 +537,13 @@ __noinline int einat_ingress_first_fragment(struct __sk_buff *skb, struct packet
 }
 
 static __always_inline int ingress_l4(struct __sk_buff *skb, struct packet *pp, const __u8 family);
+
+static __always_inline int ingress_icmp_query(const struct packet *p)
+{
+	if (CFG.inbound_icmpx && !is_external_src(p))
+		einat_inbound_query(p);
+	return pass();
+}
 
 static __always_inline int ingress_family(struct __sk_buff *skb, const __u8 family)
 {
@@ -599,6 +607,11 @@ static __always_inline int ingress_l4(struct __sk_buff *skb, struct packet *pp, 
 		bv.addr = v->int_addr;
 		bv.port = v->int_port;
 	} else {
+		/* From one of our own external addresses: spoofed, or looped back. A session
+		 * with it as remote would catch LAN traffic to that address on the egress
+		 * fast path, past the hairpin turn. */
+		if (is_external_src(pp))
+			return pass();
 		struct binding_key rkey;
 		binding_key_init(&rkey, 0, pp->family, pp->l4proto, &pp->dst, pp->dport);
 		struct binding_value *b = bpf_map_lookup_elem(&map_binding, &rkey);

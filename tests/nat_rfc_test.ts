@@ -426,6 +426,20 @@ for (const family of [4, 6] as const) {
     }
   });
 
+  Deno.test(`IPv${family}: a packet from outside with our external address as source is not translated and makes no session that would bypass the hairpin`, async () => {
+    const n = await loadTestNat(cfg66(), EXTS);
+    try {
+      const a = n.egress(udp(family, A, 40000, SRV, 53)).out.sport!;
+      const b = n.egress(udp(family, B, 41000, SRV, 53)).out.sport!;
+      const spoofed = buildPacket(udp(family, EXT, b, EXT, a));
+      assertEquals(n.runRaw("ingress", spoofed), { retval: TC_ACT_OK, bytes: spoofed });
+      const hp = n.egress(udp(family, A, 40000, EXT, b));
+      assertEquals([hp.out.src, hp.out.sport, hp.out.dst, hp.out.dport], [EXT, a, B, 41000]);
+    } finally {
+      n.close();
+    }
+  });
+
   Deno.test(`ICMPv${family} echo from inside to the external address is answered by the router, even when an internal host holds that identifier`, async () => {
     const n = await loadTestNat(cfg66(), EXTS);
     try {

@@ -641,6 +641,12 @@ export function checkPacket(
       mustPass(`ingress ${d.status}${d.passReason ? ` (${d.passReason})` : ""}`);
       return res("pass");
     }
+    if (eq(d.src, extOf(fam)) && !d.inner && d.frag !== 2) {
+      // From our own external address (spoofed, or looped back): never translated, and no
+      // session is made with it as the remote (it would catch LAN traffic to that address).
+      mustPass("ingress from the external address itself");
+      return res("pass");
+    }
     if (verdict === TC_ACT_SHOT && d.frag === 2 && heldable(d, input) && !view.fragIngress(d)) {
       return res("held"); // a later fragment before its first, kept for it (frag.h)
     }

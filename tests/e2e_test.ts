@@ -4,7 +4,7 @@
  */
 import { assert, assertEquals, assertNotEquals } from "./lib/assert.ts";
 import { startEinat, stopEinat } from "./lib/einat.ts";
-import { startUdpEchoes, udpToEach } from "./lib/traffic.ts";
+import { startUdpEchoes, traceroute, udpToEach } from "./lib/traffic.ts";
 import { parseSeen, parseUdpReplies } from "./lib/peer.ts";
 import { buildPacket, fragment } from "./lib/packet.ts";
 import { nsExec, nsExecResult, peerCmd, run, runResult, withTopology } from "./lib/netns.ts";
@@ -189,22 +189,10 @@ Deno.test({
 
         // UDP traceroute ends with the server's port unreachable, which only
         // reaches lan1 if einat translates the ICMP error back.
-        for (const [fam, dst] of [["-4", t.addrs.v4.srv1[0]], ["-6", a.srv1[0]]]) {
-          const tr = await nsExecResult(t.ns.lan1, [
-            "traceroute",
-            fam,
-            "-n",
-            "-q",
-            "1",
-            "-w",
-            "1",
-            "-m",
-            "4",
-            dst,
-          ]);
+        for (const [fam, dst] of [["-4", t.addrs.v4.srv1[0]], ["-6", a.srv1[0]]] as const) {
+          const tr = await traceroute(t.ns.lan1, fam, dst);
           assertEquals(tr.code, 0, tr.stdout + tr.stderr);
-          const last = tr.stdout.trim().split("\n").at(-1)!;
-          assert(last.includes(dst), `traceroute ${fam} reached ${dst}:\n${tr.stdout}`);
+          assert(tr.hops.at(-1)!.includes(dst), `traceroute ${fam} reached ${dst}:\n${tr.stdout}`);
         }
       } finally {
         assertEquals(await stopEinat(einat), 0, einat.stderrText());
@@ -436,25 +424,12 @@ Deno.test({
               t.addrs.v6.srv1,
             ]] as const
           ) {
-            for (const method of [[], ["-I"]]) {
-              const tr = await nsExecResult(t.ns.lan1, [
-                "traceroute",
-                fam,
-                ...method,
-                "-n",
-                "-q",
-                "1",
-                "-w",
-                "1",
-                "-m",
-                "5",
-                dst,
-              ]);
-              const what = `traceroute ${fam} ${method.join(" ") || "(UDP)"}:\n${tr.stdout}`;
+            for (const icmp of [false, true]) {
+              const tr = await traceroute(t.ns.lan1, fam, dst, { icmp, maxHops: 5 });
+              const what = `traceroute ${fam} ${icmp ? "-I" : "(UDP)"}:\n${tr.stdout}`;
               assertEquals(tr.code, 0, what + tr.stderr);
-              const lines = tr.stdout.trim().split("\n").slice(1);
-              assert(hop.some((h) => lines[1]?.includes(h)), `hop 2 is srv1 — ${what}`);
-              assert(lines.at(-1)!.includes(dst), `reached ${dst} — ${what}`);
+              assert(hop.some((h) => tr.hops[1]?.includes(h)), `hop 2 is srv1 — ${what}`);
+              assert(tr.hops.at(-1)!.includes(dst), `reached ${dst} — ${what}`);
             }
           }
         } finally {

@@ -527,6 +527,17 @@ function allowedOffsets(d: Dissected): Set<number> {
   return s;
 }
 
+/** Flags the first byte the program changed outside addresses, ports and checksums. */
+function checkChangedBytes(input: Uint8Array, out: Uint8Array, d: Dissected, v: string[]): void {
+  const allowed = allowedOffsets(d);
+  for (let i = 0; i < input.length; i++) {
+    if (input[i] !== out[i] && !allowed.has(i)) {
+      v.push(`byte ${i} changed outside addresses/ports/checksums`);
+      return;
+    }
+  }
+}
+
 function checkResiduals(input: Uint8Array, out: Uint8Array, d: Dissected, v: string[]): void {
   if (d.family === 4) {
     const a = sumOf(input, L3, L3 + d.ihl), b = sumOf(out, L3, L3 + d.ihl);
@@ -691,13 +702,7 @@ export function checkPacket(
       return res("pass");
     }
     const od = dissect(out);
-    const allowed = allowedOffsets(d);
-    for (let i = 0; i < input.length; i++) {
-      if (input[i] !== out[i] && !allowed.has(i)) {
-        v.push(`byte ${i} changed outside addresses/ports/checksums`);
-        break;
-      }
-    }
+    checkChangedBytes(input, out, d, v);
     if (out.length !== input.length) v.push("length changed");
     checkResiduals(input, out, d, v);
     if (!eq(od.src, d.src)) v.push("ingress changed the source");
@@ -821,13 +826,7 @@ export function checkPacket(
     v.push(`length changed ${input.length} -> ${out.length}`);
     return res("translated");
   }
-  const allowed = allowedOffsets(d);
-  for (let i = 0; i < input.length; i++) {
-    if (input[i] !== out[i] && !allowed.has(i)) {
-      v.push(`byte ${i} changed outside addresses/ports/checksums`);
-      break;
-    }
-  }
+  checkChangedBytes(input, out, d, v);
   checkResiduals(input, out, d, v);
   const od = dissect(out);
   if (own) {
@@ -952,13 +951,7 @@ function checkIcmpToExternal(
   const unicast = isInternal(a) && !(a.length === 4 && (a[3] === 0 || a[3] === 255));
   if (verdict === TC_ACT_SHOT && !unicast) return res("drop");
   if (verdict !== TC_ACT_REDIRECT) v.push(`hairpinned ICMP error: verdict ${verdict}`);
-  const allowed = allowedOffsets(d);
-  for (let i = 0; i < input.length; i++) {
-    if (input[i] !== out[i] && !allowed.has(i)) {
-      v.push(`byte ${i} changed outside addresses/ports/checksums`);
-      break;
-    }
-  }
+  checkChangedBytes(input, out, d, v);
   checkResiduals(input, out, d, v);
   const od = dissect(out), on = od.inner;
   if (!eq(od.src, snat.addr)) {

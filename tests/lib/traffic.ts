@@ -2,7 +2,7 @@
  * Traffic patterns several namespace tests and the demo share.
  * @module
  */
-import { type NsProcess, peerCmd, type Topology } from "./netns.ts";
+import { nsExecResult, type NsProcess, peerCmd, type Topology } from "./netns.ts";
 import { parseUdpReplies, type UdpReply } from "./peer.ts";
 
 /** Starts a UDP echo on `port` in both servers and waits until both listen. */
@@ -45,4 +45,38 @@ export async function udpToEach(
   const all = new RegExp(Array(tos.length).fill("seen .* from ").join(".*\\n.*"), "s");
   await client.waitForStdout(all, 10000);
   return { client, replies: parseUdpReplies(client.stdoutText()) };
+}
+
+/** What a traceroute run printed: its exit code, output, and one line per hop. */
+export interface Trace {
+  code: number;
+  stdout: string;
+  stderr: string;
+  hops: string[];
+}
+
+/**
+ * `traceroute -n -q 1 -w 1` from namespace `ns` to `dst` (`fam` "-4" or "-6"), UDP or with
+ * `icmp` ICMP echo, at most `maxHops` hops.
+ */
+export async function traceroute(
+  ns: string,
+  fam: "-4" | "-6",
+  dst: string,
+  o: { icmp?: boolean; maxHops?: number } = {},
+): Promise<Trace> {
+  const r = await nsExecResult(ns, [
+    "traceroute",
+    fam,
+    ...(o.icmp ? ["-I"] : []),
+    "-n",
+    "-q",
+    "1",
+    "-w",
+    "1",
+    "-m",
+    String(o.maxHops ?? 4),
+    dst,
+  ]);
+  return { ...r, hops: r.stdout.trim().split("\n").slice(1) };
 }

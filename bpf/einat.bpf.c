@@ -103,10 +103,28 @@ static __always_inline int deliver_locally(struct __sk_buff *skb)
 	return bpf_redirect(skb->ifindex, BPF_F_INGRESS);
 }
 
+/* EXT_* flags of the most specific `map_externals` entry covering `a` (0: none). */
+static __always_inline __u8 ext_flags(__u8 family, const union ip_addr *a)
+{
+	struct external_config *c = lpm_lookup(&map_externals, family, a);
+	return c ? c->flags : 0;
+}
+
+/* To one of our external addresses, with hairpinning on for it. */
 static __always_inline bool is_hairpin_dest(const struct packet *p)
 {
-	struct external_config *dc = lpm_lookup(&map_externals, p->family, &p->dst);
-	return dc && (dc->flags & EXT_EXTERNAL) && !(dc->flags & EXT_NO_HAIRPIN);
+	__u8 f = ext_flags(p->family, &p->dst);
+	return (f & EXT_EXTERNAL) && !(f & EXT_NO_HAIRPIN);
+}
+
+static __always_inline bool is_external_dest(const struct packet *p)
+{
+	return ext_flags(p->family, &p->dst) & EXT_EXTERNAL;
+}
+
+static __always_inline bool is_external_src(const struct packet *p)
+{
+	return ext_flags(p->family, &p->src) & EXT_EXTERNAL;
 }
 
 /*
@@ -263,7 +281,12 @@ __noinline int einat_inbound_query(const struct packet *p)
 	return 0;
 }
 
-static __always_inline int ingress_icmp_query(const struct packet *p);
+static __always_inline int ingress_icmp_query(const struct packet *p)
+{
+	if (CFG.inbound_icmpx && !is_external_src(p))
+		einat_inbound_query(p);
+	return pass();
+}
 
 /*
  * Hairpinning (RFC 4787 REQ-9): a packet from inside to one of our external
@@ -503,18 +526,6 @@ static __always_inline int egress_family(struct __sk_buff *skb, const __u8 famil
 	return TC_ACT_OK;
 }
 
-static __always_inline bool is_external_dest(const struct packet *p)
-{
-	struct external_config *dc = lpm_lookup(&map_externals, p->family, &p->dst);
-	return dc && (dc->flags & EXT_EXTERNAL);
-}
-
-static __always_inline bool is_external_src(const struct packet *p)
-{
-	struct external_config *sc = lpm_lookup(&map_externals, p->family, &p->src);
-	return sc && (sc->flags & EXT_EXTERNAL);
-}
-
 /*
  * The first fragment of an inbound datagram has passed: when it was not
  * translated but goes to our external address (the router's own), its
@@ -536,49 +547,6 @@ __noinline int einat_ingress_first_fragment(struct __sk_buff *skb, struct packet
 	return TC_ACT_OK;
 }
 
-static __always_inline int ingress_l4(struct __sk_buff *skb, struct packet *pp, const __u8 family);
-
-static __always_inline int ingress_icmp_query(const struct packet *p)
-{
-	if (CFG.inbound_icmpx && !is_external_src(p))
-		einat_inbound_query(p);
-	return pass();
-}
-
-static __always_inline int ingress_family(struct __sk_buff *skb, const __u8 family)
-{
-	__u32 pkt_idx = 0;
-	struct packet *pp = bpf_map_lookup_elem(&map_packet_scratch, &pkt_idx);
-	if (!pp)
-		return TC_ACT_SHOT;
-	int r = parse_packet(skb, pp, family);
-	if (r != PARSE_OK)
-		return pass();
-	if (pp->icmp_err)
-		return einat_ingress_icmp_error(skb, pp);
-
-	if (pp->frag == FRAG_LATER) {
-		union ip_addr to;
-		if (!einat_frag_lookup(pp, false, &to)) {
-			/* first fragment not seen yet: keep a copy for when it comes */
-			if (is_external_dest(pp) && einat_frag_hold(skb, pp)) {
-				stat_inc(STAT_FRAGMENT_HELD);
-				return TC_ACT_SHOT;
-			}
-			return pass();
-		}
-		if (rewrite(skb, pp, false, &to, 0))
-			return drop(STAT_DROP_UNTRANSLATABLE);
-		stat_inc(STAT_FRAGMENT_NAT);
-		traffic_add(skb, false, family);
-		return TC_ACT_OK;
-	}
-
-	r = ingress_l4(skb, pp, family);
-	if (pp->frag == FRAG_FIRST && r == TC_ACT_OK)
-		return einat_ingress_first_fragment(skb, pp);
-	return r;
-}
 
 /* An unfragmented packet or a first fragment, to a binding or not. */
 static __always_inline int ingress_l4(struct __sk_buff *skb, struct packet *pp, const __u8 family)
@@ -630,6 +598,41 @@ static __always_inline int ingress_l4(struct __sk_buff *skb, struct packet *pp, 
 	stat_inc(STAT_INGRESS_NAT);
 	traffic_add(skb, false, family);
 	return TC_ACT_OK;
+}
+
+static __always_inline int ingress_family(struct __sk_buff *skb, const __u8 family)
+{
+	__u32 pkt_idx = 0;
+	struct packet *pp = bpf_map_lookup_elem(&map_packet_scratch, &pkt_idx);
+	if (!pp)
+		return TC_ACT_SHOT;
+	int r = parse_packet(skb, pp, family);
+	if (r != PARSE_OK)
+		return pass();
+	if (pp->icmp_err)
+		return einat_ingress_icmp_error(skb, pp);
+
+	if (pp->frag == FRAG_LATER) {
+		union ip_addr to;
+		if (!einat_frag_lookup(pp, false, &to)) {
+			/* first fragment not seen yet: keep a copy for when it comes */
+			if (is_external_dest(pp) && einat_frag_hold(skb, pp)) {
+				stat_inc(STAT_FRAGMENT_HELD);
+				return TC_ACT_SHOT;
+			}
+			return pass();
+		}
+		if (rewrite(skb, pp, false, &to, 0))
+			return drop(STAT_DROP_UNTRANSLATABLE);
+		stat_inc(STAT_FRAGMENT_NAT);
+		traffic_add(skb, false, family);
+		return TC_ACT_OK;
+	}
+
+	r = ingress_l4(skb, pp, family);
+	if (pp->frag == FRAG_FIRST && r == TC_ACT_OK)
+		return einat_ingress_first_fragment(skb, pp);
+	return r;
 }
 
 /*

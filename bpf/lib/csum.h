@@ -69,9 +69,11 @@ static __always_inline __u32 addr_diff(__u8 family, const union ip_addr *from,
  * Every change is checksum-neutral, so CHECKSUM_COMPLETE sums stay valid.
  * A global function: one verified copy for every caller, and a small stack.
  */
-static __always_inline int rewrite_inline(struct __sk_buff *skb, const struct packet *p,
-					  int is_src, const union ip_addr *to_addr, __u32 to_port32)
+__noinline int einat_rewrite(struct __sk_buff *skb, const struct packet *p, int is_src,
+			     const union ip_addr *to_addr, __u32 to_port32)
 {
+	if (!p || !to_addr)
+		return -1;
 	__be16 to_port = (__be16)to_port32;
 	const union ip_addr *old_addr = is_src ? &p->src : &p->dst;
 	__be16 old_port = is_src ? p->sport : p->dport;
@@ -123,15 +125,6 @@ static __always_inline int rewrite_inline(struct __sk_buff *skb, const struct pa
 	    bpf_l4_csum_replace(skb, p->csum_off, old_port, to_port, l4flags | sizeof(__be16)))
 		return -1;
 	return 0;
-}
-
-/* One verified copy for the slow paths; the established fast paths inline it. */
-__noinline int einat_rewrite(struct __sk_buff *skb, const struct packet *p, int is_src,
-			     const union ip_addr *to_addr, __u32 to_port32)
-{
-	if (!p || !to_addr)
-		return -1;
-	return rewrite_inline(skb, p, is_src, to_addr, to_port32);
 }
 
 #define rewrite(skb, p, is_src, to_addr, to_port) einat_rewrite(skb, p, is_src, to_addr, to_port)

@@ -150,26 +150,14 @@ __noinline int einat_frag_release(struct __sk_buff *skb, const struct packet *p)
 	struct frag_hold *s = bpf_map_lookup_elem(&map_frag_hold_scratch, &zero);
 	if (!p || !s)
 		return 0;
+	__u32 l3 = p->l3_off;
+	if (l3 > 64)
+		return 0;
 	struct frag_hold_key k;
 	__builtin_memset(&k, 0, sizeof(k));
 	frag_key_init(&k.fk, p, false);
-	bool any = false;
-	for (__u32 i = 0; i < FRAG_HOLD_SLOTS; i++) {
-		k.slot = i;
-		if (bpf_map_lookup_elem(&map_frag_hold, &k))
-			any = true;
-	}
-	if (!any)
-		return 0;
-	__u32 l3 = p->l3_off;
-	__u32 len = skb->len - l3;
-	if (l3 > 64 || len < 20 || len > FRAG_HOLD_BYTES)
-		return 0; /* cannot keep the first aside: the held ones expire */
-	if (bpf_skb_load_bytes(skb, l3, s->ip, len))
-		return 0;
-	s->len = len;
 	__u64 now = bpf_ktime_get_ns();
-	int changed = 0;
+	__u32 len = 0; /* of the first fragment, once kept aside */
 	for (__u32 i = 0; i < FRAG_HOLD_SLOTS; i++) {
 		k.slot = i;
 		struct frag_hold *h = bpf_map_lookup_elem(&map_frag_hold, &k);
@@ -177,7 +165,13 @@ __noinline int einat_frag_release(struct __sk_buff *skb, const struct packet *p)
 			continue;
 		__u32 hl = h->len;
 		if (h->expires_ns >= now && hl >= 20 && hl <= FRAG_HOLD_BYTES) {
-			changed = 1;
+			if (!len) { /* keep the first aside; if it cannot be, the held ones expire */
+				len = skb->len - l3;
+				if (len < 20 || len > FRAG_HOLD_BYTES ||
+				    bpf_skb_load_bytes(skb, l3, s->ip, len))
+					return 0;
+				s->len = len;
+			}
 			if (!bpf_skb_change_tail(skb, l3 + hl, 0) &&
 			    !bpf_skb_store_bytes(skb, l3, h->ip, hl, BPF_F_RECOMPUTE_CSUM) &&
 			    !bpf_clone_redirect(skb, skb->ifindex, BPF_F_INGRESS))
@@ -185,7 +179,7 @@ __noinline int einat_frag_release(struct __sk_buff *skb, const struct packet *p)
 		}
 		bpf_map_delete_elem(&map_frag_hold, &k);
 	}
-	if (!changed)
+	if (!len)
 		return 0;
 	len = s->len;
 	if (len < 20 || len > FRAG_HOLD_BYTES)

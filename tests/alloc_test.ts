@@ -9,7 +9,10 @@
  * in the hint) are not handed to internal hosts.
  */
 import { assert, assertEquals } from "./lib/assert.ts";
-import { loadTestNat, ranges, TC_ACT_OK, testInterfaceConfig } from "./lib/natfixture.ts";
+import { loadTestNat, ranges, stat, TC_ACT_OK, testInterfaceConfig } from "./lib/natfixture.ts";
+import { applyPlan, purgeStale } from "../lib/nat/apply.ts";
+import { planInterface } from "../lib/nat/plan.ts";
+import { parseAddr } from "../lib/config/cidr.ts";
 import { buildPacket, type PacketSpec } from "./lib/packet.ts";
 import * as bpf from "../lib/ffi/libbpf.ts";
 import { encodeBindingKey, encodeBindingValue, encodePortBitsKey } from "../lib/nat/codec.ts";
@@ -195,6 +198,35 @@ Deno.test("port choice: identifiers bound by pings from outside (allow_inbound_i
     assertEquals(got.sort((a, b) => a - b), [ids.end - 1, ids.end], "the two free identifiers");
     const full = n.runRaw("egress", buildPacket(ping("192.0.2.10", "198.51.100.1", 5002)));
     assert(full.retval !== TC_ACT_OK, "all identifiers taken: refused");
+  } finally {
+    n.close();
+  }
+});
+
+Deno.test("port choice: an external address that leaves takes its hint along (no stale bits should it come back); back again, its whole range is handed out", async () => {
+  const ic = testInterfaceConfig({ defaultRanges: ranges([{ start: 20000, end: 20063 }]) });
+  const n = await loadTestNat(ic);
+  try {
+    const fd = n.nat.maps.portBits;
+    const key = encodePortBitsKey(4, 17, new Uint8Array(EXT));
+    for (let i = 0; i < 64; i++) {
+      assertEquals(n.egress(udp("192.0.2.10", 40000 + i)).retval, TC_ACT_OK);
+    }
+    assert(bpf.mapLookup(fd, key, 8192), "the hint exists while the address is there");
+    // The address leaves (another one takes over), then comes back.
+    const other = planInterface(ic, [{ family: 4, addr: parseAddr("203.0.113.2"), prefixLen: 24 }]);
+    applyPlan(n.nat.maps, other);
+    const purged = purgeStale(n.nat.maps, other);
+    assertEquals(purged.bindings, 64);
+    assertEquals(bpf.mapLookup(fd, key, 8192), null, "its hint went with it");
+    const back = planInterface(ic, [{ family: 4, addr: new Uint8Array(EXT), prefixLen: 24 }]);
+    applyPlan(n.nat.maps, back);
+    purgeStale(n.nat.maps, back);
+    const made = stat(n.nat.maps.stats, "new_binding");
+    for (let i = 0; i < 64; i++) {
+      assertEquals(n.egress(udp("192.0.2.11", 41000 + i)).retval, TC_ACT_OK, `flow ${i}`);
+    }
+    assertEquals(stat(n.nat.maps.stats, "new_binding") - made, 64n, "the whole range again");
   } finally {
     n.close();
   }

@@ -21,6 +21,7 @@ import {
   encodeLpmKey,
   EXTERNAL_CONFIG_LAYOUT,
   LPM_KEY_LAYOUT,
+  PORT_BITS_KEY_LAYOUT,
 } from "./codec.ts";
 import type { NatMaps } from "./loader.ts";
 import type { NatPlan } from "./plan.ts";
@@ -65,8 +66,10 @@ export function applyPlan(maps: NatMaps, plan: NatPlan): void {
 
 /**
  * Deletes bindings and sessions whose external address the plan no longer
- * has (the address left the interface). Mappings of addresses that remain
- * are untouched, so their connections survive unrelated changes.
+ * has (the address left the interface), and that address's free-port hint:
+ * its bits would mark the purged ports taken should the address come back.
+ * Mappings of addresses that remain are untouched, so their connections
+ * survive unrelated changes.
  */
 export function purgeStale(maps: NatMaps, plan: NatPlan): { bindings: number; sessions: number } {
   const valid = new Set(plan.resolved.map((r) => hex(addr16(r.addr))));
@@ -94,6 +97,18 @@ export function purgeStale(maps: NatMaps, plan: NatPlan): { bindings: number; se
     const k = decodeCtKey(e.key);
     if (valid.has(hex(addr16(k.extAddr)))) continue;
     if (bpf.mapDelete(maps.ct, e.key)) sessions++;
+  }
+  const addrAt = PORT_BITS_KEY_LAYOUT.fields.addr;
+  const hints: Uint8Array[] = [];
+  for (
+    let k = bpf.mapNextKey(maps.portBits, null, PORT_BITS_KEY_LAYOUT.size);
+    k !== null;
+    k = bpf.mapNextKey(maps.portBits, k, PORT_BITS_KEY_LAYOUT.size)
+  ) hints.push(k);
+  for (const key of hints) {
+    if (!valid.has(hex(key.subarray(addrAt.offset, addrAt.offset + addrAt.size)))) {
+      bpf.mapDelete(maps.portBits, key);
+    }
   }
   return { bindings, sessions };
 }

@@ -19,6 +19,7 @@ export const MAP_NAMES = {
   stats: "map_stats",
   frag: "map_frag",
   traffic: "map_traffic",
+  portBits: "map_port_bits",
 } as const;
 
 /** File descriptors of the maps, by role. */

@@ -57,7 +57,9 @@ Deno.test({
         const args = ["-i", "wan0", "--pin-dir", pin];
         // The new address stays when the old primary one goes.
         await nsExec(t.ns.router, ["sysctl", "-qw", "net.ipv4.conf.wan0.promote_secondaries=1"]);
-        let einat = await startEinat(t.ns.router, args);
+        // killed as a safety net only well after the run would end
+        const lifetimeMs = (SECONDS + 120) * 1000;
+        let einat = await startEinat(t.ns.router, args, 15000, {}, lifetimeMs);
         const procs: NsProcess[] = [];
         try {
           for (const ns of [t.ns.srv1, t.ns.srv2]) {
@@ -100,7 +102,13 @@ Deno.test({
             await nsExec(t.ns.router, ["ip", "addr", "add", `${to}/24`, "dev", "wan0"]);
             await nsExec(t.ns.router, ["ip", "addr", "del", `${from}/24`, "dev", "wan0"]);
             if (!replaced && Date.now() - start > (SECONDS * 1000) / 2) {
-              const next = await startEinat(t.ns.router, [...args, "--replace"]);
+              const next = await startEinat(
+                t.ns.router,
+                [...args, "--replace"],
+                15000,
+                {},
+                lifetimeMs,
+              );
               const old = await einat.output(10000);
               assertEquals(old.code, 0, old.stderr);
               einat = next;

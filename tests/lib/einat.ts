@@ -12,16 +12,20 @@ export function einatCmd(args: string[]): string[] {
   return [Deno.execPath(), "run", "-A", `${ROOT}main.ts`, ...args];
 }
 
-/** Starts einat in `ns` and waits until it logs that it runs (or exits). */
+/**
+ * Starts einat in `ns` and waits until it logs that it runs (or exits). As a safety net the
+ * daemon is killed after `lifetimeMs` (tests that run longer pass more).
+ */
 export async function startEinat(
   ns: string,
   args: string[],
   timeoutMs = 15000,
   env: Record<string, string> = {},
+  lifetimeMs = 120_000,
 ): Promise<NsProcess> {
   const vars = Object.entries(env).map(([k, v]) => `${k}=${v}`);
   const cmd = vars.length ? ["env", ...vars, ...einatCmd(args)] : einatCmd(args);
-  const p = spawnInNs(ns, cmd, { cwd: ROOT, killAfterMs: 120_000 });
+  const p = spawnInNs(ns, cmd, { cwd: ROOT, killAfterMs: lifetimeMs });
   const deadline = Date.now() + timeoutMs;
   while (Date.now() < deadline) {
     if (/einat running/.test(p.stderrText())) return p;

@@ -72,6 +72,7 @@ __noinline int einat_frag_lookup(const struct packet *p, int egress, union ip_ad
 	return 1;
 }
 
+#define LOOPBACK_IFINDEX 1 /* the same in every network namespace */
 #define FRAG_HOLD_SLOTS 4
 #define FRAG_HOLD_BYTES 1600 /* IP bytes: a 1500-byte MTU with room */
 #define FRAG_HOLD_MAX 128
@@ -172,9 +173,13 @@ __noinline int einat_frag_release(struct __sk_buff *skb, const struct packet *p)
 					return 0;
 				s->len = len;
 			}
+			/* Never replayed onto a loopback device: einat is not attached to one,
+			 * and under BPF_PROG_TEST_RUN the skb sits on the caller's lo, where a
+			 * clone would inject test packets into the caller's namespace. */
 			if (!bpf_skb_change_tail(skb, l3 + hl, 0) &&
 			    !bpf_skb_store_bytes(skb, l3, h->ip, hl, BPF_F_RECOMPUTE_CSUM) &&
-			    !bpf_clone_redirect(skb, skb->ifindex, BPF_F_INGRESS))
+			    (skb->ifindex == LOOPBACK_IFINDEX ||
+			     !bpf_clone_redirect(skb, skb->ifindex, BPF_F_INGRESS)))
 				stat_inc(STAT_FRAGMENT_RELEASED);
 		}
 		bpf_map_delete_elem(&map_frag_hold, &k);

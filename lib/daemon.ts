@@ -167,7 +167,8 @@ export async function reconcile(s: Served): Promise<void> {
     });
   }
 
-  const plan = planInterface(s.ic, interfaceAddrs(s.ifname));
+  const addrs = interfaceAddrs(s.ifname);
+  const plan = planInterface(s.ic, addrs);
   const summary = summarize(plan);
   if (summary !== s.summary || !s.plan) {
     applyPlan(s.nat.maps, plan);
@@ -203,7 +204,7 @@ export async function reconcile(s: Served): Promise<void> {
     s.plan = plan;
     s.summary = summary;
   }
-  reportConflicts(s);
+  reportConflicts(s, addrs);
 
   let routingChanged = summary !== s.summary || !s.attachment;
   if (s.attachment && s.attachment.ifindex !== ifindex) {
@@ -241,8 +242,8 @@ function internalNets(ic: InterfaceConfig): NamedNet[] {
  * Logs external networks that overlap internal ones (RFC 4787 REQ-7), when that set
  * changes: hosts at those addresses outside are unreachable from inside.
  */
-function reportConflicts(s: Served): void {
-  const ext = interfaceAddrs(s.ifname)
+function reportConflicts(s: Served, addrs: IfAddr[]): void {
+  const ext = addrs
     .filter((a) => a.family === 4 ? s.ic.nat44 : s.ic.nat66)
     .map((net) => ({ net, source: s.ifname }));
   const found = findConflicts(ext, internalNets(s.ic)).map(describeConflict);

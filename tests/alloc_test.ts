@@ -119,7 +119,7 @@ Deno.test("port choice: sync_port_hint marks every bound port (bindings carried 
     const taken = [20000, 20063, 20064, 20999];
     taken.forEach((p, i) => bindFromUserSpace(n.nat.maps.binding, p, 50000 + i));
     assertEquals(syncPortHint(n.nat), taken.length, "one per binding (reply entries only)");
-    const fd = bpf.mapFd(bpf.findMap(n.nat.obj, "map_port_bits"));
+    const fd = n.nat.maps.portBits;
     const bits = bpf.mapLookup(fd, encodePortBitsKey(4, 17, new Uint8Array(EXT)), 8192)!;
     const dv = new DataView(bits.buffer, bits.byteOffset, bits.byteLength);
     const set: number[] = [];

@@ -394,7 +394,7 @@ export function newFlowPackets(
  * deletes a binding (a deletion from user space would leave it set).
  */
 function releaseHintBit(nat: NatObject, l4proto: number, ext: Uint8Array, port: number): void {
-  const fd = bpf.mapFd(bpf.findMap(nat.obj, "map_port_bits"));
+  const fd = nat.maps.portBits;
   const key = encodePortBitsKey(4, l4proto, ext);
   const v = bpf.mapLookup(fd, key, PORT_BITS_LAYOUT.size);
   if (!v) return;

@@ -433,14 +433,21 @@ export interface MapEntry {
 }
 
 /**
+ * Iterates a map's keys lazily with `get_next_key`; concurrent deletes in a hash map may
+ * restart the walk (kernel semantics).
+ */
+export function* mapKeys(fd: number, keySize: number): Generator<Uint8Array> {
+  for (let key = mapNextKey(fd, null, keySize); key !== null; key = mapNextKey(fd, key, keySize)) {
+    yield key;
+  }
+}
+
+/**
  * Iterates a map lazily with `get_next_key` + `lookup`. Keys deleted meanwhile are skipped;
  * concurrent deletes in a hash map may restart the walk (kernel semantics).
  */
 export function* mapEntries(fd: number, keySize: number, valueSize: number): Generator<MapEntry> {
-  let key: Uint8Array | null = null;
-  for (;;) {
-    key = mapNextKey(fd, key, keySize);
-    if (key === null) return;
+  for (const key of mapKeys(fd, keySize)) {
     const value = mapLookup(fd, key, valueSize);
     if (value !== null) yield { key, value };
   }

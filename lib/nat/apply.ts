@@ -99,13 +99,7 @@ export function purgeStale(maps: NatMaps, plan: NatPlan): { bindings: number; se
     if (bpf.mapDelete(maps.ct, e.key)) sessions++;
   }
   const addrAt = PORT_BITS_KEY_LAYOUT.fields.addr;
-  const hints: Uint8Array[] = [];
-  for (
-    let k = bpf.mapNextKey(maps.portBits, null, PORT_BITS_KEY_LAYOUT.size);
-    k !== null;
-    k = bpf.mapNextKey(maps.portBits, k, PORT_BITS_KEY_LAYOUT.size)
-  ) hints.push(k);
-  for (const key of hints) {
+  for (const key of [...bpf.mapKeys(maps.portBits, PORT_BITS_KEY_LAYOUT.size)]) {
     if (!valid.has(hex(key.subarray(addrAt.offset, addrAt.offset + addrAt.size)))) {
       bpf.mapDelete(maps.portBits, key);
     }

@@ -15,7 +15,7 @@ import * as log from "./lib/log.ts";
 import { BUILD_INFO } from "./lib/build_info.ts";
 import { checkRuntimeLibraries } from "./lib/deps.ts";
 import { BusyError } from "./lib/nat/attach.ts";
-import { armPendingTimers } from "./lib/nat/loader.ts";
+import { expireSessions, SWEEP_INTERVAL_MS } from "./lib/nat/loader.ts";
 import { runShow } from "./lib/state/show.ts";
 import { runFlush } from "./lib/state/flush.ts";
 import { configureState, DEFAULT_PIN_ROOT } from "./lib/state/options.ts";
@@ -107,21 +107,18 @@ export async function main(args: string[]): Promise<number> {
     return fail(errors.join("; ") || "no interface configured");
   }
   const follower = follow(() => served);
-  // Sessions whose timer could not be armed in the datapath get one here.
+  // The session sweep: sessions carry no timer (bpf/lib/ct.h).
   const sweep = setInterval(() => {
     for (const s of served) {
       if (!s.nat) continue;
       try {
-        const n = armPendingTimers(s.nat);
-        if (n > 0) log.debug("armed deferred session timers", { ifname: s.ifname, sessions: n });
+        const n = expireSessions(s.nat);
+        if (n > 0) log.debug("sessions expired", { ifname: s.ifname, sessions: n });
       } catch (e) {
-        log.warn("arming deferred timers failed", {
-          ifname: s.ifname,
-          error: (e as Error).message,
-        });
+        log.warn("session sweep failed", { ifname: s.ifname, error: (e as Error).message });
       }
     }
-  }, 2000);
+  }, SWEEP_INTERVAL_MS);
   await follower.resync(); // changes between start-up and the first event
   log.info("einat running", { interfaces: served.map((s) => s.ifname).join(",") });
 
@@ -138,12 +135,6 @@ export async function main(args: string[]): Promise<number> {
     await follower.resync();
   }
   clearInterval(sweep);
-  // Arm what is still pending, so that no session outlives a stop unarmed.
-  for (const s of served) {
-    try {
-      if (s.nat) armPendingTimers(s.nat);
-    } catch { /* best effort */ }
-  }
   await follower.stop();
   await metrics?.close();
   for (const s of served) await stopServing(s);

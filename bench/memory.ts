@@ -296,7 +296,7 @@ export async function runMemory(o: BenchOptions): Promise<PartResult> {
             fmt(mm.memlockPerMapping, 1),
           ],
           [
-            "unreclaimable slab + percpu growth per mapping (/proc/meminfo: allocator rounding, bpf_timer; " +
+            "unreclaimable slab + percpu growth per mapping (/proc/meminfo: allocator size classes; " +
             `median of ${mm.slabDeltasKb.length} runs: ${mm.slabDeltasKb.join(", ")} kB)`,
             fmt(mm.slabPerMapping, 1),
           ],
@@ -306,10 +306,10 @@ export async function runMemory(o: BenchOptions): Promise<PartResult> {
           onDemand
             ? "Bindings and sessions are allocated on demand (BPF_F_NO_PREALLOC): what is reserved at load is the " +
               "bucket array (its share per entry above); each mapping then allocates its two binding elements and " +
-              "its session (and the session's bpf_timer). Slab growth is measured system-wide, so it is approximate."
+              "its session. Slab growth is measured system-wide, so it is approximate."
             : "Hash maps are preallocated: memory is reserved at load for max_entries, so a mapping's cost is the " +
               "per-entry share of memlock (elements + bucket array) plus what the kernel allocates on the fly " +
-              "(the session's bpf_timer), measured system-wide and therefore approximate.",
+              "(allocator size classes), measured system-wide and therefore approximate.",
         ],
       },
       {

@@ -380,7 +380,7 @@ static __always_inline int egress_established(struct __sk_buff *skb, struct pack
 	struct ct_value *v = bpf_map_lookup_elem(&map_ct, &ck);
 	if (!v || (v->flags & CT_HAIRPIN))
 		return -1;
-	ct_refresh(v, p->l4proto, true, p->tcp_flags);
+	ct_refresh(v, p->l4proto, true, p->tcp_flags, bpf_ktime_get_coarse_ns());
 	if (rewrite(skb, p, true, &ck.ext_addr, ck.ext_port))
 		return drop(STAT_DROP_UNTRANSLATABLE);
 	stat_inc(STAT_EGRESS_NAT);
@@ -570,8 +570,15 @@ static __always_inline int ingress_l4(struct __sk_buff *skb, struct packet *pp, 
 	ct_key_init(&ck, pp->family, pp->l4proto, &pp->dst, pp->dport, &pp->src, remote_port);
 	struct binding_value bv;
 	struct ct_value *v = bpf_map_lookup_elem(&map_ct, &ck);
+	__u64 now = bpf_ktime_get_coarse_ns();
+	if (v && ct_expired(v, pp->l4proto, now)) {
+		/* Expired, not swept yet: gone, and its binding decides (EIF), as
+		 * for a new session; the binding goes with its last session. */
+		ct_expire(&ck);
+		v = NULL;
+	}
 	if (v) {
-		ct_refresh(v, pp->l4proto, false, pp->tcp_flags);
+		ct_refresh(v, pp->l4proto, false, pp->tcp_flags, now);
 		bv.addr = v->int_addr;
 		bv.port = v->int_port;
 	} else {

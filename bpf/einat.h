@@ -138,16 +138,18 @@ enum ct_state {
 	CT_STATE_EST = 1, /* TCP established; UDP seen both ways */
 };
 
+/*
+ * 32 bytes, so that a session's hash element (48-byte header, 40-byte key)
+ * fits the kernel allocator's 128-byte class. No timer: sessions expire by
+ * their timestamp (lib/ct.h) and the daemon's sweep removes them.
+ */
 struct ct_value {
 	union ip_addr int_addr;
 	__be16 int_port;
 	__u8 state;
 	__u8 flags;
-	__u8 no_timer; /* arming failed: the daemon's sweep arms it (arm_pending) */
-	__u8 _pad[3];
+	__u32 created_s; /* CLOCK_MONOTONIC seconds */
 	__u64 last_seen_ns; /* CLOCK_MONOTONIC */
-	__u64 created_ns;
-	struct bpf_timer timer;
 };
 
 /* map_frag: translation of the first fragment, for the ones that follow. */
@@ -184,7 +186,7 @@ enum einat_stat {
 	STAT_DROP_UNSOLICITED,
 	STAT_ICMP_PROHIBITED_SENT,
 	STAT_HAIRPIN,
-	STAT_TIMER_DEFERRED,
+	STAT_SESSION_RESTARTED, /* expired, found by traffic before the sweep */
 	STAT_FRAGMENT_HELD,
 	STAT_FRAGMENT_RELEASED,
 	STAT_MAX,

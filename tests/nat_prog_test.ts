@@ -14,6 +14,7 @@ import {
   decodeCtKey,
   decodeCtValue,
 } from "../lib/nat/codec.ts";
+import { expireSessions } from "../lib/nat/loader.ts";
 import { buildPacket, type PacketSpec, parsePacket } from "./lib/packet.ts";
 import {
   loadTestNat,
@@ -301,7 +302,7 @@ Deno.test("UDP zero checksum stays zero after translation", async () => {
   }
 });
 
-Deno.test("sessions and bindings expire on their timers", async () => {
+Deno.test("sessions and bindings expire: the sweep removes them once past their timeouts", async () => {
   const ic = testInterfaceConfig();
   ic.timeouts = { ...ic.timeouts, udpMin: 200, udpDefault: 300, icmpDefault: 200, tcpTrans: 200 };
   const n = await loadTestNat(ic);
@@ -318,6 +319,7 @@ Deno.test("sessions and bindings expire on their timers", async () => {
     });
     assertEquals(bindingCount(n.nat.maps.binding), 4, "two bindings, two entries each");
     assertEquals(sessions(n.nat.maps.ct).length, 2);
+    assertEquals(expireSessions(n.nat), 0, "both live");
     // refreshed traffic keeps the mapping alive past one timeout
     for (let i = 0; i < 3; i++) {
       await new Promise((r) => setTimeout(r, 100));
@@ -331,6 +333,7 @@ Deno.test("sessions and bindings expire on their timers", async () => {
     let left = -1;
     for (let i = 0; i < 40 && left !== 0; i++) {
       await new Promise((r) => setTimeout(r, 100));
+      expireSessions(n.nat);
       left = bindingCount(n.nat.maps.binding) + sessions(n.nat.maps.ct).length;
     }
     assertEquals(left, 0, "everything expired");

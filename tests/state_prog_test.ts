@@ -1,8 +1,9 @@
 /**
- * Counters and timer re-arming through BPF_PROG_TEST_RUN (no namespace):
- * counters move by exactly the expected amounts for a known packet sequence,
- * and sessions created by one object follow another object's timeouts once
- * re-armed (what a restart over pinned maps does).
+ * Counters and session expiry through BPF_PROG_TEST_RUN (no namespace):
+ * counters move by exactly the expected amounts for a known packet sequence;
+ * sessions created by one object expire under another object's timeouts
+ * (what a restart over pinned maps does), through the sweep or when traffic
+ * finds them expired first.
  */
 import { assert, assertEquals } from "./lib/assert.ts";
 import * as bpf from "../lib/ffi/libbpf.ts";
@@ -21,7 +22,7 @@ import {
   IPPROTO,
   STATS,
 } from "../lib/nat/codec.ts";
-import { closeNat, loadNat, type NatObject, rearmTimers } from "../lib/nat/loader.ts";
+import { closeNat, expireSessions, loadNat, type NatObject } from "../lib/nat/loader.ts";
 import { planInterface } from "../lib/nat/plan.ts";
 import { type PinnedState, readCounters, readSessions } from "../lib/state/read.ts";
 import { buildPacket, type PacketSpec } from "./lib/packet.ts";
@@ -127,50 +128,49 @@ async function loadWith(udpMinMs: number, reuse?: NatObject): Promise<NatObject>
 const count = (fd: number, k: number, v: number) => [...bpf.mapEntries(fd, k, v)].length;
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-Deno.test("rearm: sessions of a closed object keep their timers, and follow the next object's timeouts once re-armed", async () => {
+const sessions = (n: NatObject) => count(n.maps.ct, CT_KEY_LAYOUT.size, CT_VALUE_LAYOUT.size);
+const entries = (n: NatObject) =>
+  sessions(n) + count(n.maps.binding, BINDING_KEY_LAYOUT.size, BINDING_VALUE_LAYOUT.size);
+
+Deno.test("sweep: sessions of a closed object stay in the maps and expire under the next object's timeouts", async () => {
   const first = await loadWith(60_000);
   let second: NatObject | null = null;
   try {
     const r = bpf.testRun(first.egressFd, buildPacket(udp(4, LAN1, 40000, SRV1, 53, 4)));
     assertEquals(r.retval, TC_ACT_OK);
     second = await loadWith(300, first);
-    closeNat(first); // its programs live on only through the timers they armed
+    closeNat(first);
     await sleep(600);
-    assertEquals(count(second.maps.ct, CT_KEY_LAYOUT.size, CT_VALUE_LAYOUT.size), 1, "60 s timer");
-    const left = readSessions(viewOf(second, {
+    assertEquals(sessions(second), 1, "no timer: the session stays until a sweep");
+    const row = readSessions(viewOf(second, {
       format: "einat-state",
       version: 1,
       einat: "",
       ifname: "test",
       maps: {},
       timeoutsNs: { udpMin: String(300_000_000) },
-    }))[0].secondsLeft;
-    assertEquals(left, 0, "overdue under the new timeout");
-    assertEquals(rearmTimers(second), 1);
-    let n = 1;
-    for (let i = 0; i < 40 && n > 0; i++) {
-      await sleep(50);
-      n = count(second.maps.ct, CT_KEY_LAYOUT.size, CT_VALUE_LAYOUT.size) +
-        count(second.maps.binding, BINDING_KEY_LAYOUT.size, BINDING_VALUE_LAYOUT.size);
-    }
-    assertEquals(n, 0, "session and binding expired on the re-armed timer");
+    }))[0];
+    assertEquals([row.secondsLeft, row.expired], [0, true], "overdue under the new timeout");
+    assertEquals(expireSessions(second), 1);
+    assertEquals(entries(second), 0, "the session and its binding are gone");
     assertEquals(readCounters(viewOf(second)).events.expired_session, 1);
+    assertEquals(expireSessions(second), 0, "nothing left to sweep");
   } finally {
     closeNat(first);
     if (second) closeNat(second);
   }
 });
 
-Deno.test("rearm: a session copied in without a timer gets one; an overdue one expires at once and releases its binding", async () => {
+Deno.test("sweep: a live session survives it; an overdue one copied in goes and its binding keeps the live one's reference", async () => {
   const nat = await loadWith(60_000);
   try {
     const ext = parseAddr(EXT), lan = parseAddr(LAN1);
     const put = (remotePort: number, lastSeenNs: bigint) => {
       const v = new Uint8Array(CT_VALUE_LAYOUT.size);
-      v.set(lan, 0);
-      new DataView(v.buffer).setUint16(16, 40000, false);
-      new DataView(v.buffer).setBigUint64(24, lastSeenNs, true);
-      new DataView(v.buffer).setBigUint64(32, lastSeenNs, true);
+      const dv = new DataView(v.buffer);
+      v.set(lan, CT_VALUE_LAYOUT.fields.int_addr.offset);
+      dv.setUint16(CT_VALUE_LAYOUT.fields.int_port.offset, 40000, false);
+      dv.setBigUint64(CT_VALUE_LAYOUT.fields.last_seen_ns.offset, lastSeenNs, true);
       bpf.mapUpdate(
         nat.maps.ct,
         encodeCtKey({
@@ -205,13 +205,64 @@ Deno.test("rearm: a session copied in without a timer gets one; an overdue one e
       binding(true),
       encodeBindingValue({ addr: ext, port: 20000, flags: 0, ref: 0 }),
     );
-    assertEquals(rearmTimers(nat), 2);
-    await sleep(200);
-    const left = [...bpf.mapEntries(nat.maps.ct, CT_KEY_LAYOUT.size, CT_VALUE_LAYOUT.size)];
-    assertEquals(left.length, 1, "the overdue session expired");
+    assertEquals(expireSessions(nat), 1);
+    assertEquals(sessions(nat), 1, "the live session stays");
     const b = bpf.mapLookup(nat.maps.binding, binding(false), BINDING_VALUE_LAYOUT.size);
     assert(b !== null, "the binding stays for the live session");
-    assertEquals(new DataView(b.buffer).getUint32(20, true), 1, "one reference left");
+    const ref = BINDING_VALUE_LAYOUT.fields.ref.offset;
+    assertEquals(new DataView(b.buffer).getUint32(ref, true), 1, "one reference left");
+  } finally {
+    closeNat(nat);
+  }
+});
+
+Deno.test("expiry before the sweep: outbound traffic restarts an expired session on its binding; inbound finds it gone", async () => {
+  const nat = await loadWith(300);
+  try {
+    const out = buildPacket(udp(4, LAN1, 40000, SRV1, 53, 4));
+    assertEquals(bpf.testRun(nat.egressFd, out).retval, TC_ACT_OK);
+    const port = readSessions(viewOf(nat))[0].external;
+    await sleep(600);
+    // Outbound: the same session and mapping start over (no new binding).
+    assertEquals(bpf.testRun(nat.egressFd, out).retval, TC_ACT_OK);
+    let c = readCounters(viewOf(nat)).events;
+    assertEquals([c.session_restarted, c.new_binding, c.new_session], [1, 1, 1]);
+    assertEquals(readSessions(viewOf(nat))[0].external, port, "the mapping is kept");
+    await sleep(600);
+    // Inbound: its only session expired, so the binding went with it: not translated
+    // (it passes to the router itself, like any packet to an unbound port).
+    const extPort = Number(port.split(":").at(-1));
+    const back = buildPacket(udp(4, SRV1, 53, EXT, extPort, 4));
+    const r = bpf.testRun(nat.ingressFd, back);
+    assertEquals(r.retval, TC_ACT_OK);
+    assertEquals(r.dataOut, back, "untouched");
+    c = readCounters(viewOf(nat)).events;
+    assertEquals([c.expired_session, c.ingress_nat, c.session_restarted], [1, 0, 1]);
+    assertEquals(entries(nat), 0, "the session and the binding are gone");
+  } finally {
+    closeNat(nat);
+  }
+});
+
+Deno.test("expiry before the sweep: inbound on an expired session passes while another session holds the binding (EIF)", async () => {
+  const nat = await loadWith(300);
+  try {
+    assertEquals(
+      bpf.testRun(nat.egressFd, buildPacket(udp(4, LAN1, 40000, SRV1, 53, 4))).retval,
+      TC_ACT_OK,
+    );
+    await sleep(600);
+    // A second session on the same binding, fresh.
+    assertEquals(
+      bpf.testRun(nat.egressFd, buildPacket(udp(4, LAN1, 40000, SRV2, 53, 4))).retval,
+      TC_ACT_OK,
+    );
+    const port = Number(readSessions(viewOf(nat))[0].external.split(":").at(-1));
+    const back = buildPacket(udp(4, SRV1, 53, EXT, port, 4));
+    assertEquals(bpf.testRun(nat.ingressFd, back).retval, TC_ACT_OK);
+    const c = readCounters(viewOf(nat)).events;
+    assertEquals([c.expired_session, c.new_session, c.new_binding], [1, 3, 1]);
+    assertEquals(sessions(nat), 2, "SRV1's session made anew, SRV2's kept");
   } finally {
     closeNat(nat);
   }

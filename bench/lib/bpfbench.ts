@@ -226,7 +226,6 @@ export function enableAlternation(n: Nat, f: Flow): void {
   const v = real.slice();
   v.set(addr16(ipBytes(f.ext)), CT_VALUE_LAYOUT.fields.int_addr.offset);
   new DataView(v.buffer).setUint16(CT_VALUE_LAYOUT.fields.int_port.offset, f.extPort, false);
-  v.fill(0, CT_VALUE_LAYOUT.fields.timer.offset); // user space cannot arm a timer
   bpf.mapUpdate(m.ct, ctKeyOf(f, false), v);
   const ext = ipBytes(f.ext), lan = ipBytes(f.lan);
   // egress of the translated packet: (ext, extPort) is "internal", maps back to (lan, lanPort)
@@ -278,8 +277,8 @@ export function encodeCtValue(
   b[L.state.offset] = v.state;
   b[L.flags.offset] = v.flags;
   dv.setBigUint64(L.last_seen_ns.offset, v.nowNs, true);
-  dv.setBigUint64(L.created_ns.offset, v.nowNs, true);
-  return b; // timer left zero: never armed, the session never expires
+  dv.setUint32(L.created_s.offset, Number(v.nowNs / 1_000_000_000n), true);
+  return b; // live for its timeout from nowNs (no sweep runs in the benchmarks)
 }
 
 /** IPv4 address number → dotted quad. */

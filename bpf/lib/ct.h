@@ -1,17 +1,19 @@
 /* SPDX-License-Identifier: GPL-2.0-or-later */
 /*
  * Sessions (one per external endpoint and remote endpoint) with TCP state and
- * timeouts. Expiry uses one BPF timer per session that is armed once and,
- * when it fires, re-arms itself for the remaining time if traffic refreshed
- * last_seen_ns meanwhile: packets only store a timestamp, they never touch
- * the timer. The last session of a binding releases the binding.
+ * timeouts. A session expires by its timestamp: packets only store
+ * last_seen_ns, and a session past its timeout counts as gone wherever it is
+ * looked at. The daemon's sweep (expire_sessions in state.h, every second)
+ * deletes expired sessions; the last session of a binding releases the
+ * binding. No per-session timer: arming one cost ~1.7 us and ~190 bytes per
+ * new session.
  */
 #ifndef EINAT_CT_H
 #define EINAT_CT_H
 
 #include "binding.h"
 
-#define CLOCK_MONOTONIC 1
+#define NSEC_PER_SEC 1000000000ULL
 
 static __always_inline __u64 ct_timeout(__u8 l4proto, __u8 state)
 {
@@ -54,18 +56,24 @@ static __always_inline __u8 ct_flags_update(__u8 flags, bool egress, __u8 tcp_fl
 	return flags;
 }
 
-static int ct_timer_cb(void *map, struct ct_key *key, struct ct_value *val)
+/* Past its timeout at now (a timestamp ahead of now is not). */
+static __always_inline bool ct_expired(const struct ct_value *v, __u8 l4proto, __u64 now)
 {
-	__u64 now = bpf_ktime_get_ns();
-	__u64 deadline = val->last_seen_ns + ct_timeout(key->l4proto, val->state);
-	if (deadline > now) {
-		bpf_timer_start(&val->timer, deadline - now, 0);
-		return 0;
-	}
-	binding_put(key->family, key->l4proto, &key->ext_addr, key->ext_port);
-	bpf_map_delete_elem(map, key);
+	return (__s64)(now - v->last_seen_ns) > (__s64)ct_timeout(l4proto, v->state);
+}
+
+/*
+ * Deletes a session and drops its binding reference. Only the caller whose
+ * delete succeeds releases the reference: the sweep and the datapath may
+ * meet on one session. k must not point into the map.
+ */
+static __always_inline bool ct_expire(const struct ct_key *k)
+{
+	if (bpf_map_delete_elem(&map_ct, k))
+		return false;
+	binding_put(k->family, k->l4proto, &k->ext_addr, k->ext_port);
 	stat_inc(STAT_EXPIRED_SESSION);
-	return 0;
+	return true;
 }
 
 static __always_inline void ct_key_init(struct ct_key *k, __u8 family, __u8 l4proto,
@@ -81,19 +89,27 @@ static __always_inline void ct_key_init(struct ct_key *k, __u8 family, __u8 l4pr
 	k->remote_addr = *remote_addr;
 }
 
-/* Refreshes the session; returns false when it does not exist. */
-static __always_inline bool ct_refresh(struct ct_value *v, __u8 l4proto, bool egress,
-				       __u8 tcp_flags)
+/*
+ * Refreshes the session at now (bpf_ktime_get_coarse_ns). One that expired
+ * and was not swept yet starts over as a new session on the same binding,
+ * which it still holds a reference on.
+ */
+static __always_inline void ct_refresh(struct ct_value *v, __u8 l4proto, bool egress,
+				       __u8 tcp_flags, __u64 now)
 {
-	__u8 flags = ct_flags_update(v->flags, egress, tcp_flags);
+	__u8 flags = v->flags;
+	if (ct_expired(v, l4proto, now)) {
+		flags &= CT_HAIRPIN; /* a property of the key */
+		v->created_s = now / NSEC_PER_SEC;
+		stat_inc(STAT_SESSION_RESTARTED);
+	}
+	flags = ct_flags_update(flags, egress, tcp_flags);
 	if (flags != v->flags) {
 		v->flags = flags;
 		v->state = ct_state_of(l4proto, flags);
 	}
-	__u64 now = bpf_ktime_get_coarse_ns();
 	if (now != v->last_seen_ns)
 		v->last_seen_ns = now;
-	return true;
 }
 
 /*
@@ -106,9 +122,10 @@ __noinline int einat_ct_touch(const struct ct_key *k, const struct binding_value
 {
 	if (!k || !intern)
 		return STAT_DROP_UNTRANSLATABLE;
+	__u64 now = bpf_ktime_get_coarse_ns();
 	struct ct_value *v = bpf_map_lookup_elem(&map_ct, k);
 	if (v) {
-		ct_refresh(v, k->l4proto, egress, tcp_flags);
+		ct_refresh(v, k->l4proto, egress, tcp_flags, now);
 		return 0;
 	}
 
@@ -118,42 +135,23 @@ __noinline int einat_ct_touch(const struct ct_key *k, const struct binding_value
 	nv.int_port = intern->port;
 	nv.flags = ct_flags_update(0, egress, tcp_flags);
 	nv.state = ct_state_of(k->l4proto, nv.flags);
-	nv.created_ns = nv.last_seen_ns = bpf_ktime_get_ns();
-	if (bpf_map_update_elem(&map_ct, k, &nv, BPF_NOEXIST)) {
-		v = bpf_map_lookup_elem(&map_ct, k);
-		if (v) { /* created meanwhile on another CPU */
-			ct_refresh(v, k->l4proto, egress, tcp_flags);
-			return 0;
-		}
-		return STAT_DROP_CT_FULL;
-	}
-	v = bpf_map_lookup_elem(&map_ct, k);
-	if (!v)
-		return STAT_DROP_CT_FULL;
+	nv.last_seen_ns = now;
+	nv.created_s = now / NSEC_PER_SEC;
+	/* The reference first: a session never exists without one. */
 	struct binding_key rkey;
 	binding_key_init(&rkey, 0, k->family, k->l4proto, &k->ext_addr, k->ext_port);
 	struct binding_value *rb = bpf_map_lookup_elem(&map_binding, &rkey);
-	if (!rb) { /* the binding expired meanwhile */
-		bpf_map_delete_elem(&map_ct, k);
+	if (!rb) /* the binding expired meanwhile */
 		return STAT_DROP_UNTRANSLATABLE;
-	}
 	__sync_fetch_and_add(&rb->ref, 1);
-	/*
-	 * Arming can fail: the kernel allocates the timer without sleeping or
-	 * (6.18) without taking locks, which fails now and then under load
-	 * (measured: one new TCP connection in ten at a few thousand per
-	 * second). Dropping the packet would stall the connection for a SYN
-	 * retransmission, so the session is kept and marked; the daemon's
-	 * sweep (arm_pending, every 2 s) arms it.
-	 */
-	long err = bpf_timer_init(&v->timer, &map_ct, CLOCK_MONOTONIC);
-	if (!err)
-		err = bpf_timer_set_callback(&v->timer, ct_timer_cb);
-	if (!err)
-		err = bpf_timer_start(&v->timer, ct_timeout(k->l4proto, nv.state), 0);
-	if (err) {
-		v->no_timer = 1;
-		stat_inc(STAT_TIMER_DEFERRED);
+	if (bpf_map_update_elem(&map_ct, k, &nv, BPF_NOEXIST)) {
+		__sync_fetch_and_add(&rb->ref, -1);
+		v = bpf_map_lookup_elem(&map_ct, k);
+		if (v) { /* created meanwhile on another CPU */
+			ct_refresh(v, k->l4proto, egress, tcp_flags, now);
+			return 0;
+		}
+		return STAT_DROP_CT_FULL;
 	}
 	stat_inc(STAT_NEW_SESSION);
 	return 0;

@@ -1,16 +1,14 @@
 /* SPDX-License-Identifier: GPL-2.0-or-later */
 /*
- * State that outlives one daemon: traffic counters, re-arming session
- * timers over pinned maps, and refilling the free-port hint.
+ * State that outlives one daemon: traffic counters, the session sweep over
+ * pinned maps, and refilling the free-port hint.
  *
- * map_ct is pinned, so its entries (and their armed BPF timers) survive the
- * programs that created them: an armed timer holds a reference to the program
- * whose callback it runs, and the map's pin keeps the timers alive. A new
- * daemon runs rearm_timers once (BPF_PROG_TEST_RUN) after attaching: every
- * session's timer is switched to this object's callback (and its timeouts)
- * and restarted for the time left, so expiry follows the new configuration
- * and the previous programs are released. Entries whose timer was never
- * armed (copied by user space) get one; entries overdue fire at once.
+ * map_ct is pinned, so its entries survive the programs that created them.
+ * Sessions carry no timer: each expires by its last_seen_ns and the timeout
+ * of its state, which this object's configuration gives, so expiry follows
+ * the configuration of whichever daemon runs. A new daemon sweeps once at
+ * start (sessions that expired while none ran go with their bindings) and
+ * then every second.
  */
 #ifndef EINAT_STATE_H
 #define EINAT_STATE_H
@@ -18,8 +16,6 @@
 #include <linux/pkt_cls.h>
 #include "config.h"
 #include "ct.h"
-
-#define EBUSY 16
 
 /* Counts one translated packet; bytes from the IP header on. */
 static __always_inline void traffic_add(struct __sk_buff *skb, bool egress, __u8 family)
@@ -32,39 +28,33 @@ static __always_inline void traffic_add(struct __sk_buff *skb, bool egress, __u8
 	c->bytes += skb->len - (HAS_ETH ? sizeof(struct ethhdr) : 0);
 }
 
-static long rearm_one(void *map, struct ct_key *key, struct ct_value *val, void *ctx)
+struct sweep_ctx {
+	__u64 now;
+	__u32 expired;
+};
+
+static long expire_one(void *map, struct ct_key *key, struct ct_value *val, void *ctx)
 {
-	long r = bpf_timer_init(&val->timer, &map_ct, CLOCK_MONOTONIC);
-	if (r && r != -EBUSY)
+	struct sweep_ctx *c = ctx;
+	if (!ct_expired(val, key->l4proto, c->now))
 		return 0;
-	if (bpf_timer_set_callback(&val->timer, ct_timer_cb))
-		return 0;
-	__u64 now = bpf_ktime_get_ns();
-	__u64 deadline = val->last_seen_ns + ct_timeout(key->l4proto, val->state);
-	if (bpf_timer_start(&val->timer, deadline > now ? deadline - now : 1, 0))
-		return 0;
-	val->no_timer = 0;
-	*(__u32 *)ctx += 1;
+	struct ct_key k = *key; /* the element goes away */
+	if (ct_expire(&k))
+		c->expired += 1;
 	return 0;
 }
 
-static long arm_one_pending(void *map, struct ct_key *key, struct ct_value *val, void *ctx)
-{
-	if (!val->no_timer)
-		return 0;
-	return rearm_one(map, key, val, ctx);
-}
-
 /*
- * Run periodically with BPF_PROG_TEST_RUN: arms the sessions whose timer
- * could not be armed when they were created; returns how many.
+ * Run by the daemon every second with BPF_PROG_TEST_RUN: deletes the
+ * sessions past their timeout, and each binding with its last session.
+ * Returns how many sessions expired.
  */
 SEC("tc")
-int arm_pending(struct __sk_buff *skb)
+int expire_sessions(struct __sk_buff *skb)
 {
-	__u32 n = 0;
-	bpf_for_each_map_elem(&map_ct, arm_one_pending, &n, 0);
-	return n;
+	struct sweep_ctx c = { .now = bpf_ktime_get_coarse_ns(), .expired = 0 };
+	bpf_for_each_map_elem(&map_ct, expire_one, &c, 0);
+	return c.expired;
 }
 
 static long hint_one(void *map, struct binding_key *key, struct binding_value *val, void *ctx)
@@ -90,15 +80,6 @@ int sync_port_hint(struct __sk_buff *skb)
 {
 	__u32 n = 0;
 	bpf_for_each_map_elem(&map_binding, hint_one, &n, 0);
-	return n;
-}
-
-/* Run once with BPF_PROG_TEST_RUN; returns the number of sessions re-armed. */
-SEC("tc")
-int rearm_timers(struct __sk_buff *skb)
-{
-	__u32 n = 0;
-	bpf_for_each_map_elem(&map_ct, rearm_one, &n, 0);
 	return n;
 }
 

@@ -65,7 +65,7 @@ export const STATS = [
   "drop_unsolicited",
   "icmp_prohibited_sent",
   "hairpin",
-  "timer_deferred",
+  "session_restarted",
   "fragment_held",
   "fragment_released",
 ] as const;
@@ -210,16 +210,14 @@ export const CT_KEY_LAYOUT: StructLayout = {
 /** struct ct_value. */
 export const CT_VALUE_LAYOUT: StructLayout = {
   name: "ct_value",
-  size: 56,
+  size: 32,
   fields: {
     int_addr: { offset: 0, size: 16 },
     int_port: { offset: 16, size: 2 },
     state: { offset: 18, size: 1 },
     flags: { offset: 19, size: 1 },
-    no_timer: { offset: 20, size: 1 },
+    created_s: { offset: 20, size: 4 },
     last_seen_ns: { offset: 24, size: 8 },
-    created_ns: { offset: 32, size: 8 },
-    timer: { offset: 40, size: 16 },
   },
 };
 
@@ -520,10 +518,10 @@ export interface CtValue {
   intPort: number;
   state: number;
   flags: number;
+  /** CLOCK_MONOTONIC (coarse) of the last packet. */
   lastSeenNs: bigint;
-  createdNs: bigint;
-  /** Arming the timer failed at creation; the daemon's sweep arms it. */
-  noTimer: boolean;
+  /** CLOCK_MONOTONIC seconds when the session (or its restart) began. */
+  createdS: number;
 }
 
 /** Encodes `struct ct_key`. */
@@ -565,8 +563,7 @@ export function decodeCtValue(b: Uint8Array, family: 4 | 6): CtValue {
     state: b[f(L, "state")],
     flags: b[f(L, "flags")],
     lastSeenNs: v.getBigUint64(f(L, "last_seen_ns"), true),
-    createdNs: v.getBigUint64(f(L, "created_ns"), true),
-    noTimer: b[f(L, "no_timer")] !== 0,
+    createdS: v.getUint32(f(L, "created_s"), true),
   };
 }
 

@@ -32,10 +32,8 @@ export interface NatObject {
   ingressFd: number;
   maps: NatMaps;
   loadMs: number;
-  /** Program that re-arms session timers ({@link rearmTimers}). */
-  rearmFd: number;
-  /** Program that arms sessions created without a timer ({@link armPendingTimers}). */
-  armPendingFd: number;
+  /** Program that deletes expired sessions ({@link expireSessions}). */
+  expireFd: number;
   /** Program that marks bound ports in the free-port hint ({@link syncPortHint}). */
   syncHintFd: number;
   /** Pinned state: where, and which maps were reused. Absent without `pinDir`. */
@@ -102,8 +100,7 @@ export async function loadNat(opts: LoadOptions): Promise<NatObject> {
       ingressFd: bpf.programFd(bpf.findProgram(obj, "ingress_dnat")),
       maps,
       loadMs: performance.now() - t0,
-      rearmFd: bpf.programFd(bpf.findProgram(obj, "rearm_timers")),
-      armPendingFd: bpf.programFd(bpf.findProgram(obj, "arm_pending")),
+      expireFd: bpf.programFd(bpf.findProgram(obj, "expire_sessions")),
       syncHintFd: bpf.programFd(bpf.findProgram(obj, "sync_port_hint")),
       pins: pins ? { dir: pins.dir, reused: pins.reused, reset: pins.reset } : undefined,
     };
@@ -114,21 +111,16 @@ export async function loadNat(opts: LoadOptions): Promise<NatObject> {
   }
 }
 
-/**
- * Switches every session's expiry timer to this object's callback and
- * timeouts, restarted for the time each has left (see bpf/lib/state.h).
- * Returns the number of sessions re-armed.
- */
-export function rearmTimers(n: NatObject): number {
-  return bpf.testRun(n.rearmFd, new Uint8Array(64)).retval;
-}
+/** How often the daemon runs {@link expireSessions}: the most a session outlives its timeout. */
+export const SWEEP_INTERVAL_MS = 1000;
 
 /**
- * Arms the sessions the datapath could not arm a timer for when it created
- * them (the kernel's lock-free allocation failed); returns how many.
+ * The session sweep (bpf/lib/state.h): deletes every session past its
+ * timeout, and each binding with its last session. The daemon runs it once
+ * at start and then every second. Returns the number of sessions expired.
  */
-export function armPendingTimers(n: NatObject): number {
-  return bpf.testRun(n.armPendingFd, new Uint8Array(64)).retval;
+export function expireSessions(n: NatObject): number {
+  return bpf.testRun(n.expireFd, new Uint8Array(64)).retval;
 }
 
 /**

@@ -60,8 +60,11 @@ export interface SessionRow {
   ageSeconds: number;
   /** Seconds since the last packet. */
   idleSeconds: number;
-  /** No expiry timer yet (its allocation failed); the daemon's sweep arms it. */
-  timerPending: boolean;
+  /**
+   * Past its timeout: gone for traffic, and removed by the daemon's next
+   * sweep (or the start of the next daemon). Only when the timeouts are known.
+   */
+  expired: boolean;
 }
 
 /** Raw addresses and ports of a row, for filtering. */
@@ -226,9 +229,9 @@ export function readSessions(s: PinnedState, f: RowFilter = {}, nowNs?: bigint):
       state: sessionState(k.l4proto, v.flags),
       timeout: est ? "established" : "transitory",
       secondsLeft: left === null ? null : Math.floor(secs(left)),
-      ageSeconds: Math.floor(secs(now > v.createdNs ? now - v.createdNs : 0n)),
+      ageSeconds: Math.max(0, Math.floor(secs(now) - v.createdS)),
       idleSeconds: Math.floor(secs(idle)),
-      timerPending: v.noTimer,
+      expired: t !== null && idle > t,
     });
   }
   return rows.sort((a, b) =>

@@ -1,14 +1,14 @@
 /**
  * The daemon's side of pinned state: load options per interface and what
- * happens once the programs are attached (timers re-armed, a summary logged).
+ * happens once the programs are attached (a first sweep, a summary logged).
  * @module
  */
 
 import type { InterfaceConfig } from "../config/types.ts";
 import * as bpf from "../ffi/libbpf.ts";
 import * as log from "../log.ts";
-import { BINDING_KEY_LAYOUT, BINDING_VALUE_LAYOUT } from "../nat/codec.ts";
-import { type LoadOptions, type NatObject, rearmTimers, syncPortHint } from "../nat/loader.ts";
+import { BINDING_KEY_LAYOUT, BINDING_VALUE_LAYOUT, CT_KEY_LAYOUT } from "../nat/codec.ts";
+import { expireSessions, type LoadOptions, type NatObject, syncPortHint } from "../nat/loader.ts";
 import { pinDirFor, stateOptions } from "./options.ts";
 import { ensureBpffs } from "./bpffs.ts";
 
@@ -43,15 +43,24 @@ export function countBindings(fd: number): number {
   return n;
 }
 
+/** Counts the entries of a map by walking its keys. */
+function countKeys(fd: number, keySize: number): number {
+  let n = 0;
+  for (const _ of bpf.mapKeys(fd, keySize)) n++;
+  return n;
+}
+
 /**
- * Once this object's programs are attached: every session timer is moved to
- * them (new timeouts, old programs released) and the state is summarised.
+ * Once this object's programs are attached: the free-port hint learns the
+ * carried-over bindings, a first sweep removes the sessions that expired
+ * (under this configuration's timeouts) while no einat ran, and the state
+ * is summarised.
  */
 export function afterAttach(nat: NatObject, ifname: string): void {
-  // Counted first: overdue sessions expire (and release bindings) as soon as they are re-armed.
   const bindings = nat.pins ? countBindings(nat.maps.binding) : 0;
-  syncPortHint(nat); // before re-arming: expiring sessions then clear their bits
-  const sessions = rearmTimers(nat);
+  const sessions = nat.pins ? countKeys(nat.maps.ct, CT_KEY_LAYOUT.size) : 0;
+  syncPortHint(nat); // first: expiring sessions then clear their bindings' bits
+  const expired = expireSessions(nat);
   if (!nat.pins) return;
   const fresh = nat.pins.reused.length === 0;
   log.info(fresh ? "pinned state created" : "pinned state reused", {
@@ -61,5 +70,6 @@ export function afterAttach(nat: NatObject, ifname: string): void {
     ...(nat.pins.reset.length ? { recreated: nat.pins.reset.join(",") } : {}),
     bindings,
     sessions,
+    expired,
   });
 }

@@ -89,7 +89,7 @@ export function formatText(r: ShowResult, stats: boolean): string {
           s.external,
           s.remote,
           s.state,
-          s.secondsLeft === null ? "?" : `${s.secondsLeft}s`,
+          s.expired ? "expired" : s.secondsLeft === null ? "?" : `${s.secondsLeft}s`,
           `${s.idleSeconds}s`,
         ]),
       ),

@@ -240,18 +240,14 @@ static __always_inline int range_port(const struct alloc_ctx *c, __u32 i)
 #define EEXIST 17
 /*
  * Claims port (host order) for c->val by inserting the reply entry with
- * BPF_NOEXIST, and keeps the hint b (may be NULL) up to date with what the
- * binding table said: a port found taken has its bit set (the hint was
- * behind: bindings it never saw), a claimed one too.
+ * BPF_NOEXIST (no lookup first: a taken port fails the insert before
+ * anything is allocated), and keeps the hint b (may be NULL) up to date with
+ * what the binding table said: a port found taken has its bit set (the hint
+ * was behind: bindings it never saw), a claimed one too.
  */
 static __always_inline bool try_claim(struct alloc_ctx *c, struct port_bits *b, __u16 port)
 {
 	c->key.port = bpf_htons(port);
-	if (bpf_map_lookup_elem(&map_binding, &c->key)) {
-		if (b)
-			port_bit_set(b, port);
-		return false;
-	}
 	long rc = bpf_map_update_elem(&map_binding, &c->key, &c->val, BPF_NOEXIST);
 	if (rc == -E2BIG)
 		c->full = 1; /* no point in trying other ports */

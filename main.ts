@@ -15,7 +15,7 @@ import * as log from "./lib/log.ts";
 import { BUILD_INFO } from "./lib/build_info.ts";
 import { checkRuntimeLibraries } from "./lib/deps.ts";
 import { BusyError } from "./lib/nat/attach.ts";
-import { expireSessions, SWEEP_INTERVAL_MS } from "./lib/nat/loader.ts";
+import { startSweeper } from "./lib/nat/sweep.ts";
 import { runShow } from "./lib/state/show.ts";
 import { runFlush } from "./lib/state/flush.ts";
 import { configureState, DEFAULT_PIN_ROOT } from "./lib/state/options.ts";
@@ -107,18 +107,7 @@ export async function main(args: string[]): Promise<number> {
     return fail(errors.join("; ") || "no interface configured");
   }
   const follower = follow(() => served);
-  // The session sweep: sessions carry no timer (bpf/lib/ct.h).
-  const sweep = setInterval(() => {
-    for (const s of served) {
-      if (!s.nat) continue;
-      try {
-        const n = expireSessions(s.nat);
-        if (n > 0) log.debug("sessions expired", { ifname: s.ifname, sessions: n });
-      } catch (e) {
-        log.warn("session sweep failed", { ifname: s.ifname, error: (e as Error).message });
-      }
-    }
-  }, SWEEP_INTERVAL_MS);
+  const sweeper = startSweeper(() => served); // sessions carry no timer (bpf/lib/ct.h)
   await follower.resync(); // changes between start-up and the first event
   log.info("einat running", { interfaces: served.map((s) => s.ifname).join(",") });
 
@@ -134,7 +123,7 @@ export async function main(args: string[]): Promise<number> {
     served = await reload(cli.configFile, served);
     await follower.resync();
   }
-  clearInterval(sweep);
+  await sweeper.stop();
   await follower.stop();
   await metrics?.close();
   for (const s of served) await stopServing(s);

@@ -7,7 +7,8 @@
 
 import * as bpf from "../lib/ffi/libbpf.ts";
 import { IPPROTO } from "../lib/nat/codec.ts";
-import { syncPortHint } from "../lib/nat/loader.ts";
+import { expireSessionsAsync, syncPortHint } from "../lib/nat/loader.ts";
+import { nextSweepDelay } from "../lib/nat/sweep.ts";
 import { TC_ACT_OK } from "../tests/lib/natfixture.ts";
 import { parsePacket } from "../tests/lib/packet.ts";
 import {
@@ -98,6 +99,8 @@ interface SessionResult {
   hotIngress: { nat: number; noop: number; delta: number };
   spreadEgress: { nat: number; noop: number; delta: number; p90: number };
   spreadIngress: { nat: number; noop: number; delta: number; p90: number };
+  /** One session sweep over the table (all live: nothing to delete), ms. */
+  sweepMs: number;
 }
 
 async function sessionsCase(
@@ -187,14 +190,12 @@ async function sessionsCase(
         p90: percentile(a, 90) - median(b),
       };
     };
-    return {
-      sessions,
-      fillMs,
-      hotEgress,
-      hotIngress,
-      spreadEgress: spread("egress"),
-      spreadIngress: spread("ingress"),
-    };
+    const spreadEgress = spread("egress"), spreadIngress = spread("ingress");
+    const t0 = performance.now();
+    const expired = await expireSessionsAsync(n.nat);
+    const sweepMs = performance.now() - t0;
+    if (expired !== 0) throw new Error(`sweep: ${expired} sessions expired, none should have`);
+    return { sessions, fillMs, hotEgress, hotIngress, spreadEgress, spreadIngress, sweepMs };
   } finally {
     n.close();
   }
@@ -301,6 +302,7 @@ export async function runScale(o: BenchOptions): Promise<PartResult> {
         "spread ingress",
         "ratio",
         "spread p90 eg",
+        "sweep ms",
       ],
       rows: sessions.map((s) => [
         s.sessions.toLocaleString("en"),
@@ -315,6 +317,7 @@ export async function runScale(o: BenchOptions): Promise<PartResult> {
           ratio(s.spreadIngress.delta, base.spreadIngress.delta)
         }`,
         fmt(s.spreadEgress.p90),
+        fmt(s.sweepMs, 1),
       ]),
       notes: [
         `hot: one flow, repeat ${sz.repeat} (alternating packet), median of ${sz.rounds} rounds; ` +
@@ -323,10 +326,12 @@ export async function runScale(o: BenchOptions): Promise<PartResult> {
         `next to single no-op runs (no-op ${
           fmt(base.spreadEgress.noop)
         } ns); this sees cache misses a repeated packet hides.`,
-        `Sessions beyond the real flows are inserted from user space (timer not armed, never expire) on ${FILL_EXT}, ` +
+        `Sessions beyond the real flows are inserted from user space (stamped now; no sweep runs meanwhile) on ${FILL_EXT}, ` +
         `with up to 30000 filler bindings; every case uses the same map size (ctMaxRecords ${
           Math.max(...sz.sessions) + sz.flows + 1024
         }).`,
+        "sweep: one run of the session sweep (expire_sessions, off the JS thread) over the whole table, all " +
+        "sessions live: the walk the daemon repeats every second, or 50× its duration when slower (lib/nat/sweep.ts).",
       ],
     };
     const empty = fills[0];
@@ -420,6 +425,10 @@ export async function runScale(o: BenchOptions): Promise<PartResult> {
         f99 ? `${ratio(f99.delta, empty.delta)} (${fmt(f99.delta / 1000, 2)} µs)` : "n/a",
       ],
       ["New mapping with one free port left", one.ok ? "succeeds" : "FAILS"],
+      [
+        `Session sweep over ${last.sessions.toLocaleString("en")} live sessions`,
+        `${fmt(last.sweepMs, 1)} ms, next after ${fmt(nextSweepDelay(last.sweepMs) / 1000, 1)} s`,
+      ],
     ];
     return {
       part: "scale",

@@ -16,6 +16,7 @@
  */
 
 import * as bpf from "../../lib/ffi/libbpf.ts";
+import { monotonicNs } from "../../lib/ffi/libc.ts";
 import {
   addr16,
   BINDING_VALUE_LAYOUT,
@@ -293,13 +294,14 @@ export function benchNet(i: number): string {
 
 /**
  * Inserts `count` UDP sessions from user space, external side `extAddr` ports
- * `portBase + i % ports`, remote 198.18.0.0/15 address `i / ports`, port 443. Sessions carry
- * no timer (user space cannot arm one), so they stay until deleted. Returns elapsed ms.
+ * `portBase + i % ports`, remote 198.18.0.0/15 address `i / ports`, port 443, last seen at
+ * `lastSeenNs` (default: now); no sweep runs in the benchmarks, so they stay until deleted.
+ * Returns elapsed ms.
  */
 export function fillSessions(
   nat: NatObject,
   count: number,
-  o: { extAddr: string; portBase: number; ports: number },
+  o: { extAddr: string; portBase: number; ports: number; lastSeenNs?: bigint },
 ): number {
   const t0 = performance.now();
   const ext = ipBytes(o.extAddr);
@@ -308,7 +310,7 @@ export function fillSessions(
     intPort: 50000,
     state: 1,
     flags: 0x03,
-    nowNs: 1n,
+    nowNs: o.lastSeenNs ?? monotonicNs(),
   });
   // Encoded once with the codec, then only the varying fields are patched at the codec's
   // offsets (encoding a fresh key per entry costs more than the map update itself).

@@ -3,7 +3,7 @@
  * Sessions (one per external endpoint and remote endpoint) with TCP state and
  * timeouts. A session expires by its timestamp: packets only store
  * last_seen_ns, and a session past its timeout counts as gone wherever it is
- * looked at. The daemon's sweep (expire_sessions in state.h, every second)
+ * looked at. The daemon's sweep (expire_sessions in state.h, every second or so)
  * deletes expired sessions; the last session of a binding releases the
  * binding. No per-session timer: arming one cost ~1.7 us and ~190 bytes per
  * new session.

@@ -8,7 +8,7 @@
  * of its state, which this object's configuration gives, so expiry follows
  * the configuration of whichever daemon runs. A new daemon sweeps once at
  * start (sessions that expired while none ran go with their bindings) and
- * then every second.
+ * then every second or so (lib/nat/sweep.ts).
  */
 #ifndef EINAT_STATE_H
 #define EINAT_STATE_H
@@ -45,7 +45,7 @@ static long expire_one(void *map, struct ct_key *key, struct ct_value *val, void
 }
 
 /*
- * Run by the daemon every second with BPF_PROG_TEST_RUN: deletes the
+ * Run by the daemon (lib/nat/sweep.ts) with BPF_PROG_TEST_RUN: deletes the
  * sessions past their timeout, and each binding with its last session.
  * Returns how many sessions expired.
  */

@@ -111,16 +111,19 @@ export async function loadNat(opts: LoadOptions): Promise<NatObject> {
   }
 }
 
-/** How often the daemon runs {@link expireSessions}: the most a session outlives its timeout. */
-export const SWEEP_INTERVAL_MS = 1000;
-
 /**
  * The session sweep (bpf/lib/state.h): deletes every session past its
  * timeout, and each binding with its last session. The daemon runs it once
- * at start and then every second. Returns the number of sessions expired.
+ * at start and then paced by lib/nat/sweep.ts. Returns the number of
+ * sessions expired.
  */
 export function expireSessions(n: NatObject): number {
   return bpf.testRun(n.expireFd, new Uint8Array(64)).retval;
+}
+
+/** {@link expireSessions} off the JS thread (a table of a million sessions takes ~0.1 s). */
+export async function expireSessionsAsync(n: NatObject): Promise<number> {
+  return (await bpf.testRunAsync(n.expireFd, new Uint8Array(64))).retval;
 }
 
 /**

@@ -367,8 +367,10 @@ static __always_inline int egress_established(struct __sk_buff *skb, struct pack
 	struct binding_key okey;
 	binding_key_init(&okey, BINDING_ORIG, p->family, p->l4proto, &p->src, p->sport);
 	struct binding_value *b = bpf_map_lookup_elem(&map_binding, &okey);
-	if (!b)
+	if (!b) {
+		p->no_binding = 1; /* the full path need not look again */
 		return -1;
+	}
 	__be16 remote_port = p->dport;
 	if (p->l4proto == IPPROTO_ICMP) {
 		if (p->icmp_type != (p->family == 4 ? ICMP_ECHO : ICMPV6_ECHO_REQUEST))
@@ -380,7 +382,7 @@ static __always_inline int egress_established(struct __sk_buff *skb, struct pack
 	struct ct_value *v = bpf_map_lookup_elem(&map_ct, &ck);
 	if (!v || (v->flags & CT_HAIRPIN))
 		return -1;
-	ct_refresh(v, p->l4proto, true, p->tcp_flags, bpf_ktime_get_coarse_ns());
+	ct_refresh(v, p->l4proto, true, p->tcp_flags, clock_now());
 	if (rewrite(skb, p, true, &ck.ext_addr, ck.ext_port))
 		return drop(STAT_DROP_UNTRANSLATABLE);
 	stat_inc(STAT_EGRESS_NAT);
@@ -468,7 +470,8 @@ static __always_inline int egress_family(struct __sk_buff *skb, const __u8 famil
 
 	binding_key_init(&okey, BINDING_ORIG, pp->family, pp->l4proto, &pp->src, pp->sport);
 	struct binding_value bv;
-	struct binding_value *b = bpf_map_lookup_elem(&map_binding, &okey);
+	struct binding_value *b =
+		pp->no_binding ? NULL : bpf_map_lookup_elem(&map_binding, &okey);
 	if (b) {
 		bv = *b;
 	} else {
@@ -570,12 +573,15 @@ static __always_inline int ingress_l4(struct __sk_buff *skb, struct packet *pp, 
 	ct_key_init(&ck, pp->family, pp->l4proto, &pp->dst, pp->dport, &pp->src, remote_port);
 	struct binding_value bv;
 	struct ct_value *v = bpf_map_lookup_elem(&map_ct, &ck);
-	__u64 now = bpf_ktime_get_coarse_ns();
-	if (v && ct_expired(v, pp->l4proto, now)) {
-		/* Expired, not swept yet: gone, and its binding decides (EIF), as
-		 * for a new session; the binding goes with its last session. */
-		ct_expire(&ck);
-		v = NULL;
+	__u64 now = 0;
+	if (v) {
+		now = clock_now();
+		if (ct_expired(v, pp->l4proto, now)) {
+			/* Expired, not swept yet: gone, and its binding decides (EIF),
+			 * as for a new session; the binding goes with its last one. */
+			ct_expire(&ck);
+			v = NULL;
+		}
 	}
 	if (v) {
 		ct_refresh(v, pp->l4proto, false, pp->tcp_flags, now);

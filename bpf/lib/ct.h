@@ -12,6 +12,7 @@
 #define EINAT_CT_H
 
 #include "binding.h"
+#include "clock.h"
 
 #define NSEC_PER_SEC 1000000000ULL
 
@@ -90,7 +91,7 @@ static __always_inline void ct_key_init(struct ct_key *k, __u8 family, __u8 l4pr
 }
 
 /*
- * Refreshes the session at now (bpf_ktime_get_coarse_ns). One that expired
+ * Refreshes the session at now (clock_now()). One that expired
  * and was not swept yet starts over as a new session on the same binding,
  * which it still holds a reference on.
  */
@@ -122,7 +123,7 @@ __noinline int einat_ct_touch(const struct ct_key *k, const struct binding_value
 {
 	if (!k || !intern)
 		return STAT_DROP_UNTRANSLATABLE;
-	__u64 now = bpf_ktime_get_coarse_ns();
+	__u64 now = clock_now();
 	struct ct_value *v = bpf_map_lookup_elem(&map_ct, k);
 	if (v) {
 		ct_refresh(v, k->l4proto, egress, tcp_flags, now);

@@ -99,7 +99,8 @@ struct packet {
 	__be16 dport;
 	__be32 frag_id;
 	__u8 real_proto; /* IPPROTO_ICMPV6 for ICMPv6 */
-	__u8 _pad[3];
+	__u8 no_binding; /* egress: the fast path found no binding for the source */
+	__u8 _pad[2];
 	union ip_addr src;
 	union ip_addr dst;
 };

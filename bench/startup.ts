@@ -86,6 +86,8 @@ async function probe(t: Topology, rounds: number, v: Variant): Promise<ProbeOut>
     v.nat66 ? "1" : "0",
     "--records",
     String(v.records ?? 0),
+    "--preallocate",
+    v.preallocate ? "1" : "0",
   ];
   const p = spawnInNs(t.ns.router, cmd, { cwd: ROOT, killAfterMs: 120_000 });
   const r = await p.output(120_000);
@@ -100,12 +102,15 @@ interface Variant {
   nat66: boolean;
   /** Binding records for the probe (daemon default when absent). */
   records?: number;
+  /** The probe loads with `preallocate_maps`. */
+  preallocate?: boolean;
 }
 
 const VARIANTS: Variant[] = [
   { label: "NAT44", args: ["-i", "wan0"], nat66: false },
   { label: "NAT44+NAT66", args: ["-i", "wan0", "--nat44", "--nat66"], nat66: true },
   { label: "NAT44, 4096-binding maps", nat66: false, records: 4096 },
+  { label: "NAT44, preallocate_maps", nat66: false, preallocate: true },
 ];
 
 /** Runs part 3. */
@@ -181,7 +186,7 @@ export async function runStartup(o: BenchOptions): Promise<PartResult> {
           cmp: "le",
         });
       }
-      if (v.records) continue; // same programs as NAT44
+      if (v.records || v.preallocate) continue; // same programs as NAT44
       for (const dir of ["egress", "ingress"]) {
         const info = pr?.progs[dir];
         const vi = info?.verified_insns ?? NaN;
@@ -222,7 +227,8 @@ export async function runStartup(o: BenchOptions): Promise<PartResult> {
           "open + configure + bpf_object__load), planInterface + applyPlan, attach to wan0's clsact hooks. " +
           "It uses the daemon's default configuration; the 4096-binding row shrinks the maps to show what " +
           "the default sizes still cost at load (bucket arrays and the preallocated fragment table; bindings " +
-          "and sessions are allocated on demand).",
+          "and sessions are allocated on demand); the preallocate_maps row loads the default sizes " +
+          "preallocated (an option, off by default).",
         ],
       },
       {

@@ -158,6 +158,7 @@ export async function reconcile(s: Served): Promise<void> {
       ro: roConfigOf(s.ic, hasEthernet(s.ifname)),
       bindingMaxRecords: s.ic.bindingMaxRecords,
       ctMaxRecords: s.ic.ctMaxRecords,
+      preallocate: s.ic.preallocateMaps,
       ...stateLoadOptions(s.ic, s.ifname),
     });
     log.info("loaded BPF object", {

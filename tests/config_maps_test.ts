@@ -21,6 +21,7 @@ import {
 import { closeNat, loadNat } from "../lib/nat/loader.ts";
 import { planInterface } from "../lib/nat/plan.ts";
 import { roConfigOf } from "../lib/daemon.ts";
+import { loadTestNat, testInterfaceConfig } from "./lib/natfixture.ts";
 
 const TOML = `
 [defaults]
@@ -137,5 +138,32 @@ Deno.test("config keys reach the loaded BPF config and maps", async () => {
     assertEquals(dst, [`198.51.100.0/24=${EXT_FLAGS.NO_SNAT}`]);
   } finally {
     closeNat(nat);
+  }
+});
+
+Deno.test("preallocate_maps: the binding and session maps are created preallocated, and translate", async () => {
+  for (const preallocate of [false, true]) {
+    const ic = testInterfaceConfig();
+    ic.preallocateMaps = preallocate;
+    ic.bindingMaxRecords = 1024;
+    ic.ctMaxRecords = 2048;
+    const n = await loadTestNat(ic);
+    try {
+      for (const fd of [n.nat.maps.binding, n.nat.maps.ct]) {
+        assertEquals(bpf.mapInfo(fd).flags & bpf.BPF_F_NO_PREALLOC, preallocate ? 0 : 1);
+      }
+      const r = n.egress({
+        family: 4,
+        src: "192.0.2.10",
+        dst: "198.51.100.1",
+        proto: "udp",
+        sport: 40000,
+        dport: 53,
+        payload: new Uint8Array(4),
+      });
+      assertEquals(r.out.src, "203.0.113.1", "translated");
+    } finally {
+      n.close();
+    }
   }
 });

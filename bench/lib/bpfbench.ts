@@ -489,13 +489,15 @@ export interface ChainedNewMappings {
  * New mappings with warm caches: the external address is unmarked as external (like the
  * alternation set-up), so a translated packet (external address, new port) is an internal
  * source again and the next of `runs` repeats maps it anew. Every run is one new binding and
- * session, half-way into an emptying range; `made` proves it.
+ * session, half-way into an emptying range; `made` proves it. `preallocateMaps` loads the
+ * object with preallocated binding and session maps.
  */
 export async function measureChainedNewMappings(
   noopFd: number,
   runs: number,
+  preallocateMaps = false,
 ): Promise<ChainedNewMappings> {
-  const n = await loadBenchNat();
+  const n = await loadBenchNat({ ic: { preallocateMaps } });
   try {
     unmarkExternal(n, 4);
     const pkt = buildPacket({

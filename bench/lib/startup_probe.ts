@@ -71,6 +71,7 @@ if (records > 0) { // smaller maps: shows what preallocating the default sizes c
   ic.bindingMaxRecords = records;
   ic.ctMaxRecords = records * 2;
 }
+ic.preallocateMaps = arg("preallocate", "0") === "1";
 const ifindex = ifNameToIndex(ifname);
 if (!ifindex) throw new Error(`no interface ${ifname}`);
 
@@ -82,6 +83,7 @@ for (let r = 0; r < rounds; r++) {
     ro: roConfigOf(ic),
     bindingMaxRecords: ic.bindingMaxRecords,
     ctMaxRecords: ic.ctMaxRecords,
+    preallocate: ic.preallocateMaps,
   });
   const t1 = performance.now();
   try {

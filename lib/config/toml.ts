@@ -94,6 +94,7 @@ export const DEFAULTS = {
   allowInboundIcmpx: true,
   /** TOML default; an interface built from CLI flags gets false (see cli.ts). */
   preferTcx: true,
+  preallocateMaps: false,
   defaultExternals: true,
   /**
    * einat-ebpf leaves ICMP out. We route it too: errors from internal hosts about hairpinned
@@ -153,6 +154,7 @@ const INTERFACE_KEYS = [
   "frag_track_max_records",
   "binding_max_records",
   "ct_max_records",
+  "preallocate_maps",
   "default_externals",
   "snat_internals",
   "no_snat_dests",
@@ -753,6 +755,7 @@ export function defaultInterface(
     bindingMaxRecords: DEFAULTS.bindingMaxRecords,
     ctMaxRecords: DEFAULTS.bindingMaxRecords * 2,
     preferTcx: DEFAULTS.preferTcx,
+    preallocateMaps: DEFAULTS.preallocateMaps,
     noSnatDests: [],
     defaultExternals: DEFAULTS.defaultExternals,
     snatInternals: [],
@@ -853,6 +856,7 @@ function parseInterface(
     DEFAULTS.allowInboundIcmpx,
   );
   iface.preferTcx = getBool(ctx, t, "prefer_tcx", path, DEFAULTS.preferTcx);
+  iface.preallocateMaps = getBool(ctx, t, "preallocate_maps", path, DEFAULTS.preallocateMaps);
   iface.defaultExternals = getBool(ctx, t, "default_externals", path, DEFAULTS.defaultExternals);
 
   // Timeouts; the deprecated timeout_pkt_* apply unless the new key is set.

@@ -76,6 +76,7 @@ Deno.test("minimal interface: every default applied", () => {
   equal(i.bindingMaxRecords, 196608);
   equal(i.ctMaxRecords, 393216);
   equal(i.preferTcx, true);
+  equal(i.preallocateMaps, false);
   deepStrictEqual(i.noSnatDests, []);
   equal(i.defaultExternals, true);
   deepStrictEqual(i.snatInternals, []);
@@ -143,6 +144,7 @@ timeout_tcp_est = "1h30m"
 frag_track_max_records = 1024
 binding_max_records = 2048
 ct_max_records = 8192
+preallocate_maps = true
 prefer_tcx = false
 default_externals = false
 no_snat_dests = ["192.168.0.0/16", "fd00::/8"]
@@ -222,6 +224,7 @@ nat44 = true
   equal(i.fragTrackMaxRecords, 1024);
   equal(i.bindingMaxRecords, 2048);
   equal(i.ctMaxRecords, 8192);
+  equal(i.preallocateMaps, true);
   equal(i.preferTcx, false);
   equal(i.defaultExternals, false);
   deepStrictEqual(i.noSnatDests.map(formatCidr), ["192.168.0.0/16", "fd00::/8"]);

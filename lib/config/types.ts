@@ -78,6 +78,8 @@ export interface InterfaceConfig {
   fragTrackMaxRecords: number;
   bindingMaxRecords: number;
   ctMaxRecords: number;
+  /** `preallocate_maps`: binding and session records allocated when the maps are created. */
+  preallocateMaps: boolean;
   preferTcx: boolean;
   noSnatDests: Cidr[];
   defaultExternals: boolean;

@@ -308,6 +308,9 @@ export function mapSetMaxEntries(map: BpfMap, n: number): void {
   check(`bpf_map__set_max_entries(${map.name})`, bpf().bpf_map__set_max_entries(mapPtr(map), n));
 }
 
+/** Map flag: hash map records are allocated on demand, not when the map is created. */
+export const BPF_F_NO_PREALLOC = 1;
+
 /** `map_flags` the map will be created with (e.g. `BPF_F_NO_PREALLOC`). */
 export function mapFlags(map: BpfMap): number {
   return bpf().bpf_map__map_flags(mapPtr(map));

@@ -47,6 +47,11 @@ export interface LoadOptions {
   ctMaxRecords: number;
   /** Object bytes; the embedded object when absent. */
   bytes?: Uint8Array;
+  /**
+   * Create the binding and session maps preallocated (`preallocate_maps`) instead of
+   * allocating their records on demand. Pinned maps keep the mode they were created with.
+   */
+  preallocate?: boolean;
   /** Fragment tracking records (`frag_track_max_records`); the object's default when absent. */
   fragMaxRecords?: number;
   /**
@@ -82,6 +87,12 @@ export async function loadNat(opts: LoadOptions): Promise<NatObject> {
     bpf.mapSetInitialValue(rodata, init);
     bpf.mapSetMaxEntries(bpf.findMap(obj, MAP_NAMES.binding), opts.bindingMaxRecords * 2);
     bpf.mapSetMaxEntries(bpf.findMap(obj, MAP_NAMES.ct), opts.ctMaxRecords);
+    if (opts.preallocate) {
+      for (const name of [MAP_NAMES.binding, MAP_NAMES.ct]) {
+        const m = bpf.findMap(obj, name);
+        bpf.mapSetFlags(m, bpf.mapFlags(m) & ~bpf.BPF_F_NO_PREALLOC);
+      }
+    }
     if (opts.fragMaxRecords) {
       bpf.mapSetMaxEntries(bpf.findMap(obj, MAP_NAMES.frag), opts.fragMaxRecords);
     }

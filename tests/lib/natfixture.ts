@@ -51,6 +51,7 @@ export function testInterfaceConfig(o: Partial<InterfaceConfig> = {}): Interface
     bindingMaxRecords: 65536,
     ctMaxRecords: 65536 * 2,
     preferTcx: false,
+    preallocateMaps: false,
     noSnatDests: [],
     defaultExternals: true,
     snatInternals: [],
@@ -92,6 +93,7 @@ export async function loadTestNat(
     ro: roConfigOf(ic),
     bindingMaxRecords: ic.bindingMaxRecords,
     ctMaxRecords: ic.ctMaxRecords,
+    preallocate: ic.preallocateMaps,
   });
   const addrs = extAddrs.map((s) => {
     const [a, p] = s.split("/");

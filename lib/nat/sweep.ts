@@ -2,7 +2,7 @@
  * The daemon's session sweep. Sessions carry no timer (bpf/lib/ct.h): the
  * datapath treats an expired session as gone, and this sweep deletes them
  * (and bindings with their last session) by running `expire_sessions`
- * over every served interface. Walking the session table costs ~8 ms with
+ * over every served interface. Walking the session table costs ~9 ms with
  * the default sizes and ~110 ms with a million sessions, so the pace follows
  * the cost: every second, or 50 times the last sweep's duration (at most
  * ~2 % of a CPU), capped at 30 s. A session's port stays bound for at most

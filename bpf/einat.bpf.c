@@ -260,7 +260,7 @@ __noinline int einat_inbound_query(const struct packet *p)
 		if (b->port == p->dport && b->addr.all[0] == p->dst.all[0] &&
 		    b->addr.all[1] == p->dst.all[1] && b->addr.all[2] == p->dst.all[2] &&
 		    b->addr.all[3] == p->dst.all[3])
-			einat_ct_touch(&ck, &self, false, 0);
+			einat_ct_touch(&ck, &self, false, 0, 0);
 		return 0;
 	}
 	struct external_config *dc = lpm_lookup(&map_externals, p->family, &p->dst);
@@ -276,7 +276,7 @@ __noinline int einat_inbound_query(const struct packet *p)
 		return 0;
 	}
 	stat_inc(STAT_NEW_BINDING);
-	if (einat_ct_touch(&ck, &self, false, 0))
+	if (einat_ct_touch(&ck, &self, false, 0, 1))
 		binding_put_unused(p->family, p->l4proto, &p->dst, p->dport);
 	return 0;
 }
@@ -496,7 +496,7 @@ static __always_inline int egress_family(struct __sk_buff *skb, const __u8 famil
 	struct ct_key ck;
 	ct_key_init(&ck, pp->family, pp->l4proto, &bv.addr, bv.port, &pp->dst, remote_port);
 	struct binding_value intern = { .addr = pp->src, .port = pp->sport };
-	r = einat_ct_touch(&ck, &intern, true, pp->tcp_flags);
+	r = einat_ct_touch(&ck, &intern, true, pp->tcp_flags, !b);
 	if (r) {
 		if (!b) /* release the binding nobody uses */
 			binding_put_unused(pp->family, pp->l4proto, &bv.addr, bv.port);
@@ -512,7 +512,7 @@ static __always_inline int egress_family(struct __sk_buff *skb, const __u8 famil
 		if (own_ct)
 			own_ct->flags |= CT_HAIRPIN; /* keeps it off the fast path */
 		ct_key_init(&ck, pp->family, pp->l4proto, &pp->dst, pp->dport, &bv.addr, bv.port);
-		r = einat_ct_touch(&ck, target, false, pp->tcp_flags);
+		r = einat_ct_touch(&ck, target, false, pp->tcp_flags, 0);
 		if (r)
 			return drop(r);
 		struct ct_value *peer_ct = bpf_map_lookup_elem(&map_ct, &ck);
@@ -599,7 +599,7 @@ static __always_inline int ingress_l4(struct __sk_buff *skb, struct packet *pp, 
 		if (!b)
 			return ingress_unmapped(pp);
 		bv = *b;
-		r = einat_ct_touch(&ck, &bv, false, pp->tcp_flags);
+		r = einat_ct_touch(&ck, &bv, false, pp->tcp_flags, 1);
 		if (r)
 			return drop(r);
 	}

@@ -114,17 +114,19 @@ static __always_inline void ct_refresh(struct ct_value *v, __u8 l4proto, bool eg
 }
 
 /*
- * Finds or creates the session; creation takes a binding reference. A global
- * function: verified once for every caller.
+ * Finds or creates the session; creation takes a binding reference. With
+ * likely_new (the caller just missed it, or just made its binding) the
+ * insert comes first: a session that exists after all fails it and is then
+ * looked up. A global function: verified once for every caller.
  * Returns 0, or a STAT_DROP_* reason.
  */
 __noinline int einat_ct_touch(const struct ct_key *k, const struct binding_value *intern,
-			      int egress, __u8 tcp_flags)
+			      int egress, __u8 tcp_flags, int likely_new)
 {
 	if (!k || !intern)
 		return STAT_DROP_UNTRANSLATABLE;
 	__u64 now = clock_now();
-	struct ct_value *v = bpf_map_lookup_elem(&map_ct, k);
+	struct ct_value *v = likely_new ? NULL : bpf_map_lookup_elem(&map_ct, k);
 	if (v) {
 		ct_refresh(v, k->l4proto, egress, tcp_flags, now);
 		return 0;
@@ -148,7 +150,7 @@ __noinline int einat_ct_touch(const struct ct_key *k, const struct binding_value
 	if (bpf_map_update_elem(&map_ct, k, &nv, BPF_NOEXIST)) {
 		__sync_fetch_and_add(&rb->ref, -1);
 		v = bpf_map_lookup_elem(&map_ct, k);
-		if (v) { /* created meanwhile on another CPU */
+		if (v) { /* it existed after all, or another CPU made it meanwhile */
 			ct_refresh(v, k->l4proto, egress, tcp_flags, now);
 			return 0;
 		}

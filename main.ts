@@ -15,7 +15,7 @@ import * as log from "./lib/log.ts";
 import { BUILD_INFO } from "./lib/build_info.ts";
 import { checkRuntimeLibraries } from "./lib/deps.ts";
 import { BusyError } from "./lib/nat/attach.ts";
-import { startSweeper } from "./lib/nat/sweep.ts";
+import { startSweeper, type Sweeper } from "./lib/nat/sweep.ts";
 import { runShow } from "./lib/state/show.ts";
 import { runFlush } from "./lib/state/flush.ts";
 import { configureState, DEFAULT_PIN_ROOT } from "./lib/state/options.ts";
@@ -76,9 +76,14 @@ export async function main(args: string[]): Promise<number> {
 
   let served: Served[] = [];
   let metrics: MetricsServer | null = null;
+  let sweeper: Sweeper | null = null;
   if (cli.state?.metrics) {
     try {
-      metrics = startMetrics(cli.state.metrics, () => targetsOf(served));
+      metrics = startMetrics(
+        cli.state.metrics,
+        () => targetsOf(served),
+        () => sweeper?.stats() ?? null,
+      );
     } catch (e) {
       const { hostname, port } = cli.state.metrics;
       return fail(`--metrics ${hostname}:${port}: ${(e as Error).message}`);
@@ -107,7 +112,7 @@ export async function main(args: string[]): Promise<number> {
     return fail(errors.join("; ") || "no interface configured");
   }
   const follower = follow(() => served);
-  const sweeper = startSweeper(() => served); // sessions carry no timer (bpf/lib/ct.h)
+  sweeper = startSweeper(() => served); // sessions carry no timer (bpf/lib/ct.h)
   await follower.resync(); // changes between start-up and the first event
   log.info("einat running", { interfaces: served.map((s) => s.ifname).join(",") });
 
@@ -124,6 +129,7 @@ export async function main(args: string[]): Promise<number> {
     await follower.resync();
   }
   await sweeper.stop();
+  sweeper = null;
   await follower.stop();
   await metrics?.close();
   for (const s of served) await stopServing(s);

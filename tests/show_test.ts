@@ -224,6 +224,9 @@ Deno.test({
           assertEquals(m.get(`einat_bindings{${w},family="ipv4",protocol="udp"}`), 3);
           assertEquals(m.get(`einat_bindings{${w},family="ipv4",protocol="tcp"}`), 1);
           assertEquals(m.get(`einat_sessions{${w},family="ipv4",protocol="icmp"}`), 1);
+          assertEquals(m.get(`einat_sessions_expired{${w}}`), 0);
+          assertEquals(m.get("einat_sweep_interval_seconds"), 1, "few sessions: every second");
+          assert((m.get("einat_sweeps_total") ?? -1) >= 0, "the sweep's figures are exported");
           assertEquals(m.get(`einat_events_total{${w},event="new_binding"}`), 5);
           assertEquals(m.get(`einat_drops_total{${w},reason="no_port"}`), 0);
           assertEquals(

@@ -32,10 +32,22 @@ export interface SweepTarget {
   nat?: NatObject | null;
 }
 
+/** What the sweep loop has done so far. */
+export interface SweepStats {
+  /** Sweeps completed. */
+  sweeps: number;
+  /** Duration of the last sweep over all interfaces, ms (0 before the first). */
+  lastMs: number;
+  /** Pause before the next sweep, ms. */
+  nextMs: number;
+}
+
 /** A running sweep loop. */
 export interface Sweeper {
   /** Stops the loop and waits for a sweep in progress. */
   stop(): Promise<void>;
+  /** Counts and timings, for the metrics endpoint. */
+  stats(): SweepStats;
 }
 
 /** Starts sweeping `targets()` (read anew each time, so reloads are followed). */
@@ -43,6 +55,7 @@ export function startSweeper(targets: () => SweepTarget[]): Sweeper {
   let stopped = false;
   let timer: ReturnType<typeof setTimeout> | undefined;
   let running: Promise<void> = Promise.resolve();
+  const stats: SweepStats = { sweeps: 0, lastMs: 0, nextMs: SWEEP_MIN_INTERVAL_MS };
 
   const sweep = async () => {
     const t0 = performance.now();
@@ -59,8 +72,20 @@ export function startSweeper(targets: () => SweepTarget[]): Sweeper {
   };
   const schedule = (delay: number) => {
     if (stopped) return;
+    stats.nextMs = delay;
     timer = setTimeout(() => {
-      running = sweep().then((took) => schedule(nextSweepDelay(took)));
+      running = sweep().then((took) => {
+        const next = nextSweepDelay(took);
+        if (next > SWEEP_MIN_INTERVAL_MS && stats.nextMs === SWEEP_MIN_INTERVAL_MS) {
+          log.info("session sweep slowed to its cost", {
+            sweep_ms: took.toFixed(1),
+            every_s: (next / 1000).toFixed(1),
+          });
+        }
+        stats.sweeps += 1;
+        stats.lastMs = took;
+        schedule(next);
+      });
     }, delay);
   };
   schedule(SWEEP_MIN_INTERVAL_MS);
@@ -70,5 +95,6 @@ export function startSweeper(targets: () => SweepTarget[]): Sweeper {
       if (timer !== undefined) clearTimeout(timer);
       await running;
     },
+    stats: () => ({ ...stats }),
   };
 }

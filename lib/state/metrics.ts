@@ -19,6 +19,7 @@ import {
   readSessions,
 } from "./read.ts";
 import { pinDirFor, stateOptions } from "./options.ts";
+import type { SweepStats } from "../nat/sweep.ts";
 
 /** What one interface contributes: its name and the ranges of its external addresses. */
 export interface MetricsTarget {
@@ -129,10 +130,22 @@ function scrapeOne(w: Writer, st: PinnedState, t: MetricsTarget): void {
     used.set(`${ext}/${b.protocol}`, (used.get(`${ext}/${b.protocol}`) ?? 0) + 1);
   }
   const scount = new Map<string, number>();
+  let expired = 0;
   for (const s of sessions) {
+    if (s.expired) {
+      expired++;
+      continue;
+    }
     const k = `${s.family}/${s.protocol}`;
     scount.set(k, (scount.get(k) ?? 0) + 1);
   }
+  w.add(
+    "einat_sessions_expired",
+    "gauge",
+    "Sessions past their timeout that the next sweep removes (no packet uses them).",
+    { interface: iface },
+    expired,
+  );
   for (const family of [4, 6]) {
     for (const protocol of ["tcp", "udp", "icmp"]) {
       const labels = { interface: iface, family: `ipv${family}`, protocol };
@@ -185,9 +198,30 @@ function scrapeOne(w: Writer, st: PinnedState, t: MetricsTarget): void {
   }
 }
 
-/** The metrics page for `targets`. */
-export function renderMetrics(targets: MetricsTarget[], root = stateOptions.pinRoot): string {
+/** The metrics page for `targets`, with the session sweep's figures when given. */
+export function renderMetrics(
+  targets: MetricsTarget[],
+  root = stateOptions.pinRoot,
+  sweep: SweepStats | null = null,
+): string {
   const w = new Writer();
+  if (sweep) {
+    w.add("einat_sweeps_total", "counter", "Session sweeps completed.", {}, sweep.sweeps);
+    w.add(
+      "einat_sweep_duration_seconds",
+      "gauge",
+      "Duration of the last session sweep over every interface.",
+      {},
+      sweep.lastMs / 1000,
+    );
+    w.add(
+      "einat_sweep_interval_seconds",
+      "gauge",
+      "Pause before the next session sweep: the most a session's port outlives its timeout.",
+      {},
+      sweep.nextMs / 1000,
+    );
+  }
   for (const t of targets) {
     const st = openPinned(pinDirFor(t.ifname, root), t.ifname);
     w.add("einat_interface_up", "gauge", "1 when the interface has pinned state.", {
@@ -214,6 +248,7 @@ export interface MetricsServer {
 export function startMetrics(
   addr: { hostname: string; port: number },
   targets: () => MetricsTarget[],
+  sweep: () => SweepStats | null = () => null,
 ): MetricsServer {
   const server = Deno.serve({
     hostname: addr.hostname,
@@ -225,7 +260,7 @@ export function startMetrics(
       return new Response("not found\n", { status: 404 });
     }
     try {
-      return new Response(renderMetrics(targets()), {
+      return new Response(renderMetrics(targets(), stateOptions.pinRoot, sweep()), {
         headers: { "content-type": "text/plain; version=0.0.4; charset=utf-8" },
       });
     } catch (e) {

@@ -588,16 +588,17 @@ static __always_inline int ingress_l4(struct __sk_buff *skb, struct packet *pp, 
 		bv.addr = v->int_addr;
 		bv.port = v->int_port;
 	} else {
-		/* From one of our own external addresses: spoofed, or looped back. A session
-		 * with it as remote would catch LAN traffic to that address on the egress
-		 * fast path, past the hairpin turn. */
-		if (is_external_src(pp))
-			return pass();
 		struct binding_key rkey;
 		binding_key_init(&rkey, 0, pp->family, pp->l4proto, &pp->dst, pp->dport);
 		struct binding_value *b = bpf_map_lookup_elem(&map_binding, &rkey);
 		if (!b)
 			return ingress_unmapped(pp);
+		/* From one of our own external addresses: spoofed, or looped back. A session
+		 * with it as remote would catch LAN traffic to that address on the egress
+		 * fast path, past the hairpin turn. (Checked after the binding: traffic to
+		 * the router's own ports skips this LPM lookup.) */
+		if (is_external_src(pp))
+			return pass();
 		bv = *b;
 		r = einat_ct_touch(&ck, &bv, false, pp->tcp_flags, 1);
 		if (r)

@@ -197,8 +197,13 @@ interface MappingMem {
   dynamicPerMapping: number;
 }
 
-/** Creates N mappings through the program; memlock and slab growth per mapping. */
-async function mappingMemory(n: number, noopFd: number, reps: number): Promise<MappingMem> {
+/** Creates N mappings of a family through the program; memlock and slab growth per mapping. */
+async function mappingMemory(
+  n: number,
+  noopFd: number,
+  reps: number,
+  family: 4 | 6,
+): Promise<MappingMem> {
   const slab = () => {
     const m = meminfoKb();
     return m.SUnreclaim + m.Percpu;
@@ -208,6 +213,7 @@ async function mappingMemory(n: number, noopFd: number, reps: number): Promise<M
   let flags = 0;
   for (let rep = 0; rep < reps; rep++) {
     const nat = await loadBenchNat({
+      nat66: family === 6,
       ic: {
         defaultRanges: ranges([{ start: 1024, end: 65535 }]),
         bindingMaxRecords: 65536,
@@ -224,7 +230,7 @@ async function mappingMemory(n: number, noopFd: number, reps: number): Promise<M
       };
       flags = Number(b.map_flags);
       const l0 = memlock(), s0 = slab();
-      const res = measureNewMappings(nat.nat, noopFd, newFlowPackets(n, "udp"), false);
+      const res = measureNewMappings(nat.nat, noopFd, newFlowPackets(n, "udp", 0, family), false);
       const l1 = memlock(), s1 = slab();
       if (res.failures) throw new Error(`${res.failures} of ${n} mappings not created`);
       memlockDeltas.push(l1 - l0);
@@ -260,8 +266,10 @@ export async function runMemory(o: BenchOptions): Promise<PartResult> {
   const sz = memorySizes(o);
   const noop = await loadNoop();
   try {
-    progress(o, `memory: ${sz.mappings} mappings through the program`);
-    const mm = await mappingMemory(sz.mappings, noop.fd, o.smoke ? 1 : 3);
+    progress(o, `memory: ${sz.mappings} IPv4 and IPv6 mappings through the program`);
+    const reps = o.smoke ? 1 : 3;
+    const mm = await mappingMemory(sz.mappings, noop.fd, reps, 4);
+    const mm6 = await mappingMemory(sz.mappings, noop.fd, reps, 6);
     const dm = await daemonMemory(o, sz.loadSeconds);
     const total = dm.maps.reduce((s, m) => s + m.bytes_memlock, 0);
     const mapRows = dm.maps.map((m) => [
@@ -273,6 +281,9 @@ export async function runMemory(o: BenchOptions): Promise<PartResult> {
     ]);
     mapRows.push(["total", "", "", bytes(total), ""]);
     const perMapping = mm.reservedPerMapping + mm.dynamicPerMapping;
+    const perMapping6 = mm6.reservedPerMapping + mm6.dynamicPerMapping;
+    const both = (f: (m: MappingMem) => number) => [fmt(f(mm), 1), fmt(f(mm6), 1)];
+    const slabRuns = (m: MappingMem) => m.slabDeltasKb.join(", ");
     const onDemand = (mm.flags & 1) !== 0;
     const mode = onDemand ? "bucket share; elements on demand" : "preallocated";
     const tables: Table[] = [
@@ -285,24 +296,31 @@ export async function runMemory(o: BenchOptions): Promise<PartResult> {
         ],
       },
       {
-        title: `5b. Kernel memory per IPv4 mapping (${
+        title: `5b. Kernel memory per mapping (${
           mm.n.toLocaleString("en")
-        } UDP mappings created by the program)`,
-        head: ["what", "bytes"],
+        } UDP mappings of each family created by the program)`,
+        head: ["what", "IPv4 bytes", "IPv6 bytes"],
         rows: [
-          [`binding entry, reserved at load (${mode})`, fmt(mm.perEntry.binding, 1)],
-          [`session entry, reserved at load (${mode})`, fmt(mm.perEntry.ct, 1)],
-          ["reserved per mapping (2 binding entries + 1 session)", fmt(mm.reservedPerMapping, 1)],
+          [`binding entry, reserved at load (${mode})`, ...both((m) => m.perEntry.binding)],
+          [`session entry, reserved at load (${mode})`, ...both((m) => m.perEntry.ct)],
+          [
+            "reserved per mapping (2 binding entries + 1 session)",
+            ...both((m) => m.reservedPerMapping),
+          ],
           [
             "memlock growth per mapping (the kernel's count of allocated elements)",
-            fmt(mm.memlockPerMapping, 1),
+            ...both((m) => m.memlockPerMapping),
           ],
           [
             "unreclaimable slab + percpu growth per mapping (/proc/meminfo: allocator size classes; " +
-            `largest of ${mm.slabDeltasKb.length} runs: ${mm.slabDeltasKb.join(", ")} kB)`,
-            fmt(mm.slabPerMapping, 1),
+            `largest of ${mm.slabDeltasKb.length} runs: ${slabRuns(mm)} / ${slabRuns(mm6)} kB)`,
+            ...both((m) => m.slabPerMapping),
           ],
-          ["total per mapping (reserved + the larger growth)", fmt(perMapping, 1)],
+          [
+            "total per mapping (reserved + the larger growth)",
+            fmt(perMapping, 1),
+            fmt(perMapping6, 1),
+          ],
         ],
         notes: [
           onDemand
@@ -336,6 +354,14 @@ export async function runMemory(o: BenchOptions): Promise<PartResult> {
       },
       {
         part: "memory",
+        name: "kernel memory per IPv6 mapping",
+        value: perMapping6,
+        limit: 250,
+        unit: "B",
+        cmp: "le",
+      },
+      {
+        part: "memory",
         name: "daemon RSS (max of idle and load)",
         value: Math.max(dm.idleKb, dm.loadMaxKb, dm.hwmKb) / 1024,
         limit: 60,
@@ -345,7 +371,10 @@ export async function runMemory(o: BenchOptions): Promise<PartResult> {
     ];
     const summary = [
       ["Kernel memory of the maps at default sizes", bytes(total)],
-      ["Kernel memory per IPv4 mapping (reserved + on demand)", `${fmt(perMapping, 0)} B`],
+      [
+        "Kernel memory per IPv4 / IPv6 mapping (reserved + on demand)",
+        `${fmt(perMapping, 0)} B / ${fmt(perMapping6, 0)} B`,
+      ],
       [
         "Daemon RSS idle / under load",
         `${bytes(dm.idleKb * 1024)} / ${bytes(dm.loadMaxKb * 1024)}`,
@@ -356,7 +385,7 @@ export async function runMemory(o: BenchOptions): Promise<PartResult> {
       tables,
       targets,
       summary,
-      data: { mappings: mm, daemon: dm, totalMemlock: total },
+      data: { mappings: mm, mappings6: mm6, daemon: dm, totalMemlock: total },
     };
   } finally {
     noop.close();

@@ -371,19 +371,26 @@ export interface NewFlowPacket {
   bytes: Uint8Array;
 }
 
-/** `count` new-flow packets (UDP, or TCP SYN) from distinct 198.18.0.0/15 sources, port 40000. */
+/**
+ * `count` new-flow packets (UDP, or TCP SYN) from distinct sources, port 40000: 198.18.0.0/15
+ * for IPv4, 2001:db8:1::/64 for IPv6.
+ */
 export function newFlowPackets(
   count: number,
   proto: "udp" | "tcp",
   offset = 0,
+  family: 4 | 6 = 4,
 ): NewFlowPacket[] {
   return Array.from({ length: count }, (_, i) => {
+    const n = offset + i;
     const spec: FlowSpec = {
-      family: 4,
+      family,
       proto,
-      lan: benchNet(offset + i),
+      lan: family === 4
+        ? benchNet(n)
+        : `2001:db8:1::${(n >>> 16).toString(16)}:${(n & 0xffff).toString(16)}`,
       lanPort: 40000,
-      remote: "198.51.100.1",
+      remote: family === 4 ? "198.51.100.1" : "2001:db8:3::1",
       remotePort: 3478,
     };
     return { spec, bytes: flowPacket(spec, "egress", { syn: true }) };
@@ -394,9 +401,15 @@ export function newFlowPackets(
  * Clears a port's bit in the free-port hint, as the program does when it
  * deletes a binding (a deletion from user space would leave it set).
  */
-function releaseHintBit(nat: NatObject, l4proto: number, ext: Uint8Array, port: number): void {
+function releaseHintBit(
+  nat: NatObject,
+  family: 4 | 6,
+  l4proto: number,
+  ext: Uint8Array,
+  port: number,
+): void {
   const fd = nat.maps.portBits;
-  const key = encodePortBitsKey(4, l4proto, ext);
+  const key = encodePortBitsKey(family, l4proto, ext);
   const v = bpf.mapLookup(fd, key, PORT_BITS_LAYOUT.size);
   if (!v) return;
   const dv = new DataView(v.buffer, v.byteOffset, v.byteLength);
@@ -407,27 +420,27 @@ function releaseHintBit(nat: NatObject, l4proto: number, ext: Uint8Array, port: 
 
 /** Deletes the binding (both entries) and session a new-flow packet created. */
 export function undoNewFlow(nat: NatObject, p: NewFlowPacket, extPort: number): void {
-  const s = p.spec, proto = l4Proto(s.proto), ext = ipBytes(EXT4);
+  const s = p.spec, proto = l4Proto(s.proto), ext = ipBytes(s.family === 4 ? EXT4 : EXT6);
   bpf.mapDelete(
     nat.maps.binding,
     encodeBindingKey({
       orig: true,
       l4proto: proto,
-      family: 4,
+      family: s.family,
       port: s.lanPort,
       addr: ipBytes(s.lan),
     }),
   );
   bpf.mapDelete(
     nat.maps.binding,
-    encodeBindingKey({ orig: false, l4proto: proto, family: 4, port: extPort, addr: ext }),
+    encodeBindingKey({ orig: false, l4proto: proto, family: s.family, port: extPort, addr: ext }),
   );
-  releaseHintBit(nat, proto, ext, extPort);
+  releaseHintBit(nat, s.family, proto, ext, extPort);
   bpf.mapDelete(
     nat.maps.ct,
     encodeCtKey({
       l4proto: proto,
-      family: 4,
+      family: s.family,
       extPort,
       remotePort: s.remotePort,
       extAddr: ext,
@@ -464,7 +477,7 @@ export function measureNewMappings(
     const r = bpf.testRun(nat.egressFd, p.bytes, { repeat: 1 });
     if (i % 2 === 0) nop();
     const out = parsePacket(r.dataOut);
-    if (r.retval !== TC_ACT_OK || out.src !== EXT4) {
+    if (r.retval !== TC_ACT_OK || out.src !== (p.spec.family === 4 ? EXT4 : EXT6)) {
       res.failures++;
       return;
     }

@@ -140,15 +140,7 @@ __noinline int einat_ct_touch(const struct ct_key *k, const struct binding_value
 	nv.state = ct_state_of(k->l4proto, nv.flags);
 	nv.last_seen_ns = now;
 	nv.created_s = now / NSEC_PER_SEC;
-	/* The reference first: a session never exists without one. */
-	struct binding_key rkey;
-	binding_key_init(&rkey, 0, k->family, k->l4proto, &k->ext_addr, k->ext_port);
-	struct binding_value *rb = bpf_map_lookup_elem(&map_binding, &rkey);
-	if (!rb) /* the binding expired meanwhile */
-		return STAT_DROP_UNTRANSLATABLE;
-	__sync_fetch_and_add(&rb->ref, 1);
 	if (bpf_map_update_elem(&map_ct, k, &nv, BPF_NOEXIST)) {
-		__sync_fetch_and_add(&rb->ref, -1);
 		v = bpf_map_lookup_elem(&map_ct, k);
 		if (v) { /* it existed after all, or another CPU made it meanwhile */
 			ct_refresh(v, k->l4proto, egress, tcp_flags, now);
@@ -156,6 +148,20 @@ __noinline int einat_ct_touch(const struct ct_key *k, const struct binding_value
 		}
 		return STAT_DROP_CT_FULL;
 	}
+	/*
+	 * Then the reference. Taking it first would leak the binding when the
+	 * insert fails while its last other session expires: that expiry would
+	 * not see the last reference, and this path has no stack left to delete
+	 * the binding itself.
+	 */
+	struct binding_key rkey;
+	binding_key_init(&rkey, 0, k->family, k->l4proto, &k->ext_addr, k->ext_port);
+	struct binding_value *rb = bpf_map_lookup_elem(&map_binding, &rkey);
+	if (!rb) { /* the binding expired meanwhile */
+		bpf_map_delete_elem(&map_ct, k);
+		return STAT_DROP_UNTRANSLATABLE;
+	}
+	__sync_fetch_and_add(&rb->ref, 1);
 	stat_inc(STAT_NEW_SESSION);
 	return 0;
 }

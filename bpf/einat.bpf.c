@@ -15,6 +15,7 @@
 #include "lib/csum.h"
 #include "lib/binding.h"
 #include "lib/ct.h"
+#include "lib/flowcache.h"
 #include "lib/frag.h"
 #include "lib/icmp_reply.h"
 #include "lib/icmp_check.h"
@@ -364,13 +365,6 @@ static __always_inline bool local_only_source(const struct packet *p)
  */
 static __always_inline int egress_established(struct __sk_buff *skb, struct packet *p)
 {
-	struct binding_key okey;
-	binding_key_init(&okey, BINDING_ORIG, p->family, p->l4proto, &p->src, p->sport);
-	struct binding_value *b = bpf_map_lookup_elem(&map_binding, &okey);
-	if (!b) {
-		p->no_binding = 1; /* the full path need not look again */
-		return -1;
-	}
 	__be16 remote_port = p->dport;
 	if (p->l4proto == IPPROTO_ICMP) {
 		if (p->icmp_type != (p->family == 4 ? ICMP_ECHO : ICMPV6_ECHO_REQUEST))
@@ -378,10 +372,31 @@ static __always_inline int egress_established(struct __sk_buff *skb, struct pack
 		remote_port = 0;
 	}
 	struct ct_key ck;
-	ct_key_init(&ck, p->family, p->l4proto, &b->addr, b->port, &p->dst, remote_port);
+	struct flow_entry *fe = flow_slot(p);
+	bool hit = fe && flow_hit(fe, p);
+	if (hit) {
+		ct_key_init(&ck, p->family, p->l4proto, &fe->ext_addr, fe->ext_port, &p->dst,
+			    remote_port);
+	} else {
+		struct binding_key okey;
+		binding_key_init(&okey, BINDING_ORIG, p->family, p->l4proto, &p->src, p->sport);
+		struct binding_value *b = bpf_map_lookup_elem(&map_binding, &okey);
+		if (!b) {
+			p->no_binding = 1; /* the full path need not look again */
+			return -1;
+		}
+		ct_key_init(&ck, p->family, p->l4proto, &b->addr, b->port, &p->dst, remote_port);
+	}
 	struct ct_value *v = bpf_map_lookup_elem(&map_ct, &ck);
-	if (!v || (v->flags & CT_HAIRPIN))
+	/* The session names the internal endpoint: a cached flow must be its. */
+	if (!v || (v->flags & CT_HAIRPIN) ||
+	    (hit && (v->int_port != p->sport || !addr_eq(&v->int_addr, &p->src)))) {
+		if (hit)
+			fe->family = 0;
 		return -1;
+	}
+	if (fe && !hit)
+		flow_fill(fe, p, &ck.ext_addr, ck.ext_port);
 	ct_refresh(v, p->l4proto, true, p->tcp_flags, clock_now());
 	if (rewrite(skb, p, true, &ck.ext_addr, ck.ext_port))
 		return drop(STAT_DROP_UNTRANSLATABLE);

@@ -13,7 +13,12 @@ import {
   CT_VALUE_LAYOUT,
   decodeCtKey,
   decodeCtValue,
+  encodeBindingKey,
+  encodeBindingValue,
+  encodeCtKey,
+  IPPROTO,
 } from "../lib/nat/codec.ts";
+import { parseAddr } from "../lib/config/cidr.ts";
 import { expireSessions } from "../lib/nat/loader.ts";
 import { buildPacket, type PacketSpec, parsePacket } from "./lib/packet.ts";
 import {
@@ -338,6 +343,65 @@ Deno.test("sessions and bindings expire: the sweep removes them once past their 
     }
     assertEquals(left, 0, "everything expired");
     assertEquals(stat(n.nat.maps.stats, "expired_session"), 2n);
+  } finally {
+    n.close();
+  }
+});
+
+Deno.test("flow cache: a cached flow whose external port now belongs to another host's session takes its own new mapping", async () => {
+  const n = await loadTestNat();
+  try {
+    const m = n.nat.maps;
+    const first = n.egress(udp(LAN1, 40000, SRV1, 53)).out.sport!;
+    assertEquals(n.egress(udp(LAN1, 40000, SRV1, 53)).out.sport, first, "cached, same mapping");
+
+    // From user space: LAN1's mapping and session go; the port is LAN2's now, with a session
+    // to the same remote; LAN1 gets a binding on another port (no session yet).
+    const ext = parseAddr(EXT), lan1 = parseAddr(LAN1), lan2 = parseAddr(LAN2);
+    const other = first === 29999 ? 29998 : first + 1;
+    const bkey = (orig: boolean, port: number, addr: Uint8Array) =>
+      encodeBindingKey({ orig, l4proto: IPPROTO.UDP, family: 4, port, addr });
+    const ckey = encodeCtKey({
+      l4proto: IPPROTO.UDP,
+      family: 4,
+      extPort: first,
+      remotePort: 53,
+      extAddr: ext,
+      remoteAddr: parseAddr(SRV1),
+    });
+    const session = bpf.mapLookup(m.ct, ckey, CT_VALUE_LAYOUT.size)!;
+    bpf.mapDelete(m.binding, bkey(true, 40000, lan1));
+    const lan2Session = session.slice();
+    lan2Session.set(lan2, CT_VALUE_LAYOUT.fields.int_addr.offset);
+    bpf.mapUpdate(m.ct, ckey, lan2Session);
+    bpf.mapUpdate(
+      m.binding,
+      bkey(false, first, ext),
+      encodeBindingValue({ addr: lan2, port: 40000, flags: 0, ref: 1 }),
+    );
+    bpf.mapUpdate(
+      m.binding,
+      bkey(true, 40000, lan2),
+      encodeBindingValue({ addr: ext, port: first, flags: 0, ref: 0 }),
+    );
+    bpf.mapUpdate(
+      m.binding,
+      bkey(false, other, ext),
+      encodeBindingValue({ addr: lan1, port: 40000, flags: 0, ref: 0 }),
+    );
+    bpf.mapUpdate(
+      m.binding,
+      bkey(true, 40000, lan1),
+      encodeBindingValue({ addr: ext, port: other, flags: 0, ref: 0 }),
+    );
+
+    for (let i = 0; i < 2; i++) {
+      const r = n.egress(udp(LAN1, 40000, SRV1, 53));
+      assertEquals(r.retval, TC_ACT_OK);
+      assertEquals(r.out.sport, other, `packet ${i + 1}: LAN1's own mapping, not LAN2's port`);
+    }
+    const s = decodeCtValue(bpf.mapLookup(m.ct, ckey, CT_VALUE_LAYOUT.size)!, 4);
+    assertEquals(s.intAddr, lan2, "LAN2's session is left alone");
   } finally {
     n.close();
   }

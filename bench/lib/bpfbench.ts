@@ -531,18 +531,6 @@ export async function measureChainedNewMappings(
   }
 }
 
-/** Count of entries in a hash map (walks the keys). */
-export function countEntries(fd: number, keySize: number): number {
-  let n = 0;
-  let key: Uint8Array | null = null;
-  for (let i = 0; i < 1e8; i++) {
-    key = bpf.mapNextKey(fd, key, keySize);
-    if (key === null) break;
-    n++;
-  }
-  return n;
-}
-
 /** Sizes of the keys of the two big maps. */
 export const KEY_SIZES = {
   ct: CT_KEY_LAYOUT.size,

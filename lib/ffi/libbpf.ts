@@ -445,6 +445,13 @@ export function* mapKeys(fd: number, keySize: number): Generator<Uint8Array> {
   }
 }
 
+/** Number of entries of a map, by walking its keys. */
+export function mapCount(fd: number, keySize: number): number {
+  let n = 0;
+  for (const _ of mapKeys(fd, keySize)) n++;
+  return n;
+}
+
 /**
  * Iterates a map lazily with `get_next_key` + `lookup`. Keys deleted meanwhile are skipped;
  * concurrent deletes in a hash map may restart the walk (kernel semantics).

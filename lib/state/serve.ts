@@ -43,13 +43,6 @@ export function countBindings(fd: number): number {
   return n;
 }
 
-/** Counts the entries of a map by walking its keys. */
-function countKeys(fd: number, keySize: number): number {
-  let n = 0;
-  for (const _ of bpf.mapKeys(fd, keySize)) n++;
-  return n;
-}
-
 /**
  * Once this object's programs are attached: the free-port hint learns the
  * carried-over bindings, a first sweep removes the sessions that expired
@@ -58,7 +51,7 @@ function countKeys(fd: number, keySize: number): number {
  */
 export function afterAttach(nat: NatObject, ifname: string): void {
   const bindings = nat.pins ? countBindings(nat.maps.binding) : 0;
-  const sessions = nat.pins ? countKeys(nat.maps.ct, CT_KEY_LAYOUT.size) : 0;
+  const sessions = nat.pins ? bpf.mapCount(nat.maps.ct, CT_KEY_LAYOUT.size) : 0;
   syncPortHint(nat); // first: expiring sessions then clear their bindings' bits
   const expired = expireSessions(nat);
   if (!nat.pins) return;

@@ -374,26 +374,15 @@ Deno.test("flow cache: a cached flow whose external port now belongs to another 
     const lan2Session = session.slice();
     lan2Session.set(lan2, CT_VALUE_LAYOUT.fields.int_addr.offset);
     bpf.mapUpdate(m.ct, ckey, lan2Session);
-    bpf.mapUpdate(
-      m.binding,
-      bkey(false, first, ext),
-      encodeBindingValue({ addr: lan2, port: 40000, flags: 0, ref: 1 }),
-    );
-    bpf.mapUpdate(
-      m.binding,
-      bkey(true, 40000, lan2),
-      encodeBindingValue({ addr: ext, port: first, flags: 0, ref: 0 }),
-    );
-    bpf.mapUpdate(
-      m.binding,
-      bkey(false, other, ext),
-      encodeBindingValue({ addr: lan1, port: 40000, flags: 0, ref: 0 }),
-    );
-    bpf.mapUpdate(
-      m.binding,
-      bkey(true, 40000, lan1),
-      encodeBindingValue({ addr: ext, port: other, flags: 0, ref: 0 }),
-    );
+    // Both entries of a binding of internal lan:40000 to ext:port.
+    const bind = (lan: Uint8Array, port: number, ref: number) => {
+      const v = (addr: Uint8Array, p: number, ref: number) =>
+        encodeBindingValue({ addr, port: p, flags: 0, ref });
+      bpf.mapUpdate(m.binding, bkey(false, port, ext), v(lan, 40000, ref));
+      bpf.mapUpdate(m.binding, bkey(true, 40000, lan), v(ext, port, 0));
+    };
+    bind(lan2, first, 1);
+    bind(lan1, other, 0);
 
     for (let i = 0; i < 2; i++) {
       const r = n.egress(udp(LAN1, 40000, SRV1, 53));

@@ -12,6 +12,7 @@
 #include <linux/ip.h>
 #include <linux/ipv6.h>
 #include <linux/in.h>
+#include <linux/errno.h>
 #include <bpf/bpf_helpers.h>
 #include "parse.h"
 
@@ -59,6 +60,13 @@ static __always_inline __u32 addr_diff(__u8 family, const union ip_addr *from,
 		s += (__u64)(__u32)~from->all[i] + (__u32)to->all[i];
 	return fold32(s);
 }
+
+/* BPF_F_IPV6 (Linux 6.16, and stable backports): with it a pseudo-header
+ * update leaves a CHECKSUM_COMPLETE skb->csum alone, as it must for IPv6,
+ * whose header has no checksum of its own to absorb the address change.
+ * Older kernels refuse the flag with EINVAL; the caller then retries without
+ * it (and keeps their skb->csum bug). Spelled out: older UAPI headers lack it. */
+#define EINAT_F_IPV6 (1ULL << 7)
 
 /*
  * Replaces the source (is_src) or destination address and the port/ID.
@@ -118,9 +126,14 @@ __noinline int einat_rewrite(struct __sk_buff *skb, const struct packet *p, int 
 		*pp = to_port;
 	}
 	/* Packet pointers are invalid from here on: helpers only. */
-	if (has_l4 && pseudo && diff &&
-	    bpf_l4_csum_replace(skb, p->csum_off, 0, diff, l4flags | BPF_F_PSEUDO_HDR))
-		return -1;
+	if (has_l4 && pseudo && diff) {
+		__u64 f = l4flags | BPF_F_PSEUDO_HDR;
+		long r = bpf_l4_csum_replace(skb, p->csum_off, 0, diff, f | (p->family == 6 ? EINAT_F_IPV6 : 0));
+		if (r == -EINVAL && p->family == 6)
+			r = bpf_l4_csum_replace(skb, p->csum_off, 0, diff, f);
+		if (r)
+			return -1;
+	}
 	if (port_changes &&
 	    bpf_l4_csum_replace(skb, p->csum_off, old_port, to_port, l4flags | sizeof(__be16)))
 		return -1;

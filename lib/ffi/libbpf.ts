@@ -753,6 +753,11 @@ export interface TestRunOptions {
   ctxIn?: Uint8Array;
   /** Capacity for the output context (default: `ctxIn` length, 0 without `ctxIn`). */
   ctxOutSize?: number;
+  /**
+   * Hand the program a CHECKSUM_COMPLETE skb (`BPF_F_TEST_SKB_CHECKSUM_COMPLETE`, Linux 6.16+):
+   * the kernel then fails the run with EBADMSG when the program left `skb->csum` wrong.
+   */
+  checksumComplete?: boolean;
 }
 
 /** Result of {@link testRun}. */
@@ -768,6 +773,7 @@ export interface TestRunResult {
 }
 
 const TEST_RUN_OPTS_SIZE = 80;
+const BPF_F_TEST_SKB_CHECKSUM_COMPLETE = 1 << 2;
 
 interface PreparedRun {
   opts: Uint8Array<ArrayBuffer>;
@@ -794,6 +800,7 @@ function prepareRun(data: Uint8Array, o: TestRunOptions): PreparedRun {
   v.setUint32(48, ctxIn?.length ?? 0, true);
   v.setUint32(52, ctxOut?.length ?? 0, true);
   v.setInt32(60, o.repeat ?? 0, true);
+  v.setUint32(68, o.checksumComplete ? BPF_F_TEST_SKB_CHECKSUM_COMPLETE : 0, true);
   return { opts, keep: [dataIn, ctxIn ?? dataIn], dataOut, ctxOut };
 }
 

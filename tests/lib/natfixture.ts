@@ -80,7 +80,11 @@ export interface Nat {
   nat: NatObject;
   egress(spec: PacketSpec): { retval: number; out: ParsedPacket; bytes: Uint8Array };
   ingress(spec: PacketSpec): { retval: number; out: ParsedPacket; bytes: Uint8Array };
-  runRaw(dir: "egress" | "ingress", bytes: Uint8Array): { retval: number; bytes: Uint8Array };
+  runRaw(
+    dir: "egress" | "ingress",
+    bytes: Uint8Array,
+    opts?: bpf.TestRunOptions,
+  ): { retval: number; bytes: Uint8Array };
   close(): void;
 }
 
@@ -101,8 +105,8 @@ export async function loadTestNat(
     return { family: addr.length === 4 ? 4 as const : 6 as const, addr, prefixLen: Number(p) };
   });
   applyPlan(nat.maps, planInterface(ic, addrs));
-  const runRaw = (dir: "egress" | "ingress", bytes: Uint8Array) => {
-    const r = bpf.testRun(dir === "egress" ? nat.egressFd : nat.ingressFd, bytes);
+  const runRaw = (dir: "egress" | "ingress", bytes: Uint8Array, opts?: bpf.TestRunOptions) => {
+    const r = bpf.testRun(dir === "egress" ? nat.egressFd : nat.ingressFd, bytes, opts);
     return { retval: r.retval, bytes: r.dataOut };
   };
   const run = (dir: "egress" | "ingress") => (spec: PacketSpec) => {

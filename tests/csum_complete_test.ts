@@ -1,0 +1,81 @@
+/**
+ * Translation of CHECKSUM_COMPLETE skbs (what many NICs hand the stack on
+ * receive): the kernel's test run computes `skb->csum` before the program and
+ * fails the run with EBADMSG when the program left it out of step with the
+ * bytes (`BPF_F_TEST_SKB_CHECKSUM_COMPLETE`). A wrong `skb->csum` makes the
+ * stack log "hw csum failure" and check every such packet again in software.
+ */
+import { assert, assertEquals } from "./lib/assert.ts";
+import { buildPacket, type PacketSpec, parsePacket } from "./lib/packet.ts";
+import { loadTestNat, ranges, TC_ACT_OK, testInterfaceConfig } from "./lib/natfixture.ts";
+
+const EXTS = ["203.0.113.1/24", "2001:db8:2::1/64"];
+const ADDR = {
+  4: { lan: "192.0.2.10", srv: "198.51.100.1", ext: "203.0.113.1" },
+  6: { lan: "2001:db8:1::10", srv: "2001:db8:3::1", ext: "2001:db8:2::1" },
+};
+const payload = new TextEncoder().encode("0123456789abcdefghijklmnopqrstuvwxyz");
+
+function spec(
+  family: 4 | 6,
+  proto: "udp" | "tcp" | "icmp",
+  egress: boolean,
+  extPort = 0,
+): PacketSpec {
+  const a = ADDR[family];
+  // The internal port (41000) lies outside the external range, so it always changes.
+  const [src, dst, sport, dport] = egress ? [a.lan, a.srv, 41000, 53] : [a.srv, a.ext, 53, extPort];
+  if (proto === "icmp") {
+    return {
+      family,
+      src,
+      dst,
+      proto,
+      icmpType: egress ? (family === 4 ? 8 : 128) : (family === 4 ? 0 : 129),
+      icmpId: egress ? 41000 : extPort,
+      icmpSeq: 1,
+      payload,
+    };
+  }
+  return { family, src, dst, proto, sport, dport, tcpFlags: { ack: true }, payload };
+}
+
+for (const family of [4, 6] as const) {
+  for (const proto of ["udp", "tcp", "icmp"] as const) {
+    Deno.test(`CHECKSUM_COMPLETE skb: IPv${family} ${proto} both ways keeps skb->csum valid`, async () => {
+      const n = await loadTestNat(
+        testInterfaceConfig({
+          nat66: true,
+          defaultRanges: ranges([{ start: 20000, end: 29999 }]),
+        }),
+        EXTS,
+      );
+      try {
+        // A first run without the flag: a new mapping takes the slow path.
+        const first = n.runRaw("egress", buildPacket(spec(family, proto, true)));
+        assertEquals(first.retval, TC_ACT_OK);
+        for (let i = 0; i < 2; i++) {
+          // throws EBADMSG when skb->csum went wrong
+          const out = n.runRaw("egress", buildPacket(spec(family, proto, true)), {
+            checksumComplete: true,
+          });
+          assertEquals(out.retval, TC_ACT_OK);
+          const p = parsePacket(out.bytes);
+          assertEquals(p.src, ADDR[family].ext);
+          assert(p.l4ChecksumOk, "L4 checksum after egress");
+          const ext = proto === "icmp" ? p.icmpId! : p.sport!;
+          assert(ext >= 20000 && ext <= 29999, `external port ${ext}`);
+          const back = n.runRaw("ingress", buildPacket(spec(family, proto, false, ext)), {
+            checksumComplete: true,
+          });
+          assertEquals(back.retval, TC_ACT_OK);
+          const q = parsePacket(back.bytes);
+          assertEquals(q.dst, ADDR[family].lan);
+          assert(q.l4ChecksumOk, "L4 checksum after ingress");
+        }
+      } finally {
+        n.close();
+      }
+    });
+  }
+}

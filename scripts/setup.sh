@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PKGS=(npm clang-19 llvm-19 libbpf-dev libbpf1 libmnl0 libmnl-dev iproute2 iputils-ping
-  nftables tcpdump iperf3 bpftool procps traceroute nix-bin ca-certificates)
+  nftables tcpdump iperf3 bpftool procps traceroute ethtool nix-bin ca-certificates)
 
 missing=()
 command -v npm >/dev/null && APT_PKGS=("${APT_PKGS[@]:1}") # npm present (e.g. from nodejs.org)

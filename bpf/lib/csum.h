@@ -69,11 +69,49 @@ static __always_inline __u32 addr_diff(__u8 family, const union ip_addr *from,
 #define EINAT_F_IPV6 (1ULL << 7)
 
 /*
+ * The port's share of the L4 checksum, without a second helper call.
+ * bpf_l4_csum_replace has just applied the address difference `diff` (not
+ * zero modulo 0xffff) to the checksum that read `before`; what it wrote tells
+ * which kind of skb this is: a full checksum becomes ~(~before + diff), a
+ * CHECKSUM_PARTIAL seed (a non-complemented pseudo-header sum the device or
+ * skb_checksum_help completes over the data, ports included) becomes
+ * before + diff. The two differ unless diff is zero modulo 0xffff. A full
+ * checksum then takes the port difference here; a seed needs none. Returns
+ * false when the outcome is ambiguous: the caller uses the helper.
+ */
+static __always_inline bool port_csum_inline(struct __sk_buff *skb, __u32 csum_off, __u16 before,
+					     __u32 diff, bool udp, __be16 old_port, __be16 to_port)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	__u16 d = csum_fold(diff);
+
+	if (udp && !before)
+		return true; /* no checksum: the helper leaves it alone as well */
+	if (d == 0 || d == 0xffff || csum_off > L4_OFF_MAX + 32)
+		return false;
+	__u16 *cp = data + csum_off;
+	if ((void *)(cp + 1) > data_end)
+		return false;
+	__u16 after = *cp;
+	__u16 full = csum_apply(before, diff);
+	__u16 seed = csum_fold((__u64)before + diff);
+	if (after == seed && after != full)
+		return true;
+	if (after != full || (udp && after == 0xffff))
+		return false;
+	__u16 c = csum_apply(after, csum_diff32(old_port, to_port));
+	*cp = udp && !c ? 0xffff : c;
+	return true;
+}
+
+/*
  * Replaces the source (is_src) or destination address and the port/ID.
  * Header fields are written directly and the IPv4 header checksum (never
- * offloaded) updated by hand; only the L4 checksum goes through
- * bpf_l4_csum_replace, which knows whether the skb carries a full checksum
- * or a CHECKSUM_PARTIAL seed (then only the pseudo-header part changes).
+ * offloaded) updated by hand; the address's share of the L4 checksum goes
+ * through bpf_l4_csum_replace, which knows whether the skb carries a full
+ * checksum or a CHECKSUM_PARTIAL seed (then only the pseudo-header part
+ * changes), and what it did tells port_csum_inline how to add the port's.
  * Every change is checksum-neutral, so CHECKSUM_COMPLETE sums stay valid.
  * A global function: one verified copy for every caller, and a small stack.
  */
@@ -86,16 +124,19 @@ __noinline int einat_rewrite(struct __sk_buff *skb, const struct packet *p, int 
 	const union ip_addr *old_addr = is_src ? &p->src : &p->dst;
 	__be16 old_port = is_src ? p->sport : p->dport;
 	__u32 port_off = is_src ? p->sport_off : p->dport_off;
-	__u64 l4flags = p->l4proto == IPPROTO_UDP ? BPF_F_MARK_MANGLED_0 : 0;
+	bool udp = p->l4proto == IPPROTO_UDP;
+	__u64 l4flags = udp ? BPF_F_MARK_MANGLED_0 : 0;
 	bool pseudo = p->real_proto != IPPROTO_ICMP; /* ICMPv4 has no pseudo-header */
 	bool has_l4 = p->frag != FRAG_LATER;
 	bool port_changes = has_l4 && old_port != to_port;
 	void *data = (void *)(long)skb->data;
 	void *data_end = (void *)(long)skb->data_end;
 	__u32 l3 = p->l3_off;
+	__u32 csum_off = p->csum_off;
 	__u32 diff = 0;
+	__u16 before = 0;
 
-	if (l3 > 64 || port_off > L4_OFF_MAX + 8)
+	if (l3 > 64 || port_off > L4_OFF_MAX + 8 || csum_off > L4_OFF_MAX + 32)
 		return -1;
 	if (p->family == 4) {
 		struct iphdr *ip = data + l3;
@@ -121,21 +162,27 @@ __noinline int einat_rewrite(struct __sk_buff *skb, const struct packet *p, int 
 	}
 	if (port_changes) {
 		__be16 *pp = data + port_off;
-		if ((void *)(pp + 1) > data_end)
+		__u16 *cp = data + csum_off;
+		if ((void *)(pp + 1) > data_end || (void *)(cp + 1) > data_end)
 			return -1;
 		*pp = to_port;
+		before = *cp;
 	}
-	/* Packet pointers are invalid from here on: helpers only. */
+	/* Packet pointers are invalid from here on. */
+	bool inline_ok = false;
 	if (has_l4 && pseudo && diff) {
 		__u64 f = l4flags | BPF_F_PSEUDO_HDR;
-		long r = bpf_l4_csum_replace(skb, p->csum_off, 0, diff, f | (p->family == 6 ? EINAT_F_IPV6 : 0));
+		long r = bpf_l4_csum_replace(skb, csum_off, 0, diff, f | (p->family == 6 ? EINAT_F_IPV6 : 0));
 		if (r == -EINVAL && p->family == 6)
-			r = bpf_l4_csum_replace(skb, p->csum_off, 0, diff, f);
+			r = bpf_l4_csum_replace(skb, csum_off, 0, diff, f);
 		if (r)
 			return -1;
+		inline_ok = port_changes;
 	}
+	if (inline_ok && port_csum_inline(skb, csum_off, before, diff, udp, old_port, to_port))
+		return 0;
 	if (port_changes &&
-	    bpf_l4_csum_replace(skb, p->csum_off, old_port, to_port, l4flags | sizeof(__be16)))
+	    bpf_l4_csum_replace(skb, csum_off, old_port, to_port, l4flags | sizeof(__be16)))
 		return -1;
 	return 0;
 }

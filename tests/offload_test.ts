@@ -1,0 +1,65 @@
+/**
+ * Checksum offload end to end. Between veths a locally sent TCP or UDP packet
+ * stays CHECKSUM_PARTIAL: its checksum field holds only a pseudo-header seed,
+ * and a receiver on another veth trusts it unchecked, so a wrong seed goes
+ * unnoticed. Here the interfaces after the NAT have transmit checksumming
+ * off (the stack completes the checksum from the seed, as a NIC would) and
+ * the receivers have receive checksumming off (their stack verifies it), so a
+ * seed einat got wrong makes the receiver drop the packet.
+ */
+import { assert, assertEquals, assertNotEquals } from "./lib/assert.ts";
+import { startEinat, stopEinat } from "./lib/einat.ts";
+import { parseSeen } from "./lib/peer.ts";
+import { nsExecResult, peerCmd, type Topology, withTopology } from "./lib/netns.ts";
+
+const ethtool = (t: Topology, ns: string, dev: string, what: "tx" | "rx") =>
+  t.exec(ns, ["ethtool", "-K", dev, what, "off"]);
+
+Deno.test({
+  name:
+    "offload: CHECKSUM_PARTIAL TCP translated both ways, checksums completed and verified after the NAT (IPv4, IPv6)",
+  sanitizeOps: false,
+  sanitizeResources: false,
+  fn: () =>
+    withTopology(async (t) => {
+      // lan1 and the servers send with offload (PARTIAL); the hops after the NAT complete
+      // the checksum (tx off); the final receivers check it (rx off, also on the WAN switch
+      // port, which would otherwise mark completed packets as verified).
+      await ethtool(t, t.ns.router, "wan0", "tx");
+      await ethtool(t, t.ns.router, "vlan1", "tx");
+      await ethtool(t, t.ns.wan, "r", "rx");
+      for (const ns of [t.ns.lan1, t.ns.srv1, t.ns.srv2]) await ethtool(t, ns, "eth0", "rx");
+
+      const einat = await startEinat(t.ns.router, ["-i", "wan0", "--nat44", "--nat66"]);
+      try {
+        for (
+          const [fam, dst] of [[4, t.addrs.v4.srv2[0]], [6, `[${t.addrs.v6.srv2[0]}]`]] as const
+        ) {
+          const echo = t.spawn(
+            t.ns.srv2,
+            peerCmd("tcp-echo", ["--port", "8080", "--count", "1", "--timeout-ms", "10000"]),
+          );
+          await echo.waitForStdout(/listening/);
+          const data = `offload-v${fam}-`.padEnd(3000, "x"); // several segments each way
+          const tcp = await nsExecResult(
+            t.ns.lan1,
+            peerCmd("tcp-send", ["--to", `${dst}:8080`, "--data", data, "--timeout-ms", "5000"]),
+          );
+          assertEquals(tcp.code, 0, `IPv${fam}: ${tcp.stdout}${tcp.stderr}`);
+          assert(tcp.stdout.includes(data), `IPv${fam}: echoed data missing`);
+          const local = /local (\S+)/.exec(tcp.stdout)![1];
+          const seen = parseSeen(tcp.stdout)[0];
+          const routerWan = fam === 4 ? t.addrs.v4.routerWan : `[${t.addrs.v6.routerWan}]`;
+          assert(seen.startsWith(`${routerWan}:`), `IPv${fam} source ${seen}`);
+          assertNotEquals(
+            seen.split(":").at(-1),
+            local.split(":").at(-1),
+            `IPv${fam}: the port changed, so the seed had to leave it out`,
+          );
+          await echo.status;
+        }
+      } finally {
+        assertEquals(await stopEinat(einat), 0, einat.stderrText());
+      }
+    }),
+});

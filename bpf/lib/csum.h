@@ -112,7 +112,8 @@ static __always_inline bool port_csum_inline(struct __sk_buff *skb, __u32 csum_o
  * through bpf_l4_csum_replace, which knows whether the skb carries a full
  * checksum or a CHECKSUM_PARTIAL seed (then only the pseudo-header part
  * changes), and what it did tells port_csum_inline how to add the port's.
- * Every change is checksum-neutral, so CHECKSUM_COMPLETE sums stay valid.
+ * Every change but an IPv6 later fragment's is checksum-neutral, so a
+ * CHECKSUM_COMPLETE skb->csum stays valid; that one is added to it.
  * A global function: one verified copy for every caller, and a small stack.
  */
 __noinline int einat_rewrite(struct __sk_buff *skb, const struct packet *p, int is_src,
@@ -169,6 +170,10 @@ __noinline int einat_rewrite(struct __sk_buff *skb, const struct packet *p, int 
 		before = *cp;
 	}
 	/* Packet pointers are invalid from here on. */
+	if (!has_l4 && p->family == 6 && diff)
+		/* A later IPv6 fragment: no checksum absorbs the address change,
+		 * so a CHECKSUM_COMPLETE sum takes it (other skbs: ENOTSUPP). */
+		bpf_csum_update(skb, diff);
 	bool inline_ok = false;
 	if (has_l4 && pseudo && diff) {
 		__u64 f = l4flags | BPF_F_PSEUDO_HDR;

@@ -196,3 +196,28 @@ for (const family of [4, 6] as const) {
     }
   });
 }
+
+Deno.test("CHECKSUM_COMPLETE skb: UDP without checksum (v4, and v6 as tunnels send it) keeps skb->csum valid both ways", async () => {
+  const n = await natFor();
+  try {
+    for (const family of [4, 6] as const) {
+      const a = ADDR[family];
+      const out = n.runRaw(
+        "egress",
+        buildPacket({ ...udpSpec(family, a.lan, 41000, a.srv, 53), udpZeroChecksum: true }),
+        COMPLETE,
+      );
+      const p = parsePacket(out.bytes);
+      assertEquals([p.src, p.l4Checksum], [a.ext, 0], `IPv${family} egress`);
+      const back = n.runRaw(
+        "ingress",
+        buildPacket({ ...udpSpec(family, a.srv, 53, a.ext, p.sport!), udpZeroChecksum: true }),
+        COMPLETE,
+      );
+      const q = parsePacket(back.bytes);
+      assertEquals([q.dst, q.dport, q.l4Checksum], [a.lan, 41000, 0], `IPv${family} ingress`);
+    }
+  } finally {
+    n.close();
+  }
+});

@@ -69,6 +69,18 @@ static __always_inline __u32 addr_diff(__u8 family, const union ip_addr *from,
 #define EINAT_F_IPV6 (1ULL << 7)
 
 /*
+ * What the checksum steps after the first helper call need, packed into one
+ * register: helper calls leave only four callee-saved registers, and every
+ * spill grows einat_rewrite's frame, which shares the 512-byte stack with
+ * its callers (egress_snat -> einat_egress_icmp_error -> einat_rewrite).
+ */
+#define RW_BEFORE(st) ((__u16)(st))
+#define RW_OLD_PORT(st) ((__be16)((st) >> 16))
+#define RW_TO_PORT(st) ((__be16)((st) >> 32))
+#define RW_UDP(st) (((st) >> 48) & 1)
+#define RW_PORT_CHANGES(st) (((st) >> 49) & 1)
+
+/*
  * The port's share of the L4 checksum, without a second helper call.
  * bpf_l4_csum_replace has just applied the address difference `diff` (not
  * zero modulo 0xffff) to the checksum that read `before`; what it wrote tells
@@ -79,15 +91,14 @@ static __always_inline __u32 addr_diff(__u8 family, const union ip_addr *from,
  * checksum then takes the port difference here; a seed needs none. Returns
  * false when the outcome is ambiguous: the caller uses the helper.
  */
-static __always_inline bool port_csum_inline(struct __sk_buff *skb, __u32 csum_off, __u16 before,
-					     __u32 diff, bool udp, __be16 old_port, __be16 to_port)
+static __always_inline bool port_csum_inline(struct __sk_buff *skb, __u32 csum_off, __u64 st,
+					     __u32 diff)
 {
 	void *data = (void *)(long)skb->data;
 	void *data_end = (void *)(long)skb->data_end;
 	__u16 d = csum_fold(diff);
+	__u16 before = RW_BEFORE(st);
 
-	if (udp && !before)
-		return true; /* no checksum: the helper leaves it alone as well */
 	if (d == 0 || d == 0xffff || csum_off > L4_OFF_MAX + 32)
 		return false;
 	__u16 *cp = data + csum_off;
@@ -98,10 +109,10 @@ static __always_inline bool port_csum_inline(struct __sk_buff *skb, __u32 csum_o
 	__u16 seed = csum_fold((__u64)before + diff);
 	if (after == seed && after != full)
 		return true;
-	if (after != full || (udp && after == 0xffff))
+	if (after != full || (RW_UDP(st) && after == 0xffff))
 		return false;
-	__u16 c = csum_apply(after, csum_diff32(old_port, to_port));
-	*cp = udp && !c ? 0xffff : c;
+	__u16 c = csum_apply(after, csum_diff32(RW_OLD_PORT(st), RW_TO_PORT(st)));
+	*cp = RW_UDP(st) && !c ? 0xffff : c;
 	return true;
 }
 
@@ -112,8 +123,8 @@ static __always_inline bool port_csum_inline(struct __sk_buff *skb, __u32 csum_o
  * through bpf_l4_csum_replace, which knows whether the skb carries a full
  * checksum or a CHECKSUM_PARTIAL seed (then only the pseudo-header part
  * changes), and what it did tells port_csum_inline how to add the port's.
- * Every change but an IPv6 later fragment's is checksum-neutral, so a
- * CHECKSUM_COMPLETE skb->csum stays valid; that one is added to it.
+ * Changes a checksum absorbs are neutral to a CHECKSUM_COMPLETE skb->csum;
+ * the others (no L4 checksum to absorb them) are added to it.
  * A global function: one verified copy for every caller, and a small stack.
  */
 __noinline int einat_rewrite(struct __sk_buff *skb, const struct packet *p, int is_src,
@@ -126,8 +137,6 @@ __noinline int einat_rewrite(struct __sk_buff *skb, const struct packet *p, int 
 	__be16 old_port = is_src ? p->sport : p->dport;
 	__u32 port_off = is_src ? p->sport_off : p->dport_off;
 	bool udp = p->l4proto == IPPROTO_UDP;
-	__u64 l4flags = udp ? BPF_F_MARK_MANGLED_0 : 0;
-	bool pseudo = p->real_proto != IPPROTO_ICMP; /* ICMPv4 has no pseudo-header */
 	bool has_l4 = p->frag != FRAG_LATER;
 	bool port_changes = has_l4 && old_port != to_port;
 	void *data = (void *)(long)skb->data;
@@ -161,33 +170,47 @@ __noinline int einat_rewrite(struct __sk_buff *skb, const struct packet *p, int 
 		else
 			__builtin_memcpy(&ip6->daddr, to_addr, 16);
 	}
-	if (port_changes) {
-		__be16 *pp = data + port_off;
+	if (port_changes || (has_l4 && udp)) {
 		__u16 *cp = data + csum_off;
-		if ((void *)(pp + 1) > data_end || (void *)(cp + 1) > data_end)
+		if ((void *)(cp + 1) > data_end)
 			return -1;
-		*pp = to_port;
 		before = *cp;
 	}
+	if (port_changes) {
+		__be16 *pp = data + port_off;
+		if ((void *)(pp + 1) > data_end)
+			return -1;
+		*pp = to_port;
+	}
 	/* Packet pointers are invalid from here on. */
-	if (!has_l4 && p->family == 6 && diff)
-		/* A later IPv6 fragment: no checksum absorbs the address change,
-		 * so a CHECKSUM_COMPLETE sum takes it (other skbs: ENOTSUPP). */
-		bpf_csum_update(skb, diff);
-	bool inline_ok = false;
-	if (has_l4 && pseudo && diff) {
-		__u64 f = l4flags | BPF_F_PSEUDO_HDR;
-		long r = bpf_l4_csum_replace(skb, csum_off, 0, diff, f | (p->family == 6 ? EINAT_F_IPV6 : 0));
+	if (!has_l4 || (udp && !before)) {
+		/* No L4 checksum absorbs the changes (a later fragment, UDP without
+		 * checksum), so a CHECKSUM_COMPLETE skb->csum takes them; IPv4's
+		 * address change was absorbed by its header checksum. Other skbs:
+		 * bpf_csum_update does nothing. */
+		__u64 d = p->family == 6 ? diff : 0;
+		if (port_changes)
+			d += csum_diff32(old_port, to_port);
+		if (d)
+			bpf_csum_update(skb, fold32(d));
+		return 0;
+	}
+	__u64 st = before | (__u64)(__u16)old_port << 16 | (__u64)(__u16)to_port << 32 |
+		   (__u64)udp << 48 | (__u64)port_changes << 49;
+	/* ICMPv4 has no pseudo-header */
+	if (diff && p->real_proto != IPPROTO_ICMP) {
+		__u64 f = (RW_UDP(st) ? BPF_F_MARK_MANGLED_0 : 0) | BPF_F_PSEUDO_HDR;
+		long r = bpf_l4_csum_replace(skb, p->csum_off, 0, diff, f | (p->family == 6 ? EINAT_F_IPV6 : 0));
 		if (r == -EINVAL && p->family == 6)
-			r = bpf_l4_csum_replace(skb, csum_off, 0, diff, f);
+			r = bpf_l4_csum_replace(skb, p->csum_off, 0, diff, f);
 		if (r)
 			return -1;
-		inline_ok = port_changes;
+		if (RW_PORT_CHANGES(st) && port_csum_inline(skb, p->csum_off, st, diff))
+			return 0;
 	}
-	if (inline_ok && port_csum_inline(skb, csum_off, before, diff, udp, old_port, to_port))
-		return 0;
-	if (port_changes &&
-	    bpf_l4_csum_replace(skb, csum_off, old_port, to_port, l4flags | sizeof(__be16)))
+	if (RW_PORT_CHANGES(st) &&
+	    bpf_l4_csum_replace(skb, p->csum_off, RW_OLD_PORT(st), RW_TO_PORT(st),
+				(RW_UDP(st) ? BPF_F_MARK_MANGLED_0 : 0) | sizeof(__be16)))
 		return -1;
 	return 0;
 }

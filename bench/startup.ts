@@ -208,6 +208,23 @@ export async function runStartup(o: BenchOptions): Promise<PartResult> {
         });
       }
     }
+    // The issue's second start-up target: NAT44+NAT66 load + attach within 1.5x of NAT44's.
+    const total = (label: string) => {
+      const p = probes[label];
+      return typeof p === "string" ? null : median(p.runs.map((x) => x.totalMs));
+    };
+    const t44 = total("NAT44");
+    const t4466 = total("NAT44+NAT66");
+    const ratio66 = t44 && t4466 ? t4466 / t44 : null;
+    targets.push({
+      part: "startup",
+      name: "NAT44+NAT66 load + attach vs NAT44",
+      value: ratio66,
+      limit: 1.5,
+      unit: "×",
+      cmp: "le",
+      note: ratio66 === null ? "n/a (a probe failed)" : undefined,
+    });
     const tables: Table[] = [
       {
         title: `3. Start-up (ms, median of ${rounds})`,
@@ -248,6 +265,14 @@ export async function runStartup(o: BenchOptions): Promise<PartResult> {
         `${typeof d44 === "string" ? "n/a" : `${fmt(median(d44), 0)} ms`} / ${
           typeof nat44 === "string" ? "n/a" : `${fmt(median(nat44.runs.map((x) => x.totalMs)))} ms`
         } (bare deno ${fmt(median(denoBase), 0)} ms)`,
+      ],
+      [
+        "Load+attach NAT44+NAT66 / NAT44 with `preallocate_maps`",
+        `${t4466 === null ? "n/a" : `${fmt(t4466)} ms (${fmt(ratio66!, 2)}×)`} / ${
+          total("NAT44, preallocate_maps") === null
+            ? "n/a"
+            : `${fmt(total("NAT44, preallocate_maps")!)} ms`
+        }`,
       ],
       [
         "Verifier processed insns (egress / ingress, NAT44+NAT66)",

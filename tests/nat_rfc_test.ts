@@ -307,6 +307,58 @@ for (const family of [4, 6] as const) {
     }
   });
 
+  Deno.test(`ICMPv${family} error about TCP quoting the whole header: the embedded TCP checksum is translated too (as Linux's NAT does)`, async () => {
+    const n = await loadTestNat(cfg66(), EXTS);
+    try {
+      const tcp = (src: string, sport: number, dst: string, dport: number): PacketSpec => ({
+        family,
+        src,
+        dst,
+        proto: "tcp",
+        sport,
+        dport,
+        tcpFlags: { syn: true },
+        payload,
+      });
+      const sent = n.egress(tcp(LAN, 40000, SRV, 443));
+      const ext = sent.out.sport!;
+      const full = buildIcmpError(
+        {
+          family,
+          src: HOP,
+          dst: EXT,
+          icmpType: family === 4 ? 3 : 1,
+          icmpCode: family === 4 ? 1 : 3,
+        },
+        ipOnly(sent.bytes),
+      );
+      const p = parsePacket(n.runRaw("ingress", full).bytes);
+      assertEquals([p.dst, p.inner!.src, p.inner!.sport], [LAN, LAN, 40000]);
+      assert(p.l4ChecksumOk, "outer ICMP checksum");
+      assert(p.inner!.l4ChecksumOk, "embedded TCP checksum, the whole segment quoted");
+
+      // Only the 8 bytes every error must carry: ports rewritten, no checksum to fix.
+      const hl = family === 4 ? 20 : 40;
+      const short = buildIcmpError(
+        {
+          family,
+          src: HOP,
+          dst: EXT,
+          icmpType: family === 4 ? 3 : 1,
+          icmpCode: family === 4 ? 1 : 3,
+        },
+        ipOnly(sent.bytes).slice(0, hl + 8),
+      );
+      const q = parsePacket(n.runRaw("ingress", short).bytes);
+      const innerSport = new DataView(q.payload.buffer, q.payload.byteOffset).getUint16(hl);
+      assertEquals([q.dst, innerSport], [LAN, 40000]);
+      assert(q.l4ChecksumOk, "outer ICMP checksum");
+      assertEquals(ext === 40000, false, "the port was translated");
+    } finally {
+      n.close();
+    }
+  });
+
   Deno.test(`ICMPv${family} error about an echo request maps the identifier back`, async () => {
     const n = await loadTestNat(cfg66(), EXTS);
     try {

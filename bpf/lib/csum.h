@@ -267,9 +267,14 @@ static __always_inline int rewrite_inner(struct __sk_buff *skb, const struct pac
 		l4csum_delta = (__u64)da + dp;
 		break;
 	case IPPROTO_TCP:
-		/* The TCP checksum lies beyond the 8 bytes an error must carry:
-		 * only the ports are rewritten. */
+		/* The TCP checksum lies beyond the 8 bytes an error must carry; when the
+		 * error quotes it (Linux quotes up to 576 / 1280 bytes), it is translated
+		 * like UDP's, as Linux's own NAT does. */
 		port_off = in->l4_off + (is_src ? 0 : 2);
+		if (skb->len >= in->l4_off + sizeof(struct tcphdr)) {
+			csum_off = in->l4_off + offsetof(struct tcphdr, check);
+			l4csum_delta = (__u64)da + dp;
+		}
 		break;
 	default: /* ICMP echo: identifier; ICMPv6 also covers the addresses */
 		port_off = in->l4_off + offsetof(struct icmphdr, un.echo.id);

@@ -519,7 +519,7 @@ function allowedOffsets(d: Dissected): Set<number> {
       const n = d.inner;
       if (d.family === 4) add(n.l3 + 10, 2), add(n.l3 + 12, 8);
       else add(n.l3 + 8, 32);
-      if (n.proto === P_TCP) add(n.l4, 4);
+      if (n.proto === P_TCP) add(n.l4, 4), add(n.l4 + 16, 2);
       else if (n.proto === P_UDP) add(n.l4, 4), add(n.l4 + 6, 2);
       else add(n.l4 + 2, 4);
     }
@@ -571,6 +571,13 @@ function checkResiduals(input: Uint8Array, out: Uint8Array, d: Dissected, v: str
       const a = l4Residual(input, n.l4, [n.src, n.dst]);
       const b = l4Residual(out, n.l4, [on.src, on.dst]);
       if (a !== b) v.push(`embedded UDP checksum residual ${a} -> ${b}`);
+    }
+  } else if (n.proto === P_TCP) {
+    // Translated when the error quotes the whole TCP header (the frame reaches past it).
+    if (input.length >= n.l4 + 20) {
+      const a = l4Residual(input, n.l4, [n.src, n.dst]);
+      const b = l4Residual(out, n.l4, [on.src, on.dst]);
+      if (a !== b) v.push(`embedded TCP checksum residual ${a} -> ${b}`);
     }
   } else if (n.proto === P_ICMP || n.proto === P_ICMP6) {
     const p = n.proto === P_ICMP6;

@@ -371,11 +371,20 @@ static __always_inline int egress_established(struct __sk_buff *skb, struct pack
 			return -1;
 		remote_port = 0;
 	}
+	struct flow_entry *fe = flow_slot(p, true);
+	bool hit = fe && flow_hit(fe, p, true);
+	__u64 now = clock_now();
+	if (hit && flow_trusted(fe, p, now)) {
+		if (rewrite(skb, p, true, &fe->to_addr, fe->to_port))
+			return drop(STAT_DROP_UNTRANSLATABLE);
+		stat_inc(STAT_EGRESS_NAT);
+		traffic_add(skb, true, p->family);
+		return TC_ACT_OK;
+	}
+	__u64 epoch = epoch_now(); /* before the lookups the slot will stand for */
 	struct ct_key ck;
-	struct flow_entry *fe = flow_slot(p);
-	bool hit = fe && flow_hit(fe, p);
 	if (hit) {
-		ct_key_init(&ck, p->family, p->l4proto, &fe->ext_addr, fe->ext_port, &p->dst,
+		ct_key_init(&ck, p->family, p->l4proto, &fe->to_addr, fe->to_port, &p->dst,
 			    remote_port);
 	} else {
 		struct binding_key okey;
@@ -395,9 +404,9 @@ static __always_inline int egress_established(struct __sk_buff *skb, struct pack
 			fe->family = 0;
 		return -1;
 	}
-	if (fe && !hit)
-		flow_fill(fe, p, &ck.ext_addr, ck.ext_port);
-	ct_refresh(v, p->l4proto, true, p->tcp_flags, clock_now());
+	ct_refresh(v, p->l4proto, true, p->tcp_flags, now);
+	if (fe)
+		flow_fill(fe, p, true, &ck.ext_addr, ck.ext_port, epoch, now);
 	if (rewrite(skb, p, true, &ck.ext_addr, ck.ext_port))
 		return drop(STAT_DROP_UNTRANSLATABLE);
 	stat_inc(STAT_EGRESS_NAT);
@@ -584,13 +593,22 @@ static __always_inline int ingress_l4(struct __sk_buff *skb, struct packet *pp, 
 	 * so one lookup does. Otherwise the binding decides (EIF) and a session
 	 * is made.
 	 */
+	struct flow_entry *fe = pp->frag == FRAG_NONE ? flow_slot(pp, false) : NULL;
+	bool hit = fe && flow_hit(fe, pp, false);
+	__u64 now = clock_now();
+	if (hit && flow_trusted(fe, pp, now)) {
+		if (rewrite(skb, pp, false, &fe->to_addr, fe->to_port))
+			return drop(STAT_DROP_UNTRANSLATABLE);
+		stat_inc(STAT_INGRESS_NAT);
+		traffic_add(skb, false, family);
+		return TC_ACT_OK;
+	}
+	__u64 epoch = epoch_now(); /* before the lookup the slot will stand for */
 	struct ct_key ck;
 	ct_key_init(&ck, pp->family, pp->l4proto, &pp->dst, pp->dport, &pp->src, remote_port);
 	struct binding_value bv;
 	struct ct_value *v = bpf_map_lookup_elem(&map_ct, &ck);
-	__u64 now = 0;
 	if (v) {
-		now = clock_now();
 		if (ct_expired(v, pp->l4proto, now)) {
 			/* Expired, not swept yet: gone, and its binding decides (EIF),
 			 * as for a new session; the binding goes with its last one. */
@@ -602,6 +620,8 @@ static __always_inline int ingress_l4(struct __sk_buff *skb, struct packet *pp, 
 		ct_refresh(v, pp->l4proto, false, pp->tcp_flags, now);
 		bv.addr = v->int_addr;
 		bv.port = v->int_port;
+		if (fe)
+			flow_fill(fe, pp, false, &bv.addr, bv.port, epoch, now);
 	} else {
 		struct binding_key rkey;
 		binding_key_init(&rkey, 0, pp->family, pp->l4proto, &pp->dst, pp->dport);

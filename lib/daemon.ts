@@ -17,7 +17,7 @@ import * as log from "./log.ts";
 import { describeConflict, findConflicts, type NamedNet } from "./conflict.ts";
 import { applyPlan, purgeStale } from "./nat/apply.ts";
 import { attach, type Attachment, detach, release, replaced } from "./nat/attach.ts";
-import { closeNat, loadNat, type NatObject } from "./nat/loader.ts";
+import { bumpEpoch, closeNat, loadNat, type NatObject } from "./nat/loader.ts";
 import type { RoConfig } from "./nat/codec.ts";
 import { type IfAddr, type NatPlan, planInterface } from "./nat/plan.ts";
 import { afterAttach, stateLoadOptions } from "./state/serve.ts";
@@ -174,6 +174,7 @@ export async function reconcile(s: Served): Promise<void> {
   if (summary !== s.summary || !s.plan) {
     applyPlan(s.nat.maps, plan);
     const purged = purgeStale(s.nat.maps, plan);
+    if (purged.bindings || purged.sessions) bumpEpoch(s.nat); // no flow cache serves them
     if (s.plan) {
       log.info("external addresses changed", {
         ifname: s.ifname,

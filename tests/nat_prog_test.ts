@@ -19,7 +19,7 @@ import {
   IPPROTO,
 } from "../lib/nat/codec.ts";
 import { parseAddr } from "../lib/config/cidr.ts";
-import { expireSessions } from "../lib/nat/loader.ts";
+import { bumpEpoch, expireSessions } from "../lib/nat/loader.ts";
 import { buildPacket, type PacketSpec, parsePacket } from "./lib/packet.ts";
 import {
   loadTestNat,
@@ -383,6 +383,7 @@ Deno.test("flow cache: a cached flow whose external port now belongs to another 
     };
     bind(lan2, first, 1);
     bind(lan1, other, 0);
+    bumpEpoch(n.nat); // as the daemon does after deleting mappings itself
 
     for (let i = 0; i < 2; i++) {
       const r = n.egress(udp(LAN1, 40000, SRV1, 53));
@@ -391,6 +392,86 @@ Deno.test("flow cache: a cached flow whose external port now belongs to another 
     }
     const s = decodeCtValue(bpf.mapLookup(m.ct, ckey, CT_VALUE_LAYOUT.size)!, 4);
     assertEquals(s.intAddr, lan2, "LAN2's session is left alone");
+  } finally {
+    n.close();
+  }
+});
+
+Deno.test("flow cache: a session the sweep deleted is not served from the cache, either way, once its port is another host's", async () => {
+  const one = [{ start: 20000, end: 20000 }];
+  const n = await loadTestNat(testInterfaceConfig({ defaultRanges: ranges(one, one, one) }));
+  try {
+    const m = n.nat.maps;
+    for (let i = 0; i < 3; i++) { // the second and third go through the cache, both ways
+      assertEquals(n.egress(udp(LAN1, 40000, SRV1, 53)).out.sport, 20000);
+      assertEquals(n.ingress(udp(SRV1, 53, EXT, 20000)).out.dst, LAN1);
+    }
+    // LAN1's session ages past its timeout (written from user space, which moves no epoch);
+    // the sweep deletes it and its binding, so the only port is free again.
+    for (const e of [...bpf.mapEntries(m.ct, CT_KEY_LAYOUT.size, CT_VALUE_LAYOUT.size)]) {
+      const v = e.value.slice();
+      new DataView(v.buffer).setBigUint64(CT_VALUE_LAYOUT.fields.last_seen_ns.offset, 1n, true);
+      bpf.mapUpdate(m.ct, e.key, v);
+    }
+    assertEquals(expireSessions(n.nat), 1);
+    const lan2 = n.egress(udp(LAN2, 40000, SRV1, 53));
+    assertEquals(
+      [lan2.retval, lan2.out.src, lan2.out.sport],
+      [TC_ACT_OK, EXT, 20000],
+      "LAN2 takes it",
+    );
+
+    const r = n.egress(udp(LAN1, 40000, SRV1, 53));
+    assert(
+      r.retval !== TC_ACT_OK || r.out.src !== EXT || r.out.sport !== 20000,
+      "LAN1 must not go out on LAN2's port",
+    );
+    assertEquals(
+      n.ingress(udp(SRV1, 53, EXT, 20000)).out.dst,
+      LAN2,
+      "replies reach LAN2, not LAN1",
+    );
+  } finally {
+    n.close();
+  }
+});
+
+Deno.test("flow cache: sessions stay current (refreshed through the cache at least every second; TCP SYN/FIN/RST always reach them)", async () => {
+  const n = await loadTestNat();
+  try {
+    const m = n.nat.maps;
+    const only = () => {
+      const all = sessions(m.ct);
+      assertEquals(all.length, 1);
+      return all[0].value;
+    };
+    const ext = n.egress(udp(LAN1, 40000, SRV1, 53)).out.sport!;
+    const t0 = only().lastSeenNs;
+    n.egress(udp(LAN1, 40000, SRV1, 53)); // cached now
+    await new Promise((r) => setTimeout(r, 1100));
+    n.egress(udp(LAN1, 40000, SRV1, 53));
+    assert(only().lastSeenNs >= t0 + 1_000_000_000n, "refreshed after a second of cached packets");
+    const t1 = only().lastSeenNs;
+    await new Promise((r) => setTimeout(r, 1100));
+    assertEquals(n.ingress(udp(SRV1, 53, EXT, ext)).out.dst, LAN1);
+    assert(only().lastSeenNs >= t1 + 1_000_000_000n, "inbound refreshes it too");
+
+    const n2 = await loadTestNat();
+    try {
+      const syn = n2.egress(tcp(LAN1, 41000, SRV1, 443, { syn: true }));
+      const p = syn.out.sport!;
+      n2.ingress(tcp(SRV1, 443, EXT, p, { syn: true, ack: true }));
+      for (let i = 0; i < 3; i++) n2.egress(tcp(LAN1, 41000, SRV1, 443, { ack: true }));
+      n2.egress(tcp(LAN1, 41000, SRV1, 443, { fin: true, ack: true }));
+      const s = sessions(n2.nat.maps.ct)[0].value;
+      assert(s.flags & CT_FLAGS.FIN_OUT, "a FIN after cached ACKs reaches the session");
+      n2.ingress(tcp(SRV1, 443, EXT, p, { ack: true }));
+      n2.ingress(tcp(SRV1, 443, EXT, p, { ack: true }));
+      n2.ingress(tcp(SRV1, 443, EXT, p, { rst: true }));
+      assert(sessions(n2.nat.maps.ct)[0].value.flags & CT_FLAGS.RST, "an inbound RST too");
+    } finally {
+      n2.close();
+    }
   } finally {
     n.close();
   }

@@ -8,6 +8,7 @@
 #define EINAT_BINDING_H
 
 #include "maps.h"
+#include "epoch.h"
 #include "parse.h"
 
 static __always_inline int proto_idx(__u8 l4proto)
@@ -521,6 +522,7 @@ static __always_inline void binding_put(__u8 family, __u8 l4proto, const union i
 	binding_key_init(&okey, BINDING_ORIG, family, l4proto, &rv->addr, rv->port);
 	bpf_map_delete_elem(&map_binding, &okey);
 	bpf_map_delete_elem(&map_binding, &rkey);
+	epoch_bump();
 	port_bit_clear(family, l4proto, ext_addr, ext_port);
 }
 
@@ -537,6 +539,7 @@ static __always_inline void binding_put_unused(__u8 family, __u8 l4proto,
 	binding_key_init(&okey, BINDING_ORIG, family, l4proto, &rv->addr, rv->port);
 	bpf_map_delete_elem(&map_binding, &okey);
 	bpf_map_delete_elem(&map_binding, &rkey);
+	epoch_bump();
 	port_bit_clear(family, l4proto, ext_addr, ext_port);
 }
 

@@ -72,6 +72,7 @@ static __always_inline bool ct_expire(const struct ct_key *k)
 {
 	if (bpf_map_delete_elem(&map_ct, k))
 		return false;
+	epoch_bump();
 	binding_put(k->family, k->l4proto, &k->ext_addr, k->ext_port);
 	stat_inc(STAT_EXPIRED_SESSION);
 	return true;

@@ -1,28 +1,44 @@
 /* SPDX-License-Identifier: GPL-2.0-or-later */
 /*
- * A per-CPU cache of outbound flows (in the manner of Open vSwitch's exact
- * match cache): the slot of a flow's 5-tuple remembers the external
- * endpoint its binding gave, so the egress fast path needs one hash lookup
- * (the session) instead of two (binding, then session). The session decides:
- * a hit is used only when the session found with it names this packet's
- * source as its internal endpoint, and a slot that leads nowhere is emptied.
+ * A per-CPU cache of established flows, both directions (in the manner of
+ * Open vSwitch's exact-match cache): the slot of a packet's 5-tuple
+ * remembers what the session gave it, the external endpoint on egress, the
+ * internal one on ingress, so a packet that hits needs no hash lookup at all.
+ *
+ * A slot is filled only after the session was found and checked, and it is
+ * trusted only
+ * - while the mapping epoch (epoch.h) is the one read before those lookups:
+ *   any deleted session or binding moves it, so a port that another host may
+ *   claim next is never served from a slot;
+ * - for flow_fresh_ns() after the session was last refreshed through it:
+ *   then the packet takes the lookups again and refreshes the session, which
+ *   so stays current to within that time (at most a quarter of the shortest
+ *   timeout, and a second);
+ * - for packets that cannot change the session's state: TCP with SYN, FIN
+ *   or RST always takes the lookups.
  */
 #ifndef EINAT_FLOWCACHE_H
 #define EINAT_FLOWCACHE_H
 
 #include "parse.h"
+#include "config.h"
+#include "epoch.h"
 
 #define FLOW_CACHE_BITS 10
 
 struct flow_entry {
 	union ip_addr src;
 	union ip_addr dst;
-	union ip_addr ext_addr;
+	union ip_addr to_addr; /* egress: the external address; ingress: the internal one */
 	__be16 sport;
 	__be16 dport;
-	__be16 ext_port;
+	__be16 to_port;
 	__u8 l4proto;
 	__u8 family; /* 0: empty */
+	__u64 epoch;
+	__u64 refreshed_ns; /* when the session was last refreshed through this slot */
+	__u8 egress;
+	__u8 _pad[7];
 };
 
 struct {
@@ -32,12 +48,11 @@ struct {
 	__uint(max_entries, 1 << FLOW_CACHE_BITS);
 } map_flow_cache SEC(".maps");
 
-/* The slot of p's 5-tuple on this CPU. */
-static __always_inline struct flow_entry *flow_slot(const struct packet *p)
+static __always_inline struct flow_entry *flow_slot(const struct packet *p, bool egress)
 {
 	__u32 h = p->src.all[0] ^ p->src.all[1] ^ p->src.all[2] ^ p->src.all[3];
 	h ^= p->dst.all[0] ^ p->dst.all[1] ^ p->dst.all[2] ^ p->dst.all[3];
-	h ^= ((__u32)p->sport << 16) ^ p->dport ^ p->l4proto;
+	h ^= ((__u32)p->sport << 16) ^ p->dport ^ p->l4proto ^ (egress ? 0x5a5a0000 : 0);
 	__u32 idx = (h * 0x9e3779b1U) >> (32 - FLOW_CACHE_BITS);
 	return bpf_map_lookup_elem(&map_flow_cache, &idx);
 }
@@ -48,24 +63,58 @@ static __always_inline bool addr_eq(const union ip_addr *a, const union ip_addr 
 		(a->all[3] ^ b->all[3])) == 0;
 }
 
-/* The slot holds p's flow. */
-static __always_inline bool flow_hit(const struct flow_entry *e, const struct packet *p)
+/* The slot holds this packet's flow (whether it may be trusted or not). */
+static __always_inline bool flow_hit(const struct flow_entry *e, const struct packet *p, bool egress)
 {
-	return e->family == p->family && e->l4proto == p->l4proto && e->sport == p->sport &&
-	       e->dport == p->dport && addr_eq(&e->src, &p->src) && addr_eq(&e->dst, &p->dst);
+	return e->family == p->family && e->egress == egress && e->l4proto == p->l4proto &&
+	       e->sport == p->sport && e->dport == p->dport && addr_eq(&e->src, &p->src) &&
+	       addr_eq(&e->dst, &p->dst);
 }
 
-static __always_inline void flow_fill(struct flow_entry *e, const struct packet *p,
-				      const union ip_addr *ext_addr, __be16 ext_port)
+/* How long a slot may stand in for the session: a quarter of the shortest timeout, ≤ 1 s. */
+static __always_inline __u64 flow_fresh_ns(void)
 {
+	__u64 t = CFG.timeout_icmp;
+	if (CFG.timeout_udp_min < t)
+		t = CFG.timeout_udp_min;
+	if (CFG.timeout_udp < t)
+		t = CFG.timeout_udp;
+	if (CFG.timeout_tcp_trans < t)
+		t = CFG.timeout_tcp_trans;
+	if (CFG.timeout_tcp_est < t)
+		t = CFG.timeout_tcp_est;
+	t /= 4;
+	return t < NS_PER_SEC ? t : NS_PER_SEC;
+}
+
+/* A hit that may be used as it is: see the top of this file. */
+static __always_inline bool flow_trusted(const struct flow_entry *e, const struct packet *p,
+					 __u64 now)
+{
+	if (p->l4proto == IPPROTO_TCP && (p->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_FIN | TCP_FLAG_RST)))
+		return false;
+	return e->epoch == epoch_now() && now - e->refreshed_ns < flow_fresh_ns();
+}
+
+static __always_inline void flow_fill(struct flow_entry *e, const struct packet *p, bool egress,
+				      const union ip_addr *to_addr, __be16 to_port, __u64 epoch,
+				      __u64 now)
+{
+	if (epoch == EPOCH_NONE) {
+		e->family = 0;
+		return;
+	}
 	e->src = p->src;
 	e->dst = p->dst;
-	e->ext_addr = *ext_addr;
+	e->to_addr = *to_addr;
 	e->sport = p->sport;
 	e->dport = p->dport;
-	e->ext_port = ext_port;
+	e->to_port = to_port;
 	e->l4proto = p->l4proto;
 	e->family = p->family;
+	e->egress = egress;
+	e->epoch = epoch;
+	e->refreshed_ns = now;
 }
 
 #endif

@@ -36,6 +36,8 @@ export interface NatObject {
   expireFd: number;
   /** Program that marks bound ports in the free-port hint ({@link syncPortHint}). */
   syncHintFd: number;
+  /** Program that moves the mapping epoch ({@link bumpEpoch}). */
+  bumpEpochFd: number;
   /** Pinned state: where, and which maps were reused. Absent without `pinDir`. */
   pins?: { dir: string; reused: string[]; reset: string[] };
 }
@@ -113,6 +115,7 @@ export async function loadNat(opts: LoadOptions): Promise<NatObject> {
       loadMs: performance.now() - t0,
       expireFd: bpf.programFd(bpf.findProgram(obj, "expire_sessions")),
       syncHintFd: bpf.programFd(bpf.findProgram(obj, "sync_port_hint")),
+      bumpEpochFd: bpf.programFd(bpf.findProgram(obj, "bump_epoch")),
       pins: pins ? { dir: pins.dir, reused: pins.reused, reset: pins.reset } : undefined,
     };
   } catch (e) {
@@ -145,6 +148,15 @@ export async function expireSessionsAsync(n: NatObject): Promise<number> {
  */
 export function syncPortHint(n: NatObject): number {
   return bpf.testRun(n.syncHintFd, new Uint8Array(64)).retval;
+}
+
+/**
+ * Moves the mapping epoch (bpf/lib/epoch.h), so no flow cache serves a
+ * mapping any more: call it after deleting sessions or bindings from user
+ * space (the datapath and the sweep move it themselves).
+ */
+export function bumpEpoch(n: NatObject): void {
+  bpf.testRun(n.bumpEpochFd, new Uint8Array(64));
 }
 
 /** Releases the object (programs stay alive while attached). */

@@ -38,6 +38,7 @@ export const STATE_MAPS = [
   "map_frag",
   "map_stats",
   "map_traffic",
+  "map_epoch", // shared, so a --replace's two einats see each other's deletions (epoch.h)
 ] as const;
 /** Name of one pinned state map. */
 export type StateMap = typeof STATE_MAPS[number];
@@ -61,6 +62,7 @@ const SEMANTICS: Record<StateMap, number> = {
   map_frag: 1,
   map_stats: 1,
   map_traffic: 1,
+  map_epoch: 1,
 };
 
 /**
@@ -101,6 +103,7 @@ const TYPES: Record<StateMap, [string, string]> = {
     "u32",
     `traffic_counter per cpu: ${TRAFFIC.map((t) => `${t.direction}${t.family}`).join(",")}`,
   ],
+  map_epoch: ["u32", "u64 mapping epoch"],
 };
 
 /** A pinned state that cannot be used, with what to do about it. */

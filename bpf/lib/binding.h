@@ -520,6 +520,9 @@ static __always_inline void binding_put(__u8 family, __u8 l4proto, const union i
 	alloc_clear_full(full_key(family, proto_idx(l4proto))); /* a port comes free */
 	struct binding_key okey;
 	binding_key_init(&okey, BINDING_ORIG, family, l4proto, &rv->addr, rv->port);
+	/* Before: no slot filled earlier serves the port once it is free; after: nor
+	 * one filled while the entries were going. */
+	epoch_bump();
 	bpf_map_delete_elem(&map_binding, &okey);
 	bpf_map_delete_elem(&map_binding, &rkey);
 	epoch_bump();
@@ -537,6 +540,7 @@ static __always_inline void binding_put_unused(__u8 family, __u8 l4proto,
 		return;
 	struct binding_key okey;
 	binding_key_init(&okey, BINDING_ORIG, family, l4proto, &rv->addr, rv->port);
+	epoch_bump(); /* as in binding_put */
 	bpf_map_delete_elem(&map_binding, &okey);
 	bpf_map_delete_elem(&map_binding, &rkey);
 	epoch_bump();

@@ -40,7 +40,7 @@ static __always_inline void epoch_bump(void)
 
 /*
  * Run by the daemon with BPF_PROG_TEST_RUN after it deleted sessions or
- * bindings itself (an address that left), and once a --replace is done.
+ * bindings itself (the mappings of an address that left).
  */
 SEC("tc")
 int bump_epoch(struct __sk_buff *skb)

@@ -564,20 +564,15 @@ function checkResiduals(input: Uint8Array, out: Uint8Array, d: Dissected, v: str
     const a = sumOf(input, n.l3, n.l3 + n.ihl), b = sumOf(out, n.l3, n.l3 + n.ihl);
     if (a !== b) v.push(`embedded IPv4 header checksum residual ${a} -> ${b}`);
   }
-  if (n.proto === P_UDP) {
-    if (u16(input, n.l4 + 6) === 0) {
-      if (u16(out, n.l4 + 6) !== 0) v.push("embedded UDP zero checksum became non-zero");
-    } else {
+  if (n.proto === P_UDP && u16(input, n.l4 + 6) === 0) {
+    if (u16(out, n.l4 + 6) !== 0) v.push("embedded UDP zero checksum became non-zero");
+  } else if (n.proto === P_UDP || n.proto === P_TCP) {
+    // TCP's is translated when the error quotes the whole TCP header (the frame reaches past it).
+    if (n.proto === P_UDP || input.length >= n.l4 + 20) {
       const a = l4Residual(input, n.l4, [n.src, n.dst]);
       const b = l4Residual(out, n.l4, [on.src, on.dst]);
-      if (a !== b) v.push(`embedded UDP checksum residual ${a} -> ${b}`);
-    }
-  } else if (n.proto === P_TCP) {
-    // Translated when the error quotes the whole TCP header (the frame reaches past it).
-    if (input.length >= n.l4 + 20) {
-      const a = l4Residual(input, n.l4, [n.src, n.dst]);
-      const b = l4Residual(out, n.l4, [on.src, on.dst]);
-      if (a !== b) v.push(`embedded TCP checksum residual ${a} -> ${b}`);
+      const name = n.proto === P_UDP ? "UDP" : "TCP";
+      if (a !== b) v.push(`embedded ${name} checksum residual ${a} -> ${b}`);
     }
   } else if (n.proto === P_ICMP || n.proto === P_ICMP6) {
     const p = n.proto === P_ICMP6;

@@ -10,6 +10,7 @@ import {
   buildIcmpError,
   buildPacket,
   fragment,
+  internetChecksum,
   type PacketSpec,
   parsePacket,
 } from "./lib/packet.ts";
@@ -216,6 +217,48 @@ Deno.test("CHECKSUM_COMPLETE skb: UDP without checksum (v4, and v6 as tunnels se
       );
       const q = parsePacket(back.bytes);
       assertEquals([q.dst, q.dport, q.l4Checksum], [a.lan, 41000, 0], `IPv${family} ingress`);
+    }
+  } finally {
+    n.close();
+  }
+});
+
+Deno.test("CHECKSUM_COMPLETE skb: releasing held fragments (one as long as the first, one shorter) leaves the first fragment's skb->csum valid", async () => {
+  const n = await natFor();
+  try {
+    for (const family of [4, 6] as const) {
+      const a = ADDR[family];
+      const ext = parsePacket(
+        n.runRaw("egress", buildPacket(udpSpec(family, a.lan, 41000, a.srv, 53))).bytes,
+      )
+        .sport!;
+      // A datagram of 3 fragments, 24 + 24 + 8 bytes of UDP: the middle one is as long as
+      // the first, the last shorter. Both later ones come first and are held.
+      const dgram = buildPacket({
+        ...udpSpec(family, a.srv, 53, a.ext, ext),
+        payload: new Uint8Array(48),
+      });
+      const [f1, rest] = fragment(dgram, family, 0x4242, 24); // rest: 32 bytes from offset 24
+      const [, f3] = fragment(dgram, family, 0x4242, 48); // the last 8 bytes
+      const hl = family === 4 ? 20 : 48;
+      const f2 = rest.slice(0, 14 + hl + 24); // the 24 bytes from offset 24, more to come
+      const v = new DataView(f2.buffer);
+      if (family === 4) {
+        v.setUint16(14 + 2, hl + 24);
+        v.setUint16(14 + 6, v.getUint16(14 + 6) | 0x2000);
+        v.setUint16(14 + 10, 0);
+        v.setUint16(14 + 10, internetChecksum(f2.subarray(14, 14 + hl)));
+      } else {
+        v.setUint16(14 + 4, 8 + 24);
+        v.setUint16(14 + 40 + 2, v.getUint16(14 + 40 + 2) | 1);
+      }
+      assertEquals(f2.length, f1.length, "middle fragment as long as the first");
+      assert(f3.length < f1.length && f3.length > 14 + hl);
+      assertEquals(n.runRaw("ingress", f2, COMPLETE).retval, TC_ACT_SHOT, "held");
+      assertEquals(n.runRaw("ingress", f3, COMPLETE).retval, TC_ACT_SHOT, "held");
+      const first = n.runRaw("ingress", f1, COMPLETE); // EBADMSG before the fix
+      assertEquals(first.retval, TC_ACT_OK);
+      assertEquals(parsePacket(first.bytes).dst, a.lan);
     }
   } finally {
     n.close();

@@ -172,6 +172,14 @@ __noinline int einat_frag_release(struct __sk_buff *skb, const struct packet *p)
 				    bpf_skb_load_bytes(skb, l3, s->ip, len))
 					return 0;
 				s->len = len;
+				/* Resizing the tail turns a CHECKSUM_COMPLETE skb into
+				 * CHECKSUM_NONE (__skb_trim_rcsum). Do it once here, before
+				 * anything is rewritten, so the replays and the restored first
+				 * fragment carry no sum at all, rather than one frozen half-way
+				 * by the first resize that follows a same-length replay (found
+				 * by the fuzzer through the test run's sum check). */
+				if (!bpf_skb_change_tail(skb, l3 + len - 1, 0))
+					bpf_skb_change_tail(skb, l3 + len, 0);
 			}
 			/* Never replayed onto a loopback device: einat is not attached to one,
 			 * and under BPF_PROG_TEST_RUN the skb sits on the caller's lo, where a

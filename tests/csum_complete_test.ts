@@ -29,6 +29,28 @@ const ADDR = {
 };
 const payload = new TextEncoder().encode("0123456789abcdefghijklmnopqrstuvwxyz");
 
+const natFor = () =>
+  loadTestNat(
+    testInterfaceConfig({ nat66: true, defaultRanges: ranges([{ start: 20000, end: 29999 }]) }),
+    EXTS,
+  );
+const udpSpec = (
+  family: 4 | 6,
+  src: string,
+  sport: number,
+  dst: string,
+  dport: number,
+): PacketSpec => ({
+  family,
+  src,
+  dst,
+  proto: "udp",
+  sport,
+  dport,
+  payload,
+});
+const COMPLETE = { checksumComplete: true };
+
 function spec(
   family: 4 | 6,
   proto: "udp" | "tcp" | "icmp",
@@ -56,31 +78,21 @@ function spec(
 for (const family of [4, 6] as const) {
   for (const proto of ["udp", "tcp", "icmp"] as const) {
     Deno.test(`CHECKSUM_COMPLETE skb: IPv${family} ${proto} both ways keeps skb->csum valid`, async () => {
-      const n = await loadTestNat(
-        testInterfaceConfig({
-          nat66: true,
-          defaultRanges: ranges([{ start: 20000, end: 29999 }]),
-        }),
-        EXTS,
-      );
+      const n = await natFor();
       try {
         // A first run without the flag: a new mapping takes the slow path.
         const first = n.runRaw("egress", buildPacket(spec(family, proto, true)));
         assertEquals(first.retval, TC_ACT_OK);
         for (let i = 0; i < 2; i++) {
           // throws EBADMSG when skb->csum went wrong
-          const out = n.runRaw("egress", buildPacket(spec(family, proto, true)), {
-            checksumComplete: true,
-          });
+          const out = n.runRaw("egress", buildPacket(spec(family, proto, true)), COMPLETE);
           assertEquals(out.retval, TC_ACT_OK);
           const p = parsePacket(out.bytes);
           assertEquals(p.src, ADDR[family].ext);
           assert(p.l4ChecksumOk, "L4 checksum after egress");
           const ext = proto === "icmp" ? p.icmpId! : p.sport!;
           assert(ext >= 20000 && ext <= 29999, `external port ${ext}`);
-          const back = n.runRaw("ingress", buildPacket(spec(family, proto, false, ext)), {
-            checksumComplete: true,
-          });
+          const back = n.runRaw("ingress", buildPacket(spec(family, proto, false, ext)), COMPLETE);
           assertEquals(back.retval, TC_ACT_OK);
           const q = parsePacket(back.bytes);
           assertEquals(q.dst, ADDR[family].lan);
@@ -92,28 +104,6 @@ for (const family of [4, 6] as const) {
     });
   }
 }
-
-const natFor = () =>
-  loadTestNat(
-    testInterfaceConfig({ nat66: true, defaultRanges: ranges([{ start: 20000, end: 29999 }]) }),
-    EXTS,
-  );
-const udpSpec = (
-  family: 4 | 6,
-  src: string,
-  sport: number,
-  dst: string,
-  dport: number,
-): PacketSpec => ({
-  family,
-  src,
-  dst,
-  proto: "udp",
-  sport,
-  dport,
-  payload,
-});
-const COMPLETE = { checksumComplete: true };
 
 for (const family of [4, 6] as const) {
   const a = ADDR[family];

@@ -1,9 +1,12 @@
 /**
  * Start-up probe, run inside the router namespace by bench/startup.ts:
- * `deno run -A bench/lib/startup_probe.ts --rounds N --nat66 0|1 [--records N] [--ifname wan0]`.
- * With the daemon's default configuration (from `parseCli`), times what it does for one interface — `loadNat` (bpf_object__load), plan + map
- * fill, clsact attach — then detaches, and reads the verifier's processed-instruction count
- * (`verified_insns` in the program's fdinfo) and JIT sizes. Prints one JSON line.
+ * `deno run -A bench/lib/startup_probe.ts --rounds N --variants NAT66:RECORDS:PREALLOC,... [--ifname wan0]`
+ * (e.g. `0:0:0,1:0:0`: NAT44, then NAT44+NAT66; RECORDS 0 keeps the default sizes).
+ * With the daemon's default configuration (from `parseCli`), times what it does for one interface —
+ * `loadNat` (bpf_object__load), plan + map fill, clsact attach — then detaches, and reads the
+ * verifier's processed-instruction count (`verified_insns` in the program's fdinfo) and JIT sizes.
+ * The variants take turns within each round, so a noisy moment hits them alike and their ratios
+ * hold. Prints one JSON line: one entry per variant.
  * @module
  */
 
@@ -61,51 +64,64 @@ function addrsOf(ifname: string): IfAddr[] {
 
 const ifname = arg("ifname", "wan0");
 const rounds = Math.min(50, Number(arg("rounds", "5")));
-const nat66 = arg("nat66", "0") === "1";
-// The daemon's own defaults (map sizes included), as `einat -i IF [--nat44 --nat66]` gets them.
-const cli = parseCli(["-i", ifname, ...(nat66 ? ["--nat44", "--nat66"] : [])]);
-if (cli.kind !== "run") throw new Error("unexpected CLI result");
-const ic = cli.config.interfaces[0];
-const records = Number(arg("records", "0"));
-if (records > 0) { // smaller maps: shows what preallocating the default sizes costs at load
-  ic.bindingMaxRecords = records;
-  ic.ctMaxRecords = records * 2;
-}
-ic.preallocateMaps = arg("preallocate", "0") === "1";
 const ifindex = ifNameToIndex(ifname);
 if (!ifindex) throw new Error(`no interface ${ifname}`);
 
-const runs = [];
-let progs: Record<string, Record<string, number>> = {};
+/** One variant's configuration: the daemon's defaults (map sizes included), as `einat -i IF`
+ * [`--nat44 --nat66`] gets them, with smaller maps or preallocation when asked. */
+function variant(spec: string) {
+  const [nat66, records, prealloc] = spec.split(":").map(Number);
+  const cli = parseCli(["-i", ifname, ...(nat66 ? ["--nat44", "--nat66"] : [])]);
+  if (cli.kind !== "run") throw new Error("unexpected CLI result");
+  const ic = cli.config.interfaces[0];
+  if (records > 0) { // smaller maps: shows what preallocating the default sizes costs at load
+    ic.bindingMaxRecords = records;
+    ic.ctMaxRecords = records * 2;
+  }
+  ic.preallocateMaps = prealloc === 1;
+  return { nat66: nat66 === 1, ic, runs: [] as Record<string, number>[], progs: {} };
+}
+
+const variants = arg("variants", "0:0:0").split(",").map(variant);
 for (let r = 0; r < rounds; r++) {
-  const t0 = performance.now();
-  const nat = await loadNat({
-    ro: roConfigOf(ic),
-    bindingMaxRecords: ic.bindingMaxRecords,
-    ctMaxRecords: ic.ctMaxRecords,
-    preallocate: ic.preallocateMaps,
-  });
-  const t1 = performance.now();
-  try {
-    applyPlan(nat.maps, planInterface(ic, addrsOf(ifname)));
-    const t2 = performance.now();
-    const a = attach(ifindex, ifname, nat.egressFd, nat.ingressFd);
-    const t3 = performance.now();
-    detach(a);
-    const t4 = performance.now();
-    runs.push({
-      loadMs: nat.loadMs,
-      loadCallMs: t1 - t0,
-      applyMs: t2 - t1,
-      attachMs: t3 - t2,
-      detachMs: t4 - t3,
-      totalMs: t3 - t0,
+  for (const v of variants) {
+    const ic = v.ic;
+    const t0 = performance.now();
+    const nat = await loadNat({
+      ro: roConfigOf(ic),
+      bindingMaxRecords: ic.bindingMaxRecords,
+      ctMaxRecords: ic.ctMaxRecords,
+      preallocate: ic.preallocateMaps,
     });
-    if (r === 0) {
-      progs = { egress: await progInfo(nat.egressFd), ingress: await progInfo(nat.ingressFd) };
+    const t1 = performance.now();
+    try {
+      applyPlan(nat.maps, planInterface(ic, addrsOf(ifname)));
+      const t2 = performance.now();
+      const a = attach(ifindex, ifname, nat.egressFd, nat.ingressFd);
+      const t3 = performance.now();
+      detach(a);
+      const t4 = performance.now();
+      v.runs.push({
+        loadMs: nat.loadMs,
+        loadCallMs: t1 - t0,
+        applyMs: t2 - t1,
+        attachMs: t3 - t2,
+        detachMs: t4 - t3,
+        totalMs: t3 - t0,
+      });
+      if (r === 0) {
+        v.progs = { egress: await progInfo(nat.egressFd), ingress: await progInfo(nat.ingressFd) };
+      }
+    } finally {
+      closeNat(nat);
     }
-  } finally {
-    closeNat(nat);
   }
 }
-console.log(JSON.stringify({ nat66, records: ic.bindingMaxRecords, runs, progs }));
+console.log(JSON.stringify(
+  variants.map((v) => ({
+    nat66: v.nat66,
+    records: v.ic.bindingMaxRecords,
+    runs: v.runs,
+    progs: v.progs,
+  })),
+));

@@ -358,6 +358,24 @@ static __always_inline bool local_only_source(const struct packet *p)
 }
 
 /*
+ * Translates a packet from its flow-cache slot when the slot holds its flow
+ * (hit) and may be trusted (lib/flowcache.h): the external endpoint on
+ * egress, the internal one on ingress. Returns the verdict, or -1 when the
+ * packet must take the lookups.
+ */
+static __always_inline int flow_serve(struct __sk_buff *skb, struct packet *p,
+				      struct flow_entry *fe, bool hit, bool egress, __u64 now)
+{
+	if (!hit || !flow_trusted(fe, p, now))
+		return -1;
+	if (rewrite(skb, p, egress, &fe->to_addr, fe->to_port))
+		return drop(STAT_DROP_UNTRANSLATABLE);
+	stat_inc(egress ? STAT_EGRESS_NAT : STAT_INGRESS_NAT);
+	traffic_add(skb, egress, p->family);
+	return TC_ACT_OK;
+}
+
+/*
  * The fast path of an established flow: binding and session exist, so the
  * no-SNAT, hairpin and range checks were made when they were created (a
  * configuration change drops the mappings it affects). Returns the verdict,
@@ -374,13 +392,9 @@ static __always_inline int egress_established(struct __sk_buff *skb, struct pack
 	struct flow_entry *fe = flow_slot(p, true);
 	bool hit = fe && flow_hit(fe, p, true);
 	__u64 now = clock_now();
-	if (hit && flow_trusted(fe, p, now)) {
-		if (rewrite(skb, p, true, &fe->to_addr, fe->to_port))
-			return drop(STAT_DROP_UNTRANSLATABLE);
-		stat_inc(STAT_EGRESS_NAT);
-		traffic_add(skb, true, p->family);
-		return TC_ACT_OK;
-	}
+	int served = flow_serve(skb, p, fe, hit, true, now);
+	if (served >= 0)
+		return served;
 	__u64 epoch = epoch_now(); /* before the lookups the slot will stand for */
 	struct ct_key ck;
 	if (hit) {
@@ -596,13 +610,9 @@ static __always_inline int ingress_l4(struct __sk_buff *skb, struct packet *pp, 
 	struct flow_entry *fe = pp->frag == FRAG_NONE ? flow_slot(pp, false) : NULL;
 	bool hit = fe && flow_hit(fe, pp, false);
 	__u64 now = clock_now();
-	if (hit && flow_trusted(fe, pp, now)) {
-		if (rewrite(skb, pp, false, &fe->to_addr, fe->to_port))
-			return drop(STAT_DROP_UNTRANSLATABLE);
-		stat_inc(STAT_INGRESS_NAT);
-		traffic_add(skb, false, family);
-		return TC_ACT_OK;
-	}
+	r = flow_serve(skb, pp, fe, hit, false, now);
+	if (r >= 0)
+		return r;
 	__u64 epoch = epoch_now(); /* before the lookup the slot will stand for */
 	struct ct_key ck;
 	ct_key_init(&ck, pp->family, pp->l4proto, &pp->dst, pp->dport, &pp->src, remote_port);

@@ -13,6 +13,7 @@ import {
   internetChecksum,
   type PacketSpec,
   parsePacket,
+  udpSpec,
 } from "./lib/packet.ts";
 import {
   loadTestNat,
@@ -34,21 +35,8 @@ const natFor = () =>
     testInterfaceConfig({ nat66: true, defaultRanges: ranges([{ start: 20000, end: 29999 }]) }),
     EXTS,
   );
-const udpSpec = (
-  family: 4 | 6,
-  src: string,
-  sport: number,
-  dst: string,
-  dport: number,
-): PacketSpec => ({
-  family,
-  src,
-  dst,
-  proto: "udp",
-  sport,
-  dport,
-  payload,
-});
+const udp = (family: 4 | 6, src: string, sport: number, dst: string, dport: number) =>
+  udpSpec(family, src, sport, dst, dport, payload);
 const COMPLETE = { checksumComplete: true };
 
 function spec(
@@ -112,7 +100,7 @@ for (const family of [4, 6] as const) {
     try {
       const sent = n.runRaw(
         "egress",
-        buildPacket(udpSpec(family, a.lan, 41000, a.srv, 53)),
+        buildPacket(udp(family, a.lan, 41000, a.srv, 53)),
         COMPLETE,
       );
       const ext = parsePacket(sent.bytes).sport!;
@@ -135,7 +123,7 @@ for (const family of [4, 6] as const) {
 
       const inbound = n.runRaw(
         "ingress",
-        buildPacket(udpSpec(family, a.srv, 7777, a.ext, ext)),
+        buildPacket(udp(family, a.srv, 7777, a.ext, ext)),
         COMPLETE,
       );
       const outErr = buildIcmpError({ family, src: a.lan, dst: a.srv }, inbound.bytes.slice(14));
@@ -153,7 +141,7 @@ for (const family of [4, 6] as const) {
     const n = await natFor();
     try {
       const [f1, f2] = fragment(
-        buildPacket(udpSpec(family, a.lan, 41000, a.srv, 53)),
+        buildPacket(udp(family, a.lan, 41000, a.srv, 53)),
         family,
         0x1234,
         16,
@@ -162,7 +150,7 @@ for (const family of [4, 6] as const) {
       const o2 = parsePacket(n.runRaw("egress", f2, COMPLETE).bytes);
       assertEquals([o1.src, o2.src], [a.ext, a.ext]);
       const [g1, g2] = fragment(
-        buildPacket(udpSpec(family, a.srv, 53, a.ext, o1.sport!)),
+        buildPacket(udp(family, a.srv, 53, a.ext, o1.sport!)),
         family,
         0x99,
         16,
@@ -173,7 +161,7 @@ for (const family of [4, 6] as const) {
       // Out of order: the later fragment is held, then the first is rewritten over by the
       // replay and restored (the replay itself is not cloned under a test run).
       const [h1, h2] = fragment(
-        buildPacket(udpSpec(family, a.srv, 53, a.ext, o1.sport!)),
+        buildPacket(udp(family, a.srv, 53, a.ext, o1.sport!)),
         family,
         0x77,
         16,
@@ -195,14 +183,14 @@ Deno.test("CHECKSUM_COMPLETE skb: UDP without checksum (v4, and v6 as tunnels se
       const a = ADDR[family];
       const out = n.runRaw(
         "egress",
-        buildPacket({ ...udpSpec(family, a.lan, 41000, a.srv, 53), udpZeroChecksum: true }),
+        buildPacket({ ...udp(family, a.lan, 41000, a.srv, 53), udpZeroChecksum: true }),
         COMPLETE,
       );
       const p = parsePacket(out.bytes);
       assertEquals([p.src, p.l4Checksum], [a.ext, 0], `IPv${family} egress`);
       const back = n.runRaw(
         "ingress",
-        buildPacket({ ...udpSpec(family, a.srv, 53, a.ext, p.sport!), udpZeroChecksum: true }),
+        buildPacket({ ...udp(family, a.srv, 53, a.ext, p.sport!), udpZeroChecksum: true }),
         COMPLETE,
       );
       const q = parsePacket(back.bytes);
@@ -219,13 +207,13 @@ Deno.test("CHECKSUM_COMPLETE skb: releasing held fragments (one as long as the f
     for (const family of [4, 6] as const) {
       const a = ADDR[family];
       const ext = parsePacket(
-        n.runRaw("egress", buildPacket(udpSpec(family, a.lan, 41000, a.srv, 53))).bytes,
+        n.runRaw("egress", buildPacket(udp(family, a.lan, 41000, a.srv, 53))).bytes,
       )
         .sport!;
       // A datagram of 3 fragments, 24 + 24 + 8 bytes of UDP: the middle one is as long as
       // the first, the last shorter. Both later ones come first and are held.
       const dgram = buildPacket({
-        ...udpSpec(family, a.srv, 53, a.ext, ext),
+        ...udp(family, a.srv, 53, a.ext, ext),
         payload: new Uint8Array(48),
       });
       const [f1, rest] = fragment(dgram, family, 0x4242, 24); // rest: 32 bytes from offset 24

@@ -20,6 +20,7 @@ import {
   internetChecksum,
   type PacketSpec,
   parsePacket,
+  udpSpec,
 } from "./lib/packet.ts";
 import {
   loadTestNat,
@@ -42,21 +43,8 @@ const EXTS = ["203.0.113.1/24", "2001:db8:2::1/64"];
 const payload = new TextEncoder().encode("0123456789abcdefghijklmnopqrstuvwxyz");
 
 const cfg66 = () => testInterfaceConfig({ nat66: true });
-const udp = (
-  family: 4 | 6,
-  src: string,
-  sport: number,
-  dst: string,
-  dport: number,
-): PacketSpec => ({
-  family,
-  src,
-  dst,
-  proto: "udp",
-  sport,
-  dport,
-  payload,
-});
+const udp = (family: 4 | 6, src: string, sport: number, dst: string, dport: number) =>
+  udpSpec(family, src, sport, dst, dport, payload);
 const ipOnly = (frame: Uint8Array) => frame.slice(14);
 
 function ctValues(fd: number) {
@@ -322,16 +310,16 @@ for (const family of [4, 6] as const) {
       });
       const sent = n.egress(tcp(LAN, 40000, SRV, 443));
       const ext = sent.out.sport!;
-      const full = buildIcmpError(
-        {
+      // host unreachable (ICMPv6: address unreachable) about `inner`, from a hop outside
+      const unreachable = (inner: Uint8Array) =>
+        buildIcmpError({
           family,
           src: HOP,
           dst: EXT,
           icmpType: family === 4 ? 3 : 1,
           icmpCode: family === 4 ? 1 : 3,
-        },
-        ipOnly(sent.bytes),
-      );
+        }, inner);
+      const full = unreachable(ipOnly(sent.bytes));
       const p = parsePacket(n.runRaw("ingress", full).bytes);
       assertEquals([p.dst, p.inner!.src, p.inner!.sport], [LAN, LAN, 40000]);
       assert(p.l4ChecksumOk, "outer ICMP checksum");
@@ -339,16 +327,7 @@ for (const family of [4, 6] as const) {
 
       // Only the 8 bytes every error must carry: ports rewritten, no checksum to fix.
       const hl = family === 4 ? 20 : 40;
-      const short = buildIcmpError(
-        {
-          family,
-          src: HOP,
-          dst: EXT,
-          icmpType: family === 4 ? 3 : 1,
-          icmpCode: family === 4 ? 1 : 3,
-        },
-        ipOnly(sent.bytes).slice(0, hl + 8),
-      );
+      const short = unreachable(ipOnly(sent.bytes).slice(0, hl + 8));
       const q = parsePacket(n.runRaw("ingress", short).bytes);
       const innerSport = new DataView(q.payload.buffer, q.payload.byteOffset).getUint16(hl);
       assertEquals([q.dst, innerSport], [LAN, 40000]);

@@ -373,6 +373,18 @@ function protoNumber(spec: PacketSpec): number {
   return spec.family === 4 ? IPPROTO.icmp : IPPROTO.icmpv6;
 }
 
+/** A UDP packet spec between two endpoints of `family`, carrying `payload`. */
+export function udpSpec(
+  family: 4 | 6,
+  src: string,
+  sport: number,
+  dst: string,
+  dport: number,
+  payload: Uint8Array,
+): PacketSpec {
+  return { family, src, dst, proto: "udp", sport, dport, payload };
+}
+
 /**
  * Builds Ethernet (unless `noEth`) + IP + L4 with correct checksums. See `PacketSpec` for
  * fragments.

@@ -161,10 +161,20 @@ export async function reconcile(s: Served): Promise<void> {
       preallocate: s.ic.preallocateMaps,
       ...stateLoadOptions(s.ic, s.ifname),
     });
+    if (s.nat.csumFallback) {
+      log.warn(
+        "kernel BTF or bpf_cast_to_kern_ctx unavailable: checksums through the kernel's helpers (~35 ns a packet slower)",
+        {
+          ifname: s.ifname,
+          reason: s.nat.csumFallback,
+        },
+      );
+    }
     log.info("loaded BPF object", {
       ifname: s.ifname,
       load_ms: s.nat.loadMs.toFixed(1),
       l2: hasEthernet(s.ifname) ? "ethernet" : "none",
+      csum: s.nat.csum,
     });
   }
 

@@ -94,7 +94,9 @@ fi
 if ((build_bpf)); then
   make -s -C bpf || die "building the BPF objects failed (needs clang and libbpf headers)"
 fi
-[[ -f bpf/einat.bpf.o ]] || die "bpf/einat.bpf.o is missing (build it with make -C bpf)"
+for o in einat einat_compat; do
+  [[ -f bpf/$o.bpf.o ]] || die "bpf/$o.bpf.o is missing (build it with make -C bpf)"
+done
 
 describe=${GIT_DESCRIBE:-}
 if [[ -z $describe ]] && git -C "$ROOT" rev-parse --git-dir >/dev/null 2>&1; then

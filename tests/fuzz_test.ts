@@ -47,6 +47,7 @@ function describe(r: FuzzReport): string {
     `seed ${r.seed} (replay: EINAT_FUZZ_SEED=${r.seed} EINAT_FUZZ_COUNT=${r.packets}): ` +
     `${r.packets} packets in ${r.ms} ms, ${r.kernelRejected} refused by BPF_PROG_TEST_RUN, ` +
     `${r.mapChecks} map checks (max ${r.maxBindings} bindings, ${r.maxSessions} sessions)`,
+    `objects ${JSON.stringify(r.objects)}`,
     `outcomes ${JSON.stringify(r.outcomes)}`,
     `leak classes ${JSON.stringify(r.leaks)}`,
     `known bugs ${JSON.stringify(r.known)}`,
@@ -81,6 +82,8 @@ Deno.test({
         String(env.count),
         "--check-every",
         String(env.count > 200_000 ? 20_000 : 2500),
+        "--epoch", // at least two epochs: they alternate between the two objects
+        String(Math.min(100_000, Math.ceil(env.count / 2))),
         "--quiet",
         ...(env.strict ? ["--strict"] : []),
       ];
@@ -90,6 +93,7 @@ Deno.test({
       const r = JSON.parse(out) as FuzzReport;
       console.log(describe(r));
       assertEquals(r.packets, env.count);
+      assert(r.objects.inline > 0 && r.objects.helpers > 0, JSON.stringify(r.objects));
       assert(r.outcomes["egress:translated"] > 0 && r.outcomes["ingress:translated"] > 0);
       assert((r.outcomes["egress:hairpin"] ?? 0) > 0, "the hairpin path was exercised");
       assertEquals(r.violations.length, 0, describe(r));

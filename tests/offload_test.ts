@@ -12,12 +12,14 @@ import { startEinat, stopEinat } from "./lib/einat.ts";
 import { parseSeen } from "./lib/peer.ts";
 import { nsExecResult, peerCmd, type Topology, withTopology } from "./lib/netns.ts";
 
+const COMPAT = new URL("../bpf/einat_compat.bpf.o", import.meta.url).pathname;
+
 const ethtool = (t: Topology, ns: string, dev: string, what: "tx" | "rx") =>
   t.exec(ns, ["ethtool", "-K", dev, what, "off"]);
 
 Deno.test({
   name:
-    "offload: CHECKSUM_PARTIAL TCP translated both ways, checksums completed and verified after the NAT (IPv4, IPv6)",
+    "offload: CHECKSUM_PARTIAL TCP translated both ways, checksums completed and verified after the NAT (IPv4, IPv6; inline and helpers objects)",
   sanitizeOps: false,
   sanitizeResources: false,
   fn: () =>
@@ -30,36 +32,48 @@ Deno.test({
       await ethtool(t, t.ns.wan, "r", "rx");
       for (const ns of [t.ns.lan1, t.ns.srv1, t.ns.srv2]) await ethtool(t, ns, "eth0", "rx");
 
-      const einat = await startEinat(t.ns.router, ["-i", "wan0", "--nat44", "--nat66"]);
-      try {
-        for (
-          const [fam, dst] of [[4, t.addrs.v4.srv2[0]], [6, `[${t.addrs.v6.srv2[0]}]`]] as const
-        ) {
-          const echo = t.spawn(
-            t.ns.srv2,
-            peerCmd("tcp-echo", ["--port", "8080", "--count", "1", "--timeout-ms", "10000"]),
-          );
-          await echo.waitForStdout(/listening/);
-          const data = `offload-v${fam}-`.padEnd(3000, "x"); // several segments each way
-          const tcp = await nsExecResult(
-            t.ns.lan1,
-            peerCmd("tcp-send", ["--to", `${dst}:8080`, "--data", data, "--timeout-ms", "5000"]),
-          );
-          assertEquals(tcp.code, 0, `IPv${fam}: ${tcp.stdout}${tcp.stderr}`);
-          assert(tcp.stdout.includes(data), `IPv${fam}: echoed data missing`);
-          const local = /local (\S+)/.exec(tcp.stdout)![1];
-          const seen = parseSeen(tcp.stdout)[0];
-          const routerWan = fam === 4 ? t.addrs.v4.routerWan : `[${t.addrs.v6.routerWan}]`;
-          assert(seen.startsWith(`${routerWan}:`), `IPv${fam} source ${seen}`);
-          assertNotEquals(
-            seen.split(":").at(-1),
-            local.split(":").at(-1),
-            `IPv${fam}: the port changed, so the seed had to leave it out`,
-          );
-          await echo.status;
+      // Both objects: inline checksum updates (ip_summed through BTF), and the
+      // compatibility object's kernel helpers (lib/nat/loader.ts).
+      for (
+        const [csum, env] of [["inline", {}], ["helpers", { EINAT_BPF_OBJECT: COMPAT }]] as const
+      ) {
+        const einat = await startEinat(
+          t.ns.router,
+          ["-i", "wan0", "--nat44", "--nat66"],
+          15000,
+          env,
+        );
+        assert(einat.stderrText().includes(`csum=${csum}`), einat.stderrText());
+        try {
+          for (
+            const [fam, dst] of [[4, t.addrs.v4.srv2[0]], [6, `[${t.addrs.v6.srv2[0]}]`]] as const
+          ) {
+            const echo = t.spawn(
+              t.ns.srv2,
+              peerCmd("tcp-echo", ["--port", "8080", "--count", "1", "--timeout-ms", "10000"]),
+            );
+            await echo.waitForStdout(/listening/);
+            const data = `offload-${csum}-v${fam}-`.padEnd(3000, "x"); // several segments each way
+            const tcp = await nsExecResult(
+              t.ns.lan1,
+              peerCmd("tcp-send", ["--to", `${dst}:8080`, "--data", data, "--timeout-ms", "5000"]),
+            );
+            assertEquals(tcp.code, 0, `${csum} IPv${fam}: ${tcp.stdout}${tcp.stderr}`);
+            assert(tcp.stdout.includes(data), `${csum} IPv${fam}: echoed data missing`);
+            const local = /local (\S+)/.exec(tcp.stdout)![1];
+            const seen = parseSeen(tcp.stdout)[0];
+            const routerWan = fam === 4 ? t.addrs.v4.routerWan : `[${t.addrs.v6.routerWan}]`;
+            assert(seen.startsWith(`${routerWan}:`), `${csum} IPv${fam} source ${seen}`);
+            assertNotEquals(
+              seen.split(":").at(-1),
+              local.split(":").at(-1),
+              `${csum} IPv${fam}: the port changed, so the seed had to leave it out`,
+            );
+            await echo.status;
+          }
+        } finally {
+          assertEquals(await stopEinat(einat), 0, einat.stderrText());
         }
-      } finally {
-        assertEquals(await stopEinat(einat), 0, einat.stderrText());
       }
     }),
 });

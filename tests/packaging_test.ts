@@ -109,11 +109,13 @@ Deno.test("packaging: deno run main.ts -v prints the deno.json version", async (
   assert(!line.includes("\n"), line);
 });
 
-Deno.test("packaging: the embedded BPF object is the built bpf/einat.bpf.o", () => {
-  const bytes = embeddedObject();
-  assertEquals(Array.from(bytes.subarray(0, 4)), [0x7f, 0x45, 0x4c, 0x46]); // ELF
-  assertEquals(bytes[18] | bytes[19] << 8, 247); // EM_BPF
-  assertEquals(bytes, Deno.readFileSync(`${ROOT}bpf/einat.bpf.o`));
+Deno.test("packaging: the embedded BPF objects are the built bpf/einat.bpf.o and einat_compat.bpf.o", () => {
+  for (const [csum, file] of [["inline", "einat"], ["helpers", "einat_compat"]] as const) {
+    const bytes = embeddedObject(csum);
+    assertEquals(Array.from(bytes.subarray(0, 4)), [0x7f, 0x45, 0x4c, 0x46]); // ELF
+    assertEquals(bytes[18] | bytes[19] << 8, 247); // EM_BPF
+    assertEquals(bytes, Deno.readFileSync(`${ROOT}bpf/${file}.bpf.o`));
+  }
 });
 
 Deno.test("packaging: compile.sh names an unusable DENORT_BIN in one line", async () => {

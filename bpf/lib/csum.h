@@ -1,9 +1,11 @@
 /* SPDX-License-Identifier: GPL-2.0-or-later */
 /*
  * Rewriting addresses and ports with checksum updates. Fields of the packet
- * itself go through the kernel helpers, which handle CHECKSUM_PARTIAL skbs
- * (offloaded checksums on veth and real NICs); the packet embedded in an ICMP
- * error is rewritten in a stack copy with one's complement arithmetic.
+ * itself are written directly; their L4 checksum is updated inline by what
+ * the skb's ip_summed says it holds (a full checksum, or the CHECKSUM_PARTIAL
+ * seed of offloaded checksums on veth and real NICs), or, in the
+ * compatibility object (EINAT_CSUM_HELPERS), through the kernel helper that
+ * knows. The packet embedded in an ICMP error is rewritten with helpers.
  */
 #ifndef EINAT_CSUM_H
 #define EINAT_CSUM_H
@@ -15,6 +17,7 @@
 #include <linux/errno.h>
 #include <bpf/bpf_helpers.h>
 #include "parse.h"
+#include "skb.h"
 
 static __always_inline __u16 csum_fold(__u64 s)
 {
@@ -61,6 +64,7 @@ static __always_inline __u32 addr_diff(__u8 family, const union ip_addr *from,
 	return fold32(s);
 }
 
+#ifdef EINAT_CSUM_HELPERS
 /* BPF_F_IPV6 (Linux 6.16, and stable backports): with it a pseudo-header
  * update leaves a CHECKSUM_COMPLETE skb->csum alone, as it must for IPv6,
  * whose header has no checksum of its own to absorb the address change.
@@ -117,12 +121,84 @@ static __always_inline bool port_csum_inline(struct __sk_buff *skb, __u32 csum_o
 }
 
 /*
+ * The L4 checksum after the address and port were written, when ip_summed is
+ * unknown: the address's share goes through bpf_l4_csum_replace, which knows
+ * whether the skb carries a full checksum or a CHECKSUM_PARTIAL seed (then
+ * only the pseudo-header part changes), and what it did tells
+ * port_csum_inline how to add the port's.
+ */
+static __always_inline int rewrite_l4_csum(struct __sk_buff *skb, const struct packet *p,
+					   __u32 diff, __u16 before, __be16 old_port, __be16 to_port,
+					   bool udp, bool port_changes)
+{
+	__u64 st = before | (__u64)(__u16)old_port << 16 | (__u64)(__u16)to_port << 32 |
+		   (__u64)udp << 48 | (__u64)port_changes << 49;
+	/* ICMPv4 has no pseudo-header */
+	if (diff && p->real_proto != IPPROTO_ICMP) {
+		__u64 f = (RW_UDP(st) ? BPF_F_MARK_MANGLED_0 : 0) | BPF_F_PSEUDO_HDR;
+		long r = bpf_l4_csum_replace(skb, p->csum_off, 0, diff, f | (p->family == 6 ? EINAT_F_IPV6 : 0));
+		if (r == -EINVAL && p->family == 6)
+			r = bpf_l4_csum_replace(skb, p->csum_off, 0, diff, f);
+		if (r)
+			return -1;
+		if (RW_PORT_CHANGES(st) && port_csum_inline(skb, p->csum_off, st, diff))
+			return 0;
+	}
+	if (RW_PORT_CHANGES(st) &&
+	    bpf_l4_csum_replace(skb, p->csum_off, RW_OLD_PORT(st), RW_TO_PORT(st),
+				(RW_UDP(st) ? BPF_F_MARK_MANGLED_0 : 0) | sizeof(__be16)))
+		return -1;
+	return 0;
+}
+
+#define SUMMED_MAY_BE_COMPLETE(p) true
+
+#else /* ip_summed known (skb.h) */
+
+/*
+ * The L4 checksum after the address and port were written, inline: a
+ * CHECKSUM_PARTIAL seed (the non-complemented pseudo-header sum the device or
+ * skb_checksum_help completes over the data, ports included) takes only the
+ * address's share; a full checksum takes both. A CHECKSUM_COMPLETE skb->csum
+ * covers the packet from the network header: the changes a checksum absorbs
+ * cancel out in it, except IPv4's L4 checksum moving by -diff, whose
+ * address change its header checksum absorbed (IPv6's address moves by +diff
+ * itself). Same results as bpf_l4_csum_replace with BPF_F_PSEUDO_HDR and
+ * BPF_F_IPV6 (bpf/lib/skb.h says why not the helper). cp points at the
+ * checksum field.
+ */
+static __always_inline int rewrite_l4_csum_inline(struct __sk_buff *skb, const struct packet *p,
+						  __u16 *cp, void *data_end, __u32 diff, __u16 before,
+						  __u32 pdiff, bool udp)
+{
+	__u32 adiff = p->real_proto != IPPROTO_ICMP ? diff : 0; /* ICMPv4: no pseudo-header */
+	__u16 c;
+
+	if (p->summed == EINAT_CHECKSUM_PARTIAL) {
+		if (!adiff)
+			return 0;
+		c = csum_fold((__u64)before + adiff);
+	} else {
+		if (!(adiff | pdiff))
+			return 0;
+		c = csum_apply(before, (__u64)adiff + pdiff);
+	}
+	if ((void *)(cp + 1) > data_end) /* checked before; the compiler may lose it */
+		return -1;
+	*cp = udp && !c ? 0xffff : c;
+	if (p->family == 4 && adiff && p->summed == EINAT_CHECKSUM_COMPLETE)
+		bpf_csum_update(skb, fold32((__u64)(__u32)~adiff));
+	return 0;
+}
+
+#define SUMMED_MAY_BE_COMPLETE(p) ((p)->summed == EINAT_CHECKSUM_COMPLETE)
+
+#endif
+
+/*
  * Replaces the source (is_src) or destination address and the port/ID.
  * Header fields are written directly and the IPv4 header checksum (never
- * offloaded) updated by hand; the address's share of the L4 checksum goes
- * through bpf_l4_csum_replace, which knows whether the skb carries a full
- * checksum or a CHECKSUM_PARTIAL seed (then only the pseudo-header part
- * changes), and what it did tells port_csum_inline how to add the port's.
+ * offloaded) updated by hand; then the L4 checksum (rewrite_l4_csum*).
  * Changes a checksum absorbs are neutral to a CHECKSUM_COMPLETE skb->csum;
  * the others (no L4 checksum to absorb them) are added to it.
  * A global function: one verified copy for every caller, and a small stack.
@@ -133,10 +209,8 @@ __noinline int einat_rewrite(struct __sk_buff *skb, const struct packet *p, int 
 	if (!p || !to_addr)
 		return -1;
 	__be16 to_port = (__be16)to_port32;
-	const union ip_addr *old_addr = is_src ? &p->src : &p->dst;
 	__be16 old_port = is_src ? p->sport : p->dport;
 	__u32 port_off = is_src ? p->sport_off : p->dport_off;
-	bool udp = p->l4proto == IPPROTO_UDP;
 	bool has_l4 = p->frag != FRAG_LATER;
 	bool port_changes = has_l4 && old_port != to_port;
 	void *data = (void *)(long)skb->data;
@@ -148,6 +222,21 @@ __noinline int einat_rewrite(struct __sk_buff *skb, const struct packet *p, int 
 
 	if (l3 > 64 || port_off > L4_OFF_MAX + 8 || csum_off > L4_OFF_MAX + 32)
 		return -1;
+	/* The port first: fewer values live across the address (a small frame). */
+	__u16 *cp = data + csum_off;
+	if (has_l4) {
+		if ((void *)(cp + 1) > data_end)
+			return -1;
+		before = *cp;
+	}
+	if (port_changes) {
+		__be16 *pp = data + port_off;
+		if ((void *)(pp + 1) > data_end)
+			return -1;
+		*pp = to_port;
+	}
+	__u32 pdiff = port_changes ? csum_diff32(old_port, to_port) : 0;
+	const union ip_addr *old_addr = is_src ? &p->src : &p->dst;
 	if (p->family == 4) {
 		struct iphdr *ip = data + l3;
 		if ((void *)(ip + 1) > data_end)
@@ -170,49 +259,23 @@ __noinline int einat_rewrite(struct __sk_buff *skb, const struct packet *p, int 
 		else
 			__builtin_memcpy(&ip6->daddr, to_addr, 16);
 	}
-	if (port_changes || (has_l4 && udp)) {
-		__u16 *cp = data + csum_off;
-		if ((void *)(cp + 1) > data_end)
-			return -1;
-		before = *cp;
-	}
-	if (port_changes) {
-		__be16 *pp = data + port_off;
-		if ((void *)(pp + 1) > data_end)
-			return -1;
-		*pp = to_port;
-	}
-	/* Packet pointers are invalid from here on. */
+	bool udp = p->l4proto == IPPROTO_UDP;
 	if (!has_l4 || (udp && !before)) {
 		/* No L4 checksum absorbs the changes (a later fragment, UDP without
 		 * checksum), so a CHECKSUM_COMPLETE skb->csum takes them; IPv4's
 		 * address change was absorbed by its header checksum. Other skbs:
 		 * bpf_csum_update does nothing. */
-		__u64 d = p->family == 6 ? diff : 0;
-		if (port_changes)
-			d += csum_diff32(old_port, to_port);
-		if (d)
+		__u64 d = (p->family == 6 ? (__u64)diff : 0) + pdiff;
+		if (d && SUMMED_MAY_BE_COMPLETE(p))
 			bpf_csum_update(skb, fold32(d));
 		return 0;
 	}
-	__u64 st = before | (__u64)(__u16)old_port << 16 | (__u64)(__u16)to_port << 32 |
-		   (__u64)udp << 48 | (__u64)port_changes << 49;
-	/* ICMPv4 has no pseudo-header */
-	if (diff && p->real_proto != IPPROTO_ICMP) {
-		__u64 f = (RW_UDP(st) ? BPF_F_MARK_MANGLED_0 : 0) | BPF_F_PSEUDO_HDR;
-		long r = bpf_l4_csum_replace(skb, p->csum_off, 0, diff, f | (p->family == 6 ? EINAT_F_IPV6 : 0));
-		if (r == -EINVAL && p->family == 6)
-			r = bpf_l4_csum_replace(skb, p->csum_off, 0, diff, f);
-		if (r)
-			return -1;
-		if (RW_PORT_CHANGES(st) && port_csum_inline(skb, p->csum_off, st, diff))
-			return 0;
-	}
-	if (RW_PORT_CHANGES(st) &&
-	    bpf_l4_csum_replace(skb, p->csum_off, RW_OLD_PORT(st), RW_TO_PORT(st),
-				(RW_UDP(st) ? BPF_F_MARK_MANGLED_0 : 0) | sizeof(__be16)))
-		return -1;
-	return 0;
+#ifdef EINAT_CSUM_HELPERS
+	/* Packet pointers are invalid after the first helper call. */
+	return rewrite_l4_csum(skb, p, diff, before, old_port, to_port, udp, port_changes);
+#else
+	return rewrite_l4_csum_inline(skb, p, cp, data_end, diff, before, pdiff, udp);
+#endif
 }
 
 #define rewrite(skb, p, is_src, to_addr, to_port) einat_rewrite(skb, p, is_src, to_addr, to_port)

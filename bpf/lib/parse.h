@@ -17,6 +17,7 @@
 #include <linux/udp.h>
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
+#include "skb.h"
 
 #include "../einat.h"
 #include "config.h"
@@ -100,7 +101,8 @@ struct packet {
 	__be32 frag_id;
 	__u8 real_proto; /* IPPROTO_ICMPV6 for ICMPv6 */
 	__u8 no_binding; /* egress: the fast path found no binding for the source */
-	__u8 _pad[2];
+	__u8 summed; /* the skb's ip_summed (skb.h) when parsed */
+	__u8 _pad[1];
 	union ip_addr src;
 	union ip_addr dst;
 };
@@ -305,6 +307,7 @@ static __always_inline int parse_packet(struct __sk_buff *skb, struct packet *p,
 
 	__builtin_memset(p, 0, sizeof(*p));
 	p->l3_off = l3;
+	p->summed = skb_ip_summed(skb);
 
 	if (family == 4) {
 		struct iphdr *ip = data + l3;

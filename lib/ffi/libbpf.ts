@@ -32,6 +32,8 @@ const SYMBOLS = {
   bpf_object__close: { parameters: ["pointer"], result: "void" },
   bpf_object__find_map_by_name: { parameters: ["pointer", "buffer"], result: "pointer" },
   bpf_object__find_program_by_name: { parameters: ["pointer", "buffer"], result: "pointer" },
+  bpf_object__next_map: { parameters: ["pointer", "pointer"], result: "pointer" },
+  bpf_object__next_program: { parameters: ["pointer", "pointer"], result: "pointer" },
 
   bpf_map__fd: { parameters: ["pointer"], result: "i32" },
   bpf_map__max_entries: { parameters: ["pointer"], result: "u32" },
@@ -44,9 +46,14 @@ const SYMBOLS = {
   bpf_map__set_initial_value: { parameters: ["pointer", "buffer", "usize"], result: "i32" },
   bpf_map__set_pin_path: { parameters: ["pointer", "buffer"], result: "i32" },
   bpf_map__reuse_fd: { parameters: ["pointer", "i32"], result: "i32" },
+  bpf_map__name: { parameters: ["pointer"], result: "pointer" },
+  bpf_map__is_internal: { parameters: ["pointer"], result: "bool" },
+  bpf_map__type: { parameters: ["pointer"], result: "u32" },
 
   bpf_program__fd: { parameters: ["pointer"], result: "i32" },
   bpf_program__set_log_level: { parameters: ["pointer", "u32"], result: "i32" },
+  bpf_program__set_autoload: { parameters: ["pointer", "bool"], result: "i32" },
+  bpf_program__name: { parameters: ["pointer"], result: "pointer" },
 
   bpf_map_update_elem: { parameters: ["i32", "buffer", "buffer", "u64"], result: "i32" },
   bpf_map_lookup_elem: { parameters: ["i32", "buffer", "buffer"], result: "i32" },
@@ -378,6 +385,45 @@ export function findProgram(obj: BpfObject, name: string): BpfProgram {
 /** File descriptor of a loaded program (throws before load). */
 export function programFd(prog: BpfProgram): number {
   return check(`bpf_program__fd(${prog.name})`, bpf().bpf_program__fd(progPtr(prog)));
+}
+
+/** Whether {@link loadObject} loads `prog` (`bpf_program__set_autoload`; all do by default). */
+export function programSetAutoload(prog: BpfProgram, on: boolean): void {
+  check(
+    `bpf_program__set_autoload(${prog.name})`,
+    bpf().bpf_program__set_autoload(progPtr(prog), on),
+  );
+}
+
+/** Names of the programs of `obj`, in section order. */
+export function programNames(obj: BpfObject): string[] {
+  const out: string[] = [];
+  const b = bpf();
+  for (
+    let p = b.bpf_object__next_program(live(obj), null);
+    p;
+    p = b.bpf_object__next_program(obj.ptr, p)
+  ) {
+    out.push(Deno.UnsafePointerView.getCString(b.bpf_program__name(p)!));
+  }
+  return out;
+}
+
+/** The map's type (`bpf_map__type`, a `BPF_MAP_TYPE_*` value). */
+export function mapType(map: BpfMap): number {
+  return bpf().bpf_map__type(mapPtr(map));
+}
+
+/** Names of the maps `obj` declares (`.maps`), without libbpf's internal ones (`.rodata`...). */
+export function mapNames(obj: BpfObject): string[] {
+  const out: string[] = [];
+  const b = bpf();
+  for (let m = b.bpf_object__next_map(live(obj), null); m; m = b.bpf_object__next_map(obj.ptr, m)) {
+    if (!b.bpf_map__is_internal(m)) {
+      out.push(Deno.UnsafePointerView.getCString(b.bpf_map__name(m)!));
+    }
+  }
+  return out;
 }
 
 /** Sets the verifier log level used at load (1 = verbose, 2 = very verbose, 4 = stats). */

@@ -5,6 +5,7 @@
  */
 
 import objectBytes from "../../bpf/einat.bpf.o" with { type: "bytes" };
+import compatBytes from "../../bpf/einat_compat.bpf.o" with { type: "bytes" };
 import * as bpf from "../ffi/libbpf.ts";
 import { encodeRoConfig, type RoConfig } from "./codec.ts";
 import { abortPins, finishPins, type PinSession, preparePins } from "../state/pin.ts";
@@ -25,9 +26,23 @@ export const MAP_NAMES = {
 /** File descriptors of the maps, by role. */
 export type NatMaps = { [K in keyof typeof MAP_NAMES]: number };
 
+/**
+ * How the object updates L4 checksums: `inline` reads the skb's ip_summed through the
+ * kernel's BTF (bpf/lib/skb.h; Linux 6.2+ with BTF), `helpers` asks the kernel's
+ * checksum helpers (the compatibility object, ~35 ns a packet slower).
+ */
+export type CsumMode = "inline" | "helpers";
+
 /** A loaded NAT object. Close it to release programs and maps. */
 export interface NatObject {
+  /** The object holding the maps (and the state programs). */
   obj: bpf.BpfObject;
+  /** Objects holding one datapath program each, on `obj`'s maps (empty: all in `obj`). */
+  parts: bpf.BpfObject[];
+  /** Checksum update of the loaded object. */
+  csum: CsumMode;
+  /** Why the compatibility object was loaded instead of the inline one, when it was. */
+  csumFallback?: string;
   egressFd: number;
   ingressFd: number;
   maps: NatMaps;
@@ -50,6 +65,13 @@ export interface LoadOptions {
   /** Object bytes; the embedded object when absent. */
   bytes?: Uint8Array;
   /**
+   * Which embedded object: `inline` where the kernel has BTF (falling back to `helpers`
+   * when it cannot be loaded), unless given.
+   */
+  csum?: CsumMode;
+  /** Where the kernel's BTF is looked for (tests); `/sys/kernel/btf/vmlinux` when absent. */
+  kernelBtf?: string;
+  /**
    * Create the binding and session maps preallocated (`preallocate_maps`) instead of
    * allocating their records on demand. Pinned maps keep the mode they were created with.
    */
@@ -65,28 +87,111 @@ export interface LoadOptions {
   reuse?: Record<string, number>;
 }
 
-/** The embedded BPF object. */
-export function embeddedObject(): Uint8Array {
-  return objectBytes;
+/** The embedded BPF object: the inline-checksum one, or the compatibility one. */
+export function embeddedObject(csum: CsumMode = "inline"): Uint8Array {
+  return csum === "inline" ? objectBytes : compatBytes;
 }
 
-/** Opens, configures and loads the NAT object. */
+/** The checksum mode of an object file: whether it calls bpf_cast_to_kern_ctx (skb.h). */
+export function csumModeOf(bytes: Uint8Array): CsumMode {
+  const needle = new TextEncoder().encode("bpf_cast_to_kern_ctx\0");
+  outer: for (let i = 0; i + needle.length <= bytes.length; i++) {
+    for (let j = 0; j < needle.length; j++) if (bytes[i + j] !== needle[j]) continue outer;
+    return "inline";
+  }
+  return "helpers";
+}
+
+const VMLINUX_BTF = "/sys/kernel/btf/vmlinux";
+
+function kernelHasBtf(path: string): boolean {
+  try {
+    return Deno.statSync(path).isFile;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * Opens, configures and loads the NAT object: the inline-checksum object where the kernel
+ * has BTF, else (or when the kernel refuses it) the compatibility object, which says why in
+ * `csumFallback`.
+ */
 export async function loadNat(opts: LoadOptions): Promise<NatObject> {
   const t0 = performance.now();
   // EINAT_BPF_OBJECT: load this object file instead of the embedded one (debugging, tests).
   const override = Deno.env.get("EINAT_BPF_OBJECT");
-  const bytes = opts.bytes ?? (override ? Deno.readFileSync(override) : objectBytes);
-  const obj = bpf.openObjectMem(bytes, "einat");
+  const given = opts.bytes ?? (override ? Deno.readFileSync(override) : undefined);
+  if (given) return await loadNatBytes(opts, given, csumModeOf(given), t0);
+  const embedded = (csum: CsumMode) => {
+    const b = embeddedObject(csum);
+    return loadNatBytes(opts, b, csum, t0, b);
+  };
+  if (opts.csum) return await embedded(opts.csum);
+  const btf = opts.kernelBtf ?? VMLINUX_BTF;
+  if (!kernelHasBtf(btf)) {
+    const n = await embedded("helpers");
+    n.csumFallback = `no kernel BTF at ${btf}`;
+    return n;
+  }
+  try {
+    return await embedded("inline");
+  } catch (e) {
+    // Only a refused object falls back (kfunc or CO-RE unsupported); state errors do not.
+    if (!(e instanceof bpf.BpfError) || e.op !== "bpf_object__load") throw e;
+    let n: NatObject;
+    try {
+      n = await embedded("helpers");
+    } catch {
+      throw e; // refused as well: the first error says more
+    }
+    n.csumFallback = e.message.split("\n")[0];
+    return n;
+  }
+}
+
+/** Programs of the state object, which creates (or reuses) every map. */
+const STATE_PROGRAMS = ["expire_sessions", "sync_port_hint", "bump_epoch"];
+/** The datapath programs, each loaded by an object of its own on the state object's maps. */
+const DATAPATH_PROGRAMS = ["egress_snat", "ingress_dnat"] as const;
+
+function setRoConfig(obj: bpf.BpfObject, ro: RoConfig): void {
+  const rodata = bpf.findMap(obj, ".rodata");
+  const init = bpf.mapInitialValue(rodata);
+  const cfg = encodeRoConfig(ro);
+  if (init.length < cfg.length) {
+    throw new Error(`.rodata is ${init.length} bytes, expected ${cfg.length}`);
+  }
+  init.set(cfg, 0); // CFG sits at offset 0 (checked against BTF in tests)
+  bpf.mapSetInitialValue(rodata, init);
+}
+
+function onlyPrograms(obj: bpf.BpfObject, names: readonly string[]): void {
+  for (const p of bpf.programNames(obj)) {
+    bpf.programSetAutoload(bpf.findProgram(obj, p), names.includes(p));
+  }
+}
+
+/**
+ * Loads `bytes` (whose checksum update is `csum`). With `datapath` (the embedded objects),
+ * in two steps: the compatibility object, which needs no kernel BTF, creates or reuses every
+ * map and loads the small state programs; then the two datapath programs load at once, each
+ * in an object of its own that reuses those maps, so their verification (most of the start-up
+ * time) runs on two cores. Without it, `bytes` loads as one object.
+ */
+async function loadNatBytes(
+  opts: LoadOptions,
+  bytes: Uint8Array,
+  csum: CsumMode,
+  t0: number,
+  datapath?: Uint8Array,
+): Promise<NatObject> {
+  const stateBytes = datapath ? compatBytes : bytes;
+  const obj = bpf.openObjectMem(stateBytes, "einat");
+  const parts: bpf.BpfObject[] = [];
   let pins: PinSession | null = null;
   try {
-    const rodata = bpf.findMap(obj, ".rodata");
-    const init = bpf.mapInitialValue(rodata);
-    const cfg = encodeRoConfig(opts.ro);
-    if (init.length < cfg.length) {
-      throw new Error(`.rodata is ${init.length} bytes, expected ${cfg.length}`);
-    }
-    init.set(cfg, 0); // CFG sits at offset 0 (checked against BTF in tests)
-    bpf.mapSetInitialValue(rodata, init);
+    setRoConfig(obj, opts.ro);
     bpf.mapSetMaxEntries(bpf.findMap(obj, MAP_NAMES.binding), opts.bindingMaxRecords * 2);
     bpf.mapSetMaxEntries(bpf.findMap(obj, MAP_NAMES.ct), opts.ctMaxRecords);
     if (opts.preallocate) {
@@ -101,25 +206,61 @@ export async function loadNat(opts: LoadOptions): Promise<NatObject> {
     for (const [name, fd] of Object.entries(opts.reuse ?? {})) {
       bpf.mapReuseFd(bpf.findMap(obj, name), fd);
     }
-    if (opts.pin) pins = preparePins(obj, bytes, opts.pin.dir, opts.pin.ifname);
-    await bpf.loadObject(obj);
+    if (opts.pin) pins = preparePins(obj, stateBytes, opts.pin.dir, opts.pin.ifname);
+    if (datapath) onlyPrograms(obj, STATE_PROGRAMS);
+    const loading = bpf.loadObject(obj);
+    if (datapath) {
+      try { // the datapath objects are opened while the maps are created (off the JS thread)
+        for (const prog of DATAPATH_PROGRAMS) {
+          const part = bpf.openObjectMem(datapath, "einat");
+          parts.push(part);
+          setRoConfig(part, opts.ro);
+          onlyPrograms(part, [prog]);
+        }
+      } catch (e) {
+        await loading.catch(() => {}); // obj may not close while it loads
+        throw e;
+      }
+    }
+    await loading;
+    let progFd = (name: string) => bpf.programFd(bpf.findProgram(obj, name));
+    if (datapath) {
+      for (const part of parts) {
+        for (const name of bpf.mapNames(obj)) {
+          bpf.mapReuseFd(bpf.findMap(part, name), bpf.mapFd(bpf.findMap(obj, name)));
+        }
+      }
+      // Both at once (off the JS thread); neither object may close while the other loads.
+      const done = await Promise.allSettled(parts.map((p) => bpf.loadObject(p)));
+      const failed = done.find((d) => d.status === "rejected");
+      if (failed) throw (failed as PromiseRejectedResult).reason;
+      const fds: Record<string, number> = {};
+      DATAPATH_PROGRAMS.forEach((prog, i) => {
+        fds[prog] = bpf.programFd(bpf.findProgram(parts[i], prog));
+      });
+      const stateFd = progFd;
+      progFd = (name) => fds[name] ?? stateFd(name);
+    }
     if (pins) finishPins(pins, obj, opts.ro);
     const maps = Object.fromEntries(
       Object.entries(MAP_NAMES).map(([k, name]) => [k, bpf.mapFd(bpf.findMap(obj, name))]),
     ) as NatMaps;
     return {
       obj,
-      egressFd: bpf.programFd(bpf.findProgram(obj, "egress_snat")),
-      ingressFd: bpf.programFd(bpf.findProgram(obj, "ingress_dnat")),
+      parts,
+      csum,
+      egressFd: progFd("egress_snat"),
+      ingressFd: progFd("ingress_dnat"),
       maps,
       loadMs: performance.now() - t0,
-      expireFd: bpf.programFd(bpf.findProgram(obj, "expire_sessions")),
-      syncHintFd: bpf.programFd(bpf.findProgram(obj, "sync_port_hint")),
-      bumpEpochFd: bpf.programFd(bpf.findProgram(obj, "bump_epoch")),
+      expireFd: progFd("expire_sessions"),
+      syncHintFd: progFd("sync_port_hint"),
+      bumpEpochFd: progFd("bump_epoch"),
       pins: pins ? { dir: pins.dir, reused: pins.reused, reset: pins.reset } : undefined,
     };
   } catch (e) {
     if (pins && pins.metaFd >= 0) abortPins(pins);
+    for (const p of parts) bpf.closeObject(p);
     bpf.closeObject(obj);
     throw e;
   }
@@ -161,5 +302,6 @@ export function bumpEpoch(n: NatObject): void {
 
 /** Releases the object (programs stay alive while attached). */
 export function closeNat(n: NatObject): void {
+  for (const p of n.parts) bpf.closeObject(p);
   bpf.closeObject(n.obj);
 }

@@ -57,6 +57,7 @@ import {
   testInterfaceConfig,
 } from "./natfixture.ts";
 import type { InterfaceConfig } from "../../lib/config/types.ts";
+import type { CsumMode } from "../../lib/nat/loader.ts";
 
 // ---------------------------------------------------------------------------------------------
 // PRNG
@@ -1837,6 +1838,8 @@ export interface FuzzReport {
   maxBindings: number;
   maxSessions: number;
   stats: Record<string, string>;
+  /** Packets run through each embedded object (epochs alternate between them). */
+  objects: Record<string, number>;
   ms: number;
 }
 
@@ -1893,6 +1896,7 @@ export async function runFuzz(o: FuzzOptions): Promise<FuzzReport> {
     maxBindings: 0,
     maxSessions: 0,
     stats: {},
+    objects: {},
     ms: 0,
   };
   const statTotals = new Map<string, bigint>();
@@ -1906,6 +1910,7 @@ export async function runFuzz(o: FuzzOptions): Promise<FuzzReport> {
     rep.knownExample[bug] ??= v;
   };
   let nat: Nat | null = null;
+  let csum: CsumMode = "inline";
   let lastNoPort = 0n;
   let st = new FuzzState();
   let gen = new Generator(rng, st);
@@ -1940,7 +1945,9 @@ export async function runFuzz(o: FuzzOptions): Promise<FuzzReport> {
           nat.close();
           nat = null;
         }
-        nat = await loadTestNat(ic, EXT_CIDRS);
+        // Epochs alternate between the inline-checksum object and the helpers one.
+        csum = Math.floor(i / epoch) % 2 ? "helpers" : "inline";
+        nat = await loadTestNat(ic, EXT_CIDRS, csum);
         lastNoPort = 0n;
         st = new FuzzState();
         gen = new Generator(rng, st);
@@ -1948,6 +1955,7 @@ export async function runFuzz(o: FuzzOptions): Promise<FuzzReport> {
       const view = bindingView(nat);
       const g = gen.next();
       rep.packets++;
+      rep.objects[csum] = (rep.objects[csum] ?? 0) + 1;
       let r: { retval: number; bytes: Uint8Array };
       // Every other packet comes as a CHECKSUM_COMPLETE skb, as from many NICs: the kernel
       // then fails the run with EBADMSG if the program left skb->csum out of step.

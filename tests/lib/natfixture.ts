@@ -9,7 +9,7 @@ import { parseAddr } from "../../lib/config/cidr.ts";
 import * as bpf from "../../lib/ffi/libbpf.ts";
 import { applyPlan } from "../../lib/nat/apply.ts";
 import { roConfigOf } from "../../lib/daemon.ts";
-import { closeNat, loadNat, type NatObject } from "../../lib/nat/loader.ts";
+import { closeNat, type CsumMode, loadNat, type NatObject } from "../../lib/nat/loader.ts";
 import { planInterface } from "../../lib/nat/plan.ts";
 import { STATS, sumPerCpu } from "../../lib/nat/codec.ts";
 import { buildPacket, type PacketSpec, type ParsedPacket, parsePacket } from "./packet.ts";
@@ -88,16 +88,21 @@ export interface Nat {
   close(): void;
 }
 
-/** Loads the NAT with `ic` and external addresses `extAddrs` (CIDR strings). */
+/**
+ * Loads the NAT with `ic` and external addresses `extAddrs` (CIDR strings); `csum` picks the
+ * embedded object (the inline-checksum one where the kernel allows, when absent).
+ */
 export async function loadTestNat(
   ic: InterfaceConfig = testInterfaceConfig(),
   extAddrs = ["203.0.113.1/24"],
+  csum?: CsumMode,
 ): Promise<Nat> {
   const nat = await loadNat({
     ro: roConfigOf(ic),
     bindingMaxRecords: ic.bindingMaxRecords,
     ctMaxRecords: ic.ctMaxRecords,
     preallocate: ic.preallocateMaps,
+    csum,
   });
   const addrs = extAddrs.map((s) => {
     const [a, p] = s.split("/");

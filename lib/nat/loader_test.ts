@@ -1,0 +1,80 @@
+import { assert, assertEquals } from "../../tests/lib/assert.ts";
+import * as bpf from "../ffi/libbpf.ts";
+import { roConfigOf } from "../daemon.ts";
+import { loadTestNat, TC_ACT_OK, testInterfaceConfig } from "../../tests/lib/natfixture.ts";
+import { udpSpec } from "../../tests/lib/packet.ts";
+import { closeNat, csumModeOf, embeddedObject, loadNat, type LoadOptions } from "./loader.ts";
+
+const base = (): LoadOptions => {
+  const ic = testInterfaceConfig();
+  return { ro: roConfigOf(ic), bindingMaxRecords: 1024, ctMaxRecords: 2048 };
+};
+
+Deno.test("loader: the two embedded objects differ in their checksum update", () => {
+  assertEquals(csumModeOf(embeddedObject("inline")), "inline");
+  assertEquals(csumModeOf(embeddedObject("helpers")), "helpers");
+});
+
+Deno.test("loader: with kernel BTF the inline-checksum object loads", async () => {
+  const n = await loadNat(base());
+  try {
+    assertEquals(n.csum, "inline");
+    assertEquals(n.csumFallback, undefined);
+  } finally {
+    closeNat(n);
+  }
+});
+
+Deno.test("loader: without kernel BTF the helpers object loads, saying why", async () => {
+  const n = await loadNat({ ...base(), kernelBtf: "/nonexistent/einat-test/vmlinux" });
+  try {
+    assertEquals(n.csum, "helpers");
+    assert(n.csumFallback?.includes("/nonexistent/einat-test/vmlinux"), n.csumFallback);
+  } finally {
+    closeNat(n);
+  }
+});
+
+Deno.test("loader: an object can be asked for by checksum mode", async () => {
+  const n = await loadNat({ ...base(), csum: "helpers" });
+  try {
+    assertEquals(n.csum, "helpers");
+  } finally {
+    closeNat(n);
+  }
+});
+
+Deno.test("loader: both objects declare the same maps (the datapath objects reuse the state object's)", () => {
+  const describe = (csum: "inline" | "helpers") => {
+    const obj = bpf.openObjectMem(embeddedObject(csum), "einat");
+    try {
+      return bpf.mapNames(obj).map((n) => {
+        const m = bpf.findMap(obj, n);
+        return `${n} type ${bpf.mapType(m)} key ${bpf.mapKeySize(m)} value ${
+          bpf.mapValueSize(m)
+        } max ${bpf.mapMaxEntries(m)} flags ${bpf.mapFlags(m)}`;
+      });
+    } finally {
+      bpf.closeObject(obj);
+    }
+  };
+  const inline = describe("inline");
+  assert(inline.length >= 20, inline.join("\n"));
+  assertEquals(describe("helpers"), inline);
+});
+
+Deno.test("loader: the datapath programs load in objects of their own, on the state object's maps", async () => {
+  const n = await loadTestNat();
+  try {
+    assertEquals(n.nat.parts.length, 2);
+    const key = bpf.mapKeySize(bpf.findMap(n.nat.obj, "map_binding"));
+    assertEquals(bpf.mapCount(n.nat.maps.binding, key), 0);
+    const out = n.egress(udpSpec(4, "192.0.2.10", 40000, "198.51.100.1", 53, new Uint8Array(8)));
+    assertEquals(out.retval, TC_ACT_OK);
+    assertEquals(out.out.src, "203.0.113.1");
+    // the egress object wrote its binding into the state object's map
+    assertEquals(bpf.mapCount(n.nat.maps.binding, key), 2);
+  } finally {
+    n.close();
+  }
+});

@@ -201,10 +201,11 @@ static __always_inline int rewrite_l4_csum_inline(struct __sk_buff *skb, const s
  * offloaded) updated by hand; then the L4 checksum (rewrite_l4_csum*).
  * Changes a checksum absorbs are neutral to a CHECKSUM_COMPLETE skb->csum;
  * the others (no L4 checksum to absorb them) are added to it.
- * A global function: one verified copy for every caller, and a small stack.
+ * Callers use einat_rewrite (a global function: one verified copy for every
+ * caller, and a small stack), the flow cache's hit path this inline copy.
  */
-__noinline int einat_rewrite(struct __sk_buff *skb, const struct packet *p, int is_src,
-			     const union ip_addr *to_addr, __u32 to_port32)
+static __always_inline int rewrite_impl(struct __sk_buff *skb, const struct packet *p, int is_src,
+					const union ip_addr *to_addr, __u32 to_port32)
 {
 	if (!p || !to_addr)
 		return -1;
@@ -276,6 +277,13 @@ __noinline int einat_rewrite(struct __sk_buff *skb, const struct packet *p, int 
 #else
 	return rewrite_l4_csum_inline(skb, p, cp, data_end, diff, before, pdiff, udp);
 #endif
+}
+
+/* rewrite_impl as a global function. */
+__noinline int einat_rewrite(struct __sk_buff *skb, const struct packet *p, int is_src,
+			     const union ip_addr *to_addr, __u32 to_port32)
+{
+	return rewrite_impl(skb, p, is_src, to_addr, to_port32);
 }
 
 #define rewrite(skb, p, is_src, to_addr, to_port) einat_rewrite(skb, p, is_src, to_addr, to_port)

@@ -150,10 +150,14 @@ export async function loadNat(opts: LoadOptions): Promise<NatObject> {
   }
 }
 
-/** Programs of the state object, which creates (or reuses) every map. */
-const STATE_PROGRAMS = ["expire_sessions", "sync_port_hint", "bump_epoch"];
-/** The datapath programs, each loaded by an object of its own on the state object's maps. */
-const DATAPATH_PROGRAMS = ["egress_snat", "ingress_dnat"] as const;
+/**
+ * The programs of each datapath object, loaded on the maps of the state object (which loads
+ * none): egress verification takes longest, so the small state programs go with ingress.
+ */
+const PARTS = [
+  ["egress_snat"],
+  ["ingress_dnat", "expire_sessions", "sync_port_hint", "bump_epoch"],
+] as const;
 
 function setRoConfig(obj: bpf.BpfObject, ro: RoConfig): void {
   const rodata = bpf.findMap(obj, ".rodata");
@@ -175,9 +179,9 @@ function onlyPrograms(obj: bpf.BpfObject, names: readonly string[]): void {
 /**
  * Loads `bytes` (whose checksum update is `csum`). With `datapath` (the embedded objects),
  * in two steps: the compatibility object, which needs no kernel BTF, creates or reuses every
- * map and loads the small state programs; then the two datapath programs load at once, each
- * in an object of its own that reuses those maps, so their verification (most of the start-up
- * time) runs on two cores. Without it, `bytes` loads as one object.
+ * map (and loads no program); then two objects of `datapath` reuse those maps and load at
+ * once, egress in one, ingress and the state programs in the other, so their verification
+ * (most of the start-up time) runs on two cores. Without it, `bytes` loads as one object.
  */
 async function loadNatBytes(
   opts: LoadOptions,
@@ -207,15 +211,15 @@ async function loadNatBytes(
       bpf.mapReuseFd(bpf.findMap(obj, name), fd);
     }
     if (opts.pin) pins = preparePins(obj, stateBytes, opts.pin.dir, opts.pin.ifname);
-    if (datapath) onlyPrograms(obj, STATE_PROGRAMS);
+    if (datapath) onlyPrograms(obj, []);
     const loading = bpf.loadObject(obj);
     if (datapath) {
       try { // the datapath objects are opened while the maps are created (off the JS thread)
-        for (const prog of DATAPATH_PROGRAMS) {
+        for (const progs of PARTS) {
           const part = bpf.openObjectMem(datapath, "einat");
           parts.push(part);
           setRoConfig(part, opts.ro);
-          onlyPrograms(part, [prog]);
+          onlyPrograms(part, progs);
         }
       } catch (e) {
         await loading.catch(() => {}); // obj may not close while it loads
@@ -235,11 +239,10 @@ async function loadNatBytes(
       const failed = done.find((d) => d.status === "rejected");
       if (failed) throw (failed as PromiseRejectedResult).reason;
       const fds: Record<string, number> = {};
-      DATAPATH_PROGRAMS.forEach((prog, i) => {
-        fds[prog] = bpf.programFd(bpf.findProgram(parts[i], prog));
+      PARTS.forEach((progs, i) => {
+        for (const prog of progs) fds[prog] = bpf.programFd(bpf.findProgram(parts[i], prog));
       });
-      const stateFd = progFd;
-      progFd = (name) => fds[name] ?? stateFd(name);
+      progFd = (name) => fds[name];
     }
     if (pins) finishPins(pins, obj, opts.ro);
     const maps = Object.fromEntries(

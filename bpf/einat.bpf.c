@@ -430,6 +430,147 @@ static __always_inline int egress_established(struct __sk_buff *skb, struct pack
 	return TC_ACT_OK;
 }
 
+/* Keys and values of the full egress path (the stack is short). */
+struct egress_scratch {
+	struct ct_key ck;
+	struct binding_key okey;
+	struct binding_value bv;
+	struct binding_value intern;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, struct egress_scratch);
+	__uint(max_entries, 1);
+} map_egress_scratch SEC(".maps");
+
+/*
+ * The full egress path of a packet the established fast path did not serve:
+ * no-SNAT destinations, later fragments, hairpinning, new bindings and
+ * sessions. A global function: verified once, not once per family and per
+ * state the fast path leaves (NAT44+NAT66 egress verification -8 %).
+ */
+__noinline int einat_egress_full(struct __sk_buff *skb, struct packet *pp)
+{
+	int r;
+	__u32 zero = 0;
+	struct egress_scratch *es = bpf_map_lookup_elem(&map_egress_scratch, &zero);
+	if (!pp || !es)
+		return TC_ACT_SHOT;
+
+	__u32 *dflags = (__u32 *)lpm_lookup(&map_dest_config, pp->family, &pp->dst);
+	if (dflags && (*dflags & EXT_NO_SNAT))
+		return pass();
+
+	__u32 idx = pp->family == 4 ? 0 : 1;
+	struct default_ext *ext = bpf_map_lookup_elem(&map_default_ext, &idx);
+	if (!ext || !ext->valid)
+		return drop(STAT_DROP_UNTRANSLATABLE);
+
+	if (pp->frag == FRAG_LATER) {
+		union ip_addr a;
+		if (!einat_frag_lookup(pp, true, &a))
+			a = ext->addr;
+		if (rewrite(skb, pp, true, &a, 0))
+			return drop(STAT_DROP_UNTRANSLATABLE);
+		stat_inc(STAT_FRAGMENT_NAT);
+		traffic_add(skb, true, pp->family);
+		return TC_ACT_OK;
+	}
+
+	int pidx = proto_idx(pp->l4proto);
+	if (ext->cfg.range_len[pidx & 3] == 0)
+		return pass(); /* NAT disabled for this protocol */
+
+	/*
+	 * Hairpin: to one of our own external addresses. An echo carries one
+	 * identifier, no port naming an internal host, so pings (and echo
+	 * replies) to the external address are the router's, like those from
+	 * outside: delivered locally, untranslated.
+	 */
+	struct binding_key *okey = &es->okey;
+	struct binding_value *target = NULL;
+	if (is_hairpin_dest(pp)) {
+		if (pp->l4proto == IPPROTO_ICMP)
+			return deliver_locally(skb);
+		binding_key_init(okey, 0, pp->family, pp->l4proto, &pp->dst, pp->dport);
+		target = bpf_map_lookup_elem(&map_binding, okey);
+		if (!target) /* the router's own service */
+			return deliver_locally(skb);
+	}
+
+	__be16 remote_port = pp->dport;
+	if (pp->l4proto == IPPROTO_ICMP) {
+		if (pp->icmp_type != (pp->family == 4 ? ICMP_ECHO : ICMPV6_ECHO_REQUEST))
+			return drop(STAT_DROP_UNTRANSLATABLE);
+		remote_port = 0;
+	}
+
+	binding_key_init(okey, BINDING_ORIG, pp->family, pp->l4proto, &pp->src, pp->sport);
+	struct binding_value *bvp = &es->bv;
+	struct binding_value *b =
+		pp->no_binding ? NULL : bpf_map_lookup_elem(&map_binding, okey);
+	if (b) {
+		*bvp = *b;
+	} else {
+		if (pp->tcp_flags & TCP_FLAG_RST)
+			return drop(STAT_DROP_UNTRANSLATABLE);
+		struct default_ext *from = ext;
+		if (CFG.fib_external && einat_fib_external(skb, pp)) {
+			__u32 zero = 0;
+			struct icmp_scratch *sc = bpf_map_lookup_elem(&map_icmp_scratch, &zero);
+			if (sc)
+				from = &sc->ext;
+		}
+		r = einat_binding_create(pp, from, bvp);
+		if (r == STAT_DROP_NO_PORT || r == STAT_DROP_BINDING_FULL) {
+			stat_inc(r); /* refused: tell the sender (RFC 5508 REQ-8) */
+			return einat_send_prohibited(skb, pp);
+		}
+		if (r)
+			return drop(r);
+	}
+
+	struct ct_key *ck = &es->ck;
+	ct_key_init(ck, pp->family, pp->l4proto, &bvp->addr, bvp->port, &pp->dst, remote_port);
+	struct binding_value *intern = &es->intern;
+	__builtin_memset(intern, 0, sizeof(*intern));
+	intern->addr = pp->src;
+	intern->port = pp->sport;
+	r = einat_ct_touch(ck, intern, true, pp->tcp_flags, !b);
+	if (r) {
+		if (!b) /* release the binding nobody uses */
+			binding_put_unused(pp->family, pp->l4proto, &bvp->addr, bvp->port);
+		if (r == STAT_DROP_CT_FULL) {
+			stat_inc(r);
+			return einat_send_prohibited(skb, pp);
+		}
+		return drop(r);
+	}
+
+	if (target) { /* the target's session sees this as inbound traffic */
+		struct ct_value *own_ct = bpf_map_lookup_elem(&map_ct, ck);
+		if (own_ct)
+			own_ct->flags |= CT_HAIRPIN; /* keeps it off the fast path */
+		ct_key_init(ck, pp->family, pp->l4proto, &pp->dst, pp->dport, &bvp->addr, bvp->port);
+		r = einat_ct_touch(ck, target, false, pp->tcp_flags, 0);
+		if (r)
+			return drop(r);
+		struct ct_value *peer_ct = bpf_map_lookup_elem(&map_ct, ck);
+		if (peer_ct) /* its replies come back here and must turn around too */
+			peer_ct->flags |= CT_HAIRPIN;
+		return einat_hairpin(skb, pp, bvp, target);
+	}
+	if (rewrite(skb, pp, true, &bvp->addr, bvp->port))
+		return drop(STAT_DROP_UNTRANSLATABLE);
+	if (pp->frag == FRAG_FIRST)
+		einat_frag_record(pp, true, &bvp->addr);
+	stat_inc(STAT_EGRESS_NAT);
+	traffic_add(skb, true, pp->family);
+	return TC_ACT_OK;
+}
+
 static __always_inline int egress_family(struct __sk_buff *skb, const __u8 family)
 {
 	__u32 pkt_idx = 0;
@@ -459,114 +600,7 @@ static __always_inline int egress_family(struct __sk_buff *skb, const __u8 famil
 		return einat_egress_icmp_error(skb, pp, own);
 	if (own)
 		return pass();
-
-	__u32 *dflags = (__u32 *)lpm_lookup(&map_dest_config, pp->family, &pp->dst);
-	if (dflags && (*dflags & EXT_NO_SNAT))
-		return pass();
-
-	__u32 idx = pp->family == 4 ? 0 : 1;
-	struct default_ext *ext = bpf_map_lookup_elem(&map_default_ext, &idx);
-	if (!ext || !ext->valid)
-		return drop(STAT_DROP_UNTRANSLATABLE);
-
-	if (pp->frag == FRAG_LATER) {
-		union ip_addr a;
-		if (!einat_frag_lookup(pp, true, &a))
-			a = ext->addr;
-		if (rewrite(skb, pp, true, &a, 0))
-			return drop(STAT_DROP_UNTRANSLATABLE);
-		stat_inc(STAT_FRAGMENT_NAT);
-		traffic_add(skb, true, family);
-		return TC_ACT_OK;
-	}
-
-	int pidx = proto_idx(pp->l4proto);
-	if (ext->cfg.range_len[pidx & 3] == 0)
-		return pass(); /* NAT disabled for this protocol */
-
-	/*
-	 * Hairpin: to one of our own external addresses. An echo carries one
-	 * identifier, no port naming an internal host, so pings (and echo
-	 * replies) to the external address are the router's, like those from
-	 * outside: delivered locally, untranslated.
-	 */
-	struct binding_key okey;
-	struct binding_value *target = NULL;
-	if (is_hairpin_dest(pp)) {
-		if (pp->l4proto == IPPROTO_ICMP)
-			return deliver_locally(skb);
-		binding_key_init(&okey, 0, pp->family, pp->l4proto, &pp->dst, pp->dport);
-		target = bpf_map_lookup_elem(&map_binding, &okey);
-		if (!target) /* the router's own service */
-			return deliver_locally(skb);
-	}
-
-	__be16 remote_port = pp->dport;
-	if (pp->l4proto == IPPROTO_ICMP) {
-		if (pp->icmp_type != (pp->family == 4 ? ICMP_ECHO : ICMPV6_ECHO_REQUEST))
-			return drop(STAT_DROP_UNTRANSLATABLE);
-		remote_port = 0;
-	}
-
-	binding_key_init(&okey, BINDING_ORIG, pp->family, pp->l4proto, &pp->src, pp->sport);
-	struct binding_value bv;
-	struct binding_value *b =
-		pp->no_binding ? NULL : bpf_map_lookup_elem(&map_binding, &okey);
-	if (b) {
-		bv = *b;
-	} else {
-		if (pp->tcp_flags & TCP_FLAG_RST)
-			return drop(STAT_DROP_UNTRANSLATABLE);
-		struct default_ext *from = ext;
-		if (CFG.fib_external && einat_fib_external(skb, pp)) {
-			__u32 zero = 0;
-			struct icmp_scratch *sc = bpf_map_lookup_elem(&map_icmp_scratch, &zero);
-			if (sc)
-				from = &sc->ext;
-		}
-		r = einat_binding_create(pp, from, &bv);
-		if (r == STAT_DROP_NO_PORT || r == STAT_DROP_BINDING_FULL) {
-			stat_inc(r); /* refused: tell the sender (RFC 5508 REQ-8) */
-			return einat_send_prohibited(skb, pp);
-		}
-		if (r)
-			return drop(r);
-	}
-
-	struct ct_key ck;
-	ct_key_init(&ck, pp->family, pp->l4proto, &bv.addr, bv.port, &pp->dst, remote_port);
-	struct binding_value intern = { .addr = pp->src, .port = pp->sport };
-	r = einat_ct_touch(&ck, &intern, true, pp->tcp_flags, !b);
-	if (r) {
-		if (!b) /* release the binding nobody uses */
-			binding_put_unused(pp->family, pp->l4proto, &bv.addr, bv.port);
-		if (r == STAT_DROP_CT_FULL) {
-			stat_inc(r);
-			return einat_send_prohibited(skb, pp);
-		}
-		return drop(r);
-	}
-
-	if (target) { /* the target's session sees this as inbound traffic */
-		struct ct_value *own_ct = bpf_map_lookup_elem(&map_ct, &ck);
-		if (own_ct)
-			own_ct->flags |= CT_HAIRPIN; /* keeps it off the fast path */
-		ct_key_init(&ck, pp->family, pp->l4proto, &pp->dst, pp->dport, &bv.addr, bv.port);
-		r = einat_ct_touch(&ck, target, false, pp->tcp_flags, 0);
-		if (r)
-			return drop(r);
-		struct ct_value *peer_ct = bpf_map_lookup_elem(&map_ct, &ck);
-		if (peer_ct) /* its replies come back here and must turn around too */
-			peer_ct->flags |= CT_HAIRPIN;
-		return einat_hairpin(skb, pp, &bv, target);
-	}
-	if (rewrite(skb, pp, true, &bv.addr, bv.port))
-		return drop(STAT_DROP_UNTRANSLATABLE);
-	if (pp->frag == FRAG_FIRST)
-		einat_frag_record(pp, true, &bv.addr);
-	stat_inc(STAT_EGRESS_NAT);
-	traffic_add(skb, true, family);
-	return TC_ACT_OK;
+	return einat_egress_full(skb, pp);
 }
 
 /*

@@ -16,6 +16,8 @@ const SYMBOLS = {
   if_indextoname: { parameters: ["u32", "buffer"], result: "pointer" },
   getpid: { parameters: [], result: "i32" },
   close: { parameters: ["i32"], result: "i32" },
+  fcntl: { parameters: ["i32", "i32", "i32"], result: "i32" },
+  malloc_trim: { parameters: ["usize"], result: "i32" },
   statfs: { parameters: ["buffer", "buffer"], result: "i32" },
   mount: { parameters: ["buffer", "buffer", "buffer", "u64", "pointer"], result: "i32" },
   clock_gettime: { parameters: ["i32", "buffer"], result: "i32" },
@@ -93,6 +95,19 @@ export function closeFd(fd: number): boolean {
 
 /** `f_type` of the bpf filesystem (`BPF_FS_MAGIC`). */
 export const BPF_FS_MAGIC = 0xcafe4a11;
+
+/** A duplicate of `fd` (close-on-exec), or throws with errno. */
+export function dupFd(fd: number): number {
+  const F_DUPFD_CLOEXEC = 1030;
+  const r = libc().fcntl(fd, F_DUPFD_CLOEXEC, 0);
+  if (r < 0) throw new Error(`fcntl(F_DUPFD_CLOEXEC, ${fd}): errno ${errno()}`);
+  return r;
+}
+
+/** Returns the allocator's free memory to the kernel (glibc `malloc_trim(0)`). */
+export function mallocTrim(): void {
+  libc().malloc_trim(0n);
+}
 
 /** The filesystem type (`statfs` `f_type`) holding `path`, or null when it cannot be read. */
 export function fsType(path: string): number | null {

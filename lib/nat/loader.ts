@@ -7,6 +7,7 @@
 import objectBytes from "../../bpf/einat.bpf.o" with { type: "bytes" };
 import compatBytes from "../../bpf/einat_compat.bpf.o" with { type: "bytes" };
 import * as bpf from "../ffi/libbpf.ts";
+import { closeFd, dupFd, mallocTrim } from "../ffi/libc.ts";
 import { encodeRoConfig, type RoConfig } from "./codec.ts";
 import { abortPins, finishPins, type PinSession, preparePins } from "../state/pin.ts";
 
@@ -35,10 +36,10 @@ export type CsumMode = "inline" | "helpers";
 
 /** A loaded NAT object. Close it to release programs and maps. */
 export interface NatObject {
-  /** The object holding the maps (and the state programs). */
+  /** The object holding the maps (and the programs, when loaded as one object). */
   obj: bpf.BpfObject;
-  /** Objects holding one datapath program each, on `obj`'s maps (empty: all in `obj`). */
-  parts: bpf.BpfObject[];
+  /** Program fds loaded beside `obj` on its maps, closed by {@link closeNat} (empty: all in `obj`). */
+  progFds: number[];
   /** Checksum update of the loaded object. */
   csum: CsumMode;
   /** Why the compatibility object was loaded instead of the inline one, when it was. */
@@ -154,6 +155,8 @@ export async function loadNat(opts: LoadOptions): Promise<NatObject> {
  * The programs of each datapath object, loaded on the maps of the state object (which loads
  * none): egress verification takes longest, so the small state programs go with ingress.
  */
+const STAGGER_MS = 15;
+
 const PARTS = [
   ["egress_snat"],
   ["ingress_dnat", "expire_sessions", "sync_port_hint", "bump_epoch"],
@@ -193,6 +196,7 @@ async function loadNatBytes(
   const stateBytes = datapath ? compatBytes : bytes;
   const obj = bpf.openObjectMem(stateBytes, "einat");
   const parts: bpf.BpfObject[] = [];
+  const progFds: number[] = [];
   let pins: PinSession | null = null;
   try {
     setRoConfig(obj, opts.ro);
@@ -235,13 +239,25 @@ async function loadNatBytes(
         }
       }
       // Both at once (off the JS thread); neither object may close while the other loads.
-      const done = await Promise.allSettled(parts.map((p) => bpf.loadObject(p)));
+      // The second starts a moment later: libbpf holds two copies of the kernel's BTF
+      // (~11 MB) while it parses it, and staggered, the two parses rarely overlap (the
+      // daemon's peak RSS); ingress verifies faster, so start-up does not wait for it.
+      const first = bpf.loadObject(parts[0]);
+      await new Promise((r) => setTimeout(r, STAGGER_MS));
+      const done = await Promise.allSettled([first, bpf.loadObject(parts[1])]);
       const failed = done.find((d) => d.status === "rejected");
       if (failed) throw (failed as PromiseRejectedResult).reason;
+      // Programs outlive their objects through duplicated fds; what libbpf keeps per object
+      // (ELF, BTF, instructions) goes.
       const fds: Record<string, number> = {};
       PARTS.forEach((progs, i) => {
-        for (const prog of progs) fds[prog] = bpf.programFd(bpf.findProgram(parts[i], prog));
+        for (const prog of progs) {
+          fds[prog] = dupFd(bpf.programFd(bpf.findProgram(parts[i], prog)));
+          progFds.push(fds[prog]);
+        }
       });
+      for (const p of parts.splice(0)) bpf.closeObject(p);
+      mallocTrim();
       progFd = (name) => fds[name];
     }
     if (pins) finishPins(pins, obj, opts.ro);
@@ -250,7 +266,7 @@ async function loadNatBytes(
     ) as NatMaps;
     return {
       obj,
-      parts,
+      progFds,
       csum,
       egressFd: progFd("egress_snat"),
       ingressFd: progFd("ingress_dnat"),
@@ -263,6 +279,7 @@ async function loadNatBytes(
     };
   } catch (e) {
     if (pins && pins.metaFd >= 0) abortPins(pins);
+    for (const fd of progFds) closeFd(fd);
     for (const p of parts) bpf.closeObject(p);
     bpf.closeObject(obj);
     throw e;
@@ -305,6 +322,6 @@ export function bumpEpoch(n: NatObject): void {
 
 /** Releases the object (programs stay alive while attached). */
 export function closeNat(n: NatObject): void {
-  for (const p of n.parts) bpf.closeObject(p);
+  for (const fd of n.progFds.splice(0)) closeFd(fd);
   bpf.closeObject(n.obj);
 }

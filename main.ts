@@ -22,6 +22,7 @@ import { configureState, DEFAULT_PIN_ROOT } from "./lib/state/options.ts";
 import { type MetricsServer, startMetrics, targetsOf } from "./lib/state/metrics.ts";
 import { StateError } from "./lib/state/pin.ts";
 import { checkKernel, checkPrivileges, EnvError } from "./lib/preflight.ts";
+import { fixMmapThreshold } from "./lib/ffi/libc.ts";
 
 /** Version string printed by `-v`. */
 export function versionString(): string {
@@ -69,6 +70,9 @@ export async function main(args: string[]): Promise<number> {
     checkKernel();
     checkRuntimeLibraries();
     routeLibbpfPrintToLog();
+    // libbpf's largest blocks (the kernel's BTF it reads, ~5.5 MB, twice) are transient: with
+    // a fixed threshold they get pages of their own and leave the RSS when freed.
+    fixMmapThreshold(128 << 10);
   } catch (e) {
     if (e instanceof EnvError || e instanceof Error) return fail(e.message);
     throw e;

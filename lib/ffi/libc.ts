@@ -18,6 +18,7 @@ const SYMBOLS = {
   close: { parameters: ["i32"], result: "i32" },
   fcntl: { parameters: ["i32", "i32", "i32"], result: "i32" },
   malloc_trim: { parameters: ["usize"], result: "i32" },
+  mallopt: { parameters: ["i32", "i32"], result: "i32" },
   statfs: { parameters: ["buffer", "buffer"], result: "i32" },
   mount: { parameters: ["buffer", "buffer", "buffer", "u64", "pointer"], result: "i32" },
   clock_gettime: { parameters: ["i32", "buffer"], result: "i32" },
@@ -107,6 +108,16 @@ export function dupFd(fd: number): number {
 /** Returns the allocator's free memory to the kernel (glibc `malloc_trim(0)`). */
 export function mallocTrim(): void {
   libc().malloc_trim(0n);
+}
+
+/**
+ * Fixes glibc's mmap threshold (`mallopt(M_MMAP_THRESHOLD)`): allocations of `bytes` or more
+ * get pages of their own, returned to the kernel when freed. (Left dynamic, the threshold
+ * rises to the largest block freed, and later large blocks stay in the heap once freed.)
+ */
+export function fixMmapThreshold(bytes: number): void {
+  const M_MMAP_THRESHOLD = -3;
+  libc().mallopt(M_MMAP_THRESHOLD, bytes);
 }
 
 /** The filesystem type (`statfs` `f_type`) holding `path`, or null when it cannot be read. */

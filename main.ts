@@ -70,8 +70,8 @@ export async function main(args: string[]): Promise<number> {
     checkKernel();
     checkRuntimeLibraries();
     routeLibbpfPrintToLog();
-    // libbpf's largest blocks (the kernel's BTF it reads, ~5.5 MB, twice) are transient: with
-    // a fixed threshold they get pages of their own and leave the RSS when freed.
+    // The largest blocks of a load (object images, the kernel BTF's string table) are
+    // transient: with a fixed threshold they get pages of their own and leave the RSS when freed.
     fixMmapThreshold(128 << 10);
   } catch (e) {
     if (e instanceof EnvError || e instanceof Error) return fail(e.message);

@@ -26,7 +26,9 @@ struct einat_config {
 	__u8 nat66;
 	__u8 fib_external; /* choose the external address by a FIB lookup */
 	__u8 inbound_icmpx; /* pings from outside may bind an identifier to the NAT host */
-	__u8 _pad[2];
+	/* Bit offset of sk_buff.ip_summed in the running kernel, from its BTF (set by the
+	 * loader, lib/nat/kbtf.ts; bpf/lib/skb.h). */
+	__u16 skb_summed_bit;
 };
 
 /* IPv4 addresses use the first 4 bytes, the rest stays zero. */

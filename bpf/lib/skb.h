@@ -6,16 +6,21 @@
  * rewrite updates checksums inline instead of asking a kernel helper, which
  * on CPUs with return-thunk mitigations costs ~35 ns a packet.
  *
- * bpf_cast_to_kern_ctx() (Linux 6.2) is rewritten by the verifier into a
- * register move; the field's place comes from the kernel's BTF through a
- * CO-RE relocation. The compatibility object (EINAT_CSUM_HELPERS, for kernels
- * without BTF or the kfunc) never reads it and lets the helpers decide.
+ * bpf_cast_to_kern_ctx() (Linux 6.2) gives the kernel's sk_buff; the verifier
+ * turns the call into a register move. Neither the kfunc nor the field is
+ * resolved by libbpf, which would parse the whole kernel BTF for them (~12 ms
+ * and ~13 MiB at every load): the daemon finds both in /sys/kernel/btf/vmlinux
+ * itself (lib/nat/kbtf.ts), turns the placeholder helper call below into the
+ * kfunc call (lib/nat/kfunc.ts) and sets CFG.skb_summed_bit. The compatibility
+ * object (EINAT_CSUM_HELPERS, for kernels without the kfunc) never reads it
+ * and lets the helpers decide.
  */
 #ifndef EINAT_SKB_H
 #define EINAT_SKB_H
 
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
+#include "config.h"
 
 /* include/linux/skbuff.h */
 #define EINAT_CHECKSUM_NONE 0
@@ -32,18 +37,17 @@ static __always_inline __u8 skb_ip_summed(struct __sk_buff *skb)
 
 #else
 
-#include <bpf/bpf_core_read.h>
-
-extern void *bpf_cast_to_kern_ctx(void *obj) __ksym;
-
-struct sk_buff___einat {
-	__u8 ip_summed : 2;
-} __attribute__((preserve_access_index));
+/* Stands for bpf_cast_to_kern_ctx(): a call of this helper number, which the
+ * loader rewrites into the kfunc call with the kernel's BTF id of the kfunc. */
+#define EINAT_KERN_CTX_PLACEHOLDER 0x7ffffff0
+static void *(*const einat_kern_ctx)(void *ctx) = (void *)EINAT_KERN_CTX_PLACEHOLDER;
 
 static __always_inline __u8 skb_ip_summed(struct __sk_buff *skb)
 {
-	struct sk_buff___einat *k = bpf_cast_to_kern_ctx(skb);
-	return BPF_CORE_READ_BITFIELD(k, ip_summed);
+	void *k = einat_kern_ctx(skb);
+	__u32 bit = CFG.skb_summed_bit; /* a constant to the verifier (frozen .rodata) */
+	__u8 b = *(volatile __u8 *)(k + (bit >> 3));
+	return (b >> (bit & 7)) & 3;
 }
 
 #endif

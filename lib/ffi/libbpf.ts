@@ -962,8 +962,21 @@ export function setPrintHandler(fn: PrintHandler | null): void {
   }
 }
 
-/** Sends every libbpf message line to `lib/log.ts` at debug level, prefixed "libbpf:". */
+/**
+ * Sends every libbpf message line to `lib/log.ts` at debug level, prefixed "libbpf:". With
+ * debug logging off libbpf is silenced in C instead: its messages would be dropped anyway, and
+ * each would stop a load running off the JS thread until the JS thread took it.
+ */
 export function routeLibbpfPrintToLog(): void {
+  if (!log.enabled("debug")) {
+    const prev = bpf().libbpf_set_print(null);
+    if (!defaultSaved) {
+      defaultPrint = prev;
+      defaultSaved = true;
+    }
+    printHandler = null;
+    return;
+  }
   setPrintHandler((level, text) => {
     if (!log.enabled("debug")) return;
     for (const line of text.split("\n")) {

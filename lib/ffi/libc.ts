@@ -16,6 +16,8 @@ const SYMBOLS = {
   if_indextoname: { parameters: ["u32", "buffer"], result: "pointer" },
   getpid: { parameters: [], result: "i32" },
   close: { parameters: ["i32"], result: "i32" },
+  open: { parameters: ["buffer", "i32"], result: "i32" },
+  pread: { parameters: ["i32", "buffer", "usize", "i64"], result: "isize" },
   fcntl: { parameters: ["i32", "i32", "i32"], result: "i32" },
   malloc_trim: { parameters: ["usize"], result: "i32" },
   mallopt: { parameters: ["i32", "i32"], result: "i32" },
@@ -96,6 +98,27 @@ export function closeFd(fd: number): boolean {
 
 /** `f_type` of the bpf filesystem (`BPF_FS_MAGIC`). */
 export const BPF_FS_MAGIC = 0xcafe4a11;
+
+/** `open(path, O_RDONLY | O_CLOEXEC)`: the fd, or -errno. */
+export function openReadOnly(path: string): number {
+  const O_CLOEXEC = 0o2000000;
+  const fd = libc().open(cString(path), O_CLOEXEC);
+  return fd < 0 ? -errno() : fd;
+}
+
+/** Fills `into` from offset `pos` of `fd` (`pread` until full); throws on an error or EOF. */
+export function preadFull(fd: number, into: Uint8Array, pos: number): Uint8Array {
+  let got = 0;
+  while (got < into.length) {
+    const n = Number(
+      libc().pread(fd, into.subarray(got), BigInt(into.length - got), BigInt(pos + got)),
+    );
+    if (n < 0) throw new Error(`pread at ${pos + got}: errno ${errno()}`);
+    if (n === 0) throw new Error(`pread at ${pos + got}: end of file`);
+    got += n;
+  }
+  return into;
+}
 
 /** A duplicate of `fd` (close-on-exec), or throws with errno. */
 export function dupFd(fd: number): number {

@@ -99,6 +99,7 @@ export const EINAT_CONFIG_LAYOUT: StructLayout = {
     nat66: { offset: 51, size: 1 },
     fib_external: { offset: 52, size: 1 },
     inbound_icmpx: { offset: 53, size: 1 },
+    skb_summed_bit: { offset: 54, size: 2 },
   },
 };
 

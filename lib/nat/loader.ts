@@ -8,7 +8,9 @@ import objectBytes from "../../bpf/einat.bpf.o" with { type: "bytes" };
 import compatBytes from "../../bpf/einat_compat.bpf.o" with { type: "bytes" };
 import * as bpf from "../ffi/libbpf.ts";
 import { closeFd, dupFd, mallocTrim } from "../ffi/libc.ts";
-import { encodeRoConfig, type RoConfig } from "./codec.ts";
+import { findSkbSummed } from "./kbtf.ts";
+import { patchKernCtxCalls, placeholderCalls } from "./kfunc.ts";
+import { EINAT_CONFIG_LAYOUT, encodeRoConfig, type RoConfig } from "./codec.ts";
 import { abortPins, finishPins, type PinSession, preparePins } from "../state/pin.ts";
 
 /** Names of the maps the daemon uses. */
@@ -93,24 +95,28 @@ export function embeddedObject(csum: CsumMode = "inline"): Uint8Array {
   return csum === "inline" ? objectBytes : compatBytes;
 }
 
-/** The checksum mode of an object file: whether it calls bpf_cast_to_kern_ctx (skb.h). */
+/** The checksum mode of an object file: whether it holds bpf/lib/skb.h's kfunc placeholder. */
 export function csumModeOf(bytes: Uint8Array): CsumMode {
-  const needle = new TextEncoder().encode("bpf_cast_to_kern_ctx\0");
-  outer: for (let i = 0; i + needle.length <= bytes.length; i++) {
-    for (let j = 0; j < needle.length; j++) if (bytes[i + j] !== needle[j]) continue outer;
-    return "inline";
-  }
-  return "helpers";
+  return placeholderCalls(bytes).length > 0 ? "inline" : "helpers";
 }
 
 const VMLINUX_BTF = "/sys/kernel/btf/vmlinux";
 
-function kernelHasBtf(path: string): boolean {
+/** The kernel cannot run the inline-checksum object (its BTF lacks what it needs). */
+class InlineUnavailable extends Error {}
+
+/**
+ * The inline-checksum object made ready for this kernel: its placeholder calls turned into
+ * the `bpf_cast_to_kern_ctx` kfunc call, and where `sk_buff.ip_summed` lies.
+ */
+function prepareInline(bytes: Uint8Array, btfPath: string) {
+  let k;
   try {
-    return Deno.statSync(path).isFile;
-  } catch {
-    return false;
+    k = findSkbSummed(btfPath);
+  } catch (e) {
+    throw new InlineUnavailable((e as Error).message);
   }
+  return { bytes: patchKernCtxCalls(bytes, k.kernCtxFuncId), summedBit: k.summedBit };
 }
 
 /**
@@ -123,23 +129,15 @@ export async function loadNat(opts: LoadOptions): Promise<NatObject> {
   // EINAT_BPF_OBJECT: load this object file instead of the embedded one (debugging, tests).
   const override = Deno.env.get("EINAT_BPF_OBJECT");
   const given = opts.bytes ?? (override ? Deno.readFileSync(override) : undefined);
-  if (given) return await loadNatBytes(opts, given, csumModeOf(given), t0);
-  const embedded = (csum: CsumMode) => {
-    const b = embeddedObject(csum);
-    return loadNatBytes(opts, b, csum, t0, b);
-  };
+  if (given) return await loadNatBytes(opts, given, csumModeOf(given), t0, false);
+  const embedded = (csum: CsumMode) => loadNatBytes(opts, embeddedObject(csum), csum, t0, true);
   if (opts.csum) return await embedded(opts.csum);
-  const btf = opts.kernelBtf ?? VMLINUX_BTF;
-  if (!kernelHasBtf(btf)) {
-    const n = await embedded("helpers");
-    n.csumFallback = `no kernel BTF at ${btf}`;
-    return n;
-  }
   try {
     return await embedded("inline");
   } catch (e) {
-    // Only a refused object falls back (kfunc or CO-RE unsupported); state errors do not.
-    if (!(e instanceof bpf.BpfError) || e.op !== "bpf_object__load") throw e;
+    // Only what the kernel lacks falls back; state errors do not.
+    const refused = e instanceof bpf.BpfError && e.op === "bpf_object__load";
+    if (!refused && !(e instanceof InlineUnavailable)) throw e;
     let n: NatObject;
     try {
       n = await embedded("helpers");
@@ -155,20 +153,24 @@ export async function loadNat(opts: LoadOptions): Promise<NatObject> {
  * The programs of each datapath object, loaded on the maps of the state object (which loads
  * none): egress verification takes longest, so the small state programs go with ingress.
  */
-const STAGGER_MS = 15;
-
 const PARTS = [
   ["egress_snat"],
   ["ingress_dnat", "expire_sessions", "sync_port_hint", "bump_epoch"],
 ] as const;
 
-function setRoConfig(obj: bpf.BpfObject, ro: RoConfig): void {
+function setRoConfig(obj: bpf.BpfObject, ro: RoConfig, summedBit = 0): void {
   const rodata = bpf.findMap(obj, ".rodata");
   const init = bpf.mapInitialValue(rodata);
   const cfg = encodeRoConfig(ro);
   if (init.length < cfg.length) {
     throw new Error(`.rodata is ${init.length} bytes, expected ${cfg.length}`);
   }
+  // From the kernel's BTF, not the configuration (bpf/lib/skb.h).
+  new DataView(cfg.buffer).setUint16(
+    EINAT_CONFIG_LAYOUT.fields.skb_summed_bit.offset,
+    summedBit,
+    true,
+  );
   init.set(cfg, 0); // CFG sits at offset 0 (checked against BTF in tests)
   bpf.mapSetInitialValue(rodata, init);
 }
@@ -180,26 +182,29 @@ function onlyPrograms(obj: bpf.BpfObject, names: readonly string[]): void {
 }
 
 /**
- * Loads `bytes` (whose checksum update is `csum`). With `datapath` (the embedded objects),
- * in two steps: the compatibility object, which needs no kernel BTF, creates or reuses every
- * map (and loads no program); then two objects of `datapath` reuse those maps and load at
- * once, egress in one, ingress and the state programs in the other, so their verification
- * (most of the start-up time) runs on two cores. Without it, `bytes` loads as one object.
+ * Loads `bytes` (whose checksum update is `csum`; an inline-checksum object is first made
+ * ready for this kernel, prepareInline). `staged` (the embedded objects) loads in two steps:
+ * the compatibility object creates or reuses every map (and loads no program); then two
+ * objects of `bytes` reuse those maps and load at once, egress in one, ingress and the state
+ * programs in the other, so their verification (most of the start-up time) runs on two
+ * cores. Otherwise `bytes` loads as one object.
  */
 async function loadNatBytes(
   opts: LoadOptions,
   bytes: Uint8Array,
   csum: CsumMode,
   t0: number,
-  datapath?: Uint8Array,
+  staged: boolean,
 ): Promise<NatObject> {
-  const stateBytes = datapath ? compatBytes : bytes;
+  const btfPath = opts.kernelBtf ?? VMLINUX_BTF;
+  const single = !staged && csum === "inline" ? prepareInline(bytes, btfPath) : null;
+  const stateBytes = staged ? compatBytes : single?.bytes ?? bytes;
   const obj = bpf.openObjectMem(stateBytes, "einat");
   const parts: bpf.BpfObject[] = [];
   const progFds: number[] = [];
   let pins: PinSession | null = null;
   try {
-    setRoConfig(obj, opts.ro);
+    setRoConfig(obj, opts.ro, single?.summedBit);
     bpf.mapSetMaxEntries(bpf.findMap(obj, MAP_NAMES.binding), opts.bindingMaxRecords * 2);
     bpf.mapSetMaxEntries(bpf.findMap(obj, MAP_NAMES.ct), opts.ctMaxRecords);
     if (opts.preallocate) {
@@ -215,14 +220,17 @@ async function loadNatBytes(
       bpf.mapReuseFd(bpf.findMap(obj, name), fd);
     }
     if (opts.pin) pins = preparePins(obj, stateBytes, opts.pin.dir, opts.pin.ifname);
-    if (datapath) onlyPrograms(obj, []);
+    if (staged) onlyPrograms(obj, []);
     const loading = bpf.loadObject(obj);
-    if (datapath) {
-      try { // the datapath objects are opened while the maps are created (off the JS thread)
+    if (staged) {
+      // While the maps are created (off the JS thread): this kernel's facts for the inline
+      // object read from its BTF, and the datapath objects opened.
+      try {
+        const dp = csum === "inline" ? prepareInline(bytes, btfPath) : { bytes, summedBit: 0 };
         for (const progs of PARTS) {
-          const part = bpf.openObjectMem(datapath, "einat");
+          const part = bpf.openObjectMem(dp.bytes, "einat");
           parts.push(part);
-          setRoConfig(part, opts.ro);
+          setRoConfig(part, opts.ro, dp.summedBit);
           onlyPrograms(part, progs);
         }
       } catch (e) {
@@ -232,19 +240,14 @@ async function loadNatBytes(
     }
     await loading;
     let progFd = (name: string) => bpf.programFd(bpf.findProgram(obj, name));
-    if (datapath) {
+    if (staged) {
       for (const part of parts) {
         for (const name of bpf.mapNames(obj)) {
           bpf.mapReuseFd(bpf.findMap(part, name), bpf.mapFd(bpf.findMap(obj, name)));
         }
       }
       // Both at once (off the JS thread); neither object may close while the other loads.
-      // The second starts a moment later: libbpf holds two copies of the kernel's BTF
-      // (~11 MB) while it parses it, and staggered, the two parses rarely overlap (the
-      // daemon's peak RSS); ingress verifies faster, so start-up does not wait for it.
-      const first = bpf.loadObject(parts[0]);
-      await new Promise((r) => setTimeout(r, STAGGER_MS));
-      const done = await Promise.allSettled([first, bpf.loadObject(parts[1])]);
+      const done = await Promise.allSettled(parts.map((p) => bpf.loadObject(p)));
       const failed = done.find((d) => d.status === "rejected");
       if (failed) throw (failed as PromiseRejectedResult).reason;
       // Programs outlive their objects through duplicated fds; what libbpf keeps per object

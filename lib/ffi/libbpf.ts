@@ -295,6 +295,10 @@ export function closeObject(obj: BpfObject): void {
   if (obj.ptr === null) return;
   bpf().bpf_object__close(obj.ptr);
   obj.ptr = null;
+  // The image copy and the log buffer are ours alone: released now, not at the next GC.
+  for (const b of [...obj.keep, obj.logBuf]) {
+    if (b instanceof Uint8Array && b.buffer instanceof ArrayBuffer) b.buffer.transfer(0);
+  }
   obj.keep.length = 0;
 }
 

@@ -10,6 +10,7 @@
  * @module
  */
 
+import { BTF_KIND } from "../btf.ts";
 import { closeFd, openReadOnly, preadFull } from "../ffi/libc.ts";
 
 /** What the inline-checksum object needs from the kernel's BTF. */
@@ -23,24 +24,7 @@ export interface SkbSummed {
 const BTF_MAGIC = 0xeb9f;
 const HDR_MIN = 24;
 const CHUNK = 256 << 10;
-const KIND = {
-  INT: 1,
-  ARRAY: 3,
-  STRUCT: 4,
-  UNION: 5,
-  ENUM: 6,
-  TYPEDEF: 8,
-  VOLATILE: 9,
-  CONST: 10,
-  RESTRICT: 11,
-  FUNC: 12,
-  FUNC_PROTO: 13,
-  VAR: 14,
-  DATASEC: 15,
-  DECL_TAG: 17,
-  TYPE_TAG: 18,
-  ENUM64: 19,
-} as const;
+const KIND = BTF_KIND;
 
 /** Bytes a type record takes after its 12-byte head: fixed, and per `vlen` entry. */
 const EXTRA_FIXED = new Uint8Array(32);

@@ -77,3 +77,31 @@ Deno.test("loader: the datapath programs load in objects of their own, on the st
     n.close();
   }
 });
+
+Deno.test("loader: an inline object the kernel refuses falls back to the helpers one, saying why", async () => {
+  // The kernel's BTF with one type inserted at the front: every id moves by one, so the
+  // kfunc call names the type after bpf_cast_to_kern_ctx (its prototype or another kfunc,
+  // whose arguments the call does not fit) and the verifier refuses it.
+  const real = Deno.readFileSync("/sys/kernel/btf/vmlinux");
+  const v = new DataView(real.buffer);
+  const hdrLen = v.getUint32(4, true);
+  const typeOff = hdrLen + v.getUint32(8, true);
+  const shifted = new Uint8Array(real.length + 12);
+  shifted.set(real.subarray(0, typeOff));
+  // BTF_KIND_PTR to void, no name
+  new DataView(shifted.buffer).setUint32(typeOff + 4, 2 << 24, true);
+  shifted.set(real.subarray(typeOff), typeOff + 12);
+  const sv = new DataView(shifted.buffer);
+  sv.setUint32(12, v.getUint32(12, true) + 12, true); // type_len
+  sv.setUint32(16, v.getUint32(16, true) + 12, true); // str_off
+  const dir = Deno.makeTempDirSync({ prefix: "einat-kbtf-" });
+  try {
+    Deno.writeFileSync(`${dir}/vmlinux`, shifted);
+    await loads({ kernelBtf: `${dir}/vmlinux` }, (n) => {
+      assertEquals(n.csum, "helpers");
+      assert(n.csumFallback?.startsWith("bpf_object__load"), n.csumFallback);
+    });
+  } finally {
+    Deno.removeSync(dir, { recursive: true });
+  }
+});

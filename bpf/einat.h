@@ -31,6 +31,14 @@ struct einat_config {
 	__u16 skb_summed_bit;
 };
 
+/* The context of the btf_find program (bpf/lib/btf_query.h). */
+struct btf_query {
+	char name[48]; /* NUL-terminated */
+	__u32 name_sz; /* strlen(name) + 1 */
+	__u32 kind;    /* BTF_KIND_* */
+	__s64 id;      /* out: the BTF id (a module's BTF fd in the upper half), or -errno */
+};
+
 /* IPv4 addresses use the first 4 bytes, the rest stays zero. */
 union ip_addr {
 	__be32 v4;

@@ -880,6 +880,24 @@ export function testRun(
   return finishRun(bpf().bpf_prog_test_run_opts(progFd, p.opts), p);
 }
 
+/**
+ * Runs a `BPF_PROG_TYPE_SYSCALL` program once with context `ctx` (no packet; the kernel
+ * writes the context back into the same buffer). Returns the return value and the context.
+ */
+export function testRunSyscall(
+  progFd: number,
+  ctx: Uint8Array,
+): { retval: number; ctx: Uint8Array } {
+  const ctxIn = stableCopy(ctx);
+  const opts = stable(TEST_RUN_OPTS_SIZE);
+  const v = view(opts);
+  v.setBigUint64(0, BigInt(TEST_RUN_OPTS_SIZE), true);
+  v.setBigUint64(32, addr(ctxIn), true);
+  v.setUint32(48, ctxIn.length, true);
+  check("bpf_prog_test_run_opts", bpf().bpf_prog_test_run_opts(progFd, opts));
+  return { retval: v.getUint32(56, true), ctx: ctxIn.slice() };
+}
+
 /** Like {@link testRun} but off the JS thread, for large `repeat` counts. */
 export async function testRunAsync(
   progFd: number,

@@ -103,6 +103,18 @@ export const EINAT_CONFIG_LAYOUT: StructLayout = {
   },
 };
 
+/** struct btf_query: the context of the btf_find program (bpf/lib/btf_query.h). */
+export const BTF_QUERY_LAYOUT: StructLayout = {
+  name: "btf_query",
+  size: 64,
+  fields: {
+    name: { offset: 0, size: 48 },
+    name_sz: { offset: 48, size: 4 },
+    kind: { offset: 52, size: 4 },
+    id: { offset: 56, size: 8 },
+  },
+};
+
 /** struct external_config. */
 export const EXTERNAL_CONFIG_LAYOUT: StructLayout = {
   name: "external_config",
@@ -235,6 +247,7 @@ export const TRAFFIC_COUNTER_LAYOUT: StructLayout = {
 /** All layouts, for the BTF check. */
 export const LAYOUTS: StructLayout[] = [
   EINAT_CONFIG_LAYOUT,
+  BTF_QUERY_LAYOUT,
   EXTERNAL_CONFIG_LAYOUT,
   LPM_KEY_LAYOUT,
   DEFAULT_EXT_LAYOUT,

@@ -23,7 +23,7 @@ export interface SkbSummed {
 
 const BTF_MAGIC = 0xeb9f;
 const HDR_MIN = 24;
-const CHUNK = 256 << 10;
+const CHUNK = 64 << 10;
 const KIND = BTF_KIND;
 
 /** Bytes a type record takes after its 12-byte head: fixed, and per `vlen` entry. */
@@ -55,6 +55,18 @@ function nameIs(strs: Uint8Array, off: number, name: Uint8Array): boolean {
  * missing: no BTF, no `bpf_cast_to_kern_ctx` (Linux before 6.2), no `sk_buff.ip_summed`.
  */
 export function findSkbSummed(path = "/sys/kernel/btf/vmlinux"): SkbSummed {
+  return scan(path, true) as SkbSummed;
+}
+
+/**
+ * Only `sk_buff.ip_summed`'s bit offset: the walk stops at the field, some 3,000 types in,
+ * instead of counting the ~150,000 to the kfunc (whose id `btf_find` asks the kernel for).
+ */
+export function findSummedBit(path = "/sys/kernel/btf/vmlinux"): number {
+  return scan(path, false).summedBit;
+}
+
+function scan(path: string, wantFunc: boolean): { kernCtxFuncId?: number; summedBit: number } {
   // libc, not Deno.FsFile: the daemon has these code paths warm already (RSS).
   const f = openReadOnly(path);
   if (f === -2) throw new Error(`no kernel BTF at ${path}`); // ENOENT
@@ -77,14 +89,16 @@ export function findSkbSummed(path = "/sys/kernel/btf/vmlinux"): SkbSummed {
     const buf = new Uint8Array(CHUNK + (64 << 10));
     const words = new Uint32Array(buf.buffer); // records are 4-byte aligned; the host is LE
 
-    // One pass over the types: where each starts (by id), and the two wanted.
+    // Over the types: where each starts (by id), and the two wanted; with the kfunc's id
+    // known, only until sk_buff's field is found (sk_buff comes early: id ~900 of ~150,000).
     let starts = new Uint32Array(1 << 17);
     let id = 1;
     let funcId = 0;
     let skbId = 0;
     let have = 0; // bytes of buf holding unparsed types, from type-section offset `base`
     let base = 0;
-    for (let pos = 0; pos < typeLen;) {
+    let pos = 0;
+    const walkChunk = () => {
       const n = Math.min(CHUNK, typeLen - pos);
       preadFull(f, buf.subarray(have, have + n), typeOff + pos);
       pos += n;
@@ -103,7 +117,9 @@ export function findSkbSummed(path = "/sys/kernel/btf/vmlinux"): SkbSummed {
         starts[id] = base + o;
         if (kind === KIND.FUNC) {
           const n = words[o >> 2];
-          if (!funcId && strs[n] === nameFunc[0] && nameIs(strs, n, nameFunc)) funcId = id;
+          if (wantFunc && !funcId && strs[n] === nameFunc[0] && nameIs(strs, n, nameFunc)) {
+            funcId = id;
+          }
         } else if (kind === KIND.STRUCT) {
           const n = words[o >> 2];
           if (!skbId && strs[n] === nameSkb[0] && nameIs(strs, n, nameSkb)) skbId = id;
@@ -114,12 +130,11 @@ export function findSkbSummed(path = "/sys/kernel/btf/vmlinux"): SkbSummed {
       buf.copyWithin(0, o, have);
       have -= o;
       base += o;
-    }
-    if (!funcId) throw new Error(`${path}: no FUNC bpf_cast_to_kern_ctx (Linux 6.2 has it)`);
-    if (!skbId) throw new Error(`${path}: no struct sk_buff`);
-
+    };
+    const notWalked = new Error("not walked yet");
     const typeAt = (tid: number) => {
-      if (tid <= 0 || tid >= id) throw new Error(`${path}: type ${tid} out of range`);
+      if (tid <= 0) throw new Error(`${path}: type ${tid} out of range`);
+      if (tid >= id) throw notWalked;
       const head = readAt(f, typeOff + starts[tid], 12);
       const hv2 = new DataView(head.buffer);
       const info = hv2.getUint32(4, true);
@@ -154,12 +169,29 @@ export function findSkbSummed(path = "/sys/kernel/btf/vmlinux"): SkbSummed {
       }
       return null;
     };
-    const summedBit = search(skbId, 0, 0);
+    let summedBit: number | null | undefined;
+    for (;;) {
+      const funcDone = !wantFunc || funcId > 0;
+      if (skbId && funcDone && summedBit === undefined) {
+        try {
+          summedBit = search(skbId, 0, 0);
+        } catch (e) {
+          if (e !== notWalked) throw e;
+        }
+      }
+      if ((summedBit !== undefined && funcDone) || pos >= typeLen) break;
+      walkChunk();
+    }
+    if (wantFunc && !funcId) {
+      throw new Error(`${path}: no FUNC bpf_cast_to_kern_ctx (Linux 6.2 has it)`);
+    }
+    if (!skbId) throw new Error(`${path}: no struct sk_buff`);
+    if (summedBit === undefined) throw new Error(`${path}: a type of sk_buff out of range`);
     // Released now rather than at the next GC (an idle daemon may not see one for long).
     for (const b of [strs.buffer, buf.buffer, starts.buffer]) (b as ArrayBuffer).transfer(0);
     if (summedBit === null) throw new Error(`${path}: no ip_summed in struct sk_buff`);
     if (summedBit > 0xffff) throw new Error(`${path}: sk_buff.ip_summed at bit ${summedBit}`);
-    return { kernCtxFuncId: funcId, summedBit };
+    return wantFunc ? { kernCtxFuncId: funcId, summedBit } : { summedBit };
   } finally {
     closeFd(f);
   }

@@ -8,9 +8,9 @@ import objectBytes from "../../bpf/einat.bpf.o" with { type: "bytes" };
 import compatBytes from "../../bpf/einat_compat.bpf.o" with { type: "bytes" };
 import * as bpf from "../ffi/libbpf.ts";
 import { closeFd, dupFd, mallocTrim } from "../ffi/libc.ts";
-import { findSkbSummed } from "./kbtf.ts";
+import { findSkbSummed, findSummedBit } from "./kbtf.ts";
 import { patchKernCtxCalls, placeholderCalls } from "./kfunc.ts";
-import { EINAT_CONFIG_LAYOUT, encodeRoConfig, type RoConfig } from "./codec.ts";
+import { BTF_QUERY_LAYOUT, EINAT_CONFIG_LAYOUT, encodeRoConfig, type RoConfig } from "./codec.ts";
 import { abortPins, finishPins, type PinSession, preparePins } from "../state/pin.ts";
 
 /** Names of the maps the daemon uses. */
@@ -46,6 +46,8 @@ export interface NatObject {
   csum: CsumMode;
   /** Why the compatibility object was loaded instead of the inline one, when it was. */
   csumFallback?: string;
+  /** The BTF id of `bpf_cast_to_kern_ctx` the inline object calls. */
+  kfuncId?: number;
   egressFd: number;
   ingressFd: number;
   maps: NatMaps;
@@ -74,6 +76,8 @@ export interface LoadOptions {
   csum?: CsumMode;
   /** Where the kernel's BTF is looked for (tests); `/sys/kernel/btf/vmlinux` when absent. */
   kernelBtf?: string;
+  /** Replaces the embedded inline-checksum object (tests: one the kernel refuses). */
+  inlineObject?: Uint8Array;
   /**
    * Create the binding and session maps preallocated (`preallocate_maps`) instead of
    * allocating their records on demand. Pinned maps keep the mode they were created with.
@@ -116,7 +120,11 @@ function prepareInline(bytes: Uint8Array, btfPath: string) {
   } catch (e) {
     throw new InlineUnavailable((e as Error).message);
   }
-  return { bytes: patchKernCtxCalls(bytes, k.kernCtxFuncId), summedBit: k.summedBit };
+  return {
+    bytes: patchKernCtxCalls(bytes, k.kernCtxFuncId),
+    summedBit: k.summedBit,
+    kfuncId: k.kernCtxFuncId,
+  };
 }
 
 /**
@@ -130,7 +138,14 @@ export async function loadNat(opts: LoadOptions): Promise<NatObject> {
   const override = Deno.env.get("EINAT_BPF_OBJECT");
   const given = opts.bytes ?? (override ? Deno.readFileSync(override) : undefined);
   if (given) return await loadNatBytes(opts, given, csumModeOf(given), t0, false);
-  const embedded = (csum: CsumMode) => loadNatBytes(opts, embeddedObject(csum), csum, t0, true);
+  const embedded = (csum: CsumMode) =>
+    loadNatBytes(
+      opts,
+      (csum === "inline" && opts.inlineObject) || embeddedObject(csum),
+      csum,
+      t0,
+      true,
+    );
   if (opts.csum) return await embedded(opts.csum);
   try {
     return await embedded("inline");
@@ -147,6 +162,28 @@ export async function loadNat(opts: LoadOptions): Promise<NatObject> {
     n.csumFallback = e.message.split("\n")[0];
     return n;
   }
+}
+
+/**
+ * The BTF id of `bpf_cast_to_kern_ctx` in the running kernel, asked of the kernel through the
+ * loaded `btf_find` program of `obj` (bpf/lib/btf_query.h).
+ */
+function kernCtxFuncId(obj: bpf.BpfObject): number {
+  const L = BTF_QUERY_LAYOUT.fields;
+  const name = "bpf_cast_to_kern_ctx";
+  const q = new Uint8Array(BTF_QUERY_LAYOUT.size);
+  q.set(new TextEncoder().encode(name), L.name.offset);
+  const v = new DataView(q.buffer);
+  v.setUint32(L.name_sz.offset, name.length + 1, true);
+  v.setUint32(L.kind.offset, 12, true); // BTF_KIND_FUNC
+  const out = bpf.testRunSyscall(bpf.programFd(bpf.findProgram(obj, "btf_find")), q).ctx;
+  const id = new DataView(out.buffer).getBigInt64(L.id.offset, true);
+  if (id <= 0n) throw new InlineUnavailable(`the kernel has no bpf_cast_to_kern_ctx (${id})`);
+  if (id >> 32n) {
+    closeFd(Number(id >> 32n)); // found in a module's BTF: not the kfunc this object calls
+    throw new InlineUnavailable("bpf_cast_to_kern_ctx is a module's");
+  }
+  return Number(id);
 }
 
 /**
@@ -220,27 +257,31 @@ async function loadNatBytes(
       bpf.mapReuseFd(bpf.findMap(obj, name), fd);
     }
     if (opts.pin) pins = preparePins(obj, stateBytes, opts.pin.dir, opts.pin.ifname);
-    if (staged) onlyPrograms(obj, []);
+    const inline = staged && csum === "inline";
+    if (staged) onlyPrograms(obj, inline ? ["btf_find"] : []);
     const loading = bpf.loadObject(obj);
-    if (staged) {
-      // While the maps are created (off the JS thread): this kernel's facts for the inline
-      // object read from its BTF, and the datapath objects opened.
+    let summedBit = 0;
+    let kfuncId = single?.kfuncId;
+    if (inline) {
+      // While the maps are created (off the JS thread): the field's place, from the BTF.
       try {
-        const dp = csum === "inline" ? prepareInline(bytes, btfPath) : { bytes, summedBit: 0 };
-        for (const progs of PARTS) {
-          const part = bpf.openObjectMem(dp.bytes, "einat");
-          parts.push(part);
-          setRoConfig(part, opts.ro, dp.summedBit);
-          onlyPrograms(part, progs);
-        }
+        summedBit = findSummedBit(btfPath);
       } catch (e) {
         await loading.catch(() => {}); // obj may not close while it loads
-        throw e;
+        throw new InlineUnavailable((e as Error).message);
       }
     }
     await loading;
     let progFd = (name: string) => bpf.programFd(bpf.findProgram(obj, name));
     if (staged) {
+      kfuncId = inline ? kernCtxFuncId(obj) : undefined;
+      const dpBytes = kfuncId ? patchKernCtxCalls(bytes, kfuncId) : bytes;
+      for (const progs of PARTS) {
+        const part = bpf.openObjectMem(dpBytes, "einat");
+        parts.push(part);
+        setRoConfig(part, opts.ro, summedBit);
+        onlyPrograms(part, progs);
+      }
       for (const part of parts) {
         for (const name of bpf.mapNames(obj)) {
           bpf.mapReuseFd(bpf.findMap(part, name), bpf.mapFd(bpf.findMap(obj, name)));
@@ -271,6 +312,7 @@ async function loadNatBytes(
       obj,
       progFds,
       csum,
+      kfuncId,
       egressFd: progFd("egress_snat"),
       ingressFd: progFd("ingress_dnat"),
       maps,

@@ -9,8 +9,9 @@
  * bpf_cast_to_kern_ctx() (Linux 6.2) gives the kernel's sk_buff; the verifier
  * turns the call into a register move. Neither the kfunc nor the field is
  * resolved by libbpf, which would parse the whole kernel BTF for them (~12 ms
- * and ~13 MiB at every load): the daemon finds both in /sys/kernel/btf/vmlinux
- * itself (lib/nat/kbtf.ts), turns the placeholder helper call below into the
+ * and ~13 MiB at every load): the kernel gives the kfunc's id (btf_query.h),
+ * the daemon reads the field's offset from /sys/kernel/btf/vmlinux as far as
+ * sk_buff (lib/nat/kbtf.ts), turns the placeholder helper call below into the
  * kfunc call (lib/nat/kfunc.ts) and sets CFG.skb_summed_bit. The compatibility
  * object (EINAT_CSUM_HELPERS, for kernels without the kfunc) never reads it
  * and lets the helpers decide.

@@ -20,7 +20,6 @@
 #include "lib/icmp_reply.h"
 #include "lib/icmp_check.h"
 #include "lib/state.h"
-#include "lib/btf_query.h"
 
 char LICENSE[] SEC("license") = "GPL";
 

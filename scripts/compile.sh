@@ -94,7 +94,7 @@ fi
 if ((build_bpf)); then
   make -s -C bpf || die "building the BPF objects failed (needs clang and libbpf headers)"
 fi
-for o in einat einat_compat; do
+for o in einat einat_compat btf_query; do
   [[ -f bpf/$o.bpf.o ]] || die "bpf/$o.bpf.o is missing (build it with make -C bpf)"
 done
 

@@ -6,6 +6,7 @@
 
 import objectBytes from "../../bpf/einat.bpf.o" with { type: "bytes" };
 import compatBytes from "../../bpf/einat_compat.bpf.o" with { type: "bytes" };
+import queryBytes from "../../bpf/btf_query.bpf.o" with { type: "bytes" };
 import * as bpf from "../ffi/libbpf.ts";
 import { closeFd, dupFd, mallocTrim } from "../ffi/libc.ts";
 import { findSkbSummed, findSummedBit } from "./kbtf.ts";
@@ -165,25 +166,31 @@ export async function loadNat(opts: LoadOptions): Promise<NatObject> {
 }
 
 /**
- * The BTF id of `bpf_cast_to_kern_ctx` in the running kernel, asked of the kernel through the
- * loaded `btf_find` program of `obj` (bpf/lib/btf_query.h).
+ * The BTF id of `bpf_cast_to_kern_ctx` in the running kernel, asked of the kernel by the
+ * `btf_find` program (bpf/btf_query.bpf.o: no maps, so it loads in a moment).
  */
-function kernCtxFuncId(obj: bpf.BpfObject): number {
-  const L = BTF_QUERY_LAYOUT.fields;
-  const name = "bpf_cast_to_kern_ctx";
-  const q = new Uint8Array(BTF_QUERY_LAYOUT.size);
-  q.set(new TextEncoder().encode(name), L.name.offset);
-  const v = new DataView(q.buffer);
-  v.setUint32(L.name_sz.offset, name.length + 1, true);
-  v.setUint32(L.kind.offset, 12, true); // BTF_KIND_FUNC
-  const out = bpf.testRunSyscall(bpf.programFd(bpf.findProgram(obj, "btf_find")), q).ctx;
-  const id = new DataView(out.buffer).getBigInt64(L.id.offset, true);
-  if (id <= 0n) throw new InlineUnavailable(`the kernel has no bpf_cast_to_kern_ctx (${id})`);
-  if (id >> 32n) {
-    closeFd(Number(id >> 32n)); // found in a module's BTF: not the kfunc this object calls
-    throw new InlineUnavailable("bpf_cast_to_kern_ctx is a module's");
+async function askKernCtxFuncId(): Promise<number> {
+  const obj = bpf.openObjectMem(queryBytes, "einat_btf");
+  try {
+    await bpf.loadObject(obj);
+    const L = BTF_QUERY_LAYOUT.fields;
+    const name = "bpf_cast_to_kern_ctx";
+    const q = new Uint8Array(BTF_QUERY_LAYOUT.size);
+    q.set(new TextEncoder().encode(name), L.name.offset);
+    const v = new DataView(q.buffer);
+    v.setUint32(L.name_sz.offset, name.length + 1, true);
+    v.setUint32(L.kind.offset, 12, true); // BTF_KIND_FUNC
+    const out = bpf.testRunSyscall(bpf.programFd(bpf.findProgram(obj, "btf_find")), q).ctx;
+    const id = new DataView(out.buffer).getBigInt64(L.id.offset, true);
+    if (id <= 0n) throw new InlineUnavailable(`the kernel has no bpf_cast_to_kern_ctx (${id})`);
+    if (id >> 32n) {
+      closeFd(Number(id >> 32n)); // found in a module's BTF: not the kfunc this object calls
+      throw new InlineUnavailable("bpf_cast_to_kern_ctx is a module's");
+    }
+    return Number(id);
+  } finally {
+    bpf.closeObject(obj);
   }
-  return Number(id);
 }
 
 /**
@@ -258,30 +265,38 @@ async function loadNatBytes(
     }
     if (opts.pin) pins = preparePins(obj, stateBytes, opts.pin.dir, opts.pin.ifname);
     const inline = staged && csum === "inline";
-    if (staged) onlyPrograms(obj, inline ? ["btf_find"] : []);
+    if (staged) onlyPrograms(obj, []);
     const loading = bpf.loadObject(obj);
-    let summedBit = 0;
     let kfuncId = single?.kfuncId;
-    if (inline) {
-      // While the maps are created (off the JS thread): the field's place, from the BTF.
+    if (staged) {
+      // While the maps are created (off the JS thread): for the inline object, the kfunc's id
+      // from the kernel and the field's place from the BTF; the datapath objects opened.
       try {
-        summedBit = findSummedBit(btfPath);
+        let summedBit = 0;
+        let dpBytes = bytes;
+        if (inline) {
+          kfuncId = await askKernCtxFuncId();
+          try {
+            summedBit = findSummedBit(btfPath);
+          } catch (e) {
+            throw new InlineUnavailable((e as Error).message);
+          }
+          dpBytes = patchKernCtxCalls(bytes, kfuncId);
+        }
+        for (const progs of PARTS) {
+          const part = bpf.openObjectMem(dpBytes, "einat");
+          parts.push(part);
+          setRoConfig(part, opts.ro, summedBit);
+          onlyPrograms(part, progs);
+        }
       } catch (e) {
         await loading.catch(() => {}); // obj may not close while it loads
-        throw new InlineUnavailable((e as Error).message);
+        throw e;
       }
     }
     await loading;
     let progFd = (name: string) => bpf.programFd(bpf.findProgram(obj, name));
     if (staged) {
-      kfuncId = inline ? kernCtxFuncId(obj) : undefined;
-      const dpBytes = kfuncId ? patchKernCtxCalls(bytes, kfuncId) : bytes;
-      for (const progs of PARTS) {
-        const part = bpf.openObjectMem(dpBytes, "einat");
-        parts.push(part);
-        setRoConfig(part, opts.ro, summedBit);
-        onlyPrograms(part, progs);
-      }
       for (const part of parts) {
         for (const name of bpf.mapNames(obj)) {
           bpf.mapReuseFd(bpf.findMap(part, name), bpf.mapFd(bpf.findMap(obj, name)));

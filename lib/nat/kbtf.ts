@@ -1,28 +1,17 @@
 /**
- * The two facts about the running kernel that the inline checksum update needs
- * (bpf/lib/skb.h), read from its BTF (`/sys/kernel/btf/vmlinux`) without holding it:
- * the BTF id of the `bpf_cast_to_kern_ctx` kfunc and the bit offset of `sk_buff.ip_summed`.
+ * Where `sk_buff.ip_summed` lies in the running kernel, which the inline checksum update reads
+ * (bpf/lib/skb.h), from its BTF (`/sys/kernel/btf/vmlinux`) without holding it. The kfunc's
+ * BTF id the kernel answers itself (btf_find, bpf/btf_query.bpf.c).
  *
- * libbpf could resolve both (an extern kfunc and a CO-RE relocation), but it parses the
- * whole 5.5 MB file for it at every object load, holding two copies while it does: ~12 ms and
- * ~13 MiB of peak RSS per load. This reads the file in chunks, keeping the strings and a table
- * of where each type starts. The daemon asks the kernel for the kfunc's id (btf_find,
- * bpf/lib/btf_query.h) and reads only as far as sk_buff's field ({@link findSummedBit});
- * counting the ~150,000 types to the kfunc ({@link findSkbSummed}) serves the one-object load
- * and the tests.
+ * libbpf could resolve the field (a CO-RE relocation), but it parses the whole 5.5 MB file for
+ * it at every object load, holding two copies while it does: ~12 ms and ~13 MiB of peak RSS per
+ * load. This reads the types in chunks only as far as sk_buff's field (some 3,000 of ~150,000),
+ * keeping the strings and a table of where each type starts.
  * @module
  */
 
 import { BTF_KIND } from "../btf.ts";
 import { closeFd, openReadOnly, preadFull } from "../ffi/libc.ts";
-
-/** What the inline-checksum object needs from the kernel's BTF. */
-export interface SkbSummed {
-  /** BTF id of the FUNC `bpf_cast_to_kern_ctx` (what the kfunc call's `imm` names). */
-  kernCtxFuncId: number;
-  /** Offset of the 2-bit `ip_summed` field from the start of `struct sk_buff`, in bits. */
-  summedBit: number;
-}
 
 const BTF_MAGIC = 0xeb9f;
 const HDR_MIN = 24;
@@ -54,22 +43,11 @@ function nameIs(strs: Uint8Array, off: number, name: Uint8Array): boolean {
 }
 
 /**
- * Reads `path` (the kernel's BTF) for {@link SkbSummed}. Throws an Error naming what is
- * missing: no BTF, no `bpf_cast_to_kern_ctx` (Linux before 6.2), no `sk_buff.ip_summed`.
- */
-export function findSkbSummed(path = "/sys/kernel/btf/vmlinux"): SkbSummed {
-  return scan(path, true) as SkbSummed;
-}
-
-/**
- * Only `sk_buff.ip_summed`'s bit offset: the walk stops at the field, some 3,000 types in,
- * instead of counting the ~150,000 to the kfunc (whose id `btf_find` asks the kernel for).
+ * The bit offset of the 2-bit `ip_summed` field from the start of `struct sk_buff`, read from
+ * `path` (the kernel's BTF). Throws an Error naming what is missing: the file, BTF, sk_buff or
+ * the field.
  */
 export function findSummedBit(path = "/sys/kernel/btf/vmlinux"): number {
-  return scan(path, false).summedBit;
-}
-
-function scan(path: string, wantFunc: boolean): { kernCtxFuncId?: number; summedBit: number } {
   // libc, not Deno.FsFile: the daemon has these code paths warm already (RSS).
   const f = openReadOnly(path);
   if (f === -2) throw new Error(`no kernel BTF at ${path}`); // ENOENT
@@ -85,18 +63,16 @@ function scan(path: string, wantFunc: boolean): { kernCtxFuncId?: number; summed
     const strLen = hv.getUint32(20, true);
 
     const enc = new TextEncoder();
-    const [nameFunc, nameSkb, nameSummed] = ["bpf_cast_to_kern_ctx", "sk_buff", "ip_summed"]
-      .map((n) => enc.encode(n));
+    const [nameSkb, nameSummed] = ["sk_buff", "ip_summed"].map((n) => enc.encode(n));
     const strs = preadFull(f, new Uint8Array(strLen), strOff);
     // One buffer for the types (a type record is far smaller than the slack kept).
     const buf = new Uint8Array(CHUNK + (64 << 10));
     const words = new Uint32Array(buf.buffer); // records are 4-byte aligned; the host is LE
 
-    // Over the types: where each starts (by id), and the two wanted; with the kfunc's id
-    // known, only until sk_buff's field is found (sk_buff comes early: id ~900 of ~150,000).
+    // Over the types, chunk by chunk until sk_buff's field is found: where each type starts
+    // (by id), and sk_buff's id (it comes early: ~900 of ~150,000).
     let starts = new Uint32Array(1 << 17);
     let id = 1;
-    let funcId = 0;
     let skbId = 0;
     let have = 0; // bytes of buf holding unparsed types, from type-section offset `base`
     let base = 0;
@@ -118,14 +94,9 @@ function scan(path: string, wantFunc: boolean): { kernCtxFuncId?: number; summed
           starts = grown;
         }
         starts[id] = base + o;
-        if (kind === KIND.FUNC) {
+        if (kind === KIND.STRUCT && !skbId) {
           const n = words[o >> 2];
-          if (wantFunc && !funcId && strs[n] === nameFunc[0] && nameIs(strs, n, nameFunc)) {
-            funcId = id;
-          }
-        } else if (kind === KIND.STRUCT) {
-          const n = words[o >> 2];
-          if (!skbId && strs[n] === nameSkb[0] && nameIs(strs, n, nameSkb)) skbId = id;
+          if (strs[n] === nameSkb[0] && nameIs(strs, n, nameSkb)) skbId = id;
         }
         id++;
         o += size;
@@ -173,20 +144,14 @@ function scan(path: string, wantFunc: boolean): { kernCtxFuncId?: number; summed
       return null;
     };
     let summedBit: number | null | undefined;
-    for (;;) {
-      const funcDone = !wantFunc || funcId > 0;
-      if (skbId && funcDone && summedBit === undefined) {
-        try {
-          summedBit = search(skbId, 0, 0);
-        } catch (e) {
-          if (e !== notWalked) throw e;
-        }
-      }
-      if ((summedBit !== undefined && funcDone) || pos >= typeLen) break;
+    while (summedBit === undefined && pos < typeLen) {
       walkChunk();
-    }
-    if (wantFunc && !funcId) {
-      throw new Error(`${path}: no FUNC bpf_cast_to_kern_ctx (Linux 6.2 has it)`);
+      if (!skbId) continue;
+      try {
+        summedBit = search(skbId, 0, 0);
+      } catch (e) {
+        if (e !== notWalked) throw e;
+      }
     }
     if (!skbId) throw new Error(`${path}: no struct sk_buff`);
     if (summedBit === undefined) throw new Error(`${path}: a type of sk_buff out of range`);
@@ -194,7 +159,7 @@ function scan(path: string, wantFunc: boolean): { kernCtxFuncId?: number; summed
     for (const b of [strs.buffer, buf.buffer, starts.buffer]) (b as ArrayBuffer).transfer(0);
     if (summedBit === null) throw new Error(`${path}: no ip_summed in struct sk_buff`);
     if (summedBit > 0xffff) throw new Error(`${path}: sk_buff.ip_summed at bit ${summedBit}`);
-    return wantFunc ? { kernCtxFuncId: funcId, summedBit } : { summedBit };
+    return summedBit;
   } finally {
     closeFd(f);
   }

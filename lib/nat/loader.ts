@@ -9,7 +9,7 @@ import compatBytes from "../../bpf/einat_compat.bpf.o" with { type: "bytes" };
 import queryBytes from "../../bpf/btf_query.bpf.o" with { type: "bytes" };
 import * as bpf from "../ffi/libbpf.ts";
 import { closeFd, dupFd, mallocTrim } from "../ffi/libc.ts";
-import { findSkbSummed, findSummedBit } from "./kbtf.ts";
+import { findSummedBit } from "./kbtf.ts";
 import { patchKernCtxCalls, placeholderCalls } from "./kfunc.ts";
 import { BTF_QUERY_LAYOUT, EINAT_CONFIG_LAYOUT, encodeRoConfig, type RoConfig } from "./codec.ts";
 import { abortPins, finishPins, type PinSession, preparePins } from "../state/pin.ts";
@@ -112,20 +112,18 @@ class InlineUnavailable extends Error {}
 
 /**
  * The inline-checksum object made ready for this kernel: its placeholder calls turned into
- * the `bpf_cast_to_kern_ctx` kfunc call, and where `sk_buff.ip_summed` lies.
+ * the `bpf_cast_to_kern_ctx` kfunc call (the id the kernel gives), and where
+ * `sk_buff.ip_summed` lies (from its BTF).
  */
-function prepareInline(bytes: Uint8Array, btfPath: string) {
-  let k;
+async function prepareInline(bytes: Uint8Array, btfPath: string) {
+  const kfuncId = await askKernCtxFuncId();
+  let summedBit;
   try {
-    k = findSkbSummed(btfPath);
+    summedBit = findSummedBit(btfPath);
   } catch (e) {
     throw new InlineUnavailable((e as Error).message);
   }
-  return {
-    bytes: patchKernCtxCalls(bytes, k.kernCtxFuncId),
-    summedBit: k.summedBit,
-    kfuncId: k.kernCtxFuncId,
-  };
+  return { bytes: patchKernCtxCalls(bytes, kfuncId), summedBit, kfuncId };
 }
 
 /**
@@ -227,7 +225,7 @@ function onlyPrograms(obj: bpf.BpfObject, names: readonly string[]): void {
 
 /**
  * Loads `bytes` (whose checksum update is `csum`; an inline-checksum object is first made
- * ready for this kernel, prepareInline). `staged` (the embedded objects) loads in two steps:
+ * ready for this kernel, prepareInline, in both ways). `staged` (the embedded objects) loads in two steps:
  * the compatibility object creates or reuses every map (and loads no program); then two
  * objects of `bytes` reuse those maps and load at once, egress in one, ingress and the state
  * programs in the other, so their verification (most of the start-up time) runs on two
@@ -241,7 +239,7 @@ async function loadNatBytes(
   staged: boolean,
 ): Promise<NatObject> {
   const btfPath = opts.kernelBtf ?? VMLINUX_BTF;
-  const single = !staged && csum === "inline" ? prepareInline(bytes, btfPath) : null;
+  const single = !staged && csum === "inline" ? await prepareInline(bytes, btfPath) : null;
   const stateBytes = staged ? compatBytes : single?.bytes ?? bytes;
   const obj = bpf.openObjectMem(stateBytes, "einat");
   const parts: bpf.BpfObject[] = [];
@@ -272,21 +270,12 @@ async function loadNatBytes(
       // While the maps are created (off the JS thread): for the inline object, the kfunc's id
       // from the kernel and the field's place from the BTF; the datapath objects opened.
       try {
-        let summedBit = 0;
-        let dpBytes = bytes;
-        if (inline) {
-          kfuncId = await askKernCtxFuncId();
-          try {
-            summedBit = findSummedBit(btfPath);
-          } catch (e) {
-            throw new InlineUnavailable((e as Error).message);
-          }
-          dpBytes = patchKernCtxCalls(bytes, kfuncId);
-        }
+        const dp = inline ? await prepareInline(bytes, btfPath) : null;
+        kfuncId = dp?.kfuncId;
         for (const progs of PARTS) {
-          const part = bpf.openObjectMem(dpBytes, "einat");
+          const part = bpf.openObjectMem(dp?.bytes ?? bytes, "einat");
           parts.push(part);
-          setRoConfig(part, opts.ro, summedBit);
+          setRoConfig(part, opts.ro, dp?.summedBit);
           onlyPrograms(part, progs);
         }
       } catch (e) {

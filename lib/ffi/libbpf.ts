@@ -964,15 +964,15 @@ function printTrampoline(level: number, fmt: Deno.PointerValue, ap: Deno.Pointer
 
 /**
  * Routes libbpf's messages to `fn` (`libbpf_set_print` with a callback formatting through
- * libc `vsnprintf`). `null` restores libbpf's default printer (stderr); to silence libbpf pass
- * `() => {}`.
+ * libc `vsnprintf`). `null` restores libbpf's default printer (stderr); `"silent"` drops every
+ * message in C, so none crosses into JS.
  */
-export function setPrintHandler(fn: PrintHandler | null): void {
+export function setPrintHandler(fn: PrintHandler | null | "silent"): void {
   const b = bpf();
   let prev: Deno.PointerValue;
-  if (fn === null) {
+  if (fn === null || fn === "silent") {
     printHandler = null;
-    prev = b.libbpf_set_print(defaultSaved ? defaultPrint : null);
+    prev = b.libbpf_set_print(fn === null && defaultSaved ? defaultPrint : null);
   } else {
     printHandler = fn;
     printCallback ??= new Deno.UnsafeCallback(PRINT_CB_DEF, printTrampoline);
@@ -990,15 +990,7 @@ export function setPrintHandler(fn: PrintHandler | null): void {
  * each would stop a load running off the JS thread until the JS thread took it.
  */
 export function routeLibbpfPrintToLog(): void {
-  if (!log.enabled("debug")) {
-    const prev = bpf().libbpf_set_print(null);
-    if (!defaultSaved) {
-      defaultPrint = prev;
-      defaultSaved = true;
-    }
-    printHandler = null;
-    return;
-  }
+  if (!log.enabled("debug")) return setPrintHandler("silent");
   setPrintHandler((level, text) => {
     if (!log.enabled("debug")) return;
     for (const line of text.split("\n")) {

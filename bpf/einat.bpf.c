@@ -383,7 +383,8 @@ static __always_inline int flow_serve(struct __sk_buff *skb, struct packet *p,
  * configuration change drops the mappings it affects). Returns the verdict,
  * or -1 for the full path.
  */
-static __always_inline int egress_established(struct __sk_buff *skb, struct packet *p)
+static __always_inline int egress_established(struct __sk_buff *skb, struct packet *p,
+					      const __u8 family)
 {
 	__be16 remote_port = p->dport;
 	if (p->l4proto == IPPROTO_ICMP) {
@@ -391,8 +392,8 @@ static __always_inline int egress_established(struct __sk_buff *skb, struct pack
 			return -1;
 		remote_port = 0;
 	}
-	struct flow_entry *fe = flow_slot(p, true);
-	bool hit = fe && flow_hit(fe, p, true);
+	struct flow_entry *fe = flow_slot(p, family, true);
+	bool hit = fe && flow_hit(fe, p, family, true);
 	__u64 now = clock_now();
 	int served = flow_serve(skb, p, fe, hit, true, now);
 	if (served >= 0)
@@ -586,7 +587,7 @@ static __always_inline int egress_family(struct __sk_buff *skb, const __u8 famil
 	if (local_only_source(pp))
 		return pass(); /* DHCP from 0.0.0.0, link-local IPv6: the router's own */
 	if (r == PARSE_OK && !pp->icmp_err && pp->frag == FRAG_NONE) {
-		r = egress_established(skb, pp);
+		r = egress_established(skb, pp, family);
 		if (r >= 0)
 			return r;
 	}
@@ -643,8 +644,8 @@ static __always_inline int ingress_l4(struct __sk_buff *skb, struct packet *pp, 
 	 * so one lookup does. Otherwise the binding decides (EIF) and a session
 	 * is made.
 	 */
-	struct flow_entry *fe = pp->frag == FRAG_NONE ? flow_slot(pp, false) : NULL;
-	bool hit = fe && flow_hit(fe, pp, false);
+	struct flow_entry *fe = pp->frag == FRAG_NONE ? flow_slot(pp, family, false) : NULL;
+	bool hit = fe && flow_hit(fe, pp, family, false);
 	__u64 now = clock_now();
 	r = flow_serve(skb, pp, fe, hit, false, now);
 	if (r >= 0)

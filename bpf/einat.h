@@ -29,6 +29,9 @@ struct einat_config {
 	/* Bit offset of sk_buff.ip_summed in the running kernel, from its BTF (set by the
 	 * loader, lib/nat/kbtf.ts; bpf/lib/skb.h). */
 	__u16 skb_summed_bit;
+	/* How long a flow-cache slot may stand in for its session (lib/flowcache.h): a
+	 * quarter of the shortest timeout above, at most a second (set by the loader). */
+	__u64 flow_fresh_ns;
 };
 
 /* The context of the btf_find program (bpf/lib/btf_query.h). */

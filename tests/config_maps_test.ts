@@ -16,7 +16,9 @@ import {
   EINAT_CONFIG_LAYOUT,
   EXT_FLAGS,
   EXTERNAL_CONFIG_LAYOUT,
+  flowFreshNs,
   LPM_KEY_LAYOUT,
+  type RoConfig,
 } from "../lib/nat/codec.ts";
 import { closeNat, loadNat } from "../lib/nat/loader.ts";
 import { planInterface } from "../lib/nat/plan.ts";
@@ -95,6 +97,9 @@ Deno.test("config keys reach the loaded BPF config and maps", async () => {
       fibExternal: true,
       inboundIcmpx: false,
     });
+    // the flow cache's freshness: a quarter of 45 s is past the one-second cap
+    const fresh = EINAT_CONFIG_LAYOUT.fields.flow_fresh_ns.offset;
+    assertEquals(new DataView(ro.buffer, ro.byteOffset).getBigUint64(fresh, true), s);
     // record limits: two binding entries per binding
     assertEquals(bpf.mapMaxEntries(bpf.findMap(nat.obj, "map_binding")), 8192);
     assertEquals(bpf.mapMaxEntries(bpf.findMap(nat.obj, "map_ct")), 9000);
@@ -139,6 +144,25 @@ Deno.test("config keys reach the loaded BPF config and maps", async () => {
   } finally {
     closeNat(nat);
   }
+});
+
+Deno.test("flowFreshNs: a quarter of the shortest timeout, at most one second", () => {
+  const s = 1_000_000_000n;
+  const ro: RoConfig = {
+    timeoutFragment: 1n * s, // not a session timeout: ignored
+    timeoutIcmp: 30n * s,
+    timeoutUdpMin: 120n * s,
+    timeoutUdp: 300n * s,
+    timeoutTcpTrans: 240n * s,
+    timeoutTcpEst: 7440n * s,
+    logLevel: 0,
+    hasEth: true,
+    nat44: true,
+    nat66: false,
+  };
+  assertEquals(flowFreshNs(ro), s);
+  assertEquals(flowFreshNs({ ...ro, timeoutUdpMin: 2n * s }), s / 2n);
+  assertEquals(flowFreshNs({ ...ro, timeoutTcpEst: 3n * s }), 750_000_000n);
 });
 
 Deno.test("preallocate_maps: the binding and session maps are created preallocated, and translate", async () => {

@@ -48,10 +48,19 @@ struct {
 	__uint(max_entries, 1 << FLOW_CACHE_BITS);
 } map_flow_cache SEC(".maps");
 
-static __always_inline struct flow_entry *flow_slot(const struct packet *p, bool egress)
+/*
+ * The slot of a packet's flow. `family` is the caller's constant: an IPv4
+ * packet's address words past the first are zero (parse.h), so its hash and
+ * compare read one word per address.
+ */
+static __always_inline struct flow_entry *flow_slot(const struct packet *p, const __u8 family,
+						    bool egress)
 {
-	__u32 h = p->src.all[0] ^ p->src.all[1] ^ p->src.all[2] ^ p->src.all[3];
-	h ^= p->dst.all[0] ^ p->dst.all[1] ^ p->dst.all[2] ^ p->dst.all[3];
+	__u32 h = p->src.all[0] ^ p->dst.all[0];
+	if (family == 6) {
+		h ^= p->src.all[1] ^ p->src.all[2] ^ p->src.all[3];
+		h ^= p->dst.all[1] ^ p->dst.all[2] ^ p->dst.all[3];
+	}
 	h ^= ((__u32)p->sport << 16) ^ p->dport ^ p->l4proto ^ (egress ? 0x5a5a0000 : 0);
 	__u32 idx = (h * 0x9e3779b1U) >> (32 - FLOW_CACHE_BITS);
 	return bpf_map_lookup_elem(&map_flow_cache, &idx);
@@ -64,27 +73,25 @@ static __always_inline bool addr_eq(const union ip_addr *a, const union ip_addr 
 }
 
 /* The slot holds this packet's flow (whether it may be trusted or not). */
-static __always_inline bool flow_hit(const struct flow_entry *e, const struct packet *p, bool egress)
+static __always_inline bool flow_hit(const struct flow_entry *e, const struct packet *p,
+				     const __u8 family, bool egress)
 {
-	return e->family == p->family && e->egress == egress && e->l4proto == p->l4proto &&
-	       e->sport == p->sport && e->dport == p->dport && addr_eq(&e->src, &p->src) &&
-	       addr_eq(&e->dst, &p->dst);
+	if (e->family != family || e->egress != egress || e->l4proto != p->l4proto ||
+	    e->sport != p->sport || e->dport != p->dport)
+		return false;
+	if (family == 4) /* an IPv4 address is the first word */
+		return e->src.v4 == p->src.v4 && e->dst.v4 == p->dst.v4;
+	return addr_eq(&e->src, &p->src) && addr_eq(&e->dst, &p->dst);
 }
 
-/* How long a slot may stand in for the session: a quarter of the shortest timeout, ≤ 1 s. */
+/*
+ * How long a slot may stand in for the session: a quarter of the shortest
+ * timeout, at most a second. Computed by the loader (lib/nat/codec.ts,
+ * flowFreshNs), not per packet.
+ */
 static __always_inline __u64 flow_fresh_ns(void)
 {
-	__u64 t = CFG.timeout_icmp;
-	if (CFG.timeout_udp_min < t)
-		t = CFG.timeout_udp_min;
-	if (CFG.timeout_udp < t)
-		t = CFG.timeout_udp;
-	if (CFG.timeout_tcp_trans < t)
-		t = CFG.timeout_tcp_trans;
-	if (CFG.timeout_tcp_est < t)
-		t = CFG.timeout_tcp_est;
-	t /= 4;
-	return t < NS_PER_SEC ? t : NS_PER_SEC;
+	return CFG.flow_fresh_ns;
 }
 
 /* A hit that may be used as it is: see the top of this file. */

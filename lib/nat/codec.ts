@@ -85,7 +85,7 @@ export const TRAFFIC = [
 /** struct einat_config (.rodata CFG). */
 export const EINAT_CONFIG_LAYOUT: StructLayout = {
   name: "einat_config",
-  size: 56,
+  size: 64,
   fields: {
     timeout_fragment: { offset: 0, size: 8 },
     timeout_icmp: { offset: 8, size: 8 },
@@ -100,6 +100,7 @@ export const EINAT_CONFIG_LAYOUT: StructLayout = {
     fib_external: { offset: 52, size: 1 },
     inbound_icmpx: { offset: 53, size: 1 },
     skb_summed_bit: { offset: 54, size: 2 },
+    flow_fresh_ns: { offset: 56, size: 8 },
   },
 };
 
@@ -300,6 +301,23 @@ export interface RoConfig {
   inboundIcmpx?: boolean;
 }
 
+/**
+ * How long a flow-cache slot may stand in for its session (bpf/lib/flowcache.h): a quarter of
+ * the shortest session timeout, at most one second.
+ */
+export function flowFreshNs(c: RoConfig): bigint {
+  const shortest = [
+    c.timeoutIcmp,
+    c.timeoutUdpMin,
+    c.timeoutUdp,
+    c.timeoutTcpTrans,
+    c.timeoutTcpEst,
+  ]
+    .reduce((a, b) => (b < a ? b : a));
+  const quarter = shortest / 4n;
+  return quarter < 1_000_000_000n ? quarter : 1_000_000_000n;
+}
+
 /** Encodes `struct einat_config`. */
 export function encodeRoConfig(c: RoConfig): Uint8Array {
   const L = EINAT_CONFIG_LAYOUT;
@@ -317,6 +335,7 @@ export function encodeRoConfig(c: RoConfig): Uint8Array {
   b[f(L, "nat66")] = c.nat66 ? 1 : 0;
   b[f(L, "fib_external")] = c.fibExternal ? 1 : 0;
   b[f(L, "inbound_icmpx")] = c.inboundIcmpx ? 1 : 0;
+  v.setBigUint64(f(L, "flow_fresh_ns"), flowFreshNs(c), true);
   return b;
 }
 

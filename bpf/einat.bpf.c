@@ -379,9 +379,12 @@ static __always_inline int flow_serve(struct __sk_buff *skb, struct packet *p,
 
 /*
  * The fast path of an established flow: binding and session exist, so the
- * no-SNAT, hairpin and range checks were made when they were created (a
- * configuration change drops the mappings it affects). Returns the verdict,
- * or -1 for the full path.
+ * no-SNAT, hairpin and range checks were made when they were created. A
+ * changed configuration (ranges, no-SNAT) applies to new mappings; existing
+ * ones keep what they were given, as conntrack entries outlive a changed
+ * nftables rule, and only those of an address that left are dropped
+ * (lib/nat/apply.ts, purgeStale). Returns the verdict, or -1 for the full
+ * path.
  */
 static __always_inline int egress_established(struct __sk_buff *skb, struct packet *p,
 					      const __u8 family)

@@ -130,7 +130,8 @@ Deno.test({
 });
 
 Deno.test({
-  name: "live: SIGHUP reloads the configuration file and applies the new port range",
+  name:
+    "live: SIGHUP reloads the configuration file and applies the new port range to new mappings; an existing one keeps its port",
   ...sanitize,
   fn: () =>
     withTopology(async (t) => {
@@ -152,6 +153,9 @@ Deno.test({
           await waitLog(einat, /configuration reloaded/);
           const b = Number((await seenFrom(t, 42001)).split(":")[1]);
           assert(b >= 30000 && b <= 30099, `reloaded range: ${b}`);
+          // An existing mapping keeps its port (as a conntrack entry outlives a rule change).
+          const a2 = Number((await seenFrom(t, 42000)).split(":")[1]);
+          assertEquals(a2, a, "the mapping made before the reload keeps its port");
           await Deno.writeTextFile(conf, "[[interfaces]]\nif_nme = 1\n");
           einat.kill("SIGHUP");
           await waitLog(einat, /configuration not reloaded.*if_nme/);

@@ -103,12 +103,19 @@ interface SessionResult {
   sweepMs: number;
 }
 
-async function sessionsCase(
+/** One session count, loaded and filled; kept loaded while every case is measured. */
+interface SessionSetup {
+  sessions: number;
+  fillMs: number;
+  n: Awaited<ReturnType<typeof loadBenchNat>>;
+  flows: Flow[];
+}
+
+async function setupSessions(
   o: BenchOptions,
   sz: ScaleSizes,
-  noopFd: number,
   sessions: number,
-): Promise<SessionResult> {
+): Promise<SessionSetup> {
   const maxSessions = Math.max(...sz.sessions);
   const n = await loadBenchNat({
     ic: { ctMaxRecords: maxSessions + sz.flows + 1024, bindingMaxRecords: 65536 },
@@ -149,55 +156,116 @@ async function sessionsCase(
         fmt(fillMs / 1000, 1)
       } s)`,
     );
-
-    const hot = async (pkt: Uint8Array, fd: number) => {
-      const a: number[] = [], b: number[] = [];
-      await runNs(fd, pkt, Math.min(sz.repeat, 10_000));
-      for (let r = 0; r < sz.rounds; r++) {
-        if (r % 2) b.push(await runNs(noopFd, pkt, sz.repeat));
-        a.push(await runNs(fd, pkt, sz.repeat));
-        if (r % 2 === 0) b.push(await runNs(noopFd, pkt, sz.repeat));
-      }
-      const d = a.map((x, i) => x - b[i]);
-      return { nat: median(a), noop: median(b), delta: median(d) };
-    };
-    const hotEgress = await hot(flows[0].egress, n.nat.egressFd);
-    const hotIngress = await hot(flows[0].ingress, n.nat.ingressFd);
-
-    const spread = (dir: "egress" | "ingress") => {
-      const fd = dir === "egress" ? n.nat.egressFd : n.nat.ingressFd;
-      const a: number[] = [], b: number[] = [];
-      let order: Flow[] = [];
-      const before = stat(n.nat, dir === "egress" ? "egress_nat" : "ingress_nat");
-      for (let j = 0; j < sz.spreadRuns; j++) {
-        if (order.length === 0) order = shuffled(flows);
-        const f = order.pop()!;
-        const pkt = dir === "egress" ? f.egress : f.ingress;
-        if (j % 2) b.push(bpf.testRun(noopFd, pkt, { repeat: 1 }).durationNs);
-        const r = bpf.testRun(fd, pkt, { repeat: 1 });
-        if (j % 2 === 0) b.push(bpf.testRun(noopFd, pkt, { repeat: 1 }).durationNs);
-        if (r.retval !== TC_ACT_OK) throw new Error(`spread ${dir}: verdict ${r.retval}`);
-        a.push(r.durationNs);
-      }
-      const grown = stat(n.nat, dir === "egress" ? "egress_nat" : "ingress_nat") - before;
-      if (grown !== BigInt(sz.spreadRuns)) {
-        throw new Error(`spread ${dir}: ${grown} of ${sz.spreadRuns} translated`);
-      }
-      return {
-        nat: median(a),
-        noop: median(b),
-        delta: median(a) - median(b),
-        p90: percentile(a, 90) - median(b),
-      };
-    };
-    const spreadEgress = spread("egress"), spreadIngress = spread("ingress");
-    const t0 = performance.now();
-    const expired = await expireSessionsAsync(n.nat);
-    const sweepMs = performance.now() - t0;
-    if (expired !== 0) throw new Error(`sweep: ${expired} sessions expired, none should have`);
-    return { sessions, fillMs, hotEgress, hotIngress, spreadEgress, spreadIngress, sweepMs };
-  } finally {
+    return { sessions, fillMs, n, flows };
+  } catch (e) {
     n.close();
+    throw e;
+  }
+}
+
+type Hot = { nat: number; noop: number; delta: number };
+
+/**
+ * The hot flow of every case, in interleaved rounds: each round runs every case (rotating which
+ * goes first), each next to the no-op on the same packet, so drift of the machine's state
+ * during the part reaches every case alike and the ratios between cases stay honest.
+ */
+async function measureHot(
+  sz: ScaleSizes,
+  noopFd: number,
+  cases: SessionSetup[],
+  dir: "egress" | "ingress",
+): Promise<Hot[]> {
+  const pkt = (c: SessionSetup) => dir === "egress" ? c.flows[0].egress : c.flows[0].ingress;
+  const fd = (c: SessionSetup) => dir === "egress" ? c.n.nat.egressFd : c.n.nat.ingressFd;
+  const a = cases.map(() => [] as number[]), b = cases.map(() => [] as number[]);
+  for (const c of cases) await runNs(fd(c), pkt(c), Math.min(sz.repeat, 10_000));
+  for (let r = 0; r < sz.rounds; r++) {
+    for (let j = 0; j < cases.length; j++) {
+      const i = (j + r) % cases.length;
+      const c = cases[i];
+      if (r % 2) b[i].push(await runNs(noopFd, pkt(c), sz.repeat));
+      a[i].push(await runNs(fd(c), pkt(c), sz.repeat));
+      if (r % 2 === 0) b[i].push(await runNs(noopFd, pkt(c), sz.repeat));
+    }
+  }
+  return cases.map((_, i) => ({
+    nat: median(a[i]),
+    noop: median(b[i]),
+    delta: median(a[i].map((x, k) => x - b[i][k])),
+  }));
+}
+
+/** Spread runs and one sweep of one case (in turn: their point is each case's own caches). */
+async function measureSpread(
+  sz: ScaleSizes,
+  noopFd: number,
+  c: SessionSetup,
+  hotEgress: Hot,
+  hotIngress: Hot,
+): Promise<SessionResult> {
+  const { n, flows } = c;
+  const spread = (dir: "egress" | "ingress") => {
+    const fd = dir === "egress" ? n.nat.egressFd : n.nat.ingressFd;
+    const a: number[] = [], b: number[] = [];
+    let order: Flow[] = [];
+    const before = stat(n.nat, dir === "egress" ? "egress_nat" : "ingress_nat");
+    for (let j = 0; j < sz.spreadRuns; j++) {
+      if (order.length === 0) order = shuffled(flows);
+      const f = order.pop()!;
+      const pkt = dir === "egress" ? f.egress : f.ingress;
+      if (j % 2) b.push(bpf.testRun(noopFd, pkt, { repeat: 1 }).durationNs);
+      const r = bpf.testRun(fd, pkt, { repeat: 1 });
+      if (j % 2 === 0) b.push(bpf.testRun(noopFd, pkt, { repeat: 1 }).durationNs);
+      if (r.retval !== TC_ACT_OK) throw new Error(`spread ${dir}: verdict ${r.retval}`);
+      a.push(r.durationNs);
+    }
+    const grown = stat(n.nat, dir === "egress" ? "egress_nat" : "ingress_nat") - before;
+    if (grown !== BigInt(sz.spreadRuns)) {
+      throw new Error(`spread ${dir}: ${grown} of ${sz.spreadRuns} translated`);
+    }
+    return {
+      nat: median(a),
+      noop: median(b),
+      delta: median(a) - median(b),
+      p90: percentile(a, 90) - median(b),
+    };
+  };
+  const spreadEgress = spread("egress"), spreadIngress = spread("ingress");
+  const t0 = performance.now();
+  const expired = await expireSessionsAsync(n.nat);
+  const sweepMs = performance.now() - t0;
+  if (expired !== 0) throw new Error(`sweep: ${expired} sessions expired, none should have`);
+  return {
+    sessions: c.sessions,
+    fillMs: c.fillMs,
+    hotEgress,
+    hotIngress,
+    spreadEgress,
+    spreadIngress,
+    sweepMs,
+  };
+}
+
+/** Every session count: set up all, hot flows interleaved, then spread and sweep in turn. */
+async function sessionsCases(
+  o: BenchOptions,
+  sz: ScaleSizes,
+  noopFd: number,
+): Promise<SessionResult[]> {
+  const cases: SessionSetup[] = [];
+  try {
+    for (const s of sz.sessions) cases.push(await setupSessions(o, sz, s));
+    progress(o, `scale: hot flows, ${sz.rounds} interleaved rounds over ${cases.length} cases`);
+    const eg = await measureHot(sz, noopFd, cases, "egress");
+    const ing = await measureHot(sz, noopFd, cases, "ingress");
+    const out: SessionResult[] = [];
+    for (const [i, c] of cases.entries()) {
+      out.push(await measureSpread(sz, noopFd, c, eg[i], ing[i]));
+    }
+    return out;
+  } finally {
+    for (const c of cases) c.n.close();
   }
 }
 
@@ -280,8 +348,7 @@ export async function runScale(o: BenchOptions): Promise<PartResult> {
   const sz = scaleSizes(o);
   const noop = await loadNoop();
   try {
-    const sessions: SessionResult[] = [];
-    for (const s of sz.sessions) sessions.push(await sessionsCase(o, sz, noop.fd, s));
+    const sessions = await sessionsCases(o, sz, noop.fd);
     progress(o, `scale: new mappings at fill ${sz.fills.map((f) => `${f * 100}%`).join(", ")}`);
     const fills: FillResult[] = [], unsynced: FillResult[] = [];
     for (const f of sz.fills) {
@@ -321,7 +388,9 @@ export async function runScale(o: BenchOptions): Promise<PartResult> {
       ]),
       notes: [
         `hot: one flow, repeat ${sz.repeat} (alternating packet), median of ${sz.rounds} rounds; ` +
-        `no-op ${fmt(base.hotEgress.noop)} ns.`,
+        `no-op ${fmt(base.hotEgress.noop)} ns. All cases are loaded at once and each round runs ` +
+        `every case (rotating the order), each next to the no-op, so the machine's drift during ` +
+        `the part reaches all cases alike.`,
         `spread: ${sz.spreadRuns} single runs (repeat 1) over up to ${sz.flows} real flows in random order, ` +
         `next to single no-op runs (no-op ${
           fmt(base.spreadEgress.noop)

@@ -421,7 +421,7 @@ static __always_inline int egress_established(struct __sk_buff *skb, struct pack
 	if (!v || (v->flags & CT_HAIRPIN) ||
 	    (hit && (v->int_port != p->sport || !addr_eq(&v->int_addr, &p->src)))) {
 		if (hit)
-			fe->family = 0;
+			fe->kind = 0;
 		return -1;
 	}
 	ct_refresh(v, p->l4proto, true, p->tcp_flags, now);

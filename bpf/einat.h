@@ -32,6 +32,10 @@ struct einat_config {
 	/* How long a flow-cache slot may stand in for its session (lib/flowcache.h): a
 	 * quarter of the shortest timeout above, at most a second (set by the loader). */
 	__u64 flow_fresh_ns;
+	/* The flow cache has 1 << flow_cache_bits slots per CPU (lib/flowcache.h; the loader
+	 * sizes the map to match). */
+	__u8 flow_cache_bits;
+	__u8 _pad[7];
 };
 
 /* The context of the btf_find program (bpf/lib/btf_query.h). */

@@ -65,6 +65,7 @@ export function roConfigOf(ic: InterfaceConfig, hasEth = true): RoConfig {
     nat66: ic.nat66,
     fibExternal: ic.bpfFibLookupExternal,
     inboundIcmpx: ic.allowInboundIcmpx,
+    flowCacheSlots: ic.flowCacheSlots,
   };
 }
 

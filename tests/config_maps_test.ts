@@ -48,6 +48,7 @@ timeout_tcp_trans = "5m"
 timeout_tcp_est = "3h"
 binding_max_records = 4096
 ct_max_records = 9000
+flow_cache_slots = 4096
 no_snat_dests = ["198.51.100.0/24"]
 snat_internals = ["192.0.2.0/25"]
 
@@ -96,7 +97,13 @@ Deno.test("config keys reach the loaded BPF config and maps", async () => {
       nat66: true,
       fibExternal: true,
       inboundIcmpx: false,
+      flowCacheSlots: 4096,
     });
+    // the flow cache: one block of flow_cache_slots per possible CPU
+    assertEquals(
+      bpf.mapMaxEntries(bpf.findMap(nat.obj, "map_flow_cache")),
+      4096 * bpf.numPossibleCpus(),
+    );
     // the flow cache's freshness: a quarter of 45 s is past the one-second cap
     const fresh = EINAT_CONFIG_LAYOUT.fields.flow_fresh_ns.offset;
     assertEquals(new DataView(ro.buffer, ro.byteOffset).getBigUint64(fresh, true), s);

@@ -23,6 +23,8 @@ const volatile struct einat_config CFG = {
 	.nat66 = 0,
 	.fib_external = 0,
 	.inbound_icmpx = 1,
+	.flow_fresh_ns = NS_PER_SEC,
+	.flow_cache_bits = 14,
 };
 
 #define LOG_LEVEL (CFG.log_level)

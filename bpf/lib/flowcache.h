@@ -10,7 +10,7 @@
  * - while the mapping epoch (epoch.h) is the one read before those lookups:
  *   any deleted session or binding moves it, so a port that another host may
  *   claim next is never served from a slot;
- * - for flow_fresh_ns() after the session was last refreshed through it:
+ * - for flow_fresh() after the session was last refreshed through it:
  *   then the packet takes the lookups again and refreshes the session, which
  *   so stays current to within that time (at most a quarter of the shortest
  *   timeout, and a second);
@@ -24,8 +24,15 @@
 #include "config.h"
 #include "epoch.h"
 
-#define FLOW_CACHE_BITS 10
-
+/*
+ * One slot is one cache line: 64 bytes, so a slot that is cold costs one
+ * miss. The epoch and the refresh time are kept in 32 bits: a slot is
+ * trusted only within flow_fresh_ns() (at most a second) of being filled,
+ * so neither can come round in that time (2^32 deletions; 2^32 units of
+ * 1,024 ns are 73 minutes). Should a slot filled longer ago than that look
+ * fresh, the epoch has not moved since it was filled (no session or binding
+ * was deleted), so what it holds is still what the session says.
+ */
 struct flow_entry {
 	union ip_addr src;
 	union ip_addr dst;
@@ -34,18 +41,29 @@ struct flow_entry {
 	__be16 dport;
 	__be16 to_port;
 	__u8 l4proto;
-	__u8 family; /* 0: empty */
-	__u64 epoch;
-	__u64 refreshed_ns; /* when the session was last refreshed through this slot */
-	__u8 egress;
-	__u8 _pad[7];
+	__u8 kind; /* the family (4 or 6) | FLOW_EGRESS; 0: empty */
+	__u32 epoch; /* the mapping epoch's low 32 bits when filled */
+	__u32 refreshed; /* when the session was last refreshed through it: ns >> FLOW_TIME_SHIFT */
 };
 
+#define FLOW_EGRESS 0x80
+#define FLOW_TIME_SHIFT 10
+
+_Static_assert(sizeof(struct flow_entry) == 64, "a flow-cache slot is one cache line");
+
+/*
+ * 1 << CFG.flow_cache_bits slots per CPU, each CPU's in a block of its own
+ * (the loader sizes the map: possible CPUs x slots). A plain array, not a
+ * per-CPU one: its values are one allocation (BPF_F_MMAPABLE makes it start
+ * on a page, so every slot is one line), where a per-CPU array allocates
+ * each slot apart when the map is created (~8 ms more at load for 16,384).
+ */
 struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE);
 	__type(key, __u32);
 	__type(value, struct flow_entry);
-	__uint(max_entries, 1 << FLOW_CACHE_BITS);
+	__uint(max_entries, 1 << 14);
 } map_flow_cache SEC(".maps");
 
 /*
@@ -62,7 +80,9 @@ static __always_inline struct flow_entry *flow_slot(const struct packet *p, cons
 		h ^= p->dst.all[1] ^ p->dst.all[2] ^ p->dst.all[3];
 	}
 	h ^= ((__u32)p->sport << 16) ^ p->dport ^ p->l4proto ^ (egress ? 0x5a5a0000 : 0);
-	__u32 idx = (h * 0x9e3779b1U) >> (32 - FLOW_CACHE_BITS);
+	__u32 bits = CFG.flow_cache_bits & 31;
+	__u32 idx = (h * 0x9e3779b1U) >> ((32 - bits) & 31);
+	idx |= bpf_get_smp_processor_id() << bits; /* this CPU's block */
 	return bpf_map_lookup_elem(&map_flow_cache, &idx);
 }
 
@@ -76,7 +96,7 @@ static __always_inline bool addr_eq(const union ip_addr *a, const union ip_addr 
 static __always_inline bool flow_hit(const struct flow_entry *e, const struct packet *p,
 				     const __u8 family, bool egress)
 {
-	if (e->family != family || e->egress != egress || e->l4proto != p->l4proto ||
+	if (e->kind != (family | (egress ? FLOW_EGRESS : 0)) || e->l4proto != p->l4proto ||
 	    e->sport != p->sport || e->dport != p->dport)
 		return false;
 	if (family == 4) /* an IPv4 address is the first word */
@@ -89,9 +109,9 @@ static __always_inline bool flow_hit(const struct flow_entry *e, const struct pa
  * timeout, at most a second. Computed by the loader (lib/nat/codec.ts,
  * flowFreshNs), not per packet.
  */
-static __always_inline __u64 flow_fresh_ns(void)
+static __always_inline __u32 flow_fresh(void)
 {
-	return CFG.flow_fresh_ns;
+	return CFG.flow_fresh_ns >> FLOW_TIME_SHIFT;
 }
 
 /* A hit that may be used as it is: see the top of this file. */
@@ -100,7 +120,8 @@ static __always_inline bool flow_trusted(const struct flow_entry *e, const struc
 {
 	if (p->l4proto == IPPROTO_TCP && (p->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_FIN | TCP_FLAG_RST)))
 		return false;
-	return e->epoch == epoch_now() && now - e->refreshed_ns < flow_fresh_ns();
+	return e->epoch == (__u32)epoch_now() &&
+	       (__u32)(now >> FLOW_TIME_SHIFT) - e->refreshed < flow_fresh();
 }
 
 static __always_inline void flow_fill(struct flow_entry *e, const struct packet *p, bool egress,
@@ -108,7 +129,7 @@ static __always_inline void flow_fill(struct flow_entry *e, const struct packet 
 				      __u64 now)
 {
 	if (epoch == EPOCH_NONE) {
-		e->family = 0;
+		e->kind = 0;
 		return;
 	}
 	e->src = p->src;
@@ -118,10 +139,9 @@ static __always_inline void flow_fill(struct flow_entry *e, const struct packet 
 	e->dport = p->dport;
 	e->to_port = to_port;
 	e->l4proto = p->l4proto;
-	e->family = p->family;
-	e->egress = egress;
-	e->epoch = epoch;
-	e->refreshed_ns = now;
+	e->kind = p->family | (egress ? FLOW_EGRESS : 0);
+	e->epoch = (__u32)epoch;
+	e->refreshed = (__u32)(now >> FLOW_TIME_SHIFT);
 }
 
 #endif

@@ -34,6 +34,7 @@ import {
   type Defaults,
   type ExternalMatch,
   type ExternalSpec,
+  FLOW_CACHE_SLOTS,
   type HairpinRoute,
   type InterfaceConfig,
   type PortRange,
@@ -95,6 +96,7 @@ export const DEFAULTS = {
   /** TOML default; an interface built from CLI flags gets false (see cli.ts). */
   preferTcx: true,
   preallocateMaps: false,
+  flowCacheSlots: FLOW_CACHE_SLOTS.default as number,
   defaultExternals: true,
   /**
    * einat-ebpf leaves ICMP out. We route it too: errors from internal hosts about hairpinned
@@ -155,6 +157,7 @@ const INTERFACE_KEYS = [
   "binding_max_records",
   "ct_max_records",
   "preallocate_maps",
+  "flow_cache_slots",
   "default_externals",
   "snat_internals",
   "no_snat_dests",
@@ -756,6 +759,7 @@ export function defaultInterface(
     ctMaxRecords: DEFAULTS.bindingMaxRecords * 2,
     preferTcx: DEFAULTS.preferTcx,
     preallocateMaps: DEFAULTS.preallocateMaps,
+    flowCacheSlots: DEFAULTS.flowCacheSlots,
     noSnatDests: [],
     defaultExternals: DEFAULTS.defaultExternals,
     snatInternals: [],
@@ -857,6 +861,25 @@ function parseInterface(
   );
   iface.preferTcx = getBool(ctx, t, "prefer_tcx", path, DEFAULTS.preferTcx);
   iface.preallocateMaps = getBool(ctx, t, "preallocate_maps", path, DEFAULTS.preallocateMaps);
+  iface.flowCacheSlots = getInt(
+    ctx,
+    t,
+    "flow_cache_slots",
+    path,
+    DEFAULTS.flowCacheSlots,
+    FLOW_CACHE_SLOTS.min,
+    FLOW_CACHE_SLOTS.max,
+    "a slot count",
+  );
+  if (!Number.isInteger(Math.log2(iface.flowCacheSlots))) {
+    fail(
+      ctx,
+      join(path, "flow_cache_slots"),
+      `${iface.flowCacheSlots} is not a power of two (e.g. ${
+        2 ** Math.round(Math.log2(iface.flowCacheSlots))
+      })`,
+    );
+  }
   iface.defaultExternals = getBool(ctx, t, "default_externals", path, DEFAULTS.defaultExternals);
 
   // Timeouts; the deprecated timeout_pkt_* apply unless the new key is set.

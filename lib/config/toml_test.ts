@@ -324,6 +324,12 @@ Deno.test("timeouts: numbers are seconds, deprecated aliases work", () => {
   ok(r.notices.some((n) => /overridden by timeout_udp_default/.test(n)));
 });
 
+Deno.test("flow_cache_slots: 16384 by default, a power of two when set", () => {
+  equal(parse(MIN).config.interfaces[0].flowCacheSlots, 16384);
+  equal(parse(MIN + `flow_cache_slots = 1024\n`).config.interfaces[0].flowCacheSlots, 1024);
+  throws(() => parse(MIN + `flow_cache_slots = 10000\n`), /not a power of two \(e\.g\. 8192\)/);
+});
+
 Deno.test("ct_max_records follows binding_max_records by default", () => {
   const i = parse(MIN + `binding_max_records = 1000\n`).config.interfaces[0];
   equal(i.ctMaxRecords, 2000);

@@ -80,6 +80,8 @@ export interface InterfaceConfig {
   ctMaxRecords: number;
   /** `preallocate_maps`: binding and session records allocated when the maps are created. */
   preallocateMaps: boolean;
+  /** `flow_cache_slots`: established-flow cache slots per CPU, a power of two. */
+  flowCacheSlots: number;
   preferTcx: boolean;
   noSnatDests: Cidr[];
   defaultExternals: boolean;
@@ -121,3 +123,9 @@ export class ConfigError extends Error {
     this.name = "ConfigError";
   }
 }
+
+/**
+ * Flow-cache slots per CPU (`flow_cache_slots`, bpf/lib/flowcache.h): the default (1 MiB of
+ * 64-byte slots per CPU), the smallest and the largest. A power of two.
+ */
+export const FLOW_CACHE_SLOTS = { default: 16384, min: 256, max: 1 << 20 } as const;

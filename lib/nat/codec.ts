@@ -5,7 +5,7 @@
  * @module
  */
 
-import type { PortRange } from "../config/types.ts";
+import { FLOW_CACHE_SLOTS, type PortRange } from "../config/types.ts";
 
 /** One member of a C struct: byte offset and size. */
 export interface FieldLayout {
@@ -85,7 +85,7 @@ export const TRAFFIC = [
 /** struct einat_config (.rodata CFG). */
 export const EINAT_CONFIG_LAYOUT: StructLayout = {
   name: "einat_config",
-  size: 64,
+  size: 72,
   fields: {
     timeout_fragment: { offset: 0, size: 8 },
     timeout_icmp: { offset: 8, size: 8 },
@@ -101,6 +101,7 @@ export const EINAT_CONFIG_LAYOUT: StructLayout = {
     inbound_icmpx: { offset: 53, size: 1 },
     skb_summed_bit: { offset: 54, size: 2 },
     flow_fresh_ns: { offset: 56, size: 8 },
+    flow_cache_bits: { offset: 64, size: 1 },
   },
 };
 
@@ -299,6 +300,20 @@ export interface RoConfig {
   fibExternal?: boolean;
   /** Pings from outside bind their identifier to the NAT host (`allow_inbound_icmpx`). */
   inboundIcmpx?: boolean;
+  /** Flow-cache slots per CPU, a power of two (`flow_cache_slots`); its default when absent. */
+  flowCacheSlots?: number;
+}
+
+/** log2 of a flow-cache size; throws unless it is a power of two within the limits. */
+export function flowCacheBits(slots: number): number {
+  const bits = Math.log2(slots);
+  const { min, max } = FLOW_CACHE_SLOTS;
+  if (!Number.isInteger(bits) || slots < min || slots > max) {
+    throw new RangeError(
+      `flow cache slots ${slots}: expected a power of two from ${min} to ${max}`,
+    );
+  }
+  return bits;
 }
 
 /**
@@ -336,6 +351,7 @@ export function encodeRoConfig(c: RoConfig): Uint8Array {
   b[f(L, "fib_external")] = c.fibExternal ? 1 : 0;
   b[f(L, "inbound_icmpx")] = c.inboundIcmpx ? 1 : 0;
   v.setBigUint64(f(L, "flow_fresh_ns"), flowFreshNs(c), true);
+  b[f(L, "flow_cache_bits")] = flowCacheBits(c.flowCacheSlots ?? FLOW_CACHE_SLOTS.default);
   return b;
 }
 
@@ -356,6 +372,7 @@ export function decodeRoConfig(b: Uint8Array): RoConfig {
     nat66: b[f(L, "nat66")] !== 0,
     fibExternal: b[f(L, "fib_external")] !== 0,
     inboundIcmpx: b[f(L, "inbound_icmpx")] !== 0,
+    flowCacheSlots: 2 ** b[f(L, "flow_cache_bits")],
   };
 }
 

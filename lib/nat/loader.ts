@@ -12,6 +12,7 @@ import { closeFd, dupFd, mallocTrim } from "../ffi/libc.ts";
 import { findSummedBit } from "./kbtf.ts";
 import { patchKernCtxCalls, placeholderCalls } from "./kfunc.ts";
 import { BTF_QUERY_LAYOUT, EINAT_CONFIG_LAYOUT, encodeRoConfig, type RoConfig } from "./codec.ts";
+import { FLOW_CACHE_SLOTS } from "../config/types.ts";
 import { abortPins, finishPins, type PinSession, preparePins } from "../state/pin.ts";
 
 /** Names of the maps the daemon uses. */
@@ -25,6 +26,7 @@ export const MAP_NAMES = {
   frag: "map_frag",
   traffic: "map_traffic",
   portBits: "map_port_bits",
+  flowCache: "map_flow_cache",
 } as const;
 
 /** File descriptors of the maps, by role. */
@@ -249,6 +251,11 @@ async function loadNatBytes(
     setRoConfig(obj, opts.ro, single?.summedBit);
     bpf.mapSetMaxEntries(bpf.findMap(obj, MAP_NAMES.binding), opts.bindingMaxRecords * 2);
     bpf.mapSetMaxEntries(bpf.findMap(obj, MAP_NAMES.ct), opts.ctMaxRecords);
+    // One block of slots per possible CPU (bpf/lib/flowcache.h).
+    bpf.mapSetMaxEntries(
+      bpf.findMap(obj, MAP_NAMES.flowCache),
+      bpf.numPossibleCpus() * (opts.ro.flowCacheSlots ?? FLOW_CACHE_SLOTS.default),
+    );
     if (opts.preallocate) {
       for (const name of [MAP_NAMES.binding, MAP_NAMES.ct]) {
         const m = bpf.findMap(obj, name);

@@ -4,7 +4,12 @@
  * @module
  */
 
-import type { InterfaceConfig, PortRange, ProtoRanges } from "../../lib/config/types.ts";
+import {
+  FLOW_CACHE_SLOTS,
+  type InterfaceConfig,
+  type PortRange,
+  type ProtoRanges,
+} from "../../lib/config/types.ts";
 import { parseAddr } from "../../lib/config/cidr.ts";
 import * as bpf from "../../lib/ffi/libbpf.ts";
 import { applyPlan } from "../../lib/nat/apply.ts";
@@ -52,6 +57,7 @@ export function testInterfaceConfig(o: Partial<InterfaceConfig> = {}): Interface
     ctMaxRecords: 65536 * 2,
     preferTcx: false,
     preallocateMaps: false,
+    flowCacheSlots: FLOW_CACHE_SLOTS.default,
     noSnatDests: [],
     defaultExternals: true,
     snatInternals: [],

@@ -97,6 +97,22 @@ export interface LoadOptions {
   reuse?: Record<string, number>;
 }
 
+/**
+ * Entries of the flow cache: one block of `flow_cache_slots` per possible CPU
+ * (bpf/lib/flowcache.h). Throws, naming the key, when that exceeds what a map holds.
+ */
+export function flowCacheEntries(ro: RoConfig, cpus = bpf.numPossibleCpus()): number {
+  const slots = ro.flowCacheSlots ?? FLOW_CACHE_SLOTS.default;
+  const entries = cpus * slots;
+  if (entries > 2 ** 31) {
+    throw new RangeError(
+      `flow_cache_slots ${slots} x ${cpus} possible CPUs = ${entries} slots: more than a map ` +
+        `holds (2^31); use fewer slots`,
+    );
+  }
+  return entries;
+}
+
 /** The embedded BPF object: the inline-checksum one, or the compatibility one. */
 export function embeddedObject(csum: CsumMode = "inline"): Uint8Array {
   return csum === "inline" ? objectBytes : compatBytes;
@@ -251,11 +267,7 @@ async function loadNatBytes(
     setRoConfig(obj, opts.ro, single?.summedBit);
     bpf.mapSetMaxEntries(bpf.findMap(obj, MAP_NAMES.binding), opts.bindingMaxRecords * 2);
     bpf.mapSetMaxEntries(bpf.findMap(obj, MAP_NAMES.ct), opts.ctMaxRecords);
-    // One block of slots per possible CPU (bpf/lib/flowcache.h).
-    bpf.mapSetMaxEntries(
-      bpf.findMap(obj, MAP_NAMES.flowCache),
-      bpf.numPossibleCpus() * (opts.ro.flowCacheSlots ?? FLOW_CACHE_SLOTS.default),
-    );
+    bpf.mapSetMaxEntries(bpf.findMap(obj, MAP_NAMES.flowCache), flowCacheEntries(opts.ro));
     if (opts.preallocate) {
       for (const name of [MAP_NAMES.binding, MAP_NAMES.ct]) {
         const m = bpf.findMap(obj, name);

@@ -5,12 +5,31 @@ import { loadTestNat, TC_ACT_OK, testInterfaceConfig } from "../../tests/lib/nat
 import { udpSpec } from "../../tests/lib/packet.ts";
 import { withVariant } from "../../tests/lib/bpfobj.ts";
 import { parseBtf } from "../btf.ts";
-import { closeNat, csumModeOf, embeddedObject, loadNat, type LoadOptions } from "./loader.ts";
+import {
+  closeNat,
+  csumModeOf,
+  embeddedObject,
+  flowCacheEntries,
+  loadNat,
+  type LoadOptions,
+} from "./loader.ts";
 
 const base = (): LoadOptions => {
   const ic = testInterfaceConfig();
   return { ro: roConfigOf(ic), bindingMaxRecords: 1024, ctMaxRecords: 2048 };
 };
+
+Deno.test("loader: the flow cache has a block of slots per CPU, and a size past a map's limit names the key", () => {
+  const ro = roConfigOf(testInterfaceConfig({ flowCacheSlots: 4096 }));
+  assertEquals(flowCacheEntries(ro, 2), 8192);
+  let msg = "";
+  try {
+    flowCacheEntries({ ...ro, flowCacheSlots: 1 << 20 }, 4096);
+  } catch (e) {
+    msg = (e as Error).message;
+  }
+  assert(/^flow_cache_slots 1048576 x 4096 possible CPUs/.test(msg), msg);
+});
 
 Deno.test("loader: the two embedded objects differ in their checksum update", () => {
   assertEquals(csumModeOf(embeddedObject("inline")), "inline");

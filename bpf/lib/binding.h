@@ -387,6 +387,35 @@ static __always_inline bool port_in_ranges(const struct external_config *cfg, in
 	return false;
 }
 
+/*
+ * Before any search, one port drawn at random from the ranges (RFC 6056-style
+ * randomisation), the internal port's parity kept when c->strict asks for it:
+ * while the ranges are far from full its bit is clear and the claim succeeds,
+ * without the loop, its callbacks and their calls. A port the hint marks taken
+ * costs nothing; one it does not (a hint behind the table) costs one failed
+ * insert, which sets its bit. A global function, like the search steps: the
+ * search state is in per-CPU scratch, and its frame is not added to the
+ * caller's (the deepest call chain's stack is near the verifier's limit).
+ */
+__noinline int einat_random_try(struct port_bits *bits, __u32 rnd)
+{
+	struct alloc_ctx *c = alloc_ctx_get();
+	if (!c || !c->total)
+		return 0;
+	int port = range_port(c, (rnd >> 8) % c->total);
+	if (port < 0)
+		return 0;
+	if (c->strict >= 2)
+		port ^= (port ^ c->want) & 1;
+	__u32 wi = ((__u32)port >> 6) & (PORT_WORDS - 1);
+	__u64 bit = 1ULL << (port & 63);
+	if (!(range_mask(c, wi) & bit) || !port_acceptable(c, port))
+		return 0;
+	if (bits && (bits->w[wi] & bit))
+		return 0;
+	return try_claim(c, bits, port);
+}
+
 /* One search at strictness c->strict: the hint when there is one, else the table. */
 static __always_inline void alloc_search(struct alloc_ctx *c, struct port_bits **bits, __u32 rnd)
 {
@@ -460,7 +489,9 @@ __noinline int einat_binding_create(const struct packet *p, const struct default
 		__u32 rnd = bpf_get_prandom_u32();
 		/* ICMP identifiers have no parity or privilege to keep */
 		c->strict = p->l4proto == IPPROTO_ICMP ? 0 : 2;
-		alloc_search(c, &bits, rnd);
+		einat_random_try(bits, rnd);
+		if (!c->have && !c->full)
+			alloc_search(c, &bits, rnd);
 		if (!c->have && !c->full && c->strict) {
 			c->strict = 1;
 			alloc_search(c, &bits, rnd);

@@ -348,6 +348,31 @@ Deno.test("sessions and bindings expire: the sweep removes them once past their 
   }
 });
 
+Deno.test("flow cache: with the smallest cache (256 slots), 1,500 flows colliding in it keep their own mappings both ways", async () => {
+  const n = await loadTestNat(testInterfaceConfig({ flowCacheSlots: 256 }));
+  try {
+    // Five hosts, many ports each: flows that differ only in a port share their other fields.
+    const flows = Array.from({ length: 1500 }, (_, i) => ({
+      lan: `198.18.0.${1 + (i % 5)}`,
+      port: 40000 + i,
+      ext: 0,
+    }));
+    for (const f of flows) f.ext = n.egress(udp(f.lan, f.port, SRV1, 53)).out.sport!;
+    assertEquals(new Set(flows.map((f) => f.ext)).size, flows.length, "one port per flow");
+    // Three rounds each way in interleaved order: slots are filled, evicted and hit again.
+    for (let round = 0; round < 3; round++) {
+      for (const f of flows) {
+        const out = n.egress(udp(f.lan, f.port, SRV1, 53)).out;
+        assertEquals([out.src, out.sport], [EXT, f.ext], `egress ${f.lan}:${f.port}`);
+        const back = n.ingress(udp(SRV1, 53, EXT, f.ext)).out;
+        assertEquals([back.dst, back.dport], [f.lan, f.port], `ingress to ${f.ext}`);
+      }
+    }
+  } finally {
+    n.close();
+  }
+});
+
 Deno.test("flow cache: a cached flow whose external port now belongs to another host's session takes its own new mapping", async () => {
   const n = await loadTestNat();
   try {

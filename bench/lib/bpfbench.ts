@@ -34,7 +34,7 @@ import {
   PORT_BITS_LAYOUT,
   type StatName,
 } from "../../lib/nat/codec.ts";
-import type { NatObject } from "../../lib/nat/loader.ts";
+import { bumpEpoch, type NatObject } from "../../lib/nat/loader.ts";
 import {
   loadTestNat,
   type Nat,
@@ -418,7 +418,11 @@ function releaseHintBit(
   bpf.mapUpdate(fd, key, v);
 }
 
-/** Deletes the binding (both entries) and session a new-flow packet created. */
+/**
+ * Deletes the binding (both entries) and session a new-flow packet created, and moves the
+ * mapping epoch as the daemon does after deleting mappings itself, so no flow-cache slot serves
+ * the deleted mapping: the next run of the same packet makes a new one.
+ */
 export function undoNewFlow(nat: NatObject, p: NewFlowPacket, extPort: number): void {
   const s = p.spec, proto = l4Proto(s.proto), ext = ipBytes(s.family === 4 ? EXT4 : EXT6);
   bpf.mapDelete(
@@ -447,6 +451,7 @@ export function undoNewFlow(nat: NatObject, p: NewFlowPacket, extPort: number): 
       remoteAddr: ipBytes(s.remote),
     }),
   );
+  bumpEpoch(nat);
 }
 
 /** Result of {@link measureNewMappings}. */
@@ -473,11 +478,13 @@ export function measureNewMappings(
   const res: NewMappingResult = { runs: [], noop: [], failures: 0 };
   packets.forEach((p, i) => {
     const nop = () => res.noop.push(bpf.testRun(noopFd, p.bytes, { repeat: 1 }).durationNs);
+    const made = stat(nat, "new_binding");
     if (i % 2) nop();
     const r = bpf.testRun(nat.egressFd, p.bytes, { repeat: 1 });
     if (i % 2 === 0) nop();
     const out = parsePacket(r.dataOut);
-    if (r.retval !== TC_ACT_OK || out.src !== (p.spec.family === 4 ? EXT4 : EXT6)) {
+    const ext = p.spec.family === 4 ? EXT4 : EXT6;
+    if (r.retval !== TC_ACT_OK || out.src !== ext || stat(nat, "new_binding") !== made + 1n) {
       res.failures++;
       return;
     }

@@ -401,6 +401,8 @@ static __always_inline int egress_established(struct __sk_buff *skb, struct pack
 	int served = flow_serve(skb, p, fe, hit, true, now);
 	if (served >= 0)
 		return served;
+	if (!hit)
+		stat_inc(STAT_FLOW_CACHE_MISS);
 	__u64 epoch = epoch_now(); /* before the lookups the slot will stand for */
 	struct ct_key ck;
 	if (hit) {
@@ -440,6 +442,7 @@ struct egress_scratch {
 	struct binding_key okey;
 	struct binding_value bv;
 	struct binding_value intern;
+	__u64 epoch; /* read before the binding was looked up or made */
 };
 
 struct {
@@ -463,6 +466,7 @@ __noinline int einat_egress_full(struct __sk_buff *skb, struct packet *pp)
 	if (!pp || !es)
 		return TC_ACT_SHOT;
 
+	es->epoch = epoch_now(); /* before the lookups a flow-cache slot would stand for */
 	__u32 *dflags = (__u32 *)lpm_lookup(&map_dest_config, pp->family, &pp->dst);
 	if (dflags && (*dflags & EXT_NO_SNAT))
 		return pass();
@@ -566,6 +570,13 @@ __noinline int einat_egress_full(struct __sk_buff *skb, struct packet *pp)
 			peer_ct->flags |= CT_HAIRPIN;
 		return einat_hairpin(skb, pp, bvp, target);
 	}
+	if (!b && pp->frag == FRAG_NONE) {
+		/* A new mapping's session is this flow's: its next packets can be served
+		 * from the slot at once (as the established path fills it). */
+		struct flow_entry *fe = flow_slot(pp, pp->family, true);
+		if (fe)
+			flow_fill(fe, pp, true, &bvp->addr, bvp->port, es->epoch, clock_now());
+	}
 	if (rewrite(skb, pp, true, &bvp->addr, bvp->port))
 		return drop(STAT_DROP_UNTRANSLATABLE);
 	if (pp->frag == FRAG_FIRST)
@@ -653,6 +664,8 @@ static __always_inline int ingress_l4(struct __sk_buff *skb, struct packet *pp, 
 	r = flow_serve(skb, pp, fe, hit, false, now);
 	if (r >= 0)
 		return r;
+	if (fe && !hit)
+		stat_inc(STAT_FLOW_CACHE_MISS);
 	__u64 epoch = epoch_now(); /* before the lookup the slot will stand for */
 	struct ct_key ck;
 	ct_key_init(&ck, pp->family, pp->l4proto, &pp->dst, pp->dport, &pp->src, remote_port);

@@ -206,6 +206,7 @@ enum einat_stat {
 	STAT_SESSION_RESTARTED, /* expired, found by traffic before the sweep */
 	STAT_FRAGMENT_HELD,
 	STAT_FRAGMENT_RELEASED,
+	STAT_FLOW_CACHE_MISS, /* the flow's slot held nothing or another flow (lib/flowcache.h) */
 	STAT_MAX,
 };
 

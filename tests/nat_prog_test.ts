@@ -348,6 +348,20 @@ Deno.test("sessions and bindings expire: the sweep removes them once past their 
   }
 });
 
+Deno.test("flow cache: flow_cache_miss counts a flow's first packet each way, not the packets its slots serve", async () => {
+  const n = await loadTestNat();
+  try {
+    const ext = n.egress(udp(LAN1, 40000, SRV1, 53)).out.sport!;
+    for (let i = 0; i < 5; i++) {
+      assertEquals(n.egress(udp(LAN1, 40000, SRV1, 53)).out.sport, ext);
+      assertEquals(n.ingress(udp(SRV1, 53, EXT, ext)).out.dst, LAN1);
+    }
+    assertEquals(stat(n.nat.maps.stats, "flow_cache_miss"), 2n);
+  } finally {
+    n.close();
+  }
+});
+
 Deno.test("flow cache: with the smallest cache (256 slots), 1,500 flows colliding in it keep their own mappings both ways", async () => {
   const n = await loadTestNat(testInterfaceConfig({ flowCacheSlots: 256 }));
   try {
@@ -368,6 +382,9 @@ Deno.test("flow cache: with the smallest cache (256 slots), 1,500 flows collidin
         assertEquals([back.dst, back.dport], [f.lan, f.port], `ingress to ${f.ext}`);
       }
     }
+    // Evictions are counted: well past one miss per flow and direction.
+    const misses = stat(n.nat.maps.stats, "flow_cache_miss");
+    assert(misses > 3n * BigInt(flows.length), `flow_cache_miss ${misses}`);
   } finally {
     n.close();
   }

@@ -68,6 +68,7 @@ export const STATS = [
   "session_restarted",
   "fragment_held",
   "fragment_released",
+  "flow_cache_miss",
 ] as const;
 /** Name of a counter in `map_stats`. */
 export type StatName = typeof STATS[number];

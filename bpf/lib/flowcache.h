@@ -27,11 +27,12 @@
 /*
  * One slot is one cache line: 64 bytes, so a slot that is cold costs one
  * miss. The epoch and the refresh time are kept in 32 bits: a slot is
- * trusted only within flow_fresh_ns() (at most a second) of being filled,
- * so neither can come round in that time (2^32 deletions; 2^32 units of
- * 1,024 ns are 73 minutes). Should a slot filled longer ago than that look
- * fresh, the epoch has not moved since it was filled (no session or binding
- * was deleted), so what it holds is still what the session says.
+ * trusted only within flow_fresh() (CFG.flow_fresh_ns, at most a second) of
+ * being filled, so neither can come round in that time (2^32 deletions;
+ * 2^32 units of 1,024 ns are 73 minutes). For a slot filled 73 minutes
+ * earlier to look fresh, its epoch must match too: no session or binding
+ * was deleted meanwhile (short of 2^32 deletions), so what it holds is
+ * still what the session says.
  */
 struct flow_entry {
 	union ip_addr src;
@@ -67,9 +68,10 @@ struct {
 } map_flow_cache SEC(".maps");
 
 /*
- * The slot of a packet's flow. `family` is the caller's constant: an IPv4
- * packet's address words past the first are zero (parse.h), so its hash and
- * compare read one word per address.
+ * The slot of a packet's flow. `family` is the caller's constant where it
+ * has one (the per-family paths): an IPv4 packet's address words past the
+ * first are zero (parse.h), so its hash and compare read one word per
+ * address.
  */
 static __always_inline struct flow_entry *flow_slot(const struct packet *p, const __u8 family,
 						    bool egress)

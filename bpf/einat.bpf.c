@@ -570,10 +570,17 @@ __noinline int einat_egress_full(struct __sk_buff *skb, struct packet *pp)
 			peer_ct->flags |= CT_HAIRPIN;
 		return einat_hairpin(skb, pp, bvp, target);
 	}
-	if (!b && pp->frag == FRAG_NONE) {
-		/* A new mapping's session is this flow's: its next packets can be served
-		 * from the slot at once (as the established path fills it). */
-		struct flow_entry *fe = flow_slot(pp, pp->family, true);
+	if (pp->frag == FRAG_NONE) {
+		/* A new mapping's session is this flow's, and so is one just made on an
+		 * existing binding when it names this source (as the established path
+		 * checks): its next packets can be served from the slot at once. */
+		bool ours = !b;
+		if (!ours) {
+			struct ct_value *v = bpf_map_lookup_elem(&map_ct, ck);
+			ours = v && !(v->flags & CT_HAIRPIN) && v->int_port == pp->sport &&
+			       addr_eq(&v->int_addr, &pp->src);
+		}
+		struct flow_entry *fe = ours ? flow_slot(pp, pp->family, true) : NULL;
 		if (fe)
 			flow_fill(fe, pp, true, &bvp->addr, bvp->port, es->epoch, clock_now());
 	}

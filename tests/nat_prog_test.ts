@@ -357,6 +357,11 @@ Deno.test("flow cache: flow_cache_miss counts a flow's first packet each way, no
       assertEquals(n.ingress(udp(SRV1, 53, EXT, ext)).out.dst, LAN1);
     }
     assertEquals(stat(n.nat.maps.stats, "flow_cache_miss"), 2n);
+    // A second session on the same binding: its first packet misses, the next ones are served.
+    for (let i = 0; i < 3; i++) {
+      assertEquals(n.egress(udp(LAN1, 40000, SRV2, 53)).out.sport, ext);
+    }
+    assertEquals(stat(n.nat.maps.stats, "flow_cache_miss"), 3n);
   } finally {
     n.close();
   }

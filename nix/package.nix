@@ -64,6 +64,7 @@ stdenv.mkDerivation {
   nativeBuildInputs = [
     deno
     llvmPackages.clang
+    llvmPackages.llvm # llvm-strip: the objects' DWARF goes (bpf/Makefile)
     makeBinaryWrapper
   ];
   buildInputs = [

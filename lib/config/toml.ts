@@ -37,6 +37,7 @@ import {
   FLOW_CACHE_SLOTS,
   type HairpinRoute,
   type InterfaceConfig,
+  isFlowCacheSize,
   type PortRange,
   type ProtoRanges,
   type Timeouts,
@@ -871,7 +872,7 @@ function parseInterface(
     FLOW_CACHE_SLOTS.max,
     "a slot count",
   );
-  if (!Number.isInteger(Math.log2(iface.flowCacheSlots))) {
+  if (!isFlowCacheSize(iface.flowCacheSlots)) {
     fail(
       ctx,
       join(path, "flow_cache_slots"),

@@ -129,3 +129,9 @@ export class ConfigError extends Error {
  * 64-byte slots per CPU), the smallest and the largest. A power of two.
  */
 export const FLOW_CACHE_SLOTS = { default: 16384, min: 256, max: 1 << 20 } as const;
+
+/** A valid `flow_cache_slots`: a power of two from {@link FLOW_CACHE_SLOTS}.min to .max. */
+export function isFlowCacheSize(slots: number): boolean {
+  return Number.isInteger(Math.log2(slots)) && slots >= FLOW_CACHE_SLOTS.min &&
+    slots <= FLOW_CACHE_SLOTS.max;
+}

@@ -5,7 +5,7 @@
  * @module
  */
 
-import { FLOW_CACHE_SLOTS, type PortRange } from "../config/types.ts";
+import { FLOW_CACHE_SLOTS, isFlowCacheSize, type PortRange } from "../config/types.ts";
 
 /** One member of a C struct: byte offset and size. */
 export interface FieldLayout {
@@ -307,14 +307,13 @@ export interface RoConfig {
 
 /** log2 of a flow-cache size; throws unless it is a power of two within the limits. */
 export function flowCacheBits(slots: number): number {
-  const bits = Math.log2(slots);
-  const { min, max } = FLOW_CACHE_SLOTS;
-  if (!Number.isInteger(bits) || slots < min || slots > max) {
+  if (!isFlowCacheSize(slots)) {
+    const { min, max } = FLOW_CACHE_SLOTS;
     throw new RangeError(
       `flow cache slots ${slots}: expected a power of two from ${min} to ${max}`,
     );
   }
-  return bits;
+  return Math.log2(slots);
 }
 
 /**

@@ -357,6 +357,12 @@ static __always_inline bool local_only_source(const struct packet *p)
 	return (p->src.all[0] | p->src.all[1] | p->src.all[2] | p->src.all[3]) == 0;
 }
 
+/* The session names the packet's source as its internal endpoint: the flow is its. */
+static __always_inline bool ct_names_source(const struct ct_value *v, const struct packet *p)
+{
+	return v->int_port == p->sport && addr_eq(&v->int_addr, &p->src);
+}
+
 /*
  * Translates a packet from its flow-cache slot when the slot holds its flow
  * (hit) and may be trusted (lib/flowcache.h): the external endpoint on
@@ -420,8 +426,7 @@ static __always_inline int egress_established(struct __sk_buff *skb, struct pack
 	}
 	struct ct_value *v = bpf_map_lookup_elem(&map_ct, &ck);
 	/* The session names the internal endpoint: a cached flow must be its. */
-	if (!v || (v->flags & CT_HAIRPIN) ||
-	    (hit && (v->int_port != p->sport || !addr_eq(&v->int_addr, &p->src)))) {
+	if (!v || (v->flags & CT_HAIRPIN) || (hit && !ct_names_source(v, p))) {
 		if (hit)
 			fe->kind = 0;
 		return -1;
@@ -577,8 +582,7 @@ __noinline int einat_egress_full(struct __sk_buff *skb, struct packet *pp)
 		bool ours = !b;
 		if (!ours) {
 			struct ct_value *v = bpf_map_lookup_elem(&map_ct, ck);
-			ours = v && !(v->flags & CT_HAIRPIN) && v->int_port == pp->sport &&
-			       addr_eq(&v->int_addr, &pp->src);
+			ours = v && !(v->flags & CT_HAIRPIN) && ct_names_source(v, pp);
 		}
 		struct flow_entry *fe = ours ? flow_slot(pp, pp->family, true) : NULL;
 		if (fe)

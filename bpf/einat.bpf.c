@@ -243,7 +243,7 @@ static __always_inline int ingress_unmapped(const struct packet *p)
  * already bound are left as they are; the packet always passes untouched.
  * A global function: verified once for both families.
  */
-__noinline int einat_inbound_query(const struct packet *p)
+__noinline int einat_inbound_query(struct packet *p)
 {
 	if (!p)
 		return 0;
@@ -261,7 +261,7 @@ __noinline int einat_inbound_query(const struct packet *p)
 		if (b->port == p->dport && b->addr.all[0] == p->dst.all[0] &&
 		    b->addr.all[1] == p->dst.all[1] && b->addr.all[2] == p->dst.all[2] &&
 		    b->addr.all[3] == p->dst.all[3])
-			einat_ct_touch(&ck, &self, false, 0, 0);
+			einat_ct_touch(&ck, &self, p, false, CT_FIND);
 		return 0;
 	}
 	struct external_config *dc = lpm_lookup(&map_externals, p->family, &p->dst);
@@ -277,12 +277,12 @@ __noinline int einat_inbound_query(const struct packet *p)
 		return 0;
 	}
 	stat_inc(STAT_NEW_BINDING);
-	if (einat_ct_touch(&ck, &self, false, 0, 1))
+	if (einat_ct_touch(&ck, &self, p, false, CT_LIKELY_NEW))
 		binding_put_unused(p->family, p->l4proto, &p->dst, p->dport);
 	return 0;
 }
 
-static __always_inline int ingress_icmp_query(const struct packet *p)
+static __always_inline int ingress_icmp_query(struct packet *p)
 {
 	if (CFG.inbound_icmpx && !is_external_src(p))
 		einat_inbound_query(p);
@@ -403,7 +403,7 @@ static __always_inline int egress_established(struct __sk_buff *skb, struct pack
 	}
 	struct flow_entry *fe = flow_slot(p, family, true);
 	bool hit = fe && flow_hit(fe, p, family, true);
-	__u64 now = clock_now();
+	__u64 now = packet_now(p);
 	int served = flow_serve(skb, p, fe, hit, true, now);
 	if (served >= 0)
 		return served;
@@ -524,6 +524,7 @@ __noinline int einat_egress_full(struct __sk_buff *skb, struct packet *pp)
 	struct binding_value *bvp = &es->bv;
 	struct binding_value *b =
 		pp->no_binding ? NULL : bpf_map_lookup_elem(&map_binding, okey);
+	int mode = b ? CT_FIND : CT_LIKELY_NEW;
 	if (b) {
 		*bvp = *b;
 	} else {
@@ -537,6 +538,10 @@ __noinline int einat_egress_full(struct __sk_buff *skb, struct packet *pp)
 				from = &sc->ext;
 		}
 		r = einat_binding_create(pp, from, bvp);
+		if (r == 0)
+			mode = CT_NEW_REF_HELD;
+		else if (r == BINDING_ADOPTED)
+			r = 0;
 		if (r == STAT_DROP_NO_PORT || r == STAT_DROP_BINDING_FULL) {
 			stat_inc(r); /* refused: tell the sender (RFC 5508 REQ-8) */
 			return einat_send_prohibited(skb, pp);
@@ -551,9 +556,10 @@ __noinline int einat_egress_full(struct __sk_buff *skb, struct packet *pp)
 	__builtin_memset(intern, 0, sizeof(*intern));
 	intern->addr = pp->src;
 	intern->port = pp->sport;
-	r = einat_ct_touch(ck, intern, true, pp->tcp_flags, !b);
+	r = einat_ct_touch(ck, intern, pp, true, mode);
 	if (r) {
-		if (!b) /* release the binding nobody uses */
+		/* Release a binding nobody uses (with CT_NEW_REF_HELD, ct_touch did). */
+		if (mode == CT_LIKELY_NEW)
 			binding_put_unused(pp->family, pp->l4proto, &bvp->addr, bvp->port);
 		if (r == STAT_DROP_CT_FULL) {
 			stat_inc(r);
@@ -567,7 +573,7 @@ __noinline int einat_egress_full(struct __sk_buff *skb, struct packet *pp)
 		if (own_ct)
 			own_ct->flags |= CT_HAIRPIN; /* keeps it off the fast path */
 		ct_key_init(ck, pp->family, pp->l4proto, &pp->dst, pp->dport, &bvp->addr, bvp->port);
-		r = einat_ct_touch(ck, target, false, pp->tcp_flags, 0);
+		r = einat_ct_touch(ck, target, pp, false, CT_FIND);
 		if (r)
 			return drop(r);
 		struct ct_value *peer_ct = bpf_map_lookup_elem(&map_ct, ck);
@@ -586,7 +592,7 @@ __noinline int einat_egress_full(struct __sk_buff *skb, struct packet *pp)
 		}
 		struct flow_entry *fe = ours ? flow_slot(pp, pp->family, true) : NULL;
 		if (fe)
-			flow_fill(fe, pp, true, &bvp->addr, bvp->port, es->epoch, clock_now());
+			flow_fill(fe, pp, true, &bvp->addr, bvp->port, es->epoch, packet_now(pp));
 	}
 	if (rewrite(skb, pp, true, &bvp->addr, bvp->port))
 		return drop(STAT_DROP_UNTRANSLATABLE);
@@ -671,7 +677,7 @@ static __always_inline int ingress_l4(struct __sk_buff *skb, struct packet *pp, 
 	 */
 	struct flow_entry *fe = pp->frag == FRAG_NONE ? flow_slot(pp, family, false) : NULL;
 	bool hit = fe && flow_hit(fe, pp, family, false);
-	__u64 now = clock_now();
+	__u64 now = packet_now(pp);
 	r = flow_serve(skb, pp, fe, hit, false, now);
 	if (r >= 0)
 		return r;
@@ -709,7 +715,7 @@ static __always_inline int ingress_l4(struct __sk_buff *skb, struct packet *pp, 
 		if (is_external_src(pp))
 			return pass();
 		bv = *b;
-		r = einat_ct_touch(&ck, &bv, false, pp->tcp_flags, 1);
+		r = einat_ct_touch(&ck, &bv, pp, false, CT_LIKELY_NEW);
 		if (r)
 			return drop(r);
 	}

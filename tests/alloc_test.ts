@@ -15,7 +15,13 @@ import { planInterface } from "../lib/nat/plan.ts";
 import { parseAddr } from "../lib/config/cidr.ts";
 import { buildPacket, type PacketSpec } from "./lib/packet.ts";
 import * as bpf from "../lib/ffi/libbpf.ts";
-import { encodeBindingKey, encodeBindingValue, encodePortBitsKey } from "../lib/nat/codec.ts";
+import {
+  BINDING_VALUE_LAYOUT,
+  decodeBindingValue,
+  encodeBindingKey,
+  encodeBindingValue,
+  encodePortBitsKey,
+} from "../lib/nat/codec.ts";
 import { syncPortHint } from "../lib/nat/loader.ts";
 
 const EXT = [203, 0, 113, 1];
@@ -105,7 +111,22 @@ Deno.test("port choice: ports freed from user space (hint still says taken) are 
       assertEquals(r.retval, TC_ACT_OK, "a freed port is found");
       again.push(r.out.sport!);
     }
-    assertEquals(again.sort((a, b) => a - b), [ports[5], ports[77]].sort((a, b) => a - b));
+    assertEquals([...again].sort((a, b) => a - b), [ports[5], ports[77]].sort((a, b) => a - b));
+    // The old sessions (same remote, same external port) were left behind: each now belongs
+    // to its port's new binding, which holds one reference for it, and replies reach the new
+    // host, not the old one.
+    again.forEach((port, i) => {
+      const back = n.ingress({ ...udp("198.51.100.1", 53), dst: "203.0.113.1", dport: port });
+      assertEquals(back.retval, TC_ACT_OK);
+      assertEquals([back.out.dst, back.out.dport], ["192.0.2.11", 3000 + i], `reply to ${port}`);
+      const v = bpf.mapLookup(
+        n.nat.maps.binding,
+        encodeBindingKey({ orig: false, l4proto: 17, family: 4, port, addr: new Uint8Array(EXT) }),
+        BINDING_VALUE_LAYOUT.size,
+      );
+      assert(v, `binding of ${port}`);
+      assertEquals(decodeBindingValue(v, 4).ref, 1, `references of ${port}`);
+    });
   } finally {
     n.close();
   }

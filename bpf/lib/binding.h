@@ -433,11 +433,18 @@ static __always_inline void alloc_search(struct alloc_ctx *c, struct port_bits *
 	}
 }
 
+/* einat_binding_create(): another CPU made this endpoint's binding meanwhile. */
+#define BINDING_ADOPTED (-1)
+
 /*
- * Creates both entries of a new binding for the internal endpoint of p.
+ * Creates both entries of a new binding for the internal endpoint of p, with
+ * one reference taken for the session the caller makes next (ct.h,
+ * CT_NEW_REF_HELD): taken with the claim, the session's insert need not look
+ * the binding up again to take it.
  * A global function: verified once for both families.
- * Returns the reply (external) entry's external port in *ext_port, or a
- * STAT_DROP_* reason.
+ * Returns 0 with the binding in *out; BINDING_ADOPTED with the binding
+ * another CPU made meanwhile in *out (no reference taken); or a STAT_DROP_*
+ * reason.
  */
 __noinline int einat_binding_create(const struct packet *p, const struct default_ext *ext,
 				    struct binding_value *out)
@@ -474,6 +481,7 @@ __noinline int einat_binding_create(const struct packet *p, const struct default
 	binding_key_init(&c->key, 0, p->family, p->l4proto, &ext->addr, 0);
 	c->val.addr = p->src;
 	c->val.port = p->sport;
+	c->val.ref = 1; /* the caller's session's */
 
 	__u16 want = bpf_ntohs(p->sport);
 	c->want = want;
@@ -530,52 +538,73 @@ __noinline int einat_binding_create(const struct packet *p, const struct default
 		if (!v)
 			return STAT_DROP_BINDING_FULL;
 		*out = *v;
-		return 0;
+		return BINDING_ADOPTED;
 	}
 	stat_inc(STAT_NEW_BINDING);
 	*out = c->val;
 	return 0;
 }
 
+/*
+ * Deletes both entries of the binding whose reply entry is rv, found under
+ * key (which is reused for the original entry's key: one key on the stack,
+ * as these run deep in call chains). The original entry goes first, so the
+ * port is not free while it still maps to it.
+ */
+static __always_inline void binding_delete(struct binding_key *key, struct binding_value *rv,
+					   __u8 family, __u8 l4proto,
+					   const union ip_addr *ext_addr, __be16 ext_port)
+{
+	binding_key_init(key, BINDING_ORIG, family, l4proto, &rv->addr, rv->port);
+	/* Before: no slot filled earlier serves the port once it is free; after: nor
+	 * one filled while the entries were going. */
+	epoch_bump();
+	bpf_map_delete_elem(&map_binding, key);
+	binding_key_init(key, 0, family, l4proto, ext_addr, ext_port);
+	bpf_map_delete_elem(&map_binding, key);
+	epoch_bump();
+	port_bit_clear(family, l4proto, ext_addr, ext_port);
+}
+
 /* Drops one session reference; deletes both entries with the last one. */
 static __always_inline void binding_put(__u8 family, __u8 l4proto, const union ip_addr *ext_addr,
 					__be16 ext_port)
 {
-	struct binding_key rkey;
-	binding_key_init(&rkey, 0, family, l4proto, ext_addr, ext_port);
-	struct binding_value *rv = bpf_map_lookup_elem(&map_binding, &rkey);
+	struct binding_key key;
+	binding_key_init(&key, 0, family, l4proto, ext_addr, ext_port);
+	struct binding_value *rv = bpf_map_lookup_elem(&map_binding, &key);
 	if (!rv)
 		return;
 	if (__sync_fetch_and_add(&rv->ref, -1) != 1)
 		return;
 	alloc_clear_full(full_key(family, proto_idx(l4proto))); /* a port comes free */
-	struct binding_key okey;
-	binding_key_init(&okey, BINDING_ORIG, family, l4proto, &rv->addr, rv->port);
-	/* Before: no slot filled earlier serves the port once it is free; after: nor
-	 * one filled while the entries were going. */
-	epoch_bump();
-	bpf_map_delete_elem(&map_binding, &okey);
-	bpf_map_delete_elem(&map_binding, &rkey);
-	epoch_bump();
-	port_bit_clear(family, l4proto, ext_addr, ext_port);
+	binding_delete(&key, rv, family, l4proto, ext_addr, ext_port);
+}
+
+/*
+ * Drops one reference without deleting the binding at zero: for a reference
+ * that another one is about to replace (ct.h, einat_ct_touch).
+ */
+static __always_inline void binding_unref(__u8 family, __u8 l4proto, const union ip_addr *ext_addr,
+					  __be16 ext_port)
+{
+	struct binding_key key;
+	binding_key_init(&key, 0, family, l4proto, ext_addr, ext_port);
+	struct binding_value *rv = bpf_map_lookup_elem(&map_binding, &key);
+	if (rv)
+		__sync_fetch_and_add(&rv->ref, -1);
 }
 
 /* Deletes a binding that no session took a reference on. */
 static __always_inline void binding_put_unused(__u8 family, __u8 l4proto,
 					       const union ip_addr *ext_addr, __be16 ext_port)
 {
-	struct binding_key rkey;
-	binding_key_init(&rkey, 0, family, l4proto, ext_addr, ext_port);
-	struct binding_value *rv = bpf_map_lookup_elem(&map_binding, &rkey);
+	struct binding_key key;
+	binding_key_init(&key, 0, family, l4proto, ext_addr, ext_port);
+	struct binding_value *rv = bpf_map_lookup_elem(&map_binding, &key);
 	if (!rv || rv->ref != 0)
 		return;
-	struct binding_key okey;
-	binding_key_init(&okey, BINDING_ORIG, family, l4proto, &rv->addr, rv->port);
-	epoch_bump(); /* as in binding_put */
-	bpf_map_delete_elem(&map_binding, &okey);
-	bpf_map_delete_elem(&map_binding, &rkey);
-	epoch_bump();
-	port_bit_clear(family, l4proto, ext_addr, ext_port);
+	binding_delete(&key, rv, family, l4proto, ext_addr, ext_port);
 }
 
 #endif

@@ -16,6 +16,17 @@
 
 #define NSEC_PER_SEC 1000000000ULL
 
+/*
+ * The clock (clock_now()) as of this packet: read on first use and kept in the
+ * packet, so the paths a packet takes read it once between them.
+ */
+static __always_inline __u64 packet_now(struct packet *p)
+{
+	if (!p->now)
+		p->now = clock_now();
+	return p->now;
+}
+
 static __always_inline __u64 ct_timeout(__u8 l4proto, __u8 state)
 {
 	switch (l4proto) {
@@ -55,6 +66,15 @@ static __always_inline __u8 ct_flags_update(__u8 flags, bool egress, __u8 tcp_fl
 			flags |= egress ? CT_FIN_OUT : CT_FIN_IN;
 	}
 	return flags;
+}
+
+/* The session maps to the internal endpoint intern. */
+static __always_inline bool ct_names(const struct ct_value *v, const struct binding_value *intern)
+{
+	return v->int_port == intern->port &&
+	       ((v->int_addr.all[0] ^ intern->addr.all[0]) | (v->int_addr.all[1] ^ intern->addr.all[1]) |
+		(v->int_addr.all[2] ^ intern->addr.all[2]) |
+		(v->int_addr.all[3] ^ intern->addr.all[3])) == 0;
 }
 
 /* Past its timeout at now (a timestamp ahead of now is not). */
@@ -114,20 +134,32 @@ static __always_inline void ct_refresh(struct ct_value *v, __u8 l4proto, bool eg
 		v->last_seen_ns = now;
 }
 
+/* How einat_ct_touch() is to go about the session. */
+enum ct_touch_mode {
+	CT_FIND = 0, /* it may exist: look it up first */
+	CT_LIKELY_NEW = 1, /* the caller just missed it: insert first */
+	/* insert first; the caller holds a binding reference for the new session
+	 * (einat_binding_create takes it with the binding) */
+	CT_NEW_REF_HELD = 2,
+};
+
 /*
- * Finds or creates the session; creation takes a binding reference. With
- * likely_new (the caller just missed it, or just made its binding) the
+ * Finds or creates the session; creation takes a binding reference, unless
+ * the caller holds one for it (CT_NEW_REF_HELD), which the session then keeps,
+ * or drops when it is not made. With CT_LIKELY_NEW and CT_NEW_REF_HELD the
  * insert comes first: a session that exists after all fails it and is then
- * looked up. A global function: verified once for every caller.
+ * looked up. The packet p gives the TCP flags and the time. A global
+ * function: verified once for every caller.
  * Returns 0, or a STAT_DROP_* reason.
  */
 __noinline int einat_ct_touch(const struct ct_key *k, const struct binding_value *intern,
-			      int egress, __u8 tcp_flags, int likely_new)
+			      struct packet *p, int egress, int mode)
 {
-	if (!k || !intern)
+	if (!k || !intern || !p)
 		return STAT_DROP_UNTRANSLATABLE;
-	__u64 now = clock_now();
-	struct ct_value *v = likely_new ? NULL : bpf_map_lookup_elem(&map_ct, k);
+	__u64 now = packet_now(p);
+	__u8 tcp_flags = p->tcp_flags;
+	struct ct_value *v = mode != CT_FIND ? NULL : bpf_map_lookup_elem(&map_ct, k);
 	if (v) {
 		ct_refresh(v, k->l4proto, egress, tcp_flags, now);
 		return 0;
@@ -143,11 +175,35 @@ __noinline int einat_ct_touch(const struct ct_key *k, const struct binding_value
 	nv.created_s = now / NSEC_PER_SEC;
 	if (bpf_map_update_elem(&map_ct, k, &nv, BPF_NOEXIST)) {
 		v = bpf_map_lookup_elem(&map_ct, k);
-		if (v) { /* it existed after all, or another CPU made it meanwhile */
-			ct_refresh(v, k->l4proto, egress, tcp_flags, now);
+		if (mode == CT_NEW_REF_HELD && !v) {
+			/* The table is full: the reference held for the session goes, and
+			 * the binding with it if that was the last. */
+			binding_put(k->family, k->l4proto, &k->ext_addr, k->ext_port);
+			return STAT_DROP_CT_FULL;
+		}
+		if (!v)
+			return STAT_DROP_CT_FULL;
+		if (mode == CT_NEW_REF_HELD && !ct_names(v, intern)) {
+			/* Left by an earlier binding of this external endpoint that was
+			 * deleted without its sessions (from user space): no binding held
+			 * the port when this one claimed it. It starts over as this
+			 * binding's session and keeps the reference held for it. */
+			*v = nv;
+			stat_inc(STAT_NEW_SESSION);
 			return 0;
 		}
-		return STAT_DROP_CT_FULL;
+		/* It existed after all, or another CPU made it meanwhile. */
+		ct_refresh(v, k->l4proto, egress, tcp_flags, now);
+		/* Another CPU made it on finding this new binding, and takes a
+		 * reference of its own (or has): the one held here goes, without
+		 * deleting the binding should it reach zero first. */
+		if (mode == CT_NEW_REF_HELD)
+			binding_unref(k->family, k->l4proto, &k->ext_addr, k->ext_port);
+		return 0;
+	}
+	if (mode == CT_NEW_REF_HELD) {
+		stat_inc(STAT_NEW_SESSION);
+		return 0;
 	}
 	/*
 	 * Then the reference. Taking it first would leak the binding when the

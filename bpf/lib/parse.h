@@ -103,6 +103,7 @@ struct packet {
 	__u8 no_binding; /* egress: the fast path found no binding for the source */
 	__u8 summed; /* the skb's ip_summed (skb.h) when parsed */
 	__u8 _pad[1];
+	__u64 now; /* packet_now(): the clock read once per packet, 0 until then */
 	union ip_addr src;
 	union ip_addr dst;
 };

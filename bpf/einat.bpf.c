@@ -472,8 +472,10 @@ __noinline int einat_egress_full(struct __sk_buff *skb, struct packet *pp)
 		return TC_ACT_SHOT;
 
 	es->epoch = epoch_now(); /* before the lookups a flow-cache slot would stand for */
+	/* One lookup for what the destination is: no-SNAT, or one of our externals. */
 	__u32 *dflags = (__u32 *)lpm_lookup(&map_dest_config, pp->family, &pp->dst);
-	if (dflags && (*dflags & EXT_NO_SNAT))
+	__u32 dest = dflags ? *dflags : 0;
+	if (dest & EXT_NO_SNAT)
 		return pass();
 
 	__u32 idx = pp->family == 4 ? 0 : 1;
@@ -504,7 +506,7 @@ __noinline int einat_egress_full(struct __sk_buff *skb, struct packet *pp)
 	 */
 	struct binding_key *okey = &es->okey;
 	struct binding_value *target = NULL;
-	if (is_hairpin_dest(pp)) {
+	if ((dest & EXT_EXTERNAL) && !(dest & EXT_NO_HAIRPIN)) {
 		if (pp->l4proto == IPPROTO_ICMP)
 			return deliver_locally(skb);
 		binding_key_init(okey, 0, pp->family, pp->l4proto, &pp->dst, pp->dport);

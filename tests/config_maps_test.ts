@@ -147,7 +147,15 @@ Deno.test("config keys reach the loaded BPF config and maps", async () => {
         new DataView(e.value.buffer).getUint32(0, true)
       }`;
     });
-    assertEquals(dst, [`198.51.100.0/24=${EXT_FLAGS.NO_SNAT}`]);
+    assertEquals(
+      dst.sort(),
+      [
+        `198.51.100.0/24=${EXT_FLAGS.NO_SNAT}`,
+        `2001:db8:2::1/128=${EXT_FLAGS.EXTERNAL}`,
+        `203.0.113.50/32=${EXT_FLAGS.EXTERNAL}`,
+      ].sort(),
+      "no_snat_dests, and the externals as hairpin destinations",
+    );
   } finally {
     closeNat(nat);
   }

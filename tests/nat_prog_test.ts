@@ -18,7 +18,7 @@ import {
   encodeCtKey,
   IPPROTO,
 } from "../lib/nat/codec.ts";
-import { parseAddr } from "../lib/config/cidr.ts";
+import { parseAddr, parseCidr } from "../lib/config/cidr.ts";
 import { bumpEpoch, expireSessions } from "../lib/nat/loader.ts";
 import { buildPacket, type PacketSpec, parsePacket } from "./lib/packet.ts";
 import {
@@ -519,6 +519,45 @@ Deno.test("flow cache: sessions stay current (refreshed through the cache at lea
     } finally {
       n2.close();
     }
+  } finally {
+    n.close();
+  }
+});
+
+Deno.test("destinations: no_snat_dests pass untouched; an external is a hairpin turn unless no_hairpin, or inside no_snat_dests", async () => {
+  const ext = (address: string, noHairpin = false) => ({
+    match: { kind: "address" as const, addr: parseCidr(address) },
+    isInternal: false,
+    noSnat: false,
+    noHairpin,
+    ranges: testInterfaceConfig().defaultRanges,
+  });
+  const n = await loadTestNat(
+    testInterfaceConfig({
+      defaultExternals: false,
+      externals: [ext("203.0.113.1/32"), ext("203.0.113.2/32", true), ext("198.51.100.7/32")],
+      noSnatDests: [parseCidr("198.51.100.0/24")],
+    }),
+    [],
+  );
+  try {
+    const run = (dst: string) => {
+      const pkt = buildPacket(udp(LAN1, 40000, dst, 9999));
+      const r = n.runRaw("egress", pkt);
+      const untouched = r.bytes.length === pkt.length && r.bytes.every((b, i) => b === pkt[i]);
+      return { retval: r.retval, untouched, out: parsePacket(r.bytes) };
+    };
+    // No mapping has port 9999: the router's own service, handed to its stack untouched.
+    const turn = run("203.0.113.1");
+    assertEquals([turn.retval, turn.untouched], [TC_ACT_REDIRECT, true], "hairpin turn");
+    const noTurn = run("203.0.113.2");
+    assertEquals([noTurn.retval, noTurn.out.src], [TC_ACT_OK, EXT], "no_hairpin: translated out");
+    for (const dst of ["198.51.100.7", "198.51.100.8"]) {
+      const r = run(dst);
+      assertEquals([r.retval, r.untouched], [TC_ACT_OK, true], `${dst}: no_snat_dests`);
+    }
+    const out = run("192.0.2.200");
+    assertEquals([out.retval, out.out.src], [TC_ACT_OK, EXT], "elsewhere: translated");
   } finally {
     n.close();
   }

@@ -16,7 +16,11 @@ struct {
 	__uint(max_entries, 4096);
 } map_externals SEC(".maps");
 
-/* Destinations that bypass NAT (no_snat_dests). Value: EXT_* flags. */
+/*
+ * What a destination is, value EXT_* flags: EXT_NO_SNAT for no_snat_dests,
+ * EXT_EXTERNAL (and EXT_NO_HAIRPIN) for our external addresses, so that the
+ * full egress path looks the destination up once (lib/nat/plan.ts).
+ */
 struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
 	__uint(map_flags, BPF_F_NO_PREALLOC);

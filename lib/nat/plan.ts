@@ -37,6 +37,7 @@ export interface NatPlan {
     6?: ResolvedExternal & { cfg: ExternalConfig };
   };
   externals: LpmEntry[];
+  /** `map_dest_config`: no-SNAT destination networks and the externals (EXT_FLAGS). */
   destConfig: { family: 4 | 6; addr: Uint8Array; prefixLen: number; flags: number }[];
   resolved: ResolvedExternal[];
 }
@@ -213,6 +214,19 @@ export function planInterface(ic: InterfaceConfig, addrs: IfAddr[]): NatPlan {
       prefixLen: d.prefixLen,
       flags: EXT_FLAGS.NO_SNAT,
     });
+  }
+  // The externals as destinations too, so that a new flow's destination takes one lookup
+  // (bpf/einat.bpf.c, einat_egress_full): EXTERNAL (with NO_HAIRPIN when set) makes it a
+  // hairpin turn; one inside a no_snat_dests network keeps that network's NO_SNAT.
+  for (const e of plan.externals) {
+    if (!(e.cfg.flags & EXT_FLAGS.EXTERNAL)) continue;
+    const flags = EXT_FLAGS.EXTERNAL | (e.cfg.flags & EXT_FLAGS.NO_HAIRPIN) |
+      (ic.noSnatDests.some((d) => cidrHas(d, e.family, e.addr)) ? EXT_FLAGS.NO_SNAT : 0);
+    const same = plan.destConfig.find((d) =>
+      d.family === e.family && d.prefixLen === e.prefixLen && cmpBytes(d.addr, e.addr) === 0
+    );
+    if (same) same.flags |= flags;
+    else plan.destConfig.push({ family: e.family, addr: e.addr, prefixLen: e.prefixLen, flags });
   }
   return plan;
 }

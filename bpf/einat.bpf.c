@@ -225,7 +225,8 @@ __noinline int einat_ingress_icmp_error(struct __sk_buff *skb, struct packet *p)
  */
 static __always_inline int ingress_unmapped(const struct packet *p)
 {
-	if (p->l4proto == IPPROTO_TCP && (p->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN) {
+	if (p->l4proto == IPPROTO_TCP &&
+	    (p->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN) {
 		struct external_config *dc = lpm_lookup(&map_externals, p->family, &p->dst);
 		if (dc && (dc->flags & EXT_EXTERNAL) &&
 		    port_in_ranges(dc, PROTO_IDX_TCP, bpf_ntohs(p->dport)))
@@ -331,8 +332,8 @@ __noinline int einat_fib_external(struct __sk_buff *skb, struct packet *p)
 		__builtin_memcpy(sc->fib.ipv6_dst, &p->dst, 16);
 	}
 	if (bpf_fib_lookup(skb, &sc->fib, sizeof(sc->fib),
-			   BPF_FIB_LOOKUP_OUTPUT | BPF_FIB_LOOKUP_SKIP_NEIGH | BPF_FIB_LOOKUP_SRC) !=
-	    BPF_FIB_LKUP_RET_SUCCESS)
+			   BPF_FIB_LOOKUP_OUTPUT | BPF_FIB_LOOKUP_SKIP_NEIGH |
+				   BPF_FIB_LOOKUP_SRC) != BPF_FIB_LKUP_RET_SUCCESS)
 		return 0;
 	__builtin_memset(&sc->ext, 0, sizeof(sc->ext));
 	if (p->family == 4)
@@ -524,8 +525,7 @@ __noinline int einat_egress_full(struct __sk_buff *skb, struct packet *pp)
 
 	binding_key_init(okey, BINDING_ORIG, pp->family, pp->l4proto, &pp->src, pp->sport);
 	struct binding_value *bvp = &es->bv;
-	struct binding_value *b =
-		pp->no_binding ? NULL : bpf_map_lookup_elem(&map_binding, okey);
+	struct binding_value *b = pp->no_binding ? NULL : bpf_map_lookup_elem(&map_binding, okey);
 	int mode = b ? CT_FIND : CT_LIKELY_NEW;
 	if (b) {
 		*bvp = *b;
@@ -574,7 +574,8 @@ __noinline int einat_egress_full(struct __sk_buff *skb, struct packet *pp)
 		struct ct_value *own_ct = bpf_map_lookup_elem(&map_ct, ck);
 		if (own_ct)
 			own_ct->flags |= CT_HAIRPIN; /* keeps it off the fast path */
-		ct_key_init(ck, pp->family, pp->l4proto, &pp->dst, pp->dport, &bvp->addr, bvp->port);
+		ct_key_init(ck, pp->family, pp->l4proto, &pp->dst, pp->dport, &bvp->addr,
+			    bvp->port);
 		r = einat_ct_touch(ck, target, pp, false, CT_FIND);
 		if (r)
 			return drop(r);
@@ -657,7 +658,6 @@ __noinline int einat_ingress_first_fragment(struct __sk_buff *skb, struct packet
 		return drop(STAT_DROP_FRAGMENT);
 	return TC_ACT_OK;
 }
-
 
 /* An unfragmented packet or a first fragment, to a binding or not. */
 static __always_inline int ingress_l4(struct __sk_buff *skb, struct packet *pp, const __u8 family)

@@ -42,8 +42,8 @@ struct einat_config {
 struct btf_query {
 	char name[48]; /* NUL-terminated */
 	__u32 name_sz; /* strlen(name) + 1 */
-	__u32 kind;    /* BTF_KIND_* */
-	__s64 id;      /* out: the BTF id (a module's BTF fd in the upper half), or -errno */
+	__u32 kind; /* BTF_KIND_* */
+	__s64 id; /* out: the BTF id (a module's BTF fd in the upper half), or -errno */
 };
 
 /* IPv4 addresses use the first 4 bytes, the rest stays zero. */

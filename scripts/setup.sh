@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PKGS=(npm clang-19 llvm-19 libbpf-dev libbpf1 libmnl0 libmnl-dev iproute2 iputils-ping
+APT_PKGS=(npm clang-19 clang-format-19 llvm-19 libbpf-dev libbpf1 libmnl0 libmnl-dev iproute2 iputils-ping
   nftables tcpdump iperf3 bpftool procps traceroute ethtool nix-bin ca-certificates)
 
 missing=()

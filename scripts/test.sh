@@ -13,10 +13,11 @@ if [[ ${EINAT_FULL:-0} == 1 ]]; then
 fi
 
 checks_failed=0
-echo "== deno check / lint / fmt"
+echo "== deno check / lint / fmt, clang-format"
 "$DENO" check main.ts lib/ tests/ bench/ || checks_failed=1
 "$DENO" lint || checks_failed=1
 "$DENO" fmt --check || checks_failed=1
+make -s -C bpf format-check || checks_failed=1
 
 echo "== deno test"
 log=$(mktemp)
@@ -29,7 +30,7 @@ failed=$(sed -E 's/.*\| ([0-9]+) failed.*/\1/' <<<"$summary")
 [[ $passed =~ ^[0-9]+$ ]] || passed=0
 [[ $failed =~ ^[0-9]+$ ]] || failed=$((rc != 0 ? 1 : 0))
 if ((checks_failed)); then
-  echo "check/lint/fmt failed"
+  echo "check/lint/fmt/clang-format failed"
   failed=$((failed + 1))
   rc=1
 fi

@@ -301,7 +301,7 @@ static __always_inline __u64 range_mask(const struct alloc_ctx *c, __u32 wi)
 	for (int r = 0; r < EINAT_MAX_RANGES; r++) {
 		__s64 start = c->ranges[r].start, end = c->ranges[r].end;
 		__s64 lo = start + ((base - start) & ~LT_MASK(base, start)); /* max */
-		__s64 hi = top + ((end - top) & LT_MASK(end, top));	     /* min */
+		__s64 hi = top + ((end - top) & LT_MASK(end, top)); /* min */
 		__u64 valid = LT_MASK(r, len) & ~LT_MASK(hi, lo);
 		m |= valid & (~0ULL >> ((63 - (hi - base)) & 63)) & (~0ULL << ((lo - base) & 63));
 	}
@@ -552,8 +552,8 @@ __noinline int einat_binding_create(const struct packet *p, const struct default
  * port is not free while it still maps to it.
  */
 static __always_inline void binding_delete(struct binding_key *key, struct binding_value *rv,
-					   __u8 family, __u8 l4proto,
-					   const union ip_addr *ext_addr, __be16 ext_port)
+					   __u8 family, __u8 l4proto, const union ip_addr *ext_addr,
+					   __be16 ext_port)
 {
 	binding_key_init(key, BINDING_ORIG, family, l4proto, &rv->addr, rv->port);
 	/* Before: no slot filled earlier serves the port once it is free; after: nor

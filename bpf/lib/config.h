@@ -38,10 +38,10 @@ const volatile struct einat_config CFG = {
 #define TIMEOUT_TCP_TRANS (CFG.timeout_tcp_trans)
 #define TIMEOUT_TCP_EST (CFG.timeout_tcp_est)
 
-#define log_debug(fmt, ...)                                                    \
-	do {                                                                   \
-		if (LOG_LEVEL >= 4)                                            \
-			bpf_printk(fmt, ##__VA_ARGS__);                        \
+#define log_debug(fmt, ...)                             \
+	do {                                            \
+		if (LOG_LEVEL >= 4)                     \
+			bpf_printk(fmt, ##__VA_ARGS__); \
 	} while (0)
 
 #endif

@@ -128,15 +128,16 @@ static __always_inline bool port_csum_inline(struct __sk_buff *skb, __u32 csum_o
  * port_csum_inline how to add the port's.
  */
 static __always_inline int rewrite_l4_csum(struct __sk_buff *skb, const struct packet *p,
-					   __u32 diff, __u16 before, __be16 old_port, __be16 to_port,
-					   bool udp, bool port_changes)
+					   __u32 diff, __u16 before, __be16 old_port,
+					   __be16 to_port, bool udp, bool port_changes)
 {
 	__u64 st = before | (__u64)(__u16)old_port << 16 | (__u64)(__u16)to_port << 32 |
 		   (__u64)udp << 48 | (__u64)port_changes << 49;
 	/* ICMPv4 has no pseudo-header */
 	if (diff && p->real_proto != IPPROTO_ICMP) {
 		__u64 f = (RW_UDP(st) ? BPF_F_MARK_MANGLED_0 : 0) | BPF_F_PSEUDO_HDR;
-		long r = bpf_l4_csum_replace(skb, p->csum_off, 0, diff, f | (p->family == 6 ? EINAT_F_IPV6 : 0));
+		long r = bpf_l4_csum_replace(skb, p->csum_off, 0, diff,
+					     f | (p->family == 6 ? EINAT_F_IPV6 : 0));
 		if (r == -EINVAL && p->family == 6)
 			r = bpf_l4_csum_replace(skb, p->csum_off, 0, diff, f);
 		if (r)
@@ -168,8 +169,8 @@ static __always_inline int rewrite_l4_csum(struct __sk_buff *skb, const struct p
  * checksum field.
  */
 static __always_inline int rewrite_l4_csum_inline(struct __sk_buff *skb, const struct packet *p,
-						  __u16 *cp, void *data_end, __u32 diff, __u16 before,
-						  __u32 pdiff, bool udp)
+						  __u16 *cp, void *data_end, __u32 diff,
+						  __u16 before, __u32 pdiff, bool udp)
 {
 	__u32 adiff = p->real_proto != IPPROTO_ICMP ? diff : 0; /* ICMPv4: no pseudo-header */
 	__u16 c;
@@ -301,7 +302,8 @@ static __always_inline __u32 diff16(__be16 from, __be16 to)
  * are loaded and stored, to keep the stack small.
  */
 static __always_inline int rewrite_inner(struct __sk_buff *skb, const struct packet *p,
-					 const struct inner *in, bool is_src, const union ip_addr *to_addr, __be16 to_port)
+					 const struct inner *in, bool is_src,
+					 const union ip_addr *to_addr, __be16 to_port)
 {
 	const union ip_addr *old_addr = is_src ? &in->src : &in->dst;
 	__be16 old_port = is_src ? in->sport : in->dport;
@@ -312,8 +314,8 @@ static __always_inline int rewrite_inner(struct __sk_buff *skb, const struct pac
 	__u64 l4csum_delta = 0;
 
 	if (p->family == 4) {
-		addr_off = in->l3_off + (is_src ? offsetof(struct iphdr, saddr)
-						: offsetof(struct iphdr, daddr));
+		addr_off = in->l3_off +
+			   (is_src ? offsetof(struct iphdr, saddr) : offsetof(struct iphdr, daddr));
 		__u32 check_off = in->l3_off + offsetof(struct iphdr, check);
 		__sum16 check;
 		if (bpf_skb_load_bytes(skb, check_off, &check, 2))

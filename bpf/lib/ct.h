@@ -45,7 +45,8 @@ static __always_inline __u8 ct_state_of(__u8 l4proto, __u8 flags)
 	bool both = (flags & (CT_SEEN_OUT | CT_SEEN_IN)) == (CT_SEEN_OUT | CT_SEEN_IN);
 	if (l4proto != IPPROTO_TCP)
 		return both ? CT_STATE_EST : CT_STATE_TRANS;
-	if (!both || (flags & CT_RST) || (flags & (CT_FIN_OUT | CT_FIN_IN)) == (CT_FIN_OUT | CT_FIN_IN))
+	if (!both || (flags & CT_RST) ||
+	    (flags & (CT_FIN_OUT | CT_FIN_IN)) == (CT_FIN_OUT | CT_FIN_IN))
 		return CT_STATE_TRANS;
 	return CT_STATE_EST;
 }
@@ -71,10 +72,10 @@ static __always_inline __u8 ct_flags_update(__u8 flags, bool egress, __u8 tcp_fl
 /* The session maps to the internal endpoint intern. */
 static __always_inline bool ct_names(const struct ct_value *v, const struct binding_value *intern)
 {
-	return v->int_port == intern->port &&
-	       ((v->int_addr.all[0] ^ intern->addr.all[0]) | (v->int_addr.all[1] ^ intern->addr.all[1]) |
-		(v->int_addr.all[2] ^ intern->addr.all[2]) |
-		(v->int_addr.all[3] ^ intern->addr.all[3])) == 0;
+	return v->int_port == intern->port && ((v->int_addr.all[0] ^ intern->addr.all[0]) |
+					       (v->int_addr.all[1] ^ intern->addr.all[1]) |
+					       (v->int_addr.all[2] ^ intern->addr.all[2]) |
+					       (v->int_addr.all[3] ^ intern->addr.all[3])) == 0;
 }
 
 /* Past its timeout at now (a timestamp ahead of now is not). */

@@ -120,7 +120,8 @@ static __always_inline __u32 flow_fresh(void)
 static __always_inline bool flow_trusted(const struct flow_entry *e, const struct packet *p,
 					 __u64 now)
 {
-	if (p->l4proto == IPPROTO_TCP && (p->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_FIN | TCP_FLAG_RST)))
+	if (p->l4proto == IPPROTO_TCP &&
+	    (p->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_FIN | TCP_FLAG_RST)))
 		return false;
 	return e->epoch == (__u32)epoch_now() &&
 	       (__u32)(now >> FLOW_TIME_SHIFT) - e->refreshed < flow_fresh();

@@ -65,7 +65,7 @@ __noinline int einat_icmp_error_valid(struct __sk_buff *skb, const struct packet
 		sum = bpf_csum_diff(NULL, 0, (__be32 *)(c->b + off), n, (__wsum)fold32(sum));
 	}
 	if (p->family == 6) {
-		__be32 ph[2] = { bpf_htonl(len), bpf_htonl(IPPROTO_ICMPV6) };
+		__be32 ph[2] = {bpf_htonl(len), bpf_htonl(IPPROTO_ICMPV6)};
 		sum += bpf_csum_diff(NULL, 0, (__be32 *)&p->src, 32, 0);
 		sum += bpf_csum_diff(NULL, 0, ph, sizeof(ph), 0);
 	}

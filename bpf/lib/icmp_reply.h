@@ -79,7 +79,8 @@ __noinline int einat_send_prohibited(struct __sk_buff *skb, struct packet *p)
 		s->fib.family = AF_INET6;
 		__builtin_memcpy(s->fib.ipv6_dst, &p->src, 16);
 	}
-	int rc = bpf_fib_lookup(skb, &s->fib, sizeof(s->fib), BPF_FIB_LOOKUP_SKIP_NEIGH | BPF_FIB_LOOKUP_SRC);
+	int rc = bpf_fib_lookup(skb, &s->fib, sizeof(s->fib),
+				BPF_FIB_LOOKUP_SKIP_NEIGH | BPF_FIB_LOOKUP_SRC);
 
 	__u32 hdr = p->family == 4 ? 20 : 40;
 	if (bpf_skb_change_tail(skb, l3 + hdr + 8 + qlen, 0))

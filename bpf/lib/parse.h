@@ -339,7 +339,7 @@ static __always_inline int parse_packet(struct __sk_buff *skb, struct packet *p,
 		p->family = 6;
 		__builtin_memcpy(&p->src, &ip6->saddr, 16);
 		__builtin_memcpy(&p->dst, &ip6->daddr, 16);
-		struct v6_walk w = { .proto = ip6->nexthdr };
+		struct v6_walk w = {.proto = ip6->nexthdr};
 		int off = l3 + sizeof(*ip6);
 		/* No extension headers (the common case): no call to the walk. */
 		if (w.proto != IPPROTO_TCP && w.proto != IPPROTO_UDP && w.proto != IPPROTO_ICMPV6)

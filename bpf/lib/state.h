@@ -52,7 +52,7 @@ static long expire_one(void *map, struct ct_key *key, struct ct_value *val, void
 SEC("tc")
 int expire_sessions(struct __sk_buff *skb)
 {
-	struct sweep_ctx c = { .now = bpf_ktime_get_coarse_ns(), .expired = 0 };
+	struct sweep_ctx c = {.now = bpf_ktime_get_coarse_ns(), .expired = 0};
 	bpf_for_each_map_elem(&map_ct, expire_one, &c, 0);
 	return c.expired;
 }

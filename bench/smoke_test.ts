@@ -7,7 +7,7 @@
 import { assert, assertEquals } from "../tests/lib/assert.ts";
 import { runMemory } from "./memory.ts";
 import { runProg } from "./prog.ts";
-import { measureRouter, routerSizes } from "./router.ts";
+import { floodTable, measureFlood, measureRouter, routerSizes } from "./router.ts";
 import { runScale } from "./scale.ts";
 import { runStartup, VERIFIER_LIMIT } from "./startup.ts";
 import {
@@ -93,11 +93,19 @@ Deno.test({
   ...opts,
   async fn() {
     const sz = routerSizes(o);
-    const raw = await withTopology((t) => measureRouter(o, t, sz), { ipv6: false });
+    const { raw, flood } = await withTopology(async (t) => {
+      const raw = await measureRouter(o, t, sz);
+      return { raw, flood: await measureFlood(o, t, sz) };
+    }, { ipv6: false });
     for (const id of sz.tests!) {
       const v = raw[id].einat;
       assertEquals(v.length, 1, `${id} ran once`);
       assert(v[0].ok && v[0].value > 0, `${id} through einat delivered (${v[0].value})`);
     }
+    // The flood: the egress program's accounting saw at least one run per completed flow.
+    assertEquals(flood.map((f) => f.setup), ["einat"]);
+    const [f] = flood;
+    assert(f.flows > 0 && f.runs >= f.flows && f.ns > 0, `flood counted: ${JSON.stringify(f)}`);
+    assertEquals(floodTable(flood, sz).table.rows.length, 1);
   },
 });

@@ -71,6 +71,7 @@ const SYMBOLS = {
     result: "i32",
   },
   libbpf_num_possible_cpus: { parameters: [], result: "i32" },
+  bpf_enable_stats: { parameters: ["i32"], result: "i32" },
   bpf_obj_pin: { parameters: ["i32", "buffer"], result: "i32" },
   bpf_link_create: { parameters: ["i32", "i32", "u32", "pointer"], result: "i32" },
   bpf_link_update: { parameters: ["i32", "i32", "pointer"], result: "i32" },
@@ -632,6 +633,15 @@ export function mapCreate(
 /** Number of possible CPUs: per-CPU map values hold one slot (8-byte aligned) per CPU. */
 export function numPossibleCpus(): number {
   return check("libbpf_num_possible_cpus", bpf().libbpf_num_possible_cpus());
+}
+
+/**
+ * BPF_ENABLE_STATS for run time: while the returned fd is open (close it with `closeFd`), every
+ * program counts its runs and run time (`run_cnt`, `run_time_ns` in its info). The kernel turns
+ * the accounting off again when the last such fd closes, also at process exit.
+ */
+export function enableRunTimeStats(): number {
+  return check("bpf_enable_stats", bpf().bpf_enable_stats(0 /* BPF_STATS_RUN_TIME */));
 }
 
 /** Pins the BPF object behind `fd` at a bpffs `path`. */

@@ -129,6 +129,12 @@ static __always_inline void port_bit_set(struct port_bits *b, __u16 port)
 		__sync_fetch_and_or(w, bit);
 }
 
+/* The hint marks port (host order) taken. */
+static __always_inline bool port_bit_taken(const struct port_bits *b, __u16 port)
+{
+	return b && (b->w[(port >> 6) & (PORT_WORDS - 1)] >> (port & 63)) & 1;
+}
+
 static __always_inline void port_bit_clear_in(struct port_bits *b, __be16 ext_port)
 {
 	__u16 port = bpf_ntohs(ext_port);
@@ -489,7 +495,10 @@ __noinline int einat_binding_create(const struct packet *p, const struct default
 	struct port_bits *bits = NULL;
 	if (in_ranges || !alloc_recently_full(full_key(p->family, pidx)))
 		bits = port_bits_get(p->family, pidx, &ext->addr, true);
-	if (in_ranges && try_claim(c, bits, want)) {
+	/* Port preservation, unless the hint marks the port taken (another host has it):
+	 * then no insert that would fail. A bit left set on a port freed from user space
+	 * costs only the preservation; the search still finds the port. */
+	if (in_ranges && !port_bit_taken(bits, want) && try_claim(c, bits, want)) {
 		/* port preservation */
 	} else if (!c->full && alloc_recently_full(full_key(p->family, pidx))) {
 		return STAT_DROP_NO_PORT; /* the range was full a moment ago */

@@ -526,7 +526,6 @@ __noinline int einat_egress_full(struct __sk_buff *skb, struct packet *pp)
 	binding_key_init(okey, BINDING_ORIG, pp->family, pp->l4proto, &pp->src, pp->sport);
 	struct binding_value *bvp = &es->bv;
 	struct binding_value *b = pp->no_binding ? NULL : bpf_map_lookup_elem(&map_binding, okey);
-	int mode = b ? CT_FIND : CT_LIKELY_NEW;
 	if (b) {
 		*bvp = *b;
 	} else {
@@ -540,10 +539,6 @@ __noinline int einat_egress_full(struct __sk_buff *skb, struct packet *pp)
 				from = &sc->ext;
 		}
 		r = einat_binding_create(pp, from, bvp);
-		if (r == 0)
-			mode = CT_NEW_REF_HELD;
-		else if (r == BINDING_ADOPTED)
-			r = 0;
 		if (r == STAT_DROP_NO_PORT || r == STAT_DROP_BINDING_FULL) {
 			stat_inc(r); /* refused: tell the sender (RFC 5508 REQ-8) */
 			return einat_send_prohibited(skb, pp);
@@ -558,11 +553,13 @@ __noinline int einat_egress_full(struct __sk_buff *skb, struct packet *pp)
 	__builtin_memset(intern, 0, sizeof(*intern));
 	intern->addr = pp->src;
 	intern->port = pp->sport;
-	r = einat_ct_touch(ck, intern, pp, true, mode);
+	/* A binding just made comes with a reference for this session, which the
+	 * session keeps; when none was made, the binding goes with it if no other
+	 * CPU took one meanwhile. */
+	r = einat_ct_touch(ck, intern, pp, true, b ? CT_FIND : CT_NEW_REF_HELD);
 	if (r) {
-		/* Release a binding nobody uses (with CT_NEW_REF_HELD, ct_touch did). */
-		if (mode == CT_LIKELY_NEW)
-			binding_put_unused(pp->family, pp->l4proto, &bvp->addr, bvp->port);
+		if (!b)
+			binding_put(pp->family, pp->l4proto, &bvp->addr, bvp->port);
 		if (r == STAT_DROP_CT_FULL) {
 			stat_inc(r);
 			return einat_send_prohibited(skb, pp);

@@ -439,18 +439,15 @@ static __always_inline void alloc_search(struct alloc_ctx *c, struct port_bits *
 	}
 }
 
-/* einat_binding_create(): another CPU made this endpoint's binding meanwhile. */
-#define BINDING_ADOPTED (-1)
-
 /*
  * Creates both entries of a new binding for the internal endpoint of p, with
  * one reference taken for the session the caller makes next (ct.h,
  * CT_NEW_REF_HELD): taken with the claim, the session's insert need not look
- * the binding up again to take it.
+ * the binding up again to take it. When another CPU made this endpoint's
+ * binding meanwhile, that one is the caller's, with a reference taken on it
+ * likewise.
  * A global function: verified once for both families.
- * Returns 0 with the binding in *out; BINDING_ADOPTED with the binding
- * another CPU made meanwhile in *out (no reference taken); or a STAT_DROP_*
- * reason.
+ * Returns 0 with the binding in *out, or a STAT_DROP_* reason.
  */
 __noinline int einat_binding_create(const struct packet *p, const struct default_ext *ext,
 				    struct binding_value *out)
@@ -547,7 +544,12 @@ __noinline int einat_binding_create(const struct packet *p, const struct default
 		if (!v)
 			return STAT_DROP_BINDING_FULL;
 		*out = *v;
-		return BINDING_ADOPTED;
+		binding_key_init(&c->key, 0, p->family, p->l4proto, &out->addr, out->port);
+		struct binding_value *rv = bpf_map_lookup_elem(&map_binding, &c->key);
+		if (!rv) /* and gone again already */
+			return STAT_DROP_UNTRANSLATABLE;
+		__sync_fetch_and_add(&rv->ref, 1);
+		return 0;
 	}
 	stat_inc(STAT_NEW_BINDING);
 	*out = c->val;

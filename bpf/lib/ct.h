@@ -146,8 +146,9 @@ enum ct_touch_mode {
 
 /*
  * Finds or creates the session; creation takes a binding reference, unless
- * the caller holds one for it (CT_NEW_REF_HELD), which the session then keeps,
- * or drops when it is not made. With CT_LIKELY_NEW and CT_NEW_REF_HELD the
+ * the caller holds one for it (CT_NEW_REF_HELD), which the session then keeps;
+ * it is dropped when the session existed already, and stays the caller's to
+ * release when the table is full (an error). With CT_LIKELY_NEW and CT_NEW_REF_HELD the
  * insert comes first: a session that exists after all fails it and is then
  * looked up. The packet p gives the TCP flags and the time. A global
  * function: verified once for every caller.
@@ -176,13 +177,7 @@ __noinline int einat_ct_touch(const struct ct_key *k, const struct binding_value
 	nv.created_s = now / NSEC_PER_SEC;
 	if (bpf_map_update_elem(&map_ct, k, &nv, BPF_NOEXIST)) {
 		v = bpf_map_lookup_elem(&map_ct, k);
-		if (mode == CT_NEW_REF_HELD && !v) {
-			/* The table is full: the reference held for the session goes, and
-			 * the binding with it if that was the last. */
-			binding_put(k->family, k->l4proto, &k->ext_addr, k->ext_port);
-			return STAT_DROP_CT_FULL;
-		}
-		if (!v)
+		if (!v) /* the table is full (a reference held stays the caller's) */
 			return STAT_DROP_CT_FULL;
 		if (mode == CT_NEW_REF_HELD && !ct_names(v, intern)) {
 			/* Left by an earlier binding of this external endpoint that was

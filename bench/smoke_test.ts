@@ -10,6 +10,7 @@ import { runProg } from "./prog.ts";
 import { floodTable, measureFlood, measureRouter, routerSizes } from "./router.ts";
 import { runScale } from "./scale.ts";
 import { runStartup, VERIFIER_LIMIT } from "./startup.ts";
+import { buildObject, measureTables, PROGRAMS } from "./proto/tables.ts";
 import {
   type BenchOptions,
   type PartResult,
@@ -107,5 +108,17 @@ Deno.test({
     const [f] = flood;
     assert(f.flows > 0 && f.runs >= f.flows && f.ns > 0, `flood counted: ${JSON.stringify(f)}`);
     assertEquals(floodTable(flood, sz).table.rows.length, 1);
+  },
+});
+
+Deno.test({
+  name:
+    "bench smoke: the state-table prototype (bench/proto) builds, and every program makes mappings",
+  ...opts,
+  async fn() {
+    const costs = await measureTables(await buildObject(), 1, 200, 20);
+    for (const p of PROGRAMS) {
+      assert(costs[p].warm[0] > 0 && costs[p].oneRun[0] > 0, `${p} measured`);
+    }
   },
 });

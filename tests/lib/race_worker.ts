@@ -1,0 +1,71 @@
+/**
+ * A worker of tests/race_test.ts: pinned to one CPU, it runs its list of packets through the
+ * NAT's programs one by one (`BPF_PROG_TEST_RUN`, repeat 1), meeting the other workers at a
+ * barrier before each, so that the same step runs on every CPU at nearly the same moment.
+ * @module
+ */
+/// <reference lib="deno.worker" />
+
+import * as bpf from "../../lib/ffi/libbpf.ts";
+
+/** What the test sends a worker. */
+export interface RaceJob {
+  cpu: number;
+  /** Workers meeting at the barrier. */
+  parties: number;
+  /** Int32Array view: [arrived, generation]. */
+  barrier: SharedArrayBuffer;
+  /** Per step: the program fd and the frame. */
+  steps: { fd: number; bytes: Uint8Array }[];
+}
+
+const libc = Deno.dlopen("libc.so.6", {
+  sched_setaffinity: { parameters: ["i32", "usize", "buffer"], result: "i32" },
+});
+
+/** Pins the calling thread (this worker) to `cpu`. */
+function pin(cpu: number): void {
+  const mask = new Uint8Array(128);
+  mask[cpu >> 3] = 1 << (cpu & 7);
+  if (libc.symbols.sched_setaffinity(0, BigInt(mask.length), mask) !== 0) {
+    throw new Error(`sched_setaffinity(${cpu}) failed`);
+  }
+}
+
+/**
+ * Waits until every party has arrived, spinning (a futex wake-up would start the waiter tens of
+ * microseconds after the last arrival, long after its new mapping is made); gives up after 10 s
+ * (a party that died).
+ */
+function barrier(s: Int32Array, parties: number): void {
+  const gen = Atomics.load(s, 1);
+  if (Atomics.add(s, 0, 1) === parties - 1) {
+    Atomics.store(s, 0, 0);
+    Atomics.add(s, 1, 1);
+    return;
+  }
+  const deadline = Date.now() + 10_000;
+  for (let i = 0; Atomics.load(s, 1) === gen; i++) {
+    if ((i & 0xffff) === 0 && Date.now() > deadline) {
+      throw new Error("barrier: another worker did not arrive");
+    }
+  }
+}
+
+self.onmessage = (e: MessageEvent<RaceJob>) => {
+  const job = e.data;
+  try {
+    pin(job.cpu);
+    const s = new Int32Array(job.barrier);
+    const verdicts: number[] = [];
+    for (const step of job.steps) {
+      barrier(s, job.parties);
+      verdicts.push(bpf.testRun(step.fd, step.bytes, { repeat: 1 }).retval);
+    }
+    self.postMessage({ verdicts });
+  } catch (err) {
+    self.postMessage({ error: (err as Error).message });
+  } finally {
+    libc.close();
+  }
+};

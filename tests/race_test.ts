@@ -6,24 +6,29 @@
  * checkMaps: both directions agree, every session has its binding, ref = sessions).
  */
 import { assert, assertEquals } from "./lib/assert.ts";
-import { checkMaps, EXT_CIDRS, fuzzConfig } from "./lib/fuzz.ts";
+import { bindingView, checkMaps, EXT_CIDRS, fuzzConfig } from "./lib/fuzz.ts";
+import { formatAddr, parseAddr } from "../lib/config/cidr.ts";
 import { loadTestNat, TC_ACT_OK } from "./lib/natfixture.ts";
 import { buildPacket } from "./lib/packet.ts";
 import type { RaceJob } from "./lib/race_worker.ts";
 
 const ENDPOINTS = 600;
 
+const lan = (j: number) => `192.0.2.${10 + (j % 200)}`;
+// half keep their port if they can (in the ranges), half need a port chosen for them
+const lanPort = (j: number) => j % 2 ? 20000 + j : 40000 + j;
+const payload = new TextEncoder().encode("race");
+
 /** The frame of an internal endpoint's first UDP packet to a remote. */
 function first(j: number, remote: string): Uint8Array {
   return buildPacket({
     family: 4,
     proto: "udp",
-    src: `192.0.2.${10 + (j % 200)}`,
+    src: lan(j),
     dst: remote,
-    // half keep their port if they can (in the ranges), half need a port chosen for them
-    sport: j % 2 ? 20000 + j : 40000 + j,
+    sport: lanPort(j),
     dport: 53,
-    payload: new TextEncoder().encode("race"),
+    payload,
   });
 }
 
@@ -66,17 +71,45 @@ Deno.test({
         });
         sessions += same ? 1 : 2;
       }
-      const barrier = new SharedArrayBuffer(8);
-      const [a, b] = await Promise.all([
-        runWorker({ cpu: 0, parties: 2, barrier, steps: stepsA }),
-        runWorker({ cpu: 1, parties: 2, barrier, steps: stepsB }),
-      ]);
-      assertEquals(a.filter((v) => v !== TC_ACT_OK), [], "CPU 0: every packet translated");
-      assertEquals(b.filter((v) => v !== TC_ACT_OK), [], "CPU 1: every packet translated");
-      const check = checkMaps(n, { bindingEntries: 4 * ENDPOINTS, ctEntries: 4 * ENDPOINTS }, ic);
-      assertEquals(check.violations, []);
-      assertEquals([check.bindings, check.sessions], [ENDPOINTS, sessions]);
-      assert(check.bindings > 0);
+      const limits = { bindingEntries: 4 * ENDPOINTS, ctEntries: 8 * ENDPOINTS };
+      const race = async (a: RaceJob["steps"], b: RaceJob["steps"], what: string) => {
+        const barrier = new SharedArrayBuffer(8);
+        const [va, vb] = await Promise.all([
+          runWorker({ cpu: 0, parties: 2, barrier, steps: a }),
+          runWorker({ cpu: 1, parties: 2, barrier, steps: b }),
+        ]);
+        assertEquals(va.filter((v) => v !== TC_ACT_OK), [], `${what}, CPU 0: all translated`);
+        assertEquals(vb.filter((v) => v !== TC_ACT_OK), [], `${what}, CPU 1: all translated`);
+        const check = checkMaps(n, limits, ic);
+        assertEquals(check.violations, [], what);
+        assertEquals([check.bindings, check.sessions], [ENDPOINTS, sessions], what);
+      };
+      await race(stepsA, stepsB, "first packets");
+
+      // Then new sessions on those bindings from both sides at once: one CPU's packet goes out
+      // to a third remote while the other's comes in from a fourth (endpoint-independent
+      // filtering lets it in); both sessions take a reference on the one binding.
+      const view = bindingView(n);
+      const outA = [], inB = [];
+      for (let j = 0; j < ENDPOINTS; j++) {
+        const ext = view.get(true, 4, 17, parseAddr(lan(j)), lanPort(j));
+        assert(ext, `endpoint ${j} mapped`);
+        outA.push({ fd: n.nat.egressFd, bytes: first(j, "198.51.100.3") });
+        inB.push({
+          fd: n.nat.ingressFd,
+          bytes: buildPacket({
+            family: 4,
+            proto: "udp",
+            src: "198.51.100.4",
+            dst: formatAddr(ext.addr.subarray(0, 4)),
+            sport: 53,
+            dport: ext.port,
+            payload,
+          }),
+        });
+        sessions += 2;
+      }
+      await race(outA, inB, "sessions from both sides");
     } finally {
       n.close();
     }

@@ -21,6 +21,7 @@ import {
 import { parseAddr, parseCidr } from "../lib/config/cidr.ts";
 import { bumpEpoch, expireSessions } from "../lib/nat/loader.ts";
 import { buildPacket, type PacketSpec, parsePacket } from "./lib/packet.ts";
+import { pinThread, restoreAffinity } from "./lib/cpu.ts";
 import {
   loadTestNat,
   ranges,
@@ -350,6 +351,8 @@ Deno.test("sessions and bindings expire: the sweep removes them once past their 
 
 Deno.test("flow cache: flow_cache_miss counts a flow's first packet each way, not the packets its slots serve", async () => {
   const n = await loadTestNat();
+  // On one CPU: the cache is per CPU, and a packet run on another misses there.
+  const affinity = pinThread(0);
   try {
     const ext = n.egress(udp(LAN1, 40000, SRV1, 53)).out.sport!;
     for (let i = 0; i < 5; i++) {
@@ -363,6 +366,7 @@ Deno.test("flow cache: flow_cache_miss counts a flow's first packet each way, no
     }
     assertEquals(stat(n.nat.maps.stats, "flow_cache_miss"), 3n);
   } finally {
+    restoreAffinity(affinity);
     n.close();
   }
 });

@@ -7,6 +7,7 @@
 /// <reference lib="deno.worker" />
 
 import * as bpf from "../../lib/ffi/libbpf.ts";
+import { pinThread } from "./cpu.ts";
 
 /** What the test sends a worker. */
 export interface RaceJob {
@@ -17,19 +18,6 @@ export interface RaceJob {
   barrier: SharedArrayBuffer;
   /** Per step: the program fd and the frame. */
   steps: { fd: number; bytes: Uint8Array }[];
-}
-
-const libc = Deno.dlopen("libc.so.6", {
-  sched_setaffinity: { parameters: ["i32", "usize", "buffer"], result: "i32" },
-});
-
-/** Pins the calling thread (this worker) to `cpu`. */
-function pin(cpu: number): void {
-  const mask = new Uint8Array(128);
-  mask[cpu >> 3] = 1 << (cpu & 7);
-  if (libc.symbols.sched_setaffinity(0, BigInt(mask.length), mask) !== 0) {
-    throw new Error(`sched_setaffinity(${cpu}) failed`);
-  }
 }
 
 /**
@@ -55,7 +43,7 @@ function barrier(s: Int32Array, parties: number): void {
 self.onmessage = (e: MessageEvent<RaceJob>) => {
   const job = e.data;
   try {
-    pin(job.cpu);
+    pinThread(job.cpu);
     const s = new Int32Array(job.barrier);
     const verdicts: number[] = [];
     for (const step of job.steps) {
@@ -65,7 +53,5 @@ self.onmessage = (e: MessageEvent<RaceJob>) => {
     self.postMessage({ verdicts });
   } catch (err) {
     self.postMessage({ error: (err as Error).message });
-  } finally {
-    libc.close();
   }
 };

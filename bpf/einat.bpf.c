@@ -252,6 +252,7 @@ __noinline int einat_inbound_query(struct packet *p)
 	__builtin_memset(&self, 0, sizeof(self));
 	self.addr = p->dst;
 	self.port = p->dport;
+	self.ref = 1; /* on the reply entry: the session's, made next */
 	struct ct_key ck;
 	ct_key_init(&ck, p->family, p->l4proto, &p->dst, p->dport, &p->src, 0);
 	struct binding_key k;
@@ -272,14 +273,15 @@ __noinline int einat_inbound_query(struct packet *p)
 	if (bpf_map_update_elem(&map_binding, &k, &self, BPF_NOEXIST))
 		return 0;
 	k.flags = BINDING_ORIG;
+	self.ref = 0;
 	if (bpf_map_update_elem(&map_binding, &k, &self, BPF_NOEXIST)) {
 		k.flags = 0;
 		bpf_map_delete_elem(&map_binding, &k);
 		return 0;
 	}
 	stat_inc(STAT_NEW_BINDING);
-	if (einat_ct_touch(&ck, &self, p, false, CT_LIKELY_NEW))
-		binding_put_unused(p->family, p->l4proto, &p->dst, p->dport);
+	if (einat_ct_touch(&ck, &self, p, false, CT_NEW_REF_HELD))
+		binding_put(p->family, p->l4proto, &p->dst, p->dport);
 	return 0;
 }
 
@@ -557,9 +559,11 @@ __noinline int einat_egress_full(struct __sk_buff *skb, struct packet *pp)
 	 * session keeps; when none was made, the binding goes with it if no other
 	 * CPU took one meanwhile. */
 	r = einat_ct_touch(ck, intern, pp, true, b ? CT_FIND : CT_NEW_REF_HELD);
+	if (r && !b)
+		binding_put(pp->family, pp->l4proto, &bvp->addr, bvp->port);
+	if (r == CT_REF_UNUSED)
+		r = 0;
 	if (r) {
-		if (!b)
-			binding_put(pp->family, pp->l4proto, &bvp->addr, bvp->port);
 		if (r == STAT_DROP_CT_FULL) {
 			stat_inc(r);
 			return einat_send_prohibited(skb, pp);

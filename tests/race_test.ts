@@ -19,6 +19,17 @@ const lan = (j: number) => `192.0.2.${10 + (j % 200)}`;
 const lanPort = (j: number) => j % 2 ? 20000 + j : 40000 + j;
 const payload = new TextEncoder().encode("race");
 
+/** An internal endpoint's UDP packet to a remote (spec). */
+const udpFrom = (j: number, remote: string) => ({
+  family: 4 as const,
+  proto: "udp" as const,
+  src: lan(j),
+  dst: remote,
+  sport: lanPort(j),
+  dport: 53,
+  payload,
+});
+
 /** The frame of an internal endpoint's first UDP packet to a remote. */
 function first(j: number, remote: string): Uint8Array {
   return buildPacket({
@@ -110,6 +121,58 @@ Deno.test({
         sessions += 2;
       }
       await race(outA, inB, "sessions from both sides");
+    } finally {
+      n.close();
+    }
+  },
+});
+
+Deno.test({
+  name: "race: a session expiring on one CPU while another makes a new session on its binding",
+  ignore: navigator.hardwareConcurrency < 2,
+  async fn() {
+    const ms = 30;
+    const ic = fuzzConfig({
+      timeouts: {
+        fragment: ms,
+        icmpDefault: ms,
+        udpMin: ms,
+        udpDefault: ms,
+        tcpTrans: ms,
+        tcpEst: ms,
+      },
+    });
+    const n = await loadTestNat(ic, EXT_CIDRS);
+    try {
+      const view = bindingView(n);
+      const ports: number[] = [];
+      for (let j = 0; j < ENDPOINTS; j++) {
+        assertEquals(n.egress(udpFrom(j, "198.51.100.1")).retval, TC_ACT_OK);
+        ports.push(view.get(true, 4, 17, parseAddr(lan(j)), lanPort(j))!.port);
+      }
+      await new Promise((r) => setTimeout(r, 3 * ms)); // every session expired, none swept
+      // CPU 0: the remote's packet finds its session expired and ends it (and the binding with
+      // its last session); CPU 1: the host's packet to another remote makes a session on it.
+      const inA = ports.map((port) => ({
+        fd: n.nat.ingressFd,
+        bytes: buildPacket({
+          family: 4,
+          proto: "udp",
+          src: "198.51.100.1",
+          dst: EXT_CIDRS[0].split("/")[0],
+          sport: 53,
+          dport: port,
+          payload,
+        }),
+      }));
+      const outB = ports.map((_, j) => ({ fd: n.nat.egressFd, bytes: first(j, "198.51.100.2") }));
+      const barrier = new SharedArrayBuffer(8);
+      await Promise.all([
+        runWorker({ cpu: 0, parties: 2, barrier, steps: inA }),
+        runWorker({ cpu: 1, parties: 2, barrier, steps: outB }),
+      ]);
+      const check = checkMaps(n, { bindingEntries: 4 * ENDPOINTS, ctEntries: 8 * ENDPOINTS }, ic);
+      assertEquals(check.violations, []);
     } finally {
       n.close();
     }

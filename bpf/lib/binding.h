@@ -129,6 +129,49 @@ static __always_inline void port_bit_set(struct port_bits *b, __u16 port)
 		__sync_fetch_and_or(w, bit);
 }
 
+/*
+ * A binding's reference count (binding_value.ref, on the reply entry) counts
+ * its sessions. The CPU that drops the last one marks the count dying before
+ * it deletes the entries, and no reference can be taken on a dying count: one
+ * taken between the drop and the deletion would leave a session on a binding
+ * that is gone (tests/race_test.ts). A count of zero is not dying: a binding
+ * written with no sessions (from user space) takes references as usual.
+ */
+#define BINDING_DYING 0x80000000u
+
+/* Takes a reference, unless the binding is dying (or its count kept changing
+ * under eight tries). */
+static __always_inline bool binding_ref_get(struct binding_value *rv)
+{
+#pragma unroll
+	for (int i = 0; i < 8; i++) {
+		__u32 r = *(volatile __u32 *)&rv->ref;
+		if (r & BINDING_DYING)
+			return false;
+		if (__sync_val_compare_and_swap(&rv->ref, r, r + 1) == r)
+			return true;
+	}
+	return false;
+}
+
+/* Drops a reference. True when it was the last: the count is dying now, and
+ * the caller deletes the binding. */
+static __always_inline bool binding_ref_put(struct binding_value *rv)
+{
+#pragma unroll
+	for (int i = 0; i < 8; i++) {
+		__u32 r = *(volatile __u32 *)&rv->ref;
+		if (r & BINDING_DYING)
+			return false;
+		if (__sync_val_compare_and_swap(&rv->ref, r, r <= 1 ? BINDING_DYING : r - 1) == r)
+			return r <= 1;
+	}
+	/* Contended all along: dropped without the last-reference check (a binding
+	 * left at zero takes references again, and goes with its next session). */
+	__sync_fetch_and_add(&rv->ref, -1);
+	return false;
+}
+
 /* The hint marks port (host order) taken. */
 static __always_inline bool port_bit_taken(const struct port_bits *b, __u16 port)
 {
@@ -546,9 +589,8 @@ __noinline int einat_binding_create(const struct packet *p, const struct default
 		*out = *v;
 		binding_key_init(&c->key, 0, p->family, p->l4proto, &out->addr, out->port);
 		struct binding_value *rv = bpf_map_lookup_elem(&map_binding, &c->key);
-		if (!rv) /* and gone again already */
+		if (!rv || !binding_ref_get(rv)) /* and going again already */
 			return STAT_DROP_UNTRANSLATABLE;
-		__sync_fetch_and_add(&rv->ref, 1);
 		return 0;
 	}
 	stat_inc(STAT_NEW_BINDING);
@@ -584,37 +626,9 @@ static __always_inline void binding_put(__u8 family, __u8 l4proto, const union i
 	struct binding_key key;
 	binding_key_init(&key, 0, family, l4proto, ext_addr, ext_port);
 	struct binding_value *rv = bpf_map_lookup_elem(&map_binding, &key);
-	if (!rv)
-		return;
-	if (__sync_fetch_and_add(&rv->ref, -1) != 1)
+	if (!rv || !binding_ref_put(rv))
 		return;
 	alloc_clear_full(full_key(family, proto_idx(l4proto))); /* a port comes free */
-	binding_delete(&key, rv, family, l4proto, ext_addr, ext_port);
-}
-
-/*
- * Drops one reference without deleting the binding at zero: for a reference
- * that another one is about to replace (ct.h, einat_ct_touch).
- */
-static __always_inline void binding_unref(__u8 family, __u8 l4proto, const union ip_addr *ext_addr,
-					  __be16 ext_port)
-{
-	struct binding_key key;
-	binding_key_init(&key, 0, family, l4proto, ext_addr, ext_port);
-	struct binding_value *rv = bpf_map_lookup_elem(&map_binding, &key);
-	if (rv)
-		__sync_fetch_and_add(&rv->ref, -1);
-}
-
-/* Deletes a binding that no session took a reference on. */
-static __always_inline void binding_put_unused(__u8 family, __u8 l4proto,
-					       const union ip_addr *ext_addr, __be16 ext_port)
-{
-	struct binding_key key;
-	binding_key_init(&key, 0, family, l4proto, ext_addr, ext_port);
-	struct binding_value *rv = bpf_map_lookup_elem(&map_binding, &key);
-	if (!rv || rv->ref != 0)
-		return;
 	binding_delete(&key, rv, family, l4proto, ext_addr, ext_port);
 }
 

@@ -144,15 +144,20 @@ enum ct_touch_mode {
 	CT_NEW_REF_HELD = 2,
 };
 
+/* einat_ct_touch() with CT_NEW_REF_HELD: the session existed (another CPU made
+ * it, with a reference of its own); the caller releases the one it holds. */
+#define CT_REF_UNUSED (-1)
+
 /*
  * Finds or creates the session; creation takes a binding reference, unless
- * the caller holds one for it (CT_NEW_REF_HELD), which the session then keeps;
- * it is dropped when the session existed already, and stays the caller's to
- * release when the table is full (an error). With CT_LIKELY_NEW and CT_NEW_REF_HELD the
- * insert comes first: a session that exists after all fails it and is then
- * looked up. The packet p gives the TCP flags and the time. A global
- * function: verified once for every caller.
- * Returns 0, or a STAT_DROP_* reason.
+ * the caller holds one for it (CT_NEW_REF_HELD), which the session then keeps.
+ * With CT_LIKELY_NEW and CT_NEW_REF_HELD the insert comes first: a session
+ * that exists after all fails it and is then looked up. The packet p gives
+ * the TCP flags and the time. A global function: verified once for every
+ * caller.
+ * Returns 0; CT_REF_UNUSED (CT_NEW_REF_HELD: the session existed; the caller
+ * releases its reference with binding_put); or a STAT_DROP_* reason (with
+ * CT_NEW_REF_HELD the reference is still the caller's to release).
  */
 __noinline int einat_ct_touch(const struct ct_key *k, const struct binding_value *intern,
 			      struct packet *p, int egress, int mode)
@@ -191,11 +196,10 @@ __noinline int einat_ct_touch(const struct ct_key *k, const struct binding_value
 		/* It existed after all, or another CPU made it meanwhile. */
 		ct_refresh(v, k->l4proto, egress, tcp_flags, now);
 		/* Another CPU made it on finding this new binding, and takes a
-		 * reference of its own (or has): the one held here goes, without
-		 * deleting the binding should it reach zero first. */
-		if (mode == CT_NEW_REF_HELD)
-			binding_unref(k->family, k->l4proto, &k->ext_addr, k->ext_port);
-		return 0;
+		 * reference of its own: the one held here is not needed. Dropped
+		 * with binding_put, since that CPU's may fail to come (binding_ref_get
+		 * refuses a count at zero), and then the binding must go. */
+		return mode == CT_NEW_REF_HELD ? CT_REF_UNUSED : 0;
 	}
 	if (mode == CT_NEW_REF_HELD) {
 		stat_inc(STAT_NEW_SESSION);
@@ -210,11 +214,10 @@ __noinline int einat_ct_touch(const struct ct_key *k, const struct binding_value
 	struct binding_key rkey;
 	binding_key_init(&rkey, 0, k->family, k->l4proto, &k->ext_addr, k->ext_port);
 	struct binding_value *rb = bpf_map_lookup_elem(&map_binding, &rkey);
-	if (!rb) { /* the binding expired meanwhile */
+	if (!rb || !binding_ref_get(rb)) { /* the binding expired meanwhile */
 		bpf_map_delete_elem(&map_ct, k);
 		return STAT_DROP_UNTRANSLATABLE;
 	}
-	__sync_fetch_and_add(&rb->ref, 1);
 	stat_inc(STAT_NEW_SESSION);
 	return 0;
 }

@@ -260,9 +260,7 @@ __noinline int einat_inbound_query(struct packet *p)
 	struct binding_value *b = bpf_map_lookup_elem(&map_binding, &k);
 	if (b) {
 		/* ours from an earlier ping: keep its session alive */
-		if (b->port == p->dport && b->addr.all[0] == p->dst.all[0] &&
-		    b->addr.all[1] == p->dst.all[1] && b->addr.all[2] == p->dst.all[2] &&
-		    b->addr.all[3] == p->dst.all[3])
+		if (b->port == p->dport && addr_eq(&b->addr, &p->dst))
 			einat_ct_touch(&ck, &self, p, false, CT_FIND);
 		return 0;
 	}

@@ -460,7 +460,7 @@ __noinline int einat_random_try(struct port_bits *bits, __u32 rnd)
 	__u64 bit = 1ULL << (port & 63);
 	if (!(range_mask(c, wi) & bit) || !port_acceptable(c, port))
 		return 0;
-	if (bits && (bits->w[wi] & bit))
+	if (port_bit_taken(bits, port))
 		return 0;
 	return try_claim(c, bits, port);
 }
@@ -599,27 +599,11 @@ __noinline int einat_binding_create(const struct packet *p, const struct default
 }
 
 /*
- * Deletes both entries of the binding whose reply entry is rv, found under
- * key (which is reused for the original entry's key: one key on the stack,
- * as these run deep in call chains). The original entry goes first, so the
- * port is not free while it still maps to it.
+ * Drops one session reference; deletes both entries with the last one. One
+ * key on the stack, reused for the original entry (this runs deep in call
+ * chains), which goes first, so the port is not free while it still maps to
+ * it.
  */
-static __always_inline void binding_delete(struct binding_key *key, struct binding_value *rv,
-					   __u8 family, __u8 l4proto, const union ip_addr *ext_addr,
-					   __be16 ext_port)
-{
-	binding_key_init(key, BINDING_ORIG, family, l4proto, &rv->addr, rv->port);
-	/* Before: no slot filled earlier serves the port once it is free; after: nor
-	 * one filled while the entries were going. */
-	epoch_bump();
-	bpf_map_delete_elem(&map_binding, key);
-	binding_key_init(key, 0, family, l4proto, ext_addr, ext_port);
-	bpf_map_delete_elem(&map_binding, key);
-	epoch_bump();
-	port_bit_clear(family, l4proto, ext_addr, ext_port);
-}
-
-/* Drops one session reference; deletes both entries with the last one. */
 static __always_inline void binding_put(__u8 family, __u8 l4proto, const union ip_addr *ext_addr,
 					__be16 ext_port)
 {
@@ -629,7 +613,15 @@ static __always_inline void binding_put(__u8 family, __u8 l4proto, const union i
 	if (!rv || !binding_ref_put(rv))
 		return;
 	alloc_clear_full(full_key(family, proto_idx(l4proto))); /* a port comes free */
-	binding_delete(&key, rv, family, l4proto, ext_addr, ext_port);
+	binding_key_init(&key, BINDING_ORIG, family, l4proto, &rv->addr, rv->port);
+	/* Before: no slot filled earlier serves the port once it is free; after: nor
+	 * one filled while the entries were going. */
+	epoch_bump();
+	bpf_map_delete_elem(&map_binding, &key);
+	binding_key_init(&key, 0, family, l4proto, ext_addr, ext_port);
+	bpf_map_delete_elem(&map_binding, &key);
+	epoch_bump();
+	port_bit_clear(family, l4proto, ext_addr, ext_port);
 }
 
 #endif

@@ -72,10 +72,7 @@ static __always_inline __u8 ct_flags_update(__u8 flags, bool egress, __u8 tcp_fl
 /* The session maps to the internal endpoint intern. */
 static __always_inline bool ct_names(const struct ct_value *v, const struct binding_value *intern)
 {
-	return v->int_port == intern->port && ((v->int_addr.all[0] ^ intern->addr.all[0]) |
-					       (v->int_addr.all[1] ^ intern->addr.all[1]) |
-					       (v->int_addr.all[2] ^ intern->addr.all[2]) |
-					       (v->int_addr.all[3] ^ intern->addr.all[3])) == 0;
+	return v->int_port == intern->port && addr_eq(&v->int_addr, &intern->addr);
 }
 
 /* Past its timeout at now (a timestamp ahead of now is not). */

@@ -88,12 +88,6 @@ static __always_inline struct flow_entry *flow_slot(const struct packet *p, cons
 	return bpf_map_lookup_elem(&map_flow_cache, &idx);
 }
 
-static __always_inline bool addr_eq(const union ip_addr *a, const union ip_addr *b)
-{
-	return ((a->all[0] ^ b->all[0]) | (a->all[1] ^ b->all[1]) | (a->all[2] ^ b->all[2]) |
-		(a->all[3] ^ b->all[3])) == 0;
-}
-
 /* The slot holds this packet's flow (whether it may be trusted or not). */
 static __always_inline bool flow_hit(const struct flow_entry *e, const struct packet *p,
 				     const __u8 family, bool egress)

@@ -108,6 +108,13 @@ struct packet {
 	union ip_addr dst;
 };
 
+/* The same address (all four words: an IPv4 one has the other three zero). */
+static __always_inline bool addr_eq(const union ip_addr *a, const union ip_addr *b)
+{
+	return ((a->all[0] ^ b->all[0]) | (a->all[1] ^ b->all[1]) | (a->all[2] ^ b->all[2]) |
+		(a->all[3] ^ b->all[3])) == 0;
+}
+
 static __always_inline bool is_icmp_error(__u8 family, __u8 type)
 {
 	if (family == 4)

@@ -62,6 +62,17 @@ function runWorker(job: RaceJob): Promise<number[]> {
   });
 }
 
+/** Runs step lists `a` on CPU 0 and `b` on CPU 1, step by step together; their verdicts. */
+function onTwoCpus(a: RaceJob["steps"], b: RaceJob["steps"]): Promise<number[][]> {
+  const barrier = new SharedArrayBuffer(8);
+  return Promise.all([
+    runWorker({ cpu: 0, parties: 2, barrier, steps: a }),
+    runWorker({ cpu: 1, parties: 2, barrier, steps: b }),
+  ]);
+}
+
+const LIMITS = { bindingEntries: 4 * ENDPOINTS, ctEntries: 8 * ENDPOINTS };
+
 Deno.test({
   name: "race: one endpoint's first packets on two CPUs at once make one binding, refs = sessions",
   ignore: navigator.hardwareConcurrency < 2,
@@ -82,16 +93,11 @@ Deno.test({
         });
         sessions += same ? 1 : 2;
       }
-      const limits = { bindingEntries: 4 * ENDPOINTS, ctEntries: 8 * ENDPOINTS };
       const race = async (a: RaceJob["steps"], b: RaceJob["steps"], what: string) => {
-        const barrier = new SharedArrayBuffer(8);
-        const [va, vb] = await Promise.all([
-          runWorker({ cpu: 0, parties: 2, barrier, steps: a }),
-          runWorker({ cpu: 1, parties: 2, barrier, steps: b }),
-        ]);
+        const [va, vb] = await onTwoCpus(a, b);
         assertEquals(va.filter((v) => v !== TC_ACT_OK), [], `${what}, CPU 0: all translated`);
         assertEquals(vb.filter((v) => v !== TC_ACT_OK), [], `${what}, CPU 1: all translated`);
-        const check = checkMaps(n, limits, ic);
+        const check = checkMaps(n, LIMITS, ic);
         assertEquals(check.violations, [], what);
         assertEquals([check.bindings, check.sessions], [ENDPOINTS, sessions], what);
       };
@@ -166,12 +172,8 @@ Deno.test({
         }),
       }));
       const outB = ports.map((_, j) => ({ fd: n.nat.egressFd, bytes: first(j, "198.51.100.2") }));
-      const barrier = new SharedArrayBuffer(8);
-      await Promise.all([
-        runWorker({ cpu: 0, parties: 2, barrier, steps: inA }),
-        runWorker({ cpu: 1, parties: 2, barrier, steps: outB }),
-      ]);
-      const check = checkMaps(n, { bindingEntries: 4 * ENDPOINTS, ctEntries: 8 * ENDPOINTS }, ic);
+      await onTwoCpus(inA, outB);
+      const check = checkMaps(n, LIMITS, ic);
       assertEquals(check.violations, []);
     } finally {
       n.close();

@@ -5,7 +5,7 @@
  * @module
  */
 
-import { einatCmd } from "../tests/lib/einat.ts";
+import { einatCmd, V8_FLAGS } from "../tests/lib/einat.ts";
 import { type NsProcess, spawnInNs, type Topology, withTopology } from "../tests/lib/netns.ts";
 import { ROOT } from "./lib/bpfbench.ts";
 import {
@@ -229,7 +229,7 @@ export async function runStartup(o: BenchOptions): Promise<PartResult> {
         ],
         rows,
         notes: [
-          "start → running: from spawning `ip netns exec ROUTER deno run -A main.ts ARGS` to the log line " +
+          `start → running: from spawning \`ip netns exec ROUTER deno run -A ${V8_FLAGS} main.ts ARGS\` (the start task) to the log line ` +
           '"einat running" (filters attached), polled every 2 ms; the bare-deno row is the floor of that path.',
           "The other columns come from bench/lib/startup_probe.ts in the router namespace: loadNat (its loadMs is " +
           "open + configure + bpf_object__load of the state object, then of the egress and ingress objects at " +

@@ -2,6 +2,7 @@
 # Builds the single-file einat executable (`deno task compile`).
 #
 #   scripts/compile.sh [--target TRIPLE] [--output FILE] [--no-bpf] [--print-permissions]
+#                      [--print-v8-flags]
 #
 # Steps: build the BPF objects (make -C bpf), copy the sources einat runs from into a
 # staging folder (so neither tools/ nor node_modules/ get embedded), write the staged
@@ -30,6 +31,8 @@ ROOT=$PWD
 # --allow-write=/run/einat,/var/lib/einat,/sys/fs/bpf --allow-env=EINAT_*
 # --allow-sys=networkInterfaces,osRelease --allow-run=ip, once those reads go through libc.
 PERMISSIONS=(--allow-all)
+# V8 flags baked into the executable, the same as the `start` task's (tests/lib/einat.ts).
+V8_FLAGS=(--v8-flags=--no-maglev)
 
 die() {
   echo "compile: $*" >&2
@@ -47,6 +50,7 @@ while (($#)); do
     --output=*) output=${1#*=}; shift ;;
     --no-bpf) build_bpf=0; shift ;;
     --print-permissions) echo "${PERMISSIONS[*]}"; exit 0 ;;
+    --print-v8-flags) echo "${V8_FLAGS[*]}"; exit 0 ;;
     -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) die "unknown argument: $1 (see --help)" ;;
   esac
@@ -129,7 +133,7 @@ echo "compile: einat ${describe:-(no git describe)} for $target with deno $deno_
 # --node-modules-dir=none: npm packages come from deno's cache and only those in deno.lock are
 # embedded (a node_modules folder would be embedded whole).
 if ! (cd "$stage" && NO_COLOR=1 "$deno" compile --quiet --node-modules-dir=none \
-  --unstable-raw-imports "${PERMISSIONS[@]}" --target "$target" --output "$output" main.ts) \
+  --unstable-raw-imports "${PERMISSIONS[@]}" "${V8_FLAGS[@]}" --target "$target" --output "$output" main.ts) \
   >"$log" 2>&1; then
   if grep -qE 'Setting up base binary|denort|dl\.deno\.land' "$log"; then
     if [[ -n ${DENORT_BIN:-} ]]; then

@@ -7,7 +7,7 @@
  */
 import { assert, assertEquals } from "./lib/assert.ts";
 import { run, runResult, spawnInNs } from "./lib/netns.ts";
-import { ROOT } from "./lib/einat.ts";
+import { ROOT, V8_FLAGS } from "./lib/einat.ts";
 import denoJson from "../deno.json" with { type: "json" };
 import { embeddedObject } from "../lib/nat/loader.ts";
 
@@ -107,6 +107,12 @@ Deno.test("packaging: deno run main.ts -v prints the deno.json version", async (
   const line = r.stdout.trim();
   assert(line.startsWith(`einat ${denoJson.version}`), line);
   assert(!line.includes("\n"), line);
+});
+
+Deno.test("packaging: the start task, the tests' daemon and the executable run with one set of V8 flags", async () => {
+  const compiled = (await run(["bash", `${ROOT}scripts/compile.sh`, "--print-v8-flags"])).trim();
+  assertEquals(compiled, V8_FLAGS);
+  assertEquals(denoJson.tasks.start, `deno run -A ${V8_FLAGS} main.ts`);
 });
 
 Deno.test("packaging: the embedded BPF objects are the built bpf/einat.bpf.o and einat_compat.bpf.o", () => {

@@ -516,19 +516,27 @@ export function* mapEntries(fd: number, keySize: number, valueSize: number): Gen
 
 const BATCH_OPTS_SIZE = 24;
 
+/** One batch of {@link mapBatches}: `count` keys and values packed back to back. */
+export interface MapBatch {
+  keys: Uint8Array;
+  values: Uint8Array;
+  count: number;
+}
+
 /**
  * Reads a whole map with `bpf_map_lookup_batch`, `batchCount` elements per call (grown when a
- * hash bucket does not fit). Falls back to {@link mapEntries} when the map type has no batch
- * support. For per-CPU maps `valueSize` must be `roundup(value_size, 8) * nr_cpus`.
+ * hash bucket does not fit), yielding each batch in buffers that the next batch overwrites:
+ * memory stays constant however large the map. Falls back to {@link mapEntries}, one entry per
+ * batch, when the map type has no batch support. For per-CPU maps `valueSize` must be
+ * `roundup(value_size, 8) * nr_cpus`.
  */
-export function mapLookupBatch(
+export function* mapBatches(
   fd: number,
   keySize: number,
   valueSize: number,
-  batchCount = 256,
-): MapEntry[] {
+  batchCount = 1024,
+): Generator<MapBatch> {
   const b = bpf();
-  const out: MapEntry[] = [];
   let count = Math.max(1, batchCount | 0);
   let keys = new Uint8Array(keySize * count);
   let values = new Uint8Array(valueSize * count);
@@ -544,8 +552,11 @@ export function mapLookupBatch(
     if (ret < 0 && ret !== -Errno.ENOENT) {
       const unsupported = ret === -Errno.EINVAL || ret === -Errno.ENOTSUPP ||
         ret === -Errno.EOPNOTSUPP;
-      if (unsupported && inBatch === null && out.length === 0) {
-        return [...mapEntries(fd, keySize, valueSize)];
+      if (unsupported && inBatch === null) {
+        for (const e of mapEntries(fd, keySize, valueSize)) {
+          yield { keys: e.key, values: e.value, count: 1 };
+        }
+        return;
       }
       if (ret === -Errno.ENOSPC && n[0] === 0) {
         count *= 2;
@@ -555,15 +566,29 @@ export function mapLookupBatch(
       }
       check("bpf_map_lookup_batch", ret);
     }
-    for (let i = 0; i < n[0]; i++) {
+    if (n[0] > 0) yield { keys, values, count: n[0] };
+    if (ret === -Errno.ENOENT) return;
+    inBatch = outBatch.slice();
+  }
+}
+
+/** {@link mapBatches} as a list of entries, each copied out. */
+export function mapLookupBatch(
+  fd: number,
+  keySize: number,
+  valueSize: number,
+  batchCount = 256,
+): MapEntry[] {
+  const out: MapEntry[] = [];
+  for (const { keys, values, count } of mapBatches(fd, keySize, valueSize, batchCount)) {
+    for (let i = 0; i < count; i++) {
       out.push({
         key: keys.slice(i * keySize, (i + 1) * keySize),
         value: values.slice(i * valueSize, (i + 1) * valueSize),
       });
     }
-    if (ret === -Errno.ENOENT) return out;
-    inBatch = outBatch.slice();
   }
+  return out;
 }
 
 /** Opens a pinned BPF object (map, program, link) at a bpffs `path`; returns its fd. */

@@ -10,6 +10,7 @@ import * as bpf from "../ffi/libbpf.ts";
 import { closeFd, monotonicNs } from "../ffi/libc.ts";
 import {
   BINDING_KEY_LAYOUT,
+  BINDING_ORIG,
   BINDING_VALUE_LAYOUT,
   CT_FLAGS,
   CT_KEY_LAYOUT,
@@ -90,6 +91,23 @@ export function endpoint(family: 4 | 6, addr: Uint8Array, port: number): string 
   return family === 6 ? `[${a}]:${port}` : `${a}:${port}`;
 }
 
+const HEX = Array.from({ length: 256 }, (_, i) => i.toString(16).padStart(2, "0"));
+
+/**
+ * A string that orders endpoints by family, address and port with plain `<`: the address in
+ * 32 hex digits (IPv4 zero-padded), then the port in 4. Sorting by it costs a string compare,
+ * not a locale-aware one (which took most of a 300,000-session read).
+ */
+function sortKey(family: 4 | 6, addr: Uint8Array, port: number): string {
+  let k = family === 4 ? "4" : "6";
+  for (let i = 0; i < 16; i++) k += HEX[addr[i] ?? 0];
+  return k + HEX[port >> 8] + HEX[port & 0xff];
+}
+
+function byKey<T extends { key: string }>(a: T, b: T): number {
+  return a.key < b.key ? -1 : a.key > b.key ? 1 : 0;
+}
+
 function sameAddr(a: Uint8Array, b: Uint8Array): boolean {
   return a.length === b.length && a.every((x, i) => x === b[i]);
 }
@@ -150,11 +168,11 @@ export function pinRootProblem(root: string): string | null {
   return null;
 }
 
-/** Bindings of a binding map. */
+/** Bindings of a binding map, by external endpoint. */
 export function readBindings(s: PinnedState, f: RowFilter = {}): BindingRow[] {
   const fd = s.fds.map_binding;
   if (fd === undefined) return [];
-  const rows: BindingRow[] = [];
+  const rows: { key: string; row: BindingRow }[] = [];
   for (const e of bpf.mapLookupBatch(fd, BINDING_KEY_LAYOUT.size, BINDING_VALUE_LAYOUT.size)) {
     const k = decodeBindingKey(e.key);
     if (k.orig) continue; // each binding has an entry per direction: list the external one
@@ -162,15 +180,60 @@ export function readBindings(s: PinnedState, f: RowFilter = {}): BindingRow[] {
     const proto = protoName(k.l4proto);
     if (!matches(f, proto, { addrs: [k.addr, v.addr], ports: [k.port, v.port] })) continue;
     rows.push({
-      interface: s.ifname,
-      protocol: proto,
-      family: k.family,
-      internal: endpoint(k.family, v.addr, v.port),
-      external: endpoint(k.family, k.addr, k.port),
-      sessions: v.ref,
+      key: sortKey(k.family, k.addr, k.port) + k.l4proto,
+      row: {
+        interface: s.ifname,
+        protocol: proto,
+        family: k.family,
+        internal: endpoint(k.family, v.addr, v.port),
+        external: endpoint(k.family, k.addr, k.port),
+        sessions: v.ref,
+      },
     });
   }
-  return rows.sort((a, b) => a.external.localeCompare(b.external, "en", { numeric: true }));
+  return rows.sort(byKey).map((r) => r.row);
+}
+
+/** Live bindings counted without listing them (the metrics endpoint). */
+export interface BindingTally {
+  /** `FAMILY/PROTOCOL` (e.g. `4/udp`) → bindings. */
+  byProto: Map<string, number>;
+  /** `EXTERNAL-ADDRESS/PROTOCOL` (e.g. `192.0.2.1/udp`) → bindings: its ports in use. */
+  byExternal: Map<string, number>;
+}
+
+const BK = BINDING_KEY_LAYOUT.fields;
+
+/**
+ * Counts the bindings of a binding map batch by batch, without a row per binding: memory stays
+ * constant and the cost is a few byte reads per binding.
+ */
+export function tallyBindings(s: PinnedState): BindingTally {
+  const byProto = new Map<string, number>();
+  // protocol number, then the address bytes as characters (4 of them for IPv4, else 16)
+  const raw = new Map<string, number>();
+  const fd = s.fds.map_binding;
+  if (fd === undefined) return { byProto, byExternal: new Map() };
+  const ks = BINDING_KEY_LAYOUT.size, vs = BINDING_VALUE_LAYOUT.size;
+  for (const { keys, count } of bpf.mapBatches(fd, ks, vs)) {
+    for (let o = 0; o < count * ks; o += ks) {
+      if (keys[o + BK.flags.offset] & BINDING_ORIG) continue;
+      const family = keys[o + BK.family.offset];
+      const l4proto = keys[o + BK.l4proto.offset];
+      const p = `${family}/${protoName(l4proto)}`;
+      byProto.set(p, (byProto.get(p) ?? 0) + 1);
+      const a = o + BK.addr.offset;
+      const r = String.fromCharCode(l4proto, ...keys.subarray(a, a + (family === 4 ? 4 : 16)));
+      raw.set(r, (raw.get(r) ?? 0) + 1);
+    }
+  }
+  const byExternal = new Map<string, number>();
+  for (const [r, n] of raw) {
+    const addr = Uint8Array.from(r.slice(1), (c) => c.charCodeAt(0));
+    const k = `${formatAddr(addr)}/${protoName(r.charCodeAt(0))}`;
+    byExternal.set(k, (byExternal.get(k) ?? 0) + n);
+  }
+  return { byProto, byExternal };
 }
 
 /** The state name of a session, conntrack style. */
@@ -199,13 +262,13 @@ function timeoutNs(meta: MetaDoc | null, l4proto: number, est: boolean): bigint 
 
 const secs = (ns: bigint) => Number(ns / 1_000_000n) / 1000;
 
-/** Sessions of a session map; `nowNs` is CLOCK_MONOTONIC (default: now). */
+/** Sessions of a session map, by external then remote endpoint; `nowNs` is CLOCK_MONOTONIC (default: now). */
 export function readSessions(s: PinnedState, f: RowFilter = {}, nowNs?: bigint): SessionRow[] {
   const fd = s.fds.map_ct;
   if (fd === undefined) return [];
   const entries = bpf.mapLookupBatch(fd, CT_KEY_LAYOUT.size, CT_VALUE_LAYOUT.size);
   const now = nowNs ?? monotonicNs();
-  const rows: SessionRow[] = [];
+  const rows: { key: string; row: SessionRow }[] = [];
   for (const e of entries) {
     const k = decodeCtKey(e.key);
     const v = decodeCtValue(e.value, k.family);
@@ -220,24 +283,83 @@ export function readSessions(s: PinnedState, f: RowFilter = {}, nowNs?: bigint):
     const idle = now > v.lastSeenNs ? now - v.lastSeenNs : 0n;
     const left = t === null ? null : v.lastSeenNs + t > now ? v.lastSeenNs + t - now : 0n;
     rows.push({
-      interface: s.ifname,
-      protocol: proto,
-      family: k.family,
-      internal: endpoint(k.family, v.intAddr, v.intPort),
-      external: endpoint(k.family, k.extAddr, k.extPort),
-      remote: endpoint(k.family, k.remoteAddr, k.remotePort),
-      state: sessionState(k.l4proto, v.flags),
-      timeout: est ? "established" : "transitory",
-      secondsLeft: left === null ? null : Math.floor(secs(left)),
-      ageSeconds: Math.max(0, Math.floor(secs(now) - v.createdS)),
-      idleSeconds: Math.floor(secs(idle)),
-      expired: t !== null && idle > t,
+      key: sortKey(k.family, k.extAddr, k.extPort) + sortKey(k.family, k.remoteAddr, k.remotePort) +
+        k.l4proto,
+      row: {
+        interface: s.ifname,
+        protocol: proto,
+        family: k.family,
+        internal: endpoint(k.family, v.intAddr, v.intPort),
+        external: endpoint(k.family, k.extAddr, k.extPort),
+        remote: endpoint(k.family, k.remoteAddr, k.remotePort),
+        state: sessionState(k.l4proto, v.flags),
+        timeout: est ? "established" : "transitory",
+        secondsLeft: left === null ? null : Math.floor(secs(left)),
+        ageSeconds: Math.max(0, Math.floor(secs(now) - v.createdS)),
+        idleSeconds: Math.floor(secs(idle)),
+        expired: t !== null && idle > t,
+      },
     });
   }
-  return rows.sort((a, b) =>
-    a.external.localeCompare(b.external, "en", { numeric: true }) ||
-    a.remote.localeCompare(b.remote, "en", { numeric: true })
-  );
+  return rows.sort(byKey).map((r) => r.row);
+}
+
+/** Sessions counted without listing them (the metrics endpoint). */
+export interface SessionTally {
+  /** `FAMILY/PROTOCOL` (e.g. `4/udp`) → live sessions. */
+  byProto: Map<string, number>;
+  /** Sessions past their timeout (only when the timeouts are known), not in `byProto`. */
+  expired: number;
+}
+
+const CK = CT_KEY_LAYOUT.fields, CV = CT_VALUE_LAYOUT.fields;
+
+/**
+ * Counts the sessions of a session map batch by batch, as {@link readSessions} would list them,
+ * without a row per session. `nowNs` is CLOCK_MONOTONIC (default: now).
+ */
+export function tallySessions(s: PinnedState, nowNs?: bigint): SessionTally {
+  const byProto = new Map<string, number>();
+  let expired = 0;
+  const fd = s.fds.map_ct;
+  if (fd === undefined) return { byProto, expired };
+  // Past its timeout: last_seen_ns < now - timeout. Compared as (high, low) 32-bit halves, so
+  // no BigInt is made per session (the heap garbage of one showed in the daemon's RSS).
+  const now = nowNs ?? monotonicNs();
+  // by l4proto * 2 + established: the halves of now - timeout, or null without timeouts
+  const limits = new Map<number, [number, number] | null>();
+  const limitOf = (l4proto: number, est: boolean): [number, number] | null => {
+    const c = l4proto * 2 + (est ? 1 : 0);
+    let l = limits.get(c);
+    if (l === undefined) {
+      const t = timeoutNs(s.meta, l4proto, est);
+      const x = t === null ? null : t > now ? 0n : now - t;
+      l = x === null ? null : [Number(x >> 32n), Number(x & 0xffffffffn)];
+      limits.set(c, l);
+    }
+    return l;
+  };
+  const ks = CT_KEY_LAYOUT.size, vs = CT_VALUE_LAYOUT.size;
+  for (const { keys, values, count } of bpf.mapBatches(fd, ks, vs)) {
+    const dv = new DataView(values.buffer, values.byteOffset, values.byteLength);
+    for (let i = 0; i < count; i++) {
+      const ko = i * ks, vo = i * vs;
+      const l4proto = keys[ko + CK.l4proto.offset];
+      const l = limitOf(l4proto, values[vo + CV.state.offset] === CT_STATE.EST);
+      if (l !== null) {
+        const [lh, ll] = l;
+        const o = vo + CV.last_seen_ns.offset;
+        const hi = dv.getUint32(o + 4, true), lo = dv.getUint32(o, true);
+        if (hi < lh || (hi === lh && lo < ll)) {
+          expired++;
+          continue;
+        }
+      }
+      const p = `${keys[ko + CK.family.offset]}/${protoName(l4proto)}`;
+      byProto.set(p, (byProto.get(p) ?? 0) + 1);
+    }
+  }
+  return { byProto, expired };
 }
 
 /** Counters of one interface. */
@@ -286,7 +408,7 @@ export function readCounters(s: PinnedState): Counters {
   return { interface: s.ifname, events, traffic };
 }
 
-/** Entries and capacity of each pinned map (hash maps are counted by walking them). */
+/** Entries and capacity of each pinned map (hash maps are counted by reading them in batches). */
 export function mapFill(s: PinnedState): { map: string; entries: number; capacity: number }[] {
   const out: { map: string; entries: number; capacity: number }[] = [];
   for (const m of ["map_binding", "map_ct", "map_frag"] as const) {
@@ -294,8 +416,7 @@ export function mapFill(s: PinnedState): { map: string; entries: number; capacit
     if (fd === undefined) continue;
     const info = bpf.mapInfo(fd);
     let entries = 0;
-    let key: Uint8Array | null = null;
-    while ((key = bpf.mapNextKey(fd, key, info.keySize)) !== null) entries++;
+    for (const b of bpf.mapBatches(fd, info.keySize, info.valueSize)) entries += b.count;
     out.push({ map: m, entries, capacity: info.maxEntries });
   }
   return out;

@@ -46,8 +46,9 @@ export function collect(opts: ShowCli): ShowResult {
       if (opts.stats) {
         res.counters.push(readCounters(st));
       } else {
-        res.bindings.push(...readBindings(st, filter));
-        res.sessions.push(...readSessions(st, filter));
+        // concat, not push(...rows): spreading 100,000s of rows overflows the stack
+        res.bindings = res.bindings.concat(readBindings(st, filter));
+        res.sessions = res.sessions.concat(readSessions(st, filter));
       }
     } finally {
       st.close();
@@ -57,7 +58,7 @@ export function collect(opts: ShowCli): ShowResult {
 }
 
 function table(head: string[], rows: string[][]): string {
-  const w = head.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i].length)));
+  const w = head.map((h, i) => rows.reduce((m, r) => Math.max(m, r[i].length), h.length));
   const line = (r: string[]) => r.map((c, i) => c.padEnd(w[i])).join("  ").trimEnd();
   return [line(head), ...rows.map(line)].join("\n");
 }

@@ -1,0 +1,182 @@
+/**
+ * Reading state at scale (lib/state/read.ts): the metrics endpoint's tallies count what
+ * `show`'s rows list, exactly, and `show` lists and prints hundreds of thousands of sessions
+ * (a spread of that many rows into a call overflowed the stack; a locale-aware sort took most
+ * of a minute). Through BPF_PROG_TEST_RUN and direct map writes; no namespace.
+ */
+import { assert, assertEquals } from "./lib/assert.ts";
+import * as bpf from "../lib/ffi/libbpf.ts";
+import { monotonicNs } from "../lib/ffi/libc.ts";
+import { roConfigOf } from "../lib/daemon.ts";
+import { CT_KEY_LAYOUT, encodeCtKey, IPPROTO } from "../lib/nat/codec.ts";
+import { timeoutsOf } from "../lib/state/pin.ts";
+import {
+  type PinnedState,
+  readBindings,
+  readSessions,
+  tallyBindings,
+  tallySessions,
+} from "../lib/state/read.ts";
+import { formatText } from "../lib/state/show.ts";
+import { encodeCtValue } from "../bench/lib/bpfbench.ts";
+import type { PacketSpec } from "./lib/packet.ts";
+import { loadTestNat, type Nat, TC_ACT_OK, testInterfaceConfig } from "./lib/natfixture.ts";
+
+const EXT = "203.0.113.1";
+const EXT6 = "2001:db8:2::1";
+
+function view(n: Nat, withTimeouts: boolean): PinnedState {
+  return {
+    ifname: "test",
+    dir: "",
+    meta: withTimeouts
+      ? { maps: {}, timeoutsNs: timeoutsOf(roConfigOf(testInterfaceConfig())) } as PinnedState[
+        "meta"
+      ]
+      : null,
+    fds: { map_binding: n.nat.maps.binding, map_ct: n.nat.maps.ct },
+    close() {},
+  };
+}
+
+function pkt(family: 4 | 6, proto: "udp" | "tcp" | "icmp", src: string, dst: string, port = 0) {
+  return {
+    family,
+    src,
+    dst,
+    proto,
+    sport: 40000 + port,
+    dport: 53,
+    icmpId: 7 + port,
+  } as PacketSpec;
+}
+
+/** Counts rows by a key. */
+function countBy<T>(rows: T[], key: (r: T) => string | null): Map<string, number> {
+  const m = new Map<string, number>();
+  for (const r of rows) {
+    const k = key(r);
+    if (k !== null) m.set(k, (m.get(k) ?? 0) + 1);
+  }
+  return m;
+}
+
+const sorted = (m: Map<string, number>) => [...m].sort(([a], [b]) => a < b ? -1 : 1);
+
+/** Writes `count` sessions on `EXT`, last seen at `lastSeenNs`, remote 198.18.x.y:443. */
+function fill(n: Nat, count: number, lastSeenNs: bigint, remoteBase = 0xc6120000) {
+  const value = encodeCtValue({
+    intAddr: new Uint8Array([192, 0, 2, 99]),
+    intPort: 50000,
+    state: 1,
+    flags: 3,
+    nowNs: lastSeenNs,
+  });
+  const key = encodeCtKey({
+    l4proto: IPPROTO.UDP,
+    family: 4,
+    extPort: 0,
+    remotePort: 443,
+    extAddr: new Uint8Array([203, 0, 113, 1]),
+    remoteAddr: new Uint8Array(4),
+  });
+  const kv = new DataView(key.buffer);
+  for (let i = 0; i < count; i++) {
+    kv.setUint16(CT_KEY_LAYOUT.fields.ext_port.offset, 1024 + (i % 60000), false);
+    kv.setUint32(
+      CT_KEY_LAYOUT.fields.remote_addr.offset,
+      remoteBase + Math.floor(i / 60000),
+      false,
+    );
+    bpf.mapUpdate(n.nat.maps.ct, key, value, bpf.BPF_NOEXIST);
+  }
+}
+
+Deno.test("state read: the metrics tallies count exactly what show's rows list", async () => {
+  const n = await loadTestNat(testInterfaceConfig({ nat66: true }), [`${EXT}/24`, `${EXT6}/64`]);
+  try {
+    // Real bindings and sessions: two IPv4 UDP hosts (one with two remotes), IPv4 TCP and ICMP,
+    // IPv6 UDP.
+    for (
+      const p of [
+        pkt(4, "udp", "192.0.2.10", "198.51.100.1"),
+        pkt(4, "udp", "192.0.2.10", "198.51.100.2"),
+        pkt(4, "udp", "192.0.2.11", "198.51.100.1"),
+        pkt(4, "tcp", "192.0.2.10", "198.51.100.1"),
+        pkt(4, "icmp", "192.0.2.10", "198.51.100.1"),
+        pkt(6, "udp", "2001:db8:1::10", "2001:db8:3::1"),
+      ]
+    ) assertEquals(n.egress(p).retval, TC_ACT_OK);
+    // 3,000 more IPv4 UDP sessions written directly (remotes on binding-less external ports:
+    // the tallies count what is in the map). Read as of a day later (not a day back: the
+    // machine may have been up for less), when the 2,000 stamped then are live and the rest,
+    // the six above included, long expired.
+    const now = monotonicNs() + 86_400_000_000_000n;
+    fill(n, 2000, now);
+    fill(n, 1000, now - 86_400_000_000_000n, 0xc6130000);
+
+    for (const timeouts of [true, false]) {
+      const st = view(n, timeouts);
+      const b = tallyBindings(st), s = tallySessions(st, now);
+      const rows = readBindings(st), srows = readSessions(st, {}, now);
+
+      // Exact, independent of the rows.
+      assertEquals(sorted(b.byProto), [["4/icmp", 1], ["4/tcp", 1], ["4/udp", 2], ["6/udp", 1]]);
+      assertEquals(sorted(b.byExternal), [
+        [`${EXT6}/udp`, 1],
+        [`${EXT}/icmp`, 1],
+        [`${EXT}/tcp`, 1],
+        [`${EXT}/udp`, 2],
+      ]);
+      assertEquals(s.expired, timeouts ? 1000 + 6 : 0);
+      assertEquals(
+        sorted(s.byProto),
+        timeouts
+          ? [["4/udp", 2000]]
+          : [["4/icmp", 1], ["4/tcp", 1], ["4/udp", 3 + 3000], ["6/udp", 1]],
+      );
+
+      // And the same as the rows.
+      assertEquals(sorted(b.byProto), sorted(countBy(rows, (r) => `${r.family}/${r.protocol}`)));
+      assertEquals(
+        sorted(b.byExternal),
+        sorted(
+          countBy(
+            rows,
+            (r) => `${r.external.replace(/:\d+$/, "").replace(/^\[|\]$/g, "")}/${r.protocol}`,
+          ),
+        ),
+      );
+      assertEquals(s.expired, srows.filter((r) => r.expired).length);
+      assertEquals(
+        sorted(s.byProto),
+        sorted(countBy(srows, (r) => r.expired ? null : `${r.family}/${r.protocol}`)),
+      );
+    }
+  } finally {
+    n.close();
+  }
+});
+
+Deno.test("state read: show lists and prints 200,000 sessions, by external then remote endpoint", async () => {
+  const n = await loadTestNat(testInterfaceConfig({ ctMaxRecords: 262144 }));
+  try {
+    const count = 200_000;
+    fill(n, count, monotonicNs());
+    const st = view(n, true);
+    const rows = readSessions(st);
+    assertEquals(rows.length, count);
+    // External ports 1024 + i % 60000 with remotes 198.18.0.0 + i / 60000: in order, each port's
+    // remotes ascending, then the next port; numeric, so 9999 before 10000.
+    assertEquals(rows[0].external, `${EXT}:1024`);
+    assertEquals(rows[0].remote, "198.18.0.0:443");
+    assertEquals(rows[1].remote, "198.18.0.1:443");
+    assertEquals(rows[4].external, `${EXT}:1025`);
+    const i9999 = rows.findIndex((r) => r.external === `${EXT}:9999`);
+    assertEquals(rows[i9999 + 4].external, `${EXT}:10000`);
+    const text = formatText({ bindings: [], sessions: rows, counters: [], missing: [] }, false);
+    assert(text.split("\n").length > count, "every session printed");
+  } finally {
+    n.close();
+  }
+});

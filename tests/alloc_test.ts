@@ -16,13 +16,16 @@ import { parseAddr } from "../lib/config/cidr.ts";
 import { buildPacket, type PacketSpec } from "./lib/packet.ts";
 import * as bpf from "../lib/ffi/libbpf.ts";
 import {
+  BINDING_KEY_LAYOUT,
   BINDING_VALUE_LAYOUT,
+  CT_KEY_LAYOUT,
   decodeBindingValue,
   encodeBindingKey,
   encodeBindingValue,
   encodePortBitsKey,
 } from "../lib/nat/codec.ts";
 import { syncPortHint } from "../lib/nat/loader.ts";
+import { fillSessions } from "../bench/lib/bpfbench.ts";
 
 const EXT = [203, 0, 113, 1];
 const udp = (src: string, sport: number): PacketSpec => ({
@@ -219,6 +222,34 @@ Deno.test("port choice: identifiers bound by pings from outside (allow_inbound_i
     assertEquals(got.sort((a, b) => a - b), [ids.end - 1, ids.end], "the two free identifiers");
     const full = n.runRaw("egress", buildPacket(ping("192.0.2.10", "198.51.100.1", 5002)));
     assert(full.retval !== TC_ACT_OK, "all identifiers taken: refused");
+  } finally {
+    n.close();
+  }
+});
+
+Deno.test("port choice: an external address that leaves with 150,000 sessions takes exactly its bindings and sessions along", async () => {
+  const ic = testInterfaceConfig({ ctMaxRecords: 262144 });
+  const ext2 = "203.0.113.2";
+  const both = [
+    { family: 4 as const, addr: new Uint8Array(EXT), prefixLen: 24 },
+    { family: 4 as const, addr: parseAddr(ext2), prefixLen: 24 },
+  ];
+  const n = await loadTestNat(ic);
+  try {
+    applyPlan(n.nat.maps, planInterface(ic, both));
+    for (let i = 0; i < 10; i++) {
+      assertEquals(n.egress(udp("192.0.2.10", 40000 + i)).retval, TC_ACT_OK);
+    }
+    fillSessions(n.nat, 150_000, { extAddr: "203.0.113.1", portBase: 1024, ports: 60000 });
+    fillSessions(n.nat, 1000, { extAddr: ext2, portBase: 1024, ports: 1000 });
+    const sessions = () => bpf.mapCount(n.nat.maps.ct, CT_KEY_LAYOUT.size);
+    assertEquals(sessions(), 10 + 150_000 + 1000);
+
+    const kept = planInterface(ic, [both[1]]);
+    applyPlan(n.nat.maps, kept);
+    assertEquals(purgeStale(n.nat.maps, kept), { bindings: 10, sessions: 10 + 150_000 });
+    assertEquals(sessions(), 1000, "the remaining address's sessions stay");
+    assertEquals(bpf.mapCount(n.nat.maps.binding, BINDING_KEY_LAYOUT.size), 0);
   } finally {
     n.close();
   }

@@ -5,10 +5,8 @@
  * of a minute). Through BPF_PROG_TEST_RUN and direct map writes; no namespace.
  */
 import { assert, assertEquals } from "./lib/assert.ts";
-import * as bpf from "../lib/ffi/libbpf.ts";
 import { monotonicNs } from "../lib/ffi/libc.ts";
 import { roConfigOf } from "../lib/daemon.ts";
-import { CT_KEY_LAYOUT, encodeCtKey, IPPROTO } from "../lib/nat/codec.ts";
 import { timeoutsOf } from "../lib/state/pin.ts";
 import {
   type PinnedState,
@@ -18,7 +16,7 @@ import {
   tallySessions,
 } from "../lib/state/read.ts";
 import { formatText } from "../lib/state/show.ts";
-import { encodeCtValue } from "../bench/lib/bpfbench.ts";
+import { fillSessions } from "../bench/lib/bpfbench.ts";
 import type { PacketSpec } from "./lib/packet.ts";
 import { loadTestNat, type Nat, TC_ACT_OK, testInterfaceConfig } from "./lib/natfixture.ts";
 
@@ -63,35 +61,6 @@ function countBy<T>(rows: T[], key: (r: T) => string | null): Map<string, number
 
 const sorted = (m: Map<string, number>) => [...m].sort(([a], [b]) => a < b ? -1 : 1);
 
-/** Writes `count` sessions on `EXT`, last seen at `lastSeenNs`, remote 198.18.x.y:443. */
-function fill(n: Nat, count: number, lastSeenNs: bigint, remoteBase = 0xc6120000) {
-  const value = encodeCtValue({
-    intAddr: new Uint8Array([192, 0, 2, 99]),
-    intPort: 50000,
-    state: 1,
-    flags: 3,
-    nowNs: lastSeenNs,
-  });
-  const key = encodeCtKey({
-    l4proto: IPPROTO.UDP,
-    family: 4,
-    extPort: 0,
-    remotePort: 443,
-    extAddr: new Uint8Array([203, 0, 113, 1]),
-    remoteAddr: new Uint8Array(4),
-  });
-  const kv = new DataView(key.buffer);
-  for (let i = 0; i < count; i++) {
-    kv.setUint16(CT_KEY_LAYOUT.fields.ext_port.offset, 1024 + (i % 60000), false);
-    kv.setUint32(
-      CT_KEY_LAYOUT.fields.remote_addr.offset,
-      remoteBase + Math.floor(i / 60000),
-      false,
-    );
-    bpf.mapUpdate(n.nat.maps.ct, key, value, bpf.BPF_NOEXIST);
-  }
-}
-
 Deno.test("state read: the metrics tallies count exactly what show's rows list", async () => {
   const n = await loadTestNat(testInterfaceConfig({ nat66: true }), [`${EXT}/24`, `${EXT6}/64`]);
   try {
@@ -112,8 +81,9 @@ Deno.test("state read: the metrics tallies count exactly what show's rows list",
     // machine may have been up for less), when the 2,000 stamped then are live and the rest,
     // the six above included, long expired.
     const now = monotonicNs() + 86_400_000_000_000n;
-    fill(n, 2000, now);
-    fill(n, 1000, now - 86_400_000_000_000n, 0xc6130000);
+    fillSessions(n.nat, 2000, { extAddr: EXT, portBase: 1024, ports: 60000, lastSeenNs: now });
+    const old = now - 86_400_000_000_000n;
+    fillSessions(n.nat, 1000, { extAddr: EXT, portBase: 62000, ports: 1000, lastSeenNs: old });
 
     for (const timeouts of [true, false]) {
       const st = view(n, timeouts);
@@ -162,7 +132,7 @@ Deno.test("state read: show lists and prints 200,000 sessions, by external then 
   const n = await loadTestNat(testInterfaceConfig({ ctMaxRecords: 262144 }));
   try {
     const count = 200_000;
-    fill(n, count, monotonicNs());
+    fillSessions(n.nat, count, { extAddr: EXT, portBase: 1024, ports: 60000 });
     const st = view(n, true);
     const rows = readSessions(st);
     assertEquals(rows.length, count);

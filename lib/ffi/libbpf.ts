@@ -496,10 +496,13 @@ export function* mapKeys(fd: number, keySize: number): Generator<Uint8Array> {
   }
 }
 
-/** Number of entries of a map, by walking its keys. */
+/**
+ * Number of entries of a map, read in batches ({@link mapBatches}; a walk of its keys where
+ * the map has no batch reads): one call per 1,024 entries instead of one per entry.
+ */
 export function mapCount(fd: number, keySize: number): number {
   let n = 0;
-  for (const _ of mapKeys(fd, keySize)) n++;
+  for (const b of mapBatches(fd, keySize, mapInfo(fd).valueSize)) n += b.count;
   return n;
 }
 

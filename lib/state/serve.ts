@@ -7,7 +7,12 @@
 import type { InterfaceConfig } from "../config/types.ts";
 import * as bpf from "../ffi/libbpf.ts";
 import * as log from "../log.ts";
-import { BINDING_KEY_LAYOUT, BINDING_VALUE_LAYOUT, CT_KEY_LAYOUT } from "../nat/codec.ts";
+import {
+  BINDING_KEY_LAYOUT,
+  BINDING_ORIG,
+  BINDING_VALUE_LAYOUT,
+  CT_KEY_LAYOUT,
+} from "../nat/codec.ts";
 import { expireSessions, type LoadOptions, type NatObject, syncPortHint } from "../nat/loader.ts";
 import { pinDirFor, stateOptions } from "./options.ts";
 import { ensureBpffs } from "./bpffs.ts";
@@ -36,9 +41,10 @@ export function stateLoadOptions(
 
 /** Counts bindings (external entries) in a binding map. */
 export function countBindings(fd: number): number {
+  const ks = BINDING_KEY_LAYOUT.size, flags = BINDING_KEY_LAYOUT.fields.flags.offset;
   let n = 0;
-  for (const e of bpf.mapLookupBatch(fd, BINDING_KEY_LAYOUT.size, BINDING_VALUE_LAYOUT.size)) {
-    if ((e.key[0] & 1) === 0) n++;
+  for (const { keys, count } of bpf.mapBatches(fd, ks, BINDING_VALUE_LAYOUT.size)) {
+    for (let o = 0; o < count * ks; o += ks) if ((keys[o + flags] & BINDING_ORIG) === 0) n++;
   }
   return n;
 }

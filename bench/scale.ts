@@ -83,7 +83,7 @@ export function scaleSizes(o: BenchOptions): ScaleSizes {
     flows: 4000,
     spreadRuns: 8000,
     repeat: 1_000_000,
-    rounds: 5,
+    rounds: 15,
     fills: [0, 0.9, 0.99],
     newFlows: 1000,
   };

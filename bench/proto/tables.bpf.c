@@ -7,7 +7,10 @@
  *   session) into hash maps that allocate on demand (einat's default);
  * - hash_pre: the same into preallocated hash maps (preallocate_maps);
  * - array_cas: the design's record claimed by compare-and-swap in an array,
- *   and its outbound entry claimed in an open-addressing table.
+ *   and its outbound entry claimed in an open-addressing table;
+ * - arena_cas: the same with the records in a BPF arena (kernel 6.9+), whose
+ *   pages are allocated by the setup_arena program (on 6.18 a TC program may
+ *   not allocate them itself: the kfunc is sleepable there).
  * Keys, values and map sizes are those of einat's defaults.
  */
 #include <linux/bpf.h>
@@ -48,6 +51,10 @@ struct rec {
 	__u32 created_s;
 	__u32 pad[3];
 };
+
+#define BPF_MAP_TYPE_ARENA_ 33 /* not in Debian 12's UAPI headers */
+#define __arena __attribute__((address_space(1)))
+#define NUMA_NO_NODE (-1)
 
 #define CAP 393216 /* einat's default binding and session map sizes */
 #define RECORDS 196608 /* 3 protocols x 65,536 ports of one address */
@@ -92,6 +99,18 @@ struct {
 	__uint(max_entries, RECORDS);
 } records SEC(".maps");
 
+/* map_extra (where user space would map it) is set by the loader: libbpf 1.1 cannot read a
+ * 64-bit value from the map definition. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARENA_);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__uint(max_entries, RECORDS * sizeof(struct rec) / 4096); /* pages */
+} arena SEC(".maps");
+
+void __arena *bpf_arena_alloc_pages(void *map, void __arena *addr, __u32 page_cnt, int node_id,
+				    __u64 flags) __ksym __weak;
+
+struct rec __arena *arena_recs; /* set by setup_arena */
 __u32 seq;
 
 static __always_inline int three_inserts(void *bindings, void *sessions)
@@ -139,23 +158,10 @@ int hash_pre(struct __sk_buff *skb)
 	return three_inserts(&pre_binding, &pre_ct);
 }
 
-SEC("tc")
-int array_cas(struct __sk_buff *skb)
+/* The outbound entry of record ri: an empty entry claimed by compare-and-swap,
+ * probing up to 8 entries. */
+static __always_inline int outbound_claim(__u32 n, __u32 ri)
 {
-	__u32 n = __sync_fetch_and_add(&seq, 1);
-	__u32 ri = n % RECORDS; /* the claimed port's record */
-	struct rec *r = bpf_map_lookup_elem(&records, &ri);
-	if (!r)
-		return 1;
-	if (__sync_val_compare_and_swap(&r->state, 0, 1) != 0)
-		return 2;
-	r->int_addr = n * 2654435761u;
-	r->int_port = n;
-	r->remote_addr = 0x0a000001;
-	r->remote_port = 53;
-	r->last_seen_ns = n;
-	r->created_s = n;
-	r->ref = 1;
 	__u32 h = (n * 2654435761u) >> (32 - OUT_BITS);
 #pragma unroll
 	for (int i = 0; i < 8; i++) {
@@ -167,6 +173,52 @@ int array_cas(struct __sk_buff *skb)
 			return 0;
 	}
 	return 4;
+}
+
+#define REC_FILL(r, n)                             \
+	do {                                       \
+		(r)->int_addr = (n) * 2654435761u; \
+		(r)->int_port = (n);               \
+		(r)->remote_addr = 0x0a000001;     \
+		(r)->remote_port = 53;             \
+		(r)->last_seen_ns = (n);           \
+		(r)->created_s = (n);              \
+		(r)->ref = 1;                      \
+	} while (0)
+
+SEC("tc")
+int array_cas(struct __sk_buff *skb)
+{
+	__u32 n = __sync_fetch_and_add(&seq, 1);
+	__u32 ri = n % RECORDS; /* the claimed port's record */
+	struct rec *r = bpf_map_lookup_elem(&records, &ri);
+	if (!r)
+		return 1;
+	if (__sync_val_compare_and_swap(&r->state, 0, 1) != 0)
+		return 2;
+	REC_FILL(r, n);
+	return outbound_claim(n, ri);
+}
+
+SEC("syscall")
+int setup_arena(void *ctx)
+{
+	arena_recs = bpf_arena_alloc_pages(&arena, NULL, RECORDS * sizeof(struct rec) / 4096,
+					   NUMA_NO_NODE, 0);
+	return arena_recs ? 0 : 1;
+}
+
+SEC("tc")
+int arena_cas(struct __sk_buff *skb)
+{
+	asm volatile("" ::"r"(&arena)); /* names the program's arena to the verifier */
+	__u32 n = __sync_fetch_and_add(&seq, 1);
+	__u32 ri = n % RECORDS;
+	struct rec __arena *r = &arena_recs[ri];
+	if (__sync_val_compare_and_swap(&r->state, 0, 1) != 0)
+		return 2;
+	REC_FILL(r, n);
+	return outbound_claim(n, ri);
 }
 
 SEC("tc")

@@ -1,7 +1,7 @@
 /**
  * The measurement behind docs/state-tables.md: what one new mapping costs in the tables alone,
- * with the kernel's hash maps (on demand and preallocated) and with the design's array records
- * (bench/proto/tables.bpf.c). Not part of einat or of `deno task bench`.
+ * with the kernel's hash maps (on demand and preallocated) and with the design's records, in an
+ * array or in a BPF arena (bench/proto/tables.bpf.c). Not part of einat or of `deno task bench`.
  *
  *     deno run -A bench/proto/tables.ts [--rounds N]
  *
@@ -18,7 +18,10 @@ import { buildPacket } from "../../tests/lib/packet.ts";
 import { median } from "../lib/util.ts";
 
 /** The programs of the object, the no-op first. */
-export const PROGRAMS = ["noop", "hash_dyn", "hash_pre", "array_cas"] as const;
+export const PROGRAMS = ["noop", "hash_dyn", "hash_pre", "array_cas", "arena_cas"] as const;
+
+/** Where the arena would be mapped in user space (as the kernel's selftests place it). */
+const ARENA_USER_START = 1n << 44n;
 
 /** Per program: ns per run, warm and one run at a time, one value per round. */
 export type TableCosts = Record<typeof PROGRAMS[number], { warm: number[]; oneRun: number[] }>;
@@ -63,7 +66,12 @@ export async function measureTables(
   for (let round = 0; round < rounds; round++) {
     const obj = bpf.openObjectMem(bytes, "tables");
     try {
+      bpf.mapSetMapExtra(bpf.findMap(obj, "arena"), ARENA_USER_START);
       await bpf.loadObject(obj);
+      const setup = bpf.programFd(bpf.findProgram(obj, "setup_arena"));
+      if (bpf.testRunSyscall(setup, new Uint8Array(8)).retval !== 0) {
+        throw new Error("setup_arena: the arena's pages were not allocated");
+      }
       const fd = Object.fromEntries(
         PROGRAMS.map((p) => [p, bpf.programFd(bpf.findProgram(obj, p))]),
       ) as Record<typeof PROGRAMS[number], number>;

@@ -40,6 +40,7 @@ const SYMBOLS = {
   bpf_map__set_max_entries: { parameters: ["pointer", "u32"], result: "i32" },
   bpf_map__map_flags: { parameters: ["pointer"], result: "u32" },
   bpf_map__set_map_flags: { parameters: ["pointer", "u32"], result: "i32" },
+  bpf_map__set_map_extra: { parameters: ["pointer", "u64"], result: "i32" },
   bpf_map__key_size: { parameters: ["pointer"], result: "u32" },
   bpf_map__value_size: { parameters: ["pointer"], result: "u32" },
   bpf_map__initial_value: { parameters: ["pointer", "buffer"], result: "pointer" },
@@ -318,6 +319,14 @@ export function mapFd(map: BpfMap): number {
 /** Sets `max_entries` before load. */
 export function mapSetMaxEntries(map: BpfMap, n: number): void {
   check(`bpf_map__set_max_entries(${map.name})`, bpf().bpf_map__set_max_entries(mapPtr(map), n));
+}
+
+/**
+ * Sets a map's `map_extra` before load (an arena's user-space address, a bloom filter's hash
+ * count): libbpf 1.1 cannot read a 64-bit value from a map definition.
+ */
+export function mapSetMapExtra(map: BpfMap, extra: bigint): void {
+  check(`bpf_map__set_map_extra(${map.name})`, bpf().bpf_map__set_map_extra(mapPtr(map), extra));
 }
 
 /** Map flag: hash map records are allocated on demand, not when the map is created. */

@@ -16,10 +16,6 @@ import {
   CT_KEY_LAYOUT,
   CT_STATE,
   CT_VALUE_LAYOUT,
-  decodeBindingKey,
-  decodeBindingValue,
-  decodeCtKey,
-  decodeCtValue,
   IPPROTO,
   STATS,
   sumPerCpu,
@@ -68,12 +64,6 @@ export interface SessionRow {
   expired: boolean;
 }
 
-/** Raw addresses and ports of a row, for filtering. */
-interface Endpoints {
-  addrs: Uint8Array[];
-  ports: number[];
-}
-
 /** A filter over rows. */
 export interface RowFilter {
   proto?: ProtoName;
@@ -94,13 +84,14 @@ export function endpoint(family: 4 | 6, addr: Uint8Array, port: number): string 
 const HEX = Array.from({ length: 256 }, (_, i) => i.toString(16).padStart(2, "0"));
 
 /**
- * A string that orders endpoints by family, address and port with plain `<`: the address in
- * 32 hex digits (IPv4 zero-padded), then the port in 4. Sorting by it costs a string compare,
- * not a locale-aware one (which took most of a 300,000-session read).
+ * A string that orders endpoints by family, address and port with plain `<`: the 16 address bytes
+ * at `at` of `b` (`union ip_addr`: IPv4 zero-padded) in 32 hex digits, then the port in 4.
+ * Sorting by it costs a string compare, not a locale-aware one (which took most of a
+ * 300,000-session read).
  */
-function sortKey(family: 4 | 6, addr: Uint8Array, port: number): string {
+function sortKeyAt(family: number, b: Uint8Array, at: number, port: number): string {
   let k = family === 4 ? "4" : "6";
-  for (let i = 0; i < 16; i++) k += HEX[addr[i] ?? 0];
+  for (let i = 0; i < 16; i++) k += HEX[b[at + i]];
   return k + HEX[port >> 8] + HEX[port & 0xff];
 }
 
@@ -108,14 +99,31 @@ function byKey<T extends { key: string }>(a: T, b: T): number {
   return a.key < b.key ? -1 : a.key > b.key ? 1 : 0;
 }
 
-function sameAddr(a: Uint8Array, b: Uint8Array): boolean {
-  return a.length === b.length && a.every((x, i) => x === b[i]);
+/** The endpoint whose address is at `at` of `b` (`union ip_addr`), as {@link endpoint}. */
+function endpointAt(family: number, b: Uint8Array, at: number, port: number): string {
+  if (family === 4) return `${b[at]}.${b[at + 1]}.${b[at + 2]}.${b[at + 3]}:${port}`;
+  return `[${formatAddr(b.slice(at, at + 16))}]:${port}`;
 }
 
-function matches(f: RowFilter, proto: ProtoName, ep: Endpoints): boolean {
+/** Whether the filter's address is the one at `at` of `b`. */
+function addrAt(f: Uint8Array, family: number, b: Uint8Array, at: number): boolean {
+  if (f.length !== (family === 4 ? 4 : 16)) return false;
+  for (let i = 0; i < f.length; i++) if (f[i] !== b[at + i]) return false;
+  return true;
+}
+
+/** Whether a row passes the filter: its protocol, one of its addresses (at `addrs` of the
+ * buffer each is in) and one of its ports. */
+function matches(
+  f: RowFilter,
+  proto: ProtoName,
+  family: number,
+  addrs: [Uint8Array, number][],
+  ports: number[],
+): boolean {
   if (f.proto && f.proto !== proto) return false;
-  if (f.addr && !ep.addrs.some((a) => sameAddr(a, f.addr!))) return false;
-  if (f.port !== undefined && !ep.ports.includes(f.port)) return false;
+  if (f.addr && !addrs.some(([b, at]) => addrAt(f.addr!, family, b, at))) return false;
+  if (f.port !== undefined && !ports.includes(f.port)) return false;
   return true;
 }
 
@@ -168,28 +176,40 @@ export function pinRootProblem(root: string): string | null {
   return null;
 }
 
-/** Bindings of a binding map, by external endpoint. */
+const BK = BINDING_KEY_LAYOUT.fields, BV = BINDING_VALUE_LAYOUT.fields;
+
+/** Bindings of a binding map, by external endpoint; decoded in place, batch by batch. */
 export function readBindings(s: PinnedState, f: RowFilter = {}): BindingRow[] {
   const fd = s.fds.map_binding;
   if (fd === undefined) return [];
   const rows: { key: string; row: BindingRow }[] = [];
-  for (const e of bpf.mapLookupBatch(fd, BINDING_KEY_LAYOUT.size, BINDING_VALUE_LAYOUT.size)) {
-    const k = decodeBindingKey(e.key);
-    if (k.orig) continue; // each binding has an entry per direction: list the external one
-    const v = decodeBindingValue(e.value, k.family);
-    const proto = protoName(k.l4proto);
-    if (!matches(f, proto, { addrs: [k.addr, v.addr], ports: [k.port, v.port] })) continue;
-    rows.push({
-      key: sortKey(k.family, k.addr, k.port) + k.l4proto,
-      row: {
-        interface: s.ifname,
-        protocol: proto,
-        family: k.family,
-        internal: endpoint(k.family, v.addr, v.port),
-        external: endpoint(k.family, k.addr, k.port),
-        sessions: v.ref,
-      },
-    });
+  const ks = BINDING_KEY_LAYOUT.size, vs = BINDING_VALUE_LAYOUT.size;
+  for (const { keys, values, count } of bpf.mapBatches(fd, ks, vs)) {
+    const kv = new DataView(keys.buffer, keys.byteOffset, keys.byteLength);
+    const vv = new DataView(values.buffer, values.byteOffset, values.byteLength);
+    for (let i = 0; i < count; i++) {
+      const ko = i * ks, vo = i * vs;
+      // each binding has an entry per direction: list the external one
+      if (keys[ko + BK.flags.offset] & BINDING_ORIG) continue;
+      const family = keys[ko + BK.family.offset], l4proto = keys[ko + BK.l4proto.offset];
+      const extAt = ko + BK.addr.offset, intAt = vo + BV.addr.offset;
+      const extPort = kv.getUint16(ko + BK.port.offset),
+        intPort = vv.getUint16(vo + BV.port.offset);
+      const proto = protoName(l4proto);
+      const addrs: [Uint8Array, number][] = [[keys, extAt], [values, intAt]];
+      if (!matches(f, proto, family, addrs, [extPort, intPort])) continue;
+      rows.push({
+        key: sortKeyAt(family, keys, extAt, extPort) + l4proto,
+        row: {
+          interface: s.ifname,
+          protocol: proto,
+          family: family as 4 | 6,
+          internal: endpointAt(family, values, intAt, intPort),
+          external: endpointAt(family, keys, extAt, extPort),
+          sessions: vv.getUint32(vo + BV.ref.offset, true),
+        },
+      });
+    }
   }
   return rows.sort(byKey).map((r) => r.row);
 }
@@ -201,8 +221,6 @@ export interface BindingTally {
   /** `EXTERNAL-ADDRESS/PROTOCOL` (e.g. `192.0.2.1/udp`) → bindings: its ports in use. */
   byExternal: Map<string, number>;
 }
-
-const BK = BINDING_KEY_LAYOUT.fields;
 
 /**
  * Counts the bindings of a binding map batch by batch, without a row per binding: memory stays
@@ -260,46 +278,92 @@ function timeoutNs(meta: MetaDoc | null, l4proto: number, est: boolean): bigint 
   return t[key] ? BigInt(t[key]) : null;
 }
 
-const secs = (ns: bigint) => Number(ns / 1_000_000n) / 1000;
+const CK = CT_KEY_LAYOUT.fields, CV = CT_VALUE_LAYOUT.fields;
 
-/** Sessions of a session map, by external then remote endpoint; `nowNs` is CLOCK_MONOTONIC (default: now). */
+/**
+ * The expiry test of sessions at `nowNs`: past its timeout when last_seen_ns < now - timeout.
+ * Compared as (high, low) 32-bit halves of last_seen_ns, so that no BigInt is made per session;
+ * false for every session when the timeouts are not known.
+ */
+function expiryTest(
+  s: PinnedState,
+  now: bigint,
+): (l4proto: number, est: boolean, hi: number, lo: number) => boolean {
+  // by l4proto * 2 + established: the halves of now - timeout, or null without timeouts
+  const limits = new Map<number, [number, number] | null>();
+  return (l4proto, est, hi, lo) => {
+    const c = l4proto * 2 + (est ? 1 : 0);
+    let l = limits.get(c);
+    if (l === undefined) {
+      const t = timeoutNs(s.meta, l4proto, est);
+      const x = t === null ? null : t > now ? 0n : now - t;
+      l = x === null ? null : [Number(x >> 32n), Number(x & 0xffffffffn)];
+      limits.set(c, l);
+    }
+    return l !== null && (hi < l[0] || (hi === l[0] && lo < l[1]));
+  };
+}
+
+/**
+ * Sessions of a session map, by external then remote endpoint; decoded in place, batch by batch.
+ * `nowNs` is CLOCK_MONOTONIC (default: now). Seconds are computed in floating point (exact to
+ * the nanosecond for 104 days of uptime); whether a session expired, exactly.
+ */
 export function readSessions(s: PinnedState, f: RowFilter = {}, nowNs?: bigint): SessionRow[] {
   const fd = s.fds.map_ct;
   if (fd === undefined) return [];
-  const entries = bpf.mapLookupBatch(fd, CT_KEY_LAYOUT.size, CT_VALUE_LAYOUT.size);
   const now = nowNs ?? monotonicNs();
+  const nowF = Number(now);
+  const expired = expiryTest(s, now);
+  const timeouts = new Map<number, number | null>(); // by l4proto * 2 + established
   const rows: { key: string; row: SessionRow }[] = [];
-  for (const e of entries) {
-    const k = decodeCtKey(e.key);
-    const v = decodeCtValue(e.value, k.family);
-    const proto = protoName(k.l4proto);
-    const ep = {
-      addrs: [v.intAddr, k.extAddr, k.remoteAddr],
-      ports: [v.intPort, k.extPort, k.remotePort],
-    };
-    if (!matches(f, proto, ep)) continue;
-    const est = v.state === CT_STATE.EST;
-    const t = timeoutNs(s.meta, k.l4proto, est);
-    const idle = now > v.lastSeenNs ? now - v.lastSeenNs : 0n;
-    const left = t === null ? null : v.lastSeenNs + t > now ? v.lastSeenNs + t - now : 0n;
-    rows.push({
-      key: sortKey(k.family, k.extAddr, k.extPort) + sortKey(k.family, k.remoteAddr, k.remotePort) +
-        k.l4proto,
-      row: {
-        interface: s.ifname,
-        protocol: proto,
-        family: k.family,
-        internal: endpoint(k.family, v.intAddr, v.intPort),
-        external: endpoint(k.family, k.extAddr, k.extPort),
-        remote: endpoint(k.family, k.remoteAddr, k.remotePort),
-        state: sessionState(k.l4proto, v.flags),
-        timeout: est ? "established" : "transitory",
-        secondsLeft: left === null ? null : Math.floor(secs(left)),
-        ageSeconds: Math.max(0, Math.floor(secs(now) - v.createdS)),
-        idleSeconds: Math.floor(secs(idle)),
-        expired: t !== null && idle > t,
-      },
-    });
+  const ks = CT_KEY_LAYOUT.size, vs = CT_VALUE_LAYOUT.size;
+  for (const { keys, values, count } of bpf.mapBatches(fd, ks, vs)) {
+    const kv = new DataView(keys.buffer, keys.byteOffset, keys.byteLength);
+    const vv = new DataView(values.buffer, values.byteOffset, values.byteLength);
+    for (let i = 0; i < count; i++) {
+      const ko = i * ks, vo = i * vs;
+      const family = keys[ko + CK.family.offset], l4proto = keys[ko + CK.l4proto.offset];
+      const extAt = ko + CK.ext_addr.offset, remoteAt = ko + CK.remote_addr.offset;
+      const intAt = vo + CV.int_addr.offset;
+      const extPort = kv.getUint16(ko + CK.ext_port.offset);
+      const remotePort = kv.getUint16(ko + CK.remote_port.offset);
+      const intPort = vv.getUint16(vo + CV.int_port.offset);
+      const proto = protoName(l4proto);
+      const addrs: [Uint8Array, number][] = [[values, intAt], [keys, extAt], [keys, remoteAt]];
+      if (!matches(f, proto, family, addrs, [intPort, extPort, remotePort])) continue;
+      const est = values[vo + CV.state.offset] === CT_STATE.EST;
+      const c = l4proto * 2 + (est ? 1 : 0);
+      if (!timeouts.has(c)) {
+        const t = timeoutNs(s.meta, l4proto, est);
+        timeouts.set(c, t === null ? null : Number(t));
+      }
+      const t = timeouts.get(c)!;
+      const o = vo + CV.last_seen_ns.offset;
+      const hi = vv.getUint32(o + 4, true), lo = vv.getUint32(o, true);
+      const idle = Math.max(0, nowF - (hi * 2 ** 32 + lo));
+      rows.push({
+        key: sortKeyAt(family, keys, extAt, extPort) +
+          sortKeyAt(family, keys, remoteAt, remotePort) + l4proto,
+        row: {
+          interface: s.ifname,
+          protocol: proto,
+          family: family as 4 | 6,
+          internal: endpointAt(family, values, intAt, intPort),
+          external: endpointAt(family, keys, extAt, extPort),
+          remote: endpointAt(family, keys, remoteAt, remotePort),
+          state: sessionState(l4proto, values[vo + CV.flags.offset]),
+          timeout: est ? "established" : "transitory",
+          secondsLeft: t === null ? null : Math.floor(Math.max(0, t - idle) / 1e9),
+          ageSeconds: Math.max(
+            0,
+            Math.floor(nowF / 1e9 - vv.getUint32(vo + CV.created_s.offset, true)),
+          ),
+          idleSeconds: Math.floor(idle / 1e9),
+          expired: expired(l4proto, est, hi, lo),
+        },
+      });
+    }
   }
   return rows.sort(byKey).map((r) => r.row);
 }
@@ -312,8 +376,6 @@ export interface SessionTally {
   expired: number;
 }
 
-const CK = CT_KEY_LAYOUT.fields, CV = CT_VALUE_LAYOUT.fields;
-
 /**
  * Counts the sessions of a session map batch by batch, as {@link readSessions} would list them,
  * without a row per session. `nowNs` is CLOCK_MONOTONIC (default: now).
@@ -323,37 +385,18 @@ export function tallySessions(s: PinnedState, nowNs?: bigint): SessionTally {
   let expired = 0;
   const fd = s.fds.map_ct;
   if (fd === undefined) return { byProto, expired };
-  // Past its timeout: last_seen_ns < now - timeout. Compared as (high, low) 32-bit halves, so
-  // no BigInt is made per session (the heap garbage of one showed in the daemon's RSS).
-  const now = nowNs ?? monotonicNs();
-  // by l4proto * 2 + established: the halves of now - timeout, or null without timeouts
-  const limits = new Map<number, [number, number] | null>();
-  const limitOf = (l4proto: number, est: boolean): [number, number] | null => {
-    const c = l4proto * 2 + (est ? 1 : 0);
-    let l = limits.get(c);
-    if (l === undefined) {
-      const t = timeoutNs(s.meta, l4proto, est);
-      const x = t === null ? null : t > now ? 0n : now - t;
-      l = x === null ? null : [Number(x >> 32n), Number(x & 0xffffffffn)];
-      limits.set(c, l);
-    }
-    return l;
-  };
+  const isExpired = expiryTest(s, nowNs ?? monotonicNs());
   const ks = CT_KEY_LAYOUT.size, vs = CT_VALUE_LAYOUT.size;
   for (const { keys, values, count } of bpf.mapBatches(fd, ks, vs)) {
     const dv = new DataView(values.buffer, values.byteOffset, values.byteLength);
     for (let i = 0; i < count; i++) {
       const ko = i * ks, vo = i * vs;
       const l4proto = keys[ko + CK.l4proto.offset];
-      const l = limitOf(l4proto, values[vo + CV.state.offset] === CT_STATE.EST);
-      if (l !== null) {
-        const [lh, ll] = l;
-        const o = vo + CV.last_seen_ns.offset;
-        const hi = dv.getUint32(o + 4, true), lo = dv.getUint32(o, true);
-        if (hi < lh || (hi === lh && lo < ll)) {
-          expired++;
-          continue;
-        }
+      const o = vo + CV.last_seen_ns.offset;
+      const est = values[vo + CV.state.offset] === CT_STATE.EST;
+      if (isExpired(l4proto, est, dv.getUint32(o + 4, true), dv.getUint32(o, true))) {
+        expired++;
+        continue;
       }
       const p = `${keys[ko + CK.family.offset]}/${protoName(l4proto)}`;
       byProto.set(p, (byProto.get(p) ?? 0) + 1);

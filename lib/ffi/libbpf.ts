@@ -507,7 +507,7 @@ export function* mapKeys(fd: number, keySize: number): Generator<Uint8Array> {
 
 /**
  * Number of entries of a map, read in batches ({@link mapBatches}; a walk of its keys where
- * the map has no batch reads): one call per 1,024 entries instead of one per entry.
+ * the map has no batch reads): one call per 256 entries instead of one per entry.
  */
 export function mapCount(fd: number, keySize: number): number {
   let n = 0;

@@ -611,6 +611,36 @@ export function* mapBatches(
   }
 }
 
+/**
+ * Where one entry of {@link forEachEntry} is: at `ko` of `keys` and `vo` of `values`, the batch
+ * buffers (overwritten by the next batch), with DataViews `kv` and `vv` over them.
+ */
+export interface EntryAt {
+  keys: Uint8Array;
+  values: Uint8Array;
+  kv: DataView;
+  vv: DataView;
+  ko: number;
+  vo: number;
+}
+
+/**
+ * Calls `fn` for every entry of a map, read in batches ({@link mapBatches}), in place: nothing is
+ * copied or allocated per entry (`fn` gets one {@link EntryAt}, moved along). `fn` may delete the
+ * entry it is given (a hash map's batch position is a bucket already read).
+ */
+export function forEachEntry(
+  fd: number,
+  keySize: number,
+  valueSize: number,
+  fn: (e: EntryAt) => void,
+): void {
+  for (const { keys, values, count } of mapBatches(fd, keySize, valueSize)) {
+    const e: EntryAt = { keys, values, kv: view(keys), vv: view(values), ko: 0, vo: 0 };
+    for (let i = 0; i < count; i++, e.ko += keySize, e.vo += valueSize) fn(e);
+  }
+}
+
 /** {@link mapBatches} as a list of entries, each copied out. */
 export function mapLookupBatch(
   fd: number,

@@ -83,33 +83,29 @@ export function purgeStale(maps: NatMaps, plan: NatPlan): { bindings: number; se
   let bindings = 0, sessions = 0;
   const bks = BINDING_KEY_LAYOUT.size, bvs = BINDING_VALUE_LAYOUT.size;
   const BK = BINDING_KEY_LAYOUT.fields;
-  for (const { keys, values, count } of bpf.mapBatches(maps.binding, bks, bvs)) {
-    for (let i = 0; i < count; i++) {
-      const key = keys.subarray(i * bks, (i + 1) * bks);
-      if (key[BK.flags.offset] & BINDING_ORIG || isValid(key, BK.addr.offset)) continue;
-      const k = decodeBindingKey(key);
-      const v = decodeBindingValue(values.subarray(i * bvs, (i + 1) * bvs), k.family);
-      bpf.mapDelete(
-        maps.binding,
-        encodeBindingKey({
-          orig: true,
-          l4proto: k.l4proto,
-          family: k.family,
-          port: v.port,
-          addr: v.addr,
-        }),
-      );
-      bpf.mapDelete(maps.binding, key);
-      bindings++;
-    }
-  }
+  bpf.forEachEntry(maps.binding, bks, bvs, ({ keys, values, ko, vo }) => {
+    const key = keys.subarray(ko, ko + bks);
+    if (key[BK.flags.offset] & BINDING_ORIG || isValid(key, BK.addr.offset)) return;
+    const k = decodeBindingKey(key);
+    const v = decodeBindingValue(values.subarray(vo, vo + bvs), k.family);
+    bpf.mapDelete(
+      maps.binding,
+      encodeBindingKey({
+        orig: true,
+        l4proto: k.l4proto,
+        family: k.family,
+        port: v.port,
+        addr: v.addr,
+      }),
+    );
+    bpf.mapDelete(maps.binding, key);
+    bindings++;
+  });
   const cks = CT_KEY_LAYOUT.size, ext = CT_KEY_LAYOUT.fields.ext_addr.offset;
-  for (const { keys, count } of bpf.mapBatches(maps.ct, cks, CT_VALUE_LAYOUT.size)) {
-    for (let i = 0; i < count; i++) {
-      const key = keys.subarray(i * cks, (i + 1) * cks);
-      if (!isValid(key, ext) && bpf.mapDelete(maps.ct, key)) sessions++;
-    }
-  }
+  bpf.forEachEntry(maps.ct, cks, CT_VALUE_LAYOUT.size, ({ keys, ko }) => {
+    if (isValid(keys, ko + ext)) return;
+    if (bpf.mapDelete(maps.ct, keys.subarray(ko, ko + cks))) sessions++;
+  });
   const addrAt = PORT_BITS_KEY_LAYOUT.fields.addr;
   for (const key of [...bpf.mapKeys(maps.portBits, PORT_BITS_KEY_LAYOUT.size)]) {
     if (!isValid(key, addrAt.offset)) bpf.mapDelete(maps.portBits, key);

@@ -105,6 +105,26 @@ function endpointAt(family: number, b: Uint8Array, at: number, port: number): st
   return `[${formatAddr(b.slice(at, at + 16))}]:${port}`;
 }
 
+/** Where an endpoint is in a batch buffer: the buffer, its address's offset, its port. */
+type EndpointAt = [Uint8Array, number, number];
+
+/** The fields every row starts with: interface, protocol, family, internal and external. */
+function rowHead(
+  s: PinnedState,
+  protocol: ProtoName,
+  family: number,
+  [ib, ia, ip]: EndpointAt,
+  [eb, ea, ep]: EndpointAt,
+) {
+  return {
+    interface: s.ifname,
+    protocol,
+    family: family as 4 | 6,
+    internal: endpointAt(family, ib, ia, ip),
+    external: endpointAt(family, eb, ea, ep),
+  };
+}
+
 /** Whether the filter's address is the one at `at` of `b`. */
 function addrAt(f: Uint8Array, family: number, b: Uint8Array, at: number): boolean {
   if (f.length !== (family === 4 ? 4 : 16)) return false;
@@ -183,34 +203,25 @@ export function readBindings(s: PinnedState, f: RowFilter = {}): BindingRow[] {
   const fd = s.fds.map_binding;
   if (fd === undefined) return [];
   const rows: { key: string; row: BindingRow }[] = [];
-  const ks = BINDING_KEY_LAYOUT.size, vs = BINDING_VALUE_LAYOUT.size;
-  for (const { keys, values, count } of bpf.mapBatches(fd, ks, vs)) {
-    const kv = new DataView(keys.buffer, keys.byteOffset, keys.byteLength);
-    const vv = new DataView(values.buffer, values.byteOffset, values.byteLength);
-    for (let i = 0; i < count; i++) {
-      const ko = i * ks, vo = i * vs;
-      // each binding has an entry per direction: list the external one
-      if (keys[ko + BK.flags.offset] & BINDING_ORIG) continue;
-      const family = keys[ko + BK.family.offset], l4proto = keys[ko + BK.l4proto.offset];
-      const extAt = ko + BK.addr.offset, intAt = vo + BV.addr.offset;
-      const extPort = kv.getUint16(ko + BK.port.offset),
-        intPort = vv.getUint16(vo + BV.port.offset);
-      const proto = protoName(l4proto);
-      const addrs: [Uint8Array, number][] = [[keys, extAt], [values, intAt]];
-      if (!matches(f, proto, family, addrs, [extPort, intPort])) continue;
-      rows.push({
-        key: sortKeyAt(family, keys, extAt, extPort) + l4proto,
-        row: {
-          interface: s.ifname,
-          protocol: proto,
-          family: family as 4 | 6,
-          internal: endpointAt(family, values, intAt, intPort),
-          external: endpointAt(family, keys, extAt, extPort),
-          sessions: vv.getUint32(vo + BV.ref.offset, true),
-        },
-      });
-    }
-  }
+  bpf.forEachEntry(fd, BINDING_KEY_LAYOUT.size, BINDING_VALUE_LAYOUT.size, (e) => {
+    const { keys, values, ko, vo } = e;
+    // each binding has an entry per direction: list the external one
+    if (keys[ko + BK.flags.offset] & BINDING_ORIG) return;
+    const family = keys[ko + BK.family.offset], l4proto = keys[ko + BK.l4proto.offset];
+    const extAt = ko + BK.addr.offset, intAt = vo + BV.addr.offset;
+    const extPort = e.kv.getUint16(ko + BK.port.offset);
+    const intPort = e.vv.getUint16(vo + BV.port.offset);
+    const proto = protoName(l4proto);
+    const addrs: [Uint8Array, number][] = [[keys, extAt], [values, intAt]];
+    if (!matches(f, proto, family, addrs, [extPort, intPort])) return;
+    rows.push({
+      key: sortKeyAt(family, keys, extAt, extPort) + l4proto,
+      row: {
+        ...rowHead(s, proto, family, [values, intAt, intPort], [keys, extAt, extPort]),
+        sessions: e.vv.getUint32(vo + BV.ref.offset, true),
+      },
+    });
+  });
   return rows.sort(byKey).map((r) => r.row);
 }
 
@@ -232,19 +243,16 @@ export function tallyBindings(s: PinnedState): BindingTally {
   const raw = new Map<string, number>();
   const fd = s.fds.map_binding;
   if (fd === undefined) return { byProto, byExternal: new Map() };
-  const ks = BINDING_KEY_LAYOUT.size, vs = BINDING_VALUE_LAYOUT.size;
-  for (const { keys, count } of bpf.mapBatches(fd, ks, vs)) {
-    for (let o = 0; o < count * ks; o += ks) {
-      if (keys[o + BK.flags.offset] & BINDING_ORIG) continue;
-      const family = keys[o + BK.family.offset];
-      const l4proto = keys[o + BK.l4proto.offset];
-      const p = `${family}/${protoName(l4proto)}`;
-      byProto.set(p, (byProto.get(p) ?? 0) + 1);
-      const a = o + BK.addr.offset;
-      const r = String.fromCharCode(l4proto, ...keys.subarray(a, a + (family === 4 ? 4 : 16)));
-      raw.set(r, (raw.get(r) ?? 0) + 1);
-    }
-  }
+  bpf.forEachEntry(fd, BINDING_KEY_LAYOUT.size, BINDING_VALUE_LAYOUT.size, ({ keys, ko }) => {
+    if (keys[ko + BK.flags.offset] & BINDING_ORIG) return;
+    const family = keys[ko + BK.family.offset];
+    const l4proto = keys[ko + BK.l4proto.offset];
+    const p = `${family}/${protoName(l4proto)}`;
+    byProto.set(p, (byProto.get(p) ?? 0) + 1);
+    const a = ko + BK.addr.offset;
+    const r = String.fromCharCode(l4proto, ...keys.subarray(a, a + (family === 4 ? 4 : 16)));
+    raw.set(r, (raw.get(r) ?? 0) + 1);
+  });
   const byExternal = new Map<string, number>();
   for (const [r, n] of raw) {
     const addr = Uint8Array.from(r.slice(1), (c) => c.charCodeAt(0));
@@ -317,54 +325,45 @@ export function readSessions(s: PinnedState, f: RowFilter = {}, nowNs?: bigint):
   const expired = expiryTest(s, now);
   const timeouts = new Map<number, number | null>(); // by l4proto * 2 + established
   const rows: { key: string; row: SessionRow }[] = [];
-  const ks = CT_KEY_LAYOUT.size, vs = CT_VALUE_LAYOUT.size;
-  for (const { keys, values, count } of bpf.mapBatches(fd, ks, vs)) {
-    const kv = new DataView(keys.buffer, keys.byteOffset, keys.byteLength);
-    const vv = new DataView(values.buffer, values.byteOffset, values.byteLength);
-    for (let i = 0; i < count; i++) {
-      const ko = i * ks, vo = i * vs;
-      const family = keys[ko + CK.family.offset], l4proto = keys[ko + CK.l4proto.offset];
-      const extAt = ko + CK.ext_addr.offset, remoteAt = ko + CK.remote_addr.offset;
-      const intAt = vo + CV.int_addr.offset;
-      const extPort = kv.getUint16(ko + CK.ext_port.offset);
-      const remotePort = kv.getUint16(ko + CK.remote_port.offset);
-      const intPort = vv.getUint16(vo + CV.int_port.offset);
-      const proto = protoName(l4proto);
-      const addrs: [Uint8Array, number][] = [[values, intAt], [keys, extAt], [keys, remoteAt]];
-      if (!matches(f, proto, family, addrs, [intPort, extPort, remotePort])) continue;
-      const est = values[vo + CV.state.offset] === CT_STATE.EST;
-      const c = l4proto * 2 + (est ? 1 : 0);
-      if (!timeouts.has(c)) {
-        const t = timeoutNs(s.meta, l4proto, est);
-        timeouts.set(c, t === null ? null : Number(t));
-      }
-      const t = timeouts.get(c)!;
-      const o = vo + CV.last_seen_ns.offset;
-      const hi = vv.getUint32(o + 4, true), lo = vv.getUint32(o, true);
-      const idle = Math.max(0, nowF - (hi * 2 ** 32 + lo));
-      rows.push({
-        key: sortKeyAt(family, keys, extAt, extPort) +
-          sortKeyAt(family, keys, remoteAt, remotePort) + l4proto,
-        row: {
-          interface: s.ifname,
-          protocol: proto,
-          family: family as 4 | 6,
-          internal: endpointAt(family, values, intAt, intPort),
-          external: endpointAt(family, keys, extAt, extPort),
-          remote: endpointAt(family, keys, remoteAt, remotePort),
-          state: sessionState(l4proto, values[vo + CV.flags.offset]),
-          timeout: est ? "established" : "transitory",
-          secondsLeft: t === null ? null : Math.floor(Math.max(0, t - idle) / 1e9),
-          ageSeconds: Math.max(
-            0,
-            Math.floor(nowF / 1e9 - vv.getUint32(vo + CV.created_s.offset, true)),
-          ),
-          idleSeconds: Math.floor(idle / 1e9),
-          expired: expired(l4proto, est, hi, lo),
-        },
-      });
+  bpf.forEachEntry(fd, CT_KEY_LAYOUT.size, CT_VALUE_LAYOUT.size, (e) => {
+    const { keys, values, kv, vv, ko, vo } = e;
+    const family = keys[ko + CK.family.offset], l4proto = keys[ko + CK.l4proto.offset];
+    const extAt = ko + CK.ext_addr.offset, remoteAt = ko + CK.remote_addr.offset;
+    const intAt = vo + CV.int_addr.offset;
+    const extPort = kv.getUint16(ko + CK.ext_port.offset);
+    const remotePort = kv.getUint16(ko + CK.remote_port.offset);
+    const intPort = vv.getUint16(vo + CV.int_port.offset);
+    const proto = protoName(l4proto);
+    const addrs: [Uint8Array, number][] = [[values, intAt], [keys, extAt], [keys, remoteAt]];
+    if (!matches(f, proto, family, addrs, [intPort, extPort, remotePort])) return;
+    const est = values[vo + CV.state.offset] === CT_STATE.EST;
+    const c = l4proto * 2 + (est ? 1 : 0);
+    if (!timeouts.has(c)) {
+      const t = timeoutNs(s.meta, l4proto, est);
+      timeouts.set(c, t === null ? null : Number(t));
     }
-  }
+    const t = timeouts.get(c)!;
+    const o = vo + CV.last_seen_ns.offset;
+    const hi = vv.getUint32(o + 4, true), lo = vv.getUint32(o, true);
+    const idle = Math.max(0, nowF - (hi * 2 ** 32 + lo));
+    rows.push({
+      key: sortKeyAt(family, keys, extAt, extPort) +
+        sortKeyAt(family, keys, remoteAt, remotePort) + l4proto,
+      row: {
+        ...rowHead(s, proto, family, [values, intAt, intPort], [keys, extAt, extPort]),
+        remote: endpointAt(family, keys, remoteAt, remotePort),
+        state: sessionState(l4proto, values[vo + CV.flags.offset]),
+        timeout: est ? "established" : "transitory",
+        secondsLeft: t === null ? null : Math.floor(Math.max(0, t - idle) / 1e9),
+        ageSeconds: Math.max(
+          0,
+          Math.floor(nowF / 1e9 - vv.getUint32(vo + CV.created_s.offset, true)),
+        ),
+        idleSeconds: Math.floor(idle / 1e9),
+        expired: expired(l4proto, est, hi, lo),
+      },
+    });
+  });
   return rows.sort(byKey).map((r) => r.row);
 }
 
@@ -386,22 +385,17 @@ export function tallySessions(s: PinnedState, nowNs?: bigint): SessionTally {
   const fd = s.fds.map_ct;
   if (fd === undefined) return { byProto, expired };
   const isExpired = expiryTest(s, nowNs ?? monotonicNs());
-  const ks = CT_KEY_LAYOUT.size, vs = CT_VALUE_LAYOUT.size;
-  for (const { keys, values, count } of bpf.mapBatches(fd, ks, vs)) {
-    const dv = new DataView(values.buffer, values.byteOffset, values.byteLength);
-    for (let i = 0; i < count; i++) {
-      const ko = i * ks, vo = i * vs;
-      const l4proto = keys[ko + CK.l4proto.offset];
-      const o = vo + CV.last_seen_ns.offset;
-      const est = values[vo + CV.state.offset] === CT_STATE.EST;
-      if (isExpired(l4proto, est, dv.getUint32(o + 4, true), dv.getUint32(o, true))) {
-        expired++;
-        continue;
-      }
-      const p = `${keys[ko + CK.family.offset]}/${protoName(l4proto)}`;
-      byProto.set(p, (byProto.get(p) ?? 0) + 1);
+  bpf.forEachEntry(fd, CT_KEY_LAYOUT.size, CT_VALUE_LAYOUT.size, ({ keys, values, vv, ko, vo }) => {
+    const l4proto = keys[ko + CK.l4proto.offset];
+    const o = vo + CV.last_seen_ns.offset;
+    const est = values[vo + CV.state.offset] === CT_STATE.EST;
+    if (isExpired(l4proto, est, vv.getUint32(o + 4, true), vv.getUint32(o, true))) {
+      expired++;
+      return;
     }
-  }
+    const p = `${keys[ko + CK.family.offset]}/${protoName(l4proto)}`;
+    byProto.set(p, (byProto.get(p) ?? 0) + 1);
+  });
   return { byProto, expired };
 }
 

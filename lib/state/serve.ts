@@ -41,11 +41,11 @@ export function stateLoadOptions(
 
 /** Counts bindings (external entries) in a binding map. */
 export function countBindings(fd: number): number {
-  const ks = BINDING_KEY_LAYOUT.size, flags = BINDING_KEY_LAYOUT.fields.flags.offset;
+  const flags = BINDING_KEY_LAYOUT.fields.flags.offset;
   let n = 0;
-  for (const { keys, count } of bpf.mapBatches(fd, ks, BINDING_VALUE_LAYOUT.size)) {
-    for (let o = 0; o < count * ks; o += ks) if ((keys[o + flags] & BINDING_ORIG) === 0) n++;
-  }
+  bpf.forEachEntry(fd, BINDING_KEY_LAYOUT.size, BINDING_VALUE_LAYOUT.size, ({ keys, ko }) => {
+    if ((keys[ko + flags] & BINDING_ORIG) === 0) n++;
+  });
   return n;
 }
 

@@ -554,8 +554,8 @@ export interface MapBatch {
 /**
  * Reads a whole map with `bpf_map_lookup_batch`, `batchCount` elements per call (grown when a
  * hash bucket does not fit), yielding each batch in buffers that the next batch (and later reads)
- * overwrite: memory stays constant however large the map. Falls back to {@link mapEntries}, one entry per
- * batch, when the map type has no batch support. For per-CPU maps `valueSize` must be
+ * overwrite: memory stays constant however large the map. Falls back to {@link mapEntries}, one
+ * entry per batch, when the map type has no batch support. For per-CPU maps `valueSize` must be
  * `roundup(value_size, 8) * nr_cpus`.
  */
 export function* mapBatches(

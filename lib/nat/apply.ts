@@ -84,8 +84,8 @@ export function purgeStale(maps: NatMaps, plan: NatPlan): { bindings: number; se
   const bks = BINDING_KEY_LAYOUT.size, bvs = BINDING_VALUE_LAYOUT.size;
   const BK = BINDING_KEY_LAYOUT.fields;
   bpf.forEachEntry(maps.binding, bks, bvs, ({ keys, values, ko, vo }) => {
+    if (keys[ko + BK.flags.offset] & BINDING_ORIG || isValid(keys, ko + BK.addr.offset)) return;
     const key = keys.subarray(ko, ko + bks);
-    if (key[BK.flags.offset] & BINDING_ORIG || isValid(key, BK.addr.offset)) return;
     const k = decodeBindingKey(key);
     const v = decodeBindingValue(values.subarray(vo, vo + bvs), k.family);
     bpf.mapDelete(

@@ -288,28 +288,41 @@ function timeoutNs(meta: MetaDoc | null, l4proto: number, est: boolean): bigint 
 
 const CK = CT_KEY_LAYOUT.fields, CV = CT_VALUE_LAYOUT.fields;
 
+/** A session class's timeout (l4proto, established) as {@link timeoutsAt} gives it. */
+interface ClassTimeout {
+  /** The timeout in ns. */
+  ns: number;
+  /** now - timeout as (high, low) 32-bit halves: last_seen_ns below it has expired. */
+  hi: number;
+  lo: number;
+}
+
 /**
- * The expiry test of sessions at `nowNs`: past its timeout when last_seen_ns < now - timeout.
- * Compared as (high, low) 32-bit halves of last_seen_ns, so that no BigInt is made per session;
- * false for every session when the timeouts are not known.
+ * The timeouts of the session classes at `now`, cached per class; null for every class when the
+ * timeouts are not known. Expiry compares last_seen_ns's 32-bit halves with the class's, so that
+ * no BigInt is made per session.
  */
-function expiryTest(
+function timeoutsAt(
   s: PinnedState,
   now: bigint,
-): (l4proto: number, est: boolean, hi: number, lo: number) => boolean {
-  // by l4proto * 2 + established: the halves of now - timeout, or null without timeouts
-  const limits = new Map<number, [number, number] | null>();
-  return (l4proto, est, hi, lo) => {
+): (l4proto: number, est: boolean) => ClassTimeout | null {
+  const cache = new Map<number, ClassTimeout | null>(); // by l4proto * 2 + established
+  return (l4proto, est) => {
     const c = l4proto * 2 + (est ? 1 : 0);
-    let l = limits.get(c);
-    if (l === undefined) {
+    let v = cache.get(c);
+    if (v === undefined) {
       const t = timeoutNs(s.meta, l4proto, est);
-      const x = t === null ? null : t > now ? 0n : now - t;
-      l = x === null ? null : [Number(x >> 32n), Number(x & 0xffffffffn)];
-      limits.set(c, l);
+      const x = t === null ? 0n : t > now ? 0n : now - t;
+      v = t === null ? null : { ns: Number(t), hi: Number(x >> 32n), lo: Number(x & 0xffffffffn) };
+      cache.set(c, v);
     }
-    return l !== null && (hi < l[0] || (hi === l[0] && lo < l[1]));
+    return v;
   };
+}
+
+/** Whether last_seen_ns (as its halves) lies past the class's timeout. */
+function pastTimeout(t: ClassTimeout | null, hi: number, lo: number): boolean {
+  return t !== null && (hi < t.hi || (hi === t.hi && lo < t.lo));
 }
 
 /**
@@ -322,8 +335,7 @@ export function readSessions(s: PinnedState, f: RowFilter = {}, nowNs?: bigint):
   if (fd === undefined) return [];
   const now = nowNs ?? monotonicNs();
   const nowF = Number(now);
-  const expired = expiryTest(s, now);
-  const timeouts = new Map<number, number | null>(); // by l4proto * 2 + established
+  const timeoutOf = timeoutsAt(s, now);
   const rows: { key: string; row: SessionRow }[] = [];
   bpf.forEachEntry(fd, CT_KEY_LAYOUT.size, CT_VALUE_LAYOUT.size, (e) => {
     const { keys, values, kv, vv, ko, vo } = e;
@@ -337,12 +349,7 @@ export function readSessions(s: PinnedState, f: RowFilter = {}, nowNs?: bigint):
     const addrs: [Uint8Array, number][] = [[values, intAt], [keys, extAt], [keys, remoteAt]];
     if (!matches(f, proto, family, addrs, [intPort, extPort, remotePort])) return;
     const est = values[vo + CV.state.offset] === CT_STATE.EST;
-    const c = l4proto * 2 + (est ? 1 : 0);
-    if (!timeouts.has(c)) {
-      const t = timeoutNs(s.meta, l4proto, est);
-      timeouts.set(c, t === null ? null : Number(t));
-    }
-    const t = timeouts.get(c)!;
+    const t = timeoutOf(l4proto, est);
     const o = vo + CV.last_seen_ns.offset;
     const hi = vv.getUint32(o + 4, true), lo = vv.getUint32(o, true);
     const idle = Math.max(0, nowF - (hi * 2 ** 32 + lo));
@@ -354,13 +361,13 @@ export function readSessions(s: PinnedState, f: RowFilter = {}, nowNs?: bigint):
         remote: endpointAt(family, keys, remoteAt, remotePort),
         state: sessionState(l4proto, values[vo + CV.flags.offset]),
         timeout: est ? "established" : "transitory",
-        secondsLeft: t === null ? null : Math.floor(Math.max(0, t - idle) / 1e9),
+        secondsLeft: t === null ? null : Math.floor(Math.max(0, t.ns - idle) / 1e9),
         ageSeconds: Math.max(
           0,
           Math.floor(nowF / 1e9 - vv.getUint32(vo + CV.created_s.offset, true)),
         ),
         idleSeconds: Math.floor(idle / 1e9),
-        expired: expired(l4proto, est, hi, lo),
+        expired: pastTimeout(t, hi, lo),
       },
     });
   });
@@ -384,12 +391,12 @@ export function tallySessions(s: PinnedState, nowNs?: bigint): SessionTally {
   let expired = 0;
   const fd = s.fds.map_ct;
   if (fd === undefined) return { byProto, expired };
-  const isExpired = expiryTest(s, nowNs ?? monotonicNs());
+  const timeoutOf = timeoutsAt(s, nowNs ?? monotonicNs());
   bpf.forEachEntry(fd, CT_KEY_LAYOUT.size, CT_VALUE_LAYOUT.size, ({ keys, values, vv, ko, vo }) => {
     const l4proto = keys[ko + CK.l4proto.offset];
     const o = vo + CV.last_seen_ns.offset;
     const est = values[vo + CV.state.offset] === CT_STATE.EST;
-    if (isExpired(l4proto, est, vv.getUint32(o + 4, true), vv.getUint32(o, true))) {
+    if (pastTimeout(timeoutOf(l4proto, est), vv.getUint32(o + 4, true), vv.getUint32(o, true))) {
       expired++;
       return;
     }
@@ -445,16 +452,14 @@ export function readCounters(s: PinnedState): Counters {
   return { interface: s.ifname, events, traffic };
 }
 
-/** Entries and capacity of each pinned map (hash maps are counted by reading them in batches). */
+/** Entries and capacity of each pinned map (counted by reading them in batches). */
 export function mapFill(s: PinnedState): { map: string; entries: number; capacity: number }[] {
   const out: { map: string; entries: number; capacity: number }[] = [];
   for (const m of ["map_binding", "map_ct", "map_frag"] as const) {
     const fd = s.fds[m];
     if (fd === undefined) continue;
     const info = bpf.mapInfo(fd);
-    let entries = 0;
-    for (const b of bpf.mapBatches(fd, info.keySize, info.valueSize)) entries += b.count;
-    out.push({ map: m, entries, capacity: info.maxEntries });
+    out.push({ map: m, entries: bpf.mapCount(fd, info.keySize), capacity: info.maxEntries });
   }
   return out;
 }

@@ -1,5 +1,5 @@
 # `nix develop`: everything to build the BPF objects, run einat from the checkout
-# (`deno run -A main.ts`), run the tests and compile it.
+# (`deno task start`), run the tests and compile it.
 {
   mkShell,
   deno,

@@ -106,8 +106,16 @@ export interface Btf {
   str(off: number): string;
 }
 
-/** Returns the bytes of the ELF section named `name`, or undefined. */
-export function elfSection(elf: Uint8Array, name: string): Uint8Array | undefined {
+interface ElfSectionHeader {
+  name: string;
+  offset: number;
+  size: number;
+  link: number;
+  type: number;
+}
+
+/** The section headers of a little-endian ELF64 file, with their names. */
+function elfSections(elf: Uint8Array): ElfSectionHeader[] {
   const v = new DataView(elf.buffer, elf.byteOffset, elf.byteLength);
   if (elf.length < 64 || v.getUint32(0) !== 0x7f454c46) throw new Error("not an ELF file");
   if (elf[4] !== 2) throw new Error("not ELF64");
@@ -116,12 +124,12 @@ export function elfSection(elf: Uint8Array, name: string): Uint8Array | undefine
   const shentsize = v.getUint16(0x3a, true);
   let shnum = v.getUint16(0x3c, true);
   let shstrndx = v.getUint16(0x3e, true);
-  if (shoff === 0) return undefined;
+  if (shoff === 0) return [];
   const sh = (i: number) => {
     const o = shoff + i * shentsize;
     if (o + 64 > elf.length) throw new Error("section header out of range");
     return {
-      name: v.getUint32(o, true),
+      nameOff: v.getUint32(o, true),
       offset: Number(v.getBigUint64(o + 24, true)),
       size: Number(v.getBigUint64(o + 32, true)),
       link: v.getUint32(o + 40, true),
@@ -132,19 +140,58 @@ export function elfSection(elf: Uint8Array, name: string): Uint8Array | undefine
   if (shnum === 0) shnum = Number(v.getBigUint64(shoff + 32, true));
   if (shstrndx === 0xffff) shstrndx = sh(0).link;
   const strs = sh(shstrndx);
-  const dec = new TextDecoder();
+  const out: ElfSectionHeader[] = [];
   for (let i = 0; i < shnum; i++) {
-    const s = sh(i);
-    const start = strs.offset + s.name;
-    let end = start;
-    while (end < elf.length && elf[end] !== 0) end++;
-    if (dec.decode(elf.subarray(start, end)) === name) {
-      if (s.type === 8) return new Uint8Array(0); // SHT_NOBITS
-      if (s.offset + s.size > elf.length) throw new Error(`section ${name} out of range`);
-      return elf.subarray(s.offset, s.offset + s.size);
-    }
+    const { nameOff, ...rest } = sh(i);
+    out.push({ name: cString(elf, strs.offset + nameOff), ...rest });
   }
-  return undefined;
+  return out;
+}
+
+const utf8 = new TextDecoder();
+
+/** The NUL-terminated string at `start` of `b`. */
+function cString(b: Uint8Array, start: number): string {
+  let end = start;
+  while (end < b.length && b[end] !== 0) end++;
+  return utf8.decode(b.subarray(start, end));
+}
+
+/** Returns the bytes of the ELF section named `name`, or undefined. */
+export function elfSection(elf: Uint8Array, name: string): Uint8Array | undefined {
+  const s = elfSections(elf).find((x) => x.name === name);
+  if (!s) return undefined;
+  if (s.type === 8) return new Uint8Array(0); // SHT_NOBITS
+  if (s.offset + s.size > elf.length) throw new Error(`section ${name} out of range`);
+  return elf.subarray(s.offset, s.offset + s.size);
+}
+
+/**
+ * The symbols of ELF section `name` (from `.symtab`): name, offset in the section (st_value) and
+ * size. A BPF object's BTF leaves its data sections' variable offsets to the loader (libbpf
+ * takes them from here).
+ */
+export function elfSectionSymbols(
+  elf: Uint8Array,
+  name: string,
+): Map<string, { offset: number; size: number }> {
+  const secs = elfSections(elf);
+  const idx = secs.findIndex((x) => x.name === name);
+  const out = new Map<string, { offset: number; size: number }>();
+  const symtab = secs.find((x) => x.type === 2); // SHT_SYMTAB
+  if (idx < 0 || !symtab) return out;
+  const strtab = secs[symtab.link];
+  const v = new DataView(elf.buffer, elf.byteOffset, elf.byteLength);
+  for (let o = symtab.offset; o + 24 <= symtab.offset + symtab.size; o += 24) {
+    if (v.getUint16(o + 6, true) !== idx) continue;
+    const sym = cString(elf, strtab.offset + v.getUint32(o, true));
+    if (sym === "") continue;
+    out.set(sym, {
+      offset: Number(v.getBigUint64(o + 8, true)),
+      size: Number(v.getBigUint64(o + 16, true)),
+    });
+  }
+  return out;
 }
 
 /** Parses a raw BTF blob (header, type and string sections). */
@@ -409,16 +456,19 @@ export function readStructs(elfBytes: Uint8Array): Map<string, StructInfo> {
   return structsOf(readBtf(elfBytes));
 }
 
-/** Variables of a data section (e.g. ".rodata"): name, byte offset and size. */
+/**
+ * Variables of a data section (e.g. ".rodata"): name, byte offset and size. The offsets come
+ * from the ELF symbols, as libbpf takes them: an object's BTF leaves them 0.
+ */
 export function datasecVars(
   elfBytes: Uint8Array,
   section: string,
 ): { name: string; offset: number; size: number }[] {
   const btf = readBtf(elfBytes);
   const sec = btf.types.find((t) => t.kind === BTF_KIND.DATASEC && t.name === section);
-  return (sec?.vars ?? []).map((x) => ({
-    name: btf.types[x.typeId].name,
-    offset: x.offset,
-    size: x.size,
-  }));
+  const syms = elfSectionSymbols(elfBytes, section);
+  return (sec?.vars ?? []).map((x) => {
+    const name = btf.types[x.typeId].name;
+    return { name, offset: syms.get(name)?.offset ?? x.offset, size: x.size };
+  });
 }

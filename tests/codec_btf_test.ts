@@ -3,6 +3,7 @@
  * object (Cilium-style): a change on either side without the other fails here.
  */
 import { assertEquals } from "./lib/assert.ts";
+import { assertLayoutMatches } from "./lib/btfcheck.ts";
 import { datasecVars, readStructs } from "../lib/btf.ts";
 import { EINAT_CONFIG_LAYOUT, LAYOUTS, STATS } from "../lib/nat/codec.ts";
 import { embeddedObject } from "../lib/nat/loader.ts";
@@ -16,24 +17,7 @@ const queryStructs = readStructs(
 
 for (const layout of LAYOUTS) {
   Deno.test(`codec layout of struct ${layout.name} matches BTF`, () => {
-    const s = structs.get(layout.name) ?? queryStructs.get(layout.name);
-    if (!s) throw new Error(`struct ${layout.name} not in BTF`);
-    assertEquals(layout.size, s.size, `sizeof(struct ${layout.name})`);
-    for (const [name, f] of Object.entries(layout.fields)) {
-      const m = s.members.find((x) => x.name === name);
-      if (!m) throw new Error(`${layout.name}.${name} not in BTF`);
-      assertEquals({ offset: f.offset, size: f.size }, {
-        offset: m.offsetBits / 8,
-        size: m.sizeBytes,
-      }, `${layout.name}.${name}`);
-    }
-    // every non-padding C member is known to the codec
-    const unknown = s.members.filter((m) => !m.name.startsWith("_") && !(m.name in layout.fields));
-    assertEquals(
-      unknown.map((m) => m.name),
-      [],
-      `members of ${layout.name} missing from the codec`,
-    );
+    assertLayoutMatches(layout, structs.get(layout.name) ?? queryStructs.get(layout.name));
   });
 }
 

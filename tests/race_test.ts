@@ -11,6 +11,7 @@ import { formatAddr, parseAddr } from "../lib/config/cidr.ts";
 import { loadTestNat, TC_ACT_OK } from "./lib/natfixture.ts";
 import { buildPacket } from "./lib/packet.ts";
 import type { RaceJob } from "./lib/race_worker.ts";
+import { onTwoCpus } from "./lib/race.ts";
 
 const ENDPOINTS = 600;
 
@@ -43,34 +44,6 @@ function first(j: number, remote: string): Uint8Array {
   });
 }
 
-function runWorker(job: RaceJob): Promise<number[]> {
-  const w = new Worker(new URL("./lib/race_worker.ts", import.meta.url).href, { type: "module" });
-  return new Promise<number[]>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error("worker timed out")), 60_000);
-    w.onmessage = (e) => {
-      clearTimeout(timer);
-      w.terminate();
-      if (e.data.error) reject(new Error(e.data.error));
-      else resolve(e.data.verdicts);
-    };
-    w.onerror = (e) => {
-      clearTimeout(timer);
-      w.terminate();
-      reject(new Error(e.message));
-    };
-    w.postMessage(job);
-  });
-}
-
-/** Runs step lists `a` on CPU 0 and `b` on CPU 1, step by step together; their verdicts. */
-function onTwoCpus(a: RaceJob["steps"], b: RaceJob["steps"]): Promise<number[][]> {
-  const barrier = new SharedArrayBuffer(8);
-  return Promise.all([
-    runWorker({ cpu: 0, parties: 2, barrier, steps: a }),
-    runWorker({ cpu: 1, parties: 2, barrier, steps: b }),
-  ]);
-}
-
 const LIMITS = { bindingEntries: 4 * ENDPOINTS, ctEntries: 8 * ENDPOINTS };
 
 Deno.test({
@@ -94,7 +67,7 @@ Deno.test({
         sessions += same ? 1 : 2;
       }
       const race = async (a: RaceJob["steps"], b: RaceJob["steps"], what: string) => {
-        const [va, vb] = await onTwoCpus(a, b);
+        const [{ verdicts: va }, { verdicts: vb }] = await onTwoCpus(a, b);
         assertEquals(va.filter((v) => v !== TC_ACT_OK), [], `${what}, CPU 0: all translated`);
         assertEquals(vb.filter((v) => v !== TC_ACT_OK), [], `${what}, CPU 1: all translated`);
         const check = checkMaps(n, LIMITS, ic);

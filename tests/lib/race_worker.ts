@@ -18,6 +18,8 @@ export interface RaceJob {
   barrier: SharedArrayBuffer;
   /** Per step: the program fd and the frame. */
   steps: { fd: number; bytes: Uint8Array }[];
+  /** Send back each run's output frame too (`outs`). */
+  outputs?: boolean;
 }
 
 /**
@@ -46,11 +48,14 @@ self.onmessage = (e: MessageEvent<RaceJob>) => {
     pinThread(job.cpu);
     const s = new Int32Array(job.barrier);
     const verdicts: number[] = [];
+    const outs: Uint8Array[] = [];
     for (const step of job.steps) {
       barrier(s, job.parties);
-      verdicts.push(bpf.testRun(step.fd, step.bytes, { repeat: 1 }).retval);
+      const r = bpf.testRun(step.fd, step.bytes, { repeat: 1 });
+      verdicts.push(r.retval);
+      if (job.outputs) outs.push(r.dataOut);
     }
-    self.postMessage({ verdicts });
+    self.postMessage({ verdicts, outs });
   } catch (err) {
     self.postMessage({ error: (err as Error).message });
   }

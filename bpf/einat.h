@@ -169,6 +169,39 @@ struct ct_value {
 	__u64 last_seen_ns; /* CLOCK_MONOTONIC */
 };
 
+/*
+ * A mapping record (bpf/lib/records.h): the binding of one external port,
+ * found by index (external-address slot, protocol, port) instead of a hash.
+ * Claiming the port is claiming the record (compare-and-swap on state).
+ */
+struct mapping_record {
+	__u32 state; /* REC_FREE, REC_BUSY or REC_LIVE in bits 0-1; a generation above */
+	__u32 ref; /* live sessions, BINDING_DYING (lib/binding.h) */
+	union ip_addr int_addr; /* the internal endpoint */
+	__be16 int_port;
+	__u8 family;
+	__u8 l4proto;
+	__u32 _pad;
+};
+
+#define REC_FREE 0
+#define REC_BUSY 1 /* being claimed: its fields are being written */
+#define REC_LIVE 2
+#define REC_STATE_MASK 3
+#define REC_GEN_ONE 4 /* the generation moves at every claim */
+
+/*
+ * One cache line of the outbound index (bpf/lib/records.h): the records of
+ * the internal endpoints whose hash falls here. An entry is OB_EMPTY,
+ * OB_TOMB, or a 10-bit tag of the hash above a record index.
+ */
+#define OB_ENTRIES 15
+
+struct outbound_line {
+	__u32 lock; /* held (1) by the CPU inserting into this line */
+	__u32 e[OB_ENTRIES];
+};
+
 /* map_frag: translation of the first fragment, for the ones that follow. */
 struct frag_key {
 	__u8 family;

@@ -10,6 +10,7 @@
 #include "maps.h"
 #include "epoch.h"
 #include "parse.h"
+#include "ref.h"
 
 static __always_inline int proto_idx(__u8 l4proto)
 {
@@ -129,47 +130,15 @@ static __always_inline void port_bit_set(struct port_bits *b, __u16 port)
 		__sync_fetch_and_or(w, bit);
 }
 
-/*
- * A binding's reference count (binding_value.ref, on the reply entry) counts
- * its sessions. The CPU that drops the last one marks the count dying before
- * it deletes the entries, and no reference can be taken on a dying count: one
- * taken between the drop and the deletion would leave a session on a binding
- * that is gone (tests/race_test.ts). A count of zero is not dying: a binding
- * written with no sessions (from user space) takes references as usual.
- */
-#define BINDING_DYING 0x80000000u
-
-/* Takes a reference, unless the binding is dying (or its count kept changing
- * under eight tries). */
+/* A binding's reference count is on its reply entry (lib/ref.h). */
 static __always_inline bool binding_ref_get(struct binding_value *rv)
 {
-#pragma unroll
-	for (int i = 0; i < 8; i++) {
-		__u32 r = *(volatile __u32 *)&rv->ref;
-		if (r & BINDING_DYING)
-			return false;
-		if (__sync_val_compare_and_swap(&rv->ref, r, r + 1) == r)
-			return true;
-	}
-	return false;
+	return ref_get(&rv->ref);
 }
 
-/* Drops a reference. True when it was the last: the count is dying now, and
- * the caller deletes the binding. */
 static __always_inline bool binding_ref_put(struct binding_value *rv)
 {
-#pragma unroll
-	for (int i = 0; i < 8; i++) {
-		__u32 r = *(volatile __u32 *)&rv->ref;
-		if (r & BINDING_DYING)
-			return false;
-		if (__sync_val_compare_and_swap(&rv->ref, r, r <= 1 ? BINDING_DYING : r - 1) == r)
-			return r <= 1;
-	}
-	/* Contended all along: dropped without the last-reference check (a binding
-	 * left at zero takes references again, and goes with its next session). */
-	__sync_fetch_and_add(&rv->ref, -1);
-	return false;
+	return ref_put(&rv->ref);
 }
 
 /* The hint marks port (host order) taken. */

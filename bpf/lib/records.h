@@ -1,0 +1,341 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
+/*
+ * Mapping records and the outbound index (docs/state-tables.md): bindings
+ * kept in arrays instead of hash maps, so that making one allocates nothing.
+ *
+ * - A record per external port: map_records is indexed by (external-address
+ *   slot, protocol, port), so the inbound lookup is an index. Claiming the
+ *   port is claiming the record, a compare-and-swap on its state word: a port
+ *   is never handed out twice.
+ * - The outbound index finds a record by its internal endpoint. It is a table
+ *   of cache lines (struct outbound_line); an endpoint's hash picks a line,
+ *   and its entry is one of the line's 15. An entry holds a tag of the hash
+ *   and the record's index; a lookup reads the records whose tag matches and
+ *   compares their endpoint. Lookups take no lock. An insert holds the line's
+ *   lock word (a compare-and-swap, given up after a bounded number of tries),
+ *   so that one endpoint never gets two records: whoever inserts second finds
+ *   the first one's record and takes it instead.
+ * - A deleted entry becomes a tombstone, which the next insert into the line
+ *   reuses. A lookup stops at the first empty entry: an insert takes the first
+ *   free entry, so nothing was ever inserted past an empty one.
+ * - A line whose 15 entries are taken refuses the insert. The loader sizes the
+ *   index at twice the records it may hold, or more.
+ *
+ * OUTBOUND_MASK() (the number of lines less one, a power of two less one) is
+ * the includer's, or this file's read-only knob outbound_mask.
+ */
+#ifndef EINAT_RECORDS_H
+#define EINAT_RECORDS_H
+
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+#include "../einat.h"
+#include "parse.h"
+#include "ref.h"
+
+#ifndef OUTBOUND_MASK
+const volatile __u32 outbound_mask = (1 << 15) - 1;
+#define OUTBOUND_MASK() outbound_mask
+#endif
+
+/* 3 protocols x 65,536 ports per external-address slot; the loader sizes it. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, struct mapping_record);
+	__uint(max_entries, 2 * PROTO_IDX_MAX * 65536);
+} map_records SEC(".maps");
+
+/* BPF_F_MMAPABLE: the values start on a page, so each line is one cache line. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__type(key, __u32);
+	__type(value, struct outbound_line);
+	__uint(max_entries, 1 << 15);
+} map_outbound SEC(".maps");
+
+/* An internal endpoint: what the outbound index is keyed by. */
+struct rec_key {
+	union ip_addr addr;
+	__be16 port; /* ICMP echo identifier for ICMP */
+	__u8 family;
+	__u8 l4proto;
+};
+
+#define OB_EMPTY 0
+#define OB_TOMB 1
+#define OB_IDX_BITS 22 /* record indexes: 21 slots of 3 x 65,536 ports */
+#define OB_IDX_MASK ((1u << OB_IDX_BITS) - 1)
+#define OB_LOCK_SPINS 4096 /* reads of a held lock before an insert gives up (~10 us) */
+
+#ifndef ENOENT
+#define ENOENT 2
+#endif
+#ifndef EBUSY
+#define EBUSY 16
+#endif
+#ifndef EAGAIN
+#define EAGAIN 11
+#endif
+#ifndef EINVAL
+#define EINVAL 22
+#endif
+#ifndef ENOSPC
+#define ENOSPC 28
+#endif
+
+/* The record of (slot, protocol index, port in host order). */
+static __always_inline __u32 rec_index(__u32 slot, int pidx, __u16 port)
+{
+	return ((slot * PROTO_IDX_MAX + (pidx & 3)) << 16) | port;
+}
+
+static __always_inline struct mapping_record *rec_get(__u32 idx)
+{
+	return bpf_map_lookup_elem(&map_records, &idx);
+}
+
+static __always_inline __u32 fmix32(__u32 h)
+{
+	h ^= h >> 16;
+	h *= 0x85ebca6bU;
+	h ^= h >> 13;
+	h *= 0xc2b2ae35U;
+	h ^= h >> 16;
+	return h;
+}
+
+/* The hash of an endpoint: its low bits pick the line, its top 10 bits are the tag. */
+static __always_inline __u32 ob_hash(const struct rec_key *k)
+{
+	__u32 h = ((__u32)k->family << 24) ^ ((__u32)k->l4proto << 16) ^ k->port;
+#pragma unroll
+	for (int i = 0; i < 4; i++)
+		h = (h ^ k->addr.all[i]) * 0x9e3779b1U + 0x7f4a7c15U;
+	return fmix32(h);
+}
+
+static __always_inline __u32 ob_tag(__u32 h)
+{
+	__u32 t = h >> OB_IDX_BITS;
+	return t ? t : 1; /* an entry is never OB_EMPTY or OB_TOMB */
+}
+
+static __always_inline struct outbound_line *ob_line(__u32 h)
+{
+	__u32 i = h & OUTBOUND_MASK();
+	return bpf_map_lookup_elem(&map_outbound, &i);
+}
+
+/* The record is live, not going, and holds endpoint k. */
+static __always_inline bool rec_names(const struct mapping_record *r, const struct rec_key *k)
+{
+	return (r->state & REC_STATE_MASK) == REC_LIVE && !(r->ref & BINDING_DYING) &&
+	       r->int_port == k->port && r->l4proto == k->l4proto && r->family == k->family &&
+	       addr_eq(&r->int_addr, &k->addr);
+}
+
+/* The endpoint of record r as an index key. */
+static __always_inline void rec_key_of(struct rec_key *k, const struct mapping_record *r)
+{
+	__builtin_memset(k, 0, sizeof(*k));
+	k->addr = r->int_addr;
+	k->port = r->int_port;
+	k->family = r->family;
+	k->l4proto = r->l4proto;
+}
+
+/*
+ * Claims record r for endpoint k with one reference (the caller's session's):
+ * FREE -> BUSY by compare-and-swap, the fields written, then LIVE with the
+ * next generation. False when the record is taken.
+ */
+static __always_inline bool rec_claim(struct mapping_record *r, const struct rec_key *k)
+{
+	__u32 s = *(volatile __u32 *)&r->state;
+	if ((s & REC_STATE_MASK) != REC_FREE)
+		return false;
+	if (__sync_val_compare_and_swap(&r->state, s, s | REC_BUSY) != s)
+		return false;
+	r->int_addr = k->addr;
+	r->int_port = k->port;
+	r->family = k->family;
+	r->l4proto = k->l4proto;
+	r->ref = 1;
+	__sync_lock_test_and_set(&r->state, (s + REC_GEN_ONE) | REC_LIVE);
+	return true;
+}
+
+/* Frees record r: by whoever dropped its last reference (ref_put), after its
+ * outbound entry went. */
+static __always_inline void rec_free(struct mapping_record *r)
+{
+	__u32 s = *(volatile __u32 *)&r->state;
+	__sync_lock_test_and_set(&r->state, s & ~REC_STATE_MASK);
+}
+
+/*
+ * The index of the live record of endpoint k, or -1. No lock: a record being
+ * inserted meanwhile is missed, and its endpoint's creator then finds it when
+ * it inserts (einat_outbound_insert). A global function: verified once.
+ */
+__noinline int einat_outbound_find(const struct rec_key *k)
+{
+	if (!k)
+		return -1;
+	__u32 h = ob_hash(k);
+	struct outbound_line *l = ob_line(h);
+	if (!l)
+		return -1;
+	__u32 tag = ob_tag(h);
+	for (int i = 0; i < OB_ENTRIES; i++) {
+		__u32 e = *(volatile __u32 *)&l->e[i];
+		if (e == OB_EMPTY)
+			break;
+		if (e >> OB_IDX_BITS != tag)
+			continue;
+		__u32 idx = e & OB_IDX_MASK;
+		struct mapping_record *r = rec_get(idx);
+		if (r && rec_names(r, k))
+			return idx;
+	}
+	return -1;
+}
+
+struct ob_wait {
+	struct outbound_line *line;
+	__u32 got;
+};
+
+/* bpf_loop callback: one look at the lock, and a compare-and-swap when it is free. */
+static long ob_lock_spin(__u64 i, void *ctx)
+{
+	struct ob_wait *w = ctx;
+	struct outbound_line *l = w->line;
+	if (!l)
+		return 1;
+	if (*(volatile __u32 *)&l->lock == 0 && __sync_val_compare_and_swap(&l->lock, 0, 1) == 0) {
+		w->got = 1;
+		return 1;
+	}
+	return 0;
+}
+
+/* Takes line l's lock: at once when it is free, else after waiting a bounded time. */
+static __always_inline bool ob_lock(struct outbound_line *l)
+{
+	if (__sync_val_compare_and_swap(&l->lock, 0, 1) == 0)
+		return true;
+	struct ob_wait w = {.line = l, .got = 0};
+	bpf_loop(OB_LOCK_SPINS, ob_lock_spin, &w, 0);
+	return w.got;
+}
+
+/*
+ * Inserts record idx (claimed for endpoint k) into the outbound index, holding
+ * the line's lock. Returns idx; the index of another live record of k, which
+ * another CPU inserted first (the caller frees its own and takes that one);
+ * -EBUSY when the lock stayed held; -ENOSPC when the line is full.
+ */
+__noinline int einat_outbound_insert(const struct rec_key *k, __u32 idx)
+{
+	if (!k)
+		return -EINVAL;
+	__u32 h = ob_hash(k);
+	struct outbound_line *l = ob_line(h);
+	if (!l)
+		return -EINVAL;
+	if (!ob_lock(l))
+		return -EBUSY;
+	__u32 tag = ob_tag(h);
+	int free = -1, found = -1;
+	for (int i = 0; i < OB_ENTRIES; i++) {
+		__u32 e = l->e[i];
+		if (e == OB_EMPTY) {
+			if (free < 0)
+				free = i;
+			break;
+		}
+		if (e == OB_TOMB) {
+			if (free < 0)
+				free = i;
+			continue;
+		}
+		if (e >> OB_IDX_BITS != tag)
+			continue;
+		__u32 ri = e & OB_IDX_MASK;
+		struct mapping_record *r = rec_get(ri);
+		if (r && rec_names(r, k)) {
+			found = ri;
+			break;
+		}
+	}
+	int ret = -ENOSPC;
+	if (found >= 0) {
+		ret = found;
+	} else if (free >= 0 && free < OB_ENTRIES) {
+		*(volatile __u32 *)&l->e[free] = (tag << OB_IDX_BITS) | (idx & OB_IDX_MASK);
+		ret = idx & OB_IDX_MASK;
+	}
+	__sync_lock_test_and_set(&l->lock, 0);
+	return ret;
+}
+
+/* Turns record idx's entry for endpoint k into a tombstone. 0, or -ENOENT. */
+__noinline int einat_outbound_delete(const struct rec_key *k, __u32 idx)
+{
+	if (!k)
+		return -EINVAL;
+	__u32 h = ob_hash(k);
+	struct outbound_line *l = ob_line(h);
+	if (!l)
+		return -EINVAL;
+	__u32 want = (ob_tag(h) << OB_IDX_BITS) | (idx & OB_IDX_MASK);
+	for (int i = 0; i < OB_ENTRIES; i++) {
+		__u32 e = *(volatile __u32 *)&l->e[i];
+		if (e == OB_EMPTY)
+			break;
+		if (e == want && __sync_val_compare_and_swap(&l->e[i], want, OB_TOMB) == want)
+			return 0;
+	}
+	return -ENOENT;
+}
+
+/*
+ * Publishes record idx, just claimed for endpoint k (with the reference of the
+ * caller's session), in the outbound index. Returns idx; or the index of k's
+ * record that another CPU published first, with a reference taken on it for
+ * the caller (idx is released); or -errno (idx is released). The released
+ * record goes with its reference, unless a session took one on it meanwhile
+ * (found by its port): then it stays until that session ends.
+ */
+__noinline int einat_record_publish(const struct rec_key *k, __u32 idx)
+{
+	struct mapping_record *own = rec_get(idx);
+	if (!k || !own)
+		return -EINVAL;
+	int ins = einat_outbound_insert(k, idx);
+	if (ins == (int)idx)
+		return ins;
+	if (ref_put(&own->ref))
+		rec_free(own);
+	if (ins < 0)
+		return ins;
+	struct mapping_record *r = rec_get(ins);
+	if (!r || !ref_get(&r->ref))
+		return -EAGAIN; /* and going already */
+	return ins;
+}
+
+/* Removes record idx, whose last reference the caller dropped (ref_put), from the
+ * outbound index and frees it. */
+static __always_inline void record_release(struct mapping_record *r, __u32 idx)
+{
+	struct rec_key k;
+	rec_key_of(&k, r);
+	einat_outbound_delete(&k, idx);
+	rec_free(r);
+}
+
+#endif

@@ -8,6 +8,7 @@
 import { startEinat, stopEinat } from "../tests/lib/einat.ts";
 import { ranges } from "../tests/lib/natfixture.ts";
 import { nsExecResult, type Topology, withTopology } from "../tests/lib/netns.ts";
+import { RECORDS_PER_SLOT } from "../lib/nat/records.ts";
 import {
   fdinfo,
   loadBenchNat,
@@ -186,10 +187,19 @@ async function daemonMemory(o: BenchOptions, loadSeconds: number): Promise<Daemo
 interface MappingMem {
   n: number;
   memlockDelta: number;
+  /** Of it, map_records and map_outbound (preallocated arrays: a binding allocates nothing). */
+  bindingMemlockDelta: number;
   slabDeltaKb: number;
   slabDeltasKb: number[];
-  perEntry: { binding: number; ct: number };
-  /** map_flags of the binding map (BPF_F_NO_PREALLOC = 1: allocated on demand). */
+  /**
+   * Reserved at load, per what a mapping occupies: its record (map_records' memlock per entry),
+   * the outbound index's share per binding (memlock / binding_max_records, which sizes it), and
+   * a session (map_ct's memlock per entry).
+   */
+  perEntry: { record: number; outbound: number; ct: number };
+  /** map_records' memlock per external-address slot: all its ports' records, at load. */
+  recordsPerSlot: number;
+  /** map_flags of the session map (BPF_F_NO_PREALLOC = 1: allocated on demand). */
   flags: number;
   reservedPerMapping: number;
   memlockPerMapping: number;
@@ -208,32 +218,39 @@ async function mappingMemory(
     const m = meminfoKb();
     return m.SUnreclaim + m.Percpu;
   };
-  const memlockDeltas: number[] = [], slabDeltas: number[] = [];
-  let perEntry = { binding: NaN, ct: NaN };
+  const bindingMax = 65536;
+  const memlockDeltas: number[] = [], bindingDeltas: number[] = [], slabDeltas: number[] = [];
+  let perEntry = { record: NaN, outbound: NaN, ct: NaN };
+  let recordsPerSlot = NaN;
   let flags = 0;
   for (let rep = 0; rep < reps; rep++) {
     const nat = await loadBenchNat({
       nat66: family === 6,
       ic: {
         defaultRanges: ranges([{ start: 1024, end: 65535 }]),
-        bindingMaxRecords: 65536,
+        bindingMaxRecords: bindingMax,
         ctMaxRecords: 131072,
       },
     });
     try {
-      const fds = [nat.nat.maps.binding, nat.nat.maps.ct];
-      const memlock = () => fds.reduce((s, fd) => s + Number(fdinfo(fd).memlock), 0);
-      const b = fdinfo(nat.nat.maps.binding), c = fdinfo(nat.nat.maps.ct);
+      const { records, outbound, ct } = nat.nat.maps;
+      const memlockOf = (fds: number[]) => fds.reduce((s, fd) => s + Number(fdinfo(fd).memlock), 0);
+      const memlock = () => memlockOf([records, outbound, ct]);
+      const bindingMemlock = () => memlockOf([records, outbound]);
+      const r = fdinfo(records), ob = fdinfo(outbound), c = fdinfo(ct);
       perEntry = {
-        binding: Number(b.memlock) / Number(b.max_entries),
+        record: Number(r.memlock) / Number(r.max_entries),
+        outbound: Number(ob.memlock) / bindingMax,
         ct: Number(c.memlock) / Number(c.max_entries),
       };
-      flags = Number(b.map_flags);
-      const l0 = memlock(), s0 = slab();
+      recordsPerSlot = Number(r.memlock) / (Number(r.max_entries) / RECORDS_PER_SLOT);
+      flags = Number(c.map_flags);
+      const l0 = memlock(), b0 = bindingMemlock(), s0 = slab();
       const res = measureNewMappings(nat.nat, noopFd, newFlowPackets(n, "udp", 0, family), false);
-      const l1 = memlock(), s1 = slab();
+      const l1 = memlock(), b1 = bindingMemlock(), s1 = slab();
       if (res.failures) throw new Error(`${res.failures} of ${n} mappings not created`);
       memlockDeltas.push(l1 - l0);
+      bindingDeltas.push(b1 - b0);
       slabDeltas.push(s1 - s0);
     } finally {
       nat.close();
@@ -248,11 +265,13 @@ async function mappingMemory(
   return {
     n,
     memlockDelta,
+    bindingMemlockDelta: median(bindingDeltas),
     slabDeltaKb,
     slabDeltasKb: slabDeltas,
     perEntry,
+    recordsPerSlot,
     flags,
-    reservedPerMapping: 2 * perEntry.binding + perEntry.ct,
+    reservedPerMapping: perEntry.record + perEntry.outbound + perEntry.ct,
     memlockPerMapping,
     slabPerMapping,
     // memlock growth is the kernel's own count of on-demand elements; the
@@ -285,6 +304,7 @@ export async function runMemory(o: BenchOptions): Promise<PartResult> {
     const both = (f: (m: MappingMem) => number) => [fmt(f(mm), 1), fmt(f(mm6), 1)];
     const slabRuns = (m: MappingMem) => m.slabDeltasKb.join(", ");
     const onDemand = (mm.flags & 1) !== 0;
+    const perSlot = bytes(mm.recordsPerSlot);
     const mode = onDemand ? "bucket share; elements on demand" : "preallocated";
     const tables: Table[] = [
       {
@@ -301,15 +321,26 @@ export async function runMemory(o: BenchOptions): Promise<PartResult> {
         } UDP mappings of each family created by the program)`,
         head: ["what", "IPv4 bytes", "IPv6 bytes"],
         rows: [
-          [`binding entry, reserved at load (${mode})`, ...both((m) => m.perEntry.binding)],
+          [
+            "mapping record, reserved at load (map_records: one per external port)",
+            ...both((m) => m.perEntry.record),
+          ],
+          [
+            "outbound index share per binding, reserved at load (map_outbound / binding_max_records)",
+            ...both((m) => m.perEntry.outbound),
+          ],
           [`session entry, reserved at load (${mode})`, ...both((m) => m.perEntry.ct)],
           [
-            "reserved per mapping (2 binding entries + 1 session)",
+            "reserved per mapping (1 record + 1 outbound share + 1 session)",
             ...both((m) => m.reservedPerMapping),
           ],
           [
             "memlock growth per mapping (the kernel's count of allocated elements)",
             ...both((m) => m.memlockPerMapping),
+          ],
+          [
+            "of which map_records + map_outbound (preallocated: a binding allocates nothing)",
+            ...both((m) => m.bindingMemlockDelta / m.n),
           ],
           [
             "unreclaimable slab + percpu growth per mapping (/proc/meminfo: allocator size classes; " +
@@ -323,13 +354,18 @@ export async function runMemory(o: BenchOptions): Promise<PartResult> {
           ],
         ],
         notes: [
+          "A binding is a mapping record of map_records, an array preallocated for every port of each " +
+          `external address (${perSlot} per address slot, whatever the mappings), and an entry of the ` +
+          "outbound index map_outbound, preallocated for binding_max_records bindings: making one allocates " +
+          "nothing (the memlock growth of the two maps above). Its reserved cost above is its record and its " +
+          "share of the index.",
           onDemand
-            ? "Bindings and sessions are allocated on demand (BPF_F_NO_PREALLOC): what is reserved at load is the " +
-              "bucket array (its share per entry above); each mapping then allocates its two binding elements and " +
-              "its session. Slab growth is measured system-wide, so it is approximate."
-            : "Hash maps are preallocated: memory is reserved at load for max_entries, so a mapping's cost is the " +
-              "per-entry share of memlock (elements + bucket array) plus what the kernel allocates on the fly " +
-              "(allocator size classes), measured system-wide and therefore approximate.",
+            ? "Sessions are allocated on demand (BPF_F_NO_PREALLOC): what is reserved at load is the bucket " +
+              "array (its share per entry above); each mapping then allocates its session. Slab growth is " +
+              "measured system-wide, so it is approximate."
+            : "The session map is preallocated: memory is reserved at load for max_entries, so a mapping's cost " +
+              "is the per-entry share of memlock (elements + bucket array) plus what the kernel allocates on the " +
+              "fly (allocator size classes), measured system-wide and therefore approximate.",
         ],
       },
       {

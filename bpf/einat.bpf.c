@@ -158,24 +158,23 @@ __noinline int einat_egress_icmp_error(struct __sk_buff *skb, struct packet *p, 
 			return deliver_locally(skb);
 		return own ? pass() : drop(STAT_DROP_ICMP_ERROR);
 	}
-	struct binding_key key;
 	struct binding_value *peer = &sc->peer, *bv = &sc->bv; /* scratch: see in */
 	if (hairpin) {
-		binding_key_init(&key, 0, p->family, in->l4proto, &in->src, in->sport);
-		struct binding_value *pb = bpf_map_lookup_elem(&map_binding, &key);
 		/* An echo has one identifier, so echoes are never hairpinned. */
-		if (!pb || in->l4proto == IPPROTO_ICMP)
+		__u32 pi;
+		struct mapping_record *pb =
+			in->l4proto == IPPROTO_ICMP
+				? NULL
+				: binding_reply(p->family, in->l4proto, &in->src, in->sport, &pi);
+		if (!pb)
 			return deliver_locally(skb);
-		*peer = *pb;
+		binding_intern(peer, pb);
 	}
-	binding_key_init(&key, BINDING_ORIG, p->family, in->l4proto, &in->dst, in->dport);
-	struct binding_value *b = bpf_map_lookup_elem(&map_binding, &key);
-	if (!b) {
+	if (einat_binding_of(p->family, in->l4proto, &in->dst, in->dport, bv) < 0) {
 		if (hairpin)
 			return deliver_locally(skb);
 		return own ? pass() : drop(STAT_DROP_ICMP_ERROR);
 	}
-	*bv = *b;
 	if (!einat_icmp_error_valid(skb, p)) /* RFC 5508 REQ-3 */
 		return drop(STAT_DROP_ICMP_ERROR);
 	if (rewrite_inner(skb, p, in, false, &bv->addr, bv->port))
@@ -201,12 +200,12 @@ __noinline int einat_ingress_icmp_error(struct __sk_buff *skb, struct packet *p)
 	struct inner in = {};
 	if (parse_inner(skb, p->family, p->l4_off + sizeof(struct icmphdr), &in) != PARSE_OK)
 		return pass();
-	struct binding_key rkey;
-	binding_key_init(&rkey, 0, p->family, in.l4proto, &in.src, in.sport);
-	struct binding_value *b = bpf_map_lookup_elem(&map_binding, &rkey);
+	__u32 ri;
+	struct mapping_record *b = binding_reply(p->family, in.l4proto, &in.src, in.sport, &ri);
 	if (!b)
 		return pass(); /* about the router's own traffic */
-	struct binding_value bv = *b;
+	struct binding_value bv;
+	binding_intern(&bv, b);
 	if (!einat_icmp_error_valid(skb, p)) /* RFC 5508 REQ-3 */
 		return drop(STAT_DROP_ICMP_ERROR);
 	if (rewrite_inner(skb, p, &in, true, &bv.addr, bv.port))
@@ -252,15 +251,13 @@ __noinline int einat_inbound_query(struct packet *p)
 	__builtin_memset(&self, 0, sizeof(self));
 	self.addr = p->dst;
 	self.port = p->dport;
-	self.ref = 1; /* on the reply entry: the session's, made next */
 	struct ct_key ck;
 	ct_key_init(&ck, p->family, p->l4proto, &p->dst, p->dport, &p->src, 0);
-	struct binding_key k;
-	binding_key_init(&k, 0, p->family, p->l4proto, &p->dst, p->dport);
-	struct binding_value *b = bpf_map_lookup_elem(&map_binding, &k);
+	__u32 ri;
+	struct mapping_record *b = binding_reply(p->family, p->l4proto, &p->dst, p->dport, &ri);
 	if (b) {
 		/* ours from an earlier ping: keep its session alive */
-		if (b->port == p->dport && addr_eq(&b->addr, &p->dst))
+		if (b->int_port == p->dport && addr_eq(&b->int_addr, &p->dst))
 			einat_ct_touch(&ck, &self, p, false, CT_FIND);
 		return 0;
 	}
@@ -268,13 +265,27 @@ __noinline int einat_inbound_query(struct packet *p)
 	if (!dc || !(dc->flags & EXT_EXTERNAL) ||
 	    !port_in_ranges(dc, PROTO_IDX_ICMP_IN, bpf_ntohs(p->dport)))
 		return 0;
-	if (bpf_map_update_elem(&map_binding, &k, &self, BPF_NOEXIST))
+	int slot = einat_ext_slot(p->family, &p->dst);
+	if (slot < 0 || !binding_count_take())
 		return 0;
-	k.flags = BINDING_ORIG;
-	self.ref = 0;
-	if (bpf_map_update_elem(&map_binding, &k, &self, BPF_NOEXIST)) {
-		k.flags = 0;
-		bpf_map_delete_elem(&map_binding, &k);
+	struct rec_key rk;
+	__builtin_memset(&rk, 0, sizeof(rk));
+	rk.addr = p->dst;
+	rk.port = p->dport;
+	rk.family = p->family;
+	rk.l4proto = p->l4proto;
+	__u32 idx = rec_index(slot, PROTO_IDX_ICMP, bpf_ntohs(p->dport));
+	b = rec_get(idx);
+	if (!b || !rec_claim(b, &rk)) {
+		binding_count_drop();
+		return 0;
+	}
+	int pub = einat_record_publish(&rk, idx);
+	if (pub != (int)idx) { /* not expected: the NAT host's own endpoint is only bound here */
+		if (ref_put(&b->ref))
+			einat_binding_release(idx);
+		if (pub >= 0)
+			binding_put_idx(pub);
 		return 0;
 	}
 	stat_inc(STAT_NEW_BINDING);
@@ -416,14 +427,12 @@ static __always_inline int egress_established(struct __sk_buff *skb, struct pack
 		ct_key_init(&ck, p->family, p->l4proto, &fe->to_addr, fe->to_port, &p->dst,
 			    remote_port);
 	} else {
-		struct binding_key okey;
-		binding_key_init(&okey, BINDING_ORIG, p->family, p->l4proto, &p->src, p->sport);
-		struct binding_value *b = bpf_map_lookup_elem(&map_binding, &okey);
-		if (!b) {
+		struct binding_value b;
+		if (einat_binding_of(p->family, p->l4proto, &p->src, p->sport, &b) < 0) {
 			p->no_binding = 1; /* the full path need not look again */
 			return -1;
 		}
-		ct_key_init(&ck, p->family, p->l4proto, &b->addr, b->port, &p->dst, remote_port);
+		ct_key_init(&ck, p->family, p->l4proto, &b.addr, b.port, &p->dst, remote_port);
 	}
 	struct ct_value *v = bpf_map_lookup_elem(&map_ct, &ck);
 	/* The session names the internal endpoint: a cached flow must be its. */
@@ -445,7 +454,7 @@ static __always_inline int egress_established(struct __sk_buff *skb, struct pack
 /* Keys and values of the full egress path (the stack is short). */
 struct egress_scratch {
 	struct ct_key ck;
-	struct binding_key okey;
+	struct binding_value target; /* hairpin: the destination's binding */
 	struct binding_value bv;
 	struct binding_value intern;
 	__u64 epoch; /* read before the binding was looked up or made */
@@ -505,15 +514,17 @@ __noinline int einat_egress_full(struct __sk_buff *skb, struct packet *pp)
 	 * replies) to the external address are the router's, like those from
 	 * outside: delivered locally, untranslated.
 	 */
-	struct binding_key *okey = &es->okey;
 	struct binding_value *target = NULL;
 	if ((dest & EXT_EXTERNAL) && !(dest & EXT_NO_HAIRPIN)) {
 		if (pp->l4proto == IPPROTO_ICMP)
 			return deliver_locally(skb);
-		binding_key_init(okey, 0, pp->family, pp->l4proto, &pp->dst, pp->dport);
-		target = bpf_map_lookup_elem(&map_binding, okey);
-		if (!target) /* the router's own service */
+		__u32 ti;
+		struct mapping_record *t =
+			binding_reply(pp->family, pp->l4proto, &pp->dst, pp->dport, &ti);
+		if (!t) /* the router's own service */
 			return deliver_locally(skb);
+		target = &es->target;
+		binding_intern(target, t);
 	}
 
 	__be16 remote_port = pp->dport;
@@ -523,12 +534,10 @@ __noinline int einat_egress_full(struct __sk_buff *skb, struct packet *pp)
 		remote_port = 0;
 	}
 
-	binding_key_init(okey, BINDING_ORIG, pp->family, pp->l4proto, &pp->src, pp->sport);
 	struct binding_value *bvp = &es->bv;
-	struct binding_value *b = pp->no_binding ? NULL : bpf_map_lookup_elem(&map_binding, okey);
-	if (b) {
-		*bvp = *b;
-	} else {
+	bool b = !pp->no_binding &&
+		 einat_binding_of(pp->family, pp->l4proto, &pp->src, pp->sport, bvp) >= 0;
+	if (!b) {
 		if (pp->tcp_flags & TCP_FLAG_RST)
 			return drop(STAT_DROP_UNTRANSLATABLE);
 		struct default_ext *from = ext;
@@ -704,9 +713,9 @@ static __always_inline int ingress_l4(struct __sk_buff *skb, struct packet *pp, 
 		if (fe)
 			flow_fill(fe, pp, false, &bv.addr, bv.port, epoch, now);
 	} else {
-		struct binding_key rkey;
-		binding_key_init(&rkey, 0, pp->family, pp->l4proto, &pp->dst, pp->dport);
-		struct binding_value *b = bpf_map_lookup_elem(&map_binding, &rkey);
+		__u32 ri;
+		struct mapping_record *b =
+			binding_reply(pp->family, pp->l4proto, &pp->dst, pp->dport, &ri);
 		if (!b)
 			return ingress_unmapped(pp);
 		/* From one of our own external addresses: spoofed, or looped back. A session
@@ -715,7 +724,7 @@ static __always_inline int ingress_l4(struct __sk_buff *skb, struct packet *pp, 
 		 * the router's own ports skips this LPM lookup.) */
 		if (is_external_src(pp))
 			return pass();
-		bv = *b;
+		binding_intern(&bv, b);
 		r = einat_ct_touch(&ck, &bv, pp, false, CT_LIKELY_NEW);
 		if (r)
 			return drop(r);

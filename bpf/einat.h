@@ -35,7 +35,13 @@ struct einat_config {
 	/* The flow cache has 1 << flow_cache_bits slots per CPU (lib/flowcache.h; the loader
 	 * sizes the map to match). */
 	__u8 flow_cache_bits;
-	__u8 _pad[7];
+	__u8 _pad[3];
+	/* The outbound index has outbound_mask + 1 lines, a power of two (lib/records.h; the
+	 * loader sizes the map to match). */
+	__u32 outbound_mask;
+	/* Bindings at most (binding_max_records): past it, new ones are refused. */
+	__u32 binding_max;
+	__u32 _pad2;
 };
 
 /* The context of the btf_find program (bpf/lib/btf_query.h). */
@@ -95,16 +101,22 @@ struct default_ext {
 	struct external_config cfg;
 };
 
-#define BINDING_ORIG 0x1 /* key is the internal endpoint, value the external one */
+/*
+ * External addresses that bindings are made on each have a slot (given by the
+ * daemon, lib/nat/slots.ts), which places their mapping records
+ * (lib/records.h): record (slot, protocol index, port).
+ */
+#define EINAT_MAX_SLOTS 16
 
-struct binding_key {
-	__u8 flags; /* BINDING_ORIG or 0 (reply: key is the external endpoint) */
-	__u8 l4proto;
-	__u8 family;
-	__u8 _pad;
-	__be16 port; /* ICMP echo identifier for ICMP */
-	__u16 _pad2;
+struct ext_slot {
 	union ip_addr addr;
+	__u8 family; /* 0: the slot is free */
+	__u8 _pad[3];
+};
+
+/* map_slots' one value. */
+struct slot_table {
+	struct ext_slot s[EINAT_MAX_SLOTS];
 };
 
 /* Free-port hint (lib/binding.h): one bit per port, set while bound. */
@@ -121,11 +133,13 @@ struct port_bits {
 	__u64 w[PORT_WORDS]; /* bit p % 64 of word p / 64: port p */
 };
 
+/* One side of a binding, as the programs pass it around: the external endpoint
+ * (original direction) or the internal one (reply direction). */
 struct binding_value {
 	union ip_addr addr;
 	__be16 port;
 	__u16 flags;
-	__u32 ref; /* live sessions; kept on the reply entry only */
+	__u32 ref; /* unused: the count is the record's (struct mapping_record) */
 };
 
 struct ct_key {

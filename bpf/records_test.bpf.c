@@ -76,6 +76,9 @@ __noinline int create(struct rec_cmd *c)
 	c->claimed = 1;
 	int p = einat_record_publish(&c->key, idx);
 	c->made = p == (int)idx;
+	struct mapping_record *own = rec_get(idx);
+	if (!c->made && own && ref_put(&own->ref))
+		record_release(own, idx);
 	return p;
 }
 

@@ -15,15 +15,9 @@ import { planInterface } from "../lib/nat/plan.ts";
 import { parseAddr } from "../lib/config/cidr.ts";
 import { buildPacket, type PacketSpec } from "./lib/packet.ts";
 import * as bpf from "../lib/ffi/libbpf.ts";
-import {
-  BINDING_KEY_LAYOUT,
-  BINDING_VALUE_LAYOUT,
-  CT_KEY_LAYOUT,
-  decodeBindingValue,
-  encodeBindingKey,
-  encodeBindingValue,
-  encodePortBitsKey,
-} from "../lib/nat/codec.ts";
+import { CT_KEY_LAYOUT, encodePortBitsKey } from "../lib/nat/codec.ts";
+import type { NatMaps } from "../lib/nat/loader.ts";
+import { countBindings, deleteBinding, findBinding, writeBinding } from "../lib/nat/records.ts";
 import { syncPortHint } from "../lib/nat/loader.ts";
 import { fillSessions } from "../bench/lib/bpfbench.ts";
 
@@ -38,30 +32,22 @@ const udp = (src: string, sport: number): PacketSpec => ({
   payload: new TextEncoder().encode("x"),
 });
 
-/** Both entries of a binding 192.0.2.200:<lanPort> <-> EXT:<port>, written from user space. */
-function bindFromUserSpace(fd: number, port: number, lanPort: number): void {
-  const ext = new Uint8Array(EXT), lan = new Uint8Array([192, 0, 2, 200]);
-  bpf.mapUpdate(
-    fd,
-    encodeBindingKey({ orig: true, l4proto: 17, family: 4, port: lanPort, addr: lan }),
-    encodeBindingValue({ addr: ext, port, flags: 0, ref: 1 }),
-  );
-  bpf.mapUpdate(
-    fd,
-    encodeBindingKey({ orig: false, l4proto: 17, family: 4, port, addr: ext }),
-    encodeBindingValue({ addr: lan, port: lanPort, flags: 0, ref: 1 }),
-  );
+/** A binding 192.0.2.200:<lanPort> <-> EXT:<port> with one session's reference, written from
+ * user space (the hint does not learn of it). */
+function bindFromUserSpace(maps: NatMaps, port: number, lanPort: number): void {
+  writeBinding(maps, {
+    family: 4,
+    l4proto: 17,
+    intAddr: new Uint8Array([192, 0, 2, 200]),
+    intPort: lanPort,
+    extAddr: new Uint8Array(EXT),
+    extPort: port,
+    ref: 1,
+  });
 }
 
-function unbindFromUserSpace(fd: number, port: number, lanAddr: Uint8Array, lanPort: number) {
-  bpf.mapDelete(
-    fd,
-    encodeBindingKey({ orig: true, l4proto: 17, family: 4, port: lanPort, addr: lanAddr }),
-  );
-  bpf.mapDelete(
-    fd,
-    encodeBindingKey({ orig: false, l4proto: 17, family: 4, port, addr: new Uint8Array(EXT) }),
-  );
+function unbindFromUserSpace(maps: NatMaps, port: number) {
+  assert(deleteBinding(maps, 4, 17, new Uint8Array(EXT), port), `binding of ${port}`);
 }
 
 Deno.test("port choice: bindings the hint does not know are never handed out; the last free port is found", async () => {
@@ -73,7 +59,7 @@ Deno.test("port choice: bindings the hint does not know are never handed out; th
     // All but three ports taken behind the hint's back, scattered.
     const free = [START + 7, START + 500, START + 998];
     for (let p = START; p < START + N; p++) {
-      if (!free.includes(p)) bindFromUserSpace(n.nat.maps.binding, p, 50000 + (p - START));
+      if (!free.includes(p)) bindFromUserSpace(n.nat.maps, p, 50000 + (p - START));
     }
     const got: number[] = [];
     for (let i = 0; i < 3; i++) {
@@ -104,10 +90,7 @@ Deno.test("port choice: ports freed from user space (hint still says taken) are 
     }
     assertEquals(new Set(ports).size, N, "no port twice");
     // Free two of them behind the program's back: their bits stay set.
-    const lanAddr = new Uint8Array([192, 0, 2, 10]);
-    for (const i of [5, 77]) {
-      unbindFromUserSpace(n.nat.maps.binding, ports[i], lanAddr, 1000 + i);
-    }
+    for (const i of [5, 77]) unbindFromUserSpace(n.nat.maps, ports[i]);
     const again: number[] = [];
     for (let i = 0; i < 2; i++) {
       const r = n.egress(udp("192.0.2.11", 3000 + i));
@@ -122,13 +105,9 @@ Deno.test("port choice: ports freed from user space (hint still says taken) are 
       const back = n.ingress({ ...udp("198.51.100.1", 53), dst: "203.0.113.1", dport: port });
       assertEquals(back.retval, TC_ACT_OK);
       assertEquals([back.out.dst, back.out.dport], ["192.0.2.11", 3000 + i], `reply to ${port}`);
-      const v = bpf.mapLookup(
-        n.nat.maps.binding,
-        encodeBindingKey({ orig: false, l4proto: 17, family: 4, port, addr: new Uint8Array(EXT) }),
-        BINDING_VALUE_LAYOUT.size,
-      );
-      assert(v, `binding of ${port}`);
-      assertEquals(decodeBindingValue(v, 4).ref, 1, `references of ${port}`);
+      const b = findBinding(n.nat.maps, 4, 17, new Uint8Array(EXT), port);
+      assert(b, `binding of ${port}`);
+      assertEquals(b.ref, 1, `references of ${port}`);
     });
   } finally {
     n.close();
@@ -141,7 +120,7 @@ Deno.test("port choice: sync_port_hint marks every bound port (bindings carried 
   );
   try {
     const taken = [20000, 20063, 20064, 20999];
-    taken.forEach((p, i) => bindFromUserSpace(n.nat.maps.binding, p, 50000 + i));
+    taken.forEach((p, i) => bindFromUserSpace(n.nat.maps, p, 50000 + i));
     assertEquals(syncPortHint(n.nat), taken.length, "one per binding (reply entries only)");
     const fd = n.nat.maps.portBits;
     const bits = bpf.mapLookup(fd, encodePortBitsKey(4, 17, new Uint8Array(EXT)), 8192)!;
@@ -249,7 +228,7 @@ Deno.test("port choice: an external address that leaves with 150,000 sessions ta
     applyPlan(n.nat.maps, kept);
     assertEquals(purgeStale(n.nat.maps, kept), { bindings: 10, sessions: 10 + 150_000 });
     assertEquals(sessions(), 1000, "the remaining address's sessions stay");
-    assertEquals(bpf.mapCount(n.nat.maps.binding, BINDING_KEY_LAYOUT.size), 0);
+    assertEquals(countBindings(n.nat.maps.records), 0);
   } finally {
     n.close();
   }

@@ -18,9 +18,11 @@ import {
   EXTERNAL_CONFIG_LAYOUT,
   flowFreshNs,
   LPM_KEY_LAYOUT,
+  outboundLines,
   type RoConfig,
 } from "../lib/nat/codec.ts";
-import { closeNat, loadNat } from "../lib/nat/loader.ts";
+import { closeNat, defaultSlots, loadNat } from "../lib/nat/loader.ts";
+import { RECORDS_PER_SLOT } from "../lib/nat/records.ts";
 import { planInterface } from "../lib/nat/plan.ts";
 import { roConfigOf } from "../lib/daemon.ts";
 import { loadTestNat, testInterfaceConfig } from "./lib/natfixture.ts";
@@ -98,6 +100,9 @@ Deno.test("config keys reach the loaded BPF config and maps", async () => {
       fibExternal: true,
       inboundIcmpx: false,
       flowCacheSlots: 4096,
+      // binding_max_records: the bindings at most, and the outbound index sized for them
+      outboundLines: 2048,
+      bindingMax: 4096,
     });
     // the flow cache: one block of flow_cache_slots per possible CPU
     assertEquals(
@@ -107,8 +112,14 @@ Deno.test("config keys reach the loaded BPF config and maps", async () => {
     // the flow cache's freshness: a quarter of 45 s is past the one-second cap
     const fresh = EINAT_CONFIG_LAYOUT.fields.flow_fresh_ns.offset;
     assertEquals(new DataView(ro.buffer, ro.byteOffset).getBigUint64(fresh, true), s);
-    // record limits: two binding entries per binding
-    assertEquals(bpf.mapMaxEntries(bpf.findMap(nat.obj, "map_binding")), 8192);
+    // record limits: binding_max_records sizes the outbound index (four entries per binding,
+    // 15 to a line, a power of two of lines); the records are a slot per family NATed and one
+    // more, 3 protocols x 65,536 ports each
+    assertEquals(outboundLines(4096), 2048);
+    assertEquals(bpf.mapMaxEntries(bpf.findMap(nat.obj, "map_outbound")), 2048);
+    assertEquals(defaultSlots(roConfigOf(ic, false)), 3);
+    assertEquals(bpf.mapMaxEntries(bpf.findMap(nat.obj, "map_records")), 3 * RECORDS_PER_SLOT);
+    assertEquals(RECORDS_PER_SLOT, 3 * 65536);
     assertEquals(bpf.mapMaxEntries(bpf.findMap(nat.obj, "map_ct")), 9000);
 
     // default external: the static address wins (first static or matching)
@@ -180,7 +191,7 @@ Deno.test("flowFreshNs: a quarter of the shortest timeout, at most one second", 
   assertEquals(flowFreshNs({ ...ro, timeoutTcpEst: 3n * s }), 750_000_000n);
 });
 
-Deno.test("preallocate_maps: the binding and session maps are created preallocated, and translate", async () => {
+Deno.test("preallocate_maps: the session map is created preallocated (the binding maps are arrays, always are), and translate", async () => {
   for (const preallocate of [false, true]) {
     const ic = testInterfaceConfig();
     ic.preallocateMaps = preallocate;
@@ -188,8 +199,14 @@ Deno.test("preallocate_maps: the binding and session maps are created preallocat
     ic.ctMaxRecords = 2048;
     const n = await loadTestNat(ic);
     try {
-      for (const fd of [n.nat.maps.binding, n.nat.maps.ct]) {
-        assertEquals(bpf.mapInfo(fd).flags & bpf.BPF_F_NO_PREALLOC, preallocate ? 0 : 1);
+      assertEquals(
+        bpf.mapInfo(n.nat.maps.ct).flags & bpf.BPF_F_NO_PREALLOC,
+        preallocate ? 0 : bpf.BPF_F_NO_PREALLOC,
+      );
+      for (const fd of [n.nat.maps.records, n.nat.maps.outbound]) {
+        const info = bpf.mapInfo(fd);
+        assertEquals(info.type, bpf.MapType.ARRAY, `${info.name}: an array`);
+        assertEquals(info.flags & bpf.BPF_F_NO_PREALLOC, 0, `${info.name}: preallocated`);
       }
       const r = n.egress({
         family: 4,

@@ -145,7 +145,7 @@ async function runner(): Promise<Runner> {
 
 function finish(r: Runner): void {
   const ic = fuzzConfig();
-  const m = checkMaps(r.nat, { bindingEntries: ic.bindingMaxRecords * 2, ctEntries: 1 << 30 }, ic);
+  const m = checkMaps(r.nat, { bindings: ic.bindingMaxRecords, ctEntries: 1 << 30 }, ic);
   r.nat.close();
   assertEquals(r.failures, [], r.failures.join("\n"));
   assertEquals(m.violations, [], m.violations.join("\n"));

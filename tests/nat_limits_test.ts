@@ -32,7 +32,7 @@ const udp = (src: string, sport: number, dst: string, dport: number): PacketSpec
 function invariants(n: Nat, ic: InterfaceConfig): { bindings: number; sessions: number } {
   const m = checkMaps(
     n,
-    { bindingEntries: ic.bindingMaxRecords * 2, ctEntries: ic.ctMaxRecords },
+    { bindings: ic.bindingMaxRecords, ctEntries: ic.ctMaxRecords },
     ic,
   );
   assertEquals(m.violations, [], m.violations.join("\n"));

@@ -5,21 +5,18 @@
 import { assert, assertEquals, assertNotEquals } from "./lib/assert.ts";
 import * as bpf from "../lib/ffi/libbpf.ts";
 import {
-  BINDING_KEY_LAYOUT,
-  BINDING_VALUE_LAYOUT,
   CT_FLAGS,
   CT_KEY_LAYOUT,
   CT_STATE,
   CT_VALUE_LAYOUT,
   decodeCtKey,
   decodeCtValue,
-  encodeBindingKey,
-  encodeBindingValue,
   encodeCtKey,
   IPPROTO,
 } from "../lib/nat/codec.ts";
 import { parseAddr, parseCidr } from "../lib/config/cidr.ts";
 import { bumpEpoch, expireSessions } from "../lib/nat/loader.ts";
+import { countBindings, deleteBinding, findBinding, writeBinding } from "../lib/nat/records.ts";
 import { buildPacket, type PacketSpec, parsePacket } from "./lib/packet.ts";
 import { pinThread, restoreAffinity } from "./lib/cpu.ts";
 import {
@@ -69,10 +66,6 @@ function sessions(fd: number) {
     const k = decodeCtKey(e.key);
     return { key: k, value: decodeCtValue(e.value, k.family) };
   });
-}
-
-function bindingCount(fd: number): number {
-  return [...bpf.mapEntries(fd, BINDING_KEY_LAYOUT.size, BINDING_VALUE_LAYOUT.size)].length;
 }
 
 Deno.test("egress UDP gets SNAT to the external address with valid checksums", async () => {
@@ -291,7 +284,7 @@ Deno.test("traffic that is not NAT's business passes untouched", async () => {
     const gre = buildPacket(udp(LAN1, 1, SRV1, 2));
     gre[14 + 9] = 47; // protocol GRE (checksum now stale, irrelevant: must pass as is)
     assertEquals(n.runRaw("egress", gre).bytes, gre, "other IP protocol");
-    assertEquals(bindingCount(n.nat.maps.binding), 0);
+    assertEquals(countBindings(n.nat.maps.records), 0);
   } finally {
     n.close();
   }
@@ -323,7 +316,7 @@ Deno.test("sessions and bindings expire: the sweep removes them once past their 
       icmpId: 7,
       icmpSeq: 1,
     });
-    assertEquals(bindingCount(n.nat.maps.binding), 4, "two bindings, two entries each");
+    assertEquals(countBindings(n.nat.maps.records), 2, "two bindings");
     assertEquals(sessions(n.nat.maps.ct).length, 2);
     assertEquals(expireSessions(n.nat), 0, "both live");
     // refreshed traffic keeps the mapping alive past one timeout
@@ -340,7 +333,7 @@ Deno.test("sessions and bindings expire: the sweep removes them once past their 
     for (let i = 0; i < 40 && left !== 0; i++) {
       await new Promise((r) => setTimeout(r, 100));
       expireSessions(n.nat);
-      left = bindingCount(n.nat.maps.binding) + sessions(n.nat.maps.ct).length;
+      left = countBindings(n.nat.maps.records) + sessions(n.nat.maps.ct).length;
     }
     assertEquals(left, 0, "everything expired");
     assertEquals(stat(n.nat.maps.stats, "expired_session"), 2n);
@@ -410,8 +403,6 @@ Deno.test("flow cache: a cached flow whose external port now belongs to another 
     // to the same remote; LAN1 gets a binding on another port (no session yet).
     const ext = parseAddr(EXT), lan1 = parseAddr(LAN1), lan2 = parseAddr(LAN2);
     const other = first === 29999 ? 29998 : first + 1;
-    const bkey = (orig: boolean, port: number, addr: Uint8Array) =>
-      encodeBindingKey({ orig, l4proto: IPPROTO.UDP, family: 4, port, addr });
     const ckey = encodeCtKey({
       l4proto: IPPROTO.UDP,
       family: 4,
@@ -421,17 +412,21 @@ Deno.test("flow cache: a cached flow whose external port now belongs to another 
       remoteAddr: parseAddr(SRV1),
     });
     const session = bpf.mapLookup(m.ct, ckey, CT_VALUE_LAYOUT.size)!;
-    bpf.mapDelete(m.binding, bkey(true, 40000, lan1));
+    assert(deleteBinding(m, 4, IPPROTO.UDP, ext, first), "LAN1's binding deleted");
     const lan2Session = session.slice();
     lan2Session.set(lan2, CT_VALUE_LAYOUT.fields.int_addr.offset);
     bpf.mapUpdate(m.ct, ckey, lan2Session);
-    // Both entries of a binding of internal lan:40000 to ext:port.
-    const bind = (lan: Uint8Array, port: number, ref: number) => {
-      const v = (addr: Uint8Array, p: number, ref: number) =>
-        encodeBindingValue({ addr, port: p, flags: 0, ref });
-      bpf.mapUpdate(m.binding, bkey(false, port, ext), v(lan, 40000, ref));
-      bpf.mapUpdate(m.binding, bkey(true, 40000, lan), v(ext, port, 0));
-    };
+    // A binding of internal lan:40000 to ext:port.
+    const bind = (lan: Uint8Array, port: number, ref: number) =>
+      writeBinding(m, {
+        family: 4,
+        l4proto: IPPROTO.UDP,
+        intAddr: lan,
+        intPort: 40000,
+        extAddr: ext,
+        extPort: port,
+        ref,
+      });
     bind(lan2, first, 1);
     bind(lan1, other, 0);
     bumpEpoch(n.nat); // as the daemon does after deleting mappings itself
@@ -443,6 +438,8 @@ Deno.test("flow cache: a cached flow whose external port now belongs to another 
     }
     const s = decodeCtValue(bpf.mapLookup(m.ct, ckey, CT_VALUE_LAYOUT.size)!, 4);
     assertEquals(s.intAddr, lan2, "LAN2's session is left alone");
+    const b = findBinding(m, 4, IPPROTO.UDP, ext, first);
+    assertEquals([b?.intAddr, b?.intPort, b?.ref], [lan2, 40000, 1], "and LAN2's binding");
   } finally {
     n.close();
   }

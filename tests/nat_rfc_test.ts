@@ -4,14 +4,8 @@
  */
 import { assert, assertEquals } from "./lib/assert.ts";
 import * as bpf from "../lib/ffi/libbpf.ts";
-import {
-  BINDING_VALUE_LAYOUT,
-  CT_KEY_LAYOUT,
-  CT_VALUE_LAYOUT,
-  decodeBindingValue,
-  decodeCtValue,
-  encodeBindingKey,
-} from "../lib/nat/codec.ts";
+import { CT_KEY_LAYOUT, CT_VALUE_LAYOUT, decodeCtValue, IPPROTO } from "../lib/nat/codec.ts";
+import { findBinding } from "../lib/nat/records.ts";
 import { formatAddr, parseAddr } from "../lib/config/cidr.ts";
 import {
   buildIcmpError,
@@ -787,17 +781,9 @@ Deno.test("inbound ICMP query: a ping from outside binds its identifier (icmp_in
       icmpId: id,
       icmpSeq: 1,
     });
-    const bound = (n: Awaited<ReturnType<typeof loadTestNat>>, id: number) => {
-      const k = encodeBindingKey({
-        orig: false,
-        l4proto: 1,
-        family,
-        port: id,
-        addr: parseAddr(ext),
-      });
-      const v = bpf.mapLookup(n.nat.maps.binding, k, BINDING_VALUE_LAYOUT.size);
-      return v ? decodeBindingValue(v, family) : null;
-    };
+    // ICMPv6 bindings are made under IPPROTO_ICMP too (one key space for both, bpf/lib/parse.h)
+    const bound = (n: Awaited<ReturnType<typeof loadTestNat>>, id: number) =>
+      findBinding(n.nat.maps, family, IPPROTO.ICMP, parseAddr(ext), id);
 
     const n = await loadTestNat(icmpRanges(true), EXTS);
     try {
@@ -806,7 +792,7 @@ Deno.test("inbound ICMP query: a ping from outside binds its identifier (icmp_in
       assertEquals([r.retval, r.bytes], [TC_ACT_OK, pkt], `v${family}: passed untouched`);
       const b = bound(n, 500);
       assert(b, `v${family}: id 500 bound`);
-      assertEquals([formatAddr(b.addr.slice(0, family === 4 ? 4 : 16)), b.port, b.ref], [
+      assertEquals([formatAddr(b.intAddr), b.intPort, b.ref], [
         ext,
         500,
         1,

@@ -44,7 +44,7 @@ function first(j: number, remote: string): Uint8Array {
   });
 }
 
-const LIMITS = { bindingEntries: 4 * ENDPOINTS, ctEntries: 8 * ENDPOINTS };
+const LIMITS = { bindings: 2 * ENDPOINTS, ctEntries: 8 * ENDPOINTS };
 
 Deno.test({
   name: "race: one endpoint's first packets on two CPUs at once make one binding, refs = sessions",

@@ -32,7 +32,7 @@ Deno.test("repro: echo request with identifier 0 is translated and leaves no orp
       icmpId: 0,
       icmpSeq: 1,
     });
-    const m = checkMaps(n, { bindingEntries: 1 << 20, ctEntries: 1 << 20 }, ic);
+    const m = checkMaps(n, { bindings: 1 << 20, ctEntries: 1 << 20 }, ic);
     assertEquals(
       [r.retval, r.out.src, r.out.icmpType],
       [TC_ACT_OK, "203.0.113.1", 8],

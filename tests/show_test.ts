@@ -241,7 +241,7 @@ Deno.test({
             10000,
           );
           assertEquals(m.get(`einat_ports_used{${w},external="203.0.113.1",protocol="udp"}`), 3);
-          assertEquals(m.get(`einat_map_entries{${w},map="map_binding"}`), 10);
+          assertEquals(m.get(`einat_map_entries{${w},map="map_records"}`), 5, "live bindings");
           assert((m.get(`einat_map_capacity{${w},map="map_ct"}`) ?? 0) > 0);
           assert(
             (m.get(`einat_translated_packets_total{${w},direction="ingress",family="ipv4"}`) ??

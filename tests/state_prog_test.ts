@@ -11,18 +11,9 @@ import { monotonicNs } from "../lib/ffi/libc.ts";
 import { parseAddr } from "../lib/config/cidr.ts";
 import { roConfigOf } from "../lib/daemon.ts";
 import { applyPlan } from "../lib/nat/apply.ts";
-import {
-  BINDING_KEY_LAYOUT,
-  BINDING_VALUE_LAYOUT,
-  CT_KEY_LAYOUT,
-  CT_VALUE_LAYOUT,
-  encodeBindingKey,
-  encodeBindingValue,
-  encodeCtKey,
-  IPPROTO,
-  STATS,
-} from "../lib/nat/codec.ts";
+import { CT_KEY_LAYOUT, CT_VALUE_LAYOUT, encodeCtKey, IPPROTO, STATS } from "../lib/nat/codec.ts";
 import { closeNat, expireSessions, loadNat, type NatObject } from "../lib/nat/loader.ts";
+import { countBindings, findBinding, writeBinding } from "../lib/nat/records.ts";
 import { planInterface } from "../lib/nat/plan.ts";
 import { type PinnedState, readCounters, readSessions } from "../lib/state/read.ts";
 import { buildPacket, type PacketSpec } from "./lib/packet.ts";
@@ -47,7 +38,8 @@ function viewOf(nat: NatObject, meta: PinnedState["meta"] = null): PinnedState {
     dir: "",
     meta,
     fds: {
-      map_binding: nat.maps.binding,
+      map_records: nat.maps.records,
+      map_slots: nat.maps.slots,
       map_ct: nat.maps.ct,
       map_stats: nat.maps.stats,
       map_traffic: nat.maps.traffic,
@@ -117,7 +109,10 @@ async function loadWith(udpMinMs: number, reuse?: NatObject): Promise<NatObject>
     ctMaxRecords: ic.ctMaxRecords,
     reuse: reuse
       ? {
-        map_binding: reuse.maps.binding,
+        map_records: reuse.maps.records,
+        map_outbound: reuse.maps.outbound,
+        map_slots: reuse.maps.slots,
+        map_binding_count: reuse.maps.bindingCount,
         map_ct: reuse.maps.ct,
         map_stats: reuse.maps.stats,
         map_traffic: reuse.maps.traffic,
@@ -132,8 +127,7 @@ const count = (fd: number, k: number, v: number) => [...bpf.mapEntries(fd, k, v)
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 const sessions = (n: NatObject) => count(n.maps.ct, CT_KEY_LAYOUT.size, CT_VALUE_LAYOUT.size);
-const entries = (n: NatObject) =>
-  sessions(n) + count(n.maps.binding, BINDING_KEY_LAYOUT.size, BINDING_VALUE_LAYOUT.size);
+const entries = (n: NatObject) => sessions(n) + countBindings(n.maps.records);
 
 Deno.test("sweep: sessions of a closed object stay in the maps and expire under the next object's timeouts", async () => {
   const first = await loadWith(60_000);
@@ -190,30 +184,21 @@ Deno.test("sweep: a live session survives it; an overdue one copied in goes and 
     const now = monotonicNs();
     put(53, now - 120_000_000_000n); // two minutes ago: overdue
     put(54, now); // fresh: 60 s left
-    const binding = (orig: boolean) =>
-      encodeBindingKey({
-        orig,
-        l4proto: IPPROTO.UDP,
-        family: 4,
-        port: orig ? 40000 : 20000,
-        addr: orig ? lan : ext,
-      });
-    bpf.mapUpdate(
-      nat.maps.binding,
-      binding(false),
-      encodeBindingValue({ addr: lan, port: 40000, flags: 0, ref: 2 }),
-    );
-    bpf.mapUpdate(
-      nat.maps.binding,
-      binding(true),
-      encodeBindingValue({ addr: ext, port: 20000, flags: 0, ref: 0 }),
-    );
+    writeBinding(nat.maps, {
+      family: 4,
+      l4proto: IPPROTO.UDP,
+      intAddr: lan,
+      intPort: 40000,
+      extAddr: ext,
+      extPort: 20000,
+      ref: 2,
+    });
     assertEquals(expireSessions(nat), 1);
     assertEquals(sessions(nat), 1, "the live session stays");
-    const b = bpf.mapLookup(nat.maps.binding, binding(false), BINDING_VALUE_LAYOUT.size);
+    const b = findBinding(nat.maps, 4, IPPROTO.UDP, ext, 20000);
     assert(b !== null, "the binding stays for the live session");
-    const ref = BINDING_VALUE_LAYOUT.fields.ref.offset;
-    assertEquals(new DataView(b.buffer).getUint32(ref, true), 1, "one reference left");
+    assertEquals([b.intAddr, b.intPort], [lan, 40000]);
+    assertEquals(b.ref, 1, "one reference left");
   } finally {
     closeNat(nat);
   }

@@ -32,7 +32,7 @@ function view(n: Nat, withTimeouts: boolean): PinnedState {
         "meta"
       ]
       : null,
-    fds: { map_binding: n.nat.maps.binding, map_ct: n.nat.maps.ct },
+    fds: { map_records: n.nat.maps.records, map_slots: n.nat.maps.slots, map_ct: n.nat.maps.ct },
     close() {},
   };
 }

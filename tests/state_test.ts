@@ -190,14 +190,18 @@ Deno.test({
         const log = p.stderrText();
         assert(/pinned map has another layout; recreated empty .*map=map_stats/.test(log), log);
         assert(
-          /pinned map keeps its size.*map=map_binding pinned=393216 configured=2000/.test(log),
+          /pinned map keeps its size.*map=map_outbound pinned=65536 configured=512/.test(log),
           log,
         );
         assert(/pinned state reused .*recreated=map_stats .*sessions=1/.test(log), log);
         assertEquals(await stopEinat(p), 0, p.stderrText());
 
         // Sessions of another layout: refused, nothing touched, nothing attached.
-        tamper(pin, (m) => m.map_ct.layout = "0000000000000000");
+        let state0Layout = "";
+        tamper(pin, (m) => {
+          state0Layout = m.map_ct.layout;
+          m.map_ct.layout = "0000000000000000";
+        });
         const r = await nsExecResult(ns, einatCmd(["-i", "wan0", "--pin-dir", pin]));
         assertEquals(r.code, 2, r.stderr);
         assert(
@@ -209,6 +213,22 @@ Deno.test({
           (await nsExec(ns, ["tc", "filter", "show", "dev", "wan0", "egress"])).trim(),
           "",
         );
+
+        // Bindings pinned as hash entries (einat before the mapping records): refused as well.
+        tamper(pin, (m) => m.map_ct.layout = state0Layout);
+        const legacy = bpf.mapCreate(bpf.MapType.HASH, "map_binding", 24, 24, 16);
+        try {
+          bpf.objPin(legacy, `${pin}/wan0/map_binding`);
+        } finally {
+          closeFd(legacy);
+        }
+        const rl = await nsExecResult(ns, einatCmd(["-i", "wan0", "--pin-dir", pin]));
+        assertEquals(rl.code, 2, rl.stderr);
+        assert(
+          /before mapping records \(map_binding\).*einat --flush -i wan0 --pin-dir/.test(rl.stderr),
+          rl.stderr,
+        );
+        assertEquals(state(pin).sessions.length, 1, "sessions untouched");
 
         // Maps without a stamp: refused as well.
         Deno.removeSync(`${pin}/wan0/${META_NAME}`);
@@ -230,7 +250,7 @@ Deno.test({
 
 Deno.test({
   name:
-    "state: bindings and sessions pinned preallocated (earlier builds) are reused as they are, mappings kept",
+    "state: sessions pinned preallocated (earlier builds) are reused as they are, mappings kept",
   ...sanitize,
   fn: async () => {
     await withVariant("EINAT_PREALLOC", async (old) => {
@@ -242,12 +262,12 @@ Deno.test({
         const before = state(pin);
         assertEquals(before.sessions.length, 1);
         assertEquals(await stopEinat(p), 0, p.stderrText());
-        assertEquals(pinnedFlags(pin), { map_binding: 0, map_ct: 0 }, "the old build preallocates");
+        assertEquals(pinnedFlags(pin), { map_ct: 0 }, "the old build preallocates");
 
         p = await startEinat(ns, ["-i", "wan0", "--pin-dir", pin]);
         const log = p.stderrText();
         assert(
-          /pinned map keeps its creation flags .*map=map_binding pinned=0x0 object=0x1/.test(log),
+          /pinned map keeps its creation flags .*map=map_ct pinned=0x0 object=0x1/.test(log),
           log,
         );
         assert(/pinned state reused .* bindings=1 sessions=1/.test(log), log);
@@ -261,7 +281,7 @@ Deno.test({
         assertEquals(f.code, 0, f.stderr);
         p = await startEinat(ns, ["-i", "wan0", "--pin-dir", pin]);
         assertEquals(await stopEinat(p), 0, p.stderrText());
-        assertEquals(pinnedFlags(pin), { map_binding: 1, map_ct: 1 }, "BPF_F_NO_PREALLOC");
+        assertEquals(pinnedFlags(pin), { map_ct: 1 }, "BPF_F_NO_PREALLOC");
       });
     });
   },
@@ -269,7 +289,7 @@ Deno.test({
 
 function pinnedFlags(pin: string): Record<string, number> {
   const out: Record<string, number> = {};
-  for (const m of ["map_binding", "map_ct"]) {
+  for (const m of ["map_ct"]) {
     const fd = bpf.objGetPinned(`${pin}/wan0/${m}`);
     try {
       out[m] = bpf.mapInfo(fd).flags;

@@ -7,11 +7,12 @@
  * second run on the program sees the packet it has already translated. For an egress packet
  * that means an external source address (passed untouched): a naive repeat measures the pass
  * path, not the translation. `enableAlternation` adds the mirror-image state (a binding and a
- * session keyed by the translated endpoint that translate it back), so every run does a full
- * established-flow translation and the packet flips between the two forms. It also marks the
- * external address as an ordinary (non-external) source in `map_externals` so egress does not
- * pass it. `checkAlternation` proves it: after 2 runs the bytes are back to the input and the
- * NAT counter grew by 2.
+ * session keyed by the translated endpoint that translate it back; the binding's record is on a
+ * slot given to the internal address), so every run does a full established-flow translation
+ * and the packet flips between the two forms. It also marks the external address as an
+ * ordinary (non-external) source in `map_externals` so egress does not pass it.
+ * `checkAlternation` proves it: after 2 runs the bytes are back to the input and the NAT counter
+ * grew by 2.
  * @module
  */
 
@@ -19,22 +20,29 @@ import * as bpf from "../../lib/ffi/libbpf.ts";
 import { monotonicNs } from "../../lib/ffi/libc.ts";
 import {
   addr16,
-  BINDING_VALUE_LAYOUT,
   CT_KEY_LAYOUT,
   CT_VALUE_LAYOUT,
   decodeExternalConfig,
-  encodeBindingKey,
-  encodeBindingValue,
   encodeCtKey,
   encodeExternalConfig,
   encodeLpmKey,
   encodePortBitsKey,
   EXTERNAL_CONFIG_LAYOUT,
   IPPROTO,
+  MAPPING_RECORD_LAYOUT,
   PORT_BITS_LAYOUT,
   type StatName,
 } from "../../lib/nat/codec.ts";
-import { bumpEpoch, type NatObject } from "../../lib/nat/loader.ts";
+import { bumpEpoch, defaultSlots, type NatObject } from "../../lib/nat/loader.ts";
+import {
+  deleteBinding,
+  readSlots,
+  RECORDS_PER_SLOT,
+  slotOf,
+  writeBinding,
+  writeSlots,
+} from "../../lib/nat/records.ts";
+import { roConfigOf } from "../../lib/daemon.ts";
 import {
   loadTestNat,
   type Nat,
@@ -107,13 +115,35 @@ export async function runNs(fd: number, bytes: Uint8Array, repeat: number): Prom
 // ---------------------------------------------------------------------------------------------
 // Loading
 
-/** Loads the NAT with the test defaults, optionally NAT66, and overrides. */
+/**
+ * Loads the NAT with the test defaults, optionally NAT66, and overrides, with one more
+ * external-address slot than the daemon's default: records of addresses outside the plan need one each (alternation: the internal
+ * address of each family; scale: one internal and one filler address), see {@link ensureSlot}.
+ */
 export async function loadBenchNat(
   o: { nat66?: boolean; ic?: Partial<InterfaceConfig> } = {},
 ): Promise<Nat> {
   const ic = testInterfaceConfig({ nat66: o.nat66 ?? false, ...o.ic });
   const ext = [`${EXT4}/24`, ...(o.nat66 ? [`${EXT6}/64`] : [])];
-  return await loadTestNat(ic, ext);
+  return await loadTestNat(ic, ext, undefined, defaultSlots(roConfigOf(ic)) + 1);
+}
+
+/**
+ * The slot of `addr` in `map_slots`, given the first free one when it has none (records of
+ * addresses outside the plan: the program places a binding by its external address's slot).
+ * Throws when every slot is taken.
+ */
+export function ensureSlot(nat: NatObject, family: 4 | 6, addr: Uint8Array): number {
+  const slots = readSlots(nat.maps.slots);
+  const have = slotOf(slots, family, addr);
+  if (have >= 0) return have;
+  const count = Math.floor(bpf.mapInfo(nat.maps.records).maxEntries / RECORDS_PER_SLOT);
+  const used = new Set(slots.map((s) => s.slot));
+  let slot = 0;
+  while (slot < count && used.has(slot)) slot++;
+  if (slot >= count) throw new Error(`no free slot for ${addr.join(".")} (${count} slots)`);
+  writeSlots(nat.maps.slots, [...slots, { slot, family, addr }]);
+  return slot;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -229,18 +259,18 @@ export function enableAlternation(n: Nat, f: Flow): void {
   new DataView(v.buffer).setUint16(CT_VALUE_LAYOUT.fields.int_port.offset, f.extPort, false);
   bpf.mapUpdate(m.ct, ctKeyOf(f, false), v);
   const ext = ipBytes(f.ext), lan = ipBytes(f.lan);
-  // egress of the translated packet: (ext, extPort) is "internal", maps back to (lan, lanPort)
-  bpf.mapUpdate(
-    m.binding,
-    encodeBindingKey({ orig: true, l4proto: proto, family: f.family, port: f.extPort, addr: ext }),
-    encodeBindingValue({ addr: lan, port: f.lanPort, flags: 0, ref: 0 }),
-  );
-  // ingress of the translated packet: (lan, lanPort) is "external", maps back to (ext, extPort)
-  bpf.mapUpdate(
-    m.binding,
-    encodeBindingKey({ orig: false, l4proto: proto, family: f.family, port: f.lanPort, addr: lan }),
-    encodeBindingValue({ addr: ext, port: f.extPort, flags: 0, ref: 1 }),
-  );
+  // egress of the translated packet: (ext, extPort) is "internal", maps back to (lan, lanPort),
+  // which is "external" (its record is in a slot of its own), held by the mirror session
+  ensureSlot(n.nat, f.family, lan);
+  writeBinding(m, {
+    family: f.family,
+    l4proto: proto,
+    intAddr: ext,
+    intPort: f.extPort,
+    extAddr: lan,
+    extPort: f.lanPort,
+    ref: 1,
+  });
 }
 
 /** Proves that repeated runs translate every time (module doc); returns a reason or null. */
@@ -334,8 +364,10 @@ export function fillSessions(
 }
 
 /**
- * Inserts bindings (both entries) for external `ports` of `extAddr`, internal endpoints
- * 198.19.x.y:50000 (distinct per port), protocol `l4proto`.
+ * Inserts bindings (record and outbound entry, one session reference each) for external
+ * `ports` of `extAddr`, internal endpoints 198.19.x.y:50000 (distinct per port), protocol
+ * `l4proto`. `extAddr` is given a slot when it has none ({@link ensureSlot}). The free-port
+ * hint is not updated (the program's is, when it makes bindings).
  */
 export function fillBindings(
   nat: NatObject,
@@ -344,21 +376,17 @@ export function fillBindings(
   l4proto: number,
 ): void {
   const ext = ipBytes(extAddr);
+  ensureSlot(nat, 4, ext);
   ports.forEach((port, i) => {
-    const lan = ipBytes(benchNet(65536 + (i % 65536)));
-    const lanPort = 50000 + Math.floor(i / 65536);
-    bpf.mapUpdate(
-      nat.maps.binding,
-      encodeBindingKey({ orig: false, l4proto, family: 4, port, addr: ext }),
-      encodeBindingValue({ addr: lan, port: lanPort, flags: 0, ref: 1 }),
-      bpf.BPF_NOEXIST,
-    );
-    bpf.mapUpdate(
-      nat.maps.binding,
-      encodeBindingKey({ orig: true, l4proto, family: 4, port: lanPort, addr: lan }),
-      encodeBindingValue({ addr: ext, port, flags: 0, ref: 0 }),
-      bpf.BPF_NOEXIST,
-    );
+    writeBinding(nat.maps, {
+      family: 4,
+      l4proto,
+      intAddr: ipBytes(benchNet(65536 + (i % 65536))),
+      intPort: 50000 + Math.floor(i / 65536),
+      extAddr: ext,
+      extPort: port,
+      ref: 1,
+    });
   });
 }
 
@@ -419,26 +447,13 @@ function releaseHintBit(
 }
 
 /**
- * Deletes the binding (both entries) and session a new-flow packet created, and moves the
- * mapping epoch as the daemon does after deleting mappings itself, so no flow-cache slot serves
- * the deleted mapping: the next run of the same packet makes a new one.
+ * Deletes the binding (record and outbound entry) and session a new-flow packet created, and
+ * moves the mapping epoch as the daemon does after deleting mappings itself, so no flow-cache
+ * slot serves the deleted mapping: the next run of the same packet makes a new one.
  */
 export function undoNewFlow(nat: NatObject, p: NewFlowPacket, extPort: number): void {
   const s = p.spec, proto = l4Proto(s.proto), ext = ipBytes(s.family === 4 ? EXT4 : EXT6);
-  bpf.mapDelete(
-    nat.maps.binding,
-    encodeBindingKey({
-      orig: true,
-      l4proto: proto,
-      family: s.family,
-      port: s.lanPort,
-      addr: ipBytes(s.lan),
-    }),
-  );
-  bpf.mapDelete(
-    nat.maps.binding,
-    encodeBindingKey({ orig: false, l4proto: proto, family: s.family, port: extPort, addr: ext }),
-  );
+  deleteBinding(nat.maps, s.family, proto, ext, extPort);
   releaseHintBit(nat, s.family, proto, ext, extPort);
   bpf.mapDelete(
     nat.maps.ct,
@@ -510,7 +525,7 @@ export interface ChainedNewMappings {
  * alternation set-up), so a translated packet (external address, new port) is an internal
  * source again and the next of `runs` repeats maps it anew. Every run is one new binding and
  * session, half-way into an emptying range; `made` proves it. `preallocateMaps` loads the
- * object with preallocated binding and session maps.
+ * object with a preallocated session map (binding records are preallocated either way).
  */
 export async function measureChainedNewMappings(
   noopFd: number,
@@ -538,8 +553,11 @@ export async function measureChainedNewMappings(
   }
 }
 
-/** Sizes of the keys of the two big maps. */
+/**
+ * Sizes of a session key (map_ct, allocated per session) and of a mapping record (map_records,
+ * preallocated: one per external port).
+ */
 export const KEY_SIZES = {
   ct: CT_KEY_LAYOUT.size,
-  bindingValue: BINDING_VALUE_LAYOUT.size,
+  mappingRecord: MAPPING_RECORD_LAYOUT.size,
 } as const;

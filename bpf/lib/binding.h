@@ -1,16 +1,21 @@
 /* SPDX-License-Identifier: GPL-2.0-or-later */
 /*
  * Bindings (internal endpoint <-> external endpoint) and external port choice.
- * A binding is claimed by inserting its reply entry with BPF_NOEXIST, so two
- * CPUs can never hand out one external port twice (no port overloading).
+ * A binding is a mapping record (lib/records.h): the record of its external
+ * port, claimed by compare-and-swap, so two CPUs can never hand out one
+ * external port twice (no port overloading), and found from the internal
+ * endpoint through the outbound index.
  */
 #ifndef EINAT_BINDING_H
 #define EINAT_BINDING_H
 
 #include "maps.h"
+#include "config.h"
 #include "epoch.h"
 #include "parse.h"
 #include "ref.h"
+#define OUTBOUND_MASK() (CFG.outbound_mask)
+#include "records.h"
 
 static __always_inline int proto_idx(__u8 l4proto)
 {
@@ -24,15 +29,140 @@ static __always_inline int proto_idx(__u8 l4proto)
 	}
 }
 
-static __always_inline void binding_key_init(struct binding_key *k, __u8 flags, __u8 family,
-					     __u8 l4proto, const union ip_addr *addr, __be16 port)
+/* The external addresses' slots (struct slot_table, written by the daemon). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, struct slot_table);
+	__uint(max_entries, 1);
+} map_slots SEC(".maps");
+
+/* Live bindings, held to CFG.binding_max (sync_port_hint recounts them at start). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(max_entries, 1);
+} map_binding_count SEC(".maps");
+
+/* Counts one binding more, unless that would pass CFG.binding_max. */
+static __always_inline bool binding_count_take(void)
 {
-	__builtin_memset(k, 0, sizeof(*k));
-	k->flags = flags;
-	k->family = family;
-	k->l4proto = l4proto;
-	k->port = port;
-	k->addr = *addr;
+	__u32 zero = 0;
+	__u64 *n = bpf_map_lookup_elem(&map_binding_count, &zero);
+	if (!n)
+		return false;
+	if (__sync_fetch_and_add(n, 1) < CFG.binding_max)
+		return true;
+	__sync_fetch_and_add(n, -1);
+	return false;
+}
+
+static __always_inline void binding_count_drop(void)
+{
+	__u32 zero = 0;
+	__u64 *n = bpf_map_lookup_elem(&map_binding_count, &zero);
+	if (n)
+		__sync_fetch_and_add(n, -1);
+}
+
+/* The slot of external address a, or -1. A global function: verified once. */
+__noinline int einat_ext_slot(__u32 family, const union ip_addr *a)
+{
+	__u32 zero = 0;
+	struct slot_table *t = bpf_map_lookup_elem(&map_slots, &zero);
+	if (!t || !a)
+		return -1;
+	for (int i = 0; i < EINAT_MAX_SLOTS; i++) {
+		if (t->s[i].family == family && addr_eq(&t->s[i].addr, a))
+			return i;
+	}
+	return -1;
+}
+
+/* The external address of slot s into *a; false when the slot is free. */
+static __always_inline bool slot_addr(__u32 s, union ip_addr *a)
+{
+	__u32 zero = 0;
+	struct slot_table *t = bpf_map_lookup_elem(&map_slots, &zero);
+	/* opaque to clang, which would fold the bound into the caller's arithmetic (a
+	 * division), where the verifier loses it */
+	asm volatile("" : "+r"(s));
+	if (!t || s >= EINAT_MAX_SLOTS || !t->s[s].family)
+		return false;
+	*a = t->s[s].addr;
+	return true;
+}
+
+static __always_inline __u32 rec_slot(__u32 idx)
+{
+	return (idx >> 16) / PROTO_IDX_MAX;
+}
+
+/*
+ * The record index of the binding of external endpoint (ext_addr, ext_port),
+ * or -1: the reply direction. A global function: verified once.
+ */
+__noinline int einat_binding_at(__u32 family, __u32 l4proto, const union ip_addr *ext_addr,
+				__u32 ext_port)
+{
+	if (!ext_addr)
+		return -1;
+	int s = einat_ext_slot(family, ext_addr);
+	if (s < 0)
+		return -1;
+	__u32 idx = rec_index(s, proto_idx(l4proto), bpf_ntohs((__be16)ext_port));
+	struct mapping_record *r = rec_get(idx);
+	if (!r || (r->state & REC_STATE_MASK) != REC_LIVE || r->family != family ||
+	    r->l4proto != l4proto)
+		return -1;
+	return idx;
+}
+
+/* The record of the binding of an external endpoint, or NULL; its index into *idx. */
+static __always_inline struct mapping_record *
+binding_reply(__u8 family, __u8 l4proto, const union ip_addr *ext_addr, __be16 ext_port, __u32 *idx)
+{
+	int ri = einat_binding_at(family, l4proto, ext_addr, ext_port);
+	if (ri < 0)
+		return NULL;
+	*idx = ri;
+	return rec_get(ri);
+}
+
+/* The internal endpoint of record r as a binding value (the reply direction). */
+static __always_inline void binding_intern(struct binding_value *out,
+					   const struct mapping_record *r)
+{
+	__builtin_memset(out, 0, sizeof(*out));
+	out->addr = r->int_addr;
+	out->port = r->int_port;
+}
+
+/*
+ * The external endpoint of the binding of internal endpoint (int_addr,
+ * int_port) into *out: the original direction. Returns its record index, or
+ * -1. A global function: verified once.
+ */
+__noinline int einat_binding_of(__u32 family, __u32 l4proto, const union ip_addr *int_addr,
+				__u32 int_port, struct binding_value *out)
+{
+	if (!int_addr || !out)
+		return -1;
+	struct rec_key k;
+	__builtin_memset(&k, 0, sizeof(k));
+	k.addr = *int_addr;
+	k.port = (__be16)int_port;
+	k.family = family;
+	k.l4proto = l4proto;
+	int ri = einat_outbound_find(&k);
+	if (ri < 0)
+		return -1;
+	__builtin_memset(out, 0, sizeof(*out));
+	if (!slot_addr(rec_slot(ri), &out->addr))
+		return -1;
+	out->port = bpf_htons(ri & 0xffff);
+	return ri;
 }
 
 /*
@@ -130,17 +260,6 @@ static __always_inline void port_bit_set(struct port_bits *b, __u16 port)
 		__sync_fetch_and_or(w, bit);
 }
 
-/* A binding's reference count is on its reply entry (lib/ref.h). */
-static __always_inline bool binding_ref_get(struct binding_value *rv)
-{
-	return ref_get(&rv->ref);
-}
-
-static __always_inline bool binding_ref_put(struct binding_value *rv)
-{
-	return ref_put(&rv->ref);
-}
-
 /* The hint marks port (host order) taken. */
 static __always_inline bool port_bit_taken(const struct port_bits *b, __u16 port)
 {
@@ -192,8 +311,9 @@ static __always_inline __u32 lowest_bit(__u64 x)
  * the loop counts or the paths through a step.
  */
 struct alloc_ctx {
-	struct binding_key key; /* reply key being claimed; port filled in */
-	struct binding_value val; /* internal endpoint */
+	struct rec_key rk; /* the internal endpoint */
+	__u32 slot; /* of the external address */
+	__u32 pidx; /* PROTO_IDX_* */
 	struct port_range ranges[EINAT_MAX_RANGES]; /* of this protocol */
 	__u32 nranges;
 	__u32 total; /* ports in all ranges */
@@ -255,24 +375,23 @@ static __always_inline int range_port(const struct alloc_ctx *c, __u32 i)
 	return -1;
 }
 
-#define E2BIG 7
-#define EEXIST 17
 /*
- * Claims port (host order) for c->val by inserting the reply entry with
- * BPF_NOEXIST (no lookup first: a taken port fails the insert before
- * anything is allocated), and keeps the hint b (may be NULL) up to date with
- * what the binding table said: a port found taken has its bit set (the hint
- * was behind: bindings it never saw), a claimed one too.
+ * Claims port (host order) for c->rk by claiming its record (no lookup first:
+ * a taken port fails the compare-and-swap), and keeps the hint b (may be
+ * NULL) up to date with what the records said: a port found taken has its
+ * bit set (the hint was behind: bindings it never saw), a claimed one too.
  */
 static __always_inline bool try_claim(struct alloc_ctx *c, struct port_bits *b, __u16 port)
 {
-	c->key.port = bpf_htons(port);
-	long rc = bpf_map_update_elem(&map_binding, &c->key, &c->val, BPF_NOEXIST);
-	if (rc == -E2BIG)
-		c->full = 1; /* no point in trying other ports */
-	if (b && (rc == 0 || rc == -EEXIST))
+	struct mapping_record *r = rec_get(rec_index(c->slot, c->pidx, port));
+	if (!r) {
+		c->full = 1; /* the slot has no records: no point in trying other ports */
+		return false;
+	}
+	bool ok = rec_claim(r, &c->rk);
+	if (b)
 		port_bit_set(b, port);
-	if (rc)
+	if (!ok)
 		return false;
 	c->found = port;
 	c->have = 1;
@@ -280,8 +399,8 @@ static __always_inline bool try_claim(struct alloc_ctx *c, struct port_bits *b, 
 }
 
 /*
- * Step i of the linear probe: the binding table asked port by port, from a
- * random index on. Returns 1 to stop (claimed, or the table is full).
+ * Step i of the linear probe: the records asked port by port, from a random
+ * index on. Returns 1 to stop (claimed, or the slot has no records).
  */
 __noinline int einat_probe_step(struct port_bits *b, __u32 i)
 {
@@ -452,7 +571,31 @@ static __always_inline void alloc_search(struct alloc_ctx *c, struct port_bits *
 }
 
 /*
- * Creates both entries of a new binding for the internal endpoint of p, with
+ * Releases the binding of record idx, whose last reference the caller dropped:
+ * its outbound entry goes first, so the port is not free while it still maps
+ * to it, then the record. A global function: verified once.
+ */
+__noinline int einat_binding_release(__u32 idx)
+{
+	struct mapping_record *r = rec_get(idx);
+	if (!r)
+		return 0;
+	__u8 family = r->family, l4proto = r->l4proto;
+	alloc_clear_full(full_key(family, proto_idx(l4proto))); /* a port comes free */
+	/* Before: no flow-cache slot filled earlier serves the port once it is free;
+	 * after: nor one filled while the binding was going. */
+	epoch_bump();
+	record_release(r, idx);
+	binding_count_drop();
+	epoch_bump();
+	union ip_addr ext;
+	if (slot_addr(rec_slot(idx), &ext))
+		port_bit_clear(family, l4proto, &ext, bpf_htons(idx & 0xffff));
+	return 0;
+}
+
+/*
+ * Creates a new binding for the internal endpoint of p, with
  * one reference taken for the session the caller makes next (ct.h,
  * CT_NEW_REF_HELD): taken with the claim, the session's insert need not look
  * the binding up again to take it. When another CPU made this endpoint's
@@ -493,10 +636,17 @@ __noinline int einat_binding_create(const struct packet *p, const struct default
 		return STAT_DROP_NO_PORT;
 
 	c->total = total;
-	binding_key_init(&c->key, 0, p->family, p->l4proto, &ext->addr, 0);
-	c->val.addr = p->src;
-	c->val.port = p->sport;
-	c->val.ref = 1; /* the caller's session's */
+	int slot = einat_ext_slot(p->family, &ext->addr);
+	if (slot < 0)
+		return STAT_DROP_NO_PORT; /* an address without records (lib/nat/slots.ts) */
+	c->slot = slot;
+	c->pidx = pidx;
+	c->rk.addr = p->src;
+	c->rk.port = p->sport;
+	c->rk.family = p->family;
+	c->rk.l4proto = p->l4proto;
+	if (!binding_count_take())
+		return STAT_DROP_BINDING_FULL;
 
 	__u16 want = bpf_ntohs(p->sport);
 	c->want = want;
@@ -505,12 +655,12 @@ __noinline int einat_binding_create(const struct packet *p, const struct default
 	if (in_ranges || !alloc_recently_full(full_key(p->family, pidx)))
 		bits = port_bits_get(p->family, pidx, &ext->addr, true);
 	/* Port preservation, unless the hint marks the port taken (another host has it):
-	 * then no insert that would fail. A bit left set on a port freed from user space
+	 * then no claim that would fail. A bit left set on a port freed from user space
 	 * costs only the preservation; the search still finds the port. */
 	if (in_ranges && !port_bit_taken(bits, want) && try_claim(c, bits, want)) {
 		/* port preservation */
 	} else if (!c->full && alloc_recently_full(full_key(p->family, pidx))) {
-		return STAT_DROP_NO_PORT; /* the range was full a moment ago */
+		/* the range was full a moment ago: refused below, without a search */
 	} else if (!c->full) {
 		__u32 rnd = bpf_get_prandom_u32();
 		/* ICMP identifiers have no parity or privilege to keep */
@@ -526,7 +676,7 @@ __noinline int einat_binding_create(const struct packet *p, const struct default
 			c->strict = 0;
 			alloc_search(c, &bits, rnd);
 		}
-		/* The hint found nothing: ask the binding table itself before giving up. */
+		/* The hint found nothing: ask the records themselves before giving up. */
 		if (!c->have && !c->full && bits) {
 			c->strict = 0;
 			c->start = rnd % total;
@@ -535,62 +685,49 @@ __noinline int einat_binding_create(const struct packet *p, const struct default
 		if (!c->have && !c->full)
 			alloc_mark_full(full_key(p->family, pidx));
 	}
-	if (c->full)
-		return STAT_DROP_BINDING_FULL;
-	if (!c->have)
+	if (!c->have) {
+		binding_count_drop();
 		return STAT_DROP_NO_PORT;
+	}
 
-	/* c->key and c->val are reused for the original entry. */
-	__be16 rport = bpf_htons(c->found);
-	binding_key_init(&c->key, BINDING_ORIG, p->family, p->l4proto, &p->src, p->sport);
-	__builtin_memset(&c->val, 0, sizeof(c->val));
-	c->val.addr = ext->addr;
-	c->val.port = rport;
-	if (bpf_map_update_elem(&map_binding, &c->key, &c->val, BPF_NOEXIST)) {
-		/* Lost a race with another CPU, or the table is full. */
-		struct binding_value *v = bpf_map_lookup_elem(&map_binding, &c->key);
-		binding_key_init(&c->key, 0, p->family, p->l4proto, &ext->addr, rport);
-		bpf_map_delete_elem(&map_binding, &c->key);
-		if (bits)
-			port_bit_clear_in(bits, rport);
-		if (!v)
-			return STAT_DROP_BINDING_FULL;
-		*out = *v;
-		binding_key_init(&c->key, 0, p->family, p->l4proto, &out->addr, out->port);
-		struct binding_value *rv = bpf_map_lookup_elem(&map_binding, &c->key);
-		if (!rv || !binding_ref_get(rv)) /* and going again already */
-			return STAT_DROP_UNTRANSLATABLE;
+	__u32 idx = rec_index(c->slot, c->pidx, c->found);
+	int ri = einat_record_publish(&c->rk, idx);
+	__builtin_memset(out, 0, sizeof(*out));
+	if (ri == (int)idx) {
+		stat_inc(STAT_NEW_BINDING);
+		out->addr = ext->addr;
+		out->port = bpf_htons(c->found);
 		return 0;
 	}
-	stat_inc(STAT_NEW_BINDING);
-	*out = c->val;
+	/* Lost a race with another CPU (ri is its binding, with a reference taken for the
+	 * caller), or the outbound index had no room: this record goes. */
+	struct mapping_record *own = rec_get(idx);
+	if (own && ref_put(&own->ref))
+		einat_binding_release(idx);
+	if (ri == -ENOSPC)
+		return STAT_DROP_BINDING_FULL;
+	if (ri < 0 || !slot_addr(rec_slot(ri), &out->addr))
+		return STAT_DROP_UNTRANSLATABLE;
+	out->port = bpf_htons(ri & 0xffff);
 	return 0;
 }
 
-/*
- * Drops one session reference; deletes both entries with the last one. One
- * key on the stack, reused for the original entry (this runs deep in call
- * chains), which goes first, so the port is not free while it still maps to
- * it.
- */
+/* Drops one session reference of the binding of record idx; releases it with the last. */
+static __always_inline void binding_put_idx(__u32 idx)
+{
+	struct mapping_record *r = rec_get(idx);
+	if (r && ref_put(&r->ref))
+		einat_binding_release(idx);
+}
+
+/* Drops one session reference of the binding of an external endpoint; releases it with
+ * the last. */
 static __always_inline void binding_put(__u8 family, __u8 l4proto, const union ip_addr *ext_addr,
 					__be16 ext_port)
 {
-	struct binding_key key;
-	binding_key_init(&key, 0, family, l4proto, ext_addr, ext_port);
-	struct binding_value *rv = bpf_map_lookup_elem(&map_binding, &key);
-	if (!rv || !binding_ref_put(rv))
-		return;
-	alloc_clear_full(full_key(family, proto_idx(l4proto))); /* a port comes free */
-	binding_key_init(&key, BINDING_ORIG, family, l4proto, &rv->addr, rv->port);
-	/* Before: no slot filled earlier serves the port once it is free; after: nor
-	 * one filled while the entries were going. */
-	epoch_bump();
-	bpf_map_delete_elem(&map_binding, &key);
-	binding_key_init(&key, 0, family, l4proto, ext_addr, ext_port);
-	bpf_map_delete_elem(&map_binding, &key);
-	epoch_bump();
-	port_bit_clear(family, l4proto, ext_addr, ext_port);
+	int ri = einat_binding_at(family, l4proto, ext_addr, ext_port);
+	if (ri >= 0)
+		binding_put_idx(ri);
 }
 
 #endif

@@ -208,10 +208,15 @@ __noinline int einat_ct_touch(const struct ct_key *k, const struct binding_value
 	 * not see the last reference, and this path has no stack left to delete
 	 * the binding itself.
 	 */
-	struct binding_key rkey;
-	binding_key_init(&rkey, 0, k->family, k->l4proto, &k->ext_addr, k->ext_port);
-	struct binding_value *rb = bpf_map_lookup_elem(&map_binding, &rkey);
-	if (!rb || !binding_ref_get(rb)) { /* the binding expired meanwhile */
+	int ri = einat_binding_at(k->family, k->l4proto, &k->ext_addr, k->ext_port);
+	struct mapping_record *rb = ri >= 0 ? rec_get(ri) : NULL;
+	if (!rb || !ref_get(&rb->ref)) { /* the binding expired meanwhile */
+		bpf_map_delete_elem(&map_ct, k);
+		return STAT_DROP_UNTRANSLATABLE;
+	}
+	if (rb->int_port != intern->port || !addr_eq(&rb->int_addr, &intern->addr)) {
+		/* and its port went to another endpoint since */
+		binding_put_idx(ri);
 		bpf_map_delete_elem(&map_ct, k);
 		return STAT_DROP_UNTRANSLATABLE;
 	}

@@ -37,27 +37,19 @@ struct {
 	__uint(max_entries, 2);
 } map_default_ext SEC(".maps");
 
-/* -DEINAT_PREALLOC: preallocated, as earlier builds made them (tests reuse of such pins). */
+/*
+ * Sessions are allocated on demand (BPF_F_NO_PREALLOC, as Cilium does by
+ * default): preallocating the default sizes reserved tens of MiB and cost
+ * ~100 ms at every start; on demand, memory follows the live sessions and the
+ * limit still holds (-E2BIG past max_entries). Bindings are mapping records
+ * (lib/records.h). -DEINAT_PREALLOC: preallocated, as earlier builds made them
+ * (tests reuse of such pins).
+ */
 #ifdef EINAT_PREALLOC
 #define EINAT_STATE_MAP_FLAGS 0
 #else
 #define EINAT_STATE_MAP_FLAGS BPF_F_NO_PREALLOC
 #endif
-
-/*
- * Bindings, both directions in one table (BINDING_ORIG flag in the key).
- * Bindings and sessions are allocated on demand (BPF_F_NO_PREALLOC, as
- * Cilium does by default): preallocating the default sizes reserved 106 MiB
- * and cost ~240 ms at every start; on demand, memory follows the live
- * mappings and the limits still hold (-E2BIG past max_entries).
- */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(map_flags, EINAT_STATE_MAP_FLAGS);
-	__type(key, struct binding_key);
-	__type(value, struct binding_value);
-	__uint(max_entries, 65536 * 2);
-} map_binding SEC(".maps");
 
 /* Sessions: one per (external endpoint, remote endpoint). */
 struct {

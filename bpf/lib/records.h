@@ -19,7 +19,8 @@
  *   reuses. A lookup stops at the first empty entry: an insert takes the first
  *   free entry, so nothing was ever inserted past an empty one.
  * - A line whose 15 entries are taken refuses the insert. The loader sizes the
- *   index at twice the records it may hold, or more.
+ *   index at four entries per binding, rounded up to a power of two of lines
+ *   (lib/nat/codec.ts, outboundLines), so a line is rarely full.
  *
  * OUTBOUND_MASK() (the number of lines less one, a power of two less one) is
  * the includer's, or this file's read-only knob outbound_mask.
@@ -306,21 +307,17 @@ __noinline int einat_outbound_delete(const struct rec_key *k, __u32 idx)
  * Publishes record idx, just claimed for endpoint k (with the reference of the
  * caller's session), in the outbound index. Returns idx; or the index of k's
  * record that another CPU published first, with a reference taken on it for
- * the caller (idx is released); or -errno (idx is released). The released
- * record goes with its reference, unless a session took one on it meanwhile
- * (found by its port): then it stays until that session ends.
+ * the caller; or -errno. Unless it returns idx, the caller drops the reference
+ * on its own record (ref_put), and releases that record with it (a session
+ * may have taken one meanwhile, found by its port: then the record goes when
+ * that session ends).
  */
 __noinline int einat_record_publish(const struct rec_key *k, __u32 idx)
 {
-	struct mapping_record *own = rec_get(idx);
-	if (!k || !own)
+	if (!k)
 		return -EINVAL;
 	int ins = einat_outbound_insert(k, idx);
-	if (ins == (int)idx)
-		return ins;
-	if (ref_put(&own->ref))
-		rec_free(own);
-	if (ins < 0)
+	if (ins == (int)idx || ins < 0)
 		return ins;
 	struct mapping_record *r = rec_get(ins);
 	if (!r || !ref_get(&r->ref))

@@ -57,15 +57,18 @@ int expire_sessions(struct __sk_buff *skb)
 	return c.expired;
 }
 
-static long hint_one(void *map, struct binding_key *key, struct binding_value *val, void *ctx)
+static long hint_one(void *map, __u32 *key, struct mapping_record *r, void *ctx)
 {
-	if (key->flags & BINDING_ORIG)
+	if ((r->state & REC_STATE_MASK) != REC_LIVE)
 		return 0;
-	struct port_bits *b = port_bits_get(key->family, proto_idx(key->l4proto), &key->addr, true);
-	if (!b)
-		return 0;
-	port_bit_set(b, bpf_ntohs(key->port));
 	*(__u32 *)ctx += 1;
+	__u32 idx = *key;
+	union ip_addr ext;
+	if (!slot_addr(rec_slot(idx), &ext))
+		return 0;
+	struct port_bits *b = port_bits_get(r->family, proto_idx(r->l4proto), &ext, true);
+	if (b)
+		port_bit_set(b, idx & 0xffff);
 	return 0;
 }
 
@@ -73,13 +76,18 @@ static long hint_one(void *map, struct binding_key *key, struct binding_value *v
  * Run once with BPF_PROG_TEST_RUN when the daemon starts: marks every bound
  * external port in this object's free-port hint (lib/binding.h), which
  * starts empty, so bindings carried over in pinned maps are not probed for
- * one by one. Returns the number of bindings marked.
+ * one by one, and recounts the live bindings (map_binding_count). Returns the
+ * number of bindings.
  */
 SEC("tc")
 int sync_port_hint(struct __sk_buff *skb)
 {
 	__u32 n = 0;
-	bpf_for_each_map_elem(&map_binding, hint_one, &n, 0);
+	bpf_for_each_map_elem(&map_records, hint_one, &n, 0);
+	__u32 zero = 0;
+	__u64 *count = bpf_map_lookup_elem(&map_binding_count, &zero);
+	if (count)
+		*count = n;
 	return n;
 }
 

@@ -7,15 +7,9 @@
 import * as bpf from "../ffi/libbpf.ts";
 import {
   addr16,
-  BINDING_KEY_LAYOUT,
-  BINDING_ORIG,
-  BINDING_VALUE_LAYOUT,
   CT_KEY_LAYOUT,
   CT_VALUE_LAYOUT,
-  decodeBindingKey,
-  decodeBindingValue,
   DEFAULT_EXT_LAYOUT,
-  encodeBindingKey,
   encodeDefaultExt,
   encodeExternalConfig,
   encodeLpmKey,
@@ -25,6 +19,8 @@ import {
 } from "./codec.ts";
 import type { NatMaps } from "./loader.ts";
 import type { NatPlan } from "./plan.ts";
+import { readSlots, RECORDS_PER_SLOT, releaseSlotRecords, writeSlots } from "./records.ts";
+import { assignSlots, departedSlots } from "./slots.ts";
 
 const hex = (b: Uint8Array) => Array.from(b, (x) => x.toString(16).padStart(2, "0")).join("");
 
@@ -62,18 +58,31 @@ export function applyPlan(maps: NatMaps, plan: NatPlan): void {
       : new Uint8Array(DEFAULT_EXT_LAYOUT.size);
     bpf.mapUpdate(maps.defaultExt, key, value);
   });
+  syncSlots(maps, plan);
+}
+
+/**
+ * Gives the plan's external addresses that have no slot a free one (lib/nat/slots.ts). Returns
+ * the addresses left without one.
+ */
+export function syncSlots(maps: NatMaps, plan: NatPlan): { family: 4 | 6; addr: Uint8Array }[] {
+  const count = Math.floor(bpf.mapInfo(maps.records).maxEntries / RECORDS_PER_SLOT);
+  const { table, unplaced } = assignSlots(readSlots(maps.slots), plan, count);
+  writeSlots(maps.slots, table);
+  return unplaced;
 }
 
 /**
  * Deletes bindings and sessions whose external address the plan no longer
  * has (the address left the interface), and that address's free-port hint:
  * its bits would mark the purged ports taken should the address come back.
+ * The address's slot is then free, and given to an address that waits for one.
  * Mappings of addresses that remain are untouched, so their connections
  * survive unrelated changes.
  *
- * The maps are read in batches and only the stale entries are decoded: at a start over pinned
- * state with 1,000,000 sessions, entry-by-entry reading held every entry as an object at once
- * (hundreds of MB of RSS) and took seconds. Deleting the entries of a batch before the next
+ * The sessions are read in batches and only the stale entries are decoded: at a start over
+ * pinned state with 1,000,000 sessions, entry-by-entry reading held every entry as an object at
+ * once (hundreds of MB of RSS) and took seconds. Deleting the entries of a batch before the next
  * is read is safe: a hash map's batch position is a bucket, and those buckets are behind it.
  */
 export function purgeStale(maps: NatMaps, plan: NatPlan): { bindings: number; sessions: number } {
@@ -81,26 +90,9 @@ export function purgeStale(maps: NatMaps, plan: NatPlan): { bindings: number; se
   const isValid = (b: Uint8Array, at: number) =>
     valid.some((v) => v.every((x, i) => x === b[at + i]));
   let bindings = 0, sessions = 0;
-  const bks = BINDING_KEY_LAYOUT.size, bvs = BINDING_VALUE_LAYOUT.size;
-  const BK = BINDING_KEY_LAYOUT.fields;
-  bpf.forEachEntry(maps.binding, bks, bvs, ({ keys, values, ko, vo }) => {
-    if (keys[ko + BK.flags.offset] & BINDING_ORIG || isValid(keys, ko + BK.addr.offset)) return;
-    const key = keys.subarray(ko, ko + bks);
-    const k = decodeBindingKey(key);
-    const v = decodeBindingValue(values.subarray(vo, vo + bvs), k.family);
-    bpf.mapDelete(
-      maps.binding,
-      encodeBindingKey({
-        orig: true,
-        l4proto: k.l4proto,
-        family: k.family,
-        port: v.port,
-        addr: v.addr,
-      }),
-    );
-    bpf.mapDelete(maps.binding, key);
-    bindings++;
-  });
+  const current = readSlots(maps.slots);
+  const departed = departedSlots(current, plan);
+  for (const d of departed) bindings += releaseSlotRecords(maps, d.slot);
   const cks = CT_KEY_LAYOUT.size, ext = CT_KEY_LAYOUT.fields.ext_addr.offset;
   bpf.forEachEntry(maps.ct, cks, CT_VALUE_LAYOUT.size, ({ keys, ko }) => {
     if (isValid(keys, ko + ext)) return;
@@ -109,6 +101,10 @@ export function purgeStale(maps: NatMaps, plan: NatPlan): { bindings: number; se
   const addrAt = PORT_BITS_KEY_LAYOUT.fields.addr;
   for (const key of [...bpf.mapKeys(maps.portBits, PORT_BITS_KEY_LAYOUT.size)]) {
     if (!isValid(key, addrAt.offset)) bpf.mapDelete(maps.portBits, key);
+  }
+  if (departed.length > 0) {
+    writeSlots(maps.slots, current.filter((s) => !departed.includes(s)));
+    syncSlots(maps, plan);
   }
   return { bindings, sessions };
 }

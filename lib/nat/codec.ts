@@ -30,8 +30,6 @@ export const MAX_RANGES = 4;
 
 /** `external_config.flags` / LPM values. */
 export const EXT_FLAGS = { EXTERNAL: 1, NO_SNAT: 2, NO_HAIRPIN: 4 } as const;
-/** `binding_key.flags`. */
-export const BINDING_ORIG = 1;
 /** `ct_value.flags` bits. */
 export const CT_FLAGS = {
   SEEN_OUT: 0x01,
@@ -86,7 +84,7 @@ export const TRAFFIC = [
 /** struct einat_config (.rodata CFG). */
 export const EINAT_CONFIG_LAYOUT: StructLayout = {
   name: "einat_config",
-  size: 72,
+  size: 80,
   fields: {
     timeout_fragment: { offset: 0, size: 8 },
     timeout_icmp: { offset: 8, size: 8 },
@@ -103,6 +101,8 @@ export const EINAT_CONFIG_LAYOUT: StructLayout = {
     skb_summed_bit: { offset: 54, size: 2 },
     flow_fresh_ns: { offset: 56, size: 8 },
     flow_cache_bits: { offset: 64, size: 1 },
+    outbound_mask: { offset: 68, size: 4 },
+    binding_max: { offset: 72, size: 4 },
   },
 };
 
@@ -151,30 +151,53 @@ export const DEFAULT_EXT_LAYOUT: StructLayout = {
   },
 };
 
-/** struct binding_key. */
-export const BINDING_KEY_LAYOUT: StructLayout = {
-  name: "binding_key",
-  size: 24,
+/** struct mapping_record (map_records: one binding per external port, bpf/lib/records.h). */
+export const MAPPING_RECORD_LAYOUT: StructLayout = {
+  name: "mapping_record",
+  size: 32,
   fields: {
-    flags: { offset: 0, size: 1 },
-    l4proto: { offset: 1, size: 1 },
-    family: { offset: 2, size: 1 },
-    port: { offset: 4, size: 2 },
-    addr: { offset: 8, size: 16 },
+    state: { offset: 0, size: 4 },
+    ref: { offset: 4, size: 4 },
+    int_addr: { offset: 8, size: 16 },
+    int_port: { offset: 24, size: 2 },
+    family: { offset: 26, size: 1 },
+    l4proto: { offset: 27, size: 1 },
   },
 };
 
-/** struct binding_value. */
-export const BINDING_VALUE_LAYOUT: StructLayout = {
-  name: "binding_value",
-  size: 24,
+/** struct outbound_line (map_outbound: the outbound index, bpf/lib/records.h). */
+export const OUTBOUND_LINE_LAYOUT: StructLayout = {
+  name: "outbound_line",
+  size: 64,
   fields: {
-    addr: { offset: 0, size: 16 },
-    port: { offset: 16, size: 2 },
-    flags: { offset: 18, size: 2 },
-    ref: { offset: 20, size: 4 },
+    lock: { offset: 0, size: 4 },
+    e: { offset: 4, size: 60 },
   },
 };
+
+/** struct ext_slot (an entry of map_slots' struct slot_table). */
+export const EXT_SLOT_LAYOUT: StructLayout = {
+  name: "ext_slot",
+  size: 20,
+  fields: {
+    addr: { offset: 0, size: 16 },
+    family: { offset: 16, size: 1 },
+  },
+};
+
+/** Slots of external addresses (EINAT_MAX_SLOTS, bpf/einat.h). */
+export const MAX_SLOTS = 16;
+
+/** struct slot_table (map_slots' one value). */
+export const SLOT_TABLE_LAYOUT: StructLayout = {
+  name: "slot_table",
+  size: MAX_SLOTS * 20,
+  fields: { s: { offset: 0, size: MAX_SLOTS * 20 } },
+};
+
+/** `mapping_record.state` (bpf/einat.h) and the reference count's dying bit (bpf/lib/ref.h). */
+export const REC = { FREE: 0, BUSY: 1, LIVE: 2, STATE_MASK: 3, GEN_ONE: 4 } as const;
+export const BINDING_DYING = 0x80000000;
 
 /** struct port_bits_key (key of map_port_bits, the free-port hint). */
 export const PORT_BITS_KEY_LAYOUT: StructLayout = {
@@ -254,8 +277,10 @@ export const LAYOUTS: StructLayout[] = [
   EXTERNAL_CONFIG_LAYOUT,
   LPM_KEY_LAYOUT,
   DEFAULT_EXT_LAYOUT,
-  BINDING_KEY_LAYOUT,
-  BINDING_VALUE_LAYOUT,
+  MAPPING_RECORD_LAYOUT,
+  OUTBOUND_LINE_LAYOUT,
+  EXT_SLOT_LAYOUT,
+  SLOT_TABLE_LAYOUT,
   PORT_BITS_KEY_LAYOUT,
   PORT_BITS_LAYOUT,
   CT_KEY_LAYOUT,
@@ -303,6 +328,20 @@ export interface RoConfig {
   inboundIcmpx?: boolean;
   /** Flow-cache slots per CPU, a power of two (`flow_cache_slots`); its default when absent. */
   flowCacheSlots?: number;
+  /** Lines of the outbound index, a power of two (set by the loader, {@link outboundLines}). */
+  outboundLines?: number;
+  /** Bindings at most (`binding_max_records`; set by the loader). */
+  bindingMax?: number;
+}
+
+/**
+ * Lines of the outbound index for `bindings` bindings: four entries per binding, rounded up
+ * to a power of two, so that a line (15 entries) is rarely full (bpf/lib/records.h).
+ */
+export function outboundLines(bindings: number): number {
+  let n = 1;
+  while (n * 15 < bindings * 4) n *= 2;
+  return n;
 }
 
 /** log2 of a flow-cache size; throws unless it is a power of two within the limits. */
@@ -352,6 +391,8 @@ export function encodeRoConfig(c: RoConfig): Uint8Array {
   b[f(L, "inbound_icmpx")] = c.inboundIcmpx ? 1 : 0;
   v.setBigUint64(f(L, "flow_fresh_ns"), flowFreshNs(c), true);
   b[f(L, "flow_cache_bits")] = flowCacheBits(c.flowCacheSlots ?? FLOW_CACHE_SLOTS.default);
+  v.setUint32(f(L, "outbound_mask"), (c.outboundLines ?? 1) - 1, true);
+  v.setUint32(f(L, "binding_max"), c.bindingMax ?? 0, true);
   return b;
 }
 
@@ -373,6 +414,8 @@ export function decodeRoConfig(b: Uint8Array): RoConfig {
     fibExternal: b[f(L, "fib_external")] !== 0,
     inboundIcmpx: b[f(L, "inbound_icmpx")] !== 0,
     flowCacheSlots: 2 ** b[f(L, "flow_cache_bits")],
+    outboundLines: v.getUint32(f(L, "outbound_mask"), true) + 1,
+    bindingMax: v.getUint32(f(L, "binding_max"), true),
   };
 }
 
@@ -479,74 +522,6 @@ export function decodeDefaultExt(b: Uint8Array): DefaultExt {
     addr: b.slice(f(L, "addr"), f(L, "addr") + 16),
     valid: b[f(L, "valid")] !== 0,
     cfg: decodeExternalConfig(b, f(L, "cfg")),
-  };
-}
-
-// --- bindings -----------------------------------------------------------
-
-/** A binding map key. `orig`: keyed by the internal endpoint. */
-export interface BindingKey {
-  orig: boolean;
-  l4proto: number;
-  family: 4 | 6;
-  port: number;
-  addr: Uint8Array;
-}
-
-/** A binding map value: the endpoint on the other side. */
-export interface BindingValue {
-  addr: Uint8Array;
-  port: number;
-  flags: number;
-  ref: number;
-}
-
-/** Encodes `struct binding_key`. */
-export function encodeBindingKey(k: BindingKey): Uint8Array {
-  const L = BINDING_KEY_LAYOUT;
-  const b = new Uint8Array(L.size);
-  b[f(L, "flags")] = k.orig ? BINDING_ORIG : 0;
-  b[f(L, "l4proto")] = k.l4proto;
-  b[f(L, "family")] = k.family;
-  view(b).setUint16(f(L, "port"), k.port, false);
-  b.set(addr16(k.addr), f(L, "addr"));
-  return b;
-}
-
-/** Decodes `struct binding_key`. */
-export function decodeBindingKey(b: Uint8Array): BindingKey {
-  const L = BINDING_KEY_LAYOUT;
-  const family = b[f(L, "family")] as 4 | 6;
-  return {
-    orig: (b[f(L, "flags")] & BINDING_ORIG) !== 0,
-    l4proto: b[f(L, "l4proto")],
-    family,
-    port: view(b).getUint16(f(L, "port"), false),
-    addr: addrOf(family, b.subarray(f(L, "addr"), f(L, "addr") + 16)),
-  };
-}
-
-/** Encodes `struct binding_value`. */
-export function encodeBindingValue(x: BindingValue): Uint8Array {
-  const L = BINDING_VALUE_LAYOUT;
-  const b = new Uint8Array(L.size);
-  const v = view(b);
-  b.set(addr16(x.addr), f(L, "addr"));
-  v.setUint16(f(L, "port"), x.port, false);
-  v.setUint16(f(L, "flags"), x.flags, true);
-  v.setUint32(f(L, "ref"), x.ref, true);
-  return b;
-}
-
-/** Decodes `struct binding_value` for a family. */
-export function decodeBindingValue(b: Uint8Array, family: 4 | 6): BindingValue {
-  const L = BINDING_VALUE_LAYOUT;
-  const v = view(b);
-  return {
-    addr: addrOf(family, b.subarray(f(L, "addr"), f(L, "addr") + 16)),
-    port: v.getUint16(f(L, "port"), false),
-    flags: v.getUint16(f(L, "flags"), true),
-    ref: v.getUint32(f(L, "ref"), true),
   };
 }
 

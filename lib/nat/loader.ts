@@ -11,13 +11,23 @@ import * as bpf from "../ffi/libbpf.ts";
 import { closeFd, dupFd, mallocTrim } from "../ffi/libc.ts";
 import { findSummedBit } from "./kbtf.ts";
 import { patchKernCtxCalls, placeholderCalls } from "./kfunc.ts";
-import { BTF_QUERY_LAYOUT, EINAT_CONFIG_LAYOUT, encodeRoConfig, type RoConfig } from "./codec.ts";
+import {
+  BTF_QUERY_LAYOUT,
+  EINAT_CONFIG_LAYOUT,
+  encodeRoConfig,
+  outboundLines,
+  type RoConfig,
+} from "./codec.ts";
+import { RECORDS_PER_SLOT } from "./records.ts";
 import { FLOW_CACHE_SLOTS } from "../config/types.ts";
 import { abortPins, finishPins, type PinSession, preparePins } from "../state/pin.ts";
 
 /** Names of the maps the daemon uses. */
 export const MAP_NAMES = {
-  binding: "map_binding",
+  records: "map_records",
+  outbound: "map_outbound",
+  slots: "map_slots",
+  bindingCount: "map_binding_count",
   ct: "map_ct",
   externals: "map_externals",
   destConfig: "map_dest_config",
@@ -70,6 +80,11 @@ export interface LoadOptions {
   ro: RoConfig;
   bindingMaxRecords: number;
   ctMaxRecords: number;
+  /**
+   * External addresses that bindings can be made on at once (slots of map_records, 6 MiB each);
+   * {@link defaultSlots} when absent.
+   */
+  extSlots?: number;
   /** Object bytes; the embedded object when absent. */
   bytes?: Uint8Array;
   /**
@@ -111,6 +126,14 @@ export function flowCacheEntries(ro: RoConfig, cpus = bpf.numPossibleCpus()): nu
     );
   }
   return entries;
+}
+
+/**
+ * Slots of external addresses by default: one per family NATed, and one more, so that an
+ * address that replaces another gets a slot before the old one's bindings are purged.
+ */
+export function defaultSlots(ro: RoConfig): number {
+  return (ro.nat44 ? 1 : 0) + (ro.nat66 ? 1 : 0) + 1;
 }
 
 /** The embedded BPF object: the inline-checksum one, or the compatibility one. */
@@ -264,15 +287,15 @@ async function loadNatBytes(
   const progFds: number[] = [];
   let pins: PinSession | null = null;
   try {
-    setRoConfig(obj, opts.ro, single?.summedBit);
-    bpf.mapSetMaxEntries(bpf.findMap(obj, MAP_NAMES.binding), opts.bindingMaxRecords * 2);
+    const slots = opts.extSlots ?? defaultSlots(opts.ro);
+    bpf.mapSetMaxEntries(bpf.findMap(obj, MAP_NAMES.records), slots * RECORDS_PER_SLOT);
+    const outbound = bpf.findMap(obj, MAP_NAMES.outbound);
+    bpf.mapSetMaxEntries(outbound, outboundLines(opts.bindingMaxRecords));
     bpf.mapSetMaxEntries(bpf.findMap(obj, MAP_NAMES.ct), opts.ctMaxRecords);
     bpf.mapSetMaxEntries(bpf.findMap(obj, MAP_NAMES.flowCache), flowCacheEntries(opts.ro));
     if (opts.preallocate) {
-      for (const name of [MAP_NAMES.binding, MAP_NAMES.ct]) {
-        const m = bpf.findMap(obj, name);
-        bpf.mapSetFlags(m, bpf.mapFlags(m) & ~bpf.BPF_F_NO_PREALLOC);
-      }
+      const m = bpf.findMap(obj, MAP_NAMES.ct);
+      bpf.mapSetFlags(m, bpf.mapFlags(m) & ~bpf.BPF_F_NO_PREALLOC);
     }
     if (opts.fragMaxRecords) {
       bpf.mapSetMaxEntries(bpf.findMap(obj, MAP_NAMES.frag), opts.fragMaxRecords);
@@ -281,6 +304,13 @@ async function loadNatBytes(
       bpf.mapReuseFd(bpf.findMap(obj, name), fd);
     }
     if (opts.pin) pins = preparePins(obj, stateBytes, opts.pin.dir, opts.pin.ifname);
+    // the index as created, or as pinned (which keeps its size)
+    const ro: RoConfig = {
+      ...opts.ro,
+      bindingMax: opts.bindingMaxRecords,
+      outboundLines: bpf.mapMaxEntries(outbound),
+    };
+    setRoConfig(obj, ro, single?.summedBit);
     const inline = staged && csum === "inline";
     if (staged) onlyPrograms(obj, []);
     const loading = bpf.loadObject(obj);
@@ -294,7 +324,7 @@ async function loadNatBytes(
         for (const progs of PARTS) {
           const part = bpf.openObjectMem(dp?.bytes ?? bytes, "einat");
           parts.push(part);
-          setRoConfig(part, opts.ro, dp?.summedBit);
+          setRoConfig(part, ro, dp?.summedBit);
           onlyPrograms(part, progs);
         }
       } catch (e) {

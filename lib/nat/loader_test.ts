@@ -1,4 +1,5 @@
 import { assert, assertEquals } from "../../tests/lib/assert.ts";
+import { countBindings } from "./records.ts";
 import * as bpf from "../ffi/libbpf.ts";
 import { roConfigOf } from "../daemon.ts";
 import { loadTestNat, TC_ACT_OK, testInterfaceConfig } from "../../tests/lib/natfixture.ts";
@@ -87,13 +88,12 @@ Deno.test("loader: the datapath programs load in objects of their own, on the st
   const n = await loadTestNat();
   try {
     assertEquals(n.nat.progFds.length, 5); // egress; ingress and the three state programs
-    const key = bpf.mapKeySize(bpf.findMap(n.nat.obj, "map_binding"));
-    assertEquals(bpf.mapCount(n.nat.maps.binding, key), 0);
+    assertEquals(countBindings(n.nat.maps.records), 0);
     const out = n.egress(udpSpec(4, "192.0.2.10", 40000, "198.51.100.1", 53, new Uint8Array(8)));
     assertEquals(out.retval, TC_ACT_OK);
     assertEquals(out.out.src, "203.0.113.1");
     // the egress object wrote its binding into the state object's map
-    assertEquals(bpf.mapCount(n.nat.maps.binding, key), 2);
+    assertEquals(countBindings(n.nat.maps.records), 1);
   } finally {
     n.close();
   }

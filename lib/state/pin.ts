@@ -33,7 +33,10 @@ import { stateOptions } from "./options.ts";
 
 /** The maps kept across restarts, by their name in the object (also the pin name). */
 export const STATE_MAPS = [
-  "map_binding",
+  "map_records",
+  "map_outbound",
+  "map_slots",
+  "map_binding_count",
   "map_ct",
   "map_frag",
   "map_stats",
@@ -57,7 +60,10 @@ export const META_VERSION = 1;
  * without a layout change (e.g. a flag bit reused).
  */
 const SEMANTICS: Record<StateMap, number> = {
-  map_binding: 1,
+  map_records: 1,
+  map_outbound: 1,
+  map_slots: 1,
+  map_binding_count: 1,
   map_ct: 1,
   map_frag: 1,
   map_stats: 1,
@@ -91,11 +97,22 @@ export function convertLegacySession(old: Uint8Array): Uint8Array {
 }
 
 /** Maps whose loss breaks connections: an incompatible layout refuses to start. */
-const PRECIOUS: ReadonlySet<StateMap> = new Set(["map_binding", "map_ct"]);
+const PRECIOUS: ReadonlySet<StateMap> = new Set([
+  "map_records",
+  "map_outbound",
+  "map_slots",
+  "map_ct",
+]);
+
+/** Bindings of einat builds before the mapping records (two hash entries per binding). */
+const LEGACY_BINDING_MAP = "map_binding";
 
 /** Key and value types of each state map (structs looked up in BTF, or fixed text). */
 const TYPES: Record<StateMap, [string, string]> = {
-  map_binding: ["binding_key", "binding_value"],
+  map_records: ["u32", "mapping_record"],
+  map_outbound: ["u32", "outbound_line"],
+  map_slots: ["u32", "slot_table"],
+  map_binding_count: ["u32", "u64 live bindings"],
   map_ct: ["ct_key", "ct_value"],
   map_frag: ["frag_key", "frag_value"],
   map_stats: ["u32", `u64 per cpu: ${STATS.join(",")}`],
@@ -279,6 +296,14 @@ export function preparePins(
         `remove them with \`${
           flushHint(ifname)
         }\` (drops every mapping) or choose another --pin-dir`,
+    );
+  }
+  if (names.has(LEGACY_BINDING_MAP)) {
+    throw new StateError(
+      `${dir}: pinned bindings of an einat before mapping records (${LEGACY_BINDING_MAP}); ` +
+        `keeping them untouched. \`${
+          flushHint(ifname)
+        }\` discards them (drops every mapping), or run the einat that wrote them`,
     );
   }
   if (meta && meta.version !== META_VERSION) {

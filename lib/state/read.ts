@@ -9,20 +9,21 @@ import { formatAddr } from "../config/cidr.ts";
 import * as bpf from "../ffi/libbpf.ts";
 import { closeFd, monotonicNs } from "../ffi/libc.ts";
 import {
-  BINDING_KEY_LAYOUT,
-  BINDING_ORIG,
-  BINDING_VALUE_LAYOUT,
+  BINDING_DYING,
   CT_FLAGS,
   CT_KEY_LAYOUT,
   CT_STATE,
   CT_VALUE_LAYOUT,
   IPPROTO,
+  MAPPING_RECORD_LAYOUT,
+  REC,
   STATS,
   sumPerCpu,
   sumPerCpuTraffic,
   TRAFFIC,
 } from "../nat/codec.ts";
 import { type MetaDoc, readMeta, STATE_MAPS, type StateMap } from "./pin.ts";
+import { countBindings, readSlots, recPlace, type SlotEntry } from "../nat/records.ts";
 import { onBpffs } from "./bpffs.ts";
 
 /** A protocol as shown. */
@@ -196,33 +197,54 @@ export function pinRootProblem(root: string): string | null {
   return null;
 }
 
-const BK = BINDING_KEY_LAYOUT.fields, BV = BINDING_VALUE_LAYOUT.fields;
+const RF = MAPPING_RECORD_LAYOUT.fields;
 
-/** Bindings of a binding map, by external endpoint; decoded in place, batch by batch. */
+/**
+ * Calls `fn` for each live mapping record of an occupied slot, in place: the record's bytes at
+ * `values[vo]`, its slot entry and port. Protocol and family are the record's.
+ */
+function forEachRecord(
+  s: PinnedState,
+  fn: (values: Uint8Array, vo: number, slot: SlotEntry, port: number, vv: DataView) => void,
+): void {
+  const fd = s.fds.map_records, sfd = s.fds.map_slots;
+  if (fd === undefined || sfd === undefined) return;
+  const slots: (SlotEntry | undefined)[] = [];
+  for (const e of readSlots(sfd)) slots[e.slot] = e;
+  bpf.forEachEntry(fd, 4, MAPPING_RECORD_LAYOUT.size, ({ values, vo, kv, ko, vv }) => {
+    if ((values[vo + RF.state.offset] & REC.STATE_MASK) !== REC.LIVE) return;
+    const { slot, port } = recPlace(kv.getUint32(ko, true));
+    const e = slots[slot];
+    if (e) fn(values, vo, e, port, vv);
+  });
+}
+
+/** Bindings of the mapping records, by external endpoint; decoded in place, batch by batch. */
 export function readBindings(s: PinnedState, f: RowFilter = {}): BindingRow[] {
-  const fd = s.fds.map_binding;
-  if (fd === undefined) return [];
   const rows: { key: string; row: BindingRow }[] = [];
-  bpf.forEachEntry(fd, BINDING_KEY_LAYOUT.size, BINDING_VALUE_LAYOUT.size, (e) => {
-    const { keys, values, ko, vo } = e;
-    // each binding has an entry per direction: list the external one
-    if (keys[ko + BK.flags.offset] & BINDING_ORIG) return;
-    const family = keys[ko + BK.family.offset], l4proto = keys[ko + BK.l4proto.offset];
-    const extAt = ko + BK.addr.offset, intAt = vo + BV.addr.offset;
-    const extPort = e.kv.getUint16(ko + BK.port.offset);
-    const intPort = e.vv.getUint16(vo + BV.port.offset);
+  forEachRecord(s, (values, vo, slot, extPort, vv) => {
+    const family = values[vo + RF.family.offset], l4proto = values[vo + RF.l4proto.offset];
+    const ext = addr16Of(slot.addr), intAt = vo + RF.int_addr.offset;
+    const intPort = vv.getUint16(vo + RF.int_port.offset);
     const proto = protoName(l4proto);
-    const addrs: [Uint8Array, number][] = [[keys, extAt], [values, intAt]];
+    const addrs: [Uint8Array, number][] = [[ext, 0], [values, intAt]];
     if (!matches(f, proto, family, addrs, [extPort, intPort])) return;
     rows.push({
-      key: sortKeyAt(family, keys, extAt, extPort) + l4proto,
+      key: sortKeyAt(family, ext, 0, extPort) + l4proto,
       row: {
-        ...rowHead(s, proto, family, [values, intAt, intPort], [keys, extAt, extPort]),
-        sessions: e.vv.getUint32(vo + BV.ref.offset, true),
+        ...rowHead(s, proto, family, [values, intAt, intPort], [ext, 0, extPort]),
+        sessions: vv.getUint32(vo + RF.ref.offset, true) & ~BINDING_DYING,
       },
     });
   });
   return rows.sort(byKey).map((r) => r.row);
+}
+
+/** An address as the 16 bytes of a union ip_addr (IPv4 in the first 4). */
+function addr16Of(a: Uint8Array): Uint8Array {
+  const out = new Uint8Array(16);
+  out.set(a);
+  return out;
 }
 
 /** Live bindings counted without listing them (the metrics endpoint). */
@@ -239,24 +261,22 @@ export interface BindingTally {
  */
 export function tallyBindings(s: PinnedState): BindingTally {
   const byProto = new Map<string, number>();
-  // protocol number, then the address bytes as characters (4 of them for IPv4, else 16)
+  // protocol number, then the slot
   const raw = new Map<string, number>();
-  const fd = s.fds.map_binding;
-  if (fd === undefined) return { byProto, byExternal: new Map() };
-  bpf.forEachEntry(fd, BINDING_KEY_LAYOUT.size, BINDING_VALUE_LAYOUT.size, ({ keys, ko }) => {
-    if (keys[ko + BK.flags.offset] & BINDING_ORIG) return;
-    const family = keys[ko + BK.family.offset];
-    const l4proto = keys[ko + BK.l4proto.offset];
+  const slots = new Map<number, SlotEntry>();
+  forEachRecord(s, (values, vo, slot) => {
+    const family = values[vo + RF.family.offset];
+    const l4proto = values[vo + RF.l4proto.offset];
     const p = `${family}/${protoName(l4proto)}`;
     byProto.set(p, (byProto.get(p) ?? 0) + 1);
-    const a = ko + BK.addr.offset;
-    const r = String.fromCharCode(l4proto, ...keys.subarray(a, a + (family === 4 ? 4 : 16)));
+    slots.set(slot.slot, slot);
+    const r = `${l4proto}/${slot.slot}`;
     raw.set(r, (raw.get(r) ?? 0) + 1);
   });
   const byExternal = new Map<string, number>();
   for (const [r, n] of raw) {
-    const addr = Uint8Array.from(r.slice(1), (c) => c.charCodeAt(0));
-    const k = `${formatAddr(addr)}/${protoName(r.charCodeAt(0))}`;
+    const [l4proto, slot] = r.split("/").map(Number);
+    const k = `${formatAddr(slots.get(slot)!.addr)}/${protoName(l4proto)}`;
     byExternal.set(k, (byExternal.get(k) ?? 0) + n);
   }
   return { byProto, byExternal };
@@ -455,7 +475,16 @@ export function readCounters(s: PinnedState): Counters {
 /** Entries and capacity of each pinned map (counted by reading them in batches). */
 export function mapFill(s: PinnedState): { map: string; entries: number; capacity: number }[] {
   const out: { map: string; entries: number; capacity: number }[] = [];
-  for (const m of ["map_binding", "map_ct", "map_frag"] as const) {
+  const rfd = s.fds.map_records;
+  if (rfd !== undefined) {
+    // bindings, against the records of the slots
+    out.push({
+      map: "map_records",
+      entries: countBindings(rfd),
+      capacity: bpf.mapInfo(rfd).maxEntries,
+    });
+  }
+  for (const m of ["map_ct", "map_frag"] as const) {
     const fd = s.fds[m];
     if (fd === undefined) continue;
     const info = bpf.mapInfo(fd);

@@ -7,14 +7,10 @@
 import type { InterfaceConfig } from "../config/types.ts";
 import * as bpf from "../ffi/libbpf.ts";
 import * as log from "../log.ts";
-import {
-  BINDING_KEY_LAYOUT,
-  BINDING_ORIG,
-  BINDING_VALUE_LAYOUT,
-  CT_KEY_LAYOUT,
-} from "../nat/codec.ts";
+import { CT_KEY_LAYOUT } from "../nat/codec.ts";
 import { expireSessions, type LoadOptions, type NatObject, syncPortHint } from "../nat/loader.ts";
 import { pinDirFor, stateOptions } from "./options.ts";
+import { countBindings } from "../nat/records.ts";
 import { ensureBpffs } from "./bpffs.ts";
 
 /**
@@ -39,16 +35,6 @@ export function stateLoadOptions(
   return { ...base, pin: { dir: pinDirFor(ifname), ifname } };
 }
 
-/** Counts bindings (external entries) in a binding map. */
-export function countBindings(fd: number): number {
-  const flags = BINDING_KEY_LAYOUT.fields.flags.offset;
-  let n = 0;
-  bpf.forEachEntry(fd, BINDING_KEY_LAYOUT.size, BINDING_VALUE_LAYOUT.size, ({ keys, ko }) => {
-    if ((keys[ko + flags] & BINDING_ORIG) === 0) n++;
-  });
-  return n;
-}
-
 /**
  * Once this object's programs are attached: the free-port hint learns the
  * carried-over bindings, a first sweep removes the sessions that expired
@@ -56,7 +42,7 @@ export function countBindings(fd: number): number {
  * is summarised.
  */
 export function afterAttach(nat: NatObject, ifname: string): void {
-  const bindings = nat.pins ? countBindings(nat.maps.binding) : 0;
+  const bindings = nat.pins ? countBindings(nat.maps.records) : 0;
   const sessions = nat.pins ? bpf.mapCount(nat.maps.ct, CT_KEY_LAYOUT.size) : 0;
   syncPortHint(nat); // first: expiring sessions then clear their bindings' bits
   const expired = expireSessions(nat);

@@ -15,28 +15,36 @@
  * - a translated packet differs from its input only in addresses, ports/identifiers and
  *   checksums; every checksum keeps its residual (a valid one stays valid, an invalid one stays
  *   exactly as wrong), so this holds for fragments and truncated packets too; the new
- *   endpoint is the one `map_binding` holds.
+ *   endpoint is the one its binding (mapping record) holds.
  *
- * `checkMaps` checks the tables: both entries of every binding and their agreement, `ref` of
- * each reply entry equal to the number of its sessions, no session without its binding,
- * external ports inside the ranges, sizes within `max_entries`.
+ * `checkMaps` checks the tables: every binding's record found again from its internal endpoint
+ * through the outbound index, one binding per internal endpoint, no index entry without its
+ * live record, the binding count equal to the live records, `ref` of each binding equal to the
+ * number of its sessions, no session without its binding, external ports inside the ranges,
+ * sizes within the limits.
  * @module
  */
 
 import * as bpf from "../../lib/ffi/libbpf.ts";
 import {
-  BINDING_KEY_LAYOUT,
-  BINDING_VALUE_LAYOUT,
   CT_KEY_LAYOUT,
   CT_VALUE_LAYOUT,
-  decodeBindingKey,
-  decodeBindingValue,
   decodeCtKey,
   decodeCtValue,
-  encodeBindingKey,
+  OUTBOUND_LINE_LAYOUT,
   STATS,
   sumPerCpu,
 } from "../../lib/nat/codec.ts";
+import {
+  type Binding,
+  bindings,
+  findBinding,
+  findBindingOf,
+  findOutbound,
+  OB_EMPTY,
+  OB_IDX_BITS,
+  OB_TOMB,
+} from "../../lib/nat/records.ts";
 import {
   buildIcmpError,
   buildPacket,
@@ -977,7 +985,7 @@ function checkIcmpToExternal(
 
 /** Sizes of the NAT's tables, for the checks. */
 export interface Limits {
-  bindingEntries: number;
+  bindings: number;
   ctEntries: number;
 }
 
@@ -991,36 +999,49 @@ export interface MapCheck {
 /** Checks the binding and session tables' invariants (see the module doc). */
 export function checkMaps(nat: Nat, limits: Limits, ic: InterfaceConfig): MapCheck {
   const v: string[] = [];
-  const be = bpf.mapLookupBatch(
-    nat.nat.maps.binding,
-    BINDING_KEY_LAYOUT.size,
-    BINDING_VALUE_LAYOUT.size,
-    1024,
-  );
-  const ce = bpf.mapLookupBatch(nat.nat.maps.ct, CT_KEY_LAYOUT.size, CT_VALUE_LAYOUT.size, 1024);
-  if (be.length > limits.bindingEntries) v.push(`map_binding has ${be.length} entries`);
+  const maps = nat.nat.maps;
+  const live = [...bindings(maps)];
+  const ce = bpf.mapLookupBatch(maps.ct, CT_KEY_LAYOUT.size, CT_VALUE_LAYOUT.size, 1024);
+  if (live.length > limits.bindings) v.push(`${live.length} bindings`);
   if (ce.length > limits.ctEntries) v.push(`map_ct has ${ce.length} entries`);
   const ep = (f: number, p: number, a: Uint8Array, port: number) =>
     `${f}/${p}/${formatIp(a)}/${port}`;
-  const orig = new Map<string, { addr: Uint8Array; port: number; ref: number }>();
-  const reply = new Map<string, { addr: Uint8Array; port: number; ref: number }>();
-  for (const e of be) {
-    const k = decodeBindingKey(e.key);
-    const val = decodeBindingValue(e.value, k.family);
-    (k.orig ? orig : reply).set(ep(k.family, k.l4proto, k.addr, k.port), val);
-  }
   const rangesOf = (p: number) =>
     p === P_TCP ? ic.defaultRanges.tcp : p === P_UDP ? ic.defaultRanges.udp : ic.defaultRanges.icmp;
-  for (const [k, val] of orig) {
-    const [f, p, , port] = k.split("/");
-    const back = reply.get(ep(+f, +p, val.addr, val.port));
-    const int = k.split("/")[2];
-    if (!back) v.push(`binding ${k} -> ${formatIp(val.addr)}:${val.port} has no reply entry`);
-    else if (formatIp(back.addr) !== int || back.port !== +port) {
-      v.push(`binding ${k}: reply entry points to ${formatIp(back.addr)}:${back.port}`);
+  const reply = new Map<string, Binding>();
+  const internal = new Set<string>();
+  const byIdx = new Set<number>();
+  for (const b of live) {
+    const k = ep(b.family, b.l4proto, b.extAddr, b.extPort);
+    const ik = ep(b.family, b.l4proto, b.intAddr, b.intPort);
+    reply.set(k, b);
+    byIdx.add(b.idx);
+    if (internal.has(ik)) v.push(`internal endpoint ${ik} has two bindings`);
+    internal.add(ik);
+    const back = findOutbound(maps, b.family, b.l4proto, b.intAddr, b.intPort);
+    if (back !== b.idx) v.push(`binding ${k}: ${ik} finds record ${back}, not ${b.idx}`);
+    if (formatIp(b.extAddr) !== formatIp(extOf(b.family))) {
+      v.push(`binding ${k}: not an external address`);
     }
-    if (val.ref !== 0) v.push(`binding ${k}: orig entry has ref ${val.ref}`);
+    if (!rangesOf(b.l4proto).some((r) => b.extPort >= r.start && b.extPort <= r.end)) {
+      v.push(`binding ${k}: port outside the ranges`);
+    }
   }
+  let entries = 0;
+  const mask = (1 << OB_IDX_BITS) - 1;
+  const lines = bpf.mapLookupBatch(maps.outbound, 4, OUTBOUND_LINE_LAYOUT.size, 1024);
+  for (const { value } of lines) {
+    const w = new Uint32Array(value.slice().buffer);
+    for (let i = 1; i < w.length; i++) {
+      if (w[i] === OB_EMPTY || w[i] === OB_TOMB) continue;
+      entries++;
+      if (!byIdx.has(w[i] & mask)) v.push(`outbound entry for record ${w[i] & mask}, not live`);
+    }
+  }
+  if (entries !== live.length) v.push(`${entries} outbound entries for ${live.length} bindings`);
+  const count = bpf.mapLookup(maps.bindingCount, new Uint8Array(4), 8);
+  const counted = count ? Number(new DataView(count.buffer).getBigUint64(0, true)) : -1;
+  if (counted !== live.length) v.push(`binding count ${counted}, ${live.length} live`);
   const refs = new Map<string, number>();
   for (const e of ce) {
     const k = decodeCtKey(e.key);
@@ -1028,38 +1049,22 @@ export function checkMaps(nat: Nat, limits: Limits, ic: InterfaceConfig): MapChe
     const rk = ep(k.family, k.l4proto, k.extAddr, k.extPort);
     const b = reply.get(rk);
     if (!b) v.push(`session ${rk} -> ${formatIp(k.remoteAddr)}:${k.remotePort} without binding`);
-    else if (!eq(b.addr, val.intAddr) || b.port !== val.intPort) {
+    else if (!eq(b.intAddr, val.intAddr) || b.intPort !== val.intPort) {
       v.push(`session ${rk}: internal endpoint differs from the binding's`);
     }
     refs.set(rk, (refs.get(rk) ?? 0) + 1);
   }
-  for (const [k, val] of reply) {
-    const [f, p, a, port] = k.split("/");
-    if (!orig.has(ep(+f, +p, val.addr, val.port))) v.push(`reply entry ${k} has no orig entry`);
-    if (a !== formatIp(extOf(+f as 4 | 6))) v.push(`reply entry ${k}: not an external address`);
-    if (!rangesOf(+p).some((r) => +port >= r.start && +port <= r.end)) {
-      v.push(`reply entry ${k}: port outside the ranges`);
-    }
+  for (const [k, b] of reply) {
     const n = refs.get(k) ?? 0;
-    if (val.ref !== n) v.push(`binding ${k}: ref ${val.ref} but ${n} sessions`);
+    if (b.ref !== n) v.push(`binding ${k}: ref ${b.ref} but ${n} sessions`);
   }
-  return { bindings: orig.size, sessions: ce.length, violations: v };
+  return { bindings: live.length, sessions: ce.length, violations: v };
 }
 
-/** Reply entries (external ports in use) of one family and protocol. */
+/** Bindings (external ports in use) of one family and protocol. */
 export function usedPorts(nat: Nat, family: 4 | 6, l4proto: number): number {
   let n = 0;
-  for (
-    const e of bpf.mapLookupBatch(
-      nat.nat.maps.binding,
-      BINDING_KEY_LAYOUT.size,
-      BINDING_VALUE_LAYOUT.size,
-      1024,
-    )
-  ) {
-    const k = decodeBindingKey(e.key);
-    if (!k.orig && k.family === family && k.l4proto === l4proto) n++;
-  }
+  for (const b of bindings(nat.nat.maps)) if (b.family === family && b.l4proto === l4proto) n++;
   return n;
 }
 
@@ -1075,11 +1080,12 @@ export function statOf(nat: Nat, name: typeof STATS[number]): bigint {
 export function bindingView(nat: Nat): BindingView {
   return {
     get(orig, family, l4proto, addr, port) {
-      const k = encodeBindingKey({ orig, l4proto, family, port, addr });
-      const val = bpf.mapLookup(nat.nat.maps.binding, k, BINDING_VALUE_LAYOUT.size);
-      if (!val) return null;
-      const b = decodeBindingValue(val, family);
-      return { addr: b.addr, port: b.port };
+      if (orig) {
+        const b = findBindingOf(nat.nat.maps, family, l4proto, addr, port);
+        return b ? { addr: b.extAddr, port: b.extPort } : null;
+      }
+      const b = findBinding(nat.nat.maps, family, l4proto, addr, port);
+      return b ? { addr: b.intAddr, port: b.intPort } : null;
     },
     fragIngress(d) {
       const k = new Uint8Array(40);
@@ -1877,7 +1883,7 @@ const EBADMSG = 74;
 export async function runFuzz(o: FuzzOptions): Promise<FuzzReport> {
   const t0 = performance.now();
   const ic = fuzzConfig();
-  const limits: Limits = { bindingEntries: ic.bindingMaxRecords * 2, ctEntries: ic.ctMaxRecords };
+  const limits: Limits = { bindings: ic.bindingMaxRecords, ctEntries: ic.ctMaxRecords };
   const checkEvery = o.checkEvery ?? 2500;
   const epoch = o.epoch ?? 100_000;
   const maxV = o.maxViolations ?? 20;

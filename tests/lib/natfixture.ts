@@ -96,12 +96,14 @@ export interface Nat {
 
 /**
  * Loads the NAT with `ic` and external addresses `extAddrs` (CIDR strings); `csum` picks the
- * embedded object (the inline-checksum one where the kernel allows, when absent).
+ * embedded object (the inline-checksum one where the kernel allows, when absent); `extSlots`
+ * sets the external-address slots (the loader's default when absent).
  */
 export async function loadTestNat(
   ic: InterfaceConfig = testInterfaceConfig(),
   extAddrs = ["203.0.113.1/24"],
   csum?: CsumMode,
+  extSlots?: number,
 ): Promise<Nat> {
   const nat = await loadNat({
     ro: roConfigOf(ic),
@@ -109,6 +111,7 @@ export async function loadTestNat(
     ctMaxRecords: ic.ctMaxRecords,
     preallocate: ic.preallocateMaps,
     csum,
+    extSlots,
   });
   const addrs = extAddrs.map((s) => {
     const [a, p] = s.split("/");

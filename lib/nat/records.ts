@@ -1,0 +1,373 @@
+/**
+ * Bindings from user space: the mapping records, the outbound index and the slot table of
+ * bpf/lib/records.h and bpf/lib/binding.h. Readers (show, metrics, purging, tests) walk the
+ * records; writers (tests, the benchmark's fills) claim a record and insert its outbound entry
+ * as the programs do, with the same hash.
+ *
+ * Writes from user space take no lock and use plain stores: they are for maps no program is
+ * writing at the same time (start-up, tests), except {@link releaseSlotRecords}, which frees
+ * records of an address that left, which no packet maps to any more.
+ * @module
+ */
+import * as bpf from "../ffi/libbpf.ts";
+import {
+  addr16,
+  addrOf,
+  BINDING_DYING,
+  MAPPING_RECORD_LAYOUT,
+  MAX_SLOTS,
+  OUTBOUND_LINE_LAYOUT,
+  protoIdx,
+  REC,
+  SLOT_TABLE_LAYOUT,
+} from "./codec.ts";
+
+/** The maps a binding lives in. */
+export interface RecordMaps {
+  records: number;
+  outbound: number;
+  slots: number;
+  bindingCount: number;
+}
+
+/** A binding: internal endpoint, external endpoint, and its sessions' references. */
+export interface Binding {
+  family: 4 | 6;
+  l4proto: number;
+  intAddr: Uint8Array;
+  intPort: number;
+  extAddr: Uint8Array;
+  extPort: number;
+  /** Live sessions (without the dying bit). */
+  ref: number;
+  /** Index of its record. */
+  idx: number;
+}
+
+/** An occupied slot: the external address whose records it places. */
+export interface SlotEntry {
+  slot: number;
+  family: 4 | 6;
+  addr: Uint8Array;
+}
+
+export const OB_ENTRIES = 15;
+export const OB_EMPTY = 0;
+export const OB_TOMB = 1;
+export const OB_IDX_BITS = 22;
+const OB_IDX_MASK = (1 << OB_IDX_BITS) - 1;
+/** Records per slot: 3 protocols x 65,536 ports. */
+export const RECORDS_PER_SLOT = 3 * 65536;
+
+const u32key = (i: number) => new Uint8Array(new Uint32Array([i]).buffer);
+const ZERO = u32key(0);
+const R = MAPPING_RECORD_LAYOUT.fields;
+
+/** Index of the record of (slot, protocol index, port), as rec_index() makes it. */
+export function recIndex(slot: number, pidx: number, port: number): number {
+  return ((slot * 3 + pidx) << 16) | port;
+}
+
+/** Slot, protocol index and port of record index `idx`. */
+export function recPlace(idx: number): { slot: number; pidx: number; port: number } {
+  const hi = idx >>> 16;
+  return { slot: Math.floor(hi / 3), pidx: hi % 3, port: idx & 0xffff };
+}
+
+function fmix32(h: number): number {
+  h ^= h >>> 16;
+  h = Math.imul(h, 0x85ebca6b);
+  h ^= h >>> 13;
+  h = Math.imul(h, 0xc2b2ae35);
+  h ^= h >>> 16;
+  return h >>> 0;
+}
+
+/** ob_hash() of bpf/lib/records.h: the endpoint's hash (line: low bits; tag: top 10 bits). */
+export function obHash(family: 4 | 6, l4proto: number, addr: Uint8Array, port: number): number {
+  const a = addr16(addr);
+  const w = new DataView(a.buffer, a.byteOffset, 16);
+  // the port is a __be16 read as a number: its bytes swapped on a little-endian machine
+  const be = ((port & 0xff) << 8) | (port >>> 8);
+  let h = ((family << 24) ^ (l4proto << 16) ^ be) >>> 0;
+  for (let i = 0; i < 4; i++) {
+    h = (Math.imul((h ^ w.getUint32(i * 4, true)) >>> 0, 0x9e3779b1) + 0x7f4a7c15) >>> 0;
+  }
+  return fmix32(h);
+}
+
+function obTag(h: number): number {
+  const t = h >>> OB_IDX_BITS;
+  return t ? t : 1;
+}
+
+/** The slot table (map_slots): the occupied slots. */
+export function readSlots(fd: number): SlotEntry[] {
+  const v = bpf.mapLookup(fd, ZERO, SLOT_TABLE_LAYOUT.size);
+  if (!v) throw new Error("map_slots has no table");
+  const out: SlotEntry[] = [];
+  for (let i = 0; i < MAX_SLOTS; i++) {
+    const f = v[i * 20 + 16];
+    if (f === 4 || f === 6) {
+      out.push({ slot: i, family: f, addr: addrOf(f, v.subarray(i * 20, i * 20 + 16)) });
+    }
+  }
+  return out;
+}
+
+/** Writes the slot table: `entries` occupied, every other slot free. */
+export function writeSlots(fd: number, entries: SlotEntry[]): void {
+  const v = new Uint8Array(SLOT_TABLE_LAYOUT.size);
+  for (const e of entries) {
+    v.set(addr16(e.addr), e.slot * 20);
+    v[e.slot * 20 + 16] = e.family;
+  }
+  bpf.mapUpdate(fd, ZERO, v);
+}
+
+const sameAddr = (a: Uint8Array, b: Uint8Array) =>
+  a.length === b.length && a.every((x, i) => x === b[i]);
+
+/** The slot of an external address, or -1. */
+export function slotOf(slots: SlotEntry[], family: 4 | 6, addr: Uint8Array): number {
+  return slots.find((s) => s.family === family && sameAddr(s.addr, addr))?.slot ?? -1;
+}
+
+function readRecord(fd: number, idx: number): Uint8Array | null {
+  return bpf.mapLookup(fd, u32key(idx), MAPPING_RECORD_LAYOUT.size);
+}
+
+function readLine(fd: number, line: number): Uint32Array {
+  const v = bpf.mapLookup(fd, u32key(line), OUTBOUND_LINE_LAYOUT.size);
+  if (!v) throw new Error(`map_outbound has no line ${line}`);
+  return new Uint32Array(v.slice().buffer);
+}
+
+function writeLine(fd: number, line: number, words: Uint32Array): void {
+  bpf.mapUpdate(fd, u32key(line), new Uint8Array(words.buffer));
+}
+
+function lineOf(maps: RecordMaps, h: number): number {
+  return h & (bpf.mapInfo(maps.outbound).maxEntries - 1);
+}
+
+function liveNames(
+  rec: Uint8Array,
+  family: 4 | 6,
+  l4proto: number,
+  addr: Uint8Array,
+  port: number,
+): boolean {
+  const v = new DataView(rec.buffer, rec.byteOffset, rec.byteLength);
+  return (v.getUint32(R.state.offset, true) & REC.STATE_MASK) === REC.LIVE &&
+    !(v.getUint32(R.ref.offset, true) & BINDING_DYING) &&
+    rec[R.family.offset] === family && rec[R.l4proto.offset] === l4proto &&
+    v.getUint16(R.int_port.offset, false) === port &&
+    sameAddr(rec.subarray(R.int_addr.offset, R.int_addr.offset + 16), addr16(addr));
+}
+
+/** The record index of the binding of an internal endpoint (the outbound index), or -1. */
+export function findOutbound(
+  maps: RecordMaps,
+  family: 4 | 6,
+  l4proto: number,
+  addr: Uint8Array,
+  port: number,
+): number {
+  const h = obHash(family, l4proto, addr, port);
+  const line = readLine(maps.outbound, lineOf(maps, h));
+  const tag = obTag(h);
+  for (let i = 1; i <= OB_ENTRIES; i++) {
+    const e = line[i];
+    if (e === OB_EMPTY) break;
+    if (e >>> OB_IDX_BITS !== tag) continue;
+    const rec = readRecord(maps.records, e & OB_IDX_MASK);
+    if (rec && liveNames(rec, family, l4proto, addr, port)) return e & OB_IDX_MASK;
+  }
+  return -1;
+}
+
+function decodeAt(b: Uint8Array, at: number, idx: number, slots: SlotEntry[]): Binding | null {
+  const v = new DataView(b.buffer, b.byteOffset + at, MAPPING_RECORD_LAYOUT.size);
+  if ((v.getUint32(R.state.offset, true) & REC.STATE_MASK) !== REC.LIVE) return null;
+  const family = b[at + R.family.offset] === 6 ? 6 : 4;
+  const { slot, port } = recPlace(idx);
+  const s = slots.find((x) => x.slot === slot);
+  if (!s) return null;
+  return {
+    family,
+    l4proto: b[at + R.l4proto.offset],
+    intAddr: addrOf(family, b.subarray(at + R.int_addr.offset, at + R.int_addr.offset + 16)),
+    intPort: v.getUint16(R.int_port.offset, false),
+    extAddr: s.addr,
+    extPort: port,
+    ref: v.getUint32(R.ref.offset, true) & ~BINDING_DYING,
+    idx,
+  };
+}
+
+/** The binding of an external endpoint (its record, when live), or null. */
+export function findBinding(
+  maps: RecordMaps,
+  family: 4 | 6,
+  l4proto: number,
+  extAddr: Uint8Array,
+  extPort: number,
+): Binding | null {
+  const slots = readSlots(maps.slots);
+  const slot = slotOf(slots, family, extAddr);
+  if (slot < 0) return null;
+  const idx = recIndex(slot, protoIdx(l4proto), extPort);
+  const rec = readRecord(maps.records, idx);
+  const b = rec ? decodeAt(rec, 0, idx, slots) : null;
+  return b && b.family === family && b.l4proto === l4proto ? b : null;
+}
+
+/** The binding of an internal endpoint, or null. */
+export function findBindingOf(
+  maps: RecordMaps,
+  family: 4 | 6,
+  l4proto: number,
+  intAddr: Uint8Array,
+  intPort: number,
+): Binding | null {
+  const idx = findOutbound(maps, family, l4proto, intAddr, intPort);
+  if (idx < 0) return null;
+  const rec = readRecord(maps.records, idx);
+  return rec ? decodeAt(rec, 0, idx, readSlots(maps.slots)) : null;
+}
+
+/** Every live binding, walking the records in batches. */
+export function* bindings(maps: RecordMaps): Generator<Binding> {
+  const slots = readSlots(maps.slots);
+  const out: Binding[] = [];
+  forEachLive(maps, slots, (b) => out.push(b));
+  yield* out;
+}
+
+/** Calls `fn` for every live binding (records read in batches). */
+export function forEachLive(maps: RecordMaps, slots: SlotEntry[], fn: (b: Binding) => void): void {
+  const size = MAPPING_RECORD_LAYOUT.size;
+  const live = new Set(slots.map((s) => s.slot));
+  bpf.forEachEntry(maps.records, 4, size, ({ values, vo, kv, ko }) => {
+    if ((values[vo + R.state.offset] & REC.STATE_MASK) !== REC.LIVE) return;
+    const idx = kv.getUint32(ko, true);
+    if (!live.has(recPlace(idx).slot)) return;
+    const b = decodeAt(values, vo, idx, slots);
+    if (b) fn(b);
+  });
+}
+
+/** Number of live bindings: records in the LIVE state. */
+export function countBindings(recordsFd: number): number {
+  let n = 0;
+  bpf.forEachEntry(recordsFd, 4, MAPPING_RECORD_LAYOUT.size, ({ values, vo }) => {
+    if ((values[vo + R.state.offset] & REC.STATE_MASK) === REC.LIVE) n++;
+  });
+  return n;
+}
+
+function addCount(maps: RecordMaps, d: number): void {
+  const v = bpf.mapLookup(maps.bindingCount, ZERO, 8);
+  const n = v ? new DataView(v.buffer).getBigUint64(0, true) : 0n;
+  const out = new Uint8Array(8);
+  new DataView(out.buffer).setBigUint64(0, BigInt.asUintN(64, n + BigInt(d)), true);
+  bpf.mapUpdate(maps.bindingCount, ZERO, out);
+}
+
+/**
+ * Writes a binding as the programs make one: its record (live, `ref` references) and its
+ * outbound entry, and counts it. The external address must have a slot. Throws when the
+ * record is taken or the outbound line is full.
+ */
+export function writeBinding(
+  maps: RecordMaps,
+  b: Omit<Binding, "idx" | "ref"> & { ref?: number },
+): number {
+  const slot = slotOf(readSlots(maps.slots), b.family, b.extAddr);
+  if (slot < 0) throw new Error(`no slot for external address of binding`);
+  const idx = recIndex(slot, protoIdx(b.l4proto), b.extPort);
+  const old = readRecord(maps.records, idx);
+  const oldState = old ? new DataView(old.buffer).getUint32(0, true) : 0;
+  if ((oldState & REC.STATE_MASK) !== REC.FREE) throw new Error(`record ${idx} is taken`);
+  const h = obHash(b.family, b.l4proto, b.intAddr, b.intPort);
+  const ln = lineOf(maps, h);
+  const line = readLine(maps.outbound, ln);
+  let free = -1;
+  for (let i = 1; i <= OB_ENTRIES; i++) {
+    if (line[i] === OB_EMPTY || line[i] === OB_TOMB) {
+      free = i;
+      break;
+    }
+  }
+  if (free < 0) throw new Error(`outbound line ${ln} is full`);
+  const rec = new Uint8Array(MAPPING_RECORD_LAYOUT.size);
+  const v = new DataView(rec.buffer);
+  v.setUint32(R.state.offset, ((oldState & ~REC.STATE_MASK) + REC.GEN_ONE) | REC.LIVE, true);
+  v.setUint32(R.ref.offset, b.ref ?? 0, true);
+  rec.set(addr16(b.intAddr), R.int_addr.offset);
+  v.setUint16(R.int_port.offset, b.intPort, false);
+  rec[R.family.offset] = b.family;
+  rec[R.l4proto.offset] = b.l4proto;
+  bpf.mapUpdate(maps.records, u32key(idx), rec);
+  line[free] = ((obTag(h) << OB_IDX_BITS) | idx) >>> 0;
+  writeLine(maps.outbound, ln, line);
+  addCount(maps, 1);
+  return idx;
+}
+
+function freeRecord(maps: RecordMaps, idx: number, rec: Uint8Array): void {
+  const v = new DataView(rec.buffer, rec.byteOffset, rec.byteLength);
+  const family = rec[R.family.offset] === 6 ? 6 : 4;
+  const intAddr = rec.subarray(R.int_addr.offset, R.int_addr.offset + 16);
+  const h = obHash(family, rec[R.l4proto.offset], intAddr, v.getUint16(R.int_port.offset, false));
+  const ln = lineOf(maps, h);
+  const line = readLine(maps.outbound, ln);
+  const want = ((obTag(h) << OB_IDX_BITS) | idx) >>> 0;
+  const at = line.indexOf(want, 1);
+  if (at > 0) {
+    line[at] = OB_TOMB;
+    writeLine(maps.outbound, ln, line);
+  }
+  const out = new Uint8Array(MAPPING_RECORD_LAYOUT.size);
+  const ov = new DataView(out.buffer);
+  ov.setUint32(R.state.offset, v.getUint32(R.state.offset, true) & ~REC.STATE_MASK, true);
+  ov.setUint32(R.ref.offset, BINDING_DYING, true);
+  bpf.mapUpdate(maps.records, u32key(idx), out);
+  addCount(maps, -1);
+}
+
+/** Deletes the binding of an external endpoint: its outbound entry and its record. */
+export function deleteBinding(
+  maps: RecordMaps,
+  family: 4 | 6,
+  l4proto: number,
+  extAddr: Uint8Array,
+  extPort: number,
+): boolean {
+  const b = findBinding(maps, family, l4proto, extAddr, extPort);
+  if (!b) return false;
+  const rec = readRecord(maps.records, b.idx);
+  if (!rec) return false;
+  freeRecord(maps, b.idx, rec);
+  return true;
+}
+
+/** Frees every live record of `slot` (an external address that left); returns how many. */
+export function releaseSlotRecords(maps: RecordMaps, slot: number): number {
+  const first = recIndex(slot, 0, 0);
+  let n = 0;
+  const size = MAPPING_RECORD_LAYOUT.size;
+  const stale: [number, Uint8Array][] = [];
+  bpf.forEachEntry(maps.records, 4, size, ({ values, vo, kv, ko }) => {
+    const idx = kv.getUint32(ko, true);
+    if (idx < first || idx >= first + RECORDS_PER_SLOT) return;
+    if ((values[vo + R.state.offset] & REC.STATE_MASK) === REC.FREE) return;
+    stale.push([idx, values.slice(vo, vo + size)]);
+  });
+  for (const [idx, rec] of stale) {
+    freeRecord(maps, idx, rec);
+    n++;
+  }
+  return n;
+}

@@ -101,7 +101,7 @@ Deno.test("config keys reach the loaded BPF config and maps", async () => {
       inboundIcmpx: false,
       flowCacheSlots: 4096,
       // binding_max_records: the bindings at most, and the outbound index sized for them
-      outboundLines: 2048,
+      outboundLines: 1024,
       bindingMax: 4096,
     });
     // the flow cache: one block of flow_cache_slots per possible CPU
@@ -115,8 +115,8 @@ Deno.test("config keys reach the loaded BPF config and maps", async () => {
     // record limits: binding_max_records sizes the outbound index (four entries per binding,
     // 15 to a line, a power of two of lines); the records are a slot per family NATed and one
     // more, 3 protocols x 65,536 ports each
-    assertEquals(outboundLines(4096), 2048);
-    assertEquals(bpf.mapMaxEntries(bpf.findMap(nat.obj, "map_outbound")), 2048);
+    assertEquals(outboundLines(4096), 1024);
+    assertEquals(bpf.mapMaxEntries(bpf.findMap(nat.obj, "map_outbound")), 1024);
     assertEquals(defaultSlots(roConfigOf(ic, false)), 3);
     assertEquals(bpf.mapMaxEntries(bpf.findMap(nat.obj, "map_records")), 3 * RECORDS_PER_SLOT);
     assertEquals(RECORDS_PER_SLOT, 3 * 65536);

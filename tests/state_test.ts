@@ -190,7 +190,7 @@ Deno.test({
         const log = p.stderrText();
         assert(/pinned map has another layout; recreated empty .*map=map_stats/.test(log), log);
         assert(
-          /pinned map keeps its size.*map=map_outbound pinned=65536 configured=512/.test(log),
+          /pinned map keeps its size.*map=map_outbound pinned=32768 configured=256/.test(log),
           log,
         );
         assert(/pinned state reused .*recreated=map_stats .*sessions=1/.test(log), log);

@@ -19,7 +19,7 @@
  *   reuses. A lookup stops at the first empty entry: an insert takes the first
  *   free entry, so nothing was ever inserted past an empty one.
  * - A line whose 15 entries are taken refuses the insert. The loader sizes the
- *   index at four entries per binding, rounded up to a power of two of lines
+ *   index at two entries per binding, rounded up to a power of two of lines
  *   (lib/nat/codec.ts, outboundLines), so a line is rarely full.
  *
  * OUTBOUND_MASK() (the number of lines less one, a power of two less one) is
@@ -249,35 +249,21 @@ __noinline int einat_outbound_insert(const struct rec_key *k, __u32 idx)
 		return -EINVAL;
 	if (!ob_lock(l))
 		return -EBUSY;
-	__u32 tag = ob_tag(h);
-	int free = -1, found = -1;
-	for (int i = 0; i < OB_ENTRIES; i++) {
-		__u32 e = l->e[i];
-		if (e == OB_EMPTY) {
-			if (free < 0)
-				free = i;
-			break;
+	/* Under the lock no other insert runs on this line: what the lookup misses now is
+	 * not there. Two passes, not one tracking both: the verifier's states would
+	 * multiply with each place a free entry may have been seen at. */
+	int ret = einat_outbound_find(k);
+	if (ret < 0) {
+		ret = -ENOSPC;
+		__u32 e = (ob_tag(h) << OB_IDX_BITS) | (idx & OB_IDX_MASK);
+		for (int i = 0; i < OB_ENTRIES; i++) {
+			__u32 old = l->e[i];
+			if (old == OB_EMPTY || old == OB_TOMB) {
+				*(volatile __u32 *)&l->e[i] = e;
+				ret = idx & OB_IDX_MASK;
+				break;
+			}
 		}
-		if (e == OB_TOMB) {
-			if (free < 0)
-				free = i;
-			continue;
-		}
-		if (e >> OB_IDX_BITS != tag)
-			continue;
-		__u32 ri = e & OB_IDX_MASK;
-		struct mapping_record *r = rec_get(ri);
-		if (r && rec_names(r, k)) {
-			found = ri;
-			break;
-		}
-	}
-	int ret = -ENOSPC;
-	if (found >= 0) {
-		ret = found;
-	} else if (free >= 0 && free < OB_ENTRIES) {
-		*(volatile __u32 *)&l->e[free] = (tag << OB_IDX_BITS) | (idx & OB_IDX_MASK);
-		ret = idx & OB_IDX_MASK;
 	}
 	__sync_lock_test_and_set(&l->lock, 0);
 	return ret;

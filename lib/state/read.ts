@@ -23,7 +23,7 @@ import {
   TRAFFIC,
 } from "../nat/codec.ts";
 import { type MetaDoc, readMeta, STATE_MAPS, type StateMap } from "./pin.ts";
-import { countBindings, readSlots, recPlace, type SlotEntry } from "../nat/records.ts";
+import { readSlots, recPlace, type SlotEntry } from "../nat/records.ts";
 import { onBpffs } from "./bpffs.ts";
 
 /** A protocol as shown. */
@@ -475,12 +475,13 @@ export function readCounters(s: PinnedState): Counters {
 /** Entries and capacity of each pinned map (counted by reading them in batches). */
 export function mapFill(s: PinnedState): { map: string; entries: number; capacity: number }[] {
   const out: { map: string; entries: number; capacity: number }[] = [];
-  const rfd = s.fds.map_records;
-  if (rfd !== undefined) {
-    // bindings, against the records of the slots
+  const rfd = s.fds.map_records, cfd = s.fds.map_binding_count;
+  if (rfd !== undefined && cfd !== undefined) {
+    // live bindings (the programs' count), against the records of the slots
+    const n = bpf.mapLookup(cfd, new Uint8Array(4), 8);
     out.push({
       map: "map_records",
-      entries: countBindings(rfd),
+      entries: n ? Number(new DataView(n.buffer).getBigUint64(0, true)) : 0,
       capacity: bpf.mapInfo(rfd).maxEntries,
     });
   }

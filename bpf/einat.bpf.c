@@ -158,7 +158,7 @@ __noinline int einat_egress_icmp_error(struct __sk_buff *skb, struct packet *p, 
 			return deliver_locally(skb);
 		return own ? pass() : drop(STAT_DROP_ICMP_ERROR);
 	}
-	struct binding_value *peer = &sc->peer, *bv = &sc->bv; /* scratch: see in */
+	struct endpoint *peer = &sc->peer, *bv = &sc->bv; /* scratch: see in */
 	if (hairpin) {
 		/* An echo has one identifier, so echoes are never hairpinned. */
 		__u32 pi;
@@ -204,7 +204,7 @@ __noinline int einat_ingress_icmp_error(struct __sk_buff *skb, struct packet *p)
 	struct mapping_record *b = binding_reply(p->family, in.l4proto, &in.src, in.sport, &ri);
 	if (!b)
 		return pass(); /* about the router's own traffic */
-	struct binding_value bv;
+	struct endpoint bv;
 	binding_intern(&bv, b);
 	if (!einat_icmp_error_valid(skb, p)) /* RFC 5508 REQ-3 */
 		return drop(STAT_DROP_ICMP_ERROR);
@@ -247,7 +247,7 @@ __noinline int einat_inbound_query(struct packet *p)
 {
 	if (!p)
 		return 0;
-	struct binding_value self;
+	struct endpoint self;
 	__builtin_memset(&self, 0, sizeof(self));
 	self.addr = p->dst;
 	self.port = p->dport;
@@ -309,8 +309,8 @@ static __always_inline int ingress_icmp_query(struct packet *p)
  * internal host through the FIB, so the receiver sees the sender's external
  * endpoint. The caller has updated both sessions.
  */
-__noinline int einat_hairpin(struct __sk_buff *skb, struct packet *p, struct binding_value *snat,
-			     struct binding_value *target)
+__noinline int einat_hairpin(struct __sk_buff *skb, struct packet *p, struct endpoint *snat,
+			     struct endpoint *target)
 {
 	if (!p || !snat || !target)
 		return TC_ACT_SHOT;
@@ -427,7 +427,7 @@ static __always_inline int egress_established(struct __sk_buff *skb, struct pack
 		ct_key_init(&ck, p->family, p->l4proto, &fe->to_addr, fe->to_port, &p->dst,
 			    remote_port);
 	} else {
-		struct binding_value b;
+		struct endpoint b;
 		if (einat_binding_of(p->family, p->l4proto, &p->src, p->sport, &b) < 0) {
 			p->no_binding = 1; /* the full path need not look again */
 			return -1;
@@ -454,9 +454,9 @@ static __always_inline int egress_established(struct __sk_buff *skb, struct pack
 /* Keys and values of the full egress path (the stack is short). */
 struct egress_scratch {
 	struct ct_key ck;
-	struct binding_value target; /* hairpin: the destination's binding */
-	struct binding_value bv;
-	struct binding_value intern;
+	struct endpoint target; /* hairpin: the destination's binding */
+	struct endpoint bv;
+	struct endpoint intern;
 	__u64 epoch; /* read before the binding was looked up or made */
 };
 
@@ -514,7 +514,7 @@ __noinline int einat_egress_full(struct __sk_buff *skb, struct packet *pp)
 	 * replies) to the external address are the router's, like those from
 	 * outside: delivered locally, untranslated.
 	 */
-	struct binding_value *target = NULL;
+	struct endpoint *target = NULL;
 	if ((dest & EXT_EXTERNAL) && !(dest & EXT_NO_HAIRPIN)) {
 		if (pp->l4proto == IPPROTO_ICMP)
 			return deliver_locally(skb);
@@ -534,7 +534,7 @@ __noinline int einat_egress_full(struct __sk_buff *skb, struct packet *pp)
 		remote_port = 0;
 	}
 
-	struct binding_value *bvp = &es->bv;
+	struct endpoint *bvp = &es->bv;
 	bool b = !pp->no_binding &&
 		 einat_binding_of(pp->family, pp->l4proto, &pp->src, pp->sport, bvp) >= 0;
 	if (!b) {
@@ -558,7 +558,7 @@ __noinline int einat_egress_full(struct __sk_buff *skb, struct packet *pp)
 
 	struct ct_key *ck = &es->ck;
 	ct_key_init(ck, pp->family, pp->l4proto, &bvp->addr, bvp->port, &pp->dst, remote_port);
-	struct binding_value *intern = &es->intern;
+	struct endpoint *intern = &es->intern;
 	__builtin_memset(intern, 0, sizeof(*intern));
 	intern->addr = pp->src;
 	intern->port = pp->sport;
@@ -696,7 +696,7 @@ static __always_inline int ingress_l4(struct __sk_buff *skb, struct packet *pp, 
 	__u64 epoch = epoch_now(); /* before the lookup the slot will stand for */
 	struct ct_key ck;
 	ct_key_init(&ck, pp->family, pp->l4proto, &pp->dst, pp->dport, &pp->src, remote_port);
-	struct binding_value bv;
+	struct endpoint bv;
 	struct ct_value *v = bpf_map_lookup_elem(&map_ct, &ck);
 	if (v) {
 		if (ct_expired(v, pp->l4proto, now)) {

@@ -135,11 +135,10 @@ struct port_bits {
 
 /* One side of a binding, as the programs pass it around: the external endpoint
  * (original direction) or the internal one (reply direction). */
-struct binding_value {
+struct endpoint {
 	union ip_addr addr;
 	__be16 port;
-	__u16 flags;
-	__u32 ref; /* unused: the count is the record's (struct mapping_record) */
+	__u16 _pad;
 };
 
 struct ct_key {

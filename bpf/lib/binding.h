@@ -131,8 +131,7 @@ binding_reply(__u8 family, __u8 l4proto, const union ip_addr *ext_addr, __be16 e
 }
 
 /* The internal endpoint of record r as a binding value (the reply direction). */
-static __always_inline void binding_intern(struct binding_value *out,
-					   const struct mapping_record *r)
+static __always_inline void binding_intern(struct endpoint *out, const struct mapping_record *r)
 {
 	__builtin_memset(out, 0, sizeof(*out));
 	out->addr = r->int_addr;
@@ -145,7 +144,7 @@ static __always_inline void binding_intern(struct binding_value *out,
  * -1. A global function: verified once.
  */
 __noinline int einat_binding_of(__u32 family, __u32 l4proto, const union ip_addr *int_addr,
-				__u32 int_port, struct binding_value *out)
+				__u32 int_port, struct endpoint *out)
 {
 	if (!int_addr || !out)
 		return -1;
@@ -605,7 +604,7 @@ __noinline int einat_binding_release(__u32 idx)
  * Returns 0 with the binding in *out, or a STAT_DROP_* reason.
  */
 __noinline int einat_binding_create(const struct packet *p, const struct default_ext *ext,
-				    struct binding_value *out)
+				    struct endpoint *out)
 {
 	if (!p || !ext || !out)
 		return STAT_DROP_UNTRANSLATABLE;

@@ -70,7 +70,7 @@ static __always_inline __u8 ct_flags_update(__u8 flags, bool egress, __u8 tcp_fl
 }
 
 /* The session maps to the internal endpoint intern. */
-static __always_inline bool ct_names(const struct ct_value *v, const struct binding_value *intern)
+static __always_inline bool ct_names(const struct ct_value *v, const struct endpoint *intern)
 {
 	return v->int_port == intern->port && addr_eq(&v->int_addr, &intern->addr);
 }
@@ -156,7 +156,7 @@ enum ct_touch_mode {
  * releases its reference with binding_put); or a STAT_DROP_* reason (with
  * CT_NEW_REF_HELD the reference is still the caller's to release).
  */
-__noinline int einat_ct_touch(const struct ct_key *k, const struct binding_value *intern,
+__noinline int einat_ct_touch(const struct ct_key *k, const struct endpoint *intern,
 			      struct packet *p, int egress, int mode)
 {
 	if (!k || !intern || !p)

@@ -34,7 +34,7 @@ struct icmp_scratch {
 	__be32 pseudo[2];
 	struct default_ext ext; /* the external chosen by the FIB (fib_external) */
 	struct inner in; /* the packet inside an ICMP error leaving */
-	struct binding_value bv, peer; /* its mappings (einat_egress_icmp_error) */
+	struct endpoint bv, peer; /* its mappings (einat_egress_icmp_error) */
 };
 
 struct {

@@ -176,6 +176,15 @@ static __always_inline void rec_free(struct mapping_record *r)
 	__sync_lock_test_and_set(&r->state, s & ~REC_STATE_MASK);
 }
 
+/* Record idx is live, not going, and holds endpoint k. A global function: the
+ * lookup's loop calls it, so the verifier walks its conditions once, not once
+ * per entry of a line. */
+__noinline int einat_rec_is(__u32 idx, const struct rec_key *k)
+{
+	struct mapping_record *r = rec_get(idx);
+	return r && k && rec_names(r, k);
+}
+
 /*
  * The index of the live record of endpoint k, or -1. No lock: a record being
  * inserted meanwhile is missed, and its endpoint's creator then finds it when
@@ -194,12 +203,8 @@ __noinline int einat_outbound_find(const struct rec_key *k)
 		__u32 e = *(volatile __u32 *)&l->e[i];
 		if (e == OB_EMPTY)
 			break;
-		if (e >> OB_IDX_BITS != tag)
-			continue;
-		__u32 idx = e & OB_IDX_MASK;
-		struct mapping_record *r = rec_get(idx);
-		if (r && rec_names(r, k))
-			return idx;
+		if (e >> OB_IDX_BITS == tag && einat_rec_is(e & OB_IDX_MASK, k))
+			return e & OB_IDX_MASK;
 	}
 	return -1;
 }

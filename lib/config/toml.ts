@@ -27,6 +27,7 @@
  */
 
 import { parse, TomlError } from "smol-toml";
+import { MAX_SLOTS } from "../nat/codec.ts";
 import {
   type Cidr,
   type Config,
@@ -98,6 +99,7 @@ export const DEFAULTS = {
   preferTcx: true,
   preallocateMaps: false,
   flowCacheSlots: FLOW_CACHE_SLOTS.default as number,
+  externalSlots: 0,
   defaultExternals: true,
   /**
    * einat-ebpf leaves ICMP out. We route it too: errors from internal hosts about hairpinned
@@ -159,6 +161,7 @@ const INTERFACE_KEYS = [
   "ct_max_records",
   "preallocate_maps",
   "flow_cache_slots",
+  "external_slots",
   "default_externals",
   "snat_internals",
   "no_snat_dests",
@@ -761,6 +764,7 @@ export function defaultInterface(
     preferTcx: DEFAULTS.preferTcx,
     preallocateMaps: DEFAULTS.preallocateMaps,
     flowCacheSlots: DEFAULTS.flowCacheSlots,
+    externalSlots: DEFAULTS.externalSlots,
     noSnatDests: [],
     defaultExternals: DEFAULTS.defaultExternals,
     snatInternals: [],
@@ -881,6 +885,16 @@ function parseInterface(
       })`,
     );
   }
+  iface.externalSlots = getInt(
+    ctx,
+    t,
+    "external_slots",
+    path,
+    DEFAULTS.externalSlots,
+    1,
+    MAX_SLOTS,
+    "a number of external addresses",
+  );
   iface.defaultExternals = getBool(ctx, t, "default_externals", path, DEFAULTS.defaultExternals);
 
   // Timeouts; the deprecated timeout_pkt_* apply unless the new key is set.

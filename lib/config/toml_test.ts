@@ -469,3 +469,10 @@ function checkBadConfig(dir: URL, name: string): void {
     );
   }
 }
+
+Deno.test("external_slots: the loader's default unless set, from 1 to 16", () => {
+  equal(parse(MIN).config.interfaces[0].externalSlots, 0);
+  equal(parse(MIN + `external_slots = 4\n`).config.interfaces[0].externalSlots, 4);
+  throws(() => parse(MIN + `external_slots = 0\n`), /external_slots/);
+  throws(() => parse(MIN + `external_slots = 17\n`), /external_slots/);
+});

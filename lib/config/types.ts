@@ -78,8 +78,13 @@ export interface InterfaceConfig {
   fragTrackMaxRecords: number;
   bindingMaxRecords: number;
   ctMaxRecords: number;
-  /** `preallocate_maps`: binding and session records allocated when the maps are created. */
+  /** `preallocate_maps`: session records allocated when the map is created. */
   preallocateMaps: boolean;
+  /**
+   * `external_slots`: external addresses that bindings can be made on at once (slots of the
+   * mapping records, 6 MiB of kernel memory each); 0: one per NATed family, and one more.
+   */
+  externalSlots: number;
   /** `flow_cache_slots`: established-flow cache slots per CPU, a power of two. */
   flowCacheSlots: number;
   preferTcx: boolean;

@@ -76,7 +76,8 @@ export function syncSlots(maps: NatMaps, plan: NatPlan): { family: 4 | 6; addr: 
  * Deletes bindings and sessions whose external address the plan no longer
  * has (the address left the interface), and that address's free-port hint:
  * its bits would mark the purged ports taken should the address come back.
- * The address's slot is then free, and given to an address that waits for one.
+ * The address's slot is then free, and given to an address that waits for one; `unplaced`:
+ * the plan's addresses still without a slot (no new mappings are made on them).
  * Mappings of addresses that remain are untouched, so their connections
  * survive unrelated changes.
  *
@@ -85,7 +86,10 @@ export function syncSlots(maps: NatMaps, plan: NatPlan): { family: 4 | 6; addr: 
  * once (hundreds of MB of RSS) and took seconds. Deleting the entries of a batch before the next
  * is read is safe: a hash map's batch position is a bucket, and those buckets are behind it.
  */
-export function purgeStale(maps: NatMaps, plan: NatPlan): { bindings: number; sessions: number } {
+export function purgeStale(
+  maps: NatMaps,
+  plan: NatPlan,
+): { bindings: number; sessions: number; unplaced: { family: 4 | 6; addr: Uint8Array }[] } {
   const valid = plan.resolved.map((r) => addr16(r.addr));
   const isValid = (b: Uint8Array, at: number) =>
     valid.some((v) => v.every((x, i) => x === b[at + i]));
@@ -104,7 +108,7 @@ export function purgeStale(maps: NatMaps, plan: NatPlan): { bindings: number; se
   }
   if (departed.length > 0) {
     writeSlots(maps.slots, current.filter((s) => !departed.includes(s)));
-    syncSlots(maps, plan);
   }
-  return { bindings, sessions };
+  const unplaced = syncSlots(maps, plan);
+  return { bindings, sessions, unplaced };
 }

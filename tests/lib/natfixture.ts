@@ -58,6 +58,7 @@ export function testInterfaceConfig(o: Partial<InterfaceConfig> = {}): Interface
     preferTcx: false,
     preallocateMaps: false,
     flowCacheSlots: FLOW_CACHE_SLOTS.default,
+    externalSlots: 0,
     noSnatDests: [],
     defaultExternals: true,
     snatInternals: [],

@@ -1,0 +1,46 @@
+import { assertEquals } from "../../tests/lib/assert.ts";
+import { loadTestNat, testInterfaceConfig } from "../../tests/lib/natfixture.ts";
+import { parseAddr } from "../config/cidr.ts";
+import { applyPlan, purgeStale } from "./apply.ts";
+import { planInterface } from "./plan.ts";
+import { readSlots } from "./records.ts";
+import { assignSlots, departedSlots } from "./slots.ts";
+
+const a = (s: string) => ({ family: 4 as const, addr: parseAddr(s), prefixLen: 24 });
+const ic = testInterfaceConfig();
+const addrs = (e: { slot: number; addr: Uint8Array }[]) => e.map((x) => [x.slot, x.addr.join(".")]);
+
+Deno.test("slots: the default external first, kept while present, freed only once purged", () => {
+  const plan = planInterface(ic, [a("198.51.100.7"), a("203.0.113.1")]);
+  const d = plan.defaultExt[4]!.addr.join(".");
+  const first = assignSlots([], plan, 2);
+  assertEquals(first.table[0].addr.join("."), d, "the default external gets slot 0");
+  assertEquals(first.table.length, 2);
+  assertEquals(first.unplaced, []);
+  // the same plan again: nothing moves
+  assertEquals(addrs(assignSlots(first.table, plan, 2).table), addrs(first.table));
+  // one address goes, another comes: the departed keeps its slot until purged
+  const next = planInterface(ic, [a("198.51.100.7"), a("203.0.113.9")]);
+  const kept = assignSlots(first.table, next, 2);
+  assertEquals(kept.table.length, 2);
+  assertEquals(kept.unplaced.map((u) => u.addr.join(".")), ["203.0.113.9"]);
+  assertEquals(departedSlots(kept.table, next).map((s) => s.addr.join(".")), ["203.0.113.1"]);
+});
+
+Deno.test("slots: an address beyond the slots is reported unplaced; purging gives it the freed slot", async () => {
+  const n = await loadTestNat(ic, ["203.0.113.1/24", "198.51.100.7/24"], undefined, 1);
+  try {
+    assertEquals(readSlots(n.nat.maps.slots).length, 1, "one slot, for the default external");
+    const both = planInterface(ic, [a("203.0.113.1"), a("198.51.100.7")]);
+    assertEquals(purgeStale(n.nat.maps, both).unplaced.map((u) => u.addr.join(".")), [
+      "198.51.100.7",
+    ]);
+    // the other address alone: the first is purged and its slot given away
+    const other = planInterface(ic, [a("198.51.100.7")]);
+    applyPlan(n.nat.maps, other);
+    assertEquals(purgeStale(n.nat.maps, other).unplaced, []);
+    assertEquals(readSlots(n.nat.maps.slots).map((s) => s.addr.join(".")), ["198.51.100.7"]);
+  } finally {
+    n.close();
+  }
+});

@@ -257,7 +257,7 @@ __noinline int einat_inbound_query(struct packet *p)
 	struct mapping_record *b = binding_reply(p->family, p->l4proto, &p->dst, p->dport, &ri);
 	if (b) {
 		/* ours from an earlier ping: keep its session alive */
-		if (b->int_port == p->dport && addr_eq(&b->int_addr, &p->dst))
+		if (b->ct.int_port == p->dport && addr_eq(&b->ct.int_addr, &p->dst))
 			einat_ct_touch(&ck, &self, p, false, CT_FIND);
 		return 0;
 	}
@@ -276,7 +276,10 @@ __noinline int einat_inbound_query(struct packet *p)
 	rk.l4proto = p->l4proto;
 	__u32 idx = rec_index(slot, PROTO_IDX_ICMP, bpf_ntohs(p->dport));
 	b = rec_get(idx);
-	if (!b || !rec_claim(b, &rk)) {
+	/* the ping's session is made with the binding, in its record */
+	struct ct_value first;
+	ct_first(&first, p->l4proto, false, 0, packet_now(p));
+	if (!b || !rec_claim(b, &rk, &first, &p->src, 0)) {
 		binding_count_drop();
 		return 0;
 	}
@@ -289,8 +292,7 @@ __noinline int einat_inbound_query(struct packet *p)
 		return 0;
 	}
 	stat_inc(STAT_NEW_BINDING);
-	if (einat_ct_touch(&ck, &self, p, false, CT_NEW_REF_HELD))
-		binding_put(p->family, p->l4proto, &p->dst, p->dport);
+	stat_inc(STAT_NEW_SESSION);
 	return 0;
 }
 
@@ -434,7 +436,7 @@ static __always_inline int egress_established(struct __sk_buff *skb, struct pack
 		}
 		ct_key_init(&ck, p->family, p->l4proto, &b.addr, b.port, &p->dst, remote_port);
 	}
-	struct ct_value *v = bpf_map_lookup_elem(&map_ct, &ck);
+	struct ct_value *v = ct_find(&ck);
 	/* The session names the internal endpoint: a cached flow must be its. */
 	if (!v || (v->flags & CT_HAIRPIN) || (hit && !ct_names_source(v, p))) {
 		if (hit)
@@ -454,6 +456,7 @@ static __always_inline int egress_established(struct __sk_buff *skb, struct pack
 /* Keys and values of the full egress path (the stack is short). */
 struct egress_scratch {
 	struct ct_key ck;
+	struct ct_value first; /* a new binding's first session */
 	struct endpoint target; /* hairpin: the destination's binding */
 	struct endpoint bv;
 	struct endpoint intern;
@@ -535,6 +538,8 @@ __noinline int einat_egress_full(struct __sk_buff *skb, struct packet *pp)
 	}
 
 	struct endpoint *bvp = &es->bv;
+	struct ct_key *ck = &es->ck;
+	bool made = false;
 	bool b = !pp->no_binding &&
 		 einat_binding_of(pp->family, pp->l4proto, &pp->src, pp->sport, bvp) >= 0;
 	if (!b) {
@@ -547,29 +552,36 @@ __noinline int einat_egress_full(struct __sk_buff *skb, struct packet *pp)
 			if (sc)
 				from = &sc->ext;
 		}
-		r = einat_binding_create(pp, from, bvp);
+		/* this packet's session, made with the binding: its remote endpoint (the
+		 * external one is the binding's) and its value */
+		ct_key_init(ck, pp->family, pp->l4proto, &pp->dst, 0, &pp->dst, remote_port);
+		ct_first(&es->first, pp->l4proto, true, pp->tcp_flags, packet_now(pp));
+		r = einat_binding_create(pp, from, bvp, ck, &es->first);
 		if (r == STAT_DROP_NO_PORT || r == STAT_DROP_BINDING_FULL) {
 			stat_inc(r); /* refused: tell the sender (RFC 5508 REQ-8) */
 			return einat_send_prohibited(skb, pp);
 		}
-		if (r)
+		if (r > 0)
 			return drop(r);
+		made = r == 0;
 	}
 
-	struct ct_key *ck = &es->ck;
 	ct_key_init(ck, pp->family, pp->l4proto, &bvp->addr, bvp->port, &pp->dst, remote_port);
 	struct endpoint *intern = &es->intern;
 	__builtin_memset(intern, 0, sizeof(*intern));
 	intern->addr = pp->src;
 	intern->port = pp->sport;
-	/* A binding just made comes with a reference for this session, which the
-	 * session keeps; when none was made, the binding goes with it if no other
-	 * CPU took one meanwhile. */
-	r = einat_ct_touch(ck, intern, pp, true, b ? CT_FIND : CT_NEW_REF_HELD);
-	if (r && !b)
-		binding_put(pp->family, pp->l4proto, &bvp->addr, bvp->port);
-	if (r == CT_REF_UNUSED)
-		r = 0;
+	/* A binding made here holds this session already. Another CPU's comes with a
+	 * reference for it, which the session keeps; when none was made, the binding goes
+	 * with it if no other CPU took one meanwhile. */
+	r = 0;
+	if (!made) {
+		r = einat_ct_touch(ck, intern, pp, true, b ? CT_FIND : CT_NEW_REF_HELD);
+		if (r && !b)
+			binding_put(pp->family, pp->l4proto, &bvp->addr, bvp->port);
+		if (r == CT_REF_UNUSED)
+			r = 0;
+	}
 	if (r) {
 		if (r == STAT_DROP_CT_FULL) {
 			stat_inc(r);
@@ -579,7 +591,7 @@ __noinline int einat_egress_full(struct __sk_buff *skb, struct packet *pp)
 	}
 
 	if (target) { /* the target's session sees this as inbound traffic */
-		struct ct_value *own_ct = bpf_map_lookup_elem(&map_ct, ck);
+		struct ct_value *own_ct = ct_find(ck);
 		if (own_ct)
 			own_ct->flags |= CT_HAIRPIN; /* keeps it off the fast path */
 		ct_key_init(ck, pp->family, pp->l4proto, &pp->dst, pp->dport, &bvp->addr,
@@ -587,7 +599,7 @@ __noinline int einat_egress_full(struct __sk_buff *skb, struct packet *pp)
 		r = einat_ct_touch(ck, target, pp, false, CT_FIND);
 		if (r)
 			return drop(r);
-		struct ct_value *peer_ct = bpf_map_lookup_elem(&map_ct, ck);
+		struct ct_value *peer_ct = ct_find(ck);
 		if (peer_ct) /* its replies come back here and must turn around too */
 			peer_ct->flags |= CT_HAIRPIN;
 		return einat_hairpin(skb, pp, bvp, target);
@@ -598,7 +610,7 @@ __noinline int einat_egress_full(struct __sk_buff *skb, struct packet *pp)
 		 * checks): its next packets can be served from the slot at once. */
 		bool ours = !b;
 		if (!ours) {
-			struct ct_value *v = bpf_map_lookup_elem(&map_ct, ck);
+			struct ct_value *v = ct_find(ck);
 			ours = v && !(v->flags & CT_HAIRPIN) && ct_names_source(v, pp);
 		}
 		struct flow_entry *fe = ours ? flow_slot(pp, pp->family, true) : NULL;
@@ -697,7 +709,7 @@ static __always_inline int ingress_l4(struct __sk_buff *skb, struct packet *pp, 
 	struct ct_key ck;
 	ct_key_init(&ck, pp->family, pp->l4proto, &pp->dst, pp->dport, &pp->src, remote_port);
 	struct endpoint bv;
-	struct ct_value *v = bpf_map_lookup_elem(&map_ct, &ck);
+	struct ct_value *v = ct_find(&ck);
 	if (v) {
 		if (ct_expired(v, pp->l4proto, now)) {
 			/* Expired, not swept yet: gone, and its binding decides (EIF),

@@ -182,21 +182,6 @@ struct ct_value {
 	__u64 last_seen_ns; /* CLOCK_MONOTONIC */
 };
 
-/*
- * A mapping record (bpf/lib/records.h): the binding of one external port,
- * found by index (external-address slot, protocol, port) instead of a hash.
- * Claiming the port is claiming the record (compare-and-swap on state).
- */
-struct mapping_record {
-	__u32 state; /* REC_FREE, REC_BUSY or REC_LIVE in bits 0-1; a generation above */
-	__u32 ref; /* live sessions, BINDING_DYING (lib/binding.h) */
-	union ip_addr int_addr; /* the internal endpoint */
-	__be16 int_port;
-	__u8 family;
-	__u8 l4proto;
-	__u32 _pad;
-};
-
 #define REC_FREE 0
 #define REC_BUSY 1 /* being claimed: its fields are being written */
 #define REC_LIVE 2
@@ -214,6 +199,29 @@ struct outbound_line {
 	__u32 lock; /* held (1) by the CPU inserting into this line */
 	__u32 e[OB_ENTRIES];
 };
+
+/*
+ * A mapping record (bpf/lib/records.h): the binding of one external port,
+ * found by index (external-address slot, protocol, port) instead of a hash.
+ * Claiming the port is claiming the record (compare-and-swap on state). The
+ * binding's first session lives in it too (sess): the session of the packet
+ * that made the mapping, made with the record; further sessions are map_ct
+ * entries. 64 bytes: one cache line.
+ */
+struct mapping_record {
+	__u32 state; /* REC_FREE, REC_BUSY or REC_LIVE in bits 0-1; a generation above */
+	__u32 ref; /* live sessions, the inline one included; BINDING_DYING (lib/ref.h) */
+	union ip_addr remote_addr; /* the inline session's remote endpoint */
+	__be16 remote_port;
+	__u8 family;
+	__u8 l4proto;
+	__u32 sess; /* SESS_INLINE while the first session is there */
+	/* int_addr, int_port: the binding's internal endpoint; the rest: the inline session's */
+	struct ct_value ct;
+};
+
+#define SESS_NONE 0
+#define SESS_INLINE 1
 
 /* map_frag: translation of the first fragment, for the ones that follow. */
 struct frag_key {

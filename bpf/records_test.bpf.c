@@ -66,7 +66,7 @@ __noinline int create(struct rec_cmd *c)
 			break;
 		idx = rec_index(c->slot, proto_index(c->key.l4proto), port);
 		struct mapping_record *r = rec_get(idx);
-		if (r && rec_claim(r, &c->key)) {
+		if (r && rec_claim(r, &c->key, NULL, NULL, 0)) {
 			have = true;
 			break;
 		}
@@ -95,7 +95,7 @@ int rec_cmd(struct __sk_buff *skb)
 	switch (c.op) {
 	case OP_CLAIM:
 		r = rec_get(c.idx);
-		c.ret = r && rec_claim(r, &c.key);
+		c.ret = r && rec_claim(r, &c.key, NULL, NULL, 0);
 		break;
 	case OP_FIND:
 		c.ret = einat_outbound_find(&c.key);

@@ -9,19 +9,27 @@ import {
   CT_KEY_LAYOUT,
   CT_STATE,
   CT_VALUE_LAYOUT,
-  decodeCtKey,
   decodeCtValue,
   encodeCtKey,
   IPPROTO,
 } from "../lib/nat/codec.ts";
 import { parseAddr, parseCidr } from "../lib/config/cidr.ts";
-import { bumpEpoch, expireSessions } from "../lib/nat/loader.ts";
-import { countBindings, deleteBinding, findBinding, writeBinding } from "../lib/nat/records.ts";
+import { bumpEpoch, expireSessions, type NatMaps } from "../lib/nat/loader.ts";
+import {
+  countBindings,
+  deleteBinding,
+  findBinding,
+  findSession,
+  forEachSession,
+  writeBinding,
+  writeSession,
+} from "../lib/nat/records.ts";
 import { buildPacket, type PacketSpec, parsePacket } from "./lib/packet.ts";
 import { pinThread, restoreAffinity } from "./lib/cpu.ts";
 import {
   loadTestNat,
   ranges,
+  sessionsOf,
   stat,
   TC_ACT_OK,
   TC_ACT_REDIRECT,
@@ -61,12 +69,8 @@ const tcp = (
   payload: new Uint8Array(0),
 });
 
-function sessions(fd: number) {
-  return [...bpf.mapEntries(fd, CT_KEY_LAYOUT.size, CT_VALUE_LAYOUT.size)].map((e) => {
-    const k = decodeCtKey(e.key);
-    return { key: k, value: decodeCtValue(e.value, k.family) };
-  });
-}
+/** Every session, decoded: map_ct's and the first ones inline in the records. */
+const sessions = (m: NatMaps) => sessionsOf(m);
 
 Deno.test("egress UDP gets SNAT to the external address with valid checksums", async () => {
   const n = await loadTestNat();
@@ -116,7 +120,7 @@ Deno.test("ingress replies are DNATed back; other remotes get in (EIF); unmapped
     const stranger = n.ingress(udp(SRV2, 7777, EXT, ext));
     assertEquals(stranger.out.dst, LAN1, "a never-contacted endpoint reaches the mapping (EIF)");
     assertEquals(stranger.out.dport, 41000);
-    assertEquals(sessions(n.nat.maps.ct).length, 2, "EIF inbound creates its own session");
+    assertEquals(sessions(n.nat.maps).length, 2, "EIF inbound creates its own session");
 
     const input = buildPacket(udp(SRV2, 7777, EXT, ext === 26000 ? 26001 : 26000));
     const unmapped = n.runRaw("ingress", input);
@@ -137,7 +141,7 @@ Deno.test("TCP: SNAT/DNAT with checksums and state walk SYN, SYN-ACK, ACK, FIN, 
     assertEquals(syn.retval, TC_ACT_OK);
     assert(syn.out.l4ChecksumOk && syn.out.ipChecksumOk);
     const ext = syn.out.sport!;
-    let s = sessions(n.nat.maps.ct);
+    let s = sessions(n.nat.maps);
     assertEquals(s.length, 1);
     assertEquals(s[0].value.state, CT_STATE.TRANS, "SYN only: transitory");
     assertEquals(s[0].value.flags & CT_FLAGS.SYN_OUT, CT_FLAGS.SYN_OUT);
@@ -147,31 +151,31 @@ Deno.test("TCP: SNAT/DNAT with checksums and state walk SYN, SYN-ACK, ACK, FIN, 
     assertEquals(synack.out.dport, 45000);
     assert(synack.out.l4ChecksumOk);
     n.egress(tcp(LAN1, 45000, SRV1, 80, { ack: true }));
-    s = sessions(n.nat.maps.ct);
+    s = sessions(n.nat.maps);
     assertEquals(s[0].value.state, CT_STATE.EST, "after the handshake: established");
 
     n.egress(tcp(LAN1, 45000, SRV1, 80, { fin: true, ack: true }));
     assertEquals(
-      sessions(n.nat.maps.ct)[0].value.state,
+      sessions(n.nat.maps)[0].value.state,
       CT_STATE.EST,
       "half-closed stays established",
     );
     n.ingress(tcp(SRV1, 80, EXT, ext, { fin: true, ack: true }));
     assertEquals(
-      sessions(n.nat.maps.ct)[0].value.state,
+      sessions(n.nat.maps)[0].value.state,
       CT_STATE.TRANS,
       "FIN both ways: transitory",
     );
 
     const rst = n.ingress(tcp(SRV1, 80, EXT, ext, { rst: true }));
     assertEquals(rst.out.dst, LAN1, "RST is translated");
-    s = sessions(n.nat.maps.ct);
+    s = sessions(n.nat.maps);
     assertEquals(s[0].value.flags & CT_FLAGS.RST, CT_FLAGS.RST);
     assertEquals(s[0].value.state, CT_STATE.TRANS);
 
     n.egress(tcp(LAN1, 45000, SRV1, 80, { syn: true }));
     n.ingress(tcp(SRV1, 80, EXT, ext, { syn: true, ack: true }));
-    s = sessions(n.nat.maps.ct);
+    s = sessions(n.nat.maps);
     assertEquals(s[0].value.state, CT_STATE.EST, "traffic after RST re-establishes (RFC 7857 2.1)");
 
     const lone = n.runRaw("egress", buildPacket(tcp(LAN2, 46000, SRV1, 80, { rst: true })));
@@ -317,7 +321,7 @@ Deno.test("sessions and bindings expire: the sweep removes them once past their 
       icmpSeq: 1,
     });
     assertEquals(countBindings(n.nat.maps.records), 2, "two bindings");
-    assertEquals(sessions(n.nat.maps.ct).length, 2);
+    assertEquals(sessions(n.nat.maps).length, 2);
     assertEquals(expireSessions(n.nat), 0, "both live");
     // refreshed traffic keeps the mapping alive past one timeout
     for (let i = 0; i < 3; i++) {
@@ -333,7 +337,7 @@ Deno.test("sessions and bindings expire: the sweep removes them once past their 
     for (let i = 0; i < 40 && left !== 0; i++) {
       await new Promise((r) => setTimeout(r, 100));
       expireSessions(n.nat);
-      left = countBindings(n.nat.maps.records) + sessions(n.nat.maps.ct).length;
+      left = countBindings(n.nat.maps.records) + sessions(n.nat.maps).length;
     }
     assertEquals(left, 0, "everything expired");
     assertEquals(stat(n.nat.maps.stats, "expired_session"), 2n);
@@ -411,7 +415,7 @@ Deno.test("flow cache: a cached flow whose external port now belongs to another 
       extAddr: ext,
       remoteAddr: parseAddr(SRV1),
     });
-    const session = bpf.mapLookup(m.ct, ckey, CT_VALUE_LAYOUT.size)!;
+    const session = findSession(m, ckey)!; // inline in LAN1's record
     assert(deleteBinding(m, 4, IPPROTO.UDP, ext, first), "LAN1's binding deleted");
     const lan2Session = session.slice();
     lan2Session.set(lan2, CT_VALUE_LAYOUT.fields.int_addr.offset);
@@ -456,10 +460,16 @@ Deno.test("flow cache: a session the sweep deleted is not served from the cache,
     }
     // LAN1's session ages past its timeout (written from user space, which moves no epoch);
     // the sweep deletes it and its binding, so the only port is free again.
-    for (const e of [...bpf.mapEntries(m.ct, CT_KEY_LAYOUT.size, CT_VALUE_LAYOUT.size)]) {
-      const v = e.value.slice();
-      new DataView(v.buffer).setBigUint64(CT_VALUE_LAYOUT.fields.last_seen_ns.offset, 1n, true);
-      bpf.mapUpdate(m.ct, e.key, v);
+    const all: { key: Uint8Array; value: Uint8Array }[] = [];
+    forEachSession(m, (e) => {
+      all.push({
+        key: e.keys.slice(e.ko, e.ko + CT_KEY_LAYOUT.size),
+        value: e.values.slice(e.vo, e.vo + CT_VALUE_LAYOUT.size),
+      });
+    });
+    for (const { key, value } of all) {
+      new DataView(value.buffer).setBigUint64(CT_VALUE_LAYOUT.fields.last_seen_ns.offset, 1n, true);
+      writeSession(m, key, value);
     }
     assertEquals(expireSessions(n.nat), 1);
     const lan2 = n.egress(udp(LAN2, 40000, SRV1, 53));
@@ -489,7 +499,7 @@ Deno.test("flow cache: sessions stay current (refreshed through the cache at lea
   try {
     const m = n.nat.maps;
     const only = () => {
-      const all = sessions(m.ct);
+      const all = sessions(m);
       assertEquals(all.length, 1);
       return all[0].value;
     };
@@ -511,12 +521,12 @@ Deno.test("flow cache: sessions stay current (refreshed through the cache at lea
       n2.ingress(tcp(SRV1, 443, EXT, p, { syn: true, ack: true }));
       for (let i = 0; i < 3; i++) n2.egress(tcp(LAN1, 41000, SRV1, 443, { ack: true }));
       n2.egress(tcp(LAN1, 41000, SRV1, 443, { fin: true, ack: true }));
-      const s = sessions(n2.nat.maps.ct)[0].value;
+      const s = sessions(n2.nat.maps)[0].value;
       assert(s.flags & CT_FLAGS.FIN_OUT, "a FIN after cached ACKs reaches the session");
       n2.ingress(tcp(SRV1, 443, EXT, p, { ack: true }));
       n2.ingress(tcp(SRV1, 443, EXT, p, { ack: true }));
       n2.ingress(tcp(SRV1, 443, EXT, p, { rst: true }));
-      assert(sessions(n2.nat.maps.ct)[0].value.flags & CT_FLAGS.RST, "an inbound RST too");
+      assert(sessions(n2.nat.maps)[0].value.flags & CT_FLAGS.RST, "an inbound RST too");
     } finally {
       n2.close();
     }

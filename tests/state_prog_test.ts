@@ -11,13 +11,19 @@ import { monotonicNs } from "../lib/ffi/libc.ts";
 import { parseAddr } from "../lib/config/cidr.ts";
 import { roConfigOf } from "../lib/daemon.ts";
 import { applyPlan } from "../lib/nat/apply.ts";
-import { CT_KEY_LAYOUT, CT_VALUE_LAYOUT, encodeCtKey, IPPROTO, STATS } from "../lib/nat/codec.ts";
+import { CT_VALUE_LAYOUT, encodeCtKey, IPPROTO, STATS } from "../lib/nat/codec.ts";
 import { closeNat, expireSessions, loadNat, type NatObject } from "../lib/nat/loader.ts";
 import { countBindings, findBinding, writeBinding } from "../lib/nat/records.ts";
 import { planInterface } from "../lib/nat/plan.ts";
 import { type PinnedState, readCounters, readSessions } from "../lib/state/read.ts";
 import { buildPacket, type PacketSpec } from "./lib/packet.ts";
-import { loadTestNat, TC_ACT_OK, TC_ACT_SHOT, testInterfaceConfig } from "./lib/natfixture.ts";
+import {
+  loadTestNat,
+  sessionsOf,
+  TC_ACT_OK,
+  TC_ACT_SHOT,
+  testInterfaceConfig,
+} from "./lib/natfixture.ts";
 
 const EXT = "203.0.113.1";
 const EXT6 = "2001:db8:2::1";
@@ -123,10 +129,9 @@ async function loadWith(udpMinMs: number, reuse?: NatObject): Promise<NatObject>
   return nat;
 }
 
-const count = (fd: number, k: number, v: number) => [...bpf.mapEntries(fd, k, v)].length;
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-const sessions = (n: NatObject) => count(n.maps.ct, CT_KEY_LAYOUT.size, CT_VALUE_LAYOUT.size);
+const sessions = (n: NatObject) => sessionsOf(n.maps).length;
 const entries = (n: NatObject) => sessions(n) + countBindings(n.maps.records);
 
 Deno.test("sweep: sessions of a closed object stay in the maps and expire under the next object's timeouts", async () => {

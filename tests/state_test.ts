@@ -1,9 +1,8 @@
 /**
  * Pinned state in a network namespace of its own: sessions of a stopped einat
  * expire at the next start under its configuration; the version stamp refuses
- * incompatible state untouched, carries over the sessions of the timer-based
- * layout, recreates transient maps of another layout, and keeps a pinned
- * map's size.
+ * incompatible state untouched (bindings of the hash layout too), recreates
+ * transient maps of another layout, and keeps a pinned map's size.
  */
 import { assert, assertEquals } from "./lib/assert.ts";
 import { withSharedBpffs } from "./lib/bpffs.ts";
@@ -12,15 +11,7 @@ import { einatCmd, startEinat, stopEinat } from "./lib/einat.ts";
 import { nsExec, nsExecResult, peerCmd, run, runResult } from "./lib/netns.ts";
 import * as bpf from "../lib/ffi/libbpf.ts";
 import { closeFd } from "../lib/ffi/libc.ts";
-import {
-  decodeMeta,
-  encodeMeta,
-  LEGACY_CT_TIMER_LAYOUT,
-  LEGACY_CT_VALUE_SIZE,
-  META_NAME,
-  META_VALUE_SIZE,
-} from "../lib/state/pin.ts";
-import { CT_KEY_LAYOUT, CT_VALUE_LAYOUT } from "../lib/nat/codec.ts";
+import { decodeMeta, encodeMeta, META_NAME, META_VALUE_SIZE } from "../lib/state/pin.ts";
 import { openPinned, readBindings, readCounters, readSessions } from "../lib/state/read.ts";
 
 const sanitize = { sanitizeOps: false, sanitizeResources: false };
@@ -299,71 +290,3 @@ function pinnedFlags(pin: string): Record<string, number> {
   }
   return out;
 }
-
-/**
- * Replaces the pinned map_ct with one of the timer-based layout holding the same sessions
- * (56-byte values: no_timer at 20, last_seen_ns at 24, created_ns at 32, a zeroed timer), as an
- * einat of that layout would have left it, and stamps it so.
- */
-function makeLegacySessions(pin: string): void {
-  const path = `${pin}/wan0/map_ct`;
-  const fd = bpf.objGetPinned(path);
-  const info = bpf.mapInfo(fd);
-  const entries = [...bpf.mapEntries(fd, CT_KEY_LAYOUT.size, CT_VALUE_LAYOUT.size)];
-  closeFd(fd);
-  Deno.removeSync(path);
-  const legacy = bpf.mapCreate(
-    bpf.MapType.HASH,
-    "map_ct",
-    CT_KEY_LAYOUT.size,
-    LEGACY_CT_VALUE_SIZE,
-    info.maxEntries,
-  );
-  try {
-    const L = CT_VALUE_LAYOUT.fields;
-    for (const e of entries) {
-      const v = new Uint8Array(LEGACY_CT_VALUE_SIZE);
-      const src = new DataView(e.value.buffer, e.value.byteOffset);
-      const dst = new DataView(v.buffer);
-      v.set(e.value.subarray(0, L.created_s.offset));
-      dst.setBigUint64(24, src.getBigUint64(L.last_seen_ns.offset, true), true);
-      const created = BigInt(src.getUint32(L.created_s.offset, true)) * 1_000_000_000n;
-      dst.setBigUint64(32, created, true);
-      bpf.mapUpdate(legacy, e.key, v);
-    }
-    bpf.objPin(legacy, path);
-  } finally {
-    closeFd(legacy);
-  }
-  tamper(pin, (m) => m.map_ct.layout = LEGACY_CT_TIMER_LAYOUT);
-}
-
-Deno.test({
-  name:
-    "state: sessions pinned by a timer-based einat are carried over into the timer-less layout; the mapping keeps its port",
-  ...sanitize,
-  fn: () =>
-    withNs(async (ns, pin) => {
-      let p = await startEinat(ns, ["-i", "wan0", "--pin-dir", pin]);
-      await send(ns, pin);
-      const before = state(pin);
-      assertEquals(before.sessions.length, 1);
-      assertEquals(await stopEinat(p), 0, p.stderrText());
-      makeLegacySessions(pin);
-
-      p = await startEinat(ns, ["-i", "wan0", "--pin-dir", pin]);
-      const log = p.stderrText();
-      assert(/sessions of a timer-based einat carried over .*sessions=1/.test(log), log);
-      assert(/pinned state reused .* bindings=1 sessions=1 expired=0/.test(log), log);
-      const after = state(pin);
-      const view = (s: typeof before) =>
-        s.sessions.map((x) => [x.internal, x.external, x.remote, x.state]);
-      assertEquals(view(after), view(before), "the same session");
-      assertEquals(after.bindings, before.bindings, "the same mapping");
-      assertEquals(after.sessions[0].ageSeconds >= 0, true);
-      await send(ns, pin); // the same flow again: its session, not a new one
-      assertEquals(state(pin).sessions.length, 1);
-      assertEquals(view(state(pin)), view(before));
-      assertEquals(await stopEinat(p), 0, p.stderrText());
-    }),
-});

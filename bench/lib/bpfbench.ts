@@ -36,6 +36,7 @@ import {
 import { bumpEpoch, defaultSlots, type NatObject } from "../../lib/nat/loader.ts";
 import {
   deleteBinding,
+  findSession,
   readSlots,
   RECORDS_PER_SLOT,
   slotOf,
@@ -252,7 +253,7 @@ export function enableAlternation(n: Nat, f: Flow): void {
   const m = n.nat.maps;
   unmarkExternal(n, f.family);
   const proto = l4Proto(f.proto);
-  const real = bpf.mapLookup(m.ct, ctKeyOf(f, true), CT_VALUE_LAYOUT.size);
+  const real = findSession(m, ctKeyOf(f, true));
   if (!real) throw new Error("session of the flow not found");
   const v = real.slice();
   v.set(addr16(ipBytes(f.ext)), CT_VALUE_LAYOUT.fields.int_addr.offset);

@@ -37,12 +37,13 @@ struct {
 	__uint(max_entries, 1);
 } map_slots SEC(".maps");
 
-/* Live bindings, held to CFG.binding_max (sync_port_hint recounts them at start). */
+/* [0]: live bindings, held to CFG.binding_max (sync_port_hint recounts them at
+ * start); [1]: the sessions inline in records at that count. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__type(key, __u32);
 	__type(value, __u64);
-	__uint(max_entries, 1);
+	__uint(max_entries, 2);
 } map_binding_count SEC(".maps");
 
 /* Counts one binding more, unless that would pass CFG.binding_max. */
@@ -139,8 +140,8 @@ binding_reply(__u8 family, __u8 l4proto, const union ip_addr *ext_addr, __be16 e
 static __always_inline void binding_intern(struct endpoint *out, const struct mapping_record *r)
 {
 	__builtin_memset(out, 0, sizeof(*out));
-	out->addr = r->int_addr;
-	out->port = r->int_port;
+	out->addr = r->ct.int_addr;
+	out->port = r->ct.int_port;
 }
 
 /*
@@ -318,6 +319,10 @@ struct alloc_ctx {
 	struct rec_key rk; /* the internal endpoint */
 	__u32 slot; /* of the external address */
 	__u32 pidx; /* PROTO_IDX_* */
+	struct ct_value sess; /* the first session, made with the record when have_first */
+	union ip_addr remote; /* its remote endpoint */
+	__be16 remote_port;
+	__u8 have_first;
 	struct port_range ranges[EINAT_MAX_RANGES]; /* of this protocol */
 	__u32 nranges;
 	__u32 total; /* ports in all ranges */
@@ -392,7 +397,8 @@ static __always_inline bool try_claim(struct alloc_ctx *c, struct port_bits *b, 
 		c->full = 1; /* the slot has no records: no point in trying other ports */
 		return false;
 	}
-	bool ok = rec_claim(r, &c->rk);
+	bool ok = c->have_first ? rec_claim(r, &c->rk, &c->sess, &c->remote, c->remote_port)
+				: rec_claim(r, &c->rk, NULL, NULL, 0);
 	if (b)
 		port_bit_set(b, port);
 	if (!ok)
@@ -598,20 +604,25 @@ __noinline int einat_binding_release(__u32 idx)
 	return 0;
 }
 
+/* einat_binding_create(): another CPU made this endpoint's binding meanwhile. */
+#define BINDING_ADOPTED (-1)
+
 /*
- * Creates a new binding for the internal endpoint of p, with
- * one reference taken for the session the caller makes next (ct.h,
- * CT_NEW_REF_HELD): taken with the claim, the session's insert need not look
- * the binding up again to take it. When another CPU made this endpoint's
+ * Creates a new binding for the internal endpoint of p, with its first session
+ * in its record: the session of key ck (its remote endpoint; the external one
+ * is the new binding's) and value first (its internal endpoint aside), which
+ * holds the binding's one reference. When another CPU made this endpoint's
  * binding meanwhile, that one is the caller's, with a reference taken on it
- * likewise.
+ * for the session the caller makes (ct.h, CT_NEW_REF_HELD).
  * A global function: verified once for both families.
- * Returns 0 with the binding in *out, or a STAT_DROP_* reason.
+ * Returns 0 (made, the session with it) or BINDING_ADOPTED with the binding in
+ * *out, or a STAT_DROP_* reason.
  */
 __noinline int einat_binding_create(const struct packet *p, const struct default_ext *ext,
-				    struct endpoint *out)
+				    struct endpoint *out, const struct ct_key *ck,
+				    const struct ct_value *first)
 {
-	if (!p || !ext || !out)
+	if (!p || !ext || !out || !ck || !first)
 		return STAT_DROP_UNTRANSLATABLE;
 	struct alloc_ctx *c = alloc_ctx_get();
 	if (!c)
@@ -649,6 +660,10 @@ __noinline int einat_binding_create(const struct packet *p, const struct default
 	c->rk.port = p->sport;
 	c->rk.family = p->family;
 	c->rk.l4proto = p->l4proto;
+	c->sess = *first;
+	c->remote = ck->remote_addr;
+	c->remote_port = ck->remote_port;
+	c->have_first = 1;
 	if (!binding_count_take())
 		return STAT_DROP_BINDING_FULL;
 
@@ -699,6 +714,7 @@ __noinline int einat_binding_create(const struct packet *p, const struct default
 	__builtin_memset(out, 0, sizeof(*out));
 	if (ri == (int)idx) {
 		stat_inc(STAT_NEW_BINDING);
+		stat_inc(STAT_NEW_SESSION);
 		out->addr = ext->addr;
 		out->port = bpf_htons(c->found);
 		return 0;
@@ -713,7 +729,7 @@ __noinline int einat_binding_create(const struct packet *p, const struct default
 	if (ri < 0 || !slot_addr(rec_slot(ri), &out->addr))
 		return STAT_DROP_UNTRANSLATABLE;
 	out->port = bpf_htons(ri & 0xffff);
-	return 0;
+	return BINDING_ADOPTED;
 }
 
 /* Drops one session reference of the binding of record idx; releases it with the last. */

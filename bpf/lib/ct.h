@@ -69,6 +69,17 @@ static __always_inline __u8 ct_flags_update(__u8 flags, bool egress, __u8 tcp_fl
 	return flags;
 }
 
+/* A new session's value as of now, its internal endpoint aside. */
+static __always_inline void ct_first(struct ct_value *v, __u8 l4proto, bool egress, __u8 tcp_flags,
+				     __u64 now)
+{
+	__builtin_memset(v, 0, sizeof(*v));
+	v->flags = ct_flags_update(0, egress, tcp_flags);
+	v->state = ct_state_of(l4proto, v->flags);
+	v->last_seen_ns = now;
+	v->created_s = now / NSEC_PER_SEC;
+}
+
 /* The session maps to the internal endpoint intern. */
 static __always_inline bool ct_names(const struct ct_value *v, const struct endpoint *intern)
 {
@@ -82,12 +93,68 @@ static __always_inline bool ct_expired(const struct ct_value *v, __u8 l4proto, _
 }
 
 /*
+ * The record index of the binding whose inline session (its first, lib/records.h)
+ * is the session of key k, or -1. A global function: verified once.
+ */
+__noinline int einat_sess_inline(const struct ct_key *k)
+{
+	if (!k)
+		return -1;
+	int ri = einat_binding_at(k->family, k->l4proto, &k->ext_addr, k->ext_port);
+	if (ri < 0)
+		return -1;
+	struct mapping_record *r = rec_get(ri);
+	if (!r || r->sess != SESS_INLINE || r->remote_port != k->remote_port ||
+	    !addr_eq(&r->remote_addr, &k->remote_addr))
+		return -1;
+	return ri;
+}
+
+/*
+ * Ends the inline session of record ri and drops its binding reference. Only
+ * the caller whose compare-and-swap succeeds drops it: the sweep and the
+ * datapath may meet on one session. A global function: verified once.
+ */
+__noinline int einat_sess_inline_end(__u32 ri)
+{
+	struct mapping_record *r = rec_get(ri);
+	if (!r || __sync_val_compare_and_swap(&r->sess, SESS_INLINE, SESS_NONE) != SESS_INLINE)
+		return 0;
+	epoch_bump();
+	binding_put_idx(ri);
+	stat_inc(STAT_EXPIRED_SESSION);
+	return 1;
+}
+
+/*
+ * The session of key k: the inline one of its binding's record, or its map_ct
+ * entry; NULL when there is none.
+ */
+static __always_inline struct ct_value *ct_find(const struct ct_key *k)
+{
+	int ri = einat_sess_inline(k);
+	if (ri >= 0) {
+		struct mapping_record *r = rec_get(ri);
+		if (r) {
+			/* opaque to clang, which would take r->ct's address before the NULL
+			 * test (the verifier refuses arithmetic on a pointer maybe NULL) */
+			asm volatile("" : "+r"(r));
+			return &r->ct;
+		}
+	}
+	return bpf_map_lookup_elem(&map_ct, k);
+}
+
+/*
  * Deletes a session and drops its binding reference. Only the caller whose
  * delete succeeds releases the reference: the sweep and the datapath may
  * meet on one session. k must not point into the map.
  */
 static __always_inline bool ct_expire(const struct ct_key *k)
 {
+	int ri = einat_sess_inline(k);
+	if (ri >= 0)
+		return einat_sess_inline_end(ri);
 	if (bpf_map_delete_elem(&map_ct, k))
 		return false;
 	epoch_bump();
@@ -163,10 +230,12 @@ __noinline int einat_ct_touch(const struct ct_key *k, const struct endpoint *int
 		return STAT_DROP_UNTRANSLATABLE;
 	__u64 now = packet_now(p);
 	__u8 tcp_flags = p->tcp_flags;
-	struct ct_value *v = mode != CT_FIND ? NULL : bpf_map_lookup_elem(&map_ct, k);
-	if (v) {
+	/* CT_NEW_REF_HELD looks too: the binding another CPU made holds the session of the
+	 * packet that made it (an inline one), maybe this very session. */
+	struct ct_value *v = mode == CT_LIKELY_NEW ? NULL : ct_find(k);
+	if (v && (mode == CT_FIND || ct_names(v, intern))) {
 		ct_refresh(v, k->l4proto, egress, tcp_flags, now);
-		return 0;
+		return mode == CT_NEW_REF_HELD ? CT_REF_UNUSED : 0;
 	}
 
 	struct ct_value nv;
@@ -194,8 +263,8 @@ __noinline int einat_ct_touch(const struct ct_key *k, const struct endpoint *int
 		ct_refresh(v, k->l4proto, egress, tcp_flags, now);
 		/* Another CPU made it on finding this new binding, and takes a
 		 * reference of its own: the one held here is not needed. Dropped
-		 * with binding_put, since that CPU's may fail to come (binding_ref_get
-		 * refuses a count at zero), and then the binding must go. */
+		 * with binding_put, since that CPU's may fail to come (ref_get
+		 * refuses a dying count), and then the binding must go. */
 		return mode == CT_NEW_REF_HELD ? CT_REF_UNUSED : 0;
 	}
 	if (mode == CT_NEW_REF_HELD) {
@@ -214,7 +283,7 @@ __noinline int einat_ct_touch(const struct ct_key *k, const struct endpoint *int
 		bpf_map_delete_elem(&map_ct, k);
 		return STAT_DROP_UNTRANSLATABLE;
 	}
-	if (rb->int_port != intern->port || !addr_eq(&rb->int_addr, &intern->addr)) {
+	if (rb->ct.int_port != intern->port || !addr_eq(&rb->ct.int_addr, &intern->addr)) {
 		/* and its port went to another endpoint since */
 		binding_put_idx(ri);
 		bpf_map_delete_elem(&map_ct, k);

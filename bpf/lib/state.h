@@ -44,24 +44,45 @@ static long expire_one(void *map, struct ct_key *key, struct ct_value *val, void
 	return 0;
 }
 
+static long expire_inline(void *map, __u32 *key, struct mapping_record *r, void *ctx)
+{
+	struct sweep_ctx *c = ctx;
+	if (r->sess != SESS_INLINE || (r->state & REC_STATE_MASK) != REC_LIVE ||
+	    !ct_expired(&r->ct, r->l4proto, c->now))
+		return 0;
+	if (einat_sess_inline_end(*key))
+		c->expired += 1;
+	return 0;
+}
+
 /*
  * Run by the daemon (lib/nat/sweep.ts) with BPF_PROG_TEST_RUN: deletes the
- * sessions past their timeout, and each binding with its last session.
- * Returns how many sessions expired.
+ * sessions past their timeout, those in map_ct and the first ones in the
+ * mapping records, and each binding with its last session. Returns how many
+ * sessions expired.
  */
 SEC("tc")
 int expire_sessions(struct __sk_buff *skb)
 {
 	struct sweep_ctx c = {.now = bpf_ktime_get_coarse_ns(), .expired = 0};
 	bpf_for_each_map_elem(&map_ct, expire_one, &c, 0);
+	bpf_for_each_map_elem(&map_records, expire_inline, &c, 0);
 	return c.expired;
 }
+
+struct hint_ctx {
+	__u32 bindings;
+	__u32 sessions; /* inline ones */
+};
 
 static long hint_one(void *map, __u32 *key, struct mapping_record *r, void *ctx)
 {
 	if ((r->state & REC_STATE_MASK) != REC_LIVE)
 		return 0;
-	*(__u32 *)ctx += 1;
+	struct hint_ctx *c = ctx;
+	c->bindings += 1;
+	if (r->sess == SESS_INLINE)
+		c->sessions += 1;
 	__u32 idx = *key;
 	union ip_addr ext;
 	if (!slot_addr(rec_slot(idx), &ext))
@@ -76,19 +97,24 @@ static long hint_one(void *map, __u32 *key, struct mapping_record *r, void *ctx)
  * Run once with BPF_PROG_TEST_RUN when the daemon starts: marks every bound
  * external port in this object's free-port hint (lib/binding.h), which
  * starts empty, so bindings carried over in pinned maps are not probed for
- * one by one, and recounts the live bindings (map_binding_count). Returns the
- * number of bindings.
+ * one by one, and recounts the live bindings (map_binding_count[0]; [1]: the
+ * sessions inline in their records, for the start's log). Returns the number
+ * of bindings.
  */
 SEC("tc")
 int sync_port_hint(struct __sk_buff *skb)
 {
-	__u32 n = 0;
-	bpf_for_each_map_elem(&map_records, hint_one, &n, 0);
-	__u32 zero = 0;
-	__u64 *count = bpf_map_lookup_elem(&map_binding_count, &zero);
+	struct hint_ctx c = {};
+	bpf_for_each_map_elem(&map_records, hint_one, &c, 0);
+	__u32 k = 0;
+	__u64 *count = bpf_map_lookup_elem(&map_binding_count, &k);
 	if (count)
-		*count = n;
-	return n;
+		*count = c.bindings;
+	k = 1;
+	count = bpf_map_lookup_elem(&map_binding_count, &k);
+	if (count)
+		*count = c.sessions;
+	return c.bindings;
 }
 
 #endif

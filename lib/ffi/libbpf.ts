@@ -634,8 +634,9 @@ export function forEachEntry(
   keySize: number,
   valueSize: number,
   fn: (e: EntryAt) => void,
+  batchCount = 256,
 ): void {
-  for (const { keys, values, count } of mapBatches(fd, keySize, valueSize)) {
+  for (const { keys, values, count } of mapBatches(fd, keySize, valueSize, batchCount)) {
     const e: EntryAt = { keys, values, kv: view(keys), vv: view(values), ko: 0, vo: 0 };
     for (let i = 0; i < count; i++, e.ko += keySize, e.vo += valueSize) fn(e);
   }

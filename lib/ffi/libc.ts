@@ -24,6 +24,8 @@ const SYMBOLS = {
   statfs: { parameters: ["buffer", "buffer"], result: "i32" },
   mount: { parameters: ["buffer", "buffer", "buffer", "u64", "pointer"], result: "i32" },
   clock_gettime: { parameters: ["i32", "buffer"], result: "i32" },
+  mmap: { parameters: ["pointer", "usize", "i32", "i32", "i32", "i64"], result: "pointer" },
+  munmap: { parameters: ["pointer", "usize"], result: "i32" },
 } as const satisfies Deno.ForeignLibraryInterface;
 
 /** The opened libc with its typed symbols. */
@@ -126,6 +128,29 @@ export function dupFd(fd: number): number {
   const r = libc().fcntl(fd, F_DUPFD_CLOEXEC, 0);
   if (r < 0) throw new Error(`fcntl(F_DUPFD_CLOEXEC, ${fd}): errno ${errno()}`);
   return r;
+}
+
+/**
+ * Maps `length` bytes of `fd` from `offset` (a multiple of the page size) read-only and shared,
+ * as a BPF_F_MMAPABLE map's values are mapped, calls `fn` with a view of them (live: the kernel's
+ * writes show), and unmaps. The view must not be used after `fn` returns.
+ */
+export function withMapping<T>(
+  fd: number,
+  offset: number,
+  length: number,
+  fn: (view: Uint8Array) => T,
+): T {
+  const PROT_READ = 1, MAP_SHARED = 1;
+  const p = libc().mmap(null, BigInt(length), PROT_READ, MAP_SHARED, fd, BigInt(offset));
+  if (p === null || Deno.UnsafePointer.value(p) === 0xffffffffffffffffn) {
+    throw new Error(`mmap(fd ${fd}, ${length} bytes at ${offset}): errno ${errno()}`);
+  }
+  try {
+    return fn(new Uint8Array(Deno.UnsafePointerView.getArrayBuffer(p, length)));
+  } finally {
+    libc().munmap(p, BigInt(length));
+  }
 }
 
 /** Returns the allocator's free memory to the kernel (glibc `malloc_trim(0)`). */

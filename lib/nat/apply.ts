@@ -96,7 +96,11 @@ export function purgeStale(
   let bindings = 0, sessions = 0;
   const current = readSlots(maps.slots);
   const departed = departedSlots(current, plan);
-  for (const d of departed) bindings += releaseSlotRecords(maps, d.slot);
+  for (const d of departed) {
+    const r = releaseSlotRecords(maps, d.slot);
+    bindings += r.bindings;
+    sessions += r.sessions;
+  }
   const cks = CT_KEY_LAYOUT.size, ext = CT_KEY_LAYOUT.fields.ext_addr.offset;
   bpf.forEachEntry(maps.ct, cks, CT_VALUE_LAYOUT.size, ({ keys, ko }) => {
     if (isValid(keys, ko + ext)) return;

@@ -151,19 +151,27 @@ export const DEFAULT_EXT_LAYOUT: StructLayout = {
   },
 };
 
-/** struct mapping_record (map_records: one binding per external port, bpf/lib/records.h). */
+/**
+ * struct mapping_record (map_records: one binding per external port, bpf/lib/records.h), with
+ * its first session inline: `ct` is a struct ct_value whose internal endpoint is the binding's.
+ */
 export const MAPPING_RECORD_LAYOUT: StructLayout = {
   name: "mapping_record",
-  size: 32,
+  size: 64,
   fields: {
     state: { offset: 0, size: 4 },
     ref: { offset: 4, size: 4 },
-    int_addr: { offset: 8, size: 16 },
-    int_port: { offset: 24, size: 2 },
+    remote_addr: { offset: 8, size: 16 },
+    remote_port: { offset: 24, size: 2 },
     family: { offset: 26, size: 1 },
     l4proto: { offset: 27, size: 1 },
+    sess: { offset: 28, size: 4 },
+    ct: { offset: 32, size: 32 },
   },
 };
+
+/** `mapping_record.sess`: the first session is inline. */
+export const SESS_INLINE = 1;
 
 /** struct outbound_line (map_outbound: the outbound index, bpf/lib/records.h). */
 export const OUTBOUND_LINE_LAYOUT: StructLayout = {

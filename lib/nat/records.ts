@@ -10,15 +10,19 @@
  * @module
  */
 import * as bpf from "../ffi/libbpf.ts";
+import { withMapping } from "../ffi/libc.ts";
 import {
   addr16,
   addrOf,
   BINDING_DYING,
+  CT_KEY_LAYOUT,
+  CT_VALUE_LAYOUT,
   MAPPING_RECORD_LAYOUT,
   MAX_SLOTS,
   OUTBOUND_LINE_LAYOUT,
   protoIdx,
   REC,
+  SESS_INLINE,
   SLOT_TABLE_LAYOUT,
 } from "./codec.ts";
 
@@ -61,7 +65,16 @@ export const RECORDS_PER_SLOT = 3 * 65536;
 
 const u32key = (i: number) => new Uint8Array(new Uint32Array([i]).buffer);
 const ZERO = u32key(0);
-const R = MAPPING_RECORD_LAYOUT.fields;
+const R: Record<string, { offset: number }> = {
+  ...MAPPING_RECORD_LAYOUT.fields,
+  // the binding's internal endpoint: that of the record's struct ct_value
+  int_addr: {
+    offset: MAPPING_RECORD_LAYOUT.fields.ct.offset + CT_VALUE_LAYOUT.fields.int_addr.offset,
+  },
+  int_port: {
+    offset: MAPPING_RECORD_LAYOUT.fields.ct.offset + CT_VALUE_LAYOUT.fields.int_port.offset,
+  },
+};
 
 /** Index of the record of (slot, protocol index, port), as rec_index() makes it. */
 export function recIndex(slot: number, pidx: number, port: number): number {
@@ -131,6 +144,57 @@ const sameAddr = (a: Uint8Array, b: Uint8Array) =>
 /** The slot of an external address, or -1. */
 export function slotOf(slots: SlotEntry[], family: 4 | 6, addr: Uint8Array): number {
   return slots.find((s) => s.family === family && sameAddr(s.addr, addr))?.slot ?? -1;
+}
+
+/** Records mapped at a time (1 MiB): what a walk adds to the process's memory. */
+const RECORD_WINDOW = 16384;
+
+/** Records per batch read (256 KiB), where the records cannot be mapped. */
+const RECORD_BATCH = 4096;
+
+/**
+ * Calls `fn` for every mapping record not free, in place, with its index. The records are read
+ * through a mapping of the map (BPF_F_MMAPABLE), a window at a time; batch reads, which cost
+ * ~200 ns a record in the kernel (~120 ms for the default 589,824 records), only where the fd
+ * cannot be mapped (a read-only fd: `einat show`). Free records (most of them) are passed over
+ * in the loop itself.
+ */
+export function forEachRecordAt(
+  recordsFd: number,
+  fn: (values: Uint8Array, vo: number, vv: DataView, idx: number) => void,
+): void {
+  const size = MAPPING_RECORD_LAYOUT.size, state = R.state.offset;
+  const walk = (values: Uint8Array, n: number, first: number) => {
+    const vv = new DataView(values.buffer, values.byteOffset, values.byteLength);
+    for (let i = 0, vo = 0; i < n; i++, vo += size) {
+      if ((values[vo + state] & REC.STATE_MASK) === REC.FREE) continue;
+      fn(values, vo, vv, first + i);
+    }
+  };
+  const total = bpf.mapInfo(recordsFd).maxEntries;
+  if (mappable(recordsFd)) {
+    for (let first = 0; first < total; first += RECORD_WINDOW) {
+      const n = Math.min(RECORD_WINDOW, total - first);
+      withMapping(recordsFd, first * size, n * size, (values) => walk(values, n, first));
+    }
+    return;
+  }
+  let first = 0;
+  for (const { values, count } of bpf.mapBatches(recordsFd, 4, size, RECORD_BATCH)) {
+    walk(values, count, first); // an array's batches come in index order
+    first += count;
+  }
+}
+
+/** Whether `fd` can be mapped (opened for writing: a read-only shared mapping of a read-only
+ * fd is refused by the kernel). */
+function mappable(fd: number): boolean {
+  try {
+    withMapping(fd, 0, 4096, () => {});
+    return true;
+  } catch {
+    return false;
+  }
 }
 
 function readRecord(fd: number, idx: number): Uint8Array | null {
@@ -247,11 +311,9 @@ export function* bindings(maps: RecordMaps): Generator<Binding> {
 
 /** Calls `fn` for every live binding (records read in batches). */
 export function forEachLive(maps: RecordMaps, slots: SlotEntry[], fn: (b: Binding) => void): void {
-  const size = MAPPING_RECORD_LAYOUT.size;
   const live = new Set(slots.map((s) => s.slot));
-  bpf.forEachEntry(maps.records, 4, size, ({ values, vo, kv, ko }) => {
+  forEachRecordAt(maps.records, (values, vo, _vv, idx) => {
     if ((values[vo + R.state.offset] & REC.STATE_MASK) !== REC.LIVE) return;
-    const idx = kv.getUint32(ko, true);
     if (!live.has(recPlace(idx).slot)) return;
     const b = decodeAt(values, vo, idx, slots);
     if (b) fn(b);
@@ -261,7 +323,7 @@ export function forEachLive(maps: RecordMaps, slots: SlotEntry[], fn: (b: Bindin
 /** Number of live bindings: records in the LIVE state. */
 export function countBindings(recordsFd: number): number {
   let n = 0;
-  bpf.forEachEntry(recordsFd, 4, MAPPING_RECORD_LAYOUT.size, ({ values, vo }) => {
+  forEachRecordAt(recordsFd, (values, vo) => {
     if ((values[vo + R.state.offset] & REC.STATE_MASK) === REC.LIVE) n++;
   });
   return n;
@@ -353,21 +415,137 @@ export function deleteBinding(
   return true;
 }
 
-/** Frees every live record of `slot` (an external address that left); returns how many. */
-export function releaseSlotRecords(maps: RecordMaps, slot: number): number {
+/**
+ * Frees every live record of `slot` (an external address that left), the first sessions inline
+ * in them going too; returns how many bindings and how many of those sessions.
+ */
+export function releaseSlotRecords(
+  maps: RecordMaps,
+  slot: number,
+): { bindings: number; sessions: number } {
   const first = recIndex(slot, 0, 0);
-  let n = 0;
+  let bindings = 0, sessions = 0;
   const size = MAPPING_RECORD_LAYOUT.size;
   const stale: [number, Uint8Array][] = [];
-  bpf.forEachEntry(maps.records, 4, size, ({ values, vo, kv, ko }) => {
-    const idx = kv.getUint32(ko, true);
+  forEachRecordAt(maps.records, (values, vo, _vv, idx) => {
     if (idx < first || idx >= first + RECORDS_PER_SLOT) return;
     if ((values[vo + R.state.offset] & REC.STATE_MASK) === REC.FREE) return;
     stale.push([idx, values.slice(vo, vo + size)]);
   });
   for (const [idx, rec] of stale) {
+    if (new DataView(rec.buffer).getUint32(R.sess.offset, true) === SESS_INLINE) sessions++;
     freeRecord(maps, idx, rec);
-    n++;
+    bindings++;
   }
-  return n;
+  return { bindings, sessions };
+}
+
+/**
+ * Calls `fn` for every session: the map_ct entries, in place batch by batch, then the first
+ * sessions inline in live mapping records, each presented as its map_ct entry would be (key and
+ * value in buffers of their own, reused).
+ */
+export function forEachSession(
+  fds: { ct: number; records?: number; slots?: number },
+  fn: (e: bpf.EntryAt) => void,
+): void {
+  bpf.forEachEntry(fds.ct, CT_KEY_LAYOUT.size, CT_VALUE_LAYOUT.size, fn);
+  if (fds.records === undefined || fds.slots === undefined) return;
+  const slots: (SlotEntry | undefined)[] = [];
+  for (const e of readSlots(fds.slots)) slots[e.slot] = e;
+  const keys = new Uint8Array(CT_KEY_LAYOUT.size), values = new Uint8Array(CT_VALUE_LAYOUT.size);
+  const e: bpf.EntryAt = {
+    keys,
+    values,
+    kv: new DataView(keys.buffer),
+    vv: new DataView(values.buffer),
+    ko: 0,
+    vo: 0,
+  };
+  const K = CT_KEY_LAYOUT.fields;
+  forEachRecordAt(fds.records, (recs, vo, vv, idx) => {
+    if ((recs[vo + R.state.offset] & REC.STATE_MASK) !== REC.LIVE) return;
+    if (vv.getUint32(vo + R.sess.offset, true) !== SESS_INLINE) return;
+    const { slot, port } = recPlace(idx);
+    const s = slots[slot];
+    if (!s) return;
+    keys.fill(0);
+    keys[K.l4proto.offset] = recs[vo + R.l4proto.offset];
+    keys[K.family.offset] = recs[vo + R.family.offset];
+    e.kv.setUint16(K.ext_port.offset, port, false);
+    keys.set(
+      recs.subarray(vo + R.remote_port.offset, vo + R.remote_port.offset + 2),
+      K.remote_port.offset,
+    );
+    keys.set(addr16(s.addr), K.ext_addr.offset);
+    keys.set(
+      recs.subarray(vo + R.remote_addr.offset, vo + R.remote_addr.offset + 16),
+      K.remote_addr.offset,
+    );
+    values.set(recs.subarray(vo + R.ct.offset, vo + R.ct.offset + CT_VALUE_LAYOUT.size));
+    fn(e);
+  });
+}
+
+/**
+ * The value of the session of key `key` (a struct ct_key): a copy of the one inline in its
+ * binding's record, or of its map_ct entry; null when there is none.
+ */
+export function findSession(maps: RecordMaps & { ct: number }, key: Uint8Array): Uint8Array | null {
+  const K = CT_KEY_LAYOUT.fields;
+  const kv = new DataView(key.buffer, key.byteOffset, key.byteLength);
+  const family = key[K.family.offset] === 6 ? 6 : 4;
+  const ext = key.subarray(K.ext_addr.offset, K.ext_addr.offset + 16);
+  const b = findBinding(
+    maps,
+    family,
+    key[K.l4proto.offset],
+    addrOf(family, ext),
+    kv.getUint16(K.ext_port.offset, false),
+  );
+  const rec = b ? readRecord(maps.records, b.idx) : null;
+  if (rec) {
+    const rv = new DataView(rec.buffer, rec.byteOffset, rec.byteLength);
+    const remote = key.subarray(K.remote_addr.offset, K.remote_addr.offset + 16);
+    if (
+      rv.getUint32(R.sess.offset, true) === SESS_INLINE &&
+      rv.getUint16(R.remote_port.offset, false) === kv.getUint16(K.remote_port.offset, false) &&
+      sameAddr(rec.subarray(R.remote_addr.offset, R.remote_addr.offset + 16), remote)
+    ) {
+      return rec.slice(R.ct.offset, R.ct.offset + CT_VALUE_LAYOUT.size);
+    }
+  }
+  return bpf.mapLookup(maps.ct, key, CT_VALUE_LAYOUT.size);
+}
+
+/**
+ * Writes the value of the session of key `key`: into its binding's record when the session is
+ * inline there, else into map_ct (user space: tests and benchmarks, which age sessions).
+ */
+export function writeSession(
+  maps: RecordMaps & { ct: number },
+  key: Uint8Array,
+  value: Uint8Array,
+): void {
+  const K = CT_KEY_LAYOUT.fields;
+  const kv = new DataView(key.buffer, key.byteOffset, key.byteLength);
+  const family = key[K.family.offset] === 6 ? 6 : 4;
+  const ext = addrOf(family, key.subarray(K.ext_addr.offset, K.ext_addr.offset + 16));
+  const b = findBinding(maps, family, key[K.l4proto.offset], ext, kv.getUint16(K.ext_port.offset));
+  const rec = b ? readRecord(maps.records, b.idx) : null;
+  if (b && rec) {
+    const rv = new DataView(rec.buffer, rec.byteOffset, rec.byteLength);
+    const remote = key.subarray(K.remote_addr.offset, K.remote_addr.offset + 16);
+    if (
+      rv.getUint32(R.sess.offset, true) === SESS_INLINE &&
+      rv.getUint16(R.remote_port.offset) === kv.getUint16(K.remote_port.offset) &&
+      sameAddr(rec.subarray(R.remote_addr.offset, R.remote_addr.offset + 16), remote)
+    ) {
+      const out = rec.slice();
+      out.set(value, R.ct.offset);
+      bpf.mapUpdate(maps.records, u32key(b.idx), out);
+      return;
+    }
+  }
+  bpf.mapUpdate(maps.ct, key, value);
 }

@@ -28,7 +28,7 @@ import { closeFd, ifNameToIndex } from "../ffi/libc.ts";
 import { ensureBpffs, exists, onBpffs } from "./bpffs.ts";
 import * as log from "../log.ts";
 import { BusyError, ownerOf } from "../nat/attach.ts";
-import { CT_KEY_LAYOUT, CT_VALUE_LAYOUT, type RoConfig, STATS, TRAFFIC } from "../nat/codec.ts";
+import { type RoConfig, STATS, TRAFFIC } from "../nat/codec.ts";
 import { stateOptions } from "./options.ts";
 
 /** The maps kept across restarts, by their name in the object (also the pin name). */
@@ -70,31 +70,6 @@ const SEMANTICS: Record<StateMap, number> = {
   map_traffic: 1,
   map_epoch: 1,
 };
-
-/**
- * map_ct's layout in einat builds whose sessions carried a BPF timer (56-byte values:
- * address, port, state, flags, no_timer, last_seen_ns, created_ns, timer). Such sessions are
- * carried over into the timer-less layout ({@link convertLegacySession}) instead of refusing.
- */
-export const LEGACY_CT_TIMER_LAYOUT = "a27b691df6608991";
-/** Value size of that layout. */
-export const LEGACY_CT_VALUE_SIZE = 56;
-
-/**
- * A session value of the timer-based layout in today's: the first 20 bytes (internal
- * endpoint, state, flags) and last_seen_ns keep their places; created_ns becomes seconds; the
- * timer is dropped (the sweep expires sessions now).
- */
-export function convertLegacySession(old: Uint8Array): Uint8Array {
-  const L = CT_VALUE_LAYOUT.fields;
-  const out = new Uint8Array(CT_VALUE_LAYOUT.size);
-  const src = new DataView(old.buffer, old.byteOffset, old.byteLength);
-  const dst = new DataView(out.buffer);
-  out.set(old.subarray(0, L.created_s.offset)); // int_addr, int_port, state, flags
-  dst.setBigUint64(L.last_seen_ns.offset, src.getBigUint64(24, true), true);
-  dst.setUint32(L.created_s.offset, Number(src.getBigUint64(32, true) / 1_000_000_000n), true);
-  return out;
-}
 
 /** Maps whose loss breaks connections: an incompatible layout refuses to start. */
 const PRECIOUS: ReadonlySet<StateMap> = new Set([
@@ -244,8 +219,6 @@ export interface PinSession {
   reset: StateMap[];
   stamps: Record<StateMap, string>;
   metaFd: number;
-  /** Sessions read from a timer-based map_ct, written into the new one after load. */
-  carried?: { key: Uint8Array; value: Uint8Array }[];
 }
 
 function pinnedNames(dir: string): Set<string> {
@@ -323,15 +296,10 @@ export function preparePins(
   const reused: StateMap[] = [];
   const reset: StateMap[] = [];
   const incompatible: string[] = [];
-  let legacyCt = false;
   for (const m of pinned) {
     const was = meta?.maps[m]?.layout;
     if (was === stamps[m]) {
       reused.push(m);
-      continue;
-    }
-    if (m === "map_ct" && was === LEGACY_CT_TIMER_LAYOUT) {
-      legacyCt = true;
       continue;
     }
     if (PRECIOUS.has(m)) incompatible.push(m);
@@ -350,7 +318,6 @@ export function preparePins(
     Deno.removeSync(`${dir}/${m}`);
     log.warn("pinned map has another layout; recreated empty", { ifname, map: m });
   }
-  const carried = legacyCt ? takeLegacySessions(dir, ifname, owner) : undefined;
 
   for (const m of STATE_MAPS) {
     const map = bpf.findMap(obj, m);
@@ -411,40 +378,7 @@ export function preparePins(
       throw e;
     }
   }
-  return { dir, ifname, reused, reset, stamps, metaFd, carried };
-}
-
-/**
- * Reads the sessions of a pinned timer-based map_ct and removes its pin, so that the object
- * creates today's map in its place. Refused while that einat still runs (its programs would
- * go on writing the old map).
- */
-function takeLegacySessions(dir: string, ifname: string, owner: number | null) {
-  if (owner !== null) {
-    throw new StateError(
-      `${dir}: the pinned sessions of the running einat (pid ${owner}) carry BPF timers, which ` +
-        `this einat replaces; --replace cannot take them over: stop it, then start this one`,
-    );
-  }
-  const fd = bpf.objGetPinnedOpts(`${dir}/map_ct`, { readOnly: true });
-  try {
-    const info = bpf.mapInfo(fd);
-    if (info.keySize !== CT_KEY_LAYOUT.size || info.valueSize !== LEGACY_CT_VALUE_SIZE) {
-      throw new StateError(
-        `${dir}/map_ct: stamped as timer-based sessions but sized ${info.keySize}/${info.valueSize}; ` +
-          `\`${flushHint(ifname)}\` discards it`,
-      );
-    }
-    const out = [...bpf.mapEntries(fd, info.keySize, info.valueSize)].map((e) => ({
-      key: e.key,
-      value: convertLegacySession(e.value),
-    }));
-    Deno.removeSync(`${dir}/map_ct`);
-    log.info("sessions of a timer-based einat carried over", { ifname, sessions: out.length });
-    return out;
-  } finally {
-    closeFd(fd);
-  }
+  return { dir, ifname, reused, reset, stamps, metaFd };
 }
 
 function stampDoc(
@@ -470,10 +404,6 @@ function stampDoc(
 /** After a successful load: records layouts, sizes and timeouts in the stamp. */
 export function finishPins(p: PinSession, obj: bpf.BpfObject, ro: RoConfig): void {
   try {
-    if (p.carried) {
-      const fd = bpf.mapFd(bpf.findMap(obj, "map_ct"));
-      for (const e of p.carried) bpf.mapUpdate(fd, e.key, e.value, bpf.BPF_NOEXIST);
-    }
     const sizes: Partial<Record<StateMap, number>> = {};
     for (const m of STATE_MAPS) sizes[m] = bpf.mapMaxEntries(bpf.findMap(obj, m));
     bpf.mapUpdate(p.metaFd, ZERO_KEY, encodeMeta(stampDoc(p.ifname, p.stamps, sizes, ro)));

@@ -23,7 +23,13 @@ import {
   TRAFFIC,
 } from "../nat/codec.ts";
 import { type MetaDoc, readMeta, STATE_MAPS, type StateMap } from "./pin.ts";
-import { readSlots, recPlace, type SlotEntry } from "../nat/records.ts";
+import {
+  forEachRecordAt,
+  forEachSession,
+  readSlots,
+  recPlace,
+  type SlotEntry,
+} from "../nat/records.ts";
 import { onBpffs } from "./bpffs.ts";
 
 /** A protocol as shown. */
@@ -197,7 +203,16 @@ export function pinRootProblem(root: string): string | null {
   return null;
 }
 
-const RF = MAPPING_RECORD_LAYOUT.fields;
+const RF = {
+  ...MAPPING_RECORD_LAYOUT.fields,
+  // the binding's internal endpoint: that of the record's struct ct_value
+  int_addr: {
+    offset: MAPPING_RECORD_LAYOUT.fields.ct.offset + CT_VALUE_LAYOUT.fields.int_addr.offset,
+  },
+  int_port: {
+    offset: MAPPING_RECORD_LAYOUT.fields.ct.offset + CT_VALUE_LAYOUT.fields.int_port.offset,
+  },
+} as Record<string, { offset: number }>;
 
 /**
  * Calls `fn` for each live mapping record of an occupied slot, in place: the record's bytes at
@@ -211,9 +226,9 @@ function forEachRecord(
   if (fd === undefined || sfd === undefined) return;
   const slots: (SlotEntry | undefined)[] = [];
   for (const e of readSlots(sfd)) slots[e.slot] = e;
-  bpf.forEachEntry(fd, 4, MAPPING_RECORD_LAYOUT.size, ({ values, vo, kv, ko, vv }) => {
+  forEachRecordAt(fd, (values, vo, vv, idx) => {
     if ((values[vo + RF.state.offset] & REC.STATE_MASK) !== REC.LIVE) return;
-    const { slot, port } = recPlace(kv.getUint32(ko, true));
+    const { slot, port } = recPlace(idx);
     const e = slots[slot];
     if (e) fn(values, vo, e, port, vv);
   });
@@ -353,11 +368,12 @@ function pastTimeout(t: ClassTimeout | null, hi: number, lo: number): boolean {
 export function readSessions(s: PinnedState, f: RowFilter = {}, nowNs?: bigint): SessionRow[] {
   const fd = s.fds.map_ct;
   if (fd === undefined) return [];
+  const fds = { ct: fd, records: s.fds.map_records, slots: s.fds.map_slots };
   const now = nowNs ?? monotonicNs();
   const nowF = Number(now);
   const timeoutOf = timeoutsAt(s, now);
   const rows: { key: string; row: SessionRow }[] = [];
-  bpf.forEachEntry(fd, CT_KEY_LAYOUT.size, CT_VALUE_LAYOUT.size, (e) => {
+  forEachSession(fds, (e) => {
     const { keys, values, kv, vv, ko, vo } = e;
     const family = keys[ko + CK.family.offset], l4proto = keys[ko + CK.l4proto.offset];
     const extAt = ko + CK.ext_addr.offset, remoteAt = ko + CK.remote_addr.offset;
@@ -412,7 +428,8 @@ export function tallySessions(s: PinnedState, nowNs?: bigint): SessionTally {
   const fd = s.fds.map_ct;
   if (fd === undefined) return { byProto, expired };
   const timeoutOf = timeoutsAt(s, nowNs ?? monotonicNs());
-  bpf.forEachEntry(fd, CT_KEY_LAYOUT.size, CT_VALUE_LAYOUT.size, ({ keys, values, vv, ko, vo }) => {
+  const fds = { ct: fd, records: s.fds.map_records, slots: s.fds.map_slots };
+  forEachSession(fds, ({ keys, values, vv, ko, vo }) => {
     const l4proto = keys[ko + CK.l4proto.offset];
     const o = vo + CV.last_seen_ns.offset;
     const est = values[vo + CV.state.offset] === CT_STATE.EST;

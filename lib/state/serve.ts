@@ -41,10 +41,15 @@ export function stateLoadOptions(
  * is summarised.
  */
 export function afterAttach(nat: NatObject, ifname: string): void {
-  const sessions = nat.pins ? bpf.mapCount(nat.maps.ct, CT_KEY_LAYOUT.size) : 0;
-  // first: expiring sessions then clear their bindings' bits; it counts the bindings (in the
-  // program: a walk of every record here grew the daemon by ~5 MiB)
+  // first: expiring sessions then clear their bindings' bits; it counts the bindings and the
+  // sessions inline in them (in the program: a walk of every record here grew the daemon by
+  // ~5 MiB)
   const bindings = syncPortHint(nat);
+  const inline = bpf.mapLookup(nat.maps.bindingCount, new Uint8Array([1, 0, 0, 0]), 8);
+  const sessions = nat.pins
+    ? bpf.mapCount(nat.maps.ct, CT_KEY_LAYOUT.size) +
+      (inline ? Number(new DataView(inline.buffer).getBigUint64(0, true)) : 0)
+    : 0;
   const expired = expireSessions(nat);
   if (!nat.pins) return;
   const fresh = nat.pins.reused.length === 0;

@@ -41,6 +41,7 @@ import {
   findBinding,
   findBindingOf,
   findOutbound,
+  forEachSession,
   OB_EMPTY,
   OB_IDX_BITS,
   OB_TOMB,
@@ -1001,9 +1002,17 @@ export function checkMaps(nat: Nat, limits: Limits, ic: InterfaceConfig): MapChe
   const v: string[] = [];
   const maps = nat.nat.maps;
   const live = [...bindings(maps)];
-  const ce = bpf.mapLookupBatch(maps.ct, CT_KEY_LAYOUT.size, CT_VALUE_LAYOUT.size, 1024);
+  // sessions: map_ct entries and the first ones inline in the records, as key/value copies
+  const ce: { key: Uint8Array; value: Uint8Array }[] = [];
+  forEachSession({ ct: maps.ct, records: maps.records, slots: maps.slots }, (e) => {
+    ce.push({
+      key: e.keys.slice(e.ko, e.ko + CT_KEY_LAYOUT.size),
+      value: e.values.slice(e.vo, e.vo + CT_VALUE_LAYOUT.size),
+    });
+  });
+  const hashed = bpf.mapCount(maps.ct, CT_KEY_LAYOUT.size);
   if (live.length > limits.bindings) v.push(`${live.length} bindings`);
-  if (ce.length > limits.ctEntries) v.push(`map_ct has ${ce.length} entries`);
+  if (hashed > limits.ctEntries) v.push(`map_ct has ${hashed} entries`);
   const ep = (f: number, p: number, a: Uint8Array, port: number) =>
     `${f}/${p}/${formatIp(a)}/${port}`;
   const rangesOf = (p: number) =>
@@ -1043,10 +1052,14 @@ export function checkMaps(nat: Nat, limits: Limits, ic: InterfaceConfig): MapChe
   const counted = count ? Number(new DataView(count.buffer).getBigUint64(0, true)) : -1;
   if (counted !== live.length) v.push(`binding count ${counted}, ${live.length} live`);
   const refs = new Map<string, number>();
+  const keys = new Set<string>();
   for (const e of ce) {
     const k = decodeCtKey(e.key);
     const val = decodeCtValue(e.value, k.family);
     const rk = ep(k.family, k.l4proto, k.extAddr, k.extPort);
+    const sk = `${rk} ${formatIp(k.remoteAddr)}/${k.remotePort}`;
+    if (keys.has(sk)) v.push(`session ${sk} twice (inline and in map_ct)`);
+    keys.add(sk);
     const b = reply.get(rk);
     if (!b) v.push(`session ${rk} -> ${formatIp(k.remoteAddr)}:${k.remotePort} without binding`);
     else if (!eq(b.intAddr, val.intAddr) || b.intPort !== val.intPort) {

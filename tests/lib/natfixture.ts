@@ -12,9 +12,24 @@ import {
 } from "../../lib/config/types.ts";
 import { parseAddr } from "../../lib/config/cidr.ts";
 import * as bpf from "../../lib/ffi/libbpf.ts";
+import {
+  CT_KEY_LAYOUT,
+  CT_VALUE_LAYOUT,
+  type CtKey,
+  type CtValue,
+  decodeCtKey,
+  decodeCtValue,
+} from "../../lib/nat/codec.ts";
+import { forEachSession } from "../../lib/nat/records.ts";
 import { applyPlan } from "../../lib/nat/apply.ts";
 import { roConfigOf } from "../../lib/daemon.ts";
-import { closeNat, type CsumMode, loadNat, type NatObject } from "../../lib/nat/loader.ts";
+import {
+  closeNat,
+  type CsumMode,
+  loadNat,
+  type NatMaps,
+  type NatObject,
+} from "../../lib/nat/loader.ts";
 import { planInterface } from "../../lib/nat/plan.ts";
 import { STATS, sumPerCpu } from "../../lib/nat/codec.ts";
 import { buildPacket, type PacketSpec, type ParsedPacket, parsePacket } from "./packet.ts";
@@ -143,4 +158,20 @@ export function stat(fd: number, name: typeof STATS[number]): bigint {
   new DataView(key.buffer).setUint32(0, STATS.indexOf(name), true);
   const v = bpf.mapLookup(fd, key, 8 * navigator.hardwareConcurrency);
   return v ? sumPerCpu(v) : 0n;
+}
+
+/**
+ * Every session of the NAT, decoded: the map_ct entries and the first sessions inline in the
+ * mapping records.
+ */
+export function sessionsOf(maps: NatMaps): { key: CtKey; value: CtValue }[] {
+  const out: { key: CtKey; value: CtValue }[] = [];
+  forEachSession({ ct: maps.ct, records: maps.records, slots: maps.slots }, (e) => {
+    const key = decodeCtKey(e.keys.slice(e.ko, e.ko + CT_KEY_LAYOUT.size));
+    out.push({
+      key,
+      value: decodeCtValue(e.values.slice(e.vo, e.vo + CT_VALUE_LAYOUT.size), key.family),
+    });
+  });
+  return out;
 }

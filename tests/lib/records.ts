@@ -7,25 +7,19 @@
  */
 import * as bpf from "../../lib/ffi/libbpf.ts";
 import { datasecVars } from "../../lib/btf.ts";
-import { addr16, addrOf, type StructLayout } from "../../lib/nat/codec.ts";
+import {
+  addr16,
+  addrOf,
+  CT_VALUE_LAYOUT,
+  MAPPING_RECORD_LAYOUT,
+  type StructLayout,
+} from "../../lib/nat/codec.ts";
+
+export { MAPPING_RECORD_LAYOUT };
 import { formatAddr, parseAddr } from "../../lib/config/cidr.ts";
 
 /** The test object's path. */
 export const RECORDS_OBJECT = new URL("../../bpf/records_test.bpf.o", import.meta.url).pathname;
-
-/** struct mapping_record (bpf/einat.h). */
-export const MAPPING_RECORD_LAYOUT: StructLayout = {
-  name: "mapping_record",
-  size: 32,
-  fields: {
-    state: { offset: 0, size: 4 },
-    ref: { offset: 4, size: 4 },
-    int_addr: { offset: 8, size: 16 },
-    int_port: { offset: 24, size: 2 },
-    family: { offset: 26, size: 1 },
-    l4proto: { offset: 27, size: 1 },
-  },
-};
 
 /** struct rec_key (bpf/lib/records.h). */
 export const REC_KEY_LAYOUT: StructLayout = {
@@ -42,7 +36,7 @@ export const REC_KEY_LAYOUT: StructLayout = {
 /** struct rec_cmd (bpf/records_test.bpf.c). */
 export const REC_CMD_LAYOUT: StructLayout = {
   name: "rec_cmd",
-  size: 80,
+  size: 112,
   fields: {
     op: { offset: 0, size: 4 },
     idx: { offset: 4, size: 4 },
@@ -53,7 +47,7 @@ export const REC_CMD_LAYOUT: StructLayout = {
     made: { offset: 20, size: 4 },
     claimed: { offset: 24, size: 4 },
     key: { offset: 28, size: 20 },
-    rec: { offset: 48, size: 32 },
+    rec: { offset: 48, size: 64 },
   },
 };
 
@@ -125,19 +119,20 @@ function getKey(v: DataView, b: Uint8Array, at: number): RecKey {
   };
 }
 
-/** Decodes a `struct mapping_record` (at `at` of `b`). */
+/** Decodes a `struct mapping_record` (at `at` of `b`): its state, references and endpoint. */
 export function decodeRecord(b: Uint8Array, at = 0): MappingRecord {
   const v = new DataView(b.buffer, b.byteOffset, b.byteLength);
   const f = MAPPING_RECORD_LAYOUT.fields;
   const family = (v.getUint8(at + f.family.offset) === 6 ? 6 : 4) as 4 | 6;
+  const ia = at + f.ct.offset + CT_VALUE_LAYOUT.fields.int_addr.offset;
   return {
     state: v.getUint32(at + f.state.offset, true),
     ref: v.getUint32(at + f.ref.offset, true),
     key: {
       family,
       l4proto: v.getUint8(at + f.l4proto.offset),
-      addr: formatAddr(addrOf(family, b.subarray(at + 8, at + 24))),
-      port: v.getUint16(at + f.int_port.offset, false),
+      addr: formatAddr(addrOf(family, b.subarray(ia, ia + 16))),
+      port: v.getUint16(at + f.ct.offset + CT_VALUE_LAYOUT.fields.int_port.offset, false),
     },
   };
 }

@@ -381,10 +381,9 @@ export async function runProg(o: BenchOptions): Promise<PartResult> {
           "The chained row measures the same with warm caches: the external address is unmarked, so " +
           "each repeat maps the previous run's output anew (bench/lib/bpfbench.ts); its Δ column " +
           "shows min..max of 3 rounds, the last column the bindings made. Targets use the one-run rows.",
-          "preallocate_maps rows: the same with the binding and session maps preallocated (an option, off " +
-          "by default): records come from the map's own free list instead of the kernel's allocator, which " +
-          "refills its per-CPU caches with kmalloc as a stream of new mappings drains them. The one-run rows " +
-          "undo each mapping, so freed records are reused either way.",
+          "preallocate_maps rows: the same with the session map preallocated (an option, off by " +
+          "default; bindings are mapping records, preallocated either way). A new mapping's first " +
+          "session lives in its record, so these rows differ from the others only by noise.",
         ],
       },
     ];

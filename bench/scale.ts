@@ -434,10 +434,10 @@ export async function runScale(o: BenchOptions): Promise<PartResult> {
         `${unsynced[i].refusals}/${unsynced[i].runs}`,
       ]),
       notes: [
-        "Taken ports are random (seeded), both binding entries inserted from user space; new flows come from " +
+        "Taken ports are random (seeded), each binding written from user space (its record and outbound entry); new flows come from " +
         "source ports outside the range. One random port of the range is tried first; when the hint marks it " +
         "taken, the search scans the free-port hint (one bit per port, 64 ports per " +
-        "step) from a random word, then falls back to probing the binding table from a random index.",
+        "step) from a random word, then falls back to probing the records from a random index.",
         "First columns: the hint refilled after the fill (sync_port_hint, as the daemon does at every start): " +
         'the steady state, where the program made every binding. "hint empty": the same bindings unknown to ' +
         "the hint (as if written by another program); failed claims set their bits, so the hint converges " +

@@ -82,7 +82,7 @@ export interface InterfaceConfig {
   preallocateMaps: boolean;
   /**
    * `external_slots`: external addresses that bindings can be made on at once (slots of the
-   * mapping records, 6 MiB of kernel memory each); 0: one per NATed family, and one more.
+   * mapping records, 12 MiB of kernel memory each); 0: one per NATed family, and one more.
    */
   externalSlots: number;
   /** `flow_cache_slots`: established-flow cache slots per CPU, a power of two. */

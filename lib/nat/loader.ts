@@ -81,7 +81,7 @@ export interface LoadOptions {
   bindingMaxRecords: number;
   ctMaxRecords: number;
   /**
-   * External addresses that bindings can be made on at once (slots of map_records, 6 MiB each);
+   * External addresses that bindings can be made on at once (slots of map_records, 12 MiB each);
    * {@link defaultSlots} when absent.
    */
   extSlots?: number;

@@ -132,6 +132,15 @@ static __always_inline struct outbound_line *ob_line(__u32 h)
 	return bpf_map_lookup_elem(&map_outbound, &i);
 }
 
+/* The line of endpoint k, and the endpoint's hash into *h; NULL without k. */
+static __always_inline struct outbound_line *ob_line_of(const struct rec_key *k, __u32 *h)
+{
+	if (!k)
+		return NULL;
+	*h = ob_hash(k);
+	return ob_line(*h);
+}
+
 /* The record is live, not going, and holds endpoint k. */
 static __always_inline bool rec_names(const struct mapping_record *r, const struct rec_key *k)
 {
@@ -209,10 +218,8 @@ __noinline int einat_rec_is(__u32 idx, const struct rec_key *k)
  */
 __noinline int einat_outbound_find(const struct rec_key *k)
 {
-	if (!k)
-		return -1;
-	__u32 h = ob_hash(k);
-	struct outbound_line *l = ob_line(h);
+	__u32 h;
+	struct outbound_line *l = ob_line_of(k, &h);
 	if (!l)
 		return -1;
 	__u32 tag = ob_tag(h);
@@ -263,10 +270,8 @@ static __always_inline bool ob_lock(struct outbound_line *l)
  */
 __noinline int einat_outbound_insert(const struct rec_key *k, __u32 idx)
 {
-	if (!k)
-		return -EINVAL;
-	__u32 h = ob_hash(k);
-	struct outbound_line *l = ob_line(h);
+	__u32 h;
+	struct outbound_line *l = ob_line_of(k, &h);
 	if (!l)
 		return -EINVAL;
 	if (!ob_lock(l))
@@ -294,10 +299,8 @@ __noinline int einat_outbound_insert(const struct rec_key *k, __u32 idx)
 /* Turns record idx's entry for endpoint k into a tombstone. 0, or -ENOENT. */
 __noinline int einat_outbound_delete(const struct rec_key *k, __u32 idx)
 {
-	if (!k)
-		return -EINVAL;
-	__u32 h = ob_hash(k);
-	struct outbound_line *l = ob_line(h);
+	__u32 h;
+	struct outbound_line *l = ob_line_of(k, &h);
 	if (!l)
 		return -EINVAL;
 	__u32 want = (ob_tag(h) << OB_IDX_BITS) | (idx & OB_IDX_MASK);

@@ -51,18 +51,13 @@ export const REC_CMD_LAYOUT: StructLayout = {
   },
 };
 
-/** struct outbound_line (bpf/einat.h): a lock word and 15 entries. */
-export const OB_ENTRIES = 15;
-export const OB_EMPTY = 0;
-export const OB_TOMB = 1;
-export const OB_IDX_BITS = 22;
+import { OB_ENTRIES } from "../../lib/nat/records.ts";
+export { OB_EMPTY, OB_ENTRIES, OB_IDX_BITS, OB_TOMB } from "../../lib/nat/records.ts";
 
 /** enum rec_op (bpf/records_test.bpf.c). */
 export const OP = { CLAIM: 1, FIND: 2, INSERT: 3, DELETE: 4, READ: 5, CREATE: 6, PUT: 7 } as const;
 
-/** `mapping_record.state` (bpf/einat.h). */
-export const REC = { FREE: 0, BUSY: 1, LIVE: 2, STATE_MASK: 3, GEN_ONE: 4 } as const;
-export const BINDING_DYING = 0x80000000;
+export { BINDING_DYING, REC } from "../../lib/nat/codec.ts";
 
 /** An internal endpoint. */
 export interface RecKey {

@@ -6,7 +6,9 @@
  * looked at. The daemon's sweep (expire_sessions in state.h, every second or so)
  * deletes expired sessions; the last session of a binding releases the
  * binding. No per-session timer: timers cost 1.2-1.7 us of each new mapping
- * and a 192-byte allocation each.
+ * and a 192-byte allocation each. A binding's first session lives in its
+ * mapping record (lib/records.h, made with it); the others are map_ct entries,
+ * and ct_find() looks in both.
  */
 #ifndef EINAT_CT_H
 #define EINAT_CT_H

@@ -65,9 +65,12 @@ export const RECORDS_PER_SLOT = 3 * 65536;
 
 const u32key = (i: number) => new Uint8Array(new Uint32Array([i]).buffer);
 const ZERO = u32key(0);
-const R: Record<string, { offset: number }> = {
+/**
+ * Offsets in a struct mapping_record: its fields, and the binding's internal endpoint (that of
+ * the record's struct ct_value).
+ */
+export const RECORD_AT: Record<string, { offset: number }> = {
   ...MAPPING_RECORD_LAYOUT.fields,
-  // the binding's internal endpoint: that of the record's struct ct_value
   int_addr: {
     offset: MAPPING_RECORD_LAYOUT.fields.ct.offset + CT_VALUE_LAYOUT.fields.int_addr.offset,
   },
@@ -75,6 +78,7 @@ const R: Record<string, { offset: number }> = {
     offset: MAPPING_RECORD_LAYOUT.fields.ct.offset + CT_VALUE_LAYOUT.fields.int_port.offset,
   },
 };
+const R = RECORD_AT;
 
 /** Index of the record of (slot, protocol index, port), as rec_index() makes it. */
 export function recIndex(slot: number, pidx: number, port: number): number {

@@ -15,7 +15,6 @@ import {
   CT_STATE,
   CT_VALUE_LAYOUT,
   IPPROTO,
-  MAPPING_RECORD_LAYOUT,
   REC,
   STATS,
   sumPerCpu,
@@ -27,6 +26,7 @@ import {
   forEachRecordAt,
   forEachSession,
   readSlots,
+  RECORD_AT,
   recPlace,
   type SlotEntry,
 } from "../nat/records.ts";
@@ -203,16 +203,7 @@ export function pinRootProblem(root: string): string | null {
   return null;
 }
 
-const RF = {
-  ...MAPPING_RECORD_LAYOUT.fields,
-  // the binding's internal endpoint: that of the record's struct ct_value
-  int_addr: {
-    offset: MAPPING_RECORD_LAYOUT.fields.ct.offset + CT_VALUE_LAYOUT.fields.int_addr.offset,
-  },
-  int_port: {
-    offset: MAPPING_RECORD_LAYOUT.fields.ct.offset + CT_VALUE_LAYOUT.fields.int_port.offset,
-  },
-} as Record<string, { offset: number }>;
+const RF = RECORD_AT;
 
 /**
  * Calls `fn` for each live mapping record of an occupied slot, in place: the record's bytes at

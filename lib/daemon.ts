@@ -12,14 +12,13 @@ import { hairpinDown, type HairpinState, hairpinUp } from "./hairpin.ts";
 import { EXT_FLAGS } from "./nat/codec.ts";
 import { formatAddr, parseAddr } from "./config/cidr.ts";
 import { formatRanges } from "./config/ranges.ts";
-import * as bpf from "./ffi/libbpf.ts";
 import * as libc from "./ffi/libc.ts";
 import * as log from "./log.ts";
 import { describeConflict, findConflicts, type NamedNet } from "./conflict.ts";
 import { applyPlan, purgeStale } from "./nat/apply.ts";
 import { attach, type Attachment, detach, release, replaced } from "./nat/attach.ts";
 import { bumpEpoch, closeNat, loadNat, type NatObject } from "./nat/loader.ts";
-import { RECORDS_PER_SLOT } from "./nat/records.ts";
+import { slotCount } from "./nat/records.ts";
 import type { RoConfig } from "./nat/codec.ts";
 import { type IfAddr, type NatPlan, planInterface } from "./nat/plan.ts";
 import { afterAttach, stateLoadOptions } from "./state/serve.ts";
@@ -192,7 +191,7 @@ export async function reconcile(s: Served): Promise<void> {
       log.warn("no slot for an external address: no new mappings are made on it", {
         ifname: s.ifname,
         addr: formatAddr(u.addr),
-        external_slots: Math.floor(bpf.mapInfo(s.nat.maps.records).maxEntries / RECORDS_PER_SLOT),
+        external_slots: slotCount(s.nat.maps.records),
       });
     }
     if (purged.bindings || purged.sessions) bumpEpoch(s.nat); // no flow cache serves them

@@ -38,7 +38,7 @@ import {
   deleteBinding,
   findSession,
   readSlots,
-  RECORDS_PER_SLOT,
+  slotCount,
   slotOf,
   writeBinding,
   writeSlots,
@@ -138,7 +138,7 @@ export function ensureSlot(nat: NatObject, family: 4 | 6, addr: Uint8Array): num
   const slots = readSlots(nat.maps.slots);
   const have = slotOf(slots, family, addr);
   if (have >= 0) return have;
-  const count = Math.floor(bpf.mapInfo(nat.maps.records).maxEntries / RECORDS_PER_SLOT);
+  const count = slotCount(nat.maps.records);
   const used = new Set(slots.map((s) => s.slot));
   let slot = 0;
   while (slot < count && used.has(slot)) slot++;

@@ -19,7 +19,7 @@ import {
 } from "./codec.ts";
 import type { NatMaps } from "./loader.ts";
 import type { NatPlan } from "./plan.ts";
-import { readSlots, RECORDS_PER_SLOT, releaseSlotRecords, writeSlots } from "./records.ts";
+import { readSlots, releaseSlotRecords, slotCount, writeSlots } from "./records.ts";
 import { assignSlots, departedSlots } from "./slots.ts";
 
 const hex = (b: Uint8Array) => Array.from(b, (x) => x.toString(16).padStart(2, "0")).join("");
@@ -66,8 +66,7 @@ export function applyPlan(maps: NatMaps, plan: NatPlan): void {
  * the addresses left without one.
  */
 export function syncSlots(maps: NatMaps, plan: NatPlan): { family: 4 | 6; addr: Uint8Array }[] {
-  const count = Math.floor(bpf.mapInfo(maps.records).maxEntries / RECORDS_PER_SLOT);
-  const { table, unplaced } = assignSlots(readSlots(maps.slots), plan, count);
+  const { table, unplaced } = assignSlots(readSlots(maps.slots), plan, slotCount(maps.records));
   writeSlots(maps.slots, table);
   return unplaced;
 }

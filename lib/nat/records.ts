@@ -80,6 +80,11 @@ export const RECORD_AT: Record<string, { offset: number }> = {
 };
 const R = RECORD_AT;
 
+/** Slots of external addresses the records map has room for. */
+export function slotCount(recordsFd: number): number {
+  return Math.floor(bpf.mapInfo(recordsFd).maxEntries / RECORDS_PER_SLOT);
+}
+
 /** Index of the record of (slot, protocol index, port), as rec_index() makes it. */
 export function recIndex(slot: number, pidx: number, port: number): number {
   return ((slot * 3 + pidx) << 16) | port;

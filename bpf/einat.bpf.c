@@ -425,18 +425,21 @@ static __always_inline int egress_established(struct __sk_buff *skb, struct pack
 		stat_inc(STAT_FLOW_CACHE_MISS);
 	__u64 epoch = epoch_now(); /* before the lookups the slot will stand for */
 	struct ct_key ck;
+	int ri = -1; /* the binding's record, when looked up here */
 	if (hit) {
 		ct_key_init(&ck, p->family, p->l4proto, &fe->to_addr, fe->to_port, &p->dst,
 			    remote_port);
 	} else {
 		struct endpoint b;
-		if (einat_binding_of(p->family, p->l4proto, &p->src, p->sport, &b) < 0) {
+		ri = einat_binding_of(p->family, p->l4proto, &p->src, p->sport, &b);
+		if (ri < 0) {
 			p->no_binding = 1; /* the full path need not look again */
 			return -1;
 		}
 		ct_key_init(&ck, p->family, p->l4proto, &b.addr, b.port, &p->dst, remote_port);
 	}
-	struct ct_value *v = ct_find(&ck);
+	/* with the record in hand, its inline session is looked at without finding it again */
+	struct ct_value *v = ri >= 0 ? ct_find_at(ri, &ck) : ct_find(&ck);
 	/* The session names the internal endpoint: a cached flow must be its. */
 	if (!v || (v->flags & CT_HAIRPIN) || (hit && !ct_names_source(v, p))) {
 		if (hit)

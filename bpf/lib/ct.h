@@ -94,6 +94,14 @@ static __always_inline bool ct_expired(const struct ct_value *v, __u8 l4proto, _
 	return (__s64)(now - v->last_seen_ns) > (__s64)ct_timeout(l4proto, v->state);
 }
 
+/* Record ri holds the session of key k inline. A global function: verified once. */
+__noinline int einat_sess_inline_at(__u32 ri, const struct ct_key *k)
+{
+	struct mapping_record *r = rec_get(ri);
+	return r && k && r->sess == SESS_INLINE && r->remote_port == k->remote_port &&
+	       addr_eq(&r->remote_addr, &k->remote_addr);
+}
+
 /*
  * The record index of the binding whose inline session (its first, lib/records.h)
  * is the session of key k, or -1. A global function: verified once.
@@ -103,13 +111,7 @@ __noinline int einat_sess_inline(const struct ct_key *k)
 	if (!k)
 		return -1;
 	int ri = einat_binding_at(k->family, k->l4proto, &k->ext_addr, k->ext_port);
-	if (ri < 0)
-		return -1;
-	struct mapping_record *r = rec_get(ri);
-	if (!r || r->sess != SESS_INLINE || r->remote_port != k->remote_port ||
-	    !addr_eq(&r->remote_addr, &k->remote_addr))
-		return -1;
-	return ri;
+	return ri >= 0 && einat_sess_inline_at(ri, k) ? ri : -1;
 }
 
 /*
@@ -128,6 +130,18 @@ __noinline int einat_sess_inline_end(__u32 ri)
 	return 1;
 }
 
+/* The inline session of record ri, which holds it; NULL when the record is gone. */
+static __always_inline struct ct_value *rec_sess(__u32 ri)
+{
+	struct mapping_record *r = rec_get(ri);
+	if (!r)
+		return NULL;
+	/* opaque to clang, which would take r->ct's address before the NULL test (the
+	 * verifier refuses arithmetic on a pointer maybe NULL) */
+	asm volatile("" : "+r"(r));
+	return &r->ct;
+}
+
 /*
  * The session of key k: the inline one of its binding's record, or its map_ct
  * entry; NULL when there is none.
@@ -135,15 +149,16 @@ __noinline int einat_sess_inline_end(__u32 ri)
 static __always_inline struct ct_value *ct_find(const struct ct_key *k)
 {
 	int ri = einat_sess_inline(k);
-	if (ri >= 0) {
-		struct mapping_record *r = rec_get(ri);
-		if (r) {
-			/* opaque to clang, which would take r->ct's address before the NULL
-			 * test (the verifier refuses arithmetic on a pointer maybe NULL) */
-			asm volatile("" : "+r"(r));
-			return &r->ct;
-		}
-	}
+	if (ri >= 0)
+		return rec_sess(ri);
+	return bpf_map_lookup_elem(&map_ct, k);
+}
+
+/* ct_find() where the binding's record ri is known (k's external endpoint's). */
+static __always_inline struct ct_value *ct_find_at(__u32 ri, const struct ct_key *k)
+{
+	if (einat_sess_inline_at(ri, k))
+		return rec_sess(ri);
 	return bpf_map_lookup_elem(&map_ct, k);
 }
 

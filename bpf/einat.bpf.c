@@ -161,11 +161,10 @@ __noinline int einat_egress_icmp_error(struct __sk_buff *skb, struct packet *p, 
 	struct endpoint *peer = &sc->peer, *bv = &sc->bv; /* scratch: see in */
 	if (hairpin) {
 		/* An echo has one identifier, so echoes are never hairpinned. */
-		__u32 pi;
 		struct mapping_record *pb =
 			in->l4proto == IPPROTO_ICMP
 				? NULL
-				: binding_reply(p->family, in->l4proto, &in->src, in->sport, &pi);
+				: binding_reply(p->family, in->l4proto, &in->src, in->sport);
 		if (!pb)
 			return deliver_locally(skb);
 		binding_intern(peer, pb);
@@ -200,8 +199,7 @@ __noinline int einat_ingress_icmp_error(struct __sk_buff *skb, struct packet *p)
 	struct inner in = {};
 	if (parse_inner(skb, p->family, p->l4_off + sizeof(struct icmphdr), &in) != PARSE_OK)
 		return pass();
-	__u32 ri;
-	struct mapping_record *b = binding_reply(p->family, in.l4proto, &in.src, in.sport, &ri);
+	struct mapping_record *b = binding_reply(p->family, in.l4proto, &in.src, in.sport);
 	if (!b)
 		return pass(); /* about the router's own traffic */
 	struct endpoint bv;
@@ -253,8 +251,7 @@ __noinline int einat_inbound_query(struct packet *p)
 	self.port = p->dport;
 	struct ct_key ck;
 	ct_key_init(&ck, p->family, p->l4proto, &p->dst, p->dport, &p->src, 0);
-	__u32 ri;
-	struct mapping_record *b = binding_reply(p->family, p->l4proto, &p->dst, p->dport, &ri);
+	struct mapping_record *b = binding_reply(p->family, p->l4proto, &p->dst, p->dport);
 	if (b) {
 		/* ours from an earlier ping: keep its session alive */
 		if (b->ct.int_port == p->dport && addr_eq(&b->ct.int_addr, &p->dst))
@@ -269,11 +266,7 @@ __noinline int einat_inbound_query(struct packet *p)
 	if (slot < 0 || !binding_count_take())
 		return 0;
 	struct rec_key rk;
-	__builtin_memset(&rk, 0, sizeof(rk));
-	rk.addr = p->dst;
-	rk.port = p->dport;
-	rk.family = p->family;
-	rk.l4proto = p->l4proto;
+	rec_key_init(&rk, p->family, p->l4proto, &p->dst, p->dport);
 	__u32 idx = rec_index(slot, PROTO_IDX_ICMP, bpf_ntohs(p->dport));
 	b = rec_get(idx);
 	/* the ping's session is made with the binding, in its record */
@@ -285,8 +278,7 @@ __noinline int einat_inbound_query(struct packet *p)
 	}
 	int pub = einat_record_publish(&rk, idx);
 	if (pub != (int)idx) { /* not expected: the NAT host's own endpoint is only bound here */
-		if (ref_put(&b->ref))
-			einat_binding_release(idx);
+		binding_put_idx(idx);
 		if (pub >= 0)
 			binding_put_idx(pub);
 		return 0;
@@ -524,9 +516,8 @@ __noinline int einat_egress_full(struct __sk_buff *skb, struct packet *pp)
 	if ((dest & EXT_EXTERNAL) && !(dest & EXT_NO_HAIRPIN)) {
 		if (pp->l4proto == IPPROTO_ICMP)
 			return deliver_locally(skb);
-		__u32 ti;
 		struct mapping_record *t =
-			binding_reply(pp->family, pp->l4proto, &pp->dst, pp->dport, &ti);
+			binding_reply(pp->family, pp->l4proto, &pp->dst, pp->dport);
 		if (!t) /* the router's own service */
 			return deliver_locally(skb);
 		target = &es->target;
@@ -728,9 +719,8 @@ static __always_inline int ingress_l4(struct __sk_buff *skb, struct packet *pp, 
 		if (fe)
 			flow_fill(fe, pp, false, &bv.addr, bv.port, epoch, now);
 	} else {
-		__u32 ri;
 		struct mapping_record *b =
-			binding_reply(pp->family, pp->l4proto, &pp->dst, pp->dport, &ri);
+			binding_reply(pp->family, pp->l4proto, &pp->dst, pp->dport);
 		if (!b)
 			return ingress_unmapped(pp);
 		/* From one of our own external addresses: spoofed, or looped back. A session

@@ -125,15 +125,12 @@ __noinline int einat_binding_at(__u32 family, __u32 l4proto, const union ip_addr
 	return idx;
 }
 
-/* The record of the binding of an external endpoint, or NULL; its index into *idx. */
+/* The record of the binding of an external endpoint, or NULL. */
 static __always_inline struct mapping_record *
-binding_reply(__u8 family, __u8 l4proto, const union ip_addr *ext_addr, __be16 ext_port, __u32 *idx)
+binding_reply(__u8 family, __u8 l4proto, const union ip_addr *ext_addr, __be16 ext_port)
 {
 	int ri = einat_binding_at(family, l4proto, ext_addr, ext_port);
-	if (ri < 0)
-		return NULL;
-	*idx = ri;
-	return rec_get(ri);
+	return ri < 0 ? NULL : rec_get(ri);
 }
 
 /* The internal endpoint of record r as a binding value (the reply direction). */
@@ -155,11 +152,7 @@ __noinline int einat_binding_of(__u32 family, __u32 l4proto, const union ip_addr
 	if (!int_addr || !out)
 		return -1;
 	struct rec_key k;
-	__builtin_memset(&k, 0, sizeof(k));
-	k.addr = *int_addr;
-	k.port = (__be16)int_port;
-	k.family = family;
-	k.l4proto = l4proto;
+	rec_key_init(&k, family, l4proto, int_addr, int_port);
 	int ri = einat_outbound_find(&k);
 	if (ri < 0)
 		return -1;
@@ -604,6 +597,14 @@ __noinline int einat_binding_release(__u32 idx)
 	return 0;
 }
 
+/* Drops one session reference of the binding of record idx; releases it with the last. */
+static __always_inline void binding_put_idx(__u32 idx)
+{
+	struct mapping_record *r = rec_get(idx);
+	if (r && ref_put(&r->ref))
+		einat_binding_release(idx);
+}
+
 /* einat_binding_create(): another CPU made this endpoint's binding meanwhile. */
 #define BINDING_ADOPTED (-1)
 
@@ -656,10 +657,7 @@ __noinline int einat_binding_create(const struct packet *p, const struct default
 		return STAT_DROP_NO_PORT; /* an address without records (lib/nat/slots.ts) */
 	c->slot = slot;
 	c->pidx = pidx;
-	c->rk.addr = p->src;
-	c->rk.port = p->sport;
-	c->rk.family = p->family;
-	c->rk.l4proto = p->l4proto;
+	rec_key_init(&c->rk, p->family, p->l4proto, &p->src, p->sport);
 	c->sess = *first;
 	c->remote = ck->remote_addr;
 	c->remote_port = ck->remote_port;
@@ -721,23 +719,13 @@ __noinline int einat_binding_create(const struct packet *p, const struct default
 	}
 	/* Lost a race with another CPU (ri is its binding, with a reference taken for the
 	 * caller), or the outbound index had no room: this record goes. */
-	struct mapping_record *own = rec_get(idx);
-	if (own && ref_put(&own->ref))
-		einat_binding_release(idx);
+	binding_put_idx(idx);
 	if (ri == -ENOSPC)
 		return STAT_DROP_BINDING_FULL;
 	if (ri < 0 || !slot_addr(rec_slot(ri), &out->addr))
 		return STAT_DROP_UNTRANSLATABLE;
 	out->port = bpf_htons(ri & 0xffff);
 	return BINDING_ADOPTED;
-}
-
-/* Drops one session reference of the binding of record idx; releases it with the last. */
-static __always_inline void binding_put_idx(__u32 idx)
-{
-	struct mapping_record *r = rec_get(idx);
-	if (r && ref_put(&r->ref))
-		einat_binding_release(idx);
 }
 
 /* Drops one session reference of the binding of an external endpoint; releases it with

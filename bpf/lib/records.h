@@ -149,14 +149,20 @@ static __always_inline bool rec_names(const struct mapping_record *r, const stru
 	       addr_eq(&r->ct.int_addr, &k->addr);
 }
 
+static __always_inline void rec_key_init(struct rec_key *k, __u8 family, __u8 l4proto,
+					 const union ip_addr *addr, __be16 port)
+{
+	__builtin_memset(k, 0, sizeof(*k));
+	k->addr = *addr;
+	k->port = port;
+	k->family = family;
+	k->l4proto = l4proto;
+}
+
 /* The endpoint of record r as an index key. */
 static __always_inline void rec_key_of(struct rec_key *k, const struct mapping_record *r)
 {
-	__builtin_memset(k, 0, sizeof(*k));
-	k->addr = r->ct.int_addr;
-	k->port = r->ct.int_port;
-	k->family = r->family;
-	k->l4proto = r->l4proto;
+	rec_key_init(k, r->family, r->l4proto, &r->ct.int_addr, r->ct.int_port);
 }
 
 /*

@@ -195,6 +195,32 @@ export function forEachRecordAt(
   }
 }
 
+/**
+ * Calls `fn` for every live mapping record whose slot is occupied, in place, with that slot's
+ * entry, its external port and its index (the walk of {@link forEachRecordAt}).
+ */
+export function forEachLiveRecord(
+  recordsFd: number,
+  slots: SlotEntry[],
+  fn: (
+    values: Uint8Array,
+    vo: number,
+    vv: DataView,
+    slot: SlotEntry,
+    port: number,
+    idx: number,
+  ) => void,
+): void {
+  const bySlot: (SlotEntry | undefined)[] = [];
+  for (const e of slots) bySlot[e.slot] = e;
+  forEachRecordAt(recordsFd, (values, vo, vv, idx) => {
+    if ((values[vo + R.state.offset] & REC.STATE_MASK) !== REC.LIVE) return;
+    const { slot, port } = recPlace(idx);
+    const e = bySlot[slot];
+    if (e) fn(values, vo, vv, e, port, idx);
+  });
+}
+
 /** Whether `fd` can be mapped (opened for writing: a read-only shared mapping of a read-only
  * fd is refused by the kernel). */
 function mappable(fd: number): boolean {
@@ -320,11 +346,8 @@ export function* bindings(maps: RecordMaps): Generator<Binding> {
 
 /** Calls `fn` for every live binding (records read in batches). */
 export function forEachLive(maps: RecordMaps, slots: SlotEntry[], fn: (b: Binding) => void): void {
-  const live = new Set(slots.map((s) => s.slot));
-  forEachRecordAt(maps.records, (values, vo, _vv, idx) => {
-    if ((values[vo + R.state.offset] & REC.STATE_MASK) !== REC.LIVE) return;
-    if (!live.has(recPlace(idx).slot)) return;
-    const b = decodeAt(values, vo, idx, slots);
+  forEachLiveRecord(maps.records, slots, (values, vo, _vv, slot, _port, idx) => {
+    const b = decodeAt(values, vo, idx, [slot]);
     if (b) fn(b);
   });
 }
@@ -460,8 +483,6 @@ export function forEachSession(
 ): void {
   bpf.forEachEntry(fds.ct, CT_KEY_LAYOUT.size, CT_VALUE_LAYOUT.size, fn);
   if (fds.records === undefined || fds.slots === undefined) return;
-  const slots: (SlotEntry | undefined)[] = [];
-  for (const e of readSlots(fds.slots)) slots[e.slot] = e;
   const keys = new Uint8Array(CT_KEY_LAYOUT.size), values = new Uint8Array(CT_VALUE_LAYOUT.size);
   const e: bpf.EntryAt = {
     keys,
@@ -472,12 +493,8 @@ export function forEachSession(
     vo: 0,
   };
   const K = CT_KEY_LAYOUT.fields;
-  forEachRecordAt(fds.records, (recs, vo, vv, idx) => {
-    if ((recs[vo + R.state.offset] & REC.STATE_MASK) !== REC.LIVE) return;
+  forEachLiveRecord(fds.records, readSlots(fds.slots), (recs, vo, vv, s, port) => {
     if (vv.getUint32(vo + R.sess.offset, true) !== SESS_INLINE) return;
-    const { slot, port } = recPlace(idx);
-    const s = slots[slot];
-    if (!s) return;
     keys.fill(0);
     keys[K.l4proto.offset] = recs[vo + R.l4proto.offset];
     keys[K.family.offset] = recs[vo + R.family.offset];
@@ -497,33 +514,35 @@ export function forEachSession(
 }
 
 /**
+ * The record index and bytes of the binding whose first session, inline in its record, is the
+ * session of key `key` (a struct ct_key); null when that session is not inline.
+ */
+function inlineRecordOf(
+  maps: RecordMaps,
+  key: Uint8Array,
+): { idx: number; rec: Uint8Array } | null {
+  const K = CT_KEY_LAYOUT.fields;
+  const kv = new DataView(key.buffer, key.byteOffset, key.byteLength);
+  const family = key[K.family.offset] === 6 ? 6 : 4;
+  const ext = addrOf(family, key.subarray(K.ext_addr.offset, K.ext_addr.offset + 16));
+  const b = findBinding(maps, family, key[K.l4proto.offset], ext, kv.getUint16(K.ext_port.offset));
+  const rec = b ? readRecord(maps.records, b.idx) : null;
+  if (!b || !rec) return null;
+  const rv = new DataView(rec.buffer, rec.byteOffset, rec.byteLength);
+  const remote = key.subarray(K.remote_addr.offset, K.remote_addr.offset + 16);
+  const inline = rv.getUint32(R.sess.offset, true) === SESS_INLINE &&
+    rv.getUint16(R.remote_port.offset) === kv.getUint16(K.remote_port.offset) &&
+    sameAddr(rec.subarray(R.remote_addr.offset, R.remote_addr.offset + 16), remote);
+  return inline ? { idx: b.idx, rec } : null;
+}
+
+/**
  * The value of the session of key `key` (a struct ct_key): a copy of the one inline in its
  * binding's record, or of its map_ct entry; null when there is none.
  */
 export function findSession(maps: RecordMaps & { ct: number }, key: Uint8Array): Uint8Array | null {
-  const K = CT_KEY_LAYOUT.fields;
-  const kv = new DataView(key.buffer, key.byteOffset, key.byteLength);
-  const family = key[K.family.offset] === 6 ? 6 : 4;
-  const ext = key.subarray(K.ext_addr.offset, K.ext_addr.offset + 16);
-  const b = findBinding(
-    maps,
-    family,
-    key[K.l4proto.offset],
-    addrOf(family, ext),
-    kv.getUint16(K.ext_port.offset, false),
-  );
-  const rec = b ? readRecord(maps.records, b.idx) : null;
-  if (rec) {
-    const rv = new DataView(rec.buffer, rec.byteOffset, rec.byteLength);
-    const remote = key.subarray(K.remote_addr.offset, K.remote_addr.offset + 16);
-    if (
-      rv.getUint32(R.sess.offset, true) === SESS_INLINE &&
-      rv.getUint16(R.remote_port.offset, false) === kv.getUint16(K.remote_port.offset, false) &&
-      sameAddr(rec.subarray(R.remote_addr.offset, R.remote_addr.offset + 16), remote)
-    ) {
-      return rec.slice(R.ct.offset, R.ct.offset + CT_VALUE_LAYOUT.size);
-    }
-  }
+  const r = inlineRecordOf(maps, key);
+  if (r) return r.rec.slice(R.ct.offset, R.ct.offset + CT_VALUE_LAYOUT.size);
   return bpf.mapLookup(maps.ct, key, CT_VALUE_LAYOUT.size);
 }
 
@@ -536,25 +555,12 @@ export function writeSession(
   key: Uint8Array,
   value: Uint8Array,
 ): void {
-  const K = CT_KEY_LAYOUT.fields;
-  const kv = new DataView(key.buffer, key.byteOffset, key.byteLength);
-  const family = key[K.family.offset] === 6 ? 6 : 4;
-  const ext = addrOf(family, key.subarray(K.ext_addr.offset, K.ext_addr.offset + 16));
-  const b = findBinding(maps, family, key[K.l4proto.offset], ext, kv.getUint16(K.ext_port.offset));
-  const rec = b ? readRecord(maps.records, b.idx) : null;
-  if (b && rec) {
-    const rv = new DataView(rec.buffer, rec.byteOffset, rec.byteLength);
-    const remote = key.subarray(K.remote_addr.offset, K.remote_addr.offset + 16);
-    if (
-      rv.getUint32(R.sess.offset, true) === SESS_INLINE &&
-      rv.getUint16(R.remote_port.offset) === kv.getUint16(K.remote_port.offset) &&
-      sameAddr(rec.subarray(R.remote_addr.offset, R.remote_addr.offset + 16), remote)
-    ) {
-      const out = rec.slice();
-      out.set(value, R.ct.offset);
-      bpf.mapUpdate(maps.records, u32key(b.idx), out);
-      return;
-    }
+  const r = inlineRecordOf(maps, key);
+  if (!r) {
+    bpf.mapUpdate(maps.ct, key, value);
+    return;
   }
-  bpf.mapUpdate(maps.ct, key, value);
+  const out = r.rec.slice();
+  out.set(value, R.ct.offset);
+  bpf.mapUpdate(maps.records, u32key(r.idx), out);
 }

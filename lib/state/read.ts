@@ -15,7 +15,6 @@ import {
   CT_STATE,
   CT_VALUE_LAYOUT,
   IPPROTO,
-  REC,
   STATS,
   sumPerCpu,
   sumPerCpuTraffic,
@@ -23,11 +22,10 @@ import {
 } from "../nat/codec.ts";
 import { type MetaDoc, readMeta, STATE_MAPS, type StateMap } from "./pin.ts";
 import {
-  forEachRecordAt,
+  forEachLiveRecord,
   forEachSession,
   readSlots,
   RECORD_AT,
-  recPlace,
   type SlotEntry,
 } from "../nat/records.ts";
 import { onBpffs } from "./bpffs.ts";
@@ -215,14 +213,7 @@ function forEachRecord(
 ): void {
   const fd = s.fds.map_records, sfd = s.fds.map_slots;
   if (fd === undefined || sfd === undefined) return;
-  const slots: (SlotEntry | undefined)[] = [];
-  for (const e of readSlots(sfd)) slots[e.slot] = e;
-  forEachRecordAt(fd, (values, vo, vv, idx) => {
-    if ((values[vo + RF.state.offset] & REC.STATE_MASK) !== REC.LIVE) return;
-    const { slot, port } = recPlace(idx);
-    const e = slots[slot];
-    if (e) fn(values, vo, e, port, vv);
-  });
+  forEachLiveRecord(fd, readSlots(sfd), (values, vo, vv, e, port) => fn(values, vo, e, port, vv));
 }
 
 /** Bindings of the mapping records, by external endpoint; decoded in place, batch by batch. */

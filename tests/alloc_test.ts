@@ -27,6 +27,7 @@ import type { NatMaps } from "../lib/nat/loader.ts";
 import { countBindings, deleteBinding, findBinding, writeBinding } from "../lib/nat/records.ts";
 import { syncPortHint } from "../lib/nat/loader.ts";
 import { fillSessions } from "../bench/lib/bpfbench.ts";
+import { pinThread, restoreAffinity } from "./lib/cpu.ts";
 
 const EXT = [203, 0, 113, 1];
 const udp = (src: string, sport: number): PacketSpec => ({
@@ -168,6 +169,45 @@ Deno.test("port choice: over three ranges, parity then class kept as long as pos
     const full = n.runRaw("egress", buildPacket(udp("192.0.2.11", 40001)));
     assert(full.retval !== TC_ACT_OK, "range full: refused");
   } finally {
+    n.close();
+  }
+});
+
+Deno.test("port choice: one CPU's new mappings take random free ports of one 64-port word until it is full, then move on", async () => {
+  // The records of a word's ports share a 4 KiB page: a new mapping next to the last one
+  // finds its page in the TLB. The cursor is per CPU, so the thread stays on one.
+  const n = await loadTestNat(
+    testInterfaceConfig({ defaultRanges: ranges([{ start: 20000, end: 29999 }]) }),
+  );
+  const mask = pinThread(0);
+  try {
+    const got: number[] = [];
+    for (let i = 0; i < 200; i++) {
+      // Even source ports outside the range: no preservation, even external ports wanted.
+      const r = n.egress(udp("192.0.2.10", 40000 + 2 * i));
+      assertEquals(r.retval, TC_ACT_OK, `flow ${i}`);
+      got.push(r.out.sport!);
+    }
+    assert(got.every((p) => p >= 20000 && p <= 29999 && p % 2 === 0), `even, in range: ${got}`);
+    assertEquals(new Set(got).size, got.length, "no port twice");
+    // Word by word: the even ports of each word the run visits, taken before it moves on.
+    let i = 0, words = 0;
+    while (i < got.length) {
+      const w = got[i] >> 6;
+      const evenInRange = Array.from({ length: 32 }, (_, k) => w * 64 + 2 * k)
+        .filter((p) => p >= 20000 && p <= 29999).length;
+      const run = got.slice(i, i + evenInRange);
+      if (run.length < evenInRange) break; // the last word, not full yet
+      assert(run.every((p) => p >> 6 === w), `word ${w}: ${evenInRange} ports in a row: ${run}`);
+      const sorted = [...run].sort((a, b) => a - b);
+      assert(run.some((p, k) => p !== sorted[k]), `word ${w}: taken in random order: ${run}`);
+      i += evenInRange;
+      words++;
+    }
+    assert(words >= 5, `200 mappings filled ${words} words`);
+    assert(new Set(got.map((p) => p >> 6)).size <= words + 1, "no other word touched");
+  } finally {
+    restoreAffinity(mask);
     n.close();
   }
 });

@@ -122,13 +122,6 @@ struct slot_table {
 /* Free-port hint (lib/binding.h): one bit per port, set while bound. */
 #define PORT_WORDS 1024 /* 65536 ports / 64 */
 
-struct port_bits_key {
-	__u8 family;
-	__u8 pidx; /* PROTO_IDX_* */
-	__u16 _pad;
-	union ip_addr addr; /* external address */
-};
-
 struct port_bits {
 	__u64 w[PORT_WORDS]; /* bit p % 64 of word p / 64: port p */
 };

@@ -26,11 +26,11 @@ import {
   encodeCtKey,
   encodeExternalConfig,
   encodeLpmKey,
-  encodePortBitsKey,
   EXTERNAL_CONFIG_LAYOUT,
   IPPROTO,
   MAPPING_RECORD_LAYOUT,
   PORT_BITS_LAYOUT,
+  portBitsIndex,
   type StatName,
 } from "../../lib/nat/codec.ts";
 import { bumpEpoch, defaultSlots, type NatObject } from "../../lib/nat/loader.ts";
@@ -438,7 +438,9 @@ function releaseHintBit(
   port: number,
 ): void {
   const fd = nat.maps.portBits;
-  const key = encodePortBitsKey(family, l4proto, ext);
+  const slot = slotOf(readSlots(nat.maps.slots), family, ext);
+  if (slot < 0) return;
+  const key = new Uint8Array(new Uint32Array([portBitsIndex(slot, l4proto)]).buffer);
   const v = bpf.mapLookup(fd, key, PORT_BITS_LAYOUT.size);
   if (!v) return;
   const dv = new DataView(v.buffer, v.byteOffset, v.byteLength);

@@ -203,50 +203,33 @@ static __always_inline void alloc_clear_full(__u32 k)
 }
 
 /*
- * Free-port hint: one bit per port of each (family, protocol, external
- * address), set while the port is bound. A new mapping scans 64 ports per
- * word for a clear bit instead of probing the binding table port by port,
- * so a nearly full range costs a few words, not hundreds of lookups. The
- * binding table stays the truth: a claim still inserts with BPF_NOEXIST.
- * A bit found clear on a taken port (a restart starts with an empty hint;
+ * Free-port hint: one bit per port of each external-address slot and
+ * protocol, set while the port is bound. A new mapping scans 64 ports per
+ * word for a clear bit instead of probing the records port by port, so a
+ * nearly full range costs a few words, not hundreds of claims. The records
+ * stay the truth: a claim still takes its record by compare-and-swap. A bit
+ * found clear on a taken port (a restart starts with an empty hint;
  * identifiers bound by pings from outside, einat_inbound_query, are not
  * marked) is set when the claim fails; a bit left set on a free port (bindings
- * deleted from user space) only hides the port from the scan, and the
- * linear probe that runs before a range is declared full still finds it.
+ * deleted from user space) only hides the port from the scan, and the linear
+ * probe that runs before a range is declared full still finds it.
+ *
+ * Entry slot * PROTO_IDX_MAX + pidx: a record index >> 16, the records' own
+ * layout (lib/records.h), sized with them at load; an array, so the lookup is
+ * an address computation, not a hashed search. A slot's hint is cleared with
+ * its records when its address leaves (lib/nat/records.ts).
  */
-
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, struct port_bits_key);
-	__type(value, struct port_bits);
-	__uint(max_entries, 1024);
-} map_port_bits SEC(".maps");
-
-/* All zero: the initial value of a new map_port_bits entry (too big for the stack). */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__type(key, __u32);
 	__type(value, struct port_bits);
-	__uint(max_entries, 1);
-} map_port_bits_zero SEC(".maps");
+	__uint(max_entries, PROTO_IDX_MAX); /* set at load: slots * PROTO_IDX_MAX */
+} map_port_bits SEC(".maps");
 
-static __always_inline struct port_bits *port_bits_get(__u8 family, int pidx,
-						       const union ip_addr *addr, bool create)
+/* The hint of protocol pidx on slot. */
+static __always_inline struct port_bits *port_bits_at(__u32 slot, int pidx)
 {
-	struct port_bits_key k;
-	__builtin_memset(&k, 0, sizeof(k));
-	k.family = family;
-	k.pidx = pidx;
-	k.addr = *addr;
-	struct port_bits *b = bpf_map_lookup_elem(&map_port_bits, &k);
-	if (b || !create)
-		return b;
-	__u32 zero = 0;
-	struct port_bits *z = bpf_map_lookup_elem(&map_port_bits_zero, &zero);
-	if (!z)
-		return NULL;
-	bpf_map_update_elem(&map_port_bits, &k, z, BPF_NOEXIST);
+	__u32 k = slot * PROTO_IDX_MAX + (__u32)pidx;
 	return bpf_map_lookup_elem(&map_port_bits, &k);
 }
 
@@ -273,13 +256,13 @@ static __always_inline void port_bit_clear_in(struct port_bits *b, __be16 ext_po
 		__sync_fetch_and_and(w, ~bit);
 }
 
-/* The port (network order) of a deleted reply binding comes free. */
-static __always_inline void port_bit_clear(__u8 family, __u8 l4proto, const union ip_addr *addr,
-					   __be16 ext_port)
+/* The port of record idx comes free. */
+static __always_inline void port_bit_clear(__u32 idx)
 {
-	struct port_bits *b = port_bits_get(family, proto_idx(l4proto), addr, false);
+	__u32 k = idx >> 16;
+	struct port_bits *b = bpf_map_lookup_elem(&map_port_bits, &k);
 	if (b)
-		port_bit_clear_in(b, ext_port);
+		port_bit_clear_in(b, bpf_htons(idx & 0xffff));
 }
 
 /*
@@ -644,9 +627,7 @@ __noinline int einat_binding_release(__u32 idx)
 	record_release(r, idx);
 	binding_count_drop();
 	epoch_bump();
-	union ip_addr ext;
-	if (slot_addr(rec_slot(idx), &ext))
-		port_bit_clear(family, l4proto, &ext, bpf_htons(idx & 0xffff));
+	port_bit_clear(idx);
 	return 0;
 }
 
@@ -723,7 +704,7 @@ __noinline int einat_binding_create(const struct packet *p, const struct default
 	bool in_ranges = port_in_ranges(cfg, pidx, want);
 	struct port_bits *bits = NULL;
 	if (in_ranges || !alloc_recently_full(full_key(p->family, pidx)))
-		bits = port_bits_get(p->family, pidx, &ext->addr, true);
+		bits = port_bits_at(c->slot, pidx);
 	/* Port preservation, unless the hint marks the port taken (another host has it):
 	 * then no claim that would fail. A bit left set on a port freed from user space
 	 * costs only the preservation; the search still finds the port. */

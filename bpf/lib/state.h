@@ -83,11 +83,8 @@ static long hint_one(void *map, __u32 *key, struct mapping_record *r, void *ctx)
 	c->bindings += 1;
 	if (r->sess == SESS_INLINE)
 		c->sessions += 1;
-	__u32 idx = *key;
-	union ip_addr ext;
-	if (!slot_addr(rec_slot(idx), &ext))
-		return 0;
-	struct port_bits *b = port_bits_get(r->family, proto_idx(r->l4proto), &ext, true);
+	__u32 idx = *key, hint = idx >> 16;
+	struct port_bits *b = bpf_map_lookup_elem(&map_port_bits, &hint);
 	if (b)
 		port_bit_set(b, idx & 0xffff);
 	return 0;

@@ -15,7 +15,6 @@ import {
   encodeLpmKey,
   EXTERNAL_CONFIG_LAYOUT,
   LPM_KEY_LAYOUT,
-  PORT_BITS_KEY_LAYOUT,
 } from "./codec.ts";
 import type { NatMaps } from "./loader.ts";
 import type { NatPlan } from "./plan.ts";
@@ -105,10 +104,6 @@ export function purgeStale(
     if (isValid(keys, ko + ext)) return;
     if (bpf.mapDelete(maps.ct, keys.subarray(ko, ko + cks))) sessions++;
   });
-  const addrAt = PORT_BITS_KEY_LAYOUT.fields.addr;
-  for (const key of [...bpf.mapKeys(maps.portBits, PORT_BITS_KEY_LAYOUT.size)]) {
-    if (!isValid(key, addrAt.offset)) bpf.mapDelete(maps.portBits, key);
-  }
   if (departed.length > 0) {
     writeSlots(maps.slots, current.filter((s) => !departed.includes(s)));
   }

@@ -207,17 +207,6 @@ export const SLOT_TABLE_LAYOUT: StructLayout = {
 export const REC = { FREE: 0, BUSY: 1, LIVE: 2, STATE_MASK: 3, GEN_ONE: 4 } as const;
 export const BINDING_DYING = 0x80000000;
 
-/** struct port_bits_key (key of map_port_bits, the free-port hint). */
-export const PORT_BITS_KEY_LAYOUT: StructLayout = {
-  name: "port_bits_key",
-  size: 20,
-  fields: {
-    family: { offset: 0, size: 1 },
-    pidx: { offset: 1, size: 1 },
-    addr: { offset: 4, size: 16 },
-  },
-};
-
 /** struct port_bits (value of map_port_bits): one bit per port. */
 export const PORT_BITS_LAYOUT: StructLayout = {
   name: "port_bits",
@@ -230,13 +219,12 @@ export function protoIdx(l4proto: number): number {
   return l4proto === IPPROTO.TCP ? 0 : l4proto === IPPROTO.UDP ? 1 : 2;
 }
 
-/** Key of the free-port hint entry of one external address and protocol. */
-export function encodePortBitsKey(family: 4 | 6, l4proto: number, addr: Uint8Array): Uint8Array {
-  const b = new Uint8Array(PORT_BITS_KEY_LAYOUT.size);
-  b[0] = family;
-  b[1] = protoIdx(l4proto);
-  b.set(addr16(addr), PORT_BITS_KEY_LAYOUT.fields.addr.offset);
-  return b;
+/**
+ * Index in map_port_bits (the free-port hint) of one external-address slot and protocol: a
+ * record index >> 16 (bpf/lib/binding.h).
+ */
+export function portBitsIndex(slot: number, l4proto: number): number {
+  return slot * 3 + protoIdx(l4proto);
 }
 
 /** struct ct_key. */
@@ -289,7 +277,6 @@ export const LAYOUTS: StructLayout[] = [
   OUTBOUND_LINE_LAYOUT,
   EXT_SLOT_LAYOUT,
   SLOT_TABLE_LAYOUT,
-  PORT_BITS_KEY_LAYOUT,
   PORT_BITS_LAYOUT,
   CT_KEY_LAYOUT,
   CT_VALUE_LAYOUT,

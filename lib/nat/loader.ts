@@ -289,6 +289,7 @@ async function loadNatBytes(
   try {
     const slots = opts.extSlots ?? defaultSlots(opts.ro);
     bpf.mapSetMaxEntries(bpf.findMap(obj, MAP_NAMES.records), slots * RECORDS_PER_SLOT);
+    bpf.mapSetMaxEntries(bpf.findMap(obj, MAP_NAMES.portBits), slots * 3); // per slot and protocol
     const outbound = bpf.findMap(obj, MAP_NAMES.outbound);
     bpf.mapSetMaxEntries(outbound, outboundLines(opts.bindingMaxRecords));
     bpf.mapSetMaxEntries(bpf.findMap(obj, MAP_NAMES.ct), opts.ctMaxRecords);

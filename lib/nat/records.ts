@@ -17,9 +17,12 @@ import {
   BINDING_DYING,
   CT_KEY_LAYOUT,
   CT_VALUE_LAYOUT,
+  IPPROTO,
   MAPPING_RECORD_LAYOUT,
   MAX_SLOTS,
   OUTBOUND_LINE_LAYOUT,
+  PORT_BITS_LAYOUT,
+  portBitsIndex,
   protoIdx,
   REC,
   SESS_INLINE,
@@ -452,7 +455,7 @@ export function deleteBinding(
  * in them going too; returns how many bindings and how many of those sessions.
  */
 export function releaseSlotRecords(
-  maps: RecordMaps,
+  maps: RecordMaps & { portBits: number },
   slot: number,
 ): { bindings: number; sessions: number } {
   const first = recIndex(slot, 0, 0);
@@ -468,6 +471,11 @@ export function releaseSlotRecords(
     if (new DataView(rec.buffer).getUint32(R.sess.offset, true) === SESS_INLINE) sessions++;
     freeRecord(maps, idx, rec);
     bindings++;
+  }
+  // The slot's free-port hint goes too: its bits would mark ports taken for the next address.
+  const none = new Uint8Array(PORT_BITS_LAYOUT.size);
+  for (const proto of [IPPROTO.TCP, IPPROTO.UDP, IPPROTO.ICMP]) {
+    bpf.mapUpdate(maps.portBits, u32key(portBitsIndex(slot, proto)), none);
   }
   return { bindings, sessions };
 }

@@ -540,7 +540,7 @@ __noinline int einat_egress_full(struct __sk_buff *skb, struct packet *pp)
 		if (pp->tcp_flags & TCP_FLAG_RST)
 			return drop(STAT_DROP_UNTRANSLATABLE);
 		struct default_ext *from = ext;
-		if (CFG.fib_external && einat_fib_external(skb, pp)) {
+		if (CFG.fib_external && !ext->only && einat_fib_external(skb, pp)) {
 			__u32 zero = 0;
 			struct icmp_scratch *sc = bpf_map_lookup_elem(&map_icmp_scratch, &zero);
 			if (sc)

@@ -97,7 +97,10 @@ struct lpm_key {
 struct default_ext {
 	union ip_addr addr;
 	__u8 valid;
-	__u8 _pad[3];
+	/* The family's only external address that can be SNATed to: the FIB can
+	 * pick no other source, so bpf_fib_lookup_external's lookup is skipped. */
+	__u8 only;
+	__u8 _pad[2];
 	struct external_config cfg;
 };
 

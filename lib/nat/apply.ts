@@ -53,7 +53,7 @@ export function applyPlan(maps: NatMaps, plan: NatPlan): void {
     const key = new Uint8Array(4);
     new DataView(key.buffer).setUint32(0, idx, true);
     const value = d
-      ? encodeDefaultExt({ addr: d.addr, valid: true, cfg: d.cfg })
+      ? encodeDefaultExt({ addr: d.addr, valid: true, only: d.only, cfg: d.cfg })
       : new Uint8Array(DEFAULT_EXT_LAYOUT.size);
     bpf.mapUpdate(maps.defaultExt, key, value);
   });

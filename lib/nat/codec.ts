@@ -147,6 +147,7 @@ export const DEFAULT_EXT_LAYOUT: StructLayout = {
   fields: {
     addr: { offset: 0, size: 16 },
     valid: { offset: 16, size: 1 },
+    only: { offset: 17, size: 1 },
     cfg: { offset: 20, size: 70 },
   },
 };
@@ -499,6 +500,8 @@ export function decodeLpmKey(
 export interface DefaultExt {
   addr: Uint8Array;
   valid: boolean;
+  /** The family's only external address that can be SNATed to (no FIB lookup needed). */
+  only?: boolean;
   cfg: ExternalConfig;
 }
 
@@ -508,6 +511,7 @@ export function encodeDefaultExt(d: DefaultExt): Uint8Array {
   const b = new Uint8Array(L.size);
   b.set(addr16(d.addr), f(L, "addr"));
   b[f(L, "valid")] = d.valid ? 1 : 0;
+  b[f(L, "only")] = d.only ? 1 : 0;
   encodeExternalConfig(d.cfg, b, f(L, "cfg"));
   return b;
 }
@@ -518,6 +522,7 @@ export function decodeDefaultExt(b: Uint8Array): DefaultExt {
   return {
     addr: b.slice(f(L, "addr"), f(L, "addr") + 16),
     valid: b[f(L, "valid")] !== 0,
+    only: b[f(L, "only")] !== 0,
     cfg: decodeExternalConfig(b, f(L, "cfg")),
   };
 }

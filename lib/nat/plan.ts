@@ -29,12 +29,23 @@ export interface ResolvedExternal {
   spec: ExternalSpec;
 }
 
+/** The source address of a family's new mappings. */
+export type DefaultExternal = ResolvedExternal & {
+  cfg: ExternalConfig;
+  /**
+   * No other external address of the family can be SNATed to, so the source the FIB would pick
+   * for a destination (`bpf_fib_lookup_external`) can only be this one or none: the datapath
+   * skips that lookup.
+   */
+  only: boolean;
+};
+
 /** What the maps of one interface must contain. */
 export interface NatPlan {
   /** Source address for new mappings per family, if any. */
   defaultExt: {
-    4?: ResolvedExternal & { cfg: ExternalConfig };
-    6?: ResolvedExternal & { cfg: ExternalConfig };
+    4?: DefaultExternal;
+    6?: DefaultExternal;
   };
   externals: LpmEntry[];
   /** `map_dest_config`: no-SNAT destination networks and the externals (EXT_FLAGS). */
@@ -204,8 +215,16 @@ export function planInterface(ic: InterfaceConfig, addrs: IfAddr[]): NatPlan {
       enabled && !plan.defaultExt[r.family] && cfg.flags & EXT_FLAGS.EXTERNAL &&
       !(cfg.flags & EXT_FLAGS.NO_SNAT)
     ) {
-      plan.defaultExt[r.family] = { ...r, cfg };
+      plan.defaultExt[r.family] = { ...r, cfg, only: false };
     }
+  }
+  for (const family of [4, 6] as const) {
+    const d = plan.defaultExt[family];
+    if (!d) continue;
+    const snatTo = plan.externals.filter((e) =>
+      e.family === family && e.cfg.flags & EXT_FLAGS.EXTERNAL && !(e.cfg.flags & EXT_FLAGS.NO_SNAT)
+    );
+    d.only = snatTo.length === 1;
   }
   for (const d of ic.noSnatDests) {
     plan.destConfig.push({

@@ -45,3 +45,17 @@ Deno.test("plan: the destination map holds the no-SNAT networks and the external
     ].sort(),
   );
 });
+
+Deno.test("plan: the default external is marked the only one when no other address of its family can be SNATed to (no FIB lookup needed)", () => {
+  const plan = (externals: ExternalSpec[]) =>
+    planInterface(testInterfaceConfig({ nat66: true, defaultExternals: false, externals }), []);
+  const one = plan([
+    staticExternal("203.0.113.1/32"),
+    staticExternal("203.0.113.9/32", { noSnat: true }), // never a source of mappings
+    staticExternal("2001:db8:2::1/128"),
+    staticExternal("2001:db8:2::2/128", { noHairpin: true }), // a source all the same
+  ]);
+  deepStrictEqual([one.defaultExt[4]?.only, one.defaultExt[6]?.only], [true, false]);
+  const two = plan([staticExternal("203.0.113.1/32"), staticExternal("203.0.113.2/32")]);
+  deepStrictEqual(two.defaultExt[4]?.only, false);
+});

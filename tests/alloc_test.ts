@@ -22,7 +22,7 @@ import { planInterface } from "../lib/nat/plan.ts";
 import { parseAddr } from "../lib/config/cidr.ts";
 import { buildPacket, type PacketSpec } from "./lib/packet.ts";
 import * as bpf from "../lib/ffi/libbpf.ts";
-import { portBitsIndex } from "../lib/nat/codec.ts";
+import { portBitsKey } from "../lib/nat/codec.ts";
 import type { NatMaps } from "../lib/nat/loader.ts";
 import {
   countBindings,
@@ -60,8 +60,6 @@ function bindFromUserSpace(maps: NatMaps, port: number, lanPort: number): void {
     ref: 1,
   });
 }
-
-const u32 = (i: number) => new Uint8Array(new Uint32Array([i]).buffer);
 
 function unbindFromUserSpace(maps: NatMaps, port: number) {
   assert(deleteBinding(maps, 4, 17, new Uint8Array(EXT), port), `binding of ${port}`);
@@ -142,7 +140,7 @@ Deno.test("port choice: sync_port_hint marks every bound port (bindings carried 
     const fd = n.nat.maps.portBits;
     const bits = bpf.mapLookup(
       fd,
-      u32(portBitsIndex(slotOf(readSlots(n.nat.maps.slots), 4, new Uint8Array(EXT)), 17)),
+      portBitsKey(slotOf(readSlots(n.nat.maps.slots), 4, new Uint8Array(EXT)), 17),
       8192,
     )!;
     const dv = new DataView(bits.buffer, bits.byteOffset, bits.byteLength);
@@ -305,7 +303,7 @@ Deno.test("port choice: an external address that leaves takes its hint along (no
   try {
     const slot = slotOf(readSlots(n.nat.maps.slots), 4, new Uint8Array(EXT));
     const hintBits = () => {
-      const v = bpf.mapLookup(n.nat.maps.portBits, u32(portBitsIndex(slot, 17)), 8192)!;
+      const v = bpf.mapLookup(n.nat.maps.portBits, portBitsKey(slot, 17), 8192)!;
       return [...v].reduce((c, b) => c + [...b.toString(2)].filter((x) => x === "1").length, 0);
     };
     for (let i = 0; i < 64; i++) {

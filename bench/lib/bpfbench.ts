@@ -30,7 +30,7 @@ import {
   IPPROTO,
   MAPPING_RECORD_LAYOUT,
   PORT_BITS_LAYOUT,
-  portBitsIndex,
+  portBitsKey,
   type StatName,
 } from "../../lib/nat/codec.ts";
 import { bumpEpoch, defaultSlots, type NatObject } from "../../lib/nat/loader.ts";
@@ -440,7 +440,7 @@ function releaseHintBit(
   const fd = nat.maps.portBits;
   const slot = slotOf(readSlots(nat.maps.slots), family, ext);
   if (slot < 0) return;
-  const key = new Uint8Array(new Uint32Array([portBitsIndex(slot, l4proto)]).buffer);
+  const key = portBitsKey(slot, l4proto);
   const v = bpf.mapLookup(fd, key, PORT_BITS_LAYOUT.size);
   if (!v) return;
   const dv = new DataView(v.buffer, v.byteOffset, v.byteLength);

@@ -226,10 +226,10 @@ struct {
 	__uint(max_entries, PROTO_IDX_MAX); /* set at load: slots * PROTO_IDX_MAX */
 } map_port_bits SEC(".maps");
 
-/* The hint of protocol pidx on slot. */
-static __always_inline struct port_bits *port_bits_at(__u32 slot, int pidx)
+/* The hint holding the port of record idx. */
+static __always_inline struct port_bits *port_bits_of(__u32 idx)
 {
-	__u32 k = slot * PROTO_IDX_MAX + (__u32)pidx;
+	__u32 k = idx >> 16;
 	return bpf_map_lookup_elem(&map_port_bits, &k);
 }
 
@@ -259,8 +259,7 @@ static __always_inline void port_bit_clear_in(struct port_bits *b, __be16 ext_po
 /* The port of record idx comes free. */
 static __always_inline void port_bit_clear(__u32 idx)
 {
-	__u32 k = idx >> 16;
-	struct port_bits *b = bpf_map_lookup_elem(&map_port_bits, &k);
+	struct port_bits *b = port_bits_of(idx);
 	if (b)
 		port_bit_clear_in(b, bpf_htons(idx & 0xffff));
 }
@@ -289,10 +288,8 @@ static __always_inline __u32 lowest_bit(__u64 x)
  */
 struct alloc_keep {
 	__u64 rng; /* alloc_rnd()'s state; 0: not seeded yet */
-	/* per full_key(): 1 + the hint word (64 ports) this CPU last took a port
-	 * from; 0: none yet. Indexed & 7, without a bounds test: a branch there
-	 * doubled the states the verifier walks through the rest of a new mapping
-	 * (NAT44 egress +11,000 instructions). */
+	/* per full_key() (below 8): 1 + the hint word (64 ports) this CPU last
+	 * took a port from; 0: none yet */
 	__u16 cursor[8];
 };
 
@@ -716,7 +713,7 @@ __noinline int einat_binding_create(const struct packet *p, const struct default
 	bool in_ranges = port_in_ranges(cfg, pidx, want);
 	struct port_bits *bits = NULL;
 	if (in_ranges || !alloc_recently_full(full_key(p->family, pidx)))
-		bits = port_bits_at(c->slot, pidx);
+		bits = port_bits_of(rec_index(c->slot, pidx, 0));
 	/* Port preservation, unless the hint marks the port taken (another host has it):
 	 * then no claim that would fail. A bit left set on a port freed from user space
 	 * costs only the preservation; the search still finds the port. */

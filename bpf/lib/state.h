@@ -83,10 +83,9 @@ static long hint_one(void *map, __u32 *key, struct mapping_record *r, void *ctx)
 	c->bindings += 1;
 	if (r->sess == SESS_INLINE)
 		c->sessions += 1;
-	__u32 idx = *key, hint = idx >> 16;
-	struct port_bits *b = bpf_map_lookup_elem(&map_port_bits, &hint);
+	struct port_bits *b = port_bits_of(*key);
 	if (b)
-		port_bit_set(b, idx & 0xffff);
+		port_bit_set(b, *key & 0xffff);
 	return 0;
 }
 

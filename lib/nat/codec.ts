@@ -215,17 +215,20 @@ export const PORT_BITS_LAYOUT: StructLayout = {
   fields: { w: { offset: 0, size: 8192 } },
 };
 
+/** Protocols with per-protocol arrays: TCP, UDP, ICMP (PROTO_IDX_MAX in bpf/einat.h). */
+export const PROTO_COUNT = 3;
+
 /** Index of a protocol in per-protocol arrays (PROTO_IDX_* in bpf/einat.h). */
 export function protoIdx(l4proto: number): number {
   return l4proto === IPPROTO.TCP ? 0 : l4proto === IPPROTO.UDP ? 1 : 2;
 }
 
 /**
- * Index in map_port_bits (the free-port hint) of one external-address slot and protocol: a
- * record index >> 16 (bpf/lib/binding.h).
+ * Key in map_port_bits (the free-port hint) of one external-address slot and protocol: a record
+ * index >> 16 (bpf/lib/binding.h).
  */
-export function portBitsIndex(slot: number, l4proto: number): number {
-  return slot * 3 + protoIdx(l4proto);
+export function portBitsKey(slot: number, l4proto: number): Uint8Array {
+  return new Uint8Array(new Uint32Array([slot * PROTO_COUNT + protoIdx(l4proto)]).buffer);
 }
 
 /** struct ct_key. */

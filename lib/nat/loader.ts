@@ -16,6 +16,7 @@ import {
   EINAT_CONFIG_LAYOUT,
   encodeRoConfig,
   outboundLines,
+  PROTO_COUNT,
   type RoConfig,
 } from "./codec.ts";
 import { RECORDS_PER_SLOT } from "./records.ts";
@@ -289,7 +290,7 @@ async function loadNatBytes(
   try {
     const slots = opts.extSlots ?? defaultSlots(opts.ro);
     bpf.mapSetMaxEntries(bpf.findMap(obj, MAP_NAMES.records), slots * RECORDS_PER_SLOT);
-    bpf.mapSetMaxEntries(bpf.findMap(obj, MAP_NAMES.portBits), slots * 3); // per slot and protocol
+    bpf.mapSetMaxEntries(bpf.findMap(obj, MAP_NAMES.portBits), slots * PROTO_COUNT);
     const outbound = bpf.findMap(obj, MAP_NAMES.outbound);
     bpf.mapSetMaxEntries(outbound, outboundLines(opts.bindingMaxRecords));
     bpf.mapSetMaxEntries(bpf.findMap(obj, MAP_NAMES.ct), opts.ctMaxRecords);

@@ -22,7 +22,8 @@ import {
   MAX_SLOTS,
   OUTBOUND_LINE_LAYOUT,
   PORT_BITS_LAYOUT,
-  portBitsIndex,
+  portBitsKey,
+  PROTO_COUNT,
   protoIdx,
   REC,
   SESS_INLINE,
@@ -64,7 +65,7 @@ export const OB_TOMB = 1;
 export const OB_IDX_BITS = 22;
 const OB_IDX_MASK = (1 << OB_IDX_BITS) - 1;
 /** Records per slot: 3 protocols x 65,536 ports. */
-export const RECORDS_PER_SLOT = 3 * 65536;
+export const RECORDS_PER_SLOT = PROTO_COUNT * 65536;
 
 const u32key = (i: number) => new Uint8Array(new Uint32Array([i]).buffer);
 const ZERO = u32key(0);
@@ -475,7 +476,7 @@ export function releaseSlotRecords(
   // The slot's free-port hint goes too: its bits would mark ports taken for the next address.
   const none = new Uint8Array(PORT_BITS_LAYOUT.size);
   for (const proto of [IPPROTO.TCP, IPPROTO.UDP, IPPROTO.ICMP]) {
-    bpf.mapUpdate(maps.portBits, u32key(portBitsIndex(slot, proto)), none);
+    bpf.mapUpdate(maps.portBits, portBitsKey(slot, proto), none);
   }
   return { bindings, sessions };
 }

@@ -365,9 +365,17 @@ export function countBindings(recordsFd: number): number {
   return n;
 }
 
+/**
+ * Entry `i` of map_binding_count: 0, the live bindings the programs count; 1, the sessions
+ * inline in records as sync_port_hint last counted them. Null when it cannot be read.
+ */
+export function bindingCountAt(fd: number, i: 0 | 1): bigint | null {
+  const v = bpf.mapLookup(fd, u32key(i), 8);
+  return v ? new DataView(v.buffer).getBigUint64(0, true) : null;
+}
+
 function addCount(maps: RecordMaps, d: number): void {
-  const v = bpf.mapLookup(maps.bindingCount, ZERO, 8);
-  const n = v ? new DataView(v.buffer).getBigUint64(0, true) : 0n;
+  const n = bindingCountAt(maps.bindingCount, 0) ?? 0n;
   const out = new Uint8Array(8);
   new DataView(out.buffer).setBigUint64(0, BigInt.asUintN(64, n + BigInt(d)), true);
   bpf.mapUpdate(maps.bindingCount, ZERO, out);

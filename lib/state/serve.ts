@@ -11,6 +11,7 @@ import { CT_KEY_LAYOUT } from "../nat/codec.ts";
 import { expireSessions, type LoadOptions, type NatObject, syncPortHint } from "../nat/loader.ts";
 import { pinDirFor, stateOptions } from "./options.ts";
 import { ensureBpffs } from "./bpffs.ts";
+import { bindingCountAt } from "../nat/records.ts";
 
 /**
  * The state-related load options of an interface. Without a usable bpf
@@ -45,10 +46,9 @@ export function afterAttach(nat: NatObject, ifname: string): void {
   // sessions inline in them (in the program: a walk of every record here grew the daemon by
   // ~5 MiB)
   const bindings = syncPortHint(nat);
-  const inline = bpf.mapLookup(nat.maps.bindingCount, new Uint8Array([1, 0, 0, 0]), 8);
   const sessions = nat.pins
     ? bpf.mapCount(nat.maps.ct, CT_KEY_LAYOUT.size) +
-      (inline ? Number(new DataView(inline.buffer).getBigUint64(0, true)) : 0)
+      Number(bindingCountAt(nat.maps.bindingCount, 1) ?? 0n)
     : 0;
   const expired = expireSessions(nat);
   if (!nat.pins) return;

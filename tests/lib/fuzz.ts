@@ -26,22 +26,14 @@
  */
 
 import * as bpf from "../../lib/ffi/libbpf.ts";
-import {
-  CT_KEY_LAYOUT,
-  CT_VALUE_LAYOUT,
-  decodeCtKey,
-  decodeCtValue,
-  OUTBOUND_LINE_LAYOUT,
-  STATS,
-  sumPerCpu,
-} from "../../lib/nat/codec.ts";
+import { CT_KEY_LAYOUT, OUTBOUND_LINE_LAYOUT, STATS, sumPerCpu } from "../../lib/nat/codec.ts";
 import {
   type Binding,
+  bindingCountAt,
   bindings,
   findBinding,
   findBindingOf,
   findOutbound,
-  forEachSession,
   OB_EMPTY,
   OB_IDX_BITS,
   OB_TOMB,
@@ -60,6 +52,7 @@ import {
   loadTestNat,
   type Nat,
   ranges,
+  sessionsOf,
   TC_ACT_OK,
   TC_ACT_REDIRECT,
   TC_ACT_SHOT,
@@ -1002,14 +995,7 @@ export function checkMaps(nat: Nat, limits: Limits, ic: InterfaceConfig): MapChe
   const v: string[] = [];
   const maps = nat.nat.maps;
   const live = [...bindings(maps)];
-  // sessions: map_ct entries and the first ones inline in the records, as key/value copies
-  const ce: { key: Uint8Array; value: Uint8Array }[] = [];
-  forEachSession({ ct: maps.ct, records: maps.records, slots: maps.slots }, (e) => {
-    ce.push({
-      key: e.keys.slice(e.ko, e.ko + CT_KEY_LAYOUT.size),
-      value: e.values.slice(e.vo, e.vo + CT_VALUE_LAYOUT.size),
-    });
-  });
+  const ce = sessionsOf(maps); // map_ct entries and the first ones inline in the records
   const hashed = bpf.mapCount(maps.ct, CT_KEY_LAYOUT.size);
   if (live.length > limits.bindings) v.push(`${live.length} bindings`);
   if (hashed > limits.ctEntries) v.push(`map_ct has ${hashed} entries`);
@@ -1048,14 +1034,12 @@ export function checkMaps(nat: Nat, limits: Limits, ic: InterfaceConfig): MapChe
     }
   }
   if (entries !== live.length) v.push(`${entries} outbound entries for ${live.length} bindings`);
-  const count = bpf.mapLookup(maps.bindingCount, new Uint8Array(4), 8);
-  const counted = count ? Number(new DataView(count.buffer).getBigUint64(0, true)) : -1;
+  const count = bindingCountAt(maps.bindingCount, 0);
+  const counted = count === null ? -1 : Number(count);
   if (counted !== live.length) v.push(`binding count ${counted}, ${live.length} live`);
   const refs = new Map<string, number>();
   const keys = new Set<string>();
-  for (const e of ce) {
-    const k = decodeCtKey(e.key);
-    const val = decodeCtValue(e.value, k.family);
+  for (const { key: k, value: val } of ce) {
     const rk = ep(k.family, k.l4proto, k.extAddr, k.extPort);
     const sk = `${rk} ${formatIp(k.remoteAddr)}/${k.remotePort}`;
     if (keys.has(sk)) v.push(`session ${sk} twice (inline and in map_ct)`);

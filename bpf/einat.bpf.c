@@ -280,9 +280,9 @@ __noinline int einat_inbound_query(struct packet *p)
 	}
 	int pub = einat_record_publish(&rk, idx);
 	if (pub != (int)idx) { /* not expected: the NAT host's own endpoint is only bound here */
-		binding_put_idx(idx);
+		einat_binding_put(idx);
 		if (pub >= 0)
-			binding_put_idx(pub);
+			einat_binding_put(pub);
 		return 0;
 	}
 	stat_inc(STAT_NEW_BINDING);
@@ -440,7 +440,7 @@ static __always_inline int egress_established(struct __sk_buff *skb, struct pack
 			fe->kind = 0;
 		return -1;
 	}
-	ct_refresh(v, p->l4proto, true, p->tcp_flags, now);
+	einat_ct_refresh(v, p->l4proto, true, p->tcp_flags, now);
 	if (fe)
 		flow_fill(fe, p, true, &ck.ext_addr, ck.ext_port, epoch, now);
 	if (rewrite(skb, p, true, &ck.ext_addr, ck.ext_port))
@@ -715,7 +715,7 @@ static __always_inline int ingress_l4(struct __sk_buff *skb, struct packet *pp, 
 		}
 	}
 	if (v) {
-		ct_refresh(v, pp->l4proto, false, pp->tcp_flags, now);
+		einat_ct_refresh(v, pp->l4proto, false, pp->tcp_flags, now);
 		bv.addr = v->int_addr;
 		bv.port = v->int_port;
 		if (fe)

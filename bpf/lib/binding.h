@@ -690,11 +690,6 @@ __noinline int einat_binding_put(__u32 idx)
 	return 0;
 }
 
-static __always_inline void binding_put_idx(__u32 idx)
-{
-	einat_binding_put(idx);
-}
-
 /* einat_binding_create(): another CPU made this endpoint's binding meanwhile. */
 #define BINDING_ADOPTED (-1)
 
@@ -791,7 +786,7 @@ __noinline int einat_binding_create(const struct packet *p, const struct default
 	}
 	/* Lost a race with another CPU (ri is its binding, with a reference taken for the
 	 * caller), or the outbound index had no room: this record goes. */
-	binding_put_idx(idx);
+	einat_binding_put(idx);
 	if (ri == -ENOSPC)
 		return STAT_DROP_BINDING_FULL;
 	if (ri < 0 || !slot_addr(rec_slot(ri), &out->addr))
@@ -807,7 +802,7 @@ static __always_inline void binding_put(__u8 family, __u8 l4proto, const union i
 {
 	int ri = einat_binding_at(family, l4proto, ext_addr, ext_port);
 	if (ri >= 0)
-		binding_put_idx(ri);
+		einat_binding_put(ri);
 }
 
 #endif

@@ -125,7 +125,7 @@ __noinline int einat_sess_inline_end(__u32 ri)
 	if (!r || __sync_val_compare_and_swap(&r->sess, SESS_INLINE, SESS_NONE) != SESS_INLINE)
 		return 0;
 	epoch_bump();
-	binding_put_idx(ri);
+	einat_binding_put(ri);
 	stat_inc(STAT_EXPIRED_SESSION);
 	return 1;
 }
@@ -221,12 +221,6 @@ __noinline int einat_ct_refresh(struct ct_value *v, __u32 l4proto, __u32 egress,
 	return 0;
 }
 
-static __always_inline void ct_refresh(struct ct_value *v, __u8 l4proto, bool egress,
-				       __u8 tcp_flags, __u64 now)
-{
-	einat_ct_refresh(v, l4proto, egress, tcp_flags, now);
-}
-
 /* How einat_ct_touch() is to go about the session. */
 enum ct_touch_mode {
 	CT_FIND = 0, /* it may exist: look it up first */
@@ -262,7 +256,7 @@ __noinline int einat_ct_touch(const struct ct_key *k, const struct endpoint *int
 	 * packet that made it (an inline one), maybe this very session. */
 	struct ct_value *v = mode == CT_LIKELY_NEW ? NULL : ct_find(k);
 	if (v && (mode == CT_FIND || ct_names(v, intern))) {
-		ct_refresh(v, k->l4proto, egress, tcp_flags, now);
+		einat_ct_refresh(v, k->l4proto, egress, tcp_flags, now);
 		return mode == CT_NEW_REF_HELD ? CT_REF_UNUSED : 0;
 	}
 
@@ -288,7 +282,7 @@ __noinline int einat_ct_touch(const struct ct_key *k, const struct endpoint *int
 			return 0;
 		}
 		/* It existed after all, or another CPU made it meanwhile. */
-		ct_refresh(v, k->l4proto, egress, tcp_flags, now);
+		einat_ct_refresh(v, k->l4proto, egress, tcp_flags, now);
 		/* Another CPU made it on finding this new binding, and takes a
 		 * reference of its own: the one held here is not needed. Dropped
 		 * with binding_put, since that CPU's may fail to come (ref_get
@@ -313,7 +307,7 @@ __noinline int einat_ct_touch(const struct ct_key *k, const struct endpoint *int
 	}
 	if (rb->ct.int_port != intern->port || !addr_eq(&rb->ct.int_addr, &intern->addr)) {
 		/* and its port went to another endpoint since */
-		binding_put_idx(ri);
+		einat_binding_put(ri);
 		bpf_map_delete_elem(&map_ct, k);
 		return STAT_DROP_UNTRANSLATABLE;
 	}

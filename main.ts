@@ -9,7 +9,7 @@ import { helpText, parseCli } from "./lib/config/cli.ts";
 import { ConfigError } from "./lib/config/types.ts";
 import { InterfaceError, type Served, startInterface, stopServing } from "./lib/daemon.ts";
 import { follow } from "./lib/watch.ts";
-import { reload, waitForSignals } from "./lib/lifecycle.ts";
+import { catchSignals, reload } from "./lib/lifecycle.ts";
 import { BpfError, libbpfVersion, routeLibbpfPrintToLog } from "./lib/ffi/libbpf.ts";
 import * as log from "./lib/log.ts";
 import { BUILD_INFO } from "./lib/build_info.ts";
@@ -78,66 +78,73 @@ export async function main(args: string[]): Promise<number> {
     throw e;
   }
 
-  let served: Served[] = [];
-  let metrics: MetricsServer | null = null;
-  let sweeper: Sweeper | null = null;
-  if (cli.state?.metrics) {
-    try {
-      metrics = startMetrics(
-        cli.state.metrics,
-        () => targetsOf(served),
-        () => sweeper?.stats() ?? null,
-      );
-    } catch (e) {
-      const { hostname, port } = cli.state.metrics;
-      return fail(`--metrics ${hostname}:${port}: ${(e as Error).message}`);
-    }
-  }
-  const errors: string[] = [];
-  for (const ic of cli.config.interfaces) {
-    try {
-      served.push(await startInterface(ic, cli.config.defaults));
-    } catch (e) {
-      let msg = e instanceof InterfaceError || e instanceof BusyError || e instanceof StateError
-        ? e.message
-        : `${ic.ifName ?? ic.ifIndex}: ${(e as Error).message}`;
-      if (e instanceof BpfError) {
-        // The verifier log goes to the log; the error stays one line.
-        log.error("the kernel refused the BPF programs", { verifier_log: e.log ?? "" });
-        msg = `${ic.ifName ?? ic.ifIndex}: ${msg.split("\n")[0].replace(/^[^:]+: /, "")}` +
-          " (verifier log above)";
+  // Caught from here on: a signal while the interfaces start is taken once einat runs, not
+  // a kill half-way through (lib/lifecycle.ts).
+  const signals = catchSignals();
+  try {
+    let served: Served[] = [];
+    let metrics: MetricsServer | null = null;
+    let sweeper: Sweeper | null = null;
+    if (cli.state?.metrics) {
+      try {
+        metrics = startMetrics(
+          cli.state.metrics,
+          () => targetsOf(served),
+          () => sweeper?.stats() ?? null,
+        );
+      } catch (e) {
+        const { hostname, port } = cli.state.metrics;
+        return fail(`--metrics ${hostname}:${port}: ${(e as Error).message}`);
       }
-      log.error("interface not served", { reason: msg });
-      errors.push(msg);
     }
-  }
-  if (served.length === 0) {
-    await metrics?.close();
-    return fail(errors.join("; ") || "no interface configured");
-  }
-  const follower = follow(() => served);
-  sweeper = startSweeper(() => served); // sessions carry no timer (bpf/lib/ct.h)
-  await follower.resync(); // changes between start-up and the first event
-  log.info("einat running", { interfaces: served.map((s) => s.ifname).join(",") });
+    const errors: string[] = [];
+    for (const ic of cli.config.interfaces) {
+      try {
+        served.push(await startInterface(ic, cli.config.defaults));
+      } catch (e) {
+        let msg = e instanceof InterfaceError || e instanceof BusyError || e instanceof StateError
+          ? e.message
+          : `${ic.ifName ?? ic.ifIndex}: ${(e as Error).message}`;
+        if (e instanceof BpfError) {
+          // The verifier log goes to the log; the error stays one line.
+          log.error("the kernel refused the BPF programs", { verifier_log: e.log ?? "" });
+          msg = `${ic.ifName ?? ic.ifIndex}: ${msg.split("\n")[0].replace(/^[^:]+: /, "")}` +
+            " (verifier log above)";
+        }
+        log.error("interface not served", { reason: msg });
+        errors.push(msg);
+      }
+    }
+    if (served.length === 0) {
+      await metrics?.close();
+      return fail(errors.join("; ") || "no interface configured");
+    }
+    const follower = follow(() => served);
+    sweeper = startSweeper(() => served); // sessions carry no timer (bpf/lib/ct.h)
+    await follower.resync(); // changes between start-up and the first event
+    log.info("einat running", { interfaces: served.map((s) => s.ifname).join(",") });
 
-  for await (const sig of waitForSignals()) {
-    if (sig !== "SIGHUP") {
-      log.info("stopping", { signal: sig });
-      break;
+    for await (const sig of signals) {
+      if (sig !== "SIGHUP") {
+        log.info("stopping", { signal: sig });
+        break;
+      }
+      if (!cli.configFile) {
+        log.info("SIGHUP: no configuration file to reload");
+        continue;
+      }
+      served = await reload(cli.configFile, served);
+      await follower.resync();
     }
-    if (!cli.configFile) {
-      log.info("SIGHUP: no configuration file to reload");
-      continue;
-    }
-    served = await reload(cli.configFile, served);
-    await follower.resync();
+    await sweeper.stop();
+    sweeper = null;
+    await follower.stop();
+    await metrics?.close();
+    for (const s of served) await stopServing(s);
+    return 0;
+  } finally {
+    signals.close();
   }
-  await sweeper.stop();
-  sweeper = null;
-  await follower.stop();
-  await metrics?.close();
-  for (const s of served) await stopServing(s);
-  return 0;
 }
 
 if (import.meta.main) {

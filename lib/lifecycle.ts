@@ -9,8 +9,19 @@ import { parseConfigToml } from "./config/toml.ts";
 import * as log from "./log.ts";
 import { type Served, startInterface, stopServing } from "./daemon.ts";
 
-/** Yields SIGHUP, SIGINT and SIGTERM as they arrive. */
-export async function* waitForSignals(): AsyncGenerator<Deno.Signal> {
+/** SIGHUP, SIGINT and SIGTERM caught from the moment {@link catchSignals} returns. */
+export interface Signals extends AsyncIterable<Deno.Signal> {
+  /** Removes the listeners (the iteration's end does it too). */
+  close(): void;
+}
+
+/**
+ * Catches SIGHUP, SIGINT and SIGTERM at once and queues them until iterated: one that arrives
+ * while the daemon starts is taken when it runs, instead of killing it half-way (filters
+ * attached, nothing to remove them). `close()` on every path that does not iterate, or the
+ * listeners keep the process alive.
+ */
+export function catchSignals(): Signals {
   const queue: Deno.Signal[] = [];
   let wake: (() => void) | null = null;
   const sigs: Deno.Signal[] = ["SIGINT", "SIGTERM", "SIGHUP"];
@@ -22,14 +33,25 @@ export async function* waitForSignals(): AsyncGenerator<Deno.Signal> {
     Deno.addSignalListener(sig, h);
     return h;
   });
-  try {
-    while (true) {
-      while (queue.length === 0) await new Promise<void>((r) => (wake = r));
-      yield queue.shift()!;
-    }
-  } finally {
+  let closed = false;
+  const close = () => {
+    if (closed) return;
+    closed = true;
     sigs.forEach((s, i) => Deno.removeSignalListener(s, handlers[i]));
-  }
+  };
+  return {
+    close,
+    async *[Symbol.asyncIterator]() {
+      try {
+        while (true) {
+          while (queue.length === 0) await new Promise<void>((r) => (wake = r));
+          yield queue.shift()!;
+        }
+      } finally {
+        close();
+      }
+    },
+  };
 }
 
 /** A stable text form of an interface configuration, for comparison. */

@@ -172,6 +172,37 @@ Deno.test({
 });
 
 Deno.test({
+  name:
+    "daemon: a SIGTERM while it starts is taken once it runs: exit 0, the network as it was before",
+  ...sanitize,
+  fn: () =>
+    withNs(async (ns) => {
+      const before = await tcState(ns, "wan0");
+      // The signal goes as soon as the BPF object is loaded, before the filters are attached
+      // and "einat running" is logged; a run where the poll saw that line too late tries again.
+      let inside = 0;
+      for (let attempt = 0; attempt < 5 && inside === 0; attempt++) {
+        const p = spawnInNs(ns, einatCmd(["-i", "wan0"]), { killAfterMs: 30_000 });
+        const end = Date.now() + 15000;
+        while (!/loaded BPF object/.test(p.stderrText())) {
+          assert(p.running() && Date.now() < end, `einat did not load:\n${p.stderrText()}`);
+          await new Promise((r) => setTimeout(r, 1));
+        }
+        const early = !/einat running/.test(p.stderrText());
+        p.kill("SIGTERM");
+        const r = await p.output(10000);
+        assertEquals(r.code, 0, `exit ${r.code} after a SIGTERM while starting:\n${r.stderr}`);
+        assertEquals(await tcState(ns, "wan0"), before, "filters and qdisc gone");
+        if (early) {
+          inside++;
+          assert(/stopping signal=SIGTERM/.test(r.stderr), r.stderr);
+        }
+      }
+      assert(inside > 0, "no SIGTERM landed before einat ran (5 tries)");
+    }),
+});
+
+Deno.test({
   name: "daemon: a tiny RLIMIT_MEMLOCK does not matter (maps are charged to the memory cgroup)",
   ...sanitize,
   fn: () =>

@@ -319,18 +319,3 @@ export async function stopServing(s: Served): Promise<void> {
   if (s.nat) closeNat(s.nat);
   s.nat = null;
 }
-
-/** Resolves on the first SIGINT or SIGTERM. */
-export function waitForSignal(): Promise<Deno.Signal> {
-  return new Promise((resolve) => {
-    const sigs: Deno.Signal[] = ["SIGINT", "SIGTERM"];
-    const handlers = sigs.map((sig) => {
-      const h = () => {
-        sigs.forEach((s, i) => Deno.removeSignalListener(s, handlers[i]));
-        resolve(sig);
-      };
-      Deno.addSignalListener(sig, h);
-      return h;
-    });
-  });
-}

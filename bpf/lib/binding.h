@@ -247,21 +247,17 @@ static __always_inline bool port_bit_taken(const struct port_bits *b, __u16 port
 	return b && (b->w[(port >> 6) & (PORT_WORDS - 1)] >> (port & 63)) & 1;
 }
 
-static __always_inline void port_bit_clear_in(struct port_bits *b, __be16 ext_port)
-{
-	__u16 port = bpf_ntohs(ext_port);
-	__u64 bit = 1ULL << (port & 63);
-	__u64 *w = &b->w[(port >> 6) & (PORT_WORDS - 1)];
-	if (*w & bit)
-		__sync_fetch_and_and(w, ~bit);
-}
-
 /* The port of record idx comes free. */
 static __always_inline void port_bit_clear(__u32 idx)
 {
 	struct port_bits *b = port_bits_of(idx);
-	if (b)
-		port_bit_clear_in(b, bpf_htons(idx & 0xffff));
+	if (!b)
+		return;
+	__u16 port = idx & 0xffff;
+	__u64 bit = 1ULL << (port & 63);
+	__u64 *w = &b->w[(port >> 6) & (PORT_WORDS - 1)];
+	if (*w & bit)
+		__sync_fetch_and_and(w, ~bit);
 }
 
 /*

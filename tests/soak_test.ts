@@ -129,13 +129,22 @@ Deno.test({
             assert(gap < 150, `a UDP flow stalled for ${gap} messages`);
           }
           // Mappings: only what live flows need (4 UDP flows, their TCP connections, 2 pings).
-          const show = await nsExecResult(
-            t.ns.router,
-            einatCmd(["show", "--pin-dir", pin, "--json", "-i", "wan0"]),
-          );
-          assertEquals(show.code, 0, show.stderr);
-          const rows = JSON.parse(show.stdout) as { bindings: { external: string }[] };
-          const current = rows.bindings.filter((b) => b.external.startsWith(`${wan[step % 2]}:`));
+          // The last address change may be applied (100 ms of coalescing, then the purge) and
+          // the flows re-mapped only now on a busy host: read until they are, 10 s at most.
+          type Rows = { bindings: { external: string }[] };
+          let rows: Rows = { bindings: [] };
+          let current: Rows["bindings"] = [];
+          for (let i = 0; i < 20; i++) {
+            const show = await nsExecResult(
+              t.ns.router,
+              einatCmd(["show", "--pin-dir", pin, "--json", "-i", "wan0"]),
+            );
+            assertEquals(show.code, 0, show.stderr);
+            rows = JSON.parse(show.stdout) as Rows;
+            current = rows.bindings.filter((b) => b.external.startsWith(`${wan[step % 2]}:`));
+            if (current.length >= 4) break;
+            await new Promise((r) => setTimeout(r, 500));
+          }
           assert(
             rows.bindings.length <= 12,
             `bindings beyond the live flows: ${rows.bindings.length}`,

@@ -14,7 +14,8 @@ import {
   IPPROTO,
 } from "../lib/nat/codec.ts";
 import { parseAddr, parseCidr } from "../lib/config/cidr.ts";
-import { bumpEpoch, expireSessions, type NatMaps } from "../lib/nat/loader.ts";
+import { bumpEpoch, type NatMaps } from "../lib/nat/loader.ts";
+import { expireSessions } from "../lib/nat/expire.ts";
 import {
   countBindings,
   deleteBinding,
@@ -322,7 +323,7 @@ Deno.test("sessions and bindings expire: the sweep removes them once past their 
     });
     assertEquals(countBindings(n.nat.maps.records), 2, "two bindings");
     assertEquals(sessions(n.nat.maps).length, 2);
-    assertEquals(expireSessions(n.nat), 0, "both live");
+    assertEquals(expireSessions(n.nat).expired, 0, "both live");
     // refreshed traffic keeps the mapping alive past one timeout
     for (let i = 0; i < 3; i++) {
       await new Promise((r) => setTimeout(r, 100));
@@ -471,7 +472,7 @@ Deno.test("flow cache: a session the sweep deleted is not served from the cache,
       new DataView(value.buffer).setBigUint64(CT_VALUE_LAYOUT.fields.last_seen_ns.offset, 1n, true);
       writeSession(m, key, value);
     }
-    assertEquals(expireSessions(n.nat), 1);
+    assertEquals(expireSessions(n.nat).expired, 1);
     const lan2 = n.egress(udp(LAN2, 40000, SRV1, 53));
     assertEquals(
       [lan2.retval, lan2.out.src, lan2.out.sport],

@@ -235,6 +235,8 @@ Deno.test({
             `sweep paced at 50x its duration (${took} s), between 6 and 30 s: ${interval}`,
           );
           assert((m.get("einat_sweeps_total") ?? -1) >= 0, "the sweep's figures are exported");
+          const piece = m.get("einat_sweep_longest_piece_seconds") ?? -1;
+          assert(piece >= 0 && piece <= took, `the longest piece ${piece} s within the sweep`);
           assertEquals(m.get(`einat_events_total{${w},event="new_binding"}`), 5);
           assertEquals(m.get(`einat_drops_total{${w},reason="no_port"}`), 0);
           assertEquals(

@@ -12,7 +12,9 @@ import { parseAddr } from "../lib/config/cidr.ts";
 import { roConfigOf } from "../lib/daemon.ts";
 import { applyPlan } from "../lib/nat/apply.ts";
 import { CT_VALUE_LAYOUT, encodeCtKey, IPPROTO, STATS } from "../lib/nat/codec.ts";
-import { closeNat, expireSessions, loadNat, type NatObject } from "../lib/nat/loader.ts";
+import { closeNat, loadNat, type NatObject } from "../lib/nat/loader.ts";
+import { expireSessions, RECORDS_PER_RUN } from "../lib/nat/expire.ts";
+import { startSweeper, type Sweeper } from "../lib/nat/sweep.ts";
 import { countBindings, findBinding, writeBinding } from "../lib/nat/records.ts";
 import { planInterface } from "../lib/nat/plan.ts";
 import { type PinnedState, readCounters, readSessions } from "../lib/state/read.ts";
@@ -153,10 +155,10 @@ Deno.test("sweep: sessions of a closed object stay in the maps and expire under 
       timeoutsNs: { udpMin: String(300_000_000) },
     }))[0];
     assertEquals([row.secondsLeft, row.expired], [0, true], "overdue under the new timeout");
-    assertEquals(expireSessions(second), 1);
+    assertEquals(expireSessions(second).expired, 1);
     assertEquals(entries(second), 0, "the session and its binding are gone");
     assertEquals(readCounters(viewOf(second)).events.expired_session, 1);
-    assertEquals(expireSessions(second), 0, "nothing left to sweep");
+    assertEquals(expireSessions(second).expired, 0, "nothing left to sweep");
   } finally {
     closeNat(first);
     if (second) closeNat(second);
@@ -198,13 +200,100 @@ Deno.test("sweep: a live session survives it; an overdue one copied in goes and 
       extPort: 20000,
       ref: 2,
     });
-    assertEquals(expireSessions(nat), 1);
+    assertEquals(expireSessions(nat).expired, 1);
     assertEquals(sessions(nat), 1, "the live session stays");
     const b = findBinding(nat.maps, 4, IPPROTO.UDP, ext, 20000);
     assert(b !== null, "the binding stays for the live session");
     assertEquals([b.intAddr, b.intPort], [lan, 40000]);
     assertEquals(b.ref, 1, "one reference left");
   } finally {
+    closeNat(nat);
+  }
+});
+
+Deno.test("sweep: in short runs; 2,500 further sessions over three batch reads: exactly those past their own timeout go", async () => {
+  const nat = await loadWith(60_000); // UDP before both ways 60 s (the shortest), after 300 s
+  try {
+    const ext = parseAddr(EXT), lan = parseAddr(LAN1);
+    const now = monotonicNs();
+    const v = new Uint8Array(CT_VALUE_LAYOUT.size);
+    const dv = new DataView(v.buffer);
+    v.set(lan, CT_VALUE_LAYOUT.fields.int_addr.offset);
+    const PORTS = 50, REMOTES = 50;
+    for (let p = 0; p < PORTS; p++) {
+      dv.setUint16(CT_VALUE_LAYOUT.fields.int_port.offset, 40000 + p, false);
+      for (let r = 0; r < REMOTES; r++) {
+        // r % 3: 0 one-way and idle 61 s (just past its 60 s), 1 both ways and idle 120 s
+        // (past the shortest timeout, not its own 300 s), 2 fresh.
+        const idle = [61_000_000_000n, 120_000_000_000n, 0n][r % 3];
+        dv.setUint8(CT_VALUE_LAYOUT.fields.state.offset, r % 3 === 1 ? 1 : 0);
+        dv.setBigUint64(CT_VALUE_LAYOUT.fields.last_seen_ns.offset, now - idle, true);
+        const key = encodeCtKey({
+          l4proto: IPPROTO.UDP,
+          family: 4,
+          extPort: 20000 + p,
+          remotePort: 1000 + r,
+          extAddr: ext,
+          remoteAddr: parseAddr(SRV1),
+        });
+        bpf.mapUpdate(nat.maps.ct, key, v);
+      }
+      writeBinding(nat.maps, {
+        family: 4,
+        l4proto: IPPROTO.UDP,
+        intAddr: lan,
+        intPort: 40000 + p,
+        extAddr: ext,
+        extPort: 20000 + p,
+        ref: REMOTES,
+      });
+    }
+    const overdue = PORTS * Math.ceil(REMOTES / 3); // r % 3 === 0: 17 of 50
+    const res = expireSessions(nat);
+    assertEquals(res.expired, overdue);
+    const left = sessionsOf(nat.maps);
+    assertEquals(left.length, PORTS * REMOTES - overdue);
+    assert(left.every((s) => (s.key.remotePort - 1000) % 3 !== 0), "only the overdue ones went");
+    // The records in runs of RECORDS_PER_RUN, then the 1,700 keys idle past 60 s in runs of 1,024.
+    const recordRuns = Math.ceil(bpf.mapInfo(nat.maps.records).maxEntries / RECORDS_PER_RUN);
+    assertEquals(res.runs, recordRuns + 2);
+    for (let p = 0; p < PORTS; p++) {
+      const b = findBinding(nat.maps, 4, IPPROTO.UDP, ext, 20000 + p);
+      assertEquals(b?.ref, REMOTES - Math.ceil(REMOTES / 3), `binding ${20000 + p}'s references`);
+    }
+    assertEquals(expireSessions(nat).expired, 0, "nothing left to sweep");
+  } finally {
+    closeNat(nat);
+  }
+});
+
+Deno.test("sweeper: the daemon's loop sweeps in pieces and reports the longest", async () => {
+  const nat = await loadWith(300); // the shortest timeout 300 ms: a sweep every second
+  let sweeper: Sweeper | null = null;
+  try {
+    assertEquals(
+      bpf.testRun(nat.egressFd, buildPacket(udp(4, LAN1, 40000, SRV1, 53, 4))).retval,
+      0,
+    );
+    assertEquals(sessions(nat), 1);
+    await sleep(400);
+    sweeper = startSweeper(
+      () => [{
+        ifname: "test",
+        nat,
+        ic: { timeouts: { ...testInterfaceConfig().timeouts, udpMin: 300 } },
+      }],
+    );
+    for (let i = 0; i < 40 && sweeper.stats().sweeps === 0; i++) await sleep(100);
+    const st = sweeper.stats();
+    assert(st.sweeps >= 1, "a sweep ran within 4 s");
+    assertEquals(sessions(nat), 0, "the overdue session went");
+    assert(
+      st.longestPieceMs > 0 && st.longestPieceMs <= st.lastMs,
+      `longest piece ${st.longestPieceMs} ms of ${st.lastMs} ms`,
+    );
+  } finally {
+    await sweeper?.stop();
     closeNat(nat);
   }
 });

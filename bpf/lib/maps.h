@@ -60,6 +60,14 @@ struct {
 	__uint(max_entries, 65536 * 2);
 } map_ct SEC(".maps");
 
+/* The session sweep's work list: one struct sweep_batch, rewritten per run. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, struct sweep_batch);
+	__uint(max_entries, 1);
+} map_sweep SEC(".maps");
+
 /* Fragment tracking; LRU so a flood of fragments only evicts fragments. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);

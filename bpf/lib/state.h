@@ -8,7 +8,7 @@
  * of its state, which this object's configuration gives, so expiry follows
  * the configuration of whichever daemon runs. A new daemon sweeps once at
  * start (sessions that expired while none ran go with their bindings) and
- * then every second or so (lib/nat/sweep.ts).
+ * then paced by lib/nat/sweep.ts, in short runs (lib/nat/expire.ts).
  */
 #ifndef EINAT_STATE_H
 #define EINAT_STATE_H
@@ -31,29 +31,19 @@ static __always_inline void traffic_add(struct __sk_buff *skb, bool egress, __u8
 struct sweep_ctx {
 	__u64 now;
 	__u32 expired;
+	__u32 rec_from;
+	struct sweep_batch *b;
 };
 
-static long expire_one(void *map, struct ct_key *key, struct ct_value *val, void *ctx)
-{
-	struct sweep_ctx *c = ctx;
-	if (!ct_expired(val, key->l4proto, c->now))
-		return 0;
-	struct ct_key k = *key; /* the element goes away */
-	if (ct_expire(&k))
-		c->expired += 1;
-	return 0;
-}
-
 /*
- * bpf_loop callback over record indexes: a loop the verifier inlines, with
- * a direct call per record, where bpf_for_each_map_elem makes an indirect
- * call (a retpoline here) per element: the records' walk at the default
- * sizes ~2-4 ms shorter (of ~7). Stops past the last record.
+ * bpf_loop callback over record indexes from c->rec_from: a loop the verifier
+ * inlines, with a direct call per record, where bpf_for_each_map_elem makes
+ * an indirect call (a retpoline here) per element. Stops past the last record.
  */
 static long expire_record_at(__u64 i, void *ctx)
 {
 	struct sweep_ctx *c = ctx;
-	__u32 idx = (__u32)i;
+	__u32 idx = c->rec_from + (__u32)i;
 	struct mapping_record *r = rec_get(idx);
 	if (!r)
 		return 1;
@@ -65,18 +55,37 @@ static long expire_record_at(__u64 i, void *ctx)
 	return 0;
 }
 
+/* bpf_loop callback over the batch's map_ct keys: expires those past their timeout. */
+static long expire_key_at(__u64 i, void *ctx)
+{
+	struct sweep_ctx *c = ctx;
+	if (i >= SWEEP_KEYS)
+		return 1;
+	struct ct_key k = c->b->keys[i]; /* ct_expire's key must not point into a map */
+	struct ct_value *v = bpf_map_lookup_elem(&map_ct, &k);
+	if (v && ct_expired(v, k.l4proto, c->now) && ct_expire(&k))
+		c->expired += 1;
+	return 0;
+}
+
 /*
- * Run by the daemon (lib/nat/sweep.ts) with BPF_PROG_TEST_RUN: deletes the
- * sessions past their timeout, those in map_ct and the first ones in the
- * mapping records, and each binding with its last session. Returns how many
- * sessions expired.
+ * Run by the daemon (lib/nat/expire.ts) with BPF_PROG_TEST_RUN, once per
+ * piece of the sweep that map_sweep describes: the records rec_from to
+ * rec_from + rec_count - 1 (their inline sessions), then the map_ct keys
+ * that the daemon read in batches. Deletes the sessions past their timeout,
+ * and each binding with its last session. Returns how many expired.
  */
 SEC("tc")
 int expire_sessions(struct __sk_buff *skb)
 {
-	struct sweep_ctx c = {.now = bpf_ktime_get_coarse_ns(), .expired = 0};
-	bpf_for_each_map_elem(&map_ct, expire_one, &c, 0);
-	bpf_loop(EINAT_MAX_SLOTS * PROTO_IDX_MAX * 65536, expire_record_at, &c, 0);
+	__u32 zero = 0;
+	struct sweep_batch *b = bpf_map_lookup_elem(&map_sweep, &zero);
+	if (!b)
+		return 0;
+	struct sweep_ctx c = {
+		.now = bpf_ktime_get_coarse_ns(), .expired = 0, .rec_from = b->rec_from, .b = b};
+	bpf_loop(b->rec_count, expire_record_at, &c, 0);
+	bpf_loop(b->keys_n, expire_key_at, &c, 0);
 	return c.expired;
 }
 

@@ -260,6 +260,21 @@ export const CT_VALUE_LAYOUT: StructLayout = {
   },
 };
 
+/** Keys of map_ct one run of the sweep looks at (SWEEP_KEYS in bpf/einat.h). */
+export const SWEEP_KEYS = 1024;
+
+/** struct sweep_batch (map_sweep's one value: one run of the session sweep). */
+export const SWEEP_BATCH_LAYOUT: StructLayout = {
+  name: "sweep_batch",
+  size: 16 + SWEEP_KEYS * 40,
+  fields: {
+    rec_from: { offset: 0, size: 4 },
+    rec_count: { offset: 4, size: 4 },
+    keys_n: { offset: 8, size: 4 },
+    keys: { offset: 16, size: SWEEP_KEYS * 40 },
+  },
+};
+
 /** struct traffic_counter (per-CPU value of map_traffic). */
 export const TRAFFIC_COUNTER_LAYOUT: StructLayout = {
   name: "traffic_counter",
@@ -284,6 +299,7 @@ export const LAYOUTS: StructLayout[] = [
   PORT_BITS_LAYOUT,
   CT_KEY_LAYOUT,
   CT_VALUE_LAYOUT,
+  SWEEP_BATCH_LAYOUT,
   TRAFFIC_COUNTER_LAYOUT,
 ];
 

@@ -38,6 +38,7 @@ export const MAP_NAMES = {
   traffic: "map_traffic",
   portBits: "map_port_bits",
   flowCache: "map_flow_cache",
+  sweep: "map_sweep",
 } as const;
 
 /** File descriptors of the maps, by role. */
@@ -66,8 +67,10 @@ export interface NatObject {
   ingressFd: number;
   maps: NatMaps;
   loadMs: number;
-  /** Program that deletes expired sessions ({@link expireSessions}). */
+  /** Program that deletes expired sessions (lib/nat/expire.ts). */
   expireFd: number;
+  /** The shortest session timeout the programs apply, ns: no session idle for less expires. */
+  shortestTimeoutNs: bigint;
   /** Program that marks bound ports in the free-port hint ({@link syncPortHint}). */
   syncHintFd: number;
   /** Program that moves the mapping epoch ({@link bumpEpoch}). */
@@ -373,6 +376,7 @@ async function loadNatBytes(
       maps,
       loadMs: performance.now() - t0,
       expireFd: progFd("expire_sessions"),
+      shortestTimeoutNs: shortestTimeoutNs(opts.ro),
       syncHintFd: progFd("sync_port_hint"),
       bumpEpochFd: progFd("bump_epoch"),
       pins: pins ? { dir: pins.dir, reused: pins.reused, reset: pins.reset } : undefined,
@@ -386,19 +390,10 @@ async function loadNatBytes(
   }
 }
 
-/**
- * The session sweep (bpf/lib/state.h): deletes every session past its
- * timeout, and each binding with its last session. The daemon runs it once
- * at start and then paced by lib/nat/sweep.ts. Returns the number of
- * sessions expired.
- */
-export function expireSessions(n: NatObject): number {
-  return bpf.testRun(n.expireFd, new Uint8Array(64)).retval;
-}
-
-/** {@link expireSessions} off the JS thread (a table of a million sessions takes ~0.1 s). */
-export async function expireSessionsAsync(n: NatObject): Promise<number> {
-  return (await bpf.testRunAsync(n.expireFd, new Uint8Array(64))).retval;
+/** The shortest of the session timeouts in `ro`, ns (fragments are not sessions). */
+export function shortestTimeoutNs(ro: RoConfig): bigint {
+  const t = [ro.timeoutIcmp, ro.timeoutUdpMin, ro.timeoutUdp, ro.timeoutTcpTrans, ro.timeoutTcpEst];
+  return t.reduce((a, b) => (b < a ? b : a));
 }
 
 /**

@@ -1,22 +1,23 @@
 /**
  * The daemon's session sweep. Sessions carry no timer (bpf/lib/ct.h): the
  * datapath treats an expired session as gone, and this sweep deletes them
- * (and bindings with their last session) by running `expire_sessions`
- * over every served interface. Walking the tables costs ~15 ms with the
- * default sizes and ~110-180 ms with a million sessions, and the walk holds
- * its CPU all along: the kernel does not reschedule inside it, so tasks on
- * that CPU wait (a UDP receiver there loses datagrams; measured, README).
- * The pace therefore follows both the timeouts and the cost: a tenth of the
- * shortest session timeout (6 s with the defaults, whose shortest is ICMP's
- * 60 s), at least 1 s, or 50 times the last sweep's duration (at most ~2 %
- * of a CPU), capped at 30 s. A session's port stays bound for at most that
- * long past its timeout; no packet uses an expired session meanwhile.
+ * (and bindings with their last session) over every served interface, in
+ * short runs of `expire_sessions` (lib/nat/expire.ts; each ≤ ~1 ms, where one
+ * walk of every table held its CPU ~15 ms at the default sizes and 110-180 ms
+ * at a million sessions). A sweep costs ~6 ms at the default sizes and ~0.4
+ * µs per further session in `map_ct`, so the pace follows both the timeouts
+ * and the cost: a tenth of the shortest session timeout (6 s with the
+ * defaults, whose shortest is ICMP's 60 s), at least 1 s, or 50 times the last
+ * sweep's duration (at most ~2 % of a CPU), capped at 30 s. A session's port
+ * stays bound for at most that long past its timeout; no packet uses an
+ * expired session meanwhile.
  * @module
  */
 
 import * as log from "../log.ts";
 import type { Timeouts } from "../config/types.ts";
-import { expireSessionsAsync, type NatObject } from "./loader.ts";
+import type { NatObject } from "./loader.ts";
+import { expireSessionsAsync } from "./expire.ts";
 
 /** Shortest pause between sweeps, whatever the timeouts. */
 export const SWEEP_MIN_INTERVAL_MS = 1000;
@@ -67,6 +68,11 @@ export interface SweepStats {
   lastMs: number;
   /** Pause before the next sweep, ms. */
   nextMs: number;
+  /**
+   * The last sweep's longest piece in the kernel (a program run or a batch read of `map_ct`),
+   * ms: the longest it held a CPU.
+   */
+  longestPieceMs: number;
 }
 
 /** A running sweep loop. */
@@ -82,19 +88,23 @@ export function startSweeper(targets: () => SweepTarget[]): Sweeper {
   let stopped = false;
   let timer: ReturnType<typeof setTimeout> | undefined;
   let running: Promise<void> = Promise.resolve();
-  const stats: SweepStats = { sweeps: 0, lastMs: 0, nextMs: 0 };
+  const stats: SweepStats = { sweeps: 0, lastMs: 0, nextMs: 0, longestPieceMs: 0 };
 
   const sweep = async () => {
     const t0 = performance.now();
+    let longest = 0;
     for (const t of targets()) {
       if (stopped || !t.nat) continue;
       try {
-        const n = await expireSessionsAsync(t.nat);
+        const r = await expireSessionsAsync(t.nat);
+        longest = Math.max(longest, r.longestRunNs / 1e6, r.longestReadNs / 1e6);
+        const n = r.expired;
         if (n > 0) log.debug("sessions expired", { ifname: t.ifname, sessions: n });
       } catch (e) {
         log.warn("session sweep failed", { ifname: t.ifname, error: (e as Error).message });
       }
     }
+    stats.longestPieceMs = longest;
     return performance.now() - t0;
   };
   let lastFloor: number | undefined;

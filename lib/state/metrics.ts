@@ -202,6 +202,14 @@ export function renderMetrics(
       sweep.lastMs / 1000,
     );
     w.add(
+      "einat_sweep_longest_piece_seconds",
+      "gauge",
+      "Longest piece of the last sweep in the kernel (a program run or a batch read of map_ct): " +
+        "the longest it held a CPU.",
+      {},
+      sweep.longestPieceMs / 1000,
+    );
+    w.add(
       "einat_sweep_interval_seconds",
       "gauge",
       "Pause before the next session sweep: the most a session's port outlives its timeout.",

@@ -8,7 +8,8 @@ import type { InterfaceConfig } from "../config/types.ts";
 import * as bpf from "../ffi/libbpf.ts";
 import * as log from "../log.ts";
 import { CT_KEY_LAYOUT } from "../nat/codec.ts";
-import { expireSessions, type LoadOptions, type NatObject, syncPortHint } from "../nat/loader.ts";
+import { type LoadOptions, type NatObject, syncPortHint } from "../nat/loader.ts";
+import { expireSessions } from "../nat/expire.ts";
 import { pinDirFor, stateOptions } from "./options.ts";
 import { ensureBpffs } from "./bpffs.ts";
 import { bindingCountAt } from "../nat/records.ts";
@@ -50,7 +51,7 @@ export function afterAttach(nat: NatObject, ifname: string): void {
     ? bpf.mapCount(nat.maps.ct, CT_KEY_LAYOUT.size) +
       Number(bindingCountAt(nat.maps.bindingCount, 1) ?? 0n)
     : 0;
-  const expired = expireSessions(nat);
+  const expired = expireSessions(nat).expired;
   if (!nat.pins) return;
   const fresh = nat.pins.reused.length === 0;
   log.info(fresh ? "pinned state created" : "pinned state reused", {

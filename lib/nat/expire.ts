@@ -1,0 +1,139 @@
+/**
+ * The session sweep's walk (bpf/lib/state.h, `expire_sessions`), in short
+ * runs: the kernel does not reschedule inside a BPF program, and one walk of
+ * every table held its CPU ~15 ms at the default sizes (110-180 ms at a
+ * million sessions). Each run looks at one piece, which `map_sweep` names:
+ *
+ * - the mapping records, {@link RECORDS_PER_RUN} at a time (their inline
+ *   first sessions);
+ * - the further sessions in `map_ct`, read here in batches
+ *   (`bpf_map_lookup_batch`, which also skips the hash's empty buckets ~8×
+ *   faster than `bpf_for_each_map_elem` did). Only the keys of sessions idle
+ *   longer than the shortest timeout go to the program, which expires those
+ *   past their own timeout by its clock, as the datapath would judge them.
+ * @module
+ */
+
+import * as bpf from "../ffi/libbpf.ts";
+import { monotonicNs } from "../ffi/libc.ts";
+import { CT_KEY_LAYOUT, CT_VALUE_LAYOUT, SWEEP_BATCH_LAYOUT, SWEEP_KEYS } from "./codec.ts";
+import type { NatObject } from "./loader.ts";
+
+/** Records one run walks (~0.5 ms here). */
+export const RECORDS_PER_RUN = 32_768;
+/** `map_ct` entries read per batch. */
+const CT_BATCH = SWEEP_KEYS;
+/**
+ * Leeway of the idle filter, ns: the program's clock (`bpf_ktime_get_coarse_ns`) and this
+ * one's need not agree to the nanosecond; a key sent too early is only looked at.
+ */
+const FILTER_SLACK_NS = 1_000_000_000;
+
+/** What one sweep did. */
+export interface SweepResult {
+  /** Sessions expired. */
+  expired: number;
+  /** Program runs it took. */
+  runs: number;
+  /** The longest run, ns (the longest the sweep held a CPU in the kernel). */
+  longestRunNs: number;
+  /** The longest batch read of `map_ct`, ns. */
+  longestReadNs: number;
+}
+
+type RunResult = { retval: number; durationNs: number };
+
+const ZERO = new Uint8Array(4);
+const OFF = SWEEP_BATCH_LAYOUT.fields;
+const KEY_SIZE = CT_KEY_LAYOUT.size;
+const VALUE_SIZE = CT_VALUE_LAYOUT.size;
+const LAST_SEEN = CT_VALUE_LAYOUT.fields.last_seen_ns.offset;
+
+/**
+ * The runs of one sweep of `n`: before each yield, `map_sweep` holds the next piece; the
+ * caller runs the program and passes its result back. Returns the totals.
+ */
+function* sweepRuns(n: NatObject): Generator<void, SweepResult, RunResult> {
+  const batch = new Uint8Array(SWEEP_BATCH_LAYOUT.size);
+  const v = new DataView(batch.buffer);
+  const res: SweepResult = { expired: 0, runs: 0, longestRunNs: 0, longestReadNs: 0 };
+  function* run(recFrom: number, recCount: number, keys: number): Generator<void, void, RunResult> {
+    v.setUint32(OFF.rec_from.offset, recFrom, true);
+    v.setUint32(OFF.rec_count.offset, recCount, true);
+    v.setUint32(OFF.keys_n.offset, keys, true);
+    bpf.mapUpdate(n.maps.sweep, ZERO, batch);
+    const r = yield;
+    res.expired += r.retval;
+    res.runs += 1;
+    res.longestRunNs = Math.max(res.longestRunNs, r.durationNs);
+  }
+
+  const records = bpf.mapInfo(n.maps.records).maxEntries;
+  for (let from = 0; from < records; from += RECORDS_PER_RUN) {
+    yield* run(from, Math.min(RECORDS_PER_RUN, records - from), 0);
+  }
+
+  const shortest = Number(n.shortestTimeoutNs);
+  let keys = 0;
+  const reads = bpf.mapBatches(n.maps.ct, KEY_SIZE, VALUE_SIZE, CT_BATCH);
+  try {
+    for (;;) {
+      const t0 = performance.now();
+      const step = reads.next();
+      res.longestReadNs = Math.max(res.longestReadNs, (performance.now() - t0) * 1e6);
+      if (step.done) break;
+      const b = step.value;
+      // Idle longer than the shortest timeout: lastSeen < now + slack - shortest. The clock as
+      // a double (exact to 2^53 ns, 104 days; beyond, off by a few ns against a 1 s leeway).
+      const before = Number(monotonicNs()) + FILTER_SLACK_NS - shortest;
+      const vv = new DataView(b.values.buffer, b.values.byteOffset);
+      for (let i = 0; i < b.count; i++) {
+        const at = i * VALUE_SIZE + LAST_SEEN;
+        const lastSeen = vv.getUint32(at + 4, true) * 2 ** 32 + vv.getUint32(at, true);
+        if (lastSeen >= before) continue;
+        batch.set(
+          b.keys.subarray(i * KEY_SIZE, (i + 1) * KEY_SIZE),
+          OFF.keys.offset + keys * KEY_SIZE,
+        );
+        if (++keys === SWEEP_KEYS) {
+          yield* run(0, 0, keys);
+          keys = 0;
+        }
+      }
+    }
+  } finally {
+    reads.return(undefined);
+  }
+  if (keys > 0) yield* run(0, 0, keys);
+  return res;
+}
+
+/**
+ * The session sweep: deletes every session past its timeout, and each binding with its last
+ * session, in short runs of the program. The daemon runs it once at start and then paced by
+ * lib/nat/sweep.ts.
+ */
+export function expireSessions(n: NatObject): SweepResult {
+  const runs = sweepRuns(n);
+  try {
+    let step = runs.next();
+    while (!step.done) step = runs.next(bpf.testRun(n.expireFd, new Uint8Array(64)));
+    return step.value;
+  } finally {
+    runs.return(undefined as never); // a failed run leaves the batch read's buffers with it
+  }
+}
+
+/** {@link expireSessions} with each run off the JS thread, so the event loop turns between runs. */
+export async function expireSessionsAsync(n: NatObject): Promise<SweepResult> {
+  const runs = sweepRuns(n);
+  try {
+    let step = runs.next();
+    while (!step.done) {
+      step = runs.next(await bpf.testRunAsync(n.expireFd, new Uint8Array(64)));
+    }
+    return step.value;
+  } finally {
+    runs.return(undefined as never); // a failed run leaves the batch read's buffers with it
+  }
+}

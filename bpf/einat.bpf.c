@@ -702,16 +702,23 @@ static __always_inline int ingress_l4(struct __sk_buff *skb, struct packet *pp, 
 	if (fe && !hit)
 		stat_inc(STAT_FLOW_CACHE_MISS);
 	__u64 epoch = epoch_now(); /* before the lookup the slot will stand for */
+	/* Without a binding of the destination there is no session either (each
+	 * holds a reference on it): traffic to the router's own ports, and
+	 * unsolicited traffic, skips the session lookup. */
+	int ri = einat_binding_at(pp->family, pp->l4proto, &pp->dst, pp->dport);
+	if (ri < 0)
+		return ingress_unmapped(pp);
 	struct ct_key ck;
 	ct_key_init(&ck, pp->family, pp->l4proto, &pp->dst, pp->dport, &pp->src, remote_port);
 	struct endpoint bv;
-	struct ct_value *v = ct_find(&ck);
+	struct ct_value *v = ct_find_at(ri, &ck);
 	if (v) {
 		if (ct_expired(v, pp->l4proto, now)) {
 			/* Expired, not swept yet: gone, and its binding decides (EIF),
 			 * as for a new session; the binding goes with its last one. */
 			ct_expire(&ck);
 			v = NULL;
+			ri = einat_binding_at(pp->family, pp->l4proto, &pp->dst, pp->dport);
 		}
 	}
 	if (v) {
@@ -721,8 +728,7 @@ static __always_inline int ingress_l4(struct __sk_buff *skb, struct packet *pp, 
 		if (fe)
 			flow_fill(fe, pp, false, &bv.addr, bv.port, epoch, now);
 	} else {
-		struct mapping_record *b =
-			binding_reply(pp->family, pp->l4proto, &pp->dst, pp->dport);
+		struct mapping_record *b = ri < 0 ? NULL : rec_get(ri);
 		if (!b)
 			return ingress_unmapped(pp);
 		/* From one of our own external addresses: spoofed, or looped back. A session

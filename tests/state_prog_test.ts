@@ -13,7 +13,7 @@ import { roConfigOf } from "../lib/daemon.ts";
 import { applyPlan } from "../lib/nat/apply.ts";
 import { CT_VALUE_LAYOUT, encodeCtKey, IPPROTO, STATS } from "../lib/nat/codec.ts";
 import { closeNat, loadNat, type NatObject } from "../lib/nat/loader.ts";
-import { expireSessions, RECORDS_PER_RUN } from "../lib/nat/expire.ts";
+import { expireSessions, expireSessionsAsync, RECORDS_PER_RUN } from "../lib/nat/expire.ts";
 import { startSweeper, type Sweeper } from "../lib/nat/sweep.ts";
 import { countBindings, findBinding, writeBinding } from "../lib/nat/records.ts";
 import { planInterface } from "../lib/nat/plan.ts";
@@ -265,6 +265,24 @@ Deno.test("sweep: in short runs; 2,500 further sessions over three batch reads: 
   } finally {
     closeNat(nat);
   }
+});
+
+Deno.test("sweep: an object closed while a sweep awaits a run closes after that run; the sweep stops there", async () => {
+  const nat = await loadWith(60_000);
+  const sweeping = expireSessionsAsync(nat); // now awaiting its first run
+  closeNat(nat);
+  assertEquals(bpf.mapInfo(nat.maps.sweep).name, "map_sweep", "still open during the run");
+  const r = await sweeping;
+  assertEquals(r.runs, 1, "no run after the close");
+  let closed = false;
+  try {
+    bpf.mapInfo(nat.maps.sweep);
+  } catch {
+    closed = true;
+  }
+  assert(closed, "closed once the sweep ended");
+  closeNat(nat); // a second close does nothing
+  assertEquals((await expireSessionsAsync(nat)).runs, 0, "a closed object is not swept");
 });
 
 Deno.test("sweeper: the daemon's loop sweeps in pieces and reports the longest", async () => {

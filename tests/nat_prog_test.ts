@@ -236,6 +236,7 @@ Deno.test("ICMP echo: identifier mapped like a port, reply DNATed", async () => 
 Deno.test("a full port range drops new flows and keeps old ones", async () => {
   const ic = testInterfaceConfig({ defaultRanges: ranges([{ start: 20000, end: 20003 }]) });
   const n = await loadTestNat(ic);
+  const affinity = pinThread(0); // the rate limit is per CPU
   try {
     const ports = new Set<number>();
     for (let i = 0; i < 4; i++) {
@@ -258,9 +259,9 @@ Deno.test("a full port range drops new flows and keeps old ones", async () => {
     assertEquals([icmp.inner!.src, icmp.inner!.sport, icmp.inner!.dst], [LAN2, 30000, SRV1]);
     assertEquals(stat(n.nat.maps.stats, "drop_no_port"), 1n);
     // Rate-limited (one error per 10 ms per CPU): a refusal right after an answered one is
-    // dropped as it is. The test's runs may land on either CPU, or be held up past 10 ms on a
-    // busy machine, so refusals go back to back until one is dropped, 20 at most; without the
-    // limit every one would be answered.
+    // dropped as it is. The runs may be held up past 10 ms on a busy machine (the thread is on
+    // one CPU, below), so refusals go back to back until one is dropped, 20 at most; without
+    // the limit every one would be answered.
     let limited = false;
     for (let i = 0; i < 20 && !limited; i++) {
       const again = buildPacket(udp(LAN2, 30001 + i, SRV1, 53));
@@ -275,6 +276,7 @@ Deno.test("a full port range drops new flows and keeps old ones", async () => {
       "existing mapping keeps working",
     );
   } finally {
+    restoreAffinity(affinity);
     n.close();
   }
 });

@@ -19,6 +19,7 @@ import { countBindings, findBinding, writeBinding } from "../lib/nat/records.ts"
 import { planInterface } from "../lib/nat/plan.ts";
 import { type PinnedState, readCounters, readSessions } from "../lib/state/read.ts";
 import { buildPacket, type PacketSpec } from "./lib/packet.ts";
+import { pinThread, restoreAffinity } from "./lib/cpu.ts";
 import {
   loadTestNat,
   sessionsOf,
@@ -59,6 +60,9 @@ function viewOf(nat: NatObject, meta: PinnedState["meta"] = null): PinnedState {
 Deno.test("counters: packets and bytes per direction and family, events and drops move by exact amounts", async () => {
   const ic = testInterfaceConfig({ nat66: true });
   const n = await loadTestNat(ic, ["203.0.113.1/24", "2001:db8:2::1/64"]);
+  // On one CPU: the flow cache is per CPU, and the second packet to SRV1 must find the slot
+  // the first filled (in one CI run the thread moved between them and it missed).
+  const affinity = pinThread(0);
   try {
     const ok = (r: { retval: number }) => assertEquals(r.retval, TC_ACT_OK);
     ok(n.egress(udp(4, LAN1, 40000, SRV1, 53, 10))); // 20 + 8 + 10 = 38 bytes
@@ -104,6 +108,7 @@ Deno.test("counters: packets and bytes per direction and family, events and drop
     });
     assertEquals(c.events, want);
   } finally {
+    restoreAffinity(affinity);
     n.close();
   }
 });

@@ -6,7 +6,6 @@
 
 import { formatAddr } from "./config/cidr.ts";
 import * as libc from "./ffi/libc.ts";
-import { mallocTrim } from "./ffi/libc.ts";
 import * as log from "./log.ts";
 import { watch, type WatchEvent } from "./netlink/rtnl.ts";
 import { reconcile, type Served } from "./daemon.ts";
@@ -48,7 +47,7 @@ export function describeEvent(ev: WatchEvent, ifname: string): string {
 export function releaseMemory(): void {
   const gc = (globalThis as { gc?: () => void }).gc;
   if (typeof gc === "function") gc();
-  mallocTrim();
+  libc.mallocTrim();
 }
 
 /** Starts following the network for `served` (the array may change later). */

@@ -35,15 +35,16 @@ export interface SweepResult {
   expired: number;
   /** Program runs it took. */
   runs: number;
-  /** The longest run, ns (the longest the sweep held a CPU in the kernel). */
-  longestRunNs: number;
-  /** The longest batch read of `map_ct`, ns. */
-  longestReadNs: number;
+  /**
+   * The longest piece, ns: a program run or a batch read of `map_ct`, the longest the sweep held
+   * a CPU in the kernel.
+   */
+  longestPieceNs: number;
 }
 
 type RunResult = { retval: number; durationNs: number };
 
-const noSweep = (): SweepResult => ({ expired: 0, runs: 0, longestRunNs: 0, longestReadNs: 0 });
+const noSweep = (): SweepResult => ({ expired: 0, runs: 0, longestPieceNs: 0 });
 
 /**
  * The map_sweep value being written, shared by every sweep: a piece is written and uploaded
@@ -81,7 +82,7 @@ function* sweepRuns(n: NatObject): Generator<void, SweepResult, RunResult> {
     const r = yield;
     res.expired += r.retval;
     res.runs += 1;
-    res.longestRunNs = Math.max(res.longestRunNs, r.durationNs);
+    res.longestPieceNs = Math.max(res.longestPieceNs, r.durationNs);
     return !n.closing;
   }
 
@@ -97,7 +98,7 @@ function* sweepRuns(n: NatObject): Generator<void, SweepResult, RunResult> {
     for (;;) {
       const t0 = performance.now();
       const step = reads.next();
-      res.longestReadNs = Math.max(res.longestReadNs, (performance.now() - t0) * 1e6);
+      res.longestPieceNs = Math.max(res.longestPieceNs, (performance.now() - t0) * 1e6);
       if (step.done) break;
       const b = step.value;
       // Idle longer than the shortest timeout: lastSeen < now + slack - shortest. The clock as

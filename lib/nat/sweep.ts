@@ -97,7 +97,7 @@ export function startSweeper(targets: () => SweepTarget[]): Sweeper {
       if (stopped || !t.nat) continue;
       try {
         const r = await expireSessionsAsync(t.nat);
-        longest = Math.max(longest, r.longestRunNs / 1e6, r.longestReadNs / 1e6);
+        longest = Math.max(longest, r.longestPieceNs / 1e6);
         const n = r.expired;
         if (n > 0) log.debug("sessions expired", { ifname: t.ifname, sessions: n });
       } catch (e) {

@@ -255,6 +255,7 @@ Deno.test("sweep: in short runs; 2,500 further sessions over three batch reads: 
     }
     const overdue = PORTS * Math.ceil(REMOTES / 3); // r % 3 === 0: 17 of 50
     const res = expireSessions(nat);
+    assertEquals(res.ctEntries, PORTS * REMOTES, "every further session read");
     assertEquals(res.expired, overdue);
     const left = sessionsOf(nat.maps);
     assertEquals(left.length, PORTS * REMOTES - overdue);

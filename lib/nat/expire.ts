@@ -35,6 +35,8 @@ export interface SweepResult {
   expired: number;
   /** Program runs it took. */
   runs: number;
+  /** `map_ct` entries it read (those it expired included): the further sessions it found. */
+  ctEntries: number;
   /**
    * The longest piece, ns: a program run or a batch read of `map_ct`, the longest the sweep held
    * a CPU in the kernel.
@@ -44,7 +46,7 @@ export interface SweepResult {
 
 type RunResult = { retval: number; durationNs: number };
 
-const noSweep = (): SweepResult => ({ expired: 0, runs: 0, longestPieceNs: 0 });
+const noSweep = (): SweepResult => ({ expired: 0, runs: 0, ctEntries: 0, longestPieceNs: 0 });
 
 /**
  * The map_sweep value being written, shared by every sweep: a piece is written and uploaded
@@ -101,6 +103,7 @@ function* sweepRuns(n: NatObject): Generator<void, SweepResult, RunResult> {
       res.longestPieceNs = Math.max(res.longestPieceNs, (performance.now() - t0) * 1e6);
       if (step.done) break;
       const b = step.value;
+      res.ctEntries += b.count;
       // Idle longer than the shortest timeout: lastSeen < now + slack - shortest. The clock as
       // a double (exact to 2^53 ns, 104 days; beyond, off by a few ns against a 1 s leeway).
       const before = Number(monotonicNs()) + FILTER_SLACK_NS - shortest;

@@ -5,9 +5,7 @@
  */
 
 import type { InterfaceConfig } from "../config/types.ts";
-import * as bpf from "../ffi/libbpf.ts";
 import * as log from "../log.ts";
-import { CT_KEY_LAYOUT } from "../nat/codec.ts";
 import { type LoadOptions, type NatObject, syncPortHint } from "../nat/loader.ts";
 import { expireSessions } from "../nat/expire.ts";
 import { pinDirFor, stateOptions } from "./options.ts";
@@ -47,12 +45,11 @@ export function afterAttach(nat: NatObject, ifname: string): void {
   // sessions inline in them (in the program: a walk of every record here grew the daemon by
   // ~5 MiB)
   const bindings = syncPortHint(nat);
-  const sessions = nat.pins
-    ? bpf.mapCount(nat.maps.ct, CT_KEY_LAYOUT.size) +
-      Number(bindingCountAt(nat.maps.bindingCount, 1) ?? 0n)
-    : 0;
-  const expired = expireSessions(nat).expired;
+  // The sweep reads every map_ct entry: its count is the further sessions found.
+  const sweep = expireSessions(nat);
   if (!nat.pins) return;
+  const sessions = sweep.ctEntries + Number(bindingCountAt(nat.maps.bindingCount, 1) ?? 0n);
+  const expired = sweep.expired;
   const fresh = nat.pins.reused.length === 0;
   log.info(fresh ? "pinned state created" : "pinned state reused", {
     ifname,

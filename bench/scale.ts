@@ -12,6 +12,7 @@ import { expireSessionsAsync } from "../lib/nat/expire.ts";
 import { nextSweepDelay } from "../lib/nat/sweep.ts";
 import { TC_ACT_OK } from "../tests/lib/natfixture.ts";
 import { parsePacket } from "../tests/lib/packet.ts";
+import { pinThread, restoreAffinity } from "../tests/lib/cpu.ts";
 import {
   checkAlternation,
   enableAlternation,
@@ -93,13 +94,23 @@ export function scaleSizes(o: BenchOptions): ScaleSizes {
 const RANGE = { start: 20000, end: 29999 }; // the default UDP range of the test NAT
 const FILL_EXT = "203.0.113.2"; // filler sessions/bindings use another external address
 
+/** Single runs over many flows: medians, the NAT's p90 over the no-op's median, slot misses. */
+interface Spread {
+  nat: number;
+  noop: number;
+  delta: number;
+  p90: number;
+  /** Runs the flow cache did not serve from the flow's slot (its `flow_cache_miss` count). */
+  misses: number;
+}
+
 interface SessionResult {
   sessions: number;
   fillMs: number;
   hotEgress: { nat: number; noop: number; delta: number };
   hotIngress: { nat: number; noop: number; delta: number };
-  spreadEgress: { nat: number; noop: number; delta: number; p90: number };
-  spreadIngress: { nat: number; noop: number; delta: number; p90: number };
+  spreadEgress: Spread;
+  spreadIngress: Spread;
   /** One session sweep over the table (all live: nothing to delete), ms. */
   sweepMs: number;
   /** Its longest piece in the kernel (one program run or one batch read of map_ct), ms. */
@@ -208,14 +219,27 @@ async function measureSpread(
   hotIngress: Hot,
 ): Promise<SessionResult> {
   const { n, flows } = c;
-  const spread = (dir: "egress" | "ingress") => {
+  const spread = (dir: "egress" | "ingress"): Spread => {
     const fd = dir === "egress" ? n.nat.egressFd : n.nat.ingressFd;
+    // On one CPU, as a flow is steered in a router: the flow cache is per CPU, and a run that
+    // landed on the other CPU would miss it.
+    const affinity = pinThread(0);
+    try {
+      // Warm-up: every flow seen once just before, so each is an active flow (its flow-cache
+      // slot, trusted for a second after its session's refresh, is current) in every case alike.
+      for (const f of flows) {
+        bpf.testRun(fd, dir === "egress" ? f.egress : f.ingress, { repeat: 1 });
+      }
+      return spreadRuns(dir, fd);
+    } finally {
+      restoreAffinity(affinity);
+    }
+  };
+  const spreadRuns = (dir: "egress" | "ingress", fd: number): Spread => {
     const a: number[] = [], b: number[] = [];
     let order: Flow[] = [];
-    // Warm-up: every flow seen once just before, so each is an active flow (its flow-cache slot,
-    // trusted for a second after its session's refresh, is current) in every case alike.
-    for (const f of flows) bpf.testRun(fd, dir === "egress" ? f.egress : f.ingress, { repeat: 1 });
     const before = stat(n.nat, dir === "egress" ? "egress_nat" : "ingress_nat");
+    const missed = stat(n.nat, "flow_cache_miss");
     for (let j = 0; j < sz.spreadRuns; j++) {
       if (order.length === 0) order = shuffled(flows);
       const f = order.pop()!;
@@ -235,6 +259,7 @@ async function measureSpread(
       noop: median(b),
       delta: median(a) - median(b),
       p90: percentile(a, 90) - median(b),
+      misses: Number(stat(n.nat, "flow_cache_miss") - missed),
     };
   };
   const spreadEgress = spread("egress"), spreadIngress = spread("ingress");
@@ -386,6 +411,7 @@ export async function runScale(o: BenchOptions): Promise<PartResult> {
         "spread ingress",
         "ratio",
         "spread p90 eg",
+        "slot misses eg / in",
         "sweep ms",
         "longest piece ms",
       ],
@@ -402,6 +428,7 @@ export async function runScale(o: BenchOptions): Promise<PartResult> {
           ratio(s.spreadIngress.delta, base.spreadIngress.delta)
         }`,
         fmt(s.spreadEgress.p90),
+        `${s.spreadEgress.misses} / ${s.spreadIngress.misses}`,
         fmt(s.sweepMs, 1),
         fmt(s.sweepPieceMs, 2),
       ]),
@@ -414,7 +441,9 @@ export async function runScale(o: BenchOptions): Promise<PartResult> {
         `next to single no-op runs (no-op ${
           fmt(base.spreadEgress.noop)
         } ns), after one unmeasured run of every flow (so each is active: seen within the ` +
-        `second its flow-cache slot is trusted); this sees cache misses a repeated packet hides.`,
+        `second its flow-cache slot is trusted); this sees cache misses a repeated packet hides. ` +
+        `Warm-up and runs on one CPU (the flow cache is per CPU, as a flow is steered to one); ` +
+        `slot misses: runs the flow cache did not serve (its 2-way sets lose some flows to others).`,
         `Sessions beyond the real flows are inserted from user space (stamped now; no sweep runs meanwhile) on ${FILL_EXT}, ` +
         `with up to 30000 filler bindings; every case uses the same map size (ctMaxRecords ${
           Math.max(...sz.sessions) + sz.flows + 1024

@@ -409,8 +409,8 @@ static __always_inline int egress_established(struct __sk_buff *skb, struct pack
 			return -1;
 		remote_port = 0;
 	}
-	struct flow_entry *fe = flow_slot(p, family, true);
-	bool hit = fe && flow_hit(fe, p, family, true);
+	bool hit;
+	struct flow_entry *fe = flow_slot(p, family, true, &hit);
 	__u64 now = packet_now(p);
 	int served = flow_serve(skb, p, fe, hit, true, now);
 	if (served >= 0)
@@ -609,7 +609,8 @@ __noinline int einat_egress_full(struct __sk_buff *skb, struct packet *pp)
 			struct ct_value *v = ct_find(ck);
 			ours = v && !(v->flags & CT_HAIRPIN) && ct_names_source(v, pp);
 		}
-		struct flow_entry *fe = ours ? flow_slot(pp, pp->family, true) : NULL;
+		bool hit;
+		struct flow_entry *fe = ours ? flow_slot(pp, pp->family, true, &hit) : NULL;
 		if (fe)
 			flow_fill(fe, pp, true, &bvp->addr, bvp->port, es->epoch, packet_now(pp));
 	}
@@ -693,8 +694,8 @@ static __always_inline int ingress_l4(struct __sk_buff *skb, struct packet *pp, 
 	 * so one lookup does. Otherwise the binding decides (EIF) and a session
 	 * is made.
 	 */
-	struct flow_entry *fe = pp->frag == FRAG_NONE ? flow_slot(pp, family, false) : NULL;
-	bool hit = fe && flow_hit(fe, pp, family, false);
+	bool hit = false;
+	struct flow_entry *fe = pp->frag == FRAG_NONE ? flow_slot(pp, family, false, &hit) : NULL;
 	__u64 now = packet_now(pp);
 	r = flow_serve(skb, pp, fe, hit, false, now);
 	if (r >= 0)

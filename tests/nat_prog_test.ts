@@ -404,6 +404,67 @@ Deno.test("flow cache: with the smallest cache (256 slots), 1,500 flows collidin
   }
 });
 
+/**
+ * The slot index bpf/lib/flowcache.h hashes an IPv4 egress packet to, within its CPU's block
+ * of 2^bits slots (before the 2-way set rounds it down to even): its words as the program loads
+ * them, from network-order bytes on a little-endian machine.
+ */
+function flowSlot4(
+  src: string,
+  sport: number,
+  dst: string,
+  dport: number,
+  proto: number,
+  bits: number,
+) {
+  const word = (a: string) => new DataView(parseAddr(a).buffer).getUint32(0, true);
+  const be16 = (v: number) => ((v & 0xff) << 8) | (v >> 8);
+  const h = (word(src) ^ word(dst) ^ (be16(sport) << 16) ^ be16(dport) ^ proto ^ 0x5a5a0000) >>> 0;
+  return Math.imul(h, 0x9e3779b1) >>> (32 - bits);
+}
+
+Deno.test("flow cache: two flows in one slot are both served (2-way sets); a third takes the way refreshed longer ago", async () => {
+  const n = await loadTestNat(testInterfaceConfig({ flowCacheSlots: 256 }));
+  const affinity = pinThread(0); // the cache is per CPU
+  try {
+    // Three flows of LAN1 whose egress packets hash to one slot: one set of two ways.
+    const want = flowSlot4(LAN1, 40000, SRV1, 53, IPPROTO.UDP, 8);
+    const ports = [40000];
+    for (let p = 40001; ports.length < 3 && p < 65536; p++) {
+      if (flowSlot4(LAN1, p, SRV1, 53, IPPROTO.UDP, 8) === want) ports.push(p);
+    }
+    assertEquals(ports.length, 3);
+    const misses = () => stat(n.nat.maps.stats, "flow_cache_miss");
+    const ext = new Map<number, number>();
+    const send = (port: number) => {
+      const out = n.egress(udp(LAN1, port, SRV1, 53)).out;
+      if (!ext.has(port)) ext.set(port, out.sport!);
+      assertEquals(out.sport, ext.get(port), `flow ${port} keeps its mapping`);
+    };
+    // The datapath's clock moves once a tick (bpf/lib/clock.h): fills whose order matters are
+    // made two ticks apart at least (HZ 100 or more).
+    const tick = () => new Promise((r) => setTimeout(r, 25));
+    const [a, b, c] = ports;
+    send(a); // each one miss, then filled: a in one way, b in the other
+    await tick();
+    send(b);
+    send(a), send(b), send(a), send(b);
+    assertEquals(misses(), 2n, "a and b served from their set, neither evicting the other");
+    await tick();
+    send(c); // a miss: it takes a's way, filled before b's
+    send(b), send(c);
+    assertEquals(misses(), 3n, "b and c served");
+    send(a); // evicted: a miss, taking b's way now
+    send(c), send(a);
+    assertEquals(misses(), 4n, "c and a served");
+    send(b);
+    assertEquals(misses(), 5n, "b was evicted by a");
+  } finally {
+    restoreAffinity(affinity);
+    n.close();
+  }
+});
+
 Deno.test("flow cache: a cached flow whose external port now belongs to another host's session takes its own new mapping", async () => {
   const n = await loadTestNat();
   try {

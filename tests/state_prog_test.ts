@@ -302,11 +302,7 @@ Deno.test("sweeper: the daemon's loop sweeps in pieces and reports the longest",
     assertEquals(sessions(nat), 1);
     await sleep(400);
     sweeper = startSweeper(
-      () => [{
-        ifname: "test",
-        nat,
-        ic: { timeouts: { ...testInterfaceConfig().timeouts, udpMin: 300 } },
-      }],
+      () => [{ ifname: "test", nat }],
     );
     for (let i = 0; i < 40 && sweeper.stats().sweeps === 0; i++) await sleep(100);
     const st = sweeper.stats();

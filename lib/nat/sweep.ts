@@ -15,7 +15,6 @@
  */
 
 import * as log from "../log.ts";
-import type { Timeouts } from "../config/types.ts";
 import type { NatObject } from "./loader.ts";
 import { expireSessionsAsync } from "./expire.ts";
 
@@ -37,27 +36,24 @@ export function sweepFloorMs(shortestMs: number): number {
   return Math.min(SWEEP_MAX_INTERVAL_MS, Math.max(SWEEP_MIN_INTERVAL_MS, d));
 }
 
-/** The shortest timeout a session can have under `t` (fragments are not sessions). */
-export function shortestSessionTimeout(t: Timeouts): number {
-  return Math.min(t.icmpDefault, t.udpMin, t.udpDefault, t.tcpTrans, t.tcpEst);
-}
-
 /** Pause before the next sweep, given how long the last one took and the floor. */
 export function nextSweepDelay(tookMs: number, floorMs = SWEEP_MIN_INTERVAL_MS): number {
   const d = Math.ceil(tookMs * SWEEP_PACE);
   return Math.min(SWEEP_MAX_INTERVAL_MS, Math.max(floorMs, d));
 }
 
-/** What a sweep runs over: the interfaces being served, with their timeouts. */
+/** What a sweep runs over: the interfaces being served (not those waited for: no object). */
 export interface SweepTarget {
   ifname: string;
   nat?: NatObject | null;
-  ic?: { timeouts: Timeouts };
 }
 
-/** The shortest session timeout among `targets`, or Infinity without any. */
+/**
+ * The shortest session timeout among the loaded objects of `targets`, ms (the one their
+ * programs apply: `NatObject.shortestTimeoutNs`), or Infinity without any.
+ */
 function shortestOf(targets: SweepTarget[]): number {
-  return Math.min(...targets.flatMap((t) => t.ic ? [shortestSessionTimeout(t.ic.timeouts)] : []));
+  return Math.min(...targets.flatMap((t) => t.nat ? [Number(t.nat.shortestTimeoutNs) / 1e6] : []));
 }
 
 /** What the sweep loop has done so far. */

@@ -1,13 +1,20 @@
 import { equal } from "node:assert/strict";
 import {
   nextSweepDelay,
-  shortestSessionTimeout,
   SWEEP_MAX_INTERVAL_MS,
   SWEEP_MIN_INTERVAL_MS,
   SWEEP_PACE,
   sweepFloorMs,
 } from "./sweep.ts";
 import { DEFAULTS } from "../config/toml.ts";
+import type { Timeouts } from "../config/types.ts";
+import { shortestTimeoutNs } from "./loader.ts";
+import { roConfigOf } from "../daemon.ts";
+import { testInterfaceConfig } from "../../tests/lib/natfixture.ts";
+
+/** The shortest session timeout the loader gives an object of these timeouts, ms. */
+const shortestMs = (timeouts: Timeouts = DEFAULTS.timeouts) =>
+  Number(shortestTimeoutNs(roConfigOf(testInterfaceConfig({ timeouts })))) / 1e6;
 
 Deno.test("sweep pace: the floor while sweeps are cheap, 50x a slow sweep's duration, at most 30 s", () => {
   equal(nextSweepDelay(0), SWEEP_MIN_INTERVAL_MS);
@@ -20,13 +27,13 @@ Deno.test("sweep pace: the floor while sweeps are cheap, 50x a slow sweep's dura
 });
 
 Deno.test("sweep floor: a tenth of the shortest session timeout, from 1 s to 30 s (6 s by default)", () => {
-  equal(shortestSessionTimeout(DEFAULTS.timeouts), 60_000, "ICMP's 60 s");
-  equal(sweepFloorMs(shortestSessionTimeout(DEFAULTS.timeouts)), 6000);
+  equal(shortestMs(), 60_000, "ICMP's 60 s");
+  equal(sweepFloorMs(shortestMs()), 6000);
   equal(sweepFloorMs(2000), SWEEP_MIN_INTERVAL_MS, "short test timeouts: every second");
   equal(sweepFloorMs(45_000), 4500);
   equal(sweepFloorMs(3_600_000), SWEEP_MAX_INTERVAL_MS);
   equal(
-    shortestSessionTimeout({ ...DEFAULTS.timeouts, udpMin: 2000, fragment: 500 }),
+    shortestMs({ ...DEFAULTS.timeouts, udpMin: 2000, fragment: 500 }),
     2000,
     "fragments are not sessions",
   );

@@ -151,7 +151,12 @@ Deno.test({
           );
           assert(
             current.length >= 4,
-            `the live flows' bindings on the current address: ${current.length}`,
+            `the live flows' bindings on the current address (${wan[step % 2]}, after ${step} ` +
+              `changes): ${current.length}; bindings: ${
+                rows.bindings.map((b) => b.external).join(" ")
+              }\neinat's log (last 30 lines):\n${
+                einat.stderrText().trimEnd().split("\n").slice(-30).join("\n")
+              }`,
           );
           // Flat RSS (within 10 % of the warm daemon, measured on the replacing daemon too).
           console.log(`soak: ${SECONDS} s, ${step} address changes, RSS ${rss0} -> ${rss1} KiB`);

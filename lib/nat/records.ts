@@ -170,24 +170,29 @@ const RECORD_BATCH = 4096;
  * through a mapping of the map (BPF_F_MMAPABLE), a window at a time; batch reads, which cost
  * ~200 ns a record in the kernel (~120 ms for the default 589,824 records), only where the fd
  * cannot be mapped (a read-only fd: `einat show`). Free records (most of them) are passed over
- * in the loop itself.
+ * in the loop itself. With `slot`, only that external address's records are walked.
  */
 export function forEachRecordAt(
   recordsFd: number,
   fn: (values: Uint8Array, vo: number, vv: DataView, idx: number) => void,
+  slot?: number,
 ): void {
   const size = MAPPING_RECORD_LAYOUT.size, state = R.state.offset;
+  const total = bpf.mapInfo(recordsFd).maxEntries;
+  const lo = slot === undefined ? 0 : Math.min(total, slot * RECORDS_PER_SLOT);
+  const hi = slot === undefined ? total : Math.min(total, lo + RECORDS_PER_SLOT);
   const walk = (values: Uint8Array, n: number, first: number) => {
     const vv = new DataView(values.buffer, values.byteOffset, values.byteLength);
-    for (let i = 0, vo = 0; i < n; i++, vo += size) {
+    const from = Math.max(0, lo - first), to = Math.min(n, hi - first);
+    for (let i = from, vo = from * size; i < to; i++, vo += size) {
       if ((values[vo + state] & REC.STATE_MASK) === REC.FREE) continue;
       fn(values, vo, vv, first + i);
     }
   };
-  const total = bpf.mapInfo(recordsFd).maxEntries;
   if (mappable(recordsFd)) {
-    for (let first = 0; first < total; first += RECORD_WINDOW) {
-      const n = Math.min(RECORD_WINDOW, total - first);
+    // A slot's records start on a window's bound (RECORDS_PER_SLOT is a multiple of it).
+    for (let first = lo; first < hi; first += RECORD_WINDOW) {
+      const n = Math.min(RECORD_WINDOW, hi - first);
       withMapping(recordsFd, first * size, n * size, (values) => walk(values, n, first));
     }
     return;
@@ -196,6 +201,7 @@ export function forEachRecordAt(
   for (const { values, count } of bpf.mapBatches(recordsFd, 4, size, RECORD_BATCH)) {
     walk(values, count, first); // an array's batches come in index order
     first += count;
+    if (first >= hi) break;
   }
 }
 
@@ -467,15 +473,12 @@ export function releaseSlotRecords(
   maps: RecordMaps & { portBits: number },
   slot: number,
 ): { bindings: number; sessions: number } {
-  const first = recIndex(slot, 0, 0);
   let bindings = 0, sessions = 0;
   const size = MAPPING_RECORD_LAYOUT.size;
   const stale: [number, Uint8Array][] = [];
   forEachRecordAt(maps.records, (values, vo, _vv, idx) => {
-    if (idx < first || idx >= first + RECORDS_PER_SLOT) return;
-    if ((values[vo + R.state.offset] & REC.STATE_MASK) === REC.FREE) return;
     stale.push([idx, values.slice(vo, vo + size)]);
-  });
+  }, slot);
   for (const [idx, rec] of stale) {
     if (new DataView(rec.buffer).getUint32(R.sess.offset, true) === SESS_INLINE) sessions++;
     freeRecord(maps, idx, rec);

@@ -186,7 +186,7 @@ export async function reconcile(s: Served): Promise<void> {
   const summary = summarize(plan);
   if (summary !== s.summary || !s.plan) {
     applyPlan(s.nat.maps, plan);
-    const purged = purgeStale(s.nat.maps, plan);
+    const purged = purgeStale(s.nat, plan);
     for (const u of purged.unplaced) {
       log.warn("no slot for an external address: no new mappings are made on it", {
         ifname: s.ifname,

@@ -25,6 +25,7 @@ import * as bpf from "../lib/ffi/libbpf.ts";
 import { portBitsKey } from "../lib/nat/codec.ts";
 import type { NatMaps } from "../lib/nat/loader.ts";
 import {
+  bindingCountAt,
   countBindings,
   deleteBinding,
   findBinding,
@@ -285,13 +286,19 @@ Deno.test("port choice: an external address that leaves with 150,000 sessions ta
 
     const kept = planInterface(ic, [both[1]]);
     applyPlan(n.nat.maps, kept);
-    assertEquals(purgeStale(n.nat.maps, kept), {
+    assertEquals(purgeStale(n.nat, kept), {
       bindings: 10,
       sessions: 10 + 150_000,
       unplaced: [],
     });
     assertEquals(sessions(), 1000, "the remaining address's sessions stay");
     assertEquals(countBindings(n.nat.maps.records), 0);
+    assertEquals(bindingCountAt(n.nat.maps.bindingCount, 0), 0n, "the programs' count too");
+    // The internal endpoints map anew, on the address that stays (no outbound entry left).
+    for (let i = 0; i < 10; i++) {
+      assertEquals(n.egress(udp("192.0.2.10", 40000 + i)).out.src, ext2);
+    }
+    assertEquals(bindingCountAt(n.nat.maps.bindingCount, 0), 10n);
   } finally {
     n.close();
   }
@@ -313,12 +320,12 @@ Deno.test("port choice: an external address that leaves takes its hint along (no
     // The address leaves (another one takes over), then comes back.
     const other = planInterface(ic, [{ family: 4, addr: parseAddr("203.0.113.2"), prefixLen: 24 }]);
     applyPlan(n.nat.maps, other);
-    const purged = purgeStale(n.nat.maps, other);
+    const purged = purgeStale(n.nat, other);
     assertEquals(purged.bindings, 64);
     assertEquals(hintBits(), 0, "its slot's hint went with it");
     const back = planInterface(ic, [{ family: 4, addr: new Uint8Array(EXT), prefixLen: 24 }]);
     applyPlan(n.nat.maps, back);
-    purgeStale(n.nat.maps, back);
+    purgeStale(n.nat, back);
     const made = stat(n.nat.maps.stats, "new_binding");
     for (let i = 0; i < 64; i++) {
       assertEquals(n.egress(udp("192.0.2.11", 41000 + i)).retval, TC_ACT_OK, `flow ${i}`);

@@ -89,6 +89,60 @@ int expire_sessions(struct __sk_buff *skb)
 	return c.expired;
 }
 
+struct release_ctx {
+	__u32 rec_from;
+	__u32 bindings;
+	__u32 sessions; /* inline ones */
+};
+
+/*
+ * bpf_loop callback over record indexes from c->rec_from: frees a live record
+ * as the datapath frees a binding with its last session (its outbound entry,
+ * its hint bit, the count), whatever sessions it still has. A record already
+ * going is another's to free, and one being claimed (REC_BUSY) its claimer's:
+ * its session's expiry frees it later.
+ */
+static long release_record_at(__u64 i, void *ctx)
+{
+	struct release_ctx *c = ctx;
+	__u32 idx = c->rec_from + (__u32)i;
+	struct mapping_record *r = rec_get(idx);
+	if (!r)
+		return 1;
+	if ((r->state & REC_STATE_MASK) != REC_LIVE)
+		return 0;
+	/* No session takes a reference any more; one that holds one finds it gone. */
+	if (__sync_lock_test_and_set(&r->ref, BINDING_DYING) & BINDING_DYING)
+		return 0;
+	if (r->sess == SESS_INLINE)
+		c->sessions += 1;
+	einat_binding_release(idx);
+	c->bindings += 1;
+	return 0;
+}
+
+/*
+ * Run by the daemon (lib/nat/records.ts, releaseSlotRecords) with
+ * BPF_PROG_TEST_RUN over the records of an external address that left, a
+ * piece at a time: the packet's first two words name the piece (first record,
+ * count), and the program writes back how many bindings and inline sessions
+ * it freed (words 2 and 3). Map sessions on the address are the daemon's to
+ * delete.
+ */
+SEC("tc")
+int release_records(struct __sk_buff *skb)
+{
+	__u32 req[2];
+	if (bpf_skb_load_bytes(skb, 0, req, sizeof(req)))
+		return 1;
+	struct release_ctx c = {.rec_from = req[0]};
+	bpf_loop(req[1], release_record_at, &c, 0);
+	__u32 out[2] = {c.bindings, c.sessions};
+	if (bpf_skb_store_bytes(skb, 8, out, sizeof(out), 0))
+		return 1;
+	return 0;
+}
+
 struct hint_ctx {
 	__u32 bindings;
 	__u32 sessions; /* inline ones */

@@ -85,9 +85,10 @@ export function syncSlots(maps: NatMaps, plan: NatPlan): { family: 4 | 6; addr: 
  * is read is safe: a hash map's batch position is a bucket, and those buckets are behind it.
  */
 export function purgeStale(
-  maps: NatMaps,
+  n: { maps: NatMaps; releaseFd: number },
   plan: NatPlan,
 ): { bindings: number; sessions: number; unplaced: { family: 4 | 6; addr: Uint8Array }[] } {
+  const maps = n.maps;
   const valid = plan.resolved.map((r) => addr16(r.addr));
   const isValid = (b: Uint8Array, at: number) =>
     valid.some((v) => v.every((x, i) => x === b[at + i]));
@@ -95,7 +96,7 @@ export function purgeStale(
   const current = readSlots(maps.slots);
   const departed = departedSlots(current, plan);
   for (const d of departed) {
-    const r = releaseSlotRecords(maps, d.slot);
+    const r = releaseSlotRecords(maps, n.releaseFd, d.slot);
     bindings += r.bindings;
     sessions += r.sessions;
   }

@@ -75,6 +75,8 @@ export interface NatObject {
   syncHintFd: number;
   /** Program that moves the mapping epoch ({@link bumpEpoch}). */
   bumpEpochFd: number;
+  /** Program that frees the records of an address that left (records.ts, releaseSlotRecords). */
+  releaseFd: number;
   /** Pinned state: where, and which maps were reused. Absent without `pinDir`. */
   pins?: { dir: string; reused: string[]; reset: string[] };
   /**
@@ -249,7 +251,7 @@ async function askKernCtxFuncId(): Promise<number> {
  */
 const PARTS = [
   ["egress_snat"],
-  ["ingress_dnat", "expire_sessions", "sync_port_hint", "bump_epoch"],
+  ["ingress_dnat", "expire_sessions", "sync_port_hint", "bump_epoch", "release_records"],
 ] as const;
 
 function setRoConfig(obj: bpf.BpfObject, ro: RoConfig, summedBit = 0): void {
@@ -386,6 +388,7 @@ async function loadNatBytes(
       shortestTimeoutNs: shortestTimeoutNs(opts.ro),
       syncHintFd: progFd("sync_port_hint"),
       bumpEpochFd: progFd("bump_epoch"),
+      releaseFd: progFd("release_records"),
       pins: pins ? { dir: pins.dir, reused: pins.reused, reset: pins.reset } : undefined,
     };
   } catch (e) {

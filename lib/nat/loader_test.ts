@@ -87,7 +87,7 @@ Deno.test("loader: both objects declare the same maps (the datapath objects reus
 Deno.test("loader: the datapath programs load in objects of their own, on the state object's maps", async () => {
   const n = await loadTestNat();
   try {
-    assertEquals(n.nat.progFds.length, 5); // egress; ingress and the three state programs
+    assertEquals(n.nat.progFds.length, 6); // egress; ingress and the four state programs
     assertEquals(countBindings(n.nat.maps.records), 0);
     const out = n.egress(udpSpec(4, "192.0.2.10", 40000, "198.51.100.1", 53, new Uint8Array(8)));
     assertEquals(out.retval, TC_ACT_OK);

@@ -5,8 +5,8 @@
  * as the programs do, with the same hash.
  *
  * Writes from user space take no lock and use plain stores: they are for maps no program is
- * writing at the same time (start-up, tests), except {@link releaseSlotRecords}, which frees
- * records of an address that left, which no packet maps to any more.
+ * writing at the same time (start-up, tests). The records of an address that left are freed
+ * by a program ({@link releaseSlotRecords}), as the datapath frees them.
  * @module
  */
 import * as bpf from "../ffi/libbpf.ts";
@@ -170,29 +170,24 @@ const RECORD_BATCH = 4096;
  * through a mapping of the map (BPF_F_MMAPABLE), a window at a time; batch reads, which cost
  * ~200 ns a record in the kernel (~120 ms for the default 589,824 records), only where the fd
  * cannot be mapped (a read-only fd: `einat show`). Free records (most of them) are passed over
- * in the loop itself. With `slot`, only that external address's records are walked.
+ * in the loop itself.
  */
 export function forEachRecordAt(
   recordsFd: number,
   fn: (values: Uint8Array, vo: number, vv: DataView, idx: number) => void,
-  slot?: number,
 ): void {
   const size = MAPPING_RECORD_LAYOUT.size, state = R.state.offset;
-  const total = bpf.mapInfo(recordsFd).maxEntries;
-  const lo = slot === undefined ? 0 : Math.min(total, slot * RECORDS_PER_SLOT);
-  const hi = slot === undefined ? total : Math.min(total, lo + RECORDS_PER_SLOT);
   const walk = (values: Uint8Array, n: number, first: number) => {
     const vv = new DataView(values.buffer, values.byteOffset, values.byteLength);
-    const from = Math.max(0, lo - first), to = Math.min(n, hi - first);
-    for (let i = from, vo = from * size; i < to; i++, vo += size) {
+    for (let i = 0, vo = 0; i < n; i++, vo += size) {
       if ((values[vo + state] & REC.STATE_MASK) === REC.FREE) continue;
       fn(values, vo, vv, first + i);
     }
   };
+  const total = bpf.mapInfo(recordsFd).maxEntries;
   if (mappable(recordsFd)) {
-    // A slot's records start on a window's bound (RECORDS_PER_SLOT is a multiple of it).
-    for (let first = lo; first < hi; first += RECORD_WINDOW) {
-      const n = Math.min(RECORD_WINDOW, hi - first);
+    for (let first = 0; first < total; first += RECORD_WINDOW) {
+      const n = Math.min(RECORD_WINDOW, total - first);
       withMapping(recordsFd, first * size, n * size, (values) => walk(values, n, first));
     }
     return;
@@ -201,7 +196,6 @@ export function forEachRecordAt(
   for (const { values, count } of bpf.mapBatches(recordsFd, 4, size, RECORD_BATCH)) {
     walk(values, count, first); // an array's batches come in index order
     first += count;
-    if (first >= hi) break;
   }
 }
 
@@ -465,24 +459,34 @@ export function deleteBinding(
   return true;
 }
 
+/** Records `release_records` frees in one run: a piece as short as a sweep's (lib/nat/expire.ts). */
+const RELEASE_PIECE = 32768;
+
 /**
  * Frees every live record of `slot` (an external address that left), the first sessions inline
- * in them going too; returns how many bindings and how many of those sessions.
+ * in them going too, with `release_records` (bpf/lib/state.h, program `releaseFd`), a piece at
+ * a time: in the kernel, as the datapath frees a binding, not record by record from here.
+ * Returns how many bindings and how many of those sessions.
  */
 export function releaseSlotRecords(
   maps: RecordMaps & { portBits: number },
+  releaseFd: number,
   slot: number,
 ): { bindings: number; sessions: number } {
   let bindings = 0, sessions = 0;
-  const size = MAPPING_RECORD_LAYOUT.size;
-  const stale: [number, Uint8Array][] = [];
-  forEachRecordAt(maps.records, (values, vo, _vv, idx) => {
-    stale.push([idx, values.slice(vo, vo + size)]);
-  }, slot);
-  for (const [idx, rec] of stale) {
-    if (new DataView(rec.buffer).getUint32(R.sess.offset, true) === SESS_INLINE) sessions++;
-    freeRecord(maps, idx, rec);
-    bindings++;
+  const total = bpf.mapInfo(maps.records).maxEntries;
+  const lo = Math.min(total, slot * RECORDS_PER_SLOT), hi = Math.min(total, lo + RECORDS_PER_SLOT);
+  const io = new Uint8Array(64), dv = new DataView(io.buffer);
+  for (let first = lo; first < hi; first += RELEASE_PIECE) {
+    dv.setUint32(0, first, true);
+    dv.setUint32(4, Math.min(RELEASE_PIECE, hi - first), true);
+    const r = bpf.testRun(releaseFd, io, { dataOutSize: io.length });
+    const out = new DataView(r.dataOut.buffer, r.dataOut.byteOffset, r.dataOut.byteLength);
+    if (r.retval !== 0 || out.byteLength < 16) {
+      throw new Error(`release_records: records ${first}.. of slot ${slot} not released`);
+    }
+    bindings += out.getUint32(8, true);
+    sessions += out.getUint32(12, true);
   }
   // The slot's free-port hint goes too: its bits would mark ports taken for the next address.
   const none = new Uint8Array(PORT_BITS_LAYOUT.size);

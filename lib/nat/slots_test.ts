@@ -32,13 +32,13 @@ Deno.test("slots: an address beyond the slots is reported unplaced; purging give
   try {
     assertEquals(readSlots(n.nat.maps.slots).length, 1, "one slot, for the default external");
     const both = planInterface(ic, [a("203.0.113.1"), a("198.51.100.7")]);
-    assertEquals(purgeStale(n.nat.maps, both).unplaced.map((u) => u.addr.join(".")), [
+    assertEquals(purgeStale(n.nat, both).unplaced.map((u) => u.addr.join(".")), [
       "198.51.100.7",
     ]);
     // the other address alone: the first is purged and its slot given away
     const other = planInterface(ic, [a("198.51.100.7")]);
     applyPlan(n.nat.maps, other);
-    assertEquals(purgeStale(n.nat.maps, other).unplaced, []);
+    assertEquals(purgeStale(n.nat, other).unplaced, []);
     assertEquals(readSlots(n.nat.maps.slots).map((s) => s.addr.join(".")), ["198.51.100.7"]);
   } finally {
     n.close();

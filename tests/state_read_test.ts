@@ -17,6 +17,7 @@ import {
 } from "../lib/state/read.ts";
 import { formatText } from "../lib/state/show.ts";
 import { fillSessions } from "../bench/lib/bpfbench.ts";
+import { parseAddr } from "../lib/config/cidr.ts";
 import type { PacketSpec } from "./lib/packet.ts";
 import { loadTestNat, type Nat, TC_ACT_OK, testInterfaceConfig } from "./lib/natfixture.ts";
 
@@ -60,6 +61,22 @@ function countBy<T>(rows: T[], key: (r: T) => string | null): Map<string, number
 }
 
 const sorted = (m: Map<string, number>) => [...m].sort(([a], [b]) => a < b ? -1 : 1);
+
+/** An endpoint's order: family, its 16 address bytes (IPv4 zero-padded), its port. */
+function endOrder(e: string): number[] {
+  const m = /^\[?([^\]]*?)\]?:(\d+)$/.exec(e)!;
+  const a = parseAddr(m[1]), v = new Array(16).fill(0);
+  a.forEach((x, i) => v[i] = x);
+  return [a.length === 4 ? 4 : 6, ...v, Number(m[2])];
+}
+
+/** Compares number tuples element by element. */
+function tupleCmp(a: number[], b: number[]): number {
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return a[i] - b[i];
+  return 0;
+}
+
+const PROTO_NUMBER: Record<string, number> = { icmp: 1, tcp: 6, udp: 17 };
 
 Deno.test("state read: the metrics tallies count exactly what show's rows list", async () => {
   const n = await loadTestNat(testInterfaceConfig({ nat66: true }), [`${EXT}/24`, `${EXT6}/64`]);
@@ -118,6 +135,16 @@ Deno.test("state read: the metrics tallies count exactly what show's rows list",
         ),
       );
       assertEquals(s.expired, srows.filter((r) => r.expired).length);
+      // In order: by external endpoint, then remote endpoint (family, address bytes, port), then
+      // protocol; bindings by external endpoint, then protocol.
+      const order = (r: { external: string; remote?: string; protocol: string }) => [
+        ...endOrder(r.external),
+        ...(r.remote ? endOrder(r.remote) : []),
+        PROTO_NUMBER[r.protocol],
+      ];
+      assertEquals(srows, [...srows].sort((a, b) => tupleCmp(order(a), order(b))));
+      assertEquals(rows, [...rows].sort((a, b) => tupleCmp(order(a), order(b))));
+      assert(srows.some((r) => r.family === 6) && srows.some((r) => r.protocol === "icmp"));
       assertEquals(
         sorted(s.byProto),
         sorted(countBy(srows, (r) => r.expired ? null : `${r.family}/${r.protocol}`)),

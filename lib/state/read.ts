@@ -86,18 +86,27 @@ export function endpoint(family: 4 | 6, addr: Uint8Array, port: number): string 
   return family === 6 ? `[${a}]:${port}` : `${a}:${port}`;
 }
 
-const HEX = Array.from({ length: 256 }, (_, i) => i.toString(16).padStart(2, "0"));
+/** Character codes of a sort key being made (one per byte: a one-byte string). */
+const KEY: number[] = [];
+
+/** Appends the key part of an endpoint: family, the 16 address bytes at `at` of `b`, the port. */
+function keyAt(family: number, b: Uint8Array, at: number, port: number): void {
+  KEY.push(family);
+  for (let i = 0; i < 16; i++) KEY.push(b[at + i]);
+  KEY.push(port >> 8, port & 0xff);
+}
 
 /**
- * A string that orders endpoints by family, address and port with plain `<`: the 16 address bytes
- * at `at` of `b` (`union ip_addr`: IPv4 zero-padded) in 32 hex digits, then the port in 4.
- * Sorting by it costs a string compare, not a locale-aware one (which took most of a
- * 300,000-session read).
+ * A string that orders rows by the endpoints given, then by protocol, with plain `<`: one
+ * character per byte (family, the 16 address bytes of `union ip_addr`, IPv4 zero-padded, the
+ * port), made in one piece. Sorting by it costs a string compare, not a locale-aware one (which
+ * took most of a 300,000-session read), and making it costs one string, not one per byte.
  */
-function sortKeyAt(family: number, b: Uint8Array, at: number, port: number): string {
-  let k = family === 4 ? "4" : "6";
-  for (let i = 0; i < 16; i++) k += HEX[b[at + i]];
-  return k + HEX[port >> 8] + HEX[port & 0xff];
+function sortKey(l4proto: number, ...ends: [number, Uint8Array, number, number][]): string {
+  KEY.length = 0;
+  for (const [family, b, at, port] of ends) keyAt(family, b, at, port);
+  KEY.push(l4proto);
+  return String.fromCharCode.apply(null, KEY);
 }
 
 function byKey<T extends { key: string }>(a: T, b: T): number {
@@ -227,7 +236,7 @@ export function readBindings(s: PinnedState, f: RowFilter = {}): BindingRow[] {
     const addrs: [Uint8Array, number][] = [[ext, 0], [values, intAt]];
     if (!matches(f, proto, family, addrs, [extPort, intPort])) return;
     rows.push({
-      key: sortKeyAt(family, ext, 0, extPort) + l4proto,
+      key: sortKey(l4proto, [family, ext, 0, extPort]),
       row: {
         ...rowHead(s, proto, family, [values, intAt, intPort], [ext, 0, extPort]),
         sessions: vv.getUint32(vo + RF.ref.offset, true) & ~BINDING_DYING,
@@ -372,8 +381,7 @@ export function readSessions(s: PinnedState, f: RowFilter = {}, nowNs?: bigint):
     const hi = vv.getUint32(o + 4, true), lo = vv.getUint32(o, true);
     const idle = Math.max(0, nowF - (hi * 2 ** 32 + lo));
     rows.push({
-      key: sortKeyAt(family, keys, extAt, extPort) +
-        sortKeyAt(family, keys, remoteAt, remotePort) + l4proto,
+      key: sortKey(l4proto, [family, keys, extAt, extPort], [family, keys, remoteAt, remotePort]),
       row: {
         ...rowHead(s, proto, family, [values, intAt, intPort], [keys, extAt, extPort]),
         remote: endpointAt(family, keys, remoteAt, remotePort),

@@ -304,6 +304,34 @@ Deno.test("port choice: an external address that leaves with 150,000 sessions ta
   }
 });
 
+Deno.test("binding count: a count left low by a start's recount (bindings made while it walked) does not wrap below zero when they go: new flows still map", async () => {
+  const ic = testInterfaceConfig();
+  const n = await loadTestNat(ic);
+  try {
+    for (let i = 0; i < 3; i++) {
+      assertEquals(n.egress(udp("192.0.2.10", 40000 + i)).retval, TC_ACT_OK);
+    }
+    assertEquals(bindingCountAt(n.nat.maps.bindingCount, 0), 3n);
+    // As sync_port_hint's store leaves it when two of the three were made during its walk.
+    const one = new Uint8Array(8);
+    new DataView(one.buffer).setBigUint64(0, 1n, true);
+    bpf.mapUpdate(n.nat.maps.bindingCount, new Uint8Array(4), one);
+    // The address leaves: the programs free the three bindings (release_records).
+    const other = planInterface(ic, [{ family: 4, addr: parseAddr("203.0.113.2"), prefixLen: 24 }]);
+    applyPlan(n.nat.maps, other);
+    assertEquals(purgeStale(n.nat, other).bindings, 3);
+    assertEquals(bindingCountAt(n.nat.maps.bindingCount, 0), 0n, "at zero, not wrapped round");
+    // A wrapped count would refuse every new binding as if the table were full.
+    for (let i = 0; i < 3; i++) {
+      const r = n.egress(udp("192.0.2.11", 41000 + i));
+      assertEquals([r.retval, r.out.src], [TC_ACT_OK, "203.0.113.2"], `flow ${i}`);
+    }
+    assertEquals(bindingCountAt(n.nat.maps.bindingCount, 0), 3n);
+  } finally {
+    n.close();
+  }
+});
+
 Deno.test("port choice: an external address that leaves takes its hint along (no stale bits should it come back); back again, its whole range is handed out", async () => {
   const ic = testInterfaceConfig({ defaultRanges: ranges([{ start: 20000, end: 20063 }]) });
   const n = await loadTestNat(ic);

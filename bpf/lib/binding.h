@@ -59,12 +59,25 @@ static __always_inline bool binding_count_take(void)
 	return false;
 }
 
+/*
+ * Counts one binding less, never below zero. The count can be lower than the
+ * live bindings: sync_port_hint stores what its walk counted, and a binding
+ * made meanwhile (an einat replacing another under traffic) is lost from it.
+ * Wrapped round, the count would refuse every new binding as if the table
+ * were full, until the next start. A few tries: another CPU moving the count
+ * at the same moment is rare.
+ */
 static __always_inline void binding_count_drop(void)
 {
 	__u32 zero = 0;
 	__u64 *n = bpf_map_lookup_elem(&map_binding_count, &zero);
-	if (n)
-		__sync_fetch_and_add(n, -1);
+	if (!n)
+		return;
+	for (int i = 0; i < 8; i++) {
+		__u64 v = *(volatile __u64 *)n;
+		if (v == 0 || __sync_val_compare_and_swap(n, v, v - 1) == v)
+			return;
+	}
 }
 
 /* The slot of external address a, or -1. A global function: verified once. */

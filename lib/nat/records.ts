@@ -377,7 +377,9 @@ export function bindingCountAt(fd: number, i: 0 | 1): bigint | null {
 function addCount(maps: RecordMaps, d: number): void {
   const n = bindingCountAt(maps.bindingCount, 0) ?? 0n;
   const out = new Uint8Array(8);
-  new DataView(out.buffer).setBigUint64(0, BigInt.asUintN(64, n + BigInt(d)), true);
+  // Never below zero, as the programs count (binding_count_drop in bpf/lib/binding.h).
+  const next = n + BigInt(d);
+  new DataView(out.buffer).setBigUint64(0, next < 0n ? 0n : next, true);
   bpf.mapUpdate(maps.bindingCount, ZERO, out);
 }
 

@@ -149,6 +149,11 @@ Deno.test({
             rows.bindings.length <= 12,
             `bindings beyond the live flows: ${rows.bindings.length}`,
           );
+          // On failure, the counters too (drop_binding_full: new bindings refused).
+          const counters = current.length >= 4 ? "" : (await nsExecResult(
+            t.ns.router,
+            einatCmd(["show", "--pin-dir", pin, "--stats", "-i", "wan0"]),
+          )).stdout;
           assert(
             current.length >= 4,
             `the live flows' bindings on the current address (${wan[step % 2]}, after ${step} ` +
@@ -156,7 +161,7 @@ Deno.test({
                 rows.bindings.map((b) => b.external).join(" ")
               }\neinat's log (last 30 lines):\n${
                 einat.stderrText().trimEnd().split("\n").slice(-30).join("\n")
-              }`,
+              }\ncounters:\n${counters}`,
           );
           // Flat RSS (within 10 % of the warm daemon, measured on the replacing daemon too).
           console.log(`soak: ${SECONDS} s, ${step} address changes, RSS ${rss0} -> ${rss1} KiB`);

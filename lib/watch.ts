@@ -38,11 +38,12 @@ export function describeEvent(ev: WatchEvent, ifname: string): string {
 }
 
 /**
- * Gives back the memory a reconciliation freed: a purge of many bindings reads and writes each,
- * and their buffers, once collected, stay in malloc's free lists. Collects first when V8 exposes
- * `gc` (the daemon runs with `--expose-gc`: deno.json's `start`, scripts/compile.sh), then
- * trims. Measured (bench memory, after a load's 10,000 bindings, 100 address changes): anonymous
- * memory back at 19 MiB instead of 27 MiB.
+ * Gives back the memory a reconciliation freed: buffers it made, once collected, stay in
+ * malloc's free lists. Collects first when V8 exposes `gc` (the daemon runs with `--expose-gc`:
+ * deno.json's `start`, scripts/compile.sh), then trims. Measured in stop 21, when the purge
+ * still read and wrote each binding from here (bench memory, after a load's 10,000 bindings, 100
+ * address changes): anonymous memory back at 19 MiB instead of 27 MiB. The purge now frees the
+ * records in the kernel (`release_records`); its sessions in `map_ct` are still read here.
  */
 export function releaseMemory(): void {
   const gc = (globalThis as { gc?: () => void }).gc;

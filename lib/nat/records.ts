@@ -477,7 +477,7 @@ export function releaseSlotRecords(
 ): { bindings: number; sessions: number } {
   let bindings = 0, sessions = 0;
   const total = bpf.mapInfo(maps.records).maxEntries;
-  const lo = Math.min(total, slot * RECORDS_PER_SLOT), hi = Math.min(total, lo + RECORDS_PER_SLOT);
+  const lo = Math.min(total, recIndex(slot, 0, 0)), hi = Math.min(total, lo + RECORDS_PER_SLOT);
   const io = new Uint8Array(64), dv = new DataView(io.buffer);
   for (let first = lo; first < hi; first += RELEASE_PIECE) {
     dv.setUint32(0, first, true);

@@ -23,6 +23,7 @@ import { type MetricsServer, startMetrics, targetsOf } from "./lib/state/metrics
 import { StateError } from "./lib/state/pin.ts";
 import { checkKernel, checkPrivileges, EnvError } from "./lib/preflight.ts";
 import { fixMmapThreshold } from "./lib/ffi/libc.ts";
+import { releaseMemory } from "./lib/memory.ts";
 
 /** Version string printed by `-v`. */
 export function versionString(): string {
@@ -73,6 +74,9 @@ export async function main(args: string[]): Promise<number> {
     // The largest blocks of a load (object images, the kernel BTF's string table) are
     // transient: with a fixed threshold they get pages of their own and leave the RSS when freed.
     fixMmapThreshold(128 << 10);
+    // Start-up's pages (the loader's relocations, V8's snapshot, the modules' first run) leave
+    // now, before the loads add their own peak (lib/memory.ts).
+    releaseMemory();
   } catch (e) {
     if (e instanceof EnvError || e instanceof Error) return fail(e.message);
     throw e;

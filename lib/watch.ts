@@ -7,6 +7,7 @@
 import { formatAddr } from "./config/cidr.ts";
 import * as libc from "./ffi/libc.ts";
 import * as log from "./log.ts";
+import { releaseMemory } from "./memory.ts";
 import { watch, type WatchEvent } from "./netlink/rtnl.ts";
 import { reconcile, type Served } from "./daemon.ts";
 
@@ -35,20 +36,6 @@ export function describeEvent(ev: WatchEvent, ifname: string): string {
     return `link${sign} ${ifname}${ev.op === "new" ? (ev.up ? " up" : " down") : ""}`;
   }
   return `addr${sign} ${formatAddr(ev.local ?? ev.addr)}/${ev.prefixLen} ${ifname}`;
-}
-
-/**
- * Gives back the memory a reconciliation freed: buffers it made, once collected, stay in
- * malloc's free lists. Collects first when V8 exposes `gc` (the daemon runs with `--expose-gc`:
- * deno.json's `start`, scripts/compile.sh), then trims. Measured in stop 21, when the purge
- * still read and wrote each binding from here (bench memory, after a load's 10,000 bindings, 100
- * address changes): anonymous memory back at 19 MiB instead of 27 MiB. The purge now frees the
- * records in the kernel (`release_records`); its sessions in `map_ct` are still read here.
- */
-export function releaseMemory(): void {
-  const gc = (globalThis as { gc?: () => void }).gc;
-  if (typeof gc === "function") gc();
-  libc.mallocTrim();
 }
 
 /** Starts following the network for `served` (the array may change later). */

@@ -26,6 +26,7 @@ const SYMBOLS = {
   clock_gettime: { parameters: ["i32", "buffer"], result: "i32" },
   mmap: { parameters: ["pointer", "usize", "i32", "i32", "i32", "i64"], result: "pointer" },
   munmap: { parameters: ["pointer", "usize"], result: "i32" },
+  madvise: { parameters: ["pointer", "usize", "i32"], result: "i32" },
 } as const satisfies Deno.ForeignLibraryInterface;
 
 /** The opened libc with its typed symbols. */
@@ -156,6 +157,12 @@ export function withMapping<T>(
 /** Returns the allocator's free memory to the kernel (glibc `malloc_trim(0)`). */
 export function mallocTrim(): void {
   libc().malloc_trim(0n);
+}
+
+/** `madvise(addr, length, advice)`; returns 0 or -errno. */
+export function madvise(addr: bigint, length: bigint, advice: number): number {
+  const r = libc().madvise(Deno.UnsafePointer.create(addr), length, advice);
+  return r === 0 ? 0 : -errno();
 }
 
 /**

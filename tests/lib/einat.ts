@@ -12,13 +12,16 @@ export const ROOT: string = new URL("../../", import.meta.url).pathname;
  * (scripts/compile.sh) use the same (tests/packaging_test.ts checks). Maglev, V8's mid-tier
  * compiler, costs the daemon ~2.5 MiB of RSS and buys it nothing it needs: its JavaScript runs
  * at start-up and on address changes, not per packet. `--expose-gc` lets the daemon collect
- * after a reconciliation before it trims malloc's free lists (lib/watch.ts, releaseMemory).
+ * after a reconciliation before it trims malloc's free lists (lib/memory.ts, releaseMemory).
  */
 export const V8_FLAGS = "--v8-flags=--no-maglev,--expose-gc";
 
-/** The command line of `deno task start ARGS`: `deno run -A V8_FLAGS main.ts ARGS`. */
-export function einatCmd(args: string[]): string[] {
-  return [Deno.execPath(), "run", "-A", V8_FLAGS, `${ROOT}main.ts`, ...args];
+/**
+ * The command line of `deno task start ARGS`: `deno run -A V8_FLAGS main.ts ARGS`, run by
+ * `deno` (the running binary unless given).
+ */
+export function einatCmd(args: string[], deno: string = Deno.execPath()): string[] {
+  return [deno, "run", "-A", V8_FLAGS, `${ROOT}main.ts`, ...args];
 }
 
 /**
@@ -31,9 +34,10 @@ export async function startEinat(
   timeoutMs = 15000,
   env: Record<string, string> = {},
   lifetimeMs = 120_000,
+  deno: string = Deno.execPath(),
 ): Promise<NsProcess> {
   const vars = Object.entries(env).map(([k, v]) => `${k}=${v}`);
-  const cmd = vars.length ? ["env", ...vars, ...einatCmd(args)] : einatCmd(args);
+  const cmd = vars.length ? ["env", ...vars, ...einatCmd(args, deno)] : einatCmd(args, deno);
   const p = spawnInNs(ns, cmd, { cwd: ROOT, killAfterMs: lifetimeMs });
   const deadline = Date.now() + timeoutMs;
   while (Date.now() < deadline) {

@@ -30,8 +30,13 @@ function syncLpm(fd: number, valueSize: number, want: Map<string, [Uint8Array, U
   for (const [k, v] of want.values()) bpf.mapUpdate(fd, k, v);
 }
 
-/** Writes the plan into the maps. */
+/**
+ * Writes the plan into the maps. The plan's addresses get their slots first (when one is free):
+ * a new flow sent to an address that has none yet is refused (`drop_no_port`), and the default
+ * external address below is where new flows go from the moment it is written.
+ */
 export function applyPlan(maps: NatMaps, plan: NatPlan): void {
+  syncSlots(maps, plan);
   const ext = new Map<string, [Uint8Array, Uint8Array]>();
   for (const e of plan.externals) {
     const k = encodeLpmKey(e.family, e.addr, e.prefixLen);
@@ -57,7 +62,6 @@ export function applyPlan(maps: NatMaps, plan: NatPlan): void {
       : new Uint8Array(DEFAULT_EXT_LAYOUT.size);
     bpf.mapUpdate(maps.defaultExt, key, value);
   });
-  syncSlots(maps, plan);
 }
 
 /**

@@ -10,27 +10,14 @@ import { parseAddr } from "../lib/config/cidr.ts";
 import { applyPlan, purgeStale } from "../lib/nat/apply.ts";
 import { planInterface } from "../lib/nat/plan.ts";
 import { pinThread, restoreAffinity } from "./lib/cpu.ts";
+import { runWorker } from "./lib/race.ts";
 import type { FloodJob } from "./lib/flood_worker.ts";
 import { loadTestNat, stat, testInterfaceConfig } from "./lib/natfixture.ts";
 import { buildPacket } from "./lib/packet.ts";
 
 const CHANGES = 400;
 
-function flood(job: FloodJob): Promise<number> {
-  const w = new Worker(new URL("./lib/flood_worker.ts", import.meta.url).href, { type: "module" });
-  return new Promise<number>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error("flood worker timed out")), 60_000);
-    const end = (f: () => void) => {
-      clearTimeout(timer);
-      w.terminate();
-      f();
-    };
-    w.onmessage = (e) =>
-      end(() => e.data.error ? reject(new Error(e.data.error)) : resolve(e.data.runs));
-    w.onerror = (e) => end(() => reject(new Error(e.message)));
-    w.postMessage(job);
-  });
-}
+const FLOOD_WORKER = new URL("./lib/flood_worker.ts", import.meta.url);
 
 Deno.test("address changes under a flood of new flows: none refused for want of records", async () => {
   const ic = testInterfaceConfig();
@@ -52,7 +39,8 @@ Deno.test("address changes under a flood of new flows: none refused for want of 
         payload: new Uint8Array(8),
       }));
     const before = stat(n.nat.maps.stats, "drop_no_port");
-    running = flood({ cpu: 1, fd: n.nat.egressFd, frames, flags, maxRuns: 50_000_000 });
+    const job: FloodJob = { cpu: 1, fd: n.nat.egressFd, frames, flags, maxRuns: 50_000_000 };
+    running = runWorker<{ runs: number }>(FLOOD_WORKER, job).then((r) => r.runs);
     for (let i = 0; i < 1000 && Atomics.load(f, 1) === 0; i++) {
       await new Promise((r) => setTimeout(r, 5));
     }

@@ -11,23 +11,31 @@ export interface RaceResult {
   outs: Uint8Array[];
 }
 
-function runWorker(job: RaceJob): Promise<RaceResult> {
-  const w = new Worker(new URL("./race_worker.ts", import.meta.url).href, { type: "module" });
-  return new Promise<RaceResult>((resolve, reject) => {
+/**
+ * Runs a worker module (a URL) on `job` and resolves to its one reply; a reply with `error`, a
+ * worker's exception or 60 s without a reply reject. The worker is terminated either way.
+ */
+export function runWorker<T>(module: URL, job: unknown): Promise<T> {
+  const w = new Worker(module.href, { type: "module" });
+  return new Promise<T>((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error("worker timed out")), 60_000);
-    w.onmessage = (e) => {
+    const end = (f: () => void) => {
       clearTimeout(timer);
       w.terminate();
-      if (e.data.error) reject(new Error(e.data.error));
-      else resolve({ verdicts: e.data.verdicts, outs: e.data.outs ?? [] });
+      f();
     };
-    w.onerror = (e) => {
-      clearTimeout(timer);
-      w.terminate();
-      reject(new Error(e.message));
-    };
+    w.onmessage = (e) =>
+      end(() => e.data.error ? reject(new Error(e.data.error)) : resolve(e.data));
+    w.onerror = (e) => end(() => reject(new Error(e.message)));
     w.postMessage(job);
   });
+}
+
+const RACE_WORKER = new URL("./race_worker.ts", import.meta.url);
+
+async function runRace(job: RaceJob): Promise<RaceResult> {
+  const r = await runWorker<{ verdicts: number[]; outs?: Uint8Array[] }>(RACE_WORKER, job);
+  return { verdicts: r.verdicts, outs: r.outs ?? [] };
 }
 
 /** Runs step lists `a` on CPU 0 and `b` on CPU 1, step by step together. */
@@ -38,7 +46,7 @@ export function onTwoCpus(
 ): Promise<RaceResult[]> {
   const barrier = new SharedArrayBuffer(8);
   return Promise.all([
-    runWorker({ cpu: 0, parties: 2, barrier, steps: a, outputs }),
-    runWorker({ cpu: 1, parties: 2, barrier, steps: b, outputs }),
+    runRace({ cpu: 0, parties: 2, barrier, steps: a, outputs }),
+    runRace({ cpu: 1, parties: 2, barrier, steps: b, outputs }),
   ]);
 }

@@ -18,6 +18,7 @@
  */
 
 import * as libc from "./ffi/libc.ts";
+import * as log from "./log.ts";
 
 /** `MADV_PAGEOUT` (Linux 5.4): reclaim the range's pages now. */
 export const MADV_PAGEOUT = 21;
@@ -104,5 +105,15 @@ export function releaseMemory(): PageOut {
   const gc = (globalThis as { gc?: () => void }).gc;
   if (typeof gc === "function") gc();
   libc.mallocTrim();
-  return pageOutExecutable();
+  const r = pageOutExecutable();
+  if (r.error !== 0 && !pageOutWarned) {
+    pageOutWarned = true; // once: the kernel's answer will not change
+    log.warn("cannot page the executable out (MADV_PAGEOUT needs Linux 5.4): RSS stays higher", {
+      errno: -r.error,
+    });
+  }
+  log.debug("memory released", { paged_out_mappings: r.mappings });
+  return r;
 }
+
+let pageOutWarned = false;

@@ -39,7 +39,10 @@ Deno.test("memory: only the executable's read-only mappings are paged out", () =
   assertEquals(picked.map((m) => m.perms), ["r--p", "r-xp"]);
 });
 
-/** RSS (KiB) of `exe`'s read-only mappings in `/proc/self/smaps`, as the child sees it. */
+/**
+ * A child's script: the RSS (KiB) of its executable's read-only mappings before and after a
+ * page-out, the page-out's result, and proof that it still runs.
+ */
 const CHILD = `
 import { pageOutExecutable, parseSmaps, readOnlyMappingsOf } from "${
   new URL("./memory.ts", import.meta.url).href

@@ -77,7 +77,10 @@ export interface PageOut {
  * needs again come back from the file when touched.
  */
 export function pageOutExecutable(): PageOut {
-  const exe = Deno.realPathSync(Deno.execPath());
+  // The kernel's name for the executable, as /proc/self/maps spells it (`/proc/self/exe`): no
+  // realpath, which fails once the file is replaced under the running daemon (an upgrade), when
+  // both read "PATH (deleted)".
+  const exe = Deno.execPath();
   // maps, not smaps: smaps walks the page tables of every mapping (10-40 ms here).
   const maps = readOnlyMappingsOf(parseSmaps(Deno.readTextFileSync("/proc/self/maps")), exe);
   const r: PageOut = { mappings: 0, bytes: 0, error: 0 };
@@ -105,7 +108,15 @@ export function releaseMemory(): PageOut {
   const gc = (globalThis as { gc?: () => void }).gc;
   if (typeof gc === "function") gc();
   libc.mallocTrim();
-  const r = pageOutExecutable();
+  let r: PageOut;
+  try {
+    r = pageOutExecutable();
+  } catch (e) {
+    // Never fatal: this runs after every reconciliation.
+    r = { mappings: 0, bytes: 0, error: -1 };
+    if (!pageOutWarned) log.warn("cannot page the executable out", { error: (e as Error).message });
+    pageOutWarned = true;
+  }
   if (r.error !== 0 && !pageOutWarned) {
     pageOutWarned = true; // once: the kernel's answer will not change
     log.warn("cannot page the executable out (MADV_PAGEOUT needs Linux 5.4): RSS stays higher", {

@@ -47,7 +47,7 @@ const CHILD = `
 import { pageOutExecutable, parseSmaps, readOnlyMappingsOf } from "${
   new URL("./memory.ts", import.meta.url).href
 }";
-const exe = Deno.realPathSync(Deno.execPath());
+const exe = Deno.execPath();
 const rss = () => readOnlyMappingsOf(parseSmaps(Deno.readTextFileSync("/proc/self/smaps")), exe)
   .reduce((a, m) => a + m.rssKb, 0);
 const before = rss();
@@ -82,6 +82,35 @@ Deno.test("memory: a page-out gives the executable's pages back and the process 
       r.after < r.before / 2,
       `RSS of the executable's read-only mappings ${r.before} → ${r.after} KiB`,
     );
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("memory: a page-out works on, and never throws, once the executable is replaced", async () => {
+  // An upgrade replaces the file under the running daemon: /proc/self/exe and the mappings then
+  // read "PATH (deleted)", and the path cannot be resolved any more.
+  const dir = await Deno.makeTempDir({ prefix: "einat-memtest-" });
+  try {
+    const deno = `${dir}/deno`;
+    await Deno.copyFile(Deno.execPath(), deno);
+    await Deno.chmod(deno, 0o755);
+    const script = `
+import { pageOutExecutable, releaseMemory } from "${new URL("./memory.ts", import.meta.url).href}";
+Deno.removeSync(Deno.execPath());
+console.log(JSON.stringify({ exe: Deno.execPath(), out: pageOutExecutable(), again: releaseMemory() }));
+`;
+    const out = await new Deno.Command(deno, {
+      args: ["eval", "--ext=ts", script],
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    assert(out.success, new TextDecoder().decode(out.stderr));
+    const r = JSON.parse(new TextDecoder().decode(out.stdout).trim());
+    assert(r.exe.endsWith(" (deleted)"), `exe: ${r.exe}`);
+    assertEquals(r.out.error, 0);
+    assert(r.out.mappings >= 2, `mappings advised: ${r.out.mappings}`);
+    assertEquals(r.again.error, 0);
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

@@ -38,22 +38,43 @@ export function describeEvent(ev: WatchEvent, ifname: string): string {
   return `addr${sign} ${formatAddr(ev.local ?? ev.addr)}/${ev.prefixLen} ${ifname}`;
 }
 
+/** A task run one call at a time (see {@link serialized}). */
+export interface Serialized {
+  /** Queues a call; resolves when it is done, whether it threw or not. */
+  run(): Promise<void>;
+  /** Resolves when every call queued so far is done. */
+  settled(): Promise<void>;
+}
+
+/**
+ * Runs `task` one call at a time, in call order: each call waits for the ones before it. A call
+ * that throws is logged and does not stop the next (nor reject its caller).
+ */
+export function serialized(task: () => Promise<void>): Serialized {
+  let chain: Promise<void> = Promise.resolve();
+  return {
+    run: () => {
+      chain = chain.then(task).catch((e) => {
+        log.error("reconciliation failed", { error: (e as Error).message });
+      });
+      return chain;
+    },
+    settled: () => chain,
+  };
+}
+
 /** Starts following the network for `served` (the array may change later). */
 export function follow(served: () => Served[]): Follower {
-  let chain: Promise<void> = Promise.resolve();
-  const run = () => {
-    chain = chain.then(async () => {
-      for (const s of served()) {
-        try {
-          await reconcile(s);
-        } catch (e) {
-          log.error("reconfiguration failed", { ifname: s.ifname, error: (e as Error).message });
-        }
+  const { run, settled } = serialized(async () => {
+    for (const s of served()) {
+      try {
+        await reconcile(s);
+      } catch (e) {
+        log.error("reconfiguration failed", { ifname: s.ifname, error: (e as Error).message });
       }
-      releaseMemory();
-    });
-    return chain;
-  };
+    }
+    releaseMemory();
+  });
   const w = watch(() => {}, {
     onBatch: (events) => {
       const seen = events.flatMap((ev) => {
@@ -72,7 +93,7 @@ export function follow(served: () => Served[]): Follower {
   return {
     stop: async () => {
       await w.stop();
-      await chain;
+      await settled();
     },
     resync: run,
   };

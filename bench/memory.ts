@@ -6,6 +6,7 @@
  */
 
 import { startEinat, stopEinat } from "../tests/lib/einat.ts";
+import { privateDeno } from "../tests/lib/private_deno.ts";
 import { ranges } from "../tests/lib/natfixture.ts";
 import { nsExecResult, type Topology, withTopology } from "../tests/lib/netns.ts";
 import { RECORDS_PER_SLOT } from "../lib/nat/records.ts";
@@ -112,26 +113,6 @@ interface DaemonMem {
   /** Address changes after the load, and the RSS once the daemon has applied them. */
   changes: number;
   churn: Rss;
-}
-
-/**
- * A copy of the running deno binary in a new temporary directory, written out to the disk, and
- * a function that removes it. The daemon runs from it as the compiled einat runs from its own
- * file: no other process maps its pages, so what the daemon pages out (lib/memory.ts) leaves.
- */
-function privateDeno(): { path: string; remove: () => void } {
-  const dir = Deno.makeTempDirSync({ prefix: "einat-bench-deno-" });
-  const path = `${dir}/deno`;
-  try {
-    Deno.copyFileSync(Deno.execPath(), path);
-    Deno.chmodSync(path, 0o755);
-    using f = Deno.openSync(path, { read: true });
-    f.syncSync();
-  } catch (e) {
-    Deno.removeSync(dir, { recursive: true });
-    throw e;
-  }
-  return { path, remove: () => Deno.removeSync(dir, { recursive: true }) };
 }
 
 /** The address the router's WAN interface alternates with during the churn. */

@@ -1,4 +1,5 @@
 import { assert, assertEquals } from "../tests/lib/assert.ts";
+import { privateDeno } from "../tests/lib/private_deno.ts";
 import { parseSmaps, readOnlyMappingsOf } from "./memory.ts";
 
 const SMAPS = `00400000-00452000 r--p 00000000 fd:01 131 /opt/einat/einat
@@ -40,13 +41,31 @@ Deno.test("memory: only the executable's read-only mappings are paged out", () =
 });
 
 /**
- * A child's script: the RSS (KiB) of its executable's read-only mappings before and after a
- * page-out, the page-out's result, and proof that it still runs.
+ * Runs `script` (TypeScript) in a child on a private copy of the deno binary (no other process
+ * maps its pages, while the suite runs many on the shared one) and returns the JSON it printed.
  */
-const CHILD = `
-import { pageOutExecutable, parseSmaps, readOnlyMappingsOf } from "${
-  new URL("./memory.ts", import.meta.url).href
-}";
+async function onPrivateCopy(script: string): Promise<Record<string, unknown>> {
+  const deno = privateDeno();
+  try {
+    const out = await new Deno.Command(deno.path, {
+      args: ["eval", "--ext=ts", script],
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    assert(out.success, new TextDecoder().decode(out.stderr));
+    return JSON.parse(new TextDecoder().decode(out.stdout).trim());
+  } finally {
+    deno.remove();
+  }
+}
+
+const MEMORY_TS = new URL("./memory.ts", import.meta.url).href;
+
+Deno.test("memory: a page-out gives the executable's pages back and the process runs on", async () => {
+  // The RSS (KiB) of the child's executable's read-only mappings before and after a page-out,
+  // the page-out's result, and proof that it still runs.
+  const r = await onPrivateCopy(`
+import { pageOutExecutable, parseSmaps, readOnlyMappingsOf } from "${MEMORY_TS}";
 const exe = Deno.execPath();
 const rss = () => readOnlyMappingsOf(parseSmaps(Deno.readTextFileSync("/proc/self/smaps")), exe)
   .reduce((a, m) => a + m.rssKb, 0);
@@ -56,62 +75,27 @@ const after = rss();
 // Work that needs pages back (regexps, JSON, a timer) still runs.
 await new Promise((ok) => setTimeout(ok, 50));
 console.log(JSON.stringify({ before, after, ...r, alive: /^(\\d+)$/.exec("42")?.[1] }));
-`;
-
-Deno.test("memory: a page-out gives the executable's pages back and the process runs on", async () => {
-  // A copy of the deno binary: no other process maps its pages, so they all can leave (pages
-  // that other processes map stay, and the suite runs many on the shared binary).
-  const dir = await Deno.makeTempDir({ prefix: "einat-memtest-" });
-  try {
-    const deno = `${dir}/deno`;
-    await Deno.copyFile(Deno.execPath(), deno);
-    await Deno.chmod(deno, 0o755);
-    const out = await new Deno.Command(deno, {
-      args: ["eval", "--ext=ts", CHILD],
-      stdout: "piped",
-      stderr: "piped",
-    }).output();
-    const text = new TextDecoder().decode(out.stdout).trim();
-    assert(out.success, new TextDecoder().decode(out.stderr));
-    const r = JSON.parse(text);
-    assertEquals(r.error, 0);
-    assert(r.mappings >= 2, `mappings advised: ${r.mappings}`);
-    assertEquals(r.alive, "42");
-    assert(r.before > 4096, `RSS of the executable before: ${r.before} KiB`);
-    assert(
-      r.after < r.before / 2,
-      `RSS of the executable's read-only mappings ${r.before} → ${r.after} KiB`,
-    );
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
+`) as { before: number; after: number; mappings: number; error: number; alive: string };
+  assertEquals(r.error, 0);
+  assert(r.mappings >= 2, `mappings advised: ${r.mappings}`);
+  assertEquals(r.alive, "42");
+  assert(r.before > 4096, `RSS of the executable before: ${r.before} KiB`);
+  assert(
+    r.after < r.before / 2,
+    `RSS of the executable's read-only mappings ${r.before} → ${r.after} KiB`,
+  );
 });
 
 Deno.test("memory: a page-out works on, and never throws, once the executable is replaced", async () => {
   // An upgrade replaces the file under the running daemon: /proc/self/exe and the mappings then
   // read "PATH (deleted)", and the path cannot be resolved any more.
-  const dir = await Deno.makeTempDir({ prefix: "einat-memtest-" });
-  try {
-    const deno = `${dir}/deno`;
-    await Deno.copyFile(Deno.execPath(), deno);
-    await Deno.chmod(deno, 0o755);
-    const script = `
-import { pageOutExecutable, releaseMemory } from "${new URL("./memory.ts", import.meta.url).href}";
+  const r = await onPrivateCopy(`
+import { pageOutExecutable, releaseMemory } from "${MEMORY_TS}";
 Deno.removeSync(Deno.execPath());
 console.log(JSON.stringify({ exe: Deno.execPath(), out: pageOutExecutable(), again: releaseMemory() }));
-`;
-    const out = await new Deno.Command(deno, {
-      args: ["eval", "--ext=ts", script],
-      stdout: "piped",
-      stderr: "piped",
-    }).output();
-    assert(out.success, new TextDecoder().decode(out.stderr));
-    const r = JSON.parse(new TextDecoder().decode(out.stdout).trim());
-    assert(r.exe.endsWith(" (deleted)"), `exe: ${r.exe}`);
-    assertEquals(r.out.error, 0);
-    assert(r.out.mappings >= 2, `mappings advised: ${r.out.mappings}`);
-    assertEquals(r.again.error, 0);
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
+`) as { exe: string; out: { mappings: number; error: number }; again: { error: number } };
+  assert(r.exe.endsWith(" (deleted)"), `exe: ${r.exe}`);
+  assertEquals(r.out.error, 0);
+  assert(r.out.mappings >= 2, `mappings advised: ${r.out.mappings}`);
+  assertEquals(r.again.error, 0);
 });

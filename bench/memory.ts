@@ -7,6 +7,7 @@
 
 import { startEinat, stopEinat } from "../tests/lib/einat.ts";
 import { privateDeno } from "../tests/lib/private_deno.ts";
+import { type Rss, rssKb } from "../tests/lib/rss.ts";
 import { ranges } from "../tests/lib/natfixture.ts";
 import { nsExecResult, type Topology, withTopology } from "../tests/lib/netns.ts";
 import { RECORDS_PER_SLOT } from "../lib/nat/records.ts";
@@ -69,20 +70,6 @@ async function daemonMaps(t: Topology): Promise<MapInfo[]> {
     out.push(await bpftoolJson(t.ns.router, ["map", "show", "id", String(id)]) as MapInfo);
   }
   return out.sort((a, b) => b.bytes_memlock - a.bytes_memlock);
-}
-
-/** A process's RSS (KiB, from /proc/PID/status): all of it, anonymous, file-backed, peak. */
-interface Rss {
-  rss: number;
-  anon: number;
-  file: number;
-  hwm: number;
-}
-
-function rssKb(pid: number): Rss {
-  const s = Deno.readTextFileSync(`/proc/${pid}/status`);
-  const get = (k: string) => Number(new RegExp(`${k}:\\s+(\\d+)`).exec(s)?.[1] ?? NaN);
-  return { rss: get("VmRSS"), anon: get("RssAnon"), file: get("RssFile"), hwm: get("VmHWM") };
 }
 
 function meminfoKb(): Record<string, number> {

@@ -9,17 +9,11 @@ import { assert, assertEquals } from "./lib/assert.ts";
 import { withSharedBpffs } from "./lib/bpffs.ts";
 import { einatCmd, startEinat, stopEinat } from "./lib/einat.ts";
 import { flowCmd, parseFlow } from "./lib/flow.ts";
+import { rssKb } from "./lib/rss.ts";
 import { nsExec, nsExecResult, type NsProcess, type Topology, withTopology } from "./lib/netns.ts";
 
 const sanitize = { sanitizeOps: false, sanitizeResources: false };
 const SECONDS = Number(Deno.env.get("EINAT_SOAK_SECONDS") ?? "30");
-
-/** A process's RSS and its anonymous part (KiB). */
-function rssKiB(pid: number): { rss: number; anon: number } {
-  const s = Deno.readTextFileSync(`/proc/${pid}/status`);
-  const get = (k: string) => Number(new RegExp(`${k}:\\s+(\\d+)`).exec(s)?.[1] ?? 0);
-  return { rss: get("VmRSS"), anon: get("RssAnon") };
-}
 
 /** The longest time between two consecutive answers of a flow, in answers (20 ms apart). */
 function longestGap(seqs: number[]): number {
@@ -91,7 +85,7 @@ Deno.test({
             );
           }
           await new Promise((r) => setTimeout(r, 1000));
-          const rss0 = rssKiB(einat.pid);
+          const rss0 = rssKb(einat.pid);
 
           const start = Date.now();
           let step = 0;
@@ -119,7 +113,7 @@ Deno.test({
           }
           assert(replaced || SECONDS < 20, "einat was replaced once");
           await new Promise((r) => setTimeout(r, 1500));
-          const rss1 = rssKiB(einat.pid);
+          const rss1 = rssKb(einat.pid);
 
           // No stall: UDP answers never paused for more than 3 s (150 messages), address
           // changes and the replacement included.

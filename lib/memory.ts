@@ -66,8 +66,6 @@ export function readOnlyMappingsOf(maps: Mapping[], exe: string): Mapping[] {
 export interface PageOut {
   /** Mappings advised. */
   mappings: number;
-  /** Their length, bytes (mapped, not resident). */
-  bytes: number;
   /** The first error (-errno), or 0. */
   error: number;
 }
@@ -83,7 +81,7 @@ export function pageOutExecutable(): PageOut {
   const exe = Deno.execPath();
   // maps, not smaps: smaps walks the page tables of every mapping (10-40 ms here).
   const maps = readOnlyMappingsOf(parseSmaps(Deno.readTextFileSync("/proc/self/maps")), exe);
-  const r: PageOut = { mappings: 0, bytes: 0, error: 0 };
+  const r: PageOut = { mappings: 0, error: 0 };
   for (const m of maps) {
     const e = libc.madvise(m.start, m.end - m.start, MADV_PAGEOUT);
     if (e !== 0) {
@@ -91,7 +89,6 @@ export function pageOutExecutable(): PageOut {
       continue;
     }
     r.mappings++;
-    r.bytes += Number(m.end - m.start);
   }
   return r;
 }
@@ -108,19 +105,17 @@ export function releaseMemory(): PageOut {
   const gc = (globalThis as { gc?: () => void }).gc;
   if (typeof gc === "function") gc();
   libc.mallocTrim();
-  let r: PageOut;
+  let r: PageOut, why = "";
   try {
     r = pageOutExecutable();
   } catch (e) {
-    // Never fatal: this runs after every reconciliation.
-    r = { mappings: 0, bytes: 0, error: -1 };
-    if (!pageOutWarned) log.warn("cannot page the executable out", { error: (e as Error).message });
-    pageOutWarned = true;
+    r = { mappings: 0, error: -1 }; // never fatal: this runs after every reconciliation
+    why = (e as Error).message;
   }
   if (r.error !== 0 && !pageOutWarned) {
-    pageOutWarned = true; // once: the kernel's answer will not change
-    log.warn("cannot page the executable out (MADV_PAGEOUT needs Linux 5.4): RSS stays higher", {
-      errno: -r.error,
+    pageOutWarned = true; // once: the answer will not change
+    log.warn("cannot page the executable out: RSS stays higher", {
+      error: why || `errno ${-r.error} (MADV_PAGEOUT needs Linux 5.4)`,
     });
   }
   log.debug("memory released", { paged_out_mappings: r.mappings });

@@ -21,7 +21,7 @@ import { bumpEpoch, closeNat, loadNat, type NatObject } from "./nat/loader.ts";
 import { slotCount } from "./nat/records.ts";
 import type { RoConfig } from "./nat/codec.ts";
 import { type IfAddr, type NatPlan, planInterface } from "./nat/plan.ts";
-import { afterAttach, stateLoadOptions } from "./state/serve.ts";
+import { afterAttach, stateLoadOptions, syncBindings } from "./state/serve.ts";
 
 /** A start-up problem with one interface (exit code 2 when it is the only one). */
 export class InterfaceError extends Error {
@@ -37,6 +37,8 @@ export interface Served {
   /** Interface name (resolved once from an index when configured by index). */
   ifname: string;
   nat: NatObject | null;
+  /** Bindings in the records when `nat` was loaded (carried over in pinned maps). */
+  carried: number;
   attachment: Attachment | null;
   plan: NatPlan | null;
   /** Summary of the plan last applied, to log what changed. */
@@ -122,6 +124,7 @@ export async function startInterface(
     summary: "",
     localPref: { 4: defaults?.ipv4LocalRulePref ?? 200, 6: defaults?.ipv6LocalRulePref ?? 200 },
     hairpin: [],
+    carried: 0,
   };
   if (libc.ifNameToIndex(s.ifname) === 0) {
     log.warn("interface does not exist (yet); waiting for it", { ifname: s.ifname });
@@ -179,6 +182,7 @@ export async function reconcile(s: Served): Promise<void> {
       l2: hasEthernet(s.ifname) ? "ethernet" : "none",
       csum: s.nat.csum,
     });
+    s.carried = syncBindings(s.nat); // before attaching: no program of ours counts yet
   }
 
   const addrs = interfaceAddrs(s.ifname);
@@ -241,7 +245,7 @@ export async function reconcile(s: Served): Promise<void> {
   }
   if (!s.attachment) {
     s.attachment = attach(ifindex, s.ifname, s.nat.egressFd, s.nat.ingressFd, s.ic.preferTcx);
-    afterAttach(s.nat, s.ifname);
+    afterAttach(s.nat, s.ifname, s.carried);
   }
   if (routingChanged) await rehairpin(s, ifindex);
 }

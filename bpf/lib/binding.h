@@ -37,8 +37,9 @@ struct {
 	__uint(max_entries, 1);
 } map_slots SEC(".maps");
 
-/* [0]: live bindings, held to CFG.binding_max (sync_port_hint recounts them at
- * start); [1]: the sessions inline in records at that count. */
+/* [0]: live bindings, held to CFG.binding_max (counted by the programs; a new
+ * count starts from the bindings found at start, lib/state/serve.ts); [1]: the
+ * sessions inline in records, as sync_port_hint last counted them. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__type(key, __u32);
@@ -61,8 +62,9 @@ static __always_inline bool binding_count_take(void)
 
 /*
  * Counts one binding less, never below zero. The count can be lower than the
- * live bindings: sync_port_hint stores what its walk counted, and a binding
- * made meanwhile (an einat replacing another under traffic) is lost from it.
+ * live bindings: a new count starts from a walk of the records, and when an
+ * einat of another count layout is being replaced under traffic, its programs
+ * make and free bindings during that walk without counting them here.
  * Wrapped round, the count would refuse every new binding as if the table
  * were full, until the next start. A few tries: another CPU moving the count
  * at the same moment is rare.

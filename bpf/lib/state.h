@@ -163,24 +163,23 @@ static long hint_one(void *map, __u32 *key, struct mapping_record *r, void *ctx)
 }
 
 /*
- * Run once with BPF_PROG_TEST_RUN when the daemon starts: marks every bound
- * external port in this object's free-port hint (lib/binding.h), which
- * starts empty, so bindings carried over in pinned maps are not probed for
- * one by one, and recounts the live bindings (map_binding_count[0]; [1]: the
- * sessions inline in their records, for the start's log). Returns the number
- * of bindings.
+ * Run once with BPF_PROG_TEST_RUN when the daemon has loaded its object,
+ * before attaching it: marks every bound external port in this object's
+ * free-port hint, which starts empty, so bindings carried over in pinned maps
+ * are not probed for one by one, and counts the sessions inline in their
+ * records (map_binding_count[1], for the start's log). Returns the number of
+ * bindings. It leaves the live-binding count ([0]) alone: the programs that
+ * share it keep it exact, where a walk under traffic would miss the bindings
+ * made behind it. A count that is new starts from this number (the daemon
+ * writes it: lib/state/serve.ts).
  */
 SEC("tc")
 int sync_port_hint(struct __sk_buff *skb)
 {
 	struct hint_ctx c = {};
 	bpf_for_each_map_elem(&map_records, hint_one, &c, 0);
-	__u32 k = 0;
+	__u32 k = 1;
 	__u64 *count = bpf_map_lookup_elem(&map_binding_count, &k);
-	if (count)
-		*count = c.bindings;
-	k = 1;
-	count = bpf_map_lookup_elem(&map_binding_count, &k);
 	if (count)
 		*count = c.sessions;
 	return c.bindings;

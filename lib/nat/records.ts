@@ -374,13 +374,20 @@ export function bindingCountAt(fd: number, i: 0 | 1): bigint | null {
   return v ? new DataView(v.buffer).getBigUint64(0, true) : null;
 }
 
-function addCount(maps: RecordMaps, d: number): void {
-  const n = bindingCountAt(maps.bindingCount, 0) ?? 0n;
+/**
+ * Sets the live-binding count (entry 0 of map_binding_count). Only while no program counts in
+ * it: the programs move it atomically, this is a plain write.
+ */
+export function setBindingCount(fd: number, n: bigint): void {
   const out = new Uint8Array(8);
+  new DataView(out.buffer).setBigUint64(0, n, true);
+  bpf.mapUpdate(fd, ZERO, out);
+}
+
+function addCount(maps: RecordMaps, d: number): void {
+  const next = (bindingCountAt(maps.bindingCount, 0) ?? 0n) + BigInt(d);
   // Never below zero, as the programs count (binding_count_drop in bpf/lib/binding.h).
-  const next = n + BigInt(d);
-  new DataView(out.buffer).setBigUint64(0, next < 0n ? 0n : next, true);
-  bpf.mapUpdate(maps.bindingCount, ZERO, out);
+  setBindingCount(maps.bindingCount, next < 0n ? 0n : next);
 }
 
 /**

@@ -1,6 +1,7 @@
 /**
- * The daemon's side of pinned state: load options per interface and what
- * happens once the programs are attached (a first sweep, a summary logged).
+ * The daemon's side of pinned state: load options per interface, the bindings
+ * carried over (before attaching) and what happens once the programs are
+ * attached (a first sweep, a summary logged).
  * @module
  */
 
@@ -10,7 +11,7 @@ import { type LoadOptions, type NatObject, syncPortHint } from "../nat/loader.ts
 import { expireSessions } from "../nat/expire.ts";
 import { pinDirFor, stateOptions } from "./options.ts";
 import { ensureBpffs } from "./bpffs.ts";
-import { bindingCountAt } from "../nat/records.ts";
+import { bindingCountAt, setBindingCount } from "../nat/records.ts";
 
 /**
  * The state-related load options of an interface. Without a usable bpf
@@ -35,16 +36,27 @@ export function stateLoadOptions(
 }
 
 /**
- * Once this object's programs are attached: the free-port hint learns the
- * carried-over bindings, a first sweep removes the sessions that expired
- * (under this configuration's timeouts) while no einat ran, and the state
- * is summarised.
+ * Once this object is loaded, before its programs are attached: the free-port hint learns the
+ * bindings carried over, and a binding count that was not carried over starts at the bindings
+ * found. A carried-over count is kept as it is: the programs that share it (a running einat's,
+ * under `--replace`, or the filters a killed one left) keep it exact, where this walk would
+ * miss the bindings they make behind it. Returns the bindings found.
  */
-export function afterAttach(nat: NatObject, ifname: string): void {
-  // first: expiring sessions then clear their bindings' bits; it counts the bindings and the
-  // sessions inline in them (in the program: a walk of every record here grew the daemon by
-  // ~5 MiB)
+export function syncBindings(nat: NatObject): number {
   const bindings = syncPortHint(nat);
+  const kept = nat.pins?.reused ?? [];
+  if (!kept.includes("map_binding_count") || !kept.includes("map_records")) {
+    setBindingCount(nat.maps.bindingCount, BigInt(bindings));
+  }
+  return bindings;
+}
+
+/**
+ * Once this object's programs are attached: a first sweep removes the sessions that expired
+ * (under this configuration's timeouts) while no einat ran, and the state is summarised
+ * (`bindings`: what {@link syncBindings} found).
+ */
+export function afterAttach(nat: NatObject, ifname: string, bindings: number): void {
   // The sweep reads every map_ct entry: its count is the further sessions found.
   const sweep = expireSessions(nat);
   if (!nat.pins) return;

@@ -15,11 +15,27 @@
 import { run, runResult } from "./netns.ts";
 
 /** Mounts a bpffs for `ns`, runs `fn` with its path, always unmounts and removes it. */
-export async function withSharedBpffs<T>(ns: string, fn: (dir: string) => Promise<T>): Promise<T> {
-  const dir = `/run/einat-test-bpffs-${ns}`;
+export function withSharedBpffs<T>(ns: string, fn: (dir: string) => Promise<T>): Promise<T> {
+  return withBpffs(ns, ["nsenter", `--net=/run/netns/${ns}`], fn);
+}
+
+/**
+ * Mounts a private bpffs for this process (pins of objects it loads itself, no namespace), runs
+ * `fn` with its path, always unmounts and removes it. `name` makes the folder's name unique.
+ */
+export function withPrivateBpffs<T>(name: string, fn: (dir: string) => Promise<T>): Promise<T> {
+  return withBpffs(name, [], fn);
+}
+
+async function withBpffs<T>(
+  name: string,
+  prefix: string[],
+  fn: (dir: string) => Promise<T>,
+): Promise<T> {
+  const dir = `/run/einat-test-bpffs-${name}`;
   Deno.mkdirSync(dir);
   try {
-    await run(["nsenter", `--net=/run/netns/${ns}`, "mount", "-t", "bpf", "bpf", dir]);
+    await run([...prefix, "mount", "-t", "bpf", "bpf", dir]);
     try {
       return await fn(dir);
     } finally {

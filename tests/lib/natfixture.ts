@@ -27,6 +27,7 @@ import {
   closeNat,
   type CsumMode,
   loadNat,
+  type LoadOptions,
   type NatMaps,
   type NatObject,
 } from "../../lib/nat/loader.ts";
@@ -113,13 +114,15 @@ export interface Nat {
 /**
  * Loads the NAT with `ic` and external addresses `extAddrs` (CIDR strings); `csum` picks the
  * embedded object (the inline-checksum one where the kernel allows, when absent); `extSlots`
- * sets the external-address slots (the loader's default when absent).
+ * sets the external-address slots (the loader's default when absent); `pin` keeps the state
+ * maps pinned there, reusing those already pinned (lib/state/pin.ts).
  */
 export async function loadTestNat(
   ic: InterfaceConfig = testInterfaceConfig(),
   extAddrs = ["203.0.113.1/24"],
   csum?: CsumMode,
   extSlots?: number,
+  pin?: LoadOptions["pin"],
 ): Promise<Nat> {
   const nat = await loadNat({
     ro: roConfigOf(ic),
@@ -128,6 +131,7 @@ export async function loadTestNat(
     preallocate: ic.preallocateMaps,
     csum,
     extSlots,
+    pin,
   });
   const addrs = extAddrs.map((s) => {
     const [a, p] = s.split("/");

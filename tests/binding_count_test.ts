@@ -1,0 +1,93 @@
+/**
+ * The live-binding count (`map_binding_count`, held to `binding_max_records`) across a start:
+ * a count carried over in pinned maps is kept, exact, even while another einat's programs make
+ * bindings during the start (`--replace` under traffic); a count that is new starts at the
+ * bindings found.
+ */
+import { assert, assertEquals } from "./lib/assert.ts";
+import { withPrivateBpffs } from "./lib/bpffs.ts";
+import { pinThread, restoreAffinity } from "./lib/cpu.ts";
+import type { FloodJob } from "./lib/flood_worker.ts";
+import { loadTestNat, type Nat, TC_ACT_OK, testInterfaceConfig } from "./lib/natfixture.ts";
+import { buildPacket, udpSpec } from "./lib/packet.ts";
+import { runWorker } from "./lib/race.ts";
+import { bindingCountAt, countBindings, setBindingCount } from "../lib/nat/records.ts";
+import { syncBindings } from "../lib/state/serve.ts";
+
+const FLOOD_WORKER = new URL("./lib/flood_worker.ts", import.meta.url);
+const NEW_BINDINGS = 8_000; // of the 10,000 ports of the test range
+
+const live = (n: Nat) => BigInt(countBindings(n.nat.maps.records));
+const counted = (n: Nat) => bindingCountAt(n.nat.maps.bindingCount, 0);
+
+Deno.test("binding count: a start under --replace keeps the carried-over count exact while the running einat makes bindings during its walk", async () => {
+  const id = crypto.getRandomValues(new Uint32Array(1))[0].toString(16);
+  await withPrivateBpffs(`count-${id}`, async (bpffs) => {
+    const pin = { dir: `${bpffs}/einat/zzcount0`, ifname: "zzcount0" };
+    const ic = testInterfaceConfig();
+    const running = await loadTestNat(ic, ["203.0.113.1/24"], undefined, undefined, pin);
+    let next: Nat | null = null;
+    const affinity = pinThread(0);
+    const flags = new SharedArrayBuffer(8);
+    const f = new Int32Array(flags);
+    let flood: Promise<number> | null = null;
+    try {
+      // The running einat's programs: every frame a new internal endpoint, a new binding.
+      const frames = Array.from({ length: NEW_BINDINGS }, (_, i) =>
+        buildPacket(
+          udpSpec(
+            4,
+            `192.0.2.${10 + (i % 200)}`,
+            20000 + Math.floor(i / 200),
+            "198.51.100.53",
+            53,
+            new Uint8Array(8),
+          ),
+        ));
+      const job: FloodJob = {
+        cpu: 1,
+        fd: running.nat.egressFd,
+        frames,
+        flags,
+        maxRuns: NEW_BINDINGS,
+      };
+      // The replacing einat, loaded on the pinned maps, syncs while the bindings keep coming.
+      next = await loadTestNat(ic, ["203.0.113.1/24"], undefined, undefined, pin);
+      assert(next.nat.pins?.reused.includes("map_binding_count"), "the count is carried over");
+      flood = runWorker<{ runs: number }>(FLOOD_WORKER, job).then((r) => r.runs);
+      for (let i = 0; i < 2000 && (counted(running) ?? 0n) < 500n; i++) {
+        await new Promise((r) => setTimeout(r, 1));
+      }
+      const found = syncBindings(next.nat);
+      assertEquals(await flood, NEW_BINDINGS);
+      flood = null;
+      const made = live(next);
+      assertEquals(made, BigInt(NEW_BINDINGS), "every frame made a binding");
+      assert(BigInt(found) < made, `bindings made after the walk began (${found} found)`);
+      assertEquals(counted(next), made, `the count after the start (walk found ${found})`);
+    } finally {
+      Atomics.store(f, 0, 1);
+      await flood?.catch(() => {});
+      restoreAffinity(affinity);
+      next?.close();
+      running.close();
+    }
+  });
+});
+
+Deno.test("binding count: a count that is not carried over starts at the bindings found", async () => {
+  const n = await loadTestNat(testInterfaceConfig());
+  try {
+    for (let i = 0; i < 3; i++) {
+      assertEquals(
+        n.egress(udpSpec(4, "192.0.2.10", 40000 + i, "198.51.100.1", 53, new Uint8Array(8))).retval,
+        TC_ACT_OK,
+      );
+    }
+    setBindingCount(n.nat.maps.bindingCount, 99n); // whatever a new map would start from
+    assertEquals(syncBindings(n.nat), 3);
+    assertEquals(counted(n), 3n);
+  } finally {
+    n.close();
+  }
+});

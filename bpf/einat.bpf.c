@@ -380,11 +380,11 @@ static __always_inline bool ct_names_source(const struct ct_value *v, const stru
 static __always_inline int flow_serve(struct __sk_buff *skb, struct packet *p,
 				      struct flow_entry *fe, bool hit, bool egress, __u64 now)
 {
-	if (!hit || !flow_trusted(fe, p, now))
+	if (unlikely(!hit || !flow_trusted(fe, p, now)))
 		return -1;
 	/* Inline here, not the global einat_rewrite: a call and return cost
 	 * ~10 ns with return-thunk mitigations (the verifier walks two more copies). */
-	if (rewrite_impl(skb, p, egress, &fe->to_addr, fe->to_port))
+	if (unlikely(rewrite_impl(skb, p, egress, &fe->to_addr, fe->to_port)))
 		return drop(STAT_DROP_UNTRANSLATABLE);
 	stat_inc(egress ? STAT_EGRESS_NAT : STAT_INGRESS_NAT);
 	traffic_add(skb, egress, p->family);
@@ -413,7 +413,7 @@ static __always_inline int egress_established(struct __sk_buff *skb, struct pack
 	struct flow_entry *fe = flow_slot(p, family, true, &hit);
 	__u64 now = packet_now(p);
 	int served = flow_serve(skb, p, fe, hit, true, now);
-	if (served >= 0)
+	if (likely(served >= 0))
 		return served;
 	if (!hit)
 		stat_inc(STAT_FLOW_CACHE_MISS);
@@ -630,16 +630,16 @@ static __always_inline int egress_family(struct __sk_buff *skb, const __u8 famil
 	if (!pp)
 		return TC_ACT_SHOT;
 	int r = parse_packet(skb, pp, family);
-	if (r == PARSE_PASS)
+	if (unlikely(r == PARSE_PASS))
 		return pass();
-	if (r == PARSE_BAD && pp->family == 0)
+	if (unlikely(r == PARSE_BAD && pp->family == 0))
 		return drop(STAT_DROP_UNTRANSLATABLE);
 
-	if (local_only_source(pp))
+	if (unlikely(local_only_source(pp)))
 		return pass(); /* DHCP from 0.0.0.0, link-local IPv6: the router's own */
-	if (r == PARSE_OK && !pp->icmp_err && pp->frag == FRAG_NONE) {
+	if (likely(r == PARSE_OK && !pp->icmp_err && pp->frag == FRAG_NONE)) {
 		r = egress_established(skb, pp, family);
-		if (r >= 0)
+		if (likely(r >= 0))
 			return r;
 	}
 
@@ -698,7 +698,7 @@ static __always_inline int ingress_l4(struct __sk_buff *skb, struct packet *pp, 
 	struct flow_entry *fe = pp->frag == FRAG_NONE ? flow_slot(pp, family, false, &hit) : NULL;
 	__u64 now = packet_now(pp);
 	r = flow_serve(skb, pp, fe, hit, false, now);
-	if (r >= 0)
+	if (likely(r >= 0))
 		return r;
 	if (fe && !hit)
 		stat_inc(STAT_FLOW_CACHE_MISS);
@@ -760,12 +760,12 @@ static __always_inline int ingress_family(struct __sk_buff *skb, const __u8 fami
 	if (!pp)
 		return TC_ACT_SHOT;
 	int r = parse_packet(skb, pp, family);
-	if (r != PARSE_OK)
+	if (unlikely(r != PARSE_OK))
 		return pass();
-	if (pp->icmp_err)
+	if (unlikely(pp->icmp_err))
 		return einat_ingress_icmp_error(skb, pp);
 
-	if (pp->frag == FRAG_LATER) {
+	if (unlikely(pp->frag == FRAG_LATER)) {
 		union ip_addr to;
 		if (!einat_frag_lookup(pp, false, &to)) {
 			/* first fragment not seen yet: keep a copy for when it comes */
@@ -783,7 +783,7 @@ static __always_inline int ingress_family(struct __sk_buff *skb, const __u8 fami
 	}
 
 	r = ingress_l4(skb, pp, family);
-	if (pp->frag == FRAG_FIRST && r == TC_ACT_OK)
+	if (unlikely(pp->frag == FRAG_FIRST && r == TC_ACT_OK))
 		return einat_ingress_first_fragment(skb, pp);
 	return r;
 }

@@ -7,6 +7,8 @@
 #ifndef EINAT_PARSE_H
 #define EINAT_PARSE_H
 
+#include "compiler.h"
+
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
 #include <linux/in.h>
@@ -319,9 +321,9 @@ static __always_inline int parse_packet(struct __sk_buff *skb, struct packet *p,
 
 	if (family == 4) {
 		struct iphdr *ip = data + l3;
-		if ((void *)(ip + 1) > data_end)
+		if (unlikely((void *)(ip + 1) > data_end))
 			return PARSE_BAD;
-		if (ip->version != 4 || ip->ihl < 5)
+		if (unlikely(ip->version != 4 || ip->ihl < 5))
 			return PARSE_BAD;
 		p->family = 4;
 		p->l4proto = p->real_proto = ip->protocol;
@@ -330,12 +332,10 @@ static __always_inline int parse_packet(struct __sk_buff *skb, struct packet *p,
 		p->dst.v4 = ip->daddr;
 		p->frag_id = ip->id;
 		__u16 fo = bpf_ntohs(ip->frag_off);
-		if (fo & 0x1fff)
-			p->frag = FRAG_LATER;
-		else if (fo & 0x2000)
-			p->frag = FRAG_FIRST;
-		if (ip->protocol != IPPROTO_TCP && ip->protocol != IPPROTO_UDP &&
-		    ip->protocol != IPPROTO_ICMP)
+		if (unlikely(fo & 0x3fff))
+			p->frag = fo & 0x1fff ? FRAG_LATER : FRAG_FIRST;
+		if (unlikely(ip->protocol != IPPROTO_TCP && ip->protocol != IPPROTO_UDP &&
+			     ip->protocol != IPPROTO_ICMP))
 			return PARSE_PASS;
 	} else {
 		struct ipv6hdr *ip6 = data + l3;
@@ -365,7 +365,7 @@ static __always_inline int parse_packet(struct __sk_buff *skb, struct packet *p,
 		p->l4proto = proto;
 	}
 
-	if (p->frag == FRAG_LATER)
+	if (unlikely(p->frag == FRAG_LATER))
 		return PARSE_OK; /* no L4 header: handled through fragment tracking */
 	return parse_l4(skb, p);
 }

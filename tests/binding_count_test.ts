@@ -11,6 +11,7 @@ import type { FloodJob } from "./lib/flood_worker.ts";
 import { loadTestNat, type Nat, TC_ACT_OK, testInterfaceConfig } from "./lib/natfixture.ts";
 import { buildPacket, udpSpec } from "./lib/packet.ts";
 import { runWorker } from "./lib/race.ts";
+import { tamperStamp } from "./lib/stamp.ts";
 import { bindingCountAt, countBindings, setBindingCount } from "../lib/nat/records.ts";
 import { syncBindings } from "../lib/state/serve.ts";
 
@@ -90,4 +91,34 @@ Deno.test("binding count: a count that is not carried over starts at the binding
   } finally {
     n.close();
   }
+});
+
+Deno.test("binding count: a pinned count of another layout (an older einat's) is recreated and starts at the bindings found", async () => {
+  const id = crypto.getRandomValues(new Uint32Array(1))[0].toString(16);
+  await withPrivateBpffs(`count-${id}`, async (bpffs) => {
+    const pin = { dir: `${bpffs}/einat/zzcount1`, ifname: "zzcount1" };
+    const ic = testInterfaceConfig();
+    const first = await loadTestNat(ic, ["203.0.113.1/24"], undefined, undefined, pin);
+    try {
+      for (let i = 0; i < 3; i++) {
+        const r = first.egress(
+          udpSpec(4, "192.0.2.10", 40000 + i, "198.51.100.1", 53, new Uint8Array(8)),
+        );
+        assertEquals(r.retval, TC_ACT_OK);
+      }
+      setBindingCount(first.nat.maps.bindingCount, 99n); // as a walk of the old kind left it
+    } finally {
+      first.close();
+    }
+    tamperStamp(pin.dir, (m) => m.map_binding_count.layout = "0000000000000000");
+    const next = await loadTestNat(ic, ["203.0.113.1/24"], undefined, undefined, pin);
+    try {
+      assertEquals(next.nat.pins?.reset, ["map_binding_count"]);
+      assert(next.nat.pins?.reused.includes("map_records"), "the bindings are carried over");
+      assertEquals(syncBindings(next.nat), 3);
+      assertEquals(counted(next), 3n);
+    } finally {
+      next.close();
+    }
+  });
 });

@@ -7,11 +7,12 @@
 import { assert, assertEquals } from "./lib/assert.ts";
 import { withSharedBpffs } from "./lib/bpffs.ts";
 import { withVariant } from "./lib/bpfobj.ts";
+import { tamperStamp } from "./lib/stamp.ts";
 import { einatCmd, startEinat, stopEinat } from "./lib/einat.ts";
 import { nsExec, nsExecResult, peerCmd, run, runResult } from "./lib/netns.ts";
 import * as bpf from "../lib/ffi/libbpf.ts";
 import { closeFd } from "../lib/ffi/libc.ts";
-import { decodeMeta, encodeMeta, META_NAME, META_VALUE_SIZE } from "../lib/state/pin.ts";
+import { META_NAME } from "../lib/state/pin.ts";
 import { openPinned, readBindings, readCounters, readSessions } from "../lib/state/read.ts";
 
 const sanitize = { sanitizeOps: false, sanitizeResources: false };
@@ -151,18 +152,6 @@ Deno.test({
     }),
 });
 
-function tamper(pin: string, edit: (maps: Record<string, { layout: string }>) => void): void {
-  const fd = bpf.objGetPinned(`${pin}/wan0/${META_NAME}`);
-  try {
-    const key = new Uint8Array(4);
-    const doc = decodeMeta(bpf.mapLookup(fd, key, META_VALUE_SIZE)!)!;
-    edit(doc.maps);
-    bpf.mapUpdate(fd, key, encodeMeta(doc));
-  } finally {
-    closeFd(fd);
-  }
-}
-
 Deno.test({
   name:
     "state: the version stamp refuses incompatible sessions untouched, recreates counters of another layout, keeps a pinned size",
@@ -176,7 +165,7 @@ Deno.test({
         assertEquals(await stopEinat(p), 0, p.stderrText());
 
         // Counters of another layout are recreated; a changed size keeps the pinned one.
-        tamper(pin, (m) => m.map_stats.layout = "0000000000000000");
+        tamperStamp(`${pin}/wan0`, (m) => m.map_stats.layout = "0000000000000000");
         p = await startEinat(ns, ["-c", small, "--pin-dir", pin]);
         const log = p.stderrText();
         assert(/pinned map has another layout; recreated empty .*map=map_stats/.test(log), log);
@@ -189,7 +178,7 @@ Deno.test({
 
         // Sessions of another layout: refused, nothing touched, nothing attached.
         let state0Layout = "";
-        tamper(pin, (m) => {
+        tamperStamp(`${pin}/wan0`, (m) => {
           state0Layout = m.map_ct.layout;
           m.map_ct.layout = "0000000000000000";
         });
@@ -206,7 +195,7 @@ Deno.test({
         );
 
         // Bindings pinned as hash entries (einat before the mapping records): refused as well.
-        tamper(pin, (m) => m.map_ct.layout = state0Layout);
+        tamperStamp(`${pin}/wan0`, (m) => m.map_ct.layout = state0Layout);
         const legacy = bpf.mapCreate(bpf.MapType.HASH, "map_binding", 24, 24, 16);
         try {
           bpf.objPin(legacy, `${pin}/wan0/map_binding`);

@@ -12,6 +12,7 @@
 
 import { libPath } from "../deps.ts";
 import { errno, libc } from "../ffi/libc.ts";
+import { NLMSG_NOOP } from "./msg.ts";
 
 // ---------------------------------------------------------------------------------------------
 // Constants
@@ -83,6 +84,12 @@ const MNL_SYMBOLS = {
 } as const satisfies Deno.ForeignLibraryInterface;
 
 const LIBC_SYMBOLS = {
+  socket: { parameters: ["i32", "i32", "i32"], result: "i32" },
+  sendto: {
+    parameters: ["i32", "buffer", "usize", "i32", "buffer", "u32"],
+    result: "isize",
+  },
+  close: { parameters: ["i32"], result: "i32" },
   setsockopt: { parameters: ["i32", "i32", "i32", "buffer", "u32"], result: "i32" },
   getsockopt: { parameters: ["i32", "i32", "i32", "buffer", "buffer"], result: "i32" },
   strerror: { parameters: ["i32"], result: "pointer" },
@@ -183,6 +190,35 @@ export function socketBind(nl: MnlSocket, groups = 0, pid: number = MNL_SOCKET_A
 /** `mnl_socket_get_portid(nl)`: the port id the kernel assigned at bind. */
 export function socketGetPortid(nl: MnlSocket): number {
   return mnl().mnl_socket_get_portid(nl);
+}
+
+const AF_NETLINK = 16;
+const SOCK_RAW = 3;
+const SOCK_CLOEXEC = 0o2000000;
+
+/**
+ * Sends one empty `NLMSG_NOOP` message to the netlink socket bound to `portid` in this network
+ * namespace, from a socket of its own (libc `sendto`: libmnl only sends to the kernel), so that a
+ * receive waiting on that socket returns. Needs CAP_NET_ADMIN (user-to-user netlink). Returns
+ * false when the message could not be sent.
+ */
+export function wakeSocket(portid: number, bus: number = NETLINK_ROUTE): boolean {
+  const c = sockLibc();
+  const fd = c.socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, bus);
+  if (fd < 0) return false;
+  try {
+    const msg = new Uint8Array(16); // struct nlmsghdr: len, type, flags, seq, pid
+    const m = new DataView(msg.buffer);
+    m.setUint32(0, msg.length, LE);
+    m.setUint16(4, NLMSG_NOOP, LE);
+    const to = new Uint8Array(12); // struct sockaddr_nl: family, pad, pid, groups
+    const a = new DataView(to.buffer);
+    a.setUint16(0, AF_NETLINK, LE);
+    a.setUint32(4, portid >>> 0, LE);
+    return Number(c.sendto(fd, msg, BigInt(msg.length), 0, to, to.length)) === msg.length;
+  } finally {
+    c.close(fd);
+  }
 }
 
 /** `mnl_socket_get_fd(nl)`. */

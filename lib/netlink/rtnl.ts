@@ -35,6 +35,7 @@ import {
   socketSetsockoptInt,
   SockOpt,
   SOL_SOCKET,
+  wakeSocket,
 } from "./mnl.ts";
 import {
   addFlags,
@@ -260,7 +261,11 @@ export interface WatchOptions {
    * re-read with the dump functions. Default: a warning in the log.
    */
   onOverrun?: () => void;
-  /** `SO_RCVTIMEO` of the waiting receive: bounds how long `stop()` takes (default 200 ms). */
+  /**
+   * `SO_RCVTIMEO` of the waiting receive (default 5 s). `stop()` wakes the receive with a message
+   * of its own, so this only bounds how long `stop()` takes should that message not arrive; an
+   * idle watch wakes once per timeout.
+   */
   recvTimeoutMs?: number;
   /** Receive buffer size asked for (SO_RCVBUFFORCE, else SO_RCVBUF); default 1 MiB. */
   rcvbufBytes?: number;
@@ -269,9 +274,9 @@ export interface WatchOptions {
 /** A running {@link watch}. */
 export interface Watcher {
   /**
-   * Stops receiving, discards a batch not yet delivered, and closes the socket once the
-   * pending receive returned (within about `recvTimeoutMs`). No callback runs after it
-   * resolves. Idempotent.
+   * Stops receiving, discards a batch not yet delivered, wakes the pending receive (a message
+   * sent to the watch's own socket; failing that, it returns within `recvTimeoutMs`) and closes
+   * the socket once it returned. No callback runs after it resolves. Idempotent.
    */
   stop(): Promise<void>;
 }
@@ -285,14 +290,16 @@ export interface Watcher {
 export function watch(onEvent: (ev: WatchEvent) => void, opts: WatchOptions = {}): Watcher {
   const coalesceMs = opts.coalesceMs ?? 100;
   const maxDelayMs = Math.max(coalesceMs, opts.maxDelayMs ?? 1000);
-  const recvTimeoutMs = opts.recvTimeoutMs ?? 200;
+  const recvTimeoutMs = opts.recvTimeoutMs ?? 5000;
   const onOverrun = opts.onOverrun ??
     (() => log.warn("netlink: notifications lost (receive queue overrun); resync needed"));
 
   const nl = socketOpen(NETLINK_ROUTE);
   let fd: number;
+  let portid: number;
   try {
     socketBind(nl, 0);
+    portid = socketGetPortid(nl);
     for (const g of [RTNLGRP.LINK, RTNLGRP.IPV4_IFADDR, RTNLGRP.IPV6_IFADDR]) {
       socketSetsockoptInt(nl, NetlinkOpt.ADD_MEMBERSHIP, g);
     }
@@ -404,6 +411,7 @@ export function watch(onEvent: (ev: WatchEvent) => void, opts: WatchOptions = {}
         if (timer !== undefined) clearTimeout(timer);
         timer = undefined;
         batch = [];
+        wakeSocket(portid); // else the receive returns at its timeout
         stopped = done.then(() => socketClose(nl));
       }
       return stopped;

@@ -99,11 +99,12 @@ Deno.test({
 }, async () => {
   const events: WatchEvent[] = [];
   const w = watch((e) => events.push(e), { onBatch: () => {} });
-  await new Promise((r) => setTimeout(r, 300)); // at least one receive timeout elapses
+  await new Promise((r) => setTimeout(r, 300));
+  // The receive waits up to 5 s; stop() wakes it with a message to the watch's own socket.
   const t = performance.now();
   await w.stop();
   const ms = performance.now() - t;
-  assert.ok(ms < 300, `stop took ${ms.toFixed(0)} ms`);
+  assert.ok(ms < 100, `stop took ${ms.toFixed(0)} ms`);
   await w.stop();
   // A watcher stopped right away, while its first receive is pending.
   const w2 = watch(() => {}, { recvTimeoutMs: 50 });
@@ -198,7 +199,7 @@ Deno.test({
     assert.ok(result.overruns >= 1, "overrun reported");
     assert.equal(result.overrunEvents, 200);
     assert.equal(result.overrunBatchEvents, 200);
-    // stop() waits at most one receive timeout (200 ms); nothing arrives afterwards and the
+    // stop() wakes the pending receive (its timeout is 5 s); nothing arrives afterwards and the
     // process exits by itself (no Deno.exit) right after.
     assert.ok(result.stopMs < 300, `stop took ${result.stopMs.toFixed(0)} ms`);
     assert.ok(result.stopAgainMs < 5);

@@ -21,12 +21,21 @@ const NEW_BINDINGS = 8_000; // of the 10,000 ports of the test range
 const live = (n: Nat) => BigInt(countBindings(n.nat.maps.records));
 const counted = (n: Nat) => bindingCountAt(n.nat.maps.bindingCount, 0);
 
-Deno.test("binding count: a start under --replace keeps the carried-over count exact while the running einat makes bindings during its walk", async () => {
+/** A private bpffs with one interface's state folder; `load` loads the test NAT pinned there. */
+function withPinnedState(
+  fn: (load: () => Promise<Nat>, dir: string) => Promise<void>,
+): Promise<void> {
   const id = crypto.getRandomValues(new Uint32Array(1))[0].toString(16);
-  await withPrivateBpffs(`count-${id}`, async (bpffs) => {
+  return withPrivateBpffs(`count-${id}`, (bpffs) => {
     const pin = { dir: `${bpffs}/einat/zzcount0`, ifname: "zzcount0" };
     const ic = testInterfaceConfig();
-    const running = await loadTestNat(ic, ["203.0.113.1/24"], undefined, undefined, pin);
+    return fn(() => loadTestNat(ic, ["203.0.113.1/24"], undefined, undefined, pin), pin.dir);
+  });
+}
+
+Deno.test("binding count: a start under --replace keeps the carried-over count exact while the running einat makes bindings during its walk", async () => {
+  await withPinnedState(async (load) => {
+    const running = await load();
     let next: Nat | null = null;
     const affinity = pinThread(0);
     const flags = new SharedArrayBuffer(8);
@@ -53,7 +62,7 @@ Deno.test("binding count: a start under --replace keeps the carried-over count e
         maxRuns: NEW_BINDINGS,
       };
       // The replacing einat, loaded on the pinned maps, syncs while the bindings keep coming.
-      next = await loadTestNat(ic, ["203.0.113.1/24"], undefined, undefined, pin);
+      next = await load();
       assert(next.nat.pins?.reused.includes("map_binding_count"), "the count is carried over");
       flood = runWorker<{ runs: number }>(FLOOD_WORKER, job).then((r) => r.runs);
       for (let i = 0; i < 2000 && (counted(running) ?? 0n) < 500n; i++) {
@@ -94,11 +103,8 @@ Deno.test("binding count: a count that is not carried over starts at the binding
 });
 
 Deno.test("binding count: a pinned count of another layout (an older einat's) is recreated and starts at the bindings found", async () => {
-  const id = crypto.getRandomValues(new Uint32Array(1))[0].toString(16);
-  await withPrivateBpffs(`count-${id}`, async (bpffs) => {
-    const pin = { dir: `${bpffs}/einat/zzcount1`, ifname: "zzcount1" };
-    const ic = testInterfaceConfig();
-    const first = await loadTestNat(ic, ["203.0.113.1/24"], undefined, undefined, pin);
+  await withPinnedState(async (load, dir) => {
+    const first = await load();
     try {
       for (let i = 0; i < 3; i++) {
         const r = first.egress(
@@ -110,8 +116,8 @@ Deno.test("binding count: a pinned count of another layout (an older einat's) is
     } finally {
       first.close();
     }
-    tamperStamp(pin.dir, (m) => m.map_binding_count.layout = "0000000000000000");
-    const next = await loadTestNat(ic, ["203.0.113.1/24"], undefined, undefined, pin);
+    tamperStamp(dir, (m) => m.map_binding_count.layout = "0000000000000000");
+    const next = await load();
     try {
       assertEquals(next.nat.pins?.reset, ["map_binding_count"]);
       assert(next.nat.pins?.reused.includes("map_records"), "the bindings are carried over");

@@ -18,6 +18,7 @@ import {
 } from "./lib/netns.ts";
 import * as bpf from "../lib/ffi/libbpf.ts";
 import { closeFd } from "../lib/ffi/libc.ts";
+import { mapFill, openPinned, readBindings } from "../lib/state/read.ts";
 
 const sanitize = { sanitizeOps: false, sanitizeResources: false };
 
@@ -188,6 +189,15 @@ Deno.test({
           assertEquals(oneEndpoint(f.udp, "udp after --replace"), udpExt);
           assertEquals(oneEndpoint(f.tcp, "tcp after --replace"), tcpExt);
           await eif(a.srv2[1]);
+          // The live-binding count the replacing einat took over is the bindings' own.
+          const st = openPinned(`${pin}/wan0`, "wan0");
+          assert(st, "pinned state after --replace");
+          try {
+            const counted = mapFill(st).find((m) => m.map === "map_records")?.entries;
+            assertEquals(counted, readBindings(st).length, "binding count after --replace");
+          } finally {
+            st.close();
+          }
 
           // Without --replace a served interface is still refused.
           const second = await nsExecResult(t.ns.router, [

@@ -10,41 +10,24 @@ import { parseAddr } from "../lib/config/cidr.ts";
 import { applyPlan, purgeStale } from "../lib/nat/apply.ts";
 import { planInterface } from "../lib/nat/plan.ts";
 import { pinThread, restoreAffinity } from "./lib/cpu.ts";
-import { runWorker } from "./lib/race.ts";
-import type { FloodJob } from "./lib/flood_worker.ts";
+import { type Flood, newFlowFrames, startFlood } from "./lib/flood.ts";
 import { loadTestNat, stat, testInterfaceConfig } from "./lib/natfixture.ts";
-import { buildPacket } from "./lib/packet.ts";
 
 const CHANGES = 400;
-
-const FLOOD_WORKER = new URL("./lib/flood_worker.ts", import.meta.url);
 
 Deno.test("address changes under a flood of new flows: none refused for want of records", async () => {
   const ic = testInterfaceConfig();
   const n = await loadTestNat(ic, ["203.0.113.1/24"]);
   const affinity = pinThread(0);
-  const flags = new SharedArrayBuffer(8);
-  const f = new Int32Array(flags);
-  let running: Promise<number> | null = null;
+  let flood: Flood | null = null;
   try {
-    // Each frame a new internal endpoint: every run is a new mapping (or one made a round ago).
-    const frames = Array.from({ length: 20_000 }, (_, i) =>
-      buildPacket({
-        family: 4,
-        proto: "udp",
-        src: `192.0.2.${10 + (i % 200)}`,
-        dst: "198.51.100.53",
-        sport: 20000 + Math.floor(i / 200),
-        dport: 53,
-        payload: new Uint8Array(8),
-      }));
     const before = stat(n.nat.maps.stats, "drop_no_port");
-    const job: FloodJob = { cpu: 1, fd: n.nat.egressFd, frames, flags, maxRuns: 50_000_000 };
-    running = runWorker<{ runs: number }>(FLOOD_WORKER, job).then((r) => r.runs);
-    for (let i = 0; i < 1000 && Atomics.load(f, 1) === 0; i++) {
+    // Each frame a new internal endpoint: every run is a new mapping (or one made a round ago).
+    flood = startFlood(n.nat.egressFd, newFlowFrames(20_000), 50_000_000);
+    for (let i = 0; i < 1000 && !flood.started(); i++) {
       await new Promise((r) => setTimeout(r, 5));
     }
-    assertEquals(Atomics.load(f, 1), 1, "the flood started");
+    assertEquals(flood.started(), true, "the flood started");
     const made0 = stat(n.nat.maps.stats, "egress_nat");
     const addrs = ["203.0.113.1", "203.0.113.201"];
     for (let i = 1; i <= CHANGES; i++) {
@@ -53,9 +36,8 @@ Deno.test("address changes under a flood of new flows: none refused for want of 
       assertEquals(purgeStale(n.nat, plan).unplaced, [], `change ${i}: the address has a slot`);
     }
     const translated = stat(n.nat.maps.stats, "egress_nat") - made0;
-    Atomics.store(f, 0, 1);
-    const runs = await running;
-    running = null;
+    await flood.stop();
+    const runs = await flood.runs;
     assert(translated > BigInt(CHANGES), `flows translated during the changes: ${translated}`);
     const refused = stat(n.nat.maps.stats, "drop_no_port") - before;
     assertEquals(
@@ -64,8 +46,7 @@ Deno.test("address changes under a flood of new flows: none refused for want of 
       `${refused} new flows refused for want of records (${runs} runs, ${translated} translated during the changes)`,
     );
   } finally {
-    Atomics.store(f, 0, 1);
-    await running?.catch(() => {});
+    await flood?.stop();
     restoreAffinity(affinity);
     n.close();
   }

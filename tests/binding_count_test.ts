@@ -7,15 +7,13 @@
 import { assert, assertEquals } from "./lib/assert.ts";
 import { withPrivateBpffs } from "./lib/bpffs.ts";
 import { pinThread, restoreAffinity } from "./lib/cpu.ts";
-import type { FloodJob } from "./lib/flood_worker.ts";
+import { type Flood, newFlowFrames, startFlood } from "./lib/flood.ts";
 import { loadTestNat, type Nat, TC_ACT_OK, testInterfaceConfig } from "./lib/natfixture.ts";
-import { buildPacket, udpSpec } from "./lib/packet.ts";
-import { runWorker } from "./lib/race.ts";
+import { udpSpec } from "./lib/packet.ts";
 import { tamperStamp } from "./lib/stamp.ts";
 import { bindingCountAt, countBindings, setBindingCount } from "../lib/nat/records.ts";
 import { syncBindings } from "../lib/state/serve.ts";
 
-const FLOOD_WORKER = new URL("./lib/flood_worker.ts", import.meta.url);
 const NEW_BINDINGS = 8_000; // of the 10,000 ports of the test range
 
 const live = (n: Nat) => BigInt(countBindings(n.nat.maps.records));
@@ -38,46 +36,24 @@ Deno.test("binding count: a start under --replace keeps the carried-over count e
     const running = await load();
     let next: Nat | null = null;
     const affinity = pinThread(0);
-    const flags = new SharedArrayBuffer(8);
-    const f = new Int32Array(flags);
-    let flood: Promise<number> | null = null;
+    let flood: Flood | null = null;
     try {
-      // The running einat's programs: every frame a new internal endpoint, a new binding.
-      const frames = Array.from({ length: NEW_BINDINGS }, (_, i) =>
-        buildPacket(
-          udpSpec(
-            4,
-            `192.0.2.${10 + (i % 200)}`,
-            20000 + Math.floor(i / 200),
-            "198.51.100.53",
-            53,
-            new Uint8Array(8),
-          ),
-        ));
-      const job: FloodJob = {
-        cpu: 1,
-        fd: running.nat.egressFd,
-        frames,
-        flags,
-        maxRuns: NEW_BINDINGS,
-      };
-      // The replacing einat, loaded on the pinned maps, syncs while the bindings keep coming.
+      // The replacing einat, loaded on the pinned maps, syncs while the bindings keep coming
+      // from the running einat's programs (every frame a new internal endpoint, a new binding).
       next = await load();
       assert(next.nat.pins?.reused.includes("map_binding_count"), "the count is carried over");
-      flood = runWorker<{ runs: number }>(FLOOD_WORKER, job).then((r) => r.runs);
+      flood = startFlood(running.nat.egressFd, newFlowFrames(NEW_BINDINGS), NEW_BINDINGS);
       for (let i = 0; i < 2000 && (counted(running) ?? 0n) < 500n; i++) {
         await new Promise((r) => setTimeout(r, 1));
       }
       const found = syncBindings(next.nat);
-      assertEquals(await flood, NEW_BINDINGS);
-      flood = null;
+      assertEquals(await flood.runs, NEW_BINDINGS);
       const made = live(next);
       assertEquals(made, BigInt(NEW_BINDINGS), "every frame made a binding");
       assert(BigInt(found) < made, `bindings made after the walk began (${found} found)`);
       assertEquals(counted(next), made, `the count after the start (walk found ${found})`);
     } finally {
-      Atomics.store(f, 0, 1);
-      await flood?.catch(() => {});
+      await flood?.stop();
       restoreAffinity(affinity);
       next?.close();
       running.close();

@@ -11,7 +11,7 @@
  */
 
 import { libPath } from "../deps.ts";
-import { errno, libc } from "../ffi/libc.ts";
+import { closeFd, errno, libc } from "../ffi/libc.ts";
 import { NLMSG_NOOP } from "./msg.ts";
 
 // ---------------------------------------------------------------------------------------------
@@ -89,7 +89,6 @@ const LIBC_SYMBOLS = {
     parameters: ["i32", "buffer", "usize", "i32", "buffer", "u32"],
     result: "isize",
   },
-  close: { parameters: ["i32"], result: "i32" },
   setsockopt: { parameters: ["i32", "i32", "i32", "buffer", "u32"], result: "i32" },
   getsockopt: { parameters: ["i32", "i32", "i32", "buffer", "buffer"], result: "i32" },
   strerror: { parameters: ["i32"], result: "pointer" },
@@ -217,7 +216,7 @@ export function wakeSocket(portid: number, bus: number = NETLINK_ROUTE): boolean
     a.setUint32(4, portid >>> 0, LE);
     return Number(c.sendto(fd, msg, BigInt(msg.length), 0, to, to.length)) === msg.length;
   } finally {
-    c.close(fd);
+    closeFd(fd);
   }
 }
 

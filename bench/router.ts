@@ -1,6 +1,7 @@
 /**
- * Part 2: traffic through the router namespace (veth) for three set-ups measured in one run:
- * plain routing, nftables masquerade and einat. See bench/README.md.
+ * Part 2: traffic through the router namespace (veth) for four set-ups measured in one run:
+ * plain routing, the no-op TC program, nftables masquerade and einat, each in a topology of its
+ * own. See bench/README.md.
  * @module
  */
 
@@ -63,9 +64,9 @@ export interface RouterSizes {
   tests?: string[];
   setups: readonly Setup[];
   /**
-   * Wait after a set-up is entered (and checked) before its test runs, every set-up alike: the
-   * first seconds after einat starts forward 2-3 % slower, a one-off at start (README,
-   * Benchmarks), and the tests measure the steady state.
+   * Wait after einat's start at the beginning of each round (every set-up checked) before the
+   * round's tests: the first seconds after einat starts forward 2-3 % slower, a one-off at start
+   * (README, Benchmarks), and the tests measure the steady state.
    */
   settleMs: number;
 }
@@ -83,7 +84,7 @@ export function routerSizes(o: BenchOptions): RouterSizes {
     };
   }
   if (o.quick) return { seconds: 1, rounds: 1, concurrency: 16, setups: SETUPS, settleMs: 0 };
-  return { seconds: 2, rounds: 4, concurrency: 16, setups: SETUPS, settleMs: 3000 };
+  return { seconds: 2, rounds: 8, concurrency: 16, setups: SETUPS, settleMs: 3000 };
 }
 
 const FLOWS_PATH = new URL("./lib/flows.ts", import.meta.url).pathname;
@@ -432,57 +433,97 @@ export async function measureFlood(
   return runs;
 }
 
-/** Runs the measurements in an existing topology (used by the smoke test too). */
+/** One topology per set-up (each set-up has a copy of the router topology of its own). */
+export type SetupTopologies = Partial<Record<Setup, Topology>>;
+
+/**
+ * Builds one topology per set-up of `sz`, runs `fn` with them and always destroys them. Each set-up
+ * keeps its own copy, so none has to be entered and left between the tests of a round.
+ */
+export async function withSetupTopologies<T>(
+  sz: RouterSizes,
+  fn: (ts: SetupTopologies) => Promise<T>,
+): Promise<T> {
+  const ts: SetupTopologies = {};
+  const build = async (i: number): Promise<T> => {
+    if (i === sz.setups.length) return await fn(ts);
+    return await withTopology((t) => {
+      ts[sz.setups[i]] = t;
+      return build(i + 1);
+    }, { ipv6: false });
+  };
+  return await build(0);
+}
+
+function topologyOf(ts: SetupTopologies, s: Setup): Topology {
+  const t = ts[s];
+  if (!t) throw new Error(`no topology for set-up ${s}`);
+  return t;
+}
+
+/**
+ * Runs the measurements (used by the smoke test too). Every set-up lives in its own topology and is
+ * entered once, before the rounds (plain routing, the no-op program, nftables); einat is started
+ * afresh at the start of each round (empty tables: a round's new flows need most of a protocol's
+ * port range) and the round's tests begin `settleMs` later. Within a round, each test runs its
+ * set-ups back to back, order rotating, with nothing entered or left in between.
+ */
 export async function measureRouter(
   o: BenchOptions,
-  t: Topology,
+  ts: SetupTopologies,
   sz: RouterSizes,
 ): Promise<RouterRaw> {
   const tests = TESTS.filter((x) => !sz.tests || sz.tests.includes(x.id));
   const raw: RouterRaw = {};
   for (const x of tests) raw[x.id] = { plain: [], noop: [], nft: [], einat: [] };
-  // One UDP flow source address per set-up and round, so every flow is new in every run.
-  const nAddr = sz.setups.length * sz.rounds;
-  const addrs = Array.from({ length: nAddr }, (_, i) => `192.0.2.${101 + i}`);
-  for (const a of addrs) await t.exec(t.ns.lan1, ["ip", "addr", "add", `${a}/24`, "dev", "eth0"]);
-  const server = await startFlowServer(t);
+  // One UDP flow source address per round (in every set-up's LAN), so every flow is new.
+  const addrs = Array.from({ length: sz.rounds }, (_, r) => `192.0.2.${101 + r}`);
+  const servers: NsProcess[] = [];
+  const leaves: (() => Promise<void>)[] = [];
   try {
-    { // warm-up (not recorded): the first transfers after the topology is built run slow
-      const st = await enter(t, "plain");
-      try {
-        await iperf(t, [], 1);
-      } finally {
-        await st.leave();
+    for (const s of sz.setups) {
+      const t = topologyOf(ts, s);
+      for (const a of addrs) {
+        await t.exec(t.ns.lan1, ["ip", "addr", "add", `${a}/24`, "dev", "eth0"]);
       }
+      servers.push(await startFlowServer(t));
+      if (s !== "einat") leaves.push((await enter(t, s)).leave);
     }
-    // Rounds × tests × set-ups: the set-ups of one test run back to back (order rotating), so
-    // slow drifts of the machine hit them alike and each round gives paired ratios.
     for (let r = 0; r < sz.rounds; r++) {
       progress(o, `router: round ${r + 1}/${sz.rounds}`);
-      for (const [i, x] of tests.entries()) {
-        const k = (r + i) % sz.setups.length;
-        const order = [...sz.setups.slice(k), ...sz.setups.slice(0, k)];
-        for (const s of order) {
-          const ctx: RunCtx = {
-            seconds: sz.seconds,
-            concurrency: sz.concurrency,
-            flowAddr: addrs[r * sz.setups.length + sz.setups.indexOf(s)],
-          };
-          const st = await enter(t, s);
-          try {
-            await sanity(t);
-            if (sz.settleMs) await sleep(sz.settleMs);
-            raw[x.id][s].push(await x.run(t, ctx));
-          } finally {
-            await st.leave();
-          }
-          await sleep(100);
+      const einat = sz.setups.includes("einat")
+        ? await enter(topologyOf(ts, "einat"), "einat")
+        : undefined;
+      try {
+        for (const s of sz.setups) await sanity(topologyOf(ts, s));
+        if (r === 0) {
+          // warm-up (not recorded): the first transfers after a topology is built run slow
+          for (const s of sz.setups) await iperf(topologyOf(ts, s), [], 1);
         }
+        if (sz.settleMs) await sleep(sz.settleMs);
+        for (const [i, x] of tests.entries()) {
+          const k = (r + i) % sz.setups.length;
+          const order = [...sz.setups.slice(k), ...sz.setups.slice(0, k)];
+          for (const s of order) {
+            const ctx: RunCtx = {
+              seconds: sz.seconds,
+              concurrency: sz.concurrency,
+              flowAddr: addrs[r],
+            };
+            raw[x.id][s].push(await x.run(topologyOf(ts, s), ctx));
+            await sleep(100);
+          }
+        }
+      } finally {
+        await einat?.leave();
       }
     }
   } finally {
-    server.kill("SIGKILL");
-    await server.output(3000).catch(() => {});
+    for (const p of servers) {
+      p.kill("SIGKILL");
+      await p.output(3000).catch(() => {});
+    }
+    for (const leave of leaves.reverse()) await leave();
   }
   return raw;
 }
@@ -506,10 +547,11 @@ function loadavg(): string {
 export async function runRouter(o: BenchOptions): Promise<PartResult> {
   const sz = routerSizes(o);
   const loadBefore = loadavg();
-  const { raw, flood } = await withTopology(async (t) => {
-    const raw = await measureRouter(o, t, sz);
-    return { raw, flood: await measureFlood(o, t, sz) };
-  }, { ipv6: false });
+  const { raw, flood } = await withSetupTopologies(sz, async (ts) => {
+    const raw = await measureRouter(o, ts, sz);
+    // the flood enters its set-ups in turn: on einat's topology, bare between rounds
+    return { raw, flood: await measureFlood(o, topologyOf(ts, "einat"), sz) };
+  });
   const loadAfter = loadavg();
   const tests = TESTS.filter((x) => raw[x.id]);
   const med = (id: string, s: Setup) => median(raw[id][s].map((v) => v.value));
@@ -590,12 +632,15 @@ export async function runRouter(o: BenchOptions): Promise<PartResult> {
       "hooks of wan0; nft: `masquerade` on wan0 postrouting in the router namespace (conntrack); einat: " +
       `\`einat ${EINAT_ARGS.join(" ")}\`.`,
       "UDP: iperf3 -u -l 64 -b 0, packets received per second (sender-limited: loss shows the drops).",
-      "Each test runs its set-ups back to back (rotating order); ratios are medians of the per-round ratios. " +
-      "Each round's UDP flows use a fresh source address per set-up, so every flow is a new mapping." +
+      "Each set-up has a copy of the topology of its own, set up once: plain routing, the no-op and nftables " +
+      "stay entered for the whole part, einat starts afresh at the start of each round (empty tables) and " +
+      "keeps running through the round. Within a round each test runs its set-ups back to back (rotating " +
+      "order), nothing entered or left in between; ratios are medians of the per-round ratios. Each round's " +
+      "UDP flows use a fresh source address, so every flow is a new mapping." +
       (sz.settleMs
-        ? ` Each set-up runs its test ${
+        ? ` A round's tests begin ${
           sz.settleMs / 1000
-        } s after it is entered (all alike): einat's first seconds after a start forward 2-3 % slower ` +
+        } s after einat's start: its first seconds after a start forward 2-3 % slower ` +
           "(README, Benchmarks)."
         : ""),
       "noise: the largest (max − min) / median over the rounds of one set-up; ratios closer to 1 than that are within noise. " +

@@ -7,7 +7,13 @@
 import { assert, assertEquals } from "../tests/lib/assert.ts";
 import { runMemory } from "./memory.ts";
 import { runProg } from "./prog.ts";
-import { floodTable, measureFlood, measureRouter, routerSizes } from "./router.ts";
+import {
+  floodTable,
+  measureFlood,
+  measureRouter,
+  routerSizes,
+  withSetupTopologies,
+} from "./router.ts";
 import { runScale } from "./scale.ts";
 import { runStartup, VERIFIER_LIMIT } from "./startup.ts";
 import { buildObject, measureTables, PROGRAMS } from "./proto/tables.ts";
@@ -18,7 +24,6 @@ import {
   renderTargets,
   verdict,
 } from "./lib/util.ts";
-import { withTopology } from "../tests/lib/netns.ts";
 
 const o: BenchOptions = { quick: true, smoke: true, progress: () => {} };
 const opts = { sanitizeOps: false, sanitizeResources: false };
@@ -94,10 +99,10 @@ Deno.test({
   ...opts,
   async fn() {
     const sz = routerSizes(o);
-    const { raw, flood } = await withTopology(async (t) => {
-      const raw = await measureRouter(o, t, sz);
-      return { raw, flood: await measureFlood(o, t, sz) };
-    }, { ipv6: false });
+    const { raw, flood } = await withSetupTopologies(sz, async (ts) => {
+      const raw = await measureRouter(o, ts, sz);
+      return { raw, flood: await measureFlood(o, ts.einat!, sz) };
+    });
     for (const id of sz.tests!) {
       const v = raw[id].einat;
       assertEquals(v.length, 1, `${id} ran once`);

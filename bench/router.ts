@@ -528,6 +528,20 @@ export async function measureRouter(
   return raw;
 }
 
+/**
+ * Part 2's measurements in topologies of their own, destroyed after (the smoke test's too): the
+ * rounds, then the flood, which enters its set-ups in turn on einat's topology (bare by then).
+ */
+export function measureRouterAndFlood(
+  o: BenchOptions,
+  sz: RouterSizes,
+): Promise<{ raw: RouterRaw; flood: FloodRun[] }> {
+  return withSetupTopologies(sz, async (ts) => {
+    const raw = await measureRouter(o, ts, sz);
+    return { raw, flood: await measureFlood(o, topologyOf(ts, "einat"), sz) };
+  });
+}
+
 /** Median over rounds of the paired ratio a_r / b_r (NaN when either is missing). */
 export function pairedRatio(raw: RouterRaw, id: string, a: Setup, b: Setup): number {
   const xs = raw[id][a], ys = raw[id][b];
@@ -547,11 +561,7 @@ function loadavg(): string {
 export async function runRouter(o: BenchOptions): Promise<PartResult> {
   const sz = routerSizes(o);
   const loadBefore = loadavg();
-  const { raw, flood } = await withSetupTopologies(sz, async (ts) => {
-    const raw = await measureRouter(o, ts, sz);
-    // the flood enters its set-ups in turn: on einat's topology, bare between rounds
-    return { raw, flood: await measureFlood(o, topologyOf(ts, "einat"), sz) };
-  });
+  const { raw, flood } = await measureRouterAndFlood(o, sz);
   const loadAfter = loadavg();
   const tests = TESTS.filter((x) => raw[x.id]);
   const med = (id: string, s: Setup) => median(raw[id][s].map((v) => v.value));

@@ -7,13 +7,7 @@
 import { assert, assertEquals } from "../tests/lib/assert.ts";
 import { runMemory } from "./memory.ts";
 import { runProg } from "./prog.ts";
-import {
-  floodTable,
-  measureFlood,
-  measureRouter,
-  routerSizes,
-  withSetupTopologies,
-} from "./router.ts";
+import { floodTable, measureRouterAndFlood, routerSizes } from "./router.ts";
 import { runScale } from "./scale.ts";
 import { runStartup, VERIFIER_LIMIT } from "./startup.ts";
 import { buildObject, measureTables, PROGRAMS } from "./proto/tables.ts";
@@ -99,10 +93,7 @@ Deno.test({
   ...opts,
   async fn() {
     const sz = routerSizes(o);
-    const { raw, flood } = await withSetupTopologies(sz, async (ts) => {
-      const raw = await measureRouter(o, ts, sz);
-      return { raw, flood: await measureFlood(o, ts.einat!, sz) };
-    });
+    const { raw, flood } = await measureRouterAndFlood(o, sz);
     for (const id of sz.tests!) {
       const v = raw[id].einat;
       assertEquals(v.length, 1, `${id} ran once`);

@@ -249,10 +249,14 @@ export const TESTS: Test[] = [
 /** einat's arguments in the router benchmark (see README: the connection test needs ports). */
 export const EINAT_ARGS = ["-i", "wan0", "--ports", "1024-65535"];
 
-/** Puts the router in a set-up; returns the function that undoes it. */
+/**
+ * Puts the router in a set-up; returns the function that undoes it. einat is killed as a safety
+ * net after `einatLifetimeMs` (startEinat's default: 2 minutes).
+ */
 async function enter(
   t: Topology,
   s: Setup,
+  einatLifetimeMs?: number,
 ): Promise<{ leave: () => Promise<void>; einat?: NsProcess }> {
   if (s === "plain") {
     for (const n of [t.ns.srv1, t.ns.srv2]) {
@@ -303,7 +307,7 @@ async function enter(
       leave: () => t.exec(t.ns.router, ["nft", "delete", "table", "ip", NFT_TABLE]).then(() => {}),
     };
   }
-  const einat = await startEinat(t.ns.router, EINAT_ARGS);
+  const einat = await startEinat(t.ns.router, EINAT_ARGS, undefined, undefined, einatLifetimeMs);
   return {
     einat,
     leave: async () => {
@@ -478,6 +482,9 @@ export async function measureRouter(
   for (const x of tests) raw[x.id] = { plain: [], noop: [], nft: [], einat: [] };
   // One UDP flow source address per round (in every set-up's LAN), so every flow is new.
   const addrs = Array.from({ length: sz.rounds }, (_, r) => `192.0.2.${101 + r}`);
+  // einat runs through a round: its safety-net lifetime covers every test's own timeout
+  const roundMs = (sz.setups.length * (tests.length * (sz.seconds + 15) + 20) + 60) * 1000 +
+    sz.settleMs;
   const servers: NsProcess[] = [];
   const leaves: (() => Promise<void>)[] = [];
   try {
@@ -492,7 +499,7 @@ export async function measureRouter(
     for (let r = 0; r < sz.rounds; r++) {
       progress(o, `router: round ${r + 1}/${sz.rounds}`);
       const einat = sz.setups.includes("einat")
-        ? await enter(topologyOf(ts, "einat"), "einat")
+        ? await enter(topologyOf(ts, "einat"), "einat", roundMs)
         : undefined;
       try {
         for (const s of sz.setups) await sanity(topologyOf(ts, s));

@@ -12,7 +12,7 @@
 
 import { libPath } from "../deps.ts";
 import { closeFd, errno, libc } from "../ffi/libc.ts";
-import { NLMSG_NOOP } from "./msg.ts";
+import { encodeMessage, NLMSG_NOOP } from "./msg.ts";
 
 // ---------------------------------------------------------------------------------------------
 // Constants
@@ -206,10 +206,7 @@ export function wakeSocket(portid: number, bus: number = NETLINK_ROUTE): boolean
   const fd = c.socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, bus);
   if (fd < 0) return false;
   try {
-    const msg = new Uint8Array(16); // struct nlmsghdr: len, type, flags, seq, pid
-    const m = new DataView(msg.buffer);
-    m.setUint32(0, msg.length, LE);
-    m.setUint16(4, NLMSG_NOOP, LE);
+    const msg = encodeMessage({ type: NLMSG_NOOP, flags: 0 }, new Uint8Array(0)); // nlmsghdr alone
     const to = new Uint8Array(12); // struct sockaddr_nl: family, pad, pid, groups
     const a = new DataView(to.buffer);
     a.setUint16(0, AF_NETLINK, LE);

@@ -10,13 +10,12 @@
  * @module
  */
 
-import { roConfigOf } from "../../lib/daemon.ts";
-import { parseAddr } from "../../lib/config/cidr.ts";
+import { interfaceAddrs, roConfigOf } from "../../lib/daemon.ts";
 import { ifNameToIndex } from "../../lib/ffi/libc.ts";
 import { applyPlan } from "../../lib/nat/apply.ts";
 import { attach, detach } from "../../lib/nat/attach.ts";
 import { closeNat, loadNat } from "../../lib/nat/loader.ts";
-import { type IfAddr, planInterface } from "../../lib/nat/plan.ts";
+import { planInterface } from "../../lib/nat/plan.ts";
 import { parseCli } from "../../lib/config/cli.ts";
 
 function arg(name: string, def: string): string {
@@ -52,16 +51,6 @@ async function progInfo(fd: number): Promise<Record<string, number>> {
   return out;
 }
 
-function addrsOf(ifname: string): IfAddr[] {
-  return Deno.networkInterfaces()
-    .filter((n) => n.name === ifname && !/^fe[89ab]/i.test(n.address))
-    .map((n) => ({
-      family: n.family === "IPv4" ? 4 as const : 6 as const,
-      addr: parseAddr(n.address.replace(/%.*$/, "")),
-      prefixLen: Number(n.cidr.split("/")[1]),
-    }));
-}
-
 const ifname = arg("ifname", "wan0");
 const rounds = Math.min(50, Number(arg("rounds", "5")));
 const ifindex = ifNameToIndex(ifname);
@@ -95,7 +84,7 @@ for (let r = 0; r < rounds; r++) {
     });
     const t1 = performance.now();
     try {
-      applyPlan(nat.maps, planInterface(ic, addrsOf(ifname)));
+      applyPlan(nat.maps, planInterface(ic, interfaceAddrs(ifname)));
       const t2 = performance.now();
       const a = attach(ifindex, ifname, nat.egressFd, nat.ingressFd);
       const t3 = performance.now();

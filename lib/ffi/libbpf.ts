@@ -12,7 +12,7 @@
 
 import * as log from "../log.ts";
 import { libPath } from "../deps.ts";
-import { cString, decodeCString, errno, libc } from "./libc.ts";
+import { cString, decodeCString, errno, errnoMessage, libc } from "./libc.ts";
 
 // ---------------------------------------------------------------------------------------------
 // Library loading
@@ -147,13 +147,7 @@ export class BpfError extends Error {
   /** Builds `${op}: ${strerror} (errno N)`, followed by the last lines of `log` if given. */
   constructor(op: string, err: number, log?: string) {
     const code = Math.abs(err);
-    let text: string;
-    try {
-      text = strerror(code);
-    } catch {
-      text = `error ${code}`;
-    }
-    let message = `${op}: ${text} (errno ${code})`;
+    let message = errnoMessage(op, code, strerror);
     if (log) {
       const lines = log.trimEnd().split("\n");
       const tail = lines.slice(-LOG_TAIL_LINES);

@@ -7,7 +7,15 @@
 import assert from "node:assert/strict";
 import * as log from "../log.ts";
 import * as bpf from "./libbpf.ts";
-import { closeFd, cString, errno, ifIndexToName, ifNameToIndex, readCString } from "./libc.ts";
+import {
+  closeFd,
+  cString,
+  errno,
+  errnoMessage,
+  ifIndexToName,
+  ifNameToIndex,
+  readCString,
+} from "./libc.ts";
 
 const FIXTURE = new URL("../../tests/fixtures/ffi_test.bpf.c", import.meta.url).pathname;
 const LIBBPF_URL = new URL("./libbpf.ts", import.meta.url).href;
@@ -112,6 +120,15 @@ Deno.test("libc helpers", () => {
   assert.equal(ifNameToIndex("a-name-much-too-long-for-ifnamsiz"), 0);
   assert.equal(ifIndexToName(0x7ffffff0), null);
   assert.equal(typeof errno(), "number");
+});
+
+Deno.test("errnoMessage: op, text and number; the number alone when strerror has nothing", () => {
+  assert.equal(errnoMessage("op", -5, () => "I/O error"), "op: I/O error (errno 5)");
+  assert.equal(errnoMessage("op", 4001, () => ""), "op: error 4001 (errno 4001)");
+  const fails = () => {
+    throw new Error("no library");
+  };
+  assert.equal(errnoMessage("op", 2, fails), "op: error 2 (errno 2)");
 });
 
 Deno.test({ name: "libbpf version and BpfError text", ignore }, () => {

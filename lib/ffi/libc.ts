@@ -47,6 +47,19 @@ export function errno(): number {
   return new Deno.UnsafePointerView(p).getInt32(0);
 }
 
+/**
+ * `${op}: ${text} (errno N)` for a failed call: `err` positive or negative, `text` from
+ * `describe` (a strerror), or `error N` when that yields nothing or throws.
+ */
+export function errnoMessage(op: string, err: number, describe: (code: number) => string): string {
+  const code = Math.abs(err);
+  let text = "";
+  try {
+    text = describe(code);
+  } catch { /* the library could not be opened: the number alone */ }
+  return `${op}: ${text || `error ${code}`} (errno ${code})`;
+}
+
 /** Encodes `s` as a NUL-terminated UTF-8 C string. Keep the result referenced while C uses it. */
 export function cString(s: string): Uint8Array<ArrayBuffer> {
   const bytes = encoder.encode(s);

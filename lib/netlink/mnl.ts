@@ -11,7 +11,7 @@
  */
 
 import { libPath } from "../deps.ts";
-import { closeFd, errno, libc } from "../ffi/libc.ts";
+import { closeFd, errno, errnoMessage, libc } from "../ffi/libc.ts";
 import { encodeMessage, NLMSG_NOOP } from "./msg.ts";
 
 // ---------------------------------------------------------------------------------------------
@@ -150,13 +150,7 @@ export class NetlinkError extends Error {
   /** Builds `${op}: ${strerror} (errno N)`, followed by `: ${extack}` when given. */
   constructor(op: string, err: number, extack?: string) {
     const code = Math.abs(err);
-    let text: string;
-    try {
-      text = strerror(code);
-    } catch {
-      text = `error ${code}`;
-    }
-    super(`${op}: ${text} (errno ${code})${extack ? `: ${extack}` : ""}`);
+    super(`${errnoMessage(op, code, strerror)}${extack ? `: ${extack}` : ""}`);
     this.name = "NetlinkError";
     this.op = op;
     this.errno = code;

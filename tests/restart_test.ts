@@ -7,7 +7,7 @@
 import { assert, assertEquals } from "./lib/assert.ts";
 import { withSharedBpffs } from "./lib/bpffs.ts";
 import { einatCmd, startEinat, stopEinat } from "./lib/einat.ts";
-import { flowCmd, type FlowLog, parseFlow } from "./lib/flow.ts";
+import { type FlowLog, parseFlow, spawnFlowClient, startFlowServer } from "./lib/flow.ts";
 import {
   nsExec,
   nsExecResult,
@@ -75,26 +75,12 @@ Deno.test({
         const args = ["-i", "wan0", "--pin-dir", pin];
         let einat: NsProcess | null = await startEinat(t.ns.router, args);
         try {
-          const server = t.spawn(
-            t.ns.srv1,
-            flowCmd("serve", ["--udp-port", "3478", "--tcp-port", "8080", "--timeout-ms", "60000"]),
-          );
-          await server.waitForStdout(/listening/);
-          const client = t.spawn(
-            t.ns.lan1,
-            flowCmd("client", [
-              "--udp",
-              `${a.srv1[0]}:3478`,
-              "--tcp",
-              `${a.srv1[0]}:8080`,
-              "--from-port",
-              "40000",
-              "--interval-ms",
-              "20",
-              "--timeout-ms",
-              "60000",
-            ]),
-          );
+          await startFlowServer(t, t.ns.srv1, 60000);
+          const client = spawnFlowClient(t, t.ns.lan1, a.srv1[0], {
+            fromPort: 40000,
+            intervalMs: 20,
+            timeoutMs: 60000,
+          });
           await client.waitForStdout(/ready/, 10000);
           const flow = (): FlowLog => parseFlow(client.stdoutText());
           await until("a few answers", () => flow().udp.size > 5 && flow().tcp.size > 5);
@@ -235,24 +221,11 @@ Deno.test({
           let einat: NsProcess | null = await startEinat(t.ns.router, args);
           try {
             assert(/attached TCX links/.test(einat.stderrText()), einat.stderrText());
-            const server = t.spawn(
-              t.ns.srv1,
-              flowCmd("serve", ["--udp-port", "3478", "--tcp-port", "8080"]),
-            );
-            await server.waitForStdout(/listening/);
-            const client = t.spawn(
-              t.ns.lan1,
-              flowCmd("client", [
-                "--udp",
-                `${a.srv1[0]}:3478`,
-                "--tcp",
-                `${a.srv1[0]}:8080`,
-                "--from-port",
-                "40000",
-                "--interval-ms",
-                "20",
-              ]),
-            );
+            await startFlowServer(t, t.ns.srv1);
+            const client = spawnFlowClient(t, t.ns.lan1, a.srv1[0], {
+              fromPort: 40000,
+              intervalMs: 20,
+            });
             await client.waitForStdout(/ready/, 10000);
             const flow = (): FlowLog => parseFlow(client.stdoutText());
             const cap = t.spawn(t.ns.wan, [

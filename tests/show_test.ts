@@ -6,7 +6,7 @@
 import { assert, assertEquals } from "./lib/assert.ts";
 import { withSharedBpffs } from "./lib/bpffs.ts";
 import { einatCmd, startEinat, stopEinat } from "./lib/einat.ts";
-import { flowCmd, parseFlow } from "./lib/flow.ts";
+import { parseFlow, spawnFlowClient, startFlowServer } from "./lib/flow.ts";
 import { nsExec, nsExecResult, type NsProcess, peerCmd, withTopology } from "./lib/netns.ts";
 import type { BindingRow, SessionRow } from "../lib/state/read.ts";
 
@@ -61,27 +61,13 @@ Deno.test({
           };
         };
         try {
-          const server = t.spawn(
-            t.ns.srv1,
-            flowCmd("serve", ["--udp-port", "3478", "--tcp-port", "8080", "--timeout-ms", "30000"]),
-          );
-          await server.waitForStdout(/listening/);
+          await startFlowServer(t, t.ns.srv1, 30000);
           // lan1:40000: a UDP flow with answers and an established TCP connection.
-          const client = t.spawn(
-            t.ns.lan1,
-            flowCmd("client", [
-              "--udp",
-              `${a.srv1[0]}:3478`,
-              "--tcp",
-              `${a.srv1[0]}:8080`,
-              "--from-port",
-              "40000",
-              "--interval-ms",
-              "500",
-              "--timeout-ms",
-              "30000",
-            ]),
-          );
+          const client = spawnFlowClient(t, t.ns.lan1, a.srv1[0], {
+            fromPort: 40000,
+            intervalMs: 500,
+            timeoutMs: 30000,
+          });
           await client.waitForStdout(/ready/, 10000);
           const f = parseFlow(client.stdoutText());
           const udp1 = [...f.udp.values()][0], tcp1 = [...f.tcp.values()][0];

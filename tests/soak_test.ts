@@ -8,7 +8,7 @@
 import { assert, assertEquals } from "./lib/assert.ts";
 import { withSharedBpffs } from "./lib/bpffs.ts";
 import { einatCmd, startEinat, stopEinat } from "./lib/einat.ts";
-import { flowCmd, parseFlow } from "./lib/flow.ts";
+import { parseFlow, spawnFlowClient, startFlowServer } from "./lib/flow.ts";
 import { rssKb } from "./lib/rss.ts";
 import { nsExec, nsExecResult, type NsProcess, type Topology, withTopology } from "./lib/netns.ts";
 
@@ -24,21 +24,11 @@ function longestGap(seqs: number[]): number {
 }
 
 function client(t: Topology, ns: string, dst: string, port: number): NsProcess {
-  return t.spawn(
-    ns,
-    flowCmd("client", [
-      "--udp",
-      `${dst}:3478`,
-      "--tcp",
-      `${dst}:8080`,
-      "--from-port",
-      String(port),
-      "--interval-ms",
-      "20",
-      "--timeout-ms",
-      String((SECONDS + 30) * 1000),
-    ]),
-  );
+  return spawnFlowClient(t, ns, dst, {
+    fromPort: port,
+    intervalMs: 20,
+    timeoutMs: (SECONDS + 30) * 1000,
+  });
 }
 
 Deno.test({
@@ -59,18 +49,7 @@ Deno.test({
         const procs: NsProcess[] = [];
         try {
           for (const ns of [t.ns.srv1, t.ns.srv2]) {
-            const s = t.spawn(
-              ns,
-              flowCmd("serve", [
-                "--udp-port",
-                "3478",
-                "--tcp-port",
-                "8080",
-                "--timeout-ms",
-                String((SECONDS + 40) * 1000),
-              ]),
-            );
-            await s.waitForStdout(/listening/);
+            await startFlowServer(t, ns, (SECONDS + 40) * 1000);
           }
           const flows = [
             client(t, t.ns.lan1, a.srv1[0], 40000),

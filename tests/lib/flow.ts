@@ -19,6 +19,7 @@
 
 import dgram from "node:dgram";
 import net from "node:net";
+import type { NsProcess, Topology } from "./netns.ts";
 
 function arg(argv: string[], name: string, def?: string): string {
   const i = argv.indexOf(`--${name}`);
@@ -165,6 +166,68 @@ export function flowCmd(sub: "serve" | "client", args: string[]): string[] {
     sub,
     ...args,
   ];
+}
+
+/** The ports the flow server listens on and clients talk to. */
+export const FLOW_PORTS = { udp: 3478, tcp: 8080 } as const;
+
+/** Starts the flow server in `ns` (on FLOW_PORTS) and waits until it listens. */
+export async function startFlowServer(
+  t: Topology,
+  ns: string,
+  timeoutMs?: number,
+): Promise<NsProcess> {
+  const limit = timeoutMs === undefined ? [] : ["--timeout-ms", String(timeoutMs)];
+  const server = t.spawn(
+    ns,
+    flowCmd("serve", [
+      "--udp-port",
+      String(FLOW_PORTS.udp),
+      "--tcp-port",
+      String(FLOW_PORTS.tcp),
+      ...limit,
+    ]),
+  );
+  await server.waitForStdout(/listening/);
+  return server;
+}
+
+/** How a flow client runs. */
+export interface FlowClientOptions {
+  /** The local port of both flows. */
+  fromPort: number;
+  /** Between messages, ms. */
+  intervalMs: number;
+  /** The client exits after this long (flow.ts's default: 60 s). */
+  timeoutMs?: number;
+}
+
+/**
+ * Spawns a flow client in `ns` to the flow server at `dst` (both protocols, FLOW_PORTS); it
+ * prints `ready` once both flows are answered.
+ */
+export function spawnFlowClient(
+  t: Topology,
+  ns: string,
+  dst: string,
+  o: FlowClientOptions,
+): NsProcess {
+  const host = dst.includes(":") ? `[${dst}]` : dst;
+  const limit = o.timeoutMs === undefined ? [] : ["--timeout-ms", String(o.timeoutMs)];
+  return t.spawn(
+    ns,
+    flowCmd("client", [
+      "--udp",
+      `${host}:${FLOW_PORTS.udp}`,
+      "--tcp",
+      `${host}:${FLOW_PORTS.tcp}`,
+      "--from-port",
+      String(o.fromPort),
+      "--interval-ms",
+      String(o.intervalMs),
+      ...limit,
+    ]),
+  );
 }
 
 if (import.meta.main) {

@@ -508,15 +508,16 @@ export async function measureRouter(
           for (const s of sz.setups) await iperf(topologyOf(ts, s), [], 1);
         }
         if (sz.settleMs) await sleep(sz.settleMs);
+        // the same for every test and set-up of the round (each set-up has its own LAN)
+        const ctx: RunCtx = {
+          seconds: sz.seconds,
+          concurrency: sz.concurrency,
+          flowAddr: addrs[r],
+        };
         for (const [i, x] of tests.entries()) {
           const k = (r + i) % sz.setups.length;
           const order = [...sz.setups.slice(k), ...sz.setups.slice(0, k)];
           for (const s of order) {
-            const ctx: RunCtx = {
-              seconds: sz.seconds,
-              concurrency: sz.concurrency,
-              flowAddr: addrs[r],
-            };
             raw[x.id][s].push(await x.run(topologyOf(ts, s), ctx));
             await sleep(100);
           }

@@ -218,9 +218,9 @@ Deno.test({
       const ra = a.outs.map(decodeReply), rb = b.outs.map(decodeReply);
       // A CPU that finds the index line locked waits a bounded time (~10 us) and gives up with
       // -EBUSY (in einat its packet is dropped, drop_untranslatable); the flow's next packet
-      // tries again. The lock's holder can
-      // be held up longer than that (an interrupt, or the host descheduling the vCPU), so a rare
-      // give-up is the design: retry it as the next packet would, and allow a few.
+      // tries again. The lock's holder can be held up longer than that (an interrupt, or the
+      // host descheduling the vCPU), so a rare give-up is the design: retry it as the next
+      // packet would, and allow a few.
       let busy = 0;
       for (const [side, other] of [[ra, rb], [rb, ra]]) {
         for (let i = 0; i < N; i++) {

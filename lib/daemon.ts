@@ -43,6 +43,8 @@ export interface Served {
   plan: NatPlan | null;
   /** Summary of the plan last applied, to log what changed. */
   summary: string;
+  /** The whole plan last applied, as text ({@link planKey}): equal, nothing to write. */
+  planKey: string;
   /** Local rule preferences (from `[defaults]`) for hairpin routing. */
   localPref: { 4: number; 6: number };
   hairpin: HairpinState[];
@@ -100,11 +102,22 @@ function nameOf(ic: InterfaceConfig): string {
   return n;
 }
 
-function summarize(plan: NatPlan): string {
+/** The default external address of each family, then every external address, for the log. */
+export function summarize(plan: NatPlan): string {
   return ([4, 6] as const).map((f) => {
     const d = plan.defaultExt[f];
     return d ? formatAddr(d.addr) : `no IPv${f}`;
-  }).join(", ") + ` (${plan.resolved.length} external${plan.resolved.length === 1 ? "" : "s"})`;
+  }).join(", ") + ` (externals: ${
+    plan.resolved.map((r) => formatAddr(r.addr)).join(" ") || "none"
+  })`;
+}
+
+/**
+ * All a plan writes into the maps and hairpin routes take from it, as text: a change of any
+ * external address, not only of the defaults or their count, differs.
+ */
+export function planKey(plan: NatPlan): string {
+  return JSON.stringify(plan, (_k, v) => (v instanceof Uint8Array ? Array.from(v) : v));
 }
 
 /**
@@ -122,6 +135,7 @@ export async function startInterface(
     attachment: null,
     plan: null,
     summary: "",
+    planKey: "",
     localPref: { 4: defaults?.ipv4LocalRulePref ?? 200, 6: defaults?.ipv6LocalRulePref ?? 200 },
     hairpin: [],
     carried: 0,
@@ -188,7 +202,9 @@ export async function reconcile(s: Served): Promise<void> {
   const addrs = interfaceAddrs(s.ifname);
   const plan = planInterface(s.ic, addrs);
   const summary = summarize(plan);
-  if (summary !== s.summary || !s.plan) {
+  const key = planKey(plan);
+  const planChanged = key !== s.planKey || !s.plan;
+  if (planChanged) {
     applyPlan(s.nat.maps, plan);
     const purged = purgeStale(s.nat, plan);
     for (const u of purged.unplaced) {
@@ -229,10 +245,11 @@ export async function reconcile(s: Served): Promise<void> {
     }
     s.plan = plan;
     s.summary = summary;
+    s.planKey = key;
   }
   reportConflicts(s, addrs);
 
-  let routingChanged = summary !== s.summary || !s.attachment;
+  let routingChanged = planChanged || !s.attachment;
   if (s.attachment && s.attachment.ifindex !== ifindex) {
     log.info("interface was recreated", {
       ifname: s.ifname,

@@ -98,6 +98,61 @@ Deno.test({
 
 Deno.test({
   name:
+    "live: a secondary address replaced within one burst is applied, and hairpin routes follow every external address",
+  ...sanitize,
+  fn: () =>
+    withTopology(async (t) => {
+      await echo(t).waitForStdout(/listening/);
+      await ip(t.ns.router, "addr add 203.0.113.99/24 dev wan0");
+      const einat = await startEinat(t.ns.router, ["-i", "wan0", "--hairpin-if", "br0"]);
+      /** What srv1 sees of the router's own UDP from `bind`:5555. */
+      const routerSeen = async (bind: string) => {
+        const r = await nsExecResult(
+          t.ns.router,
+          peerCmd("udp-send", [
+            "--to",
+            `${t.addrs.v4.srv1[0]}:3478`,
+            "--bind",
+            bind,
+            "--from-port",
+            "5555",
+            "--timeout-ms",
+            "3000",
+          ]),
+        );
+        assertEquals(r.code, 0, `no reply: ${r.stdout}${r.stderr}`);
+        return parseUdpReplies(r.stdout)[0].seen;
+      };
+      const table = async () =>
+        (await nsExecResult(t.ns.router, ["ip", "route", "show", "table", "4787"])).stdout;
+      try {
+        await waitLog(einat, /hairpin routing installed.*203\.0\.113\.99/);
+        assertEquals(await routerSeen("203.0.113.99"), "203.0.113.99:5555", "own traffic passes");
+        // Delete and add in one netlink burst: the count of externals stays the same.
+        const b = await nsExecResult(t.ns.router, ["ip", "-batch", "-"], {
+          stdin: "addr del 203.0.113.99/24 dev wan0\naddr add 203.0.113.98/24 dev wan0\n",
+        });
+        assertEquals(b.code, 0, b.stderr);
+        await waitLog(einat, /external addresses changed.*203\.0\.113\.98/);
+        assertEquals(await routerSeen("203.0.113.98"), "203.0.113.98:5555", "the new address too");
+        await waitLog(einat, /hairpin routing installed.*203\.0\.113\.98/);
+        const routes = await table();
+        assert(/203\.0\.113\.98/.test(routes) && !/203\.0\.113\.99/.test(routes), routes);
+
+        // The primary address replaced: its hairpin route is replaced too.
+        await ip(t.ns.router, "addr flush dev wan0");
+        await ip(t.ns.router, "addr add 203.0.113.5/24 dev wan0");
+        await waitLog(einat, /hairpin routing installed.*dests="?203\.0\.113\.5"?( |$)/m);
+        assert(/^203\.0\.113\.5 dev wan0/m.test(await table()), await table());
+      } finally {
+        assertEquals(await stopEinat(einat), 0, einat.stderrText());
+      }
+      assertEquals((await table()).trim(), "", "hairpin table emptied at exit");
+    }),
+});
+
+Deno.test({
+  name:
     "live: interface deleted and recreated (new ifindex, new address) is re-attached; a missing interface is waited for",
   ...sanitize,
   fn: () =>

@@ -9,6 +9,7 @@ import { helpText, parseCli } from "./lib/config/cli.ts";
 import { ConfigError } from "./lib/config/types.ts";
 import { InterfaceError, type Served, startInterface, stopServing } from "./lib/daemon.ts";
 import { follow } from "./lib/watch.ts";
+import { restoreLocalRules } from "./lib/hairpin.ts";
 import { catchSignals, reload } from "./lib/lifecycle.ts";
 import { BpfError, libbpfVersion, routeLibbpfPrintToLog } from "./lib/ffi/libbpf.ts";
 import * as log from "./lib/log.ts";
@@ -137,14 +138,17 @@ export async function main(args: string[]): Promise<number> {
         log.info("SIGHUP: no configuration file to reload");
         continue;
       }
-      served = await reload(cli.configFile, served);
+      const file = cli.configFile;
+      served = await follower.exclusive(() => reload(file, served));
       await follower.resync();
     }
     await sweeper.stop();
     sweeper = null;
     await follower.stop();
     await metrics?.close();
-    for (const s of served) await stopServing(s);
+    let handedOver = false;
+    for (const s of served) handedOver = (await stopServing(s)) || handedOver;
+    if (!handedOver) await restoreLocalRules(); // after --replace the new einat relies on them
     return 0;
   } finally {
     signals.close();

@@ -22,6 +22,7 @@ import { slotCount } from "./nat/records.ts";
 import type { RoConfig } from "./nat/codec.ts";
 import { type IfAddr, type NatPlan, planInterface } from "./nat/plan.ts";
 import { afterAttach, stateLoadOptions, syncBindings } from "./state/serve.ts";
+import { stateOptions } from "./state/options.ts";
 
 /** A start-up problem with one interface (exit code 2 when it is the only one). */
 export class InterfaceError extends Error {
@@ -50,6 +51,8 @@ export interface Served {
   hairpin: HairpinState[];
   /** Address conflicts last reported (RFC 4787 REQ-7), to log only changes. */
   conflicts?: string;
+  /** Set by {@link stopServing}: a reconciliation queued before then does nothing. */
+  stopped?: boolean;
 }
 
 const MS = 1_000_000n;
@@ -161,13 +164,25 @@ export async function startInterface(
  * addresses select and drop mappings of addresses that are gone.
  */
 export async function reconcile(s: Served): Promise<void> {
+  if (s.stopped) return;
   const ifindex = libc.ifNameToIndex(s.ifname);
   if (ifindex === 0) {
     if (s.attachment) {
-      log.warn("interface gone; filters went with it, waiting for it to return", {
-        ifname: s.ifname,
-      });
-      release(s.attachment);
+      const renamed = libc.ifIndexToName(s.attachment.ifindex);
+      if (renamed) {
+        // Still there under another name: not the configured interface any more.
+        log.warn("interface renamed; filters detached, waiting for the configured name", {
+          ifname: s.ifname,
+          renamed_to: renamed,
+        });
+        for (const h of s.hairpin.splice(0)) await hairpinDown(h);
+        detach(s.attachment);
+      } else {
+        log.warn("interface gone; filters went with it, waiting for it to return", {
+          ifname: s.ifname,
+        });
+        release(s.attachment);
+      }
       s.attachment = null;
     }
     return;
@@ -319,7 +334,9 @@ async function rehairpin(s: Served, ifindex: number): Promise<void> {
       )
       .map((e) => e.addr);
     try {
-      s.hairpin.push(await hairpinUp(fam, ifindex, route, s.localPref[fam], dests));
+      s.hairpin.push(
+        await hairpinUp(fam, ifindex, route, s.localPref[fam], dests, stateOptions.replace),
+      );
     } catch (e) {
       log.error("hairpin routing not installed", {
         ifname: s.ifname,
@@ -330,13 +347,18 @@ async function rehairpin(s: Served, ifindex: number): Promise<void> {
   }
 }
 
-/** Undoes {@link startInterface}: detaches, removes what einat created. */
-export async function stopServing(s: Served): Promise<void> {
+/**
+ * Undoes {@link startInterface}: detaches, removes what einat created. True when another einat
+ * took the interface over (--replace): what it uses was left in place.
+ */
+export async function stopServing(s: Served): Promise<boolean> {
+  s.stopped = true;
   // After --replace the new einat uses the same hairpin routes and rules: leave them.
   const handedOver = s.attachment !== null && replaced(s.attachment);
-  for (const h of s.hairpin.splice(0)) if (!handedOver) await hairpinDown(h, s.localPref[h.family]);
+  for (const h of s.hairpin.splice(0)) if (!handedOver) await hairpinDown(h);
   if (s.attachment) detach(s.attachment);
   s.attachment = null;
   if (s.nat) closeNat(s.nat);
   s.nat = null;
+  return handedOver;
 }

@@ -6,6 +6,7 @@
 
 import type { Defaults, InterfaceConfig } from "./config/types.ts";
 import { parseConfigToml } from "./config/toml.ts";
+import * as libc from "./ffi/libc.ts";
 import * as log from "./log.ts";
 import { type Served, startInterface, stopServing } from "./daemon.ts";
 
@@ -59,10 +60,17 @@ export function configKey(ic: InterfaceConfig): string {
   return JSON.stringify(ic, (_k, v) => (v instanceof Uint8Array ? Array.from(v) : v));
 }
 
+/** The name an interface configuration resolves to now (`#N` for an index that has none). */
+function resolvedName(ic: InterfaceConfig): string {
+  return ic.ifName ?? libc.ifIndexToName(ic.ifIndex ?? 0) ?? `#${ic.ifIndex}`;
+}
+
 /**
  * Re-reads `file` and applies the difference: interfaces whose configuration
- * is unchanged keep running untouched; changed ones are restarted; removed
- * ones stopped; new ones started. An invalid file changes nothing.
+ * (and local rule preferences) is unchanged keep running untouched; changed ones are
+ * restarted; removed ones stopped; new ones started. Interfaces are matched by the name they
+ * resolve to, whether configured by name or by index; removed ones stop before any starts, so
+ * a new one never meets their filters, lock or hairpin rules. An invalid file changes nothing.
  */
 export async function reload(file: string, served: Served[]): Promise<Served[]> {
   let next: InterfaceConfig[];
@@ -75,13 +83,16 @@ export async function reload(file: string, served: Served[]): Promise<Served[]> 
     log.error("SIGHUP: configuration not reloaded", { error: (e as Error).message });
     return served;
   }
+  const samePrefs = (s: Served) =>
+    s.localPref[4] === defaults.ipv4LocalRulePref && s.localPref[6] === defaults.ipv6LocalRulePref;
   const keep: Served[] = [];
+  const starts: [string, InterfaceConfig][] = [];
   const byName = new Map(served.map((s) => [s.ifname, s]));
   for (const ic of next) {
-    const name = ic.ifName ?? `#${ic.ifIndex}`;
+    const name = resolvedName(ic);
     const old = byName.get(name);
     byName.delete(name);
-    if (old && configKey(old.ic) === configKey(ic)) {
+    if (old && configKey(old.ic) === configKey(ic) && samePrefs(old)) {
       keep.push(old);
       continue;
     }
@@ -91,15 +102,18 @@ export async function reload(file: string, served: Served[]): Promise<Served[]> 
     } else {
       log.info("SIGHUP: new interface", { ifname: name });
     }
+    starts.push([name, ic]);
+  }
+  for (const [name, s] of byName) {
+    log.info("SIGHUP: interface removed from the configuration", { ifname: name });
+    await stopServing(s);
+  }
+  for (const [name, ic] of starts) {
     try {
       keep.push(await startInterface(ic, defaults));
     } catch (e) {
       log.error("SIGHUP: interface not served", { ifname: name, error: (e as Error).message });
     }
-  }
-  for (const [name, s] of byName) {
-    log.info("SIGHUP: interface removed from the configuration", { ifname: name });
-    await stopServing(s);
   }
   log.info("SIGHUP: configuration reloaded", { interfaces: keep.map((s) => s.ifname).join(",") });
   return keep;

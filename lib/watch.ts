@@ -17,15 +17,23 @@ export interface Follower {
   stop(): Promise<void>;
   /** Runs a reconciliation now (e.g. after a reload); resolves when done. */
   resync(): Promise<void>;
+  /**
+   * Runs `fn` (a reload) between reconciliations, never beside one: a reconciliation of an
+   * interface being stopped would load and attach it again.
+   */
+  exclusive<T>(fn: () => Promise<T>): Promise<T>;
 }
 
+/**
+ * The served interface an event concerns: by name, or by the index it is attached to (a link
+ * renamed away from its configured name concerns it too).
+ */
 function relevant(ev: WatchEvent, served: Served[]): Served | undefined {
   const a = ev.type === "addr" ? (ev.local ?? ev.addr) : null;
   if (a && a.length === 16 && a[0] === 0xfe && (a[1] & 0xc0) === 0x80) return undefined; // link-local
   return served.find((s) =>
-    ev.type === "link"
-      ? ev.ifname === s.ifname
-      : ev.ifindex === s.attachment?.ifindex || ev.ifindex === libc.ifNameToIndex(s.ifname)
+    ev.ifindex === s.attachment?.ifindex ||
+    (ev.type === "link" ? ev.ifname === s.ifname : ev.ifindex === libc.ifNameToIndex(s.ifname))
   );
 }
 
@@ -33,7 +41,7 @@ function relevant(ev: WatchEvent, served: Served[]): Served | undefined {
 export function describeEvent(ev: WatchEvent, ifname: string): string {
   const sign = ev.op === "new" ? "+" : "-";
   if (ev.type === "link") {
-    return `link${sign} ${ifname}${ev.op === "new" ? (ev.up ? " up" : " down") : ""}`;
+    return `link${sign} ${ev.ifname || ifname}${ev.op === "new" ? (ev.up ? " up" : " down") : ""}`;
   }
   return `addr${sign} ${formatAddr(ev.local ?? ev.addr)}/${ev.prefixLen} ${ifname}`;
 }
@@ -42,6 +50,8 @@ export function describeEvent(ev: WatchEvent, ifname: string): string {
 export interface Serialized {
   /** Queues a call; resolves when it is done, whether it threw or not. */
   run(): Promise<void>;
+  /** Queues `fn` in the same line, so no call of the task runs meanwhile; settles as `fn` does. */
+  exclusive<T>(fn: () => Promise<T>): Promise<T>;
   /** Resolves when every call queued so far is done. */
   settled(): Promise<void>;
 }
@@ -59,13 +69,18 @@ export function serialized(task: () => Promise<void>): Serialized {
       });
       return chain;
     },
+    exclusive: <T>(fn: () => Promise<T>) => {
+      const p = chain.then(fn);
+      chain = p.then(() => {}, () => {});
+      return p;
+    },
     settled: () => chain,
   };
 }
 
 /** Starts following the network for `served` (the array may change later). */
 export function follow(served: () => Served[]): Follower {
-  const { run, settled } = serialized(async () => {
+  const { run, settled, exclusive } = serialized(async () => {
     for (const s of served()) {
       try {
         await reconcile(s);
@@ -96,5 +111,6 @@ export function follow(served: () => Served[]): Follower {
       await settled();
     },
     resync: run,
+    exclusive,
   };
 }

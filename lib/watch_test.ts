@@ -20,3 +20,31 @@ Deno.test("serialized: calls run one at a time, in order, and a throw does not s
   await s.run();
   assertEquals(log.slice(-2), ["start 4", "end 4"]);
 });
+
+Deno.test("serialized: an exclusive call waits for the runs queued before it, and runs queued meanwhile wait for it", async () => {
+  const log: string[] = [];
+  const s = serialized(async () => {
+    log.push("run start");
+    await new Promise((r) => setTimeout(r, 5));
+    log.push("run end");
+  });
+  const first = s.run();
+  const ex = s.exclusive(async () => {
+    log.push("reload start");
+    // A network event during the reload queues a run: it must not start before the reload ends.
+    const during = s.run();
+    await new Promise((r) => setTimeout(r, 10));
+    log.push("reload end");
+    return { during };
+  });
+  await first;
+  const { during } = await ex;
+  await during;
+  assertEquals(log, ["run start", "run end", "reload start", "reload end", "run start", "run end"]);
+  // A failing exclusive call rejects its caller and does not stop the line.
+  let rejected = false;
+  await s.exclusive(() => Promise.reject(new Error("bad"))).catch(() => (rejected = true));
+  assertEquals(rejected, true);
+  await s.run();
+  assertEquals(log.slice(-2), ["run start", "run end"]);
+});

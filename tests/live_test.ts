@@ -55,6 +55,22 @@ async function createWan(t: Topology, addr: string) {
   await ip(t.ns.router, "link set wan0 up");
 }
 
+/** The router's IPv4 rules, as `ip rule show` prints them. */
+async function rules(t: Topology): Promise<string> {
+  return (await nsExecResult(t.ns.router, ["ip", "rule", "show"])).stdout;
+}
+
+/** einat's traces on `dev` in the router: a clsact qdisc and the filters of both hooks. */
+async function tcState(t: Topology, dev: string): Promise<string> {
+  const tc = async (...args: string[]) =>
+    (await nsExecResult(t.ns.router, ["tc", ...args])).stdout.trim();
+  return [
+    (await tc("qdisc", "show", "dev", dev)).split("\n").filter((l) => /clsact/.test(l)).join(""),
+    await tc("filter", "show", "dev", dev, "egress"),
+    await tc("filter", "show", "dev", dev, "ingress"),
+  ].filter((l) => l).join("\n");
+}
+
 function echo(t: Topology): NsProcess {
   return t.spawn(t.ns.srv1, peerCmd("udp-echo", ["--port", "3478", "--timeout-ms", "60000"]));
 }
@@ -104,6 +120,7 @@ Deno.test({
     withTopology(async (t) => {
       await echo(t).waitForStdout(/listening/);
       await ip(t.ns.router, "addr add 203.0.113.99/24 dev wan0");
+      const rulesBefore = await rules(t);
       const einat = await startEinat(t.ns.router, ["-i", "wan0", "--hairpin-if", "br0"]);
       /** What srv1 sees of the router's own UDP from `bind`:5555. */
       const routerSeen = async (bind: string) => {
@@ -148,6 +165,7 @@ Deno.test({
         assertEquals(await stopEinat(einat), 0, einat.stderrText());
       }
       assertEquals((await table()).trim(), "", "hairpin table emptied at exit");
+      assertEquals(await rules(t), rulesBefore, "rules restored (the local rule back at 0)");
     }),
 });
 
@@ -181,6 +199,132 @@ Deno.test({
       }
       const f = await nsExecResult(t.ns.router, ["tc", "filter", "show", "dev", "wan0", "ingress"]);
       assertEquals(f.stdout.trim(), "", "nothing left on the recreated interface");
+    }),
+});
+
+Deno.test({
+  name:
+    "live: an interface renamed away loses einat's filters; back under its name, it is served again",
+  ...sanitize,
+  fn: () =>
+    withTopology(async (t) => {
+      await echo(t).waitForStdout(/listening/);
+      const einat = await startEinat(t.ns.router, ["-i", "wan0"]);
+      try {
+        const before = await seenFrom(t, 44000);
+        await ip(t.ns.router, "link set wan0 down");
+        await ip(t.ns.router, "link set wan0 name wan1");
+        await waitLog(einat, /interface renamed.*renamed_to="?wan1/);
+        assertEquals(await tcState(t, "wan1"), "", "nothing of einat's left on the renamed link");
+        await ip(t.ns.router, "link set wan1 name wan0");
+        await ip(t.ns.router, "link set wan0 up");
+        await waitLog(einat, /attached filter.*hook=ingress(.|\n)*attached filter.*hook=ingress/);
+        assertEquals(await seenFrom(t, 44000), before, "the mapping kept (same object, same maps)");
+      } finally {
+        assertEquals(await stopEinat(einat), 0, einat.stderrText());
+      }
+      assertEquals(await tcState(t, "wan0"), "", "nothing left at exit");
+    }),
+});
+
+Deno.test({
+  name:
+    "live: SIGHUP leaves an unchanged interface configured by index alone; two external interfaces share hairpin rules until the last lets go",
+  ...sanitize,
+  fn: () =>
+    withTopology(async (t) => {
+      // A second external interface, its hairpin rules the same as wan0's (iif br0, table 4787).
+      await ip(t.ns.router, "link add wan1 type veth peer name wan1p");
+      await ip(t.ns.router, "link set wan1p up");
+      await ip(t.ns.router, "addr add 198.51.100.1/24 dev wan1");
+      await ip(t.ns.router, "link set wan1 up");
+      const link = await nsExecResult(t.ns.router, ["ip", "-o", "link", "show", "wan0"]);
+      const wan0Index = Number(link.stdout.split(":")[0]);
+      assert(wan0Index > 0, link.stdout);
+      const iface = (id: string) =>
+        `[[interfaces]]\n${id}\nnat44 = true\nprefer_tcx = false\n` +
+        `[interfaces.ipv4_hairpin_route]\ninternal_if_names = ["br0"]\n`;
+      const conf = await Deno.makeTempFile({ suffix: ".toml" });
+      const rulesBefore = await rules(t);
+      try {
+        await Deno.writeTextFile(
+          conf,
+          iface(`if_index = ${wan0Index}`) + iface(`if_name = "wan1"`),
+        );
+        const einat = await startEinat(t.ns.router, ["-c", conf]);
+        try {
+          await waitLog(einat, /hairpin routing installed(.|\n)*hairpin routing installed/);
+          const rulesServing = await rules(t);
+          assert(/iif br0 .*lookup 4787/.test(rulesServing), rulesServing);
+          einat.kill("SIGHUP");
+          await waitLog(einat, /configuration reloaded/);
+          assert(
+            !/SIGHUP: (new interface|interface removed|configuration changed)/.test(
+              einat.stderrText(),
+            ),
+            einat.stderrText(),
+          );
+          assertEquals(await rules(t), rulesServing, "an unchanged reload touches no rule");
+
+          // wan0 leaves the configuration: wan1 still holds the shared rules.
+          await Deno.writeTextFile(conf, iface(`if_name = "wan1"`));
+          einat.kill("SIGHUP");
+          await waitLog(einat, /configuration reloaded(.|\n)*configuration reloaded/);
+          assert(/interface removed from the configuration/.test(einat.stderrText()));
+          const left = await rules(t);
+          assert(/iif br0 .*lookup 4787/.test(left), `wan1's hairpin rules gone:\n${left}`);
+          assertEquals(await tcState(t, "wan0"), "", "wan0 released");
+        } finally {
+          assertEquals(await stopEinat(einat), 0, einat.stderrText());
+        }
+        assertEquals(await rules(t), rulesBefore, "rules restored (the local rule back at 0)");
+      } finally {
+        await Deno.remove(conf);
+      }
+    }),
+});
+
+Deno.test({
+  name: "live: SIGHUP reloads amid address churn: one object per restart, nothing left at exit",
+  ...sanitize,
+  fn: () =>
+    withTopology(async (t) => {
+      const conf = await Deno.makeTempFile({ suffix: ".toml" });
+      const write = (icmp: string) =>
+        Deno.writeTextFile(
+          conf,
+          `[[interfaces]]\nif_name = "wan0"\nnat44 = true\nprefer_tcx = false\ntimeout_icmp_default = "${icmp}"\n`,
+        );
+      try {
+        await write("60s");
+        const einat = await startEinat(t.ns.router, ["-c", conf]);
+        const reloads = 8;
+        try {
+          for (let i = 0; i < reloads; i++) {
+            // An address event and a reload close together: the reload must not run beside
+            // the reconciliation the event starts.
+            await ip(t.ns.router, `addr ${i % 2 ? "del" : "add"} 203.0.113.77/24 dev wan0`);
+            await write(i % 2 ? "60s" : "61s");
+            // The reconciliation starts ~100 ms after the event (events are coalesced): the
+            // SIGHUP lands at varied points around it.
+            await new Promise((r) => setTimeout(r, 40 + 15 * i));
+            einat.kill("SIGHUP");
+            const done = new RegExp(`(configuration reloaded(.|\\n)*){${i + 1}}`);
+            await waitLog(einat, done);
+          }
+        } finally {
+          assertEquals(await stopEinat(einat), 0, einat.stderrText());
+        }
+        const loads = einat.stderrText().match(/loaded BPF object/g)?.length ?? 0;
+        assertEquals(
+          loads,
+          1 + reloads,
+          `one object at start and one per changed reload:\n${einat.stderrText()}`,
+        );
+        assertEquals(await tcState(t, "wan0"), "", `nothing left at exit:\n${einat.stderrText()}`);
+      } finally {
+        await Deno.remove(conf);
+      }
     }),
 });
 

@@ -72,7 +72,10 @@ Deno.test({
       const a = t.addrs.v4;
       await withSharedBpffs(t.ns.router, async (bpffs) => {
         const pin = `${bpffs}/einat`;
-        const args = ["-i", "wan0", "--pin-dir", pin];
+        // With hairpin routing: what --replace hands over includes its rules and the moved
+        // local rule, which the last einat puts back.
+        const args = ["-i", "wan0", "--pin-dir", pin, "--hairpin-if", "br0"];
+        const rulesBefore = await nsExec(t.ns.router, ["ip", "rule", "show"]);
         let einat: NsProcess | null = await startEinat(t.ns.router, args);
         try {
           await startFlowServer(t, t.ns.srv1, 60000);
@@ -196,6 +199,11 @@ Deno.test({
           einat = null;
           const left = await nsExec(t.ns.router, ["tc", "qdisc", "show", "dev", "wan0"]);
           assert(!left.includes("clsact"), `the replacing einat removed the qdisc: ${left}`);
+          assertEquals(
+            await nsExec(t.ns.router, ["ip", "rule", "show"]),
+            rulesBefore,
+            "the replacing einat removed the hairpin rules and moved the local rule back",
+          );
         } finally {
           if (einat) await stopEinat(einat);
         }

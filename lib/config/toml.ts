@@ -617,6 +617,9 @@ function parseMatch(ctx: Ctx, t: Table, path: string): ExternalMatch {
       }`,
     );
   }
+  if (v.network !== undefined && (v.start !== undefined || v.end !== undefined)) {
+    fail(ctx, p, "give either `network` or `start` and `end`, not both");
+  }
   if (v.network !== undefined) {
     checkKeys(ctx, v, p, ["network"]);
     if (typeof v.network !== "string") {

@@ -105,7 +105,7 @@ export async function main(args: string[]): Promise<number> {
     const errors: string[] = [];
     for (const ic of cli.config.interfaces) {
       try {
-        served.push(await startInterface(ic, cli.config.defaults));
+        served.push(await startInterface(ic, cli.config.defaults, served));
       } catch (e) {
         let msg = e instanceof InterfaceError || e instanceof BusyError || e instanceof StateError
           ? e.message

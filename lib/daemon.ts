@@ -125,11 +125,14 @@ export function planKey(plan: NatPlan): string {
 
 /**
  * Starts serving one interface. A missing interface configured by name is
- * waited for; one without an address of an enabled family is an error.
+ * waited for; one without an address of an enabled family is an error, as is one that
+ * `others` serve already (configured once by name, once by index). A failure part-way undoes
+ * what was done (object, filters, hairpin routes).
  */
 export async function startInterface(
   ic: InterfaceConfig,
   defaults?: Pick<Defaults, "ipv4LocalRulePref" | "ipv6LocalRulePref">,
+  others: Served[] = [],
 ): Promise<Served> {
   const s: Served = {
     ic,
@@ -143,6 +146,12 @@ export async function startInterface(
     hairpin: [],
     carried: 0,
   };
+  if (others.some((o) => o.ifname === s.ifname)) {
+    throw new InterfaceError(
+      s.ifname,
+      "configured twice (by if_name and by if_index); merge the two entries",
+    );
+  }
   if (libc.ifNameToIndex(s.ifname) === 0) {
     log.warn("interface does not exist (yet); waiting for it", { ifname: s.ifname });
     return s;
@@ -154,7 +163,12 @@ export async function startInterface(
   if (ic.nat66 && !ic.nat44 && !plan.defaultExt[6]) {
     throw new InterfaceError(s.ifname, "no IPv6 address to use as external address (NAT66 is on)");
   }
-  await reconcile(s);
+  try {
+    await reconcile(s);
+  } catch (e) {
+    await stopServing(s);
+    throw e;
+  }
   return s;
 }
 

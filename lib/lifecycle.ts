@@ -110,7 +110,7 @@ export async function reload(file: string, served: Served[]): Promise<Served[]> 
   }
   for (const [name, ic] of starts) {
     try {
-      keep.push(await startInterface(ic, defaults));
+      keep.push(await startInterface(ic, defaults, keep));
     } catch (e) {
       log.error("SIGHUP: interface not served", { ifname: name, error: (e as Error).message });
     }

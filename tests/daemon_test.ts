@@ -142,6 +142,66 @@ Deno.test({
     }),
 });
 
+/** BPF programs a process holds open (`prog_id` in /proc/PID/fdinfo). */
+function progFdsOf(pid: number): number {
+  let n = 0;
+  for (const e of Deno.readDirSync(`/proc/${pid}/fdinfo`)) {
+    try {
+      if (/^prog_id:/m.test(Deno.readTextFileSync(`/proc/${pid}/fdinfo/${e.name}`))) n++;
+    } catch { /* closed meanwhile */ }
+  }
+  return n;
+}
+
+Deno.test({
+  name:
+    "daemon: an interface configured by name and by index is served once; a start refused in a reload (another einat serves it) leaves no program open",
+  ...sanitize,
+  fn: () =>
+    withNs(async (ns) => {
+      // noaddr0 gets an address: an external interface another einat serves.
+      await nsExec(ns, ["ip", "addr", "add", "198.51.100.1/24", "dev", "noaddr0"]);
+      const tcBefore = await tcState(ns, "wan0") + await tcState(ns, "noaddr0");
+      const idx = Number((await nsExec(ns, ["ip", "-o", "link", "show", "wan0"])).split(":")[0]);
+      assert(idx > 0);
+      const iface = (id: string) => `[[interfaces]]\n${id}\nnat44 = true\nprefer_tcx = false\n`;
+      const conf = await Deno.makeTempFile({ suffix: ".toml" });
+      try {
+        await Deno.writeTextFile(conf, iface(`if_name = "wan0"`) + iface(`if_index = ${idx}`));
+        const a = await startEinat(ns, ["-c", conf]);
+        const other = await startEinat(ns, ["-i", "noaddr0"]);
+        try {
+          assert(/wan0: configured twice/.test(a.stderrText()), a.stderrText());
+          const f = await nsExec(ns, ["tc", "filter", "show", "dev", "wan0", "ingress"]);
+          assertEquals(f.match(/direct-action/g)?.length, 1, `one filter: ${f}`);
+          const before = progFdsOf(a.pid);
+          // noaddr0 is the other einat's: this start is refused.
+          await Deno.writeTextFile(conf, iface(`if_name = "wan0"`) + iface(`if_name = "noaddr0"`));
+          a.kill("SIGHUP");
+          const end = Date.now() + 5000;
+          while (!/configuration reloaded/.test(a.stderrText()) && Date.now() < end) {
+            await new Promise((r) => setTimeout(r, 50));
+          }
+          assert(
+            /interface not served.*noaddr0.*already served/.test(a.stderrText()),
+            a.stderrText(),
+          );
+          assertEquals(progFdsOf(a.pid), before, "the refused start's programs are closed");
+        } finally {
+          assertEquals(await stopEinat(other), 0, other.stderrText());
+          assertEquals(await stopEinat(a), 0, a.stderrText());
+        }
+        assertEquals(
+          await tcState(ns, "wan0") + await tcState(ns, "noaddr0"),
+          tcBefore,
+          "nothing left",
+        );
+      } finally {
+        await Deno.remove(conf);
+      }
+    }),
+});
+
 Deno.test("preflight: capability and BTF checks name the cause", () => {
   assertThrows(
     () => checkPrivileges(0n),

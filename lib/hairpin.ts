@@ -122,7 +122,8 @@ async function unhold(spec: RuleSpec | RouteSpec, del: () => Promise<void>): Pro
  * einat replaced moved it, with einat's protocol) and the rule says `protocol kernel`.
  */
 async function moveLocalRule(family: Family, localPref: number, adopt: boolean): Promise<void> {
-  if (movedLocal.has(family)) return;
+  const earlier = movedLocal.get(family);
+  if (earlier?.pref === localPref) return;
   const rules = await dumpRules(family);
   const local = rules.filter((r) =>
     r.table === RT_TABLE.LOCAL && (r.action ?? 1) === 1 && !r.iifname
@@ -145,13 +146,18 @@ async function moveLocalRule(family: Family, localPref: number, adopt: boolean):
   }
   let moved = false;
   for (const r of local) {
-    if ((r.priority ?? 0) < localPref) {
+    // Those ahead of the new place, and the one einat moved before (a reload changed it).
+    if ((r.priority ?? 0) < localPref || (r.priority ?? 0) === earlier?.pref) {
       await delRule({ family, priority: r.priority ?? 0, table: RT_TABLE.LOCAL });
       moved = true;
     }
   }
   if (moved) {
-    movedLocal.set(family, { pref: localPref, before });
+    // Moved again (a reload changed the preference): what sat ahead before einat still counts.
+    movedLocal.set(family, {
+      pref: localPref,
+      before: new Set([...earlier?.before ?? [], ...before]),
+    });
     log.info("moved the local routing rule", { family: `IPv${family}`, pref: localPref });
   }
 }

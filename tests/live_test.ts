@@ -266,10 +266,22 @@ Deno.test({
           );
           assertEquals(await rules(t), rulesServing, "an unchanged reload touches no rule");
 
+          // A new local rule preference restarts both and moves the local rule there.
+          await Deno.writeTextFile(
+            conf,
+            "[defaults]\nipv4_local_rule_pref = 300\n" + iface(`if_index = ${wan0Index}`) +
+              iface(`if_name = "wan1"`),
+          );
+          einat.kill("SIGHUP");
+          await waitLog(einat, /configuration reloaded(.|\n)*configuration reloaded/);
+          const moved = await rules(t);
+          assert(/^300:\s+from all lookup local/m.test(moved), moved);
+          assert(!/^200:\s+from all lookup local/m.test(moved), moved);
+
           // wan0 leaves the configuration: wan1 still holds the shared rules.
           await Deno.writeTextFile(conf, iface(`if_name = "wan1"`));
           einat.kill("SIGHUP");
-          await waitLog(einat, /configuration reloaded(.|\n)*configuration reloaded/);
+          await waitLog(einat, /(configuration reloaded(.|\n)*){3}/);
           assert(/interface removed from the configuration/.test(einat.stderrText()));
           const left = await rules(t);
           assert(/iif br0 .*lookup 4787/.test(left), `wan1's hairpin rules gone:\n${left}`);

@@ -6,13 +6,13 @@
 import { assert, assertEquals, assertThrows } from "./lib/assert.ts";
 import { einatCmd, startEinat, stopEinat } from "./lib/einat.ts";
 import { withVariant } from "./lib/bpfobj.ts";
-import { nsExec, nsExecResult, run, runResult, spawnInNs } from "./lib/netns.ts";
+import { nsExec, nsExecResult, run, runResult, spawnInNs, testPrefix } from "./lib/netns.ts";
 import { checkKernel, checkPrivileges } from "../lib/preflight.ts";
 
 const sanitize = { sanitizeOps: false, sanitizeResources: false };
 
 async function withNs(fn: (ns: string) => Promise<void>): Promise<void> {
-  const ns = `einat-d${crypto.getRandomValues(new Uint32Array(1))[0].toString(16)}`;
+  const ns = `${testPrefix()}-d${crypto.getRandomValues(new Uint32Array(1))[0].toString(16)}`;
   await run(["ip", "netns", "add", ns]);
   try {
     await nsExec(ns, ["ip", "link", "add", "wan0", "type", "veth", "peer", "name", "noaddr0"]);

@@ -9,7 +9,7 @@ import { withSharedBpffs } from "./lib/bpffs.ts";
 import { withVariant } from "./lib/bpfobj.ts";
 import { tamperStamp } from "./lib/stamp.ts";
 import { einatCmd, startEinat, stopEinat } from "./lib/einat.ts";
-import { nsExec, nsExecResult, peerCmd, run, runResult } from "./lib/netns.ts";
+import { nsExec, nsExecResult, peerCmd, run, runResult, testPrefix } from "./lib/netns.ts";
 import * as bpf from "../lib/ffi/libbpf.ts";
 import { closeFd } from "../lib/ffi/libc.ts";
 import { META_NAME } from "../lib/state/pin.ts";
@@ -19,7 +19,7 @@ const sanitize = { sanitizeOps: false, sanitizeResources: false };
 
 /** A namespace with wan0 (203.0.113.1) and an internal source 192.0.2.10 on lo. */
 async function withNs(fn: (ns: string, pin: string) => Promise<void>): Promise<void> {
-  const ns = `einat-s${crypto.getRandomValues(new Uint32Array(1))[0].toString(16)}`;
+  const ns = `${testPrefix()}-s${crypto.getRandomValues(new Uint32Array(1))[0].toString(16)}`;
   await run(["ip", "netns", "add", ns]);
   const files: string[] = [];
   try {

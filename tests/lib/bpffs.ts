@@ -12,7 +12,7 @@
  * touched; the mount and the folder are removed afterwards.
  * @module
  */
-import { run, runResult } from "./netns.ts";
+import { run, runResult, testPrefix } from "./netns.ts";
 
 /** Mounts a bpffs for `ns`, runs `fn` with its path, always unmounts and removes it. */
 export function withSharedBpffs<T>(ns: string, fn: (dir: string) => Promise<T>): Promise<T> {
@@ -32,7 +32,7 @@ async function withBpffs<T>(
   prefix: string[],
   fn: (dir: string) => Promise<T>,
 ): Promise<T> {
-  const dir = `/run/einat-test-bpffs-${name}`;
+  const dir = `/run/${testPrefix()}-test-bpffs-${name}`;
   Deno.mkdirSync(dir);
   try {
     await run([...prefix, "mount", "-t", "bpf", "bpf", dir]);

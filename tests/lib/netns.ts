@@ -279,7 +279,7 @@ export interface Topology {
 
 /** Options of `createTopology`. */
 export interface TopologyOptions {
-  /** Namespace name prefix; default `einat-t<6 hex>-`. Must be unused. */
+  /** Namespace name prefix; default `einat-t<6 hex>-` (see {@link testPrefix}). Must be unused. */
   prefix?: string;
   /** Configure IPv6 addresses and routes (default true). */
   ipv6?: boolean;
@@ -345,9 +345,17 @@ export async function listNamespaces(prefix: string): Promise<string[]> {
   return out.split("\n").map((l) => l.split(" ")[0]).filter((n) => n && n.startsWith(prefix));
 }
 
+/**
+ * What the names of a test's namespaces and host folders start with: `einat`, or
+ * `$EINAT_TEST_PREFIX` (e.g. to tell one developer's test runs from another's).
+ */
+export function testPrefix(): string {
+  return Deno.env.get("EINAT_TEST_PREFIX") || "einat";
+}
+
 function randomPrefix(): string {
   const b = crypto.getRandomValues(new Uint8Array(3));
-  return `einat-t${Array.from(b, (x) => x.toString(16).padStart(2, "0")).join("")}-`;
+  return `${testPrefix()}-t${Array.from(b, (x) => x.toString(16).padStart(2, "0")).join("")}-`;
 }
 
 const COMMON_SYSCTLS = [

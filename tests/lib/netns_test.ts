@@ -5,6 +5,7 @@ import {
   peerCmd,
   runResult,
   spawnInNs,
+  testPrefix,
   type Topology,
   withTopology,
 } from "./netns.ts";
@@ -23,7 +24,7 @@ Deno.test({
     let leftover: ReturnType<typeof spawnInNs> | undefined;
     await withTopology(async (topo: Topology) => {
       prefix = topo.prefix;
-      assert.match(prefix, /^einat-t[0-9a-f]{6}-$/);
+      assert.match(prefix, new RegExp(`^${testPrefix()}-t[0-9a-f]{6}-$`));
       const names = await listNamespaces(prefix);
       assert.deepEqual(names.sort(), Object.values(topo.ns).sort());
 

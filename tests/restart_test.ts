@@ -286,3 +286,49 @@ Deno.test({
       }
     }),
 });
+
+Deno.test({
+  name: "restart: the TCX link pins of an interface deleted while einat runs are removed at exit",
+  ...sanitize,
+  fn: () =>
+    withTopology(async (t) => {
+      const conf = await Deno.makeTempFile({ suffix: ".toml" });
+      await Deno.writeTextFile(
+        conf,
+        `[[interfaces]]\nif_name = "wan0"\nnat44 = true\nprefer_tcx = true\n`,
+      );
+      try {
+        await withSharedBpffs(t.ns.router, async (bpffs) => {
+          const dir = `${bpffs}/einat/wan0`;
+          let einat: NsProcess | null = await startEinat(t.ns.router, [
+            "-c",
+            conf,
+            "--pin-dir",
+            `${bpffs}/einat`,
+          ]);
+          try {
+            assert(/attached TCX links/.test(einat.stderrText()), einat.stderrText());
+            const links = pinnedLinks(dir);
+            assertEquals(links.length, 2, "both links pinned");
+            await nsExec(t.ns.router, ["ip", "link", "del", "wan0"]);
+            const p = einat;
+            await until("the interface gone", () => /interface gone/.test(p.stderrText()));
+            assertEquals(await stopEinat(einat), 0, einat.stderrText());
+            einat = null;
+            // A pinned link of a deleted interface holds its program until the pin goes.
+            assertEquals(pinnedLinks(dir), [], "link pins removed");
+            for (const l of links) {
+              const r = await runResult(["bpftool", "link", "show", "id", String(l.id)]);
+              assert(r.code !== 0, `TCX link ${l.id} left: ${r.stdout}`);
+            }
+            // The state itself stays for the next start.
+            assert(Deno.statSync(`${dir}/map_records`).isFile);
+          } finally {
+            if (einat) await stopEinat(einat);
+          }
+        });
+      } finally {
+        await Deno.remove(conf);
+      }
+    }),
+});

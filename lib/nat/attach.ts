@@ -262,30 +262,63 @@ function destroyQdisc(a: Attachment): void {
   }
 }
 
+/** True when a TCX link of `a` runs another program than ours: another einat took it over. */
+function linksReplaced(a: Attachment): boolean {
+  return a.links.some((fd, i) => {
+    try {
+      return bpf.linkProgId(fd) !== a.progIds?.[i];
+    } catch {
+      return false;
+    }
+  });
+}
+
+/** True when `pin` holds one of the links of `a`, running the program attached to it. */
+function ownLinkPin(a: Attachment, pin: string): boolean {
+  let fd = -1;
+  try {
+    fd = bpf.objGetPinned(pin);
+    const pinned = bpf.linkInfo(fd);
+    return a.links.some((l, i) => {
+      const own = bpf.linkInfo(l);
+      return own.id === pinned.id && own.progId === a.progIds?.[i];
+    });
+  } catch {
+    return false; // gone, or not a link
+  } finally {
+    if (fd >= 0) closeFd(fd);
+  }
+}
+
+/**
+ * Removes the pins of the TCX links of `a` (a pinned link stays, attached or defunct, with its
+ * program) unless another einat runs its programs on them (`--replace`) or pinned links of its
+ * own in their place. Returns false when the links were left to another einat.
+ */
+function unpinLinks(a: Attachment): boolean {
+  const pins = a.linkPins ?? [];
+  a.linkPins = [];
+  if (linksReplaced(a)) return false;
+  for (const pin of pins) {
+    if (!ownLinkPin(a, pin)) continue;
+    try {
+      Deno.removeSync(pin);
+    } catch { /* already gone */ }
+  }
+  return true;
+}
+
 /** Removes einat's links or filters, the qdisc if einat created it, and the lock. */
 export function detach(a: Attachment): void {
   const handedOver = replaced(a);
   if (a.mode === "tcx") {
-    const replacedLinks = a.links.some((fd, i) => {
-      try {
-        return bpf.linkProgId(fd) !== a.progIds?.[i];
-      } catch {
-        return false;
-      }
-    });
-    if (replacedLinks) {
+    if (unpinLinks(a)) {
+      log.info("detached TCX links", { ifname: a.ifname });
+    } else {
       log.info("TCX links run another einat's programs now (--replace); left attached", {
         ifname: a.ifname,
       });
-    } else {
-      for (const pin of a.linkPins ?? []) {
-        try {
-          Deno.removeSync(pin);
-        } catch { /* already gone */ }
-      }
-      log.info("detached TCX links", { ifname: a.ifname });
     }
-    a.linkPins = [];
     for (const fd of a.links.splice(0)) closeFd(fd);
     // A qdisc taken over from a clsact einat by --replace.
     if (a.qdiscCreated && !handedOver) destroyQdisc(a);
@@ -318,8 +351,17 @@ export function detach(a: Attachment): void {
   } catch { /* already gone */ }
 }
 
-/** Forgets an attachment whose interface is gone (its filters went with it). */
+/**
+ * Forgets an attachment whose interface is gone or was recreated. Its filters went with it; its
+ * TCX links are defunct but would hold their programs as long as they stay pinned, so their pins
+ * go too (unless another einat took them over).
+ */
 export function release(a: Attachment): void {
+  if (a.mode === "tcx" && !unpinLinks(a)) {
+    log.info("TCX links run another einat's programs now (--replace); pins left", {
+      ifname: a.ifname,
+    });
+  }
   for (const fd of a.links.splice(0)) closeFd(fd);
   try {
     if (livePid(a.lockPath) === null) Deno.removeSync(a.lockPath);

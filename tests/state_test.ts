@@ -279,3 +279,38 @@ function pinnedFlags(pin: string): Record<string, number> {
   }
   return out;
 }
+
+Deno.test({
+  name:
+    "state: --pin-dir on a folder with files that is not on a bpffs is refused, never mounted over; an empty one is mounted",
+  ...sanitize,
+  fn: () =>
+    withNs(async (ns) => {
+      const dir = Deno.makeTempDirSync({ prefix: `${testPrefix()}-pin-` });
+      try {
+        Deno.writeTextFileSync(`${dir}/keep.txt`, "an operator's file\n");
+        // Runs under `ip netns exec`: a mount made anyway would be private to the process.
+        const r = await nsExecResult(ns, einatCmd(["-i", "wan0", "--pin-dir", dir]), {
+          timeoutMs: 15000,
+        });
+        assertEquals(r.code, 2, r.stderr);
+        assert(
+          new RegExp(`--pin-dir ${dir} is not on a bpf filesystem and is not empty`).test(r.stderr),
+          r.stderr,
+        );
+        assert(!/mounted/.test(r.stderr), r.stderr);
+        assert(!/einat running/.test(r.stderr), r.stderr);
+        assertEquals(Deno.readTextFileSync(`${dir}/keep.txt`), "an operator's file\n");
+
+        // A folder below it that does not exist yet, and an empty one, get a bpffs.
+        for (const pin of [`${dir}/new/einat`, `${dir}/empty`]) {
+          if (pin.endsWith("empty")) Deno.mkdirSync(pin);
+          const p = await startEinat(ns, ["-i", "wan0", "--pin-dir", pin]);
+          assert(/mounted a? ?bpf filesystem/.test(p.stderrText()), p.stderrText());
+          assertEquals(await stopEinat(p), 0, p.stderrText());
+        }
+      } finally {
+        Deno.removeSync(dir, { recursive: true });
+      }
+    }),
+});

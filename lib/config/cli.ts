@@ -521,7 +521,15 @@ function checkPinDir(dir: string | undefined): string | undefined {
       `"${dir}" is not an absolute folder path; e.g. --pin-dir /sys/fs/bpf/einat`,
     );
   }
-  return dir.replace(/\/+$/, "") || "/";
+  const clean = dir.replace(/\/+$/, "");
+  if (clean === "") {
+    throw new ConfigError(
+      "--pin-dir",
+      `"${dir}" is the root folder; pinned state needs a folder of its own, ` +
+        `e.g. --pin-dir /sys/fs/bpf/einat`,
+    );
+  }
+  return clean;
 }
 
 /** Parses `HOST:PORT` or `[IPv6]:PORT` of `--metrics`. */

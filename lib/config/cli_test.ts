@@ -284,6 +284,8 @@ Deno.test("state flags: --pin-dir, --replace, --metrics", () => {
   equal(run("-c", file, "--replace").state?.replace, true);
   expectError(["-i", "eth0", "--pin-dir", "relative/dir"], "--pin-dir", /absolute/);
   expectError(["-i", "eth0", "--pin-dir", "/a/../b"], "--pin-dir", /absolute/);
+  expectError(["-i", "eth0", "--pin-dir", "/"], "--pin-dir", /the root folder/);
+  expectError(["-i", "eth0", "--pin-dir", "//"], "--pin-dir", /the root folder/);
   expectError(["-i", "eth0", "--metrics", "9482"], "--metrics", /127\.0\.0\.1:9482/);
   expectError(["-i", "eth0", "--metrics", "localhost:9482"], "--metrics", /not an IP address/);
   expectError(["-i", "eth0", "--metrics", "127.0.0.1:0"], "--metrics");

@@ -39,15 +39,49 @@ function inInitialMountNs(): boolean {
 const ensured = new Set<string>();
 
 /**
+ * Raised when the pin folder exists with files in it and is not on a bpf filesystem: a bpffs
+ * mounted there would hide them (`--pin-dir /run` would hide the system's run-time files).
+ */
+export class PinDirError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "PinDirError";
+  }
+}
+
+/** Throws {@link PinDirError} when `target` is a folder with files in it (or not a folder). */
+function refuseToHide(root: string, target: string): void {
+  let info: Deno.FileInfo;
+  try {
+    info = Deno.statSync(target);
+  } catch {
+    return; // a new folder
+  }
+  let empty = false;
+  try {
+    empty = info.isDirectory && Deno.readDirSync(target)[Symbol.iterator]().next().done === true;
+  } catch { /* unreadable: taken as not empty */ }
+  if (!empty) {
+    throw new PinDirError(
+      `--pin-dir ${root}${target === root ? "" : `: ${target}`} is not on a bpf filesystem and ` +
+        `is not empty; einat mounts a bpffs only on a new or empty folder, so as not to hide ` +
+        `what is in it: choose another --pin-dir (e.g. /sys/fs/bpf/einat)`,
+    );
+  }
+}
+
+/**
  * Makes sure `root` is a folder on a bpf filesystem. When it is not, a bpffs
  * is mounted: at /sys/fs/bpf for a root below it (as tc and systemd do),
- * else at `root` itself. A mount made inside a private mount namespace (as
- * `ip netns exec` creates) disappears with this process: that is logged.
+ * else at `root` itself, but only on a new or empty folder ({@link PinDirError}
+ * otherwise). A mount made inside a private mount namespace (as `ip netns
+ * exec` creates) disappears with this process: that is logged.
  */
 export function ensureBpffs(root: string): void {
   if (ensured.has(root)) return;
   if (!onBpffs(root)) {
     const target = root === "/sys/fs/bpf" || root.startsWith("/sys/fs/bpf/") ? "/sys/fs/bpf" : root;
+    refuseToHide(root, target);
     Deno.mkdirSync(target, { recursive: true });
     try {
       mountBpffs(target);

@@ -10,13 +10,15 @@ import * as log from "../log.ts";
 import { type LoadOptions, type NatObject, syncPortHint } from "../nat/loader.ts";
 import { expireSessions } from "../nat/expire.ts";
 import { pinDirFor, stateOptions } from "./options.ts";
-import { ensureBpffs } from "./bpffs.ts";
+import { ensureBpffs, PinDirError } from "./bpffs.ts";
+import { StateError } from "./pin.ts";
 import { bindingCountAt, setBindingCount } from "../nat/records.ts";
 
 /**
  * The state-related load options of an interface. Without a usable bpf
  * filesystem (none mounted and no privilege to mount one) einat runs
- * without pinned state, as before, and says so.
+ * without pinned state, as before, and says so; a pin folder with files in it
+ * that is not on a bpffs is refused ({@link StateError}).
  */
 export function stateLoadOptions(
   ic: InterfaceConfig,
@@ -26,6 +28,8 @@ export function stateLoadOptions(
   try {
     ensureBpffs(stateOptions.pinRoot);
   } catch (e) {
+    // A folder einat will not mount over: the operator's choice to correct, not to run without.
+    if (e instanceof PinDirError) throw new StateError(e.message);
     log.warn("no pinned state: mappings will not survive a restart", {
       ifname,
       reason: (e as Error).message,

@@ -5,7 +5,7 @@
  * the WAN side sees no untranslated packet and no message is lost.
  */
 import { assert, assertEquals } from "./lib/assert.ts";
-import { withSharedBpffs } from "./lib/bpffs.ts";
+import { pinDirIn, withSharedBpffs } from "./lib/bpffs.ts";
 import { einatCmd, startEinat, stopEinat } from "./lib/einat.ts";
 import { type FlowLog, parseFlow, spawnFlowClient, startFlowServer } from "./lib/flow.ts";
 import {
@@ -179,7 +179,7 @@ Deno.test({
           assertEquals(oneEndpoint(f.tcp, "tcp after --replace"), tcpExt);
           await eif(a.srv2[1]);
           // The live-binding count the replacing einat took over is the bindings' own.
-          const st = openPinned(`${pin}/wan0`, "wan0");
+          const st = openPinned(pinDirIn(pin, t.ns.router), "wan0");
           assert(st, "pinned state after --replace");
           try {
             const counted = mapFill(st).find((m) => m.map === "map_records")?.entries;
@@ -246,7 +246,7 @@ Deno.test({
               `net ${a.lanNet}`,
             ]);
             await until("tcpdump", () => /listening on/.test(cap.stderrText()));
-            const before = pinnedLinks(`${bpffs}/einat/wan0`);
+            const before = pinnedLinks(pinDirIn(`${bpffs}/einat`, t.ns.router));
             const old = einat;
             const from = maxSeq(flow().udp);
             einat = await startEinat(t.ns.router, [...args, "--replace"]);
@@ -267,12 +267,16 @@ Deno.test({
             oneEndpoint(f.udp, "udp");
             oneEndpoint(f.tcp, "tcp");
             // The same links, now running other programs: updated in place, not re-created.
-            const after = pinnedLinks(`${bpffs}/einat/wan0`);
+            const after = pinnedLinks(pinDirIn(`${bpffs}/einat`, t.ns.router));
             assertEquals(after.map((l) => l.id), before.map((l) => l.id));
             for (const [i, l] of after.entries()) assert(l.progId !== before[i].progId);
             assertEquals(await stopEinat(einat), 0, einat.stderrText());
             einat = null;
-            assertEquals(pinnedLinks(`${bpffs}/einat/wan0`), [], "link pins removed");
+            assertEquals(
+              pinnedLinks(pinDirIn(`${bpffs}/einat`, t.ns.router)),
+              [],
+              "link pins removed",
+            );
             for (const l of after) {
               const r = await runResult(["bpftool", "link", "show", "id", String(l.id)]);
               assert(r.code !== 0, `TCX link ${l.id} left: ${r.stdout}`);
@@ -299,7 +303,7 @@ Deno.test({
       );
       try {
         await withSharedBpffs(t.ns.router, async (bpffs) => {
-          const dir = `${bpffs}/einat/wan0`;
+          const dir = pinDirIn(`${bpffs}/einat`, t.ns.router);
           let einat: NsProcess | null = await startEinat(t.ns.router, [
             "-c",
             conf,

@@ -4,7 +4,7 @@
  * endpoint scraped with curl and parsed, and `--flush`.
  */
 import { assert, assertEquals } from "./lib/assert.ts";
-import { withSharedBpffs } from "./lib/bpffs.ts";
+import { pinDirIn, withSharedBpffs } from "./lib/bpffs.ts";
 import { einatCmd, startEinat, stopEinat } from "./lib/einat.ts";
 import { parseFlow, spawnFlowClient, startFlowServer } from "./lib/flow.ts";
 import { nsExec, nsExecResult, type NsProcess, peerCmd, withTopology } from "./lib/netns.ts";
@@ -265,7 +265,7 @@ Deno.test({
           assert(/pinned state removed/.test(flush.stderr), flush.stderr);
           let gone = false;
           try {
-            Deno.statSync(`${pin}/wan0`);
+            Deno.statSync(pinDirIn(pin, t.ns.router));
           } catch {
             gone = true;
           }

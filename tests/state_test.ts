@@ -5,11 +5,19 @@
  * transient maps of another layout, and keeps a pinned map's size.
  */
 import { assert, assertEquals } from "./lib/assert.ts";
-import { withSharedBpffs } from "./lib/bpffs.ts";
+import { pinDirIn, withSharedBpffs } from "./lib/bpffs.ts";
 import { withVariant } from "./lib/bpfobj.ts";
 import { tamperStamp } from "./lib/stamp.ts";
 import { einatCmd, startEinat, stopEinat } from "./lib/einat.ts";
-import { nsExec, nsExecResult, peerCmd, run, runResult, testPrefix } from "./lib/netns.ts";
+import {
+  nsExec,
+  nsExecResult,
+  type NsProcess,
+  peerCmd,
+  run,
+  runResult,
+  testPrefix,
+} from "./lib/netns.ts";
 import * as bpf from "../lib/ffi/libbpf.ts";
 import { closeFd } from "../lib/ffi/libc.ts";
 import { META_NAME } from "../lib/state/pin.ts";
@@ -18,7 +26,9 @@ import { openPinned, readBindings, readCounters, readSessions } from "../lib/sta
 const sanitize = { sanitizeOps: false, sanitizeResources: false };
 
 /** A namespace with wan0 (203.0.113.1) and an internal source 192.0.2.10 on lo. */
-async function withNs(fn: (ns: string, pin: string) => Promise<void>): Promise<void> {
+async function withNs(
+  fn: (ns: string, pin: string, dir: string) => Promise<void>,
+): Promise<void> {
   const ns = `${testPrefix()}-s${crypto.getRandomValues(new Uint32Array(1))[0].toString(16)}`;
   await run(["ip", "netns", "add", ns]);
   const files: string[] = [];
@@ -34,7 +44,7 @@ async function withNs(fn: (ns: string, pin: string) => Promise<void>): Promise<v
         "neigh add 203.0.113.50 lladdr 02:00:00:00:00:50 dev wan0 nud permanent",
       ].join("\n") + "\n",
     });
-    await withSharedBpffs(ns, (bpffs) => fn(ns, `${bpffs}/einat`));
+    await withSharedBpffs(ns, (bpffs) => fn(ns, `${bpffs}/einat`, pinDirIn(`${bpffs}/einat`, ns)));
   } finally {
     const pids = await runResult(["ip", "netns", "pids", ns]);
     for (const pid of pids.stdout.split("\n").map(Number).filter((p) => p > 1)) {
@@ -57,10 +67,10 @@ function config(extra: string): string {
 }
 
 /** One outbound UDP datagram from 192.0.2.10:40000 (sent again until a one-way session shows). */
-async function send(ns: string, pin: string, port = 40000): Promise<void> {
+async function send(ns: string, dir: string, port = 40000): Promise<void> {
   for (let i = 0; i < 5; i++) {
     await sendOnce(ns, port);
-    if (state(pin).sessions.length > 0) break;
+    if (state(dir).sessions.length > 0) break;
   }
 }
 
@@ -80,8 +90,8 @@ async function sendOnce(ns: string, port: number): Promise<void> {
   );
 }
 
-function state(pin: string) {
-  const st = openPinned(`${pin}/wan0`, "wan0");
+function state(dir: string) {
+  const st = openPinned(dir, "wan0");
   if (!st) return { sessions: [], bindings: [], expired: 0 };
   try {
     return {
@@ -108,43 +118,43 @@ Deno.test({
     "state: sessions of a stopped einat expire at the next start, under its timeouts; a running one sweeps them",
   ...sanitize,
   fn: () =>
-    withNs(async (ns, pin) => {
+    withNs(async (ns, pin, dir) => {
       const short = config(`timeout_udp_min = "2s"`);
       const long = config(`timeout_udp_min = "60s"`);
       const shorter = config(`timeout_udp_min = "1s"`);
       try {
         let p = await startEinat(ns, ["-c", short, "--pin-dir", pin]);
-        await send(ns, pin);
-        const s0 = state(pin);
+        await send(ns, dir);
+        const s0 = state(dir);
         assertEquals(s0.sessions.length, 1);
         assert(s0.sessions[0].secondsLeft! <= 2, JSON.stringify(s0.sessions));
         assertEquals(await stopEinat(p), 0, p.stderrText());
-        assertEquals(state(pin).sessions.length, 1, "kept after stop");
+        assertEquals(state(dir).sessions.length, 1, "kept after stop");
         // Nothing runs: the session stays, shown as expired under the stamp's 2 s.
         await new Promise((r) => setTimeout(r, 2500));
-        const s1 = state(pin).sessions;
+        const s1 = state(dir).sessions;
         assertEquals(s1.map((s) => s.expired), [true], JSON.stringify(s1));
 
         // An einat with 60 s keeps it (idle 2.5 s); one with 1 s sweeps it at start.
         p = await startEinat(ns, ["-c", long, "--pin-dir", pin]);
         assert(/pinned state reused .* sessions=1 expired=0/.test(p.stderrText()), p.stderrText());
-        assert(state(pin).sessions[0].secondsLeft! > 50, JSON.stringify(state(pin)));
+        assert(state(dir).sessions[0].secondsLeft! > 50, JSON.stringify(state(dir)));
         assertEquals(await stopEinat(p), 0, p.stderrText());
         p = await startEinat(ns, ["-c", shorter, "--pin-dir", pin]);
         assert(
           /pinned state reused .* bindings=1 sessions=1 expired=1/.test(p.stderrText()),
           p.stderrText(),
         );
-        assertEquals(state(pin).sessions, [], "swept at start");
-        assertEquals(state(pin).bindings, [], "the binding went with its last session");
-        assertEquals(state(pin).expired, 1);
+        assertEquals(state(dir).sessions, [], "swept at start");
+        assertEquals(state(dir).bindings, [], "the binding went with its last session");
+        assertEquals(state(dir).expired, 1);
 
         // While einat runs, its sweep (every second) removes a session past its 1 s.
-        await send(ns, pin);
-        assertEquals(state(pin).sessions.length, 1);
-        assert(await poll(() => state(pin).sessions.length === 0, 4000), "swept within 1 s + 1 s");
-        assertEquals(state(pin).bindings, []);
-        assertEquals(state(pin).expired, 2);
+        await send(ns, dir);
+        assertEquals(state(dir).sessions.length, 1);
+        assert(await poll(() => state(dir).sessions.length === 0, 4000), "swept within 1 s + 1 s");
+        assertEquals(state(dir).bindings, []);
+        assertEquals(state(dir).expired, 2);
         assertEquals(await stopEinat(p), 0, p.stderrText());
       } finally {
         for (const f of [short, long, shorter]) Deno.removeSync(f);
@@ -157,15 +167,15 @@ Deno.test({
     "state: the version stamp refuses incompatible sessions untouched, recreates counters of another layout, keeps a pinned size",
   ...sanitize,
   fn: () =>
-    withNs(async (ns, pin) => {
+    withNs(async (ns, pin, dir) => {
       const small = config(`binding_max_records = 1000`);
       try {
         let p = await startEinat(ns, ["-i", "wan0", "--pin-dir", pin]);
-        await send(ns, pin);
+        await send(ns, dir);
         assertEquals(await stopEinat(p), 0, p.stderrText());
 
         // Counters of another layout are recreated; a changed size keeps the pinned one.
-        tamperStamp(`${pin}/wan0`, (m) => m.map_stats.layout = "0000000000000000");
+        tamperStamp(dir, (m) => m.map_stats.layout = "0000000000000000");
         p = await startEinat(ns, ["-c", small, "--pin-dir", pin]);
         const log = p.stderrText();
         assert(/pinned map has another layout; recreated empty .*map=map_stats/.test(log), log);
@@ -178,7 +188,7 @@ Deno.test({
 
         // Sessions of another layout: refused, nothing touched, nothing attached.
         let state0Layout = "";
-        tamperStamp(`${pin}/wan0`, (m) => {
+        tamperStamp(dir, (m) => {
           state0Layout = m.map_ct.layout;
           m.map_ct.layout = "0000000000000000";
         });
@@ -188,17 +198,17 @@ Deno.test({
           /map_ct .*another layout.*einat --flush -i wan0 --pin-dir/.test(r.stderr),
           r.stderr,
         );
-        assertEquals(state(pin).sessions.length, 1, "sessions untouched");
+        assertEquals(state(dir).sessions.length, 1, "sessions untouched");
         assertEquals(
           (await nsExec(ns, ["tc", "filter", "show", "dev", "wan0", "egress"])).trim(),
           "",
         );
 
         // Bindings pinned as hash entries (einat before the mapping records): refused as well.
-        tamperStamp(`${pin}/wan0`, (m) => m.map_ct.layout = state0Layout);
+        tamperStamp(dir, (m) => m.map_ct.layout = state0Layout);
         const legacy = bpf.mapCreate(bpf.MapType.HASH, "map_binding", 24, 24, 16);
         try {
-          bpf.objPin(legacy, `${pin}/wan0/map_binding`);
+          bpf.objPin(legacy, `${dir}/map_binding`);
         } finally {
           closeFd(legacy);
         }
@@ -208,10 +218,10 @@ Deno.test({
           /before mapping records \(map_binding\).*einat --flush -i wan0 --pin-dir/.test(rl.stderr),
           rl.stderr,
         );
-        assertEquals(state(pin).sessions.length, 1, "sessions untouched");
+        assertEquals(state(dir).sessions.length, 1, "sessions untouched");
 
         // Maps without a stamp: refused as well.
-        Deno.removeSync(`${pin}/wan0/${META_NAME}`);
+        Deno.removeSync(`${dir}/${META_NAME}`);
         const r2 = await nsExecResult(ns, einatCmd(["-i", "wan0", "--pin-dir", pin]));
         assertEquals(r2.code, 2, r2.stderr);
         assert(/without a readable einat version stamp/.test(r2.stderr), r2.stderr);
@@ -234,15 +244,15 @@ Deno.test({
   ...sanitize,
   fn: async () => {
     await withVariant("EINAT_PREALLOC", async (old) => {
-      await withNs(async (ns, pin) => {
+      await withNs(async (ns, pin, dir) => {
         let p = await startEinat(ns, ["-i", "wan0", "--pin-dir", pin], 15000, {
           EINAT_BPF_OBJECT: old,
         });
-        await send(ns, pin);
-        const before = state(pin);
+        await send(ns, dir);
+        const before = state(dir);
         assertEquals(before.sessions.length, 1);
         assertEquals(await stopEinat(p), 0, p.stderrText());
-        assertEquals(pinnedFlags(pin), { map_ct: 0 }, "the old build preallocates");
+        assertEquals(pinnedFlags(dir), { map_ct: 0 }, "the old build preallocates");
 
         p = await startEinat(ns, ["-i", "wan0", "--pin-dir", pin]);
         const log = p.stderrText();
@@ -251,9 +261,9 @@ Deno.test({
           log,
         );
         assert(/pinned state reused .* bindings=1 sessions=1/.test(log), log);
-        assertEquals(state(pin).bindings, before.bindings, "the mapping is the same");
-        await send(ns, pin, 40001);
-        assertEquals(state(pin).sessions.length, 2, "new sessions go into the reused maps");
+        assertEquals(state(dir).bindings, before.bindings, "the mapping is the same");
+        await send(ns, dir, 40001);
+        assertEquals(state(dir).sessions.length, 2, "new sessions go into the reused maps");
         assertEquals(await stopEinat(p), 0, p.stderrText());
 
         // After --flush the maps are made the current way (allocated on demand).
@@ -261,16 +271,16 @@ Deno.test({
         assertEquals(f.code, 0, f.stderr);
         p = await startEinat(ns, ["-i", "wan0", "--pin-dir", pin]);
         assertEquals(await stopEinat(p), 0, p.stderrText());
-        assertEquals(pinnedFlags(pin), { map_ct: 1 }, "BPF_F_NO_PREALLOC");
+        assertEquals(pinnedFlags(dir), { map_ct: 1 }, "BPF_F_NO_PREALLOC");
       });
     });
   },
 });
 
-function pinnedFlags(pin: string): Record<string, number> {
+function pinnedFlags(dir: string): Record<string, number> {
   const out: Record<string, number> = {};
   for (const m of ["map_ct"]) {
-    const fd = bpf.objGetPinned(`${pin}/wan0/${m}`);
+    const fd = bpf.objGetPinned(`${dir}/${m}`);
     try {
       out[m] = bpf.mapInfo(fd).flags;
     } finally {
@@ -314,3 +324,68 @@ Deno.test({
       }
     }),
 });
+
+Deno.test({
+  name:
+    "state: two network namespaces on one bpffs keep their state apart: neither reuses, shows nor flushes the other's",
+  ...sanitize,
+  fn: () =>
+    withNs((ns1, pin, dir1) =>
+      // ns2 has a bpffs of its own too, unused: both einats are given ns1's.
+      withNs(async (ns2) => {
+        const dir2 = pinDirIn(pin, ns2);
+        assert(dir1 !== dir2, dir1);
+        const show = async (ns: string) => {
+          const out = await nsExec(ns, einatCmd(["show", "--json", "--pin-dir", pin]));
+          return JSON.parse(out) as { sessions: unknown[] };
+        };
+        // State where einats before namespaces pinned every namespace's (<root>/wan0): not used.
+        Deno.mkdirSync(`${pin}/wan0`, { recursive: true });
+        const meta = bpf.mapCreate(bpf.MapType.ARRAY, META_NAME, 4, 8, 1);
+        try {
+          bpf.objPin(meta, `${pin}/wan0/${META_NAME}`);
+        } finally {
+          closeFd(meta);
+        }
+        const p1 = await startEinat(ns1, ["-i", "wan0", "--pin-dir", pin]);
+        let p2: NsProcess | null = null;
+        try {
+          const log1 = p1.stderrText();
+          assert(/pinned state created/.test(log1), log1);
+          assert(new RegExp(`is not used here.*not_used=${pin}/wan0`).test(log1), log1);
+          await send(ns1, dir1);
+          p2 = await startEinat(ns2, ["-i", "wan0", "--pin-dir", pin]);
+          assert(/pinned state created/.test(p2.stderrText()), p2.stderrText());
+          assertEquals(state(dir2).sessions.length, 0);
+          assertEquals(state(dir1).sessions.length, 1, "ns1's session kept");
+          assertEquals(await stopEinat(p2), 0, p2.stderrText());
+          p2 = null;
+
+          assertEquals((await show(ns1)).sessions.length, 1);
+          assertEquals((await show(ns2)).sessions.length, 0);
+          // ns2's einat is stopped, ns1's runs: --flush in ns2 removes ns2's state only.
+          const f = await nsExecResult(ns2, einatCmd(["--flush", "-i", "wan0", "--pin-dir", pin]));
+          assertEquals(f.code, 0, f.stderr);
+          assert(!existsSync(dir2), "ns2's state removed");
+          assertEquals(state(dir1).sessions.length, 1, "ns1's state untouched");
+          const busy = await nsExecResult(
+            ns1,
+            einatCmd(["--flush", "-i", "wan0", "--pin-dir", pin]),
+          );
+          assertEquals(busy.code, 2, busy.stderr);
+        } finally {
+          assertEquals(await stopEinat(p1), 0, p1.stderrText());
+          if (p2) await stopEinat(p2);
+        }
+      })
+    ),
+});
+
+function existsSync(path: string): boolean {
+  try {
+    Deno.statSync(path);
+    return true;
+  } catch {
+    return false;
+  }
+}

@@ -4,7 +4,12 @@
  * @module
  */
 
-/** Default root of the pinned state: one directory per interface below it. */
+import { netnsFolder } from "./netns.ts";
+
+/**
+ * Default root of the pinned state: one directory per interface below it (below
+ * `netns:<inode>/` outside the initial network namespace, see `netns.ts`).
+ */
 export const DEFAULT_PIN_ROOT = "/sys/fs/bpf/einat";
 
 /** Process-wide state options. */
@@ -23,7 +28,21 @@ export function configureState(o: Partial<StateOptions>): void {
   Object.assign(stateOptions, o);
 }
 
-/** The pin directory of an interface. */
+/**
+ * The folder of this network namespace's state below `root`: `root` itself in the initial
+ * namespace, `root/netns:<inode>` in any other.
+ */
+export function netnsRoot(root = stateOptions.pinRoot, folder = netnsFolder()): string {
+  const r = root.replace(/\/+$/, "");
+  return folder ? `${r}/${folder}` : r;
+}
+
+/** The pin directory of an interface of this network namespace. */
 export function pinDirFor(ifname: string, root = stateOptions.pinRoot): string {
-  return `${root.replace(/\/+$/, "")}/${ifname}`;
+  return `${netnsRoot(root)}/${ifname}`;
+}
+
+/** The pin root a pin directory of {@link pinDirFor} is under. */
+export function pinRootOf(dir: string): string {
+  return dir.replace(/\/[^/]+\/?$/, "").replace(/\/netns:\d+$/, "") || "/";
 }

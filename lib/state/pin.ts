@@ -29,7 +29,7 @@ import { ensureBpffs, exists, onBpffs } from "./bpffs.ts";
 import * as log from "../log.ts";
 import { BusyError, ownerOf } from "../nat/attach.ts";
 import { type RoConfig, STATS, TRAFFIC } from "../nat/codec.ts";
-import { stateOptions } from "./options.ts";
+import { pinRootOf, stateOptions } from "./options.ts";
 
 /** The maps kept across restarts, by their name in the object (also the pin name). */
 export const STATE_MAPS = [
@@ -255,7 +255,7 @@ export function preparePins(
   if (owner !== null && !stateOptions.replace) throw new BusyError(ifname, owner);
 
   try {
-    ensureBpffs(dir.replace(/\/[^/]+\/?$/, "") || "/");
+    ensureBpffs(pinRootOf(dir));
   } catch (e) {
     throw new StateError((e as Error).message);
   }
@@ -288,6 +288,14 @@ export function preparePins(
     );
   }
 
+  const initialDir = `${pinRootOf(dir)}/${ifname}`;
+  if (pinned.length === 0 && dir !== initialDir && exists(`${initialDir}/${META_NAME}`)) {
+    log.warn(
+      "pinned state of this interface name in the initial network namespace (or of an einat " +
+        "before state was kept per namespace) is not used here: this namespace's is kept apart",
+      { ifname, dir, not_used: initialDir },
+    );
+  }
   if (owner !== null && pinned.length === 0) {
     log.warn(
       "--replace: no pinned state here, so the running einat's mappings are not carried over " +

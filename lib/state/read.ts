@@ -29,6 +29,7 @@ import {
   type SlotEntry,
 } from "../nat/records.ts";
 import { onBpffs } from "./bpffs.ts";
+import { isNetnsFolder } from "./netns.ts";
 
 /** A protocol as shown. */
 export type ProtoName = "tcp" | "udp" | "icmp";
@@ -170,11 +171,13 @@ export interface PinnedState {
   close(): void;
 }
 
-/** Interfaces with pinned state under `root`. */
+/** Interfaces with pinned state under `root` (not the folders of other network namespaces). */
 export function pinnedInterfaces(root: string): string[] {
   const out: string[] = [];
   try {
-    for (const e of Deno.readDirSync(root)) if (e.isDirectory) out.push(e.name);
+    for (const e of Deno.readDirSync(root)) {
+      if (e.isDirectory && !isNetnsFolder(e.name)) out.push(e.name);
+    }
   } catch { /* none */ }
   return out.sort();
 }

@@ -17,7 +17,7 @@ import {
   readSessions,
   type SessionRow,
 } from "./read.ts";
-import { DEFAULT_PIN_ROOT, pinDirFor } from "./options.ts";
+import { DEFAULT_PIN_ROOT, netnsRoot, pinDirFor } from "./options.ts";
 
 /** Everything `show` found. */
 export interface ShowResult {
@@ -33,7 +33,8 @@ export function collect(opts: ShowCli): ShowResult {
   const root = opts.pinDir ?? DEFAULT_PIN_ROOT;
   const problem = pinRootProblem(root);
   if (problem) throw new Error(problem);
-  const names = opts.ifnames.length ? opts.ifnames : pinnedInterfaces(root);
+  // This network namespace's interfaces, as the daemon pins them (options.ts).
+  const names = opts.ifnames.length ? opts.ifnames : pinnedInterfaces(netnsRoot(root));
   const res: ShowResult = { bindings: [], sessions: [], counters: [], missing: [] };
   const filter = { proto: opts.proto, addr: opts.addr, port: opts.port };
   for (const ifname of names) {

@@ -46,3 +46,11 @@ async function withBpffs<T>(
     Deno.removeSync(dir, { recursive: true });
   }
 }
+
+/**
+ * The pin folder of `ifname` that einat in the test namespace `ns` uses below `root`: below
+ * `netns:<inode>/`, as outside the initial network namespace (lib/state/netns.ts).
+ */
+export function pinDirIn(root: string, ns: string, ifname = "wan0"): string {
+  return `${root}/netns:${Deno.statSync(`/run/netns/${ns}`).ino}/${ifname}`;
+}

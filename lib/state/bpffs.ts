@@ -28,12 +28,26 @@ export function onBpffs(path: string): boolean {
   return fsType(nearestExisting(path)) === BPF_FS_MAGIC;
 }
 
-function inInitialMountNs(): boolean {
+function firstLine(path: string): string | null {
   try {
-    return Deno.statSync("/proc/self/ns/mnt").ino === Deno.statSync("/proc/1/ns/mnt").ino;
+    return Deno.readTextFileSync(path).split("\n")[0] || null;
   } catch {
-    return true;
+    return null;
   }
+}
+
+/**
+ * True when this process is in the mount namespace of pid 1, false when not, null when that
+ * cannot be told. /proc/1/ns/mnt needs the right to trace pid 1 (EACCES with fewer capabilities
+ * than it has, as under the systemd unit); /proc/1/mountinfo does not, and its first line (the
+ * namespace's root mount, with a mount id no other namespace has) tells as well.
+ */
+export function inInitialMountNs(proc = "/proc"): boolean | null {
+  try {
+    return Deno.statSync(`${proc}/self/ns/mnt`).ino === Deno.statSync(`${proc}/1/ns/mnt`).ino;
+  } catch { /* try the mount tables */ }
+  const self = firstLine(`${proc}/self/mountinfo`), init = firstLine(`${proc}/1/mountinfo`);
+  return self === null || init === null ? null : self === init;
 }
 
 const ensured = new Set<string>();
@@ -91,12 +105,17 @@ export function ensureBpffs(root: string): void {
           `(${(e as Error).message}); mount it (mount -t bpf bpf ${target}) or choose --pin-dir`,
       );
     }
-    if (inInitialMountNs()) {
+    const initial = inInitialMountNs();
+    if (initial) {
       log.info("mounted bpf filesystem", { at: target });
     } else {
       log.warn(
-        "mounted a bpf filesystem in a private mount namespace: pinned state ends with this " +
-          "process; give --pin-dir a folder on a bpffs the next einat sees too",
+        `mounted a bpf filesystem ${
+          initial === null
+            ? "in what may be a private mount namespace (/proc/1 unreadable): if it is, " +
+              "pinned state ends with this process"
+            : "in a private mount namespace: pinned state ends with this process"
+        }; give --pin-dir a folder on a bpffs the next einat sees too`,
         { at: target },
       );
     }

@@ -54,9 +54,12 @@ export function targetsOf(
 
 const esc = (v: string) => v.replace(/\\/g, "\\\\").replace(/"/g, '\\"').replace(/\n/g, "\\n");
 
+/**
+ * The exposition text: every metric's lines as one group, HELP and TYPE first (the text
+ * format 0.0.4 requires it), in the order the metrics were first added.
+ */
 class Writer {
-  private out: string[] = [];
-  private declared = new Set<string>();
+  private groups = new Map<string, string[]>();
   add(
     name: string,
     type: "counter" | "gauge",
@@ -64,15 +67,16 @@ class Writer {
     labels: Record<string, string>,
     value: number,
   ) {
-    if (!this.declared.has(name)) {
-      this.declared.add(name);
-      this.out.push(`# HELP ${name} ${help}`, `# TYPE ${name} ${type}`);
+    let g = this.groups.get(name);
+    if (!g) {
+      g = [`# HELP ${name} ${help}`, `# TYPE ${name} ${type}`];
+      this.groups.set(name, g);
     }
     const l = Object.entries(labels).map(([k, v]) => `${k}="${esc(v)}"`).join(",");
-    this.out.push(`${name}${l ? `{${l}}` : ""} ${value}`);
+    g.push(`${name}${l ? `{${l}}` : ""} ${value}`);
   }
   text(): string {
-    return this.out.join("\n") + "\n";
+    return [...this.groups.values()].flat().join("\n") + "\n";
   }
 }
 

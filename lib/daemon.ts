@@ -22,6 +22,8 @@ import { slotCount } from "./nat/records.ts";
 import type { RoConfig } from "./nat/codec.ts";
 import { type IfAddr, type NatPlan, planInterface } from "./nat/plan.ts";
 import { afterAttach, stateLoadOptions, syncBindings } from "./state/serve.ts";
+import { IFA_F, ownAddr } from "./netlink/msg.ts";
+import { dumpAddrs } from "./netlink/rtnl.ts";
 import { stateOptions } from "./state/options.ts";
 
 /** A start-up problem with one interface (exit code 2 when it is the only one). */
@@ -86,6 +88,30 @@ export function interfaceAddrs(ifname: string): IfAddr[] {
       addr: parseAddr(n.address.replace(/%.*$/, "")),
       prefixLen: Number(n.cidr.split("/")[1]),
     }));
+}
+
+/** Orders addresses: usable first, then tentative (DAD not finished), then deprecated. */
+function addrRank(flags: number): number {
+  return flags & IFA_F.DEPRECATED ? 2 : flags & IFA_F.TENTATIVE ? 1 : 0;
+}
+
+/**
+ * The addresses of an interface that may be external ones, best first (a netlink dump, for
+ * their flags): link-local IPv6 left out, and any whose duplicate address detection failed
+ * (another host's); tentative, then deprecated ones after the others (RFC 4862 5.5.4), so
+ * neither becomes the default while a preferred address is there.
+ */
+export async function externalAddrs(ifname: string): Promise<IfAddr[]> {
+  const ifindex = libc.ifNameToIndex(ifname);
+  if (!ifindex) return [];
+  return (await dumpAddrs())
+    .filter((m) => m.ifindex === ifindex && !(m.flags & IFA_F.DADFAILED))
+    .filter((m) => {
+      const a = ownAddr(m);
+      return !(a.length === 16 && a[0] === 0xfe && (a[1] & 0xc0) === 0x80);
+    })
+    .sort((x, y) => addrRank(x.flags) - addrRank(y.flags)) // stable: the kernel's order else
+    .map((m) => ({ family: m.family, addr: ownAddr(m), prefixLen: m.prefixLen }));
 }
 
 /** True when the interface has an Ethernet header (ARPHRD_ETHER). */
@@ -156,7 +182,7 @@ export async function startInterface(
     log.warn("interface does not exist (yet); waiting for it", { ifname: s.ifname });
     return s;
   }
-  const plan = planInterface(ic, interfaceAddrs(s.ifname));
+  const plan = planInterface(ic, await externalAddrs(s.ifname));
   if (ic.nat44 && !plan.defaultExt[4]) {
     throw new InterfaceError(s.ifname, "no IPv4 address to use as external address (NAT44 is on)");
   }
@@ -228,7 +254,7 @@ export async function reconcile(s: Served): Promise<void> {
     s.carried = syncBindings(s.nat); // before attaching: no program of ours counts yet
   }
 
-  const addrs = interfaceAddrs(s.ifname);
+  const addrs = await externalAddrs(s.ifname);
   const plan = planInterface(s.ic, addrs);
   const summary = summarize(plan);
   const key = planKey(plan);

@@ -171,6 +171,44 @@ Deno.test({
 
 Deno.test({
   name:
+    "live: an IPv6 address whose DAD failed (another host's) or that is deprecated does not become the default external",
+  ...sanitize,
+  fn: () =>
+    withTopology(async (t) => {
+      const a = t.addrs.v6;
+      // srv1 owns 2001:db8:2::66; the router adds it too, with DAD: it fails.
+      await ip(t.ns.srv1, "-6 addr add 2001:db8:2::66/64 dev eth0 nodad");
+      const dad = await nsExecResult(t.ns.router, [
+        "sysctl",
+        "-qw",
+        "net.ipv6.conf.wan0.accept_dad=1",
+      ]);
+      assertEquals(dad.code, 0, dad.stderr);
+      await ip(t.ns.router, "-6 addr add 2001:db8:2::66/64 dev wan0");
+      const end = Date.now() + 8000;
+      while (true) {
+        const r = await nsExecResult(t.ns.router, ["ip", "-6", "addr", "show", "dev", "wan0"]);
+        if (/2001:db8:2::66\/64 .*dadfailed/.test(r.stdout)) break;
+        assert(Date.now() < end, `DAD did not fail:\n${r.stdout}`);
+        await new Promise((r) => setTimeout(r, 100));
+      }
+      await ip(t.ns.router, "-6 addr add 2001:db8:2::99/64 dev wan0 preferred_lft 0 nodad");
+      const einat = await startEinat(t.ns.router, ["-i", "wan0", "--nat66"]);
+      try {
+        const ext = /external address ifname=wan0 addr=(\S+)/g;
+        const chosen = [...einat.stderrText().matchAll(ext)].map((m) => m[1].replace(/"/g, ""));
+        assert(chosen.includes(a.routerWan), `the preferred address: ${einat.stderrText()}`);
+        assert(!/2001:db8:2::(66|99) /.test(chosen.join(" ") + " "), einat.stderrText());
+        // Two external slots by default: the deprecated address, last, may get none; not ::1.
+        assert(!/no slot .*addr=2001:db8:2::1 /.test(einat.stderrText()), einat.stderrText());
+      } finally {
+        assertEquals(await stopEinat(einat), 0, einat.stderrText());
+      }
+    }, { ipv6: true }),
+});
+
+Deno.test({
+  name:
     "live: interface deleted and recreated (new ifindex, new address) is re-attached; a missing interface is waited for",
   ...sanitize,
   fn: () =>

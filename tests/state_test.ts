@@ -393,3 +393,47 @@ function existsSync(path: string): boolean {
     return false;
   }
 }
+
+Deno.test({
+  name:
+    "state: an interface named with a dot (a VLAN such as wan0.7) keeps pinned state across a restart; show finds it by its name",
+  ...sanitize,
+  fn: () =>
+    withNs(async (ns, pin) => {
+      await run(["ip", "-n", ns, "-batch", "-"], {
+        stdin: "link add wan0.7 type veth peer name peer7\n" +
+          "addr add 198.51.100.1/24 dev wan0.7\nlink set wan0.7 up\nlink set peer7 up\n" +
+          "neigh add 198.51.100.50 lladdr 02:00:00:00:00:50 dev wan0.7 nud permanent\n",
+      });
+      const dir = pinDirIn(pin, ns, "wan0%2E7"); // a bpf filesystem refuses a dot in a name
+      let p = await startEinat(ns, ["-i", "wan0.7", "--pin-dir", pin]);
+      assert(/pinned state created/.test(p.stderrText()), p.stderrText());
+      assert(Deno.statSync(`${dir}/${META_NAME}`).isFile !== undefined);
+      assertEquals(await stopEinat(p), 0, p.stderrText());
+      p = await startEinat(ns, ["-i", "wan0.7", "--pin-dir", pin]);
+      assert(/pinned state reused/.test(p.stderrText()), p.stderrText());
+      try {
+        await nsExecResult(
+          ns,
+          peerCmd("udp-send", [
+            "--bind",
+            "192.0.2.10",
+            "--to",
+            "198.51.100.50:9",
+            "--reply-timeout-ms",
+            "50",
+          ]),
+        );
+        const show = await nsExecResult(ns, einatCmd(["show", "--json", "--pin-dir", pin]));
+        assertEquals(show.code, 0, show.stderr);
+        assert(show.stdout.includes('"wan0.7"'), `the binding under its interface: ${show.stdout}`);
+        const one = await nsExecResult(
+          ns,
+          einatCmd(["show", "--json", "-i", "wan0.7", "--pin-dir", pin]),
+        );
+        assertEquals(one.code, 0, one.stdout + one.stderr);
+      } finally {
+        assertEquals(await stopEinat(p), 0, p.stderrText());
+      }
+    }),
+});

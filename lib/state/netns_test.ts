@@ -1,6 +1,6 @@
 import { deepStrictEqual, equal } from "node:assert/strict";
 import { isNetnsFolder, netnsFolderOf, netnsOf } from "./netns.ts";
-import { netnsRoot, pinRootOf } from "./options.ts";
+import { ifnameOfPinFolder, netnsRoot, pinDirFor, pinFolderName, pinRootOf } from "./options.ts";
 import { pinnedInterfaces } from "./read.ts";
 
 /** A fake /proc: `self/ns/net`, and `links` as [path, target] (same target: same inode). */
@@ -50,4 +50,14 @@ Deno.test("netns: pin folders per namespace; the initial one keeps <root>/<ifnam
   } finally {
     Deno.removeSync(root, { recursive: true });
   }
+});
+
+Deno.test("pin folder names: a dot and a percent sign are escaped, and read back", () => {
+  for (const name of ["wan0", "eth0.7", "a%2E", "x.y.z", "%", "ppp0"]) {
+    const f = pinFolderName(name);
+    equal(f.includes("."), false, f);
+    equal(ifnameOfPinFolder(f), name);
+  }
+  equal(pinFolderName("eth0.100"), "eth0%2E100");
+  equal(pinDirFor("eth0.7", "/r").endsWith("/eth0%2E7"), true);
 });

@@ -37,9 +37,22 @@ export function netnsRoot(root = stateOptions.pinRoot, folder = netnsFolder()): 
   return folder ? `${r}/${folder}` : r;
 }
 
+/**
+ * The folder name of an interface's state: its name, with `%` and `.` written `%25` and `%2E`
+ * (a bpf filesystem refuses names with a dot, as VLAN interfaces such as `eth0.7` have).
+ */
+export function pinFolderName(ifname: string): string {
+  return ifname.replace(/%/g, "%25").replace(/\./g, "%2E");
+}
+
+/** The interface name of a folder of {@link pinFolderName}. */
+export function ifnameOfPinFolder(folder: string): string {
+  return folder.replace(/%(25|2E)/gi, (_m, h: string) => (h === "25" ? "%" : "."));
+}
+
 /** The pin directory of an interface of this network namespace. */
 export function pinDirFor(ifname: string, root = stateOptions.pinRoot): string {
-  return `${netnsRoot(root)}/${ifname}`;
+  return `${netnsRoot(root)}/${pinFolderName(ifname)}`;
 }
 
 /** The pin root a pin directory of {@link pinDirFor} is under. */

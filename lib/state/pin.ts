@@ -29,7 +29,7 @@ import { ensureBpffs, exists, onBpffs } from "./bpffs.ts";
 import * as log from "../log.ts";
 import { BusyError, ownerOf } from "../nat/attach.ts";
 import { type RoConfig, STATS, TRAFFIC } from "../nat/codec.ts";
-import { pinRootOf, stateOptions } from "./options.ts";
+import { pinFolderName, pinRootOf, stateOptions } from "./options.ts";
 
 /** The maps kept across restarts, by their name in the object (also the pin name). */
 export const STATE_MAPS = [
@@ -288,7 +288,7 @@ export function preparePins(
     );
   }
 
-  const initialDir = `${pinRootOf(dir)}/${ifname}`;
+  const initialDir = `${pinRootOf(dir)}/${pinFolderName(ifname)}`;
   if (pinned.length === 0 && dir !== initialDir && exists(`${initialDir}/${META_NAME}`)) {
     log.warn(
       "pinned state of this interface name in the initial network namespace (or of an einat " +

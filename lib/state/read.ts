@@ -30,6 +30,7 @@ import {
 } from "../nat/records.ts";
 import { onBpffs } from "./bpffs.ts";
 import { isNetnsFolder } from "./netns.ts";
+import { ifnameOfPinFolder } from "./options.ts";
 
 /** A protocol as shown. */
 export type ProtoName = "tcp" | "udp" | "icmp";
@@ -176,7 +177,7 @@ export function pinnedInterfaces(root: string): string[] {
   const out: string[] = [];
   try {
     for (const e of Deno.readDirSync(root)) {
-      if (e.isDirectory && !isNetnsFolder(e.name)) out.push(e.name);
+      if (e.isDirectory && !isNetnsFolder(e.name)) out.push(ifnameOfPinFolder(e.name));
     }
   } catch { /* none */ }
   return out.sort();

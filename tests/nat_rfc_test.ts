@@ -12,6 +12,7 @@ import {
   buildPacket,
   fragment,
   internetChecksum,
+  ipBytes,
   type PacketSpec,
   parsePacket,
   udpSpec,
@@ -624,6 +625,60 @@ for (const family of [4, 6] as const) {
     }
   });
 }
+
+/** `frame` (Ethernet + IP) with its source or destination address replaced (IPv4: header checksum too). */
+function withAddr(frame: Uint8Array, which: "src" | "dst", addr: string): Uint8Array {
+  const out = frame.slice();
+  const v4 = (out[14] >> 4) === 4;
+  out.set(ipBytes(addr), 14 + (v4 ? (which === "src" ? 12 : 16) : (which === "src" ? 8 : 24)));
+  if (v4) {
+    const v = new DataView(out.buffer, 14);
+    v.setUint16(10, 0);
+    v.setUint16(10, internetChecksum(out.subarray(14, 14 + 20)));
+  }
+  return out;
+}
+
+Deno.test("fragments v6: a Fragment header followed by Destination Options; the later fragment's payload is not read as headers, and it follows its first both ways", async () => {
+  const n = await loadTestNat(cfg66(), EXTS);
+  try {
+    // IPv6 | Frag(nh=DSTOPTS) | DSTOPTS(nh=UDP) | UDP | payload, cut after the UDP header: the
+    // later fragment's Fragment header names DSTOPTS and its payload starts with "01".
+    const out = withExtHeaders(buildPacket(udp(6, LAN6, 40000, SRV6, 53)), [60]);
+    const [f1, f2] = fragment(out, 6, 0x1234, 16);
+    const r1 = n.runRaw("egress", f1);
+    assertEquals(r1.retval, TC_ACT_OK);
+    const ext = parsePacket(r1.bytes).sport!;
+    assert(ext >= 20000 && ext <= 29999, `${ext}`);
+    assertEquals(
+      n.runRaw("egress", f2),
+      { retval: TC_ACT_OK, bytes: withAddr(f2, "src", EXT6) },
+      "later fragment: the first's external address",
+    );
+    // out of order (later fragment first): the default external address, never the internal one
+    const [h1, h2] = fragment(out, 6, 0x1235, 16);
+    assertEquals(n.runRaw("egress", h2), { retval: TC_ACT_OK, bytes: withAddr(h2, "src", EXT6) });
+    assertEquals(parsePacket(n.runRaw("egress", h1).bytes).src, EXT6);
+
+    const back = withExtHeaders(buildPacket(udp(6, SRV6, 53, EXT6, ext)), [60]);
+    const [g1, g2] = fragment(back, 6, 0x99, 16);
+    const i1 = n.runRaw("ingress", g1);
+    assertEquals(i1.retval, TC_ACT_OK);
+    assertEquals([parsePacket(i1.bytes).dst, parsePacket(i1.bytes).dport], [LAN6, 40000]);
+    assertEquals(
+      n.runRaw("ingress", g2),
+      { retval: TC_ACT_OK, bytes: withAddr(g2, "dst", LAN6) },
+      "later fragment: the first's internal address",
+    );
+    // inbound out of order: held under the same key, released by its first
+    const [k1, k2] = fragment(back, 6, 0x9a, 16);
+    assertEquals(n.runRaw("ingress", k2).retval, TC_ACT_SHOT, "held");
+    assertEquals(parsePacket(n.runRaw("ingress", k1).bytes).dst, LAN6);
+    assertEquals(stat(n.nat.maps.stats, "fragment_released"), 1n);
+  } finally {
+    n.close();
+  }
+});
 
 // --- port assignment and filtering -----------------------------------------
 

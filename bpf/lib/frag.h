@@ -3,7 +3,9 @@
  * Fragments (RFC 4787 REQ-14): the first fragment carries the L4 header and
  * is translated like any packet; its translation is recorded under
  * (addresses, protocol, IP ID) so the later fragments, which have no ports,
- * get the same address.
+ * get the same address. An IPv6 datagram's key names the protocol its
+ * Fragment headers do (the same in every fragment): a later fragment cannot
+ * see the extension headers that may follow it in the first (parse.h).
  *
  * A later fragment that arrives before its first:
  * - on egress it gets the default external address (the only one a new
@@ -31,7 +33,9 @@ static __always_inline void frag_key_init(struct frag_key *k, const struct packe
 {
 	__builtin_memset(k, 0, sizeof(*k));
 	k->family = p->family;
-	k->l4proto = p->l4proto;
+	/* IPv6: the protocol every fragment's Fragment header names (RFC 8200
+	 * 4.5), which is the L4 one only when no extension header follows it. */
+	k->l4proto = p->family == 6 ? p->frag_proto : p->l4proto;
 	k->egress = egress;
 	k->id = p->frag_id;
 	k->src = p->src;

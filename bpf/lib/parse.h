@@ -104,7 +104,7 @@ struct packet {
 	__u8 real_proto; /* IPPROTO_ICMPV6 for ICMPv6 */
 	__u8 no_binding; /* egress: the fast path found no binding for the source */
 	__u8 summed; /* the skb's ip_summed (skb.h) when parsed */
-	__u8 _pad[1];
+	__u8 frag_proto; /* IPv6 fragment: its Fragment header's next header (frag.h) */
 	__u64 now; /* packet_now(): the clock read once per packet, 0 until then */
 	union ip_addr src;
 	union ip_addr dst;
@@ -136,13 +136,23 @@ static __always_inline bool is_echo(__u8 family, __u8 type)
 struct v6_walk {
 	__u8 proto; /* in: next header after the fixed header; out: L4 protocol */
 	__u8 frag;
-	__u16 _pad;
+	__u8 frag_proto; /* the Fragment header's next header */
+	__u8 _pad;
 	__be32 frag_id;
 };
+
+/* The extension headers the walk steps over (a later fragment cannot). */
+static __always_inline bool ipv6_ext_walked(__u8 nh)
+{
+	return nh == IPPROTO_HOPOPTS || nh == IPPROTO_ROUTING || nh == IPPROTO_DSTOPTS;
+}
 
 /*
  * Walks IPv6 extension headers from `off` (just after the fixed header).
  * Returns the L4 offset, or a negative value; sets proto and fragment info.
+ * A Fragment header with a non-zero offset ends the walk: what follows it is
+ * payload, not headers, and the protocol is the one it names (an extension
+ * header when the fragmentable part starts with one; parse_packet).
  * A global function: verified once, and its result is one unknown offset
  * for the caller instead of one verifier path per header combination.
  */
@@ -180,9 +190,13 @@ __noinline int einat_ipv6_walk(struct __sk_buff *skb, __u32 off, struct v6_walk 
 			off += sizeof(fh);
 			__u16 fo = bpf_ntohs(fh.frag_off);
 			*frag_id = fh.identification;
-			if (fo & 0xfff8)
+			w->frag_proto = nh;
+			if (fo & 0xfff8) {
 				*frag = FRAG_LATER;
-			else if (fo & 1)
+				*proto = nh;
+				return off > L4_OFF_MAX ? -1 : (int)off;
+			}
+			if (fo & 1)
 				*frag = FRAG_FIRST;
 			break;
 		}
@@ -356,10 +370,13 @@ static __always_inline int parse_packet(struct __sk_buff *skb, struct packet *p,
 		__u8 proto = w.proto;
 		p->frag = w.frag;
 		p->frag_id = w.frag_id;
+		p->frag_proto = w.frag_proto;
 		p->l4_off = off;
 		p->real_proto = proto;
 		if (proto == IPPROTO_ICMPV6)
 			proto = IPPROTO_ICMP; /* one key space for both ICMP flavours */
+		else if (unlikely(w.frag == FRAG_LATER && ipv6_ext_walked(proto)))
+			proto = 0; /* its headers go on in the first fragment: the record tells */
 		else if (proto != IPPROTO_TCP && proto != IPPROTO_UDP)
 			return PARSE_PASS;
 		p->l4proto = proto;

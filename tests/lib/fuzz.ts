@@ -260,6 +260,8 @@ export interface Dissected {
   l4: number;
   frag: 0 | 1 | 2;
   fragId: Uint8Array;
+  /** IPv6: the next header its Fragment header names (the protocol of its fragment key). */
+  fragProto: number;
   sport: number;
   dport: number;
   tcpFlags: number;
@@ -333,6 +335,7 @@ export function dissect(b: Uint8Array): Dissected {
     l4: 0,
     frag: 0,
     fragId: new Uint8Array(4),
+    fragProto: 0,
     sport: 0,
     dport: 0,
     tcpFlags: 0,
@@ -385,10 +388,15 @@ export function dissect(b: Uint8Array): Dissected {
         if (off + 8 > b.length) break;
         const fo = u16(b, off + 2);
         d.fragId = b.slice(off + 4, off + 8);
-        if (fo & 0xfff8) d.frag = 2;
-        else if (fo & 1) d.frag = 1;
-        nh = b[off];
+        nh = d.fragProto = b[off];
         off += 8;
+        if (fo & 0xfff8) {
+          // a later fragment: the rest is payload, its protocol the one the header names
+          d.frag = 2;
+          if (off <= L4_OFF_MAX) l4 = off;
+          break;
+        }
+        if (fo & 1) d.frag = 1;
       } else {
         l4 = off;
         break;
@@ -401,7 +409,9 @@ export function dissect(b: Uint8Array): Dissected {
     }
     d.proto = nh;
     d.l4 = l4;
-    if (nh !== P_TCP && nh !== P_UDP && nh !== P_ICMP6) {
+    // a later fragment whose first carries more extension headers: its record decides
+    const opaque = d.frag === 2 && (nh === 0 || nh === 43 || nh === 60);
+    if (nh !== P_TCP && nh !== P_UDP && nh !== P_ICMP6 && !opaque) {
       d.status = "pass";
       d.passReason = "other-proto";
       return d;
@@ -1087,7 +1097,7 @@ export function bindingView(nat: Nat): BindingView {
     fragIngress(d) {
       const k = new Uint8Array(40);
       k[0] = d.family;
-      k[1] = keyProto(d.proto);
+      k[1] = d.family === 6 ? d.fragProto : keyProto(d.proto);
       k[2] = 0;
       k.set(d.fragId, 4);
       k.set(d.src, 8);

@@ -504,9 +504,18 @@ __noinline int einat_egress_full(struct __sk_buff *skb, struct packet *pp)
 		return TC_ACT_OK;
 	}
 
+	/* NAT disabled for this protocol (its range empty): no new binding, and the
+	 * packet passes as it is. An existing binding keeps serving its internal
+	 * endpoint, new remotes too (endpoint-independent mapping, RFC 4787 REQ-1). */
+	struct endpoint *bvp = &es->bv;
+	bool b = false;
 	int pidx = proto_idx(pp->l4proto);
-	if (ext->cfg.range_len[pidx & 3] == 0)
-		return pass(); /* NAT disabled for this protocol */
+	if (ext->cfg.range_len[pidx & 3] == 0) {
+		b = !pp->no_binding &&
+		    einat_binding_of(pp->family, pp->l4proto, &pp->src, pp->sport, bvp) >= 0;
+		if (!b)
+			return pass();
+	}
 
 	/*
 	 * Hairpin: to one of our own external addresses. An echo carries one
@@ -533,11 +542,11 @@ __noinline int einat_egress_full(struct __sk_buff *skb, struct packet *pp)
 		remote_port = 0;
 	}
 
-	struct endpoint *bvp = &es->bv;
 	struct ct_key *ck = &es->ck;
 	bool made = false;
-	bool b = !pp->no_binding &&
-		 einat_binding_of(pp->family, pp->l4proto, &pp->src, pp->sport, bvp) >= 0;
+	if (!b)
+		b = !pp->no_binding &&
+		    einat_binding_of(pp->family, pp->l4proto, &pp->src, pp->sport, bvp) >= 0;
 	if (!b) {
 		if (pp->tcp_flags & TCP_FLAG_RST)
 			return drop(STAT_DROP_UNTRANSLATABLE);

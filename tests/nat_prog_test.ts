@@ -15,6 +15,8 @@ import {
 } from "../lib/nat/codec.ts";
 import { parseAddr, parseCidr } from "../lib/config/cidr.ts";
 import { bumpEpoch, type NatMaps } from "../lib/nat/loader.ts";
+import { applyPlan } from "../lib/nat/apply.ts";
+import { planInterface } from "../lib/nat/plan.ts";
 import { expireSessions } from "../lib/nat/expire.ts";
 import {
   countBindings,
@@ -638,6 +640,32 @@ Deno.test("destinations: no_snat_dests pass untouched; an external is a hairpin 
     }
     const out = run("192.0.2.200");
     assertEquals([out.retval, out.out.src], [TC_ACT_OK, EXT], "elsewhere: translated");
+  } finally {
+    n.close();
+  }
+});
+
+Deno.test("a reload that empties a protocol's range: endpoints without a binding pass untranslated; one with a binding keeps it for new remotes (EIM, RFC 4787 REQ-1)", async () => {
+  const ic = testInterfaceConfig();
+  const n = await loadTestNat(ic, ["203.0.113.1/24"]);
+  try {
+    const a = n.egress(udp(LAN1, 40000, SRV1, 53));
+    assertEquals([a.retval, a.out.src], [TC_ACT_OK, EXT]);
+    const ext = a.out.sport!;
+    const off = { ...ic, defaultRanges: { ...ic.defaultRanges, udp: [] } };
+    applyPlan(n.nat.maps, planInterface(off, [{ family: 4, addr: parseAddr(EXT), prefixLen: 24 }]));
+    // the existing session, and a new one on the same binding: both the binding's endpoint
+    for (const srv of [SRV1, SRV2]) {
+      const r = n.egress(udp(LAN1, 40000, srv, 53));
+      assertEquals([r.retval, r.out.src, r.out.sport, r.out.dst], [TC_ACT_OK, EXT, ext, srv], srv);
+      assert(r.out.l4ChecksumOk);
+    }
+    const back = n.ingress(udp(SRV2, 53, EXT, ext));
+    assertEquals([back.out.dst, back.out.dport], [LAN1, 40000], "the new remote's reply");
+    // a new endpoint makes no binding: it passes as it is
+    const pkt = buildPacket(udp(LAN2, 40000, SRV1, 53));
+    assertEquals(n.runRaw("egress", pkt), { retval: TC_ACT_OK, bytes: pkt });
+    assertEquals(countBindings(n.nat.maps.records), 1);
   } finally {
     n.close();
   }

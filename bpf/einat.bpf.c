@@ -493,10 +493,24 @@ __noinline int einat_egress_full(struct __sk_buff *skb, struct packet *pp)
 	if (!ext || !ext->valid)
 		return drop(STAT_DROP_UNTRANSLATABLE);
 
+	/* NAT disabled for this protocol (its range empty): no new binding, and the
+	 * packet passes as it is. An existing binding keeps serving its internal
+	 * endpoint, new remotes too (endpoint-independent mapping, RFC 4787 REQ-1). */
+	int pidx = proto_idx(pp->l4proto);
+	bool nat_off = ext->cfg.range_len[pidx & 3] == 0;
+
 	if (pp->frag == FRAG_LATER) {
+		/* No ports: it does what its first fragment did, recorded (frag.h).
+		 * Before its first, the default external address, unless the protocol's
+		 * NAT is off (one that names an extension header has no protocol yet). */
 		union ip_addr a;
-		if (!einat_frag_lookup(pp, true, &a))
+		if (!einat_frag_lookup(pp, true, &a)) {
+			if (nat_off && pp->l4proto)
+				return pass();
 			a = ext->addr;
+		} else if (addr_eq(&a, &pp->src)) {
+			return pass(); /* its first passed: so does it */
+		}
 		if (rewrite(skb, pp, true, &a, 0))
 			return drop(STAT_DROP_UNTRANSLATABLE);
 		stat_inc(STAT_FRAGMENT_NAT);
@@ -504,17 +518,16 @@ __noinline int einat_egress_full(struct __sk_buff *skb, struct packet *pp)
 		return TC_ACT_OK;
 	}
 
-	/* NAT disabled for this protocol (its range empty): no new binding, and the
-	 * packet passes as it is. An existing binding keeps serving its internal
-	 * endpoint, new remotes too (endpoint-independent mapping, RFC 4787 REQ-1). */
 	struct endpoint *bvp = &es->bv;
 	bool b = false;
-	int pidx = proto_idx(pp->l4proto);
-	if (ext->cfg.range_len[pidx & 3] == 0) {
+	if (nat_off) {
 		b = !pp->no_binding &&
 		    einat_binding_of(pp->family, pp->l4proto, &pp->src, pp->sport, bvp) >= 0;
-		if (!b)
+		if (!b) {
+			if (pp->frag == FRAG_FIRST) /* its datagram stays as it is */
+				einat_frag_record(pp, true, &pp->src);
 			return pass();
+		}
 	}
 
 	/*

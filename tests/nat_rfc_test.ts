@@ -7,6 +7,8 @@ import * as bpf from "../lib/ffi/libbpf.ts";
 import { CT_KEY_LAYOUT, CT_VALUE_LAYOUT, decodeCtValue, IPPROTO } from "../lib/nat/codec.ts";
 import { findBinding } from "../lib/nat/records.ts";
 import { formatAddr, parseAddr } from "../lib/config/cidr.ts";
+import { applyPlan } from "../lib/nat/apply.ts";
+import { planInterface } from "../lib/nat/plan.ts";
 import {
   buildIcmpError,
   buildPacket,
@@ -675,6 +677,66 @@ Deno.test("fragments v6: a Fragment header followed by Destination Options; the 
     assertEquals(n.runRaw("ingress", k2).retval, TC_ACT_SHOT, "held");
     assertEquals(parsePacket(n.runRaw("ingress", k1).bytes).dst, LAN6);
     assertEquals(stat(n.nat.maps.stats, "fragment_released"), 1n);
+  } finally {
+    n.close();
+  }
+});
+
+Deno.test("fragments with a protocol's NAT off (its range emptied by a reload): every fragment of a datagram gets what its first got, v4 and v6", async () => {
+  const ic = cfg66();
+  const n = await loadTestNat(ic, EXTS);
+  try {
+    const ext4 = n.egress(udp(4, LAN4, 40000, SRV4, 53)).out.sport!;
+    const ext6 = n.egress(udp(6, LAN6, 40000, SRV6, 53)).out.sport!;
+    const off = { ...ic, defaultRanges: { ...ic.defaultRanges, udp: [] } };
+    applyPlan(
+      n.nat.maps,
+      planInterface(off, [
+        { family: 4, addr: parseAddr(EXT4), prefixLen: 24 },
+        { family: 6, addr: parseAddr(EXT6), prefixLen: 64 },
+      ]),
+    );
+    let id = 0x700;
+    for (const family of [4, 6] as const) {
+      const [LAN, SRV, EXT] = family === 4 ? [LAN4, SRV4, EXT4] : [LAN6, SRV6, EXT6];
+      const ext = family === 4 ? ext4 : ext6;
+      const plain = (sport: number) => buildPacket(udp(family, LAN, sport, SRV, 53));
+      const dstopts = (sport: number) => withExtHeaders(plain(sport), [60]);
+      for (
+        const [what, dgram] of family === 4
+          ? [["", plain]] as const
+          : [["", plain], [" (Destination Options after the Fragment header)", dstopts]] as const
+      ) {
+        // no binding: both fragments pass as they are, in order and out of order
+        const [f1, f2] = fragment(dgram(40001), family, id++, 16);
+        assertEquals(
+          n.runRaw("egress", f1),
+          { retval: TC_ACT_OK, bytes: f1 },
+          `v${family}${what}: first`,
+        );
+        assertEquals(
+          n.runRaw("egress", f2),
+          { retval: TC_ACT_OK, bytes: f2 },
+          `v${family}${what}: later`,
+        );
+        const [g1, g2] = fragment(plain(40002), family, id++, 16);
+        assertEquals(
+          n.runRaw("egress", g2),
+          { retval: TC_ACT_OK, bytes: g2 },
+          `v${family}: later first`,
+        );
+        assertEquals(n.runRaw("egress", g1), { retval: TC_ACT_OK, bytes: g1 });
+        // the endpoint with a binding keeps it: both fragments translated
+        const [h1, h2] = fragment(dgram(40000), family, id++, 16);
+        const o1 = parsePacket(n.runRaw("egress", h1).bytes);
+        assertEquals([o1.src, o1.sport], [EXT, ext], `v${family}${what}: bound first`);
+        assertEquals(
+          n.runRaw("egress", h2),
+          { retval: TC_ACT_OK, bytes: withAddr(h2, "src", EXT) },
+          `v${family}${what}: bound later`,
+        );
+      }
+    }
   } finally {
     n.close();
   }

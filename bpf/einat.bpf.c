@@ -104,6 +104,14 @@ static __always_inline int deliver_locally(struct __sk_buff *skb)
 	return bpf_redirect(skb->ifindex, BPF_F_INGRESS);
 }
 
+/* The same from inside, turned at one of our external addresses: the rest of a datagram follows. */
+static __always_inline int deliver_turned(struct __sk_buff *skb, const struct packet *p)
+{
+	if (p->frag == FRAG_FIRST)
+		einat_frag_record(p, FRAG_TURN, &p->dst);
+	return deliver_locally(skb);
+}
+
 /* EXT_* flags of the most specific `map_externals` entry covering `a` (0: none). */
 static __always_inline __u8 ext_flags(__u8 family, const union ip_addr *a)
 {
@@ -450,6 +458,51 @@ static __always_inline int egress_established(struct __sk_buff *skb, struct pack
 	return TC_ACT_OK;
 }
 
+/*
+ * A later fragment leaving. It has no ports: it does what its first fragment
+ * did, as recorded (frag.h): translated (FRAG_OUT, the new source), passed
+ * (FRAG_OUT, its own source), hairpinned (FRAG_TURN, the new destination,
+ * with FRAG_OUT) or delivered to the router (FRAG_TURN, its own
+ * destination). Before its first: to one of our external addresses (turn)
+ * the router's, never sent out; as it is when the protocol's NAT is off
+ * (nat_off); otherwise the default external address (def), the only one a
+ * new mapping can have.
+ */
+__noinline int einat_egress_later_fragment(struct __sk_buff *skb, struct packet *p,
+					   const union ip_addr *def, int turn, int nat_off)
+{
+	union ip_addr src, to;
+	if (!p || !def)
+		return TC_ACT_SHOT;
+	int out = einat_frag_lookup(p, FRAG_OUT, &src);
+	if (turn) {
+		if (einat_frag_lookup(p, FRAG_TURN, &to)) {
+			if (addr_eq(&to, &p->dst))
+				return deliver_locally(skb);
+			if (!out) /* its source's record is gone (LRU): it cannot follow */
+				return drop(STAT_DROP_UNTRANSLATABLE);
+			if (rewrite(skb, p, true, &src, 0) || rewrite(skb, p, false, &to, 0))
+				return drop(STAT_DROP_UNTRANSLATABLE);
+			stat_inc(STAT_FRAGMENT_NAT);
+			return einat_redirect_inward(skb, p->family, &to);
+		}
+		if (!out && !nat_off)
+			return deliver_locally(skb);
+	}
+	if (!out) {
+		if (nat_off)
+			return pass();
+		src = *def;
+	} else if (addr_eq(&src, &p->src)) {
+		return pass(); /* its first passed: so does it */
+	}
+	if (rewrite(skb, p, true, &src, 0))
+		return drop(STAT_DROP_UNTRANSLATABLE);
+	stat_inc(STAT_FRAGMENT_NAT);
+	traffic_add(skb, true, p->family);
+	return TC_ACT_OK;
+}
+
 /* Keys and values of the full egress path (the stack is short). */
 struct egress_scratch {
 	struct ct_key ck;
@@ -499,24 +552,10 @@ __noinline int einat_egress_full(struct __sk_buff *skb, struct packet *pp)
 	int pidx = proto_idx(pp->l4proto);
 	bool nat_off = ext->cfg.range_len[pidx & 3] == 0;
 
-	if (pp->frag == FRAG_LATER) {
-		/* No ports: it does what its first fragment did, recorded (frag.h).
-		 * Before its first, the default external address, unless the protocol's
-		 * NAT is off (one that names an extension header has no protocol yet). */
-		union ip_addr a;
-		if (!einat_frag_lookup(pp, true, &a)) {
-			if (nat_off && pp->l4proto)
-				return pass();
-			a = ext->addr;
-		} else if (addr_eq(&a, &pp->src)) {
-			return pass(); /* its first passed: so does it */
-		}
-		if (rewrite(skb, pp, true, &a, 0))
-			return drop(STAT_DROP_UNTRANSLATABLE);
-		stat_inc(STAT_FRAGMENT_NAT);
-		traffic_add(skb, true, pp->family);
-		return TC_ACT_OK;
-	}
+	bool turn = (dest & EXT_EXTERNAL) && !(dest & EXT_NO_HAIRPIN);
+	if (pp->frag == FRAG_LATER)
+		return einat_egress_later_fragment(skb, pp, &ext->addr, turn,
+						   nat_off && pp->l4proto);
 
 	struct endpoint *bvp = &es->bv;
 	bool b = false;
@@ -525,7 +564,7 @@ __noinline int einat_egress_full(struct __sk_buff *skb, struct packet *pp)
 		    einat_binding_of(pp->family, pp->l4proto, &pp->src, pp->sport, bvp) >= 0;
 		if (!b) {
 			if (pp->frag == FRAG_FIRST) /* its datagram stays as it is */
-				einat_frag_record(pp, true, &pp->src);
+				einat_frag_record(pp, FRAG_OUT, &pp->src);
 			return pass();
 		}
 	}
@@ -537,13 +576,13 @@ __noinline int einat_egress_full(struct __sk_buff *skb, struct packet *pp)
 	 * outside: delivered locally, untranslated.
 	 */
 	struct endpoint *target = NULL;
-	if ((dest & EXT_EXTERNAL) && !(dest & EXT_NO_HAIRPIN)) {
+	if (turn) {
 		if (pp->l4proto == IPPROTO_ICMP)
-			return deliver_locally(skb);
+			return deliver_turned(skb, pp);
 		struct mapping_record *t =
 			binding_reply(pp->family, pp->l4proto, &pp->dst, pp->dport);
 		if (!t) /* the router's own service */
-			return deliver_locally(skb);
+			return deliver_turned(skb, pp);
 		target = &es->target;
 		binding_intern(target, t);
 	}
@@ -620,6 +659,10 @@ __noinline int einat_egress_full(struct __sk_buff *skb, struct packet *pp)
 		struct ct_value *peer_ct = ct_find(ck);
 		if (peer_ct) /* its replies come back here and must turn around too */
 			peer_ct->flags |= CT_HAIRPIN;
+		if (pp->frag == FRAG_FIRST) { /* the rest of the datagram turns too */
+			einat_frag_record(pp, FRAG_OUT, &bvp->addr);
+			einat_frag_record(pp, FRAG_TURN, &target->addr);
+		}
 		return einat_hairpin(skb, pp, bvp, target);
 	}
 	if (pp->frag == FRAG_NONE) {
@@ -639,7 +682,7 @@ __noinline int einat_egress_full(struct __sk_buff *skb, struct packet *pp)
 	if (rewrite(skb, pp, true, &bvp->addr, bvp->port))
 		return drop(STAT_DROP_UNTRANSLATABLE);
 	if (pp->frag == FRAG_FIRST)
-		einat_frag_record(pp, true, &bvp->addr);
+		einat_frag_record(pp, FRAG_OUT, &bvp->addr);
 	stat_inc(STAT_EGRESS_NAT);
 	traffic_add(skb, true, pp->family);
 	return TC_ACT_OK;
@@ -688,10 +731,10 @@ __noinline int einat_ingress_first_fragment(struct __sk_buff *skb, struct packet
 	union ip_addr to;
 	if (!p)
 		return TC_ACT_SHOT;
-	if (!einat_frag_lookup(p, false, &to)) {
+	if (!einat_frag_lookup(p, FRAG_IN, &to)) {
 		if (!is_external_dest(p))
 			return TC_ACT_OK;
-		einat_frag_record(p, false, &p->dst);
+		einat_frag_record(p, FRAG_IN, &p->dst);
 	}
 	if (einat_frag_release(skb, p))
 		return drop(STAT_DROP_FRAGMENT);
@@ -769,7 +812,7 @@ static __always_inline int ingress_l4(struct __sk_buff *skb, struct packet *pp, 
 	if (rewrite(skb, pp, false, &bv.addr, bv.port))
 		return drop(STAT_DROP_UNTRANSLATABLE);
 	if (pp->frag == FRAG_FIRST)
-		einat_frag_record(pp, false, &bv.addr);
+		einat_frag_record(pp, FRAG_IN, &bv.addr);
 	stat_inc(STAT_INGRESS_NAT);
 	traffic_add(skb, false, family);
 	return TC_ACT_OK;
@@ -789,7 +832,7 @@ static __always_inline int ingress_family(struct __sk_buff *skb, const __u8 fami
 
 	if (unlikely(pp->frag == FRAG_LATER)) {
 		union ip_addr to;
-		if (!einat_frag_lookup(pp, false, &to)) {
+		if (!einat_frag_lookup(pp, FRAG_IN, &to)) {
 			/* first fragment not seen yet: keep a copy for when it comes */
 			if (is_external_dest(pp) && einat_frag_hold(skb, pp)) {
 				stat_inc(STAT_FRAGMENT_HELD);

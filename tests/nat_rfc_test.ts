@@ -598,6 +598,43 @@ for (const family of [4, 6] as const) {
     }
   });
 
+  Deno.test(`fragments v${family} from inside to the external address: later fragments go where their first went (to the router, or hairpinned)`, async () => {
+    const n = await loadTestNat(cfg66(), EXTS);
+    const LAN2 = family === 4 ? "192.0.2.20" : "2001:db8:1::20";
+    const untouched = (f: Uint8Array) => ({ retval: TC_ACT_REDIRECT, bytes: f });
+    try {
+      // the router's own service (no mapping has port 9999), and a ping: both fragments to the router
+      const [u1, u2] = fragment(buildPacket(udp(family, LAN, 40000, EXT, 9999)), family, 0x55, 16);
+      assertEquals(n.runRaw("egress", u1), untouched(u1), "first: the router's");
+      assertEquals(n.runRaw("egress", u2), untouched(u2), "later: the router's too");
+      const ping = buildPacket({ family, src: LAN, dst: EXT, proto: "icmp", icmpId: 77, payload });
+      const [p1, p2] = fragment(ping, family, 0x56, 16);
+      assertEquals(n.runRaw("egress", p1), untouched(p1));
+      assertEquals(n.runRaw("egress", p2), untouched(p2));
+      // a later fragment before its first: the router's, never sent out of the WAN
+      const [, o2] = fragment(buildPacket(udp(family, LAN, 40000, EXT, 9999)), family, 0x57, 16);
+      assertEquals(n.runRaw("egress", o2), untouched(o2));
+
+      // hairpinned to LAN2's mapping: both fragments from LAN's mapping to LAN2
+      const a = n.egress(udp(family, LAN, 40001, SRV, 53)).out.sport!;
+      const b = n.egress(udp(family, LAN2, 5000, SRV, 53)).out.sport!;
+      const [h1, h2] = fragment(buildPacket(udp(family, LAN, 40001, EXT, b)), family, 0x58, 16);
+      const r1 = n.runRaw("egress", h1);
+      const o1 = parsePacket(r1.bytes);
+      assertEquals([o1.src, o1.sport, o1.dst, o1.dport], [EXT, a, LAN2, 5000], "first hairpinned");
+      // This namespace has no route to LAN2: the FIB lookup fails and the packet is dropped after
+      // translation; in a router the verdict is a redirect (tests/hairpin_test.ts).
+      assert(r1.retval === TC_ACT_REDIRECT || r1.retval === TC_ACT_SHOT, `verdict ${r1.retval}`);
+      assertEquals(
+        n.runRaw("egress", h2),
+        { retval: r1.retval, bytes: withAddr(withAddr(h2, "src", EXT), "dst", LAN2) },
+        "later: the same translation both ways, the same way out",
+      );
+    } finally {
+      n.close();
+    }
+  });
+
   Deno.test(`fragments v${family}: held fragments are bounded per datagram and in all; a flood does not disturb unfragmented traffic (REQ-14a)`, async () => {
     const n = await loadTestNat(cfg66(), EXTS);
     const stats = n.nat.maps.stats;

@@ -10,7 +10,7 @@
  * A later fragment that arrives before its first:
  * - on egress it gets the default external address (the only one a new
  *   mapping can have), so out-of-order outbound datagrams work and nothing
- *   leaks;
+ *   leaks; to one of our external addresses it goes to the router;
  * - on ingress, to one of our external addresses, a copy of it is held
  *   (map_frag_hold) and the packet dropped. When the first fragment arrives
  *   and is translated (or found to be the router's own), each held fragment
@@ -29,7 +29,18 @@
 #include "maps.h"
 #include "parse.h"
 
-static __always_inline void frag_key_init(struct frag_key *k, const struct packet *p, bool egress)
+/*
+ * The records of a datagram (frag_key.egress): FRAG_IN, ingress, its new
+ * destination (its own when it stays with the router); FRAG_OUT, egress,
+ * its new source (its own when it passed); FRAG_TURN, egress to one of our
+ * external addresses, its new destination when hairpinned (with FRAG_OUT),
+ * its own when delivered to the router.
+ */
+#define FRAG_IN 0
+#define FRAG_OUT 1
+#define FRAG_TURN 2
+
+static __always_inline void frag_key_init(struct frag_key *k, const struct packet *p, int egress)
 {
 	__builtin_memset(k, 0, sizeof(*k));
 	k->family = p->family;
@@ -130,7 +141,7 @@ __noinline int einat_frag_hold(struct __sk_buff *skb, const struct packet *p)
 	s->len = len;
 	struct frag_hold_key k;
 	__builtin_memset(&k, 0, sizeof(k));
-	frag_key_init(&k.fk, p, false);
+	frag_key_init(&k.fk, p, FRAG_IN);
 	for (__u32 i = 0; i < FRAG_HOLD_SLOTS; i++) {
 		k.slot = i;
 		struct frag_hold *h = bpf_map_lookup_elem(&map_frag_hold, &k);
@@ -160,7 +171,7 @@ __noinline int einat_frag_release(struct __sk_buff *skb, const struct packet *p)
 		return 0;
 	struct frag_hold_key k;
 	__builtin_memset(&k, 0, sizeof(k));
-	frag_key_init(&k.fk, p, false);
+	frag_key_init(&k.fk, p, FRAG_IN);
 	__u64 now = bpf_ktime_get_ns();
 	__u32 len = 0; /* of the first fragment, once kept aside */
 	for (__u32 i = 0; i < FRAG_HOLD_SLOTS; i++) {

@@ -495,8 +495,12 @@ export interface BindingView {
     addr: Uint8Array,
     port: number,
   ): { addr: Uint8Array; port: number } | null;
-  /** The address recorded for the later fragments of an ingress datagram. */
-  fragIngress(d: Dissected): Uint8Array | null;
+  /**
+   * The address recorded for the later fragments of a datagram (bpf/lib/frag.h): 0, ingress, the
+   * new destination; 1, egress, the new source; 2, egress to the external address, the new
+   * destination (its own when delivered to the router).
+   */
+  frag(d: Dissected, which: 0 | 1 | 2): Uint8Array | null;
   /** Whether the packet just run was refused for want of a port (drop_no_port grew). */
   refusedNoPort?(): boolean;
 }
@@ -673,7 +677,7 @@ export function checkPacket(
       mustPass("ingress from the external address itself");
       return res("pass");
     }
-    if (verdict === TC_ACT_SHOT && d.frag === 2 && heldable(d, input) && !view.fragIngress(d)) {
+    if (verdict === TC_ACT_SHOT && d.frag === 2 && heldable(d, input) && !view.frag(d, 0)) {
       return res("held"); // a later fragment before its first, kept for it (frag.h)
     }
     if (verdict === TC_ACT_SHOT) {
@@ -683,7 +687,7 @@ export function checkPacket(
       const bound = n
         ? view.get(false, fam, keyProto(n.proto), n.src, n.sport)
         : d.frag === 2
-        ? view.fragIngress(d)
+        ? view.frag(d, 0)
         : view.get(false, fam, keyProto(d.proto), d.dst, d.dport);
       const syn = !n && d.frag !== 2 && d.proto === P_TCP && (d.tcpFlags & 0x12) === 0x02 &&
         eq(d.dst, extOf(fam)) && d.dport >= 20000 && d.dport <= 29999;
@@ -700,7 +704,7 @@ export function checkPacket(
           v.push("ICMP error about a mapped endpoint passed untranslated");
         }
       } else if (d.frag === 2) {
-        const to = view.fragIngress(d);
+        const to = view.frag(d, 0);
         // a first fragment the router kept (no binding) records the datagram as staying put
         if (to && !eq(to, d.dst)) {
           v.push("later fragment with a recorded first passed untranslated");
@@ -730,7 +734,7 @@ export function checkPacket(
         v.push("embedded source is not the binding's internal endpoint");
       } else if (!eq(od.dst, want.addr)) v.push("outer destination is not the internal host");
     } else if (d.frag === 2) {
-      const want = view.fragIngress(d);
+      const want = view.frag(d, 0);
       if (!want || !eq(od.dst, want)) v.push("later fragment translated to an unrecorded address");
     } else {
       const want = view.get(false, fam, keyProto(d.proto), d.dst, d.dport);
@@ -814,7 +818,16 @@ export function checkPacket(
     v.push("ICMPv6 echo reply from inside not dropped");
   }
   const toExt = eq(d.dst, extOf(fam)) && !d.inner && d.frag !== 2 && !own;
+  // a later fragment to the external address goes where its first went: the router, or hairpinned
+  const turnLater = eq(d.dst, extOf(fam)) && !d.inner && d.frag === 2 && !own;
   if (!changed) {
+    if (verdict === TC_ACT_REDIRECT && turnLater) {
+      const to = view.frag(d, 2);
+      if (to && !eq(to, d.dst)) {
+        v.push("later fragment of a hairpinned datagram kept by the router");
+      }
+      return res("redirect-own");
+    }
     if (verdict === TC_ACT_REDIRECT && toExt) {
       if (view.get(false, fam, keyProto(d.proto), d.dst, d.dport)) {
         v.push("redirected untouched to the router although the port is mapped");
@@ -862,6 +875,14 @@ export function checkPacket(
     return res("translated");
   }
   if (d.frag === 2) {
+    const src = view.frag(d, 1), to = turnLater ? view.frag(d, 2) : null;
+    if (src && !eq(od.src, src)) v.push("later fragment: not its first's source");
+    if (turnLater) {
+      if (verdict !== TC_ACT_REDIRECT) v.push(`hairpinned later fragment: verdict ${verdict}`);
+      if (!src || !to || !eq(od.dst, to)) v.push("later fragment hairpinned without its first");
+      return res("hairpin");
+    }
+    if (verdict !== TC_ACT_OK) v.push(`translated with verdict ${verdict}`);
     if (!eq(od.dst, d.dst)) v.push("later fragment: destination changed");
     return res("translated");
   }
@@ -1094,11 +1115,11 @@ export function bindingView(nat: Nat): BindingView {
       const b = findBinding(nat.nat.maps, family, l4proto, addr, port);
       return b ? { addr: b.intAddr, port: b.intPort } : null;
     },
-    fragIngress(d) {
+    frag(d, which) {
       const k = new Uint8Array(40);
       k[0] = d.family;
       k[1] = d.family === 6 ? d.fragProto : keyProto(d.proto);
-      k[2] = 0;
+      k[2] = which;
       k.set(d.fragId, 4);
       k.set(d.src, 8);
       k.set(d.dst, 24);
@@ -1551,7 +1572,18 @@ export class Generator {
     const r = this.rng, f = this.fam();
     let spec: PacketSpec;
     const l = this.learnedOf(f);
-    if (dir === "egress") {
+    if (dir === "egress" && r.chance(0.2)) {
+      // to the external address: hairpinned to a mapping, or the router's own (frag.h FRAG_TURN)
+      spec = this.flow(
+        f,
+        l?.proto ?? this.proto(),
+        this.intHost(f),
+        r.pick(INT_PORTS),
+        f === 4 ? EXT4 : EXT6,
+        l && r.chance(0.7) ? l.extPort : 9999,
+        false,
+      );
+    } else if (dir === "egress") {
       spec = this.flow(
         f,
         this.proto(),

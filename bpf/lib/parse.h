@@ -360,25 +360,29 @@ static __always_inline int parse_packet(struct __sk_buff *skb, struct packet *p,
 		p->family = 6;
 		__builtin_memcpy(&p->src, &ip6->saddr, 16);
 		__builtin_memcpy(&p->dst, &ip6->daddr, 16);
-		struct v6_walk w = {.proto = ip6->nexthdr};
+		/* One 8-byte store: a designated initialiser is zeroed field by field. */
+		struct v6_walk w = {};
+		w.proto = ip6->nexthdr;
 		int off = l3 + sizeof(*ip6);
 		/* No extension headers (the common case): no call to the walk. */
-		if (w.proto != IPPROTO_TCP && w.proto != IPPROTO_UDP && w.proto != IPPROTO_ICMPV6)
+		if (w.proto != IPPROTO_TCP && w.proto != IPPROTO_UDP && w.proto != IPPROTO_ICMPV6) {
 			off = einat_ipv6_walk(skb, off, &w);
+			p->frag_proto = w.frag_proto;
+		}
 		if (off < 0 || off > L4_OFF_MAX)
 			return PARSE_BAD;
 		__u8 proto = w.proto;
 		p->frag = w.frag;
 		p->frag_id = w.frag_id;
-		p->frag_proto = w.frag_proto;
 		p->l4_off = off;
 		p->real_proto = proto;
-		if (proto == IPPROTO_ICMPV6)
+		if (proto == IPPROTO_ICMPV6) {
 			proto = IPPROTO_ICMP; /* one key space for both ICMP flavours */
-		else if (unlikely(w.frag == FRAG_LATER && ipv6_ext_walked(proto)))
+		} else if (proto != IPPROTO_TCP && proto != IPPROTO_UDP) {
+			if (w.frag != FRAG_LATER || !ipv6_ext_walked(proto))
+				return PARSE_PASS;
 			proto = 0; /* its headers go on in the first fragment: the record tells */
-		else if (proto != IPPROTO_TCP && proto != IPPROTO_UDP)
-			return PARSE_PASS;
+		}
 		p->l4proto = proto;
 	}
 

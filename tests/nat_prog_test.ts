@@ -670,3 +670,27 @@ Deno.test("a reload that empties a protocol's range: endpoints without a binding
     n.close();
   }
 });
+
+Deno.test("externals: an is_internal entry's source is SNATed (einat-ebpf's IS_INTERNAL); it takes no slot and is never the default", async () => {
+  const base = testInterfaceConfig();
+  const ic = testInterfaceConfig({
+    externals: [{
+      match: { kind: "address", addr: parseCidr(`${LAN1}/32`) },
+      isInternal: true,
+      noSnat: false,
+      noHairpin: false,
+      ranges: base.defaultRanges,
+    }],
+  });
+  const plan = planInterface(ic, [{ family: 4, addr: parseAddr(EXT), prefixLen: 24 }]);
+  assertEquals(plan.defaultExt[4]?.addr.join("."), EXT.split(".").join("."), "the default");
+  const n = await loadTestNat(ic, [`${EXT}/24`]);
+  try {
+    const r = n.egress(udp(LAN1, 40000, SRV1, 53));
+    assertEquals(r.retval, TC_ACT_OK);
+    assertEquals(r.out.src, EXT, "translated, not passed as the router's own");
+    assert(inRange(r.out.sport!), `port ${r.out.sport}`);
+  } finally {
+    n.close();
+  }
+});

@@ -99,9 +99,12 @@ function matchLen(spec: ExternalSpec, family: 4 | 6, addr: Uint8Array): number {
 
 /** The BPF view of an external's ranges and flags. */
 export function externalConfigOf(spec: ExternalSpec, fallback: ProtoRanges): ExternalConfig {
+  // An internal entry marks a source to SNAT explicitly (as snat_internals does): no ranges,
+  // never a source of mappings nor a hairpin destination (einat-ebpf's IS_INTERNAL).
+  if (spec.isInternal) return { tcp: [], udp: [], icmp: [], icmpIn: [], flags: 0 };
   const r = spec.ranges ?? fallback;
   let flags: number = EXT_FLAGS.EXTERNAL;
-  if (spec.noSnat || spec.isInternal) flags = EXT_FLAGS.NO_SNAT;
+  if (spec.noSnat) flags = EXT_FLAGS.NO_SNAT;
   if (spec.noHairpin) flags |= EXT_FLAGS.NO_HAIRPIN;
   // Outbound echo identifiers come from icmp_out_ranges, those pings from
   // outside may bind from icmp_in_ranges (both inside icmp_ranges).
@@ -137,7 +140,10 @@ function matchAll(family: 4 | 6, ranges: ProtoRanges): ExternalSpec {
  */
 export function resolveExternals(ic: InterfaceConfig, addrs: IfAddr[]): ResolvedExternal[] {
   const specs = [...ic.externals];
-  if (ic.defaultExternals) specs.push(matchAll(4, ic.defaultRanges), matchAll(6, ic.defaultRanges));
+  // Match-all entries for the families NATed only (as einat-ebpf): an address of a family
+  // that is not NATed never takes an external slot.
+  if (ic.defaultExternals && ic.nat44) specs.push(matchAll(4, ic.defaultRanges));
+  if (ic.defaultExternals && ic.nat66) specs.push(matchAll(6, ic.defaultRanges));
   const chosen = new Map<ExternalSpec, ResolvedExternal[]>();
   const seen = new Set<string>();
   const key = (family: number, a: Uint8Array) => `${family}/${a.join(".")}`;
@@ -174,7 +180,8 @@ export function resolveExternals(ic: InterfaceConfig, addrs: IfAddr[]): Resolved
       chosen.get(best)!.push({ family: ia.family, addr: ia.addr, spec: best });
     }
   }
-  return specs.flatMap((s) => chosen.get(s)!);
+  return specs.flatMap((s) => chosen.get(s)!)
+    .filter((r) => r.family === 4 ? ic.nat44 : ic.nat66);
 }
 
 /** Computes the map contents for one interface. */

@@ -11,7 +11,7 @@ import type { SlotEntry } from "./records.ts";
 /**
  * The slot table for `plan`: the current slots kept (those of addresses that left too, until
  * their bindings are purged), and free slots below `count` given to the plan's addresses that
- * have none, default externals first. `unplaced`: addresses left without a slot (no new
+ * have none and that mappings are made on, default externals first. `unplaced`: addresses left without a slot (no new
  * mappings are made on them).
  */
 export function assignSlots(
@@ -23,8 +23,10 @@ export function assignSlots(
   const unplaced: { family: 4 | 6; addr: Uint8Array }[] = [];
   const key = (f: number, a: Uint8Array) => `${f}/${a.join(".")}`;
   const have = new Set(table.map((s) => key(s.family, s.addr)));
+  // Only addresses mappings are made on: not no_snat ones, nor internal entries.
   const wanted = [plan.defaultExt[4], plan.defaultExt[6], ...plan.resolved]
-    .filter((r) => r !== undefined);
+    .filter((r) => r !== undefined)
+    .filter((r) => !r.spec.noSnat && !r.spec.isInternal);
   for (const r of wanted) {
     const k = key(r.family, r.addr);
     if (have.has(k)) continue;

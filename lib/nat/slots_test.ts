@@ -1,6 +1,6 @@
 import { assertEquals } from "../../tests/lib/assert.ts";
 import { loadTestNat, testInterfaceConfig } from "../../tests/lib/natfixture.ts";
-import { parseAddr } from "../config/cidr.ts";
+import { parseAddr, parseCidr } from "../config/cidr.ts";
 import { applyPlan, purgeStale } from "./apply.ts";
 import { planInterface } from "./plan.ts";
 import { readSlots } from "./records.ts";
@@ -43,4 +43,40 @@ Deno.test("slots: an address beyond the slots is reported unplaced; purging give
   } finally {
     n.close();
   }
+});
+
+Deno.test("slots: only addresses mappings are made on take one: the NATed families', not no_snat nor internal entries", () => {
+  const v6 = (s: string) => ({ family: 6 as const, addr: parseAddr(s), prefixLen: 64 });
+  const spec = (address: string, o: { noSnat?: boolean; isInternal?: boolean }) => ({
+    match: { kind: "address" as const, addr: parseCidr(address) },
+    isInternal: o.isInternal ?? false,
+    noSnat: o.noSnat ?? false,
+    noHairpin: false,
+    ranges: ic.defaultRanges,
+  });
+  const show = (t: { addr: Uint8Array; family: number }[]) =>
+    t.map((x) => x.family === 4 ? x.addr.join(".") : x.addr.slice(-2).join(":"));
+  // NAT66 only: the IPv4 address takes no slot; both IPv6 addresses get one.
+  const six = planInterface(
+    testInterfaceConfig({ nat44: false, nat66: true }),
+    [a("203.0.113.1"), v6("2001:db8:2::1"), v6("2001:db8:2::2")],
+  );
+  const s6 = assignSlots([], six, 2);
+  assertEquals(show(s6.table), ["0:1", "0:2"]);
+  assertEquals(s6.unplaced, []);
+  // NAT44 only: IPv6 addresses are neither placed nor reported unplaced.
+  const four = assignSlots([], planInterface(ic, [a("203.0.113.1"), v6("2001:db8:2::1")]), 2);
+  assertEquals(show(four.table), ["203.0.113.1"]);
+  assertEquals(four.unplaced, []);
+  // no_snat and is_internal entries take none.
+  const marked = planInterface(
+    testInterfaceConfig({
+      externals: [
+        spec("203.0.113.9/32", { noSnat: true }),
+        spec("192.0.2.10/32", { isInternal: true }),
+      ],
+    }),
+    [a("203.0.113.1")],
+  );
+  assertEquals(show(assignSlots([], marked, 3).table), ["203.0.113.1"]);
 });

@@ -302,7 +302,6 @@ async function loadNatBytes(
   try {
     const slots = opts.extSlots ?? defaultSlots(opts.ro);
     bpf.mapSetMaxEntries(bpf.findMap(obj, MAP_NAMES.records), slots * RECORDS_PER_SLOT);
-    bpf.mapSetMaxEntries(bpf.findMap(obj, MAP_NAMES.portBits), slots * PROTO_COUNT);
     const outbound = bpf.findMap(obj, MAP_NAMES.outbound);
     bpf.mapSetMaxEntries(outbound, outboundLines(opts.bindingMaxRecords));
     bpf.mapSetMaxEntries(bpf.findMap(obj, MAP_NAMES.ct), opts.ctMaxRecords);
@@ -318,6 +317,10 @@ async function loadNatBytes(
       bpf.mapReuseFd(bpf.findMap(obj, name), fd);
     }
     if (opts.pin) pins = preparePins(obj, stateBytes, opts.pin.dir, opts.pin.ifname);
+    // The free-port hint covers every slot of the records, as created or as pinned (which
+    // keeps its size: a start with fewer external_slots still purges the slots beyond them).
+    const recSlots = bpf.mapMaxEntries(bpf.findMap(obj, MAP_NAMES.records)) / RECORDS_PER_SLOT;
+    bpf.mapSetMaxEntries(bpf.findMap(obj, MAP_NAMES.portBits), recSlots * PROTO_COUNT);
     // the index as created, or as pinned (which keeps its size)
     const ro: RoConfig = {
       ...opts.ro,

@@ -1,5 +1,6 @@
 import { assertEquals } from "../../tests/lib/assert.ts";
 import { loadTestNat, testInterfaceConfig } from "../../tests/lib/natfixture.ts";
+import { withPrivateBpffs } from "../../tests/lib/bpffs.ts";
 import { parseAddr, parseCidr } from "../config/cidr.ts";
 import { applyPlan, purgeStale } from "./apply.ts";
 import { planInterface } from "./plan.ts";
@@ -79,4 +80,33 @@ Deno.test("slots: only addresses mappings are made on take one: the NATed famili
     [a("203.0.113.1")],
   );
   assertEquals(show(assignSlots([], marked, 3).table), ["203.0.113.1"]);
+});
+
+Deno.test("slots: a start with fewer external_slots than the pinned records still purges an address in a higher slot", async () => {
+  await withPrivateBpffs("slots", async (bpffs) => {
+    const pin = { dir: `${bpffs}/einat/wan0`, ifname: "wan0" };
+    const three = ["203.0.113.1/24", "203.0.113.2/24", "203.0.113.3/24"];
+    const first = await loadTestNat(ic, three, undefined, 3, pin);
+    try {
+      const plan = planInterface(ic, three.map((x) => a(x.split("/")[0])));
+      applyPlan(first.nat.maps, plan);
+      purgeStale(first.nat, plan);
+      assertEquals(readSlots(first.nat.maps.slots).length, 3);
+    } finally {
+      first.close();
+    }
+    // Two slots configured now; the records keep their pinned three, and .3 (slot 2) is gone.
+    const n = await loadTestNat(ic, three.slice(0, 2), undefined, 2, pin);
+    try {
+      const plan = planInterface(ic, [a("203.0.113.1"), a("203.0.113.2")]);
+      applyPlan(n.nat.maps, plan);
+      purgeStale(n.nat, plan);
+      assertEquals(
+        readSlots(n.nat.maps.slots).map((s) => s.addr.join(".")),
+        ["203.0.113.1", "203.0.113.2"],
+      );
+    } finally {
+      n.close();
+    }
+  });
 });

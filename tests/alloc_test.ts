@@ -30,8 +30,10 @@ import {
   deleteBinding,
   findBinding,
   readSlots,
+  releaseSlotRecords,
   slotOf,
   writeBinding,
+  writeSlots,
 } from "../lib/nat/records.ts";
 import { syncPortHint } from "../lib/nat/loader.ts";
 import { fillSessions } from "../bench/lib/bpfbench.ts";
@@ -359,6 +361,40 @@ Deno.test("port choice: an external address that leaves takes its hint along (no
       assertEquals(n.egress(udp("192.0.2.11", 41000 + i)).retval, TC_ACT_OK, `flow ${i}`);
     }
     assertEquals(stat(n.nat.maps.stats, "new_binding") - made, 64n, "the whole range again");
+  } finally {
+    n.close();
+  }
+});
+
+Deno.test("port choice: a binding claimed on an address while it was being purged is retired at its next packet, not adopted and dropped (no reference leaks)", async () => {
+  const ic = testInterfaceConfig();
+  const two = ["203.0.113.1/24", "203.0.113.2/24"];
+  const n = await loadTestNat(ic, two, undefined, 3);
+  try {
+    const at = (s: string) => ({ family: 4 as const, addr: parseAddr(s), prefixLen: 24 });
+    const both = planInterface(ic, [at("203.0.113.1"), at("203.0.113.2")]);
+    applyPlan(n.nat.maps, both);
+    purgeStale(n.nat, both);
+    const slotA = slotOf(readSlots(n.nat.maps.slots), 4, new Uint8Array(EXT));
+    // purgeStale's steps for .1, with a packet between the records' release and the slot's
+    // removal: its binding is made on .1 (still the default in the maps) and left behind.
+    releaseSlotRecords(n.nat.maps, n.nat.releaseFd, slotA);
+    const orphan = n.egress(udp("192.0.2.10", 40000));
+    assertEquals(orphan.retval, TC_ACT_OK);
+    assertEquals(orphan.out.src, "203.0.113.1");
+    writeSlots(n.nat.maps.slots, readSlots(n.nat.maps.slots).filter((s) => s.slot !== slotA));
+    const rest = planInterface(ic, [at("203.0.113.2")]);
+    applyPlan(n.nat.maps, rest);
+    purgeStale(n.nat, rest);
+    // The same internal endpoint to new remotes: translated on .2, not dropped.
+    const dropped = stat(n.nat.maps.stats, "drop_untranslatable");
+    for (let i = 0; i < 5; i++) {
+      const r = n.egress({ ...udp("192.0.2.10", 40000), dst: `198.51.100.${i + 2}` });
+      assertEquals(r.retval, TC_ACT_OK, `flow ${i}`);
+      assertEquals(r.out.src, "203.0.113.2");
+    }
+    assertEquals(stat(n.nat.maps.stats, "drop_untranslatable"), dropped);
+    assertEquals(countBindings(n.nat.maps.records), 1, "the orphan retired, one binding on .2");
   } finally {
     n.close();
   }

@@ -157,28 +157,6 @@ static __always_inline void binding_intern(struct endpoint *out, const struct ma
 }
 
 /*
- * The external endpoint of the binding of internal endpoint (int_addr,
- * int_port) into *out: the original direction. Returns its record index, or
- * -1. A global function: verified once.
- */
-__noinline int einat_binding_of(__u32 family, __u32 l4proto, const union ip_addr *int_addr,
-				__u32 int_port, struct endpoint *out)
-{
-	if (!int_addr || !out)
-		return -1;
-	struct rec_key k;
-	rec_key_init(&k, family, l4proto, int_addr, int_port);
-	int ri = einat_outbound_find(&k);
-	if (ri < 0)
-		return -1;
-	__builtin_memset(out, 0, sizeof(*out));
-	if (!slot_addr(rec_slot(ri), &out->addr))
-		return -1;
-	out->port = bpf_htons(ri & 0xffff);
-	return ri;
-}
-
-/*
  * When a whole range was searched in vain, new flows of that protocol are
  * refused without searching again for FULL_BACKOFF_NS, unless a binding is
  * released meanwhile: a full range costs one search, not one per packet.
@@ -701,6 +679,50 @@ __noinline int einat_binding_put(__u32 idx)
 	return 0;
 }
 
+/*
+ * Frees the binding of record idx whatever references its sessions hold (they
+ * find it gone): one whose external address left. False when it is not live or
+ * another CPU frees it already. A global function: verified once.
+ */
+__noinline int einat_binding_retire(__u32 idx)
+{
+	struct mapping_record *r = rec_get(idx);
+	if (!r || (r->state & REC_STATE_MASK) != REC_LIVE)
+		return 0;
+	/* No session takes a reference any more; one that holds one finds it gone. */
+	if (__sync_lock_test_and_set(&r->ref, BINDING_DYING) & BINDING_DYING)
+		return 0;
+	einat_binding_release(idx);
+	return 1;
+}
+
+/*
+ * The external endpoint of the binding of internal endpoint (int_addr,
+ * int_port) into *out: the original direction. Returns its record index, or
+ * -1. A binding whose slot is free (its external address left while the
+ * daemon purged it: claimed between the release of the slot's records and the
+ * slot's removal) is retired here, so the caller makes one on an address that
+ * is there. A global function: verified once.
+ */
+__noinline int einat_binding_of(__u32 family, __u32 l4proto, const union ip_addr *int_addr,
+				__u32 int_port, struct endpoint *out)
+{
+	if (!int_addr || !out)
+		return -1;
+	struct rec_key k;
+	rec_key_init(&k, family, l4proto, int_addr, int_port);
+	int ri = einat_outbound_find(&k);
+	if (ri < 0)
+		return -1;
+	__builtin_memset(out, 0, sizeof(*out));
+	if (!slot_addr(rec_slot(ri), &out->addr)) {
+		einat_binding_retire(ri);
+		return -1;
+	}
+	out->port = bpf_htons(ri & 0xffff);
+	return ri;
+}
+
 /* einat_binding_create(): another CPU made this endpoint's binding meanwhile. */
 #define BINDING_ADOPTED (-1)
 
@@ -800,8 +822,15 @@ __noinline int einat_binding_create(const struct packet *p, const struct default
 	einat_binding_put(idx);
 	if (ri == -ENOSPC)
 		return STAT_DROP_BINDING_FULL;
-	if (ri < 0 || !slot_addr(rec_slot(ri), &out->addr))
+	if (ri < 0)
 		return STAT_DROP_UNTRANSLATABLE;
+	if (!slot_addr(rec_slot(ri), &out->addr)) {
+		/* Its address left (einat_binding_of): the reference taken for us back, and
+		 * the binding retired, so the next packet makes one on an address that is there. */
+		einat_binding_put(ri);
+		einat_binding_retire(ri);
+		return STAT_DROP_UNTRANSLATABLE;
+	}
 	out->port = bpf_htons(ri & 0xffff);
 	return BINDING_ADOPTED;
 }

@@ -109,15 +109,11 @@ static long release_record_at(__u64 i, void *ctx)
 	struct mapping_record *r = rec_get(idx);
 	if (!r)
 		return 1;
-	if ((r->state & REC_STATE_MASK) != REC_LIVE)
-		return 0;
-	/* No session takes a reference any more; one that holds one finds it gone. */
-	if (__sync_lock_test_and_set(&r->ref, BINDING_DYING) & BINDING_DYING)
-		return 0;
-	if (r->sess == SESS_INLINE)
-		c->sessions += 1;
-	einat_binding_release(idx);
-	c->bindings += 1;
+	__u32 inline_sess = r->sess == SESS_INLINE;
+	if (einat_binding_retire(idx)) {
+		c->sessions += inline_sess;
+		c->bindings += 1;
+	}
 	return 0;
 }
 

@@ -10,7 +10,16 @@
 import { assert, assertEquals, assertNotEquals } from "./lib/assert.ts";
 import { startEinat, stopEinat } from "./lib/einat.ts";
 import { parseSeen } from "./lib/peer.ts";
-import { nsExecResult, peerCmd, type Topology, withTopology } from "./lib/netns.ts";
+import {
+  nsExecResult,
+  type NsProcess,
+  peerCmd,
+  run,
+  spawnInNs,
+  testPrefix,
+  type Topology,
+  withTopology,
+} from "./lib/netns.ts";
 
 const COMPAT = new URL("../bpf/einat_compat.bpf.o", import.meta.url).pathname;
 
@@ -76,4 +85,66 @@ Deno.test({
         }
       }
     }),
+});
+
+Deno.test({
+  name:
+    "offload: frames whose IP and UDP headers sit in page fragments (a TAP with IFF_NAPI_FRAGS, GRO off) are translated inbound",
+  sanitizeOps: false,
+  sanitizeResources: false,
+  fn: async () => {
+    const ns = `${testPrefix()}-f${crypto.getRandomValues(new Uint32Array(1))[0].toString(16)}`;
+    await run(["ip", "netns", "add", ns]);
+    const procs: NsProcess[] = [];
+    try {
+      await run(["ip", "-n", ns, "-batch", "-"], {
+        stdin: "link set lo up\naddr add 192.0.2.10/32 dev lo\n",
+      });
+      // The "server" writes each reply as the Ethernet header (the linear part) and the rest
+      // (a page fragment); with GRO off nothing pulls the headers in before TC ingress.
+      const tap = spawnInNs(ns, [
+        Deno.execPath(),
+        "run",
+        "-A",
+        "--no-config",
+        new URL("./lib/tap_frags.ts", import.meta.url).pathname,
+        "--name",
+        "tap0",
+        "--timeout-ms",
+        "20000",
+      ]);
+      procs.push(tap);
+      await tap.waitForStdout(/ready/);
+      await run(["ip", "-n", ns, "-batch", "-"], {
+        stdin: "addr add 203.0.113.1/24 dev tap0\nlink set tap0 up\n" +
+          "neigh add 203.0.113.50 lladdr 02:00:00:00:00:50 dev tap0 nud permanent\n",
+      });
+      await run(["ip", "netns", "exec", ns, "ethtool", "-K", "tap0", "gro", "off"]);
+      const einat = await startEinat(ns, ["-i", "tap0"]);
+      procs.push(einat);
+      try {
+        const r = await nsExecResult(
+          ns,
+          peerCmd("udp-send", [
+            "--bind",
+            "192.0.2.10",
+            "--from-port",
+            "40000",
+            "--to",
+            "203.0.113.50:9",
+            "--timeout-ms",
+            "3000",
+          ]),
+        );
+        assert(/got 203\.0\.113\.1:\d+ -> 203\.0\.113\.50:9/.test(tap.stdoutText()), "SNAT out");
+        assertEquals(r.code, 0, `the reply was not translated back:\n${r.stdout}${r.stderr}`);
+        assert(/seen 203\.0\.113\.1:\d+/.test(r.stdout), r.stdout);
+      } finally {
+        assertEquals(await stopEinat(einat), 0, einat.stderrText());
+      }
+    } finally {
+      for (const p of procs) if (p.running()) p.kill("SIGKILL");
+      await run(["ip", "netns", "del", ns]);
+    }
+  },
 });

@@ -266,6 +266,28 @@ static __always_inline int parse_inner(struct __sk_buff *skb, __u8 family, __u32
 	}
 }
 
+/*
+ * Bytes from the start of the frame that must sit in the skb's linear area,
+ * where direct packet access reaches: the headers einat reads and rewrites in
+ * place (Ethernet, IP with options or the common extension headers, the L4
+ * header; an ICMP error's quoted headers too).
+ */
+#define PULL_LEN 192
+
+/*
+ * Pulls the headers into the linear area when a driver left them in page
+ * fragments (skbs built from fragments: napi_gro_frags with GRO off, or for
+ * what GRO does not parse). Costs the common case two loads and a compare.
+ * Call before parse_packet: the pull invalidates packet pointers.
+ */
+static __always_inline void pull_headers(struct __sk_buff *skb)
+{
+	__u32 linear = skb->data_end - skb->data;
+	__u32 len = skb->len;
+	if (unlikely(linear < PULL_LEN && linear < len))
+		bpf_skb_pull_data(skb, len < PULL_LEN ? len : PULL_LEN);
+}
+
 static __always_inline int parse_l4(struct __sk_buff *skb, struct packet *p)
 {
 	void *data = (void *)(long)skb->data;

@@ -1,0 +1,81 @@
+/**
+ * A UDP "server" behind a TAP device whose frames reach the stack with their IP and UDP headers
+ * outside the skb's linear area, as drivers that build skbs from page fragments
+ * (`napi_gro_frags`) hand them over. Run inside a namespace:
+ * `deno run -A tests/lib/tap_frags.ts --name tap0 --mac 02:00:00:00:00:50 --timeout-ms 10000`.
+ * It creates the device with IFF_NAPI | IFF_NAPI_FRAGS, prints `ready`, and answers every IPv4
+ * UDP datagram it is sent with `seen SRC:PORT` from the datagram's destination, written with
+ * `writev` as two pieces: the Ethernet header (the skb's linear part) and the rest (a page
+ * fragment).
+ * @module
+ */
+import { buildPacket, parsePacket } from "./packet.ts";
+
+const TUNSETIFF = 0x400454ca;
+const IFF_TAP = 0x0002;
+const IFF_NAPI = 0x0010;
+const IFF_NAPI_FRAGS = 0x0020;
+const IFF_NO_PI = 0x1000;
+const O_RDWR = 2;
+
+const libc = Deno.dlopen("libc.so.6", {
+  open: { parameters: ["buffer", "i32"], result: "i32" },
+  ioctl: { parameters: ["i32", "u64", "buffer"], result: "i32" },
+  read: { parameters: ["i32", "buffer", "usize"], result: "isize", nonblocking: true },
+  writev: { parameters: ["i32", "buffer", "i32"], result: "isize" },
+});
+
+function arg(name: string, def: string): string {
+  const i = Deno.args.indexOf(`--${name}`);
+  return i >= 0 ? Deno.args[i + 1] : def;
+}
+
+const name = arg("name", "tap0");
+const mac = arg("mac", "02:00:00:00:00:50");
+const timeoutMs = Number(arg("timeout-ms", "10000"));
+const fd = libc.symbols.open(new TextEncoder().encode("/dev/net/tun\0"), O_RDWR);
+if (fd < 0) throw new Error("open /dev/net/tun failed");
+const ifr = new Uint8Array(40);
+ifr.set(new TextEncoder().encode(name));
+new DataView(ifr.buffer).setUint16(16, IFF_TAP | IFF_NO_PI | IFF_NAPI | IFF_NAPI_FRAGS, true);
+if (libc.symbols.ioctl(fd, BigInt(TUNSETIFF), ifr) < 0) throw new Error("TUNSETIFF failed");
+console.log("ready");
+
+/** Writes `frame` as two iovecs: the first (linear) `head` bytes, then the rest. */
+function writeSplit(frame: Uint8Array, head: number): void {
+  const pieces = [frame.slice(0, head), frame.slice(head)];
+  const iov = new BigUint64Array(4);
+  pieces.forEach((p, i) => {
+    iov[i * 2] = BigInt(Deno.UnsafePointer.value(Deno.UnsafePointer.of(p)));
+    iov[i * 2 + 1] = BigInt(p.length);
+  });
+  const n = libc.symbols.writev(fd, new Uint8Array(iov.buffer), 2);
+  if (Number(n) !== frame.length) throw new Error(`writev wrote ${n} of ${frame.length}`);
+}
+
+setTimeout(() => Deno.exit(0), timeoutMs);
+const buf = new Uint8Array(65536);
+while (true) {
+  const n = Number(await libc.symbols.read(fd, buf, BigInt(buf.length)));
+  if (n <= 0) continue;
+  let p;
+  try {
+    p = parsePacket(buf.slice(0, n));
+  } catch {
+    continue;
+  }
+  if (p.family !== 4 || p.proto !== "udp") continue;
+  console.log(`got ${p.src}:${p.sport} -> ${p.dst}:${p.dport}`);
+  const reply = buildPacket({
+    family: 4,
+    src: p.dst,
+    dst: p.src,
+    proto: "udp",
+    sport: p.dport,
+    dport: p.sport,
+    payload: new TextEncoder().encode(`seen ${p.src}:${p.sport}\n`),
+    ethSrc: mac,
+    ethDst: p.eth?.src,
+  });
+  writeSplit(reply, 14);
+}

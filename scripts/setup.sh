@@ -4,11 +4,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PKGS=(npm clang-19 clang-format-19 llvm-19 libbpf-dev libbpf1 libmnl0 libmnl-dev iproute2 iputils-ping
-  nftables tcpdump iperf3 bpftool procps traceroute ethtool nix-bin ca-certificates)
+APT_PKGS=(npm make clang-19 clang-format-19 llvm-19 libbpf-dev libbpf1 libmnl0 libmnl-dev iproute2
+  iputils-ping nftables tcpdump iperf3 bpftool procps traceroute ethtool curl nix-bin ca-certificates)
 
 missing=()
 command -v npm >/dev/null && APT_PKGS=("${APT_PKGS[@]:1}") # npm present (e.g. from nodejs.org)
+if ! command -v dpkg-query >/dev/null; then
+  # Not Debian (e.g. `nix develop`, which provides these tools): nothing to install here.
+  echo "setup: no dpkg here: not installing apt packages (${APT_PKGS[*]} are expected on PATH)"
+  APT_PKGS=()
+fi
 for p in "${APT_PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
@@ -24,9 +29,12 @@ fi
 # Deno comes from npm into tools/deno (kept apart from the project's own
 # node_modules, which deno manages for the npm imports in deno.json).
 DENO=tools/deno/node_modules/deno/deno
-if [[ ! -x $DENO ]]; then
-  echo "setup: installing deno from npm"
-  (cd tools/deno && npm install --no-audit --no-fund --silent)
+want=$(sed -nE 's/.*"deno": *"([^"]+)".*/\1/p' tools/deno/package.json)
+have=$([[ -x $DENO ]] && "$DENO" --version 2>/dev/null | sed -nE '1s/^deno ([^ ]+).*/\1/p' || true)
+if [[ $have != "$want" ]]; then
+  echo "setup: installing deno $want from npm${have:+ (have $have)}"
+  # --include=dev: the pin is a devDependency, which NODE_ENV=production or omit=dev would skip.
+  (cd tools/deno && npm install --include=dev --no-audit --no-fund --silent)
 fi
 "$DENO" --version | head -1
 # npm imports of deno.json (smol-toml) into ./node_modules

@@ -6,6 +6,27 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh || { echo "setup failed"; echo "0 passed, 1 failed"; exit 1; }
 DENO=tools/deno/node_modules/deno/deno
 export NO_COLOR=1
+# This run's prefix for the namespaces and bpffs folders the tests make (tests/lib/netns.ts
+# testPrefix), so that what an interrupted run leaves (deno test exits at once on Ctrl-C,
+# before the tests' own clean-up) can be found and removed.
+export EINAT_TEST_PREFIX=${EINAT_TEST_PREFIX:-einat$$}
+sweep() {
+  local ns d
+  for ns in $(ip netns list | awk '{print $1}' | grep -E "^${EINAT_TEST_PREFIX}-" || true); do
+    for pid in $(ip netns pids "$ns" 2>/dev/null); do kill -9 "$pid" 2>/dev/null; done
+    ip netns del "$ns" 2>/dev/null
+  done
+  for d in /run/"${EINAT_TEST_PREFIX}"-test-bpffs-*; do
+    [[ -d $d ]] || continue
+    umount "$d" 2>/dev/null || umount -l "$d" 2>/dev/null
+    rmdir "$d" 2>/dev/null
+  done
+}
+interrupted() {
+  echo "interrupted: removing this run's namespaces and bpffs folders"
+  sweep
+}
+trap 'interrupted; echo "0 passed, 1 failed"; exit 130' TERM
 # The full suite (EINAT_FULL=1): 1,000,000 fuzzed packets and a 10-minute soak instead of
 # CI's seeded 20,000 packets and 30 s.
 if [[ ${EINAT_FULL:-0} == 1 ]]; then
@@ -23,6 +44,8 @@ echo "== deno test"
 log=$(mktemp)
 "$DENO" test -A --parallel "$@" 2>&1 | tee "$log"
 rc=${PIPESTATUS[0]}
+# deno test exits 130 on Ctrl-C (SIGINT reaches it too), by itself: bash runs no INT trap then.
+((rc == 130 || rc == 143)) && interrupted
 summary=$(grep -E '^(ok|FAILED) \| [0-9]+ passed' "$log" | tail -1)
 rm -f "$log"
 passed=$(sed -E 's/.*\| ([0-9]+) passed.*/\1/' <<<"$summary")

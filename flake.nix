@@ -15,16 +15,23 @@
     in
     {
       packages = forAllSystems (pkgs: {
-        einat = pkgs.callPackage ./nix/package.nix { inherit gitDescribe; };
+        # clang 19: the BPF objects are built with -Werror and verified as clang 19 emits them.
+        einat = pkgs.callPackage ./nix/package.nix {
+          inherit gitDescribe;
+          llvmPackages = pkgs.llvmPackages_19;
+        };
         default = self.packages.${pkgs.stdenv.hostPlatform.system}.einat;
       });
 
       devShells = forAllSystems (pkgs: {
-        default = pkgs.callPackage ./nix/devshell.nix { };
+        default = pkgs.callPackage ./nix/devshell.nix { llvmPackages = pkgs.llvmPackages_19; };
       });
 
       overlays.default = final: _prev: {
-        einat = final.callPackage ./nix/package.nix { inherit gitDescribe; };
+        einat = final.callPackage ./nix/package.nix {
+          inherit gitDescribe;
+          llvmPackages = final.llvmPackages_19;
+        };
       };
 
       nixosModules.einat =

@@ -1,5 +1,6 @@
 # `nix develop`: everything to build the BPF objects, run einat from the checkout
-# (`deno task start`), run the tests and compile it.
+# (`deno task start`), run the tests (`bash scripts/test.sh`: its set-up installs nothing
+# outside Debian) and compile it.
 {
   mkShell,
   deno,
@@ -12,6 +13,14 @@
   nftables,
   linuxHeaders,
   lib,
+  gnumake,
+  tcpdump,
+  traceroute,
+  ethtool,
+  iperf3,
+  curl,
+  iputils,
+  util-linux,
 }:
 
 let
@@ -29,9 +38,18 @@ mkShell {
     deno
     llvmPackages.clang
     llvmPackages.llvm
+    llvmPackages.clang-tools # clang-format
+    gnumake
     bpftools
     iproute2
     nftables
+    tcpdump
+    traceroute
+    ethtool
+    iperf3
+    curl
+    iputils
+    util-linux # setpriv, nsenter, mount
   ];
   buildInputs = [
     libbpf

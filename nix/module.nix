@@ -3,6 +3,7 @@
   config,
   lib,
   pkgs,
+  utils,
   ...
 }:
 
@@ -11,6 +12,9 @@ let
   settingsFormat = pkgs.formats.toml { };
   configFile =
     if cfg.configFile != null then cfg.configFile else settingsFormat.generate "einat.toml" cfg.config;
+  # A generated configuration is linked at /etc/einat/config.toml; a given file is read where it
+  # is (linking a file that already lives at /etc/einat/config.toml would make a symlink loop).
+  configPath = if cfg.configFile != null then toString cfg.configFile else "/etc/einat/config.toml";
   # Least set, measured in a network namespace: CAP_BPF and CAP_PERFMON to load the
   # programs (the verifier needs CAP_PERFMON for packet pointer arithmetic), CAP_NET_ADMIN
   # to attach them. See docs/packaging.md.
@@ -31,7 +35,9 @@ in
       default = null;
       example = "/etc/einat/config.toml";
       description = ''
-        An einat TOML configuration file. Exactly one of `configFile` and `config` is set.
+        An einat TOML configuration file, read where it is. Exactly one of `configFile` and
+        `config` is set. A file outside the Nix store is not watched: after changing it, run
+        `systemctl reload einat` (SIGHUP).
       '';
     };
 
@@ -68,7 +74,7 @@ in
       }
     ];
 
-    environment.etc."einat/config.toml".source = configFile;
+    environment.etc."einat/config.toml" = lib.mkIf (cfg.configFile == null) { source = configFile; };
 
     systemd.services.einat = {
       description = "einat eBPF full-cone NAT";
@@ -79,17 +85,19 @@ in
       reloadTriggers = [ configFile ];
       serviceConfig = {
         Type = "simple";
-        ExecStart = lib.escapeShellArgs (
+        ExecStart = utils.escapeSystemdExecArgs (
           [
             (lib.getExe cfg.package)
             "-c"
-            "/etc/einat/config.toml"
+            configPath
           ]
           ++ cfg.extraArgs
         );
         ExecReload = "${pkgs.coreutils}/bin/kill -HUP $MAINPID";
         Restart = "on-failure";
         RestartSec = "5s";
+        # Exit 2 is a configuration or start-up error: restarting would not mend it.
+        RestartPreventExitStatus = 2;
 
         CapabilityBoundingSet = capabilities;
         AmbientCapabilities = capabilities;

@@ -696,8 +696,12 @@ static __always_inline int egress_family(struct __sk_buff *skb, const __u8 famil
 		return TC_ACT_SHOT;
 	pull_headers(skb);
 	int r = parse_packet(skb, pp, family);
-	if (unlikely(r == PARSE_PASS))
+	if (unlikely(r == PARSE_PASS)) {
+		/* Another protocol's first fragment: its later fragments pass too. */
+		if (pp->frag == FRAG_FIRST && frag_later_blind(pp))
+			einat_frag_record(pp, FRAG_OUT, &pp->src);
 		return pass();
+	}
 	if (unlikely(r == PARSE_BAD && pp->family == 0))
 		return drop(STAT_DROP_UNTRANSLATABLE);
 
@@ -827,8 +831,13 @@ static __always_inline int ingress_family(struct __sk_buff *skb, const __u8 fami
 		return TC_ACT_SHOT;
 	pull_headers(skb);
 	int r = parse_packet(skb, pp, family);
-	if (unlikely(r != PARSE_OK))
+	if (unlikely(r != PARSE_OK)) {
+		/* Another protocol's first fragment: recorded for its later fragments,
+		 * which pass too (and those held for it are released). */
+		if (r == PARSE_PASS && pp->frag == FRAG_FIRST && frag_later_blind(pp))
+			return einat_ingress_first_fragment(skb, pp);
 		return pass();
+	}
 	if (unlikely(pp->icmp_err))
 		return einat_ingress_icmp_error(skb, pp);
 

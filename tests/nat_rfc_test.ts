@@ -719,6 +719,38 @@ Deno.test("fragments v6: a Fragment header followed by Destination Options; the 
   }
 });
 
+Deno.test("fragments v6: another protocol (SCTP, IPv6-in-IPv6, GRE) behind Destination Options after the Fragment header passes whole both ways, in order and not", async () => {
+  const n = await loadTestNat(cfg66(), EXTS);
+  try {
+    /** IPv6 | DSTOPTS(nh=proto) | a body: a UDP datagram's bytes under another protocol. */
+    const other = (src: string, dst: string, proto: number) => {
+      const f = withExtHeaders(buildPacket(udp(6, src, 40000, dst, 5000)), [60]);
+      f[14 + 40] = proto; // the Destination Options header's next header
+      return f;
+    };
+    let id = 0x4200;
+    for (const proto of [132, 41, 47]) {
+      // Egress: the later fragment passes untouched like its first (it used to take the
+      // default external address: a datagram of two sources, never reassembled).
+      const [f1, f2] = fragment(other(LAN6, SRV6, proto), 6, id++, 16);
+      assertEquals(n.runRaw("egress", f1), { retval: TC_ACT_OK, bytes: f1 }, `${proto} first`);
+      assertEquals(n.runRaw("egress", f2), { retval: TC_ACT_OK, bytes: f2 }, `${proto} later`);
+      // Ingress to the router, in order: both pass (the later one used to be held for good).
+      const [g1, g2] = fragment(other(SRV6, EXT6, proto), 6, id++, 16);
+      assertEquals(n.runRaw("ingress", g1), { retval: TC_ACT_OK, bytes: g1 }, `${proto} in`);
+      assertEquals(n.runRaw("ingress", g2), { retval: TC_ACT_OK, bytes: g2 }, `${proto} in`);
+      // Ingress, the later fragment first: held, then released by its first.
+      const released = stat(n.nat.maps.stats, "fragment_released");
+      const [k1, k2] = fragment(other(SRV6, EXT6, proto), 6, id++, 16);
+      assertEquals(n.runRaw("ingress", k2).retval, TC_ACT_SHOT, "held");
+      assertEquals(n.runRaw("ingress", k1), { retval: TC_ACT_OK, bytes: k1 });
+      assertEquals(stat(n.nat.maps.stats, "fragment_released"), released + 1n, "released");
+    }
+  } finally {
+    n.close();
+  }
+});
+
 Deno.test("fragments with a protocol's NAT off (its range emptied by a reload): every fragment of a datagram gets what its first got, v4 and v6", async () => {
   const ic = cfg66();
   const n = await loadTestNat(ic, EXTS);

@@ -54,6 +54,16 @@ static __always_inline void frag_key_init(struct frag_key *k, const struct packe
 }
 
 /*
+ * A first fragment whose later fragments cannot tell its protocol: IPv6 with
+ * an extension header after their Fragment header (parse.h gives them no
+ * protocol). What it does (passes, as another protocol) is recorded for them.
+ */
+static __always_inline bool frag_later_blind(const struct packet *p)
+{
+	return p->family == 6 && ipv6_ext_walked(p->frag_proto);
+}
+
+/*
  * Records the new address for the rest of the datagram p starts. Global
  * functions keep the fragment key off the hot path's stack.
  */

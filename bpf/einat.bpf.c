@@ -694,7 +694,7 @@ static __always_inline int egress_family(struct __sk_buff *skb, const __u8 famil
 	struct packet *pp = bpf_map_lookup_elem(&map_packet_scratch, &pkt_idx);
 	if (!pp)
 		return TC_ACT_SHOT;
-	pull_headers(skb);
+	pull_headers(skb, family);
 	int r = parse_packet(skb, pp, family);
 	if (unlikely(r == PARSE_PASS)) {
 		/* Another protocol's first fragment: its later fragments pass too. */
@@ -829,7 +829,7 @@ static __always_inline int ingress_family(struct __sk_buff *skb, const __u8 fami
 	struct packet *pp = bpf_map_lookup_elem(&map_packet_scratch, &pkt_idx);
 	if (!pp)
 		return TC_ACT_SHOT;
-	pull_headers(skb);
+	pull_headers(skb, family);
 	int r = parse_packet(skb, pp, family);
 	if (unlikely(r != PARSE_OK)) {
 		/* Another protocol's first fragment: recorded for its later fragments,

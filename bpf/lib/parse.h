@@ -267,24 +267,29 @@ static __always_inline int parse_inner(struct __sk_buff *skb, __u8 family, __u32
 }
 
 /*
- * Bytes from the start of the frame that must sit in the skb's linear area,
- * where direct packet access reaches: the headers einat reads and rewrites in
- * place (Ethernet, IP with options or the common extension headers, the L4
- * header; an ICMP error's quoted headers too).
+ * How much to pull in when the headers are not in the skb's linear area, where
+ * direct packet access reaches: Ethernet, IP with options or the common
+ * extension headers, the L4 header (an ICMP error's quoted headers too).
  */
-#define PULL_LEN 192
+#define PULL_LEN 128
 
 /*
  * Pulls the headers into the linear area when a driver left them in page
  * fragments (skbs built from fragments: napi_gro_frags with GRO off, or for
- * what GRO does not parse). Costs the common case two loads and a compare.
+ * what GRO does not parse), which is when not even the fixed IP header and the
+ * smallest L4 header are there. Packets whose payload alone sits in fragments
+ * (TCP segments and GSO packets from the stack) have their headers in the
+ * linear area and are left alone: pulling their payload in would copy, and
+ * often reallocate, for nothing. The common case costs a compare.
  * Call before parse_packet: the pull invalidates packet pointers.
  */
-static __always_inline void pull_headers(struct __sk_buff *skb)
+static __always_inline void pull_headers(struct __sk_buff *skb, const __u8 family)
 {
+	__u32 need = (HAS_ETH ? sizeof(struct ethhdr) : 0) +
+		     (family == 4 ? sizeof(struct iphdr) : sizeof(struct ipv6hdr)) + 8;
 	__u32 linear = skb->data_end - skb->data;
 	__u32 len = skb->len;
-	if (unlikely(linear < PULL_LEN && linear < len))
+	if (unlikely(linear < need && linear < len))
 		bpf_skb_pull_data(skb, len < PULL_LEN ? len : PULL_LEN);
 }
 

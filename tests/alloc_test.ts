@@ -399,3 +399,29 @@ Deno.test("port choice: a binding claimed on an address while it was being purge
     n.close();
   }
 });
+
+Deno.test("port choice: a binding claimed on a departing address while purgeStale runs is released with it (second pass)", async () => {
+  const ic = testInterfaceConfig();
+  const n = await loadTestNat(ic, ["203.0.113.1/24", "203.0.113.2/24"], undefined, 3);
+  try {
+    const at = (s: string) => ({ family: 4 as const, addr: parseAddr(s), prefixLen: 24 });
+    const both = planInterface(ic, [at("203.0.113.1"), at("203.0.113.2")]);
+    applyPlan(n.nat.maps, both);
+    purgeStale(n.nat, both);
+    const rest = planInterface(ic, [at("203.0.113.2")]);
+    // The maps still send new flows to .1 (the plan is applied after), as a --replace's other
+    // einat would: a flow made between the release and the slot's removal.
+    let made = "";
+    const r = purgeStale(n.nat, rest, () => {
+      made = n.egress(udp("192.0.2.10", 40000)).out.src;
+    });
+    assertEquals(made, "203.0.113.1");
+    assertEquals(r.bindings, 1, "released in the second pass");
+    assertEquals(countBindings(n.nat.maps.records), 0);
+    applyPlan(n.nat.maps, rest);
+    const again = n.egress({ ...udp("192.0.2.10", 40000), dst: "198.51.100.9" });
+    assertEquals([again.retval, again.out.src], [TC_ACT_OK, "203.0.113.2"]);
+  } finally {
+    n.close();
+  }
+});

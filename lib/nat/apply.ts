@@ -91,6 +91,8 @@ export function syncSlots(maps: NatMaps, plan: NatPlan): { family: 4 | 6; addr: 
 export function purgeStale(
   n: { maps: NatMaps; releaseFd: number },
   plan: NatPlan,
+  /** Tests: runs between the first release of the departed slots' records and the second. */
+  meanwhile?: () => void,
 ): { bindings: number; sessions: number; unplaced: { family: 4 | 6; addr: Uint8Array }[] } {
   const maps = n.maps;
   const valid = plan.resolved.map((r) => addr16(r.addr));
@@ -109,8 +111,16 @@ export function purgeStale(
     if (isValid(keys, ko + ext)) return;
     if (bpf.mapDelete(maps.ct, keys.subarray(ko, ko + cks))) sessions++;
   });
+  meanwhile?.();
   if (departed.length > 0) {
     writeSlots(maps.slots, current.filter((s) => !departed.includes(s)));
+    // A binding claimed on a departed address while the above ran (its slot still named it)
+    // would outlive it: the records are released again now that no new one can be claimed.
+    for (const d of departed) {
+      const r = releaseSlotRecords(maps, n.releaseFd, d.slot);
+      bindings += r.bindings;
+      sessions += r.sessions;
+    }
   }
   const unplaced = syncSlots(maps, plan);
   return { bindings, sessions, unplaced };

@@ -10,35 +10,12 @@
  * @module
  */
 import { buildPacket, parsePacket } from "./packet.ts";
-
-const TUNSETIFF = 0x400454ca;
-const IFF_TAP = 0x0002;
-const IFF_NAPI = 0x0010;
-const IFF_NAPI_FRAGS = 0x0020;
-const IFF_NO_PI = 0x1000;
-const O_RDWR = 2;
-
-const libc = Deno.dlopen("libc.so.6", {
-  open: { parameters: ["buffer", "i32"], result: "i32" },
-  ioctl: { parameters: ["i32", "u64", "buffer"], result: "i32" },
-  read: { parameters: ["i32", "buffer", "usize"], result: "isize", nonblocking: true },
-  writev: { parameters: ["i32", "buffer", "i32"], result: "isize" },
-});
-
-function arg(name: string, def: string): string {
-  const i = Deno.args.indexOf(`--${name}`);
-  return i >= 0 ? Deno.args[i + 1] : def;
-}
+import { arg, IFF, libc, openTunDevice } from "./tundev.ts";
 
 const name = arg("name", "tap0");
 const mac = arg("mac", "02:00:00:00:00:50");
 const timeoutMs = Number(arg("timeout-ms", "10000"));
-const fd = libc.symbols.open(new TextEncoder().encode("/dev/net/tun\0"), O_RDWR);
-if (fd < 0) throw new Error("open /dev/net/tun failed");
-const ifr = new Uint8Array(40);
-ifr.set(new TextEncoder().encode(name));
-new DataView(ifr.buffer).setUint16(16, IFF_TAP | IFF_NO_PI | IFF_NAPI | IFF_NAPI_FRAGS, true);
-if (libc.symbols.ioctl(fd, BigInt(TUNSETIFF), ifr) < 0) throw new Error("TUNSETIFF failed");
+const fd = openTunDevice(name, IFF.TAP | IFF.NO_PI | IFF.NAPI | IFF.NAPI_FRAGS);
 console.log("ready");
 
 /** Writes `frame` as two iovecs: the first (linear) `head` bytes, then the rest. */

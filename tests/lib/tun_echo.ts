@@ -8,32 +8,11 @@
  * @module
  */
 import { buildPacket, parsePacket } from "./packet.ts";
-
-const TUNSETIFF = 0x400454ca;
-const IFF_TUN = 0x0001;
-const IFF_NO_PI = 0x1000;
-const O_RDWR = 2;
-
-const libc = Deno.dlopen("libc.so.6", {
-  open: { parameters: ["buffer", "i32"], result: "i32" },
-  ioctl: { parameters: ["i32", "u64", "buffer"], result: "i32" },
-  read: { parameters: ["i32", "buffer", "usize"], result: "isize", nonblocking: true },
-  write: { parameters: ["i32", "buffer", "usize"], result: "isize" },
-});
-
-function arg(name: string, def: string): string {
-  const i = Deno.args.indexOf(`--${name}`);
-  return i >= 0 ? Deno.args[i + 1] : def;
-}
+import { arg, IFF, libc, openTunDevice } from "./tundev.ts";
 
 const name = arg("name", "tun0");
 const timeoutMs = Number(arg("timeout-ms", "10000"));
-const fd = libc.symbols.open(new TextEncoder().encode("/dev/net/tun\0"), O_RDWR);
-if (fd < 0) throw new Error("open /dev/net/tun failed");
-const ifr = new Uint8Array(40);
-ifr.set(new TextEncoder().encode(name));
-new DataView(ifr.buffer).setUint16(16, IFF_TUN | IFF_NO_PI, true);
-if (libc.symbols.ioctl(fd, BigInt(TUNSETIFF), ifr) < 0) throw new Error("TUNSETIFF failed");
+const fd = openTunDevice(name, IFF.TUN | IFF.NO_PI);
 console.log("ready");
 
 setTimeout(() => Deno.exit(0), timeoutMs);

@@ -212,6 +212,16 @@ Deno.test({
     }),
 });
 
+/** A configuration file serving wan0 through TCX links (removed by the caller). */
+async function tcxConfig(): Promise<string> {
+  const conf = await Deno.makeTempFile({ suffix: ".toml" });
+  await Deno.writeTextFile(
+    conf,
+    `[[interfaces]]\nif_name = "wan0"\nnat44 = true\nprefer_tcx = true\n`,
+  );
+  return conf;
+}
+
 Deno.test({
   name:
     "restart: --replace over TCX links swaps programs atomically (bpf_link_update): no leak, no loss",
@@ -220,11 +230,7 @@ Deno.test({
   fn: () =>
     withTopology(async (t) => {
       const a = t.addrs.v4;
-      const conf = await Deno.makeTempFile({ suffix: ".toml" });
-      await Deno.writeTextFile(
-        conf,
-        `[[interfaces]]\nif_name = "wan0"\nnat44 = true\nprefer_tcx = true\n`,
-      );
+      const conf = await tcxConfig();
       try {
         await withSharedBpffs(t.ns.router, async (bpffs) => {
           const args = ["-c", conf, "--pin-dir", `${bpffs}/einat`];
@@ -299,11 +305,7 @@ Deno.test({
   ...sanitize,
   fn: () =>
     withTopology(async (t) => {
-      const conf = await Deno.makeTempFile({ suffix: ".toml" });
-      await Deno.writeTextFile(
-        conf,
-        `[[interfaces]]\nif_name = "wan0"\nnat44 = true\nprefer_tcx = true\n`,
-      );
+      const conf = await tcxConfig();
       try {
         await withSharedBpffs(t.ns.router, async (bpffs) => {
           const dir = pinDirIn(`${bpffs}/einat`, t.ns.router);

@@ -121,6 +121,7 @@ export async function main(args: string[]): Promise<number> {
       }
     }
     if (served.length === 0) {
+      await restoreLocalRules(); // a start that failed after hairpin routing moved it
       await metrics?.close();
       return fail(errors.join("; ") || "no interface configured");
     }

@@ -10,7 +10,7 @@
 import type { Defaults, InterfaceConfig } from "./config/types.ts";
 import { hairpinDown, type HairpinState, hairpinUp } from "./hairpin.ts";
 import { EXT_FLAGS } from "./nat/codec.ts";
-import { formatAddr, parseAddr } from "./config/cidr.ts";
+import { formatAddr, isLinkLocal6, parseAddr } from "./config/cidr.ts";
 import { formatRanges } from "./config/ranges.ts";
 import * as libc from "./ffi/libc.ts";
 import * as log from "./log.ts";
@@ -105,11 +105,9 @@ export async function externalAddrs(ifname: string): Promise<IfAddr[]> {
   const ifindex = libc.ifNameToIndex(ifname);
   if (!ifindex) return [];
   return (await dumpAddrs())
-    .filter((m) => m.ifindex === ifindex && !(m.flags & IFA_F.DADFAILED))
-    .filter((m) => {
-      const a = ownAddr(m);
-      return !(a.length === 16 && a[0] === 0xfe && (a[1] & 0xc0) === 0x80);
-    })
+    .filter((m) =>
+      m.ifindex === ifindex && !(m.flags & IFA_F.DADFAILED) && !isLinkLocal6(ownAddr(m))
+    )
     .sort((x, y) => addrRank(x.flags) - addrRank(y.flags)) // stable: the kernel's order else
     .map((m) => ({ family: m.family, addr: ownAddr(m), prefixLen: m.prefixLen }));
 }

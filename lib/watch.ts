@@ -4,7 +4,7 @@
  * @module
  */
 
-import { formatAddr } from "./config/cidr.ts";
+import { formatAddr, isLinkLocal6 } from "./config/cidr.ts";
 import * as libc from "./ffi/libc.ts";
 import * as log from "./log.ts";
 import { releaseMemory } from "./memory.ts";
@@ -30,7 +30,7 @@ export interface Follower {
  */
 function relevant(ev: WatchEvent, served: Served[]): Served | undefined {
   const a = ev.type === "addr" ? (ev.local ?? ev.addr) : null;
-  if (a && a.length === 16 && a[0] === 0xfe && (a[1] & 0xc0) === 0x80) return undefined; // link-local
+  if (a && isLinkLocal6(a)) return undefined;
   return served.find((s) =>
     ev.ifindex === s.attachment?.ifindex ||
     (ev.type === "link" ? ev.ifname === s.ifname : ev.ifindex === libc.ifNameToIndex(s.ifname))

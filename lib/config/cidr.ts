@@ -225,3 +225,8 @@ export function cidrContains(outer: Cidr, inner: Cidr | Uint8Array): boolean {
   maskInPlace(masked, outer.prefixLen);
   return compareAddr(masked, outer.addr) === 0;
 }
+
+/** True for an IPv6 link-local address (fe80::/10), given as 16 bytes. */
+export function isLinkLocal6(a: Uint8Array): boolean {
+  return a.length === 16 && a[0] === 0xfe && (a[1] & 0xc0) === 0x80;
+}

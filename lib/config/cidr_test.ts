@@ -4,6 +4,7 @@ import {
   compareAddr,
   formatAddr,
   formatCidr,
+  isLinkLocal6,
   parseAddr,
   parseCidr,
   parseCidrHost,
@@ -156,4 +157,15 @@ Deno.test("compareAddr", () => {
   equal(compareAddr(parseAddr("10.0.0.1"), parseAddr("10.0.0.2")), -1);
   equal(compareAddr(parseAddr("10.0.0.2"), parseAddr("10.0.0.2")), 0);
   equal(compareAddr(parseAddr("10.0.1.0"), parseAddr("10.0.0.255")), 1);
+});
+
+Deno.test("isLinkLocal6: fe80::/10 only, IPv6 only", () => {
+  const ll = (s: string) => isLinkLocal6(parseAddr(s));
+  deepStrictEqual([ll("fe80::1"), ll("febf::1"), ll("fec0::1"), ll("2001:db8::1")], [
+    true,
+    true,
+    false,
+    false,
+  ]);
+  equal(isLinkLocal6(parseAddr("192.0.2.1")), false);
 });

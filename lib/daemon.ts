@@ -205,24 +205,7 @@ export async function reconcile(s: Served): Promise<void> {
   if (s.stopped) return;
   const ifindex = libc.ifNameToIndex(s.ifname);
   if (ifindex === 0) {
-    if (s.attachment) {
-      const renamed = libc.ifIndexToName(s.attachment.ifindex);
-      if (renamed) {
-        // Still there under another name: not the configured interface any more.
-        log.warn("interface renamed; filters detached, waiting for the configured name", {
-          ifname: s.ifname,
-          renamed_to: renamed,
-        });
-        for (const h of s.hairpin.splice(0)) await hairpinDown(h);
-        detach(s.attachment);
-      } else {
-        log.warn("interface gone; filters went with it, waiting for it to return", {
-          ifname: s.ifname,
-        });
-        release(s.attachment);
-      }
-      s.attachment = null;
-    }
+    if (s.attachment) await letGo(s, "waiting for it");
     return;
   }
   if (!s.nat) {
@@ -309,8 +292,7 @@ export async function reconcile(s: Served): Promise<void> {
       old_ifindex: s.attachment.ifindex,
       ifindex,
     });
-    release(s.attachment);
-    s.attachment = null;
+    await letGo(s, "serving the new one");
     routingChanged = true;
   }
   if (!s.attachment) {
@@ -318,6 +300,28 @@ export async function reconcile(s: Served): Promise<void> {
     afterAttach(s.nat, s.ifname, s.carried);
   }
   if (routingChanged) await rehairpin(s, ifindex);
+}
+
+/**
+ * Lets go of the interface einat is attached to: a link still there under another name (renamed
+ * away, perhaps while another took the configured name) is not the configured interface any
+ * more, so its filters and hairpin routes are removed; one that is gone took its filters along.
+ */
+async function letGo(s: Served, then: string): Promise<void> {
+  const a = s.attachment!;
+  const renamed = libc.ifIndexToName(a.ifindex);
+  if (renamed) {
+    log.warn(`interface renamed; filters detached, ${then}`, {
+      ifname: s.ifname,
+      renamed_to: renamed,
+    });
+    for (const h of s.hairpin.splice(0)) await hairpinDown(h);
+    detach(a);
+  } else {
+    log.warn(`interface gone; filters went with it, ${then}`, { ifname: s.ifname });
+    release(a);
+  }
+  s.attachment = null;
 }
 
 /** Internal networks of an interface's config: `snat_internals` and hairpin interfaces. */

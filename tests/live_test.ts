@@ -258,10 +258,21 @@ Deno.test({
         await ip(t.ns.router, "link set wan0 up");
         await waitLog(einat, /attached filter.*hook=ingress(.|\n)*attached filter.*hook=ingress/);
         assertEquals(await seenFrom(t, 44000), before, "the mapping kept (same object, same maps)");
+
+        // Swapped within one burst: another link takes the name as wan0 leaves it.
+        await ip(t.ns.router, "link add wannew type veth peer name wannewp");
+        const swap = await nsExecResult(t.ns.router, ["ip", "-batch", "-"], {
+          stdin: "link set wan0 name wanold\nlink set wannew name wan0\n",
+        });
+        assertEquals(swap.code, 0, swap.stderr);
+        await waitLog(einat, /interface renamed.*renamed_to="?wanold/);
+        assertEquals(await tcState(t, "wanold"), "", "nothing of einat's left on the old link");
+        await ip(t.ns.router, "link set wanold name wan0x");
       } finally {
         assertEquals(await stopEinat(einat), 0, einat.stderrText());
       }
       assertEquals(await tcState(t, "wan0"), "", "nothing left at exit");
+      assertEquals(await tcState(t, "wan0x"), "", "nothing left on the old link at exit");
     }),
 });
 

@@ -24,7 +24,6 @@ import { type IfAddr, type NatPlan, planInterface } from "./nat/plan.ts";
 import { afterAttach, stateLoadOptions, syncBindings } from "./state/serve.ts";
 import { IFA_F, ownAddr } from "./netlink/msg.ts";
 import { dumpAddrs } from "./netlink/rtnl.ts";
-import { stateOptions } from "./state/options.ts";
 
 /** A start-up problem with one interface (exit code 2 when it is the only one). */
 export class InterfaceError extends Error {
@@ -377,7 +376,7 @@ async function rehairpin(s: Served, ifindex: number): Promise<void> {
       .map((e) => e.addr);
     try {
       s.hairpin.push(
-        await hairpinUp(fam, ifindex, route, s.localPref[fam], dests, stateOptions.replace),
+        await hairpinUp(fam, ifindex, route, s.localPref[fam], dests),
       );
     } catch (e) {
       log.error("hairpin routing not installed", {

@@ -5,12 +5,13 @@
  * the local table, which moves to `ipv4_local_rule_pref`), where the egress
  * program translates it both ways and turns it around to the internal host.
  *
- * What this process adds is tracked process-wide with a count of the
- * hairpin states that hold it, so two external interfaces sharing a rule
- * (the same internal interface and table) keep it until the last lets go;
- * a rule or route that was there before einat is never taken over, nor
- * removed. The local rule, once moved, stays moved until
- * {@link restoreLocalRules} at exit.
+ * Sharing, within this process and with other einats in the namespace (one per external
+ * interface): routes go per external address; the `iif` rules are the same for every einat using
+ * a table, so each adds them (one already there is fine) and the one that removes the table's
+ * last route removes them. The local rule is moved once; each einat that finds it moved (at its
+ * preference, `protocol kernel`) shares it, and the last to stop puts it back at 0 unless rules
+ * that were not ahead of it before einat (another einat's hairpin rules, or ones added since)
+ * still are.
  * @module
  */
 
@@ -25,6 +26,7 @@ import {
   delRoute,
   delRule,
   dumpLinks,
+  dumpRoutes,
   dumpRules,
   request,
   type RouteSpec,
@@ -45,20 +47,24 @@ export interface HairpinState {
   neigh: { ifindex: number; dst: Uint8Array } | null;
 }
 
-/** Rules and routes this process added, by {@link specKey}: how many states hold each. */
+/** Rules and routes this process holds, by {@link specKey}: how many states hold each. */
 const held = new Map<string, number>();
 /**
- * Families whose local rule this process moved (or took over): to which preference, and the
- * rules that sat ahead of it then (by {@link ruleKey}).
+ * Families whose local rule this process moved or shares: at which preference, and the rules
+ * other than hairpin rules that sat ahead of it before einat moved it (by {@link ruleKey}).
  */
 const movedLocal = new Map<Family, { pref: number; before: Set<string> }>();
 
-/** The rules of `family` ahead of preference `pref`, the local ones aside, by {@link ruleKey}. */
-async function rulesAhead(family: Family, pref: number): Promise<Set<string>> {
-  return new Set(
-    (await dumpRules(family))
-      .filter((r) => (r.priority ?? 0) < pref && r.table !== RT_TABLE.LOCAL)
-      .map(ruleKey),
+/** A rule as einat's hairpin routing adds them: an `iif`, a protocol, a table of its own. */
+function hairpinLike(r: RuleSpec): boolean {
+  return !!r.iifname && r.ipProto !== undefined &&
+    ![RT_TABLE.LOCAL, RT_TABLE.MAIN, RT_TABLE.DEFAULT].includes(r.table as 253 | 254 | 255);
+}
+
+/** The rules of `family` ahead of preference `pref`, the local ones aside. */
+async function rulesAhead(family: Family, pref: number): Promise<RuleSpec[]> {
+  return (await dumpRules(family)).filter((r) =>
+    (r.priority ?? 0) < pref && r.table !== RT_TABLE.LOCAL
   );
 }
 
@@ -76,63 +82,59 @@ function exists(e: unknown): boolean {
 }
 
 /**
- * Adds a rule or route, or takes another hold on one this process added. False when it was
- * there already and is not ours: left alone, now and at removal; unless `adopt` (--replace:
- * the einat replaced added it and leaves it to this one).
+ * Adds a rule or route, or takes another hold on one this process holds. One already there is
+ * held all the same: a route to this interface's external address in einat's table is an
+ * einat's (one killed, or replaced), a rule is shared by every einat using the table.
  */
-async function hold(
-  spec: RuleSpec | RouteSpec,
-  add: () => Promise<void>,
-  adopt: boolean,
-): Promise<boolean> {
+async function hold(spec: RuleSpec | RouteSpec, add: () => Promise<void>): Promise<void> {
   const key = specKey(spec);
   const n = held.get(key);
   if (n) {
     held.set(key, n + 1);
-    return true;
+    return;
   }
   try {
     await add();
   } catch (e) {
     if (!exists(e)) throw e;
-    if (!adopt) {
-      log.debug("hairpin: already there, not einat's; left alone", { spec: key });
-      return false;
-    }
   }
   held.set(key, 1);
-  return true;
 }
 
-/** Lets go of a hold; the last one removes the rule or route. */
-async function unhold(spec: RuleSpec | RouteSpec, del: () => Promise<void>): Promise<void> {
+/** Lets go of a hold: true for the last one of this process. */
+function unhold(spec: RuleSpec | RouteSpec): boolean {
   const key = specKey(spec);
   const n = held.get(key) ?? 0;
   if (n > 1) {
     held.set(key, n - 1);
-    return;
+    return false;
   }
   held.delete(key);
-  await del();
+  return true;
 }
 
 /**
  * Moves the local rule to `localPref` (added there first, so local delivery never stops). One
- * already there is taken over, to be moved back at exit, when `adopt` (einat --replace: the
- * einat replaced moved it, with einat's protocol) and the rule says `protocol kernel`.
+ * found there already with einat's `protocol kernel` (another einat's, a replaced or killed
+ * one's) is shared: moved back at exit by the last einat to stop.
  */
-async function moveLocalRule(family: Family, localPref: number, adopt: boolean): Promise<void> {
+async function moveLocalRule(family: Family, localPref: number): Promise<void> {
   const earlier = movedLocal.get(family);
   if (earlier?.pref === localPref) return;
   const rules = await dumpRules(family);
   const local = rules.filter((r) =>
     r.table === RT_TABLE.LOCAL && (r.action ?? 1) === 1 && !r.iifname
   );
-  const before = await rulesAhead(family, localPref);
+  const before = new Set(
+    (await rulesAhead(family, localPref)).filter((r) => !hairpinLike(r)).map(ruleKey),
+  );
   if (local.length > 0 && local.every((r) => (r.priority ?? 0) === localPref)) {
-    if (adopt && local.every((r) => r.protocol === RTPROT_KERNEL)) {
-      movedLocal.set(family, { pref: localPref, before });
-      log.info("took over the moved local routing rule", {
+    if (local.every((r) => r.protocol === RTPROT_KERNEL)) {
+      movedLocal.set(family, {
+        pref: localPref,
+        before: new Set([...earlier?.before ?? [], ...before]),
+      });
+      log.info("the local routing rule is moved already (einat's): shared", {
         family: `IPv${family}`,
         pref: localPref,
       });
@@ -164,8 +166,7 @@ async function moveLocalRule(family: Family, localPref: number, adopt: boolean):
 
 /**
  * Installs hairpin routing for `dests` (external addresses) of one family on
- * the external interface `ifindex`. `adopt` (--replace): the rules, routes and moved local
- * rule found in place are the replaced einat's, taken over to remove at the end.
+ * the external interface `ifindex`.
  */
 export async function hairpinUp(
   family: Family,
@@ -173,7 +174,6 @@ export async function hairpinUp(
   route: HairpinRoute,
   localPref: number,
   dests: Uint8Array[],
-  adopt = false,
 ): Promise<HairpinState> {
   const st: HairpinState = { family, rules: [], routes: [], neigh: null };
   if (!route.enable || route.internalIfNames.length === 0 || dests.length === 0) return st;
@@ -193,9 +193,10 @@ export async function hairpinUp(
         oif: ifindex,
         ...(d === gw ? {} : { gateway: gw }),
       };
-      if (await hold(r, () => addRoute(r), adopt)) st.routes.push(r);
+      await hold(r, () => addRoute(r));
+      st.routes.push(r);
     }
-    await moveLocalRule(family, localPref, adopt);
+    await moveLocalRule(family, localPref);
     for (const iif of route.internalIfNames) {
       for (const p of route.ipProtocols) {
         const r: RuleSpec = {
@@ -205,7 +206,8 @@ export async function hairpinUp(
           ipProto: family === 6 && p === "icmp" ? IPPROTO_ICMPV6 : PROTO[p],
           table: route.tableId,
         };
-        if (await hold(r, () => addRule(r), adopt)) st.rules.push(r);
+        await hold(r, () => addRule(r));
+        st.rules.push(r);
       }
     }
     log.info("hairpin routing installed", {
@@ -222,7 +224,10 @@ export async function hairpinUp(
   return st;
 }
 
-/** Lets go of what {@link hairpinUp} holds (the local rule stays moved). */
+/**
+ * Lets go of what {@link hairpinUp} holds (the local rule stays moved): its routes, then the rules
+ * if no route is left in their table (no einat uses it any more).
+ */
 export async function hairpinDown(st: HairpinState): Promise<void> {
   const quiet = async (what: string, f: () => Promise<void>) => {
     try {
@@ -231,8 +236,20 @@ export async function hairpinDown(st: HairpinState): Promise<void> {
       log.debug(`hairpin cleanup: ${what}`, { error: (e as Error).message });
     }
   };
-  for (const r of st.rules.splice(0)) await quiet("rule", () => unhold(r, () => delRule(r)));
-  for (const r of st.routes.splice(0)) await quiet("route", () => unhold(r, () => delRoute(r)));
+  for (const r of st.routes.splice(0)) if (unhold(r)) await quiet("route", () => delRoute(r));
+  const inUse = new Map<number, boolean>();
+  for (const r of st.rules.splice(0)) {
+    if (!unhold(r)) continue;
+    const table = r.table ?? 0;
+    if (!inUse.has(table)) {
+      inUse.set(table, (await dumpRoutes(st.family, table).catch(() => [])).length > 0);
+    }
+    if (inUse.get(table)) {
+      log.debug("hairpin rule kept: its table still has routes (another einat's)", { table });
+      continue;
+    }
+    await quiet("rule", () => delRule(r));
+  }
   if (st.neigh) {
     const n = st.neigh;
     await quiet("neigh", () => request(neighRequest("del", { family: st.family, ...n })));
@@ -249,7 +266,10 @@ export async function restoreLocalRules(): Promise<void> {
   for (const [family, { pref, before }] of movedLocal) {
     movedLocal.delete(family);
     try {
-      const ahead = [...await rulesAhead(family, pref)].filter((k) => !before.has(k));
+      // Another einat's hairpin rules, or rules added since einat moved it, rely on it.
+      const ahead = (await rulesAhead(family, pref)).filter((r) =>
+        hairpinLike(r) || !before.has(ruleKey(r))
+      );
       if (ahead.length > 0) {
         log.info("local routing rule left moved: other rules ahead of it rely on it", {
           family: `IPv${family}`,

@@ -346,6 +346,43 @@ Deno.test({
 });
 
 Deno.test({
+  name:
+    "live: two einats on two WANs share the hairpin rules and the moved local rule; the last to stop puts them back",
+  ...sanitize,
+  fn: () =>
+    withTopology(async (t) => {
+      await ip(t.ns.router, "link add wan1 type veth peer name wan1p");
+      await ip(t.ns.router, "addr add 198.51.100.1/24 dev wan1");
+      await ip(t.ns.router, "link set wan1 up");
+      await ip(t.ns.router, "link set wan1p up");
+      const rulesBefore = await rules(t);
+      const table = async () =>
+        (await nsExecResult(t.ns.router, ["ip", "route", "show", "table", "4787"])).stdout;
+      // --replace with nothing to replace must not make A take every rule ahead as its own.
+      const a = await startEinat(t.ns.router, ["-i", "wan0", "--hairpin-if", "br0", "--replace"]);
+      let b: NsProcess | null = null;
+      try {
+        await waitLog(a, /hairpin routing installed/);
+        b = await startEinat(t.ns.router, ["-i", "wan1", "--hairpin-if", "br0"]);
+        await waitLog(b, /hairpin routing installed/);
+        assert(/^200:\s+from all lookup local/m.test(await rules(t)), await rules(t));
+        assertEquals(await stopEinat(a), 0, a.stderrText());
+        const left = await rules(t);
+        assert(/iif br0 .*lookup 4787/.test(left), `B's hairpin rules gone with A:\n${left}`);
+        assert(/^200:\s+from all lookup local/m.test(left), `local rule moved back:\n${left}`);
+        assert(/^198\.51\.100\.1 dev wan1/m.test(await table()), await table());
+        assertEquals(await stopEinat(b), 0, b.stderrText());
+        b = null;
+      } finally {
+        if (a.running()) await stopEinat(a);
+        if (b) await stopEinat(b);
+      }
+      assertEquals(await rules(t), rulesBefore, "rules as before (the local rule back at 0)");
+      assertEquals((await table()).trim(), "", "table 4787 emptied");
+    }),
+});
+
+Deno.test({
   name: "live: SIGHUP reloads amid address churn: one object per restart, nothing left at exit",
   ...sanitize,
   fn: () =>

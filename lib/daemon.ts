@@ -361,13 +361,18 @@ function reportConflicts(s: Served, addrs: IfAddr[]): void {
   }
 }
 
+/** Whether an interface configuration sets up hairpin routing for `family`. */
+export function hairpinOn(ic: InterfaceConfig, family: 4 | 6): boolean {
+  const route = family === 4 ? ic.ipv4HairpinRoute : ic.ipv6HairpinRoute;
+  return (family === 4 ? ic.nat44 : ic.nat66) && route.enable && route.internalIfNames.length > 0;
+}
+
 /** (Re)installs hairpin routing for the current external addresses. */
 async function rehairpin(s: Served, ifindex: number): Promise<void> {
   for (const h of s.hairpin.splice(0)) await hairpinDown(h);
   for (const fam of [4, 6] as const) {
     const route = fam === 4 ? s.ic.ipv4HairpinRoute : s.ic.ipv6HairpinRoute;
-    const enabled = fam === 4 ? s.ic.nat44 : s.ic.nat66;
-    if (!enabled || !route.enable || route.internalIfNames.length === 0 || !s.plan) continue;
+    if (!hairpinOn(s.ic, fam) || !s.plan) continue;
     const dests = s.plan.externals
       .filter((e) =>
         e.family === fam && e.prefixLen === (fam === 4 ? 32 : 128) &&

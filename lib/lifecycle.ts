@@ -8,7 +8,7 @@ import type { Defaults, InterfaceConfig } from "./config/types.ts";
 import { parseConfigToml } from "./config/toml.ts";
 import * as libc from "./ffi/libc.ts";
 import * as log from "./log.ts";
-import { type Served, startInterface, stopServing } from "./daemon.ts";
+import { hairpinOn, type Served, startInterface, stopServing } from "./daemon.ts";
 
 /** SIGHUP, SIGINT and SIGTERM caught from the moment {@link catchSignals} returns. */
 export interface Signals extends AsyncIterable<Deno.Signal> {
@@ -83,8 +83,10 @@ export async function reload(file: string, served: Served[]): Promise<Served[]> 
     log.error("SIGHUP: configuration not reloaded", { error: (e as Error).message });
     return served;
   }
+  // The local rule preferences matter to an interface with hairpin routing of that family only.
   const samePrefs = (s: Served) =>
-    s.localPref[4] === defaults.ipv4LocalRulePref && s.localPref[6] === defaults.ipv6LocalRulePref;
+    (!hairpinOn(s.ic, 4) || s.localPref[4] === defaults.ipv4LocalRulePref) &&
+    (!hairpinOn(s.ic, 6) || s.localPref[6] === defaults.ipv6LocalRulePref);
   const keep: Served[] = [];
   const starts: [string, InterfaceConfig][] = [];
   const byName = new Map(served.map((s) => [s.ifname, s]));

@@ -457,6 +457,20 @@ Deno.test({
           einat.kill("SIGHUP");
           await waitLog(einat, /configuration not reloaded.*if_nme/);
           assertNotEquals(await seenFrom(t, 42002), "", "still serving after a bad reload");
+          // A new local rule preference does not restart an interface without hairpin routing.
+          await write("30000-30099");
+          await Deno.writeTextFile(
+            conf,
+            (await Deno.readTextFile(conf)).replace(
+              "[defaults]\n",
+              "[defaults]\nipv4_local_rule_pref = 300\n",
+            ),
+          );
+          const restarts = () => einat.stderrText().match(/restarting interface/g)?.length ?? 0;
+          const before = restarts();
+          einat.kill("SIGHUP");
+          await waitLog(einat, /(configuration reloaded(.|\n)*){2}/);
+          assertEquals(restarts(), before, "not restarted for a preference it does not use");
         } finally {
           assertEquals(await stopEinat(einat), 0, einat.stderrText());
         }

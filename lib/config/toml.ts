@@ -466,6 +466,7 @@ function parseDefaults(ctx: Ctx, value: unknown): Defaults {
     ipv4HairpinTableId: table("ipv4_hairpin_table_id", DEFAULTS.ipv4HairpinTableId),
     ipv6HairpinTableId: table("ipv6_hairpin_table_id", DEFAULTS.ipv6HairpinTableId),
     ranges: finishIcmp(ctx, ranges, path, own, "built-in default"),
+    icmpDirs: { icmpIn: ranges.icmpIn, icmpOut: ranges.icmpOut },
   };
   return d;
 }
@@ -682,7 +683,12 @@ function parseExternal(ctx: Ctx, value: unknown, path: string, defaults: Default
   ) {
     const r = getRanges(ctx, t, key, kind, path);
     own[name] = r !== undefined;
-    ranges[name] = r ?? defaults.ranges[name].map((x) => ({ ...x }));
+    // ICMP in/out from [defaults] as it names them, even where its empty icmp_ranges cleared
+    // them: an external that sets icmp_ranges uses them (einat-ebpf).
+    const inherited = name === "icmpIn" || name === "icmpOut"
+      ? defaults.icmpDirs?.[name] ?? defaults.ranges[name]
+      : defaults.ranges[name];
+    ranges[name] = r ?? inherited.map((x) => ({ ...x }));
   }
   return {
     match,

@@ -476,3 +476,15 @@ Deno.test("external_slots: the loader's default unless set, from 1 to 16", () =>
   throws(() => parse(MIN + `external_slots = 0\n`), /external_slots/);
   throws(() => parse(MIN + `external_slots = 17\n`), /external_slots/);
 });
+
+Deno.test("icmp: an external that sets icmp_ranges inherits [defaults]' in/out ranges even when [defaults] turned ICMP off (einat-ebpf)", () => {
+  const { config } = parse(
+    `[defaults]\nicmp_ranges = []\n` + MIN +
+      `[[interfaces.externals]]\nmatch_address = "0.0.0.0/0"\nicmp_ranges = ["0-65535"]\n`,
+  );
+  const r = config.interfaces[0].externals[0].ranges;
+  deepStrictEqual([r.icmpIn, r.icmpOut], [[{ start: 0, end: 9999 }], [{
+    start: 1000,
+    end: 65535,
+  }]]);
+});

@@ -107,6 +107,11 @@ export interface Defaults {
   ipv4HairpinTableId: number;
   ipv6HairpinTableId: number;
   ranges: ProtoRanges;
+  /**
+   * The ICMP in/out ranges as [defaults] names them, before an empty `icmp_ranges` clears them
+   * in `ranges`: what an external that sets its own `icmp_ranges` inherits (as in einat-ebpf).
+   */
+  icmpDirs?: Pick<ProtoRanges, "icmpIn" | "icmpOut">;
 }
 
 /** The whole validated configuration. */

@@ -43,7 +43,14 @@ import {
   type ProtoRanges,
   type Timeouts,
 } from "./types.ts";
-import { compareAddr, formatAddr, parseAddr, parseCidr, parseCidrHost } from "./cidr.ts";
+import {
+  compareAddr,
+  formatAddr,
+  formatCidr,
+  parseAddr,
+  parseCidr,
+  parseCidrHost,
+} from "./cidr.ts";
 import { formatRanges, parseRanges, type RangeKind, rangesContain } from "./ranges.ts";
 import { formatDuration, parseDuration } from "./duration.ts";
 
@@ -948,6 +955,14 @@ function parseInterface(
 
   iface.noSnatDests = getCidrList(ctx, t, "no_snat_dests", path);
   iface.snatInternals = getCidrList(ctx, t, "snat_internals", path);
+  for (const n of iface.snatInternals.filter((n) => n.prefixLen === 0)) {
+    notice(
+      ctx,
+      join(path, "snat_internals"),
+      `${formatCidr(n)} matches every source: all IPv${n.family} traffic is translated and ` +
+        `the other IPv${n.family} entries have no effect`,
+    );
+  }
 
   if (t.bpf_loader !== undefined) {
     const p = join(path, "bpf_loader");

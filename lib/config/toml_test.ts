@@ -488,3 +488,11 @@ Deno.test("icmp: an external that sets icmp_ranges inherits [defaults]' in/out r
     end: 65535,
   }]]);
 });
+
+Deno.test("snat_internals: a match-all network is noticed (every source of its family translated)", () => {
+  const { notices } = parse(MIN + `snat_internals = ["0.0.0.0/0", "192.0.2.0/24"]\n`);
+  ok(
+    notices.some((n) => /snat_internals: 0\.0\.0\.0\/0 matches every source/.test(n)),
+    notices.join("\n"),
+  );
+});

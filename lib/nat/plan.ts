@@ -190,7 +190,13 @@ export function planInterface(ic: InterfaceConfig, addrs: IfAddr[]): NatPlan {
   const plan: NatPlan = { defaultExt: {}, externals: [], destConfig: [], resolved };
   const noSnat: ExternalConfig = { tcp: [], udp: [], icmp: [], flags: EXT_FLAGS.NO_SNAT };
 
-  for (const net of ic.snatInternals) {
+  // A match-all internal network means every source is internal: the family's internals are
+  // dropped and everything is translated (einat-ebpf does the same). Kept, its /0 entry would
+  // be overwritten by the catch-all no-SNAT one below under the same key.
+  const internals = ic.snatInternals.filter((n) =>
+    !ic.snatInternals.some((m) => m.family === n.family && m.prefixLen === 0)
+  );
+  for (const net of internals) {
     plan.externals.push({
       family: net.family,
       addr: net.addr,
@@ -198,9 +204,9 @@ export function planInterface(ic: InterfaceConfig, addrs: IfAddr[]): NatPlan {
       cfg: { ...noSnat, flags: 0 },
     });
   }
-  if (ic.snatInternals.length > 0) {
+  if (internals.length > 0) {
     for (const family of [4, 6] as const) {
-      if (!ic.snatInternals.some((n) => n.family === family)) continue;
+      if (!internals.some((n) => n.family === family)) continue;
       plan.externals.push({
         family,
         addr: new Uint8Array(family === 4 ? 4 : 16),

@@ -59,3 +59,24 @@ Deno.test("plan: the default external is marked the only one when no other addre
   const two = plan([staticExternal("203.0.113.1/32"), staticExternal("203.0.113.2/32")]);
   deepStrictEqual(two.defaultExt[4]?.only, false);
 });
+
+Deno.test("plan: a match-all internal network (--internal 0.0.0.0/0) translates every source of its family, as in einat-ebpf", () => {
+  const ic = testInterfaceConfig({
+    nat66: true,
+    snatInternals: [
+      parseCidr("0.0.0.0/0"),
+      parseCidr("192.0.2.0/24"),
+      parseCidr("2001:db8:1::/64"),
+    ],
+  });
+  const ext = planInterface(ic, []).externals.map((e) =>
+    `${formatAddr(e.addr)}/${e.prefixLen}=${e.cfg.flags}`
+  );
+  // No IPv4 entry at all (its /0 no-SNAT catch-all would pass every source untranslated);
+  // IPv6 keeps its internal and its catch-all.
+  deepStrictEqual(ext.filter((x) => !x.includes(":")), []);
+  deepStrictEqual(ext.filter((x) => x.includes(":")).sort(), [
+    `2001:db8:1::/64=0`,
+    `::/0=${NO_SNAT}`,
+  ]);
+});

@@ -12,8 +12,10 @@
  *   samples that einat-ebpf ignores, is accepted and ignored with a notice.
  * - `bpf_loader` only selects one of einat-ebpf's Rust BPF loaders; it is
  *   validated, then ignored with a notice.
- * - The deprecated `timeout_pkt_min` / `timeout_pkt_default` are aliases of
- *   `timeout_udp_min` / `timeout_udp_default` (the new names win), with a notice.
+ * - einat-ebpf's `timeout_pkt_min` / `timeout_pkt_default` set UDP's minimum and default, and
+ *   the default ICMP's too (einat-ebpf times ICMP queries as UDP); our own `timeout_udp_*` /
+ *   `timeout_icmp_default` win where both are given, with a notice. A minimum longer than the
+ *   default is an error (einat-ebpf takes it).
  * - Overlapping port ranges, more than one of `address`/`network`/
  *   `match_address`, duplicate interfaces, zero or huge record limits and
  *   zero or huge timeouts are errors.
@@ -123,7 +125,7 @@ export const DEFAULTS = {
     udpMin: 120_000,
     udpDefault: 300_000,
     tcpTrans: 240_000,
-    tcpEst: 7_440_000, // 2h4m: RFC 5382 REQ-5 (einat-ebpf uses 2h)
+    tcpEst: 7_440_000, // 2h4m: RFC 5382 REQ-5, as einat-ebpf
   },
 } as const;
 
@@ -149,9 +151,14 @@ const TIMEOUT_KEYS: Record<keyof Timeouts, string> = {
   tcpTrans: "timeout_tcp_trans",
   tcpEst: "timeout_tcp_est",
 };
-const DEPRECATED_TIMEOUTS: Record<string, keyof Timeouts> = {
-  timeout_pkt_min: "udpMin",
-  timeout_pkt_default: "udpDefault",
+/**
+ * einat-ebpf's names for the timeouts of connectionless sessions, UDP and ICMP alike: here
+ * `timeout_pkt_min` is UDP's minimum and `timeout_pkt_default` UDP's default and ICMP's (one
+ * timeout here); the keys of our own names win where both are given.
+ */
+const EINAT_EBPF_TIMEOUTS: Record<string, (keyof Timeouts)[]> = {
+  timeout_pkt_min: ["udpMin"],
+  timeout_pkt_default: ["udpDefault", "icmpDefault"],
 };
 const INTERFACE_KEYS = [
   "if_name",
@@ -162,7 +169,7 @@ const INTERFACE_KEYS = [
   "bpf_fib_lookup_external",
   "allow_inbound_icmpx",
   ...Object.values(TIMEOUT_KEYS),
-  ...Object.keys(DEPRECATED_TIMEOUTS),
+  ...Object.keys(EINAT_EBPF_TIMEOUTS),
   "frag_track_max_records",
   "binding_max_records",
   "ct_max_records",
@@ -914,15 +921,13 @@ function parseInterface(
   iface.defaultExternals = getBool(ctx, t, "default_externals", path, DEFAULTS.defaultExternals);
 
   // Timeouts; the deprecated timeout_pkt_* apply unless the new key is set.
-  for (const [oldKey, field] of Object.entries(DEPRECATED_TIMEOUTS)) {
-    const ms = getTimeout(ctx, t, oldKey, path);
+  for (const [pktKey, fields] of Object.entries(EINAT_EBPF_TIMEOUTS)) {
+    const ms = getTimeout(ctx, t, pktKey, path);
     if (ms === undefined) continue;
-    const newKey = TIMEOUT_KEYS[field];
-    if (t[newKey] !== undefined) {
-      notice(ctx, join(path, oldKey), `deprecated and overridden by ${newKey}`);
-    } else {
-      notice(ctx, join(path, oldKey), `deprecated; rename it to ${newKey}`);
-      iface.timeouts[field] = ms;
+    for (const field of fields) {
+      const ownKey = TIMEOUT_KEYS[field];
+      if (t[ownKey] !== undefined) notice(ctx, join(path, pktKey), `overridden by ${ownKey}`);
+      else iface.timeouts[field] = ms;
     }
   }
   for (const [field, key] of Object.entries(TIMEOUT_KEYS) as [keyof Timeouts, string][]) {
@@ -930,12 +935,21 @@ function parseInterface(
     if (ms !== undefined) iface.timeouts[field] = ms;
   }
   if (iface.timeouts.udpMin > iface.timeouts.udpDefault) {
+    // Name the keys the file set (ours or einat-ebpf's), the one of the minimum first.
+    const given = (ours: string, pkt: string) =>
+      t[ours] !== undefined ? ours : t[pkt] !== undefined ? pkt : undefined;
+    const minKey = given("timeout_udp_min", "timeout_pkt_min");
+    const defKey = given("timeout_udp_default", "timeout_pkt_default");
+    const name = (key: string | undefined, builtIn: string) => key ?? `${builtIn} (built-in)`;
     fail(
       ctx,
-      join(path, t.timeout_udp_min !== undefined ? "timeout_udp_min" : "timeout_udp_default"),
-      `timeout_udp_min (${formatDuration(iface.timeouts.udpMin)}) is longer than ` +
-        `timeout_udp_default (${formatDuration(iface.timeouts.udpDefault)}); the minimum ` +
-        `must not exceed the default`,
+      join(path, minKey ?? defKey ?? "timeout_udp_min"),
+      `${name(minKey, "timeout_udp_min")} (${
+        formatDuration(iface.timeouts.udpMin)
+      }) is longer than ` +
+        `${name(defKey, "timeout_udp_default")} (${
+          formatDuration(iface.timeouts.udpDefault)
+        }); the minimum for UDP must not exceed the default`,
     );
   }
 

@@ -314,14 +314,28 @@ Deno.test("ranges: single string and number forms are accepted", () => {
   deepStrictEqual(config.defaults.ranges.udp, [{ start: 53, end: 53 }, { start: 5353, end: 5353 }]);
 });
 
-Deno.test("timeouts: numbers are seconds, deprecated aliases work", () => {
+Deno.test("timeouts: numbers are seconds; einat-ebpf's timeout_pkt_* set UDP's (and ICMP's default), ours win", () => {
   let r = parse(MIN + `timeout_udp_default = 600\ntimeout_pkt_min = "3m"\n`);
   equal(r.config.interfaces[0].timeouts.udpDefault, 600_000);
   equal(r.config.interfaces[0].timeouts.udpMin, 180_000);
-  ok(r.notices.some((n) => /timeout_pkt_min: deprecated; rename it to timeout_udp_min/.test(n)));
+  deepStrictEqual(r.notices, [], "einat-ebpf's names are not deprecated");
   r = parse(MIN + `timeout_pkt_default = "9m"\ntimeout_udp_default = "8m"\n`);
   equal(r.config.interfaces[0].timeouts.udpDefault, 480_000);
+  equal(r.config.interfaces[0].timeouts.icmpDefault, 540_000, "ICMP as einat-ebpf times it");
   ok(r.notices.some((n) => /overridden by timeout_udp_default/.test(n)));
+  r = parse(MIN + `timeout_pkt_default = "10m"\ntimeout_icmp_default = "1m"\n`);
+  equal(r.config.interfaces[0].timeouts.icmpDefault, 60_000);
+  // A minimum above the default names the keys the file set.
+  expectError(
+    MIN + `timeout_pkt_default = "1m"\n`,
+    "interfaces[0].timeout_pkt_default",
+    /timeout_udp_min \(built-in\) \(2m\) is longer than timeout_pkt_default \(1m\)/,
+  );
+  expectError(
+    MIN + `timeout_pkt_min = "10m"\n`,
+    "interfaces[0].timeout_pkt_min",
+    /timeout_pkt_min \(10m\) is longer than timeout_udp_default \(built-in\)/,
+  );
 });
 
 Deno.test("flow_cache_slots: 16384 by default, a power of two when set", () => {

@@ -15,8 +15,9 @@
  * - `-i NAME` alone: one interface built from the flags on top of the
  *   defaults; NAT44 is on unless only `--nat66` is given; `--ports` replaces
  *   the TCP and UDP ranges of `[defaults]`; `--hairpin-if` enables IPv4 and
- *   IPv6 hairpin routing for TCP and UDP; like einat-ebpf, such an interface
- *   does not prefer TCX attachment.
+ *   IPv6 hairpin routing for TCP, UDP and ICMP (einat-ebpf: TCP and UDP; ICMP
+ *   errors about hairpinned packets must turn around too); like einat-ebpf,
+ *   such an interface does not prefer TCX attachment.
  * - `-c` with `-i` (or `--ifindex`): an error, einat-ebpf refuses to merge them.
  * - Interface flags without `-i` are ignored (a notice says so); with neither
  *   `-c` nor `-i` there is no interface, which is an error.

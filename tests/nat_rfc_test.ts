@@ -751,6 +751,56 @@ Deno.test("fragments v6: another protocol (SCTP, IPv6-in-IPv6, GRE) behind Desti
   }
 });
 
+Deno.test("ICMPv6 errors quoting a first fragment or Destination Options are translated: the router's own hide the internal address (RFC 5508 REQ-5), inbound ones reach the host (REQ-4)", async () => {
+  const n = await loadTestNat(cfg66(), EXTS);
+  try {
+    const ext = n.egress(udp(6, LAN6, 40000, SRV6, 53)).out.sport!;
+    // Inbound packets einat translated to LAN6: a first fragment, and one with options.
+    const [r1] = fragment(buildPacket(udp(6, SRV6, 53, EXT6, ext)), 6, 0x4242, 16);
+    const d = withExtHeaders(buildPacket(udp(6, SRV6, 53, EXT6, ext)), [60]);
+    for (const inbound of [r1, d]) {
+      const inside = n.runRaw("ingress", inbound);
+      assertEquals(parsePacket(inside.bytes).dst, LAN6);
+      // The router's own errors about them (hop limit out, packet too big), leaving on the WAN.
+      for (const [icmpType, mtu] of [[3, undefined], [2, 1280]] as const) {
+        const err = buildIcmpError(
+          { family: 6, src: EXT6, dst: SRV6, icmpType, icmpCode: 0, mtu },
+          inside.bytes.slice(14),
+        );
+        const out = n.runRaw("egress", err);
+        assertEquals(out.retval, TC_ACT_OK);
+        const text = formatAddr(out.bytes.slice(14 + 40 + 8 + 24, 14 + 40 + 8 + 40));
+        assertEquals(text, EXT6, `quoted destination of type ${icmpType}: not ${LAN6}`);
+        assert(!formatAddrs(out.bytes).includes(LAN6), "the internal address leaks");
+      }
+    }
+    // A packet too big about an outbound first fragment: back to the host.
+    const [f1] = fragment(buildPacket(udp(6, LAN6, 40000, SRV6, 53)), 6, 0x77, 16);
+    const o1 = n.runRaw("egress", f1);
+    const ptb = buildIcmpError(
+      { family: 6, src: HOP6, dst: EXT6, icmpType: 2, icmpCode: 0, mtu: 1280 },
+      o1.bytes.slice(14),
+    );
+    const back = n.runRaw("ingress", ptb);
+    assertEquals(back.retval, TC_ACT_OK);
+    assertEquals(parsePacket(back.bytes).dst, LAN6, "the outer destination");
+    assertEquals(
+      formatAddr(back.bytes.slice(14 + 40 + 8 + 8, 14 + 40 + 8 + 24)),
+      LAN6,
+      "the quoted source",
+    );
+  } finally {
+    n.close();
+  }
+});
+
+/** Every 16-byte window of a frame read as an IPv6 address (a crude leak detector). */
+function formatAddrs(b: Uint8Array): string[] {
+  const out: string[] = [];
+  for (let i = 0; i + 16 <= b.length; i++) out.push(formatAddr(b.slice(i, i + 16)));
+  return out;
+}
+
 Deno.test("fragments with a protocol's NAT off (its range emptied by a reload): every fragment of a datagram gets what its first got, v4 and v6", async () => {
   const ic = cfg66();
   const n = await loadTestNat(ic, EXTS);

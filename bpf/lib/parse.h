@@ -234,12 +234,26 @@ static __always_inline int parse_inner(struct __sk_buff *skb, __u8 family, __u32
 			return PARSE_BAD;
 		if (ip6.version != 6)
 			return PARSE_BAD;
-		/* Extension headers inside an error are rare: only the plain case. */
 		in->l4proto = ip6.nexthdr;
 		in->l3_len = sizeof(ip6);
 		in->l4_off = off + sizeof(ip6);
 		__builtin_memcpy(&in->src, &ip6.saddr, 16);
 		__builtin_memcpy(&in->dst, &ip6.daddr, 16);
+		/* A quoted first fragment or one with options: its L4 header after them (a
+		 * router reports those too: hop limit, packet too big). A later fragment
+		 * quotes no L4 header: nothing to map. */
+		if (in->l4proto != IPPROTO_TCP && in->l4proto != IPPROTO_UDP &&
+		    in->l4proto != IPPROTO_ICMPV6) {
+			struct v6_walk w = {};
+			w.proto = ip6.nexthdr;
+			int l4 = einat_ipv6_walk(skb, off + sizeof(ip6), &w);
+			if (l4 < 0)
+				return PARSE_BAD;
+			if (w.frag == FRAG_LATER)
+				return PARSE_PASS;
+			in->l4proto = w.proto;
+			in->l4_off = l4;
+		}
 	}
 	__u8 l4[8];
 	if (bpf_skb_load_bytes(skb, in->l4_off, l4, sizeof(l4)))

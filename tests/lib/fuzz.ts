@@ -296,6 +296,30 @@ function parseInner(b: Uint8Array, family: 4 | 6, off: number): { st: ParseStatu
     srcOff = off + 8;
     dstOff = off + 24;
     alen = 16;
+    // parse.h parse_inner: a quoted chain is walked as einat_ipv6_walk does; a quoted later
+    // fragment has no L4 header to map.
+    if (proto !== P_TCP && proto !== P_UDP && proto !== P_ICMP6) {
+      let found = false;
+      for (let i = 0; i <= IPV6_EXT_MAX && !found; i++) {
+        if (proto === 0 || proto === 43 || proto === 60) {
+          if (l4 + 2 > b.length) return { st: "bad" };
+          const next = b[l4];
+          l4 += (b[l4 + 1] + 1) * 8;
+          proto = next;
+        } else if (proto === 44) {
+          if (l4 + 8 > b.length) return { st: "bad" };
+          const fo = u16(b, l4 + 2);
+          proto = b[l4];
+          l4 += 8;
+          if (fo & 0xfff8) return l4 > L4_OFF_MAX ? { st: "bad" } : { st: "pass" };
+        } else {
+          found = true;
+          break;
+        }
+        if (l4 > L4_OFF_MAX) return { st: "bad" };
+      }
+      if (!found) return { st: "bad" };
+    }
   }
   if (l4 + 8 > b.length) return { st: "bad" };
   const inner: Inner = {

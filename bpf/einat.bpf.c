@@ -153,6 +153,10 @@ __noinline int einat_egress_icmp_error(struct __sk_buff *skb, struct packet *p, 
 {
 	if (!p)
 		return TC_ACT_SHOT;
+	/* To a no-SNAT destination: the traffic it reports passed as it is, so does it. */
+	__u32 *dflags = (__u32 *)lpm_lookup(&map_dest_config, p->family, &p->dst);
+	if (dflags && (*dflags & EXT_NO_SNAT))
+		return pass();
 	bool hairpin = !own && is_hairpin_dest(p);
 	__u32 zero = 0;
 	struct icmp_scratch *sc = bpf_map_lookup_elem(&map_icmp_scratch, &zero);

@@ -6,7 +6,7 @@ import { assert, assertEquals } from "./lib/assert.ts";
 import * as bpf from "../lib/ffi/libbpf.ts";
 import { CT_KEY_LAYOUT, CT_VALUE_LAYOUT, decodeCtValue, IPPROTO } from "../lib/nat/codec.ts";
 import { findBinding } from "../lib/nat/records.ts";
-import { formatAddr, parseAddr } from "../lib/config/cidr.ts";
+import { formatAddr, parseAddr, parseCidr } from "../lib/config/cidr.ts";
 import { applyPlan } from "../lib/nat/apply.ts";
 import { planInterface } from "../lib/nat/plan.ts";
 import {
@@ -789,6 +789,34 @@ Deno.test("ICMPv6 errors quoting a first fragment or Destination Options are tra
       LAN6,
       "the quoted source",
     );
+  } finally {
+    n.close();
+  }
+});
+
+Deno.test("ICMP errors about traffic from a no_snat_dests peer pass as that traffic did (RFC 5508 REQ-5), v4 and v6", async () => {
+  const ic = testInterfaceConfig({
+    nat66: true,
+    noSnatDests: [parseCidr("198.18.0.0/15"), parseCidr("2001:db8:5::/48")],
+  });
+  const n = await loadTestNat(ic, EXTS);
+  try {
+    for (
+      const [family, lan, peer] of [[4, LAN4, "198.18.5.5"], [6, LAN6, "2001:db8:5::5"]] as const
+    ) {
+      // The host also has a mapping on port 40000 (to the internet).
+      n.egress(udp(family, lan, 40000, family === 4 ? SRV4 : SRV6, 53));
+      for (const port of [5000, 40000]) {
+        const inbound = buildPacket(udp(family, peer, 7000, lan, port));
+        assertEquals(n.runRaw("ingress", inbound), { retval: TC_ACT_OK, bytes: inbound });
+        const err = buildIcmpError({ family, src: lan, dst: peer }, inbound.slice(14));
+        assertEquals(
+          n.runRaw("egress", err),
+          { retval: TC_ACT_OK, bytes: err },
+          `IPv${family} error about :${port} passes untouched`,
+        );
+      }
+    }
   } finally {
     n.close();
   }

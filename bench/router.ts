@@ -552,9 +552,25 @@ export function measureRouterAndFlood(
 
 /** Median over rounds of the paired ratio a_r / b_r (NaN when either is missing). */
 export function pairedRatio(raw: RouterRaw, id: string, a: Setup, b: Setup): number {
+  return median(roundRatios(raw, id, a, b));
+}
+
+/** The per-round ratios of set-up `a` to `b` in test `id` (same round, back to back). */
+function roundRatios(raw: RouterRaw, id: string, a: Setup, b: Setup): number[] {
   const xs = raw[id][a], ys = raw[id][b];
   const n = Math.min(xs.length, ys.length);
-  return median(Array.from({ length: n }, (_, i) => xs[i].value / ys[i].value));
+  return Array.from({ length: n }, (_, i) => xs[i].value / ys[i].value);
+}
+
+/**
+ * The noise of a paired ratio, as a verdict reads it (±): half the range of its per-round
+ * ratios over their median. Drift all set-ups share cancels in the pairs, so this is narrower
+ * than the raw rates' spread (the table's noise column).
+ */
+export function pairedNoise(raw: RouterRaw, id: string, a: Setup, b: Setup): number | undefined {
+  const r = roundRatios(raw, id, a, b);
+  if (r.length < 2) return undefined;
+  return (Math.max(...r) - Math.min(...r)) / 2 / median(r);
 }
 
 function loadavg(): string {
@@ -598,16 +614,8 @@ export async function runRouter(o: BenchOptions): Promise<PartResult> {
       sz.rounds > 1 ? `${fmt(spread * 100, 0)}%` : "n/a",
     ];
   });
-  const noiseOf = (id: string) => {
-    if (sz.rounds < 2) return undefined;
-    return Math.max(...sz.setups.map((st) => {
-      const v = raw[id][st].map((y) => y.value);
-      return (Math.max(...v) - Math.min(...v)) / median(v);
-    }));
-  };
   const targets: Target[] = [];
   for (const x of tests) {
-    const noise = noiseOf(x.id);
     targets.push({
       part: "router",
       name: `${x.label}: einat / plain`,
@@ -615,7 +623,7 @@ export async function runRouter(o: BenchOptions): Promise<PartResult> {
       limit: x.vsPlain,
       unit: "×",
       cmp: "ge",
-      noise,
+      noise: pairedNoise(raw, x.id, "einat", "plain"),
     });
     targets.push({
       part: "router",
@@ -624,7 +632,7 @@ export async function runRouter(o: BenchOptions): Promise<PartResult> {
       limit: 1,
       unit: "×",
       cmp: "ge",
-      noise,
+      noise: pairedNoise(raw, x.id, "einat", "nft"),
     });
   }
   const table: Table = {
@@ -661,7 +669,7 @@ export async function runRouter(o: BenchOptions): Promise<PartResult> {
         } s after einat's start: its first seconds after a start forward 2-3 % slower ` +
           "(README, Benchmarks)."
         : ""),
-      "noise: the largest (max − min) / median over the rounds of one set-up; ratios closer to 1 than that are within noise. " +
+      "noise: the largest (max − min) / median of one set-up's rates over the rounds (drift included). A target's verdict reads \"within ±N% noise\" when its limit lies within half the range of the ratio's own per-round values (pairing cancels shared drift, so that range is narrower). " +
       `Load average before/after: ${loadBefore} / ${loadAfter} (other work on the machine adds noise).`,
     ],
   };

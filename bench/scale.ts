@@ -508,10 +508,30 @@ export async function runScale(o: BenchOptions): Promise<PartResult> {
       },
       {
         part: "scale",
+        name: `established ingress, ${
+          last.sessions.toLocaleString("en")
+        } vs ${base.sessions} sessions (hot)`,
+        value: last.hotIngress.delta / base.hotIngress.delta,
+        limit: 1.2,
+        unit: "×",
+        cmp: "le",
+      },
+      {
+        part: "scale",
         name: `established egress, ${
           last.sessions.toLocaleString("en")
         } vs ${base.sessions} sessions (spread)`,
         value: last.spreadEgress.delta / base.spreadEgress.delta,
+        limit: 1.2,
+        unit: "×",
+        cmp: "le",
+      },
+      {
+        part: "scale",
+        name: `established ingress, ${
+          last.sessions.toLocaleString("en")
+        } vs ${base.sessions} sessions (spread)`,
+        value: last.spreadIngress.delta / base.spreadIngress.delta,
         limit: 1.2,
         unit: "×",
         cmp: "le",
@@ -537,9 +557,11 @@ export async function runScale(o: BenchOptions): Promise<PartResult> {
       [
         `Established cost ${
           last.sessions.toLocaleString("en")
-        } vs ${base.sessions} sessions (hot / spread)`,
+        } vs ${base.sessions} sessions (hot / spread; egress, ingress)`,
         `${ratio(last.hotEgress.delta, base.hotEgress.delta)} / ${
           ratio(last.spreadEgress.delta, base.spreadEgress.delta)
+        }; ${ratio(last.hotIngress.delta, base.hotIngress.delta)} / ${
+          ratio(last.spreadIngress.delta, base.spreadIngress.delta)
         }`,
       ],
       [

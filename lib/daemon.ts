@@ -310,12 +310,12 @@ async function letGo(s: Served, then: string): Promise<void> {
   const a = s.attachment!;
   const renamed = libc.ifIndexToName(a.ifindex);
   if (renamed) {
+    for (const h of s.hairpin.splice(0)) await hairpinDown(h);
+    detach(a);
     log.warn(`interface renamed; filters detached, ${then}`, {
       ifname: s.ifname,
       renamed_to: renamed,
     });
-    for (const h of s.hairpin.splice(0)) await hairpinDown(h);
-    detach(a);
   } else {
     log.warn(`interface gone; filters went with it, ${then}`, { ifname: s.ifname });
     release(a);

@@ -324,6 +324,23 @@ interface FillResult {
   runs: number;
 }
 
+/** Passes over the fills in part 4b (see runScale). */
+const FILL_PASSES = 3;
+
+/** One fill's figures from its parts: medians of the parts' medians, refusals and runs summed. */
+function mergeFill(parts: FillResult[]): FillResult {
+  const med = (k: "median" | "noop" | "delta" | "p90") => median(parts.map((p) => p[k]));
+  return {
+    ...parts[0],
+    median: med("median"),
+    noop: med("noop"),
+    delta: med("delta"),
+    p90: med("p90"),
+    refusals: parts.reduce((n, p) => n + p.refusals, 0),
+    runs: parts.reduce((n, p) => n + p.runs, 0),
+  };
+}
+
 function randomPorts(count: number, seed: number, exclude?: number): number[] {
   const all = [];
   for (let p = RANGE.start; p <= RANGE.end; p++) if (p !== exclude) all.push(p);
@@ -392,11 +409,23 @@ export async function runScale(o: BenchOptions): Promise<PartResult> {
   try {
     const sessions = await sessionsCases(o, sz, noop.fd);
     progress(o, `scale: new mappings at fill ${sz.fills.map((f) => `${f * 100}%`).join(", ")}`);
-    const fills: FillResult[] = [], unsynced: FillResult[] = [];
-    for (const f of sz.fills) {
-      fills.push(await fillCase(noop.fd, f, sz.newFlows, true));
-      unsynced.push(await fillCase(noop.fd, f, sz.newFlows, false));
+    // Each fill is measured in FILL_PASSES parts, the fills in rotating order within each pass,
+    // so no fill (the empty range, the ratios' baseline, least of all) is measured in one
+    // stretch of the machine's state alone; a fill's figures are the medians of its parts.
+    const parts = new Map<string, FillResult[]>();
+    const per = Math.max(1, Math.ceil(sz.newFlows / FILL_PASSES));
+    for (let pass = 0; pass < FILL_PASSES; pass++) {
+      for (let i = 0; i < sz.fills.length; i++) {
+        const f = sz.fills[(i + pass) % sz.fills.length];
+        for (const synced of [true, false]) {
+          const k = `${f}/${synced}`;
+          parts.set(k, [...parts.get(k) ?? [], await fillCase(noop.fd, f, per, synced)]);
+        }
+      }
     }
+    const merged = (f: number, synced: boolean) => mergeFill(parts.get(`${f}/${synced}`)!);
+    const fills = sz.fills.map((f) => merged(f, true));
+    const unsynced = sz.fills.map((f) => merged(f, false));
     const one = await oneFreePort();
 
     const base = sessions[0];
@@ -482,6 +511,7 @@ export async function runScale(o: BenchOptions): Promise<PartResult> {
         `${unsynced[i].refusals}/${unsynced[i].runs}`,
       ]),
       notes: [
+        `Each fill in ${FILL_PASSES} parts of ${per} new flows, the fills in rotating order within each pass; Δ and p90 are medians of the parts'. ` +
         "Taken ports are random (seeded), each binding written from user space (its record and outbound entry); new flows come from " +
         "source ports outside the range. One random port of the range is tried first; when the hint marks it " +
         "taken, the search scans the free-port hint (one bit per port, 64 ports per " +

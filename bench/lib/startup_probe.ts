@@ -10,9 +10,11 @@
  * @module
  */
 
-import { interfaceAddrs, roConfigOf } from "../../lib/daemon.ts";
+import { externalAddrs, roConfigOf } from "../../lib/daemon.ts";
 import { ifNameToIndex } from "../../lib/ffi/libc.ts";
-import { applyPlan } from "../../lib/nat/apply.ts";
+import { applyPlan, purgeStale } from "../../lib/nat/apply.ts";
+import { expireSessions } from "../../lib/nat/expire.ts";
+import { syncBindings } from "../../lib/state/serve.ts";
 import { attach, detach } from "../../lib/nat/attach.ts";
 import { closeNat, loadNat } from "../../lib/nat/loader.ts";
 import { planInterface } from "../../lib/nat/plan.ts";
@@ -84,9 +86,16 @@ for (let r = 0; r < rounds; r++) {
     });
     const t1 = performance.now();
     try {
-      applyPlan(nat.maps, planInterface(ic, interfaceAddrs(ifname)));
+      // As the daemon before "einat running" (lib/daemon.ts reconcile): the free-port hint and
+      // binding count synced, the plan applied and stale mappings purged, the filters attached,
+      // then a first sweep (lib/state/serve.ts afterAttach).
+      syncBindings(nat);
+      const plan = planInterface(ic, await externalAddrs(ifname));
+      applyPlan(nat.maps, plan);
+      purgeStale(nat, plan);
       const t2 = performance.now();
       const a = attach(ifindex, ifname, nat.egressFd, nat.ingressFd);
+      expireSessions(nat);
       const t3 = performance.now();
       detach(a);
       const t4 = performance.now();

@@ -13,6 +13,7 @@ import { EXT_FLAGS } from "./nat/codec.ts";
 import { formatAddr, isLinkLocal6, parseAddr } from "./config/cidr.ts";
 import { formatRanges } from "./config/ranges.ts";
 import * as libc from "./ffi/libc.ts";
+import { textKey } from "./key.ts";
 import * as log from "./log.ts";
 import { describeConflict, findConflicts, type NamedNet } from "./conflict.ts";
 import { applyPlan, purgeStale } from "./nat/apply.ts";
@@ -120,10 +121,14 @@ export function hasEthernet(ifname: string): boolean {
   }
 }
 
+/** The name a configured interface has now: its `if_name`, or its index's; null for neither. */
+export function resolvedName(ic: InterfaceConfig): string | null {
+  return ic.ifName || libc.ifIndexToName(ic.ifIndex ?? 0);
+}
+
 /** Name of a configured interface; an index must exist now. */
 function nameOf(ic: InterfaceConfig): string {
-  if (ic.ifName) return ic.ifName;
-  const n = libc.ifIndexToName(ic.ifIndex ?? 0);
+  const n = resolvedName(ic);
   if (!n) throw new InterfaceError(`ifindex ${ic.ifIndex}`, "no such interface");
   return n;
 }
@@ -143,7 +148,7 @@ export function summarize(plan: NatPlan): string {
  * external address, not only of the defaults or their count, differs.
  */
 export function planKey(plan: NatPlan): string {
-  return JSON.stringify(plan, (_k, v) => (v instanceof Uint8Array ? Array.from(v) : v));
+  return textKey(plan);
 }
 
 /**

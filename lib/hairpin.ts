@@ -17,6 +17,7 @@
 
 import type { HairpinRoute } from "./config/types.ts";
 import { formatAddr } from "./config/cidr.ts";
+import { textKey } from "./key.ts";
 import * as log from "./log.ts";
 import { type Family, RT_TABLE } from "./netlink/msg.ts";
 import { neighRequest } from "./netlink/neigh.ts";
@@ -47,7 +48,7 @@ export interface HairpinState {
   neigh: { ifindex: number; dst: Uint8Array } | null;
 }
 
-/** Rules and routes this process holds, by {@link specKey}: how many states hold each. */
+/** Rules and routes this process holds, by {@link textKey}: how many states hold each. */
 const held = new Map<string, number>();
 /**
  * Families whose local rule this process moved or shares: at which preference, and the rules
@@ -61,19 +62,13 @@ function hairpinLike(r: RuleSpec): boolean {
     ![RT_TABLE.LOCAL, RT_TABLE.MAIN, RT_TABLE.DEFAULT].includes(r.table as 253 | 254 | 255);
 }
 
-/** The rules of `family` ahead of preference `pref`, the local ones aside. */
-async function rulesAhead(family: Family, pref: number): Promise<RuleSpec[]> {
-  return (await dumpRules(family)).filter((r) =>
-    (r.priority ?? 0) < pref && r.table !== RT_TABLE.LOCAL
-  );
+/** The rules ahead of preference `pref`, the local ones aside. */
+function rulesAhead(rules: RuleSpec[], pref: number): RuleSpec[] {
+  return rules.filter((r) => (r.priority ?? 0) < pref && r.table !== RT_TABLE.LOCAL);
 }
 
 function ruleKey(r: RuleSpec): string {
   return `${r.priority ?? 0} ${r.table} ${r.iifname ?? ""} ${r.ipProto ?? ""}`;
-}
-
-function specKey(spec: RuleSpec | RouteSpec): string {
-  return JSON.stringify(spec, (_k, v) => (v instanceof Uint8Array ? Array.from(v) : v));
 }
 
 /** Why an add can fail harmlessly. */
@@ -87,7 +82,7 @@ function exists(e: unknown): boolean {
  * einat's (one killed, or replaced), a rule is shared by every einat using the table.
  */
 async function hold(spec: RuleSpec | RouteSpec, add: () => Promise<void>): Promise<void> {
-  const key = specKey(spec);
+  const key = textKey(spec);
   const n = held.get(key);
   if (n) {
     held.set(key, n + 1);
@@ -103,7 +98,7 @@ async function hold(spec: RuleSpec | RouteSpec, add: () => Promise<void>): Promi
 
 /** Lets go of a hold: true for the last one of this process. */
 function unhold(spec: RuleSpec | RouteSpec): boolean {
-  const key = specKey(spec);
+  const key = textKey(spec);
   const n = held.get(key) ?? 0;
   if (n > 1) {
     held.set(key, n - 1);
@@ -125,15 +120,14 @@ async function moveLocalRule(family: Family, localPref: number): Promise<void> {
   const local = rules.filter((r) =>
     r.table === RT_TABLE.LOCAL && (r.action ?? 1) === 1 && !r.iifname
   );
-  const before = new Set(
-    (await rulesAhead(family, localPref)).filter((r) => !hairpinLike(r)).map(ruleKey),
-  );
+  // What sat ahead before einat (kept across a move to another preference).
+  const before = new Set([
+    ...earlier?.before ?? [],
+    ...rulesAhead(rules, localPref).filter((r) => !hairpinLike(r)).map(ruleKey),
+  ]);
   if (local.length > 0 && local.every((r) => (r.priority ?? 0) === localPref)) {
     if (local.every((r) => r.protocol === RTPROT_KERNEL)) {
-      movedLocal.set(family, {
-        pref: localPref,
-        before: new Set([...earlier?.before ?? [], ...before]),
-      });
+      movedLocal.set(family, { pref: localPref, before });
       log.info("the local routing rule is moved already (einat's): shared", {
         family: `IPv${family}`,
         pref: localPref,
@@ -155,11 +149,7 @@ async function moveLocalRule(family: Family, localPref: number): Promise<void> {
     }
   }
   if (moved) {
-    // Moved again (a reload changed the preference): what sat ahead before einat still counts.
-    movedLocal.set(family, {
-      pref: localPref,
-      before: new Set([...earlier?.before ?? [], ...before]),
-    });
+    movedLocal.set(family, { pref: localPref, before });
     log.info("moved the local routing rule", { family: `IPv${family}`, pref: localPref });
   }
 }
@@ -267,7 +257,7 @@ export async function restoreLocalRules(): Promise<void> {
     movedLocal.delete(family);
     try {
       // Another einat's hairpin rules, or rules added since einat moved it, rely on it.
-      const ahead = (await rulesAhead(family, pref)).filter((r) =>
+      const ahead = rulesAhead(await dumpRules(family), pref).filter((r) =>
         hairpinLike(r) || !before.has(ruleKey(r))
       );
       if (ahead.length > 0) {

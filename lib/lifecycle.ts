@@ -6,9 +6,9 @@
 
 import type { Defaults, InterfaceConfig } from "./config/types.ts";
 import { parseConfigToml } from "./config/toml.ts";
-import * as libc from "./ffi/libc.ts";
+import { textKey } from "./key.ts";
 import * as log from "./log.ts";
-import { hairpinOn, type Served, startInterface, stopServing } from "./daemon.ts";
+import { hairpinOn, resolvedName, type Served, startInterface, stopServing } from "./daemon.ts";
 
 /** SIGHUP, SIGINT and SIGTERM caught from the moment {@link catchSignals} returns. */
 export interface Signals extends AsyncIterable<Deno.Signal> {
@@ -57,12 +57,7 @@ export function catchSignals(): Signals {
 
 /** A stable text form of an interface configuration, for comparison. */
 export function configKey(ic: InterfaceConfig): string {
-  return JSON.stringify(ic, (_k, v) => (v instanceof Uint8Array ? Array.from(v) : v));
-}
-
-/** The name an interface configuration resolves to now (`#N` for an index that has none). */
-function resolvedName(ic: InterfaceConfig): string {
-  return ic.ifName ?? libc.ifIndexToName(ic.ifIndex ?? 0) ?? `#${ic.ifIndex}`;
+  return textKey(ic);
 }
 
 /**
@@ -91,7 +86,7 @@ export async function reload(file: string, served: Served[]): Promise<Served[]> 
   const starts: [string, InterfaceConfig][] = [];
   const byName = new Map(served.map((s) => [s.ifname, s]));
   for (const ic of next) {
-    const name = resolvedName(ic);
+    const name = resolvedName(ic) ?? `#${ic.ifIndex}`; // an index without an interface
     const old = byName.get(name);
     byName.delete(name);
     if (old && configKey(old.ic) === configKey(ic) && samePrefs(old)) {

@@ -6,6 +6,7 @@
 
 import { BPF_FS_MAGIC, fsType, mountBpffs } from "../ffi/libc.ts";
 import * as log from "../log.ts";
+import { sameInode } from "./netns.ts";
 
 /** True when `path` exists. */
 export function exists(path: string): boolean {
@@ -43,9 +44,8 @@ function firstLine(path: string): string | null {
  * namespace's root mount, with a mount id no other namespace has) tells as well.
  */
 export function inInitialMountNs(proc = "/proc"): boolean | null {
-  try {
-    return Deno.statSync(`${proc}/self/ns/mnt`).ino === Deno.statSync(`${proc}/1/ns/mnt`).ino;
-  } catch { /* try the mount tables */ }
+  const same = sameInode(`${proc}/self/ns/mnt`, `${proc}/1/ns/mnt`);
+  if (same !== null) return same;
   const self = firstLine(`${proc}/self/mountinfo`), init = firstLine(`${proc}/1/mountinfo`);
   return self === null || init === null ? null : self === init;
 }

@@ -18,7 +18,8 @@ export interface NetnsInfo {
   known: boolean;
 }
 
-function sameInode(a: string, b: string): boolean | null {
+/** Whether two paths name the same inode; null when either cannot be stat'ed. */
+export function sameInode(a: string, b: string): boolean | null {
   try {
     return Deno.statSync(a).ino === Deno.statSync(b).ino;
   } catch {

@@ -119,11 +119,20 @@ static __always_inline __u8 ext_flags(__u8 family, const union ip_addr *a)
 	return c ? c->flags : 0;
 }
 
-/* To one of our external addresses, with hairpinning on for it. */
-static __always_inline bool is_hairpin_dest(const struct packet *p)
+/*
+ * EXT_* flags of a packet's destination (`map_dest_config`: no-SNAT networks and
+ * our externals, EXT_NO_HAIRPIN where set): one lookup tells both.
+ */
+static __always_inline __u32 dest_flags(const struct packet *p)
 {
-	__u8 f = ext_flags(p->family, &p->dst);
-	return (f & EXT_EXTERNAL) && !(f & EXT_NO_HAIRPIN);
+	__u32 *f = (__u32 *)lpm_lookup(&map_dest_config, p->family, &p->dst);
+	return f ? *f : 0;
+}
+
+/* To one of our external addresses, with hairpinning on for it (dest_flags). */
+static __always_inline bool hairpin_dest(__u32 dest)
+{
+	return (dest & EXT_EXTERNAL) && !(dest & EXT_NO_HAIRPIN);
 }
 
 static __always_inline bool is_external_dest(const struct packet *p)
@@ -154,10 +163,10 @@ __noinline int einat_egress_icmp_error(struct __sk_buff *skb, struct packet *p, 
 	if (!p)
 		return TC_ACT_SHOT;
 	/* To a no-SNAT destination: the traffic it reports passed as it is, so does it. */
-	__u32 *dflags = (__u32 *)lpm_lookup(&map_dest_config, p->family, &p->dst);
-	if (dflags && (*dflags & EXT_NO_SNAT))
+	__u32 dest = dest_flags(p);
+	if (dest & EXT_NO_SNAT)
 		return pass();
-	bool hairpin = !own && is_hairpin_dest(p);
+	bool hairpin = !own && hairpin_dest(dest);
 	__u32 zero = 0;
 	struct icmp_scratch *sc = bpf_map_lookup_elem(&map_icmp_scratch, &zero);
 	if (!sc)
@@ -540,8 +549,7 @@ __noinline int einat_egress_full(struct __sk_buff *skb, struct packet *pp)
 
 	es->epoch = epoch_now(); /* before the lookups a flow-cache slot would stand for */
 	/* One lookup for what the destination is: no-SNAT, or one of our externals. */
-	__u32 *dflags = (__u32 *)lpm_lookup(&map_dest_config, pp->family, &pp->dst);
-	__u32 dest = dflags ? *dflags : 0;
+	__u32 dest = dest_flags(pp);
 	if (dest & EXT_NO_SNAT)
 		return pass();
 
@@ -556,7 +564,7 @@ __noinline int einat_egress_full(struct __sk_buff *skb, struct packet *pp)
 	int pidx = proto_idx(pp->l4proto);
 	bool nat_off = ext->cfg.range_len[pidx & 3] == 0;
 
-	bool turn = (dest & EXT_EXTERNAL) && !(dest & EXT_NO_HAIRPIN);
+	bool turn = hairpin_dest(dest);
 	if (pp->frag == FRAG_LATER)
 		return einat_egress_later_fragment(skb, pp, &ext->addr, turn,
 						   nat_off && pp->l4proto);

@@ -9,8 +9,7 @@
  * fragment).
  * @module
  */
-import { buildPacket, parsePacket } from "./packet.ts";
-import { arg, IFF, libc, openTunDevice } from "./tundev.ts";
+import { arg, IFF, libc, openTunDevice, serveUdpSeen } from "./tundev.ts";
 
 const name = arg("name", "tap0");
 const mac = arg("mac", "02:00:00:00:00:50");
@@ -31,28 +30,4 @@ function writeSplit(frame: Uint8Array, head: number): void {
 }
 
 setTimeout(() => Deno.exit(0), timeoutMs);
-const buf = new Uint8Array(65536);
-while (true) {
-  const n = Number(await libc.symbols.read(fd, buf, BigInt(buf.length)));
-  if (n <= 0) continue;
-  let p;
-  try {
-    p = parsePacket(buf.slice(0, n));
-  } catch {
-    continue;
-  }
-  if (p.family !== 4 || p.proto !== "udp") continue;
-  console.log(`got ${p.src}:${p.sport} -> ${p.dst}:${p.dport}`);
-  const reply = buildPacket({
-    family: 4,
-    src: p.dst,
-    dst: p.src,
-    proto: "udp",
-    sport: p.dport,
-    dport: p.sport,
-    payload: new TextEncoder().encode(`seen ${p.src}:${p.sport}\n`),
-    ethSrc: mac,
-    ethDst: p.eth?.src,
-  });
-  writeSplit(reply, 14);
-}
+await serveUdpSeen(fd, { mac, send: (frame) => writeSplit(frame, 14) });

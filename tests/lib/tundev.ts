@@ -3,6 +3,7 @@
  * they need and the device's creation.
  * @module
  */
+import { buildPacket, parsePacket } from "./packet.ts";
 
 const TUNSETIFF = 0x400454ca;
 /** `ifr_flags` bits of TUNSETIFF. */
@@ -33,4 +34,47 @@ export function openTunDevice(name: string, flags: number): number {
 export function arg(name: string, def: string): string {
   const i = Deno.args.indexOf(`--${name}`);
   return i >= 0 ? Deno.args[i + 1] : def;
+}
+
+/** Options of {@link serveUdpSeen}. */
+export interface SeenServer {
+  /** Frames carry an Ethernet header (TAP); answers come from this MAC. None: IP packets (TUN). */
+  mac?: string;
+  /** Writes an answer to the device. */
+  send: (frame: Uint8Array) => void;
+}
+
+/**
+ * Answers every IPv4 UDP datagram read from the device `fd` with `seen SRC:PORT` from its
+ * destination, as a server out there would, printing `got SRC:PORT -> DST:PORT checksum ok|bad`
+ * for each. Runs until the process exits.
+ */
+export async function serveUdpSeen(fd: number, o: SeenServer): Promise<never> {
+  const noEth = o.mac === undefined;
+  const buf = new Uint8Array(65536);
+  while (true) {
+    const n = Number(await libc.symbols.read(fd, buf, BigInt(buf.length)));
+    if (n <= 0) continue;
+    let p;
+    try {
+      p = parsePacket(buf.slice(0, n), { noEth });
+    } catch {
+      continue;
+    }
+    if (p.family !== 4 || p.proto !== "udp") continue;
+    console.log(
+      `got ${p.src}:${p.sport} -> ${p.dst}:${p.dport} checksum ${p.l4ChecksumOk ? "ok" : "bad"}`,
+    );
+    o.send(buildPacket({
+      family: 4,
+      src: p.dst,
+      dst: p.src,
+      proto: "udp",
+      sport: p.dport,
+      dport: p.sport,
+      payload: new TextEncoder().encode(`seen ${p.src}:${p.sport}\n`),
+      noEth,
+      ...(noEth ? {} : { ethSrc: o.mac, ethDst: p.eth?.src }),
+    }));
+  }
 }

@@ -694,3 +694,41 @@ Deno.test("externals: an is_internal entry's source is SNATed (einat-ebpf's IS_I
     n.close();
   }
 });
+
+Deno.test('externals: `network = "a/n"` SNATs to its address; sources elsewhere in its network leave untranslated, and its other hosts reach mappings', async () => {
+  const base = testInterfaceConfig();
+  const ic = testInterfaceConfig({
+    defaultExternals: false,
+    externals: [{
+      match: {
+        kind: "staticNetwork",
+        net: parseCidr("203.0.113.0/24"),
+        address: parseAddr("203.0.113.5"),
+      },
+      isInternal: false,
+      noSnat: false,
+      noHairpin: false,
+      ranges: base.defaultRanges,
+    }],
+  });
+  const n = await loadTestNat(ic, []);
+  try {
+    const out = n.egress(udp(LAN1, 40000, SRV1, 53));
+    assertEquals(out.retval, TC_ACT_OK);
+    assertEquals(out.out.src, "203.0.113.5", "translated to the network's address");
+    const ext = out.out.sport!;
+    assert(inRange(ext), `port ${ext}`);
+    const own = n.egress(udp("203.0.113.77", 40000, SRV1, 53));
+    assertEquals(own.retval, TC_ACT_OK);
+    assertEquals(own.out.src, "203.0.113.77", "a source in the network is the external side's");
+    assertEquals(own.out.sport, 40000);
+    // a host of the network (the ISP's gateway, say) is a remote like any: not our own address
+    const gw = n.ingress(udp("203.0.113.1", 7777, "203.0.113.5", ext));
+    assertEquals(gw.retval, TC_ACT_OK);
+    assertEquals(gw.out.dst, LAN1, "its packet to the mapping reaches the internal host (EIF)");
+    assertEquals(gw.out.dport, 40000);
+    assert(gw.out.l4ChecksumOk);
+  } finally {
+    n.close();
+  }
+});

@@ -231,6 +231,27 @@ export function planInterface(ic: InterfaceConfig, addrs: IfAddr[]): NatPlan {
       plan.defaultExt[r.family] = { ...r, cfg, only: false };
     }
   }
+  // `network = "a/n"`: its address is an external like any (above); the rest of its network is
+  // the external side's too, as einat-ebpf installs the whole prefix: sources there leave
+  // untranslated (a routed public prefix's hosts, the router's other addresses there). NO_SNAT
+  // and not EXTERNAL: no slot, never a FIB-chosen source, no hairpin turn, and the network's
+  // other hosts (the ISP's gateway) are not taken for our own address on the way in.
+  for (const s of ic.externals) {
+    const m = s.match;
+    if (m.kind !== "staticNetwork" || m.net.prefixLen === m.net.addr.length * 8) continue;
+    if (!(m.net.family === 4 ? ic.nat44 : ic.nat66)) continue;
+    const taken = plan.externals.some((e) =>
+      e.family === m.net.family && e.prefixLen === m.net.prefixLen &&
+      cmpBytes(e.addr, m.net.addr) === 0
+    );
+    if (taken) continue; // an earlier entry of the same network wins (einat-ebpf: first wins)
+    plan.externals.push({
+      family: m.net.family,
+      addr: m.net.addr,
+      prefixLen: m.net.prefixLen,
+      cfg: { ...noSnat, flags: s.isInternal ? 0 : EXT_FLAGS.NO_SNAT },
+    });
+  }
   for (const family of [4, 6] as const) {
     const d = plan.defaultExt[family];
     if (!d) continue;

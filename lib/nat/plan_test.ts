@@ -80,3 +80,33 @@ Deno.test("plan: a match-all internal network (--internal 0.0.0.0/0) translates 
     `::/0=${NO_SNAT}`,
   ]);
 });
+
+Deno.test('plan: `network = "a/n"` is its address as an external, and its network\'s other sources pass untranslated (NO_SNAT, not EXTERNAL), as einat-ebpf installs the prefix', () => {
+  const net = parseCidr("203.0.113.0/24");
+  const spec = (cidr: string, address: string): ExternalSpec => ({
+    ...staticExternal("0.0.0.0/32"),
+    match: { kind: "staticNetwork", net: parseCidr(cidr), address: parseCidr(address).addr },
+  });
+  const ic = testInterfaceConfig({
+    nat66: false,
+    defaultExternals: false,
+    externals: [
+      spec("203.0.113.5/24", "203.0.113.5/32"),
+      spec("203.0.113.9/24", "203.0.113.9/32"), // the same network: its address only
+      spec("198.51.100.7/32", "198.51.100.7/32"), // a /32 network is the address alone
+      spec("2001:db8::5/64", "2001:db8::5/128"), // NAT66 off: nothing
+    ],
+  });
+  const plan = planInterface(ic, []);
+  const ext = plan.externals.map((e) => `${formatAddr(e.addr)}/${e.prefixLen}=${e.cfg.flags}`);
+  deepStrictEqual(ext, [
+    `203.0.113.5/32=${EXTERNAL}`,
+    `203.0.113.9/32=${EXTERNAL}`,
+    `198.51.100.7/32=${EXTERNAL}`,
+    `${formatAddr(net.addr)}/24=${NO_SNAT}`,
+  ]);
+  deepStrictEqual(formatAddr(plan.defaultExt[4]!.addr), "203.0.113.5");
+  deepStrictEqual(plan.defaultExt[4]!.only, false);
+  // the network is no destination of ours: its hosts are not hairpinned to the router
+  deepStrictEqual(plan.destConfig.some((d) => d.prefixLen === 24), false);
+});

@@ -158,6 +158,32 @@ static __always_inline bool is_external_src(const struct packet *p)
  * host's internal endpoint (REQ-7a), and sent to that host. Errors about
  * anything else sent to our external addresses belong to the router.
  */
+/*
+ * An ICMPv6 error leaving that quotes a later fragment of a datagram we
+ * translated inbound: its quoted destination, internal, goes back to the
+ * external address the datagram came to (frag.h, the way back), and the
+ * outer source too when an internal host sent it. Without a record: only the
+ * router's own leaves, as it is.
+ */
+__noinline int einat_egress_error_later(struct __sk_buff *skb, struct packet *p, struct inner *in,
+					int own)
+{
+	union ip_addr ext;
+	if (!p || !in)
+		return TC_ACT_SHOT;
+	if (!einat_frag_back(in, FRAG_IN_BACK, &ext))
+		return own ? pass() : drop(STAT_DROP_ICMP_ERROR);
+	if (!einat_icmp_error_valid(skb, p)) /* RFC 5508 REQ-3 */
+		return drop(STAT_DROP_ICMP_ERROR);
+	if (rewrite_quote_addr6(skb, p, in, false, &ext))
+		return drop(STAT_DROP_UNTRANSLATABLE);
+	if (!own && rewrite(skb, p, true, &ext, 0))
+		return drop(STAT_DROP_UNTRANSLATABLE);
+	stat_inc(STAT_ICMP_ERROR_NAT);
+	traffic_add(skb, true, p->family);
+	return TC_ACT_OK;
+}
+
 __noinline int einat_egress_icmp_error(struct __sk_buff *skb, struct packet *p, int own)
 {
 	if (!p)
@@ -174,6 +200,8 @@ __noinline int einat_egress_icmp_error(struct __sk_buff *skb, struct packet *p, 
 	struct inner *in = &sc->in; /* the stack is full: scratch space */
 	__builtin_memset(in, 0, sizeof(*in));
 	int r = parse_inner(skb, p->family, p->l4_off + sizeof(struct icmphdr), in);
+	if (r == PARSE_LATER && !hairpin)
+		return einat_egress_error_later(skb, p, in, own);
 	if (r != PARSE_OK) { /* an error we cannot map: only the router's own may leave */
 		if (hairpin)
 			return deliver_locally(skb);
@@ -218,7 +246,21 @@ __noinline int einat_ingress_icmp_error(struct __sk_buff *skb, struct packet *p)
 	if (!p)
 		return TC_ACT_SHOT;
 	struct inner in = {};
-	if (parse_inner(skb, p->family, p->l4_off + sizeof(struct icmphdr), &in) != PARSE_OK)
+	int r = parse_inner(skb, p->family, p->l4_off + sizeof(struct icmphdr), &in);
+	if (r == PARSE_LATER) { /* about an outbound later fragment: its datagram's record */
+		union ip_addr intern;
+		if (!einat_frag_back(&in, FRAG_OUT_BACK, &intern))
+			return pass();
+		if (!einat_icmp_error_valid(skb, p)) /* RFC 5508 REQ-3 */
+			return drop(STAT_DROP_ICMP_ERROR);
+		if (rewrite_quote_addr6(skb, p, &in, true, &intern) ||
+		    rewrite(skb, p, false, &intern, 0))
+			return drop(STAT_DROP_UNTRANSLATABLE);
+		stat_inc(STAT_ICMP_ERROR_NAT);
+		traffic_add(skb, false, p->family);
+		return TC_ACT_OK;
+	}
+	if (r != PARSE_OK)
 		return pass();
 	struct mapping_record *b = binding_reply(p->family, in.l4proto, &in.src, in.sport);
 	if (!b)
@@ -693,8 +735,11 @@ __noinline int einat_egress_full(struct __sk_buff *skb, struct packet *pp)
 	}
 	if (rewrite(skb, pp, true, &bvp->addr, bvp->port))
 		return drop(STAT_DROP_UNTRANSLATABLE);
-	if (pp->frag == FRAG_FIRST)
+	if (pp->frag == FRAG_FIRST) {
 		einat_frag_record(pp, FRAG_OUT, &bvp->addr);
+		if (pp->family == 6) /* errors about its later fragments quote (external, remote) */
+			einat_frag_record_back(pp, FRAG_OUT_BACK, &bvp->addr, &pp->dst, &pp->src);
+	}
 	stat_inc(STAT_EGRESS_NAT);
 	traffic_add(skb, true, pp->family);
 	return TC_ACT_OK;
@@ -828,8 +873,11 @@ static __always_inline int ingress_l4(struct __sk_buff *skb, struct packet *pp, 
 
 	if (rewrite(skb, pp, false, &bv.addr, bv.port))
 		return drop(STAT_DROP_UNTRANSLATABLE);
-	if (pp->frag == FRAG_FIRST)
+	if (pp->frag == FRAG_FIRST) {
 		einat_frag_record(pp, FRAG_IN, &bv.addr);
+		if (family == 6) /* errors about its later fragments quote (remote, internal) */
+			einat_frag_record_back(pp, FRAG_IN_BACK, &pp->src, &bv.addr, &pp->dst);
+	}
 	stat_inc(STAT_INGRESS_NAT);
 	traffic_add(skb, false, family);
 	return TC_ACT_OK;

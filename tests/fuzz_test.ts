@@ -34,9 +34,16 @@ import {
   withIpv6Ext,
 } from "./lib/fuzz.ts";
 import { loadTestNat, type Nat, TC_ACT_OK, TC_ACT_SHOT } from "./lib/natfixture.ts";
-import { buildIcmpError, buildPacket, type L4Proto, type PacketSpec } from "./lib/packet.ts";
+import {
+  buildIcmpError,
+  buildPacket,
+  fragment,
+  type L4Proto,
+  type PacketSpec,
+} from "./lib/packet.ts";
 import { withTopology } from "./lib/netns.ts";
 import { ROOT } from "./lib/einat.ts";
+import { parseAddr } from "../lib/config/cidr.ts";
 import * as bpf from "../lib/ffi/libbpf.ts";
 
 const sanitize = { sanitizeOps: false, sanitizeResources: false };
@@ -237,6 +244,50 @@ Deno.test("fuzz sweep: every truncation of every template packet, both direction
               }, { type: 44 }]),
             ],
         ];
+        if (family === 6) {
+          // ICMPv6 errors quoting a later fragment of a datagram einat translated, either way:
+          // the datagram's way-back record maps them (frag.h).
+          const [i1, i2] = fragment(
+            buildPacket(spec(6, proto, SRV[6], 53, EXT[6], ext)),
+            6,
+            0x5151,
+            24, // past TCP's header
+          );
+          const in1 = r.run("ingress", i1)!;
+          assertEquals([in1.verdict, dissect(in1.out).dst], [TC_ACT_OK, parseAddr(LAN[6])]);
+          const in2 = r.run("ingress", i2)!;
+          const [o1, o2] = fragment(
+            buildPacket(spec(6, proto, LAN[6], sport, SRV[6], 53)),
+            6,
+            0x5252,
+            24,
+          );
+          assertEquals(r.run("egress", o1)!.verdict, TC_ACT_OK, `${proto} first fragment out`);
+          const out2 = r.run("egress", o2)!;
+          const quote = (f: Uint8Array) => f.slice(14);
+          templates.push(
+            [
+              "egress",
+              buildIcmpError(
+                { family: 6, src: EXT[6], dst: SRV[6], icmpType: 3, icmpCode: 0 },
+                quote(in2.out),
+              ),
+            ],
+            ["egress", buildIcmpError({ family: 6, src: LAN[6], dst: SRV[6] }, quote(in2.out))],
+            [
+              "ingress",
+              buildIcmpError(
+                { family: 6, src: SRV[6], dst: EXT[6], icmpType: 2, icmpCode: 0, mtu: 1280 },
+                quote(out2.out),
+              ),
+            ],
+          );
+          for (const [dir, full] of templates.slice(-3)) { // whole, each is translated
+            const t = r.run(dir, full)!;
+            assertEquals(t.verdict, TC_ACT_OK);
+            assert(hex(t.out) !== hex(full), `${proto}: a ${dir} error quoting a later fragment`);
+          }
+        }
         for (const [dir, full] of templates) {
           for (let len = 14; len <= full.length; len++) {
             const res = r.run(dir, full.slice(0, len));

@@ -794,6 +794,70 @@ Deno.test("ICMPv6 errors quoting a first fragment or Destination Options are tra
   }
 });
 
+Deno.test("ICMPv6 errors quoting a later fragment are translated: the router's own and an internal host's hide the internal address (RFC 5508 REQ-5), inbound ones reach the host (REQ-4)", async () => {
+  const n = await loadTestNat(cfg66(), EXTS);
+  try {
+    const ext = n.egress(udp(6, LAN6, 40000, SRV6, 53)).out.sport!;
+    // An inbound datagram einat translated to LAN6, in two fragments.
+    const [r1, r2] = fragment(buildPacket(udp(6, SRV6, 53, EXT6, ext)), 6, 0x4242, 16);
+    assertEquals(parsePacket(n.runRaw("ingress", r1).bytes).dst, LAN6);
+    const later = n.runRaw("ingress", r2);
+    assertEquals(parsePacket(later.bytes).dst, LAN6);
+    // Errors about the later fragment, leaving on the WAN: the router's own (hop limit out, packet
+    // too big) keep their source; the host's gets the external address as source.
+    for (
+      const [src, icmpType, icmpCode, mtu] of [[EXT6, 3, 0, undefined], [EXT6, 2, 0, 1280], [
+        LAN6,
+        1,
+        4,
+        undefined,
+      ]] as const
+    ) {
+      const err = buildIcmpError(
+        { family: 6, src, dst: SRV6, icmpType, icmpCode, mtu },
+        ipOnly(later.bytes),
+      );
+      const out = n.runRaw("egress", err);
+      assertEquals(out.retval, TC_ACT_OK, `type ${icmpType} from ${src}`);
+      const p = parsePacket(out.bytes);
+      assertEquals([p.src, p.dst, p.inner!.src, p.inner!.dst], [EXT6, SRV6, SRV6, EXT6]);
+      assertEquals(
+        [p.inner!.ipId, p.inner!.fragOffset],
+        [0x4242, 16],
+        "the quote is the fragment's",
+      );
+      assert(p.l4ChecksumOk, `ICMPv6 checksum (type ${icmpType} from ${src})`);
+      assert(!formatAddrs(out.bytes).includes(LAN6), "the internal address leaks");
+    }
+    // A packet too big about an outbound later fragment: back to the host that sent it.
+    const [f1, f2] = fragment(buildPacket(udp(6, LAN6, 40000, SRV6, 53)), 6, 0x77, 16);
+    assertEquals(parsePacket(n.runRaw("egress", f1).bytes).src, EXT6);
+    const o2 = n.runRaw("egress", f2);
+    assertEquals(parsePacket(o2.bytes).src, EXT6);
+    const ptb = buildIcmpError(
+      { family: 6, src: HOP6, dst: EXT6, icmpType: 2, icmpCode: 0, mtu: 1280 },
+      ipOnly(o2.bytes),
+    );
+    const back = n.runRaw("ingress", ptb);
+    assertEquals(back.retval, TC_ACT_OK);
+    const q = parsePacket(back.bytes);
+    assertEquals([q.src, q.dst, q.inner!.src, q.inner!.dst], [HOP6, LAN6, LAN6, SRV6]);
+    assertEquals([q.inner!.ipId, q.inner!.fragOffset], [0x77, 16]);
+    assert(q.l4ChecksumOk, "ICMPv6 checksum");
+    // An error quoting a later fragment of no datagram einat translated passes as before.
+    const [, stray] = fragment(buildPacket(udp(6, SRV6, 53, "2001:db8:2::99", 9)), 6, 0x99, 16);
+    const own = buildIcmpError(
+      { family: 6, src: EXT6, dst: SRV6, icmpType: 3, icmpCode: 0 },
+      ipOnly(stray),
+    );
+    const passed = n.runRaw("egress", own);
+    assertEquals(passed.retval, TC_ACT_OK);
+    assertEquals(passed.bytes, own, "untouched");
+  } finally {
+    n.close();
+  }
+});
+
 Deno.test("ICMP errors about traffic from a no_snat_dests peer pass as that traffic did (RFC 5508 REQ-5), v4 and v6", async () => {
   const ic = testInterfaceConfig({
     nat66: true,

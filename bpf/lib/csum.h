@@ -301,6 +301,23 @@ static __always_inline __u32 diff16(__be16 from, __be16 to)
  * changed 16-bit word into the outer ICMP checksum. Only the changed fields
  * are loaded and stored, to keep the stack small.
  */
+/*
+ * Rewrites an address of a quoted IPv6 later fragment (no L4 header to
+ * follow; IPv6 has no header checksum): the ICMPv6 checksum alone covers it.
+ */
+static __always_inline int rewrite_quote_addr6(struct __sk_buff *skb, const struct packet *p,
+					       const struct inner *in, bool is_src,
+					       const union ip_addr *to_addr)
+{
+	const union ip_addr *old_addr = is_src ? &in->src : &in->dst;
+	__u32 da = addr_diff(6, old_addr, to_addr);
+	__u32 addr_off = in->l3_off + (is_src ? offsetof(struct ipv6hdr, saddr)
+					      : offsetof(struct ipv6hdr, daddr));
+	if (bpf_skb_store_bytes(skb, addr_off, to_addr, 16, 0))
+		return -1;
+	return bpf_l4_csum_replace(skb, p->csum_off, 0, fold32(da), 0) ? -1 : 0;
+}
+
 static __always_inline int rewrite_inner(struct __sk_buff *skb, const struct packet *p,
 					 const struct inner *in, bool is_src,
 					 const union ip_addr *to_addr, __be16 to_port)

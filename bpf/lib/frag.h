@@ -39,6 +39,16 @@
 #define FRAG_IN 0
 #define FRAG_OUT 1
 #define FRAG_TURN 2
+/*
+ * The way back, IPv6 only (Linux reports later fragments there, not in
+ * IPv4): an ICMPv6 error quoting a later fragment has no L4 header to map,
+ * only the datagram's translated addresses and ID. FRAG_IN_BACK, keyed by
+ * (remote, internal): the external destination the datagram came to;
+ * FRAG_OUT_BACK, keyed by (external, remote): the internal source it left
+ * from.
+ */
+#define FRAG_IN_BACK 3
+#define FRAG_OUT_BACK 4
 
 static __always_inline void frag_key_init(struct frag_key *k, const struct packet *p, int egress)
 {
@@ -79,6 +89,20 @@ __noinline int einat_frag_record(const struct packet *p, int egress, const union
 	return bpf_map_update_elem(&map_frag, &k, &v, BPF_ANY);
 }
 
+/* Copies the address recorded under k to *out; 0 when none (or expired). */
+static __always_inline int frag_get(const struct frag_key *k, union ip_addr *out)
+{
+	struct frag_value *v = bpf_map_lookup_elem(&map_frag, k);
+	if (!v)
+		return 0;
+	if (v->expires_ns < bpf_ktime_get_ns()) {
+		bpf_map_delete_elem(&map_frag, k);
+		return 0;
+	}
+	*out = v->addr;
+	return 1;
+}
+
 /* Copies the address recorded for a later fragment to *out; 0 when none. */
 __noinline int einat_frag_lookup(const struct packet *p, int egress, union ip_addr *out)
 {
@@ -86,15 +110,42 @@ __noinline int einat_frag_lookup(const struct packet *p, int egress, union ip_ad
 	if (!p || !out)
 		return 0;
 	frag_key_init(&k, p, egress);
-	struct frag_value *v = bpf_map_lookup_elem(&map_frag, &k);
-	if (!v)
+	return frag_get(&k, out);
+}
+
+/*
+ * Records the way back (FRAG_IN_BACK, FRAG_OUT_BACK) for the IPv6 datagram p
+ * starts, translated to (src, dst): addr is the address it had.
+ */
+__noinline int einat_frag_record_back(const struct packet *p, int kind, const union ip_addr *src,
+				      const union ip_addr *dst, const union ip_addr *addr)
+{
+	struct frag_key k;
+	struct frag_value v;
+	if (!p || !src || !dst || !addr)
+		return -1;
+	frag_key_init(&k, p, kind);
+	k.src = *src;
+	k.dst = *dst;
+	v.addr = *addr;
+	v.expires_ns = bpf_ktime_get_ns() + TIMEOUT_FRAGMENT;
+	return bpf_map_update_elem(&map_frag, &k, &v, BPF_ANY);
+}
+
+/* The way back for an ICMPv6 error's quoted later fragment (parse_inner, PARSE_LATER). */
+__noinline int einat_frag_back(const struct inner *in, int kind, union ip_addr *out)
+{
+	struct frag_key k;
+	if (!in || !out)
 		return 0;
-	if (v->expires_ns < bpf_ktime_get_ns()) {
-		bpf_map_delete_elem(&map_frag, &k);
-		return 0;
-	}
-	*out = v->addr;
-	return 1;
+	__builtin_memset(&k, 0, sizeof(k));
+	k.family = 6;
+	k.l4proto = in->frag_proto;
+	k.egress = kind;
+	k.id = in->frag_id;
+	k.src = in->src;
+	k.dst = in->dst;
+	return frag_get(&k, out);
 }
 
 #define LOOPBACK_IFINDEX 1 /* the same in every network namespace */

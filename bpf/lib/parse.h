@@ -63,6 +63,7 @@ enum parse_result {
 	PARSE_OK = 0,
 	PARSE_PASS, /* not NAT's business: leave untouched */
 	PARSE_BAD, /* malformed */
+	PARSE_LATER, /* parse_inner: a quoted IPv6 later fragment (no L4 header) */
 };
 
 enum frag_kind {
@@ -78,9 +79,10 @@ struct inner {
 	__u8 l3_len; /* bytes of IP header copied for rewriting: 20 or 40 */
 	__u8 l4proto;
 	__u8 icmp_type;
-	__u8 _pad;
+	__u8 frag_proto; /* PARSE_LATER: the quoted Fragment header's next header */
 	__be16 sport; /* or echo identifier */
 	__be16 dport;
+	__be32 frag_id; /* PARSE_LATER: its identification */
 	union ip_addr src;
 	union ip_addr dst;
 };
@@ -241,7 +243,7 @@ static __always_inline int parse_inner(struct __sk_buff *skb, __u8 family, __u32
 		__builtin_memcpy(&in->dst, &ip6.daddr, 16);
 		/* A quoted first fragment or one with options: its L4 header after them (a
 		 * router reports those too: hop limit, packet too big). A later fragment
-		 * quotes no L4 header: nothing to map. */
+		 * quotes no L4 header: its datagram's record maps it (frag.h, the way back). */
 		if (in->l4proto != IPPROTO_TCP && in->l4proto != IPPROTO_UDP &&
 		    in->l4proto != IPPROTO_ICMPV6) {
 			struct v6_walk w = {};
@@ -249,8 +251,11 @@ static __always_inline int parse_inner(struct __sk_buff *skb, __u8 family, __u32
 			int l4 = einat_ipv6_walk(skb, off + sizeof(ip6), &w);
 			if (l4 < 0)
 				return PARSE_BAD;
-			if (w.frag == FRAG_LATER)
-				return PARSE_PASS;
+			if (w.frag == FRAG_LATER) {
+				in->frag_proto = w.frag_proto;
+				in->frag_id = w.frag_id;
+				return PARSE_LATER;
+			}
 			in->l4proto = w.proto;
 			in->l4_off = l4;
 		}

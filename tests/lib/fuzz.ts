@@ -267,6 +267,19 @@ export interface Dissected {
   tcpFlags: number;
   icmpType: number;
   inner?: Inner;
+  /** An ICMPv6 error quoting a later fragment: what its way-back record is keyed by (frag.h). */
+  quotedLater?: QuotedLater;
+}
+
+/** A quoted IPv6 later fragment (parse.h parse_inner, PARSE_LATER). */
+export interface QuotedLater {
+  /** The next header its Fragment header names. */
+  proto: number;
+  id: Uint8Array;
+  src: Uint8Array;
+  dst: Uint8Array;
+  srcOff: number;
+  dstOff: number;
 }
 
 const u16 = (b: Uint8Array, o: number) => (b[o] << 8) | b[o + 1];
@@ -275,7 +288,11 @@ const isEcho = (family: number, t: number) =>
 const isErr = (family: number, t: number) =>
   family === 4 ? t === 3 || t === 11 || t === 12 || t === 4 : t >= 1 && t <= 4;
 
-function parseInner(b: Uint8Array, family: 4 | 6, off: number): { st: ParseStatus; in?: Inner } {
+function parseInner(
+  b: Uint8Array,
+  family: 4 | 6,
+  off: number,
+): { st: ParseStatus; in?: Inner; later?: QuotedLater } {
   let ihl: number, proto: number, l4: number, srcOff: number, dstOff: number, alen: number;
   if (family === 4) {
     if (off + 20 > b.length) return { st: "bad" };
@@ -297,7 +314,7 @@ function parseInner(b: Uint8Array, family: 4 | 6, off: number): { st: ParseStatu
     dstOff = off + 24;
     alen = 16;
     // parse.h parse_inner: a quoted chain is walked as einat_ipv6_walk does; a quoted later
-    // fragment has no L4 header to map.
+    // fragment has no L4 header to map: its datagram's way-back record does (frag.h).
     if (proto !== P_TCP && proto !== P_UDP && proto !== P_ICMP6) {
       let found = false;
       for (let i = 0; i <= IPV6_EXT_MAX && !found; i++) {
@@ -311,7 +328,18 @@ function parseInner(b: Uint8Array, family: 4 | 6, off: number): { st: ParseStatu
           const fo = u16(b, l4 + 2);
           proto = b[l4];
           l4 += 8;
-          if (fo & 0xfff8) return l4 > L4_OFF_MAX ? { st: "bad" } : { st: "pass" };
+          if (fo & 0xfff8) {
+            if (l4 > L4_OFF_MAX) return { st: "bad" };
+            const later: QuotedLater = {
+              proto,
+              id: b.slice(l4 - 4, l4),
+              src: b.slice(srcOff, srcOff + alen),
+              dst: b.slice(dstOff, dstOff + alen),
+              srcOff,
+              dstOff,
+            };
+            return { st: "pass", later };
+          }
         } else {
           found = true;
           break;
@@ -474,6 +502,7 @@ export function dissect(b: Uint8Array): Dissected {
     d.status = r.st;
     if (r.st === "pass") d.passReason = "icmp-error-untranslatable";
     d.inner = r.in;
+    d.quotedLater = r.later;
     return d;
   }
   d.status = "pass";
@@ -525,6 +554,11 @@ export interface BindingView {
    * destination (its own when delivered to the router).
    */
   frag(d: Dissected, which: 0 | 1 | 2): Uint8Array | null;
+  /**
+   * The way back for a quoted IPv6 later fragment (frag.h): 3, keyed by (remote, internal), the
+   * external destination its datagram came to; 4, keyed by (external, remote), its internal source.
+   */
+  back?(q: QuotedLater, which: 3 | 4): Uint8Array | null;
   /** Whether the packet just run was refused for want of a port (drop_no_port grew). */
   refusedNoPort?(): boolean;
 }
@@ -690,6 +724,12 @@ export function checkPacket(
     if (verdict !== TC_ACT_SHOT) v.push(`${why}: expected a drop, got verdict ${verdict}`);
   };
 
+  // An ICMPv6 error quoting a later fragment of a datagram einat translated: the way back maps it.
+  const back = d.quotedLater && view.back?.(d.quotedLater, dir === "ingress" ? 4 : 3);
+  // (Egress from inside to the external address is a hairpinned error: its own path, below.)
+  if (d.quotedLater && back && !(dir === "egress" && eq(d.dst, extOf(6)) && !ownSource6(d))) {
+    return checkLaterQuote(dir, d, d.quotedLater, back, input, verdict, out, v, res);
+  }
   if (dir === "ingress") {
     if (d.status !== "ok") {
       mustPass(`ingress ${d.status}${d.passReason ? ` (${d.passReason})` : ""}`);
@@ -932,6 +972,61 @@ export function checkPacket(
   return res("translated");
 }
 
+/** The router's own IPv6 source: the external address, or one never forwarded. */
+function ownSource6(d: Dissected): boolean {
+  return eq(d.src, extOf(6)) || d.src.every((x) => x === 0) ||
+    (d.src[0] === 0xfe && (d.src[1] & 0xc0) === 0x80);
+}
+
+/**
+ * An ICMPv6 error quoting a later fragment with a way-back record (bpf/einat.bpf.c,
+ * einat_egress_error_later and einat_ingress_icmp_error): intact, it is translated (egress: the
+ * quoted destination to the external address, and the outer source unless it is the router's;
+ * ingress: the quoted source and the outer destination to the internal host), else dropped.
+ */
+function checkLaterQuote(
+  dir: "egress" | "ingress",
+  d: Dissected,
+  q: QuotedLater,
+  back: Uint8Array,
+  input: Uint8Array,
+  verdict: number,
+  out: Uint8Array,
+  v: string[],
+  res: (outcome: string) => PacketCheck,
+): PacketCheck {
+  if (dir === "egress" && ownSource6(d) && !eq(d.src, extOf(6))) { // never forwarded: passes before anything (egress_family)
+    if (verdict !== TC_ACT_OK || !eq(input, out)) {
+      v.push("link-local error quoting a later fragment touched");
+    }
+    return res("pass");
+  }
+  if (!errorIntact(d, input)) {
+    if (verdict !== TC_ACT_SHOT) {
+      v.push(`damaged error quoting a later fragment: verdict ${verdict}`);
+    }
+    return res("drop");
+  }
+  if (verdict !== TC_ACT_OK) {
+    v.push(`error quoting a later fragment of a translated datagram: verdict ${verdict}`);
+    return res("bad-verdict");
+  }
+  const own = ownSource6(d);
+  const want = input.slice();
+  if (dir === "egress") {
+    want.set(back, q.dstOff);
+    if (!own) want.set(back, L3 + 8);
+  } else {
+    want.set(back, q.srcOff);
+    want.set(back, L3 + 24);
+  }
+  want.set(out.subarray(d.l4 + 2, d.l4 + 4), d.l4 + 2); // the checksum: checked below
+  if (!eq(want, out)) v.push(`error quoting a later fragment: bytes other than the mapped ones`);
+  const od = dissect(out);
+  if (!errorIntact(od, out)) v.push("error quoting a later fragment: ICMPv6 checksum broken");
+  return res("translated");
+}
+
 /**
  * Whether an ICMP error is intact (RFC 5508 REQ-3): its ICMP checksum (with the pseudo-header for
  * ICMPv6) and an embedded IPv4 header checksum are valid. Errors einat does not check (longer
@@ -1149,6 +1244,17 @@ export function bindingView(nat: Nat): BindingView {
       k.set(d.dst, 24);
       const val = bpf.mapLookup(nat.nat.maps.frag, k, 24);
       return val ? val.slice(0, d.family === 4 ? 4 : 16) : null;
+    },
+    back(q, which) {
+      const k = new Uint8Array(40);
+      k[0] = 6;
+      k[1] = q.proto;
+      k[2] = which;
+      k.set(q.id, 4);
+      k.set(q.src, 8);
+      k.set(q.dst, 24);
+      const val = bpf.mapLookup(nat.nat.maps.frag, k, 24);
+      return val ? val.slice(0, 16) : null;
     },
   };
 }

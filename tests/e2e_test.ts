@@ -7,6 +7,7 @@ import { startEinat, stopEinat } from "./lib/einat.ts";
 import { startUdpEchoes, traceroute, udpToEach } from "./lib/traffic.ts";
 import { parseSeen, parseUdpReplies } from "./lib/peer.ts";
 import { buildPacket, fragment } from "./lib/packet.ts";
+import { capture } from "./lib/capture.ts";
 import { nsExec, nsExecResult, peerCmd, run, runResult, withTopology } from "./lib/netns.ts";
 
 const sanitize = { sanitizeOps: false, sanitizeResources: false };
@@ -337,6 +338,73 @@ for (const family of [4, 6] as const) {
       }, { ipv6: family === 6 }),
   });
 }
+
+Deno.test({
+  name:
+    "e2e: the router's ICMPv6 time exceeded about each fragment of an inbound datagram hides the LAN host's address, the later fragments' too",
+  ...sanitize,
+  fn: () =>
+    withTopology(async (t) => {
+      const a = t.addrs.v6;
+      const einat = await startEinat(t.ns.router, ["-i", "wan0", "--nat44", "--nat66"]);
+      try {
+        const echo = t.spawn(
+          t.ns.srv1,
+          peerCmd("udp-echo", ["--port", "3478", "--count", "1", "--timeout-ms", "8000"]),
+        );
+        await echo.waitForStdout(/listening/);
+        const lan1 = t.spawn(
+          t.ns.lan1,
+          peerCmd("udp-send", [
+            "--to",
+            `[${a.srv1[0]}]:3478`,
+            "--from-port",
+            "5000",
+            "--linger-ms",
+            "3000",
+            "--timeout-ms",
+            "8000",
+          ]),
+        );
+        await lan1.waitForStdout(/ from /, 5000);
+        const ext = parseUdpReplies(lan1.stdoutText())[0].seen;
+        const extPort = Number(ext.slice(ext.lastIndexOf(":") + 1));
+        const wan = await capture(t, t.ns.wan, "br0", "icmp6 and ip6[40] == 3");
+        // srv1 sends a datagram to the mapping in two fragments with hop limit 1: the router,
+        // forwarding them to lan1 after einat translated them, reports each one.
+        const frame = buildPacket({
+          family: 6,
+          src: a.srv1[0],
+          dst: a.routerWan,
+          proto: "udp",
+          sport: 3479,
+          dport: extPort,
+          ttl: 1,
+          payload: new Uint8Array(1000).fill(0x66),
+        });
+        const hex = (f: Uint8Array) =>
+          [...f.slice(14)].map((b) => b.toString(16).padStart(2, "0")).join("");
+        const [f1, f2] = fragment(frame, 6, 0x5353, 512);
+        const sent = await nsExecResult(
+          t.ns.srv1,
+          peerCmd("raw-send", ["--packet", hex(f1), "--packet", hex(f2), "--gap-ms", "50"]),
+        );
+        assertEquals(sent.code, 0, sent.stdout + sent.stderr);
+        const until = Date.now() + 3000;
+        while (wan.lines().length < 2 && Date.now() < until) {
+          await new Promise((r) => setTimeout(r, 50));
+        }
+        const lines = await wan.stop();
+        assertEquals(lines.length, 2, `one time exceeded per fragment:\n${lines.join("\n")}`);
+        for (const l of lines) {
+          assert(!l.includes(a.lan1), `the LAN host's address left in a quote: ${l}`);
+          assert(l.includes(`for ${a.routerWan}`), `quoted destination: ${l}`);
+        }
+      } finally {
+        assertEquals(await stopEinat(einat), 0, einat.stderrText());
+      }
+    }, { ipv6: true }),
+});
 
 Deno.test({
   name:

@@ -317,7 +317,7 @@ Deno.test("UDP zero checksum stays zero after translation", async () => {
 
 Deno.test("sessions and bindings expire: the sweep removes them once past their timeouts", async () => {
   const ic = testInterfaceConfig();
-  ic.timeouts = { ...ic.timeouts, udpMin: 200, udpDefault: 300, icmpDefault: 200, tcpTrans: 200 };
+  ic.timeouts = { ...ic.timeouts, udpMin: 600, udpDefault: 700, icmpDefault: 200, tcpTrans: 200 };
   const n = await loadTestNat(ic);
   try {
     const first = n.egress(udp(LAN1, 40000, SRV1, 53)).out.sport!;
@@ -333,11 +333,14 @@ Deno.test("sessions and bindings expire: the sweep removes them once past their 
     assertEquals(countBindings(n.nat.maps.records), 2, "two bindings");
     assertEquals(sessions(n.nat.maps).length, 2);
     assertEquals(expireSessions(n.nat).expired, 0, "both live");
-    // refreshed traffic keeps the mapping alive past one timeout
-    for (let i = 0; i < 3; i++) {
-      await new Promise((r) => setTimeout(r, 100));
+    // refreshed traffic keeps the mapping alive past its timeout (1 s of it against 600 ms),
+    // through a sweep that takes the ping's (200 ms, not refreshed)
+    for (let i = 0; i < 4; i++) {
+      await new Promise((r) => setTimeout(r, 250));
       n.egress(udp(LAN1, 40000, SRV1, 53));
     }
+    assertEquals(expireSessions(n.nat).expired, 1, "the ping's session only");
+    assertEquals(countBindings(n.nat.maps.records), 1, "the refreshed binding is left");
     assertEquals(
       n.egress(udp(LAN1, 40000, SRV1, 53)).out.sport,
       first,

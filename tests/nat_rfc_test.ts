@@ -4,7 +4,7 @@
  */
 import { assert, assertEquals } from "./lib/assert.ts";
 import * as bpf from "../lib/ffi/libbpf.ts";
-import { CT_KEY_LAYOUT, CT_VALUE_LAYOUT, decodeCtValue, IPPROTO } from "../lib/nat/codec.ts";
+import { IPPROTO } from "../lib/nat/codec.ts";
 import { findBinding } from "../lib/nat/records.ts";
 import { formatAddr, parseAddr, parseCidr } from "../lib/config/cidr.ts";
 import { applyPlan } from "../lib/nat/apply.ts";
@@ -21,6 +21,8 @@ import {
 } from "./lib/packet.ts";
 import {
   loadTestNat,
+  type Nat,
+  sessionsOf,
   stat,
   TC_ACT_OK,
   TC_ACT_REDIRECT,
@@ -44,10 +46,9 @@ const udp = (family: 4 | 6, src: string, sport: number, dst: string, dport: numb
   udpSpec(family, src, sport, dst, dport, payload);
 const ipOnly = (frame: Uint8Array) => frame.slice(14);
 
-function ctValues(fd: number) {
-  return [...bpf.mapEntries(fd, CT_KEY_LAYOUT.size, CT_VALUE_LAYOUT.size)].map((e) =>
-    decodeCtValue(e.value, 4)
-  );
+/** Every session's value: map_ct's and the first ones inline in the mapping records. */
+function ctValues(n: Nat) {
+  return sessionsOf(n.nat.maps).map((s) => s.value);
 }
 
 // --- NAT66 ------------------------------------------------------------------
@@ -213,7 +214,8 @@ for (const family of [4, 6] as const) {
       const n = await loadTestNat(cfg66(), EXTS);
       try {
         const sent = n.egress(udp(family, LAN, 40000, SRV, 53));
-        const before = ctValues(n.nat.maps.ct).map((v) => v.lastSeenNs);
+        const before = ctValues(n).map((v) => v.lastSeenNs);
+        assertEquals(before.length, 1, "the flow's session");
         const err = buildIcmpError({
           family,
           src: HOP,
@@ -235,7 +237,7 @@ for (const family of [4, 6] as const) {
         ]);
         assert(p.inner!.ipChecksumOk && p.inner!.l4ChecksumOk, "embedded checksums");
         assertEquals(
-          ctValues(n.nat.maps.ct).map((v) => v.lastSeenNs),
+          ctValues(n).map((v) => v.lastSeenNs),
           before,
           "errors never refresh a session (REQ-6)",
         );

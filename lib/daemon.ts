@@ -275,12 +275,18 @@ export async function reconcile(s: Served): Promise<void> {
         }
         continue;
       }
+      // The family's other externals (addresses with their own ranges or flags, FIB-chosen
+      // sources, hairpin destinations): which addresses einat counts as its own.
+      const others = plan.resolved
+        .filter((r) => r.family === fam && formatAddr(r.addr) !== formatAddr(d.addr))
+        .map((r) => formatAddr(r.addr));
       log.info("external address", {
         ifname: s.ifname,
         addr: formatAddr(d.addr),
         tcp: formatRanges(d.cfg.tcp) || "off",
         udp: formatRanges(d.cfg.udp) || "off",
         icmp: formatRanges(d.cfg.icmp) || "off",
+        ...(others.length ? { others: others.join(",") } : {}),
       });
     }
     s.plan = plan;

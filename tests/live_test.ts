@@ -199,6 +199,12 @@ Deno.test({
         const chosen = [...einat.stderrText().matchAll(ext)].map((m) => m[1].replace(/"/g, ""));
         assert(chosen.includes(a.routerWan), `the preferred address: ${einat.stderrText()}`);
         assert(!/2001:db8:2::(66|99) /.test(chosen.join(" ") + " "), einat.stderrText());
+        // The DAD-failed address is no external at all (another host's); the deprecated one is,
+        // after the others.
+        const others = /external address ifname=wan0 addr=\S+ .*others=(\S+)/.exec(
+          einat.stderrText(),
+        )?.[1].replace(/"/g, "").split(",") ?? [];
+        assertEquals(others, ["2001:db8:2::99"], einat.stderrText());
         // Two external slots by default: the deprecated address, last, may get none; not ::1.
         assert(!/no slot .*addr=2001:db8:2::1 /.test(einat.stderrText()), einat.stderrText());
       } finally {

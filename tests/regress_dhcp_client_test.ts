@@ -1,6 +1,6 @@
 /**
- * Reproducer (fails until fixed; not part of the suite): the router's own DHCP client traffic
- * on the WAN is treated as internal traffic.
+ * Regression test (fixed; part of the suite), first written as the reproducer: the router's own
+ * DHCP client traffic on the WAN is treated as internal traffic.
  *
  * Found while fuzzing with unspecified and link-local sources (tests/lib/fuzz.ts ODD_SRC4/6).
  * egress_family (bpf/einat.bpf.c) passes only sources that map_externals marks as external or
@@ -14,7 +14,7 @@
  *   203.0.113.1:2xxxx), and a binding is made for 0.0.0.0:68.
  * Unspecified, link-local and multicast-scoped traffic is the router's own: it should pass.
  *
- * Run: deno test -A tests/fuzz_repro_dhcp_client.ts
+ * Run: deno test -A tests/regress_dhcp_client_test.ts
  */
 import { assertEquals } from "./lib/assert.ts";
 import { fuzzConfig } from "./lib/fuzz.ts";

@@ -1,6 +1,6 @@
 /**
- * Reproducer (fails until fixed; not part of the suite): ICMP errors from an internal host
- * that einat cannot translate leave with the internal source address.
+ * Regression test (fixed; part of the suite), first written as the reproducer: ICMP errors from an
+ * internal host that einat cannot translate leave with the internal source address.
  *
  * Found by tests/fuzz_test.ts (leak classes `icmp-error-untranslatable` and
  * `icmp-error-fragment`, counted in every run). parse_l4/parse_inner (bpf/lib/parse.h) return
@@ -11,7 +11,7 @@
  * about anything the NAT translated). Example frame (error about an error):
  *   see the `nested` packet below; the fuzzer prints more in leakExample.
  *
- * Run: deno test -A tests/fuzz_repro_icmp_error_leak.ts
+ * Run: deno test -A tests/regress_icmp_error_leak_test.ts
  */
 import { assertEquals } from "./lib/assert.ts";
 import { EXT_CIDRS, fuzzConfig, hex } from "./lib/fuzz.ts";

@@ -1,6 +1,6 @@
 /**
- * Reproducer (fails until fixed; not part of the suite): an ICMP echo request with identifier 0
- * when the ICMP range holds 0 (e.g. `icmp_out_ranges = ["0-65535"]`).
+ * Regression test (fixed; part of the suite), first written as the reproducer: an ICMP echo request
+ * with identifier 0 when the ICMP range holds 0 (e.g. `icmp_out_ranges = ["0-65535"]`).
  *
  * Found by tests/fuzz_test.ts (default seed; `icmp-id0` in KNOWN_BUGS). Input frame:
  *   020000000002020000000001080045000026991b40004001b579c000020dc63364010800271c0000839b6de8
@@ -13,7 +13,7 @@
  * map_binding without its orig entry (never released; an inbound echo reply with id 0 is then
  * translated to the host that was refused).
  *
- * Run: deno test -A tests/fuzz_repro_icmp_id0.ts
+ * Run: deno test -A tests/regress_icmp_id0_test.ts
  */
 import { assertEquals } from "./lib/assert.ts";
 import { checkMaps, EXT_CIDRS, fuzzConfig } from "./lib/fuzz.ts";

@@ -255,6 +255,7 @@ Deno.test({
             ]);
             await until("tcpdump", () => /listening on/.test(cap.stderrText()));
             const before = pinnedLinks(pinDirIn(`${bpffs}/einat`, t.ns.router));
+            assertEquals(before.length, 2, "the TCX links pinned (egress, ingress)");
             const old = einat;
             const from = maxSeq(flow().udp);
             einat = await startEinat(t.ns.router, [...args, "--replace"]);

@@ -36,6 +36,7 @@ import {
   writeSlots,
 } from "../lib/nat/records.ts";
 import { syncPortHint } from "../lib/nat/loader.ts";
+import { expireSessions } from "../lib/nat/expire.ts";
 import { fillSessions } from "../bench/lib/bpfbench.ts";
 import { pinThread, restoreAffinity } from "./lib/cpu.ts";
 
@@ -421,6 +422,29 @@ Deno.test("port choice: a binding claimed on a departing address while purgeStal
     applyPlan(n.nat.maps, rest);
     const again = n.egress({ ...udp("192.0.2.10", 40000), dst: "198.51.100.9" });
     assertEquals([again.retval, again.out.src], [TC_ACT_OK, "203.0.113.2"]);
+  } finally {
+    n.close();
+  }
+});
+
+Deno.test("port choice: a range found full is not searched again for a while, unless a port comes free: the next flow after a sweep frees one maps at once", async () => {
+  const ic = testInterfaceConfig({ defaultRanges: ranges([{ start: 20000, end: 20003 }]) });
+  ic.timeouts = { ...ic.timeouts, udpMin: 600, udpDefault: 600 };
+  const n = await loadTestNat(ic);
+  try {
+    assertEquals(n.egress(udp("192.0.2.10", 40000)).retval, TC_ACT_OK, "the flow that will expire");
+    await new Promise((r) => setTimeout(r, 700)); // past its 600 ms; the others stay young
+    for (const host of ["192.0.2.11", "192.0.2.12", "192.0.2.13"]) {
+      assertEquals(n.egress(udp(host, 40000)).retval, TC_ACT_OK, host);
+    }
+    const before = stat(n.nat.maps.stats, "drop_no_port");
+    assert(n.runRaw("egress", buildPacket(udp("192.0.2.14", 40000))).retval !== TC_ACT_OK);
+    assertEquals(stat(n.nat.maps.stats, "drop_no_port"), before + 1n, "refused: range full");
+    assertEquals(expireSessions(n.nat).expired, 1, "the first flow's session goes");
+    // At once, well inside the 100 ms a full range is not searched again: its port is free.
+    const next = n.egress(udp("192.0.2.15", 40000));
+    assertEquals(next.retval, TC_ACT_OK, "a flow after the sweep freed a port");
+    assertEquals(stat(n.nat.maps.stats, "drop_no_port"), before + 1n);
   } finally {
     n.close();
   }

@@ -600,6 +600,42 @@ for (const family of [4, 6] as const) {
     }
   });
 
+  Deno.test(`fragments v${family}: records and held fragments last timeout_fragment; then a later fragment is held anew, an expired one is not released, and its slot is taken again`, async () => {
+    const ic = cfg66();
+    ic.timeouts = { ...ic.timeouts, fragment: 300 };
+    const n = await loadTestNat(ic, EXTS);
+    const stats = n.nat.maps.stats;
+    const past = () => new Promise((r) => setTimeout(r, 400));
+    try {
+      const ext = n.egress(udp(family, LAN, 40001, SRV, 53)).out.sport!;
+      const dgram = (id: number, sport = 53) =>
+        fragment(buildPacket(udp(family, SRV, sport, EXT, ext)), family, id, 16);
+      // A record outlives its datagram by timeout_fragment, no more.
+      const [g1, g2] = dgram(0x70);
+      assertEquals(parsePacket(n.runRaw("ingress", g1).bytes).dst, LAN);
+      assertEquals(parsePacket(n.runRaw("ingress", g2).bytes).dst, LAN, "while recorded");
+      await past();
+      const held = stat(stats, "fragment_held");
+      assertEquals(n.runRaw("ingress", g2).retval, TC_ACT_SHOT, "its record gone: held");
+      assertEquals(stat(stats, "fragment_held"), held + 1n);
+      // A held fragment past its time is not replayed when its first comes.
+      const [h1, h2] = dgram(0x71);
+      assertEquals(n.runRaw("ingress", h2).retval, TC_ACT_SHOT);
+      await past();
+      const released = stat(stats, "fragment_released");
+      assertEquals(parsePacket(n.runRaw("ingress", h1).bytes).dst, LAN);
+      assertEquals(stat(stats, "fragment_released"), released, "expired: not replayed");
+      // A datagram's four slots full: one more is not held; once they expire, it is.
+      const [, k2] = dgram(0x72, 60);
+      for (let i = 0; i < 4; i++) assertEquals(n.runRaw("ingress", k2).retval, TC_ACT_SHOT);
+      assertEquals(n.runRaw("ingress", k2), { retval: TC_ACT_OK, bytes: k2 }, "slots full");
+      await past();
+      assertEquals(n.runRaw("ingress", k2).retval, TC_ACT_SHOT, "an expired slot taken again");
+    } finally {
+      n.close();
+    }
+  });
+
   Deno.test(`fragments v${family} from inside to the external address: later fragments go where their first went (to the router, or hairpinned)`, async () => {
     const n = await loadTestNat(cfg66(), EXTS);
     const LAN2 = family === 4 ? "192.0.2.20" : "2001:db8:1::20";

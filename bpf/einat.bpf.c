@@ -94,7 +94,7 @@ __noinline int einat_redirect_inward(struct __sk_buff *skb, __u32 family, const 
 	    BPF_FIB_LKUP_RET_SUCCESS)
 		return drop(STAT_DROP_UNTRANSLATABLE);
 	stat_inc(STAT_HAIRPIN);
-	return bpf_redirect_neigh(sc->fib.ifindex, NULL, 0, 0);
+	return redirect_neigh_inward(skb, sc->fib.ifindex);
 }
 
 /* Hands a packet to the router's own stack, untranslated, as if it had arrived from outside. */

@@ -169,19 +169,22 @@ export async function hairpinUp(
   if (!route.enable || route.internalIfNames.length === 0 || dests.length === 0) return st;
   try {
     const link = (await dumpLinks()).find((l) => l.ifindex === ifindex);
-    if (!link?.address) throw new Error(`interface ${ifindex} has no link-layer address`);
-    // The first external address is resolvable on the link: routes to the
-    // others use it as gateway, and packets reach TC egress.
-    const gw = dests[0];
-    await request(neighRequest("new", { family, ifindex, dst: gw, lladdr: link.address }));
-    st.neigh = { ifindex, dst: gw };
+    if (!link) throw new Error(`interface ${ifindex} is gone`);
+    // On a link with neighbours (Ethernet) the first external address is made resolvable on it:
+    // routes to the others use it as gateway, and packets reach TC egress. A link-layer-less
+    // device (TUN, PPP, WireGuard) resolves none: the routes go straight out of it.
+    const gw = link.address?.length ? dests[0] : null;
+    if (gw && link.address) {
+      await request(neighRequest("new", { family, ifindex, dst: gw, lladdr: link.address }));
+      st.neigh = { ifindex, dst: gw };
+    }
     for (const d of dests) {
       const r: RouteSpec = {
         family,
         dst: d,
         table: route.tableId,
         oif: ifindex,
-        ...(d === gw ? {} : { gateway: gw }),
+        ...(gw === null || d === gw ? {} : { gateway: gw }),
       };
       await hold(r, () => addRoute(r));
       st.routes.push(r);

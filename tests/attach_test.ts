@@ -7,6 +7,7 @@ import { startEinat, stopEinat } from "./lib/einat.ts";
 import { nsExec, nsExecResult, peerCmd, withTopology } from "./lib/netns.ts";
 import { parseUdpReplies } from "./lib/peer.ts";
 import { HAS_TCX } from "./lib/kernel.ts";
+import { capture } from "./lib/capture.ts";
 
 const sanitize = { sanitizeOps: false, sanitizeResources: false };
 
@@ -91,6 +92,63 @@ for (const asked of [true, false]) {
       }),
   });
 }
+
+Deno.test({
+  name:
+    "attach: on an L3 device (TUN) a flow refused for want of a port gets its ICMP 3/13 (sent back in with a blank Ethernet header)",
+  ...sanitize,
+  fn: () =>
+    withTopology(async (t) => {
+      const tun = t.spawn(t.ns.router, [
+        Deno.execPath(),
+        "run",
+        "-A",
+        new URL("./lib/tun_echo.ts", import.meta.url).pathname,
+        "--name",
+        "tun0",
+        "--timeout-ms",
+        "20000",
+      ]);
+      await tun.waitForStdout(/ready/);
+      for (const cmd of ["addr add 198.18.0.1/24 dev tun0", "link set tun0 up"]) {
+        await nsExec(t.ns.router, ["ip", ...cmd.split(" ")]);
+      }
+      await nsExec(t.ns.router, ["ip", "route", "add", "198.18.1.0/24", "dev", "tun0"]);
+      const conf = await Deno.makeTempFile({ suffix: ".toml" });
+      await Deno.writeTextFile(
+        conf,
+        [
+          "[defaults]",
+          'udp_ranges = ["20000-20000"]',
+          "[[interfaces]]",
+          'if_name = "tun0"',
+          "nat44 = true",
+        ]
+          .join("\n"),
+      );
+      const icmp2 = await capture(t, t.ns.lan2, "eth0", "icmp");
+      const einat = await startEinat(t.ns.router, ["-c", conf]);
+      try {
+        const send = (ns: string) =>
+          nsExecResult(
+            ns,
+            peerCmd("udp-send", ["--to", "198.18.1.1:3478", "--timeout-ms", "2000"]),
+          );
+        const first = await send(t.ns.lan1);
+        assertEquals(first.code, 0, `${first.stdout}${first.stderr}\n${tun.stdoutText()}`);
+        const refused = await send(t.ns.lan2);
+        assert(refused.code !== 0, `the one port is taken: ${refused.stdout} / ${first.stdout}`);
+        const lines = await icmp2.stop();
+        assert(
+          lines.some((l) => /admin prohibited/.test(l)),
+          `ICMP 3/13 seen by lan2:\n${lines.join("\n")}\n${einat.stderrText()}`,
+        );
+      } finally {
+        assertEquals(await stopEinat(einat), 0, einat.stderrText());
+        await Deno.remove(conf);
+      }
+    }),
+});
 
 Deno.test({
   name: "attach: an L3 device (TUN, no Ethernet header) is translated both ways",

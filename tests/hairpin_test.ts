@@ -13,6 +13,74 @@ const sanitize = { sanitizeOps: false, sanitizeResources: false };
 
 Deno.test({
   name:
+    "hairpin: on an L3 external device (TUN: no link-layer address, no neighbours) lan1 reaches lan2's mapping too",
+  ...sanitize,
+  fn: () =>
+    withTopology(async (t) => {
+      const tun = t.spawn(t.ns.router, [
+        Deno.execPath(),
+        "run",
+        "-A",
+        new URL("./lib/tun_echo.ts", import.meta.url).pathname,
+        "--name",
+        "tun0",
+        "--timeout-ms",
+        "30000",
+      ]);
+      await tun.waitForStdout(/ready/);
+      for (
+        const cmd of [
+          "addr add 198.18.0.1/24 dev tun0",
+          "link set tun0 up",
+          "route add 198.18.1.0/24 dev tun0",
+        ]
+      ) {
+        await nsExec(t.ns.router, ["ip", ...cmd.split(" ")]);
+      }
+      const einat = await startEinat(t.ns.router, ["-i", "tun0", "--hairpin-if", "br0"]);
+      try {
+        assert(/hairpin routing installed/.test(einat.stderrText()), einat.stderrText());
+        const table = await nsExec(t.ns.router, ["ip", "route", "show", "table", "4787"]);
+        assert(/198\.18\.0\.1 dev tun0/.test(table), table);
+        // lan2 makes its mapping through the TUN's far end, then answers whatever arrives.
+        const lan2 = t.spawn(
+          t.ns.lan2,
+          peerCmd("udp-send", [
+            "--to",
+            "198.18.1.1:3478",
+            "--from-port",
+            "5000",
+            "--linger-ms",
+            "8000",
+            "--timeout-ms",
+            "15000",
+          ]),
+        );
+        await lan2.waitForStdout(/seen .* from /, 5000);
+        const lan2Ext = parseUdpReplies(lan2.stdoutText())[0].seen;
+        assert(lan2Ext.startsWith("198.18.0.1:"), lan2Ext);
+        const hp = await nsExecResult(
+          t.ns.lan1,
+          peerCmd("udp-send", ["--to", lan2Ext, "--from-port", "6000", "--timeout-ms", "4000"]),
+        );
+        assertEquals(
+          hp.code,
+          0,
+          `no answer through the hairpin: ${hp.stdout}${hp.stderr}\n${einat.stderrText()}`,
+        );
+        const r = parseUdpReplies(hp.stdout)[0];
+        assert(r.seen.startsWith("198.18.0.1:"), `lan2 saw lan1's external endpoint: ${r.seen}`);
+        assertEquals(r.from, lan2Ext, "the reply came back from lan2's external endpoint");
+      } finally {
+        assertEquals(await stopEinat(einat), 0, einat.stderrText());
+      }
+      const left = await nsExecResult(t.ns.router, ["ip", "route", "show", "table", "4787"]);
+      assertEquals(left.stdout.trim(), "", "hairpin table emptied");
+    }),
+});
+
+Deno.test({
+  name:
     "hairpin: lan1 reaches lan2's mapping through the external address and is seen as lan1's external endpoint",
   ...sanitize,
   fn: () =>

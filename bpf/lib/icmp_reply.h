@@ -133,7 +133,7 @@ __noinline int einat_send_prohibited(struct __sk_buff *skb, struct packet *p)
 	stat_inc(STAT_ICMP_PROHIBITED_SENT);
 	if (rc != BPF_FIB_LKUP_RET_SUCCESS)
 		return TC_ACT_SHOT;
-	return bpf_redirect_neigh(s->fib.ifindex, NULL, 0, 0);
+	return redirect_neigh_inward(skb, s->fib.ifindex);
 }
 
 #endif

@@ -21,6 +21,7 @@
 
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
+#include <linux/pkt_cls.h>
 #include "config.h"
 
 /* include/linux/skbuff.h */
@@ -52,5 +53,18 @@ static __always_inline __u8 skb_ip_summed(struct __sk_buff *skb)
 }
 
 #endif
+
+/*
+ * Sends a packet leaving an external interface back in, to the internal host
+ * the FIB named (ifindex), through the neighbour table. bpf_redirect_neigh
+ * takes the Ethernet header off first and drops a packet without one, as
+ * those of an L3 device (TUN, PPP, WireGuard) are: they get a blank one.
+ */
+static __always_inline long redirect_neigh_inward(struct __sk_buff *skb, __u32 ifindex)
+{
+	if (!HAS_ETH && bpf_skb_change_head(skb, 14, 0))
+		return TC_ACT_SHOT;
+	return bpf_redirect_neigh(ifindex, NULL, 0, 0);
+}
 
 #endif

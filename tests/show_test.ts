@@ -242,6 +242,11 @@ Deno.test({
           );
           assertEquals(m.get(`einat_ports_used{${w},external="203.0.113.1",protocol="udp"}`), 3);
           assertEquals(m.get(`einat_map_entries{${w},map="map_records"}`), 5, "live bindings");
+          assertEquals(
+            m.get(`einat_map_capacity{${w},map="map_records"}`),
+            65536 * 3,
+            "against binding_max_records, not the records of every slot",
+          );
           assert((m.get(`einat_map_capacity{${w},map="map_ct"}`) ?? 0) > 0);
           assert(
             (m.get(`einat_translated_packets_total{${w},direction="ingress",family="ipv4"}`) ??

@@ -19,37 +19,56 @@ import {
   tallySessions,
 } from "./read.ts";
 import { pinDirFor, stateOptions } from "./options.ts";
+import { EXT_FLAGS } from "../nat/codec.ts";
 import type { SweepStats } from "../nat/sweep.ts";
 
 /** What one interface contributes: its name and the ranges of its external addresses. */
 export interface MetricsTarget {
   ifname: string;
   externals: { external: string; protocol: ProtoName; ranges: PortRange[] }[];
+  /** binding_max_records: the bindings' capacity (the programs' cap, not in the pinned maps). */
+  bindingMax?: number;
 }
 
-/** Targets from the served interfaces (only fields this module reads). */
+/**
+ * Targets from the served interfaces (only fields this module reads): every address mappings
+ * can be made on (the defaults, the others with ranges of their own, FIB-chosen sources), once.
+ */
 export function targetsOf(
   served: {
     ifname: string;
+    ic?: { bindingMaxRecords: number };
     plan: {
-      defaultExt: Partial<
-        Record<4 | 6, { addr: Uint8Array; cfg: Record<ProtoName, PortRange[]> }>
-      >;
+      externals: {
+        family: 4 | 6;
+        addr: Uint8Array;
+        prefixLen: number;
+        cfg: Record<ProtoName, PortRange[]> & { flags: number };
+      }[];
     } | null;
   }[],
 ): MetricsTarget[] {
-  return served.map((s) => ({
-    ifname: s.ifname,
-    externals: ([4, 6] as const).flatMap((f) => {
-      const d = s.plan?.defaultExt[f];
-      if (!d) return [];
-      return (["tcp", "udp", "icmp"] as const).map((protocol) => ({
-        external: formatAddr(d.addr),
-        protocol,
-        ranges: d.cfg[protocol],
-      }));
-    }),
-  }));
+  return served.map((s) => {
+    const seen = new Set<string>();
+    const externals = (s.plan?.externals ?? []).filter((e) => {
+      const a = formatAddr(e.addr);
+      const ok = e.prefixLen === e.addr.length * 8 && (e.cfg.flags & EXT_FLAGS.EXTERNAL) !== 0 &&
+        (e.cfg.flags & EXT_FLAGS.NO_SNAT) === 0 && !seen.has(a);
+      if (ok) seen.add(a);
+      return ok;
+    });
+    return {
+      ifname: s.ifname,
+      ...(s.ic ? { bindingMax: s.ic.bindingMaxRecords } : {}),
+      externals: externals.flatMap((e) =>
+        (["tcp", "udp", "icmp"] as const).map((protocol) => ({
+          external: formatAddr(e.addr),
+          protocol,
+          ranges: e.cfg[protocol],
+        }))
+      ),
+    };
+  });
 }
 
 const esc = (v: string) => v.replace(/\\/g, "\\\\").replace(/"/g, '\\"').replace(/\n/g, "\\n");
@@ -176,7 +195,7 @@ function scrapeOne(w: Writer, st: PinnedState, t: MetricsTarget): void {
       total ? inUse / total : 0,
     );
   }
-  for (const m of mapFill(st)) {
+  for (const m of mapFill(st, t.bindingMax)) {
     const labels = { interface: iface, map: m.map };
     w.add("einat_map_entries", "gauge", "Entries in a state map.", labels, m.entries);
     w.add(

@@ -483,8 +483,15 @@ export function readCounters(s: PinnedState): Counters {
   return { interface: s.ifname, events, traffic };
 }
 
-/** Entries and capacity of each pinned map (counted by reading them in batches). */
-export function mapFill(s: PinnedState): { map: string; entries: number; capacity: number }[] {
+/**
+ * Entries and capacity of each pinned map (counted by reading them in batches). `map_records`
+ * counts live bindings, against what can be made: the records of the slots, or fewer when
+ * `bindingMax` (binding_max_records, which the programs hold the count to; not pinned) is given.
+ */
+export function mapFill(
+  s: PinnedState,
+  bindingMax?: number,
+): { map: string; entries: number; capacity: number }[] {
   const out: { map: string; entries: number; capacity: number }[] = [];
   const rfd = s.fds.map_records, cfd = s.fds.map_binding_count;
   if (rfd !== undefined && cfd !== undefined) {
@@ -493,7 +500,7 @@ export function mapFill(s: PinnedState): { map: string; entries: number; capacit
     out.push({
       map: "map_records",
       entries: n ? Number(new DataView(n.buffer).getBigUint64(0, true)) : 0,
-      capacity: bpf.mapInfo(rfd).maxEntries,
+      capacity: Math.min(bpf.mapInfo(rfd).maxEntries, bindingMax ?? Infinity),
     });
   }
   for (const m of ["map_ct", "map_frag"] as const) {

@@ -1,0 +1,39 @@
+import { deepStrictEqual } from "node:assert/strict";
+import { targetsOf } from "./metrics.ts";
+import { planInterface } from "../nat/plan.ts";
+import { parseAddr, parseCidr } from "../config/cidr.ts";
+import type { ExternalSpec } from "../config/types.ts";
+import { ranges, testInterfaceConfig } from "../../tests/lib/natfixture.ts";
+
+Deno.test("metrics: port use is reported for every address mappings are made on, not the defaults alone", () => {
+  const base = testInterfaceConfig();
+  const spec = (addr: string, o: Partial<ExternalSpec> = {}): ExternalSpec => ({
+    match: { kind: "address", addr: parseCidr(addr) },
+    isInternal: false,
+    noSnat: false,
+    noHairpin: false,
+    ranges: base.defaultRanges,
+    ...o,
+  });
+  const ic = testInterfaceConfig({
+    nat66: true,
+    externals: [
+      spec("203.0.113.2/32", { ranges: ranges([{ start: 30000, end: 30009 }]) }),
+      spec("203.0.113.9/32", { noSnat: true }), // never a source of mappings
+    ],
+  });
+  const plan = planInterface(ic, [
+    { family: 4, addr: parseAddr("203.0.113.1"), prefixLen: 24 },
+    { family: 6, addr: parseAddr("2001:db8:2::1"), prefixLen: 64 },
+  ]);
+  const t = targetsOf([{ ifname: "wan0", plan }]);
+  deepStrictEqual(
+    t[0].externals.filter((e) => e.protocol === "udp").map((e) => [e.external, e.ranges]),
+    [
+      ["203.0.113.2", [{ start: 30000, end: 30009 }]],
+      ["203.0.113.1", base.defaultRanges.udp],
+      ["2001:db8:2::1", base.defaultRanges.udp],
+    ],
+  );
+  deepStrictEqual(targetsOf([{ ifname: "wan0", plan: null }]), [{ ifname: "wan0", externals: [] }]);
+});

@@ -8,7 +8,10 @@
 export type Level = "debug" | "info" | "warn" | "error";
 
 const ORDER: Record<Level, number> = { debug: 10, info: 20, warn: 30, error: 40 };
-let threshold: number = ORDER[(Deno.env.get("EINAT_LOG") as Level) ?? "info"] ?? ORDER.info;
+// Until the command line is read (lib/config/cli.ts checks $EINAT_LOG and --log): $EINAT_LOG
+// in any case, info otherwise.
+let threshold: number = ORDER[(Deno.env.get("EINAT_LOG")?.toLowerCase() as Level) ?? "info"] ??
+  ORDER.info;
 const encoder = new TextEncoder();
 
 /** Sets the lowest level that is printed. */

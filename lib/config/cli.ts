@@ -146,7 +146,8 @@ OPTIONS:
   -c, --config <file>          Read the configuration from a TOML file (einat-ebpf format);
                                cannot be combined with -i/--ifname
   -i, --ifname <name>          External network interface to NAT on, e.g. eth0
-      --ifindex <n>            External interface by index instead of (or besides) name
+      --ifindex <n>            External interface by index instead of name (taken over
+                               -i when both are given, as einat-ebpf does)
       --nat44                  Enable NAPT44 on the interface; on by default unless only
                                --nat66 is given
       --nat66                  Enable NAPT66 on the interface; off by default
@@ -350,17 +351,7 @@ export function parseCli(args: string[], options: ParseConfigOptions = {}): CliR
     throw argsError(e);
   }
 
-  let logLevel: Level | undefined;
-  if (values.log !== undefined) {
-    const level = values.log.toLowerCase() as Level;
-    if (!LOG_LEVELS.includes(level)) {
-      throw new ConfigError(
-        "--log",
-        `"${values.log}" is not a log level; expected one of ${LOG_LEVELS.join(", ")}`,
-      );
-    }
-    logLevel = level;
-  }
+  const logLevel = logLevelOf(values.log);
 
   let bpfLogLevel: number | undefined;
   if (values["bpf-log"] !== undefined) {
@@ -483,7 +474,10 @@ export function parseCli(args: string[], options: ParseConfigOptions = {}): CliR
   });
 
   const iface: InterfaceConfig = defaultInterface(defaults, options.kernelRelease);
-  if (values.ifname !== undefined) iface.ifName = values.ifname;
+  // Both given: the index, as einat-ebpf's command line takes it first.
+  if (values.ifname !== undefined && ifIndex !== undefined) {
+    notices.push(`--ifname ${values.ifname}: ignored; --ifindex ${ifIndex} names the interface`);
+  } else if (values.ifname !== undefined) iface.ifName = values.ifname;
   if (ifIndex !== undefined) iface.ifIndex = ifIndex;
   iface.nat44 = values.nat44 === true || values.nat66 !== true;
   iface.nat66 = values.nat66 === true;
@@ -502,16 +496,25 @@ export function parseCli(args: string[], options: ParseConfigOptions = {}): CliR
   return { kind: "run", config: { defaults, interfaces: [iface] }, notices, logLevel, state };
 }
 
-function parseLogLevel(text: string | undefined): Level | undefined {
+function parseLogLevel(text: string | undefined, source: string): Level | undefined {
   if (text === undefined) return undefined;
   const level = text.toLowerCase() as Level;
   if (!LOG_LEVELS.includes(level)) {
     throw new ConfigError(
-      "--log",
+      source,
       `"${text}" is not a log level; expected one of ${LOG_LEVELS.join(", ")}`,
     );
   }
   return level;
+}
+
+/** The log level `--log` gives, else `$EINAT_LOG` (read the same way: any case, checked). */
+function logLevelOf(flag: string | undefined): Level | undefined {
+  let env: string | undefined;
+  try {
+    env = Deno.env.get("EINAT_LOG") || undefined;
+  } catch { /* no env permission: as if unset */ }
+  return parseLogLevel(flag, "--log") ?? parseLogLevel(env, "$EINAT_LOG");
 }
 
 function checkPinDir(dir: string | undefined): string | undefined {
@@ -617,6 +620,6 @@ function parseShow(args: string[]): CliResult {
       addr,
       port,
     },
-    logLevel: parseLogLevel(values.log),
+    logLevel: logLevelOf(values.log),
   };
 }

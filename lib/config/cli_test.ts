@@ -173,9 +173,11 @@ Deno.test("--bpf-log, --bpf-loader, --log, --ifindex", () => {
   r = run("--ifindex", "7");
   equal(r.config.interfaces[0].ifIndex, 7);
   equal(r.config.interfaces[0].ifName, undefined);
+  // both: the index, as einat-ebpf's command line (the name said to be ignored)
   r = run("--ifindex", "7", "-i", "eth0");
   equal(r.config.interfaces[0].ifIndex, 7);
-  equal(r.config.interfaces[0].ifName, "eth0");
+  equal(r.config.interfaces[0].ifName, undefined);
+  ok(r.notices.some((n) => /^--ifname eth0: ignored; --ifindex 7/.test(n)), r.notices.join("\n"));
 });
 
 Deno.test("-c: loads the file, notices from the file are kept", () => {
@@ -367,5 +369,22 @@ Deno.test("show: subcommand and --show flag, filters, --json, --stats", () => {
     ]
   ) {
     ok(helpText().includes(opt), opt);
+  }
+});
+
+Deno.test("$EINAT_LOG is read as --log is (any case, checked); --log wins", () => {
+  const before = Deno.env.get("EINAT_LOG");
+  try {
+    Deno.env.set("EINAT_LOG", "DEBUG");
+    equal(run("-i", "eth0").logLevel, "debug");
+    equal(run("-i", "eth0", "--log", "warn").logLevel, "warn");
+    Deno.env.set("EINAT_LOG", "loud");
+    expectError(["-i", "eth0"], "$EINAT_LOG", /"loud" is not a log level/);
+    equal(run("-i", "eth0", "--log", "error").logLevel, "error", "the flag first");
+    Deno.env.delete("EINAT_LOG");
+    equal(run("-i", "eth0").logLevel, undefined);
+  } finally {
+    if (before === undefined) Deno.env.delete("EINAT_LOG");
+    else Deno.env.set("EINAT_LOG", before);
   }
 });

@@ -16,6 +16,7 @@ import {
   ifNameToIndex,
   readCString,
 } from "./libc.ts";
+import { testNsName } from "../../tests/lib/netns.ts";
 
 const FIXTURE = new URL("../../tests/fixtures/ffi_test.bpf.c", import.meta.url).pathname;
 const LIBBPF_URL = new URL("./libbpf.ts", import.meta.url).href;
@@ -386,7 +387,7 @@ console.log(JSON.stringify(out));
 
 Deno.test({ name: "tc hook/attach/query/detach and pinning in a netns", ignore }, async () => {
   const { good, dir } = await buildFixtures();
-  const ns = `einatffi-${Deno.pid}`;
+  const ns = testNsName("ffi");
   const script = `${dir}/netns_script.ts`;
   await Deno.writeTextFile(script, NETNS_SCRIPT);
   await run("ip", ["netns", "add", ns]);

@@ -1,8 +1,9 @@
 /**
  * Tests of lib/netlink/rtnl.ts against the kernel. Everything that changes links, addresses,
  * rules or routes runs in a subprocess (tests/fixtures/netlink/rtnl_ns.ts) inside a network
- * namespace created here (`einatnl-<random>`, deleted in `finally`): Deno cannot setns. Those
- * tests need root and are skipped otherwise. The in-process tests only read and subscribe.
+ * namespace created here (`<testPrefix()>-nl<random>`, tests/lib/netns.ts testNsName, so
+ * scripts/test.sh sweeps it after an interrupted run; deleted in `finally`): Deno cannot setns.
+ * Those tests need root and are skipped otherwise. The in-process tests only read and subscribe.
  * Run: `deno test -A lib/netlink/rtnl_test.ts`.
  */
 
@@ -10,6 +11,7 @@ import assert from "node:assert/strict";
 import { dumpLinks, dumpRoutes, watch, type WatchEvent } from "./rtnl.ts";
 import { ARPHRD, IFF, RT_SCOPE, RTN } from "./msg.ts";
 import { mnl } from "./mnl.ts";
+import { testNsName } from "../../tests/lib/netns.ts";
 
 const SCRIPT = new URL("../../tests/fixtures/netlink/rtnl_ns.ts", import.meta.url).pathname;
 const DENO = Deno.execPath();
@@ -39,7 +41,7 @@ interface ScenarioRun<T> {
 
 /** Runs one rtnl_ns.ts scenario in a fresh namespace and returns its RESULT. */
 async function inNamespace<T>(scenario: string, timeoutMs = 30000): Promise<ScenarioRun<T>> {
-  const ns = `einatnl-${crypto.randomUUID().slice(0, 8)}`;
+  const ns = testNsName("nl");
   await ipCmd(["netns", "add", ns]);
   try {
     const child = new Deno.Command("ip", {

@@ -353,6 +353,15 @@ export function testPrefix(): string {
   return Deno.env.get("EINAT_TEST_PREFIX") || "einat";
 }
 
+/**
+ * A fresh name for a test's own namespace: `<testPrefix()>-<tag><8 hex>`, e.g.
+ * `einat-nl3f9a1c2d`, so that scripts/test.sh's sweep of an interrupted run finds it.
+ */
+export function testNsName(tag: string): string {
+  const b = crypto.getRandomValues(new Uint8Array(4));
+  return `${testPrefix()}-${tag}${Array.from(b, (x) => x.toString(16).padStart(2, "0")).join("")}`;
+}
+
 function randomPrefix(): string {
   const b = crypto.getRandomValues(new Uint8Array(3));
   return `${testPrefix()}-t${Array.from(b, (x) => x.toString(16).padStart(2, "0")).join("")}-`;

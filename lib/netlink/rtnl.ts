@@ -262,14 +262,17 @@ export interface WatchOptions {
    */
   onOverrun?: () => void;
   /**
-   * `SO_RCVTIMEO` of the waiting receive (default 5 s). `stop()` wakes the receive with a message
-   * of its own, so this only bounds how long `stop()` takes should that message not arrive; an
-   * idle watch wakes once per timeout.
+   * `SO_RCVTIMEO` of the waiting receive (default {@link WATCH_RECV_TIMEOUT_MS}). `stop()` wakes
+   * the receive with a message of its own, so this only bounds how long `stop()` takes should
+   * that message not arrive; an idle watch wakes once per timeout.
    */
   recvTimeoutMs?: number;
   /** Receive buffer size asked for (SO_RCVBUFFORCE, else SO_RCVBUF); default 1 MiB. */
   rcvbufBytes?: number;
 }
+
+/** Default {@link WatchOptions.recvTimeoutMs}. */
+export const WATCH_RECV_TIMEOUT_MS = 5000;
 
 /** A running {@link watch}. */
 export interface Watcher {
@@ -290,7 +293,7 @@ export interface Watcher {
 export function watch(onEvent: (ev: WatchEvent) => void, opts: WatchOptions = {}): Watcher {
   const coalesceMs = opts.coalesceMs ?? 100;
   const maxDelayMs = Math.max(coalesceMs, opts.maxDelayMs ?? 1000);
-  const recvTimeoutMs = opts.recvTimeoutMs ?? 5000;
+  const recvTimeoutMs = opts.recvTimeoutMs ?? WATCH_RECV_TIMEOUT_MS;
   const onOverrun = opts.onOverrun ??
     (() => log.warn("netlink: notifications lost (receive queue overrun); resync needed"));
 

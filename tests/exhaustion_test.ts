@@ -1,8 +1,8 @@
 /**
  * Port exhaustion in namespaces: einat with a 16-port UDP range and a 1-port TCP range, short
- * UDP timeouts. More flows than ports from lan1 and lan2: the extra ones are refused with
- * ICMP 3/13 (TCP connect fails at once), the old ones keep their ports; once the old flows
- * expire their ports are handed out again. Meanwhile the WAN switch captures every packet with
+ * UDP timeouts (10 s: long enough for a loaded host, see UDP_TIMEOUT_S). More flows than ports
+ * from lan1 and lan2: the extra ones are refused with ICMP 3/13 (TCP connect fails at once), the
+ * old ones keep their ports; once the old flows expire their ports are handed out again. Meanwhile the WAN switch captures every packet with
  * an internal source: there must be none.
  */
 import { assert, assertEquals } from "./lib/assert.ts";
@@ -46,6 +46,13 @@ async function flows(
 /** The external port of a "203.0.113.1:P" endpoint. */
 const portOf = (seen: string) => Number(seen.split(":").pop());
 
+/**
+ * The UDP timeout of the test (timeout_udp_min and timeout_udp_default: the flows are answered,
+ * so theirs is the default). The 16 old flows must outlive the refused 4 and lan1's second
+ * round (1.6 s on an idle host, several times that on a loaded one) and then expire.
+ */
+const UDP_TIMEOUT_S = 10;
+
 Deno.test({
   name:
     "exhaustion: 16 UDP ports, 20 flows: 4 refused with ICMP 3/13, old flows keep their ports, ports reused after expiry; TCP refused at once; nothing internal leaks",
@@ -62,8 +69,8 @@ Deno.test({
           "[[interfaces]]",
           'if_name = "wan0"',
           "nat44 = true",
-          'timeout_udp_min = "2s"',
-          'timeout_udp_default = "3s"',
+          `timeout_udp_min = "${UDP_TIMEOUT_S}s"`,
+          `timeout_udp_default = "${UDP_TIMEOUT_S}s"`,
         ].join("\n"),
       );
       const a = t.addrs.v4;
@@ -100,6 +107,7 @@ Deno.test({
 
         // the old flows keep their ports
         const again = await flows(t, t.ns.lan1, to, 41000, 41009);
+        const lastUse = Date.now(); // of every old mapping (lan2's were used before)
         for (const [p, seen] of again) assertEquals(seen, f1.get(p), `lan1:${p} kept its port`);
 
         // TCP: one port; the first connection holds it, the second fails at once
@@ -121,9 +129,15 @@ Deno.test({
         assert(c2.code !== 0, `second TCP connection refused: ${c2.stdout}`);
         assert(Date.now() - t0 < 4000, "refused at once (ICMP 3/13), not by a timeout");
 
-        // after expiry (3 s both ways) the refused flows get ports
-        await new Promise((r) => setTimeout(r, 4500));
-        const f4 = await flows(t, t.ns.lan2, to, 41006, 41009);
+        // after expiry (UDP_TIMEOUT_S since their last packet; the sweep runs every second) the
+        // refused flows get ports: tried from then on, for as long again at most
+        const expired = lastUse + UDP_TIMEOUT_S * 1000;
+        await new Promise((r) => setTimeout(r, Math.max(0, expired - Date.now())));
+        let f4 = await flows(t, t.ns.lan2, to, 41006, 41009);
+        while ([...f4.values()].includes(null) && Date.now() < expired + UDP_TIMEOUT_S * 1000) {
+          await new Promise((r) => setTimeout(r, 500));
+          f4 = await flows(t, t.ns.lan2, to, 41006, 41009);
+        }
         const reused = [...f4.values()];
         assert(reused.every((s) => s !== null), `after expiry the new flows work: ${reused}`);
         assert(

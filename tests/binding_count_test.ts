@@ -15,6 +15,9 @@ import { bindingCountAt, countBindings, setBindingCount } from "../lib/nat/recor
 import { syncBindings } from "../lib/state/serve.ts";
 
 const NEW_BINDINGS = 8_000; // of the 10,000 ports of the test range
+/** Bindings the flood makes before the walk, and the ones it keeps until the walk is over. */
+const BEFORE = 500;
+const AFTER = 1_000;
 
 const live = (n: Nat) => BigInt(countBindings(n.nat.maps.records));
 const counted = (n: Nat) => bindingCountAt(n.nat.maps.bindingCount, 0);
@@ -42,11 +45,23 @@ Deno.test("binding count: a start under --replace keeps the carried-over count e
       // from the running einat's programs (every frame a new internal endpoint, a new binding).
       next = await load();
       assert(next.nat.pins?.reused.includes("map_binding_count"), "the count is carried over");
-      flood = startFlood(running.nat.egressFd, newFlowFrames(NEW_BINDINGS), NEW_BINDINGS);
-      for (let i = 0; i < 2000 && (counted(running) ?? 0n) < 500n; i++) {
+      // The flood spans the walk by construction, however the threads are scheduled: it makes
+      // BEFORE bindings and waits; released, it floods on while the walk runs, but keeps its
+      // last AFTER frames until the walk has returned.
+      flood = startFlood(
+        running.nat.egressFd,
+        newFlowFrames(NEW_BINDINGS),
+        NEW_BINDINGS,
+        1,
+        [BEFORE, NEW_BINDINGS - AFTER],
+      );
+      for (let i = 0; i < 10_000 && flood.held() < 1; i++) {
         await new Promise((r) => setTimeout(r, 1));
       }
+      assertEquals(counted(running), BigInt(BEFORE), "bindings before the walk");
+      flood.release();
       const found = syncBindings(next.nat);
+      flood.release();
       assertEquals(await flood.runs, NEW_BINDINGS);
       const made = live(next);
       assertEquals(made, BigInt(NEW_BINDINGS), "every frame made a binding");

@@ -33,21 +33,40 @@ export interface Flood {
   runs: Promise<number>;
   /** Whether the worker has begun. */
   started(): boolean;
+  /** How many of its holds the worker has reached (it waits at the last until released). */
+  held(): number;
+  /** Lets the worker past one more hold (at once if it reaches it later). */
+  release(): void;
   /** Tells the worker to stop and waits for it; never rejects (for `finally`). */
   stop(): Promise<void>;
 }
 
-/** Runs `frames` round and round through program `fd` on `cpu`, `maxRuns` runs at most. */
-export function startFlood(fd: number, frames: Uint8Array[], maxRuns: number, cpu = 1): Flood {
-  const flags = new SharedArrayBuffer(8);
-  const f = new Int32Array(flags); // [stop, started]
-  const job: FloodJob = { cpu, fd, frames, flags, maxRuns };
+/**
+ * Runs `frames` round and round through program `fd` on `cpu`, `maxRuns` runs at most. Before
+ * each run count in `holds` (ascending) the worker waits for a `release()`.
+ */
+export function startFlood(
+  fd: number,
+  frames: Uint8Array[],
+  maxRuns: number,
+  cpu = 1,
+  holds: number[] = [],
+): Flood {
+  const flags = new SharedArrayBuffer(16);
+  const f = new Int32Array(flags); // [stop, started, held, released]
+  const job: FloodJob = { cpu, fd, frames, flags, maxRuns, holds };
   const runs = runWorker<{ runs: number }>(FLOOD_WORKER, job).then((r) => r.runs);
   return {
     runs,
     started: () => Atomics.load(f, 1) === 1,
+    held: () => Atomics.load(f, 2),
+    release: () => {
+      Atomics.add(f, 3, 1);
+      Atomics.notify(f, 3);
+    },
     stop: async () => {
       Atomics.store(f, 0, 1);
+      Atomics.notify(f, 3);
       await runs.catch(() => {});
     },
   };

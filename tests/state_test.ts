@@ -122,6 +122,10 @@ Deno.test({
       const short = config(`timeout_udp_min = "2s"`);
       const long = config(`timeout_udp_min = "60s"`);
       const shorter = config(`timeout_udp_min = "1s"`);
+      // The running sweep's test: a timeout longer than the time between a datagram and the
+      // read that sees its session on a slow host (the sweep runs every second).
+      const RUNNING_S = 3;
+      const running = config(`timeout_udp_min = "${RUNNING_S}s"`);
       try {
         let p = await startEinat(ns, ["-c", short, "--pin-dir", pin]);
         await send(ns, dir);
@@ -149,15 +153,22 @@ Deno.test({
         assertEquals(state(dir).bindings, [], "the binding went with its last session");
         assertEquals(state(dir).expired, 1);
 
-        // While einat runs, its sweep (every second) removes a session past its 1 s.
+        assertEquals(await stopEinat(p), 0, p.stderrText());
+
+        // While einat runs, its sweep (every second) removes a session past its RUNNING_S; it
+        // must be there first, and be gone within RUNNING_S + 1 s (and a margin).
+        p = await startEinat(ns, ["-c", running, "--pin-dir", pin]);
         await send(ns, dir);
         assertEquals(state(dir).sessions.length, 1);
-        assert(await poll(() => state(dir).sessions.length === 0, 4000), "swept within 1 s + 1 s");
+        assert(
+          await poll(() => state(dir).sessions.length === 0, (RUNNING_S + 1 + 4) * 1000),
+          `swept within ${RUNNING_S} s + 1 s`,
+        );
         assertEquals(state(dir).bindings, []);
         assertEquals(state(dir).expired, 2);
         assertEquals(await stopEinat(p), 0, p.stderrText());
       } finally {
-        for (const f of [short, long, shorter]) Deno.removeSync(f);
+        for (const f of [short, long, shorter, running]) Deno.removeSync(f);
       }
     }),
 });

@@ -8,6 +8,7 @@ import { nsExec, nsExecResult, peerCmd, withTopology } from "./lib/netns.ts";
 import { parseUdpReplies } from "./lib/peer.ts";
 import { HAS_TCX } from "./lib/kernel.ts";
 import { capture } from "./lib/capture.ts";
+import { startTunWan } from "./lib/tun_wan.ts";
 
 const sanitize = { sanitizeOps: false, sanitizeResources: false };
 
@@ -99,21 +100,7 @@ Deno.test({
   ...sanitize,
   fn: () =>
     withTopology(async (t) => {
-      const tun = t.spawn(t.ns.router, [
-        Deno.execPath(),
-        "run",
-        "-A",
-        new URL("./lib/tun_echo.ts", import.meta.url).pathname,
-        "--name",
-        "tun0",
-        "--timeout-ms",
-        "20000",
-      ]);
-      await tun.waitForStdout(/ready/);
-      for (const cmd of ["addr add 198.18.0.1/24 dev tun0", "link set tun0 up"]) {
-        await nsExec(t.ns.router, ["ip", ...cmd.split(" ")]);
-      }
-      await nsExec(t.ns.router, ["ip", "route", "add", "198.18.1.0/24", "dev", "tun0"]);
+      const tun = await startTunWan(t, 20000);
       const conf = await Deno.makeTempFile({ suffix: ".toml" });
       await Deno.writeTextFile(
         conf,
@@ -155,26 +142,7 @@ Deno.test({
   ...sanitize,
   fn: () =>
     withTopology(async (t) => {
-      const tun = t.spawn(t.ns.router, [
-        Deno.execPath(),
-        "run",
-        "-A",
-        new URL("./lib/tun_echo.ts", import.meta.url).pathname,
-        "--name",
-        "tun0",
-        "--timeout-ms",
-        "20000",
-      ]);
-      await tun.waitForStdout(/ready/);
-      for (
-        const cmd of [
-          "addr add 198.18.0.1/24 dev tun0",
-          "link set tun0 up",
-          "route add 198.18.1.0/24 dev tun0",
-        ]
-      ) {
-        await nsExec(t.ns.router, ["ip", ...cmd.split(" ")]);
-      }
+      const tun = await startTunWan(t, 20000);
       const einat = await startEinat(t.ns.router, ["-i", "tun0"]);
       try {
         assert(/l2=none/.test(einat.stderrText()), einat.stderrText());

@@ -8,9 +8,79 @@ import { startUdpEchoes, traceroute, udpToEach } from "./lib/traffic.ts";
 import { parseSeen, parseUdpReplies } from "./lib/peer.ts";
 import { buildPacket, fragment } from "./lib/packet.ts";
 import { capture } from "./lib/capture.ts";
-import { nsExec, nsExecResult, peerCmd, run, runResult, withTopology } from "./lib/netns.ts";
+import {
+  nsExec,
+  nsExecResult,
+  type NsProcess,
+  peerCmd,
+  run,
+  runResult,
+  type Topology,
+  withTopology,
+} from "./lib/netns.ts";
 
 const sanitize = { sanitizeOps: false, sanitizeResources: false };
+
+/**
+ * lan1's UDP mapping: an echo on srv1:3478 answers lan1 once, then lan1 lingers `lingerMs`
+ * answering whatever reaches its port. Returns lan1's process and the mapping's external port.
+ */
+async function lan1Mapping(
+  t: Topology,
+  family: 4 | 6,
+  lingerMs: number,
+): Promise<{ lan1: NsProcess; extPort: number }> {
+  const a = family === 4 ? t.addrs.v4 : t.addrs.v6;
+  const echo = t.spawn(
+    t.ns.srv1,
+    peerCmd("udp-echo", ["--port", "3478", "--count", "1", "--timeout-ms", "8000"]),
+  );
+  await echo.waitForStdout(/listening/);
+  const lan1 = t.spawn(
+    t.ns.lan1,
+    peerCmd("udp-send", [
+      "--to",
+      family === 4 ? `${a.srv1[0]}:3478` : `[${a.srv1[0]}]:3478`,
+      "--from-port",
+      "5000",
+      "--linger-ms",
+      String(lingerMs),
+      "--timeout-ms",
+      String(lingerMs + 4000),
+    ]),
+  );
+  await lan1.waitForStdout(/ from /, 5000);
+  const ext = parseUdpReplies(lan1.stdoutText())[0].seen;
+  return { lan1, extPort: Number(ext.slice(ext.lastIndexOf(":") + 1)) };
+}
+
+/**
+ * A 1000-byte UDP datagram from srv1:3479 to the router's mapping `extPort`, in two fragments
+ * (IP ID `id`, `ttl` the hop limit), and a function that sends frames from srv1 as they are.
+ */
+function inboundFragments(t: Topology, family: 4 | 6, extPort: number, id: number, ttl = 64) {
+  const a = family === 4 ? t.addrs.v4 : t.addrs.v6;
+  const frame = buildPacket({
+    family,
+    src: a.srv1[0],
+    dst: a.routerWan,
+    proto: "udp",
+    sport: 3479,
+    dport: extPort,
+    ttl,
+    payload: new Uint8Array(1000).fill(0x66),
+  });
+  const hex = (f: Uint8Array) =>
+    [...f.slice(14)].map((b) => b.toString(16).padStart(2, "0")).join("");
+  const send = async (frames: Uint8Array[]) => {
+    const r = await nsExecResult(
+      t.ns.srv1,
+      peerCmd("raw-send", [...frames.flatMap((f) => ["--packet", hex(f)]), "--gap-ms", "50"]),
+    );
+    assertEquals(r.code, 0, r.stdout + r.stderr);
+  };
+  return { fragments: fragment(frame, family, id, 512), send };
+}
 
 Deno.test({
   name: "e2e: full-cone NAT44 for UDP (EIM, EIF), TCP and ping; nothing left after exit",
@@ -283,46 +353,11 @@ for (const family of [4, 6] as const) {
         const hp = (h: string, p: number) => family === 4 ? `${h}:${p}` : `[${h}]:${p}`;
         const einat = await startEinat(t.ns.router, ["-i", "wan0", "--nat44", "--nat66"]);
         try {
-          const echo = t.spawn(
-            t.ns.srv1,
-            peerCmd("udp-echo", ["--port", "3478", "--count", "1", "--timeout-ms", "8000"]),
-          );
-          await echo.waitForStdout(/listening/);
-          // lan1 makes its mapping, then answers whatever reaches it
-          const lan1 = t.spawn(
-            t.ns.lan1,
-            peerCmd("udp-send", [
-              "--to",
-              hp(a.srv1[0], 3478),
-              "--from-port",
-              "5000",
-              "--linger-ms",
-              "6000",
-              "--timeout-ms",
-              "10000",
-            ]),
-          );
-          await lan1.waitForStdout(/ from /, 5000);
-          const ext = parseUdpReplies(lan1.stdoutText())[0].seen;
-          const extPort = Number(ext.slice(ext.lastIndexOf(":") + 1));
-          // srv1 sends a 1000-byte datagram to that mapping in two fragments, the later first
-          const frame = buildPacket({
-            family,
-            src: a.srv1[0],
-            dst: a.routerWan,
-            proto: "udp",
-            sport: 3479,
-            dport: extPort,
-            payload: new Uint8Array(1000).fill(0x66),
-          });
-          const [f1, f2] = fragment(frame, family, 0x5151, 512);
-          const hex = (f: Uint8Array) =>
-            [...f.slice(14)].map((b) => b.toString(16).padStart(2, "0")).join("");
-          const sent = await nsExecResult(
-            t.ns.srv1,
-            peerCmd("raw-send", ["--packet", hex(f2), "--packet", hex(f1), "--gap-ms", "50"]),
-          );
-          assertEquals(sent.code, 0, sent.stdout + sent.stderr);
+          // lan1 makes its mapping, then answers whatever reaches it; srv1 sends a datagram to
+          // that mapping in two fragments, the later first
+          const { lan1, extPort } = await lan1Mapping(t, family, 6000);
+          const { fragments: [f1, f2], send } = inboundFragments(t, family, extPort, 0x5151);
+          await send([f2, f1]);
           await lan1.waitForStdout(
             new RegExp(`seen ${hp(a.srv1[0], 3479).replace(/[[\].]/g, "\\$&")}`),
             3000,
@@ -348,48 +383,12 @@ Deno.test({
       const a = t.addrs.v6;
       const einat = await startEinat(t.ns.router, ["-i", "wan0", "--nat44", "--nat66"]);
       try {
-        const echo = t.spawn(
-          t.ns.srv1,
-          peerCmd("udp-echo", ["--port", "3478", "--count", "1", "--timeout-ms", "8000"]),
-        );
-        await echo.waitForStdout(/listening/);
-        const lan1 = t.spawn(
-          t.ns.lan1,
-          peerCmd("udp-send", [
-            "--to",
-            `[${a.srv1[0]}]:3478`,
-            "--from-port",
-            "5000",
-            "--linger-ms",
-            "3000",
-            "--timeout-ms",
-            "8000",
-          ]),
-        );
-        await lan1.waitForStdout(/ from /, 5000);
-        const ext = parseUdpReplies(lan1.stdoutText())[0].seen;
-        const extPort = Number(ext.slice(ext.lastIndexOf(":") + 1));
+        const { extPort } = await lan1Mapping(t, 6, 3000);
         const wan = await capture(t, t.ns.wan, "br0", "icmp6 and ip6[40] == 3");
         // srv1 sends a datagram to the mapping in two fragments with hop limit 1: the router,
         // forwarding them to lan1 after einat translated them, reports each one.
-        const frame = buildPacket({
-          family: 6,
-          src: a.srv1[0],
-          dst: a.routerWan,
-          proto: "udp",
-          sport: 3479,
-          dport: extPort,
-          ttl: 1,
-          payload: new Uint8Array(1000).fill(0x66),
-        });
-        const hex = (f: Uint8Array) =>
-          [...f.slice(14)].map((b) => b.toString(16).padStart(2, "0")).join("");
-        const [f1, f2] = fragment(frame, 6, 0x5353, 512);
-        const sent = await nsExecResult(
-          t.ns.srv1,
-          peerCmd("raw-send", ["--packet", hex(f1), "--packet", hex(f2), "--gap-ms", "50"]),
-        );
-        assertEquals(sent.code, 0, sent.stdout + sent.stderr);
+        const { fragments, send } = inboundFragments(t, 6, extPort, 0x5353, 1);
+        await send(fragments);
         const until = Date.now() + 3000;
         while (wan.lines().length < 2 && Date.now() < until) {
           await new Promise((r) => setTimeout(r, 50));

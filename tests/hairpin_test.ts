@@ -8,6 +8,7 @@ import { startEinat, stopEinat } from "./lib/einat.ts";
 import { nsExec, nsExecResult, peerCmd, withTopology } from "./lib/netns.ts";
 import { parseSeen, parseUdpReplies } from "./lib/peer.ts";
 import { capture } from "./lib/capture.ts";
+import { startTunWan } from "./lib/tun_wan.ts";
 
 const sanitize = { sanitizeOps: false, sanitizeResources: false };
 
@@ -17,26 +18,7 @@ Deno.test({
   ...sanitize,
   fn: () =>
     withTopology(async (t) => {
-      const tun = t.spawn(t.ns.router, [
-        Deno.execPath(),
-        "run",
-        "-A",
-        new URL("./lib/tun_echo.ts", import.meta.url).pathname,
-        "--name",
-        "tun0",
-        "--timeout-ms",
-        "30000",
-      ]);
-      await tun.waitForStdout(/ready/);
-      for (
-        const cmd of [
-          "addr add 198.18.0.1/24 dev tun0",
-          "link set tun0 up",
-          "route add 198.18.1.0/24 dev tun0",
-        ]
-      ) {
-        await nsExec(t.ns.router, ["ip", ...cmd.split(" ")]);
-      }
+      await startTunWan(t);
       const einat = await startEinat(t.ns.router, ["-i", "tun0", "--hairpin-if", "br0"]);
       try {
         assert(/hairpin routing installed/.test(einat.stderrText()), einat.stderrText());

@@ -275,11 +275,14 @@ export async function reconcile(s: Served): Promise<void> {
         }
         continue;
       }
-      // The family's other externals (addresses with their own ranges or flags, FIB-chosen
-      // sources, hairpin destinations): which addresses einat counts as its own.
-      const others = plan.resolved
-        .filter((r) => r.family === fam && formatAddr(r.addr) !== formatAddr(d.addr))
-        .map((r) => formatAddr(r.addr));
+      // The family's other external addresses (their own ranges or flags, FIB-chosen sources,
+      // hairpin destinations): which addresses einat counts as its own.
+      const others = plan.externals
+        .filter((e) =>
+          e.family === fam && e.prefixLen === e.addr.length * 8 &&
+          (e.cfg.flags & EXT_FLAGS.EXTERNAL) !== 0 && formatAddr(e.addr) !== formatAddr(d.addr)
+        )
+        .map((e) => formatAddr(e.addr));
       log.info("external address", {
         ifname: s.ifname,
         addr: formatAddr(d.addr),
@@ -392,7 +395,7 @@ async function rehairpin(s: Served, ifindex: number): Promise<void> {
       .map((e) => e.addr);
     try {
       s.hairpin.push(
-        await hairpinUp(fam, ifindex, route, s.localPref[fam], dests),
+        await hairpinUp(fam, ifindex, route, s.localPref[fam], dests, hasEthernet(s.ifname)),
       );
     } catch (e) {
       log.error("hairpin routing not installed", {

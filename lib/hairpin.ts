@@ -164,16 +164,18 @@ export async function hairpinUp(
   route: HairpinRoute,
   localPref: number,
   dests: Uint8Array[],
+  ethernet = true,
 ): Promise<HairpinState> {
   const st: HairpinState = { family, rules: [], routes: [], neigh: null };
   if (!route.enable || route.internalIfNames.length === 0 || dests.length === 0) return st;
   try {
     const link = (await dumpLinks()).find((l) => l.ifindex === ifindex);
     if (!link) throw new Error(`interface ${ifindex} is gone`);
-    // On a link with neighbours (Ethernet) the first external address is made resolvable on it:
-    // routes to the others use it as gateway, and packets reach TC egress. A link-layer-less
-    // device (TUN, PPP, WireGuard) resolves none: the routes go straight out of it.
-    const gw = link.address?.length ? dests[0] : null;
+    // On an Ethernet link the first external address is made resolvable on it: routes to the
+    // others use it as gateway, and packets reach TC egress. An L3 device (`ethernet` false, as
+    // the datapath tells it: TUN, PPP, WireGuard, IP tunnels) resolves none: the routes go
+    // straight out of it.
+    const gw = ethernet && link.address?.length ? dests[0] : null;
     if (gw && link.address) {
       await request(neighRequest("new", { family, ifindex, dst: gw, lladdr: link.address }));
       st.neigh = { ifindex, dst: gw };

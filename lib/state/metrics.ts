@@ -31,14 +31,16 @@ export interface MetricsTarget {
 }
 
 /**
- * Targets from the served interfaces (only fields this module reads): every address mappings
- * can be made on (the defaults, the others with ranges of their own, FIB-chosen sources), once.
+ * Targets from the served interfaces (only fields this module reads): every address new
+ * mappings are made on, once: the default of each family, and with `bpf_fib_lookup_external`
+ * the other external addresses (with ranges of their own) the FIB may choose.
  */
 export function targetsOf(
   served: {
     ifname: string;
-    ic?: { bindingMaxRecords: number };
+    ic?: { bindingMaxRecords: number; bpfFibLookupExternal: boolean };
     plan: {
+      defaultExt: Partial<Record<4 | 6, { addr: Uint8Array }>>;
       externals: {
         family: 4 | 6;
         addr: Uint8Array;
@@ -50,10 +52,14 @@ export function targetsOf(
 ): MetricsTarget[] {
   return served.map((s) => {
     const seen = new Set<string>();
+    const defaults = new Set(
+      Object.values(s.plan?.defaultExt ?? {}).map((d) => d && formatAddr(d.addr)),
+    );
     const externals = (s.plan?.externals ?? []).filter((e) => {
       const a = formatAddr(e.addr);
       const ok = e.prefixLen === e.addr.length * 8 && (e.cfg.flags & EXT_FLAGS.EXTERNAL) !== 0 &&
-        (e.cfg.flags & EXT_FLAGS.NO_SNAT) === 0 && !seen.has(a);
+        (e.cfg.flags & EXT_FLAGS.NO_SNAT) === 0 && !seen.has(a) &&
+        (defaults.has(a) || s.ic?.bpfFibLookupExternal === true);
       if (ok) seen.add(a);
       return ok;
     });

@@ -1,11 +1,11 @@
 import { deepStrictEqual } from "node:assert/strict";
 import { targetsOf } from "./metrics.ts";
 import { planInterface } from "../nat/plan.ts";
-import { parseAddr, parseCidr } from "../config/cidr.ts";
+import { formatAddr, parseAddr, parseCidr } from "../config/cidr.ts";
 import type { ExternalSpec } from "../config/types.ts";
 import { ranges, testInterfaceConfig } from "../../tests/lib/natfixture.ts";
 
-Deno.test("metrics: port use is reported for every address mappings are made on, not the defaults alone", () => {
+Deno.test("metrics: port use is reported for every address new mappings are made on: the defaults, and with bpf_fib_lookup_external the other externals", () => {
   const base = testInterfaceConfig();
   const spec = (addr: string, o: Partial<ExternalSpec> = {}): ExternalSpec => ({
     match: { kind: "address", addr: parseCidr(addr) },
@@ -26,14 +26,18 @@ Deno.test("metrics: port use is reported for every address mappings are made on,
     { family: 4, addr: parseAddr("203.0.113.1"), prefixLen: 24 },
     { family: 6, addr: parseAddr("2001:db8:2::1"), prefixLen: 64 },
   ]);
-  const t = targetsOf([{ ifname: "wan0", plan }]);
-  deepStrictEqual(
-    t[0].externals.filter((e) => e.protocol === "udp").map((e) => [e.external, e.ranges]),
-    [
-      ["203.0.113.2", [{ start: 30000, end: 30009 }]],
-      ["203.0.113.1", base.defaultRanges.udp],
-      ["2001:db8:2::1", base.defaultRanges.udp],
-    ],
-  );
+  const udp = (fib: boolean) =>
+    targetsOf([{ ifname: "wan0", ic: { ...ic, bpfFibLookupExternal: fib }, plan }])[0].externals
+      .filter((e) => e.protocol === "udp").map((e) => [e.external, e.ranges]);
+  deepStrictEqual(udp(true), [
+    ["203.0.113.2", [{ start: 30000, end: 30009 }]],
+    ["203.0.113.1", base.defaultRanges.udp],
+    ["2001:db8:2::1", base.defaultRanges.udp],
+  ]);
+  // Without the FIB lookup new mappings take the default (the first entry's, 203.0.113.2):
+  // 203.0.113.1 is not counted.
+  deepStrictEqual(formatAddr(plan.defaultExt[4]!.addr), "203.0.113.2");
+  deepStrictEqual(udp(false).map(([a]) => a), ["203.0.113.2", "2001:db8:2::1"]);
+  deepStrictEqual(targetsOf([{ ifname: "wan0", ic, plan }])[0].bindingMax, ic.bindingMaxRecords);
   deepStrictEqual(targetsOf([{ ifname: "wan0", plan: null }]), [{ ifname: "wan0", externals: [] }]);
 });

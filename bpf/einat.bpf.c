@@ -262,6 +262,12 @@ __noinline int einat_ingress_icmp_error(struct __sk_buff *skb, struct packet *p)
 	}
 	if (r != PARSE_OK)
 		return pass();
+	/* About an echo reply: the router's own (an echo request to a mapping is answered by the
+	 * router, ingress_icmp_query, so no internal host's reply leaves through one), whatever
+	 * host holds that identifier. */
+	if (in.l4proto == IPPROTO_ICMP &&
+	    in.icmp_type == (p->family == 4 ? ICMP_ECHOREPLY : ICMPV6_ECHO_REPLY))
+		return pass();
 	struct mapping_record *b = binding_reply(p->family, in.l4proto, &in.src, in.sport);
 	if (!b)
 		return pass(); /* about the router's own traffic */

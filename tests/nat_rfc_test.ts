@@ -494,6 +494,50 @@ for (const family of [4, 6] as const) {
   });
 }
 
+for (const family of [4, 6] as const) {
+  const [LAN, SRV, EXT, HOP] = family === 4 ? [LAN4, SRV4, EXT4, HOP4] : [LAN6, SRV6, EXT6, HOP6];
+  const SRV2 = family === 4 ? "198.51.100.2" : "2001:db8:3::2";
+  Deno.test(`ICMPv${family} error about an echo reply is the router's (internal hosts' echoes are requests only): not sent to the host holding that identifier`, async () => {
+    const n = await loadTestNat(cfg66(), EXTS);
+    try {
+      const echo = (src: string, dst: string, id: number, reply = false): PacketSpec => ({
+        family,
+        src,
+        dst,
+        proto: "icmp",
+        icmpType: family === 4 ? (reply ? 0 : 8) : (reply ? 129 : 128),
+        icmpId: id,
+        icmpSeq: 1,
+        payload: new Uint8Array(8),
+      });
+      const y = n.egress(echo(LAN, SRV, 100)).out.icmpId!; // LAN holds external identifier y
+      // The router answers a ping from SRV2 that happens to carry y; the reply leaves as it is.
+      const answer = buildPacket(echo(EXT, SRV2, y, true));
+      assertEquals(n.runRaw("egress", answer), { retval: TC_ACT_OK, bytes: answer });
+      // An error about that reply comes back: the router's, untouched.
+      const err = buildIcmpError(
+        { family, src: HOP, dst: EXT, icmpType: family === 4 ? 11 : 3, icmpCode: 0 },
+        ipOnly(answer),
+      );
+      assertEquals(n.runRaw("ingress", err), { retval: TC_ACT_OK, bytes: err });
+      // One about LAN's own request still reaches LAN.
+      const req = n.egress(echo(LAN, SRV, 100));
+      const back = parsePacket(
+        n.runRaw(
+          "ingress",
+          buildIcmpError(
+            { family, src: HOP, dst: EXT, icmpType: family === 4 ? 11 : 3, icmpCode: 0 },
+            ipOnly(req.bytes),
+          ),
+        ).bytes,
+      );
+      assertEquals([back.dst, back.inner!.src, back.inner!.icmpId], [LAN, LAN, 100]);
+    } finally {
+      n.close();
+    }
+  });
+}
+
 Deno.test("ICMP error about traffic the NAT never mapped passes untouched (router's own)", async () => {
   const n = await loadTestNat(cfg66(), EXTS);
   try {

@@ -241,6 +241,8 @@ export interface Inner {
   dst: Uint8Array;
   sport: number;
   dport: number;
+  /** A quoted echo reply: only the router's own leave through a mapping. */
+  echoReply?: boolean;
 }
 
 /** What the datapath (and the oracle) sees of one frame. */
@@ -367,6 +369,7 @@ function parseInner(
     if ((proto === P_ICMP) !== (family === 4)) return { st: "pass" };
     if (!isEcho(family, b[l4])) return { st: "pass" };
     inner.sport = inner.dport = u16(b, l4 + 4);
+    inner.echoReply = b[l4] === (family === 4 ? 0 : 129);
     return { st: "ok", in: inner };
   }
   return { st: "pass" };
@@ -763,8 +766,9 @@ export function checkPacket(
       if (d.inner) {
         const n = d.inner;
         const to = view.get(false, fam, keyProto(n.proto), n.src, n.sport);
-        // a binding of the NAT host's own (an inbound ping's identifier) maps to itself
-        if (to && !sameEndpoint({ addr: n.src, port: n.sport }, to)) {
+        // a binding of the NAT host's own (an inbound ping's identifier) maps to itself; an
+        // echo reply is the router's whoever holds its identifier (einat_ingress_icmp_error)
+        if (to && !n.echoReply && !sameEndpoint({ addr: n.src, port: n.sport }, to)) {
           v.push("ICMP error about a mapped endpoint passed untranslated");
         }
       } else if (d.frag === 2) {
@@ -793,6 +797,7 @@ export function checkPacket(
       const n = d.inner, on = od.inner!;
       const want = view.get(false, fam, keyProto(n.proto), n.src, n.sport);
       if (!errorIntact(d, input)) v.push("ICMP error with a bad checksum translated (REQ-3)");
+      if (n.echoReply) v.push("ICMP error about an echo reply (the router's) sent inside");
       if (!want) v.push("ICMP error translated without a binding");
       else if (!on || !sameEndpoint({ addr: on.src, port: on.sport }, want)) {
         v.push("embedded source is not the binding's internal endpoint");

@@ -15,7 +15,7 @@ import { BpfError, libbpfVersion, routeLibbpfPrintToLog } from "./lib/ffi/libbpf
 import * as log from "./lib/log.ts";
 import { BUILD_INFO } from "./lib/build_info.ts";
 import { checkRuntimeLibraries } from "./lib/deps.ts";
-import { BusyError } from "./lib/nat/attach.ts";
+import { BusyError, deferHandOvers } from "./lib/nat/attach.ts";
 import { startSweeper, type Sweeper } from "./lib/nat/sweep.ts";
 import { runShow } from "./lib/state/show.ts";
 import { runFlush } from "./lib/state/flush.ts";
@@ -103,6 +103,8 @@ export async function main(args: string[]): Promise<number> {
       }
     }
     const errors: string[] = [];
+    // --replace: the einat being replaced serves every interface until this one has them all.
+    const endTakeOvers = deferHandOvers();
     for (const ic of cli.config.interfaces) {
       try {
         served.push(await startInterface(ic, cli.config.defaults, served));
@@ -120,6 +122,7 @@ export async function main(args: string[]): Promise<number> {
         errors.push(msg);
       }
     }
+    endTakeOvers();
     if (served.length === 0) {
       await restoreLocalRules(); // a start that failed after hairpin routing moved it
       await metrics?.close();

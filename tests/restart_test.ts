@@ -342,3 +342,49 @@ Deno.test({
       }
     }),
 });
+
+Deno.test({
+  name:
+    "restart: --replace of several interfaces asks the running einat to exit once all are attached: it leaves every one attached, none bare",
+  ...sanitize,
+  fn: () =>
+    withTopology(async (t) => {
+      // a second external interface in the router
+      await nsExec(t.ns.router, ["ip", "link", "add", "wan9", "type", "veth", "peer", "wan9p"]);
+      await nsExec(t.ns.router, ["ip", "addr", "add", "198.18.0.1/24", "dev", "wan9"]);
+      for (const l of ["wan9", "wan9p"]) await nsExec(t.ns.router, ["ip", "link", "set", l, "up"]);
+      const conf = await Deno.makeTempFile({ suffix: ".toml" });
+      await Deno.writeTextFile(
+        conf,
+        ["wan0", "wan9"].map((i) => `[[interfaces]]\nif_name = "${i}"\nnat44 = true\n`).join(""),
+      );
+      try {
+        await withSharedBpffs(t.ns.router, async (bpffs) => {
+          const args = ["-c", conf, "--pin-dir", `${bpffs}/einat`];
+          const old = await startEinat(t.ns.router, args);
+          let next: NsProcess | null = null;
+          try {
+            next = await startEinat(t.ns.router, [...args, "--replace"]);
+            const oldExit = await old.output(10000);
+            assertEquals(oldExit.code, 0, oldExit.stderr);
+            const took = [...next.stderrText().matchAll(/took over from the running einat.*/g)];
+            assertEquals(took.length, 1, `asked once, after both:\n${next.stderrText()}`);
+            assert(/ifname=wan0,wan9 /.test(took[0][0]), took[0][0]);
+            const gone = oldExit.stderr.split("\n").filter((l) =>
+              /detached (TCX links|filter)|removed clsact/.test(l)
+            );
+            assertEquals(gone, [], "the old einat left every interface to the new one");
+            assertEquals(
+              oldExit.stderr.split("\n").filter((l) => /left attached/.test(l)).length >= 2,
+              true,
+              oldExit.stderr,
+            );
+          } finally {
+            if (next) assertEquals(await stopEinat(next), 0, next.stderrText());
+          }
+        });
+      } finally {
+        await Deno.remove(conf);
+      }
+    }),
+});

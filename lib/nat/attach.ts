@@ -231,18 +231,48 @@ function readLock(path: string): string {
   }
 }
 
+/** Previous einats to ask to exit once the batch of take-overs ends (pid → interfaces). */
+let deferred: Map<number, string[]> | null = null;
+
 /**
  * `--replace`: the programs now attached are ours; the previous einat is
  * told to stop (SIGTERM). It finds its filters carry other programs and
- * leaves them, the qdisc and the pinned state alone.
+ * leaves them, the qdisc and the pinned state alone. Inside a batch
+ * ({@link deferHandOvers}) it is told when the batch ends: it serves the
+ * interfaces not taken over yet until then, and leaves none of them bare.
  */
 function handOver(a: Attachment, pid: number): void {
+  if (deferred) {
+    deferred.set(pid, [...deferred.get(pid) ?? [], a.ifname]);
+    return;
+  }
+  signalPrevious(pid, [a.ifname]);
+}
+
+function signalPrevious(pid: number, ifnames: string[]): void {
   try {
     Deno.kill(pid, "SIGTERM");
-    log.info("took over from the running einat; asked it to exit", { ifname: a.ifname, pid });
+    log.info("took over from the running einat; asked it to exit", {
+      ifname: ifnames.join(","),
+      pid,
+    });
   } catch (e) {
     log.warn("could not signal the previous einat", { pid, error: (e as Error).message });
   }
+}
+
+/**
+ * Starts a batch of take-overs (`--replace` of several interfaces): the previous einat serves
+ * every interface until all are attached (its SIGTERM makes it stop them all at once). Returns
+ * the function that ends the batch and asks the previous einats to exit.
+ */
+export function deferHandOvers(): () => void {
+  deferred ??= new Map();
+  return () => {
+    const pending = deferred ?? new Map<number, string[]>();
+    deferred = null;
+    for (const [pid, ifnames] of pending) signalPrevious(pid, ifnames);
+  };
 }
 
 /**

@@ -388,3 +388,46 @@ Deno.test({
       }
     }),
 });
+
+Deno.test({
+  name:
+    "restart: after a killed einat, the next start removes what it left: its TCX links (before clsact filters they would shadow) and, at exit, its clsact qdisc",
+  ignore: !HAS_TCX, // Linux 6.6+
+  ...sanitize,
+  fn: () =>
+    withTopology(async (t) => {
+      const conf = await tcxConfig();
+      const qdisc = async () =>
+        (await nsExec(t.ns.router, ["tc", "qdisc", "show", "dev", "wan0"])).includes("clsact");
+      try {
+        await withSharedBpffs(t.ns.router, async (bpffs) => {
+          const pin = ["--pin-dir", `${bpffs}/einat`];
+          const dir = pinDirIn(`${bpffs}/einat`, t.ns.router);
+          // A TCX einat killed: its links stay pinned, attached.
+          const killed = await startEinat(t.ns.router, ["-c", conf, ...pin]);
+          const links = pinnedLinks(dir);
+          assertEquals(links.length, 2, killed.stderrText());
+          killed.kill("SIGKILL");
+          await killed.output(10000);
+          // The next start uses clsact (the command line): the links go.
+          const tc = await startEinat(t.ns.router, ["-i", "wan0", ...pin]);
+          const removed = tc.stderrText().match(/removed a stale einat TCX link/g) ?? [];
+          assertEquals(removed.length, 2, tc.stderrText());
+          assertEquals(pinnedLinks(dir), [], "unpinned");
+          for (const l of links) {
+            const r = await runResult(["bpftool", "link", "show", "id", String(l.id)]);
+            assert(r.code !== 0, `stale TCX link ${l.id} still attached: ${r.stdout}`);
+          }
+          assert(await qdisc(), "the clsact qdisc einat made");
+          // Killed in turn: the clsact einat's qdisc is the next one's to remove at exit.
+          tc.kill("SIGKILL");
+          await tc.output(10000);
+          const next = await startEinat(t.ns.router, ["-i", "wan0", ...pin]);
+          assertEquals(await stopEinat(next), 0, next.stderrText());
+          assert(!(await qdisc()), "the qdisc left by the killed einat is removed");
+        });
+      } finally {
+        await Deno.remove(conf);
+      }
+    }),
+});

@@ -182,6 +182,19 @@ function attachTc(a: Attachment, egressFd: number, ingressFd: number, takeover =
       prog_id: f.progId,
     });
   }
+  // A killed einat of the TCX kind: its pinned links run ahead of these filters (a program
+  // that returns TC_ACT_OK ends the TCX chain), translating with its old configuration for as
+  // long as they stay pinned. Unpinned, nothing holds them: they go. (One being replaced is
+  // live and removes its own at exit.)
+  if (takeover) return;
+  for (const point of ["egress", "ingress"] as const) {
+    const pin = linkPin(a, point);
+    if (!pin) continue;
+    try {
+      Deno.removeSync(pin);
+      log.warn("removed a stale einat TCX link", { ifname: a.ifname, hook: point });
+    } catch { /* none */ }
+  }
 }
 
 /**
@@ -199,8 +212,9 @@ export function attach(
   const lockPath = lockPathFor(ifindex);
   const owner = livePid(lockPath);
   if (owner !== null && !stateOptions.replace) throw new BusyError(ifname, owner);
-  // --replace: the running einat's qdisc becomes ours to remove at the end.
-  const inherited = owner !== null && /qdisc=created/.test(readLock(lockPath));
+  // --replace: the running einat's qdisc becomes ours to remove at the end; so does the qdisc
+  // of a killed einat, whose lock file is left (nobody else would remove it).
+  const inherited = /qdisc=created/.test(readLock(lockPath));
   const a: Attachment = {
     ifindex,
     ifname,

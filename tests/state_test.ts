@@ -5,9 +5,9 @@
  * transient maps of another layout, and keeps a pinned map's size.
  */
 import { assert, assertEquals } from "./lib/assert.ts";
-import { pinDirIn, withSharedBpffs } from "./lib/bpffs.ts";
+import { pinDirIn, withPrivateBpffs, withSharedBpffs } from "./lib/bpffs.ts";
 import { withVariant } from "./lib/bpfobj.ts";
-import { tamperStamp } from "./lib/stamp.ts";
+import { tamperMeta, tamperStamp } from "./lib/stamp.ts";
 import { einatCmd, startEinat, stopEinat } from "./lib/einat.ts";
 import {
   nsExec,
@@ -25,35 +25,47 @@ import { openPinned, readBindings, readCounters, readSessions } from "../lib/sta
 
 const sanitize = { sanitizeOps: false, sanitizeResources: false };
 
+function nsName(): string {
+  return `${testPrefix()}-s${crypto.getRandomValues(new Uint32Array(1))[0].toString(16)}`;
+}
+
+/** Adds wan0 (203.0.113.1) and an internal source 192.0.2.10 on lo to namespace `ns`. */
+async function setUpNs(ns: string): Promise<void> {
+  await run(["ip", "-n", ns, "-batch", "-"], {
+    stdin: [
+      "link set lo up",
+      "link add wan0 type veth peer name peer0",
+      "addr add 203.0.113.1/24 dev wan0",
+      "addr add 192.0.2.10/32 dev lo",
+      "link set wan0 up",
+      "link set peer0 up",
+      "neigh add 203.0.113.50 lladdr 02:00:00:00:00:50 dev wan0 nud permanent",
+    ].join("\n") + "\n",
+  });
+}
+
+/** Kills what still runs in namespace `ns` and deletes it. */
+async function deleteNs(ns: string): Promise<void> {
+  const pids = await runResult(["ip", "netns", "pids", ns]);
+  for (const pid of pids.stdout.split("\n").map(Number).filter((p) => p > 1)) {
+    try {
+      Deno.kill(pid, "SIGKILL");
+    } catch { /* gone */ }
+  }
+  await run(["ip", "netns", "del", ns]);
+}
+
 /** A namespace with wan0 (203.0.113.1) and an internal source 192.0.2.10 on lo. */
 async function withNs(
   fn: (ns: string, pin: string, dir: string) => Promise<void>,
 ): Promise<void> {
-  const ns = `${testPrefix()}-s${crypto.getRandomValues(new Uint32Array(1))[0].toString(16)}`;
+  const ns = nsName();
   await run(["ip", "netns", "add", ns]);
-  const files: string[] = [];
   try {
-    await run(["ip", "-n", ns, "-batch", "-"], {
-      stdin: [
-        "link set lo up",
-        "link add wan0 type veth peer name peer0",
-        "addr add 203.0.113.1/24 dev wan0",
-        "addr add 192.0.2.10/32 dev lo",
-        "link set wan0 up",
-        "link set peer0 up",
-        "neigh add 203.0.113.50 lladdr 02:00:00:00:00:50 dev wan0 nud permanent",
-      ].join("\n") + "\n",
-    });
+    await setUpNs(ns);
     await withSharedBpffs(ns, (bpffs) => fn(ns, `${bpffs}/einat`, pinDirIn(`${bpffs}/einat`, ns)));
   } finally {
-    const pids = await runResult(["ip", "netns", "pids", ns]);
-    for (const pid of pids.stdout.split("\n").map(Number).filter((p) => p > 1)) {
-      try {
-        Deno.kill(pid, "SIGKILL");
-      } catch { /* gone */ }
-    }
-    await run(["ip", "netns", "del", ns]);
-    for (const f of files) Deno.removeSync(f);
+    await deleteNs(ns);
   }
 }
 
@@ -445,6 +457,68 @@ Deno.test({
         assertEquals(one.code, 0, one.stdout + one.stderr);
       } finally {
         assertEquals(await stopEinat(p), 0, p.stderrText());
+      }
+    }),
+});
+
+Deno.test({
+  name:
+    "state: a namespace that got a deleted one's inode does not reuse its pinned state (the cookie differs)",
+  ...sanitize,
+  fn: () =>
+    withPrivateBpffs("nsreuse", async (bpffs) => {
+      const pin = `${bpffs}/einat`;
+      const ns1 = nsName();
+      const made: string[] = [];
+      try {
+        await run(["ip", "netns", "add", ns1]);
+        made.push(ns1);
+        await setUpNs(ns1);
+        const ino1 = Deno.statSync(`/run/netns/${ns1}`).ino!;
+        const dir1 = pinDirIn(pin, ns1);
+        const p = await startEinat(ns1, ["-i", "wan0", "--pin-dir", pin]);
+        await send(ns1, dir1);
+        assertEquals(await stopEinat(p), 0, p.stderrText());
+        assertEquals(state(dir1).bindings.length, 1, "ns1 left a binding");
+        await deleteNs(made.pop()!);
+
+        // New namespaces until one gets ns1's inode (the kernel hands out the lowest free one,
+        // once ns1 is cleaned up, which is asynchronous).
+        let ns = "";
+        for (let i = 0; i < 20 && !ns; i++) {
+          const n = nsName();
+          await run(["ip", "netns", "add", n]);
+          made.push(n);
+          if (Deno.statSync(`/run/netns/${n}`).ino === ino1) ns = n;
+          else await new Promise((r) => setTimeout(r, 100));
+        }
+        if (!ns) {
+          // Not reused within the bounds: make the last one's folder hold ns1's state, as if
+          // written there under its inode by another namespace (ns1's cookie).
+          ns = made[made.length - 1];
+          const ino = Deno.statSync(`/run/netns/${ns}`).ino!;
+          Deno.mkdirSync(`${pin}/netns:${ino}`);
+          Deno.renameSync(dir1, pinDirIn(pin, ns));
+          tamperMeta(pinDirIn(pin, ns), (doc) => doc.netns!.ino = ino);
+          console.log(`inode ${ino1} not reused in 20 namespaces: mismatch faked in ${ino}`);
+        }
+        const dir = pinDirIn(pin, ns);
+        assertEquals(state(dir).bindings.length, 1, "the deleted namespace's state is there");
+        await setUpNs(ns);
+        const q = await startEinat(ns, ["-i", "wan0", "--pin-dir", pin]);
+        const log = q.stderrText();
+        assertEquals(await stopEinat(q), 0, q.stderrText());
+        assert(!/pinned state reused/.test(log), log);
+        assert(/pinned state created/.test(log), log);
+        assert(/pinned state of a deleted network namespace .*removed/.test(log), log);
+        assertEquals(state(dir).bindings.length, 0, "none of ns1's bindings");
+
+        // Its own state, though, it reuses.
+        const r = await startEinat(ns, ["-i", "wan0", "--pin-dir", pin]);
+        assertEquals(await stopEinat(r), 0, r.stderrText());
+        assert(/pinned state reused/.test(r.stderrText()), r.stderrText());
+      } finally {
+        for (const n of made) await deleteNs(n);
       }
     }),
 });

@@ -27,6 +27,8 @@ const SYMBOLS = {
   mmap: { parameters: ["pointer", "usize", "i32", "i32", "i32", "i64"], result: "pointer" },
   munmap: { parameters: ["pointer", "usize"], result: "i32" },
   madvise: { parameters: ["pointer", "usize", "i32"], result: "i32" },
+  socket: { parameters: ["i32", "i32", "i32"], result: "i32" },
+  getsockopt: { parameters: ["i32", "i32", "i32", "buffer", "buffer"], result: "i32" },
 } as const satisfies Deno.ForeignLibraryInterface;
 
 /** The opened libc with its typed symbols. */
@@ -120,6 +122,33 @@ export function openReadOnly(path: string): number {
   const O_CLOEXEC = 0o2000000;
   const fd = libc().open(cString(path), O_CLOEXEC);
   return fd < 0 ? -errno() : fd;
+}
+
+/**
+ * The cookie of this process's network namespace (`SO_NETNS_COOKIE`, Linux 5.14): a number the
+ * kernel never gives another namespace while the system runs, where inode numbers are reused
+ * once a namespace is gone. -errno when it cannot be read (`-ENOPROTOOPT` on older kernels).
+ */
+export function netnsCookie(): bigint | number {
+  const AF_UNIX = 1, SOCK_DGRAM = 2, SOCK_CLOEXEC = 0o2000000;
+  const SOL_SOCKET = 1, SO_NETNS_COOKIE = 71;
+  const fd = libc().socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return -errno();
+  try {
+    const v = new BigUint64Array(1);
+    const len = new Uint32Array([8]);
+    const r = libc().getsockopt(
+      fd,
+      SOL_SOCKET,
+      SO_NETNS_COOKIE,
+      new Uint8Array(v.buffer),
+      new Uint8Array(len.buffer),
+    );
+    if (r !== 0) return -errno();
+    return len[0] === 8 ? v[0] : -22; // EINVAL: not the 64-bit value expected
+  } finally {
+    libc().close(fd);
+  }
 }
 
 /** Fills `into` from offset `pos` of `fd` (`pread` until full); throws on an error or EOF. */

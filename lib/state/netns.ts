@@ -3,9 +3,15 @@
  * the initial one (that of pid 1) keeps `<root>/<ifname>`, any other one gets
  * a folder of its own, `<root>/netns:<inode>/<ifname>`, so that einats of two
  * namespaces that share a bpffs never share (nor flush) each other's state.
+ *
+ * The kernel gives a new namespace the inode of one that is gone, so the state
+ * also records the namespace's cookie ({@link netnsIdentity}): a folder whose
+ * state was written under this inode by another cookie is a deleted
+ * namespace's (lib/state/pin.ts starts that afresh).
  * @module
  */
 
+import { netnsCookie } from "../ffi/libc.ts";
 import * as log from "../log.ts";
 
 /** The network namespace of this process. */
@@ -67,4 +73,48 @@ export function netnsFolder(): string {
 /** True for a folder name of another namespace's state (never an interface name: no ':'). */
 export function isNetnsFolder(name: string): boolean {
   return /^netns:\d+$/.test(name);
+}
+
+/** What tells this network namespace from every other, written with its pinned state. */
+export interface NetnsIdentity {
+  /** Inode of /proc/self/ns/net (reused by a later namespace once this one is gone). */
+  ino: number;
+  /** `SO_NETNS_COOKIE` (decimal), never reused while the system runs; absent before Linux 5.14. */
+  cookie?: string;
+}
+
+let identity: NetnsIdentity | null = null;
+
+/** This process's {@link NetnsIdentity} (read once: the namespace does not change). */
+export function netnsIdentity(): NetnsIdentity {
+  if (identity === null) {
+    const c = netnsCookie();
+    let ino = 0;
+    try {
+      ino = Deno.statSync("/proc/self/ns/net").ino ?? 0;
+    } catch { /* no /proc: 0 matches no stamp's namespace */ }
+    identity = typeof c === "bigint" ? { ino, cookie: String(c) } : { ino };
+    if (typeof c !== "bigint") {
+      log.debug(
+        "network namespace cookie unavailable (SO_NETNS_COOKIE needs Linux 5.14): pinned state " +
+          "of a deleted namespace is told from this one's by its inode only",
+        { netns: ino, errno: -c },
+      );
+    }
+  }
+  return identity;
+}
+
+/**
+ * True when `written` (a stamp's namespace) was another namespace with this one's inode: one that
+ * is gone, since two live namespaces never share an inode. False when either cookie is unknown
+ * (an einat before the cookie was kept, a kernel before 5.14) or the inodes differ (state given
+ * by `--pin-dir` from another namespace, which is not this check's to judge).
+ */
+export function deletedNamespace(
+  written: NetnsIdentity | undefined,
+  now: NetnsIdentity = netnsIdentity(),
+): boolean {
+  return written?.cookie !== undefined && now.cookie !== undefined &&
+    written.ino === now.ino && written.cookie !== now.cookie;
 }

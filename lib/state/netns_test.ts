@@ -1,5 +1,5 @@
 import { deepStrictEqual, equal } from "node:assert/strict";
-import { isNetnsFolder, netnsFolderOf, netnsOf } from "./netns.ts";
+import { deletedNamespace, isNetnsFolder, netnsFolderOf, netnsIdentity, netnsOf } from "./netns.ts";
 import { ifnameOfPinFolder, netnsRoot, pinDirFor, pinFolderName, pinRootOf } from "./options.ts";
 import { pinnedInterfaces } from "./read.ts";
 
@@ -60,4 +60,21 @@ Deno.test("pin folder names: a dot and a percent sign are escaped, and read back
   }
   equal(pinFolderName("eth0.100"), "eth0%2E100");
   equal(pinDirFor("eth0.7", "/r").endsWith("/eth0%2E7"), true);
+});
+
+Deno.test("netns: state written under this inode by another cookie is a deleted namespace's", () => {
+  const now = { ino: 4026532177, cookie: "4096" };
+  equal(deletedNamespace({ ino: 4026532177, cookie: "4095" }, now), true);
+  equal(deletedNamespace({ ino: 4026532177, cookie: "4096" }, now), false); // this one's
+  // Another inode: state given by --pin-dir from elsewhere, not judged here.
+  equal(deletedNamespace({ ino: 4026532178, cookie: "4095" }, now), false);
+  // Either cookie unknown (an einat before it was kept, a kernel before 5.14): as before.
+  equal(deletedNamespace(undefined, now), false);
+  equal(deletedNamespace({ ino: 4026532177 }, now), false);
+  equal(deletedNamespace({ ino: 4026532177, cookie: "4095" }, { ino: 4026532177 }), false);
+  // This kernel (5.14 or later) has a cookie; this process's namespace is never a deleted one.
+  const me = netnsIdentity();
+  equal(me.ino, Deno.statSync("/proc/self/ns/net").ino);
+  equal(/^\d+$/.test(me.cookie ?? ""), true, JSON.stringify(me));
+  equal(deletedNamespace(me), false);
 });

@@ -17,7 +17,10 @@
  * map cannot be resized) and says so; `--flush` applies the new size.
  *
  * The stamp also records the running configuration (timeouts), which
- * `einat show` needs to compute how long a session has left.
+ * `einat show` needs to compute how long a session has left, and the network
+ * namespace that wrote it (inode and cookie, lib/state/netns.ts): a folder
+ * written by a deleted namespace whose inode this one got is that namespace's
+ * stale state, removed (with a log line) and started afresh, never reused.
  * @module
  */
 
@@ -29,6 +32,7 @@ import { ensureBpffs, exists, onBpffs } from "./bpffs.ts";
 import * as log from "../log.ts";
 import { BusyError, ownerOf } from "../nat/attach.ts";
 import { type RoConfig, STATS, TRAFFIC } from "../nat/codec.ts";
+import { deletedNamespace, type NetnsIdentity, netnsIdentity } from "./netns.ts";
 import { pinFolderName, pinRootOf, stateOptions } from "./options.ts";
 
 /** The maps kept across restarts, by their name in the object (also the pin name). */
@@ -121,6 +125,8 @@ export interface MetaDoc {
   timeoutsNs?: Record<string, string>;
   /** Process that wrote it last. */
   pid?: number;
+  /** Network namespace of that process (absent before einat kept it). */
+  netns?: NetnsIdentity;
   updated?: string;
 }
 
@@ -261,9 +267,20 @@ export function preparePins(
   }
   Deno.mkdirSync(dir, { recursive: true });
   const stamps = layoutStamps(bytes);
-  const names = pinnedNames(dir);
+  let names = pinnedNames(dir);
+  let meta = names.has(META_NAME) ? readMeta(dir) : null;
+  if (meta && deletedNamespace(meta.netns)) {
+    // Whatever it holds (bindings, sessions, links of its interface) was that namespace's.
+    for (const n of names) Deno.removeSync(`${dir}/${n}`, { recursive: true });
+    log.warn(
+      "pinned state of a deleted network namespace that had this one's inode; removed, " +
+        "starting afresh",
+      { ifname, dir, stale_cookie: meta.netns?.cookie, cookie: netnsIdentity().cookie },
+    );
+    names = new Set();
+    meta = null;
+  }
   const pinned = STATE_MAPS.filter((m) => names.has(m));
-  const meta = names.has(META_NAME) ? readMeta(dir) : null;
 
   if (pinned.length > 0 && !meta) {
     throw new StateError(
@@ -407,6 +424,7 @@ function stampDoc(
     ),
     timeoutsNs: ro ? timeoutsOf(ro) : undefined,
     pid: Deno.pid,
+    netns: netnsIdentity(),
     updated: new Date().toISOString(),
   };
 }

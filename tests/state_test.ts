@@ -522,3 +522,40 @@ Deno.test({
       }
     }),
 });
+
+Deno.test({
+  name:
+    "state: --flush refuses while an einat holds the state: one waiting for its deleted interface, and from another namespace with --pin-dir <root>/netns:<inode>",
+  ...sanitize,
+  fn: () =>
+    withNs(async (ns, pin, dir) => {
+      const flush = (root: string) => einatCmd(["--flush", "-i", "wan0", "--pin-dir", root]);
+      const p = await startEinat(ns, ["-i", "wan0", "--pin-dir", pin]);
+      try {
+        await send(ns, dir);
+        await run(["ip", "-n", ns, "link", "del", "wan0"]);
+        assert(
+          await poll(() => /interface gone; .*waiting for it/.test(p.stderrText()), 10000),
+          p.stderrText(),
+        );
+        // (a) In its namespace: wan0 has no index now, yet the state is this einat's.
+        const a = await nsExecResult(ns, flush(pin));
+        assertEquals(a.code, 2, a.stdout + a.stderr);
+        assert(new RegExp(`served by einat \\(pid ${p.pid}\\)`).test(a.stderr), a.stderr);
+        assertEquals(state(dir).bindings.length, 1, "the running einat's state kept");
+        // (b) From the initial namespace, naming the namespace's folder. Only the state folder is
+        // touched (a flush attaches nothing).
+        const b = await runResult(flush(`${pin}/netns:${Deno.statSync(`/run/netns/${ns}`).ino}`), {
+          timeoutMs: 30000,
+        });
+        assertEquals(b.code, 2, b.stdout + b.stderr);
+        assertEquals(state(dir).bindings.length, 1, "the running einat's state kept");
+      } finally {
+        assertEquals(await stopEinat(p), 0, p.stderrText());
+      }
+      // Once it stopped, the state is nobody's: flushed.
+      const f = await nsExecResult(ns, flush(pin));
+      assertEquals(f.code, 0, f.stderr);
+      assert(!existsSync(dir), "removed");
+    }),
+});

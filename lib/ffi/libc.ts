@@ -28,6 +28,7 @@ const SYMBOLS = {
   munmap: { parameters: ["pointer", "usize"], result: "i32" },
   madvise: { parameters: ["pointer", "usize", "i32"], result: "i32" },
   socket: { parameters: ["i32", "i32", "i32"], result: "i32" },
+  flock: { parameters: ["i32", "i32"], result: "i32" },
   getsockopt: { parameters: ["i32", "i32", "i32", "buffer", "buffer"], result: "i32" },
 } as const satisfies Deno.ForeignLibraryInterface;
 
@@ -122,6 +123,14 @@ export function openReadOnly(path: string): number {
   const O_CLOEXEC = 0o2000000;
   const fd = libc().open(cString(path), O_CLOEXEC);
   return fd < 0 ? -errno() : fd;
+}
+
+/** `flock` operations: shared, exclusive, unlock, and the flag not to wait. */
+export const LOCK_SH = 1, LOCK_EX = 2, LOCK_UN = 8, LOCK_NB = 4;
+
+/** `flock(fd, op)`: 0, or -errno (`-EWOULDBLOCK`, 11, when held and `LOCK_NB` is set). */
+export function flock(fd: number, op: number): number {
+  return libc().flock(fd, op) === 0 ? 0 : -errno();
 }
 
 /**

@@ -21,7 +21,7 @@ import {
 } from "./codec.ts";
 import { RECORDS_PER_SLOT } from "./records.ts";
 import { FLOW_CACHE_SLOTS } from "../config/types.ts";
-import { abortPins, finishPins, type PinSession, preparePins } from "../state/pin.ts";
+import { abortPins, finishPins, type PinSession, preparePins, releasePins } from "../state/pin.ts";
 
 /** Names of the maps the daemon uses. */
 export const MAP_NAMES = {
@@ -77,8 +77,11 @@ export interface NatObject {
   bumpEpochFd: number;
   /** Program that frees the records of an address that left (records.ts, releaseSlotRecords). */
   releaseFd: number;
-  /** Pinned state: where, and which maps were reused. Absent without `pinDir`. */
-  pins?: { dir: string; reused: string[]; reset: string[] };
+  /**
+   * Pinned state: where, which maps were reused, and the folder held (lib/state/pin.ts) until
+   * {@link closeNat}. Absent without `pinDir`.
+   */
+  pins?: { dir: string; reused: string[]; reset: string[]; lockFd: number };
   /**
    * Sweeps in progress (lib/nat/expire.ts): their runs use the descriptors between awaits, so
    * {@link closeNat} leaves the closing to the last of them.
@@ -392,10 +395,12 @@ async function loadNatBytes(
       syncHintFd: progFd("sync_port_hint"),
       bumpEpochFd: progFd("bump_epoch"),
       releaseFd: progFd("release_records"),
-      pins: pins ? { dir: pins.dir, reused: pins.reused, reset: pins.reset } : undefined,
+      pins: pins
+        ? { dir: pins.dir, reused: pins.reused, reset: pins.reset, lockFd: pins.lockFd }
+        : undefined,
     };
   } catch (e) {
-    if (pins && pins.metaFd >= 0) abortPins(pins);
+    if (pins) abortPins(pins);
     for (const fd of progFds) closeFd(fd);
     for (const p of parts) bpf.closeObject(p);
     bpf.closeObject(obj);
@@ -444,4 +449,5 @@ export function endSweep(n: NatObject): void {
 function release(n: NatObject): void {
   for (const fd of n.progFds.splice(0)) closeFd(fd);
   bpf.closeObject(n.obj);
+  if (n.pins) releasePins(n.pins);
 }

@@ -1,6 +1,6 @@
 /**
  * `einat --flush`: removes the pinned state of interfaces, which drops every
- * mapping they had. Refused while an einat serves the interface.
+ * mapping they had. Refused while a live einat holds their state (lib/state/pin.ts).
  * @module
  */
 

@@ -21,18 +21,32 @@
  * namespace that wrote it (inode and cookie, lib/state/netns.ts): a folder
  * written by a deleted namespace whose inode this one got is that namespace's
  * stale state, removed (with a log line) and started afresh, never reused.
+ *
+ * An einat holds a shared `flock` on the folder from before it reads the
+ * state until it lets the object go (the kernel drops it when the process
+ * ends): `--flush` takes it exclusively, so it never removes state a live
+ * einat holds, whatever namespace either runs in and whether the interface
+ * exists (a lock by interface index would need both).
  * @module
  */
 
 import denoJson from "../../deno.json" with { type: "json" };
 import { readStructs, type StructInfo } from "../btf.ts";
 import * as bpf from "../ffi/libbpf.ts";
-import { closeFd, ifNameToIndex } from "../ffi/libc.ts";
+import {
+  closeFd,
+  flock,
+  ifNameToIndex,
+  LOCK_EX,
+  LOCK_NB,
+  LOCK_SH,
+  openReadOnly,
+} from "../ffi/libc.ts";
 import { ensureBpffs, exists, onBpffs } from "./bpffs.ts";
 import * as log from "../log.ts";
 import { BusyError, ownerOf } from "../nat/attach.ts";
 import { type RoConfig, STATS, TRAFFIC } from "../nat/codec.ts";
-import { deletedNamespace, type NetnsIdentity, netnsIdentity } from "./netns.ts";
+import { deletedNamespace, netnsFolder, type NetnsIdentity, netnsIdentity } from "./netns.ts";
 import { pinFolderName, pinRootOf, stateOptions } from "./options.ts";
 
 /** The maps kept across restarts, by their name in the object (also the pin name). */
@@ -227,6 +241,8 @@ export interface PinSession {
   reset: StateMap[];
   stamps: Record<StateMap, string>;
   metaFd: number;
+  /** The folder, held with a shared `flock` while the state is in use ({@link releasePins}). */
+  lockFd: number;
 }
 
 function pinnedNames(dir: string): Set<string> {
@@ -266,12 +282,43 @@ export function preparePins(
     throw new StateError((e as Error).message);
   }
   Deno.mkdirSync(dir, { recursive: true });
+  const lockFd = holdState(dir);
+  try {
+    return checkPins(obj, bytes, dir, ifname, owner, lockFd);
+  } catch (e) {
+    closeFd(lockFd);
+    throw e;
+  }
+}
+
+/** The folder `dir` opened and held with a shared `flock` (refused while a flush holds it). */
+function holdState(dir: string): number {
+  const fd = openReadOnly(dir);
+  if (fd < 0) throw new StateError(`${dir}: cannot open (errno ${-fd})`);
+  if (flock(fd, LOCK_SH | LOCK_NB) !== 0) {
+    closeFd(fd);
+    throw new StateError(`${dir} is being removed (einat --flush); try again`);
+  }
+  return fd;
+}
+
+function checkPins(
+  obj: bpf.BpfObject,
+  bytes: Uint8Array,
+  dir: string,
+  ifname: string,
+  owner: number | null,
+  lockFd: number,
+): PinSession {
   const stamps = layoutStamps(bytes);
   let names = pinnedNames(dir);
   let meta = names.has(META_NAME) ? readMeta(dir) : null;
   if (meta && deletedNamespace(meta.netns)) {
+    // No einat of that namespace runs (it would keep it alive); no other may hold it either.
+    if (flock(lockFd, LOCK_EX | LOCK_NB) !== 0) throw heldError(dir, ifname, meta);
     // Whatever it holds (bindings, sessions, links of its interface) was that namespace's.
     for (const n of names) Deno.removeSync(`${dir}/${n}`, { recursive: true });
+    flock(lockFd, LOCK_SH | LOCK_NB); // from exclusive: nobody else holds it
     log.warn(
       "pinned state of a deleted network namespace that had this one's inode; removed, " +
         "starting afresh",
@@ -405,7 +452,7 @@ export function preparePins(
       throw e;
     }
   }
-  return { dir, ifname, reused, reset, stamps, metaFd };
+  return { dir, ifname, reused, reset, stamps, metaFd, lockFd };
 }
 
 function stampDoc(
@@ -429,7 +476,10 @@ function stampDoc(
   };
 }
 
-/** After a successful load: records layouts, sizes and timeouts in the stamp. */
+/**
+ * After a successful load: records layouts, sizes and timeouts in the stamp. The folder stays
+ * held until {@link releasePins}.
+ */
 export function finishPins(p: PinSession, obj: bpf.BpfObject, ro: RoConfig): void {
   try {
     const sizes: Partial<Record<StateMap, number>> = {};
@@ -445,6 +495,13 @@ export function finishPins(p: PinSession, obj: bpf.BpfObject, ro: RoConfig): voi
 export function abortPins(p: PinSession): void {
   if (p.metaFd >= 0) closeFd(p.metaFd);
   p.metaFd = -1;
+  releasePins(p);
+}
+
+/** Lets go of the folder (once the object that uses the state is closed): a flush may take it. */
+export function releasePins(p: { lockFd: number }): void {
+  if (p.lockFd >= 0) closeFd(p.lockFd);
+  p.lockFd = -1;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -452,16 +509,68 @@ export function abortPins(p: PinSession): void {
 
 /**
  * Removes the pinned state of an interface (`--flush`): every pin and the
- * folder. Refused while an einat serves the interface. Returns false when
- * there was nothing to remove.
+ * folder. Refused while a live einat holds the folder (its `flock`), or, for
+ * this namespace's folder, serves the interface (the lock by interface index,
+ * which einats before the folder's lock held alone). Returns false when there
+ * was nothing to remove.
  */
 export function flushPins(dir: string, ifname: string): boolean {
-  const ifindex = ifNameToIndex(ifname);
+  const ifindex = ownFolder(dir) ? ifNameToIndex(ifname) : 0;
   const owner = ifindex ? ownerOf(ifindex) : null;
   if (owner !== null) throw new BusyError(ifname, owner);
   if (!exists(dir)) return false;
   if (!onBpffs(dir)) throw new StateError(`${dir} is not on a bpf filesystem; not touching it`);
-  for (const e of Deno.readDirSync(dir)) Deno.removeSync(`${dir}/${e.name}`, { recursive: true });
-  Deno.removeSync(dir);
+  const fd = openReadOnly(dir);
+  if (fd < 0) throw new StateError(`${dir}: cannot open (errno ${-fd})`);
+  try {
+    if (flock(fd, LOCK_EX | LOCK_NB) !== 0) throw heldError(dir, ifname, readMeta(dir));
+    for (const e of Deno.readDirSync(dir)) {
+      Deno.removeSync(`${dir}/${e.name}`, { recursive: true });
+    }
+    Deno.removeSync(dir);
+  } finally {
+    closeFd(fd);
+  }
   return true;
+}
+
+/** True for a pin folder of this namespace's (`<root>/<ifname>` here, `netns:<inode>` else). */
+function ownFolder(dir: string): boolean {
+  return (/\/(netns:\d+)\/[^/]+\/*$/.exec(dir)?.[1] ?? "") === netnsFolder();
+}
+
+/** The refusal for a folder a live einat holds, naming it by /proc/locks (or the stamp). */
+function heldError(dir: string, ifname: string, meta: MetaDoc | null): Error {
+  const pid = lockHolder(dir) ?? meta?.pid;
+  return pid
+    ? new BusyError(ifname, pid)
+    : new StateError(`${dir} is held by a running einat; stop it first`);
+}
+
+/** A process holding a `flock` on `path` (from /proc/locks), other than this one. */
+function lockHolder(path: string): number | null {
+  let dev: number, ino: number;
+  let text: string;
+  try {
+    const st = Deno.statSync(path);
+    dev = st.dev;
+    ino = st.ino ?? -1;
+    text = Deno.readTextFileSync("/proc/locks");
+  } catch {
+    return null;
+  }
+  // st_dev as glibc encodes it; /proc/locks prints major:minor in hex.
+  const major = Math.floor(dev / 256) & 0xfff;
+  const minor = (dev & 0xff) | (Math.floor(dev / 4096) & 0xfff00);
+  for (const line of text.split("\n")) {
+    const f = line.trim().split(/\s+/);
+    const at = f.findIndex((x) => /^[0-9a-f]+:[0-9a-f]+:\d+$/i.test(x));
+    if (at < 1 || !f.includes("FLOCK")) continue;
+    const [ma, mi, i] = f[at].split(":");
+    const pid = Number(f[at - 1]);
+    if (parseInt(ma, 16) === major && parseInt(mi, 16) === minor && Number(i) === ino) {
+      if (pid > 0 && pid !== Deno.pid) return pid;
+    }
+  }
+  return null;
 }

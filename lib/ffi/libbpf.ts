@@ -457,7 +457,11 @@ export function mapUpdate(fd: number, key: Uint8Array, value: Uint8Array, flags 
   check("bpf_map_update_elem", bpf().bpf_map_update_elem(fd, key, value, BigInt(flags)));
 }
 
-/** Reads the value at `key`, or null when absent. */
+/**
+ * Reads the value at `key`, or null when absent. `valueSize` must be what the kernel writes
+ * ({@link valueBytes}); not checked here (a syscall more per lookup): for a map made elsewhere,
+ * such as a pinned one, check its {@link mapInfo} first.
+ */
 export function mapLookup(fd: number, key: Uint8Array, valueSize: number): Uint8Array | null {
   const value = new Uint8Array(valueSize);
   const ret = bpf().bpf_map_lookup_elem(fd, key, value);
@@ -505,15 +509,48 @@ export function* mapKeys(fd: number, keySize: number): Generator<Uint8Array> {
  */
 export function mapCount(fd: number, keySize: number): number {
   let n = 0;
-  for (const b of mapBatches(fd, keySize, mapInfo(fd).valueSize)) n += b.count;
+  for (const b of mapBatches(fd, keySize, valueBytes(mapInfo(fd)))) n += b.count;
   return n;
+}
+
+/** `BPF_MAP_TYPE_*` whose values hold one slot per possible CPU. */
+const PERCPU_TYPES: ReadonlySet<number> = new Set([
+  5, // PERCPU_HASH
+  6, // PERCPU_ARRAY
+  10, // LRU_PERCPU_HASH
+  21, // PERCPU_CGROUP_STORAGE
+]);
+
+/**
+ * Bytes the kernel writes for one value of the map `info` describes: its value size, or for a
+ * per-CPU map one slot of it, rounded up to 8 bytes, per possible CPU.
+ */
+export function valueBytes(info: MapInfo): number {
+  if (!PERCPU_TYPES.has(info.type)) return info.valueSize;
+  return Math.ceil(info.valueSize / 8) * 8 * numPossibleCpus();
+}
+
+/**
+ * Throws unless map `fd` has keys of `keySize` bytes and values of `valueSize` ({@link
+ * valueBytes}): the kernel writes the map's own sizes, so a smaller buffer would be overrun and
+ * another size misread (e.g. a pinned map of another program version).
+ */
+function checkEntrySizes(op: string, fd: number, keySize: number, valueSize: number): void {
+  const info = mapInfo(fd), value = valueBytes(info);
+  if (info.keySize === keySize && value === valueSize) return;
+  throw new Error(
+    `${op}(${info.name}): the map's keys are ${info.keySize} bytes and its values ${value}, ` +
+      `not the ${keySize} and ${valueSize} asked for; not read`,
+  );
 }
 
 /**
  * Iterates a map lazily with `get_next_key` + `lookup`. Keys deleted meanwhile are skipped;
- * concurrent deletes in a hash map may restart the walk (kernel semantics).
+ * concurrent deletes in a hash map may restart the walk (kernel semantics). Throws when the
+ * map's key or value size is not the one given.
  */
 export function* mapEntries(fd: number, keySize: number, valueSize: number): Generator<MapEntry> {
+  checkEntrySizes("map entries", fd, keySize, valueSize);
   for (const key of mapKeys(fd, keySize)) {
     const value = mapLookup(fd, key, valueSize);
     if (value !== null) yield { key, value };
@@ -550,7 +587,8 @@ export interface MapBatch {
  * hash bucket does not fit), yielding each batch in buffers that the next batch (and later reads)
  * overwrite: memory stays constant however large the map. Falls back to {@link mapEntries}, one
  * entry per batch, when the map type has no batch support. For per-CPU maps `valueSize` must be
- * `roundup(value_size, 8) * nr_cpus`.
+ * `roundup(value_size, 8) * nr_cpus` ({@link valueBytes}). Throws, before any read, when the
+ * map's key or value size is not the one given (the kernel writes its own).
  */
 export function* mapBatches(
   fd: number,
@@ -558,6 +596,7 @@ export function* mapBatches(
   valueSize: number,
   batchCount = 256,
 ): Generator<MapBatch> {
+  checkEntrySizes("bpf_map_lookup_batch", fd, keySize, valueSize);
   const b = bpf();
   let count = Math.max(1, batchCount | 0);
   let keys = takeBuffer(keySize * count);

@@ -268,6 +268,33 @@ Deno.test({ name: "map element ops round trip", ignore }, async () => {
   }
 });
 
+Deno.test({ name: "whole-map reads refuse a key or value size not the map's", ignore }, () => {
+  // As a pinned map of another program version would be: the kernel writes 16-byte values.
+  const fd = bpf.mapCreate(bpf.MapType.HASH, "wider", 4, 16, 1024);
+  try {
+    for (let i = 0; i < 600; i++) bpf.mapUpdate(fd, u32(i), new Uint8Array(16).fill(0xa5));
+    const sizes = /\(wider\): the map's keys are 4 bytes and its values 16, not the 4 and 8/;
+    assert.throws(() => bpf.mapLookupBatch(fd, 4, 8), sizes);
+    assert.throws(() => bpf.forEachEntry(fd, 4, 8, () => {}), sizes);
+    assert.throws(() => [...bpf.mapEntries(fd, 4, 8)], sizes);
+    assert.throws(() => bpf.mapLookupBatch(fd, 8, 16), /keys are 4 bytes/);
+    assert.equal(bpf.mapLookupBatch(fd, 4, 16).length, 600);
+    assert.equal(bpf.mapCount(fd, 4), 600);
+  } finally {
+    closeFd(fd);
+  }
+  // Per-CPU values: one 8-byte-aligned slot per possible CPU.
+  const pc = bpf.mapCreate(bpf.MapType.PERCPU_ARRAY, "pcpu", 4, 4, 3);
+  try {
+    const slot = 8 * bpf.numPossibleCpus();
+    assert.equal(bpf.valueBytes(bpf.mapInfo(pc)), slot);
+    assert.equal(bpf.mapLookupBatch(pc, 4, slot).length, 3);
+    assert.throws(() => bpf.mapLookupBatch(pc, 4, 4), /values \d+, not the 4 and 4/);
+  } finally {
+    closeFd(pc);
+  }
+});
+
 Deno.test({ name: "verifier rejection carries the log", ignore }, async () => {
   const { bad } = await buildFixtures();
   const lines: string[] = [];

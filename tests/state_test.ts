@@ -2,7 +2,8 @@
  * Pinned state in a network namespace of its own: sessions of a stopped einat
  * expire at the next start under its configuration; the version stamp refuses
  * incompatible state untouched (bindings of the hash layout too), recreates
- * transient maps of another layout, and keeps a pinned map's size.
+ * transient maps of another layout, and keeps a pinned map's size; `show` refuses state of
+ * another layout instead of reading it.
  */
 import { assert, assertEquals } from "./lib/assert.ts";
 import { pinDirIn, withPrivateBpffs, withSharedBpffs } from "./lib/bpffs.ts";
@@ -20,7 +21,17 @@ import {
 } from "./lib/netns.ts";
 import * as bpf from "../lib/ffi/libbpf.ts";
 import { closeFd } from "../lib/ffi/libc.ts";
-import { META_NAME } from "../lib/state/pin.ts";
+import {
+  encodeMeta,
+  layoutStamps,
+  META_FORMAT,
+  META_NAME,
+  META_VALUE_SIZE,
+  META_VERSION,
+  STATE_MAPS,
+} from "../lib/state/pin.ts";
+import { embeddedObject } from "../lib/nat/loader.ts";
+import { CT_KEY_LAYOUT, CT_VALUE_LAYOUT } from "../lib/nat/codec.ts";
 import { openPinned, readBindings, readCounters, readSessions } from "../lib/state/read.ts";
 
 const sanitize = { sanitizeOps: false, sanitizeResources: false };
@@ -221,7 +232,6 @@ Deno.test({
           /map_ct .*another layout.*einat --flush -i wan0 --pin-dir/.test(r.stderr),
           r.stderr,
         );
-        assertEquals(state(dir).sessions.length, 1, "sessions untouched");
         assertEquals(
           (await nsExec(ns, ["tc", "filter", "show", "dev", "wan0", "egress"])).trim(),
           "",
@@ -229,6 +239,8 @@ Deno.test({
 
         // Bindings pinned as hash entries (einat before the mapping records): refused as well.
         tamperStamp(dir, (m) => m.map_ct.layout = state0Layout);
+        // (read back under the stamp: show refuses state of another layout)
+        assertEquals(state(dir).sessions.length, 1, "sessions untouched");
         const legacy = bpf.mapCreate(bpf.MapType.HASH, "map_binding", 24, 24, 16);
         try {
           bpf.objPin(legacy, `${dir}/map_binding`);
@@ -557,5 +569,109 @@ Deno.test({
       const f = await nsExecResult(ns, flush(pin));
       assertEquals(f.code, 0, f.stderr);
       assert(!existsSync(dir), "removed");
+    }),
+});
+
+/** Pins `fd` at `path` (replacing what is there) and closes it. */
+function pinFd(fd: number, path: string): void {
+  try {
+    Deno.removeSync(path);
+  } catch { /* none yet */ }
+  try {
+    bpf.objPin(fd, path);
+  } finally {
+    closeFd(fd);
+  }
+}
+
+/** A session map of `valueSize`-byte values holding `n` sessions, pinned as `dir`/map_ct. */
+function pinSessionMap(dir: string, valueSize: number, n: number): void {
+  const fd = bpf.mapCreate(bpf.MapType.HASH, "map_ct", CT_KEY_LAYOUT.size, valueSize, 4096);
+  const key = new Uint8Array(CT_KEY_LAYOUT.size), value = new Uint8Array(valueSize).fill(0xa5);
+  for (let i = 0; i < n; i++) {
+    new DataView(key.buffer).setUint32(0, i, true);
+    bpf.mapUpdate(fd, key, value);
+  }
+  pinFd(fd, `${dir}/map_ct`);
+}
+
+Deno.test({
+  name:
+    "state: show refuses pinned state of another einat's layout (a bigger session value, a stamp of another layout) with a clear error, without reading it",
+  ...sanitize,
+  fn: () =>
+    withNs(async (ns, pin, dir) => {
+      // Pinned state as an einat with a 64-byte session value would leave it, under a stamp
+      // that says this einat's layouts (only the sizes tell): 2,000 sessions, more than one
+      // batch of this einat's 32-byte values holds.
+      Deno.mkdirSync(dir, { recursive: true });
+      const stamps = layoutStamps(embeddedObject());
+      const meta = bpf.mapCreate(bpf.MapType.ARRAY, META_NAME, 4, META_VALUE_SIZE, 1);
+      bpf.mapUpdate(
+        meta,
+        new Uint8Array(4),
+        encodeMeta({
+          format: META_FORMAT,
+          version: META_VERSION,
+          einat: "0.0.0-other",
+          ifname: "wan0",
+          maps: Object.fromEntries(STATE_MAPS.map((m) => [m, { layout: stamps[m] }])),
+        }),
+      );
+      pinFd(meta, `${dir}/${META_NAME}`);
+      pinSessionMap(dir, CT_VALUE_LAYOUT.size * 2, 2000);
+      const show = (...args: string[]) =>
+        nsExecResult(ns, einatCmd(["show", "--pin-dir", pin, ...args]));
+      const refused = (r: { code: number; stdout: string; stderr: string }, why: RegExp) => {
+        assertEquals(r.code, 2, `exit ${r.code}: ${r.stdout}${r.stderr}`);
+        assert(
+          /einat: show: wan0: pinned state .* is of another einat version/.test(r.stderr),
+          r.stderr,
+        );
+        assert(why.test(r.stderr), r.stderr);
+        assert(
+          /Restart einat with this version.*`einat --flush -i wan0 --pin-dir /.test(r.stderr),
+          r.stderr,
+        );
+      };
+      const sizes = new RegExp(
+        `map_ct has value size ${
+          CT_VALUE_LAYOUT.size * 2
+        } \\(this einat: ${CT_VALUE_LAYOUT.size}\\)`,
+      );
+      for (const args of [[], ["--json"], ["-i", "wan0"], ["--stats"]]) {
+        refused(await show(...args), sizes);
+      }
+
+      // This einat's sizes under a stamp of another layout: refused as well.
+      pinSessionMap(dir, CT_VALUE_LAYOUT.size, 10);
+      let layout = "";
+      tamperStamp(dir, (m) => {
+        layout = m.map_ct.layout;
+        m.map_ct.layout = "0000000000000000";
+      });
+      refused(await show(), /map_ct .*another layout/);
+
+      // With this einat's stamp back, the same maps are shown.
+      tamperStamp(dir, (m) => m.map_ct.layout = layout);
+      const ok = await show("--json");
+      assertEquals(ok.code, 0, ok.stderr);
+      assertEquals(JSON.parse(ok.stdout).sessions.length, 10);
+
+      // The stamp map of a later stamp format, with a longer value: read as pinned, refused by
+      // its version.
+      const later = new Uint8Array(2 * META_VALUE_SIZE).fill(0xa5);
+      const doc = encodeMeta({
+        format: META_FORMAT,
+        version: META_VERSION + 1,
+        einat: "0.0.0-other",
+        ifname: "wan0",
+        maps: {},
+      });
+      later.set(doc.subarray(0, doc.indexOf(0) + 1));
+      const meta2 = bpf.mapCreate(bpf.MapType.ARRAY, META_NAME, 4, later.length, 1);
+      bpf.mapUpdate(meta2, new Uint8Array(4), later);
+      pinFd(meta2, `${dir}/${META_NAME}`);
+      refused(await show(), new RegExp(`state stamp version ${META_VERSION + 1} `));
     }),
 });

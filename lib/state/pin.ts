@@ -47,7 +47,7 @@ import * as log from "../log.ts";
 import { BusyError, ownerOf } from "../nat/attach.ts";
 import { type RoConfig, STATS, TRAFFIC } from "../nat/codec.ts";
 import { deletedNamespace, netnsFolder, type NetnsIdentity, netnsIdentity } from "./netns.ts";
-import { pinFolderName, pinRootOf, stateOptions } from "./options.ts";
+import { DEFAULT_PIN_ROOT, pinFolderName, pinRootOf, stateOptions } from "./options.ts";
 
 /** The maps kept across restarts, by their name in the object (also the pin name). */
 export const STATE_MAPS = [
@@ -176,6 +176,70 @@ export function layoutStamps(bytes: Uint8Array): Record<StateMap, string> {
   return out;
 }
 
+/** Key and value sizes of a map, in bytes (per-CPU maps: of one CPU's value). */
+export interface MapSizes {
+  key: number;
+  value: number;
+}
+
+/** This einat's state maps: their layout stamps and their key and value sizes. */
+export interface StateLayout {
+  stamps: Record<StateMap, string>;
+  sizes: Record<StateMap, MapSizes>;
+}
+
+/**
+ * The layout of every state map in the object `bytes`: its stamp ({@link layoutStamps}) and its
+ * key and value sizes (the object is opened, not loaded).
+ */
+export function stateLayout(bytes: Uint8Array): StateLayout {
+  const sizes = {} as Record<StateMap, MapSizes>;
+  const obj = bpf.openObjectMem(bytes, "einat", { logSize: 64 }); // never loaded: no log
+  try {
+    for (const m of STATE_MAPS) {
+      const map = bpf.findMap(obj, m);
+      sizes[m] = { key: bpf.mapKeySize(map), value: bpf.mapValueSize(map) };
+    }
+  } finally {
+    bpf.closeObject(obj);
+  }
+  return { stamps: layoutStamps(bytes), sizes };
+}
+
+/**
+ * Why the pinned maps `fds` (of a folder whose stamp is `meta`) cannot be read as `layout`
+ * says: a missing or unknown stamp, a map of another layout by the stamp, or a map whose key or
+ * value size is not the one of `layout` (whatever the stamp says). Empty when they can.
+ */
+export function layoutProblems(
+  meta: MetaDoc | null,
+  fds: Partial<Record<StateMap, number>>,
+  layout: StateLayout,
+): string[] {
+  if (!meta) return ["its maps have no readable einat version stamp"];
+  if (meta.version !== META_VERSION) {
+    return [`state stamp version ${meta.version} (this einat: ${META_VERSION})`];
+  }
+  const out: string[] = [];
+  const other: string[] = [];
+  for (const m of STATE_MAPS) {
+    const fd = fds[m];
+    if (fd === undefined) continue;
+    if (meta.maps?.[m]?.layout !== layout.stamps[m]) other.push(m);
+    const info = bpf.mapInfo(fd), want = layout.sizes[m];
+    if (info.keySize !== want.key) {
+      out.push(`${m} has key size ${info.keySize} (this einat: ${want.key})`);
+    }
+    if (info.valueSize !== want.value) {
+      out.push(`${m} has value size ${info.valueSize} (this einat: ${want.value})`);
+    }
+  }
+  if (other.length > 0) {
+    out.unshift(`${other.join(", ")} ${other.length > 1 ? "have" : "has"} another layout`);
+  }
+  return out;
+}
+
 /** Encodes the stamp document as the map value. */
 export function encodeMeta(doc: MetaDoc): Uint8Array {
   const text = new TextEncoder().encode(JSON.stringify(doc));
@@ -207,7 +271,11 @@ export function readMeta(dir: string): MetaDoc | null {
     return null;
   }
   try {
-    const v = bpf.mapLookup(fd, ZERO_KEY, META_VALUE_SIZE);
+    // Sized as pinned (the kernel writes the map's value size): another einat's stamp map may
+    // hold longer documents.
+    const info = bpf.mapInfo(fd);
+    if (info.type !== bpf.MapType.ARRAY || info.keySize !== ZERO_KEY.length) return null;
+    const v = bpf.mapLookup(fd, ZERO_KEY, info.valueSize);
     return v ? decodeMeta(v) : null;
   } catch {
     return null;
@@ -253,10 +321,9 @@ function pinnedNames(dir: string): Set<string> {
   return out;
 }
 
-function flushHint(ifname: string): string {
-  return `einat --flush -i ${ifname}${
-    stateOptions.pinRoot === "/sys/fs/bpf/einat" ? "" : ` --pin-dir ${stateOptions.pinRoot}`
-  }`;
+/** The `einat --flush` command line that removes the pinned state of `ifname` under `root`. */
+export function flushHint(ifname: string, root = stateOptions.pinRoot): string {
+  return `einat --flush -i ${ifname}${root === DEFAULT_PIN_ROOT ? "" : ` --pin-dir ${root}`}`;
 }
 
 /**

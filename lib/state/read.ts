@@ -20,7 +20,18 @@ import {
   sumPerCpuTraffic,
   TRAFFIC,
 } from "../nat/codec.ts";
-import { type MetaDoc, readMeta, STATE_MAPS, type StateMap } from "./pin.ts";
+import {
+  flushHint,
+  layoutProblems,
+  type MetaDoc,
+  readMeta,
+  STATE_MAPS,
+  StateError,
+  type StateLayout,
+  stateLayout,
+  type StateMap,
+} from "./pin.ts";
+import { embeddedObject } from "../nat/loader.ts";
 import {
   forEachLiveRecord,
   forEachSession,
@@ -30,7 +41,7 @@ import {
 } from "../nat/records.ts";
 import { onBpffs } from "./bpffs.ts";
 import { isNetnsFolder } from "./netns.ts";
-import { ifnameOfPinFolder } from "./options.ts";
+import { ifnameOfPinFolder, pinRootOf } from "./options.ts";
 
 /** A protocol as shown. */
 export type ProtoName = "tcp" | "udp" | "icmp";
@@ -183,24 +194,44 @@ export function pinnedInterfaces(root: string): string[] {
   return out.sort();
 }
 
-/** Opens the pinned maps of one interface read-only; null when there are none. */
+/** This einat's state layout, read from its object once. */
+let ownLayout: StateLayout | null = null;
+
+/**
+ * Opens the pinned maps of one interface read-only; null when there are none. Throws when they
+ * are not of this einat's layout (their stamp, or a map's key or value size, says another): the
+ * readers decode this einat's layout, and read batches sized by it.
+ */
 export function openPinned(dir: string, ifname: string): PinnedState | null {
   const fds: Partial<Record<StateMap, number>> = {};
+  const close = () => {
+    for (const fd of Object.values(fds)) if (fd !== undefined) closeFd(fd);
+  };
   for (const m of STATE_MAPS) {
     try {
       fds[m] = bpf.objGetPinnedOpts(`${dir}/${m}`, { readOnly: true });
     } catch { /* absent */ }
   }
   if (Object.keys(fds).length === 0) return null;
-  return {
-    ifname,
-    dir,
-    meta: readMeta(dir),
-    fds,
-    close() {
-      for (const fd of Object.values(fds)) if (fd !== undefined) closeFd(fd);
-    },
-  };
+  const meta = readMeta(dir);
+  let problems: string[];
+  try {
+    problems = layoutProblems(meta, fds, ownLayout ??= stateLayout(embeddedObject()));
+  } catch (e) {
+    close();
+    throw e;
+  }
+  if (problems.length > 0) {
+    close();
+    throw new StateError(
+      `${ifname}: pinned state in ${dir} is of another einat version` +
+        `${meta?.einat ? ` (written by einat ${meta.einat})` : ""}: ${problems.join("; ")}; ` +
+        `not read. Restart einat with this version to use it (state of bindings or sessions ` +
+        `of another layout needs \`${flushHint(ifname, pinRootOf(dir))}\` first, which drops ` +
+        `every mapping), or show it with the einat that wrote it`,
+    );
+  }
+  return { ifname, dir, meta, fds, close };
 }
 
 /** Why `root` holds nothing to show, for a message; null when it is usable. */

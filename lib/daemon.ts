@@ -40,8 +40,11 @@ export interface Served {
   /** Interface name (resolved once from an index when configured by index). */
   ifname: string;
   nat: NatObject | null;
-  /** Bindings in the records when `nat` was loaded (carried over in pinned maps). */
-  carried: number;
+  /**
+   * Bindings carried over in pinned maps: in the records when `nat` was loaded, less those the
+   * first purge dropped (their external address is not the interface's); null until counted.
+   */
+  carried: number | null;
   attachment: Attachment | null;
   plan: NatPlan | null;
   /** Summary of the plan last applied, to log what changed. */
@@ -172,7 +175,7 @@ export async function startInterface(
     planKey: "",
     localPref: { 4: defaults?.ipv4LocalRulePref ?? 200, 6: defaults?.ipv6LocalRulePref ?? 200 },
     hairpin: [],
-    carried: 0,
+    carried: null,
   };
   if (others.some((o) => o.ifname === s.ifname)) {
     throw new InterfaceError(
@@ -236,7 +239,6 @@ export async function reconcile(s: Served): Promise<void> {
       l2: hasEthernet(s.ifname) ? "ethernet" : "none",
       csum: s.nat.csum,
     });
-    s.carried = syncBindings(s.nat); // before attaching: no program of ours counts yet
   }
 
   const addrs = await externalAddrs(s.ifname);
@@ -263,7 +265,18 @@ export async function reconcile(s: Served): Promise<void> {
         dropped_bindings: purged.bindings,
         dropped_sessions: purged.sessions,
       });
+    } else if (purged.bindings || purged.sessions) {
+      // pinned state of a run with other external addresses (or families enabled)
+      log.info("pinned mappings dropped: their external address is no longer one of ours", {
+        ifname: s.ifname,
+        addresses: summary,
+        dropped_bindings: purged.bindings,
+        dropped_sessions: purged.sessions,
+      });
     }
+    // After the first purge, before attaching (no program of ours counts yet): what is carried
+    // over, as the start's summary reports it.
+    s.carried ??= syncBindings(s.nat);
     for (const fam of [4, 6] as const) {
       const d = plan.defaultExt[fam];
       const enabled = fam === 4 ? s.ic.nat44 : s.ic.nat66;
@@ -310,7 +323,7 @@ export async function reconcile(s: Served): Promise<void> {
   }
   if (!s.attachment) {
     s.attachment = attach(ifindex, s.ifname, s.nat.egressFd, s.nat.ingressFd, s.ic.preferTcx);
-    afterAttach(s.nat, s.ifname, s.carried);
+    afterAttach(s.nat, s.ifname, s.carried ?? 0);
   }
   if (routingChanged) await rehairpin(s, ifindex);
 }

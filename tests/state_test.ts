@@ -275,6 +275,52 @@ Deno.test({
 
 Deno.test({
   name:
+    "state: mappings pinned on an address that is no longer external are dropped at start, which says so; the summary counts what is kept",
+  ...sanitize,
+  fn: () =>
+    withNs(async (ns, pin, dir) => {
+      await run(["ip", "-n", ns, "neigh", "add", "203.0.113.51", "lladdr", "02:00:00:00:00:51"]
+        .concat(["dev", "wan0", "nud", "permanent"]));
+      let p = await startEinat(ns, ["-i", "wan0", "--pin-dir", pin]);
+      // 40000 to two remotes (a session inline in its record, one in map_ct), 40001 to one.
+      await send(ns, dir, 40000);
+      await nsExecResult(
+        ns,
+        peerCmd(
+          "udp-send",
+          ["--bind", "192.0.2.10", "--from-port", "40000"].concat(
+            ["--to", "203.0.113.51:9", "--reply-timeout-ms", "50"],
+          ),
+        ),
+      );
+      await sendOnce(ns, 40001);
+      const before = state(dir);
+      assertEquals([before.bindings.length, before.sessions.length], [2, 3]);
+      assertEquals(await stopEinat(p), 0, p.stderrText());
+
+      // Another external address while no einat ran: nothing pinned is on one of ours.
+      await run(["ip", "-n", ns, "-batch", "-"], {
+        stdin: "addr del 203.0.113.1/24 dev wan0\naddr add 203.0.113.2/24 dev wan0\n",
+      });
+      p = await startEinat(ns, ["-i", "wan0", "--pin-dir", pin]);
+      try {
+        const log = p.stderrText();
+        assert(
+          /pinned mappings dropped: their external address is no longer one of ours .*addresses="203\.0\.113\.2, .*dropped_bindings=2 dropped_sessions=3/
+            .test(log),
+          log,
+        );
+        assert(/pinned state reused .* bindings=0 sessions=0 expired=0/.test(log), log);
+        const after = state(dir);
+        assertEquals([after.bindings.length, after.sessions.length], [0, 0]);
+      } finally {
+        assertEquals(await stopEinat(p), 0, p.stderrText());
+      }
+    }),
+});
+
+Deno.test({
+  name:
     "state: sessions pinned preallocated (earlier builds) are reused as they are, mappings kept",
   ...sanitize,
   fn: async () => {

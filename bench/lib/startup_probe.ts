@@ -86,13 +86,13 @@ for (let r = 0; r < rounds; r++) {
     });
     const t1 = performance.now();
     try {
-      // As the daemon before "einat running" (lib/daemon.ts reconcile): the free-port hint and
-      // binding count synced, the plan applied and stale mappings purged, the filters attached,
-      // then a first sweep (lib/state/serve.ts afterAttach).
-      syncBindings(nat);
+      // As the daemon before "einat running" (lib/daemon.ts reconcile): the plan applied and
+      // stale mappings purged, the free-port hint and binding count synced, the filters
+      // attached, then a first sweep (lib/state/serve.ts afterAttach).
       const plan = planInterface(ic, await externalAddrs(ifname));
       applyPlan(nat.maps, plan);
       purgeStale(nat, plan);
+      syncBindings(nat);
       const t2 = performance.now();
       const a = attach(ifindex, ifname, nat.egressFd, nat.ingressFd);
       expireSessions(nat);

@@ -40,7 +40,8 @@ export function stateLoadOptions(
 }
 
 /**
- * Once this object is loaded, before its programs are attached: the free-port hint learns the
+ * Once this object is loaded and the mappings of addresses that are not external any more are
+ * purged (lib/nat/apply.ts), before its programs are attached: the free-port hint learns the
  * bindings carried over, and a binding count that was not carried over starts at the bindings
  * found. A carried-over count is kept as it is: the programs that share it (a running einat's,
  * under `--replace`, or the filters a killed one left) keep it exact, where this walk would

@@ -17,7 +17,7 @@ import { textKey } from "./key.ts";
 import * as log from "./log.ts";
 import { describeConflict, findConflicts, type NamedNet } from "./conflict.ts";
 import { applyPlan, purgeStale } from "./nat/apply.ts";
-import { attach, type Attachment, detach, release, replaced } from "./nat/attach.ts";
+import { attach, type Attachment, detach, release, replaced, stillAttached } from "./nat/attach.ts";
 import { bumpEpoch, closeNat, loadNat, type NatObject } from "./nat/loader.ts";
 import { slotCount } from "./nat/records.ts";
 import type { RoConfig } from "./nat/codec.ts";
@@ -58,6 +58,8 @@ export interface Served {
   conflicts?: string;
   /** Set by {@link stopServing}: a reconciliation queued before then does nothing. */
   stopped?: boolean;
+  /** Its first attachment takes over this process's own (a reload restarting it). */
+  takeover?: boolean;
 }
 
 const MS = 1_000_000n;
@@ -164,6 +166,7 @@ export async function startInterface(
   ic: InterfaceConfig,
   defaults?: Pick<Defaults, "ipv4LocalRulePref" | "ipv6LocalRulePref">,
   others: Served[] = [],
+  takeover = false,
 ): Promise<Served> {
   const s: Served = {
     ic,
@@ -176,6 +179,7 @@ export async function startInterface(
     localPref: { 4: defaults?.ipv4LocalRulePref ?? 200, 6: defaults?.ipv6LocalRulePref ?? 200 },
     hairpin: [],
     carried: null,
+    takeover,
   };
   if (others.some((o) => o.ifname === s.ifname)) {
     throw new InterfaceError(
@@ -322,7 +326,15 @@ export async function reconcile(s: Served): Promise<void> {
     routingChanged = true;
   }
   if (!s.attachment) {
-    s.attachment = attach(ifindex, s.ifname, s.nat.egressFd, s.nat.ingressFd, s.ic.preferTcx);
+    s.attachment = attach(
+      ifindex,
+      s.ifname,
+      s.nat.egressFd,
+      s.nat.ingressFd,
+      s.ic.preferTcx,
+      s.takeover === true,
+    );
+    s.takeover = false;
     afterAttach(s.nat, s.ifname, s.carried ?? 0);
   }
   if (routingChanged) await rehairpin(s, ifindex);
@@ -424,14 +436,32 @@ async function rehairpin(s: Served, ifindex: number): Promise<void> {
  * Undoes {@link startInterface}: detaches, removes what einat created. True when another einat
  * took the interface over (--replace): what it uses was left in place.
  */
-export async function stopServing(s: Served): Promise<boolean> {
+export async function stopServing(s: Served, handOver = false): Promise<boolean> {
   s.stopped = true;
-  // After --replace the new einat uses the same hairpin routes and rules: leave them.
-  const handedOver = s.attachment !== null && replaced(s.attachment);
+  // `handOver`: a reload's new instance of the interface took it over (this process).
+  if (handOver && s.attachment) s.attachment.handedOver = true;
+  // After --replace the new einat uses the same hairpin routes and rules: leave them. (Within
+  // this process the new instance holds its own; this one lets go of its holds below.)
+  const handedOver = s.attachment !== null && replaced(s.attachment) && !handOver;
   for (const h of s.hairpin.splice(0)) if (!handedOver) await hairpinDown(h);
   if (s.attachment) detach(s.attachment);
   s.attachment = null;
   if (s.nat) closeNat(s.nat);
   s.nat = null;
   return handedOver;
+}
+
+/**
+ * Attaches `s` again after a reload's new instance of its interface failed part-way (its undo
+ * may have detached what it had taken over): the kernel keeps what is attached, only this
+ * process's hold on the old attachment is let go first.
+ */
+export async function reattach(s: Served): Promise<void> {
+  if (!s.nat || !s.attachment || stillAttached(s.attachment)) return;
+  s.attachment.handedOver = true;
+  release(s.attachment);
+  s.attachment = null;
+  s.takeover = true;
+  s.planKey = ""; // the maps were written by the new instance's plan: write them again
+  await reconcile(s);
 }

@@ -8,7 +8,14 @@ import type { Defaults, InterfaceConfig } from "./config/types.ts";
 import { parseConfigToml } from "./config/toml.ts";
 import { textKey } from "./key.ts";
 import * as log from "./log.ts";
-import { hairpinOn, resolvedName, type Served, startInterface, stopServing } from "./daemon.ts";
+import {
+  hairpinOn,
+  reattach,
+  resolvedName,
+  type Served,
+  startInterface,
+  stopServing,
+} from "./daemon.ts";
 
 /** SIGHUP, SIGINT and SIGTERM caught from the moment {@link catchSignals} returns. */
 export interface Signals extends AsyncIterable<Deno.Signal> {
@@ -63,7 +70,8 @@ export function configKey(ic: InterfaceConfig): string {
 /**
  * Re-reads `file` and applies the difference: interfaces whose configuration
  * (and local rule preferences) is unchanged keep running untouched; changed ones are
- * restarted; removed ones stopped; new ones started. Interfaces are matched by the name they
+ * restarted, the new instance taking the old one's filters or links over in place (the old one
+ * goes on when the new one cannot start); removed ones stopped; new ones started. Interfaces are matched by the name they
  * resolve to, whether configured by name or by index; removed ones stop before any starts, so
  * a new one never meets their filters, lock or hairpin rules. An invalid file changes nothing.
  */
@@ -83,7 +91,7 @@ export async function reload(file: string, served: Served[]): Promise<Served[]> 
     (!hairpinOn(s.ic, 4) || s.localPref[4] === defaults.ipv4LocalRulePref) &&
     (!hairpinOn(s.ic, 6) || s.localPref[6] === defaults.ipv6LocalRulePref);
   const keep: Served[] = [];
-  const starts: [string, InterfaceConfig][] = [];
+  const starts: [string, InterfaceConfig, Served | undefined][] = [];
   const byName = new Map(served.map((s) => [s.ifname, s]));
   for (const ic of next) {
     const name = resolvedName(ic) ?? `#${ic.ifIndex}`; // an index without an interface
@@ -95,21 +103,32 @@ export async function reload(file: string, served: Served[]): Promise<Served[]> 
     }
     if (old) {
       log.info("SIGHUP: configuration changed, restarting interface", { ifname: name });
-      await stopServing(old);
     } else {
       log.info("SIGHUP: new interface", { ifname: name });
     }
-    starts.push([name, ic]);
+    starts.push([name, ic, old]);
   }
   for (const [name, s] of byName) {
     log.info("SIGHUP: interface removed from the configuration", { ifname: name });
     await stopServing(s);
   }
-  for (const [name, ic] of starts) {
+  // A changed interface is restarted as --replace does it: the new instance takes the filters
+  // or links over in place (the old programs run until then, no packet passes untranslated),
+  // then the old one lets go. If the new one cannot start, the old one goes on serving.
+  for (const [name, ic, old] of starts) {
     try {
-      keep.push(await startInterface(ic, defaults, keep));
+      keep.push(await startInterface(ic, defaults, keep, old !== undefined));
+      if (old) await stopServing(old, true);
     } catch (e) {
-      log.error("SIGHUP: interface not served", { ifname: name, error: (e as Error).message });
+      log.error("SIGHUP: interface not served with the new configuration", {
+        ifname: name,
+        error: (e as Error).message,
+        ...(old ? { kept: "the running configuration" } : {}),
+      });
+      if (old) {
+        await reattach(old);
+        keep.push(old);
+      }
     }
   }
   log.info("SIGHUP: configuration reloaded", { interfaces: keep.map((s) => s.ifname).join(",") });

@@ -431,3 +431,84 @@ Deno.test({
       }
     }),
 });
+
+for (const tcx of [false, true]) {
+  Deno.test({
+    name:
+      `restart: a SIGHUP that changes an interface's configuration swaps its programs in place (${
+        tcx ? "TCX" : "clsact"
+      }): no packet leaves untranslated; one whose new instance cannot start keeps the old`,
+    ignore: tcx && !HAS_TCX,
+    ...sanitize,
+    fn: () =>
+      withTopology(async (t) => {
+        const a = t.addrs.v4;
+        const conf = await Deno.makeTempFile({ suffix: ".toml" });
+        const write = (body: string) =>
+          Deno.writeTextFile(
+            conf,
+            `[defaults]\n${body}\n[[interfaces]]\nif_name = "wan0"\nnat44 = true\n` +
+              `prefer_tcx = ${tcx}\n`,
+          );
+        try {
+          await write('udp_ranges = ["20000-29999"]');
+          const einat = await startEinat(t.ns.router, ["-c", conf]);
+          try {
+            await startFlowServer(t, t.ns.srv1);
+            const client = spawnFlowClient(t, t.ns.lan1, a.srv1[0], {
+              fromPort: 40000,
+              intervalMs: 5,
+            });
+            await client.waitForStdout(/ready/, 10000);
+            const flow = (): FlowLog => parseFlow(client.stdoutText());
+            const cap = t.spawn(t.ns.wan, [
+              "tcpdump",
+              "-i",
+              "r",
+              "-n",
+              "-l",
+              "-U",
+              `net ${a.lanNet}`,
+            ]);
+            await until("tcpdump", () => /listening on/.test(cap.stderrText()));
+            const reloads = () => einat.stderrText().match(/configuration reloaded/g)?.length ?? 0;
+            // A changed range: the interface restarts, its new programs taking over in place.
+            await write('udp_ranges = ["30000-39999"]');
+            einat.kill("SIGHUP");
+            await until("reload", () => reloads() === 1, 10000, () => einat.stderrText());
+            assert(
+              /taking over (filter|TCX link)/.test(einat.stderrText()),
+              einat.stderrText(),
+            );
+            const after = maxSeq(flow().udp);
+            await until("answers after the reload", () => maxSeq(flow().udp) > after + 20);
+            // A new configuration the interface cannot take (NAT66 only, no IPv6 address): the
+            // old instance goes on serving.
+            await Deno.writeTextFile(
+              conf,
+              `[[interfaces]]\nif_name = "wan0"\nnat44 = false\nnat66 = true\n`,
+            );
+            einat.kill("SIGHUP");
+            await until("reload", () => reloads() === 2, 10000, () => einat.stderrText());
+            assert(/kept="the running configuration"/.test(einat.stderrText()), einat.stderrText());
+            assert(/interfaces=wan0/.test(
+              einat.stderrText().split("\n").filter((l) => /configuration reloaded/.test(l)).at(
+                -1,
+              )!,
+            ));
+            const later = maxSeq(flow().udp);
+            await until("answers with the old instance", () => maxSeq(flow().udp) > later + 20);
+            cap.kill("SIGTERM");
+            assertEquals((await cap.output(5000)).stdout.trim(), "", "untranslated packets");
+            oneEndpoint(flow().udp, "udp"); // the mapping made before the reloads is kept
+          } finally {
+            assertEquals(await stopEinat(einat), 0, einat.stderrText());
+          }
+          const tc = await nsExec(t.ns.router, ["tc", "filter", "show", "dev", "wan0", "egress"]);
+          assertEquals(tc.trim(), "", "nothing left attached");
+        } finally {
+          await Deno.remove(conf);
+        }
+      }, { ipv6: false }),
+  });
+}

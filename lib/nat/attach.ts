@@ -30,6 +30,11 @@ export interface Attachment {
   progIds?: number[];
   /** bpffs paths of pinned TCX links (removed by `detach` unless replaced). */
   linkPins?: string[];
+  /**
+   * Handed over within this process (a reload that restarted the interface): what another
+   * attachment took over stays, as after `--replace` (the lock names this process still).
+   */
+  handedOver?: boolean;
 }
 
 /** Raised when another live einat serves the interface. */
@@ -208,10 +213,13 @@ export function attach(
   egressFd: number,
   ingressFd: number,
   preferTcx = false,
+  takeover = false,
 ): Attachment {
   const lockPath = lockPathFor(ifindex);
   const owner = livePid(lockPath);
   if (owner !== null && !stateOptions.replace) throw new BusyError(ifname, owner);
+  // Taking over: from another einat (--replace), or from this one (`takeover`: a reload).
+  const taking = owner !== null || takeover;
   // --replace: the running einat's qdisc becomes ours to remove at the end; so does the qdisc
   // of a killed einat, whose lock file is left (nobody else would remove it).
   const inherited = /qdisc=created/.test(readLock(lockPath));
@@ -225,8 +233,8 @@ export function attach(
   };
   writeLock(a);
   try {
-    if (!preferTcx || !attachTcx(a, egressFd, ingressFd, owner !== null)) {
-      attachTc(a, egressFd, ingressFd, owner !== null);
+    if (!preferTcx || !attachTcx(a, egressFd, ingressFd, taking)) {
+      attachTc(a, egressFd, ingressFd, taking);
     }
     writeLock(a);
   } catch (e) {
@@ -295,7 +303,7 @@ export function deferHandOvers(): () => void {
  * qdisc) must then be left alone.
  */
 export function replaced(a: Attachment): boolean {
-  return livePid(a.lockPath) !== null;
+  return a.handedOver === true || livePid(a.lockPath) !== null;
 }
 
 function destroyQdisc(a: Attachment): void {
@@ -303,6 +311,18 @@ function destroyQdisc(a: Attachment): void {
     if (bpf.tcHookDestroy(a.ifindex)) log.info("removed clsact qdisc", { ifname: a.ifname });
   } catch (e) {
     log.warn("could not remove clsact qdisc", { ifname: a.ifname, error: String(e) });
+  }
+}
+
+/** True when `a`'s programs are still the ones attached (its links or filters carry them). */
+export function stillAttached(a: Attachment): boolean {
+  try {
+    if (a.mode === "tcx") return a.links.length === 2 && !linksReplaced(a);
+    return (["egress", "ingress"] as const).every((point, i) =>
+      bpf.tcQuery(a.ifindex, point, TC_HANDLE, TC_PRIORITY) === a.progIds?.[i]
+    );
+  } catch {
+    return false;
   }
 }
 
@@ -391,7 +411,7 @@ export function detach(a: Attachment): void {
   }
   if (a.qdiscCreated && !replacedFilter && !handedOver) destroyQdisc(a);
   try {
-    if (livePid(a.lockPath) === null) Deno.removeSync(a.lockPath);
+    if (!a.handedOver && livePid(a.lockPath) === null) Deno.removeSync(a.lockPath);
   } catch { /* already gone */ }
 }
 
@@ -408,6 +428,6 @@ export function release(a: Attachment): void {
   }
   for (const fd of a.links.splice(0)) closeFd(fd);
   try {
-    if (livePid(a.lockPath) === null) Deno.removeSync(a.lockPath);
+    if (!a.handedOver && livePid(a.lockPath) === null) Deno.removeSync(a.lockPath);
   } catch { /* already gone */ }
 }

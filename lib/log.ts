@@ -13,6 +13,9 @@ const ORDER: Record<Level, number> = { debug: 10, info: 20, warn: 30, error: 40 
 let threshold: number = ORDER[(Deno.env.get("EINAT_LOG")?.toLowerCase() as Level) ?? "info"] ??
   ORDER.info;
 const encoder = new TextEncoder();
+// Set once a write to stderr failed (e.g. EPIPE: the reader of a stderr pipe went away):
+// later lines are dropped instead of failing again.
+let broken = false;
 
 /** Sets the lowest level that is printed. */
 export function setLevel(level: Level): void {
@@ -29,12 +32,30 @@ function fmtValue(v: unknown): string {
   return /[\s"=]/.test(s) ? JSON.stringify(s) : s;
 }
 
-/** Writes one log line when `level` is enabled. */
+/**
+ * Writes one log line when `level` is enabled. Never throws: logging runs inside
+ * shutdown and error handling, which must go on when stderr is gone (a closed pipe,
+ * a full disk); after a failed write, lines are dropped.
+ */
 export function log(level: Level, msg: string, fields: Record<string, unknown> = {}): void {
-  if (!enabled(level)) return;
-  const kv = Object.entries(fields).map(([k, v]) => ` ${k}=${fmtValue(v)}`).join("");
+  if (broken || !enabled(level)) return;
+  let kv: string;
+  try {
+    kv = Object.entries(fields).map(([k, v]) => ` ${k}=${fmtValue(v)}`).join("");
+  } catch (e) {
+    kv = ` fields=${JSON.stringify(`(unprintable: ${(e as Error)?.message})`)}`;
+  }
   const line = `${new Date().toISOString()} ${level.toUpperCase().padEnd(5)} ${msg}${kv}\n`;
-  Deno.stderr.writeSync(encoder.encode(line));
+  try {
+    let bytes = encoder.encode(line);
+    while (bytes.length > 0) {
+      const n = Deno.stderr.writeSync(bytes);
+      if (n <= 0) break;
+      bytes = bytes.subarray(n);
+    }
+  } catch {
+    broken = true;
+  }
 }
 
 /** Logs at debug level. */

@@ -100,8 +100,9 @@ const PARSE_OPTIONS = {
   help: { type: "boolean", short: "h" },
   version: { type: "boolean", short: "v" },
   config: { type: "string", short: "c" },
-  ifname: { type: "string", short: "i" },
-  ifindex: { type: "string" },
+  // Multiple only to refuse a repeat (parseArgs would keep the last one silently).
+  ifname: { type: "string", short: "i", multiple: true },
+  ifindex: { type: "string", multiple: true },
   nat44: { type: "boolean" },
   nat66: { type: "boolean" },
   "bpf-log": { type: "string" },
@@ -342,14 +343,19 @@ export function parseCli(args: string[], options: ParseConfigOptions = {}): CliR
   if (loose.values.help === true) return { kind: "help" };
   if (loose.values.version === true) return { kind: "version" };
 
-  let values;
+  let parsed;
   try {
-    values =
+    parsed =
       parseArgs({ args: rest, options: PARSE_OPTIONS, strict: true, allowPositionals: false })
         .values;
   } catch (e) {
     throw argsError(e);
   }
+  const values = {
+    ...parsed,
+    ifname: single(parsed.ifname, "--ifname"),
+    ifindex: single(parsed.ifindex, "--ifindex"),
+  };
 
   const logLevel = logLevelOf(values.log);
 
@@ -494,6 +500,18 @@ export function parseCli(args: string[], options: ParseConfigOptions = {}): CliR
 
   if (values.flush) return { kind: "flush", pinDir: state.pinDir, interfaces: [iface], logLevel };
   return { kind: "run", config: { defaults, interfaces: [iface] }, notices, logLevel, state };
+}
+
+/** The one value of an interface flag; a repeat is refused rather than the last one taken. */
+function single(values: string[] | undefined, flag: string): string | undefined {
+  if (values !== undefined && values.length > 1) {
+    throw new ConfigError(
+      flag,
+      `given twice; the command line serves one interface, use a config file (-c) with ` +
+        `several [[interfaces]]`,
+    );
+  }
+  return values?.[0];
 }
 
 function parseLogLevel(text: string | undefined, source: string): Level | undefined {

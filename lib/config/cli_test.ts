@@ -388,3 +388,16 @@ Deno.test("$EINAT_LOG is read as --log is (any case, checked); --log wins", () =
     else Deno.env.set("EINAT_LOG", before);
   }
 });
+
+Deno.test("a repeated -i/--ifname or --ifindex is refused, not the last one taken", () => {
+  const twice = /given twice; the command line serves one interface, use a config file \(-c\)/;
+  expectError(["-i", "wan0", "-i", "lan0"], "--ifname", twice);
+  expectError(["-i", "wan0", "--ifname=lan0"], "--ifname", twice);
+  expectError(["-iwan0", "-i", "wan0"], "--ifname", /several \[\[interfaces\]\]/);
+  expectError(["--ifindex", "2", "--ifindex", "3"], "--ifindex", twice);
+  expectError(["--ifindex", "2", "-i", "a", "--ifindex=2"], "--ifindex", twice);
+  // One of each is still the einat-ebpf way (the index wins, with a notice).
+  equal(run("-i", "eth0", "--ifindex", "7").config.interfaces[0].ifIndex, 7);
+  // show takes several -i.
+  equal(cli("show", "-i", "a", "-i", "b").kind, "show");
+});

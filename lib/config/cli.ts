@@ -487,6 +487,15 @@ export function parseCli(args: string[], options: ParseConfigOptions = {}): CliR
   if (ifIndex !== undefined) iface.ifIndex = ifIndex;
   iface.nat44 = values.nat44 === true || values.nat66 !== true;
   iface.nat66 = values.nat66 === true;
+  if (!iface.nat44) {
+    notices.push(
+      `--nat66: NAT44 is off (as in einat-ebpf, --nat66 alone translates IPv6 only), so IPv4 ` +
+        `leaves ${
+          ifIndex !== undefined ? `interface #${ifIndex}` : values.ifname
+        } untranslated; pass --nat44 too to ` +
+        `translate both`,
+    );
+  }
   if (bpfLogLevel !== undefined) iface.bpfLogLevel = bpfLogLevel;
   // einat-ebpf builds this interface from `ConfigNetIf::default()`, where
   // prefer_tcx is false (the TOML default is true).

@@ -106,6 +106,20 @@ Deno.test("--nat44/--nat66 selection", () => {
   deepStrictEqual(nat("--nat44", "--nat66"), [true, true]);
 });
 
+Deno.test("--nat66 alone says NAT44 is off", () => {
+  const r = run("-i", "eth0", "--nat66");
+  ok(
+    r.notices.some((n) =>
+      /^--nat66: NAT44 is off .*IPv4 leaves eth0 untranslated; pass --nat44 too/.test(n)
+    ),
+    r.notices.join("\n"),
+  );
+  const byIndex = run("--ifindex", "7", "--nat66").notices;
+  ok(byIndex.some((n) => /IPv4 leaves interface #7 untranslated/.test(n)), byIndex.join("\n"));
+  deepStrictEqual(run("-i", "eth0", "--nat66", "--nat44").notices, []);
+  deepStrictEqual(run("-i", "eth0").notices, []);
+});
+
 Deno.test("attached values: -ieth0, --ifname=eth0, -c=file", () => {
   equal(run("-ieth0").config.interfaces[0].ifName, "eth0");
   equal(run("--ifname=eth0").config.interfaces[0].ifName, "eth0");

@@ -221,6 +221,18 @@ function notice(ctx: Ctx, path: string, message: string): void {
   ctx.notices.push(`${ctx.file}: ${path}: ${message}`);
 }
 
+/** Notices that start with this are warnings (a setting that likely defeats its purpose). */
+export const WARNING_PREFIX = "warning: ";
+
+function warning(ctx: Ctx, path: string, message: string): void {
+  ctx.notices.push(`${WARNING_PREFIX}${ctx.file}: ${path}: ${message}`);
+}
+
+/** The level to log a notice at: `warn` for warnings, `info` for the rest. */
+export function noticeLevel(notice: string): "info" | "warn" {
+  return notice.startsWith(WARNING_PREFIX) ? "warn" : "info";
+}
+
 function join(base: string, key: string): string {
   return base === "" ? key : `${base}.${key}`;
 }
@@ -856,9 +868,9 @@ function parseInterface(
   iface.nat44 = getBool(ctx, t, "nat44", path, false);
   iface.nat66 = getBool(ctx, t, "nat66", path, false);
   if (!iface.nat44 && !iface.nat66) {
-    notice(
+    warning(
       ctx,
-      path,
+      join(path, "nat44"),
       `neither nat44 nor nat66 is enabled (both default to false in config files), so ` +
         `interface ${iface.ifName ?? `#${iface.ifIndex}`} is not translated; set nat44 = true`,
     );

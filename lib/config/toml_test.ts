@@ -1,6 +1,13 @@
 import { deepStrictEqual, equal, ok, throws } from "node:assert/strict";
 import { ConfigError, type ExternalMatch } from "./types.ts";
-import { defaultFibLookup, DEFAULTS, editDistance, parseConfigToml, suggest } from "./toml.ts";
+import {
+  defaultFibLookup,
+  DEFAULTS,
+  editDistance,
+  noticeLevel,
+  parseConfigToml,
+  suggest,
+} from "./toml.ts";
 import { formatAddr, formatCidr } from "./cidr.ts";
 
 const K = { kernelRelease: "6.8.0-1-amd64" };
@@ -372,9 +379,14 @@ Deno.test("if_index: extension, ignored when if_name is set", () => {
   ok(r.notices.some((n) => n.includes("if_index: ignored")));
 });
 
-Deno.test("notice when neither nat44 nor nat66 is on", () => {
-  const { notices } = parse(`[[interfaces]]\nif_name = "eth0"\n`);
-  ok(notices.some((n) => /neither nat44 nor nat66/.test(n)));
+Deno.test("warning when neither nat44 nor nat66 is on", () => {
+  const { notices } = parse(MIN + `[[interfaces]]\nif_name = "eth1"\nnat66 = false\n`);
+  const n = notices.filter((n) => /neither nat44 nor nat66/.test(n));
+  equal(n.length, 1, notices.join("\n"));
+  ok(n[0].startsWith("warning: test.toml: interfaces[1].nat44: "), n[0]);
+  ok(/interface eth1 is not translated; set nat44 = true/.test(n[0]), n[0]);
+  equal(noticeLevel(n[0]), "warn");
+  equal(noticeLevel("test.toml: interfaces[0].bpf_loader: ignored"), "info");
 });
 
 Deno.test("unspecified static address gives a notice", () => {

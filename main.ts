@@ -153,6 +153,7 @@ export async function main(args: string[]): Promise<number> {
     let handedOver = false;
     for (const s of served) handedOver = (await stopServing(s)) || handedOver;
     if (!handedOver) await restoreLocalRules(); // after --replace the new einat relies on them
+    log.info("einat stopped", { code: 0 });
     return 0;
   } finally {
     signals.close();

@@ -266,6 +266,8 @@ Deno.test({
         const r = await p.output(10000);
         assertEquals(r.code, 0, `exit ${r.code} after a SIGTERM while starting:\n${r.stderr}`);
         assertEquals(await tcState(ns, "wan0"), before, "filters and qdisc gone");
+        const last = r.stderr.trim().split("\n").at(-1) ?? "";
+        assert(/ INFO {2}einat stopped code=0$/.test(last), `last line: ${last}\n${r.stderr}`);
         if (early) {
           inside++;
           assert(/stopping signal=SIGTERM/.test(r.stderr), r.stderr);

@@ -2,7 +2,8 @@
  * Port exhaustion in namespaces: einat with a 16-port UDP range and a 1-port TCP range, short
  * UDP timeouts (10 s: long enough for a loaded host, see UDP_TIMEOUT_S). More flows than ports
  * from lan1 and lan2: the extra ones are refused with ICMP 3/13 (TCP connect fails at once), the
- * old ones keep their ports; once the old flows expire their ports are handed out again. Meanwhile the WAN switch captures every packet with
+ * old ones keep their ports, and einat warns of the refusals; once the old flows expire their
+ * ports are handed out again. Meanwhile the WAN switch captures every packet with
  * an internal source: there must be none.
  */
 import { assert, assertEquals } from "./lib/assert.ts";
@@ -55,7 +56,7 @@ const UDP_TIMEOUT_S = 10;
 
 Deno.test({
   name:
-    "exhaustion: 16 UDP ports, 20 flows: 4 refused with ICMP 3/13, old flows keep their ports, ports reused after expiry; TCP refused at once; nothing internal leaks",
+    "exhaustion: 16 UDP ports, 20 flows: 4 refused with ICMP 3/13 and a warning, old flows keep their ports, ports reused after expiry; TCP refused at once; nothing internal leaks",
   ...sanitize,
   fn: () =>
     withTopology(async (t) => {
@@ -104,6 +105,16 @@ Deno.test({
         assert([...f3.values()].every((s) => s === null), `the 17th-20th flows are refused`);
         const prohibited = icmp2.lines().filter((l) => /admin prohibited/.test(l));
         assert(prohibited.length >= 1, `ICMP 3/13 seen by lan2:\n${icmp2.lines().join("\n")}`);
+        // ... and the daemon says so: one warning at the next sweep (every ~1 s here), naming
+        // the refusals and what to widen
+        const warned = /WARN +new mappings refused .*ifname=wan0 drop_no_port=(\d+) .*port ranges/;
+        const end = Date.now() + 5000;
+        while (!warned.test(einat.stderrText()) && Date.now() < end) {
+          await new Promise((r) => setTimeout(r, 100));
+        }
+        const w = einat.stderrText().match(warned);
+        assert(w !== null, `a warning of the refused flows:\n${einat.stderrText()}`);
+        assert(Number(w[1]) >= 4, `the 4 refused flows counted: ${w[0]}`);
 
         // the old flows keep their ports
         const again = await flows(t, t.ns.lan1, to, 41000, 41009);
@@ -144,6 +155,9 @@ Deno.test({
           reused.every((s) => portOf(s!) >= 20000 && portOf(s!) <= 20015),
           "reused ports from the range",
         );
+        // the TCP refusal came within the minute: no second warning
+        const warnings = einat.stderrText().split("\n").filter((l) => warned.test(l));
+        assertEquals(warnings.length, 1, `one warning a minute:\n${warnings.join("\n")}`);
       } finally {
         assertEquals(await stopEinat(einat), 0, einat.stderrText());
         await Deno.remove(conf);

@@ -10,13 +10,15 @@
  * defaults, whose shortest is ICMP's 60 s), at least 1 s, or 50 times the last
  * sweep's duration (at most ~2 % of a CPU), capped at 30 s. A session's port
  * stays bound for at most that long past its timeout; no packet uses an
- * expired session meanwhile.
+ * expired session meanwhile. Each sweep also warns of new mappings refused for
+ * want of room since the last one (lib/nat/exhaustion.ts).
  * @module
  */
 
 import * as log from "../log.ts";
 import type { NatObject } from "./loader.ts";
 import { expireSessionsAsync } from "./expire.ts";
+import { ExhaustionWatch, readExhaustion } from "./exhaustion.ts";
 
 /** Shortest pause between sweeps, whatever the timeouts. */
 export const SWEEP_MIN_INTERVAL_MS = 1000;
@@ -85,12 +87,27 @@ export function startSweeper(targets: () => SweepTarget[]): Sweeper {
   let timer: ReturnType<typeof setTimeout> | undefined;
   let running: Promise<void> = Promise.resolve();
   const stats: SweepStats = { sweeps: 0, lastMs: 0, nextMs: 0, longestPieceMs: 0 };
+  const exhaustion = new ExhaustionWatch();
+  // Refusals counted so far (pinned counters of an earlier run, the start) are the baseline;
+  // from then on each sweep warns of new ones (rate-limited).
+  const watchRefusals = (t: SweepTarget) => {
+    if (!t.nat) return;
+    try {
+      exhaustion.check(t.ifname, readExhaustion(t.nat.maps.stats));
+    } catch (e) {
+      log.debug("refusal counters unreadable", { ifname: t.ifname, error: (e as Error).message });
+    }
+  };
+  for (const t of targets()) watchRefusals(t);
 
   const sweep = async () => {
     const t0 = performance.now();
     let longest = 0;
-    for (const t of targets()) {
+    const now = targets();
+    exhaustion.retain(now.map((t) => t.ifname));
+    for (const t of now) {
       if (stopped || !t.nat) continue;
+      watchRefusals(t);
       try {
         const r = await expireSessionsAsync(t.nat);
         longest = Math.max(longest, r.longestPieceNs / 1e6);

@@ -41,6 +41,45 @@ function fail(msg: string): number {
   return 2;
 }
 
+/** How often `--replace` tries the busy metrics port, and for how long after the take-over. */
+export const METRICS_RETRY_MS = 100;
+export const METRICS_RETRY_FOR_MS = 10_000;
+
+/**
+ * `--replace --metrics`: binds with `start` in the background every METRICS_RETRY_MS while
+ * the port is in use, and hands the server to `bound`. Gives up with a warning
+ * METRICS_RETRY_FOR_MS after `running()` first holds (the take-over done: the replaced einat
+ * exits then), or quietly once it no longer does (stopping; also a start that failed).
+ */
+export function bindWhenFree(
+  start: () => MetricsServer,
+  running: () => boolean,
+  bound: (m: MetricsServer) => void,
+  listen: string,
+): void {
+  let since: number | undefined;
+  const t0 = Date.now();
+  const attempt = () => {
+    const now = Date.now();
+    if (running()) since ??= now;
+    else if (since !== undefined || now - t0 > 5 * 60_000) return;
+    try {
+      bound(start());
+      return;
+    } catch (e) {
+      if (
+        !(e instanceof Deno.errors.AddrInUse) ||
+        (since !== undefined && now - since >= METRICS_RETRY_FOR_MS)
+      ) {
+        log.warn("metrics endpoint not started", { listen, error: (e as Error).message });
+        return;
+      }
+    }
+    setTimeout(attempt, METRICS_RETRY_MS);
+  };
+  setTimeout(attempt, METRICS_RETRY_MS);
+}
+
 /** Runs einat with `args`; resolves to the exit code. */
 export async function main(args: string[]): Promise<number> {
   let cli;
@@ -99,7 +138,20 @@ export async function main(args: string[]): Promise<number> {
         );
       } catch (e) {
         const { hostname, port } = cli.state.metrics;
-        return fail(`--metrics ${hostname}:${port}: ${(e as Error).message}`);
+        if (!(e instanceof Deno.errors.AddrInUse) || !cli.state.replace) {
+          return fail(`--metrics ${hostname}:${port}: ${(e as Error).message}`);
+        }
+        // The einat replaced holds the port until it exits, right after the take-over.
+        const addr = cli.state.metrics;
+        log.info("metrics port busy: bound once the replaced einat exits", {
+          listen: `${hostname}:${port}`,
+        });
+        bindWhenFree(
+          () => startMetrics(addr, () => targetsOf(served), () => sweeper?.stats() ?? null),
+          () => sweeper !== null, // set once every interface is taken over, unset when stopping
+          (m) => metrics = m,
+          `${hostname}:${port}`,
+        );
       }
     }
     const errors: string[] = [];

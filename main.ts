@@ -7,6 +7,7 @@
 import denoJson from "./deno.json" with { type: "json" };
 import { helpText, parseCli } from "./lib/config/cli.ts";
 import { ConfigError } from "./lib/config/types.ts";
+import { noticeLevel } from "./lib/config/toml.ts";
 import { InterfaceError, type Served, startInterface, stopServing } from "./lib/daemon.ts";
 import { follow } from "./lib/watch.ts";
 import { restoreLocalRules } from "./lib/hairpin.ts";
@@ -100,7 +101,7 @@ export async function main(args: string[]): Promise<number> {
   if (cli.logLevel) log.setLevel(cli.logLevel);
   if (cli.kind === "show") return runShow(cli.show);
   if (cli.kind === "flush") return runFlush(cli.pinDir, cli.interfaces);
-  for (const n of cli.notices) log.info(n);
+  for (const n of cli.notices) log.log(noticeLevel(n), n);
   configureState({
     pinRoot: cli.state?.pinDir ?? DEFAULT_PIN_ROOT,
     replace: cli.state?.replace ?? false,

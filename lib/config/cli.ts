@@ -39,6 +39,7 @@ import {
   type ParseConfigOptions,
   parseConfigToml,
   suggest,
+  WARNING_PREFIX,
 } from "./toml.ts";
 
 /** Options about state that outlives the process (`--pin-dir`, `--replace`, `--metrics`). */
@@ -489,7 +490,7 @@ export function parseCli(args: string[], options: ParseConfigOptions = {}): CliR
   iface.nat66 = values.nat66 === true;
   if (!iface.nat44) {
     notices.push(
-      `--nat66: NAT44 is off (as in einat-ebpf, --nat66 alone translates IPv6 only), so IPv4 ` +
+      `${WARNING_PREFIX}--nat66: NAT44 is off (as in einat-ebpf, --nat66 alone translates IPv6 only), so IPv4 ` +
         `leaves ${
           ifIndex !== undefined ? `interface #${ifIndex}` : values.ifname
         } untranslated; pass --nat44 too to ` +

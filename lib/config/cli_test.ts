@@ -110,7 +110,7 @@ Deno.test("--nat66 alone says NAT44 is off", () => {
   const r = run("-i", "eth0", "--nat66");
   ok(
     r.notices.some((n) =>
-      /^--nat66: NAT44 is off .*IPv4 leaves eth0 untranslated; pass --nat44 too/.test(n)
+      /^warning: --nat66: NAT44 is off .*IPv4 leaves eth0 untranslated; pass --nat44 too/.test(n)
     ),
     r.notices.join("\n"),
   );

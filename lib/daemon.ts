@@ -192,11 +192,16 @@ export async function startInterface(
     return s;
   }
   const plan = planInterface(ic, await externalAddrs(s.ifname));
-  if (ic.nat44 && !plan.defaultExt[4]) {
-    throw new InterfaceError(s.ifname, "no IPv4 address to use as external address (NAT44 is on)");
-  }
-  if (ic.nat66 && !ic.nat44 && !plan.defaultExt[6]) {
-    throw new InterfaceError(s.ifname, "no IPv6 address to use as external address (NAT66 is on)");
+  const missing = ic.nat44 && !plan.defaultExt[4]
+    ? "no IPv4 address to use as external address (NAT44 is on)"
+    : ic.nat66 && !ic.nat44 && !plan.defaultExt[6]
+    ? "no IPv6 address to use as external address (NAT66 is on)"
+    : null;
+  if (missing && takeover) throw new InterfaceError(s.ifname, missing); // a reload: keep the old
+  if (missing) {
+    // At start (a WAN whose address DHCP or PPPoE has not brought yet): the programs run, new
+    // flows of that family are dropped, never leaked, until an address comes (followed).
+    log.warn(`${missing}; serving it, new flows wait for an address`, { ifname: s.ifname });
   }
   try {
     await reconcile(s);

@@ -54,7 +54,7 @@ function oneLine(stderr: string): string {
 }
 
 Deno.test({
-  name: "daemon: bad flag, missing interface, no IPv4, no privileges each exit 2 with one line",
+  name: "daemon: bad flag, missing interface, no privileges each exit 2 with one line",
   ...sanitize,
   fn: () =>
     withNs(async (ns) => {
@@ -63,7 +63,6 @@ Deno.test({
         [["-i", "wan0", "--ports", "70000"], /--ports/],
         [["--frobnicate"], /--frobnicate: unknown option/],
         [["--ifindex", "9999"], /ifindex 9999: no such interface/],
-        [["-i", "noaddr0"], /noaddr0: no IPv4 address/],
         [["-i", "wan0"], /missing privileges: .*CAP_NET_ADMIN/, [
           "setpriv",
           "--bounding-set=-all",
@@ -80,6 +79,32 @@ Deno.test({
         before,
         "network untouched",
       );
+    }),
+});
+
+Deno.test({
+  name:
+    "daemon: an interface without an address yet (DHCP, PPPoE) is served; new flows wait, and the address is taken when it comes",
+  ...sanitize,
+  fn: () =>
+    withNs(async (ns) => {
+      const einat = await startEinat(ns, ["-i", "noaddr0"]);
+      try {
+        assert(
+          /WARN +no IPv4 address to use as external address \(NAT44 is on\); serving it/.test(
+            einat.stderrText(),
+          ),
+          einat.stderrText(),
+        );
+        await nsExec(ns, ["ip", "addr", "add", "198.18.5.1/24", "dev", "noaddr0"]);
+        const end = Date.now() + 10000;
+        while (!/external address ifname=noaddr0 addr=198\.18\.5\.1/.test(einat.stderrText())) {
+          assert(Date.now() < end, `the address was not taken:\n${einat.stderrText()}`);
+          await new Promise((r) => setTimeout(r, 50));
+        }
+      } finally {
+        assertEquals(await stopEinat(einat), 0, einat.stderrText());
+      }
     }),
 });
 

@@ -6,11 +6,17 @@
 import { assert, assertEquals, assertThrows } from "./lib/assert.ts";
 import { einatCmd, startEinat, stopEinat } from "./lib/einat.ts";
 import { withVariant } from "./lib/bpfobj.ts";
-import { nsExec, nsExecResult, run, runResult, spawnInNs, testPrefix } from "./lib/netns.ts";
+import { deleteNs, nsExec, nsExecResult, run, spawnInNs, testPrefix } from "./lib/netns.ts";
 import { checkKernel, checkPrivileges } from "../lib/preflight.ts";
 import { WATCH_RECV_TIMEOUT_MS } from "../lib/netlink/rtnl.ts";
 
 const sanitize = { sanitizeOps: false, sanitizeResources: false };
+
+/** Kills what still runs in `ns` and deletes it. */
+async function dropNs(ns: string): Promise<void> {
+  const r = await deleteNs(ns);
+  if (r.code !== 0) throw new Error(`ip netns del ${ns}: ${r.stderr}`);
+}
 
 async function withNs(fn: (ns: string) => Promise<void>): Promise<void> {
   const ns = `${testPrefix()}-d${crypto.getRandomValues(new Uint32Array(1))[0].toString(16)}`;
@@ -27,13 +33,7 @@ async function withNs(fn: (ns: string) => Promise<void>): Promise<void> {
     await nsExec(ns, ["ip", "link", "set", "noaddr0", "up"]);
     await fn(ns);
   } finally {
-    const pids = await runResult(["ip", "netns", "pids", ns]);
-    for (const pid of pids.stdout.split("\n").map(Number).filter((p) => p > 1)) {
-      try {
-        Deno.kill(pid, "SIGKILL");
-      } catch { /* gone */ }
-    }
-    await run(["ip", "netns", "del", ns]);
+    await dropNs(ns);
   }
 }
 

@@ -14,6 +14,7 @@ import {
   type NsProcess,
   peerCmd,
   runResult,
+  type Topology,
   withTopology,
 } from "./lib/netns.ts";
 import * as bpf from "../lib/ffi/libbpf.ts";
@@ -55,6 +56,21 @@ function pinnedLinks(dir: string): { id: number; progId: number }[] {
     }
   }
   return out;
+}
+
+/**
+ * A UDP and TCP flow from lan1 (port 40000) to srv1, one message every `intervalMs`, and a
+ * capture on the WAN of anything with a LAN source (an untranslated packet).
+ */
+async function flowAndCapture(t: Topology, intervalMs: number) {
+  const a = t.addrs.v4;
+  await startFlowServer(t, t.ns.srv1);
+  const client = spawnFlowClient(t, t.ns.lan1, a.srv1[0], { fromPort: 40000, intervalMs });
+  await client.waitForStdout(/ready/, 10000);
+  const flow = (): FlowLog => parseFlow(client.stdoutText());
+  const cap = t.spawn(t.ns.wan, ["tcpdump", "-i", "r", "-n", "-l", "-U", `net ${a.lanNet}`]);
+  await until("tcpdump", () => /listening on/.test(cap.stderrText()));
+  return { flow, cap };
 }
 
 /** Every answer of the flow saw the same external endpoint; returns it. */
@@ -229,7 +245,6 @@ Deno.test({
   ...sanitize,
   fn: () =>
     withTopology(async (t) => {
-      const a = t.addrs.v4;
       const conf = await tcxConfig();
       try {
         await withSharedBpffs(t.ns.router, async (bpffs) => {
@@ -237,23 +252,7 @@ Deno.test({
           let einat: NsProcess | null = await startEinat(t.ns.router, args);
           try {
             assert(/attached TCX links/.test(einat.stderrText()), einat.stderrText());
-            await startFlowServer(t, t.ns.srv1);
-            const client = spawnFlowClient(t, t.ns.lan1, a.srv1[0], {
-              fromPort: 40000,
-              intervalMs: 20,
-            });
-            await client.waitForStdout(/ready/, 10000);
-            const flow = (): FlowLog => parseFlow(client.stdoutText());
-            const cap = t.spawn(t.ns.wan, [
-              "tcpdump",
-              "-i",
-              "r",
-              "-n",
-              "-l",
-              "-U",
-              `net ${a.lanNet}`,
-            ]);
-            await until("tcpdump", () => /listening on/.test(cap.stderrText()));
+            const { flow, cap } = await flowAndCapture(t, 20);
             const before = pinnedLinks(pinDirIn(`${bpffs}/einat`, t.ns.router));
             assertEquals(before.length, 2, "the TCX links pinned (egress, ingress)");
             const old = einat;
@@ -442,7 +441,6 @@ for (const tcx of [false, true]) {
     ...sanitize,
     fn: () =>
       withTopology(async (t) => {
-        const a = t.addrs.v4;
         const conf = await Deno.makeTempFile({ suffix: ".toml" });
         const write = (body: string) =>
           Deno.writeTextFile(
@@ -454,23 +452,7 @@ for (const tcx of [false, true]) {
           await write('udp_ranges = ["20000-29999"]');
           const einat = await startEinat(t.ns.router, ["-c", conf]);
           try {
-            await startFlowServer(t, t.ns.srv1);
-            const client = spawnFlowClient(t, t.ns.lan1, a.srv1[0], {
-              fromPort: 40000,
-              intervalMs: 5,
-            });
-            await client.waitForStdout(/ready/, 10000);
-            const flow = (): FlowLog => parseFlow(client.stdoutText());
-            const cap = t.spawn(t.ns.wan, [
-              "tcpdump",
-              "-i",
-              "r",
-              "-n",
-              "-l",
-              "-U",
-              `net ${a.lanNet}`,
-            ]);
-            await until("tcpdump", () => /listening on/.test(cap.stderrText()));
+            const { flow, cap } = await flowAndCapture(t, 5);
             const reloads = () => einat.stderrText().match(/configuration reloaded/g)?.length ?? 0;
             // A changed range: the interface restarts, its new programs taking over in place.
             await write('udp_ranges = ["30000-39999"]');

@@ -11,6 +11,7 @@ import { withVariant } from "./lib/bpfobj.ts";
 import { tamperMeta, tamperStamp } from "./lib/stamp.ts";
 import { einatCmd, startEinat, stopEinat } from "./lib/einat.ts";
 import {
+  deleteNs as deleteTestNs,
   nsExec,
   nsExecResult,
   type NsProcess,
@@ -57,13 +58,8 @@ async function setUpNs(ns: string): Promise<void> {
 
 /** Kills what still runs in namespace `ns` and deletes it. */
 async function deleteNs(ns: string): Promise<void> {
-  const pids = await runResult(["ip", "netns", "pids", ns]);
-  for (const pid of pids.stdout.split("\n").map(Number).filter((p) => p > 1)) {
-    try {
-      Deno.kill(pid, "SIGKILL");
-    } catch { /* gone */ }
-  }
-  await run(["ip", "netns", "del", ns]);
+  const r = await deleteTestNs(ns);
+  if (r.code !== 0) throw new Error(`ip netns del ${ns}: ${r.stderr}`);
 }
 
 /** A namespace with wan0 (203.0.113.1) and an internal source 192.0.2.10 on lo. */

@@ -101,6 +101,20 @@ export interface NsProcess {
   kill(signal?: Deno.Signal): void;
 }
 
+/**
+ * Deletes the test namespace `ns`, first killing (SIGKILL) what still runs in it: anything in a
+ * namespace of ours was started by this test run.
+ */
+export async function deleteNs(ns: string): Promise<RunResult> {
+  const pids = await runResult(["ip", "netns", "pids", ns]);
+  for (const pid of pids.stdout.split("\n").map(Number).filter((p) => p > 1)) {
+    try {
+      Deno.kill(pid, "SIGKILL");
+    } catch { /* gone */ }
+  }
+  return await runResult(["ip", "netns", "del", ns]);
+}
+
 /** Options of `spawnInNs`. */
 export interface SpawnOptions {
   env?: Record<string, string>;
@@ -419,14 +433,7 @@ export async function createTopology(opts: TopologyOptions = {}): Promise<Topolo
         const errors: string[] = [];
         await stopProcesses([...children].filter((c) => nsSet.has(c.ns)));
         for (const n of created) {
-          // Anything still inside one of our own namespaces was started by this test run.
-          const pids = await runResult(["ip", "netns", "pids", n]);
-          for (const pid of pids.stdout.split("\n").map(Number).filter((p) => p > 1)) {
-            try {
-              Deno.kill(pid, "SIGKILL");
-            } catch { /* gone */ }
-          }
-          const r = await runResult(["ip", "netns", "del", n]);
+          const r = await deleteNs(n);
           if (r.code !== 0) errors.push(`${n}: ${r.stderr.trim()}`);
         }
         untrackTopology(topo);

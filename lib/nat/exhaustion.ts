@@ -11,9 +11,8 @@
  * @module
  */
 
-import * as bpf from "../ffi/libbpf.ts";
 import * as log from "../log.ts";
-import { STATS, sumPerCpu } from "./codec.ts";
+import { statCount } from "../state/read.ts";
 
 /** The refusal counters watched, and what to do about each. */
 export const EXHAUSTION_REASONS = {
@@ -33,14 +32,8 @@ export const EXHAUSTION_REPORT_INTERVAL_MS = 60_000;
 
 /** Reads the watched counters of `map_stats` (fd), summed over CPUs. */
 export function readExhaustion(statsFd: number): Record<ExhaustionReason, number> {
-  const size = 8 * bpf.numPossibleCpus();
   const out = {} as Record<ExhaustionReason, number>;
-  for (const r of REASONS) {
-    const key = new Uint8Array(4);
-    new DataView(key.buffer).setUint32(0, STATS.indexOf(r), true);
-    const v = bpf.mapLookup(statsFd, key, size);
-    out[r] = v ? Number(sumPerCpu(v)) : 0;
-  }
+  for (const r of REASONS) out[r] = statCount(statsFd, r);
   return out;
 }
 
@@ -51,10 +44,8 @@ interface Seen {
   at: Partial<Record<ExhaustionReason, number>>;
 }
 
-/** The counters' history of every interface; {@link check} logs what is due. */
-export class ExhaustionWatch {
-  #seen = new Map<string, Seen>();
-
+/** The counters' history of every interface: `check` logs what is due. */
+export interface ExhaustionWatch {
   /**
    * Takes `counts` of `ifname` at `now` ms; logs one warning when refusals grew and are due,
    * and returns the refusals reported (empty: none). The first counts of an interface are the
@@ -63,38 +54,46 @@ export class ExhaustionWatch {
   check(
     ifname: string,
     counts: Record<ExhaustionReason, number>,
-    now: number = performance.now(),
-  ): Partial<Record<ExhaustionReason, number>> {
-    const s = this.#seen.get(ifname);
-    if (!s) {
-      this.#seen.set(ifname, { reported: { ...counts }, at: {} });
-      return {};
-    }
-    const due: Partial<Record<ExhaustionReason, number>> = {};
-    for (const r of REASONS) {
-      // A counter that went down: maps made anew (a reload), counting from 0.
-      if (counts[r] < s.reported[r]) s.reported[r] = 0;
-      const grew = counts[r] - s.reported[r];
-      const last = s.at[r];
-      if (grew > 0 && (last === undefined || now - last >= EXHAUSTION_REPORT_INTERVAL_MS)) {
-        due[r] = grew;
-        s.reported[r] = counts[r];
-        s.at[r] = now;
-      }
-    }
-    const reasons = Object.keys(due) as ExhaustionReason[];
-    if (reasons.length > 0) {
-      const fields: Record<string, unknown> = { ifname };
-      for (const r of reasons) fields[r] = due[r];
-      fields.fix = reasons.map((r) => EXHAUSTION_REASONS[r]).join("; ");
-      log.warn("new mappings refused for want of room since the last report", fields);
-    }
-    return due;
-  }
-
+    now?: number,
+  ): Partial<Record<ExhaustionReason, number>>;
   /** Forgets interfaces no longer served. */
-  retain(ifnames: Iterable<string>): void {
-    const keep = new Set(ifnames);
-    for (const k of this.#seen.keys()) if (!keep.has(k)) this.#seen.delete(k);
-  }
+  retain(ifnames: Iterable<string>): void;
+}
+
+/** A new {@link ExhaustionWatch}. */
+export function exhaustionWatch(): ExhaustionWatch {
+  const seen = new Map<string, Seen>();
+  return {
+    check(ifname, counts, now = performance.now()) {
+      const s = seen.get(ifname);
+      if (!s) {
+        seen.set(ifname, { reported: { ...counts }, at: {} });
+        return {};
+      }
+      const due: Partial<Record<ExhaustionReason, number>> = {};
+      for (const r of REASONS) {
+        // A counter that went down: maps made anew (a reload), counting from 0.
+        if (counts[r] < s.reported[r]) s.reported[r] = 0;
+        const grew = counts[r] - s.reported[r];
+        const last = s.at[r];
+        if (grew > 0 && (last === undefined || now - last >= EXHAUSTION_REPORT_INTERVAL_MS)) {
+          due[r] = grew;
+          s.reported[r] = counts[r];
+          s.at[r] = now;
+        }
+      }
+      const reasons = Object.keys(due) as ExhaustionReason[];
+      if (reasons.length > 0) {
+        const fields: Record<string, unknown> = { ifname };
+        for (const r of reasons) fields[r] = due[r];
+        fields.fix = reasons.map((r) => EXHAUSTION_REASONS[r]).join("; ");
+        log.warn("new mappings refused for want of room since the last report", fields);
+      }
+      return due;
+    },
+    retain(ifnames) {
+      const keep = new Set(ifnames);
+      for (const k of seen.keys()) if (!keep.has(k)) seen.delete(k);
+    },
+  };
 }

@@ -1,5 +1,5 @@
 import { assertEquals } from "../../tests/lib/assert.ts";
-import { EXHAUSTION_REPORT_INTERVAL_MS, ExhaustionWatch } from "./exhaustion.ts";
+import { EXHAUSTION_REPORT_INTERVAL_MS, exhaustionWatch } from "./exhaustion.ts";
 
 const c = (drop_no_port: number, drop_binding_full = 0, drop_ct_full = 0) => ({
   drop_no_port,
@@ -8,7 +8,7 @@ const c = (drop_no_port: number, drop_binding_full = 0, drop_ct_full = 0) => ({
 });
 
 Deno.test("exhaustion: first counts are the baseline; growth reported at once, then once a minute per reason", () => {
-  const w = new ExhaustionWatch();
+  const w = exhaustionWatch();
   assertEquals(w.check("wan0", c(7), 0), {}, "pinned counters of an earlier run");
   assertEquals(w.check("wan0", c(7), 1000), {});
   assertEquals(w.check("wan0", c(9), 2000), { drop_no_port: 2 }, "first refusals: at once");

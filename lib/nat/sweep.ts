@@ -18,7 +18,7 @@
 import * as log from "../log.ts";
 import type { NatObject } from "./loader.ts";
 import { expireSessionsAsync } from "./expire.ts";
-import { ExhaustionWatch, readExhaustion } from "./exhaustion.ts";
+import { exhaustionWatch, readExhaustion } from "./exhaustion.ts";
 
 /** Shortest pause between sweeps, whatever the timeouts. */
 export const SWEEP_MIN_INTERVAL_MS = 1000;
@@ -87,7 +87,7 @@ export function startSweeper(targets: () => SweepTarget[]): Sweeper {
   let timer: ReturnType<typeof setTimeout> | undefined;
   let running: Promise<void> = Promise.resolve();
   const stats: SweepStats = { sweeps: 0, lastMs: 0, nextMs: 0, longestPieceMs: 0 };
-  const exhaustion = new ExhaustionWatch();
+  const exhaustion = exhaustionWatch();
   // Refusals counted so far (pinned counters of an earlier run, the start) are the baseline;
   // from then on each sweep warns of new ones (rate-limited).
   const watchRefusals = (t: SweepTarget) => {

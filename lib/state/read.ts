@@ -477,15 +477,21 @@ export interface Counters {
   traffic: { direction: "egress" | "ingress"; family: 4 | 6; packets: number; bytes: number }[];
 }
 
-function perCpuValues(fd: number, slot: number, n: number): Uint8Array[] {
+function perCpuValues(fd: number, slot: number, n: number, from = 0): Uint8Array[] {
   const cpus = bpf.numPossibleCpus();
   const out: Uint8Array[] = [];
-  for (let i = 0; i < n; i++) {
+  for (let i = from; i < from + n; i++) {
     const key = new Uint8Array(4);
     new DataView(key.buffer).setUint32(0, i, true);
     out.push(bpf.mapLookup(fd, key, slot * cpus) ?? new Uint8Array(slot * cpus));
   }
   return out;
+}
+
+/** One counter of `map_stats` (fd), by its name in STATS, summed over CPUs. */
+export function statCount(statsFd: number, name: typeof STATS[number]): number {
+  const [v] = perCpuValues(statsFd, 8, 1, STATS.indexOf(name));
+  return Number(sumPerCpu(v));
 }
 
 /** Reads the counters (per-CPU maps, summed). */

@@ -71,15 +71,22 @@ export function configKey(ic: InterfaceConfig): string {
  * Re-reads `file` and applies the difference: interfaces whose configuration
  * (and local rule preferences) is unchanged keep running untouched; changed ones are
  * restarted, the new instance taking the old one's filters or links over in place (the old one
- * goes on when the new one cannot start); removed ones stopped; new ones started. Interfaces are matched by the name they
- * resolve to, whether configured by name or by index; removed ones stop before any starts, so
- * a new one never meets their filters, lock or hairpin rules. An invalid file changes nothing.
+ * goes on when the new one cannot start); removed ones stopped; new ones started. Interfaces
+ * are matched by the name they resolve to, whether configured by name or by index; removed
+ * ones stop before any starts, so a new one never meets their filters, lock or hairpin rules.
+ * An invalid or unreadable file changes nothing.
  */
 export async function reload(file: string, served: Served[]): Promise<Served[]> {
   let next: InterfaceConfig[];
   let defaults: Defaults;
   try {
-    const parsed = parseConfigToml(Deno.readTextFileSync(file), file).config;
+    let text: string;
+    try {
+      text = Deno.readTextFileSync(file);
+    } catch (e) {
+      throw new Error(`${file}: cannot read the configuration file: ${(e as Error).name}`);
+    }
+    const parsed = parseConfigToml(text, file).config;
     next = parsed.interfaces;
     defaults = parsed.defaults;
   } catch (e) {

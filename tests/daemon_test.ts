@@ -118,7 +118,12 @@ Deno.test({
       try {
         const second = await einatOnce(ns, ["-i", "wan0"]);
         assertEquals(second.code, 2, second.stderr);
-        assert(/already served by einat \(pid \d+\)/.test(oneLine(second.stderr)), second.stderr);
+        assert(
+          /already served by einat \(pid \d+\); stop it first, or .*--replace/.test(
+            oneLine(second.stderr),
+          ),
+          second.stderr,
+        );
       } finally {
         first.kill("SIGKILL");
         await first.output(5000);

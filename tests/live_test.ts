@@ -463,6 +463,15 @@ Deno.test({
           einat.kill("SIGHUP");
           await waitLog(einat, /configuration not reloaded.*if_nme/);
           assertNotEquals(await seenFrom(t, 42002), "", "still serving after a bad reload");
+          // A file gone: said in a line, the running configuration kept.
+          const kept = await Deno.readTextFile(conf);
+          await Deno.remove(conf);
+          einat.kill("SIGHUP");
+          await waitLog(
+            einat,
+            /configuration not reloaded.*cannot read the configuration file: NotFound/,
+          );
+          await Deno.writeTextFile(conf, kept);
           // A new local rule preference does not restart an interface without hairpin routing.
           await write("30000-30099");
           await Deno.writeTextFile(

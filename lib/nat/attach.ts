@@ -40,7 +40,10 @@ export interface Attachment {
 /** Raised when another live einat serves the interface. */
 export class BusyError extends Error {
   constructor(readonly ifname: string, readonly pid: number) {
-    super(`interface ${ifname} is already served by einat (pid ${pid}); stop it first`);
+    super(
+      `interface ${ifname} is already served by einat (pid ${pid}); stop it first, or take ` +
+        `it over without a gap with --replace`,
+    );
     this.name = "BusyError";
   }
 }

@@ -76,12 +76,15 @@ function exists(e: unknown): boolean {
   return /exists/i.test((e as Error).message);
 }
 
+/** What {@link hold} counts: rules, routes and the neighbour entry of a gateway. */
+type HeldSpec = RuleSpec | RouteSpec | { neigh: { ifindex: number; dst: Uint8Array } };
+
 /**
  * Adds a rule or route, or takes another hold on one this process holds. One already there is
  * held all the same: a route to this interface's external address in einat's table is an
  * einat's (one killed, or replaced), a rule is shared by every einat using the table.
  */
-async function hold(spec: RuleSpec | RouteSpec, add: () => Promise<void>): Promise<void> {
+async function hold(spec: HeldSpec, add: () => Promise<void>): Promise<void> {
   const key = textKey(spec);
   const n = held.get(key);
   if (n) {
@@ -97,7 +100,7 @@ async function hold(spec: RuleSpec | RouteSpec, add: () => Promise<void>): Promi
 }
 
 /** Lets go of a hold: true for the last one of this process. */
-function unhold(spec: RuleSpec | RouteSpec): boolean {
+function unhold(spec: HeldSpec): boolean {
   const key = textKey(spec);
   const n = held.get(key) ?? 0;
   if (n > 1) {
@@ -177,8 +180,13 @@ export async function hairpinUp(
     // straight out of it.
     const gw = ethernet && link.address?.length ? dests[0] : null;
     if (gw && link.address) {
-      await request(neighRequest("new", { family, ifindex, dst: gw, lladdr: link.address }));
+      const lladdr = link.address;
+      // Held like the routes: a reload's new instance adds it before the old one lets go.
       st.neigh = { ifindex, dst: gw };
+      await hold(
+        { neigh: st.neigh },
+        () => request(neighRequest("new", { family, ifindex, dst: gw, lladdr })),
+      );
     }
     for (const d of dests) {
       const r: RouteSpec = {
@@ -247,7 +255,9 @@ export async function hairpinDown(st: HairpinState): Promise<void> {
   }
   if (st.neigh) {
     const n = st.neigh;
-    await quiet("neigh", () => request(neighRequest("del", { family: st.family, ...n })));
+    if (unhold({ neigh: n })) {
+      await quiet("neigh", () => request(neighRequest("del", { family: st.family, ...n })));
+    }
     st.neigh = null;
   }
 }

@@ -123,9 +123,9 @@ export async function reload(file: string, served: Served[]): Promise<Served[]> 
   // or links over in place (the old programs run until then, no packet passes untranslated),
   // then the old one lets go. If the new one cannot start, the old one goes on serving.
   for (const [name, ic, old] of starts) {
+    let fresh: Served;
     try {
-      keep.push(await startInterface(ic, defaults, keep, old !== undefined));
-      if (old) await stopServing(old, true);
+      fresh = await startInterface(ic, defaults, keep, old !== undefined);
     } catch (e) {
       log.error("SIGHUP: interface not served with the new configuration", {
         ifname: name,
@@ -133,9 +133,27 @@ export async function reload(file: string, served: Served[]): Promise<Served[]> 
         ...(old ? { kept: "the running configuration" } : {}),
       });
       if (old) {
-        await reattach(old);
-        keep.push(old);
+        try {
+          await reattach(old);
+        } catch (e) {
+          log.error("SIGHUP: the running configuration could not be attached again", {
+            ifname: name,
+            error: (e as Error).message,
+          });
+        }
+        keep.push(old); // stopped at exit whatever state it is in
       }
+      continue;
+    }
+    keep.push(fresh);
+    if (!old) continue;
+    try {
+      await stopServing(old, true);
+    } catch (e) {
+      log.warn("SIGHUP: the replaced instance did not let go cleanly", {
+        ifname: name,
+        error: (e as Error).message,
+      });
     }
   }
   log.info("SIGHUP: configuration reloaded", { interfaces: keep.map((s) => s.ifname).join(",") });

@@ -260,3 +260,44 @@ for (const family of [4, 6] as const) {
       }, { ipv6: family === 6 }),
   });
 }
+
+Deno.test({
+  name:
+    "hairpin: a SIGHUP that restarts the interface keeps its hairpin routing whole (the neighbour entry too: held by both instances)",
+  ...sanitize,
+  fn: () =>
+    withTopology(async (t) => {
+      const conf = await Deno.makeTempFile({ suffix: ".toml" });
+      const write = (range: string) =>
+        Deno.writeTextFile(
+          conf,
+          `[defaults]\nudp_ranges = ["${range}"]\n[[interfaces]]\nif_name = "wan0"\n` +
+            `nat44 = true\n[interfaces.ipv4_hairpin_route]\ninternal_if_names = ["br0"]\n`,
+        );
+      const neigh = () => nsExec(t.ns.router, ["ip", "neigh", "show", "dev", "wan0"]);
+      const table = () => nsExec(t.ns.router, ["ip", "route", "show", "table", "4787"]);
+      try {
+        await write("20000-29999");
+        const einat = await startEinat(t.ns.router, ["-c", conf]);
+        try {
+          const before = [await neigh(), await table()];
+          assert(/203\.0\.113\.1 .*PERMANENT/.test(before[0]), before[0]);
+          await write("30000-39999");
+          einat.kill("SIGHUP");
+          const end = Date.now() + 10000;
+          while (!/configuration reloaded/.test(einat.stderrText())) {
+            assert(Date.now() < end, einat.stderrText());
+            await new Promise((r) => setTimeout(r, 50));
+          }
+          assert(/restarting interface/.test(einat.stderrText()), einat.stderrText());
+          assertEquals([await neigh(), await table()], before, "hairpin routing as before");
+        } finally {
+          assertEquals(await stopEinat(einat), 0, einat.stderrText());
+        }
+        assertEquals((await table()).trim(), "", "hairpin table emptied at exit");
+        assert(!/203\.0\.113\.1 .*PERMANENT/.test(await neigh()), "neighbour entry removed");
+      } finally {
+        await Deno.remove(conf);
+      }
+    }),
+});

@@ -382,9 +382,12 @@ export function detach(a: Attachment): void {
     if (unpinLinks(a)) {
       log.info("detached TCX links", { ifname: a.ifname });
     } else {
-      log.info("TCX links run another einat's programs now (--replace); left attached", {
-        ifname: a.ifname,
-      });
+      log.info(
+        a.handedOver
+          ? "TCX links run the reloaded configuration's programs now; left attached"
+          : "TCX links run another einat's programs now (--replace); left attached",
+        { ifname: a.ifname },
+      );
     }
     for (const fd of a.links.splice(0)) closeFd(fd);
     // A qdisc taken over from a clsact einat by --replace.
@@ -398,11 +401,12 @@ export function detach(a: Attachment): void {
       const now = a.progIds?.[i] ? bpf.tcQuery(a.ifindex, point, TC_HANDLE, TC_PRIORITY) : null;
       if (now !== null && now !== a.progIds![i]) {
         replacedFilter = true;
-        log.info("filter carries another einat's program now (--replace); left attached", {
-          ifname: a.ifname,
-          hook: point,
-          prog_id: now,
-        });
+        log.info(
+          a.handedOver
+            ? "filter carries the reloaded configuration's program now; left attached"
+            : "filter carries another einat's program now (--replace); left attached",
+          { ifname: a.ifname, hook: point, prog_id: now },
+        );
         continue;
       }
       if (bpf.tcDetach(a.ifindex, point, TC_HANDLE, TC_PRIORITY)) {

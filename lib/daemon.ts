@@ -60,6 +60,8 @@ export interface Served {
   stopped?: boolean;
   /** Its first attachment takes over this process's own (a reload restarting it). */
   takeover?: boolean;
+  /** The object whose pinned state's summary was logged (at its first attachment). */
+  summarized?: NatObject | null;
 }
 
 const MS = 1_000_000n;
@@ -340,7 +342,14 @@ export async function reconcile(s: Served): Promise<void> {
       s.takeover === true,
     );
     s.takeover = false;
-    afterAttach(s.nat, s.ifname, s.carried ?? 0);
+    // The state's summary once per loaded object: an interface re-attached (recreated, renamed
+    // back) serves the same maps, whose counts at load would be stale by now.
+    if (s.summarized !== s.nat) {
+      afterAttach(s.nat, s.ifname, s.carried ?? 0);
+      s.summarized = s.nat;
+    } else {
+      log.info("attached again", { ifname: s.ifname, ifindex });
+    }
   }
   if (routingChanged) await rehairpin(s, ifindex);
 }

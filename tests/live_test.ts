@@ -238,6 +238,9 @@ Deno.test({
         );
         const seen = await seenFrom(t, 41000);
         assert(seen.startsWith("203.0.113.8:"), `after re-creation: ${seen}`);
+        // The state's summary once (its counts at load would be stale), then "attached again".
+        await waitLog(einat, /attached again ifname=wan0/);
+        assertEquals(einat.stderrText().match(/pinned state (created|reused)/g)?.length, 1);
       } finally {
         assertEquals(await stopEinat(einat), 0, einat.stderrText());
       }

@@ -224,6 +224,7 @@ Deno.test({
       const einat = await startEinat(t.ns.router, ["-i", "wan0"]);
       try {
         assert(/waiting for it/.test(einat.stderrText()), einat.stderrText());
+        assert(/session sweep idle: no interface served yet/.test(einat.stderrText()));
         await createWan(t, "203.0.113.7");
         await waitLog(einat, /attached filter.*hook=ingress/);
         assert((await seenFrom(t, 41000)).startsWith("203.0.113.7:"));

@@ -127,10 +127,16 @@ export function startSweeper(targets: () => SweepTarget[]): Sweeper {
     const shortest = shortestOf(targets());
     const floor = Number.isFinite(shortest) ? sweepFloorMs(shortest) : SWEEP_MIN_INTERVAL_MS;
     if (floor !== lastFloor) {
-      log.info("session sweep paced by the shortest timeout", {
-        every_s: (floor / 1000).toFixed(1),
-        shortest_timeout_s: Number.isFinite(shortest) ? (shortest / 1000).toFixed(1) : "none",
-      });
+      if (Number.isFinite(shortest)) {
+        log.info("session sweep paced by the shortest timeout", {
+          every_s: (floor / 1000).toFixed(1),
+          shortest_timeout_s: (shortest / 1000).toFixed(1),
+        });
+      } else {
+        log.info("session sweep idle: no interface served yet", {
+          every_s: (floor / 1000).toFixed(1),
+        });
+      }
       lastFloor = floor;
     }
     return floor;

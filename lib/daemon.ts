@@ -119,6 +119,15 @@ export async function externalAddrs(ifname: string): Promise<IfAddr[]> {
     .map((m) => ({ family: m.family, addr: ownAddr(m), prefixLen: m.prefixLen }));
 }
 
+/** True for a loopback interface (ARPHRD_LOOPBACK). */
+function isLoopback(ifname: string): boolean {
+  try {
+    return Deno.readTextFileSync(`/sys/class/net/${ifname}/type`).trim() === "772";
+  } catch {
+    return false;
+  }
+}
+
 /** True when the interface has an Ethernet header (ARPHRD_ETHER). */
 export function hasEthernet(ifname: string): boolean {
   try {
@@ -192,6 +201,12 @@ export async function startInterface(
   if (libc.ifNameToIndex(s.ifname) === 0) {
     log.warn("interface does not exist (yet); waiting for it", { ifname: s.ifname });
     return s;
+  }
+  if (isLoopback(s.ifname)) {
+    throw new InterfaceError(
+      s.ifname,
+      "a loopback interface cannot be the external one (nothing leaves through it)",
+    );
   }
   const plan = planInterface(ic, await externalAddrs(s.ifname));
   const missing = ic.nat44 && !plan.defaultExt[4]

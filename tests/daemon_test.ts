@@ -63,6 +63,7 @@ Deno.test({
         [["-i", "wan0", "--ports", "70000"], /--ports/],
         [["--frobnicate"], /--frobnicate: unknown option/],
         [["--ifindex", "9999"], /ifindex 9999: no such interface/],
+        [["-i", "lo"], /lo: a loopback interface cannot be the external one/],
         [["-i", "wan0"], /missing privileges: .*CAP_NET_ADMIN/, [
           "setpriv",
           "--bounding-set=-all",

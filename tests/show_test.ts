@@ -195,6 +195,7 @@ Deno.test({
           assert(/^IF\s+PROTO\s+INTERNAL\s+EXTERNAL\s+REMOTE\s+STATE\s+LEFT/m.test(text.stdout));
           assert(text.stdout.includes(`192.0.2.10:40000  ${tcp1}`), text.stdout);
           assert(/5 sessions, 5 bindings/.test(text.stdout), text.stdout);
+          assert(text.stdout.includes(`wan0: served by einat (pid ${einat!.pid})`), text.stdout);
 
           // Counters.
           const st = await show("--stats", "--json");
@@ -273,6 +274,10 @@ Deno.test({
           einat = null;
           // Stopped: state still readable, then flushed.
           assertEquals((await showJson()).bindings.length, 5);
+          assert(
+            /wan0: no einat serves it now/.test((await show()).stdout),
+            "show says no einat runs",
+          );
           const flush = await nsExecResult(
             t.ns.router,
             einatCmd(["--flush", "-i", "wan0", "--pin-dir", pin]),

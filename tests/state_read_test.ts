@@ -171,7 +171,10 @@ Deno.test("state read: show lists and prints 200,000 sessions, by external then 
     assertEquals(rows[4].external, `${EXT}:1025`);
     const i9999 = rows.findIndex((r) => r.external === `${EXT}:9999`);
     assertEquals(rows[i9999 + 4].external, `${EXT}:10000`);
-    const text = formatText({ bindings: [], sessions: rows, counters: [], missing: [] }, false);
+    const text = formatText(
+      { bindings: [], sessions: rows, counters: [], missing: [], served: [] },
+      false,
+    );
     assert(text.split("\n").length > count, "every session printed");
   } finally {
     n.close();

@@ -18,6 +18,8 @@ import {
   type SessionRow,
 } from "./read.ts";
 import { DEFAULT_PIN_ROOT, netnsRoot, pinDirFor } from "./options.ts";
+import { ownerOf } from "../nat/attach.ts";
+import { ifNameToIndex } from "../ffi/libc.ts";
 
 /** Everything `show` found. */
 export interface ShowResult {
@@ -26,6 +28,8 @@ export interface ShowResult {
   counters: Counters[];
   /** Interfaces asked for but without pinned state. */
   missing: string[];
+  /** Each interface shown, with the pid of the einat serving it now (null: none runs). */
+  served: { interface: string; pid: number | null }[];
 }
 
 /** Reads what `show` prints. */
@@ -35,7 +39,7 @@ export function collect(opts: ShowCli): ShowResult {
   if (problem) throw new Error(problem);
   // This network namespace's interfaces, as the daemon pins them (options.ts).
   const names = opts.ifnames.length ? opts.ifnames : pinnedInterfaces(netnsRoot(root));
-  const res: ShowResult = { bindings: [], sessions: [], counters: [], missing: [] };
+  const res: ShowResult = { bindings: [], sessions: [], counters: [], missing: [], served: [] };
   const filter = { proto: opts.proto, addr: opts.addr, port: opts.port };
   for (const ifname of names) {
     const st = openPinned(pinDirFor(ifname, root), ifname);
@@ -43,6 +47,8 @@ export function collect(opts: ShowCli): ShowResult {
       res.missing.push(ifname);
       continue;
     }
+    const ifindex = ifNameToIndex(ifname);
+    res.served.push({ interface: ifname, pid: ifindex ? ownerOf(ifindex) : null });
     try {
       if (opts.stats) {
         res.counters.push(readCounters(st));
@@ -109,6 +115,13 @@ export function formatText(r: ShowResult, stats: boolean): string {
     out.push(`${r.sessions.length} sessions, ${r.bindings.length} bindings`);
   }
   for (const m of r.missing) out.push(`${m}: no pinned state`);
+  for (const { interface: i, pid } of r.served) {
+    out.push(
+      pid === null
+        ? `${i}: no einat serves it now; the state is as the last one left it`
+        : `${i}: served by einat (pid ${pid})`,
+    );
+  }
   return out.join("\n");
 }
 
@@ -116,8 +129,8 @@ export function formatText(r: ShowResult, stats: boolean): string {
 export function formatJson(r: ShowResult, stats: boolean): string {
   return JSON.stringify(
     stats
-      ? { counters: r.counters, missing: r.missing }
-      : { sessions: r.sessions, bindings: r.bindings, missing: r.missing },
+      ? { counters: r.counters, missing: r.missing, served: r.served }
+      : { sessions: r.sessions, bindings: r.bindings, missing: r.missing, served: r.served },
     null,
     2,
   );

@@ -358,14 +358,26 @@ export function preparePins(
   }
 }
 
-/** The folder `dir` opened and held with a shared `flock` (refused while a flush holds it). */
-function holdState(dir: string): number {
+/** The folder `dir` opened and locked (`flock` op, non-blocking); null while another holds it. */
+function lockFolder(dir: string, op: number): number | null {
   const fd = openReadOnly(dir);
   if (fd < 0) throw new StateError(`${dir}: cannot open (errno ${-fd})`);
-  if (flock(fd, LOCK_SH | LOCK_NB) !== 0) {
+  if (flock(fd, op | LOCK_NB) !== 0) {
     closeFd(fd);
-    throw new StateError(`${dir} is being removed (einat --flush); try again`);
+    return null;
   }
+  return fd;
+}
+
+/** Removes everything in `dir` (held exclusively by the caller). */
+function emptyFolder(dir: string): void {
+  for (const e of Deno.readDirSync(dir)) Deno.removeSync(`${dir}/${e.name}`, { recursive: true });
+}
+
+/** The folder `dir` opened and held with a shared `flock` (refused while a flush holds it). */
+function holdState(dir: string): number {
+  const fd = lockFolder(dir, LOCK_SH);
+  if (fd === null) throw new StateError(`${dir} is being removed (einat --flush); try again`);
   return fd;
 }
 
@@ -384,7 +396,7 @@ function checkPins(
     // No einat of that namespace runs (it would keep it alive); no other may hold it either.
     if (flock(lockFd, LOCK_EX | LOCK_NB) !== 0) throw heldError(dir, ifname, meta);
     // Whatever it holds (bindings, sessions, links of its interface) was that namespace's.
-    for (const n of names) Deno.removeSync(`${dir}/${n}`, { recursive: true });
+    emptyFolder(dir);
     flock(lockFd, LOCK_SH | LOCK_NB); // from exclusive: nobody else holds it
     log.warn(
       "pinned state of a deleted network namespace that had this one's inode; removed, " +
@@ -587,13 +599,10 @@ export function flushPins(dir: string, ifname: string): boolean {
   if (owner !== null) throw new BusyError(ifname, owner);
   if (!exists(dir)) return false;
   if (!onBpffs(dir)) throw new StateError(`${dir} is not on a bpf filesystem; not touching it`);
-  const fd = openReadOnly(dir);
-  if (fd < 0) throw new StateError(`${dir}: cannot open (errno ${-fd})`);
+  const fd = lockFolder(dir, LOCK_EX);
+  if (fd === null) throw heldError(dir, ifname, readMeta(dir));
   try {
-    if (flock(fd, LOCK_EX | LOCK_NB) !== 0) throw heldError(dir, ifname, readMeta(dir));
-    for (const e of Deno.readDirSync(dir)) {
-      Deno.removeSync(`${dir}/${e.name}`, { recursive: true });
-    }
+    emptyFolder(dir);
     Deno.removeSync(dir);
   } finally {
     closeFd(fd);

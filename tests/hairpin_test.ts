@@ -5,12 +5,34 @@
  */
 import { assert, assertEquals } from "./lib/assert.ts";
 import { startEinat, stopEinat } from "./lib/einat.ts";
-import { nsExec, nsExecResult, peerCmd, withTopology } from "./lib/netns.ts";
+import { nsExec, nsExecResult, peerCmd, type Topology, withTopology } from "./lib/netns.ts";
 import { parseSeen, parseUdpReplies } from "./lib/peer.ts";
 import { capture } from "./lib/capture.ts";
 import { startTunWan } from "./lib/tun_wan.ts";
 
 const sanitize = { sanitizeOps: false, sanitizeResources: false };
+
+/**
+ * lan2's mapping (port 5000) to `to`, which lan2 then keeps answering (8 s): returns the external
+ * endpoint the server saw.
+ */
+async function lingeringMapping(t: Topology, to: string): Promise<string> {
+  const lan2 = t.spawn(
+    t.ns.lan2,
+    peerCmd("udp-send", [
+      "--to",
+      to,
+      "--from-port",
+      "5000",
+      "--linger-ms",
+      "8000",
+      "--timeout-ms",
+      "15000",
+    ]),
+  );
+  await lan2.waitForStdout(/seen .* from /, 5000);
+  return parseUdpReplies(lan2.stdoutText())[0].seen;
+}
 
 Deno.test({
   name:
@@ -25,21 +47,7 @@ Deno.test({
         const table = await nsExec(t.ns.router, ["ip", "route", "show", "table", "4787"]);
         assert(/198\.18\.0\.1 dev tun0/.test(table), table);
         // lan2 makes its mapping through the TUN's far end, then answers whatever arrives.
-        const lan2 = t.spawn(
-          t.ns.lan2,
-          peerCmd("udp-send", [
-            "--to",
-            "198.18.1.1:3478",
-            "--from-port",
-            "5000",
-            "--linger-ms",
-            "8000",
-            "--timeout-ms",
-            "15000",
-          ]),
-        );
-        await lan2.waitForStdout(/seen .* from /, 5000);
-        const lan2Ext = parseUdpReplies(lan2.stdoutText())[0].seen;
+        const lan2Ext = await lingeringMapping(t, "198.18.1.1:3478");
         assert(lan2Ext.startsWith("198.18.0.1:"), lan2Ext);
         const hp = await nsExecResult(
           t.ns.lan1,
@@ -78,21 +86,7 @@ Deno.test({
       try {
         assert(/hairpin routing installed/.test(einat.stderrText()), einat.stderrText());
         // lan2 creates its mapping, then answers whatever arrives on it.
-        const lan2 = t.spawn(
-          t.ns.lan2,
-          peerCmd("udp-send", [
-            "--to",
-            `${a.srv1[0]}:3478`,
-            "--from-port",
-            "5000",
-            "--linger-ms",
-            "8000",
-            "--timeout-ms",
-            "15000",
-          ]),
-        );
-        await lan2.waitForStdout(/seen .* from /, 5000);
-        const lan2Ext = parseUdpReplies(lan2.stdoutText())[0].seen;
+        const lan2Ext = await lingeringMapping(t, `${a.srv1[0]}:3478`);
         // lan1 creates its own mapping first so we know what it should look like.
         const own = await nsExecResult(
           t.ns.lan1,

@@ -23,7 +23,7 @@ import { slotCount } from "./nat/records.ts";
 import type { RoConfig } from "./nat/codec.ts";
 import { type IfAddr, type NatPlan, planInterface } from "./nat/plan.ts";
 import { afterAttach, stateLoadOptions, syncBindings } from "./state/serve.ts";
-import { IFA_F, ownAddr } from "./netlink/msg.ts";
+import { ARPHRD, IFA_F, ownAddr } from "./netlink/msg.ts";
 import { dumpAddrs } from "./netlink/rtnl.ts";
 
 /** A start-up problem with one interface (exit code 2 when it is the only one). */
@@ -119,22 +119,23 @@ export async function externalAddrs(ifname: string): Promise<IfAddr[]> {
     .map((m) => ({ family: m.family, addr: ownAddr(m), prefixLen: m.prefixLen }));
 }
 
-/** True for a loopback interface (ARPHRD_LOOPBACK). */
-function isLoopback(ifname: string): boolean {
+/** The interface's link type (ARPHRD_*, /sys/class/net/IF/type); null when unreadable. */
+function linkType(ifname: string): number | null {
   try {
-    return Deno.readTextFileSync(`/sys/class/net/${ifname}/type`).trim() === "772";
+    return Number(Deno.readTextFileSync(`/sys/class/net/${ifname}/type`).trim());
   } catch {
-    return false;
+    return null;
   }
 }
 
-/** True when the interface has an Ethernet header (ARPHRD_ETHER). */
+/** True for a loopback interface (ARPHRD_LOOPBACK). */
+function isLoopback(ifname: string): boolean {
+  return linkType(ifname) === ARPHRD.LOOPBACK;
+}
+
+/** True when the interface has an Ethernet header (ARPHRD_ETHER; assumed when unreadable). */
 export function hasEthernet(ifname: string): boolean {
-  try {
-    return Deno.readTextFileSync(`/sys/class/net/${ifname}/type`).trim() === "1";
-  } catch {
-    return true;
-  }
+  return (linkType(ifname) ?? ARPHRD.ETHER) === ARPHRD.ETHER;
 }
 
 /** The name a configured interface has now: its `if_name`, or its index's; null for neither. */

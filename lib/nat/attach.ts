@@ -417,6 +417,11 @@ export function detach(a: Attachment): void {
     }
   }
   if (a.qdiscCreated && !replacedFilter && !handedOver) destroyQdisc(a);
+  dropLock(a);
+}
+
+/** Removes the lock file, unless another einat (or this one's new instance) holds it now. */
+function dropLock(a: Attachment): void {
   try {
     if (!a.handedOver && livePid(a.lockPath) === null) Deno.removeSync(a.lockPath);
   } catch { /* already gone */ }
@@ -434,7 +439,5 @@ export function release(a: Attachment): void {
     });
   }
   for (const fd of a.links.splice(0)) closeFd(fd);
-  try {
-    if (!a.handedOver && livePid(a.lockPath) === null) Deno.removeSync(a.lockPath);
-  } catch { /* already gone */ }
+  dropLock(a);
 }

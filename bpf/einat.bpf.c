@@ -478,14 +478,19 @@ static __always_inline int egress_established(struct __sk_buff *skb, struct pack
 			return -1;
 		remote_port = 0;
 	}
-	bool hit;
-	struct flow_entry *fe = flow_slot(p, family, true, &hit);
+	bool hit = false;
+	struct flow_entry *fe;
 	__u64 now = packet_now(p);
-	int served = flow_serve(skb, p, fe, hit, true, now);
-	if (likely(served >= 0))
-		return served;
-	if (!hit)
-		stat_inc(STAT_FLOW_CACHE_MISS);
+	if (unlikely(flow_syn(p))) {
+		fe = flow_slot_blind(p, family, true);
+	} else {
+		fe = flow_slot(p, family, true, &hit);
+		int served = flow_serve(skb, p, fe, hit, true, now);
+		if (likely(served >= 0))
+			return served;
+		if (!hit)
+			stat_inc(STAT_FLOW_CACHE_MISS);
+	}
 	__u64 epoch = epoch_now(); /* before the lookups the slot will stand for */
 	struct ct_key ck;
 	int ri = -1; /* the binding's record, when looked up here */
@@ -735,7 +740,11 @@ __noinline int einat_egress_full(struct __sk_buff *skb, struct packet *pp)
 			ours = v && !(v->flags & CT_HAIRPIN) && ct_names_source(v, pp);
 		}
 		bool hit;
-		struct flow_entry *fe = ours ? flow_slot(pp, pp->family, true, &hit) : NULL;
+		struct flow_entry *fe = NULL;
+		if (ours && flow_syn(pp))
+			fe = flow_slot_blind(pp, pp->family, true);
+		else if (ours)
+			fe = flow_slot(pp, pp->family, true, &hit);
 		if (fe)
 			flow_fill(fe, pp, true, &bvp->addr, bvp->port, es->epoch, packet_now(pp));
 	}
@@ -828,13 +837,20 @@ static __always_inline int ingress_l4(struct __sk_buff *skb, struct packet *pp, 
 	 * is made.
 	 */
 	bool hit = false;
-	struct flow_entry *fe = pp->frag == FRAG_NONE ? flow_slot(pp, family, false, &hit) : NULL;
+	struct flow_entry *fe = NULL;
 	__u64 now = packet_now(pp);
-	r = flow_serve(skb, pp, fe, hit, false, now);
-	if (likely(r >= 0))
-		return r;
-	if (fe && !hit)
-		stat_inc(STAT_FLOW_CACHE_MISS);
+	if (unlikely(pp->frag != FRAG_NONE)) {
+		/* a first fragment takes the lookups: they record its datagram */
+	} else if (unlikely(flow_syn(pp))) {
+		fe = flow_slot_blind(pp, family, false);
+	} else {
+		fe = flow_slot(pp, family, false, &hit);
+		r = flow_serve(skb, pp, fe, hit, false, now);
+		if (likely(r >= 0))
+			return r;
+		if (fe && !hit)
+			stat_inc(STAT_FLOW_CACHE_MISS);
+	}
 	__u64 epoch = epoch_now(); /* before the lookup the slot will stand for */
 	/* Without a binding of the destination there is no session either (each
 	 * holds a reference on it): traffic to the router's own ports, and

@@ -470,6 +470,57 @@ Deno.test("flow cache: two flows in one slot are both served (2-way sets); a thi
   }
 });
 
+Deno.test("flow cache: a TCP SYN does not read its set: it fills the first way, and a copy left in the second is harmless", async () => {
+  const n = await loadTestNat(testInterfaceConfig({ flowCacheSlots: 256 }));
+  const affinity = pinThread(0); // the cache is per CPU
+  try {
+    // Two connections of LAN1 whose egress packets hash to one set.
+    const want = flowSlot4(LAN1, 40000, SRV1, 80, IPPROTO.TCP, 8);
+    let p2 = 40001;
+    while (flowSlot4(LAN1, p2, SRV1, 80, IPPROTO.TCP, 8) !== want) p2++;
+    const p1 = 40000;
+    const misses = () => stat(n.nat.maps.stats, "flow_cache_miss");
+    const ext = new Map<number, number>();
+    const send = (port: number, flags: PacketSpec["tcpFlags"]) => {
+      const out = n.egress(tcp(LAN1, port, SRV1, 80, flags)).out;
+      if (!ext.has(port)) ext.set(port, out.sport!);
+      assertEquals(
+        [out.src, out.sport],
+        [EXT, ext.get(port)],
+        `connection ${port} keeps its mapping`,
+      );
+    };
+    const tick = () => new Promise((r) => setTimeout(r, 25)); // the datapath's clock (clock.h)
+    send(p1, { syn: true }); // no miss counted: it did not look
+    send(p1, { ack: true }); // served from the first way
+    assertEquals(misses(), 0n, "the SYN's fill serves its connection's next packet");
+    await tick();
+    send(p2, { syn: true }); // the first way again: p1 is evicted
+    send(p2, { ack: true });
+    assertEquals(misses(), 0n, "p2 served from the first way");
+    send(p1, { ack: true }); // a miss: filled into the empty second way
+    send(p1, { ack: true });
+    send(p2, { ack: true });
+    assertEquals(misses(), 1n, "p1 in the second way, p2 in the first, both served");
+    await tick();
+    send(p1, { syn: true }); // a new connection on p1's 5-tuple: the first way, p1 in both now
+    send(p1, { ack: true });
+    assertEquals(misses(), 1n, "p1 served from the first way");
+    send(p2, { ack: true }); // a miss: it takes the way refreshed longer ago, p1's old copy
+    send(p2, { ack: true });
+    send(p1, { ack: true });
+    assertEquals(misses(), 2n, "p2 in the second way now, p1 in the first");
+    // Both directions still translate.
+    for (const port of [p1, p2]) {
+      const back = n.ingress(tcp(SRV1, 80, EXT, ext.get(port)!, { ack: true })).out;
+      assertEquals([back.dst, back.dport], [LAN1, port]);
+    }
+  } finally {
+    restoreAffinity(affinity);
+    n.close();
+  }
+});
+
 Deno.test("flow cache: a cached flow whose external port now belongs to another host's session takes its own new mapping", async () => {
   const n = await loadTestNat();
   try {

@@ -9,6 +9,8 @@ import { buildPacket } from "../tests/lib/packet.ts";
 import {
   type ChainedNewMappings,
   checkAlternation,
+  CONN_STEPS,
+  type ConnectionResult,
   enableAlternation,
   establish,
   EXT4,
@@ -17,6 +19,7 @@ import {
   loadBenchNat,
   loadNoop,
   measureChainedNewMappings,
+  measureConnections,
   measureNewMappings,
   newFlowPackets,
   runNs,
@@ -144,6 +147,51 @@ async function nat66Support(): Promise<string | null> {
 }
 
 /** Runs part 1. */
+/**
+ * Table 1c: a TCP connection's packets one by one, over the no-op, on new client ports and on
+ * the same ports again; and the sums of the medians, each direction (new ports).
+ */
+function connectionTable(
+  fresh: ConnectionResult,
+  again: ConnectionResult,
+  count: number,
+): { table: Table; egress: number; ingress: number } {
+  const sums = { egress: 0, ingress: 0 }, sumsAgain = { egress: 0, ingress: 0 };
+  const rows = CONN_STEPS.map((s, k) => {
+    const a = median(fresh.deltas[k]), b = median(again.deltas[k]);
+    sums[s.dir] += a;
+    sumsAgain[s.dir] += b;
+    return [`${s.dir} ${s.name}`, fmt(a, 0), fmt(b, 0)];
+  });
+  rows.push(
+    ["egress, five packets", fmt(sums.egress, 0), fmt(sumsAgain.egress, 0)],
+    ["ingress, five packets", fmt(sums.ingress, 0), fmt(sumsAgain.ingress, 0)],
+    [
+      "the connection, ten packets",
+      fmt(sums.egress + sums.ingress, 0),
+      fmt(sumsAgain.egress + sumsAgain.ingress, 0),
+    ],
+    ["packets not translated", String(fresh.failures), String(again.failures)],
+  );
+  return {
+    table: {
+      title:
+        `1c. A TCP connection's packets (${count} connections, one run a packet; ns over the no-op, medians)`,
+      head: ["packet", "new client port", "the port again"],
+      rows,
+      notes: [
+        "The packets of the router part's new-TCP-connections test (a byte each way, the " +
+        "server closes first), run through both programs in order, each next to a no-op run; " +
+        "the other connections run in between, so each one's lines are cold at its SYN. A port " +
+        "run again finds its earlier connection's closed session (as a client reusing a port " +
+        "does in the router test). The sums add the medians.",
+      ],
+    },
+    egress: sums.egress,
+    ingress: sums.ingress,
+  };
+}
+
 export async function runProg(o: BenchOptions): Promise<PartResult> {
   const sz = progSizes(o);
   const noop = await loadNoop();
@@ -152,6 +200,7 @@ export async function runProg(o: BenchOptions): Promise<PartResult> {
   const passNat = await loadBenchNat();
   const newNat = await loadBenchNat();
   const preNat = await loadBenchNat({ ic: { preallocateMaps: true } });
+  const connNat = await loadBenchNat();
   try {
     progress(o, `prog: repeat ${sz.repeat}, ${sz.rounds} rounds`);
     const cases: Case[] = [...flowCases(nat, 4)];
@@ -256,6 +305,10 @@ export async function runProg(o: BenchOptions): Promise<PartResult> {
       chained.push(await measureChainedNewMappings(noop.fd, runs));
       chainedPre.push(await measureChainedNewMappings(noop.fd, runs, true));
     }
+
+    progress(o, `prog: ${sz.newFlows} TCP connections, ten packets each, twice`);
+    const connNew = measureConnections(connNat, noop.fd, sz.newFlows, 20000);
+    const connAgain = measureConnections(connNat, noop.fd, sz.newFlows, 20000);
 
     const targets: Target[] = [];
     const rows: string[][] = [];
@@ -387,6 +440,9 @@ export async function runProg(o: BenchOptions): Promise<PartResult> {
         ],
       },
     ];
+    const conn = connectionTable(connNew, connAgain, sz.newFlows);
+    tables.push(conn.table);
+    data.connections = { new: connNew, again: connAgain };
     const get = (name: string) => {
       const c = cases.find((x) => x.name === name);
       const r = c && results.get(c);
@@ -409,6 +465,10 @@ export async function runProg(o: BenchOptions): Promise<PartResult> {
         "BPF cost, new IPv4 UDP mapping, over no-op",
         `${fmt(median(newUdp.runs) - median(newUdp.noop))} ns`,
       ],
+      [
+        "BPF cost of a new TCP connection's ten packets (egress + ingress), over no-op",
+        `${fmt(conn.egress, 0)} + ${fmt(conn.ingress, 0)} ns`,
+      ],
     ];
     return { part: "prog", tables, targets, summary, data };
   } finally {
@@ -416,6 +476,7 @@ export async function runProg(o: BenchOptions): Promise<PartResult> {
     passNat.close();
     newNat.close();
     preNat.close();
+    connNat.close();
     noop.close();
   }
 }

@@ -45,6 +45,8 @@ Deno.test({
     for (const row of newRows) {
       assert(/^(\d+)\/\1$/.test(row[5]), `${row[0]}: every new flow translated (${row[5]})`);
     }
+    const conn = r.tables.find((t) => t.title.startsWith("1c."))!;
+    assertEquals(conn.rows.at(-1), ["packets not translated", "0", "0"]);
   },
 });
 

@@ -556,6 +556,83 @@ export async function measureChainedNewMappings(
   }
 }
 
+// ---------------------------------------------------------------------------------------------
+// A TCP connection's packets
+
+/** One packet of a TCP connection: its direction, its name in the tables, its flags. */
+export interface ConnStep {
+  dir: "egress" | "ingress";
+  name: string;
+  flags: PacketSpec["tcpFlags"];
+  payload: number;
+}
+
+/**
+ * The ten packets of a connection of the router part's `tcp-conn` test (bench/lib/flows.ts: the
+ * client sends a byte, the server answers one and closes), five each way.
+ */
+export const CONN_STEPS: readonly ConnStep[] = [
+  { dir: "egress", name: "SYN", flags: { syn: true }, payload: 0 },
+  { dir: "ingress", name: "SYN-ACK", flags: { syn: true, ack: true }, payload: 0 },
+  { dir: "egress", name: "ACK", flags: { ack: true }, payload: 0 },
+  { dir: "egress", name: "request byte", flags: { ack: true, psh: true }, payload: 1 },
+  { dir: "ingress", name: "ACK of the request", flags: { ack: true }, payload: 0 },
+  { dir: "ingress", name: "answer byte", flags: { ack: true, psh: true }, payload: 1 },
+  { dir: "ingress", name: "server's FIN", flags: { ack: true, fin: true }, payload: 0 },
+  { dir: "egress", name: "ACK of the answer", flags: { ack: true }, payload: 0 },
+  { dir: "egress", name: "client's FIN", flags: { ack: true, fin: true }, payload: 0 },
+  { dir: "ingress", name: "last ACK", flags: { ack: true }, payload: 0 },
+];
+
+/** Result of {@link measureConnections}: per step of {@link CONN_STEPS}, ns over the no-op. */
+export interface ConnectionResult {
+  /** deltas[step][connection]: the step's run minus the no-op's run on the same packet. */
+  deltas: number[][];
+  /** Packets not translated as they should be (the verdict, or the address). */
+  failures: number;
+}
+
+/**
+ * Runs `count` connections through the programs one packet at a time (repeat 1 each, the no-op
+ * next to each run), client ports `firstPort`.. from LAN to port 9000 of a remote. Each
+ * connection's lines are cold at its SYN, as for a new connection in a router: the other
+ * connections ran in between. A port run again finds its earlier connection's closed session.
+ */
+export function measureConnections(
+  n: Nat,
+  noopFd: number,
+  count: number,
+  firstPort: number,
+): ConnectionResult {
+  const lan = "192.0.2.10", remote = "198.51.100.1";
+  const res: ConnectionResult = { deltas: CONN_STEPS.map(() => []), failures: 0 };
+  for (let i = 0; i < count; i++) {
+    let ext = 0;
+    CONN_STEPS.forEach((s, k) => {
+      const eg = s.dir === "egress";
+      const pkt = buildPacket({
+        family: 4,
+        src: eg ? lan : remote,
+        dst: eg ? remote : EXT4,
+        proto: "tcp",
+        sport: eg ? firstPort + i : 9000,
+        dport: eg ? 9000 : ext,
+        tcpFlags: s.flags,
+        payload: new Uint8Array(s.payload),
+      });
+      const nop = () => bpf.testRun(noopFd, pkt, { repeat: 1 }).durationNs;
+      const before = i % 2 ? nop() : 0;
+      const r = bpf.testRun(eg ? n.nat.egressFd : n.nat.ingressFd, pkt, { repeat: 1 });
+      const base = i % 2 ? before : nop();
+      const out = parsePacket(r.dataOut);
+      if (k === 0) ext = out.sport ?? 0;
+      if (r.retval !== TC_ACT_OK || (eg ? out.src !== EXT4 : out.dst !== lan)) res.failures++;
+      else res.deltas[k].push(r.durationNs - base);
+    });
+  }
+  return res;
+}
+
 /**
  * Sizes of a session key (map_ct, allocated per session) and of a mapping record (map_records,
  * preallocated: one per external port).

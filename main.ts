@@ -11,7 +11,7 @@ import { noticeLevel } from "./lib/config/toml.ts";
 import { InterfaceError, type Served, startInterface, stopServing } from "./lib/daemon.ts";
 import { follow } from "./lib/watch.ts";
 import { restoreLocalRules } from "./lib/hairpin.ts";
-import { catchSignals, reload } from "./lib/lifecycle.ts";
+import { catchSignals, reload, retryPending } from "./lib/lifecycle.ts";
 import { BpfError, libbpfVersion, routeLibbpfPrintToLog } from "./lib/ffi/libbpf.ts";
 import * as log from "./lib/log.ts";
 import { BUILD_INFO } from "./lib/build_info.ts";
@@ -181,7 +181,7 @@ export async function main(args: string[]): Promise<number> {
       await metrics?.close();
       return fail(errors.join("; ") || "no interface configured");
     }
-    const follower = follow(() => served);
+    const follower = follow(() => served, () => retryPending(served));
     sweeper = startSweeper(() => served); // sessions carry no timer (bpf/lib/ct.h)
     await follower.resync(); // changes between start-up and the first event
     log.info("einat running", { interfaces: served.map((s) => s.ifname).join(",") });

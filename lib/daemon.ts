@@ -34,6 +34,24 @@ export class InterfaceError extends Error {
   }
 }
 
+/**
+ * A reload's new instance could not start for want of an external address ({@link
+ * startInterface} with `takeover`): the running instance goes on, and the new configuration
+ * waits for the address (lib/lifecycle.ts, retryPending).
+ */
+export class AddressWaitError extends InterfaceError {
+  constructor(ifname: string, message: string) {
+    super(ifname, message);
+    this.name = "AddressWaitError";
+  }
+}
+
+/** A reload's configuration of an interface, waiting for an address to start with. */
+export interface PendingStart {
+  ic: InterfaceConfig;
+  defaults: Pick<Defaults, "ipv4LocalRulePref" | "ipv6LocalRulePref">;
+}
+
 /** One interface being served (or waited for). */
 export interface Served {
   ic: InterfaceConfig;
@@ -62,6 +80,8 @@ export interface Served {
   takeover?: boolean;
   /** The object whose pinned state's summary was logged (at its first attachment). */
   summarized?: NatObject | null;
+  /** The configuration a reload left waiting for an address (this instance serves meanwhile). */
+  pending?: PendingStart;
 }
 
 const MS = 1_000_000n;
@@ -215,7 +235,7 @@ export async function startInterface(
     : ic.nat66 && !ic.nat44 && !plan.defaultExt[6]
     ? "no IPv6 address to use as external address (NAT66 is on)"
     : null;
-  if (missing && takeover) throw new InterfaceError(s.ifname, missing); // a reload: keep the old
+  if (missing && takeover) throw new AddressWaitError(s.ifname, missing); // a reload: keep the old
   if (missing) {
     // At start (a WAN whose address DHCP or PPPoE has not brought yet): the programs run, new
     // flows of that family are dropped, never leaked, until an address comes (followed).

@@ -9,7 +9,9 @@ import { parseConfigToml } from "./config/toml.ts";
 import { textKey } from "./key.ts";
 import * as log from "./log.ts";
 import {
+  AddressWaitError,
   hairpinOn,
+  type PendingStart,
   reattach,
   resolvedName,
   type Served,
@@ -93,6 +95,7 @@ export async function reload(file: string, served: Served[]): Promise<Served[]> 
     log.error("SIGHUP: configuration not reloaded", { error: (e as Error).message });
     return served;
   }
+  for (const s of served) s.pending = undefined; // this file's configuration supersedes it
   // The local rule preferences matter to an interface with hairpin routing of that family only.
   const samePrefs = (s: Served) =>
     (!hairpinOn(s.ic, 4) || s.localPref[4] === defaults.ipv4LocalRulePref) &&
@@ -123,39 +126,76 @@ export async function reload(file: string, served: Served[]): Promise<Served[]> 
   // or links over in place (the old programs run until then, no packet passes untranslated),
   // then the old one lets go. If the new one cannot start, the old one goes on serving.
   for (const [name, ic, old] of starts) {
-    let fresh: Served;
-    try {
-      fresh = await startInterface(ic, defaults, keep, old !== undefined);
-    } catch (e) {
-      log.error("SIGHUP: interface not served with the new configuration", {
-        ifname: name,
-        error: (e as Error).message,
-        ...(old ? { kept: "the running configuration" } : {}),
-      });
-      if (old) {
-        try {
-          await reattach(old);
-        } catch (e) {
-          log.error("SIGHUP: the running configuration could not be attached again", {
-            ifname: name,
-            error: (e as Error).message,
-          });
-        }
-        keep.push(old); // stopped at exit whatever state it is in
-      }
-      continue;
-    }
-    keep.push(fresh);
-    if (!old) continue;
-    try {
-      await stopServing(old, true);
-    } catch (e) {
-      log.warn("SIGHUP: the replaced instance did not let go cleanly", {
-        ifname: name,
-        error: (e as Error).message,
-      });
-    }
+    const now = (await replace(name, { ic, defaults }, old, keep, "SIGHUP")) ?? old;
+    if (now) keep.push(now);
   }
   log.info("SIGHUP: configuration reloaded", { interfaces: keep.map((s) => s.ifname).join(",") });
   return keep;
+}
+
+/**
+ * Starts `next` for interface `name`, taking over from `old` if it runs; `old` lets go once the
+ * new instance serves. Returns the new instance, or null when it could not start: then `old`
+ * (attached again) goes on, and when only an address was missing the new configuration waits
+ * for it in `old.pending` ({@link retryPending}). `why` begins the log lines; `retry`: a pending
+ * start tried again, which says nothing while the address is still missing.
+ */
+async function replace(
+  name: string,
+  next: PendingStart,
+  old: Served | undefined,
+  others: Served[],
+  why: string,
+  retry = false,
+): Promise<Served | null> {
+  let fresh: Served;
+  try {
+    fresh = await startInterface(next.ic, next.defaults, others, old !== undefined);
+  } catch (e) {
+    const waits = old !== undefined && e instanceof AddressWaitError;
+    if (waits && retry) return null; // refused before anything was loaded or attached
+    log.error(`${why}: interface not served with the new configuration`, {
+      ifname: name,
+      error: (e as Error).message,
+      ...(old ? { kept: "the running configuration" } : {}),
+      ...(waits ? { pending: "until the address comes" } : {}),
+    });
+    if (old) {
+      old.pending = waits ? next : undefined;
+      try {
+        await reattach(old);
+      } catch (e) {
+        log.error(`${why}: the running configuration could not be attached again`, {
+          ifname: name,
+          error: (e as Error).message,
+        });
+      }
+    }
+    return null;
+  }
+  if (retry) log.info(`${why}: applied, its address came`, { ifname: name });
+  if (!old) return fresh;
+  try {
+    await stopServing(old, true);
+  } catch (e) {
+    log.warn(`${why}: the replaced instance did not let go cleanly`, {
+      ifname: name,
+      error: (e as Error).message,
+    });
+  }
+  return fresh;
+}
+
+/**
+ * Starts the configurations a reload left waiting for an address ({@link replace}) whose
+ * interface has it now, each replacing its running instance in `served`, in place. Run after
+ * every reconciliation; one still without its address goes on waiting.
+ */
+export async function retryPending(served: Served[]): Promise<void> {
+  for (const [i, s] of served.entries()) {
+    if (!s.pending || s.stopped) continue;
+    const others = served.filter((o) => o !== s);
+    const fresh = await replace(s.ifname, s.pending, s, others, "pending configuration", true);
+    if (fresh) served[i] = fresh;
+  }
 }

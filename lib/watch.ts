@@ -78,8 +78,11 @@ export function serialized(task: () => Promise<void>): Serialized {
   };
 }
 
-/** Starts following the network for `served` (the array may change later). */
-export function follow(served: () => Served[]): Follower {
+/**
+ * Starts following the network for `served` (the array may change later). `after` runs after
+ * each reconciliation, in its turn (the daemon's pending reloads).
+ */
+export function follow(served: () => Served[], after?: () => Promise<void>): Follower {
   const { run, settled, exclusive } = serialized(async () => {
     for (const s of served()) {
       try {
@@ -88,6 +91,7 @@ export function follow(served: () => Served[]): Follower {
         log.error("reconfiguration failed", { ifname: s.ifname, error: (e as Error).message });
       }
     }
+    await after?.();
     releaseMemory();
   });
   const w = watch(() => {}, {

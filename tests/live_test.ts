@@ -500,6 +500,74 @@ Deno.test({
 });
 
 Deno.test({
+  name:
+    "live: a reload refused for want of an address (NAT66 alone, no IPv6 address) is applied when the address comes",
+  ...sanitize,
+  fn: () =>
+    withTopology(async (t) => {
+      const v4 = t.addrs.v4, v6 = t.addrs.v6;
+      const srv = t.spawn(
+        t.ns.srv1,
+        peerCmd("udp-echo", [
+          "--port",
+          "3478",
+          "--bind",
+          v4.srv1[0],
+          "--bind",
+          v6.srv1[0],
+          "--timeout-ms",
+          "60000",
+        ]),
+      );
+      await srv.waitForStdout(/listening/);
+      await ip(t.ns.router, `-6 addr del ${v6.routerWan}/64 dev wan0`);
+      const conf = await Deno.makeTempFile({ suffix: ".toml" });
+      const write = (nat44: boolean) =>
+        Deno.writeTextFile(
+          conf,
+          `[[interfaces]]\nif_name = "wan0"\nnat44 = ${nat44}\nnat66 = ${!nat44}\n`,
+        );
+      try {
+        await write(true);
+        const einat = await startEinat(t.ns.router, ["-c", conf]);
+        try {
+          const mapped = await seenFrom(t, 44100);
+          assert(mapped.startsWith(`${v4.routerWan}:`), mapped);
+          await write(false);
+          einat.kill("SIGHUP");
+          await waitLog(einat, /pending="until the address comes"(.|\n)*configuration reloaded/);
+          assertEquals(await seenFrom(t, 44100), mapped, "the running configuration serves");
+          await ip(t.ns.router, `-6 addr add ${v6.routerWan}/64 dev wan0 nodad`);
+          await waitLog(einat, /pending configuration: applied, its address came/);
+          // The new configuration serves: NAT66 on, NAT44 off (IPv4 leaves untranslated).
+          const r = await nsExecResult(
+            t.ns.lan1,
+            peerCmd("udp-send", ["--to", `[${v6.srv1[0]}]:3478`, "--timeout-ms", "3000"]),
+          );
+          assertEquals(r.code, 0, `no IPv6 reply through the NAT: ${r.stdout}${r.stderr}`);
+          const seen6 = parseUdpReplies(r.stdout)[0].seen;
+          assert(seen6.startsWith(`[${v6.routerWan}]:`), seen6);
+          await nsExecResult(
+            t.ns.lan1,
+            peerCmd("udp-send", ["--to", `${v4.srv1[0]}:3478`, "--timeout-ms", "500"]),
+          );
+          assert(
+            srv.stdoutText().includes(`seen ${v4.lan1}:`),
+            `IPv4 untranslated: ${srv.stdoutText()}`,
+          );
+        } finally {
+          assertEquals(await stopEinat(einat), 0, einat.stderrText());
+        }
+        assertEquals(await tcState(t, "wan0"), "", "nothing left at exit");
+      } finally {
+        srv.kill("SIGKILL");
+        await srv.output(3000).catch(() => {});
+        await Deno.remove(conf);
+      }
+    }, { ipv6: true }),
+});
+
+Deno.test({
   name: "live: a link flap (down, up) keeps the mappings and the translation",
   ...sanitize,
   fn: () =>

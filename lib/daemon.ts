@@ -8,7 +8,7 @@
  */
 
 import type { Defaults, InterfaceConfig } from "./config/types.ts";
-import { hairpinDown, type HairpinState, hairpinUp } from "./hairpin.ts";
+import { hairpinDown, type HairpinState, hairpinUp, sweepHairpinLeftovers } from "./hairpin.ts";
 import { EXT_FLAGS } from "./nat/codec.ts";
 import { formatAddr, isLinkLocal6, parseAddr } from "./config/cidr.ts";
 import { formatRanges } from "./config/ranges.ts";
@@ -80,6 +80,8 @@ export interface Served {
   takeover?: boolean;
   /** The object whose pinned state's summary was logged (at its first attachment). */
   summarized?: NatObject | null;
+  /** Families whose hairpin leftovers (of a killed einat) were looked for: once an instance. */
+  hairpinSwept?: { 4: boolean; 6: boolean };
   /** The configuration a reload left waiting for an address (this instance serves meanwhile). */
   pending?: PendingStart;
 }
@@ -461,6 +463,17 @@ async function rehairpin(s: Served, ifindex: number): Promise<void> {
   for (const h of s.hairpin.splice(0)) await hairpinDown(h);
   for (const fam of [4, 6] as const) {
     const route = fam === 4 ? s.ic.ipv4HairpinRoute : s.ic.ipv6HairpinRoute;
+    if (!hairpinOn(s.ic, fam) && !s.hairpinSwept?.[fam]) {
+      // Once an instance: what an earlier einat's hairpin routing left on this interface.
+      (s.hairpinSwept ??= { 4: false, 6: false })[fam] = true;
+      await sweepHairpinLeftovers(fam, ifindex, route.tableId).catch((e) =>
+        log.warn("hairpin leftovers not removed", {
+          ifname: s.ifname,
+          family: `IPv${fam}`,
+          error: (e as Error).message,
+        })
+      );
+    }
     if (!hairpinOn(s.ic, fam) || !s.plan) continue;
     const dests = s.plan.externals
       .filter((e) =>

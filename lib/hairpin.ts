@@ -26,6 +26,7 @@ import {
   addRule,
   delRoute,
   delRule,
+  dumpAddrs,
   dumpLinks,
   dumpRoutes,
   dumpRules,
@@ -260,6 +261,64 @@ export async function hairpinDown(st: HairpinState): Promise<void> {
     }
     st.neigh = null;
   }
+}
+
+/**
+ * Removes what hairpin routing of `family` on the external interface `ifindex` left behind when
+ * an earlier einat went without removing it (SIGKILL, a crash, or `--replace` by an instance
+ * without it), for an instance without hairpin routing of that family: in hairpin table `table`
+ * (the configured one), the host routes out of `ifindex` to the router's own addresses, the
+ * neighbour entries they used, then the hairpin rules (an `iif`, a protocol) pointing at the
+ * table once it is empty. No other einat serves this interface (its lock), so such routes are no
+ * one's. The moved local rule stays where it is (rules added ahead of it since may rely on it):
+ * reported. Returns how many routes went.
+ */
+export async function sweepHairpinLeftovers(
+  family: Family,
+  ifindex: number,
+  table: number,
+): Promise<number> {
+  const full = family === 4 ? 32 : 128;
+  const own = new Set((await dumpAddrs(family)).map((a) => formatAddr(a.local ?? a.addr)));
+  const left = (await dumpRoutes(family, table)).filter((r) =>
+    r.oif === ifindex && r.dst && r.dstLen === full && own.has(formatAddr(r.dst))
+  );
+  if (left.length === 0) return 0;
+  const neigh = new Map<string, Uint8Array>();
+  for (const r of left) {
+    await delRoute({ family, dst: r.dst, dstLen: full, table, oif: ifindex });
+    const via = r.gateway ?? r.dst!;
+    neigh.set(formatAddr(via), via);
+  }
+  for (const dst of neigh.values()) {
+    // The router's own address made resolvable on its own link: only einat adds that.
+    await request(neighRequest("del", { family, ifindex, dst })).catch(() => {});
+  }
+  let rules = 0;
+  if ((await dumpRoutes(family, table)).length === 0) {
+    for (const r of (await dumpRules(family)).filter((r) => hairpinLike(r) && r.table === table)) {
+      await delRule({
+        family,
+        priority: r.priority,
+        iifname: r.iifname,
+        ipProto: r.ipProto,
+        table,
+      });
+      rules++;
+    }
+  }
+  const after = await dumpRules(family);
+  const local = after.find((r) =>
+    r.table === RT_TABLE.LOCAL && r.priority !== 0 && r.protocol === RTPROT_KERNEL
+  );
+  log.warn("removed the hairpin routing an earlier einat left on this interface", {
+    family: `IPv${family}`,
+    table,
+    routes: left.length,
+    rules,
+    ...(local && !after.some(hairpinLike) ? { local_rule_left_at: local.priority } : {}),
+  });
+  return left.length;
 }
 
 /**

@@ -568,6 +568,66 @@ Deno.test({
 });
 
 Deno.test({
+  name:
+    "live: an einat without --hairpin-if removes the hairpin routing a SIGKILLed einat left on its interface, not another WAN's",
+  ...sanitize,
+  fn: () =>
+    withTopology(async (t) => {
+      await ip(t.ns.router, "link add wan1 type veth peer name wan1p");
+      await ip(t.ns.router, "addr add 198.51.100.1/24 dev wan1");
+      await ip(t.ns.router, "link set wan1 up");
+      await ip(t.ns.router, "link set wan1p up");
+      const wanAddr = t.addrs.v4.routerWan;
+      const table = async () =>
+        (await nsExecResult(t.ns.router, ["ip", "route", "show", "table", "4787"])).stdout;
+      const neigh = async () =>
+        (await nsExecResult(t.ns.router, ["ip", "neigh", "show", "dev", "wan0"])).stdout;
+      const own = new RegExp(`^${wanAddr.replaceAll(".", "\\.")} `, "m");
+      /** einat on wan0 with hairpin routing, killed once it is installed. */
+      const killHairpinned = async () => {
+        const k = await startEinat(t.ns.router, ["-i", "wan0", "--hairpin-if", "br0"]);
+        await waitLog(k, /hairpin routing installed/);
+        k.kill("SIGKILL");
+        await k.output(5000).catch(() => {});
+        assert(own.test(await table()), `left by the killed einat:\n${await table()}`);
+        assert(own.test(await neigh()), `its neighbour entry:\n${await neigh()}`);
+      };
+      const next = async (check: (log: string) => Promise<void>) => {
+        const n = await startEinat(t.ns.router, ["-i", "wan0"]);
+        try {
+          await waitLog(n, /removed the hairpin routing an earlier einat left/);
+          assert(!/dev wan0/.test(await table()), `wan0's routes gone:\n${await table()}`);
+          assert(!own.test(await neigh()), `its neighbour entry gone:\n${await neigh()}`);
+          assertNotEquals(await seenFrom(t, 44200), "", "translating");
+          await check(n.stderrText());
+        } finally {
+          assertEquals(await stopEinat(n), 0, n.stderrText());
+        }
+      };
+      await echo(t).waitForStdout(/listening/);
+      // Another WAN's einat shares the table and the rules: they stay.
+      const b = await startEinat(t.ns.router, ["-i", "wan1", "--hairpin-if", "br0"]);
+      try {
+        await waitLog(b, /hairpin routing installed/);
+        await killHairpinned();
+        await next(async () => {
+          assert(/^198\.51\.100\.1 dev wan1/m.test(await table()), await table());
+          assert(/iif br0 .*lookup 4787/.test(await rules(t)), await rules(t));
+        });
+      } finally {
+        assertEquals(await stopEinat(b), 0, b.stderrText());
+      }
+      // Alone: the rules go with the table's last route; the moved local rule is reported.
+      await killHairpinned();
+      await next(async (log) => {
+        assertEquals((await table()).trim(), "");
+        assert(!/iif br0/.test(await rules(t)), await rules(t));
+        assert(/local_rule_left_at=200/.test(log), log);
+      });
+    }),
+});
+
+Deno.test({
   name: "live: a link flap (down, up) keeps the mappings and the translation",
   ...sanitize,
   fn: () =>

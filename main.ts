@@ -21,7 +21,7 @@ import { startSweeper, type Sweeper } from "./lib/nat/sweep.ts";
 import { runShow } from "./lib/state/show.ts";
 import { runFlush } from "./lib/state/flush.ts";
 import { configureState, DEFAULT_PIN_ROOT } from "./lib/state/options.ts";
-import { type MetricsServer, startMetrics, targetsOf } from "./lib/state/metrics.ts";
+import { bindWhenFree, type MetricsServer, startMetrics, targetsOf } from "./lib/state/metrics.ts";
 import { StateError } from "./lib/state/pin.ts";
 import { checkKernel, checkPrivileges, EnvError } from "./lib/preflight.ts";
 import { fixMmapThreshold } from "./lib/ffi/libc.ts";
@@ -40,45 +40,6 @@ export function versionString(): string {
 function fail(msg: string): number {
   console.error(`einat: ${msg}`);
   return 2;
-}
-
-/** How often `--replace` tries the busy metrics port, and for how long after the take-over. */
-export const METRICS_RETRY_MS = 100;
-export const METRICS_RETRY_FOR_MS = 10_000;
-
-/**
- * `--replace --metrics`: binds with `start` in the background every METRICS_RETRY_MS while
- * the port is in use, and hands the server to `bound`. Gives up with a warning
- * METRICS_RETRY_FOR_MS after `running()` first holds (the take-over done: the replaced einat
- * exits then), or quietly once it no longer does (stopping; also a start that failed).
- */
-export function bindWhenFree(
-  start: () => MetricsServer,
-  running: () => boolean,
-  bound: (m: MetricsServer) => void,
-  listen: string,
-): void {
-  let since: number | undefined;
-  const t0 = Date.now();
-  const attempt = () => {
-    const now = Date.now();
-    if (running()) since ??= now;
-    else if (since !== undefined || now - t0 > 5 * 60_000) return;
-    try {
-      bound(start());
-      return;
-    } catch (e) {
-      if (
-        !(e instanceof Deno.errors.AddrInUse) ||
-        (since !== undefined && now - since >= METRICS_RETRY_FOR_MS)
-      ) {
-        log.warn("metrics endpoint not started", { listen, error: (e as Error).message });
-        return;
-      }
-    }
-    setTimeout(attempt, METRICS_RETRY_MS);
-  };
-  setTimeout(attempt, METRICS_RETRY_MS);
 }
 
 /** Runs einat with `args`; resolves to the exit code. */

@@ -296,3 +296,42 @@ export function startMetrics(
   log.info("metrics endpoint", { listen: `${addr.hostname}:${port}`, path: "/metrics" });
   return { port, close: () => server.shutdown() };
 }
+
+/** How often `--replace` tries the busy metrics port, and for how long after the take-over. */
+export const METRICS_RETRY_MS = 100;
+export const METRICS_RETRY_FOR_MS = 10_000;
+
+/**
+ * `--replace --metrics`: binds with `start` in the background every METRICS_RETRY_MS while
+ * the port is in use, and hands the server to `bound`. Gives up with a warning
+ * METRICS_RETRY_FOR_MS after `running()` first holds (the take-over done: the replaced einat
+ * exits then), or quietly once it no longer does (stopping; also a start that failed).
+ */
+export function bindWhenFree(
+  start: () => MetricsServer,
+  running: () => boolean,
+  bound: (m: MetricsServer) => void,
+  listen: string,
+): void {
+  let since: number | undefined;
+  const t0 = Date.now();
+  const attempt = () => {
+    const now = Date.now();
+    if (running()) since ??= now;
+    else if (since !== undefined || now - t0 > 5 * 60_000) return;
+    try {
+      bound(start());
+      return;
+    } catch (e) {
+      if (
+        !(e instanceof Deno.errors.AddrInUse) ||
+        (since !== undefined && now - since >= METRICS_RETRY_FOR_MS)
+      ) {
+        log.warn("metrics endpoint not started", { listen, error: (e as Error).message });
+        return;
+      }
+    }
+    setTimeout(attempt, METRICS_RETRY_MS);
+  };
+  setTimeout(attempt, METRICS_RETRY_MS);
+}

@@ -7,6 +7,7 @@
 import type { Defaults, InterfaceConfig } from "./config/types.ts";
 import { parseConfigToml } from "./config/toml.ts";
 import { textKey } from "./key.ts";
+import * as libc from "./ffi/libc.ts";
 import * as log from "./log.ts";
 import {
   AddressWaitError,
@@ -193,7 +194,8 @@ async function replace(
  */
 export async function retryPending(served: Served[]): Promise<void> {
   for (const [i, s] of served.entries()) {
-    if (!s.pending || s.stopped) continue;
+    // An interface that is gone waits for its address too (one that comes back comes without).
+    if (!s.pending || s.stopped || libc.ifNameToIndex(s.ifname) === 0) continue;
     const others = served.filter((o) => o !== s);
     const fresh = await replace(s.ifname, s.pending, s, others, "pending configuration", true);
     if (fresh) served[i] = fresh;

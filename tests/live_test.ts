@@ -537,6 +537,14 @@ Deno.test({
           einat.kill("SIGHUP");
           await waitLog(einat, /pending="until the address comes"(.|\n)*configuration reloaded/);
           assertEquals(await seenFrom(t, 44100), mapped, "the running configuration serves");
+          // The interface goes and comes back (PPP-style) without the address: still waiting.
+          await deleteWan(t);
+          await waitLog(einat, /network changed.*link- wan0/);
+          await createWan(t, v4.routerWan);
+          await waitLog(einat, /attached again/);
+          const again = await seenFrom(t, 44101);
+          assert(again.startsWith(`${v4.routerWan}:`), `NAT44 still serves: ${again}`);
+          assert(!/applied, its address came/.test(einat.stderrText()), einat.stderrText());
           await ip(t.ns.router, `-6 addr add ${v6.routerWan}/64 dev wan0 nodad`);
           await waitLog(einat, /pending configuration: applied, its address came/);
           // The new configuration serves: NAT66 on, NAT44 off (IPv4 leaves untranslated).

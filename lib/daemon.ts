@@ -80,8 +80,6 @@ export interface Served {
   takeover?: boolean;
   /** The object whose pinned state's summary was logged (at its first attachment). */
   summarized?: NatObject | null;
-  /** Families whose hairpin leftovers (of a killed einat) were looked for: once an instance. */
-  hairpinSwept?: { 4: boolean; 6: boolean };
   /** The configuration a reload left waiting for an address (this instance serves meanwhile). */
   pending?: PendingStart;
 }
@@ -458,21 +456,29 @@ export function hairpinOn(ic: InterfaceConfig, family: 4 | 6): boolean {
   return (family === 4 ? ic.nat44 : ic.nat66) && route.enable && route.internalIfNames.length > 0;
 }
 
+/** Interfaces and families (`ifname/4`) whose hairpin leftovers this process looked for. */
+const hairpinSwept = new Set<string>();
+
 /** (Re)installs hairpin routing for the current external addresses. */
 async function rehairpin(s: Served, ifindex: number): Promise<void> {
   for (const h of s.hairpin.splice(0)) await hairpinDown(h);
   for (const fam of [4, 6] as const) {
     const route = fam === 4 ? s.ic.ipv4HairpinRoute : s.ic.ipv6HairpinRoute;
-    if (!hairpinOn(s.ic, fam) && !s.hairpinSwept?.[fam]) {
-      // Once an instance: what an earlier einat's hairpin routing left on this interface.
-      (s.hairpinSwept ??= { 4: false, 6: false })[fam] = true;
-      await sweepHairpinLeftovers(fam, ifindex, route.tableId).catch((e) =>
-        log.warn("hairpin leftovers not removed", {
-          ifname: s.ifname,
-          family: `IPv${fam}`,
-          error: (e as Error).message,
-        })
-      );
+    // Once a process and interface, at its first instance: what an earlier einat's hairpin
+    // routing left on it is taken over with hairpin routing on (held anew), removed with it off.
+    // (Later instances, a reload's, would find their predecessor's, which lets go itself.)
+    const key = `${s.ifname}/${fam}`;
+    if (!hairpinSwept.has(key)) {
+      hairpinSwept.add(key);
+      if (!hairpinOn(s.ic, fam)) {
+        await sweepHairpinLeftovers(fam, ifindex, route.tableId).catch((e) =>
+          log.warn("hairpin leftovers not removed", {
+            ifname: s.ifname,
+            family: `IPv${fam}`,
+            error: (e as Error).message,
+          })
+        );
+      }
     }
     if (!hairpinOn(s.ic, fam) || !s.plan) continue;
     const dests = s.plan.externals

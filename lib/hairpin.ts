@@ -19,7 +19,7 @@ import type { HairpinRoute } from "./config/types.ts";
 import { formatAddr } from "./config/cidr.ts";
 import { textKey } from "./key.ts";
 import * as log from "./log.ts";
-import { type Family, RT_TABLE } from "./netlink/msg.ts";
+import { type Family, RT_TABLE, RTN } from "./netlink/msg.ts";
 import { neighRequest } from "./netlink/neigh.ts";
 import {
   addRoute,
@@ -270,18 +270,23 @@ export async function hairpinDown(st: HairpinState): Promise<void> {
  * (the configured one), the host routes out of `ifindex` to the router's own addresses, the
  * neighbour entries they used, then the hairpin rules (an `iif`, a protocol) pointing at the
  * table once it is empty. No other einat serves this interface (its lock), so such routes are no
- * one's. The moved local rule stays where it is (rules added ahead of it since may rely on it):
- * reported. Returns how many routes went.
+ * one's. Routes to addresses the router no longer has (renumbered meanwhile) are not recognised.
+ * The moved local rule stays where it is (rules added ahead of it since may rely on it): reported.
+ * Returns how many routes went.
  */
 export async function sweepHairpinLeftovers(
   family: Family,
   ifindex: number,
   table: number,
 ): Promise<number> {
+  if ([RT_TABLE.LOCAL, RT_TABLE.MAIN, RT_TABLE.DEFAULT].includes(table as 253 | 254 | 255)) {
+    return 0; // never einat's: the kernel's own routes to these addresses live there
+  }
   const full = family === 4 ? 32 : 128;
   const own = new Set((await dumpAddrs(family)).map((a) => formatAddr(a.local ?? a.addr)));
   const left = (await dumpRoutes(family, table)).filter((r) =>
-    r.oif === ifindex && r.dst && r.dstLen === full && own.has(formatAddr(r.dst))
+    r.routeType === RTN.UNICAST && r.oif === ifindex && r.dst && r.dstLen === full &&
+    own.has(formatAddr(r.dst))
   );
   if (left.length === 0) return 0;
   const neigh = new Map<string, Uint8Array>();
@@ -295,17 +300,11 @@ export async function sweepHairpinLeftovers(
     await request(neighRequest("del", { family, ifindex, dst })).catch(() => {});
   }
   let rules = 0;
-  if ((await dumpRoutes(family, table)).length === 0) {
-    for (const r of (await dumpRules(family)).filter((r) => hairpinLike(r) && r.table === table)) {
-      await delRule({
-        family,
-        priority: r.priority,
-        iifname: r.iifname,
-        ipProto: r.ipProto,
-        table,
-      });
-      rules++;
-    }
+  for (const r of (await dumpRules(family)).filter((r) => hairpinLike(r) && r.table === table)) {
+    // Checked before each: another einat's hairpin routing may be adding routes meanwhile.
+    if ((await dumpRoutes(family, table)).length > 0) break;
+    await delRule({ family, priority: r.priority, iifname: r.iifname, ipProto: r.ipProto, table });
+    rules++;
   }
   const after = await dumpRules(family);
   const local = after.find((r) =>

@@ -632,6 +632,32 @@ Deno.test({
         assert(!/iif br0/.test(await rules(t)), await rules(t));
         assert(/local_rule_left_at=200/.test(log), log);
       });
+      // A reload that turns hairpin routing off: the running instance removes its own, and
+      // nothing is reported as an earlier einat's.
+      const conf = await Deno.makeTempFile({ suffix: ".toml" });
+      const write = (hairpin: boolean) =>
+        Deno.writeTextFile(
+          conf,
+          `[[interfaces]]\nif_name = "wan0"\nnat44 = true\n` +
+            (hairpin ? `[interfaces.ipv4_hairpin_route]\ninternal_if_names = ["br0"]\n` : ""),
+        );
+      try {
+        await write(true);
+        const r = await startEinat(t.ns.router, ["-c", conf]);
+        try {
+          await waitLog(r, /hairpin routing installed/);
+          await write(false);
+          r.kill("SIGHUP");
+          await waitLog(r, /configuration reloaded/);
+          assertEquals((await table()).trim(), "", "its routes removed");
+          assert(!/iif br0/.test(await rules(t)), await rules(t));
+          assert(!/earlier einat left/.test(r.stderrText()), r.stderrText());
+        } finally {
+          assertEquals(await stopEinat(r), 0, r.stderrText());
+        }
+      } finally {
+        await Deno.remove(conf);
+      }
     }),
 });
 

@@ -146,7 +146,6 @@ async function nat66Support(): Promise<string | null> {
   }
 }
 
-/** Runs part 1. */
 /**
  * Table 1c: a TCP connection's packets one by one, over the no-op, on new client ports and on
  * the same ports again; and the sums of the medians, each direction (new ports).
@@ -192,6 +191,7 @@ function connectionTable(
   };
 }
 
+/** Runs part 1. */
 export async function runProg(o: BenchOptions): Promise<PartResult> {
   const sz = progSizes(o);
   const noop = await loadNoop();

@@ -53,6 +53,7 @@ import {
 } from "../../tests/lib/natfixture.ts";
 import type { InterfaceConfig } from "../../lib/config/types.ts";
 import { buildPacket, ipBytes, type PacketSpec, parsePacket } from "../../tests/lib/packet.ts";
+import { pinThread, restoreAffinity } from "../../tests/lib/cpu.ts";
 
 /** The project root. */
 export const ROOT: string = new URL("../../", import.meta.url).pathname;
@@ -606,6 +607,25 @@ export function measureConnections(
 ): ConnectionResult {
   const lan = "192.0.2.10", remote = "198.51.100.1";
   const res: ConnectionResult = { deltas: CONN_STEPS.map(() => []), failures: 0 };
+  // On one CPU: the flow cache is per CPU, and a connection moved to another misses there.
+  const affinity = pinThread(0);
+  try {
+    runConnections(n, noopFd, count, firstPort, lan, remote, res);
+  } finally {
+    restoreAffinity(affinity);
+  }
+  return res;
+}
+
+function runConnections(
+  n: Nat,
+  noopFd: number,
+  count: number,
+  firstPort: number,
+  lan: string,
+  remote: string,
+  res: ConnectionResult,
+): void {
   for (let i = 0; i < count; i++) {
     let ext = 0;
     CONN_STEPS.forEach((s, k) => {
@@ -626,11 +646,13 @@ export function measureConnections(
       const base = i % 2 ? before : nop();
       const out = parsePacket(r.dataOut);
       if (k === 0) ext = out.sport ?? 0;
-      if (r.retval !== TC_ACT_OK || (eg ? out.src !== EXT4 : out.dst !== lan)) res.failures++;
+      const translated = eg
+        ? out.src === EXT4 && out.sport === ext
+        : out.dst === lan && out.dport === firstPort + i;
+      if (r.retval !== TC_ACT_OK || !translated) res.failures++;
       else res.deltas[k].push(r.durationNs - base);
     });
   }
-  return res;
 }
 
 /**

@@ -60,6 +60,19 @@ async function rules(t: Topology): Promise<string> {
   return (await nsExecResult(t.ns.router, ["ip", "rule", "show"])).stdout;
 }
 
+/** The router's hairpin table (4787), as `ip route show table 4787` prints it. */
+async function hairpinTable(t: Topology): Promise<string> {
+  return (await nsExecResult(t.ns.router, ["ip", "route", "show", "table", "4787"])).stdout;
+}
+
+/** A second external interface in the router, wan1 (198.51.100.1/24), up. */
+async function addWan1(t: Topology): Promise<void> {
+  await ip(t.ns.router, "link add wan1 type veth peer name wan1p");
+  await ip(t.ns.router, "link set wan1p up");
+  await ip(t.ns.router, "addr add 198.51.100.1/24 dev wan1");
+  await ip(t.ns.router, "link set wan1 up");
+}
+
 /** einat's traces on `dev` in the router: a clsact qdisc and the filters of both hooks. */
 async function tcState(t: Topology, dev: string): Promise<string> {
   const tc = async (...args: string[]) =>
@@ -140,8 +153,7 @@ Deno.test({
         assertEquals(r.code, 0, `no reply: ${r.stdout}${r.stderr}`);
         return parseUdpReplies(r.stdout)[0].seen;
       };
-      const table = async () =>
-        (await nsExecResult(t.ns.router, ["ip", "route", "show", "table", "4787"])).stdout;
+      const table = () => hairpinTable(t);
       try {
         await waitLog(einat, /hairpin routing installed.*203\.0\.113\.99/);
         assertEquals(await routerSeen("203.0.113.99"), "203.0.113.99:5555", "own traffic passes");
@@ -293,10 +305,7 @@ Deno.test({
   fn: () =>
     withTopology(async (t) => {
       // A second external interface, its hairpin rules the same as wan0's (iif br0, table 4787).
-      await ip(t.ns.router, "link add wan1 type veth peer name wan1p");
-      await ip(t.ns.router, "link set wan1p up");
-      await ip(t.ns.router, "addr add 198.51.100.1/24 dev wan1");
-      await ip(t.ns.router, "link set wan1 up");
+      await addWan1(t);
       const link = await nsExecResult(t.ns.router, ["ip", "-o", "link", "show", "wan0"]);
       const wan0Index = Number(link.stdout.split(":")[0]);
       assert(wan0Index > 0, link.stdout);
@@ -361,13 +370,9 @@ Deno.test({
   ...sanitize,
   fn: () =>
     withTopology(async (t) => {
-      await ip(t.ns.router, "link add wan1 type veth peer name wan1p");
-      await ip(t.ns.router, "addr add 198.51.100.1/24 dev wan1");
-      await ip(t.ns.router, "link set wan1 up");
-      await ip(t.ns.router, "link set wan1p up");
+      await addWan1(t);
       const rulesBefore = await rules(t);
-      const table = async () =>
-        (await nsExecResult(t.ns.router, ["ip", "route", "show", "table", "4787"])).stdout;
+      const table = () => hairpinTable(t);
       // --replace with nothing to replace must not make A take every rule ahead as its own.
       const a = await startEinat(t.ns.router, ["-i", "wan0", "--hairpin-if", "br0", "--replace"]);
       let b: NsProcess | null = null;
@@ -581,13 +586,9 @@ Deno.test({
   ...sanitize,
   fn: () =>
     withTopology(async (t) => {
-      await ip(t.ns.router, "link add wan1 type veth peer name wan1p");
-      await ip(t.ns.router, "addr add 198.51.100.1/24 dev wan1");
-      await ip(t.ns.router, "link set wan1 up");
-      await ip(t.ns.router, "link set wan1p up");
+      await addWan1(t);
       const wanAddr = t.addrs.v4.routerWan;
-      const table = async () =>
-        (await nsExecResult(t.ns.router, ["ip", "route", "show", "table", "4787"])).stdout;
+      const table = () => hairpinTable(t);
       const neigh = async () =>
         (await nsExecResult(t.ns.router, ["ip", "neigh", "show", "dev", "wan0"])).stdout;
       const own = new RegExp(`^${wanAddr.replaceAll(".", "\\.")} `, "m");

@@ -347,6 +347,24 @@ function getInt(
   return v;
 }
 
+/** Tables the kernel keeps for itself: hairpin routes need one of their own. */
+const RESERVED_TABLES: Record<number, string> = { 253: "default", 254: "main", 255: "local" };
+
+/** A hairpin routing table id: 1 to 2^32-1, not one of {@link RESERVED_TABLES}. */
+function getTableId(ctx: Ctx, t: Table, key: string, path: string, def: number): number {
+  const v = getInt(ctx, t, key, path, def, 1, 0xffffffff, "a routing table id");
+  const name = RESERVED_TABLES[v];
+  if (name) {
+    fail(
+      ctx,
+      join(path, key),
+      `${v} is the kernel's ${name} table; hairpin routes need a table of their own ` +
+        `(einat adds and removes routes in it), e.g. 4787`,
+    );
+  }
+  return v;
+}
+
 function getStringList(ctx: Ctx, t: Table, key: string, path: string): string[] | undefined {
   const v = t[key];
   if (v === undefined) return undefined;
@@ -453,8 +471,7 @@ function parseDefaults(ctx: Ctx, value: unknown): Defaults {
   checkKeys(ctx, t, path, DEFAULTS_KEYS);
   const u32 = (key: string, def: number, what: string) =>
     getInt(ctx, t, key, path, def, 0, 0xffffffff, what);
-  const table = (key: string, def: number) =>
-    getInt(ctx, t, key, path, def, 1, 0xffffffff, "a routing table id");
+  const table = (key: string, def: number) => getTableId(ctx, t, key, path, def);
   const base = defaultDefaults().ranges;
   const ranges = {
     tcp: getRanges(ctx, t, "tcp_ranges", "port", path) ?? base.tcp,
@@ -545,15 +562,12 @@ function parseHairpin(
     internalIfNames: names,
     ipProtocols: [...new Set(protocols)],
     ipRulePref,
-    tableId: getInt(
+    tableId: getTableId(
       ctx,
       t,
       "table_id",
       path,
       family === 4 ? defaults.ipv4HairpinTableId : defaults.ipv6HairpinTableId,
-      1,
-      0xffffffff,
-      "a routing table id",
     ),
   };
   if (route.enable && ipRulePref >= localPref) {

@@ -5,7 +5,14 @@
  */
 import { assert, assertEquals } from "./lib/assert.ts";
 import { startEinat, stopEinat } from "./lib/einat.ts";
-import { nsExec, nsExecResult, peerCmd, type Topology, withTopology } from "./lib/netns.ts";
+import {
+  nsExec,
+  nsExecResult,
+  type NsProcess,
+  peerCmd,
+  type Topology,
+  withTopology,
+} from "./lib/netns.ts";
 import { parseSeen, parseUdpReplies } from "./lib/peer.ts";
 import { capture } from "./lib/capture.ts";
 import { startTunWan } from "./lib/tun_wan.ts";
@@ -34,6 +41,20 @@ async function lingeringMapping(t: Topology, to: string): Promise<string> {
   return parseUdpReplies(lan2.stdoutText())[0].seen;
 }
 
+/** UDP from lan1:6000 to `to` (lan2's external endpoint), through the hairpin; its reply. */
+async function throughHairpin(t: Topology, to: string, einat: NsProcess) {
+  const hp = await nsExecResult(
+    t.ns.lan1,
+    peerCmd("udp-send", ["--to", to, "--from-port", "6000", "--timeout-ms", "4000"]),
+  );
+  assertEquals(
+    hp.code,
+    0,
+    `no answer through the hairpin: ${hp.stdout}${hp.stderr}\n${einat.stderrText()}`,
+  );
+  return parseUdpReplies(hp.stdout)[0];
+}
+
 Deno.test({
   name:
     "hairpin: on an L3 external device (TUN: no link-layer address, no neighbours) lan1 reaches lan2's mapping too",
@@ -49,16 +70,7 @@ Deno.test({
         // lan2 makes its mapping through the TUN's far end, then answers whatever arrives.
         const lan2Ext = await lingeringMapping(t, "198.18.1.1:3478");
         assert(lan2Ext.startsWith("198.18.0.1:"), lan2Ext);
-        const hp = await nsExecResult(
-          t.ns.lan1,
-          peerCmd("udp-send", ["--to", lan2Ext, "--from-port", "6000", "--timeout-ms", "4000"]),
-        );
-        assertEquals(
-          hp.code,
-          0,
-          `no answer through the hairpin: ${hp.stdout}${hp.stderr}\n${einat.stderrText()}`,
-        );
-        const r = parseUdpReplies(hp.stdout)[0];
+        const r = await throughHairpin(t, lan2Ext, einat);
         assert(r.seen.startsWith("198.18.0.1:"), `lan2 saw lan1's external endpoint: ${r.seen}`);
         assertEquals(r.from, lan2Ext, "the reply came back from lan2's external endpoint");
       } finally {
@@ -101,16 +113,7 @@ Deno.test({
         );
         const lan1Ext = parseUdpReplies(own.stdout)[0].seen;
 
-        const hp = await nsExecResult(
-          t.ns.lan1,
-          peerCmd("udp-send", ["--to", lan2Ext, "--from-port", "6000", "--timeout-ms", "4000"]),
-        );
-        assertEquals(
-          hp.code,
-          0,
-          `no answer through the hairpin: ${hp.stdout}${hp.stderr}\n${einat.stderrText()}`,
-        );
-        const r = parseUdpReplies(hp.stdout)[0];
+        const r = await throughHairpin(t, lan2Ext, einat);
         assertEquals(r.seen, lan1Ext, "lan2 saw lan1 as its external address:port (REQ-9a)");
         assertEquals(r.from, lan2Ext, "the reply came back from lan2's external endpoint");
       } finally {

@@ -3,6 +3,7 @@
  * (JSON parsed and compared, filters, text, `--stats`), the Prometheus
  * endpoint scraped with curl and parsed, and `--flush`.
  */
+import { parseProm } from "./lib/prom.ts";
 import { assert, assertEquals } from "./lib/assert.ts";
 import { pinDirIn, withSharedBpffs } from "./lib/bpffs.ts";
 import { einatCmd, startEinat, stopEinat } from "./lib/einat.ts";
@@ -17,29 +18,6 @@ const pick = (r: Row, keys: string[]) => Object.fromEntries(keys.map((k) => [k, 
 const SKEYS = ["protocol", "internal", "external", "remote", "state", "timeout"];
 const sortRows = (rows: Row[]) =>
   rows.map((r) => JSON.stringify(r)).sort().map((s) => JSON.parse(s));
-
-/** Parses the Prometheus text format into `name{labels}` → value. */
-export function parseProm(text: string): Map<string, number> {
-  const out = new Map<string, number>();
-  // Text format 0.0.4: a metric's lines are one group, its HELP and TYPE first.
-  const done = new Set<string>();
-  let current = "";
-  for (const line of text.split("\n")) {
-    if (!line) continue;
-    const name = line.startsWith("#") ? line.split(" ")[2] : line.replace(/[{ ].*$/, "");
-    if (name !== current) {
-      if (done.has(name)) throw new Error(`metric ${name} split into groups, again at: ${line}`);
-      if (!line.startsWith("# HELP ")) throw new Error(`${name} does not start with HELP`);
-      if (current) done.add(current);
-      current = name;
-    }
-    if (line.startsWith("#")) continue;
-    const m = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{.*\})? (\S+)$/.exec(line);
-    if (!m) throw new Error(`bad metrics line: ${line}`);
-    out.set(m[1] + (m[2] ?? ""), Number(m[3]));
-  }
-  return out;
-}
 
 Deno.test({
   name:
@@ -223,6 +201,7 @@ Deno.test({
           assertEquals(m.get(`einat_bindings{${w},family="ipv4",protocol="tcp"}`), 1);
           assertEquals(m.get(`einat_sessions{${w},family="ipv4",protocol="icmp"}`), 1);
           assertEquals(m.get(`einat_sessions_expired{${w}}`), 0);
+          assertEquals(m.get(`einat_reload_pending{${w}}`), 0, "no reload waits");
           // Few sessions: every 6 s (a tenth of the shortest default timeout, ICMP's 60 s),
           // unless the last walk took over 120 ms (a loaded machine).
           const took = m.get("einat_sweep_duration_seconds") ?? 0;

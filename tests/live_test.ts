@@ -5,7 +5,8 @@
  */
 import { assert, assertEquals, assertNotEquals } from "./lib/assert.ts";
 import { startEinat, stopEinat } from "./lib/einat.ts";
-import { nsExecResult, peerCmd, type Topology, withTopology } from "./lib/netns.ts";
+import { nsExec, nsExecResult, peerCmd, type Topology, withTopology } from "./lib/netns.ts";
+import { parseProm } from "./lib/prom.ts";
 import { parseUdpReplies } from "./lib/peer.ts";
 import type { NsProcess } from "./lib/netns.ts";
 
@@ -534,14 +535,20 @@ Deno.test({
         );
       try {
         await write(true);
-        const einat = await startEinat(t.ns.router, ["-c", conf]);
+        const einat = await startEinat(t.ns.router, ["-c", conf, "--metrics", "127.0.0.1:9482"]);
+        const pending = async () => {
+          const body = await nsExec(t.ns.router, ["curl", "-sS", "http://127.0.0.1:9482/metrics"]);
+          return parseProm(body).get('einat_reload_pending{interface="wan0"}');
+        };
         try {
           const mapped = await seenFrom(t, 44100);
+          assertEquals(await pending(), 0);
           assert(mapped.startsWith(`${v4.routerWan}:`), mapped);
           await write(false);
           einat.kill("SIGHUP");
           await waitLog(einat, /pending="until the address comes"(.|\n)*configuration reloaded/);
           assertEquals(await seenFrom(t, 44100), mapped, "the running configuration serves");
+          assertEquals(await pending(), 1, "the metrics say a reload waits");
           // The interface goes and comes back (PPP-style) without the address: still waiting.
           await deleteWan(t);
           await waitLog(einat, /network changed.*link- wan0/);
@@ -552,6 +559,7 @@ Deno.test({
           assert(!/applied, its address came/.test(einat.stderrText()), einat.stderrText());
           await ip(t.ns.router, `-6 addr add ${v6.routerWan}/64 dev wan0 nodad`);
           await waitLog(einat, /pending configuration: applied, its address came/);
+          assertEquals(await pending(), 0);
           // The new configuration serves: NAT66 on, NAT44 off (IPv4 leaves untranslated).
           const r = await nsExecResult(
             t.ns.lan1,

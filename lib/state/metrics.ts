@@ -28,6 +28,8 @@ export interface MetricsTarget {
   externals: { external: string; protocol: ProtoName; ranges: PortRange[] }[];
   /** binding_max_records: the bindings' capacity (the programs' cap, not in the pinned maps). */
   bindingMax?: number;
+  /** A reload's new configuration of the interface waits for an address (lib/lifecycle.ts). */
+  pending?: boolean;
 }
 
 /**
@@ -39,6 +41,7 @@ export function targetsOf(
   served: {
     ifname: string;
     ic?: { bindingMaxRecords: number; bpfFibLookupExternal: boolean };
+    pending?: unknown;
     plan: {
       defaultExt: Partial<Record<4 | 6, { addr: Uint8Array }>>;
       externals: {
@@ -66,6 +69,7 @@ export function targetsOf(
     return {
       ifname: s.ifname,
       ...(s.ic ? { bindingMax: s.ic.bindingMaxRecords } : {}),
+      ...(s.pending ? { pending: true } : {}),
       externals: externals.flatMap((e) =>
         (["tcp", "udp", "icmp"] as const).map((protocol) => ({
           external: formatAddr(e.addr),
@@ -201,6 +205,13 @@ function scrapeOne(w: Writer, st: PinnedState, t: MetricsTarget): void {
       total ? inUse / total : 0,
     );
   }
+  w.add(
+    "einat_reload_pending",
+    "gauge",
+    "1 while a reload's new configuration of the interface waits for an external address.",
+    { interface: iface },
+    t.pending ? 1 : 0,
+  );
   for (const m of mapFill(st, t.bindingMax)) {
     const labels = { interface: iface, map: m.map };
     w.add("einat_map_entries", "gauge", "Entries in a state map.", labels, m.entries);

@@ -40,4 +40,9 @@ Deno.test("metrics: port use is reported for every address new mappings are made
   deepStrictEqual(udp(false).map(([a]) => a), ["203.0.113.2", "2001:db8:2::1"]);
   deepStrictEqual(targetsOf([{ ifname: "wan0", ic, plan }])[0].bindingMax, ic.bindingMaxRecords);
   deepStrictEqual(targetsOf([{ ifname: "wan0", plan: null }]), [{ ifname: "wan0", externals: [] }]);
+  deepStrictEqual(
+    targetsOf([{ ifname: "wan0", plan: null, pending: { ic: {}, defaults: {} } }]),
+    [{ ifname: "wan0", pending: true, externals: [] }],
+    "a reload waiting for an address",
+  );
 });

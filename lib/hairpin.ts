@@ -57,10 +57,14 @@ const held = new Map<string, number>();
  */
 const movedLocal = new Map<Family, { pref: number; before: Set<string> }>();
 
+/** The kernel's own tables (local, main, default): never a hairpin table. */
+function kernelTable(table: number | undefined): boolean {
+  return [RT_TABLE.LOCAL, RT_TABLE.MAIN, RT_TABLE.DEFAULT].includes(table as 253 | 254 | 255);
+}
+
 /** A rule as einat's hairpin routing adds them: an `iif`, a protocol, a table of its own. */
 function hairpinLike(r: RuleSpec): boolean {
-  return !!r.iifname && r.ipProto !== undefined &&
-    ![RT_TABLE.LOCAL, RT_TABLE.MAIN, RT_TABLE.DEFAULT].includes(r.table as 253 | 254 | 255);
+  return !!r.iifname && r.ipProto !== undefined && !kernelTable(r.table);
 }
 
 /** The rules ahead of preference `pref`, the local ones aside. */
@@ -279,9 +283,7 @@ export async function sweepHairpinLeftovers(
   ifindex: number,
   table: number,
 ): Promise<number> {
-  if ([RT_TABLE.LOCAL, RT_TABLE.MAIN, RT_TABLE.DEFAULT].includes(table as 253 | 254 | 255)) {
-    return 0; // never einat's: the kernel's own routes to these addresses live there
-  }
+  if (kernelTable(table)) return 0; // never einat's: the kernel's own routes live there
   const full = family === 4 ? 32 : 128;
   const own = new Set((await dumpAddrs(family)).map((a) => formatAddr(a.local ?? a.addr)));
   const left = (await dumpRoutes(family, table)).filter((r) =>

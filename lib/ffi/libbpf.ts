@@ -50,6 +50,8 @@ const SYMBOLS = {
   bpf_map__name: { parameters: ["pointer"], result: "pointer" },
   bpf_map__is_internal: { parameters: ["pointer"], result: "bool" },
   bpf_map__type: { parameters: ["pointer"], result: "u32" },
+  bpf_map__btf_key_type_id: { parameters: ["pointer"], result: "u32" },
+  bpf_map__btf_value_type_id: { parameters: ["pointer"], result: "u32" },
 
   bpf_program__fd: { parameters: ["pointer"], result: "i32" },
   bpf_program__set_log_level: { parameters: ["pointer", "u32"], result: "i32" },
@@ -67,6 +69,7 @@ const SYMBOLS = {
   bpf_obj_get: { parameters: ["buffer"], result: "i32" },
   bpf_obj_get_opts: { parameters: ["buffer", "buffer"], result: "i32" },
   bpf_obj_get_info_by_fd: { parameters: ["i32", "buffer", "buffer"], result: "i32" },
+  bpf_btf_get_fd_by_id: { parameters: ["u32"], result: "i32" },
   bpf_map_create: {
     parameters: ["u32", "buffer", "u32", "u32", "u32", "pointer"],
     result: "i32",
@@ -303,6 +306,12 @@ export function findMap(obj: BpfObject, name: string): BpfMap {
   const ptr = bpf().bpf_object__find_map_by_name(live(obj), cString(name));
   if (ptr === null) throw new BpfError(`bpf_object__find_map_by_name(${name})`, Errno.ENOENT);
   return { kind: "bpf_map", name, obj, ptr };
+}
+
+/** The BTF type ids of a map's key and value in its object's BTF (0: none). */
+export function mapBtfTypeIds(map: BpfMap): { key: number; value: number } {
+  const b = bpf(), p = mapPtr(map);
+  return { key: b.bpf_map__btf_key_type_id(p), value: b.bpf_map__btf_value_type_id(p) };
 }
 
 /** File descriptor of a loaded map (throws before load). */
@@ -722,6 +731,10 @@ export interface MapInfo {
   maxEntries: number;
   flags: number;
   name: string;
+  /** The BTF the map was created with (0: none), and its key and value types in it. */
+  btfId: number;
+  btfKeyTypeId: number;
+  btfValueTypeId: number;
 }
 
 /** `bpf_obj_get_info_by_fd` for a map fd. */
@@ -738,7 +751,34 @@ export function mapInfo(fd: number): MapInfo {
     maxEntries: v.getUint32(16, true),
     flags: v.getUint32(20, true),
     name: decodeCString(info.subarray(24, 40)),
+    btfId: v.getUint32(64, true),
+    btfKeyTypeId: v.getUint32(68, true),
+    btfValueTypeId: v.getUint32(72, true),
   };
+}
+
+/**
+ * The raw BTF (header, types, strings: the `.BTF` section's format) of the kernel's BTF object
+ * `id`, e.g. the one a map was created with ({@link MapInfo.btfId}).
+ */
+export function btfRawById(id: number): Uint8Array {
+  const fd = check(`bpf_btf_get_fd_by_id(${id})`, bpf().bpf_btf_get_fd_by_id(id));
+  try {
+    // struct bpf_btf_info: btf (u64 address) @0, btf_size @8, id @12, name @16, ...
+    const info = stable(32);
+    const len = new Uint32Array([info.length]);
+    check("bpf_obj_get_info_by_fd(btf)", bpf().bpf_obj_get_info_by_fd(fd, info, len));
+    const size = view(info).getUint32(8, true);
+    const raw = stable(size);
+    info.fill(0);
+    view(info).setBigUint64(0, addr(raw), true);
+    view(info).setUint32(8, size, true);
+    len[0] = info.length;
+    check("bpf_obj_get_info_by_fd(btf)", bpf().bpf_obj_get_info_by_fd(fd, info, len));
+    return raw;
+  } finally {
+    libc().close(fd);
+  }
 }
 
 /** Map types this module creates. */

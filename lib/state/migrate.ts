@@ -1,0 +1,259 @@
+/**
+ * Carrying pinned bindings and sessions over a layout change (an einat upgrade that moved,
+ * added or dropped fields of their structs), from the BTF each map was created with to the BTF
+ * of this einat's object: fields are matched by name, recursively, so a field keeps its meaning
+ * by keeping its name (a change of meaning renames the field, or bumps the map's meaning version
+ * in lib/state/pin.ts, which refuses the migration). A field new in this layout starts as zeros;
+ * one the old layout had and this one has not is dropped.
+ *
+ * Refused, with the field named: a field whose size or kind changed (a number that grew, a
+ * number that became a struct), an array of another length, a union of another size, bitfields.
+ *
+ * ```ts
+ * const c = planConversion(oldBtf, oldValueId, newBtf, newValueId);
+ * convert(c, oldValue, newValue); // newValue: c.newSize zeroed bytes
+ * ```
+ * @module
+ */
+
+import {
+  type Btf,
+  BTF_KIND,
+  type BtfType,
+  parseBtf,
+  resolveType,
+  typeName,
+  typeSize,
+} from "../btf.ts";
+import * as bpf from "../ffi/libbpf.ts";
+
+/** Bytes `[from, from + len)` of an old value go to `[to, to + len)` of the new one. */
+export interface Copy {
+  from: number;
+  to: number;
+  len: number;
+}
+
+/** How values of one type are rewritten as another ({@link planConversion}). */
+export interface Conversion {
+  oldSize: number;
+  newSize: number;
+  /** In order of `to`, adjacent ones merged. */
+  copies: Copy[];
+  /** Fields of the new layout without an old one (zeroed), as `struct.field` paths. */
+  added: string[];
+  /** Fields of the old layout without a new one (their content goes). */
+  dropped: string[];
+}
+
+/** A layout change that cannot be carried over, naming the field. */
+export class MigrationError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "MigrationError";
+  }
+}
+
+const NUMBERS: ReadonlySet<number> = new Set([
+  BTF_KIND.INT,
+  BTF_KIND.ENUM,
+  BTF_KIND.ENUM64,
+  BTF_KIND.FLOAT,
+]);
+
+/**
+ * How to rewrite a value of type `oldId` (in `oldBtf`) as one of type `newId` (in `newBtf`).
+ * Throws {@link MigrationError} when a field cannot be carried over.
+ */
+export function planConversion(
+  oldBtf: Btf,
+  oldId: number,
+  newBtf: Btf,
+  newId: number,
+): Conversion {
+  const oldSize = typeSize(oldBtf, oldId), newSize = typeSize(newBtf, newId);
+  const root = resolveType(newBtf, newId).name || typeName(newBtf, newId);
+  if (oldSize === undefined || newSize === undefined) {
+    throw new MigrationError(`${root}: a type without a size`);
+  }
+  const out: Conversion = { oldSize, newSize, copies: [], added: [], dropped: [] };
+  plan(oldBtf, oldId, newBtf, newId, 0, 0, root, out, 0);
+  out.copies = merged(out.copies);
+  return out;
+}
+
+function plan(
+  ob: Btf,
+  oid: number,
+  nb: Btf,
+  nid: number,
+  from: number,
+  to: number,
+  path: string,
+  out: Conversion,
+  depth: number,
+): void {
+  if (depth > 16) throw new MigrationError(`${path}: nested too deep`);
+  const o = resolveType(ob, oid), n = resolveType(nb, nid);
+  const os = typeSize(ob, oid), ns = typeSize(nb, nid);
+  if (os === undefined || ns === undefined) {
+    throw new MigrationError(`${path}: a type without a size`);
+  }
+  const kinds = `a ${kindOf(o)}, now a ${kindOf(n)}`;
+  if (NUMBERS.has(o.kind) && NUMBERS.has(n.kind)) {
+    if (os !== ns) throw new MigrationError(`${path}: ${bytes(os)}, now ${ns}`);
+    out.copies.push({ from, to, len: ns });
+    return;
+  }
+  if (o.kind !== n.kind) throw new MigrationError(`${path}: ${kinds}`);
+  switch (n.kind) {
+    case BTF_KIND.UNION:
+      // Its members share the bytes: carried over whole, when it kept its size.
+      if (os !== ns) throw new MigrationError(`${path}: a union of ${os} bytes, now ${ns}`);
+      out.copies.push({ from, to, len: ns });
+      return;
+    case BTF_KIND.ARRAY: {
+      if (o.nelems !== n.nelems) {
+        throw new MigrationError(`${path}: ${o.nelems} elements, now ${n.nelems}`);
+      }
+      const oe = typeSize(ob, o.elemTypeId ?? 0) ?? 0, ne = typeSize(nb, n.elemTypeId ?? 0) ?? 0;
+      for (let i = 0; i < (n.nelems ?? 0); i++) {
+        plan(
+          ob,
+          o.elemTypeId ?? 0,
+          nb,
+          n.elemTypeId ?? 0,
+          from + i * oe,
+          to + i * ne,
+          `${path}[${i}]`,
+          out,
+          depth + 1,
+        );
+      }
+      return;
+    }
+    case BTF_KIND.STRUCT: {
+      const olds = new Map((o.members ?? []).map((m) => [m.name, m]));
+      for (const m of [...(o.members ?? []), ...(n.members ?? [])]) {
+        if (m.bitfieldBits !== 0 || m.offsetBits % 8 !== 0) {
+          throw new MigrationError(`${path}.${m.name}: a bitfield`);
+        }
+        if (m.name === "") throw new MigrationError(`${path}: an anonymous member`);
+      }
+      const news = new Set((n.members ?? []).map((m) => m.name));
+      for (const m of n.members ?? []) {
+        const was = olds.get(m.name);
+        if (!was) {
+          out.added.push(`${path}.${m.name}`);
+          continue;
+        }
+        plan(
+          ob,
+          was.typeId,
+          nb,
+          m.typeId,
+          from + was.offsetBits / 8,
+          to + m.offsetBits / 8,
+          `${path}.${m.name}`,
+          out,
+          depth + 1,
+        );
+      }
+      for (const m of o.members ?? []) if (!news.has(m.name)) out.dropped.push(`${path}.${m.name}`);
+      return;
+    }
+    default:
+      throw new MigrationError(`${path}: a ${kindOf(n)} cannot be carried over`);
+  }
+}
+
+function bytes(n: number): string {
+  return n === 1 ? "1 byte" : `${n} bytes`;
+}
+
+function kindOf(t: BtfType): string {
+  return NUMBERS.has(t.kind) ? "number" : t.kindName.toLowerCase();
+}
+
+function merged(copies: Copy[]): Copy[] {
+  const sorted = [...copies].sort((a, b) => a.to - b.to);
+  const out: Copy[] = [];
+  for (const c of sorted) {
+    const last = out[out.length - 1];
+    if (last && last.from + last.len === c.from && last.to + last.len === c.to) last.len += c.len;
+    else out.push({ ...c });
+  }
+  return out;
+}
+
+/** True when `c` leaves values as they are (same size, every byte in place). */
+export function isIdentity(c: Conversion): boolean {
+  return c.oldSize === c.newSize && c.copies.length === 1 && c.copies[0].from === 0 &&
+    c.copies[0].to === 0 && c.copies[0].len === c.newSize;
+}
+
+/**
+ * Writes the old value at `src[srcOff..]` as the new one at `dst[dstOff..]`: the fields it
+ * carries over are copied, the rest of the new value is zeroed.
+ */
+export function convert(c: Conversion, src: Uint8Array, dst: Uint8Array, srcOff = 0, dstOff = 0) {
+  dst.fill(0, dstOff, dstOff + c.newSize);
+  for (const k of c.copies) {
+    dst.set(src.subarray(srcOff + k.from, srcOff + k.from + k.len), dstOff + k.to);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Maps
+
+/** How the entries of one pinned map become entries of this einat's layout. */
+export interface MapConversion {
+  key: Conversion;
+  value: Conversion;
+}
+
+/**
+ * Plans the conversion of the pinned map `fd` (from the BTF the kernel keeps for it) to the key
+ * and value types `ids` of `newBtf` (this einat's object). Throws {@link MigrationError} when
+ * it cannot be carried over: a map created without BTF, a per-CPU map, a field that changed.
+ */
+export function planMapConversion(
+  fd: number,
+  newBtf: Btf,
+  ids: { key: number; value: number },
+): MapConversion {
+  const info = bpf.mapInfo(fd);
+  if (info.btfId === 0 || info.btfKeyTypeId === 0 || info.btfValueTypeId === 0) {
+    throw new MigrationError("created without BTF: its layout is unknown");
+  }
+  if (bpf.valueBytes(info) !== info.valueSize) throw new MigrationError("a per-CPU map");
+  const oldBtf = parseBtf(bpf.btfRawById(info.btfId));
+  return {
+    key: planConversion(oldBtf, info.btfKeyTypeId, newBtf, ids.key),
+    value: planConversion(oldBtf, info.btfValueTypeId, newBtf, ids.value),
+  };
+}
+
+function allZero(b: Uint8Array, off: number, len: number): boolean {
+  for (let i = off; i < off + len; i++) if (b[i] !== 0) return false;
+  return true;
+}
+
+/**
+ * Writes every entry of the map `oldFd` into `newFd` as `c` converts it, read in batches; an
+ * array's all-zero values (its free entries) are passed over. Returns the entries written.
+ */
+export function copyConverted(oldFd: number, newFd: number, c: MapConversion): number {
+  const info = bpf.mapInfo(oldFd);
+  const array = info.type === bpf.MapType.ARRAY;
+  const key = new Uint8Array(c.key.newSize), value = new Uint8Array(c.value.newSize);
+  let n = 0;
+  bpf.forEachEntry(oldFd, info.keySize, info.valueSize, (e) => {
+    if (array && allZero(e.values, e.vo, info.valueSize)) return;
+    convert(c.key, e.keys, key, e.ko);
+    convert(c.value, e.values, value, e.vo);
+    bpf.mapUpdate(newFd, key, value);
+    n++;
+  }, 1024);
+  return n;
+}

@@ -21,7 +21,7 @@ import {
   testPrefix,
 } from "./lib/netns.ts";
 import * as bpf from "../lib/ffi/libbpf.ts";
-import { closeFd } from "../lib/ffi/libc.ts";
+import { closeFd, dupFd } from "../lib/ffi/libc.ts";
 import {
   encodeMeta,
   layoutStamps,
@@ -32,7 +32,7 @@ import {
   STATE_MAPS,
 } from "../lib/state/pin.ts";
 import { embeddedObject } from "../lib/nat/loader.ts";
-import { CT_KEY_LAYOUT, CT_VALUE_LAYOUT } from "../lib/nat/codec.ts";
+import { CT_KEY_LAYOUT, CT_VALUE_LAYOUT, MAPPING_RECORD_LAYOUT } from "../lib/nat/codec.ts";
 import { openPinned, readBindings, readCounters, readSessions } from "../lib/state/read.ts";
 
 const sanitize = { sanitizeOps: false, sanitizeResources: false };
@@ -221,6 +221,7 @@ Deno.test({
         tamperStamp(dir, (m) => {
           state0Layout = m.map_ct.layout;
           m.map_ct.layout = "0000000000000000";
+          m.map_ct.semantics = 0; // a layout of another meaning: not carried over
         });
         const r = await nsExecResult(ns, einatCmd(["-i", "wan0", "--pin-dir", pin]));
         assertEquals(r.code, 2, r.stderr);
@@ -234,7 +235,10 @@ Deno.test({
         );
 
         // Bindings pinned as hash entries (einat before the mapping records): refused as well.
-        tamperStamp(dir, (m) => m.map_ct.layout = state0Layout);
+        tamperStamp(dir, (m) => {
+          m.map_ct.layout = state0Layout;
+          m.map_ct.semantics = 1;
+        });
         // (read back under the stamp: show refuses state of another layout)
         assertEquals(state(dir).sessions.length, 1, "sessions untouched");
         const legacy = bpf.mapCreate(bpf.MapType.HASH, "map_binding", 24, 24, 16);
@@ -352,6 +356,240 @@ Deno.test({
       });
     });
   },
+});
+
+// The layouts of bpf/migrate_test.bpf.c (an older einat's, as it could have been): where each
+// field of this einat's (lib/nat/codec.ts) sits there, written by hand.
+const OLD_CT_VALUE = {
+  size: 40,
+  at: { last_seen_ns: 0, int_addr: 8, created_s: 24, int_port: 28, flags: 30, state: 31 },
+  retired: 32, // a field this einat does not have
+};
+const OLD_RECORD = {
+  size: 72,
+  at: { ct: 0, state: 40, ref: 44, remote_addr: 48, remote_port: 64, l4proto: 66, family: 67 },
+  sess: 68,
+};
+const OLD_CT_KEY = {
+  size: 40,
+  at: { remote_addr: 0, ext_addr: 16, remote_port: 32, ext_port: 34, family: 36, l4proto: 37 },
+  flags: 38,
+};
+
+/** Copies the fields `at` names from `src` (this einat's `layout`) to their old places in `dst`. */
+function toOld(
+  layout: { fields: Record<string, { offset: number; size: number }> },
+  at: Record<string, number>,
+  src: Uint8Array,
+  so: number,
+  dst: Uint8Array,
+  base = 0,
+): void {
+  for (const [name, o] of Object.entries(at)) {
+    const f = layout.fields[name];
+    if (name !== "ct") dst.set(src.subarray(so + f.offset, so + f.offset + f.size), base + o);
+  }
+}
+
+/**
+ * Rewrites the pinned map_records and map_ct of `dir` as an einat of the layouts of
+ * bpf/migrate_test.bpf.c would have left them: maps created from that object's BTF, the
+ * entries moved to their old places, the stamp saying that object's layouts. Returns the
+ * records and sessions written.
+ */
+async function pinOldLayout(dir: string): Promise<{ records: number; sessions: number }> {
+  const oldBytes = Deno.readFileSync(new URL("../bpf/migrate_test.bpf.o", import.meta.url));
+  const obj = bpf.openObjectMem(oldBytes, "migrate_test");
+  let records = 0, sessions = 0;
+  try {
+    const recFd = bpf.objGetPinned(`${dir}/map_records`), ctFd = bpf.objGetPinned(`${dir}/map_ct`);
+    try {
+      for (const [m, fd] of [["map_records", recFd], ["map_ct", ctFd]] as const) {
+        bpf.mapSetMaxEntries(bpf.findMap(obj, m), bpf.mapInfo(fd).maxEntries);
+      }
+      await bpf.loadObject(obj);
+      const oldRec = bpf.mapFd(bpf.findMap(obj, "map_records"));
+      const oldCt = bpf.mapFd(bpf.findMap(obj, "map_ct"));
+      const R = MAPPING_RECORD_LAYOUT;
+      bpf.forEachEntry(recFd, 4, R.size, (e) => {
+        if ((e.values[e.vo + R.fields.state.offset] & 3) === 0) return; // free
+        const v = new Uint8Array(OLD_RECORD.size);
+        toOld(R, OLD_RECORD.at, e.values, e.vo, v);
+        new DataView(v.buffer).setUint32(
+          OLD_RECORD.sess,
+          e.vv.getUint32(e.vo + R.fields.sess.offset, true),
+          true,
+        );
+        toOld(CT_VALUE_LAYOUT, OLD_CT_VALUE.at, e.values, e.vo + R.fields.ct.offset, v);
+        v.fill(0xff, OLD_CT_VALUE.retired, OLD_CT_VALUE.retired + 4);
+        bpf.mapUpdate(oldRec, e.keys.slice(e.ko, e.ko + 4), v);
+        records++;
+      });
+      bpf.forEachEntry(ctFd, CT_KEY_LAYOUT.size, CT_VALUE_LAYOUT.size, (e) => {
+        const k = new Uint8Array(OLD_CT_KEY.size), v = new Uint8Array(OLD_CT_VALUE.size);
+        toOld(CT_KEY_LAYOUT, OLD_CT_KEY.at, e.keys, e.ko, k);
+        k[OLD_CT_KEY.flags] = e.keys[e.ko + CT_KEY_LAYOUT.fields.flags.offset];
+        toOld(CT_VALUE_LAYOUT, OLD_CT_VALUE.at, e.values, e.vo, v);
+        v.fill(0xff, OLD_CT_VALUE.retired, OLD_CT_VALUE.retired + 4);
+        bpf.mapUpdate(oldCt, k, v);
+        sessions++;
+      });
+      pinFd(dupFd(oldRec), `${dir}/map_records`);
+      pinFd(dupFd(oldCt), `${dir}/map_ct`);
+    } finally {
+      closeFd(recFd);
+      closeFd(ctFd);
+    }
+  } finally {
+    bpf.closeObject(obj);
+  }
+  const old = layoutStamps(oldBytes);
+  tamperStamp(dir, (m) => {
+    m.map_records.layout = old.map_records;
+    m.map_ct.layout = old.map_ct;
+  });
+  return { records, sessions };
+}
+
+/** Value size of the map pinned at `path`. */
+function pinnedValueSize(path: string): number {
+  const fd = bpf.objGetPinned(path);
+  try {
+    return bpf.mapInfo(fd).valueSize;
+  } finally {
+    closeFd(fd);
+  }
+}
+
+/** What a session is, without the times that move. */
+const sessionKeys = (
+  rows: { protocol: string; internal: string; external: string; remote: string; state: string }[],
+) => rows.map((r) => `${r.protocol} ${r.internal} ${r.external} ${r.remote} ${r.state}`).sort();
+
+Deno.test({
+  name:
+    "state: bindings and sessions pinned by an einat of another layout are carried over at start (fields by name), kept ports and all; a start that fails, or was interrupted, while carrying them over leaves them as they were; another meaning version is refused untouched",
+  ...sanitize,
+  fn: () =>
+    withNs(async (ns, pin, dir) => {
+      await run(["ip", "-n", ns, "neigh", "add", "203.0.113.51", "lladdr", "02:00:00:00:00:51"]
+        .concat(["dev", "wan0", "nud", "permanent"]));
+      let p = await startEinat(ns, ["-i", "wan0", "--pin-dir", pin]);
+      // 40000 to two remotes (a session inline in its record, one in map_ct), 40001 to one.
+      await send(ns, dir, 40000);
+      await nsExecResult(
+        ns,
+        peerCmd(
+          "udp-send",
+          ["--bind", "192.0.2.10", "--from-port", "40000"].concat(
+            ["--to", "203.0.113.51:9", "--reply-timeout-ms", "50"],
+          ),
+        ),
+      );
+      await sendOnce(ns, 40001);
+      const before = state(dir);
+      assertEquals([before.bindings.length, before.sessions.length], [2, 3]);
+      assertEquals(await stopEinat(p), 0, p.stderrText());
+
+      assertEquals(await pinOldLayout(dir), { records: 2, sessions: 1 });
+      assertEquals(pinnedValueSize(`${dir}/map_records`), OLD_RECORD.size);
+
+      // Another meaning version: refused, nothing touched.
+      tamperStamp(dir, (m) => m.map_ct.semantics = 99);
+      const r = await nsExecResult(ns, einatCmd(["-i", "wan0", "--pin-dir", pin]));
+      assertEquals(r.code, 2, r.stderr);
+      assert(
+        /map_ct.*another layout.*cannot be carried over \(map_ct: what its entries mean changed \(version 99, now 1\)\).*einat --flush -i wan0/
+          .test(r.stderr),
+        r.stderr,
+      );
+      assertEquals(pinnedValueSize(`${dir}/map_records`), OLD_RECORD.size, "untouched");
+      assertEquals(pinnedValueSize(`${dir}/map_ct`), OLD_CT_VALUE.size, "untouched");
+      tamperStamp(dir, (m) => delete m.map_ct.semantics); // as einats before the field wrote it
+
+      // A start that fails once it pinned them aside (the kernel refuses its programs): put back.
+      await withVariant("EINAT_TEST_REJECT", async (obj) => {
+        const cmd = [
+          "env",
+          `EINAT_BPF_OBJECT=${obj}`,
+          ...einatCmd(["-i", "wan0", "--pin-dir", pin]),
+        ];
+        const f = await nsExecResult(ns, cmd);
+        assertEquals(f.code, 2, f.stderr);
+        assert(/carrying it over .*map=map_ct/.test(f.stderr), f.stderr);
+        assert(/the kernel refused the BPF programs/.test(f.stderr), f.stderr);
+      });
+      assertEquals(pinnedValueSize(`${dir}/map_records`), OLD_RECORD.size, "put back");
+      assertEquals(pinnedValueSize(`${dir}/map_ct`), OLD_CT_VALUE.size, "put back");
+      assertEquals(
+        [...Deno.readDirSync(dir)].map((e) => e.name).filter((n) => n.endsWith("_migrating")),
+        [],
+      );
+
+      // A start that stopped while carrying map_ct over: the old map pinned aside, a new one in
+      // its place.
+      Deno.renameSync(`${dir}/map_ct`, `${dir}/map_ct_migrating`);
+      pinFd(
+        bpf.mapCreate(bpf.MapType.HASH, "map_ct", CT_KEY_LAYOUT.size, CT_VALUE_LAYOUT.size, 16),
+        `${dir}/map_ct`,
+      );
+
+      p = await startEinat(ns, ["-i", "wan0", "--pin-dir", pin]);
+      try {
+        const log = p.stderrText();
+        assert(/interrupted while carrying it over; put back .*maps=map_ct/.test(log), log);
+        assert(
+          /pinned map of another layout: carrying it over .*map=map_records .*dropped=mapping_record\.ct\.retired/
+            .test(log),
+          log,
+        );
+        assert(/carried over to this einat's layout .*map=map_records entries=2/.test(log), log);
+        assert(/carried over to this einat's layout .*map=map_ct entries=1/.test(log), log);
+        assert(
+          /pinned state reused .*carried_over=map_records,map_ct .*bindings=2 sessions=3 expired=0/
+            .test(log),
+          log,
+        );
+        assertEquals(
+          [...Deno.readDirSync(dir)].map((e) => e.name).filter((n) => n.endsWith("_migrating")),
+          [],
+        );
+        assertEquals(pinnedValueSize(`${dir}/map_records`), MAPPING_RECORD_LAYOUT.size);
+        const after = state(dir);
+        assertEquals(after.bindings, before.bindings, "the same mappings");
+        assertEquals(sessionKeys(after.sessions), sessionKeys(before.sessions));
+        // created_s and last_seen_ns carried over: ages and idle times of seconds, not of boot.
+        for (const s of after.sessions) {
+          assert(s.ageSeconds < 60 && s.idleSeconds < 60, JSON.stringify(s));
+        }
+        // Traffic goes on through the carried-over records: the same external port, no new
+        // binding (the outbound index finds the record by its internal endpoint).
+        await sendOnce(ns, 40000);
+        await sendOnce(ns, 40001);
+        assertEquals(state(dir).bindings, before.bindings);
+      } finally {
+        assertEquals(await stopEinat(p), 0, p.stderrText());
+      }
+      // The next start reuses them as they are.
+      p = await startEinat(ns, ["-i", "wan0", "--pin-dir", pin]);
+      assert(/pinned state reused .*bindings=2 sessions=3/.test(p.stderrText()), p.stderrText());
+      assert(!/carried_over/.test(p.stderrText()), p.stderrText());
+      assertEquals(await stopEinat(p), 0, p.stderrText());
+      // A start killed after the old maps went, before the stamp was rewritten: new maps under
+      // the old stamp, carried over as they are (their own BTF says this layout).
+      const old = layoutStamps(
+        Deno.readFileSync(new URL("../bpf/migrate_test.bpf.o", import.meta.url)),
+      );
+      tamperStamp(dir, (m) => m.map_ct.layout = old.map_ct);
+      p = await startEinat(ns, ["-i", "wan0", "--pin-dir", pin]);
+      assert(
+        /pinned state reused .*carried_over=map_ct .*bindings=2 sessions=3/.test(p.stderrText()),
+        p.stderrText(),
+      );
+      assert(!/dropped=|added=/.test(p.stderrText()), p.stderrText());
+      assertEquals(state(dir).bindings, before.bindings);
+      assertEquals(await stopEinat(p), 0, p.stderrText());
+    }),
 });
 
 function pinnedFlags(dir: string): Record<string, number> {

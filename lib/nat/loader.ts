@@ -81,7 +81,7 @@ export interface NatObject {
    * Pinned state: where, which maps were reused, and the folder held (lib/state/pin.ts) until
    * {@link closeNat}. Absent without `pinDir`.
    */
-  pins?: { dir: string; reused: string[]; reset: string[]; lockFd: number };
+  pins?: { dir: string; reused: string[]; reset: string[]; migrated: string[]; lockFd: number };
   /**
    * Sweeps in progress (lib/nat/expire.ts): their runs use the descriptors between awaits, so
    * {@link closeNat} leaves the closing to the last of them.
@@ -396,7 +396,13 @@ async function loadNatBytes(
       bumpEpochFd: progFd("bump_epoch"),
       releaseFd: progFd("release_records"),
       pins: pins
-        ? { dir: pins.dir, reused: pins.reused, reset: pins.reset, lockFd: pins.lockFd }
+        ? {
+          dir: pins.dir,
+          reused: pins.reused,
+          reset: pins.reset,
+          migrated: pins.migrated,
+          lockFd: pins.lockFd,
+        }
         : undefined,
     };
   } catch (e) {

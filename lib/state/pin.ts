@@ -9,8 +9,13 @@
  * meaning version. The stamp is created and pinned before any state map, so
  * a directory with maps but no stamp was not written by this scheme. On a
  * mismatch:
- * - bindings or sessions (connections depend on them): the start is refused
- *   with a message naming `einat --flush`; nothing is changed;
+ * - bindings or sessions (connections depend on them): carried over to this
+ *   einat's layout field by field (lib/state/migrate.ts, from the BTF the kernel
+ *   keeps for each pinned map) when their meaning version is the same and every
+ *   field can be; otherwise the start is refused with a message naming
+ *   `einat --flush`, and nothing is changed. During the copy the old maps are
+ *   pinned aside (`<map>_migrating`), so a start that fails, or a process
+ *   killed meanwhile, leaves them to the next start, which puts them back;
  * - fragment tracking and counters (transient): the old map is unpinned and a
  *   fresh one created, with a log line.
  * A changed `binding_max_records`/`ct_max_records` keeps the pinned size (a
@@ -31,7 +36,7 @@
  */
 
 import denoJson from "../../deno.json" with { type: "json" };
-import { readStructs, type StructInfo } from "../btf.ts";
+import { readBtf, readStructs, type StructInfo } from "../btf.ts";
 import * as bpf from "../ffi/libbpf.ts";
 import {
   closeFd,
@@ -48,6 +53,7 @@ import { BusyError, ownerOf } from "../nat/attach.ts";
 import { type RoConfig, STATS, TRAFFIC } from "../nat/codec.ts";
 import { deletedNamespace, netnsFolder, type NetnsIdentity, netnsIdentity } from "./netns.ts";
 import { DEFAULT_PIN_ROOT, pinFolderName, pinRootOf, stateOptions } from "./options.ts";
+import { copyConverted, type MapConversion, MigrationError, planMapConversion } from "./migrate.ts";
 
 /** The maps kept across restarts, by their name in the object (also the pin name). */
 export const STATE_MAPS = [
@@ -75,9 +81,10 @@ export const META_VERSION = 1;
 
 /**
  * What each map's content means, bumped by hand when the meaning changes
- * without a layout change (e.g. a flag bit reused).
+ * without a layout change (e.g. a flag bit reused): state of another meaning
+ * version is never carried over.
  */
-const SEMANTICS: Record<StateMap, number> = {
+export const SEMANTICS: Record<StateMap, number> = {
   map_records: 1,
   map_outbound: 1,
   map_slots: 1,
@@ -133,8 +140,8 @@ export interface MetaDoc {
   /** einat version that wrote it last. */
   einat: string;
   ifname: string;
-  /** Per map: layout hash and capacity. */
-  maps: Record<string, { layout: string; maxEntries?: number }>;
+  /** Per map: layout hash, capacity and meaning version ({@link SEMANTICS}; absent: 1). */
+  maps: Record<string, { layout: string; maxEntries?: number; semantics?: number }>;
   /** Timeouts of the writer's configuration, in nanoseconds (decimal strings). */
   timeoutsNs?: Record<string, string>;
   /** Process that wrote it last. */
@@ -307,11 +314,26 @@ export interface PinSession {
   reused: StateMap[];
   /** Maps recreated because their layout changed. */
   reset: StateMap[];
+  /** Maps of another layout carried over: copied into the new maps by {@link finishPins}. */
+  migrating: Migrating[];
+  /** Maps carried over from another layout, once copied. */
+  migrated: StateMap[];
   stamps: Record<StateMap, string>;
   metaFd: number;
   /** The folder, held with a shared `flock` while the state is in use ({@link releasePins}). */
   lockFd: number;
 }
+
+/** A pinned map of another layout on its way into this einat's. */
+export interface Migrating {
+  map: StateMap;
+  /** The old map, pinned aside as `<map>_migrating` until the copy is done. */
+  fd: number;
+  conversion: MapConversion;
+}
+
+/** Suffix of an old map's pin while its entries are copied into the new one. */
+export const MIGRATING_SUFFIX = "_migrating";
 
 function pinnedNames(dir: string): Set<string> {
   const out = new Set<string>();
@@ -391,6 +413,7 @@ function checkPins(
 ): PinSession {
   const stamps = layoutStamps(bytes);
   let names = pinnedNames(dir);
+  if (restoreInterrupted(dir, ifname, names)) names = pinnedNames(dir);
   let meta = names.has(META_NAME) ? readMeta(dir) : null;
   if (meta && deletedNamespace(meta.netns)) {
     // No einat of that namespace runs (it would keep it alive); no other may hold it either.
@@ -448,7 +471,7 @@ function checkPins(
   }
   const reused: StateMap[] = [];
   const reset: StateMap[] = [];
-  const incompatible: string[] = [];
+  const incompatible: StateMap[] = [];
   for (const m of pinned) {
     const was = meta?.maps[m]?.layout;
     if (was === stamps[m]) {
@@ -458,20 +481,48 @@ function checkPins(
     if (PRECIOUS.has(m)) incompatible.push(m);
     else reset.push(m);
   }
-  if (incompatible.length > 0) {
-    throw new StateError(
-      `${dir}: pinned ${incompatible.join(", ")} written by einat ${meta?.einat} ` +
-        `have another layout than this einat uses; keeping them untouched. ` +
-        `\`${
-          flushHint(ifname)
-        }\` discards them (drops every mapping), or run the einat that wrote them`,
-    );
-  }
+  const migrating = planMigrations(obj, bytes, dir, ifname, meta, incompatible);
   for (const m of reset) {
     Deno.removeSync(`${dir}/${m}`);
     log.warn("pinned map has another layout; recreated empty", { ifname, map: m });
   }
 
+  try {
+    pinAside(obj, dir, migrating);
+    setPinPaths(obj, dir, ifname, reused, reset);
+    const metaFd = stampFd(dir, ifname, meta, names.has(META_NAME), stamps);
+    return { dir, ifname, reused, reset, migrating, migrated: [], stamps, metaFd, lockFd };
+  } catch (e) {
+    putBack(dir, migrating); // the old maps back in place, as found
+    throw e;
+  }
+}
+
+/**
+ * Pins the old maps of `migrating` aside (`<map>_migrating`) for libbpf to create this einat's
+ * in their place, each the old one's size, as a reused map keeps its size: record and index
+ * positions depend on it.
+ */
+function pinAside(obj: bpf.BpfObject, dir: string, migrating: Migrating[]): void {
+  for (const { map: m, fd } of migrating) {
+    const info = bpf.mapInfo(fd), map = bpf.findMap(obj, m);
+    if (info.maxEntries !== bpf.mapMaxEntries(map)) bpf.mapSetMaxEntries(map, info.maxEntries);
+    Deno.renameSync(`${dir}/${m}`, `${dir}/${m}${MIGRATING_SUFFIX}`);
+  }
+}
+
+/**
+ * Sets every state map's pin path (libbpf reuses a pinned map or creates and pins a new one),
+ * reused ones with their pinned flags and size (a resized fragment table is recreated instead:
+ * moved from `reused` to `reset`).
+ */
+function setPinPaths(
+  obj: bpf.BpfObject,
+  dir: string,
+  ifname: string,
+  reused: StateMap[],
+  reset: StateMap[],
+): void {
   for (const m of STATE_MAPS) {
     const map = bpf.findMap(obj, m);
     if (reused.includes(m)) {
@@ -516,12 +567,21 @@ function checkPins(
     }
     bpf.mapSetPinPath(map, `${dir}/${m}`);
   }
+}
 
+/** The stamp map of `dir`: the pinned one (`meta` read from it), or a new one pinned. */
+function stampFd(
+  dir: string,
+  ifname: string,
+  meta: MetaDoc | null,
+  pinned: boolean,
+  stamps: Record<StateMap, string>,
+): number {
   let metaFd: number;
   if (meta) {
     metaFd = bpf.objGetPinned(`${dir}/${META_NAME}`);
   } else {
-    if (names.has(META_NAME)) Deno.removeSync(`${dir}/${META_NAME}`);
+    if (pinned) Deno.removeSync(`${dir}/${META_NAME}`);
     metaFd = bpf.mapCreate(bpf.MapType.ARRAY, META_NAME, 4, META_VALUE_SIZE, 1);
     try {
       bpf.mapUpdate(metaFd, ZERO_KEY, encodeMeta(stampDoc(ifname, stamps, {})));
@@ -531,7 +591,110 @@ function checkPins(
       throw e;
     }
   }
-  return { dir, ifname, reused, reset, stamps, metaFd, lockFd };
+  return metaFd;
+}
+
+/**
+ * Puts back the maps a start stopped in the middle of carrying over (pinned aside as
+ * `<map>_migrating`): the stamp still describes them, not the half-filled new ones. True when
+ * there were any.
+ */
+function restoreInterrupted(dir: string, ifname: string, names: Set<string>): boolean {
+  const found = STATE_MAPS.filter((m) => names.has(`${m}${MIGRATING_SUFFIX}`));
+  for (const m of found) {
+    if (names.has(m)) Deno.removeSync(`${dir}/${m}`);
+    Deno.renameSync(`${dir}/${m}${MIGRATING_SUFFIX}`, `${dir}/${m}`);
+  }
+  if (found.length > 0) {
+    log.warn("pinned state of a start interrupted while carrying it over; put back", {
+      ifname,
+      maps: found.join(","),
+    });
+  }
+  return found.length > 0;
+}
+
+/**
+ * How the pinned maps `incompatible` (of another layout) become this einat's: each of the same
+ * meaning version and convertible field by field (lib/state/migrate.ts), or the start is refused
+ * ({@link StateError}) with every reason, nothing changed.
+ */
+function planMigrations(
+  obj: bpf.BpfObject,
+  bytes: Uint8Array,
+  dir: string,
+  ifname: string,
+  meta: MetaDoc | null,
+  incompatible: StateMap[],
+): Migrating[] {
+  if (incompatible.length === 0) return [];
+  const btf = readBtf(bytes);
+  const out: Migrating[] = [];
+  const why: string[] = [];
+  for (const m of incompatible) {
+    const semantics = meta?.maps[m]?.semantics ?? 1;
+    if (semantics !== SEMANTICS[m]) {
+      why.push(`${m}: what its entries mean changed (version ${semantics}, now ${SEMANTICS[m]})`);
+      continue;
+    }
+    const fd = bpf.objGetPinnedOpts(`${dir}/${m}`, { readOnly: true });
+    try {
+      out.push({
+        map: m,
+        fd,
+        conversion: planMapConversion(fd, btf, bpf.mapBtfTypeIds(bpf.findMap(obj, m))),
+      });
+    } catch (e) {
+      closeFd(fd);
+      if (!(e instanceof MigrationError)) {
+        for (const x of out) closeFd(x.fd);
+        throw e;
+      }
+      why.push(`${m}: ${e.message}`);
+    }
+  }
+  if (why.length > 0) {
+    for (const x of out) closeFd(x.fd);
+    throw new StateError(
+      `${dir}: pinned ${incompatible.join(", ")} written by einat ${meta?.einat} ` +
+        `have another layout than this einat uses, which cannot be carried over ` +
+        `(${why.join("; ")}); keeping them untouched. \`${
+          flushHint(ifname)
+        }\` discards them (drops every mapping), or run the einat that wrote them`,
+    );
+  }
+  for (const x of out) {
+    const { added, dropped } = {
+      added: [...x.conversion.key.added, ...x.conversion.value.added],
+      dropped: [...x.conversion.key.dropped, ...x.conversion.value.dropped],
+    };
+    log.info("pinned map of another layout: carrying it over", {
+      ifname,
+      map: x.map,
+      written_by: meta?.einat,
+      ...(added.length ? { added: added.join(",") } : {}),
+      ...(dropped.length ? { dropped: dropped.join(",") } : {}),
+    });
+  }
+  return out;
+}
+
+/** Undoes the pinning aside of `migrating` (a start that fails): the old maps back in place. */
+function putBack(dir: string, migrating: Migrating[]): void {
+  for (const x of migrating.splice(0)) {
+    const aside = `${dir}/${x.map}${MIGRATING_SUFFIX}`;
+    try {
+      if (exists(aside)) {
+        try {
+          Deno.removeSync(`${dir}/${x.map}`); // the new one, when libbpf had pinned it
+        } catch { /* not pinned */ }
+        Deno.renameSync(aside, `${dir}/${x.map}`);
+      }
+    } catch (e) {
+      log.warn("could not put a pinned map back", { map: x.map, error: (e as Error).message });
+    }
+    closeFd(x.fd);
+  }
 }
 
 function stampDoc(
@@ -546,7 +709,10 @@ function stampDoc(
     einat: denoJson.version,
     ifname,
     maps: Object.fromEntries(
-      STATE_MAPS.map((m) => [m, { layout: stamps[m], maxEntries: sizes[m] }]),
+      STATE_MAPS.map((m) => [
+        m,
+        { layout: stamps[m], maxEntries: sizes[m], semantics: SEMANTICS[m] },
+      ]),
     ),
     timeoutsNs: ro ? timeoutsOf(ro) : undefined,
     pid: Deno.pid,
@@ -560,9 +726,27 @@ function stampDoc(
  * held until {@link releasePins}.
  */
 export function finishPins(p: PinSession, obj: bpf.BpfObject, ro: RoConfig): void {
+  const sizes: Partial<Record<StateMap, number>> = {};
+  for (const m of STATE_MAPS) sizes[m] = bpf.mapMaxEntries(bpf.findMap(obj, m));
+  for (const x of p.migrating) {
+    const t0 = performance.now();
+    const entries = copyConverted(x.fd, bpf.mapFd(bpf.findMap(obj, x.map)), x.conversion);
+    log.info("pinned map carried over to this einat's layout", {
+      ifname: p.ifname,
+      map: x.map,
+      entries,
+      ms: Number((performance.now() - t0).toFixed(1)),
+    });
+  }
+  // The old maps go before the stamp is rewritten: a process killed in between leaves new maps
+  // under the old stamp, which the next start carries over as they are (from their own BTF).
+  for (const x of p.migrating) {
+    Deno.removeSync(`${p.dir}/${x.map}${MIGRATING_SUFFIX}`);
+    closeFd(x.fd);
+    p.migrated.push(x.map);
+  }
+  p.migrating = [];
   try {
-    const sizes: Partial<Record<StateMap, number>> = {};
-    for (const m of STATE_MAPS) sizes[m] = bpf.mapMaxEntries(bpf.findMap(obj, m));
     bpf.mapUpdate(p.metaFd, ZERO_KEY, encodeMeta(stampDoc(p.ifname, p.stamps, sizes, ro)));
   } finally {
     closeFd(p.metaFd);
@@ -572,6 +756,7 @@ export function finishPins(p: PinSession, obj: bpf.BpfObject, ro: RoConfig): voi
 
 /** Releases a {@link PinSession} after a failed load. */
 export function abortPins(p: PinSession): void {
+  putBack(p.dir, p.migrating);
   if (p.metaFd >= 0) closeFd(p.metaFd);
   p.metaFd = -1;
   releasePins(p);

@@ -67,11 +67,12 @@ export function afterAttach(nat: NatObject, ifname: string, bindings: number): v
   if (!nat.pins) return;
   const sessions = sweep.ctEntries + Number(bindingCountAt(nat.maps.bindingCount, 1) ?? 0n);
   const expired = sweep.expired;
-  const fresh = nat.pins.reused.length === 0;
+  const fresh = nat.pins.reused.length === 0 && nat.pins.migrated.length === 0;
   log.info(fresh ? "pinned state created" : "pinned state reused", {
     ifname,
     dir: nat.pins.dir,
     ...(fresh ? {} : { maps: nat.pins.reused.join(",") }),
+    ...(nat.pins.migrated.length ? { carried_over: nat.pins.migrated.join(",") } : {}),
     ...(nat.pins.reset.length ? { recreated: nat.pins.reset.join(",") } : {}),
     bindings,
     sessions,

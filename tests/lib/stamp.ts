@@ -16,7 +16,7 @@ import {
 /** Rewrites the stamp in `dir` (an interface's pin folder) after `edit` changed its maps' entries. */
 export function tamperStamp(
   dir: string,
-  edit: (maps: Record<string, { layout: string }>) => void,
+  edit: (maps: MetaDoc["maps"]) => void,
 ): void {
   tamperMeta(dir, (doc) => edit(doc.maps));
 }

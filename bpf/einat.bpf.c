@@ -457,6 +457,16 @@ static __always_inline int flow_serve(struct __sk_buff *skb, struct packet *p,
 		return drop(STAT_DROP_UNTRANSLATABLE);
 	stat_inc(egress ? STAT_EGRESS_NAT : STAT_INGRESS_NAT);
 	traffic_add(skb, egress, p->family);
+	if (CFG.session_counters) { /* the session's key, as the lookups make it */
+		struct ct_key ck;
+		__be16 rport = p->l4proto == IPPROTO_ICMP ? 0 : egress ? p->dport : p->sport;
+		if (egress)
+			ct_key_init(&ck, p->family, p->l4proto, &fe->to_addr, fe->to_port, &p->dst,
+				    rport);
+		else
+			ct_key_init(&ck, p->family, p->l4proto, &p->dst, p->dport, &p->src, rport);
+		sess_count(skb, &ck, NULL, egress);
+	}
 	return TC_ACT_OK;
 }
 
@@ -521,6 +531,7 @@ static __always_inline int egress_established(struct __sk_buff *skb, struct pack
 		return drop(STAT_DROP_UNTRANSLATABLE);
 	stat_inc(STAT_EGRESS_NAT);
 	traffic_add(skb, true, p->family);
+	sess_count(skb, &ck, v, true);
 	return TC_ACT_OK;
 }
 
@@ -757,6 +768,8 @@ __noinline int einat_egress_full(struct __sk_buff *skb, struct packet *pp)
 	}
 	stat_inc(STAT_EGRESS_NAT);
 	traffic_add(skb, true, pp->family);
+	if (CFG.session_counters)
+		sess_count(skb, ck, ct_find(ck), true);
 	return TC_ACT_OK;
 }
 
@@ -902,6 +915,8 @@ static __always_inline int ingress_l4(struct __sk_buff *skb, struct packet *pp, 
 	}
 	stat_inc(STAT_INGRESS_NAT);
 	traffic_add(skb, false, family);
+	if (CFG.session_counters)
+		sess_count(skb, &ck, v ? v : ct_find(&ck), false);
 	return TC_ACT_OK;
 }
 

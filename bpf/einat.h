@@ -35,7 +35,9 @@ struct einat_config {
 	/* The flow cache has 1 << flow_cache_bits slots per CPU (lib/flowcache.h; the loader
 	 * sizes the map to match). */
 	__u8 flow_cache_bits;
-	__u8 _pad[3];
+	/* Count packets and bytes per session (map_sess_counters, lib/state.h). */
+	__u8 session_counters;
+	__u8 _pad[2];
 	/* The outbound index has outbound_mask + 1 lines, a power of two (lib/records.h; the
 	 * loader sizes the map to match). */
 	__u32 outbound_mask;
@@ -282,6 +284,23 @@ struct sweep_batch {
 	__u32 keys_n; /* keys[0 .. keys_n - 1]: map_ct keys to look at */
 	__u32 _pad;
 	struct ct_key keys[SWEEP_KEYS];
+};
+
+/*
+ * map_sess_counters: packets and bytes (IP header onwards) of one session,
+ * keyed by its struct ct_key, one value per CPU. A CPU's value counts for the
+ * session created at created_s (its ct_value's): the lookups (at least every
+ * flow_fresh_ns) start a value of another created_s over, so a session made
+ * again on the same key does not inherit the counts of the one before, and
+ * user space sums only the CPUs' values of the session's created_s.
+ */
+struct sess_counter {
+	__u32 created_s;
+	__u32 _pad;
+	__u64 packets_out;
+	__u64 bytes_out;
+	__u64 packets_in;
+	__u64 bytes_in;
 };
 
 #define TRAFFIC_MAX 4

@@ -103,6 +103,7 @@ export function roConfigOf(ic: InterfaceConfig, hasEth = true): RoConfig {
     fibExternal: ic.bpfFibLookupExternal,
     inboundIcmpx: ic.allowInboundIcmpx,
     flowCacheSlots: ic.flowCacheSlots,
+    sessionCounters: ic.sessionCounters,
   };
 }
 

@@ -51,6 +51,7 @@ timeout_tcp_est = "3h"
 binding_max_records = 4096
 ct_max_records = 9000
 flow_cache_slots = 4096
+session_counters = 2048
 no_snat_dests = ["198.51.100.0/24"]
 snat_internals = ["192.0.2.0/25"]
 
@@ -104,6 +105,9 @@ Deno.test("config keys reach the loaded BPF config and maps", async () => {
       outboundLines: 1024,
       bindingMax: 4096,
     });
+    // session_counters: the knob on, the counters' map sized to it
+    assertEquals(ro[EINAT_CONFIG_LAYOUT.fields.session_counters.offset], 1);
+    assertEquals(bpf.mapMaxEntries(bpf.findMap(nat.obj, "map_sess_counters")), 2048);
     // the flow cache: one block of flow_cache_slots per possible CPU
     assertEquals(
       bpf.mapMaxEntries(bpf.findMap(nat.obj, "map_flow_cache")),

@@ -91,6 +91,18 @@ struct {
 	__uint(max_entries, TRAFFIC_MAX);
 } map_traffic SEC(".maps");
 
+/*
+ * Per-session counters (CFG.session_counters, lib/state.h): LRU, so the
+ * sessions counted last stay when more sessions than entries are counted. The
+ * loader sizes it (session_counters; one entry when off).
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_PERCPU_HASH);
+	__type(key, struct ct_key);
+	__type(value, struct sess_counter);
+	__uint(max_entries, 1);
+} map_sess_counters SEC(".maps");
+
 static __always_inline void stat_inc(enum einat_stat idx)
 {
 	__u64 *v = bpf_map_lookup_elem(&map_stats, &idx);

@@ -28,6 +28,38 @@ static __always_inline void traffic_add(struct __sk_buff *skb, bool egress, __u8
 	c->bytes += skb->len - (HAS_ETH ? sizeof(struct ethhdr) : 0);
 }
 
+/*
+ * Counts one translated packet of the session of key k (CFG.session_counters;
+ * nothing when off: dead code under the read-only config). v: the session,
+ * when the caller has it (the lookups), whose created_s this CPU's value must
+ * carry, or starts over; NULL (a packet served from the flow cache): counted
+ * where the value is.
+ */
+static __always_inline void sess_count(struct __sk_buff *skb, const struct ct_key *k,
+				       const struct ct_value *v, bool egress)
+{
+	if (!CFG.session_counters)
+		return;
+	struct sess_counter *c = bpf_map_lookup_elem(&map_sess_counters, k);
+	if (v && (!c || c->created_s != v->created_s)) {
+		struct sess_counter z;
+		__builtin_memset(&z, 0, sizeof(z));
+		z.created_s = v->created_s;
+		bpf_map_update_elem(&map_sess_counters, k, &z, BPF_ANY);
+		c = bpf_map_lookup_elem(&map_sess_counters, k);
+	}
+	if (!c)
+		return;
+	__u64 len = skb->len - (HAS_ETH ? sizeof(struct ethhdr) : 0);
+	if (egress) {
+		c->packets_out += 1;
+		c->bytes_out += len;
+	} else {
+		c->packets_in += 1;
+		c->bytes_in += len;
+	}
+}
+
 struct sweep_ctx {
 	__u64 now;
 	__u32 expired;

@@ -43,6 +43,7 @@ import {
   isFlowCacheSize,
   type PortRange,
   type ProtoRanges,
+  SESSION_COUNTERS_MAX,
   type Timeouts,
 } from "./types.ts";
 import {
@@ -108,6 +109,7 @@ export const DEFAULTS = {
   preferTcx: true,
   preallocateMaps: false,
   flowCacheSlots: FLOW_CACHE_SLOTS.default as number,
+  sessionCounters: 0,
   externalSlots: 0,
   defaultExternals: true,
   /**
@@ -175,6 +177,7 @@ const INTERFACE_KEYS = [
   "ct_max_records",
   "preallocate_maps",
   "flow_cache_slots",
+  "session_counters",
   "external_slots",
   "default_externals",
   "snat_internals",
@@ -813,6 +816,7 @@ export function defaultInterface(
     preferTcx: DEFAULTS.preferTcx,
     preallocateMaps: DEFAULTS.preallocateMaps,
     flowCacheSlots: DEFAULTS.flowCacheSlots,
+    sessionCounters: DEFAULTS.sessionCounters,
     externalSlots: DEFAULTS.externalSlots,
     noSnatDests: [],
     defaultExternals: DEFAULTS.defaultExternals,
@@ -934,6 +938,16 @@ function parseInterface(
       })`,
     );
   }
+  iface.sessionCounters = getInt(
+    ctx,
+    t,
+    "session_counters",
+    path,
+    DEFAULTS.sessionCounters,
+    0,
+    SESSION_COUNTERS_MAX,
+    "a session count (0: off)",
+  );
   iface.externalSlots = getInt(
     ctx,
     t,

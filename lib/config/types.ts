@@ -87,6 +87,11 @@ export interface InterfaceConfig {
   externalSlots: number;
   /** `flow_cache_slots`: established-flow cache slots per CPU, a power of two. */
   flowCacheSlots: number;
+  /**
+   * `session_counters`: sessions whose packets and bytes are counted (the most recently
+   * counted kept); 0: off.
+   */
+  sessionCounters: number;
   preferTcx: boolean;
   noSnatDests: Cidr[];
   defaultExternals: boolean;
@@ -145,3 +150,6 @@ export function isFlowCacheSize(slots: number): boolean {
   return Number.isInteger(Math.log2(slots)) && slots >= FLOW_CACHE_SLOTS.min &&
     slots <= FLOW_CACHE_SLOTS.max;
 }
+
+/** The most sessions `session_counters` may count (~190 bytes each on 2 CPUs). */
+export const SESSION_COUNTERS_MAX = 1 << 22;

@@ -101,6 +101,7 @@ export const EINAT_CONFIG_LAYOUT: StructLayout = {
     skb_summed_bit: { offset: 54, size: 2 },
     flow_fresh_ns: { offset: 56, size: 8 },
     flow_cache_bits: { offset: 64, size: 1 },
+    session_counters: { offset: 65, size: 1 },
     outbound_mask: { offset: 68, size: 4 },
     binding_max: { offset: 72, size: 4 },
   },
@@ -285,6 +286,22 @@ export const TRAFFIC_COUNTER_LAYOUT: StructLayout = {
   },
 };
 
+/**
+ * struct sess_counter (per-CPU value of map_sess_counters): one session's packets and bytes,
+ * counted for the session created at `created_s` (bpf/einat.h).
+ */
+export const SESS_COUNTER_LAYOUT: StructLayout = {
+  name: "sess_counter",
+  size: 40,
+  fields: {
+    created_s: { offset: 0, size: 4 },
+    packets_out: { offset: 8, size: 8 },
+    bytes_out: { offset: 16, size: 8 },
+    packets_in: { offset: 24, size: 8 },
+    bytes_in: { offset: 32, size: 8 },
+  },
+};
+
 /** All layouts, for the BTF check. */
 export const LAYOUTS: StructLayout[] = [
   EINAT_CONFIG_LAYOUT,
@@ -301,6 +318,7 @@ export const LAYOUTS: StructLayout[] = [
   CT_VALUE_LAYOUT,
   SWEEP_BATCH_LAYOUT,
   TRAFFIC_COUNTER_LAYOUT,
+  SESS_COUNTER_LAYOUT,
 ];
 
 // --- helpers -----------------------------------------------------------
@@ -347,6 +365,8 @@ export interface RoConfig {
   outboundLines?: number;
   /** Bindings at most (`binding_max_records`; set by the loader). */
   bindingMax?: number;
+  /** Sessions whose packets and bytes are counted (`session_counters`); 0 or absent: off. */
+  sessionCounters?: number;
 }
 
 /**
@@ -408,6 +428,7 @@ export function encodeRoConfig(c: RoConfig): Uint8Array {
   b[f(L, "inbound_icmpx")] = c.inboundIcmpx ? 1 : 0;
   v.setBigUint64(f(L, "flow_fresh_ns"), flowFreshNs(c), true);
   b[f(L, "flow_cache_bits")] = flowCacheBits(c.flowCacheSlots ?? FLOW_CACHE_SLOTS.default);
+  b[f(L, "session_counters")] = c.sessionCounters ? 1 : 0;
   v.setUint32(f(L, "outbound_mask"), (c.outboundLines ?? 1) - 1, true);
   v.setUint32(f(L, "binding_max"), c.bindingMax ?? 0, true);
   return b;

@@ -39,6 +39,7 @@ export const MAP_NAMES = {
   portBits: "map_port_bits",
   flowCache: "map_flow_cache",
   sweep: "map_sweep",
+  sessCounters: "map_sess_counters",
 } as const;
 
 /** File descriptors of the maps, by role. */
@@ -309,6 +310,7 @@ async function loadNatBytes(
     bpf.mapSetMaxEntries(outbound, outboundLines(opts.bindingMaxRecords));
     bpf.mapSetMaxEntries(bpf.findMap(obj, MAP_NAMES.ct), opts.ctMaxRecords);
     bpf.mapSetMaxEntries(bpf.findMap(obj, MAP_NAMES.flowCache), flowCacheEntries(opts.ro));
+    bpf.mapSetMaxEntries(bpf.findMap(obj, MAP_NAMES.sessCounters), opts.ro.sessionCounters || 1);
     if (opts.preallocate) {
       const m = bpf.findMap(obj, MAP_NAMES.ct);
       bpf.mapSetFlags(m, bpf.mapFlags(m) & ~bpf.BPF_F_NO_PREALLOC);

@@ -66,6 +66,7 @@ export const STATE_MAPS = [
   "map_stats",
   "map_traffic",
   "map_epoch", // shared, so a --replace's two einats see each other's deletions (epoch.h)
+  "map_sess_counters",
 ] as const;
 /** Name of one pinned state map. */
 export type StateMap = typeof STATE_MAPS[number];
@@ -96,6 +97,7 @@ export const SEMANTICS: Record<StateMap, number> = {
   map_stats: 1,
   map_traffic: 1,
   map_epoch: 1,
+  map_sess_counters: 1,
 };
 
 /** Maps whose loss breaks connections: an incompatible layout refuses to start. */
@@ -123,6 +125,7 @@ const TYPES: Record<StateMap, [string, string]> = {
     `traffic_counter per cpu: ${TRAFFIC.map((t) => `${t.direction}${t.family}`).join(",")}`,
   ],
   map_epoch: ["u32", "u64 mapping epoch"],
+  map_sess_counters: ["ct_key", "sess_counter"],
 };
 
 /** A pinned state that cannot be used, with what to do about it. */
@@ -542,15 +545,20 @@ function setPinPaths(
         }
         const want = bpf.mapMaxEntries(map);
         if (info.maxEntries !== want) {
-          if (m === "map_frag") {
+          if (m === "map_frag" || m === "map_sess_counters") {
             Deno.removeSync(`${dir}/${m}`);
             reused.splice(reused.indexOf(m), 1);
             reset.push(m);
-            log.info("fragment table resized; recreated empty", {
-              ifname,
-              from: info.maxEntries,
-              to: want,
-            });
+            log.info(
+              `${
+                m === "map_frag" ? "fragment table" : "session counters"
+              } resized; recreated empty`,
+              {
+                ifname,
+                from: info.maxEntries,
+                to: want,
+              },
+            );
           } else {
             bpf.mapSetMaxEntries(map, info.maxEntries);
             log.warn("pinned map keeps its size; --flush applies the configured one", {

@@ -33,6 +33,13 @@ import {
 } from "./pin.ts";
 import { embeddedObject } from "../nat/loader.ts";
 import {
+  counterKey,
+  countingOn,
+  readSessionCounters,
+  type SessionCounts,
+  sumCounts,
+} from "../nat/counters.ts";
+import {
   forEachLiveRecord,
   forEachSession,
   readSlots,
@@ -75,6 +82,11 @@ export interface SessionRow {
   ageSeconds: number;
   /** Seconds since the last packet. */
   idleSeconds: number;
+  /**
+   * Packets and bytes translated, when `session_counters` is on; null when none are kept for
+   * it (not counted yet, or more sessions counted than `session_counters` keeps).
+   */
+  counters?: SessionCounts | null;
   /**
    * Past its timeout: gone for traffic, and removed by the daemon's next
    * sweep (or the start of the next daemon). Only when the timeouts are known.
@@ -399,6 +411,8 @@ export function readSessions(s: PinnedState, f: RowFilter = {}, nowNs?: bigint):
   const nowF = Number(now);
   const timeoutOf = timeoutsAt(s, now);
   const rows: { key: string; row: SessionRow }[] = [];
+  const cfd = s.fds.map_sess_counters;
+  const counted = cfd !== undefined && countingOn(cfd) ? readSessionCounters(cfd) : null;
   forEachSession(fds, (e) => {
     const { keys, values, kv, vv, ko, vo } = e;
     const family = keys[ko + CK.family.offset], l4proto = keys[ko + CK.l4proto.offset];
@@ -415,6 +429,8 @@ export function readSessions(s: PinnedState, f: RowFilter = {}, nowNs?: bigint):
     const o = vo + CV.last_seen_ns.offset;
     const hi = vv.getUint32(o + 4, true), lo = vv.getUint32(o, true);
     const idle = Math.max(0, nowF - (hi * 2 ** 32 + lo));
+    const createdS = vv.getUint32(vo + CV.created_s.offset, true);
+    const raw = counted?.get(counterKey(keys, ko));
     rows.push({
       key: sortKey(l4proto, [family, keys, extAt, extPort], [family, keys, remoteAt, remotePort]),
       row: {
@@ -423,12 +439,10 @@ export function readSessions(s: PinnedState, f: RowFilter = {}, nowNs?: bigint):
         state: sessionState(l4proto, values[vo + CV.flags.offset]),
         timeout: est ? "established" : "transitory",
         secondsLeft: t === null ? null : Math.floor(Math.max(0, t.ns - idle) / 1e9),
-        ageSeconds: Math.max(
-          0,
-          Math.floor(nowF / 1e9 - vv.getUint32(vo + CV.created_s.offset, true)),
-        ),
+        ageSeconds: Math.max(0, Math.floor(nowF / 1e9 - createdS)),
         idleSeconds: Math.floor(idle / 1e9),
         expired: pastTimeout(t, hi, lo),
+        ...(counted ? { counters: raw ? sumCounts(raw, createdS) : null } : {}),
       },
     });
   });

@@ -87,9 +87,20 @@ export function formatText(r: ShowResult, stats: boolean): string {
       for (const [k, v] of ev) out.push(`  ${k.padEnd(w)}  ${v}`);
     }
   } else {
+    // Packet and byte columns when an interface counts sessions (session_counters).
+    const counted = r.sessions.some((s) => s.counters !== undefined);
+    const counts = (s: SessionRow) =>
+      !counted ? [] : s.counters
+        ? [
+          `${s.counters.packetsOut}/${s.counters.packetsIn}`,
+          `${s.counters.bytesOut}/${s.counters.bytesIn}`,
+        ]
+        : ["-", "-"];
     out.push(
       table(
-        ["IF", "PROTO", "INTERNAL", "EXTERNAL", "REMOTE", "STATE", "LEFT", "IDLE"],
+        ["IF", "PROTO", "INTERNAL", "EXTERNAL", "REMOTE", "STATE", "LEFT", "IDLE"].concat(
+          counted ? ["PACKETS OUT/IN", "BYTES OUT/IN"] : [],
+        ),
         r.sessions.map((s) => [
           s.interface,
           s.protocol,
@@ -99,6 +110,7 @@ export function formatText(r: ShowResult, stats: boolean): string {
           s.state,
           s.expired ? "expired" : s.secondsLeft === null ? "?" : `${s.secondsLeft}s`,
           `${s.idleSeconds}s`,
+          ...counts(s),
         ]),
       ),
     );

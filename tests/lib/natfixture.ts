@@ -74,6 +74,7 @@ export function testInterfaceConfig(o: Partial<InterfaceConfig> = {}): Interface
     preferTcx: false,
     preallocateMaps: false,
     flowCacheSlots: FLOW_CACHE_SLOTS.default,
+    sessionCounters: 0,
     externalSlots: 0,
     noSnatDests: [],
     defaultExternals: true,

@@ -1,0 +1,242 @@
+/**
+ * Per-session packet and byte counters (`session_counters`, map_sess_counters) through
+ * BPF_PROG_TEST_RUN: every translated packet of a session counts once whichever path served it
+ * (a new mapping, the lookups, the flow cache; both directions; ICMP echo), a session made again
+ * on the same key starts from zero, `show` lists the counts, and nothing is counted when off.
+ * No namespace.
+ */
+import { assert, assertEquals } from "./lib/assert.ts";
+import * as bpf from "../lib/ffi/libbpf.ts";
+import { parseAddr } from "../lib/config/cidr.ts";
+import { encodeCtKey, IPPROTO, SESS_COUNTER_LAYOUT } from "../lib/nat/codec.ts";
+import { bumpEpoch } from "../lib/nat/loader.ts";
+import {
+  counterKey,
+  countingOn,
+  readSessionCounters,
+  type SessionCounts,
+  sumCounts,
+} from "../lib/nat/counters.ts";
+import { type PinnedState, readSessions } from "../lib/state/read.ts";
+import { formatText } from "../lib/state/show.ts";
+import type { PacketSpec } from "./lib/packet.ts";
+import { pinThread, restoreAffinity } from "./lib/cpu.ts";
+import {
+  loadTestNat,
+  type Nat,
+  sessionsOf,
+  stat,
+  TC_ACT_OK,
+  testInterfaceConfig,
+} from "./lib/natfixture.ts";
+
+const EXT = "203.0.113.1";
+const LAN1 = "192.0.2.10";
+const SRV1 = "198.51.100.1";
+const SRV2 = "198.51.100.2";
+const PAYLOAD = new TextEncoder().encode("hello");
+/** The IP length of a {@link udp} packet: what a packet counts in bytes. */
+const UDP_LEN = 20 + 8 + PAYLOAD.length;
+
+const udp = (src: string, sport: number, dst: string, dport: number): PacketSpec => ({
+  family: 4,
+  src,
+  dst,
+  proto: "udp",
+  sport,
+  dport,
+  payload: PAYLOAD,
+});
+
+/** The counts of the session (ext, remote) of `n`, as `show` would sum them. */
+function countsOf(
+  n: Nat,
+  l4proto: number,
+  ext: [string, number],
+  remote: [string, number],
+): SessionCounts | null {
+  const key = encodeCtKey({
+    l4proto,
+    family: 4,
+    extAddr: parseAddr(ext[0]),
+    extPort: ext[1],
+    remoteAddr: parseAddr(remote[0]),
+    remotePort: remote[1],
+  });
+  const row = readSessions(view(n)).find((s) =>
+    s.external === `${ext[0]}:${ext[1]}` && s.remote === `${remote[0]}:${remote[1]}`
+  );
+  assert(row, `a session ${ext} ${remote}`);
+  // What show lists is what the map holds for the session's created_s.
+  const createdS =
+    sessionsOf(n.nat.maps).find((x) =>
+      x.key.l4proto === l4proto && x.key.extPort === ext[1] && x.key.remotePort === remote[1] &&
+      x.key.remoteAddr.join(".") === remote[0]
+    )!.value.createdS;
+  const raw = readSessionCounters(n.nat.maps.sessCounters).get(counterKey(key));
+  assertEquals(row.counters ?? null, raw ? sumCounts(raw, createdS) : null);
+  return row.counters ?? null;
+}
+
+function view(n: Nat): PinnedState {
+  return {
+    ifname: "test",
+    dir: "",
+    meta: null,
+    fds: {
+      map_records: n.nat.maps.records,
+      map_slots: n.nat.maps.slots,
+      map_ct: n.nat.maps.ct,
+      map_sess_counters: n.nat.maps.sessCounters,
+    },
+    close() {},
+  };
+}
+
+/** Runs `fn` pinned to CPU 0: each CPU counts in its own value. */
+async function onCpu0<T>(fn: () => Promise<T>): Promise<T> {
+  const a = pinThread(0);
+  try {
+    return await fn();
+  } finally {
+    restoreAffinity(a);
+  }
+}
+
+Deno.test("session counters: packets and bytes of each session, once per packet whichever path served it, both directions", () =>
+  onCpu0(async () => {
+    const n = await loadTestNat(testInterfaceConfig({ sessionCounters: 1024 }));
+    try {
+      assert(countingOn(n.nat.maps.sessCounters));
+      // A new mapping (the full path), then packets the flow cache serves.
+      const first = n.egress(udp(LAN1, 40000, SRV1, 53));
+      assertEquals(first.retval, TC_ACT_OK);
+      const ext = first.out.sport!;
+      const missesBefore = stat(n.nat.maps.stats, "flow_cache_miss");
+      for (let i = 0; i < 2; i++) assertEquals(n.egress(udp(LAN1, 40000, SRV1, 53)).retval, 0);
+      // A moved epoch sends the next packets through the lookups (the established path).
+      bumpEpoch(n.nat);
+      assertEquals(n.egress(udp(LAN1, 40000, SRV1, 53)).retval, TC_ACT_OK);
+      // Replies: the lookups fill the slot, the next one is served from it.
+      for (let i = 0; i < 3; i++) {
+        const r = n.ingress(udp(SRV1, 53, EXT, ext));
+        assertEquals([r.retval, r.out.dport], [TC_ACT_OK, 40000]);
+      }
+      // (the first reply found the inbound slot empty: the one miss)
+      assertEquals(stat(n.nat.maps.stats, "flow_cache_miss"), missesBefore + 1n);
+      assertEquals(countsOf(n, IPPROTO.UDP, [EXT, ext], [SRV1, 53]), {
+        packetsOut: 4,
+        bytesOut: 4 * UDP_LEN,
+        packetsIn: 3,
+        bytesIn: 3 * UDP_LEN,
+      });
+
+      // Another remote (EIF): a session of its own, made by an inbound packet.
+      assertEquals(n.ingress(udp(SRV2, 7, EXT, ext)).retval, TC_ACT_OK);
+      assertEquals(n.egress(udp(LAN1, 40000, SRV2, 7)).retval, TC_ACT_OK);
+      assertEquals(countsOf(n, IPPROTO.UDP, [EXT, ext], [SRV2, 7]), {
+        packetsOut: 1,
+        bytesOut: UDP_LEN,
+        packetsIn: 1,
+        bytesIn: UDP_LEN,
+      });
+      // The first session's counts did not move.
+      assertEquals(countsOf(n, IPPROTO.UDP, [EXT, ext], [SRV1, 53])?.packetsOut, 4);
+
+      // ICMP echo: the session's remote port is 0, its external port the identifier's.
+      const ping: PacketSpec = {
+        family: 4,
+        src: LAN1,
+        dst: SRV1,
+        proto: "icmp",
+        icmpType: 8,
+        icmpId: 777,
+        payload: PAYLOAD,
+      };
+      const echo = n.egress(ping);
+      assertEquals(echo.retval, TC_ACT_OK);
+      const id = echo.out.icmpId!;
+      const reply = n.ingress({ ...ping, src: SRV1, dst: EXT, icmpType: 0, icmpId: id });
+      assertEquals([reply.retval, reply.out.icmpId], [TC_ACT_OK, 777]);
+      const icmpLen = 20 + 8 + PAYLOAD.length;
+      assertEquals(countsOf(n, IPPROTO.ICMP, [EXT, id], [SRV1, 0]), {
+        packetsOut: 1,
+        bytesOut: icmpLen,
+        packetsIn: 1,
+        bytesIn: icmpLen,
+      });
+
+      // show prints them as columns.
+      const text = formatText(
+        { sessions: readSessions(view(n)), bindings: [], counters: [], missing: [], served: [] },
+        false,
+      );
+      assert(/PACKETS OUT\/IN +BYTES OUT\/IN/.test(text), text);
+      assert(new RegExp(`${SRV1}:53 .* 4/3 +${4 * UDP_LEN}/${3 * UDP_LEN}`).test(text), text);
+    } finally {
+      n.close();
+    }
+  }));
+
+Deno.test("session counters: a value left by an earlier session on the same key (another created_s) is not shown as this one's, and the lookups start it over", () =>
+  onCpu0(async () => {
+    const n = await loadTestNat(testInterfaceConfig({ sessionCounters: 1024 }));
+    try {
+      // 25000 is in the range: kept, so the session comes back on the same key.
+      for (let i = 0; i < 3; i++) n.egress(udp(LAN1, 25000, SRV1, 53));
+      const key = encodeCtKey({
+        l4proto: IPPROTO.UDP,
+        family: 4,
+        extAddr: parseAddr(EXT),
+        extPort: 25000,
+        remoteAddr: parseAddr(SRV1),
+        remotePort: 53,
+      });
+      assertEquals(countsOf(n, IPPROTO.UDP, [EXT, 25000], [SRV1, 53])?.packetsOut, 3);
+      // Counts of an earlier session on this key (its created_s a few seconds apart, as a
+      // session gone and made again has it): the next packet that takes the lookups starts
+      // the value over for this session.
+      const fd = n.nat.maps.sessCounters;
+      const raw = readSessionCounters(fd).get(counterKey(key))!;
+      const slot = Math.ceil(SESS_COUNTER_LAYOUT.size / 8) * 8;
+      const v = new DataView(raw.buffer, raw.byteOffset);
+      for (let o = 0; o + slot <= raw.length; o += slot) {
+        v.setUint32(o, v.getUint32(o, true) - 5, true);
+      }
+      bpf.mapUpdate(fd, key, raw);
+      assertEquals(countsOf(n, IPPROTO.UDP, [EXT, 25000], [SRV1, 53]), {
+        packetsOut: 0,
+        bytesOut: 0,
+        packetsIn: 0,
+        bytesIn: 0,
+      }, "another session's counts are not this one's");
+      // A packet from the slot adds to the value where it is; the lookups start it over.
+      n.egress(udp(LAN1, 25000, SRV1, 53));
+      bumpEpoch(n.nat);
+      n.egress(udp(LAN1, 25000, SRV1, 53));
+      n.egress(udp(LAN1, 25000, SRV1, 53));
+      assertEquals(countsOf(n, IPPROTO.UDP, [EXT, 25000], [SRV1, 53]), {
+        packetsOut: 2,
+        bytesOut: 2 * UDP_LEN,
+        packetsIn: 0,
+        bytesIn: 0,
+      });
+    } finally {
+      n.close();
+    }
+  }));
+
+Deno.test("session counters: off by default, nothing counted, show lists no counts", async () => {
+  const n = await loadTestNat();
+  try {
+    assert(!countingOn(n.nat.maps.sessCounters));
+    const r = n.egress(udp(LAN1, 40000, SRV1, 53));
+    n.ingress(udp(SRV1, 53, EXT, r.out.sport!));
+    assertEquals(readSessionCounters(n.nat.maps.sessCounters).size, 0);
+    const rows = readSessions(view(n));
+    assertEquals(rows.length, 1);
+    assert(!("counters" in rows[0]), JSON.stringify(rows[0]));
+  } finally {
+    n.close();
+  }
+});

@@ -53,7 +53,8 @@ export function progSizes(o: BenchOptions): ProgSizes {
 interface Case {
   name: string;
   family: 4 | 6;
-  kind: "established" | "pass";
+  /** counted: established with session_counters on (no target: an opt-in's cost). */
+  kind: "established" | "pass" | "counted";
   fd: number;
   bytes: Uint8Array;
   /** Set when the case cannot run (e.g. not translated by the datapath). */
@@ -201,6 +202,7 @@ export async function runProg(o: BenchOptions): Promise<PartResult> {
   const newNat = await loadBenchNat();
   const preNat = await loadBenchNat({ ic: { preallocateMaps: true } });
   const connNat = await loadBenchNat();
+  const countNat = await loadBenchNat({ ic: { sessionCounters: 65536 } });
   try {
     progress(o, `prog: repeat ${sz.repeat}, ${sz.rounds} rounds`);
     const cases: Case[] = [...flowCases(nat, 4)];
@@ -253,6 +255,11 @@ export async function runProg(o: BenchOptions): Promise<PartResult> {
         bytes: unmapped,
       },
     );
+
+    // The same UDP flow with per-session counters on: what the opt-in costs a packet.
+    for (const c of flowCases(countNat, 4).filter((c) => c.name.includes("UDP"))) {
+      cases.push({ ...c, name: `${c.name}, session counters on`, kind: "counted" });
+    }
 
     const live = cases.filter((c) => !c.na);
     const results = new Map<Case, CaseResult>(
@@ -477,6 +484,7 @@ export async function runProg(o: BenchOptions): Promise<PartResult> {
     newNat.close();
     preNat.close();
     connNat.close();
+    countNat.close();
     noop.close();
   }
 }

@@ -115,6 +115,7 @@ function bpf(): LibBpf {
 
 /** errno values this module reports or tests for. */
 export const Errno = {
+  EPERM: 1,
   ENOENT: 2,
   E2BIG: 7,
   EBADF: 9,

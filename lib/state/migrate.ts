@@ -73,11 +73,12 @@ export function planConversion(
 ): Conversion {
   const oldSize = typeSize(oldBtf, oldId), newSize = typeSize(newBtf, newId);
   const root = resolveType(newBtf, newId).name || typeName(newBtf, newId);
+  const oldRoot = resolveType(oldBtf, oldId).name || typeName(oldBtf, oldId);
   if (oldSize === undefined || newSize === undefined) {
     throw new MigrationError(`${root}: a type without a size`);
   }
   const out: Conversion = { oldSize, newSize, copies: [], added: [], dropped: [] };
-  plan(oldBtf, oldId, newBtf, newId, 0, 0, root, out, 0);
+  plan(oldBtf, oldId, newBtf, newId, 0, 0, [oldRoot, root], out, 0);
   out.copies = merged(out.copies);
   return out;
 }
@@ -89,10 +90,11 @@ function plan(
   nid: number,
   from: number,
   to: number,
-  path: string,
+  paths: [old: string, now: string],
   out: Conversion,
   depth: number,
 ): void {
+  const [oldPath, path] = paths;
   if (depth > 16) throw new MigrationError(`${path}: nested too deep`);
   const o = resolveType(ob, oid), n = resolveType(nb, nid);
   const os = typeSize(ob, oid), ns = typeSize(nb, nid);
@@ -102,6 +104,7 @@ function plan(
   const kinds = `a ${kindOf(o)}, now a ${kindOf(n)}`;
   if (NUMBERS.has(o.kind) && NUMBERS.has(n.kind)) {
     if (os !== ns) throw new MigrationError(`${path}: ${bytes(os)}, now ${ns}`);
+    if (partial(o) || partial(n)) throw new MigrationError(`${path}: a bitfield`);
     out.copies.push({ from, to, len: ns });
     return;
   }
@@ -125,7 +128,7 @@ function plan(
           n.elemTypeId ?? 0,
           from + i * oe,
           to + i * ne,
-          `${path}[${i}]`,
+          [`${oldPath}[${i}]`, `${path}[${i}]`],
           out,
           depth + 1,
         );
@@ -154,17 +157,25 @@ function plan(
           m.typeId,
           from + was.offsetBits / 8,
           to + m.offsetBits / 8,
-          `${path}.${m.name}`,
+          [`${oldPath}.${m.name}`, `${path}.${m.name}`],
           out,
           depth + 1,
         );
       }
-      for (const m of o.members ?? []) if (!news.has(m.name)) out.dropped.push(`${path}.${m.name}`);
+      for (const m of o.members ?? []) {
+        if (!news.has(m.name)) out.dropped.push(`${oldPath}.${m.name}`);
+      }
       return;
     }
     default:
       throw new MigrationError(`${path}: a ${kindOf(n)} cannot be carried over`);
   }
+}
+
+/** An INT that uses only some bits of its bytes (a bitfield in the old BTF encoding). */
+function partial(t: BtfType): boolean {
+  const bits = (t.size ?? 0) * 8;
+  return t.kind === BTF_KIND.INT && ((t.intOffset ?? 0) !== 0 || (t.intBits ?? bits) !== bits);
 }
 
 function bytes(n: number): string {
@@ -212,27 +223,90 @@ export interface MapConversion {
   value: Conversion;
 }
 
-/**
- * Plans the conversion of the pinned map `fd` (from the BTF the kernel keeps for it) to the key
- * and value types `ids` of `newBtf` (this einat's object). Throws {@link MigrationError} when
- * it cannot be carried over: a map created without BTF, a per-CPU map, a field that changed.
- */
-export function planMapConversion(
-  fd: number,
-  newBtf: Btf,
-  ids: { key: number; value: number },
-): MapConversion {
-  const info = bpf.mapInfo(fd);
-  if (info.btfId === 0 || info.btfKeyTypeId === 0 || info.btfValueTypeId === 0) {
-    throw new MigrationError("created without BTF: its layout is unknown");
-  }
-  if (bpf.valueBytes(info) !== info.valueSize) throw new MigrationError("a per-CPU map");
-  const oldBtf = parseBtf(bpf.btfRawById(info.btfId));
-  return {
-    key: planConversion(oldBtf, info.btfKeyTypeId, newBtf, ids.key),
-    value: planConversion(oldBtf, info.btfValueTypeId, newBtf, ids.value),
-  };
+/** The identity of an array's index (a u32): indexes keep their places. */
+const INDEX: Conversion = {
+  oldSize: 4,
+  newSize: 4,
+  copies: [{ from: 0, to: 0, len: 4 }],
+  added: [],
+  dropped: [],
+};
+
+/** A named struct or union of `btf`, by id; throws {@link MigrationError} when absent. */
+export function structId(btf: Btf, name: string): number {
+  const t = btf.types.find((t) =>
+    (t.kind === BTF_KIND.STRUCT || t.kind === BTF_KIND.UNION) && t.name === name
+  );
+  if (!t) throw new MigrationError(`no struct ${name} in the layout it was written with`);
+  return t.id;
 }
+
+/** What the conversion of one map goes from and to. */
+export interface MapTypes {
+  /** The map's key struct, by name; null for an array's index. */
+  key: string | null;
+  /** The map's value struct, by name. */
+  value: string;
+  /** This einat's map type (`BPF_MAP_TYPE_*`) and key and value type ids in `btf`. */
+  mapType: number;
+  ids: { key: number; value: number };
+  btf: Btf;
+}
+
+/**
+ * Plans the conversion of the pinned map `fd` to this einat's layout `to`. The old layout comes
+ * from `written` (the BTF the einat that wrote the state left beside it, structs found by
+ * name), else from the BTF the kernel keeps for the map (by the ids in its info; reading it needs
+ * CAP_SYS_ADMIN). Throws {@link MigrationError} when it cannot be carried over: a map of another
+ * type or per-CPU, a layout unknown, a field that changed, a hash key that gained or lost a field
+ * (its entries would not be found again).
+ */
+export function planMapConversion(fd: number, written: Btf | null, to: MapTypes): MapConversion {
+  const info = bpf.mapInfo(fd);
+  if (info.type !== to.mapType) {
+    throw new MigrationError(`a map of type ${info.type}, now ${to.mapType}`);
+  }
+  if (PERCPU_TYPES.has(info.type)) throw new MigrationError("a per-CPU map");
+  let btf: Btf, keyId: number, valueId: number;
+  if (written) {
+    btf = written;
+    keyId = to.key === null ? 0 : structId(btf, to.key);
+    valueId = structId(btf, to.value);
+  } else {
+    if (info.btfId === 0 || info.btfValueTypeId === 0) {
+      throw new MigrationError("created without BTF: its layout is unknown");
+    }
+    try {
+      btf = parseBtf(bpf.btfRawById(info.btfId));
+    } catch (e) {
+      const denied = e instanceof bpf.BpfError &&
+        (e.errno === bpf.Errno.EPERM || e.errno === bpf.Errno.EACCES);
+      if (!denied) throw e;
+      throw new MigrationError(
+        "its layout is unknown: no einat_btf beside it, and reading its BTF from the kernel " +
+          "needs CAP_SYS_ADMIN (run this einat once with it, e.g. as root)",
+      );
+    }
+    keyId = info.btfKeyTypeId;
+    valueId = info.btfValueTypeId;
+  }
+  let key = INDEX;
+  if (to.key === null) {
+    if (info.keySize !== 4) throw new MigrationError(`an index of ${info.keySize} bytes`);
+  } else {
+    key = planConversion(btf, keyId, to.btf, to.ids.key);
+    if (key.added.length || key.dropped.length) {
+      throw new MigrationError(
+        `its key gained or lost fields (${[...key.added, ...key.dropped].join(", ")}): ` +
+          "its entries could not be found again",
+      );
+    }
+  }
+  return { key, value: planConversion(btf, valueId, to.btf, to.ids.value) };
+}
+
+/** `BPF_MAP_TYPE_*` with a value per CPU. */
+const PERCPU_TYPES: ReadonlySet<number> = new Set([5, 6, 10, 21]);
 
 function allZero(b: Uint8Array, off: number, len: number): boolean {
   for (let i = off; i < off + len; i++) if (b[i] !== 0) return false;
@@ -241,9 +315,15 @@ function allZero(b: Uint8Array, off: number, len: number): boolean {
 
 /**
  * Writes every entry of the map `oldFd` into `newFd` as `c` converts it, read in batches; an
- * array's all-zero values (its free entries) are passed over. Returns the entries written.
+ * array's all-zero values (its free entries) are passed over, and so are those `keep` (given the
+ * new value, which it may amend) refuses. Returns the entries written.
  */
-export function copyConverted(oldFd: number, newFd: number, c: MapConversion): number {
+export function copyConverted(
+  oldFd: number,
+  newFd: number,
+  c: MapConversion,
+  keep: (value: Uint8Array) => boolean = () => true,
+): number {
   const info = bpf.mapInfo(oldFd);
   const array = info.type === bpf.MapType.ARRAY;
   const key = new Uint8Array(c.key.newSize), value = new Uint8Array(c.value.newSize);
@@ -252,6 +332,7 @@ export function copyConverted(oldFd: number, newFd: number, c: MapConversion): n
     if (array && allZero(e.values, e.vo, info.valueSize)) return;
     convert(c.key, e.keys, key, e.ko);
     convert(c.value, e.values, value, e.vo);
+    if (!keep(value)) return;
     bpf.mapUpdate(newFd, key, value);
     n++;
   }, 1024);

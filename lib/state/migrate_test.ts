@@ -1,7 +1,22 @@
 import { assert, assertEquals, assertThrows } from "../../tests/lib/assert.ts";
 import { type Btf, BTF_KIND, readBtf } from "../btf.ts";
-import { convert, isIdentity, MigrationError, planConversion } from "./migrate.ts";
-import { CT_KEY_LAYOUT, CT_VALUE_LAYOUT, MAPPING_RECORD_LAYOUT } from "../nat/codec.ts";
+import {
+  convert,
+  isIdentity,
+  MigrationError,
+  planConversion,
+  planMapConversion,
+} from "./migrate.ts";
+import * as bpf from "../ffi/libbpf.ts";
+import { closeFd } from "../ffi/libc.ts";
+import {
+  CT_KEY_LAYOUT,
+  CT_VALUE_LAYOUT,
+  MAPPING_RECORD_LAYOUT,
+  OUTBOUND_LINE_LAYOUT,
+  REC,
+} from "../nat/codec.ts";
+import { KEEP } from "./pin.ts";
 
 const bpfDir = new URL("../../bpf/", import.meta.url).pathname;
 const testBtf = readBtf(Deno.readFileSync(`${bpfDir}migrate_test.bpf.o`));
@@ -22,7 +37,7 @@ Deno.test("migrate: fields move by name, new ones start as zeros, dropped ones g
   const c = plan("rec_v1", "rec_v2");
   assertEquals([c.oldSize, c.newSize], [44, 56]);
   assertEquals(c.added, ["rec_v2.in.c", "rec_v2.added"]);
-  assertEquals(c.dropped, ["rec_v2.gone"]);
+  assertEquals(c.dropped, ["rec_v1.gone"]);
   // rec_v1: x@0 y@1 port@2 in{a@4 b@8 _pad@10} arr@12 u@24 gone@40
   const old = new Uint8Array(44);
   const ov = new DataView(old.buffer);
@@ -141,4 +156,54 @@ Deno.test("migrate: an older layout of sessions and records (bpf/migrate_test.bp
     20001,
   ]);
   assertEquals([nk[K.family.offset], nk[K.l4proto.offset], nk[K.flags.offset]], [6, 17, 0x80]);
+});
+
+Deno.test("migrate: a map whose key gained or lost fields, of another type, or of a layout not known is refused", () => {
+  const fd = bpf.mapCreate(bpf.MapType.HASH, "t", 44, 32, 4); // no BTF
+  try {
+    const to = (key: string, mapType: number = bpf.MapType.HASH) => ({
+      key: "rec_v1",
+      value: "ct_value",
+      mapType,
+      ids: { key: structId(testBtf, key), value: structId(testBtf, "ct_value") },
+      btf: testBtf,
+    });
+    // Its entries are found by the key: a field more or less, and none would be.
+    assertThrows(
+      () => planMapConversion(fd, testBtf, to("rec_v2")),
+      /its key gained or lost fields \(rec_v2\.in\.c, rec_v2\.added, rec_v1\.gone\)/,
+    );
+    assertThrows(
+      () => planMapConversion(fd, testBtf, to("rec_v1", bpf.MapType.ARRAY)),
+      /a map of type 1, now 2/,
+    );
+    // Without the BTF left beside it, the kernel's copy is asked for: this map has none.
+    assertThrows(() => planMapConversion(fd, null, to("rec_v1")), /created without BTF/);
+    // The same key: fine.
+    const c = planMapConversion(fd, testBtf, to("rec_v1"));
+    assert(isIdentity(c.key), JSON.stringify(c.key));
+    assertEquals(c.value.copies, [{ from: 0, to: 0, len: 36 }]); // its 4 bytes of tail padding
+  } finally {
+    closeFd(fd);
+  }
+});
+
+Deno.test("migrate: what old programs left mid-operation is not carried as it stands (a held line lock, a record being claimed)", () => {
+  const line = new Uint8Array(OUTBOUND_LINE_LAYOUT.size).fill(7);
+  line.fill(0, 0, 4);
+  line[OUTBOUND_LINE_LAYOUT.fields.lock.offset] = 1;
+  assert(KEEP.map_outbound!(line));
+  assertEquals(new DataView(line.buffer).getUint32(OUTBOUND_LINE_LAYOUT.fields.lock.offset), 0);
+  assertEquals(line[OUTBOUND_LINE_LAYOUT.fields.e.offset], 7, "its entries kept");
+  const rec = new Uint8Array(MAPPING_RECORD_LAYOUT.size);
+  for (
+    const [state, kept] of [[REC.LIVE, true], [REC.BUSY, false], [REC.LIVE | REC.GEN_ONE * 3, true]]
+  ) {
+    new DataView(rec.buffer).setUint32(
+      MAPPING_RECORD_LAYOUT.fields.state.offset,
+      state as number,
+      true,
+    );
+    assertEquals(KEEP.map_records!(rec), kept, `state ${state}`);
+  }
 });

@@ -36,7 +36,15 @@
  */
 
 import denoJson from "../../deno.json" with { type: "json" };
-import { readBtf, readStructs, type StructInfo } from "../btf.ts";
+import {
+  type Btf,
+  elfSection,
+  parseBtf,
+  readBtf,
+  readStructs,
+  type StructInfo,
+  structsOf,
+} from "../btf.ts";
 import * as bpf from "../ffi/libbpf.ts";
 import {
   closeFd,
@@ -50,7 +58,14 @@ import {
 import { ensureBpffs, exists, onBpffs } from "./bpffs.ts";
 import * as log from "../log.ts";
 import { BusyError, ownerOf } from "../nat/attach.ts";
-import { type RoConfig, STATS, TRAFFIC } from "../nat/codec.ts";
+import {
+  MAPPING_RECORD_LAYOUT,
+  OUTBOUND_LINE_LAYOUT,
+  REC,
+  type RoConfig,
+  STATS,
+  TRAFFIC,
+} from "../nat/codec.ts";
 import { deletedNamespace, netnsFolder, type NetnsIdentity, netnsIdentity } from "./netns.ts";
 import { DEFAULT_PIN_ROOT, pinFolderName, pinRootOf, stateOptions } from "./options.ts";
 import { copyConverted, type MapConversion, MigrationError, planMapConversion } from "./migrate.ts";
@@ -175,15 +190,16 @@ function describeStruct(name: string, s: StructInfo | undefined): string {
 export function layoutStamps(bytes: Uint8Array): Record<StateMap, string> {
   const structs = readStructs(bytes);
   const out = {} as Record<StateMap, string>;
-  for (const m of STATE_MAPS) {
-    const [k, v] = TYPES[m];
-    out[m] = fnv1a64(
-      `${m}/${SEMANTICS[m]}/${describeStruct(k, structs.get(k))}/${
-        describeStruct(v, structs.get(v))
-      }`,
-    );
-  }
+  for (const m of STATE_MAPS) out[m] = layoutStamp(m, structs, SEMANTICS[m]);
   return out;
+}
+
+/** The layout hash of map `m` whose structs are `structs` and meaning version `semantics`. */
+function layoutStamp(m: StateMap, structs: Map<string, StructInfo>, semantics: number): string {
+  const [k, v] = TYPES[m];
+  return fnv1a64(
+    `${m}/${semantics}/${describeStruct(k, structs.get(k))}/${describeStruct(v, structs.get(v))}`,
+  );
 }
 
 /** Key and value sizes of a map, in bytes (per-CPU maps: of one CPU's value). */
@@ -325,6 +341,8 @@ export interface PinSession {
   metaFd: number;
   /** The folder, held with a shared `flock` while the state is in use ({@link releasePins}). */
   lockFd: number;
+  /** The object's BTF (its `.BTF` section), left beside the state by {@link finishPins}. */
+  btf: Uint8Array;
 }
 
 /** A pinned map of another layout on its way into this einat's. */
@@ -335,8 +353,12 @@ export interface Migrating {
   conversion: MapConversion;
 }
 
-/** Suffix of an old map's pin while its entries are copied into the new one. */
-export const MIGRATING_SUFFIX = "_migrating";
+/** Where an old map is pinned while process `pid` copies its entries into the new one. */
+export function asidePin(dir: string, map: StateMap, pid = Deno.pid): string {
+  return `${dir}/${map}_migrating_${pid}`;
+}
+
+const ASIDE = /^(map_[a-z_]+)_migrating_(\d+)$/;
 
 function pinnedNames(dir: string): Set<string> {
   const out = new Set<string>();
@@ -485,16 +507,24 @@ function checkPins(
     else reset.push(m);
   }
   const migrating = planMigrations(obj, bytes, dir, ifname, meta, incompatible);
-  for (const m of reset) {
-    Deno.removeSync(`${dir}/${m}`);
-    log.warn("pinned map has another layout; recreated empty", { ifname, map: m });
+  if (migrating.some((x) => x.map === "map_records") && reused.includes("map_binding_count")) {
+    // Counted by programs that may still run (--replace) on the old records: counted afresh
+    // from the new ones (lib/state/serve.ts, syncBindings).
+    reused.splice(reused.indexOf("map_binding_count"), 1);
+    Deno.removeSync(`${dir}/map_binding_count`);
+    log.info("binding count recounted: the bindings are carried over", { ifname });
   }
 
   try {
+    for (const m of reset) {
+      Deno.removeSync(`${dir}/${m}`);
+      log.warn("pinned map has another layout; recreated empty", { ifname, map: m });
+    }
     pinAside(obj, dir, migrating);
     setPinPaths(obj, dir, ifname, reused, reset);
     const metaFd = stampFd(dir, ifname, meta, names.has(META_NAME), stamps);
-    return { dir, ifname, reused, reset, migrating, migrated: [], stamps, metaFd, lockFd };
+    const btf = elfSection(bytes, ".BTF") ?? new Uint8Array();
+    return { dir, ifname, reused, reset, migrating, migrated: [], stamps, metaFd, lockFd, btf };
   } catch (e) {
     putBack(dir, migrating); // the old maps back in place, as found
     throw e;
@@ -510,7 +540,7 @@ function pinAside(obj: bpf.BpfObject, dir: string, migrating: Migrating[]): void
   for (const { map: m, fd } of migrating) {
     const info = bpf.mapInfo(fd), map = bpf.findMap(obj, m);
     if (info.maxEntries !== bpf.mapMaxEntries(map)) bpf.mapSetMaxEntries(map, info.maxEntries);
-    Deno.renameSync(`${dir}/${m}`, `${dir}/${m}${MIGRATING_SUFFIX}`);
+    Deno.renameSync(`${dir}/${m}`, asidePin(dir, m));
   }
 }
 
@@ -603,20 +633,32 @@ function stampFd(
 }
 
 /**
- * Puts back the maps a start stopped in the middle of carrying over (pinned aside as
- * `<map>_migrating`): the stamp still describes them, not the half-filled new ones. True when
+ * Puts back the maps a start stopped in the middle of carrying over (pinned aside by
+ * {@link asidePin}): the stamp still describes them, not the half-filled new ones. Refused while
+ * the process that pinned them aside still holds the folder (it is copying them now). True when
  * there were any.
  */
 function restoreInterrupted(dir: string, ifname: string, names: Set<string>): boolean {
-  const found = STATE_MAPS.filter((m) => names.has(`${m}${MIGRATING_SUFFIX}`));
-  for (const m of found) {
-    if (names.has(m)) Deno.removeSync(`${dir}/${m}`);
-    Deno.renameSync(`${dir}/${m}${MIGRATING_SUFFIX}`, `${dir}/${m}`);
+  const found: { map: StateMap; pid: number; name: string }[] = [];
+  for (const name of names) {
+    const m = ASIDE.exec(name);
+    if (m && (STATE_MAPS as readonly string[]).includes(m[1])) {
+      found.push({ map: m[1] as StateMap, pid: Number(m[2]), name });
+    }
+  }
+  for (const { pid } of found) {
+    if (pid !== Deno.pid && lockHolders(dir).includes(pid)) {
+      throw new BusyError(ifname, pid); // carrying this state over at this moment
+    }
+  }
+  for (const { map, name } of found) {
+    if (names.has(map)) Deno.removeSync(`${dir}/${map}`);
+    Deno.renameSync(`${dir}/${name}`, `${dir}/${map}`);
   }
   if (found.length > 0) {
     log.warn("pinned state of a start interrupted while carrying it over; put back", {
       ifname,
-      maps: found.join(","),
+      maps: found.map((f) => f.map).join(","),
     });
   }
   return found.length > 0;
@@ -637,6 +679,8 @@ function planMigrations(
 ): Migrating[] {
   if (incompatible.length === 0) return [];
   const btf = readBtf(bytes);
+  const written = readWrittenBtf(dir);
+  const writtenStructs = written ? structsOf(written) : null;
   const out: Migrating[] = [];
   const why: string[] = [];
   for (const m of incompatible) {
@@ -647,11 +691,19 @@ function planMigrations(
     }
     const fd = bpf.objGetPinnedOpts(`${dir}/${m}`, { readOnly: true });
     try {
-      out.push({
-        map: m,
-        fd,
-        conversion: planMapConversion(fd, btf, bpf.mapBtfTypeIds(bpf.findMap(obj, m))),
+      const map = bpf.findMap(obj, m), [key, value] = TYPES[m];
+      // The BTF left beside the state describes this map when it gives the map's stamp (an
+      // einat that reused the map wrote its own, of the same layout); else the kernel's copy.
+      const describes = writtenStructs !== null &&
+        layoutStamp(m, writtenStructs, semantics) === meta?.maps[m]?.layout;
+      const conversion = planMapConversion(fd, describes ? written : null, {
+        key: key === "u32" ? null : key,
+        value,
+        mapType: bpf.mapType(map),
+        ids: bpf.mapBtfTypeIds(map),
+        btf,
       });
+      out.push({ map: m, fd, conversion });
     } catch (e) {
       closeFd(fd);
       if (!(e instanceof MigrationError)) {
@@ -690,7 +742,7 @@ function planMigrations(
 /** Undoes the pinning aside of `migrating` (a start that fails): the old maps back in place. */
 function putBack(dir: string, migrating: Migrating[]): void {
   for (const x of migrating.splice(0)) {
-    const aside = `${dir}/${x.map}${MIGRATING_SUFFIX}`;
+    const aside = asidePin(dir, x.map);
     try {
       if (exists(aside)) {
         try {
@@ -738,7 +790,12 @@ export function finishPins(p: PinSession, obj: bpf.BpfObject, ro: RoConfig): voi
   for (const m of STATE_MAPS) sizes[m] = bpf.mapMaxEntries(bpf.findMap(obj, m));
   for (const x of p.migrating) {
     const t0 = performance.now();
-    const entries = copyConverted(x.fd, bpf.mapFd(bpf.findMap(obj, x.map)), x.conversion);
+    const entries = copyConverted(
+      x.fd,
+      bpf.mapFd(bpf.findMap(obj, x.map)),
+      x.conversion,
+      KEEP[x.map],
+    );
     log.info("pinned map carried over to this einat's layout", {
       ifname: p.ifname,
       map: x.map,
@@ -748,19 +805,83 @@ export function finishPins(p: PinSession, obj: bpf.BpfObject, ro: RoConfig): voi
   }
   // The old maps go before the stamp is rewritten: a process killed in between leaves new maps
   // under the old stamp, which the next start carries over as they are (from their own BTF).
-  for (const x of p.migrating) {
-    Deno.removeSync(`${p.dir}/${x.map}${MIGRATING_SUFFIX}`);
-    closeFd(x.fd);
+  for (const x of p.migrating.splice(0)) {
     p.migrated.push(x.map);
+    closeFd(x.fd);
+    Deno.removeSync(asidePin(p.dir, x.map));
   }
-  p.migrating = [];
   try {
     bpf.mapUpdate(p.metaFd, ZERO_KEY, encodeMeta(stampDoc(p.ifname, p.stamps, sizes, ro)));
   } finally {
     closeFd(p.metaFd);
     p.metaFd = -1;
   }
+  writeBtf(p.dir, p.ifname, p.btf);
 }
+
+/** Pin name of the BTF of the object that wrote the state last (for a later carry-over). */
+export const BTF_NAME = "einat_btf";
+
+/**
+ * Leaves `raw` (an object's BTF) beside the state: a later einat of another layout finds the
+ * structs this one wrote there by name, where reading each map's BTF from the kernel needs
+ * CAP_SYS_ADMIN. Replaced at every start; a failure is logged (that later einat then needs the
+ * kernel's copy).
+ */
+function writeBtf(dir: string, ifname: string, raw: Uint8Array): void {
+  if (raw.length === 0) return;
+  let fd = -1;
+  try {
+    fd = bpf.mapCreate(bpf.MapType.ARRAY, BTF_NAME, 4, raw.length, 1);
+    bpf.mapUpdate(fd, ZERO_KEY, raw);
+    try {
+      Deno.removeSync(`${dir}/${BTF_NAME}`);
+    } catch { /* none yet */ }
+    bpf.objPin(fd, `${dir}/${BTF_NAME}`);
+  } catch (e) {
+    log.warn("could not leave the object's BTF beside the state", {
+      ifname,
+      error: (e as Error).message,
+    });
+  } finally {
+    if (fd >= 0) closeFd(fd);
+  }
+}
+
+/** The BTF an earlier einat left beside the state in `dir` ({@link writeBtf}); null without. */
+function readWrittenBtf(dir: string): Btf | null {
+  let fd: number;
+  try {
+    fd = bpf.objGetPinnedOpts(`${dir}/${BTF_NAME}`, { readOnly: true });
+  } catch {
+    return null;
+  }
+  try {
+    const info = bpf.mapInfo(fd);
+    if (info.type !== bpf.MapType.ARRAY || info.keySize !== 4) return null;
+    const raw = bpf.mapLookup(fd, ZERO_KEY, info.valueSize);
+    return raw ? parseBtf(raw) : null;
+  } catch {
+    return null;
+  } finally {
+    closeFd(fd);
+  }
+}
+
+/**
+ * What of a carried-over entry is kept, given its new value (amended in place): what the old
+ * programs left in the middle of an operation (under `--replace` they may still run while the
+ * entries are copied) is not carried as it stands.
+ */
+export const KEEP: Partial<Record<StateMap, (value: Uint8Array) => boolean>> = {
+  // A line's insert lock: never held by the new programs, which have not run yet.
+  map_outbound: (v) => {
+    v.fill(0, OUTBOUND_LINE_LAYOUT.fields.lock.offset, OUTBOUND_LINE_LAYOUT.fields.lock.offset + 4);
+    return true;
+  },
+  // A record being claimed: its port is free again (the claim was not published).
+  map_records: (v) => (v[MAPPING_RECORD_LAYOUT.fields.state.offset] & REC.STATE_MASK) !== REC.BUSY,
+};
 
 /** Releases a {@link PinSession} after a failed load. */
 export function abortPins(p: PinSession): void {
@@ -818,6 +939,11 @@ function heldError(dir: string, ifname: string, meta: MetaDoc | null): Error {
 
 /** A process holding a `flock` on `path` (from /proc/locks), other than this one. */
 function lockHolder(path: string): number | null {
+  return lockHolders(path).find((pid) => pid !== Deno.pid) ?? null;
+}
+
+/** The processes holding a `flock` on `path`, by /proc/locks. */
+function lockHolders(path: string): number[] {
   let dev: number, ino: number;
   let text: string;
   try {
@@ -826,11 +952,12 @@ function lockHolder(path: string): number | null {
     ino = st.ino ?? -1;
     text = Deno.readTextFileSync("/proc/locks");
   } catch {
-    return null;
+    return [];
   }
   // st_dev as glibc encodes it; /proc/locks prints major:minor in hex.
   const major = Math.floor(dev / 256) & 0xfff;
   const minor = (dev & 0xff) | (Math.floor(dev / 4096) & 0xfff00);
+  const out: number[] = [];
   for (const line of text.split("\n")) {
     const f = line.trim().split(/\s+/);
     const at = f.findIndex((x) => /^[0-9a-f]+:[0-9a-f]+:\d+$/i.test(x));
@@ -838,8 +965,8 @@ function lockHolder(path: string): number | null {
     const [ma, mi, i] = f[at].split(":");
     const pid = Number(f[at - 1]);
     if (parseInt(ma, 16) === major && parseInt(mi, 16) === minor && Number(i) === ino) {
-      if (pid > 0 && pid !== Deno.pid) return pid;
+      if (pid > 0) out.push(pid);
     }
   }
-  return null;
+  return out;
 }

@@ -2,7 +2,7 @@
  * The verifier prunes code by the read-only configuration, so an object can
  * load with one interface's settings and be refused with another's (a stack
  * over 512 bytes, an unbounded loop) only on some router. Every combination of
- * the switches in `.rodata` must load, in both objects (inline checksums and
+ * the switches in `.rodata` (per-session counters included) must load, in both objects (inline checksums and
  * the compatibility one: asked for by name, so no fallback hides a refusal).
  */
 import { assert } from "./lib/assert.ts";
@@ -19,27 +19,32 @@ for (const csum of ["inline", "helpers"] as const) {
         for (const fib of [false, true]) {
           for (const icmpx of [false, true]) {
             for (const [nat44, nat66] of [[true, false], [false, true], [true, true]]) {
-              const ic = testInterfaceConfig({
-                bpfLogLevel: logLevel,
-                bpfFibLookupExternal: fib,
-                allowInboundIcmpx: icmpx,
-                nat44,
-                nat66,
-              });
-              const what =
-                `log ${logLevel} eth ${hasEth} fib ${fib} icmpx ${icmpx} nat44 ${nat44} nat66 ${nat66}`;
-              try {
-                const nat = await loadNat({
-                  ro: roConfigOf(ic, hasEth),
-                  bindingMaxRecords: 1024,
-                  ctMaxRecords: 2048,
-                  csum,
+              for (const counters of [0, 64]) {
+                const ic = testInterfaceConfig({
+                  bpfLogLevel: logLevel,
+                  bpfFibLookupExternal: fib,
+                  allowInboundIcmpx: icmpx,
+                  nat44,
+                  nat66,
+                  sessionCounters: counters,
                 });
-                if (nat.csum !== csum) refused.push(`${what}: loaded the ${nat.csum} object`);
-                closeNat(nat);
-                loaded++;
-              } catch (e) {
-                refused.push(`${what}: ${(e as Error).message.split("\n").slice(-3).join(" / ")}`);
+                const what =
+                  `log ${logLevel} eth ${hasEth} fib ${fib} icmpx ${icmpx} nat44 ${nat44} nat66 ${nat66} counters ${counters}`;
+                try {
+                  const nat = await loadNat({
+                    ro: roConfigOf(ic, hasEth),
+                    bindingMaxRecords: 1024,
+                    ctMaxRecords: 2048,
+                    csum,
+                  });
+                  if (nat.csum !== csum) refused.push(`${what}: loaded the ${nat.csum} object`);
+                  closeNat(nat);
+                  loaded++;
+                } catch (e) {
+                  refused.push(
+                    `${what}: ${(e as Error).message.split("\n").slice(-3).join(" / ")}`,
+                  );
+                }
               }
             }
           }
@@ -47,6 +52,6 @@ for (const csum of ["inline", "helpers"] as const) {
       }
     }
     assert(refused.length === 0, `refused:\n${refused.join("\n")}`);
-    assert(loaded === 48);
+    assert(loaded === 96);
   });
 }

@@ -2,8 +2,9 @@
  * The verifier prunes code by the read-only configuration, so an object can
  * load with one interface's settings and be refused with another's (a stack
  * over 512 bytes, an unbounded loop) only on some router. Every combination of
- * the switches in `.rodata` (per-session counters included) must load, in both objects (inline checksums and
- * the compatibility one: asked for by name, so no fallback hides a refusal).
+ * the switches in `.rodata` (per-session counters included) must load, in both
+ * objects (inline checksums and the compatibility one: asked for by name, so
+ * no fallback hides a refusal).
  */
 import { assert } from "./lib/assert.ts";
 import { closeNat, loadNat } from "../lib/nat/loader.ts";

@@ -457,15 +457,16 @@ static __always_inline int flow_serve(struct __sk_buff *skb, struct packet *p,
 		return drop(STAT_DROP_UNTRANSLATABLE);
 	stat_inc(egress ? STAT_EGRESS_NAT : STAT_INGRESS_NAT);
 	traffic_add(skb, egress, p->family);
-	if (CFG.session_counters) { /* the session's key, as the lookups make it */
-		struct ct_key ck;
+	struct sess_scratch *ss = CFG.session_counters ? sess_scratch() : NULL;
+	if (ss) { /* the session's key, as the lookups make it */
 		__be16 rport = p->l4proto == IPPROTO_ICMP ? 0 : egress ? p->dport : p->sport;
 		if (egress)
-			ct_key_init(&ck, p->family, p->l4proto, &fe->to_addr, fe->to_port, &p->dst,
-				    rport);
+			ct_key_init(&ss->k, p->family, p->l4proto, &fe->to_addr, fe->to_port,
+				    &p->dst, rport);
 		else
-			ct_key_init(&ck, p->family, p->l4proto, &p->dst, p->dport, &p->src, rport);
-		sess_count(skb, &ck, NULL, egress);
+			ct_key_init(&ss->k, p->family, p->l4proto, &p->dst, p->dport, &p->src,
+				    rport);
+		sess_count(skb, &ss->k, NULL, egress);
 	}
 	return TC_ACT_OK;
 }

@@ -28,12 +28,35 @@ static __always_inline void traffic_add(struct __sk_buff *skb, bool egress, __u8
 	c->bytes += skb->len - (HAS_ETH ? sizeof(struct ethhdr) : 0);
 }
 
+/* Scratch for sess_count() and its callers: off the stack, which the paths that
+ * count are close to filling. */
+struct sess_scratch {
+	struct ct_key k;
+	struct sess_counter z;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, struct sess_scratch);
+	__uint(max_entries, 1);
+} map_sess_scratch SEC(".maps");
+
+/* This CPU's scratch for sess_count(); NULL only if the map is missing. */
+static __always_inline struct sess_scratch *sess_scratch(void)
+{
+	__u32 zero = 0;
+	return bpf_map_lookup_elem(&map_sess_scratch, &zero);
+}
+
 /*
  * Counts one translated packet of the session of key k (CFG.session_counters;
  * nothing when off: dead code under the read-only config). v: the session,
  * when the caller has it (the lookups), whose created_s this CPU's value must
  * carry, or starts over; NULL (a packet served from the flow cache): counted
- * where the value is.
+ * where the value is. An existing value is started over in place (this CPU's
+ * slot): an update of the LRU table takes a free node first, and would evict
+ * another session's counts to replace this one's.
  */
 static __always_inline void sess_count(struct __sk_buff *skb, const struct ct_key *k,
 				       const struct ct_value *v, bool egress)
@@ -41,11 +64,16 @@ static __always_inline void sess_count(struct __sk_buff *skb, const struct ct_ke
 	if (!CFG.session_counters)
 		return;
 	struct sess_counter *c = bpf_map_lookup_elem(&map_sess_counters, k);
-	if (v && (!c || c->created_s != v->created_s)) {
-		struct sess_counter z;
-		__builtin_memset(&z, 0, sizeof(z));
-		z.created_s = v->created_s;
-		bpf_map_update_elem(&map_sess_counters, k, &z, BPF_ANY);
+	if (v && c && c->created_s != v->created_s) {
+		__builtin_memset(c, 0, sizeof(*c));
+		c->created_s = v->created_s;
+	} else if (v && !c) {
+		struct sess_scratch *s = sess_scratch();
+		if (!s)
+			return;
+		__builtin_memset(&s->z, 0, sizeof(s->z));
+		s->z.created_s = v->created_s;
+		bpf_map_update_elem(&map_sess_counters, k, &s->z, BPF_NOEXIST);
 		c = bpf_map_lookup_elem(&map_sess_counters, k);
 	}
 	if (!c)

@@ -151,5 +151,8 @@ export function isFlowCacheSize(slots: number): boolean {
     slots <= FLOW_CACHE_SLOTS.max;
 }
 
-/** The most sessions `session_counters` may count (~190 bytes each on 2 CPUs). */
-export const SESSION_COUNTERS_MAX = 1 << 22;
+/**
+ * The most sessions `session_counters` may count: the table is allocated whole at start,
+ * ~96 + 40 bytes per possible CPU an entry (~190 MiB on 2 CPUs at this size).
+ */
+export const SESSION_COUNTERS_MAX = 1 << 20;

@@ -310,7 +310,12 @@ async function loadNatBytes(
     bpf.mapSetMaxEntries(outbound, outboundLines(opts.bindingMaxRecords));
     bpf.mapSetMaxEntries(bpf.findMap(obj, MAP_NAMES.ct), opts.ctMaxRecords);
     bpf.mapSetMaxEntries(bpf.findMap(obj, MAP_NAMES.flowCache), flowCacheEntries(opts.ro));
-    bpf.mapSetMaxEntries(bpf.findMap(obj, MAP_NAMES.sessCounters), opts.ro.sessionCounters || 1);
+    // One entry when off (a map is never empty), at least two when on (counters.ts, countingOn).
+    const counted = opts.ro.sessionCounters ?? 0;
+    bpf.mapSetMaxEntries(
+      bpf.findMap(obj, MAP_NAMES.sessCounters),
+      counted > 0 ? Math.max(2, counted) : 1,
+    );
     if (opts.preallocate) {
       const m = bpf.findMap(obj, MAP_NAMES.ct);
       bpf.mapSetFlags(m, bpf.mapFlags(m) & ~bpf.BPF_F_NO_PREALLOC);

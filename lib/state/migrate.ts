@@ -256,7 +256,8 @@ export interface MapTypes {
 /**
  * Plans the conversion of the pinned map `fd` to this einat's layout `to`. The old layout comes
  * from `written` (the BTF the einat that wrote the state left beside it, structs found by
- * name), else from the BTF the kernel keeps for the map (by the ids in its info; reading it needs
+ * name; not used when they are not of the map's key and value sizes), else from the BTF the
+ * kernel keeps for the map (by the ids in its info; reading it needs
  * CAP_SYS_ADMIN). Throws {@link MigrationError} when it cannot be carried over: a map of another
  * type or per-CPU, a layout unknown, a field that changed, a hash key that gained or lost a field
  * (its entries would not be found again).
@@ -268,6 +269,7 @@ export function planMapConversion(fd: number, written: Btf | null, to: MapTypes)
   }
   if (PERCPU_TYPES.has(info.type)) throw new MigrationError("a per-CPU map");
   let btf: Btf, keyId: number, valueId: number;
+  if (written && !sized(written, to, info.keySize, info.valueSize)) written = null;
   if (written) {
     btf = written;
     keyId = to.key === null ? 0 : structId(btf, to.key);
@@ -303,6 +305,17 @@ export function planMapConversion(fd: number, written: Btf | null, to: MapTypes)
     }
   }
   return { key, value: planConversion(btf, valueId, to.btf, to.ids.value) };
+}
+
+/** Whether the structs `to` names in `btf` have the map's key and value sizes. */
+function sized(btf: Btf, to: MapTypes, keySize: number, valueSize: number): boolean {
+  const size = (name: string) => {
+    const t = btf.types.find((t) =>
+      (t.kind === BTF_KIND.STRUCT || t.kind === BTF_KIND.UNION) && t.name === name
+    );
+    return t?.size;
+  };
+  return size(to.value) === valueSize && (to.key === null ? 4 : size(to.key)) === keySize;
 }
 
 /** `BPF_MAP_TYPE_*` with a value per CPU. */

@@ -159,7 +159,8 @@ Deno.test("migrate: an older layout of sessions and records (bpf/migrate_test.bp
 });
 
 Deno.test("migrate: a map whose key gained or lost fields, of another type, or of a layout not known is refused", () => {
-  const fd = bpf.mapCreate(bpf.MapType.HASH, "t", 44, 32, 4); // no BTF
+  const fd = bpf.mapCreate(bpf.MapType.HASH, "t", 44, 40, 4); // no BTF
+  const small = bpf.mapCreate(bpf.MapType.HASH, "t", 44, 32, 4);
   try {
     const to = (key: string, mapType: number = bpf.MapType.HASH) => ({
       key: "rec_v1",
@@ -183,8 +184,12 @@ Deno.test("migrate: a map whose key gained or lost fields, of another type, or o
     const c = planMapConversion(fd, testBtf, to("rec_v1"));
     assert(isIdentity(c.key), JSON.stringify(c.key));
     assertEquals(c.value.copies, [{ from: 0, to: 0, len: 36 }]); // its 4 bytes of tail padding
+    // A BTF whose structs are not of the map's sizes does not describe it: the kernel's copy is
+    // asked for.
+    assertThrows(() => planMapConversion(small, testBtf, to("rec_v1")), /created without BTF/);
   } finally {
     closeFd(fd);
+    closeFd(small);
   }
 });
 

@@ -358,7 +358,7 @@ export function asidePin(dir: string, map: StateMap, pid = Deno.pid): string {
   return `${dir}/${map}_migrating_${pid}`;
 }
 
-const ASIDE = /^(map_[a-z_]+)_migrating_(\d+)$/;
+const ASIDE = /^(map_[a-z_]+)_migrating(?:_(\d+))?$/; // (without a pid: by no live process)
 
 function pinnedNames(dir: string): Set<string> {
   const out = new Set<string>();
@@ -643,11 +643,11 @@ function restoreInterrupted(dir: string, ifname: string, names: Set<string>): bo
   for (const name of names) {
     const m = ASIDE.exec(name);
     if (m && (STATE_MAPS as readonly string[]).includes(m[1])) {
-      found.push({ map: m[1] as StateMap, pid: Number(m[2]), name });
+      found.push({ map: m[1] as StateMap, pid: Number(m[2] ?? 0), name });
     }
   }
   for (const { pid } of found) {
-    if (pid !== Deno.pid && lockHolders(dir).includes(pid)) {
+    if (pid > 0 && pid !== Deno.pid && lockHolders(dir).includes(pid)) {
       throw new BusyError(ifname, pid); // carrying this state over at this moment
     }
   }
@@ -804,7 +804,14 @@ export function finishPins(p: PinSession, obj: bpf.BpfObject, ro: RoConfig): voi
     });
   }
   // The old maps go before the stamp is rewritten: a process killed in between leaves new maps
-  // under the old stamp, which the next start carries over as they are (from their own BTF).
+  // under the old stamp, which the next start carries over as they are (from the kernel's copy
+  // of their BTF). The BTF left beside the old ones goes first: with the old stamp it would
+  // still seem to describe them.
+  if (p.migrating.length > 0) {
+    try {
+      Deno.removeSync(`${p.dir}/${BTF_NAME}`);
+    } catch { /* none */ }
+  }
   for (const x of p.migrating.splice(0)) {
     p.migrated.push(x.map);
     closeFd(x.fd);

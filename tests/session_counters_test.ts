@@ -19,7 +19,7 @@ import {
 } from "../lib/nat/counters.ts";
 import { type PinnedState, readSessions } from "../lib/state/read.ts";
 import { formatText } from "../lib/state/show.ts";
-import type { PacketSpec } from "./lib/packet.ts";
+import { type PacketSpec, udpSpec } from "./lib/packet.ts";
 import { pinThread, restoreAffinity } from "./lib/cpu.ts";
 import {
   loadTestNat,
@@ -38,15 +38,8 @@ const PAYLOAD = new TextEncoder().encode("hello");
 /** The IP length of a {@link udp} packet: what a packet counts in bytes. */
 const UDP_LEN = 20 + 8 + PAYLOAD.length;
 
-const udp = (src: string, sport: number, dst: string, dport: number): PacketSpec => ({
-  family: 4,
-  src,
-  dst,
-  proto: "udp",
-  sport,
-  dport,
-  payload: PAYLOAD,
-});
+const udp = (src: string, sport: number, dst: string, dport: number): PacketSpec =>
+  udpSpec(4, src, sport, dst, dport, PAYLOAD);
 
 /** The counts of the session (ext, remote) of `n`, as `show` would sum them. */
 function countsOf(

@@ -277,36 +277,45 @@ Deno.test({
     }),
 });
 
+/**
+ * Runs einat in `ns` to pin two bindings and three sessions in `dir`: 192.0.2.10:40000 to two
+ * remotes (a session inline in its record, one in map_ct), 40001 to one; stops it and returns
+ * the state as it left it.
+ */
+async function twoBindingsPinned(ns: string, pin: string, dir: string) {
+  await run(["ip", "-n", ns, "neigh", "add", "203.0.113.51", "lladdr", "02:00:00:00:00:51"]
+    .concat(["dev", "wan0", "nud", "permanent"]));
+  const p = await startEinat(ns, ["-i", "wan0", "--pin-dir", pin]);
+  await send(ns, dir, 40000);
+  await nsExecResult(
+    ns,
+    peerCmd(
+      "udp-send",
+      ["--bind", "192.0.2.10", "--from-port", "40000"].concat(
+        ["--to", "203.0.113.51:9", "--reply-timeout-ms", "50"],
+      ),
+    ),
+  );
+  await sendOnce(ns, 40001);
+  const before = state(dir);
+  assertEquals([before.bindings.length, before.sessions.length], [2, 3]);
+  assertEquals(await stopEinat(p), 0, p.stderrText());
+  return before;
+}
+
 Deno.test({
   name:
     "state: mappings pinned on an address that is no longer external are dropped at start, which says so; the summary counts what is kept",
   ...sanitize,
   fn: () =>
     withNs(async (ns, pin, dir) => {
-      await run(["ip", "-n", ns, "neigh", "add", "203.0.113.51", "lladdr", "02:00:00:00:00:51"]
-        .concat(["dev", "wan0", "nud", "permanent"]));
-      let p = await startEinat(ns, ["-i", "wan0", "--pin-dir", pin]);
-      // 40000 to two remotes (a session inline in its record, one in map_ct), 40001 to one.
-      await send(ns, dir, 40000);
-      await nsExecResult(
-        ns,
-        peerCmd(
-          "udp-send",
-          ["--bind", "192.0.2.10", "--from-port", "40000"].concat(
-            ["--to", "203.0.113.51:9", "--reply-timeout-ms", "50"],
-          ),
-        ),
-      );
-      await sendOnce(ns, 40001);
-      const before = state(dir);
-      assertEquals([before.bindings.length, before.sessions.length], [2, 3]);
-      assertEquals(await stopEinat(p), 0, p.stderrText());
+      await twoBindingsPinned(ns, pin, dir);
 
       // Another external address while no einat ran: nothing pinned is on one of ours.
       await run(["ip", "-n", ns, "-batch", "-"], {
         stdin: "addr del 203.0.113.1/24 dev wan0\naddr add 203.0.113.2/24 dev wan0\n",
       });
-      p = await startEinat(ns, ["-i", "wan0", "--pin-dir", pin]);
+      const p = await startEinat(ns, ["-i", "wan0", "--pin-dir", pin]);
       try {
         const log = p.stderrText();
         assert(
@@ -509,24 +518,8 @@ Deno.test({
   ...sanitize,
   fn: () =>
     withNs(async (ns, pin, dir) => {
-      await run(["ip", "-n", ns, "neigh", "add", "203.0.113.51", "lladdr", "02:00:00:00:00:51"]
-        .concat(["dev", "wan0", "nud", "permanent"]));
-      let p = await startEinat(ns, ["-i", "wan0", "--pin-dir", pin]);
-      // 40000 to two remotes (a session inline in its record, one in map_ct), 40001 to one.
-      await send(ns, dir, 40000);
-      await nsExecResult(
-        ns,
-        peerCmd(
-          "udp-send",
-          ["--bind", "192.0.2.10", "--from-port", "40000"].concat(
-            ["--to", "203.0.113.51:9", "--reply-timeout-ms", "50"],
-          ),
-        ),
-      );
-      await sendOnce(ns, 40001);
-      const before = state(dir);
-      assertEquals([before.bindings.length, before.sessions.length], [2, 3]);
-      assertEquals(await stopEinat(p), 0, p.stderrText());
+      const before = await twoBindingsPinned(ns, pin, dir);
+      let p: NsProcess;
 
       assertEquals(await pinOldLayout(dir), { records: 2, sessions: 1 });
       assertEquals(pinnedValueSize(`${dir}/map_records`), OLD_RECORD.size);

@@ -290,19 +290,25 @@ const ZERO_KEY = new Uint8Array(4);
 
 /** Reads the stamp pinned in `dir`; null when absent or unreadable. */
 export function readMeta(dir: string): MetaDoc | null {
+  const v = readPinnedValue(`${dir}/${META_NAME}`);
+  return v ? decodeMeta(v) : null;
+}
+
+/**
+ * The one value of the one-element array map pinned at `path`, sized as pinned (the kernel
+ * writes the map's value size: another einat's may be longer); null when absent or unreadable.
+ */
+function readPinnedValue(path: string): Uint8Array | null {
   let fd: number;
   try {
-    fd = bpf.objGetPinnedOpts(`${dir}/${META_NAME}`, { readOnly: true });
+    fd = bpf.objGetPinnedOpts(path, { readOnly: true });
   } catch {
     return null;
   }
   try {
-    // Sized as pinned (the kernel writes the map's value size): another einat's stamp map may
-    // hold longer documents.
     const info = bpf.mapInfo(fd);
     if (info.type !== bpf.MapType.ARRAY || info.keySize !== ZERO_KEY.length) return null;
-    const v = bpf.mapLookup(fd, ZERO_KEY, info.valueSize);
-    return v ? decodeMeta(v) : null;
+    return bpf.mapLookup(fd, ZERO_KEY, info.valueSize);
   } catch {
     return null;
   } finally {
@@ -857,21 +863,11 @@ function writeBtf(dir: string, ifname: string, raw: Uint8Array): void {
 
 /** The BTF an earlier einat left beside the state in `dir` ({@link writeBtf}); null without. */
 function readWrittenBtf(dir: string): Btf | null {
-  let fd: number;
+  const raw = readPinnedValue(`${dir}/${BTF_NAME}`);
   try {
-    fd = bpf.objGetPinnedOpts(`${dir}/${BTF_NAME}`, { readOnly: true });
-  } catch {
-    return null;
-  }
-  try {
-    const info = bpf.mapInfo(fd);
-    if (info.type !== bpf.MapType.ARRAY || info.keySize !== 4) return null;
-    const raw = bpf.mapLookup(fd, ZERO_KEY, info.valueSize);
     return raw ? parseBtf(raw) : null;
   } catch {
-    return null;
-  } finally {
-    closeFd(fd);
+    return null; // not BTF after all
   }
 }
 

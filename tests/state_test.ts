@@ -37,7 +37,13 @@ import {
 import { embeddedObject } from "../lib/nat/loader.ts";
 import { elfSection } from "../lib/btf.ts";
 import { CT_KEY_LAYOUT, CT_VALUE_LAYOUT, MAPPING_RECORD_LAYOUT } from "../lib/nat/codec.ts";
-import { openPinned, readBindings, readCounters, readSessions } from "../lib/state/read.ts";
+import {
+  openPinned,
+  readBindings,
+  readCounters,
+  readSessions,
+  type SessionRow,
+} from "../lib/state/read.ts";
 
 const sanitize = { sanitizeOps: false, sanitizeResources: false };
 
@@ -273,6 +279,62 @@ Deno.test({
         assertEquals(await stopEinat(p), 0, p.stderrText());
       } finally {
         Deno.removeSync(small);
+      }
+    }),
+});
+
+Deno.test({
+  name:
+    "state: session_counters counts a session's datagrams for show (JSON and text), kept across a restart, gone when turned off",
+  ...sanitize,
+  fn: () =>
+    withNs(async (ns, pin, dir) => {
+      const on = config("session_counters = 1024"), off = config("");
+      const showJson = async () => {
+        const r = await nsExecResult(ns, einatCmd(["show", "--json", "--pin-dir", pin]));
+        assertEquals(r.code, 0, r.stderr);
+        return (JSON.parse(r.stdout) as { sessions: SessionRow[] }).sessions;
+      };
+      try {
+        let p = await startEinat(ns, ["-c", on, "--pin-dir", pin]);
+        await send(ns, dir);
+        const [first] = await showJson();
+        const c0 = first.counters!;
+        assert(c0 && c0.packetsOut >= 1 && c0.packetsIn === 0, JSON.stringify(first));
+        const size = c0.bytesOut / c0.packetsOut; // one datagram's IP length
+        for (let i = 0; i < 2; i++) await sendOnce(ns, 40000);
+        const [s1] = await showJson();
+        assertEquals(s1.counters, {
+          packetsOut: c0.packetsOut + 2,
+          bytesOut: (c0.packetsOut + 2) * size,
+          packetsIn: 0,
+          bytesIn: 0,
+        });
+        const text = await nsExecResult(ns, einatCmd(["show", "--pin-dir", pin]));
+        assert(
+          new RegExp(
+            `PACKETS OUT/IN .*\\n.* ${c0.packetsOut + 2}/0 +${(c0.packetsOut + 2) * size}/0`,
+          )
+            .test(text.stdout),
+          text.stdout,
+        );
+        assertEquals(await stopEinat(p), 0, p.stderrText());
+
+        // Pinned with the state: the next einat goes on counting where this one stopped.
+        p = await startEinat(ns, ["-c", on, "--pin-dir", pin]);
+        await sendOnce(ns, 40000);
+        assertEquals((await showJson())[0].counters?.packetsOut, c0.packetsOut + 3);
+        assertEquals(await stopEinat(p), 0, p.stderrText());
+
+        // Turned off: the table goes (one entry, recreated), show lists no counts.
+        p = await startEinat(ns, ["-c", off, "--pin-dir", pin]);
+        assert(/session counters resized; recreated empty/.test(p.stderrText()), p.stderrText());
+        await sendOnce(ns, 40000);
+        const [s3] = await showJson();
+        assert(!("counters" in s3), JSON.stringify(s3));
+        assertEquals(await stopEinat(p), 0, p.stderrText());
+      } finally {
+        for (const f of [on, off]) Deno.removeSync(f);
       }
     }),
 });

@@ -5,7 +5,7 @@
  * on the same key starts from zero, `show` lists the counts, and nothing is counted when off.
  * No namespace.
  */
-import { assert, assertEquals } from "./lib/assert.ts";
+import { assert, assertEquals, assertThrows } from "./lib/assert.ts";
 import * as bpf from "../lib/ffi/libbpf.ts";
 import { parseAddr } from "../lib/config/cidr.ts";
 import { encodeCtKey, IPPROTO, SESS_COUNTER_LAYOUT } from "../lib/nat/codec.ts";
@@ -18,7 +18,7 @@ import {
   sumCounts,
 } from "../lib/nat/counters.ts";
 import { type PinnedState, readSessions } from "../lib/state/read.ts";
-import { formatText } from "../lib/state/show.ts";
+import { formatText, topSessions } from "../lib/state/show.ts";
 import { type PacketSpec, udpSpec } from "./lib/packet.ts";
 import { pinThread, restoreAffinity } from "./lib/cpu.ts";
 import {
@@ -159,6 +159,13 @@ Deno.test("session counters: packets and bytes of each session, once per packet 
         bytesIn: icmpLen,
       });
 
+      // --top: the sessions that moved the most bytes, most first: the UDP flow to SRV1 (seven
+      // packets), then the two of one packet each way.
+      const top = topSessions(readSessions(view(n)), 2);
+      assertEquals(top.map((s) => s.remote)[0], `${SRV1}:53`);
+      assertEquals(top.length, 2);
+      assertEquals(topSessions(readSessions(view(n)), 10).length, 3);
+
       // show prints them as columns.
       const text = formatText(
         { sessions: readSessions(view(n)), bindings: [], counters: [], missing: [], served: [] },
@@ -229,6 +236,10 @@ Deno.test("session counters: off by default, nothing counted, show lists no coun
     const rows = readSessions(view(n));
     assertEquals(rows.length, 1);
     assert(!("counters" in rows[0]), JSON.stringify(rows[0]));
+    assertThrows(
+      () => topSessions(rows, 5),
+      /--top: no session counts here: session_counters is off/,
+    );
   } finally {
     n.close();
   }

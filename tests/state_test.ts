@@ -310,6 +310,10 @@ Deno.test({
           packetsIn: 0,
           bytesIn: 0,
         });
+        const top = await nsExecResult(ns, einatCmd(["show", "--top", "1", "--pin-dir", pin]));
+        assertEquals(top.code, 0, top.stderr);
+        assert(/the 1 sessions that moved the most bytes \(--top 1\)/.test(top.stdout), top.stdout);
+        assert(!/SESSIONS/.test(top.stdout), "no bindings table");
         const text = await nsExecResult(ns, einatCmd(["show", "--pin-dir", pin]));
         assert(
           new RegExp(
@@ -332,6 +336,9 @@ Deno.test({
         await sendOnce(ns, 40000);
         const [s3] = await showJson();
         assert(!("counters" in s3), JSON.stringify(s3));
+        const noTop = await nsExecResult(ns, einatCmd(["show", "--top", "3", "--pin-dir", pin]));
+        assertEquals(noTop.code, 2, noTop.stdout);
+        assert(/session_counters is off/.test(noTop.stderr), noTop.stderr);
         assertEquals(await stopEinat(p), 0, p.stderrText());
       } finally {
         for (const f of [on, off]) Deno.removeSync(f);

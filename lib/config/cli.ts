@@ -65,6 +65,8 @@ export interface ShowCli {
   addr?: Uint8Array;
   /** Matches the internal, external or remote port (or ICMP identifier). */
   port?: number;
+  /** `--top N`: only the N sessions that moved the most bytes (session_counters), no bindings. */
+  top?: number;
 }
 
 /** What the command line asks for. */
@@ -125,6 +127,7 @@ const SHOW_OPTIONS = {
   proto: { type: "string" },
   addr: { type: "string" },
   port: { type: "string" },
+  top: { type: "string" },
   log: { type: "string" },
 } as const;
 
@@ -139,7 +142,8 @@ USAGE:
   einat [OPTIONS]
   einat -i <name> [--nat44] [--nat66] [--ports <range>...] [--hairpin-if <name>...]
   einat -c <file>
-  einat show [-i <name>]... [--proto <p>] [--addr <ip>] [--port <n>] [--json] [--stats]
+  einat show [-i <name>]... [--proto <p>] [--addr <ip>] [--port <n>] [--top <n>] [--json]
+             [--stats]
   einat --flush (-i <name> | -c <file>)
 
 OPTIONS:
@@ -179,6 +183,8 @@ SHOW (einat show, or einat --show): list bindings and sessions from the pinned s
       --proto <p>              Only tcp, udp or icmp
       --addr <ip>              Only entries with this internal, external or remote address
       --port <n>               Only entries with this internal, external or remote port
+      --top <n>                Only the n sessions that moved the most bytes, most first
+                               (needs session_counters in the configuration); no bindings
       --json                   JSON instead of a table
       --stats                  Counters (packets, bytes, events, drops) instead
       --pin-dir <dir>          As above
@@ -637,6 +643,14 @@ function parseShow(args: string[]): CliResult {
     }
     port = Number(values.port);
   }
+  let top: number | undefined;
+  if (values.top !== undefined) {
+    if (!/^[0-9]+$/.test(values.top) || Number(values.top) < 1) {
+      throw new ConfigError("--top", `"${values.top}" is not a session count (1 or more)`);
+    }
+    if (values.stats) throw new ConfigError("--top", "lists sessions: drop --stats");
+    top = Number(values.top);
+  }
   return {
     kind: "show",
     show: {
@@ -647,6 +661,7 @@ function parseShow(args: string[]): CliResult {
       proto,
       addr,
       port,
+      ...(top !== undefined ? { top } : {}),
     },
     logLevel: logLevelOf(values.log),
   };

@@ -369,6 +369,11 @@ Deno.test("show: subcommand and --show flag, filters, --json, --stats", () => {
   expectError(["show", "--proto", "sctp"], "--proto", /tcp, udp or icmp/);
   expectError(["show", "--addr", "192.0.2.0/24"], "--addr", /not an IP address/);
   expectError(["show", "--port", "65536"], "--port");
+  const top = cli("show", "--top", "5");
+  equal(top.kind === "show" && top.show.top, 5);
+  expectError(["show", "--top", "0"], "--top", /1 or more/);
+  expectError(["show", "--top", "x"], "--top", /not a session count/);
+  expectError(["show", "--top", "3", "--stats"], "--top", /drop --stats/);
   expectError(["show", "--nat66"], "--nat66", /not an option of show/);
   expectError(["show", "extra"], "(arguments)");
   ok(helpText().includes("einat show"));

@@ -30,6 +30,22 @@ export interface ShowResult {
   missing: string[];
   /** Each interface shown, with the pid of the einat serving it now (null: none runs). */
   served: { interface: string; pid: number | null }[];
+  /** `--top N`: the sessions are the N that moved the most bytes; no bindings. */
+  top?: number;
+}
+
+/**
+ * The `n` sessions of `rows` that moved the most bytes (out and in), most first; ties by packets.
+ * Throws when none has counts (session_counters off).
+ */
+export function topSessions(rows: SessionRow[], n: number): SessionRow[] {
+  const counted = rows.filter((r) => r.counters !== undefined);
+  if (rows.length > 0 && counted.length === 0) {
+    throw new Error("--top: no session counts here: session_counters is off");
+  }
+  const bytes = (r: SessionRow) => r.counters ? r.counters.bytesOut + r.counters.bytesIn : -1;
+  const packets = (r: SessionRow) => r.counters ? r.counters.packetsOut + r.counters.packetsIn : -1;
+  return counted.sort((a, b) => bytes(b) - bytes(a) || packets(b) - packets(a)).slice(0, n);
 }
 
 /** Reads what `show` prints. */
@@ -54,12 +70,16 @@ export function collect(opts: ShowCli): ShowResult {
         res.counters.push(readCounters(st));
       } else {
         // concat, not push(...rows): spreading 100,000s of rows overflows the stack
-        res.bindings = res.bindings.concat(readBindings(st, filter));
+        if (opts.top === undefined) res.bindings = res.bindings.concat(readBindings(st, filter));
         res.sessions = res.sessions.concat(readSessions(st, filter));
       }
     } finally {
       st.close();
     }
+  }
+  if (opts.top !== undefined) {
+    res.sessions = topSessions(res.sessions, opts.top);
+    res.top = opts.top;
   }
   return res;
 }
@@ -115,16 +135,20 @@ export function formatText(r: ShowResult, stats: boolean): string {
       ),
     );
     out.push("");
-    out.push(
-      table(
-        ["IF", "PROTO", "INTERNAL", "EXTERNAL", "SESSIONS"],
-        r.bindings.map((
-          b,
-        ) => [b.interface, b.protocol, b.internal, b.external, String(b.sessions)]),
-      ),
-    );
-    out.push("");
-    out.push(`${r.sessions.length} sessions, ${r.bindings.length} bindings`);
+    if (r.top !== undefined) {
+      out.push(`the ${r.sessions.length} sessions that moved the most bytes (--top ${r.top})`);
+    } else {
+      out.push(
+        table(
+          ["IF", "PROTO", "INTERNAL", "EXTERNAL", "SESSIONS"],
+          r.bindings.map((
+            b,
+          ) => [b.interface, b.protocol, b.internal, b.external, String(b.sessions)]),
+        ),
+      );
+      out.push("");
+      out.push(`${r.sessions.length} sessions, ${r.bindings.length} bindings`);
+    }
   }
   for (const m of r.missing) out.push(`${m}: no pinned state`);
   for (const { interface: i, pid } of r.served) {

@@ -172,11 +172,21 @@ enum ct_state {
  * their timestamp (lib/ct.h) and the daemon's sweep removes them.
  */
 struct ct_value {
+#ifdef EINAT_TEST_NESTED_LAYOUT
+	/* Tests only (tests/state_test.ts): the same fields in another order, as a later einat
+	 * could lay them out; a mapping_record's own members do not change. Never loaded. */
+	union ip_addr int_addr;
+	__u32 created_s;
+	__be16 int_port;
+	__u8 state;
+	__u8 flags;
+#else
 	union ip_addr int_addr;
 	__be16 int_port;
 	__u8 state;
 	__u8 flags;
 	__u32 created_s; /* CLOCK_MONOTONIC seconds */
+#endif
 	__u64 last_seen_ns; /* CLOCK_MONOTONIC */
 };
 

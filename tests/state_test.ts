@@ -346,6 +346,72 @@ Deno.test({
     }),
 });
 
+Deno.test({
+  name:
+    "state: a layout change inside a nested struct (ct_value in mapping_record), which the stamp does not see, is carried over by the BTF left beside the state",
+  ...sanitize,
+  fn: () =>
+    withVariant("EINAT_TEST_NESTED_LAYOUT", (variant) =>
+      withNs(async (ns, pin, dir) => {
+        const before = await twoBindingsPinned(ns, pin, dir);
+        // The variant's ct_value: int_addr@0 created_s@16 int_port@20 state@22 flags@23
+        // last_seen_ns@24, a mapping_record's own members as they were: its stamp is the same.
+        const vBytes = Deno.readFileSync(variant);
+        const vStamps = layoutStamps(vBytes), own = layoutStamps(embeddedObject());
+        assertEquals(vStamps.map_records, own.map_records, "the stamp cannot tell");
+        const V = CT_VALUE_LAYOUT.fields;
+        const moved = { int_addr: 0, created_s: 16, int_port: 20, state: 22, flags: 23 };
+        const toVariant = (src: Uint8Array, so: number, dst: Uint8Array, o: number) => {
+          const copy = src.slice(so, so + CT_VALUE_LAYOUT.size);
+          for (const [f, at] of Object.entries(moved)) {
+            const { offset, size } = V[f as keyof typeof moved];
+            dst.set(copy.subarray(offset, offset + size), o + at);
+          }
+        };
+        const rewrite = (map: string, keySize: number, valueSize: number, ctAt: number) => {
+          const fd = bpf.objGetPinned(`${dir}/${map}`);
+          try {
+            const entries: [Uint8Array, Uint8Array][] = [];
+            bpf.forEachEntry(fd, keySize, valueSize, (e) => {
+              if (map === "map_records" && (e.values[e.vo] & 3) === 0) return; // free
+              const v = e.values.slice(e.vo, e.vo + valueSize);
+              toVariant(e.values, e.vo + ctAt, v, ctAt);
+              entries.push([e.keys.slice(e.ko, e.ko + keySize), v]);
+            });
+            for (const [k, v] of entries) bpf.mapUpdate(fd, k, v);
+            return entries.length;
+          } finally {
+            closeFd(fd);
+          }
+        };
+        const R = MAPPING_RECORD_LAYOUT;
+        assertEquals(rewrite("map_records", 4, R.size, R.fields.ct.offset), 2);
+        assertEquals(rewrite("map_ct", CT_KEY_LAYOUT.size, CT_VALUE_LAYOUT.size, 0), 1);
+        tamperStamp(dir, (m) => m.map_ct.layout = vStamps.map_ct);
+        const raw = elfSection(vBytes, ".BTF")!;
+        const btf = bpf.mapCreate(bpf.MapType.ARRAY, BTF_NAME, 4, raw.length, 1);
+        bpf.mapUpdate(btf, new Uint8Array(4), raw);
+        pinFd(btf, `${dir}/${BTF_NAME}`);
+
+        const p = await startEinat(ns, ["-i", "wan0", "--pin-dir", pin]);
+        try {
+          const log = p.stderrText();
+          assert(/carried over to this einat's layout .*map=map_records entries=2/.test(log), log);
+          assert(/carried over to this einat's layout .*map=map_ct entries=1/.test(log), log);
+          const after = state(dir);
+          assertEquals(after.bindings, before.bindings, "the same mappings");
+          assertEquals(sessionKeys(after.sessions), sessionKeys(before.sessions));
+          for (const s of after.sessions) {
+            assert(s.ageSeconds < 60 && s.idleSeconds < 60, JSON.stringify(s));
+          }
+          await sendOnce(ns, 40000);
+          assertEquals(state(dir).bindings, before.bindings);
+        } finally {
+          assertEquals(await stopEinat(p), 0, p.stderrText());
+        }
+      })),
+});
+
 /**
  * Runs einat in `ns` to pin two bindings and three sessions in `dir`: 192.0.2.10:40000 to two
  * remotes (a session inline in its record, one in map_ct), 40001 to one; stops it and returns

@@ -318,6 +318,40 @@ function sized(btf: Btf, to: MapTypes, keySize: number, valueSize: number): bool
   return size(to.value) === valueSize && (to.key === null ? 4 : size(to.key)) === keySize;
 }
 
+/**
+ * The whole layout of the struct or union `name` of `btf`, nested types included (every member's
+ * name, offset and type down to the numbers), as text to compare; null when `btf` has no such
+ * struct. The stamp (lib/state/pin.ts) describes a struct's own members only.
+ */
+export function deepLayout(btf: Btf, name: string): string | null {
+  const t = btf.types.find((t) =>
+    (t.kind === BTF_KIND.STRUCT || t.kind === BTF_KIND.UNION) && t.name === name
+  );
+  return t ? describe(btf, t.id, 0) : null;
+}
+
+function describe(btf: Btf, id: number, depth: number): string {
+  const t = resolveType(btf, id);
+  if (depth > 16) return "...";
+  switch (t.kind) {
+    case BTF_KIND.STRUCT:
+    case BTF_KIND.UNION: {
+      const members = (t.members ?? []).map((m) =>
+        `${m.name}@${m.offsetBits}${m.bitfieldBits ? `:${m.bitfieldBits}` : ""}=${
+          describe(btf, m.typeId, depth + 1)
+        }`
+      );
+      return `${t.kind === BTF_KIND.STRUCT ? "s" : "u"}${t.size}{${members.join(",")}}`;
+    }
+    case BTF_KIND.ARRAY:
+      return `[${t.nelems}]${describe(btf, t.elemTypeId ?? 0, depth + 1)}`;
+    default:
+      return partial(t)
+        ? `${kindOf(t)}${t.size}/${t.intOffset}:${t.intBits}`
+        : `${kindOf(t)}${typeSize(btf, id) ?? "?"}`;
+  }
+}
+
 /** `BPF_MAP_TYPE_*` with a value per CPU. */
 const PERCPU_TYPES: ReadonlySet<number> = new Set([5, 6, 10, 21]);
 

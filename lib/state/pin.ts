@@ -68,7 +68,13 @@ import {
 } from "../nat/codec.ts";
 import { deletedNamespace, netnsFolder, type NetnsIdentity, netnsIdentity } from "./netns.ts";
 import { DEFAULT_PIN_ROOT, pinFolderName, pinRootOf, stateOptions } from "./options.ts";
-import { copyConverted, type MapConversion, MigrationError, planMapConversion } from "./migrate.ts";
+import {
+  copyConverted,
+  deepLayout,
+  type MapConversion,
+  MigrationError,
+  planMapConversion,
+} from "./migrate.ts";
 
 /** The maps kept across restarts, by their name in the object (also the pin name). */
 export const STATE_MAPS = [
@@ -503,16 +509,17 @@ function checkPins(
   const reused: StateMap[] = [];
   const reset: StateMap[] = [];
   const incompatible: StateMap[] = [];
+  const own = readBtf(bytes), written = pinned.length ? readWrittenBtf(dir) : null;
   for (const m of pinned) {
     const was = meta?.maps[m]?.layout;
-    if (was === stamps[m]) {
+    if (was === stamps[m] && !nestedChanged(m, written, own)) {
       reused.push(m);
       continue;
     }
     if (PRECIOUS.has(m)) incompatible.push(m);
     else reset.push(m);
   }
-  const migrating = planMigrations(obj, bytes, dir, ifname, meta, incompatible);
+  const migrating = planMigrations(obj, own, written, dir, ifname, meta, incompatible);
   if (migrating.some((x) => x.map === "map_records") && reused.includes("map_binding_count")) {
     // Counted by programs that may still run (--replace) on the old records: counted afresh
     // from the new ones (lib/state/serve.ts, syncBindings).
@@ -677,15 +684,14 @@ function restoreInterrupted(dir: string, ifname: string, names: Set<string>): bo
  */
 function planMigrations(
   obj: bpf.BpfObject,
-  bytes: Uint8Array,
+  btf: Btf,
+  written: Btf | null,
   dir: string,
   ifname: string,
   meta: MetaDoc | null,
   incompatible: StateMap[],
 ): Migrating[] {
   if (incompatible.length === 0) return [];
-  const btf = readBtf(bytes);
-  const written = readWrittenBtf(dir);
   const writtenStructs = written ? structsOf(written) : null;
   const out: Migrating[] = [];
   const why: string[] = [];
@@ -859,6 +865,19 @@ function writeBtf(dir: string, ifname: string, raw: Uint8Array): void {
   } finally {
     if (fd >= 0) closeFd(fd);
   }
+}
+
+/**
+ * Whether map `m`'s structs differ from `own`'s below their own members (a struct nested in
+ * them, e.g. a ct_value in a mapping_record): the stamp, which describes their own members, does
+ * not see that; the BTF `written` beside the state does. False without it.
+ */
+function nestedChanged(m: StateMap, written: Btf | null, own: Btf): boolean {
+  if (!written) return false;
+  return TYPES[m].some((name) => {
+    const was = deepLayout(written, name), now = deepLayout(own, name);
+    return was !== null && now !== null && was !== now;
+  });
 }
 
 /** The BTF an earlier einat left beside the state in `dir` ({@link writeBtf}); null without. */

@@ -446,8 +446,25 @@ static __always_inline bool ct_names_source(const struct ct_value *v, const stru
  * egress, the internal one on ingress. Returns the verdict, or -1 when the
  * packet must take the lookups.
  */
+/*
+ * The key of a packet's session: egress, from the external endpoint its
+ * flow-cache slot fe holds; ingress, from its destination. remote_port: the
+ * remote's port, 0 for ICMP.
+ */
+static __always_inline void flow_ct_key(struct ct_key *k, const struct packet *p,
+					const struct flow_entry *fe, bool egress,
+					__be16 remote_port)
+{
+	if (egress)
+		ct_key_init(k, p->family, p->l4proto, &fe->to_addr, fe->to_port, &p->dst,
+			    remote_port);
+	else
+		ct_key_init(k, p->family, p->l4proto, &p->dst, p->dport, &p->src, remote_port);
+}
+
 static __always_inline int flow_serve(struct __sk_buff *skb, struct packet *p,
-				      struct flow_entry *fe, bool hit, bool egress, __u64 now)
+				      struct flow_entry *fe, bool hit, bool egress, __u64 now,
+				      __be16 remote_port)
 {
 	if (unlikely(!hit || !flow_trusted(fe, p, now)))
 		return -1;
@@ -458,14 +475,8 @@ static __always_inline int flow_serve(struct __sk_buff *skb, struct packet *p,
 	stat_inc(egress ? STAT_EGRESS_NAT : STAT_INGRESS_NAT);
 	traffic_add(skb, egress, p->family);
 	struct sess_scratch *ss = CFG.session_counters ? sess_scratch() : NULL;
-	if (ss) { /* the session's key, as the lookups make it */
-		__be16 rport = p->l4proto == IPPROTO_ICMP ? 0 : egress ? p->dport : p->sport;
-		if (egress)
-			ct_key_init(&ss->k, p->family, p->l4proto, &fe->to_addr, fe->to_port,
-				    &p->dst, rport);
-		else
-			ct_key_init(&ss->k, p->family, p->l4proto, &p->dst, p->dport, &p->src,
-				    rport);
+	if (ss) {
+		flow_ct_key(&ss->k, p, fe, egress, remote_port);
 		sess_count(skb, &ss->k, NULL, egress);
 	}
 	return TC_ACT_OK;
@@ -496,7 +507,7 @@ static __always_inline int egress_established(struct __sk_buff *skb, struct pack
 		fe = flow_slot_blind(p, family, true);
 	} else {
 		fe = flow_slot(p, family, true, &hit);
-		int served = flow_serve(skb, p, fe, hit, true, now);
+		int served = flow_serve(skb, p, fe, hit, true, now, remote_port);
 		if (likely(served >= 0))
 			return served;
 		if (!hit)
@@ -506,8 +517,7 @@ static __always_inline int egress_established(struct __sk_buff *skb, struct pack
 	struct ct_key ck;
 	int ri = -1; /* the binding's record, when looked up here */
 	if (hit) {
-		ct_key_init(&ck, p->family, p->l4proto, &fe->to_addr, fe->to_port, &p->dst,
-			    remote_port);
+		flow_ct_key(&ck, p, fe, true, remote_port);
 	} else {
 		struct endpoint b;
 		ri = einat_binding_of(p->family, p->l4proto, &p->src, p->sport, &b);
@@ -859,7 +869,7 @@ static __always_inline int ingress_l4(struct __sk_buff *skb, struct packet *pp, 
 		fe = flow_slot_blind(pp, family, false);
 	} else {
 		fe = flow_slot(pp, family, false, &hit);
-		r = flow_serve(skb, pp, fe, hit, false, now);
+		r = flow_serve(skb, pp, fe, hit, false, now, remote_port);
 		if (likely(r >= 0))
 			return r;
 		if (fe && !hit)
@@ -873,7 +883,7 @@ static __always_inline int ingress_l4(struct __sk_buff *skb, struct packet *pp, 
 	if (ri < 0)
 		return ingress_unmapped(pp);
 	struct ct_key ck;
-	ct_key_init(&ck, pp->family, pp->l4proto, &pp->dst, pp->dport, &pp->src, remote_port);
+	flow_ct_key(&ck, pp, NULL, false, remote_port);
 	struct endpoint bv;
 	struct ct_value *v = ct_find_at(ri, &ck);
 	if (v) {

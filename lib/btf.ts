@@ -426,6 +426,13 @@ function resolveMembers(btf: Btf, t: BtfType, base: number, depth: number): Stru
   });
 }
 
+/** The struct or union named `name` in `btf` (the first of that name), or undefined. */
+export function namedStruct(btf: Btf, name: string): BtfType | undefined {
+  return btf.types.find((t) =>
+    (t.kind === BTF_KIND.STRUCT || t.kind === BTF_KIND.UNION) && t.name === name
+  );
+}
+
 /** Named structs and unions of a parsed BTF, with member sizes resolved. */
 export function structsOf(btf: Btf): Map<string, StructInfo> {
   const out = new Map<string, StructInfo>();

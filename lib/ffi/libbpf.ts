@@ -531,12 +531,17 @@ const PERCPU_TYPES: ReadonlySet<number> = new Set([
   21, // PERCPU_CGROUP_STORAGE
 ]);
 
+/** Whether maps of type `type` (`BPF_MAP_TYPE_*`) hold one value per possible CPU. */
+export function isPerCpu(type: number): boolean {
+  return PERCPU_TYPES.has(type);
+}
+
 /**
  * Bytes the kernel writes for one value of the map `info` describes: its value size, or for a
  * per-CPU map one slot of it, rounded up to 8 bytes, per possible CPU.
  */
 export function valueBytes(info: MapInfo): number {
-  if (!PERCPU_TYPES.has(info.type)) return info.valueSize;
+  if (!isPerCpu(info.type)) return info.valueSize;
   return Math.ceil(info.valueSize / 8) * 8 * numPossibleCpus();
 }
 

@@ -20,6 +20,7 @@ import {
   type Btf,
   BTF_KIND,
   type BtfType,
+  namedStruct,
   parseBtf,
   resolveType,
   typeName,
@@ -234,9 +235,7 @@ const INDEX: Conversion = {
 
 /** A named struct or union of `btf`, by id; throws {@link MigrationError} when absent. */
 export function structId(btf: Btf, name: string): number {
-  const t = btf.types.find((t) =>
-    (t.kind === BTF_KIND.STRUCT || t.kind === BTF_KIND.UNION) && t.name === name
-  );
+  const t = namedStruct(btf, name);
   if (!t) throw new MigrationError(`no struct ${name} in the layout it was written with`);
   return t.id;
 }
@@ -267,7 +266,7 @@ export function planMapConversion(fd: number, written: Btf | null, to: MapTypes)
   if (info.type !== to.mapType) {
     throw new MigrationError(`a map of type ${info.type}, now ${to.mapType}`);
   }
-  if (PERCPU_TYPES.has(info.type)) throw new MigrationError("a per-CPU map");
+  if (bpf.isPerCpu(info.type)) throw new MigrationError("a per-CPU map");
   let btf: Btf, keyId: number, valueId: number;
   if (written && !sized(written, to, info.keySize, info.valueSize)) written = null;
   if (written) {
@@ -309,12 +308,7 @@ export function planMapConversion(fd: number, written: Btf | null, to: MapTypes)
 
 /** Whether the structs `to` names in `btf` have the map's key and value sizes. */
 function sized(btf: Btf, to: MapTypes, keySize: number, valueSize: number): boolean {
-  const size = (name: string) => {
-    const t = btf.types.find((t) =>
-      (t.kind === BTF_KIND.STRUCT || t.kind === BTF_KIND.UNION) && t.name === name
-    );
-    return t?.size;
-  };
+  const size = (name: string) => namedStruct(btf, name)?.size;
   return size(to.value) === valueSize && (to.key === null ? 4 : size(to.key)) === keySize;
 }
 
@@ -324,9 +318,7 @@ function sized(btf: Btf, to: MapTypes, keySize: number, valueSize: number): bool
  * struct. The stamp (lib/state/pin.ts) describes a struct's own members only.
  */
 export function deepLayout(btf: Btf, name: string): string | null {
-  const t = btf.types.find((t) =>
-    (t.kind === BTF_KIND.STRUCT || t.kind === BTF_KIND.UNION) && t.name === name
-  );
+  const t = namedStruct(btf, name);
   return t ? describe(btf, t.id, 0) : null;
 }
 
@@ -351,9 +343,6 @@ function describe(btf: Btf, id: number, depth: number): string {
         : `${kindOf(t)}${typeSize(btf, id) ?? "?"}`;
   }
 }
-
-/** `BPF_MAP_TYPE_*` with a value per CPU. */
-const PERCPU_TYPES: ReadonlySet<number> = new Set([5, 6, 10, 21]);
 
 function allZero(b: Uint8Array, off: number, len: number): boolean {
   for (let i = off; i < off + len; i++) if (b[i] !== 0) return false;

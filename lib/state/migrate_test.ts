@@ -1,11 +1,12 @@
 import { assert, assertEquals, assertThrows } from "../../tests/lib/assert.ts";
-import { type Btf, BTF_KIND, readBtf } from "../btf.ts";
+import { readBtf } from "../btf.ts";
 import {
   convert,
   isIdentity,
   MigrationError,
   planConversion,
   planMapConversion,
+  structId,
 } from "./migrate.ts";
 import * as bpf from "../ffi/libbpf.ts";
 import { closeFd } from "../ffi/libc.ts";
@@ -21,14 +22,6 @@ import { KEEP } from "./pin.ts";
 const bpfDir = new URL("../../bpf/", import.meta.url).pathname;
 const testBtf = readBtf(Deno.readFileSync(`${bpfDir}migrate_test.bpf.o`));
 const einatBtf = readBtf(Deno.readFileSync(`${bpfDir}einat.bpf.o`));
-
-function structId(btf: Btf, name: string): number {
-  const t = btf.types.find((t) =>
-    (t.kind === BTF_KIND.STRUCT || t.kind === BTF_KIND.UNION) && t.name === name
-  );
-  if (!t) throw new Error(`no struct ${name}`);
-  return t.id;
-}
 
 const plan = (from: string, to: string, toBtf = testBtf) =>
   planConversion(testBtf, structId(testBtf, from), toBtf, structId(toBtf, to));

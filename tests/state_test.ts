@@ -25,7 +25,7 @@ import * as bpf from "../lib/ffi/libbpf.ts";
 import { closeFd, dupFd } from "../lib/ffi/libc.ts";
 import {
   asidePin,
-  BTF_NAME,
+  deepStamps,
   encodeMeta,
   layoutStamps,
   META_FORMAT,
@@ -33,6 +33,8 @@ import {
   META_VALUE_SIZE,
   META_VERSION,
   STATE_MAPS,
+  type StateMap,
+  writeBtf,
 } from "../lib/state/pin.ts";
 import { embeddedObject } from "../lib/nat/loader.ts";
 import { elfSection } from "../lib/btf.ts";
@@ -387,11 +389,9 @@ Deno.test({
         const R = MAPPING_RECORD_LAYOUT;
         assertEquals(rewrite("map_records", 4, R.size, R.fields.ct.offset), 2);
         assertEquals(rewrite("map_ct", CT_KEY_LAYOUT.size, CT_VALUE_LAYOUT.size, 0), 1);
-        tamperStamp(dir, (m) => m.map_ct.layout = vStamps.map_ct);
-        const raw = elfSection(vBytes, ".BTF")!;
-        const btf = bpf.mapCreate(bpf.MapType.ARRAY, BTF_NAME, 4, raw.length, 1);
-        bpf.mapUpdate(btf, new Uint8Array(4), raw);
-        pinFd(btf, `${dir}/${BTF_NAME}`);
+        // As that einat would have stamped them (each map's deep hash tells the nested
+        // change) and the BTF it would have left beside them.
+        stampAs(dir, vBytes, ["map_records", "map_ct"]);
 
         const p = await startEinat(ns, ["-i", "wan0", "--pin-dir", pin]);
         try {
@@ -591,17 +591,20 @@ async function pinOldLayout(dir: string): Promise<{ records: number; sessions: n
   } finally {
     bpf.closeObject(obj);
   }
-  const old = layoutStamps(oldBytes);
-  tamperStamp(dir, (m) => {
-    m.map_records.layout = old.map_records;
-    m.map_ct.layout = old.map_ct;
-  });
-  // ... and the BTF that einat would have left beside them.
-  const raw = elfSection(oldBytes, ".BTF")!;
-  const btf = bpf.mapCreate(bpf.MapType.ARRAY, BTF_NAME, 4, raw.length, 1);
-  bpf.mapUpdate(btf, new Uint8Array(4), raw);
-  pinFd(btf, `${dir}/${BTF_NAME}`);
+  stampAs(dir, oldBytes, ["map_records", "map_ct"]);
   return { records, sessions };
+}
+
+/**
+ * Stamps `maps` of the state in `dir` as the einat of the object `bytes` would have (their
+ * layout and deep hashes), and leaves that object's BTF beside them as it would have.
+ */
+function stampAs(dir: string, bytes: Uint8Array, maps: StateMap[]): void {
+  const layout = layoutStamps(bytes), deep = deepStamps(bytes);
+  tamperStamp(dir, (m) => {
+    for (const x of maps) Object.assign(m[x], { layout: layout[x], deep: deep[x] });
+  });
+  writeBtf(dir, "wan0", elfSection(bytes, ".BTF")!);
 }
 
 /** The unit's capabilities (docs/examples/systemd/einat.service): no CAP_SYS_ADMIN. */

@@ -10,12 +10,15 @@
  * a directory with maps but no stamp was not written by this scheme. On a
  * mismatch:
  * - bindings or sessions (connections depend on them): carried over to this
- *   einat's layout field by field (lib/state/migrate.ts, from the BTF the kernel
- *   keeps for each pinned map) when their meaning version is the same and every
- *   field can be; otherwise the start is refused with a message naming
+ *   einat's layout field by field (lib/state/migrate.ts; the old layout from
+ *   the BTF the writer left beside the state, `einat_btf`, else from the
+ *   kernel's copy of each map's) when their meaning version is the same and
+ *   every field can be; otherwise the start is refused with a message naming
  *   `einat --flush`, and nothing is changed. During the copy the old maps are
- *   pinned aside (`<map>_migrating`), so a start that fails, or a process
- *   killed meanwhile, leaves them to the next start, which puts them back;
+ *   pinned aside (`<map>_migrating_<pid>`), so a start that fails, or a
+ *   process killed meanwhile, leaves them to the next start, which puts them
+ *   back. The stamp holds two hashes per map: its structs' own members, and
+ *   (`deep`) everything down to the numbers, nested structs included;
  * - fragment tracking and counters (transient): the old map is unpinned and a
  *   fresh one created, with a log line.
  * A changed `binding_max_records`/`ct_max_records` keeps the pinned size (a
@@ -36,15 +39,7 @@
  */
 
 import denoJson from "../../deno.json" with { type: "json" };
-import {
-  type Btf,
-  elfSection,
-  parseBtf,
-  readBtf,
-  readStructs,
-  type StructInfo,
-  structsOf,
-} from "../btf.ts";
+import { type Btf, elfSection, parseBtf, readBtf, type StructInfo, structsOf } from "../btf.ts";
 import * as bpf from "../ffi/libbpf.ts";
 import {
   closeFd,
@@ -129,6 +124,12 @@ const PRECIOUS: ReadonlySet<StateMap> = new Set([
   "map_ct",
 ]);
 
+/** Maps recreated empty, not kept at their pinned size, when the configuration resizes them. */
+const RESIZED: Partial<Record<StateMap, string>> = {
+  map_frag: "fragment table",
+  map_sess_counters: "session counters",
+};
+
 /** Bindings of einat builds before the mapping records (two hash entries per binding). */
 const LEGACY_BINDING_MAP = "map_binding";
 
@@ -164,8 +165,14 @@ export interface MetaDoc {
   /** einat version that wrote it last. */
   einat: string;
   ifname: string;
-  /** Per map: layout hash, capacity and meaning version ({@link SEMANTICS}; absent: 1). */
-  maps: Record<string, { layout: string; maxEntries?: number; semantics?: number }>;
+  /**
+   * Per map: layout hash, deep layout hash (absent before stop 31: not compared), capacity and
+   * meaning version ({@link SEMANTICS}; absent: 1).
+   */
+  maps: Record<
+    string,
+    { layout: string; deep?: string; maxEntries?: number; semantics?: number }
+  >;
   /** Timeouts of the writer's configuration, in nanoseconds (decimal strings). */
   timeoutsNs?: Record<string, string>;
   /** Process that wrote it last. */
@@ -194,10 +201,41 @@ function describeStruct(name: string, s: StructInfo | undefined): string {
 
 /** Layout hash of every state map, from the BTF of the object `bytes`. */
 export function layoutStamps(bytes: Uint8Array): Record<StateMap, string> {
-  const structs = readStructs(bytes);
-  const out = {} as Record<StateMap, string>;
-  for (const m of STATE_MAPS) out[m] = layoutStamp(m, structs, SEMANTICS[m]);
+  return stampsOf(readBtf(bytes)).layout;
+}
+
+/** Deep layout hash of every state map (nested structs included), from the object `bytes`. */
+export function deepStamps(bytes: Uint8Array): Record<StateMap, string> {
+  return stampsOf(readBtf(bytes)).deep;
+}
+
+/** Each state map's stamps: what `layout` and `deep` say in the stamp document. */
+interface Stamps {
+  /** Its structs' own members, and its meaning version ({@link layoutStamp}). */
+  layout: Record<StateMap, string>;
+  /** Its structs down to the numbers, nested structs included ({@link deepStamp}). */
+  deep: Record<StateMap, string>;
+}
+
+function stampsOf(btf: Btf): Stamps {
+  const structs = structsOf(btf);
+  const out: Stamps = {
+    layout: {} as Record<StateMap, string>,
+    deep: {} as Record<StateMap, string>,
+  };
+  for (const m of STATE_MAPS) {
+    out.layout[m] = layoutStamp(m, structs, SEMANTICS[m]);
+    out.deep[m] = deepStamp(btf, m);
+  }
   return out;
+}
+
+/**
+ * The hash of map `m`'s structs in `btf` down to the numbers: a change inside a nested struct
+ * (the ct_value of a mapping_record), which {@link layoutStamp} does not see, changes it.
+ */
+function deepStamp(btf: Btf, m: StateMap): string {
+  return fnv1a64(TYPES[m].map((name) => deepLayout(btf, name) ?? name).join("/"));
 }
 
 /** The layout hash of map `m` whose structs are `structs` and meaning version `semantics`. */
@@ -349,12 +387,14 @@ export interface PinSession {
   migrating: Migrating[];
   /** Maps carried over from another layout, once copied. */
   migrated: StateMap[];
-  stamps: Record<StateMap, string>;
+  stamps: Stamps;
   metaFd: number;
   /** The folder, held with a shared `flock` while the state is in use ({@link releasePins}). */
   lockFd: number;
   /** The object's BTF (its `.BTF` section), left beside the state by {@link finishPins}. */
   btf: Uint8Array;
+  /** Whether the BTF pinned beside the state is that one already (then not written again). */
+  btfPinned: boolean;
 }
 
 /** A pinned map of another layout on its way into this einat's. */
@@ -370,7 +410,7 @@ export function asidePin(dir: string, map: StateMap, pid = Deno.pid): string {
   return `${dir}/${map}_migrating_${pid}`;
 }
 
-const ASIDE = /^(map_[a-z_]+)_migrating(?:_(\d+))?$/; // (without a pid: by no live process)
+const ASIDE = /^(map_[a-z_]+)_migrating_(\d+)$/;
 
 function pinnedNames(dir: string): Set<string> {
   const out = new Set<string>();
@@ -448,7 +488,7 @@ function checkPins(
   owner: number | null,
   lockFd: number,
 ): PinSession {
-  const stamps = layoutStamps(bytes);
+  const own = readBtf(bytes), stamps = stampsOf(own);
   let names = pinnedNames(dir);
   if (restoreInterrupted(dir, ifname, names)) names = pinnedNames(dir);
   let meta = names.has(META_NAME) ? readMeta(dir) : null;
@@ -509,10 +549,11 @@ function checkPins(
   const reused: StateMap[] = [];
   const reset: StateMap[] = [];
   const incompatible: StateMap[] = [];
-  const own = readBtf(bytes), written = pinned.length ? readWrittenBtf(dir) : null;
+  const writtenRaw = pinned.length ? readPinnedValue(`${dir}/${BTF_NAME}`) : null;
+  const written = parsedBtf(writtenRaw), ownRaw = elfSection(bytes, ".BTF") ?? new Uint8Array();
   for (const m of pinned) {
-    const was = meta?.maps[m]?.layout;
-    if (was === stamps[m] && !nestedChanged(m, written, own)) {
+    const was = meta?.maps[m];
+    if (was?.layout === stamps.layout[m] && (was.deep ?? stamps.deep[m]) === stamps.deep[m]) {
       reused.push(m);
       continue;
     }
@@ -520,24 +561,36 @@ function checkPins(
     else reset.push(m);
   }
   const migrating = planMigrations(obj, own, written, dir, ifname, meta, incompatible);
-  if (migrating.some((x) => x.map === "map_records") && reused.includes("map_binding_count")) {
-    // Counted by programs that may still run (--replace) on the old records: counted afresh
-    // from the new ones (lib/state/serve.ts, syncBindings).
-    reused.splice(reused.indexOf("map_binding_count"), 1);
-    Deno.removeSync(`${dir}/map_binding_count`);
-    log.info("binding count recounted: the bindings are carried over", { ifname });
-  }
+  // The binding count is shared with programs that may still run (--replace) on the old
+  // records: recreated, and counted afresh from the new ones (lib/state/serve.ts, syncBindings).
+  const recount = migrating.some((x) => x.map === "map_records") &&
+    reused.includes("map_binding_count");
+  if (recount) reset.push(...reused.splice(reused.indexOf("map_binding_count"), 1));
 
   try {
     for (const m of reset) {
       Deno.removeSync(`${dir}/${m}`);
-      log.warn("pinned map has another layout; recreated empty", { ifname, map: m });
+      if (recount && m === "map_binding_count") {
+        log.info("binding count recounted: the bindings are carried over", { ifname });
+      } else log.warn("pinned map has another layout; recreated empty", { ifname, map: m });
     }
     pinAside(obj, dir, migrating);
     setPinPaths(obj, dir, ifname, reused, reset);
     const metaFd = stampFd(dir, ifname, meta, names.has(META_NAME), stamps);
-    const btf = elfSection(bytes, ".BTF") ?? new Uint8Array();
-    return { dir, ifname, reused, reset, migrating, migrated: [], stamps, metaFd, lockFd, btf };
+    const btfPinned = writtenRaw !== null && sameBytes(writtenRaw, ownRaw);
+    return {
+      dir,
+      ifname,
+      reused,
+      reset,
+      migrating,
+      migrated: [],
+      stamps,
+      metaFd,
+      lockFd,
+      btf: ownRaw,
+      btfPinned,
+    };
   } catch (e) {
     putBack(dir, migrating); // the old maps back in place, as found
     throw e;
@@ -588,20 +641,15 @@ function setPinPaths(
         }
         const want = bpf.mapMaxEntries(map);
         if (info.maxEntries !== want) {
-          if (m === "map_frag" || m === "map_sess_counters") {
+          if (RESIZED[m]) {
             Deno.removeSync(`${dir}/${m}`);
             reused.splice(reused.indexOf(m), 1);
             reset.push(m);
-            log.info(
-              `${
-                m === "map_frag" ? "fragment table" : "session counters"
-              } resized; recreated empty`,
-              {
-                ifname,
-                from: info.maxEntries,
-                to: want,
-              },
-            );
+            log.info(`${RESIZED[m]} resized; recreated empty`, {
+              ifname,
+              from: info.maxEntries,
+              to: want,
+            });
           } else {
             bpf.mapSetMaxEntries(map, info.maxEntries);
             log.warn("pinned map keeps its size; --flush applies the configured one", {
@@ -626,7 +674,7 @@ function stampFd(
   ifname: string,
   meta: MetaDoc | null,
   pinned: boolean,
-  stamps: Record<StateMap, string>,
+  stamps: Stamps,
 ): number {
   let metaFd: number;
   if (meta) {
@@ -656,11 +704,12 @@ function restoreInterrupted(dir: string, ifname: string, names: Set<string>): bo
   for (const name of names) {
     const m = ASIDE.exec(name);
     if (m && (STATE_MAPS as readonly string[]).includes(m[1])) {
-      found.push({ map: m[1] as StateMap, pid: Number(m[2] ?? 0), name });
+      found.push({ map: m[1] as StateMap, pid: Number(m[2]), name });
     }
   }
+  const holders = found.length ? lockHolders(dir) : [];
   for (const { pid } of found) {
-    if (pid > 0 && pid !== Deno.pid && lockHolders(dir).includes(pid)) {
+    if (pid !== Deno.pid && holders.includes(pid)) {
       throw new BusyError(ifname, pid); // carrying this state over at this moment
     }
   }
@@ -706,8 +755,10 @@ function planMigrations(
       const map = bpf.findMap(obj, m), [key, value] = TYPES[m];
       // The BTF left beside the state describes this map when it gives the map's stamp (an
       // einat that reused the map wrote its own, of the same layout); else the kernel's copy.
-      const describes = writtenStructs !== null &&
-        layoutStamp(m, writtenStructs, semantics) === meta?.maps[m]?.layout;
+      const was = meta?.maps[m];
+      const describes = written !== null && writtenStructs !== null &&
+        layoutStamp(m, writtenStructs, semantics) === was?.layout &&
+        (was.deep ?? deepStamp(written, m)) === deepStamp(written, m);
       const conversion = planMapConversion(fd, describes ? written : null, {
         key: key === "u32" ? null : key,
         value,
@@ -771,7 +822,7 @@ function putBack(dir: string, migrating: Migrating[]): void {
 
 function stampDoc(
   ifname: string,
-  stamps: Record<StateMap, string>,
+  stamps: Stamps,
   sizes: Partial<Record<StateMap, number>>,
   ro?: RoConfig,
 ): MetaDoc {
@@ -783,7 +834,12 @@ function stampDoc(
     maps: Object.fromEntries(
       STATE_MAPS.map((m) => [
         m,
-        { layout: stamps[m], maxEntries: sizes[m], semantics: SEMANTICS[m] },
+        {
+          layout: stamps.layout[m],
+          deep: stamps.deep[m],
+          maxEntries: sizes[m],
+          semantics: SEMANTICS[m],
+        },
       ]),
     ),
     timeoutsNs: ro ? timeoutsOf(ro) : undefined,
@@ -835,7 +891,7 @@ export function finishPins(p: PinSession, obj: bpf.BpfObject, ro: RoConfig): voi
     closeFd(p.metaFd);
     p.metaFd = -1;
   }
-  writeBtf(p.dir, p.ifname, p.btf);
+  if (p.migrated.length > 0 || !p.btfPinned) writeBtf(p.dir, p.ifname, p.btf);
 }
 
 /** Pin name of the BTF of the object that wrote the state last (for a later carry-over). */
@@ -844,10 +900,10 @@ export const BTF_NAME = "einat_btf";
 /**
  * Leaves `raw` (an object's BTF) beside the state: a later einat of another layout finds the
  * structs this one wrote there by name, where reading each map's BTF from the kernel needs
- * CAP_SYS_ADMIN. Replaced at every start; a failure is logged (that later einat then needs the
- * kernel's copy).
+ * CAP_SYS_ADMIN. Written by a start whose object's BTF is not the one pinned; a failure is
+ * logged (that later einat then needs the kernel's copy).
  */
-function writeBtf(dir: string, ifname: string, raw: Uint8Array): void {
+export function writeBtf(dir: string, ifname: string, raw: Uint8Array): void {
   if (raw.length === 0) return;
   let fd = -1;
   try {
@@ -867,27 +923,17 @@ function writeBtf(dir: string, ifname: string, raw: Uint8Array): void {
   }
 }
 
-/**
- * Whether map `m`'s structs differ from `own`'s below their own members (a struct nested in
- * them, e.g. a ct_value in a mapping_record): the stamp, which describes their own members, does
- * not see that; the BTF `written` beside the state does. False without it.
- */
-function nestedChanged(m: StateMap, written: Btf | null, own: Btf): boolean {
-  if (!written) return false;
-  return TYPES[m].some((name) => {
-    const was = deepLayout(written, name), now = deepLayout(own, name);
-    return was !== null && now !== null && was !== now;
-  });
-}
-
-/** The BTF an earlier einat left beside the state in `dir` ({@link writeBtf}); null without. */
-function readWrittenBtf(dir: string): Btf | null {
-  const raw = readPinnedValue(`${dir}/${BTF_NAME}`);
+/** `raw` parsed as BTF (as {@link writeBtf} leaves it beside the state); null when it is not. */
+function parsedBtf(raw: Uint8Array | null): Btf | null {
   try {
     return raw ? parseBtf(raw) : null;
   } catch {
-    return null; // not BTF after all
+    return null;
   }
+}
+
+function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
+  return a.length === b.length && a.every((x, i) => x === b[i]);
 }
 
 /**

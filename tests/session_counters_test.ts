@@ -17,7 +17,7 @@ import {
   type SessionCounts,
   sumCounts,
 } from "../lib/nat/counters.ts";
-import { type PinnedState, readSessions } from "../lib/state/read.ts";
+import { readSessions } from "../lib/state/read.ts";
 import { formatText, topSessions } from "../lib/state/show.ts";
 import { type PacketSpec, udpSpec } from "./lib/packet.ts";
 import { pinThread, restoreAffinity } from "./lib/cpu.ts";
@@ -26,6 +26,7 @@ import {
   type Nat,
   sessionsOf,
   stat,
+  stateView,
   TC_ACT_OK,
   testInterfaceConfig,
 } from "./lib/natfixture.ts";
@@ -71,20 +72,7 @@ function countsOf(
   return row.counters ?? null;
 }
 
-function view(n: Nat): PinnedState {
-  return {
-    ifname: "test",
-    dir: "",
-    meta: null,
-    fds: {
-      map_records: n.nat.maps.records,
-      map_slots: n.nat.maps.slots,
-      map_ct: n.nat.maps.ct,
-      map_sess_counters: n.nat.maps.sessCounters,
-    },
-    close() {},
-  };
-}
+const view = (n: Nat) => stateView(n.nat);
 
 /** Runs `fn` pinned to CPU 0: each CPU counts in its own value. */
 async function onCpu0<T>(fn: () => Promise<T>): Promise<T> {

@@ -17,12 +17,13 @@ import { expireSessions, expireSessionsAsync, RECORDS_PER_RUN } from "../lib/nat
 import { startSweeper, type Sweeper } from "../lib/nat/sweep.ts";
 import { countBindings, findBinding, writeBinding } from "../lib/nat/records.ts";
 import { planInterface } from "../lib/nat/plan.ts";
-import { type PinnedState, readCounters, readSessions } from "../lib/state/read.ts";
+import { readCounters, readSessions } from "../lib/state/read.ts";
 import { buildPacket, type PacketSpec } from "./lib/packet.ts";
 import { pinThread, restoreAffinity } from "./lib/cpu.ts";
 import {
   loadTestNat,
   sessionsOf,
+  stateView,
   TC_ACT_OK,
   TC_ACT_SHOT,
   testInterfaceConfig,
@@ -41,21 +42,7 @@ function udp(family: 4 | 6, src: string, sport: number, dst: string, dport: numb
 }
 
 /** A read view over a loaded object's maps, as `show` reads pinned ones. */
-function viewOf(nat: NatObject, meta: PinnedState["meta"] = null): PinnedState {
-  return {
-    ifname: "test",
-    dir: "",
-    meta,
-    fds: {
-      map_records: nat.maps.records,
-      map_slots: nat.maps.slots,
-      map_ct: nat.maps.ct,
-      map_stats: nat.maps.stats,
-      map_traffic: nat.maps.traffic,
-    },
-    close() {},
-  };
-}
+const viewOf = stateView;
 
 Deno.test("counters: packets and bytes per direction and family, events and drops move by exact amounts", async () => {
   const ic = testInterfaceConfig({ nat66: true });

@@ -19,23 +19,23 @@ import { formatText } from "../lib/state/show.ts";
 import { fillSessions } from "../bench/lib/bpfbench.ts";
 import { parseAddr } from "../lib/config/cidr.ts";
 import type { PacketSpec } from "./lib/packet.ts";
-import { loadTestNat, type Nat, TC_ACT_OK, testInterfaceConfig } from "./lib/natfixture.ts";
+import {
+  loadTestNat,
+  type Nat,
+  stateView,
+  TC_ACT_OK,
+  testInterfaceConfig,
+} from "./lib/natfixture.ts";
 
 const EXT = "203.0.113.1";
 const EXT6 = "2001:db8:2::1";
 
 function view(n: Nat, withTimeouts: boolean): PinnedState {
-  return {
-    ifname: "test",
-    dir: "",
-    meta: withTimeouts
-      ? { maps: {}, timeoutsNs: timeoutsOf(roConfigOf(testInterfaceConfig())) } as PinnedState[
-        "meta"
-      ]
-      : null,
-    fds: { map_records: n.nat.maps.records, map_slots: n.nat.maps.slots, map_ct: n.nat.maps.ct },
-    close() {},
-  };
+  const timeouts = timeoutsOf(roConfigOf(testInterfaceConfig()));
+  return stateView(
+    n.nat,
+    withTimeouts ? { maps: {}, timeoutsNs: timeouts } as PinnedState["meta"] : null,
+  );
 }
 
 function pkt(family: 4 | 6, proto: "udp" | "tcp" | "icmp", src: string, dst: string, port = 0) {

@@ -33,6 +33,7 @@ import {
 } from "../../lib/nat/loader.ts";
 import { planInterface } from "../../lib/nat/plan.ts";
 import { STATS, sumPerCpu } from "../../lib/nat/codec.ts";
+import type { PinnedState } from "../../lib/state/read.ts";
 import { buildPacket, type PacketSpec, type ParsedPacket, parsePacket } from "./packet.ts";
 
 /** TC verdicts. */
@@ -179,4 +180,25 @@ export function sessionsOf(maps: NatMaps): { key: CtKey; value: CtValue }[] {
     });
   });
   return out;
+}
+
+/**
+ * A loaded NAT's maps as lib/state/read.ts reads a pinned state's (`meta` gives the timeouts
+ * `show` would know).
+ */
+export function stateView(nat: NatObject, meta: PinnedState["meta"] = null): PinnedState {
+  return {
+    ifname: "test",
+    dir: "",
+    meta,
+    fds: {
+      map_records: nat.maps.records,
+      map_slots: nat.maps.slots,
+      map_ct: nat.maps.ct,
+      map_stats: nat.maps.stats,
+      map_traffic: nat.maps.traffic,
+      map_sess_counters: nat.maps.sessCounters,
+    },
+    close() {},
+  };
 }

@@ -398,14 +398,7 @@ Deno.test({
           const log = p.stderrText();
           assert(/carried over to this einat's layout .*map=map_records entries=2/.test(log), log);
           assert(/carried over to this einat's layout .*map=map_ct entries=1/.test(log), log);
-          const after = state(dir);
-          assertEquals(after.bindings, before.bindings, "the same mappings");
-          assertEquals(sessionKeys(after.sessions), sessionKeys(before.sessions));
-          for (const s of after.sessions) {
-            assert(s.ageSeconds < 60 && s.idleSeconds < 60, JSON.stringify(s));
-          }
-          await sendOnce(ns, 40000);
-          assertEquals(state(dir).bindings, before.bindings);
+          await assertCarriedOver(ns, dir, before);
         } finally {
           assertEquals(await stopEinat(p), 0, p.stderrText());
         }
@@ -645,6 +638,28 @@ function pinnedValueSize(path: string): number {
   }
 }
 
+/**
+ * The state of `dir` is `before`, carried over: the same mappings and sessions, their ages and
+ * idle times of seconds (created_s and last_seen_ns in their places, not read from others), and
+ * traffic goes on through the carried-over records: the same external ports, no new binding (the
+ * outbound index finds each record by its internal endpoint).
+ */
+async function assertCarriedOver(
+  ns: string,
+  dir: string,
+  before: ReturnType<typeof state>,
+): Promise<void> {
+  const after = state(dir);
+  assertEquals(after.bindings, before.bindings, "the same mappings");
+  assertEquals(sessionKeys(after.sessions), sessionKeys(before.sessions));
+  for (const s of after.sessions) {
+    assert(s.ageSeconds < 60 && s.idleSeconds < 60, JSON.stringify(s));
+  }
+  await sendOnce(ns, 40000);
+  await sendOnce(ns, 40001);
+  assertEquals(state(dir).bindings, before.bindings);
+}
+
 /** What a session is, without the times that move. */
 const sessionKeys = (
   rows: { protocol: string; internal: string; external: string; remote: string; state: string }[],
@@ -729,18 +744,7 @@ Deno.test({
           [],
         );
         assertEquals(pinnedValueSize(`${dir}/map_records`), MAPPING_RECORD_LAYOUT.size);
-        const after = state(dir);
-        assertEquals(after.bindings, before.bindings, "the same mappings");
-        assertEquals(sessionKeys(after.sessions), sessionKeys(before.sessions));
-        // created_s and last_seen_ns carried over: ages and idle times of seconds, not of boot.
-        for (const s of after.sessions) {
-          assert(s.ageSeconds < 60 && s.idleSeconds < 60, JSON.stringify(s));
-        }
-        // Traffic goes on through the carried-over records: the same external port, no new
-        // binding (the outbound index finds the record by its internal endpoint).
-        await sendOnce(ns, 40000);
-        await sendOnce(ns, 40001);
-        assertEquals(state(dir).bindings, before.bindings);
+        await assertCarriedOver(ns, dir, before);
       } finally {
         assertEquals(await stopEinat(p), 0, p.stderrText());
       }

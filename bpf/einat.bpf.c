@@ -738,6 +738,7 @@ __noinline int einat_egress_full(struct __sk_buff *skb, struct packet *pp)
 		struct ct_value *own_ct = ct_find(ck);
 		if (own_ct)
 			own_ct->flags |= CT_HAIRPIN; /* keeps it off the fast path */
+		sess_count(skb, ck, own_ct, true); /* out of the sender's session */
 		ct_key_init(ck, pp->family, pp->l4proto, &pp->dst, pp->dport, &bvp->addr,
 			    bvp->port);
 		r = einat_ct_touch(ck, target, pp, false, CT_FIND);
@@ -746,6 +747,7 @@ __noinline int einat_egress_full(struct __sk_buff *skb, struct packet *pp)
 		struct ct_value *peer_ct = ct_find(ck);
 		if (peer_ct) /* its replies come back here and must turn around too */
 			peer_ct->flags |= CT_HAIRPIN;
+		sess_count(skb, ck, peer_ct, false); /* into the target's */
 		if (pp->frag == FRAG_FIRST) { /* the rest of the datagram turns too */
 			einat_frag_record(pp, FRAG_OUT, &bvp->addr);
 			einat_frag_record(pp, FRAG_TURN, &target->addr);

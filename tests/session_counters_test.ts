@@ -214,6 +214,32 @@ Deno.test("session counters: a value left by an earlier session on the same key 
     }
   }));
 
+Deno.test("session counters: a hairpinned packet counts out of the sender's session and into the target's", () =>
+  onCpu0(async () => {
+    const n = await loadTestNat(testInterfaceConfig({ sessionCounters: 1024 }));
+    try {
+      const A = "192.0.2.10", B = "192.0.2.20";
+      const a = n.egress(udp(A, 40000, SRV1, 53)).out.sport!;
+      const b = n.egress(udp(B, 41000, SRV1, 53)).out.sport!;
+      // A reaches B's mapping through the external address, twice (the second too goes the
+      // full path: a hairpinned session stays off the flow cache).
+      for (let i = 0; i < 2; i++) {
+        const hp = n.egress(udp(A, 40000, EXT, b));
+        assertEquals([hp.out.src, hp.out.sport, hp.out.dst, hp.out.dport], [EXT, a, B, 41000]);
+      }
+      const two = { packetsOut: 2, bytesOut: 2 * UDP_LEN, packetsIn: 0, bytesIn: 0 };
+      assertEquals(countsOf(n, IPPROTO.UDP, [EXT, a], [EXT, b]), two);
+      assertEquals(countsOf(n, IPPROTO.UDP, [EXT, b], [EXT, a]), {
+        packetsOut: 0,
+        bytesOut: 0,
+        packetsIn: 2,
+        bytesIn: 2 * UDP_LEN,
+      });
+    } finally {
+      n.close();
+    }
+  }));
+
 Deno.test("session counters: off by default, nothing counted, show lists no counts", async () => {
   const n = await loadTestNat();
   try {

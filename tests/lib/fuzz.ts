@@ -2048,6 +2048,8 @@ export interface FuzzOptions {
   maxViolations?: number;
   /** Progress lines. */
   log?: (line: string) => void;
+  /** `session_counters` of the NAT (0 or absent: off): the counting paths run too. */
+  sessionCounters?: number;
 }
 
 /** errno of a test run that left a CHECKSUM_COMPLETE skb->csum wrong. */
@@ -2056,7 +2058,7 @@ const EBADMSG = 74;
 /** Runs `count` generated packets through a fresh NAT and checks every one. */
 export async function runFuzz(o: FuzzOptions): Promise<FuzzReport> {
   const t0 = performance.now();
-  const ic = fuzzConfig();
+  const ic = fuzzConfig({ sessionCounters: o.sessionCounters ?? 0 });
   const limits: Limits = { bindings: ic.bindingMaxRecords, ctEntries: ic.ctMaxRecords };
   const checkEvery = o.checkEvery ?? 2500;
   const epoch = o.epoch ?? 100_000;

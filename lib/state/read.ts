@@ -238,9 +238,10 @@ export function openPinned(dir: string, ifname: string): PinnedState | null {
     throw new StateError(
       `${ifname}: pinned state in ${dir} is of another einat version` +
         `${meta?.einat ? ` (written by einat ${meta.einat})` : ""}: ${problems.join("; ")}; ` +
-        `not read. Restart einat with this version to use it (state of bindings or sessions ` +
-        `of another layout needs \`${flushHint(ifname, pinRootOf(dir))}\` first, which drops ` +
-        `every mapping), or show it with the einat that wrote it`,
+        `not read. Restart einat with this version to use it (it carries bindings and sessions ` +
+        `of another layout over where it can; where it cannot, it names ` +
+        `\`${flushHint(ifname, pinRootOf(dir))}\`, which drops every mapping), or show it with ` +
+        `the einat that wrote it`,
     );
   }
   return { ifname, dir, meta, fds, close };

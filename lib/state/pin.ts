@@ -217,6 +217,15 @@ interface Stamps {
   deep: Record<StateMap, string>;
 }
 
+/**
+ * Whether the stamp document `meta` says map `m` is of the layout `stamps` give: its structs' own
+ * members and meaning version, and (where the document has it, from stop 31 on) all the way down.
+ */
+function stamped(meta: MetaDoc | null, m: StateMap, stamps: Stamps): boolean {
+  const was = meta?.maps[m];
+  return was?.layout === stamps.layout[m] && (was.deep ?? stamps.deep[m]) === stamps.deep[m];
+}
+
 function stampsOf(btf: Btf): Stamps {
   const structs = structsOf(btf);
   const out: Stamps = {
@@ -224,7 +233,7 @@ function stampsOf(btf: Btf): Stamps {
     deep: {} as Record<StateMap, string>,
   };
   for (const m of STATE_MAPS) {
-    out.layout[m] = layoutStamp(m, structs, SEMANTICS[m]);
+    out.layout[m] = layoutStamp(m, structs);
     out.deep[m] = deepStamp(btf, m);
   }
   return out;
@@ -238,11 +247,13 @@ function deepStamp(btf: Btf, m: StateMap): string {
   return fnv1a64(TYPES[m].map((name) => deepLayout(btf, name) ?? name).join("/"));
 }
 
-/** The layout hash of map `m` whose structs are `structs` and meaning version `semantics`. */
-function layoutStamp(m: StateMap, structs: Map<string, StructInfo>, semantics: number): string {
+/** The layout hash of map `m` whose structs are `structs`, with its meaning version ({@link SEMANTICS}). */
+function layoutStamp(m: StateMap, structs: Map<string, StructInfo>): string {
   const [k, v] = TYPES[m];
   return fnv1a64(
-    `${m}/${semantics}/${describeStruct(k, structs.get(k))}/${describeStruct(v, structs.get(v))}`,
+    `${m}/${SEMANTICS[m]}/${describeStruct(k, structs.get(k))}/${
+      describeStruct(v, structs.get(v))
+    }`,
   );
 }
 
@@ -400,7 +411,7 @@ export interface PinSession {
 /** A pinned map of another layout on its way into this einat's. */
 export interface Migrating {
   map: StateMap;
-  /** The old map, pinned aside as `<map>_migrating` until the copy is done. */
+  /** The old map, pinned aside ({@link asidePin}) until the copy is done. */
   fd: number;
   conversion: MapConversion;
 }
@@ -552,8 +563,7 @@ function checkPins(
   const writtenRaw = pinned.length ? readPinnedValue(`${dir}/${BTF_NAME}`) : null;
   const written = parsedBtf(writtenRaw), ownRaw = elfSection(bytes, ".BTF") ?? new Uint8Array();
   for (const m of pinned) {
-    const was = meta?.maps[m];
-    if (was?.layout === stamps.layout[m] && (was.deep ?? stamps.deep[m]) === stamps.deep[m]) {
+    if (stamped(meta, m, stamps)) {
       reused.push(m);
       continue;
     }
@@ -741,7 +751,7 @@ function planMigrations(
   incompatible: StateMap[],
 ): Migrating[] {
   if (incompatible.length === 0) return [];
-  const writtenStructs = written ? structsOf(written) : null;
+  const writtenStamps = written ? stampsOf(written) : null;
   const out: Migrating[] = [];
   const why: string[] = [];
   for (const m of incompatible) {
@@ -755,10 +765,7 @@ function planMigrations(
       const map = bpf.findMap(obj, m), [key, value] = TYPES[m];
       // The BTF left beside the state describes this map when it gives the map's stamp (an
       // einat that reused the map wrote its own, of the same layout); else the kernel's copy.
-      const was = meta?.maps[m];
-      const describes = written !== null && writtenStructs !== null &&
-        layoutStamp(m, writtenStructs, semantics) === was?.layout &&
-        (was.deep ?? deepStamp(written, m)) === deepStamp(written, m);
+      const describes = writtenStamps !== null && stamped(meta, m, writtenStamps);
       const conversion = planMapConversion(fd, describes ? written : null, {
         key: key === "u32" ? null : key,
         value,
@@ -787,10 +794,8 @@ function planMigrations(
     );
   }
   for (const x of out) {
-    const { added, dropped } = {
-      added: [...x.conversion.key.added, ...x.conversion.value.added],
-      dropped: [...x.conversion.key.dropped, ...x.conversion.value.dropped],
-    };
+    const added = [...x.conversion.key.added, ...x.conversion.value.added];
+    const dropped = [...x.conversion.key.dropped, ...x.conversion.value.dropped];
     log.info("pinned map of another layout: carrying it over", {
       ifname,
       map: x.map,

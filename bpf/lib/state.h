@@ -17,6 +17,12 @@
 #include "config.h"
 #include "ct.h"
 
+/* A packet's length from the IP header on: what the byte counters count. */
+static __always_inline __u64 ip_len(const struct __sk_buff *skb)
+{
+	return skb->len - (HAS_ETH ? sizeof(struct ethhdr) : 0);
+}
+
 /* Counts one translated packet; bytes from the IP header on. */
 static __always_inline void traffic_add(struct __sk_buff *skb, bool egress, __u8 family)
 {
@@ -25,7 +31,7 @@ static __always_inline void traffic_add(struct __sk_buff *skb, bool egress, __u8
 	if (!c)
 		return;
 	c->packets += 1;
-	c->bytes += skb->len - (HAS_ETH ? sizeof(struct ethhdr) : 0);
+	c->bytes += ip_len(skb);
 }
 
 /* Scratch for sess_count() and its callers: off the stack, which the paths that
@@ -78,7 +84,7 @@ static __always_inline void sess_count(struct __sk_buff *skb, const struct ct_ke
 	}
 	if (!c)
 		return;
-	__u64 len = skb->len - (HAS_ETH ? sizeof(struct ethhdr) : 0);
+	__u64 len = ip_len(skb);
 	if (egress) {
 		c->packets_out += 1;
 		c->bytes_out += len;

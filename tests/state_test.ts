@@ -32,6 +32,7 @@ import {
   META_NAME,
   META_VALUE_SIZE,
   META_VERSION,
+  migratingMark,
   STATE_MAPS,
   type StateMap,
   writeBtf,
@@ -621,6 +622,29 @@ async function running(p: NsProcess): Promise<boolean> {
   return /einat running/.test(p.stderrText());
 }
 
+/**
+ * Runs `fn` while a process in a PID namespace of its own holds an exclusive `flock` on `path`;
+ * the process ends with it (killed by its pid, its namespace with it).
+ */
+async function withLockedElsewhere(path: string, fn: () => Promise<void>): Promise<void> {
+  const holder = new Deno.Command("unshare", {
+    args: ["--pid", "--fork", "--kill-child", "flock", "-x", path, "sleep", "60"],
+    stdout: "null",
+    stderr: "null",
+  }).spawn();
+  const held = async () =>
+    (await new Deno.Command("flock", { args: ["-n", "-x", path, "true"] }).output()).code !== 0;
+  try {
+    for (let i = 0; i < 100 && !(await held()); i++) await new Promise((r) => setTimeout(r, 50));
+    assert(await held(), `${path}: not locked by the holder`);
+    await fn();
+  } finally {
+    holder.kill("SIGKILL");
+    await holder.status;
+    for (let i = 0; i < 100 && await held(); i++) await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
 /** The pid of a process that ran and is gone. */
 async function deadPid(): Promise<number> {
   const c = new Deno.Command("true").spawn();
@@ -708,17 +732,31 @@ Deno.test({
       assertEquals(pinnedValueSize(`${dir}/map_records`), OLD_RECORD.size, "put back");
       assertEquals(pinnedValueSize(`${dir}/map_ct`), OLD_CT_VALUE.size, "put back");
       assertEquals(
-        [...Deno.readDirSync(dir)].map((e) => e.name).filter((n) => n.includes("_migrating")),
+        [...Deno.readDirSync(dir)].map((e) => e.name).filter((n) => n.includes("migrating")),
         [],
       );
 
       // A start that stopped while carrying map_ct over: the old map pinned aside (by a process
       // gone since), a new one in its place.
-      Deno.renameSync(`${dir}/map_ct`, asidePin(dir, "map_ct", await deadPid()));
+      const gone = await deadPid();
+      Deno.renameSync(`${dir}/map_ct`, asidePin(dir, "map_ct", gone));
       pinFd(
         bpf.mapCreate(bpf.MapType.HASH, "map_ct", CT_KEY_LAYOUT.size, CT_VALUE_LAYOUT.size, 16),
         `${dir}/map_ct`,
       );
+
+      // While its mark is locked, the copy is going on: refused as busy, nothing put back. The
+      // lock's holder is in a PID namespace of its own, where the pid in the names is not its.
+      Deno.mkdirSync(migratingMark(dir, gone));
+      await withLockedElsewhere(migratingMark(dir, gone), async () => {
+        const busy = await nsExecResult(ns, einatCmd(["-i", "wan0", "--pin-dir", pin]));
+        assertEquals(busy.code, 2, busy.stderr);
+        assert(
+          new RegExp(`already served by einat \\(pid ${gone}\\)`).test(busy.stderr),
+          busy.stderr,
+        );
+        assert(existsSync(asidePin(dir, "map_ct", gone)), "left aside");
+      });
 
       // With the unit's capabilities (no CAP_SYS_ADMIN, which reading a map's BTF from the
       // kernel needs): the old layout is read from the BTF left beside the state.
@@ -740,8 +778,9 @@ Deno.test({
           log,
         );
         assertEquals(
-          [...Deno.readDirSync(dir)].map((e) => e.name).filter((n) => n.includes("_migrating")),
+          [...Deno.readDirSync(dir)].map((e) => e.name).filter((n) => n.includes("migrating")),
           [],
+          "the aside pins and the mark of the process gone",
         );
         assertEquals(pinnedValueSize(`${dir}/map_records`), MAPPING_RECORD_LAYOUT.size);
         await assertCarriedOver(ns, dir, before);

@@ -17,7 +17,8 @@
  *   `einat --flush`, and nothing is changed. During the copy the old maps are
  *   pinned aside (`<map>_migrating_<pid>`), so a start that fails, or a
  *   process killed meanwhile, leaves them to the next start, which puts them
- *   back. The stamp holds two hashes per map: its structs' own members, and
+ *   back (refused while the folder `migrating_<pid>` is locked: the copy is
+ *   going on, whatever PID namespace its process is in). The stamp holds two hashes per map: its structs' own members, and
  *   (`deep`) everything down to the numbers, nested structs included;
  * - fragment tracking and counters (transient): the old map is unpinned and a
  *   fresh one created, with a log line.
@@ -423,6 +424,41 @@ export function asidePin(dir: string, map: StateMap, pid = Deno.pid): string {
 
 const ASIDE = /^(map_[a-z_]+)_migrating_(\d+)$/;
 
+/**
+ * The folder a process holds locked while old maps are pinned aside for it: their copy is going
+ * on. A lock, not the pid in the names, tells another einat so, since it may run in another PID
+ * namespace, where that pid is another process's or none.
+ */
+export function migratingMark(dir: string, pid = Deno.pid): string {
+  return `${dir}/migrating_${pid}`;
+}
+
+const MARK = /^migrating_(\d+)$/;
+
+/** The lock on {@link migratingMark} each folder's pinned-aside maps are held by, by folder. */
+const marks = new Map<string, number>();
+
+/** Makes and locks this process's {@link migratingMark} in `dir`. */
+function markMigrating(dir: string): void {
+  if (marks.has(dir)) return;
+  const path = migratingMark(dir);
+  Deno.mkdirSync(path, { recursive: true });
+  const fd = lockFolder(path, LOCK_EX);
+  if (fd === null) throw new StateError(`${path}: held by another process`);
+  marks.set(dir, fd);
+}
+
+/** Removes this process's {@link migratingMark} in `dir` (its old maps are no longer aside). */
+function unmarkMigrating(dir: string): void {
+  const fd = marks.get(dir);
+  if (fd === undefined) return;
+  marks.delete(dir);
+  try {
+    Deno.removeSync(migratingMark(dir));
+  } catch { /* gone */ }
+  closeFd(fd);
+}
+
 function pinnedNames(dir: string): Set<string> {
   const out = new Set<string>();
   try {
@@ -613,6 +649,7 @@ function checkPins(
  * positions depend on it.
  */
 function pinAside(obj: bpf.BpfObject, dir: string, migrating: Migrating[]): void {
+  if (migrating.length > 0) markMigrating(dir);
   for (const { map: m, fd } of migrating) {
     const info = bpf.mapInfo(fd), map = bpf.findMap(obj, m);
     if (info.maxEntries !== bpf.mapMaxEntries(map)) bpf.mapSetMaxEntries(map, info.maxEntries);
@@ -706,26 +743,42 @@ function stampFd(
 /**
  * Puts back the maps a start stopped in the middle of carrying over (pinned aside by
  * {@link asidePin}): the stamp still describes them, not the half-filled new ones. Refused while
- * the process that pinned them aside still holds the folder (it is copying them now). True when
- * there were any.
+ * the process that pinned them aside still holds its {@link migratingMark} (it is copying them
+ * now); for aside pins without one (an einat before the mark), while it holds the folder. True
+ * when there were any.
  */
 function restoreInterrupted(dir: string, ifname: string, names: Set<string>): boolean {
   const found: { map: StateMap; pid: number; name: string }[] = [];
+  const held: number[] = []; // locks on the marks of the processes that are gone
   for (const name of names) {
     const m = ASIDE.exec(name);
     if (m && (STATE_MAPS as readonly string[]).includes(m[1])) {
       found.push({ map: m[1] as StateMap, pid: Number(m[2]), name });
     }
   }
-  const holders = found.length ? lockHolders(dir) : [];
-  for (const { pid } of found) {
-    if (pid !== Deno.pid && holders.includes(pid)) {
-      throw new BusyError(ifname, pid); // carrying this state over at this moment
+  try {
+    // Every mark is another process's (this one's exists only from pinAside on), even one of
+    // this pid: a process of another PID namespace can have it.
+    for (const name of names) {
+      const pid = Number(MARK.exec(name)?.[1] ?? -1);
+      if (pid < 0) continue;
+      const fd = lockFolder(`${dir}/${name}`, LOCK_EX);
+      if (fd === null) throw new BusyError(ifname, pid); // carrying this state over now
+      held.push(fd);
     }
-  }
-  for (const { map, name } of found) {
-    if (names.has(map)) Deno.removeSync(`${dir}/${map}`);
-    Deno.renameSync(`${dir}/${name}`, `${dir}/${map}`);
+    const holders = found.length ? lockHolders(dir) : [];
+    for (const { pid } of found) {
+      if (pid !== Deno.pid && !names.has(`migrating_${pid}`) && holders.includes(pid)) {
+        throw new BusyError(ifname, pid); // an einat before the mark, carrying it over now
+      }
+    }
+    for (const { map, name } of found) {
+      if (names.has(map)) Deno.removeSync(`${dir}/${map}`);
+      Deno.renameSync(`${dir}/${name}`, `${dir}/${map}`);
+    }
+    for (const name of names) if (MARK.test(name)) Deno.removeSync(`${dir}/${name}`);
+  } finally {
+    held.forEach(closeFd);
   }
   if (found.length > 0) {
     log.warn("pinned state of a start interrupted while carrying it over; put back", {
@@ -823,6 +876,7 @@ function putBack(dir: string, migrating: Migrating[]): void {
     }
     closeFd(x.fd);
   }
+  unmarkMigrating(dir);
 }
 
 function stampDoc(
@@ -890,6 +944,7 @@ export function finishPins(p: PinSession, obj: bpf.BpfObject, ro: RoConfig): voi
     closeFd(x.fd);
     Deno.removeSync(asidePin(p.dir, x.map));
   }
+  unmarkMigrating(p.dir);
   try {
     bpf.mapUpdate(p.metaFd, ZERO_KEY, encodeMeta(stampDoc(p.ifname, p.stamps, sizes, ro)));
   } finally {

@@ -467,7 +467,9 @@ export function parseCli(args: string[], options: ParseConfigOptions = {}): CliR
   const defaults = defaultDefaults();
   const ports = lists.get("--ports");
   if (ports) {
-    const ranges = parseRanges(ports, "port", { path: "--ports", indexElements: false });
+    const ranges = parseRanges(ports, "port", { path: "--ports", indexElements: false }, {
+      warn: (at, message) => notices.push(`${WARNING_PREFIX}${at}: ${message}`),
+    });
     defaults.ranges.tcp = ranges.map((r) => ({ ...r }));
     defaults.ranges.udp = ranges.map((r) => ({ ...r }));
   }

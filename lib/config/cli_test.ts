@@ -263,9 +263,17 @@ Deno.test("errors name the flag", () => {
 Deno.test("--ports validation errors", () => {
   expectError(["-i", "eth0", "--ports", "0-100"], "--ports", /port 0 cannot be mapped/);
   expectError(["-i", "eth0", "--ports", "300-200"], "--ports", /reversed/);
-  expectError(["-i", "eth0", "--ports", "1000-2000", "1500-2500"], "--ports", /overlaps/);
   expectError(["-i", "eth0", "--ports", "1-1", "3-3", "5-5", "7-7", "9-9"], "--ports", /at most 4/);
   expectError(["-i", "eth0", "--ports", "abc"], "--ports", /not a range/);
+  // Overlapping ranges are merged, as einat-ebpf merges them, with a warning.
+  const merged = run("-i", "eth0", "--ports", "1000-2000", "1500-2500");
+  deepStrictEqual(merged.config.defaults.ranges.udp, [{ start: 1000, end: 2500 }]);
+  ok(
+    merged.notices.includes(
+      'warning: --ports: range "1500-2500" overlaps "1000-2000" (element 0); taken as "1000-2500", as einat-ebpf does',
+    ),
+    merged.notices.join("\n"),
+  );
   // Single ports are accepted.
   deepStrictEqual(run("-i", "eth0", "--ports", "53").config.defaults.ranges.tcp, [
     { start: 53, end: 53 },

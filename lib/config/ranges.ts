@@ -9,9 +9,9 @@
  * After parsing, ranges are sorted and touching ranges (`1000-1999` and
  * `2000-2999`) are merged, as einat-ebpf does; the merged list may hold at most
  * {@link MAX_RANGES} entries, the size of the per-external array in the BPF
- * maps. Unlike einat-ebpf, which silently merges overlapping ranges, ranges
- * that overlap are reported as an error by default (they almost always mean a
- * typo); pass `{ overlap: "merge" }` to get einat-ebpf's lenient behaviour.
+ * maps. Overlapping ranges are merged too, as einat-ebpf does, but not
+ * silently: each overlap is reported through `options.warn` (it may be a
+ * typo), naming both ranges and what they became.
  * @module
  */
 
@@ -35,8 +35,8 @@ export interface RangeSource {
 
 /** Options for {@link parseRanges}. */
 export interface ParseRangesOptions {
-  /** What to do with overlapping ranges (default `"error"`). */
-  overlap?: "error" | "merge";
+  /** Told of each overlap (`path`: the later element's), which is merged all the same. */
+  warn?: (path: string, message: string) => void;
 }
 
 function lowest(kind: RangeKind): number {
@@ -142,24 +142,19 @@ export function parseRanges(
       throw new ConfigError(at(i), (e as Error).message, source.file);
     }
   });
-  if (options.overlap !== "merge") {
-    for (let i = 0; i < parsed.length; i++) {
-      for (let j = 0; j < i; j++) {
-        const a = parsed[j], b = parsed[i];
-        if (a.start <= b.end && b.start <= a.end) {
-          throw new ConfigError(
-            at(i),
-            `range "${formatRanges([b])}" overlaps "${formatRanges([a])}" (element ${j}); ` +
-              `list each ${kind === "port" ? "port" : "identifier"} once, e.g. merge them into "${
-                formatRanges(mergeRanges([a, b]))
-              }"`,
-            source.file,
-          );
-        }
+  const merged = mergeRanges(parsed);
+  for (let i = 0; i < parsed.length && options.warn; i++) {
+    for (let j = 0; j < i; j++) {
+      const a = parsed[j], b = parsed[i];
+      if (a.start <= b.end && b.start <= a.end) {
+        options.warn(
+          at(i),
+          `range "${formatRanges([b])}" overlaps "${formatRanges([a])}" (element ${j}); ` +
+            `taken as "${formatRanges(merged)}", as einat-ebpf does`,
+        );
       }
     }
   }
-  const merged = mergeRanges(parsed);
   if (merged.length > MAX_RANGES) {
     throw new ConfigError(
       source.path,

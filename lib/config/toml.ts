@@ -15,10 +15,10 @@
  * - einat-ebpf's `timeout_pkt_min` / `timeout_pkt_default` set UDP's minimum and default, and
  *   the default ICMP's too (einat-ebpf times ICMP queries as UDP); our own `timeout_udp_*` /
  *   `timeout_icmp_default` win where both are given, with a notice. A minimum longer than the
- *   default is an error (einat-ebpf takes it).
- * - Overlapping port ranges, more than one of `address`/`network`/
- *   `match_address`, duplicate interfaces, zero or huge record limits and
- *   zero or huge timeouts are errors.
+ *   default is taken, as einat-ebpf does, with a warning.
+ * - Overlapping port ranges are merged as in einat-ebpf, with a warning naming them. More than
+ *   one of `address`/`network`/`match_address`, duplicate interfaces (einat-ebpf lets the last
+ *   block win), zero or huge record limits and zero or huge timeouts are errors.
  * - Extensions: `if_index` (einat-ebpf ignores it since 0.1.2) may name an
  *   interface instead of `if_name`; timeouts may be TOML numbers (seconds) and
  *   compound (`"1h30m"`); range elements may be single ports (`"53"`, `53`).
@@ -438,7 +438,9 @@ function getRanges(
   if (!Array.isArray(v) && typeof v !== "string" && typeof v !== "number") {
     fail(ctx, p, `expected an array of ranges such as ["20000-29999"], got ${describeValue(v)}`);
   }
-  return parseRanges(v, kind, { path: p, file: ctx.file });
+  return parseRanges(v, kind, { path: p, file: ctx.file }, {
+    warn: (at, message) => warning(ctx, at, message),
+  });
 }
 
 /** Resolves ICMP in/out ranges and checks they lie inside the ICMP ranges. */
@@ -981,7 +983,7 @@ function parseInterface(
     const minKey = given("timeout_udp_min", "timeout_pkt_min");
     const defKey = given("timeout_udp_default", "timeout_pkt_default");
     const name = (key: string | undefined, builtIn: string) => key ?? `${builtIn} (built-in)`;
-    fail(
+    warning(
       ctx,
       join(path, minKey ?? defKey ?? "timeout_udp_min"),
       `${name(minKey, "timeout_udp_min")} (${
@@ -989,7 +991,7 @@ function parseInterface(
       }) is longer than ` +
         `${name(defKey, "timeout_udp_default")} (${
           formatDuration(iface.timeouts.udpDefault)
-        }); the minimum for UDP must not exceed the default`,
+        }): a UDP session nobody answered is kept longer than one that was answered`,
     );
   }
 

@@ -332,17 +332,40 @@ Deno.test("timeouts: numbers are seconds; einat-ebpf's timeout_pkt_* set UDP's (
   ok(r.notices.some((n) => /overridden by timeout_udp_default/.test(n)));
   r = parse(MIN + `timeout_pkt_default = "10m"\ntimeout_icmp_default = "1m"\n`);
   equal(r.config.interfaces[0].timeouts.icmpDefault, 60_000);
-  // A minimum above the default names the keys the file set.
-  expectError(
-    MIN + `timeout_pkt_default = "1m"\n`,
-    "interfaces[0].timeout_pkt_default",
-    /timeout_udp_min \(built-in\) \(2m\) is longer than timeout_pkt_default \(1m\)/,
+  // A minimum above the default is taken, as einat-ebpf takes it, with a warning naming the
+  // keys the file set.
+  r = parse(MIN + `timeout_pkt_default = "1m"\n`);
+  equal(r.config.interfaces[0].timeouts.udpDefault, 60_000);
+  equal(r.config.interfaces[0].timeouts.udpMin, 120_000);
+  deepStrictEqual(r.notices, [
+    "warning: test.toml: interfaces[0].timeout_pkt_default: timeout_udp_min (built-in) (2m) is " +
+    "longer than timeout_pkt_default (1m): a UDP session nobody answered is kept longer than one " +
+    "that was answered",
+  ]);
+  r = parse(MIN + `timeout_pkt_min = "10m"\n`);
+  equal(r.config.interfaces[0].timeouts.udpMin, 600_000);
+  equal(r.notices.length, 1);
+  ok(
+    /warning: .*interfaces\[0\]\.timeout_pkt_min: timeout_pkt_min \(10m\) is longer than timeout_udp_default \(built-in\) \(5m\)/
+      .test(r.notices[0]),
+    r.notices[0],
   );
-  expectError(
-    MIN + `timeout_pkt_min = "10m"\n`,
-    "interfaces[0].timeout_pkt_min",
-    /timeout_pkt_min \(10m\) is longer than timeout_udp_default \(built-in\)/,
+  ok(noticeLevel(r.notices[0]) === "warn");
+});
+
+Deno.test("ranges: overlapping ones are merged, as einat-ebpf merges them, with a warning naming both", () => {
+  const r = parse(
+    MIN + `[[interfaces.externals]]\nmatch_address = "192.0.2.0/24"\n` +
+      `udp_ranges = ["20000-29999", "25000-35000", "40000-40999"]\n`,
   );
+  deepStrictEqual(r.config.interfaces[0].externals[0].ranges?.udp, [
+    { start: 20000, end: 35000 },
+    { start: 40000, end: 40999 },
+  ]);
+  deepStrictEqual(r.notices, [
+    'warning: test.toml: interfaces[0].externals[0].udp_ranges[1]: range "25000-35000" overlaps ' +
+    '"20000-29999" (element 0); taken as "20000-35000, 40000-40999", as einat-ebpf does',
+  ]);
 });
 
 Deno.test("flow_cache_slots: 16384 by default, a power of two when set", () => {

@@ -177,9 +177,29 @@ Deno.test("TCP: SNAT/DNAT with checksums and state walk SYN, SYN-ACK, ACK, FIN, 
     assertEquals(s[0].value.state, CT_STATE.TRANS);
 
     n.egress(tcp(LAN1, 45000, SRV1, 80, { syn: true }));
+    assertEquals(
+      sessions(n.nat.maps)[0].value.state,
+      CT_STATE.TRANS,
+      "a SYN after RST opens anew: transitory until answered",
+    );
     n.ingress(tcp(SRV1, 80, EXT, ext, { syn: true, ack: true }));
     s = sessions(n.nat.maps);
     assertEquals(s[0].value.state, CT_STATE.EST, "traffic after RST re-establishes (RFC 7857 2.1)");
+
+    // The 5-tuple reused after a close: its SYN alone is not an established connection.
+    n.egress(tcp(LAN1, 45000, SRV1, 80, { fin: true, ack: true }));
+    n.ingress(tcp(SRV1, 80, EXT, ext, { fin: true, ack: true }));
+    assertEquals(sessions(n.nat.maps)[0].value.state, CT_STATE.TRANS, "closed");
+    n.egress(tcp(LAN1, 45000, SRV1, 80, { syn: true }));
+    assertEquals(sessions(n.nat.maps)[0].value.state, CT_STATE.TRANS, "reopening: transitory");
+    n.ingress(tcp(SRV1, 80, EXT, ext, { syn: true, ack: true }));
+    assertEquals(sessions(n.nat.maps)[0].value.state, CT_STATE.EST, "answered: established");
+    // Simultaneous open (RFC 6146 3.5.2.2): a SYN each way without ACK establishes it.
+    n.ingress(tcp(SRV1, 80, EXT, ext, { rst: true }));
+    n.egress(tcp(LAN1, 45000, SRV1, 80, { syn: true }));
+    assertEquals(sessions(n.nat.maps)[0].value.state, CT_STATE.TRANS, "after the reset: opening");
+    n.ingress(tcp(SRV1, 80, EXT, ext, { syn: true }));
+    assertEquals(sessions(n.nat.maps)[0].value.state, CT_STATE.EST, "simultaneous open");
 
     const lone = n.runRaw("egress", buildPacket(tcp(LAN2, 46000, SRV1, 80, { rst: true })));
     assertEquals(lone.retval, TC_ACT_SHOT, "an RST without mapping is dropped, never leaked");

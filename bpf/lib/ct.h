@@ -55,6 +55,12 @@ static __always_inline __u8 ct_state_of(__u8 l4proto, __u8 flags)
 
 static __always_inline __u8 ct_flags_update(__u8 flags, bool egress, __u8 tcp_flags)
 {
+	/* A SYN that opens the 5-tuple again once it was closed or reset: what
+	 * was seen of the old connection goes, so the new one is transitory until
+	 * answered (RFC 6146 3.5.2), not established by the old one's answers. */
+	if ((tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK | TCP_FLAG_RST)) == TCP_FLAG_SYN &&
+	    ((flags & CT_RST) || (flags & (CT_FIN_OUT | CT_FIN_IN)) == (CT_FIN_OUT | CT_FIN_IN)))
+		flags &= CT_HAIRPIN;
 	flags |= egress ? CT_SEEN_OUT : CT_SEEN_IN;
 	if (tcp_flags & TCP_FLAG_RST) {
 		flags |= CT_RST;

@@ -574,7 +574,7 @@ __noinline int einat_egress_later_fragment(struct __sk_buff *skb, struct packet 
 			stat_inc(STAT_FRAGMENT_NAT);
 			return einat_redirect_inward(skb, p->family, &to);
 		}
-		if (!out && !nat_off)
+		if (!out) /* nothing made of its datagram: the router's own */
 			return deliver_locally(skb);
 	}
 	if (!out) {
@@ -650,6 +650,8 @@ __noinline int einat_egress_full(struct __sk_buff *skb, struct packet *pp)
 		b = !pp->no_binding &&
 		    einat_binding_of(pp->family, pp->l4proto, &pp->src, pp->sport, bvp) >= 0;
 		if (!b) {
+			if (turn) /* to the router itself, as it is (not out to the WAN) */
+				return deliver_turned(skb, pp);
 			if (pp->frag == FRAG_FIRST) /* its datagram stays as it is */
 				einat_frag_record(pp, FRAG_OUT, &pp->src);
 			return pass();
@@ -818,8 +820,14 @@ static __always_inline int egress_family(struct __sk_buff *skb, const __u8 famil
 		return own ? pass() : drop(STAT_DROP_UNTRANSLATABLE);
 	if (pp->icmp_err)
 		return einat_egress_icmp_error(skb, pp, own);
-	if (own)
+	if (own) {
+		/* A no-SNAT source to one of our external addresses (the hairpin
+		 * rules send it here): the router's, as it is, not out to the WAN. */
+		__u32 dest = src_cfg->flags & EXT_EXTERNAL ? 0 : dest_flags(pp);
+		if (hairpin_dest(dest) && !(dest & EXT_NO_SNAT))
+			return deliver_turned(skb, pp);
 		return pass();
+	}
 	return einat_egress_full(skb, pp);
 }
 

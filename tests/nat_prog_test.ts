@@ -27,7 +27,7 @@ import {
   writeBinding,
   writeSession,
 } from "../lib/nat/records.ts";
-import { buildPacket, type PacketSpec, parsePacket } from "./lib/packet.ts";
+import { buildPacket, fragment, type PacketSpec, parsePacket } from "./lib/packet.ts";
 import { pinThread, restoreAffinity } from "./lib/cpu.ts";
 import {
   loadTestNat,
@@ -740,6 +740,46 @@ Deno.test("a reload that empties a protocol's range: endpoints without a binding
     const pkt = buildPacket(udp(LAN2, 40000, SRV1, 53));
     assertEquals(n.runRaw("egress", pkt), { retval: TC_ACT_OK, bytes: pkt });
     assertEquals(countBindings(n.nat.maps.records), 1);
+  } finally {
+    n.close();
+  }
+});
+
+Deno.test("hairpin: what is not translated to our external address (a no-SNAT source, a protocol whose NAT is off) goes to the router as it is, never out to the WAN", async () => {
+  const base = testInterfaceConfig();
+  const ic = testInterfaceConfig({
+    snatInternals: [parseCidr("192.0.2.0/25")],
+    defaultRanges: { ...base.defaultRanges, icmp: [], icmpIn: [], icmpOut: [] },
+  });
+  const n = await loadTestNat(ic, [`${EXT}/24`]);
+  try {
+    const run = (spec: PacketSpec | Uint8Array) => {
+      const pkt = spec instanceof Uint8Array ? spec : buildPacket(spec);
+      const r = n.runRaw("egress", pkt);
+      return [r.retval, r.bytes.length === pkt.length && r.bytes.every((b, i) => b === pkt[i])];
+    };
+    const OUTSIDE = "192.0.2.200"; // not in snat_internals
+    const ping = (src: string, dst: string): PacketSpec => ({
+      family: 4,
+      src,
+      dst,
+      proto: "icmp",
+      icmpType: 8,
+      icmpId: 0x4321,
+      icmpSeq: 1,
+    });
+    assertEquals(run(tcp(OUTSIDE, 45000, EXT, 22, { syn: true })), [TC_ACT_REDIRECT, true]);
+    assertEquals(run(udp(OUTSIDE, 45000, EXT, 53)), [TC_ACT_REDIRECT, true]);
+    assertEquals(run(udp(OUTSIDE, 45000, SRV1, 53)), [TC_ACT_OK, true], "elsewhere: as it is");
+    assertEquals(run(ping(LAN1, EXT)), [TC_ACT_REDIRECT, true], "ICMP NAT off");
+    assertEquals(run(ping(LAN1, SRV1)), [TC_ACT_OK, true], "ICMP NAT off, elsewhere");
+    // A datagram in fragments, the later one first: it follows its first to the router.
+    const [f1, f2] = fragment(buildPacket({ ...ping(LAN1, EXT), icmpId: 7 }), 4, 0x2345, 16);
+    assertEquals(run(f2), [TC_ACT_REDIRECT, true], "later fragment, before its first");
+    assertEquals(run(f1), [TC_ACT_REDIRECT, true], "first fragment");
+    assertEquals(run(f2), [TC_ACT_REDIRECT, true], "later fragment, after its first");
+    // An internal host's TCP (NAT on) to a port no mapping holds: the router's own service.
+    assertEquals(run(tcp(LAN1, 45000, EXT, 22, { syn: true })), [TC_ACT_REDIRECT, true]);
   } finally {
     n.close();
   }

@@ -271,6 +271,14 @@ __noinline int einat_ingress_icmp_error(struct __sk_buff *skb, struct packet *p)
 	struct mapping_record *b = binding_reply(p->family, in.l4proto, &in.src, in.sport);
 	if (!b)
 		return pass(); /* about the router's own traffic */
+	if (in.l4proto == IPPROTO_ICMP) {
+		/* About an echo request: the internal host's only if it sent it (its
+		 * session); else the router's own ping, whose identifier a host holds. */
+		struct ct_key ck;
+		ct_key_init(&ck, p->family, in.l4proto, &in.src, in.sport, &in.dst, 0);
+		if (!ct_find(&ck))
+			return pass();
+	}
 	struct endpoint bv;
 	binding_intern(&bv, b);
 	if (!einat_icmp_error_valid(skb, p)) /* RFC 5508 REQ-3 */
@@ -915,6 +923,11 @@ static __always_inline int ingress_l4(struct __sk_buff *skb, struct packet *pp, 
 		struct mapping_record *b = ri < 0 ? NULL : rec_get(ri);
 		if (!b)
 			return ingress_unmapped(pp);
+		/* An echo reply answers a request: without that request's session it is
+		 * no internal host's but the router's own (its pings draw identifiers
+		 * from the same space, and the binding's holder may not be the one). */
+		if (pp->l4proto == IPPROTO_ICMP)
+			return pass();
 		/* From one of our own external addresses: spoofed, or looped back. A session
 		 * with it as remote would catch LAN traffic to that address on the egress
 		 * fast path, past the hairpin turn. (Checked after the binding: traffic to

@@ -27,7 +27,13 @@ import {
   writeBinding,
   writeSession,
 } from "../lib/nat/records.ts";
-import { buildPacket, fragment, type PacketSpec, parsePacket } from "./lib/packet.ts";
+import {
+  buildIcmpError,
+  buildPacket,
+  fragment,
+  type PacketSpec,
+  parsePacket,
+} from "./lib/packet.ts";
 import { pinThread, restoreAffinity } from "./lib/cpu.ts";
 import {
   loadTestNat,
@@ -250,6 +256,53 @@ Deno.test("ICMP echo: identifier mapped like a port, reply DNATed", async () => 
       inbound,
       "echo request to the router itself passes",
     );
+  } finally {
+    n.close();
+  }
+});
+
+Deno.test("ICMP echo: a reply, or an error about a request, that no internal host's session asked for is the router's own (its pings share the identifiers), not the binding holder's", async () => {
+  const n = await loadTestNat();
+  try {
+    const ping = (src: string, dst: string, icmpType: number, icmpId: number): PacketSpec => ({
+      family: 4,
+      src,
+      dst,
+      proto: "icmp",
+      icmpType,
+      icmpId,
+      icmpSeq: 1,
+    });
+    // LAN1 pings SRV1: its identifier is mapped to `id` on EXT.
+    const req = n.egress(ping(LAN1, SRV1, 8, 0x1234));
+    const id = req.out.icmpId!;
+    // The router pings SRV2 with the same identifier (its own: untranslated).
+    const own = buildPacket(ping(EXT, SRV2, 8, id));
+    assertEquals(n.runRaw("egress", own), { retval: TC_ACT_OK, bytes: own });
+    // SRV2's reply is the router's: it passes as it is, and makes no session.
+    const reply = buildPacket(ping(SRV2, EXT, 0, id));
+    assertEquals(n.runRaw("ingress", reply), { retval: TC_ACT_OK, bytes: reply });
+    assertEquals(sessions(n.nat.maps).length, 1, "LAN1's session alone");
+    // A hop's error about the router's request: the router's too.
+    const HOP = "198.51.100.99";
+    const err = buildIcmpError(
+      { family: 4, src: HOP, dst: EXT, icmpType: 11, icmpCode: 0 },
+      own.slice(14),
+    );
+    assertEquals(n.runRaw("ingress", err), { retval: TC_ACT_OK, bytes: err });
+    // SRV1's reply, and an error about LAN1's request, are LAN1's.
+    const back = n.ingress(ping(SRV1, EXT, 0, id));
+    assertEquals([back.out.dst, back.out.icmpId], [LAN1, 0x1234]);
+    const lanErr = parsePacket(
+      n.runRaw(
+        "ingress",
+        buildIcmpError(
+          { family: 4, src: HOP, dst: EXT, icmpType: 11, icmpCode: 0 },
+          req.bytes.slice(14),
+        ),
+      ).bytes,
+    );
+    assertEquals([lanErr.dst, lanErr.inner!.src, lanErr.inner!.icmpId], [LAN1, LAN1, 0x1234]);
   } finally {
     n.close();
   }

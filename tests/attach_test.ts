@@ -96,6 +96,55 @@ for (const asked of [true, false]) {
 
 Deno.test({
   name:
+    "attach: the clsact qdisc einat made is removed on exit, unless filters others added since are on it (kept, with them)",
+  ...sanitize,
+  fn: () =>
+    withTopology(async (t) => {
+      const noop = new URL("../bpf/noop.bpf.o", import.meta.url).pathname;
+      const qdisc = () => nsExec(t.ns.router, ["tc", "qdisc", "show", "dev", "wan0"]);
+      const filters = (hook: string) =>
+        nsExec(t.ns.router, ["tc", "filter", "show", "dev", "wan0", hook]);
+      // Alone on it: removed.
+      let einat = await startEinat(t.ns.router, ["-i", "wan0"]);
+      assert((await qdisc()).includes("clsact"));
+      assertEquals(await stopEinat(einat), 0, einat.stderrText());
+      assert(/removed clsact qdisc/.test(einat.stderrText()), einat.stderrText());
+      assert(!(await qdisc()).includes("clsact"), await qdisc());
+      // Another tool's filter added while einat ran: the qdisc stays, and the filter with it.
+      einat = await startEinat(t.ns.router, ["-i", "wan0"]);
+      await nsExec(t.ns.router, [
+        "tc",
+        "filter",
+        "add",
+        "dev",
+        "wan0",
+        "ingress",
+        "prio",
+        "10",
+        "bpf",
+        "da",
+        "obj",
+        noop,
+        "sec",
+        "tc",
+      ]);
+      assertEquals(await stopEinat(einat), 0, einat.stderrText());
+      assert(
+        /clsact qdisc kept: filters einat did not add are on it .*hooks=ingress/.test(
+          einat.stderrText(),
+        ),
+        einat.stderrText(),
+      );
+      assert(!/removed clsact qdisc/.test(einat.stderrText()), einat.stderrText());
+      assert((await qdisc()).includes("clsact"), await qdisc());
+      const left = await filters("ingress");
+      assert(/pref 10 bpf/.test(left) && !left.includes("0xe1a7"), left);
+      assert(!(await filters("egress")).includes("0xe1a7"), "einat's own filters went");
+    }),
+});
+
+Deno.test({
+  name:
     "attach: on an L3 device (TUN) a flow refused for want of a port gets its ICMP 3/13 (sent back in with a blank Ethernet header)",
   ...sanitize,
   fn: () =>

@@ -8,6 +8,7 @@
 import * as bpf from "../ffi/libbpf.ts";
 import { closeFd } from "../ffi/libc.ts";
 import * as log from "../log.ts";
+import { CLSACT_EGRESS, CLSACT_INGRESS, hasFiltersSync } from "../netlink/rtnl.ts";
 import { pinDirFor, stateOptions } from "../state/options.ts";
 import { onBpffs } from "../state/bpffs.ts";
 
@@ -309,8 +310,21 @@ export function replaced(a: Attachment): boolean {
   return a.handedOver === true || livePid(a.lockPath) !== null;
 }
 
+/**
+ * Removes the clsact qdisc einat made, unless filters of others are on it now (they would go
+ * with it): then it stays, and the log says so.
+ */
 function destroyQdisc(a: Attachment): void {
   try {
+    const others = ([["ingress", CLSACT_INGRESS], ["egress", CLSACT_EGRESS]] as const)
+      .filter(([, parent]) => hasFiltersSync(a.ifindex, parent)).map(([hook]) => hook);
+    if (others.length > 0) {
+      log.info("clsact qdisc kept: filters einat did not add are on it", {
+        ifname: a.ifname,
+        hooks: others.join(","),
+      });
+      return;
+    }
     if (bpf.tcHookDestroy(a.ifindex)) log.info("removed clsact qdisc", { ifname: a.ifname });
   } catch (e) {
     log.warn("could not remove clsact qdisc", { ifname: a.ifname, error: String(e) });

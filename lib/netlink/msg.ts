@@ -66,6 +66,8 @@ export const RTM = {
   NEWRULE: 32,
   DELRULE: 33,
   GETRULE: 34,
+  NEWTFILTER: 44,
+  GETTFILTER: 46,
 } as const;
 
 /** rtnetlink multicast groups (for `NETLINK_ADD_MEMBERSHIP`). */
@@ -971,13 +973,19 @@ function checkPrefix(what: string, family: Family, len: number): void {
 }
 
 /** What a dump request asks for. */
-export type DumpKind = "addr" | "link" | "rule" | "route";
+export type DumpKind = "addr" | "link" | "rule" | "route" | "tfilter";
 
 /** Options of {@link dumpRequest}. */
 export interface DumpOptions {
   /** Routes only: ask for one table (RTA_TABLE; honoured with NETLINK_GET_STRICT_CHK). */
   table?: number;
+  /** TC filters only: the interface and the parent (`tcmsg.tcm_ifindex`, `tcm_parent`). */
+  ifindex?: number;
+  parent?: number;
 }
+
+/** `sizeof(struct tcmsg)`. */
+const TCMSG_LEN = 20;
 
 /**
  * Builds a dump request (NLM_F_REQUEST|NLM_F_DUMP) for all objects of `kind`; `family`
@@ -1012,6 +1020,13 @@ export function dumpRequest(
       h[0] = af;
       const attrs = opts.table !== undefined ? [u32Attr(RTA.TABLE, opts.table)] : [];
       return encodeMessage({ type: RTM.GETROUTE, flags, seq }, h, attrs);
+    }
+    case "tfilter": {
+      const h = new Uint8Array(TCMSG_LEN);
+      const v = new DataView(h.buffer);
+      v.setInt32(4, opts.ifindex ?? 0, true);
+      v.setUint32(12, (opts.parent ?? 0) >>> 0, true);
+      return encodeMessage({ type: RTM.GETTFILTER, flags, seq }, h);
     }
   }
 }

@@ -369,6 +369,35 @@ Deno.test("msg: dump requests", () => {
       [15, 4787],
     ],
   );
+  // A clsact hook's filters: struct tcmsg with the interface and the parent, as `tc filter
+  // show dev X ingress` sends it.
+  const [f] = parseMessages(
+    dumpRequest("tfilter", undefined, 7, { ifindex: 9, parent: 0xfffffff2 }),
+  );
+  assert.equal(f.type, RTM.GETTFILTER);
+  assert.equal(f.flags, NLM_F.REQUEST | NLM_F.DUMP);
+  assert.deepEqual([...f.payload], [
+    0,
+    0,
+    0,
+    0,
+    9,
+    0,
+    0,
+    0,
+    0,
+    0,
+    0,
+    0,
+    0xf2,
+    0xff,
+    0xff,
+    0xff,
+    0,
+    0,
+    0,
+    0,
+  ]);
 });
 
 Deno.test("msg: rule requests round-trip through the decoder", () => {

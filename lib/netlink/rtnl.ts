@@ -55,6 +55,7 @@ import {
   type RouteMsg,
   routeRequest,
   type RouteSpec,
+  RTM,
   RTNLGRP,
   type RuleMsg,
   ruleRequest,
@@ -187,6 +188,23 @@ export function dumpRules(family: Family): Promise<RuleMsg[]> {
     })
   );
 }
+
+/**
+ * Whether the kernel lists TC filters under `parent` of interface `ifindex` (a clsact hook:
+ * {@link CLSACT_INGRESS}, {@link CLSACT_EGRESS}). Blocking (a reply within
+ * {@link REPLY_TIMEOUT_MS}): for the way out, where nothing else runs.
+ */
+export function hasFiltersSync(ifindex: number, parent: number): boolean {
+  return dump(
+    dumpRequest("tfilter", undefined, 0, { ifindex, parent }),
+    (m) => m.type === RTM.NEWTFILTER ? m : null,
+  ).length > 0;
+}
+
+/** `TC_H_MAKE(TC_H_CLSACT, TC_H_MIN_INGRESS)`: a clsact qdisc's ingress hook. */
+export const CLSACT_INGRESS = 0xfffffff2;
+/** `TC_H_MAKE(TC_H_CLSACT, TC_H_MIN_EGRESS)`: its egress hook. */
+export const CLSACT_EGRESS = 0xfffffff3;
 
 /**
  * Lists the routes of `family`, of all tables or only of `table` (filtered by the kernel

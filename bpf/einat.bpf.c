@@ -20,20 +20,9 @@
 #include "lib/icmp_reply.h"
 #include "lib/icmp_check.h"
 #include "lib/state.h"
+#include "lib/log.h"
 
 char LICENSE[] SEC("license") = "GPL";
-
-static __always_inline int drop(enum einat_stat reason)
-{
-	stat_inc(reason);
-	return TC_ACT_SHOT;
-}
-
-static __always_inline int pass(void)
-{
-	stat_inc(STAT_PASS);
-	return TC_ACT_OK;
-}
 
 /*
  * The parsed packet lives in per-CPU scratch space, not on the stack: BPF
@@ -47,6 +36,41 @@ struct {
 	__type(value, struct packet);
 	__uint(max_entries, 1);
 } map_packet_scratch SEC(".maps");
+
+/* Logs a drop of the packet being handled (its scratch). */
+static __always_inline void log_drop(int reason)
+{
+	__u32 zero = 0;
+	const struct packet *p = bpf_map_lookup_elem(&map_packet_scratch, &zero);
+	if (p)
+		einat_log_drop(p, reason);
+}
+
+static __always_inline int drop(enum einat_stat reason)
+{
+	stat_inc(reason);
+	if (log_on(LOG_WARN))
+		log_drop(reason);
+	return TC_ACT_SHOT;
+}
+
+/*
+ * A packet refused for want of a port or of room: counted, logged, and its
+ * sender told (ICMP "administratively prohibited", RFC 5508 REQ-8).
+ */
+static __always_inline int refused(struct __sk_buff *skb, struct packet *p, int reason)
+{
+	stat_inc(reason);
+	if (log_on(LOG_WARN))
+		einat_log_drop(p, reason);
+	return einat_send_prohibited(skb, p);
+}
+
+static __always_inline int pass(void)
+{
+	stat_inc(STAT_PASS);
+	return TC_ACT_OK;
+}
 
 /* One LPM key per CPU: the stack of the egress path is too small for several. */
 struct {
@@ -711,10 +735,8 @@ __noinline int einat_egress_full(struct __sk_buff *skb, struct packet *pp)
 		ct_key_init(ck, pp->family, pp->l4proto, &pp->dst, 0, &pp->dst, remote_port);
 		ct_first(&es->first, pp->l4proto, true, pp->tcp_flags, packet_now(pp));
 		r = einat_binding_create(pp, from, bvp, ck, &es->first);
-		if (r == STAT_DROP_NO_PORT || r == STAT_DROP_BINDING_FULL) {
-			stat_inc(r); /* refused: tell the sender (RFC 5508 REQ-8) */
-			return einat_send_prohibited(skb, pp);
-		}
+		if (r == STAT_DROP_NO_PORT || r == STAT_DROP_BINDING_FULL)
+			return refused(skb, pp, r); /* tell the sender (RFC 5508 REQ-8) */
 		if (r > 0)
 			return drop(r);
 		made = r == 0;
@@ -736,13 +758,10 @@ __noinline int einat_egress_full(struct __sk_buff *skb, struct packet *pp)
 		if (r == CT_REF_UNUSED)
 			r = 0;
 	}
-	if (r) {
-		if (r == STAT_DROP_CT_FULL) {
-			stat_inc(r);
-			return einat_send_prohibited(skb, pp);
-		}
-		return drop(r);
-	}
+	if (r)
+		return r == STAT_DROP_CT_FULL ? refused(skb, pp, r) : drop(r);
+	if (made && log_on(LOG_INFO))
+		einat_log_session(ck, intern, 1, 1);
 
 	if (target) { /* the target's session sees this as inbound traffic */
 		struct ct_value *own_ct = ct_find(ck);
@@ -804,6 +823,8 @@ static __always_inline int egress_family(struct __sk_buff *skb, const __u8 famil
 		return TC_ACT_SHOT;
 	pull_headers(skb, family);
 	int r = parse_packet(skb, pp, family);
+	if (log_on(LOG_TRACE))
+		einat_log_packet(pp, 1);
 	if (unlikely(r == PARSE_PASS)) {
 		/* Another protocol's first fragment: its later fragments pass too. */
 		if (pp->frag == FRAG_FIRST && frag_later_blind(pp))
@@ -962,6 +983,8 @@ static __always_inline int ingress_family(struct __sk_buff *skb, const __u8 fami
 		return TC_ACT_SHOT;
 	pull_headers(skb, family);
 	int r = parse_packet(skb, pp, family);
+	if (log_on(LOG_TRACE))
+		einat_log_packet(pp, 0);
 	if (unlikely(r != PARSE_OK)) {
 		/* Another protocol's first fragment: recorded for its later fragments,
 		 * which pass too (and those held for it are released). */

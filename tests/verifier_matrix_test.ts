@@ -15,7 +15,7 @@ for (const csum of ["inline", "helpers"] as const) {
   Deno.test(`every combination of the read-only switches passes the verifier (${csum} object)`, async () => {
     const refused: string[] = [];
     let loaded = 0;
-    for (const logLevel of [0, 3]) {
+    for (const logLevel of [0, 5]) {
       for (const hasEth of [true, false]) {
         for (const fib of [false, true]) {
           for (const icmpx of [false, true]) {

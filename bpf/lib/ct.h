@@ -14,6 +14,7 @@
 #define EINAT_CT_H
 
 #include "binding.h"
+#include "log.h"
 #include "clock.h"
 
 #define NSEC_PER_SEC 1000000000ULL
@@ -285,6 +286,8 @@ __noinline int einat_ct_touch(const struct ct_key *k, const struct endpoint *int
 			 * binding's session and keeps the reference held for it. */
 			*v = nv;
 			stat_inc(STAT_NEW_SESSION);
+			if (log_on(LOG_DEBUG))
+				einat_log_session(k, intern, egress, 0);
 			return 0;
 		}
 		/* It existed after all, or another CPU made it meanwhile. */
@@ -297,6 +300,8 @@ __noinline int einat_ct_touch(const struct ct_key *k, const struct endpoint *int
 	}
 	if (mode == CT_NEW_REF_HELD) {
 		stat_inc(STAT_NEW_SESSION);
+		if (log_on(LOG_DEBUG))
+			einat_log_session(k, intern, egress, 0);
 		return 0;
 	}
 	/*
@@ -318,6 +323,8 @@ __noinline int einat_ct_touch(const struct ct_key *k, const struct endpoint *int
 		return STAT_DROP_UNTRANSLATABLE;
 	}
 	stat_inc(STAT_NEW_SESSION);
+	if (log_on(LOG_DEBUG))
+		einat_log_session(k, intern, egress, 0);
 	return 0;
 }
 

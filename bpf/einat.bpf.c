@@ -271,6 +271,10 @@ __noinline int einat_ingress_icmp_error(struct __sk_buff *skb, struct packet *p)
 		return TC_ACT_SHOT;
 	struct inner in = {};
 	int r = parse_inner(skb, p->family, p->l4_off + sizeof(struct icmphdr), &in);
+	/* An error about a packet we sent goes to its source, our external address:
+	 * one to another address is not about our packet (RFC 5508 REQ-4). */
+	if ((r == PARSE_LATER || r == PARSE_OK) && !addr_eq(&p->dst, &in.src))
+		return pass();
 	if (r == PARSE_LATER) { /* about an outbound later fragment: its datagram's record */
 		union ip_addr intern;
 		if (!einat_frag_back(&in, FRAG_OUT_BACK, &intern))

@@ -216,14 +216,19 @@ for (const family of [4, 6] as const) {
         const sent = n.egress(udp(family, LAN, 40000, SRV, 53));
         const before = ctValues(n).map((v) => v.lastSeenNs);
         assertEquals(before.length, 1, "the flow's session");
-        const err = buildIcmpError({
-          family,
-          src: HOP,
-          dst: EXT,
-          icmpType: type,
-          icmpCode: code,
-          mtu: 1280,
-        }, ipOnly(sent.bytes));
+        const errTo = (dst: string) =>
+          buildIcmpError({
+            family,
+            src: HOP,
+            dst,
+            icmpType: type,
+            icmpCode: code,
+            mtu: 1280,
+          }, ipOnly(sent.bytes));
+        // To another address than the quoted source (ours): not about our packet.
+        const stray = errTo(family === 4 ? "203.0.113.77" : "2001:db8:2::77");
+        assertEquals(n.runRaw("ingress", stray), { retval: TC_ACT_OK, bytes: stray });
+        const err = errTo(EXT);
         const r = n.runRaw("ingress", err);
         assertEquals(r.retval, TC_ACT_OK);
         const p = parsePacket(r.bytes);

@@ -26,7 +26,13 @@
  */
 
 import * as bpf from "../../lib/ffi/libbpf.ts";
-import { CT_KEY_LAYOUT, OUTBOUND_LINE_LAYOUT, STATS, sumPerCpu } from "../../lib/nat/codec.ts";
+import {
+  CT_KEY_LAYOUT,
+  encodeCtKey,
+  OUTBOUND_LINE_LAYOUT,
+  STATS,
+  sumPerCpu,
+} from "../../lib/nat/codec.ts";
 import {
   type Binding,
   bindingCountAt,
@@ -34,6 +40,7 @@ import {
   findBinding,
   findBindingOf,
   findOutbound,
+  findSession,
   OB_EMPTY,
   OB_IDX_BITS,
   OB_TOMB,
@@ -557,6 +564,13 @@ export interface BindingView {
    * destination (its own when delivered to the router).
    */
   frag(d: Dissected, which: 0 | 1 | 2): Uint8Array | null;
+  /** Whether a session of external endpoint (extAddr, extPort) with the remote exists. */
+  session(
+    family: 4 | 6,
+    l4proto: number,
+    ext: { addr: Uint8Array; port: number },
+    remote: { addr: Uint8Array; port: number },
+  ): boolean;
   /**
    * The way back for a quoted IPv6 later fragment (frag.h): 3, keyed by (remote, internal), the
    * external destination its datagram came to; 4, keyed by (external, remote), its internal source.
@@ -767,8 +781,19 @@ export function checkPacket(
         const n = d.inner;
         const to = view.get(false, fam, keyProto(n.proto), n.src, n.sport);
         // a binding of the NAT host's own (an inbound ping's identifier) maps to itself; an
-        // echo reply is the router's whoever holds its identifier (einat_ingress_icmp_error)
-        if (to && !n.echoReply && !sameEndpoint({ addr: n.src, port: n.sport }, to)) {
+        // echo reply is the router's whoever holds its identifier, and so is an echo request no
+        // session sent (einat_ingress_icmp_error); an error to another address than the
+        // quoted source is not about our packet
+        const routers = n.echoReply ||
+          (n.proto !== P_TCP && n.proto !== P_UDP &&
+            !view.session(fam, keyProto(n.proto), { addr: n.src, port: n.sport }, {
+              addr: n.dst,
+              port: 0,
+            }));
+        if (
+          to && !routers && eq(d.dst, n.src) &&
+          !sameEndpoint({ addr: n.src, port: n.sport }, to)
+        ) {
           v.push("ICMP error about a mapped endpoint passed untranslated");
         }
       } else if (d.frag === 2) {
@@ -781,8 +806,14 @@ export function checkPacket(
         !(d.proto !== P_TCP && d.proto !== P_UDP && d.icmpType !== (fam === 4 ? 0 : 129))
       ) {
         const to = view.get(false, fam, keyProto(d.proto), d.dst, d.dport);
-        // a binding of the NAT host's own (an inbound ping's identifier) maps to itself
-        if (to && !sameEndpoint({ addr: d.dst, port: d.dport }, to)) {
+        // a binding of the NAT host's own (an inbound ping's identifier) maps to itself; an echo
+        // reply no session asked for is the router's (ingress_l4)
+        const routers = d.proto !== P_TCP && d.proto !== P_UDP &&
+          !view.session(fam, keyProto(d.proto), { addr: d.dst, port: d.dport }, {
+            addr: d.src,
+            port: 0,
+          });
+        if (to && !routers && !sameEndpoint({ addr: d.dst, port: d.dport }, to)) {
           v.push("packet to a mapped endpoint passed untranslated");
         }
       }
@@ -798,6 +829,16 @@ export function checkPacket(
       const want = view.get(false, fam, keyProto(n.proto), n.src, n.sport);
       if (!errorIntact(d, input)) v.push("ICMP error with a bad checksum translated (REQ-3)");
       if (n.echoReply) v.push("ICMP error about an echo reply (the router's) sent inside");
+      if (!eq(d.dst, n.src)) {
+        v.push("ICMP error to another address than its quoted source translated");
+      }
+      if (
+        !n.echoReply && n.proto !== P_TCP && n.proto !== P_UDP &&
+        !view.session(fam, keyProto(n.proto), { addr: n.src, port: n.sport }, {
+          addr: n.dst,
+          port: 0,
+        })
+      ) v.push("ICMP error about an echo request no session sent (the router's) sent inside");
       if (!want) v.push("ICMP error translated without a binding");
       else if (!on || !sameEndpoint({ addr: on.src, port: on.sport }, want)) {
         v.push("embedded source is not the binding's internal endpoint");
@@ -1238,6 +1279,17 @@ export function bindingView(nat: Nat): BindingView {
       }
       const b = findBinding(nat.nat.maps, family, l4proto, addr, port);
       return b ? { addr: b.intAddr, port: b.intPort } : null;
+    },
+    session(family, l4proto, ext, remote) {
+      const key = encodeCtKey({
+        family,
+        l4proto,
+        extAddr: ext.addr,
+        extPort: ext.port,
+        remoteAddr: remote.addr,
+        remotePort: remote.port,
+      });
+      return findSession(nat.nat.maps, key) !== null;
     },
     frag(d, which) {
       const k = new Uint8Array(40);

@@ -910,6 +910,8 @@ Deno.test({
           const f = await nsExecResult(ns2, einatCmd(["--flush", "-i", "wan0", "--pin-dir", pin]));
           assertEquals(f.code, 0, f.stderr);
           assert(!existsSync(dir2), "ns2's state removed");
+          assert(!existsSync(dir2.replace(/\/[^/]+$/, "")), "and its namespace's folder, empty");
+          assert(existsSync(pin), "a --pin-dir given stays");
           assertEquals(state(dir1).sessions.length, 1, "ns1's state untouched");
           const busy = await nsExecResult(
             ns1,

@@ -7,7 +7,7 @@
 import type { InterfaceConfig } from "../config/types.ts";
 import { ifIndexToName } from "../ffi/libc.ts";
 import * as log from "../log.ts";
-import { DEFAULT_PIN_ROOT, pinDirFor } from "./options.ts";
+import { DEFAULT_PIN_ROOT, netnsRoot, pinDirFor } from "./options.ts";
 import { flushPins } from "./pin.ts";
 
 /** Runs `--flush`; returns the exit code. */
@@ -23,12 +23,28 @@ export function runFlush(pinDir: string | undefined, interfaces: InterfaceConfig
     }
     const dir = pinDirFor(ifname, root);
     try {
-      if (flushPins(dir, ifname)) log.info("pinned state removed", { ifname, dir });
-      else log.info("no pinned state", { ifname, dir });
+      if (flushPins(dir, ifname)) {
+        log.info("pinned state removed", { ifname, dir });
+        removeEmptyParents(root);
+      } else log.info("no pinned state", { ifname, dir });
     } catch (e) {
       console.error(`einat: --flush: ${ifname}: ${(e as Error).message}`);
       code = 2;
     }
   }
   return code;
+}
+
+/**
+ * Removes the folders einat made above an interface's state once they hold nothing: this
+ * namespace's (`<root>/netns:<inode>`), then the default root; a --pin-dir given stays.
+ */
+function removeEmptyParents(root: string): void {
+  const nsRoot = netnsRoot(root);
+  for (const dir of [nsRoot !== root ? nsRoot : null, root === DEFAULT_PIN_ROOT ? root : null]) {
+    if (!dir) continue;
+    try {
+      Deno.removeSync(dir); // refused while it holds anything
+    } catch { /* not empty, or gone */ }
+  }
 }

@@ -1181,3 +1181,19 @@ Deno.test({
       refused(await show(), new RegExp(`state stamp version ${META_VERSION + 1} `));
     }),
 });
+
+Deno.test({
+  name:
+    "state: show where /sys/fs/bpf is no bpffs (as under ip netns exec) says why it finds nothing and what to do",
+  ...sanitize,
+  fn: () =>
+    withNs(async (ns) => {
+      const r = await nsExecResult(ns, einatCmd(["show"]));
+      assertEquals(r.code, 2, r.stderr);
+      assert(
+        /\/sys\/fs\/bpf\/einat is not on a bpf filesystem in this mount namespace: .*ip netns exec.*--pin-dir on a bpffs both see/
+          .test(r.stderr),
+        r.stderr,
+      );
+    }),
+});

@@ -249,12 +249,20 @@ export function openPinned(dir: string, ifname: string): PinnedState | null {
 
 /** Why `root` holds nothing to show, for a message; null when it is usable. */
 export function pinRootProblem(root: string): string | null {
+  // An einat that found no bpffs here (`ip netns exec` mounts a fresh /sys, without one) mounted
+  // one in a mount namespace of its own, which no other process sees.
+  const private_ = !onBpffs(root)
+    ? ` ${root} is not on a bpf filesystem in this mount namespace: an einat started where it ` +
+      `was not either (as under \`ip netns exec\`) keeps its state on a bpffs only it sees; ` +
+      `start einat and \`einat show\` with --pin-dir on a bpffs both see (mount -t bpf bpf DIR)`
+    : "";
   try {
     Deno.statSync(root);
   } catch {
-    return `no pinned state: ${root} does not exist (is einat running with --pin-dir ${root}?)`;
+    return `no pinned state: ${root} does not exist (is einat running with --pin-dir ${root}?)` +
+      (private_ ? `;${private_}` : "");
   }
-  if (!onBpffs(root)) return `${root} is not on a bpf filesystem`;
+  if (private_) return private_.trim();
   return null;
 }
 

@@ -17,6 +17,7 @@
 
 import type { HairpinRoute } from "./config/types.ts";
 import { formatAddr } from "./config/cidr.ts";
+import { ifNameToIndex } from "./ffi/libc.ts";
 import { textKey } from "./key.ts";
 import * as log from "./log.ts";
 import { type Family, RT_TABLE, RTN } from "./netlink/msg.ts";
@@ -205,6 +206,7 @@ export async function hairpinUp(
       st.routes.push(r);
     }
     await moveLocalRule(family, localPref);
+    warnAbsent(route.internalIfNames);
     for (const iif of route.internalIfNames) {
       for (const p of route.ipProtocols) {
         const r: RuleSpec = {
@@ -230,6 +232,26 @@ export async function hairpinUp(
     throw e;
   }
   return st;
+}
+
+/** Internal interfaces already reported absent (once per name while einat runs). */
+const reportedAbsent = new Set<string>();
+
+/**
+ * Warns, once per name, of internal interfaces that do not exist: their rules are in place and
+ * take effect if one appears, but a misspelt name would leave hairpinning off without a word.
+ */
+function warnAbsent(names: string[]): void {
+  for (const name of names) {
+    if (ifNameToIndex(name) !== 0) {
+      reportedAbsent.delete(name);
+    } else if (!reportedAbsent.has(name)) {
+      reportedAbsent.add(name);
+      log.warn("hairpin: no such internal interface (yet); its rules apply once it appears", {
+        internal: name,
+      });
+    }
+  }
 }
 
 /**

@@ -140,8 +140,12 @@ Deno.test({
         peerCmd("tcp-echo", ["--port", "8080", "--count", "1", "--timeout-ms", "15000"]),
       );
       await srvEcho.waitForStdout(/listening/);
-      const einat = await startEinat(t.ns.router, ["-i", "wan0", "--hairpin-if", "br0"]);
+      // A misspelt internal interface beside the real one: reported, once.
+      const einat = await startEinat(t.ns.router, ["-i", "wan0", "--hairpin-if", "br0", "br9"]);
       try {
+        const absent = einat.stderrText().match(/no such internal interface.*internal=br9/g) ?? [];
+        assertEquals(absent.length, 1, einat.stderrText());
+        assert(!/no such internal interface.*internal=br0/.test(einat.stderrText()));
         // lan2:8080 gets a mapping by talking out first ...
         const out = await nsExecResult(
           t.ns.lan2,

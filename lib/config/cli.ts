@@ -476,7 +476,10 @@ export function parseCli(args: string[], options: ParseConfigOptions = {}): CliR
 
   const hairpinIfs = lists.get("--hairpin-if") ?? [];
   for (const name of hairpinIfs) {
-    const problem = checkIfName(name);
+    const problem = checkIfName(name) ??
+      (name === values.ifname
+        ? `"${name}" is the external interface (-i); list the internal (LAN) interfaces`
+        : null);
     if (problem) throw new ConfigError("--hairpin-if", problem);
   }
 

@@ -257,6 +257,11 @@ Deno.test("errors name the flag", () => {
   expectError(["-i", "eth0", "--bpf-loader", "bcc"], "--bpf-loader", /aya, libbpf, libbpf-skel/);
   expectError(["-i", "eth0", "--log", "verbose"], "--log", /debug, info, warn, error/);
   expectError(["-i", "eth0", "--hairpin-if", "lo", "bad/name"], "--hairpin-if", /"\/"/);
+  expectError(
+    ["-i", "eth0", "--hairpin-if", "lan0", "eth0"],
+    "--hairpin-if",
+    /"eth0" is the external interface \(-i\); list the internal \(LAN\) interfaces/,
+  );
   expectError(["-i", "eth0", "--internal", "10.0.0.0"], "--internal", /10.0.0.0\/32/);
 });
 

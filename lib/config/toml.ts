@@ -576,7 +576,7 @@ function parseHairpin(
     ),
   };
   if (route.enable && ipRulePref >= localPref) {
-    notice(
+    warning(
       ctx,
       join(path, "ip_rule_pref"),
       `hairpin rule preference ${ipRulePref} is not lower than the local rule preference ` +
@@ -1055,6 +1055,21 @@ function parseInterface(
     6,
     defaults,
   );
+  for (
+    const [key, route] of [["ipv4", iface.ipv4HairpinRoute], [
+      "ipv6",
+      iface.ipv6HairpinRoute,
+    ]] as const
+  ) {
+    const at = route.internalIfNames.indexOf(iface.ifName ?? "");
+    if (at >= 0) {
+      fail(
+        ctx,
+        `${join(path, `${key}_hairpin_route`)}.internal_if_names[${at}]`,
+        `"${iface.ifName}" is this external interface; list the internal (LAN) interfaces`,
+      );
+    }
+  }
 
   if (t.externals !== undefined) {
     const p = join(path, "externals");

@@ -353,6 +353,23 @@ Deno.test("timeouts: numbers are seconds; einat-ebpf's timeout_pkt_* set UDP's (
   ok(noticeLevel(r.notices[0]) === "warn");
 });
 
+Deno.test("hairpin: the external interface among internal_if_names is an error; a rule preference not below the local rule's is a warning", () => {
+  expectError(
+    MIN + `[interfaces.ipv6_hairpin_route]\ninternal_if_names = ["lan0", "eth0"]\n`,
+    "interfaces[0].ipv6_hairpin_route.internal_if_names[1]",
+    /"eth0" is this external interface; list the internal \(LAN\) interfaces/,
+  );
+  const r = parse(
+    `[defaults]\nipv4_local_rule_pref = 200\n` + MIN +
+      `[interfaces.ipv4_hairpin_route]\ninternal_if_names = ["lan0"]\nip_rule_pref = 300\n`,
+  );
+  deepStrictEqual(r.notices, [
+    "warning: test.toml: interfaces[0].ipv4_hairpin_route.ip_rule_pref: hairpin rule preference " +
+    "300 is not lower than the local rule preference 200 (defaults.ipv4_local_rule_pref), so " +
+    "hairpin routes may never match",
+  ]);
+});
+
 Deno.test("ranges: overlapping ones are merged, as einat-ebpf merges them, with a warning naming both", () => {
   const r = parse(
     MIN + `[[interfaces.externals]]\nmatch_address = "192.0.2.0/24"\n` +

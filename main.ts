@@ -26,6 +26,7 @@ import { StateError } from "./lib/state/pin.ts";
 import { checkKernel, checkPrivileges, EnvError } from "./lib/preflight.ts";
 import { fixMmapThreshold } from "./lib/ffi/libc.ts";
 import { releaseMemory } from "./lib/memory.ts";
+import { notifyReady, notifyReloading, notifyStopping } from "./lib/notify.ts";
 
 /** Version string printed by `-v`. */
 export function versionString(): string {
@@ -62,6 +63,9 @@ export async function main(args: string[]): Promise<number> {
   if (cli.logLevel) log.setLevel(cli.logLevel);
   if (cli.kind === "show") return runShow(cli.show);
   if (cli.kind === "flush") return runFlush(cli.pinDir, cli.interfaces);
+  // Caught from here on: a signal while einat starts is taken once it runs, not a kill half-way
+  // through (lib/lifecycle.ts); SIGHUP's default would end the process.
+  const signals = catchSignals();
   for (const n of cli.notices) log.log(noticeLevel(n), n);
   configureState({
     pinRoot: cli.state?.pinDir ?? DEFAULT_PIN_ROOT,
@@ -80,13 +84,11 @@ export async function main(args: string[]): Promise<number> {
     // now, before the loads add their own peak (lib/memory.ts).
     releaseMemory();
   } catch (e) {
+    signals.close();
     if (e instanceof EnvError || e instanceof Error) return fail(e.message);
     throw e;
   }
 
-  // Caught from here on: a signal while the interfaces start is taken once einat runs, not
-  // a kill half-way through (lib/lifecycle.ts).
-  const signals = catchSignals();
   try {
     let served: Served[] = [];
     let metrics: MetricsServer | null = null;
@@ -145,11 +147,22 @@ export async function main(args: string[]): Promise<number> {
     const follower = follow(() => served, () => retryPending(served));
     sweeper = startSweeper(() => served); // sessions carry no timer (bpf/lib/ct.h)
     await follower.resync(); // changes between start-up and the first event
-    log.info("einat running", { interfaces: served.map((s) => s.ifname).join(",") });
+    // What is attached, and what waits for its interface (or an address).
+    const running = () => {
+      const names = (on: boolean) =>
+        served.filter((s) => (s.attachment !== null) === on).map((s) => s.ifname).join(",");
+      return { interfaces: names(true), ...(names(false) ? { waiting: names(false) } : {}) };
+    };
+    const status = () =>
+      Object.entries(running()).map(([k, v]) => `${k === "interfaces" ? "serving" : k} ${v}`)
+        .join("; ");
+    log.info("einat running", running());
+    notifyReady(status());
 
     for await (const sig of signals) {
       if (sig !== "SIGHUP") {
         log.info("stopping", { signal: sig });
+        notifyStopping();
         break;
       }
       if (!cli.configFile) {
@@ -157,8 +170,10 @@ export async function main(args: string[]): Promise<number> {
         continue;
       }
       const file = cli.configFile;
+      notifyReloading();
       served = await follower.exclusive(() => reload(file, served));
       await follower.resync();
+      notifyReady(status());
     }
     await sweeper.stop();
     sweeper = null;

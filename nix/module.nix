@@ -84,7 +84,8 @@ in
       # A changed configuration is applied by SIGHUP, without dropping the NAT state.
       reloadTriggers = [ configFile ];
       serviceConfig = {
-        Type = "simple";
+        # READY=1 once every interface is served (lib/notify.ts).
+        Type = "notify";
         ExecStart = utils.escapeSystemdExecArgs (
           [
             (lib.getExe cfg.package)

@@ -9,6 +9,7 @@ import { withVariant } from "./lib/bpfobj.ts";
 import { deleteNs, nsExec, nsExecResult, run, spawnInNs, testPrefix } from "./lib/netns.ts";
 import { checkKernel, checkPrivileges } from "../lib/preflight.ts";
 import { WATCH_RECV_TIMEOUT_MS } from "../lib/netlink/rtnl.ts";
+import { notifySocket } from "./lib/notify_socket.ts";
 
 const sanitize = { sanitizeOps: false, sanitizeResources: false };
 
@@ -324,6 +325,34 @@ Deno.test({
         p.kill("SIGTERM");
         const r = await p.output(5000);
         assertEquals(r.code, 0, r.stderr);
+      }
+    }),
+});
+
+Deno.test({
+  name:
+    "daemon: tells systemd (NOTIFY_SOCKET) it is ready once serving, reloading and ready again on SIGHUP, stopping on SIGTERM",
+  ...sanitize,
+  fn: () =>
+    withNs(async (ns) => {
+      const sock = notifySocket();
+      const conf = await Deno.makeTempFile({ suffix: ".toml" });
+      try {
+        await Deno.writeTextFile(conf, `[[interfaces]]\nif_name = "wan0"\nnat44 = true\n`);
+        const einat = await startEinat(ns, ["-c", conf], 15000, { NOTIFY_SOCKET: sock.path });
+        try {
+          assertEquals(await sock.waitFor(/READY=1/), "READY=1\nSTATUS=serving wan0");
+          assertEquals(sock.messages.length, 1, "nothing before ready");
+          einat.kill("SIGHUP");
+          assert(/^RELOADING=1\nMONOTONIC_USEC=\d+$/.test(await sock.waitFor(/RELOADING=1/)));
+          assertEquals(await sock.waitFor(/READY=1/), "READY=1\nSTATUS=serving wan0");
+        } finally {
+          assertEquals(await stopEinat(einat), 0, einat.stderrText());
+        }
+        assertEquals(await sock.waitFor(/STOPPING=1/), "STOPPING=1\nSTATUS=stopping");
+      } finally {
+        sock.close();
+        await Deno.remove(conf);
       }
     }),
 });

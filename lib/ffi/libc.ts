@@ -28,6 +28,7 @@ const SYMBOLS = {
   munmap: { parameters: ["pointer", "usize"], result: "i32" },
   madvise: { parameters: ["pointer", "usize", "i32"], result: "i32" },
   socket: { parameters: ["i32", "i32", "i32"], result: "i32" },
+  sendto: { parameters: ["i32", "buffer", "usize", "i32", "buffer", "u32"], result: "isize" },
   flock: { parameters: ["i32", "i32"], result: "i32" },
   getsockopt: { parameters: ["i32", "i32", "i32", "buffer", "buffer"], result: "i32" },
 } as const satisfies Deno.ForeignLibraryInterface;
@@ -250,4 +251,33 @@ export function monotonicNs(): bigint {
     throw new Error(`clock_gettime: errno ${errno()}`);
   }
   return ts[0] * 1_000_000_000n + ts[1];
+}
+
+/** `struct sockaddr_un` for `path` (`@name`: the abstract namespace), and its length. */
+export function sockaddrUn(path: string): { addr: Uint8Array<ArrayBuffer>; len: number } {
+  const name = encoder.encode(path);
+  const addr = new Uint8Array(110); // sun_family + sun_path[108]
+  if (name.length === 0 || name.length > 107) throw new RangeError(`socket path ${path}: length`);
+  new DataView(addr.buffer).setUint16(0, 1, /* AF_UNIX */ true);
+  addr.set(name, 2);
+  const abstract = name[0] === 0x40; // "@": no file, and no NUL at the end
+  if (abstract) addr[2] = 0;
+  return { addr, len: 2 + name.length + (abstract ? 0 : 1) };
+}
+
+/**
+ * Sends one datagram to the unix socket `path` (`@name`: abstract) from a fresh socket.
+ * Returns 0, or the errno of the failed call.
+ */
+export function sendUnixDatagram(path: string, data: Uint8Array<ArrayBuffer>): number {
+  const AF_UNIX = 1, SOCK_DGRAM = 2, SOCK_CLOEXEC = 0o2000000, MSG_NOSIGNAL = 0x4000;
+  const { addr, len } = sockaddrUn(path);
+  const fd = libc().socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return errno();
+  try {
+    const n = libc().sendto(fd, data, BigInt(data.length), MSG_NOSIGNAL, addr, len);
+    return Number(n) === data.length ? 0 : errno();
+  } finally {
+    closeFd(fd);
+  }
 }

@@ -236,12 +236,10 @@ export async function startInterface(
     : ic.nat66 && !ic.nat44 && !plan.defaultExt[6]
     ? "no IPv6 address to use as external address (NAT66 is on)"
     : null;
-  if (missing && takeover) throw new AddressWaitError(s.ifname, missing); // a reload: keep the old
-  if (missing) {
-    // At start (a WAN whose address DHCP or PPPoE has not brought yet): the programs run, new
-    // flows of that family are dropped, never leaked, until an address comes (followed).
-    log.warn(`${missing}; serving it, new flows wait for an address`, { ifname: s.ifname });
-  }
+  // At start (a WAN whose address DHCP or PPPoE has not brought yet) the programs run: new flows
+  // of that family are dropped, never leaked, until an address comes (followed; reconcile says
+  // so). A reload keeps the old configuration meanwhile.
+  if (missing && takeover) throw new AddressWaitError(s.ifname, missing);
   try {
     await reconcile(s);
   } catch (e) {
@@ -329,10 +327,17 @@ export async function reconcile(s: Served): Promise<void> {
       const d = plan.defaultExt[fam];
       const enabled = fam === 4 ? s.ic.nat44 : s.ic.nat66;
       if (!d) {
-        if (enabled) {
-          log.warn(`no IPv${fam} external address: new IPv${fam} flows are dropped`, {
-            ifname: s.ifname,
-          });
+        // Said when it starts so, and when the family's address goes: once each time.
+        if (enabled && (!s.plan || s.plan.defaultExt[fam])) {
+          log.warn(
+            s.plan
+              ? `no IPv${fam} external address any more: new IPv${fam} flows are dropped until ` +
+                `one comes`
+              : `no IPv${fam} address to use as external address (NAT${
+                fam === 4 ? 44 : 66
+              } is on); serving it, new flows wait for an address`,
+            { ifname: s.ifname },
+          );
         }
         continue;
       }

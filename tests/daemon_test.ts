@@ -92,6 +92,11 @@ Deno.test({
     withNs(async (ns) => {
       const einat = await startEinat(ns, ["-i", "noaddr0"]);
       try {
+        assertEquals(
+          einat.stderrText().match(/WARN .*no IPv4/g),
+          ["WARN  no IPv4"],
+          `said once, as it is:\n${einat.stderrText()}`,
+        );
         assert(
           /WARN +no IPv4 address to use as external address \(NAT44 is on\); serving it/.test(
             einat.stderrText(),
@@ -102,6 +107,12 @@ Deno.test({
         const end = Date.now() + 10000;
         while (!/external address ifname=noaddr0 addr=198\.18\.5\.1/.test(einat.stderrText())) {
           assert(Date.now() < end, `the address was not taken:\n${einat.stderrText()}`);
+          await new Promise((r) => setTimeout(r, 50));
+        }
+        // It goes again: said once more, as what it is now.
+        await nsExec(ns, ["ip", "addr", "del", "198.18.5.1/24", "dev", "noaddr0"]);
+        while (!/no IPv4 external address any more/.test(einat.stderrText())) {
+          assert(Date.now() < end + 5000, `the loss was not said:\n${einat.stderrText()}`);
           await new Promise((r) => setTimeout(r, 50));
         }
       } finally {

@@ -5,7 +5,7 @@
  */
 
 import type { Defaults, InterfaceConfig } from "./config/types.ts";
-import { parseConfigToml } from "./config/toml.ts";
+import { readConfig } from "./config/cli.ts";
 import { textKey } from "./key.ts";
 import * as libc from "./ffi/libc.ts";
 import * as log from "./log.ts";
@@ -83,13 +83,7 @@ export async function reload(file: string, served: Served[]): Promise<Served[]> 
   let next: InterfaceConfig[];
   let defaults: Defaults;
   try {
-    let text: string;
-    try {
-      text = Deno.readTextFileSync(file);
-    } catch (e) {
-      throw new Error(`${file}: cannot read the configuration file: ${(e as Error).name}`);
-    }
-    const parsed = parseConfigToml(text, file).config;
+    const parsed = readConfig(file).config;
     next = parsed.interfaces;
     defaults = parsed.defaults;
   } catch (e) {

@@ -479,7 +479,7 @@ Deno.test({
           einat.kill("SIGHUP");
           await waitLog(
             einat,
-            /configuration not reloaded.*cannot read the configuration file: NotFound/,
+            /configuration not reloaded.*cannot read config file .*: no such file/,
           );
           await Deno.writeTextFile(conf, kept);
           // A new local rule preference does not restart an interface without hairpin routing.

@@ -918,6 +918,12 @@ Deno.test({
             einatCmd(["--flush", "-i", "wan0", "--pin-dir", pin]),
           );
           assertEquals(busy.code, 2, busy.stderr);
+          assert(
+            new RegExp(
+              `--flush: wan0: einat \\(pid ${p1.pid}\\) serves it and holds its state; stop that einat first`,
+            ).test(busy.stderr) && !/--replace/.test(busy.stderr),
+            busy.stderr,
+          );
         } finally {
           assertEquals(await stopEinat(p1), 0, p1.stderrText());
           if (p2) await stopEinat(p2);

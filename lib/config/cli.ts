@@ -38,6 +38,7 @@ import {
   MAX_BPF_LOG_LEVEL,
   type ParseConfigOptions,
   parseConfigToml,
+  type ParsedConfig,
   suggest,
   WARNING_PREFIX,
 } from "./toml.ts";
@@ -308,7 +309,11 @@ function valueExample(flag: string): string {
   } as Record<string, string>)[flag] ?? "<value>";
 }
 
-function readConfig(file: string, options: ParseConfigOptions) {
+/**
+ * Reads and parses the configuration file `file`; an unreadable one is a {@link ConfigError}
+ * saying why in words ("no such file").
+ */
+export function readConfig(file: string, options: ParseConfigOptions = {}): ParsedConfig {
   let text: string;
   try {
     text = Deno.readTextFileSync(file);

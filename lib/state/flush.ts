@@ -7,6 +7,7 @@
 import type { InterfaceConfig } from "../config/types.ts";
 import { ifIndexToName } from "../ffi/libc.ts";
 import * as log from "../log.ts";
+import { BusyError } from "../nat/attach.ts";
 import { DEFAULT_PIN_ROOT, netnsRoot, pinDirFor } from "./options.ts";
 import { flushPins } from "./pin.ts";
 
@@ -28,7 +29,10 @@ export function runFlush(pinDir: string | undefined, interfaces: InterfaceConfig
         removeEmptyParents(root);
       } else log.info("no pinned state", { ifname, dir });
     } catch (e) {
-      console.error(`einat: --flush: ${ifname}: ${(e as Error).message}`);
+      const why = e instanceof BusyError
+        ? `einat (pid ${e.pid}) serves it and holds its state; stop that einat first`
+        : (e as Error).message;
+      console.error(`einat: --flush: ${ifname}: ${why}`);
       code = 2;
     }
   }

@@ -1065,7 +1065,7 @@ Deno.test({
         // (a) In its namespace: wan0 has no index now, yet the state is this einat's.
         const a = await nsExecResult(ns, flush(pin));
         assertEquals(a.code, 2, a.stdout + a.stderr);
-        assert(new RegExp(`served by einat \\(pid ${p.pid}\\)`).test(a.stderr), a.stderr);
+        assert(new RegExp(`einat \\(pid ${p.pid}\\) serves it`).test(a.stderr), a.stderr);
         assertEquals(state(dir).bindings.length, 1, "the running einat's state kept");
         // (b) From the initial namespace, naming the namespace's folder. Only the state folder is
         // touched (a flush attaches nothing).

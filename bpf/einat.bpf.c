@@ -990,9 +990,11 @@ static __always_inline int ingress_family(struct __sk_buff *skb, const __u8 fami
 	if (log_on(LOG_TRACE))
 		einat_log_packet(pp, 0);
 	if (unlikely(r != PARSE_OK)) {
-		/* Another protocol's first fragment: recorded for its later fragments,
-		 * which pass too (and those held for it are released). */
-		if (r == PARSE_PASS && pp->frag == FRAG_FIRST && frag_later_blind(pp))
+		/* A first fragment that passes as it is (one of another protocol whose
+		 * later fragments cannot tell it, or of an ICMP message nothing maps):
+		 * recorded for its later fragments, which pass too, and those held for
+		 * it are released. */
+		if (pp->frag == FRAG_FIRST && (r == PARSE_BAD || frag_later_blind(pp)))
 			return einat_ingress_first_fragment(skb, pp);
 		return pass();
 	}

@@ -627,6 +627,27 @@ for (const family of [4, 6] as const) {
       assertEquals(n.runRaw("ingress", h1), { retval: TC_ACT_OK, bytes: h1 });
       assertEquals(stat(stats, "fragment_released"), 3n);
       assertEquals(n.runRaw("ingress", h2), { retval: TC_ACT_OK, bytes: h2 });
+      // So is an ICMP message the NAT maps nothing of (a timestamp request, a node information
+      // query): its first fragment passes, and releases the later one held for it.
+      const [t1, t2] = fragment(
+        buildPacket({
+          family,
+          src: SRV,
+          dst: EXT,
+          proto: "icmp",
+          icmpType: family === 4 ? 13 : 139,
+          icmpId: 7,
+          icmpSeq: 1,
+          payload,
+        }),
+        family,
+        0x7a,
+        16,
+      );
+      assertEquals(n.runRaw("ingress", t2).retval, TC_ACT_SHOT, "held: its first may be a ping's");
+      assertEquals(n.runRaw("ingress", t1), { retval: TC_ACT_OK, bytes: t1 });
+      assertEquals(stat(stats, "fragment_released"), 4n, "released with it");
+      assertEquals(n.runRaw("ingress", t2), { retval: TC_ACT_OK, bytes: t2 });
 
       // Two datagrams interleaved, each later fragment first: A2 B2 A1 B1.
       const [a1, a2] = fragment(buildPacket(udp(family, SRV, 53, EXT, ext)), family, 0x90, 16);

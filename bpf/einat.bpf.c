@@ -666,8 +666,10 @@ __noinline int einat_egress_full(struct __sk_buff *skb, struct packet *pp)
 
 	__u32 idx = pp->family == 4 ? 0 : 1;
 	struct default_ext *ext = bpf_map_lookup_elem(&map_default_ext, &idx);
+	/* No external address of the family (a WAN waiting for DHCP or PPPoE): the
+	 * sender is told at once (RFC 5508 REQ-8), not left to time out. */
 	if (!ext || !ext->valid)
-		return drop(STAT_DROP_UNTRANSLATABLE);
+		return refused(skb, pp, STAT_DROP_UNTRANSLATABLE);
 
 	/* NAT disabled for this protocol (its range empty): no new binding, and the
 	 * packet passes as it is. An existing binding keeps serving its internal

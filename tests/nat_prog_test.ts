@@ -308,6 +308,21 @@ Deno.test("ICMP echo: a reply, or an error about a request, that no internal hos
   }
 });
 
+Deno.test("no external address yet (DHCP, PPPoE): a new flow is refused with ICMP 3/13 to its sender, not dropped in silence", async () => {
+  const n = await loadTestNat(testInterfaceConfig(), []);
+  try {
+    const r = n.runRaw("egress", buildPacket(udp(LAN1, 30000, SRV1, 53)));
+    assert([TC_ACT_SHOT, TC_ACT_REDIRECT].includes(r.retval), `verdict ${r.retval}`);
+    const icmp = parsePacket(r.bytes);
+    assertEquals([icmp.proto, icmp.icmpType, icmp.icmpCode, icmp.dst], ["icmp", 3, 13, LAN1]);
+    assertEquals([icmp.inner!.src, icmp.inner!.sport, icmp.inner!.dst], [LAN1, 30000, SRV1]);
+    assertEquals(stat(n.nat.maps.stats, "drop_untranslatable"), 1n);
+    assertEquals(stat(n.nat.maps.stats, "icmp_prohibited_sent"), 1n);
+  } finally {
+    n.close();
+  }
+});
+
 Deno.test("a full port range drops new flows and keeps old ones", async () => {
   const ic = testInterfaceConfig({ defaultRanges: ranges([{ start: 20000, end: 20003 }]) });
   const n = await loadTestNat(ic);

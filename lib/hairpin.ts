@@ -266,7 +266,14 @@ export async function hairpinDown(st: HairpinState): Promise<void> {
       log.debug(`hairpin cleanup: ${what}`, { error: (e as Error).message });
     }
   };
-  for (const r of st.routes.splice(0)) if (unhold(r)) await quiet("route", () => delRoute(r));
+  let routes = 0, rules = 0;
+  const tables = new Set<number>();
+  for (const r of st.routes.splice(0)) {
+    if (!unhold(r)) continue;
+    await quiet("route", () => delRoute(r));
+    routes++;
+    tables.add(r.table ?? 0);
+  }
   const inUse = new Map<number, boolean>();
   for (const r of st.rules.splice(0)) {
     if (!unhold(r)) continue;
@@ -279,6 +286,16 @@ export async function hairpinDown(st: HairpinState): Promise<void> {
       continue;
     }
     await quiet("rule", () => delRule(r));
+    rules++;
+    tables.add(table);
+  }
+  if (routes + rules > 0) {
+    log.info("hairpin routing removed", {
+      family: `IPv${st.family}`,
+      table: [...tables].join(","),
+      routes,
+      rules,
+    });
   }
   if (st.neigh) {
     const n = st.neigh;

@@ -124,6 +124,12 @@ Deno.test({
         rulesBefore,
         "rules restored",
       );
+      assert(
+        /hairpin routing removed family=IPv4 table=4787 routes=[1-9]\d* rules=3/.test(
+          einat.stderrText(),
+        ),
+        einat.stderrText(),
+      );
       const table = await nsExecResult(t.ns.router, ["ip", "route", "show", "table", "4787"]);
       assertEquals(table.stdout.trim(), "", "hairpin table emptied");
     }),

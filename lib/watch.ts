@@ -43,7 +43,9 @@ export function describeEvent(ev: WatchEvent, ifname: string): string {
   if (ev.type === "link") {
     return `link${sign} ${ev.ifname || ifname}${ev.op === "new" ? (ev.up ? " up" : " down") : ""}`;
   }
-  return `addr${sign} ${formatAddr(ev.local ?? ev.addr)}/${ev.prefixLen} ${ifname}`;
+  // The interface's name now (it may have been renamed away from the one einat serves).
+  const now = libc.ifIndexToName(ev.ifindex) ?? ifname;
+  return `addr${sign} ${formatAddr(ev.local ?? ev.addr)}/${ev.prefixLen} ${now}`;
 }
 
 /** A task run one call at a time (see {@link serialized}). */
@@ -101,7 +103,8 @@ export function follow(served: () => Served[], after?: () => Promise<void>): Fol
         return s ? [describeEvent(ev, s.ifname)] : [];
       });
       if (seen.length === 0) return;
-      log.info("network changed", { events: seen.join("; ") });
+      // The same event told twice in a burst (a link coming up sends several) is said once.
+      log.info("network changed", { events: [...new Set(seen)].join("; ") });
       run();
     },
     onOverrun: () => {

@@ -1,5 +1,5 @@
 import { assertEquals } from "../tests/lib/assert.ts";
-import { serialized } from "./watch.ts";
+import { describeEvent, serialized } from "./watch.ts";
 
 Deno.test("serialized: calls run one at a time, in order, and a throw does not stop the next", async () => {
   const log: string[] = [];
@@ -47,4 +47,21 @@ Deno.test("serialized: an exclusive call waits for the runs queued before it, an
   assertEquals(rejected, true);
   await s.run();
   assertEquals(log.slice(-2), ["run start", "run end"]);
+});
+
+Deno.test("describeEvent: an address event names the interface as it is called now", () => {
+  const ev = (ifindex: number) => ({
+    type: "addr" as const,
+    op: "new" as const,
+    family: 4 as const,
+    ifindex,
+    prefixLen: 24,
+    addr: new Uint8Array([203, 0, 113, 1]),
+    flags: 0,
+    scope: 0,
+  });
+  // ifindex 1 is the loopback, whatever name einat serves it by.
+  assertEquals(describeEvent(ev(1), "wan0"), "addr+ 203.0.113.1/24 lo");
+  // gone meanwhile: the served name
+  assertEquals(describeEvent(ev(0x7ffffff0), "wan0"), "addr+ 203.0.113.1/24 wan0");
 });

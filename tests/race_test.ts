@@ -8,7 +8,8 @@
 import { assert, assertEquals } from "./lib/assert.ts";
 import { bindingView, checkMaps, EXT_CIDRS, fuzzConfig } from "./lib/fuzz.ts";
 import { formatAddr, parseAddr } from "../lib/config/cidr.ts";
-import { loadTestNat, TC_ACT_OK } from "./lib/natfixture.ts";
+import { loadTestNat, sessionsOf, TC_ACT_OK } from "./lib/natfixture.ts";
+import { CT_FLAGS, CT_STATE } from "../lib/nat/codec.ts";
 import { buildPacket } from "./lib/packet.ts";
 import type { RaceJob } from "./lib/race_worker.ts";
 import { onTwoCpus } from "./lib/race.ts";
@@ -148,6 +149,55 @@ Deno.test({
       await onTwoCpus(inA, outB);
       const check = checkMaps(n, LIMITS, ic);
       assertEquals(check.violations, []);
+    } finally {
+      n.close();
+    }
+  },
+});
+
+Deno.test({
+  name:
+    "race: a FIN each way on two CPUs at once closes the session (neither direction's flag is lost)",
+  ignore: navigator.hardwareConcurrency < 2,
+  async fn() {
+    const CONNS = 1500;
+    const n = await loadTestNat(fuzzConfig(), EXT_CIDRS);
+    try {
+      const SRV = "198.51.100.1";
+      const tcp = (src: string, sport: number, dst: string, dport: number, flags: object) =>
+        buildPacket({ family: 4, proto: "tcp", src, dst, sport, dport, tcpFlags: flags });
+      const view = bindingView(n);
+      const finOut = [], finIn = [];
+      for (let j = 0; j < CONNS; j++) {
+        const port = 30000 + j;
+        const run = (fd: number, b: Uint8Array) =>
+          n.runRaw(fd === n.nat.egressFd ? "egress" : "ingress", b);
+        assertEquals(
+          run(n.nat.egressFd, tcp(lan(j), port, SRV, 443, { syn: true })).retval,
+          TC_ACT_OK,
+        );
+        const ext = view.get(true, 4, 6, parseAddr(lan(j)), port)!;
+        const extAddr = formatAddr(ext.addr.subarray(0, 4));
+        run(n.nat.ingressFd, tcp(SRV, 443, extAddr, ext.port, { syn: true, ack: true }));
+        run(n.nat.egressFd, tcp(lan(j), port, SRV, 443, { ack: true }));
+        finOut.push({
+          fd: n.nat.egressFd,
+          bytes: tcp(lan(j), port, SRV, 443, { fin: true, ack: true }),
+        });
+        finIn.push({
+          fd: n.nat.ingressFd,
+          bytes: tcp(SRV, 443, extAddr, ext.port, { fin: true, ack: true }),
+        });
+      }
+      const est = sessionsOf(n.nat.maps).filter((s) => s.value.state === CT_STATE.EST).length;
+      assertEquals(est, CONNS, "every connection established");
+      const [{ verdicts: va }, { verdicts: vb }] = await onTwoCpus(finOut, finIn);
+      assertEquals([...va, ...vb].filter((v) => v !== TC_ACT_OK), [], "all translated");
+      const both = CT_FLAGS.FIN_OUT | CT_FLAGS.FIN_IN;
+      const open = sessionsOf(n.nat.maps).filter((s) =>
+        s.value.state !== CT_STATE.TRANS || (s.value.flags & both) !== both
+      );
+      assertEquals(open.length, 0, `${open.length} of ${CONNS} sessions lost a FIN`);
     } finally {
       n.close();
     }

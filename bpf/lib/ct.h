@@ -200,6 +200,21 @@ static __always_inline void ct_key_init(struct ct_key *k, __u8 family, __u8 l4pr
 	k->remote_addr = *remote_addr;
 }
 
+/* ct_value's int_port, state and flags: one aligned word (einat_ct_refresh). */
+union ct_flags_word {
+	__u32 w;
+	struct {
+		__be16 int_port;
+		__u8 state;
+		__u8 flags;
+	} f;
+};
+_Static_assert(offsetof(struct ct_value, state) == offsetof(struct ct_value, int_port) + 2 &&
+		       offsetof(struct ct_value, flags) ==
+			       offsetof(struct ct_value, int_port) + 3 &&
+		       offsetof(struct ct_value, int_port) % 4 == 0,
+	       "int_port, state and flags share one word");
+
 /*
  * Refreshes the session at now (clock_now()). One that expired
  * and was not swept yet starts over as a new session on the same binding,
@@ -212,16 +227,32 @@ __noinline int einat_ct_refresh(struct ct_value *v, __u32 l4proto, __u32 egress,
 {
 	if (!v)
 		return 0;
-	__u8 flags = v->flags;
-	if (ct_expired(v, l4proto, now)) {
-		flags &= CT_HAIRPIN; /* a property of the key */
+	bool restart = ct_expired(v, l4proto, now);
+	if (restart) {
 		v->created_s = now / NSEC_PER_SEC;
 		stat_inc(STAT_SESSION_RESTARTED);
 	}
-	flags = ct_flags_update(flags, egress, tcp_flags);
-	if (flags != v->flags) {
-		v->flags = flags;
-		v->state = ct_state_of(l4proto, flags);
+	/*
+	 * The flags and the state they give change together, by compare-and-swap
+	 * of the word they share with int_port: the two directions of a session
+	 * run on different CPUs, and a FIN each way at once must not lose one
+	 * (a closed connection held as established). A few tries: a change of
+	 * the same session on another CPU at that moment is rare.
+	 */
+	__u32 *word = (__u32 *)&v->int_port;
+	for (int i = 0; i < 4; i++) {
+		union ct_flags_word o, n;
+		o.w = *(volatile __u32 *)word;
+		n = o;
+		n.f.flags =
+			ct_flags_update(restart ? o.f.flags & CT_HAIRPIN /* a property of the key */
+						: o.f.flags,
+					egress, tcp_flags);
+		if (n.f.flags == o.f.flags)
+			break;
+		n.f.state = ct_state_of(l4proto, n.f.flags);
+		if (__sync_val_compare_and_swap(word, o.w, n.w) == o.w)
+			break;
 	}
 	if (now != v->last_seen_ns)
 		v->last_seen_ns = now;

@@ -2,6 +2,7 @@
  * Attachment paths in namespaces: TCX links (kernel >= 6.6) and clsact
  * filters, both translating, both leaving nothing behind.
  */
+import { addForeignFilter } from "./lib/bpfobj.ts";
 import { assert, assertEquals } from "./lib/assert.ts";
 import { startEinat, stopEinat } from "./lib/einat.ts";
 import { nsExec, nsExecResult, peerCmd, withTopology } from "./lib/netns.ts";
@@ -100,7 +101,6 @@ Deno.test({
   ...sanitize,
   fn: () =>
     withTopology(async (t) => {
-      const noop = new URL("../bpf/noop.bpf.o", import.meta.url).pathname;
       const qdisc = () => nsExec(t.ns.router, ["tc", "qdisc", "show", "dev", "wan0"]);
       const filters = (hook: string) =>
         nsExec(t.ns.router, ["tc", "filter", "show", "dev", "wan0", hook]);
@@ -112,22 +112,7 @@ Deno.test({
       assert(!(await qdisc()).includes("clsact"), await qdisc());
       // Another tool's filter added while einat ran: the qdisc stays, and the filter with it.
       einat = await startEinat(t.ns.router, ["-i", "wan0"]);
-      await nsExec(t.ns.router, [
-        "tc",
-        "filter",
-        "add",
-        "dev",
-        "wan0",
-        "ingress",
-        "prio",
-        "10",
-        "bpf",
-        "da",
-        "obj",
-        noop,
-        "sec",
-        "tc",
-      ]);
+      await addForeignFilter(t.ns.router, "wan0", "ingress", 10);
       assertEquals(await stopEinat(einat), 0, einat.stderrText());
       assert(
         /clsact qdisc kept: filters einat did not add are on it .*hooks=ingress/.test(

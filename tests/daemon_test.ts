@@ -5,7 +5,7 @@
  */
 import { assert, assertEquals, assertThrows } from "./lib/assert.ts";
 import { einatCmd, startEinat, stopEinat } from "./lib/einat.ts";
-import { withVariant } from "./lib/bpfobj.ts";
+import { addForeignFilter, withVariant } from "./lib/bpfobj.ts";
 import { deleteNs, nsExec, nsExecResult, run, spawnInNs, testPrefix } from "./lib/netns.ts";
 import { checkKernel, checkPrivileges } from "../lib/preflight.ts";
 import { WATCH_RECV_TIMEOUT_MS } from "../lib/netlink/rtnl.ts";
@@ -172,23 +172,7 @@ Deno.test({
   fn: () =>
     withNs(async (ns) => {
       await nsExec(ns, ["tc", "qdisc", "add", "dev", "wan0", "clsact"]);
-      const noop = new URL("../bpf/noop.bpf.o", import.meta.url).pathname;
-      await nsExec(ns, [
-        "tc",
-        "filter",
-        "add",
-        "dev",
-        "wan0",
-        "ingress",
-        "prio",
-        "7",
-        "bpf",
-        "da",
-        "obj",
-        noop,
-        "sec",
-        "tc",
-      ]);
+      await addForeignFilter(ns, "wan0", "ingress", 7);
       const p = await startEinat(ns, ["-i", "wan0"]);
       assertEquals(await stopEinat(p), 0, p.stderrText());
       const q = await nsExec(ns, ["tc", "qdisc", "show", "dev", "wan0"]);

@@ -39,3 +39,19 @@ export async function withVariant<T>(define: string, fn: (obj: string) => Promis
     await Deno.remove(tmp, { recursive: true });
   }
 }
+
+/**
+ * Adds a filter of others (the no-op program, `bpf/noop.bpf.o`) at `prio` on a clsact hook of
+ * `dev` in namespace `ns`, as another tool would.
+ */
+export async function addForeignFilter(
+  ns: string,
+  dev: string,
+  hook: "ingress" | "egress",
+  prio: number,
+): Promise<void> {
+  const noop = new URL("../../bpf/noop.bpf.o", import.meta.url).pathname;
+  const tc = ["tc", "filter", "add", "dev", dev, hook, "prio", String(prio), "bpf", "da"];
+  const r = await runResult(["ip", "netns", "exec", ns, ...tc, "obj", noop, "sec", "tc"]);
+  if (r.code !== 0) throw new Error(`tc filter add: ${r.stderr}`);
+}

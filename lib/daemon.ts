@@ -8,7 +8,13 @@
  */
 
 import type { Defaults, InterfaceConfig } from "./config/types.ts";
-import { hairpinDown, type HairpinState, hairpinUp, sweepHairpinLeftovers } from "./hairpin.ts";
+import {
+  hairpinDown,
+  hairpinRepair,
+  type HairpinState,
+  hairpinUp,
+  sweepHairpinLeftovers,
+} from "./hairpin.ts";
 import { EXT_FLAGS } from "./nat/codec.ts";
 import { formatAddr, isLinkLocal6, parseAddr } from "./config/cidr.ts";
 import { formatRanges } from "./config/ranges.ts";
@@ -394,6 +400,32 @@ export async function reconcile(s: Served): Promise<void> {
     }
   }
   if (routingChanged) await rehairpin(s, ifindex);
+  else await repairHairpin(s);
+}
+
+/**
+ * Puts back what the kernel removed of the hairpin routing `s` holds: taking the link down drops
+ * its routes and its permanent neighbour entry, and the link comes back up without them.
+ */
+async function repairHairpin(s: Served): Promise<void> {
+  for (const h of s.hairpin) {
+    try {
+      const restored = await hairpinRepair(h);
+      if (restored > 0) {
+        log.info("hairpin routes restored (the kernel dropped them with the link)", {
+          ifname: s.ifname,
+          family: `IPv${h.family}`,
+          routes: restored,
+        });
+      }
+    } catch (e) {
+      log.error("hairpin routes not restored", {
+        ifname: s.ifname,
+        family: `IPv${h.family}`,
+        error: (e as Error).message,
+      });
+    }
+  }
 }
 
 /**
@@ -467,7 +499,17 @@ const hairpinSwept = new Set<string>();
 
 /** (Re)installs hairpin routing for the current external addresses. */
 async function rehairpin(s: Served, ifindex: number): Promise<void> {
-  for (const h of s.hairpin.splice(0)) await hairpinDown(h);
+  // The new routing is made before the old lets go (what both hold stays, held twice meanwhile),
+  // so hairpinned traffic never meets a moment without its rules or routes.
+  const old = s.hairpin.splice(0);
+  try {
+    await hairpinAll(s, ifindex);
+  } finally {
+    for (const h of old) await hairpinDown(h);
+  }
+}
+
+async function hairpinAll(s: Served, ifindex: number): Promise<void> {
   for (const fam of [4, 6] as const) {
     const route = fam === 4 ? s.ic.ipv4HairpinRoute : s.ic.ipv6HairpinRoute;
     // Once a process and interface, at its first instance: what an earlier einat's hairpin

@@ -234,6 +234,37 @@ export async function hairpinUp(
   return st;
 }
 
+/**
+ * Adds again whatever of `st`'s routes is gone from its table, and then its neighbour entry (the
+ * kernel drops both when the link is taken down). Returns how many routes were missing.
+ */
+export async function hairpinRepair(st: HairpinState): Promise<number> {
+  if (st.routes.length === 0) return 0;
+  const table = st.routes[0].table;
+  const there = new Set(
+    (await dumpRoutes(st.family, table)).map((r) => `${r.dst ? formatAddr(r.dst) : ""}/${r.oif}`),
+  );
+  const missing = st.routes.filter((r) => !there.has(`${formatAddr(r.dst!)}/${r.oif}`));
+  if (missing.length === 0) return 0;
+  const link = (await dumpLinks()).find((l) => l.ifindex === missing[0].oif);
+  if (!link?.up) return 0; // down: the kernel takes no route through it; put back once up
+  if (st.neigh) {
+    const n = st.neigh;
+    if (link.address) {
+      await request(neighRequest("new", { family: st.family, ...n, lladdr: link.address }))
+        .catch((e) => {
+          if (!exists(e)) throw e;
+        });
+    }
+  }
+  for (const r of missing) {
+    await addRoute(r).catch((e) => {
+      if (!exists(e)) throw e;
+    });
+  }
+  return missing.length;
+}
+
 /** Internal interfaces already reported absent (once per name while einat runs). */
 const reportedAbsent = new Set<string>();
 

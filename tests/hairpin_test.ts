@@ -308,3 +308,52 @@ Deno.test({
       }
     }),
 });
+
+Deno.test({
+  name:
+    "hairpin: the WAN link taken down and up gets its hairpin routes back; an address change re-routes without removing a rule or route both keep",
+  ...sanitize,
+  fn: () =>
+    withTopology(async (t) => {
+      const a = t.addrs.v4;
+      const echo = t.spawn(
+        t.ns.srv1,
+        peerCmd("udp-echo", ["--port", "3478", "--timeout-ms", "30000"]),
+      );
+      await echo.waitForStdout(/listening/);
+      const einat = await startEinat(t.ns.router, ["-i", "wan0", "--hairpin-if", "br0"]);
+      const table = () => nsExec(t.ns.router, ["ip", "route", "show", "table", "4787"]);
+      const waitLog = async (re: RegExp, what: string) => {
+        const end = Date.now() + 10000;
+        while (!re.test(einat.stderrText())) {
+          assert(Date.now() < end, `${what}:\n${einat.stderrText()}`);
+          await new Promise((r) => setTimeout(r, 50));
+        }
+      };
+      try {
+        const routes = await table();
+        assert(routes.trim() !== "", "hairpin routes installed");
+        await nsExec(t.ns.router, ["ip", "link", "set", "wan0", "down"]);
+        assertEquals((await table()).trim(), "", "the kernel drops them with the link");
+        await nsExec(t.ns.router, ["ip", "link", "set", "wan0", "up"]);
+        await waitLog(/hairpin routes restored .*routes=1/, "not restored");
+        assertEquals(await table(), routes);
+        const lan2Ext = await lingeringMapping(t, `${a.srv1[0]}:3478`);
+        const r = await throughHairpin(t, lan2Ext, einat);
+        assertEquals(r.from, lan2Ext, "hairpinning works again");
+
+        // A second address: its route is added, and nothing einat holds is deleted meanwhile.
+        const monitor = t.spawn(t.ns.router, ["ip", "monitor", "route", "rule"]);
+        await new Promise((r) => setTimeout(r, 300));
+        await nsExec(t.ns.router, ["ip", "addr", "add", "203.0.113.9/24", "dev", "wan0"]);
+        await waitLog(/external addresses changed/, "the change not followed");
+        await new Promise((r) => setTimeout(r, 500));
+        monitor.kill("SIGTERM");
+        const seen = monitor.stdoutText();
+        assert(/203\.0\.113\.9 .*table 4787/.test(seen), `its route added:\n${seen}`);
+        assert(!/^Deleted/m.test(seen), `nothing deleted on the way:\n${seen}`);
+      } finally {
+        assertEquals(await stopEinat(einat), 0, einat.stderrText());
+      }
+    }),
+});

@@ -4,7 +4,8 @@
  * turned into an ICMP "communication administratively prohibited" (3/13, or
  * ICMPv6 1/1) to the internal sender and sent out of the interface the
  * routing table names for it, with the router's address there as source.
- * Rate-limited to one per RL_GAP_NS per CPU.
+ * Rate-limited per CPU to one per RL_GAP_NS, after a burst of RL_BURST (a
+ * range runs out under a burst of new flows: each of its senders is told).
  */
 #ifndef EINAT_ICMP_REPLY_H
 #define EINAT_ICMP_REPLY_H
@@ -15,6 +16,7 @@
 #include "csum.h"
 
 #define RL_GAP_NS (10ULL * 1000 * 1000) /* at most 100 per second per CPU */
+#define RL_BURST 50 /* as Linux's icmp_msgs_burst */
 #define AF_INET 2
 #define AF_INET6 10
 
@@ -44,14 +46,22 @@ struct {
 	__uint(max_entries, 1);
 } map_icmp_scratch SEC(".maps");
 
+/*
+ * A token bucket held in one time (the generic cell rate algorithm): the
+ * moment the next error would be on time at the steady rate. One may go while
+ * that moment is less than a burst ahead of now.
+ */
 static __always_inline bool icmp_rate_ok(void)
 {
 	__u32 k = 0;
-	__u64 *last = bpf_map_lookup_elem(&map_icmp_rl, &k);
+	__u64 *due = bpf_map_lookup_elem(&map_icmp_rl, &k);
 	__u64 now = bpf_ktime_get_ns();
-	if (!last || now - *last < RL_GAP_NS)
+	if (!due)
 		return false;
-	*last = now;
+	__u64 t = *due > now ? *due : now;
+	if (t - now > (RL_BURST - 1) * RL_GAP_NS)
+		return false;
+	*due = t + RL_GAP_NS;
 	return true;
 }
 

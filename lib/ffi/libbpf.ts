@@ -603,13 +603,15 @@ export interface MapBatch {
  * overwrite: memory stays constant however large the map. Falls back to {@link mapEntries}, one
  * entry per batch, when the map type has no batch support. For per-CPU maps `valueSize` must be
  * `roundup(value_size, 8) * nr_cpus` ({@link valueBytes}). Throws, before any read, when the
- * map's key or value size is not the one given (the kernel writes its own).
+ * map's key or value size is not the one given (the kernel writes its own). With `after` (a key),
+ * the read starts at the key that follows it (an array's: the next index).
  */
 export function* mapBatches(
   fd: number,
   keySize: number,
   valueSize: number,
   batchCount = 256,
+  after: Uint8Array | null = null,
 ): Generator<MapBatch> {
   checkEntrySizes("bpf_map_lookup_batch", fd, keySize, valueSize);
   const b = bpf();
@@ -626,6 +628,10 @@ export function* mapBatches(
   function* batchesInto(): Generator<MapBatch> {
     const tokenSize = Math.max(8, Math.ceil(keySize / 8) * 8);
     let inBatch: Uint8Array | null = null;
+    if (after) {
+      inBatch = new Uint8Array(tokenSize);
+      inBatch.set(after.subarray(0, tokenSize));
+    }
     const outBatch = new Uint8Array(tokenSize);
     const n = new Uint32Array(1);
     const opts = new Uint8Array(BATCH_OPTS_SIZE);

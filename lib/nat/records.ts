@@ -170,11 +170,12 @@ const RECORD_BATCH = 4096;
  * through a mapping of the map (BPF_F_MMAPABLE), a window at a time; batch reads, which cost
  * ~200 ns a record in the kernel (~120 ms for the default 589,824 records), only where the fd
  * cannot be mapped (a read-only fd: `einat show`). Free records (most of them) are passed over
- * in the loop itself.
+ * in the loop itself. `spans` (record index ranges, `[from, to)`) limits the walk to them.
  */
 export function forEachRecordAt(
   recordsFd: number,
   fn: (values: Uint8Array, vo: number, vv: DataView, idx: number) => void,
+  spans?: [number, number][],
 ): void {
   const size = MAPPING_RECORD_LAYOUT.size, state = R.state.offset;
   const walk = (values: Uint8Array, n: number, first: number) => {
@@ -185,17 +186,27 @@ export function forEachRecordAt(
     }
   };
   const total = bpf.mapInfo(recordsFd).maxEntries;
+  const within = (spans ?? [[0, total]]).map(([a, b]) =>
+    [Math.max(0, a), Math.min(total, b)] as const
+  ).filter(([a, b]) => a < b);
   if (mappable(recordsFd)) {
-    for (let first = 0; first < total; first += RECORD_WINDOW) {
-      const n = Math.min(RECORD_WINDOW, total - first);
-      withMapping(recordsFd, first * size, n * size, (values) => walk(values, n, first));
+    for (const [from, to] of within) {
+      for (let first = from; first < to; first += RECORD_WINDOW) {
+        const n = Math.min(RECORD_WINDOW, to - first);
+        withMapping(recordsFd, first * size, n * size, (values) => walk(values, n, first));
+      }
     }
     return;
   }
-  let first = 0;
-  for (const { values, count } of bpf.mapBatches(recordsFd, 4, size, RECORD_BATCH)) {
-    walk(values, count, first); // an array's batches come in index order
-    first += count;
+  for (const [from, to] of within) {
+    let first = from;
+    // An array's batches come in index order, from the one after `after`.
+    const after = from > 0 ? u32key(from - 1) : null;
+    for (const { values, count } of bpf.mapBatches(recordsFd, 4, size, RECORD_BATCH, after)) {
+      walk(values, Math.min(count, to - first), first);
+      first += count;
+      if (first >= to) break;
+    }
   }
 }
 
@@ -217,12 +228,16 @@ export function forEachLiveRecord(
 ): void {
   const bySlot: (SlotEntry | undefined)[] = [];
   for (const e of slots) bySlot[e.slot] = e;
+  // Only the records of occupied slots: those of a free one hold no live binding to report.
+  const spans = slots.map((e) =>
+    [recIndex(e.slot, 0, 0), recIndex(e.slot + 1, 0, 0)] as [number, number]
+  );
   forEachRecordAt(recordsFd, (values, vo, vv, idx) => {
     if ((values[vo + R.state.offset] & REC.STATE_MASK) !== REC.LIVE) return;
     const { slot, port } = recPlace(idx);
     const e = bySlot[slot];
     if (e) fn(values, vo, vv, e, port, idx);
-  });
+  }, spans);
 }
 
 /** Whether `fd` can be mapped (opened for writing: a read-only shared mapping of a read-only

@@ -8,6 +8,7 @@
 
 import type { PortRange } from "../config/types.ts";
 import { formatAddr } from "../config/cidr.ts";
+import { closeFd, dupFd } from "../ffi/libc.ts";
 import * as log from "../log.ts";
 import {
   mapFill,
@@ -30,6 +31,11 @@ export interface MetricsTarget {
   bindingMax?: number;
   /** A reload's new configuration of the interface waits for an address (lib/lifecycle.ts). */
   pending?: boolean;
+  /**
+   * The daemon's own fd of `map_records` (writable, so it can be mapped: the walk reads memory
+   * where the pinned map's read-only fd needs batch reads, ~0.2 µs a record).
+   */
+  recordsFd?: number;
 }
 
 /**
@@ -42,6 +48,7 @@ export function targetsOf(
     ifname: string;
     ic?: { bindingMaxRecords: number; bpfFibLookupExternal: boolean };
     pending?: unknown;
+    nat?: { maps: { records: number } } | null;
     plan: {
       defaultExt: Partial<Record<4 | 6, { addr: Uint8Array }>>;
       externals: {
@@ -70,6 +77,7 @@ export function targetsOf(
       ifname: s.ifname,
       ...(s.ic ? { bindingMax: s.ic.bindingMaxRecords } : {}),
       ...(s.pending ? { pending: true } : {}),
+      ...(s.nat ? { recordsFd: s.nat.maps.records } : {}),
       externals: externals.flatMap((e) =>
         (["tcp", "udp", "icmp"] as const).map((protocol) => ({
           external: formatAddr(e.addr),
@@ -259,6 +267,11 @@ export function renderMetrics(
   }
   for (const t of targets) {
     const st = openPinned(pinDirFor(t.ifname, root), t.ifname);
+    if (st && t.recordsFd !== undefined) {
+      // The same map as the pin: its mappable fd (a copy, which st.close() closes).
+      closeFd(st.fds.map_records ?? -1);
+      st.fds.map_records = dupFd(t.recordsFd);
+    }
     w.add("einat_interface_up", "gauge", "1 when the interface has pinned state.", {
       interface: t.ifname,
     }, st ? 1 : 0);

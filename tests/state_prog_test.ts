@@ -306,6 +306,29 @@ Deno.test("sweeper: the daemon's loop sweeps in pieces and reports the longest",
   }
 });
 
+Deno.test("sweeper: a sweep's cost is its own work, not the time other work holds the event loop across its awaits", async () => {
+  const nat = await loadWith(300);
+  let sweeper: Sweeper | null = null;
+  try {
+    sweeper = startSweeper(() => [{ ifname: "test", nat }]);
+    // The loop held 250 ms at a time (as a slow metrics scrape would), let go in between.
+    const hold = () => {
+      const until = performance.now() + 250;
+      while (performance.now() < until) { /* busy */ }
+    };
+    for (let i = 0; i < 40 && sweeper.stats().sweeps === 0; i++) {
+      hold();
+      await sleep(1);
+    }
+    const st = sweeper.stats();
+    assert(st.sweeps >= 1, "a sweep ran");
+    assert(st.lastMs < 100, `a sweep of an empty table cost ${st.lastMs} ms`);
+  } finally {
+    await sweeper?.stop();
+    closeNat(nat);
+  }
+});
+
 Deno.test("expiry before the sweep: outbound traffic restarts an expired session on its binding; inbound finds it gone", async () => {
   const nat = await loadWith(300);
   try {

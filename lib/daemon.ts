@@ -22,7 +22,7 @@ import * as libc from "./ffi/libc.ts";
 import { textKey } from "./key.ts";
 import * as log from "./log.ts";
 import { describeConflict, findConflicts, type NamedNet } from "./conflict.ts";
-import { applyPlan, purgeStale } from "./nat/apply.ts";
+import { applyPlan, defaultsWithSlots, purgeStale } from "./nat/apply.ts";
 import { attach, type Attachment, detach, release, replaced, stillAttached } from "./nat/attach.ts";
 import { bumpEpoch, closeNat, loadNat, type NatObject } from "./nat/loader.ts";
 import { slotCount } from "./nat/records.ts";
@@ -305,6 +305,14 @@ export async function reconcile(s: Served): Promise<void> {
       log.warn("no slot for an external address: no new mappings are made on it", {
         ifname: s.ifname,
         addr: formatAddr(u.addr),
+        external_slots: slotCount(s.nat.maps.records),
+      });
+    }
+    for (const m of defaultsWithSlots(s.nat.maps, plan, purged.unplaced)) {
+      log.warn("the default external address has no slot: new mappings are made on one that has", {
+        ifname: s.ifname,
+        addr: formatAddr(m.addr),
+        instead_of: formatAddr(m.instead),
         external_slots: slotCount(s.nat.maps.records),
       });
     }

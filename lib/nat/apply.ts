@@ -13,6 +13,7 @@ import {
   encodeDefaultExt,
   encodeExternalConfig,
   encodeLpmKey,
+  EXT_FLAGS,
   EXTERNAL_CONFIG_LAYOUT,
   LPM_KEY_LAYOUT,
 } from "./codec.ts";
@@ -53,15 +54,50 @@ export function applyPlan(maps: NatMaps, plan: NatPlan): void {
   }
   syncLpm(maps.destConfig, 4, dst);
 
-  ([4, 6] as const).forEach((family, idx) => {
+  ([4, 6] as const).forEach((family) => writeDefaultExt(maps, plan, family));
+}
+
+function writeDefaultExt(maps: NatMaps, plan: NatPlan, family: 4 | 6): void {
+  const d = plan.defaultExt[family];
+  const key = new Uint8Array(4);
+  new DataView(key.buffer).setUint32(0, family === 4 ? 0 : 1, true);
+  const value = d
+    ? encodeDefaultExt({ addr: d.addr, valid: true, only: d.only, cfg: d.cfg })
+    : new Uint8Array(DEFAULT_EXT_LAYOUT.size);
+  bpf.mapUpdate(maps.defaultExt, key, value);
+}
+
+/**
+ * A family's default external without a slot (more addresses than `external_slots`, the new one
+ * first) would refuse every new flow: the first of the plan's other addresses of that family new
+ * mappings may be made on that has a slot takes its place, in `plan` and in the map. Returns the
+ * addresses made default so.
+ */
+export function defaultsWithSlots(
+  maps: NatMaps,
+  plan: NatPlan,
+  unplaced: { family: 4 | 6; addr: Uint8Array }[],
+): { family: 4 | 6; addr: Uint8Array; instead: Uint8Array }[] {
+  const out: { family: 4 | 6; addr: Uint8Array; instead: Uint8Array }[] = [];
+  const same = (a: Uint8Array, b: Uint8Array) =>
+    a.length === b.length && a.every((x, i) => x === b[i]);
+  for (const family of [4, 6] as const) {
     const d = plan.defaultExt[family];
-    const key = new Uint8Array(4);
-    new DataView(key.buffer).setUint32(0, idx, true);
-    const value = d
-      ? encodeDefaultExt({ addr: d.addr, valid: true, only: d.only, cfg: d.cfg })
-      : new Uint8Array(DEFAULT_EXT_LAYOUT.size);
-    bpf.mapUpdate(maps.defaultExt, key, value);
-  });
+    if (!d || !unplaced.some((u) => u.family === family && same(u.addr, d.addr))) continue;
+    const slotted = readSlots(maps.slots);
+    const other = plan.resolved.find((r) =>
+      r.family === family && !r.spec.noSnat && !r.spec.isInternal &&
+      slotted.some((s) => s.family === family && same(s.addr, r.addr))
+    );
+    const e = other && plan.externals.find((x) => x.family === family && same(x.addr, other.addr));
+    if (!other || !e || !(e.cfg.flags & EXT_FLAGS.EXTERNAL) || e.cfg.flags & EXT_FLAGS.NO_SNAT) {
+      continue;
+    }
+    plan.defaultExt[family] = { ...other, cfg: e.cfg, only: false };
+    writeDefaultExt(maps, plan, family);
+    out.push({ family, addr: other.addr, instead: d.addr });
+  }
+  return out;
 }
 
 /**

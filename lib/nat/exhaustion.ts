@@ -17,7 +17,8 @@ import { statCount } from "../state/read.ts";
 /** The refusal counters watched, and what to do about each. */
 export const EXHAUSTION_REASONS = {
   drop_no_port:
-    "widen the port ranges (tcp_ranges, udp_ranges, icmp_ranges) or add external addresses",
+    "widen the port ranges (tcp_ranges, udp_ranges, icmp_ranges), or add external addresses " +
+    "(each needs a slot: external_slots)",
   drop_binding_full: "raise binding_max_records",
   drop_ct_full: "raise ct_max_records",
 } as const;

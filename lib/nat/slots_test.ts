@@ -1,8 +1,9 @@
 import { assertEquals } from "../../tests/lib/assert.ts";
-import { loadTestNat, testInterfaceConfig } from "../../tests/lib/natfixture.ts";
+import { loadTestNat, TC_ACT_OK, testInterfaceConfig } from "../../tests/lib/natfixture.ts";
+import { udpSpec } from "../../tests/lib/packet.ts";
 import { withPrivateBpffs } from "../../tests/lib/bpffs.ts";
 import { parseAddr, parseCidr } from "../config/cidr.ts";
-import { applyPlan, purgeStale } from "./apply.ts";
+import { applyPlan, defaultsWithSlots, purgeStale } from "./apply.ts";
 import { planInterface } from "./plan.ts";
 import { readSlots } from "./records.ts";
 import { assignSlots, departedSlots } from "./slots.ts";
@@ -41,6 +42,30 @@ Deno.test("slots: an address beyond the slots is reported unplaced; purging give
     applyPlan(n.nat.maps, other);
     assertEquals(purgeStale(n.nat, other).unplaced, []);
     assertEquals(readSlots(n.nat.maps.slots).map((s) => s.addr.join(".")), ["198.51.100.7"]);
+  } finally {
+    n.close();
+  }
+});
+
+Deno.test("slots: a default external left without a slot gives way to an address that has one (new flows are not refused)", async () => {
+  const n = await loadTestNat(ic, ["203.0.113.1/24"], undefined, 1);
+  try {
+    // A new address comes first in the interface's list: the plan makes it the default, and the
+    // one slot is the other's.
+    const plan = planInterface(ic, [a("198.51.100.7"), a("203.0.113.1")]);
+    assertEquals(plan.defaultExt[4]!.addr.join("."), "198.51.100.7");
+    applyPlan(n.nat.maps, plan);
+    const { unplaced } = purgeStale(n.nat, plan);
+    assertEquals(unplaced.map((u) => u.addr.join(".")), ["198.51.100.7"]);
+    const moved = defaultsWithSlots(n.nat.maps, plan, unplaced);
+    assertEquals(moved.map((m) => [m.addr.join("."), m.instead.join(".")]), [
+      ["203.0.113.1", "198.51.100.7"],
+    ]);
+    assertEquals(plan.defaultExt[4]!.addr.join("."), "203.0.113.1");
+    const out = n.egress(udpSpec(4, "192.0.2.10", 40000, "198.51.100.1", 53, new Uint8Array(4)));
+    assertEquals([out.retval, out.out.src], [TC_ACT_OK, "203.0.113.1"], "translated, not refused");
+    // Nothing to move when the default has its slot.
+    assertEquals(defaultsWithSlots(n.nat.maps, plan, unplaced), []);
   } finally {
     n.close();
   }

@@ -47,7 +47,8 @@ export interface HairpinState {
   family: Family;
   rules: RuleSpec[];
   routes: RouteSpec[];
-  neigh: { ifindex: number; dst: Uint8Array } | null;
+  /** The external addresses made resolvable on an Ethernet link (to its own MAC address). */
+  neighs: { ifindex: number; dst: Uint8Array }[];
 }
 
 /** Rules and routes this process holds, by {@link textKey}: how many states hold each. */
@@ -82,7 +83,7 @@ function exists(e: unknown): boolean {
   return /exists/i.test((e as Error).message);
 }
 
-/** What {@link hold} counts: rules, routes and the neighbour entry of a gateway. */
+/** What {@link hold} counts: rules, routes and the neighbour entries of the destinations. */
 type HeldSpec = RuleSpec | RouteSpec | { neigh: { ifindex: number; dst: Uint8Array } };
 
 /**
@@ -175,33 +176,28 @@ export async function hairpinUp(
   dests: Uint8Array[],
   ethernet = true,
 ): Promise<HairpinState> {
-  const st: HairpinState = { family, rules: [], routes: [], neigh: null };
+  const st: HairpinState = { family, rules: [], routes: [], neighs: [] };
   if (!route.enable || route.internalIfNames.length === 0 || dests.length === 0) return st;
   try {
     const link = (await dumpLinks()).find((l) => l.ifindex === ifindex);
     if (!link) throw new Error(`interface ${ifindex} is gone`);
-    // On an Ethernet link the first external address is made resolvable on it: routes to the
-    // others use it as gateway, and packets reach TC egress. An L3 device (`ethernet` false, as
-    // the datapath tells it: TUN, PPP, WireGuard, IP tunnels) resolves none: the routes go
+    // On an Ethernet link each external address is made resolvable on it (to its own MAC
+    // address), so the packets routed to it go out and reach TC egress; none is a gateway for
+    // the others (IPv6 refuses a local address as one). An L3 device (`ethernet` false, as the
+    // datapath tells it: TUN, PPP, WireGuard, IP tunnels) resolves none: the routes go
     // straight out of it.
-    const gw = ethernet && link.address?.length ? dests[0] : null;
-    if (gw && link.address) {
-      const lladdr = link.address;
-      // Held like the routes: a reload's new instance adds it before the old one lets go.
-      st.neigh = { ifindex, dst: gw };
-      await hold(
-        { neigh: st.neigh },
-        () => request(neighRequest("new", { family, ifindex, dst: gw, lladdr })),
-      );
-    }
+    const lladdr = ethernet && link.address?.length ? link.address : null;
     for (const d of dests) {
-      const r: RouteSpec = {
-        family,
-        dst: d,
-        table: route.tableId,
-        oif: ifindex,
-        ...(gw === null || d === gw ? {} : { gateway: gw }),
-      };
+      if (lladdr) {
+        // Held like the routes: a reload's new instance adds it before the old one lets go.
+        const n = { ifindex, dst: d };
+        await hold(
+          { neigh: n },
+          () => request(neighRequest("new", { family, ifindex, dst: d, lladdr })),
+        );
+        st.neighs.push(n);
+      }
+      const r: RouteSpec = { family, dst: d, table: route.tableId, oif: ifindex };
       await hold(r, () => addRoute(r));
       st.routes.push(r);
     }
@@ -248,14 +244,11 @@ export async function hairpinRepair(st: HairpinState): Promise<number> {
   if (missing.length === 0) return 0;
   const link = (await dumpLinks()).find((l) => l.ifindex === missing[0].oif);
   if (!link?.up) return 0; // down: the kernel takes no route through it; put back once up
-  if (st.neigh) {
-    const n = st.neigh;
-    if (link.address) {
-      await request(neighRequest("new", { family: st.family, ...n, lladdr: link.address }))
-        .catch((e) => {
-          if (!exists(e)) throw e;
-        });
-    }
+  for (const n of link.address ? st.neighs : []) {
+    await request(neighRequest("new", { family: st.family, ...n, lladdr: link.address! }))
+      .catch((e) => {
+        if (!exists(e)) throw e;
+      });
   }
   for (const r of missing) {
     await addRoute(r).catch((e) => {
@@ -328,12 +321,10 @@ export async function hairpinDown(st: HairpinState): Promise<void> {
       rules,
     });
   }
-  if (st.neigh) {
-    const n = st.neigh;
+  for (const n of st.neighs.splice(0)) {
     if (unhold({ neigh: n })) {
       await quiet("neigh", () => request(neighRequest("del", { family: st.family, ...n })));
     }
-    st.neigh = null;
   }
 }
 

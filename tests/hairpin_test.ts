@@ -357,3 +357,70 @@ Deno.test({
       }
     }),
 });
+
+for (const family of [4, 6] as const) {
+  Deno.test({
+    name:
+      `hairpin IPv${family}: with two external addresses each gets its route, none a gateway for the other (IPv6 refuses a local one), and hairpinning works`,
+    ...sanitize,
+    fn: () =>
+      withTopology(async (t) => {
+        const a = family === 4 ? t.addrs.v4 : t.addrs.v6;
+        const second = family === 4 ? "203.0.113.5" : "2001:db8:2::5";
+        const hostPort = (addr: string, port: number) =>
+          family === 4 ? `${addr}:${port}` : `[${addr}]:${port}`;
+        await nsExec(t.ns.router, [
+          "ip",
+          "addr",
+          "add",
+          `${second}/${family === 4 ? 24 : 64}`,
+          "dev",
+          "wan0",
+          ...(family === 6 ? ["nodad"] : []),
+        ]);
+        const echo = t.spawn(
+          t.ns.srv1,
+          peerCmd("udp-echo", ["--port", "3478", "--timeout-ms", "30000"]),
+        );
+        await echo.waitForStdout(/listening/);
+        const einat = await startEinat(
+          t.ns.router,
+          ["-i", "wan0", "--hairpin-if", "br0", ...(family === 6 ? ["--nat66", "--nat44"] : [])],
+        );
+        try {
+          assert(!/hairpin routing not installed/.test(einat.stderrText()), einat.stderrText());
+          const routes = await nsExec(t.ns.router, [
+            "ip",
+            `-${family}`,
+            "route",
+            "show",
+            "table",
+            "4787",
+          ]);
+          for (const addr of [a.routerWan, second]) {
+            assert(new RegExp(`^${addr} dev wan0`, "m").test(routes), routes);
+          }
+          assert(!/ via /.test(routes), `no gateway: ${routes}`);
+          const lan2 = t.spawn(
+            t.ns.lan2,
+            peerCmd("udp-send", [
+              "--to",
+              hostPort(a.srv1[0], 3478),
+              "--from-port",
+              "5000",
+              "--linger-ms",
+              "8000",
+              "--timeout-ms",
+              "15000",
+            ]),
+          );
+          await lan2.waitForStdout(/seen .* from /, 5000);
+          const lan2Ext = parseUdpReplies(lan2.stdoutText())[0].seen;
+          const r = await throughHairpin(t, lan2Ext, einat);
+          assertEquals(r.from, lan2Ext, "hairpinned to lan2 and back");
+        } finally {
+          assertEquals(await stopEinat(einat), 0, einat.stderrText());
+        }
+      }),
+  });
+}

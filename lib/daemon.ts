@@ -17,7 +17,7 @@ import {
 } from "./hairpin.ts";
 import { EXT_FLAGS } from "./nat/codec.ts";
 import { formatAddr, isLinkLocal6, parseAddr } from "./config/cidr.ts";
-import { formatRanges } from "./config/ranges.ts";
+import { formatRanges, mergeRanges } from "./config/ranges.ts";
 import * as libc from "./ffi/libc.ts";
 import { textKey } from "./key.ts";
 import * as log from "./log.ts";
@@ -537,15 +537,24 @@ async function hairpinAll(s: Served, ifindex: number): Promise<void> {
       }
     }
     if (!hairpinOn(s.ic, fam) || !s.plan) continue;
-    const dests = s.plan.externals
-      .filter((e) =>
-        e.family === fam && e.prefixLen === (fam === 4 ? 32 : 128) &&
-        (e.cfg.flags & EXT_FLAGS.EXTERNAL) && !(e.cfg.flags & EXT_FLAGS.NO_HAIRPIN)
-      )
-      .map((e) => e.addr);
+    const hairpinned = s.plan.externals.filter((e) =>
+      e.family === fam && e.prefixLen === (fam === 4 ? 32 : 128) &&
+      (e.cfg.flags & EXT_FLAGS.EXTERNAL) && !(e.cfg.flags & EXT_FLAGS.NO_HAIRPIN)
+    );
+    const dests = hairpinned.map((e) => e.addr);
+    // The TCP rules match the NAT's TCP ports only: the router's own services stay local.
+    const tcpPorts = mergeRanges(hairpinned.flatMap((e) => e.cfg.tcp));
     try {
       s.hairpin.push(
-        await hairpinUp(fam, ifindex, route, s.localPref[fam], dests, hasEthernet(s.ifname)),
+        await hairpinUp(
+          fam,
+          ifindex,
+          route,
+          s.localPref[fam],
+          dests,
+          hasEthernet(s.ifname),
+          tcpPorts,
+        ),
       );
     } catch (e) {
       log.error("hairpin routing not installed", {

@@ -15,7 +15,7 @@
  * @module
  */
 
-import type { HairpinRoute } from "./config/types.ts";
+import type { HairpinRoute, PortRange } from "./config/types.ts";
 import { formatAddr } from "./config/cidr.ts";
 import { ifNameToIndex } from "./ffi/libc.ts";
 import { textKey } from "./key.ts";
@@ -166,7 +166,12 @@ async function moveLocalRule(family: Family, localPref: number): Promise<void> {
 
 /**
  * Installs hairpin routing for `dests` (external addresses) of one family on
- * the external interface `ifindex`.
+ * the external interface `ifindex`. `tcpPorts`: the NAT's TCP ranges on them (merged), which the
+ * TCP rules match, so that connections to the router's own TCP services (outside the ranges) are
+ * never routed out and turned back: an ACK the kernel demultiplexed early to the router's socket
+ * would be dropped on the forwarding path (the turned SYN was answered, the connection hung).
+ * UDP and ICMP rules match any port: a datagram's later fragments carry none. Without
+ * `tcpPorts`, any port.
  */
 export async function hairpinUp(
   family: Family,
@@ -175,6 +180,7 @@ export async function hairpinUp(
   localPref: number,
   dests: Uint8Array[],
   ethernet = true,
+  tcpPorts?: PortRange[],
 ): Promise<HairpinState> {
   const st: HairpinState = { family, rules: [], routes: [], neighs: [] };
   if (!route.enable || route.internalIfNames.length === 0 || dests.length === 0) return st;
@@ -205,15 +211,19 @@ export async function hairpinUp(
     warnAbsent(route.internalIfNames);
     for (const iif of route.internalIfNames) {
       for (const p of route.ipProtocols) {
-        const r: RuleSpec = {
+        const base: RuleSpec = {
           family,
           priority: route.ipRulePref,
           iifname: iif,
           ipProto: family === 6 && p === "icmp" ? IPPROTO_ICMPV6 : PROTO[p],
           table: route.tableId,
         };
-        await hold(r, () => addRule(r));
-        st.rules.push(r);
+        const ranges = p === "tcp" && tcpPorts ? tcpPorts : [undefined];
+        for (const dportRange of ranges) {
+          const r: RuleSpec = dportRange ? { ...base, dportRange } : base;
+          await hold(r, () => addRule(r));
+          st.rules.push(r);
+        }
       }
     }
     log.info("hairpin routing installed", {
@@ -366,7 +376,14 @@ export async function sweepHairpinLeftovers(
   for (const r of (await dumpRules(family)).filter((r) => hairpinLike(r) && r.table === table)) {
     // Checked before each: another einat's hairpin routing may be adding routes meanwhile.
     if ((await dumpRoutes(family, table)).length > 0) break;
-    await delRule({ family, priority: r.priority, iifname: r.iifname, ipProto: r.ipProto, table });
+    await delRule({
+      family,
+      priority: r.priority,
+      iifname: r.iifname,
+      ipProto: r.ipProto,
+      ...(r.dportRange ? { dportRange: r.dportRange } : {}),
+      table,
+    });
     rules++;
   }
   const after = await dumpRules(family);

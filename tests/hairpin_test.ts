@@ -361,7 +361,7 @@ Deno.test({
 for (const family of [4, 6] as const) {
   Deno.test({
     name:
-      `hairpin IPv${family}: with two external addresses each gets its route, none a gateway for the other (IPv6 refuses a local one), and hairpinning works`,
+      `hairpin IPv${family}: with two external addresses each gets its route, none a gateway for the other (IPv6 refuses a local one), hairpinning works, and the router's own TCP service on its external address is reached from inside`,
     ...sanitize,
     fn: () =>
       withTopology(async (t) => {
@@ -418,6 +418,26 @@ for (const family of [4, 6] as const) {
           const lan2Ext = parseUdpReplies(lan2.stdoutText())[0].seen;
           const r = await throughHairpin(t, lan2Ext, einat);
           assertEquals(r.from, lan2Ext, "hairpinned to lan2 and back");
+          // The router's own TCP service on its external address (outside the NAT's ranges):
+          // reached from inside, data and all (the TCP rules match the NAT's ports only).
+          const own = t.spawn(
+            t.ns.router,
+            peerCmd("tcp-echo", ["--port", "2222", "--count", "1", "--timeout-ms", "15000"]),
+          );
+          await own.waitForStdout(/listening/);
+          const svc = await nsExecResult(
+            t.ns.lan1,
+            peerCmd("tcp-send", [
+              "--to",
+              hostPort(a.routerWan, 2222),
+              "--data",
+              "to-the-router",
+              "--timeout-ms",
+              "5000",
+            ]),
+          );
+          assertEquals(svc.code, 0, `${svc.stdout}${svc.stderr}`);
+          assert(svc.stdout.includes("to-the-router"), svc.stdout);
         } finally {
           assertEquals(await stopEinat(einat), 0, einat.stderrText());
         }

@@ -54,28 +54,51 @@ static __always_inline __u8 ct_state_of(__u8 l4proto, __u8 flags)
 	return CT_STATE_EST;
 }
 
-static __always_inline __u8 ct_flags_update(__u8 flags, bool egress, __u8 tcp_flags)
+/*
+ * What a packet does to a session's flags, known before they are read: the
+ * bits it keeps and sets, and whether it starts the 5-tuple anew should it be
+ * closed. Worked out once, outside einat_ct_refresh's compare-and-swap loop,
+ * whose branches the verifier walks on every turn.
+ */
+struct ct_flags_change {
+	__u8 keep;
+	__u8 set;
+	__u8 reopen;
+};
+
+static __always_inline struct ct_flags_change ct_change_of(bool egress, __u8 tcp_flags)
 {
+	struct ct_flags_change c = {.keep = 0xff, .set = egress ? CT_SEEN_OUT : CT_SEEN_IN};
 	/* A SYN that opens the 5-tuple again once it was closed or reset: what
 	 * was seen of the old connection goes, so the new one is transitory until
 	 * answered (RFC 6146 3.5.2), not established by the old one's answers. */
-	if ((tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK | TCP_FLAG_RST)) == TCP_FLAG_SYN &&
-	    ((flags & CT_RST) || (flags & (CT_FIN_OUT | CT_FIN_IN)) == (CT_FIN_OUT | CT_FIN_IN)))
-		flags &= CT_HAIRPIN;
-	flags |= egress ? CT_SEEN_OUT : CT_SEEN_IN;
+	c.reopen = (tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK | TCP_FLAG_RST)) == TCP_FLAG_SYN;
 	if (tcp_flags & TCP_FLAG_RST) {
-		flags |= CT_RST;
+		c.set |= CT_RST;
 	} else {
-		flags &= ~CT_RST; /* traffic resumed after a reset (RFC 7857 2.1) */
+		c.keep &= ~CT_RST; /* traffic resumed after a reset (RFC 7857 2.1) */
 		if (tcp_flags & TCP_FLAG_SYN) {
 			/* a new SYN starts a new connection on this 5-tuple */
-			flags &= ~(CT_FIN_OUT | CT_FIN_IN);
-			flags |= egress ? CT_SYN_OUT : CT_SYN_IN;
+			c.keep &= ~(CT_FIN_OUT | CT_FIN_IN);
+			c.set |= egress ? CT_SYN_OUT : CT_SYN_IN;
 		}
 		if (tcp_flags & TCP_FLAG_FIN)
-			flags |= egress ? CT_FIN_OUT : CT_FIN_IN;
+			c.set |= egress ? CT_FIN_OUT : CT_FIN_IN;
 	}
-	return flags;
+	return c;
+}
+
+static __always_inline __u8 ct_flags_apply(__u8 flags, struct ct_flags_change c)
+{
+	if (c.reopen &&
+	    ((flags & CT_RST) || (flags & (CT_FIN_OUT | CT_FIN_IN)) == (CT_FIN_OUT | CT_FIN_IN)))
+		flags &= CT_HAIRPIN;
+	return (flags & c.keep) | c.set;
+}
+
+static __always_inline __u8 ct_flags_update(__u8 flags, bool egress, __u8 tcp_flags)
+{
+	return ct_flags_apply(flags, ct_change_of(egress, tcp_flags));
 }
 
 /* A new session's value as of now, its internal endpoint aside. */
@@ -216,6 +239,31 @@ _Static_assert(offsetof(struct ct_value, state) == offsetof(struct ct_value, int
 	       "int_port, state and flags share one word");
 
 /*
+ * One try of einat_ct_refresh's change of a session's flags and state,
+ * `change` packing a struct ct_flags_change (keep, set, reopen) and whether
+ * the session starts over: 1 when done (written, or nothing to change), 0
+ * when another CPU changed the word meanwhile. A global function: its
+ * branches are verified once, not once per try.
+ */
+__noinline int einat_ct_flags_try(struct ct_value *v, __u32 l4proto, __u32 change)
+{
+	if (!v)
+		return 1;
+	struct ct_flags_change c = {
+		.keep = change & 0xff, .set = (change >> 8) & 0xff, .reopen = (change >> 16) & 1};
+	__u32 *word = (__u32 *)&v->int_port;
+	union ct_flags_word o, n;
+	o.w = *(volatile __u32 *)word;
+	n = o;
+	/* restarted: what was seen of the expired session goes (the key's property stays) */
+	n.f.flags = ct_flags_apply(change & (1 << 17) ? o.f.flags & CT_HAIRPIN : o.f.flags, c);
+	if (n.f.flags == o.f.flags)
+		return 1;
+	n.f.state = ct_state_of(l4proto, n.f.flags);
+	return __sync_val_compare_and_swap(word, o.w, n.w) == o.w;
+}
+
+/*
  * Refreshes the session at now (clock_now()). One that expired
  * and was not swept yet starts over as a new session on the same binding,
  * which it still holds a reference on. A global function: the TCP flags'
@@ -237,22 +285,17 @@ __noinline int einat_ct_refresh(struct ct_value *v, __u32 l4proto, __u32 egress,
 	 * of the word they share with int_port: the two directions of a session
 	 * run on different CPUs, and a FIN each way at once must not lose one
 	 * (a closed connection held as established). A few tries: a change of
-	 * the same session on another CPU at that moment is rare.
+	 * the same session on another CPU at that moment is rare. Most packets
+	 * change nothing, seen before any try.
 	 */
-	__u32 *word = (__u32 *)&v->int_port;
-	for (int i = 0; i < 4; i++) {
-		union ct_flags_word o, n;
-		o.w = *(volatile __u32 *)word;
-		n = o;
-		n.f.flags =
-			ct_flags_update(restart ? o.f.flags & CT_HAIRPIN /* a property of the key */
-						: o.f.flags,
-					egress, tcp_flags);
-		if (n.f.flags == o.f.flags)
-			break;
-		n.f.state = ct_state_of(l4proto, n.f.flags);
-		if (__sync_val_compare_and_swap(word, o.w, n.w) == o.w)
-			break;
+	struct ct_flags_change c = ct_change_of(egress, tcp_flags);
+	__u8 f = v->flags;
+	if (restart || ct_flags_apply(f, c) != f) {
+		__u32 change =
+			c.keep | (__u32)c.set << 8 | (__u32)c.reopen << 16 | (__u32)restart << 17;
+		for (int i = 0; i < 4; i++)
+			if (einat_ct_flags_try(v, l4proto, change))
+				break;
 	}
 	if (now != v->last_seen_ns)
 		v->last_seen_ns = now;

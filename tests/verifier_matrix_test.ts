@@ -56,3 +56,22 @@ for (const csum of ["inline", "helpers"] as const) {
     assert(loaded === 96);
   });
 }
+
+Deno.test("verifier work stays within its budget (a loop walked on every turn once tripled it, and the load time with it)", async () => {
+  const vi = (fd: number) =>
+    Number(/verified_insns:\s*(\d+)/.exec(Deno.readTextFileSync(`/proc/self/fdinfo/${fd}`))?.[1]);
+  // Processed instructions with the default switches, NAT44+NAT66 (Linux 6.18: ~29,000 egress,
+  // ~20,000 ingress): the budget leaves room for growth, not for another multiplication.
+  const nat = await loadNat({
+    ro: roConfigOf(testInterfaceConfig({ nat66: true }), true),
+    bindingMaxRecords: 1024,
+    ctMaxRecords: 2048,
+  });
+  try {
+    const [egress, ingress] = [vi(nat.egressFd), vi(nat.ingressFd)];
+    assert(egress > 0 && egress < 45_000, `egress: ${egress} processed instructions`);
+    assert(ingress > 0 && ingress < 35_000, `ingress: ${ingress} processed instructions`);
+  } finally {
+    closeNat(nat);
+  }
+});

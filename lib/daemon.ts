@@ -9,6 +9,7 @@
 
 import type { Defaults, InterfaceConfig } from "./config/types.ts";
 import {
+  dropStaleRules,
   hairpinDown,
   hairpinRepair,
   type HairpinState,
@@ -408,7 +409,9 @@ export async function reconcile(s: Served): Promise<void> {
     }
   }
   if (routingChanged) await rehairpin(s, ifindex);
-  else await repairHairpin(s);
+  // What the kernel dropped (the link taken down) is put back, also where rehairpin only held
+  // again what the state before it held.
+  await repairHairpin(s);
 }
 
 /**
@@ -514,6 +517,24 @@ async function rehairpin(s: Served, ifindex: number): Promise<void> {
     await hairpinAll(s, ifindex);
   } finally {
     for (const h of old) await hairpinDown(h);
+  }
+  // Rules no instance here holds any more (other TCP ranges before a reload, an earlier einat's)
+  // would send traffic to the router's own services out and back, where it is dropped.
+  for (const fam of [4, 6] as const) {
+    const route = fam === 4 ? s.ic.ipv4HairpinRoute : s.ic.ipv6HairpinRoute;
+    if (!hairpinOn(s.ic, fam)) continue;
+    const n = await dropStaleRules(fam, ifindex, route.tableId, route.internalIfNames).catch(
+      (e) => {
+        log.warn("stale hairpin rules not removed", {
+          ifname: s.ifname,
+          error: (e as Error).message,
+        });
+        return 0;
+      },
+    );
+    if (n > 0) {
+      log.info("stale hairpin rules removed", { ifname: s.ifname, family: `IPv${fam}`, rules: n });
+    }
   }
 }
 

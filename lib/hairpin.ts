@@ -104,6 +104,50 @@ async function hold(spec: HeldSpec, add: () => Promise<void>): Promise<void> {
     if (!exists(e)) throw e;
   }
   held.set(key, 1);
+  if ("iifname" in spec) heldRules.add(hairpinRuleKey(spec as RuleSpec));
+}
+
+/** The hairpin rules this process holds, by {@link hairpinRuleKey}. */
+const heldRules = new Set<string>();
+
+/** What tells one hairpin rule from another, as einat makes them and the kernel lists them. */
+function hairpinRuleKey(r: RuleSpec): string {
+  const d = r.dportRange;
+  return `${r.family}/${r.priority ?? 0}/${r.iifname}/${r.ipProto}/${
+    d ? `${d.start}-${d.end}` : ""
+  }/${r.table ?? 0}`;
+}
+
+/**
+ * Deletes the hairpin rules of `table` for the internal interfaces `iifs` that this process does
+ * not hold, when every route of the table goes out of `ifindex` (so no einat of another
+ * interface uses it): rules of an earlier configuration (other TCP ranges) or of an earlier
+ * einat (any-port TCP rules), which a reload, a hand-over or a crash left. Returns how many.
+ */
+export async function dropStaleRules(
+  family: Family,
+  ifindex: number,
+  table: number,
+  iifs: string[],
+): Promise<number> {
+  if (kernelTable(table)) return 0;
+  const routes = await dumpRoutes(family, table);
+  if (routes.some((r) => r.oif !== ifindex)) return 0;
+  let n = 0;
+  for (const r of await dumpRules(family)) {
+    if (!hairpinLike(r) || r.table !== table || !iifs.includes(r.iifname!)) continue;
+    if (heldRules.has(hairpinRuleKey(r))) continue;
+    await delRule({
+      family,
+      priority: r.priority,
+      iifname: r.iifname,
+      ipProto: r.ipProto,
+      ...(r.dportRange ? { dportRange: r.dportRange } : {}),
+      table,
+    }).catch(() => {});
+    n++;
+  }
+  return n;
 }
 
 /** Lets go of a hold: true for the last one of this process. */
@@ -115,6 +159,7 @@ function unhold(spec: HeldSpec): boolean {
     return false;
   }
   held.delete(key);
+  if ("iifname" in spec) heldRules.delete(hairpinRuleKey(spec as RuleSpec));
   return true;
 }
 
@@ -290,9 +335,13 @@ function warnAbsent(names: string[]): void {
 
 /**
  * Lets go of what {@link hairpinUp} holds (the local rule stays moved): its routes, then the rules
- * if no route is left in their table (no einat uses it any more).
+ * no instance of this process holds, unless their table still has routes out of another
+ * interface (another einat's, which may use the same rules). Routes out of this one are another
+ * instance's of this process (a reload's), which holds its own rules: one it does not hold (other
+ * TCP ranges) would only send traffic to the router's own services out and back.
  */
 export async function hairpinDown(st: HairpinState): Promise<void> {
+  const own = st.routes[0]?.oif;
   const quiet = async (what: string, f: () => Promise<void>) => {
     try {
       await f();
@@ -313,10 +362,13 @@ export async function hairpinDown(st: HairpinState): Promise<void> {
     if (!unhold(r)) continue;
     const table = r.table ?? 0;
     if (!inUse.has(table)) {
-      inUse.set(table, (await dumpRoutes(st.family, table).catch(() => [])).length > 0);
+      const left = await dumpRoutes(st.family, table).catch(() => []);
+      inUse.set(table, left.some((x) => x.oif !== own));
     }
     if (inUse.get(table)) {
-      log.debug("hairpin rule kept: its table still has routes (another einat's)", { table });
+      log.debug("hairpin rule kept: its table has routes of another interface (another einat's)", {
+        table,
+      });
       continue;
     }
     await quiet("rule", () => delRule(r));

@@ -444,3 +444,65 @@ for (const family of [4, 6] as const) {
       }),
   });
 }
+
+Deno.test({
+  name:
+    "hairpin: TCP rules follow the TCP ranges; rules of other ranges (a reload's) or of an earlier einat (any port) are removed",
+  ...sanitize,
+  fn: () =>
+    withTopology(async (t) => {
+      const conf = await Deno.makeTempFile({ suffix: ".toml" });
+      const write = (range: string) =>
+        Deno.writeTextFile(
+          conf,
+          `[defaults]\ntcp_ranges = ["${range}"]\n[[interfaces]]\nif_name = "wan0"\nnat44 = true\n` +
+            `[interfaces.ipv4_hairpin_route]\ninternal_if_names = ["br0"]\n`,
+        );
+      const tcpRules = async () =>
+        (await nsExec(t.ns.router, ["ip", "rule", "show"])).split("\n").filter((l) =>
+          /iif br0 ipproto tcp/.test(l)
+        ).map((l) => l.replace(/^\d+:\s+/, "").trim());
+      try {
+        // An earlier einat's any-port TCP rule, left behind.
+        await nsExec(t.ns.router, [
+          "ip",
+          "rule",
+          "add",
+          "pref",
+          "100",
+          "iif",
+          "br0",
+          "ipproto",
+          "tcp",
+          "lookup",
+          "4787",
+        ]);
+        await write("20000-29999");
+        const einat = await startEinat(t.ns.router, ["-c", conf]);
+        try {
+          assert(
+            /stale hairpin rules removed .*rules=1/.test(einat.stderrText()),
+            einat.stderrText(),
+          );
+          assertEquals(await tcpRules(), [
+            "from all iif br0 ipproto tcp dport 20000-29999 lookup 4787",
+          ]);
+          await write("30000-30999");
+          einat.kill("SIGHUP");
+          const end = Date.now() + 10000;
+          while (!/configuration reloaded/.test(einat.stderrText())) {
+            assert(Date.now() < end, einat.stderrText());
+            await new Promise((r) => setTimeout(r, 50));
+          }
+          assertEquals(await tcpRules(), [
+            "from all iif br0 ipproto tcp dport 30000-30999 lookup 4787",
+          ]);
+        } finally {
+          assertEquals(await stopEinat(einat), 0, einat.stderrText());
+        }
+        assertEquals(await tcpRules(), [], "none left at exit");
+      } finally {
+        await Deno.remove(conf);
+      }
+    }),
+});

@@ -6,6 +6,7 @@
 
 import type { Defaults, InterfaceConfig } from "./config/types.ts";
 import { readConfig } from "./config/cli.ts";
+import { noticeLevel } from "./config/toml.ts";
 import { textKey } from "./key.ts";
 import * as libc from "./ffi/libc.ts";
 import * as log from "./log.ts";
@@ -83,7 +84,10 @@ export async function reload(file: string, served: Served[]): Promise<Served[]> 
   let next: InterfaceConfig[];
   let defaults: Defaults;
   try {
-    const parsed = readConfig(file).config;
+    const read = readConfig(file);
+    // What the file's parse says (a merged overlap, a minimum over the default), as at start.
+    for (const n of read.notices) log.log(noticeLevel(n), `SIGHUP: ${n}`);
+    const parsed = read.config;
     next = parsed.interfaces;
     defaults = parsed.defaults;
   } catch (e) {

@@ -267,16 +267,17 @@ export function renderMetrics(
   }
   for (const t of targets) {
     const st = openPinned(pinDirFor(t.ifname, root), t.ifname);
-    if (st && t.recordsFd !== undefined) {
-      // The same map as the pin: its mappable fd (a copy, which st.close() closes).
-      closeFd(st.fds.map_records ?? -1);
-      st.fds.map_records = dupFd(t.recordsFd);
-    }
     w.add("einat_interface_up", "gauge", "1 when the interface has pinned state.", {
       interface: t.ifname,
     }, st ? 1 : 0);
     if (!st) continue;
     try {
+      if (t.recordsFd !== undefined) {
+        // The same map as the pin: its mappable fd (a copy, which st.close() closes).
+        const fd = dupFd(t.recordsFd);
+        closeFd(st.fds.map_records ?? -1);
+        st.fds.map_records = fd;
+      }
       scrapeOne(w, st, t);
     } finally {
       st.close();

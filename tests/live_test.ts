@@ -461,9 +461,15 @@ Deno.test({
         try {
           const a = Number((await seenFrom(t, 42000)).split(":")[1]);
           assert(a >= 20000 && a <= 20099, `first range: ${a}`);
-          await write("30000-30099");
+          // Overlapping ranges are merged, and the reload says so, as a start does.
+          await write('30000-30099", "30050-30099');
           einat.kill("SIGHUP");
           await waitLog(einat, /configuration reloaded/);
+          assert(
+            /WARN .*SIGHUP: warning: .*tcp_ranges\[1\]: range "30050-30099" overlaps "30000-30099"/
+              .test(einat.stderrText()),
+            einat.stderrText(),
+          );
           const b = Number((await seenFrom(t, 42001)).split(":")[1]);
           assert(b >= 30000 && b <= 30099, `reloaded range: ${b}`);
           // An existing mapping keeps its port (as a conntrack entry outlives a rule change).

@@ -110,6 +110,18 @@ async function hold(spec: HeldSpec, add: () => Promise<void>): Promise<void> {
 /** The hairpin rules this process holds, by {@link hairpinRuleKey}. */
 const heldRules = new Set<string>();
 
+/** Deletes hairpin rule `r` of `table` as the kernel listed it. */
+function delHairpinRule(family: Family, r: RuleSpec, table: number): Promise<void> {
+  return delRule({
+    family,
+    priority: r.priority,
+    iifname: r.iifname,
+    ipProto: r.ipProto,
+    ...(r.dportRange ? { dportRange: r.dportRange } : {}),
+    table,
+  });
+}
+
 /** What tells one hairpin rule from another, as einat makes them and the kernel lists them. */
 function hairpinRuleKey(r: RuleSpec): string {
   const d = r.dportRange;
@@ -137,14 +149,7 @@ export async function dropStaleRules(
   for (const r of await dumpRules(family)) {
     if (!hairpinLike(r) || r.table !== table || !iifs.includes(r.iifname!)) continue;
     if (heldRules.has(hairpinRuleKey(r))) continue;
-    await delRule({
-      family,
-      priority: r.priority,
-      iifname: r.iifname,
-      ipProto: r.ipProto,
-      ...(r.dportRange ? { dportRange: r.dportRange } : {}),
-      table,
-    }).catch(() => {});
+    await delHairpinRule(family, r, table).catch(() => {});
     n++;
   }
   return n;
@@ -428,14 +433,7 @@ export async function sweepHairpinLeftovers(
   for (const r of (await dumpRules(family)).filter((r) => hairpinLike(r) && r.table === table)) {
     // Checked before each: another einat's hairpin routing may be adding routes meanwhile.
     if ((await dumpRoutes(family, table)).length > 0) break;
-    await delRule({
-      family,
-      priority: r.priority,
-      iifname: r.iifname,
-      ipProto: r.ipProto,
-      ...(r.dportRange ? { dportRange: r.dportRange } : {}),
-      table,
-    });
+    await delHairpinRule(family, r, table);
     rules++;
   }
   const after = await dumpRules(family);

@@ -401,21 +401,7 @@ for (const family of [4, 6] as const) {
             assert(new RegExp(`^${addr} dev wan0`, "m").test(routes), routes);
           }
           assert(!/ via /.test(routes), `no gateway: ${routes}`);
-          const lan2 = t.spawn(
-            t.ns.lan2,
-            peerCmd("udp-send", [
-              "--to",
-              hostPort(a.srv1[0], 3478),
-              "--from-port",
-              "5000",
-              "--linger-ms",
-              "8000",
-              "--timeout-ms",
-              "15000",
-            ]),
-          );
-          await lan2.waitForStdout(/seen .* from /, 5000);
-          const lan2Ext = parseUdpReplies(lan2.stdoutText())[0].seen;
+          const lan2Ext = await lingeringMapping(t, hostPort(a.srv1[0], 3478));
           const r = await throughHairpin(t, lan2Ext, einat);
           assertEquals(r.from, lan2Ext, "hairpinned to lan2 and back");
           // The router's own TCP service on its external address (outside the NAT's ranges):

@@ -41,6 +41,29 @@ async function lingeringMapping(t: Topology, to: string): Promise<string> {
   return parseUdpReplies(lan2.stdoutText())[0].seen;
 }
 
+/**
+ * A TCP echo server in `ns` on `port` (one connection), and a client in `from` sending `data` to
+ * `to`: the client's result.
+ */
+async function tcpEcho(
+  t: Topology,
+  ns: string,
+  port: number,
+  from: string,
+  to: string,
+  data: string,
+) {
+  const echo = t.spawn(
+    ns,
+    peerCmd("tcp-echo", ["--port", String(port), "--count", "1", "--timeout-ms", "15000"]),
+  );
+  await echo.waitForStdout(/listening/);
+  return nsExecResult(
+    from,
+    peerCmd("tcp-send", ["--to", to, "--data", data, "--timeout-ms", "5000"]),
+  );
+}
+
 /** UDP from lan1:6000 to `to` (lan2's external endpoint), through the hairpin; its reply. */
 async function throughHairpin(t: Topology, to: string, einat: NsProcess) {
   const hp = await nsExecResult(
@@ -169,22 +192,7 @@ Deno.test({
         assertEquals(out.code, 0, out.stdout + out.stderr);
         const lan2Ext = parseSeen(out.stdout)[0];
         // ... then serves on that port; lan1 reaches it through the external address.
-        const lan2Echo = t.spawn(
-          t.ns.lan2,
-          peerCmd("tcp-echo", ["--port", "8080", "--count", "1", "--timeout-ms", "15000"]),
-        );
-        await lan2Echo.waitForStdout(/listening/);
-        const hp = await nsExecResult(
-          t.ns.lan1,
-          peerCmd("tcp-send", [
-            "--to",
-            lan2Ext,
-            "--data",
-            "through-the-hairpin",
-            "--timeout-ms",
-            "5000",
-          ]),
-        );
+        const hp = await tcpEcho(t, t.ns.lan2, 8080, t.ns.lan1, lan2Ext, "through-the-hairpin");
         assertEquals(hp.code, 0, `${hp.stdout}${hp.stderr}\n${einat.stderrText()}`);
         assert(hp.stdout.includes("through-the-hairpin"), hp.stdout);
         assert(
@@ -406,22 +414,8 @@ for (const family of [4, 6] as const) {
           assertEquals(r.from, lan2Ext, "hairpinned to lan2 and back");
           // The router's own TCP service on its external address (outside the NAT's ranges):
           // reached from inside, data and all (the TCP rules match the NAT's ports only).
-          const own = t.spawn(
-            t.ns.router,
-            peerCmd("tcp-echo", ["--port", "2222", "--count", "1", "--timeout-ms", "15000"]),
-          );
-          await own.waitForStdout(/listening/);
-          const svc = await nsExecResult(
-            t.ns.lan1,
-            peerCmd("tcp-send", [
-              "--to",
-              hostPort(a.routerWan, 2222),
-              "--data",
-              "to-the-router",
-              "--timeout-ms",
-              "5000",
-            ]),
-          );
+          const to = hostPort(a.routerWan, 2222);
+          const svc = await tcpEcho(t, t.ns.router, 2222, t.ns.lan1, to, "to-the-router");
           assertEquals(svc.code, 0, `${svc.stdout}${svc.stderr}`);
           assert(svc.stdout.includes("to-the-router"), svc.stdout);
         } finally {

@@ -165,6 +165,10 @@ Deno.test({
           assertEquals(remote.bindings, []);
           const lan1 = await showJson("--addr", a.lan1, "-i", "wan0");
           assertEquals(lan1.sessions.length, 3);
+          // A network: every address in it (the LAN's two hosts).
+          const lan = await showJson("--addr", "192.0.2.0/25");
+          assertEquals(lan.sessions.length, 5);
+          assertEquals((await showJson("--addr", "192.0.2.128/25")).sessions, []);
           const none = await show("--json", "-i", "nosuch0");
           assertEquals(none.code, 1);
           assertEquals(JSON.parse(none.stdout).missing, ["nosuch0"]);

@@ -62,8 +62,9 @@ export interface ShowCli {
   /** `--stats`: counters instead of bindings and sessions. */
   stats: boolean;
   proto?: "tcp" | "udp" | "icmp";
-  /** Matches the internal, external or remote address. */
+  /** Matches the internal, external or remote address: its first `addrPrefix` bits (all). */
   addr?: Uint8Array;
+  addrPrefix?: number;
   /** Matches the internal, external or remote port (or ICMP identifier). */
   port?: number;
   /** `--top N`: only the N sessions that moved the most bytes (session_counters), no bindings. */
@@ -143,7 +144,7 @@ USAGE:
   einat [OPTIONS]
   einat -i <name> [--nat44] [--nat66] [--ports <range>...] [--hairpin-if <name>...]
   einat -c <file>
-  einat show [-i <name>]... [--proto <p>] [--addr <ip>] [--port <n>] [--top <n>] [--json]
+  einat show [-i <name>]... [--proto <p>] [--addr <ip[/len]>] [--port <n>] [--top <n>] [--json]
              [--stats]
   einat --flush (-i <name> | -c <file>)
 
@@ -182,7 +183,8 @@ OPTIONS:
 SHOW (einat show, or einat --show): list bindings and sessions from the pinned state
   -i, --ifname <name>          Only this interface (repeatable); default all
       --proto <p>              Only tcp, udp or icmp
-      --addr <ip>              Only entries with this internal, external or remote address
+      --addr <ip[/len]>        Only entries with an internal, external or remote address this is
+                               (or, with a prefix length, in this network)
       --port <n>               Only entries with this internal, external or remote port
       --top <n>                Only the n sessions that moved the most bytes, most first
                                (needs session_counters in the configuration); no bindings
@@ -638,12 +640,18 @@ function parseShow(args: string[]): CliResult {
     }
     proto = p;
   }
-  let addr: Uint8Array | undefined;
+  let addr: Uint8Array | undefined, addrPrefix: number | undefined;
   if (values.addr !== undefined) {
     try {
-      addr = parseAddr(values.addr);
+      if (values.addr.includes("/")) {
+        const net = parseCidr(values.addr); // host bits ignored, as in the config
+        [addr, addrPrefix] = [net.addr, net.prefixLen];
+      } else addr = parseAddr(values.addr);
     } catch {
-      throw new ConfigError("--addr", `"${values.addr}" is not an IP address`);
+      throw new ConfigError(
+        "--addr",
+        `"${values.addr}" is not an IP address or network (e.g. 192.0.2.10, 192.0.2.0/24)`,
+      );
     }
   }
   let port: number | undefined;
@@ -670,6 +678,7 @@ function parseShow(args: string[]): CliResult {
       stats: values.stats === true,
       proto,
       addr,
+      ...(addrPrefix !== undefined ? { addrPrefix } : {}),
       port,
       ...(top !== undefined ? { top } : {}),
     },

@@ -380,7 +380,10 @@ Deno.test("show: subcommand and --show flag, filters, --json, --stats", () => {
   equal(st.kind === "show" && st.show.stats, true);
   deepStrictEqual(cli("show", "--help"), { kind: "help" });
   expectError(["show", "--proto", "sctp"], "--proto", /tcp, udp or icmp/);
-  expectError(["show", "--addr", "192.0.2.0/24"], "--addr", /not an IP address/);
+  expectError(["show", "--addr", "192.0.2.300"], "--addr", /not an IP address or network/);
+  const net = cli("show", "--addr", "192.0.2.77/24");
+  if (net.kind !== "show") throw new Error(net.kind);
+  deepStrictEqual([net.show.addr?.join("."), net.show.addrPrefix], ["192.0.2.0", 24]);
   expectError(["show", "--port", "65536"], "--port");
   const top = cli("show", "--top", "5");
   equal(top.kind === "show" && top.show.top, 5);

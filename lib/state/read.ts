@@ -98,6 +98,8 @@ export interface SessionRow {
 export interface RowFilter {
   proto?: ProtoName;
   addr?: Uint8Array;
+  /** How many leading bits of `addr` must match (default: all). */
+  addrPrefix?: number;
   port?: number;
 }
 
@@ -165,9 +167,18 @@ function rowHead(
 }
 
 /** Whether the filter's address is the one at `at` of `b`. */
-function addrAt(f: Uint8Array, family: number, b: Uint8Array, at: number): boolean {
+function addrAt(
+  f: Uint8Array,
+  bits: number,
+  family: number,
+  b: Uint8Array,
+  at: number,
+): boolean {
   if (f.length !== (family === 4 ? 4 : 16)) return false;
-  for (let i = 0; i < f.length; i++) if (f[i] !== b[at + i]) return false;
+  for (let i = 0; i < f.length && bits > 0; i++, bits -= 8) {
+    const mask = bits >= 8 ? 0xff : (0xff << (8 - bits)) & 0xff;
+    if ((f[i] ^ b[at + i]) & mask) return false;
+  }
   return true;
 }
 
@@ -181,7 +192,8 @@ function matches(
   ports: number[],
 ): boolean {
   if (f.proto && f.proto !== proto) return false;
-  if (f.addr && !addrs.some(([b, at]) => addrAt(f.addr!, family, b, at))) return false;
+  const bits = f.addrPrefix ?? (f.addr?.length ?? 0) * 8;
+  if (f.addr && !addrs.some(([b, at]) => addrAt(f.addr!, bits, family, b, at))) return false;
   if (f.port !== undefined && !ports.includes(f.port)) return false;
   return true;
 }

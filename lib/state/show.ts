@@ -56,7 +56,12 @@ export function collect(opts: ShowCli): ShowResult {
   // This network namespace's interfaces, as the daemon pins them (options.ts).
   const names = opts.ifnames.length ? opts.ifnames : pinnedInterfaces(netnsRoot(root));
   const res: ShowResult = { bindings: [], sessions: [], counters: [], missing: [], served: [] };
-  const filter = { proto: opts.proto, addr: opts.addr, port: opts.port };
+  const filter = {
+    proto: opts.proto,
+    addr: opts.addr,
+    addrPrefix: opts.addrPrefix,
+    port: opts.port,
+  };
   for (const ifname of names) {
     const st = openPinned(pinDirFor(ifname, root), ifname);
     if (!st) {

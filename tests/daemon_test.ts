@@ -4,7 +4,7 @@
  * second-instance refusal, and recovery from a killed instance.
  */
 import { assert, assertEquals, assertThrows } from "./lib/assert.ts";
-import { einatCmd, startEinat, stopEinat } from "./lib/einat.ts";
+import { einatCmd, startEinat, stopEinat, waitLog } from "./lib/einat.ts";
 import { addForeignFilter, withVariant } from "./lib/bpfobj.ts";
 import { deleteNs, nsExec, nsExecResult, run, spawnInNs, testPrefix } from "./lib/netns.ts";
 import { checkKernel, checkPrivileges } from "../lib/preflight.ts";
@@ -104,17 +104,10 @@ Deno.test({
           einat.stderrText(),
         );
         await nsExec(ns, ["ip", "addr", "add", "198.18.5.1/24", "dev", "noaddr0"]);
-        const end = Date.now() + 10000;
-        while (!/external address ifname=noaddr0 addr=198\.18\.5\.1/.test(einat.stderrText())) {
-          assert(Date.now() < end, `the address was not taken:\n${einat.stderrText()}`);
-          await new Promise((r) => setTimeout(r, 50));
-        }
+        await waitLog(einat, /external address ifname=noaddr0 addr=198\.18\.5\.1/, 10000);
         // It goes again: said once more, as what it is now.
         await nsExec(ns, ["ip", "addr", "del", "198.18.5.1/24", "dev", "noaddr0"]);
-        while (!/no IPv4 external address any more/.test(einat.stderrText())) {
-          assert(Date.now() < end + 5000, `the loss was not said:\n${einat.stderrText()}`);
-          await new Promise((r) => setTimeout(r, 50));
-        }
+        await waitLog(einat, /no IPv4 external address any more/, 10000);
       } finally {
         assertEquals(await stopEinat(einat), 0, einat.stderrText());
       }

@@ -4,7 +4,7 @@
  * endpoint; the rules and routes are gone after einat exits.
  */
 import { assert, assertEquals } from "./lib/assert.ts";
-import { startEinat, stopEinat } from "./lib/einat.ts";
+import { startEinat, stopEinat, waitLog } from "./lib/einat.ts";
 import {
   nsExec,
   nsExecResult,
@@ -61,6 +61,15 @@ async function tcpEcho(
   return nsExecResult(
     from,
     peerCmd("tcp-send", ["--to", to, "--data", data, "--timeout-ms", "5000"]),
+  );
+}
+
+/** A config file for wan0 with hairpin routing from br0, `key` (a ranges key) set to `range`. */
+function writeHairpinConfig(conf: string, key: string, range: string): Promise<void> {
+  return Deno.writeTextFile(
+    conf,
+    `[defaults]\n${key} = ["${range}"]\n[[interfaces]]\nif_name = "wan0"\nnat44 = true\n` +
+      `[interfaces.ipv4_hairpin_route]\ninternal_if_names = ["br0"]\n`,
   );
 }
 
@@ -283,12 +292,7 @@ Deno.test({
   fn: () =>
     withTopology(async (t) => {
       const conf = await Deno.makeTempFile({ suffix: ".toml" });
-      const write = (range: string) =>
-        Deno.writeTextFile(
-          conf,
-          `[defaults]\nudp_ranges = ["${range}"]\n[[interfaces]]\nif_name = "wan0"\n` +
-            `nat44 = true\n[interfaces.ipv4_hairpin_route]\ninternal_if_names = ["br0"]\n`,
-        );
+      const write = (range: string) => writeHairpinConfig(conf, "udp_ranges", range);
       const neigh = () => nsExec(t.ns.router, ["ip", "neigh", "show", "dev", "wan0"]);
       const table = () => nsExec(t.ns.router, ["ip", "route", "show", "table", "4787"]);
       try {
@@ -299,11 +303,7 @@ Deno.test({
           assert(/203\.0\.113\.1 .*PERMANENT/.test(before[0]), before[0]);
           await write("30000-39999");
           einat.kill("SIGHUP");
-          const end = Date.now() + 10000;
-          while (!/configuration reloaded/.test(einat.stderrText())) {
-            assert(Date.now() < end, einat.stderrText());
-            await new Promise((r) => setTimeout(r, 50));
-          }
+          await waitLog(einat, /configuration reloaded/, 10000);
           assert(/restarting interface/.test(einat.stderrText()), einat.stderrText());
           assertEquals([await neigh(), await table()], before, "hairpin routing as before");
         } finally {
@@ -331,20 +331,13 @@ Deno.test({
       await echo.waitForStdout(/listening/);
       const einat = await startEinat(t.ns.router, ["-i", "wan0", "--hairpin-if", "br0"]);
       const table = () => nsExec(t.ns.router, ["ip", "route", "show", "table", "4787"]);
-      const waitLog = async (re: RegExp, what: string) => {
-        const end = Date.now() + 10000;
-        while (!re.test(einat.stderrText())) {
-          assert(Date.now() < end, `${what}:\n${einat.stderrText()}`);
-          await new Promise((r) => setTimeout(r, 50));
-        }
-      };
       try {
         const routes = await table();
         assert(routes.trim() !== "", "hairpin routes installed");
         await nsExec(t.ns.router, ["ip", "link", "set", "wan0", "down"]);
         assertEquals((await table()).trim(), "", "the kernel drops them with the link");
         await nsExec(t.ns.router, ["ip", "link", "set", "wan0", "up"]);
-        await waitLog(/hairpin routes restored .*routes=1/, "not restored");
+        await waitLog(einat, /hairpin routes restored .*routes=1/, 10000);
         assertEquals(await table(), routes);
         const lan2Ext = await lingeringMapping(t, `${a.srv1[0]}:3478`);
         const r = await throughHairpin(t, lan2Ext, einat);
@@ -354,7 +347,7 @@ Deno.test({
         const monitor = t.spawn(t.ns.router, ["ip", "monitor", "route", "rule"]);
         await new Promise((r) => setTimeout(r, 300));
         await nsExec(t.ns.router, ["ip", "addr", "add", "203.0.113.9/24", "dev", "wan0"]);
-        await waitLog(/external addresses changed/, "the change not followed");
+        await waitLog(einat, /external addresses changed/, 10000);
         await new Promise((r) => setTimeout(r, 500));
         monitor.kill("SIGTERM");
         const seen = monitor.stdoutText();
@@ -432,12 +425,7 @@ Deno.test({
   fn: () =>
     withTopology(async (t) => {
       const conf = await Deno.makeTempFile({ suffix: ".toml" });
-      const write = (range: string) =>
-        Deno.writeTextFile(
-          conf,
-          `[defaults]\ntcp_ranges = ["${range}"]\n[[interfaces]]\nif_name = "wan0"\nnat44 = true\n` +
-            `[interfaces.ipv4_hairpin_route]\ninternal_if_names = ["br0"]\n`,
-        );
+      const write = (range: string) => writeHairpinConfig(conf, "tcp_ranges", range);
       const tcpRules = async () =>
         (await nsExec(t.ns.router, ["ip", "rule", "show"])).split("\n").filter((l) =>
           /iif br0 ipproto tcp/.test(l)
@@ -469,11 +457,7 @@ Deno.test({
           ]);
           await write("30000-30999");
           einat.kill("SIGHUP");
-          const end = Date.now() + 10000;
-          while (!/configuration reloaded/.test(einat.stderrText())) {
-            assert(Date.now() < end, einat.stderrText());
-            await new Promise((r) => setTimeout(r, 50));
-          }
+          await waitLog(einat, /configuration reloaded/, 10000);
           assertEquals(await tcpRules(), [
             "from all iif br0 ipproto tcp dport 30000-30999 lookup 4787",
           ]);

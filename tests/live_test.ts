@@ -4,7 +4,7 @@
  * followed over netlink without a restart.
  */
 import { assert, assertEquals, assertNotEquals } from "./lib/assert.ts";
-import { startEinat, stopEinat } from "./lib/einat.ts";
+import { startEinat, stopEinat, waitLog } from "./lib/einat.ts";
 import { nsExec, nsExecResult, peerCmd, type Topology, withTopology } from "./lib/netns.ts";
 import { parseProm } from "./lib/prom.ts";
 import { parseUdpReplies } from "./lib/peer.ts";
@@ -27,14 +27,6 @@ async function seenFrom(t: Topology, port: number, ns = t.ns.lan1): Promise<stri
   );
   assertEquals(r.code, 0, `no reply through the NAT: ${r.stdout}${r.stderr}`);
   return parseUdpReplies(r.stdout)[0].seen;
-}
-
-async function waitLog(p: NsProcess, pattern: RegExp, ms = 5000): Promise<void> {
-  const end = Date.now() + ms;
-  while (!pattern.test(p.stderrText())) {
-    if (Date.now() > end) throw new Error(`log did not show ${pattern}:\n${p.stderrText()}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
 }
 
 async function ip(ns: string, args: string): Promise<void> {

@@ -55,3 +55,12 @@ export async function stopEinat(p: NsProcess, timeoutMs = 5000): Promise<number>
   const r = await p.output(timeoutMs);
   return r.code;
 }
+
+/** Waits until `p`'s log matches `pattern`; throws after `ms`, with the log. */
+export async function waitLog(p: NsProcess, pattern: RegExp, ms = 5000): Promise<void> {
+  const end = Date.now() + ms;
+  while (!pattern.test(p.stderrText())) {
+    if (Date.now() > end) throw new Error(`log did not show ${pattern}:\n${p.stderrText()}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}

@@ -73,6 +73,16 @@ function writeHairpinConfig(conf: string, key: string, range: string): Promise<v
   );
 }
 
+/** A UDP echo server on srv1:3478 (30 s), listening. */
+async function udpEchoOnSrv1(t: Topology): Promise<void> {
+  const echo = t.spawn(t.ns.srv1, peerCmd("udp-echo", ["--port", "3478", "--timeout-ms", "30000"]));
+  await echo.waitForStdout(/listening/);
+}
+
+/** `addr:port`, or `[addr]:port` for IPv6. */
+const hostPortOf = (family: 4 | 6, addr: string, port: number) =>
+  family === 4 ? `${addr}:${port}` : `[${addr}]:${port}`;
+
 /** UDP from lan1:6000 to `to` (lan2's external endpoint), through the hairpin; its reply. */
 async function throughHairpin(t: Topology, to: string, einat: NsProcess) {
   const hp = await nsExecResult(
@@ -121,11 +131,7 @@ Deno.test({
     withTopology(async (t) => {
       const a = t.addrs.v4;
       const rulesBefore = await nsExec(t.ns.router, ["ip", "rule", "show"]);
-      const echo = t.spawn(
-        t.ns.srv1,
-        peerCmd("udp-echo", ["--port", "3478", "--timeout-ms", "30000"]),
-      );
-      await echo.waitForStdout(/listening/);
+      await udpEchoOnSrv1(t);
       const einat = await startEinat(t.ns.router, ["-i", "wan0", "--hairpin-if", "br0"]);
       try {
         assert(/hairpin routing installed/.test(einat.stderrText()), einat.stderrText());
@@ -222,13 +228,8 @@ for (const family of [4, 6] as const) {
     fn: () =>
       withTopology(async (t) => {
         const a = family === 4 ? t.addrs.v4 : t.addrs.v6;
-        const hostPort = (addr: string, port: number) =>
-          family === 4 ? `${addr}:${port}` : `[${addr}]:${port}`;
-        const echo = t.spawn(
-          t.ns.srv1,
-          peerCmd("udp-echo", ["--port", "3478", "--timeout-ms", "30000"]),
-        );
-        await echo.waitForStdout(/listening/);
+        const hostPort = (addr: string, port: number) => hostPortOf(family, addr, port);
+        await udpEchoOnSrv1(t);
         const einat = await startEinat(
           t.ns.router,
           ["-i", "wan0", "--hairpin-if", "br0", ...(family === 6 ? ["--nat66"] : [])],
@@ -324,11 +325,7 @@ Deno.test({
   fn: () =>
     withTopology(async (t) => {
       const a = t.addrs.v4;
-      const echo = t.spawn(
-        t.ns.srv1,
-        peerCmd("udp-echo", ["--port", "3478", "--timeout-ms", "30000"]),
-      );
-      await echo.waitForStdout(/listening/);
+      await udpEchoOnSrv1(t);
       const einat = await startEinat(t.ns.router, ["-i", "wan0", "--hairpin-if", "br0"]);
       const table = () => nsExec(t.ns.router, ["ip", "route", "show", "table", "4787"]);
       try {
@@ -368,8 +365,7 @@ for (const family of [4, 6] as const) {
       withTopology(async (t) => {
         const a = family === 4 ? t.addrs.v4 : t.addrs.v6;
         const second = family === 4 ? "203.0.113.5" : "2001:db8:2::5";
-        const hostPort = (addr: string, port: number) =>
-          family === 4 ? `${addr}:${port}` : `[${addr}]:${port}`;
+        const hostPort = (addr: string, port: number) => hostPortOf(family, addr, port);
         await nsExec(t.ns.router, [
           "ip",
           "addr",
@@ -379,11 +375,7 @@ for (const family of [4, 6] as const) {
           "wan0",
           ...(family === 6 ? ["nodad"] : []),
         ]);
-        const echo = t.spawn(
-          t.ns.srv1,
-          peerCmd("udp-echo", ["--port", "3478", "--timeout-ms", "30000"]),
-        );
-        await echo.waitForStdout(/listening/);
+        await udpEchoOnSrv1(t);
         const einat = await startEinat(
           t.ns.router,
           ["-i", "wan0", "--hairpin-if", "br0", ...(family === 6 ? ["--nat66", "--nat44"] : [])],

@@ -309,7 +309,7 @@ export async function reconcile(s: Served): Promise<void> {
         external_slots: slotCount(s.nat.maps.records),
       });
     }
-    for (const m of defaultsWithSlots(s.nat.maps, plan, purged.unplaced)) {
+    for (const m of defaultsWithSlots(s.nat.maps, plan)) {
       log.warn("the default external address has no slot: new mappings are made on one that has", {
         ifname: s.ifname,
         addr: formatAddr(m.addr),

@@ -19,7 +19,14 @@ import {
 } from "./codec.ts";
 import type { NatMaps } from "./loader.ts";
 import type { NatPlan } from "./plan.ts";
-import { readSlots, releaseSlotRecords, slotCount, writeSlots } from "./records.ts";
+import {
+  readSlots,
+  releaseSlotRecords,
+  sameAddr,
+  slotCount,
+  slotOf,
+  writeSlots,
+} from "./records.ts";
 import { assignSlots, departedSlots } from "./slots.ts";
 
 const hex = (b: Uint8Array) => Array.from(b, (x) => x.toString(16).padStart(2, "0")).join("");
@@ -70,26 +77,24 @@ function writeDefaultExt(maps: NatMaps, plan: NatPlan, family: 4 | 6): void {
 /**
  * A family's default external without a slot (more addresses than `external_slots`, the new one
  * first) would refuse every new flow: the first of the plan's other addresses of that family new
- * mappings may be made on that has a slot takes its place, in `plan` and in the map. Returns the
- * addresses made default so.
+ * mappings may be made on that has a slot takes its place, in `plan` and in the map (the slots
+ * as {@link syncSlots} left them). Returns the addresses made default so.
  */
 export function defaultsWithSlots(
   maps: NatMaps,
   plan: NatPlan,
-  unplaced: { family: 4 | 6; addr: Uint8Array }[],
 ): { family: 4 | 6; addr: Uint8Array; instead: Uint8Array }[] {
   const out: { family: 4 | 6; addr: Uint8Array; instead: Uint8Array }[] = [];
-  const same = (a: Uint8Array, b: Uint8Array) =>
-    a.length === b.length && a.every((x, i) => x === b[i]);
+  const slotted = readSlots(maps.slots);
   for (const family of [4, 6] as const) {
     const d = plan.defaultExt[family];
-    if (!d || !unplaced.some((u) => u.family === family && same(u.addr, d.addr))) continue;
-    const slotted = readSlots(maps.slots);
+    if (!d || slotOf(slotted, family, d.addr) >= 0) continue;
     const other = plan.resolved.find((r) =>
       r.family === family && !r.spec.noSnat && !r.spec.isInternal &&
-      slotted.some((s) => s.family === family && same(s.addr, r.addr))
+      slotOf(slotted, family, r.addr) >= 0
     );
-    const e = other && plan.externals.find((x) => x.family === family && same(x.addr, other.addr));
+    const e = other &&
+      plan.externals.find((x) => x.family === family && sameAddr(x.addr, other.addr));
     if (!other || !e || !(e.cfg.flags & EXT_FLAGS.EXTERNAL) || e.cfg.flags & EXT_FLAGS.NO_SNAT) {
       continue;
     }

@@ -151,7 +151,8 @@ export function writeSlots(fd: number, entries: SlotEntry[]): void {
   bpf.mapUpdate(fd, ZERO, v);
 }
 
-const sameAddr = (a: Uint8Array, b: Uint8Array) =>
+/** The same address (the same bytes). */
+export const sameAddr = (a: Uint8Array, b: Uint8Array): boolean =>
   a.length === b.length && a.every((x, i) => x === b[i]);
 
 /** The slot of an external address, or -1. */

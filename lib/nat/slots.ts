@@ -6,7 +6,7 @@
  * @module
  */
 import type { NatPlan } from "./plan.ts";
-import type { SlotEntry } from "./records.ts";
+import { sameAddr, type SlotEntry } from "./records.ts";
 
 /**
  * The slot table for `plan`: the current slots kept (those of addresses that left too, until
@@ -43,9 +43,6 @@ export function assignSlots(
 /** The slots whose address the plan no longer has. */
 export function departedSlots(current: SlotEntry[], plan: NatPlan): SlotEntry[] {
   return current.filter((s) =>
-    !plan.resolved.some((r) =>
-      r.family === s.family && r.addr.length === s.addr.length &&
-      r.addr.every((x, i) => x === s.addr[i])
-    )
+    !plan.resolved.some((r) => r.family === s.family && sameAddr(r.addr, s.addr))
   );
 }

@@ -57,7 +57,7 @@ Deno.test("slots: a default external left without a slot gives way to an address
     applyPlan(n.nat.maps, plan);
     const { unplaced } = purgeStale(n.nat, plan);
     assertEquals(unplaced.map((u) => u.addr.join(".")), ["198.51.100.7"]);
-    const moved = defaultsWithSlots(n.nat.maps, plan, unplaced);
+    const moved = defaultsWithSlots(n.nat.maps, plan);
     assertEquals(moved.map((m) => [m.addr.join("."), m.instead.join(".")]), [
       ["203.0.113.1", "198.51.100.7"],
     ]);
@@ -65,7 +65,7 @@ Deno.test("slots: a default external left without a slot gives way to an address
     const out = n.egress(udpSpec(4, "192.0.2.10", 40000, "198.51.100.1", 53, new Uint8Array(4)));
     assertEquals([out.retval, out.out.src], [TC_ACT_OK, "203.0.113.1"], "translated, not refused");
     // Nothing to move when the default has its slot.
-    assertEquals(defaultsWithSlots(n.nat.maps, plan, unplaced), []);
+    assertEquals(defaultsWithSlots(n.nat.maps, plan), []);
   } finally {
     n.close();
   }

@@ -17,6 +17,7 @@
 #include "lib/ct.h"
 #include "lib/flowcache.h"
 #include "lib/frag.h"
+#include "lib/addrnat.h"
 #include "lib/icmp_reply.h"
 #include "lib/icmp_check.h"
 #include "lib/state.h"
@@ -282,6 +283,22 @@ __noinline int einat_ingress_icmp_error(struct __sk_buff *skb, struct packet *p)
 		if (!einat_icmp_error_valid(skb, p)) /* RFC 5508 REQ-3 */
 			return drop(STAT_DROP_ICMP_ERROR);
 		if (rewrite_quote_addr6(skb, p, &in, true, &intern) ||
+		    rewrite(skb, p, false, &intern, 0))
+			return drop(STAT_DROP_UNTRANSLATABLE);
+		stat_inc(STAT_ICMP_ERROR_NAT);
+		traffic_add(skb, false, p->family);
+		return TC_ACT_OK;
+	}
+	if (r == PARSE_PASS && in.l3_len && addr_nat_proto(p->family, in.l4proto)) {
+		/* About another protocol's packet (lib/addrnat.h): to its mapping's host. */
+		union ip_addr intern;
+		if (!addr_eq(&p->dst, &in.src) ||
+		    !einat_addr_nat_find(ADDR_FIND(p->family, in.l4proto, 0), &in.src, &in.dst,
+					 packet_now(p), &intern))
+			return pass();
+		if (!einat_icmp_error_valid(skb, p)) /* RFC 5508 REQ-3 */
+			return drop(STAT_DROP_ICMP_ERROR);
+		if (rewrite_inner(skb, p, &in, true, &intern, 0) ||
 		    rewrite(skb, p, false, &intern, 0))
 			return drop(STAT_DROP_UNTRANSLATABLE);
 		stat_inc(STAT_ICMP_ERROR_NAT);
@@ -627,6 +644,65 @@ __noinline int einat_egress_later_fragment(struct __sk_buff *skb, struct packet 
 	return TC_ACT_OK;
 }
 
+/* Passes a packet as it is; the rest of its datagram too when its later fragments cannot tell
+ * their protocol (frag.h). */
+static __always_inline int pass_datagram(const struct packet *p)
+{
+	if (p->frag == FRAG_FIRST && frag_later_blind(p))
+		einat_frag_record(p, FRAG_OUT, &p->src);
+	return pass();
+}
+
+/*
+ * Another IP protocol leaving (lib/addrnat.h): an internal host's source
+ * becomes the external address, and (protocol, external, remote) its mapping;
+ * a later fragment does what its first did. The router's own sources, no-SNAT
+ * ones and no-SNAT destinations pass as they are; to one of our external
+ * addresses it is the router's (never turned: no port names a host).
+ */
+__noinline int einat_egress_other(struct __sk_buff *skb, struct packet *p)
+{
+	if (!p)
+		return TC_ACT_SHOT;
+	if (local_only_source(p) || (ext_flags(p->family, &p->src) & (EXT_EXTERNAL | EXT_NO_SNAT)))
+		return pass_datagram(p);
+	__u32 dest = dest_flags(p);
+	if (dest & EXT_NO_SNAT)
+		return pass_datagram(p);
+	if (dest & EXT_EXTERNAL)
+		return deliver_turned(skb, p);
+
+	__u32 idx = p->family == 4 ? 0 : 1;
+	struct default_ext *ext = bpf_map_lookup_elem(&map_default_ext, &idx);
+	if (!ext || !ext->valid) /* no external address: told, as a new flow is (REQ-8) */
+		return p->frag == FRAG_LATER ? drop(STAT_DROP_UNTRANSLATABLE)
+					     : refused(skb, p, STAT_DROP_UNTRANSLATABLE);
+	addr_nat_csum_off(p);
+	if (p->frag == FRAG_LATER)
+		return einat_egress_later_fragment(skb, p, &ext->addr, 0, 0);
+
+	const union ip_addr *to = &ext->addr;
+	if (CFG.fib_external && !ext->only && einat_fib_external(skb, p)) {
+		__u32 zero = 0;
+		struct icmp_scratch *sc = bpf_map_lookup_elem(&map_icmp_scratch, &zero);
+		if (sc)
+			to = &sc->ext.addr;
+	}
+	int r = einat_addr_nat_claim(p, to, packet_now(p));
+	if (r)
+		return refused(skb, p, r);
+	if (rewrite(skb, p, true, to, 0))
+		return drop(STAT_DROP_UNTRANSLATABLE);
+	if (p->frag == FRAG_FIRST) {
+		einat_frag_record(p, FRAG_OUT, to);
+		if (p->family == 6) /* errors about its later fragments quote (external, remote) */
+			einat_frag_record_back(p, FRAG_OUT_BACK, to, &p->dst, &p->src);
+	}
+	stat_inc(STAT_EGRESS_NAT);
+	traffic_add(skb, true, p->family);
+	return TC_ACT_OK;
+}
+
 /* Keys and values of the full egress path (the stack is short). */
 struct egress_scratch {
 	struct ct_key ck;
@@ -832,10 +908,10 @@ static __always_inline int egress_family(struct __sk_buff *skb, const __u8 famil
 	if (log_on(LOG_TRACE))
 		einat_log_packet(pp, 1);
 	if (unlikely(r == PARSE_PASS)) {
+		if (addr_nat_proto(pp->family, pp->real_proto))
+			return einat_egress_other(skb, pp);
 		/* Another protocol's first fragment: its later fragments pass too. */
-		if (pp->frag == FRAG_FIRST && frag_later_blind(pp))
-			einat_frag_record(pp, FRAG_OUT, &pp->src);
-		return pass();
+		return pass_datagram(pp);
 	}
 	if (unlikely(r == PARSE_BAD && pp->family == 0))
 		return drop(STAT_DROP_UNTRANSLATABLE);
@@ -884,6 +960,52 @@ __noinline int einat_ingress_first_fragment(struct __sk_buff *skb, struct packet
 	}
 	if (einat_frag_release(skb, p))
 		return drop(STAT_DROP_FRAGMENT);
+	return TC_ACT_OK;
+}
+
+/*
+ * Another IP protocol arriving (lib/addrnat.h): to the internal host whose
+ * mapping (protocol, external, remote) lives; otherwise the router's. A later
+ * fragment does what its first did, and one before its first is held for it.
+ */
+__noinline int einat_ingress_other(struct __sk_buff *skb, struct packet *p)
+{
+	union ip_addr to;
+	if (!p)
+		return TC_ACT_SHOT;
+	addr_nat_csum_off(p);
+	if (p->frag == FRAG_LATER) {
+		if (!einat_frag_lookup(p, FRAG_IN, &to)) {
+			if (is_external_dest(p) && einat_frag_hold(skb, p)) {
+				stat_inc(STAT_FRAGMENT_HELD);
+				return TC_ACT_SHOT;
+			}
+			return pass();
+		}
+		if (addr_eq(&to, &p->dst))
+			return pass();
+		if (rewrite(skb, p, false, &to, 0))
+			return drop(STAT_DROP_UNTRANSLATABLE);
+		stat_inc(STAT_FRAGMENT_NAT);
+		traffic_add(skb, false, p->family);
+		return TC_ACT_OK;
+	}
+	if (!einat_addr_nat_find(ADDR_FIND(p->family, p->real_proto, 1), &p->dst, &p->src,
+				 packet_now(p), &to)) {
+		if (p->frag == FRAG_FIRST) /* the router's: its held later fragments go on too */
+			return einat_ingress_first_fragment(skb, p);
+		return pass();
+	}
+	if (rewrite(skb, p, false, &to, 0))
+		return drop(STAT_DROP_UNTRANSLATABLE);
+	stat_inc(STAT_INGRESS_NAT);
+	traffic_add(skb, false, p->family);
+	if (p->frag == FRAG_FIRST) {
+		einat_frag_record(p, FRAG_IN, &to);
+		if (p->family == 6) /* errors about its later fragments quote (remote, internal) */
+			einat_frag_record_back(p, FRAG_IN_BACK, &p->src, &to, &p->dst);
+		return einat_ingress_first_fragment(skb, p); /* releases the held ones */
+	}
 	return TC_ACT_OK;
 }
 
@@ -992,6 +1114,8 @@ static __always_inline int ingress_family(struct __sk_buff *skb, const __u8 fami
 	if (log_on(LOG_TRACE))
 		einat_log_packet(pp, 0);
 	if (unlikely(r != PARSE_OK)) {
+		if (r == PARSE_PASS && addr_nat_proto(pp->family, pp->real_proto))
+			return einat_ingress_other(skb, pp);
 		/* A first fragment that passes as it is (one of another protocol whose
 		 * later fragments cannot tell it, or of an ICMP message nothing maps):
 		 * recorded for its later fragments, which pass too, and those held for

@@ -44,6 +44,9 @@ struct einat_config {
 	/* Bindings at most (binding_max_records): past it, new ones are refused. */
 	__u32 binding_max;
 	__u32 _pad2;
+	/* Address-only NAT of the IP protocols without ports (lib/addrnat.h): how long a
+	 * mapping lives without traffic; 0: off, their packets pass as they are. */
+	__u64 timeout_other;
 };
 
 /* The context of the btf_find program (bpf/lib/btf_query.h). */
@@ -228,6 +231,26 @@ struct mapping_record {
 	struct ct_value ct;
 };
 
+/*
+ * map_addr_nat (lib/addrnat.h): address-only translation of another IP
+ * protocol (GRE, ESP, SCTP, ...), one internal host per (protocol, external
+ * address, remote address).
+ */
+struct addr_key {
+	__u8 family;
+	__u8 l4proto;
+	__u16 _pad;
+	union ip_addr ext_addr;
+	union ip_addr remote_addr;
+};
+
+struct addr_value {
+	union ip_addr int_addr;
+	__u32 created_s; /* CLOCK_MONOTONIC seconds */
+	__u32 _pad;
+	__u64 last_seen_ns; /* CLOCK_MONOTONIC */
+};
+
 #define SESS_NONE 0
 #define SESS_INLINE 1
 
@@ -269,6 +292,8 @@ enum einat_stat {
 	STAT_FRAGMENT_HELD,
 	STAT_FRAGMENT_RELEASED,
 	STAT_FLOW_CACHE_MISS, /* the flow's slot held nothing or another flow (lib/flowcache.h) */
+	STAT_NEW_ADDR_MAPPING, /* address-only, of another IP protocol (lib/addrnat.h) */
+	STAT_DROP_ADDR_IN_USE, /* its (protocol, external, remote) is another host's */
 	STAT_MAX,
 };
 

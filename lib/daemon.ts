@@ -111,6 +111,7 @@ export function roConfigOf(ic: InterfaceConfig, hasEth = true): RoConfig {
     inboundIcmpx: ic.allowInboundIcmpx,
     flowCacheSlots: ic.flowCacheSlots,
     sessionCounters: ic.sessionCounters,
+    timeoutOther: ic.snatOtherProtocols ? BigInt(t.other) * MS : 0n,
   };
 }
 

@@ -42,6 +42,7 @@ nat66 = true
 bpf_log_level = 3
 bpf_fib_lookup_external = true
 allow_inbound_icmpx = false
+timeout_other = "7m"
 timeout_fragment = "3s"
 timeout_icmp_default = "45s"
 timeout_udp_min = "90s"
@@ -104,6 +105,7 @@ Deno.test("config keys reach the loaded BPF config and maps", async () => {
       // binding_max_records: the bindings at most, and the outbound index sized for them
       outboundLines: 1024,
       bindingMax: 4096,
+      timeoutOther: 420n * s,
     });
     // session_counters: the knob on, the counters' map sized to it
     assertEquals(ro[EINAT_CONFIG_LAYOUT.fields.session_counters.offset], 1);

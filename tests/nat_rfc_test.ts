@@ -827,7 +827,7 @@ Deno.test("fragments v6: a Fragment header followed by Destination Options; the 
   }
 });
 
-Deno.test("fragments v6: another protocol (SCTP, IPv6-in-IPv6, GRE) behind Destination Options after the Fragment header passes whole both ways, in order and not", async () => {
+Deno.test("fragments v6: another protocol (SCTP, IPv6-in-IPv6, GRE) behind Destination Options after the Fragment header is translated whole both ways (address only), in order and not", async () => {
   const n = await loadTestNat(cfg66(), EXTS);
   try {
     /** IPv6 | DSTOPTS(nh=proto) | a body: a UDP datagram's bytes under another protocol. */
@@ -838,20 +838,24 @@ Deno.test("fragments v6: another protocol (SCTP, IPv6-in-IPv6, GRE) behind Desti
     };
     let id = 0x4200;
     for (const proto of [132, 41, 47]) {
-      // Egress: the later fragment passes untouched like its first (it used to take the
-      // default external address: a datagram of two sources, never reassembled).
+      // Egress: the later fragment gets the source its first got (the first's record: the
+      // later one cannot see the protocol behind the options).
       const [f1, f2] = fragment(other(LAN6, SRV6, proto), 6, id++, 16);
-      assertEquals(n.runRaw("egress", f1), { retval: TC_ACT_OK, bytes: f1 }, `${proto} first`);
-      assertEquals(n.runRaw("egress", f2), { retval: TC_ACT_OK, bytes: f2 }, `${proto} later`);
-      // Ingress to the router, in order: both pass (the later one used to be held for good).
+      const src = (f: Uint8Array) => parsePacket(n.runRaw("egress", f).bytes).src;
+      assertEquals([src(f1), src(f2)], [EXT6, EXT6], `${proto} out`);
+      // Ingress from that remote, in order: both to LAN6.
       const [g1, g2] = fragment(other(SRV6, EXT6, proto), 6, id++, 16);
-      assertEquals(n.runRaw("ingress", g1), { retval: TC_ACT_OK, bytes: g1 }, `${proto} in`);
-      assertEquals(n.runRaw("ingress", g2), { retval: TC_ACT_OK, bytes: g2 }, `${proto} in`);
+      const dst = (f: Uint8Array) => parsePacket(n.runRaw("ingress", f).bytes).dst;
+      assertEquals([dst(g1), dst(g2)], [LAN6, LAN6], `${proto} in`);
+      // From a remote nothing was sent to: the router's, both pass as they are.
+      const [h1, h2] = fragment(other(HOP6, EXT6, proto), 6, id++, 16);
+      assertEquals(n.runRaw("ingress", h1), { retval: TC_ACT_OK, bytes: h1 }, `${proto} router`);
+      assertEquals(n.runRaw("ingress", h2), { retval: TC_ACT_OK, bytes: h2 }, `${proto} router`);
       // Ingress, the later fragment first: held, then released by its first.
       const released = stat(n.nat.maps.stats, "fragment_released");
       const [k1, k2] = fragment(other(SRV6, EXT6, proto), 6, id++, 16);
       assertEquals(n.runRaw("ingress", k2).retval, TC_ACT_SHOT, "held");
-      assertEquals(n.runRaw("ingress", k1), { retval: TC_ACT_OK, bytes: k1 });
+      assertEquals(dst(k1), LAN6);
       assertEquals(stat(n.nat.maps.stats, "fragment_released"), released + 1n, "released");
     }
   } finally {

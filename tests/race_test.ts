@@ -120,6 +120,7 @@ Deno.test({
         udpDefault: ms,
         tcpTrans: ms,
         tcpEst: ms,
+        other: ms,
       },
     });
     const n = await loadTestNat(ic, EXT_CIDRS);

@@ -25,6 +25,7 @@ const volatile struct einat_config CFG = {
 	.inbound_icmpx = 1,
 	.flow_fresh_ns = NS_PER_SEC,
 	.flow_cache_bits = 14,
+	.timeout_other = 600 * NS_PER_SEC,
 };
 
 #define LOG_LEVEL (CFG.log_level)

@@ -213,8 +213,6 @@ static __always_inline int rewrite_impl(struct __sk_buff *skb, const struct pack
 	__be16 to_port = (__be16)to_port32;
 	__be16 old_port = is_src ? p->sport : p->dport;
 	__u32 port_off = is_src ? p->sport_off : p->dport_off;
-	bool has_l4 = p->frag != FRAG_LATER;
-	bool port_changes = has_l4 && old_port != to_port;
 	void *data = (void *)(long)skb->data;
 	void *data_end = (void *)(long)skb->data_end;
 	__u32 l3 = p->l3_off;
@@ -224,6 +222,10 @@ static __always_inline int rewrite_impl(struct __sk_buff *skb, const struct pack
 
 	if (l3 > 64 || port_off > L4_OFF_MAX + 8 || csum_off > L4_OFF_MAX + 32)
 		return -1;
+	/* No L4 header to update: a later fragment, or a protocol whose checksum does not
+	 * cover the addresses (lib/addrnat.h: csum_off 0). */
+	bool has_l4 = p->frag != FRAG_LATER && csum_off;
+	bool port_changes = has_l4 && old_port != to_port;
 	/* The port first: fewer values live across the address (a small frame). */
 	__u16 *cp = data + csum_off;
 	if (has_l4) {
@@ -367,12 +369,16 @@ static __always_inline int rewrite_inner(struct __sk_buff *skb, const struct pac
 		}
 		break;
 	default: /* ICMP echo: identifier; ICMPv6 also covers the addresses */
+		if (in->l4proto != IPPROTO_ICMP) {
+			port_off = 0; /* another protocol: its addresses only (lib/addrnat.h) */
+			break;
+		}
 		port_off = in->l4_off + offsetof(struct icmphdr, un.echo.id);
 		csum_off = in->l4_off + offsetof(struct icmphdr, checksum);
 		l4csum_delta = p->family == 6 ? (__u64)da + dp : dp;
 		break;
 	}
-	if (bpf_skb_store_bytes(skb, port_off, &to_port, 2, 0))
+	if (port_off && bpf_skb_store_bytes(skb, port_off, &to_port, 2, 0))
 		return -1;
 	if (csum_off) {
 		__sum16 c;

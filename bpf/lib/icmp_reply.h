@@ -108,7 +108,7 @@ __noinline int einat_send_prohibited(struct __sk_buff *skb, struct packet *p)
 		s->ip.saddr = rc == BPF_FIB_LKUP_RET_SUCCESS ? s->fib.ipv4_src : p->dst.v4;
 		s->ip.daddr = p->src.v4;
 		s->ip.check = ~csum_fold(bpf_csum_diff(0, 0, (__be32 *)&s->ip, sizeof(s->ip), 0));
-		if (bpf_skb_store_bytes(skb, l3, &s->ip, sizeof(s->ip), 0))
+		if (bpf_skb_store_bytes(skb, l3, &s->ip, sizeof(s->ip), BPF_F_RECOMPUTE_CSUM))
 			return TC_ACT_SHOT;
 		ic.type = ICMP_DEST_UNREACH;
 		ic.code = 13;
@@ -124,7 +124,7 @@ __noinline int einat_send_prohibited(struct __sk_buff *skb, struct packet *p)
 		else
 			__builtin_memcpy(&s->ip6.saddr, &p->dst, 16);
 		__builtin_memcpy(&s->ip6.daddr, &p->src, 16);
-		if (bpf_skb_store_bytes(skb, l3, &s->ip6, sizeof(s->ip6), 0))
+		if (bpf_skb_store_bytes(skb, l3, &s->ip6, sizeof(s->ip6), BPF_F_RECOMPUTE_CSUM))
 			return TC_ACT_SHOT;
 		ic.type = ICMPV6_DEST_UNREACH;
 		ic.code = 1;
@@ -136,9 +136,9 @@ __noinline int einat_send_prohibited(struct __sk_buff *skb, struct packet *p)
 		sum += bpf_csum_diff(0, 0, (__be32 *)s->quote, 48, 0);
 	}
 	ic.checksum = ~csum_fold(sum);
-	if (bpf_skb_store_bytes(skb, l3 + hdr, &ic, sizeof(ic), 0))
+	if (bpf_skb_store_bytes(skb, l3 + hdr, &ic, sizeof(ic), BPF_F_RECOMPUTE_CSUM))
 		return TC_ACT_SHOT;
-	if (bpf_skb_store_bytes(skb, l3 + hdr + 8, s->quote, qlen, 0))
+	if (bpf_skb_store_bytes(skb, l3 + hdr + 8, s->quote, qlen, BPF_F_RECOMPUTE_CSUM))
 		return TC_ACT_SHOT;
 	stat_inc(STAT_ICMP_PROHIBITED_SENT);
 	if (rc != BPF_FIB_LKUP_RET_SUCCESS)

@@ -105,6 +105,7 @@ export const DEFAULTS = {
   icmpOutRanges: [{ start: 1000, end: 65535 }],
   bpfLogLevel: 0,
   allowInboundIcmpx: true,
+  snatOtherProtocols: true,
   /** TOML default; an interface built from CLI flags gets false (see cli.ts). */
   preferTcx: true,
   preallocateMaps: false,
@@ -128,6 +129,7 @@ export const DEFAULTS = {
     udpDefault: 300_000,
     tcpTrans: 240_000,
     tcpEst: 7_440_000, // 2h4m: RFC 5382 REQ-5, as einat-ebpf
+    other: 600_000, // 10m: masquerade's generic timeout (nf_conntrack_generic_timeout)
   },
 } as const;
 
@@ -152,6 +154,7 @@ const TIMEOUT_KEYS: Record<keyof Timeouts, string> = {
   udpDefault: "timeout_udp_default",
   tcpTrans: "timeout_tcp_trans",
   tcpEst: "timeout_tcp_est",
+  other: "timeout_other",
 };
 /**
  * einat-ebpf's names for the timeouts of connectionless sessions, UDP and ICMP alike: here
@@ -170,6 +173,7 @@ const INTERFACE_KEYS = [
   "bpf_log_level",
   "bpf_fib_lookup_external",
   "allow_inbound_icmpx",
+  "snat_other_protocols",
   ...Object.values(TIMEOUT_KEYS),
   ...Object.keys(EINAT_EBPF_TIMEOUTS),
   "frag_track_max_records",
@@ -811,6 +815,7 @@ export function defaultInterface(
     bpfLogLevel: DEFAULTS.bpfLogLevel,
     bpfFibLookupExternal: defaultFibLookup(kernelRelease),
     allowInboundIcmpx: DEFAULTS.allowInboundIcmpx,
+    snatOtherProtocols: DEFAULTS.snatOtherProtocols,
     timeouts: { ...DEFAULTS.timeouts },
     fragTrackMaxRecords: DEFAULTS.fragTrackMaxRecords,
     bindingMaxRecords: DEFAULTS.bindingMaxRecords,
@@ -918,6 +923,13 @@ function parseInterface(
     "allow_inbound_icmpx",
     path,
     DEFAULTS.allowInboundIcmpx,
+  );
+  iface.snatOtherProtocols = getBool(
+    ctx,
+    t,
+    "snat_other_protocols",
+    path,
+    DEFAULTS.snatOtherProtocols,
   );
   iface.preferTcx = getBool(ctx, t, "prefer_tcx", path, DEFAULTS.preferTcx);
   iface.preallocateMaps = getBool(ctx, t, "preallocate_maps", path, DEFAULTS.preallocateMaps);

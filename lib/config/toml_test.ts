@@ -71,6 +71,7 @@ Deno.test("minimal interface: every default applied", () => {
   equal(i.bpfLogLevel, 0);
   equal(i.bpfFibLookupExternal, true); // kernel 6.8
   equal(i.allowInboundIcmpx, true);
+  equal(i.snatOtherProtocols, true);
   deepStrictEqual(i.timeouts, {
     fragment: 2_000,
     icmpDefault: 60_000,
@@ -78,6 +79,7 @@ Deno.test("minimal interface: every default applied", () => {
     udpDefault: 300_000,
     tcpTrans: 240_000,
     tcpEst: 7_440_000,
+    other: 600_000,
   });
   equal(i.fragTrackMaxRecords, 65536);
   equal(i.bindingMaxRecords, 196608);
@@ -142,6 +144,8 @@ nat66 = true
 bpf_log_level = 3
 bpf_fib_lookup_external = false
 allow_inbound_icmpx = false
+snat_other_protocols = false
+timeout_other = "3m"
 timeout_fragment = "3s"
 timeout_icmp_default = "90s"
 timeout_udp_min = "1m"
@@ -220,6 +224,7 @@ nat44 = true
   equal(i.bpfLogLevel, 3);
   equal(i.bpfFibLookupExternal, false);
   equal(i.allowInboundIcmpx, false);
+  equal(i.snatOtherProtocols, false);
   deepStrictEqual(i.timeouts, {
     fragment: 3_000,
     icmpDefault: 90_000,
@@ -227,6 +232,7 @@ nat44 = true
     udpDefault: 600_000,
     tcpTrans: 300_000,
     tcpEst: 5_400_000,
+    other: 180_000,
   });
   equal(i.fragTrackMaxRecords, 1024);
   equal(i.bindingMaxRecords, 2048);

@@ -62,6 +62,8 @@ export interface Timeouts {
   udpDefault: number;
   tcpTrans: number;
   tcpEst: number;
+  /** Address-only mappings of the IP protocols without ports (`timeout_other`). */
+  other: number;
 }
 
 /** One interface einat serves. */
@@ -74,6 +76,8 @@ export interface InterfaceConfig {
   bpfLogLevel: number;
   bpfFibLookupExternal: boolean;
   allowInboundIcmpx: boolean;
+  /** Translate the source address of the IP protocols without ports (GRE, ESP, ...). */
+  snatOtherProtocols: boolean;
   timeouts: Timeouts;
   fragTrackMaxRecords: number;
   bindingMaxRecords: number;

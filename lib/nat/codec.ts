@@ -67,6 +67,8 @@ export const STATS = [
   "fragment_held",
   "fragment_released",
   "flow_cache_miss",
+  "new_addr_mapping",
+  "drop_addr_in_use",
 ] as const;
 /** Name of a counter in `map_stats`. */
 export type StatName = typeof STATS[number];
@@ -84,7 +86,7 @@ export const TRAFFIC = [
 /** struct einat_config (.rodata CFG). */
 export const EINAT_CONFIG_LAYOUT: StructLayout = {
   name: "einat_config",
-  size: 80,
+  size: 88,
   fields: {
     timeout_fragment: { offset: 0, size: 8 },
     timeout_icmp: { offset: 8, size: 8 },
@@ -104,6 +106,7 @@ export const EINAT_CONFIG_LAYOUT: StructLayout = {
     session_counters: { offset: 65, size: 1 },
     outbound_mask: { offset: 68, size: 4 },
     binding_max: { offset: 72, size: 4 },
+    timeout_other: { offset: 80, size: 8 },
   },
 };
 
@@ -302,6 +305,29 @@ export const SESS_COUNTER_LAYOUT: StructLayout = {
   },
 };
 
+/** struct addr_key (map_addr_nat: address-only NAT of other IP protocols, bpf/lib/addrnat.h). */
+export const ADDR_KEY_LAYOUT: StructLayout = {
+  name: "addr_key",
+  size: 36,
+  fields: {
+    family: { offset: 0, size: 1 },
+    l4proto: { offset: 1, size: 1 },
+    ext_addr: { offset: 4, size: 16 },
+    remote_addr: { offset: 20, size: 16 },
+  },
+};
+
+/** struct addr_value. */
+export const ADDR_VALUE_LAYOUT: StructLayout = {
+  name: "addr_value",
+  size: 32,
+  fields: {
+    int_addr: { offset: 0, size: 16 },
+    created_s: { offset: 16, size: 4 },
+    last_seen_ns: { offset: 24, size: 8 },
+  },
+};
+
 /** All layouts, for the BTF check. */
 export const LAYOUTS: StructLayout[] = [
   EINAT_CONFIG_LAYOUT,
@@ -319,6 +345,8 @@ export const LAYOUTS: StructLayout[] = [
   SWEEP_BATCH_LAYOUT,
   TRAFFIC_COUNTER_LAYOUT,
   SESS_COUNTER_LAYOUT,
+  ADDR_KEY_LAYOUT,
+  ADDR_VALUE_LAYOUT,
 ];
 
 // --- helpers -----------------------------------------------------------
@@ -367,6 +395,8 @@ export interface RoConfig {
   bindingMax?: number;
   /** Sessions whose packets and bytes are counted (`session_counters`); 0 or absent: off. */
   sessionCounters?: number;
+  /** Address-only NAT of the IP protocols without ports: its timeout; 0 or absent: off. */
+  timeoutOther?: bigint;
 }
 
 /**
@@ -431,6 +461,7 @@ export function encodeRoConfig(c: RoConfig): Uint8Array {
   b[f(L, "session_counters")] = c.sessionCounters ? 1 : 0;
   v.setUint32(f(L, "outbound_mask"), (c.outboundLines ?? 1) - 1, true);
   v.setUint32(f(L, "binding_max"), c.bindingMax ?? 0, true);
+  v.setBigUint64(f(L, "timeout_other"), c.timeoutOther ?? 0n, true);
   return b;
 }
 
@@ -454,6 +485,7 @@ export function decodeRoConfig(b: Uint8Array): RoConfig {
     flowCacheSlots: 2 ** b[f(L, "flow_cache_bits")],
     outboundLines: v.getUint32(f(L, "outbound_mask"), true) + 1,
     bindingMax: v.getUint32(f(L, "binding_max"), true),
+    timeoutOther: v.getBigUint64(f(L, "timeout_other"), true),
   };
 }
 
@@ -631,6 +663,49 @@ export function decodeCtValue(b: Uint8Array, family: 4 | 6): CtValue {
     flags: b[f(L, "flags")],
     lastSeenNs: v.getBigUint64(f(L, "last_seen_ns"), true),
     createdS: v.getUint32(f(L, "created_s"), true),
+  };
+}
+
+/** An address-only mapping of another IP protocol (map_addr_nat). */
+export interface AddrMapping {
+  family: 4 | 6;
+  l4proto: number;
+  extAddr: Uint8Array;
+  remoteAddr: Uint8Array;
+  intAddr: Uint8Array;
+  /** CLOCK_MONOTONIC seconds when it was made. */
+  createdS: number;
+  /** CLOCK_MONOTONIC of its last packet. */
+  lastSeenNs: bigint;
+}
+
+/** Encodes the key of an address-only mapping. */
+export function encodeAddrKey(
+  k: Pick<AddrMapping, "family" | "l4proto" | "extAddr" | "remoteAddr">,
+): Uint8Array {
+  const L = ADDR_KEY_LAYOUT;
+  const b = new Uint8Array(L.size);
+  b[f(L, "family")] = k.family;
+  b[f(L, "l4proto")] = k.l4proto;
+  b.set(addr16(k.extAddr), f(L, "ext_addr"));
+  b.set(addr16(k.remoteAddr), f(L, "remote_addr"));
+  return b;
+}
+
+/** Decodes a map_addr_nat entry (`struct addr_key`, `struct addr_value`). */
+export function decodeAddrMapping(key: Uint8Array, value: Uint8Array): AddrMapping {
+  const K = ADDR_KEY_LAYOUT, V = ADDR_VALUE_LAYOUT;
+  const family = key[f(K, "family")] as 4 | 6;
+  const at = (b: Uint8Array, o: number) => addrOf(family, b.subarray(o, o + 16));
+  const v = view(value);
+  return {
+    family,
+    l4proto: key[f(K, "l4proto")],
+    extAddr: at(key, f(K, "ext_addr")),
+    remoteAddr: at(key, f(K, "remote_addr")),
+    intAddr: at(value, f(V, "int_addr")),
+    createdS: v.getUint32(f(V, "created_s"), true),
+    lastSeenNs: v.getBigUint64(f(V, "last_seen_ns"), true),
   };
 }
 

@@ -40,6 +40,7 @@ export const MAP_NAMES = {
   flowCache: "map_flow_cache",
   sweep: "map_sweep",
   sessCounters: "map_sess_counters",
+  addrNat: "map_addr_nat",
 } as const;
 
 /** File descriptors of the maps, by role. */

@@ -84,6 +84,7 @@ export const STATE_MAPS = [
   "map_traffic",
   "map_epoch", // shared, so a --replace's two einats see each other's deletions (epoch.h)
   "map_sess_counters",
+  "map_addr_nat",
 ] as const;
 /** Name of one pinned state map. */
 export type StateMap = typeof STATE_MAPS[number];
@@ -115,6 +116,7 @@ export const SEMANTICS: Record<StateMap, number> = {
   map_traffic: 1,
   map_epoch: 1,
   map_sess_counters: 1,
+  map_addr_nat: 1,
 };
 
 /** Maps whose loss breaks connections: an incompatible layout refuses to start. */
@@ -149,6 +151,7 @@ const TYPES: Record<StateMap, [string, string]> = {
   ],
   map_epoch: ["u32", "u64 mapping epoch"],
   map_sess_counters: ["ct_key", "sess_counter"],
+  map_addr_nat: ["addr_key", "addr_value"],
 };
 
 /** A pinned state that cannot be used, with what to do about it. */
@@ -381,6 +384,7 @@ export function timeoutsOf(ro: RoConfig): Record<string, string> {
     udp: String(ro.timeoutUdp),
     tcpTrans: String(ro.timeoutTcpTrans),
     tcpEst: String(ro.timeoutTcpEst),
+    other: String(ro.timeoutOther ?? 0n),
   };
 }
 

@@ -14,6 +14,7 @@ import {
   CT_KEY_LAYOUT,
   CT_STATE,
   CT_VALUE_LAYOUT,
+  decodeAddrMapping,
   IPPROTO,
   STATS,
   sumPerCpu,
@@ -92,6 +93,74 @@ export interface SessionRow {
    * sweep (or the start of the next daemon). Only when the timeouts are known.
    */
   expired: boolean;
+}
+
+/**
+ * An address-only mapping of another IP protocol (GRE, ESP, ...; bpf/lib/addrnat.h): one
+ * internal host per (protocol, external address, remote address).
+ */
+export interface AddrRow {
+  interface: string;
+  /** Its name (`gre`, `esp`, ...) or `proto-N`. */
+  protocol: string;
+  family: 4 | 6;
+  internal: string;
+  external: string;
+  remote: string;
+  /** Seconds until it expires, when the timeout is known; 0 when overdue. */
+  secondsLeft: number | null;
+  idleSeconds: number;
+  /** Past its timeout: another host may take it over (no sweep removes it: an LRU map). */
+  expired: boolean;
+}
+
+const OTHER_PROTOCOLS: Record<number, string> = {
+  4: "ipip",
+  33: "dccp",
+  41: "ipv6",
+  47: "gre",
+  50: "esp",
+  51: "ah",
+  115: "l2tp",
+  132: "sctp",
+  136: "udplite",
+};
+
+/** The address-only mappings of another IP protocol; none with a protocol or port filter. */
+export function readAddrMappings(s: PinnedState, f: RowFilter = {}, nowNs?: bigint): AddrRow[] {
+  const fd = s.fds.map_addr_nat;
+  if (fd === undefined || f.proto || f.port !== undefined) return [];
+  const now = nowNs ?? monotonicNs();
+  const t = s.meta?.timeoutsNs?.other ? BigInt(s.meta.timeoutsNs.other) : null;
+  const info = bpf.mapInfo(fd);
+  const rows: { key: string; row: AddrRow }[] = [];
+  for (const e of bpf.mapLookupBatch(fd, info.keySize, info.valueSize)) {
+    const m = decodeAddrMapping(e.key, e.value);
+    const addrs: [Uint8Array, number][] = [[m.intAddr, 0], [m.extAddr, 0], [m.remoteAddr, 0]];
+    if (f.addr && !matches(f, "icmp", m.family, addrs, [])) continue;
+    const idle = now > m.lastSeenNs ? now - m.lastSeenNs : 0n;
+    const text = (a: Uint8Array) => formatAddr(a);
+    rows.push({
+      key: sortKey(m.l4proto, [m.family, addr16Of(m.extAddr), 0, 0], [
+        m.family,
+        addr16Of(m.remoteAddr),
+        0,
+        0,
+      ]),
+      row: {
+        interface: s.ifname,
+        protocol: OTHER_PROTOCOLS[m.l4proto] ?? `proto-${m.l4proto}`,
+        family: m.family,
+        internal: text(m.intAddr),
+        external: text(m.extAddr),
+        remote: text(m.remoteAddr),
+        secondsLeft: t === null ? null : Number((t > idle ? t - idle : 0n) / 1_000_000_000n),
+        idleSeconds: Number(idle / 1_000_000_000n),
+        expired: t !== null && idle > t,
+      },
+    });
+  }
+  return rows.sort(byKey).map((r) => r.row);
 }
 
 /** A filter over rows. */
@@ -575,7 +644,7 @@ export function mapFill(
       capacity: Math.min(bpf.mapInfo(rfd).maxEntries, bindingMax ?? Infinity),
     });
   }
-  for (const m of ["map_ct", "map_frag"] as const) {
+  for (const m of ["map_ct", "map_frag", "map_addr_nat"] as const) {
     const fd = s.fds[m];
     if (fd === undefined) continue;
     const info = bpf.mapInfo(fd);

@@ -7,11 +7,13 @@
 
 import type { ShowCli } from "../config/cli.ts";
 import {
+  type AddrRow,
   type BindingRow,
   type Counters,
   openPinned,
   pinnedInterfaces,
   pinRootProblem,
+  readAddrMappings,
   readBindings,
   readCounters,
   readSessions,
@@ -25,6 +27,8 @@ import { ifNameToIndex } from "../ffi/libc.ts";
 export interface ShowResult {
   bindings: BindingRow[];
   sessions: SessionRow[];
+  /** Address-only mappings of other IP protocols (GRE, ESP, ...); none when absent. */
+  addressOnly?: AddrRow[];
   counters: Counters[];
   /** Interfaces asked for but without pinned state. */
   missing: string[];
@@ -55,7 +59,14 @@ export function collect(opts: ShowCli): ShowResult {
   if (problem) throw new Error(problem);
   // This network namespace's interfaces, as the daemon pins them (options.ts).
   const names = opts.ifnames.length ? opts.ifnames : pinnedInterfaces(netnsRoot(root));
-  const res: ShowResult = { bindings: [], sessions: [], counters: [], missing: [], served: [] };
+  const res: ShowResult = {
+    bindings: [],
+    sessions: [],
+    addressOnly: [],
+    counters: [],
+    missing: [],
+    served: [],
+  };
   const filter = {
     proto: opts.proto,
     addr: opts.addr,
@@ -77,6 +88,9 @@ export function collect(opts: ShowCli): ShowResult {
         // concat, not push(...rows): spreading 100,000s of rows overflows the stack
         if (opts.top === undefined) res.bindings = res.bindings.concat(readBindings(st, filter));
         res.sessions = res.sessions.concat(readSessions(st, filter));
+        if (opts.top === undefined) {
+          res.addressOnly = (res.addressOnly ?? []).concat(readAddrMappings(st, filter));
+        }
       }
     } finally {
       st.close();
@@ -152,7 +166,28 @@ export function formatText(r: ShowResult, stats: boolean): string {
         ),
       );
       out.push("");
-      out.push(`${r.sessions.length} sessions, ${r.bindings.length} bindings`);
+      const addressOnly = r.addressOnly ?? [];
+      if (addressOnly.length > 0) {
+        out.push(
+          table(
+            ["IF", "PROTO", "INTERNAL", "EXTERNAL", "REMOTE", "LEFT", "IDLE"],
+            addressOnly.map((a) => [
+              a.interface,
+              a.protocol,
+              a.internal,
+              a.external,
+              a.remote,
+              a.expired ? "expired" : a.secondsLeft === null ? "?" : `${a.secondsLeft}s`,
+              `${a.idleSeconds}s`,
+            ]),
+          ),
+        );
+        out.push("");
+      }
+      const other = addressOnly.length
+        ? `, ${addressOnly.length} address-only (other IP protocols)`
+        : "";
+      out.push(`${r.sessions.length} sessions, ${r.bindings.length} bindings${other}`);
     }
   }
   for (const m of r.missing) out.push(`${m}: no pinned state`);
@@ -169,9 +204,13 @@ export function formatText(r: ShowResult, stats: boolean): string {
 /** The JSON form of a {@link ShowResult}. */
 export function formatJson(r: ShowResult, stats: boolean): string {
   return JSON.stringify(
-    stats
-      ? { counters: r.counters, missing: r.missing, served: r.served }
-      : { sessions: r.sessions, bindings: r.bindings, missing: r.missing, served: r.served },
+    stats ? { counters: r.counters, missing: r.missing, served: r.served } : {
+      sessions: r.sessions,
+      bindings: r.bindings,
+      addressOnly: r.addressOnly,
+      missing: r.missing,
+      served: r.served,
+    },
     null,
     2,
   );

@@ -27,7 +27,10 @@
 
 import * as bpf from "../../lib/ffi/libbpf.ts";
 import {
+  ADDR_VALUE_LAYOUT,
   CT_KEY_LAYOUT,
+  decodeAddrMapping,
+  encodeAddrKey,
   encodeCtKey,
   OUTBOUND_LINE_LAYOUT,
   STATS,
@@ -231,7 +234,17 @@ export function unhex(s: string): Uint8Array {
 const L3 = 14;
 const L4_OFF_MAX = 512;
 const IPV6_EXT_MAX = 6;
-const P_TCP = 6, P_UDP = 17, P_ICMP = 1, P_ICMP6 = 58;
+const P_TCP = 6, P_UDP = 17, P_ICMP = 1, P_ICMP6 = 58, P_DCCP = 33, P_UDPLITE = 136;
+
+/** A protocol bpf/lib/addrnat.h translates by address only (snat_other_protocols, the default). */
+function addrOnly(family: 4 | 6, proto: number): boolean {
+  if (proto === P_TCP || proto === P_UDP) return false;
+  if (family === 4) return proto !== P_ICMP;
+  return proto !== P_ICMP6 && ![0, 43, 60, 44].includes(proto);
+}
+
+/** DCCP and UDP-Lite: a pseudo-header checksum at offset 6 (addrnat.h). */
+const csumAt6 = (proto: number) => proto === P_DCCP || proto === P_UDPLITE;
 
 /** Outcome of the datapath's parser for a packet. */
 export type ParseStatus = "ok" | "pass" | "bad" | "bad0" | "nonip";
@@ -259,6 +272,10 @@ export interface Dissected {
   status: ParseStatus;
   /** Why a "pass" is a pass. */
   passReason?: string;
+  /** Another IP protocol, translated by address only (bpf/lib/addrnat.h). */
+  addrOnly?: boolean;
+  /** An ICMP error's quoted packet of such a protocol. */
+  otherInner?: Inner;
   ihl: number;
   src: Uint8Array;
   dst: Uint8Array;
@@ -301,7 +318,7 @@ function parseInner(
   b: Uint8Array,
   family: 4 | 6,
   off: number,
-): { st: ParseStatus; in?: Inner; later?: QuotedLater } {
+): { st: ParseStatus; in?: Inner; later?: QuotedLater; other?: Inner } {
   let ihl: number, proto: number, l4: number, srcOff: number, dstOff: number, alen: number;
   if (family === 4) {
     if (off + 20 > b.length) return { st: "bad" };
@@ -372,6 +389,8 @@ function parseInner(
     dport: u16(b, l4 + 2),
   };
   if (proto === P_TCP || proto === P_UDP) return { st: "ok", in: inner };
+  // another protocol: translated by address only (bpf/lib/addrnat.h) when a mapping holds it
+  if (addrOnly(family, proto)) return { st: "pass", other: inner };
   if (proto === P_ICMP || proto === P_ICMP6) {
     if ((proto === P_ICMP) !== (family === 4)) return { st: "pass" };
     if (!isEcho(family, b[l4])) return { st: "pass" };
@@ -424,6 +443,7 @@ export function dissect(b: Uint8Array): Dissected {
     if (d.proto !== P_TCP && d.proto !== P_UDP && d.proto !== P_ICMP) {
       d.status = "pass";
       d.passReason = "other-proto";
+      d.addrOnly = addrOnly(4, d.proto);
       return d;
     }
   } else if (et === 0x86dd) {
@@ -476,6 +496,7 @@ export function dissect(b: Uint8Array): Dissected {
     if (nh !== P_TCP && nh !== P_UDP && nh !== P_ICMP6 && !opaque) {
       d.status = "pass";
       d.passReason = "other-proto";
+      d.addrOnly = addrOnly(6, nh);
       return d;
     }
   } else {
@@ -512,6 +533,7 @@ export function dissect(b: Uint8Array): Dissected {
     d.status = r.st;
     if (r.st === "pass") d.passReason = "icmp-error-untranslatable";
     d.inner = r.in;
+    d.otherInner = r.other;
     d.quotedLater = r.later;
     return d;
   }
@@ -578,6 +600,8 @@ export interface BindingView {
   back?(q: QuotedLater, which: 3 | 4): Uint8Array | null;
   /** Whether the packet just run was refused for want of a port (drop_no_port grew). */
   refusedNoPort?(): boolean;
+  /** The internal host of an address-only mapping (protocol, external, remote), if any. */
+  addr?(family: 4 | 6, proto: number, ext: Uint8Array, remote: Uint8Array): Uint8Array | null;
 }
 
 /** The result of checking one packet. */
@@ -602,15 +626,20 @@ function allowedOffsets(d: Dissected): Set<number> {
   } else add(L3 + 8, 32);
   if (d.frag === 2) return s;
   const l4 = d.l4;
+  if (d.addrOnly) {
+    if (csumAt6(d.proto)) add(l4 + 6, 2);
+    return s;
+  }
   if (d.proto === P_TCP) add(l4, 4), add(l4 + 16, 2);
   else if (d.proto === P_UDP) add(l4, 4), add(l4 + 6, 2);
   else {
     add(l4 + 2, 2);
-    if (!d.inner) add(l4 + 4, 2);
+    const n = d.inner ?? d.otherInner;
+    if (!n) add(l4 + 4, 2);
     else {
-      const n = d.inner;
       if (d.family === 4) add(n.l3 + 10, 2), add(n.l3 + 12, 8);
       else add(n.l3 + 8, 32);
+      if (!d.inner) return s; // another protocol's quote: its addresses only
       if (n.proto === P_TCP) add(n.l4, 4), add(n.l4 + 16, 2);
       else if (n.proto === P_UDP) add(n.l4, 4), add(n.l4 + 6, 2);
       else add(n.l4 + 2, 4);
@@ -637,6 +666,14 @@ function checkResiduals(input: Uint8Array, out: Uint8Array, d: Dissected, v: str
   }
   if (d.frag === 2) return;
   const od = dissect(out);
+  if (d.addrOnly) {
+    if (csumAt6(d.proto) && d.l4 + 8 <= input.length) {
+      const a = l4Residual(input, d.l4, [d.src, d.dst]),
+        b = l4Residual(out, d.l4, [od.src, od.dst]);
+      if (a !== b) v.push(`${d.proto} checksum residual ${a.toString(16)} -> ${b.toString(16)}`);
+    }
+    return;
+  }
   const pseudo = (x: Dissected): [Uint8Array, Uint8Array] | null =>
     x.proto === P_ICMP ? null : [x.src, x.dst];
   const csumOff = d.proto === P_TCP ? d.l4 + 16 : d.proto === P_UDP ? d.l4 + 6 : d.l4 + 2;
@@ -646,7 +683,7 @@ function checkResiduals(input: Uint8Array, out: Uint8Array, d: Dissected, v: str
     const a = l4Residual(input, d.l4, pseudo(d)), b = l4Residual(out, d.l4, pseudo(od));
     if (a !== b) v.push(`L4 checksum residual ${a.toString(16)} -> ${b.toString(16)}`);
   }
-  const n = d.inner, on = od.inner;
+  const n = d.inner ?? d.otherInner, on = od.inner ?? od.otherInner;
   if (!n) return;
   if (!on) {
     v.push("embedded packet no longer parses");
@@ -656,6 +693,7 @@ function checkResiduals(input: Uint8Array, out: Uint8Array, d: Dissected, v: str
     const a = sumOf(input, n.l3, n.l3 + n.ihl), b = sumOf(out, n.l3, n.l3 + n.ihl);
     if (a !== b) v.push(`embedded IPv4 header checksum residual ${a} -> ${b}`);
   }
+  if (!d.inner) return;
   if (n.proto === P_UDP && u16(input, n.l4 + 6) === 0) {
     if (u16(out, n.l4 + 6) !== 0) v.push("embedded UDP zero checksum became non-zero");
   } else if (n.proto === P_UDP || n.proto === P_TCP) {
@@ -748,6 +786,7 @@ export function checkPacket(
     return checkLaterQuote(dir, d, d.quotedLater, back, input, verdict, out, v, res);
   }
   if (dir === "ingress") {
+    if (d.addrOnly || d.otherInner) return res(checkOtherIngress(d, input, verdict, out, view, v));
     if (d.status !== "ok") {
       mustPass(`ingress ${d.status}${d.passReason ? ` (${d.passReason})` : ""}`);
       return res("pass");
@@ -887,6 +926,7 @@ export function checkPacket(
     else mustDrop(`${d.passReason} from inside`);
     return res(own ? "pass" : "drop");
   }
+  if (d.addrOnly) return res(checkOtherEgress(d, own, input, verdict, out, view, v));
   if (d.status === "pass") {
     const leaky = !own && LEAK_CLASSES.includes(d.passReason as typeof LEAK_CLASSES[number]);
     // A leak class may also be dropped (what it should be); anything else passes untouched.
@@ -1118,6 +1158,133 @@ function heldable(d: Dissected, input: Uint8Array): boolean {
   return ipLen >= 20 && ipLen <= 1600 && ipLen <= input.length - L3;
 }
 
+/** A packet translated to `want` (its source on egress, destination on ingress), and only that. */
+function checkAddrOnly(
+  input: Uint8Array,
+  out: Uint8Array,
+  d: Dissected,
+  v: string[],
+  egress: boolean,
+  want: Uint8Array,
+): void {
+  checkChangedBytes(input, out, d, v);
+  if (out.length !== input.length) v.push("length changed");
+  checkResiduals(input, out, d, v);
+  const od = dissect(out);
+  const [moved, kept] = egress ? [od.src, od.dst] : [od.dst, od.src];
+  if (!eq(moved, want)) v.push(`${egress ? "source" : "destination"} is not the mapping's`);
+  if (!eq(kept, egress ? d.dst : d.src)) v.push("the other address changed");
+}
+
+/**
+ * Another IP protocol leaving (bpf/lib/addrnat.h): the router's own as it is; to the external
+ * address, handed to the router as it is; from inside, the external address as its source and
+ * (protocol, external, remote) its mapping, or refused while another host's mapping holds it; a
+ * later fragment gets what its first got (the default external address before it).
+ */
+function checkOtherEgress(
+  d: Dissected,
+  own: boolean,
+  input: Uint8Array,
+  verdict: number,
+  out: Uint8Array,
+  view: BindingView,
+  v: string[],
+): string {
+  const fam = d.family as 4 | 6, ext = extOf(fam);
+  const changed = !eq(input, out);
+  const untouched = (why: string, want = TC_ACT_OK) => {
+    if (verdict !== want || changed) {
+      v.push(`other protocol ${why}: expected verdict ${want} untouched, got ${verdict}`);
+    }
+  };
+  if (own) return untouched("from the router"), "pass";
+  if (eq(d.dst, ext)) return untouched("to the external address", TC_ACT_REDIRECT), "redirect-own";
+  if (d.frag === 2) {
+    const want = view.frag(d, 1) ?? ext;
+    if (eq(want, d.src)) return untouched("later fragment whose first passed"), "pass";
+    if (verdict !== TC_ACT_OK) v.push(`other protocol later fragment: verdict ${verdict}`);
+    else checkAddrOnly(input, out, d, v, true, want);
+    return "translated";
+  }
+  const holder = view.addr?.(fam, d.proto, ext, d.dst) ?? null;
+  if (verdict !== TC_ACT_OK) {
+    // refused while another host holds (protocol, remote); a DCCP/UDP-Lite header cut short
+    // cannot take its checksum's change
+    const short = csumAt6(d.proto) && d.l4 + 8 > input.length;
+    if (!short && (!holder || eq(holder, d.src))) {
+      v.push("other protocol refused although its (protocol, remote) is free or its own");
+    }
+    if (verdict !== TC_ACT_SHOT && !checkProhibited(input, out, d, v)) {
+      v.push(`other protocol refused with verdict ${verdict} and no ICMP 3/13`);
+    }
+    return "prohibited";
+  }
+  if (!holder || !eq(holder, d.src)) {
+    v.push("other protocol translated without a mapping of its own");
+  }
+  checkAddrOnly(input, out, d, v, true, ext);
+  return "translated";
+}
+
+/**
+ * Another IP protocol arriving, or an ICMP error quoting one: to the host of the mapping
+ * (protocol, external, remote) when there is one (an error: about a packet from the external
+ * address, intact), otherwise the router's as it is. Later fragments follow their first's record
+ * (held when they come before it).
+ */
+function checkOtherIngress(
+  d: Dissected,
+  input: Uint8Array,
+  verdict: number,
+  out: Uint8Array,
+  view: BindingView,
+  v: string[],
+): string {
+  const fam = d.family as 4 | 6;
+  const changed = !eq(input, out);
+  const untouched = (why: string) => {
+    if (verdict !== TC_ACT_OK || changed) {
+      v.push(
+        `other protocol ${why}: expected to pass untouched, got ${verdict} changed=${changed}`,
+      );
+    }
+    return "pass";
+  };
+  const translated = (want: Uint8Array) => {
+    if (verdict !== TC_ACT_OK) v.push(`other protocol to a mapping: verdict ${verdict}`);
+    else checkAddrOnly(input, out, d, v, false, want);
+    return "translated";
+  };
+  const n = d.otherInner;
+  if (n) {
+    const holder = eq(d.dst, n.src) ? view.addr?.(fam, n.proto, n.src, n.dst) ?? null : null;
+    if (!holder) return untouched("error about no mapping");
+    if (!errorIntact(d, input)) {
+      if (verdict !== TC_ACT_SHOT) v.push("other protocol error with a bad checksum not dropped");
+      return "drop";
+    }
+    const r = translated(holder);
+    const on = dissect(out).otherInner;
+    if (verdict === TC_ACT_OK && (!on || !eq(on.src, holder))) {
+      v.push("quoted source is not the mapping's internal host");
+    }
+    return r;
+  }
+  if (d.frag === 2) {
+    const rec = view.frag(d, 0);
+    if (!rec) {
+      if (verdict === TC_ACT_SHOT && heldable(d, input)) return "held";
+      return untouched("later fragment without a record");
+    }
+    return eq(rec, d.dst) ? untouched("later fragment of the router's") : translated(rec);
+  }
+  const holder = view.addr?.(fam, d.proto, d.dst, d.src) ?? null;
+  if (!holder) return untouched("without a mapping");
+  if (verdict === TC_ACT_SHOT && csumAt6(d.proto) && d.l4 + 8 > input.length) return "drop";
+  return translated(holder);
+}
+
 /** ICMP from inside to the external address: the router's, or a hairpinned error. */
 function checkIcmpToExternal(
   d: Dissected,
@@ -1301,6 +1468,11 @@ export function bindingView(nat: Nat): BindingView {
       k.set(d.dst, 24);
       const val = bpf.mapLookup(nat.nat.maps.frag, k, 24);
       return val ? val.slice(0, d.family === 4 ? 4 : 16) : null;
+    },
+    addr(family, l4proto, extAddr, remoteAddr) {
+      const k = encodeAddrKey({ family, l4proto, extAddr, remoteAddr });
+      const val = bpf.mapLookup(nat.nat.maps.addrNat, k, ADDR_VALUE_LAYOUT.size);
+      return val ? decodeAddrMapping(k, val).intAddr : null;
     },
     back(q, which) {
       const k = new Uint8Array(40);
@@ -2013,6 +2185,7 @@ export function fuzzConfig(o: Partial<InterfaceConfig> = {}): InterfaceConfig {
       udpDefault: day,
       tcpTrans: day,
       tcpEst: day,
+      other: day,
     },
     defaultRanges: ranges([{ start: 20000, end: 29999 }], [{ start: 20000, end: 29999 }], [{
       start: 0,
@@ -2107,6 +2280,26 @@ export interface FuzzOptions {
 /** errno of a test run that left a CHECKSUM_COMPLETE skb->csum wrong. */
 const EBADMSG = 74;
 
+/**
+ * A refusal's ICMP 3/13 is built over the packet (bpf/lib/icmp_reply.h); when that changes the
+ * length, the kernel turns the skb to CHECKSUM_NONE (bpf_skb_change_tail), which is right, but a
+ * test run checks skb->csum whatever ip_summed says. The packet is run again without the flag
+ * (a refusal changes no state): the run, when it gave a resized ICMP 3/13 (1/1 for IPv6).
+ */
+function resizedRefusal(
+  fd: number,
+  input: Uint8Array,
+): { retval: number; bytes: Uint8Array } | null {
+  const t = bpf.testRun(fd, input, { dataOutSize: input.length + 256 });
+  const b = t.dataOut;
+  if (b.length === input.length || b.length < L3 + 48) return null;
+  const v4 = b[L3] >> 4 === 4;
+  const icmp = v4
+    ? b[L3 + 9] === P_ICMP && b[L3 + 20] === 3 && b[L3 + 21] === 13
+    : b[L3 + 6] === P_ICMP6 && b[L3 + 40] === 1 && b[L3 + 41] === 1;
+  return icmp ? { retval: t.retval, bytes: b } : null;
+}
+
 /** Runs `count` generated packets through a fresh NAT and checks every one. */
 export async function runFuzz(o: FuzzOptions): Promise<FuzzReport> {
   const t0 = performance.now();
@@ -2194,12 +2387,16 @@ export async function runFuzz(o: FuzzOptions): Promise<FuzzReport> {
       // Every other packet comes as a CHECKSUM_COMPLETE skb, as from many NICs: the kernel
       // then fails the run with EBADMSG if the program left skb->csum out of step.
       const checksumComplete = (i & 1) === 1;
+      const fd = g.dir === "egress" ? nat.nat.egressFd : nat.nat.ingressFd;
       try {
-        const fd = g.dir === "egress" ? nat.nat.egressFd : nat.nat.ingressFd;
         const t = bpf.testRun(fd, g.bytes, { dataOutSize: g.bytes.length + 256, checksumComplete });
         r = { retval: t.retval, bytes: t.dataOut };
       } catch (e) {
-        if (e instanceof bpf.BpfError && e.errno === EBADMSG) {
+        const badSum = e instanceof bpf.BpfError && e.errno === EBADMSG;
+        const resized = badSum ? resizedRefusal(fd, g.bytes) : null;
+        if (resized) {
+          r = resized;
+        } else if (badSum) {
           record({
             index: i,
             dir: g.dir,
@@ -2211,14 +2408,14 @@ export async function runFuzz(o: FuzzOptions): Promise<FuzzReport> {
             output: "",
           });
           continue;
-        }
-        if (kernelRefuses(g.bytes)) {
+        } else if (kernelRefuses(g.bytes)) {
           rep.kernelRejected++;
           continue;
+        } else {
+          throw new Error(
+            `test run failed for ${g.dir} ${g.kind} len ${g.bytes.length}: ${hex(g.bytes)}: ${e}`,
+          );
         }
-        throw new Error(
-          `test run failed for ${g.dir} ${g.kind} len ${g.bytes.length}: ${hex(g.bytes)}: ${e}`,
-        );
       }
       const noPortBefore = lastNoPort;
       view.refusedNoPort = () => {

@@ -61,6 +61,7 @@ export function testInterfaceConfig(o: Partial<InterfaceConfig> = {}): Interface
     bpfLogLevel: 0,
     bpfFibLookupExternal: false,
     allowInboundIcmpx: false,
+    snatOtherProtocols: true,
     timeouts: {
       fragment: 2000,
       icmpDefault: 60_000,
@@ -68,6 +69,7 @@ export function testInterfaceConfig(o: Partial<InterfaceConfig> = {}): Interface
       udpDefault: 300_000,
       tcpTrans: 240_000,
       tcpEst: 7_440_000,
+      other: 600_000,
     },
     fragTrackMaxRecords: 65536,
     bindingMaxRecords: 65536,
@@ -198,6 +200,7 @@ export function stateView(nat: NatObject, meta: PinnedState["meta"] = null): Pin
       map_stats: nat.maps.stats,
       map_traffic: nat.maps.traffic,
       map_sess_counters: nat.maps.sessCounters,
+      map_addr_nat: nat.maps.addrNat,
     },
     close() {},
   };

@@ -155,7 +155,8 @@ export function resolveExternals(ic: InterfaceConfig, addrs: IfAddr[]): Resolved
       : m.kind === "staticNetwork"
       ? { family: m.net.family, addr: m.address }
       : null;
-    if (!a) continue;
+    // the unspecified address is no source (the parser says it has no effect)
+    if (!a || a.addr.every((b) => b === 0)) continue;
     const k = key(a.family, a.addr);
     if (!seen.has(k)) {
       seen.add(k);

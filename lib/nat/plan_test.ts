@@ -110,3 +110,19 @@ Deno.test('plan: `network = "a/n"` is its address as an external, and its networ
   // the network is no destination of ours: its hosts are not hairpinned to the router
   deepStrictEqual(plan.destConfig.some((d) => d.prefixLen === 24), false);
 });
+
+Deno.test('plan: an external `address = "0.0.0.0"` (or ::) has no effect: never the default external nor a source', () => {
+  const ic = testInterfaceConfig({
+    nat66: true,
+    externals: [staticExternal("0.0.0.0/32"), staticExternal("::/128")],
+  });
+  const p = planInterface(ic, [
+    { family: 4, addr: parseCidr("203.0.113.1/32").addr, prefixLen: 24 },
+    { family: 6, addr: parseCidr("2001:db8:2::1/128").addr, prefixLen: 64 },
+  ]);
+  deepStrictEqual(
+    [formatAddr(p.defaultExt[4]!.addr), formatAddr(p.defaultExt[6]!.addr)],
+    ["203.0.113.1", "2001:db8:2::1"],
+  );
+  deepStrictEqual(p.resolved.map((r) => formatAddr(r.addr)), ["203.0.113.1", "2001:db8:2::1"]);
+});

@@ -479,6 +479,12 @@ Deno.test({
             einat,
             /configuration not reloaded.*cannot read config file .*: no such file/,
           );
+          // A file left without interfaces (an editor's truncation): refused, NAT kept on.
+          await Deno.writeTextFile(conf, "# nothing\n");
+          einat.kill("SIGHUP");
+          await waitLog(einat, /configuration not reloaded.*no \[\[interfaces\]\] entry/);
+          assertNotEquals(await seenFrom(t, 42003), "", "still serving after an empty file");
+          assert(!/interface removed from the configuration/.test(einat.stderrText()));
           await Deno.writeTextFile(conf, kept);
           // A new local rule preference does not restart an interface without hairpin routing.
           await write("30000-30099");

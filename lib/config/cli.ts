@@ -329,7 +329,17 @@ export function readConfig(file: string, options: ParseConfigOptions = {}): Pars
       : (e as Error).message;
     throw new ConfigError("--config", `cannot read config file "${file}": ${why}`, file);
   }
-  return parseConfigToml(text, file, options);
+  const parsed = parseConfigToml(text, file, options);
+  // At start and at a reload alike (a file an editor left empty must not turn NAT off).
+  if (parsed.config.interfaces.length === 0) {
+    throw new ConfigError(
+      "interfaces",
+      `no [[interfaces]] entry, so there is nothing to NAT; add one, e.g. ` +
+        `[[interfaces]] with if_name = "eth0" and nat44 = true`,
+      file,
+    );
+  }
+  return parsed;
 }
 
 /**
@@ -445,14 +455,6 @@ export function parseCli(args: string[], options: ParseConfigOptions = {}): CliR
       );
     }
     const parsed = readConfig(configFile, options);
-    if (parsed.config.interfaces.length === 0) {
-      throw new ConfigError(
-        "interfaces",
-        `no [[interfaces]] entry, so there is nothing to NAT; add one, e.g. ` +
-          `[[interfaces]] with if_name = "eth0" and nat44 = true`,
-        configFile,
-      );
-    }
     if (values.flush) {
       return {
         kind: "flush",

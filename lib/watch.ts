@@ -10,6 +10,7 @@ import * as log from "./log.ts";
 import { releaseMemory } from "./memory.ts";
 import { watch, type WatchEvent } from "./netlink/rtnl.ts";
 import { reconcile, type Served } from "./daemon.ts";
+import { BusyError } from "./nat/attach.ts";
 
 /** A running follower. */
 export interface Follower {
@@ -48,6 +49,9 @@ export function describeEvent(ev: WatchEvent, ifname: string): string {
   return `addr${sign} ${formatAddr(ev.local ?? ev.addr)}/${ev.prefixLen} ${now}`;
 }
 
+/** The first and the longest wait before a busy interface is tried again. */
+const RETRY_MIN_MS = 1000, RETRY_MAX_MS = 30_000;
+
 /** A task run one call at a time (see {@link serialized}). */
 export interface Serialized {
   /** Queues a call; resolves when it is done, whether it threw or not. */
@@ -85,13 +89,33 @@ export function serialized(task: () => Promise<void>): Serialized {
  * each reconciliation, in its turn (the daemon's pending reloads).
  */
 export function follow(served: () => Served[], after?: () => Promise<void>): Follower {
+  // An interface another einat still held (it lets go on the same netlink event, a moment
+  // later: a name moved between two einats) is tried again, 1 s then up to 30 s apart, not
+  // left unserved until some other event.
+  let retry: ReturnType<typeof setTimeout> | undefined;
+  let retryMs = RETRY_MIN_MS, stopped = false;
   const { run, settled, exclusive } = serialized(async () => {
+    let busy = false;
     for (const s of served()) {
       try {
         await reconcile(s);
       } catch (e) {
-        log.error("reconfiguration failed", { ifname: s.ifname, error: (e as Error).message });
+        busy ||= e instanceof BusyError;
+        log.error("reconfiguration failed", {
+          ifname: s.ifname,
+          error: (e as Error).message,
+          ...(e instanceof BusyError ? { retry_in_s: retryMs / 1000 } : {}),
+        });
       }
+    }
+    if (busy && retry === undefined && !stopped) {
+      retry = setTimeout(() => {
+        retry = undefined;
+        run();
+      }, retryMs);
+      retryMs = Math.min(retryMs * 2, RETRY_MAX_MS);
+    } else if (!busy) {
+      retryMs = RETRY_MIN_MS;
     }
     await after?.();
     releaseMemory();
@@ -114,8 +138,11 @@ export function follow(served: () => Served[], after?: () => Promise<void>): Fol
   });
   return {
     stop: async () => {
+      stopped = true;
+      clearTimeout(retry);
       await w.stop();
       await settled();
+      clearTimeout(retry);
     },
     resync: run,
     exclusive,

@@ -293,6 +293,43 @@ Deno.test({
 
 Deno.test({
   name:
+    "live: a name another einat held a moment before is served once that einat lets go (tried again, not left unserved until some other event)",
+  ...sanitize,
+  fn: () =>
+    withTopology(async (t) => {
+      await echo(t).waitForStdout(/listening/);
+      const a = await startEinat(t.ns.router, ["-i", "wan0"]);
+      let b: NsProcess | null = null;
+      try {
+        await ip(t.ns.router, "link set wan0 name wanb");
+        await waitLog(a, /interface renamed.*renamed_to="?wanb/);
+        b = await startEinat(t.ns.router, ["-i", "wanb"]);
+        b.kill("SIGSTOP"); // it lets go of the name only after einat A has met its lock
+        await ip(t.ns.router, "link set wanb name wan0");
+        await waitLog(a, /reconfiguration failed.*already served by einat/);
+        b.kill("SIGCONT");
+        await waitLog(b, /interface renamed.*renamed_to="?wan0/);
+        const attached = () =>
+          a.stderrText().match(/attached (filter|TCX links).*ingress/g)?.length;
+        const end = Date.now() + 8000;
+        while ((attached() ?? 0) < 2 && Date.now() < end) {
+          await new Promise((r) => setTimeout(r, 100));
+        }
+        assertEquals(attached(), 2, a.stderrText());
+        assertNotEquals(await seenFrom(t, 44100), "", "served again");
+      } finally {
+        if (b) {
+          b.kill("SIGCONT");
+          assertEquals(await stopEinat(b), 0, b.stderrText());
+        }
+        assertEquals(await stopEinat(a), 0, a.stderrText());
+      }
+      assertEquals(await tcState(t, "wan0"), "", "nothing left at exit");
+    }),
+});
+
+Deno.test({
+  name:
     "live: SIGHUP leaves an unchanged interface configured by index alone; two external interfaces share hairpin rules until the last lets go",
   ...sanitize,
   fn: () =>

@@ -258,8 +258,17 @@ export async function hairpinUp(
       st.routes.push(r);
     }
     await moveLocalRule(family, localPref);
-    warnAbsent(route.internalIfNames);
-    for (const iif of route.internalIfNames) {
+    // The external interface itself as an internal one (named by index, or renamed since the
+    // check at start): its rules would send the router's own inbound traffic to the hairpin table.
+    const internals = route.internalIfNames.filter((n) => n !== link.ifname);
+    if (internals.length < route.internalIfNames.length && !reportedSelf.has(link.ifname)) {
+      reportedSelf.add(link.ifname);
+      log.warn("hairpin: the external interface is listed as internal; no rules for it", {
+        ifname: link.ifname,
+      });
+    }
+    warnAbsent(internals);
+    for (const iif of internals) {
       for (const p of route.ipProtocols) {
         const base: RuleSpec = {
           family,
@@ -280,7 +289,7 @@ export async function hairpinUp(
       family: `IPv${family}`,
       table: route.tableId,
       pref: route.ipRulePref,
-      internal: route.internalIfNames.join(","),
+      internal: internals.join(","),
       dests: dests.map(formatAddr).join(","),
     });
   } catch (e) {
@@ -325,6 +334,9 @@ const reportedAbsent = new Set<string>();
  * Warns, once per name, of internal interfaces that do not exist: their rules are in place and
  * take effect if one appears, but a misspelt name would leave hairpinning off without a word.
  */
+/** External interfaces reported as listed among their own internal ones. */
+const reportedSelf = new Set<string>();
+
 function warnAbsent(names: string[]): void {
   for (const name of names) {
     if (ifNameToIndex(name) !== 0) {

@@ -293,6 +293,32 @@ Deno.test({
 
 Deno.test({
   name:
+    "live: the external interface named by index and listed as an internal one gets no hairpin rules (they would take the router's own inbound traffic)",
+  ...sanitize,
+  fn: () =>
+    withTopology(async (t) => {
+      const link = await nsExecResult(t.ns.router, ["ip", "-o", "link", "show", "wan0"]);
+      const index = link.stdout.split(":")[0];
+      const einat = await startEinat(t.ns.router, [
+        "--ifindex",
+        index,
+        "--hairpin-if",
+        "wan0",
+        "br0",
+      ]);
+      try {
+        await waitLog(einat, /WARN .*external interface is listed as internal.*ifname=wan0/);
+        await waitLog(einat, /hairpin routing installed.*internal=br0 /);
+        const r = await rules(t);
+        assert(/iif br0/.test(r) && !/iif wan0/.test(r), r);
+      } finally {
+        assertEquals(await stopEinat(einat), 0, einat.stderrText());
+      }
+    }),
+});
+
+Deno.test({
+  name:
     "live: a name another einat held a moment before is served once that einat lets go (tried again, not left unserved until some other event)",
   ...sanitize,
   fn: () =>

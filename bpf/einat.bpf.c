@@ -442,7 +442,7 @@ __noinline int einat_hairpin(struct __sk_buff *skb, struct packet *p, struct end
 /*
  * bpf_fib_lookup_external: the source address the routing table and rules
  * pick for this destination (route `src`, rules), when it is one of our
- * external addresses. Returns 1 with a copy of it and its ranges in the
+ * external addresses with a slot. Returns 1 with a copy of it and its ranges in the
  * per-CPU scratch `ext`, 0 to use the default external.
  */
 __noinline int einat_fib_external(struct __sk_buff *skb, struct packet *p)
@@ -471,6 +471,10 @@ __noinline int einat_fib_external(struct __sk_buff *skb, struct packet *p)
 		__builtin_memcpy(&sc->ext.addr, sc->fib.ipv6_src, 16);
 	struct external_config *cfg = lpm_lookup(&map_externals, p->family, &sc->ext.addr);
 	if (!cfg || !(cfg->flags & EXT_EXTERNAL) || (cfg->flags & EXT_NO_SNAT))
+		return 0;
+	/* One without a slot (more addresses than external_slots) has no records to bind
+	 * on: the default external, which has, instead of a refusal. */
+	if (einat_ext_slot(p->family, &sc->ext.addr) < 0)
 		return 0;
 	sc->ext.cfg = *cfg;
 	sc->ext.valid = 1;

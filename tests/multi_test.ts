@@ -111,27 +111,32 @@ Deno.test({
     }),
 });
 
+/** wan0 gets 203.0.113.2 too, and srv2 a route with it as source; both servers echo UDP. */
+async function fibRoutes(t: Topology): Promise<void> {
+  await nsExec(t.ns.router, ["ip", "addr", "add", "203.0.113.2/24", "dev", "wan0"]);
+  // srv2 is reached with source .2 (a route `src`); everything else with .1
+  await nsExec(t.ns.router, [
+    "ip",
+    "route",
+    "add",
+    `${t.addrs.v4.srv2[0]}/32`,
+    "dev",
+    "wan0",
+    "src",
+    "203.0.113.2",
+  ]);
+  for (const ns of [t.ns.srv1, t.ns.srv2]) {
+    await t.spawn(ns, peerCmd("udp-echo", ["--port", "3478", "--timeout-ms", "20000"]))
+      .waitForStdout(/listening/);
+  }
+}
+
 Deno.test({
   name: "config e2e: bpf_fib_lookup_external picks the external address the routes name",
   ...sanitize,
   fn: () =>
     withTopology(async (t) => {
-      await nsExec(t.ns.router, ["ip", "addr", "add", "203.0.113.2/24", "dev", "wan0"]);
-      // srv2 is reached with source .2 (a route `src`); everything else with .1
-      await nsExec(t.ns.router, [
-        "ip",
-        "route",
-        "add",
-        `${t.addrs.v4.srv2[0]}/32`,
-        "dev",
-        "wan0",
-        "src",
-        "203.0.113.2",
-      ]);
-      for (const ns of [t.ns.srv1, t.ns.srv2]) {
-        await t.spawn(ns, peerCmd("udp-echo", ["--port", "3478", "--timeout-ms", "20000"]))
-          .waitForStdout(/listening/);
-      }
+      await fibRoutes(t);
       await withConfig(
         '[[interfaces]]\nif_name = "wan0"\nnat44 = true\nbpf_fib_lookup_external = true\n',
         async (file) => {
@@ -144,6 +149,32 @@ Deno.test({
             assert(
               (await udpSeen(t, t.addrs.v4.srv2[0])).startsWith("203.0.113.2:"),
               "the route's src",
+            );
+          } finally {
+            assertEquals(await stopEinat(einat), 0, einat.stderrText());
+          }
+        },
+      );
+    }),
+});
+
+Deno.test({
+  name:
+    "config e2e: bpf_fib_lookup_external: a route's source without a slot (external_slots) gives way to the default external, the flow is not refused",
+  ...sanitize,
+  fn: () =>
+    withTopology(async (t) => {
+      await fibRoutes(t);
+      await withConfig(
+        '[[interfaces]]\nif_name = "wan0"\nnat44 = true\nbpf_fib_lookup_external = true\n' +
+          "external_slots = 1\n",
+        async (file) => {
+          const einat = await startEinat(t.ns.router, ["-c", file]);
+          try {
+            assert(/no slot .*addr=203\.0\.113\.2/.test(einat.stderrText()), einat.stderrText());
+            assert(
+              (await udpSeen(t, t.addrs.v4.srv2[0])).startsWith("203.0.113.1:"),
+              "the default external, which has a slot",
             );
           } finally {
             assertEquals(await stopEinat(einat), 0, einat.stderrText());

@@ -29,6 +29,7 @@ import {
   TC_ACT_SHOT,
   testInterfaceConfig,
 } from "./lib/natfixture.ts";
+import { fixChecksums, withIpv4Options } from "./lib/fuzz.ts";
 
 const EXT4 = "203.0.113.1";
 const EXT6 = "2001:db8:2::1";
@@ -396,6 +397,19 @@ for (const family of [4, 6] as const) {
         badInner[l4 + 2] = c >> 8;
         badInner[l4 + 3] = c & 0xff;
         assertEquals(n.runRaw("ingress", badInner).retval, TC_ACT_SHOT, "bad embedded header");
+        // A router that wrote into an option (Record Route) quotes the header before it fixed
+        // the checksum (Linux does; masquerade translates such errors): with options, the
+        // embedded header's checksum is not held against the error.
+        const rr = new Uint8Array([7, 11, 4, 0, 0, 0, 0, 0, 0, 0, 0, 1]); // RR, 2 slots; NOP
+        const opts = fixChecksums(withIpv4Options(buildPacket(udp(4, LAN, 40001, SRV, 53)), rr));
+        const q = ipOnly(n.runRaw("egress", opts).bytes);
+        q.set([198, 51, 100, 254], 23); // the hop's address in the first slot
+        q[22] = 8; // the pointer moved on; the header checksum left as it was
+        const stale = buildIcmpError({ family, src: HOP, dst: EXT, icmpType: 11, icmpCode: 0 }, q);
+        const r = n.runRaw("ingress", stale);
+        assertEquals(r.retval, TC_ACT_OK, "stale checksum of a header with options");
+        const p = parsePacket(r.bytes);
+        assertEquals([p.dst, p.inner!.src, p.inner!.sport], [LAN, LAN, 40001]);
       }
       assertEquals(n.runRaw("ingress", err).retval, TC_ACT_OK, "the intact error is translated");
       // the same from inside

@@ -1,8 +1,9 @@
 /* SPDX-License-Identifier: GPL-2.0-or-later */
 /*
  * RFC 5508 REQ-3: an ICMP error is translated only when its ICMP checksum
- * (with the pseudo-header for ICMPv6) and, for an embedded IPv4 packet, the
- * embedded header checksum are valid; otherwise it is dropped silently.
+ * (with the pseudo-header for ICMPv6) and, for an embedded IPv4 packet without
+ * options, the embedded header checksum are valid; otherwise it is dropped
+ * silently.
  * Incremental translation would carry a bad sum over and make it look like
  * the NAT's fault. Errors are at most 576 (IPv4) or 1280 (IPv6) bytes: the
  * message is copied into per-CPU scratch and summed 512 bytes at a time
@@ -75,7 +76,11 @@ __noinline int einat_icmp_error_valid(struct __sk_buff *skb, const struct packet
 		__u32 ihl = (c->b[8] & 0xf) * 4;
 		if (ihl < 20 || ihl > 60 || 8 + ihl > len)
 			return 0;
-		if (csum_fold(bpf_csum_diff(NULL, 0, (__be32 *)(c->b + 8), ihl, 0)) != 0xffff)
+		/* Only without options: a router that wrote into one (Record Route, Timestamp)
+		 * quotes the header before fixing its checksum (Linux does), and masquerade
+		 * translates those errors (traceroute with options); the ICMP checksum holds. */
+		if (ihl == 20 &&
+		    csum_fold(bpf_csum_diff(NULL, 0, (__be32 *)(c->b + 8), 20, 0)) != 0xffff)
 			return 0;
 	}
 	return 1;

@@ -153,12 +153,19 @@ async function replace(
   } catch (e) {
     const waits = old !== undefined && e instanceof AddressWaitError;
     if (waits && retry) return null; // refused before anything was loaded or attached
-    log.error(`${why}: interface not served with the new configuration`, {
-      ifname: name,
-      error: (e as Error).message,
-      ...(old ? { kept: "the running configuration" } : {}),
-      ...(waits ? { pending: "until the address comes" } : {}),
-    });
+    // Waiting for an address, the running configuration kept meanwhile, is a wait, not a failure.
+    log.log(
+      waits ? "warn" : "error",
+      waits
+        ? `${why}: the new configuration waits for an address; the running one serves meanwhile`
+        : `${why}: interface not served with the new configuration`,
+      {
+        ifname: name,
+        error: (e as Error).message,
+        ...(old ? { kept: "the running configuration" } : {}),
+        ...(waits ? { pending: "until the address comes" } : {}),
+      },
+    );
     if (old) {
       old.pending = waits ? next : undefined;
       try {

@@ -614,6 +614,11 @@ Deno.test({
           await write(false);
           einat.kill("SIGHUP");
           await waitLog(einat, /pending="until the address comes"(.|\n)*configuration reloaded/);
+          assert(
+            /WARN .*the new configuration waits for an address/.test(einat.stderrText()) &&
+              !/ERROR/.test(einat.stderrText()),
+            einat.stderrText(),
+          );
           assertEquals(await seenFrom(t, 44100), mapped, "the running configuration serves");
           assertEquals(await pending(), 1, "the metrics say a reload waits");
           // The interface goes and comes back (PPP-style) without the address: still waiting.

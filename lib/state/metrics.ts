@@ -293,7 +293,7 @@ export interface MetricsServer {
   close(): Promise<void>;
 }
 
-/** Serves `GET /metrics` (and `/`) on `addr`. */
+/** Serves `GET /metrics` (and `/`) on `addr`; `HEAD` answers without a scrape (health checks). */
 export function startMetrics(
   addr: { hostname: string; port: number },
   targets: () => MetricsTarget[],
@@ -305,12 +305,14 @@ export function startMetrics(
     onListen: () => {},
   }, (req) => {
     const path = new URL(req.url).pathname;
-    if (req.method !== "GET" || (path !== "/metrics" && path !== "/")) {
-      return new Response("not found\n", { status: 404 });
+    if (path !== "/metrics" && path !== "/") return new Response("not found\n", { status: 404 });
+    if (req.method === "HEAD") return new Response(null, { headers: { "content-type": TEXT } });
+    if (req.method !== "GET") {
+      return new Response("method not allowed\n", { status: 405, headers: { allow: "GET, HEAD" } });
     }
     try {
       return new Response(renderMetrics(targets(), stateOptions.pinRoot, sweep()), {
-        headers: { "content-type": "text/plain; version=0.0.4; charset=utf-8" },
+        headers: { "content-type": TEXT },
       });
     } catch (e) {
       log.warn("metrics scrape failed", { error: (e as Error).message });
@@ -321,6 +323,9 @@ export function startMetrics(
   log.info("metrics endpoint", { listen: `${addr.hostname}:${port}`, path: "/metrics" });
   return { port, close: () => server.shutdown() };
 }
+
+/** The Prometheus text format's content type. */
+const TEXT = "text/plain; version=0.0.4; charset=utf-8";
 
 /** How often `--replace` tries the busy metrics port, and for how long after the take-over. */
 export const METRICS_RETRY_MS = 100;

@@ -1,5 +1,5 @@
 import { deepStrictEqual } from "node:assert/strict";
-import { targetsOf } from "./metrics.ts";
+import { startMetrics, targetsOf } from "./metrics.ts";
 import { planInterface } from "../nat/plan.ts";
 import { formatAddr, parseAddr, parseCidr } from "../config/cidr.ts";
 import type { ExternalSpec } from "../config/types.ts";
@@ -45,4 +45,33 @@ Deno.test("metrics: port use is reported for every address new mappings are made
     [{ ifname: "wan0", pending: true, externals: [] }],
     "a reload waiting for an address",
   );
+});
+
+Deno.test({
+  name:
+    "metrics: HEAD answers 200 without a scrape (health checks), another method 405, another path 404",
+  sanitizeResources: false,
+  sanitizeOps: false,
+  async fn() {
+    let scrapes = 0;
+    const m = startMetrics({ hostname: "127.0.0.1", port: 0 }, () => {
+      scrapes++;
+      return [];
+    });
+    try {
+      const at = (path: string, method: string) =>
+        fetch(`http://127.0.0.1:${m.port}${path}`, { method }).then(async (r) => {
+          await r.body?.cancel();
+          return [r.status, r.headers.get("allow")];
+        });
+      deepStrictEqual(await at("/metrics", "HEAD"), [200, null]);
+      deepStrictEqual(scrapes, 0, "HEAD scrapes nothing");
+      deepStrictEqual(await at("/metrics", "POST"), [405, "GET, HEAD"]);
+      deepStrictEqual(await at("/nope", "GET"), [404, null]);
+      deepStrictEqual(await at("/metrics", "GET"), [200, null]);
+      deepStrictEqual(scrapes, 1);
+    } finally {
+      await m.close();
+    }
+  },
 });

@@ -369,10 +369,17 @@ export function parseCli(args: string[], options: ParseConfigOptions = {}): CliR
 
   let parsed;
   try {
-    parsed =
-      parseArgs({ args: rest, options: PARSE_OPTIONS, strict: true, allowPositionals: false })
-        .values;
+    const r = parseArgs({
+      args: rest,
+      options: PARSE_OPTIONS,
+      strict: true,
+      allowPositionals: false,
+      tokens: true,
+    });
+    parsed = r.values;
+    refuseRepeats(r.tokens, PARSE_OPTIONS);
   } catch (e) {
+    if (e instanceof ConfigError) throw e;
     throw argsError(e);
   }
   const values = {
@@ -532,6 +539,26 @@ export function parseCli(args: string[], options: ParseConfigOptions = {}): CliR
   return { kind: "run", config: { defaults, interfaces: [iface] }, notices, logLevel, state };
 }
 
+/**
+ * Refuses an option of one value given more than once: parseArgs would keep the last one
+ * silently (`-c b.toml -c a.toml` ran a.toml, b.toml never read).
+ */
+function refuseRepeats(
+  tokens: { kind: string; name?: string; rawName?: string }[] | undefined,
+  options: Record<string, { type: string; multiple?: boolean }>,
+): void {
+  const seen = new Set<string>();
+  for (const t of tokens ?? []) {
+    if (t.kind !== "option" || !t.name) continue;
+    const o = options[t.name];
+    if (!o || o.type !== "string" || o.multiple) continue;
+    if (seen.has(t.name)) {
+      throw new ConfigError(`--${t.name}`, "given more than once; give it once");
+    }
+    seen.add(t.name);
+  }
+}
+
 /** The one value of an interface flag; a repeat is refused rather than the last one taken. */
 function single(values: string[] | undefined, flag: string): string | undefined {
   if (values !== undefined && values.length > 1) {
@@ -619,9 +646,17 @@ function stateCli(
 function parseShow(args: string[]): CliResult {
   let values;
   try {
-    values = parseArgs({ args, options: SHOW_OPTIONS, strict: true, allowPositionals: false })
-      .values;
+    const r = parseArgs({
+      args,
+      options: SHOW_OPTIONS,
+      strict: true,
+      allowPositionals: false,
+      tokens: true,
+    });
+    values = r.values;
+    refuseRepeats(r.tokens, SHOW_OPTIONS);
   } catch (e) {
+    if (e instanceof ConfigError) throw e;
     const err = argsError(e);
     if (/unknown option/.test(err.message)) {
       throw new ConfigError(err.path, "is not an option of show; see einat --help (SHOW)");

@@ -436,3 +436,17 @@ Deno.test("a repeated -i/--ifname or --ifindex is refused, not the last one take
   // show takes several -i.
   equal(cli("show", "-i", "a", "-i", "b").kind, "show");
 });
+
+Deno.test("an option of one value given twice is refused, not the last one taken (-c, --pin-dir, --log, --metrics; show's too)", () => {
+  const twice = /given more than once; give it once/;
+  expectError(["-c", "/b.toml", "-c", "/a.toml"], "--config", twice);
+  expectError(["-c", "/b.toml", "--config=/a.toml"], "--config", twice);
+  expectError(
+    ["-i", "eth0", "--pin-dir", "/sys/fs/bpf/a", "--pin-dir=/sys/fs/bpf/b"],
+    "--pin-dir",
+    twice,
+  );
+  expectError(["-i", "eth0", "--bpf-log", "1", "--bpf-log", "2"], "--bpf-log", twice);
+  expectError(["-i", "eth0", "--metrics", ":1", "--metrics", ":2"], "--metrics", twice);
+  expectError(["show", "--port", "1", "--port", "2"], "--port", twice);
+});

@@ -318,8 +318,18 @@ function valueExample(flag: string): string {
 export function readConfig(file: string, options: ParseConfigOptions = {}): ParsedConfig {
   let text: string;
   try {
+    // A FIFO or a device would block the daemon (and its reloads) until someone writes to it.
+    const st = Deno.statSync(file);
+    if (!st.isFile && !st.isDirectory) {
+      throw new ConfigError(
+        "--config",
+        `cannot read config file "${file}": not a regular file`,
+        file,
+      );
+    }
     text = Deno.readTextFileSync(file);
   } catch (e) {
+    if (e instanceof ConfigError) throw e;
     const why = e instanceof Deno.errors.NotFound
       ? "no such file"
       : e instanceof Deno.errors.PermissionDenied

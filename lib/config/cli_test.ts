@@ -232,6 +232,16 @@ Deno.test("-c errors: missing file, bad file, no interfaces, combined with -i", 
   const good = tempConfig(`[[interfaces]]\nif_name = "wan0"\nnat44 = true\n`);
   expectError(["-c", good, "-i", "eth0"], "--ifname", /cannot be combined with -c/);
   expectError(["--ifindex", "2", "-c", good], "--ifindex", /cannot be combined/);
+
+  // A FIFO is refused, not read (the read would block until someone writes to it).
+  const dir = Deno.makeTempDirSync();
+  try {
+    const fifo = `${dir}/einat.toml`;
+    new Deno.Command("mkfifo", { args: [fifo] }).outputSync();
+    expectError(["-c", fifo], "--config", /not a regular file/);
+  } finally {
+    Deno.removeSync(dir, { recursive: true });
+  }
 });
 
 Deno.test("errors name the flag", () => {

@@ -430,7 +430,22 @@ export async function sweepHairpinLeftovers(
     r.routeType === RTN.UNICAST && r.oif === ifindex && r.dst && r.dstLen === full &&
     own.has(formatAddr(r.dst))
   );
-  if (left.length === 0) return 0;
+  if (left.length === 0) {
+    // The kernel dropped the routes with the link (taken down and up, or deleted and made again)
+    // while no einat ran: the rules an earlier einat left lead to an empty table. Removed while
+    // no route is in it (another einat's hairpin routing would have its routes there).
+    if ((await dumpRoutes(family, table)).length > 0) return 0;
+    const rules = await dropTableRules(family, table);
+    if (rules > 0) {
+      log.warn("removed the hairpin rules an earlier einat left (their table is empty)", {
+        family: `IPv${family}`,
+        table,
+        rules,
+        ...(await localLeftAt(family)),
+      });
+    }
+    return 0;
+  }
   const neigh = new Map<string, Uint8Array>();
   for (const r of left) {
     await delRoute({ family, dst: r.dst, dstLen: full, table, oif: ifindex });
@@ -441,6 +456,19 @@ export async function sweepHairpinLeftovers(
     // The router's own address made resolvable on its own link: only einat adds that.
     await request(neighRequest("del", { family, ifindex, dst })).catch(() => {});
   }
+  const rules = await dropTableRules(family, table);
+  log.warn("removed the hairpin routing an earlier einat left on this interface", {
+    family: `IPv${family}`,
+    table,
+    routes: left.length,
+    rules,
+    ...(await localLeftAt(family)),
+  });
+  return left.length;
+}
+
+/** Removes the hairpin rules of `table` while no route is in it; returns how many. */
+async function dropTableRules(family: Family, table: number): Promise<number> {
   let rules = 0;
   for (const r of (await dumpRules(family)).filter((r) => hairpinLike(r) && r.table === table)) {
     // Checked before each: another einat's hairpin routing may be adding routes meanwhile.
@@ -448,18 +476,16 @@ export async function sweepHairpinLeftovers(
     await delHairpinRule(family, r, table);
     rules++;
   }
+  return rules;
+}
+
+/** The moved local rule's preference, for the log, when no hairpin rule is left to need it. */
+async function localLeftAt(family: Family): Promise<{ local_rule_left_at?: number }> {
   const after = await dumpRules(family);
   const local = after.find((r) =>
     r.table === RT_TABLE.LOCAL && r.priority !== 0 && r.protocol === RTPROT_KERNEL
   );
-  log.warn("removed the hairpin routing an earlier einat left on this interface", {
-    family: `IPv${family}`,
-    table,
-    routes: left.length,
-    rules,
-    ...(local && !after.some(hairpinLike) ? { local_rule_left_at: local.priority } : {}),
-  });
-  return left.length;
+  return local && !after.some(hairpinLike) ? { local_rule_left_at: local.priority } : {};
 }
 
 /**

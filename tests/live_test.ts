@@ -713,6 +713,22 @@ Deno.test({
         assert(!/iif br0/.test(await rules(t)), await rules(t));
         assert(/local_rule_left_at=200/.test(log), log);
       });
+      // The link taken down and up meanwhile (the kernel drops the routes, not the rules): the
+      // rules of the empty table go all the same.
+      await killHairpinned();
+      await ip(t.ns.router, "link set wan0 down");
+      await ip(t.ns.router, "link set wan0 up");
+      assert(!own.test(await table()), `the routes went with the link:\n${await table()}`);
+      const n2 = await startEinat(t.ns.router, ["-i", "wan0"]);
+      try {
+        await waitLog(
+          n2,
+          /removed the hairpin rules an earlier einat left \(their table is empty\)/,
+        );
+        assert(!/iif br0/.test(await rules(t)), await rules(t));
+      } finally {
+        assertEquals(await stopEinat(n2), 0, n2.stderrText());
+      }
       // A reload that turns hairpin routing off: the running instance removes its own, and
       // nothing is reported as an earlier einat's.
       const conf = await Deno.makeTempFile({ suffix: ".toml" });

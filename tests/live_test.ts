@@ -319,6 +319,53 @@ Deno.test({
 
 Deno.test({
   name:
+    "live: two served interfaces whose names are swapped are both served again and keep their locks (a second einat is refused)",
+  ...sanitize,
+  fn: () =>
+    withTopology(async (t) => {
+      await addWan1(t);
+      const index = async (dev: string) =>
+        Number(
+          (await nsExecResult(t.ns.router, ["ip", "-o", "link", "show", dev])).stdout.split(":")[0],
+        );
+      const [i0, i1] = [await index("wan0"), await index("wan1")];
+      const conf = await Deno.makeTempFile({ suffix: ".toml" });
+      const iface = (n: string) =>
+        `[[interfaces]]\nif_name = "${n}"\nnat44 = true\nprefer_tcx = false\n`;
+      await Deno.writeTextFile(conf, iface("wan0") + iface("wan1"));
+      const einat = await startEinat(t.ns.router, ["-c", conf]);
+      try {
+        const swap = await nsExecResult(t.ns.router, ["ip", "-batch", "-"], {
+          stdin: "link set wan0 name wanx\nlink set wan1 name wan0\nlink set wanx name wan1\n",
+        });
+        assertEquals(swap.code, 0, swap.stderr);
+        await waitLog(einat, /(attached again(.|\n)*){2}/, 8000);
+        await new Promise((r) => setTimeout(r, 500));
+        const ns = (await nsExec(t.ns.router, ["stat", "-L", "-c", "%i", "/proc/self/ns/net"]))
+          .trim();
+        for (const i of [i0, i1]) {
+          const lock = `/run/einat/${ns}-${i}.pid`;
+          assert(
+            await Deno.stat(lock).then(() => true, () => false),
+            `${lock}:\n${einat.stderrText()}`,
+          );
+        }
+        assert(!/another einat's program now/.test(einat.stderrText()), einat.stderrText());
+        // So a second einat is refused on the interface, not let in over the first's program.
+        const second = await startEinat(t.ns.router, ["-i", "wan0"]).then(
+          async (p) => `it ran:\n${p.stderrText()}${(p.kill("SIGKILL"), await p.output(5000), "")}`,
+          (e) => (e as Error).message,
+        );
+        assert(/already served by einat/.test(second), second);
+      } finally {
+        assertEquals(await stopEinat(einat), 0, einat.stderrText());
+        await Deno.remove(conf);
+      }
+    }),
+});
+
+Deno.test({
+  name:
     "live: a name another einat held a moment before is served once that einat lets go (tried again, not left unserved until some other event)",
   ...sanitize,
   fn: () =>

@@ -69,8 +69,16 @@ export function ownerOf(ifindex: number): number | null {
   return livePid(lockPathFor(ifindex));
 }
 
+/**
+ * The attachment of this process that holds each lock file: another of its attachments letting
+ * go of the same interface (two of its interfaces' names swapped, each re-attached to the other's
+ * link) must not remove the lock the holder just wrote (livePid does not see this process's own).
+ */
+const lockHolders = new Map<string, Attachment>();
+
 /** Lock file contents: the pid, then `qdisc=created` when einat created the clsact qdisc. */
 function writeLock(a: Attachment): void {
+  lockHolders.set(a.lockPath, a);
   Deno.mkdirSync(LOCK_DIR, { recursive: true });
   Deno.writeTextFileSync(a.lockPath, `${Deno.pid}\n${a.qdiscCreated ? "qdisc=created\n" : ""}`);
 }
@@ -399,6 +407,8 @@ export function detach(a: Attachment): void {
       log.info(
         a.handedOver
           ? "TCX links run the reloaded configuration's programs now; left attached"
+          : movedHere(a)
+          ? "TCX links run the programs of another of this einat's interfaces now (names moved); left attached"
           : "TCX links run another einat's programs now (--replace); left attached",
         { ifname: a.ifname },
       );
@@ -418,6 +428,8 @@ export function detach(a: Attachment): void {
         log.info(
           a.handedOver
             ? "filter carries the reloaded configuration's program now; left attached"
+            : movedHere(a)
+            ? "filter carries the program of another of this einat's interfaces now (names moved); left attached"
             : "filter carries another einat's program now (--replace); left attached",
           { ifname: a.ifname, hook: point, prog_id: now },
         );
@@ -434,8 +446,19 @@ export function detach(a: Attachment): void {
   dropLock(a);
 }
 
-/** Removes the lock file, unless another einat (or this one's new instance) holds it now. */
+/** Another attachment of this process holds `a`'s interface now (two names swapped). */
+function movedHere(a: Attachment): boolean {
+  const holder = lockHolders.get(a.lockPath);
+  return holder !== undefined && holder !== a;
+}
+
+/**
+ * Removes the lock file, unless another einat, this one's new instance or another of its
+ * attachments holds it now.
+ */
 function dropLock(a: Attachment): void {
+  if (movedHere(a)) return;
+  lockHolders.delete(a.lockPath);
   try {
     if (!a.handedOver && livePid(a.lockPath) === null) Deno.removeSync(a.lockPath);
   } catch { /* already gone */ }

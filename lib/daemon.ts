@@ -89,6 +89,8 @@ export interface Served {
   summarized?: NatObject | null;
   /** The configuration a reload left waiting for an address (this instance serves meanwhile). */
   pending?: PendingStart;
+  /** Whether `nat` was built for a link with an Ethernet header (`has_eth`). */
+  l2?: boolean;
 }
 
 const MS = 1_000_000n;
@@ -269,9 +271,26 @@ export async function reconcile(s: Served): Promise<void> {
     if (s.attachment) await letGo(s, "waiting for it");
     return;
   }
+  const eth = hasEthernet(s.ifname);
+  if (s.nat && s.l2 !== undefined && s.l2 !== eth) {
+    // The name is on a link of another kind now (a modem switching between raw IP and
+    // Ethernet, a name reused): the programs are built for one kind, so the object is loaded
+    // again (the pinned state carries the mappings over).
+    log.warn("the interface's link type changed; loading its BPF object again", {
+      ifname: s.ifname,
+      l2: eth ? "ethernet" : "none",
+    });
+    if (s.attachment) await letGo(s, "loading it again");
+    for (const h of s.hairpin.splice(0)) await hairpinDown(h);
+    closeNat(s.nat);
+    s.nat = null;
+    s.plan = null;
+    s.planKey = "";
+  }
   if (!s.nat) {
+    s.l2 = eth;
     s.nat = await loadNat({
-      ro: roConfigOf(s.ic, hasEthernet(s.ifname)),
+      ro: roConfigOf(s.ic, eth),
       bindingMaxRecords: s.ic.bindingMaxRecords,
       ctMaxRecords: s.ic.ctMaxRecords,
       preallocate: s.ic.preallocateMaps,
@@ -290,7 +309,7 @@ export async function reconcile(s: Served): Promise<void> {
     log.info("loaded BPF object", {
       ifname: s.ifname,
       load_ms: s.nat.loadMs.toFixed(1),
-      l2: hasEthernet(s.ifname) ? "ethernet" : "none",
+      l2: eth ? "ethernet" : "none",
       csum: s.nat.csum,
     });
   }

@@ -366,6 +366,37 @@ Deno.test({
 
 Deno.test({
   name:
+    "live: the interface made again as a link of another kind (Ethernet, then TUN, then Ethernet) gets its object loaded again for it, and translates",
+  ...sanitize,
+  fn: () =>
+    withTopology(async (t) => {
+      await echo(t).waitForStdout(/listening/);
+      const einat = await startEinat(t.ns.router, ["-i", "wan0"]);
+      try {
+        const before = await seenFrom(t, 44300);
+        await deleteWan(t);
+        await ip(t.ns.router, "tuntap add dev wan0 mode tun");
+        await ip(t.ns.router, `addr add ${t.addrs.v4.routerWan}/24 dev wan0`);
+        await ip(t.ns.router, "link set wan0 up");
+        await waitLog(einat, /link type changed; loading its BPF object again.*l2=none/);
+        await waitLog(einat, /loaded BPF object.*l2=none/);
+        await ip(t.ns.router, "link del wan0");
+        await createWan(t, t.addrs.v4.routerWan);
+        await waitLog(einat, /link type changed(.|\n)*link type changed.*l2=ethernet/);
+        await waitLog(
+          einat,
+          /loaded BPF object.*l2=none(.|\n)*loaded BPF object.*l2=ethernet(.|\n)*attached/,
+        );
+        assertEquals(await seenFrom(t, 44300), before, "translating, the mapping carried over");
+      } finally {
+        assertEquals(await stopEinat(einat), 0, einat.stderrText());
+      }
+      assertEquals(await tcState(t, "wan0"), "", "nothing left at exit");
+    }),
+});
+
+Deno.test({
+  name:
     "live: a name another einat held a moment before is served once that einat lets go (tried again, not left unserved until some other event)",
   ...sanitize,
   fn: () =>

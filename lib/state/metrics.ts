@@ -32,6 +32,11 @@ export interface MetricsTarget {
   /** A reload's new configuration of the interface waits for an address (lib/lifecycle.ts). */
   pending?: boolean;
   /**
+   * false while einat does not serve the interface (gone, renamed away, waiting for it): no
+   * port gauges then, and `einat_interface_up` 0. Absent: taken from the pinned state alone.
+   */
+  attached?: boolean;
+  /**
    * The daemon's own fd of `map_records` (writable, so it can be mapped: the walk reads memory
    * where the pinned map's read-only fd needs batch reads, ~0.2 µs a record).
    */
@@ -49,6 +54,7 @@ export function targetsOf(
     ic?: { bindingMaxRecords: number; bpfFibLookupExternal: boolean };
     pending?: unknown;
     nat?: { maps: { records: number } } | null;
+    attachment?: unknown;
     plan: {
       defaultExt: Partial<Record<4 | 6, { addr: Uint8Array }>>;
       externals: {
@@ -61,11 +67,13 @@ export function targetsOf(
   }[],
 ): MetricsTarget[] {
   return served.map((s) => {
+    const attached = s.attachment === undefined ? undefined : s.attachment !== null;
     const seen = new Set<string>();
     const defaults = new Set(
       Object.values(s.plan?.defaultExt ?? {}).map((d) => d && formatAddr(d.addr)),
     );
-    const externals = (s.plan?.externals ?? []).filter((e) => {
+    // No addresses of an interface not served now: its plan is the one it last had.
+    const externals = (attached === false ? [] : s.plan?.externals ?? []).filter((e) => {
       const a = formatAddr(e.addr);
       const ok = e.prefixLen === e.addr.length * 8 && (e.cfg.flags & EXT_FLAGS.EXTERNAL) !== 0 &&
         (e.cfg.flags & EXT_FLAGS.NO_SNAT) === 0 && !seen.has(a) &&
@@ -77,6 +85,7 @@ export function targetsOf(
       ifname: s.ifname,
       ...(s.ic ? { bindingMax: s.ic.bindingMaxRecords } : {}),
       ...(s.pending ? { pending: true } : {}),
+      ...(attached !== undefined ? { attached } : {}),
       ...(s.nat ? { recordsFd: s.nat.maps.records } : {}),
       externals: externals.flatMap((e) =>
         (["tcp", "udp", "icmp"] as const).map((protocol) => ({
@@ -267,9 +276,13 @@ export function renderMetrics(
   }
   for (const t of targets) {
     const st = openPinned(pinDirFor(t.ifname, root), t.ifname);
-    w.add("einat_interface_up", "gauge", "1 when the interface has pinned state.", {
-      interface: t.ifname,
-    }, st ? 1 : 0);
+    w.add(
+      "einat_interface_up",
+      "gauge",
+      "1 while einat serves the interface (its programs attached, its pinned state there).",
+      { interface: t.ifname },
+      st && t.attached !== false ? 1 : 0,
+    );
     if (!st) continue;
     try {
       if (t.recordsFd !== undefined) {

@@ -40,6 +40,14 @@ Deno.test("metrics: port use is reported for every address new mappings are made
   deepStrictEqual(udp(false).map(([a]) => a), ["203.0.113.2", "2001:db8:2::1"]);
   deepStrictEqual(targetsOf([{ ifname: "wan0", ic, plan }])[0].bindingMax, ic.bindingMaxRecords);
   deepStrictEqual(targetsOf([{ ifname: "wan0", plan: null }]), [{ ifname: "wan0", externals: [] }]);
+  // Not served now (gone, renamed away): down, and no port gauges of the plan it last had.
+  deepStrictEqual(
+    targetsOf([{ ifname: "wan0", ic, plan, attachment: null }]).map((
+      t,
+    ) => [t.attached, t.externals]),
+    [[false, []]],
+  );
+  deepStrictEqual(targetsOf([{ ifname: "wan0", ic, plan, attachment: {} }])[0].attached, true);
   deepStrictEqual(
     targetsOf([{ ifname: "wan0", plan: null, pending: { ic: {}, defaults: {} } }]),
     [{ ifname: "wan0", pending: true, externals: [] }],

@@ -115,6 +115,14 @@ Deno.test("state read: the metrics tallies count exactly what show's rows list",
         [`${EXT}/tcp`, 1],
         [`${EXT}/udp`, 2],
       ]);
+      // The ports themselves, as the rows name them (metrics count those of the ranges).
+      for (const [k, ports] of b.portsByExternal) {
+        const [addr, proto] = k.split("/");
+        const named = rows.filter((r) =>
+          r.protocol === proto && r.external.replace(/:\d+$/, "").replace(/^\[|\]$/g, "") === addr
+        ).map((r) => Number(/:(\d+)$/.exec(r.external)![1]));
+        assertEquals([...ports].sort(), named.sort(), k);
+      }
       assertEquals(s.expired, timeouts ? 1000 + 6 : 0);
       assertEquals(
         sorted(s.byProto),

@@ -1,5 +1,5 @@
 import { deepStrictEqual } from "node:assert/strict";
-import { startMetrics, targetsOf } from "./metrics.ts";
+import { portsInRanges, startMetrics, targetsOf } from "./metrics.ts";
 import { planInterface } from "../nat/plan.ts";
 import { formatAddr, parseAddr, parseCidr } from "../config/cidr.ts";
 import type { ExternalSpec } from "../config/types.ts";
@@ -82,4 +82,10 @@ Deno.test({
       await m.close();
     }
   },
+});
+
+Deno.test("metrics: ports used count the bindings inside the ranges only (a narrowed range, an inbound ping's identifier)", () => {
+  const r = [{ start: 20000, end: 20001 }, { start: 30000, end: 30000 }];
+  deepStrictEqual(portsInRanges([26832, 20001, 500, 30000], r), 2);
+  deepStrictEqual(portsInRanges([], r), 0);
 });

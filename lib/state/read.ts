@@ -396,6 +396,8 @@ export interface BindingTally {
   byProto: Map<string, number>;
   /** `EXTERNAL-ADDRESS/PROTOCOL` (e.g. `192.0.2.1/udp`) → bindings: its ports in use. */
   byExternal: Map<string, number>;
+  /** The same key → the ports (ICMP identifiers) in use, to count those of given ranges. */
+  portsByExternal: Map<string, number[]>;
 }
 
 /**
@@ -405,24 +407,28 @@ export interface BindingTally {
 export function tallyBindings(s: PinnedState): BindingTally {
   const byProto = new Map<string, number>();
   // protocol number, then the slot
-  const raw = new Map<string, number>();
+  const raw = new Map<string, number[]>();
   const slots = new Map<number, SlotEntry>();
-  forEachRecord(s, (values, vo, slot) => {
+  forEachRecord(s, (values, vo, slot, port) => {
     const family = values[vo + RF.family.offset];
     const l4proto = values[vo + RF.l4proto.offset];
     const p = `${family}/${protoName(l4proto)}`;
     byProto.set(p, (byProto.get(p) ?? 0) + 1);
     slots.set(slot.slot, slot);
     const r = `${l4proto}/${slot.slot}`;
-    raw.set(r, (raw.get(r) ?? 0) + 1);
+    const ports = raw.get(r);
+    if (ports) ports.push(port);
+    else raw.set(r, [port]);
   });
   const byExternal = new Map<string, number>();
-  for (const [r, n] of raw) {
+  const portsByExternal = new Map<string, number[]>();
+  for (const [r, ports] of raw) {
     const [l4proto, slot] = r.split("/").map(Number);
     const k = `${formatAddr(slots.get(slot)!.addr)}/${protoName(l4proto)}`;
-    byExternal.set(k, (byExternal.get(k) ?? 0) + n);
+    byExternal.set(k, (byExternal.get(k) ?? 0) + ports.length);
+    portsByExternal.set(k, (portsByExternal.get(k) ?? []).concat(ports));
   }
-  return { byProto, byExternal };
+  return { byProto, byExternal, portsByExternal };
 }
 
 /** The state name of a session, conntrack style. */

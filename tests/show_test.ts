@@ -221,7 +221,7 @@ Deno.test({
           assertEquals(m.get(`einat_events_total{${w},event="new_binding"}`), 5);
           assertEquals(m.get(`einat_drops_total{${w},reason="no_port"}`), 0);
           assertEquals(
-            m.get(`einat_ports_total{${w},external="203.0.113.1",protocol="udp"}`),
+            m.get(`einat_ports_capacity{${w},external="203.0.113.1",protocol="udp"}`),
             10000,
           );
           assertEquals(m.get(`einat_ports_used{${w},external="203.0.113.1",protocol="udp"}`), 3);

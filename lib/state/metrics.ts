@@ -214,7 +214,7 @@ function scrapeOne(w: Writer, st: PinnedState, t: MetricsTarget): void {
     // inbound ping's identifier) are not counted against them.
     const inUse = portsInRanges(used.get(`${e.external}/${e.protocol}`) ?? [], e.ranges);
     w.add(
-      "einat_ports_total",
+      "einat_ports_capacity",
       "gauge",
       "Ports (ICMP identifiers) in the ranges of an external address.",
       labels,

@@ -89,3 +89,10 @@ Deno.test("metrics: ports used count the bindings inside the ranges only (a narr
   deepStrictEqual(portsInRanges([26832, 20001, 500, 30000], r), 2);
   deepStrictEqual(portsInRanges([], r), 0);
 });
+
+Deno.test("metrics: only counters end in _total (Prometheus naming; promtool refuses a gauge named so)", () => {
+  const text = Deno.readTextFileSync(new URL("./metrics.ts", import.meta.url));
+  const gauges = [...text.matchAll(/"(einat_[a-z_]+)",\s*"gauge"/g)].map((m) => m[1]);
+  deepStrictEqual(gauges.length > 5, true, "gauges found");
+  deepStrictEqual(gauges.filter((g) => g.endsWith("_total")), []);
+});

@@ -422,7 +422,18 @@ function getTimeout(ctx: Ctx, t: Table, key: string, path: string): number | und
   } catch (e) {
     fail(ctx, p, (e as Error).message);
   }
-  if (ms <= 0) fail(ctx, p, `timeout must be longer than zero; expected e.g. "2s" or "5m"`);
+  if (ms <= 0) {
+    // "1ns", "0.4ms": not zero, but below the millisecond timeouts are counted in
+    fail(
+      ctx,
+      p,
+      /[1-9]/.test(String(v))
+        ? `${
+          JSON.stringify(v)
+        } is shorter than 1ms, the shortest timeout; expected e.g. "2s" or "5m"`
+        : `timeout must be longer than zero; expected e.g. "2s" or "5m"`,
+    );
+  }
   if (ms > MAX_TIMEOUT_MS) {
     fail(ctx, p, `${formatDuration(ms)} is too long; expected at most 30d`);
   }
@@ -589,6 +600,17 @@ function parseHairpin(
   }
   if (enable === true && names.length === 0) {
     notice(ctx, join(path, "enable"), "hairpin routing is enabled but internal_if_names is empty");
+  }
+  if (route.enable && route.ipProtocols.length === 0) {
+    warning(
+      ctx,
+      join(path, "ip_protocols"),
+      "hairpin routing is on but ip_protocols is empty: no rule sends anything to its routes",
+    );
+  }
+  if (new Set(names).size < names.length) {
+    notice(ctx, join(path, "internal_if_names"), "an interface listed twice is used once");
+    route.internalIfNames = [...new Set(names)];
   }
   return route;
 }
@@ -1007,6 +1029,16 @@ function parseInterface(
     );
   }
 
+  if (iface.timeouts.tcpEst < iface.timeouts.tcpTrans) {
+    warning(
+      ctx,
+      join(path, t.timeout_tcp_est !== undefined ? "timeout_tcp_est" : "timeout_tcp_trans"),
+      `timeout_tcp_est (${formatDuration(iface.timeouts.tcpEst)}) is shorter than ` +
+        `timeout_tcp_trans (${formatDuration(iface.timeouts.tcpTrans)}): an established ` +
+        `connection is kept less long than one opening or closing (RFC 5382 REQ-5 asks 2h4m)`,
+    );
+  }
+
   const records = (key: string, def: number) =>
     getInt(ctx, t, key, path, def, 1, MAX_RECORDS, "a record count");
   iface.fragTrackMaxRecords = records("frag_track_max_records", DEFAULTS.fragTrackMaxRecords);
@@ -1093,6 +1125,16 @@ function parseInterface(
       );
     }
     iface.externals = t.externals.map((e, i) => parseExternal(ctx, e, `${p}[${i}]`, defaults));
+  }
+  // Without the match-all defaults, only the externals listed can be sources of mappings.
+  const sources = iface.externals.filter((e) => !e.noSnat && !e.isInternal).length;
+  if (!iface.defaultExternals && sources === 0 && (iface.nat44 || iface.nat66)) {
+    warning(
+      ctx,
+      join(path, "default_externals"),
+      "default_externals = false and no [[interfaces.externals]] to use instead: no address " +
+        "can be an external one, so every new flow is refused",
+    );
   }
   return iface;
 }

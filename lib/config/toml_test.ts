@@ -357,6 +357,44 @@ Deno.test("timeouts: numbers are seconds; einat-ebpf's timeout_pkt_* set UDP's (
     r.notices[0],
   );
   ok(noticeLevel(r.notices[0]) === "warn");
+  // An established TCP timeout below the transitory one: taken, with a warning.
+  r = parse(MIN + `timeout_tcp_est = "10s"\n`);
+  equal(r.config.interfaces[0].timeouts.tcpEst, 10_000);
+  ok(
+    /warning: .*interfaces\[0\]\.timeout_tcp_est: timeout_tcp_est \(10s\) is shorter than timeout_tcp_trans \(4m\)/
+      .test(r.notices[0]),
+    r.notices.join("\n"),
+  );
+  // Below a millisecond: said so, not "longer than zero".
+  expectError(
+    MIN + `timeout_udp_min = "1ns"\n`,
+    "interfaces[0].timeout_udp_min",
+    /shorter than 1ms/,
+  );
+  expectError(
+    MIN + `timeout_udp_min = "0s"\n`,
+    "interfaces[0].timeout_udp_min",
+    /longer than zero/,
+  );
+});
+
+Deno.test("warnings: default_externals = false with no externals to use; hairpin with no ip_protocols; an internal interface twice", () => {
+  let r = parse(MIN + `default_externals = false\n`);
+  ok(
+    r.notices.some((n) =>
+      /warning: .*interfaces\[0\]\.default_externals: .*no address can be an external one/.test(n)
+    ),
+    r.notices.join("\n"),
+  );
+  r = parse(MIN + `default_externals = false\n[[interfaces.externals]]\naddress = "192.0.2.1"\n`);
+  ok(!r.notices.some((n) => /default_externals/.test(n)), r.notices.join("\n"));
+  r = parse(
+    MIN +
+      `[interfaces.ipv4_hairpin_route]\ninternal_if_names = ["lan0", "lan0"]\nip_protocols = []\n`,
+  );
+  ok(r.notices.some((n) => /warning: .*ip_protocols: .*no rule sends anything/.test(n)));
+  ok(r.notices.some((n) => /internal_if_names: an interface listed twice is used once/.test(n)));
+  deepStrictEqual(r.config.interfaces[0].ipv4HairpinRoute.internalIfNames, ["lan0"]);
 });
 
 Deno.test("hairpin: the external interface among internal_if_names is an error; a rule preference not below the local rule's is a warning", () => {

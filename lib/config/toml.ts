@@ -1166,7 +1166,13 @@ export function parseConfigToml(
   } catch (e) {
     if (e instanceof TomlError) {
       const msg = e.message.split("\n")[0].replace(/^Invalid TOML document: /, "");
-      fail(ctx, "(syntax)", `invalid TOML at line ${e.line}, column ${e.column}: ${msg}`);
+      // The line itself: smol-toml's messages do not name the key ("trying to redefine an
+      // already defined table or value").
+      const line = text.split(/\r?\n/)[e.line - 1]?.trim();
+      const at = line
+        ? ` (${JSON.stringify(line.length > 60 ? line.slice(0, 57) + "..." : line)})`
+        : "";
+      fail(ctx, "(syntax)", `invalid TOML at line ${e.line}${at}, column ${e.column}: ${msg}`);
     }
     throw e;
   }

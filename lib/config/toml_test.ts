@@ -606,3 +606,12 @@ Deno.test("snat_internals: a match-all network is noticed (every source of its f
     notices.join("\n"),
   );
 });
+
+Deno.test("a TOML syntax error names the line it is on (a key given twice: the parser's message names none)", () => {
+  const e = expectError(
+    `[[interfaces]]\nif_name = "wan0"\nnat44 = true\nnat44 = false\n`,
+    "(syntax)",
+    /invalid TOML at line 4 \("nat44 = false"\), column \d+: .*redefine/,
+  );
+  ok(e.message.includes("test.toml"));
+});

@@ -282,27 +282,44 @@ export function editDistance(a: string, b: string): number {
 
 /** The candidate closest to `word`, if it is close enough to be a likely typo. */
 export function suggest(word: string, candidates: readonly string[]): string | undefined {
-  let best: string | undefined, bestDist = Infinity;
+  let best: string | undefined, bestDist = Infinity, bestEdit = Infinity;
   const tokens = (w: string) => w.toLowerCase().split(/[_-]/).sort().join("_");
   for (const c of candidates) {
     // Same words in another order (`icmp_ranges_in`) count as a near miss.
     // So does a prefix of at least 3 characters (`--hairpin` for `--hairpin-if`).
     const lw = word.toLowerCase(), lc = c.toLowerCase();
-    const d = tokens(word) === tokens(c) || (lw.length >= 3 && lc.startsWith(lw))
-      ? 1
-      : editDistance(lw, lc);
-    if (d < bestDist) {
+    const edit = editDistance(lw, lc);
+    const d = tokens(word) === tokens(c) || (lw.length >= 3 && lc.startsWith(lw)) ? 1 : edit;
+    // Ties go to the nearer spelling (`external`: `externals`, not `external_slots`).
+    if (d < bestDist || (d === bestDist && edit < bestEdit)) {
       best = c;
       bestDist = d;
+      bestEdit = edit;
     }
   }
   const limit = Math.max(2, Math.floor(word.length / 3));
   return bestDist <= limit ? best : undefined;
 }
 
+/** Keys that belong in another table than where they were found: where they go. */
+const KEY_HOME: Record<string, string> = {
+  tcp_ranges: "[defaults] or [[interfaces.externals]]",
+  udp_ranges: "[defaults] or [[interfaces.externals]]",
+  icmp_ranges: "[defaults] or [[interfaces.externals]]",
+  icmp_in_ranges: "[defaults] or [[interfaces.externals]]",
+  icmp_out_ranges: "[defaults] or [[interfaces.externals]]",
+  ipv4_local_rule_pref: "[defaults]",
+  ipv6_local_rule_pref: "[defaults]",
+  ipv4_hairpin_rule_pref: "[defaults] (or ip_rule_pref of the hairpin route)",
+  ipv6_hairpin_rule_pref: "[defaults] (or ip_rule_pref of the hairpin route)",
+  ipv4_hairpin_table_id: "[defaults] (or table_id of the hairpin route)",
+  ipv6_hairpin_table_id: "[defaults] (or table_id of the hairpin route)",
+};
+
 function checkKeys(ctx: Ctx, table: Table, path: string, known: readonly string[]): void {
   for (const key of Object.keys(table)) {
     if (known.includes(key)) continue;
+    if (KEY_HOME[key]) fail(ctx, join(path, key), `not a key here; it goes in ${KEY_HOME[key]}`);
     const guess = suggest(key, known);
     const hint = guess
       ? `did you mean \`${guess}\`?`

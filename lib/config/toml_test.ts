@@ -615,3 +615,16 @@ Deno.test("a TOML syntax error names the line it is on (a key given twice: the p
   );
   ok(e.message.includes("test.toml"));
 });
+
+Deno.test("unknown keys: the nearer spelling wins a tie; a key of another table says where it goes", () => {
+  expectError(
+    MIN + `[[interfaces.external]]\naddress = "192.0.2.1"\n`,
+    "interfaces[0].external",
+    /did you mean `externals`\?/,
+  );
+  expectError(
+    MIN + `tcp_ranges = ["20000-20099"]\n`,
+    "interfaces[0].tcp_ranges",
+    /not a key here; it goes in \[defaults\] or \[\[interfaces\.externals\]\]/,
+  );
+});

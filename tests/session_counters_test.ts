@@ -17,7 +17,7 @@ import {
   type SessionCounts,
   sumCounts,
 } from "../lib/nat/counters.ts";
-import { readSessions } from "../lib/state/read.ts";
+import { readSessions, type SessionRow } from "../lib/state/read.ts";
 import { formatText, topSessions } from "../lib/state/show.ts";
 import { type PacketSpec, udpSpec } from "./lib/packet.ts";
 import { pinThread, restoreAffinity } from "./lib/cpu.ts";
@@ -257,4 +257,14 @@ Deno.test("session counters: off by default, nothing counted, show lists no coun
   } finally {
     n.close();
   }
+});
+
+Deno.test("show --top leaves out sessions whose counts were not kept (more sessions than session_counters)", () => {
+  const row = (
+    remote: string,
+    counters: SessionRow["counters"],
+  ) => ({ remote, counters } as unknown as SessionRow);
+  const c = { packetsOut: 1, packetsIn: 1, bytesOut: 100, bytesIn: 100 };
+  const top = topSessions([row("a", null), row("b", c), row("c", null)], 10);
+  assertEquals(top.map((r) => r.remote), ["b"]);
 });

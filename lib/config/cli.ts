@@ -716,6 +716,14 @@ function parseShow(args: string[]): CliResult {
     if (values.stats) throw new ConfigError("--top", "lists sessions: drop --stats");
     top = Number(values.top);
   }
+  // The counters are per interface: a row filter would be silently ignored.
+  for (
+    const [flag, v] of [["--proto", values.proto], ["--addr", values.addr], ["--port", values.port]]
+  ) {
+    if (values.stats && v !== undefined) {
+      throw new ConfigError(flag!, "filters rows; --stats counts per interface: drop one of them");
+    }
+  }
   return {
     kind: "show",
     show: {

@@ -460,3 +460,9 @@ Deno.test("an option of one value given twice is refused, not the last one taken
   expectError(["-i", "eth0", "--metrics", ":1", "--metrics", ":2"], "--metrics", twice);
   expectError(["show", "--port", "1", "--port", "2"], "--port", twice);
 });
+
+Deno.test("show --stats with a row filter is refused, not silently ignored", () => {
+  for (const [flag, v] of [["--proto", "udp"], ["--addr", "192.0.2.1"], ["--port", "9"]]) {
+    expectError(["show", "--stats", flag, v], flag, /--stats counts per interface/);
+  }
+});

@@ -43,7 +43,8 @@ export interface ShowResult {
  * Throws when none has counts (session_counters off).
  */
 export function topSessions(rows: SessionRow[], n: number): SessionRow[] {
-  const counted = rows.filter((r) => r.counters !== undefined);
+  // Sessions with counts kept (null: none kept for it, as undefined: counting off).
+  const counted = rows.filter((r) => r.counters != null);
   if (rows.length > 0 && counted.length === 0) {
     throw new Error("--top: no session counts here: session_counters is off");
   }

@@ -8,7 +8,8 @@ import { formatAddr, isLinkLocal6 } from "./config/cidr.ts";
 import * as libc from "./ffi/libc.ts";
 import * as log from "./log.ts";
 import { releaseMemory } from "./memory.ts";
-import { watch, type WatchEvent } from "./netlink/rtnl.ts";
+import { dumpLinks, watch, type WatchEvent } from "./netlink/rtnl.ts";
+import type { LinkMsg } from "./netlink/msg.ts";
 import { reconcile, type Served } from "./daemon.ts";
 import { BusyError } from "./nat/attach.ts";
 
@@ -120,11 +121,27 @@ export function follow(served: () => Served[], after?: () => Promise<void>): Fol
     await after?.();
     releaseMemory();
   });
+  // What einat uses of each link (name, up, running, type, address): a link message that changes
+  // none of it (MTU, promiscuity, statistics) is not a network change to reconcile or log.
+  const links = new Map<number, string>();
+  const sig = (l: LinkMsg) =>
+    [l.ifname, l.up, l.running, l.linkType, l.address?.join(":")].join("|");
+  const changed = (ev: WatchEvent) => {
+    if (ev.type !== "link") return true;
+    if (ev.op === "del") return links.delete(ev.ifindex) || true;
+    if (links.get(ev.ifindex) === sig(ev)) return false;
+    links.set(ev.ifindex, sig(ev));
+    return true;
+  };
+  // As the links are now (an event coming first wins: it is newer).
+  dumpLinks().then((ls) => {
+    for (const l of ls) if (!links.has(l.ifindex)) links.set(l.ifindex, sig(l));
+  }).catch(() => {});
   const w = watch(() => {}, {
     onBatch: (events) => {
       const seen = events.flatMap((ev) => {
         const s = relevant(ev, served());
-        return s ? [describeEvent(ev, s.ifname)] : [];
+        return s && changed(ev) ? [describeEvent(ev, s.ifname)] : [];
       });
       if (seen.length === 0) return;
       // The same event told twice in a burst (a link coming up sends several) is said once.

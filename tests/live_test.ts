@@ -837,7 +837,8 @@ Deno.test({
 });
 
 Deno.test({
-  name: "live: a link flap (down, up) keeps the mappings and the translation",
+  name:
+    "live: a link flap (down, up) keeps the mappings and the translation; an MTU or promiscuity change is no network change",
   ...sanitize,
   fn: () =>
     withTopology(async (t) => {
@@ -845,6 +846,11 @@ Deno.test({
       const einat = await startEinat(t.ns.router, ["-i", "wan0"]);
       try {
         const before = await seenFrom(t, 43000);
+        for (const c of ["mtu 1400", "promisc on", "promisc off", "mtu 1500"]) {
+          await ip(t.ns.router, `link set wan0 ${c}`);
+        }
+        await new Promise((r) => setTimeout(r, 400)); // past the watch's coalescing (100 ms)
+        assert(!/network changed/.test(einat.stderrText()), einat.stderrText());
         await ip(t.ns.router, "link set wan0 down");
         await waitLog(einat, /network changed.*link\+ wan0 down/);
         await ip(t.ns.router, "link set wan0 up");

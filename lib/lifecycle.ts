@@ -117,6 +117,7 @@ export async function reload(file: string, served: Served[]): Promise<Served[]> 
     }
     starts.push([name, ic, old]);
   }
+  const unchanged = keep.map((s) => s.ifname);
   for (const [name, s] of byName) {
     log.info("SIGHUP: interface removed from the configuration", { ifname: name });
     await stopServing(s);
@@ -128,7 +129,13 @@ export async function reload(file: string, served: Served[]): Promise<Served[]> 
     const now = (await replace(name, { ic, defaults }, old, keep, "SIGHUP")) ?? old;
     if (now) keep.push(now);
   }
-  log.info("SIGHUP: configuration reloaded", { interfaces: keep.map((s) => s.ifname).join(",") });
+  // What it did: the interfaces served now, and of them those left as they were.
+  log.info("SIGHUP: configuration reloaded", {
+    interfaces: keep.map((s) => s.ifname).join(","),
+    ...(starts.length ? { restarted: starts.map(([n]) => n).join(",") } : {}),
+    ...(unchanged.length ? { unchanged: unchanged.join(",") } : {}),
+    ...(byName.size ? { removed: [...byName.keys()].join(",") } : {}),
+  });
   return keep;
 }
 

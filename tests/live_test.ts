@@ -459,7 +459,7 @@ Deno.test({
           const rulesServing = await rules(t);
           assert(/iif br0 .*lookup 4787/.test(rulesServing), rulesServing);
           einat.kill("SIGHUP");
-          await waitLog(einat, /configuration reloaded/);
+          await waitLog(einat, /configuration reloaded interfaces=wan0,wan1 unchanged=wan0,wan1/);
           assert(
             !/SIGHUP: (new interface|interface removed|configuration changed)/.test(
               einat.stderrText(),

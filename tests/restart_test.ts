@@ -408,6 +408,11 @@ Deno.test({
           assertEquals(links.length, 2, killed.stderrText());
           killed.kill("SIGKILL");
           await killed.output(10000);
+          // show says the killed einat's programs still translate (not "as the last one left it").
+          const orphan = /no einat serves it, but a stopped one's programs are still attached/;
+          const shown = async () =>
+            (await nsExecResult(t.ns.router, einatCmd(["show", ...pin]))).stdout;
+          assert(orphan.test(await shown()), await shown());
           // The next start uses clsact (the command line): the links go.
           const tc = await startEinat(t.ns.router, ["-i", "wan0", ...pin]);
           const removed = tc.stderrText().match(/removed a stale einat TCX link/g) ?? [];
@@ -421,9 +426,11 @@ Deno.test({
           // Killed in turn: the clsact einat's qdisc is the next one's to remove at exit.
           tc.kill("SIGKILL");
           await tc.output(10000);
+          assert(orphan.test(await shown()), await shown()); // its filters, this time
           const next = await startEinat(t.ns.router, ["-i", "wan0", ...pin]);
           assertEquals(await stopEinat(next), 0, next.stderrText());
           assert(!(await qdisc()), "the qdisc left by the killed einat is removed");
+          assert(/no einat serves it now; the state is as/.test(await shown()), await shown());
         });
       } finally {
         await Deno.remove(conf);

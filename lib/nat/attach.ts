@@ -64,6 +64,22 @@ export function lockPathFor(ifindex: number): string {
   return `${LOCK_DIR}/${netnsId()}-${ifindex}.pid`;
 }
 
+/**
+ * Whether einat's programs are attached to `ifindex` (its filter), or TCX links of its are
+ * pinned in the state folder `dir`: a killed einat's go on translating.
+ */
+export function programsAttached(ifindex: number, dir: string): boolean {
+  try {
+    if (bpf.tcQuery(ifindex, "egress", TC_HANDLE, TC_PRIORITY) !== null) return true;
+  } catch { /* no qdisc, or no such link */ }
+  try {
+    Deno.statSync(`${dir}/link_egress`);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 /** The pid of the live einat serving `ifindex` in this network namespace, if any. */
 export function ownerOf(ifindex: number): number | null {
   return livePid(lockPathFor(ifindex));

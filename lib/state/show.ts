@@ -20,7 +20,7 @@ import {
   type SessionRow,
 } from "./read.ts";
 import { DEFAULT_PIN_ROOT, netnsRoot, pinDirFor } from "./options.ts";
-import { ownerOf } from "../nat/attach.ts";
+import { ownerOf, programsAttached } from "../nat/attach.ts";
 import { ifNameToIndex } from "../ffi/libc.ts";
 
 /** Everything `show` found. */
@@ -32,8 +32,11 @@ export interface ShowResult {
   counters: Counters[];
   /** Interfaces asked for but without pinned state. */
   missing: string[];
-  /** Each interface shown, with the pid of the einat serving it now (null: none runs). */
-  served: { interface: string; pid: number | null }[];
+  /**
+   * Each interface shown, with the pid of the einat serving it now (null: none runs) and, when
+   * none does, whether programs of a killed one are still attached (translating on).
+   */
+  served: { interface: string; pid: number | null; orphaned?: boolean }[];
   /** `--top N`: the sessions are the N that moved the most bytes; no bindings. */
   top?: number;
 }
@@ -81,7 +84,10 @@ export function collect(opts: ShowCli): ShowResult {
       continue;
     }
     const ifindex = ifNameToIndex(ifname);
-    res.served.push({ interface: ifname, pid: ifindex ? ownerOf(ifindex) : null });
+    const pid = ifindex ? ownerOf(ifindex) : null;
+    const orphaned = pid === null && ifindex !== 0 &&
+      programsAttached(ifindex, pinDirFor(ifname, root));
+    res.served.push({ interface: ifname, pid, ...(orphaned ? { orphaned } : {}) });
     try {
       if (opts.stats) {
         res.counters.push(readCounters(st));
@@ -192,11 +198,14 @@ export function formatText(r: ShowResult, stats: boolean): string {
     }
   }
   for (const m of r.missing) out.push(`${m}: no pinned state`);
-  for (const { interface: i, pid } of r.served) {
+  for (const { interface: i, pid, orphaned } of r.served) {
     out.push(
-      pid === null
-        ? `${i}: no einat serves it now; the state is as the last one left it`
-        : `${i}: served by einat (pid ${pid})`,
+      pid !== null
+        ? `${i}: served by einat (pid ${pid})`
+        : orphaned
+        ? `${i}: no einat serves it, but a stopped one's programs are still attached and translate ` +
+          `with this state (nothing expires it); start einat to take over, or einat --flush`
+        : `${i}: no einat serves it now; the state is as the last one left it`,
     );
   }
   return out.join("\n");

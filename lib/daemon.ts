@@ -348,7 +348,7 @@ export async function reconcile(s: Served): Promise<void> {
       });
     } else if (purged.bindings || purged.sessions) {
       // pinned state of a run with other external addresses (or families enabled)
-      log.info("pinned mappings dropped: their external address is no longer one of ours", {
+      log.info("pinned mappings dropped: their external address is not one einat translates to now (gone, or its family's NAT off)", {
         ifname: s.ifname,
         addresses: summary,
         dropped_bindings: purged.bindings,

@@ -507,3 +507,35 @@ Deno.test({
       }
     }),
 });
+
+Deno.test({
+  name:
+    "e2e: another IP protocol (GRE-numbered raw packets) leaves with the external address and its reply comes back; a second LAN host to the same remote is refused, to another it is not",
+  ...sanitize,
+  fn: () =>
+    withTopology(async (t) => {
+      const a = t.addrs.v4;
+      const echo = (ns: string) =>
+        t.spawn(ns, peerCmd("raw-echo", ["--proto", "47", "--timeout-ms", "15000"]));
+      const e1 = echo(t.ns.srv1), e2 = echo(t.ns.srv2);
+      await e1.waitForStdout(/listening/);
+      await e2.waitForStdout(/listening/);
+      const ping = (ns: string, to: string) =>
+        nsExecResult(ns, peerCmd("raw-ping", ["--proto", "47", "--to", to]));
+      const einat = await startEinat(t.ns.router, ["-i", "wan0"]);
+      try {
+        const r1 = await ping(t.ns.lan1, a.srv1[0]);
+        assertEquals(r1.code, 0, `lan1's reply: ${r1.stdout}${r1.stderr}`);
+        assert(e1.stdoutText().includes(`seen ${a.routerWan}\n`), e1.stdoutText());
+        assert(!/seen 192\.0\.2\./.test(e1.stdoutText()), "a LAN source left the router");
+        // lan2 to the same remote: lan1 holds (GRE, external, srv1); to srv2 it is free.
+        const r2 = await ping(t.ns.lan2, a.srv1[0]);
+        assertEquals(r2.code, 3, `refused while lan1's mapping lives: ${r2.stdout}`);
+        const r3 = await ping(t.ns.lan2, a.srv2[0]);
+        assertEquals(r3.code, 0, `lan2 to srv2: ${r3.stdout}${r3.stderr}`);
+        assert(e2.stdoutText().includes(`seen ${a.routerWan}\n`), e2.stdoutText());
+      } finally {
+        assertEquals(await stopEinat(einat), 0, einat.stderrText());
+      }
+    }),
+});

@@ -23,6 +23,12 @@
  * - `raw-send --packet HEX [--packet HEX]... [--gap-ms MS]`: sends each whole IPv4/IPv6 packet
  *   (header included, e.g. hand-made fragments in a chosen order) through a raw socket, in
  *   order, and prints `sent N`. Exits 0, or 3 when a send fails.
+ * - `raw-echo --proto N [--count N]`: an IPv4 raw socket of IP protocol N (GRE is 47): prints
+ *   `seen SRCIP` for each packet and sends its payload back to that address. Exits 0 after N
+ *   packets or at the timeout.
+ * - `raw-ping --proto N --to IP [--reply-timeout-ms MS]`: sends one packet of protocol N to IP
+ *   through an IPv4 raw socket and prints `reply from IP` when one of that protocol comes back
+ *   from it, else `timeout`. Exits 0 on a reply, else 3.
  * @module
  */
 
@@ -329,6 +335,93 @@ async function rawSend(a: Args): Promise<number> {
   return 0;
 }
 
+/** IPv4 raw sockets of one IP protocol through libc (the kernel adds the IP header). */
+function rawProto(proto: number, timeoutMs: number) {
+  const libc = Deno.dlopen("libc.so.6", {
+    socket: { parameters: ["i32", "i32", "i32"], result: "i32" },
+    setsockopt: { parameters: ["i32", "i32", "i32", "buffer", "u32"], result: "i32" },
+    sendto: {
+      parameters: ["i32", "buffer", "usize", "i32", "buffer", "u32"],
+      result: "isize",
+    },
+    recvfrom: {
+      parameters: ["i32", "buffer", "usize", "i32", "pointer", "pointer"],
+      result: "isize",
+    },
+    close: { parameters: ["i32"], result: "i32" },
+  });
+  const fd = libc.symbols.socket(2, 3, proto); // AF_INET, SOCK_RAW
+  if (fd < 0) throw new Error(`raw socket of protocol ${proto}`);
+  const tv = new BigInt64Array([
+    BigInt(Math.floor(timeoutMs / 1000)),
+    BigInt((timeoutMs % 1000) * 1000),
+  ]);
+  libc.symbols.setsockopt(fd, 1, 20, new Uint8Array(tv.buffer), 16); // SOL_SOCKET, SO_RCVTIMEO
+  const sockaddr = (ip: string) => {
+    const sa = new Uint8Array(16);
+    sa[0] = 2;
+    sa.set(ip.split(".").map(Number), 4);
+    return sa;
+  };
+  const buf = new Uint8Array(2048);
+  return {
+    send: (to: string, payload: Uint8Array) =>
+      Number(libc.symbols.sendto(fd, payload, BigInt(payload.length), 0, sockaddr(to), 16)),
+    /** The next packet: its source and payload (after the IP header); null at the timeout. */
+    recv: (): { from: string; payload: Uint8Array } | null => {
+      const n = Number(libc.symbols.recvfrom(fd, buf, BigInt(buf.length), 0, null, null));
+      if (n <= 0) return null;
+      const ihl = (buf[0] & 15) * 4;
+      return { from: [...buf.subarray(12, 16)].join("."), payload: buf.slice(ihl, n) };
+    },
+    close: () => {
+      libc.symbols.close(fd);
+      libc.close();
+    },
+  };
+}
+
+function rawEcho(a: Args): number {
+  const count = num(a, "count", Infinity);
+  const end = Date.now() + num(a, "timeout-ms", 5000);
+  const s = rawProto(num(a, "proto", 47), 200);
+  say(`listening raw ${num(a, "proto", 47)}`);
+  let n = 0;
+  try {
+    while (n < count && Date.now() < end) {
+      const p = s.recv();
+      if (!p) continue;
+      say(`seen ${p.from}`);
+      s.send(p.from, p.payload);
+      n++;
+    }
+  } finally {
+    s.close();
+  }
+  return 0;
+}
+
+function rawPing(a: Args): number {
+  const to = opt(a, "to");
+  if (!to) throw new Error("--to is required");
+  const end = Date.now() + num(a, "reply-timeout-ms", 2000);
+  const s = rawProto(num(a, "proto", 47), 200);
+  try {
+    s.send(to, enc.encode("einat raw probe"));
+    while (Date.now() < end) {
+      const p = s.recv();
+      if (p && p.from === to) {
+        say(`reply from ${p.from}`);
+        return 0;
+      }
+    }
+    say("timeout");
+    return 3;
+  } finally {
+    s.close();
+  }
+}
+
 /** Runs one subcommand; returns the exit code. */
 export async function main(argv: string[]): Promise<number> {
   const [sub, ...rest] = argv;
@@ -344,8 +437,14 @@ export async function main(argv: string[]): Promise<number> {
       return await tcpSend(a);
     case "raw-send":
       return await rawSend(a);
+    case "raw-echo":
+      return rawEcho(a);
+    case "raw-ping":
+      return rawPing(a);
     default:
-      console.error("usage: peer.ts udp-echo|udp-send|tcp-echo|tcp-send|raw-send [--options]");
+      console.error(
+        "usage: peer.ts udp-echo|udp-send|tcp-echo|tcp-send|raw-send|raw-echo|raw-ping [--options]",
+      );
       return 2;
   }
 }

@@ -125,6 +125,25 @@ async function demo(t: Topology): Promise<boolean> {
     );
     verdicts.push(["ICMP echo through the NAT", ping.code === 0]);
 
+    // Another IP protocol (47, GRE's number; raw sockets, no tunnel module needed): address-only
+    // NAT, as masquerade does it.
+    const rawEcho = t.spawn(t.ns.srv1, peerCmd("raw-echo", ["--proto", "47", "--count", "1"]));
+    await rawEcho.waitForStdout(/listening/);
+    const raw = await nsExecResult(
+      t.ns.lan1,
+      peerCmd("raw-ping", ["--proto", "47", "--to", a.srv1[0]]),
+    );
+    const rawSeen = rawEcho.stdoutText().match(/seen (\S+)/)?.[1] ?? "nothing";
+    console.log(
+      `\nIP protocol 47 lan1 -> ${a.srv1[0]}: server saw ${rawSeen}, ${
+        raw.code === 0 ? "reply received" : "no reply"
+      }`,
+    );
+    verdicts.push([
+      "other IP protocols: address-only NAT (source is the external address, reply comes back)",
+      raw.code === 0 && rawSeen === a.routerWan,
+    ]);
+
     const iperfSrv = t.spawn(t.ns.srv1, ["iperf3", "-s", "-1", "-B", a.srv1[0]]);
     await new Promise((res) => setTimeout(res, 300));
     const iperf = await nsExecResult(t.ns.lan1, ["iperf3", "-c", a.srv1[0], "-t", "2", "-J"]);

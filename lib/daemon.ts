@@ -91,6 +91,8 @@ export interface Served {
   pending?: PendingStart;
   /** Whether `nat` was built for a link with an Ethernet header (`has_eth`). */
   l2?: boolean;
+  /** What the purges of departed external addresses dropped, since this process started. */
+  purged?: { bindings: number; sessions: number; addressOnly: number };
 }
 
 const MS = 1_000_000n;
@@ -322,6 +324,12 @@ export async function reconcile(s: Served): Promise<void> {
   if (planChanged) {
     applyPlan(s.nat.maps, plan);
     const purged = purgeStale(s.nat, plan);
+    // For the metrics: what the purge dropped since this process started (no map counts it).
+    s.purged = {
+      bindings: (s.purged?.bindings ?? 0) + purged.bindings,
+      sessions: (s.purged?.sessions ?? 0) + purged.sessions,
+      addressOnly: (s.purged?.addressOnly ?? 0) + purged.addressOnly,
+    };
     for (const u of purged.unplaced) {
       log.warn("no slot for an external address: no new mappings are made on it", {
         ifname: s.ifname,
@@ -345,15 +353,20 @@ export async function reconcile(s: Served): Promise<void> {
         to: summary,
         dropped_bindings: purged.bindings,
         dropped_sessions: purged.sessions,
+        ...(purged.addressOnly ? { dropped_address_only: purged.addressOnly } : {}),
       });
-    } else if (purged.bindings || purged.sessions) {
+    } else if (purged.bindings || purged.sessions || purged.addressOnly) {
       // pinned state of a run with other external addresses (or families enabled)
-      log.info("pinned mappings dropped: their external address is not one einat translates to now (gone, or its family's NAT off)", {
-        ifname: s.ifname,
-        addresses: summary,
-        dropped_bindings: purged.bindings,
-        dropped_sessions: purged.sessions,
-      });
+      log.info(
+        "pinned mappings dropped: their external address is not one einat translates to now (gone, or its family's NAT off)",
+        {
+          ifname: s.ifname,
+          addresses: summary,
+          dropped_bindings: purged.bindings,
+          dropped_sessions: purged.sessions,
+          ...(purged.addressOnly ? { dropped_address_only: purged.addressOnly } : {}),
+        },
+      );
     }
     // After the first purge, before attaching (no program of ours counts yet): what is carried
     // over, as the start's summary reports it.

@@ -24,6 +24,9 @@ import {
 } from "./lib/packet.ts";
 import type { InterfaceConfig } from "../lib/config/types.ts";
 import { readAddrMappings } from "../lib/state/read.ts";
+import { applyPlan, purgeStale } from "../lib/nat/apply.ts";
+import { planInterface } from "../lib/nat/plan.ts";
+import { parseAddr } from "../lib/config/cidr.ts";
 import { formatText } from "../lib/state/show.ts";
 import { stateView } from "./lib/natfixture.ts";
 import type { MetaDoc } from "../lib/state/pin.ts";
@@ -286,5 +289,26 @@ Deno.test("other protocols: einat show lists the address-only mappings, with wha
     }, false);
     assert(/gre +192\.0\.2\.10 +203\.0\.113\.1 +198\.51\.100\.1/.test(text), text);
     assert(text.includes("2 address-only (other IP protocols)"), text);
+  });
+});
+
+Deno.test("other protocols: the mappings of an external address that left are dropped with its others, and counted", async () => {
+  const ic = testInterfaceConfig({ nat66: true });
+  await withNat((n) => {
+    n.runRaw("egress", other(4, LAN1, SRV1, GRE));
+    n.runRaw("egress", other(6, LAN6, SRV6, ESP));
+    // IPv4 moves to another address; the IPv6 one stays.
+    const plan = planInterface(ic, [
+      { family: 4, addr: parseAddr("203.0.113.2"), prefixLen: 24 },
+      { family: 6, addr: parseAddr(EXT6), prefixLen: 64 },
+    ]);
+    applyPlan(n.nat.maps, plan);
+    assertEquals(purgeStale(n.nat, plan).addressOnly, 1);
+    assertEquals(readAddrMappings(stateView(n.nat)).map((r) => r.protocol), ["esp"]);
+    // The next GRE packet maps on the new address.
+    assertEquals(
+      parsePacket(n.runRaw("egress", other(4, LAN1, SRV1, GRE)).bytes).src,
+      "203.0.113.2",
+    );
   });
 });

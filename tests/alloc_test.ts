@@ -292,6 +292,7 @@ Deno.test("port choice: an external address that leaves with 150,000 sessions ta
     assertEquals(purgeStale(n.nat, kept), {
       bindings: 10,
       sessions: 10 + 150_000,
+      addressOnly: 0,
       unplaced: [],
     });
     assertEquals(sessions(), 1000, "the remaining address's sessions stay");

@@ -88,7 +88,7 @@ Deno.test({
   fn: () =>
     withTopology(async (t) => {
       await echo(t).waitForStdout(/listening/);
-      const einat = await startEinat(t.ns.router, ["-i", "wan0"]);
+      const einat = await startEinat(t.ns.router, ["-i", "wan0", "--metrics", "127.0.0.1:9482"]);
       try {
         const before = await seenFrom(t, 40000);
         await ip(t.ns.router, "addr add 203.0.113.99/24 dev wan0");
@@ -112,6 +112,14 @@ Deno.test({
           /dropped_bindings=[1-9]/.test(einat.stderrText()),
           "bindings of the old address dropped",
         );
+        // ... and counted where the datapath's counters cannot see them.
+        const m = parseProm(
+          await nsExec(t.ns.router, ["curl", "-sS", "http://127.0.0.1:9482/metrics"]),
+        );
+        const dropped = [...einat.stderrText().matchAll(/dropped_bindings=(\d+)/g)]
+          .reduce((n, x) => n + Number(x[1]), 0); // every purge's, as the counter sums them
+        assertEquals(m.get('einat_purged_total{interface="wan0",what="binding"}'), dropped);
+        assert((m.get('einat_purged_total{interface="wan0",what="session"}') ?? 0) >= dropped);
       } finally {
         assertEquals(await stopEinat(einat), 0, einat.stderrText());
       }

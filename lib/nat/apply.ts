@@ -7,6 +7,8 @@
 import * as bpf from "../ffi/libbpf.ts";
 import {
   addr16,
+  ADDR_KEY_LAYOUT,
+  ADDR_VALUE_LAYOUT,
   CT_KEY_LAYOUT,
   CT_VALUE_LAYOUT,
   DEFAULT_EXT_LAYOUT,
@@ -134,7 +136,13 @@ export function purgeStale(
   plan: NatPlan,
   /** Tests: runs between the first release of the departed slots' records and the second. */
   meanwhile?: () => void,
-): { bindings: number; sessions: number; unplaced: { family: 4 | 6; addr: Uint8Array }[] } {
+): {
+  bindings: number;
+  sessions: number;
+  /** Address-only mappings of other IP protocols on an address no longer translated to. */
+  addressOnly: number;
+  unplaced: { family: 4 | 6; addr: Uint8Array }[];
+} {
   const maps = n.maps;
   const valid = plan.resolved.map((r) => addr16(r.addr));
   const isValid = (b: Uint8Array, at: number) =>
@@ -152,6 +160,12 @@ export function purgeStale(
     if (isValid(keys, ko + ext)) return;
     if (bpf.mapDelete(maps.ct, keys.subarray(ko, ko + cks))) sessions++;
   });
+  let addressOnly = 0;
+  const aks = ADDR_KEY_LAYOUT.size, aext = ADDR_KEY_LAYOUT.fields.ext_addr.offset;
+  bpf.forEachEntry(maps.addrNat, aks, ADDR_VALUE_LAYOUT.size, ({ keys, ko }) => {
+    if (isValid(keys, ko + aext)) return;
+    if (bpf.mapDelete(maps.addrNat, keys.subarray(ko, ko + aks))) addressOnly++;
+  });
   meanwhile?.();
   if (departed.length > 0) {
     writeSlots(maps.slots, current.filter((s) => !departed.includes(s)));
@@ -164,5 +178,5 @@ export function purgeStale(
     }
   }
   const unplaced = syncSlots(maps, plan);
-  return { bindings, sessions, unplaced };
+  return { bindings, sessions, addressOnly, unplaced };
 }

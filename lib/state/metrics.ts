@@ -41,6 +41,8 @@ export interface MetricsTarget {
    * where the pinned map's read-only fd needs batch reads, ~0.2 µs a record).
    */
   recordsFd?: number;
+  /** What purges of departed external addresses dropped since the daemon started. */
+  purged?: { bindings: number; sessions: number; addressOnly: number };
 }
 
 /**
@@ -55,6 +57,7 @@ export function targetsOf(
     pending?: unknown;
     nat?: { maps: { records: number } } | null;
     attachment?: unknown;
+    purged?: { bindings: number; sessions: number; addressOnly: number };
     plan: {
       defaultExt: Partial<Record<4 | 6, { addr: Uint8Array }>>;
       externals: {
@@ -86,6 +89,7 @@ export function targetsOf(
       ...(s.ic ? { bindingMax: s.ic.bindingMaxRecords } : {}),
       ...(s.pending ? { pending: true } : {}),
       ...(attached !== undefined ? { attached } : {}),
+      ...(s.purged ? { purged: s.purged } : {}),
       ...(s.nat ? { recordsFd: s.nat.maps.records } : {}),
       externals: externals.flatMap((e) =>
         (["tcp", "udp", "icmp"] as const).map((protocol) => ({
@@ -97,6 +101,9 @@ export function targetsOf(
     };
   });
 }
+
+/** `einat_purged_total`'s `what` label of each count. */
+const PURGED = { bindings: "binding", sessions: "session", addressOnly: "address_only" } as const;
 
 /** How many of `ports` lie in `ranges`. */
 export function portsInRanges(ports: number[], ranges: PortRange[]): number {
@@ -227,6 +234,16 @@ function scrapeOne(w: Writer, st: PinnedState, t: MetricsTarget): void {
       "Share of the port ranges held by bindings.",
       labels,
       total ? inUse / total : 0,
+    );
+  }
+  for (const [what, n] of Object.entries(t.purged ?? {})) {
+    w.add(
+      "einat_purged_total",
+      "counter",
+      "Mappings dropped because their external address is no longer translated to (it left, " +
+        "or its family's NAT went off), since this einat started: what no datapath counter sees.",
+      { interface: iface, what: PURGED[what as keyof typeof PURGED] },
+      n,
     );
   }
   w.add(

@@ -48,6 +48,9 @@ Deno.test("metrics: port use is reported for every address new mappings are made
     [[false, []]],
   );
   deepStrictEqual(targetsOf([{ ifname: "wan0", ic, plan, attachment: {} }])[0].attached, true);
+  // What purges dropped since the start, for einat_purged_total.
+  const purged = { bindings: 2, sessions: 3, addressOnly: 1 };
+  deepStrictEqual(targetsOf([{ ifname: "wan0", ic, plan, purged }])[0].purged, purged);
   deepStrictEqual(
     targetsOf([{ ifname: "wan0", plan: null, pending: { ic: {}, defaults: {} } }]),
     [{ ifname: "wan0", pending: true, externals: [] }],

@@ -626,7 +626,7 @@ Deno.test({
           einat.kill("SIGHUP");
           await waitLog(
             einat,
-            /configuration not reloaded.*cannot read config file .*: no such file/,
+            /configuration not reloaded.*: --config: cannot read the config file: no such file/,
           );
           // A file left without interfaces (an editor's truncation): refused, NAT kept on.
           await Deno.writeTextFile(conf, "# nothing\n");

@@ -323,7 +323,7 @@ export function readConfig(file: string, options: ParseConfigOptions = {}): Pars
     if (!st.isFile && !st.isDirectory) {
       throw new ConfigError(
         "--config",
-        `cannot read config file "${file}": not a regular file`,
+        `cannot read the config file: not a regular file`,
         file,
       );
     }
@@ -337,7 +337,7 @@ export function readConfig(file: string, options: ParseConfigOptions = {}): Pars
       : e instanceof Deno.errors.IsADirectory
       ? "is a directory"
       : (e as Error).message;
-    throw new ConfigError("--config", `cannot read config file "${file}": ${why}`, file);
+    throw new ConfigError("--config", `cannot read the config file: ${why}`, file); // names it
   }
   const parsed = parseConfigToml(text, file, options);
   // At start and at a reload alike (a file an editor left empty must not turn NAT off).

@@ -91,7 +91,11 @@ export function checkLibrary(lib: RuntimeLibrary, env: EnvLookup = denoEnv): voi
   try {
     handle = Deno.dlopen(path, { [lib.probe]: { parameters: [], result: "u32" } });
   } catch (e) {
-    const msg = e instanceof Error ? e.message : String(e);
+    // Deno says "Could not open library: " twice over the loader's own words.
+    const msg = (e instanceof Error ? e.message : String(e)).replace(
+      /^(Could not open library: )+/,
+      "",
+    );
     if (/cannot open shared object file|No such file/.test(msg)) {
       throw new MissingLibraryError(
         lib,

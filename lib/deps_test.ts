@@ -71,4 +71,5 @@ Deno.test("checkLibrary: a file that is no library gives one line", () => {
     e.message,
     /^cannot load libmnl\.so\.0 at \/proc\/self\/status \(from EINAT_LIBMNL\): /,
   );
+  assert(!/Could not open library/.test(e.message), e.message);
 });

@@ -195,6 +195,28 @@ Deno.test("other protocols: DCCP and UDP-Lite keep a valid checksum over the new
   });
 });
 
+Deno.test("other protocols: a UDP-Lite checksum that comes out zero is sent as all ones (RFC 3828 3.1), as UDP's", async () => {
+  await withNat((n) => {
+    for (const [family, lan, srv, ext] of [[4, LAN1, SRV1, EXT], [6, LAN6, SRV6, EXT6]] as const) {
+      const f = other(family, lan, srv, UDPLITE);
+      const l4 = 14 + (family === 4 ? 20 : 40);
+      // A payload word that makes the sum over the translated packet all ones: its checksum 0.
+      f.fill(0, l4 + 6, l4 + 10);
+      const t = withAddr(f, family, "src", ext);
+      const s = onesComplementSum(t.subarray(l4), pseudo(t, family, UDPLITE));
+      const w = s === 0 ? 0xffff : 0xffff - s;
+      f[l4 + 8] = w >> 8;
+      f[l4 + 9] = w & 0xff;
+      const c = internetChecksum(f.subarray(l4), pseudo(f, family, UDPLITE));
+      f[l4 + 6] = c >> 8;
+      f[l4 + 7] = c & 0xff;
+      const out = n.runRaw("egress", f).bytes;
+      assertEquals(parsePacket(out).src, ext);
+      assertEquals((out[l4 + 6] << 8) | out[l4 + 7], 0xffff, `v${family}: not 0x0000`);
+    }
+  });
+});
+
 Deno.test("other protocols: the router's own, no-SNAT, to our own address, and with snat_other_protocols off pass as they are", async () => {
   await withNat((n) => {
     const own = other(4, EXT, SRV1, GRE);

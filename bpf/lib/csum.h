@@ -263,7 +263,9 @@ static __always_inline int rewrite_impl(struct __sk_buff *skb, const struct pack
 		else
 			__builtin_memcpy(&ip6->daddr, to_addr, 16);
 	}
-	bool udp = p->l4proto == IPPROTO_UDP;
+	/* UDP's rules for the checksum field (a computed zero is sent as all ones; UDP's zero
+	 * means none): UDP-Lite's too (RFC 3828 3.1; lib/addrnat.h translates it). */
+	bool udp = p->l4proto == IPPROTO_UDP || p->real_proto == IPPROTO_UDPLITE;
 	if (!has_l4 || (udp && !before)) {
 		/* No L4 checksum absorbs the changes (a later fragment, UDP without
 		 * checksum), so a CHECKSUM_COMPLETE skb->csum takes them; IPv4's

@@ -209,6 +209,47 @@ __noinline int einat_egress_error_later(struct __sk_buff *skb, struct packet *p,
 	return TC_ACT_OK;
 }
 
+__noinline int einat_fib_external(struct __sk_buff *skb, struct packet *p);
+
+/*
+ * An ICMP error leaving about another IP protocol's packet that came in through an
+ * address-only mapping (lib/addrnat.h): its quoted destination, the internal host, goes back to
+ * the external address the packet came to (the one the routes pick for the remote, as for the
+ * mapping), and the outer source too when an internal host sent it. Without such a mapping only
+ * the router's own leaves, as it is.
+ */
+__noinline int einat_egress_error_other(struct __sk_buff *skb, struct packet *p, struct inner *in,
+					int own)
+{
+	__u32 zero = 0;
+	struct icmp_scratch *sc = bpf_map_lookup_elem(&map_icmp_scratch, &zero);
+	if (!p || !in || !sc)
+		return TC_ACT_SHOT;
+	__u32 idx = p->family == 4 ? 0 : 1;
+	struct default_ext *ext = bpf_map_lookup_elem(&map_default_ext, &idx);
+	if (!ext || !ext->valid)
+		return own ? pass() : drop(STAT_DROP_ICMP_ERROR);
+	/* The external address and the internal host in scratch (sc->bv, sc->peer): this call
+	 * chain's stack is at its limit with the rewrite's below. */
+	union ip_addr *to = &sc->bv.addr, *intern = &sc->peer.addr;
+	*to = ext->addr;
+	if (CFG.fib_external && !ext->only && einat_fib_external(skb, p))
+		*to = sc->ext.addr;
+	if (!einat_addr_nat_find(ADDR_FIND(p->family, in->l4proto, 0), to, &in->src, packet_now(p),
+				 intern) ||
+	    !addr_eq(intern, &in->dst))
+		return own ? pass() : drop(STAT_DROP_ICMP_ERROR);
+	if (!einat_icmp_error_valid(skb, p)) /* RFC 5508 REQ-3 */
+		return drop(STAT_DROP_ICMP_ERROR);
+	if (rewrite_inner(skb, p, in, false, to, 0))
+		return drop(STAT_DROP_UNTRANSLATABLE);
+	if (!own && rewrite(skb, p, true, to, 0))
+		return drop(STAT_DROP_UNTRANSLATABLE);
+	stat_inc(STAT_ICMP_ERROR_NAT);
+	traffic_add(skb, true, p->family);
+	return TC_ACT_OK;
+}
+
 __noinline int einat_egress_icmp_error(struct __sk_buff *skb, struct packet *p, int own)
 {
 	if (!p)
@@ -227,6 +268,8 @@ __noinline int einat_egress_icmp_error(struct __sk_buff *skb, struct packet *p, 
 	int r = parse_inner(skb, p->family, p->l4_off + sizeof(struct icmphdr), in);
 	if (r == PARSE_LATER && !hairpin)
 		return einat_egress_error_later(skb, p, in, own);
+	if (r == PARSE_PASS && in->l3_len && addr_nat_proto(p->family, in->l4proto) && !hairpin)
+		return einat_egress_error_other(skb, p, in, own);
 	if (r != PARSE_OK) { /* an error we cannot map: only the router's own may leave */
 		if (hairpin)
 			return deliver_locally(skb);

@@ -23,6 +23,7 @@ import {
   parsePacket,
 } from "./lib/packet.ts";
 import type { InterfaceConfig } from "../lib/config/types.ts";
+import type { CsumMode } from "../lib/nat/loader.ts";
 import { readAddrMappings } from "../lib/state/read.ts";
 import { applyPlan, purgeStale } from "../lib/nat/apply.ts";
 import { planInterface } from "../lib/nat/plan.ts";
@@ -105,8 +106,12 @@ function withAddr(f: Uint8Array, family: 4 | 6, which: "src" | "dst", addr: stri
   return g;
 }
 
-async function withNat(fn: (n: Nat) => void | Promise<void>, o: Partial<InterfaceConfig> = {}) {
-  const n = await loadTestNat(testInterfaceConfig({ nat66: true, ...o }), EXTS);
+async function withNat(
+  fn: (n: Nat) => void | Promise<void>,
+  o: Partial<InterfaceConfig> = {},
+  csum?: CsumMode,
+) {
+  const n = await loadTestNat(testInterfaceConfig({ nat66: true, ...o }), EXTS, csum);
   try {
     await fn(n);
   } finally {
@@ -195,26 +200,34 @@ Deno.test("other protocols: DCCP and UDP-Lite keep a valid checksum over the new
   });
 });
 
-Deno.test("other protocols: a UDP-Lite checksum that comes out zero is sent as all ones (RFC 3828 3.1), as UDP's", async () => {
-  await withNat((n) => {
-    for (const [family, lan, srv, ext] of [[4, LAN1, SRV1, EXT], [6, LAN6, SRV6, EXT6]] as const) {
-      const f = other(family, lan, srv, UDPLITE);
-      const l4 = 14 + (family === 4 ? 20 : 40);
-      // A payload word that makes the sum over the translated packet all ones: its checksum 0.
-      f.fill(0, l4 + 6, l4 + 10);
-      const t = withAddr(f, family, "src", ext);
-      const s = onesComplementSum(t.subarray(l4), pseudo(t, family, UDPLITE));
-      const w = s === 0 ? 0xffff : 0xffff - s;
-      f[l4 + 8] = w >> 8;
-      f[l4 + 9] = w & 0xff;
-      const c = internetChecksum(f.subarray(l4), pseudo(f, family, UDPLITE));
-      f[l4 + 6] = c >> 8;
-      f[l4 + 7] = c & 0xff;
-      const out = n.runRaw("egress", f).bytes;
-      assertEquals(parsePacket(out).src, ext);
-      assertEquals((out[l4 + 6] << 8) | out[l4 + 7], 0xffff, `v${family}: not 0x0000`);
-    }
-  });
+Deno.test("other protocols: a UDP-Lite checksum that comes out zero is sent as all ones (RFC 3828 3.1), as UDP's, by both objects", async () => {
+  for (const csum of ["inline", "helpers"] as const) {
+    await withNat(
+      (n) => {
+        for (
+          const [family, lan, srv, ext] of [[4, LAN1, SRV1, EXT], [6, LAN6, SRV6, EXT6]] as const
+        ) {
+          const f = other(family, lan, srv, UDPLITE);
+          const l4 = 14 + (family === 4 ? 20 : 40);
+          // A payload word that makes the sum over the translated packet all ones: its checksum 0.
+          f.fill(0, l4 + 6, l4 + 10);
+          const t = withAddr(f, family, "src", ext);
+          const s = onesComplementSum(t.subarray(l4), pseudo(t, family, UDPLITE));
+          const w = s === 0 ? 0xffff : 0xffff - s;
+          f[l4 + 8] = w >> 8;
+          f[l4 + 9] = w & 0xff;
+          const c = internetChecksum(f.subarray(l4), pseudo(f, family, UDPLITE));
+          f[l4 + 6] = c >> 8;
+          f[l4 + 7] = c & 0xff;
+          const out = n.runRaw("egress", f).bytes;
+          assertEquals(parsePacket(out).src, ext);
+          assertEquals((out[l4 + 6] << 8) | out[l4 + 7], 0xffff, `v${family} ${csum}: not 0x0000`);
+        }
+      },
+      {},
+      csum,
+    );
+  }
 });
 
 Deno.test("other protocols: the router's own, no-SNAT, to our own address, and with snat_other_protocols off pass as they are", async () => {
@@ -332,5 +345,44 @@ Deno.test("other protocols: the mappings of an external address that left are dr
       parsePacket(n.runRaw("egress", other(4, LAN1, SRV1, GRE)).bytes).src,
       "203.0.113.2",
     );
+  });
+});
+
+Deno.test("other protocols: an ICMP error leaving about an inbound packet quotes the external address: the router's own (time exceeded, packet too big) and an internal host's (translated outside too)", async () => {
+  await withNat((n) => {
+    for (
+      const [family, lan, srv, ext, proto] of [[4, LAN1, SRV1, EXT, GRE], [
+        6,
+        LAN6,
+        SRV6,
+        EXT6,
+        ESP,
+      ]] as const
+    ) {
+      n.runRaw("egress", other(family, lan, srv, proto));
+      const inside = n.runRaw("ingress", other(family, srv, ext, proto)).bytes; // srv -> lan
+      // The router's own error about it (TTL out on the way in, or too big for the LAN).
+      const own = buildIcmpError(
+        family === 4
+          ? { family, src: ext, dst: srv, icmpType: 11, icmpCode: 0 }
+          : { family, src: ext, dst: srv, icmpType: 2, icmpCode: 0, mtu: 1280 },
+        inside.slice(14),
+      );
+      const r = n.runRaw("egress", own);
+      assertEquals(r.retval, TC_ACT_OK);
+      const p = parsePacket(r.bytes);
+      assertEquals([p.src, p.inner!.src, p.inner!.dst], [ext, srv, ext], `v${family} own`);
+      assert(p.l4ChecksumOk && p.inner!.ipChecksumOk, "checksums");
+      // An internal host's (protocol unreachable): both its source and the quote made external.
+      const host = buildIcmpError(
+        family === 4
+          ? { family, src: lan, dst: srv, icmpType: 3, icmpCode: 2 }
+          : { family, src: lan, dst: srv, icmpType: 4, icmpCode: 1 },
+        inside.slice(14),
+      );
+      const h = parsePacket(n.runRaw("egress", host).bytes);
+      assertEquals([h.src, h.inner!.dst], [ext, ext], `v${family} host`);
+      assert(h.l4ChecksumOk, "checksum");
+    }
   });
 });

@@ -263,9 +263,10 @@ static __always_inline int rewrite_impl(struct __sk_buff *skb, const struct pack
 		else
 			__builtin_memcpy(&ip6->daddr, to_addr, 16);
 	}
-	/* UDP's rules for the checksum field (a computed zero is sent as all ones; UDP's zero
-	 * means none): UDP-Lite's too (RFC 3828 3.1; lib/addrnat.h translates it). */
-	bool udp = p->l4proto == IPPROTO_UDP || p->real_proto == IPPROTO_UDPLITE;
+	bool udp = p->l4proto == IPPROTO_UDP;
+	/* UDP-Lite (lib/addrnat.h) sends a computed zero as all ones too, as UDP does (RFC 3828
+	 * 3.1), but its zero field is no "no checksum": it is updated like any other. */
+	bool lite = p->real_proto == IPPROTO_UDPLITE;
 	if (!has_l4 || (udp && !before)) {
 		/* No L4 checksum absorbs the changes (a later fragment, UDP without
 		 * checksum), so a CHECKSUM_COMPLETE skb->csum takes them; IPv4's
@@ -278,9 +279,21 @@ static __always_inline int rewrite_impl(struct __sk_buff *skb, const struct pack
 	}
 #ifdef EINAT_CSUM_HELPERS
 	/* Packet pointers are invalid after the first helper call. */
-	return rewrite_l4_csum(skb, p, diff, before, old_port, to_port, udp, port_changes);
+	int r = rewrite_l4_csum(skb, p, diff, before, old_port, to_port, udp, port_changes);
+	if (!r && unlikely(lite)) {
+		/* zero to all ones: the same in one's complement, neutral to skb->csum ("before" is
+		 * reused: the stack of the deepest call chain is at its limit) */
+		if (bpf_skb_load_bytes(skb, p->csum_off, &before, 2))
+			return -1;
+		if (!before) {
+			before = 0xffff;
+			if (bpf_skb_store_bytes(skb, p->csum_off, &before, 2, 0))
+				return -1;
+		}
+	}
+	return r;
 #else
-	return rewrite_l4_csum_inline(skb, p, cp, data_end, diff, before, pdiff, udp);
+	return rewrite_l4_csum_inline(skb, p, cp, data_end, diff, before, pdiff, udp || lite);
 #endif
 }
 

@@ -917,6 +917,9 @@ export function checkPacket(
   ) {
     return checkIcmpToExternal(d, verdict, input, out, view, v);
   }
+  if (d.otherInner && d.status === "pass") {
+    return res(checkOtherEgressError(d, own, input, verdict, out, view, v));
+  }
   if (
     d.status === "pass" &&
     ["icmp-error-untranslatable", "icmp-error-fragment", "icmp-other"].includes(d.passReason ?? "")
@@ -1225,6 +1228,48 @@ function checkOtherEgress(
     v.push("other protocol translated without a mapping of its own");
   }
   checkAddrOnly(input, out, d, v, true, ext);
+  return "translated";
+}
+
+/**
+ * An ICMP error leaving about another IP protocol's inbound packet: when an address-only mapping
+ * of (protocol, external, the quoted source) holds the quoted destination, that destination
+ * becomes the external address, and so does the outer source of an internal host's error (an
+ * intact one: a bad checksum is dropped); otherwise only the router's own leaves, as it is.
+ */
+function checkOtherEgressError(
+  d: Dissected,
+  own: boolean,
+  input: Uint8Array,
+  verdict: number,
+  out: Uint8Array,
+  view: BindingView,
+  v: string[],
+): string {
+  const fam = d.family as 4 | 6, ext = extOf(fam), n = d.otherInner!;
+  const holder = view.addr?.(fam, n.proto, ext, n.src) ?? null;
+  if (!holder || !eq(holder, n.dst)) {
+    if (own && (verdict !== TC_ACT_OK || !eq(input, out))) {
+      v.push(`the router's own error about another protocol: verdict ${verdict}, changed`);
+    }
+    if (!own && verdict !== TC_ACT_SHOT) {
+      v.push(`an internal host's error about no mapping of another protocol: verdict ${verdict}`);
+    }
+    return own ? "pass" : "drop";
+  }
+  if (!errorIntact(d, input)) {
+    if (verdict !== TC_ACT_SHOT) v.push("error about another protocol, bad checksum, not dropped");
+    return "drop";
+  }
+  if (verdict !== TC_ACT_OK) {
+    v.push(`error about another protocol's mapping: verdict ${verdict}`);
+    return "drop";
+  }
+  checkChangedBytes(input, out, d, v);
+  checkResiduals(input, out, d, v);
+  const od = dissect(out), on = od.otherInner;
+  if (!on || !eq(on.dst, ext)) v.push("the quoted destination is not the external address");
+  if (!eq(od.src, own ? d.src : ext)) v.push("the outer source is not the external address");
   return "translated";
 }
 

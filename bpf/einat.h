@@ -294,6 +294,7 @@ enum einat_stat {
 	STAT_FLOW_CACHE_MISS, /* the flow's slot held nothing or another flow (lib/flowcache.h) */
 	STAT_NEW_ADDR_MAPPING, /* address-only, of another IP protocol (lib/addrnat.h) */
 	STAT_DROP_ADDR_IN_USE, /* its (protocol, external, remote) is another host's */
+	STAT_DROP_ADDR_FULL, /* the address-only mappings' table is full */
 	STAT_MAX,
 };
 

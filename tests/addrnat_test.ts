@@ -26,6 +26,7 @@ import type { InterfaceConfig } from "../lib/config/types.ts";
 import type { CsumMode } from "../lib/nat/loader.ts";
 import { readAddrMappings } from "../lib/state/read.ts";
 import { applyPlan, purgeStale } from "../lib/nat/apply.ts";
+import { expireAddrMappings } from "../lib/nat/expire.ts";
 import { planInterface } from "../lib/nat/plan.ts";
 import { parseAddr } from "../lib/config/cidr.ts";
 import { formatText } from "../lib/state/show.ts";
@@ -385,4 +386,30 @@ Deno.test("other protocols: an ICMP error leaving about an inbound packet quotes
       assert(h.l4ChecksumOk, "checksum");
     }
   });
+});
+
+Deno.test("other protocols: a host filling the table cannot push another's live mapping out: new ones are refused (drop_addr_full), the sweep frees expired ones", async () => {
+  // A flood of mappings to 4,096 remotes from lan2, then lan2 to lan1's remote.
+  await withNat((n) => {
+    n.runRaw("egress", other(4, LAN1, SRV1, GRE));
+    let refused = 0;
+    for (let i = 0; i < 4200; i++) {
+      const r = n.runRaw("egress", other(4, LAN2, `198.18.${i >> 8}.${i & 0xff}`, GRE));
+      if (r.retval !== TC_ACT_OK) refused++;
+    }
+    assertEquals(refused, 4200 - 4095, "the table holds 4,096 (lan1's one of them)");
+    assertEquals(stat(n.nat.maps.stats, "drop_addr_full"), BigInt(4200 - 4095));
+    assert(n.runRaw("egress", other(4, LAN2, SRV1, GRE)).retval !== TC_ACT_OK, "not taken over");
+    assertEquals(parsePacket(n.runRaw("ingress", other(4, SRV1, EXT, GRE)).bytes).dst, LAN1);
+  });
+  // The sweep deletes the mappings idle past timeout_other (and its clock leeway of 1 s).
+  await withNat(async (n) => {
+    n.runRaw("egress", other(4, LAN1, SRV1, GRE));
+    n.runRaw("egress", other(6, LAN6, SRV6, ESP));
+    assertEquals(expireAddrMappings(n.nat), 0, "live");
+    await new Promise((r) => setTimeout(r, 1300));
+    n.runRaw("egress", other(6, LAN6, SRV6, ESP)); // this one is in use again
+    assertEquals(expireAddrMappings(n.nat), 1);
+    assertEquals(readAddrMappings(stateView(n.nat)).map((r) => r.protocol), ["esp"]);
+  }, { timeouts: { ...testInterfaceConfig().timeouts, other: 200 } });
 });

@@ -6,10 +6,12 @@
  * from the same remote with the same protocol goes to that host. One internal
  * host per (protocol, external address, remote address): another host's
  * packets of that protocol to that remote are refused while the mapping lives
- * (timeout_other without traffic; then the next host takes it over). An LRU
- * hash, so no sweep: a mapping past its timeout counts as gone, and a full
- * table evicts the least recently used. CFG.timeout_other 0: off, and these
- * protocols pass as they are.
+ * (timeout_other without traffic; then the next host takes it over). A plain
+ * hash, not an LRU: a host sending to thousands of remotes cannot push others'
+ * live mappings out (and take their remotes over); a full table refuses new
+ * mappings (drop_addr_full). A mapping past its timeout counts as gone here;
+ * the daemon's sweep deletes it (lib/nat/expire.ts). CFG.timeout_other 0: off,
+ * and these protocols pass as they are.
  */
 #ifndef EINAT_ADDRNAT_H
 #define EINAT_ADDRNAT_H
@@ -21,7 +23,8 @@
 #define ADDR_NAT_MAX 4096
 
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, struct addr_key);
 	__type(value, struct addr_value);
 	__uint(max_entries, ADDR_NAT_MAX);
@@ -116,15 +119,24 @@ __noinline int einat_addr_nat_claim(const struct packet *p, const union ip_addr 
 			v->last_seen_ns = now;
 		return 0;
 	}
-	if (v && !addr_nat_expired(v, now))
-		return STAT_DROP_ADDR_IN_USE;
+	if (v) {
+		/* Taking an expired one over: claimed by moving its last_seen_ns from the value
+		 * seen, so of two CPUs (or the holder's own packet refreshing it) one wins. */
+		__u64 seen = v->last_seen_ns;
+		if (!addr_nat_expired(v, now) ||
+		    __sync_val_compare_and_swap(&v->last_seen_ns, seen, now) != seen)
+			return addr_eq(&v->int_addr, &p->src) ? 0 : STAT_DROP_ADDR_IN_USE;
+	}
 	__builtin_memset(&s->v, 0, sizeof(s->v));
 	s->v.int_addr = p->src;
 	s->v.created_s = now / NSEC_PER_SEC;
 	s->v.last_seen_ns = now;
-	/* A new one only where there is none, or over the expired one seen: another CPU's
-	 * made meanwhile is kept, and is this packet's only if it names its source. */
-	if (bpf_map_update_elem(&map_addr_nat, &s->k, &s->v, v ? BPF_EXIST : BPF_NOEXIST)) {
+	/* A new one only where there is none (another CPU's made meanwhile is kept, and is this
+	 * packet's only if it names its source), or in place of the one claimed above. */
+	long err = bpf_map_update_elem(&map_addr_nat, &s->k, &s->v, v ? BPF_EXIST : BPF_NOEXIST);
+	if (err == -E2BIG)
+		return STAT_DROP_ADDR_FULL;
+	if (err) {
 		v = bpf_map_lookup_elem(&map_addr_nat, &s->k);
 		return v && addr_eq(&v->int_addr, &p->src) ? 0 : STAT_DROP_ADDR_IN_USE;
 	}

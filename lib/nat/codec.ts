@@ -69,6 +69,7 @@ export const STATS = [
   "flow_cache_miss",
   "new_addr_mapping",
   "drop_addr_in_use",
+  "drop_addr_full",
 ] as const;
 /** Name of a counter in `map_stats`. */
 export type StatName = typeof STATS[number];

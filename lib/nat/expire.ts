@@ -16,7 +16,14 @@
 
 import * as bpf from "../ffi/libbpf.ts";
 import { monotonicNs } from "../ffi/libc.ts";
-import { CT_KEY_LAYOUT, CT_VALUE_LAYOUT, SWEEP_BATCH_LAYOUT, SWEEP_KEYS } from "./codec.ts";
+import {
+  ADDR_KEY_LAYOUT,
+  ADDR_VALUE_LAYOUT,
+  CT_KEY_LAYOUT,
+  CT_VALUE_LAYOUT,
+  SWEEP_BATCH_LAYOUT,
+  SWEEP_KEYS,
+} from "./codec.ts";
 import { endSweep, type NatObject } from "./loader.ts";
 
 /** Records one run walks (~0.5 ms here). */
@@ -147,11 +154,31 @@ export function expireSessions(n: NatObject): SweepResult {
   try {
     let step = runs.next();
     while (!step.done) step = runs.next(bpf.testRun(n.expireFd, RUN_DATA, RUN_OPTS));
+    expireAddrMappings(n);
     return step.value;
   } finally {
     runs.return(undefined as never); // a failed run leaves the batch read's buffers with it
     endSweep(n);
   }
+}
+
+/**
+ * Deletes the address-only mappings of other IP protocols (bpf/lib/addrnat.h) idle past
+ * `timeout_other` (with the clocks' leeway): the programs count them as gone already, and the
+ * table is a plain hash (a full one refuses new mappings, `drop_addr_full`), so a host cannot
+ * push others' live ones out. At most 4,096 entries, read in batches: ~2 ms. Returns how many.
+ */
+export function expireAddrMappings(n: NatObject): number {
+  if (!n.timeoutOtherNs) return 0;
+  const ks = ADDR_KEY_LAYOUT.size, vs = ADDR_VALUE_LAYOUT.size;
+  const seenAt = ADDR_VALUE_LAYOUT.fields.last_seen_ns.offset;
+  const before = monotonicNs() - n.timeoutOtherNs - BigInt(FILTER_SLACK_NS);
+  let deleted = 0;
+  bpf.forEachEntry(n.maps.addrNat, ks, vs, ({ keys, ko, vv, vo }) => {
+    if (vv.getBigUint64(vo + seenAt, true) >= before) return;
+    if (bpf.mapDelete(n.maps.addrNat, keys.subarray(ko, ko + ks))) deleted++;
+  });
+  return deleted;
 }
 
 /**
@@ -172,6 +199,9 @@ export async function expireSessionsAsync(n: NatObject): Promise<SweepResult> {
       step = runs.next(r);
       costMs += performance.now() - t + r.durationNs / 1e6;
     }
+    t = performance.now();
+    expireAddrMappings(n);
+    costMs += performance.now() - t;
     return { ...step.value, costNs: Math.round(costMs * 1e6) };
   } finally {
     runs.return(undefined as never); // a failed run leaves the batch read's buffers with it

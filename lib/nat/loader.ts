@@ -73,6 +73,8 @@ export interface NatObject {
   expireFd: number;
   /** The shortest session timeout the programs apply, ns: no session idle for less expires. */
   shortestTimeoutNs: bigint;
+  /** The address-only mappings' timeout (`timeout_other`), ns; 0: off. */
+  timeoutOtherNs: bigint;
   /** Program that marks bound ports in the free-port hint ({@link syncPortHint}). */
   syncHintFd: number;
   /** Program that moves the mapping epoch ({@link bumpEpoch}). */
@@ -400,6 +402,7 @@ async function loadNatBytes(
       loadMs: performance.now() - t0,
       expireFd: progFd("expire_sessions"),
       shortestTimeoutNs: shortestTimeoutNs(opts.ro),
+      timeoutOtherNs: opts.ro.timeoutOther ?? 0n,
       syncHintFd: progFd("sync_port_hint"),
       bumpEpochFd: progFd("bump_epoch"),
       releaseFd: progFd("release_records"),

@@ -18,6 +18,7 @@
 import type { HairpinRoute, PortRange } from "./config/types.ts";
 import { formatAddr } from "./config/cidr.ts";
 import { ifNameToIndex } from "./ffi/libc.ts";
+import { otherEinatsHere } from "./nat/attach.ts";
 import { textKey } from "./key.ts";
 import * as log from "./log.ts";
 import { type Family, RT_TABLE, RTN } from "./netlink/msg.ts";
@@ -433,8 +434,10 @@ export async function sweepHairpinLeftovers(
   if (left.length === 0) {
     // The kernel dropped the routes with the link (taken down and up, or deleted and made again)
     // while no einat ran: the rules an earlier einat left lead to an empty table. Removed while
-    // no route is in it (another einat's hairpin routing would have its routes there).
+    // no route is in it and no other einat runs here: a live one's routes go with its link
+    // while it is down too, and it puts back its routes, not its rules (hairpinRepair).
     if ((await dumpRoutes(family, table)).length > 0) return 0;
+    if (heldRules.size > 0 || otherEinatsHere().length > 0) return 0;
     const rules = await dropTableRules(family, table);
     if (rules > 0) {
       log.warn("removed the hairpin rules an earlier einat left (their table is empty)", {

@@ -815,6 +815,20 @@ Deno.test({
       } finally {
         assertEquals(await stopEinat(n2), 0, n2.stderrText());
       }
+      // ... but not while another einat runs: its link down took its routes too, not its rules.
+      const w1 = await startEinat(t.ns.router, ["-i", "wan1", "--hairpin-if", "br0"]);
+      try {
+        await waitLog(w1, /hairpin routing installed/);
+        await ip(t.ns.router, "link set wan1 down");
+        assertEquals((await table()).trim(), "", "the table empty with wan1 down");
+        const n3 = await startEinat(t.ns.router, ["-i", "wan0"]);
+        assertEquals(await stopEinat(n3), 0, n3.stderrText());
+        assert(!/removed the hairpin rules/.test(n3.stderrText()), n3.stderrText());
+        assert(/iif br0 .*lookup 4787/.test(await rules(t)), await rules(t));
+        await ip(t.ns.router, "link set wan1 up");
+      } finally {
+        assertEquals(await stopEinat(w1), 0, w1.stderrText());
+      }
       // A reload that turns hairpin routing off: the running instance removes its own, and
       // nothing is reported as an earlier einat's.
       const conf = await Deno.makeTempFile({ suffix: ".toml" });

@@ -80,6 +80,20 @@ export function programsAttached(ifindex: number, dir: string): boolean {
   }
 }
 
+/** The pids of the other live einats serving interfaces of this network namespace. */
+export function otherEinatsHere(): number[] {
+  const prefix = `${netnsId()}-`;
+  const pids = new Set<number>();
+  try {
+    for (const e of Deno.readDirSync(LOCK_DIR)) {
+      if (!e.name.startsWith(prefix) || !e.name.endsWith(".pid")) continue;
+      const pid = livePid(`${LOCK_DIR}/${e.name}`);
+      if (pid !== null) pids.add(pid);
+    }
+  } catch { /* no lock folder: none */ }
+  return [...pids];
+}
+
 /** The pid of the live einat serving `ifindex` in this network namespace, if any. */
 export function ownerOf(ifindex: number): number | null {
   return livePid(lockPathFor(ifindex));

@@ -212,6 +212,23 @@ __noinline int einat_egress_error_later(struct __sk_buff *skb, struct packet *p,
 __noinline int einat_fib_external(struct __sk_buff *skb, struct packet *p);
 
 /*
+ * The external address (and its ranges) a new mapping of p is made on: the one the routes pick
+ * for its destination (bpf_fib_lookup_external; a copy in per-CPU scratch), or the family's
+ * default `ext`.
+ */
+static __always_inline struct default_ext *mapping_ext(struct __sk_buff *skb, struct packet *p,
+						       struct default_ext *ext)
+{
+	if (CFG.fib_external && !ext->only && einat_fib_external(skb, p)) {
+		__u32 zero = 0;
+		struct icmp_scratch *sc = bpf_map_lookup_elem(&map_icmp_scratch, &zero);
+		if (sc)
+			return &sc->ext;
+	}
+	return ext;
+}
+
+/*
  * An ICMP error leaving about another IP protocol's packet that came in through an
  * address-only mapping (lib/addrnat.h): its quoted destination, the internal host, goes back to
  * the external address the packet came to (the one the routes pick for the remote, as for the
@@ -232,9 +249,7 @@ __noinline int einat_egress_error_other(struct __sk_buff *skb, struct packet *p,
 	/* The external address and the internal host in scratch (sc->bv, sc->peer): this call
 	 * chain's stack is at its limit with the rewrite's below. */
 	union ip_addr *to = &sc->bv.addr, *intern = &sc->peer.addr;
-	*to = ext->addr;
-	if (CFG.fib_external && !ext->only && einat_fib_external(skb, p))
-		*to = sc->ext.addr;
+	*to = mapping_ext(skb, p, ext)->addr;
 	if (!einat_addr_nat_find(ADDR_FIND(p->family, in->l4proto, 0), to, &in->src, packet_now(p),
 				 intern) ||
 	    !addr_eq(intern, &in->dst))
@@ -728,13 +743,7 @@ __noinline int einat_egress_other(struct __sk_buff *skb, struct packet *p)
 	if (p->frag == FRAG_LATER)
 		return einat_egress_later_fragment(skb, p, &ext->addr, 0, 0);
 
-	const union ip_addr *to = &ext->addr;
-	if (CFG.fib_external && !ext->only && einat_fib_external(skb, p)) {
-		__u32 zero = 0;
-		struct icmp_scratch *sc = bpf_map_lookup_elem(&map_icmp_scratch, &zero);
-		if (sc)
-			to = &sc->ext.addr;
-	}
+	const union ip_addr *to = &mapping_ext(skb, p, ext)->addr;
 	int r = einat_addr_nat_claim(p, to, packet_now(p));
 	if (r)
 		return refused(skb, p, r);
@@ -852,13 +861,7 @@ __noinline int einat_egress_full(struct __sk_buff *skb, struct packet *pp)
 	if (!b) {
 		if (pp->tcp_flags & TCP_FLAG_RST)
 			return drop(STAT_DROP_UNTRANSLATABLE);
-		struct default_ext *from = ext;
-		if (CFG.fib_external && !ext->only && einat_fib_external(skb, pp)) {
-			__u32 zero = 0;
-			struct icmp_scratch *sc = bpf_map_lookup_elem(&map_icmp_scratch, &zero);
-			if (sc)
-				from = &sc->ext;
-		}
+		struct default_ext *from = mapping_ext(skb, pp, ext);
 		/* this packet's session, made with the binding: its remote endpoint (the
 		 * external one is the binding's) and its value */
 		ct_key_init(ck, pp->family, pp->l4proto, &pp->dst, 0, &pp->dst, remote_port);

@@ -128,7 +128,10 @@ export function follow(served: () => Served[], after?: () => Promise<void>): Fol
     [l.ifname, l.up, l.running, l.linkType, l.address?.join(":")].join("|");
   const changed = (ev: WatchEvent) => {
     if (ev.type !== "link") return true;
-    if (ev.op === "del") return links.delete(ev.ifindex) || true;
+    if (ev.op === "del") {
+      links.delete(ev.ifindex);
+      return true;
+    }
     if (links.get(ev.ifindex) === sig(ev)) return false;
     links.set(ev.ifindex, sig(ev));
     return true;

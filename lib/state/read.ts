@@ -137,7 +137,12 @@ export function readAddrMappings(s: PinnedState, f: RowFilter = {}, nowNs?: bigi
   for (const e of bpf.mapLookupBatch(fd, info.keySize, info.valueSize)) {
     const m = decodeAddrMapping(e.key, e.value);
     const addrs: [Uint8Array, number][] = [[m.intAddr, 0], [m.extAddr, 0], [m.remoteAddr, 0]];
-    if (f.addr && !matches(f, "icmp", m.family, addrs, [])) continue;
+    // the address filter only: a protocol or port filter returned none above
+    if (
+      f.addr && !matches({ addr: f.addr, addrPrefix: f.addrPrefix }, "icmp", m.family, addrs, [])
+    ) {
+      continue;
+    }
     const idle = now > m.lastSeenNs ? now - m.lastSeenNs : 0n;
     const text = (a: Uint8Array) => formatAddr(a);
     rows.push({

@@ -42,6 +42,7 @@ nat66 = true
 bpf_log_level = 3
 bpf_fib_lookup_external = true
 allow_inbound_icmpx = false
+other_max_records = 777
 timeout_other = "7m"
 timeout_fragment = "3s"
 timeout_icmp_default = "45s"
@@ -77,6 +78,7 @@ Deno.test("config keys reach the loaded BPF config and maps", async () => {
     ro: roConfigOf(ic, false),
     bindingMaxRecords: ic.bindingMaxRecords,
     ctMaxRecords: ic.ctMaxRecords,
+    otherMaxRecords: ic.otherMaxRecords,
   });
   try {
     applyPlan(nat.maps, plan);
@@ -107,6 +109,8 @@ Deno.test("config keys reach the loaded BPF config and maps", async () => {
       bindingMax: 4096,
       timeoutOther: 420n * s,
     });
+    // other_max_records: the address-only mappings' table
+    assertEquals(bpf.mapMaxEntries(bpf.findMap(nat.obj, "map_addr_nat")), 777);
     // session_counters: the knob on, the counters' map sized to it
     assertEquals(ro[EINAT_CONFIG_LAYOUT.fields.session_counters.offset], 1);
     assertEquals(bpf.mapMaxEntries(bpf.findMap(nat.obj, "map_sess_counters")), 2048);

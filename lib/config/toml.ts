@@ -120,6 +120,7 @@ export const DEFAULTS = {
    */
   ipProtocols: ["tcp", "udp", "icmp"],
   fragTrackMaxRecords: 65536,
+  otherMaxRecords: 4096,
   bindingMaxRecords: 65536 * 3,
   /** Timeouts in milliseconds. */
   timeouts: {
@@ -177,6 +178,7 @@ const INTERFACE_KEYS = [
   ...Object.values(TIMEOUT_KEYS),
   ...Object.keys(EINAT_EBPF_TIMEOUTS),
   "frag_track_max_records",
+  "other_max_records",
   "binding_max_records",
   "ct_max_records",
   "preallocate_maps",
@@ -857,6 +859,7 @@ export function defaultInterface(
     snatOtherProtocols: DEFAULTS.snatOtherProtocols,
     timeouts: { ...DEFAULTS.timeouts },
     fragTrackMaxRecords: DEFAULTS.fragTrackMaxRecords,
+    otherMaxRecords: DEFAULTS.otherMaxRecords,
     bindingMaxRecords: DEFAULTS.bindingMaxRecords,
     ctMaxRecords: DEFAULTS.bindingMaxRecords * 2,
     preferTcx: DEFAULTS.preferTcx,
@@ -1059,6 +1062,7 @@ function parseInterface(
   const records = (key: string, def: number) =>
     getInt(ctx, t, key, path, def, 1, MAX_RECORDS, "a record count");
   iface.fragTrackMaxRecords = records("frag_track_max_records", DEFAULTS.fragTrackMaxRecords);
+  iface.otherMaxRecords = records("other_max_records", DEFAULTS.otherMaxRecords);
   iface.bindingMaxRecords = records("binding_max_records", DEFAULTS.bindingMaxRecords);
   iface.ctMaxRecords = records("ct_max_records", iface.bindingMaxRecords * 2);
   if (iface.ctMaxRecords < iface.bindingMaxRecords) {

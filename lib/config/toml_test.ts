@@ -82,6 +82,7 @@ Deno.test("minimal interface: every default applied", () => {
     other: 600_000,
   });
   equal(i.fragTrackMaxRecords, 65536);
+  equal(i.otherMaxRecords, 4096);
   equal(i.bindingMaxRecords, 196608);
   equal(i.ctMaxRecords, 393216);
   equal(i.preferTcx, true);
@@ -153,6 +154,7 @@ timeout_udp_default = "10m"
 timeout_tcp_trans = "5m"
 timeout_tcp_est = "1h30m"
 frag_track_max_records = 1024
+other_max_records = 512
 binding_max_records = 2048
 ct_max_records = 8192
 preallocate_maps = true
@@ -235,6 +237,7 @@ nat44 = true
     other: 180_000,
   });
   equal(i.fragTrackMaxRecords, 1024);
+  equal(i.otherMaxRecords, 512);
   equal(i.bindingMaxRecords, 2048);
   equal(i.ctMaxRecords, 8192);
   equal(i.preallocateMaps, true);

@@ -80,6 +80,8 @@ export interface InterfaceConfig {
   snatOtherProtocols: boolean;
   timeouts: Timeouts;
   fragTrackMaxRecords: number;
+  /** Address-only mappings of other IP protocols at most (`other_max_records`). */
+  otherMaxRecords: number;
   bindingMaxRecords: number;
   ctMaxRecords: number;
   /** `preallocate_maps`: session records allocated when the map is created. */

@@ -123,6 +123,8 @@ export interface LoadOptions {
   preallocate?: boolean;
   /** Fragment tracking records (`frag_track_max_records`); the object's default when absent. */
   fragMaxRecords?: number;
+  /** Address-only mappings (`other_max_records`); the object's default (4,096) when absent. */
+  otherMaxRecords?: number;
   /**
    * Pin the state maps in this bpffs folder and reuse what is pinned there
    * (lib/state/pin.ts); `ifname` names the interface in messages and the stamp.
@@ -325,6 +327,9 @@ async function loadNatBytes(
     }
     if (opts.fragMaxRecords) {
       bpf.mapSetMaxEntries(bpf.findMap(obj, MAP_NAMES.frag), opts.fragMaxRecords);
+    }
+    if (opts.otherMaxRecords) {
+      bpf.mapSetMaxEntries(bpf.findMap(obj, MAP_NAMES.addrNat), opts.otherMaxRecords);
     }
     for (const [name, fd] of Object.entries(opts.reuse ?? {})) {
       bpf.mapReuseFd(bpf.findMap(obj, name), fd);

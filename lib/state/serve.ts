@@ -23,8 +23,8 @@ import { bindingCountAt, setBindingCount } from "../nat/records.ts";
 export function stateLoadOptions(
   ic: InterfaceConfig,
   ifname: string,
-): Pick<LoadOptions, "pin" | "fragMaxRecords"> {
-  const base = { fragMaxRecords: ic.fragTrackMaxRecords };
+): Pick<LoadOptions, "pin" | "fragMaxRecords" | "otherMaxRecords"> {
+  const base = { fragMaxRecords: ic.fragTrackMaxRecords, otherMaxRecords: ic.otherMaxRecords };
   try {
     ensureBpffs(stateOptions.pinRoot);
   } catch (e) {

@@ -698,6 +698,8 @@ __noinline int einat_egress_later_fragment(struct __sk_buff *skb, struct packet 
 		src = *def;
 	} else if (addr_eq(&src, &p->src)) {
 		return pass(); /* its first passed: so does it */
+	} else if ((src.all[0] | src.all[1] | src.all[2] | src.all[3]) == 0) {
+		return drop(STAT_DROP_UNTRANSLATABLE); /* its first was refused (FRAG_REFUSED) */
 	}
 	if (rewrite(skb, p, true, &src, 0))
 		return drop(STAT_DROP_UNTRANSLATABLE);
@@ -745,8 +747,13 @@ __noinline int einat_egress_other(struct __sk_buff *skb, struct packet *p)
 
 	const union ip_addr *to = &mapping_ext(skb, p, ext)->addr;
 	int r = einat_addr_nat_claim(p, to, packet_now(p));
-	if (r)
+	if (r) {
+		if (p->frag == FRAG_FIRST) { /* the rest of its datagram is refused with it */
+			union ip_addr refused_mark = FRAG_REFUSED;
+			einat_frag_record(p, FRAG_OUT, &refused_mark);
+		}
 		return refused(skb, p, r);
+	}
 	if (rewrite(skb, p, true, to, 0))
 		return drop(STAT_DROP_UNTRANSLATABLE);
 	if (p->frag == FRAG_FIRST) {

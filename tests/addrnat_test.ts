@@ -265,6 +265,11 @@ Deno.test("other protocols: fragments follow their first, in order or not, both 
     assertEquals(n.runRaw("ingress", k2).retval, TC_ACT_SHOT, "held");
     assertEquals(parsePacket(n.runRaw("ingress", k1).bytes).dst, LAN1);
     assertEquals(stat(n.nat.maps.stats, "fragment_released"), 1n);
+    // A refused first fragment (lan2: lan1 holds GRE to SRV1): the rest of its datagram is
+    // dropped too, not sent from the external address under lan1's mapping.
+    const [r1, r2] = fragment(other(4, LAN2, SRV1, GRE, 0x4715), 4, 0x4715, 16);
+    assert(n.runRaw("egress", r1).retval !== TC_ACT_OK, "refused");
+    assertEquals(n.runRaw("egress", r2).retval, TC_ACT_SHOT, "its later fragment");
     // IPv6: the Fragment header names the protocol.
     const [v1, v2] = fragment(other(6, LAN6, SRV6, ESP), 6, 0x99, 16);
     assertEquals(parsePacket(n.runRaw("egress", v1).bytes).src, EXT6);

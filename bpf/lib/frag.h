@@ -50,6 +50,10 @@
 #define FRAG_IN_BACK 3
 #define FRAG_OUT_BACK 4
 
+/* A FRAG_OUT record's address when the first fragment was refused (the unspecified address:
+ * never a source einat gives): the later ones are dropped too, not sent from the external one. */
+static const union ip_addr FRAG_REFUSED = {};
+
 static __always_inline void frag_key_init(struct frag_key *k, const struct packet *p, int egress)
 {
 	__builtin_memset(k, 0, sizeof(*k));

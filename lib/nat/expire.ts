@@ -166,7 +166,8 @@ export function expireSessions(n: NatObject): SweepResult {
  * Deletes the address-only mappings of other IP protocols (bpf/lib/addrnat.h) idle past
  * `timeout_other` (with the clocks' leeway): the programs count them as gone already, and the
  * table is a plain hash (a full one refuses new mappings, `drop_addr_full`), so a host cannot
- * push others' live ones out. At most 4,096 entries, read in batches: ~2 ms. Returns how many.
+ * push others' live ones out. other_max_records entries at most (4,096 by default: ~2 ms), read
+ * in batches. Returns how many.
  */
 export function expireAddrMappings(n: NatObject): number {
   if (!n.timeoutOtherNs) return 0;

@@ -1205,7 +1205,12 @@ function checkOtherEgress(
   if (own) return untouched("from the router"), "pass";
   if (eq(d.dst, ext)) return untouched("to the external address", TC_ACT_REDIRECT), "redirect-own";
   if (d.frag === 2) {
-    const want = view.frag(d, 1) ?? ext;
+    const rec = view.frag(d, 1);
+    if (rec && rec.every((b) => b === 0)) { // its first was refused (frag.h FRAG_REFUSED)
+      if (verdict !== TC_ACT_SHOT) v.push("later fragment of a refused datagram not dropped");
+      return "drop";
+    }
+    const want = rec ?? ext;
     if (eq(want, d.src)) return untouched("later fragment whose first passed"), "pass";
     if (verdict !== TC_ACT_OK) v.push(`other protocol later fragment: verdict ${verdict}`);
     else checkAddrOnly(input, out, d, v, true, want);

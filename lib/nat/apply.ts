@@ -18,6 +18,7 @@ import {
   EXT_FLAGS,
   EXTERNAL_CONFIG_LAYOUT,
   LPM_KEY_LAYOUT,
+  type StructLayout,
 } from "./codec.ts";
 import type { NatMaps } from "./loader.ts";
 import type { NatPlan } from "./plan.ts";
@@ -155,17 +156,17 @@ export function purgeStale(
     bindings += r.bindings;
     sessions += r.sessions;
   }
-  const cks = CT_KEY_LAYOUT.size, ext = CT_KEY_LAYOUT.fields.ext_addr.offset;
-  bpf.forEachEntry(maps.ct, cks, CT_VALUE_LAYOUT.size, ({ keys, ko }) => {
-    if (isValid(keys, ko + ext)) return;
-    if (bpf.mapDelete(maps.ct, keys.subarray(ko, ko + cks))) sessions++;
-  });
-  let addressOnly = 0;
-  const aks = ADDR_KEY_LAYOUT.size, aext = ADDR_KEY_LAYOUT.fields.ext_addr.offset;
-  bpf.forEachEntry(maps.addrNat, aks, ADDR_VALUE_LAYOUT.size, ({ keys, ko }) => {
-    if (isValid(keys, ko + aext)) return;
-    if (bpf.mapDelete(maps.addrNat, keys.subarray(ko, ko + aks))) addressOnly++;
-  });
+  /** Deletes the entries of a map keyed by an external address (`key`'s ext_addr) that is not. */
+  const dropDeparted = (fd: number, key: StructLayout, valueSize: number) => {
+    let n = 0;
+    const ks = key.size, ext = key.fields.ext_addr.offset;
+    bpf.forEachEntry(fd, ks, valueSize, ({ keys, ko }) => {
+      if (!isValid(keys, ko + ext) && bpf.mapDelete(fd, keys.subarray(ko, ko + ks))) n++;
+    });
+    return n;
+  };
+  sessions += dropDeparted(maps.ct, CT_KEY_LAYOUT, CT_VALUE_LAYOUT.size);
+  const addressOnly = dropDeparted(maps.addrNat, ADDR_KEY_LAYOUT, ADDR_VALUE_LAYOUT.size);
   meanwhile?.();
   if (departed.length > 0) {
     writeSlots(maps.slots, current.filter((s) => !departed.includes(s)));

@@ -211,6 +211,14 @@ __noinline int einat_egress_error_later(struct __sk_buff *skb, struct packet *p,
 
 __noinline int einat_fib_external(struct __sk_buff *skb, struct packet *p);
 
+/* The family's default external address (map_default_ext), NULL while it has none. */
+static __always_inline struct default_ext *default_ext_of(__u8 family)
+{
+	__u32 idx = family == 4 ? 0 : 1;
+	struct default_ext *ext = bpf_map_lookup_elem(&map_default_ext, &idx);
+	return ext && ext->valid ? ext : NULL;
+}
+
 /*
  * The external address (and its ranges) a new mapping of p is made on: the one the routes pick
  * for its destination (bpf_fib_lookup_external; a copy in per-CPU scratch), or the family's
@@ -242,9 +250,8 @@ __noinline int einat_egress_error_other(struct __sk_buff *skb, struct packet *p,
 	struct icmp_scratch *sc = bpf_map_lookup_elem(&map_icmp_scratch, &zero);
 	if (!p || !in || !sc)
 		return TC_ACT_SHOT;
-	__u32 idx = p->family == 4 ? 0 : 1;
-	struct default_ext *ext = bpf_map_lookup_elem(&map_default_ext, &idx);
-	if (!ext || !ext->valid)
+	struct default_ext *ext = default_ext_of(p->family);
+	if (!ext)
 		return own ? pass() : drop(STAT_DROP_ICMP_ERROR);
 	/* The external address and the internal host in scratch (sc->bv, sc->peer): this call
 	 * chain's stack is at its limit with the rewrite's below. */
@@ -736,9 +743,8 @@ __noinline int einat_egress_other(struct __sk_buff *skb, struct packet *p)
 	if (dest & EXT_EXTERNAL)
 		return deliver_turned(skb, p);
 
-	__u32 idx = p->family == 4 ? 0 : 1;
-	struct default_ext *ext = bpf_map_lookup_elem(&map_default_ext, &idx);
-	if (!ext || !ext->valid) /* no external address: told, as a new flow is (REQ-8) */
+	struct default_ext *ext = default_ext_of(p->family);
+	if (!ext) /* no external address: told, as a new flow is (REQ-8) */
 		return p->frag == FRAG_LATER ? drop(STAT_DROP_UNTRANSLATABLE)
 					     : refused(skb, p, STAT_DROP_UNTRANSLATABLE);
 	addr_nat_csum_off(p);
@@ -803,11 +809,10 @@ __noinline int einat_egress_full(struct __sk_buff *skb, struct packet *pp)
 	if (dest & EXT_NO_SNAT)
 		return pass();
 
-	__u32 idx = pp->family == 4 ? 0 : 1;
-	struct default_ext *ext = bpf_map_lookup_elem(&map_default_ext, &idx);
+	struct default_ext *ext = default_ext_of(pp->family);
 	/* No external address of the family (a WAN waiting for DHCP or PPPoE): the
 	 * sender is told at once (RFC 5508 REQ-8), not left to time out. */
-	if (!ext || !ext->valid)
+	if (!ext)
 		return refused(skb, pp, STAT_DROP_UNTRANSLATABLE);
 
 	/* NAT disabled for this protocol (its range empty): no new binding, and the

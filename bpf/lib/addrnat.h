@@ -59,6 +59,13 @@ static __always_inline bool addr_nat_expired(const struct addr_value *v, __u64 n
 	return (__s64)(now - v->last_seen_ns) > (__s64)CFG.timeout_other;
 }
 
+/* A packet of the mapping seen at now (a store only when the clock moved). */
+static __always_inline void addr_nat_touch(struct addr_value *v, __u64 now)
+{
+	if (now != v->last_seen_ns)
+		v->last_seen_ns = now;
+}
+
 static __always_inline struct addr_scratch *
 addr_key_of(__u8 family, __u8 proto, const union ip_addr *ext, const union ip_addr *remote)
 {
@@ -95,16 +102,16 @@ __noinline int einat_addr_nat_find(__u32 what, const union ip_addr *ext,
 	struct addr_value *v = bpf_map_lookup_elem(&map_addr_nat, &s->k);
 	if (!v || addr_nat_expired(v, now))
 		return 0;
-	if ((what >> 16) && now != v->last_seen_ns)
-		v->last_seen_ns = now;
+	if (what >> 16)
+		addr_nat_touch(v, now);
 	*intern = v->int_addr;
 	return 1;
 }
 
 /*
  * Claims (protocol, ext, remote) for the packet's internal source: its own
- * mapping is refreshed, a missing or expired one made. Returns 0, or
- * STAT_DROP_ADDR_IN_USE while another host's lives.
+ * mapping is refreshed, a missing or expired one made. Returns 0,
+ * STAT_DROP_ADDR_IN_USE while another host's lives, or STAT_DROP_ADDR_FULL.
  */
 __noinline int einat_addr_nat_claim(const struct packet *p, const union ip_addr *ext, __u64 now)
 {
@@ -115,8 +122,7 @@ __noinline int einat_addr_nat_claim(const struct packet *p, const union ip_addr 
 		return STAT_DROP_UNTRANSLATABLE;
 	struct addr_value *v = bpf_map_lookup_elem(&map_addr_nat, &s->k);
 	if (v && addr_eq(&v->int_addr, &p->src)) {
-		if (now != v->last_seen_ns)
-			v->last_seen_ns = now;
+		addr_nat_touch(v, now);
 		return 0;
 	}
 	if (v) {

@@ -144,7 +144,6 @@ export function readAddrMappings(s: PinnedState, f: RowFilter = {}, nowNs?: bigi
       continue;
     }
     const idle = now > m.lastSeenNs ? now - m.lastSeenNs : 0n;
-    const text = (a: Uint8Array) => formatAddr(a);
     rows.push({
       key: sortKey(m.l4proto, [m.family, addr16Of(m.extAddr), 0, 0], [
         m.family,
@@ -156,9 +155,9 @@ export function readAddrMappings(s: PinnedState, f: RowFilter = {}, nowNs?: bigi
         interface: s.ifname,
         protocol: OTHER_PROTOCOLS[m.l4proto] ?? `proto-${m.l4proto}`,
         family: m.family,
-        internal: text(m.intAddr),
-        external: text(m.extAddr),
-        remote: text(m.remoteAddr),
+        internal: formatAddr(m.intAddr),
+        external: formatAddr(m.extAddr),
+        remote: formatAddr(m.remoteAddr),
         secondsLeft: t === null ? null : Number((t > idle ? t - idle : 0n) / 1_000_000_000n),
         idleSeconds: Number(idle / 1_000_000_000n),
         expired: t !== null && idle > t,

@@ -21,6 +21,8 @@
   curl,
   iputils,
   util-linux,
+  coturn,
+  stun,
 }:
 
 let
@@ -50,6 +52,8 @@ mkShell {
     curl
     iputils
     util-linux # setpriv, nsenter, mount
+    coturn # turnserver, turnutils_natdiscovery (tests/stun_test.ts)
+    stun # the classic RFC 3489 client
   ];
   buildInputs = [
     libbpf

@@ -5,7 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PKGS=(npm make clang-19 clang-format-19 llvm-19 libbpf-dev libbpf1 libmnl0 libmnl-dev iproute2
-  iputils-ping nftables tcpdump iperf3 bpftool procps traceroute ethtool curl nix-bin ca-certificates)
+  iputils-ping nftables tcpdump iperf3 bpftool procps traceroute ethtool curl nix-bin ca-certificates
+  coturn stun-client)
 
 missing=()
 command -v npm >/dev/null && APT_PKGS=("${APT_PKGS[@]:1}") # npm present (e.g. from nodejs.org)
@@ -20,8 +21,19 @@ done
 if ((${#missing[@]})); then
   echo "setup: installing apt packages: ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
+  # coturn's package starts and enables a system STUN/TURN service; the tests only need its
+  # binaries (they run turnserver in their own namespaces). policy-rc.d keeps it from starting
+  # (unless the machine already has a policy of its own), and the unit it enabled is disabled.
+  policy=/usr/sbin/policy-rc.d
+  if [[ ! -e $policy ]]; then
+    trap 'rm -f "$policy"' EXIT
+    printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod +x "$policy"
+  fi
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  if [[ " ${missing[*]} " == *" coturn "* ]] && command -v deb-systemd-helper >/dev/null; then
+    deb-systemd-helper disable coturn.service >/dev/null 2>&1 || true
+  fi
 else
   echo "setup: apt packages present"
 fi

@@ -9,6 +9,7 @@ import { startEinat, stopEinat } from "./lib/einat.ts";
 import { startUdpEchoes, udpToEach } from "./lib/traffic.ts";
 import { nsExecResult, peerCmd, type Topology, withTopology } from "./lib/netns.ts";
 import { parseSeen, parseUdpReplies } from "./lib/peer.ts";
+import { natDiscovery, startStunServer } from "./lib/stun.ts";
 
 const ok = (b: boolean) => (b ? "PASS" : "FAIL");
 
@@ -82,6 +83,19 @@ async function demo(t: Topology): Promise<boolean> {
     verdicts.push([
       "no port overloading (lan2, same source port, gets another port)",
       l2 !== "none" && l2 !== r[0]?.seen,
+    ]);
+
+    // The same question put by a third-party tool: coturn's RFC 5780 behaviour discovery (the
+    // server answers from its second address and alternate port when asked to).
+    await startStunServer(t.ns.srv2, a.srv2, 3490);
+    const stun = await natDiscovery(t.ns.lan2, a.srv2[0], { hairpin: false, port: 3490 });
+    console.log(
+      `\nRFC 5780 discovery (coturn's turnutils_natdiscovery, lan2 -> ${a.srv2[0]}): ` +
+        `mapping ${stun.mapping ?? "no verdict"}, filtering ${stun.filtering ?? "no verdict"}`,
+    );
+    verdicts.push([
+      "RFC 5780 discovery by coturn: Endpoint Independent Mapping and Filtering",
+      stun.mapping === "Endpoint Independent" && stun.filtering === "Endpoint Independent",
     ]);
 
     const tcpEcho = t.spawn(

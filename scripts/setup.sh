@@ -31,8 +31,9 @@ if ((${#missing[@]})); then
   fi
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-  if [[ " ${missing[*]} " == *" coturn "* ]] && command -v deb-systemd-helper >/dev/null; then
-    deb-systemd-helper disable coturn.service >/dev/null 2>&1 || true
+  # (`systemctl disable` works on the unit files, also where systemd is not running.)
+  if [[ " ${missing[*]} " == *" coturn "* ]] && command -v systemctl >/dev/null; then
+    systemctl disable --quiet coturn.service 2>/dev/null || true
   fi
 else
   echo "setup: apt packages present"

@@ -202,6 +202,33 @@ interface ListGroup {
   values: string[];
 }
 
+/** Whether `arg` is an option rather than a value: "-" and negative numbers are values. */
+function isOption(arg: string): boolean {
+  return arg.startsWith("-") && arg !== "-" && !/^-\d/.test(arg);
+}
+
+/**
+ * Joins a negative number to the value option before it (`--ifindex -1` → `--ifindex=-1`):
+ * parseArgs takes "-1" for an option and would report a missing value instead of a bad one.
+ */
+function joinNegatives(args: string[], options: Record<string, { type: string; short?: string }>) {
+  const valueOption = (arg: string) =>
+    Object.entries(options).find(([name, o]) =>
+      o.type === "string" && (arg === `--${name}` || (o.short && arg === `-${o.short}`))
+    )?.[0];
+  const out: string[] = [];
+  for (let i = 0; i < args.length; i++) {
+    if (args[i] === "--") return [...out, ...args.slice(i)];
+    const name = valueOption(args[i]);
+    const next = args[i + 1];
+    if (name && next !== undefined && /^-\d/.test(next)) {
+      out.push(`--${name}=${next}`);
+      i++;
+    } else out.push(args[i]);
+  }
+  return out;
+}
+
 /** Lifts einat-style list options out of `args`; returns the rest and the groups. */
 function extractLists(args: string[], notices: string[]): {
   rest: string[];
@@ -224,7 +251,7 @@ function extractLists(args: string[], notices: string[]): {
         continue;
       }
       const values: string[] = [];
-      while (i + 1 < args.length && (args[i + 1] === "-" || !args[i + 1].startsWith("-"))) {
+      while (i + 1 < args.length && !isOption(args[i + 1])) {
         values.push(args[++i]);
       }
       if (values.length === 0) {
@@ -365,7 +392,9 @@ export function parseCli(args: string[], options: ParseConfigOptions = {}): CliR
     return parseShow(args[0] === "show" ? args.slice(1) : args);
   }
   const notices: string[] = [];
-  const { rest, lists } = extractLists(args, notices);
+  const lifted = extractLists(args, notices);
+  const rest = joinNegatives(lifted.rest, PARSE_OPTIONS);
+  const lists = lifted.lists;
 
   // Help and version win even when other arguments are wrong.
   const loose = parseArgs({
@@ -657,7 +686,7 @@ function parseShow(args: string[]): CliResult {
   let values;
   try {
     const r = parseArgs({
-      args,
+      args: joinNegatives(args, SHOW_OPTIONS),
       options: SHOW_OPTIONS,
       strict: true,
       allowPositionals: false,

@@ -254,6 +254,11 @@ Deno.test("errors name the flag", () => {
   expectError(["-i"], "--ifname", /needs a value, e.g. --ifname eth0/);
   expectError(["-c"], "--config", /needs a value/);
   expectError(["-i", "--nat44"], "--ifname", /needs a value/);
+  // A negative number is a bad value, not a missing one.
+  expectError(["--ifindex", "-1"], "--ifindex", /"-1" is not an interface index/);
+  expectError(["-i", "eth0", "--bpf-log", "-2"], "--bpf-log", /-2/);
+  expectError(["-i", "eth0", "--ports", "-5"], "--ports", /-5/);
+  expectError(["-i", "eth0", "--ports", "-5"], "--ports", /^(?!.*at least one value)/);
   expectError(["-i", "eth0", "--nat44=yes"], "--nat44", /takes no value/);
   expectError(["-i", "eth0", "--ports"], "--ports", /at least one value, e.g. --ports 20000-29999/);
   expectError(["-i", "eth0", "--ports", "-i"], "--ports", /at least one value/);

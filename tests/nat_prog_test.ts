@@ -214,6 +214,38 @@ Deno.test("TCP: SNAT/DNAT with checksums and state walk SYN, SYN-ACK, ACK, FIN, 
   }
 });
 
+Deno.test("TCP: a SYN answered without a SYN (a bare ACK, data) stays transitory; a connection first seen mid-stream is established once seen both ways", async () => {
+  const n = await loadTestNat();
+  try {
+    const ext = n.egress(tcp(LAN1, 45100, SRV1, 80, { syn: true })).out.sport!;
+    n.ingress(tcp(SRV1, 80, EXT, ext, { ack: true }));
+    n.egress(tcp(LAN1, 45100, SRV1, 80, { ack: true }));
+    n.ingress({
+      ...tcp(SRV1, 80, EXT, ext, { ack: true, psh: true }),
+      payload: new Uint8Array(10),
+    });
+    const one = () => sessions(n.nat.maps).find((x) => x.key.extPort === ext)!.value;
+    assertEquals(one().state, CT_STATE.TRANS, "SYN out, no SYN in: not established");
+    assertEquals(one().flags & CT_FLAGS.SYN_IN, 0);
+    n.ingress(tcp(SRV1, 80, EXT, ext, { syn: true, ack: true }));
+    assertEquals(one().state, CT_STATE.EST, "the SYN-ACK establishes it");
+
+    // Inbound SYN to a mapping (EIF), answered by a bare ACK: transitory too.
+    n.ingress(tcp(SRV2, 443, EXT, ext, { syn: true }));
+    n.egress(tcp(LAN1, 45100, SRV2, 443, { ack: true }));
+    const other = sessions(n.nat.maps).find((x) => x.key.remotePort === 443)!.value;
+    assertEquals(other.state, CT_STATE.TRANS, "SYN in, no SYN out: not established");
+
+    // Mid-stream: no SYN either way.
+    const mid = n.egress(tcp(LAN2, 46100, SRV1, 80, { ack: true })).out.sport!;
+    n.ingress(tcp(SRV1, 80, EXT, mid, { ack: true }));
+    const m = sessions(n.nat.maps).find((x) => x.key.extPort === mid)!.value;
+    assertEquals(m.state, CT_STATE.EST, "seen both ways without SYNs: established");
+  } finally {
+    n.close();
+  }
+});
+
 Deno.test("ICMP echo: identifier mapped like a port, reply DNATed", async () => {
   const n = await loadTestNat();
   try {

@@ -42,13 +42,22 @@ static __always_inline __u64 ct_timeout(__u8 l4proto, __u8 state)
 	}
 }
 
-/* Derives the state from what has been seen (RFC 6146 3.5.2, RFC 7857 2.1). */
+/*
+ * Derives the state from what has been seen (RFC 6146 3.5.2, RFC 7857 2.1).
+ * A TCP connection opened by a SYN is established once a SYN came the other
+ * way too (the SYN-ACK, or the other SYN of a simultaneous open), not on any
+ * answer: a SYN answered by a bare ACK (or by anyone who can put the remote's
+ * address on a packet) stays transitory. A connection first seen mid-stream
+ * (no SYN either way: state lost, or a host resuming after the NAT restarted
+ * without its maps) is established once seen both ways.
+ */
 static __always_inline __u8 ct_state_of(__u8 l4proto, __u8 flags)
 {
 	bool both = (flags & (CT_SEEN_OUT | CT_SEEN_IN)) == (CT_SEEN_OUT | CT_SEEN_IN);
+	__u8 syn = flags & (CT_SYN_OUT | CT_SYN_IN);
 	if (l4proto != IPPROTO_TCP)
 		return both ? CT_STATE_EST : CT_STATE_TRANS;
-	if (!both || (flags & CT_RST) ||
+	if (!both || (syn && syn != (CT_SYN_OUT | CT_SYN_IN)) || (flags & CT_RST) ||
 	    (flags & (CT_FIN_OUT | CT_FIN_IN)) == (CT_FIN_OUT | CT_FIN_IN))
 		return CT_STATE_TRANS;
 	return CT_STATE_EST;

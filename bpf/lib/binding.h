@@ -277,9 +277,6 @@ static __always_inline __u32 lowest_bit(__u64 x)
  */
 struct alloc_keep {
 	__u64 rng; /* alloc_rnd()'s state; 0: not seeded yet */
-	/* per full_key() (below 8): 1 + the hint word (64 ports) this CPU last
-	 * took a port from; 0: none yet */
-	__u16 cursor[8];
 };
 
 /*
@@ -565,17 +562,6 @@ __noinline int einat_alloc_ranges(const struct external_config *cfg, __u32 pidx)
 	return total ? in : -1;
 }
 
-/* The word of the port just found becomes the CPU's for protocol key fk
- * (einat_random_try). A global function: a store here cost ~11,000 more
- * instructions of verification in the caller. */
-__noinline int einat_keep_word(__u32 fk)
-{
-	struct alloc_ctx *c = alloc_ctx_get();
-	if (c)
-		c->keep.cursor[fk & 7] = (c->found >> 6) + 1;
-	return 0;
-}
-
 /*
  * The ports of hint word wi that are free, in the ranges and acceptable at
  * the search's strictness. A global function: verified once, called twice.
@@ -592,17 +578,18 @@ __noinline __u64 einat_word_free(struct port_bits *b, __u32 wi)
 /*
  * Before any search, one port tried at random: while the ranges are far from
  * full the claim succeeds, without the loop, its callbacks and their calls.
- * It is a free acceptable port (the hint says so, at c->strict: parity, class),
- * at random among those of the hint word (64 ports) this CPU took its last
- * port from, while that word has one: their records share a 4 KiB page, which
- * a new mapping then finds in the TLB (a cold page costs a page walk, two-level
- * under a hypervisor: ~0.2 us measured one mapping at a time). Otherwise one of
- * the word of a port drawn at random from the ranges, which becomes the CPU's
- * word (RFC 6056 section 3.3.5's random increments, by words). A port the hint
- * wrongly says free (a hint behind the records) costs one failed claim, which
- * sets its bit. A global function, like the search steps: the search state is
- * in per-CPU scratch, and its frame is not added to the caller's (the deepest
- * call chain's stack is near the verifier's limit).
+ * It is a free acceptable port (the hint says so, at c->strict: parity, class)
+ * at random among those of the hint word (64 ports) of a port drawn at random
+ * from the ranges, for every new mapping: no port says which comes next (RFC
+ * 6056, RFC 7857 port randomization). Taking the ports of one word in a row,
+ * as stops 19-33 did, saved a page walk per mapping (a word's records share a
+ * 4 KiB page) but told anyone who saw one external port, a DNS server a
+ * resolver behind the NAT queried say, the 32 candidates of the resolver's
+ * next query's port. A port the hint wrongly says free (a hint behind the
+ * records) costs one failed claim, which sets its bit. A global function, like
+ * the search steps: the search state is in per-CPU scratch, and its frame is
+ * not added to the caller's (the deepest call chain's stack is near the
+ * verifier's limit).
  */
 __noinline int einat_random_try(struct port_bits *bits, __u32 rnd)
 {
@@ -612,13 +599,8 @@ __noinline int einat_random_try(struct port_bits *bits, __u32 rnd)
 	int drawn = range_port(c, (rnd >> 8) % c->total);
 	if (drawn < 0)
 		return 0;
-	__u32 cur = c->keep.cursor[full_key(c->rk.family, c->pidx) & 7];
-	__u32 wi = cur ? cur - 1 : (__u32)drawn >> 6;
+	__u32 wi = (__u32)drawn >> 6;
 	__u64 cand = einat_word_free(bits, wi);
-	if (!cand && cur) {
-		wi = (__u32)drawn >> 6;
-		cand = einat_word_free(bits, wi);
-	}
 	if (!cand)
 		return 0;
 	__u32 k = rnd & 63;
@@ -805,7 +787,6 @@ __noinline int einat_binding_create(const struct packet *p, const struct default
 		binding_count_drop();
 		return STAT_DROP_NO_PORT;
 	}
-	einat_keep_word(full_key(p->family, pidx));
 
 	__u32 idx = rec_index(c->slot, c->pidx, c->found);
 	int ri = einat_record_publish(&c->rk, idx);

@@ -18,7 +18,7 @@ struct einat_config {
 	__u64 timeout_icmp;
 	__u64 timeout_udp_min; /* UDP seen in one direction only */
 	__u64 timeout_udp;
-	__u64 timeout_tcp_trans;
+	__u64 timeout_tcp_trans; /* TCP opening (partially open) */
 	__u64 timeout_tcp_est;
 	__u8 log_level;
 	__u8 has_eth; /* 0 on L3 devices (PPP, TUN, WireGuard) */
@@ -47,6 +47,9 @@ struct einat_config {
 	/* Address-only NAT of the IP protocols without ports (lib/addrnat.h): how long a
 	 * mapping lives without traffic; 0: off, their packets pass as they are. */
 	__u64 timeout_other;
+	/* TCP closing: FIN each way, or reset (RFC 7857 2.1: opening and closing timeouts
+	 * apart); timeout_tcp_trans is the opening one. */
+	__u64 timeout_tcp_closing;
 };
 
 /* The context of the btf_find program (bpf/lib/btf_query.h). */
@@ -165,8 +168,9 @@ struct ct_key {
 
 /* ct_value.state: what the timeout is chosen from */
 enum ct_state {
-	CT_STATE_TRANS = 0, /* TCP opening, closing or reset; UDP one-way */
+	CT_STATE_TRANS = 0, /* TCP opening; UDP one-way */
 	CT_STATE_EST = 1, /* TCP established; UDP seen both ways */
+	CT_STATE_CLOSING = 2, /* TCP closed both ways or reset */
 };
 
 /*

@@ -107,6 +107,7 @@ export function roConfigOf(ic: InterfaceConfig, hasEth = true): RoConfig {
     timeoutUdp: BigInt(t.udpDefault) * MS,
     timeoutTcpTrans: BigInt(t.tcpTrans) * MS,
     timeoutTcpEst: BigInt(t.tcpEst) * MS,
+    timeoutTcpClosing: BigInt(t.tcpClosing) * MS,
     logLevel: ic.bpfLogLevel,
     hasEth,
     nat44: ic.nat44,

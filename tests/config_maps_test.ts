@@ -49,6 +49,7 @@ timeout_icmp_default = "45s"
 timeout_udp_min = "90s"
 timeout_udp_default = "4m"
 timeout_tcp_trans = "5m"
+timeout_tcp_closing = "6m"
 timeout_tcp_est = "3h"
 binding_max_records = 4096
 ct_max_records = 9000
@@ -97,6 +98,7 @@ Deno.test("config keys reach the loaded BPF config and maps", async () => {
       timeoutUdp: 240n * s,
       timeoutTcpTrans: 300n * s,
       timeoutTcpEst: 3n * 3600n * s,
+      timeoutTcpClosing: 360n * s,
       logLevel: 3,
       hasEth: false,
       nat44: true,

@@ -172,15 +172,15 @@ Deno.test("TCP: SNAT/DNAT with checksums and state walk SYN, SYN-ACK, ACK, FIN, 
     n.ingress(tcp(SRV1, 80, EXT, ext, { fin: true, ack: true }));
     assertEquals(
       sessions(n.nat.maps)[0].value.state,
-      CT_STATE.TRANS,
-      "FIN both ways: transitory",
+      CT_STATE.CLOSING,
+      "FIN both ways: closing",
     );
 
     const rst = n.ingress(tcp(SRV1, 80, EXT, ext, { rst: true }));
     assertEquals(rst.out.dst, LAN1, "RST is translated");
     s = sessions(n.nat.maps);
     assertEquals(s[0].value.flags & CT_FLAGS.RST, CT_FLAGS.RST);
-    assertEquals(s[0].value.state, CT_STATE.TRANS);
+    assertEquals(s[0].value.state, CT_STATE.CLOSING, "reset: closing");
 
     n.egress(tcp(LAN1, 45000, SRV1, 80, { syn: true }));
     assertEquals(
@@ -195,7 +195,7 @@ Deno.test("TCP: SNAT/DNAT with checksums and state walk SYN, SYN-ACK, ACK, FIN, 
     // The 5-tuple reused after a close: its SYN alone is not an established connection.
     n.egress(tcp(LAN1, 45000, SRV1, 80, { fin: true, ack: true }));
     n.ingress(tcp(SRV1, 80, EXT, ext, { fin: true, ack: true }));
-    assertEquals(sessions(n.nat.maps)[0].value.state, CT_STATE.TRANS, "closed");
+    assertEquals(sessions(n.nat.maps)[0].value.state, CT_STATE.CLOSING, "closed");
     n.egress(tcp(LAN1, 45000, SRV1, 80, { syn: true }));
     assertEquals(sessions(n.nat.maps)[0].value.state, CT_STATE.TRANS, "reopening: transitory");
     n.ingress(tcp(SRV1, 80, EXT, ext, { syn: true, ack: true }));
@@ -440,7 +440,14 @@ Deno.test("UDP zero checksum stays zero after translation", async () => {
 
 Deno.test("sessions and bindings expire: the sweep removes them once past their timeouts", async () => {
   const ic = testInterfaceConfig();
-  ic.timeouts = { ...ic.timeouts, udpMin: 600, udpDefault: 700, icmpDefault: 200, tcpTrans: 200 };
+  ic.timeouts = {
+    ...ic.timeouts,
+    udpMin: 600,
+    udpDefault: 700,
+    icmpDefault: 200,
+    tcpTrans: 200,
+    tcpClosing: 200,
+  };
   const n = await loadTestNat(ic);
   try {
     const first = n.egress(udp(LAN1, 40000, SRV1, 53)).out.sport!;
@@ -479,6 +486,51 @@ Deno.test("sessions and bindings expire: the sweep removes them once past their 
     assertEquals(stat(n.nat.maps.stats, "expired_session"), 2n);
   } finally {
     n.close();
+  }
+});
+
+Deno.test("TCP timeouts: opening and closing connections expire by their own timeouts (RFC 7857 2.1), established by its own", async () => {
+  const ic = testInterfaceConfig();
+  ic.timeouts = { ...ic.timeouts, tcpTrans: 300, tcpClosing: 86_400_000, tcpEst: 86_400_000 };
+  const n = await loadTestNat(ic);
+  try {
+    // opening: a SYN nobody answered; closing: FIN each way; established: a handshake.
+    const opening = n.egress(tcp(LAN1, 45200, SRV1, 80, { syn: true })).out.sport!;
+    const closing = n.egress(tcp(LAN1, 45201, SRV1, 80, { syn: true })).out.sport!;
+    n.ingress(tcp(SRV1, 80, EXT, closing, { syn: true, ack: true }));
+    n.egress(tcp(LAN1, 45201, SRV1, 80, { fin: true, ack: true }));
+    n.ingress(tcp(SRV1, 80, EXT, closing, { fin: true, ack: true }));
+    const est = n.egress(tcp(LAN1, 45202, SRV1, 80, { syn: true })).out.sport!;
+    n.ingress(tcp(SRV1, 80, EXT, est, { syn: true, ack: true }));
+    const state = (p: number) => sessions(n.nat.maps).find((x) => x.key.extPort === p)?.value.state;
+    assertEquals([state(opening), state(closing), state(est)], [
+      CT_STATE.TRANS,
+      CT_STATE.CLOSING,
+      CT_STATE.EST,
+    ]);
+    await new Promise((r) => setTimeout(r, 400));
+    assertEquals(expireSessions(n.nat).expired, 1, "the opening one only");
+    assertEquals([state(opening), state(closing), state(est)], [
+      undefined,
+      CT_STATE.CLOSING,
+      CT_STATE.EST,
+    ]);
+  } finally {
+    n.close();
+  }
+  // And the other way round: a short closing timeout takes the closed connection only.
+  ic.timeouts = { ...ic.timeouts, tcpTrans: 86_400_000, tcpClosing: 300 };
+  const m = await loadTestNat(ic);
+  try {
+    const opening = m.egress(tcp(LAN1, 45300, SRV1, 80, { syn: true })).out.sport!;
+    const closing = m.egress(tcp(LAN1, 45301, SRV1, 80, { syn: true })).out.sport!;
+    m.ingress(tcp(SRV1, 80, EXT, closing, { rst: true }));
+    await new Promise((r) => setTimeout(r, 400));
+    assertEquals(expireSessions(m.nat).expired, 1, "the reset one only");
+    const left = sessions(m.nat.maps).map((x) => x.key.extPort);
+    assertEquals(left, [opening]);
+  } finally {
+    m.close();
   }
 });
 

@@ -120,6 +120,7 @@ Deno.test({
         udpDefault: ms,
         tcpTrans: ms,
         tcpEst: ms,
+        tcpClosing: ms,
         other: ms,
       },
     });
@@ -196,7 +197,7 @@ Deno.test({
       assertEquals([...va, ...vb].filter((v) => v !== TC_ACT_OK), [], "all translated");
       const both = CT_FLAGS.FIN_OUT | CT_FLAGS.FIN_IN;
       const open = sessionsOf(n.nat.maps).filter((s) =>
-        s.value.state !== CT_STATE.TRANS || (s.value.flags & both) !== both
+        s.value.state !== CT_STATE.CLOSING || (s.value.flags & both) !== both
       );
       assertEquals(open.length, 0, `${open.length} of ${CONNS} sessions lost a FIN`);
     } finally {

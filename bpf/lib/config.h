@@ -26,6 +26,7 @@ const volatile struct einat_config CFG = {
 	.flow_fresh_ns = NS_PER_SEC,
 	.flow_cache_bits = 14,
 	.timeout_other = 600 * NS_PER_SEC,
+	.timeout_tcp_closing = 240 * NS_PER_SEC,
 };
 
 #define LOG_LEVEL (CFG.log_level)
@@ -38,6 +39,7 @@ const volatile struct einat_config CFG = {
 #define TIMEOUT_UDP (CFG.timeout_udp)
 #define TIMEOUT_TCP_TRANS (CFG.timeout_tcp_trans)
 #define TIMEOUT_TCP_EST (CFG.timeout_tcp_est)
+#define TIMEOUT_TCP_CLOSING (CFG.timeout_tcp_closing)
 
 #define log_debug(fmt, ...)                             \
 	do {                                            \

@@ -34,7 +34,9 @@ static __always_inline __u64 ct_timeout(__u8 l4proto, __u8 state)
 {
 	switch (l4proto) {
 	case IPPROTO_TCP:
-		return state == CT_STATE_EST ? TIMEOUT_TCP_EST : TIMEOUT_TCP_TRANS;
+		return state == CT_STATE_EST	   ? TIMEOUT_TCP_EST
+		       : state == CT_STATE_CLOSING ? TIMEOUT_TCP_CLOSING
+						   : TIMEOUT_TCP_TRANS;
 	case IPPROTO_UDP:
 		return state == CT_STATE_EST ? TIMEOUT_UDP : TIMEOUT_UDP_MIN;
 	default:
@@ -57,8 +59,9 @@ static __always_inline __u8 ct_state_of(__u8 l4proto, __u8 flags)
 	__u8 syn = flags & (CT_SYN_OUT | CT_SYN_IN);
 	if (l4proto != IPPROTO_TCP)
 		return both ? CT_STATE_EST : CT_STATE_TRANS;
-	if (!both || (syn && syn != (CT_SYN_OUT | CT_SYN_IN)) || (flags & CT_RST) ||
-	    (flags & (CT_FIN_OUT | CT_FIN_IN)) == (CT_FIN_OUT | CT_FIN_IN))
+	if ((flags & CT_RST) || (flags & (CT_FIN_OUT | CT_FIN_IN)) == (CT_FIN_OUT | CT_FIN_IN))
+		return CT_STATE_CLOSING;
+	if (!both || (syn && syn != (CT_SYN_OUT | CT_SYN_IN)))
 		return CT_STATE_TRANS;
 	return CT_STATE_EST;
 }

@@ -130,6 +130,7 @@ export const DEFAULTS = {
     udpDefault: 300_000,
     tcpTrans: 240_000,
     tcpEst: 7_440_000, // 2h4m: RFC 5382 REQ-5, as einat-ebpf
+    tcpClosing: 240_000,
     other: 600_000, // 10m: masquerade's generic timeout (nf_conntrack_generic_timeout)
   },
 } as const;
@@ -155,6 +156,7 @@ const TIMEOUT_KEYS: Record<keyof Timeouts, string> = {
   udpDefault: "timeout_udp_default",
   tcpTrans: "timeout_tcp_trans",
   tcpEst: "timeout_tcp_est",
+  tcpClosing: "timeout_tcp_closing",
   other: "timeout_other",
 };
 /**
@@ -176,6 +178,7 @@ const INTERFACE_KEYS = [
   "allow_inbound_icmpx",
   "snat_other_protocols",
   ...Object.values(TIMEOUT_KEYS),
+  "timeout_tcp_opening",
   ...Object.keys(EINAT_EBPF_TIMEOUTS),
   "frag_track_max_records",
   "other_max_records",
@@ -1030,6 +1033,11 @@ function parseInterface(
     const ms = getTimeout(ctx, t, key, path);
     if (ms !== undefined) iface.timeouts[field] = ms;
   }
+  // timeout_tcp_trans (einat-ebpf's) is TCP's opening and closing timeout; RFC 7857 2.1 asks
+  // them configurable apart: timeout_tcp_opening and timeout_tcp_closing override it.
+  if (t.timeout_tcp_closing === undefined) iface.timeouts.tcpClosing = iface.timeouts.tcpTrans;
+  const opening = getTimeout(ctx, t, "timeout_tcp_opening", path);
+  if (opening !== undefined) iface.timeouts.tcpTrans = opening;
   if (iface.timeouts.udpMin > iface.timeouts.udpDefault) {
     // Name the keys the file set (ours or einat-ebpf's), the one of the minimum first.
     const given = (ours: string, pkt: string) =>
@@ -1049,14 +1057,22 @@ function parseInterface(
     );
   }
 
-  if (iface.timeouts.tcpEst < iface.timeouts.tcpTrans) {
+  const tcpTransKey = (own: string) => t[own] !== undefined ? own : "timeout_tcp_trans";
+  for (
+    const [ms, key, what] of [
+      [iface.timeouts.tcpTrans, tcpTransKey("timeout_tcp_opening"), "opening"],
+      [iface.timeouts.tcpClosing, tcpTransKey("timeout_tcp_closing"), "closing"],
+    ] as const
+  ) {
+    if (iface.timeouts.tcpEst >= ms) continue;
     warning(
       ctx,
-      join(path, t.timeout_tcp_est !== undefined ? "timeout_tcp_est" : "timeout_tcp_trans"),
+      join(path, t.timeout_tcp_est !== undefined ? "timeout_tcp_est" : key),
       `timeout_tcp_est (${formatDuration(iface.timeouts.tcpEst)}) is shorter than ` +
-        `timeout_tcp_trans (${formatDuration(iface.timeouts.tcpTrans)}): an established ` +
-        `connection is kept less long than one opening or closing (RFC 5382 REQ-5 asks 2h4m)`,
+        `${key} (${formatDuration(ms)}): an established ` +
+        `connection is kept less long than one ${what} (RFC 5382 REQ-5 asks 2h4m)`,
     );
+    break;
   }
 
   const records = (key: string, def: number) =>

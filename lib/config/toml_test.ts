@@ -79,6 +79,7 @@ Deno.test("minimal interface: every default applied", () => {
     udpDefault: 300_000,
     tcpTrans: 240_000,
     tcpEst: 7_440_000,
+    tcpClosing: 240_000,
     other: 600_000,
   });
   equal(i.fragTrackMaxRecords, 65536);
@@ -234,6 +235,7 @@ nat44 = true
     udpDefault: 600_000,
     tcpTrans: 300_000,
     tcpEst: 5_400_000,
+    tcpClosing: 300_000,
     other: 180_000,
   });
   equal(i.fragTrackMaxRecords, 1024);
@@ -368,6 +370,30 @@ Deno.test("timeouts: numbers are seconds; einat-ebpf's timeout_pkt_* set UDP's (
       .test(r.notices[0]),
     r.notices.join("\n"),
   );
+  // TCP's opening and closing timeouts apart (RFC 7857 2.1): timeout_tcp_trans sets both,
+  // timeout_tcp_opening / timeout_tcp_closing each override it.
+  const tcp = (text: string) => {
+    const t = parse(MIN + text).config.interfaces[0].timeouts;
+    return [t.tcpTrans, t.tcpClosing];
+  };
+  deepStrictEqual(tcp(""), [240_000, 240_000]);
+  deepStrictEqual(tcp(`timeout_tcp_trans = "5m"\n`), [300_000, 300_000]);
+  deepStrictEqual(tcp(`timeout_tcp_trans = "5m"\ntimeout_tcp_opening = "30s"\n`), [
+    30_000,
+    300_000,
+  ]);
+  deepStrictEqual(tcp(`timeout_tcp_closing = "1m"\n`), [240_000, 60_000]);
+  deepStrictEqual(tcp(`timeout_tcp_opening = "20s"\ntimeout_tcp_closing = "1m"\n`), [
+    20_000,
+    60_000,
+  ]);
+  r = parse(MIN + `timeout_tcp_est = 270\ntimeout_tcp_closing = "5m"\n`);
+  ok(
+    /interfaces\[0\]\.timeout_tcp_est: timeout_tcp_est \(4m30s\) is shorter than timeout_tcp_closing \(5m\): an established connection is kept less long than one closing/
+      .test(r.notices.join("\n")),
+    r.notices.join("\n"),
+  );
+  expectError(MIN + `timeout_tcp_opening = "0s"\n`, "interfaces[0].timeout_tcp_opening", /zero/);
   // Below a millisecond: said so, not "longer than zero".
   expectError(
     MIN + `timeout_udp_min = "1ns"\n`,

@@ -60,8 +60,11 @@ export interface Timeouts {
   icmpDefault: number;
   udpMin: number;
   udpDefault: number;
+  /** TCP opening (partially open): `timeout_tcp_opening`, else `timeout_tcp_trans`. */
   tcpTrans: number;
   tcpEst: number;
+  /** TCP closing (FIN each way, or reset): `timeout_tcp_closing`, else `timeout_tcp_trans`. */
+  tcpClosing: number;
   /** Address-only mappings of the IP protocols without ports (`timeout_other`). */
   other: number;
 }

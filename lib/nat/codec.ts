@@ -42,7 +42,7 @@ export const CT_FLAGS = {
   HAIRPIN: 0x80,
 } as const;
 /** `ct_value.state`. */
-export const CT_STATE = { TRANS: 0, EST: 1 } as const;
+export const CT_STATE = { TRANS: 0, EST: 1, CLOSING: 2 } as const;
 
 /** Indices of `map_stats` (enum einat_stat). */
 export const STATS = [
@@ -87,7 +87,7 @@ export const TRAFFIC = [
 /** struct einat_config (.rodata CFG). */
 export const EINAT_CONFIG_LAYOUT: StructLayout = {
   name: "einat_config",
-  size: 88,
+  size: 96,
   fields: {
     timeout_fragment: { offset: 0, size: 8 },
     timeout_icmp: { offset: 8, size: 8 },
@@ -108,6 +108,7 @@ export const EINAT_CONFIG_LAYOUT: StructLayout = {
     outbound_mask: { offset: 68, size: 4 },
     binding_max: { offset: 72, size: 4 },
     timeout_other: { offset: 80, size: 8 },
+    timeout_tcp_closing: { offset: 88, size: 8 },
   },
 };
 
@@ -378,8 +379,11 @@ export interface RoConfig {
   timeoutIcmp: bigint;
   timeoutUdpMin: bigint;
   timeoutUdp: bigint;
+  /** TCP opening (partially open). */
   timeoutTcpTrans: bigint;
   timeoutTcpEst: bigint;
+  /** TCP closing (FIN each way, or reset); `timeoutTcpTrans` when absent. */
+  timeoutTcpClosing?: bigint;
   logLevel: number;
   hasEth: boolean;
   nat44: boolean;
@@ -434,6 +438,7 @@ export function flowFreshNs(c: RoConfig): bigint {
     c.timeoutUdp,
     c.timeoutTcpTrans,
     c.timeoutTcpEst,
+    c.timeoutTcpClosing ?? c.timeoutTcpTrans,
   ]
     .reduce((a, b) => (b < a ? b : a));
   const quarter = shortest / 4n;
@@ -463,6 +468,7 @@ export function encodeRoConfig(c: RoConfig): Uint8Array {
   v.setUint32(f(L, "outbound_mask"), (c.outboundLines ?? 1) - 1, true);
   v.setUint32(f(L, "binding_max"), c.bindingMax ?? 0, true);
   v.setBigUint64(f(L, "timeout_other"), c.timeoutOther ?? 0n, true);
+  v.setBigUint64(f(L, "timeout_tcp_closing"), c.timeoutTcpClosing ?? c.timeoutTcpTrans, true);
   return b;
 }
 
@@ -487,6 +493,7 @@ export function decodeRoConfig(b: Uint8Array): RoConfig {
     outboundLines: v.getUint32(f(L, "outbound_mask"), true) + 1,
     bindingMax: v.getUint32(f(L, "binding_max"), true),
     timeoutOther: v.getBigUint64(f(L, "timeout_other"), true),
+    timeoutTcpClosing: v.getBigUint64(f(L, "timeout_tcp_closing"), true),
   };
 }
 

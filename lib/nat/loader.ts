@@ -432,7 +432,14 @@ async function loadNatBytes(
 
 /** The shortest of the session timeouts in `ro`, ns (fragments are not sessions). */
 export function shortestTimeoutNs(ro: RoConfig): bigint {
-  const t = [ro.timeoutIcmp, ro.timeoutUdpMin, ro.timeoutUdp, ro.timeoutTcpTrans, ro.timeoutTcpEst];
+  const t = [
+    ro.timeoutIcmp,
+    ro.timeoutUdpMin,
+    ro.timeoutUdp,
+    ro.timeoutTcpTrans,
+    ro.timeoutTcpEst,
+    ro.timeoutTcpClosing ?? ro.timeoutTcpTrans,
+  ];
   return t.reduce((a, b) => (b < a ? b : a));
 }
 

@@ -384,6 +384,7 @@ export function timeoutsOf(ro: RoConfig): Record<string, string> {
     udp: String(ro.timeoutUdp),
     tcpTrans: String(ro.timeoutTcpTrans),
     tcpEst: String(ro.timeoutTcpEst),
+    tcpClosing: String(ro.timeoutTcpClosing ?? ro.timeoutTcpTrans),
     other: String(ro.timeoutOther ?? 0n),
   };
 }

@@ -75,8 +75,8 @@ export interface SessionRow {
   remote: string;
   /** TCP: SYN_SENT, SYN_RECV, ESTABLISHED, FIN_WAIT, CLOSING, RESET; else UNREPLIED/ASSURED. */
   state: string;
-  /** Timeout class: "established" or "transitory". */
-  timeout: "established" | "transitory";
+  /** Timeout class: "established", "transitory" (TCP opening, UDP one-way) or "closing". */
+  timeout: "established" | "transitory" | "closing";
   /** Seconds until expiry, when the timeouts are known; 0 when overdue. */
   secondsLeft: number | null;
   /** Seconds since the session was created. */
@@ -444,15 +444,29 @@ export function sessionState(l4proto: number, flags: number): string {
   const fins = flags & (CT_FLAGS.FIN_OUT | CT_FLAGS.FIN_IN);
   if (fins === (CT_FLAGS.FIN_OUT | CT_FLAGS.FIN_IN)) return "CLOSING";
   if (fins) return "FIN_WAIT";
-  if (both) return "ESTABLISHED";
+  // Established once a SYN went each way, or without any SYN seen (picked up mid-stream).
+  const syn = flags & (CT_FLAGS.SYN_OUT | CT_FLAGS.SYN_IN);
+  if (both && (syn === 0 || syn === (CT_FLAGS.SYN_OUT | CT_FLAGS.SYN_IN))) return "ESTABLISHED";
+  if (syn) return syn === CT_FLAGS.SYN_OUT ? "SYN_SENT" : "SYN_RECV";
   return flags & CT_FLAGS.SEEN_OUT ? "SYN_SENT" : "SYN_RECV";
 }
 
-function timeoutNs(meta: MetaDoc | null, l4proto: number, est: boolean): bigint | null {
+/** The timeout class of a session's `state` (`CT_STATE`), as `show` names it. */
+export function timeoutClass(state: number): "established" | "transitory" | "closing" {
+  return state === CT_STATE.EST
+    ? "established"
+    : state === CT_STATE.CLOSING
+    ? "closing"
+    : "transitory";
+}
+
+function timeoutNs(meta: MetaDoc | null, l4proto: number, state: number): bigint | null {
   const t = meta?.timeoutsNs;
   if (!t) return null;
+  const est = state === CT_STATE.EST;
   const key = l4proto === IPPROTO.TCP
-    ? (est ? "tcpEst" : "tcpTrans")
+    // A stamp written before the closing timeout had its own: the transitory one.
+    ? (est ? "tcpEst" : state === CT_STATE.CLOSING && t.tcpClosing ? "tcpClosing" : "tcpTrans")
     : l4proto === IPPROTO.UDP
     ? (est ? "udp" : "udpMin")
     : "icmp";
@@ -461,7 +475,7 @@ function timeoutNs(meta: MetaDoc | null, l4proto: number, est: boolean): bigint 
 
 const CK = CT_KEY_LAYOUT.fields, CV = CT_VALUE_LAYOUT.fields;
 
-/** A session class's timeout (l4proto, established) as {@link timeoutsAt} gives it. */
+/** A session class's timeout (l4proto, state) as {@link timeoutsAt} gives it. */
 interface ClassTimeout {
   /** The timeout in ns. */
   ns: number;
@@ -478,13 +492,13 @@ interface ClassTimeout {
 function timeoutsAt(
   s: PinnedState,
   now: bigint,
-): (l4proto: number, est: boolean) => ClassTimeout | null {
-  const cache = new Map<number, ClassTimeout | null>(); // by l4proto * 2 + established
-  return (l4proto, est) => {
-    const c = l4proto * 2 + (est ? 1 : 0);
+): (l4proto: number, state: number) => ClassTimeout | null {
+  const cache = new Map<number, ClassTimeout | null>(); // by l4proto * 256 + state
+  return (l4proto, state) => {
+    const c = l4proto * 256 + state;
     let v = cache.get(c);
     if (v === undefined) {
-      const t = timeoutNs(s.meta, l4proto, est);
+      const t = timeoutNs(s.meta, l4proto, state);
       const x = t === null ? 0n : t > now ? 0n : now - t;
       v = t === null ? null : { ns: Number(t), hi: Number(x >> 32n), lo: Number(x & 0xffffffffn) };
       cache.set(c, v);
@@ -524,8 +538,8 @@ export function readSessions(s: PinnedState, f: RowFilter = {}, nowNs?: bigint):
     const proto = protoName(l4proto);
     const addrs: [Uint8Array, number][] = [[values, intAt], [keys, extAt], [keys, remoteAt]];
     if (!matches(f, proto, family, addrs, [intPort, extPort, remotePort])) return;
-    const est = values[vo + CV.state.offset] === CT_STATE.EST;
-    const t = timeoutOf(l4proto, est);
+    const state = values[vo + CV.state.offset];
+    const t = timeoutOf(l4proto, state);
     const o = vo + CV.last_seen_ns.offset;
     const hi = vv.getUint32(o + 4, true), lo = vv.getUint32(o, true);
     const idle = Math.max(0, nowF - (hi * 2 ** 32 + lo));
@@ -537,7 +551,7 @@ export function readSessions(s: PinnedState, f: RowFilter = {}, nowNs?: bigint):
         ...rowHead(s, proto, family, [values, intAt, intPort], [keys, extAt, extPort]),
         remote: endpointAt(family, keys, remoteAt, remotePort),
         state: sessionState(l4proto, values[vo + CV.flags.offset]),
-        timeout: est ? "established" : "transitory",
+        timeout: timeoutClass(state),
         secondsLeft: t === null ? null : Math.floor(Math.max(0, t.ns - idle) / 1e9),
         ageSeconds: Math.max(0, Math.floor(nowF / 1e9 - createdS)),
         idleSeconds: Math.floor(idle / 1e9),
@@ -571,8 +585,8 @@ export function tallySessions(s: PinnedState, nowNs?: bigint): SessionTally {
   forEachSession(fds, ({ keys, values, vv, ko, vo }) => {
     const l4proto = keys[ko + CK.l4proto.offset];
     const o = vo + CV.last_seen_ns.offset;
-    const est = values[vo + CV.state.offset] === CT_STATE.EST;
-    if (pastTimeout(timeoutOf(l4proto, est), vv.getUint32(o + 4, true), vv.getUint32(o, true))) {
+    const state = values[vo + CV.state.offset];
+    if (pastTimeout(timeoutOf(l4proto, state), vv.getUint32(o + 4, true), vv.getUint32(o, true))) {
       expired++;
       return;
     }

@@ -2236,6 +2236,7 @@ export function fuzzConfig(o: Partial<InterfaceConfig> = {}): InterfaceConfig {
       udpDefault: day,
       tcpTrans: day,
       tcpEst: day,
+      tcpClosing: day,
       other: day,
     },
     defaultRanges: ranges([{ start: 20000, end: 29999 }], [{ start: 20000, end: 29999 }], [{

@@ -69,6 +69,7 @@ export function testInterfaceConfig(o: Partial<InterfaceConfig> = {}): Interface
       udpDefault: 300_000,
       tcpTrans: 240_000,
       tcpEst: 7_440_000,
+      tcpClosing: 240_000,
       other: 600_000,
     },
     fragTrackMaxRecords: 65536,

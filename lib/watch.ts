@@ -8,8 +8,8 @@ import { formatAddr, isLinkLocal6 } from "./config/cidr.ts";
 import * as libc from "./ffi/libc.ts";
 import * as log from "./log.ts";
 import { releaseMemory } from "./memory.ts";
-import { dumpLinks, watch, type WatchEvent } from "./netlink/rtnl.ts";
-import type { LinkMsg } from "./netlink/msg.ts";
+import { dumpAddrs, dumpLinks, watch, type WatchEvent } from "./netlink/rtnl.ts";
+import { type AddrMsg, IFA_F, type LinkMsg, ownAddr } from "./netlink/msg.ts";
 import { reconcile, type Served } from "./daemon.ts";
 import { BusyError } from "./nat/attach.ts";
 
@@ -85,6 +85,53 @@ export function serialized(task: () => Promise<void>): Serialized {
   };
 }
 
+/** The address flags einat acts on (lib/daemon.ts: which addresses serve, in which order). */
+const ADDR_FLAGS_USED = IFA_F.SECONDARY | IFA_F.DADFAILED | IFA_F.DEPRECATED | IFA_F.TENTATIVE;
+
+/** Tells network changes from netlink messages that change nothing einat uses. */
+export interface ChangeFilter {
+  /** Whether `ev` changes what einat uses; remembers it. */
+  changed(ev: WatchEvent): boolean;
+  /** Records links and addresses as they are, where no event told of them yet. */
+  know(links: LinkMsg[], addrs: AddrMsg[]): void;
+}
+
+/**
+ * What einat uses of each link (name, up, running, type, address) and of each address (its
+ * peer, label and the flags einat acts on): a link message that changes none of it (MTU,
+ * promiscuity, statistics) and an address message that only renews lifetimes (what every IPv6
+ * Router Advertisement sends for SLAAC addresses, every few minutes) are not network changes to
+ * reconcile or log.
+ */
+export function changeFilter(): ChangeFilter {
+  const seen = new Map<string, string>();
+  const keyOf = (ev: WatchEvent) =>
+    ev.type === "link"
+      ? `link ${ev.ifindex}`
+      : `addr ${ev.ifindex} ${formatAddr(ownAddr(ev))}/${ev.prefixLen}`;
+  const sigOf = (ev: WatchEvent) =>
+    ev.type === "link"
+      ? [ev.ifname, ev.up, ev.running, ev.linkType, ev.address?.join(":")].join("|")
+      : [formatAddr(ev.addr), ev.label ?? "", ev.flags & ADDR_FLAGS_USED].join("|");
+  return {
+    changed: (ev) => {
+      const key = keyOf(ev);
+      if (ev.op === "del") {
+        seen.delete(key);
+        return true;
+      }
+      if (seen.get(key) === sigOf(ev)) return false;
+      seen.set(key, sigOf(ev));
+      return true;
+    },
+    know: (links, addrs) => {
+      for (const ev of [...links, ...addrs]) {
+        if (!seen.has(keyOf(ev))) seen.set(keyOf(ev), sigOf(ev));
+      }
+    },
+  };
+}
+
 /**
  * Starts following the network for `served` (the array may change later). `after` runs after
  * each reconciliation, in its turn (the daemon's pending reloads).
@@ -121,25 +168,9 @@ export function follow(served: () => Served[], after?: () => Promise<void>): Fol
     await after?.();
     releaseMemory();
   });
-  // What einat uses of each link (name, up, running, type, address): a link message that changes
-  // none of it (MTU, promiscuity, statistics) is not a network change to reconcile or log.
-  const links = new Map<number, string>();
-  const sig = (l: LinkMsg) =>
-    [l.ifname, l.up, l.running, l.linkType, l.address?.join(":")].join("|");
-  const changed = (ev: WatchEvent) => {
-    if (ev.type !== "link") return true;
-    if (ev.op === "del") {
-      links.delete(ev.ifindex);
-      return true;
-    }
-    if (links.get(ev.ifindex) === sig(ev)) return false;
-    links.set(ev.ifindex, sig(ev));
-    return true;
-  };
-  // As the links are now (an event coming first wins: it is newer).
-  dumpLinks().then((ls) => {
-    for (const l of ls) if (!links.has(l.ifindex)) links.set(l.ifindex, sig(l));
-  }).catch(() => {});
+  const { changed, know } = changeFilter();
+  // As the links and addresses are now (an event coming first wins: it is newer).
+  Promise.all([dumpLinks(), dumpAddrs()]).then(([ls, as]) => know(ls, as)).catch(() => {});
   const w = watch(() => {}, {
     onBatch: (events) => {
       const seen = events.flatMap((ev) => {

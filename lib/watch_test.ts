@@ -1,5 +1,7 @@
 import { assertEquals } from "../tests/lib/assert.ts";
-import { describeEvent, serialized } from "./watch.ts";
+import { changeFilter, describeEvent, serialized } from "./watch.ts";
+import { type AddrMsg, ARPHRD, IFA_F, type LinkMsg } from "./netlink/msg.ts";
+import { parseAddr } from "./config/cidr.ts";
 
 Deno.test("serialized: calls run one at a time, in order, and a throw does not stop the next", async () => {
   const log: string[] = [];
@@ -64,4 +66,46 @@ Deno.test("describeEvent: an address event names the interface as it is called n
   assertEquals(describeEvent(ev(1), "wan0"), "addr+ 203.0.113.1/24 lo");
   // gone meanwhile: the served name
   assertEquals(describeEvent(ev(0x7ffffff0), "wan0"), "addr+ 203.0.113.1/24 wan0");
+});
+
+Deno.test("changeFilter: a lifetime renewal (each IPv6 Router Advertisement) or an MTU change is no network change; flags einat acts on, a new address or a removal are", () => {
+  const addr = (a: string, flags: number, op: "new" | "del" = "new"): AddrMsg => ({
+    type: "addr",
+    op,
+    family: a.includes(":") ? 6 : 4,
+    ifindex: 3,
+    prefixLen: a.includes(":") ? 64 : 24,
+    addr: parseAddr(a),
+    flags,
+    scope: 0,
+  });
+  const link = (mtu: number, up = true): LinkMsg => ({
+    type: "link",
+    op: "new",
+    family: 0,
+    ifindex: 3,
+    ifname: "wan0",
+    flags: 0,
+    up,
+    running: up,
+    linkType: ARPHRD.ETHER,
+    mtu,
+    operstate: 0,
+  });
+  const f = changeFilter();
+  f.know([link(1500)], [addr("2001:db8:2::1", IFA_F.PERMANENT)]);
+  const told = (ev: AddrMsg | LinkMsg) => f.changed(ev);
+  assertEquals(told(addr("2001:db8:2::1", IFA_F.PERMANENT)), false, "as dumped");
+  // `ip addr change ... preferred_lft 100 valid_lft 200`: PERMANENT goes, nothing einat uses.
+  assertEquals(told(addr("2001:db8:2::1", 0)), false, "lifetimes renewed");
+  assertEquals(told(addr("2001:db8:2::1", IFA_F.MANAGETEMPADDR)), false);
+  assertEquals(told(addr("2001:db8:2::1", IFA_F.DEPRECATED)), true, "deprecated");
+  assertEquals(told(addr("2001:db8:2::1", IFA_F.DEPRECATED)), false, "still deprecated");
+  assertEquals(told(addr("2001:db8:2::1", 0)), true, "preferred again");
+  assertEquals(told(addr("203.0.113.5", 0)), true, "a new address");
+  assertEquals(told(addr("203.0.113.5", IFA_F.SECONDARY)), true, "secondary now");
+  assertEquals(told(addr("203.0.113.5", IFA_F.SECONDARY, "del")), true, "removed");
+  assertEquals(told(addr("203.0.113.5", IFA_F.SECONDARY)), true, "back");
+  assertEquals(told(link(1400)), false, "MTU");
+  assertEquals(told(link(1400, false)), true, "down");
 });

@@ -860,7 +860,7 @@ Deno.test({
 
 Deno.test({
   name:
-    "live: a link flap (down, up) keeps the mappings and the translation; an MTU or promiscuity change is no network change",
+    "live: a link flap (down, up) keeps the mappings and the translation; an MTU or promiscuity change, or addresses' lifetimes renewed, is no network change",
   ...sanitize,
   fn: () =>
     withTopology(async (t) => {
@@ -870,6 +870,18 @@ Deno.test({
         const before = await seenFrom(t, 43000);
         for (const c of ["mtu 1400", "promisc on", "promisc off", "mtu 1500"]) {
           await ip(t.ns.router, `link set wan0 ${c}`);
+        }
+        // Lifetimes renewed, as a Router Advertisement renews a SLAAC address's every few
+        // minutes: the same address with the same flags einat acts on.
+        for (const lft of ["100 valid_lft 200", "90 valid_lft 200", "forever valid_lft forever"]) {
+          await ip(
+            t.ns.router,
+            `-6 addr change ${t.addrs.v6.routerWan}/64 dev wan0 nodad preferred_lft ${lft}`,
+          );
+          await ip(
+            t.ns.router,
+            `addr change ${t.addrs.v4.routerWan}/24 dev wan0 preferred_lft ${lft}`,
+          );
         }
         await new Promise((r) => setTimeout(r, 400)); // past the watch's coalescing (100 ms)
         assert(!/network changed/.test(einat.stderrText()), einat.stderrText());

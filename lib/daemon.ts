@@ -362,7 +362,8 @@ export async function reconcile(s: Served): Promise<void> {
         "pinned mappings dropped: their external address is not one einat translates to now (gone, or its family's NAT off)",
         {
           ifname: s.ifname,
-          addresses: summary,
+          gone: purged.departed.join(", "),
+          now: summary,
           dropped_bindings: purged.bindings,
           dropped_sessions: purged.sessions,
           ...(purged.addressOnly ? { dropped_address_only: purged.addressOnly } : {}),

@@ -448,7 +448,7 @@ Deno.test({
       try {
         const log = p.stderrText();
         assert(
-          /pinned mappings dropped: their external address is not one einat translates to now .*addresses="203\.0\.113\.2, .*dropped_bindings=2 dropped_sessions=3/
+          /pinned mappings dropped: their external address is not one einat translates to now .*gone=203\.0\.113\.1 now="203\.0\.113\.2, .*dropped_bindings=2 dropped_sessions=3/
             .test(log),
           log,
         );

@@ -31,6 +31,7 @@ import {
   writeSlots,
 } from "./records.ts";
 import { assignSlots, departedSlots } from "./slots.ts";
+import { formatAddr } from "../config/cidr.ts";
 
 const hex = (b: Uint8Array) => Array.from(b, (x) => x.toString(16).padStart(2, "0")).join("");
 
@@ -142,6 +143,8 @@ export function purgeStale(
   sessions: number;
   /** Address-only mappings of other IP protocols on an address no longer translated to. */
   addressOnly: number;
+  /** The external addresses whose bindings, sessions or mappings went, formatted. */
+  departed: string[];
   unplaced: { family: 4 | 6; addr: Uint8Array }[];
 } {
   const maps = n.maps;
@@ -151,17 +154,22 @@ export function purgeStale(
   let bindings = 0, sessions = 0;
   const current = readSlots(maps.slots);
   const departed = departedSlots(current, plan);
+  const gone = new Set<string>();
   for (const d of departed) {
     const r = releaseSlotRecords(maps, n.releaseFd, d.slot);
     bindings += r.bindings;
     sessions += r.sessions;
+    if (r.bindings || r.sessions) gone.add(formatAddr(d.addr));
   }
   /** Deletes the entries of a map keyed by an external address (`key`'s ext_addr) that is not. */
   const dropDeparted = (fd: number, key: StructLayout, valueSize: number) => {
     let n = 0;
-    const ks = key.size, ext = key.fields.ext_addr.offset;
+    const ks = key.size, ext = key.fields.ext_addr.offset, fam = key.fields.family.offset;
     bpf.forEachEntry(fd, ks, valueSize, ({ keys, ko }) => {
-      if (!isValid(keys, ko + ext) && bpf.mapDelete(fd, keys.subarray(ko, ko + ks))) n++;
+      if (isValid(keys, ko + ext) || !bpf.mapDelete(fd, keys.subarray(ko, ko + ks))) return;
+      n++;
+      const len = keys[ko + fam] === 4 ? 4 : 16;
+      gone.add(formatAddr(keys.slice(ko + ext, ko + ext + len)));
     });
     return n;
   };
@@ -179,5 +187,5 @@ export function purgeStale(
     }
   }
   const unplaced = syncSlots(maps, plan);
-  return { bindings, sessions, addressOnly, unplaced };
+  return { bindings, sessions, addressOnly, departed: [...gone].sort(), unplaced };
 }

@@ -372,11 +372,10 @@ __noinline int einat_ingress_icmp_error(struct __sk_buff *skb, struct packet *p)
 	}
 	if (r != PARSE_OK)
 		return pass();
-	/* About an echo reply: the router's own (an echo request to a mapping is answered by the
+	/* About a query reply: the router's own (a query request to a mapping is answered by the
 	 * router, ingress_icmp_query, so no internal host's reply leaves through one), whatever
 	 * host holds that identifier. */
-	if (in.l4proto == IPPROTO_ICMP &&
-	    in.icmp_type == (p->family == 4 ? ICMP_ECHOREPLY : ICMPV6_ECHO_REPLY))
+	if (in.l4proto == IPPROTO_ICMP && icmp_is_reply(p->family, in.icmp_type))
 		return pass();
 	struct mapping_record *b = binding_reply(p->family, in.l4proto, &in.src, in.sport);
 	if (!b)
@@ -618,7 +617,7 @@ static __always_inline int egress_established(struct __sk_buff *skb, struct pack
 {
 	__be16 remote_port = p->dport;
 	if (p->l4proto == IPPROTO_ICMP) {
-		if (p->icmp_type != (p->family == 4 ? ICMP_ECHO : ICMPV6_ECHO_REQUEST))
+		if (!icmp_is_request(p->family, p->icmp_type))
 			return -1;
 		remote_port = 0;
 	}
@@ -860,7 +859,7 @@ __noinline int einat_egress_full(struct __sk_buff *skb, struct packet *pp)
 
 	__be16 remote_port = pp->dport;
 	if (pp->l4proto == IPPROTO_ICMP) {
-		if (pp->icmp_type != (pp->family == 4 ? ICMP_ECHO : ICMPV6_ECHO_REQUEST))
+		if (!icmp_is_request(pp->family, pp->icmp_type))
 			return drop(STAT_DROP_UNTRANSLATABLE);
 		remote_port = 0;
 	}
@@ -1077,9 +1076,9 @@ static __always_inline int ingress_l4(struct __sk_buff *skb, struct packet *pp, 
 	int r;
 	__be16 remote_port = pp->sport;
 	if (pp->l4proto == IPPROTO_ICMP) {
-		if (pp->icmp_type == (pp->family == 4 ? ICMP_ECHO : ICMPV6_ECHO_REQUEST))
+		if (icmp_is_request(pp->family, pp->icmp_type))
 			return ingress_icmp_query(pp);
-		if (pp->icmp_type != (pp->family == 4 ? ICMP_ECHOREPLY : ICMPV6_ECHO_REPLY))
+		if (!icmp_is_reply(pp->family, pp->icmp_type))
 			return pass();
 		remote_port = 0;
 	}

@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 
 APT_PKGS=(npm make clang-19 clang-format-19 llvm-19 libbpf-dev libbpf1 libmnl0 libmnl-dev iproute2
   iputils-ping nftables tcpdump iperf3 bpftool procps traceroute ethtool curl nix-bin ca-certificates
-  coturn stun-client)
+  coturn stun-client iputils-clockdiff)
 
 missing=()
 command -v npm >/dev/null && APT_PKGS=("${APT_PKGS[@]:1}") # npm present (e.g. from nodejs.org)

@@ -83,7 +83,8 @@ function inboundFragments(t: Topology, family: 4 | 6, extPort: number, id: numbe
 }
 
 Deno.test({
-  name: "e2e: full-cone NAT44 for UDP (EIM, EIF), TCP and ping; nothing left after exit",
+  name:
+    "e2e: full-cone NAT44 for UDP (EIM, EIF), TCP, ping and ICMP timestamps (clockdiff); nothing left after exit",
   ...sanitize,
   fn: () =>
     withTopology(async (t) => {
@@ -182,6 +183,11 @@ Deno.test({
           a.srv1[0],
         ]);
         assertEquals(ping.code, 0, ping.stdout + ping.stderr);
+
+        // ICMP timestamp queries (RFC 5508 REQ-1): clockdiff measures srv1's clock through them.
+        const clock = await nsExecResult(t.ns.lan1, ["clockdiff", a.srv1[0]]);
+        assertEquals(clock.code, 0, clock.stdout + clock.stderr);
+        assert(/^\d+ -?\d+ -?\d+\s*$/.test(clock.stdout), clock.stdout); // time, deltas (ms)
       } finally {
         const code = await stopEinat(einat);
         assertEquals(code, 0, einat.stderrText());

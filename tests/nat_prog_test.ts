@@ -293,6 +293,51 @@ Deno.test("ICMP echo: identifier mapped like a port, reply DNATed", async () => 
   }
 });
 
+Deno.test("ICMP timestamp (RFC 5508 REQ-1; clockdiff): identifier mapped as echo's, reply DNATed, an error about a request translated back; types neither query nor error still dropped", async () => {
+  const n = await loadTestNat();
+  try {
+    const ts = (src: string, dst: string, type: number, id: number): PacketSpec => ({
+      family: 4,
+      src,
+      dst,
+      proto: "icmp",
+      icmpType: type,
+      icmpId: id,
+      icmpSeq: 7,
+      payload: new Uint8Array(12).fill(0x5a), // originate, receive and transmit timestamps
+    });
+    const req = n.egress(ts(LAN1, SRV1, 13, 0x4321));
+    assertEquals(req.retval, TC_ACT_OK);
+    assertEquals([req.out.src, req.out.icmpType], [EXT, 13]);
+    assert(req.out.ipChecksumOk && req.out.l4ChecksumOk);
+    const id = req.out.icmpId!;
+    assertEquals(sessions(n.nat.maps).length, 1, "a session, as an echo's");
+    const rep = n.ingress(ts(SRV1, EXT, 14, id));
+    assertEquals([rep.out.dst, rep.out.icmpId, rep.out.icmpType], [LAN1, 0x4321, 14]);
+    assert(rep.out.ipChecksumOk && rep.out.l4ChecksumOk);
+    // A router on the way cannot forward the request: its error reaches the host, translated.
+    const err = n.runRaw(
+      "ingress",
+      buildIcmpError(
+        { family: 4, src: SRV2, dst: EXT, icmpType: 11, icmpCode: 0 },
+        req.bytes.slice(14),
+      ),
+    );
+    assertEquals(err.retval, TC_ACT_OK);
+    const e = parsePacket(err.bytes);
+    assertEquals(e.dst, LAN1, "time exceeded about the request reaches its host");
+    assert(e.l4ChecksumOk);
+    // A timestamp request from outside is the router's to answer, as an echo request is.
+    const inbound = buildPacket(ts(SRV1, EXT, 13, id));
+    assertEquals(n.runRaw("ingress", inbound).bytes, inbound);
+    // Types that are neither query nor error (address mask, router solicitation) stay dropped.
+    const mask = n.runRaw("egress", buildPacket(ts(LAN1, SRV1, 17, 1)));
+    assertEquals(mask.retval, TC_ACT_SHOT);
+  } finally {
+    n.close();
+  }
+});
+
 Deno.test("ICMP echo: a reply, or an error about a request, that no internal host's session asked for is the router's own (its pings share the identifiers), not the binding holder's", async () => {
   const n = await loadTestNat();
   try {

@@ -49,6 +49,8 @@ struct icmphdr {
 #define ICMP_ECHO 8
 #define ICMP_TIME_EXCEEDED 11
 #define ICMP_PARAMETERPROB 12
+#define ICMP_TIMESTAMP 13
+#define ICMP_TIMESTAMPREPLY 14
 #define ICMPV6_DEST_UNREACH 1
 #define ICMPV6_PKT_TOOBIG 2
 #define ICMPV6_TIME_EXCEED 3
@@ -128,11 +130,29 @@ static __always_inline bool is_icmp_error(__u8 family, __u8 type)
 	       type == ICMPV6_TIME_EXCEED || type == ICMPV6_PARAMPROB;
 }
 
-static __always_inline bool is_echo(__u8 family, __u8 type)
+/*
+ * ICMP queries (RFC 5508 REQ-1): echo, and IPv4's timestamp (clockdiff uses
+ * it; conntrack translates it too). Their identifier lies where echo's does;
+ * the two share the identifier space and sessions. Information and address
+ * mask requests are obsolete (RFC 6918), and Linux answers neither.
+ */
+static __always_inline bool icmp_is_request(__u8 family, __u8 type)
 {
 	if (family == 4)
-		return type == ICMP_ECHO || type == ICMP_ECHOREPLY;
-	return type == ICMPV6_ECHO_REQUEST || type == ICMPV6_ECHO_REPLY;
+		return type == ICMP_ECHO || type == ICMP_TIMESTAMP;
+	return type == ICMPV6_ECHO_REQUEST;
+}
+
+static __always_inline bool icmp_is_reply(__u8 family, __u8 type)
+{
+	if (family == 4)
+		return type == ICMP_ECHOREPLY || type == ICMP_TIMESTAMPREPLY;
+	return type == ICMPV6_ECHO_REPLY;
+}
+
+static __always_inline bool icmp_is_query(__u8 family, __u8 type)
+{
+	return icmp_is_request(family, type) || icmp_is_reply(family, type);
 }
 
 struct v6_walk {
@@ -273,7 +293,7 @@ static __always_inline int parse_inner(struct __sk_buff *skb, __u8 family, __u32
 	case IPPROTO_ICMPV6:
 		if ((in->l4proto == IPPROTO_ICMP) != (family == 4))
 			return PARSE_PASS;
-		if (!is_echo(family, l4[0]))
+		if (!icmp_is_query(family, l4[0]))
 			return PARSE_PASS; /* an error about an error: not translated */
 		in->icmp_type = l4[0];
 		in->l4proto = IPPROTO_ICMP;
@@ -350,7 +370,7 @@ static __always_inline int parse_l4(struct __sk_buff *skb, struct packet *p)
 			return PARSE_BAD;
 		p->icmp_type = ih->type;
 		p->csum_off = l4 + offsetof(struct icmphdr, checksum);
-		if (is_echo(p->family, ih->type)) {
+		if (icmp_is_query(p->family, ih->type)) {
 			p->sport_off = p->dport_off = l4 + offsetof(struct icmphdr, un.echo.id);
 			p->sport = p->dport = ih->un.echo.id;
 			return PARSE_OK;
@@ -362,7 +382,7 @@ static __always_inline int parse_l4(struct __sk_buff *skb, struct packet *p)
 			p->icmp_err = 1;
 			return PARSE_OK;
 		}
-		/* Other ICMP (router/neighbour discovery, timestamps, ...): the
+		/* Other ICMP (router/neighbour discovery, ...): the
 		 * router's own passes, nothing from inside can be mapped. */
 		return PARSE_BAD;
 	}

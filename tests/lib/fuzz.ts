@@ -309,8 +309,10 @@ export interface QuotedLater {
 }
 
 const u16 = (b: Uint8Array, o: number) => (b[o] << 8) | b[o + 1];
-const isEcho = (family: number, t: number) =>
-  family === 4 ? t === 8 || t === 0 : t === 128 || t === 129;
+/** ICMP query requests and replies: echo, and IPv4's timestamp (bpf/lib/parse.h). */
+const isRequest = (family: number, t: number) => family === 4 ? t === 8 || t === 13 : t === 128;
+const isReply = (family: number, t: number) => family === 4 ? t === 0 || t === 14 : t === 129;
+const isQuery = (family: number, t: number) => isRequest(family, t) || isReply(family, t);
 const isErr = (family: number, t: number) =>
   family === 4 ? t === 3 || t === 11 || t === 12 || t === 4 : t >= 1 && t <= 4;
 
@@ -393,9 +395,9 @@ function parseInner(
   if (addrOnly(family, proto)) return { st: "pass", other: inner };
   if (proto === P_ICMP || proto === P_ICMP6) {
     if ((proto === P_ICMP) !== (family === 4)) return { st: "pass" };
-    if (!isEcho(family, b[l4])) return { st: "pass" };
+    if (!isQuery(family, b[l4])) return { st: "pass" };
     inner.sport = inner.dport = u16(b, l4 + 4);
-    inner.echoReply = b[l4] === (family === 4 ? 0 : 129);
+    inner.echoReply = isReply(family, b[l4]);
     return { st: "ok", in: inner };
   }
   return { st: "pass" };
@@ -523,7 +525,7 @@ export function dissect(b: Uint8Array): Dissected {
     return d;
   }
   d.icmpType = b[d.l4];
-  if (isEcho(d.family, d.icmpType)) {
+  if (isQuery(d.family, d.icmpType)) {
     d.sport = d.dport = u16(b, d.l4 + 4);
     d.status = "ok";
     return d;
@@ -842,7 +844,7 @@ export function checkPacket(
           v.push("later fragment with a recorded first passed untranslated");
         }
       } else if (
-        !(d.proto !== P_TCP && d.proto !== P_UDP && d.icmpType !== (fam === 4 ? 0 : 129))
+        !(d.proto !== P_TCP && d.proto !== P_UDP && !isReply(fam, d.icmpType))
       ) {
         const to = view.get(false, fam, keyProto(d.proto), d.dst, d.dport);
         // a binding of the NAT host's own (an inbound ping's identifier) maps to itself; an echo
@@ -913,7 +915,7 @@ export function checkPacket(
   // around to the host that sent that packet (RFC 5508 REQ-7).
   if (
     !own && eq(d.dst, extOf(fam)) && (d.proto === P_ICMP || d.proto === P_ICMP6) &&
-    d.frag !== 2 && (isEcho(fam, d.icmpType) || (isErr(fam, d.icmpType) && d.frag === 0))
+    d.frag !== 2 && (isQuery(fam, d.icmpType) || (isErr(fam, d.icmpType) && d.frag === 0))
   ) {
     return checkIcmpToExternal(d, verdict, input, out, view, v);
   }
@@ -950,7 +952,7 @@ export function checkPacket(
     // A translatable packet from inside is dropped only when it cannot be given a mapping.
     const plain = !d.inner && d.frag !== 2 && !eq(d.dst, extOf(fam)) &&
       (d.proto === P_UDP || (d.proto === P_TCP && !(d.tcpFlags & 0x04)) ||
-        (d.proto === P_ICMP && d.icmpType === 8) || (d.proto === P_ICMP6 && d.icmpType === 128));
+        ((d.proto === P_ICMP || d.proto === P_ICMP6) && isRequest(fam, d.icmpType)));
     if (!own && plain && !(view.refusedNoPort?.() ?? true)) {
       v.push("translatable packet from inside dropped");
     }
@@ -964,11 +966,11 @@ export function checkPacket(
     }
     return res("drop");
   }
-  if (!own && d.proto === P_ICMP && !d.inner && d.frag !== 2 && d.icmpType !== 8) {
-    v.push("ICMP echo reply from inside not dropped");
-  }
-  if (!own && d.proto === P_ICMP6 && !d.inner && d.frag !== 2 && d.icmpType !== 128) {
-    v.push("ICMPv6 echo reply from inside not dropped");
+  if (
+    !own && (d.proto === P_ICMP || d.proto === P_ICMP6) && !d.inner && d.frag !== 2 &&
+    !isRequest(fam, d.icmpType)
+  ) {
+    v.push(`ICMPv${fam} query reply from inside not dropped`);
   }
   const toExt = eq(d.dst, extOf(fam)) && !d.inner && d.frag !== 2 && !own;
   // a later fragment to the external address goes where its first went: the router, or hairpinned
@@ -1789,6 +1791,7 @@ export class Generator {
     if (proto === "udp" && r.chance(0.08)) spec.udpZeroChecksum = true;
     if (proto === "icmp") {
       const echo = ingress ? (f === 4 ? 0 : 129) : (f === 4 ? 8 : 128);
+      // timestamp queries (13/14) are among the others, translated as echo's
       spec.icmpType = r.chance(0.9) ? echo : r.pick(
         f === 4 ? [0, 8, 13, 14, 17, 5, 9, 10, 30, 255] : [128, 129, 130, 133, 135, 136, 143, 200],
       );

@@ -307,6 +307,27 @@ Deno.test("other protocols: an ICMP error about an outbound packet reaches its h
   });
 });
 
+Deno.test("other protocols: protocol 1 over IPv6 is one of them (not ICMPv6): an error about it changes its addresses only, not bytes 2-3 as an ICMP checksum", async () => {
+  // Found by the fuzzer (seed 4402): the quoted packet's bytes 2-3 were "updated" as an ICMPv6
+  // checksum over the new addresses.
+  await withNat((n) => {
+    const sent = n.runRaw("egress", other(6, LAN6, SRV6, 1));
+    assertEquals(parsePacket(sent.bytes).src, EXT6, "address-only NAT");
+    const quoted = sent.bytes.slice(14);
+    const err = buildIcmpError(
+      { family: 6, src: SRV6, dst: EXT6, icmpType: 4, icmpCode: 1, icmpRest: 40 },
+      quoted,
+    );
+    const r = n.runRaw("ingress", err);
+    assertEquals(r.retval, TC_ACT_OK);
+    const p = parsePacket(r.bytes);
+    assertEquals([p.dst, p.inner!.src], [LAN6, LAN6]);
+    assert(p.l4ChecksumOk, "ICMPv6 checksum");
+    const inner = r.bytes.slice(14 + 40 + 8);
+    assertEquals(inner.slice(40), quoted.slice(40), "the quoted payload is as it was");
+  });
+});
+
 Deno.test("other protocols: einat show lists the address-only mappings, with what is left of their timeout", async () => {
   await withNat((n) => {
     n.runRaw("egress", other(4, LAN1, SRV1, GRE));

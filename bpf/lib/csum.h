@@ -383,9 +383,11 @@ static __always_inline int rewrite_inner(struct __sk_buff *skb, const struct pac
 			l4csum_delta = (__u64)da + dp;
 		}
 		break;
-	default: /* ICMP echo: identifier; ICMPv6 also covers the addresses */
-		if (in->l4proto != IPPROTO_ICMP) {
-			port_off = 0; /* another protocol: its addresses only (lib/addrnat.h) */
+	default: /* ICMP query: identifier; ICMPv6 also covers the addresses */
+		/* Another protocol, its addresses only (lib/addrnat.h): protocol 1 in IPv6
+		 * among them, which parse_inner leaves unnamed as a query (icmp_type 0). */
+		if (in->l4proto != IPPROTO_ICMP || !icmp_is_query(p->family, in->icmp_type)) {
+			port_off = 0;
 			break;
 		}
 		port_off = in->l4_off + offsetof(struct icmphdr, un.echo.id);

@@ -125,14 +125,23 @@ export async function reload(file: string, served: Served[]): Promise<Served[]> 
   // A changed interface is restarted as --replace does it: the new instance takes the filters
   // or links over in place (the old programs run until then, no packet passes untranslated),
   // then the old one lets go. If the new one cannot start, the old one goes on serving.
+  const restarted: string[] = [], notApplied: string[] = [], waiting: string[] = [];
   for (const [name, ic, old] of starts) {
-    const now = (await replace(name, { ic, defaults }, old, keep, "SIGHUP")) ?? old;
+    const fresh = await replace(name, { ic, defaults }, old, keep, "SIGHUP");
+    if (fresh) restarted.push(name);
+    else if (old?.pending) waiting.push(name);
+    else notApplied.push(name);
+    const now = fresh ?? old;
     if (now) keep.push(now);
   }
-  // What it did: the interfaces served now, and of them those left as they were.
+  // What it did: the interfaces served now, and of them those restarted with the new
+  // configuration, those left as they were, and those the new configuration could not start
+  // (their error above; the running configuration, if any, serves on).
   log.info("SIGHUP: configuration reloaded", {
     interfaces: keep.map((s) => s.ifname).join(","),
-    ...(starts.length ? { restarted: starts.map(([n]) => n).join(",") } : {}),
+    ...(restarted.length ? { restarted: restarted.join(",") } : {}),
+    ...(notApplied.length ? { not_applied: notApplied.join(",") } : {}),
+    ...(waiting.length ? { waiting_for_address: waiting.join(",") } : {}),
     ...(unchanged.length ? { unchanged: unchanged.join(",") } : {}),
     ...(byName.size ? { removed: [...byName.keys()].join(",") } : {}),
   });

@@ -480,11 +480,11 @@ for (const tcx of [false, true]) {
             einat.kill("SIGHUP");
             await until("reload", () => reloads() === 2, 10000, () => einat.stderrText());
             assert(/kept="the running configuration"/.test(einat.stderrText()), einat.stderrText());
-            assert(/interfaces=wan0/.test(
-              einat.stderrText().split("\n").filter((l) => /configuration reloaded/.test(l)).at(
-                -1,
-              )!,
-            ));
+            // The summary says so: not restarted, waiting for its address.
+            const summary = einat.stderrText().split("\n").filter((l) =>
+              /configuration reloaded/.test(l)
+            ).at(-1)!;
+            assert(/interfaces=wan0 waiting_for_address=wan0$/.test(summary), summary);
             const later = maxSeq(flow().udp);
             await until("answers with the old instance", () => maxSeq(flow().udp) > later + 20);
             cap.kill("SIGTERM");

@@ -23,7 +23,7 @@ import * as libc from "./ffi/libc.ts";
 import { textKey } from "./key.ts";
 import * as log from "./log.ts";
 import { describeConflict, findConflicts, type NamedNet } from "./conflict.ts";
-import { applyPlan, defaultsWithSlots, purgeStale } from "./nat/apply.ts";
+import { applyPlan, bindingsOutsideRanges, defaultsWithSlots, purgeStale } from "./nat/apply.ts";
 import { attach, type Attachment, detach, release, replaced, stillAttached } from "./nat/attach.ts";
 import { bumpEpoch, closeNat, loadNat, type NatObject } from "./nat/loader.ts";
 import { slotCount } from "./nat/records.ts";
@@ -93,6 +93,8 @@ export interface Served {
   l2?: boolean;
   /** What the purges of departed external addresses dropped, since this process started. */
   purged?: { bindings: number; sessions: number; addressOnly: number };
+  /** The bindings outside their ranges as last logged (`bindingsOutsideRanges`), "" for none. */
+  outsideRanges?: string;
 }
 
 const MS = 1_000_000n;
@@ -370,6 +372,17 @@ export async function reconcile(s: Served): Promise<void> {
         },
       );
     }
+    // Bindings a narrowed range (or a protocol turned off) left outside: kept until idle, as
+    // conntrack entries outlive a changed rule; said once, and again when that changes.
+    const outside = bindingsOutsideRanges(s.nat.maps, plan)
+      .map((o) => `${o.external}/${o.protocol}=${o.bindings}`).join(", ");
+    if (outside && outside !== (s.outsideRanges ?? "")) {
+      log.info(
+        "bindings outside the port ranges kept: they map until idle (einat --flush drops them)",
+        { ifname: s.ifname, bindings: outside },
+      );
+    }
+    s.outsideRanges = outside;
     // After the first purge, before attaching (no program of ours counts yet): what is carried
     // over, as the start's summary reports it.
     s.carried ??= syncBindings(s.nat);

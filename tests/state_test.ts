@@ -434,6 +434,35 @@ async function twoBindingsPinned(ns: string, pin: string, dir: string) {
 
 Deno.test({
   name:
+    "state: bindings a narrower port range leaves outside are kept (they map until idle, as conntrack entries outlive a changed rule), and the start says so",
+  ...sanitize,
+  fn: () =>
+    withNs(async (ns, pin, dir) => {
+      await twoBindingsPinned(ns, pin, dir);
+      const p = await startEinat(ns, ["-i", "wan0", "--pin-dir", pin, "--ports", "30000-30999"]);
+      try {
+        const log = p.stderrText();
+        assert(
+          /INFO  bindings outside the port ranges kept: .* ifname=wan0 bindings="?203\.0\.113\.1\/udp=2"?/
+            .test(log),
+          log,
+        );
+        assertEquals(state(dir).bindings.length, 2, "kept");
+      } finally {
+        assertEquals(await stopEinat(p), 0, p.stderrText());
+      }
+      // Within the ranges again: nothing to say.
+      const q = await startEinat(ns, ["-i", "wan0", "--pin-dir", pin]);
+      try {
+        assert(!/outside the port ranges/.test(q.stderrText()), q.stderrText());
+      } finally {
+        assertEquals(await stopEinat(q), 0, q.stderrText());
+      }
+    }),
+});
+
+Deno.test({
+  name:
     "state: mappings pinned on an address that is no longer external are dropped at start, which says so; the summary counts what is kept",
   ...sanitize,
   fn: () =>

@@ -17,13 +17,17 @@ import {
   encodeLpmKey,
   EXT_FLAGS,
   EXTERNAL_CONFIG_LAYOUT,
+  IPPROTO,
   LPM_KEY_LAYOUT,
   type StructLayout,
 } from "./codec.ts";
+import type { PortRange } from "../config/types.ts";
 import type { NatMaps } from "./loader.ts";
-import type { NatPlan } from "./plan.ts";
+import { cidrHas, type NatPlan } from "./plan.ts";
 import {
+  forEachLiveRecord,
   readSlots,
+  RECORD_AT,
   releaseSlotRecords,
   sameAddr,
   slotCount,
@@ -188,4 +192,54 @@ export function purgeStale(
   }
   const unplaced = syncSlots(maps, plan);
   return { bindings, sessions, addressOnly, departed: [...gone].sort(), unplaced };
+}
+
+/** Bindings of one external address and protocol whose ports lie outside its ranges now. */
+export interface OutsideRanges {
+  external: string;
+  protocol: "tcp" | "udp" | "icmp";
+  bindings: number;
+}
+
+/**
+ * The bindings whose external port lies outside its protocol's ranges under `plan` (a restart or
+ * reload narrowed them, or turned the protocol off): they keep their mapping until idle, as
+ * conntrack entries outlive a changed nftables rule, and traffic keeps them alive. Inbound pings'
+ * identifiers (`icmp_in_ranges`) count as inside.
+ */
+export function bindingsOutsideRanges(maps: NatMaps, plan: NatPlan): OutsideRanges[] {
+  const count = new Map<string, number>();
+  const rangesOf = new Map<number, Record<number, PortRange[]> | null>(); // by slot
+  forEachLiveRecord(maps.records, readSlots(maps.slots), (values, vo, _vv, slot, port) => {
+    let r = rangesOf.get(slot.slot);
+    if (r === undefined) {
+      // The longest-prefix external entry, as the datapath's LPM lookup finds it.
+      const e = plan.externals
+        .filter((x) => cidrHas(x, slot.family, slot.addr))
+        .sort((a, b) => b.prefixLen - a.prefixLen)[0];
+      r = e
+        ? {
+          [IPPROTO.TCP]: e.cfg.tcp,
+          [IPPROTO.UDP]: e.cfg.udp,
+          [IPPROTO.ICMP]: [...e.cfg.icmp, ...(e.cfg.icmpIn ?? [])],
+        }
+        : null;
+      rangesOf.set(slot.slot, r);
+    }
+    if (!r) return; // no external entry: the purge drops these
+    const l4proto = values[vo + RECORD_AT.l4proto.offset];
+    const ranges = r[l4proto === IPPROTO.TCP || l4proto === IPPROTO.UDP ? l4proto : IPPROTO.ICMP];
+    if (ranges.some((x) => port >= x.start && port <= x.end)) return;
+    const proto = l4proto === IPPROTO.TCP ? "tcp" : l4proto === IPPROTO.UDP ? "udp" : "icmp";
+    const k = `${formatAddr(slot.addr)}/${proto}`;
+    count.set(k, (count.get(k) ?? 0) + 1);
+  });
+  return [...count].sort().map(([k, bindings]) => {
+    const i = k.lastIndexOf("/");
+    return {
+      external: k.slice(0, i),
+      protocol: k.slice(i + 1) as OutsideRanges["protocol"],
+      bindings,
+    };
+  });
 }

@@ -5,7 +5,8 @@
 import { addForeignFilter } from "./lib/bpfobj.ts";
 import { assert, assertEquals } from "./lib/assert.ts";
 import { startEinat, stopEinat } from "./lib/einat.ts";
-import { nsExec, nsExecResult, peerCmd, withTopology } from "./lib/netns.ts";
+import { nsExec, nsExecResult, peerCmd, run, withTopology } from "./lib/netns.ts";
+import { withSharedBpffs } from "./lib/bpffs.ts";
 import { parseUdpReplies } from "./lib/peer.ts";
 import { HAS_TCX } from "./lib/kernel.ts";
 import { capture } from "./lib/capture.ts";
@@ -169,6 +170,48 @@ Deno.test({
         await Deno.remove(conf);
       }
     }),
+});
+
+Deno.test({
+  name:
+    "attach: TCX links are detached at exit even when their pins cannot be reached (the bpffs unmounted underneath einat): no program left translating with no einat",
+  ignore: !HAS_TCX,
+  ...sanitize,
+  fn: () =>
+    withTopology((t) =>
+      withSharedBpffs(t.ns.router, async (pin) => {
+        const conf = await Deno.makeTempFile({ suffix: ".toml" });
+        try {
+          await Deno.writeTextFile(
+            conf,
+            `[[interfaces]]\nif_name = "wan0"\nnat44 = true\nprefer_tcx = true\n`,
+          );
+          const echo = t.spawn(
+            t.ns.srv1,
+            peerCmd("udp-echo", ["--port", "3478", "--timeout-ms", "20000"]),
+          );
+          await echo.waitForStdout(/listening/);
+          // srv1 has no route back to the LAN: only a translated flow gets an answer.
+          const answered = async () =>
+            (await nsExecResult(
+              t.ns.lan1,
+              peerCmd("udp-send", ["--to", `${t.addrs.v4.srv1[0]}:3478`, "--timeout-ms", "1500"]),
+            )).code === 0;
+          const einat = await startEinat(t.ns.router, ["-c", conf, "--pin-dir", pin]);
+          try {
+            assert(/attached TCX links/.test(einat.stderrText()), einat.stderrText());
+            assert(await answered(), "translated while einat runs");
+            // Out of einat's sight only: the pins stay in the test's mount namespace.
+            await run(["nsenter", "-t", String(einat.pid), "-m", "umount", "-l", pin]);
+          } finally {
+            assertEquals(await stopEinat(einat), 0, einat.stderrText());
+          }
+          assert(!await answered(), "translated with no einat running: TCX links left attached");
+        } finally {
+          await Deno.remove(conf);
+        }
+      })
+    ),
 });
 
 Deno.test({

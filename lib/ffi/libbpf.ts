@@ -79,6 +79,7 @@ const SYMBOLS = {
   bpf_obj_pin: { parameters: ["i32", "buffer"], result: "i32" },
   bpf_link_create: { parameters: ["i32", "i32", "u32", "pointer"], result: "i32" },
   bpf_link_update: { parameters: ["i32", "i32", "pointer"], result: "i32" },
+  bpf_link_detach: { parameters: ["i32"], result: "i32" },
 
   bpf_tc_hook_create: { parameters: ["buffer"], result: "i32" },
   bpf_tc_hook_destroy: { parameters: ["buffer"], result: "i32" },
@@ -1219,6 +1220,14 @@ export function linkInfo(linkFd: number): { id: number; progId: number } {
 /** Id of the program a link runs. */
 export function linkProgId(linkFd: number): number {
   return linkInfo(linkFd).progId;
+}
+
+/**
+ * Detaches a link from its hook (`BPF_LINK_DETACH`), pinned or not: it stays, defunct, until its
+ * last reference goes.
+ */
+export function linkDetach(linkFd: number): void {
+  check("bpf_link_detach", bpf().bpf_link_detach(linkFd));
 }
 
 /** Atomically replaces the program of a link. */

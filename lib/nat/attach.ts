@@ -410,9 +410,12 @@ function ownLinkPin(a: Attachment, pin: string): boolean {
 }
 
 /**
- * Removes the pins of the TCX links of `a` (a pinned link stays, attached or defunct, with its
- * program) unless another einat runs its programs on them (`--replace`) or pinned links of its
- * own in their place. Returns false when the links were left to another einat.
+ * Detaches the TCX links of `a` and removes their pins (a pinned link stays, attached or
+ * defunct, with its program) unless another einat runs its programs on them (`--replace`) or
+ * pinned links of its own in their place. Returns false when the links were left to another
+ * einat. The links are detached through their fds, not only by losing their pins and fds: a pin
+ * einat cannot reach any more (its bpffs unmounted underneath it) would keep them attached,
+ * translating with no einat running.
  */
 function unpinLinks(a: Attachment): boolean {
   const pins = a.linkPins ?? [];
@@ -423,6 +426,13 @@ function unpinLinks(a: Attachment): boolean {
     try {
       Deno.removeSync(pin);
     } catch { /* already gone */ }
+  }
+  for (const fd of a.links) {
+    try {
+      bpf.linkDetach(fd);
+    } catch (e) {
+      log.warn("could not detach a TCX link", { ifname: a.ifname, error: (e as Error).message });
+    }
   }
   return true;
 }

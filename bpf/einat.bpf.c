@@ -1144,10 +1144,13 @@ static __always_inline int ingress_l4(struct __sk_buff *skb, struct packet *pp, 
 		 * the router's own ports skips this LPM lookup.) */
 		if (is_external_src(pp))
 			return pass();
+		/* Endpoint-independent filtering lets it in, but it makes no session:
+		 * the host's answer does (egress), as conntrack keeps nothing for what
+		 * nobody answered. Otherwise anyone knowing one mapped port could fill
+		 * the session table from many source endpoints, refusing every host's
+		 * new flows, and keep a binding alive by sending to it. */
 		binding_intern(&bv, b);
-		r = einat_ct_touch(&ck, &bv, pp, false, CT_LIKELY_NEW);
-		if (r)
-			return drop(r);
+		stat_inc(STAT_INBOUND_UNANSWERED);
 	}
 
 	if (rewrite(skb, pp, false, &bv.addr, bv.port))
@@ -1159,8 +1162,8 @@ static __always_inline int ingress_l4(struct __sk_buff *skb, struct packet *pp, 
 	}
 	stat_inc(STAT_INGRESS_NAT);
 	traffic_add(skb, false, family);
-	if (CFG.session_counters)
-		sess_count(skb, &ck, v ? v : ct_find(&ck), false);
+	if (CFG.session_counters && v)
+		sess_count(skb, &ck, v, false);
 	return TC_ACT_OK;
 }
 

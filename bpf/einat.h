@@ -299,6 +299,9 @@ enum einat_stat {
 	STAT_NEW_ADDR_MAPPING, /* address-only, of another IP protocol (lib/addrnat.h) */
 	STAT_DROP_ADDR_IN_USE, /* its (protocol, external, remote) is another host's */
 	STAT_DROP_ADDR_FULL, /* the address-only mappings' table is full */
+	/* a remote's packet to a binding without a session of its own: passed to the
+	 * binding's host (EIF) without making one; the host's answer makes it */
+	STAT_INBOUND_UNANSWERED,
 	STAT_MAX,
 };
 

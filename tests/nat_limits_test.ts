@@ -108,10 +108,14 @@ Deno.test("ct_max_records full: sessions past each binding's first are refused a
     assertEquals(invariants(n, ic), { bindings: 4, sessions: 12 });
     const full0 = statOf(n, "drop_ct_full");
     assertRefused(n, udp("192.0.2.10", 40000, "198.51.100.3", 53), "old binding, new remote");
+    // Inbound from a new remote (EIF) needs no session: it reaches the host all the same.
     const eif = n.ingress(udp("198.51.100.9", 7, EXT, ext[0]));
-    assertEquals(eif.retval, TC_ACT_SHOT, "inbound from a new remote (EIF) needs a session too");
-    assertEquals(statOf(n, "drop_ct_full") - full0, 2n);
+    assertEquals([eif.retval, eif.out.dst], [TC_ACT_OK, "192.0.2.10"]);
+    assertEquals(statOf(n, "drop_ct_full") - full0, 1n);
     assertEquals(invariants(n, ic), { bindings: 4, sessions: 12 });
+    // Its answer does, and is refused.
+    assertRefused(n, udp("192.0.2.10", 40000, "198.51.100.9", 7), "the answer to it");
+    assertEquals(statOf(n, "drop_ct_full") - full0, 2n);
     // a new binding's first session lives in its record: no room needed
     const fresh = n.egress(udp("192.0.2.30", 40000, SRV, 53));
     assertEquals(fresh.retval, TC_ACT_OK, "new binding");

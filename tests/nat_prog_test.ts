@@ -129,7 +129,10 @@ Deno.test("ingress replies are DNATed back; other remotes get in (EIF); unmapped
     const stranger = n.ingress(udp(SRV2, 7777, EXT, ext));
     assertEquals(stranger.out.dst, LAN1, "a never-contacted endpoint reaches the mapping (EIF)");
     assertEquals(stranger.out.dport, 41000);
-    assertEquals(sessions(n.nat.maps).length, 2, "EIF inbound creates its own session");
+    assertEquals(sessions(n.nat.maps).length, 1, "an unanswered remote makes no session");
+    assertEquals(stat(n.nat.maps.stats, "inbound_unanswered"), 1n);
+    assertEquals(n.egress(udp(LAN1, 41000, SRV2, 7777)).out.sport, ext, "the answer: same mapping");
+    assertEquals(sessions(n.nat.maps).length, 2, "the answer makes its session");
 
     const input = buildPacket(udp(SRV2, 7777, EXT, ext === 26000 ? 26001 : 26000));
     const unmapped = n.runRaw("ingress", input);
@@ -241,6 +244,63 @@ Deno.test("TCP: a SYN answered without a SYN (a bare ACK, data) stays transitory
     n.ingress(tcp(SRV1, 80, EXT, mid, { ack: true }));
     const m = sessions(n.nat.maps).find((x) => x.key.extPort === mid)!.value;
     assertEquals(m.state, CT_STATE.EST, "seen both ways without SYNs: established");
+  } finally {
+    n.close();
+  }
+});
+
+Deno.test("EIF without state for the unanswered: a flood from many remotes to one mapped port makes no session, so the table stays free for every host's flows", async () => {
+  const n = await loadTestNat(testInterfaceConfig({ ctMaxRecords: 300, bindingMaxRecords: 300 }));
+  try {
+    const ext = n.egress(udp(LAN1, 40000, SRV1, 3478)).out.sport!;
+    for (let i = 0; i < 1000; i++) {
+      const r = n.ingress(udp(`198.18.${i >> 8}.${i & 255}`, 1024 + i, EXT, ext));
+      assertEquals(r.out.dst, LAN1, "each reaches the mapping's host (EIF)");
+    }
+    assertEquals(stat(n.nat.maps.stats, "drop_ct_full"), 0n);
+    assertEquals(stat(n.nat.maps.stats, "inbound_unanswered"), 1000n);
+    assertEquals(sessions(n.nat.maps).length, 1, "no session for any of them");
+    // Every host's new flows still get sessions: 250 remotes of another host.
+    for (let i = 0; i < 250; i++) {
+      assertEquals(n.egress(udp(LAN2, 41000, `198.51.100.${1 + i}`, 53)).retval, TC_ACT_OK);
+    }
+    assertEquals(stat(n.nat.maps.stats, "drop_ct_full"), 0n);
+  } finally {
+    n.close();
+  }
+});
+
+Deno.test("TCP: a connection from outside to a mapping (SYN in, SYN-ACK out) is established by the SYN-ACK; a reset then a SYN from outside do not make an established connection opening for good", async () => {
+  const n = await loadTestNat();
+  try {
+    // The host's TCP mapping, by a connection of its own.
+    const text = n.egress(tcp(LAN1, 45400, SRV1, 80, { syn: true })).out.sport!;
+    n.ingress(tcp(SRV1, 80, EXT, text, { syn: true, ack: true }));
+    n.egress(tcp(LAN1, 45400, SRV1, 80, { ack: true }));
+    // A peer connects to that mapping: its SYN passes without a session, the answer makes one.
+    const syn = n.ingress(tcp(SRV2, 5555, EXT, text, { syn: true }));
+    assertEquals(syn.out.dst, LAN1);
+    const of = (port: number) =>
+      sessions(n.nat.maps).find((x) => x.key.extPort === text && x.key.remotePort === port)
+        ?.value;
+    assertEquals(of(5555), undefined, "no session for the SYN alone");
+    n.egress(tcp(LAN1, 45400, SRV2, 5555, { syn: true, ack: true }));
+    assertEquals(
+      of(5555)!.state,
+      CT_STATE.EST,
+      "SYN-ACK out: a SYN each way, established (RFC 6146 3.5.2)",
+    );
+    assertEquals(
+      of(5555)!.flags & (CT_FLAGS.SYN_IN | CT_FLAGS.SEEN_IN),
+      CT_FLAGS.SYN_IN | CT_FLAGS.SEEN_IN,
+    );
+    n.ingress(tcp(SRV2, 5555, EXT, text, { ack: true }));
+    assertEquals(of(5555)!.state, CT_STATE.EST);
+    // Someone putting the remote's address on packets: a reset, then a SYN.
+    n.ingress(tcp(SRV1, 80, EXT, text, { rst: true }));
+    assertEquals(of(80)!.state, CT_STATE.CLOSING, "the reset: closing, until traffic resumes");
+    n.ingress(tcp(SRV1, 80, EXT, text, { syn: true }));
+    assertEquals(of(80)!.state, CT_STATE.EST, "the SYN does not start the connection anew");
   } finally {
     n.close();
   }

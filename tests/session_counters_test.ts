@@ -112,9 +112,10 @@ Deno.test("session counters: packets and bytes of each session, once per packet 
         bytesIn: 3 * UDP_LEN,
       });
 
-      // Another remote (EIF): a session of its own, made by an inbound packet.
+      // Another remote (EIF): its first packet makes no session (nor counts), the answer does.
       assertEquals(n.ingress(udp(SRV2, 7, EXT, ext)).retval, TC_ACT_OK);
       assertEquals(n.egress(udp(LAN1, 40000, SRV2, 7)).retval, TC_ACT_OK);
+      assertEquals(n.ingress(udp(SRV2, 7, EXT, ext)).retval, TC_ACT_OK);
       assertEquals(countsOf(n, IPPROTO.UDP, [EXT, ext], [SRV2, 7]), {
         packetsOut: 1,
         bytesOut: UDP_LEN,

@@ -75,7 +75,19 @@ static __always_inline __u8 ct_state_of(__u8 l4proto, __u8 flags)
 struct ct_flags_change {
 	__u8 keep;
 	__u8 set;
-	__u8 reopen;
+	__u8 reopen; /* enum ct_reopen */
+};
+
+/* When a SYN starts the 5-tuple anew. */
+enum ct_reopen {
+	CT_REOPEN_NONE = 0,
+	/* the internal host's SYN: after a close (a FIN each way) or a reset */
+	CT_REOPEN_CLOSED = 1,
+	/* a remote's SYN: after a close only. A reset a remote sends cannot be told
+	 * from one anyone who can put its address on a packet sends (no sequence
+	 * numbers are kept), and a reset then a SYN from outside would otherwise
+	 * turn an established connection into an opening one for good. */
+	CT_REOPEN_FINISHED = 2,
 };
 
 static __always_inline struct ct_flags_change ct_change_of(bool egress, __u8 tcp_flags)
@@ -84,7 +96,8 @@ static __always_inline struct ct_flags_change ct_change_of(bool egress, __u8 tcp
 	/* A SYN that opens the 5-tuple again once it was closed or reset: what
 	 * was seen of the old connection goes, so the new one is transitory until
 	 * answered (RFC 6146 3.5.2), not established by the old one's answers. */
-	c.reopen = (tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK | TCP_FLAG_RST)) == TCP_FLAG_SYN;
+	if ((tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK | TCP_FLAG_RST)) == TCP_FLAG_SYN)
+		c.reopen = egress ? CT_REOPEN_CLOSED : CT_REOPEN_FINISHED;
 	if (tcp_flags & TCP_FLAG_RST) {
 		c.set |= CT_RST;
 	} else {
@@ -102,8 +115,9 @@ static __always_inline struct ct_flags_change ct_change_of(bool egress, __u8 tcp
 
 static __always_inline __u8 ct_flags_apply(__u8 flags, struct ct_flags_change c)
 {
-	if (c.reopen &&
-	    ((flags & CT_RST) || (flags & (CT_FIN_OUT | CT_FIN_IN)) == (CT_FIN_OUT | CT_FIN_IN)))
+	bool closed = (flags & (CT_FIN_OUT | CT_FIN_IN)) == (CT_FIN_OUT | CT_FIN_IN);
+	if ((c.reopen == CT_REOPEN_CLOSED && (closed || (flags & CT_RST))) ||
+	    (c.reopen == CT_REOPEN_FINISHED && closed))
 		flags &= CT_HAIRPIN;
 	return (flags & c.keep) | c.set;
 }
@@ -113,12 +127,26 @@ static __always_inline __u8 ct_flags_update(__u8 flags, bool egress, __u8 tcp_fl
 	return ct_flags_apply(flags, ct_change_of(egress, tcp_flags));
 }
 
+/*
+ * A new session's flags. A session is made by what its internal host sends
+ * (einat_ct_touch's callers; a remote's first packet makes none, ingress_l4):
+ * a SYN-ACK leaving answers the remote's SYN, which came before the session.
+ */
+static __always_inline __u8 ct_new_flags(bool egress, __u8 tcp_flags)
+{
+	__u8 f = ct_flags_update(0, egress, tcp_flags);
+	if (egress && (tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK | TCP_FLAG_RST)) ==
+			      (TCP_FLAG_SYN | TCP_FLAG_ACK))
+		f |= CT_SYN_IN | CT_SEEN_IN;
+	return f;
+}
+
 /* A new session's value as of now, its internal endpoint aside. */
 static __always_inline void ct_first(struct ct_value *v, __u8 l4proto, bool egress, __u8 tcp_flags,
 				     __u64 now)
 {
 	__builtin_memset(v, 0, sizeof(*v));
-	v->flags = ct_flags_update(0, egress, tcp_flags);
+	v->flags = ct_new_flags(egress, tcp_flags);
 	v->state = ct_state_of(l4proto, v->flags);
 	v->last_seen_ns = now;
 	v->created_s = now / NSEC_PER_SEC;
@@ -252,8 +280,8 @@ _Static_assert(offsetof(struct ct_value, state) == offsetof(struct ct_value, int
 
 /*
  * One try of einat_ct_refresh's change of a session's flags and state,
- * `change` packing a struct ct_flags_change (keep, set, reopen) and whether
- * the session starts over: 1 when done (written, or nothing to change), 0
+ * `change` packing a struct ct_flags_change (keep, set, reopen: bits 0-17) and
+ * whether the session starts over (bit 18): 1 when done (written, or nothing to change), 0
  * when another CPU changed the word meanwhile. A global function: its
  * branches are verified once, not once per try.
  */
@@ -262,13 +290,13 @@ __noinline int einat_ct_flags_try(struct ct_value *v, __u32 l4proto, __u32 chang
 	if (!v)
 		return 1;
 	struct ct_flags_change c = {
-		.keep = change & 0xff, .set = (change >> 8) & 0xff, .reopen = (change >> 16) & 1};
+		.keep = change & 0xff, .set = (change >> 8) & 0xff, .reopen = (change >> 16) & 3};
 	__u32 *word = (__u32 *)&v->int_port;
 	union ct_flags_word o, n;
 	o.w = *(volatile __u32 *)word;
 	n = o;
 	/* restarted: what was seen of the expired session goes (the key's property stays) */
-	n.f.flags = ct_flags_apply(change & (1 << 17) ? o.f.flags & CT_HAIRPIN : o.f.flags, c);
+	n.f.flags = ct_flags_apply(change & (1 << 18) ? o.f.flags & CT_HAIRPIN : o.f.flags, c);
 	if (n.f.flags == o.f.flags)
 		return 1;
 	n.f.state = ct_state_of(l4proto, n.f.flags);
@@ -304,7 +332,7 @@ __noinline int einat_ct_refresh(struct ct_value *v, __u32 l4proto, __u32 egress,
 	__u8 f = v->flags;
 	if (restart || ct_flags_apply(f, c) != f) {
 		__u32 change =
-			c.keep | (__u32)c.set << 8 | (__u32)c.reopen << 16 | (__u32)restart << 17;
+			c.keep | (__u32)c.set << 8 | (__u32)c.reopen << 16 | (__u32)restart << 18;
 		for (int i = 0; i < 4; i++)
 			if (einat_ct_flags_try(v, l4proto, change))
 				break;
@@ -317,7 +345,6 @@ __noinline int einat_ct_refresh(struct ct_value *v, __u32 l4proto, __u32 egress,
 /* How einat_ct_touch() is to go about the session. */
 enum ct_touch_mode {
 	CT_FIND = 0, /* it may exist: look it up first */
-	CT_LIKELY_NEW = 1, /* the caller just missed it: insert first */
 	/* insert first; the caller holds a binding reference for the new session
 	 * (einat_binding_create takes it with the binding) */
 	CT_NEW_REF_HELD = 2,
@@ -330,8 +357,8 @@ enum ct_touch_mode {
 /*
  * Finds or creates the session; creation takes a binding reference, unless
  * the caller holds one for it (CT_NEW_REF_HELD), which the session then keeps.
- * With CT_LIKELY_NEW and CT_NEW_REF_HELD the insert comes first: a session
- * that exists after all fails it and is then looked up. The packet p gives
+ * A session made meanwhile by another CPU fails the insert and is then
+ * looked up. The packet p gives
  * the TCP flags and the time. A global function: verified once for every
  * caller.
  * Returns 0; CT_REF_UNUSED (CT_NEW_REF_HELD: the session existed; the caller
@@ -347,7 +374,7 @@ __noinline int einat_ct_touch(const struct ct_key *k, const struct endpoint *int
 	__u8 tcp_flags = p->tcp_flags;
 	/* CT_NEW_REF_HELD looks too: the binding another CPU made holds the session of the
 	 * packet that made it (an inline one), maybe this very session. */
-	struct ct_value *v = mode == CT_LIKELY_NEW ? NULL : ct_find(k);
+	struct ct_value *v = ct_find(k);
 	if (v && (mode == CT_FIND || ct_names(v, intern))) {
 		einat_ct_refresh(v, k->l4proto, egress, tcp_flags, now);
 		return mode == CT_NEW_REF_HELD ? CT_REF_UNUSED : 0;
@@ -357,7 +384,7 @@ __noinline int einat_ct_touch(const struct ct_key *k, const struct endpoint *int
 	__builtin_memset(&nv, 0, sizeof(nv));
 	nv.int_addr = intern->addr;
 	nv.int_port = intern->port;
-	nv.flags = ct_flags_update(0, egress, tcp_flags);
+	nv.flags = ct_new_flags(egress, tcp_flags);
 	nv.state = ct_state_of(k->l4proto, nv.flags);
 	nv.last_seen_ns = now;
 	nv.created_s = now / NSEC_PER_SEC;

@@ -70,6 +70,7 @@ export const STATS = [
   "new_addr_mapping",
   "drop_addr_in_use",
   "drop_addr_full",
+  "inbound_unanswered",
 ] as const;
 /** Name of a counter in `map_stats`. */
 export type StatName = typeof STATS[number];

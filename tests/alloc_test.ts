@@ -289,6 +289,7 @@ Deno.test("port choice: an external address that leaves with 150,000 sessions ta
       bindings: 10,
       sessions: 10 + 150_000,
       addressOnly: 0,
+      departed: ["203.0.113.1"],
       unplaced: [],
     });
     assertEquals(sessions(), 1000, "the remaining address's sessions stay");

@@ -50,6 +50,23 @@ export function describeEvent(ev: WatchEvent, ifname: string): string {
   return `addr${sign} ${formatAddr(ev.local ?? ev.addr)}/${ev.prefixLen} ${now}`;
 }
 
+/**
+ * What a batch of events changed for the interfaces `served`, described for the log. Every event
+ * goes through `changed`, an unserved interface's too: one served later must not find a stale
+ * entry that makes its address's return look like nothing.
+ */
+export function networkNews(
+  events: WatchEvent[],
+  served: Served[],
+  changed: (ev: WatchEvent) => boolean,
+): string[] {
+  return events.flatMap((ev) => {
+    const news = changed(ev);
+    const s = relevant(ev, served);
+    return s && news ? [describeEvent(ev, s.ifname)] : [];
+  });
+}
+
 /** The first and the longest wait before a busy interface is tried again. */
 const RETRY_MIN_MS = 1000, RETRY_MAX_MS = 30_000;
 
@@ -173,10 +190,7 @@ export function follow(served: () => Served[], after?: () => Promise<void>): Fol
   Promise.all([dumpLinks(), dumpAddrs()]).then(([ls, as]) => know(ls, as)).catch(() => {});
   const w = watch(() => {}, {
     onBatch: (events) => {
-      const seen = events.flatMap((ev) => {
-        const s = relevant(ev, served());
-        return s && changed(ev) ? [describeEvent(ev, s.ifname)] : [];
-      });
+      const seen = networkNews(events, served(), changed);
       if (seen.length === 0) return;
       // The same event told twice in a burst (a link coming up sends several) is said once.
       log.info("network changed", { events: [...new Set(seen)].join("; ") });

@@ -1,5 +1,6 @@
 import { assertEquals } from "../tests/lib/assert.ts";
-import { changeFilter, describeEvent, serialized } from "./watch.ts";
+import { changeFilter, describeEvent, networkNews, serialized } from "./watch.ts";
+import type { Served } from "./daemon.ts";
 import { type AddrMsg, ARPHRD, IFA_F, type LinkMsg } from "./netlink/msg.ts";
 import { parseAddr } from "./config/cidr.ts";
 
@@ -108,4 +109,23 @@ Deno.test("changeFilter: a lifetime renewal (each IPv6 Router Advertisement) or 
   assertEquals(told(addr("203.0.113.5", IFA_F.SECONDARY)), true, "back");
   assertEquals(told(link(1400)), false, "MTU");
   assertEquals(told(link(1400, false)), true, "down");
+});
+
+Deno.test("networkNews: an address that left while its interface was not served, and came back once it is, is news", () => {
+  const f = changeFilter();
+  const a: AddrMsg = {
+    type: "addr",
+    op: "new",
+    family: 4,
+    ifindex: 1, // lo: an index this process resolves by name
+    prefixLen: 24,
+    addr: parseAddr("203.0.113.1"),
+    flags: 0,
+    scope: 0,
+  };
+  f.know([], [a]);
+  const lo = [{ ifname: "lo" } as unknown as Served];
+  assertEquals(networkNews([{ ...a, op: "del" }], [], f.changed), [], "not served: no news");
+  assertEquals(networkNews([a], lo, f.changed), ["addr+ 203.0.113.1/24 lo"]);
+  assertEquals(networkNews([a], lo, f.changed), [], "the same again");
 });

@@ -427,9 +427,10 @@ function unpinLinks(a: Attachment): boolean {
       Deno.removeSync(pin);
     } catch { /* already gone */ }
   }
-  for (const fd of a.links) {
+  for (const [i, fd] of a.links.entries()) {
     try {
-      bpf.linkDetach(fd);
+      // Only a link that still runs our program: never one another einat took over.
+      if (bpf.linkProgId(fd) === a.progIds?.[i]) bpf.linkDetach(fd);
     } catch (e) {
       log.warn("could not detach a TCX link", { ifname: a.ifname, error: (e as Error).message });
     }

@@ -22,15 +22,22 @@ if ((${#missing[@]})); then
   echo "setup: installing apt packages: ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
   # coturn's package starts and enables a system STUN/TURN service; the tests only need its
-  # binaries (they run turnserver in their own namespaces). policy-rc.d keeps it from starting
-  # (unless the machine already has a policy of its own), and the unit it enabled is disabled.
-  policy=/usr/sbin/policy-rc.d
+  # binaries (they run turnserver in their own namespaces). A policy-rc.d that refuses coturn
+  # alone keeps it from starting during the install (unless the machine has a policy of its
+  # own), and the unit it enabled is disabled.
+  policy=/usr/sbin/policy-rc.d own=0
   if [[ ! -e $policy ]]; then
     trap 'rm -f "$policy"' EXIT
-    printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod +x "$policy"
+    printf '#!/bin/sh\ncase "$1" in coturn | coturn.service) exit 101 ;; esac\nexit 0\n' >"$policy"
+    chmod +x "$policy"
+    own=1
   fi
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  if ((own)); then
+    rm -f "$policy"
+    trap - EXIT
+  fi
   # (`systemctl disable` works on the unit files, also where systemd is not running.)
   if [[ " ${missing[*]} " == *" coturn "* ]] && command -v systemctl >/dev/null; then
     systemctl disable --quiet coturn.service 2>/dev/null || true

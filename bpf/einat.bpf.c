@@ -734,7 +734,19 @@ __noinline int einat_egress_other(struct __sk_buff *skb, struct packet *p)
 {
 	if (!p)
 		return TC_ACT_SHOT;
-	if (local_only_source(p) || (ext_flags(p->family, &p->src) & (EXT_EXTERNAL | EXT_NO_SNAT)))
+	if (local_only_source(p))
+		return pass_datagram(p);
+	__u8 src = ext_flags(p->family, &p->src);
+	if (src & EXT_EXTERNAL) {
+		/* The router's own (a tunnel of its own, say): it holds (protocol, external,
+		 * remote) as an internal host would, so that no host can take it and what the
+		 * remote sends back (ingress finds the external address itself: the router's).
+		 * When a host holds it already, the router's packet leaves all the same. */
+		if (p->frag != FRAG_LATER)
+			einat_addr_nat_claim(p, &p->src, packet_now(p));
+		return pass_datagram(p);
+	}
+	if (src & EXT_NO_SNAT)
 		return pass_datagram(p);
 	__u32 dest = dest_flags(p);
 	if (dest & EXT_NO_SNAT)
@@ -1051,8 +1063,10 @@ __noinline int einat_ingress_other(struct __sk_buff *skb, struct packet *p)
 		traffic_add(skb, false, p->family);
 		return TC_ACT_OK;
 	}
+	/* No mapping, or the router's own (held by the external address itself). */
 	if (!einat_addr_nat_find(ADDR_FIND(p->family, p->real_proto, 1), &p->dst, &p->src,
-				 packet_now(p), &to)) {
+				 packet_now(p), &to) ||
+	    addr_eq(&to, &p->dst)) {
 		if (p->frag == FRAG_FIRST) /* the router's: its held later fragments go on too */
 			return einat_ingress_first_fragment(skb, p);
 		return pass();

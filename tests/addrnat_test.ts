@@ -231,14 +231,22 @@ Deno.test("other protocols: a UDP-Lite checksum that comes out zero is sent as a
   }
 });
 
-Deno.test("other protocols: the router's own, no-SNAT, to our own address, and with snat_other_protocols off pass as they are", async () => {
+Deno.test("other protocols: the router's own, no-SNAT, to our own address, and with snat_other_protocols off pass as they are; the router's own holds its (protocol, remote) against hosts", async () => {
   await withNat((n) => {
     const own = other(4, EXT, SRV1, GRE);
     assertEquals(n.runRaw("egress", own), { retval: TC_ACT_OK, bytes: own }, "the router's");
     const toUs = other(4, LAN1, EXT, GRE);
     const r = n.runRaw("egress", toUs);
     assertEquals([r.retval, r.bytes], [TC_ACT_REDIRECT, toUs], "to the router, as it is");
-    assertEquals(stat(n.nat.maps.stats, "new_addr_mapping"), 0n);
+    // The router's own holds (GRE, SRV1): no internal host takes its tunnel's traffic.
+    assertEquals(stat(n.nat.maps.stats, "new_addr_mapping"), 1n, "the router's own mapping");
+    const host = n.runRaw("egress", other(4, LAN1, SRV1, GRE));
+    assertEquals(parsePacket(host.bytes).icmpType, 3, "a host is refused (ICMP 3/13)");
+    assertEquals(stat(n.nat.maps.stats, "drop_addr_in_use"), 1n);
+    const back = other(4, SRV1, EXT, GRE);
+    assertEquals(n.runRaw("ingress", back), { retval: TC_ACT_OK, bytes: back }, "to the router");
+    // Another remote is free for the host.
+    assertEquals(parsePacket(n.runRaw("egress", other(4, LAN1, SRV2, GRE)).bytes).src, EXT);
   });
   await withNat((n) => {
     const g = other(4, LAN1, SRV1, GRE);

@@ -44,6 +44,12 @@ static __always_inline __u64 ct_timeout(__u8 l4proto, __u8 state)
 	}
 }
 
+/* A FIN went each way: the connection is closed. */
+static __always_inline bool ct_closed(__u8 flags)
+{
+	return (flags & (CT_FIN_OUT | CT_FIN_IN)) == (CT_FIN_OUT | CT_FIN_IN);
+}
+
 /*
  * Derives the state from what has been seen (RFC 6146 3.5.2, RFC 7857 2.1).
  * A TCP connection opened by a SYN is established once a SYN came the other
@@ -59,7 +65,7 @@ static __always_inline __u8 ct_state_of(__u8 l4proto, __u8 flags)
 	__u8 syn = flags & (CT_SYN_OUT | CT_SYN_IN);
 	if (l4proto != IPPROTO_TCP)
 		return both ? CT_STATE_EST : CT_STATE_TRANS;
-	if ((flags & CT_RST) || (flags & (CT_FIN_OUT | CT_FIN_IN)) == (CT_FIN_OUT | CT_FIN_IN))
+	if ((flags & CT_RST) || ct_closed(flags))
 		return CT_STATE_CLOSING;
 	if (!both || (syn && syn != (CT_SYN_OUT | CT_SYN_IN)))
 		return CT_STATE_TRANS;
@@ -115,7 +121,7 @@ static __always_inline struct ct_flags_change ct_change_of(bool egress, __u8 tcp
 
 static __always_inline __u8 ct_flags_apply(__u8 flags, struct ct_flags_change c)
 {
-	bool closed = (flags & (CT_FIN_OUT | CT_FIN_IN)) == (CT_FIN_OUT | CT_FIN_IN);
+	bool closed = ct_closed(flags);
 	if ((c.reopen == CT_REOPEN_CLOSED && (closed || (flags & CT_RST))) ||
 	    (c.reopen == CT_REOPEN_FINISHED && closed))
 		flags &= CT_HAIRPIN;

@@ -30,10 +30,22 @@ const hasTrace = (() => {
 const udp = (sport: number): PacketSpec =>
   udpSpec(4, LAN1, sport, SRV1, 53, new TextEncoder().encode("hi"));
 
-/** The trace buffer's einat lines that name port `port` (as `:port`, whole). */
-function linesOf(port: number): string[] {
+/**
+ * Marks the trace buffer (`trace_marker`) and returns the mark: the buffer is the kernel's and
+ * outlives processes, so lines of earlier runs on random ports could match a case's.
+ */
+function markTrace(): string {
+  const mark = `einat-test-${crypto.randomUUID()}`;
+  Deno.writeTextFileSync(`${TRACE}_marker`, mark);
+  return mark;
+}
+
+/** The trace buffer's einat lines after `mark` that name port `port` (as `:port`, whole). */
+function linesOf(mark: string, port: number): string[] {
   const re = new RegExp(`:${port}(?!\\d)`);
-  return Deno.readTextFileSync(TRACE).split("\n").filter((l) => /einat: /.test(l) && re.test(l))
+  const all = Deno.readTextFileSync(TRACE).split("\n");
+  const from = all.findLastIndex((l) => l.includes(mark));
+  return all.slice(from + 1).filter((l) => /einat: /.test(l) && re.test(l))
     .map((l) => l.slice(l.indexOf("einat: ")));
 }
 
@@ -60,6 +72,7 @@ for (const level of [0, 1, 2, 3, 4, 5]) {
         testInterfaceConfig({ bpfLogLevel: level, defaultRanges: ranges(one) }),
       );
       try {
+        const mark = markTrace();
         const port = freshPort();
         const first = n.egress(udp(port));
         assertEquals(first.retval, TC_ACT_OK);
@@ -79,7 +92,7 @@ for (const level of [0, 1, 2, 3, 4, 5]) {
           tcpFlags: { rst: true },
         });
         assertEquals(rst.retval, TC_ACT_SHOT);
-        const lines = [port, port + 1, port + 2].flatMap(linesOf);
+        const lines = [port, port + 1, port + 2].flatMap((p) => linesOf(mark, p));
         const expect = (re: string, from: number) =>
           assertEquals(
             lines.some((l) => new RegExp(`^einat: ${re}$`).test(l)),

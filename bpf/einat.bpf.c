@@ -451,7 +451,9 @@ __noinline int einat_inbound_query(struct packet *p)
 	    !port_in_ranges(dc, PROTO_IDX_ICMP_IN, bpf_ntohs(p->dport)))
 		return 0;
 	int slot = einat_ext_slot(p->family, &p->dst);
-	if (slot < 0 || !binding_count_take())
+	/* Pings from outside may fill three quarters of the bindings at most: the rest stays
+	 * the internal hosts' whatever anyone outside sends (the router answers either way). */
+	if (slot < 0 || !binding_count_take_below(CFG.binding_max - CFG.binding_max / 4))
 		return 0;
 	struct rec_key rk;
 	rec_key_init(&rk, p->family, p->l4proto, &p->dst, p->dport);

@@ -1215,6 +1215,48 @@ Deno.test("IPv6 exhaustion answers ICMPv6 1/1 to the internal sender (RFC 5508 R
 
 // --- inbound ICMP queries (allow_inbound_icmpx) ---------------------------------
 
+Deno.test("inbound ICMP query: pings from outside bind three quarters of binding_max_records at most; the rest stays the internal hosts'", async () => {
+  const n = await loadTestNat(
+    testInterfaceConfig({
+      allowInboundIcmpx: true,
+      bindingMaxRecords: 40,
+      defaultRanges: {
+        tcp: [{ start: 20000, end: 29999 }],
+        udp: [{ start: 20000, end: 29999 }],
+        icmp: [{ start: 0, end: 65535 }],
+        icmpIn: [{ start: 0, end: 999 }],
+        icmpOut: [{ start: 0, end: 65535 }],
+      },
+    }),
+    EXTS,
+  );
+  try {
+    for (let id = 0; id < 100; id++) {
+      const pkt = buildPacket({
+        family: 4,
+        src: SRV4,
+        dst: EXT4,
+        proto: "icmp",
+        icmpType: 8,
+        icmpId: id,
+        icmpSeq: 1,
+      });
+      assertEquals(n.runRaw("ingress", pkt).retval, TC_ACT_OK, "answered by the router");
+    }
+    const held = Array.from({ length: 100 }, (_, id) =>
+      findBinding(n.nat.maps, 4, IPPROTO.ICMP, parseAddr(EXT4), id)).filter((b) =>
+        b
+      ).length;
+    assertEquals(held, 30, "40 - 40 / 4");
+    for (let i = 0; i < 10; i++) {
+      const r = n.egress({ ...udpSpec(4, LAN4, 40000 + i, SRV4, 53, new Uint8Array(4)) });
+      assertEquals(r.retval, TC_ACT_OK, `internal host's mapping ${i}`);
+    }
+  } finally {
+    n.close();
+  }
+});
+
 Deno.test("inbound ICMP query: a ping from outside binds its identifier (icmp_in_ranges) to the NAT host, v4 and v6", async () => {
   const icmpRanges = (inbound: boolean) =>
     testInterfaceConfig({

@@ -47,17 +47,23 @@ struct {
 	__uint(max_entries, 2);
 } map_binding_count SEC(".maps");
 
-/* Counts one binding more, unless that would pass CFG.binding_max. */
-static __always_inline bool binding_count_take(void)
+/* Counts one binding more, unless that would pass `max`. */
+static __always_inline bool binding_count_take_below(__u64 max)
 {
 	__u32 zero = 0;
 	__u64 *n = bpf_map_lookup_elem(&map_binding_count, &zero);
 	if (!n)
 		return false;
-	if (__sync_fetch_and_add(n, 1) < CFG.binding_max)
+	if (__sync_fetch_and_add(n, 1) < max)
 		return true;
 	__sync_fetch_and_add(n, -1);
 	return false;
+}
+
+/* Counts one binding more, unless that would pass CFG.binding_max. */
+static __always_inline bool binding_count_take(void)
+{
+	return binding_count_take_below(CFG.binding_max);
 }
 
 /*

@@ -908,7 +908,12 @@ __noinline int einat_egress_full(struct __sk_buff *skb, struct packet *pp)
 	 * reference for it, which the session keeps; when none was made, the binding goes
 	 * with it if no other CPU took one meanwhile. */
 	r = 0;
-	if (!made) {
+	if (!made && b && (pp->tcp_flags & TCP_FLAG_RST) && !ct_find(ck)) {
+		/* A reset refusing a remote's packet (a SYN to a closed port, say): translated,
+		 * but it makes no session (RFC 7857 7.1: an outbound RST answering inbound
+		 * traffic does not refresh the mapping). Otherwise the remote's packets,
+		 * which make none (ingress_l4), would make one each through the reset. */
+	} else if (!made) {
 		r = einat_ct_touch(ck, intern, pp, true, b ? CT_FIND : CT_NEW_REF_HELD);
 		if (r && !b)
 			binding_put(pp->family, pp->l4proto, &bvp->addr, bvp->port);

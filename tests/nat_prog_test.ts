@@ -249,7 +249,7 @@ Deno.test("TCP: a SYN answered without a SYN (a bare ACK, data) stays transitory
   }
 });
 
-Deno.test("EIF without state for the unanswered: a flood from many remotes to one mapped port makes no session, so the table stays free for every host's flows", async () => {
+Deno.test("EIF without state for the unanswered: a flood from many remotes to one mapped port makes no session (nor do the host's resets refusing it), so the table stays free for every host's flows", async () => {
   const n = await loadTestNat(testInterfaceConfig({ ctMaxRecords: 300, bindingMaxRecords: 300 }));
   try {
     const ext = n.egress(udp(LAN1, 40000, SRV1, 3478)).out.sport!;
@@ -260,6 +260,16 @@ Deno.test("EIF without state for the unanswered: a flood from many remotes to on
     assertEquals(stat(n.nat.maps.stats, "drop_ct_full"), 0n);
     assertEquals(stat(n.nat.maps.stats, "inbound_unanswered"), 1000n);
     assertEquals(sessions(n.nat.maps).length, 1, "no session for any of them");
+    // TCP: SYNs from many remotes to a mapped port the host refuses with a reset. The resets
+    // leave translated and make no session either (RFC 7857 7.1).
+    const text = n.egress(tcp(LAN1, 40001, SRV1, 80, { syn: true })).out.sport!;
+    for (let i = 0; i < 500; i++) {
+      const remote = `198.18.${4 + (i >> 8)}.${i & 255}`;
+      assertEquals(n.ingress(tcp(remote, 1024 + i, EXT, text, { syn: true })).out.dst, LAN1);
+      const rst = n.egress(tcp(LAN1, 40001, remote, 1024 + i, { rst: true, ack: true }));
+      assertEquals([rst.retval, rst.out.src, rst.out.sport], [TC_ACT_OK, EXT, text]);
+    }
+    assertEquals(sessions(n.nat.maps).length, 2, "the two outbound flows' sessions only");
     // Every host's new flows still get sessions: 250 remotes of another host.
     for (let i = 0; i < 250; i++) {
       assertEquals(n.egress(udp(LAN2, 41000, `198.51.100.${1 + i}`, 53)).retval, TC_ACT_OK);

@@ -137,13 +137,16 @@ static __always_inline __u8 ct_flags_update(__u8 flags, bool egress, __u8 tcp_fl
  * A new session's flags. A session is made by what its internal host sends
  * (einat_ct_touch's callers; a remote's first packet makes none, ingress_l4):
  * a SYN-ACK leaving answers the remote's SYN, which came before the session.
+ * The remote counts as seen only once its next packet (the handshake's ACK)
+ * comes: until then the connection is opening, so SYNs from addresses that
+ * never answer (spoofed) hold a session timeout_tcp_opening, not 2h4m.
  */
 static __always_inline __u8 ct_new_flags(bool egress, __u8 tcp_flags)
 {
 	__u8 f = ct_flags_update(0, egress, tcp_flags);
 	if (egress && (tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK | TCP_FLAG_RST)) ==
 			      (TCP_FLAG_SYN | TCP_FLAG_ACK))
-		f |= CT_SYN_IN | CT_SEEN_IN;
+		f |= CT_SYN_IN;
 	return f;
 }
 

@@ -1215,18 +1215,21 @@ Deno.test("IPv6 exhaustion answers ICMPv6 1/1 to the internal sender (RFC 5508 R
 
 // --- inbound ICMP queries (allow_inbound_icmpx) ---------------------------------
 
+/** Port ranges of the inbound ping tests: identifiers 0-999 may be bound by pings from outside. */
+const PING_RANGES = {
+  tcp: [{ start: 20000, end: 29999 }],
+  udp: [{ start: 20000, end: 29999 }],
+  icmp: [{ start: 0, end: 65535 }],
+  icmpIn: [{ start: 0, end: 999 }],
+  icmpOut: [{ start: 0, end: 65535 }],
+};
+
 Deno.test("inbound ICMP query: pings from outside bind three quarters of binding_max_records at most; the rest stays the internal hosts'", async () => {
   const n = await loadTestNat(
     testInterfaceConfig({
       allowInboundIcmpx: true,
       bindingMaxRecords: 40,
-      defaultRanges: {
-        tcp: [{ start: 20000, end: 29999 }],
-        udp: [{ start: 20000, end: 29999 }],
-        icmp: [{ start: 0, end: 65535 }],
-        icmpIn: [{ start: 0, end: 999 }],
-        icmpOut: [{ start: 0, end: 65535 }],
-      },
+      defaultRanges: PING_RANGES,
     }),
     EXTS,
   );
@@ -1262,13 +1265,7 @@ Deno.test("inbound ICMP query: a ping from outside binds its identifier (icmp_in
     testInterfaceConfig({
       nat66: true,
       allowInboundIcmpx: inbound,
-      defaultRanges: {
-        tcp: [{ start: 20000, end: 29999 }],
-        udp: [{ start: 20000, end: 29999 }],
-        icmp: [{ start: 0, end: 65535 }],
-        icmpIn: [{ start: 0, end: 999 }],
-        icmpOut: [{ start: 0, end: 65535 }],
-      },
+      defaultRanges: PING_RANGES,
     });
   for (const family of [4, 6] as const) {
     const [ext, lan, srv] = family === 4 ? [EXT4, LAN4, SRV4] : [EXT6, LAN6, SRV6];

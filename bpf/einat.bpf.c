@@ -259,7 +259,7 @@ __noinline int einat_egress_error_other(struct __sk_buff *skb, struct packet *p,
 	*to = mapping_ext(skb, p, ext)->addr;
 	if (!einat_addr_nat_find(ADDR_FIND(p->family, in->l4proto, 0), to, &in->src, packet_now(p),
 				 intern) ||
-	    !addr_eq(intern, &in->dst))
+	    !addr_eq(intern, &in->dst) || addr_eq(intern, to) /* the router's own mapping */)
 		return own ? pass() : drop(STAT_DROP_ICMP_ERROR);
 	if (!einat_icmp_error_valid(skb, p)) /* RFC 5508 REQ-3 */
 		return drop(STAT_DROP_ICMP_ERROR);
@@ -359,7 +359,8 @@ __noinline int einat_ingress_icmp_error(struct __sk_buff *skb, struct packet *p)
 		union ip_addr intern;
 		if (!addr_eq(&p->dst, &in.src) ||
 		    !einat_addr_nat_find(ADDR_FIND(p->family, in.l4proto, 0), &in.src, &in.dst,
-					 packet_now(p), &intern))
+					 packet_now(p), &intern) ||
+		    addr_eq(&intern, &in.src)) /* the router's own (its tunnel, say) */
 			return pass();
 		if (!einat_icmp_error_valid(skb, p)) /* RFC 5508 REQ-3 */
 			return drop(STAT_DROP_ICMP_ERROR);
@@ -433,17 +434,18 @@ __noinline int einat_inbound_query(struct packet *p)
 {
 	if (!p)
 		return 0;
-	struct endpoint self;
-	__builtin_memset(&self, 0, sizeof(self));
-	self.addr = p->dst;
-	self.port = p->dport;
 	struct ct_key ck;
 	ct_key_init(&ck, p->family, p->l4proto, &p->dst, p->dport, &p->src, 0);
 	struct mapping_record *b = binding_reply(p->family, p->l4proto, &p->dst, p->dport);
 	if (b) {
-		/* ours from an earlier ping: keep its session alive */
+		/* Ours from an earlier ping: its session, if this remote has one, is kept
+		 * alive. Another remote's makes none (the router answers either way): pings
+		 * from many sources would otherwise fill the session table. */
+		struct ct_value *v = NULL;
 		if (b->ct.int_port == p->dport && addr_eq(&b->ct.int_addr, &p->dst))
-			einat_ct_touch(&ck, &self, p, false, CT_FIND);
+			v = ct_find(&ck);
+		if (v)
+			einat_ct_refresh(v, p->l4proto, false, 0, packet_now(p));
 		return 0;
 	}
 	struct external_config *dc = lpm_lookup(&map_externals, p->family, &p->dst);
@@ -453,7 +455,7 @@ __noinline int einat_inbound_query(struct packet *p)
 	int slot = einat_ext_slot(p->family, &p->dst);
 	/* Pings from outside may fill three quarters of the bindings at most: the rest stays
 	 * the internal hosts' whatever anyone outside sends (the router answers either way). */
-	if (slot < 0 || !binding_count_take_below(CFG.binding_max - CFG.binding_max / 4))
+	if (slot < 0 || !binding_count_take_below((__u64)CFG.binding_max * 3 / 4))
 		return 0;
 	struct rec_key rk;
 	rec_key_init(&rk, p->family, p->l4proto, &p->dst, p->dport);
@@ -932,12 +934,14 @@ __noinline int einat_egress_full(struct __sk_buff *skb, struct packet *pp)
 		sess_count(skb, ck, own_ct, true); /* out of the sender's session */
 		ct_key_init(ck, pp->family, pp->l4proto, &pp->dst, pp->dport, &bvp->addr,
 			    bvp->port);
-		r = einat_ct_touch(ck, target, pp, false, CT_FIND);
-		if (r)
-			return drop(r);
+		/* Refreshed when the target has one; made by its answer otherwise, as from
+		 * outside (ingress_l4). */
 		struct ct_value *peer_ct = ct_find(ck);
-		if (peer_ct) /* its replies come back here and must turn around too */
+		if (peer_ct) { /* its replies come back here and must turn around too */
+			einat_ct_refresh(peer_ct, pp->l4proto, false, pp->tcp_flags,
+					 packet_now(pp));
 			peer_ct->flags |= CT_HAIRPIN;
+		}
 		sess_count(skb, ck, peer_ct, false); /* into the target's */
 		if (pp->frag == FRAG_FIRST) { /* the rest of the datagram turns too */
 			einat_frag_record(pp, FRAG_OUT, &bvp->addr);
@@ -1148,7 +1152,9 @@ static __always_inline int ingress_l4(struct __sk_buff *skb, struct packet *pp, 
 		einat_ct_refresh(v, pp->l4proto, false, pp->tcp_flags, now);
 		bv.addr = v->int_addr;
 		bv.port = v->int_port;
-		if (fe)
+		/* Not for a bare SYN: it does not mark the remote seen (ct.h), and a slot
+		 * would serve its next packet, which must. */
+		if (fe && (pp->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) != TCP_FLAG_SYN)
 			flow_fill(fe, pp, false, &bv.addr, bv.port, epoch, now);
 	} else {
 		struct mapping_record *b = ri < 0 ? NULL : rec_get(ri);

@@ -245,6 +245,14 @@ Deno.test("other protocols: the router's own, no-SNAT, to our own address, and w
     assertEquals(stat(n.nat.maps.stats, "drop_addr_in_use"), 1n);
     const back = other(4, SRV1, EXT, GRE);
     assertEquals(n.runRaw("ingress", back), { retval: TC_ACT_OK, bytes: back }, "to the router");
+    // An error about the router's own packet is the router's, as it is (not checked, counted
+    // or rewritten as one about a host's).
+    const ptb = buildIcmpError(
+      { family: 4, src: HOP, dst: EXT, icmpType: 3, icmpCode: 4, mtu: 1400 },
+      own.slice(14),
+    );
+    assertEquals(n.runRaw("ingress", ptb), { retval: TC_ACT_OK, bytes: ptb });
+    assertEquals(stat(n.nat.maps.stats, "icmp_error_nat"), 0n);
     // Another remote is free for the host.
     assertEquals(parsePacket(n.runRaw("egress", other(4, LAN1, SRV2, GRE)).bytes).src, EXT);
   });

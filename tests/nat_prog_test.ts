@@ -208,7 +208,13 @@ Deno.test("TCP: SNAT/DNAT with checksums and state walk SYN, SYN-ACK, ACK, FIN, 
     n.egress(tcp(LAN1, 45000, SRV1, 80, { syn: true }));
     assertEquals(sessions(n.nat.maps)[0].value.state, CT_STATE.TRANS, "after the reset: opening");
     n.ingress(tcp(SRV1, 80, EXT, ext, { syn: true }));
-    assertEquals(sessions(n.nat.maps)[0].value.state, CT_STATE.EST, "simultaneous open");
+    assertEquals(
+      sessions(n.nat.maps)[0].value.state,
+      CT_STATE.TRANS,
+      "simultaneous open: a bare SYN from outside is not the remote seen (a spoofed one resent)",
+    );
+    n.ingress(tcp(SRV1, 80, EXT, ext, { syn: true, ack: true }));
+    assertEquals(sessions(n.nat.maps)[0].value.state, CT_STATE.EST, "its SYN-ACK: established");
 
     const lone = n.runRaw("egress", buildPacket(tcp(LAN2, 46000, SRV1, 80, { rst: true })));
     assertEquals(lone.retval, TC_ACT_SHOT, "an RST without mapping is dropped, never leaked");
@@ -296,6 +302,7 @@ Deno.test("TCP: a connection from outside to a mapping (SYN in, SYN-ACK out) is 
     assertEquals(of(5555), undefined, "no session for the SYN alone");
     n.egress(tcp(LAN1, 45400, SRV2, 5555, { syn: true, ack: true }));
     assertEquals(of(5555)!.flags & CT_FLAGS.SYN_IN, CT_FLAGS.SYN_IN, "the remote's SYN noted");
+    n.ingress(tcp(SRV2, 5555, EXT, text, { syn: true })); // the same SYN again (spoofed, resent)
     assertEquals(
       of(5555)!.state,
       CT_STATE.TRANS,

@@ -1255,8 +1255,55 @@ Deno.test("inbound ICMP query: pings from outside bind three quarters of binding
       const r = n.egress({ ...udpSpec(4, LAN4, 40000 + i, SRV4, 53, new Uint8Array(4)) });
       assertEquals(r.retval, TC_ACT_OK, `internal host's mapping ${i}`);
     }
+    // Pings of one bound identifier from many remotes make no session each (the table would
+    // fill): the router answers them all the same.
+    const before = sessionsOf(n.nat.maps).length;
+    for (let i = 0; i < 200; i++) {
+      const pkt = buildPacket({
+        family: 4,
+        src: `198.18.${i >> 8}.${i & 255}`,
+        dst: EXT4,
+        proto: "icmp",
+        icmpType: 8,
+        icmpId: 7,
+        icmpSeq: 1,
+      });
+      assertEquals(n.runRaw("ingress", pkt).retval, TC_ACT_OK);
+    }
+    assertEquals(sessionsOf(n.nat.maps).length, before, "no session per remote");
   } finally {
     n.close();
+  }
+  // With fewer than four bindings, pings still leave the internal hosts one at least.
+  for (const max of [1, 2, 3]) {
+    const m = await loadTestNat(
+      testInterfaceConfig({
+        allowInboundIcmpx: true,
+        bindingMaxRecords: max,
+        defaultRanges: PING_RANGES,
+      }),
+      EXTS,
+    );
+    try {
+      for (let id = 0; id < 10; id++) {
+        m.runRaw(
+          "ingress",
+          buildPacket({
+            family: 4,
+            src: SRV4,
+            dst: EXT4,
+            proto: "icmp",
+            icmpType: 8,
+            icmpId: id,
+            icmpSeq: 1,
+          }),
+        );
+      }
+      const r = m.egress(udpSpec(4, LAN4, 40000, SRV4, 53, new Uint8Array(4)));
+      assertEquals(r.retval, TC_ACT_OK, `binding_max_records ${max}: the host's mapping`);
+    } finally {
+      m.close();
+    }
   }
 });
 

@@ -222,17 +222,33 @@ Deno.test("session counters: a hairpinned packet counts out of the sender's sess
       const A = "192.0.2.10", B = "192.0.2.20";
       const a = n.egress(udp(A, 40000, SRV1, 53)).out.sport!;
       const b = n.egress(udp(B, 41000, SRV1, 53)).out.sport!;
-      // A reaches B's mapping through the external address, twice (the second too goes the
-      // full path: a hairpinned session stays off the flow cache).
-      for (let i = 0; i < 2; i++) {
+      // A reaches B's mapping through the external address, three times (each goes the full
+      // path: a hairpinned session stays off the flow cache). The first makes no session on
+      // B's binding (nobody answered yet, as from outside); B's answer, turned back to A,
+      // makes it, and A's later packets count into it.
+      const hairpin = () => {
         const hp = n.egress(udp(A, 40000, EXT, b));
         assertEquals([hp.out.src, hp.out.sport, hp.out.dst, hp.out.dport], [EXT, a, B, 41000]);
-      }
-      const two = { packetsOut: 2, bytesOut: 2 * UDP_LEN, packetsIn: 0, bytesIn: 0 };
-      assertEquals(countsOf(n, IPPROTO.UDP, [EXT, a], [EXT, b]), two);
+      };
+      hairpin();
+      const back = n.egress(udp(B, 41000, EXT, a));
+      assertEquals([back.out.src, back.out.sport, back.out.dst, back.out.dport], [
+        EXT,
+        b,
+        A,
+        40000,
+      ]);
+      hairpin();
+      hairpin();
+      assertEquals(countsOf(n, IPPROTO.UDP, [EXT, a], [EXT, b]), {
+        packetsOut: 3,
+        bytesOut: 3 * UDP_LEN,
+        packetsIn: 1,
+        bytesIn: UDP_LEN,
+      });
       assertEquals(countsOf(n, IPPROTO.UDP, [EXT, b], [EXT, a]), {
-        packetsOut: 0,
-        bytesOut: 0,
+        packetsOut: 1,
+        bytesOut: UDP_LEN,
         packetsIn: 2,
         bytesIn: 2 * UDP_LEN,
       });

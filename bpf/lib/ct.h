@@ -99,6 +99,11 @@ enum ct_reopen {
 static __always_inline struct ct_flags_change ct_change_of(bool egress, __u8 tcp_flags)
 {
 	struct ct_flags_change c = {.keep = 0xff, .set = egress ? CT_SEEN_OUT : CT_SEEN_IN};
+	/* A remote's bare SYN is not the remote seen: a spoofed one, sent again, would
+	 * otherwise establish the session its first made the host answer (its SYN-ACK).
+	 * Seen is what follows (the SYN-ACK of a simultaneous open, the handshake's ACK). */
+	if (!egress && (tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK | TCP_FLAG_RST)) == TCP_FLAG_SYN)
+		c.set = 0;
 	/* A SYN that opens the 5-tuple again once it was closed or reset: what
 	 * was seen of the old connection goes, so the new one is transitory until
 	 * answered (RFC 6146 3.5.2), not established by the old one's answers. */

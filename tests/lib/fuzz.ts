@@ -803,8 +803,9 @@ export function checkPacket(
       return res("held"); // a later fragment before its first, kept for it (frag.h)
     }
     if (verdict === TC_ACT_SHOT) {
-      // Only a packet towards a binding (whose session could not be made) or an unsolicited
-      // SYN to a NAT port of the external address is dropped.
+      // Only an ICMP error or a later fragment towards a binding, or an unsolicited SYN to a
+      // NAT port of the external address, is dropped. A TCP or UDP packet to a binding needs
+      // no session (a remote's first packet makes none), so nothing refuses it.
       const n = d.inner;
       const bound = n
         ? view.get(false, fam, keyProto(n.proto), n.src, n.sport)
@@ -814,6 +815,9 @@ export function checkPacket(
       const syn = !n && d.frag !== 2 && d.proto === P_TCP && (d.tcpFlags & 0x12) === 0x02 &&
         eq(d.dst, extOf(fam)) && d.dport >= 20000 && d.dport <= 29999;
       if (!bound && !syn) v.push("ingress packet dropped although it has no binding to go to");
+      if (bound && !n && d.frag !== 2 && (d.proto === P_TCP || d.proto === P_UDP) && !syn) {
+        v.push("ingress TCP/UDP packet to a binding dropped");
+      }
       return res("drop");
     }
     if (!changed) {

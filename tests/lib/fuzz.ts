@@ -785,7 +785,14 @@ export function checkPacket(
   const back = d.quotedLater && view.back?.(d.quotedLater, dir === "ingress" ? 4 : 3);
   // (Egress from inside to the external address is a hairpinned error: its own path, below.)
   if (d.quotedLater && back && !(dir === "egress" && eq(d.dst, extOf(6)) && !ownSource6(d))) {
-    return checkLaterQuote(dir, d, d.quotedLater, back, input, verdict, out, v, res);
+    const q = d.quotedLater;
+    // Inbound, an error to another address than the quoted source is not about our packet
+    // (RFC 5508 REQ-4): it passes as it is, damaged or not (einat_ingress_icmp_error).
+    if (dir === "ingress" && !eq(d.dst, q.src)) {
+      mustPass("error quoting a later fragment, to another address than its source");
+      return res("pass");
+    }
+    return checkLaterQuote(dir, d, q, back, input, verdict, out, v, res);
   }
   if (dir === "ingress") {
     if (d.addrOnly || d.otherInner) return res(checkOtherIngress(d, input, verdict, out, view, v));
@@ -1259,7 +1266,8 @@ function checkOtherEgressError(
 ): string {
   const fam = d.family as 4 | 6, ext = extOf(fam), n = d.otherInner!;
   const holder = view.addr?.(fam, n.proto, ext, n.src) ?? null;
-  if (!holder || !eq(holder, n.dst)) {
+  // A mapping held by the external address itself is the router's own (its tunnel, say).
+  if (!holder || !eq(holder, n.dst) || eq(holder, ext)) {
     if (own && (verdict !== TC_ACT_OK || !eq(input, out))) {
       v.push(`the router's own error about another protocol: verdict ${verdict}, changed`);
     }

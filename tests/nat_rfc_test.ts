@@ -1224,6 +1224,10 @@ const PING_RANGES = {
   icmpOut: [{ start: 0, end: 65535 }],
 };
 
+/** An echo request from outside (`src`) to the external address, identifier `id`. */
+const pingIn = (src: string, id: number) =>
+  buildPacket({ family: 4, src, dst: EXT4, proto: "icmp", icmpType: 8, icmpId: id, icmpSeq: 1 });
+
 Deno.test("inbound ICMP query: pings from outside bind three quarters of binding_max_records at most; the rest stays the internal hosts'", async () => {
   const n = await loadTestNat(
     testInterfaceConfig({
@@ -1235,16 +1239,7 @@ Deno.test("inbound ICMP query: pings from outside bind three quarters of binding
   );
   try {
     for (let id = 0; id < 100; id++) {
-      const pkt = buildPacket({
-        family: 4,
-        src: SRV4,
-        dst: EXT4,
-        proto: "icmp",
-        icmpType: 8,
-        icmpId: id,
-        icmpSeq: 1,
-      });
-      assertEquals(n.runRaw("ingress", pkt).retval, TC_ACT_OK, "answered by the router");
+      assertEquals(n.runRaw("ingress", pingIn(SRV4, id)).retval, TC_ACT_OK, "to the router");
     }
     const held = Array.from({ length: 100 }, (_, id) =>
       findBinding(n.nat.maps, 4, IPPROTO.ICMP, parseAddr(EXT4), id)).filter((b) =>
@@ -1259,16 +1254,7 @@ Deno.test("inbound ICMP query: pings from outside bind three quarters of binding
     // fill): the router answers them all the same.
     const before = sessionsOf(n.nat.maps).length;
     for (let i = 0; i < 200; i++) {
-      const pkt = buildPacket({
-        family: 4,
-        src: `198.18.${i >> 8}.${i & 255}`,
-        dst: EXT4,
-        proto: "icmp",
-        icmpType: 8,
-        icmpId: 7,
-        icmpSeq: 1,
-      });
-      assertEquals(n.runRaw("ingress", pkt).retval, TC_ACT_OK);
+      assertEquals(n.runRaw("ingress", pingIn(`198.18.${i >> 8}.${i & 255}`, 7)).retval, TC_ACT_OK);
     }
     assertEquals(sessionsOf(n.nat.maps).length, before, "no session per remote");
   } finally {
@@ -1285,20 +1271,7 @@ Deno.test("inbound ICMP query: pings from outside bind three quarters of binding
       EXTS,
     );
     try {
-      for (let id = 0; id < 10; id++) {
-        m.runRaw(
-          "ingress",
-          buildPacket({
-            family: 4,
-            src: SRV4,
-            dst: EXT4,
-            proto: "icmp",
-            icmpType: 8,
-            icmpId: id,
-            icmpSeq: 1,
-          }),
-        );
-      }
+      for (let id = 0; id < 10; id++) m.runRaw("ingress", pingIn(SRV4, id));
       const r = m.egress(udpSpec(4, LAN4, 40000, SRV4, 53, new Uint8Array(4)));
       assertEquals(r.retval, TC_ACT_OK, `binding_max_records ${max}: the host's mapping`);
     } finally {

@@ -894,7 +894,8 @@ __noinline int einat_egress_full(struct __sk_buff *skb, struct packet *pp)
 		ct_key_init(ck, pp->family, pp->l4proto, &pp->dst, 0, &pp->dst, remote_port);
 		ct_first(&es->first, pp->l4proto, true, pp->tcp_flags, packet_now(pp));
 		r = einat_binding_create(pp, from, bvp, ck, &es->first);
-		if (r == STAT_DROP_NO_PORT || r == STAT_DROP_BINDING_FULL)
+		if (r == STAT_DROP_NO_PORT || r == STAT_DROP_BINDING_FULL ||
+		    r == STAT_DROP_HOST_FULL)
 			return refused(skb, pp, r); /* tell the sender (RFC 5508 REQ-8) */
 		if (r > 0)
 			return drop(r);

@@ -43,7 +43,8 @@ struct einat_config {
 	__u32 outbound_mask;
 	/* Bindings at most (binding_max_records): past it, new ones are refused. */
 	__u32 binding_max;
-	__u32 _pad2;
+	/* Bindings one internal address may hold at most (binding_max_per_host); 0: no limit. */
+	__u32 host_max;
 	/* Address-only NAT of the IP protocols without ports (lib/addrnat.h): how long a
 	 * mapping lives without traffic; 0: off, their packets pass as they are. */
 	__u64 timeout_other;
@@ -302,6 +303,7 @@ enum einat_stat {
 	/* a remote's packet to a binding without a session of its own: passed to the
 	 * binding's host (EIF) without making one; the host's answer makes it */
 	STAT_INBOUND_UNANSWERED,
+	STAT_DROP_HOST_FULL, /* the internal address holds binding_max_per_host bindings */
 	STAT_MAX,
 };
 

@@ -119,6 +119,7 @@ export function roConfigOf(ic: InterfaceConfig, hasEth = true): RoConfig {
     flowCacheSlots: ic.flowCacheSlots,
     sessionCounters: ic.sessionCounters,
     timeoutOther: ic.snatOtherProtocols ? BigInt(t.other) * MS : 0n,
+    hostMax: ic.bindingMaxPerHost,
   };
 }
 

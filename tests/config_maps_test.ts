@@ -52,6 +52,7 @@ timeout_tcp_trans = "5m"
 timeout_tcp_closing = "6m"
 timeout_tcp_est = "3h"
 binding_max_records = 4096
+binding_max_per_host = 300
 ct_max_records = 9000
 flow_cache_slots = 4096
 session_counters = 2048
@@ -109,8 +110,11 @@ Deno.test("config keys reach the loaded BPF config and maps", async () => {
       // binding_max_records: the bindings at most, and the outbound index sized for them
       outboundLines: 1024,
       bindingMax: 4096,
+      // binding_max_per_host, and room for as many hosts as there can be bindings
+      hostMax: 300,
       timeoutOther: 420n * s,
     });
+    assertEquals(bpf.mapMaxEntries(bpf.findMap(nat.obj, "map_host_bindings")), 4096);
     // other_max_records: the address-only mappings' table
     assertEquals(bpf.mapMaxEntries(bpf.findMap(nat.obj, "map_addr_nat")), 777);
     // session_counters: the knob on, the counters' map sized to it

@@ -6,6 +6,8 @@
  */
 import { assert, assertEquals } from "./lib/assert.ts";
 import { checkMaps, EXT_CIDRS, fuzzConfig, statOf } from "./lib/fuzz.ts";
+import { syncPortHint } from "../lib/nat/loader.ts";
+import { expireSessions } from "../lib/nat/expire.ts";
 import {
   loadTestNat,
   type Nat,
@@ -126,6 +128,42 @@ Deno.test("ct_max_records full: sessions past each binding's first are refused a
       const back = n.ingress(udp("198.51.100.2", 53, EXT, ext[i]));
       assertEquals([back.retval, back.out.dst], [TC_ACT_OK, `192.0.2.${10 + i}`]);
     }
+  } finally {
+    n.close();
+  }
+});
+
+Deno.test("binding_max_per_host: an internal address holds that many bindings at most (ICMP 3/13, drop_host_full); other hosts go on; a binding freed lets the next in; the start's walk counts the bindings there", async () => {
+  const ic = fuzzConfig({ bindingMaxPerHost: 5 });
+  ic.timeouts = { ...ic.timeouts, udpMin: 300, udpDefault: 300 };
+  const n = await loadTestNat(ic, EXT_CIDRS);
+  try {
+    const host = "192.0.2.10";
+    for (let i = 0; i < 5; i++) {
+      assertEquals(n.egress(udp(host, 40000 + i, SRV, 53)).retval, TC_ACT_OK, `binding ${i}`);
+    }
+    assertRefused(n, udp(host, 40005, SRV, 53), "a sixth binding of one host");
+    assertEquals(statOf(n, "drop_host_full"), 1n);
+    // Another remote on a binding it holds is no new binding; another host is not counted.
+    assertEquals(n.egress(udp(host, 40000, "198.51.100.2", 53)).retval, TC_ACT_OK);
+    assertEquals(n.egress(udp("192.0.2.11", 40000, SRV, 53)).retval, TC_ACT_OK, "another host");
+    // The start's walk (sync_port_hint) counts the bindings there: with the counts gone (a
+    // new object's map), the walk gives them back.
+    const hosts = bpf.mapFd(bpf.findMap(n.nat.obj, "map_host_bindings"));
+    const keys = [...bpf.mapEntries(hosts, 20, 8)].map((e) => e.key);
+    assertEquals(keys.length, 2, "two hosts counted");
+    for (const k of keys) bpf.mapDelete(hosts, k);
+    assertEquals(n.egress(udp(host, 40006, SRV, 53)).retval, TC_ACT_OK, "no count: let in");
+    for (const k of [...bpf.mapEntries(hosts, 20, 8)].map((e) => e.key)) bpf.mapDelete(hosts, k);
+    syncPortHint(n.nat);
+    assertRefused(n, udp(host, 40007, SRV, 53), "counted again by the walk: refused");
+    // Expired and swept: the host's bindings are free again (counted down with them).
+    await new Promise((r) => setTimeout(r, 400));
+    expireSessions(n.nat);
+    for (let i = 0; i < 5; i++) {
+      assertEquals(n.egress(udp(host, 41000 + i, SRV, 53)).retval, TC_ACT_OK, `again ${i}`);
+    }
+    assertRefused(n, udp(host, 41005, SRV, 53), "and again the sixth");
   } finally {
     n.close();
   }

@@ -88,6 +88,70 @@ static __always_inline void binding_count_drop(void)
 	}
 }
 
+/*
+ * Bindings per internal address (binding_max_per_host, CFG.host_max; unused
+ * at 0): taken with the binding, dropped with it. Not pinned: the start's
+ * walk of the records counts them anew (sync_port_hint). An entry stays at 0
+ * (deleting it could lose another CPU's take); the map has room for as many
+ * addresses as there can be bindings (the loader sizes it).
+ */
+struct host_key {
+	__u8 family;
+	__u8 _pad[3];
+	union ip_addr addr;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct host_key);
+	__type(value, __u64);
+	__uint(max_entries, 1);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} map_host_bindings SEC(".maps");
+
+static __always_inline __u64 *host_count_of(__u8 family, const union ip_addr *a, bool make)
+{
+	struct host_key k;
+	__builtin_memset(&k, 0, sizeof(k));
+	k.family = family;
+	k.addr = *a;
+	__u64 *n = bpf_map_lookup_elem(&map_host_bindings, &k);
+	if (n || !make)
+		return n;
+	__u64 zero = 0;
+	bpf_map_update_elem(&map_host_bindings, &k, &zero, BPF_NOEXIST);
+	return bpf_map_lookup_elem(&map_host_bindings, &k);
+}
+
+/* Counts one binding more for internal address a, unless it holds CFG.host_max already. */
+static __always_inline bool host_count_take(__u8 family, const union ip_addr *a)
+{
+	if (!CFG.host_max)
+		return true;
+	__u64 *n = host_count_of(family, a, true);
+	if (!n) /* no room for the address: as many as there can be bindings are held */
+		return false;
+	if (__sync_fetch_and_add(n, 1) < CFG.host_max)
+		return true;
+	__sync_fetch_and_add(n, -1);
+	return false;
+}
+
+/* Counts one binding less for internal address a, never below zero. */
+static __always_inline void host_count_drop(__u8 family, const union ip_addr *a)
+{
+	if (!CFG.host_max)
+		return;
+	__u64 *n = host_count_of(family, a, false);
+	if (!n)
+		return;
+	for (int i = 0; i < 8; i++) {
+		__u64 v = *(volatile __u64 *)n;
+		if (v == 0 || __sync_val_compare_and_swap(n, v, v - 1) == v)
+			return;
+	}
+}
+
 /* The slot of external address a, or -1. A global function: verified once. */
 __noinline int einat_ext_slot(__u32 family, const union ip_addr *a)
 {
@@ -642,12 +706,14 @@ __noinline int einat_binding_release(__u32 idx)
 	if (!r)
 		return 0;
 	__u8 family = r->family, l4proto = r->l4proto;
+	union ip_addr host = r->ct.int_addr;
 	alloc_clear_full(full_key(family, proto_idx(l4proto))); /* a port comes free */
 	/* Before: no flow-cache slot filled earlier serves the port once it is free;
 	 * after: nor one filled while the binding was going. */
 	epoch_bump();
 	record_release(r, idx);
 	binding_count_drop();
+	host_count_drop(family, &host);
 	epoch_bump();
 	port_bit_clear(idx);
 	return 0;
@@ -754,6 +820,10 @@ __noinline int einat_binding_create(const struct packet *p, const struct default
 	c->have_first = 1;
 	if (!binding_count_take())
 		return STAT_DROP_BINDING_FULL;
+	if (!host_count_take(p->family, &p->src)) {
+		binding_count_drop();
+		return STAT_DROP_HOST_FULL;
+	}
 
 	struct port_bits *bits = NULL;
 	if (in_ranges || !alloc_recently_full(full_key(p->family, pidx)))
@@ -791,6 +861,7 @@ __noinline int einat_binding_create(const struct packet *p, const struct default
 	}
 	if (!c->have) {
 		binding_count_drop();
+		host_count_drop(p->family, &p->src);
 		return STAT_DROP_NO_PORT;
 	}
 

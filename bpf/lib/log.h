@@ -75,17 +75,19 @@ __noinline int einat_log_session(const struct ct_key *k, const struct endpoint *
 __noinline int einat_log_drop(const struct packet *p, __u32 reason)
 {
 	bool scarce = reason == STAT_DROP_NO_PORT || reason == STAT_DROP_BINDING_FULL ||
-		      reason == STAT_DROP_CT_FULL;
+		      reason == STAT_DROP_CT_FULL || reason == STAT_DROP_HOST_FULL;
 	if (!p || !log_on(scarce ? LOG_WARN : LOG_DEBUG))
 		return 0;
 	const char *why =
 		reason == STAT_DROP_NO_PORT	   ? "no free external port (drop_no_port)"
 		: reason == STAT_DROP_BINDING_FULL ? "binding table full (drop_binding_full)"
 		: reason == STAT_DROP_CT_FULL	   ? "session table full (drop_ct_full)"
-		: reason == STAT_DROP_FRAGMENT	   ? "fragment (drop_fragment)"
-		: reason == STAT_DROP_ICMP_ERROR   ? "ICMP error (drop_icmp_error)"
-		: reason == STAT_DROP_UNSOLICITED  ? "unsolicited TCP SYN (drop_unsolicited)"
-						   : "untranslatable (drop_untranslatable)";
+		: reason == STAT_DROP_HOST_FULL
+			? "host's bindings at binding_max_per_host (drop_host_full)"
+		: reason == STAT_DROP_FRAGMENT	  ? "fragment (drop_fragment)"
+		: reason == STAT_DROP_ICMP_ERROR  ? "ICMP error (drop_icmp_error)"
+		: reason == STAT_DROP_UNSOLICITED ? "unsolicited TCP SYN (drop_unsolicited)"
+						  : "untranslatable (drop_untranslatable)";
 	if (p->family == 4)
 		bpf_printk("einat: drop %s %pI4:%u -> %pI4:%u: %s", proto_name(p->l4proto),
 			   &p->src.v4, bpf_ntohs(p->sport), &p->dst.v4, bpf_ntohs(p->dport), why);

@@ -216,6 +216,11 @@ static long hint_one(void *map, __u32 *key, struct mapping_record *r, void *ctx)
 		return 0;
 	struct hint_ctx *c = ctx;
 	c->bindings += 1;
+	if (CFG.host_max) { /* this object's count per internal address starts here */
+		__u64 *n = host_count_of(r->family, &r->ct.int_addr, true);
+		if (n)
+			__sync_fetch_and_add(n, 1);
+	}
 	if (r->sess == SESS_INLINE)
 		c->sessions += 1;
 	struct port_bits *b = port_bits_of(*key);

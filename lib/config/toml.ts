@@ -122,6 +122,8 @@ export const DEFAULTS = {
   fragTrackMaxRecords: 65536,
   otherMaxRecords: 4096,
   bindingMaxRecords: 65536 * 3,
+  /** Bindings one internal address may hold; 0: no limit (einat-ts). */
+  bindingMaxPerHost: 0,
   /** Timeouts in milliseconds. */
   timeouts: {
     fragment: 2_000,
@@ -183,6 +185,7 @@ const INTERFACE_KEYS = [
   "frag_track_max_records",
   "other_max_records",
   "binding_max_records",
+  "binding_max_per_host",
   "ct_max_records",
   "preallocate_maps",
   "flow_cache_slots",
@@ -864,6 +867,7 @@ export function defaultInterface(
     fragTrackMaxRecords: DEFAULTS.fragTrackMaxRecords,
     otherMaxRecords: DEFAULTS.otherMaxRecords,
     bindingMaxRecords: DEFAULTS.bindingMaxRecords,
+    bindingMaxPerHost: DEFAULTS.bindingMaxPerHost,
     ctMaxRecords: DEFAULTS.bindingMaxRecords * 2,
     preferTcx: DEFAULTS.preferTcx,
     preallocateMaps: DEFAULTS.preallocateMaps,
@@ -1080,6 +1084,16 @@ function parseInterface(
   iface.fragTrackMaxRecords = records("frag_track_max_records", DEFAULTS.fragTrackMaxRecords);
   iface.otherMaxRecords = records("other_max_records", DEFAULTS.otherMaxRecords);
   iface.bindingMaxRecords = records("binding_max_records", DEFAULTS.bindingMaxRecords);
+  iface.bindingMaxPerHost = getInt(
+    ctx,
+    t,
+    "binding_max_per_host",
+    path,
+    DEFAULTS.bindingMaxPerHost,
+    0,
+    MAX_RECORDS,
+    "a number of bindings (0: no limit)",
+  );
   iface.ctMaxRecords = records("ct_max_records", iface.bindingMaxRecords * 2);
   if (iface.ctMaxRecords < iface.bindingMaxRecords) {
     notice(

@@ -86,6 +86,8 @@ export interface InterfaceConfig {
   /** Address-only mappings of other IP protocols at most (`other_max_records`). */
   otherMaxRecords: number;
   bindingMaxRecords: number;
+  /** `binding_max_per_host`: bindings one internal address may hold; 0: no limit. */
+  bindingMaxPerHost: number;
   ctMaxRecords: number;
   /** `preallocate_maps`: session records allocated when the map is created. */
   preallocateMaps: boolean;

@@ -71,6 +71,7 @@ export const STATS = [
   "drop_addr_in_use",
   "drop_addr_full",
   "inbound_unanswered",
+  "drop_host_full",
 ] as const;
 /** Name of a counter in `map_stats`. */
 export type StatName = typeof STATS[number];
@@ -108,6 +109,7 @@ export const EINAT_CONFIG_LAYOUT: StructLayout = {
     session_counters: { offset: 65, size: 1 },
     outbound_mask: { offset: 68, size: 4 },
     binding_max: { offset: 72, size: 4 },
+    host_max: { offset: 76, size: 4 },
     timeout_other: { offset: 80, size: 8 },
     timeout_tcp_closing: { offset: 88, size: 8 },
   },
@@ -399,6 +401,8 @@ export interface RoConfig {
   outboundLines?: number;
   /** Bindings at most (`binding_max_records`; set by the loader). */
   bindingMax?: number;
+  /** Bindings one internal address may hold (`binding_max_per_host`); 0 or absent: no limit. */
+  hostMax?: number;
   /** Sessions whose packets and bytes are counted (`session_counters`); 0 or absent: off. */
   sessionCounters?: number;
   /** Address-only NAT of the IP protocols without ports: its timeout; 0 or absent: off. */
@@ -468,6 +472,7 @@ export function encodeRoConfig(c: RoConfig): Uint8Array {
   b[f(L, "session_counters")] = c.sessionCounters ? 1 : 0;
   v.setUint32(f(L, "outbound_mask"), (c.outboundLines ?? 1) - 1, true);
   v.setUint32(f(L, "binding_max"), c.bindingMax ?? 0, true);
+  v.setUint32(f(L, "host_max"), c.hostMax ?? 0, true);
   v.setBigUint64(f(L, "timeout_other"), c.timeoutOther ?? 0n, true);
   v.setBigUint64(f(L, "timeout_tcp_closing"), c.timeoutTcpClosing ?? c.timeoutTcpTrans, true);
   return b;
@@ -493,6 +498,7 @@ export function decodeRoConfig(b: Uint8Array): RoConfig {
     flowCacheSlots: 2 ** b[f(L, "flow_cache_bits")],
     outboundLines: v.getUint32(f(L, "outbound_mask"), true) + 1,
     bindingMax: v.getUint32(f(L, "binding_max"), true),
+    hostMax: v.getUint32(f(L, "host_max"), true),
     timeoutOther: v.getBigUint64(f(L, "timeout_other"), true),
     timeoutTcpClosing: v.getBigUint64(f(L, "timeout_tcp_closing"), true),
   };

@@ -21,6 +21,8 @@ export const EXHAUSTION_REASONS = {
     "(each needs a slot: external_slots)",
   drop_binding_full: "raise binding_max_records",
   drop_ct_full: "raise ct_max_records",
+  drop_host_full: "one internal address holds binding_max_per_host bindings: raise it if that " +
+    "host is meant to",
 } as const;
 
 /** A watched counter. */

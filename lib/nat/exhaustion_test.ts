@@ -1,10 +1,11 @@
 import { assertEquals } from "../../tests/lib/assert.ts";
 import { EXHAUSTION_REPORT_INTERVAL_MS, exhaustionWatch } from "./exhaustion.ts";
 
-const c = (drop_no_port: number, drop_binding_full = 0, drop_ct_full = 0) => ({
+const c = (drop_no_port: number, drop_binding_full = 0, drop_ct_full = 0, drop_host_full = 0) => ({
   drop_no_port,
   drop_binding_full,
   drop_ct_full,
+  drop_host_full,
 });
 
 Deno.test("exhaustion: first counts are the baseline; growth reported at once, then once a minute per reason", () => {

@@ -314,6 +314,11 @@ async function loadNatBytes(
     const outbound = bpf.findMap(obj, MAP_NAMES.outbound);
     bpf.mapSetMaxEntries(outbound, outboundLines(opts.bindingMaxRecords));
     bpf.mapSetMaxEntries(bpf.findMap(obj, MAP_NAMES.ct), opts.ctMaxRecords);
+    // Room for as many internal addresses as there can be bindings; one entry when off.
+    bpf.mapSetMaxEntries(
+      bpf.findMap(obj, "map_host_bindings"),
+      opts.ro.hostMax ? opts.bindingMaxRecords : 1,
+    );
     bpf.mapSetMaxEntries(bpf.findMap(obj, MAP_NAMES.flowCache), flowCacheEntries(opts.ro));
     // One entry when off (a map is never empty), at least two when on (counters.ts, countingOn).
     const counted = opts.ro.sessionCounters ?? 0;

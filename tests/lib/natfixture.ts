@@ -75,6 +75,7 @@ export function testInterfaceConfig(o: Partial<InterfaceConfig> = {}): Interface
     fragTrackMaxRecords: 65536,
     otherMaxRecords: 4096,
     bindingMaxRecords: 65536,
+    bindingMaxPerHost: 0,
     ctMaxRecords: 65536 * 2,
     preferTcx: false,
     preallocateMaps: false,

@@ -66,6 +66,18 @@ static __always_inline bool binding_count_take(void)
 	return binding_count_take_below(CFG.binding_max);
 }
 
+/* One less of the count *n, never below zero (the tries: binding_count_drop). */
+static __always_inline void count_drop(__u64 *n)
+{
+	if (!n)
+		return;
+	for (int i = 0; i < 8; i++) {
+		__u64 v = *(volatile __u64 *)n;
+		if (v == 0 || __sync_val_compare_and_swap(n, v, v - 1) == v)
+			return;
+	}
+}
+
 /*
  * Counts one binding less, never below zero. The count can be lower than the
  * live bindings: a new count starts from a walk of the records, and when an
@@ -78,14 +90,7 @@ static __always_inline bool binding_count_take(void)
 static __always_inline void binding_count_drop(void)
 {
 	__u32 zero = 0;
-	__u64 *n = bpf_map_lookup_elem(&map_binding_count, &zero);
-	if (!n)
-		return;
-	for (int i = 0; i < 8; i++) {
-		__u64 v = *(volatile __u64 *)n;
-		if (v == 0 || __sync_val_compare_and_swap(n, v, v - 1) == v)
-			return;
-	}
+	count_drop(bpf_map_lookup_elem(&map_binding_count, &zero));
 }
 
 /*
@@ -137,19 +142,11 @@ static __always_inline bool host_count_take(__u8 family, const union ip_addr *a)
 	return false;
 }
 
-/* Counts one binding less for internal address a, never below zero. */
+/* Counts one binding less for internal address a, never below zero (count_drop). */
 static __always_inline void host_count_drop(__u8 family, const union ip_addr *a)
 {
-	if (!CFG.host_max)
-		return;
-	__u64 *n = host_count_of(family, a, false);
-	if (!n)
-		return;
-	for (int i = 0; i < 8; i++) {
-		__u64 v = *(volatile __u64 *)n;
-		if (v == 0 || __sync_val_compare_and_swap(n, v, v - 1) == v)
-			return;
-	}
+	if (CFG.host_max)
+		count_drop(host_count_of(family, a, false));
 }
 
 /* The slot of external address a, or -1. A global function: verified once. */

@@ -166,6 +166,11 @@ export function parseRanges(
   return merged;
 }
 
+/** True when `port` lies in one of `ranges`. */
+export function inRanges(port: number, ranges: readonly PortRange[]): boolean {
+  return ranges.some((r) => port >= r.start && port <= r.end);
+}
+
 /** True when every value in `inner` is also covered by `outer`. */
 export function rangesContain(outer: readonly PortRange[], inner: readonly PortRange[]): boolean {
   const o = mergeRanges(outer);

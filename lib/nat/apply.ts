@@ -19,9 +19,12 @@ import {
   EXTERNAL_CONFIG_LAYOUT,
   IPPROTO,
   LPM_KEY_LAYOUT,
+  type ProtoName,
+  protoName,
   type StructLayout,
 } from "./codec.ts";
 import type { PortRange } from "../config/types.ts";
+import { inRanges } from "../config/ranges.ts";
 import type { NatMaps } from "./loader.ts";
 import { cidrHas, type NatPlan } from "./plan.ts";
 import {
@@ -197,7 +200,7 @@ export function purgeStale(
 /** Bindings of one external address and protocol whose ports lie outside its ranges now. */
 export interface OutsideRanges {
   external: string;
-  protocol: "tcp" | "udp" | "icmp";
+  protocol: ProtoName;
   bindings: number;
 }
 
@@ -208,7 +211,7 @@ export interface OutsideRanges {
  * identifiers (`icmp_in_ranges`) count as inside.
  */
 export function bindingsOutsideRanges(maps: NatMaps, plan: NatPlan): OutsideRanges[] {
-  const count = new Map<string, number>();
+  const count = new Map<string, OutsideRanges>(); // by external/protocol
   const rangesOf = new Map<number, Record<number, PortRange[]> | null>(); // by slot
   forEachLiveRecord(maps.records, readSlots(maps.slots), (values, vo, _vv, slot, port) => {
     let r = rangesOf.get(slot.slot);
@@ -229,17 +232,12 @@ export function bindingsOutsideRanges(maps: NatMaps, plan: NatPlan): OutsideRang
     if (!r) return; // no external entry: the purge drops these
     const l4proto = values[vo + RECORD_AT.l4proto.offset];
     const ranges = r[l4proto === IPPROTO.TCP || l4proto === IPPROTO.UDP ? l4proto : IPPROTO.ICMP];
-    if (ranges.some((x) => port >= x.start && port <= x.end)) return;
-    const proto = l4proto === IPPROTO.TCP ? "tcp" : l4proto === IPPROTO.UDP ? "udp" : "icmp";
-    const k = `${formatAddr(slot.addr)}/${proto}`;
-    count.set(k, (count.get(k) ?? 0) + 1);
+    if (inRanges(port, ranges)) return;
+    const external = formatAddr(slot.addr), protocol = protoName(l4proto);
+    const k = `${external}/${protocol}`;
+    const c = count.get(k);
+    if (c) c.bindings++;
+    else count.set(k, { external, protocol, bindings: 1 });
   });
-  return [...count].sort().map(([k, bindings]) => {
-    const i = k.lastIndexOf("/");
-    return {
-      external: k.slice(0, i),
-      protocol: k.slice(i + 1) as OutsideRanges["protocol"],
-      bindings,
-    };
-  });
+  return [...count].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)).map(([, o]) => o);
 }

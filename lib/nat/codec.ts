@@ -23,6 +23,14 @@ export interface StructLayout {
 /** IP protocol numbers used in keys. */
 export const IPPROTO = { ICMP: 1, TCP: 6, UDP: 17, ICMPV6: 58 } as const;
 
+/** The protocols bindings and sessions are kept for, by name (ICMPv6's are under ICMP's). */
+export type ProtoName = "tcp" | "udp" | "icmp";
+
+/** The name of a binding's or session's protocol number. */
+export function protoName(l4proto: number): ProtoName {
+  return l4proto === IPPROTO.TCP ? "tcp" : l4proto === IPPROTO.UDP ? "udp" : "icmp";
+}
+
 /** Protocol index of `external_config.ranges`. */
 export const PROTO_IDX = { tcp: 0, udp: 1, icmp: 2 } as const;
 /** Ranges per protocol in `external_config`. */

@@ -7,6 +7,7 @@
  */
 
 import type { PortRange } from "../config/types.ts";
+import { inRanges } from "../config/ranges.ts";
 import { formatAddr } from "../config/cidr.ts";
 import { closeFd, dupFd } from "../ffi/libc.ts";
 import * as log from "../log.ts";
@@ -107,7 +108,7 @@ const PURGED = { bindings: "binding", sessions: "session", addressOnly: "address
 
 /** How many of `ports` lie in `ranges`. */
 export function portsInRanges(ports: number[], ranges: PortRange[]): number {
-  return ports.filter((p) => ranges.some((r) => p >= r.start && p <= r.end)).length;
+  return ports.filter((p) => inRanges(p, ranges)).length;
 }
 
 const esc = (v: string) => v.replace(/\\/g, "\\\\").replace(/"/g, '\\"').replace(/\n/g, "\\n");

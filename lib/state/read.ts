@@ -16,6 +16,8 @@ import {
   CT_VALUE_LAYOUT,
   decodeAddrMapping,
   IPPROTO,
+  type ProtoName,
+  protoName,
   STATS,
   sumPerCpu,
   sumPerCpuTraffic,
@@ -52,7 +54,7 @@ import { isNetnsFolder } from "./netns.ts";
 import { ifnameOfPinFolder, pinRootOf } from "./options.ts";
 
 /** A protocol as shown. */
-export type ProtoName = "tcp" | "udp" | "icmp";
+export type { ProtoName };
 
 /** One binding (internal endpoint ↔ external endpoint). */
 export interface BindingRow {
@@ -174,10 +176,6 @@ export interface RowFilter {
   /** How many leading bits of `addr` must match (default: all). */
   addrPrefix?: number;
   port?: number;
-}
-
-function protoName(p: number): ProtoName {
-  return p === IPPROTO.TCP ? "tcp" : p === IPPROTO.UDP ? "udp" : "icmp";
 }
 
 /** `ip:port`, `[ip6]:port`. */

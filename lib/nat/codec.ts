@@ -440,21 +440,24 @@ export function flowCacheBits(slots: number): number {
   return Math.log2(slots);
 }
 
-/**
- * How long a flow-cache slot may stand in for its session (bpf/lib/flowcache.h): a quarter of
- * the shortest session timeout, at most one second.
- */
-export function flowFreshNs(c: RoConfig): bigint {
-  const shortest = [
+/** The shortest of the session timeouts in `c`, ns (fragments are not sessions). */
+export function shortestTimeoutNs(c: RoConfig): bigint {
+  return [
     c.timeoutIcmp,
     c.timeoutUdpMin,
     c.timeoutUdp,
     c.timeoutTcpTrans,
     c.timeoutTcpEst,
     c.timeoutTcpClosing ?? c.timeoutTcpTrans,
-  ]
-    .reduce((a, b) => (b < a ? b : a));
-  const quarter = shortest / 4n;
+  ].reduce((a, b) => (b < a ? b : a));
+}
+
+/**
+ * How long a flow-cache slot may stand in for its session (bpf/lib/flowcache.h): a quarter of
+ * the shortest session timeout, at most one second.
+ */
+export function flowFreshNs(c: RoConfig): bigint {
+  const quarter = shortestTimeoutNs(c) / 4n;
   return quarter < 1_000_000_000n ? quarter : 1_000_000_000n;
 }
 

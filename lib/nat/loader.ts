@@ -18,6 +18,7 @@ import {
   outboundLines,
   PROTO_COUNT,
   type RoConfig,
+  shortestTimeoutNs,
 } from "./codec.ts";
 import { RECORDS_PER_SLOT } from "./records.ts";
 import { FLOW_CACHE_SLOTS } from "../config/types.ts";
@@ -433,19 +434,6 @@ async function loadNatBytes(
     bpf.closeObject(obj);
     throw e;
   }
-}
-
-/** The shortest of the session timeouts in `ro`, ns (fragments are not sessions). */
-export function shortestTimeoutNs(ro: RoConfig): bigint {
-  const t = [
-    ro.timeoutIcmp,
-    ro.timeoutUdpMin,
-    ro.timeoutUdp,
-    ro.timeoutTcpTrans,
-    ro.timeoutTcpEst,
-    ro.timeoutTcpClosing ?? ro.timeoutTcpTrans,
-  ];
-  return t.reduce((a, b) => (b < a ? b : a));
 }
 
 /**

@@ -8,7 +8,7 @@ import {
 } from "./sweep.ts";
 import { DEFAULTS } from "../config/toml.ts";
 import type { Timeouts } from "../config/types.ts";
-import { shortestTimeoutNs } from "./loader.ts";
+import { shortestTimeoutNs } from "./codec.ts";
 import { roConfigOf } from "../daemon.ts";
 import { testInterfaceConfig } from "../../tests/lib/natfixture.ts";
 

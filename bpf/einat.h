@@ -51,6 +51,10 @@ struct einat_config {
 	/* TCP closing: FIN each way, or reset (RFC 7857 2.1: opening and closing timeouts
 	 * apart); timeout_tcp_trans is the opening one. */
 	__u64 timeout_tcp_closing;
+	/* Key of the hash that picks the IPv4 identification counter of a translated
+	 * non-atomic datagram (lib/ipid.h): drawn at random by the loader at each load. */
+	__u32 ip_id_key;
+	__u32 _pad2;
 };
 
 /* The context of the btf_find program (bpf/lib/btf_query.h). */
@@ -271,7 +275,9 @@ struct frag_key {
 };
 
 struct frag_value {
-	union ip_addr addr; /* the new source (egress) or destination (ingress) */
+	/* the new source (egress) or destination (ingress); FRAG_ID: the datagram's new IPv4
+	 * identification in v4 (lib/ipid.h; the layout pinned state was written with) */
+	union ip_addr addr;
 	__u64 expires_ns;
 };
 

@@ -63,6 +63,7 @@ function other(family: 4 | 6, src: string, dst: string, proto: number, ipId = 0x
     dport: 2,
     payload: BODY,
     ipId,
+    dontFragment: true, // atomic: its ID stays (a non-atomic one's is new: ipid_test.ts)
   });
   const l4 = 14 + (family === 4 ? 20 : 40);
   f.set(BODY.subarray(0, 8), l4); // no UDP header: the body from the first byte

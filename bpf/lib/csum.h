@@ -18,6 +18,7 @@
 #include <bpf/bpf_helpers.h>
 #include "parse.h"
 #include "skb.h"
+#include "ipid.h"
 
 static __always_inline __u16 csum_fold(__u64 s)
 {
@@ -247,11 +248,18 @@ static __always_inline int rewrite_impl(struct __sk_buff *skb, const struct pack
 			return -1;
 		if (old_addr->v4 != to_addr->v4) {
 			diff = csum_diff32(old_addr->v4, to_addr->v4);
-			if (is_src)
+			__u64 hdiff = diff;
+			if (is_src) {
 				ip->saddr = to_addr->v4;
-			else
+				if (p->nonatomic) { /* its ID, unique from the new source (ipid.h) */
+					__be16 id = ipid_of(p, to_addr->v4);
+					hdiff += csum_diff32(ip->id, id);
+					ip->id = id;
+				}
+			} else {
 				ip->daddr = to_addr->v4;
-			ip->check = csum_apply(ip->check, diff);
+			}
+			ip->check = csum_apply(ip->check, hdiff);
 		}
 	} else {
 		struct ipv6hdr *ip6 = data + l3;

@@ -109,6 +109,7 @@ struct packet {
 	__u8 no_binding; /* egress: the fast path found no binding for the source */
 	__u8 summed; /* the skb's ip_summed (skb.h) when parsed */
 	__u8 frag_proto; /* IPv6 fragment: its Fragment header's next header (frag.h) */
+	__u8 nonatomic; /* IPv4 without DF, or a fragment: its ID must stay unique (ipid.h) */
 	__u64 now; /* packet_now(): the clock read once per packet, 0 until then */
 	union ip_addr src;
 	union ip_addr dst;
@@ -414,6 +415,7 @@ static __always_inline int parse_packet(struct __sk_buff *skb, struct packet *p,
 		__u16 fo = bpf_ntohs(ip->frag_off);
 		if (unlikely(fo & 0x3fff))
 			p->frag = fo & 0x1fff ? FRAG_LATER : FRAG_FIRST;
+		p->nonatomic = (fo & 0x7fff) != 0x4000; /* not DF alone (RFC 6864 4.1) */
 		if (unlikely(ip->protocol != IPPROTO_TCP && ip->protocol != IPPROTO_UDP &&
 			     ip->protocol != IPPROTO_ICMP))
 			return PARSE_PASS;

@@ -97,7 +97,7 @@ export const TRAFFIC = [
 /** struct einat_config (.rodata CFG). */
 export const EINAT_CONFIG_LAYOUT: StructLayout = {
   name: "einat_config",
-  size: 96,
+  size: 104,
   fields: {
     timeout_fragment: { offset: 0, size: 8 },
     timeout_icmp: { offset: 8, size: 8 },
@@ -120,6 +120,7 @@ export const EINAT_CONFIG_LAYOUT: StructLayout = {
     host_max: { offset: 76, size: 4 },
     timeout_other: { offset: 80, size: 8 },
     timeout_tcp_closing: { offset: 88, size: 8 },
+    ip_id_key: { offset: 96, size: 4 },
   },
 };
 
@@ -415,6 +416,11 @@ export interface RoConfig {
   sessionCounters?: number;
   /** Address-only NAT of the IP protocols without ports: its timeout; 0 or absent: off. */
   timeoutOther?: bigint;
+  /**
+   * Key of the hash that picks a translated non-atomic IPv4 datagram's identification counter
+   * (bpf/lib/ipid.h); the loader draws one at random when absent.
+   */
+  ipIdKey?: number;
 }
 
 /**
@@ -486,6 +492,7 @@ export function encodeRoConfig(c: RoConfig): Uint8Array {
   v.setUint32(f(L, "host_max"), c.hostMax ?? 0, true);
   v.setBigUint64(f(L, "timeout_other"), c.timeoutOther ?? 0n, true);
   v.setBigUint64(f(L, "timeout_tcp_closing"), c.timeoutTcpClosing ?? c.timeoutTcpTrans, true);
+  v.setUint32(f(L, "ip_id_key"), c.ipIdKey ?? 0, true);
   return b;
 }
 
@@ -512,6 +519,7 @@ export function decodeRoConfig(b: Uint8Array): RoConfig {
     hostMax: v.getUint32(f(L, "host_max"), true),
     timeoutOther: v.getBigUint64(f(L, "timeout_other"), true),
     timeoutTcpClosing: v.getBigUint64(f(L, "timeout_tcp_closing"), true),
+    ipIdKey: v.getUint32(f(L, "ip_id_key"), true),
   };
 }
 

@@ -350,6 +350,7 @@ async function loadNatBytes(
       ...opts.ro,
       bindingMax: opts.bindingMaxRecords,
       outboundLines: bpf.mapMaxEntries(outbound),
+      ipIdKey: opts.ro.ipIdKey ?? crypto.getRandomValues(new Uint32Array(1))[0],
     };
     setRoConfig(obj, ro, single?.summedBit);
     const inline = staged && csum === "inline";

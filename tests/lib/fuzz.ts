@@ -13,7 +13,7 @@
  * - egress from the external address passes, with only the packet embedded in an ICMP error
  *   translated; ingress is translated only towards a binding, otherwise passes or is dropped;
  * - a translated packet differs from its input only in addresses, ports/identifiers and
- *   checksums; every checksum keeps its residual (a valid one stays valid, an invalid one stays
+ *   checksums (and, when its source is translated, a non-atomic IPv4 datagram's ID); every checksum keeps its residual (a valid one stays valid, an invalid one stays
  *   exactly as wrong), so this holds for fragments and truncated packets too; the new
  *   endpoint is the one its binding (mapping record) holds.
  *
@@ -650,9 +650,18 @@ function allowedOffsets(d: Dissected): Set<number> {
   return s;
 }
 
-/** Flags the first byte the program changed outside addresses, ports and checksums. */
+/**
+ * Flags the first byte the program changed outside addresses, ports and checksums; and the
+ * IPv4 identification of a non-atomic datagram (not DF alone) whose source it translated
+ * (bpf/lib/ipid.h).
+ */
 function checkChangedBytes(input: Uint8Array, out: Uint8Array, d: Dissected, v: string[]): void {
   const allowed = allowedOffsets(d);
+  if (d.family === 4 && (u16(input, L3 + 6) & 0x7fff) !== 0x4000) {
+    let newSource = false;
+    for (let i = 12; i < 16; i++) newSource ||= input[L3 + i] !== out[L3 + i];
+    if (newSource) allowed.add(L3 + 4).add(L3 + 5);
+  }
   for (let i = 0; i < input.length; i++) {
     if (input[i] !== out[i] && !allowed.has(i)) {
       v.push(`byte ${i} changed outside addresses/ports/checksums`);

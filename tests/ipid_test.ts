@@ -1,0 +1,136 @@
+/**
+ * The IPv4 identification of translated datagrams (RFC 6864 5.3.1, bpf/lib/ipid.h), through
+ * BPF_PROG_TEST_RUN: a non-atomic datagram (DF clear, or a fragment) leaves with an ID from the
+ * counter of its (external source, destination, protocol), so two hosts' datagrams with one ID
+ * to one remote cannot meet in its reassembly; the fragments of one datagram keep one ID; atomic
+ * datagrams and inbound ones keep theirs.
+ */
+import { assert, assertEquals, assertNotEquals } from "./lib/assert.ts";
+import {
+  buildPacket,
+  fragment,
+  internetChecksum,
+  type PacketSpec,
+  parsePacket,
+} from "./lib/packet.ts";
+import { loadTestNat, type Nat, TC_ACT_OK, testInterfaceConfig } from "./lib/natfixture.ts";
+
+const EXT = "203.0.113.1";
+const LAN1 = "192.0.2.10";
+const LAN2 = "192.0.2.20";
+const SRV = "198.51.100.1";
+const SRV2 = "198.51.100.2";
+const payload = new TextEncoder().encode("0123456789abcdefghijklmnopqrstuvwxyz");
+
+function dgram(
+  src: string,
+  dst: string,
+  proto: "udp" | "tcp" | "icmp",
+  o: Partial<PacketSpec> = {},
+): PacketSpec {
+  const ports = proto === "icmp" ? { icmpId: 4242 } : { sport: 40000, dport: 53 };
+  return { family: 4, src, dst, proto, ...ports, payload, ipId: 0x1234, ...o };
+}
+
+async function withNat(fn: (n: Nat) => void | Promise<void>) {
+  const n = await loadTestNat(testInterfaceConfig(), ["203.0.113.1/24"]);
+  try {
+    await fn(n);
+  } finally {
+    n.close();
+  }
+}
+
+/** The identification of an egress run's output, checked translated with a valid header. */
+function idOut(n: Nat, frame: Uint8Array): number {
+  const r = n.runRaw("egress", frame);
+  assertEquals(r.retval, TC_ACT_OK);
+  const p = parsePacket(r.bytes);
+  assertEquals(p.src, EXT);
+  assert(p.ipChecksumOk, "IPv4 header checksum");
+  if (!p.isFragment) assert(p.l4ChecksumOk, "L4 checksum");
+  return p.ipId;
+}
+
+Deno.test("IPv4 ID: two hosts' non-atomic datagrams with one ID to one remote leave with different IDs, one sequence per (external, remote, protocol)", async () => {
+  await withNat((n) => {
+    for (const proto of ["udp", "tcp", "icmp"] as const) {
+      // both hosts send ID 0x1234 every time: masquerade would send 0x1234 from EXT each time
+      const ids = [];
+      for (let i = 0; i < 100; i++) {
+        ids.push(idOut(n, buildPacket(dgram(i % 2 ? LAN2 : LAN1, SRV, proto))));
+      }
+      assertEquals(new Set(ids).size, 100, `${proto}: all distinct`);
+      for (let i = 1; i < ids.length; i++) {
+        assertEquals(ids[i], (ids[0] + i) & 0xffff, `${proto}: one counter, in sequence`);
+      }
+    }
+    // another remote has a counter of its own (where it starts is the keyed hash's)
+    const a = idOut(n, buildPacket(dgram(LAN1, SRV2, "udp")));
+    assertEquals(idOut(n, buildPacket(dgram(LAN2, SRV2, "udp"))), (a + 1) & 0xffff);
+  });
+});
+
+Deno.test("IPv4 ID: atomic datagrams (DF, no fragment) keep theirs; inbound datagrams keep theirs", async () => {
+  await withNat((n) => {
+    for (const proto of ["udp", "tcp", "icmp"] as const) {
+      const df = buildPacket(dgram(LAN1, SRV, proto, { dontFragment: true, ipId: 0x4321 }));
+      assertEquals(idOut(n, df), 0x4321, `${proto} with DF`);
+    }
+    const ext = n.egress(dgram(LAN1, SRV, "udp")).out.sport!;
+    for (const dontFragment of [false, true]) {
+      const back = n.ingress({ ...dgram(SRV, EXT, "udp"), sport: 53, dport: ext, dontFragment });
+      assertEquals([back.retval, back.out.dst, back.out.ipId], [TC_ACT_OK, LAN1, 0x1234]);
+      assert(back.out.ipChecksumOk);
+    }
+  });
+});
+
+Deno.test("IPv4 ID: every fragment of a datagram leaves with one new ID, in order or later fragment first; two hosts' datagrams with one ID get two", async () => {
+  await withNat((n) => {
+    const [a1, a2] = fragment(buildPacket(dgram(LAN1, SRV, "udp")), 4, 0x77, 16);
+    const [b1, b2] = fragment(buildPacket(dgram(LAN2, SRV, "udp")), 4, 0x77, 16);
+    const a = [idOut(n, a1), idOut(n, a2)];
+    const b = [idOut(n, b2), idOut(n, b1)]; // its later fragment first
+    assertEquals(a[1], a[0], "LAN1's fragments: one ID");
+    assertEquals(b[1], b[0], "LAN2's fragments, out of order: one ID");
+    assertNotEquals(a[0], b[0], "two datagrams, two IDs");
+    // a datagram of LAN1's with a new ID of its own: a new ID after translation too
+    const [c1] = fragment(buildPacket(dgram(LAN1, SRV, "udp")), 4, 0x78, 16);
+    assert(![a[0], b[0]].includes(idOut(n, c1)));
+  });
+});
+
+Deno.test("IPv4 ID: another IP protocol (GRE, address-only NAT) without DF gets a new ID too", async () => {
+  await withNat((n) => {
+    const gre = (src: string) => {
+      const f = buildPacket(dgram(src, SRV, "udp"));
+      f[14 + 9] = 47;
+      f[14 + 10] = f[14 + 11] = 0;
+      const c = internetChecksum(f.subarray(14, 34));
+      f[14 + 10] = c >> 8;
+      f[14 + 11] = c & 0xff;
+      return f;
+    };
+    const r = n.runRaw("egress", gre(LAN1));
+    assertEquals(r.retval, TC_ACT_OK);
+    const p = parsePacket(r.bytes);
+    assertEquals(p.src, EXT);
+    assert(p.ipChecksumOk, "IPv4 header checksum");
+    const first = p.ipId;
+    // the next datagram of the same (external, remote, protocol): the next ID
+    const again = parsePacket(n.runRaw("egress", gre(LAN1)).bytes);
+    assertEquals(again.ipId, (first + 1) & 0xffff);
+  });
+});
+
+Deno.test("IPv4 ID: where a flow's sequence starts is drawn anew at each load (the hash key)", async () => {
+  const firsts: number[] = [];
+  for (let i = 0; i < 3; i++) {
+    await withNat((n) => {
+      firsts.push(idOut(n, buildPacket(dgram(LAN1, SRV, "udp"))));
+    });
+  }
+  // three equal draws of 16 bits: once in 2^32 runs
+  assert(new Set(firsts).size > 1, `first IDs ${firsts}`);
+});

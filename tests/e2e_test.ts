@@ -348,6 +348,59 @@ Deno.test({
     }),
 });
 
+Deno.test({
+  name:
+    "e2e: two LAN hosts' fragmented IPv4 datagrams with one ID, interleaved, both reach the server whole: each leaves with an ID of its own (RFC 6864)",
+  ...sanitize,
+  fn: () =>
+    withTopology(async (t) => {
+      const a = t.addrs.v4;
+      const einat = await startEinat(t.ns.router, ["-i", "wan0"]);
+      try {
+        const echo = t.spawn(
+          t.ns.srv1,
+          peerCmd("udp-echo", ["--port", "3478", "--count", "2", "--timeout-ms", "8000"]),
+        );
+        await echo.waitForStdout(/listening/);
+        // The same ID from both hosts, as two hosts' counters can meet: from one external
+        // address, unchanged, the server would put their fragments in one reassembly.
+        const frags = (ns: string, src: string, sport: number) => {
+          const frame = buildPacket({
+            family: 4,
+            src,
+            dst: a.srv1[0],
+            proto: "udp",
+            sport,
+            dport: 3478,
+            payload: new Uint8Array(1000).fill(sport & 0xff),
+          });
+          return { ns, frames: fragment(frame, 4, 0x4242, 512) };
+        };
+        const hex = (f: Uint8Array) =>
+          [...f.slice(14)].map((b) => b.toString(16).padStart(2, "0")).join("");
+        const send = async (ns: string, frames: Uint8Array[]) => {
+          const r = await nsExecResult(
+            ns,
+            peerCmd("raw-send", [...frames.flatMap((f) => ["--packet", hex(f)]), "--gap-ms", "20"]),
+          );
+          assertEquals(r.code, 0, r.stdout + r.stderr);
+        };
+        const one = frags(t.ns.lan1, a.lan1, 7001), two = frags(t.ns.lan2, a.lan2, 7002);
+        await send(one.ns, [one.frames[0]]);
+        await send(two.ns, two.frames);
+        await send(one.ns, [one.frames[1]]);
+        await echo.waitForStdout(/seen[^]*seen/, 4000).catch(() => {
+          throw new Error(`the server reassembled:\n${echo.stdoutText()}\n${einat.stderrText()}`);
+        });
+        const seen = [...echo.stdoutText().matchAll(/seen (\S+)/g)].map((m) => m[1]);
+        assertEquals(seen.length, 2, echo.stdoutText());
+        for (const s of seen) assert(s.startsWith(`${a.routerWan}:`), s);
+      } finally {
+        assertEquals(await stopEinat(einat), 0, einat.stderrText());
+      }
+    }),
+});
+
 for (const family of [4, 6] as const) {
   Deno.test({
     name:

@@ -107,20 +107,46 @@ export function ownerOf(ifindex: number): number | null {
 const lockHolders = new Map<string, Attachment>();
 
 /** Lock file contents: the pid, then `qdisc=created` when einat created the clsact qdisc. */
-function writeLock(a: Attachment): void {
-  lockHolders.set(a.lockPath, a);
-  Deno.mkdirSync(LOCK_DIR, { recursive: true });
-  Deno.writeTextFileSync(a.lockPath, `${Deno.pid}\n${a.qdiscCreated ? "qdisc=created\n" : ""}`);
-}
-
-function livePid(path: string): number | null {
-  let pid: number;
+/**
+ * When process `pid` started, in clock ticks since boot (field 22 of /proc/PID/stat); null
+ * when there is no such process. A PID and its start name one process: a PID alone may be
+ * reused.
+ */
+export function processStart(pid: number): string | null {
   try {
-    pid = Number(Deno.readTextFileSync(path).split("\n")[0].trim());
+    const st = Deno.readTextFileSync(`/proc/${pid}/stat`);
+    // after "pid (comm) ": fields 3.. (comm may hold spaces and parentheses)
+    return st.slice(st.lastIndexOf(")") + 2).split(" ")[19] ?? null;
   } catch {
     return null;
   }
+}
+
+function writeLock(a: Attachment): void {
+  lockHolders.set(a.lockPath, a);
+  Deno.mkdirSync(LOCK_DIR, { recursive: true });
+  Deno.writeTextFileSync(
+    a.lockPath,
+    `${Deno.pid}\nstart=${processStart(Deno.pid)}\n${a.qdiscCreated ? "qdisc=created\n" : ""}`,
+  );
+}
+
+/**
+ * The einat a lock file names, when it still runs: its PID, the same process (its start time,
+ * when the lock has one: lock files of einats before it have none) and an einat's command line.
+ * A killed einat's PID taken by another process, einat or not, is no owner.
+ */
+export function livePid(path: string): number | null {
+  let text: string;
+  try {
+    text = Deno.readTextFileSync(path);
+  } catch {
+    return null;
+  }
+  const pid = Number(text.split("\n")[0].trim());
   if (!Number.isInteger(pid) || pid <= 0 || pid === Deno.pid) return null;
+  const start = /^start=(\d+)$/m.exec(text)?.[1];
+  if (start !== undefined && processStart(pid) !== start) return null;
   try {
     const cmd = Deno.readTextFileSync(`/proc/${pid}/cmdline`);
     return /einat|main\.ts/.test(cmd) ? pid : null;

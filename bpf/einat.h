@@ -275,9 +275,7 @@ struct frag_key {
 };
 
 struct frag_value {
-	/* the new source (egress) or destination (ingress); FRAG_ID: the datagram's new IPv4
-	 * identification in v4 (lib/ipid.h; the layout pinned state was written with) */
-	union ip_addr addr;
+	union ip_addr addr; /* the new source (egress) or destination (ingress) */
 	__u64 expires_ns;
 };
 

@@ -101,6 +101,39 @@ Deno.test("IPv4 ID: every fragment of a datagram leaves with one new ID, in orde
   });
 });
 
+Deno.test("IPv4 ID: a GSO skb takes one ID per segment (segmentation numbers them on from its own)", async () => {
+  await withNat((n) => {
+    const ctx = new Uint8Array(192); // struct __sk_buff
+    const dv = new DataView(ctx.buffer);
+    dv.setUint32(164, 8, true); // gso_segs
+    dv.setUint32(176, 100, true); // gso_size
+    const tcp = (o: Partial<PacketSpec>) =>
+      dgram(LAN1, SRV, "tcp", { payload: new Uint8Array(800), tcpFlags: { ack: true }, ...o });
+    n.egress(tcp({ tcpFlags: { syn: true } }));
+    const g = n.runRaw("egress", buildPacket(tcp({})), { ctxIn: ctx });
+    assertEquals(g.retval, TC_ACT_OK);
+    const x = parsePacket(g.bytes).ipId;
+    // its segments leave with x .. x + 7: the next datagram of the flow takes x + 8
+    assertEquals(idOut(n, buildPacket(tcp({ ipId: 0x1300 }))), (x + 8) & 0xffff);
+    assertEquals(idOut(n, buildPacket(tcp({ ipId: 0x1301 }))), (x + 9) & 0xffff);
+  });
+});
+
+Deno.test("IPv4 ID: a later fragment after timeout_fragment still takes its first's new ID (kept as long as a reassembly waits)", async () => {
+  const ic = testInterfaceConfig();
+  const n = await loadTestNat({ ...ic, timeouts: { ...ic.timeouts, fragment: 100 } }, [
+    "203.0.113.1/24",
+  ]);
+  try {
+    const [f1, f2] = fragment(buildPacket(dgram(LAN1, SRV, "udp")), 4, 0x79, 16);
+    const first = idOut(n, f1);
+    await new Promise((r) => setTimeout(r, 250));
+    assertEquals(idOut(n, f2), first);
+  } finally {
+    n.close();
+  }
+});
+
 Deno.test("IPv4 ID: another IP protocol (GRE, address-only NAT) without DF gets a new ID too", async () => {
   await withNat((n) => {
     const gre = (src: string) => {

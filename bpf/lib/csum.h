@@ -252,7 +252,7 @@ static __always_inline int rewrite_impl(struct __sk_buff *skb, const struct pack
 			if (is_src) {
 				ip->saddr = to_addr->v4;
 				if (p->nonatomic) { /* its ID, unique from the new source (ipid.h) */
-					__be16 id = ipid_of(p, to_addr->v4);
+					__be16 id = ipid_of(skb, p, to_addr->v4);
 					hdiff += csum_diff32(ip->id, id);
 					ip->id = id;
 				}

@@ -49,8 +49,6 @@
  */
 #define FRAG_IN_BACK 3
 #define FRAG_OUT_BACK 4
-/* FRAG_ID, egress IPv4: the new identification of a translated datagram (ipid.h). */
-#define FRAG_ID 5
 
 /* A FRAG_OUT record's address when the first fragment was refused (the unspecified address:
  * never a source einat gives): the later ones are dropped too, not sent from the external one. */

@@ -13,9 +13,10 @@
  * - egress from the external address passes, with only the packet embedded in an ICMP error
  *   translated; ingress is translated only towards a binding, otherwise passes or is dropped;
  * - a translated packet differs from its input only in addresses, ports/identifiers and
- *   checksums (and, when its source is translated, a non-atomic IPv4 datagram's ID); every checksum keeps its residual (a valid one stays valid, an invalid one stays
- *   exactly as wrong), so this holds for fragments and truncated packets too; the new
- *   endpoint is the one its binding (mapping record) holds.
+ *   checksums (and, when its source is translated, a non-atomic IPv4 datagram's ID); every
+ *   checksum keeps its residual (a valid one stays valid, an invalid one stays exactly as
+ *   wrong), so this holds for fragments and truncated packets too; the new endpoint is the one
+ *   its binding (mapping record) holds.
  *
  * `checkMaps` checks the tables: every binding's record found again from its internal endpoint
  * through the outbound index, one binding per internal endpoint, no index entry without its

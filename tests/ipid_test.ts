@@ -7,6 +7,7 @@
  */
 import { assert, assertEquals, assertNotEquals } from "./lib/assert.ts";
 import {
+  buildIcmpError,
   buildPacket,
   fragment,
   internetChecksum,
@@ -132,6 +133,25 @@ Deno.test("IPv4 ID: a later fragment after timeout_fragment still takes its firs
   } finally {
     n.close();
   }
+});
+
+Deno.test("IPv4 ID: an internal host's ICMP error leaving takes a new ID; the datagram it quotes keeps its own", async () => {
+  await withNat((n) => {
+    const ext = n.egress(dgram(LAN1, SRV, "udp")).out.sport!;
+    const inbound = n.ingress({ ...dgram(SRV, EXT, "udp"), sport: 53, dport: ext, ipId: 0x5555 });
+    assertEquals(inbound.out.dst, LAN1);
+    // the next ID of (EXT, SRV, ICMP), then LAN1's port unreachable about that datagram
+    const next = (idOut(n, buildPacket(dgram(LAN2, SRV, "icmp"))) + 1) & 0xffff;
+    const err = buildIcmpError(
+      { family: 4, src: LAN1, dst: SRV, ipId: 0x1234 },
+      inbound.bytes.slice(14),
+    );
+    const r = n.runRaw("egress", err);
+    assertEquals(r.retval, TC_ACT_OK);
+    const p = parsePacket(r.bytes);
+    assertEquals([p.src, p.ipId, p.inner!.ipId], [EXT, next, 0x5555]);
+    assert(p.ipChecksumOk && p.l4ChecksumOk, "checksums");
+  });
 });
 
 Deno.test("IPv4 ID: another IP protocol (GRE, address-only NAT) without DF gets a new ID too", async () => {

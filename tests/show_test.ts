@@ -10,6 +10,7 @@ import { einatCmd, startEinat, stopEinat } from "./lib/einat.ts";
 import { parseFlow, spawnFlowClient, startFlowServer } from "./lib/flow.ts";
 import { nsExec, nsExecResult, type NsProcess, peerCmd, withTopology } from "./lib/netns.ts";
 import type { BindingRow, SessionRow } from "../lib/state/read.ts";
+import type { HostRow } from "../lib/state/show.ts";
 
 const sanitize = { sanitizeOps: false, sanitizeResources: false };
 
@@ -152,6 +153,33 @@ Deno.test({
             ]),
           );
           for (const b of all.bindings) assertEquals(b.sessions, 1, JSON.stringify(b));
+
+          // Per internal address: who holds how much, most sessions first.
+          const hosts = async (...args: string[]) => {
+            const r = await show("--json", "--hosts", ...args);
+            assertEquals(r.code, 0, r.stderr);
+            return (JSON.parse(r.stdout) as { hosts: HostRow[] }).hosts;
+          };
+          const row = (address: string, tcp: number, udp: number, icmp: number) => ({
+            interface: "wan0",
+            address,
+            bindings: tcp + udp + icmp,
+            tcp,
+            udp,
+            icmp,
+            sessions: tcp + udp + icmp,
+            addressOnly: 0,
+          });
+          assertEquals(await hosts(), [row(a.lan1, 1, 1, 1), row(a.lan2, 0, 2, 0)]);
+          assertEquals(await hosts("--top", "1"), [row(a.lan1, 1, 1, 1)]);
+          assertEquals(await hosts("--proto", "udp"), [row(a.lan2, 0, 2, 0), row(a.lan1, 0, 1, 0)]);
+          const hostText = await show("--hosts");
+          assert(
+            hostText.stdout.includes(
+              "2 internal addresses: 5 sessions, 5 bindings, 0 address-only",
+            ),
+            hostText.stdout,
+          );
 
           // Filters.
           const tcpOnly = await showJson("--proto", "tcp");

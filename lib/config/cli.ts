@@ -67,8 +67,13 @@ export interface ShowCli {
   addrPrefix?: number;
   /** Matches the internal, external or remote port (or ICMP identifier). */
   port?: number;
-  /** `--top N`: only the N sessions that moved the most bytes (session_counters), no bindings. */
+  /**
+   * `--top N`: only the N sessions that moved the most bytes (session_counters), no bindings;
+   * with `hosts`, the N internal addresses holding the most sessions.
+   */
   top?: number;
+  /** `--hosts`: per internal address, its bindings, sessions and address-only mappings. */
+  hosts?: boolean;
 }
 
 /** What the command line asks for. */
@@ -130,6 +135,7 @@ const SHOW_OPTIONS = {
   addr: { type: "string" },
   port: { type: "string" },
   top: { type: "string" },
+  hosts: { type: "boolean" },
   log: { type: "string" },
 } as const;
 
@@ -145,7 +151,7 @@ USAGE:
   einat -i <name> [--nat44] [--nat66] [--ports <range>...] [--hairpin-if <name>...]
   einat -c <file>
   einat show [-i <name>]... [--proto <p>] [--addr <ip[/len]>] [--port <n>] [--top <n>] [--json]
-             [--stats]
+             [--stats | --hosts]
   einat --flush (-i <name> | -c <file>)
 
 OPTIONS:
@@ -188,6 +194,9 @@ SHOW (einat show, or einat --show): list bindings and sessions from the pinned s
       --port <n>               Only entries with this internal, external or remote port
       --top <n>                Only the n sessions that moved the most bytes, most first
                                (needs session_counters in the configuration); no bindings
+      --hosts                  Per internal address: its bindings, sessions and address-only
+                               mappings, most sessions first (who fills the tables); with
+                               --top n, the n addresses holding the most
       --json                   JSON instead of a table
       --stats                  Counters (packets, bytes, events, drops) instead
       --pin-dir <dir>          As above
@@ -745,6 +754,9 @@ function parseShow(args: string[]): CliResult {
     if (values.stats) throw new ConfigError("--top", "lists sessions: drop --stats");
     top = Number(values.top);
   }
+  if (values.hosts && values.stats) {
+    throw new ConfigError("--hosts", "counts per address; --stats per interface: drop one of them");
+  }
   // The counters are per interface: a row filter would be silently ignored.
   for (
     const [flag, v] of [["--proto", values.proto], ["--addr", values.addr], ["--port", values.port]]
@@ -765,6 +777,7 @@ function parseShow(args: string[]): CliResult {
       ...(addrPrefix !== undefined ? { addrPrefix } : {}),
       port,
       ...(top !== undefined ? { top } : {}),
+      ...(values.hosts ? { hosts: true } : {}),
     },
     logLevel: logLevelOf(values.log),
   };

@@ -405,6 +405,10 @@ Deno.test("show: subcommand and --show flag, filters, --json, --stats", () => {
   expectError(["show", "--top", "0"], "--top", /1 or more/);
   expectError(["show", "--top", "x"], "--top", /not a session count/);
   expectError(["show", "--top", "3", "--stats"], "--top", /drop --stats/);
+  const hosts = cli("show", "--hosts", "--top", "2");
+  equal(hosts.kind === "show" && hosts.show.hosts, true);
+  equal(hosts.kind === "show" && hosts.show.top, 2);
+  expectError(["show", "--hosts", "--stats"], "--hosts", /drop one of them/);
   expectError(["show", "--nat66"], "--nat66", /not an option of show/);
   expectError(["show", "extra"], "(arguments)");
   ok(helpText().includes("einat show"));

@@ -39,6 +39,65 @@ export interface ShowResult {
   served: { interface: string; pid: number | null; orphaned?: boolean }[];
   /** `--top N`: the sessions are the N that moved the most bytes; no bindings. */
   top?: number;
+  /** `--hosts`: the rows summed per internal address (with `top`, the first `top`). */
+  hosts?: HostRow[];
+}
+
+/** One internal address's share of the tables (`show --hosts`). */
+export interface HostRow {
+  interface: string;
+  address: string;
+  /** Bindings in all, and per protocol. */
+  bindings: number;
+  tcp: number;
+  udp: number;
+  icmp: number;
+  sessions: number;
+  /** Address-only mappings of other IP protocols. */
+  addressOnly: number;
+}
+
+/** The address of an endpoint as read.ts formats it: `ip:port`, `[ip6]:port`, or a bare address. */
+function addressOf(endpoint: string): string {
+  const m = /^\[(.*)\]:\d+$/.exec(endpoint) ?? /^([0-9.]+):\d+$/.exec(endpoint);
+  return m ? m[1] : endpoint;
+}
+
+/**
+ * The rows of `r` summed per (interface, internal address): most sessions first, then most
+ * bindings, then by address.
+ */
+export function hostsOf(r: ShowResult): HostRow[] {
+  const by = new Map<string, HostRow>();
+  const row = (iface: string, internal: string) => {
+    const address = addressOf(internal), key = `${iface} ${address}`;
+    let h = by.get(key);
+    if (!h) {
+      h = {
+        interface: iface,
+        address,
+        bindings: 0,
+        tcp: 0,
+        udp: 0,
+        icmp: 0,
+        sessions: 0,
+        addressOnly: 0,
+      };
+      by.set(key, h);
+    }
+    return h;
+  };
+  for (const b of r.bindings) {
+    const h = row(b.interface, b.internal);
+    h.bindings++;
+    h[b.protocol]++;
+  }
+  for (const s of r.sessions) row(s.interface, s.internal).sessions++;
+  for (const a of r.addressOnly ?? []) row(a.interface, a.internal).addressOnly++;
+  return [...by.values()].sort((a, b) =>
+    b.sessions - a.sessions || b.bindings - a.bindings ||
+    a.interface.localeCompare(b.interface) || a.address.localeCompare(b.address)
+  );
 }
 
 /**
@@ -93,17 +152,20 @@ export function collect(opts: ShowCli): ShowResult {
         res.counters.push(readCounters(st));
       } else {
         // concat, not push(...rows): spreading 100,000s of rows overflows the stack
-        if (opts.top === undefined) res.bindings = res.bindings.concat(readBindings(st, filter));
+        const all = opts.top === undefined || opts.hosts;
+        if (all) res.bindings = res.bindings.concat(readBindings(st, filter));
         res.sessions = res.sessions.concat(readSessions(st, filter));
-        if (opts.top === undefined) {
-          res.addressOnly = (res.addressOnly ?? []).concat(readAddrMappings(st, filter));
-        }
+        if (all) res.addressOnly = (res.addressOnly ?? []).concat(readAddrMappings(st, filter));
       }
     } finally {
       st.close();
     }
   }
-  if (opts.top !== undefined) {
+  if (opts.hosts) {
+    const hosts = hostsOf(res);
+    res.hosts = opts.top === undefined ? hosts : hosts.slice(0, opts.top);
+    res.top = opts.top;
+  } else if (opts.top !== undefined) {
     res.sessions = topSessions(res.sessions, opts.top);
     res.top = opts.top;
   }
@@ -132,6 +194,29 @@ export function formatText(r: ShowResult, stats: boolean): string {
       const w = Math.max(...ev.map(([k]) => k.length));
       for (const [k, v] of ev) out.push(`  ${k.padEnd(w)}  ${v}`);
     }
+  } else if (r.hosts) {
+    out.push(
+      table(
+        ["IF", "INTERNAL", "BINDINGS", "TCP", "UDP", "ICMP", "SESSIONS", "ADDRESS-ONLY"],
+        r.hosts.map((h) => [
+          h.interface,
+          h.address,
+          String(h.bindings),
+          String(h.tcp),
+          String(h.udp),
+          String(h.icmp),
+          String(h.sessions),
+          String(h.addressOnly),
+        ]),
+      ),
+    );
+    out.push("");
+    out.push(
+      r.top !== undefined
+        ? `the ${r.hosts.length} internal addresses holding the most sessions (--top ${r.top})`
+        : `${r.hosts.length} internal addresses: ${r.sessions.length} sessions, ` +
+          `${r.bindings.length} bindings, ${(r.addressOnly ?? []).length} address-only`,
+    );
   } else {
     // Packet and byte columns when an interface counts sessions (session_counters).
     const counted = r.sessions.some((s) => s.counters !== undefined);
@@ -214,13 +299,17 @@ export function formatText(r: ShowResult, stats: boolean): string {
 /** The JSON form of a {@link ShowResult}. */
 export function formatJson(r: ShowResult, stats: boolean): string {
   return JSON.stringify(
-    stats ? { counters: r.counters, missing: r.missing, served: r.served } : {
-      sessions: r.sessions,
-      bindings: r.bindings,
-      addressOnly: r.addressOnly,
-      missing: r.missing,
-      served: r.served,
-    },
+    stats
+      ? { counters: r.counters, missing: r.missing, served: r.served }
+      : r.hosts
+      ? { hosts: r.hosts, missing: r.missing, served: r.served }
+      : {
+        sessions: r.sessions,
+        bindings: r.bindings,
+        addressOnly: r.addressOnly,
+        missing: r.missing,
+        served: r.served,
+      },
     null,
     2,
   );

@@ -2378,6 +2378,33 @@ function resizedRefusal(
 }
 
 /** Runs `count` generated packets through a fresh NAT and checks every one. */
+/**
+ * The new IDs the datapath gave translated IPv4 fragments (bpf/lib/ipid.h), by their
+ * datagram's (source, destination, protocol, ID) as they left the LAN: every fragment of one
+ * datagram must leave with one ID. Records younger than the datapath keeps them (30 s), of one
+ * loaded object (the maps are its own), fewer than its LRU holds.
+ */
+class FragmentIds {
+  #ids = new Map<string, { id: number; at: number }>();
+
+  /** A violation when `out`, translated from the fragment `input`, has another ID than its kin. */
+  check(input: Uint8Array, out: Uint8Array, outcome: string): string | null {
+    if (outcome !== "translated" && outcome !== "hairpin") return null;
+    const d = dissect(input);
+    if (d.family !== 4 || d.frag === 0 || out.length < L3 + 20) return null;
+    const key = `${hex(d.src)} ${hex(d.dst)} ${d.proto} ${hex(d.fragId)}`;
+    const id = u16(out, L3 + 4), now = performance.now(), was = this.#ids.get(key);
+    if (was && now - was.at < 25_000) {
+      return was.id === id
+        ? null
+        : `fragment left with ID ${id}, its datagram's others with ${was.id}`;
+    }
+    if (this.#ids.size >= 12_000) this.#ids.clear(); // the LRU (16,384) may forget them
+    this.#ids.set(key, { id, at: now });
+    return null;
+  }
+}
+
 export async function runFuzz(o: FuzzOptions): Promise<FuzzReport> {
   const t0 = performance.now();
   const ic = fuzzConfig({ sessionCounters: o.sessionCounters ?? 0 });
@@ -2418,6 +2445,7 @@ export async function runFuzz(o: FuzzOptions): Promise<FuzzReport> {
   let lastNoPort = 0n;
   let st = new FuzzState();
   let gen = new Generator(rng, st);
+  let fragIds = new FragmentIds();
   const finishEpoch = (n: Nat) => {
     const m = checkMaps(n, limits, ic);
     rep.mapChecks++;
@@ -2455,6 +2483,7 @@ export async function runFuzz(o: FuzzOptions): Promise<FuzzReport> {
         lastNoPort = 0n;
         st = new FuzzState();
         gen = new Generator(rng, st);
+        fragIds = new FragmentIds();
       }
       const view = bindingView(nat);
       const g = gen.next();
@@ -2500,6 +2529,10 @@ export async function runFuzz(o: FuzzOptions): Promise<FuzzReport> {
         return lastNoPort > noPortBefore;
       };
       const c = checkPacket(g.dir, g.bytes, r.retval, r.bytes, view);
+      if (g.dir === "egress") {
+        const v = fragIds.check(g.bytes, r.bytes, c.outcome);
+        if (v) c.violations.push(v);
+      }
       const key = `${g.dir}:${c.outcome}`;
       rep.outcomes[key] = (rep.outcomes[key] ?? 0) + 1;
       if (c.leak) {

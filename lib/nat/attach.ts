@@ -106,13 +106,13 @@ export function ownerOf(ifindex: number): number | null {
  */
 const lockHolders = new Map<string, Attachment>();
 
-/** Lock file contents: the pid, then `qdisc=created` when einat created the clsact qdisc. */
 /**
  * When process `pid` started, in clock ticks since boot (field 22 of /proc/PID/stat); null
  * when there is no such process. A PID and its start name one process: a PID alone may be
- * reused.
+ * reused. The kernel shows it shifted by the reader's time namespace: compare only starts read
+ * in one (`timeNamespace`).
  */
-export function processStart(pid: number): string | null {
+export function processStart(pid: number | "self"): string | null {
   try {
     const st = Deno.readTextFileSync(`/proc/${pid}/stat`);
     // after "pid (comm) ": fields 3.. (comm may hold spaces and parentheses)
@@ -122,21 +122,49 @@ export function processStart(pid: number): string | null {
   }
 }
 
+/** This process's time namespace (its inode), or null when the kernel has none. */
+function timeNamespace(): string | null {
+  try {
+    return String(Deno.statSync("/proc/self/ns/time").ino);
+  } catch {
+    return null;
+  }
+}
+
+let ownStart: string | null | undefined;
+
+/**
+ * Writes the lock file, whole (a reader never sees half of it): `PID`, then `start=TICKS` and
+ * `timens=INODE` (the start time as this time namespace shows it: {@link processStart}), then
+ * `qdisc=created` when einat created the clsact qdisc.
+ */
 function writeLock(a: Attachment): void {
   lockHolders.set(a.lockPath, a);
   Deno.mkdirSync(LOCK_DIR, { recursive: true });
+  if (ownStart === undefined) ownStart = processStart("self");
+  const ns = timeNamespace();
+  const tmp = `${a.lockPath}.${Deno.pid}.tmp`;
   Deno.writeTextFileSync(
-    a.lockPath,
-    `${Deno.pid}\nstart=${processStart(Deno.pid)}\n${a.qdiscCreated ? "qdisc=created\n" : ""}`,
+    tmp,
+    `${Deno.pid}\n${ownStart !== null ? `start=${ownStart}\n` : ""}` +
+      `${ns !== null ? `timens=${ns}\n` : ""}${a.qdiscCreated ? "qdisc=created\n" : ""}`,
   );
+  Deno.renameSync(tmp, a.lockPath);
+}
+
+/** The einat a lock file names: its PID and, when the lock can tell, its start time. */
+export interface LockOwner {
+  pid: number;
+  start: string | null;
 }
 
 /**
  * The einat a lock file names, when it still runs: its PID, the same process (its start time,
- * when the lock has one: lock files of einats before it have none) and an einat's command line.
- * A killed einat's PID taken by another process, einat or not, is no owner.
+ * when the lock has one read in this time namespace: lock files of einats before it have none)
+ * and an einat's command line. A killed einat's PID taken by another process, einat or not, is
+ * no owner.
  */
-export function livePid(path: string): number | null {
+export function lockOwner(path: string): LockOwner | null {
   let text: string;
   try {
     text = Deno.readTextFileSync(path);
@@ -145,14 +173,21 @@ export function livePid(path: string): number | null {
   }
   const pid = Number(text.split("\n")[0].trim());
   if (!Number.isInteger(pid) || pid <= 0 || pid === Deno.pid) return null;
-  const start = /^start=(\d+)$/m.exec(text)?.[1];
-  if (start !== undefined && processStart(pid) !== start) return null;
+  const ns = /^timens=(\d+)$/m.exec(text)?.[1];
+  const comparable = ns === undefined || ns === timeNamespace();
+  const start = comparable ? /^start=(\d+)$/m.exec(text)?.[1] ?? null : null;
+  if (start !== null && processStart(pid) !== start) return null;
   try {
     const cmd = Deno.readTextFileSync(`/proc/${pid}/cmdline`);
-    return /einat|main\.ts/.test(cmd) ? pid : null;
+    return /einat|main\.ts/.test(cmd) ? { pid, start } : null;
   } catch {
     return null;
   }
+}
+
+/** The PID of {@link lockOwner}. */
+export function livePid(path: string): number | null {
+  return lockOwner(path)?.pid ?? null;
 }
 
 /** Where the TCX links of an interface are pinned (next to its state), if anywhere. */
@@ -284,8 +319,8 @@ export function attach(
   takeover = false,
 ): Attachment {
   const lockPath = lockPathFor(ifindex);
-  const owner = livePid(lockPath);
-  if (owner !== null && !stateOptions.replace) throw new BusyError(ifname, owner);
+  const owner = lockOwner(lockPath);
+  if (owner !== null && !stateOptions.replace) throw new BusyError(ifname, owner.pid);
   // Taking over: from another einat (--replace), or from this one (`takeover`: a reload).
   const taking = owner !== null || takeover;
   // --replace: the running einat's qdisc becomes ours to remove at the end; so does the qdisc
@@ -321,8 +356,8 @@ function readLock(path: string): string {
   }
 }
 
-/** Previous einats to ask to exit once the batch of take-overs ends (pid → interfaces). */
-let deferred: Map<number, string[]> | null = null;
+/** Previous einats to ask to exit once the batch of take-overs ends (pid → owner, interfaces). */
+let deferred: Map<number, { owner: LockOwner; ifnames: string[] }> | null = null;
 
 /**
  * `--replace`: the programs now attached are ours; the previous einat is
@@ -331,15 +366,22 @@ let deferred: Map<number, string[]> | null = null;
  * ({@link deferHandOvers}) it is told when the batch ends: it serves the
  * interfaces not taken over yet until then, and leaves none of them bare.
  */
-function handOver(a: Attachment, pid: number): void {
+function handOver(a: Attachment, owner: LockOwner): void {
   if (deferred) {
-    deferred.set(pid, [...deferred.get(pid) ?? [], a.ifname]);
+    const d = deferred.get(owner.pid) ?? { owner, ifnames: [] };
+    d.ifnames.push(a.ifname);
+    deferred.set(owner.pid, d);
     return;
   }
-  signalPrevious(pid, [a.ifname]);
+  signalPrevious(owner, [a.ifname]);
 }
 
-function signalPrevious(pid: number, ifnames: string[]): void {
+function signalPrevious({ pid, start }: LockOwner, ifnames: string[]): void {
+  // Still the process the lock named: one that exited meanwhile may have left its PID to another.
+  if (start !== null && processStart(pid) !== start) {
+    log.info("the einat taken over from has exited already", { ifname: ifnames.join(","), pid });
+    return;
+  }
   try {
     Deno.kill(pid, "SIGTERM");
     log.info("took over from the running einat; asked it to exit", {
@@ -359,9 +401,9 @@ function signalPrevious(pid: number, ifnames: string[]): void {
 export function deferHandOvers(): () => void {
   deferred ??= new Map();
   return () => {
-    const pending = deferred ?? new Map<number, string[]>();
+    const pending = deferred ?? new Map();
     deferred = null;
-    for (const [pid, ifnames] of pending) signalPrevious(pid, ifnames);
+    for (const { owner, ifnames } of pending.values()) signalPrevious(owner, ifnames);
   };
 }
 

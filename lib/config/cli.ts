@@ -193,10 +193,12 @@ SHOW (einat show, or einat --show): list bindings and sessions from the pinned s
                                (or, with a prefix length, in this network)
       --port <n>               Only entries with this internal, external or remote port
       --top <n>                Only the n sessions that moved the most bytes, most first
-                               (needs session_counters in the configuration); no bindings
+                               (needs session_counters in the configuration); no bindings.
+                               With --hosts: the n addresses holding the most sessions
       --hosts                  Per internal address: its bindings, sessions and address-only
-                               mappings, most sessions first (who fills the tables); with
-                               --top n, the n addresses holding the most
+                               mappings, most sessions first (who fills the tables); the
+                               filters apply to the rows summed (--addr of a remote: its
+                               sessions, and no bindings, which have no remote)
       --json                   JSON instead of a table
       --stats                  Counters (packets, bytes, events, drops) instead
       --pin-dir <dir>          As above
@@ -749,7 +751,7 @@ function parseShow(args: string[]): CliResult {
   let top: number | undefined;
   if (values.top !== undefined) {
     if (!/^[0-9]+$/.test(values.top) || Number(values.top) < 1) {
-      throw new ConfigError("--top", `"${values.top}" is not a session count (1 or more)`);
+      throw new ConfigError("--top", `"${values.top}" is not a count (1 or more)`);
     }
     if (values.stats) throw new ConfigError("--top", "lists sessions: drop --stats");
     top = Number(values.top);

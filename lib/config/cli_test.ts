@@ -403,7 +403,7 @@ Deno.test("show: subcommand and --show flag, filters, --json, --stats", () => {
   const top = cli("show", "--top", "5");
   equal(top.kind === "show" && top.show.top, 5);
   expectError(["show", "--top", "0"], "--top", /1 or more/);
-  expectError(["show", "--top", "x"], "--top", /not a session count/);
+  expectError(["show", "--top", "x"], "--top", /not a count/);
   expectError(["show", "--top", "3", "--stats"], "--top", /drop --stats/);
   const hosts = cli("show", "--hosts", "--top", "2");
   equal(hosts.kind === "show" && hosts.show.hosts, true);

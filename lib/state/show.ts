@@ -22,6 +22,7 @@ import {
 import { DEFAULT_PIN_ROOT, netnsRoot, pinDirFor } from "./options.ts";
 import { ownerOf, programsAttached } from "../nat/attach.ts";
 import { ifNameToIndex } from "../ffi/libc.ts";
+import { parseAddr } from "../config/cidr.ts";
 
 /** Everything `show` found. */
 export interface ShowResult {
@@ -65,7 +66,7 @@ function addressOf(endpoint: string): string {
 
 /**
  * The rows of `r` summed per (interface, internal address): most sessions first, then most
- * bindings, then by address.
+ * bindings, then by interface and address (IPv4 before IPv6, in address order).
  */
 export function hostsOf(r: ShowResult): HostRow[] {
   const by = new Map<string, HostRow>();
@@ -94,9 +95,21 @@ export function hostsOf(r: ShowResult): HostRow[] {
   }
   for (const s of r.sessions) row(s.interface, s.internal).sessions++;
   for (const a of r.addressOnly ?? []) row(a.interface, a.internal).addressOnly++;
+  const order = (h: HostRow) => {
+    let bytes: Uint8Array;
+    try {
+      bytes = parseAddr(h.address);
+    } catch {
+      return h.address;
+    }
+    return `${bytes.length === 4 ? 4 : 6} ${
+      [...bytes].map((x) => x.toString(16).padStart(2, "0")).join("")
+    }`;
+  };
+  const keys = new Map([...by.values()].map((h) => [h, `${h.interface} ${order(h)}`]));
   return [...by.values()].sort((a, b) =>
     b.sessions - a.sessions || b.bindings - a.bindings ||
-    a.interface.localeCompare(b.interface) || a.address.localeCompare(b.address)
+    (keys.get(a)! < keys.get(b)! ? -1 : keys.get(a)! > keys.get(b)! ? 1 : 0)
   );
 }
 
@@ -214,8 +227,9 @@ export function formatText(r: ShowResult, stats: boolean): string {
     out.push(
       r.top !== undefined
         ? `the ${r.hosts.length} internal addresses holding the most sessions (--top ${r.top})`
-        : `${r.hosts.length} internal addresses: ${r.sessions.length} sessions, ` +
-          `${r.bindings.length} bindings, ${(r.addressOnly ?? []).length} address-only`,
+        : `${r.hosts.length} internal ${r.hosts.length === 1 ? "address" : "addresses"}: ` +
+          `${r.sessions.length} sessions, ${r.bindings.length} bindings, ` +
+          `${(r.addressOnly ?? []).length} address-only`,
     );
   } else {
     // Packet and byte columns when an interface counts sessions (session_counters).

@@ -70,16 +70,19 @@ function inboundFragments(t: Topology, family: 4 | 6, extPort: number, id: numbe
     ttl,
     payload: new Uint8Array(1000).fill(0x66),
   });
+  const send = (frames: Uint8Array[]) => rawSend(t.ns.srv1, frames, 50);
+  return { fragments: fragment(frame, family, id, 512), send };
+}
+
+/** Sends each frame's IP packet as it is from namespace `ns` (peer.ts raw-send), in order. */
+async function rawSend(ns: string, frames: Uint8Array[], gapMs: number): Promise<void> {
   const hex = (f: Uint8Array) =>
     [...f.slice(14)].map((b) => b.toString(16).padStart(2, "0")).join("");
-  const send = async (frames: Uint8Array[]) => {
-    const r = await nsExecResult(
-      t.ns.srv1,
-      peerCmd("raw-send", [...frames.flatMap((f) => ["--packet", hex(f)]), "--gap-ms", "50"]),
-    );
-    assertEquals(r.code, 0, r.stdout + r.stderr);
-  };
-  return { fragments: fragment(frame, family, id, 512), send };
+  const r = await nsExecResult(
+    ns,
+    peerCmd("raw-send", [...frames.flatMap((f) => ["--packet", hex(f)]), "--gap-ms", `${gapMs}`]),
+  );
+  assertEquals(r.code, 0, r.stdout + r.stderr);
 }
 
 Deno.test({
@@ -376,15 +379,7 @@ Deno.test({
           });
           return { ns, frames: fragment(frame, 4, 0x4242, 512) };
         };
-        const hex = (f: Uint8Array) =>
-          [...f.slice(14)].map((b) => b.toString(16).padStart(2, "0")).join("");
-        const send = async (ns: string, frames: Uint8Array[]) => {
-          const r = await nsExecResult(
-            ns,
-            peerCmd("raw-send", [...frames.flatMap((f) => ["--packet", hex(f)]), "--gap-ms", "20"]),
-          );
-          assertEquals(r.code, 0, r.stdout + r.stderr);
-        };
+        const send = (ns: string, frames: Uint8Array[]) => rawSend(ns, frames, 20);
         const one = frags(t.ns.lan1, a.lan1, 7001), two = frags(t.ns.lan2, a.lan2, 7002);
         await send(one.ns, [one.frames[0]]);
         await send(two.ns, two.frames);

@@ -51,12 +51,17 @@ export class BusyError extends Error {
 
 const LOCK_DIR = "/run/einat";
 
-function netnsId(): string {
+/** This process's namespace of `kind` (its inode), or null when the kernel has none. */
+function nsInode(kind: "net" | "time"): string | null {
   try {
-    return String(Deno.statSync("/proc/self/ns/net").ino);
+    return String(Deno.statSync(`/proc/self/ns/${kind}`).ino);
   } catch {
-    return "0";
+    return null;
   }
+}
+
+function netnsId(): string {
+  return nsInode("net") ?? "0";
 }
 
 /** The lock file path for an interface in this network namespace. */
@@ -122,16 +127,14 @@ export function processStart(pid: number | "self"): string | null {
   }
 }
 
-/** This process's time namespace (its inode), or null when the kernel has none. */
-function timeNamespace(): string | null {
-  try {
-    return String(Deno.statSync("/proc/self/ns/time").ino);
-  } catch {
-    return null;
-  }
-}
-
 let ownStart: string | null | undefined;
+let ownTimeNs: string | null | undefined;
+
+/** This process's time namespace (its inode), read once: it does not change. */
+function timeNamespace(): string | null {
+  if (ownTimeNs === undefined) ownTimeNs = nsInode("time");
+  return ownTimeNs;
+}
 
 /**
  * Writes the lock file, whole (a reader never sees half of it): `PID`, then `start=TICKS` and

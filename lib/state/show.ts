@@ -95,16 +95,14 @@ export function hostsOf(r: ShowResult): HostRow[] {
   }
   for (const s of r.sessions) row(s.interface, s.internal).sessions++;
   for (const a of r.addressOnly ?? []) row(a.interface, a.internal).addressOnly++;
+  // the address's length (IPv4 first), then its bytes: address order
   const order = (h: HostRow) => {
-    let bytes: Uint8Array;
     try {
-      bytes = parseAddr(h.address);
+      const b = parseAddr(h.address);
+      return String.fromCharCode(b.length, ...b);
     } catch {
-      return h.address;
+      return `~${h.address}`;
     }
-    return `${bytes.length === 4 ? 4 : 6} ${
-      [...bytes].map((x) => x.toString(16).padStart(2, "0")).join("")
-    }`;
   };
   const keys = new Map([...by.values()].map((h) => [h, `${h.interface} ${order(h)}`]));
   return [...by.values()].sort((a, b) =>

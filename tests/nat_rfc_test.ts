@@ -790,15 +790,20 @@ for (const family of [4, 6] as const) {
   });
 }
 
+/** An IPv4 `frame`'s header checksum made again (in place). */
+function fixIpv4Check(out: Uint8Array): Uint8Array {
+  const v = new DataView(out.buffer, 14);
+  v.setUint16(10, 0);
+  v.setUint16(10, internetChecksum(out.subarray(14, 14 + 20)));
+  return out;
+}
+
 /** An IPv4 `frame` with identification `id` (header checksum too); IPv6 ones as they are. */
 function withIpId(frame: Uint8Array, id: number): Uint8Array {
   if ((frame[14] >> 4) !== 4) return frame;
   const out = frame.slice();
-  const v = new DataView(out.buffer, 14);
-  v.setUint16(4, id);
-  v.setUint16(10, 0);
-  v.setUint16(10, internetChecksum(out.subarray(14, 14 + 20)));
-  return out;
+  new DataView(out.buffer, 14).setUint16(4, id);
+  return fixIpv4Check(out);
 }
 
 /** `frame` (Ethernet + IP) with its source or destination address replaced (IPv4: header checksum too). */
@@ -806,12 +811,7 @@ function withAddr(frame: Uint8Array, which: "src" | "dst", addr: string): Uint8A
   const out = frame.slice();
   const v4 = (out[14] >> 4) === 4;
   out.set(ipBytes(addr), 14 + (v4 ? (which === "src" ? 12 : 16) : (which === "src" ? 8 : 24)));
-  if (v4) {
-    const v = new DataView(out.buffer, 14);
-    v.setUint16(10, 0);
-    v.setUint16(10, internetChecksum(out.subarray(14, 14 + 20)));
-  }
-  return out;
+  return v4 ? fixIpv4Check(out) : out;
 }
 
 Deno.test("fragments v6: a Fragment header followed by Destination Options; the later fragment's payload is not read as headers, and it follows its first both ways", async () => {

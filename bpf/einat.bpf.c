@@ -468,8 +468,13 @@ __noinline int einat_inbound_query(struct packet *p)
 		binding_count_drop();
 		return 0;
 	}
+	/* The record's reference counts for its host (the router, whose limits these
+	 * bindings are not held to), as every reference does (lib/hosts.h). */
+	host_sess_add(p->family, &p->dst, 1);
 	int pub = einat_record_publish(&rk, idx);
 	if (pub != (int)idx) { /* not expected: the NAT host's own endpoint is only bound here */
+		if (pub >= 0) /* the reference taken on it */
+			host_sess_add(p->family, &p->dst, 1);
 		einat_binding_put(idx);
 		if (pub >= 0)
 			einat_binding_put(pub);
@@ -895,7 +900,7 @@ __noinline int einat_egress_full(struct __sk_buff *skb, struct packet *pp)
 		ct_first(&es->first, pp->l4proto, true, pp->tcp_flags, packet_now(pp));
 		r = einat_binding_create(pp, from, bvp, ck, &es->first);
 		if (r == STAT_DROP_NO_PORT || r == STAT_DROP_BINDING_FULL ||
-		    r == STAT_DROP_HOST_FULL)
+		    r == STAT_DROP_HOST_FULL || r == STAT_DROP_HOST_CT_FULL)
 			return refused(skb, pp, r); /* tell the sender (RFC 5508 REQ-8) */
 		if (r > 0)
 			return drop(r);
@@ -924,7 +929,8 @@ __noinline int einat_egress_full(struct __sk_buff *skb, struct packet *pp)
 			r = 0;
 	}
 	if (r)
-		return r == STAT_DROP_CT_FULL ? refused(skb, pp, r) : drop(r);
+		return r == STAT_DROP_CT_FULL || r == STAT_DROP_HOST_CT_FULL ? refused(skb, pp, r)
+									     : drop(r);
 	if (made && log_on(LOG_INFO))
 		einat_log_session(ck, intern, 1, 1);
 

@@ -54,7 +54,9 @@ struct einat_config {
 	/* Key of the hash that picks the IPv4 identification counter of a translated
 	 * non-atomic datagram (lib/ipid.h): drawn at random by the loader at each load. */
 	__u32 ip_id_key;
-	__u32 _pad2;
+	/* Sessions one internal address's bindings may hold at most (session_max_per_host):
+	 * the sum of their references (lib/hosts.h); 0: no limit. */
+	__u32 host_sess_max;
 };
 
 /* The context of the btf_find program (bpf/lib/btf_query.h). */
@@ -308,6 +310,7 @@ enum einat_stat {
 	 * binding's host (EIF) without making one; the host's answer makes it */
 	STAT_INBOUND_UNANSWERED,
 	STAT_DROP_HOST_FULL, /* the internal address holds binding_max_per_host bindings */
+	STAT_DROP_HOST_CT_FULL, /* its bindings hold session_max_per_host sessions */
 	STAT_MAX,
 };
 

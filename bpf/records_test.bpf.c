@@ -77,7 +77,7 @@ __noinline int create(struct rec_cmd *c)
 	int p = einat_record_publish(&c->key, idx);
 	c->made = p == (int)idx;
 	struct mapping_record *own = rec_get(idx);
-	if (!c->made && own && ref_put(&own->ref))
+	if (!c->made && own && ref_put(&own->ref) == REF_DROPPED_LAST)
 		record_release(own, idx);
 	return p;
 }
@@ -119,7 +119,7 @@ int rec_cmd(struct __sk_buff *skb)
 	case OP_PUT:
 		r = rec_get(c.idx);
 		if (r) {
-			c.ret = ref_put(&r->ref);
+			c.ret = ref_put(&r->ref) == REF_DROPPED_LAST;
 			if (c.ret)
 				record_release(r, c.idx);
 		}

@@ -120,6 +120,7 @@ export function roConfigOf(ic: InterfaceConfig, hasEth = true): RoConfig {
     sessionCounters: ic.sessionCounters,
     timeoutOther: ic.snatOtherProtocols ? BigInt(t.other) * MS : 0n,
     hostMax: ic.bindingMaxPerHost,
+    hostSessMax: ic.sessionMaxPerHost,
   };
 }
 

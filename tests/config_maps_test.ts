@@ -53,6 +53,7 @@ timeout_tcp_closing = "6m"
 timeout_tcp_est = "3h"
 binding_max_records = 4096
 binding_max_per_host = 300
+session_max_per_host = 5000
 ct_max_records = 9000
 flow_cache_slots = 4096
 session_counters = 2048
@@ -114,9 +115,11 @@ Deno.test("config keys reach the loaded BPF config and maps", async () => {
       bindingMax: 4096,
       // binding_max_per_host, and room for as many hosts as there can be bindings
       hostMax: 300,
+      // session_max_per_host
+      hostSessMax: 5000,
       timeoutOther: 420n * s,
     });
-    assertEquals(bpf.mapMaxEntries(bpf.findMap(nat.obj, "map_host_bindings")), 4096);
+    assertEquals(bpf.mapMaxEntries(bpf.findMap(nat.obj, "map_hosts")), 4096);
     // other_max_records: the address-only mappings' table
     assertEquals(bpf.mapMaxEntries(bpf.findMap(nat.obj, "map_addr_nat")), 777);
     // session_counters: the knob on, the counters' map sized to it

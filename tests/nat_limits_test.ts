@@ -7,6 +7,7 @@
 import { assert, assertEquals } from "./lib/assert.ts";
 import { checkMaps, EXT_CIDRS, fuzzConfig, statOf } from "./lib/fuzz.ts";
 import { syncPortHint } from "../lib/nat/loader.ts";
+import { HOST_COUNTS_LAYOUT, HOST_KEY_LAYOUT } from "../lib/nat/codec.ts";
 import { expireSessions } from "../lib/nat/expire.ts";
 import {
   loadTestNat,
@@ -50,6 +51,16 @@ function assertRefused(n: Nat, spec: PacketSpec, what: string): number {
   const icmp = out.proto === "icmp" && out.icmpType === 3 && out.icmpCode === 13;
   assert(icmp || (r.retval === TC_ACT_SHOT && out.src === spec.src), `${what}: not leaked`);
   return r.durationNs;
+}
+
+/** Deletes every entry of `map_hosts` (as a new object starts without them); returns how many. */
+function forgetHosts(n: Nat): number {
+  const fd = n.nat.maps.hosts;
+  const keys = [...bpf.mapEntries(fd, HOST_KEY_LAYOUT.size, HOST_COUNTS_LAYOUT.size)].map((e) =>
+    e.key
+  );
+  for (const k of keys) bpf.mapDelete(fd, k);
+  return keys.length;
 }
 
 Deno.test("binding_max_records full: new flows refused and counted, old ones keep working", async () => {
@@ -149,12 +160,9 @@ Deno.test("binding_max_per_host: an internal address holds that many bindings at
     assertEquals(n.egress(udp("192.0.2.11", 40000, SRV, 53)).retval, TC_ACT_OK, "another host");
     // The start's walk (sync_port_hint) counts the bindings there: with the counts gone (a
     // new object's map), the walk gives them back.
-    const hosts = bpf.mapFd(bpf.findMap(n.nat.obj, "map_host_bindings"));
-    const keys = [...bpf.mapEntries(hosts, 20, 8)].map((e) => e.key);
-    assertEquals(keys.length, 2, "two hosts counted");
-    for (const k of keys) bpf.mapDelete(hosts, k);
+    assertEquals(forgetHosts(n), 2, "two hosts counted");
     assertEquals(n.egress(udp(host, 40006, SRV, 53)).retval, TC_ACT_OK, "no count: let in");
-    for (const k of [...bpf.mapEntries(hosts, 20, 8)].map((e) => e.key)) bpf.mapDelete(hosts, k);
+    forgetHosts(n);
     syncPortHint(n.nat);
     assertRefused(n, udp(host, 40007, SRV, 53), "counted again by the walk: refused");
     // Expired and swept: the host's bindings are free again (counted down with them).
@@ -164,6 +172,74 @@ Deno.test("binding_max_per_host: an internal address holds that many bindings at
       assertEquals(n.egress(udp(host, 41000 + i, SRV, 53)).retval, TC_ACT_OK, `again ${i}`);
     }
     assertRefused(n, udp(host, 41005, SRV, 53), "and again the sixth");
+  } finally {
+    n.close();
+  }
+});
+
+Deno.test("session_max_per_host: the sessions of one internal address's bindings, first ones included, are held to it (ICMP 3/13, drop_host_ct_full); other hosts and the sessions there go on; the counts follow every session's end and the start's walk", async () => {
+  const ic = fuzzConfig({ sessionMaxPerHost: 6 });
+  ic.timeouts = { ...ic.timeouts, udpMin: 300, udpDefault: 300 };
+  const n = await loadTestNat(ic, EXT_CIDRS);
+  try {
+    const host = "192.0.2.10";
+    const remote = (i: number) => `198.51.100.${1 + i}`;
+    // One binding to five remotes, then a second binding: six sessions.
+    for (let i = 0; i < 5; i++) {
+      assertEquals(n.egress(udp(host, 40000, remote(i), 53)).retval, TC_ACT_OK, `session ${i}`);
+    }
+    assertEquals(n.egress(udp(host, 40001, SRV, 53)).retval, TC_ACT_OK, "a second binding");
+    invariants(n, ic);
+    // A seventh: another remote on a binding it holds, or a new binding; neither leaves a trace.
+    assertRefused(n, udp(host, 40000, remote(5), 53), "a seventh session on a binding");
+    assertRefused(n, udp(host, 40002, SRV, 53), "a seventh session with a new binding");
+    assertEquals(statOf(n, "drop_host_ct_full"), 2n);
+    assertEquals(invariants(n, ic), { bindings: 2, sessions: 6 });
+    // Its sessions go on both ways, another host is not counted.
+    const { out } = n.egress(udp(host, 40000, remote(2), 53));
+    assertEquals(out.src, EXT);
+    const back = n.ingress(udp(remote(2), 53, EXT, out.sport!));
+    assertEquals([back.retval, back.out.dst], [TC_ACT_OK, host]);
+    assertEquals(n.egress(udp("192.0.2.11", 40000, SRV, 53)).retval, TC_ACT_OK, "another host");
+    // The start's walk (sync_port_hint) counts the references there.
+    assertEquals(forgetHosts(n), 2, "two hosts counted");
+    assertEquals(n.egress(udp(host, 40000, remote(5), 53)).retval, TC_ACT_OK, "no count: let in");
+    forgetHosts(n);
+    syncPortHint(n.nat);
+    invariants(n, ic);
+    assertRefused(n, udp(host, 40000, remote(6), 53), "counted again by the walk: refused");
+    // Expired and swept: counted down with every session, the host may make six again.
+    await new Promise((r) => setTimeout(r, 400));
+    expireSessions(n.nat);
+    assertEquals(invariants(n, ic), { bindings: 0, sessions: 0 });
+    for (let i = 0; i < 6; i++) {
+      assertEquals(n.egress(udp(host, 41000 + i, SRV, 53)).retval, TC_ACT_OK, `again ${i}`);
+    }
+    assertRefused(n, udp(host, 41000, remote(1), 53), "and again the seventh");
+    invariants(n, ic);
+  } finally {
+    n.close();
+  }
+});
+
+Deno.test("the per-host counts of addresses that hold nothing go with the sweep: addresses that come and go never fill their table", async () => {
+  // map_hosts has room for as many addresses as there can be bindings (8 here)
+  const ic = fuzzConfig({ bindingMaxRecords: 8, bindingMaxPerHost: 2, sessionMaxPerHost: 3 });
+  ic.timeouts = { ...ic.timeouts, udpMin: 200, udpDefault: 200 };
+  const n = await loadTestNat(ic, EXT_CIDRS);
+  try {
+    for (let round = 0; round < 3; round++) {
+      for (let h = 0; h < 8; h++) {
+        const host = `192.0.2.${10 + round * 8 + h}`;
+        assertEquals(n.egress(udp(host, 40000, SRV, 53)).retval, TC_ACT_OK, `${round}: ${host}`);
+      }
+      invariants(n, ic);
+      await new Promise((r) => setTimeout(r, 300));
+      expireSessions(n.nat);
+      assertEquals(invariants(n, ic), { bindings: 0, sessions: 0 });
+      assertEquals(forgetHosts(n), 0, `${round}: the sweep left no entry behind`);
+    }
+    assertEquals(statOf(n, "drop_host_full"), 0n);
   } finally {
     n.close();
   }

@@ -4,7 +4,7 @@
  * over 512 bytes, an unbounded loop) only on some router. Every combination of
  * the switches in `.rodata` (per-session counters included) must load, in both
  * objects (inline checksums and the compatibility one: asked for by name, so
- * no fallback hides a refusal).
+ * no fallback hides a refusal). The per-host limits go on with the counters.
  */
 import { assert } from "./lib/assert.ts";
 import { closeNat, loadNat } from "../lib/nat/loader.ts";
@@ -21,6 +21,7 @@ for (const csum of ["inline", "helpers"] as const) {
           for (const icmpx of [false, true]) {
             for (const [nat44, nat66] of [[true, false], [false, true], [true, true]]) {
               for (const counters of [0, 64]) {
+                const perHost = counters ? 8 : 0;
                 const ic = testInterfaceConfig({
                   bpfLogLevel: logLevel,
                   bpfFibLookupExternal: fib,
@@ -28,9 +29,11 @@ for (const csum of ["inline", "helpers"] as const) {
                   nat44,
                   nat66,
                   sessionCounters: counters,
+                  bindingMaxPerHost: perHost,
+                  sessionMaxPerHost: perHost * 100,
                 });
                 const what =
-                  `log ${logLevel} eth ${hasEth} fib ${fib} icmpx ${icmpx} nat44 ${nat44} nat66 ${nat66} counters ${counters}`;
+                  `log ${logLevel} eth ${hasEth} fib ${fib} icmpx ${icmpx} nat44 ${nat44} nat66 ${nat66} counters ${counters} per-host ${perHost}`;
                 try {
                   const nat = await loadNat({
                     ro: roConfigOf(ic, hasEth),

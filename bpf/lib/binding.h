@@ -14,6 +14,7 @@
 #include "epoch.h"
 #include "parse.h"
 #include "ref.h"
+#include "hosts.h"
 #define OUTBOUND_MASK() (CFG.outbound_mask)
 #include "records.h"
 
@@ -66,87 +67,11 @@ static __always_inline bool binding_count_take(void)
 	return binding_count_take_below(CFG.binding_max);
 }
 
-/* One less of the count *n, never below zero (the tries: binding_count_drop). */
-static __always_inline void count_drop(__u64 *n)
-{
-	if (!n)
-		return;
-	for (int i = 0; i < 8; i++) {
-		__u64 v = *(volatile __u64 *)n;
-		if (v == 0 || __sync_val_compare_and_swap(n, v, v - 1) == v)
-			return;
-	}
-}
-
-/*
- * Counts one binding less, never below zero. The count can be lower than the
- * live bindings: a new count starts from a walk of the records, and when an
- * einat of another count layout is being replaced under traffic, its programs
- * make and free bindings during that walk without counting them here.
- * Wrapped round, the count would refuse every new binding as if the table
- * were full, until the next start. A few tries: another CPU moving the count
- * at the same moment is rare.
- */
+/* Counts one binding less, never below zero (count_sub, lib/hosts.h, says why). */
 static __always_inline void binding_count_drop(void)
 {
 	__u32 zero = 0;
 	count_drop(bpf_map_lookup_elem(&map_binding_count, &zero));
-}
-
-/*
- * Bindings per internal address (binding_max_per_host, CFG.host_max; unused
- * at 0): taken with the binding, dropped with it. Not pinned: the start's
- * walk of the records counts them anew (sync_port_hint). An entry stays at 0
- * (deleting it could lose another CPU's take); the map has room for as many
- * addresses as there can be bindings (the loader sizes it).
- */
-struct host_key {
-	__u8 family;
-	__u8 _pad[3];
-	union ip_addr addr;
-};
-
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__type(key, struct host_key);
-	__type(value, __u64);
-	__uint(max_entries, 1);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-} map_host_bindings SEC(".maps");
-
-static __always_inline __u64 *host_count_of(__u8 family, const union ip_addr *a, bool make)
-{
-	struct host_key k;
-	__builtin_memset(&k, 0, sizeof(k));
-	k.family = family;
-	k.addr = *a;
-	__u64 *n = bpf_map_lookup_elem(&map_host_bindings, &k);
-	if (n || !make)
-		return n;
-	__u64 zero = 0;
-	bpf_map_update_elem(&map_host_bindings, &k, &zero, BPF_NOEXIST);
-	return bpf_map_lookup_elem(&map_host_bindings, &k);
-}
-
-/* Counts one binding more for internal address a, unless it holds CFG.host_max already. */
-static __always_inline bool host_count_take(__u8 family, const union ip_addr *a)
-{
-	if (!CFG.host_max)
-		return true;
-	__u64 *n = host_count_of(family, a, true);
-	if (!n) /* no room for the address: as many as there can be bindings are held */
-		return false;
-	if (__sync_fetch_and_add(n, 1) < CFG.host_max)
-		return true;
-	__sync_fetch_and_add(n, -1);
-	return false;
-}
-
-/* Counts one binding less for internal address a, never below zero (count_drop). */
-static __always_inline void host_count_drop(__u8 family, const union ip_addr *a)
-{
-	if (CFG.host_max)
-		count_drop(host_count_of(family, a, false));
 }
 
 /* The slot of external address a, or -1. A global function: verified once. */
@@ -710,7 +635,7 @@ __noinline int einat_binding_release(__u32 idx)
 	epoch_bump();
 	record_release(r, idx);
 	binding_count_drop();
-	host_count_drop(family, &host);
+	host_drop_binding(family, &host);
 	epoch_bump();
 	port_bit_clear(idx);
 	return 0;
@@ -725,7 +650,18 @@ __noinline int einat_binding_release(__u32 idx)
 __noinline int einat_binding_put(__u32 idx)
 {
 	struct mapping_record *r = rec_get(idx);
-	if (r && ref_put(&r->ref))
+	if (!r)
+		return 0;
+	/* Its host before the drop, while the reference held keeps the record its own. */
+	struct host_key h = {};
+	if (CFG.host_sess_max) {
+		h.family = r->family;
+		h.addr = r->ct.int_addr;
+	}
+	int d = ref_put(&r->ref);
+	if (d != REF_NOT_HELD)
+		host_sess_sub(h.family, &h.addr, 1);
+	if (d == REF_DROPPED_LAST)
 		einat_binding_release(idx);
 	return 0;
 }
@@ -741,8 +677,11 @@ __noinline int einat_binding_retire(__u32 idx)
 	if (!r || (r->state & REC_STATE_MASK) != REC_LIVE)
 		return 0;
 	/* No session takes a reference any more; one that holds one finds it gone. */
-	if (__sync_lock_test_and_set(&r->ref, BINDING_DYING) & BINDING_DYING)
+	__u32 held = __sync_lock_test_and_set(&r->ref, BINDING_DYING);
+	if (held & BINDING_DYING)
 		return 0;
+	if (held)
+		host_sess_sub(r->family, &r->ct.int_addr, held);
 	einat_binding_release(idx);
 	return 1;
 }
@@ -817,9 +756,11 @@ __noinline int einat_binding_create(const struct packet *p, const struct default
 	c->have_first = 1;
 	if (!binding_count_take())
 		return STAT_DROP_BINDING_FULL;
-	if (!host_count_take(p->family, &p->src)) {
+	/* the binding and its first session (the record's one reference) */
+	int host = host_take_binding(p->family, &p->src);
+	if (host) {
 		binding_count_drop();
-		return STAT_DROP_HOST_FULL;
+		return host;
 	}
 
 	struct port_bits *bits = NULL;
@@ -858,7 +799,7 @@ __noinline int einat_binding_create(const struct packet *p, const struct default
 	}
 	if (!c->have) {
 		binding_count_drop();
-		host_count_drop(p->family, &p->src);
+		host_untake_binding(p->family, &p->src);
 		return STAT_DROP_NO_PORT;
 	}
 
@@ -873,7 +814,10 @@ __noinline int einat_binding_create(const struct packet *p, const struct default
 		return 0;
 	}
 	/* Lost a race with another CPU (ri is its binding, with a reference taken for the
-	 * caller), or the outbound index had no room: this record goes. */
+	 * caller, which counts for this host now), or the outbound index had no room: this
+	 * record goes. */
+	if (ri >= 0)
+		host_sess_add(p->family, &p->src, 1);
 	einat_binding_put(idx);
 	if (ri == -ENOSPC)
 		return STAT_DROP_BINDING_FULL;

@@ -377,7 +377,8 @@ enum ct_touch_mode {
  * caller.
  * Returns 0; CT_REF_UNUSED (CT_NEW_REF_HELD: the session existed; the caller
  * releases its reference with binding_put); or a STAT_DROP_* reason (with
- * CT_NEW_REF_HELD the reference is still the caller's to release).
+ * CT_NEW_REF_HELD the reference is still the caller's to release), among them
+ * STAT_DROP_HOST_CT_FULL: the host's bindings hold CFG.host_sess_max sessions.
  */
 __noinline int einat_ct_touch(const struct ct_key *k, const struct endpoint *intern,
 			      struct packet *p, int egress, int mode)
@@ -393,6 +394,12 @@ __noinline int einat_ct_touch(const struct ct_key *k, const struct endpoint *int
 		einat_ct_refresh(v, k->l4proto, egress, tcp_flags, now);
 		return mode == CT_NEW_REF_HELD ? CT_REF_UNUSED : 0;
 	}
+
+	/* A host at session_max_per_host: refused before the insert, which a host spraying
+	 * new remotes would otherwise make and undo for every packet (the count is checked
+	 * again, exactly, when the reference is taken). */
+	if (mode == CT_FIND && host_sess_full(k->family, &intern->addr))
+		return STAT_DROP_HOST_CT_FULL;
 
 	struct ct_value nv;
 	__builtin_memset(&nv, 0, sizeof(nv));
@@ -443,11 +450,14 @@ __noinline int einat_ct_touch(const struct ct_key *k, const struct endpoint *int
 		bpf_map_delete_elem(&map_ct, k);
 		return STAT_DROP_UNTRANSLATABLE;
 	}
-	if (rb->ct.int_port != intern->port || !addr_eq(&rb->ct.int_addr, &intern->addr)) {
-		/* and its port went to another endpoint since */
+	/* The reference counts for its host (held to session_max_per_host), whose it is
+	 * while held: dropped again, it counts down with it. */
+	bool over = host_sess_over(rb->family, &rb->ct.int_addr);
+	if (over || rb->ct.int_port != intern->port || !addr_eq(&rb->ct.int_addr, &intern->addr)) {
+		/* the host is at its limit, or the port went to another endpoint since */
 		einat_binding_put(ri);
 		bpf_map_delete_elem(&map_ct, k);
-		return STAT_DROP_UNTRANSLATABLE;
+		return over ? STAT_DROP_HOST_CT_FULL : STAT_DROP_UNTRANSLATABLE;
 	}
 	stat_inc(STAT_NEW_SESSION);
 	if (log_on(LOG_DEBUG))

@@ -75,7 +75,8 @@ __noinline int einat_log_session(const struct ct_key *k, const struct endpoint *
 __noinline int einat_log_drop(const struct packet *p, __u32 reason)
 {
 	bool scarce = reason == STAT_DROP_NO_PORT || reason == STAT_DROP_BINDING_FULL ||
-		      reason == STAT_DROP_CT_FULL || reason == STAT_DROP_HOST_FULL;
+		      reason == STAT_DROP_CT_FULL || reason == STAT_DROP_HOST_FULL ||
+		      reason == STAT_DROP_HOST_CT_FULL;
 	if (!p || !log_on(scarce ? LOG_WARN : LOG_DEBUG))
 		return 0;
 	const char *why =
@@ -84,6 +85,8 @@ __noinline int einat_log_drop(const struct packet *p, __u32 reason)
 		: reason == STAT_DROP_CT_FULL	   ? "session table full (drop_ct_full)"
 		: reason == STAT_DROP_HOST_FULL
 			? "host's bindings at binding_max_per_host (drop_host_full)"
+		: reason == STAT_DROP_HOST_CT_FULL
+			? "host's sessions at session_max_per_host (drop_host_ct_full)"
 		: reason == STAT_DROP_FRAGMENT	  ? "fragment (drop_fragment)"
 		: reason == STAT_DROP_ICMP_ERROR  ? "ICMP error (drop_icmp_error)"
 		: reason == STAT_DROP_UNSOLICITED ? "unsolicited TCP SYN (drop_unsolicited)"

@@ -28,22 +28,29 @@ static __always_inline bool ref_get(__u32 *ref)
 	return false;
 }
 
-/* Drops a reference. True when it was the last: the count is dying now, and the
- * caller deletes the binding. */
-static __always_inline bool ref_put(__u32 *ref)
+/* What ref_put() did. */
+enum ref_dropped {
+	REF_NOT_HELD = 0, /* nothing: the count is dying (its binding was retired) */
+	REF_DROPPED = 1,
+	/* the last: the count is dying now, and the caller deletes the binding */
+	REF_DROPPED_LAST = 2,
+};
+
+/* Drops a reference (enum ref_dropped). */
+static __always_inline int ref_put(__u32 *ref)
 {
 #pragma unroll
 	for (int i = 0; i < 8; i++) {
 		__u32 r = *(volatile __u32 *)ref;
 		if (r & BINDING_DYING)
-			return false;
+			return REF_NOT_HELD;
 		if (__sync_val_compare_and_swap(ref, r, r <= 1 ? BINDING_DYING : r - 1) == r)
-			return r <= 1;
+			return r <= 1 ? REF_DROPPED_LAST : REF_DROPPED;
 	}
 	/* Contended all along: dropped without the last-reference check (a binding
 	 * left at zero takes references again, and goes with its next session). */
 	__sync_fetch_and_add(ref, -1);
-	return false;
+	return REF_DROPPED;
 }
 
 #endif

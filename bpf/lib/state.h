@@ -216,10 +216,12 @@ static long hint_one(void *map, __u32 *key, struct mapping_record *r, void *ctx)
 		return 0;
 	struct hint_ctx *c = ctx;
 	c->bindings += 1;
-	if (CFG.host_max) { /* this object's count per internal address starts here */
-		__u64 *n = host_count_of(r->family, &r->ct.int_addr, true);
-		if (n)
-			__sync_fetch_and_add(n, 1);
+	if (HOSTS_ON()) { /* this object's counts per internal address start here */
+		struct host_counts *n = host_counts_of(r->family, &r->ct.int_addr, true);
+		if (n && CFG.host_max)
+			__sync_fetch_and_add(&n->bindings, 1);
+		if (n && CFG.host_sess_max)
+			__sync_fetch_and_add(&n->sessions, r->ref & ~BINDING_DYING);
 	}
 	if (r->sess == SESS_INLINE)
 		c->sessions += 1;

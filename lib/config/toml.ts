@@ -124,6 +124,8 @@ export const DEFAULTS = {
   bindingMaxRecords: 65536 * 3,
   /** Bindings one internal address may hold; 0: no limit (einat-ts). */
   bindingMaxPerHost: 0,
+  /** Sessions one internal address's bindings may hold; 0: no limit (einat-ts). */
+  sessionMaxPerHost: 0,
   /** Timeouts in milliseconds. */
   timeouts: {
     fragment: 2_000,
@@ -186,6 +188,7 @@ const INTERFACE_KEYS = [
   "other_max_records",
   "binding_max_records",
   "binding_max_per_host",
+  "session_max_per_host",
   "ct_max_records",
   "preallocate_maps",
   "flow_cache_slots",
@@ -868,6 +871,7 @@ export function defaultInterface(
     otherMaxRecords: DEFAULTS.otherMaxRecords,
     bindingMaxRecords: DEFAULTS.bindingMaxRecords,
     bindingMaxPerHost: DEFAULTS.bindingMaxPerHost,
+    sessionMaxPerHost: DEFAULTS.sessionMaxPerHost,
     ctMaxRecords: DEFAULTS.bindingMaxRecords * 2,
     preferTcx: DEFAULTS.preferTcx,
     preallocateMaps: DEFAULTS.preallocateMaps,
@@ -1093,6 +1097,16 @@ function parseInterface(
     0,
     MAX_RECORDS,
     "a number of bindings (0: no limit)",
+  );
+  iface.sessionMaxPerHost = getInt(
+    ctx,
+    t,
+    "session_max_per_host",
+    path,
+    DEFAULTS.sessionMaxPerHost,
+    0,
+    0xffff_ffff,
+    "a number of sessions (0: no limit)",
   );
   iface.ctMaxRecords = records("ct_max_records", iface.bindingMaxRecords * 2);
   if (iface.ctMaxRecords < iface.bindingMaxRecords) {

@@ -657,3 +657,12 @@ Deno.test("unknown keys: the nearer spelling wins a tie; a key of another table 
     /not a key here; it goes in \[defaults\] or \[\[interfaces\.externals\]\]/,
   );
 });
+
+Deno.test("session_max_per_host: off (0) by default, a count of sessions when set", () => {
+  equal(parse(MIN).config.interfaces[0].sessionMaxPerHost, 0);
+  equal(parse(MIN + `session_max_per_host = 4000\n`).config.interfaces[0].sessionMaxPerHost, 4000);
+  throws(
+    () => parse(MIN + `session_max_per_host = -1\n`),
+    /interfaces\[0\]\.session_max_per_host.*a number of sessions \(0: no limit\)/,
+  );
+});

@@ -88,6 +88,11 @@ export interface InterfaceConfig {
   bindingMaxRecords: number;
   /** `binding_max_per_host`: bindings one internal address may hold; 0: no limit. */
   bindingMaxPerHost: number;
+  /**
+   * `session_max_per_host`: sessions the bindings of one internal address may hold (their
+   * first ones included); 0: no limit.
+   */
+  sessionMaxPerHost: number;
   ctMaxRecords: number;
   /** `preallocate_maps`: session records allocated when the map is created. */
   preallocateMaps: boolean;

@@ -80,6 +80,7 @@ export const STATS = [
   "drop_addr_full",
   "inbound_unanswered",
   "drop_host_full",
+  "drop_host_ct_full",
 ] as const;
 /** Name of a counter in `map_stats`. */
 export type StatName = typeof STATS[number];
@@ -121,6 +122,7 @@ export const EINAT_CONFIG_LAYOUT: StructLayout = {
     timeout_other: { offset: 80, size: 8 },
     timeout_tcp_closing: { offset: 88, size: 8 },
     ip_id_key: { offset: 96, size: 4 },
+    host_sess_max: { offset: 100, size: 4 },
   },
 };
 
@@ -342,6 +344,49 @@ export const ADDR_VALUE_LAYOUT: StructLayout = {
   },
 };
 
+/** struct host_key (map_hosts: counts per internal address, bpf/lib/hosts.h). */
+export const HOST_KEY_LAYOUT: StructLayout = {
+  name: "host_key",
+  size: 20,
+  fields: {
+    family: { offset: 0, size: 1 },
+    addr: { offset: 4, size: 16 },
+  },
+};
+
+/** struct host_counts: bindings (while `binding_max_per_host`) and session references (while `session_max_per_host`). */
+export const HOST_COUNTS_LAYOUT: StructLayout = {
+  name: "host_counts",
+  size: 16,
+  fields: {
+    bindings: { offset: 0, size: 8 },
+    sessions: { offset: 8, size: 8 },
+  },
+};
+
+/** One entry of `map_hosts`: an internal address and its counts. */
+export interface HostCounts {
+  family: 4 | 6;
+  addr: Uint8Array;
+  /** Its bindings (counted while `binding_max_per_host` is on). */
+  bindings: bigint;
+  /** Its bindings' session references (counted while `session_max_per_host` is on). */
+  sessions: bigint;
+}
+
+/** Decodes a `map_hosts` entry. */
+export function decodeHostCounts(key: Uint8Array, value: Uint8Array): HostCounts {
+  const K = HOST_KEY_LAYOUT.fields, V = HOST_COUNTS_LAYOUT.fields;
+  const family = key[K.family.offset] === 6 ? 6 : 4;
+  const v = view(value);
+  return {
+    family,
+    addr: addrOf(family, key.subarray(K.addr.offset, K.addr.offset + 16)),
+    bindings: v.getBigUint64(V.bindings.offset, true),
+    sessions: v.getBigUint64(V.sessions.offset, true),
+  };
+}
+
 /** All layouts, for the BTF check. */
 export const LAYOUTS: StructLayout[] = [
   EINAT_CONFIG_LAYOUT,
@@ -361,6 +406,8 @@ export const LAYOUTS: StructLayout[] = [
   SESS_COUNTER_LAYOUT,
   ADDR_KEY_LAYOUT,
   ADDR_VALUE_LAYOUT,
+  HOST_KEY_LAYOUT,
+  HOST_COUNTS_LAYOUT,
 ];
 
 // --- helpers -----------------------------------------------------------
@@ -412,6 +459,8 @@ export interface RoConfig {
   bindingMax?: number;
   /** Bindings one internal address may hold (`binding_max_per_host`); 0 or absent: no limit. */
   hostMax?: number;
+  /** Sessions one internal address's bindings may hold (`session_max_per_host`); 0 or absent: no limit. */
+  hostSessMax?: number;
   /** Sessions whose packets and bytes are counted (`session_counters`); 0 or absent: off. */
   sessionCounters?: number;
   /** Address-only NAT of the IP protocols without ports: its timeout; 0 or absent: off. */
@@ -493,6 +542,7 @@ export function encodeRoConfig(c: RoConfig): Uint8Array {
   v.setBigUint64(f(L, "timeout_other"), c.timeoutOther ?? 0n, true);
   v.setBigUint64(f(L, "timeout_tcp_closing"), c.timeoutTcpClosing ?? c.timeoutTcpTrans, true);
   v.setUint32(f(L, "ip_id_key"), c.ipIdKey ?? 0, true);
+  v.setUint32(f(L, "host_sess_max"), c.hostSessMax ?? 0, true);
   return b;
 }
 
@@ -520,6 +570,7 @@ export function decodeRoConfig(b: Uint8Array): RoConfig {
     timeoutOther: v.getBigUint64(f(L, "timeout_other"), true),
     timeoutTcpClosing: v.getBigUint64(f(L, "timeout_tcp_closing"), true),
     ipIdKey: v.getUint32(f(L, "ip_id_key"), true),
+    hostSessMax: v.getUint32(f(L, "host_sess_max"), true),
   };
 }
 

@@ -23,6 +23,8 @@ export const EXHAUSTION_REASONS = {
   drop_ct_full: "raise ct_max_records",
   drop_host_full: "one internal address holds binding_max_per_host bindings: raise it if that " +
     "host is meant to",
+  drop_host_ct_full: "one internal address's bindings hold session_max_per_host sessions: " +
+    "raise it if that host is meant to",
 } as const;
 
 /** A watched counter. */

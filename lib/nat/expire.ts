@@ -21,6 +21,8 @@ import {
   ADDR_VALUE_LAYOUT,
   CT_KEY_LAYOUT,
   CT_VALUE_LAYOUT,
+  HOST_COUNTS_LAYOUT,
+  HOST_KEY_LAYOUT,
   SWEEP_BATCH_LAYOUT,
   SWEEP_KEYS,
 } from "./codec.ts";
@@ -155,6 +157,7 @@ export function expireSessions(n: NatObject): SweepResult {
     let step = runs.next();
     while (!step.done) step = runs.next(bpf.testRun(n.expireFd, RUN_DATA, RUN_OPTS));
     expireAddrMappings(n);
+    forgetIdleHosts(n);
     return step.value;
   } finally {
     runs.return(undefined as never); // a failed run leaves the batch read's buffers with it
@@ -183,6 +186,27 @@ export function expireAddrMappings(n: NatObject): number {
 }
 
 /**
+ * Deletes the entries of `map_hosts` (bpf/lib/hosts.h) whose counts are all zero: internal
+ * addresses that hold nothing any more. The programs make an entry for every address that binds
+ * and leave it (a delete there could lose another CPU's take), and the map has room for as many
+ * addresses as there can be bindings: without this, addresses that come and go (DHCP leases,
+ * IPv6 temporary addresses) would fill it, and every new one would be refused. A host that takes
+ * a binding at the very moment its entry goes loses that count (the limit then lets it one
+ * further), never the other way. Returns how many went.
+ */
+export function forgetIdleHosts(n: NatObject): number {
+  const ks = HOST_KEY_LAYOUT.size, vs = HOST_COUNTS_LAYOUT.size;
+  const b = HOST_COUNTS_LAYOUT.fields.bindings.offset;
+  const s = HOST_COUNTS_LAYOUT.fields.sessions.offset;
+  let deleted = 0;
+  bpf.forEachEntry(n.maps.hosts, ks, vs, ({ keys, ko, vv, vo }) => {
+    if (vv.getBigUint64(vo + b, true) || vv.getBigUint64(vo + s, true)) return;
+    if (bpf.mapDelete(n.maps.hosts, keys.subarray(ko, ko + ks))) deleted++;
+  });
+  return deleted;
+}
+
+/**
  * {@link expireSessions} with each run off the JS thread, so the event loop turns between runs.
  * `closeNat` meanwhile ends it after the run in progress, and the object closes then.
  */
@@ -202,6 +226,7 @@ export async function expireSessionsAsync(n: NatObject): Promise<SweepResult> {
     }
     t = performance.now();
     expireAddrMappings(n);
+    forgetIdleHosts(n);
     costMs += performance.now() - t;
     return { ...step.value, costNs: Math.round(costMs * 1e6) };
   } finally {

@@ -42,6 +42,7 @@ export const MAP_NAMES = {
   sweep: "map_sweep",
   sessCounters: "map_sess_counters",
   addrNat: "map_addr_nat",
+  hosts: "map_hosts",
 } as const;
 
 /** File descriptors of the maps, by role. */
@@ -317,8 +318,8 @@ async function loadNatBytes(
     bpf.mapSetMaxEntries(bpf.findMap(obj, MAP_NAMES.ct), opts.ctMaxRecords);
     // Room for as many internal addresses as there can be bindings; one entry when off.
     bpf.mapSetMaxEntries(
-      bpf.findMap(obj, "map_host_bindings"),
-      opts.ro.hostMax ? opts.bindingMaxRecords : 1,
+      bpf.findMap(obj, MAP_NAMES.hosts),
+      opts.ro.hostMax || opts.ro.hostSessMax ? opts.bindingMaxRecords : 1,
     );
     bpf.mapSetMaxEntries(bpf.findMap(obj, MAP_NAMES.flowCache), flowCacheEntries(opts.ro));
     // One entry when off (a map is never empty), at least two when on (counters.ts, countingOn).

@@ -31,8 +31,11 @@ import {
   ADDR_VALUE_LAYOUT,
   CT_KEY_LAYOUT,
   decodeAddrMapping,
+  decodeHostCounts,
   encodeAddrKey,
   encodeCtKey,
+  HOST_COUNTS_LAYOUT,
+  HOST_KEY_LAYOUT,
   OUTBOUND_LINE_LAYOUT,
   STATS,
   sumPerCpu,
@@ -1493,7 +1496,47 @@ export function checkMaps(nat: Nat, limits: Limits, ic: InterfaceConfig): MapChe
     const n = refs.get(k) ?? 0;
     if (b.ref !== n) v.push(`binding ${k}: ref ${b.ref} but ${n} sessions`);
   }
+  v.push(...checkHostCounts(maps.hosts, live, ic));
   return { bindings: live.length, sessions: ce.length, violations: v };
+}
+
+/**
+ * `map_hosts` against the bindings: while `session_max_per_host` is on, an address's session
+ * count is the sum of its bindings' references; while `binding_max_per_host` is, its binding
+ * count is its bindings, the router's own aside (pings from outside bind identifiers to an
+ * external address without counting them).
+ */
+function checkHostCounts(fd: number, live: Binding[], ic: InterfaceConfig): string[] {
+  if (!ic.bindingMaxPerHost && !ic.sessionMaxPerHost) return [];
+  const v: string[] = [];
+  const want = new Map<string, { bindings: number; sessions: number }>();
+  for (const b of live) {
+    const k = `${b.family}/${formatIp(b.intAddr)}`;
+    const w = want.get(k) ?? { bindings: 0, sessions: 0 };
+    if (!eq(b.intAddr, extOf(b.family))) w.bindings++;
+    w.sessions += b.ref;
+    want.set(k, w);
+  }
+  const seen = new Set<string>();
+  for (const { key, value } of bpf.mapEntries(fd, HOST_KEY_LAYOUT.size, HOST_COUNTS_LAYOUT.size)) {
+    const h = decodeHostCounts(key, value);
+    const k = `${h.family}/${formatIp(h.addr)}`;
+    seen.add(k);
+    const w = want.get(k) ?? { bindings: 0, sessions: 0 };
+    if (ic.sessionMaxPerHost && h.sessions !== BigInt(w.sessions)) {
+      v.push(`host ${k}: ${h.sessions} sessions counted, its bindings hold ${w.sessions}`);
+    }
+    const ext = eq(h.addr, extOf(h.family));
+    if (ic.bindingMaxPerHost && !ext && h.bindings !== BigInt(w.bindings)) {
+      v.push(`host ${k}: ${h.bindings} bindings counted, ${w.bindings} live`);
+    }
+  }
+  for (const [k, w] of want) {
+    if (!seen.has(k) && (ic.sessionMaxPerHost ? w.sessions : w.bindings) > 0) {
+      v.push(`host ${k}: not counted, ${w.bindings} bindings with ${w.sessions} sessions`);
+    }
+  }
+  return v;
 }
 
 /** Bindings (external ports in use) of one family and protocol. */
@@ -2248,12 +2291,18 @@ export class Generator {
 // ---------------------------------------------------------------------------------------------
 // Running
 
-/** The NAT configuration of fuzz runs: NAT44 + NAT66, long timeouts (nothing expires). */
+/**
+ * The NAT configuration of fuzz runs: NAT44 + NAT66, long timeouts (nothing expires), and the
+ * per-host limits on but never reached, so that the programs keep the counts per internal
+ * address and checkMaps checks them against the bindings.
+ */
 export function fuzzConfig(o: Partial<InterfaceConfig> = {}): InterfaceConfig {
   const day = 86_400_000;
   return testInterfaceConfig({
     nat66: true,
     allowInboundIcmpx: true, // pings from outside may bind identifiers too
+    bindingMaxPerHost: 1 << 20,
+    sessionMaxPerHost: 2 ** 31,
     timeouts: {
       fragment: day,
       icmpDefault: day,
@@ -2451,7 +2500,14 @@ export async function runFuzz(o: FuzzOptions): Promise<FuzzReport> {
     rep.mapChecks++;
     rep.maxBindings = Math.max(rep.maxBindings, m.bindings);
     rep.maxSessions = Math.max(rep.maxSessions, m.sessions);
-    for (const s of ["drop_binding_full", "drop_ct_full"] as const) {
+    for (
+      const s of [
+        "drop_binding_full",
+        "drop_ct_full",
+        "drop_host_full",
+        "drop_host_ct_full",
+      ] as const
+    ) {
       const x = statOf(n, s);
       if (x) m.violations.push(`${s} = ${x} with tables far from full`);
     }

@@ -76,6 +76,7 @@ export function testInterfaceConfig(o: Partial<InterfaceConfig> = {}): Interface
     otherMaxRecords: 4096,
     bindingMaxRecords: 65536,
     bindingMaxPerHost: 0,
+    sessionMaxPerHost: 0,
     ctMaxRecords: 65536 * 2,
     preferTcx: false,
     preallocateMaps: false,

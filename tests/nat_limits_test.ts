@@ -7,7 +7,11 @@
 import { assert, assertEquals } from "./lib/assert.ts";
 import { checkMaps, EXT_CIDRS, fuzzConfig, statOf } from "./lib/fuzz.ts";
 import { syncPortHint } from "../lib/nat/loader.ts";
-import { HOST_COUNTS_LAYOUT, HOST_KEY_LAYOUT } from "../lib/nat/codec.ts";
+import { decodeHostCounts, HOST_COUNTS_LAYOUT, HOST_KEY_LAYOUT } from "../lib/nat/codec.ts";
+import { applyPlan, purgeStale } from "../lib/nat/apply.ts";
+import { planInterface } from "../lib/nat/plan.ts";
+import { formatIp } from "./lib/packet.ts";
+import { parseAddr } from "../lib/config/cidr.ts";
 import { expireSessions } from "../lib/nat/expire.ts";
 import {
   loadTestNat,
@@ -51,6 +55,17 @@ function assertRefused(n: Nat, spec: PacketSpec, what: string): number {
   const icmp = out.proto === "icmp" && out.icmpType === 3 && out.icmpCode === 13;
   assert(icmp || (r.retval === TC_ACT_SHOT && out.src === spec.src), `${what}: not leaked`);
   return r.durationNs;
+}
+
+/** The counts of `map_hosts`, by address. */
+function hostCounts(n: Nat): Record<string, { bindings: number; sessions: number }> {
+  const out: Record<string, { bindings: number; sessions: number }> = {};
+  const fd = n.nat.maps.hosts;
+  for (const e of bpf.mapEntries(fd, HOST_KEY_LAYOUT.size, HOST_COUNTS_LAYOUT.size)) {
+    const h = decodeHostCounts(e.key, e.value);
+    out[formatIp(h.addr)] = { bindings: Number(h.bindings), sessions: Number(h.sessions) };
+  }
+  return out;
 }
 
 /** Deletes every entry of `map_hosts` (as a new object starts without them); returns how many. */
@@ -240,6 +255,33 @@ Deno.test("the per-host counts of addresses that hold nothing go with the sweep:
       assertEquals(bpf.mapCount(n.nat.maps.hosts, HOST_KEY_LAYOUT.size), 0, `${round}: left`);
     }
     assertEquals(statOf(n, "drop_host_full"), 0n);
+  } finally {
+    n.close();
+  }
+});
+
+Deno.test("session_max_per_host: bindings retired with their external address take their sessions' count along; on the address that replaced it the host may make as many again", async () => {
+  const ic = fuzzConfig({ sessionMaxPerHost: 4 });
+  const n = await loadTestNat(ic, EXT_CIDRS);
+  try {
+    const host = "192.0.2.10";
+    for (let i = 0; i < 3; i++) {
+      assertEquals(n.egress(udp(host, 40000, `198.51.100.${1 + i}`, 53)).retval, TC_ACT_OK);
+    }
+    assertEquals(n.egress(udp(host, 40001, SRV, 53)).retval, TC_ACT_OK);
+    assertRefused(n, udp(host, 40002, SRV, 53), "a fifth session");
+    assertEquals(hostCounts(n)[host], { bindings: 2, sessions: 4 });
+    // The address leaves (another takes over): the programs retire its bindings.
+    const v4 = [{ family: 4 as const, addr: parseAddr("203.0.113.2"), prefixLen: 24 }];
+    const other = planInterface(ic, v4);
+    applyPlan(n.nat.maps, other);
+    assertEquals(purgeStale(n.nat, other).bindings, 2);
+    assertEquals(hostCounts(n)[host], { bindings: 0, sessions: 0 });
+    for (let i = 0; i < 4; i++) {
+      const r = n.egress(udp(host, 41000 + i, SRV, 53));
+      assertEquals([r.retval, r.out.src], [TC_ACT_OK, "203.0.113.2"], `again ${i}`);
+    }
+    assertRefused(n, udp(host, 41004, SRV, 53), "and again the fifth");
   } finally {
     n.close();
   }

@@ -464,17 +464,19 @@ __noinline int einat_inbound_query(struct packet *p)
 	/* the ping's session is made with the binding, in its record */
 	struct ct_value first;
 	ct_first(&first, p->l4proto, false, 0, packet_now(p));
+	/* The record's reference counts for its host (the router, whose limits these
+	 * bindings are not held to), as every reference does, and before it is taken
+	 * (lib/hosts.h); so does the one the publish may take. */
+	host_sess_add(p->family, &p->dst, 2);
 	if (!b || !rec_claim(b, &rk, &first, &p->src, 0)) {
 		binding_count_drop();
+		host_sess_sub(p->family, &p->dst, 2);
 		return 0;
 	}
-	/* The record's reference counts for its host (the router, whose limits these
-	 * bindings are not held to), as every reference does (lib/hosts.h). */
-	host_sess_add(p->family, &p->dst, 1);
 	int pub = einat_record_publish(&rk, idx);
+	if (pub < 0 || pub == (int)idx)
+		host_sess_sub(p->family, &p->dst, 1); /* none taken */
 	if (pub != (int)idx) { /* not expected: the NAT host's own endpoint is only bound here */
-		if (pub >= 0) /* the reference taken on it */
-			host_sess_add(p->family, &p->dst, 1);
 		einat_binding_put(idx);
 		if (pub >= 0)
 			einat_binding_put(pub);

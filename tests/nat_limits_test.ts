@@ -5,7 +5,7 @@
  * working in both directions.
  */
 import { assert, assertEquals } from "./lib/assert.ts";
-import { checkMaps, EXT_CIDRS, fuzzConfig, statOf } from "./lib/fuzz.ts";
+import { checkMaps, EXT_CIDRS, fuzzConfig, PER_HOST_COUNTED, statOf } from "./lib/fuzz.ts";
 import { syncPortHint } from "../lib/nat/loader.ts";
 import { decodeHostCounts, HOST_COUNTS_LAYOUT, HOST_KEY_LAYOUT } from "../lib/nat/codec.ts";
 import { applyPlan, purgeStale } from "../lib/nat/apply.ts";
@@ -261,7 +261,7 @@ Deno.test("the per-host counts of addresses that hold nothing go with the sweep:
 });
 
 Deno.test("session_max_per_host: bindings retired with their external address take their sessions' count along; on the address that replaced it the host may make as many again", async () => {
-  const ic = fuzzConfig({ sessionMaxPerHost: 4 });
+  const ic = fuzzConfig({ ...PER_HOST_COUNTED, sessionMaxPerHost: 4 });
   const n = await loadTestNat(ic, EXT_CIDRS);
   try {
     const host = "192.0.2.10";

@@ -6,7 +6,7 @@
  * checkMaps: both directions agree, every session has its binding, ref = sessions).
  */
 import { assert, assertEquals } from "./lib/assert.ts";
-import { bindingView, checkMaps, EXT_CIDRS, fuzzConfig } from "./lib/fuzz.ts";
+import { bindingView, checkMaps, EXT_CIDRS, fuzzConfig, PER_HOST_COUNTED } from "./lib/fuzz.ts";
 import { formatAddr, parseAddr } from "../lib/config/cidr.ts";
 import { loadTestNat, sessionsOf, TC_ACT_OK } from "./lib/natfixture.ts";
 import { CT_FLAGS, CT_STATE } from "../lib/nat/codec.ts";
@@ -51,7 +51,7 @@ Deno.test({
   name: "race: one endpoint's first packets on two CPUs at once make one binding, refs = sessions",
   ignore: navigator.hardwareConcurrency < 2,
   async fn() {
-    const ic = fuzzConfig();
+    const ic = fuzzConfig(PER_HOST_COUNTED); // the counts per host checked too
     const n = await loadTestNat(ic, EXT_CIDRS);
     try {
       // Steps alternate: the same remote on both CPUs (one session, made once), or a remote
@@ -113,6 +113,7 @@ Deno.test({
   async fn() {
     const ms = 30;
     const ic = fuzzConfig({
+      ...PER_HOST_COUNTED,
       timeouts: {
         fragment: ms,
         icmpDefault: ms,

@@ -643,11 +643,13 @@ __noinline int einat_binding_release(__u32 idx)
 
 /*
  * Drops one session reference of the binding of record idx; releases it with
- * the last. A global function: ref_put()'s unrolled tries are verified once,
- * not on every path of its callers (~1,300 processed instructions of egress
- * verification).
+ * the last. Its host's session count follows, unless the reference was not
+ * counted for it (uncounted: taken for another host's session, found on a
+ * record its host had left). A global function: ref_put()'s unrolled tries
+ * are verified once, not on every path of its callers (~1,300 processed
+ * instructions of egress verification).
  */
-__noinline int einat_binding_put(__u32 idx)
+__noinline int einat_binding_unref(__u32 idx, __u32 uncounted)
 {
 	struct mapping_record *r = rec_get(idx);
 	if (!r)
@@ -659,11 +661,17 @@ __noinline int einat_binding_put(__u32 idx)
 		h.addr = r->ct.int_addr;
 	}
 	int d = ref_put(&r->ref);
-	if (d != REF_NOT_HELD)
+	if (d != REF_NOT_HELD && !uncounted)
 		host_sess_sub(h.family, &h.addr, 1);
 	if (d == REF_DROPPED_LAST)
 		einat_binding_release(idx);
 	return 0;
+}
+
+/* einat_binding_unref() of a reference counted for the record's host, as all are but one. */
+static __always_inline void einat_binding_put(__u32 idx)
+{
+	einat_binding_unref(idx, 0);
 }
 
 /*
@@ -804,7 +812,12 @@ __noinline int einat_binding_create(const struct packet *p, const struct default
 	}
 
 	__u32 idx = rec_index(c->slot, c->pidx, c->found);
+	/* Counted before the reference the publish may take on another CPU's record of this
+	 * endpoint, as every reference is: a retire meanwhile subtracts it with the rest. */
+	host_sess_add(p->family, &p->src, 1);
 	int ri = einat_record_publish(&c->rk, idx);
+	if (ri < 0 || ri == (int)idx)
+		host_sess_sub(p->family, &p->src, 1); /* none taken */
 	__builtin_memset(out, 0, sizeof(*out));
 	if (ri == (int)idx) {
 		stat_inc(STAT_NEW_BINDING);
@@ -814,10 +827,7 @@ __noinline int einat_binding_create(const struct packet *p, const struct default
 		return 0;
 	}
 	/* Lost a race with another CPU (ri is its binding, with a reference taken for the
-	 * caller, which counts for this host now), or the outbound index had no room: this
-	 * record goes. */
-	if (ri >= 0)
-		host_sess_add(p->family, &p->src, 1);
+	 * caller), or the outbound index had no room: this record goes. */
 	einat_binding_put(idx);
 	if (ri == -ENOSPC)
 		return STAT_DROP_BINDING_FULL;

@@ -446,18 +446,28 @@ __noinline int einat_ct_touch(const struct ct_key *k, const struct endpoint *int
 	 */
 	int ri = einat_binding_at(k->family, k->l4proto, &k->ext_addr, k->ext_port);
 	struct mapping_record *rb = ri >= 0 ? rec_get(ri) : NULL;
+	/* The reference counts for the host (held to session_max_per_host) before it is
+	 * taken, as every reference does (lib/hosts.h): a retire of the binding meanwhile
+	 * subtracts it with the rest. */
+	bool over = rb && host_sess_over(k->family, &intern->addr);
 	if (!rb || !ref_get(&rb->ref)) { /* the binding expired meanwhile */
+		if (rb)
+			host_sess_sub(k->family, &intern->addr, 1);
 		bpf_map_delete_elem(&map_ct, k);
 		return STAT_DROP_UNTRANSLATABLE;
 	}
-	/* The reference counts for its host (held to session_max_per_host), whose it is
-	 * while held: dropped again, it counts down with it. */
-	bool over = host_sess_over(rb->family, &rb->ct.int_addr);
-	if (over || rb->ct.int_port != intern->port || !addr_eq(&rb->ct.int_addr, &intern->addr)) {
-		/* the host is at its limit, or the port went to another endpoint since */
+	if (rb->ct.int_port != intern->port || !addr_eq(&rb->ct.int_addr, &intern->addr)) {
+		/* the port went to another endpoint since: the reference, counted for this
+		 * host and not the record's, goes back without touching the record's count */
+		einat_binding_unref(ri, 1);
+		host_sess_sub(k->family, &intern->addr, 1);
+		bpf_map_delete_elem(&map_ct, k);
+		return STAT_DROP_UNTRANSLATABLE;
+	}
+	if (over) { /* the host is at its limit: the reference goes, counted down with it */
 		einat_binding_put(ri);
 		bpf_map_delete_elem(&map_ct, k);
-		return over ? STAT_DROP_HOST_CT_FULL : STAT_DROP_UNTRANSLATABLE;
+		return STAT_DROP_HOST_CT_FULL;
 	}
 	stat_inc(STAT_NEW_SESSION);
 	if (log_on(LOG_DEBUG))

@@ -1118,6 +1118,16 @@ function parseInterface(
     );
   }
 
+  const perHost = iface.bindingMaxPerHost, sessPerHost = iface.sessionMaxPerHost;
+  if (perHost && sessPerHost && sessPerHost < perHost) {
+    notice(
+      ctx,
+      join(path, "session_max_per_host"),
+      `${sessPerHost} is below binding_max_per_host (${perHost}): every binding holds a ` +
+        `session, so a host reaches ${sessPerHost} bindings at most`,
+    );
+  }
+
   iface.noSnatDests = getCidrList(ctx, t, "no_snat_dests", path);
   iface.snatInternals = getCidrList(ctx, t, "snat_internals", path);
   for (const n of iface.snatInternals.filter((n) => n.prefixLen === 0)) {

@@ -665,4 +665,8 @@ Deno.test("session_max_per_host: off (0) by default, a count of sessions when se
     () => parse(MIN + `session_max_per_host = -1\n`),
     /interfaces\[0\]\.session_max_per_host.*a number of sessions \(0: no limit\)/,
   );
+  const { notices } = parse(MIN + `binding_max_per_host = 100\nsession_max_per_host = 50\n`);
+  ok(notices.some((n) => n.includes("session_max_per_host: 50 is below binding_max_per_host")));
+  const fine = parse(MIN + `binding_max_per_host = 100\nsession_max_per_host = 500\n`).notices;
+  ok(!fine.some((n) => n.includes("session_max_per_host")), fine.join("\n"));
 });

@@ -17,15 +17,30 @@ const EXT = "203.0.113.1";
 const LAN1 = "192.0.2.10";
 const SRV1 = "198.51.100.1";
 const SRV2 = "198.51.100.2";
-const TRACE = "/sys/kernel/tracing/trace";
-const hasTrace = (() => {
+const TRACING = "/sys/kernel/tracing";
+const mounted = (() => {
   try {
-    Deno.statSync(TRACE);
+    Deno.statSync(`${TRACING}/trace`);
     return true;
   } catch {
     return false;
   }
 })();
+
+/**
+ * Runs `script` (sh) where the trace files are: here when tracefs is mounted, else in a mount
+ * namespace of its own that mounts it (`unshare -m`): tracefs is one instance whatever the
+ * namespace, and the machine's mounts stay as they are. Returns its output, or null on failure.
+ */
+function withTracefs(script: string): string | null {
+  const cmd = mounted
+    ? ["sh", "-c", script]
+    : ["unshare", "-m", "sh", "-c", `mount -t tracefs nodev ${TRACING} && ${script}`];
+  const r = new Deno.Command(cmd[0], { args: cmd.slice(1), stdout: "piped", stderr: "null" })
+    .outputSync();
+  return r.success ? new TextDecoder().decode(r.stdout) : null;
+}
+const hasTrace = withTracefs(`test -w ${TRACING}/trace_marker`) !== null;
 
 const udp = (sport: number): PacketSpec =>
   udpSpec(4, LAN1, sport, SRV1, 53, new TextEncoder().encode("hi"));
@@ -36,14 +51,16 @@ const udp = (sport: number): PacketSpec =>
  */
 function markTrace(): string {
   const mark = `einat-test-${crypto.randomUUID()}`;
-  Deno.writeTextFileSync(`${TRACE}_marker`, mark);
+  if (withTracefs(`echo ${mark} > ${TRACING}/trace_marker`) === null) {
+    throw new Error("cannot write the trace marker");
+  }
   return mark;
 }
 
 /** The trace buffer's einat lines after `mark` that name port `port` (as `:port`, whole). */
 function linesOf(mark: string, port: number): string[] {
   const re = new RegExp(`:${port}(?!\\d)`);
-  const all = Deno.readTextFileSync(TRACE).split("\n");
+  const all = (withTracefs(`cat ${TRACING}/trace`) ?? "").split("\n");
   const from = all.findLastIndex((l) => l.includes(mark));
   return all.slice(from + 1).filter((l) => /einat: /.test(l) && re.test(l))
     .map((l) => l.slice(l.indexOf("einat: ")));

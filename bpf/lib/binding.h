@@ -53,12 +53,7 @@ static __always_inline bool binding_count_take_below(__u64 max)
 {
 	__u32 zero = 0;
 	__u64 *n = bpf_map_lookup_elem(&map_binding_count, &zero);
-	if (!n)
-		return false;
-	if (__sync_fetch_and_add(n, 1) < max)
-		return true;
-	__sync_fetch_and_add(n, -1);
-	return false;
+	return n && count_take(n, max);
 }
 
 /* Counts one binding more, unless that would pass CFG.binding_max. */

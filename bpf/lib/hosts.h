@@ -73,7 +73,7 @@ static __always_inline void count_drop(__u64 *n)
 }
 
 /* Adds one to *n unless it holds max already. */
-static __always_inline bool count_take(__u64 *n, __u32 max)
+static __always_inline bool count_take(__u64 *n, __u64 max)
 {
 	if (__sync_fetch_and_add(n, 1) < max)
 		return true;

@@ -165,6 +165,20 @@ export function expireSessions(n: NatObject): SweepResult {
   }
 }
 
+/** Deletes the entries of map `fd` whose value `drop` picks, read in batches; returns how many. */
+function deleteWhere(
+  fd: number,
+  keySize: number,
+  valueSize: number,
+  drop: (vv: DataView, vo: number) => boolean,
+): number {
+  let deleted = 0;
+  bpf.forEachEntry(fd, keySize, valueSize, ({ keys, ko, vv, vo }) => {
+    if (drop(vv, vo) && bpf.mapDelete(fd, keys.subarray(ko, ko + keySize))) deleted++;
+  });
+  return deleted;
+}
+
 /**
  * Deletes the address-only mappings of other IP protocols (bpf/lib/addrnat.h) idle past
  * `timeout_other` (with the clocks' leeway): the programs count them as gone already, and the
@@ -177,12 +191,12 @@ export function expireAddrMappings(n: NatObject): number {
   const ks = ADDR_KEY_LAYOUT.size, vs = ADDR_VALUE_LAYOUT.size;
   const seenAt = ADDR_VALUE_LAYOUT.fields.last_seen_ns.offset;
   const before = monotonicNs() - n.timeoutOtherNs - BigInt(FILTER_SLACK_NS);
-  let deleted = 0;
-  bpf.forEachEntry(n.maps.addrNat, ks, vs, ({ keys, ko, vv, vo }) => {
-    if (vv.getBigUint64(vo + seenAt, true) >= before) return;
-    if (bpf.mapDelete(n.maps.addrNat, keys.subarray(ko, ko + ks))) deleted++;
-  });
-  return deleted;
+  return deleteWhere(
+    n.maps.addrNat,
+    ks,
+    vs,
+    (vv, vo) => vv.getBigUint64(vo + seenAt, true) < before,
+  );
 }
 
 /**
@@ -198,12 +212,12 @@ export function forgetIdleHosts(n: NatObject): number {
   const ks = HOST_KEY_LAYOUT.size, vs = HOST_COUNTS_LAYOUT.size;
   const b = HOST_COUNTS_LAYOUT.fields.bindings.offset;
   const s = HOST_COUNTS_LAYOUT.fields.sessions.offset;
-  let deleted = 0;
-  bpf.forEachEntry(n.maps.hosts, ks, vs, ({ keys, ko, vv, vo }) => {
-    if (vv.getBigUint64(vo + b, true) || vv.getBigUint64(vo + s, true)) return;
-    if (bpf.mapDelete(n.maps.hosts, keys.subarray(ko, ko + ks))) deleted++;
-  });
-  return deleted;
+  return deleteWhere(
+    n.maps.hosts,
+    ks,
+    vs,
+    (vv, vo) => !vv.getBigUint64(vo + b, true) && !vv.getBigUint64(vo + s, true),
+  );
 }
 
 /**

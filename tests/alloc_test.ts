@@ -39,6 +39,8 @@ import { syncPortHint } from "../lib/nat/loader.ts";
 import { expireSessions } from "../lib/nat/expire.ts";
 import { fillSessions } from "../bench/lib/bpfbench.ts";
 import { pinThread, restoreAffinity } from "./lib/cpu.ts";
+import { readStructs, type StructInfo } from "../lib/btf.ts";
+import { embeddedObject } from "../lib/nat/loader.ts";
 
 const EXT = [203, 0, 113, 1];
 const udp = (src: string, sport: number): PacketSpec => ({
@@ -217,6 +219,82 @@ Deno.test("port choice: one CPU's consecutive new mappings get unrelated ports (
     assert(sameWord <= 12, `${sameWord} of 199 consecutive pairs in one word: ${got}`);
     const near = pairs.filter(([a, b]) => Math.abs(b - a) <= 500).length;
     assert(near <= 50, `${near} of 199 consecutive pairs within 500 ports: ${got}`);
+  } finally {
+    restoreAffinity(mask);
+    n.close();
+  }
+});
+
+/** Member offset (bytes) of `name` in struct `s` of the object's BTF. */
+function memberOffset(structs: Map<string, StructInfo>, s: string, name: string): number {
+  const m = structs.get(s)?.members.find((x) => x.name === name);
+  if (!m) throw new Error(`${s}.${name} not in BTF`);
+  return m.offsetBits / 8;
+}
+
+Deno.test("port choice: a new mapping that cannot keep its port takes the one its CPU drew in advance, whose record the flow-cache miss before it started reading (einat_alloc_prefetch)", async () => {
+  // The prefetch reads the record of struct alloc_next's port (or of the packet's own port, when
+  // within the ranges' span); this checks, through the BTF of the object, that the choice it
+  // guesses is the one made. A choice that ignored the drawn port would make the read useless.
+  const n = await loadTestNat(
+    testInterfaceConfig({ defaultRanges: ranges([{ start: 20000, end: 29999 }]) }),
+  );
+  const structs = readStructs(embeddedObject());
+  const next = structs.get("alloc_next")!;
+  // [IPv4][UDP] of the first CPU's struct alloc_keep
+  const at = memberOffset(structs, "alloc_ctx", "keep") +
+    memberOffset(structs, "alloc_keep", "next") +
+    1 * next.size;
+  const fd = bpf.mapFd(bpf.findMap(n.nat.obj, "map_alloc_scratch"));
+  const stride = Math.ceil(structs.get("alloc_ctx")!.size / 8) * 8;
+  const read = () => {
+    const v = bpf.mapLookup(fd, new Uint8Array(4), stride * bpf.numPossibleCpus())!;
+    const dv = new DataView(v.buffer, at);
+    const u16 = (f: string) => dv.getUint16(memberOffset(structs, "alloc_next", f), true);
+    return {
+      base: dv.getUint32(memberOffset(structs, "alloc_next", "base"), true),
+      lo: u16("lo"),
+      hi: u16("hi"),
+      port: u16("port"),
+    };
+  };
+  const mask = pinThread(0);
+  try {
+    assertEquals(read().base, 0, "nothing drawn before the first mapping");
+    const slot = slotOf(readSlots(n.nat.maps.slots), 4, new Uint8Array(EXT));
+    const taken = new Set<number>();
+    let exact = 0;
+    for (let i = 0; i < 60; i++) {
+      const before = read();
+      // Even source ports outside the range: no preservation, an even external port wanted.
+      const r = n.egress(udp(`192.0.2.${10 + i}`, 40000 + 2 * i));
+      assertEquals(r.retval, TC_ACT_OK, `flow ${i}`);
+      const got = r.out.sport!;
+      const after = read();
+      assertEquals(
+        [after.base, after.lo, after.hi],
+        [((slot * 3 + 1) << 16) + 1, 20000, 29999],
+        `flow ${i}: the records and ranges of the next UDP mapping`,
+      );
+      assert(after.port >= 20000 && after.port <= 29999, `flow ${i}: drawn ${after.port}`);
+      if (i > 0) {
+        const want = before.port & ~1;
+        if (!taken.has(want)) {
+          assertEquals(got, want, `flow ${i}: the port drawn in advance`);
+          exact++;
+        } else { // handed out already: the next free even port of its hint word
+          assertEquals(got >> 6, want >> 6, `flow ${i}: ${got} in the word of ${want}`);
+        }
+        assert(after.port !== before.port || got === after.port, `flow ${i}: a new draw`);
+      }
+      taken.add(got);
+    }
+    assert(exact >= 50, `${exact} of 59 took the drawn port`);
+    // A port kept (preservation) leaves the drawn one for the next random choice.
+    const before = read();
+    const kept = n.egress(udp("192.0.2.200", 25001));
+    assertEquals(kept.out.sport, 25001);
+    assertEquals(read().port, before.port, "the drawn port is still the next");
   } finally {
     restoreAffinity(mask);
     n.close();

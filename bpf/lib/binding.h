@@ -603,7 +603,7 @@ __noinline __u64 einat_word_free(struct port_bits *b, __u32 wi)
  * search state is in per-CPU scratch, and its frame is not added to the
  * caller's (the deepest call chain's stack is near the verifier's limit).
  */
-__noinline int einat_random_try(struct port_bits *bits, __u32 rnd)
+__noinline int einat_random_try(struct port_bits *bits)
 {
 	struct alloc_ctx *c = alloc_ctx_get();
 	if (!c || !c->total || !bits)
@@ -613,7 +613,8 @@ __noinline int einat_random_try(struct port_bits *bits, __u32 rnd)
 	int drawn = n->port;
 	if (n->base != rec_index(c->slot, c->pidx, 0) + 1 || !drawn)
 		drawn = range_port(c, (alloc_rnd(c) >> 8) % c->total);
-	int next = range_port(c, (rnd >> 8) % c->total);
+	/* from bits of their own, not the search's, whose port is seen */
+	int next = range_port(c, (alloc_rnd(c) >> 8) % c->total);
 	n->port = next < 0 ? 0 : next;
 	if (drawn < 0)
 		return 0;
@@ -819,7 +820,7 @@ __noinline int einat_binding_create(const struct packet *p, const struct default
 		__u32 rnd = alloc_rnd(c);
 		/* ICMP identifiers have no parity or privilege to keep */
 		c->strict = p->l4proto == IPPROTO_ICMP ? 0 : 2;
-		einat_random_try(bits, rnd);
+		einat_random_try(bits);
 		if (!c->have && !c->full)
 			alloc_search(c, &bits, rnd);
 		if (!c->have && !c->full && c->strict) {

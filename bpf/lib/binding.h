@@ -851,6 +851,13 @@ __noinline int einat_binding_create(const struct packet *p, const struct default
 	 * endpoint, as every reference is: a retire meanwhile subtracts it with the rest. */
 	host_sess_add(p->family, &p->src, 1);
 	int ri = einat_record_publish(&c->rk, idx);
+	if (ri >= 0 && ri != (int)idx && !einat_rec_is(ri, &c->rk)) {
+		/* The reference went to a record that left this endpoint between the index's
+		 * compare and the reference (released, and claimed again for another): given
+		 * back uncounted, as the record's host never counted it (ct.h does the same). */
+		einat_binding_unref(ri, 1);
+		ri = -EAGAIN;
+	}
 	if (ri < 0 || ri == (int)idx)
 		host_sess_sub(p->family, &p->src, 1); /* none taken */
 	__builtin_memset(out, 0, sizeof(*out));

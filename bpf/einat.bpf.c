@@ -665,8 +665,10 @@ static __always_inline int egress_established(struct __sk_buff *skb, struct pack
 	}
 	/* with the record in hand, its inline session is looked at without finding it again */
 	struct ct_value *v = ri >= 0 ? ct_find_at(ri, &ck) : ct_find(&ck);
-	/* The session names the internal endpoint: a cached flow must be its. */
-	if (!v || (v->flags & CT_HAIRPIN) || (hit && !ct_names_source(v, p))) {
+	/* The session names the internal endpoint: a cached flow must be its, and so must
+	 * the session of a binding found by the source, whose record could have gone to
+	 * another endpoint since the lookup (the session found would then be its). */
+	if (!v || (v->flags & CT_HAIRPIN) || !ct_names_source(v, p)) {
 		if (hit)
 			fe->kind = 0;
 		return -1;

@@ -70,6 +70,7 @@ const SYMBOLS = {
   bpf_obj_get_opts: { parameters: ["buffer", "buffer"], result: "i32" },
   bpf_obj_get_info_by_fd: { parameters: ["i32", "buffer", "buffer"], result: "i32" },
   bpf_btf_get_fd_by_id: { parameters: ["u32"], result: "i32" },
+  bpf_prog_get_fd_by_id: { parameters: ["u32"], result: "i32" },
   bpf_map_create: {
     parameters: ["u32", "buffer", "u32", "u32", "u32", "pointer"],
     result: "i32",
@@ -789,6 +790,71 @@ export function btfRawById(id: number): Uint8Array {
     len[0] = info.length;
     check("bpf_obj_get_info_by_fd(btf)", bpf().bpf_obj_get_info_by_fd(fd, info, len));
     return raw;
+  } finally {
+    libc().close(fd);
+  }
+}
+
+/** Where a loaded program's JITed code lies and which source lines it came from. */
+export interface ProgJitInfo {
+  /** Kernel addresses of its functions' code, main program first (`jited_ksyms`). */
+  ksyms: bigint[];
+  /** Their code lengths in bytes (`jited_func_lens`). */
+  funcLens: number[];
+  /** Tags of its functions (`prog_tags`), hex. */
+  funcTags: string[];
+  /** The xlated instruction each line-info record starts at (`bpf_line_info.insn_off`). */
+  lineInsn: number[];
+  /** The kernel address where each line-info record's JITed code starts (`jited_line_info`). */
+  lineAddr: bigint[];
+}
+
+/**
+ * The JIT layout and line info of program `id` (struct bpf_prog_info: nr_jited_ksyms @104,
+ * nr_jited_func_lens @108, jited_ksyms @112, jited_func_lens @120, nr_line_info @148,
+ * line_info @152, jited_line_info @160, nr_jited_line_info @168, line_info_rec_size @172,
+ * jited_line_info_rec_size @176, nr_prog_tags @180, prog_tags @184). For profiles
+ * (bench/jitprof.ts): a sampled address maps to the line whose code starts last before it.
+ */
+export function progJitInfo(id: number): ProgJitInfo {
+  const fd = check(`bpf_prog_get_fd_by_id(${id})`, bpf().bpf_prog_get_fd_by_id(id));
+  try {
+    const info = stable(232);
+    const len = new Uint32Array([info.length]);
+    check("bpf_obj_get_info_by_fd(prog)", bpf().bpf_obj_get_info_by_fd(fd, info, len));
+    const v = view(info);
+    const nKsyms = v.getUint32(104, true), nLens = v.getUint32(108, true);
+    const nLines = v.getUint32(148, true), nJitLines = v.getUint32(168, true);
+    const lineRec = v.getUint32(172, true), jitLineRec = v.getUint32(176, true);
+    const nTags = v.getUint32(180, true);
+    const ksyms = stable(8 * nKsyms), lens = stable(4 * nLens), tags = stable(8 * nTags);
+    const lines = stable(lineRec * nLines), jitLines = stable(jitLineRec * nJitLines);
+    info.fill(0);
+    v.setUint32(104, nKsyms, true);
+    v.setUint32(108, nLens, true);
+    v.setBigUint64(112, addr(ksyms), true);
+    v.setBigUint64(120, addr(lens), true);
+    v.setUint32(148, nLines, true);
+    v.setBigUint64(152, addr(lines), true);
+    v.setBigUint64(160, addr(jitLines), true);
+    v.setUint32(168, nJitLines, true);
+    v.setUint32(172, lineRec, true);
+    v.setUint32(176, jitLineRec, true);
+    v.setUint32(180, nTags, true);
+    v.setBigUint64(184, addr(tags), true);
+    len[0] = info.length;
+    check("bpf_obj_get_info_by_fd(prog)", bpf().bpf_obj_get_info_by_fd(fd, info, len));
+    const hex = (b: Uint8Array) => Array.from(b, (x) => x.toString(16).padStart(2, "0")).join("");
+    return {
+      ksyms: Array.from({ length: nKsyms }, (_, i) => view(ksyms).getBigUint64(8 * i, true)),
+      funcLens: Array.from({ length: nLens }, (_, i) => view(lens).getUint32(4 * i, true)),
+      funcTags: Array.from({ length: nTags }, (_, i) => hex(tags.subarray(8 * i, 8 * i + 8))),
+      lineInsn: Array.from({ length: nLines }, (_, i) => view(lines).getUint32(lineRec * i, true)),
+      lineAddr: Array.from(
+        { length: nJitLines },
+        (_, i) => view(jitLines).getBigUint64(jitLineRec * i, true),
+      ),
+    };
   } finally {
     libc().close(fd);
   }

@@ -1,0 +1,52 @@
+/**
+ * Where a BPF program's samples in a CPU profile fall, by source line (bench/lib/jitprof.ts).
+ *
+ *   perf record -a -e cpu-clock -F 20000 -o p.data -- <workload running the program>
+ *   perf script -i p.data -F ip,sym,symoff > p.txt
+ *   deno run -A bench/jitprof.ts --id <prog id> [--top 30] p.txt
+ *
+ * `--id` names a loaded program of the same object and configuration as the profiled one (the
+ * profiled one may be gone: offsets are per function), e.g. einat's egress program as `bpftool
+ * prog show` lists it.
+ * @module
+ */
+import { parseArgs } from "node:util";
+import { progJitInfo } from "../lib/ffi/libbpf.ts";
+import { attribute, parseXlated } from "./lib/jitprof.ts";
+
+if (import.meta.main) {
+  const { values, positionals } = parseArgs({
+    args: Deno.args,
+    options: { id: { type: "string" }, top: { type: "string", default: "30" } },
+    allowPositionals: true,
+  });
+  const id = Number(values.id);
+  if (!Number.isInteger(id) || id <= 0) {
+    console.error("usage: deno run -A bench/jitprof.ts --id PROG_ID [--top N] [PERF_SCRIPT_FILE]");
+    Deno.exit(2);
+  }
+  const dump = await new Deno.Command("bpftool", {
+    args: ["prog", "dump", "xlated", "id", String(id), "linum"],
+  }).output();
+  if (!dump.success) {
+    console.error(`bpftool prog dump xlated id ${id}: ${new TextDecoder().decode(dump.stderr)}`);
+    Deno.exit(1);
+  }
+  const text = positionals[0]
+    ? await Deno.readTextFile(positionals[0])
+    : await new Response(Deno.stdin.readable).text();
+  const a = attribute(
+    progJitInfo(id),
+    parseXlated(new TextDecoder().decode(dump.stdout)),
+    text.split("\n"),
+  );
+  const pct = (n: number) => (100 * n / Math.max(a.total, 1)).toFixed(1).padStart(5);
+  console.log(`${a.total} samples in the program`);
+  for (const [f, n] of [...a.perFunc].sort((x, y) => y[1] - x[1])) {
+    console.log(`${String(n).padStart(7)} ${pct(n)} %  ${f}`);
+  }
+  console.log("");
+  for (const l of a.lines.slice(0, Number(values.top))) {
+    console.log(`${String(l.samples).padStart(7)} ${pct(l.samples)} %  ${l.func}: ${l.source}`);
+  }
+}

@@ -771,6 +771,12 @@ export function mapInfo(fd: number): MapInfo {
   };
 }
 
+/** `bpf_obj_get_info_by_fd` into `info` (of its whole length); `what` names the object in errors. */
+function objInfo(fd: number, info: Uint8Array, what: string): void {
+  const len = new Uint32Array([info.length]);
+  check(`bpf_obj_get_info_by_fd(${what})`, bpf().bpf_obj_get_info_by_fd(fd, info, len));
+}
+
 /**
  * The raw BTF (header, types, strings: the `.BTF` section's format) of the kernel's BTF object
  * `id`, e.g. the one a map was created with ({@link MapInfo.btfId}).
@@ -780,15 +786,13 @@ export function btfRawById(id: number): Uint8Array {
   try {
     // struct bpf_btf_info: btf (u64 address) @0, btf_size @8, id @12, name @16, ...
     const info = stable(32);
-    const len = new Uint32Array([info.length]);
-    check("bpf_obj_get_info_by_fd(btf)", bpf().bpf_obj_get_info_by_fd(fd, info, len));
+    objInfo(fd, info, "btf");
     const size = view(info).getUint32(8, true);
     const raw = stable(size);
     info.fill(0);
     view(info).setBigUint64(0, addr(raw), true);
     view(info).setUint32(8, size, true);
-    len[0] = info.length;
-    check("bpf_obj_get_info_by_fd(btf)", bpf().bpf_obj_get_info_by_fd(fd, info, len));
+    objInfo(fd, info, "btf");
     return raw;
   } finally {
     libc().close(fd);
@@ -820,8 +824,7 @@ export function progJitInfo(id: number): ProgJitInfo {
   const fd = check(`bpf_prog_get_fd_by_id(${id})`, bpf().bpf_prog_get_fd_by_id(id));
   try {
     const info = stable(232);
-    const len = new Uint32Array([info.length]);
-    check("bpf_obj_get_info_by_fd(prog)", bpf().bpf_obj_get_info_by_fd(fd, info, len));
+    objInfo(fd, info, "prog");
     const v = view(info);
     const nKsyms = v.getUint32(104, true), nLens = v.getUint32(108, true);
     const nLines = v.getUint32(148, true), nJitLines = v.getUint32(168, true);
@@ -842,8 +845,7 @@ export function progJitInfo(id: number): ProgJitInfo {
     v.setUint32(176, jitLineRec, true);
     v.setUint32(180, nTags, true);
     v.setBigUint64(184, addr(tags), true);
-    len[0] = info.length;
-    check("bpf_obj_get_info_by_fd(prog)", bpf().bpf_obj_get_info_by_fd(fd, info, len));
+    objInfo(fd, info, "prog");
     const hex = (b: Uint8Array) => Array.from(b, (x) => x.toString(16).padStart(2, "0")).join("");
     return {
       ksyms: Array.from({ length: nKsyms }, (_, i) => view(ksyms).getBigUint64(8 * i, true)),

@@ -133,7 +133,7 @@ static __always_inline int deliver_locally(struct __sk_buff *skb)
 static __always_inline int deliver_turned(struct __sk_buff *skb, const struct packet *p)
 {
 	if (p->frag == FRAG_FIRST)
-		einat_frag_record(p, FRAG_TURN, &p->dst);
+		einat_frag_record(p, FRAG_TURN, &p->dst, NULL);
 	return deliver_locally(skb);
 }
 
@@ -728,6 +728,8 @@ __noinline int einat_egress_later_fragment(struct __sk_buff *skb, struct packet 
 		return drop(STAT_DROP_UNTRANSLATABLE);
 	stat_inc(STAT_FRAGMENT_NAT);
 	traffic_add(skb, true, p->family);
+	if (CFG.session_counters && out)
+		einat_frag_count(skb, p, FRAG_OUT);
 	return TC_ACT_OK;
 }
 
@@ -736,7 +738,7 @@ __noinline int einat_egress_later_fragment(struct __sk_buff *skb, struct packet 
 static __always_inline int pass_datagram(const struct packet *p)
 {
 	if (p->frag == FRAG_FIRST && frag_later_blind(p))
-		einat_frag_record(p, FRAG_OUT, &p->src);
+		einat_frag_record(p, FRAG_OUT, &p->src, NULL);
 	return pass();
 }
 
@@ -784,14 +786,14 @@ __noinline int einat_egress_other(struct __sk_buff *skb, struct packet *p)
 	if (r) {
 		if (p->frag == FRAG_FIRST) { /* the rest of its datagram is refused with it */
 			union ip_addr refused_mark = FRAG_REFUSED;
-			einat_frag_record(p, FRAG_OUT, &refused_mark);
+			einat_frag_record(p, FRAG_OUT, &refused_mark, NULL);
 		}
 		return refused(skb, p, r);
 	}
 	if (rewrite(skb, p, true, to, 0))
 		return drop(STAT_DROP_UNTRANSLATABLE);
 	if (p->frag == FRAG_FIRST) {
-		einat_frag_record(p, FRAG_OUT, to);
+		einat_frag_record(p, FRAG_OUT, to, NULL);
 		if (p->family == 6) /* errors about its later fragments quote (external, remote) */
 			einat_frag_record_back(p, FRAG_OUT_BACK, to, &p->dst, &p->src);
 	}
@@ -863,7 +865,7 @@ __noinline int einat_egress_full(struct __sk_buff *skb, struct packet *pp)
 			if (turn) /* to the router itself, as it is (not out to the WAN) */
 				return deliver_turned(skb, pp);
 			if (pp->frag == FRAG_FIRST) /* its datagram stays as it is */
-				einat_frag_record(pp, FRAG_OUT, &pp->src);
+				einat_frag_record(pp, FRAG_OUT, &pp->src, NULL);
 			return pass();
 		}
 	}
@@ -959,8 +961,8 @@ __noinline int einat_egress_full(struct __sk_buff *skb, struct packet *pp)
 		}
 		sess_count(skb, ck, peer_ct, false); /* into the target's */
 		if (pp->frag == FRAG_FIRST) { /* the rest of the datagram turns too */
-			einat_frag_record(pp, FRAG_OUT, &bvp->addr);
-			einat_frag_record(pp, FRAG_TURN, &target->addr);
+			einat_frag_record(pp, FRAG_OUT, &bvp->addr, NULL);
+			einat_frag_record(pp, FRAG_TURN, &target->addr, NULL);
 		}
 		return einat_hairpin(skb, pp, bvp, target);
 	}
@@ -985,7 +987,7 @@ __noinline int einat_egress_full(struct __sk_buff *skb, struct packet *pp)
 	if (rewrite(skb, pp, true, &bvp->addr, bvp->port))
 		return drop(STAT_DROP_UNTRANSLATABLE);
 	if (pp->frag == FRAG_FIRST) {
-		einat_frag_record(pp, FRAG_OUT, &bvp->addr);
+		einat_frag_record(pp, FRAG_OUT, &bvp->addr, ck);
 		if (pp->family == 6) /* errors about its later fragments quote (external, remote) */
 			einat_frag_record_back(pp, FRAG_OUT_BACK, &bvp->addr, &pp->dst, &pp->src);
 	}
@@ -1055,7 +1057,7 @@ __noinline int einat_ingress_first_fragment(struct __sk_buff *skb, struct packet
 	if (!einat_frag_lookup(p, FRAG_IN, &to)) {
 		if (!is_external_dest(p))
 			return TC_ACT_OK;
-		einat_frag_record(p, FRAG_IN, &p->dst);
+		einat_frag_record(p, FRAG_IN, &p->dst, NULL);
 	}
 	if (einat_frag_release(skb, p))
 		return drop(STAT_DROP_FRAGMENT);
@@ -1102,7 +1104,7 @@ __noinline int einat_ingress_other(struct __sk_buff *skb, struct packet *p)
 	stat_inc(STAT_INGRESS_NAT);
 	traffic_add(skb, false, p->family);
 	if (p->frag == FRAG_FIRST) {
-		einat_frag_record(p, FRAG_IN, &to);
+		einat_frag_record(p, FRAG_IN, &to, NULL);
 		if (p->family == 6) /* errors about its later fragments quote (remote, internal) */
 			einat_frag_record_back(p, FRAG_IN_BACK, &p->src, &to, &p->dst);
 		return einat_ingress_first_fragment(skb, p); /* releases the held ones */
@@ -1198,7 +1200,7 @@ static __always_inline int ingress_l4(struct __sk_buff *skb, struct packet *pp, 
 	if (rewrite(skb, pp, false, &bv.addr, bv.port))
 		return drop(STAT_DROP_UNTRANSLATABLE);
 	if (pp->frag == FRAG_FIRST) {
-		einat_frag_record(pp, FRAG_IN, &bv.addr);
+		einat_frag_record(pp, FRAG_IN, &bv.addr, v ? &ck : NULL); /* counted as it is */
 		if (family == 6) /* errors about its later fragments quote (remote, internal) */
 			einat_frag_record_back(pp, FRAG_IN_BACK, &pp->src, &bv.addr, &pp->dst);
 	}
@@ -1247,6 +1249,8 @@ static __always_inline int ingress_family(struct __sk_buff *skb, const __u8 fami
 			return drop(STAT_DROP_UNTRANSLATABLE);
 		stat_inc(STAT_FRAGMENT_NAT);
 		traffic_add(skb, false, family);
+		if (CFG.session_counters)
+			einat_frag_count(skb, pp, FRAG_IN);
 		return TC_ACT_OK;
 	}
 

@@ -279,6 +279,14 @@ struct frag_key {
 struct frag_value {
 	union ip_addr addr; /* the new source (egress) or destination (ingress) */
 	__u64 expires_ns;
+	/* FRAG_OUT / FRAG_IN of a datagram whose first fragment a session translated: that
+	 * session's ports and protocol, so its later fragments count in it (session counters);
+	 * session 0 for any other (passed, hairpinned, another protocol's, the way back). */
+	__be16 ext_port;
+	__be16 remote_port;
+	__u8 l4proto;
+	__u8 session;
+	__u8 _pad[2];
 };
 
 enum einat_stat {

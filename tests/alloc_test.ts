@@ -22,7 +22,7 @@ import { planInterface } from "../lib/nat/plan.ts";
 import { parseAddr } from "../lib/config/cidr.ts";
 import { buildPacket, type PacketSpec } from "./lib/packet.ts";
 import * as bpf from "../lib/ffi/libbpf.ts";
-import { portBitsKey } from "../lib/nat/codec.ts";
+import { PORT_BITS_LAYOUT, portBitsKey } from "../lib/nat/codec.ts";
 import type { NatMaps } from "../lib/nat/loader.ts";
 import {
   bindingCountAt,
@@ -417,7 +417,7 @@ Deno.test("port choice: an external address that leaves takes its hint along (no
   try {
     const slot = slotOf(readSlots(n.nat.maps.slots), 4, new Uint8Array(EXT));
     const hintBits = () => {
-      const v = bpf.mapLookup(n.nat.maps.portBits, portBitsKey(slot, 17), 8192)!;
+      const v = bpf.mapLookup(n.nat.maps.portBits, portBitsKey(slot, 17), PORT_BITS_LAYOUT.size)!;
       return [...v].reduce((c, b) => c + [...b.toString(2)].filter((x) => x === "1").length, 0);
     };
     for (let i = 0; i < 64; i++) {

@@ -7,7 +7,7 @@
  */
 import { assert, assertEquals, assertThrows } from "./lib/assert.ts";
 import * as bpf from "../lib/ffi/libbpf.ts";
-import { parseAddr } from "../lib/config/cidr.ts";
+import { formatAddr, parseAddr } from "../lib/config/cidr.ts";
 import { encodeCtKey, IPPROTO, SESS_COUNTER_LAYOUT } from "../lib/nat/codec.ts";
 import { bumpEpoch } from "../lib/nat/loader.ts";
 import {
@@ -17,9 +17,9 @@ import {
   type SessionCounts,
   sumCounts,
 } from "../lib/nat/counters.ts";
-import { readSessions, type SessionRow } from "../lib/state/read.ts";
+import { endpoint, readSessions, type SessionRow } from "../lib/state/read.ts";
 import { formatText, topSessions } from "../lib/state/show.ts";
-import { type PacketSpec, udpSpec } from "./lib/packet.ts";
+import { buildPacket, fragment, type PacketSpec, parsePacket, udpSpec } from "./lib/packet.ts";
 import { pinThread, restoreAffinity } from "./lib/cpu.ts";
 import {
   loadTestNat,
@@ -35,6 +35,9 @@ const EXT = "203.0.113.1";
 const LAN1 = "192.0.2.10";
 const SRV1 = "198.51.100.1";
 const SRV2 = "198.51.100.2";
+const EXT6 = "2001:db8:2::1";
+const LAN6 = "2001:db8:1::10";
+const SRV6 = "2001:db8:3::1";
 const PAYLOAD = new TextEncoder().encode("hello");
 /** The IP length of a {@link udp} packet: what a packet counts in bytes. */
 const UDP_LEN = 20 + 8 + PAYLOAD.length;
@@ -49,23 +52,25 @@ function countsOf(
   ext: [string, number],
   remote: [string, number],
 ): SessionCounts | null {
+  const family = ext[0].includes(":") ? 6 : 4;
   const key = encodeCtKey({
     l4proto,
-    family: 4,
+    family,
     extAddr: parseAddr(ext[0]),
     extPort: ext[1],
     remoteAddr: parseAddr(remote[0]),
     remotePort: remote[1],
   });
   const row = readSessions(view(n)).find((s) =>
-    s.external === `${ext[0]}:${ext[1]}` && s.remote === `${remote[0]}:${remote[1]}`
+    s.external === endpoint(family, parseAddr(ext[0]), ext[1]) &&
+    s.remote === endpoint(family, parseAddr(remote[0]), remote[1])
   );
   assert(row, `a session ${ext} ${remote}`);
   // What show lists is what the map holds for the session's created_s.
   const createdS =
     sessionsOf(n.nat.maps).find((x) =>
       x.key.l4proto === l4proto && x.key.extPort === ext[1] && x.key.remotePort === remote[1] &&
-      x.key.remoteAddr.join(".") === remote[0]
+      formatAddr(x.key.remoteAddr) === formatAddr(parseAddr(remote[0]))
     )!.value.createdS;
   const raw = readSessionCounters(n.nat.maps.sessCounters).get(counterKey(key));
   assertEquals(row.counters ?? null, raw ? sumCounts(raw, createdS) : null);
@@ -252,6 +257,67 @@ Deno.test("session counters: a hairpinned packet counts out of the sender's sess
         packetsIn: 2,
         bytesIn: 2 * UDP_LEN,
       });
+    } finally {
+      n.close();
+    }
+  }));
+
+Deno.test("session counters: a datagram's later fragments count in its session, both ways, IPv4 and IPv6", () =>
+  onCpu0(async () => {
+    const n = await loadTestNat(
+      testInterfaceConfig({ sessionCounters: 1024, nat66: true }),
+      [`${EXT}/24`, `${EXT6}/64`],
+    );
+    try {
+      const big = new Uint8Array(40).fill(7); // 48 bytes of UDP: 16 in the first fragment
+      const answer = new Uint8Array(72).fill(9); // larger: a count in the wrong direction shows
+      for (
+        const [family, lan, srv, ext] of [[4, LAN1, SRV1, EXT], [6, LAN6, SRV6, EXT6]] as const
+      ) {
+        const bytes = (f: Uint8Array) => f.length - 14; // what a packet counts: its IP bytes
+        // Out: a datagram in two fragments; the first makes the mapping and its session.
+        const [o1, o2] = fragment(
+          buildPacket(udpSpec(family, lan, 5000, srv, 53, big)),
+          family,
+          0x51,
+          16,
+        );
+        const first = n.runRaw("egress", o1);
+        assertEquals(first.retval, TC_ACT_OK);
+        const port = parsePacket(first.bytes).sport!;
+        const later = parsePacket(n.runRaw("egress", o2).bytes);
+        assertEquals(later.src, ext, `${family}: the later fragment is translated`);
+        // In: the answer, in two fragments.
+        const [i1, i2] = fragment(
+          buildPacket(udpSpec(family, srv, 53, ext, port, answer)),
+          family,
+          0x52,
+          16,
+        );
+        assertEquals(parsePacket(n.runRaw("ingress", i1).bytes).dst, lan);
+        assertEquals(parsePacket(n.runRaw("ingress", i2).bytes).dst, lan);
+        // An unfragmented packet each way as well.
+        const whole = buildPacket(udpSpec(family, lan, 5000, srv, 53, PAYLOAD));
+        assertEquals(n.runRaw("egress", whole).retval, TC_ACT_OK);
+        assertEquals(countsOf(n, IPPROTO.UDP, [ext, port], [srv, 53]), {
+          packetsOut: 3,
+          bytesOut: bytes(o1) + bytes(o2) + bytes(whole),
+          packetsIn: 2,
+          bytesIn: bytes(i1) + bytes(i2),
+        }, `IPv${family}`);
+      }
+      // A datagram from outside that nobody answered (no session: it makes none) counts nowhere,
+      // and takes nothing from the session above.
+      const ext = n.egress(udp(LAN1, 5001, SRV1, 53)).out.sport!;
+      const before = countsOf(n, IPPROTO.UDP, [EXT, ext], [SRV1, 53]);
+      const [u1, u2] = fragment(buildPacket(udp(SRV2, 7, EXT, ext)), 4, 0x53, 8);
+      assertEquals(parsePacket(n.runRaw("ingress", u1).bytes).dst, LAN1);
+      assertEquals(parsePacket(n.runRaw("ingress", u2).bytes).dst, LAN1);
+      assertEquals(countsOf(n, IPPROTO.UDP, [EXT, ext], [SRV1, 53]), before);
+      assertEquals(
+        sessionsOf(n.nat.maps).filter((s) => formatAddr(s.key.remoteAddr) === SRV2).length,
+        0,
+      );
     } finally {
       n.close();
     }

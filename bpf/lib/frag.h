@@ -78,18 +78,29 @@ static __always_inline bool frag_later_blind(const struct packet *p)
 }
 
 /*
- * Records the new address for the rest of the datagram p starts. Global
- * functions keep the fragment key off the hot path's stack.
+ * Records the new address for the rest of the datagram p starts, and with ck
+ * the session its first fragment was translated in (its key: the external and
+ * remote endpoints), whose counts its later fragments go to (state.h,
+ * einat_frag_count). Global functions keep the fragment key off the hot
+ * path's stack.
  */
-__noinline int einat_frag_record(const struct packet *p, int egress, const union ip_addr *addr)
+__noinline int einat_frag_record(const struct packet *p, int egress, const union ip_addr *addr,
+				 const struct ct_key *ck)
 {
 	struct frag_key k;
 	struct frag_value v;
 	if (!p || !addr)
 		return -1;
 	frag_key_init(&k, p, egress);
+	__builtin_memset(&v, 0, sizeof(v));
 	v.addr = *addr;
 	v.expires_ns = bpf_ktime_get_ns() + TIMEOUT_FRAGMENT;
+	if (ck) {
+		v.ext_port = ck->ext_port;
+		v.remote_port = ck->remote_port;
+		v.l4proto = ck->l4proto;
+		v.session = 1;
+	}
 	return bpf_map_update_elem(&map_frag, &k, &v, BPF_ANY);
 }
 
@@ -131,6 +142,7 @@ __noinline int einat_frag_record_back(const struct packet *p, int kind, const un
 	frag_key_init(&k, p, kind);
 	k.src = *src;
 	k.dst = *dst;
+	__builtin_memset(&v, 0, sizeof(v));
 	v.addr = *addr;
 	v.expires_ns = bpf_ktime_get_ns() + TIMEOUT_FRAGMENT;
 	return bpf_map_update_elem(&map_frag, &k, &v, BPF_ANY);

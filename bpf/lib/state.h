@@ -16,6 +16,7 @@
 #include <linux/pkt_cls.h>
 #include "config.h"
 #include "ct.h"
+#include "frag.h"
 
 /* A packet's length from the IP header on: what the byte counters count. */
 static __always_inline __u64 ip_len(const struct __sk_buff *skb)
@@ -92,6 +93,34 @@ static __always_inline void sess_count(struct __sk_buff *skb, const struct ct_ke
 		c->packets_in += 1;
 		c->bytes_in += len;
 	}
+}
+
+/*
+ * Counts a later fragment, translated by its datagram's record (kind FRAG_OUT
+ * or FRAG_IN: p's direction), in the session its first fragment was counted
+ * in (einat_frag_record with the session's key), as conntrack counts the
+ * datagram it reassembles. Nothing for a datagram of no session's (passed,
+ * hairpinned, another protocol's, one that came in unanswered). A global
+ * function: the key is built in per-CPU scratch, off the callers' stacks.
+ */
+__noinline int einat_frag_count(struct __sk_buff *skb, const struct packet *p, int kind)
+{
+	struct frag_key k;
+	if (!skb || !p)
+		return 0;
+	frag_key_init(&k, p, kind);
+	struct frag_value *v = bpf_map_lookup_elem(&map_frag, &k);
+	struct sess_scratch *s = sess_scratch();
+	if (!v || !v->session || !s)
+		return 0;
+	if (kind == FRAG_OUT) /* from the new source to the remote */
+		ct_key_init(&s->k, p->family, v->l4proto, &v->addr, v->ext_port, &p->dst,
+			    v->remote_port);
+	else /* from the remote to the external address */
+		ct_key_init(&s->k, p->family, v->l4proto, &p->dst, v->ext_port, &p->src,
+			    v->remote_port);
+	sess_count(skb, &s->k, NULL, kind == FRAG_OUT);
+	return 0;
 }
 
 struct sweep_ctx {

@@ -344,6 +344,38 @@ export const ADDR_VALUE_LAYOUT: StructLayout = {
   },
 };
 
+/**
+ * struct frag_key (map_frag: what a datagram's first fragment did, for its later ones;
+ * bpf/lib/frag.h). `egress` is the record's kind (FRAG_IN 0, FRAG_OUT 1, FRAG_TURN 2, the way
+ * back 3 and 4); `id` the IPv4 or IPv6 identification, network order.
+ */
+export const FRAG_KEY_LAYOUT: StructLayout = {
+  name: "frag_key",
+  size: 40,
+  fields: {
+    family: { offset: 0, size: 1 },
+    l4proto: { offset: 1, size: 1 },
+    egress: { offset: 2, size: 1 },
+    id: { offset: 4, size: 4 },
+    src: { offset: 8, size: 16 },
+    dst: { offset: 24, size: 16 },
+  },
+};
+
+/** struct frag_value: the address recorded, and the session whose counts the rest go to. */
+export const FRAG_VALUE_LAYOUT: StructLayout = {
+  name: "frag_value",
+  size: 32,
+  fields: {
+    addr: { offset: 0, size: 16 },
+    expires_ns: { offset: 16, size: 8 },
+    ext_port: { offset: 24, size: 2 },
+    remote_port: { offset: 26, size: 2 },
+    l4proto: { offset: 28, size: 1 },
+    session: { offset: 29, size: 1 },
+  },
+};
+
 /** struct host_key (map_hosts: counts per internal address, bpf/lib/hosts.h). */
 export const HOST_KEY_LAYOUT: StructLayout = {
   name: "host_key",
@@ -406,6 +438,8 @@ export const LAYOUTS: StructLayout[] = [
   SESS_COUNTER_LAYOUT,
   ADDR_KEY_LAYOUT,
   ADDR_VALUE_LAYOUT,
+  FRAG_KEY_LAYOUT,
+  FRAG_VALUE_LAYOUT,
   HOST_KEY_LAYOUT,
   HOST_COUNTS_LAYOUT,
 ];
@@ -774,6 +808,30 @@ export function encodeAddrKey(
   b[f(L, "l4proto")] = k.l4proto;
   b.set(addr16(k.extAddr), f(L, "ext_addr"));
   b.set(addr16(k.remoteAddr), f(L, "remote_addr"));
+  return b;
+}
+
+/**
+ * Encodes a `map_frag` key: the datagram's family, protocol (IPv6: its Fragment header's next
+ * header), record kind, identification (`id`, 4 bytes in network order; IPv4's 2 bytes first)
+ * and addresses as the packet carries them.
+ */
+export function encodeFragKey(k: {
+  family: number;
+  l4proto: number;
+  kind: number;
+  id: Uint8Array;
+  src: Uint8Array;
+  dst: Uint8Array;
+}): Uint8Array {
+  const L = FRAG_KEY_LAYOUT;
+  const b = new Uint8Array(L.size);
+  b[f(L, "family")] = k.family;
+  b[f(L, "l4proto")] = k.l4proto;
+  b[f(L, "egress")] = k.kind;
+  b.set(k.id.subarray(0, 4), f(L, "id"));
+  b.set(addr16(k.src), f(L, "src"));
+  b.set(addr16(k.dst), f(L, "dst"));
   return b;
 }
 

@@ -34,6 +34,8 @@ import {
   decodeHostCounts,
   encodeAddrKey,
   encodeCtKey,
+  encodeFragKey,
+  FRAG_VALUE_LAYOUT,
   HOST_COUNTS_LAYOUT,
   HOST_KEY_LAYOUT,
   OUTBOUND_LINE_LAYOUT,
@@ -1577,14 +1579,15 @@ export function bindingView(nat: Nat): BindingView {
       return findSession(nat.nat.maps, key) !== null;
     },
     frag(d, which) {
-      const k = new Uint8Array(40);
-      k[0] = d.family;
-      k[1] = d.family === 6 ? d.fragProto : keyProto(d.proto);
-      k[2] = which;
-      k.set(d.fragId, 4);
-      k.set(d.src, 8);
-      k.set(d.dst, 24);
-      const val = bpf.mapLookup(nat.nat.maps.frag, k, 24);
+      const k = encodeFragKey({
+        family: d.family,
+        l4proto: d.family === 6 ? d.fragProto : keyProto(d.proto),
+        kind: which,
+        id: d.fragId,
+        src: d.src,
+        dst: d.dst,
+      });
+      const val = bpf.mapLookup(nat.nat.maps.frag, k, FRAG_VALUE_LAYOUT.size);
       return val ? val.slice(0, d.family === 4 ? 4 : 16) : null;
     },
     addr(family, l4proto, extAddr, remoteAddr) {
@@ -1593,14 +1596,15 @@ export function bindingView(nat: Nat): BindingView {
       return val ? decodeAddrMapping(k, val).intAddr : null;
     },
     back(q, which) {
-      const k = new Uint8Array(40);
-      k[0] = 6;
-      k[1] = q.proto;
-      k[2] = which;
-      k.set(q.id, 4);
-      k.set(q.src, 8);
-      k.set(q.dst, 24);
-      const val = bpf.mapLookup(nat.nat.maps.frag, k, 24);
+      const k = encodeFragKey({
+        family: 6,
+        l4proto: q.proto,
+        kind: which,
+        id: q.id,
+        src: q.src,
+        dst: q.dst,
+      });
+      const val = bpf.mapLookup(nat.nat.maps.frag, k, FRAG_VALUE_LAYOUT.size);
       return val ? val.slice(0, 16) : null;
     },
   };

@@ -15,6 +15,8 @@ import {
   parsePacket,
 } from "./lib/packet.ts";
 import { loadTestNat, type Nat, TC_ACT_OK, testInterfaceConfig } from "./lib/natfixture.ts";
+import { withPrivateBpffs } from "./lib/bpffs.ts";
+import { readMeta } from "../lib/state/pin.ts";
 
 const EXT = "203.0.113.1";
 const LAN1 = "192.0.2.10";
@@ -186,4 +188,41 @@ Deno.test("IPv4 ID: where a flow's sequence starts is drawn anew at each load (t
   }
   // three equal draws of 16 bits: once in 2^32 runs
   assert(new Set(firsts).size > 1, `first IDs ${firsts}`);
+});
+
+Deno.test("IPv4 ID: with pinned state a restart (or --replace) goes on with each flow's sequence, and a datagram's later fragments keep its new ID", async () => {
+  const id = crypto.getRandomValues(new Uint32Array(1))[0].toString(16);
+  await withPrivateBpffs(`ipid-${id}`, async (bpffs) => {
+    const pin = { dir: `${bpffs}/einat/zzipid0`, ifname: "zzipid0" };
+    const load = () => loadTestNat(testInterfaceConfig(), [`${EXT}/24`], undefined, undefined, pin);
+    const f = (ipId: number) => buildPacket(dgram(LAN1, SRV, "udp", { ipId }));
+    const g = (ipId: number) => buildPacket(dgram(LAN1, SRV2, "udp", { ipId }));
+    const [d1, d2] = fragment(buildPacket(dgram(LAN2, SRV, "udp", { ipId: 0x99 })), 4, 0x99, 16);
+    let before: number[], split: number;
+    const a = await load();
+    try {
+      assert(!a.nat.pins?.reused.includes("map_ip_id"), "a first start makes the counters");
+      before = [idOut(a, f(1)), idOut(a, f(2)), idOut(a, g(3))];
+      assertEquals(before[1], (before[0] + 1) & 0xffff, "one flow, one sequence");
+      // LAN2's datagram to SRV shares f's counter (one per external source, remote, protocol);
+      // its later fragment comes after the restart
+      split = idOut(a, d1);
+      assertEquals(split, (before[1] + 1) & 0xffff);
+    } finally {
+      a.close();
+    }
+    const key = readMeta(pin.dir)?.ipIdKey;
+    assert(typeof key === "number", `the stamp keeps the key: ${key}`);
+    const b = await load();
+    try {
+      assert(b.nat.pins?.reused.includes("map_ip_id"), "the counters are carried over");
+      assert(b.nat.pins?.reused.includes("map_ipid_frag"), "so are the datagrams' IDs");
+      assertEquals(idOut(b, f(4)), (split + 1) & 0xffff, "the flow's sequence goes on");
+      assertEquals(idOut(b, g(5)), (before[2] + 1) & 0xffff, "so does the other flow's");
+      assertEquals(idOut(b, d2), split, "a later fragment keeps its datagram's new ID");
+      assertEquals(readMeta(pin.dir)?.ipIdKey, key, "the same key, stamped again");
+    } finally {
+      b.close();
+    }
+  });
 });

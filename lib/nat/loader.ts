@@ -351,7 +351,8 @@ async function loadNatBytes(
       ...opts.ro,
       bindingMax: opts.bindingMaxRecords,
       outboundLines: bpf.mapMaxEntries(outbound),
-      ipIdKey: opts.ro.ipIdKey ?? crypto.getRandomValues(new Uint32Array(1))[0],
+      // The pinned counters' key when they are reused (lib/state/pin.ts); else a new one.
+      ipIdKey: opts.ro.ipIdKey ?? pins?.ipIdKey ?? crypto.getRandomValues(new Uint32Array(1))[0],
     };
     setRoConfig(obj, ro, single?.summedBit);
     const inline = staged && csum === "inline";
@@ -400,7 +401,7 @@ async function loadNatBytes(
       mallocTrim();
       progFd = (name) => fds[name];
     }
-    if (pins) finishPins(pins, obj, opts.ro);
+    if (pins) finishPins(pins, obj, ro);
     const maps = Object.fromEntries(
       Object.entries(MAP_NAMES).map(([k, name]) => [k, bpf.mapFd(bpf.findMap(obj, name))]),
     ) as NatMaps;

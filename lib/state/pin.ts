@@ -85,6 +85,11 @@ export const STATE_MAPS = [
   "map_epoch", // shared, so a --replace's two einats see each other's deletions (epoch.h)
   "map_sess_counters",
   "map_addr_nat",
+  // The IPv4 ID counters and the IDs given to datagrams whose later fragments are to come
+  // (bpf/lib/ipid.h), kept with the key that spreads flows over the counters (the stamp's
+  // `ipIdKey`): a restart or a --replace goes on with each flow's sequence.
+  "map_ip_id",
+  "map_ipid_frag",
 ] as const;
 /** Name of one pinned state map. */
 export type StateMap = typeof STATE_MAPS[number];
@@ -117,6 +122,8 @@ export const SEMANTICS: Record<StateMap, number> = {
   map_epoch: 1,
   map_sess_counters: 1,
   map_addr_nat: 1,
+  map_ip_id: 1,
+  map_ipid_frag: 1,
 };
 
 /** Maps whose loss breaks connections: an incompatible layout refuses to start. */
@@ -152,6 +159,8 @@ const TYPES: Record<StateMap, [string, string]> = {
   map_epoch: ["u32", "u64 mapping epoch"],
   map_sess_counters: ["ct_key", "sess_counter"],
   map_addr_nat: ["addr_key", "addr_value"],
+  map_ip_id: ["u32", "ipid_counter"],
+  map_ipid_frag: ["ipid_frag_key", "ipid_frag"],
 };
 
 /** A pinned state that cannot be used, with what to do about it. */
@@ -183,6 +192,11 @@ export interface MetaDoc {
   pid?: number;
   /** Network namespace of that process (absent before einat kept it). */
   netns?: NetnsIdentity;
+  /**
+   * The key of its IPv4 ID counters (`ip_id_key`): taken again with `map_ip_id`, so each
+   * flow's counter and offset stay what they were (absent before stop 38).
+   */
+  ipIdKey?: number;
   updated?: string;
 }
 
@@ -412,6 +426,8 @@ export interface PinSession {
   btf: Uint8Array;
   /** Whether the BTF pinned beside the state is that one already (then not written again). */
   btfPinned: boolean;
+  /** The stamp's IPv4 ID key when `map_ip_id` is reused (the counters it goes with). */
+  ipIdKey?: number;
 }
 
 /** A pinned map of another layout on its way into this einat's. */
@@ -641,6 +657,7 @@ function checkPins(
       lockFd,
       btf: ownRaw,
       btfPinned,
+      ipIdKey: reused.includes("map_ip_id") ? meta?.ipIdKey : undefined,
     };
   } catch (e) {
     putBack(dir, migrating); // the old maps back in place, as found
@@ -909,6 +926,7 @@ function stampDoc(
     timeoutsNs: ro ? timeoutsOf(ro) : undefined,
     pid: Deno.pid,
     netns: netnsIdentity(),
+    ipIdKey: ro?.ipIdKey,
     updated: new Date().toISOString(),
   };
 }

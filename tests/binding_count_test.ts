@@ -9,10 +9,14 @@ import { withPrivateBpffs } from "./lib/bpffs.ts";
 import { pinThread, restoreAffinity } from "./lib/cpu.ts";
 import { type Flood, newFlowFrames, startFlood } from "./lib/flood.ts";
 import { loadTestNat, type Nat, TC_ACT_OK, testInterfaceConfig } from "./lib/natfixture.ts";
-import { udpSpec } from "./lib/packet.ts";
+import { buildPacket, udpSpec } from "./lib/packet.ts";
 import { tamperStamp } from "./lib/stamp.ts";
 import { bindingCountAt, countBindings, setBindingCount } from "../lib/nat/records.ts";
 import { syncBindings } from "../lib/state/serve.ts";
+import * as bpf from "../lib/ffi/libbpf.ts";
+import { formatAddr } from "../lib/config/cidr.ts";
+import type { InterfaceConfig } from "../lib/config/types.ts";
+import { decodeHostCounts, HOST_COUNTS_LAYOUT, HOST_KEY_LAYOUT } from "../lib/nat/codec.ts";
 
 const NEW_BINDINGS = 8_000; // of the 10,000 ports of the test range
 /** Bindings the flood makes before the walk, and the ones it keeps until the walk is over. */
@@ -22,16 +26,32 @@ const AFTER = 1_000;
 const live = (n: Nat) => BigInt(countBindings(n.nat.maps.records));
 const counted = (n: Nat) => bindingCountAt(n.nat.maps.bindingCount, 0);
 
-/** A private bpffs with one interface's state folder; `load` loads the test NAT pinned there. */
+/**
+ * A private bpffs with one interface's state folder; `load` loads the test NAT pinned there
+ * (with `o` over the test configuration).
+ */
 function withPinnedState(
-  fn: (load: () => Promise<Nat>, dir: string) => Promise<void>,
+  fn: (load: (o?: Partial<InterfaceConfig>) => Promise<Nat>, dir: string) => Promise<void>,
 ): Promise<void> {
   const id = crypto.getRandomValues(new Uint32Array(1))[0].toString(16);
   return withPrivateBpffs(`count-${id}`, (bpffs) => {
     const pin = { dir: `${bpffs}/einat/zzcount0`, ifname: "zzcount0" };
-    const ic = testInterfaceConfig();
-    return fn(() => loadTestNat(ic, ["203.0.113.1/24"], undefined, undefined, pin), pin.dir);
+    return fn(
+      (o = {}) =>
+        loadTestNat(testInterfaceConfig(o), ["203.0.113.1/24"], undefined, undefined, pin),
+      pin.dir,
+    );
   });
+}
+
+/** The counts of `map_hosts`, by internal address. */
+function hostCounts(n: Nat): Record<string, { bindings: number; sessions: number }> {
+  const out: Record<string, { bindings: number; sessions: number }> = {};
+  for (const e of bpf.mapEntries(n.nat.maps.hosts, HOST_KEY_LAYOUT.size, HOST_COUNTS_LAYOUT.size)) {
+    const h = decodeHostCounts(e.key, e.value);
+    out[formatAddr(h.addr)] = { bindings: Number(h.bindings), sessions: Number(h.sessions) };
+  }
+  return out;
 }
 
 Deno.test("binding count: a start under --replace keeps the carried-over count exact while the running einat makes bindings during its walk", async () => {
@@ -116,6 +136,52 @@ Deno.test("binding count: a pinned count of another layout (an older einat's) is
       assertEquals(counted(next), 3n);
     } finally {
       next.close();
+    }
+  });
+});
+
+Deno.test("per-host counts: the einat replacing another shares them, so a host's bindings made by either count against its limit; a start with other limits counts them afresh", async () => {
+  await withPinnedState(async (load) => {
+    const limits = { bindingMaxPerHost: 4, sessionMaxPerHost: 100 };
+    const H1 = "192.0.2.10", H2 = "192.0.2.20";
+    const flow = (n: Nat, host: string, port: number) =>
+      bpf.testRun(
+        n.nat.egressFd,
+        buildPacket(udpSpec(4, host, port, "198.51.100.1", 53, new Uint8Array(8))),
+      ).retval;
+    const running = await load(limits);
+    let next: Nat | null = null;
+    try {
+      for (let i = 0; i < 3; i++) assertEquals(flow(running, H1, 40000 + i), TC_ACT_OK);
+      assertEquals(flow(running, H2, 40000), TC_ACT_OK);
+      // The replacing einat takes the pinned counts as they are: its walk adds none.
+      next = await load(limits);
+      assert(next.nat.pins?.reused.includes("map_hosts"), "the counts are carried over");
+      syncBindings(next.nat);
+      const kept = { [H1]: { bindings: 3, sessions: 3 }, [H2]: { bindings: 1, sessions: 1 } };
+      assertEquals(hostCounts(next), kept, "not counted twice");
+      // The running einat's programs still make bindings: they count where the next one sees
+      // them, so H1's fifth binding is refused by the next einat's programs.
+      assertEquals(flow(running, H1, 40003), TC_ACT_OK, "the fourth, made by the running einat");
+      assertEquals(hostCounts(next)[H1], { bindings: 4, sessions: 4 });
+      assert(flow(next, H1, 40004) !== TC_ACT_OK, "a fifth binding of H1 refused");
+      assertEquals(flow(next, H2, 40001), TC_ACT_OK, "H2 may make more");
+    } finally {
+      next?.close();
+      running.close();
+    }
+    // Another einat keeps other counts (no binding limit): the pinned ones are not its; its
+    // walk makes them from the bindings.
+    const other = await load({ sessionMaxPerHost: 100 });
+    try {
+      assert(other.nat.pins?.reset.includes("map_hosts"), "recreated");
+      syncBindings(other.nat);
+      assertEquals(hostCounts(other), {
+        [H1]: { bindings: 0, sessions: 4 },
+        [H2]: { bindings: 0, sessions: 2 },
+      });
+    } finally {
+      other.close();
     }
   });
 });

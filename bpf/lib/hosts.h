@@ -12,8 +12,10 @@
  *   binding retired (all it held). Sessions past their timeout count until the
  *   sweep deletes them.
  *
- * Each count is kept only while its limit is on (0: off). Not pinned: the
- * start's walk of the records counts them anew (sync_port_hint, lib/state.h).
+ * Each count is kept only while its limit is on (0: off). Pinned with the
+ * state and shared by a --replace's two einats: a start that finds them pinned
+ * for the same limits takes them as they are; otherwise its walk of the
+ * records counts them anew (sync_port_hint, lib/state.h; lib/state/pin.ts).
  * The programs leave an entry at 0 (a delete here could lose another CPU's
  * take); the sweep deletes those (lib/nat/expire.ts, forgetIdleHosts). The map
  * has room for as many addresses as there can be bindings (the loader sizes it).

@@ -237,6 +237,7 @@ int release_records(struct __sk_buff *skb)
 struct hint_ctx {
 	__u32 bindings;
 	__u32 sessions; /* inline ones */
+	__u32 hosts_kept; /* map_hosts was carried over: its counts stand as they are */
 };
 
 static long hint_one(void *map, __u32 *key, struct mapping_record *r, void *ctx)
@@ -245,7 +246,7 @@ static long hint_one(void *map, __u32 *key, struct mapping_record *r, void *ctx)
 		return 0;
 	struct hint_ctx *c = ctx;
 	c->bindings += 1;
-	if (HOSTS_ON()) { /* this object's counts per internal address start here */
+	if (HOSTS_ON() && !c->hosts_kept) { /* new counts per internal address start here */
 		struct host_counts *n = host_counts_of(r->family, &r->ct.int_addr, true);
 		if (n && CFG.host_max)
 			__sync_fetch_and_add(&n->bindings, 1);
@@ -269,12 +270,17 @@ static long hint_one(void *map, __u32 *key, struct mapping_record *r, void *ctx)
  * bindings. It leaves the live-binding count ([0]) alone: the programs that
  * share it keep it exact, where a walk under traffic would miss the bindings
  * made behind it. A count that is new starts from this number (the daemon
- * writes it: lib/state/serve.ts).
+ * writes it: lib/state/serve.ts). So do the counts per internal address: the
+ * walk makes them unless the packet's first byte says map_hosts was carried
+ * over (shared with those programs, and kept exact by them the same way).
  */
 SEC("tc")
 int sync_port_hint(struct __sk_buff *skb)
 {
 	struct hint_ctx c = {};
+	__u8 kept = 0;
+	if (!bpf_skb_load_bytes(skb, 0, &kept, 1))
+		c.hosts_kept = kept;
 	bpf_for_each_map_elem(&map_records, hint_one, &c, 0);
 	__u32 k = 1;
 	__u64 *count = bpf_map_lookup_elem(&map_binding_count, &k);

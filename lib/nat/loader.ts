@@ -22,7 +22,14 @@ import {
 } from "./codec.ts";
 import { RECORDS_PER_SLOT } from "./records.ts";
 import { FLOW_CACHE_SLOTS } from "../config/types.ts";
-import { abortPins, finishPins, type PinSession, preparePins, releasePins } from "../state/pin.ts";
+import {
+  abortPins,
+  finishPins,
+  hostCountsOf,
+  type PinSession,
+  preparePins,
+  releasePins,
+} from "../state/pin.ts";
 
 /** Names of the maps the daemon uses. */
 export const MAP_NAMES = {
@@ -341,7 +348,9 @@ async function loadNatBytes(
     for (const [name, fd] of Object.entries(opts.reuse ?? {})) {
       bpf.mapReuseFd(bpf.findMap(obj, name), fd);
     }
-    if (opts.pin) pins = preparePins(obj, stateBytes, opts.pin.dir, opts.pin.ifname);
+    if (opts.pin) {
+      pins = preparePins(obj, stateBytes, opts.pin.dir, opts.pin.ifname, hostCountsOf(opts.ro));
+    }
     // The free-port hint covers every slot of the records, as created or as pinned (which
     // keeps its size: a start with fewer external_slots still purges the slots beyond them).
     const recSlots = bpf.mapMaxEntries(bpf.findMap(obj, MAP_NAMES.records)) / RECORDS_PER_SLOT;
@@ -445,8 +454,10 @@ async function loadNatBytes(
  * pinned maps, so new mappings do not probe for each of them. Returns the
  * number of bindings marked.
  */
-export function syncPortHint(n: NatObject): number {
-  return bpf.testRun(n.syncHintFd, new Uint8Array(64)).retval;
+export function syncPortHint(n: NatObject, o: { hostsKept?: boolean } = {}): number {
+  const data = new Uint8Array(64);
+  data[0] = o.hostsKept ? 1 : 0; // map_hosts carried over: its counts are not made again
+  return bpf.testRun(n.syncHintFd, data).retval;
 }
 
 /**

@@ -90,6 +90,10 @@ export const STATE_MAPS = [
   // `ipIdKey`): a restart or a --replace goes on with each flow's sequence.
   "map_ip_id",
   "map_ipid_frag",
+  // The counts per internal address (bpf/lib/hosts.h), shared by a --replace's two einats like
+  // the binding count, and taken as they are by a start with the same limits on (the stamp's
+  // `hostCounts`); counted afresh otherwise.
+  "map_hosts",
 ] as const;
 /** Name of one pinned state map. */
 export type StateMap = typeof STATE_MAPS[number];
@@ -124,6 +128,7 @@ export const SEMANTICS: Record<StateMap, number> = {
   map_addr_nat: 1,
   map_ip_id: 1,
   map_ipid_frag: 1,
+  map_hosts: 1,
 };
 
 /** Maps whose loss breaks connections: an incompatible layout refuses to start. */
@@ -138,6 +143,7 @@ const PRECIOUS: ReadonlySet<StateMap> = new Set([
 const RESIZED: Partial<Record<StateMap, string>> = {
   map_frag: "fragment table",
   map_sess_counters: "session counters",
+  map_hosts: "per-host counts (binding_max_per_host, session_max_per_host)",
 };
 
 /** Bindings of einat builds before the mapping records (two hash entries per binding). */
@@ -161,6 +167,7 @@ const TYPES: Record<StateMap, [string, string]> = {
   map_addr_nat: ["addr_key", "addr_value"],
   map_ip_id: ["u32", "ipid_counter"],
   map_ipid_frag: ["ipid_frag_key", "ipid_frag"],
+  map_hosts: ["host_key", "host_counts"],
 };
 
 /** A pinned state that cannot be used, with what to do about it. */
@@ -197,7 +204,18 @@ export interface MetaDoc {
    * flow's counter and offset stay what they were (absent before stop 38).
    */
   ipIdKey?: number;
+  /** Which counts per internal address its programs kept ({@link hostCountsOf}; absent before stop 38). */
+  hostCounts?: string;
   updated?: string;
+}
+
+/**
+ * The counts per internal address that programs of configuration `ro` keep in `map_hosts`
+ * (bpf/lib/hosts.h): "bindings", "sessions", both ("bindings,sessions") or none (""). A pinned
+ * map_hosts is taken as it is only by an einat that keeps the same ones.
+ */
+export function hostCountsOf(ro: Pick<RoConfig, "hostMax" | "hostSessMax">): string {
+  return [ro.hostMax ? "bindings" : "", ro.hostSessMax ? "sessions" : ""].filter(Boolean).join(",");
 }
 
 function fnv1a64(text: string): string {
@@ -505,6 +523,7 @@ export function preparePins(
   bytes: Uint8Array,
   dir: string,
   ifname: string,
+  hostCounts = "",
 ): PinSession {
   const ifindex = ifNameToIndex(ifname);
   const owner = ifindex ? ownerOf(ifindex) : null;
@@ -518,7 +537,7 @@ export function preparePins(
   Deno.mkdirSync(dir, { recursive: true });
   const lockFd = holdState(dir);
   try {
-    return checkPins(obj, bytes, dir, ifname, owner, lockFd);
+    return checkPins(obj, bytes, dir, ifname, owner, lockFd, hostCounts);
   } catch (e) {
     closeFd(lockFd);
     throw e;
@@ -555,6 +574,7 @@ function checkPins(
   ifname: string,
   owner: number | null,
   lockFd: number,
+  hostCounts: string,
 ): PinSession {
   const own = readBtf(bytes), stamps = stampsOf(own);
   let names = pinnedNames(dir);
@@ -633,12 +653,23 @@ function checkPins(
   const recount = migrating.some((x) => x.map === "map_records") &&
     reused.includes("map_binding_count");
   if (recount) reset.push(...reused.splice(reused.indexOf("map_binding_count"), 1));
+  // The counts per internal address likewise, and when the other einat kept other counts
+  // (other limits on): both made anew by this start's walk of the records.
+  const hostsRecount = reused.includes("map_hosts") &&
+    (migrating.some((x) => x.map === "map_records") || (meta?.hostCounts ?? null) !== hostCounts);
+  if (hostsRecount) reset.push(...reused.splice(reused.indexOf("map_hosts"), 1));
 
   try {
     for (const m of reset) {
       Deno.removeSync(`${dir}/${m}`);
       if (recount && m === "map_binding_count") {
         log.info("binding count recounted: the bindings are carried over", { ifname });
+      } else if (hostsRecount && m === "map_hosts") {
+        log.info("per-host counts recounted from the bindings", {
+          ifname,
+          counts: hostCounts || "none",
+          pinned: meta?.hostCounts ?? "unknown",
+        });
       } else log.warn("pinned map has another layout; recreated empty", { ifname, map: m });
     }
     pinAside(obj, dir, migrating);
@@ -927,6 +958,7 @@ function stampDoc(
     pid: Deno.pid,
     netns: netnsIdentity(),
     ipIdKey: ro?.ipIdKey,
+    hostCounts: ro ? hostCountsOf(ro) : undefined,
     updated: new Date().toISOString(),
   };
 }

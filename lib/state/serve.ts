@@ -48,8 +48,10 @@ export function stateLoadOptions(
  * miss the bindings they make behind it. Returns the bindings found.
  */
 export function syncBindings(nat: NatObject): number {
-  const bindings = syncPortHint(nat);
   const kept = nat.pins?.reused ?? [];
+  // Counts per internal address carried over (lib/state/pin.ts) stand as they are, for the same
+  // reason; new ones are made by the walk.
+  const bindings = syncPortHint(nat, { hostsKept: kept.includes("map_hosts") });
   if (!kept.includes("map_binding_count") || !kept.includes("map_records")) {
     setBindingCount(nat.maps.bindingCount, BigInt(bindings));
   }

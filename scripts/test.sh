@@ -10,18 +10,8 @@ export NO_COLOR=1
 # testPrefix), so that what an interrupted run leaves (deno test exits at once on Ctrl-C,
 # before the tests' own clean-up) can be found and removed.
 export EINAT_TEST_PREFIX=${EINAT_TEST_PREFIX:-einat$$}
-sweep() {
-  local ns d
-  for ns in $(ip netns list | awk '{print $1}' | grep -E "^${EINAT_TEST_PREFIX}-" || true); do
-    for pid in $(ip netns pids "$ns" 2>/dev/null); do kill -9 "$pid" 2>/dev/null; done
-    ip netns del "$ns" 2>/dev/null
-  done
-  for d in /run/"${EINAT_TEST_PREFIX}"-test-bpffs-*; do
-    [[ -d $d ]] || continue
-    umount "$d" 2>/dev/null || umount -l "$d" 2>/dev/null
-    rmdir "$d" 2>/dev/null
-  done
-}
+# shellcheck source=scripts/lib/sweep.sh
+. scripts/lib/sweep.sh
 interrupted() {
   echo "interrupted: removing this run's namespaces and bpffs folders"
   sweep
@@ -45,7 +35,18 @@ log=$(mktemp)
 "$DENO" test -A --parallel "$@" 2>&1 | tee "$log"
 rc=${PIPESTATUS[0]}
 # deno test exits 130 on Ctrl-C (SIGINT reaches it too), by itself: bash runs no INT trap then.
-((rc == 130 || rc == 143)) && interrupted
+if ((rc == 130 || rc == 143)); then
+  interrupted
+else
+  # A test process that died (a native crash aborts deno test: no test's own clean-up runs)
+  # leaves its namespaces, with a daemon in one maybe: named here, then removed.
+  left=$(leftovers)
+  if [[ -n $left ]]; then
+    echo "left behind by the tests (removed now):"
+    sed 's/^/  /' <<<"$left"
+    sweep
+  fi
+fi
 summary=$(grep -E '^(ok|FAILED) \| [0-9]+ passed' "$log" | tail -1)
 rm -f "$log"
 passed=$(sed -E 's/.*\| ([0-9]+) passed.*/\1/' <<<"$summary")

@@ -39,7 +39,12 @@ import {
 } from "../lib/state/pin.ts";
 import { embeddedObject } from "../lib/nat/loader.ts";
 import { elfSection } from "../lib/btf.ts";
-import { CT_KEY_LAYOUT, CT_VALUE_LAYOUT, MAPPING_RECORD_LAYOUT } from "../lib/nat/codec.ts";
+import {
+  CT_KEY_LAYOUT,
+  CT_VALUE_LAYOUT,
+  FRAG_KEY_LAYOUT,
+  MAPPING_RECORD_LAYOUT,
+} from "../lib/nat/codec.ts";
 import {
   openPinned,
   readBindings,
@@ -1198,6 +1203,15 @@ Deno.test({
       const ok = await show("--json");
       assertEquals(ok.code, 0, ok.stderr);
       assertEquals(JSON.parse(ok.stdout).sessions.length, 10);
+
+      // A fragment table of an older einat (24-byte values, its own layout stamp): show does not
+      // decode it, so it shows the rest as before.
+      const frag = bpf.mapCreate(bpf.MapType.HASH, "map_frag", FRAG_KEY_LAYOUT.size, 24, 16);
+      pinFd(frag, `${dir}/map_frag`);
+      tamperStamp(dir, (m) => m.map_frag = { layout: "0000000000000000" });
+      const older = await show("--json");
+      assertEquals(older.code, 0, older.stderr);
+      assertEquals(JSON.parse(older.stdout).sessions.length, 10);
 
       // The stamp map of a later stamp format, with a longer value: read as pinned, refused by
       // its version.

@@ -297,6 +297,13 @@ let ownLayout: StateLayout | null = null;
  * are not of this einat's layout (their stamp, or a map's key or value size, says another): the
  * readers decode this einat's layout, and read batches sized by it.
  */
+/**
+ * State maps the readers never decode: the fragment table is only counted (its key size taken
+ * from the map itself) and the IPv4 ID maps are not read. Another layout of theirs (an einat of
+ * another version still running) does not stop `show`.
+ */
+const UNDECODED: ReadonlySet<StateMap> = new Set(["map_frag", "map_ip_id", "map_ipid_frag"]);
+
 export function openPinned(dir: string, ifname: string): PinnedState | null {
   const fds: Partial<Record<StateMap, number>> = {};
   const close = () => {
@@ -311,7 +318,10 @@ export function openPinned(dir: string, ifname: string): PinnedState | null {
   const meta = readMeta(dir);
   let problems: string[];
   try {
-    problems = layoutProblems(meta, fds, ownLayout ??= stateLayout(embeddedObject()));
+    const decoded = Object.fromEntries(
+      Object.entries(fds).filter(([m]) => !UNDECODED.has(m as StateMap)),
+    );
+    problems = layoutProblems(meta, decoded, ownLayout ??= stateLayout(embeddedObject()));
   } catch (e) {
     close();
     throw e;

@@ -452,7 +452,9 @@ async function loadNatBytes(
  * Marks every bound external port in this object's free-port hint, which
  * starts empty (bpf/lib/binding.h): run once with bindings carried over from
  * pinned maps, so new mappings do not probe for each of them. Returns the
- * number of bindings marked.
+ * number of bindings marked. The same walk makes the counts per internal
+ * address (bpf/lib/hosts.h), unless `hostsKept` says map_hosts was carried
+ * over with them (lib/state/serve.ts, syncBindings).
  */
 export function syncPortHint(n: NatObject, o: { hostsKept?: boolean } = {}): number {
   const data = new Uint8Array(64);

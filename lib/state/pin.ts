@@ -650,13 +650,13 @@ function checkPins(
   const migrating = planMigrations(obj, own, written, dir, ifname, meta, incompatible);
   // The binding count is shared with programs that may still run (--replace) on the old
   // records: recreated, and counted afresh from the new ones (lib/state/serve.ts, syncBindings).
-  const recount = migrating.some((x) => x.map === "map_records") &&
-    reused.includes("map_binding_count");
+  const recordsMigrate = migrating.some((x) => x.map === "map_records");
+  const recount = recordsMigrate && reused.includes("map_binding_count");
   if (recount) reset.push(...reused.splice(reused.indexOf("map_binding_count"), 1));
   // The counts per internal address likewise, and when the other einat kept other counts
   // (other limits on): both made anew by this start's walk of the records.
   const hostsRecount = reused.includes("map_hosts") &&
-    (migrating.some((x) => x.map === "map_records") || (meta?.hostCounts ?? null) !== hostCounts);
+    (recordsMigrate || (meta?.hostCounts ?? null) !== hostCounts);
   if (hostsRecount) reset.push(...reused.splice(reused.indexOf("map_hosts"), 1));
 
   try {

@@ -293,17 +293,18 @@ export function pinnedInterfaces(root: string): string[] {
 let ownLayout: StateLayout | null = null;
 
 /**
- * Opens the pinned maps of one interface read-only; null when there are none. Throws when they
- * are not of this einat's layout (their stamp, or a map's key or value size, says another): the
- * readers decode this einat's layout, and read batches sized by it.
- */
-/**
  * State maps the readers never decode: the fragment table is only counted (its key size taken
  * from the map itself) and the IPv4 ID maps are not read. Another layout of theirs (an einat of
  * another version still running) does not stop `show`.
  */
 const UNDECODED: ReadonlySet<StateMap> = new Set(["map_frag", "map_ip_id", "map_ipid_frag"]);
 
+/**
+ * Opens the pinned maps of one interface read-only; null when there are none. Throws when those
+ * the readers decode (all but {@link UNDECODED}) are not of this einat's layout (their stamp, or
+ * a map's key or value size, says another): the readers decode this einat's layout, and read
+ * batches sized by it.
+ */
 export function openPinned(dir: string, ifname: string): PinnedState | null {
   const fds: Partial<Record<StateMap, number>> = {};
   const close = () => {

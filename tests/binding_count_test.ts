@@ -8,15 +8,19 @@ import { assert, assertEquals } from "./lib/assert.ts";
 import { withPrivateBpffs } from "./lib/bpffs.ts";
 import { pinThread, restoreAffinity } from "./lib/cpu.ts";
 import { type Flood, newFlowFrames, startFlood } from "./lib/flood.ts";
-import { loadTestNat, type Nat, TC_ACT_OK, testInterfaceConfig } from "./lib/natfixture.ts";
+import {
+  hostCounts,
+  loadTestNat,
+  type Nat,
+  TC_ACT_OK,
+  testInterfaceConfig,
+} from "./lib/natfixture.ts";
 import { buildPacket, udpSpec } from "./lib/packet.ts";
 import { tamperStamp } from "./lib/stamp.ts";
 import { bindingCountAt, countBindings, setBindingCount } from "../lib/nat/records.ts";
 import { syncBindings } from "../lib/state/serve.ts";
 import * as bpf from "../lib/ffi/libbpf.ts";
-import { formatAddr } from "../lib/config/cidr.ts";
 import type { InterfaceConfig } from "../lib/config/types.ts";
-import { decodeHostCounts, HOST_COUNTS_LAYOUT, HOST_KEY_LAYOUT } from "../lib/nat/codec.ts";
 
 const NEW_BINDINGS = 8_000; // of the 10,000 ports of the test range
 /** Bindings the flood makes before the walk, and the ones it keeps until the walk is over. */
@@ -42,16 +46,6 @@ function withPinnedState(
       pin.dir,
     );
   });
-}
-
-/** The counts of `map_hosts`, by internal address. */
-function hostCounts(n: Nat): Record<string, { bindings: number; sessions: number }> {
-  const out: Record<string, { bindings: number; sessions: number }> = {};
-  for (const e of bpf.mapEntries(n.nat.maps.hosts, HOST_KEY_LAYOUT.size, HOST_COUNTS_LAYOUT.size)) {
-    const h = decodeHostCounts(e.key, e.value);
-    out[formatAddr(h.addr)] = { bindings: Number(h.bindings), sessions: Number(h.sessions) };
-  }
-  return out;
 }
 
 Deno.test("binding count: a start under --replace keeps the carried-over count exact while the running einat makes bindings during its walk", async () => {

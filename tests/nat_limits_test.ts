@@ -7,13 +7,13 @@
 import { assert, assertEquals } from "./lib/assert.ts";
 import { checkMaps, EXT_CIDRS, fuzzConfig, PER_HOST_COUNTED, statOf } from "./lib/fuzz.ts";
 import { syncPortHint } from "../lib/nat/loader.ts";
-import { decodeHostCounts, HOST_COUNTS_LAYOUT, HOST_KEY_LAYOUT } from "../lib/nat/codec.ts";
+import { HOST_COUNTS_LAYOUT, HOST_KEY_LAYOUT } from "../lib/nat/codec.ts";
 import { applyPlan, purgeStale } from "../lib/nat/apply.ts";
 import { planInterface } from "../lib/nat/plan.ts";
-import { formatIp } from "./lib/packet.ts";
 import { parseAddr } from "../lib/config/cidr.ts";
 import { expireSessions } from "../lib/nat/expire.ts";
 import {
+  hostCounts,
   loadTestNat,
   type Nat,
   TC_ACT_OK,
@@ -55,17 +55,6 @@ function assertRefused(n: Nat, spec: PacketSpec, what: string): number {
   const icmp = out.proto === "icmp" && out.icmpType === 3 && out.icmpCode === 13;
   assert(icmp || (r.retval === TC_ACT_SHOT && out.src === spec.src), `${what}: not leaked`);
   return r.durationNs;
-}
-
-/** The counts of `map_hosts`, by address. */
-function hostCounts(n: Nat): Record<string, { bindings: number; sessions: number }> {
-  const out: Record<string, { bindings: number; sessions: number }> = {};
-  const fd = n.nat.maps.hosts;
-  for (const e of bpf.mapEntries(fd, HOST_KEY_LAYOUT.size, HOST_COUNTS_LAYOUT.size)) {
-    const h = decodeHostCounts(e.key, e.value);
-    out[formatIp(h.addr)] = { bindings: Number(h.bindings), sessions: Number(h.sessions) };
-  }
-  return out;
 }
 
 /** Deletes every entry of `map_hosts` (as a new object starts without them); returns how many. */

@@ -10,7 +10,7 @@ import {
   type PortRange,
   type ProtoRanges,
 } from "../../lib/config/types.ts";
-import { parseAddr } from "../../lib/config/cidr.ts";
+import { formatAddr, parseAddr } from "../../lib/config/cidr.ts";
 import * as bpf from "../../lib/ffi/libbpf.ts";
 import {
   CT_KEY_LAYOUT,
@@ -19,6 +19,9 @@ import {
   type CtValue,
   decodeCtKey,
   decodeCtValue,
+  decodeHostCounts,
+  HOST_COUNTS_LAYOUT,
+  HOST_KEY_LAYOUT,
 } from "../../lib/nat/codec.ts";
 import { forEachSession } from "../../lib/nat/records.ts";
 import { applyPlan } from "../../lib/nat/apply.ts";
@@ -209,4 +212,14 @@ export function stateView(nat: NatObject, meta: PinnedState["meta"] = null): Pin
     },
     close() {},
   };
+}
+
+/** The counts of `map_hosts` (bpf/lib/hosts.h), by internal address. */
+export function hostCounts(n: Nat): Record<string, { bindings: number; sessions: number }> {
+  const out: Record<string, { bindings: number; sessions: number }> = {};
+  for (const e of bpf.mapEntries(n.nat.maps.hosts, HOST_KEY_LAYOUT.size, HOST_COUNTS_LAYOUT.size)) {
+    const h = decodeHostCounts(e.key, e.value);
+    out[formatAddr(h.addr)] = { bindings: Number(h.bindings), sessions: Number(h.sessions) };
+  }
+  return out;
 }

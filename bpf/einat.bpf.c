@@ -12,6 +12,7 @@
 #include "lib/config.h"
 #include "lib/parse.h"
 #include "lib/maps.h"
+#include "lib/prefixes.h"
 #include "lib/csum.h"
 #include "lib/binding.h"
 #include "lib/ct.h"
@@ -73,27 +74,6 @@ static __always_inline int pass(void)
 	return TC_ACT_OK;
 }
 
-/* One LPM key per CPU: the stack of the egress path is too small for several. */
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__type(key, __u32);
-	__type(value, struct lpm_key);
-	__uint(max_entries, 1);
-} map_lpm_scratch SEC(".maps");
-
-static __always_inline struct external_config *lpm_lookup(void *map, __u8 family,
-							  const union ip_addr *addr)
-{
-	__u32 zero = 0;
-	struct lpm_key *k = bpf_map_lookup_elem(&map_lpm_scratch, &zero);
-	if (!k)
-		return NULL;
-	k->prefixlen = 8 + (family == 4 ? 32 : 128);
-	k->family = family;
-	k->addr = *addr;
-	return bpf_map_lookup_elem(map, k);
-}
-
 /*
  * Sends a translated packet straight to an internal host: the FIB names the
  * interface and next hop towards `to` (hairpinning). The query lives in
@@ -140,8 +120,7 @@ static __always_inline int deliver_turned(struct __sk_buff *skb, const struct pa
 /* EXT_* flags of the most specific `map_externals` entry covering `a` (0: none). */
 static __always_inline __u8 ext_flags(__u8 family, const union ip_addr *a)
 {
-	struct external_config *c = lpm_lookup(&map_externals, family, a);
-	return c ? c->flags : 0;
+	return einat_prefix_flags(family == 6, 0, a);
 }
 
 /*
@@ -150,8 +129,7 @@ static __always_inline __u8 ext_flags(__u8 family, const union ip_addr *a)
  */
 static __always_inline __u32 dest_flags(const struct packet *p)
 {
-	__u32 *f = (__u32 *)lpm_lookup(&map_dest_config, p->family, &p->dst);
-	return f ? *f : 0;
+	return einat_prefix_flags(p->family == 6, 1, &p->dst);
 }
 
 /* To one of our external addresses, with hairpinning on for it (dest_flags). */
@@ -1026,8 +1004,8 @@ static __always_inline int egress_family(struct __sk_buff *skb, const __u8 famil
 	}
 
 	/* Traffic of the router itself, and sources configured as no-SNAT. */
-	struct external_config *src_cfg = lpm_lookup(&map_externals, pp->family, &pp->src);
-	bool own = src_cfg && (src_cfg->flags & (EXT_EXTERNAL | EXT_NO_SNAT));
+	__u8 src_flags = ext_flags(pp->family, &pp->src);
+	bool own = src_flags & (EXT_EXTERNAL | EXT_NO_SNAT);
 	if (r == PARSE_BAD)
 		return own ? pass() : drop(STAT_DROP_UNTRANSLATABLE);
 	if (pp->icmp_err)
@@ -1035,7 +1013,7 @@ static __always_inline int egress_family(struct __sk_buff *skb, const __u8 famil
 	if (own) {
 		/* A no-SNAT source to one of our external addresses (the hairpin
 		 * rules send it here): the router's, as it is, not out to the WAN. */
-		__u32 dest = src_cfg->flags & EXT_EXTERNAL ? 0 : dest_flags(pp);
+		__u32 dest = src_flags & EXT_EXTERNAL ? 0 : dest_flags(pp);
 		if (hairpin_dest(dest) && !(dest & EXT_NO_SNAT))
 			return deliver_turned(skb, pp);
 		return pass();

@@ -108,6 +108,43 @@ struct lpm_key {
 	union ip_addr addr;
 } __attribute__((packed));
 
+/*
+ * map_prefix_sets (lib/prefixes.h): for each family, the prefixes of
+ * map_externals and map_dest_config (both together, longest first), each
+ * with the EXT_* flags each trie gives the addresses it is the most specific
+ * of these prefixes for: the lookups that need only the flags scan one small
+ * array value instead of walking a trie's nodes, and a new flow's source and
+ * destination checks read the same lines. Readers take half[0], or half[1]
+ * while half[0]'s count says PREFIX_SET_MOVED: the daemon writes a new set
+ * into half[1], moves the readers there, rewrites half[0] (its generation
+ * moved) and moves them back, changing one count word at a time
+ * (lib/nat/prefixes.ts). A reader that finds its half's count or generation
+ * changed after its scan (held up across the rewrite) asks the trie instead.
+ */
+#define PREFIX_SET_MAX 16
+#define PREFIX_SET_MOVED 0xfffffffe /* half[0] is being rewritten: read half[1] */
+#define PREFIX_SET_TRIE 0xffffffff /* more prefixes than PREFIX_SET_MAX: ask the tries */
+#define PREFIX_SETS 2 /* [0] IPv4, [1] IPv6 */
+#define PREFIX_DEST_SHIFT 8 /* prefix_entry.flags: map_externals' | map_dest_config's << 8 */
+
+struct prefix_entry {
+	union ip_addr addr; /* the prefix, its host bits zero */
+	union ip_addr mask;
+	__u32 flags; /* EXT_* of map_externals | of map_dest_config << PREFIX_DEST_SHIFT */
+};
+
+struct prefix_half {
+	/* The prefixes, or PREFIX_SET_MOVED / PREFIX_SET_TRIE. Any count word torn
+	 * between two of these values reads above PREFIX_SET_MAX: the trie. */
+	__u32 count;
+	__u32 gen; /* moved at each rewrite of the half */
+	struct prefix_entry e[PREFIX_SET_MAX];
+};
+
+struct prefix_set {
+	struct prefix_half half[2];
+};
+
 /* map_default_ext: index 0 for IPv4, 1 for IPv6. */
 struct default_ext {
 	union ip_addr addr;

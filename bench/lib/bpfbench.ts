@@ -54,6 +54,7 @@ import {
 import type { InterfaceConfig } from "../../lib/config/types.ts";
 import { buildPacket, ipBytes, type PacketSpec, parsePacket } from "../../tests/lib/packet.ts";
 import { pinThread, restoreAffinity } from "../../tests/lib/cpu.ts";
+import { syncPrefixSets } from "../../lib/nat/prefixes.ts";
 
 /** The project root. */
 export const ROOT: string = new URL("../../", import.meta.url).pathname;
@@ -257,6 +258,7 @@ export function unmarkExternal(n: Nat, family: 4 | 6): void {
   const v = bpf.mapLookup(n.nat.maps.externals, key, EXTERNAL_CONFIG_LAYOUT.size);
   const cfg = v ? decodeExternalConfig(v) : { tcp: [], udp: [], icmp: [], flags: 0 };
   bpf.mapUpdate(n.nat.maps.externals, key, encodeExternalConfig({ ...cfg, flags: 0 }));
+  syncPrefixSets(n.nat.maps);
 }
 
 /** Adds the mirror-image binding and session so the flow's packets alternate (module doc). */

@@ -39,7 +39,15 @@ Deno.test("jitprof: perf samples of the egress program map to its functions' sou
     assertEquals(a.total, 3);
     assertEquals([...a.perFunc].sort(), [["egress_snat", 1], ["einat_rewrite", 2]]);
     const at = (f: string) => a.lines.filter((l) => l.func === f).map((l) => l.source);
-    assert(at("egress_snat")[0].includes("int egress_snat("), at("egress_snat")[0]);
+    // offset 0: the main program's first instruction, whatever line the compiler gave it, in
+    // egress_snat's body
+    assertEquals(at("egress_snat")[0], xl.source.get(0));
+    const src = Deno.readTextFileSync(new URL("../../bpf/einat.bpf.c", import.meta.url)).split(
+      "\n",
+    );
+    const first = src.findIndex((l) => l.startsWith("int egress_snat(")) + 1;
+    const line = Number(/\[einat\.bpf\.c:(\d+)\]$/.exec(at("egress_snat")[0])?.[1]);
+    assert(line >= first && line < first + 40, `${at("egress_snat")[0]}: not in egress_snat`);
     assert(
       at("einat_rewrite").some((s) => s.includes("int einat_rewrite(")),
       `${at("einat_rewrite")}`,

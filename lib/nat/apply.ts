@@ -38,6 +38,7 @@ import {
   writeSlots,
 } from "./records.ts";
 import { assignSlots, departedSlots } from "./slots.ts";
+import { syncPrefixSets } from "./prefixes.ts";
 import { formatAddr } from "../config/cidr.ts";
 
 const hex = (b: Uint8Array) => Array.from(b, (x) => x.toString(16).padStart(2, "0")).join("");
@@ -71,6 +72,7 @@ export function applyPlan(maps: NatMaps, plan: NatPlan): void {
     dst.set(hex(k), [k, v]);
   }
   syncLpm(maps.destConfig, 4, dst);
+  syncPrefixSets(maps); // the flags-only lookups' copy of both tries
 
   ([4, 6] as const).forEach((family) => writeDefaultExt(maps, plan, family));
 }

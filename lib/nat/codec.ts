@@ -160,6 +160,40 @@ export const LPM_KEY_LAYOUT: StructLayout = {
   },
 };
 
+/** struct prefix_entry (map_prefix_sets, bpf/lib/prefixes.h). */
+export const PREFIX_ENTRY_LAYOUT: StructLayout = {
+  name: "prefix_entry",
+  size: 36,
+  fields: {
+    addr: { offset: 0, size: 16 },
+    mask: { offset: 16, size: 16 },
+    flags: { offset: 32, size: 4 },
+  },
+};
+
+/** Prefixes a set holds at most (PREFIX_SET_MAX); more are looked up in the trie. */
+export const PREFIX_SET_MAX = 16;
+
+/** struct prefix_half: one copy of a set. */
+export const PREFIX_HALF_LAYOUT: StructLayout = {
+  name: "prefix_half",
+  size: 8 + PREFIX_SET_MAX * PREFIX_ENTRY_LAYOUT.size,
+  fields: {
+    count: { offset: 0, size: 4 },
+    gen: { offset: 4, size: 4 },
+    e: { offset: 8, size: PREFIX_SET_MAX * PREFIX_ENTRY_LAYOUT.size },
+  },
+};
+
+/** struct prefix_set: two halves; the programs read half[0] unless it is being rewritten. */
+export const PREFIX_SET_LAYOUT: StructLayout = {
+  name: "prefix_set",
+  size: 2 * PREFIX_HALF_LAYOUT.size,
+  fields: {
+    half: { offset: 0, size: 2 * PREFIX_HALF_LAYOUT.size },
+  },
+};
+
 /** struct default_ext. */
 export const DEFAULT_EXT_LAYOUT: StructLayout = {
   name: "default_ext",
@@ -425,6 +459,9 @@ export const LAYOUTS: StructLayout[] = [
   BTF_QUERY_LAYOUT,
   EXTERNAL_CONFIG_LAYOUT,
   LPM_KEY_LAYOUT,
+  PREFIX_ENTRY_LAYOUT,
+  PREFIX_HALF_LAYOUT,
+  PREFIX_SET_LAYOUT,
   DEFAULT_EXT_LAYOUT,
   MAPPING_RECORD_LAYOUT,
   OUTBOUND_LINE_LAYOUT,

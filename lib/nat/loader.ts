@@ -40,6 +40,7 @@ export const MAP_NAMES = {
   ct: "map_ct",
   externals: "map_externals",
   destConfig: "map_dest_config",
+  prefixSets: "map_prefix_sets",
   defaultExt: "map_default_ext",
   stats: "map_stats",
   frag: "map_frag",

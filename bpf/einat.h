@@ -121,7 +121,7 @@ struct lpm_key {
  * (lib/nat/prefixes.ts). A reader that finds its half's count or generation
  * changed after its scan (held up across the rewrite) asks the trie instead.
  */
-#define PREFIX_SET_MAX 16
+#define PREFIX_SET_MAX 8
 #define PREFIX_SET_MOVED 0xfffffffe /* half[0] is being rewritten: read half[1] */
 #define PREFIX_SET_TRIE 0xffffffff /* more prefixes than PREFIX_SET_MAX: ask the tries */
 #define PREFIX_SETS 2 /* [0] IPv4, [1] IPv6 */
@@ -131,6 +131,7 @@ struct prefix_entry {
 	union ip_addr addr; /* the prefix, its host bits zero */
 	union ip_addr mask;
 	__u32 flags; /* EXT_* of map_externals | of map_dest_config << PREFIX_DEST_SHIFT */
+	__u32 _pad; /* the next entry's words 8-byte aligned */
 };
 
 struct prefix_half {

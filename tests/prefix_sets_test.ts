@@ -177,7 +177,7 @@ function counts(n: Nat): number[] {
 }
 
 Deno.test("prefix sets: new flows pass or are translated as the most specific snat_internals / no_snat_dests prefix says, scanned or from the trie, v4 and v6", async () => {
-  const ic = config(39, 6, 6);
+  const ic = config(39, 3, 3);
   const plan = planInterface(ic, IFADDRS);
   const n = await loadTestNat(ic, EXTS);
   try {
@@ -200,7 +200,7 @@ Deno.test("prefix sets: with more prefixes than a set holds the programs ask the
   try {
     assertEquals(counts(n), [PREFIX_SET_TRIE, PREFIX_SET_TRIE]);
     assertEquals(check(n, planInterface(ic, IFADDRS), 3, 300), [], "more than a set holds");
-    const small = config(41, 3, 2);
+    const small = config(41, 2, 2);
     const plan = planInterface(small, IFADDRS);
     applyPlan(n.nat.maps, plan);
     assert(counts(n).every((x) => x <= PREFIX_SET_MAX), `scanned again: ${counts(n)}`);
@@ -211,10 +211,10 @@ Deno.test("prefix sets: with more prefixes than a set holds the programs ask the
 });
 
 Deno.test("prefix sets: half-way through a rewrite the programs read the new set in half[1], then half[0] again", async () => {
-  const ic = config(42, 5, 5);
+  const ic = config(42, 2, 2);
   const n = await loadTestNat(ic, EXTS);
   try {
-    const next = config(43, 4, 6);
+    const next = config(43, 2, 3);
     const plan = planInterface(next, IFADDRS);
     const fd = n.nat.maps.prefixSets;
     const writes = planSets(plan).map((half, i) =>

@@ -163,7 +163,7 @@ export const LPM_KEY_LAYOUT: StructLayout = {
 /** struct prefix_entry (map_prefix_sets, bpf/lib/prefixes.h). */
 export const PREFIX_ENTRY_LAYOUT: StructLayout = {
   name: "prefix_entry",
-  size: 36,
+  size: 40,
   fields: {
     addr: { offset: 0, size: 16 },
     mask: { offset: 16, size: 16 },
@@ -172,7 +172,7 @@ export const PREFIX_ENTRY_LAYOUT: StructLayout = {
 };
 
 /** Prefixes a set holds at most (PREFIX_SET_MAX); more are looked up in the trie. */
-export const PREFIX_SET_MAX = 16;
+export const PREFIX_SET_MAX = 8;
 
 /** struct prefix_half: one copy of a set. */
 export const PREFIX_HALF_LAYOUT: StructLayout = {

@@ -390,3 +390,31 @@ Deno.test("fuzz sweep: every IPv4 IHL with every kind of total length", async ()
     finish(r);
   }
 });
+
+Deno.test("fuzz oracle: an IPv4 later fragment of protocol 58 is a datagram of its own, not an ICMP one's of its ID (seed 6105)", async () => {
+  const r = await runner();
+  try {
+    const remote = "198.51.100.77";
+    const ping = buildPacket({
+      family: 4,
+      src: remote,
+      dst: EXT4,
+      proto: "icmp",
+      icmpType: 8,
+      icmpId: 7,
+      icmpSeq: 1,
+      payload,
+    });
+    // a ping to the router in two fragments: its first passes, recorded as the router's
+    const [first, later] = fragment(ping, 4, 0x2222, 16);
+    assertEquals(r.run("ingress", first)!.verdict, TC_ACT_OK);
+    // a later fragment of that ID and source, but of protocol 58: its first is not known yet,
+    // so it is held for it (an ICMPv6 in IPv4 is another protocol; the oracle keyed it as ICMP)
+    later[14 + 9] = 58;
+    const res = r.run("ingress", fixChecksums(later))!;
+    assertEquals(res.verdict, TC_ACT_SHOT);
+    assertEquals(r.counts["ingress:held"], 1, JSON.stringify(r.counts));
+  } finally {
+    finish(r);
+  }
+});

@@ -621,7 +621,12 @@ export interface PacketCheck {
   leak?: string;
 }
 
-const keyProto = (p: number) => (p === P_ICMP6 ? P_ICMP : p);
+/**
+ * The protocol a binding or fragment record of an L4 protocol is keyed by: ICMPv6's are ICMP's in
+ * IPv6; in IPv4, protocol 58 is another protocol like any (seed 6105: an IPv4 protocol-58 later
+ * fragment was checked against an ICMP datagram's record).
+ */
+const keyProto = (fam: 4 | 6, p: number) => (fam === 6 && p === P_ICMP6 ? P_ICMP : p);
 
 function allowedOffsets(d: Dissected): Set<number> {
   const s = new Set<number>();
@@ -830,10 +835,10 @@ export function checkPacket(
       // no session (a remote's first packet makes none), so nothing refuses it.
       const n = d.inner;
       const bound = n
-        ? view.get(false, fam, keyProto(n.proto), n.src, n.sport)
+        ? view.get(false, fam, keyProto(fam, n.proto), n.src, n.sport)
         : d.frag === 2
         ? view.frag(d, 0)
-        : view.get(false, fam, keyProto(d.proto), d.dst, d.dport);
+        : view.get(false, fam, keyProto(fam, d.proto), d.dst, d.dport);
       const syn = !n && d.frag !== 2 && d.proto === P_TCP && (d.tcpFlags & 0x12) === 0x02 &&
         eq(d.dst, extOf(fam)) && d.dport >= 20000 && d.dport <= 29999;
       if (!bound && !syn) v.push("ingress packet dropped although it has no binding to go to");
@@ -846,14 +851,14 @@ export function checkPacket(
       // Passing is right only when there was nothing to translate to.
       if (d.inner) {
         const n = d.inner;
-        const to = view.get(false, fam, keyProto(n.proto), n.src, n.sport);
+        const to = view.get(false, fam, keyProto(fam, n.proto), n.src, n.sport);
         // a binding of the NAT host's own (an inbound ping's identifier) maps to itself; an
         // echo reply is the router's whoever holds its identifier, and so is an echo request no
         // session sent (einat_ingress_icmp_error); an error to another address than the
         // quoted source is not about our packet
         const routers = n.echoReply ||
           (n.proto !== P_TCP && n.proto !== P_UDP &&
-            !view.session(fam, keyProto(n.proto), { addr: n.src, port: n.sport }, {
+            !view.session(fam, keyProto(fam, n.proto), { addr: n.src, port: n.sport }, {
               addr: n.dst,
               port: 0,
             }));
@@ -872,11 +877,11 @@ export function checkPacket(
       } else if (
         !(d.proto !== P_TCP && d.proto !== P_UDP && !isReply(fam, d.icmpType))
       ) {
-        const to = view.get(false, fam, keyProto(d.proto), d.dst, d.dport);
+        const to = view.get(false, fam, keyProto(fam, d.proto), d.dst, d.dport);
         // a binding of the NAT host's own (an inbound ping's identifier) maps to itself; an echo
         // reply no session asked for is the router's (ingress_l4)
         const routers = d.proto !== P_TCP && d.proto !== P_UDP &&
-          !view.session(fam, keyProto(d.proto), { addr: d.dst, port: d.dport }, {
+          !view.session(fam, keyProto(fam, d.proto), { addr: d.dst, port: d.dport }, {
             addr: d.src,
             port: 0,
           });
@@ -893,7 +898,7 @@ export function checkPacket(
     if (!eq(od.src, d.src)) v.push("ingress changed the source");
     if (d.inner) {
       const n = d.inner, on = od.inner!;
-      const want = view.get(false, fam, keyProto(n.proto), n.src, n.sport);
+      const want = view.get(false, fam, keyProto(fam, n.proto), n.src, n.sport);
       if (!errorIntact(d, input)) v.push("ICMP error with a bad checksum translated (REQ-3)");
       if (n.echoReply) v.push("ICMP error about an echo reply (the router's) sent inside");
       if (!eq(d.dst, n.src)) {
@@ -901,7 +906,7 @@ export function checkPacket(
       }
       if (
         !n.echoReply && n.proto !== P_TCP && n.proto !== P_UDP &&
-        !view.session(fam, keyProto(n.proto), { addr: n.src, port: n.sport }, {
+        !view.session(fam, keyProto(fam, n.proto), { addr: n.src, port: n.sport }, {
           addr: n.dst,
           port: 0,
         })
@@ -914,7 +919,7 @@ export function checkPacket(
       const want = view.frag(d, 0);
       if (!want || !eq(od.dst, want)) v.push("later fragment translated to an unrecorded address");
     } else {
-      const want = view.get(false, fam, keyProto(d.proto), d.dst, d.dport);
+      const want = view.get(false, fam, keyProto(fam, d.proto), d.dst, d.dport);
       if (!sameEndpoint({ addr: od.dst, port: od.dport }, want)) {
         v.push("destination is not the binding's internal endpoint");
       }
@@ -986,7 +991,7 @@ export function checkPacket(
       !own && !d.inner && d.frag !== 2 && d.proto === P_TCP && d.tcpFlags & 0x04 &&
       !eq(d.dst, extOf(fam))
     ) {
-      if (view.get(true, fam, keyProto(d.proto), d.src, d.sport)) {
+      if (view.get(true, fam, keyProto(fam, d.proto), d.src, d.sport)) {
         v.push("RST of a mapped endpoint dropped");
       }
     }
@@ -1010,7 +1015,7 @@ export function checkPacket(
       return res("redirect-own");
     }
     if (verdict === TC_ACT_REDIRECT && toExt) {
-      if (view.get(false, fam, keyProto(d.proto), d.dst, d.dport)) {
+      if (view.get(false, fam, keyProto(fam, d.proto), d.dst, d.dport)) {
         v.push("redirected untouched to the router although the port is mapped");
       }
       return res("redirect-own");
@@ -1018,7 +1023,7 @@ export function checkPacket(
     if (own && verdict === TC_ACT_OK) {
       // the router's own error about something no binding covers
       const n = d.inner!;
-      if (view.get(true, fam, keyProto(n.proto), n.dst, n.dport)) {
+      if (view.get(true, fam, keyProto(fam, n.proto), n.dst, n.dport)) {
         v.push("router's own ICMP error about a mapped endpoint passed untranslated");
       }
       return res("pass");
@@ -1046,7 +1051,7 @@ export function checkPacket(
   if (isInternal(od.src)) v.push("internal source leaves translated packet");
   if (d.inner) {
     const n = d.inner, on = od.inner;
-    const want = view.get(true, fam, keyProto(n.proto), n.dst, n.dport);
+    const want = view.get(true, fam, keyProto(fam, n.proto), n.dst, n.dport);
     if (!want) v.push("ICMP error translated without a binding");
     if (!errorIntact(d, input)) v.push("ICMP error with a bad checksum translated (REQ-3)");
     else if (!on || !sameEndpoint({ addr: on.dst, port: on.dport }, want)) {
@@ -1067,17 +1072,17 @@ export function checkPacket(
     if (!eq(od.dst, d.dst)) v.push("later fragment: destination changed");
     return res("translated");
   }
-  const snat = view.get(true, fam, keyProto(d.proto), d.src, d.sport);
+  const snat = view.get(true, fam, keyProto(fam, d.proto), d.src, d.sport);
   const icmp = d.proto === P_ICMP || d.proto === P_ICMP6;
   if (!snat || !eq(od.src, snat.addr) || (!icmp && od.sport !== snat.port)) {
     v.push("new source is not the binding's external endpoint");
   } else {
-    const back = view.get(false, fam, keyProto(d.proto), snat.addr, snat.port);
+    const back = view.get(false, fam, keyProto(fam, d.proto), snat.addr, snat.port);
     if (!sameEndpoint({ addr: d.src, port: d.sport }, back)) v.push("reply entry disagrees");
   }
   if (toExt) {
     if (verdict !== TC_ACT_REDIRECT) v.push(`hairpin verdict ${verdict}`);
-    const target = view.get(false, fam, keyProto(d.proto), d.dst, d.dport);
+    const target = view.get(false, fam, keyProto(fam, d.proto), d.dst, d.dport);
     if (!target || !eq(od.dst, target.addr) || (!icmp && od.dport !== target.port)) {
       v.push("hairpin destination is not the target binding's internal endpoint");
     }
@@ -1378,8 +1383,10 @@ function checkIcmpToExternal(
   const res = (outcome: string): PacketCheck => ({ violations: v, outcome });
   const n = d.status === "ok" ? d.inner : undefined;
   const echoInner = n && (n.proto === P_ICMP || n.proto === P_ICMP6);
-  const peer = n && !echoInner ? view.get(false, fam, keyProto(n.proto), n.src, n.sport) : null;
-  const snat = n && !echoInner ? view.get(true, fam, keyProto(n.proto), n.dst, n.dport) : null;
+  const peer = n && !echoInner
+    ? view.get(false, fam, keyProto(fam, n.proto), n.src, n.sport)
+    : null;
+  const snat = n && !echoInner ? view.get(true, fam, keyProto(fam, n.proto), n.dst, n.dport) : null;
   if (!peer || !snat) {
     if (verdict !== TC_ACT_REDIRECT || !eq(input, out)) {
       v.push(
@@ -1581,7 +1588,7 @@ export function bindingView(nat: Nat): BindingView {
     frag(d, which) {
       const k = encodeFragKey({
         family: d.family,
-        l4proto: d.family === 6 ? d.fragProto : keyProto(d.proto),
+        l4proto: d.family === 6 ? d.fragProto : d.proto,
         kind: which,
         id: d.fragId,
         src: d.src,
@@ -2611,7 +2618,7 @@ export async function runFuzz(o: FuzzOptions): Promise<FuzzReport> {
         if (np > noPortBefore) {
           lastNoPort = np;
           const d = dissect(g.bytes);
-          const proto = keyProto(d.proto);
+          const proto = keyProto(d.family as 4 | 6, d.proto);
           const used = usedPorts(nat, d.family as 4 | 6, proto);
           const rs = proto === P_TCP
             ? ic.defaultRanges.tcp

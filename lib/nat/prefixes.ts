@@ -51,14 +51,14 @@ export const PREFIX_SET_MOVED = 0xfffffffe;
 /** Where `map_dest_config`'s flags sit in an entry's flags word (PREFIX_DEST_SHIFT). */
 const DEST_SHIFT = 8;
 
+/** Byte i of a prefixLen-bit mask. */
+const maskByte = (prefixLen: number, i: number) =>
+  (0xff00 >> Math.max(0, Math.min(8, prefixLen - 8 * i))) & 0xff;
+
 /** Whether prefix q holds addr/len (q no longer than len, and its bits agree). */
 function covers(q: { addr: Uint8Array; prefixLen: number }, addr: Uint8Array, len: number) {
-  if (q.prefixLen > len) return false;
-  for (let i = 0, bits = q.prefixLen; bits > 0; i++, bits -= 8) {
-    const m = (0xff00 >> Math.min(8, bits)) & 0xff;
-    if ((q.addr[i] & m) !== (addr[i] & m)) return false;
-  }
-  return true;
+  return q.prefixLen <= len &&
+    q.addr.every((b, i) => ((b ^ addr[i]) & maskByte(q.prefixLen, i)) === 0);
 }
 
 /** The flags of the longest prefix of `trie` holding addr/len, 0 when none does. */
@@ -79,9 +79,7 @@ function longest(trie: PrefixEntry[], addr: Uint8Array, len: number): number {
 export function mergePrefixes(ext: PrefixEntry[], dest: PrefixEntry[]): SetPrefix[] {
   const all = new Map<string, { addr: Uint8Array; prefixLen: number }>();
   for (const e of [...ext, ...dest]) {
-    const masked = e.addr.map((b, i) =>
-      b & ((0xff00 >> Math.max(0, Math.min(8, e.prefixLen - 8 * i))) & 0xff)
-    );
+    const masked = e.addr.map((b, i) => b & maskByte(e.prefixLen, i));
     all.set(`${masked.join(".")}/${e.prefixLen}`, { addr: masked, prefixLen: e.prefixLen });
   }
   return [...all.values()].map((p) => ({
@@ -110,8 +108,7 @@ export function encodePrefixHalf(entries: SetPrefix[] | "trie"): Uint8Array {
     const o = PREFIX_HALF_LAYOUT.fields.e.offset + i * E.size;
     const addr = addr16(e.addr);
     for (let j = 0; j < 16; j++) {
-      const bits = Math.max(0, Math.min(8, e.prefixLen - 8 * j));
-      const m = (0xff00 >> bits) & 0xff;
+      const m = maskByte(e.prefixLen, j);
       b[o + E.fields.mask.offset + j] = m;
       b[o + E.fields.addr.offset + j] = addr[j] & m;
     }

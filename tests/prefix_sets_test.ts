@@ -19,13 +19,13 @@ import {
 import { cidrHas, type NatPlan, planInterface } from "../lib/nat/plan.ts";
 import {
   encodePrefixHalf,
-  mergePrefixes,
   PREFIX_SET,
   PREFIX_SET_TRIE,
+  prefixHalves,
   prefixSetWrites,
   writePrefixSet,
 } from "../lib/nat/prefixes.ts";
-import { applyPlan } from "../lib/nat/apply.ts";
+import { applyPlan, lpmEntriesOf } from "../lib/nat/apply.ts";
 import * as bpf from "../lib/ffi/libbpf.ts";
 
 const EXTS = ["203.0.113.1/24", "2001:db8:2::1/64"];
@@ -105,14 +105,10 @@ function lpm(
   return flags;
 }
 
-/** Each family's set as the plan has it (what syncPrefixSets reads back from the tries). */
+/** Each family's set as applyPlan writes it for a plan. */
 function planSets(plan: NatPlan): Uint8Array[] {
-  return ([4, 6] as const).map((family) =>
-    encodePrefixHalf(mergePrefixes(
-      plan.externals.filter((e) => e.family === family).map((e) => ({ ...e, flags: e.cfg.flags })),
-      plan.destConfig.filter((d) => d.family === family),
-    ))
-  );
+  const { ext, dest } = lpmEntriesOf(plan);
+  return prefixHalves(ext.values(), dest.values());
 }
 
 let sport = 10000;

@@ -51,28 +51,39 @@ function syncLpm(fd: number, valueSize: number, want: Map<string, [Uint8Array, U
 }
 
 /**
+ * The entries of `map_externals` and `map_dest_config` a plan makes, by key (hex): of two entries
+ * with one key the later is the one written.
+ */
+export function lpmEntriesOf(
+  plan: NatPlan,
+): { ext: Map<string, [Uint8Array, Uint8Array]>; dest: Map<string, [Uint8Array, Uint8Array]> } {
+  const ext = new Map<string, [Uint8Array, Uint8Array]>();
+  for (const e of plan.externals) {
+    const k = encodeLpmKey(e.family, e.addr, e.prefixLen);
+    ext.set(hex(k), [k, encodeExternalConfig(e.cfg)]);
+  }
+  const dest = new Map<string, [Uint8Array, Uint8Array]>();
+  for (const d of plan.destConfig) {
+    const k = encodeLpmKey(d.family, d.addr, d.prefixLen);
+    const v = new Uint8Array(4);
+    new DataView(v.buffer).setUint32(0, d.flags, true);
+    dest.set(hex(k), [k, v]);
+  }
+  return { ext, dest };
+}
+
+/**
  * Writes the plan into the maps. The plan's addresses get their slots first (when one is free):
  * a new flow sent to an address that has none yet is refused (`drop_no_port`), and the default
  * external address below is where new flows go from the moment it is written.
  */
 export function applyPlan(maps: NatMaps, plan: NatPlan): void {
   syncSlots(maps, plan);
-  const ext = new Map<string, [Uint8Array, Uint8Array]>();
-  for (const e of plan.externals) {
-    const k = encodeLpmKey(e.family, e.addr, e.prefixLen);
-    ext.set(hex(k), [k, encodeExternalConfig(e.cfg)]);
-  }
+  const { ext, dest } = lpmEntriesOf(plan);
   syncLpm(maps.externals, EXTERNAL_CONFIG_LAYOUT.size, ext);
-
-  const dst = new Map<string, [Uint8Array, Uint8Array]>();
-  for (const d of plan.destConfig) {
-    const k = encodeLpmKey(d.family, d.addr, d.prefixLen);
-    const v = new Uint8Array(4);
-    new DataView(v.buffer).setUint32(0, d.flags, true);
-    dst.set(hex(k), [k, v]);
-  }
-  syncLpm(maps.destConfig, 4, dst);
-  syncPrefixSets(maps); // the flags-only lookups' copy of both tries
+  syncLpm(maps.destConfig, 4, dest);
+  // the flags-only lookups' copy of both tries
+  syncPrefixSets(maps, { ext: ext.values(), dest: dest.values() });
 
   ([4, 6] as const).forEach((family) => writeDefaultExt(maps, plan, family));
 }

@@ -117,28 +117,28 @@ export function encodePrefixHalf(entries: SetPrefix[] | "trie"): Uint8Array {
   return b;
 }
 
-/** Each family's prefixes as the tries hold them. */
-export function triePrefixes(
-  maps: Pick<NatMaps, "externals" | "destConfig">,
-): Record<4 | 6, { ext: PrefixEntry[]; dest: PrefixEntry[] }> {
-  const out = { 4: { ext: [], dest: [] }, 6: { ext: [], dest: [] } } as Record<
+/** One trie entry: its key (`struct lpm_key`) and value (the trie's own). */
+export type LpmEntry = readonly [key: Uint8Array, value: Uint8Array];
+
+/**
+ * Each family's set half ({@link encodePrefixHalf}, by {@link PREFIX_SET} index) from the entries
+ * of `map_externals` (values `struct external_config`) and `map_dest_config` (`__u32` flags).
+ */
+export function prefixHalves(ext: Iterable<LpmEntry>, dest: Iterable<LpmEntry>): Uint8Array[] {
+  const sets = { 4: { ext: [], dest: [] }, 6: { ext: [], dest: [] } } as Record<
     4 | 6,
     { ext: PrefixEntry[]; dest: PrefixEntry[] }
   >;
-  const tries = [
-    { dest: true, fd: maps.destConfig, size: 4 },
-    { dest: false, fd: maps.externals, size: EXTERNAL_CONFIG_LAYOUT.size },
-  ];
-  for (const t of tries) {
-    for (const { key, value } of bpf.mapEntries(t.fd, LPM_KEY_LAYOUT.size, t.size)) {
+  for (const [entries, isDest] of [[ext, false], [dest, true]] as const) {
+    for (const [key, value] of entries) {
       const k = decodeLpmKey(key);
-      const flags = t.dest
+      const flags = isDest
         ? new DataView(value.buffer, value.byteOffset).getUint32(0, true)
         : value[EXTERNAL_CONFIG_LAYOUT.fields.flags.offset];
-      out[k.family][t.dest ? "dest" : "ext"].push({ addr: k.addr, prefixLen: k.prefixLen, flags });
+      sets[k.family][isDest ? "dest" : "ext"].push({ addr: k.addr, prefixLen: k.prefixLen, flags });
     }
   }
-  return out;
+  return ([4, 6] as const).map((f) => encodePrefixHalf(mergePrefixes(sets[f].ext, sets[f].dest)));
 }
 
 /**
@@ -181,13 +181,18 @@ export function writePrefixSet(fd: number, idx: number, half: Uint8Array): void 
   for (const v of prefixSetWrites(cur, half)) bpf.mapUpdate(fd, key, v);
 }
 
-/** Writes both families' prefix sets from the tries' contents (after any change to a trie). */
+/**
+ * Writes both families' prefix sets: from the entries the tries were just given (applyPlan), or
+ * else from the tries' contents, read back (after a trie was changed directly, as the bench does).
+ */
 export function syncPrefixSets(
   maps: Pick<NatMaps, "externals" | "destConfig" | "prefixSets">,
+  written?: { ext: Iterable<LpmEntry>; dest: Iterable<LpmEntry> },
 ): void {
-  const tries = triePrefixes(maps);
-  for (const family of [4, 6] as const) {
-    const { ext, dest } = tries[family];
-    writePrefixSet(maps.prefixSets, PREFIX_SET[family], encodePrefixHalf(mergePrefixes(ext, dest)));
-  }
+  const read = (fd: number, size: number) =>
+    [...bpf.mapEntries(fd, LPM_KEY_LAYOUT.size, size)].map((e) => [e.key, e.value] as const);
+  const halves = written
+    ? prefixHalves(written.ext, written.dest)
+    : prefixHalves(read(maps.externals, EXTERNAL_CONFIG_LAYOUT.size), read(maps.destConfig, 4));
+  halves.forEach((half, idx) => writePrefixSet(maps.prefixSets, idx, half));
 }

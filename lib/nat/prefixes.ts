@@ -2,8 +2,8 @@
  * The prefix sets (`map_prefix_sets`, bpf/lib/prefixes.h): each family's prefixes of
  * `map_externals` and `map_dest_config` with their EXT_* flags, longest first. The programs scan
  * them for the lookups that need only the flags (every new flow's source and destination checks)
- * instead of walking the tries' nodes. They are written from the tries' contents, so whatever
- * changed a trie (a plan, a test, a bench set-up) is followed by {@link syncPrefixSets}.
+ * instead of walking the tries' nodes. {@link syncPrefixSets} writes them from what the tries
+ * hold: the entries applyPlan has just written, or the tries read back after a direct change.
  * @module
  */
 
@@ -19,11 +19,11 @@ import {
   PREFIX_SET_MAX,
 } from "./codec.ts";
 import type { NatMaps } from "./loader.ts";
+import { cidrContains, maskInPlace } from "../config/cidr.ts";
+import type { Cidr } from "../config/types.ts";
 
 /** One prefix of a trie, with its EXT_* flags. */
-export interface PrefixEntry {
-  addr: Uint8Array;
-  prefixLen: number;
+export interface PrefixEntry extends Cidr {
   /** EXT_* flags. */
   flags: number;
 }
@@ -32,9 +32,7 @@ export interface PrefixEntry {
  * One prefix of a set: a prefix of either trie, with the flags each trie gives the addresses
  * for which it is the most specific prefix of the set.
  */
-export interface SetPrefix {
-  addr: Uint8Array;
-  prefixLen: number;
+export interface SetPrefix extends Cidr {
   /** `map_externals`' EXT_* flags. */
   ext: number;
   /** `map_dest_config`'s EXT_* flags. */
@@ -51,21 +49,11 @@ export const PREFIX_SET_MOVED = 0xfffffffe;
 /** Where `map_dest_config`'s flags sit in an entry's flags word (PREFIX_DEST_SHIFT). */
 const DEST_SHIFT = 8;
 
-/** Byte i of a prefixLen-bit mask. */
-const maskByte = (prefixLen: number, i: number) =>
-  (0xff00 >> Math.max(0, Math.min(8, prefixLen - 8 * i))) & 0xff;
-
-/** Whether prefix q holds addr/len (q no longer than len, and its bits agree). */
-function covers(q: { addr: Uint8Array; prefixLen: number }, addr: Uint8Array, len: number) {
-  return q.prefixLen <= len &&
-    q.addr.every((b, i) => ((b ^ addr[i]) & maskByte(q.prefixLen, i)) === 0);
-}
-
-/** The flags of the longest prefix of `trie` holding addr/len, 0 when none does. */
-function longest(trie: PrefixEntry[], addr: Uint8Array, len: number): number {
+/** The flags of the longest prefix of `trie` holding p, 0 when none does. */
+function longest(trie: PrefixEntry[], p: Cidr): number {
   let best = -1, flags = 0;
   for (const q of trie) {
-    if (q.prefixLen > best && covers(q, addr, len)) [best, flags] = [q.prefixLen, q.flags];
+    if (q.prefixLen > best && cidrContains(q, p)) [best, flags] = [q.prefixLen, q.flags];
   }
   return flags;
 }
@@ -77,16 +65,13 @@ function longest(trie: PrefixEntry[], addr: Uint8Array, len: number): number {
  * holding P.
  */
 export function mergePrefixes(ext: PrefixEntry[], dest: PrefixEntry[]): SetPrefix[] {
-  const all = new Map<string, { addr: Uint8Array; prefixLen: number }>();
+  const all = new Map<string, Cidr>();
   for (const e of [...ext, ...dest]) {
-    const masked = e.addr.map((b, i) => b & maskByte(e.prefixLen, i));
-    all.set(`${masked.join(".")}/${e.prefixLen}`, { addr: masked, prefixLen: e.prefixLen });
+    const addr = e.addr.slice();
+    maskInPlace(addr, e.prefixLen);
+    all.set(`${addr.join(".")}/${e.prefixLen}`, { family: e.family, addr, prefixLen: e.prefixLen });
   }
-  return [...all.values()].map((p) => ({
-    ...p,
-    ext: longest(ext, p.addr, p.prefixLen),
-    dest: longest(dest, p.addr, p.prefixLen),
-  }));
+  return [...all.values()].map((p) => ({ ...p, ext: longest(ext, p), dest: longest(dest, p) }));
 }
 
 /**
@@ -106,12 +91,11 @@ export function encodePrefixHalf(entries: SetPrefix[] | "trie"): Uint8Array {
   const E = PREFIX_ENTRY_LAYOUT;
   sorted.forEach((e, i) => {
     const o = PREFIX_HALF_LAYOUT.fields.e.offset + i * E.size;
-    const addr = addr16(e.addr);
-    for (let j = 0; j < 16; j++) {
-      const m = maskByte(e.prefixLen, j);
-      b[o + E.fields.mask.offset + j] = m;
-      b[o + E.fields.addr.offset + j] = addr[j] & m;
-    }
+    const addr = addr16(e.addr), mask = new Uint8Array(16).fill(0xff);
+    maskInPlace(addr, e.prefixLen);
+    maskInPlace(mask, e.prefixLen);
+    b.set(addr, o + E.fields.addr.offset);
+    b.set(mask, o + E.fields.mask.offset);
     v.setUint32(o + E.fields.flags.offset, e.ext | e.dest << DEST_SHIFT, true);
   });
   return b;
@@ -135,7 +119,7 @@ export function prefixHalves(ext: Iterable<LpmEntry>, dest: Iterable<LpmEntry>):
       const flags = isDest
         ? new DataView(value.buffer, value.byteOffset).getUint32(0, true)
         : value[EXTERNAL_CONFIG_LAYOUT.fields.flags.offset];
-      sets[k.family][isDest ? "dest" : "ext"].push({ addr: k.addr, prefixLen: k.prefixLen, flags });
+      sets[k.family][isDest ? "dest" : "ext"].push({ ...k, flags });
     }
   }
   return ([4, 6] as const).map((f) => encodePrefixHalf(mergePrefixes(sets[f].ext, sets[f].dest)));

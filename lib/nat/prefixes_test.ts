@@ -14,7 +14,7 @@ import {
   PREFIX_SET_LAYOUT,
   PREFIX_SET_MAX,
 } from "./codec.ts";
-import { parseCidr } from "../config/cidr.ts";
+import { cidrContains, parseCidr } from "../config/cidr.ts";
 
 const H = PREFIX_HALF_LAYOUT, E = PREFIX_ENTRY_LAYOUT;
 const u32 = (b: Uint8Array, at: number) =>
@@ -24,7 +24,7 @@ const hex = (b: Uint8Array) => Array.from(b, (x) => x.toString(16).padStart(2, "
 /** A set prefix with map_externals' flags `ext` and map_dest_config's `dest`. */
 function setPrefix(cidr: string, ext: number, dest = 0): SetPrefix {
   const c = parseCidr(cidr);
-  return { addr: c.addr, prefixLen: c.prefixLen, ext, dest };
+  return { ...c, ext, dest };
 }
 
 /** Entry i of a half: [addr, mask] in hex, flags. */
@@ -131,13 +131,7 @@ Deno.test("prefixSetWrites: no write tears what a program reads, and the set end
 function lpm(trie: PrefixEntry[], addr: Uint8Array): number {
   let best = -1, flags = 0;
   for (const q of trie) {
-    const bits = q.prefixLen;
-    let ok = bits > best;
-    for (let i = 0; ok && i * 8 < bits; i++) {
-      const m = (0xff00 >> Math.min(8, bits - i * 8)) & 0xff;
-      ok = (q.addr[i] & m) === (addr[i] & m);
-    }
-    if (ok) [best, flags] = [bits, q.flags];
+    if (q.prefixLen > best && cidrContains(q, addr)) [best, flags] = [q.prefixLen, q.flags];
   }
   return flags;
 }
@@ -150,7 +144,7 @@ Deno.test("mergePrefixes: the first prefix of the set holding an address (longes
     const prefix = (): PrefixEntry => {
       const len = 8 + Math.floor(rnd() * 17);
       const addr = new Uint8Array([10, Math.floor(rnd() * 4) << 6, Math.floor(rnd() * 256), 0]);
-      return { addr, prefixLen: len, flags: 1 + Math.floor(rnd() * 7) };
+      return { family: 4, addr, prefixLen: len, flags: 1 + Math.floor(rnd() * 7) };
     };
     const ext = Array.from({ length: Math.floor(rnd() * 6) }, prefix);
     const dest = Array.from({ length: Math.floor(rnd() * 6) }, prefix);

@@ -48,11 +48,21 @@ static __always_inline void log_drop(int reason)
 		einat_log_drop(p, reason);
 }
 
-static __always_inline int drop(enum einat_stat reason)
+/*
+ * Counts and logs a dropped packet: a global function, so the many drop sites
+ * share one copy (each inlined map lookup is a rewrite at load).
+ */
+__noinline int einat_drop(__u32 reason)
 {
 	stat_inc(reason);
 	if (log_on(LOG_WARN))
 		log_drop(reason);
+	return TC_ACT_SHOT;
+}
+
+static __always_inline int drop(enum einat_stat reason)
+{
+	einat_drop(reason);
 	return TC_ACT_SHOT;
 }
 

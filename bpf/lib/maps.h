@@ -103,11 +103,31 @@ struct {
 	__uint(max_entries, 1);
 } map_sess_counters SEC(".maps");
 
-static __always_inline void stat_inc(enum einat_stat idx)
+static __always_inline void stat_count(__u32 idx)
 {
 	__u64 *v = bpf_map_lookup_elem(&map_stats, &idx);
 	if (v)
 		*v += 1;
+}
+
+/*
+ * Counts an event that is not every translated packet's: a global function,
+ * so its many sites share one map lookup (each inlined lookup is one more
+ * rewrite of the whole program at load).
+ */
+__noinline int einat_stat(__u32 idx)
+{
+	stat_count(idx);
+	return 0;
+}
+
+/* Counts one event: the per-packet ones inline, the others in einat_stat. */
+static __always_inline void stat_inc(enum einat_stat idx)
+{
+	if (__builtin_constant_p(idx) && idx <= STAT_INGRESS_NAT)
+		stat_count(idx);
+	else
+		einat_stat(idx);
 }
 
 #endif

@@ -386,8 +386,9 @@ export async function reconcile(s: Served): Promise<void> {
     }
     s.outsideRanges = outside;
     // After the first purge, before attaching (no program of ours counts yet): what is carried
-    // over, as the start's summary reports it.
-    s.carried ??= syncBindings(s.nat);
+    // over, as the start's summary reports it; none when this load made the maps (the walk of
+    // every record, ~7 ms at the default sizes, would find nothing).
+    s.carried ??= s.nat.fresh ? 0 : syncBindings(s.nat);
     for (const fam of [4, 6] as const) {
       const d = plan.defaultExt[fam];
       const enabled = fam === 4 ? s.ic.nat44 : s.ic.nat66;

@@ -19,6 +19,8 @@ import { buildPacket, udpSpec } from "./lib/packet.ts";
 import { tamperStamp } from "./lib/stamp.ts";
 import { bindingCountAt, countBindings, setBindingCount } from "../lib/nat/records.ts";
 import { syncBindings } from "../lib/state/serve.ts";
+import { closeNat, loadNat, MAP_NAMES } from "../lib/nat/loader.ts";
+import { roConfigOf } from "../lib/daemon.ts";
 import * as bpf from "../lib/ffi/libbpf.ts";
 import type { InterfaceConfig } from "../lib/config/types.ts";
 
@@ -176,6 +178,43 @@ Deno.test("per-host counts: the einat replacing another shares them, so a host's
       });
     } finally {
       other.close();
+    }
+  });
+});
+
+Deno.test("fresh maps: a load that made every map is fresh (the start neither walks nor sweeps them); one on pinned or shared maps is not, and its walk finds their bindings", async () => {
+  await withPinnedState(async (load) => {
+    const first = await load();
+    try {
+      assert(first.nat.fresh, "the first load made its maps");
+      assertEquals(syncBindings(first.nat), 0, "which hold nothing before traffic");
+      for (let i = 0; i < 3; i++) {
+        const r = first.egress(
+          udpSpec(4, "192.0.2.10", 40000 + i, "198.51.100.1", 53, new Uint8Array(8)),
+        );
+        assertEquals(r.retval, TC_ACT_OK);
+      }
+      const shared = await loadNat({
+        ro: roConfigOf(testInterfaceConfig()),
+        bindingMaxRecords: testInterfaceConfig().bindingMaxRecords,
+        ctMaxRecords: testInterfaceConfig().ctMaxRecords,
+        reuse: { [MAP_NAMES.records]: first.nat.maps.records },
+      });
+      try {
+        assert(!shared.fresh, "a map shared with another object");
+        assertEquals(syncBindings(shared), 3);
+      } finally {
+        closeNat(shared);
+      }
+    } finally {
+      first.close();
+    }
+    const next = await load();
+    try {
+      assert(!next.nat.fresh, "pinned maps reused");
+      assertEquals(syncBindings(next.nat), 3);
+    } finally {
+      next.close();
     }
   });
 });

@@ -13,8 +13,7 @@
 import { externalAddrs, roConfigOf } from "../../lib/daemon.ts";
 import { ifNameToIndex } from "../../lib/ffi/libc.ts";
 import { applyPlan, purgeStale } from "../../lib/nat/apply.ts";
-import { expireSessions } from "../../lib/nat/expire.ts";
-import { syncBindings } from "../../lib/state/serve.ts";
+import { afterAttach, syncBindings } from "../../lib/state/serve.ts";
 import { attach, detach } from "../../lib/nat/attach.ts";
 import { closeNat, loadNat } from "../../lib/nat/loader.ts";
 import { planInterface } from "../../lib/nat/plan.ts";
@@ -88,14 +87,15 @@ for (let r = 0; r < rounds; r++) {
     try {
       // As the daemon before "einat running" (lib/daemon.ts reconcile): the plan applied and
       // stale mappings purged, the free-port hint and binding count synced, the filters
-      // attached, then a first sweep (lib/state/serve.ts afterAttach).
+      // attached, then a first sweep (lib/state/serve.ts afterAttach); the sync and the sweep
+      // only where a map was reused (here, never: nothing is pinned).
       const plan = planInterface(ic, await externalAddrs(ifname));
       applyPlan(nat.maps, plan);
       purgeStale(nat, plan);
-      syncBindings(nat);
+      const bindings = nat.fresh ? 0 : syncBindings(nat);
       const t2 = performance.now();
       const a = attach(ifindex, ifname, nat.egressFd, nat.ingressFd);
-      expireSessions(nat);
+      afterAttach(nat, ifname, bindings);
       const t3 = performance.now();
       detach(a);
       const t4 = performance.now();

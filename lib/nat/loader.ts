@@ -97,6 +97,11 @@ export interface NatObject {
    */
   pins?: { dir: string; reused: string[]; reset: string[]; migrated: string[]; lockFd: number };
   /**
+   * Every map was created empty by this load: none reused (pinned, or shared with another
+   * object) or carried over. Until the programs first run, there is nothing to count or sweep.
+   */
+  fresh: boolean;
+  /**
    * Sweeps in progress (lib/nat/expire.ts): their runs use the descriptors between awaits, so
    * {@link closeNat} leaves the closing to the last of them.
    */
@@ -430,6 +435,8 @@ async function loadNatBytes(
       syncHintFd: progFd("sync_port_hint"),
       bumpEpochFd: progFd("bump_epoch"),
       releaseFd: progFd("release_records"),
+      fresh: Object.keys(opts.reuse ?? {}).length === 0 &&
+        (!pins || pins.reused.length + pins.migrated.length === 0),
       pins: pins
         ? {
           dir: pins.dir,

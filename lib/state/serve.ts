@@ -64,8 +64,10 @@ export function syncBindings(nat: NatObject): number {
  * (`bindings`: what {@link syncBindings} found).
  */
 export function afterAttach(nat: NatObject, ifname: string, bindings: number): void {
-  // The sweep reads every map_ct entry: its count is the further sessions found.
-  const sweep = expireSessions(nat);
+  // The sweep reads every map_ct entry: its count is the further sessions found. Maps this load
+  // created empty hold nothing older than the attach a moment ago: nothing to sweep (a walk of
+  // every record, ~7 ms at the default sizes).
+  const sweep = nat.fresh ? { expired: 0, ctEntries: 0 } : expireSessions(nat);
   if (!nat.pins) return;
   const sessions = sweep.ctEntries + Number(bindingCountAt(nat.maps.bindingCount, 1) ?? 0n);
   const expired = sweep.expired;

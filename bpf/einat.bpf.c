@@ -78,9 +78,18 @@ static __always_inline int refused(struct __sk_buff *skb, struct packet *p, int 
 	return einat_send_prohibited(skb, p);
 }
 
+/* A packet passed as it is: counted inline, as every packet of the router's own
+ * traffic (or of traffic not ours) takes this. */
 static __always_inline int pass(void)
 {
 	stat_inc(STAT_PASS);
+	return TC_ACT_OK;
+}
+
+/* The same on a rare path (ICMP errors, fragments): counted by einat_stat. */
+static __always_inline int pass_rare(void)
+{
+	einat_stat(STAT_PASS);
 	return TC_ACT_OK;
 }
 
@@ -185,7 +194,7 @@ __noinline int einat_egress_error_later(struct __sk_buff *skb, struct packet *p,
 	if (!p || !in)
 		return TC_ACT_SHOT;
 	if (!einat_frag_back(in, FRAG_IN_BACK, &ext))
-		return own ? pass() : drop(STAT_DROP_ICMP_ERROR);
+		return own ? pass_rare() : drop(STAT_DROP_ICMP_ERROR);
 	if (!einat_icmp_error_valid(skb, p)) /* RFC 5508 REQ-3 */
 		return drop(STAT_DROP_ICMP_ERROR);
 	if (rewrite_quote_addr6(skb, p, in, false, &ext))
@@ -240,7 +249,7 @@ __noinline int einat_egress_error_other(struct __sk_buff *skb, struct packet *p,
 		return TC_ACT_SHOT;
 	struct default_ext *ext = default_ext_of(p->family);
 	if (!ext)
-		return own ? pass() : drop(STAT_DROP_ICMP_ERROR);
+		return own ? pass_rare() : drop(STAT_DROP_ICMP_ERROR);
 	/* The external address and the internal host in scratch (sc->bv, sc->peer): this call
 	 * chain's stack is at its limit with the rewrite's below. */
 	union ip_addr *to = &sc->bv.addr, *intern = &sc->peer.addr;
@@ -248,7 +257,7 @@ __noinline int einat_egress_error_other(struct __sk_buff *skb, struct packet *p,
 	if (!einat_addr_nat_find(ADDR_FIND(p->family, in->l4proto, 0), to, &in->src, packet_now(p),
 				 intern) ||
 	    !addr_eq(intern, &in->dst) || addr_eq(intern, to) /* the router's own mapping */)
-		return own ? pass() : drop(STAT_DROP_ICMP_ERROR);
+		return own ? pass_rare() : drop(STAT_DROP_ICMP_ERROR);
 	if (!einat_icmp_error_valid(skb, p)) /* RFC 5508 REQ-3 */
 		return drop(STAT_DROP_ICMP_ERROR);
 	if (rewrite_inner(skb, p, in, false, to, 0))
@@ -267,7 +276,7 @@ __noinline int einat_egress_icmp_error(struct __sk_buff *skb, struct packet *p, 
 	/* To a no-SNAT destination: the traffic it reports passed as it is, so does it. */
 	__u32 dest = dest_flags(p);
 	if (dest & EXT_NO_SNAT)
-		return pass();
+		return pass_rare();
 	bool hairpin = !own && hairpin_dest(dest);
 	__u32 zero = 0;
 	struct icmp_scratch *sc = bpf_map_lookup_elem(&map_icmp_scratch, &zero);
@@ -283,7 +292,7 @@ __noinline int einat_egress_icmp_error(struct __sk_buff *skb, struct packet *p, 
 	if (r != PARSE_OK) { /* an error we cannot map: only the router's own may leave */
 		if (hairpin)
 			return deliver_locally(skb);
-		return own ? pass() : drop(STAT_DROP_ICMP_ERROR);
+		return own ? pass_rare() : drop(STAT_DROP_ICMP_ERROR);
 	}
 	struct endpoint *peer = &sc->peer, *bv = &sc->bv; /* scratch: see in */
 	if (hairpin) {
@@ -299,7 +308,7 @@ __noinline int einat_egress_icmp_error(struct __sk_buff *skb, struct packet *p, 
 	if (einat_binding_of(p->family, in->l4proto, &in->dst, in->dport, bv) < 0) {
 		if (hairpin)
 			return deliver_locally(skb);
-		return own ? pass() : drop(STAT_DROP_ICMP_ERROR);
+		return own ? pass_rare() : drop(STAT_DROP_ICMP_ERROR);
 	}
 	if (!einat_icmp_error_valid(skb, p)) /* RFC 5508 REQ-3 */
 		return drop(STAT_DROP_ICMP_ERROR);
@@ -328,11 +337,11 @@ __noinline int einat_ingress_icmp_error(struct __sk_buff *skb, struct packet *p)
 	/* An error about a packet we sent goes to its source, our external address:
 	 * one to another address is not about our packet (RFC 5508 REQ-4). */
 	if ((r == PARSE_LATER || r == PARSE_OK) && !addr_eq(&p->dst, &in.src))
-		return pass();
+		return pass_rare();
 	if (r == PARSE_LATER) { /* about an outbound later fragment: its datagram's record */
 		union ip_addr intern;
 		if (!einat_frag_back(&in, FRAG_OUT_BACK, &intern))
-			return pass();
+			return pass_rare();
 		if (!einat_icmp_error_valid(skb, p)) /* RFC 5508 REQ-3 */
 			return drop(STAT_DROP_ICMP_ERROR);
 		if (rewrite_quote_addr6(skb, p, &in, true, &intern) ||
@@ -349,7 +358,7 @@ __noinline int einat_ingress_icmp_error(struct __sk_buff *skb, struct packet *p)
 		    !einat_addr_nat_find(ADDR_FIND(p->family, in.l4proto, 0), &in.src, &in.dst,
 					 packet_now(p), &intern) ||
 		    addr_eq(&intern, &in.src)) /* the router's own (its tunnel, say) */
-			return pass();
+			return pass_rare();
 		if (!einat_icmp_error_valid(skb, p)) /* RFC 5508 REQ-3 */
 			return drop(STAT_DROP_ICMP_ERROR);
 		if (rewrite_inner(skb, p, &in, true, &intern, 0) ||
@@ -360,22 +369,22 @@ __noinline int einat_ingress_icmp_error(struct __sk_buff *skb, struct packet *p)
 		return TC_ACT_OK;
 	}
 	if (r != PARSE_OK)
-		return pass();
+		return pass_rare();
 	/* About a query reply: the router's own (a query request to a mapping is answered by the
 	 * router, ingress_icmp_query, so no internal host's reply leaves through one), whatever
 	 * host holds that identifier. */
 	if (in.l4proto == IPPROTO_ICMP && icmp_is_reply(p->family, in.icmp_type))
-		return pass();
+		return pass_rare();
 	struct mapping_record *b = binding_reply(p->family, in.l4proto, &in.src, in.sport);
 	if (!b)
-		return pass(); /* about the router's own traffic */
+		return pass_rare(); /* about the router's own traffic */
 	if (in.l4proto == IPPROTO_ICMP) {
 		/* About an echo request: the internal host's only if it sent it (its
 		 * session); else the router's own ping, whose identifier a host holds. */
 		struct ct_key ck;
 		ct_key_init(&ck, p->family, in.l4proto, &in.src, in.sport, &in.dst, 0);
 		if (!ct_find(&ck))
-			return pass();
+			return pass_rare();
 	}
 	struct endpoint bv;
 	binding_intern(&bv, b);
@@ -705,10 +714,10 @@ __noinline int einat_egress_later_fragment(struct __sk_buff *skb, struct packet 
 	}
 	if (!out) {
 		if (nat_off)
-			return pass();
+			return pass_rare();
 		src = *def;
 	} else if (addr_eq(&src, &p->src)) {
-		return pass(); /* its first passed: so does it */
+		return pass_rare(); /* its first passed: so does it */
 	} else if ((src.all[0] | src.all[1] | src.all[2] | src.all[3]) == 0) {
 		return drop(STAT_DROP_UNTRANSLATABLE); /* its first was refused (FRAG_REFUSED) */
 	}
@@ -1069,10 +1078,10 @@ __noinline int einat_ingress_other(struct __sk_buff *skb, struct packet *p)
 				stat_inc(STAT_FRAGMENT_HELD);
 				return TC_ACT_SHOT;
 			}
-			return pass();
+			return pass_rare();
 		}
 		if (addr_eq(&to, &p->dst))
-			return pass();
+			return pass_rare();
 		if (rewrite(skb, p, false, &to, 0))
 			return drop(STAT_DROP_UNTRANSLATABLE);
 		stat_inc(STAT_FRAGMENT_NAT);
@@ -1085,7 +1094,7 @@ __noinline int einat_ingress_other(struct __sk_buff *skb, struct packet *p)
 	    addr_eq(&to, &p->dst)) {
 		if (p->frag == FRAG_FIRST) /* the router's: its held later fragments go on too */
 			return einat_ingress_first_fragment(skb, p);
-		return pass();
+		return pass_rare();
 	}
 	if (rewrite(skb, p, false, &to, 0))
 		return drop(STAT_DROP_UNTRANSLATABLE);

@@ -293,6 +293,7 @@ export async function reconcile(s: Served): Promise<void> {
     s.nat = null;
     s.plan = null;
     s.planKey = "";
+    s.carried = null; // counted again for the new object, whose free-port hint starts empty
   }
   if (!s.nat) {
     s.l2 = eth;

@@ -388,6 +388,8 @@ Deno.test({
         await ip(t.ns.router, "link set wan0 up");
         await waitLog(einat, /link type changed; loading its BPF object again.*l2=none/);
         await waitLog(einat, /loaded BPF object.*l2=none/);
+        // The new object counts what it carries over (and marks it in its free-port hint).
+        await waitLog(einat, /loaded BPF object.*l2=none(.|\n)*pinned state reused.*bindings=1/);
         await ip(t.ns.router, "link del wan0");
         await createWan(t, t.addrs.v4.routerWan);
         await waitLog(einat, /link type changed(.|\n)*link type changed.*l2=ethernet/);

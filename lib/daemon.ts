@@ -29,7 +29,7 @@ import { bumpEpoch, closeNat, loadNat, type NatObject } from "./nat/loader.ts";
 import { slotCount } from "./nat/records.ts";
 import type { RoConfig } from "./nat/codec.ts";
 import { type IfAddr, type NatPlan, planInterface } from "./nat/plan.ts";
-import { afterAttach, stateLoadOptions, syncBindings } from "./state/serve.ts";
+import { afterAttach, stateLoadOptions, syncBindingsAtStart } from "./state/serve.ts";
 import { ARPHRD, IFA_F, ownAddr } from "./netlink/msg.ts";
 import { dumpAddrs } from "./netlink/rtnl.ts";
 
@@ -387,9 +387,8 @@ export async function reconcile(s: Served): Promise<void> {
     }
     s.outsideRanges = outside;
     // After the first purge, before attaching (no program of ours counts yet): what is carried
-    // over, as the start's summary reports it; none when this load made the maps (the walk of
-    // every record, ~7 ms at the default sizes, would find nothing).
-    s.carried ??= s.nat.fresh ? 0 : syncBindings(s.nat);
+    // over, as the start's summary reports it.
+    s.carried ??= syncBindingsAtStart(s.nat);
     for (const fam of [4, 6] as const) {
       const d = plan.defaultExt[fam];
       const enabled = fam === 4 ? s.ic.nat44 : s.ic.nat66;

@@ -13,7 +13,7 @@
 import { externalAddrs, roConfigOf } from "../../lib/daemon.ts";
 import { ifNameToIndex } from "../../lib/ffi/libc.ts";
 import { applyPlan, purgeStale } from "../../lib/nat/apply.ts";
-import { afterAttach, syncBindings } from "../../lib/state/serve.ts";
+import { afterAttach, syncBindingsAtStart } from "../../lib/state/serve.ts";
 import { attach, detach } from "../../lib/nat/attach.ts";
 import { closeNat, loadNat } from "../../lib/nat/loader.ts";
 import { planInterface } from "../../lib/nat/plan.ts";
@@ -92,7 +92,7 @@ for (let r = 0; r < rounds; r++) {
       const plan = planInterface(ic, await externalAddrs(ifname));
       applyPlan(nat.maps, plan);
       purgeStale(nat, plan);
-      const bindings = nat.fresh ? 0 : syncBindings(nat);
+      const bindings = syncBindingsAtStart(nat);
       const t2 = performance.now();
       const a = attach(ifindex, ifname, nat.egressFd, nat.ingressFd);
       afterAttach(nat, ifname, bindings);

@@ -59,6 +59,14 @@ export function syncBindings(nat: NatObject): number {
 }
 
 /**
+ * {@link syncBindings} at start, before the first attach: there is nothing to find when this load
+ * made every map (`fresh`), and the walk of every record (~7 ms at the default sizes) is skipped.
+ */
+export function syncBindingsAtStart(nat: NatObject): number {
+  return nat.fresh ? 0 : syncBindings(nat);
+}
+
+/**
  * Once this object's programs are attached: a first sweep removes the sessions that expired
  * (under this configuration's timeouts) while no einat ran, and the state is summarised
  * (`bindings`: what {@link syncBindings} found).

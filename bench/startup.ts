@@ -233,7 +233,7 @@ export async function runStartup(o: BenchOptions): Promise<PartResult> {
           '"einat running" (filters attached), polled every 2 ms; the bare-deno row is the floor of that path.',
           "The other columns come from bench/lib/startup_probe.ts in the router namespace: loadNat (its loadMs is " +
           "open + configure + bpf_object__load of the state object, then of the egress and ingress objects at " +
-          'once); map fill: the free-port hint and binding count synced, planInterface + applyPlan + purgeStale; attach: wan0\'s clsact hooks and the first session sweep (what the daemon does before "einat running"; before stop 28 the probe left the sync, the purge and the sweep out). ' +
+          'once); map fill: the free-port hint and binding count synced, planInterface + applyPlan + purgeStale; attach: wan0\'s clsact hooks and the first session sweep (what the daemon does before "einat running"; before stop 28 the probe left the sync, the purge and the sweep out; since stop 40 the sync and the sweep are skipped for maps the load has just made, as here). ' +
           "It uses the daemon's default configuration; the 4096-binding row shrinks the maps to show what " +
           "the default sizes still cost at load (bucket arrays and the preallocated fragment table; bindings " +
           "and sessions are allocated on demand); the preallocate_maps row loads the default sizes " +

@@ -61,7 +61,13 @@ export interface SweepResult {
 
 type RunResult = { retval: number; durationNs: number };
 
-const noSweep = (): SweepResult => ({ expired: 0, runs: 0, ctEntries: 0, longestPieceNs: 0 });
+/** A sweep that found nothing (none ran). */
+export const noSweep = (): SweepResult => ({
+  expired: 0,
+  runs: 0,
+  ctEntries: 0,
+  longestPieceNs: 0,
+});
 
 /**
  * The map_sweep value being written, shared by every sweep: a piece is written and uploaded

@@ -8,7 +8,7 @@
 import type { InterfaceConfig } from "../config/types.ts";
 import * as log from "../log.ts";
 import { type LoadOptions, type NatObject, syncPortHint } from "../nat/loader.ts";
-import { expireSessions } from "../nat/expire.ts";
+import { expireSessions, noSweep } from "../nat/expire.ts";
 import { pinDirFor, stateOptions } from "./options.ts";
 import { ensureBpffs, PinDirError } from "./bpffs.ts";
 import { StateError } from "./pin.ts";
@@ -75,15 +75,14 @@ export function afterAttach(nat: NatObject, ifname: string, bindings: number): v
   // The sweep reads every map_ct entry: its count is the further sessions found. Maps this load
   // created empty hold nothing older than the attach a moment ago: nothing to sweep (a walk of
   // every record, ~7 ms at the default sizes).
-  const sweep = nat.fresh ? { expired: 0, ctEntries: 0 } : expireSessions(nat);
+  const sweep = nat.fresh ? noSweep() : expireSessions(nat);
   if (!nat.pins) return;
   const sessions = sweep.ctEntries + Number(bindingCountAt(nat.maps.bindingCount, 1) ?? 0n);
   const expired = sweep.expired;
-  const fresh = nat.pins.reused.length === 0 && nat.pins.migrated.length === 0;
-  log.info(fresh ? "pinned state created" : "pinned state reused", {
+  log.info(nat.fresh ? "pinned state created" : "pinned state reused", {
     ifname,
     dir: nat.pins.dir,
-    ...(fresh ? {} : { maps: nat.pins.reused.join(",") }),
+    ...(nat.fresh ? {} : { maps: nat.pins.reused.join(",") }),
     ...(nat.pins.migrated.length ? { carried_over: nat.pins.migrated.join(",") } : {}),
     ...(nat.pins.reset.length ? { recreated: nat.pins.reset.join(",") } : {}),
     bindings,

@@ -172,7 +172,7 @@ export async function loadTestNat(
 export function stat(fd: number, name: typeof STATS[number]): bigint {
   const key = new Uint8Array(4);
   new DataView(key.buffer).setUint32(0, STATS.indexOf(name), true);
-  const v = bpf.mapLookup(fd, key, 8 * navigator.hardwareConcurrency);
+  const v = bpf.mapLookup(fd, key, 8 * bpf.numPossibleCpus());
   return v ? sumPerCpu(v) : 0n;
 }
 

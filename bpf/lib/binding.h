@@ -862,8 +862,10 @@ __noinline int einat_binding_create(const struct packet *p, const struct default
 		host_sess_sub(p->family, &p->src, 1); /* none taken */
 	__builtin_memset(out, 0, sizeof(*out));
 	if (ri == (int)idx) {
-		stat_inc(STAT_NEW_BINDING);
-		stat_inc(STAT_NEW_SESSION);
+		/* inline: a new mapping's counts (two einat_stat calls measured 30-40 ns of
+		 * a chained new mapping's ~770, paired; this function is verified once) */
+		stat_count(STAT_NEW_BINDING);
+		stat_count(STAT_NEW_SESSION);
 		out->addr = ext->addr;
 		out->port = bpf_htons(c->found);
 		return 0;

@@ -649,11 +649,9 @@ static __always_inline int egress_established(struct __sk_buff *skb, struct pack
 		flow_ct_key(&ck, p, fe, true, remote_port);
 	} else {
 		struct endpoint b;
-		/* should no binding be found, the new mapping's record; not for TCP
-		 * past its SYN, which starts no flow but in rare cases */
-		if (p->l4proto != IPPROTO_TCP || flow_syn(p))
-			einat_alloc_prefetch(p);
-		ri = einat_binding_of(p->family, p->l4proto, &p->src, p->sport, &b);
+		/* prefetching, should no binding be found, the new mapping's record; not
+		 * for TCP past its SYN, which starts no flow but in rare cases */
+		ri = einat_source_binding(p, &b, p->l4proto != IPPROTO_TCP || flow_syn(p));
 		if (ri < 0) {
 			p->no_binding = 1; /* the full path need not look again */
 			return -1;

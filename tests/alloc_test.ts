@@ -232,7 +232,7 @@ function memberOffset(structs: Map<string, StructInfo>, s: string, name: string)
   return m.offsetBits / 8;
 }
 
-Deno.test("port choice: a new mapping that cannot keep its port takes the one its CPU drew in advance, whose record the flow-cache miss before it started reading (einat_alloc_prefetch)", async () => {
+Deno.test("port choice: a new mapping that cannot keep its port takes the one its CPU drew in advance, whose record the flow-cache miss before it started reading (alloc_prefetch)", async () => {
   // The prefetch reads the record of struct alloc_next's port (or of the packet's own port, when
   // within the ranges' span); this checks, through the BTF of the object, that the choice it
   // guesses is the one made. A choice that ignored the drawn port would make the read useless.

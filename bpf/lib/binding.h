@@ -260,7 +260,7 @@ static __always_inline __u32 lowest_bit(__u64 x)
 
 /*
  * Where a CPU's next new mapping of one family and protocol will most likely
- * claim a record, kept from the last one (einat_alloc_prefetch()): its
+ * claim a record, kept from the last one (alloc_prefetch()): its
  * external address's records, the span of the ranges, and the port its
  * random choice starts from, drawn in advance. Only this CPU reads it, and
  * only as a hint: a stale one costs a cache line read for nothing.
@@ -573,9 +573,10 @@ __noinline int einat_alloc_ranges(const struct external_config *cfg, __u32 pidx)
 
 /*
  * The ports of hint word wi that are free, in the ranges and acceptable at
- * the search's strictness. A global function: verified once, called twice.
+ * the search's strictness. Inline in einat_random_try(), its one caller (a
+ * global function, verified once).
  */
-__noinline __u64 einat_word_free(struct port_bits *b, __u32 wi)
+static __always_inline __u64 einat_word_free(struct port_bits *b, __u32 wi)
 {
 	struct alloc_ctx *c = alloc_ctx_get();
 	if (!c || !b)
@@ -593,7 +594,7 @@ __noinline __u64 einat_word_free(struct port_bits *b, __u32 wi)
  * acceptable port of its hint word (64 ports), wrapping: no port says which
  * comes next (RFC 6056, RFC 7857 port randomization). The port is drawn one
  * mapping ahead so that the flow-cache miss before the mapping can start
- * reading its record (einat_alloc_prefetch()); the draw for the next one is
+ * reading its record (alloc_prefetch()); the draw for the next one is
  * made here. Taking the ports of one word in a row, as stops 19-33 did, saved
  * a page walk per mapping (a word's records share a 4 KiB page) but told
  * anyone who saw one external port, a DNS server a resolver behind the NAT
@@ -729,10 +730,10 @@ __noinline int einat_binding_retire(__u32 idx)
  * -1. A binding whose slot is free (its external address left while the
  * daemon purged it: claimed between the release of the slot's records and the
  * slot's removal) is retired here, so the caller makes one on an address that
- * is there. A global function: verified once.
+ * is there. As a global function (einat_binding_of) or inline in another one.
  */
-__noinline int einat_binding_of(__u32 family, __u32 l4proto, const union ip_addr *int_addr,
-				__u32 int_port, struct endpoint *out)
+static __always_inline int binding_of(__u32 family, __u32 l4proto, const union ip_addr *int_addr,
+				      __u32 int_port, struct endpoint *out)
 {
 	if (!int_addr || !out)
 		return -1;
@@ -748,6 +749,13 @@ __noinline int einat_binding_of(__u32 family, __u32 l4proto, const union ip_addr
 	}
 	out->port = bpf_htons(ri & 0xffff);
 	return ri;
+}
+
+/* binding_of(), verified once. */
+__noinline int einat_binding_of(__u32 family, __u32 l4proto, const union ip_addr *int_addr,
+				__u32 int_port, struct endpoint *out)
+{
+	return binding_of(family, l4proto, int_addr, int_port, out);
 }
 
 /* einat_binding_create(): another CPU made this endpoint's binding meanwhile. */
@@ -899,19 +907,19 @@ __noinline int einat_binding_create(const struct packet *p, const struct default
  * not after it. Measured on an AMD EPYC, one new mapping at a time: 70-150
  * ns less (medians of paired batches: a TCP SYN, a port chosen, a port kept).
  * On a flow that has a binding the reads are wasted, overlapped with the
- * lookups it makes anyway. Nothing is written. A global function: inline, it
- * adds to the main program's stack, and the deepest call chain's is at the
- * verifier's limit.
+ * lookups it makes anyway. Nothing is written. Inline in
+ * einat_source_binding(), not in the main program, whose stack the deepest
+ * call chain's would add to (at the verifier's limit).
  */
-__noinline int einat_alloc_prefetch(const struct packet *p)
+static __always_inline void alloc_prefetch(const struct packet *p)
 {
 	struct alloc_ctx *c = alloc_ctx_get();
-	if (!c || !p)
-		return 0;
+	if (!c)
+		return;
 	const struct alloc_next *n = &c->keep.next[p->family == 6][proto_idx(p->l4proto) & 3];
 	__u32 base = n->base;
 	if (!base)
-		return 0;
+		return;
 	__u16 port = bpf_ntohs(p->sport);
 	/* as einat_random_try() adjusts its parity */
 	__u16 drawn = n->port ^ ((n->port ^ port) & (p->l4proto != IPPROTO_ICMP));
@@ -926,7 +934,21 @@ __noinline int einat_alloc_prefetch(const struct packet *p)
 		if (b)
 			(void)*(volatile __u64 *)&b->w[(port >> 6) & (PORT_WORDS - 1)];
 	}
-	return 0;
+}
+
+/*
+ * An egress packet's flow-cache miss: alloc_prefetch()'s reads when
+ * prefetch, then the binding of its source (einat_binding_of()). One call for
+ * the two (a call and its return cost ~15 ns on hosts with return-thunk
+ * mitigations). A global function: verified once.
+ */
+__noinline int einat_source_binding(const struct packet *p, struct endpoint *out, int prefetch)
+{
+	if (!p || !out)
+		return -1;
+	if (prefetch)
+		alloc_prefetch(p);
+	return binding_of(p->family, p->l4proto, &p->src, p->sport, out);
 }
 
 /* Drops one session reference of the binding of an external endpoint; releases it with

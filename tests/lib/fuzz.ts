@@ -40,7 +40,6 @@ import {
   HOST_KEY_LAYOUT,
   OUTBOUND_LINE_LAYOUT,
   STATS,
-  sumPerCpu,
 } from "../../lib/nat/codec.ts";
 import {
   type Binding,
@@ -69,6 +68,7 @@ import {
   type Nat,
   ranges,
   sessionsOf,
+  stat,
   TC_ACT_OK,
   TC_ACT_REDIRECT,
   TC_ACT_SHOT,
@@ -1557,10 +1557,7 @@ export function usedPorts(nat: Nat, family: 4 | 6, l4proto: number): number {
 
 /** Sum of one counter of `map_stats`. */
 export function statOf(nat: Nat, name: typeof STATS[number]): bigint {
-  const key = new Uint8Array(4);
-  new DataView(key.buffer).setUint32(0, STATS.indexOf(name), true);
-  const v = bpf.mapLookup(nat.nat.maps.stats, key, 8 * bpf.numPossibleCpus());
-  return v ? sumPerCpu(v) : 0n;
+  return stat(nat.nat.maps.stats, name);
 }
 
 /** A `BindingView` reading the NAT's maps. */

@@ -35,8 +35,8 @@ import {
   type NatObject,
 } from "../../lib/nat/loader.ts";
 import { planInterface } from "../../lib/nat/plan.ts";
-import { STATS, sumPerCpu } from "../../lib/nat/codec.ts";
-import type { PinnedState } from "../../lib/state/read.ts";
+import { STATS } from "../../lib/nat/codec.ts";
+import { type PinnedState, statCount } from "../../lib/state/read.ts";
 import { buildPacket, type PacketSpec, type ParsedPacket, parsePacket } from "./packet.ts";
 
 /** TC verdicts. */
@@ -170,10 +170,7 @@ export async function loadTestNat(
 
 /** A counter of `map_stats` (fd), summed over CPUs. */
 export function stat(fd: number, name: typeof STATS[number]): bigint {
-  const key = new Uint8Array(4);
-  new DataView(key.buffer).setUint32(0, STATS.indexOf(name), true);
-  const v = bpf.mapLookup(fd, key, 8 * bpf.numPossibleCpus());
-  return v ? sumPerCpu(v) : 0n;
+  return BigInt(statCount(fd, name));
 }
 
 /**

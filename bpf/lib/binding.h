@@ -576,7 +576,7 @@ __noinline int einat_alloc_ranges(const struct external_config *cfg, __u32 pidx)
  * the search's strictness. Inline in einat_random_try(), its one caller (a
  * global function, verified once).
  */
-static __always_inline __u64 einat_word_free(struct port_bits *b, __u32 wi)
+static __always_inline __u64 word_free(struct port_bits *b, __u32 wi)
 {
 	struct alloc_ctx *c = alloc_ctx_get();
 	if (!c || !b)
@@ -622,7 +622,7 @@ __noinline int einat_random_try(struct port_bits *bits)
 	if (c->strict >= 2) /* the wanted parity: the drawn port or its neighbour */
 		drawn ^= (drawn ^ c->want) & 1;
 	__u32 wi = (__u32)drawn >> 6;
-	__u64 cand = einat_word_free(bits, wi);
+	__u64 cand = word_free(bits, wi);
 	if (!cand)
 		return 0;
 	__u32 k = drawn & 63;

@@ -52,6 +52,8 @@ export interface ScaleSizes {
   spreadRuns: number;
   repeat: number;
   rounds: number;
+  /** Loads of each session count for the hot figure (one object's placement moves its figures). */
+  hotLoads: number;
   fills: number[];
   newFlows: number;
 }
@@ -65,6 +67,7 @@ export function scaleSizes(o: BenchOptions): ScaleSizes {
       spreadRuns: 40,
       repeat: 1000,
       rounds: 2,
+      hotLoads: 1,
       fills: [0, 0.9, 0.99],
       newFlows: 10,
     };
@@ -76,6 +79,7 @@ export function scaleSizes(o: BenchOptions): ScaleSizes {
       spreadRuns: 2000,
       repeat: 10_000,
       rounds: 5,
+      hotLoads: 2,
       fills: [0, 0.9, 0.99],
       newFlows: 300,
     };
@@ -86,6 +90,7 @@ export function scaleSizes(o: BenchOptions): ScaleSizes {
     spreadRuns: 8000,
     repeat: 1_000_000,
     rounds: 15,
+    hotLoads: 3,
     fills: [0, 0.9, 0.99],
     newFlows: 1000,
   };
@@ -289,21 +294,36 @@ async function measureSpread(
   };
 }
 
-/** Every session count: set up all, hot flows interleaved, then spread and sweep in turn. */
+/** The medians of one session count's loads: each load's figures, medians of its rounds. */
+function medianOfLoads(hs: Hot[]): Hot {
+  return {
+    nat: median(hs.map((h) => h.nat)),
+    noop: median(hs.map((h) => h.noop)),
+    delta: median(hs.map((h) => h.delta)),
+  };
+}
+
+/**
+ * Every session count, loaded `hotLoads` times: set up all, hot flows interleaved over every
+ * load, then spread and sweep in turn on each count's first load.
+ */
 async function sessionsCases(
   o: BenchOptions,
   sz: ScaleSizes,
   noopFd: number,
 ): Promise<SessionResult[]> {
-  const cases: SessionSetup[] = [];
+  const cases: SessionSetup[] = []; // each count's loads in a row
   try {
-    for (const s of sz.sessions) cases.push(await setupSessions(o, sz, s));
+    for (const s of sz.sessions) {
+      for (let l = 0; l < sz.hotLoads; l++) cases.push(await setupSessions(o, sz, s));
+    }
     progress(o, `scale: hot flows, ${sz.rounds} interleaved rounds over ${cases.length} cases`);
     const eg = await measureHot(sz, noopFd, cases, "egress");
     const ing = await measureHot(sz, noopFd, cases, "ingress");
     const out: SessionResult[] = [];
-    for (const [i, c] of cases.entries()) {
-      out.push(await measureSpread(sz, noopFd, c, eg[i], ing[i]));
+    for (let i = 0; i < sz.sessions.length; i++) {
+      const loads = (hs: Hot[]) => medianOfLoads(hs.slice(i * sz.hotLoads, (i + 1) * sz.hotLoads));
+      out.push(await measureSpread(sz, noopFd, cases[i * sz.hotLoads], loads(eg), loads(ing)));
     }
     return out;
   } finally {
@@ -465,7 +485,9 @@ export async function runScale(o: BenchOptions): Promise<PartResult> {
         `hot: one flow, repeat ${sz.repeat} (alternating packet), median of ${sz.rounds} rounds; ` +
         `no-op ${fmt(base.hotEgress.noop)} ns. All cases are loaded at once and each round runs ` +
         `every case (rotating the order), each next to the no-op, so the machine's drift during ` +
-        `the part reaches all cases alike.`,
+        `the part reaches all cases alike. Each session count is loaded ${sz.hotLoads} time(s) ` +
+        `and its figure is the median of its loads': a load's placement moves its hot figures ` +
+        `for its whole life (±6 ns between ten loads of one case, one 12-16 ns low now and then).`,
         `spread: ${sz.spreadRuns} single runs (repeat 1) over up to ${sz.flows} real flows in random order, ` +
         `next to single no-op runs (no-op ${
           fmt(base.spreadEgress.noop)

@@ -233,6 +233,15 @@ static __always_inline struct default_ext *mapping_ext(struct __sk_buff *skb, st
 	return ext;
 }
 
+/* The external address a packet of the router's own is mapped on: its source, with its ranges
+ * (einat_egress_own's copy in per-CPU scratch). */
+static __always_inline struct default_ext *own_ext(const struct packet *p)
+{
+	__u32 zero = 0;
+	struct icmp_scratch *sc = bpf_map_lookup_elem(&map_icmp_scratch, &zero);
+	return sc && sc->ext.valid && addr_eq(&sc->ext.addr, &p->src) ? &sc->ext : NULL;
+}
+
 /*
  * An ICMP error leaving about another IP protocol's packet that came in through an
  * address-only mapping (lib/addrnat.h): its quoted destination, the internal host, goes back to
@@ -831,14 +840,15 @@ __noinline int einat_egress_full(struct __sk_buff *skb, struct packet *pp)
 	es->epoch = epoch_now(); /* before the lookups a flow-cache slot would stand for */
 	/* One lookup for what the destination is: no-SNAT, or one of our externals. */
 	__u32 dest = dest_flags(pp);
-	if (dest & EXT_NO_SNAT)
+	/* (the router's own, einat_egress_own, is never turned) */
+	if ((dest & EXT_NO_SNAT) || (pp->own && (dest & EXT_EXTERNAL)))
 		return pass();
 
 	struct default_ext *ext = default_ext_of(pp->family);
 	/* No external address of the family (a WAN waiting for DHCP or PPPoE): the
 	 * sender is told at once (RFC 5508 REQ-8), not left to time out. */
 	if (!ext)
-		return refused(skb, pp, STAT_DROP_UNTRANSLATABLE);
+		return pp->own ? pass() : refused(skb, pp, STAT_DROP_UNTRANSLATABLE);
 
 	/* NAT disabled for this protocol (its range empty): no new binding, and the
 	 * packet passes as it is. An existing binding keeps serving its internal
@@ -881,6 +891,8 @@ __noinline int einat_egress_full(struct __sk_buff *skb, struct packet *pp)
 			return deliver_turned(skb, pp);
 		target = &es->target;
 		binding_intern(target, t);
+		if (addr_eq(&target->addr, &pp->dst)) /* a mapping of the router's own */
+			return deliver_turned(skb, pp);
 	}
 
 	__be16 remote_port = pp->dport;
@@ -897,13 +909,16 @@ __noinline int einat_egress_full(struct __sk_buff *skb, struct packet *pp)
 		    einat_binding_of(pp->family, pp->l4proto, &pp->src, pp->sport, bvp) >= 0;
 	if (!b) {
 		if (pp->tcp_flags & TCP_FLAG_RST)
-			return drop(STAT_DROP_UNTRANSLATABLE);
-		struct default_ext *from = mapping_ext(skb, pp, ext);
+			return pp->own ? pass() : drop(STAT_DROP_UNTRANSLATABLE);
+		/* the router's own on its source address (einat_egress_own's copy) */
+		struct default_ext *from = pp->own ? own_ext(pp) : mapping_ext(skb, pp, ext);
 		/* this packet's session, made with the binding: its remote endpoint (the
 		 * external one is the binding's) and its value */
 		ct_key_init(ck, pp->family, pp->l4proto, &pp->dst, 0, &pp->dst, remote_port);
 		ct_first(&es->first, pp->l4proto, true, pp->tcp_flags, packet_now(pp));
 		r = einat_binding_create(pp, from, bvp, ck, &es->first);
+		if (r > 0 && pp->own) /* no mapping for it: as it is, as before einat */
+			return pass();
 		if (r == STAT_DROP_NO_PORT || r == STAT_DROP_BINDING_FULL ||
 		    r == STAT_DROP_HOST_FULL || r == STAT_DROP_HOST_CT_FULL)
 			return refused(skb, pp, r); /* tell the sender (RFC 5508 REQ-8) */
@@ -933,6 +948,8 @@ __noinline int einat_egress_full(struct __sk_buff *skb, struct packet *pp)
 		if (r == CT_REF_UNUSED)
 			r = 0;
 	}
+	if (r && pp->own)
+		return pass();
 	if (r)
 		return r == STAT_DROP_CT_FULL || r == STAT_DROP_HOST_CT_FULL ? refused(skb, pp, r)
 									     : drop(r);
@@ -993,6 +1010,43 @@ __noinline int einat_egress_full(struct __sk_buff *skb, struct packet *pp)
 	return TC_ACT_OK;
 }
 
+/*
+ * The router's own packet from one of its external addresses (not a no-SNAT one), with a port
+ * (ICMP: an identifier) in the NAT's ranges of that address: mapped as an internal host's is,
+ * on its own address, so that no host's new mapping takes the port of a connection of the
+ * router's and catches its replies (einat-ebpf maps such packets too). Port preservation keeps
+ * the port unless a host holds it already; then the router's packets take another, and the
+ * replies come back to the port it chose. Anything else from the router (other ports, echo
+ * replies, a reset no mapping knows, fragments), or when no mapping can be made, passes as it
+ * is. Returns the verdict.
+ */
+__noinline int einat_egress_own(struct __sk_buff *skb, struct packet *p)
+{
+	if (!p)
+		return TC_ACT_SHOT;
+	if (p->l4proto == IPPROTO_ICMP && !icmp_is_request(p->family, p->icmp_type))
+		return pass();
+	/* the usual case: the default external, whose ranges are at hand */
+	struct default_ext *d = default_ext_of(p->family);
+	const struct external_config *cfg =
+		d && addr_eq(&d->addr, &p->src) ? &d->cfg
+						: lpm_lookup(&map_externals, p->family, &p->src);
+	if (!cfg || !(cfg->flags & EXT_EXTERNAL) || (cfg->flags & EXT_NO_SNAT) ||
+	    !port_in_ranges(cfg, proto_idx(p->l4proto), bpf_ntohs(p->sport)))
+		return pass();
+	__u32 zero = 0;
+	struct icmp_scratch *sc = bpf_map_lookup_elem(&map_icmp_scratch, &zero);
+	if (!sc)
+		return pass();
+	__builtin_memset(&sc->ext, 0, sizeof(sc->ext));
+	sc->ext.addr = p->src;
+	sc->ext.cfg = *cfg;
+	sc->ext.valid = 1;
+	sc->ext.only = 1;
+	p->own = 1;
+	return einat_egress_full(skb, p);
+}
+
 static __always_inline int egress_family(struct __sk_buff *skb, const __u8 family)
 {
 	__u32 pkt_idx = 0;
@@ -1028,6 +1082,9 @@ static __always_inline int egress_family(struct __sk_buff *skb, const __u8 famil
 	if (pp->icmp_err)
 		return einat_egress_icmp_error(skb, pp, own);
 	if (own) {
+		if ((src_flags & (EXT_EXTERNAL | EXT_NO_SNAT)) == EXT_EXTERNAL &&
+		    pp->frag == FRAG_NONE)
+			return einat_egress_own(skb, pp);
 		/* A no-SNAT source to one of our external addresses (the hairpin
 		 * rules send it here): the router's, as it is, not out to the WAN. */
 		__u32 dest = src_flags & EXT_EXTERNAL ? 0 : dest_flags(pp);

@@ -412,7 +412,7 @@ Deno.test("ICMP timestamp (RFC 5508 REQ-1; clockdiff): identifier mapped as echo
   }
 });
 
-Deno.test("ICMP echo: a reply, or an error about a request, that no internal host's session asked for is the router's own (its pings share the identifiers), not the binding holder's", async () => {
+Deno.test("ICMP echo: the router's own ping with an identifier a host holds takes another, so each reply reaches its sender; a reply no session asked for is the router's", async () => {
   const n = await loadTestNat();
   try {
     const ping = (src: string, dst: string, icmpType: number, icmpId: number): PacketSpec => ({
@@ -427,23 +427,36 @@ Deno.test("ICMP echo: a reply, or an error about a request, that no internal hos
     // LAN1 pings SRV1: its identifier is mapped to `id` on EXT.
     const req = n.egress(ping(LAN1, SRV1, 8, 0x1234));
     const id = req.out.icmpId!;
-    // The router pings SRV2 with the same identifier (its own: untranslated).
-    const own = buildPacket(ping(EXT, SRV2, 8, id));
-    assertEquals(n.runRaw("egress", own), { retval: TC_ACT_OK, bytes: own });
-    // SRV2's reply is the router's: it passes as it is, and makes no session.
-    const reply = buildPacket(ping(SRV2, EXT, 0, id));
-    assertEquals(n.runRaw("ingress", reply), { retval: TC_ACT_OK, bytes: reply });
-    assertEquals(sessions(n.nat.maps).length, 1, "LAN1's session alone");
-    // A hop's error about the router's request: the router's too.
+    // The router pings SRV1 with the same identifier: its own, mapped on EXT to another.
+    const own = n.egress(ping(EXT, SRV1, 8, id));
+    assertEquals([own.retval, own.out.src, own.out.dst], [TC_ACT_OK, EXT, SRV1]);
+    const ownId = own.out.icmpId!;
+    assertNotEquals(ownId, id, "the host's identifier stays the host's");
+    assert(own.out.l4ChecksumOk);
+    // SRV1 answers both: each reply reaches its own sender.
+    const toHost = n.ingress(ping(SRV1, EXT, 0, id));
+    assertEquals([toHost.out.dst, toHost.out.icmpId], [LAN1, 0x1234]);
+    const toRouter = n.ingress(ping(SRV1, EXT, 0, ownId));
+    assertEquals([toRouter.out.dst, toRouter.out.icmpId], [EXT, id], "the router's, as it sent it");
+    assert(toRouter.out.l4ChecksumOk);
+    // A reply no session asked for (SRV2 was never pinged) is the router's: it passes as it is,
+    // and makes no session.
+    const stray = buildPacket(ping(SRV2, EXT, 0, id));
+    assertEquals(n.runRaw("ingress", stray), { retval: TC_ACT_OK, bytes: stray });
+    assertEquals(sessions(n.nat.maps).length, 2, "LAN1's session and the router's");
+    // A hop's error about the router's request reaches the router, quoting it as it was sent.
     const HOP = "198.51.100.99";
-    const err = buildIcmpError(
-      { family: 4, src: HOP, dst: EXT, icmpType: 11, icmpCode: 0 },
-      own.slice(14),
+    const err = parsePacket(
+      n.runRaw(
+        "ingress",
+        buildIcmpError(
+          { family: 4, src: HOP, dst: EXT, icmpType: 11, icmpCode: 0 },
+          own.bytes.slice(14),
+        ),
+      ).bytes,
     );
-    assertEquals(n.runRaw("ingress", err), { retval: TC_ACT_OK, bytes: err });
-    // SRV1's reply, and an error about LAN1's request, are LAN1's.
-    const back = n.ingress(ping(SRV1, EXT, 0, id));
-    assertEquals([back.out.dst, back.out.icmpId], [LAN1, 0x1234]);
+    assertEquals([err.dst, err.inner!.src, err.inner!.icmpId], [EXT, EXT, id]);
+    // An error about LAN1's request is LAN1's.
     const lanErr = parsePacket(
       n.runRaw(
         "ingress",

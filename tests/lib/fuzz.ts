@@ -976,8 +976,28 @@ export function checkPacket(
     return res(own ? "pass" : "drop");
   }
   if (own && !d.inner) {
-    mustPass("router's own traffic");
-    return res("pass");
+    if (localOnly || d.frag !== 0 || !changed) {
+      mustPass("router's own traffic");
+      return res("pass");
+    }
+    // From the external address with a port of the NAT's ranges: mapped as an internal host's
+    // is (einat_egress_own), on that same address, to its mapping's port.
+    if (verdict !== TC_ACT_OK) v.push(`router's own packet translated with verdict ${verdict}`);
+    if (out.length !== input.length) v.push(`length changed ${input.length} -> ${out.length}`);
+    else {
+      checkChangedBytes(input, out, d, v);
+      checkResiduals(input, out, d, v);
+    }
+    const od = dissect(out);
+    const mine = view.get(true, fam, keyProto(fam, d.proto), d.src, d.sport);
+    if (!mine || !eq(mine.addr, d.src) || !eq(od.src, d.src) || od.sport !== mine.port) {
+      v.push("router's own packet not translated to its mapping on its own address");
+    }
+    const icmp = d.proto === P_ICMP || d.proto === P_ICMP6;
+    if (!eq(od.dst, d.dst) || (!icmp && od.dport !== d.dport)) {
+      v.push("router's own: destination changed");
+    }
+    return res("own-mapped");
   }
   if (verdict === TC_ACT_SHOT) {
     // A translatable packet from inside is dropped only when it cannot be given a mapping.

@@ -1,0 +1,217 @@
+/**
+ * The router's own traffic from its external address (bpf/einat.bpf.c, einat_egress_own): with
+ * a port of the NAT's ranges it holds a mapping as an internal host would, so that no host's new
+ * mapping takes the port of a connection of the router's and catches its replies (einat-ebpf maps
+ * such packets too); every other packet of the router's passes as it is.
+ * Packets go through BPF_PROG_TEST_RUN, and one live test runs einat in namespaces.
+ */
+
+import { assert, assertEquals, assertNotEquals } from "./lib/assert.ts";
+import {
+  loadTestNat,
+  type Nat,
+  sessionsOf,
+  TC_ACT_OK,
+  TC_ACT_REDIRECT,
+  testInterfaceConfig,
+} from "./lib/natfixture.ts";
+import { buildPacket, type PacketSpec } from "./lib/packet.ts";
+import { findBindingOf } from "../lib/nat/records.ts";
+import { parseAddr } from "../lib/config/cidr.ts";
+import { startEinat, stopEinat } from "./lib/einat.ts";
+import { startUdpEchoes, udpToEach } from "./lib/traffic.ts";
+import { parseUdpReplies } from "./lib/peer.ts";
+import { nsExecResult, peerCmd, withTopology } from "./lib/netns.ts";
+
+const EXT = "203.0.113.1";
+const EXT2 = "203.0.113.2";
+const EXT6 = "2001:db8::1";
+const LAN1 = "192.0.2.10";
+const LAN6 = "2001:db8:1::10";
+const SRV1 = "198.51.100.1";
+const SRV2 = "198.51.100.2";
+const SRV6 = "2001:db8:2::1";
+const UDP = 17, TCP = 6;
+
+const udp = (src: string, sport: number, dst: string, dport: number): PacketSpec => ({
+  family: src.includes(":") ? 6 : 4,
+  src,
+  dst,
+  proto: "udp",
+  sport,
+  dport,
+  payload: new Uint8Array(8),
+});
+const tcp = (
+  src: string,
+  sport: number,
+  dst: string,
+  dport: number,
+  flags: { syn?: boolean; ack?: boolean; rst?: boolean },
+): PacketSpec => ({ family: 4, src, dst, proto: "tcp", sport, dport, tcpFlags: flags });
+
+/** The external port the mapping of internal endpoint addr:port holds, or null. */
+function mappedPort(n: Nat, l4proto: number, addr: string, port: number): number | null {
+  const a = parseAddr(addr);
+  const b = findBindingOf(n.nat.maps, a.length === 4 ? 4 : 6, l4proto, a, port);
+  return b ? b.extPort : null;
+}
+
+/** Sends the packet and asserts it left exactly as it came. */
+function passesAsItIs(n: Nat, spec: PacketSpec, what: string) {
+  const b = buildPacket(spec);
+  assertEquals(n.runRaw("egress", b), { retval: TC_ACT_OK, bytes: b }, what);
+}
+
+Deno.test("router's own UDP in the NAT's range: it keeps its port and holds it, so a host's new mapping takes another; the replies reach the router", async () => {
+  const n = await loadTestNat();
+  try {
+    passesAsItIs(n, udp(EXT, 25000, SRV1, 53), "a free port kept: the packet as it is");
+    assertEquals(mappedPort(n, UDP, EXT, 25000), 25000, "held by the router");
+    // LAN1 from the same port: port preservation cannot have it.
+    const lan = n.egress(udp(LAN1, 25000, SRV2, 53));
+    assertEquals(lan.out.src, EXT);
+    assertNotEquals(lan.out.sport, 25000, "the router's port is not given to a host");
+    // SRV1 answers the router: to the router, untouched; SRV2 answers LAN1.
+    const back = buildPacket(udp(SRV1, 53, EXT, 25000));
+    assertEquals(n.runRaw("ingress", back), { retval: TC_ACT_OK, bytes: back });
+    const toLan = n.ingress(udp(SRV2, 53, EXT, lan.out.sport!));
+    assertEquals([toLan.out.dst, toLan.out.dport], [LAN1, 25000]);
+    // A host sending to the router's port on the external address (hairpinning): the router's,
+    // handed to its stack as it is, not turned towards the router's address as a host.
+    const hp = buildPacket(udp(LAN1, 3333, EXT, 25000));
+    assertEquals(n.runRaw("egress", hp), { retval: TC_ACT_REDIRECT, bytes: hp });
+  } finally {
+    n.close();
+  }
+});
+
+Deno.test("router's own UDP from a port a host holds: mapped to another port, and each reply reaches its own (no hijack either way)", async () => {
+  const n = await loadTestNat();
+  try {
+    const lan = n.egress(udp(LAN1, 25000, SRV1, 53));
+    assertEquals(lan.out.sport, 25000, "LAN1 keeps its port");
+    const own = n.egress(udp(EXT, 25000, SRV1, 53));
+    assertEquals([own.retval, own.out.src, own.out.dst, own.out.dport], [
+      TC_ACT_OK,
+      EXT,
+      SRV1,
+      53,
+    ]);
+    const ownPort = own.out.sport!;
+    assertNotEquals(ownPort, 25000);
+    assert(ownPort >= 20000 && ownPort <= 29999, `in the range: ${ownPort}`);
+    assert(own.out.l4ChecksumOk);
+    // Later packets of the router's flow: the same port (the established path).
+    for (let i = 0; i < 3; i++) {
+      assertEquals(n.egress(udp(EXT, 25000, SRV1, 53)).out.sport, ownPort);
+    }
+    // The same server answers both: LAN1 on 25000, the router on its port.
+    const toLan = n.ingress(udp(SRV1, 53, EXT, 25000));
+    assertEquals([toLan.out.dst, toLan.out.dport], [LAN1, 25000]);
+    const toRouter = n.ingress(udp(SRV1, 53, EXT, ownPort));
+    assertEquals([toRouter.out.dst, toRouter.out.dport], [EXT, 25000]);
+    assert(toRouter.out.l4ChecksumOk);
+  } finally {
+    n.close();
+  }
+});
+
+Deno.test("router's own traffic outside the NAT's ranges, echo replies and resets nothing holds pass as they are, holding nothing", async () => {
+  const n = await loadTestNat();
+  try {
+    passesAsItIs(n, udp(EXT, 40000, SRV1, 53), "a port outside the ranges");
+    passesAsItIs(n, tcp(EXT, 40001, SRV1, 443, { syn: true }), "a TCP port outside the ranges");
+    // The router refusing a connection to a port of the range nothing holds: its reset leaves.
+    passesAsItIs(n, tcp(EXT, 25000, SRV1, 50000, { rst: true, ack: true }), "a reset");
+    // The router answering a ping from outside (identifier in the ICMP range, 0-65535 here).
+    passesAsItIs(
+      n,
+      { family: 4, src: EXT, dst: SRV1, proto: "icmp", icmpType: 0, icmpId: 777, icmpSeq: 1 },
+      "an echo reply",
+    );
+    assertEquals(sessionsOf(n.nat.maps).length, 0, "no mapping, no session");
+    assertEquals(mappedPort(n, UDP, EXT, 40000), null);
+    assertEquals(mappedPort(n, TCP, EXT, 25000), null);
+    // A TCP connection of the router's own in the range holds its port from its first packet.
+    passesAsItIs(n, tcp(EXT, 25001, SRV1, 443, { syn: true }), "the router's SYN, port kept");
+    assertEquals(mappedPort(n, TCP, EXT, 25001), 25001);
+    const lan = n.egress(tcp(LAN1, 25001, SRV1, 443, { syn: true }));
+    assertNotEquals(lan.out.sport, 25001);
+  } finally {
+    n.close();
+  }
+});
+
+Deno.test("router's own traffic from its second external address is held on that address; IPv6 as IPv4", async () => {
+  const n = await loadTestNat(testInterfaceConfig({ nat66: true }), [
+    `${EXT}/24`,
+    `${EXT2}/24`,
+    `${EXT6}/64`,
+  ]);
+  try {
+    passesAsItIs(n, udp(EXT2, 25000, SRV1, 53), "from the second address, port kept");
+    assertEquals(mappedPort(n, UDP, EXT2, 25000), 25000, "held on the second address");
+    passesAsItIs(n, udp(EXT6, 25000, SRV6, 53), "IPv6, port kept");
+    assertEquals(mappedPort(n, UDP, EXT6, 25000), 25000);
+    const lan6 = n.egress(udp(LAN6, 25000, SRV6, 53));
+    assertEquals(lan6.out.src, EXT6);
+    assertNotEquals(lan6.out.sport, 25000, "the router's IPv6 port is not given to a host");
+    const back = buildPacket(udp(SRV6, 53, EXT6, 25000));
+    assertEquals(n.runRaw("ingress", back), { retval: TC_ACT_OK, bytes: back });
+  } finally {
+    n.close();
+  }
+});
+
+Deno.test({
+  name:
+    "live: the router's own UDP socket on a port a LAN host's mapping holds gets its replies (another external port), and the host keeps its own, IPv4 and IPv6",
+  sanitizeOps: false,
+  sanitizeResources: false,
+  fn: () =>
+    withTopology(async (t) => {
+      const einat = await startEinat(t.ns.router, ["-i", "wan0", "--nat44", "--nat66"]);
+      try {
+        await startUdpEchoes(t);
+        for (const family of [4, 6] as const) {
+          const a = family === 4 ? t.addrs.v4 : t.addrs.v6;
+          const srv = family === 4 ? `${a.srv1[0]}:3478` : `[${a.srv1[0]}]:3478`;
+          const port = family === 4 ? 25000 : 25002;
+          // lan1 takes `port` (port preservation) and keeps answering on it.
+          const { client: lan1, replies } = await udpToEach(t, t.ns.lan1, [srv], port, 4000);
+          const wan = (p: number) => family === 4 ? `${a.routerWan}:${p}` : `[${a.routerWan}]:${p}`;
+          assertEquals(replies[0].seen, wan(port), "lan1 keeps its port");
+          // The router's own socket on the same port of its external address.
+          const own = await nsExecResult(
+            t.ns.router,
+            peerCmd("udp-send", [
+              "--bind",
+              a.routerWan,
+              "--from-port",
+              String(port),
+              "--to",
+              srv,
+              "--reply-timeout-ms",
+              "3000",
+              "--timeout-ms",
+              "5000",
+            ]),
+          );
+          assertEquals(own.code, 0, `the router's socket got no reply: ${own.stdout}${own.stderr}`);
+          const seen = parseUdpReplies(own.stdout)[0].seen;
+          assert(seen.startsWith(family === 4 ? `${a.routerWan}:` : `[${a.routerWan}]:`), seen);
+          assertNotEquals(seen, wan(port), "mapped to another port: the host holds this one");
+          await lan1.status;
+          // lingering, lan1 prints `seen IP:PORT` for each datagram reaching its port
+          assertEquals(
+            lan1.stdoutText().match(/^seen \S+$/gm),
+            null,
+            `lan1 received the router's reply: ${lan1.stdoutText()}`,
+          );
+        }
+      } finally {
+        await stopEinat(einat);
+      }
+    }),
+});

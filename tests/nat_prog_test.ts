@@ -445,27 +445,20 @@ Deno.test("ICMP echo: the router's own ping with an identifier a host holds take
     assertEquals(n.runRaw("ingress", stray), { retval: TC_ACT_OK, bytes: stray });
     assertEquals(sessions(n.nat.maps).length, 2, "LAN1's session and the router's");
     // A hop's error about the router's request reaches the router, quoting it as it was sent.
-    const HOP = "198.51.100.99";
-    const err = parsePacket(
-      n.runRaw(
-        "ingress",
-        buildIcmpError(
-          { family: 4, src: HOP, dst: EXT, icmpType: 11, icmpCode: 0 },
-          own.bytes.slice(14),
-        ),
-      ).bytes,
-    );
+    const hopError = (about: Uint8Array) =>
+      parsePacket(
+        n.runRaw(
+          "ingress",
+          buildIcmpError(
+            { family: 4, src: "198.51.100.99", dst: EXT, icmpType: 11, icmpCode: 0 },
+            about.slice(14),
+          ),
+        ).bytes,
+      );
+    const err = hopError(own.bytes);
     assertEquals([err.dst, err.inner!.src, err.inner!.icmpId], [EXT, EXT, id]);
     // An error about LAN1's request is LAN1's.
-    const lanErr = parsePacket(
-      n.runRaw(
-        "ingress",
-        buildIcmpError(
-          { family: 4, src: HOP, dst: EXT, icmpType: 11, icmpCode: 0 },
-          req.bytes.slice(14),
-        ),
-      ).bytes,
-    );
+    const lanErr = hopError(req.bytes);
     assertEquals([lanErr.dst, lanErr.inner!.src, lanErr.inner!.icmpId], [LAN1, LAN1, 0x1234]);
   } finally {
     n.close();

@@ -482,7 +482,8 @@ __noinline int einat_inbound_query(struct packet *p)
 	int pub = einat_record_publish(&rk, idx);
 	if (pub < 0 || pub == (int)idx)
 		host_sess_sub(p->family, &p->dst, 1); /* none taken */
-	if (pub != (int)idx) { /* not expected: the NAT host's own endpoint is only bound here */
+	if (pub != (int)idx) { /* the NAT host's endpoint bound already: its own ping out
+			       * (einat_egress_own) took another identifier */
 		einat_binding_put(idx);
 		if (pub >= 0)
 			einat_binding_put(pub);

@@ -16,7 +16,8 @@ import {
   testInterfaceConfig,
 } from "./lib/natfixture.ts";
 import { buildPacket, type PacketSpec } from "./lib/packet.ts";
-import { findBindingOf } from "../lib/nat/records.ts";
+import { bindingCountAt, countBindings, findBindingOf } from "../lib/nat/records.ts";
+import { expireSessions } from "../lib/nat/expire.ts";
 import { parseAddr } from "../lib/config/cidr.ts";
 import { startEinat, stopEinat } from "./lib/einat.ts";
 import { startUdpEchoes, udpToEach } from "./lib/traffic.ts";
@@ -31,7 +32,7 @@ const LAN6 = "2001:db8:1::10";
 const SRV1 = "198.51.100.1";
 const SRV2 = "198.51.100.2";
 const SRV6 = "2001:db8:2::1";
-const UDP = 17, TCP = 6;
+const UDP = 17, TCP = 6, ICMP = 1;
 
 const udp = (src: string, sport: number, dst: string, dport: number): PacketSpec => ({
   family: src.includes(":") ? 6 : 4,
@@ -214,4 +215,45 @@ Deno.test({
         await stopEinat(einat);
       }
     }),
+});
+
+Deno.test("an inbound ping to the identifier the router's own ping went out from (mapped to another) binds nothing more, and the counts stay true", async () => {
+  const base = testInterfaceConfig();
+  const n = await loadTestNat(
+    testInterfaceConfig({
+      allowInboundIcmpx: true,
+      timeouts: { ...base.timeouts, icmpDefault: 300 },
+    }),
+  );
+  const ping = (src: string, dst: string, icmpType: number, icmpId: number): PacketSpec => ({
+    family: 4,
+    src,
+    dst,
+    proto: "icmp",
+    icmpType,
+    icmpId,
+    icmpSeq: 1,
+  });
+  try {
+    assertEquals(n.egress(ping(LAN1, SRV1, 8, 4000)).out.icmpId, 4000, "LAN1 keeps its id");
+    const ownId = n.egress(ping(EXT, SRV1, 8, 4000)).out.icmpId!;
+    assertNotEquals(ownId, 4000);
+    // LAN1's mapping expires; the router's, refreshed, stays.
+    for (let i = 0; i < 30 && mappedPort(n, ICMP, LAN1, 4000) !== null; i++) {
+      await new Promise((r) => setTimeout(r, 100));
+      assertEquals(n.egress(ping(EXT, SRV1, 8, 4000)).out.icmpId, ownId);
+      expireSessions(n.nat);
+    }
+    assertEquals(mappedPort(n, ICMP, LAN1, 4000), null, "LAN1's mapping expired");
+    assertEquals(countBindings(n.nat.maps.records), 1, "the router's alone");
+    // A ping from outside to identifier 4000, now free: the router's endpoint (EXT, 4000) has
+    // its mapping already, so none is made; the ping passes to the router as it is.
+    const inbound = buildPacket(ping(SRV2, EXT, 8, 4000));
+    assertEquals(n.runRaw("ingress", inbound), { retval: TC_ACT_OK, bytes: inbound });
+    assertEquals(countBindings(n.nat.maps.records), 1, "no second binding");
+    assertEquals(bindingCountAt(n.nat.maps.bindingCount, 0), 1n, "the live count agrees");
+    assertEquals(n.egress(ping(EXT, SRV1, 8, 4000)).out.icmpId, ownId, "the router's mapping");
+  } finally {
+    n.close();
+  }
 });

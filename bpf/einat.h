@@ -357,6 +357,10 @@ enum einat_stat {
 	STAT_INBOUND_UNANSWERED,
 	STAT_DROP_HOST_FULL, /* the internal address holds binding_max_per_host bindings */
 	STAT_DROP_HOST_CT_FULL, /* its bindings hold session_max_per_host sessions */
+	/* mappings of the router's own traffic (einat_egress_own), and of them those on
+	 * another port than its own (a host held it) */
+	STAT_OWN_BINDING,
+	STAT_OWN_MOVED,
 	STAT_MAX,
 };
 

@@ -11,6 +11,7 @@ import {
   loadTestNat,
   type Nat,
   sessionsOf,
+  stat,
   TC_ACT_OK,
   TC_ACT_REDIRECT,
   testInterfaceConfig,
@@ -69,6 +70,10 @@ Deno.test("router's own UDP in the NAT's range: it keeps its port and holds it, 
   try {
     passesAsItIs(n, udp(EXT, 25000, SRV1, 53), "a free port kept: the packet as it is");
     assertEquals(mappedPort(n, UDP, EXT, 25000), 25000, "held by the router");
+    assertEquals(
+      [stat(n.nat.maps.stats, "own_binding"), stat(n.nat.maps.stats, "own_moved")],
+      [1n, 0n],
+    );
     // LAN1 from the same port: port preservation cannot have it.
     const lan = n.egress(udp(LAN1, 25000, SRV2, 53));
     assertEquals(lan.out.src, EXT);
@@ -101,6 +106,10 @@ Deno.test("router's own UDP from a port a host holds: mapped to another port, an
     ]);
     const ownPort = own.out.sport!;
     assertNotEquals(ownPort, 25000);
+    assertEquals(
+      [stat(n.nat.maps.stats, "own_binding"), stat(n.nat.maps.stats, "own_moved")],
+      [1n, 1n],
+    );
     assert(ownPort >= 20000 && ownPort <= 29999, `in the range: ${ownPort}`);
     assert(own.out.l4ChecksumOk);
     // Later packets of the router's flow: the same port (the established path).
@@ -132,6 +141,7 @@ Deno.test("router's own traffic outside the NAT's ranges, echo replies and reset
       "an echo reply",
     );
     assertEquals(sessionsOf(n.nat.maps).length, 0, "no mapping, no session");
+    assertEquals(stat(n.nat.maps.stats, "own_binding"), 0n);
     assertEquals(mappedPort(n, UDP, EXT, 40000), null);
     assertEquals(mappedPort(n, TCP, EXT, 25000), null);
     // A TCP connection of the router's own in the range holds its port from its first packet.

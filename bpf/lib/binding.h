@@ -874,6 +874,11 @@ __noinline int einat_binding_create(const struct packet *p, const struct default
 		 * a chained new mapping's ~770, paired; this function is verified once) */
 		stat_count(STAT_NEW_BINDING);
 		stat_count(STAT_NEW_SESSION);
+		if (p->own) {
+			stat_count(STAT_OWN_BINDING);
+			if (c->found != want)
+				stat_count(STAT_OWN_MOVED);
+		}
 		out->addr = ext->addr;
 		out->port = bpf_htons(c->found);
 		return 0;

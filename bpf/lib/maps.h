@@ -105,8 +105,8 @@ struct {
 
 /* map_stats' keys in read-only memory, so that a lookup's key takes no stack
  * slot (the programs' call chains are near the 512-byte limit). */
-static const __u32 stat_keys[] = {0,  1,  2,  3,  4,  5,  6,  7,  8,  9,  10, 11, 12, 13,
-				  14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26};
+static const __u32 stat_keys[] = {0,  1,  2,  3,  4,  5,  6,  7,  8,  9,  10, 11, 12, 13, 14,
+				  15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28};
 _Static_assert(sizeof(stat_keys) / sizeof(stat_keys[0]) == STAT_MAX, "a key per counter");
 
 static __always_inline void stat_count(__u32 idx)

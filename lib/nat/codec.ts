@@ -81,6 +81,8 @@ export const STATS = [
   "inbound_unanswered",
   "drop_host_full",
   "drop_host_ct_full",
+  "own_binding",
+  "own_moved",
 ] as const;
 /** Name of a counter in `map_stats`. */
 export type StatName = typeof STATS[number];

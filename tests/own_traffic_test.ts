@@ -17,7 +17,7 @@ import {
   testInterfaceConfig,
 } from "./lib/natfixture.ts";
 import { buildPacket, type PacketSpec } from "./lib/packet.ts";
-import { bindingCountAt, countBindings, findBindingOf } from "../lib/nat/records.ts";
+import { bindingCountAt, countBindings, deleteBinding, findBindingOf } from "../lib/nat/records.ts";
 import { expireSessions } from "../lib/nat/expire.ts";
 import { parseAddr } from "../lib/config/cidr.ts";
 import { startEinat, stopEinat } from "./lib/einat.ts";
@@ -263,6 +263,21 @@ Deno.test("an inbound ping to the identifier the router's own ping went out from
     assertEquals(countBindings(n.nat.maps.records), 1, "no second binding");
     assertEquals(bindingCountAt(n.nat.maps.bindingCount, 0), 1n, "the live count agrees");
     assertEquals(n.egress(ping(EXT, SRV1, 8, 4000)).out.icmpId, ownId, "the router's mapping");
+  } finally {
+    n.close();
+  }
+});
+
+Deno.test("router's own port whose free-port hint is stale (freed from user space) is kept all the same: a service of the router's answers from its own port", async () => {
+  const n = await loadTestNat();
+  try {
+    assertEquals(n.egress(udp(LAN1, 25000, SRV1, 53)).out.sport, 25000);
+    assert(deleteBinding(n.nat.maps, 4, UDP, parseAddr(EXT), 25000), "freed from user space");
+    // A host's preservation trusts the hint's bit, left set: it takes another port.
+    assertNotEquals(n.egress(udp("192.0.2.30", 25000, SRV1, 53)).out.sport, 25000);
+    // The router's own packet tries the claim: the port is free.
+    passesAsItIs(n, udp(EXT, 25000, SRV2, 51820), "the router's reply from its own port");
+    assertEquals(stat(n.nat.maps.stats, "own_moved"), 0n);
   } finally {
     n.close();
   }

@@ -819,8 +819,10 @@ __noinline int einat_binding_create(const struct packet *p, const struct default
 		bits = port_bits_of(rec_index(c->slot, pidx, 0));
 	/* Port preservation, unless the hint marks the port taken (another host has it):
 	 * then no claim that would fail. A bit left set on a port freed from user space
-	 * costs only the preservation; the search still finds the port. */
-	if (in_ranges && !port_bit_taken(bits, want) && try_claim(c, bits, want)) {
+	 * costs only the preservation; the search still finds the port. The router's own
+	 * (einat_egress_own) tries the claim all the same: a service of its own answering
+	 * from a port of the ranges must keep it. */
+	if (in_ranges && (p->own || !port_bit_taken(bits, want)) && try_claim(c, bits, want)) {
 		/* port preservation */
 	} else if (!c->full && alloc_recently_full(full_key(p->family, pidx))) {
 		/* the range was full a moment ago: refused below, without a search */

@@ -7,7 +7,7 @@
  * @module
  */
 
-import type { Defaults, InterfaceConfig } from "./config/types.ts";
+import type { Defaults, InterfaceConfig, PortRange } from "./config/types.ts";
 import {
   dropStaleRules,
   hairpinDown,
@@ -18,7 +18,12 @@ import {
 } from "./hairpin.ts";
 import { EXT_FLAGS } from "./nat/codec.ts";
 import { formatAddr, isLinkLocal6, parseAddr } from "./config/cidr.ts";
-import { formatRanges, mergeRanges } from "./config/ranges.ts";
+import {
+  formatRanges,
+  intersectRanges,
+  mergeRanges,
+  parseLocalPortRange,
+} from "./config/ranges.ts";
 import * as libc from "./ffi/libc.ts";
 import { textKey } from "./key.ts";
 import * as log from "./log.ts";
@@ -266,6 +271,44 @@ export async function startInterface(
   return s;
 }
 
+/** The ports the kernel gives the router's own connections (this namespace's sysctl), or null. */
+export function localPortRange(
+  path = "/proc/sys/net/ipv4/ip_local_port_range",
+): PortRange | null {
+  try {
+    return parseLocalPortRange(Deno.readTextFileSync(path));
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * Says when an external address's TCP or UDP ranges overlap the router's ephemeral ports: its
+ * own connections there hold mappings, and move to another port where a host's mapping holds
+ * theirs (bpf/einat.bpf.c, einat_egress_own; counters own_binding, own_moved).
+ */
+function logEphemeralOverlap(
+  ifname: string,
+  addr: string,
+  cfg: { tcp: PortRange[]; udp: PortRange[] },
+): void {
+  const eph = localPortRange();
+  if (!eph) return;
+  const tcp = intersectRanges(cfg.tcp, eph), udp = intersectRanges(cfg.udp, eph);
+  if (tcp.length === 0 && udp.length === 0) return;
+  log.info(
+    "the NAT's ranges overlap the router's ephemeral ports: its own connections there hold " +
+      "mappings, on another port where a host holds theirs",
+    {
+      ifname,
+      addr,
+      ...(tcp.length ? { tcp: formatRanges(tcp) } : {}),
+      ...(udp.length ? { udp: formatRanges(udp) } : {}),
+      ip_local_port_range: `${eph.start}-${eph.end}`,
+    },
+  );
+}
+
 /**
  * Brings `s` in line with the network: attach to the interface's current
  * index (re-attaching after it was recreated), apply the externals its
@@ -423,6 +466,7 @@ export async function reconcile(s: Served): Promise<void> {
         icmp: formatRanges(d.cfg.icmp) || "off",
         ...(others.length ? { others: others.join(",") } : {}),
       });
+      logEphemeralOverlap(s.ifname, formatAddr(d.addr), d.cfg);
     }
     s.plan = plan;
     s.summary = summary;

@@ -20,7 +20,7 @@ import { buildPacket, type PacketSpec } from "./lib/packet.ts";
 import { bindingCountAt, countBindings, deleteBinding, findBindingOf } from "../lib/nat/records.ts";
 import { expireSessions } from "../lib/nat/expire.ts";
 import { parseAddr } from "../lib/config/cidr.ts";
-import { startEinat, stopEinat } from "./lib/einat.ts";
+import { startEinat, stopEinat, waitLog } from "./lib/einat.ts";
 import { startUdpEchoes, udpToEach } from "./lib/traffic.ts";
 import { parseUdpReplies } from "./lib/peer.ts";
 import { nsExecResult, peerCmd, withTopology } from "./lib/netns.ts";
@@ -177,13 +177,26 @@ Deno.test("router's own traffic from its second external address is held on that
 
 Deno.test({
   name:
-    "live: the router's own UDP socket on a port a LAN host's mapping holds gets its replies (another external port), and the host keeps its own, IPv4 and IPv6",
+    "live: the router's own UDP socket on a port a LAN host's mapping holds gets its replies (another external port), and the host keeps its own, IPv4 and IPv6; ranges overlapping the ephemeral ports are named",
   sanitizeOps: false,
   sanitizeResources: false,
   fn: () =>
     withTopology(async (t) => {
-      const einat = await startEinat(t.ns.router, ["-i", "wan0", "--nat44", "--nat66"]);
+      // a second range inside the namespace's ephemeral ports (32768-60999), which einat names
+      const einat = await startEinat(t.ns.router, [
+        "-i",
+        "wan0",
+        "--nat44",
+        "--nat66",
+        "--ports",
+        "20000-29999",
+        "40000-40999",
+      ]);
       try {
+        await waitLog(
+          einat,
+          /ranges overlap the router's ephemeral ports.* addr=203\.0\.113\.1 tcp=40000-40999 udp=40000-40999 ip_local_port_range=32768-60999/,
+        );
         await startUdpEchoes(t);
         for (const family of [4, 6] as const) {
           const a = family === 4 ? t.addrs.v4 : t.addrs.v6;

@@ -176,3 +176,24 @@ export function rangesContain(outer: readonly PortRange[], inner: readonly PortR
   const o = mergeRanges(outer);
   return mergeRanges(inner).every((r) => o.some((x) => x.start <= r.start && r.end <= x.end));
 }
+
+/** The parts of `ranges` inside `other` (their intersection), in order. */
+export function intersectRanges(ranges: readonly PortRange[], other: PortRange): PortRange[] {
+  const out: PortRange[] = [];
+  for (const r of ranges) {
+    const start = Math.max(r.start, other.start), end = Math.min(r.end, other.end);
+    if (start <= end) out.push({ start, end });
+  }
+  return out;
+}
+
+/**
+ * Parses `net.ipv4.ip_local_port_range` (`"32768\t60999"`): the ports the kernel picks for the
+ * router's own connections (IPv6 too). Null when the text is not two ports.
+ */
+export function parseLocalPortRange(text: string): PortRange | null {
+  const m = text.trim().match(/^(\d+)\s+(\d+)$/);
+  if (!m) return null;
+  const start = Number(m[1]), end = Number(m[2]);
+  return start >= 1 && start <= end && end <= 65535 ? { start, end } : null;
+}

@@ -2,8 +2,10 @@ import { deepStrictEqual, equal, ok, throws } from "node:assert/strict";
 import { ConfigError } from "./types.ts";
 import {
   formatRanges,
+  intersectRanges,
   MAX_RANGES,
   mergeRanges,
+  parseLocalPortRange,
   parseRange,
   parseRanges,
   rangesContain,
@@ -109,4 +111,29 @@ Deno.test("rangesContain", () => {
   ok(rangesContain(a, []));
   ok(!rangesContain([], [{ start: 1, end: 1 }]));
   ok(rangesContain([{ start: 0, end: 10 }, { start: 11, end: 20 }], [{ start: 5, end: 15 }]));
+});
+
+Deno.test("intersectRanges: the parts inside the other range", () => {
+  const eph = { start: 32768, end: 60999 };
+  deepStrictEqual(intersectRanges([{ start: 20000, end: 29999 }], eph), []);
+  deepStrictEqual(
+    intersectRanges([{ start: 20000, end: 33000 }, { start: 40000, end: 49999 }, {
+      start: 60000,
+      end: 65535,
+    }], eph),
+    [{ start: 32768, end: 33000 }, { start: 40000, end: 49999 }, { start: 60000, end: 60999 }],
+  );
+  deepStrictEqual(intersectRanges([{ start: 60999, end: 60999 }], eph), [{
+    start: 60999,
+    end: 60999,
+  }]);
+});
+
+Deno.test("parseLocalPortRange: the sysctl's two ports, or null", () => {
+  deepStrictEqual(parseLocalPortRange("32768\t60999\n"), { start: 32768, end: 60999 });
+  deepStrictEqual(parseLocalPortRange("1024 65535"), { start: 1024, end: 65535 });
+  equal(parseLocalPortRange(""), null);
+  equal(parseLocalPortRange("60999 32768"), null);
+  equal(parseLocalPortRange("0 100"), null);
+  equal(parseLocalPortRange("1 2 3"), null);
 });

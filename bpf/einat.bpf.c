@@ -479,14 +479,22 @@ __noinline int einat_inbound_query(struct packet *p)
 		host_sess_sub(p->family, &p->dst, 2);
 		return 0;
 	}
+	host_add_binding(p->family, &p->dst); /* as its release will count it down */
 	int pub = einat_record_publish(&rk, idx);
 	if (pub < 0 || pub == (int)idx)
 		host_sess_sub(p->family, &p->dst, 1); /* none taken */
 	if (pub != (int)idx) { /* the NAT host's endpoint bound already: its own ping out
 			       * (einat_egress_own) took another identifier */
 		einat_binding_put(idx);
-		if (pub >= 0)
+		if (pub >= 0 && einat_rec_is(pub, &rk)) {
 			einat_binding_put(pub);
+		} else if (pub >= 0) {
+			/* The reference went to a record that left this endpoint between the
+			 * index's compare and the reference: given back uncounted, as its host
+			 * never counted it, and ours taken back (as einat_binding_create). */
+			einat_binding_unref(pub, 1);
+			host_sess_sub(p->family, &p->dst, 1);
+		}
 		return 0;
 	}
 	stat_inc(STAT_NEW_BINDING);

@@ -8,6 +8,7 @@
 
 import { assert, assertEquals, assertNotEquals } from "./lib/assert.ts";
 import {
+  hostCounts,
   loadTestNat,
   type Nat,
   sessionsOf,
@@ -246,6 +247,9 @@ Deno.test("an inbound ping to the identifier the router's own ping went out from
     testInterfaceConfig({
       allowInboundIcmpx: true,
       timeouts: { ...base.timeouts, icmpDefault: 300 },
+      // the per-host counts on: the router's address is counted as a host's
+      bindingMaxPerHost: 100,
+      sessionMaxPerHost: 100,
     }),
   );
   const ping = (src: string, dst: string, icmpType: number, icmpId: number): PacketSpec => ({
@@ -275,6 +279,11 @@ Deno.test("an inbound ping to the identifier the router's own ping went out from
     assertEquals(n.runRaw("ingress", inbound), { retval: TC_ACT_OK, bytes: inbound });
     assertEquals(countBindings(n.nat.maps.records), 1, "no second binding");
     assertEquals(bindingCountAt(n.nat.maps.bindingCount, 0), 1n, "the live count agrees");
+    assertEquals(
+      hostCounts(n)[EXT],
+      { bindings: 1, sessions: 1 },
+      "the router's one binding and its one session, nothing of the ping's left counted",
+    );
     assertEquals(n.egress(ping(EXT, SRV1, 8, 4000)).out.icmpId, ownId, "the router's mapping");
   } finally {
     n.close();

@@ -120,6 +120,17 @@ static __always_inline int host_take_binding(__u8 family, const union ip_addr *a
 	return 0;
 }
 
+/* Counts a new binding of internal address a without holding it to CFG.host_max (the router's
+ * own, made for a ping from outside): as the walk at a start and every release count it. */
+static __always_inline void host_add_binding(__u8 family, const union ip_addr *a)
+{
+	if (!CFG.host_max)
+		return;
+	struct host_counts *n = host_counts_of(family, a, true);
+	if (n)
+		__sync_fetch_and_add(&n->bindings, 1);
+}
+
 /* Undoes host_take_binding() (no binding was made after all). */
 static __always_inline void host_untake_binding(__u8 family, const union ip_addr *a)
 {

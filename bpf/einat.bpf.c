@@ -313,6 +313,8 @@ __noinline int einat_egress_icmp_error(struct __sk_buff *skb, struct packet *p, 
 		if (!pb)
 			return deliver_locally(skb);
 		binding_intern(peer, pb);
+		if (addr_eq(&peer->addr, &in->src)) /* a mapping of the router's own */
+			return deliver_locally(skb);
 	}
 	if (einat_binding_of(p->family, in->l4proto, &in->dst, in->dport, bv) < 0) {
 		if (hairpin)

@@ -17,7 +17,7 @@ import {
   TC_ACT_REDIRECT,
   testInterfaceConfig,
 } from "./lib/natfixture.ts";
-import { buildPacket, type PacketSpec } from "./lib/packet.ts";
+import { buildIcmpError, buildPacket, type PacketSpec } from "./lib/packet.ts";
 import { bindingCountAt, countBindings, deleteBinding, findBindingOf } from "../lib/nat/records.ts";
 import { expireSessions } from "../lib/nat/expire.ts";
 import { parseAddr } from "../lib/config/cidr.ts";
@@ -300,6 +300,23 @@ Deno.test("router's own port whose free-port hint is stale (freed from user spac
     // The router's own packet tries the claim: the port is free.
     passesAsItIs(n, udp(EXT, 25000, SRV2, 51820), "the router's reply from its own port");
     assertEquals(stat(n.nat.maps.stats, "own_moved"), 0n);
+  } finally {
+    n.close();
+  }
+});
+
+Deno.test("an internal host's ICMP error about a packet of the router's own (its port held by the router) goes to the router as it is", async () => {
+  const n = await loadTestNat();
+  try {
+    passesAsItIs(n, udp(EXT, 25000, SRV1, 53), "the router's port held");
+    n.egress(udp(LAN1, 7777, SRV1, 53)); // LAN1's port mapped too
+    // The router sent LAN1 a datagram from EXT:25000 (straight out of the LAN side); LAN1's port
+    // is closed, and its error goes to EXT (the hairpin rules route it through the WAN's hook).
+    const err = buildIcmpError(
+      { family: 4, src: LAN1, dst: EXT, icmpType: 3, icmpCode: 3 },
+      buildPacket(udp(EXT, 25000, LAN1, 7777)).slice(14),
+    );
+    assertEquals(n.runRaw("egress", err), { retval: TC_ACT_REDIRECT, bytes: err });
   } finally {
     n.close();
   }

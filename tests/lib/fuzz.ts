@@ -1365,6 +1365,8 @@ function checkOtherIngress(
   if (n) {
     const holder = eq(d.dst, n.src) ? view.addr?.(fam, n.proto, n.src, n.dst) ?? null : null;
     if (!holder) return untouched("error about no mapping");
+    // the router's own claim (its tunnel): the error is the router's, checked or not
+    if (eq(holder, n.src)) return untouched("error about the router's own");
     if (!errorIntact(d, input)) {
       if (verdict !== TC_ACT_SHOT) v.push("other protocol error with a bad checksum not dropped");
       return "drop";

@@ -23,7 +23,7 @@ import { expireSessions } from "../lib/nat/expire.ts";
 import { parseAddr } from "../lib/config/cidr.ts";
 import { startEinat, stopEinat, waitLog } from "./lib/einat.ts";
 import { startUdpEchoes, udpToEach } from "./lib/traffic.ts";
-import { parseUdpReplies } from "./lib/peer.ts";
+import { parseSeen, parseUdpReplies } from "./lib/peer.ts";
 import { nsExecResult, peerCmd, withTopology } from "./lib/netns.ts";
 
 const EXT = "203.0.113.1";
@@ -235,6 +235,39 @@ Deno.test({
             `lan1 received the router's reply: ${lan1.stdoutText()}`,
           );
         }
+        // TCP: lan1's connection from 25010 holds the port (closing, minutes); the router's own
+        // connection from that port is moved to another and carries its data both ways (its
+        // locally made segments' partial checksums translated).
+        const echo = t.spawn(
+          t.ns.srv1,
+          peerCmd("tcp-echo", ["--port", "8080", "--count", "2", "--timeout-ms", "10000"]),
+        );
+        await echo.waitForStdout(/listening/);
+        const v4 = t.addrs.v4;
+        const tcpFrom = (ns: string, bind: string[]) =>
+          nsExecResult(
+            ns,
+            peerCmd("tcp-send", [
+              ...bind,
+              "--to",
+              `${v4.srv1[0]}:8080`,
+              "--from-port",
+              "25010",
+              "--data",
+              "own-tcp",
+              "--timeout-ms",
+              "5000",
+            ]),
+          );
+        const lanTcp = await tcpFrom(t.ns.lan1, []);
+        assertEquals(lanTcp.code, 0, lanTcp.stdout + lanTcp.stderr);
+        assertEquals(parseSeen(lanTcp.stdout)[0], `${v4.routerWan}:25010`, "lan1 keeps its port");
+        const ownTcp = await tcpFrom(t.ns.router, ["--bind", v4.routerWan]);
+        assertEquals(ownTcp.code, 0, ownTcp.stdout + ownTcp.stderr);
+        assert(ownTcp.stdout.includes("own-tcp"), `echoed data missing: ${ownTcp.stdout}`);
+        const seen = parseSeen(ownTcp.stdout)[0];
+        assert(seen.startsWith(`${v4.routerWan}:`), seen);
+        assertNotEquals(seen, `${v4.routerWan}:25010`, "moved: lan1 holds the port");
       } finally {
         await stopEinat(einat);
       }

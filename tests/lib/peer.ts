@@ -17,7 +17,7 @@
  * - `tcp-echo --port P [--bind ADDR] [--count N]`: prints `listening tcp ADDR:PORT`; per
  *   connection prints `seen IP:PORT`, sends that line to the client, then echoes the stream.
  *   Exits 0 after N connections or at the timeout.
- * - `tcp-send --to IP:PORT [--from-port P] [--data TEXT]`: connects, prints
+ * - `tcp-send --to IP:PORT [--from-port P] [--bind ADDR] [--data TEXT]`: connects, prints
  *   `local ADDR:PORT`, sends the data, half-closes, prints every line received, exits 0 (3 on
  *   error or timeout).
  * - `raw-send --packet HEX [--packet HEX]... [--gap-ms MS]`: sends each whole IPv4/IPv6 packet

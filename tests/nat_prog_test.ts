@@ -33,6 +33,7 @@ import {
   fragment,
   type PacketSpec,
   parsePacket,
+  pingSpec,
 } from "./lib/packet.ts";
 import { pinThread, restoreAffinity } from "./lib/cpu.ts";
 import {
@@ -45,12 +46,8 @@ import {
   TC_ACT_SHOT,
   testInterfaceConfig,
 } from "./lib/natfixture.ts";
+import { EXT, LAN1, LAN2, SRV1, SRV2 } from "./lib/addrs.ts";
 
-const EXT = "203.0.113.1";
-const LAN1 = "192.0.2.10";
-const LAN2 = "192.0.2.20";
-const SRV1 = "198.51.100.1";
-const SRV2 = "198.51.100.2";
 const inRange = (p: number) => p >= 20000 && p <= 29999;
 const udp = (src: string, sport: number, dst: string, dport: number): PacketSpec => ({
   family: 4,
@@ -415,15 +412,8 @@ Deno.test("ICMP timestamp (RFC 5508 REQ-1; clockdiff): identifier mapped as echo
 Deno.test("ICMP echo: the router's own ping with an identifier a host holds takes another, so each reply reaches its sender; a reply no session asked for is the router's", async () => {
   const n = await loadTestNat();
   try {
-    const ping = (src: string, dst: string, icmpType: number, icmpId: number): PacketSpec => ({
-      family: 4,
-      src,
-      dst,
-      proto: "icmp",
-      icmpType,
-      icmpId,
-      icmpSeq: 1,
-    });
+    const ping = (src: string, dst: string, icmpType: number, icmpId: number) =>
+      pingSpec(4, src, dst, icmpType, icmpId);
     // LAN1 pings SRV1: its identifier is mapped to `id` on EXT.
     const req = n.egress(ping(LAN1, SRV1, 8, 0x1234));
     const id = req.out.icmpId!;

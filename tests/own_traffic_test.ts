@@ -17,7 +17,15 @@ import {
   TC_ACT_REDIRECT,
   testInterfaceConfig,
 } from "./lib/natfixture.ts";
-import { buildIcmpError, buildPacket, type PacketSpec } from "./lib/packet.ts";
+import { EXT, LAN1, SRV1, SRV2 } from "./lib/addrs.ts";
+import {
+  buildIcmpError,
+  buildPacket,
+  type PacketSpec,
+  pingSpec,
+  tcpSpec,
+  udpSpec,
+} from "./lib/packet.ts";
 import { bindingCountAt, countBindings, deleteBinding, findBindingOf } from "../lib/nat/records.ts";
 import { expireSessions } from "../lib/nat/expire.ts";
 import { parseAddr } from "../lib/config/cidr.ts";
@@ -26,32 +34,23 @@ import { startUdpEchoes, udpToEach } from "./lib/traffic.ts";
 import { parseSeen, parseUdpReplies } from "./lib/peer.ts";
 import { nsExecResult, peerCmd, withTopology } from "./lib/netns.ts";
 
-const EXT = "203.0.113.1";
 const EXT2 = "203.0.113.2";
 const EXT6 = "2001:db8::1";
-const LAN1 = "192.0.2.10";
 const LAN6 = "2001:db8:1::10";
-const SRV1 = "198.51.100.1";
-const SRV2 = "198.51.100.2";
 const SRV6 = "2001:db8:2::1";
 const UDP = 17, TCP = 6, ICMP = 1;
 
-const udp = (src: string, sport: number, dst: string, dport: number): PacketSpec => ({
-  family: src.includes(":") ? 6 : 4,
-  src,
-  dst,
-  proto: "udp",
-  sport,
-  dport,
-  payload: new Uint8Array(8),
-});
+const udp = (src: string, sport: number, dst: string, dport: number): PacketSpec =>
+  udpSpec(src.includes(":") ? 6 : 4, src, sport, dst, dport, new Uint8Array(8));
 const tcp = (
   src: string,
   sport: number,
   dst: string,
   dport: number,
-  flags: { syn?: boolean; ack?: boolean; rst?: boolean },
-): PacketSpec => ({ family: 4, src, dst, proto: "tcp", sport, dport, tcpFlags: flags });
+  flags: PacketSpec["tcpFlags"],
+) => tcpSpec(4, src, sport, dst, dport, flags);
+const ping = (src: string, dst: string, icmpType: number, icmpId: number) =>
+  pingSpec(4, src, dst, icmpType, icmpId);
 
 /** The external port the mapping of internal endpoint addr:port holds, or null. */
 function mappedPort(n: Nat, l4proto: number, addr: string, port: number): number | null {
@@ -136,11 +135,7 @@ Deno.test("router's own traffic outside the NAT's ranges, echo replies and reset
     // The router refusing a connection to a port of the range nothing holds: its reset leaves.
     passesAsItIs(n, tcp(EXT, 25000, SRV1, 50000, { rst: true, ack: true }), "a reset");
     // The router answering a ping from outside (identifier in the ICMP range, 0-65535 here).
-    passesAsItIs(
-      n,
-      { family: 4, src: EXT, dst: SRV1, proto: "icmp", icmpType: 0, icmpId: 777, icmpSeq: 1 },
-      "an echo reply",
-    );
+    passesAsItIs(n, ping(EXT, SRV1, 0, 777), "an echo reply");
     assertEquals(sessionsOf(n.nat.maps).length, 0, "no mapping, no session");
     assertEquals(stat(n.nat.maps.stats, "own_binding"), 0n);
     assertEquals(mappedPort(n, UDP, EXT, 40000), null);
@@ -285,15 +280,6 @@ Deno.test("an inbound ping to the identifier the router's own ping went out from
       sessionMaxPerHost: 100,
     }),
   );
-  const ping = (src: string, dst: string, icmpType: number, icmpId: number): PacketSpec => ({
-    family: 4,
-    src,
-    dst,
-    proto: "icmp",
-    icmpType,
-    icmpId,
-    icmpSeq: 1,
-  });
   try {
     assertEquals(n.egress(ping(LAN1, SRV1, 8, 4000)).out.icmpId, 4000, "LAN1 keeps its id");
     const ownId = n.egress(ping(EXT, SRV1, 8, 4000)).out.icmpId!;

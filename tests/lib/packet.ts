@@ -385,6 +385,29 @@ export function udpSpec(
   return { family, src, dst, proto: "udp", sport, dport, payload };
 }
 
+/** A TCP segment spec (no payload) between two endpoints of `family`, with `flags`. */
+export function tcpSpec(
+  family: 4 | 6,
+  src: string,
+  sport: number,
+  dst: string,
+  dport: number,
+  flags: PacketSpec["tcpFlags"],
+): PacketSpec {
+  return { family, src, dst, proto: "tcp", sport, dport, tcpFlags: flags };
+}
+
+/** An ICMP (ICMPv6 for `family: 6`) query spec of type `icmpType`, identifier `icmpId`, seq 1. */
+export function pingSpec(
+  family: 4 | 6,
+  src: string,
+  dst: string,
+  icmpType: number,
+  icmpId: number,
+): PacketSpec {
+  return { family, src, dst, proto: "icmp", icmpType, icmpId, icmpSeq: 1 };
+}
+
 /**
  * Builds Ethernet (unless `noEth`) + IP + L4 with correct checksums. See `PacketSpec` for
  * fragments.

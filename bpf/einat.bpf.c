@@ -309,12 +309,10 @@ __noinline int einat_egress_icmp_error(struct __sk_buff *skb, struct packet *p, 
 		struct mapping_record *pb =
 			in->l4proto == IPPROTO_ICMP
 				? NULL
-				: binding_reply(p->family, in->l4proto, &in->src, in->sport);
+				: hairpin_binding(p->family, in->l4proto, &in->src, in->sport);
 		if (!pb)
 			return deliver_locally(skb);
 		binding_intern(peer, pb);
-		if (addr_eq(&peer->addr, &in->src)) /* a mapping of the router's own */
-			return deliver_locally(skb);
 	}
 	if (einat_binding_of(p->family, in->l4proto, &in->dst, in->dport, bv) < 0) {
 		if (hairpin)
@@ -897,13 +895,11 @@ __noinline int einat_egress_full(struct __sk_buff *skb, struct packet *pp)
 		if (pp->l4proto == IPPROTO_ICMP)
 			return deliver_turned(skb, pp);
 		struct mapping_record *t =
-			binding_reply(pp->family, pp->l4proto, &pp->dst, pp->dport);
-		if (!t) /* the router's own service */
+			hairpin_binding(pp->family, pp->l4proto, &pp->dst, pp->dport);
+		if (!t) /* the router's own service, or port */
 			return deliver_turned(skb, pp);
 		target = &es->target;
 		binding_intern(target, t);
-		if (addr_eq(&target->addr, &pp->dst)) /* a mapping of the router's own */
-			return deliver_turned(skb, pp);
 	}
 
 	__be16 remote_port = pp->dport;

@@ -135,6 +135,18 @@ binding_reply(__u8 family, __u8 l4proto, const union ip_addr *ext_addr, __be16 e
 	return ri < 0 ? NULL : rec_get(ri);
 }
 
+/*
+ * The binding a packet hairpinned to an external endpoint goes to, or NULL: none, or the
+ * router's own (einat_egress_own; its internal address is that external one), whose packets
+ * the router's stack takes.
+ */
+static __always_inline struct mapping_record *
+hairpin_binding(__u8 family, __u8 l4proto, const union ip_addr *ext_addr, __be16 ext_port)
+{
+	struct mapping_record *r = binding_reply(family, l4proto, ext_addr, ext_port);
+	return r && !addr_eq(&r->ct.int_addr, ext_addr) ? r : NULL;
+}
+
 /* The internal endpoint of record r as a binding value (the reply direction). */
 static __always_inline void binding_intern(struct endpoint *out, const struct mapping_record *r)
 {

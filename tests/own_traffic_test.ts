@@ -340,3 +340,23 @@ Deno.test("an internal host's ICMP error about a packet of the router's own (its
     n.close();
   }
 });
+
+Deno.test("the router's own mappings are counted for its address but held to no per-host limit (as its inbound pings' are not)", async () => {
+  const n = await loadTestNat(
+    testInterfaceConfig({ bindingMaxPerHost: 1, sessionMaxPerHost: 2 }),
+  );
+  try {
+    for (const port of [25000, 25001, 25002]) {
+      passesAsItIs(n, udp(EXT, port, SRV1, 53), `the router's port ${port}`);
+      passesAsItIs(n, udp(EXT, port, SRV2, 53), `its second remote from ${port}`);
+    }
+    assertEquals(stat(n.nat.maps.stats, "own_binding"), 3n);
+    assertEquals(hostCounts(n)[EXT], { bindings: 3, sessions: 6 }, "counted all the same");
+    // A LAN host is held to its limits: one binding.
+    assertEquals(n.egress(udp(LAN1, 40000, SRV1, 53)).retval, TC_ACT_OK);
+    assertNotEquals(n.egress(udp(LAN1, 40001, SRV1, 53)).retval, TC_ACT_OK, "LAN1's second");
+    assertEquals(stat(n.nat.maps.stats, "drop_host_full"), 1n);
+  } finally {
+    n.close();
+  }
+});

@@ -814,7 +814,13 @@ __noinline int einat_binding_create(const struct packet *p, const struct default
 	if (!binding_count_take())
 		return STAT_DROP_BINDING_FULL;
 	/* the binding and its first session (the record's one reference) */
-	int host = host_take_binding(p->family, &p->src);
+	int host = 0;
+	if (p->own) { /* the router's own: counted for its address, held to no limit */
+		host_add_binding(p->family, &p->src);
+		host_sess_add(p->family, &p->src, 1);
+	} else {
+		host = host_take_binding(p->family, &p->src);
+	}
 	if (host) {
 		binding_count_drop();
 		return host;

@@ -398,7 +398,7 @@ __noinline int einat_ct_touch(const struct ct_key *k, const struct endpoint *int
 	/* A host at session_max_per_host: refused before the insert, which a host spraying
 	 * new remotes would otherwise make and undo for every packet (the count is checked
 	 * again, exactly, when the reference is taken). */
-	if (mode == CT_FIND && host_sess_full(k->family, &intern->addr))
+	if (mode == CT_FIND && !p->own && host_sess_full(k->family, &intern->addr))
 		return STAT_DROP_HOST_CT_FULL;
 
 	struct ct_value nv;
@@ -464,7 +464,8 @@ __noinline int einat_ct_touch(const struct ct_key *k, const struct endpoint *int
 		bpf_map_delete_elem(&map_ct, k);
 		return STAT_DROP_UNTRANSLATABLE;
 	}
-	if (over) { /* the host is at its limit: the reference goes, counted down with it */
+	if (over && !p->own) { /* the host is at its limit (the router is held to none, as
+				* its inbound pings' bindings): the reference goes, counted down */
 		einat_binding_put(ri);
 		bpf_map_delete_elem(&map_ct, k);
 		return STAT_DROP_HOST_CT_FULL;

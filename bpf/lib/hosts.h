@@ -121,7 +121,8 @@ static __always_inline int host_take_binding(__u8 family, const union ip_addr *a
 }
 
 /* Counts a new binding of internal address a without holding it to CFG.host_max (the router's
- * own, made for a ping from outside): as the walk at a start and every release count it. */
+ * own: its packets', einat_egress_own, and a ping's from outside): as the walk at a start and
+ * every release count it. */
 static __always_inline void host_add_binding(__u8 family, const union ip_addr *a)
 {
 	if (!CFG.host_max)

@@ -1049,7 +1049,6 @@ __noinline int einat_egress_own(struct __sk_buff *skb, struct packet *p)
 	sc->ext.addr = p->src;
 	sc->ext.cfg = *cfg;
 	sc->ext.valid = 1;
-	sc->ext.only = 1;
 	p->own = 1;
 	return einat_egress_full(skb, p);
 }

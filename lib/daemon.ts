@@ -291,8 +291,8 @@ function logEphemeralOverlap(
   ifname: string,
   addr: string,
   cfg: { tcp: PortRange[]; udp: PortRange[] },
+  eph: PortRange | null,
 ): void {
-  const eph = localPortRange();
   if (!eph) return;
   const tcp = intersectRanges(cfg.tcp, eph), udp = intersectRanges(cfg.udp, eph);
   if (tcp.length === 0 && udp.length === 0) return;
@@ -432,6 +432,7 @@ export async function reconcile(s: Served): Promise<void> {
     // After the first purge, before attaching (no program of ours counts yet): what is carried
     // over, as the start's summary reports it.
     s.carried ??= syncBindingsAtStart(s.nat);
+    const eph = localPortRange(); // read once for both families' external addresses
     for (const fam of [4, 6] as const) {
       const d = plan.defaultExt[fam];
       const enabled = fam === 4 ? s.ic.nat44 : s.ic.nat66;
@@ -466,7 +467,7 @@ export async function reconcile(s: Served): Promise<void> {
         icmp: formatRanges(d.cfg.icmp) || "off",
         ...(others.length ? { others: others.join(",") } : {}),
       });
-      logEphemeralOverlap(s.ifname, formatAddr(d.addr), d.cfg);
+      logEphemeralOverlap(s.ifname, formatAddr(d.addr), d.cfg, eph);
     }
     s.plan = plan;
     s.summary = summary;

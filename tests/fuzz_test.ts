@@ -30,6 +30,7 @@ import {
   kernelRefuses,
   KNOWN_BUGS,
   type PacketCheck,
+  replayNote,
   withIpv4Options,
   withIpv6Ext,
 } from "./lib/fuzz.ts";
@@ -414,6 +415,27 @@ Deno.test("fuzz oracle: an IPv4 later fragment of protocol 58 is a datagram of i
     const res = r.run("ingress", fixChecksums(later))!;
     assertEquals(res.verdict, TC_ACT_SHOT);
     assertEquals(r.counts["ingress:held"], 1, JSON.stringify(r.counts));
+  } finally {
+    finish(r);
+  }
+});
+
+Deno.test("fuzz report: a violation is replayed once, with its verdict and the counters it moved", async () => {
+  const r = await runner();
+  try {
+    const out = buildPacket(spec(4, "udp", LAN[4], 40100, SRV[4], 53));
+    assertEquals(r.run("egress", out)!.verdict, TC_ACT_OK);
+    // established: the replay translates it again from the flow's session
+    assertEquals(
+      replayNote(r.nat, r.nat.nat.egressFd, out, false),
+      "replayed: verdict 0, counters egress_nat +1",
+    );
+    // to a port with no mapping: passed to the router, untouched
+    const stray = buildPacket(spec(4, "udp", SRV[4], 53, EXT4, 40999));
+    assertEquals(
+      replayNote(r.nat, r.nat.nat.ingressFd, stray, false),
+      "replayed: verdict 0, counters pass +1, flow_cache_miss +1",
+    );
   } finally {
     finish(r);
   }

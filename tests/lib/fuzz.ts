@@ -2459,6 +2459,33 @@ function resizedRefusal(
   return icmp ? { retval: t.retval, bytes: b } : null;
 }
 
+/**
+ * What a violating packet does when run once more, right after (a rare one that does not repeat
+ * is the environment's, a FIB lookup say): its verdict, whether its output matches the first
+ * run's, and the counters that moved (the drop reason among them).
+ */
+export function replayNote(
+  nat: Nat,
+  fd: number,
+  input: Uint8Array,
+  checksumComplete: boolean,
+): string {
+  const before = STATS.map((s) => statOf(nat, s));
+  let verdict: string;
+  try {
+    verdict = String(
+      bpf.testRun(fd, input, { dataOutSize: input.length + 256, checksumComplete }).retval,
+    );
+  } catch (e) {
+    verdict = `failed (${e})`;
+  }
+  const moved = STATS.flatMap((s, k) => {
+    const d = statOf(nat, s) - before[k];
+    return d ? [`${s} +${d}`] : [];
+  });
+  return `replayed: verdict ${verdict}, counters ${moved.join(", ") || "none"}`;
+}
+
 /** Runs `count` generated packets through a fresh NAT and checks every one. */
 /**
  * The new IDs the datapath gave translated IPv4 fragments (bpf/lib/ipid.h), by their
@@ -2659,7 +2686,7 @@ export async function runFuzz(o: FuzzOptions): Promise<FuzzReport> {
           kind: g.kind,
           outcome: c.outcome,
           verdict: r.retval,
-          messages: c.violations,
+          messages: [...c.violations, replayNote(nat, fd, g.bytes, checksumComplete)],
           input: hex(g.bytes),
           output: hex(r.bytes),
         });

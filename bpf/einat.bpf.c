@@ -1072,8 +1072,14 @@ static __always_inline int egress_family(struct __sk_buff *skb, const __u8 famil
 	if (unlikely(r == PARSE_BAD && pp->family == 0))
 		return drop(STAT_DROP_UNTRANSLATABLE);
 
-	if (unlikely(local_only_source(pp)))
-		return pass(); /* DHCP from 0.0.0.0, link-local IPv6: the router's own */
+	if (unlikely(local_only_source(pp))) {
+		/* DHCP from 0.0.0.0, link-local IPv6: the router's own. An ICMP error of its
+		 * may quote what it could not deliver inbound, a mapped endpoint: translated back
+		 * as its errors from an external address are, its source kept. */
+		if (pp->icmp_err && r != PARSE_BAD)
+			return einat_egress_icmp_error(skb, pp, 1);
+		return pass();
+	}
 	if (likely(r == PARSE_OK && !pp->icmp_err && pp->frag == FRAG_NONE)) {
 		r = egress_established(skb, pp, family);
 		if (likely(r >= 0))

@@ -891,6 +891,47 @@ Deno.test("fragments v6: another protocol (SCTP, IPv6-in-IPv6, GRE) behind Desti
   }
 });
 
+Deno.test("ICMPv6 error of the router's from its link-local address about an inbound packet: the quote hides the internal endpoint, the source is kept (fuzz seed 4243)", async () => {
+  const n = await loadTestNat(cfg66(), EXTS);
+  try {
+    const ext = n.egress(udp(6, LAN6, 40000, SRV6, 53)).out.sport!;
+    const inbound = n.ingress(udp(6, SRV6, 7777, EXT6, ext)); // delivered to LAN6:40000
+    // A port unreachable or packet too big the router sends from fe80::1 (its source when the
+    // interface has no global address the destination's scope prefers).
+    for (const [icmpType, mtu] of [[1, undefined], [2, 1280]] as const) {
+      const err = buildIcmpError(
+        { family: 6, src: "fe80::1", dst: SRV6, icmpType, icmpCode: icmpType === 1 ? 4 : 0, mtu },
+        ipOnly(inbound.bytes),
+      );
+      const r = n.runRaw("egress", err);
+      assertEquals(r.retval, TC_ACT_OK);
+      const q = parsePacket(r.bytes);
+      assertEquals([q.src, q.dst, q.inner!.dst, q.inner!.dport], ["fe80::1", SRV6, EXT6, ext]);
+      assert(q.l4ChecksumOk && q.inner!.l4ChecksumOk, "checksums");
+      assert(!formatAddrs(r.bytes).includes(LAN6), "the internal address leaks");
+    }
+    // About nothing mapped, and the link-local traffic that is no error: as they are.
+    const stray = buildIcmpError(
+      { family: 6, src: "fe80::1", dst: SRV6, icmpType: 1, icmpCode: 4 },
+      ipOnly(buildPacket(udp(6, SRV6, 1, LAN6, 1))),
+    );
+    assertEquals(n.runRaw("egress", stray), { retval: TC_ACT_OK, bytes: stray });
+    const echo = buildPacket({
+      family: 6,
+      src: "fe80::1",
+      dst: SRV6,
+      proto: "icmp",
+      icmpType: 128,
+      icmpId: ext,
+      icmpSeq: 1,
+      payload: new Uint8Array(8),
+    });
+    assertEquals(n.runRaw("egress", echo), { retval: TC_ACT_OK, bytes: echo });
+  } finally {
+    n.close();
+  }
+});
+
 Deno.test("ICMPv6 errors quoting a first fragment or Destination Options are translated: the router's own hide the internal address (RFC 5508 REQ-5), inbound ones reach the host (REQ-4)", async () => {
   const n = await loadTestNat(cfg66(), EXTS);
   try {

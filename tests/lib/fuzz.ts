@@ -1137,12 +1137,6 @@ function checkLaterQuote(
   v: string[],
   res: (outcome: string) => PacketCheck,
 ): PacketCheck {
-  if (dir === "egress" && ownSource6(d) && !eq(d.src, extOf(6))) { // never forwarded: passes before anything (egress_family)
-    if (verdict !== TC_ACT_OK || !eq(input, out)) {
-      v.push("link-local error quoting a later fragment touched");
-    }
-    return res("pass");
-  }
   if (!errorIntact(d, input)) {
     if (verdict !== TC_ACT_SHOT) {
       v.push(`damaged error quoting a later fragment: verdict ${verdict}`);

@@ -2455,8 +2455,8 @@ function resizedRefusal(
 
 /**
  * What a violating packet does when run once more, right after (a rare one that does not repeat
- * is the environment's, a FIB lookup say): its verdict, whether its output matches the first
- * run's, and the counters that moved (the drop reason among them).
+ * is the environment's, a FIB lookup say): its verdict and the counters that moved (the drop
+ * reason among them).
  */
 export function replayNote(
   nat: Nat,
@@ -2480,7 +2480,6 @@ export function replayNote(
   return `replayed: verdict ${verdict}, counters ${moved.join(", ") || "none"}`;
 }
 
-/** Runs `count` generated packets through a fresh NAT and checks every one. */
 /**
  * The new IDs the datapath gave translated IPv4 fragments (bpf/lib/ipid.h), by their
  * datagram's (source, destination, protocol, ID) as they left the LAN: every fragment of one
@@ -2508,6 +2507,7 @@ class FragmentIds {
   }
 }
 
+/** Runs `count` generated packets through a fresh NAT and checks every one. */
 export async function runFuzz(o: FuzzOptions): Promise<FuzzReport> {
   const t0 = performance.now();
   // the per-host counts on with odd seeds: the objects without them (the default) with even ones

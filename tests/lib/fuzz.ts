@@ -74,6 +74,7 @@ import {
   TC_ACT_SHOT,
   testInterfaceConfig,
 } from "./natfixture.ts";
+import { ADDRS } from "./netns.ts";
 import type { InterfaceConfig } from "../../lib/config/types.ts";
 import type { CsumMode } from "../../lib/nat/loader.ts";
 
@@ -213,6 +214,13 @@ export function isInternal(a: Uint8Array): boolean {
 
 function extOf(family: 4 | 6): Uint8Array {
   return family === 4 ? EXT4B : EXT6B;
+}
+
+/** The router's own address on the LAN (tests/lib/netns.ts, ADDRS): local, never forwarded to. */
+const ROUTER_LAN = { 4: ipBytes(ADDRS.v4.routerLan), 6: ipBytes(ADDRS.v6.routerLan) } as const;
+
+function routerLanOf(family: 4 | 6): Uint8Array {
+  return ROUTER_LAN[family];
 }
 
 function eq(a: Uint8Array, b: Uint8Array): boolean {
@@ -1035,8 +1043,11 @@ export function checkPacket(
       return res("redirect-own");
     }
     if (verdict === TC_ACT_REDIRECT && toExt) {
-      if (view.get(false, fam, keyProto(fam, d.proto), d.dst, d.dport)) {
-        v.push("redirected untouched to the router although the port is mapped");
+      // a port the router's own mapping holds (its external address as the internal endpoint)
+      // is the router's: reached as it is
+      const target = view.get(false, fam, keyProto(fam, d.proto), d.dst, d.dport);
+      if (target && !eq(target.addr, extOf(fam))) {
+        v.push("redirected untouched to the router although a host's mapping holds the port");
       }
       return res("redirect-own");
     }
@@ -1403,7 +1414,9 @@ function checkIcmpToExternal(
     ? view.get(false, fam, keyProto(fam, n.proto), n.src, n.sport)
     : null;
   const snat = n && !echoInner ? view.get(true, fam, keyProto(fam, n.proto), n.dst, n.dport) : null;
-  if (!peer || !snat) {
+  // A packet from a port the router's own mapping holds (its external address as the internal
+  // endpoint) came from the router: the error about it is the router's to read, as it is.
+  if (!peer || !snat || eq(peer.addr, extOf(fam))) {
     if (verdict !== TC_ACT_REDIRECT || !eq(input, out)) {
       v.push(
         `ICMP to the external address naming no internal host: expected to reach the router ` +
@@ -1417,9 +1430,10 @@ function checkIcmpToExternal(
     return res("drop");
   }
   // A (mutated) sender outside the LAN networks, or at its broadcast address, has no unicast
-  // route: the FIB lookup fails, a drop.
+  // route, and the router's own LAN address a local one: the FIB lookup forwards neither, a drop.
   const a = peer.addr;
-  const unicast = isInternal(a) && !(a.length === 4 && (a[3] === 0 || a[3] === 255));
+  const unicast = isInternal(a) && !(a.length === 4 && (a[3] === 0 || a[3] === 255)) &&
+    !eq(a, routerLanOf(fam));
   if (verdict === TC_ACT_SHOT && !unicast) return res("drop");
   if (verdict !== TC_ACT_REDIRECT) v.push(`hairpinned ICMP error: verdict ${verdict}`);
   checkChangedBytes(input, out, d, v);

@@ -653,12 +653,17 @@ static __always_inline int egress_established(struct __sk_buff *skb, struct pack
 	if (unlikely(flow_syn(p))) {
 		fe = flow_slot_blind(p, family, true);
 	} else {
+		/* in a burst of new flows, the binding's line read beside the set (flowcache.h) */
+		if (p->l4proto != IPPROTO_TCP && flow_miss_burst())
+			ob_touch(family, p->l4proto, &p->src, p->sport);
 		fe = flow_slot(p, family, true, &hit);
 		int served = flow_serve(skb, p, fe, hit, true, now, remote_port);
 		if (likely(served >= 0))
 			return served;
-		if (!hit)
+		if (!hit) {
 			stat_inc(STAT_FLOW_CACHE_MISS);
+			flow_miss_count();
+		}
 	}
 	__u64 epoch = epoch_now(); /* before the lookups the slot will stand for */
 	struct ct_key ck;

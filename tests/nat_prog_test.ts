@@ -36,6 +36,9 @@ import {
   pingSpec,
 } from "./lib/packet.ts";
 import { pinThread, restoreAffinity } from "./lib/cpu.ts";
+import { readStructs } from "../lib/btf.ts";
+import { embeddedObject } from "../lib/nat/loader.ts";
+import { unmarkExternal } from "../bench/lib/bpfbench.ts";
 import {
   loadTestNat,
   ranges,
@@ -665,6 +668,60 @@ Deno.test("flow cache: flow_cache_miss counts a flow's first packet each way, no
       assertEquals(n.egress(udp(LAN1, 40000, SRV2, 53)).out.sport, ext);
     }
     assertEquals(stat(n.nat.maps.stats, "flow_cache_miss"), 3n);
+  } finally {
+    restoreAffinity(affinity);
+    n.close();
+  }
+});
+
+Deno.test("flow cache: egress misses are counted per CPU and jiffy in its clock line (the gate of the outbound line's early read), packets the cache serves are not", async () => {
+  const n = await loadTestNat();
+  // struct clock_cache of CPU 0, through the object's BTF (bpf/lib/clock.h, flowcache.h)
+  const cc = readStructs(embeddedObject()).get("clock_cache")!;
+  const at = (f: string) => cc.members.find((m) => m.name === f)!.offsetBits / 8;
+  const fd = bpf.mapFd(bpf.findMap(n.nat.obj, "map_clock"));
+  const read = () => {
+    const v = bpf.mapLookup(
+      fd,
+      new Uint8Array(4),
+      Math.ceil(cc.size / 8) * 8 * bpf.numPossibleCpus(),
+    )!;
+    const dv = new DataView(v.buffer);
+    return {
+      jiffies: dv.getBigUint64(at("jiffies"), true),
+      missJiffies: dv.getBigUint64(at("miss_jiffies"), true),
+      misses: dv.getUint32(at("misses"), true),
+    };
+  };
+  const affinity = pinThread(0);
+  try {
+    assertEquals(read().misses, 0);
+    const ext = n.egress(udp(LAN1, 40000, SRV1, 53)).out.sport!;
+    const first = read();
+    assertEquals(
+      [first.misses, first.missJiffies],
+      [1, first.jiffies],
+      "a new flow's first packet",
+    );
+    for (let i = 0; i < 5; i++) {
+      assertEquals(n.egress(udp(LAN1, 40000, SRV1, 53)).out.sport, ext);
+    }
+    assertEquals(stat(n.nat.maps.stats, "flow_cache_miss"), 1n);
+    const served = read();
+    assertEquals([served.misses, served.missJiffies], [1, first.missJiffies], "served: no store");
+    // A burst: 20 new flows in one test run, each run's output the next one's new source
+    // (bench/lib/bpfbench.ts), within a jiffy or across one (half the first's count carried).
+    unmarkExternal(n, 4);
+    const made = stat(n.nat.maps.stats, "new_binding");
+    const before = read().jiffies; // the last packet's jiffy: at or before the run's start
+    bpf.testRun(n.nat.egressFd, buildPacket(udp(LAN2, 41000, SRV1, 53)), { repeat: 20 });
+    assertEquals(stat(n.nat.maps.stats, "new_binding") - made, 20n);
+    const burst = read();
+    assertEquals(burst.missJiffies, burst.jiffies, "the last miss counted in the last jiffy");
+    // Twenty runs take microseconds; a run held up across jiffies (a loaded host) may have
+    // counted fewer, but at least the miss of its last jiffy.
+    const held = burst.jiffies - before > 1n;
+    assert(burst.misses >= (held ? 1 : 10), `misses ${burst.misses} (held up: ${held})`);
   } finally {
     restoreAffinity(affinity);
     n.close();

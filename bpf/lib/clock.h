@@ -16,6 +16,11 @@
 struct clock_cache {
 	__u64 jiffies;
 	__u64 ns;
+	/* egress flow-cache misses on this CPU, counted here since every packet reads
+	 * this line anyway (flowcache.h, flow_miss_burst) */
+	__u64 miss_jiffies; /* the jiffy of the last one */
+	__u32 misses; /* in that jiffy, with half the count of the jiffy before */
+	__u32 _pad;
 };
 
 struct {
@@ -25,11 +30,17 @@ struct {
 	__uint(max_entries, 1);
 } map_clock SEC(".maps");
 
+/* This CPU's clock line. */
+static __always_inline struct clock_cache *clock_cache_get(void)
+{
+	__u32 zero = 0;
+	return bpf_map_lookup_elem(&map_clock, &zero);
+}
+
 /* Coarse CLOCK_MONOTONIC ns (bpf_ktime_get_coarse_ns), cached per jiffy and CPU. */
 static __always_inline __u64 clock_now(void)
 {
-	__u32 zero = 0;
-	struct clock_cache *c = bpf_map_lookup_elem(&map_clock, &zero);
+	struct clock_cache *c = clock_cache_get();
 	if (!c)
 		return bpf_ktime_get_coarse_ns();
 	__u64 j = bpf_jiffies64();

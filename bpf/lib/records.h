@@ -110,14 +110,21 @@ static __always_inline __u32 fmix32(__u32 h)
 	return h;
 }
 
+/* The hash of an endpoint (family, protocol, address, port). */
+static __always_inline __u32 ob_hash_of(__u8 family, __u8 l4proto, const union ip_addr *a,
+					__be16 port)
+{
+	__u32 h = ((__u32)family << 24) ^ ((__u32)l4proto << 16) ^ port;
+#pragma unroll
+	for (int i = 0; i < 4; i++)
+		h = (h ^ a->all[i]) * 0x9e3779b1U + 0x7f4a7c15U;
+	return fmix32(h);
+}
+
 /* The hash of an endpoint: its low bits pick the line, its top 10 bits are the tag. */
 static __always_inline __u32 ob_hash(const struct rec_key *k)
 {
-	__u32 h = ((__u32)k->family << 24) ^ ((__u32)k->l4proto << 16) ^ k->port;
-#pragma unroll
-	for (int i = 0; i < 4; i++)
-		h = (h ^ k->addr.all[i]) * 0x9e3779b1U + 0x7f4a7c15U;
-	return fmix32(h);
+	return ob_hash_of(k->family, k->l4proto, &k->addr, k->port);
 }
 
 static __always_inline __u32 ob_tag(__u32 h)
@@ -130,6 +137,15 @@ static __always_inline struct outbound_line *ob_line(__u32 h)
 {
 	__u32 i = h & OUTBOUND_MASK();
 	return bpf_map_lookup_elem(&map_outbound, &i);
+}
+
+/* Starts reading the outbound line of an endpoint, for a lookup that may
+ * follow (flowcache.h, flow_miss_burst()): nothing is compared or written. */
+static __always_inline void ob_touch(__u8 family, __u8 l4proto, const union ip_addr *a, __be16 port)
+{
+	struct outbound_line *l = ob_line(ob_hash_of(family, l4proto, a, port));
+	if (l)
+		(void)*(volatile __u32 *)&l->e[0];
 }
 
 /* The line of endpoint k, and the endpoint's hash into *h; NULL without k. */

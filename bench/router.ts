@@ -366,7 +366,7 @@ export interface FloodRun {
 }
 
 /** The id of the program on wan0's egress hook in the router (clsact or TCX). */
-async function egressProgId(t: Topology): Promise<number> {
+export async function egressProgId(t: Topology): Promise<number> {
   const out = await t.exec(t.ns.router, ["bpftool", "-j", "net", "show", "dev", "wan0"]);
   // bpftool 7 names the program "id" (clsact and tcx alike)
   const tc: { kind?: string; id?: number; prog_id?: number }[] = JSON.parse(out)[0]?.tc ?? [];
@@ -433,6 +433,10 @@ export async function measureFlood(
   } finally {
     server.kill("SIGKILL");
     await server.output(3000).catch(() => {});
+    // the topology may be flooded again (bench/flood_ab.ts)
+    for (const a of addrs) {
+      await t.exec(t.ns.lan1, ["ip", "addr", "del", `${a}/24`, "dev", "eth0"]).catch(() => {});
+    }
   }
   return runs;
 }

@@ -648,14 +648,20 @@ static __always_inline int egress_established(struct __sk_buff *skb, struct pack
 		remote_port = 0;
 	}
 	bool hit = false;
+	/* prefetching, should the flow miss and no binding be found, the new mapping's
+	 * record; not for TCP past its SYN, which starts no flow but in rare cases */
+	bool prefetch = p->l4proto != IPPROTO_TCP || flow_syn(p);
 	struct flow_entry *fe;
 	__u64 now = packet_now(p);
 	if (unlikely(flow_syn(p))) {
 		fe = flow_slot_blind(p, family, true);
 	} else {
-		/* in a burst of new flows, the binding's line read beside the set (flowcache.h) */
-		if (p->l4proto != IPPROTO_TCP && flow_miss_burst())
-			ob_touch(family, p->l4proto, &p->src, p->sport);
+		/* in a burst of new flows, what a new flow waits for read beside its set
+		 * (flowcache.h) */
+		if (prefetch && flow_miss_burst()) {
+			einat_new_flow_prefetch(p);
+			prefetch = false;
+		}
 		fe = flow_slot(p, family, true, &hit);
 		int served = flow_serve(skb, p, fe, hit, true, now, remote_port);
 		if (likely(served >= 0))
@@ -672,9 +678,7 @@ static __always_inline int egress_established(struct __sk_buff *skb, struct pack
 		flow_ct_key(&ck, p, fe, true, remote_port);
 	} else {
 		struct endpoint b;
-		/* prefetching, should no binding be found, the new mapping's record; not
-		 * for TCP past its SYN, which starts no flow but in rare cases */
-		ri = einat_source_binding(p, &b, p->l4proto != IPPROTO_TCP || flow_syn(p));
+		ri = einat_source_binding(p, &b, prefetch);
 		if (ri < 0) {
 			p->no_binding = 1; /* the full path need not look again */
 			return -1;

@@ -962,6 +962,22 @@ static __always_inline void alloc_prefetch(const struct packet *p)
 }
 
 /*
+ * In a burst of new flows (flowcache.h, flow_miss_burst()), before the
+ * packet's flow-cache set is read: the reads a new flow's lookups and new
+ * mapping will wait for, its source's outbound line (ob_touch()) and
+ * alloc_prefetch()'s, so that all of them are waited for with the set's.
+ * A global function: verified once, called in bursts only.
+ */
+__noinline int einat_new_flow_prefetch(const struct packet *p)
+{
+	if (!p)
+		return 0;
+	ob_touch(p->family, p->l4proto, &p->src, p->sport);
+	alloc_prefetch(p);
+	return 0;
+}
+
+/*
  * An egress packet's flow-cache miss: alloc_prefetch()'s reads when
  * prefetch, then the binding of its source (einat_binding_of()). One call for
  * the two (a call and its return cost ~15 ns on hosts with return-thunk

@@ -168,8 +168,9 @@ static __always_inline struct flow_entry *flow_slot_blind(const struct packet *p
  * cold between packets the CPU does not run ahead from one to the other. So
  * while this CPU's egress packets miss often (FLOW_MISS_BURST misses this
  * jiffy, half the last jiffy's carried over), a UDP or ICMP packet starts
- * reading its source's outbound line before its set (ob_touch()), and the two
- * waits overlap: ~120-150 ns less a new flow in that flood. The count lives
+ * reading its source's outbound line before its set, and the records a new
+ * mapping of its would claim (binding.h, einat_new_flow_prefetch()), and the
+ * waits overlap: ~150-200 ns less a new flow in that flood. The count lives
  * in the clock's per-CPU line, which every packet reads anyway: a packet its
  * slot serves pays a compare, never a store. Without a burst no packet reads
  * the line early, so an established flow's packets, which its slot serves

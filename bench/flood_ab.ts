@@ -25,7 +25,7 @@ import {
   withSetupTopologies,
 } from "./router.ts";
 import { type ProgJitInfo, progJitInfo } from "../lib/ffi/libbpf.ts";
-import { attribute, parseXlated } from "./lib/jitprof.ts";
+import { attribute, formatAttribution, parseXlated } from "./lib/jitprof.ts";
 import type { Topology } from "../tests/lib/netns.ts";
 
 const OPTIONS = { quick: true, progress: () => {} };
@@ -114,15 +114,7 @@ async function profile(obj: string, seconds: number, top: number): Promise<void>
       parseXlated(xlated),
       new TextDecoder().decode(script.stdout).split("\n"),
     );
-    const pct = (n: number) => (100 * n / Math.max(a.total, 1)).toFixed(1).padStart(5);
-    console.log(`${a.total} samples in the program`);
-    for (const [f, n] of [...a.perFunc].sort((x, y) => y[1] - x[1])) {
-      console.log(`${String(n).padStart(7)} ${pct(n)} %  ${f}`);
-    }
-    console.log("");
-    for (const l of a.lines.slice(0, top)) {
-      console.log(`${String(l.samples).padStart(7)} ${pct(l.samples)} %  ${l.func}: ${l.source}`);
-    }
+    console.log(formatAttribution(a, top));
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

@@ -12,7 +12,7 @@
  */
 import { parseArgs } from "node:util";
 import { progJitInfo } from "../lib/ffi/libbpf.ts";
-import { attribute, parseXlated } from "./lib/jitprof.ts";
+import { attribute, formatAttribution, parseXlated } from "./lib/jitprof.ts";
 
 if (import.meta.main) {
   const { values, positionals } = parseArgs({
@@ -40,13 +40,5 @@ if (import.meta.main) {
     parseXlated(new TextDecoder().decode(dump.stdout)),
     text.split("\n"),
   );
-  const pct = (n: number) => (100 * n / Math.max(a.total, 1)).toFixed(1).padStart(5);
-  console.log(`${a.total} samples in the program`);
-  for (const [f, n] of [...a.perFunc].sort((x, y) => y[1] - x[1])) {
-    console.log(`${String(n).padStart(7)} ${pct(n)} %  ${f}`);
-  }
-  console.log("");
-  for (const l of a.lines.slice(0, Number(values.top))) {
-    console.log(`${String(l.samples).padStart(7)} ${pct(l.samples)} %  ${l.func}: ${l.source}`);
-  }
+  console.log(formatAttribution(a, Number(values.top)));
 }

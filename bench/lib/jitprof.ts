@@ -95,3 +95,17 @@ export function attribute(info: ProgJitInfo, xl: XlatedDump, perfLines: string[]
   const lines = [...counts.values()].sort((a, b) => b.samples - a.samples);
   return { total, perFunc, lines };
 }
+
+/** The report of an attribution: samples per function, then the `top` source lines. */
+export function formatAttribution(a: Attribution, top: number): string {
+  const pct = (n: number) => (100 * n / Math.max(a.total, 1)).toFixed(1).padStart(5);
+  const out = [`${a.total} samples in the program`];
+  for (const [f, n] of [...a.perFunc].sort((x, y) => y[1] - x[1])) {
+    out.push(`${String(n).padStart(7)} ${pct(n)} %  ${f}`);
+  }
+  out.push("");
+  for (const l of a.lines.slice(0, top)) {
+    out.push(`${String(l.samples).padStart(7)} ${pct(l.samples)} %  ${l.func}: ${l.source}`);
+  }
+  return out.join("\n");
+}

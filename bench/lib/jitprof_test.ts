@@ -6,7 +6,7 @@ import { assert, assertEquals } from "../../tests/lib/assert.ts";
 import { loadTestNat } from "../../tests/lib/natfixture.ts";
 import { progJitInfo } from "../../lib/ffi/libbpf.ts";
 import { fdinfo } from "./bpfbench.ts";
-import { attribute, parseXlated } from "./jitprof.ts";
+import { attribute, formatAttribution, parseXlated } from "./jitprof.ts";
 
 Deno.test("jitprof: perf samples of the egress program map to its functions' source lines, by name and tag", async () => {
   const n = await loadTestNat();
@@ -56,4 +56,24 @@ Deno.test("jitprof: perf samples of the egress program map to its functions' sou
   } finally {
     n.close();
   }
+});
+
+Deno.test("jitprof: the report lists functions by samples, then the top source lines, with shares", () => {
+  const text = formatAttribution({
+    total: 8,
+    perFunc: new Map([["einat_rewrite", 2], ["egress_snat", 6]]),
+    lines: [
+      { func: "egress_snat", source: "x = 1; [a.c:3]", samples: 5 },
+      { func: "einat_rewrite", source: "y = 2; [b.h:9]", samples: 2 },
+      { func: "egress_snat", source: "z = 3; [a.c:4]", samples: 1 },
+    ],
+  }, 2);
+  assertEquals(text.split("\n"), [
+    "8 samples in the program",
+    "      6  75.0 %  egress_snat",
+    "      2  25.0 %  einat_rewrite",
+    "",
+    "      5  62.5 %  egress_snat: x = 1; [a.c:3]",
+    "      2  25.0 %  einat_rewrite: y = 2; [b.h:9]",
+  ]);
 });

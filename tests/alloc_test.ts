@@ -39,7 +39,8 @@ import { syncPortHint } from "../lib/nat/loader.ts";
 import { expireSessions } from "../lib/nat/expire.ts";
 import { fillSessions } from "../bench/lib/bpfbench.ts";
 import { pinThread, restoreAffinity } from "./lib/cpu.ts";
-import { readStructs, type StructInfo } from "../lib/btf.ts";
+import { readStructs } from "../lib/btf.ts";
+import { memberOffset } from "./lib/btfcheck.ts";
 import { embeddedObject } from "../lib/nat/loader.ts";
 
 const EXT = [203, 0, 113, 1];
@@ -224,13 +225,6 @@ Deno.test("port choice: one CPU's consecutive new mappings get unrelated ports (
     n.close();
   }
 });
-
-/** Member offset (bytes) of `name` in struct `s` of the object's BTF. */
-function memberOffset(structs: Map<string, StructInfo>, s: string, name: string): number {
-  const m = structs.get(s)?.members.find((x) => x.name === name);
-  if (!m) throw new Error(`${s}.${name} not in BTF`);
-  return m.offsetBits / 8;
-}
 
 Deno.test("port choice: a new mapping that cannot keep its port takes the one its CPU drew in advance, whose record the flow-cache miss before it started reading (alloc_prefetch)", async () => {
   // The prefetch reads the record of struct alloc_next's port (or of the packet's own port, when

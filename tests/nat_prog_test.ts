@@ -37,6 +37,7 @@ import {
 } from "./lib/packet.ts";
 import { pinThread, restoreAffinity } from "./lib/cpu.ts";
 import { readStructs } from "../lib/btf.ts";
+import { memberOffset } from "./lib/btfcheck.ts";
 import { embeddedObject } from "../lib/nat/loader.ts";
 import { unmarkExternal } from "../bench/lib/bpfbench.ts";
 import {
@@ -677,15 +678,11 @@ Deno.test("flow cache: flow_cache_miss counts a flow's first packet each way, no
 Deno.test("flow cache: egress misses are counted per CPU and jiffy in its clock line (the gate of the outbound line's early read), packets the cache serves are not", async () => {
   const n = await loadTestNat();
   // struct clock_cache of CPU 0, through the object's BTF (bpf/lib/clock.h, flowcache.h)
-  const cc = readStructs(embeddedObject()).get("clock_cache")!;
-  const at = (f: string) => cc.members.find((m) => m.name === f)!.offsetBits / 8;
+  const structs = readStructs(embeddedObject());
+  const at = (f: string) => memberOffset(structs, "clock_cache", f);
   const fd = bpf.mapFd(bpf.findMap(n.nat.obj, "map_clock"));
   const read = () => {
-    const v = bpf.mapLookup(
-      fd,
-      new Uint8Array(4),
-      Math.ceil(cc.size / 8) * 8 * bpf.numPossibleCpus(),
-    )!;
+    const v = bpf.mapLookup(fd, new Uint8Array(4), bpf.valueBytes(bpf.mapInfo(fd)))!;
     const dv = new DataView(v.buffer);
     return {
       jiffies: dv.getBigUint64(at("jiffies"), true),

@@ -23,3 +23,10 @@ export function assertLayoutMatches(layout: StructLayout, s: StructInfo | undefi
   const unknown = s.members.filter((m) => !m.name.startsWith("_") && !(m.name in layout.fields));
   assertEquals(unknown.map((m) => m.name), [], `members of ${layout.name} missing from the codec`);
 }
+
+/** Member offset (bytes) of `name` in struct `s` of an object's BTF (lib/btf.ts, readStructs). */
+export function memberOffset(structs: Map<string, StructInfo>, s: string, name: string): number {
+  const m = structs.get(s)?.members.find((x) => x.name === name);
+  if (!m) throw new Error(`${s}.${name} not in BTF`);
+  return m.offsetBits / 8;
+}

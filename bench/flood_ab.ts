@@ -26,6 +26,7 @@ import {
 } from "./router.ts";
 import { type ProgJitInfo, progJitInfo } from "../lib/ffi/libbpf.ts";
 import { attribute, formatAttribution, parseXlated } from "./lib/jitprof.ts";
+import { median } from "./lib/util.ts";
 import type { Topology } from "../tests/lib/netns.ts";
 
 const OPTIONS = { quick: true, progress: () => {} };
@@ -40,11 +41,6 @@ async function floodWith(t: Topology, sz: RouterSizes, obj: string): Promise<num
   const [f] = await measureFlood(OPTIONS, t, sz);
   if (!f || f.runs === 0) throw new Error(`${obj}: no program runs in the flood`);
   return f.ns / f.runs;
-}
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b), m = s.length >> 1;
-  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
 }
 
 async function paired(objs: [string, string], rounds: number, seconds: number): Promise<void> {

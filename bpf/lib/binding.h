@@ -544,10 +544,10 @@ static __always_inline bool port_in_ranges(const struct external_config *cfg, in
 }
 
 /*
- * Copies the protocol's port ranges of cfg into the search state, with what
- * the search derives from them (the number of ports, the hint words they
- * span, whether any lies below 1024), and finds the slot of the external
- * address a (family) the records are claimed under. Returns -1 when there is
+ * Finds the slot of the external address a (family) the records are claimed
+ * under, and copies the protocol's port ranges of cfg into the search state,
+ * with what the search derives from them (the number of ports, the hint words
+ * they span, whether any lies below 1024). Returns -1 when there is
  * no port or the address has no slot, else whether c->want lies in the ranges.
  * A global function: the loop's branches are verified once here, not carried
  * into the caller's paths (~9,000 processed instructions of egress
@@ -559,6 +559,27 @@ __noinline int einat_alloc_ranges(const struct external_config *cfg, __u32 pidx,
 	struct alloc_ctx *c = alloc_ctx_get();
 	if (!c || !cfg || !a)
 		return -1;
+	/* The slot this CPU's last new mapping of the kind was made on (struct alloc_next) is
+	 * almost always the address's: checked first, here, which saves einat_ext_slot()'s call.
+	 * The table decides, as there: a stale hint costs the call. (Before the ranges' loop,
+	 * whose exits the verifier would otherwise walk this with, each.) */
+	__u32 hint = rec_slot(c->keep.next[family == 6][pidx & 3].base - 1);
+	__u32 zero = 0;
+	struct slot_table *t = bpf_map_lookup_elem(&map_slots, &zero);
+	asm volatile("" : "+r"(hint));
+	int slot = -1;
+	if (t && hint < EINAT_MAX_SLOTS) {
+		const struct ext_slot *e = &t->s[hint];
+		if ((((e->addr.all[0] ^ a->all[0]) | (e->addr.all[1] ^ a->all[1]) |
+		      (e->addr.all[2] ^ a->all[2]) | (e->addr.all[3] ^ a->all[3])) |
+		     (e->family ^ family)) == 0)
+			slot = hint;
+	}
+	if (slot < 0)
+		slot = einat_ext_slot(family, a);
+	if (slot < 0)
+		return -1; /* an address without records (lib/nat/slots.ts) */
+	c->slot = slot;
 	__u32 total = 0;
 	int in = 0;
 #pragma unroll
@@ -583,29 +604,7 @@ __noinline int einat_alloc_ranges(const struct external_config *cfg, __u32 pidx,
 			in = 1;
 	}
 	c->total = total;
-	if (!total)
-		return -1;
-	/* The slot this CPU's last new mapping of the kind was made on (struct alloc_next) is
-	 * almost always the address's: checked first, here, which saves einat_ext_slot()'s call.
-	 * The table decides, as there: a stale hint costs the call. */
-	__u32 hint = rec_slot(c->keep.next[family == 6][pidx & 3].base - 1);
-	__u32 zero = 0;
-	struct slot_table *t = bpf_map_lookup_elem(&map_slots, &zero);
-	asm volatile("" : "+r"(hint));
-	int slot = -1;
-	if (t && hint < EINAT_MAX_SLOTS) {
-		const struct ext_slot *e = &t->s[hint];
-		if ((((e->addr.all[0] ^ a->all[0]) | (e->addr.all[1] ^ a->all[1]) |
-		      (e->addr.all[2] ^ a->all[2]) | (e->addr.all[3] ^ a->all[3])) |
-		     (e->family ^ family)) == 0)
-			slot = hint;
-	}
-	if (slot < 0)
-		slot = einat_ext_slot(family, a);
-	if (slot < 0)
-		return -1; /* an address without records (lib/nat/slots.ts) */
-	c->slot = slot;
-	return in;
+	return total ? in : -1;
 }
 
 /*

@@ -544,42 +544,18 @@ static __always_inline bool port_in_ranges(const struct external_config *cfg, in
 }
 
 /*
- * Finds the slot of the external address a (family) the records are claimed
- * under, and copies the protocol's port ranges of cfg into the search state,
- * with what the search derives from them (the number of ports, the hint words
- * they span, whether any lies below 1024). Returns -1 when there is
- * no port or the address has no slot, else whether c->want lies in the ranges.
- * A global function: the loop's branches are verified once here, not carried
- * into the caller's paths (~9,000 processed instructions of egress
- * verification).
+ * Copies the protocol's port ranges of cfg into the search state, with what
+ * the search derives from them (the number of ports, the hint words they
+ * span, whether any lies below 1024). Returns -1 when there is no port, else
+ * whether c->want lies in the ranges. A global function: the loop's branches
+ * are verified once here, not carried into the caller's paths (~9,000
+ * processed instructions of egress verification).
  */
-__noinline int einat_alloc_ranges(const struct external_config *cfg, __u32 pidx, __u32 family,
-				  const union ip_addr *a)
+__noinline int einat_alloc_ranges(const struct external_config *cfg, __u32 pidx)
 {
 	struct alloc_ctx *c = alloc_ctx_get();
-	if (!c || !cfg || !a)
+	if (!c || !cfg)
 		return -1;
-	/* The slot this CPU's last new mapping of the kind was made on (struct alloc_next) is
-	 * almost always the address's: checked first, here, which saves einat_ext_slot()'s call.
-	 * The table decides, as there: a stale hint costs the call. (Before the ranges' loop,
-	 * whose exits the verifier would otherwise walk this with, each.) */
-	__u32 hint = rec_slot(c->keep.next[family == 6][pidx & 3].base - 1);
-	__u32 zero = 0;
-	struct slot_table *t = bpf_map_lookup_elem(&map_slots, &zero);
-	asm volatile("" : "+r"(hint));
-	int slot = -1;
-	if (t && hint < EINAT_MAX_SLOTS) {
-		const struct ext_slot *e = &t->s[hint];
-		if ((((e->addr.all[0] ^ a->all[0]) | (e->addr.all[1] ^ a->all[1]) |
-		      (e->addr.all[2] ^ a->all[2]) | (e->addr.all[3] ^ a->all[3])) |
-		     (e->family ^ family)) == 0)
-			slot = hint;
-	}
-	if (slot < 0)
-		slot = einat_ext_slot(family, a);
-	if (slot < 0)
-		return -1; /* an address without records (lib/nat/slots.ts) */
-	c->slot = slot;
 	__u32 total = 0;
 	int in = 0;
 #pragma unroll
@@ -822,9 +798,13 @@ __noinline int einat_binding_create(const struct packet *p, const struct default
 	__builtin_memset(&c->rk, 0, sizeof(*c) - offsetof(struct alloc_ctx, rk));
 	__u16 want = bpf_ntohs(p->sport);
 	c->want = want;
-	int in_ranges = einat_alloc_ranges(cfg, pidx, p->family, &ext->addr);
+	int in_ranges = einat_alloc_ranges(cfg, pidx);
 	if (in_ranges < 0)
-		return STAT_DROP_NO_PORT; /* no port, or an address without records */
+		return STAT_DROP_NO_PORT;
+	int slot = einat_ext_slot(p->family, &ext->addr);
+	if (slot < 0)
+		return STAT_DROP_NO_PORT; /* an address without records (lib/nat/slots.ts) */
+	c->slot = slot;
 	c->pidx = pidx;
 	rec_key_init(&c->rk, p->family, p->l4proto, &p->src, p->sport);
 	c->sess = *first;

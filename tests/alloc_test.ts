@@ -301,6 +301,56 @@ Deno.test("port choice: a new mapping that cannot keep its port takes the one it
   }
 });
 
+Deno.test("port choice: new mappings follow the default external to another address's slot and back, on one CPU (its drawn port and records of the last address left behind)", async () => {
+  // A CPU keeps from one new mapping to the next where the last one was made (struct
+  // alloc_next: the records and the drawn port of its address); a new mapping on another
+  // address must not claim under the last one's slot, where neither the reply nor
+  // findBinding() would find it.
+  const ic = testInterfaceConfig();
+  const EXT2 = parseAddr("203.0.113.2");
+  const plan = (first: Uint8Array, second: Uint8Array) =>
+    planInterface(ic, [
+      { family: 4, addr: first, prefixLen: 24 },
+      { family: 4, addr: second, prefixLen: 24 },
+    ]);
+  const n = await loadTestNat(ic, ["203.0.113.1/24", "203.0.113.2/24"]);
+  const mask = pinThread(0);
+  try {
+    const slots = readSlots(n.nat.maps.slots);
+    const s1 = slotOf(slots, 4, new Uint8Array(EXT)), s2 = slotOf(slots, 4, EXT2);
+    assert(s1 >= 0 && s2 >= 0 && s1 !== s2, `slots ${s1} ${s2}`);
+    let lanPort = 40000;
+    const mapsOn = (ext: Uint8Array, what: string) => {
+      const port = lanPort++;
+      const r = n.egress(udp("192.0.2.10", port));
+      assertEquals([r.retval, r.out.src], [TC_ACT_OK, ext.join(".")], `${what}: translated`);
+      const b = findBinding(n.nat.maps, 4, 17, ext, r.out.sport!);
+      assertEquals(b?.intPort, port, `${what}: the record under its address's slot`);
+      const back = n.ingress({
+        family: 4,
+        proto: "udp",
+        src: "198.51.100.1",
+        dst: ext.join("."),
+        sport: 53,
+        dport: r.out.sport!,
+        payload: new TextEncoder().encode("y"),
+      });
+      assertEquals([back.out.dst, back.out.dport], ["192.0.2.10", port], `${what}: the reply`);
+    };
+    mapsOn(new Uint8Array(EXT), "first mapping");
+    mapsOn(new Uint8Array(EXT), "second on the same address");
+    applyPlan(n.nat.maps, plan(EXT2, new Uint8Array(EXT)));
+    mapsOn(EXT2, "moved: the CPU's last mapping on the other address");
+    mapsOn(EXT2, "moved: again");
+    applyPlan(n.nat.maps, plan(new Uint8Array(EXT), EXT2));
+    mapsOn(new Uint8Array(EXT), "back");
+    assertEquals(slotOf(readSlots(n.nat.maps.slots), 4, EXT2), s2, "slots kept");
+  } finally {
+    restoreAffinity(mask);
+    n.close();
+  }
+});
+
 Deno.test("port choice: identifiers bound by pings from outside (allow_inbound_icmpx) are not handed out", async () => {
   const ids = { start: 100, end: 131 };
   const n = await loadTestNat(

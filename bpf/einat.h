@@ -37,7 +37,10 @@ struct einat_config {
 	__u8 flow_cache_bits;
 	/* Count packets and bytes per session (map_sess_counters, lib/state.h). */
 	__u8 session_counters;
-	__u8 _pad[2];
+	/* The CPU may reorder loads (arm64; not x86): the readers that re-check what they read
+	 * fence their loads (lib/prefixes.h, load_fence; set by the loader from its machine). */
+	__u8 weak_order;
+	__u8 _pad[1];
 	/* The outbound index has outbound_mask + 1 lines, a power of two (lib/records.h; the
 	 * loader sizes the map to match). */
 	__u32 outbound_mask;

@@ -230,3 +230,45 @@ Deno.test("prefix sets: half-way through a rewrite the programs read the new set
     n.close();
   }
 });
+
+/** `bpftool prog dump xlated` of a loaded program. */
+async function xlated(fd: number): Promise<string> {
+  const id = /prog_id:\s*(\d+)/.exec(Deno.readTextFileSync(`/proc/self/fdinfo/${fd}`))![1];
+  const out = await new Deno.Command("bpftool", {
+    args: ["prog", "dump", "xlated", "id", id],
+  }).output();
+  assert(out.success, new TextDecoder().decode(out.stderr));
+  return new TextDecoder().decode(out.stdout);
+}
+
+Deno.test("prefix sets: with the scan's loads fenced (weak_order, set on arm64) the verdicts are the same, and only then does the program carry the fences", async () => {
+  const ic = config(44, 3, 3);
+  const plan = planInterface(ic, IFADDRS);
+  const xchgs = (text: string) => (text.match(/atomic_xchg|xchg/g) ?? []).length;
+  const plain = await loadTestNat(ic, EXTS, undefined, undefined, undefined, { weakOrder: false });
+  let base: number;
+  try {
+    base = xchgs(await xlated(plain.nat.egressFd));
+    assertEquals(check(plain, plan, 8, 100), [], "unfenced");
+  } finally {
+    plain.close();
+  }
+  const n = await loadTestNat(ic, EXTS, undefined, undefined, undefined, { weakOrder: true });
+  try {
+    // one fence before the scan and one after it, in einat_prefix_flags (verified once)
+    assertEquals(xchgs(await xlated(n.nat.egressFd)) - base, 2, "the fences, where x86 has none");
+    assertEquals(check(n, plan, 9, 300), [], "fenced, scanned");
+    // and half-way through a rewrite, as above
+    const fd = n.nat.maps.prefixSets;
+    const next = planInterface(config(45, 2, 3), IFADDRS);
+    const writes = planSets(next).map((half, i) =>
+      prefixSetWrites(bpf.mapLookup(fd, key(i), PREFIX_SET_LAYOUT.size)!, half)
+    );
+    writes.forEach((w, i) => w.slice(0, 2).forEach((v) => bpf.mapUpdate(fd, key(i), v)));
+    assertEquals(check(n, next, 10, 200), [], "fenced, reading half[1]");
+    writes.forEach((w, i) => w.slice(2).forEach((v) => bpf.mapUpdate(fd, key(i), v)));
+    assertEquals(check(n, next, 11, 200), [], "fenced, half[0] again");
+  } finally {
+    n.close();
+  }
+});

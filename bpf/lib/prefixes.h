@@ -92,9 +92,30 @@ __noinline int einat_prefix_scan(const struct prefix_half *h, __u32 v6, const un
 }
 
 /*
+ * Keeps the loads before it before those after it where the CPU would not
+ * (CFG.weak_order: arm64). BPF has no load barrier; an atomic exchange is
+ * fully ordered (BPF's atomics with a fetch are), here of a per-CPU word no
+ * one else reads before writing it. On x86, which keeps loads in order, the
+ * branch is dead and the verifier removes it.
+ */
+static __always_inline void load_fence(void)
+{
+	if (CFG.weak_order) {
+		__u32 zero = 0;
+		/* its first word (prefixlen, written before each use): a map value is 8-byte
+		 * aligned, though the packed key type does not say so */
+		__u32 *w = bpf_map_lookup_elem(&map_lpm_scratch, &zero);
+		if (w)
+			__sync_lock_test_and_set(w, 0);
+	}
+}
+
+/*
  * EXT_* flags of the most specific prefix covering a in map_externals, or
- * in map_dest_config (dest); 0 when none does. A global function: verified
- * once.
+ * in map_dest_config (dest); 0 when none does. A reader that finds its
+ * half's count or generation changed after its scan asks the trie: the
+ * scan's loads stay between the two reads of them (load_fence). A global
+ * function: verified once.
  */
 __noinline int einat_prefix_flags(__u32 v6, __u32 dest, const union ip_addr *a)
 {
@@ -114,8 +135,10 @@ __noinline int einat_prefix_flags(__u32 v6, __u32 dest, const union ip_addr *a)
 		return einat_prefix_trie(v6, dest, a);
 	__u32 gen = READ_ONCE(h->gen);
 	barrier();
+	load_fence();
 	__u32 w = einat_prefix_scan(h, v6, a);
 	barrier();
+	load_fence();
 	if (READ_ONCE(h->count) != n || READ_ONCE(h->gen) != gen)
 		return einat_prefix_trie(v6, dest, a); /* rewritten meanwhile */
 	return (dest ? w >> PREFIX_DEST_SHIFT : w) & 0xff;

@@ -118,6 +118,7 @@ export const EINAT_CONFIG_LAYOUT: StructLayout = {
     flow_fresh_ns: { offset: 56, size: 8 },
     flow_cache_bits: { offset: 64, size: 1 },
     session_counters: { offset: 65, size: 1 },
+    weak_order: { offset: 66, size: 1 },
     outbound_mask: { offset: 68, size: 4 },
     binding_max: { offset: 72, size: 4 },
     host_max: { offset: 76, size: 4 },
@@ -536,6 +537,11 @@ export interface RoConfig {
   hostSessMax?: number;
   /** Sessions whose packets and bytes are counted (`session_counters`); 0 or absent: off. */
   sessionCounters?: number;
+  /**
+   * The CPU may reorder loads (arm64), so the programs' re-checking readers fence theirs
+   * (bpf/lib/prefixes.h, `load_fence`); absent: as the loader's machine ({@link weakOrderHere}).
+   */
+  weakOrder?: boolean;
   /** Address-only NAT of the IP protocols without ports: its timeout; 0 or absent: off. */
   timeoutOther?: bigint;
   /**
@@ -589,6 +595,14 @@ export function flowFreshNs(c: RoConfig): bigint {
   return quarter < 1_000_000_000n ? quarter : 1_000_000_000n;
 }
 
+/**
+ * Whether this machine's CPUs may reorder loads against each other: all but x86 (whose
+ * total store order keeps them) among the architectures Deno runs on.
+ */
+export function weakOrderHere(): boolean {
+  return Deno.build.arch !== "x86_64";
+}
+
 /** Encodes `struct einat_config`. */
 export function encodeRoConfig(c: RoConfig): Uint8Array {
   const L = EINAT_CONFIG_LAYOUT;
@@ -609,6 +623,7 @@ export function encodeRoConfig(c: RoConfig): Uint8Array {
   v.setBigUint64(f(L, "flow_fresh_ns"), flowFreshNs(c), true);
   b[f(L, "flow_cache_bits")] = flowCacheBits(c.flowCacheSlots ?? FLOW_CACHE_SLOTS.default);
   b[f(L, "session_counters")] = c.sessionCounters ? 1 : 0;
+  b[f(L, "weak_order")] = (c.weakOrder ?? weakOrderHere()) ? 1 : 0;
   v.setUint32(f(L, "outbound_mask"), (c.outboundLines ?? 1) - 1, true);
   v.setUint32(f(L, "binding_max"), c.bindingMax ?? 0, true);
   v.setUint32(f(L, "host_max"), c.hostMax ?? 0, true);
@@ -644,6 +659,7 @@ export function decodeRoConfig(b: Uint8Array): RoConfig {
     timeoutTcpClosing: v.getBigUint64(f(L, "timeout_tcp_closing"), true),
     ipIdKey: v.getUint32(f(L, "ip_id_key"), true),
     hostSessMax: v.getUint32(f(L, "host_sess_max"), true),
+    weakOrder: b[f(L, "weak_order")] !== 0,
   };
 }
 

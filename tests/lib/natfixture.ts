@@ -22,6 +22,7 @@ import {
   decodeHostCounts,
   HOST_COUNTS_LAYOUT,
   HOST_KEY_LAYOUT,
+  type RoConfig,
 } from "../../lib/nat/codec.ts";
 import { forEachSession } from "../../lib/nat/records.ts";
 import { applyPlan } from "../../lib/nat/apply.ts";
@@ -126,7 +127,8 @@ export interface Nat {
  * Loads the NAT with `ic` and external addresses `extAddrs` (CIDR strings); `csum` picks the
  * embedded object (the inline-checksum one where the kernel allows, when absent); `extSlots`
  * sets the external-address slots (the loader's default when absent); `pin` keeps the state
- * maps pinned there, reusing those already pinned (lib/state/pin.ts).
+ * maps pinned there, reusing those already pinned (lib/state/pin.ts); `ro` overrides knobs of
+ * the read-only config the interface config gives.
  */
 export async function loadTestNat(
   ic: InterfaceConfig = testInterfaceConfig(),
@@ -134,9 +136,10 @@ export async function loadTestNat(
   csum?: CsumMode,
   extSlots?: number,
   pin?: LoadOptions["pin"],
+  ro: Partial<RoConfig> = {},
 ): Promise<Nat> {
   const nat = await loadNat({
-    ro: roConfigOf(ic),
+    ro: { ...roConfigOf(ic), ...ro },
     bindingMaxRecords: ic.bindingMaxRecords,
     ctMaxRecords: ic.ctMaxRecords,
     preallocate: ic.preallocateMaps,

@@ -25,7 +25,7 @@ import {
   withSetupTopologies,
 } from "./router.ts";
 import { type ProgJitInfo, progJitInfo } from "../lib/ffi/libbpf.ts";
-import { attribute, formatAttribution, parseXlated } from "./lib/jitprof.ts";
+import { attribute, dumpXlated, formatAttribution, parseXlated } from "./lib/jitprof.ts";
 import { median } from "./lib/util.ts";
 import type { Topology } from "../tests/lib/netns.ts";
 
@@ -81,10 +81,7 @@ async function profile(obj: string, seconds: number, top: number): Promise<void>
           const id = await egressProgId(t).catch(() => undefined);
           if (!id) continue;
           info = progJitInfo(id);
-          const d = await new Deno.Command("bpftool", {
-            args: ["prog", "dump", "xlated", "id", String(id), "linum"],
-          }).output();
-          xlated = new TextDecoder().decode(d.stdout);
+          xlated = await dumpXlated(id);
           await new Promise((r) => setTimeout(r, 1500));
           await new Deno.Command("perf", {
             args: ["record", "-a", "-e", "cpu-clock", "-F", "10000", "-o", `${dir}/p.data`, "--"]

@@ -12,7 +12,7 @@
  */
 import { parseArgs } from "node:util";
 import { progJitInfo } from "../lib/ffi/libbpf.ts";
-import { attribute, formatAttribution, parseXlated } from "./lib/jitprof.ts";
+import { attribute, dumpXlated, formatAttribution, parseXlated } from "./lib/jitprof.ts";
 
 if (import.meta.main) {
   const { values, positionals } = parseArgs({
@@ -25,19 +25,16 @@ if (import.meta.main) {
     console.error("usage: deno run -A bench/jitprof.ts --id PROG_ID [--top N] [PERF_SCRIPT_FILE]");
     Deno.exit(2);
   }
-  const dump = await new Deno.Command("bpftool", {
-    args: ["prog", "dump", "xlated", "id", String(id), "linum"],
-  }).output();
-  if (!dump.success) {
-    console.error(`bpftool prog dump xlated id ${id}: ${new TextDecoder().decode(dump.stderr)}`);
+  const xlated = await dumpXlated(id).catch((e) => {
+    console.error(e.message);
     Deno.exit(1);
-  }
+  });
   const text = positionals[0]
     ? await Deno.readTextFile(positionals[0])
     : await new Response(Deno.stdin.readable).text();
   const a = attribute(
     progJitInfo(id),
-    parseXlated(new TextDecoder().decode(dump.stdout)),
+    parseXlated(xlated),
     text.split("\n"),
   );
   console.log(formatAttribution(a, Number(values.top)));

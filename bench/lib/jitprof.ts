@@ -17,6 +17,17 @@ export interface XlatedDump {
   source: Map<number, string>;
 }
 
+/** `bpftool prog dump xlated id ID` of a loaded program (with `linum`, its source lines). */
+export async function dumpXlated(id: number, linum = true): Promise<string> {
+  const out = await new Deno.Command("bpftool", {
+    args: ["prog", "dump", "xlated", "id", String(id), ...(linum ? ["linum"] : [])],
+  }).output();
+  if (!out.success) {
+    throw new Error(`bpftool prog dump xlated id ${id}: ${new TextDecoder().decode(out.stderr)}`);
+  }
+  return new TextDecoder().decode(out.stdout);
+}
+
 /** Parses `bpftool prog dump xlated id ID linum`. */
 export function parseXlated(text: string): XlatedDump {
   const funcs: string[] = [];

@@ -6,18 +6,14 @@ import { assert, assertEquals } from "../../tests/lib/assert.ts";
 import { loadTestNat } from "../../tests/lib/natfixture.ts";
 import { progJitInfo } from "../../lib/ffi/libbpf.ts";
 import { fdinfo } from "./bpfbench.ts";
-import { attribute, formatAttribution, parseXlated } from "./jitprof.ts";
+import { attribute, dumpXlated, formatAttribution, parseXlated } from "./jitprof.ts";
 
 Deno.test("jitprof: perf samples of the egress program map to its functions' source lines, by name and tag", async () => {
   const n = await loadTestNat();
   try {
     const id = Number(fdinfo(n.nat.egressFd).prog_id);
     const info = progJitInfo(id);
-    const dump = await new Deno.Command("bpftool", {
-      args: ["prog", "dump", "xlated", "id", String(id), "linum"],
-    }).output();
-    assert(dump.success, new TextDecoder().decode(dump.stderr));
-    const xl = parseXlated(new TextDecoder().decode(dump.stdout));
+    const xl = parseXlated(await dumpXlated(id));
     assertEquals(xl.funcs[0], "egress_snat");
     assertEquals(
       [xl.funcs.length, info.funcLens.length, info.funcTags.length],

@@ -650,7 +650,7 @@ static __always_inline int egress_established(struct __sk_buff *skb, struct pack
 	bool hit = false;
 	/* prefetching, should the flow miss and no binding be found, the new mapping's
 	 * record; not for TCP past its SYN, which starts no flow but in rare cases */
-	bool prefetch = p->l4proto != IPPROTO_TCP || flow_syn(p);
+	int source = p->l4proto != IPPROTO_TCP || flow_syn(p) ? SOURCE_PREFETCH : 0;
 	struct flow_entry *fe;
 	__u64 now = packet_now(p);
 	if (unlikely(flow_syn(p))) {
@@ -658,18 +658,16 @@ static __always_inline int egress_established(struct __sk_buff *skb, struct pack
 	} else {
 		/* in a burst of new flows, what a new flow waits for read beside its set
 		 * (flowcache.h) */
-		if (prefetch && flow_miss_burst()) {
+		if (source && flow_miss_burst()) {
 			einat_new_flow_prefetch(p);
-			prefetch = false;
+			source = 0;
 		}
 		fe = flow_slot(p, family, true, &hit);
 		int served = flow_serve(skb, p, fe, hit, true, now, remote_port);
 		if (likely(served >= 0))
 			return served;
-		if (!hit) {
-			stat_inc(STAT_FLOW_CACHE_MISS);
-			flow_miss_count();
-		}
+		if (!hit) /* counted by einat_source_binding, unless its pass verdict is cached */
+			source |= SOURCE_MISSED;
 	}
 	__u64 epoch = epoch_now(); /* before the lookups the slot will stand for */
 	struct ct_key ck;
@@ -678,7 +676,9 @@ static __always_inline int egress_established(struct __sk_buff *skb, struct pack
 		flow_ct_key(&ck, p, fe, true, remote_port);
 	} else {
 		struct endpoint b;
-		ri = einat_source_binding(p, &b, prefetch);
+		ri = einat_source_binding(p, &b, source);
+		if (ri == SOURCE_PASS)
+			return pass();
 		if (ri < 0) {
 			p->no_binding = 1; /* the full path need not look again */
 			return -1;
@@ -858,8 +858,12 @@ __noinline int einat_egress_full(struct __sk_buff *skb, struct packet *pp)
 	es->epoch = epoch_now(); /* before the lookups a flow-cache slot would stand for */
 	/* One lookup for what the destination is: no-SNAT, or one of our externals. */
 	__u32 dest = dest_flags(pp);
+	if (dest & EXT_NO_SNAT) {
+		pp->pass_cache = 1; /* whatever the source: the configuration says so */
+		return pass();
+	}
 	/* (the router's own, einat_egress_own, is never turned) */
-	if ((dest & EXT_NO_SNAT) || (pp->own && (dest & EXT_EXTERNAL)))
+	if (pp->own && (dest & EXT_EXTERNAL))
 		return pass();
 
 	struct default_ext *ext = default_ext_of(pp->family);
@@ -1047,9 +1051,12 @@ __noinline int einat_egress_own(struct __sk_buff *skb, struct packet *p)
 	const struct external_config *cfg =
 		d && addr_eq(&d->addr, &p->src) ? &d->cfg
 						: lpm_lookup(&map_externals, p->family, &p->src);
-	if (!cfg || !(cfg->flags & EXT_EXTERNAL) || (cfg->flags & EXT_NO_SNAT) ||
-	    !port_in_ranges(cfg, proto_idx(p->l4proto), bpf_ntohs(p->sport)))
+	if (!cfg || !(cfg->flags & EXT_EXTERNAL) || (cfg->flags & EXT_NO_SNAT))
 		return pass();
+	if (!port_in_ranges(cfg, proto_idx(p->l4proto), bpf_ntohs(p->sport))) {
+		p->pass_cache = 1; /* its port is no mapping's: the configuration says so */
+		return pass();
+	}
 	__u32 zero = 0;
 	struct icmp_scratch *sc = bpf_map_lookup_elem(&map_icmp_scratch, &zero);
 	if (!sc)
@@ -1060,6 +1067,16 @@ __noinline int einat_egress_own(struct __sk_buff *skb, struct packet *p)
 	sc->ext.valid = 1;
 	p->own = 1;
 	return einat_egress_full(skb, p);
+}
+
+/* flow_fill_pass() for an egress packet, at most once a flow_fresh() per flow: a global
+ * function, verified once. */
+__noinline int einat_flow_fill_pass(struct packet *p, __u64 epoch)
+{
+	if (!p)
+		return 0;
+	flow_fill_pass(p, p->family, true, epoch, packet_now(p));
+	return 0;
 }
 
 static __always_inline int egress_family(struct __sk_buff *skb, const __u8 family)
@@ -1095,6 +1112,8 @@ static __always_inline int egress_family(struct __sk_buff *skb, const __u8 famil
 			return r;
 	}
 
+	/* before the lookups a pass verdict cached for the flow stands for (flow_fill_pass) */
+	__u64 epoch = epoch_now();
 	/* Traffic of the router itself, and sources configured as no-SNAT. */
 	__u8 src_flags = ext_flags(pp->family, &pp->src);
 	bool own = src_flags & (EXT_EXTERNAL | EXT_NO_SNAT);
@@ -1105,15 +1124,23 @@ static __always_inline int egress_family(struct __sk_buff *skb, const __u8 famil
 	if (own) {
 		if ((src_flags & (EXT_EXTERNAL | EXT_NO_SNAT)) == EXT_EXTERNAL &&
 		    pp->frag == FRAG_NONE)
-			return einat_egress_own(skb, pp);
-		/* A no-SNAT source to one of our external addresses (the hairpin
-		 * rules send it here): the router's, as it is, not out to the WAN. */
-		__u32 dest = src_flags & EXT_EXTERNAL ? 0 : dest_flags(pp);
-		if (hairpin_dest(dest) && !(dest & EXT_NO_SNAT))
-			return deliver_turned(skb, pp);
-		return pass();
+			r = einat_egress_own(skb, pp);
+		else {
+			/* A no-SNAT source to one of our external addresses (the hairpin
+			 * rules send it here): the router's, as it is, not out to the WAN. */
+			__u32 dest = src_flags & EXT_EXTERNAL ? 0 : dest_flags(pp);
+			if (hairpin_dest(dest) && !(dest & EXT_NO_SNAT))
+				return deliver_turned(skb, pp);
+			pp->pass_cache = 1;
+			r = pass();
+		}
+	} else {
+		r = einat_egress_full(skb, pp);
 	}
-	return einat_egress_full(skb, pp);
+	/* Its flow's next packets pass from the cache: see flow_pass_cached(). */
+	if (pp->pass_cache && pp->frag == FRAG_NONE)
+		einat_flow_fill_pass(pp, epoch);
+	return r;
 }
 
 /*

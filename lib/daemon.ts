@@ -394,7 +394,9 @@ export async function reconcile(s: Served): Promise<void> {
         external_slots: slotCount(s.nat.maps.records),
       });
     }
-    if (purged.bindings || purged.sessions) bumpEpoch(s.nat); // no flow cache serves them
+    // No flow-cache slot serves what was purged, nor a pass verdict of the old configuration
+    // (bpf/lib/flowcache.h, flow_pass_cached): each cached flow takes the lookups once more.
+    bumpEpoch(s.nat);
     if (s.plan) {
       log.info("external addresses changed", {
         ifname: s.ifname,

@@ -725,6 +725,59 @@ Deno.test("flow cache: egress misses are counted per CPU and jiffy in its clock 
   }
 });
 
+Deno.test("flow cache: flows einat passes as they are (the router's own from a port out of the ranges, a no-SNAT source, a no-SNAT destination) pass from their slot after their first packet, until the epoch moves; a changed configuration then applies at once", async () => {
+  const ic = testInterfaceConfig({
+    snatInternals: [parseCidr("192.0.2.0/25")],
+    noSnatDests: [parseCidr("198.51.100.128/25")],
+  });
+  const n = await loadTestNat(ic);
+  const affinity = pinThread(0); // one CPU's cache
+  try {
+    const misses = () => stat(n.nat.maps.stats, "flow_cache_miss");
+    const passed = () => stat(n.nat.maps.stats, "pass");
+    const flows: [string, PacketSpec][] = [
+      ["the router's own, port out of the ranges", udp(EXT, 40000, SRV1, 53)],
+      ["a no-SNAT source", udp("192.0.2.200", 40000, SRV1, 53)],
+      ["a no-SNAT destination", udp(LAN1, 40000, "198.51.100.200", 53)],
+    ];
+    for (const [what, spec] of flows) {
+      const pkt = buildPacket(spec);
+      const [m0, p0] = [misses(), passed()];
+      for (let i = 0; i < 5; i++) {
+        assertEquals(n.runRaw("egress", pkt), { retval: TC_ACT_OK, bytes: pkt }, what);
+      }
+      assertEquals([misses() - m0, passed() - p0], [1n, 5n], `${what}: one miss, then its slot`);
+      bumpEpoch(n.nat); // as the daemon does when mappings or the configuration change
+      assertEquals(n.runRaw("egress", pkt), { retval: TC_ACT_OK, bytes: pkt }, what);
+      assertEquals(misses() - m0, 2n, `${what}: the epoch moved, the lookups again`);
+    }
+    // TCP: a SYN takes the lookups (and fills the slot), the rest of the connection its slot
+    const [m0, p0] = [misses(), passed()];
+    for (const flags of [{ syn: true }, { ack: true }, { ack: true, psh: true }, { ack: true }]) {
+      const pkt = buildPacket(tcp(EXT, 41000, SRV1, 443, flags));
+      assertEquals(
+        n.runRaw("egress", pkt),
+        { retval: TC_ACT_OK, bytes: pkt },
+        JSON.stringify(flags),
+      );
+    }
+    assertEquals([misses() - m0, passed() - p0], [0n, 4n], "the router's own TCP connection");
+    // The no-SNAT destination leaves the configuration; the daemon applies it and moves the
+    // epoch: that flow's next packet is translated, not passed from its slot.
+    const plain = testInterfaceConfig({ snatInternals: [parseCidr("192.0.2.0/25")] });
+    applyPlan(
+      n.nat.maps,
+      planInterface(plain, [{ family: 4, addr: parseAddr(EXT), prefixLen: 24 }]),
+    );
+    bumpEpoch(n.nat);
+    const r = n.egress(udp(LAN1, 40000, "198.51.100.200", 53));
+    assertEquals([r.retval, r.out.src], [TC_ACT_OK, EXT], "no longer no-SNAT: translated");
+  } finally {
+    restoreAffinity(affinity);
+    n.close();
+  }
+});
+
 Deno.test("flow cache: with the smallest cache (256 slots), 1,500 flows colliding in it keep their own mappings both ways", async () => {
   const n = await loadTestNat(testInterfaceConfig({ flowCacheSlots: 256 }));
   try {

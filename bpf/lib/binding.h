@@ -17,6 +17,7 @@
 #include "hosts.h"
 #define OUTBOUND_MASK() (CFG.outbound_mask)
 #include "records.h"
+#include "flowcache.h"
 
 static __always_inline int proto_idx(__u8 l4proto)
 {
@@ -977,17 +978,33 @@ __noinline int einat_new_flow_prefetch(const struct packet *p)
 	return 0;
 }
 
+/* einat_source_binding(): the flow's pass verdict is cached (flow_pass_cached). */
+#define SOURCE_PASS (-2)
+/* einat_source_binding()'s flags */
+#define SOURCE_PREFETCH 1 /* make alloc_prefetch()'s reads */
+#define SOURCE_MISSED 2 /* no slot of the flow's set held it: count the miss */
+
 /*
- * An egress packet's flow-cache miss: alloc_prefetch()'s reads when
- * prefetch, then the binding of its source (einat_binding_of()). One call for
- * the two (a call and its return cost ~15 ns on hosts with return-thunk
- * mitigations). A global function: verified once.
+ * An egress packet no flow-cache slot served: SOURCE_PASS when its flow passes
+ * as it is from a slot of its own (flowcache.h, flow_pass_cached: the
+ * router's own from a port out of the ranges, a no-SNAT source or
+ * destination); else the miss counted (SOURCE_MISSED), alloc_prefetch()'s
+ * reads (SOURCE_PREFETCH), then the binding of its source
+ * (einat_binding_of()). One call for all of it (a call and its return cost
+ * ~15 ns on hosts with return-thunk mitigations), verified once. After
+ * packet_now(p).
  */
-__noinline int einat_source_binding(const struct packet *p, struct endpoint *out, int prefetch)
+__noinline int einat_source_binding(const struct packet *p, struct endpoint *out, int flags)
 {
 	if (!p || !out)
 		return -1;
-	if (prefetch)
+	if (flow_pass_cached(p, p->family, true, p->now))
+		return SOURCE_PASS;
+	if (flags & SOURCE_MISSED) {
+		stat_inc(STAT_FLOW_CACHE_MISS);
+		flow_miss_count();
+	}
+	if (flags & SOURCE_PREFETCH)
 		alloc_prefetch(p);
 	return binding_of(p->family, p->l4proto, &p->src, p->sport, out);
 }

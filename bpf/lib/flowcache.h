@@ -44,12 +44,13 @@ struct flow_entry {
 	__be16 dport;
 	__be16 to_port;
 	__u8 l4proto;
-	__u8 kind; /* the family (4 or 6) | FLOW_EGRESS; 0: empty */
+	__u8 kind; /* the family (4 or 6) | FLOW_EGRESS [| FLOW_PASS]; 0: empty */
 	__u32 epoch; /* the mapping epoch's low 32 bits when filled */
 	__u32 refreshed; /* when the session was last refreshed through it: ns >> FLOW_TIME_SHIFT */
 };
 
 #define FLOW_EGRESS 0x80
+#define FLOW_PASS 0x40 /* the flow passes as it is (flow_pass_cached) */
 #define FLOW_TIME_SHIFT 10
 
 _Static_assert(sizeof(struct flow_entry) == 64, "a flow-cache slot is one cache line");
@@ -69,16 +70,23 @@ struct {
 	__uint(max_entries, 1 << 14);
 } map_flow_cache SEC(".maps");
 
-/* The slot holds this packet's flow (whether it may be trusted or not). */
-static __always_inline bool flow_hit(const struct flow_entry *e, const struct packet *p,
-				     const __u8 family, bool egress)
+/* The slot holds this packet's flow, of kind `kind` (whether it may be trusted or not). */
+static __always_inline bool flow_hit_as(const struct flow_entry *e, const struct packet *p,
+					const __u8 family, __u8 kind)
 {
-	if (e->kind != (family | (egress ? FLOW_EGRESS : 0)) || e->l4proto != p->l4proto ||
-	    e->sport != p->sport || e->dport != p->dport)
+	if (e->kind != kind || e->l4proto != p->l4proto || e->sport != p->sport ||
+	    e->dport != p->dport)
 		return false;
 	if (family == 4) /* an IPv4 address is the first word */
 		return e->src.v4 == p->src.v4 && e->dst.v4 == p->dst.v4;
 	return addr_eq(&e->src, &p->src) && addr_eq(&e->dst, &p->dst);
+}
+
+/* The slot holds this packet's translated flow (whether it may be trusted or not). */
+static __always_inline bool flow_hit(const struct flow_entry *e, const struct packet *p,
+				     const __u8 family, bool egress)
+{
+	return flow_hit_as(e, p, family, family | (egress ? FLOW_EGRESS : 0));
 }
 
 /* A flow's hash: both addresses, both ports, the protocol and the direction. */
@@ -223,9 +231,10 @@ static __always_inline bool flow_trusted(const struct flow_entry *e, const struc
 	       (__u32)(now >> FLOW_TIME_SHIFT) - e->refreshed < flow_fresh();
 }
 
-static __always_inline void flow_fill(struct flow_entry *e, const struct packet *p, bool egress,
-				      const union ip_addr *to_addr, __be16 to_port, __u64 epoch,
-				      __u64 now)
+/* Fills slot e with p's flow, of kind family | direction | `extra`. */
+static __always_inline void flow_fill_as(struct flow_entry *e, const struct packet *p, bool egress,
+					 const union ip_addr *to_addr, __be16 to_port, __u64 epoch,
+					 __u64 now, __u8 extra)
 {
 	if (epoch == EPOCH_NONE) {
 		e->kind = 0;
@@ -238,9 +247,55 @@ static __always_inline void flow_fill(struct flow_entry *e, const struct packet 
 	e->dport = p->dport;
 	e->to_port = to_port;
 	e->l4proto = p->l4proto;
-	e->kind = p->family | (egress ? FLOW_EGRESS : 0);
+	e->kind = p->family | (egress ? FLOW_EGRESS : 0) | extra;
 	e->epoch = (__u32)epoch;
 	e->refreshed = (__u32)(now >> FLOW_TIME_SHIFT);
+}
+
+static __always_inline void flow_fill(struct flow_entry *e, const struct packet *p, bool egress,
+				      const union ip_addr *to_addr, __be16 to_port, __u64 epoch,
+				      __u64 now)
+{
+	flow_fill_as(e, p, egress, to_addr, to_port, epoch, now, 0);
+}
+
+/*
+ * A flow einat passes as it is for what the configuration says of it alone (the
+ * router's own from a port out of the NAT's ranges, a no-SNAT source or
+ * destination): its verdict is cached in a slot of its set too (kind with
+ * FLOW_PASS), so that its packets skip the lookups that gave it (the
+ * source's binding, the prefix scans). Trusted as a translation's slot is
+ * (flow_trusted): the mapping epoch, which the daemon moves with the
+ * configuration too (lib/daemon.ts), and flow_fresh(). Looked for after a
+ * miss only (binding.h, einat_source_binding): packets the cache serves
+ * never read it.
+ */
+static __always_inline bool flow_pass_cached(const struct packet *p, const __u8 family, bool egress,
+					     __u64 now)
+{
+	/* what no slot serves (flow_trusted), before the set is read: a SYN's is cold */
+	if (p->l4proto == IPPROTO_TCP &&
+	    (p->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_FIN | TCP_FLAG_RST)))
+		return false;
+	__u32 idx = flow_set(flow_hash(p, family, egress));
+	__u8 kind = family | FLOW_PASS | (egress ? FLOW_EGRESS : 0);
+	struct flow_entry *a = bpf_map_lookup_elem(&map_flow_cache, &idx);
+	if (a && flow_hit_as(a, p, family, kind))
+		return flow_trusted(a, p, now);
+	idx |= 1;
+	struct flow_entry *b = bpf_map_lookup_elem(&map_flow_cache, &idx);
+	return b && flow_hit_as(b, p, family, kind) && flow_trusted(b, p, now);
+}
+
+/* Caches p's pass verdict (flow_pass_cached); `epoch` read before the lookups that gave it. */
+static __always_inline void flow_fill_pass(const struct packet *p, const __u8 family, bool egress,
+					   __u64 epoch, __u64 now)
+{
+	bool hit;
+	struct flow_entry *e = flow_slot(p, family, egress, &hit);
+	if (!e)
+		return;
+	flow_fill_as(e, p, egress, &p->src, p->sport, epoch, now, FLOW_PASS);
 }
 
 #endif

@@ -112,6 +112,8 @@ struct packet {
 	__u8 nonatomic; /* IPv4 without DF, or a fragment: its ID must stay unique (ipid.h) */
 	__u8 own; /* egress: the router's own, from its external address and a port of the
 		   * NAT's ranges, mapped as an internal host's (einat_egress_own) */
+	__u8 pass_cache; /* egress: passed for what the configuration says of its flow alone
+			  * (flowcache.h, flow_fill_pass) */
 	__u64 now; /* packet_now(): the clock read once per packet, 0 until then */
 	union ip_addr src;
 	union ip_addr dst;

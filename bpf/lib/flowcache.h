@@ -220,12 +220,18 @@ static __always_inline __u32 flow_fresh(void)
 	return CFG.flow_fresh_ns >> FLOW_TIME_SHIFT;
 }
 
+/* A packet that may change its session's state: no slot serves it (TCP with SYN, FIN or RST). */
+static __always_inline bool flow_unservable(const struct packet *p)
+{
+	return p->l4proto == IPPROTO_TCP &&
+	       (p->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_FIN | TCP_FLAG_RST));
+}
+
 /* A hit that may be used as it is: see the top of this file. */
 static __always_inline bool flow_trusted(const struct flow_entry *e, const struct packet *p,
 					 __u64 now)
 {
-	if (p->l4proto == IPPROTO_TCP &&
-	    (p->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_FIN | TCP_FLAG_RST)))
+	if (flow_unservable(p))
 		return false;
 	return e->epoch == (__u32)epoch_now() &&
 	       (__u32)(now >> FLOW_TIME_SHIFT) - e->refreshed < flow_fresh();
@@ -273,9 +279,8 @@ static __always_inline void flow_fill(struct flow_entry *e, const struct packet 
 static __always_inline bool flow_pass_cached(const struct packet *p, const __u8 family, bool egress,
 					     __u64 now)
 {
-	/* what no slot serves (flow_trusted), before the set is read: a SYN's is cold */
-	if (p->l4proto == IPPROTO_TCP &&
-	    (p->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_FIN | TCP_FLAG_RST)))
+	/* what no slot serves, before the set is read: a SYN's is cold */
+	if (flow_unservable(p))
 		return false;
 	__u32 idx = flow_set(flow_hash(p, family, egress));
 	__u8 kind = family | FLOW_PASS | (egress ? FLOW_EGRESS : 0);
@@ -295,6 +300,7 @@ static __always_inline void flow_fill_pass(const struct packet *p, const __u8 fa
 	struct flow_entry *e = flow_slot(p, family, egress, &hit);
 	if (!e)
 		return;
+	/* a pass slot rewrites nothing: its to_addr and to_port are the packet's own */
 	flow_fill_as(e, p, egress, &p->src, p->sport, epoch, now, FLOW_PASS);
 }
 

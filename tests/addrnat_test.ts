@@ -113,7 +113,7 @@ async function withNat(
   o: Partial<InterfaceConfig> = {},
   csum?: CsumMode,
 ) {
-  const n = await loadTestNat(testInterfaceConfig({ nat66: true, ...o }), EXTS, csum);
+  const n = await loadTestNat(testInterfaceConfig({ nat66: true, ...o }), EXTS, { csum });
   try {
     await fn(n);
   } finally {

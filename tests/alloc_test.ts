@@ -496,7 +496,7 @@ Deno.test("port choice: an external address that leaves takes its hint along (no
 Deno.test("port choice: a binding claimed on an address while it was being purged is retired at its next packet, not adopted and dropped (no reference leaks)", async () => {
   const ic = testInterfaceConfig();
   const two = ["203.0.113.1/24", "203.0.113.2/24"];
-  const n = await loadTestNat(ic, two, undefined, 3);
+  const n = await loadTestNat(ic, two, { extSlots: 3 });
   try {
     const at = (s: string) => ({ family: 4 as const, addr: parseAddr(s), prefixLen: 24 });
     const both = planInterface(ic, [at("203.0.113.1"), at("203.0.113.2")]);
@@ -529,7 +529,7 @@ Deno.test("port choice: a binding claimed on an address while it was being purge
 
 Deno.test("port choice: a binding claimed on a departing address while purgeStale runs is released with it (second pass)", async () => {
   const ic = testInterfaceConfig();
-  const n = await loadTestNat(ic, ["203.0.113.1/24", "203.0.113.2/24"], undefined, 3);
+  const n = await loadTestNat(ic, ["203.0.113.1/24", "203.0.113.2/24"], { extSlots: 3 });
   try {
     const at = (s: string) => ({ family: 4 as const, addr: parseAddr(s), prefixLen: 24 });
     const both = planInterface(ic, [at("203.0.113.1"), at("203.0.113.2")]);

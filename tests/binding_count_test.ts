@@ -43,8 +43,7 @@ function withPinnedState(
   return withPrivateBpffs(`count-${id}`, (bpffs) => {
     const pin = { dir: `${bpffs}/einat/zzcount0`, ifname: "zzcount0" };
     return fn(
-      (o = {}) =>
-        loadTestNat(testInterfaceConfig(o), ["203.0.113.1/24"], undefined, undefined, pin),
+      (o = {}) => loadTestNat(testInterfaceConfig(o), ["203.0.113.1/24"], { pin }),
       pin.dir,
     );
   });

@@ -35,7 +35,7 @@ const natFor = (csum: CsumMode) =>
   loadTestNat(
     testInterfaceConfig({ nat66: true, defaultRanges: ranges([{ start: 20000, end: 29999 }]) }),
     EXTS,
-    csum,
+    { csum },
   );
 const udp = (family: 4 | 6, src: string, sport: number, dst: string, dport: number) =>
   udpSpec(family, src, sport, dst, dport, payload);

@@ -194,7 +194,7 @@ Deno.test("IPv4 ID: with pinned state a restart (or --replace) goes on with each
   const id = crypto.getRandomValues(new Uint32Array(1))[0].toString(16);
   await withPrivateBpffs(`ipid-${id}`, async (bpffs) => {
     const pin = { dir: `${bpffs}/einat/zzipid0`, ifname: "zzipid0" };
-    const load = () => loadTestNat(testInterfaceConfig(), [`${EXT}/24`], undefined, undefined, pin);
+    const load = () => loadTestNat(testInterfaceConfig(), [`${EXT}/24`], { pin });
     const f = (ipId: number) => buildPacket(dgram(LAN1, SRV, "udp", { ipId }));
     const g = (ipId: number) => buildPacket(dgram(LAN1, SRV2, "udp", { ipId }));
     const [d1, d2] = fragment(buildPacket(dgram(LAN2, SRV, "udp", { ipId: 0x99 })), 4, 0x99, 16);

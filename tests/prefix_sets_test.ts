@@ -240,7 +240,7 @@ Deno.test("prefix sets: with the scan's loads fenced (weak_order, set on arm64) 
   const ic = config(44, 3, 3);
   const plan = planInterface(ic, IFADDRS);
   const xchgs = (text: string) => (text.match(/xchg/g) ?? []).length;
-  const plain = await loadTestNat(ic, EXTS, undefined, undefined, undefined, { weakOrder: false });
+  const plain = await loadTestNat(ic, EXTS, { ro: { weakOrder: false } });
   let base: number;
   try {
     base = xchgs(await xlated(plain.nat.egressFd));
@@ -248,7 +248,7 @@ Deno.test("prefix sets: with the scan's loads fenced (weak_order, set on arm64) 
   } finally {
     plain.close();
   }
-  const n = await loadTestNat(ic, EXTS, undefined, undefined, undefined, { weakOrder: true });
+  const n = await loadTestNat(ic, EXTS, { ro: { weakOrder: true } });
   try {
     // one fence before the scan and one after it, in einat_prefix_flags (verified once)
     assertEquals(xchgs(await xlated(n.nat.egressFd)) - base, 2, "the fences, where x86 has none");

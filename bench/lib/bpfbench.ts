@@ -128,7 +128,7 @@ export async function loadBenchNat(
 ): Promise<Nat> {
   const ic = testInterfaceConfig({ nat66: o.nat66 ?? false, ...o.ic });
   const ext = [`${EXT4}/24`, ...(o.nat66 ? [`${EXT6}/64`] : [])];
-  return await loadTestNat(ic, ext, undefined, defaultSlots(roConfigOf(ic)) + 1);
+  return await loadTestNat(ic, ext, { extSlots: defaultSlots(roConfigOf(ic)) + 1 });
 }
 
 /**

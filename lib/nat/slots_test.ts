@@ -30,7 +30,7 @@ Deno.test("slots: the default external first, kept while present, freed only onc
 });
 
 Deno.test("slots: an address beyond the slots is reported unplaced; purging gives it the freed slot", async () => {
-  const n = await loadTestNat(ic, ["203.0.113.1/24", "198.51.100.7/24"], undefined, 1);
+  const n = await loadTestNat(ic, ["203.0.113.1/24", "198.51.100.7/24"], { extSlots: 1 });
   try {
     assertEquals(readSlots(n.nat.maps.slots).length, 1, "one slot, for the default external");
     const both = planInterface(ic, [a("203.0.113.1"), a("198.51.100.7")]);
@@ -48,7 +48,7 @@ Deno.test("slots: an address beyond the slots is reported unplaced; purging give
 });
 
 Deno.test("slots: a default external left without a slot gives way to an address that has one (new flows are not refused)", async () => {
-  const n = await loadTestNat(ic, ["203.0.113.1/24"], undefined, 1);
+  const n = await loadTestNat(ic, ["203.0.113.1/24"], { extSlots: 1 });
   try {
     // A new address comes first in the interface's list: the plan makes it the default, and the
     // one slot is the other's.
@@ -111,7 +111,7 @@ Deno.test("slots: a start with fewer external_slots than the pinned records stil
   await withPrivateBpffs("slots", async (bpffs) => {
     const pin = { dir: `${bpffs}/einat/wan0`, ifname: "wan0" };
     const three = ["203.0.113.1/24", "203.0.113.2/24", "203.0.113.3/24"];
-    const first = await loadTestNat(ic, three, undefined, 3, pin);
+    const first = await loadTestNat(ic, three, { extSlots: 3, pin });
     try {
       const plan = planInterface(ic, three.map((x) => a(x.split("/")[0])));
       applyPlan(first.nat.maps, plan);
@@ -121,7 +121,7 @@ Deno.test("slots: a start with fewer external_slots than the pinned records stil
       first.close();
     }
     // Two slots configured now; the records keep their pinned three, and .3 (slot 2) is gone.
-    const n = await loadTestNat(ic, three.slice(0, 2), undefined, 2, pin);
+    const n = await loadTestNat(ic, three.slice(0, 2), { extSlots: 2, pin });
     try {
       const plan = planInterface(ic, [a("203.0.113.1"), a("203.0.113.2")]);
       applyPlan(n.nat.maps, plan);

@@ -2607,7 +2607,7 @@ export async function runFuzz(o: FuzzOptions): Promise<FuzzReport> {
         }
         // Epochs alternate between the inline-checksum object and the helpers one.
         csum = Math.floor(i / epoch) % 2 ? "helpers" : "inline";
-        nat = await loadTestNat(ic, EXT_CIDRS, csum);
+        nat = await loadTestNat(ic, EXT_CIDRS, { csum });
         lastNoPort = 0n;
         st = new FuzzState();
         gen = new Generator(rng, st);

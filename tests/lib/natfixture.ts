@@ -123,20 +123,23 @@ export interface Nat {
   close(): void;
 }
 
-/**
- * Loads the NAT with `ic` and external addresses `extAddrs` (CIDR strings); `csum` picks the
- * embedded object (the inline-checksum one where the kernel allows, when absent); `extSlots`
- * sets the external-address slots (the loader's default when absent); `pin` keeps the state
- * maps pinned there, reusing those already pinned (lib/state/pin.ts); `ro` overrides knobs of
- * the read-only config the interface config gives.
- */
+/** What {@link loadTestNat} may change from the daemon's load of an interface. */
+export interface TestNatOptions {
+  /** The embedded object to load (the inline-checksum one where the kernel allows, when absent). */
+  csum?: CsumMode;
+  /** External-address slots (the loader's default when absent). */
+  extSlots?: number;
+  /** Keeps the state maps pinned there, reusing those already pinned (lib/state/pin.ts). */
+  pin?: LoadOptions["pin"];
+  /** Knobs of the read-only config that override what the interface config gives. */
+  ro?: Partial<RoConfig>;
+}
+
+/** Loads the NAT with `ic` and external addresses `extAddrs` (CIDR strings), and `opts`. */
 export async function loadTestNat(
   ic: InterfaceConfig = testInterfaceConfig(),
   extAddrs = ["203.0.113.1/24"],
-  csum?: CsumMode,
-  extSlots?: number,
-  pin?: LoadOptions["pin"],
-  ro: Partial<RoConfig> = {},
+  { csum, extSlots, pin, ro = {} }: TestNatOptions = {},
 ): Promise<Nat> {
   const nat = await loadNat({
     ro: { ...roConfigOf(ic), ...ro },

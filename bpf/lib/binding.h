@@ -964,10 +964,11 @@ static __always_inline void alloc_prefetch(const struct packet *p)
 
 /*
  * In a burst of new flows (flowcache.h, flow_miss_burst()), before the
- * packet's flow-cache set is read: the reads a new flow's lookups and new
- * mapping will wait for, its source's outbound line (ob_touch()) and
- * alloc_prefetch()'s, so that all of them are waited for with the set's.
- * A global function: verified once, called in bursts only.
+ * packet's flow-cache set is read, and for every TCP SYN: the reads a new
+ * flow's lookups and new mapping will wait for, its source's outbound line
+ * (ob_touch()) and alloc_prefetch()'s, so that all of them are waited for
+ * together (with the set's, or the SYN's slot's). A global function: verified
+ * once, called in bursts and for SYNs only.
  */
 __noinline int einat_new_flow_prefetch(const struct packet *p)
 {

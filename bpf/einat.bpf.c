@@ -657,7 +657,7 @@ static __always_inline int egress_established(struct __sk_buff *skb, struct pack
 		fe = flow_slot_blind(p, family, true);
 		/* The lines its lookups and new mapping wait for, read together: its source's
 		 * outbound line, the records it would claim, and the slot it fills blind,
-		 * whose store otherwise waits for its page walk at the end (~100 ns a SYN,
+		 * whose store otherwise waits for its page walk at the end (~60 ns a SYN
 		 * one at a time; docs/performance-history.md, stop 46). */
 		if (fe)
 			(void)*(volatile __u8 *)&fe->kind;

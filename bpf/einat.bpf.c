@@ -649,8 +649,9 @@ static __always_inline int egress_established(struct __sk_buff *skb, struct pack
 	}
 	bool hit = false;
 	/* prefetching, should the flow miss and no binding be found, the new mapping's
-	 * record; not for TCP past its SYN, which starts no flow but in rare cases */
-	int source = p->l4proto != IPPROTO_TCP || flow_syn(p) ? SOURCE_PREFETCH : 0;
+	 * record; not for TCP past its SYN, which starts no flow but in rare cases (a
+	 * SYN's reads are made below, with its slot's) */
+	int source = p->l4proto != IPPROTO_TCP ? SOURCE_PREFETCH : 0;
 	struct flow_entry *fe;
 	__u64 now = packet_now(p);
 	if (unlikely(flow_syn(p))) {
@@ -662,7 +663,6 @@ static __always_inline int egress_established(struct __sk_buff *skb, struct pack
 		if (fe)
 			(void)*(volatile __u8 *)&fe->kind;
 		einat_new_flow_prefetch(p);
-		source = 0;
 	} else {
 		/* in a burst of new flows, what a new flow waits for read beside its set
 		 * (flowcache.h) */

@@ -15,7 +15,7 @@
  *   so stays current to within that time (at most a quarter of the shortest
  *   timeout, and a second);
  * - for packets that cannot change the session's state: TCP with SYN, FIN
- *   or RST always takes the lookups (a SYN without reading the cache at all,
+ *   or RST always takes the lookups (a SYN without looking in its set,
  *   flow_slot_blind()).
  */
 #ifndef EINAT_FLOWCACHE_H
@@ -151,11 +151,15 @@ static __always_inline struct flow_entry *flow_slot(const struct packet *p, cons
 
 /*
  * The slot to fill for a flow that no slot may serve now (a TCP SYN, below),
- * chosen without reading its set: for a new connection that line is cold
- * (~150-250 ns a read on the hosts of the benchmarks), and the fill's stores
- * need not wait for it. Always the first way, which the flow's next packet
- * reads first (the second way, or one picked by a hash bit, made that packet
- * read the cold first line half of the time: ~+70 ns). The flow may sit in
+ * chosen without comparing its set: for a new connection that line is cold
+ * (~150-250 ns a read on the hosts of the benchmarks), and no branch waits
+ * for it. The fill's first store still waits for the line's page walk where
+ * the translation is cold, so the egress SYN reads the line early, beside its
+ * other reads (einat.bpf.c, egress_established; stop 46: -60 ns a SYN one at
+ * a time; the same for an inbound SYN-ACK showed no gain). Always the first
+ * way, which the flow's next packet reads first (the second way, or one
+ * picked by a hash bit, made that packet read the cold first line half of
+ * the time: ~+70 ns). The flow may sit in
  * the second way too, filled earlier: a copy trusted only while the epoch
  * stays, so it holds what this fill holds (the top of this file). The flow
  * the first way held is evicted, whether it was refreshed longer ago or not.

@@ -973,7 +973,11 @@ Deno.test("flow cache: a cached flow whose external port now belongs to another 
 
 Deno.test("flow cache: a session the sweep deleted is not served from the cache, either way, once its port is another host's", async () => {
   const one = [{ start: 20000, end: 20000 }];
-  const n = await loadTestNat(testInterfaceConfig({ defaultRanges: ranges(one, one, one) }));
+  const ic = testInterfaceConfig({ defaultRanges: ranges(one, one, one) });
+  // Timeouts of seconds: a session stamped at 1 ns is overdue only once the machine has been up
+  // longer than its timeout (the default 300 s is more than a fresh CI machine has been).
+  ic.timeouts = { ...ic.timeouts, udpMin: 2_000, udpDefault: 2_000 };
+  const n = await loadTestNat(ic);
   try {
     const m = n.nat.maps;
     for (let i = 0; i < 3; i++) { // the second and third go through the cache, both ways

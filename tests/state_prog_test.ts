@@ -159,7 +159,9 @@ Deno.test("sweep: sessions of a closed object stay in the maps and expire under 
 });
 
 Deno.test("sweep: a live session survives it; an overdue one copied in goes and its binding keeps the live one's reference", async () => {
-  const nat = await loadWith(60_000);
+  // Timeouts of seconds, so that "idle past it" is in the past even on a machine up for less
+  // than a minute (a stamp before boot would wrap around to the far future).
+  const nat = await loadWith(5_000);
   try {
     const ext = parseAddr(EXT), lan = parseAddr(LAN1);
     const put = (remotePort: number, lastSeenNs: bigint) => {
@@ -182,8 +184,8 @@ Deno.test("sweep: a live session survives it; an overdue one copied in goes and 
       );
     };
     const now = monotonicNs();
-    put(53, now - 120_000_000_000n); // two minutes ago: overdue
-    put(54, now); // fresh: 60 s left
+    put(53, now - 10_000_000_000n); // ten seconds ago: overdue
+    put(54, now); // fresh: 5 s left
     writeBinding(nat.maps, {
       family: 4,
       l4proto: IPPROTO.UDP,
@@ -205,7 +207,7 @@ Deno.test("sweep: a live session survives it; an overdue one copied in goes and 
 });
 
 Deno.test("sweep: in short runs; 2,500 further sessions over three batch reads: exactly those past their own timeout go", async () => {
-  const nat = await loadWith(60_000); // UDP before both ways 60 s (the shortest), after 300 s
+  const nat = await loadWith(5_000); // UDP before both ways 5 s (the shortest), after 300 s
   try {
     const ext = parseAddr(EXT), lan = parseAddr(LAN1);
     const now = monotonicNs();
@@ -216,9 +218,10 @@ Deno.test("sweep: in short runs; 2,500 further sessions over three batch reads: 
     for (let p = 0; p < PORTS; p++) {
       dv.setUint16(CT_VALUE_LAYOUT.fields.int_port.offset, 40000 + p, false);
       for (let r = 0; r < REMOTES; r++) {
-        // r % 3: 0 one-way and idle 61 s (just past its 60 s), 1 both ways and idle 120 s
-        // (past the shortest timeout, not its own 300 s), 2 fresh.
-        const idle = [61_000_000_000n, 120_000_000_000n, 0n][r % 3];
+        // r % 3: 0 one-way and idle 6 s (just past its 5 s), 1 both ways and idle 10 s (past
+        // the shortest timeout, not its own 300 s), 2 fresh. Seconds, not minutes: a fresh
+        // machine may have been up for less.
+        const idle = [6_000_000_000n, 10_000_000_000n, 0n][r % 3];
         dv.setUint8(CT_VALUE_LAYOUT.fields.state.offset, r % 3 === 1 ? 1 : 0);
         dv.setBigUint64(CT_VALUE_LAYOUT.fields.last_seen_ns.offset, now - idle, true);
         const key = encodeCtKey({
@@ -248,7 +251,7 @@ Deno.test("sweep: in short runs; 2,500 further sessions over three batch reads: 
     const left = sessionsOf(nat.maps);
     assertEquals(left.length, PORTS * REMOTES - overdue);
     assert(left.every((s) => (s.key.remotePort - 1000) % 3 !== 0), "only the overdue ones went");
-    // The records in runs of RECORDS_PER_RUN, then the 1,700 keys idle past 60 s in runs of 1,024.
+    // The records in runs of RECORDS_PER_RUN, then the 1,700 keys idle past 5 s in runs of 1,024.
     const recordRuns = Math.ceil(bpf.mapInfo(nat.maps.records).maxEntries / RECORDS_PER_RUN);
     assertEquals(res.runs, recordRuns + 2);
     for (let p = 0; p < PORTS; p++) {

@@ -7,6 +7,7 @@
 
 import { formatAddr } from "../config/cidr.ts";
 import * as bpf from "../ffi/libbpf.ts";
+import { addRow, keyedRows, sortedRows } from "./rowsort.ts";
 import { closeFd, monotonicNs } from "../ffi/libc.ts";
 import {
   BINDING_DYING,
@@ -135,7 +136,7 @@ export function readAddrMappings(s: PinnedState, f: RowFilter = {}, nowNs?: bigi
   const now = nowNs ?? monotonicNs();
   const t = s.meta?.timeoutsNs?.other ? BigInt(s.meta.timeoutsNs.other) : null;
   const info = bpf.mapInfo(fd);
-  const rows: { key: string; row: AddrRow }[] = [];
+  const rows = keyedRows<AddrRow>(KEY2);
   for (const e of bpf.mapLookupBatch(fd, info.keySize, info.valueSize)) {
     const m = decodeAddrMapping(e.key, e.value);
     const addrs: [Uint8Array, number][] = [[m.intAddr, 0], [m.extAddr, 0], [m.remoteAddr, 0]];
@@ -146,27 +147,21 @@ export function readAddrMappings(s: PinnedState, f: RowFilter = {}, nowNs?: bigi
       continue;
     }
     const idle = now > m.lastSeenNs ? now - m.lastSeenNs : 0n;
-    rows.push({
-      key: sortKey(m.l4proto, [m.family, addr16Of(m.extAddr), 0, 0], [
-        m.family,
-        addr16Of(m.remoteAddr),
-        0,
-        0,
-      ]),
-      row: {
-        interface: s.ifname,
-        protocol: OTHER_PROTOCOLS[m.l4proto] ?? `proto-${m.l4proto}`,
-        family: m.family,
-        internal: formatAddr(m.intAddr),
-        external: formatAddr(m.extAddr),
-        remote: formatAddr(m.remoteAddr),
-        secondsLeft: t === null ? null : Number((t > idle ? t - idle : 0n) / 1_000_000_000n),
-        idleSeconds: Number(idle / 1_000_000_000n),
-        expired: t !== null && idle > t,
-      },
+    const at = addRow(rows, {
+      interface: s.ifname,
+      protocol: OTHER_PROTOCOLS[m.l4proto] ?? `proto-${m.l4proto}`,
+      family: m.family,
+      internal: formatAddr(m.intAddr),
+      external: formatAddr(m.extAddr),
+      remote: formatAddr(m.remoteAddr),
+      secondsLeft: t === null ? null : Number((t > idle ? t - idle : 0n) / 1_000_000_000n),
+      idleSeconds: Number(idle / 1_000_000_000n),
+      expired: t !== null && idle > t,
     });
+    const k = putEnd(rows.keys, at, m.family, addr16Of(m.extAddr), 0, 0);
+    rows.keys[putEnd(rows.keys, k, m.family, addr16Of(m.remoteAddr), 0, 0)] = m.l4proto;
   }
-  return rows.sort(byKey).map((r) => r.row);
+  return sortedRows(rows);
 }
 
 /** A filter over rows. */
@@ -184,31 +179,29 @@ export function endpoint(family: 4 | 6, addr: Uint8Array, port: number): string 
   return family === 6 ? `[${a}]:${port}` : `${a}:${port}`;
 }
 
-/** Character codes of a sort key being made (one per byte: a one-byte string). */
-const KEY: number[] = [];
-
-/** Appends the key part of an endpoint: family, the 16 address bytes at `at` of `b`, the port. */
-function keyAt(family: number, b: Uint8Array, at: number, port: number): void {
-  KEY.push(family);
-  for (let i = 0; i < 16; i++) KEY.push(b[at + i]);
-  KEY.push(port >> 8, port & 0xff);
-}
+/** Bytes of an endpoint's part of a sort key: family, 16 address bytes, port. */
+const END_KEY = 19;
+/** Sort-key widths: one endpoint or two, then the protocol. */
+const KEY1 = END_KEY + 1, KEY2 = 2 * END_KEY + 1;
 
 /**
- * A string that orders rows by the endpoints given, then by protocol, with plain `<`: one
- * character per byte (family, the 16 address bytes of `union ip_addr`, IPv4 zero-padded, the
- * port), made in one piece. Sorting by it costs a string compare, not a locale-aware one (which
- * took most of a 300,000-session read), and making it costs one string, not one per byte.
+ * Writes an endpoint's part of a sort key at `at` of `keys`: its family, the 16 address bytes at
+ * `o` of `b` (`union ip_addr`, IPv4 zero-padded), its port (big-endian). Returns the next offset.
+ * Rows sort by their keys' bytes (lib/state/rowsort.ts): by the endpoints given, then protocol.
  */
-function sortKey(l4proto: number, ...ends: [number, Uint8Array, number, number][]): string {
-  KEY.length = 0;
-  for (const [family, b, at, port] of ends) keyAt(family, b, at, port);
-  KEY.push(l4proto);
-  return String.fromCharCode.apply(null, KEY);
-}
-
-function byKey<T extends { key: string }>(a: T, b: T): number {
-  return a.key < b.key ? -1 : a.key > b.key ? 1 : 0;
+function putEnd(
+  keys: Uint8Array,
+  at: number,
+  family: number,
+  b: Uint8Array,
+  o: number,
+  port: number,
+) {
+  keys[at] = family;
+  for (let i = 0; i < 16; i++) keys[at + 1 + i] = b[o + i];
+  keys[at + 17] = port >> 8;
+  keys[at + 18] = port & 0xff;
+  return at + END_KEY;
 }
 
 /** The endpoint whose address is at `at` of `b` (`union ip_addr`), as {@link endpoint}. */
@@ -377,7 +370,7 @@ function forEachRecord(
 
 /** Bindings of the mapping records, by external endpoint; decoded in place, batch by batch. */
 export function readBindings(s: PinnedState, f: RowFilter = {}): BindingRow[] {
-  const rows: { key: string; row: BindingRow }[] = [];
+  const rows = keyedRows<BindingRow>(KEY1);
   forEachRecord(s, (values, vo, slot, extPort, vv) => {
     const family = values[vo + RF.family.offset], l4proto = values[vo + RF.l4proto.offset];
     const ext = addr16Of(slot.addr), intAt = vo + RF.int_addr.offset;
@@ -385,15 +378,13 @@ export function readBindings(s: PinnedState, f: RowFilter = {}): BindingRow[] {
     const proto = protoName(l4proto);
     const addrs: [Uint8Array, number][] = [[ext, 0], [values, intAt]];
     if (!matches(f, proto, family, addrs, [extPort, intPort])) return;
-    rows.push({
-      key: sortKey(l4proto, [family, ext, 0, extPort]),
-      row: {
-        ...rowHead(s, proto, family, [values, intAt, intPort], [ext, 0, extPort]),
-        sessions: vv.getUint32(vo + RF.ref.offset, true) & ~BINDING_DYING,
-      },
+    const at = addRow(rows, {
+      ...rowHead(s, proto, family, [values, intAt, intPort], [ext, 0, extPort]),
+      sessions: vv.getUint32(vo + RF.ref.offset, true) & ~BINDING_DYING,
     });
+    rows.keys[putEnd(rows.keys, at, family, ext, 0, extPort)] = l4proto;
   });
-  return rows.sort(byKey).map((r) => r.row);
+  return sortedRows(rows);
 }
 
 /** An address as the 16 bytes of a union ip_addr (IPv4 in the first 4). */
@@ -533,7 +524,7 @@ export function readSessions(s: PinnedState, f: RowFilter = {}, nowNs?: bigint):
   const now = nowNs ?? monotonicNs();
   const nowF = Number(now);
   const timeoutOf = timeoutsAt(s, now);
-  const rows: { key: string; row: SessionRow }[] = [];
+  const rows = keyedRows<SessionRow>(KEY2);
   const cfd = s.fds.map_sess_counters;
   const counted = cfd !== undefined && countingOn(cfd) ? readSessionCounters(cfd) : null;
   forEachSession(fds, (e) => {
@@ -554,22 +545,21 @@ export function readSessions(s: PinnedState, f: RowFilter = {}, nowNs?: bigint):
     const idle = Math.max(0, nowF - (hi * 2 ** 32 + lo));
     const createdS = vv.getUint32(vo + CV.created_s.offset, true);
     const raw = counted?.get(counterKey(keys, ko));
-    rows.push({
-      key: sortKey(l4proto, [family, keys, extAt, extPort], [family, keys, remoteAt, remotePort]),
-      row: {
-        ...rowHead(s, proto, family, [values, intAt, intPort], [keys, extAt, extPort]),
-        remote: endpointAt(family, keys, remoteAt, remotePort),
-        state: sessionState(l4proto, values[vo + CV.flags.offset]),
-        timeout: timeoutClass(state),
-        secondsLeft: t === null ? null : Math.floor(Math.max(0, t.ns - idle) / 1e9),
-        ageSeconds: Math.max(0, Math.floor(nowF / 1e9 - createdS)),
-        idleSeconds: Math.floor(idle / 1e9),
-        expired: pastTimeout(t, hi, lo),
-        ...(counted ? { counters: raw ? sumCounts(raw, createdS) : null } : {}),
-      },
+    const at = addRow(rows, {
+      ...rowHead(s, proto, family, [values, intAt, intPort], [keys, extAt, extPort]),
+      remote: endpointAt(family, keys, remoteAt, remotePort),
+      state: sessionState(l4proto, values[vo + CV.flags.offset]),
+      timeout: timeoutClass(state),
+      secondsLeft: t === null ? null : Math.floor(Math.max(0, t.ns - idle) / 1e9),
+      ageSeconds: Math.max(0, Math.floor(nowF / 1e9 - createdS)),
+      idleSeconds: Math.floor(idle / 1e9),
+      expired: pastTimeout(t, hi, lo),
+      ...(counted ? { counters: raw ? sumCounts(raw, createdS) : null } : {}),
     });
+    const k = putEnd(rows.keys, at, family, keys, extAt, extPort);
+    rows.keys[putEnd(rows.keys, k, family, keys, remoteAt, remotePort)] = l4proto;
   });
-  return rows.sort(byKey).map((r) => r.row);
+  return sortedRows(rows);
 }
 
 /** Sessions counted without listing them (the metrics endpoint). */

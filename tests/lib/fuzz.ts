@@ -1430,10 +1430,12 @@ function checkIcmpToExternal(
     return res("drop");
   }
   // A (mutated) sender outside the LAN networks, or at its broadcast address, has no unicast
-  // route, and the router's own LAN address a local one: the FIB lookup forwards neither, a drop.
+  // route, and the router's own LAN address a local one, as has the LAN's IPv6 Subnet-Router
+  // anycast address (the prefix with a zero interface ID, RFC 4291 2.6.1), which Linux gives a
+  // forwarding router: the FIB lookup forwards none of them, a drop.
   const a = peer.addr;
   const unicast = isInternal(a) && !(a.length === 4 && (a[3] === 0 || a[3] === 255)) &&
-    !eq(a, routerLanOf(fam));
+    !(a.length === 16 && a.subarray(8).every((b) => b === 0)) && !eq(a, routerLanOf(fam));
   if (verdict === TC_ACT_SHOT && !unicast) return res("drop");
   if (verdict !== TC_ACT_REDIRECT) v.push(`hairpinned ICMP error: verdict ${verdict}`);
   checkChangedBytes(input, out, d, v);

@@ -653,7 +653,7 @@ static __always_inline int egress_established(struct __sk_buff *skb, struct pack
 	 * SYN's reads are made below, with its slot's) */
 	int source = p->l4proto != IPPROTO_TCP ? SOURCE_PREFETCH : 0;
 	struct flow_entry *fe;
-	__u64 now = packet_now_inline(p);
+	__u64 now = packet_now(p);
 	if (unlikely(flow_syn(p))) {
 		fe = flow_slot_blind(p, family, true);
 		/* The lines its lookups and new mapping wait for, read together: its source's
@@ -1240,7 +1240,7 @@ static __always_inline int ingress_l4(struct __sk_buff *skb, struct packet *pp, 
 	 */
 	bool hit = false;
 	struct flow_entry *fe = NULL;
-	__u64 now = packet_now_inline(pp);
+	__u64 now = packet_now(pp);
 	if (unlikely(pp->frag != FRAG_NONE)) {
 		/* a first fragment takes the lookups: they record its datagram */
 	} else if (unlikely(flow_syn(pp))) {

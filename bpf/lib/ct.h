@@ -21,33 +21,13 @@
 
 /*
  * The clock (clock_now()) as of this packet: read on first use and kept in the
- * packet, so the paths a packet takes read it once between them. Inline, for
- * the fast paths that read it first (a call and return cost ~15 ns with
- * return-thunk mitigations).
+ * packet, so the paths a packet takes read it once between them.
  */
-static __always_inline __u64 packet_now_inline(struct packet *p)
+static __always_inline __u64 packet_now(struct packet *p)
 {
 	if (!p->now)
 		p->now = clock_now();
 	return p->now;
-}
-
-/*
- * packet_now_inline() as a global function: one copy of the clock's lookups in
- * the program instead of one at every site (each inlined lookup is a rewrite
- * of the whole program at load, ~0.25 ms of verification apiece).
- */
-__noinline __u64 einat_packet_clock(struct packet *p)
-{
-	if (!p)
-		return 0;
-	return packet_now_inline(p);
-}
-
-/* The clock as of this packet: read by the fast paths already, else called for. */
-static __always_inline __u64 packet_now(struct packet *p)
-{
-	return p->now ? p->now : einat_packet_clock(p);
 }
 
 static __always_inline __u64 ct_timeout(__u8 l4proto, __u8 state)

@@ -2,9 +2,8 @@
  * Rows in the order of fixed-width byte keys, for `einat show`'s hundreds of thousands of rows:
  * each row's key is written into one growing buffer as the row is made, and a stable LSD radix
  * sort orders the rows by it, byte by byte from the last, skipping the bytes every key shares
- * (the zero padding of IPv4 addresses, one external address). Where the rows were sorted by a
- * string key of one character per byte, making the strings and comparing them took ~0.6 s of
- * reading 300,000 sessions.
+ * (the zero padding of IPv4 addresses, one external address). With a string key of one character
+ * per byte instead, reading 300,000 sessions took 1.8-3.7 s against 1.0-2.1 s (stop 47).
  * @module
  */
 
